@@ -1,0 +1,41 @@
+// Package cgroup owns cellgate's delegated cgroup v2 subtree: finding the
+// cgroup2 mount and the process's own group, setting up the tree
+// (<base>/supervisor, <base>/cells/<tenant>/<cell>), creating cells with their
+// limits written, the pool of pre-created cells, killing and removing them,
+// and reading what each used. It is the only package that reads or writes
+// cgroupfs. It may be imported by sandbox and cmd/cellgate; accounting imports
+// it for the Usage type only.
+package cgroup
+
+// Usage is what one cell consumed, read from the kernel at the end of the
+// cell. Fields the kernel does not provide (a controller not enabled, a file
+// absent on an older kernel) are zero; Missing names those files.
+type Usage struct {
+	CPUUsageUsec  uint64 `json:"cpu_usage_usec"`
+	CPUUserUsec   uint64 `json:"cpu_user_usec"`
+	CPUSystemUsec uint64 `json:"cpu_system_usec"`
+	NrThrottled   uint64 `json:"nr_throttled"`
+	ThrottledUsec uint64 `json:"throttled_usec"`
+
+	MemoryPeak   uint64 `json:"memory_peak_bytes"` // memory.peak (5.19)
+	MemoryMax    uint64 `json:"memory_events_max"` // memory.events "max": times usage hit memory.max
+	OOM          uint64 `json:"memory_events_oom"`
+	OOMKill      uint64 `json:"oom_kill"`
+	OOMGroupKill uint64 `json:"oom_group_kill"`
+
+	PidsPeak uint64 `json:"pids_peak"`       // pids.peak (6.1)
+	PidsMax  uint64 `json:"pids_events_max"` // pids.events "max": forks refused by pids.max
+
+	IOReadBytes  uint64 `json:"io_read_bytes"`
+	IOWriteBytes uint64 `json:"io_write_bytes"`
+
+	// Missing lists the accounting files that could not be read (absent on
+	// this kernel or controller not enabled), so a zero is never mistaken
+	// for a measurement.
+	Missing []string `json:"missing,omitempty"`
+}
+
+// OOMKilled reports whether the kernel OOM-killed anything in the cell.
+// memory.events oom_kill counts a group-killed victim twice (once as the
+// victim, once in the group-kill pass), so it is a flag, not a count.
+func (u Usage) OOMKilled() bool { return u.OOMKill > 0 || u.OOMGroupKill > 0 }

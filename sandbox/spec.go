@@ -1,0 +1,80 @@
+// Package sandbox owns a cell's lifecycle: taking a cgroup cell, starting the
+// worker directly inside it (clone3 CLONE_INTO_CGROUP) under its own
+// credentials, the deadline, waiting on the worker through its pidfd,
+// killing the whole cell, and the Result of a run. Drivers (cgi, later
+// forkserver) live here, one per file. It changes kernel state only through
+// processes; cgroupfs is reached only through package cgroup. It may be
+// imported by proxy and cmd/cellgate.
+package sandbox
+
+import (
+	"io"
+	"syscall"
+	"time"
+
+	"github.com/cellgate/cellgate/cgroup"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Spec describes one run of a worker in a fresh cell.
+type Spec struct {
+	// Path is the program to execute; Args its argv (Args[0] included).
+	Path string
+	Args []string
+	// Env is exactly the worker's environment ("KEY=value"); nothing is
+	// inherited from the daemon.
+	Env []string
+	// Dir is the working directory ("" = "/").
+	Dir string
+
+	// Stdin, Stdout and Stderr are the worker's standard streams; nil is
+	// /dev/null. An *os.File is passed to the worker directly.
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+
+	// Tenant is the parent group under cells/ ("" = the default tenant).
+	Tenant string
+	// Resources are the cell's limits in the OCI runtime-spec vocabulary;
+	// nil means the runner's default limits.
+	Resources *specs.LinuxResources
+	// User runs the worker under fixed credentials; nil gives the cell a uid
+	// of its own from the runner's range (and the shared gid).
+	User *Credential
+	// Timeout is the wall-clock deadline from the start of the worker;
+	// 0 means the runner's default.
+	Timeout time.Duration
+}
+
+// Credential is a fixed uid/gid for a worker.
+type Credential struct {
+	UID, GID uint32
+	Groups   []uint32
+}
+
+// Cause says why a cell ended.
+type Cause string
+
+const (
+	CauseOK       Cause = "ok"       // exit status 0
+	CauseExit     Cause = "exit"     // non-zero exit status
+	CauseSignal   Cause = "signal"   // killed by a signal it did not get from cellgate (a crash)
+	CauseOOM      Cause = "oom"      // the kernel OOM-killed the cell (from memory.events)
+	CauseDeadline Cause = "deadline" // the wall-clock deadline passed; cellgate killed the cell
+	CausePids     Cause = "pids"     // pids.max refused a fork (pids.events) and the worker failed
+	CauseKilled   Cause = "killed"   // cellgate killed the cell for another reason (context cancelled, shutdown)
+)
+
+// Result is what one run produced.
+type Result struct {
+	Cause    Cause
+	ExitCode int            // exit status, or -1 when ended by a signal
+	Signal   syscall.Signal // the signal that ended the worker, or 0
+	Usage    cgroup.Usage   // read from the cell's cgroup after it emptied
+	Started  time.Time      // when the worker was started
+	Wall     time.Duration  // from start to the cell being empty
+	UID      uint32         // the uid the worker ran as
+	// Unenforced lists the controllers whose limits were not enforced for
+	// this cell (operator's --unenforced); empty in normal operation.
+	Unenforced []string
+}
