@@ -1,5 +1,8 @@
 // Package accounting turns what a request used, as read from the kernel, into
 // one access-log record (log/slog), Prometheus metrics and the optional
-// Server-Timing header. It does not touch the kernel. It may be imported by
-// proxy and cmd/cellgate.
+// Server-Timing header, and serves the admin endpoints (/metrics, /healthz,
+// /readyz). It does not touch the kernel: the tenant totals and admission
+// figures it exports come from functions the caller injects. It imports
+// cgroup for the Usage type only. It may be imported by proxy and
+// cmd/cellgate.
 package accounting

@@ -1,0 +1,90 @@
+package accounting
+
+import (
+	"syscall"
+	"time"
+
+	"github.com/cellgate/cellgate/cgroup"
+)
+
+// Outcome says how a request ended. The cell outcomes have the same values
+// as sandbox.Cause, so proxy converts with Outcome(result.Cause); the others
+// are decided by the front end. The set is fixed so that it can be a metric
+// label: Metrics reports any other value as OutcomeOther.
+type Outcome string
+
+// Outcomes of a request that ran in a cell (the values of sandbox.Cause).
+const (
+	OutcomeOK       Outcome = "ok"       // exit status 0
+	OutcomeExit     Outcome = "exit"     // non-zero exit status
+	OutcomeSignal   Outcome = "signal"   // the worker crashed on a signal
+	OutcomeOOM      Outcome = "oom"      // the kernel OOM-killed the cell
+	OutcomeDeadline Outcome = "deadline" // the wall-clock deadline passed
+	OutcomePids     Outcome = "pids"     // pids.max refused a fork and the worker failed
+	OutcomeKilled   Outcome = "killed"   // cellgate killed the cell (cancelled, shutdown)
+)
+
+// Outcomes decided by the front end, with or without a cell.
+const (
+	OutcomeQueueFull      Outcome = "queue_full"       // admission queue full: 503
+	OutcomeQueueTimeout   Outcome = "queue_timeout"    // waited too long for admission: 503
+	OutcomeNoRoute        Outcome = "no_route"         // no route matched: 404
+	OutcomeBodyTooLarge   Outcome = "body_too_large"   // 413
+	OutcomeHeaderTooLarge Outcome = "header_too_large" // 431
+	OutcomeClientTimeout  Outcome = "client_timeout"   // client too slow sending the request: 408
+	OutcomeClientGone     Outcome = "client_gone"      // client went away before the response was written
+	OutcomeBadGateway     Outcome = "bad_gateway"      // the worker's CGI response was invalid: 502
+	OutcomeSpawnFailed    Outcome = "spawn_failed"     // the cell or worker could not be started
+	OutcomeInternal       Outcome = "internal"         // any other server-side failure
+	OutcomeOther          Outcome = "other"            // a value outside this set (metrics only)
+)
+
+// known reports whether o is one of the Outcome constants.
+func (o Outcome) known() bool {
+	switch o {
+	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeDeadline, OutcomePids, OutcomeKilled,
+		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBodyTooLarge, OutcomeHeaderTooLarge,
+		OutcomeClientTimeout, OutcomeClientGone, OutcomeBadGateway, OutcomeSpawnFailed, OutcomeInternal,
+		OutcomeOther:
+		return true
+	}
+	return false
+}
+
+// Record is everything cellgate knows about one request when it is done.
+// proxy fills it as the request goes (front end, route, admission, cell) and
+// hands it to Log, Metrics.ObserveRequest and, when the route asks,
+// ServerTiming. The cell fields mean something only when Cell is true.
+type Record struct {
+	// Time is when the request arrived (the access log's time); zero means
+	// the time the record is written.
+	Time      time.Time
+	RequestID string
+	Method    string
+	// Path is the URL path without the query string: queries can carry
+	// secrets and do not belong in the log.
+	Path       string
+	Status     int   // HTTP status sent to the client
+	BytesIn    int64 // request body bytes read from the client
+	BytesOut   int64 // response body bytes written to the client
+	ClientAddr string
+	// Route and Tenant come from the policy ("" when no route matched).
+	Route   string
+	Tenant  string
+	Outcome Outcome
+	// QueueWait is the time between the request being ready to run and its
+	// cell starting (or the admission wait giving up).
+	QueueWait time.Duration
+	// Duration is the whole request, from arrival to the response written.
+	Duration time.Duration
+
+	// Cell is true when a cell ran for this request; the fields below are
+	// then sandbox.Result's.
+	Cell       bool
+	Wall       time.Duration  // from the worker's start to the cell being empty
+	Usage      cgroup.Usage   // what the kernel reported for the cell
+	ExitCode   int            // exit status, or -1 when ended by a signal
+	Signal     syscall.Signal // the signal that ended the worker, or 0
+	UID        uint32         // the uid the worker ran as
+	Unenforced []string       // controllers whose limits were not enforced
+}
