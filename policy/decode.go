@@ -1,0 +1,400 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// DefaultTenant is the tenant of routes that name none. Unless the file
+// declares a tenant with this name, it is implicit: no budget of its own
+// (only the global one) and no queue.
+const DefaultTenant = "default"
+
+// nameRE is the shape of tenant and route names: a tenant name becomes a
+// cgroup directory, a route name a metrics label.
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// Load reads and parses the policy file at path. Relative program and dir
+// paths are resolved against the directory of the file. Errors: reading
+// the file fails (wrapped), or an *InvalidError (ErrInvalid).
+func Load(path string) (*Policy, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load policy %s: %w", path, err)
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("load policy %s: %w", path, err)
+	}
+	return parse(path, filepath.Dir(abs), data)
+}
+
+// Parse parses and validates a policy from data; name is the file name used
+// in errors and Policy.Source. Relative program and dir paths are resolved
+// against filepath.Dir(name), which must then be absolute (Load makes it
+// so). The error is an *InvalidError (ErrInvalid) listing every problem.
+func Parse(name string, data []byte) (*Policy, error) {
+	base := filepath.Dir(name)
+	if !filepath.IsAbs(base) {
+		base = ""
+	}
+	return parse(name, base, data)
+}
+
+func parse(file, baseDir string, data []byte) (*Policy, error) {
+	d := &decoder{file: file, baseDir: baseDir}
+	root := d.document(data)
+	var p *Policy
+	if root != nil {
+		p = d.policy(root)
+	}
+	if len(d.problems) > 0 {
+		sort.SliceStable(d.problems, func(i, j int) bool { return d.problems[i].Line < d.problems[j].Line })
+		return nil, &InvalidError{File: file, Problems: d.problems}
+	}
+	return p, nil
+}
+
+// decoder walks the YAML node tree, collecting every problem.
+type decoder struct {
+	file     string
+	baseDir  string // absolute directory for relative paths, or ""
+	problems []Problem
+}
+
+func (d *decoder) problem(line int, key, value, msg, fix string) {
+	d.problems = append(d.problems, Problem{File: d.file, Line: line, Key: key, Value: value, Msg: msg, Fix: fix})
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// document decodes data into a node tree and returns its root mapping node,
+// or nil after recording the problem.
+func (d *decoder) document(data []byte) *yaml.Node {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			d.problem(0, "", "", "the file is empty", "start from examples/policy.yaml")
+			return nil
+		}
+		d.syntaxProblem(err)
+		return nil
+	}
+	var extra yaml.Node
+	switch err := dec.Decode(&extra); {
+	case err == nil:
+		d.problem(extra.Line, "", "", "a second YAML document", "keep one document: remove the \"---\" and what follows")
+	case !errors.Is(err, io.EOF):
+		d.syntaxProblem(err)
+	}
+	if len(doc.Content) == 0 {
+		d.problem(0, "", "", "the file is empty", "start from examples/policy.yaml")
+		return nil
+	}
+	return doc.Content[0]
+}
+
+func (d *decoder) syntaxProblem(err error) {
+	msg, line := err.Error(), 0
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	}
+	d.problem(line, "", "", "YAML syntax: "+msg, "")
+}
+
+// field is one key of a mapping with its value.
+type field struct {
+	key, val *yaml.Node
+}
+
+func (f field) line() int { return f.key.Line }
+
+// fields reads mapping n at path, reporting a non-mapping, unknown keys and
+// duplicate keys. It returns the known keys that are present.
+func (d *decoder) fields(n *yaml.Node, path string, known ...string) map[string]field {
+	n = resolve(n)
+	if n.Kind != yaml.MappingNode {
+		d.problem(n.Line, path, scalarValue(n), "want a mapping of "+strings.Join(known, ", "), "")
+		return nil
+	}
+	out := make(map[string]field, len(n.Content)/2)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := resolve(n.Content[i]), n.Content[i+1]
+		name := k.Value
+		keyPath := join(path, name)
+		switch {
+		case k.Kind != yaml.ScalarNode:
+			d.problem(k.Line, path, "", "a key that is not a plain name", "")
+		case !contains(known, name):
+			fix := "known keys: " + strings.Join(known, ", ")
+			if s := closest(name, known); s != "" {
+				fix = "did you mean " + s + "?"
+			}
+			d.problem(k.Line, keyPath, "", "unknown key", fix)
+		case out[name].key != nil:
+			d.problem(k.Line, keyPath, "", fmt.Sprintf("duplicate key (first at line %d)", out[name].key.Line), "keep one")
+		default:
+			out[name] = field{key: k, val: v}
+		}
+	}
+	return out
+}
+
+// resolve follows aliases.
+func resolve(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
+}
+
+func scalarValue(n *yaml.Node) string {
+	if n.Kind == yaml.ScalarNode {
+		return n.Value
+	}
+	return ""
+}
+
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// closest returns the known key within edit distance 2 of s, if any.
+func closest(s string, known []string) string {
+	best, bestD := "", 3
+	for _, k := range known {
+		if dist := editDistance(s, k); dist < bestD {
+			best, bestD = k, dist
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+// kindName names a node's type for "want X, got Y" messages.
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		switch n.ShortTag() {
+		case "!!str":
+			return "a string"
+		case "!!int":
+			return "an integer"
+		case "!!float":
+			return "a number"
+		case "!!bool":
+			return "a boolean"
+		case "!!null":
+			return "no value"
+		}
+	}
+	return "a " + n.ShortTag()
+}
+
+// scalar returns f's value when it is a scalar with one of tags, else
+// records a type problem.
+func (d *decoder) scalar(f field, path, want string, tags ...string) (string, bool) {
+	v := resolve(f.val)
+	if v.Kind == yaml.ScalarNode && contains(tags, v.ShortTag()) {
+		return v.Value, true
+	}
+	fix := ""
+	if v.Kind == yaml.ScalarNode && v.ShortTag() != "!!null" && contains(tags, "!!str") {
+		fix = "quote it if it is meant as text"
+	}
+	d.problem(f.line(), path, scalarValue(v), "want "+want+", got "+kindName(v), fix)
+	return "", false
+}
+
+func (d *decoder) str(f field, path string) (string, bool) {
+	return d.scalar(f, path, "a string", "!!str")
+}
+
+func (d *decoder) boolean(f field, path string) (bool, bool) {
+	s, ok := d.scalar(f, path, "true or false", "!!bool")
+	if !ok {
+		return false, false
+	}
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		d.problem(f.line(), path, s, "want true or false", "")
+		return false, false
+	}
+	return b, true
+}
+
+// integer reads an integer in [lo, hi].
+func (d *decoder) integer(f field, path string, lo, hi int64) (int64, bool) {
+	s, ok := d.scalar(f, path, "an integer", "!!int")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 0, 64)
+	if err != nil || n < lo || n > hi {
+		d.problem(f.line(), path, s, fmt.Sprintf("out of range %d..%d", lo, hi), "")
+		return 0, false
+	}
+	return n, true
+}
+
+// size reads a byte size of at least lo.
+func (d *decoder) size(f field, path string, lo int64) (int64, bool) {
+	s, ok := d.scalar(f, path, "a size (64Mi, 1G, 512k)", "!!str", "!!int")
+	if !ok {
+		return 0, false
+	}
+	n, err := ParseBytes(s)
+	if err != nil {
+		d.problem(f.line(), path, s, "not a size", "a number with an optional unit: 512k, 64Mi, 1G (k, M, G are powers of 1000; Ki, Mi, Gi of 1024)")
+		return 0, false
+	}
+	if n < lo {
+		d.problem(f.line(), path, s, "below the floor "+FormatBytes(lo), "raise it to at least "+FormatBytes(lo))
+		return 0, false
+	}
+	return n, true
+}
+
+// cpu reads a CPU cap in thousandths; "max" is 0 (no cap).
+func (d *decoder) cpu(f field, path string) (int64, bool) {
+	s, ok := d.scalar(f, path, "a number of CPUs (0.5, 2, 250m) or max", "!!str", "!!int", "!!float")
+	if !ok {
+		return 0, false
+	}
+	n, err := ParseCPU(s)
+	if err != nil {
+		d.problem(f.line(), path, s, "not a CPU amount", "a number of CPUs (0.5, 2), millicpus (250m), or max")
+		return 0, false
+	}
+	if s != "max" && n < MinMilliCPU {
+		d.problem(f.line(), path, s, "below the floor "+FormatCPU(MinMilliCPU)+" CPU (a cpu.max quota of 1000us)", "raise it, or write max for no cap")
+		return 0, false
+	}
+	return n, true
+}
+
+// duration reads a positive duration with a unit.
+func (d *decoder) duration(f field, path string) (time.Duration, bool) {
+	s, ok := d.scalar(f, path, "a duration (30s, 1m30s)", "!!str")
+	if !ok {
+		return 0, false
+	}
+	t, err := time.ParseDuration(s)
+	if err != nil {
+		d.problem(f.line(), path, s, "not a duration", "a number with a unit: 500ms, 30s, 2m")
+		return 0, false
+	}
+	if t <= 0 {
+		d.problem(f.line(), path, s, "not positive", "use a duration above zero")
+		return 0, false
+	}
+	return t, true
+}
+
+// strList reads a non-empty list of strings.
+func (d *decoder) strList(f field, path string) ([]string, bool) {
+	v := resolve(f.val)
+	if v.Kind != yaml.SequenceNode {
+		d.problem(f.line(), path, scalarValue(v), "want a list, got "+kindName(v), "write [A, B]")
+		return nil, false
+	}
+	if len(v.Content) == 0 {
+		d.problem(f.line(), path, "", "an empty list", "remove the key instead")
+		return nil, false
+	}
+	out, ok := make([]string, 0, len(v.Content)), true
+	for i, item := range v.Content {
+		s, good := d.str(field{key: item, val: item}, fmt.Sprintf("%s[%d]", path, i))
+		ok = ok && good
+		out = append(out, s)
+	}
+	return out, ok
+}
+
+// items reads a list of mappings; each item's path is list[name] when it
+// has a name, else list[index].
+func (d *decoder) items(f field, path string) (nodes []*yaml.Node, paths []string) {
+	v := resolve(f.val)
+	if v.Kind != yaml.SequenceNode {
+		d.problem(f.line(), path, scalarValue(v), "want a list, got "+kindName(v), "write each entry as \"- name: ...\"")
+		return nil, nil
+	}
+	for i, item := range v.Content {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		if it := resolve(item); it.Kind == yaml.MappingNode {
+			for j := 0; j+1 < len(it.Content); j += 2 {
+				if it.Content[j].Value == "name" && resolve(it.Content[j+1]).Kind == yaml.ScalarNode {
+					p = fmt.Sprintf("%s[%s]", path, resolve(it.Content[j+1]).Value)
+				}
+			}
+		}
+		nodes, paths = append(nodes, item), append(paths, p)
+	}
+	return nodes, paths
+}
+
+// name reads a required tenant or route name.
+func (d *decoder) name(fs map[string]field, item *yaml.Node, path string) string {
+	f, ok := fs["name"]
+	if !ok {
+		d.problem(item.Line, path, "", "no name", "add name: with [a-z0-9][a-z0-9_-]{0,62}")
+		return ""
+	}
+	s, ok := d.str(f, join(path, "name"))
+	if !ok {
+		return ""
+	}
+	if !nameRE.MatchString(s) {
+		d.problem(f.line(), join(path, "name"), s, "not a valid name", "use lower-case letters, digits, '_' and '-', starting with a letter or digit, at most 63 characters")
+		return ""
+	}
+	return s
+}
