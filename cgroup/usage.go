@@ -9,7 +9,8 @@ package cgroup
 
 // Usage is what one cell consumed, read from the kernel at the end of the
 // cell. Fields the kernel does not provide (a controller not enabled, a file
-// absent on an older kernel) are zero; Missing names those files.
+// absent on an older kernel) are zero; Missing names those files ("pids.peak")
+// or keys ("memory.events:oom_group_kill").
 type Usage struct {
 	CPUUsageUsec  uint64 `json:"cpu_usage_usec"`
 	CPUUserUsec   uint64 `json:"cpu_user_usec"`

@@ -1,0 +1,82 @@
+package cgroup
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os/exec"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Features is what Open found on this kernel and in the delegated subtree,
+// probed once at start-up. It is a value; log it with slog ("features",
+// f): it implements slog.LogValuer.
+type Features struct {
+	Kernel     string   // uname release
+	Mount      string   // the cgroup2 mount point
+	Base       string   // cellgate's base group
+	Supervisor string   // the group the daemon moved itself to; "" if it did not move
+	Available  []string // controllers in <base>/cgroup.controllers
+	Enabled    []string // controllers enabled for tenants and cells (<base>/cells/cgroup.subtree_control)
+	Unenforced []string // required controllers missing but allowed by the operator: their limits are not written
+
+	Kill            bool   // cgroup.kill (5.14)
+	CloneIntoCgroup bool   // a spawn with clone3 CLONE_INTO_CGROUP into a scratch group worked (5.7)
+	CloneError      string // why that spawn failed, when it did
+	MemoryPeak      bool   // memory.peak in a cell (5.19, needs memory)
+	PidsPeak        bool   // pids.peak in a cell (6.1, needs pids)
+	MemoryOOMGroup  bool   // memory.oom.group in a cell (4.19, needs memory)
+}
+
+// LogValue renders the features as a slog group.
+func (f Features) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("kernel", f.Kernel),
+		slog.String("mount", f.Mount),
+		slog.String("base", f.Base),
+		slog.String("supervisor", f.Supervisor),
+		slog.String("available", strings.Join(f.Available, " ")),
+		slog.String("enabled", strings.Join(f.Enabled, " ")),
+		slog.String("unenforced", strings.Join(f.Unenforced, " ")),
+		slog.Bool("cgroup_kill", f.Kill),
+		slog.Bool("clone_into_cgroup", f.CloneIntoCgroup),
+		slog.String("clone_error", f.CloneError),
+		slog.Bool("memory_peak", f.MemoryPeak),
+		slog.Bool("pids_peak", f.PidsPeak),
+		slog.Bool("memory_oom_group", f.MemoryOOMGroup),
+	)
+}
+
+// SpawnTrue is the default spawn probe: it runs /bin/true inside the group
+// whose directory fd is cgroupFD with clone3 CLONE_INTO_CGROUP (Go's
+// SysProcAttr.UseCgroupFD, which has no fallback: without clone3 or
+// CLONE_INTO_CGROUP the spawn fails) and waits for it.
+func SpawnTrue(cgroupFD int) error {
+	cmd := exec.Command("/bin/true")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cgroupFD}
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("spawn /bin/true into a cgroup (clone3 CLONE_INTO_CGROUP, Linux 5.7): %w", err)
+	}
+	return nil
+}
+
+func kernelRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return "unknown"
+	}
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+// hasFile reports whether the control file name exists in the group dirfd.
+func hasFile(dirfd int, name string) (bool, error) {
+	var st unix.Stat_t
+	err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if errors.Is(err, unix.ENOENT) {
+		return false, nil
+	}
+	return err == nil, err
+}

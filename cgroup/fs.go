@@ -1,0 +1,126 @@
+package cgroup
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// dirOps are the two directory operations whose effect differs between
+// cgroupfs (where mkdir makes the control files and rmdir removes them) and
+// a plain directory faking it in tests. Everything else is ordinary file I/O
+// relative to a directory fd and works on both.
+type dirOps interface {
+	mkdir(path string) error
+	rmdir(path string) error
+}
+
+// kernelOps is cgroupfs itself.
+type kernelOps struct{}
+
+func (kernelOps) mkdir(path string) error { return unix.Mkdir(path, 0o755) }
+func (kernelOps) rmdir(path string) error { return unix.Rmdir(path) }
+
+// openDir opens a group's directory for openat and for
+// SysProcAttr.CgroupFD. O_PATH would do for both (clone3 takes the fd with
+// fget_raw), but a real read-only descriptor is what the kernel
+// documentation describes for CLONE_INTO_CGROUP.
+func openDir(path string) (int, error) {
+	for {
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return -1, fmt.Errorf("open %s: %w", path, err)
+		}
+		return fd, nil
+	}
+}
+
+// writeAt writes value to the control file name in the group dirfd.
+// O_TRUNC is what a shell's "echo v > file" does; cgroupfs accepts it.
+func writeAt(dirfd int, name, value string) error {
+	fd, err := openat(dirfd, name, unix.O_WRONLY|unix.O_TRUNC|unix.O_CLOEXEC)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	b := []byte(value)
+	for {
+		n, err := unix.Write(fd, b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n < len(b) {
+			// cgroupfs takes a write whole; a short write means the value
+			// was not applied.
+			return unix.EIO
+		}
+		return nil
+	}
+}
+
+// readAt reads the control file name in the group dirfd whole.
+func readAt(dirfd int, name string) ([]byte, error) {
+	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(fd)
+	return readFD(fd)
+}
+
+// readFD reads fd from offset 0 to EOF with pread, so an fd kept open
+// (cgroup.events) can be read again.
+func readFD(fd int) ([]byte, error) {
+	buf := make([]byte, 0, 512)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, make([]byte, cap(buf))...)[:len(buf)]
+		}
+		n, err := unix.Pread(fd, buf[len(buf):cap(buf)], int64(len(buf)))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+}
+
+func openat(dirfd int, name string, flags int) (int, error) {
+	for {
+		fd, err := unix.Openat(dirfd, name, flags, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return fd, err
+	}
+}
+
+// readFile reads a file by path (off the hot path).
+func readFile(path string) ([]byte, error) { return os.ReadFile(path) }
+
+// writeFile writes value to the control file at path (off the hot path),
+// without creating it.
+func writeFile(path, value string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(value)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,345 @@
+package cgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// PoolOptions configure a Pool; zero values take the documented defaults.
+type PoolOptions struct {
+	// MaxIdle is how many ready cells are kept per profile (0 = 4).
+	MaxIdle int
+	// MaxRemovals is how many released cells may wait for the background
+	// removers (0 = 256). When the queue is full, Release removes inline
+	// rather than drop a cell.
+	MaxRemovals int
+	// Removers is the number of background removal goroutines (0 = 2).
+	Removers int
+	// RemoveTimeout bounds one removal: kill, wait for empty, rmdir
+	// (0 = 5s). A cell that does not empty in time is left for the next
+	// start-up sweep and logged.
+	RemoveTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the refill backoff after creation
+	// failures (0 = 10ms and 1s): a failing kernel is retried, not spun
+	// on.
+	MinBackoff, MaxBackoff time.Duration
+	// Logger receives refill and removal failures (nil = discard).
+	Logger *slog.Logger
+}
+
+// Pool hands out cells pre-created per profile in the background, each
+// exactly once, and removes used cells off the hot path. A used cgroup is
+// never reused: its charges and peaks would carry over.
+//
+// A Pool is safe for concurrent use.
+type Pool struct {
+	tree *Tree
+	o    PoolOptions
+	log  *slog.Logger
+	ctx  context.Context
+	stop context.CancelFunc
+
+	mu       sync.RWMutex // guards closed, profiles; RLock around sends on removals
+	closed   bool
+	profiles map[ProfileKey]*poolProfile
+	removals chan *Cell
+	removers sync.WaitGroup
+
+	stats struct {
+		hits, misses, createErrors, removed, removeErrors, inline atomic.Uint64
+	}
+}
+
+// poolProfile is one profile's idle cells and its refiller.
+type poolProfile struct {
+	prof *Profile
+	idle chan *Cell
+	wake chan struct{}
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// PoolStats are counters since NewPool, for metrics.
+type PoolStats struct {
+	Hits           uint64 // Get served from the idle cells
+	Misses         uint64 // Get created a cell itself
+	CreateErrors   uint64 // creations that failed (Get or refill)
+	Removed        uint64 // cells removed
+	RemoveErrors   uint64 // removals that failed (left for the sweep)
+	InlineRemovals uint64 // Release calls that removed inline (queue full or pool closed)
+}
+
+// NewPool starts a pool of cells on t. Close it before t.
+func NewPool(t *Tree, o PoolOptions) *Pool {
+	if o.MaxIdle <= 0 {
+		o.MaxIdle = 4
+	}
+	if o.MaxRemovals <= 0 {
+		o.MaxRemovals = 256
+	}
+	if o.Removers <= 0 {
+		o.Removers = 2
+	}
+	if o.RemoveTimeout <= 0 {
+		o.RemoveTimeout = 5 * time.Second
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 10 * time.Millisecond
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = max(time.Second, o.MinBackoff)
+	}
+	p := &Pool{tree: t, o: o, log: o.Logger, profiles: map[ProfileKey]*poolProfile{}, removals: make(chan *Cell, o.MaxRemovals)}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	p.ctx, p.stop = context.WithCancel(context.Background())
+	for range o.Removers {
+		p.removers.Add(1)
+		go p.remover()
+	}
+	return p
+}
+
+// Warm starts pre-creating cells for prof before its first Get. It fails
+// when cells of prof cannot be created on this tree (a missing
+// controller).
+func (p *Pool) Warm(prof *Profile) error {
+	pp, err := p.profile(prof)
+	if err != nil {
+		return err
+	}
+	pp.kick()
+	return nil
+}
+
+// Get returns a ready cell for prof: an idle one, or, when none is ready,
+// one created now. It never waits for the refiller; creation errors (a
+// kernel cap: ErrTooManyCells, a missing controller) are returned. The
+// caller hands the cell back with Release.
+func (p *Pool) Get(ctx context.Context, prof *Profile) (*Cell, error) {
+	pp, err := p.profile(prof)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case c := <-pp.idle:
+		p.stats.hits.Add(1)
+		pp.kick()
+		return c, nil
+	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("get cell for tenant %s: %w", prof.tenant, context.Cause(ctx))
+	}
+	p.stats.misses.Add(1)
+	pp.kick()
+	c, err := p.tree.NewCell(prof)
+	if err != nil {
+		p.stats.createErrors.Add(1)
+		return nil, err
+	}
+	return c, nil
+}
+
+// Release hands a used (or unused) cell back for removal: kill what is
+// left, wait for empty, rmdir, close the fd, in a background remover.
+// Nothing more is read from the cell. When the removal queue is full or
+// the pool is closed it removes inline. c must not be used afterwards.
+func (p *Pool) Release(c *Cell) {
+	if c == nil {
+		return
+	}
+	p.mu.RLock()
+	if !p.closed {
+		select {
+		case p.removals <- c:
+			p.mu.RUnlock()
+			return
+		default:
+		}
+	}
+	p.mu.RUnlock()
+	p.stats.inline.Add(1)
+	p.remove(c)
+}
+
+func (p *Pool) remover() {
+	defer p.removers.Done()
+	for c := range p.removals {
+		p.remove(c)
+	}
+}
+
+func (p *Pool) remove(c *Cell) {
+	ctx, cancel := context.WithTimeout(context.Background(), p.o.RemoveTimeout)
+	defer cancel()
+	if err := c.Remove(ctx); err != nil {
+		p.stats.removeErrors.Add(1)
+		p.log.Error("remove cell (left for the next start-up sweep)", "cell", c.path, "err", err)
+		return
+	}
+	p.stats.removed.Add(1)
+}
+
+// profile returns the pool state of prof, registering it (and starting
+// its refiller) on first use.
+func (p *Pool) profile(prof *Profile) (*poolProfile, error) {
+	p.mu.RLock()
+	pp, closed := p.profiles[prof.key], p.closed
+	p.mu.RUnlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	if pp != nil {
+		return pp, nil
+	}
+	if err := p.tree.Check(prof); err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil, ErrClosed
+	}
+	if pp = p.profiles[prof.key]; pp != nil {
+		return pp, nil
+	}
+	ctx, stop := context.WithCancel(p.ctx)
+	pp = &poolProfile{prof: prof, idle: make(chan *Cell, p.o.MaxIdle), wake: make(chan struct{}, 1), stop: stop, done: make(chan struct{})}
+	p.profiles[prof.key] = pp
+	go p.refill(ctx, pp)
+	return pp, nil
+}
+
+func (pp *poolProfile) kick() {
+	select {
+	case pp.wake <- struct{}{}:
+	default:
+	}
+}
+
+// refill keeps pp's idle cells topped up after each wake-up, backing off
+// exponentially while creation fails.
+func (p *Pool) refill(ctx context.Context, pp *poolProfile) {
+	defer close(pp.done)
+	backoff := time.Duration(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-pp.wake:
+		}
+		for len(pp.idle) < cap(pp.idle) {
+			if ctx.Err() != nil {
+				return
+			}
+			c, err := p.tree.NewCell(pp.prof)
+			if err != nil {
+				p.stats.createErrors.Add(1)
+				backoff = min(max(2*backoff, p.o.MinBackoff), p.o.MaxBackoff)
+				p.log.Warn("pre-create cell failed; backing off", "tenant", pp.prof.tenant, "backoff", backoff, "err", err)
+				if errors.Is(err, ErrClosed) {
+					return
+				}
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				continue
+			}
+			backoff = 0
+			select {
+			case pp.idle <- c:
+			default:
+				// Only this goroutine fills idle, so this is not reached;
+				// if it ever is, the cell is removed, not leaked.
+				p.remove(c)
+			}
+		}
+	}
+}
+
+// DrainTenant stops pre-creating cells for the tenant's profiles and
+// removes their idle cells, so the tenant group can be removed
+// (Tree.RemoveTenant). A later Get for the tenant starts again.
+func (p *Pool) DrainTenant(tenant string) error {
+	name, err := tenantName(tenant)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	var drop []*poolProfile
+	for k, pp := range p.profiles {
+		if k.Tenant == name {
+			drop = append(drop, pp)
+			delete(p.profiles, k)
+		}
+	}
+	p.mu.Unlock()
+	p.drain(drop)
+	return nil
+}
+
+// drain stops the refillers of pps and removes their idle cells inline.
+func (p *Pool) drain(pps []*poolProfile) {
+	for _, pp := range pps {
+		pp.stop()
+	}
+	for _, pp := range pps {
+		<-pp.done
+		for {
+			select {
+			case c := <-pp.idle:
+				p.remove(c)
+				continue
+			default:
+			}
+			break
+		}
+	}
+}
+
+// Close stops refilling, removes the idle cells and waits for queued
+// removals. Cells still handed out may be Released afterwards (removed
+// inline). Get after Close returns ErrClosed.
+func (p *Pool) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.stop()
+	var pps []*poolProfile
+	for _, pp := range p.profiles {
+		pps = append(pps, pp)
+	}
+	p.profiles = map[ProfileKey]*poolProfile{}
+	close(p.removals)
+	p.mu.Unlock()
+	p.drain(pps)
+	p.removers.Wait()
+	if n := p.stats.removeErrors.Load(); n > 0 {
+		return fmt.Errorf("close pool: %d cell removals failed (left for the start-up sweep)", n)
+	}
+	return nil
+}
+
+// Stats returns the pool's counters.
+func (p *Pool) Stats() PoolStats {
+	return PoolStats{
+		Hits:           p.stats.hits.Load(),
+		Misses:         p.stats.misses.Load(),
+		CreateErrors:   p.stats.createErrors.Load(),
+		Removed:        p.stats.removed.Load(),
+		RemoveErrors:   p.stats.removeErrors.Load(),
+		InlineRemovals: p.stats.inline.Load(),
+	}
+}

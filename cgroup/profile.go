@@ -1,0 +1,68 @@
+package cgroup
+
+import (
+	"slices"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Profile is a tenant plus the control-file writes of its request cells,
+// converted and validated once (off the hot path) and reused for every
+// cell. A Profile is immutable.
+type Profile struct {
+	tenant   string
+	settings []Setting
+	key      ProfileKey
+}
+
+// ProfileKey identifies a profile by value: two profiles with the same
+// tenant and the same writes share pooled cells.
+type ProfileKey struct {
+	Tenant   string
+	Settings string // the writes, "file=value" joined by newlines, in write order
+}
+
+// NewProfile converts r with CellSettings for cells of tenant ("" is
+// DefaultTenant). Errors wrap ErrInvalidName or ErrInvalidLimit.
+func NewProfile(tenant string, r *specs.LinuxResources) (*Profile, error) {
+	name, err := tenantName(tenant)
+	if err != nil {
+		return nil, err
+	}
+	s, err := CellSettings(r)
+	if err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	for i, x := range s {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(x.String())
+	}
+	return &Profile{tenant: name, settings: s, key: ProfileKey{Tenant: name, Settings: b.String()}}, nil
+}
+
+// Tenant is the tenant group the profile's cells are created in.
+func (p *Profile) Tenant() string { return p.tenant }
+
+// Key is the comparable identity of the profile.
+func (p *Profile) Key() ProfileKey { return p.key }
+
+// Settings returns a copy of the writes made in each cell, in order.
+func (p *Profile) Settings() []Setting { return slices.Clone(p.settings) }
+
+// Controllers lists the controllers the profile's writes need, sorted.
+func (p *Profile) Controllers() []string { return controllersOf(p.settings) }
+
+func controllersOf(s []Setting) []string {
+	var out []string
+	for _, x := range s {
+		if c := x.Controller(); c != "cgroup" && !slices.Contains(out, c) {
+			out = append(out, c)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
