@@ -1,0 +1,185 @@
+package vm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Guest is the VM's /init (pid 1). It sets the machine up, runs the program
+// of /vmrun.json, prints the status line and powers off. It never returns.
+// When setup fails it says why and powers off without a status line, which
+// the host reports as a failure.
+func Guest() {
+	console := os.Stdout
+	rawConsole(int(console.Fd()))
+	spec, err := readSpec("/" + specPath)
+	if err == nil {
+		err = setup(spec)
+	}
+	if err != nil {
+		fmt.Fprintf(console, "vmrun guest: %v\n", err)
+		powerOff(console)
+	}
+	code := runProgram(spec, console)
+	fmt.Fprintf(console, "%s %d\n", spec.Marker, code)
+	powerOff(console)
+}
+
+func readSpec(p string) (Spec, error) {
+	var s Spec
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return s, fmt.Errorf("read spec: %w", err)
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("parse spec %s: %w", p, err)
+	}
+	if len(s.Args) == 0 || s.Marker == "" {
+		return s, fmt.Errorf("spec %s: no program or no marker", p)
+	}
+	return s, nil
+}
+
+// rawConsole turns off output post-processing on the console so that the
+// program's "\n" is not sent as "\r\n".
+func rawConsole(fd int) {
+	t, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+	if err != nil {
+		return // no tty: nothing is mangled either
+	}
+	t.Oflag &^= unix.OPOST
+	t.Lflag &^= unix.ECHO | unix.ICANON | unix.ISIG | unix.IEXTEN
+	t.Iflag &^= unix.ICRNL | unix.IXON
+	unix.IoctlSetTermios(fd, unix.TCSETS, t)
+}
+
+// setup loads the modules, mounts the shared root and the kernel
+// filesystems, brings the network up and chroots.
+func setup(s Spec) error {
+	for _, m := range s.Modules {
+		if err := loadModule(filepath.Join("/", modulesDir, m)); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(newRoot, 0o755); err != nil {
+		return fmt.Errorf("mkdir %s: %w", newRoot, err)
+	}
+	opts := "trans=virtio,version=9p2000.L,cache=loose,msize=512000"
+	if err := mount(HostRootTag, newRoot, "9p", unix.MS_RDONLY, opts); err != nil {
+		return err
+	}
+	mounts := []struct {
+		src, dst, fstype string
+		flags            uintptr
+		data             string
+	}{
+		{"proc", "/proc", "proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"sysfs", "/sys", "sysfs", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, ""},
+		{"devtmpfs", "/dev", "devtmpfs", unix.MS_NOSUID, "mode=0755"},
+		{"devpts", "/dev/pts", "devpts", unix.MS_NOSUID | unix.MS_NOEXEC, "newinstance,ptmxmode=0666"},
+		{"shm", "/dev/shm", "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=1777"},
+		{"scratch", GuestScratch, "tmpfs", unix.MS_NOSUID | unix.MS_NODEV, "mode=0755"},
+	}
+	for _, m := range mounts {
+		dst := newRoot + m.dst
+		if err := os.MkdirAll(dst, 0o755); err != nil {
+			return fmt.Errorf("mkdir %s: %w", dst, err)
+		}
+		if err := mount(m.src, dst, m.fstype, m.flags, m.data); err != nil {
+			return err
+		}
+	}
+	tmp := newRoot + GuestTmp
+	if err := os.Mkdir(tmp, 0o777); err != nil {
+		return fmt.Errorf("mkdir %s: %w", tmp, err)
+	}
+	if err := os.Chmod(tmp, os.ModeSticky|0o777); err != nil {
+		return fmt.Errorf("chmod %s: %w", tmp, err)
+	}
+	ctl := newRoot + "/sys/fs/cgroup/cgroup.subtree_control"
+	if err := os.WriteFile(ctl, []byte("+memory +cpu +pids +io"), 0); err != nil {
+		return fmt.Errorf("enable controllers in %s: %w", ctl, err)
+	}
+	if err := linkUp("lo"); err != nil {
+		return err
+	}
+	if s.Network {
+		if err := configureNetwork(); err != nil {
+			return err
+		}
+	}
+	if err := unix.Chroot(newRoot); err != nil {
+		return fmt.Errorf("chroot %s: %w", newRoot, err)
+	}
+	if err := os.Chdir(s.Dir); err != nil {
+		return fmt.Errorf("chdir %s in the shared root: %w", s.Dir, err)
+	}
+	return nil
+}
+
+func mount(src, dst, fstype string, flags uintptr, data string) error {
+	var err error
+	// The 9p device may still be probing right after its module loaded.
+	for try := 0; try < 50; try++ {
+		err = unix.Mount(src, dst, fstype, flags, data)
+		if !errors.Is(err, unix.ENOENT) || fstype != "9p" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("mount %s (%s) on %s with %q: %w", src, fstype, dst, data, err)
+	}
+	return nil
+}
+
+func loadModule(p string) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("open module %s: %w", p, err)
+	}
+	defer f.Close()
+	err = unix.FinitModule(int(f.Fd()), "", 0)
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("load module %s: %w", p, err)
+	}
+	return nil
+}
+
+// runProgram runs the spec's program with the console as its output and
+// returns its exit status (128+signal when a signal killed it).
+func runProgram(s Spec, console *os.File) int {
+	cmd := &exec.Cmd{Path: s.Args[0], Args: s.Args, Env: s.Env, Dir: s.Dir, Stdout: console, Stderr: console}
+	err := cmd.Run()
+	if err == nil {
+		return 0
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			fmt.Fprintf(console, "vmrun guest: %s killed by signal %v\n", s.Args[0], ws.Signal())
+			return 128 + int(ws.Signal())
+		}
+		return ee.ExitCode()
+	}
+	fmt.Fprintf(console, "vmrun guest: run %s: %v\n", s.Args[0], err)
+	return 127
+}
+
+// powerOff waits for the console to drain (or the status line could be
+// lost), then turns the machine off.
+func powerOff(console *os.File) {
+	unix.IoctlSetInt(int(console.Fd()), unix.TCSBRK, 1) // tcdrain
+	unix.Sync()
+	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	select {} // pid 1 must not exit: the kernel would panic
+}
