@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // Spec describes one run of a worker in a fresh cell.
@@ -33,11 +32,10 @@ type Spec struct {
 	Stdout io.Writer
 	Stderr io.Writer
 
-	// Tenant is the parent group under cells/ ("" = the default tenant).
-	Tenant string
-	// Resources are the cell's limits in the OCI runtime-spec vocabulary;
-	// nil means the runner's default limits.
-	Resources *specs.LinuxResources
+	// Profile is the cell's tenant and limits, converted once (per route, at
+	// start-up) with cgroup.NewProfile; nil means the Runner's default
+	// profile.
+	Profile *cgroup.Profile
 	// User runs the worker under fixed credentials; nil gives the cell a uid
 	// of its own from the runner's range (and the shared gid).
 	User *Credential

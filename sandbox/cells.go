@@ -1,0 +1,42 @@
+package sandbox
+
+import (
+	"context"
+
+	"github.com/cellgate/cellgate/cgroup"
+)
+
+// Cells is where a Runner takes its cells from. In the daemon it is the
+// cgroup package's pool (see PoolCells); unit tests use a fake that needs no
+// cgroupfs.
+type Cells interface {
+	// Get returns a fresh, empty cell of the profile (under its tenant's
+	// group, with its limits written), or an error when none can be had
+	// before ctx ends.
+	Get(ctx context.Context, prof *cgroup.Profile) (Cell, error)
+	// Release hands a used cell back for removal. The Runner calls it once
+	// per cell, after the cell is empty (or after it gave up waiting).
+	Release(Cell)
+}
+
+// Cell is one short-lived cgroup, used for exactly one run.
+type Cell interface {
+	// FD is an open directory fd of the cell's cgroup, for
+	// SysProcAttr.CgroupFD. A negative FD means the cell has no cgroup (a
+	// test fake): the worker is then spawned without CLONE_INTO_CGROUP.
+	FD() int
+	// Path is the cell's cgroup directory, for messages and logs.
+	Path() string
+	// Kill kills every process in the cell at once (cgroup.kill).
+	Kill() error
+	// Populated reports whether any process is still in the cell
+	// (cgroup.events populated).
+	Populated() (bool, error)
+	// WaitEmpty returns once the cell has no process left.
+	WaitEmpty(ctx context.Context) error
+	// Usage reads what the cell consumed; call it once the cell is empty.
+	Usage() (cgroup.Usage, error)
+	// Unenforced lists the controllers whose limits this cell does not
+	// enforce (the operator's --unenforced, or a host without them).
+	Unenforced() []string
+}

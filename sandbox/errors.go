@@ -1,0 +1,30 @@
+package sandbox
+
+import "errors"
+
+// Errors callers branch on (errors.Is). Each is wrapped with the operation and
+// the value or path that failed.
+var (
+	// ErrSpec: the Spec is unusable (no program, a malformed environment
+	// entry). Nothing was started.
+	ErrSpec = errors.New("invalid spec")
+	// ErrNoCell: the cell source could not give a cell (pool exhausted,
+	// cgroupfs error, context ended while waiting). Nothing was started.
+	ErrNoCell = errors.New("no cell available")
+	// ErrNoUID: every uid of the configured range belongs to a cell still in
+	// flight. Nothing was started; retry later or widen the range.
+	ErrNoUID = errors.New("no free uid in range")
+	// ErrSpawn: the worker could not be started (exec failed, clone3 refused
+	// the cgroup). The wrapped error is an *os.PathError naming the program;
+	// errors.Is(err, fs.ErrNotExist) and fs.ErrPermission tell the common
+	// cases apart.
+	ErrSpawn = errors.New("cannot start worker")
+	// ErrStreams: the worker ran, but copying its stdin, stdout or stderr
+	// failed or did not finish within the grace period after the cell
+	// emptied. The Result returned alongside is complete.
+	ErrStreams = errors.New("worker streams")
+	// ErrCellNotEmpty: the cell still had processes after cgroup.kill and
+	// the wait for it to empty gave up (processes stuck in the kernel). The
+	// Result is complete; the cell's uid is kept out of circulation.
+	ErrCellNotEmpty = errors.New("cell did not empty after kill")
+)

@@ -1,0 +1,418 @@
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cellgate/cellgate/cgroup"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults for the Config fields left zero.
+const (
+	DefaultTimeout     = 30 * time.Second
+	DefaultStreamGrace = time.Second
+	DefaultEmptyWait   = 10 * time.Second
+)
+
+// Config configures a Runner. Zero fields take the documented defaults.
+type Config struct {
+	// Cells gives the Runner its cells (required): PoolCells over the
+	// daemon's cgroup pool, or a fake in tests.
+	Cells Cells
+	// Logger receives the anomalies of a run (a kill that failed, a cell that
+	// did not empty); nil discards them.
+	Logger *slog.Logger
+	// Profile is the cell profile (tenant and limits) used when a Spec has
+	// none (required).
+	Profile *cgroup.Profile
+	// Timeout is the deadline used when a Spec has none (DefaultTimeout).
+	Timeout time.Duration
+
+	// UIDs is the range of per-cell uids (DefaultUIDRange) and GID the group
+	// every per-cell uid runs with (DefaultGID).
+	UIDs UIDRange
+	GID  uint32
+	// AsSelf runs workers that have no Spec.User under the daemon's own
+	// credentials instead of a per-cell uid. It gives up the isolation of
+	// cells from each other and from the daemon; it exists for unprivileged
+	// use (unit tests, a non-root `cellgate run`).
+	AsSelf bool
+
+	// StreamGrace bounds how long stdout/stderr copying may go on after the
+	// cell emptied (DefaultStreamGrace).
+	StreamGrace time.Duration
+	// EmptyWait bounds the wait for a killed cell to empty (DefaultEmptyWait).
+	EmptyWait time.Duration
+}
+
+// Runner runs workers, each in a fresh cell. It is safe for concurrent use;
+// the daemon has one.
+type Runner struct {
+	cells       Cells
+	log         *slog.Logger
+	profile     *cgroup.Profile
+	timeout     time.Duration
+	uids        *uidPool
+	gid         uint32
+	asSelf      bool
+	streamGrace time.Duration
+	emptyWait   time.Duration
+	devNull     *os.File
+}
+
+// New returns a Runner. It opens /dev/null for workers' unset streams and,
+// once per process, marks every inherited fd above 2 close-on-exec (see
+// sealInheritedFDs). Close releases /dev/null.
+func New(cfg Config) (*Runner, error) {
+	if cfg.Cells == nil {
+		return nil, errors.New("sandbox: Config.Cells is nil")
+	}
+	if cfg.Profile == nil {
+		return nil, errors.New("sandbox: Config.Profile is nil")
+	}
+	r := &Runner{
+		cells:       cfg.Cells,
+		log:         cfg.Logger,
+		profile:     cfg.Profile,
+		timeout:     cfg.Timeout,
+		gid:         cfg.GID,
+		asSelf:      cfg.AsSelf,
+		streamGrace: cfg.StreamGrace,
+		emptyWait:   cfg.EmptyWait,
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.timeout <= 0 {
+		r.timeout = DefaultTimeout
+	}
+	if r.streamGrace <= 0 {
+		r.streamGrace = DefaultStreamGrace
+	}
+	if r.emptyWait <= 0 {
+		r.emptyWait = DefaultEmptyWait
+	}
+	uids := cfg.UIDs
+	if uids == (UIDRange{}) {
+		uids = DefaultUIDRange
+	}
+	if !r.asSelf {
+		if err := uids.Validate(); err != nil {
+			return nil, fmt.Errorf("sandbox: %w", err)
+		}
+		if r.gid == 0 {
+			r.gid = DefaultGID
+		}
+		r.uids = newUIDPool(uids)
+	}
+	if err := sealInheritedFDs(); err != nil {
+		return nil, err
+	}
+	devNull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: open %s: %w", os.DevNull, err)
+	}
+	r.devNull = devNull
+	return r, nil
+}
+
+// Close releases the Runner's own fds. Runs in flight must have returned.
+func (r *Runner) Close() error { return r.devNull.Close() }
+
+// UIDsInFlight returns how many per-cell uids are handed out (for metrics
+// and leak checks).
+func (r *Runner) UIDsInFlight() int {
+	if r.uids == nil {
+		return 0
+	}
+	return r.uids.inFlight()
+}
+
+// Run runs spec's worker in a fresh cell and returns once the cell is empty
+// and released: its main process has exited and been reaped, everything else
+// in the cell (daemons, grandchildren) has been killed with cgroup.kill, and
+// the kernel's accounting has been read.
+//
+// The deadline (spec.Timeout or the Runner's) counts from the start of the
+// worker. Cancelling ctx kills the cell too (CauseKilled); ctx also bounds the
+// wait for a cell.
+//
+// Run returns an error wrapping ErrSpec, ErrNoUID, ErrNoCell or ErrSpawn when
+// the worker never ran (the Result is then zero). When the worker ran, the
+// Result is complete and the error is nil, or wraps ErrStreams or
+// ErrCellNotEmpty, or reports that the accounting could not be read.
+func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
+	if err := checkSpec(&spec); err != nil {
+		return Result{}, err
+	}
+	cred, uid, err := r.credential(spec.User)
+	if err != nil {
+		return Result{}, err
+	}
+	keepUID := false
+	defer func() {
+		if r.uids != nil && spec.User == nil && !keepUID {
+			r.uids.release(uid)
+		}
+	}()
+
+	prof := spec.Profile
+	if prof == nil {
+		prof = r.profile
+	}
+	cell, err := r.cells.Get(ctx, prof)
+	if err != nil {
+		return Result{}, fmt.Errorf("%w: tenant %q: %w", ErrNoCell, prof.Tenant(), err)
+	}
+	released := false
+	defer func() {
+		if !released {
+			r.cells.Release(cell)
+		}
+	}()
+
+	st, err := newStreams(&spec, r.devNull)
+	if err != nil {
+		return Result{}, fmt.Errorf("%w: %s: %w", ErrSpawn, spec.Path, err)
+	}
+	attr := &os.ProcAttr{
+		Dir:   spec.Dir,
+		Env:   spec.Env,
+		Files: st.child[:],
+		Sys: &syscall.SysProcAttr{
+			Credential: cred,
+			// A session of its own: no controlling terminal of the daemon's,
+			// and its signals to its process group reach only its own cell.
+			Setsid: true,
+			// Backstop only: the kernel sends it when the thread that forked
+			// the worker dies (go.dev/issue/27505), e.g. when the daemon
+			// crashes. cgroup.kill is what ends a cell.
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+	if fd := cell.FD(); fd >= 0 {
+		attr.Sys.UseCgroupFD = true
+		attr.Sys.CgroupFD = fd
+	}
+	proc, err := startNoNewPrivs(spec.Path, spec.Args, attr)
+	st.started()
+	if err != nil {
+		st.closeAll()
+		return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), err)
+	}
+	start := time.Now()
+
+	k := &killer{cell: cell, proc: proc, log: r.log}
+	timeout := spec.Timeout
+	if timeout <= 0 {
+		timeout = r.timeout
+	}
+	timer := time.AfterFunc(timeout, func() { k.kill(CauseDeadline) })
+	stopCtx := context.AfterFunc(ctx, func() { k.kill(CauseKilled) })
+
+	exit, werr := waitExit(proc)
+	timer.Stop()
+	stopCtx()
+	killedBy := k.finish()
+	proc.Release()
+	if werr != nil {
+		// The main process could not be waited for (should not happen):
+		// make sure the cell ends anyway, and report.
+		r.log.Error("wait for worker", "cell", cell.Path(), "err", werr)
+	}
+
+	var errs []error
+	if werr != nil {
+		errs = append(errs, werr)
+	}
+	if err := r.empty(cell); err != nil {
+		keepUID = true // a process may still run under it
+		errs = append(errs, err)
+	}
+	wall := time.Since(start)
+	usage, uerr := cell.Usage()
+	if uerr != nil {
+		errs = append(errs, fmt.Errorf("read usage of cell %s: %w", cell.Path(), uerr))
+	}
+	unenforced := cell.Unenforced()
+	released = true
+	r.cells.Release(cell)
+	if err := st.wait(r.streamGrace); err != nil {
+		errs = append(errs, err)
+	}
+	return Result{
+		Cause:      classify(exit, killedBy, usage),
+		ExitCode:   exit.code,
+		Signal:     exit.signal,
+		Usage:      usage,
+		Started:    start,
+		Wall:       wall,
+		UID:        uid,
+		Unenforced: unenforced,
+	}, errors.Join(errs...)
+}
+
+// empty ends whatever is left in the cell once its main process has exited:
+// daemons and grandchildren die with cgroup.kill. The first check is a single
+// read of cgroup.events; the pidfd already told that the main process is gone,
+// and after a single-process worker the cell is usually empty by then
+// (cgroup-facts §5.6).
+func (r *Runner) empty(cell Cell) error {
+	populated, err := cell.Populated()
+	if err == nil && !populated {
+		return nil
+	}
+	if err := cell.Kill(); err != nil {
+		r.log.Error("kill cell", "cell", cell.Path(), "err", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.emptyWait)
+	defer cancel()
+	if err := cell.WaitEmpty(ctx); err != nil {
+		r.log.Error("cell did not empty; its uid stays out of circulation", "cell", cell.Path(), "err", err)
+		return fmt.Errorf("%w: %s after %s: %w", ErrCellNotEmpty, cell.Path(), r.emptyWait, err)
+	}
+	return nil
+}
+
+// credential returns the worker's credentials and uid: spec's own, or a
+// per-cell uid from the range, or none (the daemon's) with AsSelf.
+func (r *Runner) credential(u *Credential) (*syscall.Credential, uint32, error) {
+	if u != nil {
+		return &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: u.Groups}, u.UID, nil
+	}
+	if r.asSelf {
+		return nil, uint32(os.Getuid()), nil
+	}
+	uid, err := r.uids.acquire()
+	if err != nil {
+		return nil, 0, err
+	}
+	// Groups is empty on purpose: setgroups(0) drops the daemon's
+	// supplementary groups.
+	return &syscall.Credential{Uid: uid, Gid: r.gid}, uid, nil
+}
+
+// checkSpec validates spec and fills Args and Dir defaults.
+func checkSpec(spec *Spec) error {
+	if spec.Path == "" {
+		return fmt.Errorf("%w: empty Path", ErrSpec)
+	}
+	if len(spec.Args) == 0 {
+		spec.Args = []string{spec.Path}
+	}
+	for _, kv := range spec.Env {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || strings.IndexByte(kv, 0) >= 0 {
+			return fmt.Errorf("%w: environment entry %q: want KEY=value", ErrSpec, kv)
+		}
+	}
+	for _, a := range spec.Args {
+		if strings.IndexByte(a, 0) >= 0 {
+			return fmt.Errorf("%w: argument %q contains a NUL byte", ErrSpec, a)
+		}
+	}
+	if spec.Dir == "" {
+		spec.Dir = "/"
+	}
+	// A nil Env would make os.StartProcess give the worker the daemon's
+	// environment; the worker gets exactly spec.Env.
+	if spec.Env == nil {
+		spec.Env = []string{}
+	}
+	return nil
+}
+
+// startNoNewPrivs starts the worker with no_new_privs set: it cannot gain
+// privileges through execve of a set-uid/set-gid binary or one with file
+// capabilities, whatever it runs later.
+//
+// SysProcAttr has no field for it. The flag is per thread and inherited by
+// every task a thread clones, and Go forks on the calling thread. So the
+// goroutine is locked to its thread, the flag is set there (idempotent, one
+// prctl; it cannot be unset, and it does not restrict the daemon, which never
+// execs anything but workers), and the worker is cloned from that thread.
+// Over time the daemon's threads all carry the flag; that is harmless. Unlike
+// unix.AllThreadsSyscall at start-up this works in cgo builds too (go test
+// links cgo when a C compiler is present) and cannot be forgotten by a caller.
+func startNoNewPrivs(path string, args []string, attr *os.ProcAttr) (*os.Process, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return nil, fmt.Errorf("prctl(PR_SET_NO_NEW_PRIVS): %w", err)
+	}
+	return os.StartProcess(path, args, attr)
+}
+
+var sealOnce = sync.OnceValue(func() error {
+	err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("sandbox: close_range(3, ~0, CLOSE_RANGE_CLOEXEC): %w", err)
+	}
+	// Kernel < 5.11: mark each open fd.
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return fmt.Errorf("sandbox: list /proc/self/fd: %w", err)
+	}
+	for _, e := range ents {
+		var fd int
+		if _, err := fmt.Sscan(e.Name(), &fd); err != nil || fd <= 2 {
+			continue
+		}
+		unix.CloseOnExec(fd) // the listing's own fd is gone by now: ignore EBADF
+	}
+	return nil
+})
+
+// sealInheritedFDs marks every fd above 2 close-on-exec, once per process.
+// Go opens its own fds with O_CLOEXEC and passes a worker only the three
+// streams it is given; this covers fds the daemon inherited from whoever
+// started it (a shell, a supervisor), which would otherwise reach every
+// worker. It does not close them in the daemon.
+func sealInheritedFDs() error { return sealOnce() }
+
+// killer kills a cell once, for the first reason that fires, and not after
+// the worker's exit was observed.
+type killer struct {
+	mu     sync.Mutex
+	cell   Cell
+	proc   *os.Process
+	log    *slog.Logger
+	reason Cause
+	done   bool
+}
+
+func (k *killer) kill(reason Cause) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.done || k.reason != "" {
+		return
+	}
+	k.reason = reason
+	if err := k.cell.Kill(); err != nil {
+		k.log.Error("kill cell", "cell", k.cell.Path(), "reason", reason, "err", err)
+	}
+	// Also signal the main process through its pidfd: a cell without a
+	// cgroup (test fake) has no cgroup.kill, and it costs nothing.
+	k.proc.Kill()
+}
+
+// finish stops further kills and returns the reason of the one that
+// happened, if any.
+func (k *killer) finish() Cause {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.done = true
+	return k.reason
+}
