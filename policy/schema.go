@@ -261,8 +261,8 @@ func (d *decoder) route(item *yaml.Node, p string, defaults Limits) *routeSource
 	return s
 }
 
-func (d *decoder) match(f field, p string, r *Route) {
-	fs := d.fields(f.val, p, matchKeys...)
+func (d *decoder) match(m field, p string, r *Route) {
+	fs := d.fields(m.val, p, matchKeys...)
 	if fs == nil {
 		return
 	}
@@ -276,7 +276,7 @@ func (d *decoder) match(f field, p string, r *Route) {
 			r.PathPrefix = d.pathPrefix(f.line(), join(p, "path"), v)
 		}
 	} else {
-		d.problem(f.line(), join(p, "path"), "", "no path", "add path: /prefix (/ matches every path)")
+		d.problem(m.line(), join(p, "path"), "", "no path", "add path: /prefix (/ matches every path)")
 	}
 	if f, ok := fs["methods"]; ok {
 		if ms, ok := d.strList(f, join(p, "methods")); ok {

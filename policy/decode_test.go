@@ -1,0 +1,320 @@
+package policy
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+const fullPolicy = `version: 1
+defaults: {memory: 32Mi, cpu: 0.5, pids: 16, timeout: 10s, max_body: 1Mi}
+global: {memory: 1Gi, max_cells: 64}
+tenants:
+  - name: acme
+    memory: 512Mi
+    cpu_weight: 200
+    cpu: 1.5
+    pids: 256
+    max_cells: 8
+    queue: 32
+    queue_timeout: 2s
+routes:
+  - name: hello
+    match: {host: "Example.COM", path: /hello/, methods: [HEAD, GET]}
+    tenant: acme
+    driver: cgi
+    program: /srv/cgi/hello
+    memory: 64Mi
+    swap: 16Mi
+    env: {LANG: C.UTF-8, DEBUG: 1}
+    pass_env: [TZ]
+    user: auto
+    response: stream
+    server_timing: true
+  - name: bin
+    match: {path: /cgi-bin}
+    dir: bin
+    user: 1000
+  - name: admin
+    match: {host: "*.example.com", path: /}
+    tenant: acme
+    program: /srv/admin
+    user: root
+    allow_root: true
+`
+
+func TestParseFull(t *testing.T) {
+	p, err := Parse("/etc/cellgate/policy.yaml", []byte(fullPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Source != "/etc/cellgate/policy.yaml" {
+		t.Errorf("Source = %q", p.Source)
+	}
+	wantDefaults := Limits{Memory: 32 << 20, MilliCPU: 500, Pids: 16, Timeout: 10 * time.Second, MaxBody: 1 << 20}
+	if p.Defaults != wantDefaults {
+		t.Errorf("Defaults = %+v, want %+v", p.Defaults, wantDefaults)
+	}
+	if p.Global != (Global{Memory: 1 << 30, MaxCells: 64, Line: 3}) {
+		t.Errorf("Global = %+v", p.Global)
+	}
+	wantTenants := []*Tenant{
+		{Name: "acme", Memory: 512 << 20, CPUWeight: 200, MilliCPU: 1500, Pids: 256, MaxCells: 8, Queue: 32, QueueTimeout: 2 * time.Second, Line: 5},
+		{Name: DefaultTenant, Implicit: true},
+	}
+	if !reflect.DeepEqual(p.Tenants, wantTenants) {
+		t.Errorf("Tenants:\n got %+v %+v\nwant %+v %+v", p.Tenants[0], p.Tenants[len(p.Tenants)-1], wantTenants[0], wantTenants[1])
+	}
+	if len(p.Routes) != 3 {
+		t.Fatalf("%d routes, want 3", len(p.Routes))
+	}
+	hello := p.Routes[0]
+	want := &Route{
+		Name: "hello", Host: "example.com", PathPrefix: "/hello", Methods: []string{"GET", "HEAD"},
+		Tenant: "acme", Driver: DriverCGI, Program: "/srv/cgi/hello",
+		Limits:   Limits{Memory: 64 << 20, Swap: 16 << 20, MilliCPU: 500, Pids: 16, Timeout: 10 * time.Second, MaxBody: 1 << 20},
+		Env:      []string{"DEBUG=1", "LANG=C.UTF-8"},
+		PassEnv:  []string{"TZ"},
+		User:     User{Auto: true},
+		Response: ResponseStream, ServerTiming: true, Line: 14,
+	}
+	want.Resources = want.Limits.Resources()
+	if !reflect.DeepEqual(hello, want) {
+		t.Errorf("route hello:\n got %+v\nwant %+v", hello, want)
+	}
+	bin := p.Routes[1]
+	if bin.Dir != "/etc/cellgate/bin" || bin.Program != "" {
+		t.Errorf("bin: Dir %q Program %q, want the relative dir resolved against the policy's directory", bin.Dir, bin.Program)
+	}
+	if bin.Tenant != DefaultTenant || bin.User != (User{UID: 1000}) || bin.Response != ResponseSpool || bin.Limits != wantDefaults {
+		t.Errorf("bin: tenant %q user %+v response %q limits %+v, want the defaults", bin.Tenant, bin.User, bin.Response, bin.Limits)
+	}
+	admin := p.Routes[2]
+	if admin.Host != "*.example.com" || admin.PathPrefix != "/" || admin.User != (User{Name: "root"}) || !admin.AllowRoot {
+		t.Errorf("admin: %+v", admin)
+	}
+}
+
+func TestParseBuiltinDefaults(t *testing.T) {
+	p, err := Parse("p.yaml", []byte("version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /bin/a}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.Routes[0].Limits; got != DefaultLimits() {
+		t.Errorf("limits = %+v, want DefaultLimits %+v", got, DefaultLimits())
+	}
+	if len(p.Tenants) != 1 || !p.Tenants[0].Implicit || p.Tenants[0].Name != DefaultTenant {
+		t.Errorf("tenants = %+v, want the implicit default tenant", p.Tenants)
+	}
+}
+
+func TestParseDeclaredDefaultTenant(t *testing.T) {
+	src := "version: 1\ntenants: [{name: default, max_cells: 2}]\nroutes:\n  - {name: a, match: {path: /}, program: /bin/a}\n"
+	p, err := Parse("p.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Tenants) != 1 || p.Tenants[0].Implicit || p.Tenants[0].MaxCells != 2 {
+		t.Errorf("tenants = %+v, want only the declared default tenant", p.Tenants)
+	}
+}
+
+// problem is what one case expects among the problems.
+type problem struct {
+	line int
+	key  string
+	msg  string // a substring of Msg
+}
+
+func TestParseProblems(t *testing.T) {
+	const route = "routes:\n  - {name: a, match: {path: /}, program: /bin/a}\n" // lines 2-3 after version
+	tests := []struct {
+		name string
+		src  string
+		want []problem
+	}{
+		{"empty", "", []problem{{0, "", "empty"}}},
+		{"comment only", "# nothing\n", []problem{{0, "", "empty"}}},
+		{"syntax", "version: 1\nroutes: [\n", []problem{{2, "", "YAML syntax"}}},
+		{"two documents", "version: 1\n" + route + "---\nversion: 1\n", []problem{{4, "", "second YAML document"}}},
+		{"not a mapping", "- a\n", []problem{{1, "", "want a mapping"}}},
+		{"no version", route, []problem{{1, "version", "no version"}}},
+		{"version 2", "version: 2\n" + route, []problem{{1, "version", "unsupported version"}}},
+		{"version string", "version: one\n" + route, []problem{{1, "version", "want an integer, got a string"}}},
+		{"unknown top key", "version: 1\nroute: []\n" + route, []problem{{2, "route", "unknown key"}}},
+		{"duplicate key", "version: 1\nversion: 1\n" + route, []problem{{2, "version", "duplicate key (first at line 1)"}}},
+		{"no routes", "version: 1\n", []problem{{1, "routes", "no routes"}}},
+		{"empty routes", "version: 1\nroutes: []\n", []problem{{2, "routes", "no routes"}}},
+		{"routes not a list", "version: 1\nroutes: {a: 1}\n", []problem{{2, "routes", "want a list"}}},
+
+		{"defaults bad size", "version: 1\ndefaults: {memory: 64Q}\n" + route, []problem{{2, "defaults.memory", "not a size"}}},
+		{"defaults memory below floor", "version: 1\ndefaults: {memory: 4096}\n" + route, []problem{{2, "defaults.memory", "below the floor 1Mi"}}},
+		{"defaults cpu below floor", "version: 1\ndefaults: {cpu: 5m}\n" + route, []problem{{2, "defaults.cpu", "below the floor 0.01"}}},
+		{"defaults pids zero", "version: 1\ndefaults: {pids: 0}\n" + route, []problem{{2, "defaults.pids", "out of range 1.."}}},
+		{"defaults timeout zero", "version: 1\ndefaults: {timeout: 0s}\n" + route, []problem{{2, "defaults.timeout", "not positive"}}},
+		{"defaults timeout no unit", "version: 1\ndefaults: {timeout: 30}\n" + route, []problem{{2, "defaults.timeout", "want a duration"}}},
+		{"defaults timeout bad", "version: 1\ndefaults: {timeout: soon}\n" + route, []problem{{2, "defaults.timeout", "not a duration"}}},
+		{"defaults unknown key", "version: 1\ndefaults: {memmory: 1Mi}\n" + route, []problem{{2, "defaults.memmory", "unknown key"}}},
+		{"defaults not a mapping", "version: 1\ndefaults: 64Mi\n" + route, []problem{{2, "defaults", "want a mapping"}}},
+		{"global max_cells zero", "version: 1\nglobal: {max_cells: 0}\n" + route, []problem{{2, "global.max_cells", "out of range"}}},
+		{"global memory float", "version: 1\nglobal: {memory: 1.5}\n" + route, []problem{{2, "global.memory", "want a size"}}},
+
+		{"tenant bad name", "version: 1\ntenants: [{name: Acme}]\n" + route, []problem{{2, "tenants[Acme].name", "not a valid name"}}},
+		{"tenant no name", "version: 1\ntenants: [{memory: 1Gi}]\n" + route, []problem{{2, "tenants[0]", "no name"}}},
+		{"tenant duplicate", "version: 1\ntenants:\n  - {name: a}\n  - {name: a}\n" + route, []problem{{4, "tenants[a].name", "duplicate tenant name (first at line 3)"}}},
+		{"tenant weight range", "version: 1\ntenants: [{name: a, cpu_weight: 10001}]\n" + route, []problem{{2, "tenants[a].cpu_weight", "out of range 1..10000"}}},
+		{"queue_timeout without queue", "version: 1\ntenants: [{name: a, queue_timeout: 1s}]\n" + route, []problem{{2, "tenants[a].queue_timeout", "without a queue"}}},
+		{"queue_timeout with queue 0", "version: 1\ntenants: [{name: a, queue: 0, queue_timeout: 1s}]\n" + route, []problem{{2, "tenants[a].queue_timeout", "without a queue"}}},
+		{"queue without timeout", "version: 1\ntenants: [{name: a, queue: 4}]\n" + route, []problem{{2, "tenants[a].queue", "without queue_timeout"}}},
+		{"tenant unknown key", "version: 1\ntenants: [{name: a, weight: 1}]\n" + route, []problem{{2, "tenants[a].weight", "unknown key"}}},
+
+		{"route no name", "version: 1\nroutes:\n  - {match: {path: /}, program: /a}\n", []problem{{3, "routes[0]", "no name"}}},
+		{"route duplicate name", "version: 1\nroutes:\n  - {name: a, match: {path: /a}, program: /a}\n  - {name: a, match: {path: /b}, program: /b}\n",
+			[]problem{{4, "routes[a].name", "duplicate route name (first at line 3)"}}},
+		{"route no match", "version: 1\nroutes:\n  - {name: a, program: /a}\n", []problem{{3, "routes[a].match", "no match"}}},
+		{"route no path", "version: 1\nroutes:\n  - {name: a, match: {host: x.org}, program: /a}\n", []problem{{3, "routes[a].match.path", "no path"}}},
+		{"route relative path", "version: 1\nroutes:\n  - {name: a, match: {path: a}, program: /a}\n", []problem{{3, "routes[a].match.path", "not an absolute path"}}},
+		{"route unclean path", "version: 1\nroutes:\n  - {name: a, match: {path: /a/../b}, program: /a}\n", []problem{{3, "routes[a].match.path", "not a clean path"}}},
+		{"route double slash", "version: 1\nroutes:\n  - {name: a, match: {path: //a}, program: /a}\n", []problem{{3, "routes[a].match.path", "not a clean path"}}},
+		{"host with port", "version: 1\nroutes:\n  - {name: a, match: {host: \"x.org:80\", path: /}, program: /a}\n", []problem{{3, "routes[a].match.host", "with a port"}}},
+		{"host bare wildcard", "version: 1\nroutes:\n  - {name: a, match: {host: \"*\", path: /}, program: /a}\n", []problem{{3, "routes[a].match.host", "bare wildcard"}}},
+		{"host inner wildcard", "version: 1\nroutes:\n  - {name: a, match: {host: \"a.*.org\", path: /}, program: /a}\n", []problem{{3, "routes[a].match.host", "not a host name"}}},
+		{"methods lower case", "version: 1\nroutes:\n  - {name: a, match: {path: /, methods: [get]}, program: /a}\n", []problem{{3, "routes[a].match.methods", "case-sensitive"}}},
+		{"methods empty", "version: 1\nroutes:\n  - {name: a, match: {path: /, methods: []}, program: /a}\n", []problem{{3, "routes[a].match.methods", "empty list"}}},
+		{"methods twice", "version: 1\nroutes:\n  - {name: a, match: {path: /, methods: [GET, GET]}, program: /a}\n", []problem{{3, "routes[a].match.methods", "listed twice"}}},
+		{"methods not a list", "version: 1\nroutes:\n  - {name: a, match: {path: /, methods: GET}, program: /a}\n", []problem{{3, "routes[a].match.methods", "want a list"}}},
+		{"unknown tenant", "version: 1\ntenants: [{name: b}]\nroutes:\n  - name: a\n    match: {path: /}\n    tenant: c\n    program: /a\n", []problem{{6, "routes[a].tenant", "unknown tenant"}}},
+		{"unknown driver", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, driver: fcgi}\n", []problem{{3, "routes[a].driver", "unknown driver"}}},
+		{"program and dir", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, dir: /b}\n", []problem{{3, "routes[a].dir", "both program and dir"}}},
+		{"neither program nor dir", "version: 1\nroutes:\n  - {name: a, match: {path: /}}\n", []problem{{3, "routes[a]", "neither program nor dir"}}},
+		{"relative program without base", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: bin/a}\n", []problem{{3, "routes[a].program", "relative path"}}},
+		{"program not a string", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: [a]}\n", []problem{{3, "routes[a].program", "want a string, got a list"}}},
+		{"route memory above tenant", "version: 1\ntenants: [{name: t, memory: 64Mi}]\nroutes:\n  - name: a\n    match: {path: /}\n    tenant: t\n    program: /a\n    memory: 128Mi\n",
+			[]problem{{8, "routes[a].memory", "exceeds tenant t's budget 64Mi"}}},
+		{"default memory above tenant", "version: 1\ndefaults: {memory: 128Mi}\ntenants: [{name: t, memory: 64Mi}]\nroutes:\n  - {name: a, match: {path: /}, tenant: t, program: /a}\n",
+			[]problem{{5, "routes[a].memory", "exceeds tenant t's budget"}}},
+		{"route memory above global", "version: 1\nglobal: {memory: 32Mi}\n" + route, []problem{{4, "routes[a].memory", "exceeds the global budget 32Mi"}}},
+		{"route swap negative", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, swap: -1}\n", []problem{{3, "routes[a].swap", "not a size"}}},
+		{"same requests", "version: 1\nroutes:\n  - {name: a, match: {path: /x/}, program: /a}\n  - {name: b, match: {path: /x}, program: /b}\n",
+			[]problem{{4, "routes[b]", "same requests as route a (line 3)"}}},
+		{"same requests overlapping methods", "version: 1\nroutes:\n  - {name: a, match: {path: /x, methods: [GET, POST]}, program: /a}\n  - {name: b, match: {path: /x, methods: [POST]}, program: /b}\n",
+			[]problem{{4, "routes[b]", "same requests"}}},
+		{"same requests host case", "version: 1\nroutes:\n  - {name: a, match: {host: A.org, path: /}, program: /a}\n  - {name: b, match: {host: a.org., path: /}, program: /b}\n",
+			[]problem{{4, "routes[b]", "same requests"}}},
+		{"env reserved", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: {PATH_INFO: x}}\n", []problem{{3, "routes[a].env.PATH_INFO", "CGI driver sets"}}},
+		{"env HTTP_", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: {http_proxy: x}}\n", []problem{{3, "routes[a].env.http_proxy", "CGI driver sets"}}},
+		{"env bad name", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: {1A: x}}\n", []problem{{3, "routes[a].env.1A", "not an environment variable name"}}},
+		{"env null", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: {A: }}\n", []problem{{3, "routes[a].env.A", "want a value, got no value"}}},
+		{"env not a mapping", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: [A]}\n", []problem{{3, "routes[a].env", "want a mapping"}}},
+		{"pass_env HTTP_PROXY", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, pass_env: [HTTP_PROXY]}\n", []problem{{3, "routes[a].pass_env", "CGI driver sets"}}},
+		{"pass_env and env", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: {TZ: UTC}, pass_env: [TZ]}\n", []problem{{3, "routes[a].pass_env", "also set in env"}}},
+		{"user root", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, user: root}\n", []problem{{3, "routes[a].user", "as root"}}},
+		{"user 0", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, user: 0}\n", []problem{{3, "routes[a].user", "as root"}}},
+		{"user -1", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, user: -1}\n", []problem{{3, "routes[a].user", "out of range"}}},
+		{"user bad name", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, user: \"Bad User\"}\n", []problem{{3, "routes[a].user", "not a user name"}}},
+		{"allow_root string", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, allow_root: \"yes\"}\n", []problem{{3, "routes[a].allow_root", "want true or false"}}},
+		{"response", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, response: buffer}\n", []problem{{3, "routes[a].response", "unknown response mode"}}},
+		{"route unknown key", "version: 1\nroutes:\n  - name: a\n    match: {path: /}\n    program: /a\n    memroy: 1Mi\n", []problem{{6, "routes[a].memroy", "unknown key"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("p.yaml", []byte(tt.src))
+			requireProblems(t, err, tt.want)
+		})
+	}
+}
+
+// requireProblems checks that err is an *InvalidError holding exactly the
+// wanted problems (by line, key and message substring), each with a fix or
+// a message naming the file.
+func requireProblems(t *testing.T, err error, want []problem) {
+	t.Helper()
+	if !errors.Is(err, ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+	var ie *InvalidError
+	if !errors.As(err, &ie) {
+		t.Fatalf("err = %T, want *InvalidError", err)
+	}
+	if len(ie.Problems) != len(want) {
+		t.Fatalf("%d problems, want %d:\n%v", len(ie.Problems), len(want), err)
+	}
+	for i, w := range want {
+		got := ie.Problems[i]
+		if got.Line != w.line || got.Key != w.key || !strings.Contains(got.Msg, w.msg) {
+			t.Errorf("problem %d = %s\nwant line %d key %q msg containing %q", i, got, w.line, w.key, w.msg)
+		}
+		if got.File != ie.File || !strings.HasPrefix(got.String(), ie.File) {
+			t.Errorf("problem %d does not name the file: %s", i, got)
+		}
+	}
+}
+
+func TestParseCollectsAllProblems(t *testing.T) {
+	src := `version: 1
+defaults: {memory: lots}
+tenants:
+  - name: t
+    memory: 64Mi
+    queue: 3
+routes:
+  - name: a
+    match: {path: /a}
+    tenant: t
+    program: /a
+    memory: 128Mi
+  - name: b
+    match: {path: /b}
+    program: relative
+    cpu: 0
+`
+	_, err := Parse("p.yaml", []byte(src))
+	requireProblems(t, err, []problem{
+		{2, "defaults.memory", "not a size"},
+		{6, "tenants[t].queue", "without queue_timeout"},
+		{12, "routes[a].memory", "exceeds tenant t's budget"},
+		{15, "routes[b].program", "relative path"},
+		{16, "routes[b].cpu", "below the floor"},
+	})
+	if !strings.Contains(err.Error(), "p.yaml:12: routes[a].memory: \"128Mi\": ") {
+		t.Errorf("error text does not show file:line: key: value:\n%v", err)
+	}
+}
+
+func TestParseAliases(t *testing.T) {
+	src := "version: 1\nx-limits: &small {memory: 8Mi}\nroutes: []\n"
+	_, err := Parse("p.yaml", []byte(src))
+	requireProblems(t, err, []problem{{2, "x-limits", "unknown key"}, {3, "routes", "no routes"}})
+
+	src = "version: 1\ndefaults: &d {memory: 8Mi}\nroutes:\n  - {name: a, match: {path: /}, program: /a, memory: 16Mi}\n"
+	p, err := Parse("p.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Routes[0].Memory != 16<<20 || p.Defaults.Memory != 8<<20 {
+		t.Errorf("memory %d defaults %d", p.Routes[0].Memory, p.Defaults.Memory)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(file, []byte("version: 1\nroutes:\n  - {name: a, match: {path: /}, dir: cgi}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Load(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(dir, "cgi"); p.Routes[0].Dir != want {
+		t.Errorf("Dir = %q, want %q", p.Routes[0].Dir, want)
+	}
+	_, err = Load(filepath.Join(dir, "missing.yaml"))
+	if !errors.Is(err, os.ErrNotExist) || errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "missing.yaml") {
+		t.Errorf("Load(missing) = %v, want a wrapped ErrNotExist naming the file", err)
+	}
+}
