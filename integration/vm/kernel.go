@@ -3,6 +3,7 @@ package vm
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -28,7 +29,7 @@ type Kernel struct {
 // EnsureKernel returns the kernel cached in cacheDir, fetching and unpacking
 // it with apt-get download and dpkg -x the first time. log receives one line
 // per slow step.
-func EnsureKernel(cacheDir string, log io.Writer) (Kernel, error) {
+func EnsureKernel(ctx context.Context, cacheDir string, log io.Writer) (Kernel, error) {
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return Kernel{}, fmt.Errorf("create cache dir %s: %w", cacheDir, err)
 	}
@@ -47,7 +48,7 @@ func EnsureKernel(cacheDir string, log io.Writer) (Kernel, error) {
 		fmt.Fprintf(log, "vmrun: cached kernel unusable (%v); fetching again\n", err)
 	}
 
-	pkg, err := imagePackage(log)
+	pkg, err := imagePackage(ctx, log)
 	if err != nil {
 		return Kernel{}, err
 	}
@@ -57,8 +58,8 @@ func EnsureKernel(cacheDir string, log io.Writer) (Kernel, error) {
 		return Kernel{}, fmt.Errorf("create fetch dir in %s: %w", cacheDir, err)
 	}
 	defer os.RemoveAll(work)
-	if err := withAptUpdate(log, func() error {
-		return run(work, log, "apt-get", "download", pkg)
+	if err := withAptUpdate(ctx, log, func() error {
+		return run(ctx, work, log, "apt-get", "download", pkg)
 	}); err != nil {
 		return Kernel{}, fmt.Errorf("apt-get download %s: %w", pkg, err)
 	}
@@ -67,7 +68,7 @@ func EnsureKernel(cacheDir string, log io.Writer) (Kernel, error) {
 		return Kernel{}, fmt.Errorf("apt-get download %s: expected one .deb in %s, found %d", pkg, work, len(debs))
 	}
 	tree := filepath.Join(work, "tree")
-	if err := run(work, log, "dpkg", "-x", debs[0], tree); err != nil {
+	if err := run(ctx, work, log, "dpkg", "-x", debs[0], tree); err != nil {
 		return Kernel{}, fmt.Errorf("unpack %s: %w", debs[0], err)
 	}
 	dest := filepath.Join(cacheDir, pkg)
@@ -104,11 +105,11 @@ func findKernel(dir string) (Kernel, error) {
 }
 
 // imagePackage asks apt which image package linux-image-amd64 depends on.
-func imagePackage(log io.Writer) (string, error) {
+func imagePackage(ctx context.Context, log io.Writer) (string, error) {
 	var out []byte
-	err := withAptUpdate(log, func() error {
+	err := withAptUpdate(ctx, log, func() error {
 		var err error
-		out, err = exec.Command("apt-cache", "show", "--no-all-versions", kernelMeta).Output()
+		out, err = exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", kernelMeta).Output()
 		if err == nil && !bytes.Contains(out, []byte("\nDepends:")) {
 			err = fmt.Errorf("no Depends field")
 		}
@@ -141,21 +142,21 @@ func parseImageDepends(record []byte) (string, error) {
 
 // withAptUpdate runs f, and when it fails runs apt-get update once and
 // retries: a fresh machine has no package lists.
-func withAptUpdate(log io.Writer, f func() error) error {
+func withAptUpdate(ctx context.Context, log io.Writer, f func() error) error {
 	err := f()
 	if err == nil {
 		return nil
 	}
 	fmt.Fprintf(log, "vmrun: %v; running apt-get update and retrying\n", err)
-	if uerr := run("", log, "apt-get", "update"); uerr != nil {
+	if uerr := run(ctx, "", log, "apt-get", "update"); uerr != nil {
 		return fmt.Errorf("%w (and apt-get update failed: %v)", err, uerr)
 	}
 	return f()
 }
 
 // run runs a command in dir with its output sent to log.
-func run(dir string, log io.Writer, name string, args ...string) error {
-	cmd := exec.Command(name, args...)
+func run(ctx context.Context, dir string, log io.Writer, name string, args ...string) error {
+	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
 	cmd.Stdout = log
 	cmd.Stderr = log

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +16,7 @@ const QEMUBinary = "qemu-system-x86_64"
 // EnsureQEMU returns the path of qemu-system-x86_64, installing Debian's
 // qemu-system-x86 (without recommends) when it is missing and the user is
 // root. Otherwise the error says what to install.
-func EnsureQEMU(log io.Writer) (string, error) {
+func EnsureQEMU(ctx context.Context, log io.Writer) (string, error) {
 	if p, err := exec.LookPath(QEMUBinary); err == nil {
 		return p, nil
 	}
@@ -23,8 +24,8 @@ func EnsureQEMU(log io.Writer) (string, error) {
 		return "", fmt.Errorf("%s not found: install it with `sudo apt-get install --no-install-recommends qemu-system-x86`", QEMUBinary)
 	}
 	fmt.Fprintf(log, "vmrun: %s missing; installing qemu-system-x86 with apt-get\n", QEMUBinary)
-	if err := withAptUpdate(log, func() error {
-		return run("", log, "apt-get", "install", "-y", "-q", "--no-install-recommends", "qemu-system-x86")
+	if err := withAptUpdate(ctx, log, func() error {
+		return run(ctx, "", log, "apt-get", "install", "-y", "-q", "--no-install-recommends", "qemu-system-x86")
 	}); err != nil {
 		return "", fmt.Errorf("install qemu-system-x86: %w", err)
 	}

@@ -41,16 +41,19 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if len(o.Args) == 0 {
 		return 0, errors.New("run in VM: no program given")
 	}
+	// The timeout bounds the whole run, a first download included.
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
 	if err := checkStatic(o.Init); err != nil {
 		return 0, err
 	}
-	qemu, err := EnsureQEMU(o.Log)
+	qemu, err := EnsureQEMU(ctx, o.Log)
 	if err != nil {
-		return 0, err
+		return 0, timedOut(ctx, o.Timeout, err)
 	}
-	kernel, err := EnsureKernel(o.CacheDir, o.Log)
+	kernel, err := EnsureKernel(ctx, o.CacheDir, o.Log)
 	if err != nil {
-		return 0, err
+		return 0, timedOut(ctx, o.Timeout, err)
 	}
 	marker, err := newMarker()
 	if err != nil {
@@ -89,7 +92,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 }
 
 // Boot runs qemu for m, streams the console to stdout without the status
-// line, and returns the guest's status.
+// line, and returns the guest's status. It kills qemu after timeout.
 func Boot(ctx context.Context, m Machine, marker string, timeout time.Duration, stdout, log io.Writer) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -123,6 +126,14 @@ func Verdict(code int, found, panicked bool, ctxErr error, timeout time.Duration
 	default:
 		return 0, errors.New("guest powered off without printing an exit status (see the console output above)")
 	}
+}
+
+// timedOut says so when err came from ctx's deadline.
+func timedOut(ctx context.Context, timeout time.Duration, err error) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("timed out after %v while preparing the VM (raise -timeout): %w", timeout, err)
+	}
+	return err
 }
 
 // guestEnv returns env with TMPDIR pointing at the guest's writable tmpfs.

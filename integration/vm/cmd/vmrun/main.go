@@ -12,6 +12,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -26,11 +27,22 @@ import (
 // exitRunnerFailed is the status for a run that produced no guest status.
 const exitRunnerFailed = 125
 
+// prepareTimeout bounds -prepare (an apt-get update, install and download).
+const prepareTimeout = 15 * time.Minute
+
 func main() {
 	if os.Getpid() == 1 {
 		vm.Guest()
 	}
-	os.Exit(run(os.Args[1:]))
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "vmrun: find own binary: %v\n", err)
+		os.Exit(exitRunnerFailed)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], self, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
 type forwards []vm.Forward
@@ -45,8 +57,11 @@ func (f *forwards) Set(s string) error {
 	return nil
 }
 
-func run(args []string) int {
+// run is vmrun with its arguments; self is the static binary that becomes
+// the guest's /init.
+func run(ctx context.Context, args []string, self string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vmrun", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: vmrun [flags] PROGRAM [ARGS...]\n       vmrun -prepare\n")
 		fs.PrintDefaults()
@@ -64,25 +79,27 @@ func run(args []string) int {
 	}
 	wd, err := os.Getwd()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "vmrun: working directory: %v\n", err)
+		fmt.Fprintf(stderr, "vmrun: working directory: %v\n", err)
 		return exitRunnerFailed
 	}
 	cacheDir, err := vm.CacheDir(*cache, os.Getenv("CELLGATE_VM_CACHE"), wd)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
+		fmt.Fprintf(stderr, "vmrun: %v\n", err)
 		return exitRunnerFailed
 	}
 	if *prepare {
-		if _, err := vm.EnsureQEMU(os.Stderr); err != nil {
-			fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
+		ctx, cancel := context.WithTimeout(ctx, prepareTimeout)
+		defer cancel()
+		if _, err := vm.EnsureQEMU(ctx, stderr); err != nil {
+			fmt.Fprintf(stderr, "vmrun: %v\n", err)
 			return exitRunnerFailed
 		}
-		k, err := vm.EnsureKernel(cacheDir, os.Stderr)
+		k, err := vm.EnsureKernel(ctx, cacheDir, stderr)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
+			fmt.Fprintf(stderr, "vmrun: %v\n", err)
 			return exitRunnerFailed
 		}
-		fmt.Fprintf(os.Stderr, "vmrun: ready: %s, kernel %s\n", vm.QEMUBinary, k.Package)
+		fmt.Fprintf(stderr, "vmrun: ready: %s, kernel %s\n", vm.QEMUBinary, k.Package)
 		return 0
 	}
 	if fs.NArg() == 0 {
@@ -91,16 +108,9 @@ func run(args []string) int {
 	}
 	prog, err := programPath(fs.Arg(0), wd)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "vmrun: %v\n", err)
+		fmt.Fprintf(stderr, "vmrun: %v\n", err)
 		return exitRunnerFailed
 	}
-	self, err := os.Executable()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "vmrun: find own binary: %v\n", err)
-		return exitRunnerFailed
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	code, err := vm.Run(ctx, vm.Options{
 		Args:     append([]string{prog}, fs.Args()[1:]...),
 		Dir:      wd,
@@ -113,11 +123,11 @@ func run(args []string) int {
 		Forwards: fwd,
 		Verbose:  *verbose,
 		Init:     self,
-		Stdout:   os.Stdout,
-		Log:      os.Stderr,
+		Stdout:   stdout,
+		Log:      stderr,
 	})
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "vmrun: FAIL: %v\n", err)
+		fmt.Fprintf(stderr, "vmrun: FAIL: %v\n", err)
 		return exitRunnerFailed
 	}
 	return code
