@@ -28,7 +28,7 @@ type tenantTotalsCollector struct {
 	up, cpuUsage, cpuUser, cpuSystem, throttled, memoryCurrent, memoryEvents *prometheus.Desc
 }
 
-// NewTenantTotalsCollector returns a collector that calls read at every
+// NewTenantTotalsCollector returns a collector that calls read (not nil) at every
 // scrape and exports the tenant groups' totals. read may return partial
 // totals with an error; those are exported and cellgate_tenant_totals_up is
 // 0, so one unreadable tenant does not fail the scrape. read should log its
@@ -99,7 +99,7 @@ type admissionCollector struct {
 	inFlight, queued, reserved *prometheus.Desc
 }
 
-// NewAdmissionCollector returns a collector that calls stats at every scrape
+// NewAdmissionCollector returns a collector that calls stats (not nil) at every scrape
 // and exports, per tenant, the cells in flight, the admission queue length
 // and the memory reserved.
 func NewAdmissionCollector(stats func() []AdmissionStats) prometheus.Collector {

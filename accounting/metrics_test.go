@@ -155,3 +155,33 @@ func near(a, b float64) bool {
 	}
 	return d <= 1e-9*(1+b)
 }
+
+func TestObserveRequestConcurrent(t *testing.T) {
+	m, _ := newTestMetrics(t)
+	const goroutines, each = 8, 100
+	done := make(chan struct{})
+	for g := range goroutines {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			r := cellRecord()
+			if g%2 == 1 {
+				r.Route = "static"
+			}
+			for range each {
+				m.ObserveRequest(r)
+			}
+		}()
+	}
+	for range goroutines {
+		<-done
+	}
+	for _, route := range []string{"api", "static"} {
+		got := testutil.ToFloat64(m.requests.WithLabelValues("acme", route, "200", "ok"))
+		if got != goroutines/2*each {
+			t.Errorf("requests for route %s = %g, want %d", route, got, goroutines/2*each)
+		}
+	}
+	if n := testutil.CollectAndCount(m.cpuSeconds); n != 2 {
+		t.Errorf("cpu histogram series = %d, want 2", n)
+	}
+}
