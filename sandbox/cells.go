@@ -40,3 +40,22 @@ type Cell interface {
 	// enforce (the operator's --unenforced, or a host without them).
 	Unenforced() []string
 }
+
+// PoolCells is the production cell source: cells from the daemon's
+// cgroup.Pool, handed back to it for removal in the background.
+type PoolCells struct{ Pool *cgroup.Pool }
+
+// Get takes a ready cell of prof from the pool.
+func (p PoolCells) Get(ctx context.Context, prof *cgroup.Profile) (Cell, error) {
+	c, err := p.Pool.Get(ctx, prof)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Release hands the cell back to the pool, which kills what is left,
+// waits for it to empty and removes it.
+func (p PoolCells) Release(c Cell) { p.Pool.Release(c.(*cgroup.Cell)) }
+
+var _ Cell = (*cgroup.Cell)(nil)

@@ -1,0 +1,227 @@
+package sandbox
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cellgate/cellgate/cgroup"
+)
+
+// These tests run real cells on whatever cgroup2 hierarchy the host has, with
+// every controller allowed to be missing (the development machines' cgroup2
+// has none): spawn into the cell, cgroup.kill, populated, cpu.stat. Limits
+// are tested in package integration, in the microVM. They need root and skip
+// without it.
+
+// cgroup2Mount returns the cgroup2 mount point, or "".
+func cgroup2Mount(t testing.TB) string {
+	t.Helper()
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		for i, fld := range fields {
+			if fld == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 {
+				return fields[4]
+			}
+		}
+	}
+	return ""
+}
+
+// newKernelRunner returns a Runner over a real cgroup pool in a private base
+// under the cgroup2 mount, giving each cell its own uid from uids, and the
+// base's path; everything is removed at the end of the test.
+func newKernelRunner(t testing.TB, uids UIDRange) (*Runner, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skipf("real cells need root (euid %d)", os.Geteuid())
+	}
+	mnt := cgroup2Mount(t)
+	if mnt == "" {
+		t.Skip("no cgroup2 mount")
+	}
+	base := filepath.Join(mnt, fmt.Sprintf("cellgate-sandbox-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	tree, err := cgroup.Open(context.Background(), cgroup.Options{Mount: mnt, Base: base, Unenforced: []string{"memory", "cpu", "pids"}})
+	if err != nil {
+		t.Skipf("cannot open a private cgroup base %s: %v", base, err)
+	}
+	pool := cgroup.NewPool(tree, cgroup.PoolOptions{})
+	prof, err := cgroup.NewProfile("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{Cells: PoolCells{Pool: pool}, Profile: prof, UIDs: uids, Timeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.Close()
+		if err := pool.Close(); err != nil {
+			t.Errorf("close pool: %v", err)
+		}
+		if err := tree.Close(); err != nil {
+			t.Errorf("close tree: %v", err)
+		}
+		if _, err := os.Stat(base); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("base %s left behind (stat: %v)", base, err)
+		}
+	})
+	return r, base
+}
+
+func TestKernelPerCellCredentials(t *testing.T) {
+	uids := UIDRange{First: 1_500_000_000, Count: 8}
+	r, _ := newKernelRunner(t, uids)
+	var out bytes.Buffer
+	res, err := r.Run(context.Background(), Spec{
+		Path: "/bin/sh", Args: []string{"sh", "-c", "id -u; id -g; id -G; grep NoNewPrivs /proc/self/status"},
+		Env:  []string{"PATH=/usr/bin:/bin"}, Stdout: &out, Stderr: &out,
+	})
+	if err != nil || res.Cause != CauseOK {
+		t.Fatalf("Run: %v, cause %s, output %q", err, res.Cause, out.String())
+	}
+	got := lines(out.String())
+	want := []string{strconv.Itoa(int(res.UID)), strconv.Itoa(DefaultGID), strconv.Itoa(DefaultGID), "NoNewPrivs:\t1"}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("worker reported %q, want %q (its own uid, the shared gid, no supplementary groups)", got, want)
+	}
+	if res.UID < uids.First || res.UID >= uids.First+uids.Count {
+		t.Errorf("Result.UID %d outside %s", res.UID, uids)
+	}
+	if len(res.Unenforced) == 0 && len(res.Usage.Missing) > 0 {
+		t.Errorf("accounting files missing (%q) but no controller reported unenforced", res.Usage.Missing)
+	}
+	if r.UIDsInFlight() != 0 {
+		t.Errorf("%d uids still handed out after Run returned", r.UIDsInFlight())
+	}
+}
+
+// TestKernelNoUID holds the only uid of the range with a running cell: the
+// next Run fails at once with ErrNoUID, and the uid comes back once the
+// first cell is empty.
+func TestKernelNoUID(t *testing.T) {
+	r, _ := newKernelRunner(t, UIDRange{First: 1_500_000_100, Count: 1})
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inR.Close()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outR.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Run(context.Background(), Spec{Path: "/bin/sh", Args: []string{"sh", "-c", "echo up; read x"}, Stdin: inR, Stdout: outW})
+		outW.Close()
+		done <- err
+	}()
+	if _, err := bufio.NewReader(outR).ReadString('\n'); err != nil {
+		t.Fatalf("first cell did not start: %v", err)
+	}
+	if _, err := r.Run(context.Background(), Spec{Path: "/bin/true"}); !errors.Is(err, ErrNoUID) {
+		t.Errorf("second Run while the only uid is in use: %v, want ErrNoUID", err)
+	}
+	inW.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("first Run: %v", err)
+	}
+	if res, err := r.Run(context.Background(), Spec{Path: "/bin/true"}); err != nil || res.Cause != CauseOK {
+		t.Errorf("Run after the first cell ended: %v, cause %s", err, res.Cause)
+	}
+}
+
+// TestKernelDaemonDies: a worker that leaves a daemon behind (a background
+// child in a session of its own, reparented when the worker exits) and
+// exits: the daemon is gone when Run returns, and the stdout pipe it held
+// does not keep Run waiting.
+func TestKernelDaemonDies(t *testing.T) {
+	r, _ := newKernelRunner(t, DefaultUIDRange)
+	var out bytes.Buffer
+	res, err := r.Run(context.Background(), Spec{
+		Path: "/bin/sh", Args: []string{"sh", "-c", "setsid sleep 1000 & echo $!"},
+		Env: []string{"PATH=/usr/bin:/bin"}, Stdout: &out,
+	})
+	if err != nil || res.Cause != CauseOK {
+		t.Fatalf("Run: %v, cause %s", err, res.Cause)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(out.String()))
+	if err != nil {
+		t.Fatalf("worker printed %q, want the daemon's pid", out.String())
+	}
+	if alive(pid) {
+		t.Errorf("daemon pid %d still alive after Run returned", pid)
+	}
+}
+
+// TestKernelDeadlineKillsTree: the deadline kills the worker and all its
+// descendants.
+func TestKernelDeadlineKillsTree(t *testing.T) {
+	r, _ := newKernelRunner(t, DefaultUIDRange)
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outR.Close()
+	var res Result
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		res, err = r.Run(context.Background(), Spec{
+			Path: "/bin/sh", Args: []string{"sh", "-c", "sleep 1000 & echo $!; (sleep 1000 & echo $!; wait) & wait"},
+			Env: []string{"PATH=/usr/bin:/bin"}, Stdout: outW, Timeout: 500 * time.Millisecond,
+		})
+		outW.Close()
+		done <- err
+	}()
+	sc := bufio.NewScanner(outR)
+	var pids []int
+	for sc.Scan() {
+		pid, err := strconv.Atoi(sc.Text())
+		if err != nil {
+			t.Fatalf("worker printed %q", sc.Text())
+		}
+		pids = append(pids, pid)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if res.Cause != CauseDeadline {
+		t.Errorf("cause %s, want deadline", res.Cause)
+	}
+	if len(pids) != 2 {
+		t.Fatalf("got pids %v, want two sleepers", pids)
+	}
+	for _, pid := range pids {
+		if alive(pid) {
+			t.Errorf("descendant %d alive after the deadline", pid)
+		}
+	}
+}
+
+// alive reports whether pid is a process that is not a zombie.
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
