@@ -28,8 +28,8 @@ type tenantTotalsCollector struct {
 	up, cpuUsage, cpuUser, cpuSystem, throttled, memoryCurrent, memoryEvents *prometheus.Desc
 }
 
-// NewTenantTotalsCollector returns a collector that calls read (not nil) at every
-// scrape and exports the tenant groups' totals. read may return partial
+// NewTenantTotalsCollector returns a collector that calls read (not nil) at
+// every scrape and exports the tenant groups' totals. read may return partial
 // totals with an error; those are exported and cellgate_tenant_totals_up is
 // 0, so one unreadable tenant does not fail the scrape. read should log its
 // own errors with the path it failed on.
@@ -99,9 +99,9 @@ type admissionCollector struct {
 	inFlight, queued, reserved *prometheus.Desc
 }
 
-// NewAdmissionCollector returns a collector that calls stats (not nil) at every scrape
-// and exports, per tenant, the cells in flight, the admission queue length
-// and the memory reserved.
+// NewAdmissionCollector returns a collector that calls stats (not nil) at
+// every scrape and exports, per tenant, the cells in flight, the admission
+// queue length and the memory reserved.
 func NewAdmissionCollector(stats func() []AdmissionStats) prometheus.Collector {
 	t := []string{"tenant"}
 	return &admissionCollector{
