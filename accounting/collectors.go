@@ -83,13 +83,13 @@ func (c *tenantTotalsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// AdmissionStats is one tenant's admission state at an instant: what
-// policy's Admission.Stats() reports, converted by cmd/cellgate.
+// AdmissionStats is one tenant's admission state at an instant: a
+// policy.TenantStats from Admission.Stats(), converted by cmd/cellgate.
 type AdmissionStats struct {
 	Tenant        string
-	InFlight      int    // cells running
-	Queued        int    // requests waiting for admission
-	ReservedBytes uint64 // memory reserved by the running cells' limits
+	InFlight      int   // cells running
+	Queued        int   // requests waiting for admission
+	ReservedBytes int64 // memory reserved by the running cells' limits
 }
 
 // admissionCollector reads AdmissionStats at scrape time.

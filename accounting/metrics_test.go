@@ -185,3 +185,32 @@ func TestObserveRequestConcurrent(t *testing.T) {
 		t.Errorf("cpu histogram series = %d, want 2", n)
 	}
 }
+
+func TestOutcomeLabel(t *testing.T) {
+	tests := []struct {
+		outcome Outcome
+		want    string
+	}{
+		{OutcomeOK, "ok"},
+		{OutcomeDeadline, "deadline"},
+		{OutcomeBadRequest, "bad_request"},
+		{OutcomeMethodNotAllowed, "method_not_allowed"},
+		{OutcomeNoCell, "no_cell"},
+		{OutcomeShutdown, "shutdown"},
+		{Outcome("bad_request"), "bad_request"}, // proxy's own constant of the same value
+		{Outcome("teapot"), "other"},
+		{Outcome(""), "other"},
+	}
+	for _, tt := range tests {
+		t.Run(string(tt.outcome), func(t *testing.T) {
+			m, _ := newTestMetrics(t)
+			m.ObserveRequest(Record{Tenant: "acme", Route: "api", Status: 503, Outcome: tt.outcome})
+			if got := testutil.ToFloat64(m.requests.WithLabelValues("acme", "api", "503", tt.want)); got != 1 {
+				t.Errorf("requests{outcome=%q} = %g, want 1", tt.want, got)
+			}
+			if n := testutil.CollectAndCount(m.requests); n != 1 {
+				t.Errorf("request series = %d, want 1", n)
+			}
+		})
+	}
+}

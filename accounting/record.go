@@ -26,26 +26,30 @@ const (
 
 // Outcomes decided by the front end, with or without a cell.
 const (
-	OutcomeQueueFull      Outcome = "queue_full"       // admission queue full: 503
-	OutcomeQueueTimeout   Outcome = "queue_timeout"    // waited too long for admission: 503
-	OutcomeNoRoute        Outcome = "no_route"         // no route matched: 404
-	OutcomeBodyTooLarge   Outcome = "body_too_large"   // 413
-	OutcomeHeaderTooLarge Outcome = "header_too_large" // 431
-	OutcomeClientTimeout  Outcome = "client_timeout"   // client too slow sending the request: 408
-	OutcomeClientGone     Outcome = "client_gone"      // client went away before the response was written
-	OutcomeBadGateway     Outcome = "bad_gateway"      // the worker's CGI response was invalid: 502
-	OutcomeSpawnFailed    Outcome = "spawn_failed"     // the cell or worker could not be started
-	OutcomeInternal       Outcome = "internal"         // any other server-side failure
-	OutcomeOther          Outcome = "other"            // a value outside this set (metrics only)
+	OutcomeQueueFull        Outcome = "queue_full"         // admission queue full: 503
+	OutcomeQueueTimeout     Outcome = "queue_timeout"      // waited too long for admission: 503
+	OutcomeNoRoute          Outcome = "no_route"           // no route matched: 404
+	OutcomeBadRequest       Outcome = "bad_request"        // malformed request: 400
+	OutcomeMethodNotAllowed Outcome = "method_not_allowed" // 405
+	OutcomeBodyTooLarge     Outcome = "body_too_large"     // 413
+	OutcomeHeaderTooLarge   Outcome = "header_too_large"   // 431
+	OutcomeClientTimeout    Outcome = "client_timeout"     // client too slow sending the request: 408
+	OutcomeClientGone       Outcome = "client_gone"        // client went away before the response was written
+	OutcomeBadGateway       Outcome = "bad_gateway"        // the worker's CGI response was invalid: 502
+	OutcomeSpawnFailed      Outcome = "spawn_failed"       // the cell or worker could not be started
+	OutcomeNoCell           Outcome = "no_cell"            // the runner had no cell or uid free: 503
+	OutcomeShutdown         Outcome = "shutdown"           // cancelled by a shutdown: 503
+	OutcomeInternal         Outcome = "internal"           // any other server-side failure
+	OutcomeOther            Outcome = "other"              // a value outside this set (metrics only)
 )
 
 // known reports whether o is one of the Outcome constants.
 func (o Outcome) known() bool {
 	switch o {
 	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeDeadline, OutcomePids, OutcomeKilled,
-		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBodyTooLarge, OutcomeHeaderTooLarge,
-		OutcomeClientTimeout, OutcomeClientGone, OutcomeBadGateway, OutcomeSpawnFailed, OutcomeInternal,
-		OutcomeOther:
+		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeMethodNotAllowed,
+		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone,
+		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeShutdown, OutcomeInternal, OutcomeOther:
 		return true
 	}
 	return false
