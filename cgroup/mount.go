@@ -85,6 +85,10 @@ func parseProcCgroup(b []byte) (string, error) {
 // path is relative to the cgroup namespace, the mount shows the subtree
 // from m.Root.
 func groupDir(m mountInfo, cgroupPath string) (string, error) {
+	if cgroupPath == "/.." || strings.HasPrefix(cgroupPath, "/../") {
+		// The group is above this cgroup namespace's root.
+		return "", fmt.Errorf("own cgroup %s is outside this cgroup namespace: use a private cgroup namespace", cgroupPath)
+	}
 	rel := path.Clean(cgroupPath)
 	root := path.Clean(m.Root)
 	if root != "/" {
@@ -92,9 +96,6 @@ func groupDir(m mountInfo, cgroupPath string) (string, error) {
 			return "", fmt.Errorf("own cgroup %s is outside the cgroup2 mount %s (root %s): mount cgroup2 so that it shows the process's group", cgroupPath, m.Point, m.Root)
 		}
 		rel = strings.TrimPrefix(rel, root)
-	}
-	if strings.HasPrefix(rel, "/..") {
-		return "", fmt.Errorf("own cgroup %s is outside this cgroup namespace: use a private cgroup namespace", cgroupPath)
 	}
 	return path.Join(m.Point, rel), nil
 }

@@ -92,6 +92,7 @@ type Tree struct {
 	enabled   []string
 	allowed   []string // Options.Unenforced
 	createdB  bool     // Open created base (a private base): Close removes it
+	createdC  bool     // Open created cells/ (a failed Open removes it)
 	nonce     string
 	seq       atomic.Uint64
 	sweepTime time.Duration
@@ -148,6 +149,12 @@ func Open(ctx context.Context, o Options) (*Tree, error) {
 	if err := t.locate(o); err != nil {
 		return nil, err
 	}
+	ok := false
+	defer func() {
+		if !ok {
+			t.undo()
+		}
+	}()
 	if err := t.setup(o); err != nil {
 		return nil, err
 	}
@@ -173,7 +180,19 @@ func Open(ctx context.Context, o Options) (*Tree, error) {
 		return nil, err
 	}
 	t.log.Info("cgroup tree ready", "features", t.feat)
+	ok = true
 	return t, nil
+}
+
+// undo removes what a failed Open created: cells/ (when empty) and a
+// private base. A daemon moved into supervisor/ stays there.
+func (t *Tree) undo() {
+	if t.createdC {
+		t.ops.rmdir(t.cells)
+	}
+	if t.createdB {
+		t.ops.rmdir(t.base)
+	}
 }
 
 // locate sets the mount and the base, and moves the daemon into
@@ -289,7 +308,10 @@ func (t *Tree) setup(o Options) error {
 		return err
 	}
 	t.cells = filepath.Join(t.base, cellsDir)
-	if err := t.ops.mkdir(t.cells); err != nil && !errors.Is(err, unix.EEXIST) {
+	switch err := t.ops.mkdir(t.cells); {
+	case err == nil:
+		t.createdC = true
+	case !errors.Is(err, unix.EEXIST):
 		return fmt.Errorf("mkdir %s: %w: %w (%s)", t.cells, ErrNotDelegated, err, remedy)
 	}
 	if err := enableControllers(t.cells, want); err != nil {

@@ -1,0 +1,202 @@
+package cgroup
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// fakeFS imitates cgroupfs on a plain directory: mkdir creates the control
+// files a kernel would (the controllers come from the parent's
+// cgroup.subtree_control), rmdir refuses populated groups and groups with
+// children (EBUSY) and removes the files first. Tests simulate processes by
+// writing "populated 1" to cgroup.events; kill turns it back to 0 when
+// autoKill is set (see killer).
+type fakeFS struct {
+	// mkdirErr, when set, may refuse a mkdir (EAGAIN, ENOSPC).
+	mkdirErr func(path string) error
+	// rmdirHook, when set, runs before each rmdir (tests block in it).
+	rmdirHook func(path string)
+
+	mkdirs atomic.Int64
+	rmdirs atomic.Int64
+}
+
+var controllerFiles = map[string]map[string]string{
+	"memory": {
+		"memory.max": "max\n", "memory.low": "0\n", "memory.high": "max\n", "memory.swap.max": "max\n",
+		"memory.oom.group": "0\n", "memory.peak": "0\n", "memory.current": "0\n",
+		"memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
+	},
+	"cpu":  {"cpu.max": "max 100000\n", "cpu.weight": "100\n", "cpu.max.burst": "0\n", "cpu.idle": "0\n"},
+	"pids": {"pids.max": "max\n", "pids.peak": "0\n", "pids.events": "max 0\n"},
+	"io":   {"io.stat": "", "io.max": "", "io.weight": "default 100\n"},
+}
+
+func (f *fakeFS) mkdir(path string) error {
+	if f.mkdirErr != nil {
+		if err := f.mkdirErr(path); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(path, 0o755); err != nil {
+		return errnoOf(err)
+	}
+	f.mkdirs.Add(1)
+	parent, _ := os.ReadFile(filepath.Join(filepath.Dir(path), "cgroup.subtree_control"))
+	ctrls := fakeControllers(string(parent))
+	files := map[string]string{
+		"cgroup.events": "populated 0\nfrozen 0\n", "cgroup.kill": "", "cgroup.procs": "",
+		"cgroup.subtree_control": "", "cgroup.controllers": strings.Join(ctrls, " ") + "\n",
+		"cgroup.max.descendants": "max\n",
+	}
+	cpuStat := "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"
+	for _, c := range ctrls {
+		for k, v := range controllerFiles[c] {
+			files[k] = v
+		}
+		if c == "cpu" {
+			cpuStat += "nr_periods 0\nnr_throttled 0\nthrottled_usec 0\n"
+		}
+	}
+	files["cpu.stat"] = cpuStat
+	for k, v := range files {
+		if err := os.WriteFile(filepath.Join(path, k), []byte(v), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fakeControllers parses a subtree_control the fake wrote or a test wrote:
+// "+memory +cpu" and "memory cpu" both name memory and cpu.
+func fakeControllers(s string) []string {
+	var out []string
+	for _, f := range strings.Fields(s) {
+		out = append(out, strings.TrimPrefix(f, "+"))
+	}
+	return out
+}
+
+func (f *fakeFS) rmdir(path string) error {
+	if f.rmdirHook != nil {
+		f.rmdirHook(path)
+	}
+	ents, err := os.ReadDir(path)
+	if err != nil {
+		return errnoOf(err)
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			return unix.EBUSY
+		}
+	}
+	ev, _ := os.ReadFile(filepath.Join(path, "cgroup.events"))
+	if strings.Contains(string(ev), "populated 1") {
+		return unix.EBUSY
+	}
+	for _, e := range ents {
+		os.Remove(filepath.Join(path, e.Name()))
+	}
+	f.rmdirs.Add(1)
+	return errnoOf(os.Remove(path))
+}
+
+func errnoOf(err error) error {
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		return errno
+	}
+	return err
+}
+
+// fakeRoot makes a fake cgroup2 mount in t.TempDir() whose root delegates
+// ctrls, and returns its path.
+func fakeRoot(t testing.TB, ctrls ...string) string {
+	t.Helper()
+	root := t.TempDir()
+	write(t, filepath.Join(root, "cgroup.controllers"), strings.Join(ctrls, " "))
+	write(t, filepath.Join(root, "cgroup.subtree_control"), strings.Join(ctrls, " "))
+	return root
+}
+
+// openFake opens a Tree on a fake root with a private base.
+func openFake(t testing.TB, fs *fakeFS, root string, mod func(*Options)) (*Tree, error) {
+	t.Helper()
+	o := Options{
+		Mount:      root,
+		Base:       filepath.Join(root, "cellgate"),
+		ProbeSpawn: func(int) error { return nil },
+		ops:        fs,
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	return Open(t.Context(), o)
+}
+
+func mustOpenFake(t testing.TB, fs *fakeFS, root string, mod func(*Options)) *Tree {
+	t.Helper()
+	tr, err := openFake(t, fs, root, mod)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	return tr
+}
+
+func write(t testing.TB, path, s string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func read(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// killer simulates the kernel's cgroup.kill for dir: when cgroup.kill
+// becomes "1" it writes populated 0. It stops at the end of the test.
+func killer(t testing.TB, dir string) {
+	t.Helper()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	t.Cleanup(func() { close(done); wg.Wait() })
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+			}
+			if b, err := os.ReadFile(filepath.Join(dir, "cgroup.kill")); err == nil && strings.TrimSpace(string(b)) == "1" {
+				// Replace the file atomically, as the kernel's read sees
+				// one value or the other.
+				tmp := filepath.Join(dir, ".events.tmp")
+				os.WriteFile(tmp, []byte("populated 0\nfrozen 0\n"), 0o644)
+				os.Rename(tmp, filepath.Join(dir, "cgroup.events"))
+				return
+			}
+		}
+	}()
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
