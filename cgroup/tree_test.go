@@ -505,7 +505,7 @@ func TestTenant(t *testing.T) {
 	if got := fakeControllers(read(t, g.Path()+"/cgroup.subtree_control")); !slices.Equal(got, []string{"memory", "cpu", "pids"}) {
 		t.Errorf("tenant subtree_control = %v", got)
 	}
-	if exists(g.Path() + "/memory.oom.group") && read(t, g.Path()+"/memory.oom.group") == "1" {
+	if exists(g.Path()+"/memory.oom.group") && read(t, g.Path()+"/memory.oom.group") == "1" {
 		t.Error("a tenant got the cell default memory.oom.group=1")
 	}
 	if _, err := tr.Tenant("acme", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: i64(50)}}); err != nil {
