@@ -20,7 +20,7 @@ import (
 func Guest() {
 	console := os.Stdout
 	rawConsole(int(console.Fd()))
-	spec, err := readSpec("/" + specPath)
+	spec, err := readSpec("/" + SpecPath)
 	if err == nil {
 		err = setup(spec)
 	}

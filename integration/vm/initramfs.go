@@ -3,6 +3,7 @@ package vm
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 )
 
@@ -88,4 +89,67 @@ func (c *countingWriter) write(p []byte) error {
 
 func (c *countingWriter) align() error {
 	return c.write(make([]byte, (4-c.n%4)%4))
+}
+
+// ReadInitramfs reads a newc archive written by WriteInitramfs back, up to
+// the trailer.
+func ReadInitramfs(r io.Reader) ([]File, error) {
+	cr := &countingReader{r: r}
+	var files []File
+	for {
+		var hdr [110]byte
+		if err := cr.read(hdr[:]); err != nil {
+			return nil, fmt.Errorf("read initramfs header after %d entries: %w", len(files), err)
+		}
+		if string(hdr[:6]) != "070701" {
+			return nil, fmt.Errorf("read initramfs entry %d: bad magic %q", len(files), hdr[:6])
+		}
+		var field [13]uint32
+		for i := range field {
+			v, err := strconv.ParseUint(string(hdr[6+8*i:14+8*i]), 16, 32)
+			if err != nil {
+				return nil, fmt.Errorf("read initramfs entry %d: field %d: %w", len(files), i, err)
+			}
+			field[i] = uint32(v)
+		}
+		name := make([]byte, field[11])
+		if err := cr.read(name); err != nil {
+			return nil, fmt.Errorf("read initramfs entry %d name: %w", len(files), err)
+		}
+		if err := cr.align(); err != nil {
+			return nil, err
+		}
+		f := File{Name: strings.TrimSuffix(string(name), "\x00"), Mode: field[1], Major: field[9], Minor: field[10]}
+		if f.Name == cpioTrailer {
+			return files, nil
+		}
+		if field[6] > 0 {
+			f.Data = make([]byte, field[6])
+			if err := cr.read(f.Data); err != nil {
+				return nil, fmt.Errorf("read initramfs entry %q data: %w", f.Name, err)
+			}
+		}
+		if err := cr.align(); err != nil {
+			return nil, err
+		}
+		files = append(files, f)
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) read(p []byte) error {
+	n, err := io.ReadFull(c.r, p)
+	c.n += int64(n)
+	return err
+}
+
+func (c *countingReader) align() error {
+	if err := c.read(make([]byte, (4-c.n%4)%4)); err != nil {
+		return fmt.Errorf("read initramfs padding at %d: %w", c.n, err)
+	}
+	return nil
 }

@@ -203,7 +203,7 @@ func BuildInitramfs(w io.Writer, init, modDir string, spec *Spec) error {
 	if err != nil {
 		return fmt.Errorf("encode spec: %w", err)
 	}
-	files = append(files, File{Name: specPath, Mode: ModeRegular | 0o644, Data: js})
+	files = append(files, File{Name: SpecPath, Mode: ModeRegular | 0o644, Data: js})
 	return WriteInitramfs(w, files)
 }
 

@@ -12,7 +12,7 @@ type Spec struct {
 
 // Guest paths.
 const (
-	specPath   = "vmrun.json"
+	SpecPath   = "vmrun.json" // the Spec, in the initramfs
 	modulesDir = "modules"
 	newRoot    = "/newroot"
 	// GuestScratch is a tmpfs in the guest's view of the shared root. The

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/cellgate/cellgate/integration/vm"
+)
+
+// fakeQEMUEnv makes the test binary act as qemu-system-x86_64.
+const fakeQEMUEnv = "VMRUN_TEST_FAKE_QEMU"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(fakeQEMUEnv); mode != "" {
+		os.Exit(fakeQEMU(mode, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// fakeQEMU plays the guest: it finds the spec in the -initrd it is given
+// and answers as mode says ("status:N", "panic" or "echo").
+func fakeQEMU(mode string, args []string) int {
+	i := slices.Index(args, "-initrd")
+	if i < 0 || i+1 >= len(args) {
+		fmt.Fprintln(os.Stderr, "fake qemu: no -initrd")
+		return 1
+	}
+	b, err := os.ReadFile(args[i+1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake qemu:", err)
+		return 1
+	}
+	files, err := vm.ReadInitramfs(bytes.NewReader(b))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake qemu:", err)
+		return 1
+	}
+	var spec vm.Spec
+	for _, f := range files {
+		if f.Name == vm.SpecPath {
+			err = json.Unmarshal(f.Data, &spec)
+		}
+	}
+	if err != nil || spec.Marker == "" {
+		fmt.Fprintln(os.Stderr, "fake qemu: no spec in the initramfs", err)
+		return 1
+	}
+	var code int
+	switch {
+	case mode == "panic":
+		fmt.Println("Kernel panic - not syncing: Attempted to kill init!")
+		return 0
+	case mode == "echo":
+		fmt.Printf("mem=%s smp=%s args=%q\n", args[slices.Index(args, "-m")+1], args[slices.Index(args, "-smp")+1], spec.Args)
+	case strings.HasPrefix(mode, "status:"):
+		fmt.Sscanf(mode, "status:%d", &code)
+	}
+	fmt.Printf("%s %d\n", spec.Marker, code)
+	return 0
+}
+
+// setup puts the fake qemu on PATH and returns a kernel cache whose guest
+// modules are all built in, and a static "init" (an ELF header is enough).
+func setup(t *testing.T, mode string) (cache, init string) {
+	t.Helper()
+	bin := t.TempDir()
+	if err := os.Symlink(os.Args[0], filepath.Join(bin, vm.QEMUBinary)); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv(fakeQEMUEnv, mode)
+
+	cache = t.TempDir()
+	pkg := filepath.Join(cache, "linux-image-fake")
+	mods := filepath.Join(pkg, "lib", "modules", "fake")
+	builtin := ""
+	for _, m := range vm.GuestModules {
+		builtin += "kernel/" + m + ".ko\n"
+	}
+	var hdr bytes.Buffer
+	h := elf.Header64{Type: uint16(elf.ET_EXEC), Machine: uint16(elf.EM_X86_64), Version: uint32(elf.EV_CURRENT), Ehsize: 64}
+	copy(h.Ident[:], "\x7fELF\x02\x01\x01")
+	binary.Write(&hdr, binary.LittleEndian, h)
+	init = filepath.Join(t.TempDir(), "init")
+	for p, data := range map[string]string{
+		filepath.Join(cache, "kernel"):             "linux-image-fake\n",
+		filepath.Join(pkg, "boot", "vmlinuz-fake"): "",
+		filepath.Join(mods, "modules.order"):       "",
+		filepath.Join(mods, "modules.builtin"):     builtin,
+		init:                                       hdr.String(),
+	} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cache, init
+}
+
+func TestRunExitStatus(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		mode     string
+		args     []string
+		wantCode int
+		wantOut  string
+		wantErr  string
+	}{
+		{name: "guest passes", mode: "status:0", args: []string{"/bin/true"}, wantCode: 0},
+		{name: "guest fails", mode: "status:1", args: []string{"/bin/false"}, wantCode: 1},
+		{name: "guest status 2 (go test's FAIL on a panic)", mode: "status:2", args: []string{"/x.test"}, wantCode: 2},
+		{name: "guest kernel panic", mode: "panic", args: []string{"/x.test"}, wantCode: exitRunnerFailed, wantErr: "vmrun: FAIL: guest kernel panicked"},
+		{
+			name:     "flags before the program, the rest passed through",
+			mode:     "echo",
+			args:     []string{"-mem", "3G", "-smp", "1", "-timeout", "1m", "/tmp/x.test", "-test.v", "-mem", "x"},
+			wantCode: 0,
+			wantOut:  `mem=3G smp=1 args=["/tmp/x.test" "-test.v" "-mem" "x"]`,
+		},
+		{name: "no program", mode: "status:0", args: nil, wantCode: 2, wantErr: "usage: vmrun"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cache, init := setup(t, tc.mode)
+			var out, errOut bytes.Buffer
+			args := append([]string{"-cache", cache}, tc.args...)
+			code := run(context.Background(), args, init, &out, &errOut)
+			if code != tc.wantCode {
+				t.Errorf("vmrun %q exited %d, want %d\nstdout: %s\nstderr: %s", args, code, tc.wantCode, out.String(), errOut.String())
+			}
+			if !strings.Contains(out.String(), tc.wantOut) {
+				t.Errorf("stdout %q lacks %q", out.String(), tc.wantOut)
+			}
+			if !strings.Contains(errOut.String(), tc.wantErr) {
+				t.Errorf("stderr %q lacks %q", errOut.String(), tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestProgramPath(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"/tmp/x.test", "/tmp/x.test"},
+		{"./x.test", "/work/x.test"},
+		{"sub/x.test", "/work/sub/x.test"},
+	} {
+		got, err := programPath(tc.in, "/work")
+		if err != nil || got != tc.want {
+			t.Errorf("programPath(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+	if got, err := programPath("sh", "/work"); err != nil || !filepath.IsAbs(got) {
+		t.Errorf("programPath(sh) = %q, %v; want an absolute path from PATH", got, err)
+	}
+}

@@ -1,0 +1,257 @@
+package vm
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeQEMUEnv makes the test binary act as qemu-system-x86_64 (see
+// TestMain): the value says how the fake guest behaves.
+const fakeQEMUEnv = "VMRUN_FAKE_QEMU"
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(fakeQEMUEnv); mode != "" {
+		os.Exit(fakeQEMU(mode, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// fakeQEMU reads the spec from the -initrd it is given, as the guest would,
+// and behaves as mode says.
+func fakeQEMU(mode string, args []string) int {
+	i := slices.Index(args, "-initrd")
+	if i < 0 || i+1 >= len(args) {
+		fmt.Fprintln(os.Stderr, "fake qemu: no -initrd")
+		return 1
+	}
+	spec, err := specFromInitramfs(args[i+1])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake qemu:", err)
+		return 1
+	}
+	fmt.Println("[    0.000000] Linux version 6.1.0-fake")
+	switch mode {
+	case "echo":
+		// The guest's view of what it was asked to run, then success.
+		fmt.Printf("args=%q dir=%s tmpdir=%s accel=%s\n", spec.Args, spec.Dir, envValue(spec.Env, "TMPDIR"), args[slices.Index(args, "-accel")+1])
+		fmt.Printf("%s 0\n", spec.Marker)
+	case "fail":
+		fmt.Println("--- FAIL: TestSomething")
+		fmt.Printf("%s 1\n", spec.Marker)
+	case "panic":
+		fmt.Println("[    1.234567] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100")
+	case "nostatus":
+		fmt.Println("PASS")
+	case "spoof":
+		fmt.Println("PASS\nvmrun-exit-status-0000000000000000: 0")
+	case "hang":
+		fmt.Println("PASS")
+		time.Sleep(time.Hour)
+	case "crash":
+		fmt.Fprintln(os.Stderr, "qemu-system-x86_64: -kernel: could not load kernel")
+		return 1
+	default:
+		fmt.Fprintf(os.Stderr, "fake qemu: unknown mode %q\n", mode)
+		return 1
+	}
+	fmt.Println("[    3.000000] reboot: Power down")
+	return 0
+}
+
+func specFromInitramfs(p string) (Spec, error) {
+	var s Spec
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return s, err
+	}
+	files, err := ReadInitramfs(bytes.NewReader(b))
+	if err != nil {
+		return s, err
+	}
+	for _, f := range files {
+		if f.Name == SpecPath {
+			return s, json.Unmarshal(f.Data, &s)
+		}
+	}
+	return s, fmt.Errorf("no %s in %s", SpecPath, p)
+}
+
+func envValue(env []string, key string) string {
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
+// fakeKernelCache makes a cache dir holding a kernel package whose guest
+// modules are all built in.
+func fakeKernelCache(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	pkg := filepath.Join(dir, "linux-image-6.1.0-fake-amd64")
+	mods := filepath.Join(pkg, "lib", "modules", "6.1.0-fake-amd64")
+	var builtin strings.Builder
+	for _, m := range GuestModules {
+		fmt.Fprintf(&builtin, "kernel/fake/%s.ko\n", m)
+	}
+	for p, data := range map[string]string{
+		filepath.Join(dir, "kernel"):                           "linux-image-6.1.0-fake-amd64\n",
+		filepath.Join(pkg, "boot", "vmlinuz-6.1.0-fake-amd64"): "not a kernel",
+		filepath.Join(mods, "modules.order"):                   "",
+		filepath.Join(mods, "modules.builtin"):                 builtin.String(),
+	} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// useFakeQEMU puts the test binary on PATH as qemu-system-x86_64, acting
+// in mode.
+func useFakeQEMU(t *testing.T, mode string) {
+	t.Helper()
+	bin := t.TempDir()
+	if err := os.Symlink(os.Args[0], filepath.Join(bin, QEMUBinary)); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv(fakeQEMUEnv, mode)
+}
+
+func TestRunWithFakeQEMU(t *testing.T) {
+	for _, tc := range []struct {
+		mode     string
+		timeout  time.Duration
+		wantCode int
+		wantErr  string // "" for success
+		wantOut  string
+	}{
+		{mode: "echo", wantOut: `args=["/bin/prog" "-test.v"] dir=/work/dir tmpdir=/run/vmrun-tmp accel=tcg,thread=multi`},
+		{mode: "fail", wantCode: 1, wantOut: "--- FAIL: TestSomething\n"},
+		{mode: "panic", wantErr: "panicked", wantOut: "Kernel panic"},
+		{mode: "nostatus", wantErr: "without printing an exit status", wantOut: "PASS\n"},
+		{mode: "spoof", wantErr: "without printing an exit status"},
+		{mode: "hang", timeout: 2 * time.Second, wantErr: "timed out"},
+		{mode: "crash", wantErr: "qemu failed"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			useFakeQEMU(t, tc.mode)
+			timeout := tc.timeout
+			if timeout == 0 {
+				timeout = time.Minute
+			}
+			var out, log bytes.Buffer
+			code, err := Run(context.Background(), Options{
+				Args:     []string{"/bin/prog", "-test.v"},
+				Dir:      "/work/dir",
+				Env:      []string{"HOME=/root", "TMPDIR=/tmp/host"},
+				Mem:      "2G",
+				CPUs:     2,
+				Timeout:  timeout,
+				CacheDir: fakeKernelCache(t),
+				KVMPath:  filepath.Join(t.TempDir(), "no-kvm"),
+				Init:     staticInit(t),
+				Stdout:   &out,
+				Log:      &log,
+			})
+			if tc.wantErr == "" {
+				if err != nil || code != tc.wantCode {
+					t.Errorf("Run = %d, %v; want %d, nil\nlog: %s", code, err, tc.wantCode, log.String())
+				}
+			} else if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("Run = %d, %v; want an error containing %q\nlog: %s", code, err, tc.wantErr, log.String())
+			}
+			if !strings.Contains(out.String(), tc.wantOut) {
+				t.Errorf("output %q lacks %q", out.String(), tc.wantOut)
+			}
+			if strings.Contains(out.String(), "vmrun-exit-status-") && tc.mode != "spoof" {
+				t.Errorf("status line leaked into the output: %q", out.String())
+			}
+			if err == nil && strings.Contains(out.String(), "Power down") {
+				t.Errorf("output after the status line was not dropped: %q", out.String())
+			}
+		})
+	}
+}
+
+// staticInit writes an ELF file without an interpreter, which Run accepts
+// as the guest's /init (the test binary itself may be dynamic, under -race).
+func staticInit(t testing.TB) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "init")
+	if err := os.WriteFile(p, fakeModule(t, ""), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRunRejectsDynamicInit(t *testing.T) {
+	if _, err := os.Stat("/bin/true"); err != nil {
+		t.Fatalf("this test needs a dynamically linked /bin/true: %v", err)
+	}
+	_, err := Run(context.Background(), Options{Args: []string{"/bin/true"}, Init: "/bin/true", Timeout: time.Minute})
+	if err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
+		t.Errorf("Run with a dynamic init: %v, want an error telling to build with CGO_ENABLED=0", err)
+	}
+}
+
+func TestGuestEnv(t *testing.T) {
+	got := guestEnv([]string{"A=1", "TMPDIR=/tmp/x", "B=2", "TMPDIR=/y"})
+	want := []string{"A=1", "B=2", "TMPDIR=" + GuestTmp}
+	if !slices.Equal(got, want) {
+		t.Errorf("guestEnv = %q, want %q", got, want)
+	}
+}
+
+func TestCacheDir(t *testing.T) {
+	repo := t.TempDir()
+	sub := filepath.Join(repo, "integration", "vm")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(repo, "go.mod"), []byte("module x\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, flag, env, wd, want string
+	}{
+		{"flag wins", "/c/flag", "/c/env", sub, "/c/flag"},
+		{"env next", "", "/c/env", sub, "/c/env"},
+		{"repository root from a subdirectory", "", "", sub, filepath.Join(repo, ".cache", "vm")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := CacheDir(tc.flag, tc.env, tc.wd)
+			if err != nil || got != tc.want {
+				t.Errorf("CacheDir = %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+	if _, err := CacheDir("", "", "/"); err == nil {
+		t.Error("CacheDir outside any repository succeeded, want an error")
+	}
+}
+
+func TestParseImageDepends(t *testing.T) {
+	rec := "Package: linux-image-amd64\nVersion: 6.1.172-1\nDepends: linux-image-6.1.0-48-amd64 (= 6.1.172-1)\n"
+	got, err := parseImageDepends([]byte(rec))
+	if err != nil || got != "linux-image-6.1.0-48-amd64" {
+		t.Errorf("parseImageDepends = %q, %v; want linux-image-6.1.0-48-amd64", got, err)
+	}
+	if _, err := parseImageDepends([]byte("Package: linux-image-amd64\nDepends: initramfs-tools\n")); err == nil {
+		t.Error("parseImageDepends without an image dependency succeeded, want an error")
+	}
+}
