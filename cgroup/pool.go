@@ -332,6 +332,17 @@ func (p *Pool) Close() error {
 	return nil
 }
 
+// Idle is how many ready cells the pool holds for prof now.
+func (p *Pool) Idle(prof *Profile) int {
+	p.mu.RLock()
+	pp := p.profiles[prof.key]
+	p.mu.RUnlock()
+	if pp == nil {
+		return 0
+	}
+	return len(pp.idle)
+}
+
 // Stats returns the pool's counters.
 func (p *Pool) Stats() PoolStats {
 	return PoolStats{
