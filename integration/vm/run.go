@@ -116,7 +116,7 @@ func Verdict(code int, found, panicked bool, ctxErr error, timeout time.Duration
 	case errors.Is(ctxErr, context.DeadlineExceeded):
 		return 0, fmt.Errorf("VM timed out after %v and was killed (raise -timeout)", timeout)
 	case ctxErr != nil:
-		return 0, fmt.Errorf("VM stopped: %w", ctxErr)
+		return 0, fmt.Errorf("interrupted; VM killed: %w", ctxErr)
 	case found:
 		return code, nil
 	case panicked:

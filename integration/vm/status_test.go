@@ -116,7 +116,7 @@ func TestVerdict(t *testing.T) {
 		{name: "no status", wantErr: "without printing an exit status"},
 		{name: "qemu failed", qemuErr: exitErr, wantErr: "qemu failed"},
 		{name: "timeout", found: true, ctxErr: context.DeadlineExceeded, wantErr: "timed out"},
-		{name: "interrupted", ctxErr: context.Canceled, wantErr: "stopped"},
+		{name: "interrupted", ctxErr: context.Canceled, wantErr: "interrupted"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, err := Verdict(tc.code, tc.found, tc.panicked, tc.ctxErr, time.Minute, tc.qemuErr)
