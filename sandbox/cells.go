@@ -2,6 +2,8 @@ package sandbox
 
 import (
 	"context"
+	"log/slog"
+	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
 )
@@ -59,3 +61,35 @@ func (p PoolCells) Get(ctx context.Context, prof *cgroup.Profile) (Cell, error) 
 func (p PoolCells) Release(c Cell) { p.Pool.Release(c.(*cgroup.Cell)) }
 
 var _ Cell = (*cgroup.Cell)(nil)
+
+// TreeCells creates each cell when asked and removes it on Release, with
+// no pool and no background work: for one-shot users (cellgate run, the
+// doctor's probe). RemoveTimeout bounds a removal (0 = 5s).
+type TreeCells struct {
+	Tree          *cgroup.Tree
+	RemoveTimeout time.Duration
+	// Logger receives removal failures (nil = discard).
+	Logger *slog.Logger
+}
+
+// Get creates a cell of prof now.
+func (t TreeCells) Get(ctx context.Context, prof *cgroup.Profile) (Cell, error) {
+	c, err := t.Tree.NewCell(prof)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Release removes the cell before returning.
+func (t TreeCells) Release(c Cell) {
+	d := t.RemoveTimeout
+	if d <= 0 {
+		d = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	if err := c.(*cgroup.Cell).Remove(ctx); err != nil && t.Logger != nil {
+		t.Logger.Error("remove cell", "cell", c.Path(), "err", err)
+	}
+}

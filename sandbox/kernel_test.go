@@ -89,7 +89,7 @@ func TestKernelPerCellCredentials(t *testing.T) {
 	var out bytes.Buffer
 	res, err := r.Run(context.Background(), Spec{
 		Path: "/bin/sh", Args: []string{"sh", "-c", "id -u; id -g; id -G; grep NoNewPrivs /proc/self/status"},
-		Env:  []string{"PATH=/usr/bin:/bin"}, Stdout: &out, Stderr: &out,
+		Env: []string{"PATH=/usr/bin:/bin"}, Stdout: &out, Stderr: &out,
 	})
 	if err != nil || res.Cause != CauseOK {
 		t.Fatalf("Run: %v, cause %s, output %q", err, res.Cause, out.String())

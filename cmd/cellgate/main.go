@@ -1,0 +1,77 @@
+// Command cellgate is a reverse proxy that runs every request in its own
+// short-lived cgroup v2 cell. This file only dispatches to the subcommands,
+// one file each; each subcommand turns its flags and CELLGATE_* environment
+// into one Config, validates it once, and wires the packages together.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+)
+
+// Exit statuses shared by the subcommands.
+const (
+	exitOK    = 0
+	exitUsage = 2 // bad flags, values or environment
+)
+
+// command is one subcommand.
+type command struct {
+	summary string
+	main    func(ctx context.Context, args []string, stdio stdio) int
+}
+
+// stdio is the command's standard streams and environment.
+type stdio struct {
+	in, out, err *os.File
+	environ      []string // KEY=value, for CELLGATE_* settings
+}
+
+var commands = map[string]command{
+	"run":    {"run one command in a cell and print what it used", runMain},
+	"doctor": {"check this machine for what cellgate needs", doctorMain},
+}
+
+func main() {
+	std := stdio{in: os.Stdin, out: os.Stdout, err: os.Stderr, environ: os.Environ()}
+	os.Exit(dispatch(context.Background(), os.Args[1:], std))
+}
+
+func dispatch(ctx context.Context, args []string, std stdio) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(std.err)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	c, ok := commands[args[0]]
+	if !ok {
+		fmt.Fprintf(std.err, "cellgate: unknown command %q (want one of %s)\n", args[0], strings.Join(names(), ", "))
+		return exitUsage
+	}
+	return c.main(ctx, args[1:], std)
+}
+
+func names() []string {
+	var n []string
+	for k := range commands {
+		n = append(n, k)
+	}
+	sort.Strings(n)
+	return n
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: cellgate COMMAND [flags]")
+	fmt.Fprintln(w)
+	for _, n := range names() {
+		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Run cellgate COMMAND -h for its flags.")
+}

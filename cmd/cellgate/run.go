@@ -1,0 +1,492 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/signal"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// Exit statuses of cellgate run besides the command's own (0-255, or
+// 128+signal when a signal ended it). They follow timeout(1) and the shell
+// where those have one; a command can exit with any of these itself, so
+// --json's "cause" is the unambiguous answer.
+const (
+	exitOOM        = 122 // the kernel OOM-killed the cell (memory.events)
+	exitDeadline   = 124 // --timeout passed; cellgate killed the cell (as timeout(1))
+	exitSetup      = 125 // cellgate's own failure: no cgroup, no cell, no uid (as timeout(1))
+	exitCannotExec = 126 // the command exists but cannot be executed (as the shell)
+	exitNotFound   = 127 // the command was not found (as the shell)
+)
+
+// defaultWorkerPath is the PATH a command gets unless --env sets one.
+const defaultWorkerPath = "PATH=/usr/local/bin:/usr/bin:/bin"
+
+// runConfig is cellgate run's configuration, validated once.
+type runConfig struct {
+	Shared
+	Limits policy.Limits // Memory, MilliCPU, Pids, Timeout; the rest unused
+	// User: "auto" (a uid of the cell's own from the range), a user name,
+	// or UID[:GID]. Explicit credentials may be root's.
+	User string
+	Dir  string   // the command's working directory
+	Env  []string // the command's whole environment
+	JSON bool
+	Argv []string
+}
+
+const runUsage = `usage: cellgate run [flags] -- COMMAND [ARGS...]
+
+Runs COMMAND in a fresh cgroup cell with the given limits, prints what it
+used (a table on stderr, or with --json one JSON object on stdout, the
+command's own stdout then going to stderr) and exits with the command's
+status: its exit status, 128+N when signal N ended it, 122 when the kernel
+OOM-killed it, 124 when --timeout passed, 125 when cellgate itself failed,
+126 when COMMAND cannot be executed, 127 when it is not found, 2 for bad
+flags.
+
+The command gets exactly the environment of --env (default PATH only),
+runs in --dir (default /) under --user, with no_new_privs, in a session of
+its own, with only stdin, stdout and stderr open.
+
+flags:
+`
+
+// parseRunConfig turns run's arguments and CELLGATE_* environment into a
+// validated config. A flag.ErrHelp error means -h was given.
+func parseRunConfig(args, environ []string, usageOut io.Writer) (runConfig, error) {
+	d := policy.DefaultLimits()
+	cfg := runConfig{Shared: defaultShared(), User: "auto", Dir: "/"}
+	cfg.Limits = policy.Limits{Memory: d.Memory, MilliCPU: d.MilliCPU, Pids: d.Pids, Timeout: d.Timeout}
+	if err := cfg.Shared.parseEnv(environ); err != nil {
+		return cfg, err
+	}
+	fs := flag.NewFlagSet("cellgate run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	cfg.Shared.addFlags(fs)
+	fs.Var((*bytesFlag)(&cfg.Limits.Memory), "memory", "memory limit, such as `64Mi` or 1G (memory.max, no swap)")
+	fs.Var((*cpuFlag)(&cfg.Limits.MilliCPU), "cpu", "CPU limit in `CPUs`, such as 0.5 or 250m, or max (cpu.max)")
+	fs.Int64Var(&cfg.Limits.Pids, "pids", cfg.Limits.Pids, "process `limit` (pids.max)")
+	fs.DurationVar(&cfg.Limits.Timeout, "timeout", cfg.Limits.Timeout, "wall-clock `deadline`; the whole cell is killed then")
+	fs.StringVar(&cfg.User, "user", cfg.User, "`auto` (a uid of the cell's own from --uid-range), a user name such as nobody, or UID[:GID]")
+	fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "the command's working `directory`")
+	fs.Var((*envFlag)(&cfg.Env), "env", "`KEY=VALUE` for the command's environment; repeatable (default "+defaultWorkerPath+")")
+	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON object on stdout (the command's stdout goes to stderr)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(usageOut, runUsage)
+			fs.SetOutput(usageOut)
+			fs.PrintDefaults()
+		}
+		return cfg, err
+	}
+	cfg.Argv = fs.Args()
+	if cfg.Env == nil {
+		cfg.Env = []string{defaultWorkerPath}
+	}
+	return cfg, cfg.validate()
+}
+
+func (c *runConfig) validate() error {
+	if err := c.Shared.validate(); err != nil {
+		return err
+	}
+	if len(c.Argv) == 0 {
+		return errors.New("no command: cellgate run [flags] -- COMMAND [ARGS...]")
+	}
+	if c.Limits.Memory < policy.MinMemory {
+		return fmt.Errorf("--memory %s: below the floor %s", policy.FormatBytes(c.Limits.Memory), policy.FormatBytes(policy.MinMemory))
+	}
+	if c.Limits.MilliCPU != 0 && (c.Limits.MilliCPU < policy.MinMilliCPU || c.Limits.MilliCPU > policy.MaxMilliCPU) {
+		return fmt.Errorf("--cpu %s: outside %s..%s", policy.FormatCPU(c.Limits.MilliCPU), policy.FormatCPU(policy.MinMilliCPU), policy.FormatCPU(policy.MaxMilliCPU))
+	}
+	if c.Limits.Pids < policy.MinPids {
+		return fmt.Errorf("--pids %d: below %d (the command itself is a process)", c.Limits.Pids, policy.MinPids)
+	}
+	if c.Limits.Timeout <= 0 {
+		return fmt.Errorf("--timeout %s: not positive", c.Limits.Timeout)
+	}
+	if !filepath.IsAbs(c.Dir) {
+		return fmt.Errorf("--dir %q: not an absolute path", c.Dir)
+	}
+	if _, err := parseUser(c.User, c.GID); err != nil {
+		return fmt.Errorf("--user %q: %w", c.User, err)
+	}
+	return nil
+}
+
+// parseUser resolves --user: nil for auto.
+func parseUser(s string, gid uint32) (*sandbox.Credential, error) {
+	if s == "auto" {
+		return nil, nil
+	}
+	if u, g, ok := strings.Cut(s, ":"); ok || isDigits(s) {
+		uid, err := strconv.ParseUint(u, 10, 32)
+		if err != nil {
+			return nil, errors.New("want auto, a user name, or UID[:GID]")
+		}
+		cred := &sandbox.Credential{UID: uint32(uid), GID: gid}
+		if ok {
+			v, err := strconv.ParseUint(g, 10, 32)
+			if err != nil {
+				return nil, errors.New("want auto, a user name, or UID[:GID]")
+			}
+			cred.GID = uint32(v)
+		}
+		return cred, nil
+	}
+	u, err := user.Lookup(s)
+	if err != nil {
+		return nil, fmt.Errorf("look up user: %w", err)
+	}
+	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
+	g, err2 := strconv.ParseUint(u.Gid, 10, 32)
+	if err1 != nil || err2 != nil {
+		return nil, fmt.Errorf("user %s has uid %q gid %q: not numbers", s, u.Uid, u.Gid)
+	}
+	return &sandbox.Credential{UID: uint32(uid), GID: uint32(g)}, nil
+}
+
+func isDigits(s string) bool {
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// runReport is the --json output.
+type runReport struct {
+	Status      int          `json:"status"` // cellgate's exit status
+	Cause       string       `json:"cause,omitempty"`
+	ExitCode    int          `json:"exit_code"`
+	Signal      string       `json:"signal,omitempty"`
+	Started     *time.Time   `json:"started,omitempty"`
+	WallSeconds float64      `json:"wall_seconds"`
+	UID         uint32       `json:"uid"`
+	Unenforced  []string     `json:"unenforced"`
+	Limits      reportLimits `json:"limits"`
+	Usage       cgroup.Usage `json:"usage"`
+	Error       string       `json:"error,omitempty"`
+}
+
+type reportLimits struct {
+	MemoryBytes    int64   `json:"memory_bytes"`
+	CPU            string  `json:"cpu"`
+	Pids           int64   `json:"pids"`
+	TimeoutSeconds float64 `json:"timeout_seconds"`
+}
+
+func runMain(ctx context.Context, args []string, std stdio) int {
+	cfg, err := parseRunConfig(args, std.environ, std.err)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(std.err, "cellgate run: %v\n", err)
+		return exitUsage
+	}
+	ctx, stop, caught := signalContext(ctx)
+	defer stop()
+
+	rep := runReport{Limits: reportLimits{
+		MemoryBytes: cfg.Limits.Memory, CPU: policy.FormatCPU(cfg.Limits.MilliCPU),
+		Pids: cfg.Limits.Pids, TimeoutSeconds: cfg.Limits.Timeout.Seconds(),
+	}, Unenforced: []string{}}
+	res, err := runCell(ctx, cfg, std)
+	switch {
+	case err != nil && res.Started.IsZero():
+		rep.Status = setupStatus(err)
+		rep.Error = err.Error()
+		fmt.Fprintf(std.err, "cellgate run: %v\n", err)
+	default:
+		if err != nil { // the command ran; its streams or the accounting failed
+			rep.Error = err.Error()
+			fmt.Fprintf(std.err, "cellgate run: %v\n", err)
+		}
+		rep.Status = resultStatus(res, caught())
+		rep.Cause = string(res.Cause)
+		rep.ExitCode = res.ExitCode
+		if res.Signal != 0 {
+			rep.Signal = unixSignalName(res.Signal)
+		}
+		rep.Started = &res.Started
+		rep.WallSeconds = res.Wall.Seconds()
+		rep.UID = res.UID
+		if res.Unenforced != nil {
+			rep.Unenforced = res.Unenforced
+		}
+		rep.Usage = res.Usage
+	}
+	if cfg.JSON {
+		enc := json.NewEncoder(std.out)
+		if err := enc.Encode(rep); err != nil {
+			fmt.Fprintf(std.err, "cellgate run: write JSON: %v\n", err)
+			return exitSetup
+		}
+	} else if rep.Cause != "" {
+		printTable(std.err, rep)
+	}
+	return rep.Status
+}
+
+// runCell opens a cgroup tree for this one command, runs it, and tears the
+// tree down again.
+func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, error) {
+	log := slog.New(slog.NewTextHandler(std.err, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	cred, _ := parseUser(cfg.User, cfg.GID) // validated
+	path, err := lookPath(cfg.Argv[0], cfg.Env)
+	if err != nil {
+		return sandbox.Result{}, err
+	}
+	mount, err := cgroup2Mount()
+	if err != nil {
+		return sandbox.Result{}, err
+	}
+	base, _ := cfg.base(mount, "cellgate-run")
+	tree, err := cgroup.Open(ctx, cgroup.Options{Mount: mount, Base: base, Unenforced: cfg.Unenforced, Logger: log})
+	if err != nil {
+		return sandbox.Result{}, err
+	}
+	defer func() {
+		if err := tree.Close(); err != nil {
+			log.Error("close cgroup tree", "err", err)
+		}
+	}()
+	prof, err := cgroup.NewProfile("", cfg.Limits.Resources())
+	if err != nil {
+		return sandbox.Result{}, err
+	}
+	if err := tree.Check(prof); err != nil {
+		return sandbox.Result{}, err
+	}
+	r, err := sandbox.New(sandbox.Config{
+		Cells:   sandbox.TreeCells{Tree: tree, Logger: log},
+		Logger:  log,
+		Profile: prof,
+		Timeout: cfg.Limits.Timeout,
+		UIDs:    sandbox.UIDRange(cfg.UIDs),
+		GID:     cfg.GID,
+	})
+	if err != nil {
+		return sandbox.Result{}, err
+	}
+	defer r.Close()
+	out := std.out
+	if cfg.JSON {
+		out = std.err
+	}
+	return r.Run(ctx, sandbox.Spec{
+		Path: path, Args: cfg.Argv, Env: cfg.Env, Dir: cfg.Dir,
+		Stdin: std.in, Stdout: out, Stderr: std.err,
+		User: cred,
+	})
+}
+
+// lookPath finds argv0 the way the command's own PATH would: a name with a
+// slash is taken as it is (made absolute, as the command runs in --dir);
+// a bare name is searched in the PATH of env.
+func lookPath(argv0 string, env []string) (string, error) {
+	if strings.Contains(argv0, "/") {
+		abs, err := filepath.Abs(argv0)
+		if err != nil {
+			return "", fmt.Errorf("%w: %s: %w", sandbox.ErrSpawn, argv0, err)
+		}
+		return abs, nil
+	}
+	pathVar := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			pathVar = v
+		}
+	}
+	for _, dir := range filepath.SplitList(pathVar) {
+		if dir == "" || !filepath.IsAbs(dir) {
+			continue
+		}
+		p := filepath.Join(dir, argv0)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%w: %s: not found in PATH=%s: %w", sandbox.ErrSpawn, argv0, pathVar, fs.ErrNotExist)
+}
+
+// setupStatus maps an error that kept the command from running.
+func setupStatus(err error) int {
+	switch {
+	case errors.Is(err, sandbox.ErrSpawn) && errors.Is(err, fs.ErrNotExist):
+		return exitNotFound
+	case errors.Is(err, sandbox.ErrSpawn) && (errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.ENOEXEC)):
+		return exitCannotExec
+	}
+	return exitSetup
+}
+
+// resultStatus maps how the command ended to cellgate run's exit status.
+// caught is the signal cellgate itself received (and passed on as a kill
+// of the cell), or 0.
+func resultStatus(res sandbox.Result, caught syscall.Signal) int {
+	switch res.Cause {
+	case sandbox.CauseOK:
+		return 0
+	case sandbox.CauseOOM:
+		return exitOOM
+	case sandbox.CauseDeadline:
+		return exitDeadline
+	case sandbox.CauseKilled:
+		if caught != 0 {
+			return 128 + int(caught)
+		}
+	}
+	if res.Signal != 0 {
+		return 128 + int(res.Signal)
+	}
+	return res.ExitCode
+}
+
+// signalContext cancels ctx on SIGINT, SIGTERM or SIGHUP and remembers
+// which one came.
+func signalContext(parent context.Context) (context.Context, func(), func() syscall.Signal) {
+	ctx, cancel := context.WithCancel(parent)
+	sigc := make(chan os.Signal, 1)
+	signal.Notify(sigc, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	got := make(chan syscall.Signal, 1)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sigc:
+			got <- s.(syscall.Signal)
+			cancel()
+		case <-done:
+		}
+	}()
+	stop := func() {
+		signal.Stop(sigc)
+		close(done)
+		cancel()
+	}
+	caught := func() syscall.Signal {
+		select {
+		case s := <-got:
+			got <- s
+			return s
+		default:
+			return 0
+		}
+	}
+	return ctx, stop, caught
+}
+
+func unixSignalName(s syscall.Signal) string {
+	if name := signalNames[s]; name != "" {
+		return name
+	}
+	return "SIG" + strconv.Itoa(int(s))
+}
+
+var signalNames = map[syscall.Signal]string{
+	syscall.SIGHUP: "SIGHUP", syscall.SIGINT: "SIGINT", syscall.SIGQUIT: "SIGQUIT", syscall.SIGILL: "SIGILL",
+	syscall.SIGTRAP: "SIGTRAP", syscall.SIGABRT: "SIGABRT", syscall.SIGBUS: "SIGBUS", syscall.SIGFPE: "SIGFPE",
+	syscall.SIGKILL: "SIGKILL", syscall.SIGUSR1: "SIGUSR1", syscall.SIGSEGV: "SIGSEGV", syscall.SIGUSR2: "SIGUSR2",
+	syscall.SIGPIPE: "SIGPIPE", syscall.SIGALRM: "SIGALRM", syscall.SIGTERM: "SIGTERM", syscall.SIGXCPU: "SIGXCPU",
+	syscall.SIGXFSZ: "SIGXFSZ", syscall.SIGSYS: "SIGSYS",
+}
+
+// printTable writes the accounting as a readable table.
+func printTable(w io.Writer, r runReport) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	u := r.Usage
+	exit := strconv.Itoa(r.ExitCode)
+	if r.Signal != "" {
+		exit = "killed by " + r.Signal
+	}
+	fmt.Fprintf(tw, "cause\t%s\t(exit status %d)\n", r.Cause, r.Status)
+	fmt.Fprintf(tw, "command\t%s\n", exit)
+	fmt.Fprintf(tw, "wall\t%s\n", time.Duration(r.WallSeconds*float64(time.Second)).Round(time.Microsecond))
+	fmt.Fprintf(tw, "cpu\t%s\t(user %s, system %s)\n", usec(u.CPUUsageUsec), usec(u.CPUUserUsec), usec(u.CPUSystemUsec))
+	fmt.Fprintf(tw, "throttled\t%s\t(%d periods)\n", usec(u.ThrottledUsec), u.NrThrottled)
+	fmt.Fprintf(tw, "memory peak\t%s\t(limit %s; hit the limit %d times, OOM kills %d)\n", humanBytes(u.MemoryPeak), policy.FormatBytes(r.Limits.MemoryBytes), u.MemoryMax, u.OOMKill)
+	fmt.Fprintf(tw, "pids peak\t%d\t(limit %d; forks refused %d)\n", u.PidsPeak, r.Limits.Pids, u.PidsMax)
+	fmt.Fprintf(tw, "io\t%s read, %s written\n", humanBytes(u.IOReadBytes), humanBytes(u.IOWriteBytes))
+	fmt.Fprintf(tw, "uid\t%d\n", r.UID)
+	if len(r.Unenforced) > 0 {
+		fmt.Fprintf(tw, "unenforced\t%s\t(these limits were not applied)\n", strings.Join(r.Unenforced, " "))
+	}
+	if len(u.Missing) > 0 {
+		fmt.Fprintf(tw, "not measured\t%s\n", strings.Join(u.Missing, " "))
+	}
+	tw.Flush()
+}
+
+func usec(v uint64) string { return (time.Duration(v) * time.Microsecond).String() }
+
+func humanBytes(v uint64) string {
+	switch {
+	case v >= 1<<30:
+		return fmt.Sprintf("%.1fGi", float64(v)/(1<<30))
+	case v >= 1<<20:
+		return fmt.Sprintf("%.1fMi", float64(v)/(1<<20))
+	case v >= 1<<10:
+		return fmt.Sprintf("%.1fKi", float64(v)/(1<<10))
+	}
+	return strconv.FormatUint(v, 10)
+}
+
+// bytesFlag is a byte size with units (policy.ParseBytes).
+type bytesFlag int64
+
+func (b *bytesFlag) String() string { return policy.FormatBytes(int64(*b)) }
+func (b *bytesFlag) Set(s string) error {
+	v, err := policy.ParseBytes(s)
+	*b = bytesFlag(v)
+	return err
+}
+
+// cpuFlag is a CPU amount in thousandths (policy.ParseCPU).
+type cpuFlag int64
+
+func (c *cpuFlag) String() string { return policy.FormatCPU(int64(*c)) }
+func (c *cpuFlag) Set(s string) error {
+	v, err := policy.ParseCPU(s)
+	*c = cpuFlag(v)
+	return err
+}
+
+// envFlag collects KEY=VALUE entries; a later KEY replaces an earlier one.
+type envFlag []string
+
+func (e *envFlag) String() string { return strings.Join(*e, " ") }
+func (e *envFlag) Set(s string) error {
+	k, _, ok := strings.Cut(s, "=")
+	if !ok || k == "" || strings.ContainsRune(s, 0) {
+		return errors.New("want KEY=VALUE")
+	}
+	for i, kv := range *e {
+		if strings.HasPrefix(kv, k+"=") {
+			(*e)[i] = s
+			return nil
+		}
+	}
+	*e = append(*e, s)
+	return nil
+}

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// envPrefix prefixes every environment setting.
+const envPrefix = "CELLGATE_"
+
+// Shared are the daemon-level settings every subcommand that runs cells
+// takes, from CELLGATE_* environment variables and then from flags (a flag
+// wins over the environment, which wins over the default).
+type Shared struct {
+	// CgroupBase is cellgate's base group, an absolute directory on the
+	// cgroup2 mount or a path relative to the mount
+	// (CELLGATE_CGROUP_BASE, --cgroup-base). For run and doctor, "" is a
+	// private base created for the command and removed after it.
+	CgroupBase string `env:"CGROUP_BASE"`
+	// Unenforced lists the controllers (memory, cpu, pids) cellgate may run
+	// without; their limits are then not enforced and every Result says so
+	// (CELLGATE_UNENFORCED=memory,cpu, --unenforced).
+	Unenforced []string `env:"UNENFORCED" envSeparator:","`
+	// UIDs is the range of per-cell uids (CELLGATE_UID_RANGE=first-last,
+	// --uid-range; default sandbox.DefaultUIDRange).
+	UIDs uidRange `env:"UID_RANGE"`
+	// GID is the group every per-cell uid runs with (CELLGATE_GID, --gid;
+	// default sandbox.DefaultGID).
+	GID uint32 `env:"GID"`
+}
+
+func defaultShared() Shared {
+	return Shared{UIDs: uidRange(sandbox.DefaultUIDRange), GID: sandbox.DefaultGID}
+}
+
+// parseEnv fills s from the CELLGATE_* variables of environ.
+func (s *Shared) parseEnv(environ []string) error {
+	m := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && strings.HasPrefix(k, envPrefix) {
+			m[k] = v
+		}
+	}
+	if err := env.ParseWithOptions(s, env.Options{Prefix: envPrefix, Environment: m}); err != nil {
+		return fmt.Errorf("environment: %w", err)
+	}
+	return nil
+}
+
+// addFlags registers the shared flags on fs, defaulting to s's values.
+func (s *Shared) addFlags(fs *flag.FlagSet) {
+	fs.StringVar(&s.CgroupBase, "cgroup-base", s.CgroupBase, "cellgate's base `group` on the cgroup2 mount (absolute, or relative to the mount); default: a private group for this command ($CELLGATE_CGROUP_BASE)")
+	fs.Var((*listFlag)(&s.Unenforced), "unenforced", "comma-separated `controllers` (memory,cpu,pids) cellgate may run without, their limits not enforced ($CELLGATE_UNENFORCED)")
+	fs.Var(&s.UIDs, "uid-range", "per-cell uids, `first-last` ($CELLGATE_UID_RANGE)")
+	fs.Var((*uint32Flag)(&s.GID), "gid", "shared `gid` of the per-cell uids ($CELLGATE_GID)")
+}
+
+// validate checks the shared settings once.
+func (s *Shared) validate() error {
+	for _, c := range s.Unenforced {
+		if !slices.Contains([]string{"memory", "cpu", "pids"}, c) {
+			return fmt.Errorf("--unenforced %q: %q is not one of memory, cpu, pids", strings.Join(s.Unenforced, ","), c)
+		}
+	}
+	if err := sandbox.UIDRange(s.UIDs).Validate(); err != nil {
+		return fmt.Errorf("--uid-range %s: %w", s.UIDs.String(), err)
+	}
+	if s.GID == 0 {
+		return fmt.Errorf("--gid 0: the per-cell uids must not share root's group")
+	}
+	return nil
+}
+
+// base returns the base group to open, resolved against the cgroup2 mount,
+// and whether it is a private one made up for this process (prefix names
+// it: cellgate-run, cellgate-doctor).
+func (s *Shared) base(mount, prefix string) (string, bool) {
+	if s.CgroupBase == "" {
+		return filepath.Join(mount, fmt.Sprintf("%s-%d", prefix, os.Getpid())), true
+	}
+	if filepath.IsAbs(s.CgroupBase) {
+		return filepath.Clean(s.CgroupBase), false
+	}
+	return filepath.Join(mount, s.CgroupBase), false
+}
+
+// cgroup2Mount finds where cgroup2 is mounted, from /proc/self/mountinfo.
+func cgroup2Mount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("find the cgroup2 mount: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		for i := 6; i+1 < len(fields); i++ {
+			if fields[i] == "-" {
+				if fields[i+1] == "cgroup2" {
+					return fields[4], nil
+				}
+				break
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("read /proc/self/mountinfo: %w", err)
+	}
+	return "", errNoCgroup2
+}
+
+var errNoCgroup2 = errors.New("no cgroup2 filesystem mounted (mount -t cgroup2 none /sys/fs/cgroup, or boot with systemd.unified_cgroup_hierarchy=1)")
+
+// uidRange is a sandbox.UIDRange as a flag and environment value:
+// "first-last".
+type uidRange sandbox.UIDRange
+
+func (r *uidRange) String() string { return sandbox.UIDRange(*r).String() }
+
+func (r *uidRange) Set(s string) error {
+	a, b, ok := strings.Cut(s, "-")
+	first, err1 := strconv.ParseUint(a, 10, 32)
+	last, err2 := strconv.ParseUint(b, 10, 32)
+	if !ok || err1 != nil || err2 != nil || last < first {
+		return fmt.Errorf("want first-last, such as 2000000000-2000065535")
+	}
+	*r = uidRange{First: uint32(first), Count: uint32(last - first + 1)}
+	return nil
+}
+
+func (r *uidRange) UnmarshalText(b []byte) error { return r.Set(string(b)) }
+
+// listFlag is a comma-separated list.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(s string) error {
+	*l = nil
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			*l = append(*l, v)
+		}
+	}
+	return nil
+}
+
+// uint32Flag is a decimal uint32.
+type uint32Flag uint32
+
+func (u *uint32Flag) String() string { return strconv.FormatUint(uint64(*u), 10) }
+
+func (u *uint32Flag) Set(s string) error {
+	v, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return fmt.Errorf("want a number from 0 to %d", uint32(1<<32-1))
+	}
+	*u = uint32Flag(v)
+	return nil
+}
