@@ -1,0 +1,457 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cellgate/cellgate/accounting"
+	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/proxy"
+	"github.com/cellgate/cellgate/sandbox"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// exitServeFailed is serve's status when it could not start or did not
+// stop cleanly (cells or groups left behind).
+const exitServeFailed = 1
+
+// retireGrace is how long a tenant removed by a reload keeps admitting
+// requests that were routed to it just before the new routes took over,
+// before admission marks it removed and it starts draining.
+const retireGrace = time.Second
+
+// serveMain is `cellgate serve`: settings from flags and CELLGATE_*, one
+// validated config, then the daemon until SIGTERM or SIGINT.
+func serveMain(ctx context.Context, args []string, std stdio) int {
+	cfg, err := loadServeConfig(args, std.environ, std.err)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintln(std.err, err)
+		return exitUsage
+	}
+	if err := serve(ctx, cfg, std); err != nil {
+		fmt.Fprintf(std.err, "cellgate serve: %v\n", err)
+		return exitServeFailed
+	}
+	return exitOK
+}
+
+// daemon is one running `cellgate serve`: the state that outlives a
+// request and is swapped by a reload.
+type daemon struct {
+	cfg       *serveConfig
+	log       *slog.Logger
+	tree      *cgroup.Tree // nil with --isolation=none
+	pool      *cgroup.Pool // nil with --isolation=none
+	admission *policy.Admission
+
+	policy atomic.Pointer[policy.Policy]
+	specs  atomic.Pointer[map[*policy.Route]*routeSpec]
+
+	mu      sync.Mutex // serializes reloads and tenant group changes
+	tenants map[string]*cgroup.Tenant
+
+	ready atomic.Bool
+	done  chan struct{} // closed when the daemon starts shutting down
+}
+
+// routeSpec is what a route's cells are started with, built once per route
+// (at start-up or reload), off the hot path.
+type routeSpec struct {
+	profile *cgroup.Profile
+	user    *sandbox.Credential
+	err     error // the route's user could not be resolved
+}
+
+// serve runs the daemon until ctx ends or SIGTERM/SIGINT, then drains.
+func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
+	log := slog.New(slog.NewTextHandler(std.err, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	d := &daemon{cfg: cfg, log: log, tenants: map[string]*cgroup.Tenant{}, done: make(chan struct{})}
+
+	// Signals first: a SIGTERM during start-up must not kill the process
+	// before it has removed what it created.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+
+	accessLog, closeAccess, err := openAccessLog(cfg.AccessLog, std.out)
+	if err != nil {
+		return err
+	}
+	defer closeAccess()
+
+	pol, err := policy.Load(cfg.Policy)
+	if err != nil {
+		return fmt.Errorf("%w (check it with cellgate check %s)", err, cfg.Policy)
+	}
+	log.Info("policy loaded", "policy", cfg.Policy, "routes", len(pol.Routes), "tenants", len(pol.Tenants))
+	d.policy.Store(pol)
+
+	var runner proxy.Runner
+	switch cfg.Isolation {
+	case isolationNone:
+		log.Warn("*** --isolation=none: workers run as plain child processes of cellgate, with NO cgroup, NO memory, CPU or process limit, " +
+			"NO per-cell uid and NO kernel accounting. This is the benchmark baseline; never serve real traffic like this. ***")
+		runner = &proxy.PlainExec{}
+	default:
+		r, closeCells, err := d.openCells(ctx, pol)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if cerr := closeCells(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+		}()
+		runner = r
+	}
+	specs, err := d.buildSpecs(pol)
+	if err != nil {
+		return err
+	}
+	d.warm(specs)
+	d.specs.Store(&specs)
+	d.admission = policy.NewAdmission(pol, nil)
+
+	reg := prometheus.NewRegistry()
+	metrics, err := d.registerMetrics(reg)
+	if err != nil {
+		return err
+	}
+	srv, err := proxy.New(cfg.proxyConfig(""), proxy.Deps{
+		Runner:    runner,
+		Router:    routerFunc(d.match),
+		Admitter:  d.admission,
+		AccessLog: accessLog,
+		Metrics:   metrics,
+		Logger:    log,
+		LookupEnv: os.LookupEnv,
+		CellSpec:  d.cellSpec,
+	})
+	if err != nil {
+		return fmt.Errorf("front: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.origin["listen"], err)
+	}
+	aln, err := net.Listen("tcp", cfg.Admin)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen on %s: %w", cfg.origin["admin"], err)
+	}
+	admin := &http.Server{
+		Handler:           accounting.AdminHandler(reg, d.readiness),
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 2)
+	go func() { served <- fmt.Errorf("public listener %s: %w", ln.Addr(), srv.Serve(ln)) }()
+	go func() { served <- fmt.Errorf("admin listener %s: %w", aln.Addr(), admin.Serve(aln)) }()
+	d.ready.Store(true)
+	log.Info("serving", "listen", ln.Addr().String(), "admin", aln.Addr().String(), "isolation", string(cfg.Isolation), "tls", cfg.TLSCert != "")
+
+	var serveErr error
+wait:
+	for {
+		select {
+		case s := <-sigs:
+			if s == syscall.SIGHUP {
+				d.reload()
+				continue
+			}
+			log.Info("signal: draining", "signal", s.String(), "drain_timeout", cfg.DrainTimeout)
+			break wait
+		case <-ctx.Done():
+			log.Info("context ended: draining", "cause", context.Cause(ctx))
+			break wait
+		case e := <-served:
+			serveErr = e
+			log.Error("listener failed: shutting down", "err", e)
+			break wait
+		}
+	}
+	return errors.Join(serveErr, d.shutdown(srv, admin, sigs))
+}
+
+// shutdown stops accepting, lets the requests in flight finish for up to
+// the drain timeout (a second SIGTERM or SIGINT cuts it short), then kills
+// the cells still running, and stops the admin listener last.
+func (d *daemon) shutdown(srv *proxy.Server, admin *http.Server, sigs <-chan os.Signal) error {
+	d.ready.Store(false)
+	close(d.done)
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.DrainTimeout)
+	defer cancel()
+	go func() {
+		for {
+			select {
+			case s := <-sigs:
+				if s != syscall.SIGHUP {
+					d.log.Warn("second signal: killing the cells in flight now", "signal", s.String())
+					cancel()
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	err := srv.Shutdown(ctx)
+	if err != nil {
+		d.log.Warn("drain ended before every request finished: their cells were killed", "err", err, "after", time.Since(start))
+		err = nil // the killed requests were answered and logged; not a failure of serve
+	} else {
+		d.log.Info("drained", "after", time.Since(start))
+	}
+	actx, acancel := context.WithTimeout(context.Background(), time.Second)
+	defer acancel()
+	if aerr := admin.Shutdown(actx); aerr != nil {
+		admin.Close()
+	}
+	return err
+}
+
+// readiness is /readyz: ready while serving, not while starting or
+// draining.
+func (d *daemon) readiness() error {
+	if !d.ready.Load() {
+		return errors.New("starting or draining")
+	}
+	return nil
+}
+
+// openCells opens the cgroup tree (moving the daemon into
+// <base>/supervisor when the base is its own group), creates a group per
+// tenant with its budget, starts the pool and the runner. The returned
+// close tears it all down: every cell killed, every group removed.
+func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runner, func() error, error) {
+	cfg := d.cfg
+	opts := cgroup.Options{Unenforced: cfg.Unenforced, MaxCells: cfg.MaxCells, Logger: d.log}
+	if cfg.CgroupBase != "" {
+		mount, err := cgroup2Mount()
+		if err != nil {
+			return nil, nil, err
+		}
+		opts.Base, _ = cfg.Shared.base(mount, "cellgate-serve")
+	}
+	if len(cfg.Unenforced) > 0 {
+		d.log.Warn("*** --unenforced: limits of these controllers are NOT enforced when the kernel lacks them; cells say so in the access log ***",
+			"controllers", cfg.Unenforced)
+	}
+	tree, err := cgroup.Open(ctx, opts)
+	if err != nil {
+		return nil, nil, fmt.Errorf("cgroup tree: %w (run cellgate doctor)", err)
+	}
+	d.tree = tree
+	d.pool = cgroup.NewPool(tree, cgroup.PoolOptions{Logger: d.log})
+	var runner *sandbox.Runner
+	closeAll := func() error {
+		var errs []error
+		if runner != nil {
+			errs = append(errs, runner.Close())
+		}
+		errs = append(errs, d.pool.Close(), tree.Close())
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("tear down the cgroup tree %s: %w", tree.Base(), err)
+		}
+		d.log.Info("cgroup tree removed", "base", tree.Base())
+		return nil
+	}
+	fail := func(err error) (proxy.Runner, func() error, error) {
+		return nil, nil, errors.Join(err, closeAll())
+	}
+	for _, t := range pol.Tenants {
+		g, err := tree.Tenant(t.Name, t.Resources())
+		if err != nil {
+			return fail(fmt.Errorf("tenant %s (%s:%d): %w", t.Name, pol.Source, t.Line, err))
+		}
+		d.tenants[t.Name] = g
+	}
+	def, err := cgroup.NewProfile(policy.DefaultTenant, pol.Defaults.Resources())
+	if err != nil {
+		return fail(fmt.Errorf("default limits of %s: %w", pol.Source, err))
+	}
+	runner, err = sandbox.New(sandbox.Config{
+		Cells:   sandbox.PoolCells{Pool: d.pool},
+		Logger:  d.log,
+		Profile: def,
+		UIDs:    sandbox.UIDRange(cfg.UIDs),
+		GID:     cfg.GID,
+	})
+	if err != nil {
+		return fail(fmt.Errorf("sandbox: %w", err))
+	}
+	return runner, closeAll, nil
+}
+
+// buildSpecs builds every route's profile and credentials. With cells it
+// checks each profile against the tree: a controller a route needs and the
+// kernel lacks fails here, not on the first request.
+func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, error) {
+	specs := make(map[*policy.Route]*routeSpec, len(pol.Routes))
+	for _, r := range pol.Routes {
+		rs := d.newRouteSpec(r)
+		if rs.profile == nil {
+			return nil, fmt.Errorf("route %s (%s:%d): %w", r.Name, pol.Source, r.Line, rs.err)
+		}
+		if rs.err != nil {
+			d.log.Error("route's user cannot be resolved: its requests will fail with 500", "route", r.Name, "err", rs.err)
+		}
+		if d.tree != nil {
+			if err := d.tree.Check(rs.profile); err != nil {
+				return nil, fmt.Errorf("route %s (%s:%d): %w (run cellgate doctor)", r.Name, pol.Source, r.Line, err)
+			}
+		}
+		specs[r] = rs
+	}
+	return specs, nil
+}
+
+// warm starts pre-creating cells for every route's profile, so that the
+// first requests do not pay for mkdir and the limit writes.
+func (d *daemon) warm(specs map[*policy.Route]*routeSpec) {
+	if d.pool == nil {
+		return
+	}
+	for r, rs := range specs {
+		if err := d.pool.Warm(rs.profile); err != nil {
+			d.log.Warn("warm cells for a route; its cells will be created on demand", "route", r.Name, "err", err)
+		}
+	}
+}
+
+// newRouteSpec converts a route's limits and user. A nil profile means the
+// limits were refused (err says why).
+func (d *daemon) newRouteSpec(r *policy.Route) *routeSpec {
+	prof, err := cgroup.NewProfile(r.Tenant, r.Resources)
+	if err != nil {
+		return &routeSpec{err: fmt.Errorf("cell limits: %w", err)}
+	}
+	user, err := resolveUser(r, d.cfg.GID)
+	return &routeSpec{profile: prof, user: user, err: err}
+}
+
+// cellSpec is proxy.Deps.CellSpec: the route's profile and credentials.
+// A route of a policy replaced since the request was routed is converted
+// on the spot.
+func (d *daemon) cellSpec(r *policy.Route, spec *sandbox.Spec) error {
+	rs := (*d.specs.Load())[r]
+	if rs == nil {
+		rs = d.newRouteSpec(r)
+	}
+	if rs.err != nil {
+		return rs.err
+	}
+	spec.Profile, spec.User = rs.profile, rs.user
+	return nil
+}
+
+// match is the Router: the current policy's routes.
+func (d *daemon) match(host, method, urlPath string) (*policy.Match, error) {
+	return d.policy.Load().Match(host, method, urlPath)
+}
+
+// routerFunc adapts a function to proxy.Router.
+type routerFunc func(host, method, urlPath string) (*policy.Match, error)
+
+func (f routerFunc) Match(host, method, urlPath string) (*policy.Match, error) {
+	return f(host, method, urlPath)
+}
+
+// registerMetrics registers the per-request metrics, the admission gauges,
+// the tenant totals read from the tenant groups, and the Go runtime's.
+func (d *daemon) registerMetrics(reg *prometheus.Registry) (*accounting.Metrics, error) {
+	m, err := accounting.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	cs := []prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		accounting.NewAdmissionCollector(d.admissionStats),
+	}
+	if d.tree != nil {
+		cs = append(cs, accounting.NewTenantTotalsCollector(d.tenantTotals))
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// admissionStats converts admission's snapshot for the collector.
+func (d *daemon) admissionStats() []accounting.AdmissionStats {
+	s := d.admission.Stats()
+	out := make([]accounting.AdmissionStats, len(s.Tenants))
+	for i, t := range s.Tenants {
+		out[i] = accounting.AdmissionStats{Tenant: t.Name, InFlight: t.InFlight, Queued: t.Queued, ReservedBytes: t.Reserved}
+	}
+	return out
+}
+
+// tenantTotals reads every tenant group's counters from the kernel.
+func (d *daemon) tenantTotals() ([]accounting.TenantTotals, error) {
+	d.mu.Lock()
+	groups := make([]*cgroup.Tenant, 0, len(d.tenants))
+	for _, g := range d.tenants {
+		groups = append(groups, g)
+	}
+	d.mu.Unlock()
+	var errs []error
+	out := make([]accounting.TenantTotals, 0, len(groups))
+	for _, g := range groups {
+		s, err := g.Stats()
+		if err != nil {
+			d.log.Warn("read tenant totals", "tenant", g.Name(), "path", g.Path(), "err", err)
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, accounting.TenantTotals{
+			Tenant: g.Name(), CPUUsageUsec: s.CPUUsageUsec, CPUUserUsec: s.CPUUserUsec, CPUSystemUsec: s.CPUSystemUsec,
+			ThrottledUsec: s.ThrottledUsec, MemoryCurrent: s.MemoryCurrent, OOM: s.OOM, OOMKill: s.OOMKill,
+			OOMGroupKill: s.OOMGroupKill, MemoryMax: s.MemoryMax,
+		})
+	}
+	return out, errors.Join(errs...)
+}
+
+// openAccessLog returns the access logger writing JSON records to dest:
+// "stdout" (out), "stderr" or a file opened for appending.
+func openAccessLog(dest string, out io.Writer) (*slog.Logger, func(), error) {
+	var w io.Writer
+	closeFn := func() {}
+	switch dest {
+	case "stdout":
+		w = out
+	case "stderr":
+		w = os.Stderr
+	default:
+		f, err := os.OpenFile(filepath.Clean(dest), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open access log --access-log=%s: %w", dest, err)
+		}
+		w = f
+		closeFn = func() { f.Close() }
+	}
+	return slog.New(slog.NewJSONHandler(w, nil)), closeFn, nil
+}

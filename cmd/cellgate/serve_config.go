@@ -1,0 +1,343 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/proxy"
+)
+
+// serveConfig is everything `cellgate serve` is configured with, read once
+// from the environment (CELLGATE_*) and then from flags, which override the
+// environment. Every field has its default in its envDefault tag; Validate
+// checks the whole of it once, before anything is started.
+type serveConfig struct {
+	// Listen is the public address. Default 127.0.0.1:8080.
+	Listen string `env:"LISTEN" envDefault:"127.0.0.1:8080"`
+	// TLSCert and TLSKey are PEM files; both set serves HTTPS (HTTP/2 and
+	// HTTP/1.1). Default: plain HTTP.
+	TLSCert string `env:"TLS_CERT"`
+	TLSKey  string `env:"TLS_KEY"`
+	// Admin is the address of /metrics, /healthz and /readyz; never the
+	// public port. Default 127.0.0.1:9090.
+	Admin string `env:"ADMIN" envDefault:"127.0.0.1:9090"`
+	// Policy is the policy file (routes, tenants, limits). Required.
+	Policy string `env:"POLICY"`
+	// DrainTimeout is how long SIGTERM waits for requests in flight before
+	// their cells are killed. Default 30s.
+	DrainTimeout time.Duration `env:"DRAIN_TIMEOUT" envDefault:"30s"`
+	// AccessLog is where the JSON access log goes: stdout, stderr or a
+	// file (appended). Default stdout.
+	AccessLog string `env:"ACCESS_LOG" envDefault:"stdout"`
+	// LogLevel is the level of the operational log on stderr (debug, info,
+	// warn, error). Default info.
+	LogLevel slog.Level `env:"LOG_LEVEL" envDefault:"info"`
+	// Isolation is "cells" (every request in its own cgroup) or "none"
+	// (plain fork/exec: the benchmark baseline, never for production).
+	// Default cells.
+	Isolation isolation `env:"ISOLATION" envDefault:"cells"`
+
+	// Shared are the cell settings serve shares with run and doctor:
+	// --cgroup-base ("" for serve is the process's own group, which it
+	// leaves for <base>/supervisor), --unenforced, --uid-range, --gid.
+	Shared
+	// MaxCells caps tenant plus cell groups under cells/
+	// (cgroup.max.descendants); 0 = no cap. Default 0.
+	MaxCells int `env:"MAX_CELLS" envDefault:"0"`
+
+	// The front's limits (proxy.Config).
+	HeaderTimeout  time.Duration `env:"HEADER_TIMEOUT" envDefault:"10s"`
+	IdleTimeout    time.Duration `env:"IDLE_TIMEOUT" envDefault:"60s"`
+	MaxHeaderBytes byteSize      `env:"MAX_HEADER_BYTES" envDefault:"16Ki"`
+	BodyMinRate    byteSize      `env:"BODY_MIN_RATE" envDefault:"1Ki"`
+	BodyRateGrace  time.Duration `env:"BODY_RATE_GRACE" envDefault:"5s"`
+	WriteMinRate   byteSize      `env:"WRITE_MIN_RATE" envDefault:"1Ki"`
+	WriteRateGrace time.Duration `env:"WRITE_RATE_GRACE" envDefault:"10s"`
+	MaxBody        byteSize      `env:"MAX_BODY" envDefault:"10Mi"`
+	MaxResponse    byteSize      `env:"MAX_RESPONSE" envDefault:"100Mi"`
+	MaxConns       int           `env:"MAX_CONNS" envDefault:"10000"`
+	MaxConnsPerIP  int           `env:"MAX_CONNS_PER_IP" envDefault:"100"`
+	RetryAfter     time.Duration `env:"RETRY_AFTER" envDefault:"1s"`
+	TempDir        string        `env:"TEMP_DIR" envDefault:"/tmp"`
+
+	// origin says where each setting came from, by flag name, for errors.
+	origin map[string]string
+}
+
+// isolation is the --isolation setting.
+type isolation string
+
+const (
+	isolationCells isolation = "cells"
+	isolationNone  isolation = "none"
+)
+
+func (i *isolation) UnmarshalText(b []byte) error {
+	switch v := isolation(b); v {
+	case isolationCells, isolationNone:
+		*i = v
+		return nil
+	}
+	return fmt.Errorf("isolation %q: want cells or none", b)
+}
+
+func (i isolation) MarshalText() ([]byte, error) { return []byte(i), nil }
+
+// byteSize is a size flag in policy's units (512k, 64Mi, 1G, 1048576).
+type byteSize int64
+
+func (s *byteSize) UnmarshalText(b []byte) error {
+	n, err := policy.ParseBytes(string(b))
+	if err != nil {
+		return err
+	}
+	*s = byteSize(n)
+	return nil
+}
+
+func (s byteSize) MarshalText() ([]byte, error) { return []byte(policy.FormatBytes(int64(s))), nil }
+
+// serveFlags binds every setting to its flag; the flag's default is the
+// value read from the environment, so a flag overrides its variable.
+func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Listen, "listen", c.Listen, "public listen `address` (CELLGATE_LISTEN)")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "TLS certificate PEM `file`; with --tls-key serves HTTPS (CELLGATE_TLS_CERT)")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "TLS private key PEM `file` (CELLGATE_TLS_KEY)")
+	fs.StringVar(&c.Admin, "admin", c.Admin, "admin listen `address` for /metrics /healthz /readyz, never the public port (CELLGATE_ADMIN)")
+	fs.StringVar(&c.Policy, "policy", c.Policy, "policy `file` (CELLGATE_POLICY), required")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "on SIGTERM, how long requests in flight may finish before their cells are killed (CELLGATE_DRAIN_TIMEOUT)")
+	fs.StringVar(&c.AccessLog, "access-log", c.AccessLog, "access log `destination`: stdout, stderr or a file (CELLGATE_ACCESS_LOG)")
+	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "operational log `level`: debug, info, warn, error (CELLGATE_LOG_LEVEL)")
+	fs.TextVar(&c.Isolation, "isolation", c.Isolation, "cells, or none for plain exec (benchmark baseline only) (CELLGATE_ISOLATION)")
+	c.Shared.addFlags(fs)
+	fs.IntVar(&c.MaxCells, "max-cells", c.MaxCells, "kernel cap on tenant and cell groups (cgroup.max.descendants), 0 = none (CELLGATE_MAX_CELLS)")
+	fs.DurationVar(&c.HeaderTimeout, "header-timeout", c.HeaderTimeout, "time a client has to send the request header (CELLGATE_HEADER_TIMEOUT)")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "keep-alive idle timeout (CELLGATE_IDLE_TIMEOUT)")
+	fs.TextVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "largest request header, `size` (CELLGATE_MAX_HEADER_BYTES)")
+	fs.TextVar(&c.BodyMinRate, "body-min-rate", c.BodyMinRate, "slowest request body upload, `bytes` per second (CELLGATE_BODY_MIN_RATE)")
+	fs.DurationVar(&c.BodyRateGrace, "body-rate-grace", c.BodyRateGrace, "time before --body-min-rate applies (CELLGATE_BODY_RATE_GRACE)")
+	fs.TextVar(&c.WriteMinRate, "write-min-rate", c.WriteMinRate, "slowest response download, `bytes` per second (CELLGATE_WRITE_MIN_RATE)")
+	fs.DurationVar(&c.WriteRateGrace, "write-rate-grace", c.WriteRateGrace, "time before --write-min-rate applies (CELLGATE_WRITE_RATE_GRACE)")
+	fs.TextVar(&c.MaxBody, "max-body", c.MaxBody, "largest request body for routes that set none, `size` (CELLGATE_MAX_BODY)")
+	fs.TextVar(&c.MaxResponse, "max-response", c.MaxResponse, "largest response body, `size` (CELLGATE_MAX_RESPONSE)")
+	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "client connections open at once, -1 = no cap (CELLGATE_MAX_CONNS)")
+	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", c.MaxConnsPerIP, "connections per client IP, -1 = no cap (CELLGATE_MAX_CONNS_PER_IP)")
+	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter, "Retry-After of a 503 (CELLGATE_RETRY_AFTER)")
+	fs.StringVar(&c.TempDir, "temp-dir", c.TempDir, "`directory` of request and response spool files (CELLGATE_TEMP_DIR)")
+}
+
+// loadServeConfig reads the environment (environ, "KEY=value" entries), then
+// the flags in args, and validates the result. Errors name the flag or
+// variable, the value and the reason.
+func loadServeConfig(args, environ []string, usage io.Writer) (*serveConfig, error) {
+	c := &serveConfig{Shared: defaultShared()}
+	envMap := env.ToMap(environ)
+	if err := env.ParseWithOptions(c, env.Options{Prefix: envPrefix, Environment: envMap}); err != nil {
+		return nil, envError(err, envMap)
+	}
+	fs := flag.NewFlagSet("cellgate serve", flag.ContinueOnError)
+	fs.SetOutput(usage)
+	fs.Usage = func() {
+		fmt.Fprintf(usage, "usage: cellgate serve --policy FILE [flags]\n\nFlags override the CELLGATE_* environment variables named with them.\n\n")
+		fs.PrintDefaults()
+	}
+	c.serveFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("cellgate serve: unexpected argument %q (settings are flags, such as --policy FILE)", fs.Arg(0))
+	}
+	c.origin = map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		c.origin[f.Name] = "default --" + f.Name + "=" + f.Value.String()
+		if v, ok := envMap[name]; ok {
+			c.origin[f.Name] = name + "=" + strconv.Quote(v)
+		}
+	})
+	fs.Visit(func(f *flag.Flag) { c.origin[f.Name] = "--" + f.Name + "=" + strconv.Quote(f.Value.String()) })
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// envError rewrites caarlos0/env's errors, which name struct fields, so
+// that each names the variable and its value.
+func envError(err error, envMap map[string]string) error {
+	var errs []error
+	var agg env.AggregateError
+	if errors.As(err, &agg) {
+		errs = agg.Errors
+	} else {
+		errs = []error{err}
+	}
+	t := reflect.TypeFor[serveConfig]()
+	var out []error
+	for _, e := range errs {
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			if f, ok := t.FieldByName(pe.Name); ok {
+				key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+				key = envPrefix + key
+				out = append(out, fmt.Errorf("%s=%q: %w", key, envMap[key], pe.Err))
+				continue
+			}
+		}
+		out = append(out, e)
+	}
+	return fmt.Errorf("cellgate serve: environment: %w", errors.Join(out...))
+}
+
+// validate checks the settings together; every error names the flag or
+// variable it came from.
+func (c *serveConfig) validate() error {
+	var errs []error
+	bad := func(flagName, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", c.origin[flagName], fmt.Sprintf(format, args...)))
+	}
+	listenHost, listenPort, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		bad("listen", "not HOST:PORT: %v", err)
+	} else if _, err := net.LookupPort("tcp", listenPort); err != nil {
+		bad("listen", "port %q: %v", listenPort, err)
+	}
+	adminHost, adminPort, err := net.SplitHostPort(c.Admin)
+	switch {
+	case err != nil:
+		bad("admin", "not HOST:PORT: %v", err)
+	case listenPort != "" && adminPort == listenPort && adminPort != "0" && hostsOverlap(listenHost, adminHost):
+		bad("admin", "the admin listener must not share the public port %s (%s): pick another port", listenPort, c.origin["listen"])
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		bad("tls-cert", "set both --tls-cert and --tls-key, or neither (%s)", c.origin["tls-key"])
+	}
+	for _, f := range []struct{ flag, path string }{{"tls-cert", c.TLSCert}, {"tls-key", c.TLSKey}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			bad(f.flag, "%v", err)
+		}
+	}
+	if c.Policy == "" {
+		bad("policy", "a policy file is required (--policy FILE or CELLGATE_POLICY; see examples/policy.yaml)")
+	}
+	if c.DrainTimeout <= 0 {
+		bad("drain-timeout", "must be positive, such as 30s")
+	}
+	switch c.AccessLog {
+	case "stdout", "stderr":
+	case "":
+		bad("access-log", "want stdout, stderr or a file name")
+	default:
+		if st, err := os.Stat(filepath.Dir(c.AccessLog)); err != nil {
+			bad("access-log", "directory of the log file: %v", err)
+		} else if !st.IsDir() {
+			bad("access-log", "%s is not a directory", filepath.Dir(c.AccessLog))
+		}
+	}
+	if err := c.Shared.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxCells < 0 {
+		bad("max-cells", "must not be negative (0 = no cap)")
+	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{
+		{"header-timeout", c.HeaderTimeout}, {"idle-timeout", c.IdleTimeout}, {"body-rate-grace", c.BodyRateGrace},
+		{"write-rate-grace", c.WriteRateGrace}, {"retry-after", c.RetryAfter},
+	} {
+		if d.v <= 0 {
+			bad(d.flag, "must be positive")
+		}
+	}
+	if c.MaxHeaderBytes < 1024 {
+		bad("max-header-bytes", "at least 1Ki")
+	}
+	for _, s := range []struct {
+		flag string
+		v    byteSize
+	}{{"max-body", c.MaxBody}, {"max-response", c.MaxResponse}} {
+		if s.v <= 0 {
+			bad(s.flag, "must be positive")
+		}
+	}
+	for _, n := range []struct {
+		flag string
+		v    int
+	}{{"max-conns", c.MaxConns}, {"max-conns-per-ip", c.MaxConnsPerIP}} {
+		if n.v == 0 || n.v < -1 {
+			bad(n.flag, "want a positive number, or -1 for no cap")
+		}
+	}
+	if st, err := os.Stat(c.TempDir); err != nil {
+		bad("temp-dir", "%v", err)
+	} else if !st.IsDir() {
+		bad("temp-dir", "not a directory")
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("cellgate serve: invalid settings:\n  %w", joinIndented(errs))
+	}
+	return nil
+}
+
+// hostsOverlap reports whether listeners on hosts a and b could share an
+// address: the same host, or either a wildcard.
+func hostsOverlap(a, b string) bool {
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return a == b || wild(a) || wild(b)
+}
+
+// joinIndented joins errors one per line for a start-up message.
+func joinIndented(errs []error) error {
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return errors.New(strings.Join(msgs, "\n  "))
+}
+
+// proxyConfig is the front's part of the settings.
+func (c *serveConfig) proxyConfig(version string) proxy.Config {
+	rate := func(v byteSize) int64 {
+		if v <= 0 {
+			return -1
+		}
+		return int64(v)
+	}
+	return proxy.Config{
+		Addr:              c.Listen,
+		TLSCertFile:       c.TLSCert,
+		TLSKeyFile:        c.TLSKey,
+		ReadHeaderTimeout: c.HeaderTimeout,
+		IdleTimeout:       c.IdleTimeout,
+		MaxHeaderBytes:    int(c.MaxHeaderBytes),
+		BodyMinRate:       rate(c.BodyMinRate),
+		BodyRateGrace:     c.BodyRateGrace,
+		WriteMinRate:      rate(c.WriteMinRate),
+		WriteRateGrace:    c.WriteRateGrace,
+		MaxBody:           int64(c.MaxBody),
+		MaxResponse:       int64(c.MaxResponse),
+		MaxConns:          c.MaxConns,
+		MaxConnsPerIP:     c.MaxConnsPerIP,
+		RetryAfter:        c.RetryAfter,
+		TempDir:           c.TempDir,
+		Version:           version,
+	}
+}
