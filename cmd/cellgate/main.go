@@ -33,6 +33,7 @@ type stdio struct {
 
 var commands = map[string]command{
 	"run":    {"run one command in a cell and print what it used", runMain},
+	"serve":  {"serve HTTP, every request in its own cell", serveMain},
 	"doctor": {"check this machine for what cellgate needs", doctorMain},
 }
 
