@@ -50,3 +50,31 @@ test-native: build
 bench: build vm-prepare
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 	$(TESTENV) $(GO) test -run '^$$' -bench . -benchmem -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" ./integration/
+
+# ---- The example CGI programs and `make run` ----
+
+CGI_EXAMPLES := hello echo memhog spin slow daemon malformed
+RUN_POLICY   ?= examples/policy.yaml
+
+.PHONY: examples run
+
+# The example CGI programs (examples/cgi), static, into bin/cgi/.
+examples:
+	@mkdir -p $(BIN)/cgi
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/cgi/ $(addprefix ./examples/cgi/,$(CGI_EXAMPLES))
+
+# The integration tests and the benchmark run the example programs.
+integration test-native bench: examples
+
+# cellgate on 127.0.0.1:8080 with the example policy: natively where
+# cellgate doctor passes (delegated cgroup v2 with memory, cpu and pids),
+# otherwise in the microVM with the port forwarded. Ctrl-C stops it.
+run: build examples vmrun
+	@if $(BIN)/cellgate doctor >/dev/null 2>&1; then \
+		echo "make run: natively (cgroup v2 with memory, cpu, pids delegated here); try: curl http://127.0.0.1:8080/hello"; \
+		exec $(BIN)/cellgate serve --policy $(RUN_POLICY); \
+	else \
+		echo "make run: in the microVM (no delegated cgroup v2 here: see bin/cellgate doctor), port 8080 forwarded; try: curl http://127.0.0.1:8080/hello"; \
+		$(VMRUN) -prepare && exec $(VMRUN) -timeout 12h -forward 127.0.0.1:8080:8080 \
+			$(BIN)/cellgate serve --policy $(abspath $(RUN_POLICY)) --listen 0.0.0.0:8080 --cgroup-base /sys/fs/cgroup/cellgate; \
+	fi
