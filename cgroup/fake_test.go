@@ -55,7 +55,7 @@ func (f *fakeFS) mkdir(path string) error {
 	files := map[string]string{
 		"cgroup.events": "populated 0\nfrozen 0\n", "cgroup.kill": "", "cgroup.procs": "",
 		"cgroup.subtree_control": "", "cgroup.controllers": strings.Join(ctrls, " ") + "\n",
-		"cgroup.max.descendants": "max\n",
+		"cgroup.max.descendants": "max\n", "cgroup.type": "domain\n",
 	}
 	cpuStat := "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"
 	for _, c := range ctrls {

@@ -214,7 +214,8 @@ func (t *Tree) locate(o Options) error {
 	}
 	t.feat.Mount = filepath.Clean(mi.Point)
 
-	if o.Base != "" {
+	own, ownErr := ownDir(proc, mi)
+	if o.Base != "" && (ownErr != nil || filepath.Clean(o.Base) != own) {
 		base := filepath.Clean(o.Base)
 		if !filepath.IsAbs(base) || !strings.HasPrefix(base, t.feat.Mount+"/") {
 			return fmt.Errorf("base %s: must be a directory under the cgroup2 mount %s", o.Base, t.feat.Mount)
@@ -230,40 +231,45 @@ func (t *Tree) locate(o Options) error {
 		t.feat.Base = base
 		return nil
 	}
+	if ownErr != nil {
+		return ownErr
+	}
+	if filepath.Base(own) == supervisorDir && own != t.feat.Mount {
+		// Started in <unit>/supervisor (systemd DelegateSubgroup=supervisor).
+		t.base = filepath.Dir(own)
+		t.feat.Base, t.feat.Supervisor = t.base, own
+		return nil
+	}
+	t.base = own
+	t.feat.Base = own
+	if _, err := os.Stat(filepath.Join(own, "cgroup.type")); errors.Is(err, os.ErrNotExist) {
+		// Only the real root group has no cgroup.type. It may hold
+		// processes and still delegate controllers; there is nothing to
+		// move (kernel threads could not be moved). The root of a
+		// container's cgroup namespace is not the real root: it has
+		// cgroup.type, and the daemon must move.
+		return nil
+	}
+	return t.moveSelf()
+}
 
+// ownDir is the directory of the process's own group on the mount.
+func ownDir(proc string, mi mountInfo) (string, error) {
 	b, err := readFile(filepath.Join(proc, "self", "cgroup"))
 	if err != nil {
-		return fmt.Errorf("find own cgroup: %w", err)
+		return "", fmt.Errorf("find own cgroup: %w", err)
 	}
 	own, err := parseProcCgroup(b)
 	if err != nil {
-		return err
+		return "", err
 	}
-	dir, err := groupDir(mi, own)
-	if err != nil {
-		return err
-	}
-	if filepath.Base(dir) == supervisorDir && dir != t.feat.Mount {
-		// Started in <unit>/supervisor (systemd DelegateSubgroup=supervisor).
-		t.base = filepath.Dir(dir)
-		t.feat.Base, t.feat.Supervisor = t.base, dir
-		return nil
-	}
-	t.base = dir
-	t.feat.Base = dir
-	if dir == t.feat.Mount {
-		// The root group may hold processes and still delegate
-		// controllers; there is nothing to move (and kernel threads could
-		// not be moved).
-		return nil
-	}
-	return t.moveSelf(proc)
+	return groupDir(mi, own)
 }
 
 // moveSelf moves the daemon from the base into <base>/supervisor, so the
 // base can enable controllers (no internal processes). It refuses when
 // the base holds other processes: the group is not cellgate's to take.
-func (t *Tree) moveSelf(proc string) error {
+func (t *Tree) moveSelf() error {
 	b, err := readFile(filepath.Join(t.base, "cgroup.procs"))
 	if err != nil {
 		return fmt.Errorf("read %s: %w", filepath.Join(t.base, "cgroup.procs"), err)

@@ -580,3 +580,32 @@ func TestCloseRemovesHandedOutCells(t *testing.T) {
 		t.Errorf("NewCell after Close = %v", err)
 	}
 }
+
+func TestOpenOwnGroupIsRealRoot(t *testing.T) {
+	root := fakeRoot(t, "memory", "cpu", "pids")
+	tr, err := Open(t.Context(), Options{ProcRoot: fakeProc(t, root, "/"), ProbeSpawn: func(int) error { return nil }, ops: &fakeFS{}})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer tr.Close()
+	if f := tr.Features(); f.Base != root || f.Supervisor != "" {
+		t.Errorf("Base %q Supervisor %q: the root group needs no supervisor", f.Base, f.Supervisor)
+	}
+	if exists(filepath.Join(root, "supervisor")) {
+		t.Error("created supervisor/ in the root group")
+	}
+}
+
+func TestOpenExplicitBaseIsOwnGroup(t *testing.T) {
+	root := fakeRoot(t, "memory", "cpu", "pids")
+	fs := &fakeFS{}
+	own := fakeOwnGroup(t, fs, root, "svc", os.Getpid())
+	tr, err := Open(t.Context(), Options{ProcRoot: fakeProc(t, root, "/svc"), Base: own + "/", ProbeSpawn: func(int) error { return nil }, ops: fs})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer tr.Close()
+	if f := tr.Features(); f.Supervisor != filepath.Join(own, "supervisor") {
+		t.Errorf("naming the own group as the base did not move the daemon: %+v", f)
+	}
+}
