@@ -5,9 +5,87 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
+
+// unlimited is what each control file Convert can write holds when nothing
+// limits it, for resetting a limit dropped from a tenant's budget. Files
+// with one entry per device (io.max, io.weight) are reset per entry by
+// resetSetting.
+var unlimited = map[string]string{
+	"memory.max": "max", "memory.high": "max", "memory.low": "0", "memory.min": "0",
+	"memory.swap.max": "max", "memory.oom.group": "0",
+	"cpu.weight": "100", "cpu.max": "max", "cpu.max.burst": "0", "cpu.idle": "0",
+	"pids.max":               "max",
+	"cgroup.max.descendants": "max", "cgroup.max.depth": "max",
+}
+
+// updateWrites returns the writes that take a group from the budget old
+// to next: every write of next, preceded by resets of what old wrote and
+// next does not. Files it cannot reset are returned in unknown.
+func updateWrites(old, next []Setting) (writes []Setting, unknown []string) {
+	for _, o := range old {
+		if slices.ContainsFunc(next, func(n Setting) bool { return sameTarget(o, n) }) {
+			continue
+		}
+		r, ok := resetSetting(o)
+		if !ok {
+			unknown = append(unknown, o.File)
+			continue
+		}
+		if !slices.Contains(writes, r) {
+			writes = append(writes, r)
+		}
+	}
+	return append(writes, next...), unknown
+}
+
+// sameTarget reports whether two writes set the same thing: the same file,
+// and for per-device files the same device and key.
+func sameTarget(a, b Setting) bool {
+	if a.File != b.File {
+		return false
+	}
+	switch a.File {
+	case "io.max":
+		ad, ak := ioMaxTarget(a.Value)
+		bd, bk := ioMaxTarget(b.Value)
+		return ad == bd && ak == bk
+	case "io.weight":
+		ad, _, _ := strings.Cut(a.Value, " ")
+		bd, _, _ := strings.Cut(b.Value, " ")
+		return ad == bd
+	}
+	return true
+}
+
+// ioMaxTarget splits "8:0 rbps=1000" into "8:0" and "rbps".
+func ioMaxTarget(v string) (dev, key string) {
+	dev, rest, _ := strings.Cut(v, " ")
+	key, _, _ = strings.Cut(rest, "=")
+	return dev, key
+}
+
+// resetSetting is the write that undoes s.
+func resetSetting(s Setting) (Setting, bool) {
+	switch {
+	case s.File == "io.max":
+		dev, key := ioMaxTarget(s.Value)
+		return Setting{s.File, dev + " " + key + "=max"}, true
+	case s.File == "io.weight":
+		dev, _, _ := strings.Cut(s.Value, " ")
+		if dev == "default" {
+			return Setting{s.File, "default 100"}, true
+		}
+		return Setting{s.File, dev + " default"}, true
+	case strings.HasPrefix(s.File, "hugetlb.") && strings.HasSuffix(s.File, ".max"):
+		return Setting{s.File, "max"}, true
+	}
+	v, ok := unlimited[s.File]
+	return Setting{s.File, v}, ok
+}
 
 // Stats reads the tenant group's totals (cpu.stat, memory.events,
 // memory.current). It reads by path: it is for metrics, off the hot path.

@@ -537,8 +537,9 @@ func (t *Tree) Close() error {
 // Tenant is a tenant group, <base>/cells/<name>: the parent of the
 // tenant's cells, holding its budget and its totals.
 type Tenant struct {
-	name string
-	path string
+	name    string
+	path    string
+	applied []Setting // the budget last written (guarded by Tree.mu)
 }
 
 // Name is the tenant's name.
@@ -549,8 +550,11 @@ func (g *Tenant) Path() string { return g.path }
 
 // Tenant creates the tenant group (or finds it) and writes its budget r
 // (converted with TenantSettings; nil writes nothing). Calling it again
-// updates the budget. Limits for unenforced controllers are skipped; other
-// missing controllers are a *ControllerMissingError.
+// updates the budget: a limit the previous call wrote and this one does
+// not is reset to unlimited. Limits for unenforced controllers are
+// skipped (and logged); other missing controllers are a
+// *ControllerMissingError. Cells of a tenant never set up here go into a
+// group without a budget, created on first use.
 func (t *Tree) Tenant(name string, r *specs.LinuxResources) (*Tenant, error) {
 	name, err := tenantName(name)
 	if err != nil {
@@ -573,10 +577,18 @@ func (t *Tree) Tenant(name string, r *specs.LinuxResources) (*Tenant, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, x := range p.settings {
+	writes, unknown := updateWrites(g.applied, p.settings)
+	for _, f := range unknown {
+		t.log.Warn("limit dropped from a tenant's budget stays in force: cellgate does not know its unlimited value", "tenant", name, "file", f)
+	}
+	for _, x := range writes {
 		if err := writeFile(filepath.Join(g.path, x.File), x.Value); err != nil {
 			return nil, fmt.Errorf("write %s=%q in %s: %w", x.File, x.Value, g.path, err)
 		}
+	}
+	g.applied = p.settings
+	if len(p.unenforced) > 0 {
+		t.log.Warn("tenant budget not enforced for missing controllers", "tenant", name, "unenforced", strings.Join(p.unenforced, " "))
 	}
 	return g, nil
 }

@@ -514,6 +514,9 @@ func TestTenant(t *testing.T) {
 	if got := read(t, g.Path()+"/pids.max"); got != "50" {
 		t.Errorf("updated pids.max = %q", got)
 	}
+	if got := read(t, g.Path()+"/memory.max"); got != "max" {
+		t.Errorf("memory.max dropped from the budget = %q, want max", got)
+	}
 	if _, err := tr.Tenant("../x", nil); !errors.Is(err, ErrInvalidName) {
 		t.Errorf("bad tenant name: %v", err)
 	}

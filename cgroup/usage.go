@@ -3,8 +3,8 @@
 // (<base>/supervisor, <base>/cells/<tenant>/<cell>), creating cells with their
 // limits written, the pool of pre-created cells, killing and removing them,
 // and reading what each used. It is the only package that reads or writes
-// cgroupfs. It may be imported by sandbox and cmd/cellgate; accounting imports
-// it for the Usage type only.
+// cgroupfs. It may be imported by sandbox and cmd/cellgate; accounting and
+// proxy import it for the Usage type only.
 package cgroup
 
 // Usage is what one cell consumed, read from the kernel at the end of the
