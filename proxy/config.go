@@ -1,0 +1,226 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"time"
+)
+
+// Defaults for the Config fields left zero.
+const (
+	DefaultAddr              = ":8080"
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 60 * time.Second
+	DefaultMaxHeaderBytes    = 16 << 10
+	DefaultBodyMinRate       = 1 << 10 // bytes per second
+	DefaultBodyRateGrace     = 5 * time.Second
+	DefaultWriteMinRate      = 1 << 10 // bytes per second
+	DefaultWriteRateGrace    = 10 * time.Second
+	DefaultMaxBody           = 10 << 20
+	DefaultBodyMemory        = 256 << 10
+	DefaultMaxResponseHeader = 64 << 10
+	DefaultResponseMemory    = 256 << 10
+	DefaultMaxResponse       = 100 << 20
+	DefaultMaxConns          = 10000
+	DefaultMaxConnsPerIP     = 100
+	DefaultMaxStreams        = 100
+	DefaultMaxLocalRedirects = 5
+	DefaultStderrLimit       = 4 << 10
+	DefaultRetryAfter        = 1 * time.Second
+	DefaultTempDir           = "/tmp"
+	DefaultVersion           = "dev"
+	// DefaultPath is the worker's PATH unless the route's env sets one.
+	DefaultPath = "/usr/local/bin:/usr/bin:/bin"
+)
+
+// Config is the front's settings. Every field has a documented default,
+// taken when the field is zero; Disable* style switches are not needed
+// because a negative value turns a limit off where that is allowed (said on
+// the field). cmd/cellgate fills it from flags and environment; New
+// validates it once.
+type Config struct {
+	// Addr is the listen address for ListenAndServe. Default ":8080".
+	Addr string
+	// TLSCertFile and TLSKeyFile are PEM files; both set serves HTTPS with
+	// HTTP/2 (ALPN "h2") and HTTP/1.1, both empty serves plain HTTP/1.1.
+	// Default: empty (plain HTTP).
+	TLSCertFile string
+	TLSKeyFile  string
+
+	// ReadHeaderTimeout is how long a client has to send the request line
+	// and header fields. Default 10 s.
+	ReadHeaderTimeout time.Duration
+	// IdleTimeout is how long a keep-alive connection may wait for its next
+	// request. Default 60 s.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes is the largest request line plus header fields, in
+	// bytes; larger gets 431. Default 16 KiB.
+	//
+	// net/http's own limit is MaxHeaderBytes plus 4096 bytes of slack for
+	// its read buffer. So the front gives net/http exactly this value and
+	// checks the size itself in the handler (request line plus "Name: value"
+	// lines as sent on HTTP/1.1): requests between MaxHeaderBytes and
+	// MaxHeaderBytes+4 KiB get the front's 431 with a request id and an
+	// access-log record; larger ones are refused by net/http's bare 431
+	// before any handler runs, so they are neither logged nor counted.
+	MaxHeaderBytes int
+	// BodyMinRate is the slowest a client may send its request body, in
+	// bytes per second, once BodyRateGrace has passed; slower gets 408 and
+	// the connection closed. Negative disables the check. Default 1 KiB/s.
+	BodyMinRate int64
+	// BodyRateGrace is the time a body may take before BodyMinRate applies.
+	// Default 5 s.
+	BodyRateGrace time.Duration
+	// WriteMinRate is the slowest a client may read the response, in bytes
+	// per second after WriteRateGrace; a slower client's connection is
+	// closed. Negative disables the check. Default 1 KiB/s.
+	WriteMinRate int64
+	// WriteRateGrace is the time a response may take before WriteMinRate
+	// applies. Default 10 s.
+	WriteRateGrace time.Duration
+
+	// MaxBody is the largest request body, in bytes, for a route whose
+	// limits leave MaxBody zero; larger gets 413. Default 10 MiB.
+	MaxBody int64
+	// BodyMemory is how much of a request body is held in memory; the rest
+	// goes to an unlinked file in TempDir. Default 256 KiB.
+	BodyMemory int
+	// MaxResponseHeader is the largest CGI header block a worker may write,
+	// in bytes; larger is a 502. Default 64 KiB.
+	MaxResponseHeader int
+	// ResponseMemory is how much of a spooled response body is held in
+	// memory; the rest goes to an unlinked file in TempDir. Default 256 KiB.
+	ResponseMemory int
+	// MaxResponse is the largest response body a worker may write, in
+	// bytes; more is a 502 and the cell is killed. It bounds streamed
+	// responses too. Default 100 MiB.
+	MaxResponse int64
+	// TempDir holds the unlinked spool files (O_TMPFILE where the file
+	// system supports it). Default "/tmp".
+	TempDir string
+
+	// MaxConns is the number of client connections open at once; more are
+	// refused at accept (a fixed 503 on plain HTTP, a close under TLS).
+	// Negative disables the cap. Default 10000.
+	MaxConns int
+	// MaxConnsPerIP is the number of connections one client IP address may
+	// hold open; more are refused like MaxConns. Negative disables the cap.
+	// Default 100.
+	MaxConnsPerIP int
+	// MaxStreams is HTTP/2's limit on concurrent requests per connection.
+	// Default 100.
+	MaxStreams int
+
+	// MaxLocalRedirects bounds RFC 3875 local redirects (a "Location: /..."
+	// response re-run as a GET) per request; one more is a 502.
+	// Default 5.
+	MaxLocalRedirects int
+	// StderrLimit is how much of a worker's stderr is kept and logged with
+	// the request id; the rest is discarded. It never reaches the client.
+	// Default 4 KiB.
+	StderrLimit int
+	// RetryAfter is the Retry-After of a 503 (rounded up to whole seconds).
+	// Default 1 s.
+	RetryAfter time.Duration
+	// PassAuthorization passes the Authorization header to workers as
+	// HTTP_AUTHORIZATION. RFC 3875 4.1.18 says a server should not (the
+	// credentials then reach every worker); AUTH_TYPE carries the scheme
+	// either way. Default false.
+	PassAuthorization bool
+	// Version is the <version> of SERVER_SOFTWARE=cellgate/<version>.
+	// Default "dev".
+	Version string
+}
+
+// withDefaults returns c with every zero field set to its default.
+func (c Config) withDefaults() Config {
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defInt := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	defInt64 := func(v *int64, d int64) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if c.Addr == "" {
+		c.Addr = DefaultAddr
+	}
+	def(&c.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	def(&c.IdleTimeout, DefaultIdleTimeout)
+	defInt(&c.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	defInt64(&c.BodyMinRate, DefaultBodyMinRate)
+	def(&c.BodyRateGrace, DefaultBodyRateGrace)
+	defInt64(&c.WriteMinRate, DefaultWriteMinRate)
+	def(&c.WriteRateGrace, DefaultWriteRateGrace)
+	defInt64(&c.MaxBody, DefaultMaxBody)
+	defInt(&c.BodyMemory, DefaultBodyMemory)
+	defInt(&c.MaxResponseHeader, DefaultMaxResponseHeader)
+	defInt(&c.ResponseMemory, DefaultResponseMemory)
+	defInt64(&c.MaxResponse, DefaultMaxResponse)
+	if c.TempDir == "" {
+		c.TempDir = DefaultTempDir
+	}
+	defInt(&c.MaxConns, DefaultMaxConns)
+	defInt(&c.MaxConnsPerIP, DefaultMaxConnsPerIP)
+	defInt(&c.MaxStreams, DefaultMaxStreams)
+	defInt(&c.MaxLocalRedirects, DefaultMaxLocalRedirects)
+	defInt(&c.StderrLimit, DefaultStderrLimit)
+	def(&c.RetryAfter, DefaultRetryAfter)
+	if c.Version == "" {
+		c.Version = DefaultVersion
+	}
+	return c
+}
+
+// validate checks a Config with defaults applied.
+func (c *Config) validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		bad("proxy config: TLSCertFile=%q and TLSKeyFile=%q: set both or neither", c.TLSCertFile, c.TLSKeyFile)
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"ReadHeaderTimeout", c.ReadHeaderTimeout}, {"IdleTimeout", c.IdleTimeout},
+		{"BodyRateGrace", c.BodyRateGrace}, {"WriteRateGrace", c.WriteRateGrace}, {"RetryAfter", c.RetryAfter},
+	} {
+		if d.v < 0 {
+			bad("proxy config: %s=%s: must not be negative", d.name, d.v)
+		}
+	}
+	for _, n := range []struct {
+		name string
+		v    int64
+	}{
+		{"MaxHeaderBytes", int64(c.MaxHeaderBytes)}, {"MaxBody", c.MaxBody}, {"BodyMemory", int64(c.BodyMemory)},
+		{"MaxResponseHeader", int64(c.MaxResponseHeader)}, {"ResponseMemory", int64(c.ResponseMemory)},
+		{"MaxResponse", c.MaxResponse}, {"MaxStreams", int64(c.MaxStreams)},
+		{"MaxLocalRedirects", int64(c.MaxLocalRedirects)}, {"StderrLimit", int64(c.StderrLimit)},
+	} {
+		if n.v < 0 {
+			bad("proxy config: %s=%d: must not be negative", n.name, n.v)
+		}
+	}
+	if c.MaxHeaderBytes < 1024 {
+		bad("proxy config: MaxHeaderBytes=%d: at least 1024 bytes", c.MaxHeaderBytes)
+	}
+	if c.MaxResponseHeader < 256 {
+		bad("proxy config: MaxResponseHeader=%d: at least 256 bytes", c.MaxResponseHeader)
+	}
+	if st, err := os.Stat(c.TempDir); err != nil {
+		bad("proxy config: TempDir=%q: %w", c.TempDir, err)
+	} else if !st.IsDir() {
+		bad("proxy config: TempDir=%q: not a directory", c.TempDir)
+	}
+	return errors.Join(errs...)
+}

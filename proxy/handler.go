@@ -1,0 +1,299 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/cellgate/cellgate/accounting"
+	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// exchange is one request on its way through the front.
+type exchange struct {
+	s   *Server
+	w   http.ResponseWriter
+	r   *http.Request
+	rec accounting.Record
+	// route is the route of the last cell run (after local redirects).
+	route *policy.Route
+
+	// abort resets the connection (or HTTP/2 stream) after the record is
+	// written: a streamed response was cut short and the client must not
+	// take it for complete.
+	abort bool
+	// bodyRead is set once the request body has been read to its end.
+	bodyRead bool
+}
+
+// serveHTTP is the server's handler: route, read the body, admit, run the
+// cell, answer, log. Every response carries the request id; every request
+// ends in exactly one access-log record and one metrics observation.
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		w.Header().Set("Connection", "close")
+		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	s.handlers.Add(1)
+	s.mu.Unlock()
+	defer s.handlers.Done()
+
+	start := s.now()
+	id := s.ids.next()
+	w.Header()[RequestIDHeader] = []string{id}
+	x := &exchange{s: s, w: w, r: r, rec: accounting.Record{
+		Time:       start,
+		RequestID:  id,
+		Method:     r.Method,
+		Path:       r.URL.Path,
+		ClientAddr: r.RemoteAddr,
+	}}
+	x.serve()
+	x.endUnreadBody()
+	x.rec.Duration = s.now().Sub(start)
+	if err := accounting.Log(r.Context(), s.deps.AccessLog, x.rec); err != nil {
+		s.log.Warn("access log", "request_id", id, "err", err)
+	}
+	if s.deps.Metrics != nil {
+		s.deps.Metrics.ObserveRequest(x.rec)
+	}
+	if x.abort {
+		panic(http.ErrAbortHandler)
+	}
+}
+
+// serve runs the request to its verdict and answers.
+func (x *exchange) serve() {
+	s, r := x.s, x.r
+	if err := x.checkRequest(); err != nil {
+		x.fail(err, nil)
+		return
+	}
+	m, err := s.deps.Router.Match(r.Host, r.Method, r.URL.Path)
+	if err != nil {
+		x.fail(err, nil)
+		return
+	}
+	x.route = m.Route
+	x.rec.Route, x.rec.Tenant = m.Route.Name, m.Route.Tenant
+
+	maxBody := m.Route.MaxBody
+	if maxBody <= 0 {
+		maxBody = s.cfg.MaxBody
+	}
+	body, err := s.readBody(x.w, r, maxBody)
+	if err != nil {
+		x.fail(err, nil)
+		return
+	}
+	defer body.Close()
+	x.bodyRead = true
+	x.rec.BytesIn = body.Len()
+
+	req := x.cgiRequest(m, body.Len())
+	stdin, err := body.Reader()
+	if err != nil {
+		x.fail(err, nil)
+		return
+	}
+	for hop := 0; ; hop++ {
+		run := x.runCell(m, req, stdin)
+		if run.res != nil {
+			x.recordCell(run.res)
+		}
+		redirect := run.err == nil && run.hdr != nil && run.hdr.Local && run.bodyEmpty() &&
+			(run.res.Cause == sandbox.CauseOK || run.res.Cause == sandbox.CauseExit)
+		if !redirect {
+			x.finish(run)
+			run.close()
+			return
+		}
+		run.close()
+		if hop == s.cfg.MaxLocalRedirects {
+			x.fail(fmt.Errorf("local redirect %d to %q: %w", hop+1, run.hdr.Location, ErrRedirectLoop), run.res)
+			return
+		}
+		// RFC 3875 6.2.2: answer as if the client had asked for the
+		// Location, with a GET and no body.
+		req, m, err = x.redirect(req, run.hdr.Location)
+		if err != nil {
+			x.fail(err, nil)
+			return
+		}
+		stdin = nil
+	}
+}
+
+// unreadBody reports whether the request has a body the handler did not
+// read to its end (it was refused before, or reading it failed).
+func (x *exchange) unreadBody() bool {
+	return !x.bodyRead && x.r.Body != nil && x.r.Body != http.NoBody && x.r.ContentLength != 0
+}
+
+// endUnreadBody makes sure an unread request body cannot hold the
+// connection. After the handler returns, net/http reads up to 256 KiB of
+// what is left of a body to keep the connection, with no deadline of its
+// own: a client that stalls there would hold it for ever. So the read
+// deadline is set in the past, the drain fails at once and the connection
+// is closed (sendError has said "Connection: close" on HTTP/1.x).
+func (x *exchange) endUnreadBody() {
+	if !x.unreadBody() {
+		return
+	}
+	_ = http.NewResponseController(x.w).SetReadDeadline(time.Now())
+}
+
+// checkRequest refuses what no route should see: a header block over
+// Config.MaxHeaderBytes (see there) and a path with a NUL, which no
+// program could receive in its environment.
+func (x *exchange) checkRequest() error {
+	r := x.r
+	if n := headerSize(r); n > x.s.cfg.MaxHeaderBytes {
+		return fmt.Errorf("request header of %d bytes, limit %d: %w", n, x.s.cfg.MaxHeaderBytes, ErrHeaderTooLarge)
+	}
+	if strings.IndexByte(r.URL.Path, 0) >= 0 {
+		return fmt.Errorf("path %q: NUL byte: %w", r.URL.Path, ErrBadRequest)
+	}
+	return nil
+}
+
+// headerSize is the size of r's request line and header fields as an
+// HTTP/1.1 client would send them ("Name: value\r\n" per value, and the
+// blank line). For HTTP/2 it measures the same fields, not HPACK's encoding.
+func headerSize(r *http.Request) int {
+	n := len(r.Method) + 1 + len(r.RequestURI) + 1 + len(r.Proto) + 2
+	if r.Host != "" {
+		n += len("Host: ") + len(r.Host) + 2
+	}
+	for k, vv := range r.Header {
+		for _, v := range vv {
+			n += len(k) + 2 + len(v) + 2
+		}
+	}
+	return n + 2
+}
+
+// cgiRequest describes the client's request for buildEnv.
+func (x *exchange) cgiRequest(m *policy.Match, bodyLen int64) *cgiRequest {
+	r := x.r
+	req := &cgiRequest{
+		Method:     r.Method,
+		RequestURI: r.RequestURI,
+		Query:      r.URL.RawQuery,
+		ScriptName: m.ScriptName,
+		PathInfo:   m.PathInfo,
+		BodyLen:    bodyLen,
+		Header:     r.Header,
+		Host:       r.Host,
+		Proto:      r.Proto,
+		RemoteAddr: r.RemoteAddr,
+		TLS:        r.TLS != nil,
+		RequestID:  x.rec.RequestID,
+	}
+	if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		req.LocalAddr = la
+	}
+	if req.RequestURI == "" || !strings.HasPrefix(req.RequestURI, "/") {
+		// HTTP/2 and absolute-form requests: the origin form.
+		req.RequestURI = r.URL.RequestURI()
+	}
+	return req
+}
+
+// redirect turns req into the GET of a local redirect to loc and routes it.
+func (x *exchange) redirect(prev *cgiRequest, loc string) (*cgiRequest, *policy.Match, error) {
+	u, err := url.Parse(loc)
+	if err != nil {
+		return nil, nil, fmt.Errorf("local redirect to %q: %w: %w", loc, ErrInvalidResponse, err)
+	}
+	if strings.IndexByte(u.Path, 0) >= 0 {
+		return nil, nil, fmt.Errorf("local redirect to %q: NUL byte: %w", loc, ErrInvalidResponse)
+	}
+	m, err := x.s.deps.Router.Match(x.r.Host, http.MethodGet, u.Path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("local redirect to %q: %w", loc, err)
+	}
+	x.route = m.Route
+	x.rec.Route, x.rec.Tenant = m.Route.Name, m.Route.Tenant
+	req := *prev
+	req.Method = http.MethodGet
+	req.RequestURI = u.RequestURI()
+	req.Query = u.RawQuery
+	req.ScriptName, req.PathInfo = m.ScriptName, m.PathInfo
+	req.BodyLen = 0
+	return &req, m, nil
+}
+
+// recordCell puts a cell's result in the record (the last cell's, after
+// local redirects).
+func (x *exchange) recordCell(res *sandbox.Result) {
+	x.rec.Cell = true
+	x.rec.Wall = res.Wall
+	x.rec.Usage = res.Usage
+	x.rec.ExitCode = res.ExitCode
+	x.rec.Signal = res.Signal
+	x.rec.UID = res.UID
+	x.rec.Unenforced = res.Unenforced
+}
+
+// cancelReason says why a context ended for the request: the server is
+// shutting down, or the client went away.
+func (x *exchange) cancelReason() error {
+	if x.s.base.Err() != nil {
+		return ErrShuttingDown
+	}
+	if x.r.Context().Err() != nil {
+		return ErrClientGone
+	}
+	return nil
+}
+
+// finish answers with the verdict on a run.
+func (x *exchange) finish(run *cellRun) {
+	v := decide(run.err, run.res, run.hdr)
+	x.rec.Outcome = v.Outcome
+	if run.sent {
+		// A streamed response: the status is out already.
+		x.rec.Status = run.hdr.Status
+		if !v.Pass {
+			x.abort = true
+		} else {
+			x.addServerTiming(true)
+		}
+		x.logFailure(run.err, v)
+		return
+	}
+	if !v.Pass {
+		x.logFailure(run.err, v)
+		x.sendError(v)
+		return
+	}
+	x.sendSpooled(run)
+}
+
+// fail answers with the verdict on a request that did not get as far as a
+// cell response.
+func (x *exchange) fail(err error, res *sandbox.Result) {
+	v := decide(err, res, nil)
+	x.rec.Outcome = v.Outcome
+	x.logFailure(err, v)
+	x.sendError(v)
+}
+
+// logFailure logs what the client is not told: the error behind a 5xx.
+func (x *exchange) logFailure(err error, v verdict) {
+	if err == nil || v.Status < 500 || errors.Is(err, context.Canceled) {
+		return
+	}
+	x.s.log.Warn("request failed", "request_id", x.rec.RequestID, "route", x.rec.Route,
+		"status", v.Status, "outcome", string(v.Outcome), "err", err)
+}

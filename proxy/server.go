@@ -1,0 +1,221 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/cellgate/cellgate/accounting"
+	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// Runner runs one worker in a fresh cell: *sandbox.Runner, or PlainExec in
+// tests and for the no-cell benchmark baseline. Run must return once the
+// worker and everything it started are gone, and must end the run early when
+// ctx is cancelled.
+type Runner interface {
+	Run(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error)
+}
+
+// Router finds the route of a request: *policy.Policy.
+type Router interface {
+	Match(host, method, urlPath string) (*policy.Match, error)
+}
+
+// Admitter reserves room for a cell in a tenant's budget, queueing when
+// there is none: policy's admission control. release gives the room back
+// and is called exactly once; waited is the time spent queued. Its errors
+// wrap policy.ErrQueueFull or policy.ErrQueueTimeout (503), or the ctx's
+// error.
+type Admitter interface {
+	Admit(ctx context.Context, tenant string, memory int64) (release func(), waited time.Duration, err error)
+}
+
+// Observer takes one finished request's record: *accounting.Metrics.
+type Observer interface {
+	ObserveRequest(accounting.Record)
+}
+
+// Deps are the server's collaborators. Runner, Router and CellSpec are
+// required.
+type Deps struct {
+	Runner Runner
+	Router Router
+	// Admitter admits requests to cells; nil admits everything at once
+	// (no budgets, no queue).
+	Admitter Admitter
+	// AccessLog receives one record per request (accounting.Log); nil
+	// writes none.
+	AccessLog *slog.Logger
+	// Metrics observes one record per request; nil observes nothing.
+	Metrics Observer
+	// Logger receives server errors and workers' stderr, each with the
+	// request id; nil discards them.
+	Logger *slog.Logger
+	// LookupEnv resolves a route's PassEnv names in cellgate's own
+	// environment (os.LookupEnv); nil passes none of them.
+	LookupEnv func(name string) (string, bool)
+	// CellSpec completes a route's Spec with what the proxy cannot derive
+	// (required): Profile, the cell's tenant and limits (cgroup.NewProfile
+	// of route.Tenant and route.Resources, built once per route at
+	// start-up), and User, the credentials of a route whose User is not
+	// Auto. Its error fails the request with a 500 and is logged.
+	CellSpec func(route *policy.Route, spec *sandbox.Spec) error
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+}
+
+// Server is the front. Build it with New, run it with Serve or
+// ListenAndServe, stop it with Shutdown.
+type Server struct {
+	cfg        Config
+	deps       Deps
+	log        *slog.Logger
+	now        func() time.Time
+	srv        *http.Server
+	ids        *idSource
+	envOpt     envOptions
+	retryAfter string // Retry-After value
+
+	// base is the parent of every request's context; Shutdown cancels it
+	// when its own context ends, which kills the cells still running.
+	base       context.Context
+	cancelBase context.CancelFunc
+
+	mu        sync.Mutex
+	closing   bool           // set by Shutdown before it waits for handlers
+	handlers  sync.WaitGroup // requests in the handler; Add only under mu while !closing
+	listeners []*capListener
+}
+
+// discard is a logger that writes nothing.
+var discard = slog.New(slog.DiscardHandler)
+
+// New validates cfg (defaults applied) and returns a Server.
+func New(cfg Config, deps Deps) (*Server, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if deps.Runner == nil || deps.Router == nil || deps.CellSpec == nil {
+		return nil, errors.New("proxy: Deps.Runner, Deps.Router and Deps.CellSpec are required")
+	}
+	if deps.AccessLog == nil {
+		deps.AccessLog = discard
+	}
+	if deps.Logger == nil {
+		deps.Logger = discard
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	ids, err := newIDSource()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:  cfg,
+		deps: deps,
+		log:  deps.Logger,
+		now:  deps.Now,
+		ids:  ids,
+		envOpt: envOptions{
+			software:          "SERVER_SOFTWARE=cellgate/" + cfg.Version,
+			passAuthorization: cfg.PassAuthorization,
+			lookupEnv:         deps.LookupEnv,
+		},
+		retryAfter: retryAfterSeconds(cfg.RetryAfter),
+	}
+	s.base, s.cancelBase = context.WithCancel(context.Background())
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetHTTP2(true) // used only under TLS (ALPN h2)
+	s.srv = &http.Server{
+		Addr:              cfg.Addr,
+		Handler:           http.HandlerFunc(s.serveHTTP),
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		Protocols:         &protocols,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxStreams},
+		BaseContext:       func(net.Listener) context.Context { return s.base },
+		ErrorLog:          slog.NewLogLogger(deps.Logger.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+// retryAfterSeconds is d in whole seconds, rounded up, at least 1.
+func retryAfterSeconds(d time.Duration) string {
+	sec := int64((d + time.Second - 1) / time.Second)
+	if sec < 1 {
+		sec = 1
+	}
+	return fmt.Sprint(sec)
+}
+
+// Serve accepts connections on ln, within the connection caps, until
+// Shutdown. With TLS configured it serves HTTPS (HTTP/2 and HTTP/1.1) on
+// ln. It returns http.ErrServerClosed after Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	tlsOn := s.cfg.TLSCertFile != ""
+	capped := newCapListener(ln, capValue(s.cfg.MaxConns), capValue(s.cfg.MaxConnsPerIP), !tlsOn, s.refused)
+	s.mu.Lock()
+	s.listeners = append(s.listeners, capped)
+	s.mu.Unlock()
+	if tlsOn {
+		return s.srv.ServeTLS(capped, s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+	}
+	return s.srv.Serve(capped)
+}
+
+// ListenAndServe listens on Config.Addr and calls Serve.
+func (s *Server) ListenAndServe() error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
+	}
+	return s.Serve(ln)
+}
+
+// Shutdown stops accepting connections, closes idle ones and waits for the
+// requests in flight to finish (their cells to end and responses to be
+// written). When ctx ends first, it cancels the requests still running
+// (their cells are killed; they are logged as killed), closes every
+// connection, waits for the handlers to return and reports ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		s.cancelBase()
+		_ = s.srv.Close()
+	}
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	s.handlers.Wait()
+	s.cancelBase()
+	if err != nil {
+		return fmt.Errorf("shut down proxy: %w", err)
+	}
+	return nil
+}
+
+// capValue turns a Config cap (negative = none) into capListener's
+// (0 = none).
+func capValue(n int) int {
+	if n < 0 {
+		return 0
+	}
+	return n
+}
+
+// refused logs a connection refused by a cap. It is a debug line: under a
+// flood, one warning per connection would be a second flood.
+func (s *Server) refused(reason RefusedReason, addr net.Addr) {
+	s.log.Debug("connection refused", "reason", string(reason), "client", addr.String())
+}

@@ -1,0 +1,727 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cellgate/cellgate/accounting"
+	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// TestRequestIDOnEveryResponse: every outcome carries a fresh request id
+// that names its access-log record.
+func TestRequestIDOnEveryResponse(t *testing.T) {
+	ok := cgiOutput("Content-Type: text/plain\n\nok", sandbox.CauseOK)
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		switch spec.Path {
+		case "/oom":
+			return cgiOutput("", sandbox.CauseOOM)(ctx, spec)
+		case "/bad":
+			return cgiOutput("garbage\n", sandbox.CauseOK)(ctx, spec)
+		case "/slow":
+			return cgiOutput("Content-Type: text/plain\n\n", sandbox.CauseDeadline)(ctx, spec)
+		}
+		return ok(ctx, spec)
+	})
+	post := route("post", "/post", "/ok")
+	post.Methods = []string{"POST"}
+	post.MaxBody = 10
+	ts := startServer(t, Config{}, Deps{Runner: runner},
+		route("ok", "/ok", "/ok"), route("oom", "/oom", "/oom"), route("bad", "/bad", "/bad"),
+		route("slow", "/slow", "/slow"), post)
+	tests := []struct {
+		name    string
+		req     func() *http.Request
+		status  int
+		outcome accounting.Outcome
+	}{
+		{"ok", func() *http.Request { return newRequest(t, "GET", ts.URL+"/ok", nil) }, 200, accounting.OutcomeOK},
+		{"no route", func() *http.Request { return newRequest(t, "GET", ts.URL+"/nothing", nil) }, 404, accounting.OutcomeNoRoute},
+		{"method", func() *http.Request { return newRequest(t, "GET", ts.URL+"/post", nil) }, 405, outcomeMethodNotAllowed},
+		{"body too large", func() *http.Request {
+			return newRequest(t, "POST", ts.URL+"/post", strings.NewReader("01234567890"))
+		}, 413, accounting.OutcomeBodyTooLarge},
+		{"header too large", func() *http.Request {
+			r := newRequest(t, "GET", ts.URL+"/ok", nil)
+			r.Header.Set("X-Big", strings.Repeat("x", DefaultMaxHeaderBytes))
+			return r
+		}, 431, accounting.OutcomeHeaderTooLarge},
+		{"oom", func() *http.Request { return newRequest(t, "GET", ts.URL+"/oom", nil) }, 502, accounting.OutcomeOOM},
+		{"invalid output", func() *http.Request { return newRequest(t, "GET", ts.URL+"/bad", nil) }, 502, accounting.OutcomeBadGateway},
+		{"deadline", func() *http.Request { return newRequest(t, "GET", ts.URL+"/slow", nil) }, 504, accounting.OutcomeDeadline},
+	}
+	seen := map[string]bool{}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := tt.req()
+			req.Header.Set(RequestIDHeader, "client-chosen")
+			resp, body := do(t, nil, req)
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d (%q)", resp.StatusCode, tt.status, body)
+			}
+			id := resp.Header.Get(RequestIDHeader)
+			if id == "" || id == "client-chosen" || seen[id] {
+				t.Fatalf("request id %q: want a fresh one of the server's", id)
+			}
+			seen[id] = true
+			rec := ts.recs.byID(t, id)
+			if rec.Status != tt.status || rec.Outcome != tt.outcome {
+				t.Errorf("record status %d outcome %s, want %d %s", rec.Status, rec.Outcome, tt.status, tt.outcome)
+			}
+			if tt.status >= 400 {
+				if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
+					t.Errorf("error Content-Type %q", ct)
+				}
+				if strings.Contains(body, "/oom") || strings.Contains(body, "garbage") || len(body) > 200 {
+					t.Errorf("error body %q leaks internals or is long", body)
+				}
+			}
+		})
+	}
+	if rec := ts.recs.all(); len(rec) != len(tests) {
+		t.Errorf("%d records for %d requests", len(rec), len(tests))
+	}
+}
+
+func TestOOMMessage(t *testing.T) {
+	ts := startServer(t, Config{}, Deps{Runner: cgiOutput("", sandbox.CauseOOM)}, route("r", "/", "/x"))
+	resp, body := do(t, nil, newRequest(t, "GET", ts.URL+"/", nil))
+	if resp.StatusCode != 502 || !strings.Contains(body, "memory limit") {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestBodyBuffering: the worker gets the whole body before it starts, from
+// memory below the threshold and as the temporary file itself above it.
+func TestBodyBuffering(t *testing.T) {
+	var gotStdin atomic.Value
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		kind := "nil"
+		var data []byte
+		switch in := spec.Stdin.(type) {
+		case *os.File:
+			kind = "file"
+			var err error
+			if data, err = io.ReadAll(in); err != nil {
+				return sandbox.Result{}, err
+			}
+		case nil:
+		default:
+			kind = "memory"
+			data, _ = io.ReadAll(in)
+		}
+		gotStdin.Store(kind)
+		cl := ""
+		for _, kv := range spec.Env {
+			if v, ok := strings.CutPrefix(kv, "CONTENT_LENGTH="); ok {
+				cl = v
+			}
+		}
+		fmt.Fprintf(spec.Stdout, "Content-Type: text/plain\n\n%s %d %s", kind, len(data), cl)
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	rt := route("r", "/", "/x")
+	rt.MaxBody = 64 << 10
+	ts := startServer(t, Config{BodyMemory: 1000}, Deps{Runner: runner}, rt)
+	tests := []struct {
+		name    string
+		body    io.Reader
+		chunked bool
+		status  int
+		want    string
+	}{
+		{name: "empty", body: nil, status: 200, want: "nil 0 "},
+		{name: "in memory", body: strings.NewReader(strings.Repeat("a", 1000)), status: 200, want: "memory 1000 1000"},
+		{name: "temporary file", body: strings.NewReader(strings.Repeat("a", 1001)), status: 200, want: "file 1001 1001"},
+		{name: "chunked into a file", body: strings.NewReader(strings.Repeat("b", 5000)), chunked: true, status: 200, want: "file 5000 5000"},
+		{name: "content-length over the route's limit", body: strings.NewReader(strings.Repeat("c", 64<<10+1)), status: 413},
+		{name: "chunked over the route's limit", body: strings.NewReader(strings.Repeat("c", 64<<10+1)), chunked: true, status: 413},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			body := tt.body
+			if tt.chunked {
+				body = io.MultiReader(body) // hides the length: chunked
+			}
+			req := newRequest(t, "POST", ts.URL+"/", body)
+			resp, got := do(t, nil, req)
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d (%q)", resp.StatusCode, tt.status, got)
+			}
+			if tt.status == 200 && got != tt.want {
+				t.Errorf("worker saw %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestBodyTooLargeNotRead: a declared length over the limit is refused
+// before the body is read (a client waiting on 100-continue gets the 413
+// and never sends it), and the runner is not called.
+func TestBodyTooLargeNotRead(t *testing.T) {
+	var runs atomic.Int32
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		runs.Add(1)
+		return cgiOutput("Status: 200\n\n", sandbox.CauseOK)(ctx, spec)
+	})
+	rt := route("r", "/", "/x")
+	rt.MaxBody = 100
+	ts := startServer(t, Config{}, Deps{Runner: runner}, rt)
+	c, err := net.Dial("tcp", ts.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\nExpect: 100-continue\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 413 || resp.Header.Get(RequestIDHeader) == "" || !resp.Close {
+		t.Fatalf("got %d id %q close %v, want 413 with an id, closing", resp.StatusCode, resp.Header.Get(RequestIDHeader), resp.Close)
+	}
+	if n := runs.Load(); n != 0 {
+		t.Errorf("runner called %d times", n)
+	}
+}
+
+// TestSlowBody: a client that stalls while sending its body gets 408 and
+// the connection closed, over a real loopback connection.
+func TestSlowBody(t *testing.T) {
+	var runs atomic.Int32
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		runs.Add(1)
+		return cgiOutput("Status: 200\n\n", sandbox.CauseOK)(ctx, spec)
+	})
+	ts := startServer(t, Config{BodyMinRate: 1024, BodyRateGrace: 200 * time.Millisecond}, Deps{Runner: runner}, route("r", "/", "/x"))
+	c, err := net.Dial("tcp", ts.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// 10 bytes of 100000, then nothing: the deadline passes once the grace
+	// and 10/1024 s have.
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789")
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 408 || resp.Header.Get(RequestIDHeader) == "" {
+		t.Fatalf("got %d %q, want 408 with a request id", resp.StatusCode, body)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("connection not closed after 408: %v", err)
+	}
+	if n := runs.Load(); n != 0 {
+		t.Errorf("runner called %d times", n)
+	}
+	rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader))
+	if rec.Outcome != accounting.OutcomeClientTimeout || rec.BytesIn != 0 {
+		t.Errorf("record %+v", rec)
+	}
+}
+
+// TestSteadyBodyNotTimedOut: a client that keeps sending, slowly but above
+// the rate, is served although it takes longer than the grace.
+func TestSteadyBodyNotTimedOut(t *testing.T) {
+	ts := startServer(t, Config{BodyMinRate: 100, BodyRateGrace: 50 * time.Millisecond},
+		Deps{Runner: cgiOutput("Content-Type: text/plain\n\nok", sandbox.CauseOK)}, route("r", "/", "/x"))
+	pr, pw := io.Pipe()
+	go func() {
+		// 20 writes of 100 bytes with pauses: well over 100 B/s, and
+		// longer than the grace in total.
+		for i := 0; i < 20; i++ {
+			if _, err := pw.Write([]byte(strings.Repeat("x", 100))); err != nil {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		pw.Close()
+	}()
+	resp, body := do(t, nil, newRequest(t, "POST", ts.URL+"/", pr))
+	if resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestHeaderLimit: between MaxHeaderBytes and net/http's slack the front
+// answers 431 with a request id and a record; beyond the slack net/http
+// answers 431 itself, before any handler.
+func TestHeaderLimit(t *testing.T) {
+	ts := startServer(t, Config{MaxHeaderBytes: 4096}, Deps{Runner: cgiOutput("Status: 200\n\n", sandbox.CauseOK)}, route("r", "/", "/x"))
+	tests := []struct {
+		name   string
+		size   int
+		status int
+		id     bool
+	}{
+		{"under", 3000, 200, true},
+		{"over the limit, within the slack", 5000, 431, true},
+		{"beyond the slack", 9000, 431, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req := newRequest(t, "GET", ts.URL+"/", nil)
+			req.Header.Set("X-Fill", strings.Repeat("f", tt.size))
+			resp, _ := do(t, nil, req)
+			if resp.StatusCode != tt.status || (resp.Header.Get(RequestIDHeader) != "") != tt.id {
+				t.Fatalf("status %d id %q, want %d with id: %v", resp.StatusCode, resp.Header.Get(RequestIDHeader), tt.status, tt.id)
+			}
+		})
+	}
+}
+
+// TestCGIWithPlainExec runs real programs (shell scripts) through the
+// proxy: the environment they see, stdin, exit statuses.
+func TestCGIWithPlainExec(t *testing.T) {
+	env := script(t, "env", `printf 'Content-Type: text/plain\n\n'; env | sort`)
+	echo := script(t, "echo", `printf 'Content-Type: application/octet-stream\n\n'; cat`)
+	fail := script(t, "fail", `printf 'Status: 409 Conflict\nContent-Type: text/plain\n\nconflict'; exit 3`)
+	silent := script(t, "silent", `echo oops >&2; exit 1`)
+	crash := script(t, "crash", `printf 'Content-Type: text/plain\n\npartial'; kill -SEGV $$`)
+	rt := func(name, prog string) *policy.Route {
+		r := route(name, "/"+name, prog)
+		r.Env = []string{"APP=1"}
+		r.MaxBody = 4 << 20
+		return r
+	}
+	ts := startServer(t, Config{BodyMemory: 1024}, Deps{Runner: &PlainExec{}},
+		rt("env", env), rt("echo", echo), rt("fail", fail), rt("silent", silent), rt("crash", crash))
+
+	t.Run("environment", func(t *testing.T) {
+		req := newRequest(t, "GET", ts.URL+"/env/extra/path?q=1", nil)
+		req.Header.Set("Proxy", "http://evil:1")
+		req.Header.Set("X-Custom", "v")
+		resp, body := do(t, nil, req)
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d %q", resp.StatusCode, body)
+		}
+		for _, want := range []string{
+			"APP=1\n", "GATEWAY_INTERFACE=CGI/1.1\n", "PATH_INFO=/extra/path\n", "QUERY_STRING=q=1\n",
+			"REMOTE_ADDR=127.0.0.1\n", "REQUEST_METHOD=GET\n", "SCRIPT_NAME=/env\n", "SERVER_SOFTWARE=cellgate/dev\n",
+			"HTTP_X_CUSTOM=v\n", "PATH=" + DefaultPath + "\n",
+			"HTTP_X_REQUEST_ID=" + resp.Header.Get(RequestIDHeader) + "\n",
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("environment lacks %q:\n%s", want, body)
+			}
+		}
+		for _, bad := range []string{"HTTP_PROXY", "HOME=", "GOPATH", "USER="} {
+			if strings.Contains(body, bad) {
+				t.Errorf("environment has %q:\n%s", bad, body)
+			}
+		}
+	})
+	t.Run("stdin from memory and from a file", func(t *testing.T) {
+		for _, n := range []int{10, 3 << 20} {
+			data := strings.Repeat("z", n)
+			resp, body := do(t, nil, newRequest(t, "POST", ts.URL+"/echo", strings.NewReader(data)))
+			if resp.StatusCode != 200 || body != data {
+				t.Fatalf("%d bytes: status %d, %d bytes back", n, resp.StatusCode, len(body))
+			}
+			if resp.ContentLength != int64(n) {
+				t.Errorf("Content-Length %d, want %d", resp.ContentLength, n)
+			}
+		}
+	})
+	t.Run("non-zero exit with a valid response passes", func(t *testing.T) {
+		resp, body := do(t, nil, newRequest(t, "GET", ts.URL+"/fail", nil))
+		if resp.StatusCode != 409 || body != "conflict" {
+			t.Fatalf("got %d %q", resp.StatusCode, body)
+		}
+		if rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader)); rec.Outcome != accounting.OutcomeExit || rec.ExitCode != 3 {
+			t.Errorf("record outcome %s exit %d", rec.Outcome, rec.ExitCode)
+		}
+	})
+	t.Run("non-zero exit without output is a 502, stderr logged not sent", func(t *testing.T) {
+		resp, body := do(t, nil, newRequest(t, "GET", ts.URL+"/silent", nil))
+		if resp.StatusCode != 502 || strings.Contains(body, "oops") {
+			t.Fatalf("got %d %q", resp.StatusCode, body)
+		}
+		id := resp.Header.Get(RequestIDHeader)
+		ts.recs.byID(t, id)
+		logs := ts.logs.String()
+		if !strings.Contains(logs, "request_id="+id) || !strings.Contains(logs, "oops") {
+			t.Errorf("stderr not logged with the request id:\n%s", logs)
+		}
+	})
+	t.Run("crash", func(t *testing.T) {
+		resp, body := do(t, nil, newRequest(t, "GET", ts.URL+"/crash", nil))
+		if resp.StatusCode != 502 || strings.Contains(body, "partial") {
+			t.Fatalf("got %d %q", resp.StatusCode, body)
+		}
+		if rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader)); rec.Outcome != accounting.OutcomeSignal {
+			t.Errorf("outcome %s", rec.Outcome)
+		}
+	})
+}
+
+// TestLocalRedirect: "Location: /path" alone is answered by running the
+// route of /path with a GET, up to MaxLocalRedirects times.
+func TestLocalRedirect(t *testing.T) {
+	var mu sync.Mutex
+	var methods []string
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		env := map[string]string{}
+		for _, kv := range spec.Env {
+			k, v, _ := strings.Cut(kv, "=")
+			env[k] = v
+		}
+		mu.Lock()
+		methods = append(methods, spec.Path+" "+env["REQUEST_METHOD"])
+		mu.Unlock()
+		if spec.Stdin != nil {
+			io.Copy(io.Discard, spec.Stdin)
+		}
+		switch spec.Path {
+		case "/from":
+			io.WriteString(spec.Stdout, "Location: /to/sub?x=2\n\n")
+		case "/to":
+			fmt.Fprintf(spec.Stdout, "Content-Type: text/plain\n\n%s %s %s %s", env["PATH_INFO"], env["QUERY_STRING"], env["REQUEST_URI"], env["CONTENT_LENGTH"])
+		case "/loop":
+			io.WriteString(spec.Stdout, "Location: /loop\n\n")
+		case "/withbody":
+			io.WriteString(spec.Stdout, "Location: /to\n\nsome body")
+		case "/nowhere":
+			io.WriteString(spec.Stdout, "Location: /missing\n\n")
+		}
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	ts := startServer(t, Config{MaxLocalRedirects: 3}, Deps{Runner: runner},
+		route("from", "/from", "/from"), route("to", "/to", "/to"), route("loop", "/loop", "/loop"),
+		route("withbody", "/withbody", "/withbody"), route("nowhere", "/nowhere", "/nowhere"))
+
+	resp, body := do(t, nil, newRequest(t, "POST", ts.URL+"/from", strings.NewReader("data")))
+	if resp.StatusCode != 200 || body != "/sub x=2 /to/sub?x=2 " {
+		t.Fatalf("redirect: got %d %q", resp.StatusCode, body)
+	}
+	mu.Lock()
+	got := strings.Join(methods, ", ")
+	mu.Unlock()
+	if got != "/from POST, /to GET" {
+		t.Errorf("runs %q", got)
+	}
+	if rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader)); rec.Route != "to" {
+		t.Errorf("record route %q, want the final one", rec.Route)
+	}
+
+	resp, _ = do(t, nil, newRequest(t, "GET", ts.URL+"/loop", nil))
+	if resp.StatusCode != 502 {
+		t.Errorf("loop: status %d, want 502", resp.StatusCode)
+	}
+	mu.Lock()
+	loops := 0
+	for _, m := range methods {
+		if strings.HasPrefix(m, "/loop") {
+			loops++
+		}
+	}
+	mu.Unlock()
+	if loops != 4 {
+		t.Errorf("loop ran %d times, want 1 + MaxLocalRedirects (3)", loops)
+	}
+
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, body = do(t, noFollow, newRequest(t, "GET", ts.URL+"/withbody", nil))
+	if resp.StatusCode != 302 || resp.Header.Get("Location") != "/to" || body != "some body" {
+		t.Errorf("with body: got %d %q %q, want a client redirect", resp.StatusCode, resp.Header.Get("Location"), body)
+	}
+	resp, _ = do(t, nil, newRequest(t, "GET", ts.URL+"/nowhere", nil))
+	if resp.StatusCode != 404 {
+		t.Errorf("redirect to no route: %d", resp.StatusCode)
+	}
+}
+
+// TestResponseSpool: a response above ResponseMemory is spooled to a file
+// and sent whole, with its length; one above MaxResponse is a 502 and the
+// cell is killed.
+func TestResponseSpool(t *testing.T) {
+	big := script(t, "big", `printf 'Content-Type: text/plain\n\n'; head -c 300000 /dev/zero`)
+	endless := script(t, "endless", `printf 'Content-Type: text/plain\n\n'; exec cat /dev/zero`)
+	ts := startServer(t, Config{ResponseMemory: 4096, MaxResponse: 1 << 20}, Deps{Runner: &PlainExec{}},
+		route("big", "/big", big), route("endless", "/endless", endless))
+	resp, body := do(t, nil, newRequest(t, "GET", ts.URL+"/big", nil))
+	if resp.StatusCode != 200 || len(body) != 300000 || resp.ContentLength != 300000 {
+		t.Fatalf("big: %d, %d bytes, Content-Length %d", resp.StatusCode, len(body), resp.ContentLength)
+	}
+	if rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader)); rec.BytesOut != 300000 {
+		t.Errorf("record BytesOut %d", rec.BytesOut)
+	}
+	resp, _ = do(t, nil, newRequest(t, "GET", ts.URL+"/endless", nil))
+	if resp.StatusCode != 502 {
+		t.Fatalf("endless: %d", resp.StatusCode)
+	}
+	if rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader)); rec.Outcome != accounting.OutcomeBadGateway {
+		t.Errorf("endless outcome %s", rec.Outcome)
+	}
+}
+
+// TestStreaming: a streaming route's response reaches the client before
+// the worker is done; a cell that ends badly after the header cuts the
+// response off rather than completing it.
+func TestStreaming(t *testing.T) {
+	release := make(chan struct{})
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		io.WriteString(spec.Stdout, "Content-Type: text/plain\n\nfirst\n")
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return fakeResult(sandbox.CauseKilled), nil
+		}
+		if spec.Path == "/oom" {
+			return fakeResult(sandbox.CauseOOM), nil
+		}
+		io.WriteString(spec.Stdout, "second\n")
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	st := route("stream", "/stream", "/stream")
+	st.Response = policy.ResponseStream
+	st.ServerTiming = true
+	oom := route("oom", "/oom", "/oom")
+	oom.Response = policy.ResponseStream
+	ts := startServer(t, Config{}, Deps{Runner: runner}, st, oom)
+
+	resp, err := http.Get(ts.URL + "/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(resp.Body)
+	line, err := br.ReadString('\n')
+	if err != nil || line != "first\n" {
+		t.Fatalf("first line %q %v", line, err)
+	}
+	close(release) // only now can the worker finish
+	rest, err := io.ReadAll(br)
+	resp.Body.Close()
+	if err != nil || string(rest) != "second\n" {
+		t.Fatalf("rest %q %v", rest, err)
+	}
+	if resp.ContentLength != -1 || !strings.Contains(resp.Trailer.Get("Server-Timing"), "cell;dur=") {
+		t.Errorf("Content-Length %d trailer %v", resp.ContentLength, resp.Trailer)
+	}
+
+	resp, err = http.Get(ts.URL + "/oom")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil {
+		t.Fatalf("an OOM-killed streamed response read as complete")
+	}
+	if rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader)); rec.Outcome != accounting.OutcomeOOM || rec.Status != 200 {
+		t.Errorf("record outcome %s status %d", rec.Outcome, rec.Status)
+	}
+}
+
+// fakeAdmitter admits with a fixed error, counting releases.
+type fakeAdmitter struct {
+	err      error
+	released atomic.Int32
+}
+
+func (a *fakeAdmitter) Admit(ctx context.Context, tenant string, memory int64) (func(), time.Duration, error) {
+	if a.err != nil {
+		return nil, 5 * time.Millisecond, a.err
+	}
+	return func() { a.released.Add(1) }, time.Millisecond, nil
+}
+
+func TestAdmission(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		err     error
+		status  int
+		outcome accounting.Outcome
+	}{
+		{"admitted", nil, 200, accounting.OutcomeOK},
+		{"queue full", fmt.Errorf("admit: %w", policy.ErrQueueFull), 503, accounting.OutcomeQueueFull},
+		{"queue timeout", fmt.Errorf("admit: %w", policy.ErrQueueTimeout), 503, accounting.OutcomeQueueTimeout},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			adm := &fakeAdmitter{err: tt.err}
+			ts := startServer(t, Config{RetryAfter: 1500 * time.Millisecond},
+				Deps{Runner: cgiOutput("Content-Type: text/plain\n\nok", sandbox.CauseOK), Admitter: adm}, route("r", "/", "/x"))
+			resp, _ := do(t, nil, newRequest(t, "GET", ts.URL+"/", nil))
+			if resp.StatusCode != tt.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tt.status)
+			}
+			if tt.status == 503 && resp.Header.Get("Retry-After") != "2" {
+				t.Errorf("Retry-After %q, want 2", resp.Header.Get("Retry-After"))
+			}
+			rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader))
+			if rec.Outcome != tt.outcome || rec.QueueWait <= 0 {
+				t.Errorf("record outcome %s wait %s", rec.Outcome, rec.QueueWait)
+			}
+			if want := int32(0); tt.err == nil {
+				want = 1
+				if got := adm.released.Load(); got != want {
+					t.Errorf("released %d times, want %d", got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestServerTiming: a route that asks gets the header with the cell's
+// figures; others do not.
+func TestServerTiming(t *testing.T) {
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		io.WriteString(spec.Stdout, "Content-Type: text/plain\n\n")
+		res := fakeResult(sandbox.CauseOK)
+		res.Wall = 12300 * time.Microsecond
+		res.Usage.CPUUsageUsec = 4100
+		res.Usage.MemoryPeak = 1 << 20
+		return res, nil
+	})
+	on := route("on", "/on", "/x")
+	on.ServerTiming = true
+	ts := startServer(t, Config{}, Deps{Runner: runner}, on, route("off", "/off", "/x"))
+	resp, _ := do(t, nil, newRequest(t, "GET", ts.URL+"/on", nil))
+	if st := resp.Header.Get("Server-Timing"); !strings.Contains(st, "cell;dur=12.3") || !strings.Contains(st, "cpu;dur=4.1") || !strings.Contains(st, `mem;desc="1048576"`) {
+		t.Errorf("Server-Timing %q", st)
+	}
+	resp, _ = do(t, nil, newRequest(t, "GET", ts.URL+"/off", nil))
+	if st := resp.Header.Get("Server-Timing"); st != "" {
+		t.Errorf("Server-Timing on a route that did not ask: %q", st)
+	}
+}
+
+// TestShutdownDrains: Shutdown waits for a request in flight, which gets
+// its response; after its context ends it cancels what is still running.
+func TestShutdownDrains(t *testing.T) {
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		started <- struct{}{}
+		select {
+		case <-release:
+			io.WriteString(spec.Stdout, "Content-Type: text/plain\n\ndone")
+			return fakeResult(sandbox.CauseOK), nil
+		case <-ctx.Done():
+			return fakeResult(sandbox.CauseKilled), nil
+		}
+	})
+	s, err := New(Config{TempDir: t.TempDir()}, Deps{Runner: runner, Router: &policy.Policy{Routes: []*policy.Route{route("r", "/", "/x")}}, CellSpec: noCellSpec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+
+	type result struct {
+		status int
+		body   string
+		err    error
+	}
+	get := func() chan result {
+		ch := make(chan result, 1)
+		go func() {
+			resp, err := http.Get("http://" + ln.Addr().String() + "/")
+			if err != nil {
+				ch <- result{err: err}
+				return
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			ch <- result{resp.StatusCode, string(b), err}
+		}()
+		return ch
+	}
+	first := get()
+	<-started
+	shut := make(chan error, 1)
+	go func() { shut <- s.Shutdown(context.Background()) }()
+	close(release)
+	if r := <-first; r.err != nil || r.status != 200 || r.body != "done" {
+		t.Fatalf("in-flight request: %+v", r)
+	}
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		t.Fatalf("Serve: %v", err)
+	}
+}
+
+func TestShutdownCancels(t *testing.T) {
+	started := make(chan struct{}, 1)
+	cancelled := make(chan struct{})
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		started <- struct{}{}
+		<-ctx.Done()
+		close(cancelled)
+		return fakeResult(sandbox.CauseKilled), nil
+	})
+	recs := &recorder{}
+	s, err := New(Config{TempDir: t.TempDir()}, Deps{Runner: runner, Router: &policy.Policy{Routes: []*policy.Route{route("r", "/", "/x")}}, CellSpec: noCellSpec, Metrics: recs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	go func() {
+		if resp, err := http.Get("http://" + ln.Addr().String() + "/"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-started
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // no time to drain
+	if err := s.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Shutdown: %v, want context.Canceled", err)
+	}
+	<-cancelled
+	recsNow := recs.all()
+	if len(recsNow) != 1 || recsNow[0].Outcome != outcomeShutdown {
+		t.Fatalf("records after Shutdown: %+v", recsNow)
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	deps := Deps{Runner: &PlainExec{}, Router: &policy.Policy{}, CellSpec: noCellSpec}
+	for _, tt := range []struct {
+		name string
+		cfg  Config
+		deps Deps
+		want string
+	}{
+		{"cert without key", Config{TLSCertFile: "/c.pem"}, deps, "TLSKeyFile"},
+		{"negative timeout", Config{ReadHeaderTimeout: -1}, deps, "ReadHeaderTimeout"},
+		{"tiny header limit", Config{MaxHeaderBytes: 10}, deps, "MaxHeaderBytes"},
+		{"missing temp dir", Config{TempDir: "/nonexistent/x"}, deps, "TempDir"},
+		{"no runner", Config{}, Deps{Router: &policy.Policy{}, CellSpec: noCellSpec}, "Deps.Runner"},
+		{"no cell spec", Config{}, Deps{Runner: &PlainExec{}, Router: &policy.Policy{}}, "CellSpec"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := New(tt.cfg, tt.deps)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("New: %v, want an error about %s", err, tt.want)
+			}
+		})
+	}
+}

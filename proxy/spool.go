@@ -1,0 +1,171 @@
+package proxy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrSpoolFull: a spool was asked to hold more than its limit. The request
+// body and response spools wrap it in ErrBodyTooLarge and
+// ErrResponseTooLarge.
+var ErrSpoolFull = errors.New("spool limit reached")
+
+// spool holds a body of bounded size: in memory up to a threshold, then in
+// an unlinked temporary file (O_TMPFILE, or create and unlink where the file
+// system lacks it), so that nothing is left on disk whatever happens to the
+// process. The proxy writes the file itself, so its pages are charged to
+// cellgate's own cgroup, never to a cell.
+//
+// Write, then read with Reader or File; Close releases the memory and the
+// file. A spool is used by one goroutine at a time.
+type spool struct {
+	dir       string
+	threshold int
+	limit     int64
+
+	mem  *[]byte // pooled; nil once the spool moved to a file
+	file *os.File
+	size int64
+}
+
+// memPool recycles the in-memory part of spools. Buffers grow with append up
+// to the threshold and go back to the pool when they are not much larger.
+var memPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+
+func newSpool(dir string, threshold int, limit int64) *spool {
+	return &spool{dir: dir, threshold: threshold, limit: limit, mem: memPool.Get().(*[]byte)}
+}
+
+// Write appends p. Beyond the limit it stores what fits and returns
+// ErrSpoolFull.
+func (s *spool) Write(p []byte) (int, error) {
+	full := false
+	if room := s.limit - s.size; int64(len(p)) > room {
+		p, full = p[:room], true
+	}
+	if s.file == nil && len(*s.mem)+len(p) > s.threshold {
+		if err := s.toFile(); err != nil {
+			return 0, err
+		}
+	}
+	var n int
+	if s.file != nil {
+		var err error
+		n, err = s.file.Write(p)
+		s.size += int64(n)
+		if err != nil {
+			return n, fmt.Errorf("write spool file: %w", err)
+		}
+	} else {
+		*s.mem = append(*s.mem, p...)
+		n = len(p)
+		s.size += int64(n)
+	}
+	if full {
+		return n, fmt.Errorf("hold more than %d bytes: %w", s.limit, ErrSpoolFull)
+	}
+	return n, nil
+}
+
+// toFile moves the spool to a new unlinked temporary file.
+func (s *spool) toFile() error {
+	f, err := openTempFile(s.dir)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(*s.mem); err != nil {
+		f.Close()
+		return fmt.Errorf("write spool file in %s: %w", s.dir, err)
+	}
+	s.file = f
+	s.putMem()
+	return nil
+}
+
+// Len is the number of bytes written.
+func (s *spool) Len() int64 { return s.size }
+
+// File returns the spool's file positioned at its start, or nil when the
+// spool is in memory.
+func (s *spool) File() (*os.File, error) {
+	if s.file == nil {
+		return nil, nil
+	}
+	if _, err := s.file.Seek(0, io.SeekStart); err != nil {
+		return nil, fmt.Errorf("rewind spool file: %w", err)
+	}
+	return s.file, nil
+}
+
+// Bytes returns the in-memory content, or nil when the spool is a file.
+// The slice is valid until Close.
+func (s *spool) Bytes() []byte {
+	if s.mem == nil {
+		return nil
+	}
+	return *s.mem
+}
+
+// Reader returns the content from the start: the *os.File itself when the
+// spool is a file (so that exec hands it to the worker as its stdin without
+// a copy), a bytes.Reader otherwise, and nil when the spool is empty.
+func (s *spool) Reader() (io.Reader, error) {
+	if s.size == 0 {
+		return nil, nil
+	}
+	if s.file != nil {
+		return s.File()
+	}
+	return bytes.NewReader(*s.mem), nil
+}
+
+// Close releases the memory and closes the file (which, being unlinked,
+// disappears).
+func (s *spool) Close() error {
+	s.putMem()
+	if s.file == nil {
+		return nil
+	}
+	err := s.file.Close()
+	s.file = nil
+	return err
+}
+
+func (s *spool) putMem() {
+	if s.mem == nil {
+		return
+	}
+	if cap(*s.mem) <= 2*s.threshold+16<<10 {
+		*s.mem = (*s.mem)[:0]
+		memPool.Put(s.mem)
+	}
+	s.mem = nil
+}
+
+// openTempFile opens a new read-write file in dir that has no name:
+// O_TMPFILE (Linux 3.11, and a file system that supports it), else a named
+// file removed at once.
+func openTempFile(dir string) (*os.File, error) {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err == nil {
+		return os.NewFile(uintptr(fd), dir+"/(unlinked spool)"), nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EINVAL) {
+		return nil, fmt.Errorf("open temporary file in %s: %w (set the proxy's TempDir to a writable directory)", dir, err)
+	}
+	f, err := os.CreateTemp(dir, ".cellgate-spool-*")
+	if err != nil {
+		return nil, fmt.Errorf("create temporary file in %s: %w (set the proxy's TempDir to a writable directory)", dir, err)
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("unlink temporary file %s: %w", f.Name(), err)
+	}
+	return f, nil
+}
