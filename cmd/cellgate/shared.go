@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -52,10 +53,43 @@ func (s *Shared) parseEnv(environ []string) error {
 		}
 	}
 	if err := env.ParseWithOptions(s, env.Options{Prefix: envPrefix, Environment: m}); err != nil {
-		return fmt.Errorf("environment: %w", err)
+		return fieldEnvError(err, reflect.TypeOf(*s), m)
 	}
 	return nil
 }
+
+// fieldEnvError rewrites caarlos0/env's errors, which name struct fields, into
+// one line naming the variables and values: CELLGATE_GID="x": ....
+func fieldEnvError(err error, typ reflect.Type, m map[string]string) error {
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return fmt.Errorf("environment: %w", err)
+	}
+	var parts []string
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if errors.As(e, &pe) {
+			if f, ok := typ.FieldByName(pe.Name); ok {
+				key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
+				key = envPrefix + key
+				parts = append(parts, fmt.Sprintf("%s=%q: %v", key, m[key], pe.Err))
+				continue
+			}
+		}
+		parts = append(parts, e.Error())
+	}
+	return &envErr{msg: "environment: " + strings.Join(parts, "; "), err: err}
+}
+
+// envErr is a one-line message over caarlos0/env's error, which stays
+// reachable with errors.As.
+type envErr struct {
+	msg string
+	err error
+}
+
+func (e *envErr) Error() string { return e.msg }
+func (e *envErr) Unwrap() error { return e.err }
 
 // addFlags registers the shared flags on fs, defaulting to s's values.
 func (s *Shared) addFlags(fs *flag.FlagSet) {

@@ -1,0 +1,233 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// cellgate run and cellgate doctor against the built binary (CELLGATE_BIN).
+
+// cli runs the binary with args and returns its exit status, stdout and
+// stderr.
+func cli(t *testing.T, env []string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(cellgateBin(t), args...)
+	cmd.Env = append([]string{"PATH=/usr/bin:/bin"}, env...)
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, out.String(), errOut.String()
+	case errors.As(err, &ee):
+		return ee.ExitCode(), out.String(), errOut.String()
+	}
+	t.Fatalf("cellgate %s: %v", strings.Join(args, " "), err)
+	return 0, "", ""
+}
+
+// runReport is the part of cellgate run --json the tests read.
+type runReport struct {
+	Status      int      `json:"status"`
+	Cause       string   `json:"cause"`
+	ExitCode    int      `json:"exit_code"`
+	Signal      string   `json:"signal"`
+	WallSeconds float64  `json:"wall_seconds"`
+	UID         uint32   `json:"uid"`
+	Unenforced  []string `json:"unenforced"`
+	Error       string   `json:"error"`
+	Limits      struct {
+		MemoryBytes int64  `json:"memory_bytes"`
+		CPU         string `json:"cpu"`
+		Pids        int64  `json:"pids"`
+	} `json:"limits"`
+	Usage struct {
+		CPUUsageUsec uint64 `json:"cpu_usage_usec"`
+		MemoryPeak   uint64 `json:"memory_peak_bytes"`
+		OOMKill      uint64 `json:"oom_kill"`
+		PidsPeak     uint64 `json:"pids_peak"`
+	} `json:"usage"`
+}
+
+func TestCLIRun(t *testing.T) {
+	dir := requireKernel(t)
+	w := workerBinary(t)
+	notExec := filepath.Join(filepath.Dir(w), "not-executable")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		args       []string
+		wantStatus int
+		wantCause  string
+		check      func(t *testing.T, r runReport)
+	}{
+		{name: "exit status", args: []string{"--", "/bin/sh", "-c", "exit 3"}, wantStatus: 3, wantCause: "exit",
+			check: func(t *testing.T, r runReport) {
+				if r.ExitCode != 3 {
+					t.Errorf("exit_code %d, want 3", r.ExitCode)
+				}
+			}},
+		{name: "success", args: []string{"--memory", "64Mi", "--cpu", "0.5", "--pids", "16", "--", "/bin/true"}, wantStatus: 0, wantCause: "ok",
+			check: func(t *testing.T, r runReport) {
+				if r.Limits.MemoryBytes != 64<<20 || r.Limits.CPU != "0.5" || r.Limits.Pids != 16 {
+					t.Errorf("limits %+v, want 64Mi, 0.5, 16", r.Limits)
+				}
+				if r.UID < 2_000_000_000 || len(r.Unenforced) != 0 || r.WallSeconds <= 0 || r.Usage.CPUUsageUsec == 0 || r.Usage.PidsPeak == 0 {
+					t.Errorf("report %+v: want a per-cell uid, nothing unenforced, wall time, cpu usage, pids.peak", r)
+				}
+			}},
+		{name: "signal", args: []string{"--", "/bin/sh", "-c", "kill -TERM $$"}, wantStatus: 128 + 15, wantCause: "signal",
+			check: func(t *testing.T, r runReport) {
+				if r.Signal != "SIGTERM" {
+					t.Errorf("signal %q, want SIGTERM", r.Signal)
+				}
+			}},
+		{name: "oom", args: []string{"--memory", "32Mi", "--env", cellHelperEnv + "=touch", "--", w, "256"}, wantStatus: 122, wantCause: "oom",
+			check: func(t *testing.T, r runReport) {
+				if r.Usage.OOMKill == 0 {
+					t.Errorf("usage.oom_kill 0, want > 0")
+				}
+			}},
+		{name: "deadline", args: []string{"--timeout", "1s", "--", "/bin/sleep", "100"}, wantStatus: 124, wantCause: "deadline"},
+		{name: "not found", args: []string{"--", "/nonexistent/program"}, wantStatus: 127},
+		{name: "not found in PATH", args: []string{"--", "no-such-program-anywhere"}, wantStatus: 127},
+		{name: "cannot execute", args: []string{"--", notExec}, wantStatus: 126},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			base := filepath.Join(dir, "run-"+string(rune('a'+i)))
+			trackBase(base)
+			args := append([]string{"run", "--json", "--cgroup-base", base}, tt.args...)
+			status, stdout, stderr := cli(t, nil, args...)
+			if status != tt.wantStatus {
+				t.Errorf("exit status %d, want %d; stderr:\n%s", status, tt.wantStatus, stderr)
+			}
+			var r runReport
+			if err := json.Unmarshal([]byte(stdout), &r); err != nil {
+				t.Fatalf("stdout is not one JSON object: %v\n%s", err, stdout)
+			}
+			if r.Status != status || r.Cause != tt.wantCause {
+				t.Errorf("JSON status %d cause %q, want %d %q (error %q)", r.Status, r.Cause, status, tt.wantCause, r.Error)
+			}
+			if tt.wantCause == "" && r.Error == "" {
+				t.Errorf("JSON has no error for a command that did not start")
+			}
+			if tt.check != nil {
+				tt.check(t, r)
+			}
+			if _, err := os.Stat(base); err == nil {
+				t.Errorf("cellgate run left its base %s", base)
+			}
+		})
+	}
+}
+
+func TestCLIRunTable(t *testing.T) {
+	dir := requireKernel(t)
+	base := filepath.Join(dir, "run-table")
+	trackBase(base)
+	status, stdout, stderr := cli(t, nil, "run", "--cgroup-base", base, "--env", "GREETING=hello", "--", "/bin/sh", "-c", `echo "$GREETING"; echo "${PATH-unset}"`)
+	if status != 0 {
+		t.Fatalf("exit status %d; stderr:\n%s", status, stderr)
+	}
+	if stdout != "hello\nunset\n" {
+		t.Errorf("command's stdout %q: want exactly its --env environment (no PATH given, none inherited)", stdout)
+	}
+	for _, want := range []string{"cause", "ok", "memory peak", "pids peak", "cpu", "uid"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("accounting table on stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+}
+
+// TestCLIBadFlags: a bad flag or value is one line naming it, exit 2.
+func TestCLIBadFlags(t *testing.T) {
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		want []string // substrings of the one line
+	}{
+		{"memory unit", nil, []string{"run", "--memory", "12XB", "--", "/bin/true"}, []string{"memory", "12XB"}},
+		{"cpu", nil, []string{"run", "--cpu", "lots", "--", "/bin/true"}, []string{"cpu", "lots"}},
+		{"cpu below floor", nil, []string{"run", "--cpu", "1m", "--", "/bin/true"}, []string{"--cpu", "0.001"}},
+		{"pids", nil, []string{"run", "--pids", "0", "--", "/bin/true"}, []string{"--pids", "0"}},
+		{"timeout", nil, []string{"run", "--timeout", "soon", "--", "/bin/true"}, []string{"timeout", "soon"}},
+		{"user", nil, []string{"run", "--user", "1:x", "--", "/bin/true"}, []string{"--user", "1:x"}},
+		{"unenforced", nil, []string{"run", "--unenforced", "disk", "--", "/bin/true"}, []string{"--unenforced", "disk"}},
+		{"uid range", nil, []string{"run", "--uid-range", "0-10", "--", "/bin/true"}, []string{"--uid-range", "0-10"}},
+		{"no command", nil, []string{"run", "--memory", "64Mi"}, []string{"no command"}},
+		{"unknown flag", nil, []string{"run", "--bogus", "--", "/bin/true"}, []string{"bogus"}},
+		{"environment", []string{"CELLGATE_UID_RANGE=5"}, []string{"run", "--", "/bin/true"}, []string{"CELLGATE_UID_RANGE", "5"}},
+		{"doctor flag", nil, []string{"doctor", "--unenforced", "disk"}, []string{"--unenforced", "disk"}},
+		{"unknown command", nil, []string{"frobnicate"}, []string{"frobnicate"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			status, stdout, stderr := cli(t, tt.env, tt.args...)
+			if status != 2 {
+				t.Errorf("exit status %d, want 2; stderr:\n%s", status, stderr)
+			}
+			if stdout != "" {
+				t.Errorf("stdout %q, want nothing", stdout)
+			}
+			if strings.Count(stderr, "\n") != 1 {
+				t.Errorf("stderr is not one line:\n%s", stderr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr %q does not name %q", stderr, w)
+				}
+			}
+		})
+	}
+}
+
+func TestCLIDoctor(t *testing.T) {
+	dir := requireKernel(t)
+	t.Run("ready", func(t *testing.T) {
+		status, stdout, stderr := cli(t, nil, "doctor", "--cgroup-base", filepath.Join(dir, "doctor"))
+		if status != 0 {
+			t.Errorf("exit status %d, want 0:\n%s%s", status, stdout, stderr)
+		}
+		for _, want := range []string{"ok    kernel", "ok    cgroup.kill", "ok    clone3", "ok    memory.peak", "ok    pids.peak", "ok    cell"} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("doctor output lacks %q:\n%s", want, stdout)
+			}
+		}
+		if strings.Contains(stdout, "FAIL") {
+			t.Errorf("doctor reported a failure:\n%s", stdout)
+		}
+	})
+	t.Run("no controllers", func(t *testing.T) {
+		plain := filepath.Join(dir, "plain") // no controllers enabled for its children
+		if err := os.Mkdir(plain, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		status, stdout, _ := cli(t, nil, "doctor", "--cgroup-base", filepath.Join(plain, "base"))
+		if status != 1 {
+			t.Errorf("exit status %d, want 1:\n%s", status, stdout)
+		}
+		for _, want := range []string{"FAIL  controller memory", "fix:", "--unenforced memory"} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("doctor output lacks %q:\n%s", want, stdout)
+			}
+		}
+		if entries, _ := os.ReadDir(plain); len(entries) > 0 {
+			for _, e := range entries {
+				if e.IsDir() {
+					t.Errorf("doctor left %s", filepath.Join(plain, e.Name()))
+				}
+			}
+		}
+	})
+}
