@@ -52,8 +52,8 @@ func (c *Cell) Profile() ProfileKey { return c.key }
 
 // Unenforced lists the controllers whose limits were not written for this
 // cell because the operator allowed running without them; empty in normal
-// operation. The slice must not be modified.
-func (c *Cell) Unenforced() []string { return c.unenforced }
+// operation.
+func (c *Cell) Unenforced() []string { return slices.Clone(c.unenforced) }
 
 // Kill writes cgroup.kill (5.14): every process in the cell gets SIGKILL at
 // once, forks racing with the kill included. It does not wait; see

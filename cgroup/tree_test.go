@@ -612,3 +612,15 @@ func TestOpenExplicitBaseIsOwnGroup(t *testing.T) {
 		t.Errorf("naming the own group as the base did not move the daemon: %+v", f)
 	}
 }
+
+func TestOpenReadOnlyCgroupfs(t *testing.T) {
+	root := fakeRoot(t, "memory", "cpu", "pids")
+	fs := &fakeFS{mkdirErr: func(string) error { return unix.EROFS }}
+	_, err := openFake(t, fs, root, nil)
+	if !errors.Is(err, ErrNotDelegated) || !errors.Is(err, unix.EROFS) {
+		t.Fatalf("err = %v, want ErrNotDelegated wrapping EROFS", err)
+	}
+	if !strings.Contains(err.Error(), "cellgate doctor") {
+		t.Errorf("error has no remedy: %v", err)
+	}
+}
