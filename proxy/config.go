@@ -35,10 +35,9 @@ const (
 )
 
 // Config is the front's settings. Every field has a documented default,
-// taken when the field is zero; Disable* style switches are not needed
-// because a negative value turns a limit off where that is allowed (said on
-// the field). cmd/cellgate fills it from flags and environment; New
-// validates it once.
+// taken when the field is zero. Where a limit may be turned off, the field
+// says so: a negative value does it. cmd/cellgate fills it from flags and
+// environment; New applies the defaults and validates it once.
 type Config struct {
 	// Addr is the listen address for ListenAndServe. Default ":8080".
 	Addr string

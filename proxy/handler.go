@@ -36,17 +36,6 @@ type exchange struct {
 // cell, answer, log. Every response carries the request id; every request
 // ends in exactly one access-log record and one metrics observation.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	if s.closing {
-		s.mu.Unlock()
-		w.Header().Set("Connection", "close")
-		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
-		return
-	}
-	s.handlers.Add(1)
-	s.mu.Unlock()
-	defer s.handlers.Done()
-
 	start := s.now()
 	id := s.ids.next()
 	w.Header()[RequestIDHeader] = []string{id}
@@ -57,7 +46,19 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		Path:       r.URL.Path,
 		ClientAddr: r.RemoteAddr,
 	}}
-	x.serve()
+	s.mu.Lock()
+	closing := s.closing
+	if !closing {
+		s.handlers.Add(1)
+		defer s.handlers.Done()
+	}
+	s.mu.Unlock()
+	if closing {
+		// A request that slipped in after Shutdown stopped waiting.
+		x.fail(ErrShuttingDown, nil)
+	} else {
+		x.serve()
+	}
 	x.endUnreadBody()
 	x.rec.Duration = s.now().Sub(start)
 	if err := accounting.Log(r.Context(), s.deps.AccessLog, x.rec); err != nil {

@@ -725,3 +725,40 @@ func TestNewValidates(t *testing.T) {
 		})
 	}
 }
+
+// TestSlowReader: a client that stops reading a response is cut off by the
+// write deadline; the cell ended long before (the response was spooled).
+func TestSlowReader(t *testing.T) {
+	const size = 64 << 20
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		io.WriteString(spec.Stdout, "Content-Type: application/octet-stream\n\n")
+		buf := make([]byte, 1<<20)
+		for i := 0; i < size/len(buf); i++ {
+			if _, err := spec.Stdout.Write(buf); err != nil {
+				return sandbox.Result{}, err
+			}
+		}
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	ts := startServer(t, Config{MaxResponse: size, WriteMinRate: 100 << 20, WriteRateGrace: 50 * time.Millisecond},
+		Deps{Runner: runner}, route("r", "/", "/x"))
+	c, err := net.Dial("tcp", ts.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || resp.ContentLength != size {
+		t.Fatalf("status %d length %d", resp.StatusCode, resp.ContentLength)
+	}
+	// Read nothing more.
+	rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader))
+	if rec.Outcome != accounting.OutcomeClientGone || rec.BytesOut >= size {
+		t.Errorf("record outcome %s, %d bytes out: want client_gone and fewer than %d", rec.Outcome, rec.BytesOut, size)
+	}
+}

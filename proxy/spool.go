@@ -73,6 +73,31 @@ func (s *spool) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// ReadFrom copies r to the spool through a pooled buffer (io.Copy would
+// allocate one per call).
+func (s *spool) ReadFrom(r io.Reader) (int64, error) {
+	bufp := copyBufPool.Get().(*[]byte)
+	defer copyBufPool.Put(bufp)
+	buf := *bufp
+	var total int64
+	for {
+		n, rerr := r.Read(buf)
+		if n > 0 {
+			w, werr := s.Write(buf[:n])
+			total += int64(w)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
 // toFile moves the spool to a new unlinked temporary file.
 func (s *spool) toFile() error {
 	f, err := openTempFile(s.dir)

@@ -1,0 +1,122 @@
+package proxy
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// writeCert writes a self-signed certificate for 127.0.0.1 and its key, and
+// returns their paths and a pool that trusts it.
+func writeCert(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "cellgate test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}
+
+// TestTLS: with a certificate the front speaks HTTP/2 (and HTTP/1.1) over
+// TLS, tells the worker HTTPS=on, and sets request ids and limits alike.
+func TestTLS(t *testing.T) {
+	certFile, keyFile, pool := writeCert(t)
+	env := script(t, "env", `printf 'Content-Type: text/plain\n\n%s %s %s' "$HTTPS" "$SERVER_PROTOCOL" "$CONTENT_LENGTH"`)
+	rt := route("env", "/", env)
+	rt.MaxBody = 100
+	ts := startServer(t, Config{TLSCertFile: certFile, TLSKeyFile: keyFile}, Deps{Runner: &PlainExec{}}, rt)
+	for _, tt := range []struct {
+		name  string
+		h2    bool
+		proto string
+	}{
+		{"http2", true, "HTTP/2.0"},
+		{"http1", false, "HTTP/1.1"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: tt.h2}
+			if !tt.h2 {
+				tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+			}
+			defer tr.CloseIdleConnections()
+			c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+			resp, body := do(t, c, newRequest(t, "POST", ts.URL+"/", strings.NewReader("abc")))
+			if resp.StatusCode != 200 || resp.Proto != tt.proto || body != "on "+tt.proto+" 3" {
+				t.Fatalf("got %d %s %q", resp.StatusCode, resp.Proto, body)
+			}
+			if resp.Header.Get(RequestIDHeader) == "" {
+				t.Errorf("no request id")
+			}
+			resp, _ = do(t, c, newRequest(t, "POST", ts.URL+"/", strings.NewReader(strings.Repeat("x", 101))))
+			if resp.StatusCode != 413 || resp.Header.Get(RequestIDHeader) == "" {
+				t.Errorf("body over the limit: %d", resp.StatusCode)
+			}
+		})
+	}
+}
+
+// TestTLSRefusalIsAClose: over TLS a connection over a cap is closed
+// without a plain-text answer.
+func TestTLSRefusalIsAClose(t *testing.T) {
+	certFile, keyFile, pool := writeCert(t)
+	ts := startServer(t, Config{TLSCertFile: certFile, TLSKeyFile: keyFile, MaxConnsPerIP: 1},
+		Deps{Runner: cgiOutput("Status: 200\n\n", sandbox.CauseOK)}, route("r", "/", "/x"))
+	first, err := tls.Dial("tcp", ts.Addr, &tls.Config{RootCAs: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	waitOpen(t, ts.Server, 1)
+	second, err := tls.Dial("tcp", ts.Addr, &tls.Config{RootCAs: pool})
+	if err == nil {
+		second.Close()
+		t.Fatal("second TLS connection from the same IP completed its handshake")
+	}
+}
