@@ -135,12 +135,13 @@ func TestCLIRunTable(t *testing.T) {
 	dir := requireKernel(t)
 	base := filepath.Join(dir, "run-table")
 	trackBase(base)
-	status, stdout, stderr := cli(t, nil, "run", "--cgroup-base", base, "--env", "GREETING=hello", "--", "/bin/sh", "-c", `echo "$GREETING"; echo "${PATH-unset}"`)
+	status, stdout, stderr := cli(t, []string{"DAEMON_SECRET=leaked"}, "run", "--cgroup-base", base, "--env", "GREETING=hello",
+		"--", "/bin/sh", "-c", `echo "$GREETING"; echo "${DAEMON_SECRET-unset}"`)
 	if status != 0 {
 		t.Fatalf("exit status %d; stderr:\n%s", status, stderr)
 	}
 	if stdout != "hello\nunset\n" {
-		t.Errorf("command's stdout %q: want exactly its --env environment (no PATH given, none inherited)", stdout)
+		t.Errorf("command's stdout %q: want exactly its --env environment, nothing of cellgate's", stdout)
 	}
 	for _, want := range []string{"cause", "ok", "memory peak", "pids peak", "cpu", "uid"} {
 		if !strings.Contains(stderr, want) {
