@@ -56,6 +56,7 @@ func (f *fakeFS) mkdir(path string) error {
 		"cgroup.events": "populated 0\nfrozen 0\n", "cgroup.kill": "", "cgroup.procs": "",
 		"cgroup.subtree_control": "", "cgroup.controllers": strings.Join(ctrls, " ") + "\n",
 		"cgroup.max.descendants": "max\n", "cgroup.type": "domain\n",
+		"cgroup.stat": "nr_descendants 0\nnr_dying_descendants 0\n",
 	}
 	cpuStat := "usage_usec 0\nuser_usec 0\nsystem_usec 0\n"
 	for _, c := range ctrls {

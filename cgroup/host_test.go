@@ -147,6 +147,9 @@ func TestRealCellLifecycle(t *testing.T) {
 	if !slices.Equal(c.Unenforced(), want) {
 		t.Errorf("cell Unenforced = %v, want %v (tree: %v)", c.Unenforced(), want, f.Unenforced)
 	}
+	if s, err := tr.Stats(); err != nil || s.NrDescendants < 2 { // the tenant and this cell
+		t.Errorf("tree Stats = %+v, %v", s, err)
+	}
 	p.Release(c)
 	if err := p.Close(); err != nil {
 		t.Fatalf("pool Close: %v", err)

@@ -143,3 +143,32 @@ func (g *Tenant) Stats() (TenantStats, error) {
 	}
 	return s, errors.Join(errs...)
 }
+
+// TreeStats is <base>/cells/cgroup.stat (4.14): how many groups live under
+// cells/, and how many removed ones the kernel still holds. Dying groups
+// pile up when cells leave page cache behind (a shared writable tmpfs),
+// still holding memory (cgroup-facts §5.5); watch NrDyingDescendants.
+type TreeStats struct {
+	NrDescendants      uint64
+	NrDyingDescendants uint64
+}
+
+// Stats reads <base>/cells/cgroup.stat.
+func (t *Tree) Stats() (TreeStats, error) {
+	path := filepath.Join(t.cells, "cgroup.stat")
+	b, err := readFile(path)
+	if err != nil {
+		return TreeStats{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	m, err := parseFlatKeyed(b)
+	if err != nil {
+		return TreeStats{}, fmt.Errorf("read %s: %w", path, err)
+	}
+	s := TreeStats{NrDescendants: m["nr_descendants"], NrDyingDescendants: m["nr_dying_descendants"]}
+	for _, k := range []string{"nr_descendants", "nr_dying_descendants"} {
+		if _, ok := m[k]; !ok {
+			return s, fmt.Errorf("read %s: no %s key", path, k)
+		}
+	}
+	return s, nil
+}

@@ -624,3 +624,15 @@ func TestOpenReadOnlyCgroupfs(t *testing.T) {
 		t.Errorf("error has no remedy: %v", err)
 	}
 }
+
+func TestTreeStats(t *testing.T) {
+	tr := mustOpenFake(t, &fakeFS{}, fakeRoot(t, "memory", "cpu", "pids"), nil)
+	write(t, filepath.Join(tr.CellsPath(), "cgroup.stat"), "nr_descendants 7\nnr_dying_descendants 3\n")
+	if s, err := tr.Stats(); err != nil || s != (TreeStats{NrDescendants: 7, NrDyingDescendants: 3}) {
+		t.Errorf("Stats = %+v, %v", s, err)
+	}
+	write(t, filepath.Join(tr.CellsPath(), "cgroup.stat"), "nr_descendants 7\n")
+	if _, err := tr.Stats(); err == nil {
+		t.Error("Stats without nr_dying_descendants gave no error")
+	}
+}
