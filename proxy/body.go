@@ -53,7 +53,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, maxBody int64)
 	bufp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bufp)
 	buf := *bufp
-	start := s.now()
+	start := time.Now() // deadlines are wall-clock, whatever Deps.Now says
 	for {
 		if deadlines {
 			if err := rc.SetReadDeadline(rateDeadline(start, grace, rate, sp.Len())); errors.Is(err, http.ErrNotSupported) {

@@ -140,17 +140,23 @@ func (x *exchange) unreadBody() bool {
 	return !x.bodyRead && x.r.Body != nil && x.r.Body != http.NoBody && x.r.ContentLength != 0
 }
 
+// unreadBodyDrain is how long net/http may go on reading an unread request
+// body after the response (see endUnreadBody).
+const unreadBodyDrain = time.Second
+
 // endUnreadBody makes sure an unread request body cannot hold the
 // connection. After the handler returns, net/http reads up to 256 KiB of
-// what is left of a body to keep the connection, with no deadline of its
-// own: a client that stalls there would hold it for ever. So the read
-// deadline is set in the past, the drain fails at once and the connection
-// is closed (sendError has said "Connection: close" on HTTP/1.x).
+// what is left of a body (so that the client, still sending, can read the
+// response instead of a reset), with no deadline of its own: a client that
+// stalls there would hold the connection for ever. So the read deadline is
+// moved to unreadBodyDrain from now, or left in the past when the client
+// was already too slow; the connection is then closed (sendError has said
+// "Connection: close" on HTTP/1.x).
 func (x *exchange) endUnreadBody() {
-	if !x.unreadBody() {
+	if !x.unreadBody() || x.rec.Outcome == accounting.OutcomeClientTimeout {
 		return
 	}
-	_ = http.NewResponseController(x.w).SetReadDeadline(time.Now())
+	_ = http.NewResponseController(x.w).SetReadDeadline(time.Now().Add(unreadBodyDrain))
 }
 
 // checkRequest refuses what no route should see: a header block over

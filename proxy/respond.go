@@ -220,7 +220,7 @@ type deadlines struct {
 func (x *exchange) writeDeadlines() *deadlines {
 	return &deadlines{
 		rc:    http.NewResponseController(x.w),
-		start: x.s.now(),
+		start: time.Now(),
 		grace: x.s.cfg.WriteRateGrace,
 		rate:  x.s.cfg.WriteMinRate,
 		on:    x.s.cfg.WriteMinRate > 0,
