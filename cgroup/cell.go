@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -138,124 +139,56 @@ func (c *Cell) Remove(ctx context.Context) error {
 	return removeGroup(ctx, c.ops, c.fd, c.path)
 }
 
-// removeGroup empties and removes the leaf group at path (dirfd fd).
-func removeGroup(ctx context.Context, ops dirOps, fd int, path string) error {
-	b, err := readAt(fd, "cgroup.events")
-	if errors.Is(err, unix.ENOENT) {
-		return nil // the group is gone already (Tree.Close swept it)
-	}
+// NewCell creates a cell for prof now: mkdir, open its directory fd, write
+// the profile's limits through the fd. Each step is undone when a later
+// one fails. Creation refused by the kernel's caps (EAGAIN, ENOSPC) wraps
+// ErrTooManyCells. The caller removes the cell (Cell.Remove) when done;
+// the Pool does all this off the hot path.
+func (t *Tree) NewCell(prof *Profile) (*Cell, error) {
+	p, err := t.profilePlan(prof)
 	if err != nil {
-		return fmt.Errorf("remove %s: read cgroup.events: %w", path, err)
+		return nil, err
 	}
-	p, err := populated(b)
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, ErrClosed
+	}
+	g, err := t.tenantLocked(prof.tenant)
+	t.mu.Unlock()
 	if err != nil {
-		return fmt.Errorf("remove %s: read cgroup.events: %w", path, err)
+		return nil, err
 	}
-	if p {
-		c := &Cell{path: path, fd: fd}
-		if err := c.Kill(); err != nil {
-			return fmt.Errorf("remove %s: %w", path, err)
-		}
-		if err := c.WaitEmpty(ctx); err != nil {
-			return fmt.Errorf("remove %s: %w", path, err)
+	name := "c" + t.nonce + "-" + strconv.FormatUint(t.seq.Add(1), 36)
+	dir := g.path + "/" + name
+	if err := t.ops.mkdir(dir); err != nil {
+		return nil, mkdirError(dir, err)
+	}
+	fd, err := openDir(dir)
+	if err != nil {
+		t.ops.rmdir(dir)
+		return nil, err
+	}
+	for _, x := range p.settings {
+		if err := writeAt(fd, x.File, x.Value); err != nil {
+			unix.Close(fd)
+			t.ops.rmdir(dir)
+			return nil, fmt.Errorf("write %s=%q in %s: %w", x.File, x.Value, dir, err)
 		}
 	}
-	return rmdirRetry(ctx, ops, path)
+	return &Cell{name: name, tenant: prof.tenant, path: dir, fd: fd, key: prof.key, unenforced: p.unenforced, ops: t.ops}, nil
 }
 
-// rmdirRetry removes a group, retrying EBUSY (a group that just emptied can
-// briefly still be busy on older kernels) with a short backoff bounded by
-// ctx. A group that is already gone is not an error.
-func rmdirRetry(ctx context.Context, ops dirOps, path string) error {
-	delay := 100 * time.Microsecond
-	for {
-		err := ops.rmdir(path)
-		switch {
-		case err == nil, errors.Is(err, unix.ENOENT):
-			return nil
-		case !errors.Is(err, unix.EBUSY):
-			return fmt.Errorf("rmdir %s: %w", path, err)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("rmdir %s: %w: %w (%w)", path, ErrBusy, err, context.Cause(ctx))
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 10*time.Millisecond)
+// mkdirError wraps a failed group mkdir; the kernel's caps become
+// ErrTooManyCells.
+func mkdirError(dir string, err error) error {
+	switch {
+	case errors.Is(err, unix.EAGAIN):
+		return fmt.Errorf("mkdir %s: %w: %w (cgroup.max.descendants or cgroup.max.depth reached)", dir, ErrTooManyCells, err)
+	case errors.Is(err, unix.ENOSPC):
+		return fmt.Errorf("mkdir %s: %w: %w", dir, ErrTooManyCells, err)
+	case errors.Is(err, unix.EACCES), errors.Is(err, unix.EPERM), errors.Is(err, unix.EROFS):
+		return fmt.Errorf("mkdir %s: %w: %w (%s)", dir, ErrNotDelegated, err, remedy)
 	}
-}
-
-// readUsage reads the accounting files of the group dirfd fd.
-func readUsage(fd int, path string) (Usage, error) {
-	var u Usage
-	var errs []error
-	// read returns the file's content, or nil after recording it as
-	// missing (ENOENT) or failed.
-	read := func(name string) []byte {
-		b, err := readAt(fd, name)
-		if errors.Is(err, unix.ENOENT) {
-			u.Missing = append(u.Missing, name)
-			return nil
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("read %s in %s: %w", name, path, err))
-			return nil
-		}
-		return b
-	}
-	keyed := func(name string, fields map[string]*uint64) {
-		b := read(name)
-		if b == nil {
-			return
-		}
-		m, err := parseFlatKeyed(b)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("read %s in %s: %w", name, path, err))
-			return
-		}
-		keys := make([]string, 0, len(fields))
-		for k := range fields {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			v, ok := m[k]
-			if !ok {
-				u.Missing = append(u.Missing, name+":"+k)
-				continue
-			}
-			*fields[k] = v
-		}
-	}
-	single := func(name string, dst *uint64) {
-		b := read(name)
-		if b == nil {
-			return
-		}
-		v, err := parseSingle(b)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("read %s in %s: %w", name, path, err))
-			return
-		}
-		*dst = v
-	}
-
-	keyed("cpu.stat", map[string]*uint64{
-		"usage_usec": &u.CPUUsageUsec, "user_usec": &u.CPUUserUsec, "system_usec": &u.CPUSystemUsec,
-		"nr_throttled": &u.NrThrottled, "throttled_usec": &u.ThrottledUsec,
-	})
-	single("memory.peak", &u.MemoryPeak)
-	keyed("memory.events", map[string]*uint64{
-		"max": &u.MemoryMax, "oom": &u.OOM, "oom_kill": &u.OOMKill, "oom_group_kill": &u.OOMGroupKill,
-	})
-	single("pids.peak", &u.PidsPeak)
-	keyed("pids.events", map[string]*uint64{"max": &u.PidsMax})
-	if b := read("io.stat"); b != nil {
-		r, w, err := ioTotals(b)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("read io.stat in %s: %w", path, err))
-		}
-		u.IOReadBytes, u.IOWriteBytes = r, w
-	}
-	return u, errors.Join(errs...)
+	return fmt.Errorf("mkdir %s: %w", dir, err)
 }

@@ -1,10 +1,13 @@
 package cgroup
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -79,4 +82,57 @@ func hasFile(dirfd int, name string) (bool, error) {
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// probe checks cgroup.kill, memory.peak, pids.peak and a spawn into a
+// scratch group under cells/.
+func (t *Tree) probe(ctx context.Context, spawn func(int) error) error {
+	dir := filepath.Join(t.cells, probeDir)
+	if err := t.ops.mkdir(dir); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("probe: mkdir %s: %w", dir, err)
+	}
+	fd, err := openDir(dir)
+	if err != nil {
+		rmdirRetry(ctx, t.ops, dir)
+		return fmt.Errorf("probe: %w", err)
+	}
+	for _, f := range []struct {
+		name string
+		dst  *bool
+		ctrl string
+	}{
+		{"cgroup.kill", &t.feat.Kill, ""},
+		{"memory.peak", &t.feat.MemoryPeak, "memory"},
+		{"pids.peak", &t.feat.PidsPeak, "pids"},
+		{"memory.oom.group", &t.feat.MemoryOOMGroup, "memory"},
+	} {
+		if f.ctrl != "" && !slices.Contains(t.enabled, f.ctrl) {
+			continue
+		}
+		if *f.dst, err = hasFile(fd, f.name); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		if serr := spawn(fd); serr != nil {
+			t.feat.CloneError = serr.Error()
+		} else {
+			t.feat.CloneIntoCgroup = true
+		}
+	}
+	rctx, cancel := context.WithTimeout(ctx, t.sweepTime)
+	rerr := removeGroup(rctx, t.ops, fd, dir)
+	cancel()
+	unix.Close(fd)
+	switch {
+	case err != nil:
+		return fmt.Errorf("probe %s: %w", dir, err)
+	case rerr != nil:
+		return fmt.Errorf("probe: %w", rerr)
+	case !t.feat.Kill:
+		return fmt.Errorf("probe %s: no cgroup.kill on kernel %s: %w (cellgate needs Linux 5.14; run cellgate doctor)", dir, t.feat.Kernel, ErrUnsupported)
+	case !t.feat.CloneIntoCgroup:
+		return fmt.Errorf("probe %s: %s: %w (cellgate needs Linux 5.7 with clone3 allowed by seccomp; run cellgate doctor)", dir, t.feat.CloneError, ErrUnsupported)
+	}
+	return nil
 }

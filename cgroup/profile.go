@@ -1,6 +1,7 @@
 package cgroup
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 
@@ -65,4 +66,59 @@ func controllersOf(s []Setting) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// plan is a profile as this Tree applies it: the writes for the enabled
+// controllers, and the controllers left unenforced.
+type plan struct {
+	settings   []Setting
+	unenforced []string
+}
+
+// planFor filters settings for this tree: writes for unenforced
+// controllers are dropped and reported; a needed controller that is
+// neither enabled nor allowed to be missing is an error.
+func (t *Tree) planFor(s []Setting, what string) (*plan, error) {
+	p := &plan{}
+	for _, x := range s {
+		c := x.Controller()
+		switch {
+		case c == "cgroup", slices.Contains(t.enabled, c):
+			p.settings = append(p.settings, x)
+		case slices.Contains(t.allowed, c):
+			if !slices.Contains(p.unenforced, c) {
+				p.unenforced = append(p.unenforced, c)
+			}
+		default:
+			return nil, fmt.Errorf("%s: %w", what, &ControllerMissingError{Controller: c, Path: t.cells, Need: x.File})
+		}
+	}
+	slices.Sort(p.unenforced)
+	return p, nil
+}
+
+// profilePlan returns the cached plan for a profile.
+func (t *Tree) profilePlan(prof *Profile) (*plan, error) {
+	t.mu.Lock()
+	p := t.plans[prof.key]
+	t.mu.Unlock()
+	if p != nil {
+		return p, nil
+	}
+	p, err := t.planFor(prof.settings, "profile for tenant "+prof.tenant)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	t.plans[prof.key] = p
+	t.mu.Unlock()
+	return p, nil
+}
+
+// Check reports whether cells of prof can be created on this tree (every
+// controller its limits need is enabled or allowed to be unenforced),
+// without creating one. cmd uses it to validate a policy at start-up.
+func (t *Tree) Check(prof *Profile) error {
+	_, err := t.profilePlan(prof)
+	return err
 }

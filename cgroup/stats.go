@@ -92,22 +92,3 @@ func populated(b []byte) (bool, error) {
 	}
 	return v != 0, nil
 }
-
-// TenantStats are a tenant group's totals: hierarchical, so they keep
-// counting what removed cells used (cgroup-facts §5.3). Missing names
-// absent files or keys, as in Usage.
-type TenantStats struct {
-	CPUUsageUsec  uint64
-	CPUUserUsec   uint64
-	CPUSystemUsec uint64
-	NrThrottled   uint64
-	ThrottledUsec uint64
-
-	MemoryCurrent uint64
-	MemoryMax     uint64 // memory.events "max"
-	OOM           uint64
-	OOMKill       uint64
-	OOMGroupKill  uint64
-
-	Missing []string
-}

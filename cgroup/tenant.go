@@ -7,8 +7,108 @@ import (
 	"slices"
 	"strings"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
+
+// Tenant is a tenant group, <base>/cells/<name>: the parent of the
+// tenant's cells, holding its budget and its totals.
+type Tenant struct {
+	name    string
+	path    string
+	applied []Setting // the budget last written (guarded by Tree.mu)
+}
+
+// Name is the tenant's name.
+func (g *Tenant) Name() string { return g.name }
+
+// Path is the tenant group's directory.
+func (g *Tenant) Path() string { return g.path }
+
+// Tenant creates the tenant group (or finds it) and writes its budget r
+// (converted with TenantSettings; nil writes nothing). Calling it again
+// updates the budget: a limit the previous call wrote and this one does
+// not is reset to unlimited. Limits for unenforced controllers are
+// skipped (and logged); other missing controllers are a
+// *ControllerMissingError. Cells of a tenant never set up here go into a
+// group without a budget, created on first use.
+func (t *Tree) Tenant(name string, r *specs.LinuxResources) (*Tenant, error) {
+	name, err := tenantName(name)
+	if err != nil {
+		return nil, err
+	}
+	s, err := TenantSettings(r)
+	if err != nil {
+		return nil, fmt.Errorf("tenant %s: %w", name, err)
+	}
+	p, err := t.planFor(s, "tenant "+name)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, ErrClosed
+	}
+	g, err := t.tenantLocked(name)
+	if err != nil {
+		return nil, err
+	}
+	writes, unknown := updateWrites(g.applied, p.settings)
+	for _, f := range unknown {
+		t.log.Warn("limit dropped from a tenant's budget stays in force: cellgate does not know its unlimited value", "tenant", name, "file", f)
+	}
+	for _, x := range writes {
+		if err := writeFile(filepath.Join(g.path, x.File), x.Value); err != nil {
+			return nil, fmt.Errorf("write %s=%q in %s: %w", x.File, x.Value, g.path, err)
+		}
+	}
+	g.applied = p.settings
+	if len(p.unenforced) > 0 {
+		t.log.Warn("tenant budget not enforced for missing controllers", "tenant", name, "unenforced", strings.Join(p.unenforced, " "))
+	}
+	return g, nil
+}
+
+// tenantLocked returns the tenant group, creating it with the controllers
+// enabled for its cells. t.mu is held.
+func (t *Tree) tenantLocked(name string) (*Tenant, error) {
+	if g := t.tenants[name]; g != nil {
+		return g, nil
+	}
+	dir := filepath.Join(t.cells, name)
+	if err := t.ops.mkdir(dir); err != nil && !errors.Is(err, unix.EEXIST) {
+		return nil, mkdirError(dir, err)
+	}
+	if err := enableControllers(dir, t.enabled); err != nil {
+		return nil, err
+	}
+	g := &Tenant{name: name, path: dir}
+	t.tenants[name] = g
+	return g, nil
+}
+
+// RemoveTenant removes an empty tenant group. Draining it (its cells,
+// the pool's idle cells: Pool.DrainTenant) is the caller's job; a group
+// that still has cells is ErrBusy.
+func (t *Tree) RemoveTenant(name string) error {
+	name, err := tenantName(name)
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	dir := filepath.Join(t.cells, name)
+	err = t.ops.rmdir(dir)
+	switch {
+	case err == nil, errors.Is(err, unix.ENOENT):
+		delete(t.tenants, name)
+		return nil
+	case errors.Is(err, unix.EBUSY), errors.Is(err, unix.ENOTEMPTY):
+		return fmt.Errorf("rmdir %s: %w: %w (drain its cells first)", dir, ErrBusy, err)
+	}
+	return fmt.Errorf("rmdir %s: %w", dir, err)
+}
 
 // unlimited is what each control file Convert can write holds when nothing
 // limits it, for resetting a limit dropped from a tenant's budget. Files
@@ -85,90 +185,4 @@ func resetSetting(s Setting) (Setting, bool) {
 	}
 	v, ok := unlimited[s.File]
 	return Setting{s.File, v}, ok
-}
-
-// Stats reads the tenant group's totals (cpu.stat, memory.events,
-// memory.current). It reads by path: it is for metrics, off the hot path.
-// A raw reader rather than containerd/cgroups' Stat: that one reads ~40
-// files we do not need and reports absent files as zeros.
-func (g *Tenant) Stats() (TenantStats, error) {
-	var s TenantStats
-	var errs []error
-	read := func(name string) []byte {
-		b, err := readFile(filepath.Join(g.path, name))
-		if errors.Is(err, unix.ENOENT) {
-			s.Missing = append(s.Missing, name)
-			return nil
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("read %s in %s: %w", name, g.path, err))
-			return nil
-		}
-		return b
-	}
-	keyed := func(name string, fields map[string]*uint64) {
-		b := read(name)
-		if b == nil {
-			return
-		}
-		m, err := parseFlatKeyed(b)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("read %s in %s: %w", name, g.path, err))
-			return
-		}
-		var miss []string
-		for k, dst := range fields {
-			if v, ok := m[k]; ok {
-				*dst = v
-			} else {
-				miss = append(miss, name+":"+k)
-			}
-		}
-		slices.Sort(miss)
-		s.Missing = append(s.Missing, miss...)
-	}
-	keyed("cpu.stat", map[string]*uint64{
-		"usage_usec": &s.CPUUsageUsec, "user_usec": &s.CPUUserUsec, "system_usec": &s.CPUSystemUsec,
-		"nr_throttled": &s.NrThrottled, "throttled_usec": &s.ThrottledUsec,
-	})
-	keyed("memory.events", map[string]*uint64{
-		"max": &s.MemoryMax, "oom": &s.OOM, "oom_kill": &s.OOMKill, "oom_group_kill": &s.OOMGroupKill,
-	})
-	if b := read("memory.current"); b != nil {
-		v, err := parseSingle(b)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("read memory.current in %s: %w", g.path, err))
-		}
-		s.MemoryCurrent = v
-	}
-	return s, errors.Join(errs...)
-}
-
-// TreeStats is <base>/cells/cgroup.stat (4.14): how many groups live under
-// cells/, and how many removed ones the kernel still holds. Dying groups
-// pile up when cells leave page cache behind (a shared writable tmpfs),
-// still holding memory (cgroup-facts §5.5); watch NrDyingDescendants.
-type TreeStats struct {
-	NrDescendants      uint64
-	NrDyingDescendants uint64
-}
-
-// Stats reads <base>/cells/cgroup.stat.
-func (t *Tree) Stats() (TreeStats, error) {
-	path := filepath.Join(t.cells, "cgroup.stat")
-	b, err := readFile(path)
-	if err != nil {
-		return TreeStats{}, fmt.Errorf("read %s: %w", path, err)
-	}
-	m, err := parseFlatKeyed(b)
-	if err != nil {
-		return TreeStats{}, fmt.Errorf("read %s: %w", path, err)
-	}
-	s := TreeStats{NrDescendants: m["nr_descendants"], NrDyingDescendants: m["nr_dying_descendants"]}
-	for _, k := range []string{"nr_descendants", "nr_dying_descendants"} {
-		if _, ok := m[k]; !ok {
-			return s, fmt.Errorf("read %s: no %s key", path, k)
-		}
-	}
-	return s, nil
 }

@@ -1,0 +1,149 @@
+package cgroup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// sweep kills and removes every group under cells/ (leftovers of a crashed
+// run: cells, tenants, probe), deepest first, and returns how many it
+// removed.
+func (t *Tree) sweep(ctx context.Context) (int, error) {
+	ents, err := os.ReadDir(t.cells)
+	if err != nil {
+		return 0, fmt.Errorf("read %s: %w", t.cells, err)
+	}
+	n := 0
+	var errs []error
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		m, err := t.removeSubtree(ctx, filepath.Join(t.cells, e.Name()))
+		n += m
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return n, errors.Join(errs...)
+}
+
+// removeSubtree kills the group at dir (cgroup.kill covers the subtree),
+// then removes its descendants deepest first, then dir.
+func (t *Tree) removeSubtree(ctx context.Context, dir string) (int, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return 0, nil
+		}
+		return 0, fmt.Errorf("read %s: %w", dir, err)
+	}
+	n := 0
+	for _, e := range ents {
+		if e.IsDir() {
+			m, err := t.removeSubtree(ctx, filepath.Join(dir, e.Name()))
+			n += m
+			if err != nil {
+				return n, err
+			}
+		}
+	}
+	fd, err := openDir(dir)
+	if err != nil {
+		return n, err
+	}
+	defer unix.Close(fd)
+	if err := removeGroup(ctx, t.ops, fd, dir); err != nil {
+		return n, err
+	}
+	return n + 1, nil
+}
+
+// Close kills and removes everything cellgate created under cells/ (cells
+// still handed out included), cells/ itself, and a private base that Open
+// created. The supervisor group stays: the daemon is still in it, and
+// moving it back would mean disabling the base's controllers for a process
+// that is about to exit; the service manager (or the container's cgroup
+// namespace) removes the group after the process is gone, and the next
+// Open reuses it. Close the Pool first.
+func (t *Tree) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	t.tenants = map[string]*Tenant{}
+	t.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), t.sweepTime)
+	defer cancel()
+	var errs []error
+	if _, err := t.sweep(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := rmdirRetry(ctx, t.ops, t.cells); err != nil {
+		errs = append(errs, err)
+	}
+	if t.createdB {
+		if err := rmdirRetry(ctx, t.ops, t.base); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close cgroup tree %s: %w", t.base, err)
+	}
+	return nil
+}
+
+// removeGroup empties and removes the leaf group at path (dirfd fd).
+func removeGroup(ctx context.Context, ops dirOps, fd int, path string) error {
+	b, err := readAt(fd, "cgroup.events")
+	if errors.Is(err, unix.ENOENT) {
+		return nil // the group is gone already (Tree.Close swept it)
+	}
+	if err != nil {
+		return fmt.Errorf("remove %s: read cgroup.events: %w", path, err)
+	}
+	p, err := populated(b)
+	if err != nil {
+		return fmt.Errorf("remove %s: read cgroup.events: %w", path, err)
+	}
+	if p {
+		c := &Cell{path: path, fd: fd}
+		if err := c.Kill(); err != nil {
+			return fmt.Errorf("remove %s: %w", path, err)
+		}
+		if err := c.WaitEmpty(ctx); err != nil {
+			return fmt.Errorf("remove %s: %w", path, err)
+		}
+	}
+	return rmdirRetry(ctx, ops, path)
+}
+
+// rmdirRetry removes a group, retrying EBUSY (a group that just emptied can
+// briefly still be busy on older kernels) with a short backoff bounded by
+// ctx. A group that is already gone is not an error.
+func rmdirRetry(ctx context.Context, ops dirOps, path string) error {
+	delay := 100 * time.Microsecond
+	for {
+		err := ops.rmdir(path)
+		switch {
+		case err == nil, errors.Is(err, unix.ENOENT):
+			return nil
+		case !errors.Is(err, unix.EBUSY):
+			return fmt.Errorf("rmdir %s: %w", path, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("rmdir %s: %w: %w (%w)", path, ErrBusy, err, context.Cause(ctx))
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Millisecond)
+	}
+}
