@@ -34,8 +34,9 @@ func (t *Tree) sweep(ctx context.Context) (int, error) {
 	return n, errors.Join(errs...)
 }
 
-// removeSubtree kills the group at dir (cgroup.kill covers the subtree),
-// then removes its descendants deepest first, then dir.
+// removeSubtree removes the descendants of the group at dir deepest
+// first, then dir; each group still populated is killed (cgroup.kill) and
+// waited for before its rmdir. It returns how many groups it removed.
 func (t *Tree) removeSubtree(ctx context.Context, dir string) (int, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
