@@ -111,7 +111,7 @@ func (x *exchange) serve() {
 		if run.res != nil {
 			x.recordCell(run.res)
 		}
-		redirect := run.err == nil && run.hdr != nil && run.hdr.Local && run.bodyEmpty() &&
+		redirect := run.err == nil && run.hdr != nil && run.hdr.Local && run.bodyEmpty() && run.res != nil &&
 			(run.res.Cause == sandbox.CauseOK || run.res.Cause == sandbox.CauseExit)
 		if !redirect {
 			x.finish(run)

@@ -175,11 +175,13 @@ func (x *exchange) clientLost(err error) error {
 	return fmt.Errorf("write response after %d bytes: %w: %w", x.rec.BytesOut, ErrClientGone, err)
 }
 
-// sendError sends a short text/plain error. Nothing is sent for a client
-// that is gone.
+// sendError sends a short text/plain error. Nothing is sent to a client
+// that is gone: its connection (or stream) is reset, so that net/http does
+// not answer for the handler with an empty 200.
 func (x *exchange) sendError(v verdict) {
 	x.rec.Status = v.Status
 	if v.Status == StatusClientClosed {
+		x.abort = true
 		return
 	}
 	h := x.w.Header()

@@ -76,6 +76,9 @@ func TestRequestIDOnEveryResponse(t *testing.T) {
 				t.Fatalf("request id %q: want a fresh one of the server's", id)
 			}
 			seen[id] = true
+			if tt.status == 405 && resp.Header.Get("Allow") != "POST" {
+				t.Errorf("405 with Allow %q, want POST", resp.Header.Get("Allow"))
+			}
 			rec := ts.recs.byID(t, id)
 			if rec.Status != tt.status || rec.Outcome != tt.outcome {
 				t.Errorf("record status %d outcome %s, want %d %s", rec.Status, rec.Outcome, tt.status, tt.outcome)
