@@ -47,9 +47,11 @@ type capListener struct {
 	respond  bool
 	onRefuse func(RefusedReason, net.Addr)
 
-	total atomic.Int64
-	mu    sync.Mutex
-	perIP map[netip.Addr]int // only addresses with open connections
+	total        atomic.Int64
+	refusedTotal atomic.Uint64
+	refusedPerIP atomic.Uint64
+	mu           sync.Mutex
+	perIP        map[netip.Addr]int // only addresses with open connections
 }
 
 func newCapListener(ln net.Listener, maxTotal, maxPerIP int, respond bool, onRefuse func(RefusedReason, net.Addr)) *capListener {
@@ -76,6 +78,11 @@ func (l *capListener) Accept() (net.Conn, error) {
 			return &capConn{Conn: c, l: l, ip: ip}, nil
 		}
 		l.refuse(c)
+		if reason == RefusedTotal {
+			l.refusedTotal.Add(1)
+		} else {
+			l.refusedPerIP.Add(1)
+		}
 		if l.onRefuse != nil {
 			l.onRefuse(reason, c.RemoteAddr())
 		}
@@ -119,7 +126,7 @@ func (l *capListener) refuse(c net.Conn) {
 	_ = c.Close()
 }
 
-// open returns the number of connections counted now (for tests).
+// open returns the number of connections counted now.
 func (l *capListener) open() int { return int(l.total.Load()) }
 
 // clientIP is the address the per-IP cap counts: the remote IP, unmapped;

@@ -66,18 +66,12 @@ func expectServed(t *testing.T, c net.Conn) {
 func waitOpen(t *testing.T, s *Server, n int) {
 	t.Helper()
 	for i := 0; i < 1000; i++ {
-		s.mu.Lock()
-		open := 0
-		for _, l := range s.listeners {
-			open += l.open()
-		}
-		s.mu.Unlock()
-		if open == n {
+		if s.ConnStats().Open == n {
 			return
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	t.Fatalf("listener never counted %d connections", n)
+	t.Fatalf("listener counts %d connections, never %d", s.ConnStats().Open, n)
 }
 
 func TestPerIPCap(t *testing.T) {
@@ -98,6 +92,9 @@ func TestPerIPCap(t *testing.T) {
 	if n := len(ts.recs.all()); n != 4 {
 		t.Errorf("%d requests recorded, want 4 (refusals spawn no request)", n)
 	}
+	if st := ts.ConnStats(); st.RefusedPerIP != 1 || st.RefusedTotal != 0 {
+		t.Errorf("ConnStats %+v, want one per-IP refusal", st)
+	}
 }
 
 func TestTotalCap(t *testing.T) {
@@ -115,6 +112,9 @@ func TestTotalCap(t *testing.T) {
 	expectRefused(t, c)
 	if n := runs.Load(); n != 2 {
 		t.Errorf("%d runs, want 2", n)
+	}
+	if st := ts.ConnStats(); st.RefusedTotal != 1 || st.RefusedPerIP != 0 {
+		t.Errorf("ConnStats %+v, want one total-cap refusal", st)
 	}
 	b.Close()
 	waitOpen(t, ts.Server, 1)

@@ -205,6 +205,28 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return nil
 }
 
+// ConnStats are the front's connection counts, for metrics.
+type ConnStats struct {
+	// Open is the number of client connections open now.
+	Open int
+	// RefusedTotal and RefusedPerIP count the connections refused since
+	// start by Config.MaxConns and Config.MaxConnsPerIP.
+	RefusedTotal, RefusedPerIP uint64
+}
+
+// ConnStats returns the connection counts over every listener served.
+func (s *Server) ConnStats() ConnStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var st ConnStats
+	for _, l := range s.listeners {
+		st.Open += l.open()
+		st.RefusedTotal += l.refusedTotal.Load()
+		st.RefusedPerIP += l.refusedPerIP.Load()
+	}
+	return st
+}
+
 // capValue turns a Config cap (negative = none) into capListener's
 // (0 = none).
 func capValue(n int) int {

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"net/http"
@@ -118,5 +119,35 @@ func TestTLSRefusalIsAClose(t *testing.T) {
 	if err == nil {
 		second.Close()
 		t.Fatal("second TLS connection from the same IP completed its handshake")
+	}
+}
+
+// TestHTTP2SlowBody: the body's minimum rate holds on HTTP/2 streams too
+// (the stream's read deadline), without closing the connection's other
+// streams.
+func TestHTTP2SlowBody(t *testing.T) {
+	certFile, keyFile, pool := writeCert(t)
+	ts := startServer(t, Config{TLSCertFile: certFile, TLSKeyFile: keyFile, BodyMinRate: 1024, BodyRateGrace: 200 * time.Millisecond},
+		Deps{Runner: cgiOutput("Content-Type: text/plain\n\nok", sandbox.CauseOK)}, route("r", "/", "/x"))
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go pw.Write([]byte("0123456789")) // then nothing
+	req := newRequest(t, "POST", ts.URL+"/", pr)
+	req.ContentLength = 100000
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != 408 || resp.Header.Get(RequestIDHeader) == "" {
+		t.Fatalf("got %s %d, want HTTP/2 408 with a request id", resp.Proto, resp.StatusCode)
+	}
+	// The connection still serves other requests.
+	resp, body := do(t, c, newRequest(t, "GET", ts.URL+"/", nil))
+	if resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("next request: %d %q", resp.StatusCode, body)
 	}
 }
