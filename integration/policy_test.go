@@ -1,0 +1,391 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Issue 5, end to end: tenants' budgets, admission and the policy's
+// lifecycle, against the built `cellgate serve` on a real cgroup v2 kernel.
+
+// flood sends requests made by mk, conc at a time, until ctx ends or max
+// requests were sent, and returns how many got each status.
+func flood(ctx context.Context, client *http.Client, conc, max int, mk func() *http.Request) func() map[int]int {
+	var mu sync.Mutex
+	counts := map[int]int{}
+	sent := 0
+	var wg sync.WaitGroup
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				mu.Lock()
+				if sent == max {
+					mu.Unlock()
+					return
+				}
+				sent++
+				mu.Unlock()
+				resp, err := client.Do(mk().WithContext(ctx))
+				status := -1
+				if err == nil {
+					resp.Body.Close()
+					status = resp.StatusCode
+				}
+				mu.Lock()
+				counts[status]++
+				mu.Unlock()
+			}
+		}()
+	}
+	return func() map[int]int {
+		wg.Wait()
+		return counts
+	}
+}
+
+// waitMetric waits until the sample's value is at least want.
+func (g *gate) waitMetric(name string, labels map[string]string, want float64, timeout time.Duration) {
+	g.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		got := metric(g.metrics(), name, labels)
+		if got >= want {
+			return
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("%s%v = %v after %s, want at least %v", name, labels, got, timeout, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// readKeyed reads one key of a flat-keyed cgroup file ("key value" lines).
+func readKeyed(t testing.TB, path, key string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 2 && f[0] == key {
+			v, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				t.Fatalf("%s: %s %q: %v", path, key, f[1], err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("%s has no %s", path, key)
+	return 0
+}
+
+// TestTenantCPUIsolation: tenant flood keeps eight CPU-heavy requests
+// running (more than the machine's CPUs); tenant calm's p99 stays within
+// 2x its p99 measured unloaded in the same run. flood's group is capped
+// at one CPU and weighted a tenth of calm's.
+func TestTenantCPUIsolation(t *testing.T) {
+	g := startGate(t, gateOptions{policy: `version: 1
+defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 300s}
+tenants:
+  - {name: flood, cpu_weight: 100, cpu: 1, max_cells: 8, queue: 100, queue_timeout: 600s}
+  - {name: calm, cpu_weight: 1000, queue: 100, queue_timeout: 120s}
+routes:
+  - {name: spin, match: {path: /spin}, tenant: flood, program: "{{.CGI}}/spin"}
+  - {name: calm, match: {path: /calm}, tenant: calm, program: "{{.CGI}}/hello"}
+`})
+	const samples, conc = 100, 2
+	measure := func() []result { return load(g.client, samples, conc, getter(g.url+"/calm")) }
+	measure() // warm
+	before := measure()
+	checkAll(t, "calm, unloaded", before, 200)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+	defer cancel()
+	wait := flood(ctx, g.client, 8, 10000, func() *http.Request {
+		req, _ := http.NewRequest("GET", g.url+"/spin?ms=500", nil)
+		return req
+	})
+	g.waitMetric("cellgate_cells_in_flight", map[string]string{"tenant": "flood"}, 8, 2*time.Minute)
+	during := measure()
+	cancel()
+	counts := wait()
+	checkAll(t, "calm, beside the flood", during, 200)
+	if counts[200] == 0 {
+		t.Errorf("the flood got no request through: %v", counts)
+	}
+	p99Before, p99During := quantile(before, .99), quantile(during, .99)
+	t.Logf("calm p99 unloaded %s, beside 8 CPU-bound cells of flood %s (%.2fx); flood statuses %v",
+		p99Before, p99During, float64(p99During)/float64(p99Before), counts)
+	if p99During > 2*p99Before {
+		t.Errorf("calm's p99 beside the flood %s > 2 x its unloaded p99 %s", p99During, p99Before)
+	}
+	throttled := readKeyed(t, filepath.Join(g.tenantDir("flood"), "cpu.stat"), "nr_throttled")
+	t.Logf("flood's group throttled %d times", throttled)
+	if throttled == 0 {
+		t.Errorf("flood's group was never throttled by its cpu.max: the cap did not apply")
+	}
+}
+
+// TestTenantMemoryBudget: a burst of 16 requests that each touch 40 MiB
+// (within their own 64 MiB limit) in a tenant with a 256 MiB budget:
+// admission runs at most four at a time, the sum of the memory peaks of
+// the cells running at once never exceeds the budget, and none is
+// OOM-killed.
+func TestTenantMemoryBudget(t *testing.T) {
+	const budget = 256 << 20
+	g := startGate(t, gateOptions{policy: `version: 1
+defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 300s}
+tenants:
+  - {name: burst, memory: 256Mi, queue: 100, queue_timeout: 600s}
+routes:
+  - {name: burst, match: {path: /burst}, tenant: burst, program: "{{.CGI}}/memhog", memory: 64Mi}
+`})
+	const n = 16
+	rs := load(g.client, n, n, getter(g.url+"/burst?mb=40&hold=300"))
+	checkAll(t, "burst within each request's limit", rs, 200)
+	recs := g.waitRecords("burst", n, 30*time.Second)
+	queued := 0
+	type edge struct {
+		at    time.Time
+		delta int64
+	}
+	var edges []edge
+	for _, r := range recs {
+		if r.Outcome != "ok" || r.Cell == nil || r.Cell.OOMKilled {
+			t.Errorf("burst request %s: outcome %q cell %+v; want ok, not OOM-killed", r.RequestID, r.Outcome, r.Cell)
+			continue
+		}
+		if r.WaitUsec > 0 {
+			queued++
+		}
+		// The cell ran within [admitted, response written].
+		start := r.Time.Add(time.Duration(r.WaitUsec) * time.Microsecond)
+		end := r.Time.Add(time.Duration(r.Duration) * time.Microsecond)
+		edges = append(edges, edge{start, int64(r.Cell.MemoryPeak)}, edge{end, -int64(r.Cell.MemoryPeak)})
+	}
+	slices.SortFunc(edges, func(a, b edge) int {
+		if c := a.at.Compare(b.at); c != 0 {
+			return c
+		}
+		return int(a.delta - b.delta) // ends before starts at the same instant
+	})
+	var sum, maxSum int64
+	for _, e := range edges {
+		sum += e.delta
+		maxSum = max(maxSum, sum)
+	}
+	oomKills := readKeyed(t, filepath.Join(g.tenantDir("burst"), "memory.events"), "oom_kill")
+	tenantPeak, err := os.ReadFile(filepath.Join(g.tenantDir("burst"), "memory.peak"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d of %d requests queued; largest sum of concurrent cells' memory peaks %d MiB of a %d MiB budget; tenant memory.peak %s",
+		queued, n, maxSum>>20, budget>>20, strings.TrimSpace(string(tenantPeak)))
+	if maxSum > budget {
+		t.Errorf("the cells running at once peaked at %d bytes together, over the tenant's budget of %d", maxSum, budget)
+	}
+	if oomKills != 0 {
+		t.Errorf("tenant burst's memory.events oom_kill = %d, want 0", oomKills)
+	}
+	if queued < n-budget/(64<<20) {
+		t.Errorf("%d requests waited for admission, want at least %d: the burst did not exceed the budget", queued, n-budget/(64<<20))
+	}
+}
+
+// TestQueueTimeoutAndFull: a tenant with one cell and a queue of two:
+// queued requests that wait out the queue timeout get 503 with
+// Retry-After, and one more while the queue is full gets 503 at once.
+func TestQueueTimeoutAndFull(t *testing.T) {
+	g := startGate(t, gateOptions{policy: `version: 1
+defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 300s}
+tenants:
+  - {name: tight, max_cells: 1, queue: 2, queue_timeout: 5s}
+routes:
+  - {name: tight, match: {path: /tight}, tenant: tight, program: "{{.CGI}}/slow"}
+`})
+	type answer struct {
+		status     int
+		retryAfter string
+		err        error
+	}
+	ask := func(out chan<- answer) {
+		resp, err := g.client.Get(g.url + "/tight?ms=20000")
+		if err != nil {
+			out <- answer{err: err}
+			return
+		}
+		resp.Body.Close()
+		out <- answer{status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After")}
+	}
+	first := make(chan answer, 1)
+	go ask(first)
+	g.waitMetric("cellgate_cells_in_flight", map[string]string{"tenant": "tight"}, 1, time.Minute)
+	queued := make(chan answer, 2)
+	go ask(queued)
+	go ask(queued)
+	g.waitMetric("cellgate_queue_length", map[string]string{"tenant": "tight"}, 2, time.Minute)
+	full := make(chan answer, 1)
+	ask(full)
+	for i, a := range []answer{<-full, <-queued, <-queued} {
+		what := []string{"queue full", "queue timeout", "queue timeout"}[i]
+		if a.err != nil || a.status != 503 || a.retryAfter == "" {
+			t.Errorf("%s: status %d, Retry-After %q, err %v; want 503 with Retry-After", what, a.status, a.retryAfter, a.err)
+		}
+	}
+	if a := <-first; a.err != nil || a.status != 200 {
+		t.Errorf("the request holding the cell: status %d, err %v; want 200", a.status, a.err)
+	}
+	outcomes := map[string]int{}
+	for _, r := range g.waitRecords("tight", 4, 30*time.Second) {
+		outcomes[r.Outcome]++
+		if r.Outcome != "ok" && r.Cell != nil {
+			t.Errorf("a refused request ran a cell: %+v", r)
+		}
+	}
+	if outcomes["queue_full"] != 1 || outcomes["queue_timeout"] != 2 || outcomes["ok"] != 1 {
+		t.Errorf("access-log outcomes %v, want 1 queue_full, 2 queue_timeout, 1 ok", outcomes)
+	}
+}
+
+// reloadPolicyA and reloadPolicyB alternate in the reload tests: B changes
+// the budgets and limits of tenant web, drops tenant extra and its route,
+// and adds route echo.
+const (
+	reloadPolicyA = `version: 1
+defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 120s}
+tenants:
+  - {name: web, memory: 1Gi, cpu_weight: 100, queue: 1000, queue_timeout: 300s}
+  - {name: extra, memory: 256Mi, queue: 10, queue_timeout: 60s}
+routes:
+  - {name: hello, match: {path: /hello}, tenant: web, program: "{{.CGI}}/hello"}
+  - {name: extra, match: {path: /extra}, tenant: extra, program: "{{.CGI}}/hello"}
+`
+	reloadPolicyB = `version: 1
+defaults: {memory: 48Mi, cpu: 0.5, pids: 48, timeout: 120s}
+tenants:
+  - {name: web, memory: 768Mi, cpu_weight: 300, queue: 1000, queue_timeout: 300s}
+routes:
+  - {name: hello, match: {path: /hello}, tenant: web, program: "{{.CGI}}/hello"}
+  - {name: echo, match: {path: /echo}, tenant: web, program: "{{.CGI}}/echo"}
+`
+)
+
+// TestReloadInvalidKeepsServing: SIGHUP with an invalid policy file keeps
+// the running policy, and says why; a valid file afterwards takes over.
+func TestReloadInvalidKeepsServing(t *testing.T) {
+	g := startGate(t, gateOptions{policy: reloadPolicyA})
+	if status, _, body := g.get("/hello"); status != 200 {
+		t.Fatalf("GET /hello: %d %q", status, body)
+	}
+	writePolicy(t, g.policyPath, reloadPolicyB+"  - {name: broken, match: {path: /broken}, program: /bin/true, memroy: 1Gi}\n")
+	g.signal(syscall.SIGHUP)
+	g.waitLog("reload: the policy file is invalid", 1, time.Minute)
+	if !strings.Contains(g.log(), "memroy") {
+		t.Errorf("the reload error does not name the unknown key memroy:\n%s", g.log())
+	}
+	for _, c := range []struct {
+		path string
+		want int
+	}{{"/hello", 200}, {"/extra", 200}, {"/echo", 404}} {
+		if status, _, body := g.get(c.path); status != c.want {
+			t.Errorf("after the invalid reload, GET %s: %d %q, want %d (the previous policy)", c.path, status, body, c.want)
+		}
+	}
+	writePolicy(t, g.policyPath, reloadPolicyB)
+	g.signal(syscall.SIGHUP)
+	g.waitLog("policy reloaded", 1, time.Minute)
+	for _, c := range []struct {
+		path string
+		want int
+	}{{"/hello", 200}, {"/extra", 404}, {"/echo", 200}} {
+		if status, _, body := g.get(c.path); status != c.want {
+			t.Errorf("after the valid reload, GET %s: %d %q, want %d", c.path, status, body, c.want)
+		}
+	}
+	g.waitLog("removed tenant drained and its group removed", 1, time.Minute)
+	if _, err := os.Stat(g.tenantDir("extra")); err == nil {
+		t.Errorf("tenant extra's group %s is still there after it was drained", g.tenantDir("extra"))
+	}
+}
+
+// TestReloadUnderLoad: six SIGHUPs, alternating two valid policies, while
+// 300 requests run 16 at a time: every request gets 200.
+func TestReloadUnderLoad(t *testing.T) {
+	g := startGate(t, gateOptions{policy: reloadPolicyA})
+	const n, conc, reloads = 300, 16, 6
+	done := make(chan []result, 1)
+	go func() { done <- load(g.client, n, conc, getter(g.url+"/hello")) }()
+	g.waitRecords("hello", 10, 2*time.Minute)
+	for i := range reloads {
+		writePolicy(t, g.policyPath, []string{reloadPolicyB, reloadPolicyA}[i%2])
+		g.signal(syscall.SIGHUP)
+		g.waitLog("policy reloaded", i+1, time.Minute)
+	}
+	rs := <-done
+	checkAll(t, "requests during six reloads", rs, 200)
+	recs := g.waitRecords("hello", n, 30*time.Second)
+	for _, r := range recs {
+		if r.Outcome != "ok" || r.Status != 200 {
+			t.Errorf("request during the reloads: status %d outcome %q", r.Status, r.Outcome)
+		}
+	}
+	if done := len(g.recordsFor("hello")); done < n {
+		t.Errorf("%d requests finished, want %d", done, n)
+	}
+}
+
+// TestMetricsShowOOMKill: /metrics on the admin listener puts a hog's OOM
+// kill on its tenant and route, and on no other.
+func TestMetricsShowOOMKill(t *testing.T) {
+	g := startGate(t, gateOptions{policy: `version: 1
+defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 120s}
+tenants:
+  - {name: alpha, memory: 512Mi, queue: 10, queue_timeout: 60s}
+  - {name: hogs, memory: 512Mi, queue: 10, queue_timeout: 60s}
+routes:
+  - {name: hello, match: {path: /hello}, tenant: alpha, program: "{{.CGI}}/hello"}
+  - {name: hog, match: {path: /hog}, tenant: hogs, program: "{{.CGI}}/memhog", memory: 48Mi}
+`})
+	if status, _, _ := g.get("/hello"); status != 200 {
+		t.Fatalf("GET /hello: %d", status)
+	}
+	if status, _, body := g.get("/hog?mb=200"); status != 502 {
+		t.Fatalf("GET /hog?mb=200: %d %q, want 502", status, body)
+	}
+	g.waitRecords("hog", 1, 30*time.Second)
+	m := g.metrics()
+	hog := map[string]string{"tenant": "hogs", "route": "hog"}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   func(float64) bool
+		says   string
+	}{
+		{"cellgate_cell_oom_kills_total", hog, func(v float64) bool { return v == 1 }, "1"},
+		{"cellgate_requests_total", map[string]string{"tenant": "hogs", "route": "hog", "status": "502", "outcome": "oom"}, func(v float64) bool { return v == 1 }, "1"},
+		{"cellgate_tenant_memory_events_total", map[string]string{"tenant": "hogs", "event": "oom_kill"}, func(v float64) bool { return v >= 1 }, ">= 1"},
+		{"cellgate_cell_oom_kills_total", map[string]string{"tenant": "alpha", "route": "hello"}, func(v float64) bool { return v <= 0 }, "0 or absent"},
+		{"cellgate_tenant_memory_events_total", map[string]string{"tenant": "alpha", "event": "oom_kill"}, func(v float64) bool { return v == 0 }, "0"},
+		{"cellgate_requests_total", map[string]string{"tenant": "alpha", "route": "hello", "status": "200", "outcome": "ok"}, func(v float64) bool { return v == 1 }, "1"},
+	} {
+		if got := metric(m, c.name, c.labels); !c.want(got) {
+			t.Errorf("%s%v = %v, want %s", c.name, c.labels, got, c.says)
+		}
+	}
+	if t.Failed() {
+		t.Logf("/metrics:\n%s", fmt.Sprint(m))
+	}
+}
