@@ -35,6 +35,7 @@ var commands = map[string]command{
 	"run":    {"run one command in a cell and print what it used", runMain},
 	"serve":  {"serve HTTP, every request in its own cell", serveMain},
 	"doctor": {"check this machine for what cellgate needs", doctorMain},
+	"check":  {"validate a policy file and print its routes and limits", checkMain},
 }
 
 func main() {

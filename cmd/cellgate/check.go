@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/cellgate/cellgate/policy"
+)
+
+const exitInvalid = 1 // cellgate check: the policy is not valid, or not readable
+
+const checkUsage = `usage: cellgate check POLICY
+
+Validates the policy file POLICY as serve would load it and prints the
+effective tenants and routes, with every limit after defaults. Problems are
+listed one per line as FILE:LINE: KEY: "VALUE": what is wrong (fix: ...).
+Programs that do not exist (yet) are reported as warnings; they do not make
+the policy invalid. Exits 0 when the policy is valid, 1 when it is not (or
+cannot be read), 2 for bad arguments.
+`
+
+func checkMain(_ context.Context, args []string, std stdio) int {
+	return runCheck(args, std.out, std.err)
+}
+
+// runCheck is cellgate check: it validates the policy file named in args,
+// prints the effective routes and limits to stdout, and problems to
+// stderr.
+func runCheck(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("cellgate check", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, checkUsage)
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "cellgate check: %v\n%s", err, checkUsage)
+		return exitUsage
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintf(stderr, "cellgate check: want one policy file, got %d arguments\n%s", fs.NArg(), checkUsage)
+		return exitUsage
+	}
+	file := fs.Arg(0)
+	p, err := policy.Load(file)
+	var invalid *policy.InvalidError
+	switch {
+	case errors.As(err, &invalid):
+		for _, pr := range invalid.Problems {
+			fmt.Fprintln(stderr, pr)
+		}
+		fmt.Fprintf(stderr, "cellgate check: %s is not valid: %d problem(s)\n", file, len(invalid.Problems))
+		return exitInvalid
+	case err != nil:
+		fmt.Fprintf(stderr, "cellgate check: %v\n", err)
+		return exitInvalid
+	}
+	printPolicy(stdout, p)
+	for _, w := range programWarnings(p) {
+		fmt.Fprintln(stderr, "warning: "+w)
+	}
+	return exitOK
+}
+
+// printPolicy prints the effective policy as tables.
+func printPolicy(w io.Writer, p *policy.Policy) {
+	fmt.Fprintf(w, "%s: valid: %d route(s), %d tenant(s)\n\n", p.Source, len(p.Routes), len(p.Tenants))
+	fmt.Fprintf(w, "global: memory %s, max_cells %s\n", sizeOrNone(p.Global.Memory), countOrNone(p.Global.MaxCells))
+	d := p.Defaults
+	fmt.Fprintf(w, "defaults: memory %s, swap %s, cpu %s, pids %d, timeout %s, max_body %s\n\n",
+		policy.FormatBytes(d.Memory), policy.FormatBytes(d.Swap), policy.FormatCPU(d.MilliCPU), d.Pids, d.Timeout, policy.FormatBytes(d.MaxBody))
+
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TENANT\tMEMORY\tCPU_WEIGHT\tCPU\tPIDS\tMAX_CELLS\tQUEUE\tQUEUE_TIMEOUT\tLINE")
+	for _, t := range p.Tenants {
+		line := strconv.Itoa(t.Line)
+		if t.Implicit {
+			line = "implicit"
+		}
+		weight := "-"
+		if t.CPUWeight > 0 {
+			weight = strconv.FormatUint(t.CPUWeight, 10)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", t.Name, sizeOrNone(t.Memory), weight, cpuOrNone(t.MilliCPU),
+			countOrNone(int(t.Pids)), countOrNone(t.MaxCells), t.Queue, durationOrNone(t.QueueTimeout), line)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
+
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ROUTE\tHOST\tPATH\tMETHODS\tTENANT\tPROGRAM\tMEMORY\tSWAP\tCPU\tPIDS\tTIMEOUT\tMAX_BODY\tUSER\tRESPONSE\tLINE")
+	for _, r := range p.Routes {
+		host, methods, program := r.Host, strings.Join(r.Methods, ","), r.Program
+		if host == "" {
+			host = "*"
+		}
+		if methods == "" {
+			methods = "*"
+		}
+		if r.Dir != "" {
+			program = strings.TrimSuffix(r.Dir, "/") + "/*"
+		}
+		response := string(r.Response)
+		if r.ServerTiming {
+			response += ",server-timing"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\n", r.Name, host, r.PathPrefix, methods, r.Tenant, program,
+			policy.FormatBytes(r.Memory), policy.FormatBytes(r.Swap), policy.FormatCPU(r.MilliCPU), r.Pids, r.Timeout,
+			policy.FormatBytes(r.MaxBody), userString(r), response, r.Line)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\n- = not limited; cpu max = no cap; a dir route's PROGRAM/* runs the program named by the first path segment.")
+}
+
+func userString(r *policy.Route) string {
+	u := r.User
+	s := "auto"
+	switch {
+	case u.Auto:
+	case u.Name != "":
+		s = u.Name
+	default:
+		s = "uid " + strconv.FormatUint(uint64(u.UID), 10)
+	}
+	if r.AllowRoot {
+		s += " (allow_root)"
+	}
+	return s
+}
+
+func sizeOrNone(n int64) string {
+	if n == 0 {
+		return "-"
+	}
+	return policy.FormatBytes(n)
+}
+
+func countOrNone(n int) string {
+	if n == 0 {
+		return "-"
+	}
+	return strconv.Itoa(n)
+}
+
+func cpuOrNone(milli int64) string {
+	if milli == 0 {
+		return "-"
+	}
+	return policy.FormatCPU(milli)
+}
+
+func durationOrNone(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	return d.String()
+}
+
+// programWarnings reports programs and directories that are missing or not
+// executable here. They are not errors: a policy may be checked on another
+// machine than the one that serves it, or before `make examples`.
+func programWarnings(p *policy.Policy) []string {
+	var out []string
+	for _, r := range p.Routes {
+		target, want := r.Program, "an executable file"
+		if r.Dir != "" {
+			target, want = r.Dir, "a directory"
+		}
+		fi, err := os.Stat(target)
+		switch {
+		case err != nil:
+			out = append(out, fmt.Sprintf("route %s (line %d): %v", r.Name, r.Line, err))
+		case r.Dir != "" && !fi.IsDir(), r.Dir == "" && (!fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0):
+			out = append(out, fmt.Sprintf("route %s (line %d): %s is not %s", r.Name, r.Line, target, want))
+		}
+	}
+	return out
+}
