@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -126,7 +127,7 @@ func (x *exchange) runCell(m *policy.Match, req *cgiRequest, stdin io.Reader) *c
 			}
 			outErr = err
 			cancel()
-		} else if hdr.ContentLength >= 0 && hdr.ContentLength != run.body.Len() && x.r.Method != "HEAD" {
+		} else if hdr.ContentLength >= 0 && hdr.ContentLength != run.body.Len() && x.r.Method != http.MethodHead {
 			outErr = fmt.Errorf("%w: Content-Length %d but %d body bytes", ErrInvalidResponse, hdr.ContentLength, run.body.Len())
 		}
 	}
