@@ -277,8 +277,8 @@ func (d *decoder) integer(f field, path string, lo, hi int64) (int64, bool) {
 	if !ok {
 		return 0, false
 	}
-	n, err := strconv.ParseInt(s, 0, 64)
-	if err != nil || n < lo || n > hi {
+	var n int64 // decoded by yaml itself, so 0o17, 0x1f and 1_000 mean what YAML says
+	if err := resolve(f.val).Decode(&n); err != nil || n < lo || n > hi {
 		d.problem(f.line(), path, s, fmt.Sprintf("out of range %d..%d", lo, hi), "")
 		return 0, false
 	}

@@ -318,3 +318,21 @@ func TestLoad(t *testing.T) {
 		t.Errorf("Load(missing) = %v, want a wrapped ErrNotExist naming the file", err)
 	}
 }
+
+func TestParseIntegers(t *testing.T) {
+	for _, tt := range []struct {
+		pids string
+		want int64
+	}{{"64", 64}, {"0x40", 64}, {"0o100", 64}} {
+		src := "version: 1\ndefaults: {pids: " + tt.pids + "}\nroutes:\n  - {name: a, match: {path: /}, program: /a}\n"
+		p, err := Parse("p.yaml", []byte(src))
+		if err != nil {
+			t.Fatalf("pids %s: %v", tt.pids, err)
+		}
+		if p.Defaults.Pids != tt.want {
+			t.Errorf("pids %s = %d, want %d", tt.pids, p.Defaults.Pids, tt.want)
+		}
+	}
+	_, err := Parse("p.yaml", []byte("version: 1\ndefaults: {pids: 99999999999999999999}\nroutes:\n  - {name: a, match: {path: /}, program: /a}\n"))
+	requireProblems(t, err, []problem{{2, "defaults.pids", ""}})
+}
