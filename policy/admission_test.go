@@ -78,6 +78,9 @@ func (c *fakeClock) pending() int {
 func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	for i := 0; !cond(); i++ {
+		if i == 1000 {
+			t.Logf("still waiting for %s", what)
+		}
 		if i > 1000 {
 			time.Sleep(time.Millisecond)
 		} else {
