@@ -5,21 +5,24 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // refusal is the whole response a plain-HTTP client gets when a connection
-// cap refuses it: a fixed string written once, with no request read and
-// nothing spawned.
-const refusal = "HTTP/1.1 503 Service Unavailable\r\n" +
-	"Content-Type: text/plain; charset=utf-8\r\n" +
-	"Content-Length: 26\r\n" +
-	"Retry-After: 1\r\n" +
-	"Connection: close\r\n" +
-	"\r\n" +
-	"503 too many connections\r\n"
+// cap refuses it: fixed bytes written once, with no request read and nothing
+// spawned. retryAfter is the Retry-After value in seconds.
+func refusal(retryAfter string) []byte {
+	const body = "503 too many connections\r\n"
+	return []byte("HTTP/1.1 503 Service Unavailable\r\n" +
+		"Content-Type: text/plain; charset=utf-8\r\n" +
+		"Content-Length: " + strconv.Itoa(len(body)) + "\r\n" +
+		"Retry-After: " + retryAfter + "\r\n" +
+		"Connection: close\r\n" +
+		"\r\n" + body)
+}
 
 // refusalWriteTimeout bounds the write of refusal; a fresh socket's send
 // buffer takes it at once, so this only guards against a pathological peer.
@@ -42,9 +45,9 @@ const (
 // does not group.
 type capListener struct {
 	net.Listener
-	maxTotal int // 0 = no cap
-	maxPerIP int // 0 = no cap
-	respond  bool
+	maxTotal int    // 0 = no cap
+	maxPerIP int    // 0 = no cap
+	refusal  []byte // written to a refused connection; nil closes it bare
 	onRefuse func(RefusedReason, net.Addr)
 
 	total        atomic.Int64
@@ -54,12 +57,12 @@ type capListener struct {
 	perIP        map[netip.Addr]int // only addresses with open connections
 }
 
-func newCapListener(ln net.Listener, maxTotal, maxPerIP int, respond bool, onRefuse func(RefusedReason, net.Addr)) *capListener {
+func newCapListener(ln net.Listener, maxTotal, maxPerIP int, refusal []byte, onRefuse func(RefusedReason, net.Addr)) *capListener {
 	return &capListener{
 		Listener: ln,
 		maxTotal: maxTotal,
 		maxPerIP: maxPerIP,
-		respond:  respond,
+		refusal:  refusal,
 		onRefuse: onRefuse,
 		perIP:    make(map[netip.Addr]int),
 	}
@@ -119,9 +122,9 @@ func (l *capListener) release(ip netip.Addr) {
 
 // refuse answers and closes a connection over a cap.
 func (l *capListener) refuse(c net.Conn) {
-	if l.respond {
+	if l.refusal != nil {
 		_ = c.SetWriteDeadline(time.Now().Add(refusalWriteTimeout))
-		_, _ = io.WriteString(c, refusal)
+		_, _ = c.Write(l.refusal)
 	}
 	_ = c.Close()
 }

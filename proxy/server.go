@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -156,7 +157,7 @@ func retryAfterSeconds(d time.Duration) string {
 	if sec < 1 {
 		sec = 1
 	}
-	return fmt.Sprint(sec)
+	return strconv.FormatInt(sec, 10)
 }
 
 // Serve accepts connections on ln, within the connection caps, until
@@ -164,7 +165,11 @@ func retryAfterSeconds(d time.Duration) string {
 // ln. It returns http.ErrServerClosed after Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	tlsOn := s.cfg.TLSCertFile != ""
-	capped := newCapListener(ln, capValue(s.cfg.MaxConns), capValue(s.cfg.MaxConnsPerIP), !tlsOn, s.refused)
+	var refusalBytes []byte // under TLS plain text would be garbage: a bare close
+	if !tlsOn {
+		refusalBytes = refusal(s.retryAfter)
+	}
+	capped := newCapListener(ln, capValue(s.cfg.MaxConns), capValue(s.cfg.MaxConnsPerIP), refusalBytes, s.refused)
 	s.mu.Lock()
 	s.listeners = append(s.listeners, capped)
 	s.mu.Unlock()
