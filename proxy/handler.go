@@ -101,11 +101,12 @@ func (x *exchange) serve() {
 	x.rec.BytesIn = body.Len()
 
 	req := x.cgiRequest(m, body.Len())
-	stdin, err := body.Reader()
+	stdin, closeStdin, err := body.StdinReader()
 	if err != nil {
 		x.fail(err, nil)
 		return
 	}
+	defer closeStdin()
 	for hop := 0; ; hop++ {
 		run := x.runCell(m, req, stdin)
 		if run.res != nil {

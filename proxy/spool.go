@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -137,17 +138,33 @@ func (s *spool) Bytes() []byte {
 	return *s.mem
 }
 
-// Reader returns the content from the start: the *os.File itself when the
-// spool is a file (so that exec hands it to the worker as its stdin without
-// a copy), a bytes.Reader otherwise, and nil when the spool is empty.
-func (s *spool) Reader() (io.Reader, error) {
-	if s.size == 0 {
-		return nil, nil
+// StdinReader returns the content for a worker's stdin: nil when the
+// spool is empty, a bytes.Reader over the memory, or a new read-only
+// *os.File on the spool file positioned at its start, which exec hands to
+// the worker as its fd 0 without a copy. The caller closes that file (the
+// returned close func) once the worker is done.
+//
+// The worker gets a descriptor of its own, opened O_RDONLY through
+// /proc/self/fd, not the proxy's read-write one: with that it could
+// truncate the spool or grow it without bound on cellgate's disk. Without
+// /proc the spool is not handed over as a file; the bytes go through a pipe.
+func (s *spool) StdinReader() (io.Reader, func() error, error) {
+	noop := func() error { return nil }
+	switch {
+	case s.size == 0:
+		return nil, noop, nil
+	case s.file == nil:
+		return bytes.NewReader(*s.mem), noop, nil
 	}
-	if s.file != nil {
-		return s.File()
+	ro, err := os.OpenFile("/proc/self/fd/"+strconv.Itoa(int(s.file.Fd())), os.O_RDONLY, 0)
+	if err != nil {
+		f, err := s.File()
+		if err != nil {
+			return nil, noop, err
+		}
+		return io.NewSectionReader(f, 0, s.size), noop, nil
 	}
-	return bytes.NewReader(*s.mem), nil
+	return ro, ro.Close, nil
 }
 
 // Close releases the memory and closes the file (which, being unlinked,

@@ -51,18 +51,23 @@ func TestSpoolThreshold(t *testing.T) {
 			if sp.Len() != int64(len(tt.want)) {
 				t.Errorf("Len %d, want %d", sp.Len(), len(tt.want))
 			}
-			r, err := sp.Reader()
+			r, closeR, err := sp.StdinReader()
 			if err != nil {
 				t.Fatal(err)
 			}
+			defer closeR()
 			if tt.want == "" {
 				if r != nil {
-					t.Fatalf("Reader of an empty spool is %T, want nil", r)
+					t.Fatalf("StdinReader of an empty spool is %T, want nil", r)
 				}
 				return
 			}
-			if _, isFile := r.(*os.File); isFile != tt.wantFile {
-				t.Errorf("Reader is %T, want *os.File: %v", r, tt.wantFile)
+			if f, isFile := r.(*os.File); isFile != tt.wantFile {
+				t.Errorf("StdinReader is %T, want *os.File: %v", r, tt.wantFile)
+			} else if isFile {
+				if _, err := f.Write([]byte("x")); err == nil {
+					t.Errorf("the worker's stdin file is writable")
+				}
 			}
 			got, err := io.ReadAll(r)
 			if err != nil {
