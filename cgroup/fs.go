@@ -24,9 +24,10 @@ func (kernelOps) mkdir(path string) error { return unix.Mkdir(path, 0o755) }
 func (kernelOps) rmdir(path string) error { return unix.Rmdir(path) }
 
 // openDir opens a group's directory for openat and for
-// SysProcAttr.CgroupFD. O_PATH would do for both (clone3 takes the fd with
-// fget_raw), but a real read-only descriptor is what the kernel
-// documentation describes for CLONE_INTO_CGROUP.
+// SysProcAttr.CgroupFD. O_PATH would do for both (checked on 6.18: openat
+// reads and writes through it, and clone3 takes it with fget_raw), but a
+// read-only directory descriptor is what clone(2) describes for
+// CLONE_INTO_CGROUP, and costs the same.
 func openDir(path string) (int, error) {
 	for {
 		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
