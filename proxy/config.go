@@ -96,7 +96,10 @@ type Config struct {
 	// responses too. Default 100 MiB.
 	MaxResponse int64
 	// TempDir holds the unlinked spool files (O_TMPFILE where the file
-	// system supports it). Default "/tmp".
+	// system supports it). They are written by cellgate, so on a tmpfs their
+	// pages are memory charged to cellgate's own group, never to a cell;
+	// BodyMemory and ResponseMemory plus the connection caps bound them.
+	// New checks that a spool file can be made there. Default "/tmp".
 	TempDir string
 
 	// MaxConns is the number of client connections open at once; more are

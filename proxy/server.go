@@ -107,6 +107,13 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if deps.Runner == nil || deps.Router == nil || deps.CellSpec == nil {
 		return nil, errors.New("proxy: Deps.Runner, Deps.Router and Deps.CellSpec are required")
 	}
+	// A spool file made now: an unwritable TempDir fails the start, not
+	// the first large request.
+	probe, err := openTempFile(cfg.TempDir)
+	if err != nil {
+		return nil, fmt.Errorf("proxy config: %w", err)
+	}
+	probe.Close()
 	if deps.AccessLog == nil {
 		deps.AccessLog = discard
 	}

@@ -717,6 +717,7 @@ func TestNewValidates(t *testing.T) {
 		{"negative timeout", Config{ReadHeaderTimeout: -1}, deps, "ReadHeaderTimeout"},
 		{"tiny header limit", Config{MaxHeaderBytes: 10}, deps, "MaxHeaderBytes"},
 		{"missing temp dir", Config{TempDir: "/nonexistent/x"}, deps, "TempDir"},
+		{"temp dir not writable", Config{TempDir: "/proc"}, deps, "TempDir"},
 		{"no runner", Config{}, Deps{Router: &policy.Policy{}, CellSpec: noCellSpec}, "Deps.Runner"},
 		{"no cell spec", Config{}, Deps{Runner: &PlainExec{}, Router: &policy.Policy{}}, "CellSpec"},
 	} {
