@@ -1,10 +1,3 @@
-// Package cgroup owns cellgate's delegated cgroup v2 subtree: finding the
-// cgroup2 mount and the process's own group, setting up the tree
-// (<base>/supervisor, <base>/cells/<tenant>/<cell>), creating cells with their
-// limits written, the pool of pre-created cells, killing and removing them,
-// and reading what each used. It is the only package that reads or writes
-// cgroupfs. It may be imported by sandbox and cmd/cellgate; accounting and
-// proxy import it for the Usage type only.
 package cgroup
 
 import (
