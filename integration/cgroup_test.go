@@ -27,6 +27,7 @@ func u64(v uint64) *uint64 { return &v }
 func openTree(t *testing.T, o cgroup.Options) *cgroup.Tree {
 	t.Helper()
 	o.Base = filepath.Join(requireKernel(t), "cellgate")
+	trackBase(o.Base)
 	tr, err := cgroup.Open(t.Context(), o)
 	if err != nil {
 		t.Fatalf("cgroup.Open: %v", err)
