@@ -68,7 +68,8 @@ type Deps struct {
 	// start-up), and User, the credentials of a route whose User is not
 	// Auto. Its error fails the request with a 500 and is logged.
 	CellSpec func(route *policy.Route, spec *sandbox.Spec) error
-	// Now is the clock; nil is time.Now.
+	// Now is the clock of the access-log times and durations (deadlines
+	// always use the wall clock); nil is time.Now.
 	Now func() time.Time
 }
 
