@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -38,59 +37,68 @@ func BenchmarkCellLifecycle(b *testing.B) {
 	}
 }
 
+// benchPairs runs b.N plain execs and b.N cells in rounds: in each round
+// par goroutines run one plain exec each, then (after all are done) par
+// goroutines run one cell each, or the other way round in every other
+// round. Within a round the load is of one kind only, so the two kinds do
+// not distort each other (a blocking os/exec Wait holds a thread; a cell's
+// wait parks in the netpoller), and both see the same machine over the run.
 func benchPairs(b *testing.B, r *sandbox.Runner, noop string, par int) {
-	var next atomic.Int64
-	plain := make([][]time.Duration, par)
-	cell := make([][]time.Duration, par)
-	var wg sync.WaitGroup
-	var failed atomic.Value
-	b.ResetTimer()
-	for g := range par {
-		wg.Go(func() {
-			for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
-				// Alternate the order so that neither always runs first.
-				for k := range 2 {
-					if (int(i)+k)%2 == 0 {
-						t0 := time.Now()
-						cmd := exec.Command(noop)
-						cmd.Env = []string{}
-						if err := cmd.Run(); err != nil {
-							failed.Store(fmt.Errorf("plain exec: %w", err))
-							return
-						}
-						plain[g] = append(plain[g], time.Since(t0))
-					} else {
-						t0 := time.Now()
-						res, err := r.Run(context.Background(), sandbox.Spec{Path: noop})
-						if err == nil && res.Cause != sandbox.CauseOK {
-							err = fmt.Errorf("cause %s", res.Cause)
-						}
-						if err != nil {
-							failed.Store(fmt.Errorf("cell: %w", err))
-							return
-						}
-						cell[g] = append(cell[g], time.Since(t0))
-					}
+	plainOp := func() error {
+		cmd := exec.Command(noop)
+		cmd.Env = []string{}
+		return cmd.Run()
+	}
+	cellOp := func() error {
+		res, err := r.Run(context.Background(), sandbox.Spec{Path: noop})
+		if err == nil && res.Cause != sandbox.CauseOK {
+			err = fmt.Errorf("cause %s", res.Cause)
+		}
+		return err
+	}
+	var plain, cell []time.Duration
+	var mu sync.Mutex
+	var failed error
+	round := func(op func() error, into *[]time.Duration, n int) {
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() {
+				t0 := time.Now()
+				err := op()
+				d := time.Since(t0)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					failed = err
 				}
-			}
-		})
+				*into = append(*into, d)
+			})
+		}
+		wg.Wait()
 	}
-	wg.Wait()
+	b.ResetTimer()
+	for done, i := 0, 0; done < b.N && failed == nil; i++ {
+		n := min(par, b.N-done)
+		if i%2 == 0 {
+			round(plainOp, &plain, n)
+			round(cellOp, &cell, n)
+		} else {
+			round(cellOp, &cell, n)
+			round(plainOp, &plain, n)
+		}
+		done += n
+	}
 	b.StopTimer()
-	if err, _ := failed.Load().(error); err != nil {
-		b.Fatal(err)
+	if failed != nil {
+		b.Fatal(failed)
 	}
-	p, c := slices.Concat(plain...), slices.Concat(cell...)
-	slices.Sort(p)
-	slices.Sort(c)
-	if len(p) == 0 || len(c) == 0 {
-		return
-	}
+	slices.Sort(plain)
+	slices.Sort(cell)
 	q := func(d []time.Duration, f float64) float64 { return float64(d[int(f*float64(len(d)-1))]) }
-	b.ReportMetric(q(c, 0.5)/q(p, 0.5), "p50-ratio")
-	b.ReportMetric(q(c, 0.99)/q(p, 0.99), "p99-ratio")
-	b.ReportMetric(q(p, 0.5)/1e3, "plain-p50-µs")
-	b.ReportMetric(q(c, 0.5)/1e3, "cell-p50-µs")
+	b.ReportMetric(q(cell, 0.5)/q(plain, 0.5), "p50-ratio")
+	b.ReportMetric(q(cell, 0.99)/q(plain, 0.99), "p99-ratio")
+	b.ReportMetric(q(plain, 0.5)/1e3, "plain-p50-µs")
+	b.ReportMetric(q(cell, 0.5)/1e3, "cell-p50-µs")
 }
 
 // newBenchEnv returns a Runner over a real pool: limits enforced when this

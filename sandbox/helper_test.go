@@ -82,7 +82,7 @@ func runHelper(name string) int {
 				fmt.Println(line)
 			}
 		}
-		fmt.Printf("Sid:\t%d\n", unix.Getpgrp())
+		fmt.Printf("Pgrp:\t%d\n", unix.Getpgrp())
 		return 0
 	case "signal":
 		var sig int

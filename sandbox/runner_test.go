@@ -221,8 +221,8 @@ func TestRunNoNewPrivsAndSession(t *testing.T) {
 	if !slices.Contains(got, "NoNewPrivs:\t1") {
 		t.Errorf("worker status %q: want NoNewPrivs 1", got)
 	}
-	if slices.Contains(got, fmt.Sprintf("Sid:\t%d", syscall.Getpgrp())) {
-		t.Errorf("worker is in the test's process group %d; want a session of its own", syscall.Getpgrp())
+	if slices.Contains(got, fmt.Sprintf("Pgrp:\t%d", syscall.Getpgrp())) {
+		t.Errorf("worker is in the test's process group %d; want a group of its own", syscall.Getpgrp())
 	}
 }
 

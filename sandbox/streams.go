@@ -119,6 +119,9 @@ func (s *streams) started() {
 // the caller's own Reader or Writer cannot be interrupted; it ends when that
 // call returns.
 func (s *streams) wait(grace time.Duration) error {
+	if s.copiers == 0 {
+		return nil
+	}
 	var errs []error
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
