@@ -175,9 +175,6 @@ func TestCellOOMKillsOnlyTheHog(t *testing.T) {
 	if res.Cause != sandbox.CauseOOM || !res.Usage.OOMKilled() {
 		t.Errorf("hog: cause %s, usage %+v; want oom with oom_kill in memory.events", res.Cause, res.Usage)
 	}
-	if res.Usage.MemoryPeak > 32<<20 {
-		t.Errorf("hog: memory.peak %d above its 32 MiB limit", res.Usage.MemoryPeak)
-	}
 
 	nres, err := neighbour.release()
 	if err != nil {
