@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -285,6 +286,23 @@ func (p *Pool) DrainTenant(tenant string) error {
 	p.mu.Unlock()
 	p.drain(drop)
 	return nil
+}
+
+// Retain stops pre-creating cells for every profile not in keep and
+// removes their idle cells: after a policy reload, the profiles whose
+// limits changed would otherwise keep their idle cells (and fds) forever.
+// A later Get for a dropped profile starts it again.
+func (p *Pool) Retain(keep []*Profile) {
+	p.mu.Lock()
+	var drop []*poolProfile
+	for k, pp := range p.profiles {
+		if !slices.ContainsFunc(keep, func(q *Profile) bool { return q.key == k }) {
+			drop = append(drop, pp)
+			delete(p.profiles, k)
+		}
+	}
+	p.mu.Unlock()
+	p.drain(drop)
 }
 
 // drain stops the refillers of pps and removes their idle cells inline.

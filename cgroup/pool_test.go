@@ -252,3 +252,22 @@ func TestPoolReleaseKillsPopulated(t *testing.T) {
 		t.Errorf("cell path %s", c.Path())
 	}
 }
+
+func TestPoolRetain(t *testing.T) {
+	tr, p := newFakePool(t, &fakeFS{}, PoolOptions{MaxIdle: 2})
+	keep, old := testProfile(t, "acme"), testProfile(t, "beta")
+	for _, prof := range []*Profile{keep, old} {
+		if err := p.Warm(prof); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, b := filepath.Join(tr.CellsPath(), "acme"), filepath.Join(tr.CellsPath(), "beta")
+	eventually(t, "both profiles warm", func() bool { return subdirs(t, a) == 2 && subdirs(t, b) == 2 })
+	p.Retain([]*Profile{keep})
+	if n := subdirs(t, b); n != 0 || p.Idle(old) != 0 {
+		t.Errorf("a dropped profile kept %d cells", n)
+	}
+	if n := subdirs(t, a); n != 2 || p.Idle(keep) != 2 {
+		t.Errorf("a kept profile has %d cells", n)
+	}
+}
