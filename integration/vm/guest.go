@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -156,23 +154,44 @@ func loadModule(p string) error {
 }
 
 // runProgram runs the spec's program with the console as its output and
-// returns its exit status (128+signal when a signal killed it).
+// returns its exit status (128+signal when a signal killed it). As pid 1 it
+// also reaps every orphan that is reparented to it meanwhile: an unreaped
+// zombie keeps its pids charge in its cgroup.
 func runProgram(s Spec, console *os.File) int {
-	cmd := &exec.Cmd{Path: s.Args[0], Args: s.Args, Env: s.Env, Dir: s.Dir, Stdout: console, Stderr: console}
-	err := cmd.Run()
-	if err == nil {
-		return 0
+	null, err := os.Open("/dev/null")
+	if err != nil {
+		fmt.Fprintf(console, "vmrun guest: open /dev/null: %v\n", err)
+		return 127
 	}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+	defer null.Close()
+	p, err := os.StartProcess(s.Args[0], s.Args, &os.ProcAttr{
+		Dir:   s.Dir,
+		Env:   s.Env,
+		Files: []*os.File{null, console, console},
+	})
+	if err != nil {
+		fmt.Fprintf(console, "vmrun guest: run %s: %v\n", s.Args[0], err)
+		return 127
+	}
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			fmt.Fprintf(console, "vmrun guest: wait for %s: %v\n", s.Args[0], err)
+			return 127
+		}
+		if pid != p.Pid || ws.Stopped() || ws.Continued() {
+			continue // an orphan, reaped
+		}
+		if ws.Signaled() {
 			fmt.Fprintf(console, "vmrun guest: %s killed by signal %v\n", s.Args[0], ws.Signal())
 			return 128 + int(ws.Signal())
 		}
-		return ee.ExitCode()
+		return ws.ExitStatus()
 	}
-	fmt.Fprintf(console, "vmrun guest: run %s: %v\n", s.Args[0], err)
-	return 127
 }
 
 // powerOff waits for the console to drain (or the status line could be
