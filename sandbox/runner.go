@@ -229,15 +229,19 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	stopCtx := context.AfterFunc(ctx, func() { k.kill(CauseKilled) })
 
 	exit, werr := waitExit(proc)
+	if werr != nil {
+		// The pidfd wait failed (should not happen): end the cell and reap
+		// the worker the blocking way, so that no zombie is left.
+		r.log.Error("wait for worker on its pidfd", "cell", cell.Path(), "err", werr)
+		k.kill(CauseKilled)
+		if st, err := waitBlocking(proc); err == nil {
+			exit, werr = st, nil
+		}
+	}
 	timer.Stop()
 	stopCtx()
 	killedBy := k.finish()
 	proc.Release()
-	if werr != nil {
-		// The main process could not be waited for (should not happen):
-		// make sure the cell ends anyway, and report.
-		r.log.Error("wait for worker", "cell", cell.Path(), "err", werr)
-	}
 
 	var errs []error
 	if werr != nil {

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+func TestParseRunConfigDefaults(t *testing.T) {
+	cfg, err := parseRunConfig([]string{"--", "echo", "hi"}, nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Limits.Memory != 64<<20 || cfg.Limits.MilliCPU != 1000 || cfg.Limits.Pids != 64 || cfg.Limits.Timeout != 30*time.Second {
+		t.Errorf("limits %+v, want 64Mi, 1 CPU, 64 pids, 30s", cfg.Limits)
+	}
+	if cfg.User != "auto" || cfg.Dir != "/" || cfg.JSON {
+		t.Errorf("user %q dir %q json %v, want auto, /, false", cfg.User, cfg.Dir, cfg.JSON)
+	}
+	if !slices.Equal(cfg.Env, []string{defaultWorkerPath}) {
+		t.Errorf("env %q, want only %s", cfg.Env, defaultWorkerPath)
+	}
+	if !slices.Equal(cfg.Argv, []string{"echo", "hi"}) {
+		t.Errorf("argv %q", cfg.Argv)
+	}
+	if sandbox.UIDRange(cfg.UIDs) != sandbox.DefaultUIDRange || cfg.GID != sandbox.DefaultGID {
+		t.Errorf("uids %v gid %d, want the sandbox defaults", cfg.UIDs, cfg.GID)
+	}
+}
+
+func TestParseRunConfigFlagsAndEnvironment(t *testing.T) {
+	environ := []string{
+		"CELLGATE_UNENFORCED=memory,pids",
+		"CELLGATE_UID_RANGE=3000000-3000099",
+		"CELLGATE_GID=4242",
+		"CELLGATE_CGROUP_BASE=/sys/fs/cgroup/from-env",
+		"UNRELATED=1",
+	}
+	args := []string{"--memory", "1.5Gi", "--cpu", "250m", "--pids", "8", "--timeout", "2s", "--user", "1234:55",
+		"--cgroup-base", "mine", "--env", "A=1", "--env", "A=2", "--env", "B=x=y", "--json", "--dir", "/tmp",
+		"--", "prog", "--flag-of-prog"}
+	cfg, err := parseRunConfig(args, environ, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Limits.Memory != 3<<29 || cfg.Limits.MilliCPU != 250 || cfg.Limits.Pids != 8 || cfg.Limits.Timeout != 2*time.Second {
+		t.Errorf("limits %+v", cfg.Limits)
+	}
+	if !slices.Equal(cfg.Unenforced, []string{"memory", "pids"}) {
+		t.Errorf("unenforced %q from the environment", cfg.Unenforced)
+	}
+	if cfg.UIDs.First != 3000000 || cfg.UIDs.Count != 100 || cfg.GID != 4242 {
+		t.Errorf("uids %v gid %d from the environment", cfg.UIDs, cfg.GID)
+	}
+	if cfg.CgroupBase != "mine" {
+		t.Errorf("cgroup base %q: the flag must win over CELLGATE_CGROUP_BASE", cfg.CgroupBase)
+	}
+	if !slices.Equal(cfg.Env, []string{"A=2", "B=x=y"}) {
+		t.Errorf("env %q, want the later A to replace the earlier, and no default PATH", cfg.Env)
+	}
+	if !slices.Equal(cfg.Argv, []string{"prog", "--flag-of-prog"}) || !cfg.JSON || cfg.Dir != "/tmp" {
+		t.Errorf("argv %q json %v dir %q", cfg.Argv, cfg.JSON, cfg.Dir)
+	}
+	cred, err := parseUser(cfg.User, cfg.GID)
+	if err != nil || cred == nil || cred.UID != 1234 || cred.GID != 55 {
+		t.Errorf("parseUser(%q) = %+v, %v", cfg.User, cred, err)
+	}
+}
+
+func TestParseRunConfigErrors(t *testing.T) {
+	tests := []struct {
+		name    string
+		environ []string
+		args    []string
+		want    []string // substrings of the message
+	}{
+		{"memory", nil, []string{"--memory", "12XB", "--", "x"}, []string{"-memory", "12XB"}},
+		{"memory floor", nil, []string{"--memory", "1k", "--", "x"}, []string{"--memory", "1000"}},
+		{"cpu", nil, []string{"--cpu", "half", "--", "x"}, []string{"-cpu", "half"}},
+		{"cpu fraction", nil, []string{"--cpu", "0.0005", "--", "x"}, []string{"-cpu", "0.0005"}},
+		{"pids", nil, []string{"--pids", "0", "--", "x"}, []string{"--pids", "0"}},
+		{"timeout", nil, []string{"--timeout", "0s", "--", "x"}, []string{"--timeout", "0s"}},
+		{"dir", nil, []string{"--dir", "rel", "--", "x"}, []string{"--dir", "rel"}},
+		{"env", nil, []string{"--env", "NOEQUALS", "--", "x"}, []string{"-env", "NOEQUALS"}},
+		{"user", nil, []string{"--user", "12:ab", "--", "x"}, []string{"--user", "12:ab"}},
+		{"unknown user", nil, []string{"--user", "no-such-user-here", "--", "x"}, []string{"--user", "no-such-user-here"}},
+		{"unenforced", nil, []string{"--unenforced", "memory,io", "--", "x"}, []string{"--unenforced", "io"}},
+		{"uid range", nil, []string{"--uid-range", "100-5", "--", "x"}, []string{"-uid-range", "100-5"}},
+		{"uid range with root", nil, []string{"--uid-range", "0-99", "--", "x"}, []string{"--uid-range", "root"}},
+		{"gid root", nil, []string{"--gid", "0", "--", "x"}, []string{"--gid", "0"}},
+		{"no command", nil, nil, []string{"no command"}},
+		{"environment", []string{"CELLGATE_GID=lots"}, []string{"--", "x"}, []string{"CELLGATE_GID", "lots"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseRunConfig(tt.args, tt.environ, io.Discard)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("message spans lines: %q", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParseRunConfigHelp(t *testing.T) {
+	var out strings.Builder
+	_, err := parseRunConfig([]string{"-h"}, nil, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("err %v, want flag.ErrHelp", err)
+	}
+	for _, w := range []string{"usage: cellgate run", "-memory", "-cgroup-base", "122", "124"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("help lacks %q:\n%s", w, out.String())
+		}
+	}
+}
+
+func TestResultStatus(t *testing.T) {
+	tests := []struct {
+		name   string
+		res    sandbox.Result
+		caught syscall.Signal
+		want   int
+	}{
+		{"ok", sandbox.Result{Cause: sandbox.CauseOK}, 0, 0},
+		{"exit", sandbox.Result{Cause: sandbox.CauseExit, ExitCode: 3}, 0, 3},
+		{"signal", sandbox.Result{Cause: sandbox.CauseSignal, ExitCode: -1, Signal: syscall.SIGSEGV}, 0, 128 + 11},
+		{"oom", sandbox.Result{Cause: sandbox.CauseOOM, ExitCode: -1, Signal: syscall.SIGKILL}, 0, exitOOM},
+		{"deadline", sandbox.Result{Cause: sandbox.CauseDeadline, ExitCode: -1, Signal: syscall.SIGKILL}, 0, exitDeadline},
+		{"pids, worker exited 1", sandbox.Result{Cause: sandbox.CausePids, ExitCode: 1}, 0, 1},
+		{"killed after SIGINT", sandbox.Result{Cause: sandbox.CauseKilled, ExitCode: -1, Signal: syscall.SIGKILL}, syscall.SIGINT, 130},
+		{"killed, no signal seen", sandbox.Result{Cause: sandbox.CauseKilled, ExitCode: -1, Signal: syscall.SIGKILL}, 0, 137},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := resultStatus(tt.res, tt.caught); got != tt.want {
+				t.Errorf("resultStatus = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSetupStatus(t *testing.T) {
+	spawn := func(err error) error { return fmt.Errorf("%w: x: %w", sandbox.ErrSpawn, err) }
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"not found", spawn(&fs.PathError{Op: "fork/exec", Path: "/x", Err: syscall.ENOENT}), exitNotFound},
+		{"permission", spawn(&fs.PathError{Op: "fork/exec", Path: "/x", Err: syscall.EACCES}), exitCannotExec},
+		{"exec format", spawn(&fs.PathError{Op: "fork/exec", Path: "/x", Err: syscall.ENOEXEC}), exitCannotExec},
+		{"no uid", fmt.Errorf("x: %w", sandbox.ErrNoUID), exitSetup},
+		{"no cell", fmt.Errorf("x: %w", sandbox.ErrNoCell), exitSetup},
+		{"other spawn failure", spawn(syscall.EAGAIN), exitSetup},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := setupStatus(tt.err); got != tt.want {
+				t.Errorf("setupStatus(%v) = %d, want %d", tt.err, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLookPath(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "prog")
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"PATH=relative:" + dir}
+	if p, err := lookPath("prog", env); err != nil || p != exe {
+		t.Errorf("lookPath(prog) = %q, %v; want %s", p, err, exe)
+	}
+	if _, err := lookPath("data", env); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("lookPath(data) found a non-executable file: %v", err)
+	}
+	if _, err := lookPath("prog", []string{"A=1"}); !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, sandbox.ErrSpawn) {
+		t.Errorf("lookPath without PATH: %v, want ErrSpawn and fs.ErrNotExist", err)
+	}
+	wd, _ := os.Getwd()
+	if p, _ := lookPath("./x/y", env); p != filepath.Join(wd, "x/y") {
+		t.Errorf("lookPath(./x/y) = %q, want it made absolute against %s", p, wd)
+	}
+}
+
+func TestKernelVersion(t *testing.T) {
+	for rel, want := range map[string][2]int{
+		"6.1.0-48-amd64":  {6, 1},
+		"5.14.0-362.el9":  {5, 14},
+		"6.18.44-fc-v769": {6, 18},
+		"5.4":             {5, 4},
+		"6.12rc1":         {6, 12},
+		"garbage":         {0, 0},
+	} {
+		if maj, min := kernelVersion(rel); maj != want[0] || min != want[1] {
+			t.Errorf("kernelVersion(%q) = %d.%d, want %d.%d", rel, maj, min, want[0], want[1])
+		}
+	}
+}
