@@ -54,20 +54,50 @@ func (t *Tree) Tenant(name string, r *specs.LinuxResources) (*Tenant, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := t.applyBudget(g, p); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// SetBudget writes the global budget of all cells of all tenants to
+// <base>/cells (converted with TenantSettings, e.g. memory.max as the
+// kernel-enforced cap of everything cellgate runs). Like Tenant, calling
+// it again updates it, and nil clears what the previous call set.
+func (t *Tree) SetBudget(r *specs.LinuxResources) error {
+	s, err := TenantSettings(r)
+	if err != nil {
+		return fmt.Errorf("global budget: %w", err)
+	}
+	p, err := t.planFor(s, "global budget")
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return ErrClosed
+	}
+	return t.applyBudget(&t.global, p)
+}
+
+// applyBudget writes p to the group g, resetting what g's previous budget
+// set and p does not. t.mu is held.
+func (t *Tree) applyBudget(g *Tenant, p *plan) error {
 	writes, unknown := updateWrites(g.applied, p.settings)
 	for _, f := range unknown {
-		t.log.Warn("limit dropped from a tenant's budget stays in force: cellgate does not know its unlimited value", "tenant", name, "file", f)
+		t.log.Warn("limit dropped from a budget stays in force: cellgate does not know its unlimited value", "group", g.path, "file", f)
 	}
 	for _, x := range writes {
 		if err := writeFile(filepath.Join(g.path, x.File), x.Value); err != nil {
-			return nil, fmt.Errorf("write %s=%q in %s: %w", x.File, x.Value, g.path, err)
+			return fmt.Errorf("write %s=%q in %s: %w", x.File, x.Value, g.path, err)
 		}
 	}
 	g.applied = p.settings
 	if len(p.unenforced) > 0 {
-		t.log.Warn("tenant budget not enforced for missing controllers", "tenant", name, "unenforced", strings.Join(p.unenforced, " "))
+		t.log.Warn("budget not enforced for missing controllers", "group", g.path, "unenforced", strings.Join(p.unenforced, " "))
 	}
-	return g, nil
+	return nil
 }
 
 // tenantLocked returns the tenant group, creating it with the controllers

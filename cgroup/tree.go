@@ -98,6 +98,7 @@ type Tree struct {
 
 	mu      sync.Mutex
 	closed  bool
+	global  Tenant // cells/ itself, for SetBudget
 	tenants map[string]*Tenant
 	plans   map[ProfileKey]*plan
 }
@@ -317,6 +318,7 @@ func (t *Tree) setup(o Options) error {
 	}
 	t.enabled = want
 	t.feat.Enabled = slices.Clone(want)
+	t.global = Tenant{path: t.cells}
 	for _, c := range requiredControllers {
 		if slices.Contains(want, c) {
 			continue

@@ -636,3 +636,24 @@ func TestTreeStats(t *testing.T) {
 		t.Error("Stats without nr_dying_descendants gave no error")
 	}
 }
+
+func TestSetBudget(t *testing.T) {
+	tr := mustOpenFake(t, &fakeFS{}, fakeRoot(t, "memory", "cpu", "pids"), nil)
+	if err := tr.SetBudget(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(2 << 30)}, Pids: &specs.LinuxPids{Limit: i64(1000)}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := read(t, filepath.Join(tr.CellsPath(), "memory.max")); got != "2147483648" {
+		t.Errorf("cells/memory.max = %q", got)
+	}
+	if err := tr.SetBudget(nil); err != nil {
+		t.Fatal(err)
+	}
+	for file, want := range map[string]string{"memory.max": "max", "pids.max": "max"} {
+		if got := read(t, filepath.Join(tr.CellsPath(), file)); got != want {
+			t.Errorf("cleared cells/%s = %q, want %q", file, got, want)
+		}
+	}
+	if err := tr.SetBudget(&specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "0"}}); !errors.Is(err, ErrControllerMissing) {
+		t.Errorf("SetBudget needing cpuset = %v", err)
+	}
+}

@@ -82,6 +82,12 @@ func TestCgroupFeaturesAndLimits(t *testing.T) {
 		t.Errorf("Features = %+v", f)
 	}
 
+	if err := tr.SetBudget(&specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(512 << 20)}}); err != nil {
+		t.Fatalf("SetBudget: %v", err)
+	}
+	if got := readTrim(t, filepath.Join(tr.CellsPath(), "memory.max")); got != "536870912" {
+		t.Errorf("cells/memory.max = %q", got)
+	}
 	g, err := tr.Tenant("acme", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(256 << 20)}, Pids: &specs.LinuxPids{Limit: i64(64)}})
 	if err != nil {
 		t.Fatalf("Tenant: %v", err)
