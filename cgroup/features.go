@@ -113,8 +113,9 @@ func (t *Tree) probe(ctx context.Context, spawn func(int) error) error {
 			break
 		}
 	}
+	var serr error
 	if err == nil {
-		if serr := spawn(fd); serr != nil {
+		if serr = spawn(fd); serr != nil {
 			t.feat.CloneError = serr.Error()
 		} else {
 			t.feat.CloneIntoCgroup = true
@@ -132,7 +133,14 @@ func (t *Tree) probe(ctx context.Context, spawn func(int) error) error {
 	case !t.feat.Kill:
 		return fmt.Errorf("probe %s: no cgroup.kill on kernel %s: %w (cellgate needs Linux 5.14; run cellgate doctor)", dir, t.feat.Kernel, ErrUnsupported)
 	case !t.feat.CloneIntoCgroup:
-		return fmt.Errorf("probe %s: %s: %w (cellgate needs Linux 5.7 with clone3 allowed by seccomp; run cellgate doctor)", dir, t.feat.CloneError, ErrUnsupported)
+		return fmt.Errorf("probe %s: %w: %w (cellgate needs Linux 5.7 with clone3 allowed by seccomp; run cellgate doctor)", dir, ErrUnsupported, serr)
+	}
+	// Degraded on purpose: the cells work, the accounting lacks a figure.
+	if slices.Contains(t.enabled, "memory") && !t.feat.MemoryPeak {
+		t.log.Warn("no memory.peak on this kernel (needs 5.19): per-request peak memory is not reported", "kernel", t.feat.Kernel)
+	}
+	if slices.Contains(t.enabled, "pids") && !t.feat.PidsPeak {
+		t.log.Warn("no pids.peak on this kernel (needs 6.1): per-request peak process count is not reported", "kernel", t.feat.Kernel)
 	}
 	return nil
 }

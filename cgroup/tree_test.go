@@ -128,8 +128,8 @@ func TestOpenProbeSpawnFails(t *testing.T) {
 	_, err := openFake(t, &fakeFS{}, root, func(o *Options) {
 		o.ProbeSpawn = func(int) error { return unix.ENOSYS }
 	})
-	if !errors.Is(err, ErrUnsupported) {
-		t.Fatalf("err = %v, want ErrUnsupported", err)
+	if !errors.Is(err, ErrUnsupported) || !errors.Is(err, unix.ENOSYS) {
+		t.Fatalf("err = %v, want ErrUnsupported wrapping the spawn's ENOSYS", err)
 	}
 	if exists(filepath.Join(root, "cellgate")) {
 		t.Error("failed Open left its private base behind")
