@@ -70,7 +70,9 @@ type serveConfig struct {
 	MaxConns       int           `env:"MAX_CONNS" envDefault:"10000"`
 	MaxConnsPerIP  int           `env:"MAX_CONNS_PER_IP" envDefault:"100"`
 	RetryAfter     time.Duration `env:"RETRY_AFTER" envDefault:"1s"`
-	TempDir        string        `env:"TEMP_DIR" envDefault:"/tmp"`
+	// TempDir holds the request and response spool files. Default
+	// $TMPDIR, else /tmp.
+	TempDir string `env:"TEMP_DIR"`
 
 	// origin says where each setting came from, by flag name, for errors.
 	origin map[string]string
@@ -135,7 +137,7 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "client connections open at once, -1 = no cap (CELLGATE_MAX_CONNS)")
 	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", c.MaxConnsPerIP, "connections per client IP, -1 = no cap (CELLGATE_MAX_CONNS_PER_IP)")
 	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter, "Retry-After of a 503 (CELLGATE_RETRY_AFTER)")
-	fs.StringVar(&c.TempDir, "temp-dir", c.TempDir, "`directory` of request and response spool files (CELLGATE_TEMP_DIR)")
+	fs.StringVar(&c.TempDir, "temp-dir", c.TempDir, "`directory` of request and response spool files, default $TMPDIR or /tmp (CELLGATE_TEMP_DIR)")
 }
 
 // loadServeConfig reads the environment (environ, "KEY=value" entries), then
@@ -159,6 +161,12 @@ func loadServeConfig(args, environ []string, usage io.Writer) (*serveConfig, err
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("cellgate serve: unexpected argument %q (settings are flags, such as --policy FILE)", fs.Arg(0))
+	}
+	if c.TempDir == "" {
+		c.TempDir = "/tmp"
+		if d := envMap["TMPDIR"]; d != "" {
+			c.TempDir = d
+		}
 	}
 	c.origin = map[string]string{}
 	fs.VisitAll(func(f *flag.Flag) {
