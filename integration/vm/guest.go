@@ -96,6 +96,9 @@ func setup(s Spec) error {
 			return err
 		}
 	}
+	if err := writableTmp(); err != nil {
+		return err
+	}
 	tmp := newRoot + GuestTmp
 	if err := os.Mkdir(tmp, 0o777); err != nil {
 		return fmt.Errorf("mkdir %s: %w", tmp, err)
@@ -122,6 +125,25 @@ func setup(s Spec) error {
 		return fmt.Errorf("chdir %s in the shared root: %w", s.Dir, err)
 	}
 	return nil
+}
+
+// writableTmp lays a tmpfs-backed overlay over the shared root's /tmp: the
+// host's files there (the test binary that go test left) stay visible, and
+// programs that write to /tmp regardless of TMPDIR can.
+func writableTmp() error {
+	upper := newRoot + GuestScratch + "/vmrun-tmp-upper"
+	work := newRoot + GuestScratch + "/vmrun-tmp-work"
+	for _, d := range []string{upper, work} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return fmt.Errorf("mkdir %s: %w", d, err)
+		}
+	}
+	if err := os.Chmod(upper, os.ModeSticky|0o777); err != nil {
+		return fmt.Errorf("chmod %s: %w", upper, err)
+	}
+	dst := newRoot + "/tmp"
+	return mount("overlay", dst, "overlay", unix.MS_NOSUID|unix.MS_NODEV,
+		"lowerdir="+dst+",upperdir="+upper+",workdir="+work)
 }
 
 func mount(src, dst, fstype string, flags uintptr, data string) error {

@@ -11,9 +11,10 @@ import (
 )
 
 // GuestModules are the modules the guest loads: virtio over PCI, the 9p
-// filesystem over virtio, and the virtio network card for -forward. Their
-// dependencies are added from modules.dep.
-var GuestModules = []string{"virtio_pci", "9pnet_virtio", "9p", "virtio_net"}
+// filesystem over virtio, overlayfs (a writable /tmp over the shared one)
+// and the virtio network card for -forward. Their dependencies are added
+// from modules.dep or the modules' .modinfo.
+var GuestModules = []string{"virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_net"}
 
 // ModuleDeps maps a module's path (relative to lib/modules/<release>) to the
 // paths of the modules it depends on, as modules.dep lists them.
