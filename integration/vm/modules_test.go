@@ -25,6 +25,7 @@ const (
 	pNet       = "kernel/drivers/net/virtio_net.ko"
 	pFailover  = "kernel/net/core/failover.ko"
 	pNetFailov = "kernel/drivers/net/net_failover.ko"
+	pOverlay   = "kernel/fs/overlayfs/overlay.ko"
 )
 
 // debianDepends is each module's depends= as Debian 12's modules carry it.
@@ -42,6 +43,7 @@ var debianDepends = map[string]string{
 	pNet:       "virtio_ring,virtio,net_failover",
 	pFailover:  "",
 	pNetFailov: "failover",
+	pOverlay:   "",
 }
 
 // checkOrder fails unless order has each module once, after its
@@ -102,7 +104,7 @@ func TestModinfoDepsLoadOrder(t *testing.T) {
 	if len(got) != len(debianDepends) {
 		t.Errorf("LoadOrder = %q: want the %d modules of the closure", got, len(debianDepends))
 	}
-	checkOrder(t, got, deps, []string{pPCI, p9pVirtio, p9p, pNet, pFscache, pFailover})
+	checkOrder(t, got, deps, []string{pPCI, p9pVirtio, p9p, pOverlay, pNet, pFscache, pFailover})
 }
 
 func TestParseModulesDepLoadOrder(t *testing.T) {
@@ -110,7 +112,7 @@ func TestParseModulesDepLoadOrder(t *testing.T) {
 		pVirtio + ":\n" + pRing + ":\n" + pModern + ":\n" + pLegacy + ":\n" +
 		p9pVirtio + ": " + pRing + " " + p9pnet + " " + pVirtio + "\n" + p9pnet + ":\n" +
 		p9p + ": " + p9pnet + " " + pFscache + " " + pNetfs + "\n" +
-		pFscache + ": " + pNetfs + "\n" + pNetfs + ":\n"
+		pFscache + ": " + pNetfs + "\n" + pNetfs + ":\n" + pOverlay + ":\n"
 	deps, err := ParseModulesDep(strings.NewReader(dep))
 	if err != nil {
 		t.Fatal(err)
@@ -120,7 +122,7 @@ func TestParseModulesDepLoadOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkOrder(t, got, deps, []string{pPCI, p9pVirtio, p9p})
+	checkOrder(t, got, deps, []string{pPCI, p9pVirtio, p9p, pOverlay})
 	if containsPath(got, pNet) {
 		t.Errorf("built-in virtio_net in the load order %q", got)
 	}
