@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -135,4 +136,61 @@ func TestReadCGIHeader(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzReadCGIHeader: whatever a worker writes, an accepted header holds
+// nothing that could corrupt the connection: no CR, LF or NUL, no
+// hop-by-hop field, a status net/http sends as a final response, and never
+// more than the limit read.
+func FuzzReadCGIHeader(f *testing.F) {
+	for _, seed := range []string{
+		"Content-Type: text/plain\n\nbody",
+		"Status: 302\r\nLocation: /x\r\n\r\n",
+		"Location: https://e.example/\n\n",
+		"Content-Type: a\rb\n\n",
+		"X: 1\nTransfer-Encoding: chunked\nContent-Type: a/b\n\n",
+		"Status: 99\n\n",
+		"",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, out []byte) {
+		const max = 512
+		cr := &countingReader{r: bytes.NewReader(out)}
+		h, err := readCGIHeader(bufio.NewReaderSize(cr, 16), max)
+		if err != nil {
+			if h != nil {
+				t.Fatalf("header %+v with error %v", h, err)
+			}
+			return
+		}
+		if h.Status < 200 || h.Status > 599 {
+			t.Fatalf("status %d accepted", h.Status)
+		}
+		for k, vv := range h.Header {
+			if !validFieldName([]byte(k)) || hopByHop(k) || k == "Status" || k == "Content-Length" {
+				t.Fatalf("field %q accepted", k)
+			}
+			for _, v := range vv {
+				if strings.ContainsAny(v, "\r\n\x00") {
+					t.Fatalf("value %q of %s accepted", v, k)
+				}
+			}
+		}
+		if h.Local && !isLocalPath(h.Location) {
+			t.Fatalf("local redirect to %q", h.Location)
+		}
+	})
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
 }
