@@ -158,6 +158,11 @@ func FuzzReadCGIHeader(f *testing.F) {
 		const max = 512
 		cr := &countingReader{r: bytes.NewReader(out)}
 		h, err := readCGIHeader(bufio.NewReaderSize(cr, 16), max)
+		// The header is read through a 16-byte buffer: one buffer past the
+		// limit at most.
+		if cr.n > max+16 {
+			t.Fatalf("read %d bytes for a %d-byte header limit", cr.n, max)
+		}
 		if err != nil {
 			if h != nil {
 				t.Fatalf("header %+v with error %v", h, err)
