@@ -22,6 +22,16 @@ import (
 // are tested in package integration, in the microVM. They need root and skip
 // without it.
 
+// skipOrFail skips, or fails when CELLGATE_REQUIRE_KERNEL_TESTS=1 asks for
+// the kernel tests to run.
+func skipOrFail(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CELLGATE_REQUIRE_KERNEL_TESTS") == "1" {
+		t.Fatalf("CELLGATE_REQUIRE_KERNEL_TESTS=1 but "+format, args...)
+	}
+	t.Skipf(format, args...)
+}
+
 // cgroup2Mount returns the cgroup2 mount point, or "".
 func cgroup2Mount(t testing.TB) string {
 	t.Helper()
@@ -48,16 +58,16 @@ func cgroup2Mount(t testing.TB) string {
 func newKernelRunner(t testing.TB, uids UIDRange) (*Runner, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skipf("real cells need root (euid %d)", os.Geteuid())
+		skipOrFail(t, "real cells need root (euid %d)", os.Geteuid())
 	}
 	mnt := cgroup2Mount(t)
 	if mnt == "" {
-		t.Skip("no cgroup2 mount")
+		skipOrFail(t, "no cgroup2 mount")
 	}
 	base := filepath.Join(mnt, fmt.Sprintf("cellgate-sandbox-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
 	tree, err := cgroup.Open(context.Background(), cgroup.Options{Mount: mnt, Base: base, Unenforced: []string{"memory", "cpu", "pids"}})
 	if err != nil {
-		t.Skipf("cannot open a private cgroup base %s: %v", base, err)
+		skipOrFail(t, "cannot open a private cgroup base %s: %v", base, err)
 	}
 	pool := cgroup.NewPool(tree, cgroup.PoolOptions{})
 	prof, err := cgroup.NewProfile("", nil)
