@@ -3,6 +3,8 @@ package vm
 import (
 	"bytes"
 	"context"
+	"debug/elf"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -200,10 +202,21 @@ func staticInit(t testing.TB) string {
 }
 
 func TestRunRejectsDynamicInit(t *testing.T) {
-	if _, err := os.Stat("/bin/true"); err != nil {
-		t.Fatalf("this test needs a dynamically linked /bin/true: %v", err)
+	// An ELF header followed by one program header: PT_INTERP, as a
+	// binary linked against libc has.
+	var b bytes.Buffer
+	h := elf.Header64{
+		Type: uint16(elf.ET_EXEC), Machine: uint16(elf.EM_X86_64), Version: uint32(elf.EV_CURRENT),
+		Phoff: 64, Ehsize: 64, Phentsize: 56, Phnum: 1,
 	}
-	_, err := Run(context.Background(), Options{Args: []string{"/bin/true"}, Init: "/bin/true", Timeout: time.Minute})
+	copy(h.Ident[:], "\x7fELF\x02\x01\x01")
+	binary.Write(&b, binary.LittleEndian, h)
+	binary.Write(&b, binary.LittleEndian, elf.Prog64{Type: uint32(elf.PT_INTERP)})
+	dyn := filepath.Join(t.TempDir(), "dynamic")
+	if err := os.WriteFile(dyn, b.Bytes(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Run(context.Background(), Options{Args: []string{"/bin/true"}, Init: dyn, Timeout: time.Minute})
 	if err == nil || !strings.Contains(err.Error(), "CGO_ENABLED=0") {
 		t.Errorf("Run with a dynamic init: %v, want an error telling to build with CGO_ENABLED=0", err)
 	}
