@@ -68,6 +68,7 @@ type Runner struct {
 	emptyWait   time.Duration
 	devNull     *os.File
 	hasTTY      bool // the daemon has a controlling terminal
+	reaper      *reaper
 }
 
 // New returns a Runner. It opens /dev/null for workers' unset streams and,
@@ -124,11 +125,19 @@ func New(cfg Config) (*Runner, error) {
 	}
 	r.devNull = devNull
 	r.hasTTY = hasControllingTTY()
+	if r.reaper, err = newReaper(); err != nil {
+		devNull.Close()
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
 	return r, nil
 }
 
-// Close releases the Runner's own fds. Runs in flight must have returned.
-func (r *Runner) Close() error { return r.devNull.Close() }
+// Close releases the Runner's own fds and ends its reaper goroutine. Runs
+// in flight must have returned.
+func (r *Runner) Close() error {
+	r.reaper.close()
+	return r.devNull.Close()
+}
 
 // UIDsInFlight returns how many per-cell uids are handed out (for metrics
 // and leak checks).
@@ -228,7 +237,7 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	timer := time.AfterFunc(timeout, func() { k.kill(CauseDeadline) })
 	stopCtx := context.AfterFunc(ctx, func() { k.kill(CauseKilled) })
 
-	exit, werr := waitExit(proc)
+	exit, werr := r.reaper.wait(proc)
 	if werr != nil {
 		// The pidfd wait failed (should not happen): end the cell and reap
 		// the worker the blocking way, so that no zombie is left.

@@ -270,12 +270,13 @@ func TestRunSetupErrors(t *testing.T) {
 	}
 }
 
-// TestRunWaitsOnNetpoller checks that workers in flight do not each hold an
-// OS thread: a blocking wait per worker would add one thread per worker.
+// TestRunWaitsWithoutThreadPerWorker checks that workers in flight do not
+// each hold an OS thread: a blocking wait per worker would add one thread
+// per worker.
 // Workers are started one after the other (each says it is ready before the
 // next starts), because concurrent forks do need threads for a moment (each
 // vfork blocks its thread until the child execs) and the runtime keeps them.
-func TestRunWaitsOnNetpoller(t *testing.T) {
+func TestRunWaitsWithoutThreadPerWorker(t *testing.T) {
 	const n = 64
 	r := newTestRunner(t, &fakeCells{})
 	before := threads(t)
