@@ -1,0 +1,125 @@
+package main
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestServeConfig(t *testing.T) {
+	tmp := t.TempDir()
+	base := []string{"TMPDIR=" + tmp}
+	for _, c := range []struct {
+		name    string
+		args    []string
+		environ []string
+		check   func(*testing.T, *serveConfig)
+		errHas  []string // substrings of the error; nil = no error
+	}{
+		{
+			name: "defaults",
+			args: []string{"--policy", "p.yaml"},
+			check: func(t *testing.T, c *serveConfig) {
+				if c.Listen != "127.0.0.1:8080" || c.Admin != "127.0.0.1:9090" || c.DrainTimeout != 30*time.Second ||
+					c.AccessLog != "stdout" || c.Isolation != isolationCells || c.TempDir != tmp || c.MaxConnsPerIP != 100 {
+					t.Errorf("defaults: %+v", c)
+				}
+			},
+		},
+		{
+			name:    "environment",
+			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_LISTEN=127.0.0.1:7000", "CELLGATE_MAX_BODY=1Mi", "CELLGATE_UNENFORCED=memory,cpu"},
+			check: func(t *testing.T, c *serveConfig) {
+				if c.Policy != "e.yaml" || c.Listen != "127.0.0.1:7000" || c.MaxBody != 1<<20 || strings.Join(c.Unenforced, ",") != "memory,cpu" {
+					t.Errorf("from the environment: %+v", c)
+				}
+			},
+		},
+		{
+			name:    "a flag overrides its variable",
+			args:    []string{"--listen", "127.0.0.1:7001", "--drain-timeout", "5s"},
+			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_LISTEN=127.0.0.1:7000", "CELLGATE_DRAIN_TIMEOUT=1m"},
+			check: func(t *testing.T, c *serveConfig) {
+				if c.Listen != "127.0.0.1:7001" || c.DrainTimeout != 5*time.Second {
+					t.Errorf("flags over the environment: listen %q drain %s", c.Listen, c.DrainTimeout)
+				}
+			},
+		},
+		{
+			name:    "bad variable names itself, its value and the reason",
+			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_DRAIN_TIMEOUT=5"},
+			errHas:  []string{`CELLGATE_DRAIN_TIMEOUT="5"`, "missing unit"},
+		},
+		{
+			name:   "bad flag value",
+			args:   []string{"--policy", "p.yaml", "--isolation", "vm"},
+			errHas: []string{`"vm"`, "-isolation", "want cells or none"},
+		},
+		{
+			name:   "bad size",
+			args:   []string{"--policy", "p.yaml", "--max-body", "12XB"},
+			errHas: []string{"-max-body", "12XB"},
+		},
+		{
+			name:   "policy required",
+			errHas: []string{"--policy", "required"},
+		},
+		{
+			name:   "admin on the public port",
+			args:   []string{"--policy", "p.yaml", "--listen", "0.0.0.0:8080", "--admin", "127.0.0.1:8080"},
+			errHas: []string{`--admin="127.0.0.1:8080"`, "must not share the public port"},
+		},
+		{
+			name:    "validation names the variable when the value came from it",
+			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_MAX_CONNS=0"},
+			errHas:  []string{`CELLGATE_MAX_CONNS="0"`, "positive"},
+		},
+		{
+			name:   "TLS needs both files",
+			args:   []string{"--policy", "p.yaml", "--tls-cert", tmp},
+			errHas: []string{"--tls-cert", "--tls-key"},
+		},
+		{
+			name:   "no positional arguments",
+			args:   []string{"--policy", "p.yaml", "extra"},
+			errHas: []string{`unexpected argument "extra"`},
+		},
+		{
+			name:   "unknown controller",
+			args:   []string{"--policy", "p.yaml", "--unenforced", "memory,io"},
+			errHas: []string{"io", "memory, cpu, pids"},
+		},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := loadServeConfig(c.args, append(base, c.environ...), io.Discard)
+			if c.errHas == nil {
+				if err != nil {
+					t.Fatalf("unexpected error: %v", err)
+				}
+				c.check(t, cfg)
+				return
+			}
+			if err == nil {
+				t.Fatalf("no error, want one containing %q", c.errHas)
+			}
+			for _, s := range c.errHas {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("error %q does not contain %q", err, s)
+				}
+			}
+		})
+	}
+}
+
+func TestServeProxyConfig(t *testing.T) {
+	cfg, err := loadServeConfig([]string{"--policy", "p.yaml", "--body-min-rate", "0", "--max-conns", "-1"}, []string{"TMPDIR=" + t.TempDir()}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := cfg.proxyConfig("")
+	if pc.BodyMinRate != -1 || pc.MaxConns != -1 || pc.WriteMinRate != 1024 || pc.MaxHeaderBytes != 16<<10 {
+		t.Errorf("proxy config: body min rate %d (want -1: off), max conns %d (want -1), write min rate %d, max header %d",
+			pc.BodyMinRate, pc.MaxConns, pc.WriteMinRate, pc.MaxHeaderBytes)
+	}
+}
