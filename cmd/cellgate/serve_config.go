@@ -150,14 +150,16 @@ func loadServeConfig(args, environ []string, usage io.Writer) (*serveConfig, err
 		return nil, envError(err, envMap)
 	}
 	fs := flag.NewFlagSet("cellgate serve", flag.ContinueOnError)
-	fs.SetOutput(usage)
-	fs.Usage = func() {
-		fmt.Fprintf(usage, "usage: cellgate serve --policy FILE [flags]\n\nFlags override the CELLGATE_* environment variables named with them.\n\n")
-		fs.PrintDefaults()
-	}
+	fs.SetOutput(io.Discard)
 	c.serveFlags(fs)
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(usage, "usage: cellgate serve --policy FILE [flags]\n\nFlags override the CELLGATE_* environment variables named with them.\n\n")
+			fs.SetOutput(usage)
+			fs.PrintDefaults()
+			return nil, err
+		}
+		return nil, fmt.Errorf("cellgate serve: %w (cellgate serve -h lists the flags)", err)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("cellgate serve: unexpected argument %q (settings are flags, such as --policy FILE)", fs.Arg(0))
