@@ -127,7 +127,7 @@ func (r *reaper) wait(p *os.Process) (exitStatus, error) {
 	if err != nil {
 		return exitStatus{}, fmt.Errorf("pidfd of pid %d: %w", p.Pid, err)
 	}
-	defer unix.Close(fd) // also removes it from the epoll set
+	defer unix.Close(fd)
 
 	// Already gone (a short worker, or a kill)? Then no registration.
 	if st, ok, err := waitidNoHang(fd); err != nil || ok {
@@ -149,6 +149,9 @@ func (r *reaper) wait(p *os.Process) (exitStatus, error) {
 		return exitStatus{}, fmt.Errorf("epoll_ctl add pidfd of pid %d: %w", p.Pid, err)
 	}
 	<-ch
+	// The dup shares its open file description with the os.Process's
+	// pidfd, so closing it alone would not take it out of the epoll set.
+	unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	st, ok, err := waitidNoHang(fd)
 	if err == nil && !ok {
 		err = fmt.Errorf("waitid pidfd of pid %d: readable but not exited", p.Pid)

@@ -375,3 +375,33 @@ func TestClassify(t *testing.T) {
 		})
 	}
 }
+
+// TestRunnerCloseEndsReaper: Close ends the reaper's goroutine and closes
+// its fds.
+func TestRunnerCloseEndsReaper(t *testing.T) {
+	prof, err := cgroup.NewProfile("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{Cells: &fakeCells{}, Profile: prof, AsSelf: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := r.Run(context.Background(), helperSpec(t, "exit:0")); err != nil || res.Cause != CauseOK {
+		t.Fatalf("Run: %v, cause %s", err, res.Cause)
+	}
+	rp := r.reaper
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-rp.done:
+	default:
+		t.Fatal("reaper goroutine still running after Close")
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/self/fd/%d", rp.epfd)); err == nil {
+		if target, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", rp.epfd)); target == "anon_inode:[eventpoll]" {
+			t.Errorf("reaper's epoll fd %d still open after Close", rp.epfd)
+		}
+	}
+}
