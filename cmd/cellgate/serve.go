@@ -22,6 +22,7 @@ import (
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/proxy"
 	"github.com/cellgate/cellgate/sandbox"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -278,6 +279,9 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 	fail := func(err error) (proxy.Runner, func() error, error) {
 		return nil, nil, errors.Join(err, closeAll())
 	}
+	if err := tree.SetBudget(globalResources(pol.Global)); err != nil {
+		return fail(fmt.Errorf("global budget (%s:%d): %w", pol.Source, pol.Global.Line, err))
+	}
 	for _, t := range pol.Tenants {
 		g, err := tree.Tenant(t.Name, t.Resources())
 		if err != nil {
@@ -300,6 +304,16 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 		return fail(fmt.Errorf("sandbox: %w", err))
 	}
 	return runner, closeAll, nil
+}
+
+// globalResources is the policy's global budget as the limits of cells/:
+// its memory.max. nil (no global memory budget) clears it.
+func globalResources(g policy.Global) *specs.LinuxResources {
+	if g.Memory <= 0 {
+		return nil
+	}
+	m := g.Memory
+	return &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &m}}
 }
 
 // buildSpecs builds every route's profile and credentials. With cells it

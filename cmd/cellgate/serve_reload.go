@@ -17,7 +17,8 @@ import (
 // limits the kernel cannot enforce, leaves the running policy in place and
 // says why. A valid one takes over for requests routed from now on:
 //
-//  1. groups of new tenants are created and every tenant's budget written;
+//  1. the global budget is written to cells/, groups of new tenants are
+//     created and every tenant's budget written;
 //  2. admission takes the new budgets, still knowing the removed tenants,
 //     so a request routed to one just before the swap is admitted under its
 //     old budget;
@@ -44,6 +45,10 @@ func (d *daemon) reload() {
 		return
 	}
 	if d.tree != nil {
+		if err := d.tree.SetBudget(globalResources(p.Global)); err != nil {
+			d.log.Error("reload: cannot write the global budget; still serving the previous policy", "err", err)
+			return
+		}
 		for _, t := range p.Tenants {
 			g, err := d.tree.Tenant(t.Name, t.Resources())
 			if err != nil {
