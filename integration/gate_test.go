@@ -958,3 +958,38 @@ func raiseNoFile(t testing.TB, n uint64) {
 	}
 	t.Cleanup(func() { syscall.Setrlimit(syscall.RLIMIT_NOFILE, &old) })
 }
+
+// TestGateDrainTimeoutKillsCells: SIGTERM with a request that outlasts the
+// drain timeout: its cell is killed when the timeout passes, the request
+// is logged as ended by the shutdown, and the server exits 0 with nothing
+// left in cgroupfs.
+func TestGateDrainTimeoutKillsCells(t *testing.T) {
+	g := startGate(t, gateOptions{policy: gatePolicy, args: []string{"--drain-timeout", "2s"}})
+	done := make(chan result, 1)
+	go func() { done <- load(g.client, 1, 1, getter(g.url+"/slow?ms=300000"))[0] }()
+	g.waitMetric("cellgate_cells_in_flight", map[string]string{"tenant": "web"}, 1, time.Minute)
+	g.signal(syscall.SIGTERM)
+	select {
+	case r := <-done:
+		if r.err == nil && r.status == 200 {
+			t.Errorf("a request longer than the drain timeout got 200")
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the request in flight did not end within 2 minutes of SIGTERM with a 2s drain timeout")
+	}
+	select {
+	case <-g.exited:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("cellgate serve still running 2 minutes after SIGTERM")
+	}
+	if g.err != nil {
+		t.Errorf("cellgate serve after SIGTERM: %v", g.err)
+	}
+	recs := g.recordsFor("slow")
+	if len(recs) != 1 {
+		t.Fatalf("access log: %d records of the request in flight, want 1", len(recs))
+	}
+	if r := recs[0]; (r.Outcome != "killed" && r.Outcome != "shutdown") || r.Cell == nil {
+		t.Errorf("the request cut off by the drain timeout: outcome %q status %d cell %v; want killed or shutdown, with its cell", r.Outcome, r.Status, r.Cell != nil)
+	}
+}
