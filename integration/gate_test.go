@@ -185,7 +185,10 @@ func TestGateMemoryHog(t *testing.T) {
 func TestGateSlowloris(t *testing.T) {
 	raiseNoFile(t, 8192)
 	g := startGate(t, gateOptions{policy: gatePolicy, args: []string{"--header-timeout", "10m"}})
-	const samples, conc, lorises = 100, 4, 1000
+	// The ordinary traffic is one request at a time: on the VM's two
+	// vCPUs more would make the baseline CPU-bound already, and the test
+	// would measure its own load generator rather than the front.
+	const samples, conc, lorises = 100, 1, 1000
 	measure := func() []result {
 		return load(g.client, samples, conc, getter(g.url+"/hello"))
 	}
