@@ -197,6 +197,9 @@ func BenchmarkGate(b *testing.B) {
 			si = best(si, benchLoad(b, client, inproc+"/hello", n, *benchConc, 0))
 		}
 	}
+	m := cells.metrics()
+	hits := metric(m, "cellgate_pool_gets_total", map[string]string{"result": "hit"})
+	misses := metric(m, "cellgate_pool_gets_total", map[string]string{"result": "miss"})
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	b.ReportMetric(sc.rps, "cells-req/s")
 	b.ReportMetric(sp.rps, "plain-req/s")
@@ -214,11 +217,12 @@ func BenchmarkGate(b *testing.B) {
 	b.ReportMetric(ms(sc.workers), "cells-worker-cpu-ms/req")
 	b.ReportMetric(ms(sp.server), "plain-server-cpu-ms/req")
 	b.ReportMetric(ms(sp.workers), "plain-worker-cpu-ms/req")
+	b.ReportMetric(hits/(hits+misses), "cells-pool-hit-ratio")
 	mode := "controllers enforced"
 	if unenforced {
 		mode = "unenforced host (no memory/cpu/pids controllers)"
 	}
-	b.Logf("%s; %d requests x %d rounds, concurrency %d: cells %.0f req/s (p50 %.1f ms, p99 %.1f ms), plain exec %.0f req/s (p50 %.1f, p99 %.1f), in-process %.0f req/s; cells/plain throughput %.3f; CPU per request: cells server %.2f ms + workers %.2f ms, plain server %.2f ms + workers %.2f ms",
+	b.Logf("%s; %d requests x %d rounds, concurrency %d: cells %.0f req/s (p50 %.1f ms, p99 %.1f ms), plain exec %.0f req/s (p50 %.1f, p99 %.1f), in-process %.0f req/s; cells/plain throughput %.3f; CPU per request: cells server %.2f ms + workers %.2f ms, plain server %.2f ms + workers %.2f ms; pre-created cells %.0f of %.0f",
 		mode, n, *benchRounds, *benchConc, sc.rps, ms(sc.p50), ms(sc.p99), sp.rps, ms(sp.p50), ms(sp.p99), si.rps, sc.rps/sp.rps,
-		ms(sc.server), ms(sc.workers), ms(sp.server), ms(sp.workers))
+		ms(sc.server), ms(sc.workers), ms(sp.server), ms(sp.workers), hits, hits+misses)
 }

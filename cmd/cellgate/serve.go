@@ -404,6 +404,7 @@ func (d *daemon) registerMetrics(reg *prometheus.Registry) (*accounting.Metrics,
 	}
 	if d.tree != nil {
 		cs = append(cs, accounting.NewTenantTotalsCollector(d.tenantTotals))
+		cs = append(cs, d.poolCounters()...)
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
@@ -411,6 +412,24 @@ func (d *daemon) registerMetrics(reg *prometheus.Registry) (*accounting.Metrics,
 		}
 	}
 	return m, nil
+}
+
+// poolCounters export the cell pool's counters: how often a request found
+// a pre-created cell (hit) or had one created on its own path (miss), and
+// the background removals.
+func (d *daemon) poolCounters() []prometheus.Collector {
+	counter := func(name, help string, labels prometheus.Labels, f func(cgroup.PoolStats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return float64(f(d.pool.Stats())) })
+	}
+	const gets = "Cells taken from the pool: hit = pre-created, miss = created on the request's path."
+	return []prometheus.Collector{
+		counter("pool_gets_total", gets, prometheus.Labels{"result": "hit"}, func(s cgroup.PoolStats) uint64 { return s.Hits }),
+		counter("pool_gets_total", gets, prometheus.Labels{"result": "miss"}, func(s cgroup.PoolStats) uint64 { return s.Misses }),
+		counter("pool_create_errors_total", "Cell creations that failed.", nil, func(s cgroup.PoolStats) uint64 { return s.CreateErrors }),
+		counter("pool_removed_total", "Used cells removed.", nil, func(s cgroup.PoolStats) uint64 { return s.Removed }),
+		counter("pool_remove_errors_total", "Cell removals that failed (left for the next start-up sweep).", nil, func(s cgroup.PoolStats) uint64 { return s.RemoveErrors }),
+	}
 }
 
 // admissionStats converts admission's snapshot for the collector.
