@@ -63,8 +63,8 @@ OOM-killed it, 124 when --timeout passed, 125 when cellgate itself failed,
 flags.
 
 The command gets exactly the environment of --env (default PATH only),
-runs in --dir (default /) under --user, with no_new_privs, in a session of
-its own, with only stdin, stdout and stderr open.
+runs in --dir (default /) under --user, with no_new_privs, in a process
+group of its own, with only stdin, stdout and stderr open.
 
 flags:
 `
@@ -423,11 +423,21 @@ func printTable(w io.Writer, r runReport) {
 	fmt.Fprintf(tw, "cause\t%s\t(exit status %d)\n", r.Cause, r.Status)
 	fmt.Fprintf(tw, "command\t%s\n", exit)
 	fmt.Fprintf(tw, "wall\t%s\n", time.Duration(r.WallSeconds*float64(time.Second)).Round(time.Microsecond))
-	fmt.Fprintf(tw, "cpu\t%s\t(user %s, system %s)\n", usec(u.CPUUsageUsec), usec(u.CPUUserUsec), usec(u.CPUSystemUsec))
-	fmt.Fprintf(tw, "throttled\t%s\t(%d periods)\n", usec(u.ThrottledUsec), u.NrThrottled)
-	fmt.Fprintf(tw, "memory peak\t%s\t(limit %s; hit the limit %d times, OOM kills %d)\n", humanBytes(u.MemoryPeak), policy.FormatBytes(r.Limits.MemoryBytes), u.MemoryMax, u.OOMKill)
-	fmt.Fprintf(tw, "pids peak\t%d\t(limit %d; forks refused %d)\n", u.PidsPeak, r.Limits.Pids, u.PidsMax)
-	fmt.Fprintf(tw, "io\t%s read, %s written\n", humanBytes(u.IOReadBytes), humanBytes(u.IOWriteBytes))
+	na := func(file string, v string) string {
+		if !measured(u.Missing, file) {
+			return "n/a"
+		}
+		return v
+	}
+	fmt.Fprintf(tw, "cpu\t%s\t(user %s, system %s)\n", na("cpu.stat:usage_usec", usec(u.CPUUsageUsec)),
+		na("cpu.stat:user_usec", usec(u.CPUUserUsec)), na("cpu.stat:system_usec", usec(u.CPUSystemUsec)))
+	fmt.Fprintf(tw, "throttled\t%s\t(%s periods)\n", na("cpu.stat:throttled_usec", usec(u.ThrottledUsec)),
+		na("cpu.stat:nr_throttled", strconv.FormatUint(u.NrThrottled, 10)))
+	fmt.Fprintf(tw, "memory peak\t%s\t(limit %s; hit the limit %s times, OOM kills %s)\n", na("memory.peak", humanBytes(u.MemoryPeak)),
+		policy.FormatBytes(r.Limits.MemoryBytes), na("memory.events", strconv.FormatUint(u.MemoryMax, 10)), na("memory.events", strconv.FormatUint(u.OOMKill, 10)))
+	fmt.Fprintf(tw, "pids peak\t%s\t(limit %d; forks refused %s)\n", na("pids.peak", strconv.FormatUint(u.PidsPeak, 10)),
+		r.Limits.Pids, na("pids.events", strconv.FormatUint(u.PidsMax, 10)))
+	fmt.Fprintf(tw, "io\t%s read, %s written\n", na("io.stat", humanBytes(u.IOReadBytes)), na("io.stat", humanBytes(u.IOWriteBytes)))
 	fmt.Fprintf(tw, "uid\t%d\n", r.UID)
 	if len(r.Unenforced) > 0 {
 		fmt.Fprintf(tw, "unenforced\t%s\t(these limits were not applied)\n", strings.Join(r.Unenforced, " "))
@@ -436,6 +446,18 @@ func printTable(w io.Writer, r runReport) {
 		fmt.Fprintf(tw, "not measured\t%s\n", strings.Join(u.Missing, " "))
 	}
 	tw.Flush()
+}
+
+// measured reports whether the kernel gave a value for file (a file name, or
+// file:key for one key of a flat-keyed file), given Usage.Missing.
+func measured(missing []string, file string) bool {
+	name, _, _ := strings.Cut(file, ":")
+	for _, m := range missing {
+		if m == file || m == name {
+			return false
+		}
+	}
+	return true
 }
 
 func usec(v uint64) string { return (time.Duration(v) * time.Microsecond).String() }

@@ -220,3 +220,22 @@ func TestKernelVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestMeasured(t *testing.T) {
+	missing := []string{"cpu.stat:nr_throttled", "memory.peak", "io.stat"}
+	for _, tc := range []struct {
+		file string
+		want bool
+	}{
+		{"cpu.stat:nr_throttled", false},
+		{"cpu.stat:usage_usec", true},
+		{"memory.peak", false},
+		{"memory.events", true},
+		{"io.stat", false},
+		{"pids.peak", true},
+	} {
+		if got := measured(missing, tc.file); got != tc.want {
+			t.Errorf("measured(%q) = %v, want %v", tc.file, got, tc.want)
+		}
+	}
+}
