@@ -93,7 +93,7 @@ func (e *envErr) Unwrap() error { return e.err }
 
 // addFlags registers the shared flags on fs, defaulting to s's values.
 func (s *Shared) addFlags(fs *flag.FlagSet) {
-	fs.StringVar(&s.CgroupBase, "cgroup-base", s.CgroupBase, "cellgate's base `group` on the cgroup2 mount (absolute, or relative to the mount); default: a private group for this command ($CELLGATE_CGROUP_BASE)")
+	fs.StringVar(&s.CgroupBase, "cgroup-base", s.CgroupBase, "cellgate's base `group` on the cgroup2 mount (absolute, or relative to the mount); default: serve uses its own group (moving itself into GROUP/supervisor), run and doctor a private group of their own ($CELLGATE_CGROUP_BASE)")
 	fs.Var((*listFlag)(&s.Unenforced), "unenforced", "comma-separated `controllers` (memory,cpu,pids) cellgate may run without, their limits not enforced ($CELLGATE_UNENFORCED)")
 	fs.Var(&s.UIDs, "uid-range", "per-cell uids, `first-last` ($CELLGATE_UID_RANGE)")
 	fs.Var((*uint32Flag)(&s.GID), "gid", "shared `gid` of the per-cell uids ($CELLGATE_GID)")
