@@ -1,8 +1,11 @@
 package integration
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -361,6 +364,114 @@ func TestReloadUnderLoad(t *testing.T) {
 	if done := len(g.recordsFor("hello")); done < n {
 		t.Errorf("%d requests finished, want %d", done, n)
 	}
+}
+
+// TestReloadDuringSlowUpload: a POST routed to tenant upload whose body is
+// still coming in (slowly, but above the minimum body rate) when a SIGHUP
+// drops the tenant and its route is admitted under the tenant it was routed
+// to and gets 200, however long the upload goes on after the reload; later
+// requests to the path get 404, and the tenant's group is removed once the
+// request has ended. (With a timed grace for removed tenants, the upload
+// outlasting it was refused by admission and answered 500.)
+func TestReloadDuringSlowUpload(t *testing.T) {
+	const policyA = `version: 1
+defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 120s}
+tenants:
+  - {name: web, memory: 1Gi, queue: 100, queue_timeout: 60s}
+  - {name: upload, memory: 256Mi, queue: 10, queue_timeout: 60s}
+routes:
+  - {name: hello, match: {path: /hello}, tenant: web, program: "{{.CGI}}/hello"}
+  - {name: upload, match: {path: /upload}, tenant: upload, program: "{{.CGI}}/echo"}
+`
+	const policyB = `version: 1
+defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 120s}
+tenants:
+  - {name: web, memory: 1Gi, queue: 100, queue_timeout: 60s}
+routes:
+  - {name: hello, match: {path: /hello}, tenant: web, program: "{{.CGI}}/hello"}
+`
+	// 16 KiB every 250 ms: 64 KiB/s, far above --body-min-rate, for almost
+	// 4 s after the reload (the old grace was 1 s).
+	const chunk, chunks = 16 << 10, 16
+	// The defaults: --body-min-rate 1Ki after a --body-rate-grace of 5s.
+	g := startGate(t, gateOptions{policy: policyA})
+	c, err := rawConn(t.Context(), g.hostPort(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(2 * time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest("POST", g.url+"/upload", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Expect: 100-continue: serve asks for the body only after routing the
+	// request, so the interim response says it has been routed (to tenant
+	// upload, under policy A) before the reload.
+	if _, err := fmt.Fprintf(c, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n", chunk*chunks); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(c)
+	interim, err := http.ReadResponse(br, req)
+	if err != nil {
+		t.Fatalf("read the interim response: %v", err)
+	}
+	if interim.StatusCode != http.StatusContinue {
+		body, _ := io.ReadAll(interim.Body)
+		t.Fatalf("POST /upload: %d %q before the body, want 100 Continue", interim.StatusCode, body)
+	}
+	data := strings.Repeat("u", chunk)
+	if _, err := io.WriteString(c, data); err != nil {
+		t.Fatalf("send the body: %v", err)
+	}
+	writePolicy(t, g.policyPath, policyB)
+	g.signal(syscall.SIGHUP)
+	g.waitLog("policy reloaded", 1, time.Minute)
+	if status, _, body := g.get("/upload"); status != 404 {
+		t.Errorf("GET /upload after the reload: %d %q, want 404", status, body)
+	}
+	for range chunks - 1 {
+		if _, err := io.WriteString(c, data); err != nil {
+			t.Fatalf("send the body: %v", err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		t.Fatalf("read the response to the upload: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("read the body of the response to the upload: %v", err)
+	}
+	if resp.StatusCode != 200 {
+		t.Fatalf("upload routed before the reload: %d %q, want 200", resp.StatusCode, body)
+	}
+	if got := decodeEcho(t, string(body)).Body; len(got) != chunk*chunks {
+		t.Errorf("the worker read %d bytes of the body, want %d", len(got), chunk*chunks)
+	}
+	if r := g.waitRecords("upload", 1, 30*time.Second)[0]; r.Outcome != "ok" || r.Tenant != "upload" {
+		t.Errorf("the upload's record: outcome %q tenant %q, want ok, upload", r.Outcome, r.Tenant)
+	}
+	if status, _, body := g.get("/upload"); status != 404 {
+		t.Errorf("GET /upload after the upload: %d %q, want 404", status, body)
+	}
+	dir := g.tenantDir("upload")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := os.Stat(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tenant upload's group %s still there a minute after its last request ended (stat: %v)", dir, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	g.waitLog("removed tenant drained and its group removed", 1, time.Minute)
 }
 
 // TestMetricsShowOOMKill: /metrics on the admin listener puts a hog's OOM

@@ -39,7 +39,7 @@ func BenchmarkRequestPath(b *testing.B) {
 			})
 			s, err := New(Config{TempDir: b.TempDir()}, Deps{
 				Runner:   runner,
-				Router:   &policy.Policy{Routes: []*policy.Route{route("r", "/app", "/bin/app")}},
+				Router:   staticRouter{&policy.Policy{Routes: []*policy.Route{route("r", "/app", "/bin/app")}}},
 				CellSpec: noCellSpec,
 			})
 			if err != nil {

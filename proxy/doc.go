@@ -21,7 +21,8 @@
 //     Config.MaxHeaderBytes; see there for the 4 KiB of slack net/http
 //     adds and how the front still enforces the exact limit).
 //  3. serveHTTP gives the request its id (X-Request-Id; the client's is
-//     ignored), routes it (Router), and reads the whole body before anything
+//     ignored), routes it (Router: the match holds the policy it was made
+//     under until the request ends), and reads the whole body before anything
 //     is spawned: in memory up to Config.BodyMemory, then in an unlinked
 //     temporary file, bounded by the route's MaxBody, at a minimum rate
 //     (Config.BodyMinRate) enforced with read deadlines.

@@ -30,6 +30,10 @@ type exchange struct {
 	abort bool
 	// bodyRead is set once the request body has been read to its end.
 	bodyRead bool
+	// releases are the Router's release funcs of the matches this request
+	// holds (the first route and each local redirect's), called when it
+	// ends.
+	releases []func()
 }
 
 // serveHTTP is the server's handler: route, read the body, admit, run the
@@ -79,7 +83,8 @@ func (x *exchange) serve() {
 		x.fail(err, nil)
 		return
 	}
-	m, err := s.deps.Router.Match(r.Host, r.Method, r.URL.Path)
+	defer x.releaseMatches()
+	m, err := x.match(r.Method, r.URL.Path)
 	if err != nil {
 		x.fail(err, nil)
 		return
@@ -217,6 +222,26 @@ func (x *exchange) cgiRequest(m *policy.Match, bodyLen int64) *cgiRequest {
 	return req
 }
 
+// match routes method and urlPath on the request's host, holding the match
+// until releaseMatches.
+func (x *exchange) match(method, urlPath string) (*policy.Match, error) {
+	m, release, err := x.s.deps.Router.Match(x.r.Host, method, urlPath)
+	if err != nil {
+		return nil, err
+	}
+	x.releases = append(x.releases, release)
+	return m, nil
+}
+
+// releaseMatches lets go of every match the request held, once its cells
+// have ended.
+func (x *exchange) releaseMatches() {
+	for _, release := range x.releases {
+		release()
+	}
+	x.releases = nil
+}
+
 // redirect turns req into the GET of a local redirect to loc and routes it.
 func (x *exchange) redirect(prev *cgiRequest, loc string) (*cgiRequest, *policy.Match, error) {
 	u, err := url.Parse(loc)
@@ -226,7 +251,7 @@ func (x *exchange) redirect(prev *cgiRequest, loc string) (*cgiRequest, *policy.
 	if strings.IndexByte(u.Path, 0) >= 0 {
 		return nil, nil, fmt.Errorf("local redirect to %q: NUL byte: %w", loc, ErrInvalidResponse)
 	}
-	m, err := x.s.deps.Router.Match(x.r.Host, http.MethodGet, u.Path)
+	m, err := x.match(http.MethodGet, u.Path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("local redirect to %q: %w", loc, err)
 	}

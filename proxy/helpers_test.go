@@ -123,6 +123,18 @@ func route(name, prefix, program string) *policy.Route {
 	}
 }
 
+// staticRouter is the Router of a policy that is never reloaded: its
+// matches hold nothing.
+type staticRouter struct{ p *policy.Policy }
+
+func (r staticRouter) Match(host, method, urlPath string) (*policy.Match, func(), error) {
+	m, err := r.p.Match(host, method, urlPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, func() {}, nil
+}
+
 // noCellSpec is a Deps.CellSpec that adds nothing.
 func noCellSpec(*policy.Route, *sandbox.Spec) error { return nil }
 
@@ -145,7 +157,7 @@ func startServer(t testing.TB, cfg Config, deps Deps, routes ...*policy.Route) *
 	recs := &recorder{}
 	logs := &syncBuffer{}
 	if deps.Router == nil {
-		deps.Router = &policy.Policy{Routes: routes}
+		deps.Router = staticRouter{&policy.Policy{Routes: routes}}
 	}
 	if deps.CellSpec == nil {
 		deps.CellSpec = noCellSpec

@@ -24,9 +24,14 @@ type Runner interface {
 	Run(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error)
 }
 
-// Router finds the route of a request: *policy.Policy.
+// Router finds the route of a request. A match holds the policy it was
+// made under (its route, the route's limits and the tenant it names) until
+// release is called: the handler calls it exactly once, when the request
+// has ended (its cells ended, their admission released), so a reload can
+// tell when the last request routed under an older policy is gone. release
+// is nil when err is not.
 type Router interface {
-	Match(host, method, urlPath string) (*policy.Match, error)
+	Match(host, method, urlPath string) (m *policy.Match, release func(), err error)
 }
 
 // Admitter reserves room for a cell in a tenant's budget, queueing when

@@ -622,7 +622,7 @@ func TestShutdownDrains(t *testing.T) {
 			return fakeResult(sandbox.CauseKilled), nil
 		}
 	})
-	s, err := New(Config{TempDir: t.TempDir()}, Deps{Runner: runner, Router: &policy.Policy{Routes: []*policy.Route{route("r", "/", "/x")}}, CellSpec: noCellSpec})
+	s, err := New(Config{TempDir: t.TempDir()}, Deps{Runner: runner, Router: staticRouter{&policy.Policy{Routes: []*policy.Route{route("r", "/", "/x")}}}, CellSpec: noCellSpec})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -678,7 +678,7 @@ func TestShutdownCancels(t *testing.T) {
 		return fakeResult(sandbox.CauseKilled), nil
 	})
 	recs := &recorder{}
-	s, err := New(Config{TempDir: t.TempDir()}, Deps{Runner: runner, Router: &policy.Policy{Routes: []*policy.Route{route("r", "/", "/x")}}, CellSpec: noCellSpec, Metrics: recs})
+	s, err := New(Config{TempDir: t.TempDir()}, Deps{Runner: runner, Router: staticRouter{&policy.Policy{Routes: []*policy.Route{route("r", "/", "/x")}}}, CellSpec: noCellSpec, Metrics: recs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -706,7 +706,7 @@ func TestShutdownCancels(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
-	deps := Deps{Runner: &PlainExec{}, Router: &policy.Policy{}, CellSpec: noCellSpec}
+	deps := Deps{Runner: &PlainExec{}, Router: staticRouter{&policy.Policy{}}, CellSpec: noCellSpec}
 	for _, tt := range []struct {
 		name string
 		cfg  Config
@@ -718,8 +718,8 @@ func TestNewValidates(t *testing.T) {
 		{"tiny header limit", Config{MaxHeaderBytes: 10}, deps, "MaxHeaderBytes"},
 		{"missing temp dir", Config{TempDir: "/nonexistent/x"}, deps, "TempDir"},
 		{"temp dir not writable", Config{TempDir: "/proc"}, deps, "TempDir"},
-		{"no runner", Config{}, Deps{Router: &policy.Policy{}, CellSpec: noCellSpec}, "Deps.Runner"},
-		{"no cell spec", Config{}, Deps{Runner: &PlainExec{}, Router: &policy.Policy{}}, "CellSpec"},
+		{"no runner", Config{}, Deps{Router: staticRouter{&policy.Policy{}}, CellSpec: noCellSpec}, "Deps.Runner"},
+		{"no cell spec", Config{}, Deps{Runner: &PlainExec{}, Router: staticRouter{&policy.Policy{}}}, "CellSpec"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := New(tt.cfg, tt.deps)
@@ -764,5 +764,109 @@ func TestSlowReader(t *testing.T) {
 	rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader))
 	if rec.Outcome != accounting.OutcomeClientGone || rec.BytesOut >= size {
 		t.Errorf("record outcome %s, %d bytes out: want client_gone and fewer than %d", rec.Outcome, rec.BytesOut, size)
+	}
+}
+
+// holdRouter routes with a policy and counts the matches held (not yet
+// released), as a reloading Router would to keep a policy's tenants.
+type holdRouter struct {
+	p        *policy.Policy
+	held     atomic.Int32
+	matched  atomic.Int32
+	released atomic.Int32
+}
+
+func (r *holdRouter) Match(host, method, urlPath string) (*policy.Match, func(), error) {
+	m, err := r.p.Match(host, method, urlPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.held.Add(1)
+	r.matched.Add(1)
+	var once atomic.Bool
+	return m, func() {
+		if !once.CompareAndSwap(false, true) {
+			panic("match released twice")
+		}
+		r.held.Add(-1)
+		r.released.Add(1)
+	}, nil
+}
+
+// heldAdmitter admits, and records whether a request's admission was
+// released while its match was held.
+type heldAdmitter struct {
+	router *holdRouter
+	mu     sync.Mutex
+	unheld int // admissions made or released with no match held
+	admits int
+}
+
+func (a *heldAdmitter) Admit(ctx context.Context, tenant string, memory int64) (func(), time.Duration, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.admits++
+	if a.router.held.Load() == 0 {
+		a.unheld++
+	}
+	return func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if a.router.held.Load() == 0 {
+			a.unheld++
+		}
+	}, 0, nil
+}
+
+// TestRouterMatchHeld: every match the Router made for a request (the
+// first route's and each local redirect's) is held until the request's
+// cells have ended and their admission is released, and released exactly
+// once; a failed match holds nothing.
+func TestRouterMatchHeld(t *testing.T) {
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		if spec.Stdin != nil {
+			io.Copy(io.Discard, spec.Stdin)
+		}
+		switch spec.Path {
+		case "/from":
+			io.WriteString(spec.Stdout, "Location: /to\n\n")
+		case "/nowhere":
+			io.WriteString(spec.Stdout, "Location: /missing\n\n")
+		default:
+			io.WriteString(spec.Stdout, "Content-Type: text/plain\n\nok")
+		}
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	for _, tt := range []struct {
+		name        string
+		method      string
+		path        string
+		wantStatus  int
+		wantMatches int32
+	}{
+		{"one route", "POST", "/to", 200, 1},
+		{"local redirect", "POST", "/from", 200, 2},
+		{"redirect to no route", "GET", "/nowhere", 404, 1},
+		{"no route", "GET", "/missing", 404, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			router := &holdRouter{p: &policy.Policy{Routes: []*policy.Route{
+				route("from", "/from", "/from"), route("to", "/to", "/to"), route("nowhere", "/nowhere", "/nowhere")}}}
+			adm := &heldAdmitter{router: router}
+			ts := startServer(t, Config{}, Deps{Runner: runner, Router: router, Admitter: adm})
+			resp, _ := do(t, nil, newRequest(t, tt.method, ts.URL+tt.path, strings.NewReader("data")))
+			if resp.StatusCode != tt.wantStatus {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tt.wantStatus)
+			}
+			ts.recs.byID(t, resp.Header.Get(RequestIDHeader)) // the request has ended
+			if m, r, h := router.matched.Load(), router.released.Load(), router.held.Load(); m != tt.wantMatches || r != m || h != 0 {
+				t.Errorf("%d matches, %d released, %d held at the end; want %d, all released", m, r, h, tt.wantMatches)
+			}
+			adm.mu.Lock()
+			defer adm.mu.Unlock()
+			if adm.unheld != 0 {
+				t.Errorf("%d of %d admissions admitted or released with no match held", adm.unheld, adm.admits)
+			}
+		})
 	}
 }

@@ -20,6 +20,8 @@ const (
 	outcomeMethodNotAllowed accounting.Outcome = "method_not_allowed" // 405
 	outcomeNoCell           accounting.Outcome = "no_cell"            // 503: the runner had no cell or uid
 	outcomeShutdown         accounting.Outcome = "shutdown"           // 503: cancelled by Shutdown
+	outcomeNoTenant         accounting.Outcome = "no_tenant"          // 503: admission does not know the route's tenant
+	outcomeOverBudget       accounting.Outcome = "over_budget"        // 503: the route's memory exceeds its tenant's or the global budget
 )
 
 // verdict is how a request ends for the client.
@@ -84,6 +86,15 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 	case errors.Is(err, policy.ErrQueueTimeout):
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeQueueTimeout,
 			Message: "server busy, retry later", RetryAfter: true}
+	case errors.Is(err, policy.ErrUnknownTenant):
+		// Defence in depth: a request holds the policy it was routed under
+		// (Router), so a reload cannot make its tenant unknown.
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: outcomeNoTenant,
+			Message: "service unavailable, retry later", RetryAfter: true}
+	case errors.Is(err, policy.ErrTooLarge):
+		// A reload shrank a budget below a route's memory limit.
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: outcomeOverBudget,
+			Message: "service unavailable, retry later", RetryAfter: true}
 	case errors.Is(err, sandbox.ErrNoCell), errors.Is(err, sandbox.ErrNoUID):
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: outcomeNoCell,
 			Message: "server busy, retry later", RetryAfter: true}

@@ -49,6 +49,8 @@ func TestDecide(t *testing.T) {
 		{name: "bad spec", err: wrap(sandbox.ErrSpec), wantStatus: 500, wantOutcome: accounting.OutcomeInternal},
 		{name: "queue full", err: wrap(policy.ErrQueueFull), wantStatus: 503, wantOutcome: accounting.OutcomeQueueFull, wantRetry: true},
 		{name: "queue timeout", err: wrap(policy.ErrQueueTimeout), wantStatus: 503, wantOutcome: accounting.OutcomeQueueTimeout, wantRetry: true},
+		{name: "unknown tenant", err: wrap(policy.ErrUnknownTenant), wantStatus: 503, wantOutcome: outcomeNoTenant, wantRetry: true},
+		{name: "memory over the budget", err: wrap(policy.ErrTooLarge), wantStatus: 503, wantOutcome: outcomeOverBudget, wantRetry: true},
 		{name: "client left the queue", err: fmt.Errorf("admit: %w: %w", ErrClientGone, context.Canceled), wantStatus: StatusClientClosed, wantOutcome: accounting.OutcomeClientGone},
 		{name: "shutdown in the queue", err: fmt.Errorf("admit: %w: %w", ErrShuttingDown, context.Canceled), wantStatus: 503, wantOutcome: outcomeShutdown, wantRetry: true},
 		{name: "no route", err: wrap(policy.ErrNoRoute), wantStatus: 404, wantOutcome: accounting.OutcomeNoRoute},

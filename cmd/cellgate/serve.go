@@ -31,11 +31,6 @@ import (
 // stop cleanly (cells or groups left behind).
 const exitServeFailed = 1
 
-// retireGrace is how long a tenant removed by a reload keeps admitting
-// requests that were routed to it just before the new routes took over,
-// before admission marks it removed and it starts draining.
-const retireGrace = time.Second
-
 // serveMain is `cellgate serve`: settings from flags and CELLGATE_*, one
 // validated config, then the daemon until SIGTERM or SIGINT.
 func serveMain(ctx context.Context, args []string, std stdio) int {
@@ -63,11 +58,14 @@ type daemon struct {
 	pool      *cgroup.Pool // nil with --isolation=none
 	admission *policy.Admission
 
-	policy atomic.Pointer[policy.Policy]
-	specs  atomic.Pointer[map[*policy.Route]*routeSpec]
+	// current is the snapshot new requests are routed under.
+	current atomic.Pointer[snapshot]
 
-	mu      sync.Mutex // serializes reloads and tenant group changes
+	mu      sync.Mutex // serializes reloads, snapshot and tenant group changes
 	tenants map[string]*cgroup.Tenant
+	// live are the snapshots not yet drained, oldest first; the last is
+	// current. Guarded by mu.
+	live []*snapshot
 
 	ready atomic.Bool
 	done  chan struct{} // closed when the daemon starts shutting down
@@ -103,7 +101,6 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 		return fmt.Errorf("%w (check it with cellgate check %s)", err, cfg.Policy)
 	}
 	log.Info("policy loaded", "policy", cfg.Policy, "routes", len(pol.Routes), "tenants", len(pol.Tenants))
-	d.policy.Store(pol)
 
 	var runner proxy.Runner
 	switch cfg.Isolation {
@@ -128,8 +125,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 		return err
 	}
 	d.warm(specs)
-	d.specs.Store(&specs)
-	d.admission = policy.NewAdmission(pol, nil)
+	d.startPolicy(pol, specs)
 
 	reg := prometheus.NewRegistry()
 	metrics, err := d.registerMetrics(reg)
@@ -228,6 +224,14 @@ func (d *daemon) shutdown(srv *proxy.Server, admin *http.Server, sigs <-chan os.
 		admin.Close()
 	}
 	return err
+}
+
+// startPolicy makes the start-up policy the current snapshot and sets up
+// admission with its budgets.
+func (d *daemon) startPolicy(pol *policy.Policy, specs map[*policy.Route]*routeSpec) {
+	d.admission = policy.NewAdmission(pol, nil)
+	d.live = []*snapshot{newSnapshot(pol, specs, d.snapshotDrained)}
+	d.current.Store(d.live[0])
 }
 
 // readiness is /readyz: ready while serving, not while starting or
@@ -363,11 +367,20 @@ func (d *daemon) newRouteSpec(r *policy.Route) *routeSpec {
 	return &routeSpec{profile: prof, user: user, err: err}
 }
 
-// cellSpec is proxy.Deps.CellSpec: the route's profile and credentials.
-// A route of a policy replaced since the request was routed is converted
-// on the spot.
+// cellSpec is proxy.Deps.CellSpec: the route's profile and credentials,
+// built with the snapshot the route belongs to (a request holds it, see
+// match). A route of no live snapshot is converted on the spot.
 func (d *daemon) cellSpec(r *policy.Route, spec *sandbox.Spec) error {
-	rs := (*d.specs.Load())[r]
+	rs := d.current.Load().specs[r]
+	if rs == nil {
+		d.mu.Lock()
+		for _, s := range d.live {
+			if rs = s.specs[r]; rs != nil {
+				break
+			}
+		}
+		d.mu.Unlock()
+	}
 	if rs == nil {
 		rs = d.newRouteSpec(r)
 	}
@@ -376,18 +389,6 @@ func (d *daemon) cellSpec(r *policy.Route, spec *sandbox.Spec) error {
 	}
 	spec.Profile, spec.User = rs.profile, rs.user
 	return nil
-}
-
-// match is the Router: the current policy's routes.
-func (d *daemon) match(host, method, urlPath string) (*policy.Match, error) {
-	return d.policy.Load().Match(host, method, urlPath)
-}
-
-// routerFunc adapts a function to proxy.Router.
-type routerFunc func(host, method, urlPath string) (*policy.Match, error)
-
-func (f routerFunc) Match(host, method, urlPath string) (*policy.Match, error) {
-	return f(host, method, urlPath)
 }
 
 // registerMetrics registers the per-request metrics, the admission gauges,

@@ -19,21 +19,28 @@ import (
 //
 //  1. the global budget is written to cells/, groups of new tenants are
 //     created and every tenant's budget written;
-//  2. admission takes the new budgets, still knowing the removed tenants,
-//     so a request routed to one just before the swap is admitted under its
-//     old budget;
-//  3. the route table and the routes' cell profiles are swapped atomically;
-//  4. after retireGrace, removed tenants stop admitting and drain: their
-//     cells finish under the limits they started with, then their groups
-//     are removed (retire).
+//  2. admission takes the new budgets, still knowing the tenants of every
+//     live snapshot (the replaced one included);
+//  3. the new snapshot (routes, the routes' cell profiles, tenants)
+//     replaces the current one atomically;
+//  4. when the last request routed under a replaced snapshot has ended
+//     (snapshotDrained), its tenants that no live snapshot names stop
+//     admitting and drain: their queued requests and cells finish under
+//     their last budgets; then their groups are removed (retire).
 //
-// Requests in flight keep the route, limits and admission reservation they
-// started with; none is dropped.
+// Requests in flight keep the route, limits, tenant and admission
+// reservation they started with, however long they take (a slow upload
+// included); none is dropped.
 func (d *daemon) reload() {
+	var old *snapshot
+	defer func() {
+		if old != nil {
+			old.release() // outside d.mu: the last reference calls snapshotDrained
+		}
+	}()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	start := time.Now()
-	old := d.policy.Load()
 	p, err := policy.Load(d.cfg.Policy)
 	if err != nil {
 		d.log.Error("reload: the policy file is invalid; still serving the previous policy", "policy", d.cfg.Policy, "err", err)
@@ -59,69 +66,61 @@ func (d *daemon) reload() {
 			d.tenants[t.Name] = g
 		}
 	}
-	var removed []*policy.Tenant
-	for _, t := range old.Tenants {
-		if !slices.ContainsFunc(p.Tenants, func(n *policy.Tenant) bool { return n.Name == t.Name }) {
-			removed = append(removed, t)
+	d.warm(specs)
+	s := newSnapshot(p, specs, d.snapshotDrained)
+	d.live = append(d.live, s)
+	d.admission.Update(d.admissible())
+	old = d.current.Swap(s)
+	var removed []string
+	for _, t := range old.policy.Tenants {
+		if !s.names(t.Name) {
+			removed = append(removed, t.Name)
 		}
 	}
-	d.warm(specs)
-	d.admission.Update(&policy.Policy{Global: p.Global, Tenants: append(slices.Clone(p.Tenants), removed...)})
-	d.specs.Store(&specs)
-	d.policy.Store(p)
-	names := make([]string, len(removed))
-	for i, t := range removed {
-		names[i] = t.Name
-	}
 	d.log.Info("policy reloaded", "policy", d.cfg.Policy, "routes", len(p.Routes), "tenants", len(p.Tenants),
-		"removed_tenants", names, "took", time.Since(start))
-	go d.retire(p, names)
+		"removed_tenants", removed, "live_policies", len(d.live), "took", time.Since(start))
 }
 
-// retire ends the grace of the tenants a reload removed, waits until each
-// has no cell in flight and nothing queued, and removes its group. It
-// gives up on a tenant that a later reload brought back, and on all of
-// them when the daemon shuts down (the tree's teardown removes them).
-func (d *daemon) retire(p *policy.Policy, tenants []string) {
-	select {
-	case <-time.After(retireGrace):
-	case <-d.done:
-		return
-	}
-	d.mu.Lock()
-	if d.policy.Load() == p {
-		d.admission.Update(p)
-	}
-	d.mu.Unlock()
-	if len(tenants) == 0 || d.tree == nil {
-		return
-	}
+// retire waits until each tenant (no longer admitting) has no cell in
+// flight and nothing queued, and removes its group. It gives up on a
+// tenant that a later reload brought back, and on all of them when the
+// daemon shuts down (the tree's teardown removes them). Admission has no
+// drain callback, so it polls.
+func (d *daemon) retire(tenants []string) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	for len(tenants) > 0 {
+		stats := d.admission.Stats()
+		tenants = slices.DeleteFunc(tenants, func(name string) bool {
+			if slices.ContainsFunc(stats.Tenants, func(t policy.TenantStats) bool { return t.Name == name }) {
+				return false // still draining (or admitting again)
+			}
+			return d.removeTenant(name)
+		})
+		if len(tenants) == 0 {
+			return
+		}
 		select {
 		case <-tick.C:
 		case <-d.done:
 			return
 		}
-		stats := d.admission.Stats()
-		tenants = slices.DeleteFunc(tenants, func(name string) bool {
-			if slices.ContainsFunc(stats.Tenants, func(t policy.TenantStats) bool { return t.Name == name }) {
-				return false // still draining
-			}
-			return d.removeTenant(name)
-		})
 	}
 }
 
-// removeTenant removes a drained tenant's group unless the current policy
-// has it again; it reports whether the tenant is done with (removed or
+// removeTenant removes a drained tenant's group unless a live snapshot
+// names it again; it reports whether the tenant is done with (removed or
 // back).
 func (d *daemon) removeTenant(name string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if slices.ContainsFunc(d.policy.Load().Tenants, func(t *policy.Tenant) bool { return t.Name == name }) {
+	if d.named(name) {
 		return true
+	}
+	select {
+	case <-d.done:
+		return true // shutting down: the tree's teardown removes it
+	default:
 	}
 	if err := d.pool.DrainTenant(name); err != nil {
 		d.log.Warn("drain a removed tenant's idle cells", "tenant", name, "err", err)

@@ -1,0 +1,137 @@
+package main
+
+import (
+	"slices"
+	"sync/atomic"
+
+	"github.com/cellgate/cellgate/policy"
+)
+
+// snapshot is one loaded policy as the daemon runs it: its routes, their
+// cell specs, and the tenants its routes name. A request holds the
+// snapshot it was routed under from Router.Match until it ends, so a
+// reload can tell when the last request that may still name a tenant of
+// an older policy is gone: that, not a timer, ends the tenant's admission.
+type snapshot struct {
+	policy *policy.Policy
+	specs  map[*policy.Route]*routeSpec
+
+	// refs counts the requests holding the snapshot, plus one while it is
+	// the daemon's current snapshot. Reaching 0 is final: drained is called
+	// once, and acquire refuses from then on.
+	refs    atomic.Int64
+	drained func(*snapshot)
+}
+
+// newSnapshot returns a snapshot holding the reference of the current
+// snapshot; drained is called when it has been replaced and its last
+// request has ended.
+func newSnapshot(p *policy.Policy, specs map[*policy.Route]*routeSpec, drained func(*snapshot)) *snapshot {
+	s := &snapshot{policy: p, specs: specs, drained: drained}
+	s.refs.Store(1)
+	return s
+}
+
+// acquire takes a reference unless the snapshot has drained.
+func (s *snapshot) acquire() bool {
+	for {
+		n := s.refs.Load()
+		if n <= 0 {
+			return false
+		}
+		if s.refs.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// release gives a reference back; the last one calls drained.
+func (s *snapshot) release() {
+	switch n := s.refs.Add(-1); {
+	case n == 0:
+		s.drained(s)
+	case n < 0:
+		panic("cellgate: snapshot released more often than acquired")
+	}
+}
+
+// names reports whether the snapshot's policy has the tenant.
+func (s *snapshot) names(tenant string) bool {
+	return slices.ContainsFunc(s.policy.Tenants, func(t *policy.Tenant) bool { return t.Name == tenant })
+}
+
+// acquireCurrent returns the current snapshot with a reference taken. A
+// snapshot replaced between the load and the acquire may already have
+// drained; the load is then retried and finds its successor.
+func (d *daemon) acquireCurrent() *snapshot {
+	for {
+		if s := d.current.Load(); s.acquire() {
+			return s
+		}
+	}
+}
+
+// match is the Router: the current policy's routes. The match holds its
+// snapshot until release.
+func (d *daemon) match(host, method, urlPath string) (*policy.Match, func(), error) {
+	s := d.acquireCurrent()
+	m, err := s.policy.Match(host, method, urlPath)
+	if err != nil {
+		s.release()
+		return nil, nil, err
+	}
+	return m, s.release, nil
+}
+
+// routerFunc adapts a function to proxy.Router.
+type routerFunc func(host, method, urlPath string) (*policy.Match, func(), error)
+
+func (f routerFunc) Match(host, method, urlPath string) (*policy.Match, func(), error) {
+	return f(host, method, urlPath)
+}
+
+// admissible is what admission knows while the live snapshots may still
+// be named by requests: the newest policy's global budget, and every
+// tenant of a live snapshot with its newest budget. Called with d.mu held.
+func (d *daemon) admissible() *policy.Policy {
+	newest := d.live[len(d.live)-1].policy
+	p := &policy.Policy{Global: newest.Global}
+	for i := len(d.live) - 1; i >= 0; i-- {
+		for _, t := range d.live[i].policy.Tenants {
+			if !slices.ContainsFunc(p.Tenants, func(n *policy.Tenant) bool { return n.Name == t.Name }) {
+				p.Tenants = append(p.Tenants, t)
+			}
+		}
+	}
+	return p
+}
+
+// named reports whether a live snapshot names the tenant. Called with d.mu
+// held.
+func (d *daemon) named(tenant string) bool {
+	return slices.ContainsFunc(d.live, func(s *snapshot) bool { return s.names(tenant) })
+}
+
+// snapshotDrained is the drained callback: a replaced snapshot's last
+// request has ended. Its tenants that no live snapshot names stop
+// admitting and drain (their queued requests and cells finish under their
+// last budgets); retire then removes their groups.
+func (d *daemon) snapshotDrained(s *snapshot) {
+	d.mu.Lock()
+	d.live = slices.DeleteFunc(d.live, func(l *snapshot) bool { return l == s })
+	var gone []string
+	for _, t := range s.policy.Tenants {
+		if !d.named(t.Name) {
+			gone = append(gone, t.Name)
+		}
+	}
+	d.admission.Update(d.admissible())
+	d.mu.Unlock()
+	if len(gone) == 0 {
+		return
+	}
+	d.log.Info("tenants of a replaced policy no longer admit: draining", "tenants", gone)
+	if d.tree != nil {
+		go d.retire(gone)
+	}
+}
