@@ -197,6 +197,8 @@ func TestOutcomeLabel(t *testing.T) {
 		{OutcomeMethodNotAllowed, "method_not_allowed"},
 		{OutcomeNoCell, "no_cell"},
 		{OutcomeShutdown, "shutdown"},
+		{OutcomeNoTenant, "no_tenant"},
+		{OutcomeOverBudget, "over_budget"},
 		{Outcome("bad_request"), "bad_request"}, // proxy's own constant of the same value
 		{Outcome("teapot"), "other"},
 		{Outcome(""), "other"},

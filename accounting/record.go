@@ -39,6 +39,8 @@ const (
 	OutcomeSpawnFailed      Outcome = "spawn_failed"       // the cell or worker could not be started
 	OutcomeNoCell           Outcome = "no_cell"            // the runner had no cell or uid free: 503
 	OutcomeShutdown         Outcome = "shutdown"           // cancelled by a shutdown: 503
+	OutcomeNoTenant         Outcome = "no_tenant"          // admission does not know the route's tenant: 503
+	OutcomeOverBudget       Outcome = "over_budget"        // the route's memory exceeds its tenant's or the global budget: 503
 	OutcomeInternal         Outcome = "internal"           // any other server-side failure
 	OutcomeOther            Outcome = "other"              // a value outside this set (metrics only)
 )
@@ -49,7 +51,7 @@ func (o Outcome) known() bool {
 	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeDeadline, OutcomePids, OutcomeKilled,
 		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeMethodNotAllowed,
 		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone,
-		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeShutdown, OutcomeInternal, OutcomeOther:
+		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeInternal, OutcomeOther:
 		return true
 	}
 	return false

@@ -49,7 +49,7 @@ func TestRequestIDOnEveryResponse(t *testing.T) {
 	}{
 		{"ok", func() *http.Request { return newRequest(t, "GET", ts.URL+"/ok", nil) }, 200, accounting.OutcomeOK},
 		{"no route", func() *http.Request { return newRequest(t, "GET", ts.URL+"/nothing", nil) }, 404, accounting.OutcomeNoRoute},
-		{"method", func() *http.Request { return newRequest(t, "GET", ts.URL+"/post", nil) }, 405, outcomeMethodNotAllowed},
+		{"method", func() *http.Request { return newRequest(t, "GET", ts.URL+"/post", nil) }, 405, accounting.OutcomeMethodNotAllowed},
 		{"body too large", func() *http.Request {
 			return newRequest(t, "POST", ts.URL+"/post", strings.NewReader("01234567890"))
 		}, 413, accounting.OutcomeBodyTooLarge},
@@ -700,7 +700,7 @@ func TestShutdownCancels(t *testing.T) {
 	}
 	<-cancelled
 	recsNow := recs.all()
-	if len(recsNow) != 1 || recsNow[0].Outcome != outcomeShutdown {
+	if len(recsNow) != 1 || recsNow[0].Outcome != accounting.OutcomeShutdown {
 		t.Fatalf("records after Shutdown: %+v", recsNow)
 	}
 }

@@ -13,17 +13,6 @@ import (
 // away before its response was written, as nginx logs it.
 const StatusClientClosed = 499
 
-// Outcomes the front decides that accounting has no constant for. The access
-// log shows them as they are; metrics count them as accounting.OutcomeOther.
-const (
-	outcomeBadRequest       accounting.Outcome = "bad_request"        // 400
-	outcomeMethodNotAllowed accounting.Outcome = "method_not_allowed" // 405
-	outcomeNoCell           accounting.Outcome = "no_cell"            // 503: the runner had no cell or uid
-	outcomeShutdown         accounting.Outcome = "shutdown"           // 503: cancelled by Shutdown
-	outcomeNoTenant         accounting.Outcome = "no_tenant"          // 503: admission does not know the route's tenant
-	outcomeOverBudget       accounting.Outcome = "over_budget"        // 503: the route's memory exceeds its tenant's or the global budget
-)
-
 // verdict is how a request ends for the client.
 type verdict struct {
 	Status  int
@@ -74,9 +63,9 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 		return verdict{Status: http.StatusRequestTimeout, Outcome: accounting.OutcomeClientTimeout,
 			Message: "request body sent too slowly", Close: true}
 	case errors.Is(err, ErrBadRequest), errors.Is(err, policy.ErrBadPath):
-		return verdict{Status: http.StatusBadRequest, Outcome: outcomeBadRequest, Message: "bad request", Close: true}
+		return verdict{Status: http.StatusBadRequest, Outcome: accounting.OutcomeBadRequest, Message: "bad request", Close: true}
 	case errors.As(err, &me):
-		return verdict{Status: http.StatusMethodNotAllowed, Outcome: outcomeMethodNotAllowed,
+		return verdict{Status: http.StatusMethodNotAllowed, Outcome: accounting.OutcomeMethodNotAllowed,
 			Message: "method not allowed", Allow: me.Allow}
 	case errors.Is(err, policy.ErrNoRoute):
 		return verdict{Status: http.StatusNotFound, Outcome: accounting.OutcomeNoRoute, Message: "not found"}
@@ -89,17 +78,17 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 	case errors.Is(err, policy.ErrUnknownTenant):
 		// Defence in depth: a request holds the policy it was routed under
 		// (Router), so a reload cannot make its tenant unknown.
-		return verdict{Status: http.StatusServiceUnavailable, Outcome: outcomeNoTenant,
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeNoTenant,
 			Message: "service unavailable, retry later", RetryAfter: true}
 	case errors.Is(err, policy.ErrTooLarge):
 		// A reload shrank a budget below a route's memory limit.
-		return verdict{Status: http.StatusServiceUnavailable, Outcome: outcomeOverBudget,
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeOverBudget,
 			Message: "service unavailable, retry later", RetryAfter: true}
 	case errors.Is(err, sandbox.ErrNoCell), errors.Is(err, sandbox.ErrNoUID):
-		return verdict{Status: http.StatusServiceUnavailable, Outcome: outcomeNoCell,
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeNoCell,
 			Message: "server busy, retry later", RetryAfter: true}
 	case errors.Is(err, ErrShuttingDown) && res == nil:
-		return verdict{Status: http.StatusServiceUnavailable, Outcome: outcomeShutdown,
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeShutdown,
 			Message: "server shutting down, retry later", RetryAfter: true}
 	case errors.Is(err, sandbox.ErrSpawn):
 		return verdict{Status: http.StatusBadGateway, Outcome: accounting.OutcomeSpawnFailed,
@@ -133,7 +122,7 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 		return verdict{Status: http.StatusBadGateway, Outcome: accounting.OutcomeBadGateway,
 			Message: "the request handler sent an invalid response"}
 	case errors.Is(err, ErrShuttingDown):
-		return verdict{Status: http.StatusServiceUnavailable, Outcome: outcomeShutdown,
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeShutdown,
 			Message: "server shutting down, retry later", RetryAfter: true}
 	case err != nil:
 		// A runner or spool failure although the worker ran.
