@@ -128,9 +128,9 @@ func parseServerTiming(v string) error {
 				val, err = p.quoted()
 			} else {
 				val, err = p.token()
-				if err == nil && strings.EqualFold(name, "dur") && !isDecimal(val) {
-					err = fmt.Errorf("dur=%q is not a number", val)
-				}
+			}
+			if err == nil && strings.EqualFold(name, "dur") && !isDecimal(val) {
+				err = fmt.Errorf("dur=%q is not a number", val)
 			}
 			if err != nil {
 				return fmt.Errorf("param %s value at %d: %w", name, p.i, err)
