@@ -147,7 +147,7 @@ func loadServeConfig(args, environ []string, usage io.Writer) (*serveConfig, err
 	c := &serveConfig{Shared: defaultShared()}
 	envMap := env.ToMap(environ)
 	if err := env.ParseWithOptions(c, env.Options{Prefix: envPrefix, Environment: envMap}); err != nil {
-		return nil, envError(err, envMap)
+		return nil, fmt.Errorf("cellgate serve: environment: %w", errors.Join(envErrors(err, reflect.TypeFor[serveConfig](), envMap)...))
 	}
 	fs := flag.NewFlagSet("cellgate serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -183,33 +183,6 @@ func loadServeConfig(args, environ []string, usage io.Writer) (*serveConfig, err
 		return nil, err
 	}
 	return c, nil
-}
-
-// envError rewrites caarlos0/env's errors, which name struct fields, so
-// that each names the variable and its value.
-func envError(err error, envMap map[string]string) error {
-	var errs []error
-	var agg env.AggregateError
-	if errors.As(err, &agg) {
-		errs = agg.Errors
-	} else {
-		errs = []error{err}
-	}
-	t := reflect.TypeFor[serveConfig]()
-	var out []error
-	for _, e := range errs {
-		var pe env.ParseError
-		if errors.As(e, &pe) {
-			if f, ok := t.FieldByName(pe.Name); ok {
-				key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
-				key = envPrefix + key
-				out = append(out, fmt.Errorf("%s=%q: %w", key, envMap[key], pe.Err))
-				continue
-			}
-		}
-		out = append(out, e)
-	}
-	return fmt.Errorf("cellgate serve: environment: %w", errors.Join(out...))
 }
 
 // validate checks the settings together; every error names the flag or

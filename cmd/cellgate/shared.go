@@ -53,32 +53,38 @@ func (s *Shared) parseEnv(environ []string) error {
 		}
 	}
 	if err := env.ParseWithOptions(s, env.Options{Prefix: envPrefix, Environment: m}); err != nil {
-		return fieldEnvError(err, reflect.TypeOf(*s), m)
+		parts := envErrors(err, reflect.TypeFor[Shared](), m)
+		msgs := make([]string, len(parts))
+		for i, e := range parts {
+			msgs[i] = e.Error()
+		}
+		return &envErr{msg: "environment: " + strings.Join(msgs, "; "), err: err}
 	}
 	return nil
 }
 
-// fieldEnvError rewrites caarlos0/env's errors, which name struct fields, into
-// one line naming the variables and values: CELLGATE_GID="x": ....
-func fieldEnvError(err error, typ reflect.Type, m map[string]string) error {
+// envErrors rewrites caarlos0/env's errors, which name fields of typ, so
+// that each names the variable and its value: CELLGATE_GID="x": ....
+func envErrors(err error, typ reflect.Type, m map[string]string) []error {
+	errs := []error{err}
 	var agg env.AggregateError
-	if !errors.As(err, &agg) {
-		return fmt.Errorf("environment: %w", err)
+	if errors.As(err, &agg) {
+		errs = agg.Errors
 	}
-	var parts []string
-	for _, e := range agg.Errors {
+	out := make([]error, 0, len(errs))
+	for _, e := range errs {
 		var pe env.ParseError
 		if errors.As(e, &pe) {
 			if f, ok := typ.FieldByName(pe.Name); ok {
 				key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
 				key = envPrefix + key
-				parts = append(parts, fmt.Sprintf("%s=%q: %v", key, m[key], pe.Err))
+				out = append(out, fmt.Errorf("%s=%q: %w", key, m[key], pe.Err))
 				continue
 			}
 		}
-		parts = append(parts, e.Error())
+		out = append(out, e)
 	}
-	return &envErr{msg: "environment: " + strings.Join(parts, "; "), err: err}
+	return out
 }
 
 // envErr is a one-line message over caarlos0/env's error, which stays
