@@ -66,6 +66,10 @@ type daemon struct {
 	// live are the snapshots not yet drained, oldest first; the last is
 	// current. Guarded by mu.
 	live []*snapshot
+	// specs holds the routeSpec of every route of a live snapshot
+	// (*policy.Route -> *routeSpec), for cellSpec to read without mu;
+	// written with live.
+	specs sync.Map
 
 	ready atomic.Bool
 	done  chan struct{} // closed when the daemon starts shutting down
@@ -231,6 +235,7 @@ func (d *daemon) shutdown(srv *proxy.Server, admin *http.Server, sigs <-chan os.
 func (d *daemon) startPolicy(pol *policy.Policy, specs map[*policy.Route]*routeSpec) {
 	d.admission = policy.NewAdmission(pol, nil)
 	d.live = []*snapshot{newSnapshot(pol, specs, d.snapshotDrained)}
+	d.addSpecs(d.live[0])
 	d.current.Store(d.live[0])
 }
 
@@ -369,19 +374,13 @@ func (d *daemon) newRouteSpec(r *policy.Route) *routeSpec {
 
 // cellSpec is proxy.Deps.CellSpec: the route's profile and credentials,
 // built with the snapshot the route belongs to (a request holds it, see
-// match). A route of no live snapshot is converted on the spot.
+// match), found without a lock. A route of no live snapshot is converted
+// on the spot.
 func (d *daemon) cellSpec(r *policy.Route, spec *sandbox.Spec) error {
-	rs := d.current.Load().specs[r]
-	if rs == nil {
-		d.mu.Lock()
-		for _, s := range d.live {
-			if rs = s.specs[r]; rs != nil {
-				break
-			}
-		}
-		d.mu.Unlock()
-	}
-	if rs == nil {
+	var rs *routeSpec
+	if v, ok := d.specs.Load(r); ok {
+		rs = v.(*routeSpec)
+	} else {
 		rs = d.newRouteSpec(r)
 	}
 	if rs.err != nil {
@@ -389,6 +388,14 @@ func (d *daemon) cellSpec(r *policy.Route, spec *sandbox.Spec) error {
 	}
 	spec.Profile, spec.User = rs.profile, rs.user
 	return nil
+}
+
+// addSpecs makes a snapshot's route specs visible to cellSpec; it is
+// called as the snapshot joins live.
+func (d *daemon) addSpecs(s *snapshot) {
+	for r, rs := range s.specs {
+		d.specs.Store(r, rs)
+	}
 }
 
 // registerMetrics registers the per-request metrics, the admission gauges,

@@ -69,6 +69,7 @@ func (d *daemon) reload() {
 	d.warm(specs)
 	s := newSnapshot(p, specs, d.snapshotDrained)
 	d.live = append(d.live, s)
+	d.addSpecs(s)
 	d.admission.Update(d.admissible())
 	old = d.current.Swap(s)
 	var removed []string

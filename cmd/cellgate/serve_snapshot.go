@@ -119,6 +119,9 @@ func (d *daemon) named(tenant string) bool {
 func (d *daemon) snapshotDrained(s *snapshot) {
 	d.mu.Lock()
 	d.live = slices.DeleteFunc(d.live, func(l *snapshot) bool { return l == s })
+	for r := range s.specs {
+		d.specs.Delete(r)
+	}
 	var gone []string
 	for _, t := range s.policy.Tenants {
 		if !d.named(t.Name) {
