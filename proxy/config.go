@@ -137,49 +137,36 @@ type Config struct {
 
 // withDefaults returns c with every zero field set to its default.
 func (c Config) withDefaults() Config {
-	def := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	defInt := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	defInt64 := func(v *int64, d int64) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	if c.Addr == "" {
-		c.Addr = DefaultAddr
-	}
-	def(&c.ReadHeaderTimeout, DefaultReadHeaderTimeout)
-	def(&c.IdleTimeout, DefaultIdleTimeout)
-	defInt(&c.MaxHeaderBytes, DefaultMaxHeaderBytes)
-	defInt64(&c.BodyMinRate, DefaultBodyMinRate)
-	def(&c.BodyRateGrace, DefaultBodyRateGrace)
-	defInt64(&c.WriteMinRate, DefaultWriteMinRate)
-	def(&c.WriteRateGrace, DefaultWriteRateGrace)
-	defInt64(&c.MaxBody, DefaultMaxBody)
-	defInt(&c.BodyMemory, DefaultBodyMemory)
-	defInt(&c.MaxResponseHeader, DefaultMaxResponseHeader)
-	defInt(&c.ResponseMemory, DefaultResponseMemory)
-	defInt64(&c.MaxResponse, DefaultMaxResponse)
-	if c.TempDir == "" {
-		c.TempDir = DefaultTempDir
-	}
-	defInt(&c.MaxConns, DefaultMaxConns)
-	defInt(&c.MaxConnsPerIP, DefaultMaxConnsPerIP)
-	defInt(&c.MaxStreams, DefaultMaxStreams)
-	defInt(&c.MaxLocalRedirects, DefaultMaxLocalRedirects)
-	defInt(&c.StderrLimit, DefaultStderrLimit)
-	def(&c.RetryAfter, DefaultRetryAfter)
-	if c.Version == "" {
-		c.Version = DefaultVersion
-	}
+	setDefault(&c.Addr, DefaultAddr)
+	setDefault(&c.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	setDefault(&c.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&c.MaxHeaderBytes, DefaultMaxHeaderBytes)
+	setDefault(&c.BodyMinRate, DefaultBodyMinRate)
+	setDefault(&c.BodyRateGrace, DefaultBodyRateGrace)
+	setDefault(&c.WriteMinRate, DefaultWriteMinRate)
+	setDefault(&c.WriteRateGrace, DefaultWriteRateGrace)
+	setDefault(&c.MaxBody, DefaultMaxBody)
+	setDefault(&c.BodyMemory, DefaultBodyMemory)
+	setDefault(&c.MaxResponseHeader, DefaultMaxResponseHeader)
+	setDefault(&c.ResponseMemory, DefaultResponseMemory)
+	setDefault(&c.MaxResponse, DefaultMaxResponse)
+	setDefault(&c.TempDir, DefaultTempDir)
+	setDefault(&c.MaxConns, DefaultMaxConns)
+	setDefault(&c.MaxConnsPerIP, DefaultMaxConnsPerIP)
+	setDefault(&c.MaxStreams, DefaultMaxStreams)
+	setDefault(&c.MaxLocalRedirects, DefaultMaxLocalRedirects)
+	setDefault(&c.StderrLimit, DefaultStderrLimit)
+	setDefault(&c.RetryAfter, DefaultRetryAfter)
+	setDefault(&c.Version, DefaultVersion)
 	return c
+}
+
+// setDefault sets *v to d when it is the zero value.
+func setDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
 }
 
 // validate checks a Config with defaults applied.
