@@ -21,6 +21,7 @@ import (
 
 	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/proxy"
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -37,7 +38,7 @@ const (
 )
 
 // defaultWorkerPath is the PATH a command gets unless --env sets one.
-const defaultWorkerPath = "PATH=/usr/local/bin:/usr/bin:/bin"
+const defaultWorkerPath = "PATH=" + proxy.DefaultPath
 
 // runConfig is cellgate run's configuration, validated once.
 type runConfig struct {
@@ -82,7 +83,7 @@ func parseRunConfig(args, environ []string, usageOut io.Writer) (runConfig, erro
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
 	cfg.Shared.addFlags(fs)
-	fs.Var((*bytesFlag)(&cfg.Limits.Memory), "memory", "memory limit, such as `64Mi` or 1G (memory.max, no swap)")
+	fs.TextVar((*byteSize)(&cfg.Limits.Memory), "memory", byteSize(cfg.Limits.Memory), "memory limit, such as `64Mi` or 1G (memory.max, no swap)")
 	fs.Var((*cpuFlag)(&cfg.Limits.MilliCPU), "cpu", "CPU limit in `CPUs`, such as 0.5 or 250m, or max (cpu.max)")
 	fs.Int64Var(&cfg.Limits.Pids, "pids", cfg.Limits.Pids, "process `limit` (pids.max)")
 	fs.DurationVar(&cfg.Limits.Timeout, "timeout", cfg.Limits.Timeout, "wall-clock `deadline`; the whole cell is killed then")
@@ -472,16 +473,6 @@ func humanBytes(v uint64) string {
 		return fmt.Sprintf("%.1fKi", float64(v)/(1<<10))
 	}
 	return strconv.FormatUint(v, 10)
-}
-
-// bytesFlag is a byte size with units (policy.ParseBytes).
-type bytesFlag int64
-
-func (b *bytesFlag) String() string { return policy.FormatBytes(int64(*b)) }
-func (b *bytesFlag) Set(s string) error {
-	v, err := policy.ParseBytes(s)
-	*b = bytesFlag(v)
-	return err
 }
 
 // cpuFlag is a CPU amount in thousandths (policy.ParseCPU).

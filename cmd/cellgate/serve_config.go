@@ -97,7 +97,8 @@ func (i *isolation) UnmarshalText(b []byte) error {
 
 func (i isolation) MarshalText() ([]byte, error) { return []byte(i), nil }
 
-// byteSize is a size flag in policy's units (512k, 64Mi, 1G, 1048576).
+// byteSize is a size flag or variable in policy's units (512k, 64Mi, 1G,
+// 1048576).
 type byteSize int64
 
 func (s *byteSize) UnmarshalText(b []byte) error {
