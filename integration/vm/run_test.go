@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cellgate/cellgate/integration/vm/internal/vmtest"
 )
 
 // fakeQEMUEnv makes the test binary act as qemu-system-x86_64 (see
@@ -29,12 +31,12 @@ func TestMain(m *testing.M) {
 // fakeQEMU reads the spec from the -initrd it is given, as the guest would,
 // and behaves as mode says.
 func fakeQEMU(mode string, args []string) int {
-	i := slices.Index(args, "-initrd")
-	if i < 0 || i+1 >= len(args) {
-		fmt.Fprintln(os.Stderr, "fake qemu: no -initrd")
+	b, err := vmtest.Initrd(args)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake qemu:", err)
 		return 1
 	}
-	spec, err := specFromInitramfs(args[i+1])
+	spec, err := specFromInitramfs(b)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fake qemu:", err)
 		return 1
@@ -68,12 +70,8 @@ func fakeQEMU(mode string, args []string) int {
 	return 0
 }
 
-func specFromInitramfs(p string) (Spec, error) {
+func specFromInitramfs(b []byte) (Spec, error) {
 	var s Spec
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return s, err
-	}
 	files, err := ReadInitramfs(bytes.NewReader(b))
 	if err != nil {
 		return s, err
@@ -83,7 +81,7 @@ func specFromInitramfs(p string) (Spec, error) {
 			return s, json.Unmarshal(f.Data, &s)
 		}
 	}
-	return s, fmt.Errorf("no %s in %s", SpecPath, p)
+	return s, fmt.Errorf("no %s in the initramfs", SpecPath)
 }
 
 func envValue(env []string, key string) string {
@@ -93,45 +91,6 @@ func envValue(env []string, key string) string {
 		}
 	}
 	return ""
-}
-
-// fakeKernelCache makes a cache dir holding a kernel package whose guest
-// modules are all built in.
-func fakeKernelCache(t testing.TB) string {
-	t.Helper()
-	dir := t.TempDir()
-	pkg := filepath.Join(dir, "linux-image-6.1.0-fake-amd64")
-	mods := filepath.Join(pkg, "lib", "modules", "6.1.0-fake-amd64")
-	var builtin strings.Builder
-	for _, m := range GuestModules {
-		fmt.Fprintf(&builtin, "kernel/fake/%s.ko\n", m)
-	}
-	for p, data := range map[string]string{
-		filepath.Join(dir, "kernel"):                           "linux-image-6.1.0-fake-amd64\n",
-		filepath.Join(pkg, "boot", "vmlinuz-6.1.0-fake-amd64"): "not a kernel",
-		filepath.Join(mods, "modules.order"):                   "",
-		filepath.Join(mods, "modules.builtin"):                 builtin.String(),
-	} {
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
-}
-
-// useFakeQEMU puts the test binary on PATH as qemu-system-x86_64, acting
-// in mode.
-func useFakeQEMU(t *testing.T, mode string) {
-	t.Helper()
-	bin := t.TempDir()
-	if err := os.Symlink(os.Args[0], filepath.Join(bin, QEMUBinary)); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
-	t.Setenv(fakeQEMUEnv, mode)
 }
 
 func TestRunWithFakeQEMU(t *testing.T) {
@@ -151,7 +110,7 @@ func TestRunWithFakeQEMU(t *testing.T) {
 		{mode: "crash", wantErr: "qemu failed"},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
-			useFakeQEMU(t, tc.mode)
+			vmtest.UseFakeQEMU(t, QEMUBinary, fakeQEMUEnv, tc.mode)
 			timeout := tc.timeout
 			if timeout == 0 {
 				timeout = time.Minute
@@ -164,9 +123,9 @@ func TestRunWithFakeQEMU(t *testing.T) {
 				Mem:      "2G",
 				CPUs:     2,
 				Timeout:  timeout,
-				CacheDir: fakeKernelCache(t),
+				CacheDir: vmtest.KernelCache(t, GuestModules),
 				KVMPath:  filepath.Join(t.TempDir(), "no-kvm"),
-				Init:     staticInit(t),
+				Init:     vmtest.StaticInit(t),
 				Stdout:   &out,
 				Log:      &log,
 			})
@@ -188,17 +147,6 @@ func TestRunWithFakeQEMU(t *testing.T) {
 			}
 		})
 	}
-}
-
-// staticInit writes an ELF file without an interpreter, which Run accepts
-// as the guest's /init (the test binary itself may be dynamic, under -race).
-func staticInit(t testing.TB) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "init")
-	if err := os.WriteFile(p, fakeModule(t, ""), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 func TestRunRejectsDynamicInit(t *testing.T) {

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"debug/elf"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -14,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/cellgate/cellgate/integration/vm"
+	"github.com/cellgate/cellgate/integration/vm/internal/vmtest"
 )
 
 // fakeQEMUEnv makes the test binary act as qemu-system-x86_64.
@@ -29,12 +28,7 @@ func TestMain(m *testing.M) {
 // fakeQEMU plays the guest: it finds the spec in the -initrd it is given
 // and answers as mode says ("status:N", "panic" or "echo").
 func fakeQEMU(mode string, args []string) int {
-	i := slices.Index(args, "-initrd")
-	if i < 0 || i+1 >= len(args) {
-		fmt.Fprintln(os.Stderr, "fake qemu: no -initrd")
-		return 1
-	}
-	b, err := os.ReadFile(args[i+1])
+	b, err := vmtest.Initrd(args)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fake qemu:", err)
 		return 1
@@ -69,43 +63,11 @@ func fakeQEMU(mode string, args []string) int {
 }
 
 // setup puts the fake qemu on PATH and returns a kernel cache whose guest
-// modules are all built in, and a static "init" (an ELF header is enough).
+// modules are all built in, and a static "init".
 func setup(t *testing.T, mode string) (cache, init string) {
 	t.Helper()
-	bin := t.TempDir()
-	if err := os.Symlink(os.Args[0], filepath.Join(bin, vm.QEMUBinary)); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
-	t.Setenv(fakeQEMUEnv, mode)
-
-	cache = t.TempDir()
-	pkg := filepath.Join(cache, "linux-image-fake")
-	mods := filepath.Join(pkg, "lib", "modules", "fake")
-	builtin := ""
-	for _, m := range vm.GuestModules {
-		builtin += "kernel/" + m + ".ko\n"
-	}
-	var hdr bytes.Buffer
-	h := elf.Header64{Type: uint16(elf.ET_EXEC), Machine: uint16(elf.EM_X86_64), Version: uint32(elf.EV_CURRENT), Ehsize: 64}
-	copy(h.Ident[:], "\x7fELF\x02\x01\x01")
-	binary.Write(&hdr, binary.LittleEndian, h)
-	init = filepath.Join(t.TempDir(), "init")
-	for p, data := range map[string]string{
-		filepath.Join(cache, "kernel"):             "linux-image-fake\n",
-		filepath.Join(pkg, "boot", "vmlinuz-fake"): "",
-		filepath.Join(mods, "modules.order"):       "",
-		filepath.Join(mods, "modules.builtin"):     builtin,
-		init:                                       hdr.String(),
-	} {
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(data), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return cache, init
+	vmtest.UseFakeQEMU(t, vm.QEMUBinary, fakeQEMUEnv, mode)
+	return vmtest.KernelCache(t, vm.GuestModules), vmtest.StaticInit(t)
 }
 
 func TestRunExitStatus(t *testing.T) {
