@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -138,7 +139,7 @@ func (d *decoder) fields(n *yaml.Node, path string, known ...string) map[string]
 		switch {
 		case k.Kind != yaml.ScalarNode:
 			d.problem(k.Line, path, "", "a key that is not a plain name", "")
-		case !contains(known, name):
+		case !slices.Contains(known, name):
 			fix := "known keys: " + strings.Join(known, ", ")
 			if s := closest(name, known); s != "" {
 				fix = "did you mean " + s + "?"
@@ -173,15 +174,6 @@ func join(path, key string) string {
 		return key
 	}
 	return path + "." + key
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // closest returns the known key within edit distance 2 of s, if any.
@@ -243,11 +235,11 @@ func kindName(n *yaml.Node) string {
 // records a type problem.
 func (d *decoder) scalar(f field, path, want string, tags ...string) (string, bool) {
 	v := resolve(f.val)
-	if v.Kind == yaml.ScalarNode && contains(tags, v.ShortTag()) {
+	if v.Kind == yaml.ScalarNode && slices.Contains(tags, v.ShortTag()) {
 		return v.Value, true
 	}
 	fix := ""
-	if v.Kind == yaml.ScalarNode && v.ShortTag() != "!!null" && contains(tags, "!!str") {
+	if v.Kind == yaml.ScalarNode && v.ShortTag() != "!!null" && slices.Contains(tags, "!!str") {
 		fix = "quote it if it is meant as text"
 	}
 	d.problem(f.line(), path, scalarValue(v), "want "+want+", got "+kindName(v), fix)

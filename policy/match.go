@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -69,8 +70,8 @@ func (p *Policy) Match(host, method, urlPath string) (*Match, error) {
 		return r.split(urlPath)
 	}
 	if allow != nil {
-		sort.Strings(allow)
-		return nil, &MethodError{Method: method, Allow: compactStrings(allow)}
+		slices.Sort(allow)
+		return nil, &MethodError{Method: method, Allow: slices.Compact(allow)}
 	}
 	return nil, fmt.Errorf("route %s%s: %w", host, urlPath, ErrNoRoute)
 }
@@ -152,15 +153,7 @@ func (r *Route) matchesHost(host string) bool {
 }
 
 func (r *Route) allowsMethod(method string) bool {
-	if r.Methods == nil {
-		return true
-	}
-	for _, m := range r.Methods {
-		if m == method {
-			return true
-		}
-	}
-	return false
+	return r.Methods == nil || slices.Contains(r.Methods, method)
 }
 
 // priority orders routes: higher compares first in Match.
@@ -225,15 +218,4 @@ func overlaps(a, b *Route) bool {
 		}
 	}
 	return false
-}
-
-// compactStrings removes adjacent duplicates from a sorted slice.
-func compactStrings(s []string) []string {
-	out := s[:0]
-	for i, v := range s {
-		if i == 0 || v != s[i-1] {
-			out = append(out, v)
-		}
-	}
-	return out
 }

@@ -7,6 +7,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -381,7 +382,7 @@ func (d *decoder) programPath(f field, p string) string {
 }
 
 func reservedEnv(name string) bool {
-	return strings.HasPrefix(strings.ToUpper(name), "HTTP_") || contains(cgiVariables, strings.ToUpper(name))
+	return strings.HasPrefix(strings.ToUpper(name), "HTTP_") || slices.Contains(cgiVariables, strings.ToUpper(name))
 }
 
 func (d *decoder) envName(line int, p, name string) bool {
