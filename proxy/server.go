@@ -69,9 +69,11 @@ type Deps struct {
 	LookupEnv func(name string) (string, bool)
 	// CellSpec completes a route's Spec with what the proxy cannot derive
 	// (required): Profile, the cell's tenant and limits (cgroup.NewProfile
-	// of route.Tenant and route.Resources, built once per route at
-	// start-up), and User, the credentials of a route whose User is not
-	// Auto. Its error fails the request with a 500 and is logged.
+	// of route.Tenant and route.Resources, built once per route when its
+	// policy is loaded, at start-up or reload), and User, the credentials
+	// of a route whose User is not Auto. It is called for every cell, so it
+	// should only look up what was built. Its error fails the request with
+	// a 500 and is logged.
 	CellSpec func(route *policy.Route, spec *sandbox.Spec) error
 	// Now is the clock of the access-log times and durations (deadlines
 	// always use the wall clock); nil is time.Now.
