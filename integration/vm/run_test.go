@@ -17,16 +17,7 @@ import (
 	"github.com/cellgate/cellgate/integration/vm/internal/vmtest"
 )
 
-// fakeQEMUEnv makes the test binary act as qemu-system-x86_64 (see
-// TestMain): the value says how the fake guest behaves.
-const fakeQEMUEnv = "VMRUN_FAKE_QEMU"
-
-func TestMain(m *testing.M) {
-	if mode := os.Getenv(fakeQEMUEnv); mode != "" {
-		os.Exit(fakeQEMU(mode, os.Args[1:]))
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { vmtest.Main(m, fakeQEMU) }
 
 // fakeQEMU reads the spec from the -initrd it is given, as the guest would,
 // and behaves as mode says.
@@ -110,7 +101,7 @@ func TestRunWithFakeQEMU(t *testing.T) {
 		{mode: "crash", wantErr: "qemu failed"},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
-			vmtest.UseFakeQEMU(t, QEMUBinary, fakeQEMUEnv, tc.mode)
+			vmtest.UseFakeQEMU(t, QEMUBinary, tc.mode)
 			timeout := tc.timeout
 			if timeout == 0 {
 				timeout = time.Minute

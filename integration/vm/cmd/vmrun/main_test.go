@@ -15,15 +15,7 @@ import (
 	"github.com/cellgate/cellgate/integration/vm/internal/vmtest"
 )
 
-// fakeQEMUEnv makes the test binary act as qemu-system-x86_64.
-const fakeQEMUEnv = "VMRUN_TEST_FAKE_QEMU"
-
-func TestMain(m *testing.M) {
-	if mode := os.Getenv(fakeQEMUEnv); mode != "" {
-		os.Exit(fakeQEMU(mode, os.Args[1:]))
-	}
-	os.Exit(m.Run())
-}
+func TestMain(m *testing.M) { vmtest.Main(m, fakeQEMU) }
 
 // fakeQEMU plays the guest: it finds the spec in the -initrd it is given
 // and answers as mode says ("status:N", "panic" or "echo").
@@ -66,7 +58,7 @@ func fakeQEMU(mode string, args []string) int {
 // modules are all built in, and a static "init".
 func setup(t *testing.T, mode string) (cache, init string) {
 	t.Helper()
-	vmtest.UseFakeQEMU(t, vm.QEMUBinary, fakeQEMUEnv, mode)
+	vmtest.UseFakeQEMU(t, vm.QEMUBinary, mode)
 	return vmtest.KernelCache(t, vm.GuestModules), vmtest.StaticInit(t)
 }
 

@@ -16,16 +16,30 @@ import (
 	"testing"
 )
 
-// UseFakeQEMU puts the test binary on PATH as binary (vm.QEMUBinary) and
-// sets env to mode, which the test binary's TestMain reads to play qemu.
-func UseFakeQEMU(t *testing.T, binary, env, mode string) {
+// fakeQEMUEnv tells a test binary started as qemu (UseFakeQEMU) to play
+// it (Main), and how.
+const fakeQEMUEnv = "VMTEST_FAKE_QEMU"
+
+// Main is the TestMain of a package that uses UseFakeQEMU: started as the
+// fake qemu, the test binary exits with play(mode, its arguments);
+// otherwise it runs the tests.
+func Main(m *testing.M, play func(mode string, args []string) int) {
+	if mode := os.Getenv(fakeQEMUEnv); mode != "" {
+		os.Exit(play(mode, os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// UseFakeQEMU puts the test binary on PATH as binary (vm.QEMUBinary),
+// playing it in mode (see Main).
+func UseFakeQEMU(t *testing.T, binary, mode string) {
 	t.Helper()
 	bin := t.TempDir()
 	if err := os.Symlink(os.Args[0], filepath.Join(bin, binary)); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
-	t.Setenv(env, mode)
+	t.Setenv(fakeQEMUEnv, mode)
 }
 
 // Initrd returns the file that a qemu command line boots as its initramfs
