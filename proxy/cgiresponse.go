@@ -25,7 +25,7 @@ type cgiHeader struct {
 	Location string
 	// Local is true for a local redirect response (RFC 3875 6.2.2): a
 	// Location that is an absolute path and no other field. It is
-	// re-run only when the body is empty too (see localRedirect).
+	// re-run only when the body is empty too (see localRedirectAhead).
 	Local bool
 	// ContentLength is the worker's Content-Length, -1 without one.
 	ContentLength int64
