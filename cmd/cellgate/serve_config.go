@@ -21,8 +21,9 @@ import (
 
 // serveConfig is everything `cellgate serve` is configured with, read once
 // from the environment (CELLGATE_*) and then from flags, which override the
-// environment. Every field has its default in its envDefault tag; Validate
-// checks the whole of it once, before anything is started.
+// environment. Defaults are in the envDefault tags, Shared's in
+// defaultShared, TempDir's in loadServeConfig; validate checks the whole of
+// it once, before anything is started.
 type serveConfig struct {
 	// Listen is the public address. Default 127.0.0.1:8080.
 	Listen string `env:"LISTEN" envDefault:"127.0.0.1:8080"`
