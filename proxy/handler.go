@@ -89,8 +89,6 @@ func (x *exchange) serve() {
 		x.fail(err, nil)
 		return
 	}
-	x.route = m.Route
-	x.rec.Route, x.rec.Tenant = m.Route.Name, m.Route.Tenant
 
 	maxBody := m.Route.MaxBody
 	if maxBody <= 0 {
@@ -223,13 +221,16 @@ func (x *exchange) cgiRequest(m *policy.Match, bodyLen int64) *cgiRequest {
 }
 
 // match routes method and urlPath on the request's host, holding the match
-// until releaseMatches.
+// until releaseMatches; the route becomes the request's (x.route and the
+// record's route and tenant).
 func (x *exchange) match(method, urlPath string) (*policy.Match, error) {
 	m, release, err := x.s.deps.Router.Match(x.r.Host, method, urlPath)
 	if err != nil {
 		return nil, err
 	}
 	x.releases = append(x.releases, release)
+	x.route = m.Route
+	x.rec.Route, x.rec.Tenant = m.Route.Name, m.Route.Tenant
 	return m, nil
 }
 
@@ -255,8 +256,6 @@ func (x *exchange) redirect(prev *cgiRequest, loc string) (*cgiRequest, *policy.
 	if err != nil {
 		return nil, nil, fmt.Errorf("local redirect to %q: %w", loc, err)
 	}
-	x.route = m.Route
-	x.rec.Route, x.rec.Tenant = m.Route.Name, m.Route.Tenant
 	req := *prev
 	req.Method = http.MethodGet
 	req.RequestURI = u.RequestURI()
