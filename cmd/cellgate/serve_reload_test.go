@@ -13,6 +13,7 @@ import (
 
 	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/sandbox"
 )
 
 const (
@@ -181,5 +182,38 @@ func TestReloadConcurrentMatches(t *testing.T) {
 	defer d.mu.Unlock()
 	if len(d.live) != 1 || d.live[0] != d.current.Load() || d.current.Load().refs.Load() != 1 {
 		t.Errorf("after the requests ended: %d live snapshots, current has %d references; want 1 and 1", len(d.live), d.current.Load().refs.Load())
+	}
+}
+
+// TestCellSpecAcrossReload: a request routed before a reload gets its
+// route's spec as built with its snapshot (not one converted again), and
+// the replaced snapshot's specs are let go when its last request ends.
+func TestCellSpecAcrossReload(t *testing.T) {
+	d, path := testDaemon(t, reloadPolicyA)
+	m, release, err := d.match("example.com", "GET", "/extra")
+	if err != nil {
+		t.Fatalf("match /extra: %v", err)
+	}
+	built := d.current.Load().specs[m.Route]
+	writeFile(t, path, reloadPolicyB)
+	d.reload()
+	var spec sandbox.Spec
+	if err := d.cellSpec(m.Route, &spec); err != nil {
+		t.Fatalf("cellSpec of a route of the replaced policy: %v", err)
+	}
+	if spec.Profile != built.profile {
+		t.Errorf("cellSpec gave profile %p, want the one built with the route's snapshot %p", spec.Profile, built.profile)
+	}
+	release()
+	if _, ok := d.specs.Load(m.Route); ok {
+		t.Error("the drained snapshot's route spec is still held")
+	}
+	hello, releaseHello, err := d.match("example.com", "GET", "/hello")
+	if err != nil {
+		t.Fatalf("match /hello: %v", err)
+	}
+	defer releaseHello()
+	if _, ok := d.specs.Load(hello.Route); !ok {
+		t.Error("the current snapshot's route spec is not held")
 	}
 }
