@@ -18,6 +18,13 @@ import (
 // inside it with SysProcAttr{UseCgroupFD: true, CgroupFD: c.FD()} and every
 // control file is reached with openat, never by path.
 //
+// A cell made by NewCell also holds its cgroup.events, cgroup.kill and
+// accounting files open from creation (off the hot path, in the Pool's
+// refiller) to Remove, so the end of a request is one pread per file:
+// no openat, no close, no EOF read. Files the Tree learned at start-up to
+// be absent are not opened and go straight to Usage.Missing. That is up
+// to cellFDs fds per cell, idle or in use (see PoolOptions.MaxIdle).
+//
 // A Cell is used by one goroutine at a time; Remove (or Pool.Release) must
 // be called exactly once.
 type Cell struct {
@@ -29,9 +36,21 @@ type Cell struct {
 	unenforced []string
 	ops        dirOps
 
+	// held is set when the files below were opened at creation; when it
+	// is not (the start-up sweep, the probe), each access opens the file
+	// by name through fd.
+	held   bool
+	events int        // cgroup.events
+	kill   int        // cgroup.kill, -1 when absent (kernel < 5.14)
+	acct   [nAcct]int // acctFiles, -1 when absent
+
 	mu      sync.Mutex
 	removed bool
 }
+
+// cellFDs is the most fds a cell holds: its directory, cgroup.events,
+// cgroup.kill and the accounting files.
+const cellFDs = 3 + nAcct
 
 // Name is the cell's directory name (unique for the Tree's life and
 // across restarts).
@@ -60,7 +79,16 @@ func (c *Cell) Unenforced() []string { return slices.Clone(c.unenforced) }
 // once, forks racing with the kill included. It does not wait; see
 // WaitEmpty.
 func (c *Cell) Kill() error {
-	if err := writeAt(c.fd, "cgroup.kill", "1"); err != nil {
+	var err error
+	switch {
+	case !c.held:
+		err = writeAt(c.fd, "cgroup.kill", "1")
+	case c.kill < 0:
+		err = unix.ENOENT
+	default:
+		err = writeFD(c.kill, "1")
+	}
+	if err != nil {
 		if errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("write cgroup.kill=1 in %s: %w (needs Linux 5.14): %w", c.path, ErrUnsupported, err)
 		}
@@ -72,7 +100,13 @@ func (c *Cell) Kill() error {
 // Populated reads cgroup.events once: whether any process is still in the
 // cell.
 func (c *Cell) Populated() (bool, error) {
-	b, err := readAt(c.fd, "cgroup.events")
+	var b []byte
+	var err error
+	if c.held {
+		b, err = preadWhole(c.events)
+	} else {
+		b, err = readAt(c.fd, "cgroup.events")
+	}
 	if err != nil {
 		return false, fmt.Errorf("read cgroup.events in %s: %w", c.path, err)
 	}
@@ -122,12 +156,22 @@ func (c *Cell) WaitEmpty(ctx context.Context) error {
 // (controller not enabled, older kernel) are listed in Usage.Missing; a
 // file that cannot be read or parsed is an error, returned with whatever
 // was read.
-func (c *Cell) Usage() (Usage, error) { return readUsage(c.fd, c.path) }
+func (c *Cell) Usage() (Usage, error) {
+	return readUsage(c.path, func(i int) ([]byte, error) {
+		if !c.held {
+			return readAt(c.fd, acctFiles[i])
+		}
+		if c.acct[i] < 0 {
+			return nil, unix.ENOENT
+		}
+		return preadWhole(c.acct[i])
+	})
+}
 
 // Remove kills what is left in the cell, waits for it to empty (bounded by
-// ctx), removes the directory and closes the fd. Removing twice is a no-op.
-// On error the cell is left for the next start-up sweep, but its fd is
-// closed.
+// ctx), removes the directory and closes its fds. Removing twice is a
+// no-op. On error the cell is left for the next start-up sweep, but its
+// fds are closed.
 func (c *Cell) Remove(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -135,12 +179,60 @@ func (c *Cell) Remove(ctx context.Context) error {
 		return nil
 	}
 	c.removed = true
-	defer unix.Close(c.fd)
-	return removeGroup(ctx, c.ops, c.fd, c.path)
+	defer c.closeFDs()
+	return removeGroup(ctx, c.ops, c)
+}
+
+// closeFDs closes the held files and the directory fd.
+func (c *Cell) closeFDs() {
+	if c.held {
+		for _, fd := range append([]int{c.events, c.kill}, c.acct[:]...) {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}
+	unix.Close(c.fd)
+}
+
+// openFiles opens the cell's cgroup.events, cgroup.kill and the accounting
+// files the Tree did not find absent at start-up. A file absent now is
+// recorded as such (-1); any other failure is an error, with what was
+// opened left for closeFDs.
+func (c *Cell) openFiles(absent *[nAcct]bool) error {
+	c.held = true
+	c.events, c.kill = -1, -1
+	for i := range c.acct {
+		c.acct[i] = -1
+	}
+	fd, err := openat(c.fd, "cgroup.events", unix.O_RDONLY|unix.O_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("open cgroup.events in %s: %w", c.path, err)
+	}
+	c.events = fd
+	switch fd, err := openat(c.fd, "cgroup.kill", unix.O_WRONLY|unix.O_CLOEXEC); {
+	case err == nil:
+		c.kill = fd
+	case !errors.Is(err, unix.ENOENT):
+		return fmt.Errorf("open cgroup.kill in %s: %w", c.path, err)
+	}
+	for i, name := range acctFiles {
+		if absent[i] {
+			continue
+		}
+		switch fd, err := openat(c.fd, name, unix.O_RDONLY|unix.O_CLOEXEC); {
+		case err == nil:
+			c.acct[i] = fd
+		case !errors.Is(err, unix.ENOENT):
+			return fmt.Errorf("open %s in %s: %w", name, c.path, err)
+		}
+	}
+	return nil
 }
 
 // NewCell creates a cell for prof now: mkdir, open its directory fd, write
-// the profile's limits through the fd. Each step is undone when a later
+// the profile's limits through the fd, open the files read or written at
+// the end of the request. Each step is undone when a later
 // one fails. Creation refused by the kernel's caps (EAGAIN, ENOSPC) wraps
 // ErrTooManyCells. The caller removes the cell (Cell.Remove) when done;
 // the Pool does all this off the hot path.
@@ -169,6 +261,7 @@ func (t *Tree) NewCell(prof *Profile) (*Cell, error) {
 		t.ops.rmdir(dir)
 		return nil, err
 	}
+	c := &Cell{name: name, tenant: prof.tenant, path: dir, fd: fd, key: prof.key, unenforced: p.unenforced, ops: t.ops}
 	for _, x := range p.settings {
 		if err := writeAt(fd, x.File, x.Value); err != nil {
 			unix.Close(fd)
@@ -176,7 +269,12 @@ func (t *Tree) NewCell(prof *Profile) (*Cell, error) {
 			return nil, fmt.Errorf("write %s=%q in %s: %w", x.File, x.Value, dir, err)
 		}
 	}
-	return &Cell{name: name, tenant: prof.tenant, path: dir, fd: fd, key: prof.key, unenforced: p.unenforced, ops: t.ops}, nil
+	if err := c.openFiles(&t.acctAbsent); err != nil {
+		c.closeFDs()
+		t.ops.rmdir(dir)
+		return nil, err
+	}
+	return c, nil
 }
 
 // mkdirError wraps a failed group mkdir; the kernel's caps become

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,9 @@ type fakeFS struct {
 	mkdirErr func(path string) error
 	// rmdirHook, when set, runs before each rmdir (tests block in it).
 	rmdirHook func(path string)
+	// omit names control files mkdir does not create (a kernel without
+	// them); set it after Open, whose probe needs cgroup.kill.
+	omit []string
 
 	mkdirs atomic.Int64
 	rmdirs atomic.Int64
@@ -69,6 +73,9 @@ func (f *fakeFS) mkdir(path string) error {
 	}
 	files["cpu.stat"] = cpuStat
 	for k, v := range files {
+		if slices.Contains(f.omit, k) {
+			continue
+		}
 		if err := os.WriteFile(filepath.Join(path, k), []byte(v), 0o644); err != nil {
 			return err
 		}
@@ -186,11 +193,14 @@ func killer(t testing.TB, dir string) {
 			case <-time.After(time.Millisecond):
 			}
 			if b, err := os.ReadFile(filepath.Join(dir, "cgroup.kill")); err == nil && strings.TrimSpace(string(b)) == "1" {
-				// Replace the file atomically, as the kernel's read sees
-				// one value or the other.
-				tmp := filepath.Join(dir, ".events.tmp")
-				os.WriteFile(tmp, []byte("populated 0\nfrozen 0\n"), 0o644)
-				os.Rename(tmp, filepath.Join(dir, "cgroup.events"))
+				// Overwrite the file in place (a cell holds it open) with
+				// a value of the same length and no truncation, so a
+				// concurrent read sees one value or the other, as the
+				// kernel's does.
+				if f, err := os.OpenFile(filepath.Join(dir, "cgroup.events"), os.O_WRONLY, 0); err == nil {
+					f.WriteAt([]byte("populated 0\nfrozen 0\n"), 0)
+					f.Close()
+				}
 				return
 			}
 		}

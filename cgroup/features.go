@@ -84,8 +84,8 @@ func hasFile(dirfd int, name string) (bool, error) {
 	return err == nil, err
 }
 
-// probe checks cgroup.kill, memory.peak, pids.peak and a spawn into a
-// scratch group under cells/.
+// probe checks cgroup.kill, memory.peak, pids.peak, which accounting
+// files cells have, and a spawn into a scratch group under cells/.
 func (t *Tree) probe(ctx context.Context, spawn func(int) error) error {
 	dir := filepath.Join(t.cells, probeDir)
 	if err := t.ops.mkdir(dir); err != nil && !errors.Is(err, unix.EEXIST) {
@@ -113,6 +113,21 @@ func (t *Tree) probe(ctx context.Context, spawn func(int) error) error {
 			break
 		}
 	}
+	if err == nil {
+		var absent []string
+		for i, name := range acctFiles {
+			var ok bool
+			if ok, err = hasFile(fd, name); err != nil {
+				break
+			}
+			if t.acctAbsent[i] = !ok; !ok {
+				absent = append(absent, name)
+			}
+		}
+		if err == nil && len(absent) > 0 {
+			t.log.Info("accounting files absent in cells: not read, reported in Usage.Missing", "files", strings.Join(absent, " "))
+		}
+	}
 	var serr error
 	if err == nil {
 		if serr = spawn(fd); serr != nil {
@@ -122,7 +137,7 @@ func (t *Tree) probe(ctx context.Context, spawn func(int) error) error {
 		}
 	}
 	rctx, cancel := context.WithTimeout(ctx, t.sweepTime)
-	rerr := removeGroup(rctx, t.ops, fd, dir)
+	rerr := removeGroup(rctx, t.ops, &Cell{path: dir, fd: fd})
 	cancel()
 	unix.Close(fd)
 	switch {

@@ -125,3 +125,49 @@ func writeFile(path, value string) error {
 	}
 	return err
 }
+
+// preadWhole reads a control file held open since its cell was created,
+// from offset 0, so the same fd can be read again. A cgroupfs control file
+// is one seq_file record that the kernel renders whole on each read from
+// offset 0 and copies out as far as the buffer goes; a read shorter than
+// the buffer has therefore returned all of it, and the read that would
+// only confirm EOF (readFD's last) is skipped: it is a syscall, and under
+// emulation each one into cgroupfs is expensive. A full buffer is grown
+// and read on.
+func preadWhole(fd int) ([]byte, error) {
+	buf := make([]byte, 512)
+	off := 0
+	for {
+		n, err := unix.Pread(fd, buf[off:], int64(off))
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		off += n
+		if n == 0 || off < len(buf) {
+			return buf[:off], nil
+		}
+		buf = append(buf, make([]byte, len(buf))...)
+	}
+}
+
+// writeFD writes value to a control file held open (cgroup.kill). Each
+// write to a cgroupfs file is handled on its own; the offset plays no part.
+func writeFD(fd int, value string) error {
+	b := []byte(value)
+	for {
+		n, err := unix.Write(fd, b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n < len(b) {
+			return unix.EIO
+		}
+		return nil
+	}
+}

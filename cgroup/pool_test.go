@@ -262,12 +262,50 @@ func TestPoolRetain(t *testing.T) {
 		}
 	}
 	a, b := filepath.Join(tr.CellsPath(), "acme"), filepath.Join(tr.CellsPath(), "beta")
-	eventually(t, "both profiles warm", func() bool { return subdirs(t, a) == 2 && subdirs(t, b) == 2 })
+	// Idle too: a cell's directory exists before the cell is idle.
+	eventually(t, "both profiles warm", func() bool {
+		return subdirs(t, a) == 2 && subdirs(t, b) == 2 && p.Idle(keep) == 2 && p.Idle(old) == 2
+	})
 	p.Retain([]*Profile{keep})
 	if n := subdirs(t, b); n != 0 || p.Idle(old) != 0 {
 		t.Errorf("a dropped profile kept %d cells", n)
 	}
 	if n := subdirs(t, a); n != 2 || p.Idle(keep) != 2 {
 		t.Errorf("a kept profile has %d cells", n)
+	}
+}
+
+func TestPoolRefills(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		maxIdle int
+		release bool // release the cell before waiting for the refill
+	}{
+		// MaxIdle 4: the Get leaves three idle cells; Release refills.
+		{"after Release", 4, true},
+		// MaxIdle 2: the Get leaves half; it refills at once.
+		{"after half the idle cells", 2, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, p := newFakePool(t, &fakeFS{}, PoolOptions{MaxIdle: tc.maxIdle})
+			prof := testProfile(t, "acme")
+			if err := p.Warm(prof); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "warm", func() bool { return p.Idle(prof) == tc.maxIdle })
+			c, err := p.Get(t.Context(), prof)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.release {
+				p.Release(c)
+			} else {
+				defer p.Release(c)
+			}
+			eventually(t, "refilled to MaxIdle", func() bool { return p.Idle(prof) == tc.maxIdle })
+			if s := p.Stats(); s.Misses != 0 {
+				t.Errorf("Stats = %+v, want no miss", s)
+			}
+		})
 	}
 }

@@ -60,7 +60,7 @@ func (t *Tree) removeSubtree(ctx context.Context, dir string) (int, error) {
 		return n, err
 	}
 	defer unix.Close(fd)
-	if err := removeGroup(ctx, t.ops, fd, dir); err != nil {
+	if err := removeGroup(ctx, t.ops, &Cell{path: dir, fd: fd}); err != nil {
 		return n, err
 	}
 	return n + 1, nil
@@ -102,29 +102,27 @@ func (t *Tree) Close() error {
 	return nil
 }
 
-// removeGroup empties and removes the leaf group at path (dirfd fd).
-func removeGroup(ctx context.Context, ops dirOps, fd int, path string) error {
-	b, err := readAt(fd, "cgroup.events")
-	if errors.Is(err, unix.ENOENT) {
-		return nil // the group is gone already (Tree.Close swept it)
+// removeGroup empties and removes the leaf group c (the cell's own fds
+// stay open; the caller closes them).
+func removeGroup(ctx context.Context, ops dirOps, c *Cell) error {
+	p, err := c.Populated()
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) {
+		// The group is gone already (Tree.Close swept it): ENOENT by
+		// name, ENODEV through a held fd.
+		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("remove %s: read cgroup.events: %w", path, err)
-	}
-	p, err := populated(b)
-	if err != nil {
-		return fmt.Errorf("remove %s: read cgroup.events: %w", path, err)
+		return fmt.Errorf("remove %s: %w", c.path, err)
 	}
 	if p {
-		c := &Cell{path: path, fd: fd}
 		if err := c.Kill(); err != nil {
-			return fmt.Errorf("remove %s: %w", path, err)
+			return fmt.Errorf("remove %s: %w", c.path, err)
 		}
 		if err := c.WaitEmpty(ctx); err != nil {
-			return fmt.Errorf("remove %s: %w", path, err)
+			return fmt.Errorf("remove %s: %w", c.path, err)
 		}
 	}
-	return rmdirRetry(ctx, ops, path)
+	return rmdirRetry(ctx, ops, c.path)
 }
 
 // rmdirRetry removes a group, retrying EBUSY (a group that just emptied can

@@ -96,6 +96,11 @@ type Tree struct {
 	seq       atomic.Uint64
 	sweepTime time.Duration
 
+	// acctAbsent marks the accounting files (acctFiles) absent in the
+	// probe group at start-up: controller not enabled or kernel too old.
+	// Cells do not open or read them; Usage lists them as Missing.
+	acctAbsent [nAcct]bool
+
 	mu      sync.Mutex
 	closed  bool
 	global  Tenant // cells/ itself, for SetBudget

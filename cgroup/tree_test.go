@@ -393,7 +393,8 @@ func TestCellKillWaitRemove(t *testing.T) {
 }
 
 func TestCellKill(t *testing.T) {
-	tr := mustOpenFake(t, &fakeFS{}, fakeRoot(t, "memory", "cpu", "pids"), nil)
+	fs := &fakeFS{}
+	tr := mustOpenFake(t, fs, fakeRoot(t, "memory", "cpu", "pids"), nil)
 	c, err := tr.NewCell(testProfile(t, ""))
 	if err != nil {
 		t.Fatal(err)
@@ -405,8 +406,13 @@ func TestCellKill(t *testing.T) {
 	if got := read(t, filepath.Join(c.Path(), "cgroup.kill")); got != "1" {
 		t.Errorf("cgroup.kill = %q", got)
 	}
-	os.Remove(filepath.Join(c.Path(), "cgroup.kill"))
-	if err := c.Kill(); !errors.Is(err, ErrUnsupported) {
+	fs.omit = []string{"cgroup.kill"}
+	c2, err := tr.NewCell(testProfile(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Remove(t.Context())
+	if err := c2.Kill(); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("Kill without cgroup.kill = %v, want ErrUnsupported", err)
 	}
 }
@@ -487,6 +493,117 @@ func TestUsageMissing(t *testing.T) {
 	}
 	if got := c.Unenforced(); !slices.Equal(got, []string{"cpu", "memory", "pids"}) {
 		t.Errorf("Unenforced = %v", got)
+	}
+}
+
+// openFDs counts this process's open fds.
+func openFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatalf("list /proc/self/fd: %v", err)
+	}
+	return len(ents)
+}
+
+func TestCellHoldsFilesUntilRemove(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ctrls []string
+		mod   func(*Options)
+		want  int // fds held by one cell
+	}{
+		{"all controllers", []string{"memory", "cpu", "pids", "io"}, nil, cellFDs},
+		// dir, cgroup.events, cgroup.kill, cpu.stat: the absent files
+		// are not opened.
+		{"no controllers", nil, func(o *Options) { o.Unenforced = []string{"memory", "cpu", "pids"} }, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr := mustOpenFake(t, &fakeFS{}, fakeRoot(t, tc.ctrls...), tc.mod)
+			before := openFDs(t)
+			c, err := tr.NewCell(testProfile(t, ""))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := openFDs(t) - before; got != tc.want {
+				t.Errorf("cell holds %d fds, want %d", got, tc.want)
+			}
+			if err := c.Remove(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			if got := openFDs(t) - before; got != 0 {
+				t.Errorf("%d fds left open after Remove", got)
+			}
+		})
+	}
+}
+
+func TestNewCellClosesFilesOnFailure(t *testing.T) {
+	fs := &fakeFS{}
+	tr := mustOpenFake(t, fs, fakeRoot(t, "memory", "cpu", "pids", "io"), nil)
+	// cgroup.events missing fails the cell after some files were opened.
+	fs.omit = []string{"cgroup.events"}
+	before := openFDs(t)
+	if _, err := tr.NewCell(testProfile(t, "")); err == nil {
+		t.Fatal("NewCell without cgroup.events succeeded")
+	}
+	if got := openFDs(t) - before; got != 0 {
+		t.Errorf("%d fds left open after a failed NewCell", got)
+	}
+}
+
+func TestUsageSkipsFilesAbsentAtStartup(t *testing.T) {
+	tr := mustOpenFake(t, &fakeFS{}, fakeRoot(t), func(o *Options) { o.Unenforced = []string{"memory", "cpu", "pids"} })
+	c, err := tr.NewCell(testProfile(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Remove(t.Context())
+	// Files that appear after start-up are still not read: the Tree
+	// learned once that this kernel has none.
+	write(t, c.Path()+"/memory.peak", "4096\n")
+	write(t, c.Path()+"/pids.peak", "3\n")
+	u, err := c.Usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.MemoryPeak != 0 || u.PidsPeak != 0 {
+		t.Errorf("read a file absent at start-up: MemoryPeak %d, PidsPeak %d", u.MemoryPeak, u.PidsPeak)
+	}
+	if !slices.Contains(u.Missing, "memory.peak") || !slices.Contains(u.Missing, "pids.peak") {
+		t.Errorf("Missing = %v, want memory.peak and pids.peak listed", u.Missing)
+	}
+}
+
+func TestCellReadsHeldFilesAgain(t *testing.T) {
+	tr := mustOpenFake(t, &fakeFS{}, fakeRoot(t, "memory", "cpu", "pids", "io"), nil)
+	c, err := tr.NewCell(testProfile(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Remove(t.Context())
+	for i, want := range []uint64{7, 123456} {
+		write(t, c.Path()+"/memory.peak", strconv.FormatUint(want, 10)+"\n")
+		u, err := c.Usage()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if u.MemoryPeak != want {
+			t.Errorf("read %d: MemoryPeak = %d, want %d", i, u.MemoryPeak, want)
+		}
+	}
+	// A content longer than the first read buffer is read whole.
+	var long strings.Builder
+	for i := range 100 {
+		fmt.Fprintf(&long, "8:%d rbytes=1 wbytes=2 rios=1 wios=1 dbytes=0 dios=0\n", i)
+	}
+	write(t, c.Path()+"/io.stat", long.String())
+	u, err := c.Usage()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.IOReadBytes != 100 || u.IOWriteBytes != 200 {
+		t.Errorf("long io.stat: read %d, write %d bytes, want 100, 200", u.IOReadBytes, u.IOWriteBytes)
 	}
 }
 

@@ -42,29 +42,36 @@ type Usage struct {
 // victim, once in the group-kill pass), so it is a flag, not a count.
 func (u Usage) OOMKilled() bool { return u.OOMKill > 0 || u.OOMGroupKill > 0 }
 
-// readUsage reads the accounting files of the group dirfd fd.
-func readUsage(fd int, path string) (Usage, error) {
+// acctFiles are the accounting files Usage reads, in the order their
+// figures (and Missing entries) come.
+var acctFiles = [...]string{"cpu.stat", "memory.peak", "memory.events", "pids.peak", "pids.events", "io.stat"}
+
+const nAcct = len(acctFiles)
+
+// readUsage reads the accounting files through read, which returns a file's
+// content by its index in acctFiles, or an error wrapping ENOENT when the
+// file is absent (recorded in Missing, not an error).
+func readUsage(path string, read func(i int) ([]byte, error)) (Usage, error) {
 	var u Usage
 	var errs []error
-	// read returns the file's content, or nil after recording it as
-	// missing (ENOENT) or failed.
-	read := func(name string) []byte {
-		b, err := readAt(fd, name)
+	bytesOf := func(i int) []byte {
+		b, err := read(i)
 		if errors.Is(err, unix.ENOENT) {
-			u.Missing = append(u.Missing, name)
+			u.Missing = append(u.Missing, acctFiles[i])
 			return nil
 		}
 		if err != nil {
-			errs = append(errs, fmt.Errorf("read %s in %s: %w", name, path, err))
+			errs = append(errs, fmt.Errorf("read %s in %s: %w", acctFiles[i], path, err))
 			return nil
 		}
 		return b
 	}
-	keyed := func(name string, fields map[string]*uint64) {
-		b := read(name)
+	keyed := func(i int, fields map[string]*uint64) {
+		b := bytesOf(i)
 		if b == nil {
 			return
 		}
+		name := acctFiles[i]
 		m, err := parseFlatKeyed(b)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("read %s in %s: %w", name, path, err))
@@ -84,30 +91,30 @@ func readUsage(fd int, path string) (Usage, error) {
 			*fields[k] = v
 		}
 	}
-	single := func(name string, dst *uint64) {
-		b := read(name)
+	single := func(i int, dst *uint64) {
+		b := bytesOf(i)
 		if b == nil {
 			return
 		}
 		v, err := parseSingle(b)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("read %s in %s: %w", name, path, err))
+			errs = append(errs, fmt.Errorf("read %s in %s: %w", acctFiles[i], path, err))
 			return
 		}
 		*dst = v
 	}
 
-	keyed("cpu.stat", map[string]*uint64{
+	keyed(0, map[string]*uint64{
 		"usage_usec": &u.CPUUsageUsec, "user_usec": &u.CPUUserUsec, "system_usec": &u.CPUSystemUsec,
 		"nr_throttled": &u.NrThrottled, "throttled_usec": &u.ThrottledUsec,
 	})
-	single("memory.peak", &u.MemoryPeak)
-	keyed("memory.events", map[string]*uint64{
+	single(1, &u.MemoryPeak)
+	keyed(2, map[string]*uint64{
 		"max": &u.MemoryMax, "oom": &u.OOM, "oom_kill": &u.OOMKill, "oom_group_kill": &u.OOMGroupKill,
 	})
-	single("pids.peak", &u.PidsPeak)
-	keyed("pids.events", map[string]*uint64{"max": &u.PidsMax})
-	if b := read("io.stat"); b != nil {
+	single(3, &u.PidsPeak)
+	keyed(4, map[string]*uint64{"max": &u.PidsMax})
+	if b := bytesOf(5); b != nil {
 		r, w, err := ioTotals(b)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("read io.stat in %s: %w", path, err))
