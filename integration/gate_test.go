@@ -790,6 +790,13 @@ func (g *gate) records() []accessRecord {
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		g.t.Fatalf("read access log: %v", err)
 	}
+	// serve may be appending a record right now: only lines that end in a
+	// newline are complete.
+	if i := bytes.LastIndexByte(b, '\n'); i >= 0 {
+		b = b[:i+1]
+	} else {
+		b = nil
+	}
 	var out []accessRecord
 	for _, line := range bytes.Split(b, []byte("\n")) {
 		if len(bytes.TrimSpace(line)) == 0 {
