@@ -149,6 +149,11 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	if err != nil {
 		return fmt.Errorf("front: %w", err)
 	}
+	for _, c := range connCounters(srv) {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register metrics: %w", err)
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.origin["listen"], err)
@@ -437,6 +442,21 @@ func (d *daemon) poolCounters() []prometheus.Collector {
 		counter("pool_create_errors_total", "Cell creations that failed.", nil, func(s cgroup.PoolStats) uint64 { return s.CreateErrors }),
 		counter("pool_removed_total", "Used cells removed.", nil, func(s cgroup.PoolStats) uint64 { return s.Removed }),
 		counter("pool_remove_errors_total", "Cell removals that failed (left for the next start-up sweep).", nil, func(s cgroup.PoolStats) uint64 { return s.RemoveErrors }),
+	}
+}
+
+// connCounters export the front's connections: open now, and refused by
+// the caps (--max-conns, --max-conns-per-ip) before any handler ran, which
+// the access log never sees.
+func connCounters(srv *proxy.Server) []prometheus.Collector {
+	const refused = "Client connections refused by a connection cap, before any request was read."
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "cellgate", Name: "connections_open", Help: "Client connections open now."},
+			func() float64 { return float64(srv.ConnStats().Open) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: "connections_refused_total", Help: refused,
+			ConstLabels: prometheus.Labels{"cap": "total"}}, func() float64 { return float64(srv.ConnStats().RefusedTotal) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: "connections_refused_total", Help: refused,
+			ConstLabels: prometheus.Labels{"cap": "per_ip"}}, func() float64 { return float64(srv.ConnStats().RefusedPerIP) }),
 	}
 }
 
