@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"os"
 	"path"
 	"strings"
 )
@@ -44,6 +45,24 @@ func parseMountinfo(b []byte) (mountInfo, error) {
 		return mountInfo{}, fmt.Errorf("read mountinfo: %w", err)
 	}
 	return mountInfo{}, fmt.Errorf("no cgroup2 mount in mountinfo: mount cgroup2 (e.g. on /sys/fs/cgroup) or run cellgate doctor")
+}
+
+// Mountpoint returns where the cgroup2 hierarchy is mounted, read from
+// <procRoot>/self/mountinfo ("" = /proc), octal escapes undone.
+func Mountpoint(procRoot string) (string, error) {
+	if procRoot == "" {
+		procRoot = "/proc"
+	}
+	p := path.Join(procRoot, "self/mountinfo")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return "", fmt.Errorf("find the cgroup2 mount: %w", err)
+	}
+	mi, err := parseMountinfo(b)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", p, err)
+	}
+	return mi.Point, nil
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 space, \011 tab,

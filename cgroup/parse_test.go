@@ -3,6 +3,8 @@ package cgroup
 import (
 	"errors"
 	"maps"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -197,5 +199,27 @@ func TestValidName(t *testing.T) {
 		if err != nil && !errors.Is(err, ErrInvalidName) {
 			t.Errorf("ValidName(%q) = %v, not ErrInvalidName", tt.name, err)
 		}
+	}
+}
+
+func TestMountpoint(t *testing.T) {
+	proc := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(proc, "self"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mi := "25 30 0:22 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw\n" +
+		"35 25 0:30 / /sys/fs/cgroup/un\\040ified rw,nosuid shared:9 - cgroup2 cgroup2 rw\n"
+	if err := os.WriteFile(filepath.Join(proc, "self", "mountinfo"), []byte(mi), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Mountpoint(proc)
+	if err != nil || got != "/sys/fs/cgroup/un ified" {
+		t.Fatalf("Mountpoint = %q, %v; want %q", got, err, "/sys/fs/cgroup/un ified")
+	}
+	if err := os.WriteFile(filepath.Join(proc, "self", "mountinfo"), []byte(mi[:strings.Index(mi, "\n")+1]), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Mountpoint(proc); err == nil {
+		t.Fatal("Mountpoint without a cgroup2 line: no error")
 	}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"flag"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/caarlos0/env/v11"
+	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -136,27 +136,11 @@ func (s *Shared) base(mount, prefix string) (string, bool) {
 
 // cgroup2Mount finds where cgroup2 is mounted, from /proc/self/mountinfo.
 func cgroup2Mount() (string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	m, err := cgroup.Mountpoint("")
 	if err != nil {
-		return "", fmt.Errorf("find the cgroup2 mount: %w", err)
+		return "", fmt.Errorf("%w: %w", errNoCgroup2, err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		for i := 6; i+1 < len(fields); i++ {
-			if fields[i] == "-" {
-				if fields[i+1] == "cgroup2" {
-					return fields[4], nil
-				}
-				break
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("read /proc/self/mountinfo: %w", err)
-	}
-	return "", errNoCgroup2
+	return m, nil
 }
 
 var errNoCgroup2 = errors.New("no cgroup2 filesystem mounted (mount -t cgroup2 none /sys/fs/cgroup, or boot with systemd.unified_cgroup_hierarchy=1)")
