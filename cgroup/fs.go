@@ -49,22 +49,7 @@ func writeAt(dirfd int, name, value string) error {
 		return err
 	}
 	defer unix.Close(fd)
-	b := []byte(value)
-	for {
-		n, err := unix.Write(fd, b)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n < len(b) {
-			// cgroupfs takes a write whole; a short write means the value
-			// was not applied.
-			return unix.EIO
-		}
-		return nil
-	}
+	return writeFD(fd, value)
 }
 
 // readAt reads the control file name in the group dirfd whole.
@@ -153,8 +138,10 @@ func preadWhole(fd int) ([]byte, error) {
 	}
 }
 
-// writeFD writes value to a control file held open (cgroup.kill). Each
-// write to a cgroupfs file is handled on its own; the offset plays no part.
+// writeFD writes value to an open control file (cgroup.kill is held open).
+// Each write to a cgroupfs file is handled on its own; the offset plays no
+// part. cgroupfs takes a write whole: a short write means the value was not
+// applied.
 func writeFD(fd int, value string) error {
 	b := []byte(value)
 	for {
