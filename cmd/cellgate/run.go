@@ -158,12 +158,7 @@ func parseUser(s string, gid uint32) (*sandbox.Credential, error) {
 	if err != nil {
 		return nil, fmt.Errorf("look up user: %w", err)
 	}
-	uid, err1 := strconv.ParseUint(u.Uid, 10, 32)
-	g, err2 := strconv.ParseUint(u.Gid, 10, 32)
-	if err1 != nil || err2 != nil {
-		return nil, fmt.Errorf("user %s has uid %q gid %q: not numbers", s, u.Uid, u.Gid)
-	}
-	return &sandbox.Credential{UID: uint32(uid), GID: uint32(g)}, nil
+	return accountCredential(u)
 }
 
 func isDigits(s string) bool {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -237,5 +238,32 @@ func TestMeasured(t *testing.T) {
 		if got := measured(missing, tc.file); got != tc.want {
 			t.Errorf("measured(%q) = %v, want %v", tc.file, got, tc.want)
 		}
+	}
+}
+
+func TestCredentialGroups(t *testing.T) {
+	acct := &user.User{Uid: "1001", Gid: "1001", Username: "app"}
+	for _, tc := range []struct {
+		name    string
+		ids     []string
+		want    []uint32
+		wantErr bool
+	}{
+		{"primary only", []string{"1001"}, nil, false},
+		{"supplementary kept, primary left out", []string{"1001", "27", "100"}, []uint32{27, 100}, false},
+		{"bad group id", []string{"x"}, nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cred, err := credential(acct, tc.ids)
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if cred.UID != 1001 || cred.GID != 1001 || !slices.Equal(cred.Groups, tc.want) {
+				t.Errorf("credential = %+v, want uid/gid 1001 groups %v", cred, tc.want)
+			}
+		})
 	}
 }

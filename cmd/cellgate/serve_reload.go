@@ -169,26 +169,12 @@ func resolveUser(r *policy.Route, gid uint32) (*sandbox.Credential, error) {
 			return nil, fmt.Errorf("route %s: uid %d: %w", r.Name, u.UID, err)
 		}
 	}
-	uid, err := strconv.ParseUint(acct.Uid, 10, 32)
+	cred, err := accountCredential(acct)
 	if err != nil {
-		return nil, fmt.Errorf("route %s: user %q has uid %q: %w", r.Name, acct.Username, acct.Uid, err)
+		return nil, fmt.Errorf("route %s: %w", r.Name, err)
 	}
-	g, err := strconv.ParseUint(acct.Gid, 10, 32)
-	if err != nil {
-		return nil, fmt.Errorf("route %s: user %q has gid %q: %w", r.Name, acct.Username, acct.Gid, err)
-	}
-	if uid == 0 && !r.AllowRoot {
+	if cred.UID == 0 && !r.AllowRoot {
 		return nil, fmt.Errorf("route %s: user %q is root (uid 0) without allow_root", r.Name, acct.Username)
-	}
-	cred := &sandbox.Credential{UID: uint32(uid), GID: uint32(g)}
-	ids, err := acct.GroupIds()
-	if err != nil {
-		return nil, fmt.Errorf("route %s: groups of user %q: %w", r.Name, acct.Username, err)
-	}
-	for _, id := range ids {
-		if n, err := strconv.ParseUint(id, 10, 32); err == nil && uint32(n) != cred.GID {
-			cred.Groups = append(cred.Groups, uint32(n))
-		}
 	}
 	return cred, nil
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"reflect"
 	"slices"
@@ -132,6 +133,40 @@ func (s *Shared) base(mount, prefix string) (string, bool) {
 		return filepath.Clean(s.CgroupBase), false
 	}
 	return filepath.Join(mount, s.CgroupBase), false
+}
+
+// accountCredential is an account's uid, primary gid and supplementary
+// groups, as a worker's credentials (serve's route users, run --user NAME).
+func accountCredential(acct *user.User) (*sandbox.Credential, error) {
+	ids, err := acct.GroupIds()
+	if err != nil {
+		return nil, fmt.Errorf("groups of user %q: %w", acct.Username, err)
+	}
+	return credential(acct, ids)
+}
+
+// credential builds the credentials of acct with the supplementary groups
+// ids (its primary group left out).
+func credential(acct *user.User, ids []string) (*sandbox.Credential, error) {
+	uid, err := strconv.ParseUint(acct.Uid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("user %q has uid %q: %w", acct.Username, acct.Uid, err)
+	}
+	gid, err := strconv.ParseUint(acct.Gid, 10, 32)
+	if err != nil {
+		return nil, fmt.Errorf("user %q has gid %q: %w", acct.Username, acct.Gid, err)
+	}
+	cred := &sandbox.Credential{UID: uint32(uid), GID: uint32(gid)}
+	for _, id := range ids {
+		n, err := strconv.ParseUint(id, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("user %q has group id %q: %w", acct.Username, id, err)
+		}
+		if uint32(n) != cred.GID {
+			cred.Groups = append(cred.Groups, uint32(n))
+		}
+	}
+	return cred, nil
 }
 
 // cgroup2Mount finds where cgroup2 is mounted, from /proc/self/mountinfo.
