@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,18 +33,38 @@ func Guest() {
 }
 
 func readSpec(p string) (Spec, error) {
-	var s Spec
 	b, err := os.ReadFile(p)
 	if err != nil {
-		return s, fmt.Errorf("read spec: %w", err)
+		return Spec{}, fmt.Errorf("read spec: %w", err)
 	}
+	return parseSpec(p, b)
+}
+
+// parseSpec decodes and checks the spec file name holding b.
+func parseSpec(name string, b []byte) (Spec, error) {
+	var s Spec
 	if err := json.Unmarshal(b, &s); err != nil {
-		return s, fmt.Errorf("parse spec %s: %w", p, err)
+		return s, fmt.Errorf("parse spec %s: %w", name, err)
 	}
 	if len(s.Args) == 0 || s.Marker == "" {
-		return s, fmt.Errorf("spec %s: no program or no marker", p)
+		return s, fmt.Errorf("spec %s: no program or no marker", name)
 	}
 	return s, nil
+}
+
+// SpecFromInitramfs reads the Spec back out of an initramfs written by
+// the runner, as the guest's init would find it (for fakes of qemu).
+func SpecFromInitramfs(b []byte) (Spec, error) {
+	files, err := ReadInitramfs(bytes.NewReader(b))
+	if err != nil {
+		return Spec{}, err
+	}
+	for _, f := range files {
+		if f.Name == SpecPath {
+			return parseSpec(SpecPath, f.Data)
+		}
+	}
+	return Spec{}, fmt.Errorf("no %s in the initramfs", SpecPath)
 }
 
 // rawConsole turns off output post-processing on the console so that the

@@ -5,7 +5,6 @@ import (
 	"context"
 	"debug/elf"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,7 +26,7 @@ func fakeQEMU(mode string, args []string) int {
 		fmt.Fprintln(os.Stderr, "fake qemu:", err)
 		return 1
 	}
-	spec, err := specFromInitramfs(b)
+	spec, err := SpecFromInitramfs(b)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fake qemu:", err)
 		return 1
@@ -59,20 +58,6 @@ func fakeQEMU(mode string, args []string) int {
 	}
 	fmt.Println("[    3.000000] reboot: Power down")
 	return 0
-}
-
-func specFromInitramfs(b []byte) (Spec, error) {
-	var s Spec
-	files, err := ReadInitramfs(bytes.NewReader(b))
-	if err != nil {
-		return s, err
-	}
-	for _, f := range files {
-		if f.Name == SpecPath {
-			return s, json.Unmarshal(f.Data, &s)
-		}
-	}
-	return s, fmt.Errorf("no %s in the initramfs", SpecPath)
 }
 
 func envValue(env []string, key string) string {

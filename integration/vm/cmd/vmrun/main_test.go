@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -25,19 +24,9 @@ func fakeQEMU(mode string, args []string) int {
 		fmt.Fprintln(os.Stderr, "fake qemu:", err)
 		return 1
 	}
-	files, err := vm.ReadInitramfs(bytes.NewReader(b))
+	spec, err := vm.SpecFromInitramfs(b)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "fake qemu:", err)
-		return 1
-	}
-	var spec vm.Spec
-	for _, f := range files {
-		if f.Name == vm.SpecPath {
-			err = json.Unmarshal(f.Data, &spec)
-		}
-	}
-	if err != nil || spec.Marker == "" {
-		fmt.Fprintln(os.Stderr, "fake qemu: no spec in the initramfs", err)
 		return 1
 	}
 	var code int
