@@ -379,15 +379,15 @@ func (d *daemon) newRouteSpec(r *policy.Route) *routeSpec {
 
 // cellSpec is proxy.Deps.CellSpec: the route's profile and credentials,
 // built with the snapshot the route belongs to (a request holds it, see
-// match), found without a lock. A route of no live snapshot is converted
-// on the spot.
+// match), found without a lock. Specs are built when a policy is loaded,
+// never on a request's path: a route of no live snapshot means the request
+// did not hold its snapshot, and is refused.
 func (d *daemon) cellSpec(r *policy.Route, spec *sandbox.Spec) error {
-	var rs *routeSpec
-	if v, ok := d.specs.Load(r); ok {
-		rs = v.(*routeSpec)
-	} else {
-		rs = d.newRouteSpec(r)
+	v, ok := d.specs.Load(r)
+	if !ok {
+		return fmt.Errorf("route %s: no live policy snapshot holds it", r.Name)
 	}
+	rs := v.(*routeSpec)
 	if rs.err != nil {
 		return rs.err
 	}
