@@ -21,6 +21,8 @@ func Guest() {
 	rawConsole(int(console.Fd()))
 	spec, err := readSpec("/" + SpecPath)
 	if err == nil {
+		// The sign of life: the accelerator started this guest.
+		fmt.Fprintf(console, "%s\n", spec.Alive)
 		err = setup(spec)
 	}
 	if err != nil {

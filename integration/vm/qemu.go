@@ -36,17 +36,6 @@ func EnsureQEMU(ctx context.Context, log io.Writer) (string, error) {
 	return p, nil
 }
 
-// KVMUsable reports whether the KVM device at path (normally /dev/kvm) can
-// be opened for reading and writing.
-func KVMUsable(path string) bool {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return false
-	}
-	f.Close()
-	return true
-}
-
 // Forward is a host TCP address forwarded to a guest port.
 type Forward struct {
 	HostAddr  string // IP the host listens on, e.g. 127.0.0.1

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,7 +32,38 @@ func fakeQEMU(mode string, args []string) int {
 		fmt.Fprintln(os.Stderr, "fake qemu:", err)
 		return 1
 	}
+	accel := args[slices.Index(args, "-accel")+1]
+	if log := os.Getenv(fakeQEMULogEnv); log != "" {
+		f, err := os.OpenFile(log, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+		fmt.Fprintln(f, accel)
+		f.Close()
+	}
+	kvm := accel == "kvm"
+	switch {
+	case mode == "kvm-abort" && kvm:
+		// What a broken nested KVM does: qemu aborts on an assertion.
+		err := syscall.Exec("/bin/sh", []string{"sh", "-c", `echo "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69" >&2
+echo "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion 'ret == cpu->kvm_msr_buf->nmsrs' failed." >&2
+kill -ABRT $$`}, os.Environ())
+		fmt.Fprintln(os.Stderr, "fake qemu: exec sh:", err)
+		return 1
+	case mode == "kvm-silent" && kvm:
+		// The other broken case: the guest spins and never prints.
+		time.Sleep(time.Hour)
+		return 1
+	case mode == "kvm-abort" || mode == "kvm-silent":
+		mode = "echo"
+	case mode == "kvm-fail" && kvm:
+		mode = "fail"
+	}
 	fmt.Println("[    0.000000] Linux version 6.1.0-fake")
+	if mode != "crash" {
+		fmt.Println(spec.Alive)
+	}
 	switch mode {
 	case "echo":
 		// The guest's view of what it was asked to run, then success.
@@ -59,6 +91,10 @@ func fakeQEMU(mode string, args []string) int {
 	fmt.Println("[    3.000000] reboot: Power down")
 	return 0
 }
+
+// fakeQEMULogEnv names a file to which the fake qemu appends the -accel
+// of each boot.
+const fakeQEMULogEnv = "VMTEST_QEMU_LOG"
 
 func envValue(env []string, key string) string {
 	for _, kv := range env {
