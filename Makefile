@@ -66,15 +66,17 @@ examples:
 # The integration tests and the benchmark run the example programs.
 integration test-native bench: examples
 
-# cellgate on 127.0.0.1:8080 with the example policy: natively where
-# cellgate doctor passes (delegated cgroup v2 with memory, cpu and pids),
-# otherwise in the microVM with the port forwarded. Ctrl-C stops it.
+# cellgate on 127.0.0.1:8080 (admin 127.0.0.1:9090) with the example
+# policy: natively where cellgate doctor passes (delegated cgroup v2 with
+# memory, cpu and pids), otherwise in the microVM with both ports forwarded
+# to the host's loopback. Ctrl-C drains and stops it, SIGHUP reloads the
+# policy (vmrun passes both to cellgate in the guest).
 run: build examples vmrun
 	@if $(BIN)/cellgate doctor >/dev/null 2>&1; then \
 		echo "make run: natively (cgroup v2 with memory, cpu, pids delegated here); try: curl http://127.0.0.1:8080/hello"; \
 		exec $(BIN)/cellgate serve --policy $(RUN_POLICY); \
 	else \
-		echo "make run: in the microVM (no delegated cgroup v2 here: see bin/cellgate doctor), port 8080 forwarded; try: curl http://127.0.0.1:8080/hello"; \
-		$(VMRUN) -prepare && exec $(VMRUN) -timeout 12h -forward 127.0.0.1:8080:8080 \
-			$(BIN)/cellgate serve --policy $(abspath $(RUN_POLICY)) --listen 0.0.0.0:8080 --cgroup-base /sys/fs/cgroup/cellgate; \
+		echo "make run: in the microVM (no delegated cgroup v2 here: see bin/cellgate doctor), ports 8080 and 9090 forwarded; try: curl http://127.0.0.1:8080/hello"; \
+		$(VMRUN) -prepare && exec $(VMRUN) -timeout 12h -forward 127.0.0.1:8080:8080 -forward 127.0.0.1:9090:9090 \
+			$(BIN)/cellgate serve --policy $(abspath $(RUN_POLICY)) --listen 0.0.0.0:8080 --admin 0.0.0.0:9090 --cgroup-base /sys/fs/cgroup/cellgate; \
 	fi

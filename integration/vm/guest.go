@@ -218,6 +218,14 @@ func runProgram(s Spec, console *os.File) int {
 		fmt.Fprintf(console, "vmrun guest: run %s: %v\n", s.Args[0], err)
 		return 127
 	}
+	if s.Control {
+		ctl, err := openControlTTY()
+		if err != nil {
+			fmt.Fprintf(console, "vmrun guest: signals will not reach %s: %v\n", s.Args[0], err)
+		} else {
+			go forwardSignals(ctl, p.Pid, console)
+		}
+	}
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, 0, nil)
@@ -237,6 +245,24 @@ func runProgram(s Spec, console *os.File) int {
 		}
 		return ws.ExitStatus()
 	}
+}
+
+// openControlTTY opens the serial port the host's signals arrive on, raw
+// and ignoring modem lines (a serial open otherwise waits for carrier).
+func openControlTTY() (*os.File, error) {
+	fd, err := unix.Open(GuestControlTTY, unix.O_RDONLY|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", GuestControlTTY, err)
+	}
+	if t, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil {
+		t.Iflag &^= unix.ICRNL | unix.IXON | unix.ISTRIP | unix.INLCR | unix.IGNCR
+		t.Lflag &^= unix.ECHO | unix.ICANON | unix.ISIG | unix.IEXTEN
+		t.Cflag |= unix.CLOCAL | unix.CREAD
+		t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 1, 0
+		unix.IoctlSetTermios(fd, unix.TCSETS, t)
+	}
+	// os.NewFile on a non-blocking fd reads through the runtime's poller.
+	return os.NewFile(uintptr(fd), GuestControlTTY), nil
 }
 
 // powerOff waits for the console to drain (or the status line could be

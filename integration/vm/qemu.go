@@ -72,7 +72,8 @@ type Machine struct {
 	CPUs      int
 	KVM       bool
 	Forwards  []Forward
-	Verbose   bool // show the kernel's boot messages
+	Verbose   bool   // show the kernel's boot messages
+	Control   string // host path of the control socket (second serial port), or ""
 }
 
 // HostRootTag is the 9p mount tag of the shared host root.
@@ -102,6 +103,11 @@ func (m Machine) Command() []string {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
 	} else {
 		args = append(args, "-accel", "tcg,thread=multi", "-cpu", "max")
+	}
+	if m.Control != "" {
+		args = append(args,
+			"-chardev", "socket,id=ctl,server=on,wait=off,path="+strings.ReplaceAll(m.Control, ",", ",,"),
+			"-serial", "chardev:ctl")
 	}
 	if len(m.Forwards) > 0 {
 		nd := "user,id=net0,restrict=on"

@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -40,6 +41,10 @@ type Options struct {
 	Init     string    // the static binary that becomes /init (os.Executable())
 	Stdout   io.Writer // the guest console, less the status line
 	Log      io.Writer // the runner's own messages
+	// Signals, when set, are passed to the guest's program once the guest
+	// lives (SIGHUP any number of times; a second SIGINT or SIGTERM kills
+	// the VM); before that, any of them kills the VM.
+	Signals <-chan os.Signal
 }
 
 // Run boots the VM, runs the program and returns its exit status. Any
@@ -78,6 +83,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 		Marker:  marker,
 		Alive:   alive,
 		Network: len(o.Forwards) > 0,
+		Control: o.Signals != nil,
 	}
 	initrd, err := os.CreateTemp("", "vmrun-initramfs-*.cpio")
 	if err != nil {
@@ -100,7 +106,15 @@ func Run(ctx context.Context, o Options) (int, error) {
 		Forwards:  o.Forwards,
 		Verbose:   o.Verbose,
 	}
-	b := BootOptions{Marker: marker, Alive: alive, Timeout: o.Timeout, Stdout: o.Stdout, Log: o.Log}
+	if o.Signals != nil {
+		dir, err := os.MkdirTemp("", "vmrun-control-")
+		if err != nil {
+			return 0, fmt.Errorf("make control socket directory: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		m.Control = filepath.Join(dir, "control.sock")
+	}
+	b := BootOptions{Marker: marker, Alive: alive, Timeout: o.Timeout, Stdout: o.Stdout, Log: o.Log, Signals: o.Signals}
 	choice := o.FirstChoice(qemu)
 	if !choice.KVM {
 		o.say(choice)
@@ -152,8 +166,11 @@ type BootOptions struct {
 	// guest does, ends the boot with a *NoLifeError. qemu's stderr is held
 	// meanwhile and shown only once the guest lives (or in the error).
 	LifeBound time.Duration
-	Stdout    io.Writer
-	Log       io.Writer
+	// Signals are forwarded to the guest's program through m.Control (see
+	// Options.Signals).
+	Signals <-chan os.Signal
+	Stdout  io.Writer
+	Log     io.Writer
 }
 
 // Boot runs qemu for m, streams the console to stdout without the status
@@ -161,13 +178,16 @@ type BootOptions struct {
 func Boot(ctx context.Context, m Machine, b BootOptions) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.Timeout)
 	defer cancel()
-	// trial ends qemu when the guest stays silent past the life bound.
-	trial, endTrial := context.WithCancelCause(ctx)
-	defer endTrial(nil)
+	// killVM ends qemu early: a guest silent past the life bound, or an
+	// interrupt.
+	vmCtx, killVM := context.WithCancelCause(ctx)
+	defer killVM(nil)
+	// qemu's stderr and the runner's own lines share the log.
+	b.Log = &lockedWriter{w: b.Log}
 	stderr := &heldWriter{w: b.Log, max: 64 << 10}
 	lived := make(chan struct{})
 	filter := &StatusFilter{W: b.Stdout, Marker: b.Marker, Alive: b.Alive, OnAlive: func() { close(lived) }}
-	cmd := exec.CommandContext(trial, m.QEMU, m.Command()...)
+	cmd := exec.CommandContext(vmCtx, m.QEMU, m.Command()...)
 	cmd.Stdin = nil
 	cmd.Stdout = filter
 	cmd.Stderr = b.Log
@@ -181,21 +201,38 @@ func Boot(ctx context.Context, m Machine, b BootOptions) (int, error) {
 	}
 	silent := errors.New("silent")
 	if b.LifeBound > 0 {
-		timer := time.AfterFunc(b.LifeBound, func() { endTrial(silent) })
+		timer := time.AfterFunc(b.LifeBound, func() { killVM(silent) })
 		defer timer.Stop()
 		go func() {
 			select {
 			case <-lived:
 				timer.Stop()
 				stderr.release()
-			case <-trial.Done():
+			case <-vmCtx.Done():
 			}
 		}()
 	}
+	forwarded := make(chan struct{})
+	if b.Signals != nil {
+		go func() {
+			defer close(forwarded)
+			forwardToGuest(vmCtx, killVM, m.Control, filter, b.Signals, b.Log)
+		}()
+	} else {
+		close(forwarded)
+	}
 	runErr := cmd.Wait()
 	filter.Close()
+	// Why qemu was ended early, if it was; then stop the forwarder.
+	cause := context.Cause(vmCtx)
+	killVM(errQEMUExited)
+	<-forwarded
+	var interrupted *interruptError
+	if errors.As(cause, &interrupted) {
+		return 0, fmt.Errorf("interrupted; VM killed: %w", interrupted)
+	}
 	if b.LifeBound > 0 && !filter.SawLife() && ctx.Err() == nil {
-		if errors.Is(context.Cause(trial), silent) {
+		if errors.Is(cause, silent) {
 			return 0, &NoLifeError{Reason: fmt.Sprintf("the guest printed nothing within %v", b.LifeBound), Stderr: stderr.bytes()}
 		}
 		reason := "qemu exited before the guest started"
@@ -214,6 +251,21 @@ func Boot(ctx context.Context, m Machine, b BootOptions) (int, error) {
 	code, found, panicked := filter.Status()
 	return Verdict(code, found, panicked, ctx.Err(), b.Timeout, runErr)
 }
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// errQEMUExited ends a boot's helpers once qemu has exited.
+var errQEMUExited = errors.New("qemu exited")
 
 // Verdict turns what was seen of a boot into the runner's result: the
 // guest's status when it printed one, otherwise an error saying why not.

@@ -1,11 +1,13 @@
 package vm
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"debug/elf"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -65,6 +67,39 @@ kill -ABRT $$`}, os.Environ())
 		fmt.Println(spec.Alive)
 	}
 	switch mode {
+	case "control", "silent-control":
+		// Play qemu's control socket and the guest's /init: each signal
+		// line is answered on the console; SIGTERM ends the program
+		// (silent-control never ends).
+		i := slices.IndexFunc(args, func(a string) bool { return strings.HasPrefix(a, "socket,id=ctl,") })
+		if i < 0 {
+			fmt.Fprintln(os.Stderr, "fake qemu: no control socket chardev")
+			return 1
+		}
+		_, path, _ := strings.Cut(args[i], ",path=")
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+		fmt.Println("ready")
+		if mode == "silent-control" {
+			time.Sleep(time.Hour)
+		}
+		c, err := ln.Accept()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			sig, err := parseControlLine(sc.Text())
+			fmt.Printf("program got %v (%v)\n", sig, err)
+			if sig == syscall.SIGTERM {
+				break
+			}
+		}
+		fmt.Printf("%s 0\n", spec.Marker)
 	case "echo":
 		// The guest's view of what it was asked to run, then success.
 		fmt.Printf("args=%q dir=%s tmpdir=%s accel=%s\n", spec.Args, spec.Dir, envValue(spec.Env, "TMPDIR"), args[slices.Index(args, "-accel")+1])

@@ -9,6 +9,7 @@ type Spec struct {
 	Marker  string   // prefix of the status line, unique per run
 	Alive   string   // the line /init prints first: the guest's sign of life, unique per run
 	Network bool     // configure the virtio-net interface (for -forward)
+	Control bool     // forward the signals read from GuestControlTTY to the program
 }
 
 // Guest paths.

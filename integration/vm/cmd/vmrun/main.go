@@ -18,7 +18,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/cellgate/cellgate/integration/vm"
@@ -39,9 +38,11 @@ func main() {
 		fmt.Fprintf(os.Stderr, "vmrun: find own binary: %v\n", err)
 		os.Exit(exitRunnerFailed)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], self, os.Stdout, os.Stderr)
-	stop()
+	// Signals go to the guest's program once it runs (make run: Ctrl-C is
+	// cellgate's drain, SIGHUP its reload); before that they kill the VM.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, vm.ForwardedSignals...)
+	code := run(context.Background(), sigs, os.Args[1:], self, os.Stdout, os.Stderr)
 	os.Exit(code)
 }
 
@@ -59,7 +60,7 @@ func (f *forwards) Set(s string) error {
 
 // run is vmrun with its arguments; self is the static binary that becomes
 // the guest's /init.
-func run(ctx context.Context, args []string, self string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, sigs <-chan os.Signal, args []string, self string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vmrun", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -130,6 +131,7 @@ func run(ctx context.Context, args []string, self string, stdout, stderr io.Writ
 		Init:      self,
 		Stdout:    stdout,
 		Log:       stderr,
+		Signals:   sigs,
 	}
 	if *prepare {
 		ctx, cancel := context.WithTimeout(ctx, prepareTimeout)

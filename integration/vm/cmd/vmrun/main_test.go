@@ -90,7 +90,7 @@ func TestRunExitStatus(t *testing.T) {
 			t.Setenv("CELLGATE_VM_ACCEL", tc.env)
 			var out, errOut bytes.Buffer
 			args := append([]string{"-cache", cache}, tc.args...)
-			code := run(context.Background(), args, init, &out, &errOut)
+			code := run(context.Background(), nil, args, init, &out, &errOut)
 			if code != tc.wantCode {
 				t.Errorf("vmrun %q exited %d, want %d\nstdout: %s\nstderr: %s", args, code, tc.wantCode, out.String(), errOut.String())
 			}
@@ -127,7 +127,7 @@ func TestForgetAccel(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out, errOut bytes.Buffer
-	if code := run(context.Background(), []string{"-cache", cache, "-forget-accel"}, init, &out, &errOut); code != 0 {
+	if code := run(context.Background(), nil, []string{"-cache", cache, "-forget-accel"}, init, &out, &errOut); code != 0 {
 		t.Fatalf("vmrun -forget-accel exited %d: %s", code, errOut.String())
 	}
 	if _, err := os.Stat(verdict); !os.IsNotExist(err) {
