@@ -30,12 +30,15 @@ vm-prepare: vmrun
 	$(VMRUN) -prepare
 
 # The runner must carry the guest's exit status out: 1 from /bin/false,
-# 0 from /bin/true.
+# 0 from /bin/true; and the guest must not look chrooted to the kernel,
+# which refuses user namespaces (cells, preloaders) to a chrooted process.
 vm-check: vm-prepare
 	@status=0; $(VMRUN) -timeout 5m /bin/false || status=$$?; \
 	if [ $$status -ne 1 ]; then echo "vm-check: vmrun /bin/false exited $$status, want 1"; exit 1; fi
 	$(VMRUN) -timeout 5m /bin/true
 	@echo "vm-check: guest exit status carried out (false=1, true=0)"
+	$(VMRUN) -timeout 5m /usr/bin/unshare --user --pid --mount --fork /bin/true
+	@echo "vm-check: the guest's programs may create user namespaces (the guest switched root, not chrooted)"
 
 integration: build vm-prepare
 	$(TESTENV) $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" ./integration/

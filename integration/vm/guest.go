@@ -83,7 +83,7 @@ func rawConsole(fd int) {
 }
 
 // setup loads the modules, mounts the shared root and the kernel
-// filesystems, brings the network up and chroots.
+// filesystems, brings the network up and switches root.
 func setup(s Spec) error {
 	for _, m := range s.Modules {
 		if err := loadModule(filepath.Join("/", modulesDir, m)); err != nil {
@@ -141,13 +141,33 @@ func setup(s Spec) error {
 			return err
 		}
 	}
-	if err := unix.Chroot(newRoot); err != nil {
-		return fmt.Errorf("chroot %s: %w", newRoot, err)
+	if err := switchRoot(newRoot); err != nil {
+		return err
 	}
 	if err := os.Chdir(s.Dir); err != nil {
 		return fmt.Errorf("chdir %s in the shared root: %w", s.Dir, err)
 	}
 	return nil
+}
+
+// switchRoot makes dir the root, as switch_root does: the mount moves
+// onto / and the process chroots into it. A bare chroot would leave the
+// guest's programs "chrooted" in the kernel's eyes (their root is not
+// their mount namespace's root), and the kernel refuses a chrooted
+// process a user namespace (EPERM from clone/unshare CLONE_NEWUSER), which
+// cells and preloaders use. pivot_root cannot be used: the initramfs is
+// the rootfs, which cannot be unmounted.
+func switchRoot(dir string) error {
+	if err := os.Chdir(dir); err != nil {
+		return fmt.Errorf("chdir %s: %w", dir, err)
+	}
+	if err := unix.Mount(dir, "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move mount %s onto /: %w", dir, err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot into %s: %w", dir, err)
+	}
+	return os.Chdir("/")
 }
 
 // writableTmp lays a tmpfs-backed overlay over the shared root's /tmp: the
