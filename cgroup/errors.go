@@ -31,6 +31,9 @@ var (
 	// ErrBusy: a group could not be removed because it still has processes
 	// or children.
 	ErrBusy = errors.New("cgroup busy")
+	// ErrBaseInUse: another live process owns the base group (holds its
+	// lock). The concrete error is a *BaseInUseError naming its pid.
+	ErrBaseInUse = errors.New("cgroup base in use")
 	// ErrClosed: the Tree or Pool was closed.
 	ErrClosed = errors.New("cgroup tree closed")
 )

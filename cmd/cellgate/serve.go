@@ -245,10 +245,14 @@ func (d *daemon) startPolicy(pol *policy.Policy, specs map[*policy.Route]*routeS
 }
 
 // readiness is /readyz: ready while serving, not while starting or
-// draining.
+// draining, nor while cells cannot be created (the cgroup tree is gone,
+// or the last cell creation failed).
 func (d *daemon) readiness() error {
 	if !d.ready.Load() {
 		return errors.New("starting or draining")
+	}
+	if d.tree != nil {
+		return d.tree.Health()
 	}
 	return nil
 }
@@ -272,6 +276,9 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 			"controllers", cfg.Unenforced)
 	}
 	tree, err := cgroup.Open(ctx, opts)
+	if errors.Is(err, cgroup.ErrBaseInUse) {
+		return nil, nil, fmt.Errorf("cgroup tree: %w", err)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("cgroup tree: %w (run cellgate doctor)", err)
 	}
