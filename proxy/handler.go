@@ -231,6 +231,9 @@ func (x *exchange) match(method, urlPath string) (*policy.Match, error) {
 	x.releases = append(x.releases, release)
 	x.route = m.Route
 	x.rec.Route, x.rec.Tenant = m.Route.Name, m.Route.Tenant
+	if err := dirProgram(m); err != nil {
+		return nil, err
+	}
 	return m, nil
 }
 

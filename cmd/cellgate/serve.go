@@ -347,17 +347,34 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 		if rs.profile == nil {
 			return nil, fmt.Errorf("route %s (%s:%d): %w", r.Name, pol.Source, r.Line, rs.err)
 		}
-		if rs.err != nil {
-			d.log.Error("route's user cannot be resolved: its requests will fail with 500", "route", r.Name, "err", rs.err)
-		}
+		specs[r] = rs
+	}
+	// A route that can never work refuses the policy (routecheck.go).
+	if err := verifyRoutes(pol, func(r *policy.Route) (sandbox.Credential, error) { return d.routeCredential(specs[r]) }); err != nil {
+		return nil, err
+	}
+	for _, r := range pol.Routes {
+		rs := specs[r]
 		if d.tree != nil {
 			if err := d.tree.Check(rs.profile); err != nil {
 				return nil, fmt.Errorf("route %s (%s:%d): %w (run cellgate doctor)", r.Name, pol.Source, r.Line, err)
 			}
 		}
-		specs[r] = rs
 	}
 	return specs, nil
+}
+
+// routeCredential is who the cells of a route run as: with
+// --isolation=none cellgate's own credentials (workers are plain
+// children), else the route's user or a per-cell uid.
+func (d *daemon) routeCredential(rs *routeSpec) (sandbox.Credential, error) {
+	if rs.err != nil {
+		return sandbox.Credential{}, rs.err
+	}
+	if d.cfg.Isolation == isolationNone {
+		return selfCredential()
+	}
+	return cellCredential(rs.user, sandbox.UIDRange(d.cfg.UIDs), d.cfg.GID), nil
 }
 
 // warm starts pre-creating cells for every route's profile, so that the
