@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -73,6 +72,10 @@ type daemon struct {
 
 	ready atomic.Bool
 	done  chan struct{} // closed when the daemon starts shutting down
+
+	// logFiles are the log files SIGUSR1 reopens (the access log when it
+	// is a file).
+	logFiles []*logFile
 }
 
 // routeSpec is what a route's cells are started with, built once per route
@@ -91,14 +94,17 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	// Signals first: a SIGTERM during start-up must not kill the process
 	// before it has removed what it created.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 
-	accessLog, closeAccess, err := openAccessLog(cfg.AccessLog, std.out)
+	accessLog, accessFile, err := openAccessLog(cfg.AccessLog, std.out)
 	if err != nil {
 		return err
 	}
-	defer closeAccess()
+	if accessFile != nil {
+		defer accessFile.Close()
+		d.logFiles = append(d.logFiles, accessFile)
+	}
 
 	pol, err := policy.Load(cfg.Policy)
 	if err != nil {
@@ -179,8 +185,12 @@ wait:
 	for {
 		select {
 		case s := <-sigs:
-			if s == syscall.SIGHUP {
+			switch s {
+			case syscall.SIGHUP:
 				d.reload()
+				continue
+			case syscall.SIGUSR1:
+				d.reopenLogs()
 				continue
 			}
 			log.Info("signal: draining", "signal", s.String(), "drain_timeout", cfg.DrainTimeout)
@@ -209,7 +219,9 @@ func (d *daemon) shutdown(srv *proxy.Server, admin *http.Server, sigs <-chan os.
 		for {
 			select {
 			case s := <-sigs:
-				if s != syscall.SIGHUP {
+				if s == syscall.SIGUSR1 {
+					d.reopenLogs()
+				} else if s != syscall.SIGHUP {
 					d.log.Warn("second signal: killing the cells in flight now", "signal", s.String())
 					cancel()
 					return
@@ -521,22 +533,27 @@ func (d *daemon) tenantTotals() ([]accounting.TenantTotals, error) {
 }
 
 // openAccessLog returns the access logger writing JSON records to dest:
-// "stdout" (out), "stderr" or a file opened for appending.
-func openAccessLog(dest string, out io.Writer) (*slog.Logger, func(), error) {
-	var w io.Writer
-	closeFn := func() {}
+// "stdout" (out), "stderr" or a file opened for appending, which is
+// returned too (SIGUSR1 reopens it).
+func openAccessLog(dest string, out io.Writer) (*slog.Logger, *logFile, error) {
 	switch dest {
 	case "stdout":
-		w = out
+		return slog.New(slog.NewJSONHandler(out, nil)), nil, nil
 	case "stderr":
-		w = os.Stderr
-	default:
-		f, err := os.OpenFile(filepath.Clean(dest), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-		if err != nil {
-			return nil, nil, fmt.Errorf("open access log --access-log=%s: %w", dest, err)
-		}
-		w = f
-		closeFn = func() { f.Close() }
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), nil, nil
 	}
-	return slog.New(slog.NewJSONHandler(w, nil)), closeFn, nil
+	f, err := openLogFile(dest)
+	if err != nil {
+		return nil, nil, fmt.Errorf("access log --access-log=%s: %w", dest, err)
+	}
+	return slog.New(slog.NewJSONHandler(f, nil)), f, nil
+}
+
+// reopenLogs is SIGUSR1: every log file is opened again by name.
+func (d *daemon) reopenLogs() {
+	if err := reopenAll(d.logFiles); err != nil {
+		d.log.Error("SIGUSR1: reopen log files", "err", err)
+		return
+	}
+	d.log.Info("SIGUSR1: log files reopened", "files", len(d.logFiles))
 }
