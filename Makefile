@@ -12,8 +12,16 @@ TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate
 
 .PHONY: build vmrun vet unit vm-prepare vm-check integration test test-native bench
 
+# The version is the nearest v* tag (git describe), else a Go-style
+# pseudo-version of HEAD (v0.0.0-UTCTIME-COMMIT); the commit is HEAD.
+# `cellgate version`, SERVER_SOFTWARE and cellgate_build_info show them.
+VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || \
+	TZ=UTC git log -1 --abbrev=12 --date=format-local:%Y%m%d%H%M%S --format=v0.0.0-%cd-%h 2>/dev/null)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
 build:
-	$(GO) build -o $(BIN)/cellgate ./cmd/cellgate
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cellgate ./cmd/cellgate
 
 # Static: the same binary is the guest's /init.
 vmrun:

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"os"
+	"os/exec"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -36,5 +38,30 @@ func TestOpsLogReopenOnSIGUSR1(t *testing.T) {
 	}
 	if n := strings.Count(string(old), `"route":"hello"`); n != 1 {
 		t.Errorf("the rotated access log has %d hello records, want 1:\n%s", n, old)
+	}
+}
+
+// Issue 12, item 4: the built binary's version is in `cellgate --version`,
+// in SERVER_SOFTWARE and in cellgate_build_info.
+func TestOpsVersion(t *testing.T) {
+	out, err := exec.Command(cellgateBin(t), "--version").Output()
+	if err != nil {
+		t.Fatalf("cellgate --version: %v", err)
+	}
+	first, _, _ := strings.Cut(string(out), "\n")
+	ver := strings.TrimPrefix(first, "cellgate ")
+	if ver == first || ver == "" || !strings.Contains(string(out), runtime.Version()) {
+		t.Fatalf("cellgate --version:\n%s", out)
+	}
+	g := startGate(t, gateOptions{policy: gatePolicy})
+	status, _, body := g.get("/echo")
+	if status != 200 {
+		t.Fatalf("GET /echo: %d %q", status, body)
+	}
+	if got := decodeEcho(t, body).Env["SERVER_SOFTWARE"]; got != "cellgate/"+ver {
+		t.Errorf("SERVER_SOFTWARE = %q, want cellgate/%s", got, ver)
+	}
+	if v := metric(g.metrics(), "cellgate_build_info", map[string]string{"version": ver, "goversion": runtime.Version()}); v != 1 {
+		t.Errorf("cellgate_build_info{version=%q} = %v, want 1", ver, v)
 	}
 }

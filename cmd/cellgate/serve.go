@@ -110,6 +110,8 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	if err != nil {
 		return fmt.Errorf("%w (check it with cellgate check %s)", err, cfg.Policy)
 	}
+	bi := buildVersion()
+	log.Info("cellgate starting", "version", bi.Version, "commit", bi.Commit, "go", bi.GoVersion)
 	log.Info("policy loaded", "policy", cfg.Policy, "routes", len(pol.Routes), "tenants", len(pol.Tenants))
 
 	var runner proxy.Runner
@@ -142,7 +144,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	if err != nil {
 		return err
 	}
-	srv, err := proxy.New(cfg.proxyConfig(""), proxy.Deps{
+	srv, err := proxy.New(cfg.proxyConfig(), proxy.Deps{
 		Runner:    runner,
 		Router:    routerFunc(d.match),
 		Admitter:  d.admission,
@@ -450,6 +452,7 @@ func (d *daemon) registerMetrics(reg *prometheus.Registry) (*accounting.Metrics,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		accounting.NewAdmissionCollector(d.admissionStats),
+		buildInfoCollector(buildVersion()),
 	}
 	if d.tree != nil {
 		cs = append(cs, accounting.NewTenantTotalsCollector(d.tenantTotals))

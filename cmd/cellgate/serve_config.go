@@ -298,8 +298,9 @@ func joinIndented(errs []error) error {
 	return errors.New(strings.Join(msgs, "\n  "))
 }
 
-// proxyConfig is the front's part of the settings.
-func (c *serveConfig) proxyConfig(version string) proxy.Config {
+// proxyConfig is the front's part of the settings, with this build's
+// version for SERVER_SOFTWARE.
+func (c *serveConfig) proxyConfig() proxy.Config {
 	rate := func(v byteSize) int64 {
 		if v <= 0 {
 			return -1
@@ -323,6 +324,6 @@ func (c *serveConfig) proxyConfig(version string) proxy.Config {
 		MaxConnsPerIP:     c.MaxConnsPerIP,
 		RetryAfter:        c.RetryAfter,
 		TempDir:           c.TempDir,
-		Version:           version,
+		Version:           buildVersion().Version,
 	}
 }

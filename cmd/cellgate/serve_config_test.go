@@ -117,7 +117,10 @@ func TestServeProxyConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc := cfg.proxyConfig("")
+	pc := cfg.proxyConfig()
+	if want := buildVersion().Version; pc.Version != want || pc.Version == "" {
+		t.Errorf("proxy config Version %q, want this build's %q (SERVER_SOFTWARE)", pc.Version, want)
+	}
 	if pc.BodyMinRate != -1 || pc.MaxConns != -1 || pc.WriteMinRate != 1024 || pc.MaxHeaderBytes != 16<<10 {
 		t.Errorf("proxy config: body min rate %d (want -1: off), max conns %d (want -1), write min rate %d, max header %d",
 			pc.BodyMinRate, pc.MaxConns, pc.WriteMinRate, pc.MaxHeaderBytes)
