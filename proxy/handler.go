@@ -47,7 +47,12 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		Time:       start,
 		RequestID:  id,
 		Method:     r.Method,
+		Host:       r.Host,
 		Path:       r.URL.Path,
+		Query:      r.URL.RawQuery,
+		Proto:      r.Proto,
+		UserAgent:  r.Header.Get("User-Agent"),
+		Referer:    r.Header.Get("Referer"),
 		ClientAddr: r.RemoteAddr,
 	}}
 	s.mu.Lock()
