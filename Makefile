@@ -10,7 +10,7 @@ VMRUN   := $(BIN)/vmrun
 VMFLAGS ?= -mem 2G -smp 2 -timeout 35m
 TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate
 
-.PHONY: build vmrun vet unit vm-prepare vm-check integration test test-native bench
+.PHONY: build vmrun vet unit vm-prepare vm-check integration test test-native bench chromium
 
 # The version is the nearest v* tag (git describe), else a Go-style
 # pseudo-version of HEAD (v0.0.0-UTCTIME-COMMIT); the commit is HEAD.
@@ -45,14 +45,21 @@ vm-check: vm-prepare
 	$(VMRUN) -timeout 5m /bin/true
 	@echo "vm-check: guest exit status carried out (false=1, true=0)"
 
-integration: build vm-prepare
+# Debian's headless-capable browser, for the admin status page's test
+# (integration/status_test.go); installed once with apt-get when missing.
+chromium:
+	@command -v chromium >/dev/null || { \
+		[ -e /var/lib/apt/lists/lock ] && ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -q; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+
+integration: build vm-prepare chromium
 	$(TESTENV) $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" ./integration/
 
 test: vet unit vm-check integration
 
 # The integration tests without the VM, on a host with a delegated cgroup v2
 # (memory, cpu and pids enabled in this process's group), as root.
-test-native: build
+test-native: build chromium
 	$(TESTENV) $(GO) test -count=1 -timeout 30m ./integration/
 
 bench: build vm-prepare

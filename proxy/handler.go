@@ -23,6 +23,8 @@ type exchange struct {
 	rec accounting.Record
 	// route is the route of the last cell run (after local redirects).
 	route *policy.Route
+	// live is the request's entry in the server's in-flight set.
+	live *inflight
 
 	// abort resets the connection (or HTTP/2 stream) after the record is
 	// written: a streamed response was cut short and the client must not
@@ -55,6 +57,10 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		Referer:    r.Header.Get("Referer"),
 		ClientAddr: r.RemoteAddr,
 	}}
+	x.live = &inflight{v: InFlight{RequestID: id, Method: r.Method, Host: r.Host, Path: r.URL.Path,
+		Client: r.RemoteAddr, Arrived: start, State: StateReading}}
+	s.inflight.Store(x.live, nil)
+	defer s.inflight.Delete(x.live)
 	s.mu.Lock()
 	closing := s.closing
 	if !closing {
@@ -236,6 +242,7 @@ func (x *exchange) match(method, urlPath string) (*policy.Match, error) {
 	x.releases = append(x.releases, release)
 	x.route = m.Route
 	x.rec.Route, x.rec.Tenant = m.Route.Name, m.Route.Tenant
+	x.live.update(func(v *InFlight) { v.Route, v.Tenant = m.Route.Name, m.Route.Tenant })
 	if err := dirProgram(m); err != nil {
 		return nil, err
 	}

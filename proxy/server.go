@@ -97,6 +97,9 @@ type Server struct {
 	base       context.Context
 	cancelBase context.CancelFunc
 
+	// inflight holds an *inflight per request in the handler (InFlight).
+	inflight sync.Map
+
 	mu        sync.Mutex
 	closing   bool           // set by Shutdown before it waits for handlers
 	handlers  sync.WaitGroup // requests in the handler; Add only under mu while !closing

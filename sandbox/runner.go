@@ -228,6 +228,9 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 		return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), err)
 	}
 	start := time.Now()
+	if spec.Started != nil {
+		spec.Started(cell.Path())
+	}
 
 	k := &killer{cell: cell, proc: proc, log: r.log}
 	timeout := spec.Timeout

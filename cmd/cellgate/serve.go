@@ -172,7 +172,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 		return fmt.Errorf("listen on %s: %w", cfg.origin["admin"], err)
 	}
 	admin := &http.Server{
-		Handler:           accounting.AdminHandler(reg, d.readiness),
+		Handler:           accounting.AdminHandler(reg, d.readiness, d.statusFunc(srv, time.Now())),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
