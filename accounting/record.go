@@ -41,6 +41,7 @@ const (
 	OutcomeShutdown         Outcome = "shutdown"           // cancelled by a shutdown: 503
 	OutcomeNoTenant         Outcome = "no_tenant"          // admission does not know the route's tenant: 503
 	OutcomeOverBudget       Outcome = "over_budget"        // the route's memory exceeds its tenant's or the global budget: 503
+	OutcomeClientCap        Outcome = "client_cap"         // a forwarded client over its requests-in-flight cap: 503
 	OutcomeInternal         Outcome = "internal"           // any other server-side failure
 	OutcomeOther            Outcome = "other"              // a value outside this set (metrics only)
 )
@@ -51,7 +52,7 @@ func (o Outcome) known() bool {
 	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeDeadline, OutcomePids, OutcomeKilled,
 		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeMethodNotAllowed,
 		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone,
-		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeInternal, OutcomeOther:
+		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeClientCap, OutcomeInternal, OutcomeOther:
 		return true
 	}
 	return false

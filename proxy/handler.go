@@ -45,6 +45,15 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
 	id := s.ids.next()
 	w.Header()[RequestIDHeader] = []string{id}
+	var overCap error
+	if client, ok := forwardedClient(s.cfg.TrustedProxies, peerIP(r.RemoteAddr), r.Header); ok {
+		r.RemoteAddr = client.String()
+		if s.clients.acquire(client, capValue(s.cfg.MaxConnsPerIP)) {
+			defer s.clients.release(client)
+		} else {
+			overCap = fmt.Errorf("client %s: %d requests in flight: %w", client, s.cfg.MaxConnsPerIP, ErrTooManyFromClient)
+		}
+	}
 	x := &exchange{s: s, w: w, r: r, rec: accounting.Record{
 		Time:       start,
 		RequestID:  id,
@@ -68,10 +77,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		defer s.handlers.Done()
 	}
 	s.mu.Unlock()
-	if closing {
+	switch {
+	case closing:
 		// A request that slipped in after Shutdown stopped waiting.
 		x.fail(ErrShuttingDown, nil)
-	} else {
+	case overCap != nil:
+		x.fail(overCap, nil)
+	default:
 		x.serve()
 	}
 	x.endUnreadBody()

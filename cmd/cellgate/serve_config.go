@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -71,6 +72,11 @@ type serveConfig struct {
 	MaxConns       int           `env:"MAX_CONNS" envDefault:"10000"`
 	MaxConnsPerIP  int           `env:"MAX_CONNS_PER_IP" envDefault:"100"`
 	RetryAfter     time.Duration `env:"RETRY_AFTER" envDefault:"1s"`
+	// TrustedProxies are the load balancers (CIDR prefixes or addresses,
+	// comma-separated) whose X-Forwarded-For names the client; parsed
+	// into trusted by validate. Default none.
+	TrustedProxies string `env:"TRUSTED_PROXIES"`
+	trusted        []netip.Prefix
 	// TempDir holds the request and response spool files. Default
 	// $TMPDIR, else /tmp.
 	TempDir string `env:"TEMP_DIR"`
@@ -139,6 +145,7 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "client connections open at once, -1 = no cap (CELLGATE_MAX_CONNS)")
 	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", c.MaxConnsPerIP, "connections per client IP, -1 = no cap (CELLGATE_MAX_CONNS_PER_IP)")
 	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter, "Retry-After of a 503 (CELLGATE_RETRY_AFTER)")
+	fs.StringVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "`CIDR,...` of load balancers whose X-Forwarded-For sets REMOTE_ADDR, the log's client and the per-IP cap's key; never believed from others (CELLGATE_TRUSTED_PROXIES)")
 	fs.StringVar(&c.TempDir, "temp-dir", c.TempDir, "`directory` of request and response spool files, default $TMPDIR or /tmp (CELLGATE_TEMP_DIR)")
 }
 
@@ -271,6 +278,9 @@ func (c *serveConfig) validate() error {
 			bad(n.flag, "want a positive number, or -1 for no cap")
 		}
 	}
+	if c.trusted, err = proxy.ParseTrustedProxies(c.TrustedProxies); err != nil {
+		bad("trusted-proxies", "%v", err)
+	}
 	if st, err := os.Stat(c.TempDir); err != nil {
 		bad("temp-dir", "%v", err)
 	} else if !st.IsDir() {
@@ -324,6 +334,7 @@ func (c *serveConfig) proxyConfig() proxy.Config {
 		MaxConnsPerIP:     c.MaxConnsPerIP,
 		RetryAfter:        c.RetryAfter,
 		TempDir:           c.TempDir,
+		TrustedProxies:    c.trusted,
 		Version:           buildVersion().Version,
 	}
 }
