@@ -352,14 +352,21 @@ func (t *Tree) setup(o Options) error {
 	t.enabled = want
 	t.feat.Enabled = slices.Clone(want)
 	t.global = Tenant{path: t.cells}
+	var refused []string
 	for _, c := range requiredControllers {
 		if slices.Contains(want, c) {
 			continue
 		}
 		if !slices.Contains(t.allowed, c) {
-			return &ControllerMissingError{Controller: c, Path: t.base}
+			refused = append(refused, c)
+			continue
 		}
 		t.feat.Unenforced = append(t.feat.Unenforced, c)
+	}
+	if len(refused) > 0 {
+		// All of them at once: an operator fixing one per attempt is told
+		// about the next only after the next start.
+		return &ControllerMissingError{Controller: refused[0], Others: refused[1:], Path: t.base}
 	}
 	if len(t.feat.Unenforced) > 0 {
 		t.log.Warn("running without controllers: their limits are not enforced", "unenforced", strings.Join(t.feat.Unenforced, " "), "base", t.base)
