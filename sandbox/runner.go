@@ -225,7 +225,7 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	st.started()
 	if err != nil {
 		st.closeAll()
-		return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), err)
+		return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), explainSpawn(spec.Path, spec.Dir, err))
 	}
 	start := time.Now()
 	if spec.Started != nil {

@@ -4,12 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"syscall"
 
 	"github.com/cellgate/cellgate/policy"
@@ -140,7 +138,7 @@ func verifyPath(src string, r *policy.Route, key, path string, cred sandbox.Cred
 // the interpreter must exist and be executable by cred. A file that is
 // neither a script nor ELF cannot be executed at all.
 func verifyInterpreter(src string, r *policy.Route, cred sandbox.Credential, who string) *policy.Problem {
-	head, err := readHead(r.Program, 256)
+	head, err := sandbox.ReadHead(r.Program, 256)
 	if err != nil {
 		return ptr(routeProblem(src, r, "program", r.Program, err.Error(), ""))
 	}
@@ -158,7 +156,7 @@ func verifyInterpreter(src string, r *policy.Route, cred sandbox.Credential, who
 			fmt.Sprintf("a script must be readable by whoever runs it, and the cells (%s) cannot read it (%s)", who, st),
 			fmt.Sprintf("chmod o+r %s, or give it to the cells' group (chgrp %d %s; chmod g+r %s)", real, cred.GID, real, real)))
 	}
-	interp, crlf, err := shebang(head)
+	interp, crlf, err := sandbox.Shebang(head)
 	switch {
 	case err != nil:
 		return ptr(routeProblem(src, r, "program", r.Program, err.Error(), "write the interpreter line as #!/absolute/path [one argument]"))
@@ -178,46 +176,6 @@ func verifyInterpreter(src string, r *policy.Route, cred sandbox.Credential, who
 		return p
 	}
 	return nil
-}
-
-// shebang parses the interpreter path of a "#!" line as the kernel does
-// (binfmt_script): spaces and tabs after "#!" skipped, the path ends at
-// the first space, tab or newline. crlf reports a line whose path ends in
-// "\r".
-func shebang(head []byte) (interp string, crlf bool, err error) {
-	line, _, found := bytes.Cut(head[2:], []byte("\n"))
-	if !found && len(head) >= 256 {
-		return "", false, errors.New("its #! line is longer than the kernel reads")
-	}
-	line = bytes.TrimLeft(line, " \t")
-	if i := bytes.IndexAny(line, " \t"); i >= 0 {
-		line = line[:i]
-	}
-	if len(line) == 0 {
-		return "", false, errors.New("its #! line names no interpreter")
-	}
-	s := string(line)
-	if strings.HasSuffix(s, "\r") {
-		return strings.TrimSuffix(s, "\r"), true, nil
-	}
-	if !filepath.IsAbs(s) {
-		return "", false, fmt.Errorf("its interpreter %q is not an absolute path (the kernel does not search PATH)", s)
-	}
-	return s, false, nil
-}
-
-func readHead(path string, n int) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b := make([]byte, n)
-	m, err := io.ReadFull(f, b)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	return b[:m], nil
 }
 
 // fileOwner is what canAccess needs of a file.
