@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caarlos0/env/v11"
 	"github.com/cellgate/cellgate/cgroup"
@@ -225,5 +226,20 @@ func (u *uint32Flag) Set(s string) error {
 		return fmt.Errorf("want a number from 0 to %d", uint32(1<<32-1))
 	}
 	*u = uint32Flag(v)
+	return nil
+}
+
+// durationFlag is a time.Duration flag whose error says what a duration
+// looks like (the flag package's own says only "parse error").
+type durationFlag time.Duration
+
+func (d *durationFlag) String() string { return time.Duration(*d).String() }
+
+func (d *durationFlag) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("want a duration with a unit, such as 5s, 500ms or 2m (%q has none or is malformed)", s)
+	}
+	*d = durationFlag(v)
 	return nil
 }
