@@ -60,6 +60,9 @@ func dispatch(ctx context.Context, args []string, std stdio) int {
 		fmt.Fprintf(std.err, "cellgate: unknown command %q (want one of %s)\n", args[0], strings.Join(names(), ", "))
 		return exitUsage
 	}
+	for _, w := range unknownEnv(std.environ) {
+		fmt.Fprintf(std.err, "cellgate: warning: %s\n", w)
+	}
 	return c.main(ctx, args[1:], std)
 }
 

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -59,5 +60,28 @@ func TestBuildInfoMetric(t *testing.T) {
 	}
 	if labels["version"] != "v1.2.3" || labels["commit"] != "abc" || labels["goversion"] != "go1.26" || m.GetGauge().GetValue() != 1 {
 		t.Errorf("cellgate_build_info = %v %v", labels, m.GetGauge().GetValue())
+	}
+}
+
+// A misspelt CELLGATE_* variable is warned about, with the setting it may
+// have meant; known ones, the build's and the tests' are not.
+func TestUnknownEnv(t *testing.T) {
+	got := unknownEnv([]string{"CELLGATE_LISTN=:80", "CELLGATE_LISTEN=:80", "CELLGATE_UID_RANGE=1-2", "CELLGATE_BIN=/x",
+		"CELLGATE_REQUIRE_KERNEL_TESTS=1", "CELLGATE_TRUSTED_PROXIES=10.0.0.0/8", "CELLGATE_WHATEVER=1", "PATH=/bin"})
+	want := []string{
+		"CELLGATE_LISTN is not a cellgate setting; it is ignored (did you mean CELLGATE_LISTEN?)",
+		"CELLGATE_WHATEVER is not a cellgate setting; it is ignored",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("unknownEnv = %q, want %q", got, want)
+	}
+	out, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dispatch(context.Background(), []string{"version"}, stdio{out: out, err: out, environ: []string{"CELLGATE_POLCY=p.yaml"}})
+	out.Close()
+	if b, _ := os.ReadFile(out.Name()); !strings.Contains(string(b), "cellgate: warning: CELLGATE_POLCY is not a cellgate setting; it is ignored (did you mean CELLGATE_POLICY?)") {
+		t.Errorf("no warning on stderr:\n%s", b)
 	}
 }
