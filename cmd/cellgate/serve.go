@@ -179,6 +179,11 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	served := make(chan error, 2)
 	go func() { served <- fmt.Errorf("public listener %s: %w", ln.Addr(), srv.Serve(ln)) }()
 	go func() { served <- fmt.Errorf("admin listener %s: %w", aln.Addr(), admin.Serve(aln)) }()
+	if adminExposed(aln.Addr()) {
+		log.Warn("the admin listener is not on a loopback address: /metrics and /status (requests in flight, hosts, paths, "+
+			"client addresses) are served without authentication to whoever can reach it; bind it to 127.0.0.1 or firewall it",
+			"admin", aln.Addr().String())
+	}
 	d.ready.Store(true)
 	log.Info("serving", "listen", ln.Addr().String(), "admin", aln.Addr().String(), "isolation", string(cfg.Isolation), "tls", cfg.TLSCert != "")
 

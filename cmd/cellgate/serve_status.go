@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"slices"
 	"time"
 
@@ -102,4 +103,12 @@ func positive64(n int64) *int64 {
 		return nil
 	}
 	return &n
+}
+
+// adminExposed reports whether the admin listener's bound address is
+// reachable from other hosts: anything but a loopback address (a
+// wildcard included). The admin listener has no authentication.
+func adminExposed(addr net.Addr) bool {
+	ta, ok := addr.(*net.TCPAddr)
+	return !ok || !ta.IP.IsLoopback()
 }

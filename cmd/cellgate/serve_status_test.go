@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -60,5 +61,17 @@ func TestStatusBudgets(t *testing.T) {
 	}
 	if web == nil || web.MemoryBudget == nil || *web.MemoryBudget != 1<<30 || web.QueueMax != 10 || web.MaxCells != nil || web.MemoryCurrent != nil {
 		t.Fatalf("tenant web: %+v in %+v", web, s.Tenants)
+	}
+}
+
+func TestAdminExposed(t *testing.T) {
+	for addr, want := range map[string]bool{"127.0.0.1:9090": false, "[::1]:9090": false, "0.0.0.0:9090": true, "[::]:9090": true, "10.1.2.3:9090": true} {
+		a, err := net.ResolveTCPAddr("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := adminExposed(a); got != want {
+			t.Errorf("adminExposed(%s) = %v, want %v", addr, got, want)
+		}
 	}
 }
