@@ -67,7 +67,7 @@ func TestBuildInfoMetric(t *testing.T) {
 // have meant; known ones, the build's and the tests' are not.
 func TestUnknownEnv(t *testing.T) {
 	got := unknownEnv([]string{"CELLGATE_LISTN=:80", "CELLGATE_LISTEN=:80", "CELLGATE_UID_RANGE=1-2", "CELLGATE_BIN=/x",
-		"CELLGATE_REQUIRE_KERNEL_TESTS=1", "CELLGATE_TRUSTED_PROXIES=10.0.0.0/8", "CELLGATE_WHATEVER=1", "PATH=/bin"})
+		"CELLGATE_REQUIRE_KERNEL_TESTS=1", "CELLGATE_VM_ACCEL=tcg", "CELLGATE_TRUSTED_PROXIES=10.0.0.0/8", "CELLGATE_WHATEVER=1", "PATH=/bin"})
 	want := []string{
 		"CELLGATE_LISTN is not a cellgate setting; it is ignored (did you mean CELLGATE_LISTEN?)",
 		"CELLGATE_WHATEVER is not a cellgate setting; it is ignored",
