@@ -49,8 +49,9 @@ vm-check: vm-prepare
 # (integration/status_test.go); installed once with apt-get when missing.
 chromium:
 	@command -v chromium >/dev/null || { \
-		[ -e /var/lib/apt/lists/lock ] && ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -q; \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends chromium || \
+		{ apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; }
 
 integration: build vm-prepare chromium
 	$(TESTENV) $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" ./integration/
