@@ -10,10 +10,18 @@ VMRUN   := $(BIN)/vmrun
 VMFLAGS ?= -mem 2G -smp 2 -timeout 35m
 TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate
 
-.PHONY: build vmrun vet unit vm-prepare vm-check integration test test-native bench
+.PHONY: build vmrun vet unit vm-prepare vm-check integration test test-native bench chromium
+
+# The version is the nearest v* tag (git describe), else a Go-style
+# pseudo-version of HEAD (v0.0.0-UTCTIME-COMMIT); the commit is HEAD.
+# `cellgate version`, SERVER_SOFTWARE and cellgate_build_info show them.
+VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || \
+	TZ=UTC git log -1 --abbrev=12 --date=format-local:%Y%m%d%H%M%S --format=v0.0.0-%cd-%h 2>/dev/null)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 build:
-	$(GO) build -o $(BIN)/cellgate ./cmd/cellgate
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cellgate ./cmd/cellgate
 
 # Static: the same binary is the guest's /init.
 vmrun:
@@ -40,14 +48,22 @@ vm-check: vm-prepare
 	$(VMRUN) -timeout 5m /usr/bin/unshare --user --pid --mount --fork /bin/true
 	@echo "vm-check: the guest's programs may create user namespaces (the guest switched root, not chrooted)"
 
-integration: build vm-prepare
+# Debian's headless-capable browser, for the admin status page's test
+# (integration/status_test.go); installed once with apt-get when missing.
+chromium:
+	@command -v chromium >/dev/null || { \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends chromium || \
+		{ apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; }
+
+integration: build vm-prepare chromium
 	$(TESTENV) $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" ./integration/
 
 test: vet unit vm-check integration
 
 # The integration tests without the VM, on a host with a delegated cgroup v2
 # (memory, cpu and pids enabled in this process's group), as root.
-test-native: build
+test-native: build chromium
 	$(TESTENV) $(GO) test -count=1 -timeout 30m ./integration/
 
 bench: build vm-prepare

@@ -29,6 +29,9 @@ var (
 	// ErrRedirectLoop: local redirects (RFC 3875 6.2.2) went on for more
 	// than Config.MaxLocalRedirects hops (502).
 	ErrRedirectLoop = errors.New("too many local redirects")
+	// ErrTooManyFromClient: a client forwarded by a trusted proxy has
+	// Config.MaxConnsPerIP requests in flight already (503).
+	ErrTooManyFromClient = errors.New("too many requests in flight from one client")
 	// ErrShuttingDown: the server is shutting down and the request's cell
 	// was cancelled (503).
 	ErrShuttingDown = errors.New("server shutting down")

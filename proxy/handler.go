@@ -23,6 +23,8 @@ type exchange struct {
 	rec accounting.Record
 	// route is the route of the last cell run (after local redirects).
 	route *policy.Route
+	// live is the request's entry in the server's in-flight set.
+	live *inflight
 
 	// abort resets the connection (or HTTP/2 stream) after the record is
 	// written: a streamed response was cut short and the client must not
@@ -43,13 +45,31 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
 	id := s.ids.next()
 	w.Header()[RequestIDHeader] = []string{id}
+	var overCap error
+	if client, ok := forwardedClient(s.cfg.TrustedProxies, peerIP(r.RemoteAddr), r.Header); ok {
+		r.RemoteAddr = client.String()
+		if s.clients.acquire(client, capValue(s.cfg.MaxConnsPerIP)) {
+			defer s.clients.release(client)
+		} else {
+			overCap = fmt.Errorf("client %s: %d requests in flight: %w", client, s.cfg.MaxConnsPerIP, ErrTooManyFromClient)
+		}
+	}
 	x := &exchange{s: s, w: w, r: r, rec: accounting.Record{
 		Time:       start,
 		RequestID:  id,
 		Method:     r.Method,
+		Host:       r.Host,
 		Path:       r.URL.Path,
+		Query:      r.URL.RawQuery,
+		Proto:      r.Proto,
+		UserAgent:  r.Header.Get("User-Agent"),
+		Referer:    r.Header.Get("Referer"),
 		ClientAddr: r.RemoteAddr,
 	}}
+	x.live = &inflight{v: InFlight{RequestID: id, Method: r.Method, Host: r.Host, Path: r.URL.Path,
+		Client: r.RemoteAddr, Arrived: start, State: StateReading}}
+	s.inflight.Store(x.live, nil)
+	defer s.inflight.Delete(x.live)
 	s.mu.Lock()
 	closing := s.closing
 	if !closing {
@@ -57,10 +77,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		defer s.handlers.Done()
 	}
 	s.mu.Unlock()
-	if closing {
+	switch {
+	case closing:
 		// A request that slipped in after Shutdown stopped waiting.
 		x.fail(ErrShuttingDown, nil)
-	} else {
+	case overCap != nil:
+		x.fail(overCap, nil)
+	default:
 		x.serve()
 	}
 	x.endUnreadBody()
@@ -231,6 +254,10 @@ func (x *exchange) match(method, urlPath string) (*policy.Match, error) {
 	x.releases = append(x.releases, release)
 	x.route = m.Route
 	x.rec.Route, x.rec.Tenant = m.Route.Name, m.Route.Tenant
+	x.live.update(func(v *InFlight) { v.Route, v.Tenant = m.Route.Name, m.Route.Tenant })
+	if err := dirProgram(m); err != nil {
+		return nil, err
+	}
 	return m, nil
 }
 
