@@ -12,8 +12,11 @@ TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate
 
 .PHONY: build vmrun vet unit vm-prepare vm-check integration test test-native bench
 
+# cellgate and, beside it, the init of confined cells (static and small:
+# it starts once per request).
 build:
 	$(GO) build -o $(BIN)/cellgate ./cmd/cellgate
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/cellgate-init ./cmd/cellgate-init
 
 # Static: the same binary is the guest's /init.
 vmrun:

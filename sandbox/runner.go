@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,6 +48,10 @@ type Config struct {
 	// use (unit tests, a non-root `cellgate run`).
 	AsSelf bool
 
+	// Launcher starts the init of confined cells (Specs with Confine);
+	// nil refuses them. The Runner does not close it.
+	Launcher *confine.Launcher
+
 	// StreamGrace bounds how long stdout/stderr copying may go on after the
 	// cell emptied (DefaultStreamGrace).
 	StreamGrace time.Duration
@@ -69,6 +74,7 @@ type Runner struct {
 	devNull     *os.File
 	hasTTY      bool // the daemon has a controlling terminal
 	reaper      *reaper
+	launcher    *confine.Launcher
 }
 
 // New returns a Runner. It opens /dev/null for workers' unset streams and,
@@ -90,6 +96,7 @@ func New(cfg Config) (*Runner, error) {
 		asSelf:      cfg.AsSelf,
 		streamGrace: cfg.StreamGrace,
 		emptyWait:   cfg.EmptyWait,
+		launcher:    cfg.Launcher,
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -165,7 +172,7 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	if err := checkSpec(&spec); err != nil {
 		return Result{}, err
 	}
-	cred, uid, err := r.credential(spec.User)
+	cred, uid, err := r.credential(spec.User, spec.GID)
 	if err != nil {
 		return Result{}, err
 	}
@@ -221,7 +228,19 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 		attr.Sys.UseCgroupFD = true
 		attr.Sys.CgroupFD = fd
 	}
-	proc, err := startNoNewPrivs(spec.Path, spec.Args, attr)
+	path, args := spec.Path, spec.Args
+	var ctl *control
+	if spec.Confine != nil {
+		var ctlChild *os.File
+		path, args, ctl, ctlChild, err = r.prepareConfined(&spec, attr)
+		if err != nil {
+			st.closeAll()
+			return Result{}, err
+		}
+		defer ctl.close()
+		defer ctlChild.Close()
+	}
+	proc, err := startNoNewPrivs(path, args, attr)
 	st.started()
 	if err != nil {
 		st.closeAll()
@@ -236,6 +255,12 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	}
 	timer := time.AfterFunc(timeout, func() { k.kill(CauseDeadline) })
 	stopCtx := context.AfterFunc(ctx, func() { k.kill(CauseKilled) })
+	var launchErr error
+	if ctl != nil {
+		if launchErr = ctl.launch(&spec, cred); launchErr != nil {
+			k.kill(CauseKilled)
+		}
+	}
 
 	exit, werr := r.reaper.wait(proc)
 	if werr != nil {
@@ -270,6 +295,19 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	r.cells.Release(cell)
 	if err := st.wait(r.streamGrace); err != nil {
 		errs = append(errs, err)
+	}
+	if ctl != nil {
+		rep, ok := ctl.report()
+		switch {
+		case launchErr != nil:
+			return Result{}, errors.Join(append([]error{fmt.Errorf("%w: cell %s: %w", ErrSpawn, cell.Path(), launchErr)}, errs...)...)
+		case ok && rep.Kind != confine.ReportExited:
+			return Result{}, errors.Join(append([]error{notRun(rep, &spec, cell)}, errs...)...)
+		case ok:
+			// The init's own status is the program's, but a signal
+			// cannot be passed on by a PID 1: the report has it.
+			exit = exitStatus{code: int(rep.Code), signal: syscall.Signal(rep.Signal)}
+		}
 	}
 	return Result{
 		Cause:      classify(exit, killedBy, usage),
@@ -307,7 +345,7 @@ func (r *Runner) empty(cell Cell) error {
 
 // credential returns the worker's credentials and uid: spec's own, or a
 // per-cell uid from the range, or none (the daemon's) with AsSelf.
-func (r *Runner) credential(u *Credential) (*syscall.Credential, uint32, error) {
+func (r *Runner) credential(u *Credential, gid uint32) (*syscall.Credential, uint32, error) {
 	if u != nil {
 		return &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: u.Groups}, u.UID, nil
 	}
@@ -318,9 +356,12 @@ func (r *Runner) credential(u *Credential) (*syscall.Credential, uint32, error) 
 	if err != nil {
 		return nil, 0, err
 	}
+	if gid == 0 {
+		gid = r.gid
+	}
 	// Groups is empty on purpose: setgroups(0) drops the daemon's
 	// supplementary groups.
-	return &syscall.Credential{Uid: uid, Gid: r.gid}, uid, nil
+	return &syscall.Credential{Uid: uid, Gid: gid}, uid, nil
 }
 
 // checkSpec validates spec and fills Args and Dir defaults.

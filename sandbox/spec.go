@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
 )
 
 // Spec describes one run of a worker in a fresh cell.
@@ -39,6 +40,14 @@ type Spec struct {
 	// User runs the worker under fixed credentials; nil gives the cell a uid
 	// of its own from the runner's range (and the shared gid).
 	User *Credential
+	// GID is the group of a cell's own uid (a tenant's gid); 0 is the
+	// Runner's. Ignored with User.
+	GID uint32
+	// Confine confines the cell (namespaces, filesystem view, seccomp,
+	// rlimits; see package confine), built once per route; nil runs the
+	// program with the cgroup, uid and no_new_privs only. It needs the
+	// Runner's Launcher.
+	Confine *confine.Prepared
 	// Timeout is the wall-clock deadline from the start of the worker;
 	// 0 means the runner's default.
 	Timeout time.Duration
