@@ -12,6 +12,7 @@ import (
 type Launcher struct {
 	f    *os.File
 	path string
+	name string
 }
 
 // OpenLauncher opens exe ("" = /proc/self/exe, the running binary). The fd
@@ -25,8 +26,11 @@ func OpenLauncher(exe string) (*Launcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open the cell init's executable %s: %w", exe, err)
 	}
-	return &Launcher{f: f, path: "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))}, nil
+	return &Launcher{f: f, path: "/proc/self/fd/" + strconv.Itoa(int(f.Fd())), name: exe}, nil
 }
+
+// Name is the executable as it was opened, for messages.
+func (l *Launcher) Name() string { return l.name }
 
 // Path is what to execute.
 func (l *Launcher) Path() string { return l.path }

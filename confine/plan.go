@@ -268,10 +268,16 @@ func Build(o Options, fsys FS) (*Plan, error) {
 }
 
 // shows reports whether a system bind of the plan already shows path at
-// the same place.
+// the same place, directly or through a recreated symlink (/bin/x with
+// /bin -> usr/bin).
 func (p *Plan) shows(path string) bool {
 	for _, b := range p.Binds {
 		if b.Source == b.Target && within(path, b.Target) {
+			return true
+		}
+	}
+	for _, l := range p.Symlinks {
+		if within(path, l.Link) {
 			return true
 		}
 	}

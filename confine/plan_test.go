@@ -82,6 +82,14 @@ func TestBuild(t *testing.T) {
 			},
 		},
 		{
+			name: "a program under a symlinked system dir is not bound over the symlink",
+			opts: Options{Programs: "/bin"},
+			want: &Plan{
+				Namespaces: AllNamespaces, Binds: []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"}},
+				Symlinks: debianLinks, Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
+			},
+		},
+		{
 			name: "relaxed: host network and pid, no seccomp, own sizes and mounts",
 			opts: Options{
 				Share: NSNet | NSPID, NoSeccomp: true, TmpfsSize: 1 << 20, NoFile: 64, SystemDirs: []string{"/usr", "/opt"},

@@ -320,7 +320,7 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 	}
 	if self {
 		d.log.Warn("no "+confine.InitArg0+" beside the cellgate executable and no --init: confined cells start cellgate itself as their init, "+
-			"which costs its whole start-up per request; install "+confine.InitArg0+" (make build) beside cellgate", "init", launcher.Path())
+			"which costs its whole start-up per request; install "+confine.InitArg0+" (make build) beside cellgate", "init", launcher.Name())
 	}
 	runner, err = sandbox.New(sandbox.Config{
 		Cells:    sandbox.PoolCells{Pool: d.pool},
