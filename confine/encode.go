@@ -8,18 +8,25 @@ import (
 	"strings"
 )
 
-// MaxLaunch bounds a launch message (plan, argv, environment): the init
-// refuses a longer one, and Launch does not build it.
+// MaxLaunch bounds a launch frame (the plan, or argv and environment): the
+// init refuses a longer one, and EncodeExec does not build it.
 const MaxLaunch = 4 << 20
 
-// launchMagic starts every launch message, so that an init started by
+// launchMagic starts every plan frame, so that an init started by
 // something else than a Runner fails with a clear error.
-const launchMagic = "CGL1"
+const launchMagic = "CGL2"
+
+// The init reads two frames on ControlFD, each a little-endian uint32
+// length and that many bytes: the plan (applied at once, then the init
+// reports ReportReady), then the exec part, sent with the program's
+// stdin, stdout and stderr as SCM_RIGHTS. A cell can so be prepared
+// before its request exists (the Runner's warm inits) and handed the
+// request later.
 
 // Prepared is a Plan encoded once, with what the spawn needs of it.
 type Prepared struct {
 	plan  *Plan
-	bytes []byte
+	frame []byte
 }
 
 // Prepare encodes p once, when the policy is loaded.
@@ -28,11 +35,16 @@ func Prepare(p *Plan) (*Prepared, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode confinement plan: %w", err)
 	}
-	return &Prepared{plan: p, bytes: b}, nil
+	frame := binary.LittleEndian.AppendUint32(nil, uint32(len(launchMagic)+len(b)))
+	frame = append(frame, launchMagic...)
+	return &Prepared{plan: p, frame: append(frame, b...)}, nil
 }
 
 // Plan is the prepared Plan (not to be modified).
 func (p *Prepared) Plan() *Plan { return p.plan }
+
+// Frame is the plan frame, to send as it is (not to be modified).
+func (p *Prepared) Frame() []byte { return p.frame }
 
 // CloneFlags are the namespaces to create with the init's clone.
 func (p *Prepared) CloneFlags() uintptr { return p.plan.Namespaces.CloneFlags() }
@@ -47,24 +59,20 @@ type Exec struct {
 	Credential
 }
 
-// Launch encodes the message the init reads on fd 3: the prepared plan's
-// bytes as they are, then e in a length-prefixed binary form (no
-// reflection per request).
-func (p *Prepared) Launch(e *Exec) ([]byte, error) {
-	n := len(launchMagic) + 4 + len(p.bytes) + 4*4 + 4*len(e.Groups) + 4*3 + len(e.Path) + len(e.Dir)
+// EncodeExec encodes e as the exec frame, in a length-prefixed binary form
+// (no reflection per request).
+func EncodeExec(e *Exec) ([]byte, error) {
+	n := 4*4 + 4*len(e.Groups) + 4*4 + len(e.Path) + len(e.Dir)
 	for _, s := range e.Args {
 		n += 4 + len(s)
 	}
 	for _, s := range e.Env {
 		n += 4 + len(s)
 	}
-	n += 8
 	if n > MaxLaunch {
-		return nil, fmt.Errorf("launch message of %d bytes is over %d (arguments and environment too large)", n, MaxLaunch)
+		return nil, fmt.Errorf("exec frame of %d bytes is over %d (arguments and environment too large)", n, MaxLaunch)
 	}
-	b := make([]byte, 0, n)
-	b = append(b, launchMagic...)
-	b = appendBytes(b, p.bytes)
+	b := make([]byte, 4, 4+n)
 	b = binary.LittleEndian.AppendUint32(b, e.UID)
 	b = binary.LittleEndian.AppendUint32(b, e.GID)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(e.Groups)))
@@ -75,6 +83,7 @@ func (p *Prepared) Launch(e *Exec) ([]byte, error) {
 	b = appendBytes(b, []byte(e.Dir))
 	b = appendList(b, e.Args)
 	b = appendList(b, e.Env)
+	binary.LittleEndian.PutUint32(b, uint32(len(b)-4))
 	return b, nil
 }
 
@@ -139,19 +148,21 @@ func (d *decoder) list() []string {
 	return l
 }
 
-// DecodeLaunch is the init's side of Launch.
-func DecodeLaunch(b []byte) (*Plan, *Exec, error) {
+// DecodePlan reads a plan frame's body (without its length).
+func DecodePlan(b []byte) (*Plan, error) {
 	if !strings.HasPrefix(string(b), launchMagic) {
-		return nil, nil, errors.New("launch message: bad magic (the init must be started by cellgate's sandbox)")
+		return nil, errors.New("plan frame: bad magic (the init must be started by cellgate's sandbox, of the same version)")
 	}
-	d := &decoder{b: b[len(launchMagic):]}
 	var p Plan
-	planBytes := d.bytes()
-	if d.err == nil {
-		if err := json.Unmarshal(planBytes, &p); err != nil {
-			return nil, nil, fmt.Errorf("launch message: plan: %w", err)
-		}
+	if err := json.Unmarshal(b[len(launchMagic):], &p); err != nil {
+		return nil, fmt.Errorf("plan frame: %w", err)
 	}
+	return &p, nil
+}
+
+// DecodeExec reads an exec frame's body (without its length).
+func DecodeExec(b []byte) (*Exec, error) {
+	d := &decoder{b: b}
 	e := &Exec{}
 	e.UID, e.GID = d.u32(), d.u32()
 	ng := d.u32()
@@ -169,9 +180,9 @@ func DecodeLaunch(b []byte) (*Plan, *Exec, error) {
 		d.err = fmt.Errorf("%d bytes after the end", len(d.b))
 	}
 	if d.err != nil {
-		return nil, nil, fmt.Errorf("launch message: %w", d.err)
+		return nil, fmt.Errorf("exec frame: %w", d.err)
 	}
-	return &p, e, nil
+	return e, nil
 }
 
 // ReportKind says what a report is about.
@@ -184,9 +195,12 @@ const (
 	ReportSetup
 	// ReportSpawn: the program could not be started (Errno); nothing ran.
 	ReportSpawn
+	// ReportReady: the plan is applied; the init waits for the exec frame.
+	ReportReady
 )
 
-// Report is what the init writes on fd 3 before it exits.
+// Report is what the init writes on fd 3: ReportReady once confined, then
+// one of the others before it exits.
 type Report struct {
 	Kind   ReportKind
 	Code   int32 // exit status (ReportExited), -1 when Signal is set
@@ -222,7 +236,7 @@ func DecodeReport(b []byte) (Report, bool) {
 		return Report{}, false
 	}
 	n := int(binary.LittleEndian.Uint16(b[2:]))
-	if len(b) < 16+n || ReportKind(b[0]) < ReportExited || ReportKind(b[0]) > ReportSpawn {
+	if len(b) < 16+n || ReportKind(b[0]) < ReportExited || ReportKind(b[0]) > ReportReady {
 		return Report{}, false
 	}
 	return Report{

@@ -1,7 +1,9 @@
 package confine
 
 import (
+	"encoding/binary"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -19,31 +21,46 @@ func TestLaunchRoundTrip(t *testing.T) {
 		Path: "/srv/cgi/hello", Args: []string{"/srv/cgi/hello", "", "a b"}, Env: []string{"A=1", "EMPTY="}, Dir: "/srv/cgi",
 		Credential: Credential{UID: 2000000001, GID: 2000000000, Groups: []uint32{5, 6}},
 	}
-	msg, err := prep.Launch(ex)
-	if err != nil {
-		t.Fatal(err)
+	frame := prep.Frame()
+	if n := binary.LittleEndian.Uint32(frame); int(n) != len(frame)-4 {
+		t.Fatalf("plan frame length %d, body %d", n, len(frame)-4)
 	}
-	gotPlan, gotExec, err := DecodeLaunch(msg)
+	gotPlan, err := DecodePlan(frame[4:])
 	if err != nil {
-		t.Fatalf("DecodeLaunch: %v", err)
+		t.Fatalf("DecodePlan: %v", err)
 	}
 	if !reflect.DeepEqual(gotPlan, plan) {
 		t.Errorf("plan:\n got %+v\nwant %+v", gotPlan, plan)
+	}
+	if _, err := DecodePlan([]byte("CGL1{}")); err == nil || !strings.Contains(err.Error(), "bad magic") {
+		t.Errorf("an older frame: %v", err)
+	}
+	msg, err := EncodeExec(ex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := binary.LittleEndian.Uint32(msg); int(n) != len(msg)-4 {
+		t.Fatalf("exec frame length %d, body %d", n, len(msg)-4)
+	}
+	body := msg[4:]
+	gotExec, err := DecodeExec(body)
+	if err != nil {
+		t.Fatalf("DecodeExec: %v", err)
 	}
 	if !reflect.DeepEqual(gotExec, ex) {
 		t.Errorf("exec:\n got %+v\nwant %+v", gotExec, ex)
 	}
 	// Every truncation and a trailing byte are errors, never a panic.
-	for i := 0; i < len(msg); i++ {
-		if _, _, err := DecodeLaunch(msg[:i]); err == nil {
-			t.Fatalf("DecodeLaunch of %d of %d bytes: no error", i, len(msg))
+	for i := 0; i < len(body); i++ {
+		if _, err := DecodeExec(body[:i]); err == nil {
+			t.Fatalf("DecodeExec of %d of %d bytes: no error", i, len(body))
 		}
 	}
-	if _, _, err := DecodeLaunch(append(msg, 0)); err == nil || !strings.Contains(err.Error(), "after the end") {
+	if _, err := DecodeExec(append(body, 0)); err == nil || !strings.Contains(err.Error(), "after the end") {
 		t.Errorf("trailing byte: %v", err)
 	}
-	if _, err := prep.Launch(&Exec{Path: "/x", Env: []string{strings.Repeat("x", MaxLaunch)}}); err == nil {
-		t.Error("Launch over MaxLaunch: no error")
+	if _, err := EncodeExec(&Exec{Path: "/x", Env: []string{strings.Repeat("x", MaxLaunch)}}); err == nil {
+		t.Error("EncodeExec over MaxLaunch: no error")
 	}
 }
 
@@ -53,6 +70,7 @@ func TestReportRoundTrip(t *testing.T) {
 		{Kind: ReportExited, Code: -1, Signal: 9},
 		{Kind: ReportSpawn, Errno: 2, Msg: "fork/exec /x: no such file"},
 		{Kind: ReportSetup, Msg: strings.Repeat("m", maxReportMsg)},
+		{Kind: ReportReady},
 	} {
 		got, ok := DecodeReport(r.Encode())
 		if !ok || !reflect.DeepEqual(got, r) {
@@ -63,9 +81,24 @@ func TestReportRoundTrip(t *testing.T) {
 	if got, ok := DecodeReport(long.Encode()); !ok || len(got.Msg) != maxReportMsg {
 		t.Errorf("long message: %d bytes, %v", len(got.Msg), ok)
 	}
-	for _, b := range [][]byte{nil, make([]byte, 15), make([]byte, 16), append([]byte{9}, make([]byte, 15)...)} {
+	for _, b := range [][]byte{nil, make([]byte, 15), make([]byte, 16), append([]byte{byte(ReportReady + 1)}, make([]byte, 15)...)} {
 		if r, ok := DecodeReport(b); ok {
 			t.Errorf("DecodeReport(%v) = %+v, want none", b, r)
 		}
+	}
+}
+
+// The launcher's fd must survive the init's fd 0-3 being set up in the
+// child: OpenLauncher keeps it at minLauncherFD or above, even when a low
+// fd is free (as fd 3 is in a fresh process).
+func TestLauncherAboveControlFD(t *testing.T) {
+	l, err := OpenLauncher("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	fd := int(l.f.Fd())
+	if fd < minLauncherFD || fd <= ControlFD || l.Path() != "/proc/self/fd/"+strconv.Itoa(fd) {
+		t.Errorf("launcher at fd %d (%s), want %d or above", fd, l.Path(), minLauncherFD)
 	}
 }

@@ -1,6 +1,7 @@
 package confine
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -30,38 +31,54 @@ const (
 // namespace) needs none.
 var forwarded = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
 
-// Init is the cell's init. It reads the launch message on ControlFD,
-// applies the plan (Apply), starts the program as its child under the
-// launch's credentials with fds 0-2, lets go of those fds, forwards
-// signals, reaps every process that is reparented to it, and when the
-// program ends writes a Report and exits with the program's status (128+N
-// for signal N; the Report carries the signal itself). As PID 1 of the
-// cell's PID namespace its exit ends every other process of the cell.
-// It returns the status to exit with.
+// Init is the cell's init. It reads the plan frame on ControlFD, applies
+// the plan (Apply) and reports ReportReady; then it reads the exec frame
+// with the program's stdin, stdout and stderr (SCM_RIGHTS), starts the
+// program as its child under the frame's credentials, forwards signals,
+// reaps every process that is reparented to it, and when the program ends
+// writes a Report and exits with the program's status (128+N for signal
+// N; the Report carries the signal itself). As PID 1 of the cell's PID
+// namespace its exit ends every other process of the cell. The init's own
+// fds 0-2 are /dev/null. It returns the status to exit with.
 func Init() int {
 	unix.CloseOnExec(ControlFD)
-	ctl := os.NewFile(ControlFD, "control")
-	msg, err := io.ReadAll(io.LimitReader(ctl, MaxLaunch+1))
-	if err == nil && len(msg) > MaxLaunch {
-		err = fmt.Errorf("launch message over %d bytes", MaxLaunch)
-	}
+	body, _, err := readFrame(ControlFD, 0)
 	if err != nil {
-		return fail(ReportSetup, exitSetup, fmt.Errorf("read the launch message on fd %d: %w", ControlFD, err))
+		return fail(ReportSetup, exitSetup, fmt.Errorf("read the plan frame on fd %d: %w", ControlFD, err))
 	}
-	plan, ex, err := DecodeLaunch(msg)
+	plan, err := DecodePlan(body)
 	if err != nil {
 		return fail(ReportSetup, exitSetup, err)
 	}
 	if err := Apply(plan); err != nil {
 		return fail(ReportSetup, exitSetup, fmt.Errorf("confine the cell: %w", err))
 	}
+	// What does not depend on the request is done before waiting for it:
+	// the signal thread, and the thread the program is forked from, with
+	// no_new_privs set on it.
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, forwarded...)
-	pid, err := start(ex)
+	unlock, err := lockForFork()
+	if err != nil {
+		return fail(ReportSetup, exitSetup, err)
+	}
+	report(Report{Kind: ReportReady})
+	body, fds, err := readFrame(ControlFD, 3)
+	if errors.Is(err, io.EOF) {
+		return 0 // a prepared cell that was never used
+	}
+	if err != nil {
+		return fail(ReportSpawn, exitSpawn, fmt.Errorf("read the exec frame on fd %d: %w", ControlFD, err))
+	}
+	ex, err := DecodeExec(body)
 	if err != nil {
 		return fail(ReportSpawn, exitSpawn, err)
 	}
-	releaseStreams()
+	pid, err := start(ex, fds)
+	unlock()
+	if err != nil {
+		return fail(ReportSpawn, exitSpawn, err)
+	}
 	go func() {
 		for s := range sigs {
 			unix.Kill(pid, s.(syscall.Signal))
@@ -75,44 +92,103 @@ func Init() int {
 	return int(r.Code)
 }
 
-// start starts the program, from a thread with no_new_privs set.
-func start(ex *Exec) (int, error) {
-	unlock, err := lockForFork()
-	if err != nil {
-		return 0, err
+// readFrame reads one length-prefixed frame from fd, with exactly nfds
+// descriptors passed along with it (received close-on-exec).
+func readFrame(fd, nfds int) ([]byte, []int, error) {
+	var hdr [4]byte
+	var oob []byte
+	if nfds > 0 {
+		oob = make([]byte, unix.CmsgSpace(4*nfds))
 	}
-	defer unlock()
-	p, err := os.StartProcess(ex.Path, ex.Args, &os.ProcAttr{
+	n, oobn, _, _, err := unix.Recvmsg(fd, hdr[:], oob, unix.MSG_CMSG_CLOEXEC)
+	for errors.Is(err, unix.EINTR) {
+		n, oobn, _, _, err = unix.Recvmsg(fd, hdr[:], oob, unix.MSG_CMSG_CLOEXEC)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if n == 0 {
+		return nil, nil, io.EOF
+	}
+	var fds []int
+	if oobn > 0 {
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return nil, nil, fmt.Errorf("control message: %w", err)
+		}
+		for _, m := range msgs {
+			got, err := unix.ParseUnixRights(&m)
+			if err != nil {
+				return nil, nil, fmt.Errorf("control message: %w", err)
+			}
+			fds = append(fds, got...)
+		}
+	}
+	if len(fds) != nfds {
+		for _, f := range fds {
+			unix.Close(f)
+		}
+		return nil, nil, fmt.Errorf("%d descriptors with the frame, want %d", len(fds), nfds)
+	}
+	if err := readFull(fd, hdr[n:]); err != nil {
+		return nil, fds, err
+	}
+	size := binary.LittleEndian.Uint32(hdr[:])
+	if size > MaxLaunch {
+		return nil, fds, fmt.Errorf("frame of %d bytes, over %d", size, MaxLaunch)
+	}
+	body := make([]byte, size)
+	if err := readFull(fd, body); err != nil {
+		return nil, fds, err
+	}
+	return body, fds, nil
+}
+
+// readFull reads len(b) bytes from fd (io.ErrUnexpectedEOF when it ends
+// first).
+func readFull(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Read(fd, b)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return err
+		case n == 0:
+			return io.ErrUnexpectedEOF
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// start starts the program with fds as its 0-2 (closed here). The caller
+// holds the thread with no_new_privs (lockForFork). syscall.ForkExec, not
+// os.StartProcess: the latter probes pidfd support with an extra fork on
+// its first use, which would be on the request's path.
+func start(ex *Exec, fds []int) (int, error) {
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	files := make([]uintptr, len(fds))
+	for i, fd := range fds {
+		files[i] = uintptr(fd)
+	}
+	pid, err := syscall.ForkExec(ex.Path, ex.Args, &syscall.ProcAttr{
 		Dir:   ex.Dir,
 		Env:   ex.Env,
-		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+		Files: files,
 		Sys: &syscall.SysProcAttr{
 			Credential: &syscall.Credential{Uid: ex.UID, Gid: ex.GID, Groups: ex.Groups},
 			Setpgid:    true,
 		},
 	})
 	if err != nil {
-		return 0, err
+		return 0, &os.PathError{Op: "fork/exec", Path: ex.Path, Err: err}
 	}
-	pid := p.Pid
-	p.Release() // reaped by reap's wait4(-1)
 	return pid, nil
-}
-
-// releaseStreams points fds 0-2 at /dev/null, so that the cell's output
-// ends when the program and its children close theirs, as without an init.
-func releaseStreams() {
-	fd, err := unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		for i := 0; i <= 2; i++ {
-			unix.Close(i)
-		}
-		return
-	}
-	for i := 0; i <= 2; i++ {
-		unix.Dup3(fd, i, 0)
-	}
-	unix.Close(fd)
 }
 
 // reap waits for every child until the program (pid) has ended, and

@@ -33,7 +33,7 @@ func BenchmarkCellLifecycle(b *testing.B) {
 	noop := noopBinary(b)
 	for _, par := range []int{1, 8, 32} {
 		b.Run(fmt.Sprintf("concurrent=%d", par), func(b *testing.B) {
-			benchPairs(b, env, sandbox.Spec{Path: noop}, par)
+			benchPairs(b, env, sandbox.Spec{Path: noop}, par, 0)
 		})
 	}
 }
@@ -78,7 +78,28 @@ func BenchmarkCellConfined(b *testing.B) {
 	for _, v := range variants {
 		for _, par := range v.par {
 			b.Run(fmt.Sprintf("%s/concurrent=%d", v.name, par), func(b *testing.B) {
-				benchPairs(b, env, spec(b, v.opts), par)
+				benchPairs(b, env, spec(b, v.opts), par, 0)
+			})
+		}
+	}
+	// The same full confinement with cells set up ahead (sandbox's warm
+	// cells, as serve runs them): a request that finds one pays a hand-off
+	// and the program's fork and exec. Setting cells up still costs the
+	// same CPU, so back to back (pause 0) the set runs dry as soon as
+	// requests come faster than cells are set up; with a pause between
+	// rounds (a server below saturation) every request finds one. The
+	// share of requests that found one is reported (warm-hit-%).
+	for _, par := range []int{1, 8, 32} {
+		for _, pause := range []time.Duration{0, 100 * time.Millisecond} {
+			b.Run(fmt.Sprintf("all-warm/pause=%s/concurrent=%d", pause, par), func(b *testing.B) {
+				warm := newBenchEnvWarm(b, par)
+				s := spec(b, confine.Options{})
+				warm.Warm(s.Profile, s.Confine)
+				time.Sleep(time.Second) // let the first cells be set up
+				benchPairs(b, warm, s, par, pause)
+				if hits, misses := warm.WarmStats(); hits+misses > 0 {
+					b.ReportMetric(100*float64(hits)/float64(hits+misses), "warm-hit-%")
+				}
 			})
 		}
 	}
@@ -92,7 +113,7 @@ func BenchmarkCellConfined(b *testing.B) {
 // wait parks in the netpoller), and both see the same machine over the run.
 var mu sync.Mutex // guards benchPairs' results
 
-func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int) {
+func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, pause time.Duration) {
 	plainOp := func() error {
 		cmd := exec.Command(spec.Path)
 		cmd.Env = []string{}
@@ -139,6 +160,11 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int) {
 			round(plainOp, &plain, n)
 		}
 		done += n
+		if pause > 0 {
+			b.StopTimer()
+			time.Sleep(pause)
+			b.StartTimer()
+		}
 	}
 	b.StopTimer()
 	if failed != nil {
@@ -160,7 +186,10 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int) {
 // newBenchEnv returns a Runner over a real pool: limits enforced when this
 // process's group delegates memory, cpu and pids (the microVM), otherwise,
 // as root on a cgroup2 mount without them, unenforced in a private base.
-func newBenchEnv(b *testing.B) *sandbox.Runner {
+func newBenchEnv(b *testing.B) *sandbox.Runner { return newBenchEnvWarm(b, 0) }
+
+// newBenchEnvWarm is newBenchEnv with warm confined cells (Config.WarmCells).
+func newBenchEnvWarm(b *testing.B, warm int) *sandbox.Runner {
 	b.Helper()
 	if os.Geteuid() != 0 {
 		skipOrFail(b, "cells need root (euid %d)", os.Geteuid())
@@ -173,7 +202,7 @@ func newBenchEnv(b *testing.B) *sandbox.Runner {
 	if delegated() || required() {
 		opts.Base = filepath.Join(requireKernel(b), "base")
 	} else {
-		opts.Base = filepath.Join(mnt, fmt.Sprintf("cellgate-bench-%d", os.Getpid()))
+		opts.Base = filepath.Join(mnt, fmt.Sprintf("cellgate-bench-%d-%d", os.Getpid(), testSeq.Add(1)))
 		opts.Unenforced = []string{"memory", "cpu", "pids"}
 	}
 	trackBase(opts.Base)
@@ -186,7 +215,7 @@ func newBenchEnv(b *testing.B) *sandbox.Runner {
 	if err := pool.Warm(prof); err != nil {
 		b.Fatal(err)
 	}
-	cfg := sandbox.Config{Cells: sandbox.PoolCells{Pool: pool}, Profile: prof, Timeout: time.Minute}
+	cfg := sandbox.Config{Cells: sandbox.PoolCells{Pool: pool}, Profile: prof, Timeout: time.Minute, WarmCells: warm}
 	if bin := os.Getenv("CELLGATE_BIN"); bin != "" {
 		l, err := confine.OpenLauncher(filepath.Join(filepath.Dir(bin), confine.InitArg0))
 		if err != nil {

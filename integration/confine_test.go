@@ -138,7 +138,7 @@ func runProbe() int {
 
 // confineGate starts serve with routes running the probe: "probe" under
 // the default confinement (tenant a), "nethost" with network: host.
-func confineGate(t *testing.T, extra string) *gate {
+func confineGate(t *testing.T, extra string, args ...string) *gate {
 	t.Helper()
 	w := workerBinary(t)
 	pol := fmt.Sprintf(`version: 1
@@ -150,7 +150,7 @@ routes:
   - {name: probe, match: {path: /probe}, tenant: a, program: %[1]q, env: {%[2]s: probe}}
   - {name: nethost, match: {path: /nethost}, tenant: b, program: %[1]q, env: {%[2]s: probe}, network: host}
 %[3]s`, w, cellHelperEnv, extra)
-	return startGate(t, gateOptions{policy: pol})
+	return startGate(t, gateOptions{policy: pol, args: args})
 }
 
 // probe sends the query to the route and decodes the reply.
@@ -327,9 +327,9 @@ func TestConfineSeccomp(t *testing.T) {
 	}
 }
 
-// TestConfineNothingLeft: after sequential and concurrent requests no cell
-// init runs, no mount of a cell shows in the host's mount table, and the
-// tenants' groups hold no cell (serve's own exit checks the rest).
+// TestConfineNothingLeft: after sequential and concurrent requests, and
+// serve's exit, no cell init runs and no mount of a cell shows in the
+// host's mount table (serve's own exit checks that its groups are gone).
 func TestConfineNothingLeft(t *testing.T) {
 	mountsBefore := mountCount(t)
 	g := confineGate(t, "")
@@ -338,19 +338,41 @@ func TestConfineNothingLeft(t *testing.T) {
 	}
 	rs := load(g.client, 32, 16, getter(g.url+"/probe"))
 	checkAll(t, "concurrent probes", rs, http.StatusOK)
-	for _, tenant := range []string{"a", "b"} {
-		ents, _ := os.ReadDir(g.tenantDir(tenant))
-		for _, e := range ents {
-			if e.IsDir() && populated(t, filepath.Join(g.tenantDir(tenant), e.Name())) {
-				t.Errorf("tenant %s: cell %s still populated", tenant, e.Name())
-			}
-		}
-	}
+	g.stop()
 	if n := initsRunning(); n > 0 {
 		t.Errorf("%d cellgate-init processes left", n)
 	}
 	if n := mountCount(t); n != mountsBefore {
 		t.Errorf("the host's mount table has %d entries, %d before: a cell's mounts leaked", n, mountsBefore)
+	}
+}
+
+// TestConfineWarmCells: with cells set up ahead (--warm-cells), each
+// request still gets a cell of its own: its own uid, a /proc with only
+// its init and itself, and a /tmp without the files of the request before;
+// serve's exit ends the idle cells.
+func TestConfineWarmCells(t *testing.T) {
+	g := confineGate(t, "", "--warm-cells", "2")
+	uids := map[int]bool{}
+	for i := 0; i < 6; i++ {
+		r := g.probe(t, "probe", url.Values{"read": {"/tmp/mark"}, "fill": {"/tmp/mark:1"}, "procs": {"1"}})
+		if r.Read["/tmp/mark"] == "ok" {
+			t.Errorf("request %d reads the /tmp file of an earlier request", i)
+		}
+		if r.Fill["/tmp/mark"] != "ok" {
+			t.Errorf("request %d: write /tmp/mark: %s", i, r.Fill["/tmp/mark"])
+		}
+		if len(r.Procs) != 2 || !strings.HasPrefix(r.Procs[0], "1 cellgate-init") {
+			t.Errorf("request %d: /proc lists %q", i, r.Procs)
+		}
+		uids[r.UID] = true
+	}
+	if len(uids) < 2 {
+		t.Errorf("6 requests ran under %d uid(s), want a uid per cell", len(uids))
+	}
+	g.stop()
+	if n := initsRunning(); n > 0 {
+		t.Errorf("%d cellgate-init processes left after serve's exit", n)
 	}
 }
 

@@ -51,6 +51,9 @@ type Config struct {
 	// Launcher starts the init of confined cells (Specs with Confine);
 	// nil refuses them. The Runner does not close it.
 	Launcher *confine.Launcher
+	// WarmCells is how many confined cells per route are set up ahead of
+	// their requests (see warm.go); 0 sets every cell up on its request.
+	WarmCells int
 
 	// StreamGrace bounds how long stdout/stderr copying may go on after the
 	// cell emptied (DefaultStreamGrace).
@@ -75,6 +78,7 @@ type Runner struct {
 	hasTTY      bool // the daemon has a controlling terminal
 	reaper      *reaper
 	launcher    *confine.Launcher
+	warm        *warmPool // nil without Config.WarmCells
 }
 
 // New returns a Runner. It opens /dev/null for workers' unset streams and,
@@ -136,12 +140,18 @@ func New(cfg Config) (*Runner, error) {
 		devNull.Close()
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
+	if cfg.WarmCells > 0 && cfg.Launcher != nil {
+		r.warm = newWarmPool(r, cfg.WarmCells)
+	}
 	return r, nil
 }
 
 // Close releases the Runner's own fds and ends its reaper goroutine. Runs
 // in flight must have returned.
 func (r *Runner) Close() error {
+	if r.warm != nil {
+		r.warm.close()
+	}
 	r.reaper.close()
 	return r.devNull.Close()
 }
@@ -176,6 +186,9 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
+	if spec.Confine != nil && cred == nil {
+		return Result{}, fmt.Errorf("%w: a confined cell needs credentials to drop to (not AsSelf)", ErrSpec)
+	}
 	keepUID := false
 	defer func() {
 		if r.uids != nil && spec.User == nil && !keepUID {
@@ -187,8 +200,14 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	if prof == nil {
 		prof = r.profile
 	}
-	cell, err := r.cells.Get(ctx, prof)
-	if err != nil {
+	var ip *initProc // the init of a confined cell
+	if spec.Confine != nil && r.warm != nil {
+		ip = r.warm.take(warmKey{prof, spec.Confine})
+	}
+	var cell Cell
+	if ip != nil {
+		cell = ip.cell
+	} else if cell, err = r.cells.Get(ctx, prof); err != nil {
 		return Result{}, fmt.Errorf("%w: tenant %q: %w", ErrNoCell, prof.Tenant(), err)
 	}
 	released := false
@@ -200,51 +219,55 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 
 	st, err := newStreams(&spec, r.devNull)
 	if err != nil {
+		if ip != nil {
+			r.discard(ip)
+			released = true
+		}
 		return Result{}, fmt.Errorf("%w: %s: %w", ErrSpawn, spec.Path, err)
 	}
-	attr := &os.ProcAttr{
-		Dir:   spec.Dir,
-		Env:   spec.Env,
-		Files: st.child[:],
-		Sys: &syscall.SysProcAttr{
-			Credential: cred,
-			// A process group of its own, so signals to its group reach its
-			// cell only; a session of its own too when the daemon has a
-			// controlling terminal (cellgate run), so that the worker cannot
-			// use it as its own (TIOCSTI, job control) and reads from it
-			// without SIGTTIN. Without a terminal (the daemon) a new session
-			// buys nothing and costs a scheduler autogroup per worker
-			// (setsid with CONFIG_SCHED_AUTOGROUP): about 8% of a no-op
-			// spawn, measured.
-			Setsid:  r.hasTTY,
-			Setpgid: !r.hasTTY,
-			// Backstop only: the kernel sends it when the thread that forked
-			// the worker dies (go.dev/issue/27505), e.g. when the daemon
-			// crashes. cgroup.kill is what ends a cell.
-			Pdeathsig: syscall.SIGKILL,
-		},
-	}
-	if fd := cell.FD(); fd >= 0 {
-		attr.Sys.UseCgroupFD = true
-		attr.Sys.CgroupFD = fd
-	}
-	path, args := spec.Path, spec.Args
-	var ctl *control
+	var proc *os.Process
 	if spec.Confine != nil {
-		var ctlChild *os.File
-		path, args, ctl, ctlChild, err = r.prepareConfined(&spec, attr)
+		if ip == nil {
+			if ip, err = r.startInit(cell, spec.Confine); err != nil {
+				st.closeAll()
+				return Result{}, err
+			}
+		}
+		defer ip.closeCtl()
+		proc = ip.proc
+	} else {
+		attr := &os.ProcAttr{
+			Dir:   spec.Dir,
+			Env:   spec.Env,
+			Files: st.child[:],
+			Sys: &syscall.SysProcAttr{
+				Credential: cred,
+				// A process group of its own, so signals to its group reach its
+				// cell only; a session of its own too when the daemon has a
+				// controlling terminal (cellgate run), so that the worker cannot
+				// use it as its own (TIOCSTI, job control) and reads from it
+				// without SIGTTIN. Without a terminal (the daemon) a new session
+				// buys nothing and costs a scheduler autogroup per worker
+				// (setsid with CONFIG_SCHED_AUTOGROUP): about 8% of a no-op
+				// spawn, measured.
+				Setsid:  r.hasTTY,
+				Setpgid: !r.hasTTY,
+				// Backstop only: the kernel sends it when the thread that forked
+				// the worker dies (go.dev/issue/27505), e.g. when the daemon
+				// crashes. cgroup.kill is what ends a cell.
+				Pdeathsig: syscall.SIGKILL,
+			},
+		}
+		if fd := cell.FD(); fd >= 0 {
+			attr.Sys.UseCgroupFD = true
+			attr.Sys.CgroupFD = fd
+		}
+		proc, err = startNoNewPrivs(spec.Path, spec.Args, attr)
+		st.started()
 		if err != nil {
 			st.closeAll()
-			return Result{}, err
+			return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), err)
 		}
-		defer ctl.close()
-		defer ctlChild.Close()
-	}
-	proc, err := startNoNewPrivs(path, args, attr)
-	st.started()
-	if err != nil {
-		st.closeAll()
-		return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), err)
 	}
 	start := time.Now()
 
@@ -256,8 +279,12 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	timer := time.AfterFunc(timeout, func() { k.kill(CauseDeadline) })
 	stopCtx := context.AfterFunc(ctx, func() { k.kill(CauseKilled) })
 	var launchErr error
-	if ctl != nil {
-		if launchErr = ctl.launch(&spec, cred); launchErr != nil {
+	if ip != nil {
+		// The init takes the program's streams with the exec frame; the
+		// deadline is armed, so a send that blocks ends with the cell.
+		launchErr = ip.exec(&spec, cred, st.child)
+		st.started()
+		if launchErr != nil {
 			k.kill(CauseKilled)
 		}
 	}
@@ -296,13 +323,13 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	if err := st.wait(r.streamGrace); err != nil {
 		errs = append(errs, err)
 	}
-	if ctl != nil {
-		rep, ok := ctl.report()
+	if ip != nil {
+		rep, ok := ip.report()
 		switch {
-		case launchErr != nil:
-			return Result{}, errors.Join(append([]error{fmt.Errorf("%w: cell %s: %w", ErrSpawn, cell.Path(), launchErr)}, errs...)...)
 		case ok && rep.Kind != confine.ReportExited:
 			return Result{}, errors.Join(append([]error{notRun(rep, &spec, cell)}, errs...)...)
+		case launchErr != nil:
+			return Result{}, errors.Join(append([]error{fmt.Errorf("%w: cell %s: %w", ErrSpawn, cell.Path(), launchErr)}, errs...)...)
 		case ok:
 			// The init's own status is the program's, but a signal
 			// cannot be passed on by a PID 1: the report has it.

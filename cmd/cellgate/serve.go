@@ -72,6 +72,10 @@ type daemon struct {
 	// written with live.
 	specs sync.Map
 
+	// warmCells has the runner set confined cells of a route up ahead
+	// (nil with --isolation=none).
+	warmCells func(*cgroup.Profile, *confine.Prepared)
+
 	ready atomic.Bool
 	done  chan struct{} // closed when the daemon starts shutting down
 }
@@ -281,6 +285,7 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 	d.tree = tree
 	d.pool = cgroup.NewPool(tree, cgroup.PoolOptions{Logger: d.log})
 	var runner *sandbox.Runner
+	d.warmCells = func(prof *cgroup.Profile, plan *confine.Prepared) { runner.Warm(prof, plan) }
 	var launcher *confine.Launcher
 	closeAll := func() error {
 		var errs []error
@@ -323,12 +328,13 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 			"which costs its whole start-up per request; install "+confine.InitArg0+" (make build) beside cellgate", "init", launcher.Name())
 	}
 	runner, err = sandbox.New(sandbox.Config{
-		Cells:    sandbox.PoolCells{Pool: d.pool},
-		Logger:   d.log,
-		Profile:  def,
-		UIDs:     sandbox.UIDRange(cfg.UIDs),
-		GID:      cfg.GID,
-		Launcher: launcher,
+		Cells:     sandbox.PoolCells{Pool: d.pool},
+		Logger:    d.log,
+		Profile:   def,
+		UIDs:      sandbox.UIDRange(cfg.UIDs),
+		GID:       cfg.GID,
+		Launcher:  launcher,
+		WarmCells: cfg.WarmCells,
 	})
 	if err != nil {
 		return fail(fmt.Errorf("sandbox: %w", err))
@@ -370,7 +376,8 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 }
 
 // warm starts pre-creating cells for every route's profile, so that the
-// first requests do not pay for mkdir and the limit writes.
+// first requests do not pay for mkdir and the limit writes, and (with
+// --warm-cells) setting confined cells up ahead.
 func (d *daemon) warm(specs map[*policy.Route]*routeSpec) {
 	if d.pool == nil {
 		return
@@ -378,6 +385,9 @@ func (d *daemon) warm(specs map[*policy.Route]*routeSpec) {
 	for r, rs := range specs {
 		if err := d.pool.Warm(rs.profile); err != nil {
 			d.log.Warn("warm cells for a route; its cells will be created on demand", "route", r.Name, "err", err)
+		}
+		if rs.confine != nil && d.warmCells != nil {
+			d.warmCells(rs.profile, rs.confine)
 		}
 	}
 }
