@@ -14,6 +14,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -146,6 +147,7 @@ defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 60s}
 tenants:
   - {name: a, memory: 256Mi, queue: 100, queue_timeout: 120s, gid: 3000}
   - {name: b, memory: 256Mi, queue: 100, queue_timeout: 120s}
+  - {name: t, memory: 96Mi, queue: 100, queue_timeout: 120s}
 routes:
   - {name: probe, match: {path: /probe}, tenant: a, program: %[1]q, env: {%[2]s: probe}}
   - {name: nethost, match: {path: /nethost}, tenant: b, program: %[1]q, env: {%[2]s: probe}, network: host}
@@ -394,4 +396,35 @@ func initsRunning() int {
 		}
 	}
 	return n
+}
+
+// TestConfineOOMBudget: a request OOM-killed because its tenant's budget
+// ran out, under its own limit, is reported as that (503, outcome
+// oom_budget), not as having exceeded its own memory limit. The tenant's
+// budget is eaten by a file a filesystem: host cell left on a tmpfs of the
+// host, which stays charged to the tenant after its cell is gone.
+func TestConfineOOMBudget(t *testing.T) {
+	shared := t.TempDir()
+	os.Chmod(shared, 0o777)
+	g := confineGate(t, `  - {name: leak, match: {path: /leak}, tenant: t, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, filesystem: host, memory: 80Mi}
+  - {name: hog, match: {path: /hog}, tenant: t, program: "{{.CGI}}/memhog", memory: 80Mi}
+`)
+	left := filepath.Join(shared, "left")
+	t.Cleanup(func() { os.Remove(left) })
+	if r := g.probe(t, "leak", url.Values{"fill": {left + ":56"}}); r.Fill[left] != "ok" {
+		t.Fatalf("leave 56 MiB in %s: %s", left, r.Fill[left])
+	}
+	code, _, body := g.get("/hog?mb=60")
+	if code != http.StatusServiceUnavailable || strings.Contains(body, "exceeded its memory limit") {
+		t.Errorf("a 60 MiB request (limit 80Mi) in a tenant of 96Mi with 56 MiB left charged: %d %q, want 503 for the tenant's budget", code, body)
+	}
+	recs := g.waitRecords("hog", 1, time.Minute)
+	if recs[0].Outcome != "oom_budget" {
+		t.Errorf("access log outcome %q, want oom_budget", recs[0].Outcome)
+	}
+	// Control: with the file gone the same request fits.
+	os.Remove(left)
+	if code, _, body := g.get("/hog?mb=60"); code != http.StatusOK {
+		t.Errorf("the same request with the budget free: %d %q", code, body)
+	}
 }

@@ -63,13 +63,17 @@ type Credential struct {
 type Cause string
 
 const (
-	CauseOK       Cause = "ok"       // exit status 0
-	CauseExit     Cause = "exit"     // non-zero exit status
-	CauseSignal   Cause = "signal"   // killed by a signal it did not get from cellgate (a crash)
-	CauseOOM      Cause = "oom"      // the kernel OOM-killed the cell (from memory.events)
-	CauseDeadline Cause = "deadline" // the wall-clock deadline passed; cellgate killed the cell
-	CausePids     Cause = "pids"     // pids.max refused a fork (pids.events) and the worker failed
-	CauseKilled   Cause = "killed"   // cellgate killed the cell for another reason (context cancelled, shutdown)
+	CauseOK     Cause = "ok"     // exit status 0
+	CauseExit   Cause = "exit"   // non-zero exit status
+	CauseSignal Cause = "signal" // killed by a signal it did not get from cellgate (a crash)
+	CauseOOM    Cause = "oom"    // the kernel OOM-killed the cell at its own memory limit (from memory.events)
+	// CauseOOMBudget: the kernel OOM-killed the cell at an ancestor's limit
+	// (its tenant's or the global budget), the cell under its own: its
+	// memory.events counts an oom_kill but no oom of its own.
+	CauseOOMBudget Cause = "oom_budget"
+	CauseDeadline  Cause = "deadline" // the wall-clock deadline passed; cellgate killed the cell
+	CausePids      Cause = "pids"     // pids.max refused a fork (pids.events) and the worker failed
+	CauseKilled    Cause = "killed"   // cellgate killed the cell for another reason (context cancelled, shutdown)
 )
 
 // Result is what one run produced.
