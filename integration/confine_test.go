@@ -404,7 +404,12 @@ func initsRunning() int {
 // budget is eaten by a file a filesystem: host cell left on a tmpfs of the
 // host, which stays charged to the tenant after its cell is gone.
 func TestConfineOOMBudget(t *testing.T) {
-	shared := t.TempDir()
+	// Not t.TempDir(): its parent is closed to other uids.
+	shared, err := os.MkdirTemp("", "cellgate-oom-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
 	os.Chmod(shared, 0o777)
 	g := confineGate(t, `  - {name: leak, match: {path: /leak}, tenant: t, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, filesystem: host, memory: 80Mi}
   - {name: hog, match: {path: /hog}, tenant: t, program: "{{.CGI}}/memhog", memory: 80Mi}
