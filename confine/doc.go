@@ -8,15 +8,17 @@
 // A Plan is that confinement as data. Build turns a route's settings into a
 // Plan once, when a policy is loaded; Prepare encodes it once. Nothing here
 // runs per request in the daemon but the encoding of the program's argv,
-// environment and credentials (Launch).
+// environment and credentials (EncodeExec).
 //
 // Go's SysProcAttr cannot mount or load a seccomp filter between clone and
-// exec, so a confined cell starts with the cellgate binary itself, re-executed
-// as the cell's init (argv[0] InitArg0, the launch message on fd 3). The init
-// applies the Plan to itself (Apply), starts the program as its child, stays
-// PID 1 of the cell's PID namespace to reap and forward signals, and reports
-// the program's exit status on fd 3 before exiting. Apply is independent of
-// CGI: any process that must be confined (a long-lived preloader) calls it.
+// exec, so a confined cell starts with an init of its own (cellgate-init, or
+// the cellgate binary itself started as argv[0] InitArg0), which reads the
+// plan frame on fd 3, applies the Plan to itself (Apply), reports ready,
+// then reads the exec frame with the program's stdin, stdout and stderr,
+// starts the program as its child, stays PID 1 of the cell's PID namespace
+// to reap and forward signals, and reports the program's exit status on
+// fd 3 before exiting. Apply is independent of CGI: any process that must be
+// confined (a long-lived preloader) calls it, then Drop.
 //
 // The decisions (Build, Steps, the seccomp program, the encodings) are pure
 // and tested without root; Apply, Init and the probes change kernel state.

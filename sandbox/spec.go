@@ -1,8 +1,10 @@
 // Package sandbox owns a cell's lifecycle: taking a cgroup cell, starting the
 // worker directly inside it (clone3 CLONE_INTO_CGROUP) under its own
 // credentials, the deadline, waiting on the worker through its pidfd,
-// killing the whole cell, and the Result of a run. Drivers (cgi, later
-// forkserver) live here, one per file. It changes kernel state only through
+// killing the whole cell, and the Result of a run; for a confined cell
+// (Spec.Confine) the start of its init in new namespaces and the hand-off of
+// the program to it (confined.go), and cells set up ahead (warm.go). Drivers
+// (cgi, later forkserver) live here, one per file. It changes kernel state only through
 // processes; cgroupfs is reached only through package cgroup. It may be
 // imported by proxy and cmd/cellgate.
 package sandbox
