@@ -20,8 +20,11 @@ VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || \
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
+# cellgate and, beside it, the init of confined cells (static and small:
+# it starts once per request).
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cellgate ./cmd/cellgate
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/cellgate-init ./cmd/cellgate-init
 
 # Static: the same binary is the guest's /init.
 vmrun:

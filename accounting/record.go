@@ -15,13 +15,16 @@ type Outcome string
 
 // Outcomes of a request that ran in a cell (the values of sandbox.Cause).
 const (
-	OutcomeOK       Outcome = "ok"       // exit status 0
-	OutcomeExit     Outcome = "exit"     // non-zero exit status
-	OutcomeSignal   Outcome = "signal"   // the worker crashed on a signal
-	OutcomeOOM      Outcome = "oom"      // the kernel OOM-killed the cell
-	OutcomeDeadline Outcome = "deadline" // the wall-clock deadline passed
-	OutcomePids     Outcome = "pids"     // pids.max refused a fork and the worker failed
-	OutcomeKilled   Outcome = "killed"   // cellgate killed the cell (cancelled, shutdown)
+	OutcomeOK     Outcome = "ok"     // exit status 0
+	OutcomeExit   Outcome = "exit"   // non-zero exit status
+	OutcomeSignal Outcome = "signal" // the worker crashed on a signal
+	OutcomeOOM    Outcome = "oom"    // the kernel OOM-killed the cell at its own memory limit
+	// OutcomeOOMBudget: the kernel OOM-killed the cell because its tenant's
+	// (or the global) memory budget ran out, not its own limit: 503.
+	OutcomeOOMBudget Outcome = "oom_budget"
+	OutcomeDeadline  Outcome = "deadline" // the wall-clock deadline passed
+	OutcomePids      Outcome = "pids"     // pids.max refused a fork and the worker failed
+	OutcomeKilled    Outcome = "killed"   // cellgate killed the cell (cancelled, shutdown)
 )
 
 // Outcomes decided by the front end, with or without a cell.
@@ -49,7 +52,7 @@ const (
 // known reports whether o is one of the Outcome constants.
 func (o Outcome) known() bool {
 	switch o {
-	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeDeadline, OutcomePids, OutcomeKilled,
+	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeOOMBudget, OutcomeDeadline, OutcomePids, OutcomeKilled,
 		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeMethodNotAllowed,
 		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone,
 		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeClientCap, OutcomeInternal, OutcomeOther:

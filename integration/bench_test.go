@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -32,8 +33,75 @@ func BenchmarkCellLifecycle(b *testing.B) {
 	noop := noopBinary(b)
 	for _, par := range []int{1, 8, 32} {
 		b.Run(fmt.Sprintf("concurrent=%d", par), func(b *testing.B) {
-			benchPairs(b, env, noop, par)
+			benchPairs(b, env, sandbox.Spec{Path: noop}, par, 0)
 		})
+	}
+}
+
+// BenchmarkCellConfined prices the confinement: the same no-op binary in a
+// cell with its init and no namespace, then each namespace alone, then all
+// of them without and with the seccomp filter (the default), each against a
+// plain exec in the same run (p50-ratio), with the cell's memory.peak; and
+// the full confinement at 8 and 32 concurrent loops. The cost of one
+// namespace is its line's ratio minus the init-only line's.
+func BenchmarkCellConfined(b *testing.B) {
+	env := newBenchEnv(b)
+	noop := noopBinary(b)
+	cellgateBin(b) // the init is beside it
+	spec := func(b *testing.B, o confine.Options) sandbox.Spec {
+		o.Programs = filepath.Dir(noop)
+		plan, err := confine.Build(o, confine.OSFS{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		prep, err := confine.Prepare(plan)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return sandbox.Spec{Path: noop, Confine: prep}
+	}
+	all := confine.AllNamespaces
+	variants := []struct {
+		name string
+		opts confine.Options
+		par  []int
+	}{
+		{"init-only", confine.Options{Share: all, NoSeccomp: true}, []int{1}},
+		{"uts", confine.Options{Share: all &^ confine.NSUTS, NoSeccomp: true}, []int{1}},
+		{"ipc", confine.Options{Share: all &^ confine.NSIPC, NoSeccomp: true}, []int{1}},
+		{"pid", confine.Options{Share: all &^ confine.NSPID, NoSeccomp: true}, []int{1}},
+		{"mount", confine.Options{Share: all &^ confine.NSMount, NoSeccomp: true}, []int{1}},
+		{"net", confine.Options{Share: all &^ confine.NSNet, NoSeccomp: true}, []int{1}},
+		{"all-no-seccomp", confine.Options{NoSeccomp: true}, []int{1}},
+		{"all", confine.Options{}, []int{1, 8, 32}},
+	}
+	for _, v := range variants {
+		for _, par := range v.par {
+			b.Run(fmt.Sprintf("%s/concurrent=%d", v.name, par), func(b *testing.B) {
+				benchPairs(b, env, spec(b, v.opts), par, 0)
+			})
+		}
+	}
+	// The same full confinement with cells set up ahead (sandbox's warm
+	// cells, as serve runs them): a request that finds one pays a hand-off
+	// and the program's fork and exec. Setting cells up still costs the
+	// same CPU, so back to back (pause 0) the set runs dry as soon as
+	// requests come faster than cells are set up; with a pause between
+	// rounds (a server below saturation) every request finds one. The
+	// share of requests that found one is reported (warm-hit-%).
+	for _, par := range []int{1, 8, 32} {
+		for _, pause := range []time.Duration{0, 100 * time.Millisecond} {
+			b.Run(fmt.Sprintf("all-warm/pause=%s/concurrent=%d", pause, par), func(b *testing.B) {
+				warm := newBenchEnvWarm(b, par)
+				s := spec(b, confine.Options{})
+				warm.Warm(s.Profile, s.Confine)
+				time.Sleep(time.Second) // let the first cells be set up
+				benchPairs(b, warm, s, par, pause)
+				if hits, misses := warm.WarmStats(); hits+misses > 0 {
+					b.ReportMetric(100*float64(hits)/float64(hits+misses), "warm-hit-%")
+				}
+			})
+		}
 	}
 }
 
@@ -43,21 +111,26 @@ func BenchmarkCellLifecycle(b *testing.B) {
 // round. Within a round the load is of one kind only, so the two kinds do
 // not distort each other (a blocking os/exec Wait holds a thread; a cell's
 // wait parks in the netpoller), and both see the same machine over the run.
-func benchPairs(b *testing.B, r *sandbox.Runner, noop string, par int) {
+var mu sync.Mutex // guards benchPairs' results
+
+func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, pause time.Duration) {
 	plainOp := func() error {
-		cmd := exec.Command(noop)
+		cmd := exec.Command(spec.Path)
 		cmd.Env = []string{}
 		return cmd.Run()
 	}
+	var peaks []float64
 	cellOp := func() error {
-		res, err := r.Run(context.Background(), sandbox.Spec{Path: noop})
+		res, err := r.Run(context.Background(), spec)
 		if err == nil && res.Cause != sandbox.CauseOK {
 			err = fmt.Errorf("cause %s", res.Cause)
 		}
+		mu.Lock()
+		peaks = append(peaks, float64(res.Usage.MemoryPeak))
+		mu.Unlock()
 		return err
 	}
 	var plain, cell []time.Duration
-	var mu sync.Mutex
 	var failed error
 	round := func(op func() error, into *[]time.Duration, n int) {
 		var wg sync.WaitGroup
@@ -87,6 +160,11 @@ func benchPairs(b *testing.B, r *sandbox.Runner, noop string, par int) {
 			round(plainOp, &plain, n)
 		}
 		done += n
+		if pause > 0 {
+			b.StopTimer()
+			time.Sleep(pause)
+			b.StartTimer()
+		}
 	}
 	b.StopTimer()
 	if failed != nil {
@@ -99,12 +177,19 @@ func benchPairs(b *testing.B, r *sandbox.Runner, noop string, par int) {
 	b.ReportMetric(q(cell, 0.99)/q(plain, 0.99), "p99-ratio")
 	b.ReportMetric(q(plain, 0.5)/1e3, "plain-p50-µs")
 	b.ReportMetric(q(cell, 0.5)/1e3, "cell-p50-µs")
+	slices.Sort(peaks)
+	if len(peaks) > 0 && peaks[len(peaks)/2] > 0 {
+		b.ReportMetric(peaks[len(peaks)/2]/1024, "cell-memory-peak-KiB")
+	}
 }
 
 // newBenchEnv returns a Runner over a real pool: limits enforced when this
 // process's group delegates memory, cpu and pids (the microVM), otherwise,
 // as root on a cgroup2 mount without them, unenforced in a private base.
-func newBenchEnv(b *testing.B) *sandbox.Runner {
+func newBenchEnv(b *testing.B) *sandbox.Runner { return newBenchEnvWarm(b, 0) }
+
+// newBenchEnvWarm is newBenchEnv with warm confined cells (Config.WarmCells).
+func newBenchEnvWarm(b *testing.B, warm int) *sandbox.Runner {
 	b.Helper()
 	if os.Geteuid() != 0 {
 		skipOrFail(b, "cells need root (euid %d)", os.Geteuid())
@@ -117,7 +202,7 @@ func newBenchEnv(b *testing.B) *sandbox.Runner {
 	if delegated() || required() {
 		opts.Base = filepath.Join(requireKernel(b), "base")
 	} else {
-		opts.Base = filepath.Join(mnt, fmt.Sprintf("cellgate-bench-%d", os.Getpid()))
+		opts.Base = filepath.Join(mnt, fmt.Sprintf("cellgate-bench-%d-%d", os.Getpid(), testSeq.Add(1)))
 		opts.Unenforced = []string{"memory", "cpu", "pids"}
 	}
 	trackBase(opts.Base)
@@ -130,7 +215,16 @@ func newBenchEnv(b *testing.B) *sandbox.Runner {
 	if err := pool.Warm(prof); err != nil {
 		b.Fatal(err)
 	}
-	r, err := sandbox.New(sandbox.Config{Cells: sandbox.PoolCells{Pool: pool}, Profile: prof, Timeout: time.Minute})
+	cfg := sandbox.Config{Cells: sandbox.PoolCells{Pool: pool}, Profile: prof, Timeout: time.Minute, WarmCells: warm}
+	if bin := os.Getenv("CELLGATE_BIN"); bin != "" {
+		l, err := confine.OpenLauncher(filepath.Join(filepath.Dir(bin), confine.InitArg0))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { l.Close() })
+		cfg.Launcher = l
+	}
+	r, err := sandbox.New(cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -408,7 +408,9 @@ func TestGateMalformedOutput(t *testing.T) {
 }
 
 // TestGateDaemonKilled: a worker that double-forks a daemon and exits:
-// once the response is in, the daemon is dead.
+// once the response is in, the daemon is dead. The pid the worker reports
+// is the daemon's in the cell's PID namespace, so the host is searched
+// for the daemon's command line instead.
 func TestGateDaemonKilled(t *testing.T) {
 	g := startGate(t, gateOptions{policy: gatePolicy})
 	status, _, body := g.get("/daemon?s=600")
@@ -419,13 +421,19 @@ func TestGateDaemonKilled(t *testing.T) {
 	if len(f) != 3 || f[0] != "daemon" || f[1] != "pid" {
 		t.Fatalf("GET /daemon: body %q, want \"daemon pid N\"", body)
 	}
-	pid, err := strconv.Atoi(f[2])
+	ents, err := os.ReadDir("/proc")
 	if err != nil {
-		t.Fatalf("GET /daemon: pid %q: %v", f[2], err)
+		t.Fatal(err)
 	}
-	if state := procState(pid); state != "" && state != "Z" && state != "X" {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		t.Errorf("the worker's daemon (pid %d, %q) is alive (state %s) after the response", pid, b, state)
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !strings.Contains(string(b), "cellgate-example-daemon-sleep") {
+			continue
+		}
+		pid, _ := strconv.Atoi(e.Name())
+		if state := procState(pid); state != "" && state != "Z" && state != "X" {
+			t.Errorf("the worker's daemon (pid %d, %q) is alive (state %s) after the response", pid, b, state)
+		}
 	}
 }
 

@@ -20,10 +20,10 @@ var (
 	topKeys    = []string{"version", "defaults", "global", "tenants", "routes"}
 	limitKeys  = []string{"memory", "swap", "cpu", "pids", "timeout", "max_body"}
 	globalKeys = []string{"memory", "max_cells"}
-	tenantKeys = []string{"name", "memory", "cpu_weight", "cpu", "pids", "max_cells", "queue", "queue_timeout"}
+	tenantKeys = []string{"name", "memory", "cpu_weight", "cpu", "pids", "max_cells", "queue", "queue_timeout", "gid"}
 	matchKeys  = []string{"host", "path", "methods"}
-	routeKeys  = append([]string{"name", "match", "tenant", "driver", "program", "dir"},
-		append(limitKeys, "env", "pass_env", "user", "allow_root", "response", "server_timing")...)
+	routeKeys  = slices.Concat([]string{"name", "match", "tenant", "driver", "program", "dir"},
+		limitKeys, []string{"env", "pass_env", "user", "allow_root", "response", "server_timing"}, confinementKeys)
 )
 
 var (
@@ -169,6 +169,10 @@ func (d *decoder) tenants(f field) []*Tenant {
 			n, _ := d.integer(f, join(p, "max_cells"), 1, math.MaxInt32)
 			t.MaxCells = int(n)
 		}
+		if f, ok := fs["gid"]; ok {
+			n, _ := d.integer(f, join(p, "gid"), 1, math.MaxUint32-1) // 0 is root's group, (gid_t)-1 "no change"
+			t.GID = uint32(n)
+		}
 		queueSet := false
 		if f, ok := fs["queue"]; ok {
 			n, ok := d.integer(f, join(p, "queue"), 0, math.MaxInt32)
@@ -259,6 +263,7 @@ func (d *decoder) route(item *yaml.Node, p string, defaults Limits) *routeSource
 	if f, ok := fs["server_timing"]; ok {
 		r.ServerTiming, _ = d.boolean(f, join(p, "server_timing"))
 	}
+	r.Confinement = d.confinement(fs, p)
 	return s
 }
 

@@ -87,6 +87,10 @@ type Tenant struct {
 	// QueueTimeout is how long a request waits in the queue (set when
 	// Queue > 0).
 	QueueTimeout time.Duration
+	// GID is the group the tenant's cells run with when they get a uid of
+	// their own, so that file modes can keep tenants apart; 0 is the
+	// daemon's shared gid (--gid).
+	GID uint32
 	// Implicit is true for the DefaultTenant the file did not declare.
 	Implicit bool
 	// Line is the line of the tenant's entry in the policy file (0 when
@@ -168,6 +172,9 @@ type Route struct {
 	Response Response
 	// ServerTiming adds a Server-Timing header with the cell's figures.
 	ServerTiming bool
+	// Confinement is what the route's cells may see and reach; the zero
+	// value confines them fully.
+	Confinement Confinement
 	// Line is the line of the route's entry in the policy file.
 	Line int
 }

@@ -107,6 +107,11 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 	case sandbox.CauseOOM:
 		return verdict{Status: http.StatusBadGateway, Outcome: accounting.OutcomeOOM,
 			Message: "the request exceeded its memory limit"}
+	case sandbox.CauseOOMBudget:
+		// Not the request's fault: its tenant's (or the global) budget
+		// ran out under it. Like a full queue, it may succeed later.
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeOOMBudget,
+			Message: "the server ran out of memory for this service; retry later", RetryAfter: true}
 	case sandbox.CauseDeadline:
 		return verdict{Status: http.StatusGatewayTimeout, Outcome: accounting.OutcomeDeadline,
 			Message: "the request exceeded its time limit"}

@@ -33,6 +33,7 @@ func TestDecide(t *testing.T) {
 		{name: "non-zero exit without output", res: res(sandbox.CauseExit), err: wrap(ErrInvalidResponse), wantStatus: 502, wantOutcome: accounting.OutcomeBadGateway},
 		{name: "ok with invalid output", res: res(sandbox.CauseOK), err: wrap(ErrInvalidResponse), wantStatus: 502, wantOutcome: accounting.OutcomeBadGateway},
 		{name: "oom", res: res(sandbox.CauseOOM), hdr: valid, wantStatus: 502, wantOutcome: accounting.OutcomeOOM, wantMessage: "the request exceeded its memory limit"},
+		{name: "oom at the tenant's budget", res: res(sandbox.CauseOOMBudget), hdr: valid, wantStatus: 503, wantOutcome: accounting.OutcomeOOMBudget, wantRetry: true, wantMessage: "the server ran out of memory for this service; retry later"},
 		{name: "oom beats invalid output", res: res(sandbox.CauseOOM), err: wrap(ErrInvalidResponse), wantStatus: 502, wantOutcome: accounting.OutcomeOOM, wantMessage: "the request exceeded its memory limit"},
 		{name: "deadline", res: res(sandbox.CauseDeadline), hdr: valid, wantStatus: 504, wantOutcome: accounting.OutcomeDeadline},
 		{name: "pids", res: res(sandbox.CausePids), wantStatus: 502, wantOutcome: accounting.OutcomePids},

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,6 +48,13 @@ type Config struct {
 	// use (unit tests, a non-root `cellgate run`).
 	AsSelf bool
 
+	// Launcher starts the init of confined cells (Specs with Confine);
+	// nil refuses them. The Runner does not close it.
+	Launcher *confine.Launcher
+	// WarmCells is how many confined cells per route are set up ahead of
+	// their requests (see warm.go); 0 sets every cell up on its request.
+	WarmCells int
+
 	// StreamGrace bounds how long stdout/stderr copying may go on after the
 	// cell emptied (DefaultStreamGrace).
 	StreamGrace time.Duration
@@ -69,6 +77,8 @@ type Runner struct {
 	devNull     *os.File
 	hasTTY      bool // the daemon has a controlling terminal
 	reaper      *reaper
+	launcher    *confine.Launcher
+	warm        *warmPool // nil without Config.WarmCells
 }
 
 // New returns a Runner. It opens /dev/null for workers' unset streams and,
@@ -90,6 +100,7 @@ func New(cfg Config) (*Runner, error) {
 		asSelf:      cfg.AsSelf,
 		streamGrace: cfg.StreamGrace,
 		emptyWait:   cfg.EmptyWait,
+		launcher:    cfg.Launcher,
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -129,12 +140,18 @@ func New(cfg Config) (*Runner, error) {
 		devNull.Close()
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
+	if cfg.WarmCells > 0 && cfg.Launcher != nil {
+		r.warm = newWarmPool(r, cfg.WarmCells)
+	}
 	return r, nil
 }
 
 // Close releases the Runner's own fds and ends its reaper goroutine. Runs
 // in flight must have returned.
 func (r *Runner) Close() error {
+	if r.warm != nil {
+		r.warm.close()
+	}
 	r.reaper.close()
 	return r.devNull.Close()
 }
@@ -165,9 +182,12 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	if err := checkSpec(&spec); err != nil {
 		return Result{}, err
 	}
-	cred, uid, err := r.credential(spec.User)
+	cred, uid, err := r.credential(spec.User, spec.GID)
 	if err != nil {
 		return Result{}, err
+	}
+	if spec.Confine != nil && cred == nil {
+		return Result{}, fmt.Errorf("%w: a confined cell needs credentials to drop to (not AsSelf)", ErrSpec)
 	}
 	keepUID := false
 	defer func() {
@@ -180,8 +200,14 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	if prof == nil {
 		prof = r.profile
 	}
-	cell, err := r.cells.Get(ctx, prof)
-	if err != nil {
+	var ip *initProc // the init of a confined cell
+	if spec.Confine != nil && r.warm != nil {
+		ip = r.warm.take(warmKey{prof, spec.Confine})
+	}
+	var cell Cell
+	if ip != nil {
+		cell = ip.cell
+	} else if cell, err = r.cells.Get(ctx, prof); err != nil {
 		return Result{}, fmt.Errorf("%w: tenant %q: %w", ErrNoCell, prof.Tenant(), err)
 	}
 	released := false
@@ -193,39 +219,55 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 
 	st, err := newStreams(&spec, r.devNull)
 	if err != nil {
+		if ip != nil {
+			r.discard(ip)
+			released = true
+		}
 		return Result{}, fmt.Errorf("%w: %s: %w", ErrSpawn, spec.Path, err)
 	}
-	attr := &os.ProcAttr{
-		Dir:   spec.Dir,
-		Env:   spec.Env,
-		Files: st.child[:],
-		Sys: &syscall.SysProcAttr{
-			Credential: cred,
-			// A process group of its own, so signals to its group reach its
-			// cell only; a session of its own too when the daemon has a
-			// controlling terminal (cellgate run), so that the worker cannot
-			// use it as its own (TIOCSTI, job control) and reads from it
-			// without SIGTTIN. Without a terminal (the daemon) a new session
-			// buys nothing and costs a scheduler autogroup per worker
-			// (setsid with CONFIG_SCHED_AUTOGROUP): about 8% of a no-op
-			// spawn, measured.
-			Setsid:  r.hasTTY,
-			Setpgid: !r.hasTTY,
-			// Backstop only: the kernel sends it when the thread that forked
-			// the worker dies (go.dev/issue/27505), e.g. when the daemon
-			// crashes. cgroup.kill is what ends a cell.
-			Pdeathsig: syscall.SIGKILL,
-		},
-	}
-	if fd := cell.FD(); fd >= 0 {
-		attr.Sys.UseCgroupFD = true
-		attr.Sys.CgroupFD = fd
-	}
-	proc, err := startNoNewPrivs(spec.Path, spec.Args, attr)
-	st.started()
-	if err != nil {
-		st.closeAll()
-		return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), explainSpawn(spec.Path, spec.Dir, err))
+	var proc *os.Process
+	if spec.Confine != nil {
+		if ip == nil {
+			if ip, err = r.startInit(cell, spec.Confine); err != nil {
+				st.closeAll()
+				return Result{}, err
+			}
+		}
+		defer ip.closeCtl()
+		proc = ip.proc
+	} else {
+		attr := &os.ProcAttr{
+			Dir:   spec.Dir,
+			Env:   spec.Env,
+			Files: st.child[:],
+			Sys: &syscall.SysProcAttr{
+				Credential: cred,
+				// A process group of its own, so signals to its group reach its
+				// cell only; a session of its own too when the daemon has a
+				// controlling terminal (cellgate run), so that the worker cannot
+				// use it as its own (TIOCSTI, job control) and reads from it
+				// without SIGTTIN. Without a terminal (the daemon) a new session
+				// buys nothing and costs a scheduler autogroup per worker
+				// (setsid with CONFIG_SCHED_AUTOGROUP): about 8% of a no-op
+				// spawn, measured.
+				Setsid:  r.hasTTY,
+				Setpgid: !r.hasTTY,
+				// Backstop only: the kernel sends it when the thread that forked
+				// the worker dies (go.dev/issue/27505), e.g. when the daemon
+				// crashes. cgroup.kill is what ends a cell.
+				Pdeathsig: syscall.SIGKILL,
+			},
+		}
+		if fd := cell.FD(); fd >= 0 {
+			attr.Sys.UseCgroupFD = true
+			attr.Sys.CgroupFD = fd
+		}
+		proc, err = startNoNewPrivs(spec.Path, spec.Args, attr)
+		st.started()
+		if err != nil {
+			st.closeAll()
+			return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), explainSpawn(spec.Path, spec.Dir, err))
+		}
 	}
 	start := time.Now()
 	if spec.Started != nil {
@@ -239,6 +281,16 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	}
 	timer := time.AfterFunc(timeout, func() { k.kill(CauseDeadline) })
 	stopCtx := context.AfterFunc(ctx, func() { k.kill(CauseKilled) })
+	var launchErr error
+	if ip != nil {
+		// The init takes the program's streams with the exec frame; the
+		// deadline is armed, so a send that blocks ends with the cell.
+		launchErr = ip.exec(&spec, cred, st.child)
+		st.started()
+		if launchErr != nil {
+			k.kill(CauseKilled)
+		}
+	}
 
 	exit, werr := r.reaper.wait(proc)
 	if werr != nil {
@@ -273,6 +325,19 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	r.cells.Release(cell)
 	if err := st.wait(r.streamGrace); err != nil {
 		errs = append(errs, err)
+	}
+	if ip != nil {
+		rep, ok := ip.report()
+		switch {
+		case ok && rep.Kind != confine.ReportExited:
+			return Result{}, errors.Join(append([]error{notRun(rep, &spec, cell)}, errs...)...)
+		case launchErr != nil:
+			return Result{}, errors.Join(append([]error{fmt.Errorf("%w: cell %s: %w", ErrSpawn, cell.Path(), launchErr)}, errs...)...)
+		case ok:
+			// The init's own status is the program's, but a signal
+			// cannot be passed on by a PID 1: the report has it.
+			exit = exitStatus{code: int(rep.Code), signal: syscall.Signal(rep.Signal)}
+		}
 	}
 	return Result{
 		Cause:      classify(exit, killedBy, usage),
@@ -310,7 +375,7 @@ func (r *Runner) empty(cell Cell) error {
 
 // credential returns the worker's credentials and uid: spec's own, or a
 // per-cell uid from the range, or none (the daemon's) with AsSelf.
-func (r *Runner) credential(u *Credential) (*syscall.Credential, uint32, error) {
+func (r *Runner) credential(u *Credential, gid uint32) (*syscall.Credential, uint32, error) {
 	if u != nil {
 		return &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: u.Groups}, u.UID, nil
 	}
@@ -321,9 +386,12 @@ func (r *Runner) credential(u *Credential) (*syscall.Credential, uint32, error) 
 	if err != nil {
 		return nil, 0, err
 	}
+	if gid == 0 {
+		gid = r.gid
+	}
 	// Groups is empty on purpose: setgroups(0) drops the daemon's
 	// supplementary groups.
-	return &syscall.Credential{Uid: uid, Gid: r.gid}, uid, nil
+	return &syscall.Credential{Uid: uid, Gid: gid}, uid, nil
 }
 
 // checkSpec validates spec and fills Args and Dir defaults.

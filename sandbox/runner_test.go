@@ -341,7 +341,7 @@ func threads(t *testing.T) int {
 func TestClassify(t *testing.T) {
 	exit := func(c int) exitStatus { return exitStatus{code: c} }
 	sig := func(s syscall.Signal) exitStatus { return exitStatus{code: -1, signal: s} }
-	oom := cgroup.Usage{OOMKill: 2, OOMGroupKill: 1}
+	oom := cgroup.Usage{OOM: 1, OOMKill: 2, OOMGroupKill: 1}
 	pids := cgroup.Usage{PidsMax: 3}
 	tests := []struct {
 		name     string
@@ -357,7 +357,9 @@ func TestClassify(t *testing.T) {
 		{"crash", sig(syscall.SIGSEGV), "", cgroup.Usage{}, CauseSignal},
 		{"SIGKILL alone is not an OOM kill", sig(syscall.SIGKILL), "", cgroup.Usage{}, CauseSignal},
 		{"OOM group kill", sig(syscall.SIGKILL), "", oom, CauseOOM},
-		{"OOM kill of a child, worker exits 1", exit(1), "", cgroup.Usage{OOMKill: 1}, CauseOOM},
+		{"OOM kill of a child, worker exits 1", exit(1), "", cgroup.Usage{OOM: 1, OOMKill: 1}, CauseOOM},
+		{"OOM kill at the tenant's budget, the cell under its own limit", sig(syscall.SIGKILL), "", cgroup.Usage{OOMKill: 1, OOMGroupKill: 1}, CauseOOMBudget},
+		{"budget OOM wins over a deadline that fired while dying", sig(syscall.SIGKILL), CauseDeadline, cgroup.Usage{OOMKill: 1}, CauseOOMBudget},
 		{"OOM wins over a deadline that fired while dying", sig(syscall.SIGKILL), CauseDeadline, oom, CauseOOM},
 		{"deadline", sig(syscall.SIGKILL), CauseDeadline, cgroup.Usage{}, CauseDeadline},
 		{"deadline though the worker caught it late", exit(2), CauseDeadline, cgroup.Usage{}, CauseDeadline},

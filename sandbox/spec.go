@@ -1,8 +1,10 @@
 // Package sandbox owns a cell's lifecycle: taking a cgroup cell, starting the
 // worker directly inside it (clone3 CLONE_INTO_CGROUP) under its own
 // credentials, the deadline, waiting on the worker through its pidfd,
-// killing the whole cell, and the Result of a run. Drivers (cgi, later
-// forkserver) live here, one per file. It changes kernel state only through
+// killing the whole cell, and the Result of a run; for a confined cell
+// (Spec.Confine) the start of its init in new namespaces and the hand-off of
+// the program to it (confined.go), and cells set up ahead (warm.go). Drivers
+// (cgi, later forkserver) live here, one per file. It changes kernel state only through
 // processes; cgroupfs is reached only through package cgroup. It may be
 // imported by proxy and cmd/cellgate.
 package sandbox
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
 )
 
 // Spec describes one run of a worker in a fresh cell.
@@ -39,6 +42,14 @@ type Spec struct {
 	// User runs the worker under fixed credentials; nil gives the cell a uid
 	// of its own from the runner's range (and the shared gid).
 	User *Credential
+	// GID is the group of a cell's own uid (a tenant's gid); 0 is the
+	// Runner's. Ignored with User.
+	GID uint32
+	// Confine confines the cell (namespaces, filesystem view, seccomp,
+	// rlimits; see package confine), built once per route; nil runs the
+	// program with the cgroup, uid and no_new_privs only. It needs the
+	// Runner's Launcher.
+	Confine *confine.Prepared
 	// Timeout is the wall-clock deadline from the start of the worker;
 	// 0 means the runner's default.
 	Timeout time.Duration
@@ -59,13 +70,17 @@ type Credential struct {
 type Cause string
 
 const (
-	CauseOK       Cause = "ok"       // exit status 0
-	CauseExit     Cause = "exit"     // non-zero exit status
-	CauseSignal   Cause = "signal"   // killed by a signal it did not get from cellgate (a crash)
-	CauseOOM      Cause = "oom"      // the kernel OOM-killed the cell (from memory.events)
-	CauseDeadline Cause = "deadline" // the wall-clock deadline passed; cellgate killed the cell
-	CausePids     Cause = "pids"     // pids.max refused a fork (pids.events) and the worker failed
-	CauseKilled   Cause = "killed"   // cellgate killed the cell for another reason (context cancelled, shutdown)
+	CauseOK     Cause = "ok"     // exit status 0
+	CauseExit   Cause = "exit"   // non-zero exit status
+	CauseSignal Cause = "signal" // killed by a signal it did not get from cellgate (a crash)
+	CauseOOM    Cause = "oom"    // the kernel OOM-killed the cell at its own memory limit (from memory.events)
+	// CauseOOMBudget: the kernel OOM-killed the cell at an ancestor's limit
+	// (its tenant's or the global budget), the cell under its own: its
+	// memory.events counts an oom_kill but no oom of its own.
+	CauseOOMBudget Cause = "oom_budget"
+	CauseDeadline  Cause = "deadline" // the wall-clock deadline passed; cellgate killed the cell
+	CausePids      Cause = "pids"     // pids.max refused a fork (pids.events) and the worker failed
+	CauseKilled    Cause = "killed"   // cellgate killed the cell for another reason (context cancelled, shutdown)
 )
 
 // Result is what one run produced.

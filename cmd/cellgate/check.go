@@ -113,7 +113,7 @@ func printPolicy(w io.Writer, p *policy.Policy) {
 	fmt.Fprintln(w)
 
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ROUTE\tHOST\tPATH\tMETHODS\tTENANT\tPROGRAM\tMEMORY\tSWAP\tCPU\tPIDS\tTIMEOUT\tMAX_BODY\tUSER\tRESPONSE\tLINE")
+	fmt.Fprintln(tw, "ROUTE\tHOST\tPATH\tMETHODS\tTENANT\tPROGRAM\tMEMORY\tSWAP\tCPU\tPIDS\tTIMEOUT\tMAX_BODY\tUSER\tRESPONSE\tLINE\tCONFINEMENT")
 	for _, r := range p.Routes {
 		host, methods, program := r.Host, strings.Join(r.Methods, ","), r.Program
 		if host == "" {
@@ -129,12 +129,13 @@ func printPolicy(w io.Writer, p *policy.Policy) {
 		if r.ServerTiming {
 			response += ",server-timing"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\n", r.Name, host, r.PathPrefix, methods, r.Tenant, program,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Name, host, r.PathPrefix, methods, r.Tenant, program,
 			policy.FormatBytes(r.Memory), policy.FormatBytes(r.Swap), policy.FormatCPU(r.MilliCPU), r.Pids, r.Timeout,
-			policy.FormatBytes(r.MaxBody), userString(r), response, r.Line)
+			policy.FormatBytes(r.MaxBody), userString(r), response, r.Line, r.Confinement)
 	}
 	tw.Flush()
-	fmt.Fprintln(w, "\n- = not limited; cpu max = no cap; a dir route's PROGRAM/* runs the program named by the first path segment.")
+	fmt.Fprintln(w, "\n- = not limited; cpu max = no cap; a dir route's PROGRAM/* runs the program named by the first path segment;")
+	fmt.Fprintln(w, "CONFINEMENT full = every namespace, the read-only view, private /tmp and /dev/shm, seccomp; otherwise what is relaxed.")
 }
 
 func userString(r *policy.Route) string {

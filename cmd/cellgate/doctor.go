@@ -28,7 +28,9 @@ const doctorUsage = `usage: cellgate doctor [flags]
 Checks this machine for what cellgate needs and prints each finding with a
 fix. It creates a scratch group (cellgate-doctor-PID under --cgroup-base, or
 under the cgroup2 mount) to probe the kernel, spawns /bin/true into a cell
-under a per-cell uid, and removes the group again. Exits 1 when run or
+under a per-cell uid, then in a fully confined cell (and, if that fails,
+with one namespace at a time to say which the kernel refuses), and
+removes the group again. Exits 1 when run or
 serve would refuse to start, 2 for bad flags.
 
 flags:
@@ -127,6 +129,7 @@ func doctor(ctx context.Context, cfg doctorConfig, r *report) {
 		r.ok("root", "running as root")
 	}
 	checkKernel(r)
+	checkConfinementKernel(r)
 	mount, err := cgroup2Mount()
 	if err != nil {
 		r.fail("cgroup2", "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup), or boot with systemd.unified_cgroup_hierarchy=1", "%v", err)
@@ -136,6 +139,15 @@ func doctor(ctx context.Context, cfg doctorConfig, r *report) {
 	checkOwnGroup(cfg, mount, r)
 	checkUIDRange(cfg, r)
 	checkCells(ctx, cfg, mount, r)
+}
+
+// unameRelease is the running kernel's release ("" when uname fails).
+func unameRelease() string {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }
 
 // checkKernel compares the running kernel with the versions the features
@@ -148,6 +160,7 @@ func checkKernel(r *report) {
 	}
 	rel := unix.ByteSliceToString(u.Release[:])
 	major, minor := kernelVersion(rel)
+
 	at := func(a, b int) bool { return major > a || major == a && minor >= b }
 	switch {
 	case !at(5, 14):
@@ -328,12 +341,25 @@ func checkCells(ctx context.Context, cfg doctorConfig, mount string, r *report) 
 		r.fail("cell", "", "profile: %v", err)
 		return
 	}
-	runner, err := sandbox.New(sandbox.Config{Cells: sandbox.TreeCells{Tree: tree}, Profile: prof, UIDs: sandbox.UIDRange(cfg.UIDs), GID: cfg.GID, Timeout: 10 * time.Second})
+	launcher, self, err := openLauncher(cfg.Init)
+	if err != nil {
+		r.fail("cell init", "build and install cellgate-init beside cellgate (make build), or pass --init", "%v", err)
+		return
+	}
+	defer launcher.Close()
+	if self {
+		r.warn("cell init", "install cellgate-init beside cellgate (make build)", "no cellgate-init beside cellgate: confined cells would start cellgate itself, at several times the cost")
+	} else {
+		r.ok("cell init", "%s", launcher.Name())
+	}
+	runner, err := sandbox.New(sandbox.Config{Cells: sandbox.TreeCells{Tree: tree}, Profile: prof, UIDs: sandbox.UIDRange(cfg.UIDs), GID: cfg.GID,
+		Timeout: 10 * time.Second, Launcher: launcher})
 	if err != nil {
 		r.fail("cell", "", "%v", err)
 		return
 	}
 	defer runner.Close()
+	defer checkConfinedCell(ctx, cfg, runner, r)
 	res, err := runner.Run(ctx, sandbox.Spec{Path: "/bin/true"})
 	switch {
 	case err != nil:

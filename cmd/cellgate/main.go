@@ -11,6 +11,8 @@ import (
 	"os"
 	"sort"
 	"strings"
+
+	"github.com/cellgate/cellgate/confine"
 )
 
 // Exit statuses shared by the subcommands.
@@ -40,6 +42,11 @@ var commands = map[string]command{
 }
 
 func main() {
+	// Started as a cell's init by the sandbox (argv[0] set, the launch
+	// message on fd 3): confine the cell and run its program, nothing else.
+	if len(os.Args) > 0 && os.Args[0] == confine.InitArg0 {
+		os.Exit(confine.Init())
+	}
 	std := stdio{in: os.Stdin, out: os.Stdout, err: os.Stderr, environ: os.Environ()}
 	os.Exit(dispatch(context.Background(), os.Args[1:], std))
 }

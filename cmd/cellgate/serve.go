@@ -18,6 +18,7 @@ import (
 
 	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/proxy"
 	"github.com/cellgate/cellgate/sandbox"
@@ -70,6 +71,10 @@ type daemon struct {
 	// written with live.
 	specs sync.Map
 
+	// warmCells has the runner set confined cells of a route up ahead
+	// (nil with --isolation=none).
+	warmCells func(*cgroup.Profile, *confine.Prepared)
+
 	ready atomic.Bool
 	done  chan struct{} // closed when the daemon starts shutting down
 
@@ -83,7 +88,9 @@ type daemon struct {
 type routeSpec struct {
 	profile *cgroup.Profile
 	user    *sandbox.Credential
-	err     error // the route's user could not be resolved
+	gid     uint32            // the tenant's gid, 0 for the shared one
+	confine *confine.Prepared // nil with --isolation=none
+	err     error             // the route's user could not be resolved
 }
 
 // serve runs the daemon until ctx ends or SIGTERM/SIGINT, then drains.
@@ -304,10 +311,15 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 	d.tree = tree
 	d.pool = cgroup.NewPool(tree, cgroup.PoolOptions{Logger: d.log})
 	var runner *sandbox.Runner
+	d.warmCells = func(prof *cgroup.Profile, plan *confine.Prepared) { runner.Warm(prof, plan) }
+	var launcher *confine.Launcher
 	closeAll := func() error {
 		var errs []error
 		if runner != nil {
 			errs = append(errs, runner.Close())
+		}
+		if launcher != nil {
+			errs = append(errs, launcher.Close())
 		}
 		errs = append(errs, d.pool.Close(), tree.Close())
 		if err := errors.Join(errs...); err != nil {
@@ -333,12 +345,22 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 	if err != nil {
 		return fail(fmt.Errorf("default limits of %s: %w", pol.Source, err))
 	}
+	launcher, self, err := openLauncher(cfg.Init)
+	if err != nil {
+		return fail(fmt.Errorf("cell init: %w", err))
+	}
+	if self {
+		d.log.Warn("no "+confine.InitArg0+" beside the cellgate executable and no --init: confined cells start cellgate itself as their init, "+
+			"which costs its whole start-up per request; install "+confine.InitArg0+" (make build) beside cellgate", "init", launcher.Name())
+	}
 	runner, err = sandbox.New(sandbox.Config{
-		Cells:   sandbox.PoolCells{Pool: d.pool},
-		Logger:  d.log,
-		Profile: def,
-		UIDs:    sandbox.UIDRange(cfg.UIDs),
-		GID:     cfg.GID,
+		Cells:     sandbox.PoolCells{Pool: d.pool},
+		Logger:    d.log,
+		Profile:   def,
+		UIDs:      sandbox.UIDRange(cfg.UIDs),
+		GID:       cfg.GID,
+		Launcher:  launcher,
+		WarmCells: cfg.WarmCells,
 	})
 	if err != nil {
 		return fail(fmt.Errorf("sandbox: %w", err))
@@ -362,7 +384,7 @@ func globalResources(g policy.Global) *specs.LinuxResources {
 func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, error) {
 	specs := make(map[*policy.Route]*routeSpec, len(pol.Routes))
 	for _, r := range pol.Routes {
-		rs := d.newRouteSpec(r)
+		rs := d.newRouteSpec(pol, r)
 		if rs.profile == nil {
 			return nil, fmt.Errorf("route %s (%s:%d): %w", r.Name, pol.Source, r.Line, rs.err)
 		}
@@ -397,7 +419,8 @@ func (d *daemon) routeCredential(rs *routeSpec) (sandbox.Credential, error) {
 }
 
 // warm starts pre-creating cells for every route's profile, so that the
-// first requests do not pay for mkdir and the limit writes.
+// first requests do not pay for mkdir and the limit writes, and (with
+// --warm-cells) setting confined cells up ahead.
 func (d *daemon) warm(specs map[*policy.Route]*routeSpec) {
 	if d.pool == nil {
 		return
@@ -406,18 +429,30 @@ func (d *daemon) warm(specs map[*policy.Route]*routeSpec) {
 		if err := d.pool.Warm(rs.profile); err != nil {
 			d.log.Warn("warm cells for a route; its cells will be created on demand", "route", r.Name, "err", err)
 		}
+		if rs.confine != nil && d.warmCells != nil {
+			d.warmCells(rs.profile, rs.confine)
+		}
 	}
 }
 
-// newRouteSpec converts a route's limits and user. A nil profile means the
-// limits were refused (err says why).
-func (d *daemon) newRouteSpec(r *policy.Route) *routeSpec {
-	prof, err := cgroup.NewProfile(r.Tenant, r.Resources)
+// newRouteSpec converts a route's limits, user and confinement. A nil
+// profile means the limits or the confinement were refused (err says why).
+func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route) *routeSpec {
+	res := r.Resources
+	var plan *confine.Prepared
+	if d.cfg.Isolation != isolationNone {
+		var err error
+		if plan, err = routeConfinement(r); err != nil {
+			return &routeSpec{err: err}
+		}
+		res = withInitPids(res)
+	}
+	prof, err := cgroup.NewProfile(r.Tenant, res)
 	if err != nil {
 		return &routeSpec{err: fmt.Errorf("cell limits: %w", err)}
 	}
 	user, err := resolveUser(r, d.cfg.GID)
-	return &routeSpec{profile: prof, user: user, err: err}
+	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, err: err}
 }
 
 // cellSpec is proxy.Deps.CellSpec: the route's profile and credentials,
@@ -434,7 +469,7 @@ func (d *daemon) cellSpec(r *policy.Route, spec *sandbox.Spec) error {
 	if rs.err != nil {
 		return rs.err
 	}
-	spec.Profile, spec.User = rs.profile, rs.user
+	spec.Profile, spec.User, spec.GID, spec.Confine = rs.profile, rs.user, rs.gid, rs.confine
 	return nil
 }
 

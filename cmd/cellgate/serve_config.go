@@ -58,6 +58,11 @@ type serveConfig struct {
 	// MaxCells caps tenant plus cell groups under cells/
 	// (cgroup.max.descendants); 0 = no cap. Default 0.
 	MaxCells int `env:"MAX_CELLS" envDefault:"0"`
+	// WarmCells is how many confined cells per route are set up ahead of
+	// their requests (cell, init, namespaces, mounts, filter), each holding
+	// a cgroup and an idle init charged to its tenant; 0 sets every cell up
+	// on its request.
+	WarmCells int `env:"WARM_CELLS" envDefault:"0"`
 
 	// The front's limits (proxy.Config).
 	HeaderTimeout  time.Duration `env:"HEADER_TIMEOUT" envDefault:"10s"`
@@ -133,6 +138,7 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.TextVar(&c.Isolation, "isolation", c.Isolation, "cells, or none for plain exec (benchmark baseline only) (CELLGATE_ISOLATION)")
 	c.Shared.addFlags(fs)
 	fs.IntVar(&c.MaxCells, "max-cells", c.MaxCells, "kernel cap on tenant and cell groups (cgroup.max.descendants), 0 = none (CELLGATE_MAX_CELLS)")
+	fs.IntVar(&c.WarmCells, "warm-cells", c.WarmCells, "confined cells per route set up ahead of their requests, 0 = none (CELLGATE_WARM_CELLS)")
 	fs.Var((*durationFlag)(&c.HeaderTimeout), "header-timeout", "time a client has to send the request header (CELLGATE_HEADER_TIMEOUT)")
 	fs.Var((*durationFlag)(&c.IdleTimeout), "idle-timeout", "keep-alive idle timeout (CELLGATE_IDLE_TIMEOUT)")
 	fs.TextVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "largest request header, `size` (CELLGATE_MAX_HEADER_BYTES)")
@@ -247,6 +253,9 @@ func (c *serveConfig) validate() error {
 	}
 	if c.MaxCells < 0 {
 		bad("max-cells", "must not be negative (0 = no cap)")
+	}
+	if c.WarmCells < 0 || c.WarmCells > 64 {
+		bad("warm-cells", "want 0 to 64 per route")
 	}
 	for _, d := range []struct {
 		flag string

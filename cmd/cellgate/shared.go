@@ -41,6 +41,9 @@ type Shared struct {
 	// GID is the group every per-cell uid runs with (CELLGATE_GID, --gid;
 	// default sandbox.DefaultGID).
 	GID uint32 `env:"GID"`
+	// Init is the confined cells' init executable (CELLGATE_INIT, --init;
+	// default: cellgate-init beside the cellgate executable).
+	Init string `env:"INIT"`
 }
 
 func defaultShared() Shared {
@@ -106,6 +109,7 @@ func (s *Shared) addFlags(fs *flag.FlagSet) {
 	fs.Var((*listFlag)(&s.Unenforced), "unenforced", "comma-separated `controllers` (memory,cpu,pids) cellgate may run without, their limits not enforced ($CELLGATE_UNENFORCED)")
 	fs.Var(&s.UIDs, "uid-range", "per-cell uids, `first-last` ($CELLGATE_UID_RANGE)")
 	fs.Var((*uint32Flag)(&s.GID), "gid", "shared `gid` of the per-cell uids ($CELLGATE_GID)")
+	fs.StringVar(&s.Init, "init", s.Init, "confined cells' init `executable`; default cellgate-init beside cellgate ($CELLGATE_INIT)")
 }
 
 // validate checks the shared settings once.

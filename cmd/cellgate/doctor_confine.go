@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"os"
+	"strings"
+
+	"github.com/cellgate/cellgate/confine"
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// checkConfinementKernel reports what the kernel offers the confinement,
+// without running anything: seccomp filters with an errno action, the
+// namespaces, and the user-namespace settings (cells never get to create
+// one: the filter refuses it).
+func checkConfinementKernel(r *report) {
+	acts, err := os.ReadFile("/proc/sys/kernel/seccomp/actions_avail")
+	switch {
+	case err != nil:
+		r.fail("seccomp", "boot a kernel with CONFIG_SECCOMP_FILTER, or set seccomp: off on every route", "no /proc/sys/kernel/seccomp/actions_avail: %v", err)
+	case !strings.Contains(string(acts), "errno") || !strings.Contains(string(acts), "kill_process"):
+		r.fail("seccomp", "upgrade the kernel (4.14 or later), or set seccomp: off on every route", "actions %q lack errno or kill_process", strings.TrimSpace(string(acts)))
+	default:
+		r.ok("seccomp", "filters available (%d calls denied by default, EPERM)", len(confine.Denied()))
+	}
+	var missing []string
+	for _, ns := range []string{"mnt", "pid", "ipc", "uts", "net"} {
+		if _, err := os.Stat("/proc/self/ns/" + ns); err != nil {
+			missing = append(missing, ns)
+		}
+	}
+	if len(missing) > 0 {
+		r.fail("namespaces", "boot a kernel with CONFIG_NAMESPACES and these, or relax the routes (filesystem: host, network: host, host_namespaces)", "missing: %s", strings.Join(missing, " "))
+	} else {
+		r.ok("namespaces", "mount pid ipc uts net")
+	}
+	userns := "unlimited"
+	if b, err := os.ReadFile("/proc/sys/user/max_user_namespaces"); err == nil {
+		userns = "max_user_namespaces=" + strings.TrimSpace(string(b))
+	}
+	if b, err := os.ReadFile("/proc/sys/kernel/unprivileged_userns_clone"); err == nil {
+		userns += ", unprivileged_userns_clone=" + strings.TrimSpace(string(b))
+	}
+	r.ok("user namespaces", "%s; not used by cellgate, and confined cells cannot create one (seccomp)", userns)
+	major, minor := kernelVersion(unameRelease())
+	if major > 6 || major == 6 && minor >= 6 {
+		r.ok("tmpfs", "a size limit per private tmpfs, charged to the cell's memory (tmpfs quotas of 6.6 are not needed)")
+	} else {
+		r.ok("tmpfs", "a size limit per private tmpfs, charged to the cell's memory")
+	}
+}
+
+// checkConfinedCell runs /bin/true in a fully confined cell, and when that
+// fails, once per namespace to say which one the kernel refuses.
+func checkConfinedCell(ctx context.Context, cfg doctorConfig, runner *sandbox.Runner, r *report) {
+	run := func(o confine.Options) error {
+		plan, err := confine.Build(o, confine.OSFS{})
+		if err != nil {
+			return err
+		}
+		prep, err := confine.Prepare(plan)
+		if err != nil {
+			return err
+		}
+		res, err := runner.Run(ctx, sandbox.Spec{Path: "/bin/true", Confine: prep})
+		if err == nil && res.Cause != sandbox.CauseOK {
+			err = errCause(res.Cause)
+		}
+		return err
+	}
+	err := run(confine.Options{Programs: "/bin"})
+	if err == nil {
+		r.ok("confined cell", "/bin/true ran with every confinement (namespaces %s, read-only view, private /tmp /var/tmp /dev/shm, seccomp)", confine.AllNamespaces)
+		return
+	}
+	r.fail("confined cell", "relax what the kernel refuses per route (see the lines below), or fix the error", "/bin/true with every confinement: %v", err)
+	for _, ns := range []confine.Namespaces{confine.NSMount, confine.NSPID, confine.NSIPC, confine.NSUTS, confine.NSNet} {
+		o := confine.Options{Share: confine.AllNamespaces &^ ns, NoSeccomp: true}
+		if ns == confine.NSMount {
+			o.Programs = "/bin"
+		}
+		if err := run(o); err != nil {
+			r.warn("namespace "+ns.String(), "relax it on the routes", "a cell with only this namespace failed: %v", err)
+		} else {
+			r.ok("namespace "+ns.String(), "allowed")
+		}
+	}
+	if err := run(confine.Options{Share: confine.AllNamespaces}); err != nil {
+		r.warn("seccomp filter", "set seccomp: off on the routes", "a cell with only the filter failed: %v", err)
+	}
+}
+
+type errCause sandbox.Cause
+
+func (e errCause) Error() string { return "cause " + string(e) }

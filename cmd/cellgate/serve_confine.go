@@ -1,0 +1,107 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/cellgate/cellgate/confine"
+	"github.com/cellgate/cellgate/policy"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// initPids is what a confined cell's init may add to the cell's pids:
+// cellgate-init is a Go program (one P, but the runtime's own threads
+// count against pids.max). A route's pids limit is the program's; the
+// cell's pids.max is that plus initPids.
+const initPids = 8
+
+// routeConfinement builds and encodes a route's confinement plan, once
+// per policy load. The program's directory (or the route's dir) is shown
+// read-only at its own path.
+func routeConfinement(r *policy.Route) (*confine.Prepared, error) {
+	c := r.Confinement
+	o := confine.Options{
+		SystemDirs: c.SystemDirs,
+		RootFS:     c.RootFS,
+		TmpfsSize:  c.TmpfsSize,
+		NoSeccomp:  c.NoSeccomp,
+		NoFile:     uint64(c.NoFile),
+		Programs:   r.Dir,
+	}
+	if r.Program != "" {
+		o.Programs = filepath.Dir(r.Program)
+	}
+	if c.HostNetwork {
+		o.Share |= confine.NSNet
+	}
+	if c.HostFilesystem {
+		o.Share |= confine.NSMount
+	}
+	for _, n := range c.HostNamespaces {
+		ns, ok := confine.ParseNamespace(n)
+		if !ok {
+			return nil, fmt.Errorf("host_namespaces: unknown namespace %q", n)
+		}
+		o.Share |= ns
+	}
+	for _, m := range c.Mounts {
+		o.Mounts = append(o.Mounts, confine.Bind{Source: m.Source, Target: m.Target, Writable: m.Writable})
+	}
+	plan, err := confine.Build(o, confine.OSFS{})
+	if err != nil {
+		return nil, fmt.Errorf("confinement: %w", err)
+	}
+	return confine.Prepare(plan)
+}
+
+// withInitPids returns res with initPids added to its pids limit (a copy:
+// the route's Resources are shared).
+func withInitPids(res *specs.LinuxResources) *specs.LinuxResources {
+	if res == nil || res.Pids == nil || res.Pids.Limit == nil || *res.Pids.Limit <= 0 {
+		return res
+	}
+	out := *res
+	limit := *res.Pids.Limit + initPids
+	out.Pids = &specs.LinuxPids{Limit: &limit}
+	return &out
+}
+
+// tenantGID is the gid of the route's tenant, 0 when it has none of its
+// own.
+func tenantGID(pol *policy.Policy, r *policy.Route) uint32 {
+	i := slices.IndexFunc(pol.Tenants, func(t *policy.Tenant) bool { return t.Name == r.Tenant })
+	if i < 0 {
+		return 0
+	}
+	return pol.Tenants[i].GID
+}
+
+// openLauncher opens the cell init: --init, else cellgate-init beside the
+// running executable, else this binary itself (it runs the init when
+// started as cellgate-init), at the cost of cellgate's whole start-up per
+// request; the last is logged by the caller.
+func openLauncher(flagPath string) (*confine.Launcher, bool, error) {
+	if flagPath != "" {
+		l, err := confine.OpenLauncher(flagPath)
+		if err != nil {
+			return nil, false, fmt.Errorf("--init: %w", err)
+		}
+		return l, false, nil
+	}
+	if exe, err := os.Executable(); err == nil {
+		beside := filepath.Join(filepath.Dir(exe), confine.InitArg0)
+		l, err := confine.OpenLauncher(beside)
+		if err == nil {
+			return l, false, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, false, err
+		}
+	}
+	l, err := confine.OpenLauncher("")
+	return l, true, err
+}

@@ -1,0 +1,298 @@
+package confine
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// staging is where the new root is assembled before pivot_root. It is
+// covered only in the cell's own mount namespace, and bind sources are
+// opened before it is covered, so a program or mount below the host's
+// /tmp is still found.
+const staging = "/tmp"
+
+// Apply confines the calling process with p: it must already be in the
+// namespaces p.Namespaces names (clone flags, see Namespaces.CloneFlags)
+// and run as root in them. It builds the filesystem view and pivots into
+// it, sets the host name, brings loopback up in a new network namespace,
+// sets the rlimits and no_new_privs, and loads the seccomp filter last
+// (after it the mount family is refused). The credentials are left
+// alone: the cell's init starts its program under them (SysProcAttr), a
+// long-lived process calls Drop. Every thread of the process is affected.
+func Apply(p *Plan) error {
+	if p.Namespaces&NSMount != 0 {
+		if err := buildRoot(p); err != nil {
+			return err
+		}
+	}
+	if p.Namespaces&NSUTS != 0 && p.Hostname != "" {
+		if err := unix.Sethostname([]byte(p.Hostname)); err != nil {
+			return fmt.Errorf("sethostname %q: %w", p.Hostname, err)
+		}
+	}
+	if p.Namespaces&NSNet != 0 {
+		if err := loopbackUp(); err != nil {
+			return err
+		}
+	}
+	if err := setRlimits(p); err != nil {
+		return err
+	}
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_SET_NO_NEW_PRIVS): %w", err)
+	}
+	if p.Seccomp {
+		if err := LoadFilter(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Credential is who a confined program runs as.
+type Credential struct {
+	UID, GID uint32
+	Groups   []uint32
+}
+
+// Drop switches every thread of the calling process to cred for good
+// (supplementary groups, then gid, then uid): for a long-lived confined
+// process that runs code of its own after Apply. Go's syscall.Set* apply
+// to all threads.
+func Drop(cred Credential) error {
+	groups := make([]int, len(cred.Groups))
+	for i, g := range cred.Groups {
+		groups[i] = int(g)
+	}
+	if err := syscall.Setgroups(groups); err != nil {
+		return fmt.Errorf("setgroups %v: %w", cred.Groups, err)
+	}
+	if err := syscall.Setresgid(int(cred.GID), int(cred.GID), int(cred.GID)); err != nil {
+		return fmt.Errorf("setresgid %d: %w", cred.GID, err)
+	}
+	if err := syscall.Setresuid(int(cred.UID), int(cred.UID), int(cred.UID)); err != nil {
+		return fmt.Errorf("setresuid %d: %w", cred.UID, err)
+	}
+	return nil
+}
+
+func setRlimits(p *Plan) error {
+	if err := syscall.Setrlimit(unix.RLIMIT_CORE, &syscall.Rlimit{}); err != nil {
+		return fmt.Errorf("setrlimit(RLIMIT_CORE, 0): %w", err)
+	}
+	if p.NoFile > 0 {
+		// syscall.Setrlimit, not unix's: it also tells os.StartProcess not
+		// to restore the limit the runtime found at start-up.
+		if err := syscall.Setrlimit(unix.RLIMIT_NOFILE, &syscall.Rlimit{Cur: p.NoFile, Max: p.NoFile}); err != nil {
+			return fmt.Errorf("setrlimit(RLIMIT_NOFILE, %d): %w", p.NoFile, err)
+		}
+	}
+	return nil
+}
+
+// buildRoot executes p.steps(): sources are opened (O_PATH) on the host's
+// view, the new root is assembled on staging, then pivot_root makes it the
+// root and the host's tree is detached.
+func buildRoot(p *Plan) error {
+	// Nothing done here may propagate back to the host's mounts.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make / private in the cell's mount namespace: %w", err)
+	}
+	steps := p.steps()
+	srcs := make([]int, len(steps))
+	defer func() {
+		for _, fd := range srcs {
+			if fd > 0 {
+				unix.Close(fd)
+			}
+		}
+	}()
+	for i, s := range steps {
+		if s.source == "" {
+			continue
+		}
+		fd, err := unix.Open(s.source, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open %s to bind it at %s: %w", s.source, s.target, err)
+		}
+		srcs[i] = fd
+	}
+	for i, s := range steps {
+		if err := runStep(s, srcs[i], p.RootFS != ""); err != nil {
+			return err
+		}
+	}
+	return pivot()
+}
+
+func runStep(s step, src int, rootfs bool) error {
+	at := filepath.Join(staging, s.target)
+	fdPath := "/proc/self/fd/" + strconv.Itoa(src)
+	switch s.kind {
+	case stepRootTmpfs:
+		if err := unix.Mount("cellroot", staging, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=1m,nr_inodes=4096"); err != nil {
+			return fmt.Errorf("mount the cell's root tmpfs on %s: %w", staging, err)
+		}
+	case stepRootBind:
+		if err := unix.Mount(fdPath, staging, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind rootfs %s: %w", s.source, err)
+		}
+	case stepTmpfs:
+		if err := mountpoint(at, true, rootfs); err != nil {
+			return err
+		}
+		data := fmt.Sprintf("mode=%o", s.tmpfs.Mode)
+		if s.tmpfs.Size > 0 {
+			data += fmt.Sprintf(",size=%d", s.tmpfs.Size)
+		}
+		if err := unix.Mount("tmpfs", at, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+			return fmt.Errorf("mount tmpfs on %s (%s): %w", s.target, data, err)
+		}
+	case stepBind:
+		var st unix.Stat_t
+		if err := unix.Fstat(src, &st); err != nil {
+			return fmt.Errorf("stat %s: %w", s.source, err)
+		}
+		if err := mountpoint(at, st.Mode&unix.S_IFMT == unix.S_IFDIR, rootfs); err != nil {
+			return err
+		}
+		if err := unix.Mount(fdPath, at, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("bind %s on %s: %w", s.source, s.target, err)
+		}
+		if err := remountBind(at, s.bind); err != nil {
+			return fmt.Errorf("bind %s on %s: %w", s.source, s.target, err)
+		}
+	case stepSymlink:
+		if err := os.MkdirAll(filepath.Dir(at), 0o755); err != nil && !rootfs {
+			return fmt.Errorf("symlink %s: %w", s.link.Link, err)
+		}
+		if err := unix.Symlink(s.link.Target, at); err != nil && !(rootfs && errors.Is(err, unix.EEXIST)) {
+			return fmt.Errorf("symlink %s -> %s: %w", s.link.Link, s.link.Target, err)
+		}
+	case stepProc:
+		if err := mountpoint(at, true, rootfs); err != nil {
+			return err
+		}
+		if err := unix.Mount("proc", at, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("mount proc on /proc: %w", err)
+		}
+	case stepRootReadOnly:
+		if err := unix.Mount("", staging, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+			return fmt.Errorf("make the cell's root read-only: %w", err)
+		}
+	}
+	return nil
+}
+
+// remountBind applies the bind's flags: read-only unless writable, nosuid,
+// nodev unless it carries device nodes, and whatever the source's mount
+// had (noexec stays noexec).
+func remountBind(at string, b Bind) error {
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(at, &sfs); err != nil {
+		return fmt.Errorf("statfs: %w", err)
+	}
+	flags := uintptr(unix.MS_REMOUNT | unix.MS_BIND | unix.MS_NOSUID)
+	for _, f := range []struct{ st, ms int64 }{
+		{unix.ST_NOEXEC, unix.MS_NOEXEC}, {unix.ST_NOATIME, unix.MS_NOATIME},
+		{unix.ST_NODIRATIME, unix.MS_NODIRATIME}, {unix.ST_RELATIME, unix.MS_RELATIME},
+		{unix.ST_RDONLY, unix.MS_RDONLY}, {unix.ST_NODEV, unix.MS_NODEV},
+	} {
+		if sfs.Flags&f.st != 0 {
+			flags |= uintptr(f.ms)
+		}
+	}
+	if !b.Writable {
+		flags |= unix.MS_RDONLY
+	}
+	if !b.Dev {
+		flags |= unix.MS_NODEV
+	}
+	if err := unix.Mount("", at, "", flags, ""); err != nil {
+		return fmt.Errorf("remount (flags %#x): %w", flags, err)
+	}
+	return nil
+}
+
+// mountpoint makes sure at exists as a directory (dir) or a file to mount
+// on. Under a rootfs nothing is created: the operator's tree must have it.
+func mountpoint(at string, dir, rootfs bool) error {
+	if _, err := os.Lstat(at); err == nil {
+		return nil
+	} else if rootfs {
+		return fmt.Errorf("mount point %s: %w (create it in the rootfs)", at[len(staging):], err)
+	}
+	if err := os.MkdirAll(filepath.Dir(at), 0o755); err != nil {
+		return fmt.Errorf("mount point %s: %w", at[len(staging):], err)
+	}
+	if dir {
+		if err := unix.Mkdir(at, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("mount point %s: %w", at[len(staging):], err)
+		}
+		return nil
+	}
+	fd, err := unix.Open(at, unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return fmt.Errorf("mount point %s: %w", at[len(staging):], err)
+	}
+	return unix.Close(fd)
+}
+
+// pivot makes staging the root and detaches the host's tree
+// (pivot_root(".", ".") then a lazy unmount of the old root stacked
+// below, as runc does).
+func pivot() error {
+	if err := unix.Chdir(staging); err != nil {
+		return fmt.Errorf("chdir %s: %w", staging, err)
+	}
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root into the cell's root: %w", err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detach the host's root: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("chdir /: %w", err)
+	}
+	return nil
+}
+
+// loopbackUp sets IFF_UP on lo, the only interface of a new network
+// namespace.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket for lo: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("SIOCGIFFLAGS lo: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bring lo up: %w", err)
+	}
+	return nil
+}
+
+// lockForFork pins the goroutine to its thread, on which no_new_privs is
+// set, for a fork that must inherit it; call the returned func after.
+func lockForFork() (func(), error) {
+	runtime.LockOSThread()
+	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("prctl(PR_SET_NO_NEW_PRIVS): %w", err)
+	}
+	return runtime.UnlockOSThread, nil
+}

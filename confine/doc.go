@@ -1,0 +1,27 @@
+// Package confine owns what a cell may see and reach beyond its cgroup: its
+// namespaces (mount, PID, IPC, UTS, network), its filesystem view (read-only
+// system directories, the route's program directory and binds, or a rootfs;
+// private size-limited tmpfs for /tmp, /var/tmp and /dev/shm; a fresh /proc
+// and a minimal /dev), a seccomp deny list, its rlimits and the credentials
+// its program ends up with.
+//
+// A Plan is that confinement as data. Build turns a route's settings into a
+// Plan once, when a policy is loaded; Prepare encodes it once. Nothing here
+// runs per request in the daemon but the encoding of the program's argv,
+// environment and credentials (EncodeExec).
+//
+// Go's SysProcAttr cannot mount or load a seccomp filter between clone and
+// exec, so a confined cell starts with an init of its own (cellgate-init, or
+// the cellgate binary itself started as argv[0] InitArg0), which reads the
+// plan frame on fd 3, applies the Plan to itself (Apply), reports ready,
+// then reads the exec frame with the program's stdin, stdout and stderr,
+// starts the program as its child, stays PID 1 of the cell's PID namespace
+// to reap and forward signals, and reports the program's exit status on
+// fd 3 before exiting. Apply is independent of CGI: any process that must be
+// confined (a long-lived preloader) calls it, then Drop.
+//
+// The decisions (Build, Steps, the seccomp program, the encodings) are pure
+// and tested without root; Apply, Init and the probes change kernel state.
+// Package sandbox starts the init; cmd/cellgate wires the two and dispatches
+// InitArg0 to Init. confine imports no other cellgate package.
+package confine

@@ -1,0 +1,249 @@
+package confine
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// MaxLaunch bounds a launch frame (the plan, or argv and environment): the
+// init refuses a longer one, and EncodeExec does not build it.
+const MaxLaunch = 4 << 20
+
+// launchMagic starts every plan frame, so that an init started by
+// something else than a Runner fails with a clear error.
+const launchMagic = "CGL2"
+
+// The init reads two frames on ControlFD, each a little-endian uint32
+// length and that many bytes: the plan (applied at once, then the init
+// reports ReportReady), then the exec part, sent with the program's
+// stdin, stdout and stderr as SCM_RIGHTS. A cell can so be prepared
+// before its request exists (the Runner's warm inits) and handed the
+// request later.
+
+// Prepared is a Plan encoded once, with what the spawn needs of it.
+type Prepared struct {
+	plan  *Plan
+	frame []byte
+}
+
+// Prepare encodes p once, when the policy is loaded.
+func Prepare(p *Plan) (*Prepared, error) {
+	b, err := json.Marshal(p)
+	if err != nil {
+		return nil, fmt.Errorf("encode confinement plan: %w", err)
+	}
+	frame := binary.LittleEndian.AppendUint32(nil, uint32(len(launchMagic)+len(b)))
+	frame = append(frame, launchMagic...)
+	return &Prepared{plan: p, frame: append(frame, b...)}, nil
+}
+
+// Plan is the prepared Plan (not to be modified).
+func (p *Prepared) Plan() *Plan { return p.plan }
+
+// Frame is the plan frame, to send as it is (not to be modified).
+func (p *Prepared) Frame() []byte { return p.frame }
+
+// CloneFlags are the namespaces to create with the init's clone.
+func (p *Prepared) CloneFlags() uintptr { return p.plan.Namespaces.CloneFlags() }
+
+// Exec is what the init runs once the cell is confined: the per-request
+// part of a launch.
+type Exec struct {
+	Path string
+	Args []string
+	Env  []string
+	Dir  string
+	Credential
+}
+
+// EncodeExec encodes e as the exec frame, in a length-prefixed binary form
+// (no reflection per request).
+func EncodeExec(e *Exec) ([]byte, error) {
+	n := 4*4 + 4*len(e.Groups) + 4*4 + len(e.Path) + len(e.Dir)
+	for _, s := range e.Args {
+		n += 4 + len(s)
+	}
+	for _, s := range e.Env {
+		n += 4 + len(s)
+	}
+	if n > MaxLaunch {
+		return nil, fmt.Errorf("exec frame of %d bytes is over %d (arguments and environment too large)", n, MaxLaunch)
+	}
+	b := make([]byte, 4, 4+n)
+	b = binary.LittleEndian.AppendUint32(b, e.UID)
+	b = binary.LittleEndian.AppendUint32(b, e.GID)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(e.Groups)))
+	for _, g := range e.Groups {
+		b = binary.LittleEndian.AppendUint32(b, g)
+	}
+	b = appendBytes(b, []byte(e.Path))
+	b = appendBytes(b, []byte(e.Dir))
+	b = appendList(b, e.Args)
+	b = appendList(b, e.Env)
+	binary.LittleEndian.PutUint32(b, uint32(len(b)-4))
+	return b, nil
+}
+
+func appendBytes(b, s []byte) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+func appendList(b []byte, l []string) []byte {
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(l)))
+	for _, s := range l {
+		b = appendBytes(b, []byte(s))
+	}
+	return b
+}
+
+// decoder reads a launch message, remembering the first error.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) u32() uint32 {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b) < 4 {
+		d.err = errors.New("truncated")
+		return 0
+	}
+	v := binary.LittleEndian.Uint32(d.b)
+	d.b = d.b[4:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.u32()
+	if d.err != nil {
+		return nil
+	}
+	if uint64(n) > uint64(len(d.b)) {
+		d.err = fmt.Errorf("field of %d bytes with %d left", n, len(d.b))
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) list() []string {
+	n := d.u32()
+	if d.err == nil && uint64(n) > uint64(len(d.b))/4 {
+		d.err = fmt.Errorf("list of %d entries with %d bytes left", n, len(d.b))
+	}
+	if d.err != nil {
+		return nil
+	}
+	l := make([]string, 0, n)
+	for i := uint32(0); i < n && d.err == nil; i++ {
+		l = append(l, string(d.bytes()))
+	}
+	return l
+}
+
+// DecodePlan reads a plan frame's body (without its length).
+func DecodePlan(b []byte) (*Plan, error) {
+	if !strings.HasPrefix(string(b), launchMagic) {
+		return nil, errors.New("plan frame: bad magic (the init must be started by cellgate's sandbox, of the same version)")
+	}
+	var p Plan
+	if err := json.Unmarshal(b[len(launchMagic):], &p); err != nil {
+		return nil, fmt.Errorf("plan frame: %w", err)
+	}
+	return &p, nil
+}
+
+// DecodeExec reads an exec frame's body (without its length).
+func DecodeExec(b []byte) (*Exec, error) {
+	d := &decoder{b: b}
+	e := &Exec{}
+	e.UID, e.GID = d.u32(), d.u32()
+	ng := d.u32()
+	if d.err == nil && uint64(ng) > uint64(len(d.b))/4 {
+		d.err = fmt.Errorf("%d groups with %d bytes left", ng, len(d.b))
+	}
+	for i := uint32(0); i < ng && d.err == nil; i++ {
+		e.Groups = append(e.Groups, d.u32())
+	}
+	e.Path = string(d.bytes())
+	e.Dir = string(d.bytes())
+	e.Args = d.list()
+	e.Env = d.list()
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%d bytes after the end", len(d.b))
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("exec frame: %w", d.err)
+	}
+	return e, nil
+}
+
+// ReportKind says what a report is about.
+type ReportKind uint8
+
+const (
+	// ReportExited: the program ran and ended (Code or Signal).
+	ReportExited ReportKind = iota + 1
+	// ReportSetup: the confinement could not be applied; nothing ran.
+	ReportSetup
+	// ReportSpawn: the program could not be started (Errno); nothing ran.
+	ReportSpawn
+	// ReportReady: the plan is applied; the init waits for the exec frame.
+	ReportReady
+)
+
+// Report is what the init writes on fd 3: ReportReady once confined, then
+// one of the others before it exits.
+type Report struct {
+	Kind   ReportKind
+	Code   int32 // exit status (ReportExited), -1 when Signal is set
+	Signal int32 // the signal that ended the program, or 0
+	Errno  int32 // ReportSpawn and ReportSetup: the errno, when there is one
+	Msg    string
+}
+
+// MaxReport bounds an encoded Report.
+const MaxReport = 16 + maxReportMsg
+
+const maxReportMsg = 1024
+
+// Encode lays the report out as 16 bytes and the message (cut at 1 KiB).
+func (r Report) Encode() []byte {
+	msg := r.Msg
+	if len(msg) > maxReportMsg {
+		msg = msg[:maxReportMsg]
+	}
+	b := make([]byte, 0, 16+len(msg))
+	b = append(b, byte(r.Kind), 0)
+	b = binary.LittleEndian.AppendUint16(b, uint16(len(msg)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(r.Code))
+	b = binary.LittleEndian.AppendUint32(b, uint32(r.Signal))
+	b = binary.LittleEndian.AppendUint32(b, uint32(r.Errno))
+	return append(b, msg...)
+}
+
+// DecodeReport reads a report; ok is false when b holds none (the init
+// was killed before it wrote one).
+func DecodeReport(b []byte) (Report, bool) {
+	if len(b) < 16 {
+		return Report{}, false
+	}
+	n := int(binary.LittleEndian.Uint16(b[2:]))
+	if len(b) < 16+n || ReportKind(b[0]) < ReportExited || ReportKind(b[0]) > ReportReady {
+		return Report{}, false
+	}
+	return Report{
+		Kind:   ReportKind(b[0]),
+		Code:   int32(binary.LittleEndian.Uint32(b[4:])),
+		Signal: int32(binary.LittleEndian.Uint32(b[8:])),
+		Errno:  int32(binary.LittleEndian.Uint32(b[12:])),
+		Msg:    string(b[16 : 16+n]),
+	}, true
+}

@@ -1,0 +1,104 @@
+package confine
+
+import (
+	"encoding/binary"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func TestLaunchRoundTrip(t *testing.T) {
+	plan, err := Build(Options{Programs: "/srv/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}}, debian)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prep, err := Prepare(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := &Exec{
+		Path: "/srv/cgi/hello", Args: []string{"/srv/cgi/hello", "", "a b"}, Env: []string{"A=1", "EMPTY="}, Dir: "/srv/cgi",
+		Credential: Credential{UID: 2000000001, GID: 2000000000, Groups: []uint32{5, 6}},
+	}
+	frame := prep.Frame()
+	if n := binary.LittleEndian.Uint32(frame); int(n) != len(frame)-4 {
+		t.Fatalf("plan frame length %d, body %d", n, len(frame)-4)
+	}
+	gotPlan, err := DecodePlan(frame[4:])
+	if err != nil {
+		t.Fatalf("DecodePlan: %v", err)
+	}
+	if !reflect.DeepEqual(gotPlan, plan) {
+		t.Errorf("plan:\n got %+v\nwant %+v", gotPlan, plan)
+	}
+	if _, err := DecodePlan([]byte("CGL1{}")); err == nil || !strings.Contains(err.Error(), "bad magic") {
+		t.Errorf("an older frame: %v", err)
+	}
+	msg, err := EncodeExec(ex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := binary.LittleEndian.Uint32(msg); int(n) != len(msg)-4 {
+		t.Fatalf("exec frame length %d, body %d", n, len(msg)-4)
+	}
+	body := msg[4:]
+	gotExec, err := DecodeExec(body)
+	if err != nil {
+		t.Fatalf("DecodeExec: %v", err)
+	}
+	if !reflect.DeepEqual(gotExec, ex) {
+		t.Errorf("exec:\n got %+v\nwant %+v", gotExec, ex)
+	}
+	// Every truncation and a trailing byte are errors, never a panic.
+	for i := 0; i < len(body); i++ {
+		if _, err := DecodeExec(body[:i]); err == nil {
+			t.Fatalf("DecodeExec of %d of %d bytes: no error", i, len(body))
+		}
+	}
+	if _, err := DecodeExec(append(body, 0)); err == nil || !strings.Contains(err.Error(), "after the end") {
+		t.Errorf("trailing byte: %v", err)
+	}
+	if _, err := EncodeExec(&Exec{Path: "/x", Env: []string{strings.Repeat("x", MaxLaunch)}}); err == nil {
+		t.Error("EncodeExec over MaxLaunch: no error")
+	}
+}
+
+func TestReportRoundTrip(t *testing.T) {
+	for _, r := range []Report{
+		{Kind: ReportExited, Code: 3},
+		{Kind: ReportExited, Code: -1, Signal: 9},
+		{Kind: ReportSpawn, Errno: 2, Msg: "fork/exec /x: no such file"},
+		{Kind: ReportSetup, Msg: strings.Repeat("m", maxReportMsg)},
+		{Kind: ReportReady},
+	} {
+		got, ok := DecodeReport(r.Encode())
+		if !ok || !reflect.DeepEqual(got, r) {
+			t.Errorf("round trip of %+v: %+v, %v", r, got, ok)
+		}
+	}
+	long := Report{Kind: ReportSetup, Msg: strings.Repeat("m", 2*maxReportMsg)}
+	if got, ok := DecodeReport(long.Encode()); !ok || len(got.Msg) != maxReportMsg {
+		t.Errorf("long message: %d bytes, %v", len(got.Msg), ok)
+	}
+	for _, b := range [][]byte{nil, make([]byte, 15), make([]byte, 16), append([]byte{byte(ReportReady + 1)}, make([]byte, 15)...)} {
+		if r, ok := DecodeReport(b); ok {
+			t.Errorf("DecodeReport(%v) = %+v, want none", b, r)
+		}
+	}
+}
+
+// The launcher's fd must survive the init's fd 0-3 being set up in the
+// child: OpenLauncher keeps it at minLauncherFD or above, even when a low
+// fd is free (as fd 3 is in a fresh process).
+func TestLauncherAboveControlFD(t *testing.T) {
+	l, err := OpenLauncher("/proc/self/exe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	fd := int(l.f.Fd())
+	if fd < minLauncherFD || fd <= ControlFD || l.Path() != "/proc/self/fd/"+strconv.Itoa(fd) {
+		t.Errorf("launcher at fd %d (%s), want %d or above", fd, l.Path(), minLauncherFD)
+	}
+}

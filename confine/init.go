@@ -1,0 +1,232 @@
+package confine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// InitArg0 is argv[0] of a cell's init: cellgate's main runs Init instead
+// of a subcommand when it is started under this name.
+const InitArg0 = "cellgate-init"
+
+// ControlFD is the init's fd 3, a socket: the launch message comes in
+// (until the sender shuts its side down), the Report goes out.
+const ControlFD = 3
+
+// Exit statuses of the init when nothing ran (the Report says more).
+const (
+	exitSetup = 125
+	exitSpawn = 127
+)
+
+// forwarded are the signals the init passes on to its program; the end of
+// the cell (cgroup.kill, or the init's exit, which takes the whole PID
+// namespace) needs none.
+var forwarded = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
+
+// Init is the cell's init. It reads the plan frame on ControlFD, applies
+// the plan (Apply) and reports ReportReady; then it reads the exec frame
+// with the program's stdin, stdout and stderr (SCM_RIGHTS), starts the
+// program as its child under the frame's credentials, forwards signals,
+// reaps every process that is reparented to it, and when the program ends
+// writes a Report and exits with the program's status (128+N for signal
+// N; the Report carries the signal itself). As PID 1 of the cell's PID
+// namespace its exit ends every other process of the cell. The init's own
+// fds 0-2 are /dev/null. It returns the status to exit with.
+func Init() int {
+	unix.CloseOnExec(ControlFD)
+	body, _, err := readFrame(ControlFD, 0)
+	if err != nil {
+		return fail(ReportSetup, exitSetup, fmt.Errorf("read the plan frame on fd %d: %w", ControlFD, err))
+	}
+	plan, err := DecodePlan(body)
+	if err != nil {
+		return fail(ReportSetup, exitSetup, err)
+	}
+	if err := Apply(plan); err != nil {
+		return fail(ReportSetup, exitSetup, fmt.Errorf("confine the cell: %w", err))
+	}
+	// What does not depend on the request is done before waiting for it:
+	// the signal thread, and the thread the program is forked from, with
+	// no_new_privs set on it.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, forwarded...)
+	unlock, err := lockForFork()
+	if err != nil {
+		return fail(ReportSetup, exitSetup, err)
+	}
+	report(Report{Kind: ReportReady})
+	body, fds, err := readFrame(ControlFD, 3)
+	if errors.Is(err, io.EOF) {
+		return 0 // a prepared cell that was never used
+	}
+	if err != nil {
+		return fail(ReportSpawn, exitSpawn, fmt.Errorf("read the exec frame on fd %d: %w", ControlFD, err))
+	}
+	ex, err := DecodeExec(body)
+	if err != nil {
+		return fail(ReportSpawn, exitSpawn, err)
+	}
+	pid, err := start(ex, fds)
+	unlock()
+	if err != nil {
+		return fail(ReportSpawn, exitSpawn, err)
+	}
+	go func() {
+		for s := range sigs {
+			unix.Kill(pid, s.(syscall.Signal))
+		}
+	}()
+	r := reap(pid)
+	report(r)
+	if r.Signal != 0 {
+		return 128 + int(r.Signal)
+	}
+	return int(r.Code)
+}
+
+// readFrame reads one length-prefixed frame from fd, with exactly nfds
+// descriptors passed along with it (received close-on-exec).
+func readFrame(fd, nfds int) ([]byte, []int, error) {
+	var hdr [4]byte
+	var oob []byte
+	if nfds > 0 {
+		oob = make([]byte, unix.CmsgSpace(4*nfds))
+	}
+	n, oobn, _, _, err := unix.Recvmsg(fd, hdr[:], oob, unix.MSG_CMSG_CLOEXEC)
+	for errors.Is(err, unix.EINTR) {
+		n, oobn, _, _, err = unix.Recvmsg(fd, hdr[:], oob, unix.MSG_CMSG_CLOEXEC)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	if n == 0 {
+		return nil, nil, io.EOF
+	}
+	var fds []int
+	if oobn > 0 {
+		msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return nil, nil, fmt.Errorf("control message: %w", err)
+		}
+		for _, m := range msgs {
+			got, err := unix.ParseUnixRights(&m)
+			if err != nil {
+				return nil, nil, fmt.Errorf("control message: %w", err)
+			}
+			fds = append(fds, got...)
+		}
+	}
+	if len(fds) != nfds {
+		for _, f := range fds {
+			unix.Close(f)
+		}
+		return nil, nil, fmt.Errorf("%d descriptors with the frame, want %d", len(fds), nfds)
+	}
+	if err := readFull(fd, hdr[n:]); err != nil {
+		return nil, fds, err
+	}
+	size := binary.LittleEndian.Uint32(hdr[:])
+	if size > MaxLaunch {
+		return nil, fds, fmt.Errorf("frame of %d bytes, over %d", size, MaxLaunch)
+	}
+	body := make([]byte, size)
+	if err := readFull(fd, body); err != nil {
+		return nil, fds, err
+	}
+	return body, fds, nil
+}
+
+// readFull reads len(b) bytes from fd (io.ErrUnexpectedEOF when it ends
+// first).
+func readFull(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Read(fd, b)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return err
+		case n == 0:
+			return io.ErrUnexpectedEOF
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// start starts the program with fds as its 0-2 (closed here). The caller
+// holds the thread with no_new_privs (lockForFork). syscall.ForkExec, not
+// os.StartProcess: the latter probes pidfd support with an extra fork on
+// its first use, which would be on the request's path.
+func start(ex *Exec, fds []int) (int, error) {
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	files := make([]uintptr, len(fds))
+	for i, fd := range fds {
+		files[i] = uintptr(fd)
+	}
+	pid, err := syscall.ForkExec(ex.Path, ex.Args, &syscall.ProcAttr{
+		Dir:   ex.Dir,
+		Env:   ex.Env,
+		Files: files,
+		Sys: &syscall.SysProcAttr{
+			Credential: &syscall.Credential{Uid: ex.UID, Gid: ex.GID, Groups: ex.Groups},
+			Setpgid:    true,
+		},
+	})
+	if err != nil {
+		return 0, &os.PathError{Op: "fork/exec", Path: ex.Path, Err: err}
+	}
+	return pid, nil
+}
+
+// reap waits for every child until the program (pid) has ended, and
+// returns how it ended.
+func reap(pid int) Report {
+	for {
+		var ws unix.WaitStatus
+		got, err := unix.Wait4(-1, &ws, 0, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return Report{Kind: ReportExited, Code: -1, Signal: int32(unix.SIGKILL), Msg: "wait4: " + err.Error()}
+		case got != pid:
+			continue // an orphan of the cell
+		case ws.Signaled():
+			return Report{Kind: ReportExited, Code: -1, Signal: int32(ws.Signal())}
+		case ws.Exited():
+			return Report{Kind: ReportExited, Code: int32(ws.ExitStatus())}
+		}
+	}
+}
+
+func report(r Report) {
+	unix.Write(ControlFD, r.Encode())
+}
+
+// fail reports that nothing ran and returns status. The Runner turns the
+// report into its error; when the report cannot be written (nobody reads
+// fd 3) the message goes to stderr.
+func fail(kind ReportKind, status int, err error) int {
+	r := Report{Kind: kind, Msg: err.Error()}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		r.Errno = int32(errno)
+	}
+	if _, werr := unix.Write(ControlFD, r.Encode()); werr != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", InitArg0, err)
+	}
+	return status
+}

@@ -1,0 +1,53 @@
+package confine
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// Launcher is the executable a cell's init is started from: the cellgate
+// binary, opened once at start-up so that every cell runs the same file
+// even when the binary on disk is replaced by an upgrade.
+type Launcher struct {
+	f    *os.File
+	path string
+	name string
+}
+
+// OpenLauncher opens exe ("" = /proc/self/exe, the running binary). The fd
+// is close-on-exec; the init is executed through /proc/self/fd/N, which
+// resolves in the forked child before exec closes it.
+func OpenLauncher(exe string) (*Launcher, error) {
+	if exe == "" {
+		exe = "/proc/self/exe"
+	}
+	fd, err := unix.Open(exe, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open the cell init's executable %s: %w", exe, err)
+	}
+	// The init's fds 0-3 are set up in the forked child before the exec
+	// resolves /proc/self/fd/N: N must not be one of them.
+	high, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, minLauncherFD)
+	unix.Close(fd)
+	if err != nil {
+		return nil, fmt.Errorf("dup the cell init's executable %s: %w", exe, err)
+	}
+	f := os.NewFile(uintptr(high), exe)
+	return &Launcher{f: f, path: "/proc/self/fd/" + strconv.Itoa(high), name: exe}, nil
+}
+
+// Name is the executable as it was opened, for messages.
+func (l *Launcher) Name() string { return l.name }
+
+// minLauncherFD is the lowest fd the launcher is kept at: above the fds
+// a cell's init is given (0-2 and ControlFD).
+const minLauncherFD = 10
+
+// Path is what to execute.
+func (l *Launcher) Path() string { return l.path }
+
+// Close releases the fd; no cell may be starting.
+func (l *Launcher) Close() error { return l.f.Close() }

@@ -1,0 +1,337 @@
+package confine
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Namespaces is a set of Linux namespaces.
+type Namespaces uint8
+
+// The namespaces a cell can have of its own.
+const (
+	NSMount Namespaces = 1 << iota // its own filesystem view (and so its own /proc, /tmp, /dev/shm)
+	NSPID                          // its own PIDs: it sees and signals only its own processes
+	NSIPC                          // its own SysV IPC and POSIX message queues
+	NSUTS                          // its own host name
+	NSNet                          // its own network: only a loopback interface
+
+	// AllNamespaces is every namespace a cell can have.
+	AllNamespaces = NSMount | NSPID | NSIPC | NSUTS | NSNet
+)
+
+var nsNames = []struct {
+	ns   Namespaces
+	name string
+	flag uintptr
+}{
+	{NSMount, "mount", unix.CLONE_NEWNS},
+	{NSPID, "pid", unix.CLONE_NEWPID},
+	{NSIPC, "ipc", unix.CLONE_NEWIPC},
+	{NSUTS, "uts", unix.CLONE_NEWUTS},
+	{NSNet, "net", unix.CLONE_NEWNET},
+}
+
+// CloneFlags are the CLONE_NEW* flags that create the namespaces.
+func (n Namespaces) CloneFlags() uintptr {
+	var f uintptr
+	for _, e := range nsNames {
+		if n&e.ns != 0 {
+			f |= e.flag
+		}
+	}
+	return f
+}
+
+// String lists the namespaces by name ("mount pid"), or "none".
+func (n Namespaces) String() string {
+	var names []string
+	for _, e := range nsNames {
+		if n&e.ns != 0 {
+			names = append(names, e.name)
+		}
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, " ")
+}
+
+// ParseNamespace returns the namespace of a name of String's.
+func ParseNamespace(name string) (Namespaces, bool) {
+	for _, e := range nsNames {
+		if e.name == name {
+			return e.ns, true
+		}
+	}
+	return 0, false
+}
+
+// Bind makes a host path visible in the cell.
+type Bind struct {
+	// Source is the host path; Target where the cell sees it (absolute,
+	// clean). A file is bound onto a file, a directory onto a directory.
+	Source, Target string
+	// Writable binds read-write; otherwise the bind is read-only.
+	Writable bool
+	// Dev keeps device nodes usable (the entries of /dev); other binds are
+	// nodev. All binds are nosuid.
+	Dev bool
+}
+
+// Symlink is a symbolic link created in the cell's root: Link (absolute)
+// points to Target (as readlink gives it). System directories that are
+// symlinks on the host (/bin -> usr/bin) are recreated this way.
+type Symlink struct {
+	Link, Target string
+}
+
+// Tmpfs is a private tmpfs mount of the cell: its pages are charged to the
+// cell's memory and it is gone with the cell's mount namespace.
+type Tmpfs struct {
+	Target string
+	Size   int64  // bytes (size=); 0 is the kernel's default (half of RAM)
+	Mode   uint32 // mode of its root (1777 for /tmp)
+}
+
+// Plan is one route's confinement as data: built once per route (Build),
+// encoded once (Prepare), applied inside each cell (Apply). A Plan is not
+// modified after Build returns it.
+type Plan struct {
+	// Namespaces are the namespaces the cell gets of its own.
+	Namespaces Namespaces
+	// RootFS is a directory bound read-only as the cell's root; "" gives the
+	// cell an empty read-only tmpfs root holding only what Binds, Symlinks
+	// and Tmpfs put there. Used only with NSMount.
+	RootFS string
+	// Binds, Symlinks and Tmpfs build the filesystem view (with NSMount);
+	// a fresh /proc and a minimal /dev are always part of it.
+	Binds    []Bind
+	Symlinks []Symlink
+	Tmpfs    []Tmpfs
+	// Hostname is the cell's host name (with NSUTS).
+	Hostname string
+	// Seccomp loads the default deny list (see Filter).
+	Seccomp bool
+	// NoFile is RLIMIT_NOFILE (soft and hard) of the program; 0 leaves the
+	// daemon's. RLIMIT_CORE is always 0: a cell never dumps core.
+	NoFile uint64
+}
+
+// Defaults of Options.
+const (
+	DefaultTmpfsSize = 64 << 20
+	DefaultNoFile    = 1024
+	DefaultHostname  = "cell"
+)
+
+// DefaultSystemDirs are the host directories a cell sees read-only unless
+// its route names others: what a program needs to run (its interpreter,
+// libraries, /etc's name service and TLS files).
+var DefaultSystemDirs = []string{"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"}
+
+// Options are one route's confinement settings, in policy terms.
+type Options struct {
+	// Share are the namespaces the cell shares with the host (the policy's
+	// relaxations): NSMount is filesystem: host, NSNet is network: host.
+	Share Namespaces
+	// SystemDirs are the host directories bound read-only at the same path
+	// (nil: DefaultSystemDirs); directories missing on the host are left out
+	// and symlinks are recreated as symlinks. Ignored with RootFS.
+	SystemDirs []string
+	// Programs is the route's program file or directory of programs, bound
+	// read-only at the same path unless a system directory already shows it.
+	Programs string
+	// Mounts are the route's own binds.
+	Mounts []Bind
+	// RootFS is a directory to use as the cell's root instead of the system
+	// directories.
+	RootFS string
+	// TmpfsSize is the size of each of /tmp, /var/tmp and /dev/shm
+	// (0: DefaultTmpfsSize).
+	TmpfsSize int64
+	// NoSeccomp turns the default seccomp filter off.
+	NoSeccomp bool
+	// NoFile is RLIMIT_NOFILE (0: DefaultNoFile).
+	NoFile uint64
+}
+
+// FS is what Build reads of the host: whether a path exists, is a
+// directory or a symlink, and a symlink's target. os.Lstat and os.Readlink
+// in the daemon (OSFS), a map in tests.
+type FS interface {
+	Lstat(path string) (fs.FileInfo, error)
+	Readlink(path string) (string, error)
+}
+
+// OSFS is the host's filesystem.
+type OSFS struct{}
+
+func (OSFS) Lstat(p string) (fs.FileInfo, error) { return os.Lstat(p) }
+func (OSFS) Readlink(p string) (string, error)   { return os.Readlink(p) }
+
+// reserved are the cell paths the Plan itself mounts; a route's mount may
+// not replace them.
+var reserved = []string{"/", "/proc", "/dev", "/tmp", "/var/tmp", "/dev/shm"}
+
+// Build turns a route's options into a Plan, reading the host only through
+// fsys (to leave out missing system directories and keep symlinks). It
+// runs when a policy is loaded, never per request. Errors name the path
+// and the fix.
+func Build(o Options, fsys FS) (*Plan, error) {
+	p := &Plan{
+		Namespaces: AllNamespaces &^ o.Share,
+		Seccomp:    !o.NoSeccomp,
+		NoFile:     o.NoFile,
+	}
+	if p.NoFile == 0 {
+		p.NoFile = DefaultNoFile
+	}
+	if p.Namespaces&NSUTS != 0 {
+		p.Hostname = DefaultHostname
+	}
+	if p.Namespaces&NSMount == 0 {
+		if o.RootFS != "" || len(o.Mounts) > 0 {
+			return nil, errors.New("rootfs and mounts need the cell's own filesystem view: drop filesystem: host, or drop them")
+		}
+		return p, nil
+	}
+	size := o.TmpfsSize
+	if size <= 0 {
+		size = DefaultTmpfsSize
+	}
+	for _, t := range []string{"/tmp", "/var/tmp", "/dev/shm"} {
+		p.Tmpfs = append(p.Tmpfs, Tmpfs{Target: t, Size: size, Mode: 0o1777})
+	}
+	var errs []error
+	if o.RootFS != "" {
+		if err := checkDir(fsys, o.RootFS, "rootfs"); err != nil {
+			errs = append(errs, err)
+		}
+		p.RootFS = o.RootFS
+	} else {
+		dirs := o.SystemDirs
+		if dirs == nil {
+			dirs = DefaultSystemDirs
+		}
+		for _, d := range dirs {
+			if !clean(d) {
+				errs = append(errs, fmt.Errorf("system directory %q: not an absolute clean path", d))
+				continue
+			}
+			fi, err := fsys.Lstat(d)
+			switch {
+			case errors.Is(err, fs.ErrNotExist):
+				continue // /lib32 on a host without it
+			case err != nil:
+				errs = append(errs, fmt.Errorf("system directory %s: %w", d, err))
+			case fi.Mode()&fs.ModeSymlink != 0:
+				target, err := fsys.Readlink(d)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("system directory %s: %w", d, err))
+					continue
+				}
+				p.Symlinks = append(p.Symlinks, Symlink{Link: d, Target: target})
+			case fi.IsDir():
+				p.Binds = append(p.Binds, Bind{Source: d, Target: d})
+			default:
+				errs = append(errs, fmt.Errorf("system directory %s: not a directory", d))
+			}
+		}
+	}
+	if o.Programs != "" && !p.shows(o.Programs) {
+		if !clean(o.Programs) {
+			errs = append(errs, fmt.Errorf("program %q: not an absolute clean path", o.Programs))
+		} else {
+			p.Binds = append(p.Binds, Bind{Source: o.Programs, Target: o.Programs})
+		}
+	}
+	for _, m := range o.Mounts {
+		if err := checkMount(m); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		p.Binds = append(p.Binds, m)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(p.Binds, func(a, b Bind) int { return compareMountOrder(a.Target, b.Target) })
+	return p, nil
+}
+
+// shows reports whether a system bind of the plan already shows path at
+// the same place, directly or through a recreated symlink (/bin/x with
+// /bin -> usr/bin).
+func (p *Plan) shows(path string) bool {
+	for _, b := range p.Binds {
+		if b.Source == b.Target && within(path, b.Target) {
+			return true
+		}
+	}
+	for _, l := range p.Symlinks {
+		if within(path, l.Link) {
+			return true
+		}
+	}
+	return false
+}
+
+func checkMount(m Bind) error {
+	switch {
+	case !clean(m.Source):
+		return fmt.Errorf("mount source %q: not an absolute clean path", m.Source)
+	case !clean(m.Target):
+		return fmt.Errorf("mount target %q: not an absolute clean path", m.Target)
+	}
+	for _, r := range reserved {
+		if m.Target == r || r != "/" && within(r, m.Target) {
+			return fmt.Errorf("mount target %s: the cell's own %s is there; choose another target", m.Target, r)
+		}
+	}
+	if within(m.Target, "/proc") || within(m.Target, "/dev") {
+		return fmt.Errorf("mount target %s: under the cell's own /proc or /dev; choose another target", m.Target)
+	}
+	return nil
+}
+
+func checkDir(fsys FS, dir, what string) error {
+	if !clean(dir) {
+		return fmt.Errorf("%s %q: not an absolute clean path", what, dir)
+	}
+	fi, err := fsys.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s %s: not a directory", what, dir)
+	}
+	return nil
+}
+
+// clean reports whether p is absolute and clean.
+func clean(p string) bool {
+	return filepath.IsAbs(p) && filepath.Clean(p) == p && !strings.ContainsRune(p, 0)
+}
+
+// within reports whether p is dir or below it.
+func within(p, dir string) bool {
+	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
+}
+
+// compareMountOrder orders mount targets so that a parent is mounted
+// before anything below it: by depth, then by name.
+func compareMountOrder(a, b string) int {
+	da, db := strings.Count(a, "/"), strings.Count(b, "/")
+	if da != db {
+		return da - db
+	}
+	return strings.Compare(a, b)
+}

@@ -1,0 +1,196 @@
+package confine
+
+import (
+	"io/fs"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// fakeFS is a host of directories, files and symlinks.
+type fakeFS map[string]string // path -> "dir", "file" or "link:TARGET"
+
+type fakeInfo struct {
+	name string
+	mode fs.FileMode
+}
+
+func (f fakeInfo) Name() string       { return f.name }
+func (f fakeInfo) Size() int64        { return 0 }
+func (f fakeInfo) Mode() fs.FileMode  { return f.mode }
+func (f fakeInfo) ModTime() time.Time { return time.Time{} }
+func (f fakeInfo) IsDir() bool        { return f.mode.IsDir() }
+func (f fakeInfo) Sys() any           { return nil }
+
+func (f fakeFS) Lstat(p string) (fs.FileInfo, error) {
+	switch v := f[p]; {
+	case v == "dir":
+		return fakeInfo{p, fs.ModeDir | 0o755}, nil
+	case v == "file":
+		return fakeInfo{p, 0o644}, nil
+	case strings.HasPrefix(v, "link:"):
+		return fakeInfo{p, fs.ModeSymlink | 0o777}, nil
+	}
+	return nil, &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
+}
+
+func (f fakeFS) Readlink(p string) (string, error) {
+	if v, ok := strings.CutPrefix(f[p], "link:"); ok {
+		return v, nil
+	}
+	return "", &fs.PathError{Op: "readlink", Path: p, Err: fs.ErrInvalid}
+}
+
+// debian is a usrmerged Debian 12 host.
+var debian = fakeFS{
+	"/usr": "dir", "/etc": "dir", "/bin": "link:usr/bin", "/sbin": "link:usr/sbin",
+	"/lib": "link:usr/lib", "/lib64": "link:usr/lib64", "/srv/cgi": "dir", "/srv/data": "dir",
+	"/srv/rootfs": "dir", "/srv/file": "file",
+}
+
+func TestBuild(t *testing.T) {
+	tmpfs := func(size int64) []Tmpfs {
+		return []Tmpfs{{"/tmp", size, 0o1777}, {"/var/tmp", size, 0o1777}, {"/dev/shm", size, 0o1777}}
+	}
+	debianLinks := []Symlink{{"/bin", "usr/bin"}, {"/sbin", "usr/sbin"}, {"/lib", "usr/lib"}, {"/lib64", "usr/lib64"}}
+	tests := []struct {
+		name    string
+		opts    Options
+		want    *Plan
+		wantErr string
+	}{
+		{
+			name: "defaults: every namespace, system dirs, the program dir, seccomp",
+			opts: Options{Programs: "/srv/cgi"},
+			want: &Plan{
+				Namespaces: AllNamespaces,
+				Binds:      []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"}, {Source: "/srv/cgi", Target: "/srv/cgi"}},
+				Symlinks:   debianLinks,
+				Tmpfs:      tmpfs(DefaultTmpfsSize),
+				Hostname:   DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
+			},
+		},
+		{
+			name: "a program under a system dir is not bound again",
+			opts: Options{Programs: "/usr/lib/cgi-bin", SystemDirs: []string{"/usr"}},
+			want: &Plan{
+				Namespaces: AllNamespaces, Binds: []Bind{{Source: "/usr", Target: "/usr"}},
+				Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
+			},
+		},
+		{
+			name: "a program under a symlinked system dir is not bound over the symlink",
+			opts: Options{Programs: "/bin"},
+			want: &Plan{
+				Namespaces: AllNamespaces, Binds: []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"}},
+				Symlinks: debianLinks, Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
+			},
+		},
+		{
+			name: "relaxed: host network and pid, no seccomp, own sizes and mounts",
+			opts: Options{
+				Share: NSNet | NSPID, NoSeccomp: true, TmpfsSize: 1 << 20, NoFile: 64, SystemDirs: []string{"/usr", "/opt"},
+				Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}, {Source: "/srv/file", Target: "/data/f"}},
+			},
+			want: &Plan{
+				Namespaces: NSMount | NSIPC | NSUTS,
+				Binds:      []Bind{{Source: "/srv/data", Target: "/data", Writable: true}, {Source: "/usr", Target: "/usr"}, {Source: "/srv/file", Target: "/data/f"}},
+				Tmpfs:      tmpfs(1 << 20), Hostname: DefaultHostname, NoFile: 64,
+			},
+		},
+		{
+			name: "rootfs instead of system dirs",
+			opts: Options{RootFS: "/srv/rootfs", Programs: "/srv/cgi"},
+			want: &Plan{
+				Namespaces: AllNamespaces, RootFS: "/srv/rootfs", Binds: []Bind{{Source: "/srv/cgi", Target: "/srv/cgi"}},
+				Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
+			},
+		},
+		{
+			name: "host filesystem: no view at all",
+			opts: Options{Share: NSMount | NSUTS, Programs: "/srv/cgi"},
+			want: &Plan{Namespaces: NSPID | NSIPC | NSNet, Seccomp: true, NoFile: DefaultNoFile},
+		},
+		{name: "host filesystem with mounts", opts: Options{Share: NSMount, Mounts: []Bind{{Source: "/srv/data", Target: "/data"}}}, wantErr: "need the cell's own filesystem view"},
+		{name: "mount over /tmp", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/tmp"}}}, wantErr: "the cell's own /tmp"},
+		{name: "mount over the root", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/"}}}, wantErr: "the cell's own /"},
+		{name: "mount under /proc", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/proc/x"}}}, wantErr: "under the cell's own /proc"},
+		{name: "relative mount source", opts: Options{Mounts: []Bind{{Source: "data", Target: "/data"}}}, wantErr: `mount source "data"`},
+		{name: "unclean mount target", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/data/../etc"}}}, wantErr: "not an absolute clean path"},
+		{name: "missing rootfs", opts: Options{RootFS: "/nope"}, wantErr: "rootfs /nope"},
+		{name: "rootfs a file", opts: Options{RootFS: "/srv/file"}, wantErr: "not a directory"},
+		{name: "system dir a file", opts: Options{SystemDirs: []string{"/srv/file"}}, wantErr: "system directory /srv/file: not a directory"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Build(tc.opts, debian)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("Build: %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Build: %v", err)
+			}
+			if !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("Build:\n got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestNamespaces(t *testing.T) {
+	if got, want := AllNamespaces.CloneFlags(), uintptr(unix.CLONE_NEWNS|unix.CLONE_NEWPID|unix.CLONE_NEWIPC|unix.CLONE_NEWUTS|unix.CLONE_NEWNET); got != want {
+		t.Errorf("CloneFlags = %#x, want %#x", got, want)
+	}
+	if got := (NSPID | NSNet).String(); got != "pid net" {
+		t.Errorf("String = %q", got)
+	}
+	if got := Namespaces(0).String(); got != "none" {
+		t.Errorf("String of none = %q", got)
+	}
+	for _, name := range []string{"mount", "pid", "ipc", "uts", "net"} {
+		ns, ok := ParseNamespace(name)
+		if !ok || ns.String() != name {
+			t.Errorf("ParseNamespace(%q) = %v, %v", name, ns, ok)
+		}
+	}
+	if _, ok := ParseNamespace("user"); ok {
+		t.Error("ParseNamespace(user) accepted")
+	}
+}
+
+func TestStepsOrder(t *testing.T) {
+	p, err := Build(Options{Programs: "/tmp/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/var/lib/app"}}}, debian)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range p.steps() {
+		got = append(got, map[stepKind]string{stepRootTmpfs: "root", stepRootBind: "rootfs", stepTmpfs: "tmpfs", stepBind: "bind",
+			stepSymlink: "link", stepProc: "proc", stepRootReadOnly: "ro"}[s.kind]+" "+s.target)
+	}
+	want := []string{"root /", "tmpfs /dev",
+		"bind /dev/null", "bind /dev/zero", "bind /dev/full", "bind /dev/random", "bind /dev/urandom", "bind /dev/tty",
+		"link /dev/fd", "link /dev/stdin", "link /dev/stdout", "link /dev/stderr",
+		"tmpfs /tmp", "tmpfs /var/tmp", "tmpfs /dev/shm",
+		"bind /etc", "bind /usr", "bind /tmp/cgi", "bind /var/lib/app",
+		"link /bin", "link /sbin", "link /lib", "link /lib64",
+		"proc /proc", "ro /"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("steps:\n got %q\nwant %q", got, want)
+	}
+	for _, s := range p.steps() {
+		if s.kind == stepBind && strings.HasPrefix(s.target, "/dev/") && !(s.bind.Dev && s.bind.Writable) {
+			t.Errorf("%s: device nodes must be bound dev and writable: %+v", s.target, s.bind)
+		}
+	}
+	host, _ := Build(Options{Share: NSMount}, debian)
+	if s := host.steps(); s != nil {
+		t.Errorf("steps without a mount namespace: %v", s)
+	}
+}

@@ -1,0 +1,179 @@
+package confine
+
+import (
+	"fmt"
+	"runtime"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The seccomp filter is a deny list: what an ordinary CGI program never
+// needs and kernel exploits do. A denied call fails with EPERM, not a kill,
+// so a program that probes for a feature degrades instead of dying. Two
+// exceptions: clone3 fails with ENOSYS, because its flags sit in memory a
+// filter cannot read and libc falls back to clone only on ENOSYS; and a
+// system call of another architecture (an i386 binary on amd64) kills the
+// process, since its numbers mean other calls.
+//
+// It is assembled here from x/sys/unix's classic BPF types rather than
+// with libseccomp-golang, which needs cgo (cellgate builds static), or
+// golang.org/x/net/bpf, whose virtual machine reads big-endian packets and
+// so cannot run a seccomp program as the kernel does; the program uses five
+// instruction kinds, interpreted again by the tests.
+
+// seccompData offsets (struct seccomp_data, little-endian).
+const (
+	offNr         = 0
+	offArch       = 4
+	offArg0Low    = 16
+	x32SyscallBit = 0x40000000
+)
+
+// cloneNewFlags are the namespace flags clone may not take: a new user
+// namespace is the door to many kernel bugs, and the cell already has the
+// namespaces it may have.
+const cloneNewFlags = unix.CLONE_NEWUSER | unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWNET |
+	unix.CLONE_NEWIPC | unix.CLONE_NEWUTS | unix.CLONE_NEWCGROUP | unix.CLONE_NEWTIME
+
+// Denied is the deny list by name, for documentation and cellgate check;
+// the numbers come from syscallTable of the architecture.
+func Denied() []string {
+	names := make([]string, 0, len(deniedSyscalls))
+	for _, s := range deniedSyscalls {
+		names = append(names, s.name)
+	}
+	return names
+}
+
+type sysnum struct {
+	name string
+	nr   uint32
+}
+
+// the seccomp return values.
+const (
+	retAllow  = unix.SECCOMP_RET_ALLOW
+	retKill   = unix.SECCOMP_RET_KILL_PROCESS
+	retEPERM  = unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
+	retENOSYS = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
+)
+
+// BPF opcodes used.
+const (
+	ldAbsW = unix.BPF_LD | unix.BPF_W | unix.BPF_ABS
+	jeqK   = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+	jgeK   = unix.BPF_JMP | unix.BPF_JGE | unix.BPF_K
+	jsetK  = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
+	retK   = unix.BPF_RET | unix.BPF_K
+)
+
+// label names a jump target while the program is assembled.
+type label int
+
+const (
+	noLabel label = iota
+	lblDeny
+	lblNoSys
+	lblClone
+)
+
+type insn struct {
+	op     uint16
+	k      uint32
+	jt, jf label // targets; noLabel = the next instruction
+	at     label // this instruction is the target of that label
+}
+
+// Filter returns the default deny list as a seccomp BPF program for the
+// running architecture, or an error on an architecture it has no table for.
+func Filter() ([]unix.SockFilter, error) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
+	}
+	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, sysClone3))
+}
+
+// filterProgram lays the filter out: check the architecture, refuse x32
+// numbers (amd64), send clone to the flag check and clone3 to ENOSYS, then
+// one comparison per denied call.
+func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3 uint32) []insn {
+	p := []insn{
+		{op: ldAbsW, k: offArch},
+		{op: jeqK, k: arch, jt: skipOne}, // the right architecture jumps over the kill
+		{op: retK, k: retKill},
+		{op: ldAbsW, k: offNr},
+	}
+	if x32 {
+		p = append(p, insn{op: jgeK, k: x32SyscallBit, jt: lblDeny})
+	}
+	p = append(p, insn{op: jeqK, k: clone, jt: lblClone}, insn{op: jeqK, k: clone3, jt: lblNoSys})
+	for _, s := range denied {
+		p = append(p, insn{op: jeqK, k: s.nr, jt: lblDeny})
+	}
+	p = append(p,
+		insn{op: retK, k: retAllow},
+		insn{op: ldAbsW, k: offArg0Low, at: lblClone},
+		insn{op: jsetK, k: cloneNewFlags, jt: lblDeny},
+		insn{op: retK, k: retAllow},
+		insn{op: retK, k: retENOSYS, at: lblNoSys},
+		insn{op: retK, k: retEPERM, at: lblDeny},
+	)
+	return p
+}
+
+// skipOne is a pseudo-label: jump over the next instruction.
+const skipOne label = -1
+
+func assemble(p []insn) ([]unix.SockFilter, error) {
+	where := map[label]int{}
+	for i, in := range p {
+		if in.at != noLabel {
+			where[in.at] = i
+		}
+	}
+	off := func(i int, l label) (uint8, error) {
+		switch l {
+		case noLabel:
+			return 0, nil
+		case skipOne:
+			return 1, nil
+		}
+		t, ok := where[l]
+		d := t - i - 1
+		if !ok || d < 0 || d > 255 {
+			return 0, fmt.Errorf("seccomp: jump from %d to label %d out of range", i, l)
+		}
+		return uint8(d), nil
+	}
+	out := make([]unix.SockFilter, len(p))
+	for i, in := range p {
+		jt, err := off(i, in.jt)
+		if err != nil {
+			return nil, err
+		}
+		jf, err := off(i, in.jf)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = unix.SockFilter{Code: in.op, Jt: jt, Jf: jf, K: in.k}
+	}
+	return out, nil
+}
+
+// LoadFilter installs Filter on every thread of the calling process
+// (SECCOMP_FILTER_FLAG_TSYNC), inherited by every process it starts. The
+// caller has no_new_privs set or CAP_SYS_ADMIN.
+func LoadFilter() error {
+	f, err := Filter()
+	if err != nil {
+		return err
+	}
+	prog := unix.SockFprog{Len: uint16(len(f)), Filter: &f[0]}
+	_, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog)))
+	if errno != 0 {
+		return fmt.Errorf("seccomp(SECCOMP_SET_MODE_FILTER, TSYNC): %w", errno)
+	}
+	return nil
+}

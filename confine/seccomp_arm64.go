@@ -1,0 +1,4 @@
+package confine
+
+// deniedSyscalls on arm64 (see seccomp.go).
+var deniedSyscalls = commonDenied

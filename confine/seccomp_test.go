@@ -1,0 +1,103 @@
+package confine
+
+import (
+	"encoding/binary"
+	"runtime"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// run interprets a seccomp program as the kernel does for the five
+// instruction kinds Filter uses, on a little-endian seccomp_data.
+func run(t *testing.T, prog []unix.SockFilter, arch, nr uint32, arg0 uint64) uint32 {
+	t.Helper()
+	data := make([]byte, 64)
+	binary.LittleEndian.PutUint32(data[offNr:], nr)
+	binary.LittleEndian.PutUint32(data[offArch:], arch)
+	binary.LittleEndian.PutUint64(data[offArg0Low:], arg0)
+	var a uint32
+	for pc := 0; pc < len(prog); {
+		in := prog[pc]
+		pc++
+		switch in.Code {
+		case ldAbsW:
+			a = binary.LittleEndian.Uint32(data[in.K:])
+		case jeqK, jgeK, jsetK:
+			cond := a == in.K
+			if in.Code == jgeK {
+				cond = a >= in.K
+			} else if in.Code == jsetK {
+				cond = a&in.K != 0
+			}
+			if cond {
+				pc += int(in.Jt)
+			} else {
+				pc += int(in.Jf)
+			}
+		case retK:
+			return in.K
+		default:
+			t.Fatalf("instruction %d: unknown code %#x", pc-1, in.Code)
+		}
+	}
+	t.Fatal("program ran off its end")
+	return 0
+}
+
+func TestFilter(t *testing.T) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		t.Skipf("no seccomp table for %s", runtime.GOARCH)
+	}
+	prog, err := Filter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(prog) > 255 {
+		t.Fatalf("%d instructions: jumps may not reach", len(prog))
+	}
+	for _, s := range deniedSyscalls {
+		if got := run(t, prog, arch, s.nr, 0); got != retEPERM {
+			t.Errorf("%s: %#x, want EPERM", s.name, got)
+		}
+	}
+	allowed := map[string]uint32{"read": unix.SYS_READ, "write": unix.SYS_WRITE, "execve": unix.SYS_EXECVE, "setuid": unix.SYS_SETUID,
+		"wait4": unix.SYS_WAIT4, "mmap": unix.SYS_MMAP, "socket": unix.SYS_SOCKET, "setsid": unix.SYS_SETSID}
+	for name, nr := range allowed {
+		if got := run(t, prog, arch, nr, 0); got != retAllow {
+			t.Errorf("%s: %#x, want allow", name, got)
+		}
+	}
+	clone := []struct {
+		name  string
+		flags uint64
+		want  uint32
+	}{
+		{"fork-like clone", uint64(unix.SIGCHLD), retAllow},
+		{"thread clone", unix.CLONE_VM | unix.CLONE_THREAD | unix.CLONE_SIGHAND | unix.CLONE_FS | unix.CLONE_FILES, retAllow},
+		{"new user namespace", unix.CLONE_NEWUSER | uint64(unix.SIGCHLD), retEPERM},
+		{"new net namespace", unix.CLONE_NEWNET, retEPERM},
+		{"new cgroup namespace", unix.CLONE_NEWCGROUP, retEPERM},
+		{"flags in the high word are not namespaces", 1 << 40, retAllow},
+	}
+	for _, c := range clone {
+		if got := run(t, prog, arch, sysClone, c.flags); got != c.want {
+			t.Errorf("clone, %s: %#x, want %#x", c.name, got, c.want)
+		}
+	}
+	if got := run(t, prog, arch, sysClone3, 0); got != retENOSYS {
+		t.Errorf("clone3: %#x, want ENOSYS (so that libc falls back to clone)", got)
+	}
+	if got := run(t, prog, arch+1, unix.SYS_READ, 0); got != retKill {
+		t.Errorf("another architecture: %#x, want kill", got)
+	}
+	if runtime.GOARCH == "amd64" {
+		if got := run(t, prog, arch, x32SyscallBit|unix.SYS_READ, 0); got != retEPERM {
+			t.Errorf("x32 read: %#x, want EPERM", got)
+		}
+	}
+	if len(Denied()) != len(deniedSyscalls) || Denied()[0] != "ptrace" {
+		t.Errorf("Denied() = %v", Denied())
+	}
+}

@@ -1,0 +1,435 @@
+package integration
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Issue 10, end to end: what a confined cell can see and reach, through
+// `cellgate serve` with the default confinement. The worker is the test
+// binary's "probe" role, run as a CGI program: it tries what the query
+// asks and answers with what happened, so each test asserts on facts the
+// cell observed, with a control that must succeed.
+
+// probeReply is what the probe answers.
+type probeReply struct {
+	Read     map[string]string `json:"read"`     // path -> "ok" or the error
+	Connect  map[string]string `json:"connect"`  // address -> "ok" or the error
+	Fill     map[string]string `json:"fill"`     // path -> "ok" or the error
+	Procs    []string          `json:"procs"`    // the command lines in /proc
+	Syscalls map[string]string `json:"syscalls"` // name -> "ok" or the errno name
+	SysVShm  string            `json:"sysvshm"`  // /proc/sysvipc/shm
+	Hostname string            `json:"hostname"`
+	UID      int               `json:"uid"`
+	GID      int               `json:"gid"`
+}
+
+// probeSyscalls are the denied calls the probe tries, each with arguments
+// that would do no harm if it were allowed.
+var probeSyscalls = []struct {
+	name string
+	call func() error
+}{
+	{"unshare(CLONE_NEWUSER)", func() error { return unix.Unshare(unix.CLONE_NEWUSER) }},
+	{"bpf", func() error { return rawErr(unix.SYS_BPF, 0, 0, 0) }},
+	{"perf_event_open", func() error { return rawErr(unix.SYS_PERF_EVENT_OPEN, 0, 0, ^uintptr(0)) }},
+	{"userfaultfd", func() error { return rawErr(unix.SYS_USERFAULTFD, 0, 0, 0) }},
+	{"keyctl", func() error { return rawErr(unix.SYS_KEYCTL, 0, 0, 0) }},
+	{"mount", func() error { return unix.Mount("none", "/tmp", "tmpfs", 0, "") }},
+	{"ptrace(PTRACE_TRACEME)", func() error { return rawErr(unix.SYS_PTRACE, unix.PTRACE_TRACEME, 0, 0) }},
+	{"io_uring_setup", func() error { return rawErr(unix.SYS_IO_URING_SETUP, 1, 0, 0) }},
+	{"kexec_load", func() error { return rawErr(unix.SYS_KEXEC_LOAD, 0, 0, 0) }},
+	{"init_module", func() error { return rawErr(unix.SYS_INIT_MODULE, 0, 0, 0) }},
+}
+
+func rawErr(nr, a, b, c uintptr) error {
+	_, _, e := unix.Syscall(nr, a, b, c)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+func errName(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return unix.ErrnoName(errno)
+	}
+	return err.Error()
+}
+
+// fill writes mib MiB to a new file at p, a MiB at a time (the file's
+// pages are the cell's, not the probe's heap).
+func fill(p string, mib int) error {
+	f, err := os.Create(p)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	for i := 0; i < mib && err == nil; i++ {
+		_, err = f.Write(buf)
+	}
+	return errors.Join(err, f.Close())
+}
+
+// runProbe is the probe role: a CGI program.
+func runProbe() int {
+	q, _ := url.ParseQuery(os.Getenv("QUERY_STRING"))
+	r := probeReply{Read: map[string]string{}, Connect: map[string]string{}, Fill: map[string]string{}, Syscalls: map[string]string{},
+		UID: os.Getuid(), GID: os.Getgid()}
+	r.Hostname, _ = os.Hostname()
+	for _, p := range q["read"] {
+		_, err := os.ReadFile(p)
+		r.Read[p] = errName(err)
+	}
+	for _, a := range q["connect"] {
+		c, err := net.Dial("tcp", a)
+		if err == nil {
+			c.Close()
+		}
+		r.Connect[a] = errName(err)
+	}
+	for _, f := range q["fill"] { // PATH:MiB
+		p, mib, _ := strings.Cut(f, ":")
+		n, _ := strconv.Atoi(mib)
+		r.Fill[p] = errName(fill(p, n))
+	}
+	if q.Has("procs") {
+		ents, _ := os.ReadDir("/proc")
+		for _, e := range ents {
+			if _, err := strconv.Atoi(e.Name()); err == nil {
+				b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+				r.Procs = append(r.Procs, e.Name()+" "+strings.ReplaceAll(string(b), "\x00", " "))
+			}
+		}
+	}
+	if q.Has("syscalls") {
+		for _, s := range probeSyscalls {
+			r.Syscalls[s.name] = errName(s.call())
+		}
+	}
+	if q.Has("sysvshm") {
+		b, err := os.ReadFile("/proc/sysvipc/shm")
+		r.SysVShm = string(b)
+		if err != nil {
+			r.SysVShm = errName(err)
+		}
+	}
+	b, _ := json.Marshal(r)
+	fmt.Printf("Content-Type: application/json\r\n\r\n%s", b)
+	return 0
+}
+
+// confineGate starts serve with routes running the probe: "probe" under
+// the default confinement (tenant a), "nethost" with network: host.
+func confineGate(t *testing.T, extra string, args ...string) *gate {
+	t.Helper()
+	w := workerBinary(t)
+	pol := fmt.Sprintf(`version: 1
+defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 60s}
+tenants:
+  - {name: a, memory: 256Mi, queue: 100, queue_timeout: 120s, gid: 3000}
+  - {name: b, memory: 256Mi, queue: 100, queue_timeout: 120s}
+  - {name: t, memory: 96Mi, queue: 100, queue_timeout: 120s}
+routes:
+  - {name: probe, match: {path: /probe}, tenant: a, program: %[1]q, env: {%[2]s: probe}}
+  - {name: nethost, match: {path: /nethost}, tenant: b, program: %[1]q, env: {%[2]s: probe}, network: host}
+%[3]s`, w, cellHelperEnv, extra)
+	return startGate(t, gateOptions{policy: pol, args: args})
+}
+
+// probe sends the query to the route and decodes the reply.
+func (g *gate) probe(t *testing.T, route string, q url.Values) probeReply {
+	t.Helper()
+	code, _, body := g.get("/" + route + "?" + q.Encode())
+	if code != http.StatusOK {
+		t.Fatalf("GET /%s?%s: %d %s\nlog:\n%s", route, q.Encode(), code, body, g.log())
+	}
+	var r probeReply
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		t.Fatalf("probe reply %q: %v", body, err)
+	}
+	return r
+}
+
+// TestConfineFilesystem: a cell cannot read another tenant's files (0644
+// and 0640 both), /root, /home, cellgate's policy file or a TLS key, while
+// it reads the system directories and its own program.
+func TestConfineFilesystem(t *testing.T) {
+	other := t.TempDir()
+	os.Chmod(other, 0o755)
+	open, group := filepath.Join(other, "public.txt"), filepath.Join(other, "group.txt")
+	key := filepath.Join(other, "tls.key")
+	for f, mode := range map[string]os.FileMode{open: 0o644, group: 0o640, key: 0o600} {
+		if err := os.WriteFile(f, []byte("secret"), mode); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(f, mode)
+	}
+	// The group file belongs to the tenant's own gid: file modes alone
+	// would let the cell read it.
+	os.Chown(group, 0, 3000)
+	g := confineGate(t, "")
+	r := g.probe(t, "probe", url.Values{"read": {open, group, key, "/root/.profile", "/home", g.policyPath, "/etc/passwd", workerBinary(t)}})
+	for _, p := range []string{open, group, key, "/root/.profile", "/home", g.policyPath} {
+		if r.Read[p] == "ok" {
+			t.Errorf("the cell read %s", p)
+		}
+	}
+	for _, p := range []string{"/etc/passwd", workerBinary(t)} {
+		if r.Read[p] != "ok" {
+			t.Errorf("the cell cannot read %s (%s): the system directories and its own program must be visible", p, r.Read[p])
+		}
+	}
+	if r.GID != 3000 || r.UID < 2000000000 {
+		t.Errorf("the cell ran as uid %d gid %d, want a per-cell uid and its tenant's gid 3000", r.UID, r.GID)
+	}
+	if r.Hostname != "cell" {
+		t.Errorf("hostname %q, want the cell's own (cell)", r.Hostname)
+	}
+}
+
+// TestConfineTmpfsGone: files written to /dev/shm and /tmp vanish with the
+// cell and their memory is not left charged to the tenant: after 20
+// requests that each leave 64 MiB in both (2.5 GiB in all, against a
+// tenant budget of 256 MiB), the tenant's memory.current is back near its
+// baseline and a request that needs 64 MiB of its own gets 200.
+func TestConfineTmpfsGone(t *testing.T) {
+	g := confineGate(t, `  - {name: fill, match: {path: /fill}, tenant: a, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, memory: 200Mi, tmpfs_size: 80Mi}
+  - {name: hog, match: {path: /hog}, tenant: a, program: "{{.CGI}}/memhog", memory: 128Mi}
+`)
+	g.probe(t, "probe", url.Values{}) // warm up: page cache of the program
+	current := func() int64 {
+		n, err := strconv.ParseInt(readTrim(t, filepath.Join(g.tenantDir("a"), "memory.current")), 10, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	base := current()
+	for i := 0; i < 20; i++ {
+		r := g.probe(t, "fill", url.Values{"fill": {"/dev/shm/leak:64", "/tmp/leak:64"}})
+		for p, res := range r.Fill {
+			if res != "ok" {
+				t.Fatalf("request %d: writing 64 MiB to %s: %s", i, p, res)
+			}
+		}
+	}
+	if now := current(); now > base+32<<20 {
+		t.Errorf("tenant memory.current %d after 20 requests, baseline %d: files of ended cells stay charged", now, base)
+	}
+	if code, _, body := g.get("/hog?mb=64"); code != http.StatusOK {
+		t.Errorf("a 64 MiB request after them: %d %s", code, body)
+	}
+	r := g.probe(t, "probe", url.Values{"read": {"/dev/shm/leak", "/tmp/leak"}})
+	for p, res := range r.Read {
+		if res == "ok" {
+			t.Errorf("a later cell reads %s: it outlived its cell", p)
+		}
+	}
+}
+
+// TestConfinePIDsAndIPC: a cell's /proc lists only the cell's processes
+// (its init and itself, not cellgate), and a SysV shared memory segment
+// of the host is invisible to it.
+func TestConfinePIDsAndIPC(t *testing.T) {
+	id, err := unix.SysvShmGet(unix.IPC_PRIVATE, 4096, unix.IPC_CREAT|0o644)
+	if err != nil {
+		t.Fatalf("shmget: %v", err)
+	}
+	defer unix.SysvShmCtl(id, unix.IPC_RMID, nil)
+	host, err := os.ReadFile("/proc/sysvipc/shm")
+	if err != nil || !strings.Contains(string(host), " "+strconv.Itoa(id)+" ") {
+		t.Fatalf("control: the host's /proc/sysvipc/shm does not list segment %d (%v):\n%s", id, err, host)
+	}
+	g := confineGate(t, "")
+	r := g.probe(t, "probe", url.Values{"procs": {"1"}, "sysvshm": {"1"}})
+	if len(r.Procs) != 2 || !strings.HasPrefix(r.Procs[0], "1 cellgate-init") {
+		t.Errorf("the cell's /proc lists %q, want its init as 1 and the probe", r.Procs)
+	}
+	for _, p := range r.Procs {
+		if strings.Contains(p, "serve") {
+			t.Errorf("the cell sees cellgate: %q", p)
+		}
+	}
+	if strings.Contains(r.SysVShm, " "+strconv.Itoa(id)+" ") {
+		t.Errorf("the cell sees the host's SysV segment %d:\n%s", id, r.SysVShm)
+	}
+	// The control route shares nothing but the network: its /proc is still
+	// its own.
+	if h := g.probe(t, "nethost", url.Values{"procs": {"1"}}); len(h.Procs) != 2 {
+		t.Errorf("network: host cell lists %q", h.Procs)
+	}
+}
+
+// TestConfineNetwork: with network: none a cell reaches neither
+// cellgate's admin port nor a loopback listener of the host; with network:
+// host it reaches both.
+func TestConfineNetwork(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	defer wg.Wait()
+	defer ln.Close()
+	g := confineGate(t, "")
+	admin := strings.TrimPrefix(g.admin, "http://")
+	targets := []string{admin, ln.Addr().String()}
+	none := g.probe(t, "probe", url.Values{"connect": targets})
+	host := g.probe(t, "nethost", url.Values{"connect": targets})
+	for _, a := range targets {
+		if none.Connect[a] == "ok" {
+			t.Errorf("network: none cell connected to %s", a)
+		}
+		if host.Connect[a] != "ok" {
+			t.Errorf("network: host cell could not connect to %s: %s", a, host.Connect[a])
+		}
+	}
+}
+
+// TestConfineSeccomp: every denied call fails with EPERM, and the request
+// still answers.
+func TestConfineSeccomp(t *testing.T) {
+	g := confineGate(t, "")
+	r := g.probe(t, "probe", url.Values{"syscalls": {"1"}})
+	for _, s := range probeSyscalls {
+		if got := r.Syscalls[s.name]; got != "EPERM" {
+			t.Errorf("%s in the cell: %s, want EPERM", s.name, got)
+		}
+	}
+}
+
+// TestConfineNothingLeft: after sequential and concurrent requests, and
+// serve's exit, no cell init runs and no mount of a cell shows in the
+// host's mount table (serve's own exit checks that its groups are gone).
+func TestConfineNothingLeft(t *testing.T) {
+	mountsBefore := mountCount(t)
+	g := confineGate(t, "")
+	for i := 0; i < 30; i++ {
+		g.probe(t, "probe", url.Values{})
+	}
+	rs := load(g.client, 32, 16, getter(g.url+"/probe"))
+	checkAll(t, "concurrent probes", rs, http.StatusOK)
+	g.stop()
+	if n := initsRunning(); n > 0 {
+		t.Errorf("%d cellgate-init processes left", n)
+	}
+	if n := mountCount(t); n != mountsBefore {
+		t.Errorf("the host's mount table has %d entries, %d before: a cell's mounts leaked", n, mountsBefore)
+	}
+}
+
+// TestConfineWarmCells: with cells set up ahead (--warm-cells), each
+// request still gets a cell of its own: its own uid, a /proc with only
+// its init and itself, and a /tmp without the files of the request before;
+// serve's exit ends the idle cells.
+func TestConfineWarmCells(t *testing.T) {
+	g := confineGate(t, "", "--warm-cells", "2")
+	uids := map[int]bool{}
+	for i := 0; i < 6; i++ {
+		r := g.probe(t, "probe", url.Values{"read": {"/tmp/mark"}, "fill": {"/tmp/mark:1"}, "procs": {"1"}})
+		if r.Read["/tmp/mark"] == "ok" {
+			t.Errorf("request %d reads the /tmp file of an earlier request", i)
+		}
+		if r.Fill["/tmp/mark"] != "ok" {
+			t.Errorf("request %d: write /tmp/mark: %s", i, r.Fill["/tmp/mark"])
+		}
+		if len(r.Procs) != 2 || !strings.HasPrefix(r.Procs[0], "1 cellgate-init") {
+			t.Errorf("request %d: /proc lists %q", i, r.Procs)
+		}
+		uids[r.UID] = true
+	}
+	if len(uids) < 2 {
+		t.Errorf("6 requests ran under %d uid(s), want a uid per cell", len(uids))
+	}
+	g.stop()
+	if n := initsRunning(); n > 0 {
+		t.Errorf("%d cellgate-init processes left after serve's exit", n)
+	}
+}
+
+func mountCount(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Count(string(b), "\n")
+}
+
+func initsRunning() int {
+	n := 0
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.HasPrefix(string(b), "cellgate-init\x00") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestConfineOOMBudget: a request OOM-killed because its tenant's budget
+// ran out, under its own limit, is reported as that (503, outcome
+// oom_budget), not as having exceeded its own memory limit. The tenant's
+// budget is eaten by a file a filesystem: host cell left on a tmpfs of the
+// host, which stays charged to the tenant after its cell is gone.
+func TestConfineOOMBudget(t *testing.T) {
+	// Not t.TempDir(): its parent is closed to other uids.
+	shared, err := os.MkdirTemp("", "cellgate-oom-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	os.Chmod(shared, 0o777)
+	g := confineGate(t, `  - {name: leak, match: {path: /leak}, tenant: t, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, filesystem: host, memory: 80Mi}
+  - {name: hog, match: {path: /hog}, tenant: t, program: "{{.CGI}}/memhog", memory: 80Mi}
+`)
+	left := filepath.Join(shared, "left")
+	t.Cleanup(func() { os.Remove(left) })
+	if r := g.probe(t, "leak", url.Values{"fill": {left + ":56"}}); r.Fill[left] != "ok" {
+		t.Fatalf("leave 56 MiB in %s: %s", left, r.Fill[left])
+	}
+	code, _, body := g.get("/hog?mb=60")
+	if code != http.StatusServiceUnavailable || strings.Contains(body, "exceeded its memory limit") {
+		t.Errorf("a 60 MiB request (limit 80Mi) in a tenant of 96Mi with 56 MiB left charged: %d %q, want 503 for the tenant's budget", code, body)
+	}
+	recs := g.waitRecords("hog", 1, time.Minute)
+	if recs[0].Outcome != "oom_budget" {
+		t.Errorf("access log outcome %q, want oom_budget", recs[0].Outcome)
+	}
+	// Control: with the file gone the same request fits.
+	os.Remove(left)
+	if code, _, body := g.get("/hog?mb=60"); code != http.StatusOK {
+		t.Errorf("the same request with the budget free: %d %q", code, body)
+	}
+}

@@ -1,0 +1,205 @@
+package policy
+
+import (
+	"fmt"
+	"math"
+	"path/filepath"
+	"slices"
+	"strings"
+)
+
+// confinementKeys are a route's confinement keys (see Confinement); each
+// relaxes one confinement, which is on by default.
+var confinementKeys = []string{"network", "filesystem", "host_namespaces", "system_dirs", "mounts", "rootfs", "tmpfs_size", "seccomp", "nofile"}
+
+var mountKeys = []string{"source", "target", "writable"}
+
+// sharableNamespaces are the namespaces host_namespaces may name; network
+// and the filesystem have keys of their own.
+var sharableNamespaces = []string{"pid", "ipc", "uts"}
+
+// Confinement is what a route's cells may see and reach beyond their
+// cgroup. The zero value is the default: every confinement on.
+type Confinement struct {
+	// HostNetwork (network: host) gives cells the host's network; the
+	// default (network: none) is a network namespace of the cell's own
+	// with only loopback, so that no cell reaches cellgate's admin port,
+	// the host's loopback services or the outside.
+	HostNetwork bool
+	// HostFilesystem (filesystem: host) gives cells the host's whole
+	// filesystem, /tmp and /dev/shm included, as their uid sees it; the
+	// default (filesystem: confined) is a read-only view of SystemDirs,
+	// the program and Mounts, private tmpfs on /tmp, /var/tmp and
+	// /dev/shm, and a /proc of the cell's own.
+	HostFilesystem bool
+	// HostNamespaces are namespaces of pid, ipc and uts the cells share
+	// with the host (host_namespaces: [pid]); by default they have their own.
+	HostNamespaces []string
+	// SystemDirs are the host directories the view shows read-only (nil:
+	// /usr /bin /sbin /lib* /etc, those that exist).
+	SystemDirs []string
+	// Mounts are binds of host paths into the view.
+	Mounts []Mount
+	// RootFS is a directory to use as the cells' root instead of
+	// SystemDirs (read-only; it must hold /proc, /dev, /tmp, /var/tmp).
+	RootFS string
+	// TmpfsSize is the size of each private tmpfs (0: 64Mi); their pages
+	// are charged to the cell's memory.
+	TmpfsSize int64
+	// NoSeccomp (seccomp: off) turns the default system call filter off.
+	NoSeccomp bool
+	// NoFile is the cells' RLIMIT_NOFILE (0: 1024).
+	NoFile int64
+}
+
+// Mount is a bind of a host path into a cell's view.
+type Mount struct {
+	// Source is the host path (absolute, or relative to the policy file).
+	Source string
+	// Target is where the cell sees it (absolute; default Source).
+	Target string
+	// Writable binds read-write; the default is read-only.
+	Writable bool
+}
+
+func (d *decoder) confinement(fs map[string]field, p string) Confinement {
+	var c Confinement
+	if f, ok := fs["network"]; ok {
+		c.HostNetwork = d.choice(f, join(p, "network"), "none", "host") == "host"
+	}
+	if f, ok := fs["filesystem"]; ok {
+		c.HostFilesystem = d.choice(f, join(p, "filesystem"), "confined", "host") == "host"
+	}
+	if f, ok := fs["seccomp"]; ok {
+		c.NoSeccomp = d.choice(f, join(p, "seccomp"), "default", "off") == "off"
+	}
+	if f, ok := fs["host_namespaces"]; ok {
+		kp := join(p, "host_namespaces")
+		names, _ := d.strList(f, kp)
+		for _, n := range names {
+			switch {
+			case !slices.Contains(sharableNamespaces, n):
+				d.problem(f.line(), kp, n, "not a namespace cells may share", "use pid, ipc or uts (network: host and filesystem: host are keys of their own)")
+			case slices.Contains(c.HostNamespaces, n):
+				d.problem(f.line(), kp, n, "listed twice", "list each namespace once")
+			default:
+				c.HostNamespaces = append(c.HostNamespaces, n)
+			}
+		}
+	}
+	if f, ok := fs["system_dirs"]; ok {
+		kp := join(p, "system_dirs")
+		dirs, _ := d.strList(f, kp)
+		for _, dir := range dirs {
+			if d.absPath(f.line(), kp, dir) {
+				c.SystemDirs = append(c.SystemDirs, dir)
+			}
+		}
+	}
+	if f, ok := fs["rootfs"]; ok {
+		c.RootFS = d.programPath(f, join(p, "rootfs"))
+	}
+	if f, ok := fs["mounts"]; ok {
+		c.Mounts = d.mounts(f, join(p, "mounts"))
+	}
+	if f, ok := fs["tmpfs_size"]; ok {
+		c.TmpfsSize, _ = d.size(f, join(p, "tmpfs_size"), 4096)
+	}
+	if f, ok := fs["nofile"]; ok {
+		c.NoFile, _ = d.integer(f, join(p, "nofile"), 16, math.MaxInt32)
+	}
+	if c.HostFilesystem {
+		for _, k := range []string{"system_dirs", "mounts", "rootfs", "tmpfs_size"} {
+			if f, ok := fs[k]; ok {
+				d.problem(f.line(), join(p, k), "", "has no effect with filesystem: host", "remove it, or drop filesystem: host")
+			}
+		}
+	}
+	if f, ok := fs["system_dirs"]; ok && c.RootFS != "" {
+		d.problem(f.line(), join(p, "system_dirs"), "", "has no effect with rootfs", "remove one of them")
+	}
+	return c
+}
+
+// choice reads one of the allowed words.
+func (d *decoder) choice(f field, p string, allowed ...string) string {
+	v, ok := d.str(f, p)
+	if !ok {
+		return ""
+	}
+	if !slices.Contains(allowed, v) {
+		d.problem(f.line(), p, v, "not one of "+strings.Join(allowed, ", "), "use "+strings.Join(allowed, " or "))
+		return ""
+	}
+	return v
+}
+
+// absPath reports whether v is an absolute clean path, else records why not.
+func (d *decoder) absPath(line int, p, v string) bool {
+	if !filepath.IsAbs(v) || filepath.Clean(v) != v || strings.ContainsRune(v, 0) {
+		d.problem(line, p, v, "not an absolute clean path", "write it as an absolute path, such as /srv/data")
+		return false
+	}
+	return true
+}
+
+func (d *decoder) mounts(f field, p string) []Mount {
+	var out []Mount
+	nodes, paths := d.items(f, p)
+	for i, item := range nodes {
+		fs := d.fields(item, paths[i], mountKeys...)
+		if fs == nil {
+			continue
+		}
+		var m Mount
+		src, ok := fs["source"]
+		if !ok {
+			d.problem(resolve(item).Line, paths[i], "", "no source", "add source: /host/path")
+			continue
+		}
+		m.Source = d.programPath(src, join(paths[i], "source"))
+		m.Target = m.Source
+		if t, ok := fs["target"]; ok {
+			if v, ok := d.str(t, join(paths[i], "target")); ok && d.absPath(t.line(), join(paths[i], "target"), v) {
+				m.Target = v
+			}
+		}
+		if w, ok := fs["writable"]; ok {
+			m.Writable, _ = d.boolean(w, join(paths[i], "writable"))
+		}
+		if m.Source != "" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// String describes the confinement for cellgate check: what is relaxed.
+func (c Confinement) String() string {
+	var parts []string
+	if c.HostFilesystem {
+		parts = append(parts, "filesystem: host")
+	} else if c.RootFS != "" {
+		parts = append(parts, "rootfs "+c.RootFS)
+	}
+	if c.HostNetwork {
+		parts = append(parts, "network: host")
+	}
+	if len(c.HostNamespaces) > 0 {
+		parts = append(parts, "host namespaces: "+strings.Join(c.HostNamespaces, " "))
+	}
+	if c.NoSeccomp {
+		parts = append(parts, "seccomp: off")
+	}
+	for _, m := range c.Mounts {
+		mode := "ro"
+		if m.Writable {
+			mode = "rw"
+		}
+		parts = append(parts, fmt.Sprintf("mount %s:%s:%s", m.Source, m.Target, mode))
+	}
+	if len(parts) == 0 {
+		return "full"
+	}
+	return strings.Join(parts, ", ")
+}

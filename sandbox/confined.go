@@ -1,0 +1,197 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/cellgate/cellgate/confine"
+	"golang.org/x/sys/unix"
+)
+
+// The confined start: when a Spec carries a confinement plan, the process
+// cloned into the cell (still with CLONE_INTO_CGROUP, plus CLONE_NEW* for the
+// plan's namespaces) is not the program but the cell's init (confine.Init,
+// cellgate-init), which applies the plan and runs the program as its child.
+// The two talk over a socket on the init's fd 3: the plan frame in (the init
+// applies it and reports ready), then the exec frame with the program's
+// stdin, stdout and stderr (SCM_RIGHTS), then one Report out: how the
+// program ended, or why it never ran. The init stays root inside the cell
+// (it only waits); the program runs under the cell's credentials. Because
+// the request's part comes last, a cell can be prepared before its request
+// exists (warm.go).
+
+// initProc is a confined cell's init, started in its cell and sent its
+// plan.
+type initProc struct {
+	cell Cell
+	proc *os.Process
+	ctl  int // the daemon's end of the control socket
+}
+
+// reportTimeout bounds the wait for an init's ready report.
+const reportTimeout = 30 * time.Second
+
+// startInit starts an init in cell and sends it plan. Its fds 0-2 are
+// /dev/null; the program's come with the exec frame.
+func (r *Runner) startInit(cell Cell, plan *confine.Prepared) (*initProc, error) {
+	if r.launcher == nil {
+		return nil, fmt.Errorf("%w: route asks for confinement but the runner has no Launcher (Config.Launcher)", ErrSpec)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%w: control socket: %w", ErrSpawn, err)
+	}
+	child := os.NewFile(uintptr(fds[1]), "cell-init-control")
+	defer child.Close()
+	attr := &os.ProcAttr{
+		Dir: "/",
+		// One P: every thread of the init counts against the cell's
+		// pids.max.
+		Env:   []string{"GOMAXPROCS=1"},
+		Files: []*os.File{r.devNull, r.devNull, r.devNull, child}, // fd 3 = confine.ControlFD
+		Sys: &syscall.SysProcAttr{
+			Setsid:     r.hasTTY,
+			Setpgid:    !r.hasTTY,
+			Pdeathsig:  syscall.SIGKILL,
+			Cloneflags: plan.CloneFlags(),
+		},
+	}
+	if fd := cell.FD(); fd >= 0 {
+		attr.Sys.UseCgroupFD = true
+		attr.Sys.CgroupFD = fd
+	}
+	proc, err := startNoNewPrivs(r.launcher.Path(), []string{confine.InitArg0}, attr)
+	if err != nil {
+		unix.Close(fds[0])
+		return nil, fmt.Errorf("%w: init %s in cell %s: %w", ErrSpawn, r.launcher.Name(), cell.Path(), err)
+	}
+	ip := &initProc{cell: cell, proc: proc, ctl: fds[0]}
+	// A failed send means the init died at once: its report, if any, says
+	// why, and the caller learns it as from any init.
+	_ = ip.send(plan.Frame(), nil)
+	return ip, nil
+}
+
+// send writes a frame, the fds attached to its first bytes.
+func (ip *initProc) send(frame []byte, fds []int) error {
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	for len(frame) > 0 {
+		n, err := unix.SendmsgN(ip.ctl, frame, oob, nil, unix.MSG_NOSIGNAL)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("send to the cell's init: %w", err)
+		}
+		frame, oob = frame[n:], nil
+	}
+	return nil
+}
+
+// exec sends the request's part: argv, environment, credentials and the
+// program's stdin, stdout and stderr.
+func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File) error {
+	frame, err := confine.EncodeExec(&confine.Exec{
+		Path: spec.Path, Args: spec.Args, Env: spec.Env, Dir: spec.Dir,
+		Credential: confine.Credential{UID: cred.Uid, GID: cred.Gid, Groups: cred.Groups},
+	})
+	if err != nil {
+		return err
+	}
+	var fds [3]int
+	for i, f := range stdio {
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return fmt.Errorf("fd %d of the program: %w", i, err)
+		}
+		rc.Control(func(fd uintptr) { fds[i] = int(fd) })
+	}
+	return ip.send(frame, fds[:])
+}
+
+// waitReady waits for the init's ready report; any other report, or none,
+// is an error saying why the cell cannot be used.
+func (ip *initProc) waitReady(spec *Spec) error {
+	tv := unix.NsecToTimeval(reportTimeout.Nanoseconds())
+	unix.SetsockoptTimeval(ip.ctl, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	var hdr [16]byte
+	if err := readFull(ip.ctl, hdr[:]); err != nil {
+		return fmt.Errorf("%w: cell %s: no ready report from its init: %w", ErrSpawn, ip.cell.Path(), err)
+	}
+	rep, ok := confine.DecodeReport(hdr[:])
+	if ok && rep.Kind == confine.ReportReady {
+		return nil
+	}
+	msg := make([]byte, int(hdr[2])|int(hdr[3])<<8)
+	readFull(ip.ctl, msg)
+	rep, ok = confine.DecodeReport(append(hdr[:], msg...))
+	if !ok {
+		return fmt.Errorf("%w: cell %s: its init sent no valid report", ErrSpawn, ip.cell.Path())
+	}
+	return notRun(rep, spec, ip.cell)
+}
+
+func readFull(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Read(fd, b)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return err
+		case n == 0:
+			return errors.New("end of stream")
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// report reads the init's last report once the init has exited (its end
+// of the socket is closed, so the read cannot block), skipping its ready
+// report.
+func (ip *initProc) report() (confine.Report, bool) {
+	buf := make([]byte, 2*confine.MaxReport)
+	n := 0
+	for n < len(buf) {
+		m, _, err := unix.Recvfrom(ip.ctl, buf[n:], unix.MSG_DONTWAIT)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || m == 0 {
+			break
+		}
+		n += m
+	}
+	b := buf[:n]
+	for {
+		rep, ok := confine.DecodeReport(b)
+		if !ok || rep.Kind != confine.ReportReady {
+			return rep, ok
+		}
+		b = b[16:]
+	}
+}
+
+func (ip *initProc) closeCtl() { unix.Close(ip.ctl) }
+
+// notRun turns a report that the program never ran into Run's error.
+func notRun(rep confine.Report, spec *Spec, cell Cell) error {
+	var cause error = errors.New(rep.Msg)
+	if rep.Errno != 0 {
+		cause = fmt.Errorf("%s: %w", rep.Msg, syscall.Errno(rep.Errno))
+	}
+	if rep.Kind == confine.ReportSpawn {
+		if rep.Errno != 0 {
+			cause = &os.PathError{Op: "fork/exec", Path: spec.Path, Err: syscall.Errno(rep.Errno)}
+		}
+		return fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), cause)
+	}
+	return fmt.Errorf("%w: confine cell %s (run cellgate doctor): %w", ErrSpawn, cell.Path(), cause)
+}

@@ -1,0 +1,222 @@
+package sandbox
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
+)
+
+// Warm confined cells: a confined cell's setup (the init's start, the
+// namespaces, the mounts, the filter) does not depend on the request, so a
+// few cells per route are set up ahead, each a cell of the route's profile
+// holding an init that has applied the plan and waits for its exec frame.
+// A request that finds one pays a hand-off and the program's fork and exec;
+// one that finds none sets its cell up itself, as without the pool.
+//
+// A route's set is started by Warm (at policy load) or by its first
+// request, refilled after each take, and dropped (its cells ended) when no
+// request took one for warmIdle: the routes of a replaced policy let go of
+// their cells without being told.
+
+// warmIdle is how long a route's warm cells are kept without a request.
+const warmIdle = time.Minute
+
+// warmRetry is the pause after a warm cell could not be set up.
+const warmRetry = time.Second
+
+type warmKey struct {
+	prof *cgroup.Profile
+	plan *confine.Prepared
+}
+
+// warmSet is one route's warm cells.
+type warmSet struct {
+	ready []*initProc
+	wake  chan struct{}
+	taken time.Time // the last take
+}
+
+type warmPool struct {
+	hits, misses atomic.Uint64
+
+	r      *Runner
+	size   int
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu   sync.Mutex
+	sets map[warmKey]*warmSet
+}
+
+func newWarmPool(r *Runner, size int) *warmPool {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &warmPool{r: r, size: size, ctx: ctx, cancel: cancel, sets: map[warmKey]*warmSet{}}
+}
+
+// take returns a ready init of the key's, or nil, and has the set refilled
+// (started if need be).
+func (w *warmPool) take(k warmKey) *initProc {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.set(k)
+	if s == nil {
+		return nil
+	}
+	s.taken = time.Now()
+	var ip *initProc
+	if n := len(s.ready); n > 0 {
+		ip, s.ready = s.ready[n-1], s.ready[:n-1]
+		w.hits.Add(1)
+	} else {
+		w.misses.Add(1)
+	}
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return ip
+}
+
+// set returns the key's set, starting its refiller; nil once closed.
+// Called with mu held.
+func (w *warmPool) set(k warmKey) *warmSet {
+	if w.ctx.Err() != nil {
+		return nil
+	}
+	s := w.sets[k]
+	if s == nil {
+		s = &warmSet{wake: make(chan struct{}, 1), taken: time.Now()}
+		w.sets[k] = s
+		w.wg.Add(1)
+		go w.refill(k, s)
+	}
+	return s
+}
+
+// refill keeps the set at size until it has been idle for warmIdle or the
+// pool closes, then ends its cells.
+func (w *warmPool) refill(k warmKey, s *warmSet) {
+	defer w.wg.Done()
+	idle := time.NewTimer(warmIdle)
+	defer idle.Stop()
+	for {
+		w.mu.Lock()
+		n, taken := len(s.ready), s.taken
+		w.mu.Unlock()
+		if time.Since(taken) >= warmIdle {
+			break
+		}
+		if n < w.size {
+			if ip := w.prepare(k); ip != nil {
+				w.mu.Lock()
+				s.ready = append(s.ready, ip)
+				w.mu.Unlock()
+				continue
+			}
+			select { // could not: retry later
+			case <-time.After(warmRetry):
+				continue
+			case <-w.ctx.Done():
+			}
+		}
+		idle.Reset(warmIdle - time.Since(taken))
+		select {
+		case <-s.wake:
+			continue
+		case <-idle.C:
+			continue
+		case <-w.ctx.Done():
+		}
+		break
+	}
+	w.mu.Lock()
+	ready := s.ready
+	s.ready = nil
+	if w.sets[k] == s {
+		delete(w.sets, k)
+	}
+	w.mu.Unlock()
+	for _, ip := range ready {
+		w.r.discard(ip)
+	}
+}
+
+// prepare sets up one cell of the key and waits until its init is ready.
+func (w *warmPool) prepare(k warmKey) *initProc {
+	cell, err := w.r.cells.Get(w.ctx, k.prof)
+	if err != nil {
+		if w.ctx.Err() == nil {
+			w.r.log.Warn("warm confined cell: no cell", "tenant", k.prof.Tenant(), "err", err)
+		}
+		return nil
+	}
+	ip, err := w.r.startInit(cell, k.plan)
+	if err != nil {
+		w.r.log.Warn("warm confined cell: start its init", "cell", cell.Path(), "err", err)
+		w.r.cells.Release(cell)
+		return nil
+	}
+	if err := ip.waitReady(&Spec{}); err != nil {
+		w.r.log.Warn("warm confined cell: its init is not ready", "cell", cell.Path(), "err", err)
+		w.r.discard(ip)
+		return nil
+	}
+	return ip
+}
+
+// close ends every warm cell.
+func (w *warmPool) close() {
+	w.cancel()
+	for _, s := range w.sets {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+	w.wg.Wait()
+}
+
+// discard ends an unused init (the end of its control socket makes it exit;
+// cgroup.kill makes sure), waits for it, and releases its cell.
+func (r *Runner) discard(ip *initProc) {
+	ip.closeCtl()
+	ip.cell.Kill()
+	ip.proc.Kill()
+	if _, err := r.reaper.wait(ip.proc); err != nil {
+		waitBlocking(ip.proc)
+	}
+	ip.proc.Release()
+	if err := r.empty(ip.cell); err != nil {
+		r.log.Error("warm confined cell did not empty", "cell", ip.cell.Path(), "err", err)
+	}
+	r.cells.Release(ip.cell)
+}
+
+// Warm starts keeping warm confined cells of prof (nil: the Runner's) and
+// plan, a route's, ahead of its first request; a no-op without
+// Config.WarmCells.
+func (r *Runner) Warm(prof *cgroup.Profile, plan *confine.Prepared) {
+	if r.warm == nil || plan == nil {
+		return
+	}
+	if prof == nil {
+		prof = r.profile
+	}
+	r.warm.mu.Lock()
+	r.warm.set(warmKey{prof, plan})
+	r.warm.mu.Unlock()
+}
+
+// WarmStats counts the confined runs that found a warm cell (hits) and
+// those that set their cell up themselves (misses).
+func (r *Runner) WarmStats() (hits, misses uint64) {
+	if r.warm == nil {
+		return 0, 0
+	}
+	return r.warm.hits.Load(), r.warm.misses.Load()
+}
