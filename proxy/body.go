@@ -88,6 +88,8 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, maxBody int64)
 func bodyError(r *http.Request, n int64, err error) error {
 	var mbe *http.MaxBytesError
 	switch {
+	case errors.Is(err, errFraming):
+		return fmt.Errorf("read request body after %d bytes: %w: %w", n, ErrBadRequest, err)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return fmt.Errorf("request body stalled after %d bytes: %w", n, ErrClientTimeout)
 	case errors.As(err, &mbe):

@@ -61,8 +61,9 @@ type Config struct {
 	// checks the size itself in the handler (request line plus "Name: value"
 	// lines as sent on HTTP/1.1): requests between MaxHeaderBytes and
 	// MaxHeaderBytes+4 KiB get the front's 431 with a request id and an
-	// access-log record; larger ones are refused by net/http's bare 431
-	// before any handler runs, so they are neither logged nor counted.
+	// access-log record. On HTTP/1.x larger heads are refused by the head
+	// check in front of net/http (guardConn) and answered alike; on
+	// HTTP/2 net/http refuses them itself.
 	MaxHeaderBytes int
 	// BodyMinRate is the slowest a client may send its request body, in
 	// bytes per second, once BodyRateGrace has passed; slower gets 408 and

@@ -163,11 +163,23 @@ func (x *exchange) endUnreadBody() {
 	_ = http.NewResponseController(x.w).SetReadDeadline(time.Now().Add(unreadBodyDrain))
 }
 
-// checkRequest refuses what no route should see: a header block over
-// Config.MaxHeaderBytes (see there) and a path with a NUL, which no
-// program could receive in its environment.
+// checkRequest refuses what no route should see: a head guardConn refused
+// (400, or 431 when too large), a header block over Config.MaxHeaderBytes
+// (see there) and a path with a NUL, which no program could receive in its
+// environment.
 func (x *exchange) checkRequest() error {
 	r := x.r
+	if status, reason, ok := rejectedHead(x.s.rejectToken, r); ok {
+		// The request stands for a head guardConn refused: its method and
+		// path are not the client's.
+		x.rec.Method, x.rec.Path = "", ""
+		sentinel := ErrBadRequest
+		if status == http.StatusRequestHeaderFieldsTooLarge {
+			sentinel = ErrHeaderTooLarge
+		}
+		x.s.log.Debug("request head refused", "request_id", x.rec.RequestID, "client", r.RemoteAddr, "reason", reason)
+		return fmt.Errorf("request head refused: %s: %w", reason, sentinel)
+	}
 	if n := headerSize(r); n > x.s.cfg.MaxHeaderBytes {
 		return fmt.Errorf("request header of %d bytes, limit %d: %w", n, x.s.cfg.MaxHeaderBytes, ErrHeaderTooLarge)
 	}
