@@ -42,6 +42,7 @@ const (
 	OutcomeNoTenant         Outcome = "no_tenant"          // admission does not know the route's tenant: 503
 	OutcomeOverBudget       Outcome = "over_budget"        // the route's memory exceeds its tenant's or the global budget: 503
 	OutcomeInternal         Outcome = "internal"           // any other server-side failure
+	OutcomeLocalRedirect    Outcome = "local_redirect"     // a cell answered with a local redirect (RFC 3875 6.2.2); the request went on in another cell
 	OutcomeOther            Outcome = "other"              // a value outside this set (metrics only)
 )
 
@@ -51,7 +52,7 @@ func (o Outcome) known() bool {
 	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeDeadline, OutcomePids, OutcomeKilled,
 		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeMethodNotAllowed,
 		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone,
-		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeInternal, OutcomeOther:
+		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeInternal, OutcomeLocalRedirect, OutcomeOther:
 		return true
 	}
 	return false

@@ -21,9 +21,12 @@ const (
 	writeChunk = 64 << 10
 )
 
-// bodyAllowed reports whether a response with this status has a body.
+// bodyAllowed reports whether a response with this status has a body:
+// 204, 304 and 205 (RFC 9110 §15.3.6: "MUST NOT generate content") have
+// none, whatever the worker wrote.
 func bodyAllowed(status int) bool {
-	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
+	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified &&
+		status != http.StatusResetContent
 }
 
 // setHeader puts a worker's checked header fields in the response. A
@@ -61,12 +64,16 @@ func (x *exchange) sendSpooled(run *cellRun) {
 	n := run.body.Len()
 	allowed := bodyAllowed(hdr.Status)
 	head := x.r.Method == http.MethodHead
-	if allowed {
+	switch {
+	case allowed:
 		length := n
 		if head && hdr.ContentLength >= 0 {
 			length = hdr.ContentLength // the length a GET would have had
 		}
 		x.w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
+	case hdr.Status == http.StatusResetContent:
+		// Unlike 204 and 304, a 205 says that it has no content.
+		x.w.Header().Set("Content-Length", "0")
 	}
 	x.rec.Status = hdr.Status
 	x.w.WriteHeader(hdr.Status)
