@@ -35,6 +35,7 @@ const (
 	OutcomeHeaderTooLarge   Outcome = "header_too_large"   // 431
 	OutcomeClientTimeout    Outcome = "client_timeout"     // client too slow sending the request: 408
 	OutcomeClientGone       Outcome = "client_gone"        // client went away before the response was written
+	OutcomeSlowReader       Outcome = "slow_reader"        // client cut off: it read the response slower than the minimum rate
 	OutcomeBadGateway       Outcome = "bad_gateway"        // the worker's CGI response was invalid: 502
 	OutcomeSpawnFailed      Outcome = "spawn_failed"       // the cell or worker could not be started
 	OutcomeNoCell           Outcome = "no_cell"            // the runner had no cell or uid free: 503
@@ -51,7 +52,7 @@ func (o Outcome) known() bool {
 	switch o {
 	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeDeadline, OutcomePids, OutcomeKilled,
 		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeMethodNotAllowed,
-		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone,
+		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone, OutcomeSlowReader,
 		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeInternal, OutcomeLocalRedirect, OutcomeOther:
 		return true
 	}

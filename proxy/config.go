@@ -17,6 +17,7 @@ const (
 	DefaultBodyRateGrace     = 5 * time.Second
 	DefaultWriteMinRate      = 1 << 10 // bytes per second
 	DefaultWriteRateGrace    = 10 * time.Second
+	DefaultWriteTimeout      = 30 * time.Second
 	DefaultMaxBody           = 10 << 20
 	DefaultBodyMemory        = 256 << 10
 	DefaultMaxResponseHeader = 64 << 10
@@ -72,12 +73,20 @@ type Config struct {
 	// BodyRateGrace is the time a body may take before BodyMinRate applies.
 	// Default 5 s.
 	BodyRateGrace time.Duration
-	// WriteMinRate is the slowest a client may read the response, in bytes
-	// per second after WriteRateGrace; a slower client's connection is
-	// closed. Negative disables the check. Default 1 KiB/s.
+	// WriteMinRate and WriteTimeout hold a client to reading its response
+	// steadily: the response is written in pieces of WriteMinRate ×
+	// WriteTimeout bytes (at least 4 KiB, at most 1 MiB), each with a write
+	// deadline of WriteTimeout (or the piece's size at WriteMinRate, when
+	// longer). A client that takes nothing for WriteTimeout, or less than
+	// WriteMinRate over any such piece, is cut off: the connection is
+	// closed, the spool freed, and the access log says slow_reader. A
+	// progress check, not an average over the whole response, which let a
+	// client that stalled after a few megabytes of a large response hold
+	// it for most of an hour. Negative WriteMinRate disables both.
+	// Defaults 1 KiB/s and 30 s.
 	WriteMinRate int64
-	// WriteRateGrace is the time a response may take before WriteMinRate
-	// applies. Default 10 s.
+	WriteTimeout time.Duration
+	// WriteRateGrace is added to the first piece's deadline. Default 10 s.
 	WriteRateGrace time.Duration
 
 	// MaxBody is the largest request body, in bytes, for a route whose
@@ -146,6 +155,7 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.BodyRateGrace, DefaultBodyRateGrace)
 	setDefault(&c.WriteMinRate, DefaultWriteMinRate)
 	setDefault(&c.WriteRateGrace, DefaultWriteRateGrace)
+	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&c.MaxBody, DefaultMaxBody)
 	setDefault(&c.BodyMemory, DefaultBodyMemory)
 	setDefault(&c.MaxResponseHeader, DefaultMaxResponseHeader)
@@ -182,7 +192,8 @@ func (c *Config) validate() error {
 		v    time.Duration
 	}{
 		{"ReadHeaderTimeout", c.ReadHeaderTimeout}, {"IdleTimeout", c.IdleTimeout},
-		{"BodyRateGrace", c.BodyRateGrace}, {"WriteRateGrace", c.WriteRateGrace}, {"RetryAfter", c.RetryAfter},
+		{"BodyRateGrace", c.BodyRateGrace}, {"WriteRateGrace", c.WriteRateGrace}, {"WriteTimeout", c.WriteTimeout},
+		{"RetryAfter", c.RetryAfter},
 	} {
 		if d.v < 0 {
 			bad("proxy config: %s=%s: must not be negative", d.name, d.v)

@@ -66,6 +66,7 @@ type serveConfig struct {
 	BodyRateGrace  time.Duration `env:"BODY_RATE_GRACE" envDefault:"5s"`
 	WriteMinRate   byteSize      `env:"WRITE_MIN_RATE" envDefault:"1Ki"`
 	WriteRateGrace time.Duration `env:"WRITE_RATE_GRACE" envDefault:"10s"`
+	WriteTimeout   time.Duration `env:"WRITE_TIMEOUT" envDefault:"30s"`
 	MaxBody        byteSize      `env:"MAX_BODY" envDefault:"10Mi"`
 	MaxResponse    byteSize      `env:"MAX_RESPONSE" envDefault:"100Mi"`
 	MaxConns       int           `env:"MAX_CONNS" envDefault:"10000"`
@@ -133,7 +134,8 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.TextVar(&c.BodyMinRate, "body-min-rate", c.BodyMinRate, "slowest request body upload, `bytes` per second (CELLGATE_BODY_MIN_RATE)")
 	fs.DurationVar(&c.BodyRateGrace, "body-rate-grace", c.BodyRateGrace, "time before --body-min-rate applies (CELLGATE_BODY_RATE_GRACE)")
 	fs.TextVar(&c.WriteMinRate, "write-min-rate", c.WriteMinRate, "slowest response download, `bytes` per second (CELLGATE_WRITE_MIN_RATE)")
-	fs.DurationVar(&c.WriteRateGrace, "write-rate-grace", c.WriteRateGrace, "time before --write-min-rate applies (CELLGATE_WRITE_RATE_GRACE)")
+	fs.DurationVar(&c.WriteRateGrace, "write-rate-grace", c.WriteRateGrace, "extra time for the first piece of a response (CELLGATE_WRITE_RATE_GRACE)")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "longest a client may take to read one piece of a response (--write-min-rate × this) (CELLGATE_WRITE_TIMEOUT)")
 	fs.TextVar(&c.MaxBody, "max-body", c.MaxBody, "largest request body for routes that set none, `size` (CELLGATE_MAX_BODY)")
 	fs.TextVar(&c.MaxResponse, "max-response", c.MaxResponse, "largest response body, `size` (CELLGATE_MAX_RESPONSE)")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "client connections open at once, -1 = no cap (CELLGATE_MAX_CONNS)")
@@ -246,7 +248,7 @@ func (c *serveConfig) validate() error {
 		v    time.Duration
 	}{
 		{"header-timeout", c.HeaderTimeout}, {"idle-timeout", c.IdleTimeout}, {"body-rate-grace", c.BodyRateGrace},
-		{"write-rate-grace", c.WriteRateGrace}, {"retry-after", c.RetryAfter},
+		{"write-rate-grace", c.WriteRateGrace}, {"write-timeout", c.WriteTimeout}, {"retry-after", c.RetryAfter},
 	} {
 		if d.v <= 0 {
 			bad(d.flag, "must be positive")
@@ -317,6 +319,7 @@ func (c *serveConfig) proxyConfig(version string) proxy.Config {
 		BodyRateGrace:     c.BodyRateGrace,
 		WriteMinRate:      rate(c.WriteMinRate),
 		WriteRateGrace:    c.WriteRateGrace,
+		WriteTimeout:      c.WriteTimeout,
 		MaxBody:           int64(c.MaxBody),
 		MaxResponse:       int64(c.MaxResponse),
 		MaxConns:          c.MaxConns,
