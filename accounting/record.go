@@ -39,6 +39,7 @@ const (
 	OutcomeBadGateway       Outcome = "bad_gateway"        // the worker's CGI response was invalid: 502
 	OutcomeSpawnFailed      Outcome = "spawn_failed"       // the cell or worker could not be started
 	OutcomeNoCell           Outcome = "no_cell"            // the runner had no cell or uid free: 503
+	OutcomeSpoolFull        Outcome = "spool_full"         // the spools of all requests hold their disk budget: 503
 	OutcomeShutdown         Outcome = "shutdown"           // cancelled by a shutdown: 503
 	OutcomeNoTenant         Outcome = "no_tenant"          // admission does not know the route's tenant: 503
 	OutcomeOverBudget       Outcome = "over_budget"        // the route's memory exceeds its tenant's or the global budget: 503
@@ -53,7 +54,7 @@ func (o Outcome) known() bool {
 	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeDeadline, OutcomePids, OutcomeKilled,
 		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeMethodNotAllowed,
 		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone, OutcomeSlowReader,
-		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeInternal, OutcomeLocalRedirect, OutcomeOther:
+		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeSpoolFull, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeInternal, OutcomeLocalRedirect, OutcomeOther:
 		return true
 	}
 	return false

@@ -23,6 +23,8 @@ const (
 	DefaultMaxResponseHeader = 64 << 10
 	DefaultResponseMemory    = 256 << 10
 	DefaultMaxResponse       = 100 << 20
+	DefaultSpoolMemory       = 256 << 20
+	DefaultSpoolDisk         = 4 << 30
 	DefaultMaxConns          = 10000
 	DefaultMaxConnsPerIP     = 100
 	DefaultMaxStreams        = 100
@@ -105,10 +107,19 @@ type Config struct {
 	// bytes; more is a 502 and the cell is killed. It bounds streamed
 	// responses too. Default 100 MiB.
 	MaxResponse int64
+	// SpoolMemory and SpoolDisk bound what the spools of all requests and
+	// responses hold at once, in memory and in spool files. A spool that
+	// finds no room in memory goes to a file early; one that finds no room
+	// on disk fails: a request body with 503 and Retry-After, a response
+	// with the same and its cell killed (the work is lost, but neither is
+	// the disk filled nor a cell kept alive for a slow client). Negative
+	// is no limit. Defaults 256 MiB and 4 GiB.
+	SpoolMemory int64
+	SpoolDisk   int64
 	// TempDir holds the unlinked spool files (O_TMPFILE where the file
 	// system supports it). They are written by cellgate, so on a tmpfs their
 	// pages are memory charged to cellgate's own group, never to a cell;
-	// BodyMemory and ResponseMemory plus the connection caps bound them.
+	// SpoolDisk bounds them all together.
 	// New checks that a spool file can be made there. Default "/tmp".
 	TempDir string
 
@@ -156,6 +167,8 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.WriteMinRate, DefaultWriteMinRate)
 	setDefault(&c.WriteRateGrace, DefaultWriteRateGrace)
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&c.SpoolMemory, DefaultSpoolMemory)
+	setDefault(&c.SpoolDisk, DefaultSpoolDisk)
 	setDefault(&c.MaxBody, DefaultMaxBody)
 	setDefault(&c.BodyMemory, DefaultBodyMemory)
 	setDefault(&c.MaxResponseHeader, DefaultMaxResponseHeader)

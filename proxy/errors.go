@@ -29,6 +29,9 @@ var (
 	// ErrRedirectLoop: local redirects (RFC 3875 6.2.2) went on for more
 	// than Config.MaxLocalRedirects hops (502).
 	ErrRedirectLoop = errors.New("too many local redirects")
+	// ErrSpoolBudget: the spools of all requests together hold
+	// Config.SpoolDisk bytes already (503 with Retry-After).
+	ErrSpoolBudget = errors.New("spool budget reached")
 	// ErrShuttingDown: the server is shutting down and the request's cell
 	// was cancelled (503).
 	ErrShuttingDown = errors.New("server shutting down")

@@ -93,6 +93,8 @@ type Server struct {
 	ids        *idSource
 	envOpt     envOptions
 	retryAfter string // Retry-After value
+	// spools is the budget of all request and response spools.
+	spools spoolBudget
 	// rejectToken marks the requests that stand for refused heads
 	// (guardConn); made at random by New, known to no client.
 	rejectToken string
@@ -154,6 +156,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		retryAfter:  retryAfterSeconds(cfg.RetryAfter),
 		rejectToken: rand.Text(),
 	}
+	s.spools.memLimit, s.spools.diskLimit = cfg.SpoolMemory, cfg.SpoolDisk
 	s.base, s.cancelBase = context.WithCancel(context.Background())
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)

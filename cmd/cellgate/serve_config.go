@@ -69,6 +69,8 @@ type serveConfig struct {
 	WriteTimeout   time.Duration `env:"WRITE_TIMEOUT" envDefault:"30s"`
 	MaxBody        byteSize      `env:"MAX_BODY" envDefault:"10Mi"`
 	MaxResponse    byteSize      `env:"MAX_RESPONSE" envDefault:"100Mi"`
+	SpoolMemory    byteSize      `env:"SPOOL_MEMORY" envDefault:"256Mi"`
+	SpoolDisk      byteSize      `env:"SPOOL_DISK" envDefault:"4Gi"`
 	MaxConns       int           `env:"MAX_CONNS" envDefault:"10000"`
 	MaxConnsPerIP  int           `env:"MAX_CONNS_PER_IP" envDefault:"100"`
 	RetryAfter     time.Duration `env:"RETRY_AFTER" envDefault:"1s"`
@@ -138,6 +140,8 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "longest a client may take to read one piece of a response (--write-min-rate × this) (CELLGATE_WRITE_TIMEOUT)")
 	fs.TextVar(&c.MaxBody, "max-body", c.MaxBody, "largest request body for routes that set none, `size` (CELLGATE_MAX_BODY)")
 	fs.TextVar(&c.MaxResponse, "max-response", c.MaxResponse, "largest response body, `size` (CELLGATE_MAX_RESPONSE)")
+	fs.TextVar(&c.SpoolMemory, "spool-memory", c.SpoolMemory, "memory all request and response spools may hold at once, `size` (CELLGATE_SPOOL_MEMORY)")
+	fs.TextVar(&c.SpoolDisk, "spool-disk", c.SpoolDisk, "spool file bytes all requests may hold at once in --temp-dir, `size`; beyond, 503 (CELLGATE_SPOOL_DISK)")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "client connections open at once, -1 = no cap (CELLGATE_MAX_CONNS)")
 	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", c.MaxConnsPerIP, "connections per client IP, -1 = no cap (CELLGATE_MAX_CONNS_PER_IP)")
 	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter, "Retry-After of a 503 (CELLGATE_RETRY_AFTER)")
@@ -260,7 +264,7 @@ func (c *serveConfig) validate() error {
 	for _, s := range []struct {
 		flag string
 		v    byteSize
-	}{{"max-body", c.MaxBody}, {"max-response", c.MaxResponse}} {
+	}{{"max-body", c.MaxBody}, {"max-response", c.MaxResponse}, {"spool-memory", c.SpoolMemory}, {"spool-disk", c.SpoolDisk}} {
 		if s.v <= 0 {
 			bad(s.flag, "must be positive")
 		}
@@ -322,6 +326,8 @@ func (c *serveConfig) proxyConfig(version string) proxy.Config {
 		WriteTimeout:      c.WriteTimeout,
 		MaxBody:           int64(c.MaxBody),
 		MaxResponse:       int64(c.MaxResponse),
+		SpoolMemory:       int64(c.SpoolMemory),
+		SpoolDisk:         int64(c.SpoolDisk),
 		MaxConns:          c.MaxConns,
 		MaxConnsPerIP:     c.MaxConnsPerIP,
 		RetryAfter:        c.RetryAfter,
