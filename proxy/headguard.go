@@ -28,9 +28,12 @@ import (
 // a body's framing goes wrong, net/http's read fails instead, and it never
 // reads from the connection again.
 //
-// Memory: the held bytes of one head at most (Config.MaxHeaderBytes plus
-// 4 KiB) in a buffer taken from a pool while a head is being held and given
-// back once it has been handed on.
+// Memory: nothing while no head is held: a head that arrives whole in one
+// read (the usual case) is checked in net/http's own buffer and never
+// copied. A head that spans reads (a slow client, a slowloris) is held in
+// a small pooled buffer, grown up to the head limit (Config.MaxHeaderBytes
+// plus 4 KiB) only as the head grows, and given back once handed on: an
+// idle slowloris costs a few hundred bytes here, not a head's worth.
 type guardConn struct {
 	net.Conn
 	check  frameCheck
@@ -41,11 +44,12 @@ type guardConn struct {
 	free  int    // bytes of (*buf)[off:] that may be handed on
 	bad   []byte // the rest of the rejection request
 	err   error  // the stream's end, once refused
-	limit int    // the largest buffer: a head plus one read
+	limit int    // the largest buffer: a head plus 4 KiB of one read
 }
 
-// guardBufSize is the size of a pooled buffer, enough for a usual head.
-const guardBufSize = 4 << 10
+// guardBufSize is the size of a pooled buffer: the start of a head that
+// arrives in pieces.
+const guardBufSize = 512
 
 var guardBufPool = sync.Pool{New: func() any { b := make([]byte, 0, guardBufSize); return &b }}
 
@@ -53,7 +57,7 @@ var guardBufPool = sync.Pool{New: func() any { b := make([]byte, 0, guardBufSize
 var errFraming = errors.New("request framing refused")
 
 func newGuardConn(c net.Conn, maxHead int, reject func(*frameError) []byte) *guardConn {
-	return &guardConn{Conn: c, check: newFrameCheck(maxHead), reject: reject, limit: maxHead + guardBufSize}
+	return &guardConn{Conn: c, check: newFrameCheck(maxHead), reject: reject, limit: maxHead + 4<<10}
 }
 
 // Read hands on checked bytes.
