@@ -283,7 +283,9 @@ func (d *deadlines) flush() error {
 }
 
 // clear removes the write deadline, which would otherwise outlive the
-// response on a keep-alive connection.
+// response on a keep-alive connection. (After a failed write net/http's
+// buffered writer keeps the error, so its last flush before closing the
+// connection does not write, and cannot wait for a stalled client.)
 func (d *deadlines) clear() {
 	if d.on {
 		_ = d.rc.SetWriteDeadline(time.Time{})
