@@ -400,3 +400,64 @@ func TestGuardConnByteByByte(t *testing.T) {
 		})
 	}
 }
+
+// readerConn is a net.Conn that reads from r and writes nowhere.
+type readerConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// BenchmarkGuardConn measures guardConn on a keep-alive stream of requests
+// (a GET, a POST with a 1 KiB Content-Length body, a chunked POST) read
+// through a 4 KiB buffer as net/http's bufio.Reader does: bytes per second
+// and allocations per request stream (none are expected).
+func BenchmarkGuardConn(b *testing.B) {
+	one := "GET /a?x=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench\r\nAccept: */*\r\nCookie: " + strings.Repeat("c", 300) + "\r\n\r\n" +
+		"POST /b HTTP/1.1\r\nHost: example.com\r\nContent-Type: text/plain\r\nContent-Length: 1024\r\n\r\n" + strings.Repeat("b", 1024) +
+		"POST /c HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n" + strings.Repeat("c", 1024) + "\r\n0\r\n\r\n"
+	stream := []byte(strings.Repeat(one, 100))
+	buf := make([]byte, 4096)
+	reject := func(ferr *frameError) []byte { b.Fatalf("refused: %v", ferr); return nil }
+	b.SetBytes(int64(len(stream)))
+	b.ReportAllocs()
+	for b.Loop() {
+		g := newGuardConn(readerConn{r: bytes.NewReader(stream)}, 20<<10, reject)
+		for {
+			if _, err := g.Read(buf); err != nil {
+				break
+			}
+		}
+	}
+}
+
+// FuzzFrameCheck: frameCheck and refRequests, two strict readings written
+// apart, find the same number of complete requests in any bytes, and
+// frameCheck hands on no byte past the last request it found complete
+// unless a head is admitted after it.
+func FuzzFrameCheck(f *testing.F) {
+	for _, tt := range guardCases {
+		f.Add([]byte(tt.in))
+	}
+	f.Add([]byte("\r\n\r\nGET / HTTP/1.0\r\n\r\n"))
+	f.Add([]byte("POST / HTTP/1.1\r\nTransfer-Encoding: CHUNKED \r\n\r\n1;a=\"b\"\r\nx\r\n0\r\nA: b\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		k := newFrameCheck(1 << 20) // refRequests has no size limit
+		done := 0
+		idle := true
+		for _, c := range in {
+			if _, err := k.feed([]byte{c}); err != nil {
+				break
+			}
+			now := k.st == stHead && k.headLen == 0
+			if now && !idle {
+				done++
+			}
+			idle = now
+		}
+		if want := refRequests(in); done != want {
+			t.Fatalf("frameCheck found %d complete requests, the reference %d, in %.2000q", done, want, in)
+		}
+	})
+}
