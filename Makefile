@@ -10,10 +10,18 @@ VMRUN   := $(BIN)/vmrun
 VMFLAGS ?= -mem 2G -smp 2 -timeout 35m
 TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate
 
-.PHONY: build vmrun vet unit vm-prepare vm-check integration test test-native bench
+.PHONY: build vmrun vet unit vm-prepare vm-check integration test test-native bench chromium
+
+# The version is the nearest v* tag (git describe), else a Go-style
+# pseudo-version of HEAD (v0.0.0-UTCTIME-COMMIT); the commit is HEAD.
+# `cellgate version`, SERVER_SOFTWARE and cellgate_build_info show them.
+VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || \
+	TZ=UTC git log -1 --abbrev=12 --date=format-local:%Y%m%d%H%M%S --format=v0.0.0-%cd-%h 2>/dev/null)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 build:
-	$(GO) build -o $(BIN)/cellgate ./cmd/cellgate
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cellgate ./cmd/cellgate
 
 # Static: the same binary is the guest's /init.
 vmrun:
@@ -30,21 +38,32 @@ vm-prepare: vmrun
 	$(VMRUN) -prepare
 
 # The runner must carry the guest's exit status out: 1 from /bin/false,
-# 0 from /bin/true.
+# 0 from /bin/true; and the guest must not look chrooted to the kernel,
+# which refuses user namespaces (cells, preloaders) to a chrooted process.
 vm-check: vm-prepare
 	@status=0; $(VMRUN) -timeout 5m /bin/false || status=$$?; \
 	if [ $$status -ne 1 ]; then echo "vm-check: vmrun /bin/false exited $$status, want 1"; exit 1; fi
 	$(VMRUN) -timeout 5m /bin/true
 	@echo "vm-check: guest exit status carried out (false=1, true=0)"
+	$(VMRUN) -timeout 5m /usr/bin/unshare --user --pid --mount --fork /bin/true
+	@echo "vm-check: the guest's programs may create user namespaces (the guest switched root, not chrooted)"
 
-integration: build vm-prepare
+# Debian's headless-capable browser, for the admin status page's test
+# (integration/status_test.go); installed once with apt-get when missing.
+chromium:
+	@command -v chromium >/dev/null || { \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends chromium || \
+		{ apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; }
+
+integration: build vm-prepare chromium
 	$(TESTENV) $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" ./integration/
 
 test: vet unit vm-check integration
 
 # The integration tests without the VM, on a host with a delegated cgroup v2
 # (memory, cpu and pids enabled in this process's group), as root.
-test-native: build
+test-native: build chromium
 	$(TESTENV) $(GO) test -count=1 -timeout 30m ./integration/
 
 bench: build vm-prepare
@@ -66,15 +85,17 @@ examples:
 # The integration tests and the benchmark run the example programs.
 integration test-native bench: examples
 
-# cellgate on 127.0.0.1:8080 with the example policy: natively where
-# cellgate doctor passes (delegated cgroup v2 with memory, cpu and pids),
-# otherwise in the microVM with the port forwarded. Ctrl-C stops it.
+# cellgate on 127.0.0.1:8080 (admin 127.0.0.1:9090) with the example
+# policy: natively where cellgate doctor passes (delegated cgroup v2 with
+# memory, cpu and pids), otherwise in the microVM with both ports forwarded
+# to the host's loopback. Ctrl-C drains and stops it, SIGHUP reloads the
+# policy (vmrun passes both to cellgate in the guest).
 run: build examples vmrun
 	@if $(BIN)/cellgate doctor >/dev/null 2>&1; then \
 		echo "make run: natively (cgroup v2 with memory, cpu, pids delegated here); try: curl http://127.0.0.1:8080/hello"; \
 		exec $(BIN)/cellgate serve --policy $(RUN_POLICY); \
 	else \
-		echo "make run: in the microVM (no delegated cgroup v2 here: see bin/cellgate doctor), port 8080 forwarded; try: curl http://127.0.0.1:8080/hello"; \
-		$(VMRUN) -prepare && exec $(VMRUN) -timeout 12h -forward 127.0.0.1:8080:8080 \
-			$(BIN)/cellgate serve --policy $(abspath $(RUN_POLICY)) --listen 0.0.0.0:8080 --cgroup-base /sys/fs/cgroup/cellgate; \
+		echo "make run: in the microVM (no delegated cgroup v2 here: see bin/cellgate doctor), ports 8080 and 9090 forwarded; try: curl http://127.0.0.1:8080/hello"; \
+		$(VMRUN) -prepare && exec $(VMRUN) -timeout 12h -forward 127.0.0.1:8080:8080 -forward 127.0.0.1:9090:9090 \
+			$(BIN)/cellgate serve --policy $(abspath $(RUN_POLICY)) --listen 0.0.0.0:8080 --admin 0.0.0.0:9090 --cgroup-base /sys/fs/cgroup/cellgate; \
 	fi

@@ -13,10 +13,12 @@ import (
 //	GET /metrics  the metrics gathered from reg (Prometheus text or OpenMetrics)
 //	GET /healthz  200 "ok" while the process runs
 //	GET /readyz   200 "ok" when ready returns nil, else 503 with ready's error
+//	GET /status   what status returns, as JSON, or as a self-refreshing HTML
+//	              page for ?format=html and browsers (see Status)
 //
 // A collector that fails does not fail the scrape: the metrics that could be
 // gathered are served.
-func AdminHandler(reg prometheus.Gatherer, ready func() error) http.Handler {
+func AdminHandler(reg prometheus.Gatherer, ready func() error, status func() Status) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorHandling:     promhttp.ContinueOnError,
@@ -32,6 +34,7 @@ func AdminHandler(reg prometheus.Gatherer, ready func() error) http.Handler {
 		}
 		writeText(w, http.StatusOK, "ok")
 	})
+	mux.HandleFunc("GET /status", statusHandler(status))
 	return mux
 }
 

@@ -27,7 +27,7 @@ func TestAdminHandler(t *testing.T) {
 	}))
 
 	var notReady error = errors.New("cgroup pool empty")
-	srv := httptest.NewServer(AdminHandler(reg, func() error { return notReady }))
+	srv := httptest.NewServer(AdminHandler(reg, func() error { return notReady }, func() Status { return Status{} }))
 	t.Cleanup(srv.Close)
 
 	get := func(t *testing.T, method, path string) (int, string) {

@@ -4,15 +4,20 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 )
 
 // Log writes r as one access-log record through logger's handler, at level
-// Info with the message "request". The record's time is r.Time (when the
-// request arrived). With slog.NewJSONHandler a record reads
+// Info with the message "request". The record's "time" is r.Time, when the
+// request arrived; it is written when the response is done, duration_usec
+// later (so records are in order of completion, not of their times). With
+// slog.NewJSONHandler a record reads
 //
 //	{"time":"…","level":"INFO","msg":"request","request_id":"…","method":"GET",
-//	 "path":"/x","status":200,"bytes_in":0,"bytes_out":12,"client":"192.0.2.1:5000",
+//	 "host":"example.com","path":"/x","query":"a=1","proto":"HTTP/1.1",
+//	 "status":200,"bytes_in":0,"bytes_out":12,"client":"192.0.2.1:5000",
+//	 "user_agent":"curl/8.5.0","referer":"",
 //	 "route":"api","tenant":"acme","outcome":"ok","wait_usec":200,"duration_usec":13000,
 //	 "cell":{"wall_usec":12300,"cpu_usage_usec":4100,"cpu_user_usec":3000,
 //	  "cpu_system_usec":1100,"nr_throttled":0,"throttled_usec":0,
@@ -23,8 +28,11 @@ import (
 // The "cell" group is present only when r.Cell is true; within it "signal"
 // appears only when the worker ended on a signal, "unenforced" only when a
 // controller was not enforced and "missing" only when an accounting file
-// could not be read. Every other key is always present, so the schema is
-// stable. Times are integer microseconds, like the kernel's cpu.stat.
+// could not be read; a figure the kernel did not measure (its file or key
+// in "missing") is absent, never a 0. Every other key is always present,
+// so the schema is stable. Times are integer microseconds, like the
+// kernel's cpu.stat. Client-supplied strings (host, query, user_agent,
+// referer) are cut at maxClientField bytes.
 //
 // The error is the handler's (a failed write), wrapped with the request id.
 func Log(ctx context.Context, logger *slog.Logger, r Record) error {
@@ -40,11 +48,16 @@ func Log(ctx context.Context, logger *slog.Logger, r Record) error {
 	attrs := [...]slog.Attr{
 		slog.String("request_id", r.RequestID),
 		slog.String("method", r.Method),
+		slog.String("host", clip(r.Host)),
 		slog.String("path", r.Path),
+		slog.String("query", clip(r.Query)),
+		slog.String("proto", r.Proto),
 		slog.Int("status", r.Status),
 		slog.Int64("bytes_in", r.BytesIn),
 		slog.Int64("bytes_out", r.BytesOut),
 		slog.String("client", r.ClientAddr),
+		slog.String("user_agent", clip(r.UserAgent)),
+		slog.String("referer", clip(r.Referer)),
 		slog.String("route", r.Route),
 		slog.String("tenant", r.Tenant),
 		slog.String("outcome", string(r.Outcome)),
@@ -64,26 +77,47 @@ func Log(ctx context.Context, logger *slog.Logger, r Record) error {
 	return nil
 }
 
-// cellGroup is the "cell" group of an access-log record.
+// maxClientField bounds each client-supplied string in a record (the
+// request header as a whole is bounded by --max-header-bytes).
+const maxClientField = 1024
+
+// clip cuts s to maxClientField bytes, marking the cut.
+func clip(s string) string {
+	if len(s) <= maxClientField {
+		return s
+	}
+	return s[:maxClientField] + "...(cut)"
+}
+
+// cellGroup is the "cell" group of an access-log record. A figure whose
+// accounting file or key is in Usage.Missing is left out.
 func cellGroup(r *Record) slog.Attr {
 	u := &r.Usage
+	measured := func(file, key string) bool {
+		return !slices.Contains(u.Missing, file) && (key == "" || !slices.Contains(u.Missing, file+":"+key))
+	}
 	cell := make([]slog.Attr, 0, 18)
-	cell = append(cell,
-		slog.Int64("wall_usec", usec(r.Wall)),
-		slog.Uint64("cpu_usage_usec", u.CPUUsageUsec),
-		slog.Uint64("cpu_user_usec", u.CPUUserUsec),
-		slog.Uint64("cpu_system_usec", u.CPUSystemUsec),
-		slog.Uint64("nr_throttled", u.NrThrottled),
-		slog.Uint64("throttled_usec", u.ThrottledUsec),
-		slog.Uint64("memory_peak_bytes", u.MemoryPeak),
-		slog.Uint64("memory_events_max", u.MemoryMax),
-		slog.Bool("oom_killed", u.OOMKilled()),
-		slog.Uint64("pids_peak", u.PidsPeak),
-		slog.Uint64("pids_events_max", u.PidsMax),
-		slog.Uint64("io_read_bytes", u.IOReadBytes),
-		slog.Uint64("io_write_bytes", u.IOWriteBytes),
-		slog.Int("exit_code", r.ExitCode),
-	)
+	cell = append(cell, slog.Int64("wall_usec", usec(r.Wall)))
+	add := func(file, key, name string, v uint64) {
+		if measured(file, key) {
+			cell = append(cell, slog.Uint64(name, v))
+		}
+	}
+	add("cpu.stat", "usage_usec", "cpu_usage_usec", u.CPUUsageUsec)
+	add("cpu.stat", "user_usec", "cpu_user_usec", u.CPUUserUsec)
+	add("cpu.stat", "system_usec", "cpu_system_usec", u.CPUSystemUsec)
+	add("cpu.stat", "nr_throttled", "nr_throttled", u.NrThrottled)
+	add("cpu.stat", "throttled_usec", "throttled_usec", u.ThrottledUsec)
+	add("memory.peak", "", "memory_peak_bytes", u.MemoryPeak)
+	add("memory.events", "max", "memory_events_max", u.MemoryMax)
+	if measured("memory.events", "oom_kill") {
+		cell = append(cell, slog.Bool("oom_killed", u.OOMKilled()))
+	}
+	add("pids.peak", "", "pids_peak", u.PidsPeak)
+	add("pids.events", "max", "pids_events_max", u.PidsMax)
+	add("io.stat", "", "io_read_bytes", u.IOReadBytes)
+	add("io.stat", "", "io_write_bytes", u.IOWriteBytes)
+	cell = append(cell, slog.Int("exit_code", r.ExitCode))
 	if r.Signal != 0 {
 		cell = append(cell, slog.Int("signal", int(r.Signal)))
 	}

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -23,7 +24,12 @@ func cellRecord() Record {
 		Time:       time.Date(2026, 11, 23, 2, 55, 0, 123456000, time.UTC),
 		RequestID:  "req-1",
 		Method:     "POST",
+		Host:       "api.example.com",
 		Path:       "/api/upload",
+		Query:      "a=1&b=two",
+		Proto:      "HTTP/1.1",
+		UserAgent:  "curl/8.5.0",
+		Referer:    "https://example.com/form",
 		Status:     200,
 		BytesIn:    1000,
 		BytesOut:   2000,
@@ -80,7 +86,12 @@ func TestLogFields(t *testing.T) {
 			"msg":           "request",
 			"request_id":    r.RequestID,
 			"method":        r.Method,
+			"host":          r.Host,
 			"path":          r.Path,
+			"query":         r.Query,
+			"proto":         r.Proto,
+			"user_agent":    r.UserAgent,
+			"referer":       r.Referer,
 			"status":        json.Number(itoa(int64(r.Status))),
 			"bytes_in":      json.Number(itoa(r.BytesIn)),
 			"bytes_out":     json.Number(itoa(r.BytesOut)),
@@ -148,7 +159,42 @@ func TestLogFields(t *testing.T) {
 				c["signal"] = json.Number("9")
 				c["unenforced"] = []any{"memory", "pids"}
 				c["missing"] = []any{"pids.peak"}
+				delete(c, "pids_peak")
 				m["cell"] = c
+				return m
+			},
+		},
+		{
+			name: "unmeasured figures are absent, not 0",
+			rec: func() Record {
+				r := cellRecord()
+				r.Usage.MemoryPeak, r.Usage.NrThrottled, r.Usage.ThrottledUsec, r.Usage.IOReadBytes, r.Usage.IOWriteBytes = 0, 0, 0, 0, 0
+				r.Usage.MemoryMax = 0
+				r.Usage.Missing = []string{"cpu.stat:nr_throttled", "cpu.stat:throttled_usec", "memory.peak", "memory.events", "io.stat"}
+				return r
+			},
+			want: func(r Record) map[string]any {
+				m := top(r)
+				c := cell()
+				for _, k := range []string{"nr_throttled", "throttled_usec", "memory_peak_bytes", "memory_events_max", "oom_killed", "io_read_bytes", "io_write_bytes"} {
+					delete(c, k)
+				}
+				c["missing"] = []any{"cpu.stat:nr_throttled", "cpu.stat:throttled_usec", "memory.peak", "memory.events", "io.stat"}
+				m["cell"] = c
+				return m
+			},
+		},
+		{
+			name: "client strings are cut",
+			rec: func() Record {
+				r := cellRecord()
+				r.UserAgent = strings.Repeat("u", 5000)
+				return r
+			},
+			want: func(r Record) map[string]any {
+				m := top(r)
+				m["user_agent"] = strings.Repeat("u", maxClientField) + "...(cut)"
+				m["cell"] = cell()
 				return m
 			},
 		},

@@ -43,6 +43,7 @@ const (
 	OutcomeShutdown         Outcome = "shutdown"           // cancelled by a shutdown: 503
 	OutcomeNoTenant         Outcome = "no_tenant"          // admission does not know the route's tenant: 503
 	OutcomeOverBudget       Outcome = "over_budget"        // the route's memory exceeds its tenant's or the global budget: 503
+	OutcomeClientCap        Outcome = "client_cap"         // a forwarded client over its requests-in-flight cap: 503
 	OutcomeInternal         Outcome = "internal"           // any other server-side failure
 	OutcomeLocalRedirect    Outcome = "local_redirect"     // a cell answered with a local redirect (RFC 3875 6.2.2); the request went on in another cell
 	OutcomeOther            Outcome = "other"              // a value outside this set (metrics only)
@@ -54,7 +55,7 @@ func (o Outcome) known() bool {
 	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeDeadline, OutcomePids, OutcomeKilled,
 		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeMethodNotAllowed,
 		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone, OutcomeSlowReader,
-		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeSpoolFull, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeInternal, OutcomeLocalRedirect, OutcomeOther:
+		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeSpoolFull, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeClientCap, OutcomeInternal, OutcomeLocalRedirect, OutcomeOther:
 		return true
 	}
 	return false
@@ -65,14 +66,25 @@ func (o Outcome) known() bool {
 // hands it to Log, Metrics.ObserveRequest and, when the route asks,
 // ServerTiming. The cell fields mean something only when Cell is true.
 type Record struct {
-	// Time is when the request arrived (the access log's time); zero means
-	// the time the record is written.
+	// Time is when the request arrived (the access log's "time"; the
+	// record is written Duration later); zero means the time the record
+	// is written.
 	Time      time.Time
 	RequestID string
 	Method    string
-	// Path is the URL path without the query string: queries can carry
-	// secrets and do not belong in the log.
-	Path       string
+	// Host is the request's Host header (or the URL's host for HTTP/2),
+	// as the client sent it: what routing matched on.
+	Host string
+	// Path is the URL path, Query the raw query string without "?". The
+	// query is logged: keep secrets out of URLs (tokens belong in
+	// headers, which are not logged).
+	Path  string
+	Query string
+	// Proto is the protocol, "HTTP/1.1" or "HTTP/2.0".
+	Proto string
+	// UserAgent and Referer are those headers ("" when absent).
+	UserAgent  string
+	Referer    string
 	Status     int   // HTTP status sent to the client
 	BytesIn    int64 // request body bytes read from the client
 	BytesOut   int64 // response body bytes written to the client

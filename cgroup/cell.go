@@ -237,6 +237,18 @@ func (c *Cell) openFiles(absent *[nAcct]bool) error {
 // ErrTooManyCells. The caller removes the cell (Cell.Remove) when done;
 // the Pool does all this off the hot path.
 func (t *Tree) NewCell(prof *Profile) (*Cell, error) {
+	c, err := t.newCell(prof)
+	if err != nil {
+		t.createErr.Store(&err)
+		return nil, err
+	}
+	if t.createErr.Load() != nil {
+		t.createErr.Store(nil)
+	}
+	return c, nil
+}
+
+func (t *Tree) newCell(prof *Profile) (*Cell, error) {
 	p, err := t.profilePlan(prof)
 	if err != nil {
 		return nil, err

@@ -8,7 +8,7 @@
 //
 // The life of the daemon's tree:
 //
-//	tree, err := cgroup.Open(ctx, cgroup.Options{Logger: log}) // moves the daemon into <base>/supervisor
+//	tree, err := cgroup.Open(ctx, cgroup.Options{Logger: log}) // locks the base, moves the daemon into <base>/supervisor
 //	tenant, err := tree.Tenant("acme", budget)                 // <base>/cells/acme with its limits
 //	prof, err := cgroup.NewProfile("acme", limits)             // converted and validated once
 //	pool := cgroup.NewPool(tree, cgroup.PoolOptions{Logger: log})

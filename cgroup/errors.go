@@ -3,6 +3,7 @@ package cgroup
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Sentinels for what callers branch on. Errors returned by this package wrap
@@ -31,6 +32,9 @@ var (
 	// ErrBusy: a group could not be removed because it still has processes
 	// or children.
 	ErrBusy = errors.New("cgroup busy")
+	// ErrBaseInUse: another live process owns the base group (holds its
+	// lock). The concrete error is a *BaseInUseError naming its pid.
+	ErrBaseInUse = errors.New("cgroup base in use")
 	// ErrClosed: the Tree or Pool was closed.
 	ErrClosed = errors.New("cgroup tree closed")
 )
@@ -44,8 +48,11 @@ const remedy = "give cellgate a delegated cgroup of its own: under systemd set D
 // needed it.
 type ControllerMissingError struct {
 	Controller string // "memory", "cpu", "pids", "io", ...
-	Path       string // the group whose cgroup.controllers lacks it
-	Need       string // what needed it, e.g. the file "memory.max"
+	// Others are more controllers missing at the same place, so that one
+	// attempt names them all.
+	Others []string
+	Path   string // the group whose cgroup.controllers lacks it
+	Need   string // what needed it, e.g. the file "memory.max"
 }
 
 func (e *ControllerMissingError) Error() string {
@@ -53,9 +60,15 @@ func (e *ControllerMissingError) Error() string {
 	if e.Need != "" {
 		need = " (needed for " + e.Need + ")"
 	}
-	return fmt.Sprintf("controller %q is not available in %s%s: enable it for cellgate's subtree "+
-		"(systemd: Delegate=yes or Delegate=%s), or start cellgate with %s left unenforced; run cellgate doctor",
-		e.Controller, e.Path, need, e.Controller, e.Controller)
+	all := append([]string{e.Controller}, e.Others...)
+	what := fmt.Sprintf("controller %q is", e.Controller)
+	if len(all) > 1 {
+		what = fmt.Sprintf("controllers %s are", strings.Join(all, ", "))
+	}
+	list := strings.Join(all, ",")
+	return fmt.Sprintf("%s not available in %s%s: enable them for cellgate's subtree "+
+		"(systemd: Delegate=yes or Delegate=%s), or start cellgate with --unenforced %s; run cellgate doctor",
+		what, e.Path, need, strings.ReplaceAll(list, ",", " "), list)
 }
 
 // Is makes errors.Is(err, ErrControllerMissing) true.

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // These tests use the real cgroup2 hierarchy (on the development hosts,
@@ -173,8 +175,11 @@ func TestRealSweepAfterCrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := startIn(t, c, "/bin/sleep", "1000")
-	// "Crash": the tree is abandoned with a live worker in a cell; a new
+	// "Crash": the tree is abandoned with a live worker in a cell (the
+	// kernel drops a dead process's lock with its descriptors); a new
 	// Open on the same base must kill and remove it.
+	unix.Close(tr.lockFD)
+	tr.lockFD = -1
 	tr2 := openReal(t, base)
 	defer tr2.Close()
 	if err := cmd.Wait(); err == nil {

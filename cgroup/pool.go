@@ -389,3 +389,14 @@ func (p *Pool) Stats() PoolStats {
 		InlineRemovals: p.stats.inline.Load(),
 	}
 }
+
+// IdleCells is how many ready cells the pool holds now, all profiles.
+func (p *Pool) IdleCells() int {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	n := 0
+	for _, pp := range p.profiles {
+		n += len(pp.idle)
+	}
+	return n
+}

@@ -13,9 +13,12 @@ import (
 
 // sweep kills and removes every group under cells/ (leftovers of a crashed
 // run: cells, tenants, probe), deepest first, and returns how many it
-// removed.
+// removed. A cells/ that is gone already has nothing left to remove.
 func (t *Tree) sweep(ctx context.Context) (int, error) {
 	ents, err := os.ReadDir(t.cells)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil
+	}
 	if err != nil {
 		return 0, fmt.Errorf("read %s: %w", t.cells, err)
 	}
@@ -95,6 +98,12 @@ func (t *Tree) Close() error {
 		if err := rmdirRetry(ctx, t.ops, t.base); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// The lock goes last: until the tree is gone, a new daemon on this
+	// base must not start sweeping it.
+	if t.lockFD >= 0 {
+		unix.Close(t.lockFD)
+		t.lockFD = -1
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("close cgroup tree %s: %w", t.base, err)

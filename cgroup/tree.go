@@ -95,6 +95,12 @@ type Tree struct {
 	nonce     string
 	seq       atomic.Uint64
 	sweepTime time.Duration
+	// lockFD is the base's directory, flocked for as long as the Tree
+	// lives (lock.go); -1 before locate took it.
+	lockFD int
+	// createErr is the error of the last failed cell creation, nil once
+	// one succeeds again (Health).
+	createErr atomic.Pointer[error]
 
 	// acctAbsent marks the accounting files (acctFiles) absent in the
 	// probe group at start-up: controller not enabled or kernel too old.
@@ -122,6 +128,7 @@ func Open(ctx context.Context, o Options) (*Tree, error) {
 		tenants:   map[string]*Tenant{},
 		plans:     map[ProfileKey]*plan{},
 		sweepTime: o.SweepTimeout,
+		lockFD:    -1,
 	}
 	if t.log == nil {
 		t.log = slog.New(slog.DiscardHandler)
@@ -144,15 +151,15 @@ func Open(ctx context.Context, o Options) (*Tree, error) {
 	t.nonce = hex.EncodeToString(nb[:])
 	t.feat.Kernel = kernelRelease()
 
-	if err := t.locate(o); err != nil {
-		return nil, err
-	}
 	ok := false
 	defer func() {
 		if !ok {
 			t.undo()
 		}
 	}()
+	if err := t.locate(o); err != nil {
+		return nil, err
+	}
 	if err := t.setup(o); err != nil {
 		return nil, err
 	}
@@ -183,7 +190,8 @@ func Open(ctx context.Context, o Options) (*Tree, error) {
 }
 
 // undo removes what a failed Open created: cells/ (when empty) and a
-// private base. A daemon moved into supervisor/ stays there.
+// private base, then releases the base's lock. A daemon moved into
+// supervisor/ stays there.
 func (t *Tree) undo() {
 	if t.createdC {
 		t.ops.rmdir(t.cells)
@@ -191,6 +199,23 @@ func (t *Tree) undo() {
 	if t.createdB {
 		t.ops.rmdir(t.base)
 	}
+	if t.lockFD >= 0 {
+		unix.Close(t.lockFD)
+		t.lockFD = -1
+	}
+}
+
+// lock takes the base's lock (lock.go) before anything in it is moved,
+// swept or created. A base this Open just created but another process
+// locked first is that process's now: undo must not remove it.
+func (t *Tree) lock(proc string) error {
+	fd, err := lockBase(t.base, proc)
+	if err != nil {
+		t.createdB = false
+		return err
+	}
+	t.lockFD = fd
+	return nil
 }
 
 // locate sets the mount and the base, and moves the daemon into
@@ -227,7 +252,7 @@ func (t *Tree) locate(o Options) error {
 			return fmt.Errorf("mkdir base %s: %w: %w (%s)", base, ErrNotDelegated, err, remedy)
 		}
 		t.feat.Base = base
-		return nil
+		return t.lock(proc)
 	}
 	if ownErr != nil {
 		return ownErr
@@ -236,10 +261,13 @@ func (t *Tree) locate(o Options) error {
 		// Started in <unit>/supervisor (systemd DelegateSubgroup=supervisor).
 		t.base = filepath.Dir(own)
 		t.feat.Base, t.feat.Supervisor = t.base, own
-		return nil
+		return t.lock(proc)
 	}
 	t.base = own
 	t.feat.Base = own
+	if err := t.lock(proc); err != nil {
+		return err
+	}
 	if _, err := os.Stat(filepath.Join(own, "cgroup.type")); errors.Is(err, os.ErrNotExist) {
 		// Only the real root group has no cgroup.type. It may hold
 		// processes and still delegate controllers; there is nothing to
@@ -324,14 +352,21 @@ func (t *Tree) setup(o Options) error {
 	t.enabled = want
 	t.feat.Enabled = slices.Clone(want)
 	t.global = Tenant{path: t.cells}
+	var refused []string
 	for _, c := range requiredControllers {
 		if slices.Contains(want, c) {
 			continue
 		}
 		if !slices.Contains(t.allowed, c) {
-			return &ControllerMissingError{Controller: c, Path: t.base}
+			refused = append(refused, c)
+			continue
 		}
 		t.feat.Unenforced = append(t.feat.Unenforced, c)
+	}
+	if len(refused) > 0 {
+		// All of them at once: an operator fixing one per attempt is told
+		// about the next only after the next start.
+		return &ControllerMissingError{Controller: refused[0], Others: refused[1:], Path: t.base}
 	}
 	if len(t.feat.Unenforced) > 0 {
 		t.log.Warn("running without controllers: their limits are not enforced", "unenforced", strings.Join(t.feat.Unenforced, " "), "base", t.base)

@@ -73,8 +73,11 @@ func TestOpenControllerMissing(t *testing.T) {
 	if !errors.As(err, &cm) || !errors.Is(err, ErrControllerMissing) {
 		t.Fatalf("err = %v, want a *ControllerMissingError", err)
 	}
-	if cm.Controller != "memory" {
-		t.Errorf("Controller = %q, want memory", cm.Controller)
+	if cm.Controller != "memory" || !slices.Equal(cm.Others, []string{"pids"}) {
+		t.Errorf("Controller = %q, Others = %q, want memory and then pids: every missing one at once", cm.Controller, cm.Others)
+	}
+	if !strings.Contains(err.Error(), `controllers memory, pids are not available`) || !strings.Contains(err.Error(), "--unenforced memory,pids") {
+		t.Errorf("error does not name every missing controller: %v", err)
 	}
 	if !strings.Contains(err.Error(), "Delegate=") {
 		t.Errorf("error has no remedy: %v", err)

@@ -141,7 +141,7 @@ func (d *decoder) fields(n *yaml.Node, path string, known ...string) map[string]
 			d.problem(k.Line, path, "", "a key that is not a plain name", "")
 		case !slices.Contains(known, name):
 			fix := "known keys: " + strings.Join(known, ", ")
-			if s := closest(name, known); s != "" {
+			if s := Closest(name, known); s != "" {
 				fix = "did you mean " + s + "?"
 			}
 			d.problem(k.Line, keyPath, "", "unknown key", fix)
@@ -176,8 +176,9 @@ func join(path, key string) string {
 	return path + "." + key
 }
 
-// closest returns the known key within edit distance 2 of s, if any.
-func closest(s string, known []string) string {
+// Closest returns the known name within edit distance 2 of s, if any
+// (for "did you mean" hints; cmd/cellgate uses it for CELLGATE_* names).
+func Closest(s string, known []string) string {
 	best, bestD := "", 3
 	for _, k := range known {
 		if dist := editDistance(s, k); dist < bestD {

@@ -66,9 +66,17 @@ func (x *exchange) runCell(m *policy.Match, req *cgiRequest, stdin io.Reader) *c
 		return run
 	}
 
+	live := x.live
+	spec.Started = func(cellPath string) {
+		live.update(func(v *InFlight) { v.State, v.CellPath, v.CellStarted = StateRunning, cellPath, time.Now() })
+	}
+	defer live.update(func(v *InFlight) { v.State, v.CellPath, v.CellStarted = StateResponding, "", time.Time{} })
+
 	ctx := x.r.Context()
 	if s.deps.Admitter != nil {
+		live.queued(s.now())
 		release, waited, err := s.deps.Admitter.Admit(ctx, route.Tenant, route.Memory)
+		live.admitted(waited)
 		x.rec.QueueWait += waited
 		if err != nil {
 			if reason := x.cancelReason(); reason != nil {
@@ -79,6 +87,7 @@ func (x *exchange) runCell(m *policy.Match, req *cgiRequest, stdin io.Reader) *c
 		}
 		defer release()
 	}
+	live.update(func(v *InFlight) { v.State = StateRunning })
 
 	pr, pw, err := os.Pipe()
 	if err != nil {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"time"
 )
@@ -131,6 +132,12 @@ type Config struct {
 	// hold open; more are refused like MaxConns. Negative disables the cap.
 	// Default 100.
 	MaxConnsPerIP int
+	// TrustedProxies are the peers whose X-Forwarded-For names the client
+	// (forwarded.go): REMOTE_ADDR, the access log's client and the per-IP
+	// cap's key. Their connections are exempt from MaxConnsPerIP; their
+	// forwarded clients' requests in flight are capped by it instead.
+	// Default none: the header is never believed.
+	TrustedProxies []netip.Prefix
 	// MaxStreams is HTTP/2's limit on concurrent requests per connection.
 	// Default 100.
 	MaxStreams int

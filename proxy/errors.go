@@ -32,6 +32,9 @@ var (
 	// ErrSpoolBudget: the spools of all requests together hold
 	// Config.SpoolDisk bytes already (503 with Retry-After).
 	ErrSpoolBudget = errors.New("spool budget reached")
+	// ErrTooManyFromClient: a client forwarded by a trusted proxy has
+	// Config.MaxConnsPerIP requests in flight already (503).
+	ErrTooManyFromClient = errors.New("too many requests in flight from one client")
 	// ErrShuttingDown: the server is shutting down and the request's cell
 	// was cancelled (503).
 	ErrShuttingDown = errors.New("server shutting down")

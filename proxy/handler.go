@@ -23,6 +23,8 @@ type exchange struct {
 	rec accounting.Record
 	// route is the route of the last cell run (after local redirects).
 	route *policy.Route
+	// live is the request's entry in the server's in-flight set.
+	live *inflight
 
 	// abort resets the connection (or HTTP/2 stream) after the record is
 	// written: a streamed response was cut short and the client must not
@@ -45,13 +47,31 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
 	id := s.ids.next()
 	w.Header()[RequestIDHeader] = []string{id}
+	var overCap error
+	if client, ok := forwardedClient(s.cfg.TrustedProxies, peerIP(r.RemoteAddr), r.Header); ok {
+		r.RemoteAddr = client.String()
+		if s.clients.acquire(client, capValue(s.cfg.MaxConnsPerIP)) {
+			defer s.clients.release(client)
+		} else {
+			overCap = fmt.Errorf("client %s: %d requests in flight: %w", client, s.cfg.MaxConnsPerIP, ErrTooManyFromClient)
+		}
+	}
 	x := &exchange{s: s, w: w, r: r, rec: accounting.Record{
 		Time:       start,
 		RequestID:  id,
 		Method:     r.Method,
+		Host:       r.Host,
 		Path:       r.URL.Path,
+		Query:      r.URL.RawQuery,
+		Proto:      r.Proto,
+		UserAgent:  r.Header.Get("User-Agent"),
+		Referer:    r.Header.Get("Referer"),
 		ClientAddr: r.RemoteAddr,
 	}}
+	x.live = &inflight{v: InFlight{RequestID: id, Method: r.Method, Host: r.Host, Path: r.URL.Path,
+		Client: r.RemoteAddr, Arrived: start, State: StateReading}}
+	s.inflight.Store(x.live, nil)
+	defer s.inflight.Delete(x.live)
 	s.mu.Lock()
 	closing := s.closing
 	if !closing {
@@ -59,10 +79,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		defer s.handlers.Done()
 	}
 	s.mu.Unlock()
-	if closing {
+	switch {
+	case closing:
 		// A request that slipped in after Shutdown stopped waiting.
 		x.fail(ErrShuttingDown, nil)
-	} else {
+	case overCap != nil:
+		x.fail(overCap, nil)
+	default:
 		x.serve()
 	}
 	x.endUnreadBody()
@@ -135,7 +158,7 @@ func (x *exchange) serve() {
 			x.fail(fmt.Errorf("local redirect %d to %q: %w", hop+1, run.hdr.Location, ErrRedirectLoop), run.res)
 			return
 		}
-		x.recordHop(req.Method, hopPath, hopStart)
+		x.recordHop(req, hopPath, hopStart)
 		hopStart = s.now()
 		// RFC 3875 6.2.2: answer as if the client had asked for the
 		// Location, with a GET and no body.
@@ -152,9 +175,9 @@ func (x *exchange) serve() {
 // redirect: every cell that ran has a record of its own (same request id,
 // outcome local_redirect, no status: nothing was sent for it), and the
 // request's last record has the response. Queue waits are per record.
-func (x *exchange) recordHop(method, path string, start time.Time) {
+func (x *exchange) recordHop(req *cgiRequest, path string, start time.Time) {
 	hop := x.rec
-	hop.Method, hop.Path = method, path
+	hop.Method, hop.Path, hop.Query = req.Method, path, req.Query
 	hop.Outcome = accounting.OutcomeLocalRedirect
 	hop.Status, hop.BytesOut = 0, 0
 	hop.Time, hop.Duration = start, x.s.now().Sub(start)
@@ -194,9 +217,9 @@ func (x *exchange) endUnreadBody() {
 func (x *exchange) checkRequest() error {
 	r := x.r
 	if status, reason, ok := rejectedHead(x.s.rejectToken, r); ok {
-		// The request stands for a head guardConn refused: its method and
-		// path are not the client's.
-		x.rec.Method, x.rec.Path = "", ""
+		// The request stands for a head guardConn refused: its method,
+		// host, path and query are not the client's.
+		x.rec.Method, x.rec.Host, x.rec.Path, x.rec.Query = "", "", "", ""
 		sentinel := ErrBadRequest
 		if status == http.StatusRequestHeaderFieldsTooLarge {
 			sentinel = ErrHeaderTooLarge
@@ -267,6 +290,10 @@ func (x *exchange) match(method, urlPath string) (*policy.Match, error) {
 	x.releases = append(x.releases, release)
 	x.route = m.Route
 	x.rec.Route, x.rec.Tenant = m.Route.Name, m.Route.Tenant
+	x.live.update(func(v *InFlight) { v.Route, v.Tenant = m.Route.Name, m.Route.Tenant })
+	if err := dirProgram(m); err != nil {
+		return nil, err
+	}
 	return m, nil
 }
 

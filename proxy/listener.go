@@ -49,6 +49,7 @@ type capListener struct {
 	maxPerIP int    // 0 = no cap
 	refusal  []byte // written to a refused connection; nil closes it bare
 	onRefuse func(RefusedReason, net.Addr)
+	trusted  []netip.Prefix // proxies exempt from maxPerIP (forwarded.go)
 
 	total        atomic.Int64
 	refusedTotal atomic.Uint64
@@ -100,7 +101,7 @@ func (l *capListener) admit(ip netip.Addr) RefusedReason {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.maxPerIP > 0 && l.perIP[ip] >= l.maxPerIP {
+	if l.maxPerIP > 0 && l.perIP[ip] >= l.maxPerIP && !isTrusted(l.trusted, ip) {
 		l.total.Add(-1)
 		return RefusedPerIP
 	}

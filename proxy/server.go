@@ -104,6 +104,12 @@ type Server struct {
 	base       context.Context
 	cancelBase context.CancelFunc
 
+	// inflight holds an *inflight per request in the handler (InFlight).
+	inflight sync.Map
+	// clients counts the requests in flight of clients forwarded by
+	// trusted proxies (forwarded.go).
+	clients clientRequests
+
 	mu        sync.Mutex
 	closing   bool           // set by Shutdown before it waits for handlers
 	handlers  sync.WaitGroup // requests in the handler; Add only under mu while !closing
@@ -194,6 +200,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		refusalBytes = refusal(s.retryAfter)
 	}
 	capped := newCapListener(ln, capValue(s.cfg.MaxConns), capValue(s.cfg.MaxConnsPerIP), refusalBytes, s.refused)
+	capped.trusted = s.cfg.TrustedProxies
 	s.mu.Lock()
 	s.listeners = append(s.listeners, capped)
 	s.mu.Unlock()

@@ -92,6 +92,9 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 	case errors.Is(err, sandbox.ErrNoCell), errors.Is(err, sandbox.ErrNoUID):
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeNoCell,
 			Message: "server busy, retry later", RetryAfter: true}
+	case errors.Is(err, ErrTooManyFromClient):
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeClientCap,
+			Message: "too many requests in flight from this client, retry later", RetryAfter: true}
 	case errors.Is(err, ErrShuttingDown) && res == nil:
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeShutdown,
 			Message: "server shutting down, retry later", RetryAfter: true}

@@ -225,9 +225,12 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	st.started()
 	if err != nil {
 		st.closeAll()
-		return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), err)
+		return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), explainSpawn(spec.Path, spec.Dir, err))
 	}
 	start := time.Now()
+	if spec.Started != nil {
+		spec.Started(cell.Path())
+	}
 
 	k := &killer{cell: cell, proc: proc, log: r.log}
 	timeout := spec.Timeout

@@ -42,6 +42,11 @@ type Spec struct {
 	// Timeout is the wall-clock deadline from the start of the worker;
 	// 0 means the runner's default.
 	Timeout time.Duration
+	// Started, when set, is called once the worker runs, with its cell's
+	// cgroup directory (for live readings such as the status page's; the
+	// directory is gone once Run returns). Runners without cells do not
+	// call it.
+	Started func(cellPath string)
 }
 
 // Credential is a fixed uid/gid for a worker.

@@ -6,37 +6,51 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/sandbox"
 )
 
 const exitInvalid = 1 // cellgate check: the policy is not valid, or not readable
 
-const checkUsage = `usage: cellgate check POLICY
+const checkUsage = `usage: cellgate check [--uid-range FIRST-LAST] [--gid GID] [--syntax-only] POLICY
 
 Validates the policy file POLICY as serve would load it and prints the
 effective tenants and routes, with every limit after defaults. Problems are
 listed one per line as FILE:LINE: KEY: "VALUE": what is wrong (fix: ...).
-Programs that do not exist (yet) are reported as warnings; they do not make
-the policy invalid. Exits 0 when the policy is valid, 1 when it is not (or
-cannot be read), 2 for bad arguments.
+Like serve, it verifies each route on this machine as the credentials its
+cells will run with (the route's user, or a per-cell uid of --uid-range with
+--gid, also read from CELLGATE_UID_RANGE and CELLGATE_GID): the user must
+exist, the program (or dir) and every directory above it must be reachable,
+the program executable, a script readable with an interpreter line naming
+an interpreter they can execute. --syntax-only skips these checks (for a
+policy checked on another machine than the one that serves it). Exits 0
+when the policy is valid, 1 when it is not (or cannot be read), 2 for bad
+arguments.
 `
 
 func checkMain(_ context.Context, args []string, std stdio) int {
-	return runCheck(args, std.out, std.err)
+	return runCheck(args, std.environ, std.out, std.err)
 }
 
 // runCheck is cellgate check: it validates the policy file named in args,
 // prints the effective routes and limits to stdout, and problems to
 // stderr.
-func runCheck(args []string, stdout, stderr io.Writer) int {
+func runCheck(args, environ []string, stdout, stderr io.Writer) int {
+	sh := defaultShared()
+	if err := sh.parseEnv(environ); err != nil {
+		fmt.Fprintf(stderr, "cellgate check: %v\n", err)
+		return exitUsage
+	}
 	fs := flag.NewFlagSet("cellgate check", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	fs.Var(&sh.UIDs, "uid-range", "")
+	fs.Var((*uint32Flag)(&sh.GID), "gid", "")
+	syntaxOnly := fs.Bool("syntax-only", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, checkUsage)
@@ -51,6 +65,12 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	}
 	file := fs.Arg(0)
 	p, err := policy.Load(file)
+	if err == nil && !*syntaxOnly {
+		err = verifyRoutes(p, func(r *policy.Route) (sandbox.Credential, error) {
+			fixed, err := resolveUser(r, sh.GID)
+			return cellCredential(fixed, sandbox.UIDRange(sh.UIDs), sh.GID), err
+		})
+	}
 	var invalid *policy.InvalidError
 	switch {
 	case errors.As(err, &invalid):
@@ -64,9 +84,6 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		return exitInvalid
 	}
 	printPolicy(stdout, p)
-	for _, w := range programWarnings(p) {
-		fmt.Fprintln(stderr, "warning: "+w)
-	}
 	return exitOK
 }
 
@@ -162,25 +179,4 @@ func durationOrNone(d time.Duration) string {
 		return "-"
 	}
 	return d.String()
-}
-
-// programWarnings reports programs and directories that are missing or not
-// executable here. They are not errors: a policy may be checked on another
-// machine than the one that serves it, or before `make examples`.
-func programWarnings(p *policy.Policy) []string {
-	var out []string
-	for _, r := range p.Routes {
-		target, want := r.Program, "an executable file"
-		if r.Dir != "" {
-			target, want = r.Dir, "a directory"
-		}
-		fi, err := os.Stat(target)
-		switch {
-		case err != nil:
-			out = append(out, fmt.Sprintf("route %s (line %d): %v", r.Name, r.Line, err))
-		case r.Dir != "" && !fi.IsDir(), r.Dir == "" && (!fi.Mode().IsRegular() || fi.Mode().Perm()&0o111 == 0):
-			out = append(out, fmt.Sprintf("route %s (line %d): %s is not %s", r.Name, r.Line, target, want))
-		}
-	}
-	return out
 }

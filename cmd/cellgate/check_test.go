@@ -7,27 +7,45 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cellgate/cellgate/sandbox"
 )
 
 func TestRunCheck(t *testing.T) {
 	dir := t.TempDir()
-	prog := filepath.Join(dir, "prog")
-	if err := os.WriteFile(prog, []byte("#!/bin/sh\n"), 0o755); err != nil {
-		t.Fatal(err)
+	// t.TempDir's directories are 0700: open them to the cells, as a
+	// deployed program's directories would be.
+	for d := dir; d != filepath.Dir(os.TempDir()) && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
-	write := func(name, content string) string {
+	file := func(name, content string, mode os.FileMode) string {
 		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		if err := os.WriteFile(path, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
 			t.Fatal(err)
 		}
 		return path
 	}
+	write := func(name, content string) string { return file(name, content, 0o644) }
+	prog := file("prog", "#!/bin/sh\n", 0o755)
+	file("notexec", "#!/bin/sh\n", 0o644)
+	file("crlf", "#!/bin/sh\r\necho\r\n", 0o755)
+	file("nointerp", "#!/nonexistent/sh\n", 0o755)
+	file("unreadable", "#!/bin/sh\n", 0o711)
+	file("garbage", "hello\n", 0o755)
+	if err := os.Mkdir(filepath.Join(dir, "private"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	file("private/prog", "#!/bin/sh\n", 0o755)
 	valid := write("valid.yaml", `version: 1
 tenants: [{name: acme, memory: 256Mi, max_cells: 4, queue: 2, queue_timeout: 1s}]
 routes:
   - {name: hello, match: {host: example.com, path: /hello, methods: [GET]}, tenant: acme, program: prog, memory: 32Mi, cpu: 0.5}
 `)
-	missing := write("missing-program.yaml", "version: 1\nroutes:\n  - {name: gone, match: {path: /}, program: nothing-here}\n")
 	invalid := write("invalid.yaml", `version: 1
 routes:
   - name: hello
@@ -36,7 +54,9 @@ routes:
     memroy: 32Mi
     cpu: lots
 `)
-
+	route := func(name, program string) string {
+		return write(name+".yaml", "version: 1\nroutes:\n  - {name: r, match: {path: /}, "+program+"}\n")
+	}
 	tests := []struct {
 		name       string
 		args       []string
@@ -54,8 +74,31 @@ routes:
 			},
 			wantNoWarn: true,
 		},
-		{name: "missing program warns", args: []string{missing}, wantCode: 0,
-			wantOut: []string{"gone"}, wantErr: []string{"warning: route gone (line 3):", "no such file"}},
+		{name: "missing program", args: []string{route("missing", "program: nothing-here")}, wantCode: 1,
+			wantErr: []string{":3: routes[r].program: \"" + filepath.Join(dir, "nothing-here") + "\": ", "no such file", "(fix: install it"}},
+		{name: "missing program, syntax only", args: []string{"--syntax-only", route("missing2", "program: nothing-here")}, wantCode: 0,
+			wantOut: []string{"valid: 1 route(s)"}, wantNoWarn: true},
+		{name: "unknown user", args: []string{route("user", "program: prog, user: nosuchuser")}, wantCode: 1,
+			wantErr: []string{`:3: routes[r].user: "nosuchuser": `, "unknown user nosuchuser"}},
+		{name: "not executable", args: []string{route("notexec", "program: notexec")}, wantCode: 1,
+			wantErr: []string{"routes[r].program", "the cells (uid 2000000000 gid 2000000000) cannot execute it (mode 0644", "chmod o+x"}},
+		{name: "under a 0700 directory", args: []string{route("private", "program: private/prog")}, wantCode: 1,
+			wantErr: []string{"cannot reach it: directory " + filepath.Join(dir, "private") + " (mode 0700", "chmod o+x " + filepath.Join(dir, "private")}},
+		{name: "other uid range", args: []string{"--uid-range", "3000-3999", "--gid", "3000", route("notexec2", "program: notexec")}, wantCode: 1,
+			wantErr: []string{"the cells (uid 3000 gid 3000) cannot execute it"}},
+		{name: "CRLF interpreter line", args: []string{route("crlf", "program: crlf")}, wantCode: 1,
+			wantErr: []string{"carriage return", "dos2unix"}},
+		{name: "missing interpreter", args: []string{route("nointerp", "program: nointerp")}, wantCode: 1,
+			wantErr: []string{"its interpreter /nonexistent/sh (the #! line) does not exist (fix: install /nonexistent/sh"}},
+		{name: "script not readable", args: []string{route("unreadable", "program: unreadable")}, wantCode: 1,
+			wantErr: []string{"cannot read it (mode 0711", "chmod o+r"}},
+		{name: "not a program", args: []string{route("garbage", "program: garbage")}, wantCode: 1,
+			wantErr: []string{"neither a script with a #! line nor an ELF executable"}},
+		{name: "dir route", args: []string{route("dirok", "dir: .")}, wantCode: 0, wantNoWarn: true},
+		{name: "dir route unreachable", args: []string{route("dirbad", "dir: private")}, wantCode: 1,
+			wantErr: []string{"routes[r].dir", "cannot search it (mode 0700"}},
+		{name: "dir route not a directory", args: []string{route("dirfile", "dir: prog")}, wantCode: 1,
+			wantErr: []string{"not a directory"}},
 		{name: "invalid", args: []string{invalid}, wantCode: 1, wantErr: []string{
 			invalid + `:6: routes[hello].memroy: unknown key (fix: did you mean memory?)`,
 			invalid + `:7: routes[hello].cpu: "lots": not a CPU amount`,
@@ -65,12 +108,12 @@ routes:
 		{name: "no arguments", args: nil, wantCode: 2, wantErr: []string{"want one policy file, got 0", "usage: cellgate check"}},
 		{name: "two arguments", args: []string{valid, valid}, wantCode: 2, wantErr: []string{"got 2 arguments"}},
 		{name: "unknown flag", args: []string{"-x", valid}, wantCode: 2, wantErr: []string{"flag provided but not defined"}},
-		{name: "help", args: []string{"-h"}, wantCode: 0, wantOut: []string{"usage: cellgate check POLICY"}},
+		{name: "help", args: []string{"-h"}, wantCode: 0, wantOut: []string{"usage: cellgate check [--uid-range FIRST-LAST] [--gid GID] [--syntax-only] POLICY"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			code := runCheck(tt.args, &out, &errOut)
+			code := runCheck(tt.args, nil, &out, &errOut)
 			if code != tt.wantCode {
 				t.Errorf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tt.wantCode, &out, &errOut)
 			}
@@ -99,9 +142,41 @@ func TestDispatchCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	code := dispatch(context.Background(), []string{"check", filepath.Join("..", "..", "examples", "policy.yaml")}, stdio{out: out, err: out})
+	code := dispatch(context.Background(), []string{"check", "--syntax-only", filepath.Join("..", "..", "examples", "policy.yaml")}, stdio{out: out, err: out})
 	data, _ := os.ReadFile(out.Name())
 	if code != 0 || !strings.Contains(string(data), "valid: ") {
 		t.Fatalf("cellgate check examples/policy.yaml: exit %d\n%s", code, data)
+	}
+}
+
+func TestCanAccess(t *testing.T) {
+	cell := sandbox.Credential{UID: 2000000000, GID: 2000000000, Groups: []uint32{50}}
+	root := sandbox.Credential{}
+	tests := []struct {
+		name string
+		c    sandbox.Credential
+		f    fileOwner
+		want uint32
+		ok   bool
+	}{
+		{"other may execute", cell, fileOwner{mode: 0o755, regular: true}, accessExec, true},
+		{"other may not", cell, fileOwner{mode: 0o750, regular: true}, accessExec, false},
+		{"group by gid", cell, fileOwner{mode: 0o750, gid: 2000000000, regular: true}, accessExec, true},
+		{"group by supplementary group", cell, fileOwner{mode: 0o750, gid: 50, regular: true}, accessExec, true},
+		{"owner class wins over other", cell, fileOwner{mode: 0o007, uid: 2000000000, regular: true}, accessExec, false},
+		{"group class wins over other", cell, fileOwner{mode: 0o707, gid: 50, regular: true}, accessRead, false},
+		{"read", cell, fileOwner{mode: 0o711, regular: true}, accessRead, false},
+		{"search a 0700 directory", cell, fileOwner{mode: 0o700, dir: true}, accessExec, false},
+		{"root reads anything", root, fileOwner{mode: 0o000, uid: 5, regular: true}, accessRead, true},
+		{"root searches anything", root, fileOwner{mode: 0o000, dir: true}, accessExec, true},
+		{"root executes only with an x bit", root, fileOwner{mode: 0o644, regular: true}, accessExec, false},
+		{"root executes with one x bit", root, fileOwner{mode: 0o610, regular: true}, accessExec, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := canAccess(tt.c, tt.f, tt.want); got != tt.ok {
+				t.Errorf("canAccess(%+v, %v, %d) = %v, want %v", tt.c, tt.f, tt.want, got, tt.ok)
+			}
+		})
 	}
 }

@@ -274,6 +274,9 @@ func checkCells(ctx context.Context, cfg doctorConfig, mount string, r *report) 
 		return
 	}
 	have := strings.Fields(string(sc))
+	ctrls, _ := os.ReadFile(filepath.Join(parent, "cgroup.controllers"))
+	procCgroups, _ := os.ReadFile("/proc/cgroups")
+	available, v1 := strings.Fields(string(ctrls)), v1Controllers(procCgroups)
 	for _, c := range []string{"memory", "cpu", "pids"} {
 		switch {
 		case slices.Contains(have, c):
@@ -281,8 +284,7 @@ func checkCells(ctx context.Context, cfg doctorConfig, mount string, r *report) 
 			r.warn("controller "+c, "enable it for cellgate's subtree (systemd: Delegate=yes), then drop it from --unenforced",
 				"not enabled in %s/cgroup.subtree_control: allowed by --unenforced, its limits are not enforced", parent)
 		default:
-			r.fail("controller "+c, fmt.Sprintf("enable it for cellgate's subtree (systemd: Delegate=yes; by hand: echo +%s > %s/cgroup.subtree_control), or allow running without it with --unenforced %s", c, parent, c),
-				"not enabled in %s/cgroup.subtree_control", parent)
+			r.fail("controller "+c, controllerFix(c, parent, available, v1), "not enabled in %s/cgroup.subtree_control", parent)
 		}
 	}
 	if slices.Contains(have, "memory") && slices.Contains(have, "cpu") && slices.Contains(have, "pids") {

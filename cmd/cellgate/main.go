@@ -32,10 +32,11 @@ type stdio struct {
 }
 
 var commands = map[string]command{
-	"run":    {"run one command in a cell and print what it used", runMain},
-	"serve":  {"serve HTTP, every request in its own cell", serveMain},
-	"doctor": {"check this machine for what cellgate needs", doctorMain},
-	"check":  {"validate a policy file and print its routes and limits", checkMain},
+	"run":     {"run one command in a cell and print what it used", runMain},
+	"serve":   {"serve HTTP, every request in its own cell", serveMain},
+	"doctor":  {"check this machine for what cellgate needs", doctorMain},
+	"check":   {"validate a policy file and print its routes and limits", checkMain},
+	"version": {"print the version, commit and Go version", versionMain},
 }
 
 func main() {
@@ -51,10 +52,16 @@ func dispatch(ctx context.Context, args []string, std stdio) int {
 		}
 		return exitOK
 	}
+	if args[0] == "--version" || args[0] == "-version" {
+		return versionMain(ctx, args[1:], std)
+	}
 	c, ok := commands[args[0]]
 	if !ok {
 		fmt.Fprintf(std.err, "cellgate: unknown command %q (want one of %s)\n", args[0], strings.Join(names(), ", "))
 		return exitUsage
+	}
+	for _, w := range unknownEnv(std.environ) {
+		fmt.Fprintf(std.err, "cellgate: warning: %s\n", w)
 	}
 	return c.main(ctx, args[1:], std)
 }

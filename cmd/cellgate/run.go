@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -63,7 +64,8 @@ OOM-killed it, 124 when --timeout passed, 125 when cellgate itself failed,
 126 when COMMAND cannot be executed, 127 when it is not found, 2 for bad
 flags.
 
-The command gets exactly the environment of --env (default PATH only),
+The command gets exactly the environment of --env plus a default PATH
+(unless --env sets PATH),
 runs in --dir (default /) under --user, with no_new_privs, in a process
 group of its own, with only stdin, stdout and stderr open.
 
@@ -86,10 +88,10 @@ func parseRunConfig(args, environ []string, usageOut io.Writer) (runConfig, erro
 	fs.TextVar((*byteSize)(&cfg.Limits.Memory), "memory", byteSize(cfg.Limits.Memory), "memory limit, such as `64Mi` or 1G (memory.max, no swap)")
 	fs.Var((*cpuFlag)(&cfg.Limits.MilliCPU), "cpu", "CPU limit in `CPUs`, such as 0.5 or 250m, or max (cpu.max)")
 	fs.Int64Var(&cfg.Limits.Pids, "pids", cfg.Limits.Pids, "process `limit` (pids.max)")
-	fs.DurationVar(&cfg.Limits.Timeout, "timeout", cfg.Limits.Timeout, "wall-clock `deadline`; the whole cell is killed then")
+	fs.Var((*durationFlag)(&cfg.Limits.Timeout), "timeout", "wall-clock `deadline`; the whole cell is killed then")
 	fs.StringVar(&cfg.User, "user", cfg.User, "`auto` (a uid of the cell's own from --uid-range), a user name such as nobody, or UID[:GID]")
 	fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "the command's working `directory`")
-	fs.Var((*envFlag)(&cfg.Env), "env", "`KEY=VALUE` for the command's environment; repeatable (default "+defaultWorkerPath+")")
+	fs.Var((*envFlag)(&cfg.Env), "env", "`KEY=VALUE` for the command's environment; repeatable (always with "+defaultWorkerPath+" unless PATH is set)")
 	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON object on stdout (the command's stdout goes to stderr)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -100,8 +102,10 @@ func parseRunConfig(args, environ []string, usageOut io.Writer) (runConfig, erro
 		return cfg, err
 	}
 	cfg.Argv = fs.Args()
-	if cfg.Env == nil {
-		cfg.Env = []string{defaultWorkerPath}
+	if !slices.ContainsFunc(cfg.Env, func(kv string) bool { return strings.HasPrefix(kv, "PATH=") }) {
+		// --env adds to the environment; only --env PATH=... replaces
+		// the default PATH.
+		cfg.Env = append([]string{defaultWorkerPath}, cfg.Env...)
 	}
 	return cfg, cfg.validate()
 }
@@ -127,6 +131,11 @@ func (c *runConfig) validate() error {
 	}
 	if !filepath.IsAbs(c.Dir) {
 		return fmt.Errorf("--dir %q: not an absolute path", c.Dir)
+	}
+	if st, err := os.Stat(c.Dir); err != nil {
+		return fmt.Errorf("--dir %s: the command's working directory: %w", c.Dir, err)
+	} else if !st.IsDir() {
+		return fmt.Errorf("--dir %s: not a directory", c.Dir)
 	}
 	if _, err := parseUser(c.User, c.GID); err != nil {
 		return fmt.Errorf("--user %q: %w", c.User, err)

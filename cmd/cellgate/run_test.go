@@ -67,8 +67,12 @@ func TestParseRunConfigFlagsAndEnvironment(t *testing.T) {
 	if cfg.CgroupBase != "mine" {
 		t.Errorf("cgroup base %q: the flag must win over CELLGATE_CGROUP_BASE", cfg.CgroupBase)
 	}
-	if !slices.Equal(cfg.Env, []string{"A=2", "B=x=y"}) {
-		t.Errorf("env %q, want the later A to replace the earlier, and no default PATH", cfg.Env)
+	if !slices.Equal(cfg.Env, []string{defaultWorkerPath, "A=2", "B=x=y"}) {
+		t.Errorf("env %q, want the default PATH, and the later A to replace the earlier", cfg.Env)
+	}
+	if own, err := parseRunConfig([]string{"--env", "A=1", "--env", "PATH=/opt/bin", "--", "prog"}, nil, io.Discard); err != nil ||
+		!slices.Equal(own.Env, []string{"A=1", "PATH=/opt/bin"}) {
+		t.Errorf("env %q (%v), want --env's PATH instead of the default", own.Env, err)
 	}
 	if !slices.Equal(cfg.Argv, []string{"prog", "--flag-of-prog"}) || !cfg.JSON || cfg.Dir != "/tmp" {
 		t.Errorf("argv %q json %v dir %q", cfg.Argv, cfg.JSON, cfg.Dir)
@@ -92,7 +96,10 @@ func TestParseRunConfigErrors(t *testing.T) {
 		{"cpu fraction", nil, []string{"--cpu", "0.0005", "--", "x"}, []string{"-cpu", "0.0005"}},
 		{"pids", nil, []string{"--pids", "0", "--", "x"}, []string{"--pids", "0"}},
 		{"timeout", nil, []string{"--timeout", "0s", "--", "x"}, []string{"--timeout", "0s"}},
+		{"timeout without a unit", nil, []string{"--timeout", "5", "--", "x"}, []string{"-timeout", "want a duration with a unit, such as 5s"}},
 		{"dir", nil, []string{"--dir", "rel", "--", "x"}, []string{"--dir", "rel"}},
+		{"dir missing", nil, []string{"--dir", "/nonexistent/dir", "--", "x"}, []string{"--dir /nonexistent/dir", "working directory", "no such file"}},
+		{"dir not a directory", nil, []string{"--dir", "/etc/passwd", "--", "x"}, []string{"--dir /etc/passwd", "not a directory"}},
 		{"env", nil, []string{"--env", "NOEQUALS", "--", "x"}, []string{"-env", "NOEQUALS"}},
 		{"user", nil, []string{"--user", "12:ab", "--", "x"}, []string{"--user", "12:ab"}},
 		{"unknown user", nil, []string{"--user", "no-such-user-here", "--", "x"}, []string{"--user", "no-such-user-here"}},

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -73,6 +72,10 @@ type daemon struct {
 
 	ready atomic.Bool
 	done  chan struct{} // closed when the daemon starts shutting down
+
+	// logFiles are the log files SIGUSR1 reopens (the access log when it
+	// is a file).
+	logFiles []*logFile
 }
 
 // routeSpec is what a route's cells are started with, built once per route
@@ -91,19 +94,24 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	// Signals first: a SIGTERM during start-up must not kill the process
 	// before it has removed what it created.
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 
-	accessLog, closeAccess, err := openAccessLog(cfg.AccessLog, std.out)
+	accessLog, accessFile, err := openAccessLog(cfg.AccessLog, std.out)
 	if err != nil {
 		return err
 	}
-	defer closeAccess()
+	if accessFile != nil {
+		defer accessFile.Close()
+		d.logFiles = append(d.logFiles, accessFile)
+	}
 
 	pol, err := policy.Load(cfg.Policy)
 	if err != nil {
 		return fmt.Errorf("%w (check it with cellgate check %s)", err, cfg.Policy)
 	}
+	bi := buildVersion()
+	log.Info("cellgate starting", "version", bi.Version, "commit", bi.Commit, "go", bi.GoVersion)
 	log.Info("policy loaded", "policy", cfg.Policy, "routes", len(pol.Routes), "tenants", len(pol.Tenants))
 
 	var runner proxy.Runner
@@ -136,7 +144,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	if err != nil {
 		return err
 	}
-	srv, err := proxy.New(cfg.proxyConfig(""), proxy.Deps{
+	srv, err := proxy.New(cfg.proxyConfig(), proxy.Deps{
 		Runner:    runner,
 		Router:    routerFunc(d.match),
 		Admitter:  d.admission,
@@ -164,13 +172,18 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 		return fmt.Errorf("listen on %s: %w", cfg.origin["admin"], err)
 	}
 	admin := &http.Server{
-		Handler:           accounting.AdminHandler(reg, d.readiness),
+		Handler:           accounting.AdminHandler(reg, d.readiness, d.statusFunc(srv, time.Now())),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	served := make(chan error, 2)
 	go func() { served <- fmt.Errorf("public listener %s: %w", ln.Addr(), srv.Serve(ln)) }()
 	go func() { served <- fmt.Errorf("admin listener %s: %w", aln.Addr(), admin.Serve(aln)) }()
+	if adminExposed(aln.Addr()) {
+		log.Warn("the admin listener is not on a loopback address: /metrics and /status (requests in flight, hosts, paths, "+
+			"client addresses) are served without authentication to whoever can reach it; bind it to 127.0.0.1 or firewall it",
+			"admin", aln.Addr().String())
+	}
 	d.ready.Store(true)
 	log.Info("serving", "listen", ln.Addr().String(), "admin", aln.Addr().String(), "isolation", string(cfg.Isolation), "tls", cfg.TLSCert != "")
 
@@ -179,8 +192,12 @@ wait:
 	for {
 		select {
 		case s := <-sigs:
-			if s == syscall.SIGHUP {
+			switch s {
+			case syscall.SIGHUP:
 				d.reload()
+				continue
+			case syscall.SIGUSR1:
+				d.reopenLogs()
 				continue
 			}
 			log.Info("signal: draining", "signal", s.String(), "drain_timeout", cfg.DrainTimeout)
@@ -209,7 +226,9 @@ func (d *daemon) shutdown(srv *proxy.Server, admin *http.Server, sigs <-chan os.
 		for {
 			select {
 			case s := <-sigs:
-				if s != syscall.SIGHUP {
+				if s == syscall.SIGUSR1 {
+					d.reopenLogs()
+				} else if s != syscall.SIGHUP {
 					d.log.Warn("second signal: killing the cells in flight now", "signal", s.String())
 					cancel()
 					return
@@ -245,10 +264,14 @@ func (d *daemon) startPolicy(pol *policy.Policy, specs map[*policy.Route]*routeS
 }
 
 // readiness is /readyz: ready while serving, not while starting or
-// draining.
+// draining, nor while cells cannot be created (the cgroup tree is gone,
+// or the last cell creation failed).
 func (d *daemon) readiness() error {
 	if !d.ready.Load() {
 		return errors.New("starting or draining")
+	}
+	if d.tree != nil {
+		return d.tree.Health()
 	}
 	return nil
 }
@@ -272,6 +295,9 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 			"controllers", cfg.Unenforced)
 	}
 	tree, err := cgroup.Open(ctx, opts)
+	if errors.Is(err, cgroup.ErrBaseInUse) {
+		return nil, nil, fmt.Errorf("cgroup tree: %w", err)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("cgroup tree: %w (run cellgate doctor)", err)
 	}
@@ -340,17 +366,34 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 		if rs.profile == nil {
 			return nil, fmt.Errorf("route %s (%s:%d): %w", r.Name, pol.Source, r.Line, rs.err)
 		}
-		if rs.err != nil {
-			d.log.Error("route's user cannot be resolved: its requests will fail with 500", "route", r.Name, "err", rs.err)
-		}
+		specs[r] = rs
+	}
+	// A route that can never work refuses the policy (routecheck.go).
+	if err := verifyRoutes(pol, func(r *policy.Route) (sandbox.Credential, error) { return d.routeCredential(specs[r]) }); err != nil {
+		return nil, err
+	}
+	for _, r := range pol.Routes {
+		rs := specs[r]
 		if d.tree != nil {
 			if err := d.tree.Check(rs.profile); err != nil {
 				return nil, fmt.Errorf("route %s (%s:%d): %w (run cellgate doctor)", r.Name, pol.Source, r.Line, err)
 			}
 		}
-		specs[r] = rs
 	}
 	return specs, nil
+}
+
+// routeCredential is who the cells of a route run as: with
+// --isolation=none cellgate's own credentials (workers are plain
+// children), else the route's user or a per-cell uid.
+func (d *daemon) routeCredential(rs *routeSpec) (sandbox.Credential, error) {
+	if rs.err != nil {
+		return sandbox.Credential{}, rs.err
+	}
+	if d.cfg.Isolation == isolationNone {
+		return selfCredential()
+	}
+	return cellCredential(rs.user, sandbox.UIDRange(d.cfg.UIDs), d.cfg.GID), nil
 }
 
 // warm starts pre-creating cells for every route's profile, so that the
@@ -414,6 +457,7 @@ func (d *daemon) registerMetrics(reg *prometheus.Registry) (*accounting.Metrics,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		accounting.NewAdmissionCollector(d.admissionStats),
+		buildInfoCollector(buildVersion()),
 	}
 	if d.tree != nil {
 		cs = append(cs, accounting.NewTenantTotalsCollector(d.tenantTotals))
@@ -510,22 +554,27 @@ func (d *daemon) tenantTotals() ([]accounting.TenantTotals, error) {
 }
 
 // openAccessLog returns the access logger writing JSON records to dest:
-// "stdout" (out), "stderr" or a file opened for appending.
-func openAccessLog(dest string, out io.Writer) (*slog.Logger, func(), error) {
-	var w io.Writer
-	closeFn := func() {}
+// "stdout" (out), "stderr" or a file opened for appending, which is
+// returned too (SIGUSR1 reopens it).
+func openAccessLog(dest string, out io.Writer) (*slog.Logger, *logFile, error) {
 	switch dest {
 	case "stdout":
-		w = out
+		return slog.New(slog.NewJSONHandler(out, nil)), nil, nil
 	case "stderr":
-		w = os.Stderr
-	default:
-		f, err := os.OpenFile(filepath.Clean(dest), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
-		if err != nil {
-			return nil, nil, fmt.Errorf("open access log --access-log=%s: %w", dest, err)
-		}
-		w = f
-		closeFn = func() { f.Close() }
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), nil, nil
 	}
-	return slog.New(slog.NewJSONHandler(w, nil)), closeFn, nil
+	f, err := openLogFile(dest)
+	if err != nil {
+		return nil, nil, fmt.Errorf("access log --access-log=%s: %w", dest, err)
+	}
+	return slog.New(slog.NewJSONHandler(f, nil)), f, nil
+}
+
+// reopenLogs is SIGUSR1: every log file is opened again by name.
+func (d *daemon) reopenLogs() {
+	if err := reopenAll(d.logFiles); err != nil {
+		d.log.Error("SIGUSR1: reopen log files", "err", err)
+		return
+	}
+	d.log.Info("SIGUSR1: log files reopened", "files", len(d.logFiles))
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -74,6 +75,11 @@ type serveConfig struct {
 	MaxConns       int           `env:"MAX_CONNS" envDefault:"10000"`
 	MaxConnsPerIP  int           `env:"MAX_CONNS_PER_IP" envDefault:"100"`
 	RetryAfter     time.Duration `env:"RETRY_AFTER" envDefault:"1s"`
+	// TrustedProxies are the load balancers (CIDR prefixes or addresses,
+	// comma-separated) whose X-Forwarded-For names the client; parsed
+	// into trusted by validate. Default none.
+	TrustedProxies string `env:"TRUSTED_PROXIES"`
+	trusted        []netip.Prefix
 	// TempDir holds the request and response spool files. Default
 	// $TMPDIR, else /tmp.
 	TempDir string `env:"TEMP_DIR"`
@@ -124,27 +130,28 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "TLS private key PEM `file` (CELLGATE_TLS_KEY)")
 	fs.StringVar(&c.Admin, "admin", c.Admin, "admin listen `address` for /metrics /healthz /readyz, never the public port (CELLGATE_ADMIN)")
 	fs.StringVar(&c.Policy, "policy", c.Policy, "policy `file` (CELLGATE_POLICY), required")
-	fs.DurationVar(&c.DrainTimeout, "drain-timeout", c.DrainTimeout, "on SIGTERM, how long requests in flight may finish before their cells are killed (CELLGATE_DRAIN_TIMEOUT)")
+	fs.Var((*durationFlag)(&c.DrainTimeout), "drain-timeout", "on SIGTERM, how long requests in flight may finish before their cells are killed (CELLGATE_DRAIN_TIMEOUT)")
 	fs.StringVar(&c.AccessLog, "access-log", c.AccessLog, "access log `destination`: stdout, stderr or a file (CELLGATE_ACCESS_LOG)")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "operational log `level`: debug, info, warn, error (CELLGATE_LOG_LEVEL)")
 	fs.TextVar(&c.Isolation, "isolation", c.Isolation, "cells, or none for plain exec (benchmark baseline only) (CELLGATE_ISOLATION)")
 	c.Shared.addFlags(fs)
 	fs.IntVar(&c.MaxCells, "max-cells", c.MaxCells, "kernel cap on tenant and cell groups (cgroup.max.descendants), 0 = none (CELLGATE_MAX_CELLS)")
-	fs.DurationVar(&c.HeaderTimeout, "header-timeout", c.HeaderTimeout, "time a client has to send the request header (CELLGATE_HEADER_TIMEOUT)")
-	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "keep-alive idle timeout (CELLGATE_IDLE_TIMEOUT)")
+	fs.Var((*durationFlag)(&c.HeaderTimeout), "header-timeout", "time a client has to send the request header (CELLGATE_HEADER_TIMEOUT)")
+	fs.Var((*durationFlag)(&c.IdleTimeout), "idle-timeout", "keep-alive idle timeout (CELLGATE_IDLE_TIMEOUT)")
 	fs.TextVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "largest request header, `size` (CELLGATE_MAX_HEADER_BYTES)")
 	fs.TextVar(&c.BodyMinRate, "body-min-rate", c.BodyMinRate, "slowest request body upload, `bytes` per second (CELLGATE_BODY_MIN_RATE)")
-	fs.DurationVar(&c.BodyRateGrace, "body-rate-grace", c.BodyRateGrace, "time before --body-min-rate applies (CELLGATE_BODY_RATE_GRACE)")
+	fs.Var((*durationFlag)(&c.BodyRateGrace), "body-rate-grace", "time before --body-min-rate applies (CELLGATE_BODY_RATE_GRACE)")
 	fs.TextVar(&c.WriteMinRate, "write-min-rate", c.WriteMinRate, "slowest response download, `bytes` per second (CELLGATE_WRITE_MIN_RATE)")
-	fs.DurationVar(&c.WriteRateGrace, "write-rate-grace", c.WriteRateGrace, "extra time for the first piece of a response (CELLGATE_WRITE_RATE_GRACE)")
-	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "longest a client may take to read one piece of a response (--write-min-rate × this) (CELLGATE_WRITE_TIMEOUT)")
+	fs.Var((*durationFlag)(&c.WriteRateGrace), "write-rate-grace", "extra time for the first piece of a response (CELLGATE_WRITE_RATE_GRACE)")
+	fs.Var((*durationFlag)(&c.WriteTimeout), "write-timeout", "longest a client may take to read one piece of a response (--write-min-rate × this) (CELLGATE_WRITE_TIMEOUT)")
 	fs.TextVar(&c.MaxBody, "max-body", c.MaxBody, "largest request body for routes that set none, `size` (CELLGATE_MAX_BODY)")
 	fs.TextVar(&c.MaxResponse, "max-response", c.MaxResponse, "largest response body, `size` (CELLGATE_MAX_RESPONSE)")
 	fs.TextVar(&c.SpoolMemory, "spool-memory", c.SpoolMemory, "memory all request and response spools may hold at once, `size` (CELLGATE_SPOOL_MEMORY)")
 	fs.TextVar(&c.SpoolDisk, "spool-disk", c.SpoolDisk, "spool file bytes all requests may hold at once in --temp-dir, `size`; beyond, 503 (CELLGATE_SPOOL_DISK)")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "client connections open at once, -1 = no cap (CELLGATE_MAX_CONNS)")
 	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", c.MaxConnsPerIP, "connections per client IP, -1 = no cap (CELLGATE_MAX_CONNS_PER_IP)")
-	fs.DurationVar(&c.RetryAfter, "retry-after", c.RetryAfter, "Retry-After of a 503 (CELLGATE_RETRY_AFTER)")
+	fs.Var((*durationFlag)(&c.RetryAfter), "retry-after", "Retry-After of a 503 (CELLGATE_RETRY_AFTER)")
+	fs.StringVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "`CIDR,...` of load balancers whose X-Forwarded-For sets REMOTE_ADDR, the log's client and the per-IP cap's key; never believed from others (CELLGATE_TRUSTED_PROXIES)")
 	fs.StringVar(&c.TempDir, "temp-dir", c.TempDir, "`directory` of request and response spool files, default $TMPDIR or /tmp (CELLGATE_TEMP_DIR)")
 }
 
@@ -277,6 +284,9 @@ func (c *serveConfig) validate() error {
 			bad(n.flag, "want a positive number, or -1 for no cap")
 		}
 	}
+	if c.trusted, err = proxy.ParseTrustedProxies(c.TrustedProxies); err != nil {
+		bad("trusted-proxies", "%v", err)
+	}
 	if st, err := os.Stat(c.TempDir); err != nil {
 		bad("temp-dir", "%v", err)
 	} else if !st.IsDir() {
@@ -304,8 +314,9 @@ func joinIndented(errs []error) error {
 	return errors.New(strings.Join(msgs, "\n  "))
 }
 
-// proxyConfig is the front's part of the settings.
-func (c *serveConfig) proxyConfig(version string) proxy.Config {
+// proxyConfig is the front's part of the settings, with this build's
+// version for SERVER_SOFTWARE.
+func (c *serveConfig) proxyConfig() proxy.Config {
 	rate := func(v byteSize) int64 {
 		if v <= 0 {
 			return -1
@@ -332,6 +343,7 @@ func (c *serveConfig) proxyConfig(version string) proxy.Config {
 		MaxConnsPerIP:     c.MaxConnsPerIP,
 		RetryAfter:        c.RetryAfter,
 		TempDir:           c.TempDir,
-		Version:           version,
+		TrustedProxies:    c.trusted,
+		Version:           buildVersion().Version,
 	}
 }

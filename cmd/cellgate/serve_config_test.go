@@ -86,6 +86,22 @@ func TestServeConfig(t *testing.T) {
 			errHas: []string{`unexpected argument "extra"`},
 		},
 		{
+			name:   "bad trusted proxy",
+			args:   []string{"--policy", "p.yaml", "--trusted-proxies", "10.0.0.0/8,lb.example"},
+			errHas: []string{`--trusted-proxies="10.0.0.0/8,lb.example"`, `"lb.example" is neither a CIDR prefix`},
+		},
+		{
+			name:    "trusted proxies from the environment",
+			environ: []string{"CELLGATE_TRUSTED_PROXIES=10.0.0.0/8, 192.0.2.1"},
+			args:    []string{"--policy", "p.yaml"},
+			check: func(t *testing.T, c *serveConfig) {
+				pc := c.proxyConfig()
+				if len(pc.TrustedProxies) != 2 || pc.TrustedProxies[0].String() != "10.0.0.0/8" || pc.TrustedProxies[1].String() != "192.0.2.1/32" {
+					t.Errorf("TrustedProxies = %v", pc.TrustedProxies)
+				}
+			},
+		},
+		{
 			name:   "unknown controller",
 			args:   []string{"--policy", "p.yaml", "--unenforced", "memory,io"},
 			errHas: []string{"io", "memory, cpu, pids"},
@@ -117,7 +133,10 @@ func TestServeProxyConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc := cfg.proxyConfig("")
+	pc := cfg.proxyConfig()
+	if want := buildVersion().Version; pc.Version != want || pc.Version == "" {
+		t.Errorf("proxy config Version %q, want this build's %q (SERVER_SOFTWARE)", pc.Version, want)
+	}
 	if pc.BodyMinRate != -1 || pc.MaxConns != -1 || pc.WriteMinRate != 1024 || pc.MaxHeaderBytes != 16<<10 {
 		t.Errorf("proxy config: body min rate %d (want -1: off), max conns %d (want -1), write min rate %d, max header %d",
 			pc.BodyMinRate, pc.MaxConns, pc.WriteMinRate, pc.MaxHeaderBytes)

@@ -11,9 +11,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caarlos0/env/v11"
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -226,4 +228,51 @@ func (u *uint32Flag) Set(s string) error {
 	}
 	*u = uint32Flag(v)
 	return nil
+}
+
+// durationFlag is a time.Duration flag whose error says what a duration
+// looks like (the flag package's own says only "parse error").
+type durationFlag time.Duration
+
+func (d *durationFlag) String() string { return time.Duration(*d).String() }
+
+func (d *durationFlag) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("want a duration with a unit, such as 5s, 500ms or 2m (%q has none or is malformed)", s)
+	}
+	*d = durationFlag(v)
+	return nil
+}
+
+// otherEnv are CELLGATE_* variables the project's build and tests read,
+// which cellgate itself does not.
+var otherEnv = []string{"CELLGATE_BIN", "CELLGATE_REQUIRE_KERNEL_TESTS", "CELLGATE_VM_CACHE", "CELLGATE_VM_ACCEL", "CELLGATE_CELL_HELPER", "CELLGATE_TEST_HELPER"}
+
+// unknownEnv returns a warning for each CELLGATE_* variable of environ
+// that no subcommand reads (a misspelt setting is otherwise silently
+// ignored), with the setting it may have meant.
+func unknownEnv(environ []string) []string {
+	known := slices.Clone(otherEnv)
+	params, err := env.GetFieldParamsWithOptions(&serveConfig{}, env.Options{Prefix: envPrefix})
+	if err != nil {
+		return nil
+	}
+	for _, p := range params {
+		known = append(known, p.Key)
+	}
+	var out []string
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(k, envPrefix) || slices.Contains(known, k) {
+			continue
+		}
+		msg := fmt.Sprintf("%s is not a cellgate setting; it is ignored", k)
+		if s := policy.Closest(k, known); s != "" {
+			msg += fmt.Sprintf(" (did you mean %s?)", s)
+		}
+		out = append(out, msg)
+	}
+	slices.Sort(out)
+	return out
 }

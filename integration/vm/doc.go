@@ -9,6 +9,6 @@
 // when it is missing and may be installed, writes the initramfs and boots it.
 // The guest side (Guest) is the same static binary running as /init: it loads
 // the virtio and 9p modules, mounts the shared root and the kernel
-// filesystems, chroots and runs the program, then prints a status line that
+// filesystems, switches root and runs the program, then prints a status line that
 // the host parses. Only integration/vm/cmd/vmrun imports this package.
 package vm

@@ -21,6 +21,8 @@ func Guest() {
 	rawConsole(int(console.Fd()))
 	spec, err := readSpec("/" + SpecPath)
 	if err == nil {
+		// The sign of life: the accelerator started this guest.
+		fmt.Fprintf(console, "%s\n", spec.Alive)
 		err = setup(spec)
 	}
 	if err != nil {
@@ -81,7 +83,7 @@ func rawConsole(fd int) {
 }
 
 // setup loads the modules, mounts the shared root and the kernel
-// filesystems, brings the network up and chroots.
+// filesystems, brings the network up and switches root.
 func setup(s Spec) error {
 	for _, m := range s.Modules {
 		if err := loadModule(filepath.Join("/", modulesDir, m)); err != nil {
@@ -139,13 +141,33 @@ func setup(s Spec) error {
 			return err
 		}
 	}
-	if err := unix.Chroot(newRoot); err != nil {
-		return fmt.Errorf("chroot %s: %w", newRoot, err)
+	if err := switchRoot(newRoot); err != nil {
+		return err
 	}
 	if err := os.Chdir(s.Dir); err != nil {
 		return fmt.Errorf("chdir %s in the shared root: %w", s.Dir, err)
 	}
 	return nil
+}
+
+// switchRoot makes dir the root, as switch_root does: the mount moves
+// onto / and the process chroots into it. A bare chroot would leave the
+// guest's programs "chrooted" in the kernel's eyes (their root is not
+// their mount namespace's root), and the kernel refuses a chrooted
+// process a user namespace (EPERM from clone/unshare CLONE_NEWUSER), which
+// cells and preloaders use. pivot_root cannot be used: the initramfs is
+// the rootfs, which cannot be unmounted.
+func switchRoot(dir string) error {
+	if err := os.Chdir(dir); err != nil {
+		return fmt.Errorf("chdir %s: %w", dir, err)
+	}
+	if err := unix.Mount(dir, "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("move mount %s onto /: %w", dir, err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("chroot into %s: %w", dir, err)
+	}
+	return os.Chdir("/")
 }
 
 // writableTmp lays a tmpfs-backed overlay over the shared root's /tmp: the
@@ -216,6 +238,14 @@ func runProgram(s Spec, console *os.File) int {
 		fmt.Fprintf(console, "vmrun guest: run %s: %v\n", s.Args[0], err)
 		return 127
 	}
+	if s.Control {
+		ctl, err := openControlTTY()
+		if err != nil {
+			fmt.Fprintf(console, "vmrun guest: signals will not reach %s: %v\n", s.Args[0], err)
+		} else {
+			go forwardSignals(ctl, p.Pid, console)
+		}
+	}
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, 0, nil)
@@ -235,6 +265,24 @@ func runProgram(s Spec, console *os.File) int {
 		}
 		return ws.ExitStatus()
 	}
+}
+
+// openControlTTY opens the serial port the host's signals arrive on, raw
+// and ignoring modem lines (a serial open otherwise waits for carrier).
+func openControlTTY() (*os.File, error) {
+	fd, err := unix.Open(GuestControlTTY, unix.O_RDONLY|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", GuestControlTTY, err)
+	}
+	if t, err := unix.IoctlGetTermios(fd, unix.TCGETS); err == nil {
+		t.Iflag &^= unix.ICRNL | unix.IXON | unix.ISTRIP | unix.INLCR | unix.IGNCR
+		t.Lflag &^= unix.ECHO | unix.ICANON | unix.ISIG | unix.IEXTEN
+		t.Cflag |= unix.CLOCAL | unix.CREAD
+		t.Cc[unix.VMIN], t.Cc[unix.VTIME] = 1, 0
+		unix.IoctlSetTermios(fd, unix.TCSETS, t)
+	}
+	// os.NewFile on a non-blocking fd reads through the runtime's poller.
+	return os.NewFile(uintptr(fd), GuestControlTTY), nil
 }
 
 // powerOff waits for the console to drain (or the status line could be

@@ -36,17 +36,6 @@ func EnsureQEMU(ctx context.Context, log io.Writer) (string, error) {
 	return p, nil
 }
 
-// KVMUsable reports whether the KVM device at path (normally /dev/kvm) can
-// be opened for reading and writing.
-func KVMUsable(path string) bool {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return false
-	}
-	f.Close()
-	return true
-}
-
 // Forward is a host TCP address forwarded to a guest port.
 type Forward struct {
 	HostAddr  string // IP the host listens on, e.g. 127.0.0.1
@@ -83,7 +72,8 @@ type Machine struct {
 	CPUs      int
 	KVM       bool
 	Forwards  []Forward
-	Verbose   bool // show the kernel's boot messages
+	Verbose   bool   // show the kernel's boot messages
+	Control   string // host path of the control socket (second serial port), or ""
 }
 
 // HostRootTag is the 9p mount tag of the shared host root.
@@ -113,6 +103,11 @@ func (m Machine) Command() []string {
 		args = append(args, "-accel", "kvm", "-cpu", "host")
 	} else {
 		args = append(args, "-accel", "tcg,thread=multi", "-cpu", "max")
+	}
+	if m.Control != "" {
+		args = append(args,
+			"-chardev", "socket,id=ctl,server=on,wait=off,path="+strings.ReplaceAll(m.Control, ",", ",,"),
+			"-serial", "chardev:ctl")
 	}
 	if len(m.Forwards) > 0 {
 		nd := "user,id=net0,restrict=on"

@@ -1,8 +1,6 @@
 package vm
 
 import (
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -95,29 +93,6 @@ func TestParseForward(t *testing.T) {
 			}
 			if err != nil || got != tc.want {
 				t.Errorf("ParseForward(%q) = %+v, %v; want %+v", tc.in, got, err, tc.want)
-			}
-		})
-	}
-}
-
-func TestKVMUsable(t *testing.T) {
-	dir := t.TempDir()
-	dev := filepath.Join(dir, "kvm")
-	if err := os.WriteFile(dev, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name string
-		path string
-		want bool
-	}{
-		{"openable read-write", dev, true},
-		{"missing", filepath.Join(dir, "nope"), false},
-		{"not openable for writing (a directory)", dir, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := KVMUsable(tc.path); got != tc.want {
-				t.Errorf("KVMUsable(%s) = %v, want %v", tc.path, got, tc.want)
 			}
 		})
 	}

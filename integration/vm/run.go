@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"debug/elf"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -25,13 +27,24 @@ type Options struct {
 	Mem      string   // guest memory, qemu -m syntax (2G)
 	CPUs     int      // guest CPUs
 	Timeout  time.Duration
-	CacheDir string    // where the kernel is kept
-	KVMPath  string    // /dev/kvm; KVM is used when it opens read-write
+	CacheDir string // where the kernel (and the cached KVM verdict) is kept
+	Accel    Accel  // how the accelerator is chosen ("" = auto)
+	KVMPath  string // /dev/kvm
+	// LifeBound is how long a KVM guest may stay silent before KVM is
+	// judged unable to start it (DefaultLifeBound).
+	LifeBound time.Duration
+	// SayAccel prints the accelerator used and why (a fallback from KVM to
+	// TCG is always said).
+	SayAccel bool
 	Forwards []Forward // host TCP ports forwarded into the guest
 	Verbose  bool      // show the kernel's messages
 	Init     string    // the static binary that becomes /init (os.Executable())
 	Stdout   io.Writer // the guest console, less the status line
 	Log      io.Writer // the runner's own messages
+	// Signals, when set, are passed to the guest's program once the guest
+	// lives (SIGHUP any number of times; a second SIGINT or SIGTERM kills
+	// the VM); before that, any of them kills the VM.
+	Signals <-chan os.Signal
 }
 
 // Run boots the VM, runs the program and returns its exit status. Any
@@ -55,7 +68,11 @@ func Run(ctx context.Context, o Options) (int, error) {
 	if err != nil {
 		return 0, timedOut(ctx, o.Timeout, err)
 	}
-	marker, err := newMarker()
+	marker, err := newMarker("vmrun-exit-status-", ":")
+	if err != nil {
+		return 0, err
+	}
+	alive, err := newMarker("vmrun-guest-alive-", "")
 	if err != nil {
 		return 0, err
 	}
@@ -64,7 +81,9 @@ func Run(ctx context.Context, o Options) (int, error) {
 		Dir:     o.Dir,
 		Env:     guestEnv(o.Env),
 		Marker:  marker,
+		Alive:   alive,
 		Network: len(o.Forwards) > 0,
+		Control: o.Signals != nil,
 	}
 	initrd, err := os.CreateTemp("", "vmrun-initramfs-*.cpio")
 	if err != nil {
@@ -84,30 +103,169 @@ func Run(ctx context.Context, o Options) (int, error) {
 		Initramfs: initrd.Name(),
 		MemSize:   o.Mem,
 		CPUs:      o.CPUs,
-		KVM:       KVMUsable(o.KVMPath),
 		Forwards:  o.Forwards,
 		Verbose:   o.Verbose,
 	}
-	return Boot(ctx, m, marker, o.Timeout, o.Stdout, o.Log)
+	if o.Signals != nil {
+		dir, err := os.MkdirTemp("", "vmrun-control-")
+		if err != nil {
+			return 0, fmt.Errorf("make control socket directory: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		m.Control = filepath.Join(dir, "control.sock")
+	}
+	b := BootOptions{Marker: marker, Alive: alive, Timeout: o.Timeout, Stdout: o.Stdout, Log: o.Log, Signals: o.Signals}
+	choice := o.FirstChoice(qemu)
+	if !choice.KVM {
+		o.say(choice)
+		return Boot(ctx, m, b)
+	}
+	m.KVM = true
+	b.LifeBound = cmp.Or(o.LifeBound, DefaultLifeBound)
+	code, err := Boot(ctx, m, b)
+	var noLife *NoLifeError
+	if !errors.As(err, &noLife) {
+		o.say(choice)
+		return code, err
+	}
+	if o.Accel == AccelKVM {
+		o.Log.Write(noLife.Stderr)
+		return 0, fmt.Errorf("KVM could not start the guest (forced by -accel kvm; -accel auto falls back to TCG): %w", err)
+	}
+	if werr := writeKVMVerdict(o.CacheDir, kvmVerdictKey(qemu), noLife.Reason); werr != nil {
+		fmt.Fprintf(o.Log, "vmrun: %v\n", werr)
+	}
+	fmt.Fprintf(o.Log, "vmrun: KVM unusable here (%s); using TCG\n", noLife.Reason)
+	m.KVM = false
+	b.LifeBound = 0
+	return Boot(ctx, m, b)
+}
+
+// FirstChoice returns the accelerator a run with o tries first, with qemu
+// as the emulator, without booting anything.
+func (o Options) FirstChoice(qemu string) Choice {
+	return choose(o.Accel,
+		func() error { return openDevice(o.KVMPath) },
+		func() string { return readKVMVerdict(o.CacheDir, kvmVerdictKey(qemu)) })
+}
+
+// say prints the accelerator choice when asked to.
+func (o Options) say(c Choice) {
+	if o.SayAccel {
+		fmt.Fprintf(o.Log, "vmrun: accelerator: %s\n", c)
+	}
+}
+
+// BootOptions are what one qemu boot needs besides the Machine.
+type BootOptions struct {
+	Marker  string // the status line's prefix (Spec.Marker)
+	Alive   string // the guest's sign of life (Spec.Alive)
+	Timeout time.Duration
+	// LifeBound, when set, puts the accelerator on trial: a guest that
+	// shows no sign of life within it, or a qemu that exits before the
+	// guest does, ends the boot with a *NoLifeError. qemu's stderr is held
+	// meanwhile and shown only once the guest lives (or in the error).
+	LifeBound time.Duration
+	// Signals are forwarded to the guest's program through m.Control (see
+	// Options.Signals).
+	Signals <-chan os.Signal
+	Stdout  io.Writer
+	Log     io.Writer
 }
 
 // Boot runs qemu for m, streams the console to stdout without the status
-// line, and returns the guest's status. It kills qemu after timeout.
-func Boot(ctx context.Context, m Machine, marker string, timeout time.Duration, stdout, log io.Writer) (int, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+// line, and returns the guest's status. It kills qemu after the timeout.
+func Boot(ctx context.Context, m Machine, b BootOptions) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, b.Timeout)
 	defer cancel()
-	filter := &StatusFilter{W: stdout, Marker: marker}
-	cmd := exec.CommandContext(ctx, m.QEMU, m.Command()...)
+	// killVM ends qemu early: a guest silent past the life bound, or an
+	// interrupt.
+	vmCtx, killVM := context.WithCancelCause(ctx)
+	defer killVM(nil)
+	// qemu's stderr and the runner's own lines share the log.
+	b.Log = &lockedWriter{w: b.Log}
+	stderr := &heldWriter{w: b.Log, max: 64 << 10}
+	lived := make(chan struct{})
+	filter := &StatusFilter{W: b.Stdout, Marker: b.Marker, Alive: b.Alive, OnAlive: func() { close(lived) }}
+	cmd := exec.CommandContext(vmCtx, m.QEMU, m.Command()...)
 	cmd.Stdin = nil
 	cmd.Stdout = filter
-	cmd.Stderr = log
+	cmd.Stderr = b.Log
+	if b.LifeBound > 0 {
+		cmd.Stderr = stderr
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.WaitDelay = 5 * time.Second
-	runErr := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start %s: %w", m.QEMU, err)
+	}
+	silent := errors.New("silent")
+	if b.LifeBound > 0 {
+		timer := time.AfterFunc(b.LifeBound, func() { killVM(silent) })
+		defer timer.Stop()
+		go func() {
+			select {
+			case <-lived:
+				timer.Stop()
+				stderr.release()
+			case <-vmCtx.Done():
+			}
+		}()
+	}
+	forwarded := make(chan struct{})
+	if b.Signals != nil {
+		go func() {
+			defer close(forwarded)
+			forwardToGuest(vmCtx, killVM, m.Control, filter, b.Signals, b.Log)
+		}()
+	} else {
+		close(forwarded)
+	}
+	runErr := cmd.Wait()
 	filter.Close()
+	// Why qemu was ended early, if it was; then stop the forwarder.
+	cause := context.Cause(vmCtx)
+	killVM(errQEMUExited)
+	<-forwarded
+	var interrupted *interruptError
+	if errors.As(cause, &interrupted) {
+		return 0, fmt.Errorf("interrupted; VM killed: %w", interrupted)
+	}
+	if b.LifeBound > 0 && !filter.SawLife() && ctx.Err() == nil {
+		if errors.Is(cause, silent) {
+			return 0, &NoLifeError{Reason: fmt.Sprintf("the guest printed nothing within %v", b.LifeBound), Stderr: stderr.bytes()}
+		}
+		reason := "qemu exited before the guest started"
+		if runErr != nil {
+			reason = "qemu failed before the guest started: " + runErr.Error()
+			if strings.Contains(runErr.Error(), "aborted") {
+				reason = "qemu aborted"
+			}
+		}
+		if r := qemuReason(stderr.bytes()); r != "" {
+			reason += ": " + r
+		}
+		return 0, &NoLifeError{Reason: reason, Stderr: stderr.bytes()}
+	}
+	stderr.release()
 	code, found, panicked := filter.Status()
-	return Verdict(code, found, panicked, ctx.Err(), timeout, runErr)
+	return Verdict(code, found, panicked, ctx.Err(), b.Timeout, runErr)
 }
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// errQEMUExited ends a boot's helpers once qemu has exited.
+var errQEMUExited = errors.New("qemu exited")
 
 // Verdict turns what was seen of a boot into the runner's result: the
 // guest's status when it printed one, otherwise an error saying why not.
@@ -147,12 +305,14 @@ func guestEnv(env []string) []string {
 	return append(out, "TMPDIR="+GuestTmp)
 }
 
-func newMarker() (string, error) {
+// newMarker returns prefix, 16 random hex digits and suffix: a console
+// line no program prints by chance.
+func newMarker(prefix, suffix string) (string, error) {
 	b := make([]byte, 8)
 	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("make status marker: %w", err)
+		return "", fmt.Errorf("make console marker: %w", err)
 	}
-	return "vmrun-exit-status-" + hex.EncodeToString(b) + ":", nil
+	return prefix + hex.EncodeToString(b) + suffix, nil
 }
 
 // checkStatic makes sure the init binary can run in an initramfs without

@@ -1,15 +1,18 @@
 package vm
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"debug/elf"
 	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -31,8 +34,72 @@ func fakeQEMU(mode string, args []string) int {
 		fmt.Fprintln(os.Stderr, "fake qemu:", err)
 		return 1
 	}
+	accel := args[slices.Index(args, "-accel")+1]
+	if log := os.Getenv(fakeQEMULogEnv); log != "" {
+		f, err := os.OpenFile(log, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+		fmt.Fprintln(f, accel)
+		f.Close()
+	}
+	kvm := accel == "kvm"
+	switch {
+	case mode == "kvm-abort" && kvm:
+		// What a broken nested KVM does: qemu aborts on an assertion.
+		err := syscall.Exec("/bin/sh", []string{"sh", "-c", `echo "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69" >&2
+echo "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion 'ret == cpu->kvm_msr_buf->nmsrs' failed." >&2
+kill -ABRT $$`}, os.Environ())
+		fmt.Fprintln(os.Stderr, "fake qemu: exec sh:", err)
+		return 1
+	case mode == "kvm-silent" && kvm:
+		// The other broken case: the guest spins and never prints.
+		time.Sleep(time.Hour)
+		return 1
+	case mode == "kvm-abort" || mode == "kvm-silent":
+		mode = "echo"
+	case mode == "kvm-fail" && kvm:
+		mode = "fail"
+	}
 	fmt.Println("[    0.000000] Linux version 6.1.0-fake")
+	if mode != "crash" {
+		fmt.Println(spec.Alive)
+	}
 	switch mode {
+	case "control", "silent-control":
+		// Play qemu's control socket and the guest's /init: each signal
+		// line is answered on the console; SIGTERM ends the program
+		// (silent-control never ends).
+		i := slices.IndexFunc(args, func(a string) bool { return strings.HasPrefix(a, "socket,id=ctl,") })
+		if i < 0 {
+			fmt.Fprintln(os.Stderr, "fake qemu: no control socket chardev")
+			return 1
+		}
+		_, path, _ := strings.Cut(args[i], ",path=")
+		ln, err := net.Listen("unix", path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+		fmt.Println("ready")
+		if mode == "silent-control" {
+			time.Sleep(time.Hour)
+		}
+		c, err := ln.Accept()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fake qemu:", err)
+			return 1
+		}
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			sig, err := parseControlLine(sc.Text())
+			fmt.Printf("program got %v (%v)\n", sig, err)
+			if sig == syscall.SIGTERM {
+				break
+			}
+		}
+		fmt.Printf("%s 0\n", spec.Marker)
 	case "echo":
 		// The guest's view of what it was asked to run, then success.
 		fmt.Printf("args=%q dir=%s tmpdir=%s accel=%s\n", spec.Args, spec.Dir, envValue(spec.Env, "TMPDIR"), args[slices.Index(args, "-accel")+1])
@@ -59,6 +126,10 @@ func fakeQEMU(mode string, args []string) int {
 	fmt.Println("[    3.000000] reboot: Power down")
 	return 0
 }
+
+// fakeQEMULogEnv names a file to which the fake qemu appends the -accel
+// of each boot.
+const fakeQEMULogEnv = "VMTEST_QEMU_LOG"
 
 func envValue(env []string, key string) string {
 	for _, kv := range env {

@@ -7,7 +7,9 @@ type Spec struct {
 	Env     []string // environment, TMPDIR already pointing at GuestTmp
 	Modules []string // module files in the initramfs, in load order
 	Marker  string   // prefix of the status line, unique per run
+	Alive   string   // the line /init prints first: the guest's sign of life, unique per run
 	Network bool     // configure the virtio-net interface (for -forward)
+	Control bool     // forward the signals read from GuestControlTTY to the program
 }
 
 // Guest paths.

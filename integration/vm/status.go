@@ -12,16 +12,21 @@ import (
 // StatusFilter passes the guest's console output through to W, line by
 // line, up to the status line that begins with Marker: it keeps the status
 // and drops that line and what follows (the kernel's power-down message).
-// It also notes a kernel panic.
+// It also notes a kernel panic, and the guest's sign of life: the line
+// Alive, which the guest's /init prints first (dropped from the output;
+// OnAlive, when set, is called once when it is seen).
 type StatusFilter struct {
-	W      io.Writer
-	Marker string
+	W       io.Writer
+	Marker  string
+	Alive   string
+	OnAlive func()
 
 	mu       sync.Mutex
 	buf      []byte
 	status   int
 	found    bool
 	panicked bool
+	alive    bool
 }
 
 // panicText is how the kernel announces a panic on the console.
@@ -65,6 +70,13 @@ func (f *StatusFilter) line(l []byte) error {
 	if bytes.Contains(l, []byte(panicText)) {
 		f.panicked = true
 	}
+	if f.Alive != "" && !f.alive && bytes.Contains(l, []byte(f.Alive)) {
+		f.alive = true
+		if f.OnAlive != nil {
+			f.OnAlive()
+		}
+		return nil
+	}
 	if i := bytes.Index(l, []byte(f.Marker)); i >= 0 {
 		code, err := parseStatus(string(l[i+len(f.Marker):]))
 		if err == nil {
@@ -85,6 +97,13 @@ func parseStatus(rest string) (int, error) {
 		return 0, fmt.Errorf("parse exit status %q: not 0-255", s)
 	}
 	return code, nil
+}
+
+// SawLife reports whether the guest's sign of life was seen.
+func (f *StatusFilter) SawLife() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.alive
 }
 
 // Status returns the guest's exit status, whether one was seen, and whether

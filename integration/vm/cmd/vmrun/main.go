@@ -18,7 +18,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/cellgate/cellgate/integration/vm"
@@ -39,9 +38,11 @@ func main() {
 		fmt.Fprintf(os.Stderr, "vmrun: find own binary: %v\n", err)
 		os.Exit(exitRunnerFailed)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], self, os.Stdout, os.Stderr)
-	stop()
+	// Signals go to the guest's program once it runs (make run: Ctrl-C is
+	// cellgate's drain, SIGHUP its reload); before that they kill the VM.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, vm.ForwardedSignals...)
+	code := run(context.Background(), sigs, os.Args[1:], self, os.Stdout, os.Stderr)
 	os.Exit(code)
 }
 
@@ -59,7 +60,7 @@ func (f *forwards) Set(s string) error {
 
 // run is vmrun with its arguments; self is the static binary that becomes
 // the guest's /init.
-func run(ctx context.Context, args []string, self string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, sigs <-chan os.Signal, args []string, self string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vmrun", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
@@ -71,7 +72,10 @@ func run(ctx context.Context, args []string, self string, stdout, stderr io.Writ
 	timeout := fs.Duration("timeout", 10*time.Minute, "kill the VM and fail after this long")
 	cache := fs.String("cache", "", "kernel cache directory (default $CELLGATE_VM_CACHE, else <repo>/.cache/vm)")
 	verbose := fs.Bool("v", false, "show the guest kernel's messages")
-	prepare := fs.Bool("prepare", false, "install qemu and fetch the kernel, then exit")
+	prepare := fs.Bool("prepare", false, "install qemu, fetch the kernel and settle the accelerator, then exit")
+	accelFlag := fs.String("accel", "", "accelerator: auto (KVM when a KVM guest really boots, else TCG), kvm or tcg (default $CELLGATE_VM_ACCEL, else auto)")
+	lifeBound := fs.Duration("kvm-boot-bound", vm.DefaultLifeBound, "with -accel auto or kvm: how long a KVM guest may stay silent before KVM is judged unusable")
+	forget := fs.Bool("forget-accel", false, "forget the cached verdict that KVM is unusable here, then exit (or go on with -prepare)")
 	var fwd forwards
 	fs.Var(&fwd, "forward", "forward a host TCP port to the guest, HOSTIP:HOSTPORT:GUESTPORT (repeatable)")
 	if err := fs.Parse(args); err != nil {
@@ -87,16 +91,75 @@ func run(ctx context.Context, args []string, self string, stdout, stderr io.Writ
 		fmt.Fprintf(stderr, "vmrun: %v\n", err)
 		return exitRunnerFailed
 	}
+	accel := vm.Accel(*accelFlag)
+	if *accelFlag == "" {
+		if accel, err = vm.ParseAccel("CELLGATE_VM_ACCEL", os.Getenv("CELLGATE_VM_ACCEL")); err != nil {
+			fmt.Fprintf(stderr, "vmrun: %v\n", err)
+			return 2
+		}
+	} else if accel, err = vm.ParseAccel("-accel", *accelFlag); err != nil {
+		fmt.Fprintf(stderr, "vmrun: %v\n", err)
+		return 2
+	}
+	if *forget {
+		had, err := vm.ForgetKVMVerdict(cacheDir)
+		if err != nil {
+			fmt.Fprintf(stderr, "vmrun: %v\n", err)
+			return exitRunnerFailed
+		}
+		if had {
+			fmt.Fprintf(stderr, "vmrun: forgot %s; the next run tries KVM again\n", vm.KVMVerdictPath(cacheDir))
+		} else {
+			fmt.Fprintf(stderr, "vmrun: no cached KVM verdict in %s\n", cacheDir)
+		}
+		if !*prepare {
+			return 0
+		}
+	}
+	opts := vm.Options{
+		Dir:       wd,
+		Env:       os.Environ(),
+		Mem:       *mem,
+		CPUs:      *cpus,
+		Timeout:   *timeout,
+		CacheDir:  cacheDir,
+		Accel:     accel,
+		KVMPath:   "/dev/kvm",
+		LifeBound: *lifeBound,
+		Forwards:  fwd,
+		Verbose:   *verbose,
+		Init:      self,
+		Stdout:    stdout,
+		Log:       stderr,
+		Signals:   sigs,
+	}
 	if *prepare {
 		ctx, cancel := context.WithTimeout(ctx, prepareTimeout)
 		defer cancel()
-		if _, err := vm.EnsureQEMU(ctx, stderr); err != nil {
+		qemu, err := vm.EnsureQEMU(ctx, stderr)
+		if err != nil {
 			fmt.Fprintf(stderr, "vmrun: %v\n", err)
 			return exitRunnerFailed
 		}
 		k, err := vm.EnsureKernel(ctx, cacheDir, stderr)
 		if err != nil {
 			fmt.Fprintf(stderr, "vmrun: %v\n", err)
+			return exitRunnerFailed
+		}
+		if c := opts.FirstChoice(qemu); !c.KVM {
+			fmt.Fprintf(stderr, "vmrun: accelerator: %s\n", c)
+			fmt.Fprintf(stderr, "vmrun: ready: %s, kernel %s\n", vm.QEMUBinary, k.Package)
+			return 0
+		}
+		// Settle whether KVM works now, so that no test run pays the
+		// trial: boot /bin/true once and say what was used.
+		opts.Args = []string{"/bin/true"}
+		opts.Dir = "/"
+		opts.Forwards = nil
+		opts.SayAccel = true
+		opts.Timeout = min(opts.Timeout, prepareTimeout)
+		if code, err := vm.Run(ctx, opts); err != nil || code != 0 {
+			fmt.Fprintf(stderr, "vmrun: FAIL: booting /bin/true in the VM: status %d, %v\n", code, err)
 			return exitRunnerFailed
 		}
 		fmt.Fprintf(stderr, "vmrun: ready: %s, kernel %s\n", vm.QEMUBinary, k.Package)
@@ -111,21 +174,8 @@ func run(ctx context.Context, args []string, self string, stdout, stderr io.Writ
 		fmt.Fprintf(stderr, "vmrun: %v\n", err)
 		return exitRunnerFailed
 	}
-	code, err := vm.Run(ctx, vm.Options{
-		Args:     append([]string{prog}, fs.Args()[1:]...),
-		Dir:      wd,
-		Env:      os.Environ(),
-		Mem:      *mem,
-		CPUs:     *cpus,
-		Timeout:  *timeout,
-		CacheDir: cacheDir,
-		KVMPath:  "/dev/kvm",
-		Forwards: fwd,
-		Verbose:  *verbose,
-		Init:     self,
-		Stdout:   stdout,
-		Log:      stderr,
-	})
+	opts.Args = append([]string{prog}, fs.Args()[1:]...)
+	code, err := vm.Run(ctx, opts)
 	if err != nil {
 		fmt.Fprintf(stderr, "vmrun: FAIL: %v\n", err)
 		return exitRunnerFailed

@@ -30,6 +30,11 @@ func fakeQEMU(mode string, args []string) int {
 		return 1
 	}
 	var code int
+	if mode == "kvm-abort" && args[slices.Index(args, "-accel")+1] == "kvm" {
+		fmt.Fprintln(os.Stderr, "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69")
+		return 134
+	}
+	fmt.Println(spec.Alive)
 	switch {
 	case mode == "panic":
 		fmt.Println("Kernel panic - not syncing: Attempted to kill init!")
@@ -57,6 +62,7 @@ func TestRunExitStatus(t *testing.T) {
 		mode     string
 		args     []string
 		wantCode int
+		env      string // CELLGATE_VM_ACCEL
 		wantOut  string
 		wantErr  string
 	}{
@@ -72,12 +78,19 @@ func TestRunExitStatus(t *testing.T) {
 			wantOut:  `mem=3G smp=1 args=["/tmp/x.test" "-test.v" "-mem" "x"]`,
 		},
 		{name: "no program", mode: "status:0", args: nil, wantCode: 2, wantErr: "usage: vmrun"},
+		{name: "forced kvm that fails", mode: "kvm-abort", args: []string{"-accel", "kvm", "/bin/true"}, wantCode: exitRunnerFailed,
+			wantErr: "vmrun: FAIL: KVM could not start the guest (forced by -accel kvm; -accel auto falls back to TCG): qemu failed before the guest started: exit status 134: failed to set MSR 0x10a to 0x69"},
+		{name: "forced kvm from the environment", mode: "kvm-abort", env: "kvm", args: []string{"/bin/true"}, wantCode: exitRunnerFailed, wantErr: "vmrun: FAIL: KVM could not start"},
+		{name: "the flag wins over the environment", mode: "kvm-abort", env: "kvm", args: []string{"-accel", "tcg", "/bin/true"}, wantCode: 0},
+		{name: "bad -accel", mode: "status:0", args: []string{"-accel", "hvf", "/bin/true"}, wantCode: 2, wantErr: `-accel="hvf": want auto, kvm or tcg`},
+		{name: "bad CELLGATE_VM_ACCEL", mode: "status:0", env: "on", args: []string{"/bin/true"}, wantCode: 2, wantErr: `CELLGATE_VM_ACCEL="on"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cache, init := setup(t, tc.mode)
+			t.Setenv("CELLGATE_VM_ACCEL", tc.env)
 			var out, errOut bytes.Buffer
 			args := append([]string{"-cache", cache}, tc.args...)
-			code := run(context.Background(), args, init, &out, &errOut)
+			code := run(context.Background(), nil, args, init, &out, &errOut)
 			if code != tc.wantCode {
 				t.Errorf("vmrun %q exited %d, want %d\nstdout: %s\nstderr: %s", args, code, tc.wantCode, out.String(), errOut.String())
 			}
@@ -104,5 +117,23 @@ func TestProgramPath(t *testing.T) {
 	}
 	if got, err := programPath("sh", "/work"); err != nil || !filepath.IsAbs(got) {
 		t.Errorf("programPath(sh) = %q, %v; want an absolute path from PATH", got, err)
+	}
+}
+
+func TestForgetAccel(t *testing.T) {
+	cache, init := setup(t, "status:0")
+	verdict := vm.KVMVerdictPath(cache)
+	if err := os.WriteFile(verdict, []byte("key\nreason\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	if code := run(context.Background(), nil, []string{"-cache", cache, "-forget-accel"}, init, &out, &errOut); code != 0 {
+		t.Fatalf("vmrun -forget-accel exited %d: %s", code, errOut.String())
+	}
+	if _, err := os.Stat(verdict); !os.IsNotExist(err) {
+		t.Errorf("verdict still there after -forget-accel: %v", err)
+	}
+	if !strings.Contains(errOut.String(), "forgot "+verdict) {
+		t.Errorf("stderr %q does not say what was forgotten", errOut.String())
 	}
 }

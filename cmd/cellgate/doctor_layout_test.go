@@ -1,0 +1,39 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestControllerFix(t *testing.T) {
+	hybrid := v1Controllers([]byte("#subsys_name\thierarchy\tnum_cgroups\tenabled\ncpu\t1\t1\t1\nmemory\t4\t45\t1\npids\t0\t9\t1\nio\t0\t9\t1\nnet_cls\t0\t1\t1\n"))
+	if !hybrid["memory"] || !hybrid["cpu"] || hybrid["pids"] || hybrid["io"] {
+		t.Fatalf("v1Controllers = %v", hybrid)
+	}
+	tests := []struct {
+		name, c   string
+		available []string
+		v1        map[string]bool
+		want      []string
+		not       []string
+	}{
+		{"bound to v1", "memory", nil, hybrid, []string{"hybrid cgroup layout", "systemd.unified_cgroup_hierarchy=1", "microVM", "--unenforced memory"}, []string{"echo +"}},
+		{"not delegated", "pids", []string{"cpu"}, hybrid, []string{"not delegated to /cg", "Delegate=yes"}, []string{"echo +", "hybrid"}},
+		{"available, not enabled", "pids", []string{"pids"}, hybrid, []string{"echo +pids > /cg/cgroup.subtree_control"}, []string{"hybrid"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := controllerFix(tt.c, "/cg", tt.available, tt.v1)
+			for _, w := range tt.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("fix %q lacks %q", got, w)
+				}
+			}
+			for _, w := range tt.not {
+				if strings.Contains(got, w) {
+					t.Errorf("fix %q has %q", got, w)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"net"
+	"slices"
+	"time"
+
+	"github.com/cellgate/cellgate/accounting"
+	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/proxy"
+)
+
+// statusFunc returns the admin listener's /status source: the requests in
+// flight from the front end, each running cell's live memory and CPU read
+// from its cgroup now, the tenants' budgets used vs total from admission
+// and the current policy, their groups' memory, and the pool.
+func (d *daemon) statusFunc(srv *proxy.Server, started time.Time) func() accounting.Status {
+	return func() accounting.Status {
+		now := time.Now()
+		s := accounting.Status{Time: now, Version: buildVersion().Version, Started: started, Ready: true}
+		if err := d.readiness(); err != nil {
+			s.Ready, s.NotReady = false, err.Error()
+		}
+		fl := srv.InFlight()
+		s.InFlight = len(fl)
+		if len(fl) > accounting.MaxStatusRequests {
+			fl = fl[:accounting.MaxStatusRequests]
+		}
+		s.Requests = make([]accounting.StatusRequest, 0, len(fl))
+		for _, r := range fl {
+			s.Requests = append(s.Requests, statusRequest(r, now))
+		}
+		d.statusBudgets(&s)
+		if d.pool != nil {
+			ps := d.pool.Stats()
+			s.Pool = &accounting.StatusPool{Idle: d.pool.IdleCells(), Hits: ps.Hits, Misses: ps.Misses,
+				CreateErrors: ps.CreateErrors, Removed: ps.Removed, RemoveErrors: ps.RemoveErrors}
+		}
+		return s
+	}
+}
+
+// statusRequest is one request in flight, with its cell's live figures
+// when a cell runs (a cell that ended in between has none).
+func statusRequest(r proxy.InFlight, now time.Time) accounting.StatusRequest {
+	out := accounting.StatusRequest{
+		RequestID: r.RequestID, Method: r.Method, Host: r.Host, Path: r.Path, Client: r.Client,
+		Route: r.Route, Tenant: r.Tenant, State: r.State,
+		AgeUsec: now.Sub(r.Arrived).Microseconds(), QueueWaitUsec: r.QueueWait.Microseconds(),
+	}
+	if r.CellPath == "" {
+		return out
+	}
+	live, err := cgroup.ReadLive(r.CellPath)
+	if err != nil {
+		return out
+	}
+	age := now.Sub(r.CellStarted).Microseconds()
+	out.CellAgeUsec, out.MemoryCurrent, out.CPUUsageUsec = &age, live.MemoryCurrent, &live.CPUUsageUsec
+	return out
+}
+
+// statusBudgets fills the global and per-tenant budgets: admission's
+// figures against the current policy's totals; a tenant a reload removed
+// that still drains has no totals any more.
+func (d *daemon) statusBudgets(s *accounting.Status) {
+	pol := d.current.Load().policy
+	as := d.admission.Stats()
+	s.Global = accounting.StatusGlobal{InFlight: as.InFlight, Reserved: as.Reserved, Queued: as.Queued,
+		MaxCells: positive(pol.Global.MaxCells), MemoryBudget: positive64(pol.Global.Memory)}
+	memNow := map[string]uint64{}
+	if d.tree != nil && slices.Contains(d.tree.Features().Enabled, "memory") {
+		if totals, err := d.tenantTotals(); err == nil {
+			for _, t := range totals {
+				memNow[t.Tenant] = t.MemoryCurrent
+			}
+		}
+	}
+	for _, t := range as.Tenants {
+		st := accounting.StatusTenant{Name: t.Name, InFlight: t.InFlight, Reserved: t.Reserved, Queued: t.Queued, Draining: t.Draining}
+		if i := slices.IndexFunc(pol.Tenants, func(p *policy.Tenant) bool { return p.Name == t.Name }); i >= 0 {
+			pt := pol.Tenants[i]
+			st.MaxCells, st.MemoryBudget, st.QueueMax = positive(pt.MaxCells), positive64(pt.Memory), pt.Queue
+		}
+		if m, ok := memNow[t.Name]; ok {
+			st.MemoryCurrent = &m
+		}
+		s.Tenants = append(s.Tenants, st)
+	}
+}
+
+// positive is n, or nil (not limited) when it is 0 or less.
+func positive(n int) *int {
+	if n <= 0 {
+		return nil
+	}
+	return &n
+}
+
+func positive64(n int64) *int64 {
+	if n <= 0 {
+		return nil
+	}
+	return &n
+}
+
+// adminExposed reports whether the admin listener's bound address is
+// reachable from other hosts: anything but a loopback address (a
+// wildcard included). The admin listener has no authentication.
+func adminExposed(addr net.Addr) bool {
+	ta, ok := addr.(*net.TCPAddr)
+	return !ok || !ta.IP.IsLoopback()
+}

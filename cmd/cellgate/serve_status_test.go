@@ -1,0 +1,77 @@
+package main
+
+import (
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/cellgate/cellgate/accounting"
+	"github.com/cellgate/cellgate/proxy"
+)
+
+// A running request's cell figures come from its cgroup now; a figure the
+// cgroup does not have (memory controller off) and a cell already gone
+// are null, never 0.
+func TestStatusRequestLiveFigures(t *testing.T) {
+	now := time.Now()
+	cell := t.TempDir()
+	writeFile(t, filepath.Join(cell, "cpu.stat"), "usage_usec 4200\nuser_usec 4000\nsystem_usec 200\n")
+	base := proxy.InFlight{RequestID: "r", Route: "api", Tenant: "acme", State: proxy.StateRunning,
+		Arrived: now.Add(-3 * time.Second), QueueWait: time.Millisecond, CellPath: cell, CellStarted: now.Add(-2 * time.Second)}
+
+	r := statusRequest(base, now)
+	if r.CPUUsageUsec == nil || *r.CPUUsageUsec != 4200 || r.MemoryCurrent != nil || r.CellAgeUsec == nil || *r.CellAgeUsec != 2_000_000 {
+		t.Errorf("without memory.current: %+v", r)
+	}
+	if r.AgeUsec != 3_000_000 || r.QueueWaitUsec != 1000 || r.Tenant != "acme" {
+		t.Errorf("request fields: %+v", r)
+	}
+	writeFile(t, filepath.Join(cell, "memory.current"), "1048576\n")
+	if r := statusRequest(base, now); r.MemoryCurrent == nil || *r.MemoryCurrent != 1<<20 {
+		t.Errorf("with memory.current: %+v", r)
+	}
+	if err := os.RemoveAll(cell); err != nil {
+		t.Fatal(err)
+	}
+	if r := statusRequest(base, now); r.CPUUsageUsec != nil || r.MemoryCurrent != nil || r.CellAgeUsec != nil {
+		t.Errorf("cell gone: %+v", r)
+	}
+	base.CellPath = ""
+	if r := statusRequest(base, now); r.CPUUsageUsec != nil {
+		t.Errorf("no cell: %+v", r)
+	}
+}
+
+// The tenants' budgets are admission's use against the current policy's
+// totals; an unset total is null.
+func TestStatusBudgets(t *testing.T) {
+	d, _ := testDaemon(t, reloadPolicyA)
+	var s accounting.Status
+	d.statusBudgets(&s)
+	if s.Global.MemoryBudget != nil || s.Global.MaxCells != nil {
+		t.Errorf("global: %+v", s.Global)
+	}
+	var web *accounting.StatusTenant
+	for i := range s.Tenants {
+		if s.Tenants[i].Name == "web" {
+			web = &s.Tenants[i]
+		}
+	}
+	if web == nil || web.MemoryBudget == nil || *web.MemoryBudget != 1<<30 || web.QueueMax != 10 || web.MaxCells != nil || web.MemoryCurrent != nil {
+		t.Fatalf("tenant web: %+v in %+v", web, s.Tenants)
+	}
+}
+
+func TestAdminExposed(t *testing.T) {
+	for addr, want := range map[string]bool{"127.0.0.1:9090": false, "[::1]:9090": false, "0.0.0.0:9090": true, "[::]:9090": true, "10.1.2.3:9090": true} {
+		a, err := net.ResolveTCPAddr("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := adminExposed(a); got != want {
+			t.Errorf("adminExposed(%s) = %v, want %v", addr, got, want)
+		}
+	}
+}

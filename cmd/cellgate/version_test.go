@@ -1,0 +1,87 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func TestBuildVersion(t *testing.T) {
+	b := buildVersion()
+	if b.Version == "" || b.Commit == "" || b.GoVersion != runtime.Version() {
+		t.Errorf("buildVersion() = %+v", b)
+	}
+	// Link-time values (-ldflags -X) win over the recorded build info.
+	oldV, oldC := version, commit
+	t.Cleanup(func() { version, commit = oldV, oldC })
+	version, commit = "v9.8.7", "0123abcd"
+	if b := buildVersion(); b.Version != "v9.8.7" || b.Commit != "0123abcd" {
+		t.Errorf("with -X values: %+v", b)
+	}
+}
+
+func TestVersionCommand(t *testing.T) {
+	for _, args := range [][]string{{"version"}, {"--version"}} {
+		out, err := os.Create(filepath.Join(t.TempDir(), "out"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		code := dispatch(context.Background(), args, stdio{out: out, err: out})
+		out.Close()
+		b, _ := os.ReadFile(out.Name())
+		want := buildVersion()
+		if code != exitOK || !strings.HasPrefix(string(b), "cellgate "+want.Version+"\n") ||
+			!strings.Contains(string(b), "commit "+want.Commit) || !strings.Contains(string(b), runtime.Version()) {
+			t.Errorf("cellgate %s: exit %d\n%s", args[0], code, b)
+		}
+	}
+}
+
+func TestBuildInfoMetric(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(buildInfoCollector(buildInfo{Version: "v1.2.3", Commit: "abc", GoVersion: "go1.26"}))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mfs) != 1 || mfs[0].GetName() != "cellgate_build_info" {
+		t.Fatalf("gathered %v", mfs)
+	}
+	m := mfs[0].GetMetric()[0]
+	labels := map[string]string{}
+	for _, l := range m.GetLabel() {
+		labels[l.GetName()] = l.GetValue()
+	}
+	if labels["version"] != "v1.2.3" || labels["commit"] != "abc" || labels["goversion"] != "go1.26" || m.GetGauge().GetValue() != 1 {
+		t.Errorf("cellgate_build_info = %v %v", labels, m.GetGauge().GetValue())
+	}
+}
+
+// A misspelt CELLGATE_* variable is warned about, with the setting it may
+// have meant; known ones, the build's and the tests' are not.
+func TestUnknownEnv(t *testing.T) {
+	got := unknownEnv([]string{"CELLGATE_LISTN=:80", "CELLGATE_LISTEN=:80", "CELLGATE_UID_RANGE=1-2", "CELLGATE_BIN=/x",
+		"CELLGATE_REQUIRE_KERNEL_TESTS=1", "CELLGATE_VM_ACCEL=tcg", "CELLGATE_TRUSTED_PROXIES=10.0.0.0/8", "CELLGATE_WHATEVER=1", "PATH=/bin"})
+	want := []string{
+		"CELLGATE_LISTN is not a cellgate setting; it is ignored (did you mean CELLGATE_LISTEN?)",
+		"CELLGATE_WHATEVER is not a cellgate setting; it is ignored",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("unknownEnv = %q, want %q", got, want)
+	}
+	out, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dispatch(context.Background(), []string{"version"}, stdio{out: out, err: out, environ: []string{"CELLGATE_POLCY=p.yaml"}})
+	out.Close()
+	if b, _ := os.ReadFile(out.Name()); !strings.Contains(string(b), "cellgate: warning: CELLGATE_POLCY is not a cellgate setting; it is ignored (did you mean CELLGATE_POLICY?)") {
+		t.Errorf("no warning on stderr:\n%s", b)
+	}
+}

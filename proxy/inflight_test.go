@@ -1,0 +1,85 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// admitFunc is a fake Admitter.
+type admitFunc func(ctx context.Context, tenant string, memory int64) (func(), time.Duration, error)
+
+func (f admitFunc) Admit(ctx context.Context, tenant string, memory int64) (func(), time.Duration, error) {
+	return f(ctx, tenant, memory)
+}
+
+// InFlight shows a request queued for admission, then running in its
+// cell (with the cell's path from the runner), and nothing once it ended.
+func TestInFlight(t *testing.T) {
+	admit := make(chan struct{})
+	queued := make(chan struct{})
+	admitter := admitFunc(func(ctx context.Context, tenant string, memory int64) (func(), time.Duration, error) {
+		close(queued)
+		<-admit
+		return func() {}, 5 * time.Millisecond, nil
+	})
+	running := make(chan struct{})
+	finish := make(chan struct{})
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		spec.Started("/sys/fs/cgroup/cellgate/cells/default/c1")
+		close(running)
+		<-finish
+		io.WriteString(spec.Stdout, "Content-Type: text/plain\n\nok")
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	ts := startServer(t, Config{}, Deps{Runner: runner, Admitter: admitter}, route("slow", "/", "/x"))
+
+	done := make(chan *http.Response, 1)
+	go func() {
+		req, _ := http.NewRequest("GET", ts.URL+"/work?x=1", nil)
+		req.Host = "a.example"
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		done <- resp
+	}()
+
+	one := func(state string) InFlight {
+		t.Helper()
+		fl := ts.InFlight()
+		if len(fl) != 1 {
+			t.Fatalf("InFlight() = %+v, want one request", fl)
+		}
+		if fl[0].State != state {
+			t.Fatalf("state %q, want %q", fl[0].State, state)
+		}
+		return fl[0]
+	}
+	<-queued
+	q := one(StateQueued)
+	if q.Route != "slow" || q.Tenant != "default" || q.Host != "a.example" || q.Path != "/work" || q.RequestID == "" || q.CellPath != "" {
+		t.Errorf("queued request: %+v", q)
+	}
+	close(admit)
+	<-running
+	r := one(StateRunning)
+	if r.CellPath != "/sys/fs/cgroup/cellgate/cells/default/c1" || r.CellStarted.IsZero() || r.QueueWait != 5*time.Millisecond {
+		t.Errorf("running request: %+v", r)
+	}
+	close(finish)
+	if resp := <-done; resp == nil || resp.StatusCode != 200 {
+		t.Fatalf("response %v", resp)
+	}
+	for i := 0; i < 500 && len(ts.InFlight()) > 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if fl := ts.InFlight(); len(fl) != 0 {
+		t.Errorf("after the request ended: %+v", fl)
+	}
+}
