@@ -151,3 +151,36 @@ func TestHTTP2SlowBody(t *testing.T) {
 		t.Fatalf("next request: %d %q", resp.StatusCode, body)
 	}
 }
+
+// TestTLSHandshakes: the front does the TLS handshakes itself (to check
+// HTTP/1.1 request heads on the decrypted stream): a client that never
+// sends its ClientHello holds only its own connection, not the accept loop,
+// and plain HTTP on the TLS port gets net/http's 400 as before.
+func TestTLSHandshakes(t *testing.T) {
+	certFile, keyFile, pool := writeCert(t)
+	ts := guardServer(t, Config{TLSCertFile: certFile, TLSKeyFile: keyFile})
+	silent, err := net.Dial("tcp", ts.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	waitOpen(t, ts.Server, 1)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	defer tr.CloseIdleConnections()
+	resp, body := do(t, &http.Client{Transport: tr, Timeout: 10 * time.Second}, newRequest(t, "GET", ts.URL+"/", nil))
+	if resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("beside a silent handshake: %d %q", resp.StatusCode, body)
+	}
+
+	plain, err := net.Dial("tcp", ts.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	plain.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(plain, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	got, _ := io.ReadAll(plain)
+	if !strings.HasPrefix(string(got), "HTTP/1.0 400 Bad Request") {
+		t.Fatalf("plain HTTP on the TLS port: %q", got)
+	}
+}
