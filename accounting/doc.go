@@ -1,5 +1,6 @@
 // Package accounting turns what a request used, as read from the kernel, into
-// one access-log record (log/slog), Prometheus metrics and the optional
+// access-log records (log/slog; one per answered request and one per cell
+// that answered with a local redirect), Prometheus metrics and the optional
 // Server-Timing header, and serves the admin endpoints (/metrics, /healthz,
 // /readyz). It does not touch the kernel: the tenant totals and admission
 // figures it exports come from functions the caller injects. It imports

@@ -38,14 +38,17 @@ const (
 	OutcomeHeaderTooLarge   Outcome = "header_too_large"   // 431
 	OutcomeClientTimeout    Outcome = "client_timeout"     // client too slow sending the request: 408
 	OutcomeClientGone       Outcome = "client_gone"        // client went away before the response was written
+	OutcomeSlowReader       Outcome = "slow_reader"        // client cut off: it read the response slower than the minimum rate
 	OutcomeBadGateway       Outcome = "bad_gateway"        // the worker's CGI response was invalid: 502
 	OutcomeSpawnFailed      Outcome = "spawn_failed"       // the cell or worker could not be started
 	OutcomeNoCell           Outcome = "no_cell"            // the runner had no cell or uid free: 503
+	OutcomeSpoolFull        Outcome = "spool_full"         // the spools of all requests hold their disk budget: 503
 	OutcomeShutdown         Outcome = "shutdown"           // cancelled by a shutdown: 503
 	OutcomeNoTenant         Outcome = "no_tenant"          // admission does not know the route's tenant: 503
 	OutcomeOverBudget       Outcome = "over_budget"        // the route's memory exceeds its tenant's or the global budget: 503
 	OutcomeClientCap        Outcome = "client_cap"         // a forwarded client over its requests-in-flight cap: 503
 	OutcomeInternal         Outcome = "internal"           // any other server-side failure
+	OutcomeLocalRedirect    Outcome = "local_redirect"     // a cell answered with a local redirect (RFC 3875 6.2.2); the request went on in another cell
 	OutcomeOther            Outcome = "other"              // a value outside this set (metrics only)
 )
 
@@ -54,8 +57,8 @@ func (o Outcome) known() bool {
 	switch o {
 	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeOOMBudget, OutcomeDeadline, OutcomePids, OutcomeKilled,
 		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeMethodNotAllowed,
-		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone,
-		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeClientCap, OutcomeInternal, OutcomeOther:
+		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone, OutcomeSlowReader,
+		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeSpoolFull, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeClientCap, OutcomeInternal, OutcomeLocalRedirect, OutcomeOther:
 		return true
 	}
 	return false

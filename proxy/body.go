@@ -43,7 +43,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, maxBody int64)
 	if r.ContentLength > maxBody {
 		return nil, fmt.Errorf("request body of %d bytes, limit %d: %w", r.ContentLength, maxBody, ErrBodyTooLarge)
 	}
-	sp := newSpool(s.cfg.TempDir, s.cfg.BodyMemory, maxBody)
+	sp := newSpool(s.cfg.TempDir, s.cfg.BodyMemory, maxBody, &s.spools)
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return sp, nil
 	}
@@ -88,6 +88,8 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, maxBody int64)
 func bodyError(r *http.Request, n int64, err error) error {
 	var mbe *http.MaxBytesError
 	switch {
+	case errors.Is(err, errFraming):
+		return fmt.Errorf("read request body after %d bytes: %w: %w", n, ErrBadRequest, err)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return fmt.Errorf("request body stalled after %d bytes: %w", n, ErrClientTimeout)
 	case errors.As(err, &mbe):

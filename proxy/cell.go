@@ -127,11 +127,14 @@ func (x *exchange) runCell(m *policy.Match, req *cgiRequest, stdin io.Reader) *c
 		outErr = x.stream(hdr, br, cancel)
 		run.sent = true
 	} else {
-		run.body = newSpool(s.cfg.TempDir, s.cfg.ResponseMemory, s.cfg.MaxResponse)
+		run.body = newSpool(s.cfg.TempDir, s.cfg.ResponseMemory, s.cfg.MaxResponse, &s.spools)
 		if _, err := io.Copy(run.body, br); err != nil {
-			if errors.Is(err, ErrSpoolFull) {
+			switch {
+			case errors.Is(err, ErrSpoolFull):
 				err = fmt.Errorf("%w: over %d bytes", ErrResponseTooLarge, s.cfg.MaxResponse)
-			} else {
+			case errors.Is(err, ErrSpoolBudget):
+				err = fmt.Errorf("spool response: %w", err)
+			default:
 				err = fmt.Errorf("spool response: %w", err)
 			}
 			outErr = err

@@ -52,6 +52,12 @@ type cgiHeader struct {
 //   - none of Content-Type, Location and Status.
 //
 // X-Request-Id is dropped: the proxy sets its own.
+// maxFieldName is the longest field name a worker may send. Registered
+// names are under 40 bytes; a longer one is a mistake or an attempt to
+// make the client (or a proxy behind cellgate) choke, and the whole header
+// block's limit alone would let one name take 64 KiB.
+const maxFieldName = 256
+
 func readCGIHeader(br *bufio.Reader, max int) (*cgiHeader, error) {
 	h := &cgiHeader{Header: make(http.Header), ContentLength: -1}
 	var (
@@ -88,6 +94,9 @@ func readCGIHeader(br *bufio.Reader, max int) (*cgiHeader, error) {
 			return nil, fmt.Errorf("%w: line %d %q is not a header field", ErrInvalidResponse, lines, clip(line))
 		}
 		rawName := line[:colon]
+		if len(rawName) > maxFieldName {
+			return nil, fmt.Errorf("%w: line %d: field name of %d bytes, limit %d", ErrInvalidResponse, lines, len(rawName), maxFieldName)
+		}
 		if !validFieldName(rawName) {
 			return nil, fmt.Errorf("%w: line %d: invalid field name %q", ErrInvalidResponse, lines, clip(rawName))
 		}

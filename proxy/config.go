@@ -18,11 +18,14 @@ const (
 	DefaultBodyRateGrace     = 5 * time.Second
 	DefaultWriteMinRate      = 1 << 10 // bytes per second
 	DefaultWriteRateGrace    = 10 * time.Second
+	DefaultWriteTimeout      = 30 * time.Second
 	DefaultMaxBody           = 10 << 20
 	DefaultBodyMemory        = 256 << 10
 	DefaultMaxResponseHeader = 64 << 10
 	DefaultResponseMemory    = 256 << 10
 	DefaultMaxResponse       = 100 << 20
+	DefaultSpoolMemory       = 256 << 20
+	DefaultSpoolDisk         = 4 << 30
 	DefaultMaxConns          = 10000
 	DefaultMaxConnsPerIP     = 100
 	DefaultMaxStreams        = 100
@@ -62,8 +65,9 @@ type Config struct {
 	// checks the size itself in the handler (request line plus "Name: value"
 	// lines as sent on HTTP/1.1): requests between MaxHeaderBytes and
 	// MaxHeaderBytes+4 KiB get the front's 431 with a request id and an
-	// access-log record; larger ones are refused by net/http's bare 431
-	// before any handler runs, so they are neither logged nor counted.
+	// access-log record. On HTTP/1.x larger heads are refused by the head
+	// check in front of net/http (guardConn) and answered alike; on
+	// HTTP/2 net/http refuses them itself.
 	MaxHeaderBytes int
 	// BodyMinRate is the slowest a client may send its request body, in
 	// bytes per second, once BodyRateGrace has passed; slower gets 408 and
@@ -72,12 +76,20 @@ type Config struct {
 	// BodyRateGrace is the time a body may take before BodyMinRate applies.
 	// Default 5 s.
 	BodyRateGrace time.Duration
-	// WriteMinRate is the slowest a client may read the response, in bytes
-	// per second after WriteRateGrace; a slower client's connection is
-	// closed. Negative disables the check. Default 1 KiB/s.
+	// WriteMinRate and WriteTimeout hold a client to reading its response
+	// steadily: the response is written in pieces of WriteMinRate ×
+	// WriteTimeout bytes (at least 4 KiB, at most 1 MiB), each with a write
+	// deadline of WriteTimeout (or the piece's size at WriteMinRate, when
+	// longer). A client that takes nothing for WriteTimeout, or less than
+	// WriteMinRate over any such piece, is cut off: the connection is
+	// closed, the spool freed, and the access log says slow_reader. A
+	// progress check, not an average over the whole response, which let a
+	// client that stalled after a few megabytes of a large response hold
+	// it for most of an hour. Negative WriteMinRate disables both.
+	// Defaults 1 KiB/s and 30 s.
 	WriteMinRate int64
-	// WriteRateGrace is the time a response may take before WriteMinRate
-	// applies. Default 10 s.
+	WriteTimeout time.Duration
+	// WriteRateGrace is added to the first piece's deadline. Default 10 s.
 	WriteRateGrace time.Duration
 
 	// MaxBody is the largest request body, in bytes, for a route whose
@@ -96,10 +108,19 @@ type Config struct {
 	// bytes; more is a 502 and the cell is killed. It bounds streamed
 	// responses too. Default 100 MiB.
 	MaxResponse int64
+	// SpoolMemory and SpoolDisk bound what the spools of all requests and
+	// responses hold at once, in memory and in spool files. A spool that
+	// finds no room in memory goes to a file early; one that finds no room
+	// on disk fails: a request body with 503 and Retry-After, a response
+	// with the same and its cell killed (the work is lost, but neither is
+	// the disk filled nor a cell kept alive for a slow client). Negative
+	// is no limit. Defaults 256 MiB and 4 GiB.
+	SpoolMemory int64
+	SpoolDisk   int64
 	// TempDir holds the unlinked spool files (O_TMPFILE where the file
 	// system supports it). They are written by cellgate, so on a tmpfs their
 	// pages are memory charged to cellgate's own group, never to a cell;
-	// BodyMemory and ResponseMemory plus the connection caps bound them.
+	// SpoolDisk bounds them all together.
 	// New checks that a spool file can be made there. Default "/tmp".
 	TempDir string
 
@@ -152,6 +173,9 @@ func (c Config) withDefaults() Config {
 	setDefault(&c.BodyRateGrace, DefaultBodyRateGrace)
 	setDefault(&c.WriteMinRate, DefaultWriteMinRate)
 	setDefault(&c.WriteRateGrace, DefaultWriteRateGrace)
+	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&c.SpoolMemory, DefaultSpoolMemory)
+	setDefault(&c.SpoolDisk, DefaultSpoolDisk)
 	setDefault(&c.MaxBody, DefaultMaxBody)
 	setDefault(&c.BodyMemory, DefaultBodyMemory)
 	setDefault(&c.MaxResponseHeader, DefaultMaxResponseHeader)
@@ -188,7 +212,8 @@ func (c *Config) validate() error {
 		v    time.Duration
 	}{
 		{"ReadHeaderTimeout", c.ReadHeaderTimeout}, {"IdleTimeout", c.IdleTimeout},
-		{"BodyRateGrace", c.BodyRateGrace}, {"WriteRateGrace", c.WriteRateGrace}, {"RetryAfter", c.RetryAfter},
+		{"BodyRateGrace", c.BodyRateGrace}, {"WriteRateGrace", c.WriteRateGrace}, {"WriteTimeout", c.WriteTimeout},
+		{"RetryAfter", c.RetryAfter},
 	} {
 		if d.v < 0 {
 			bad("proxy config: %s=%s: must not be negative", d.name, d.v)

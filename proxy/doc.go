@@ -17,9 +17,16 @@
 //  1. Accept: capListener refuses connections over Config.MaxConns or
 //     Config.MaxConnsPerIP inside Accept, so no goroutine or request exists
 //     for them.
-//  2. net/http reads the header (Config.ReadHeaderTimeout,
-//     Config.MaxHeaderBytes; see there for the 4 KiB of slack net/http
-//     adds and how the front still enforces the exact limit).
+//  2. On HTTP/1.x (plain, or over TLS, whose handshakes tlsListener does
+//     itself) a guardConn checks every request head strictly (RFC 9112)
+//     before net/http sees a byte of it, and follows each request's body
+//     framing to know where the next head starts: obs-fold, bare CR or LF,
+//     Transfer-Encoding with Content-Length and the like are answered
+//     with a 400 and the connection closed, never parsed (request
+//     smuggling; frameCheck). net/http then reads the header
+//     (Config.ReadHeaderTimeout, Config.MaxHeaderBytes; see there for the
+//     4 KiB of slack net/http adds and how the front still enforces the
+//     exact limit).
 //  3. serveHTTP gives the request its id (X-Request-Id; the client's is
 //     ignored), routes it (Router: the match holds the policy it was made
 //     under until the request ends), and reads the whole body before anything

@@ -29,6 +29,9 @@ var (
 	// ErrRedirectLoop: local redirects (RFC 3875 6.2.2) went on for more
 	// than Config.MaxLocalRedirects hops (502).
 	ErrRedirectLoop = errors.New("too many local redirects")
+	// ErrSpoolBudget: the spools of all requests together hold
+	// Config.SpoolDisk bytes already (503 with Retry-After).
+	ErrSpoolBudget = errors.New("spool budget reached")
 	// ErrTooManyFromClient: a client forwarded by a trusted proxy has
 	// Config.MaxConnsPerIP requests in flight already (503).
 	ErrTooManyFromClient = errors.New("too many requests in flight from one client")

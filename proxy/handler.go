@@ -40,7 +40,9 @@ type exchange struct {
 
 // serveHTTP is the server's handler: route, read the body, admit, run the
 // cell, answer, log. Every response carries the request id; every request
-// ends in exactly one access-log record and one metrics observation.
+// ends in exactly one access-log record and one metrics observation for its
+// response, after one more for each cell that answered with a local
+// redirect (recordHop).
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
 	id := s.ids.next()
@@ -88,14 +90,19 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x.endUnreadBody()
 	x.rec.Duration = s.now().Sub(start)
-	if err := accounting.Log(r.Context(), s.deps.AccessLog, x.rec); err != nil {
-		s.log.Warn("access log", "request_id", id, "err", err)
-	}
-	if s.deps.Metrics != nil {
-		s.deps.Metrics.ObserveRequest(x.rec)
-	}
+	s.record(r.Context(), x.rec)
 	if x.abort {
 		panic(http.ErrAbortHandler)
+	}
+}
+
+// record writes one access-log record and makes one metrics observation.
+func (s *Server) record(ctx context.Context, rec accounting.Record) {
+	if err := accounting.Log(ctx, s.deps.AccessLog, rec); err != nil {
+		s.log.Warn("access log", "request_id", rec.RequestID, "err", err)
+	}
+	if s.deps.Metrics != nil {
+		s.deps.Metrics.ObserveRequest(rec)
 	}
 }
 
@@ -133,6 +140,7 @@ func (x *exchange) serve() {
 		return
 	}
 	defer closeStdin()
+	hopStart, hopPath := s.now(), r.URL.Path
 	for hop := 0; ; hop++ {
 		run := x.runCell(m, req, stdin)
 		if run.res != nil {
@@ -150,15 +158,31 @@ func (x *exchange) serve() {
 			x.fail(fmt.Errorf("local redirect %d to %q: %w", hop+1, run.hdr.Location, ErrRedirectLoop), run.res)
 			return
 		}
+		x.recordHop(req, hopPath, hopStart)
+		hopStart = s.now()
 		// RFC 3875 6.2.2: answer as if the client had asked for the
 		// Location, with a GET and no body.
-		req, m, err = x.redirect(req, run.hdr.Location)
+		req, m, hopPath, err = x.redirect(req, run.hdr.Location)
 		if err != nil {
-			x.fail(err, nil)
+			x.fail(err, run.res)
 			return
 		}
 		stdin = nil
 	}
+}
+
+// recordHop writes the record of a cell that answered with a local
+// redirect: every cell that ran has a record of its own (same request id,
+// outcome local_redirect, no status: nothing was sent for it), and the
+// request's last record has the response. Queue waits are per record.
+func (x *exchange) recordHop(req *cgiRequest, path string, start time.Time) {
+	hop := x.rec
+	hop.Method, hop.Path, hop.Query = req.Method, path, req.Query
+	hop.Outcome = accounting.OutcomeLocalRedirect
+	hop.Status, hop.BytesOut = 0, 0
+	hop.Time, hop.Duration = start, x.s.now().Sub(start)
+	x.s.record(x.r.Context(), hop)
+	x.rec.QueueWait, x.rec.BytesIn = 0, 0
 }
 
 // unreadBody reports whether the request has a body the handler did not
@@ -186,11 +210,23 @@ func (x *exchange) endUnreadBody() {
 	_ = http.NewResponseController(x.w).SetReadDeadline(time.Now().Add(unreadBodyDrain))
 }
 
-// checkRequest refuses what no route should see: a header block over
-// Config.MaxHeaderBytes (see there) and a path with a NUL, which no
-// program could receive in its environment.
+// checkRequest refuses what no route should see: a head guardConn refused
+// (400, or 431 when too large), a header block over Config.MaxHeaderBytes
+// (see there) and a path with a NUL, which no program could receive in its
+// environment.
 func (x *exchange) checkRequest() error {
 	r := x.r
+	if status, reason, ok := rejectedHead(x.s.rejectToken, r); ok {
+		// The request stands for a head guardConn refused: its method,
+		// host, path and query are not the client's.
+		x.rec.Method, x.rec.Host, x.rec.Path, x.rec.Query = "", "", "", ""
+		sentinel := ErrBadRequest
+		if status == http.StatusRequestHeaderFieldsTooLarge {
+			sentinel = ErrHeaderTooLarge
+		}
+		x.s.log.Debug("request head refused", "request_id", x.rec.RequestID, "client", r.RemoteAddr, "reason", reason)
+		return fmt.Errorf("request head refused: %s: %w", reason, sentinel)
+	}
 	if n := headerSize(r); n > x.s.cfg.MaxHeaderBytes {
 		return fmt.Errorf("request header of %d bytes, limit %d: %w", n, x.s.cfg.MaxHeaderBytes, ErrHeaderTooLarge)
 	}
@@ -270,18 +306,25 @@ func (x *exchange) releaseMatches() {
 	x.releases = nil
 }
 
-// redirect turns req into the GET of a local redirect to loc and routes it.
-func (x *exchange) redirect(prev *cgiRequest, loc string) (*cgiRequest, *policy.Match, error) {
+// redirect turns req into the GET of a local redirect to loc and routes it;
+// the string is the new URL path.
+func (x *exchange) redirect(prev *cgiRequest, loc string) (*cgiRequest, *policy.Match, string, error) {
 	u, err := url.Parse(loc)
 	if err != nil {
-		return nil, nil, fmt.Errorf("local redirect to %q: %w: %w", loc, ErrInvalidResponse, err)
+		return nil, nil, "", fmt.Errorf("local redirect to %q: %w: %w", loc, ErrInvalidResponse, err)
 	}
 	if strings.IndexByte(u.Path, 0) >= 0 {
-		return nil, nil, fmt.Errorf("local redirect to %q: NUL byte: %w", loc, ErrInvalidResponse)
+		return nil, nil, "", fmt.Errorf("local redirect to %q: NUL byte: %w", loc, ErrInvalidResponse)
 	}
 	m, err := x.match(http.MethodGet, u.Path)
+	if errors.Is(err, policy.ErrBadPath) {
+		// The worker's mistake, not the client's: a 502, and the cause
+		// is kept out of the chain (%v) so that it is not taken for a
+		// bad request (400).
+		return nil, nil, "", fmt.Errorf("local redirect to %q: %w: %v", loc, ErrInvalidResponse, err)
+	}
 	if err != nil {
-		return nil, nil, fmt.Errorf("local redirect to %q: %w", loc, err)
+		return nil, nil, "", fmt.Errorf("local redirect to %q: %w", loc, err)
 	}
 	req := *prev
 	req.Method = http.MethodGet
@@ -289,7 +332,7 @@ func (x *exchange) redirect(prev *cgiRequest, loc string) (*cgiRequest, *policy.
 	req.Query = u.RawQuery
 	req.ScriptName, req.PathInfo = m.ScriptName, m.PathInfo
 	req.BodyLen = 0
-	return &req, m, nil
+	return &req, m, u.Path, nil
 }
 
 // recordCell puts a cell's result in the record (the last cell's, after
@@ -328,11 +371,11 @@ func (x *exchange) finish(run *cellRun) {
 		} else {
 			x.addServerTiming(true)
 		}
-		x.logFailure(run.err, v)
+		x.logFailure(run.err, run.res, v)
 		return
 	}
 	if !v.Pass {
-		x.logFailure(run.err, v)
+		x.logFailure(run.err, run.res, v)
 		x.sendError(v)
 		return
 	}
@@ -344,15 +387,48 @@ func (x *exchange) finish(run *cellRun) {
 func (x *exchange) fail(err error, res *sandbox.Result) {
 	v := decide(err, res, nil)
 	x.rec.Outcome = v.Outcome
-	x.logFailure(err, v)
+	x.logFailure(err, res, v)
 	x.sendError(v)
 }
 
 // logFailure logs what the client is not told: the error behind a 5xx.
-func (x *exchange) logFailure(err error, v verdict) {
-	if err == nil || v.Status < 500 || errors.Is(err, context.Canceled) {
+// When how the cell ended decided the status (decide's precedence: OOM
+// kill, deadline, pids limit, crash), that is the error logged, and what
+// the proxy found in the output (often "no output": the worker was killed
+// before writing) is only the detail.
+func (x *exchange) logFailure(err error, res *sandbox.Result, v verdict) {
+	if v.Status < 500 {
 		return
 	}
-	x.s.log.Warn("request failed", "request_id", x.rec.RequestID, "route", x.rec.Route,
-		"status", v.Status, "outcome", string(v.Outcome), "err", err)
+	attrs := []any{"request_id", x.rec.RequestID, "route", x.rec.Route, "status", v.Status, "outcome", string(v.Outcome)}
+	if cause := cellFailure(res); cause != nil {
+		attrs = append(attrs, "err", cause)
+		if err != nil {
+			attrs = append(attrs, "detail", err)
+		}
+	} else if err == nil || errors.Is(err, context.Canceled) {
+		return
+	} else {
+		attrs = append(attrs, "err", err)
+	}
+	x.s.log.Warn("request failed", attrs...)
+}
+
+// cellFailure says how a cell's end failed the request, nil when it ended
+// by itself (an exit status, whatever it is, or a kill the proxy caused).
+func cellFailure(res *sandbox.Result) error {
+	if res == nil {
+		return nil
+	}
+	switch res.Cause {
+	case sandbox.CauseOOM:
+		return fmt.Errorf("cell OOM-killed at its memory limit after %s", res.Wall)
+	case sandbox.CauseDeadline:
+		return fmt.Errorf("cell killed at its deadline after %s", res.Wall)
+	case sandbox.CausePids:
+		return fmt.Errorf("worker failed at the cell's process limit (pids.max) after %s, exit code %d", res.Wall, res.ExitCode)
+	case sandbox.CauseSignal:
+		return fmt.Errorf("worker killed by signal %d (%s) after %s", int(res.Signal), res.Signal, res.Wall)
+	}
+	return nil
 }

@@ -75,13 +75,14 @@ func (r *recorder) all() []accounting.Record {
 	return append([]accounting.Record(nil), r.recs...)
 }
 
-// byID returns the record with the request id, waiting for it a little:
-// the record is written after the response.
+// byID returns the record of the response with the request id (not a
+// local redirect's hop), waiting for it a little: the record is written
+// after the response.
 func (r *recorder) byID(t testing.TB, id string) accounting.Record {
 	t.Helper()
 	for i := 0; i < 500; i++ {
 		for _, rec := range r.all() {
-			if rec.RequestID == id {
+			if rec.RequestID == id && rec.Outcome != accounting.OutcomeLocalRedirect {
 				return rec
 			}
 		}

@@ -163,16 +163,24 @@ func (c *capConn) Close() error {
 
 // ReadFrom lets io.Copy from an *os.File reach the TCP connection's
 // sendfile path.
-func (c *capConn) ReadFrom(r io.Reader) (int64, error) {
-	if rf, ok := c.Conn.(io.ReaderFrom); ok {
-		return rf.ReadFrom(r)
-	}
-	return io.Copy(struct{ io.Writer }{c.Conn}, r)
-}
+func (c *capConn) ReadFrom(r io.Reader) (int64, error) { return readFrom(c.Conn, r) }
 
 // CloseWrite half-closes the connection when the transport can.
-func (c *capConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+func (c *capConn) CloseWrite() error { return closeWrite(c.Conn) }
+
+// readFrom copies r to c through c's own ReadFrom when it has one (a
+// *net.TCPConn's is sendfile), for wrappers of a connection.
+func readFrom(c net.Conn, r io.Reader) (int64, error) {
+	if rf, ok := c.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(struct{ io.Writer }{c}, r)
+}
+
+// closeWrite half-closes c when its transport can, for wrappers of a
+// connection.
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
 	return errors.ErrUnsupported

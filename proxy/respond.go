@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -21,9 +22,12 @@ const (
 	writeChunk = 64 << 10
 )
 
-// bodyAllowed reports whether a response with this status has a body.
+// bodyAllowed reports whether a response with this status has a body:
+// 204, 304 and 205 (RFC 9110 §15.3.6: "MUST NOT generate content") have
+// none, whatever the worker wrote.
 func bodyAllowed(status int) bool {
-	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
+	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified &&
+		status != http.StatusResetContent
 }
 
 // setHeader puts a worker's checked header fields in the response. A
@@ -61,12 +65,16 @@ func (x *exchange) sendSpooled(run *cellRun) {
 	n := run.body.Len()
 	allowed := bodyAllowed(hdr.Status)
 	head := x.r.Method == http.MethodHead
-	if allowed {
+	switch {
+	case allowed:
 		length := n
 		if head && hdr.ContentLength >= 0 {
 			length = hdr.ContentLength // the length a GET would have had
 		}
 		x.w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
+	case hdr.Status == http.StatusResetContent:
+		// Unlike 204 and 304, a 205 says that it has no content.
+		x.w.Header().Set("Content-Length", "0")
 	}
 	x.rec.Status = hdr.Status
 	x.w.WriteHeader(hdr.Status)
@@ -80,8 +88,8 @@ func (x *exchange) sendSpooled(run *cellRun) {
 	}
 }
 
-// writeSpool writes the spooled body, holding the client to
-// Config.WriteMinRate after WriteRateGrace with a write deadline per chunk.
+// writeSpool writes the spooled body in pieces, each under its own write
+// deadline (deadlines.next).
 func (x *exchange) writeSpool(run *cellRun) (int64, error) {
 	w := x.w
 	dl := x.writeDeadlines()
@@ -94,25 +102,17 @@ func (x *exchange) writeSpool(run *cellRun) (int64, error) {
 	if f != nil {
 		n := run.body.Len()
 		for sent < n {
-			chunk := min(int64(sendChunk), n-sent)
-			dl.set(sent + chunk)
-			c, err := io.CopyN(w, f, chunk)
+			c, err := io.CopyN(w, f, dl.next(n-sent, sendChunk))
 			sent += c
 			if err != nil {
 				return sent, err
 			}
 		}
 	} else {
-		b := run.body.Bytes()
-		for len(b) > 0 {
-			chunk := b[:min(len(b), writeChunk)]
-			dl.set(sent + int64(len(chunk)))
-			c, err := w.Write(chunk)
-			sent += int64(c)
-			if err != nil {
-				return sent, err
-			}
-			b = b[len(chunk):]
+		c, err := dl.write(w, run.body.Bytes())
+		sent += int64(c)
+		if err != nil {
+			return sent, err
 		}
 	}
 	return sent, dl.flush()
@@ -145,8 +145,7 @@ func (x *exchange) stream(hdr *cgiHeader, br *bufio.Reader, cancel context.Cance
 				cancel()
 				return fmt.Errorf("%w: streamed over %d bytes", ErrResponseTooLarge, limit)
 			}
-			dl.set(x.rec.BytesOut + int64(n))
-			c, err := x.w.Write(buf[:n])
+			c, err := dl.write(x.w, buf[:n])
 			x.rec.BytesOut += int64(c)
 			if err == nil {
 				err = dl.flush()
@@ -166,11 +165,15 @@ func (x *exchange) stream(hdr *cgiHeader, br *bufio.Reader, cancel context.Cance
 	}
 }
 
-// clientLost records a response the client stopped taking (it left, or read
-// slower than Config.WriteMinRate): the connection is reset and the error
-// returned wraps ErrClientGone.
+// clientLost records a response the client stopped taking: it left
+// (client_gone), or a write deadline passed (slow_reader, see
+// Config.WriteMinRate). The connection is reset and the error returned
+// wraps ErrClientGone.
 func (x *exchange) clientLost(err error) error {
 	x.rec.Outcome = accounting.OutcomeClientGone
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		x.rec.Outcome = accounting.OutcomeSlowReader
+	}
 	x.abort = true
 	return fmt.Errorf("write response after %d bytes: %w: %w", x.rec.BytesOut, ErrClientGone, err)
 }
@@ -208,35 +211,67 @@ func (x *exchange) sendError(v verdict) {
 	x.rec.BytesOut = int64(n)
 }
 
-// deadlines moves a connection's write deadline forward as a response is
-// written; a no-op when the rate check is off or the ResponseWriter has no
-// deadlines.
+// deadlines gives each piece of a response its own write deadline, so that
+// a client is held to progress rather than to an average over the whole
+// response (see Config.WriteMinRate). A no-op when the check is off or the
+// ResponseWriter has no deadlines.
 type deadlines struct {
-	rc    *http.ResponseController
-	start time.Time
-	grace time.Duration
-	rate  int64
-	on    bool
+	rc     *http.ResponseController
+	window time.Duration // Config.WriteTimeout
+	grace  time.Duration // added to the next deadline, the first one's only
+	rate   int64
+	step   int64 // the largest piece under one deadline
+	on     bool
 }
+
+// Bounds of a piece: below minStep a deadline per write costs more than it
+// checks; above sendChunk a stalled client holds on longer than the window.
+const minStep = 4 << 10
 
 func (x *exchange) writeDeadlines() *deadlines {
-	return &deadlines{
-		rc:    http.NewResponseController(x.w),
-		start: time.Now(),
-		grace: x.s.cfg.WriteRateGrace,
-		rate:  x.s.cfg.WriteMinRate,
-		on:    x.s.cfg.WriteMinRate > 0,
+	cfg := &x.s.cfg
+	d := &deadlines{
+		rc:     http.NewResponseController(x.w),
+		window: cfg.WriteTimeout,
+		grace:  cfg.WriteRateGrace,
+		rate:   cfg.WriteMinRate,
+		on:     cfg.WriteMinRate > 0,
 	}
+	if d.on {
+		d.step = min(max(d.rate*int64(d.window/time.Millisecond)/1000, minStep), sendChunk)
+	}
+	return d
 }
 
-// set gives the client until start + grace + n/rate to have taken n bytes.
-func (d *deadlines) set(n int64) {
+// next returns how many of n bytes to write next, at most limit, and gives
+// them a deadline of the window from now, or of their size at the minimum
+// rate when that is longer.
+func (d *deadlines) next(n, limit int64) int64 {
 	if !d.on {
-		return
+		return min(n, limit)
 	}
-	if err := d.rc.SetWriteDeadline(rateDeadline(d.start, d.grace, d.rate, n)); errors.Is(err, http.ErrNotSupported) {
+	p := min(n, limit, d.step)
+	t := max(d.window, time.Duration(p)*time.Second/time.Duration(d.rate)) + d.grace
+	d.grace = 0
+	if err := d.rc.SetWriteDeadline(time.Now().Add(t)); errors.Is(err, http.ErrNotSupported) {
 		d.on = false
 	}
+	return p
+}
+
+// write writes b to w in pieces, each under its own deadline.
+func (d *deadlines) write(w io.Writer, b []byte) (int, error) {
+	var written int
+	for len(b) > 0 {
+		p := b[:d.next(int64(len(b)), writeChunk)]
+		c, err := w.Write(p)
+		written += c
+		if err != nil {
+			return written, err
+		}
+		b = b[len(p):]
+	}
+	return written, nil
 }
 
 // flush sends what is buffered.
@@ -248,7 +283,9 @@ func (d *deadlines) flush() error {
 }
 
 // clear removes the write deadline, which would otherwise outlive the
-// response on a keep-alive connection.
+// response on a keep-alive connection. (After a failed write net/http's
+// buffered writer keeps the error, so its last flush before closing the
+// connection does not write, and cannot wait for a stalled client.)
 func (d *deadlines) clear() {
 	if d.on {
 		_ = d.rc.SetWriteDeadline(time.Time{})

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -91,6 +93,11 @@ type Server struct {
 	ids        *idSource
 	envOpt     envOptions
 	retryAfter string // Retry-After value
+	// spools is the budget of all request and response spools.
+	spools spoolBudget
+	// rejectToken marks the requests that stand for refused heads
+	// (guardConn); made at random by New, known to no client.
+	rejectToken string
 
 	// base is the parent of every request's context; Shutdown cancels it
 	// when its own context ends, which kills the cells still running.
@@ -152,8 +159,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			passAuthorization: cfg.PassAuthorization,
 			lookupEnv:         deps.LookupEnv,
 		},
-		retryAfter: retryAfterSeconds(cfg.RetryAfter),
+		retryAfter:  retryAfterSeconds(cfg.RetryAfter),
+		rejectToken: rand.Text(),
 	}
+	s.spools.memLimit, s.spools.diskLimit = cfg.SpoolMemory, cfg.SpoolDisk
 	s.base, s.cancelBase = context.WithCancel(context.Background())
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -195,10 +204,38 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	s.listeners = append(s.listeners, capped)
 	s.mu.Unlock()
-	if tlsOn {
-		return s.srv.ServeTLS(capped, s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+	if !tlsOn {
+		return s.srv.Serve(guardListener{Listener: capped, guard: s.guard})
 	}
-	return s.srv.Serve(capped)
+	cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
+	if err != nil {
+		return fmt.Errorf("load TLS certificate %s and key %s: %w", s.cfg.TLSCertFile, s.cfg.TLSKeyFile, err)
+	}
+	config := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
+	s.mu.Lock()
+	if s.srv.TLSConfig == nil {
+		// What makes net/http's Serve set up HTTP/2 for the "h2"
+		// connections tlsListener hands it.
+		s.srv.TLSConfig = config.Clone()
+	}
+	s.mu.Unlock()
+	return s.srv.Serve(newTLSListener(capped, config, s.cfg.ReadHeaderTimeout, s.guard, s.handshakeFailed))
+}
+
+// guard puts a request-head check in front of net/http on an HTTP/1.x
+// connection (guardConn). Its heads may be as large as net/http's own
+// limit, MaxHeaderBytes plus 4 KiB.
+func (s *Server) guard(c net.Conn) *guardConn {
+	return newGuardConn(c, s.cfg.MaxHeaderBytes+4096, s.rejection)
+}
+
+// rejection is the request that stands for a refused head (see guardConn).
+func (s *Server) rejection(ferr *frameError) []byte { return rejection(s.rejectToken, ferr) }
+
+// handshakeFailed logs a failed TLS handshake, as a debug line like a
+// refused connection.
+func (s *Server) handshakeFailed(err error, addr net.Addr) {
+	s.log.Debug("TLS handshake failed", "client", addr.String(), "err", err)
 }
 
 // ListenAndServe listens on Config.Addr and calls Serve.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,6 +17,37 @@ import (
 // body and response spools wrap it in ErrBodyTooLarge and
 // ErrResponseTooLarge.
 var ErrSpoolFull = errors.New("spool limit reached")
+
+// spoolBudget bounds what all spools hold at once: bytes in memory and
+// bytes in spool files, separately (Config.SpoolMemory, SpoolDisk). A
+// spool that finds no room in memory moves to a file early; one that finds
+// no room on disk fails with ErrSpoolBudget (503 with Retry-After: the
+// request is refused, or the cell whose response it was is killed, rather
+// than the disk filled or the cell kept alive for a slow client). A zero
+// limit is no limit.
+type spoolBudget struct {
+	memLimit, diskLimit int64
+	mem, disk           atomic.Int64
+}
+
+// take reserves n bytes in used under limit, or reports that they do not
+// fit.
+func take(used *atomic.Int64, limit, n int64) bool {
+	if v := used.Add(n); limit > 0 && v > limit {
+		used.Add(-n)
+		return false
+	}
+	return true
+}
+
+// SpoolStats are the bytes that spools hold now, for metrics.
+type SpoolStats struct{ Memory, Disk int64 }
+
+// SpoolStats returns the bytes held by the spools of requests and
+// responses now.
+func (s *Server) SpoolStats() SpoolStats {
+	return SpoolStats{Memory: s.spools.mem.Load(), Disk: s.spools.disk.Load()}
+}
 
 // spool holds a body of bounded size: in memory up to a threshold, then in
 // an unlinked temporary file (O_TMPFILE, or create and unlink where the file
@@ -29,37 +61,48 @@ type spool struct {
 	dir       string
 	threshold int
 	limit     int64
+	budget    *spoolBudget
 
 	mem  *[]byte // pooled; nil once the spool moved to a file
 	file *os.File
 	size int64
+	// Bytes reserved in the budget: memHeld for mem, diskHeld for file.
+	memHeld, diskHeld int64
 }
 
 // memPool recycles the in-memory part of spools. Buffers grow with append up
 // to the threshold and go back to the pool when they are not much larger.
 var memPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
 
-func newSpool(dir string, threshold int, limit int64) *spool {
-	return &spool{dir: dir, threshold: threshold, limit: limit, mem: memPool.Get().(*[]byte)}
+func newSpool(dir string, threshold int, limit int64, budget *spoolBudget) *spool {
+	return &spool{dir: dir, threshold: threshold, limit: limit, budget: budget, mem: memPool.Get().(*[]byte)}
 }
 
 // Write appends p. Beyond the limit it stores what fits and returns
-// ErrSpoolFull.
+// ErrSpoolFull; beyond the budget's disk room it stores nothing of p and
+// returns ErrSpoolBudget.
 func (s *spool) Write(p []byte) (int, error) {
 	full := false
 	if room := s.limit - s.size; int64(len(p)) > room {
 		p, full = p[:room], true
 	}
-	if s.file == nil && len(*s.mem)+len(p) > s.threshold {
+	if s.file == nil && (len(*s.mem)+len(p) > s.threshold || !take(&s.budget.mem, s.budget.memLimit, int64(len(p)))) {
 		if err := s.toFile(); err != nil {
 			return 0, err
 		}
+	} else if s.file == nil {
+		s.memHeld += int64(len(p))
 	}
 	var n int
 	if s.file != nil {
+		if !take(&s.budget.disk, s.budget.diskLimit, int64(len(p))) {
+			return 0, fmt.Errorf("spool %d more bytes in %s: %w (%d in use, limit %d)",
+				len(p), s.dir, ErrSpoolBudget, s.budget.disk.Load(), s.budget.diskLimit)
+		}
 		var err error
 		n, err = s.file.Write(p)
 		s.size += int64(n)
+		s.diskHeld += int64(len(p))
 		if err != nil {
 			return n, fmt.Errorf("write spool file: %w", err)
 		}
@@ -101,6 +144,12 @@ func (s *spool) ReadFrom(r io.Reader) (int64, error) {
 
 // toFile moves the spool to a new unlinked temporary file.
 func (s *spool) toFile() error {
+	n := int64(len(*s.mem))
+	if !take(&s.budget.disk, s.budget.diskLimit, n) {
+		return fmt.Errorf("move a spool of %d bytes to %s: %w (%d in use, limit %d)",
+			n, s.dir, ErrSpoolBudget, s.budget.disk.Load(), s.budget.diskLimit)
+	}
+	s.diskHeld += n
 	f, err := openTempFile(s.dir)
 	if err != nil {
 		return err
@@ -171,6 +220,8 @@ func (s *spool) StdinReader() (io.Reader, func() error, error) {
 // disappears).
 func (s *spool) Close() error {
 	s.putMem()
+	s.budget.disk.Add(-s.diskHeld)
+	s.diskHeld = 0
 	if s.file == nil {
 		return nil
 	}
@@ -179,7 +230,10 @@ func (s *spool) Close() error {
 	return err
 }
 
+// putMem gives the memory back to the pool and the budget.
 func (s *spool) putMem() {
+	s.budget.mem.Add(-s.memHeld)
+	s.memHeld = 0
 	if s.mem == nil {
 		return
 	}

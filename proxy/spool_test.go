@@ -8,6 +8,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/cellgate/cellgate/accounting"
+	"github.com/cellgate/cellgate/sandbox"
 )
 
 func TestSpoolThreshold(t *testing.T) {
@@ -30,7 +33,7 @@ func TestSpoolThreshold(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sp := newSpool(t.TempDir(), tt.threshold, tt.limit)
+			sp := newSpool(t.TempDir(), tt.threshold, tt.limit, &spoolBudget{})
 			defer sp.Close()
 			var err error
 			for _, w := range tt.writes {
@@ -87,7 +90,7 @@ func TestSpoolThreshold(t *testing.T) {
 // elsewhere, so nothing is left behind whatever happens to the process.
 func TestSpoolFileUnlinked(t *testing.T) {
 	dir := t.TempDir()
-	sp := newSpool(dir, 1, 1<<20)
+	sp := newSpool(dir, 1, 1<<20, &spoolBudget{})
 	defer sp.Close()
 	if _, err := sp.Write([]byte(strings.Repeat("x", 100))); err != nil {
 		t.Fatal(err)
@@ -116,10 +119,74 @@ func TestSpoolFileUnlinked(t *testing.T) {
 }
 
 func TestSpoolBadDir(t *testing.T) {
-	sp := newSpool("/nonexistent/cellgate", 1, 100)
+	sp := newSpool("/nonexistent/cellgate", 1, 100, &spoolBudget{})
 	defer sp.Close()
 	_, err := sp.Write([]byte("abc"))
 	if err == nil || !strings.Contains(err.Error(), "/nonexistent/cellgate") || !strings.Contains(err.Error(), "TempDir") {
 		t.Fatalf("error %v, want one naming the directory and the remedy", err)
+	}
+}
+
+// TestSpoolBudget: spools share a budget: one that finds no room in memory
+// moves to a file early, one that finds no room on disk fails with
+// ErrSpoolBudget, and closing gives everything back.
+func TestSpoolBudget(t *testing.T) {
+	dir := t.TempDir()
+	b := &spoolBudget{memLimit: 100, diskLimit: 1000}
+	a := newSpool(dir, 1000, 1<<20, b)
+	defer a.Close()
+	if _, err := a.Write(make([]byte, 80)); err != nil {
+		t.Fatal(err)
+	}
+	if b.mem.Load() != 80 || a.file != nil {
+		t.Fatalf("after 80 bytes: %d in memory, file %v", b.mem.Load(), a.file != nil)
+	}
+	c := newSpool(dir, 1000, 1<<20, b)
+	defer c.Close()
+	if _, err := c.Write(make([]byte, 50)); err != nil {
+		t.Fatal(err)
+	}
+	if c.file == nil || b.mem.Load() != 80 || b.disk.Load() != 50 {
+		t.Fatalf("no memory room: file %v, memory %d, disk %d; want a file, 80, 50", c.file != nil, b.mem.Load(), b.disk.Load())
+	}
+	if _, err := c.Write(make([]byte, 951)); !errors.Is(err, ErrSpoolBudget) {
+		t.Fatalf("over the disk budget: %v, want ErrSpoolBudget", err)
+	}
+	if _, err := c.Write(make([]byte, 950)); err != nil {
+		t.Fatalf("up to the disk budget: %v", err)
+	}
+	a.Close()
+	c.Close()
+	if b.mem.Load() != 0 || b.disk.Load() != 0 {
+		t.Fatalf("after Close: %d in memory, %d on disk, want 0", b.mem.Load(), b.disk.Load())
+	}
+}
+
+// TestSpoolBudgetServer: when the spools of all requests hold SpoolDisk, a
+// response that needs more is a 503 with Retry-After and its cell is
+// killed, a request body likewise; the budget is given back either way.
+func TestSpoolBudgetServer(t *testing.T) {
+	big := cgiOutput("Content-Type: text/plain\n\n"+strings.Repeat("r", 256<<10), sandbox.CauseOK)
+	ts := startServer(t, Config{SpoolDisk: 64 << 10, ResponseMemory: 1 << 10, BodyMemory: 1 << 10},
+		Deps{Runner: big}, route("r", "/", "/x"))
+	for _, tt := range []struct {
+		name string
+		body io.Reader
+	}{
+		{"response", nil},
+		{"request body", strings.NewReader(strings.Repeat("b", 128<<10))},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, _ := do(t, nil, newRequest(t, "POST", ts.URL+"/", tt.body))
+			if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+				t.Fatalf("status %d Retry-After %q, want 503 with one", resp.StatusCode, resp.Header.Get("Retry-After"))
+			}
+			if rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader)); rec.Outcome != accounting.OutcomeSpoolFull {
+				t.Errorf("outcome %s, want %s", rec.Outcome, accounting.OutcomeSpoolFull)
+			}
+			if st := ts.SpoolStats(); st != (SpoolStats{}) {
+				t.Errorf("spools hold %+v after the request, want nothing", st)
+			}
+		})
 	}
 }

@@ -84,6 +84,11 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 		// A reload shrank a budget below a route's memory limit.
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeOverBudget,
 			Message: "service unavailable, retry later", RetryAfter: true}
+	case errors.Is(err, ErrSpoolBudget):
+		// The front has no room for the body or the response: like a
+		// full queue, whether or not a cell ran.
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeSpoolFull,
+			Message: "server busy, retry later", RetryAfter: true}
 	case errors.Is(err, sandbox.ErrNoCell), errors.Is(err, sandbox.ErrNoUID):
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeNoCell,
 			Message: "server busy, retry later", RetryAfter: true}

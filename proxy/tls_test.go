@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -149,5 +151,85 @@ func TestHTTP2SlowBody(t *testing.T) {
 	resp, body := do(t, c, newRequest(t, "GET", ts.URL+"/", nil))
 	if resp.StatusCode != 200 || body != "ok" {
 		t.Fatalf("next request: %d %q", resp.StatusCode, body)
+	}
+}
+
+// TestTLSHandshakes: the front does the TLS handshakes itself (to check
+// HTTP/1.1 request heads on the decrypted stream): a client that never
+// sends its ClientHello holds only its own connection, not the accept loop,
+// and plain HTTP on the TLS port gets net/http's 400 as before.
+func TestTLSHandshakes(t *testing.T) {
+	certFile, keyFile, pool := writeCert(t)
+	ts := guardServer(t, Config{TLSCertFile: certFile, TLSKeyFile: keyFile})
+	silent, err := net.Dial("tcp", ts.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	waitOpen(t, ts.Server, 1)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	defer tr.CloseIdleConnections()
+	resp, body := do(t, &http.Client{Transport: tr, Timeout: 10 * time.Second}, newRequest(t, "GET", ts.URL+"/", nil))
+	if resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("beside a silent handshake: %d %q", resp.StatusCode, body)
+	}
+
+	plain, err := net.Dial("tcp", ts.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	plain.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(plain, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	got, _ := io.ReadAll(plain)
+	if !strings.HasPrefix(string(got), "HTTP/1.0 400 Bad Request") {
+		t.Fatalf("plain HTTP on the TLS port: %q", got)
+	}
+}
+
+// TestHTTP2SlowReader: on HTTP/2 a stream whose client stops reading (its
+// flow-control window stays shut) is cut off by the same progress deadline,
+// its record says slow_reader, and the connection's other streams go on.
+func TestHTTP2SlowReader(t *testing.T) {
+	const size = 32 << 20
+	certFile, keyFile, pool := writeCert(t)
+	big := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		if spec.Path == "/small" {
+			return cgiOutput("Content-Type: text/plain\n\nok", sandbox.CauseOK)(ctx, spec)
+		}
+		io.WriteString(spec.Stdout, "Content-Type: application/octet-stream\n\n")
+		buf := make([]byte, 1<<20)
+		for i := 0; i < size/len(buf); i++ {
+			if _, err := spec.Stdout.Write(buf); err != nil {
+				return sandbox.Result{}, err
+			}
+		}
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	ts := startServer(t, Config{TLSCertFile: certFile, TLSKeyFile: keyFile, MaxResponse: size,
+		WriteMinRate: 64 << 10, WriteTimeout: 100 * time.Millisecond, WriteRateGrace: time.Millisecond},
+		Deps{Runner: big}, route("small", "/small", "/small"), route("big", "/", "/big"))
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	resp, err := c.Get(ts.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ProtoMajor != 2 || resp.StatusCode != 200 {
+		t.Fatalf("got %s %d", resp.Proto, resp.StatusCode)
+	}
+	// Read nothing of the body.
+	rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader))
+	if rec.Outcome != accounting.OutcomeSlowReader || rec.BytesOut >= size {
+		t.Errorf("record outcome %s, %d bytes out: want slow_reader and fewer than %d", rec.Outcome, rec.BytesOut, size)
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err == nil {
+		t.Errorf("the cut-off stream's body ended cleanly")
+	}
+	resp2, body := do(t, c, newRequest(t, "GET", ts.URL+"/small", nil))
+	if resp2.StatusCode != 200 || body != "ok" || resp2.ProtoMajor != 2 {
+		t.Fatalf("another stream: %s %d %q", resp2.Proto, resp2.StatusCode, body)
 	}
 }

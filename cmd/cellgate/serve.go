@@ -164,7 +164,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	if err != nil {
 		return fmt.Errorf("front: %w", err)
 	}
-	for _, c := range connCounters(srv) {
+	for _, c := range append(connCounters(srv), spoolGauges(srv)...) {
 		if err := reg.Register(c); err != nil {
 			return fmt.Errorf("register metrics: %w", err)
 		}
@@ -536,6 +536,19 @@ func connCounters(srv *proxy.Server) []prometheus.Collector {
 			ConstLabels: prometheus.Labels{"cap": "total"}}, func() float64 { return float64(srv.ConnStats().RefusedTotal) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: "connections_refused_total", Help: refused,
 			ConstLabels: prometheus.Labels{"cap": "per_ip"}}, func() float64 { return float64(srv.ConnStats().RefusedPerIP) }),
+	}
+}
+
+// spoolGauges export the bytes that the spools of requests and responses
+// hold now, in memory and in files under --temp-dir (bounded by
+// --spool-memory and --spool-disk).
+func spoolGauges(srv *proxy.Server) []prometheus.Collector {
+	const help = "Bytes held now by the spools of request bodies and responses."
+	return []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "cellgate", Name: "spool_bytes", Help: help,
+			ConstLabels: prometheus.Labels{"where": "memory"}}, func() float64 { return float64(srv.SpoolStats().Memory) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "cellgate", Name: "spool_bytes", Help: help,
+			ConstLabels: prometheus.Labels{"where": "disk"}}, func() float64 { return float64(srv.SpoolStats().Disk) }),
 	}
 }
 

@@ -72,8 +72,11 @@ type serveConfig struct {
 	BodyRateGrace  time.Duration `env:"BODY_RATE_GRACE" envDefault:"5s"`
 	WriteMinRate   byteSize      `env:"WRITE_MIN_RATE" envDefault:"1Ki"`
 	WriteRateGrace time.Duration `env:"WRITE_RATE_GRACE" envDefault:"10s"`
+	WriteTimeout   time.Duration `env:"WRITE_TIMEOUT" envDefault:"30s"`
 	MaxBody        byteSize      `env:"MAX_BODY" envDefault:"10Mi"`
 	MaxResponse    byteSize      `env:"MAX_RESPONSE" envDefault:"100Mi"`
+	SpoolMemory    byteSize      `env:"SPOOL_MEMORY" envDefault:"256Mi"`
+	SpoolDisk      byteSize      `env:"SPOOL_DISK" envDefault:"4Gi"`
 	MaxConns       int           `env:"MAX_CONNS" envDefault:"10000"`
 	MaxConnsPerIP  int           `env:"MAX_CONNS_PER_IP" envDefault:"100"`
 	RetryAfter     time.Duration `env:"RETRY_AFTER" envDefault:"1s"`
@@ -145,9 +148,12 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.TextVar(&c.BodyMinRate, "body-min-rate", c.BodyMinRate, "slowest request body upload, `bytes` per second (CELLGATE_BODY_MIN_RATE)")
 	fs.Var((*durationFlag)(&c.BodyRateGrace), "body-rate-grace", "time before --body-min-rate applies (CELLGATE_BODY_RATE_GRACE)")
 	fs.TextVar(&c.WriteMinRate, "write-min-rate", c.WriteMinRate, "slowest response download, `bytes` per second (CELLGATE_WRITE_MIN_RATE)")
-	fs.Var((*durationFlag)(&c.WriteRateGrace), "write-rate-grace", "time before --write-min-rate applies (CELLGATE_WRITE_RATE_GRACE)")
+	fs.Var((*durationFlag)(&c.WriteRateGrace), "write-rate-grace", "extra time for the first piece of a response (CELLGATE_WRITE_RATE_GRACE)")
+	fs.Var((*durationFlag)(&c.WriteTimeout), "write-timeout", "longest a client may take to read one piece of a response (--write-min-rate × this) (CELLGATE_WRITE_TIMEOUT)")
 	fs.TextVar(&c.MaxBody, "max-body", c.MaxBody, "largest request body for routes that set none, `size` (CELLGATE_MAX_BODY)")
 	fs.TextVar(&c.MaxResponse, "max-response", c.MaxResponse, "largest response body, `size` (CELLGATE_MAX_RESPONSE)")
+	fs.TextVar(&c.SpoolMemory, "spool-memory", c.SpoolMemory, "memory all request and response spools may hold at once, `size` (CELLGATE_SPOOL_MEMORY)")
+	fs.TextVar(&c.SpoolDisk, "spool-disk", c.SpoolDisk, "spool file bytes all requests may hold at once in --temp-dir, `size`; beyond, 503 (CELLGATE_SPOOL_DISK)")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "client connections open at once, -1 = no cap (CELLGATE_MAX_CONNS)")
 	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", c.MaxConnsPerIP, "connections per client IP, -1 = no cap (CELLGATE_MAX_CONNS_PER_IP)")
 	fs.Var((*durationFlag)(&c.RetryAfter), "retry-after", "Retry-After of a 503 (CELLGATE_RETRY_AFTER)")
@@ -262,7 +268,7 @@ func (c *serveConfig) validate() error {
 		v    time.Duration
 	}{
 		{"header-timeout", c.HeaderTimeout}, {"idle-timeout", c.IdleTimeout}, {"body-rate-grace", c.BodyRateGrace},
-		{"write-rate-grace", c.WriteRateGrace}, {"retry-after", c.RetryAfter},
+		{"write-rate-grace", c.WriteRateGrace}, {"write-timeout", c.WriteTimeout}, {"retry-after", c.RetryAfter},
 	} {
 		if d.v <= 0 {
 			bad(d.flag, "must be positive")
@@ -274,7 +280,7 @@ func (c *serveConfig) validate() error {
 	for _, s := range []struct {
 		flag string
 		v    byteSize
-	}{{"max-body", c.MaxBody}, {"max-response", c.MaxResponse}} {
+	}{{"max-body", c.MaxBody}, {"max-response", c.MaxResponse}, {"spool-memory", c.SpoolMemory}, {"spool-disk", c.SpoolDisk}} {
 		if s.v <= 0 {
 			bad(s.flag, "must be positive")
 		}
@@ -337,8 +343,11 @@ func (c *serveConfig) proxyConfig() proxy.Config {
 		BodyRateGrace:     c.BodyRateGrace,
 		WriteMinRate:      rate(c.WriteMinRate),
 		WriteRateGrace:    c.WriteRateGrace,
+		WriteTimeout:      c.WriteTimeout,
 		MaxBody:           int64(c.MaxBody),
 		MaxResponse:       int64(c.MaxResponse),
+		SpoolMemory:       int64(c.SpoolMemory),
+		SpoolDisk:         int64(c.SpoolDisk),
 		MaxConns:          c.MaxConns,
 		MaxConnsPerIP:     c.MaxConnsPerIP,
 		RetryAfter:        c.RetryAfter,

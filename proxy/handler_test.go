@@ -1,0 +1,149 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cellgate/cellgate/accounting"
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// byPath is a fake Runner that runs the program path's runFunc.
+type byPath map[string]runFunc
+
+func (b byPath) Run(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+	return b[spec.Path](ctx, spec)
+}
+
+// TestResetContentHasNoBody: a 205 from a worker goes out with
+// "Content-Length: 0" and none of the worker's body bytes (RFC 9110
+// §15.3.6), spooled or streamed, and the connection stays usable.
+func TestResetContentHasNoBody(t *testing.T) {
+	out := cgiOutput("Status: 205\nContent-Type: text/plain\n\nworker body bytes", sandbox.CauseOK)
+	spooled := route("spooled", "/spooled", "/x")
+	streamed := route("streamed", "/streamed", "/x")
+	streamed.Response = "stream"
+	ts := startServer(t, Config{}, Deps{Runner: out}, spooled, streamed)
+	for _, path := range []string{"/spooled", "/streamed"} {
+		t.Run(path, func(t *testing.T) {
+			c, err := net.Dial("tcp", ts.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\nGET "+path+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+			raw, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(raw), "worker body") {
+				t.Fatalf("205 carries the worker's body:\n%s", raw)
+			}
+			br := bufio.NewReader(strings.NewReader(string(raw)))
+			for i := 0; i < 2; i++ {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("response %d: %v in\n%s", i+1, err, raw)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				if resp.StatusCode != 205 || len(body) != 0 {
+					t.Fatalf("response %d: %d with %q", i+1, resp.StatusCode, body)
+				}
+			}
+		})
+	}
+}
+
+// TestBadLocalRedirect: a local redirect to a path no route may take
+// ("/../x") is the worker's mistake: 502, and the client's connection is
+// kept.
+func TestBadLocalRedirect(t *testing.T) {
+	runner := byPath{
+		"/bad": cgiOutput("Location: /../../etc/passwd\n\n", sandbox.CauseOK),
+		"/ok":  cgiOutput("Content-Type: text/plain\n\nok", sandbox.CauseOK),
+	}
+	ts := startServer(t, Config{}, Deps{Runner: runner}, route("bad", "/bad", "/bad"), route("ok", "/", "/ok"))
+	resps, closed := exchangeRaw(t, ts, nil, "GET /bad HTTP/1.1\r\nHost: x\r\n\r\nGET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	if len(resps) != 2 || resps[0].StatusCode != 502 || resps[0].Close || resps[1].StatusCode != 200 || !closed {
+		var got []int
+		for _, r := range resps {
+			got = append(got, r.StatusCode)
+		}
+		t.Fatalf("got %v (first closes: %v), want 502 then 200 on one connection", got, len(resps) > 0 && resps[0].Close)
+	}
+	if rec := ts.recs.byID(t, resps[0].Header.Get(RequestIDHeader)); rec.Outcome != accounting.OutcomeBadGateway {
+		t.Errorf("record outcome %s, want %s", rec.Outcome, accounting.OutcomeBadGateway)
+	}
+}
+
+// TestFailureLogNamesTheCause: a request whose cell was OOM-killed or hit
+// its deadline before writing anything is logged with that cause as its
+// err, not with the "no output" that followed from it.
+func TestFailureLogNamesTheCause(t *testing.T) {
+	runner := byPath{"/oom": cgiOutput("", sandbox.CauseOOM), "/slow": cgiOutput("", sandbox.CauseDeadline)}
+	ts := startServer(t, Config{}, Deps{Runner: runner}, route("oom", "/oom", "/oom"), route("slow", "/slow", "/slow"))
+	for _, tt := range []struct {
+		path   string
+		status int
+		want   string
+	}{
+		{"/oom", 502, "OOM-killed"},
+		{"/slow", 504, "deadline"},
+	} {
+		resp, _ := do(t, nil, newRequest(t, "GET", ts.URL+tt.path, nil))
+		id := resp.Header.Get(RequestIDHeader)
+		if resp.StatusCode != tt.status {
+			t.Fatalf("%s: status %d", tt.path, resp.StatusCode)
+		}
+		ts.recs.byID(t, id) // the log line is written before the record
+		var line string
+		for _, l := range strings.Split(ts.logs.String(), "\n") {
+			if strings.Contains(l, "request_id="+id) && strings.Contains(l, "request failed") {
+				line = l
+			}
+		}
+		_, errVal, _ := strings.Cut(line, " err=")
+		errVal, _, _ = strings.Cut(errVal, " detail=")
+		if !strings.Contains(errVal, tt.want) || strings.Contains(errVal, "no output") {
+			t.Errorf("%s: log line %q: err should name %q, not the output", tt.path, line, tt.want)
+		}
+	}
+}
+
+// TestLocalRedirectRecords: every cell of a local-redirect chain has an
+// access-log record with the request's id, the hops with outcome
+// local_redirect and no status, the last with the response.
+func TestLocalRedirectRecords(t *testing.T) {
+	runner := byPath{
+		"/a": cgiOutput("Location: /b\n\n", sandbox.CauseOK),
+		"/b": cgiOutput("Location: /c?q=1\n\n", sandbox.CauseOK),
+		"/c": cgiOutput("Content-Type: text/plain\n\nc", sandbox.CauseOK),
+	}
+	ts := startServer(t, Config{}, Deps{Runner: runner}, route("a", "/a", "/a"), route("b", "/b", "/b"), route("c", "/c", "/c"))
+	resp, body := do(t, nil, newRequest(t, "POST", ts.URL+"/a", strings.NewReader("data")))
+	if resp.StatusCode != 200 || body != "c" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+	id := resp.Header.Get(RequestIDHeader)
+	ts.recs.byID(t, id)
+	var got []string
+	for _, rec := range ts.recs.all() {
+		if rec.RequestID == id {
+			if !rec.Cell {
+				t.Errorf("record of %s has no cell", rec.Route)
+			}
+			got = append(got, rec.Method+" "+rec.Path+" "+rec.Route+" "+string(rec.Outcome)+" "+http.StatusText(rec.Status))
+		}
+	}
+	want := []string{"POST /a a local_redirect ", "GET /b b local_redirect ", "POST /a c ok OK"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("records\n%q\nwant\n%q", got, want)
+	}
+}

@@ -1,0 +1,215 @@
+package proxy
+
+import (
+	"crypto/subtle"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// guardConn stands between an HTTP/1.x client connection and net/http's
+// parser: every byte net/http reads has been through a frameCheck first.
+// A request head is held back until it is complete and found good, then
+// handed on with whatever follows it; body bytes pass as they come (in
+// place when nothing is held, so a body costs no copy). When a head is
+// refused (smuggling attempts: obs-fold, a bare CR or LF, Transfer-Encoding
+// with Content-Length, ...) net/http gets, instead of it, a fixed request
+// that carries the Server's secret rejection token and the status, and
+// then the end of the stream: the handler answers that request with the
+// 400 (or 431), a request id and an access-log record, and net/http closes
+// the connection after it. The answer goes through net/http rather than
+// straight onto the socket because a response to an earlier request may
+// still be being written: net/http reads ahead while a handler runs. When
+// a body's framing goes wrong, net/http's read fails instead, and it never
+// reads from the connection again.
+//
+// Memory: nothing while no head is held: a head that arrives whole in one
+// read (the usual case) is checked in net/http's own buffer and never
+// copied. A head that spans reads (a slow client, a slowloris) is held in
+// a small pooled buffer, grown up to the head limit (Config.MaxHeaderBytes
+// plus 4 KiB) only as the head grows, and given back once handed on: an
+// idle slowloris costs a few hundred bytes here, not a head's worth.
+type guardConn struct {
+	net.Conn
+	check  frameCheck
+	reject func(*frameError) []byte // the request that stands for a refused head
+
+	buf   *[]byte // bytes read and not yet handed on: (*buf)[off:]
+	off   int
+	free  int    // bytes of (*buf)[off:] that may be handed on
+	bad   []byte // the rest of the rejection request
+	err   error  // the stream's end, once refused
+	limit int    // the largest buffer: a head plus 4 KiB of one read
+}
+
+// guardBufSize is the size of a pooled buffer: the start of a head that
+// arrives in pieces.
+const guardBufSize = 512
+
+var guardBufPool = sync.Pool{New: func() any { b := make([]byte, 0, guardBufSize); return &b }}
+
+// errFraming ends a connection whose request body framing was refused.
+var errFraming = errors.New("request framing refused")
+
+func newGuardConn(c net.Conn, maxHead int, reject func(*frameError) []byte) *guardConn {
+	return &guardConn{Conn: c, check: newFrameCheck(maxHead), reject: reject, limit: maxHead + 4<<10}
+}
+
+// Read hands on checked bytes.
+func (g *guardConn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		switch {
+		case g.free > 0:
+			n := copy(p, (*g.buf)[g.off:g.off+g.free])
+			g.off += n
+			g.free -= n
+			g.putBuf()
+			return n, nil
+		case len(g.bad) > 0:
+			n := copy(p, g.bad)
+			g.bad = g.bad[n:]
+			return n, nil
+		case g.err != nil:
+			return 0, g.err
+		case g.buf == nil:
+			// Nothing held: read in place.
+			n, err := g.Conn.Read(p)
+			if n == 0 {
+				return 0, err
+			}
+			free, ferr := g.check.feed(p[:n])
+			if ferr == nil && free < n {
+				g.hold(p[free:n])
+			}
+			g.fail(ferr)
+			if free > 0 || err != nil {
+				return free, err
+			}
+		default:
+			if err := g.readMore(); err != nil {
+				return 0, err
+			}
+		}
+	}
+}
+
+// readMore reads behind the held bytes and examines what came.
+func (g *guardConn) readMore() error {
+	b := *g.buf
+	if g.off > 0 {
+		b = b[:copy(b, b[g.off:])]
+		g.off = 0
+	}
+	if len(b) == cap(b) {
+		nb := make([]byte, len(b), min(2*cap(b), g.limit))
+		copy(nb, b)
+		b = nb
+	}
+	n, err := g.Conn.Read(b[len(b):cap(b)])
+	fresh := b[len(b) : len(b)+n]
+	b = b[:len(b)+n]
+	*g.buf = b
+	if n > 0 {
+		// The held bytes go too once the head they start is complete.
+		free, ferr := g.check.feed(fresh)
+		if free > 0 {
+			g.free = len(b) - n + free
+		}
+		g.fail(ferr)
+		if g.free > 0 || ferr != nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// hold keeps b, the start of a head, until the head is complete.
+func (g *guardConn) hold(b []byte) {
+	g.buf = guardBufPool.Get().(*[]byte)
+	*g.buf = append((*g.buf)[:0], b...)
+	g.off, g.free = 0, 0
+}
+
+// putBuf gives the buffer back once everything in it has been handed on.
+func (g *guardConn) putBuf() {
+	if g.buf == nil || g.off < len(*g.buf) {
+		return
+	}
+	if cap(*g.buf) == guardBufSize {
+		*g.buf = (*g.buf)[:0]
+		guardBufPool.Put(g.buf)
+	}
+	g.buf, g.off, g.free = nil, 0, 0
+}
+
+// fail ends the stream after the free bytes: a refused head becomes the
+// rejection request, a refused body a read error.
+func (g *guardConn) fail(ferr *frameError) {
+	if ferr == nil {
+		return
+	}
+	if ferr.Head {
+		g.bad = g.reject(ferr)
+		g.err = io.EOF
+	} else {
+		g.err = errors.Join(errFraming, ferr)
+	}
+	if g.buf != nil {
+		*g.buf = (*g.buf)[:g.off+g.free]
+	}
+}
+
+// ReadFrom lets a response from a spool file reach the connection's
+// sendfile path.
+func (g *guardConn) ReadFrom(r io.Reader) (int64, error) { return readFrom(g.Conn, r) }
+
+// CloseWrite half-closes the connection when the transport can.
+func (g *guardConn) CloseWrite() error { return closeWrite(g.Conn) }
+
+// tlsGuardConn is a guardConn over TLS: net/http takes the TLS state from
+// ConnectionState, so the handler still sees r.TLS.
+type tlsGuardConn struct {
+	*guardConn
+	tc *tls.Conn
+}
+
+func (g tlsGuardConn) ConnectionState() tls.ConnectionState { return g.tc.ConnectionState() }
+
+// rejectHeader carries a refused head's verdict from guardConn to the
+// handler, inside the request that stands for it. Its value starts with a
+// secret made at start-up, so no client can send it.
+const rejectHeader = "Cellgate-Rejected-Head"
+
+// rejection builds the request that stands for a refused head:
+// "Cellgate-Rejected-Head: <token> <status> <reason>". The reason is
+// frameCheck's fixed text.
+func rejection(token string, ferr *frameError) []byte {
+	return []byte("GET / HTTP/1.1\r\nHost: rejected.invalid\r\nConnection: close\r\n" +
+		rejectHeader + ": " + token + " " + strconv.Itoa(ferr.StatusCode()) + " " + ferr.Reason + "\r\n\r\n")
+}
+
+// rejectedHead returns the status and reason of a request that stands for
+// a refused head, and ok false for any other request.
+func rejectedHead(token string, r *http.Request) (status int, reason string, ok bool) {
+	v := r.Header[rejectHeader]
+	if len(v) != 1 || len(v[0]) <= len(token) {
+		return 0, "", false
+	}
+	if subtle.ConstantTimeCompare([]byte(v[0][:len(token)]), []byte(token)) != 1 || v[0][len(token)] != ' ' {
+		return 0, "", false
+	}
+	code, reason, _ := strings.Cut(v[0][len(token)+1:], " ")
+	status, err := strconv.Atoi(code)
+	if err != nil {
+		return 0, "", false
+	}
+	return status, reason, true
+}

@@ -1,0 +1,463 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// Requests of the smuggling probes. Each probe is followed on the same
+// connection by next, a normal request.
+const (
+	next   = "GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+	hidden = "GET /hidden HTTP/1.1\r\nHost: x\r\n\r\n"
+)
+
+// guardCase is raw bytes sent on one connection and what must come back.
+type guardCase struct {
+	name string
+	in   string
+	// statuses are the responses expected, in order; after them the
+	// connection must be closed unless open is set.
+	statuses []int
+	open     bool
+}
+
+var guardCases = []guardCase{
+	{"keep-alive, both framings and none", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello" +
+		"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nT: v\r\n\r\n" +
+		next, []int{200, 200, 200}, true},
+	{"CL then TE", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nG" + next,
+		[]int{400}, false},
+	{"TE then CL", "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\nG" + next,
+		[]int{400}, false},
+	{"TE through obs-fold", "POST /a HTTP/1.1\r\nHost: x\r\nX: y\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden + next,
+		[]int{400}, false},
+	{"TE after a bare LF", "POST /a HTTP/1.1\r\nHost: x\r\nX: y\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden + next,
+		[]int{400}, false},
+	{"bare CR in a field line", "POST /a HTTP/1.1\r\nHost: x\r\nX: y\rTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden + next,
+		[]int{400}, false},
+	{"bare LF ends the head", "GET /a HTTP/1.1\r\nHost: x\n\n" + next, []int{400}, false},
+	{"space before the colon", "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n" + hidden + next,
+		[]int{400}, false},
+	{"TE not chunked", "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n" + next,
+		[]int{400}, false},
+	{"TE in HTTP/1.0", "POST /a HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + next,
+		[]int{400}, false},
+	{"two Content-Lengths", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 6\r\n\r\nG" + next,
+		[]int{400}, false},
+	{"Content-Length with a sign", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nG" + next,
+		[]int{400}, false},
+	{"second head bad after a good one", "GET /a HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"POST /b HTTP/1.1\r\nHost: x\r\nX: y\r\n Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + hidden + next,
+		[]int{200, 400}, false},
+	{"chunk size line with a bare LF", "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n" + next,
+		[]int{400}, false},
+	{"chunk longer than its size", "POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nGET /hidden\r\n0\r\n\r\n" + next,
+		[]int{400}, false},
+	{"head over the limit", "GET /a HTTP/1.1\r\nHost: x\r\nX: " + strings.Repeat("a", 24<<10) + "\r\n\r\n" + next,
+		[]int{431}, false},
+}
+
+// exchangeRaw writes in on a new connection (plain or TLS), half-closes it
+// where it can, and returns the responses read until the server closes
+// the connection (closed) or nothing more comes (the deadline).
+func exchangeRaw(t *testing.T, ts *testServer, pool *x509.CertPool, in string) (resps []*http.Response, closed bool) {
+	t.Helper()
+	var c net.Conn
+	var err error
+	if pool != nil {
+		c, err = tls.Dial("tcp", ts.Addr, &tls.Config{RootCAs: pool, NextProtos: []string{"http/1.1"}})
+	} else {
+		c, err = net.Dial("tcp", ts.Addr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, in); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	br := bufio.NewReader(c)
+	for {
+		// Long enough for any answer; an open connection ends the loop
+		// with a timeout.
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			var ne net.Error
+			return resps, !(errors.As(err, &ne) && ne.Timeout())
+		}
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			t.Fatalf("read body: %v", err)
+		}
+		resps = append(resps, resp)
+	}
+}
+
+// guardServer is a server whose every route answers 200 "ok".
+func guardServer(t testing.TB, cfg Config) *testServer {
+	return startServer(t, cfg, Deps{Runner: cgiOutput("Content-Type: text/plain\n\nok", sandbox.CauseOK)}, route("all", "/", "/x"))
+}
+
+// TestRequestSmuggling: probes of request smuggling, each followed by a
+// normal request on one keep-alive connection, over plain TCP and TLS: a
+// refused head gets a 400 (431 when too large) with a request id and an
+// access-log record, the connection is closed, and nothing after the
+// refused head is ever answered.
+func TestRequestSmuggling(t *testing.T) {
+	certFile, keyFile, pool := writeCert(t)
+	for _, mode := range []struct {
+		name string
+		cfg  Config
+		pool *x509.CertPool
+	}{
+		{"tcp", Config{}, nil},
+		{"tls", Config{TLSCertFile: certFile, TLSKeyFile: keyFile}, pool},
+	} {
+		ts := guardServer(t, mode.cfg)
+		for _, tt := range guardCases {
+			t.Run(mode.name+"/"+tt.name, func(t *testing.T) {
+				resps, closed := exchangeRaw(t, ts, mode.pool, tt.in)
+				var got []int
+				for _, r := range resps {
+					got = append(got, r.StatusCode)
+				}
+				if !slices.Equal(got, tt.statuses) || closed == tt.open {
+					t.Fatalf("got statuses %v, closed %v; want %v, closed %v", got, closed, tt.statuses, !tt.open)
+				}
+				last := resps[len(resps)-1]
+				id := last.Header.Get(RequestIDHeader)
+				if id == "" {
+					t.Fatalf("no request id on the %d", last.StatusCode)
+				}
+				if rec := ts.recs.byID(t, id); rec.Status != last.StatusCode {
+					t.Errorf("access log has status %d for the %d", rec.Status, last.StatusCode)
+				}
+				if !tt.open && !last.Close {
+					t.Errorf("the %d does not say Connection: close", last.StatusCode)
+				}
+			})
+		}
+	}
+}
+
+// TestRequestSmugglingHTTP2: HTTP/2 over TLS is served as before (it
+// bypasses the HTTP/1 check).
+func TestRequestSmugglingHTTP2(t *testing.T) {
+	certFile, keyFile, pool := writeCert(t)
+	ts := guardServer(t, Config{TLSCertFile: certFile, TLSKeyFile: keyFile})
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
+	defer tr.CloseIdleConnections()
+	resp, body := do(t, &http.Client{Transport: tr}, newRequest(t, "GET", ts.URL+"/", nil))
+	if resp.StatusCode != 200 || resp.ProtoMajor != 2 || body != "ok" || resp.TLS == nil {
+		t.Fatalf("got %d %s %q", resp.StatusCode, resp.Proto, body)
+	}
+}
+
+// TestFrameCheckSplits: frameCheck reaches the same verdict and hands on
+// the same bytes however the stream is cut into reads.
+func TestFrameCheckSplits(t *testing.T) {
+	for _, tt := range guardCases {
+		t.Run(tt.name, func(t *testing.T) {
+			whole := newFrameCheck(20 << 10)
+			wantFree, wantErr := whole.feed([]byte(tt.in))
+			k := newFrameCheck(20 << 10)
+			released, held := 0, 0
+			var gotErr *frameError
+			for i := 0; i < len(tt.in) && gotErr == nil; i++ {
+				free, err := k.feed([]byte{tt.in[i]})
+				if free > 0 {
+					released += held + free
+					held = 0
+				} else if err == nil {
+					held++
+				}
+				gotErr = err
+			}
+			if (gotErr == nil) != (wantErr == nil) || gotErr != nil && *gotErr != *wantErr {
+				t.Fatalf("byte by byte: err %v, whole: %v", gotErr, wantErr)
+			}
+			if released != wantFree {
+				t.Fatalf("byte by byte handed on %d bytes, whole %d", released, wantFree)
+			}
+		})
+	}
+}
+
+// FuzzRequestHead: whatever a client sends, cellgate never answers more
+// requests than a strict reading of the bytes finds (refRequests), plus
+// one answer to the first request it refuses: no bytes become a request
+// that a strict front end would not see.
+func FuzzRequestHead(f *testing.F) {
+	for _, tt := range guardCases {
+		f.Add([]byte(tt.in))
+	}
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	f.Add([]byte("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n\r\n\r\n" + next))
+	f.Add([]byte("POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc" + next))
+	f.Add([]byte("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: y\nTransfer-Encoding: chunked\r\n\r\n" + next))
+	ts := guardServer(f, Config{})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		in = append(in, end...)
+		out := exchangeBytes(t, ts, in)
+		answers := bytes.Count(out, []byte("HTTP/1.1 ")) - bytes.Count(out, []byte("HTTP/1.1 100 "))
+		if max := refRequests(in) + 1; answers > max {
+			t.Fatalf("%d responses to at most %d requests in %q:\n%s", answers, max, in, out)
+		}
+	})
+}
+
+// end is the last request of every fuzz input: it closes the connection
+// when the bytes before it are framed as a strict reading frames them.
+const end = "GET /end HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+// exchangeBytes writes in on a new connection and returns all that comes
+// back until the server closes it, or a second after nothing more came.
+func exchangeBytes(t *testing.T, ts *testServer, in []byte) []byte {
+	t.Helper()
+	c, err := net.Dial("tcp", ts.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go c.Write(in) // the server may stop reading before the end
+	var out []byte
+	buf := make([]byte, 32<<10)
+	for {
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := c.Read(buf)
+		out = append(out, buf[:n]...)
+		if err != nil {
+			return out
+		}
+	}
+}
+
+// refRequests counts the requests at the start of b that a strict reading
+// of RFC 9112 finds complete and well framed. It is written apart from
+// frameCheck, line by line with regular expressions, so that the fuzz
+// target compares two readings.
+func refRequests(b []byte) int {
+	b = ascii(b)
+	n := 0
+	for {
+		for i := 0; i < maxEmptyLead && bytes.HasPrefix(b, []byte("\r\n")); i++ {
+			b = b[2:]
+		}
+		end := bytes.Index(b, []byte("\r\n\r\n"))
+		if end < 0 {
+			return n
+		}
+		lines := strings.Split(string(b[:end]), "\r\n")
+		b = b[end+4:]
+		if !reqLine.MatchString(lines[0]) {
+			return n
+		}
+		var cl, te []string
+		for _, l := range lines[1:] {
+			if !fieldLine.MatchString(l) {
+				return n
+			}
+			name, value, _ := strings.Cut(l, ":")
+			value = strings.Trim(value, " \t")
+			switch strings.ToLower(name) {
+			case "content-length":
+				cl = append(cl, value)
+			case "transfer-encoding":
+				te = append(te, value)
+			}
+		}
+		switch {
+		case len(cl) > 1, len(te) > 1, len(cl) == 1 && len(te) == 1:
+			return n
+		case len(te) == 1:
+			if !strings.EqualFold(te[0], "chunked") || strings.HasSuffix(lines[0], "1.0") {
+				return n
+			}
+			rest, ok := refChunked(b)
+			if !ok {
+				return n
+			}
+			b = rest
+		case len(cl) == 1:
+			if !digits.MatchString(cl[0]) {
+				return n
+			}
+			size, _ := strconv.ParseInt(cl[0], 10, 64)
+			if int64(len(b)) < size {
+				return n
+			}
+			b = b[size:]
+		}
+		n++
+	}
+}
+
+var (
+	// Bytes over 0x7f (obs-text) are read as '"' (see ascii): allowed
+	// where VCHAR is, not in tokens.
+	reqLine   = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+ [\x21-\x7e]+ HTTP/1\\.[01]$")
+	fieldLine = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e]*$")
+	chunkLine = regexp.MustCompile("^([0-9a-fA-F]{1,15})(;[\t\x20-\x7e]*)?$")
+	digits    = regexp.MustCompile(`^[0-9]{1,18}$`)
+)
+
+// ascii returns b with every byte over 0x7f replaced by '"'.
+func ascii(b []byte) []byte {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		if c > 0x7f {
+			c = '"'
+		}
+		out[i] = c
+	}
+	return out
+}
+
+// refChunked skips a strict chunked body and its trailer section.
+func refChunked(b []byte) ([]byte, bool) {
+	for {
+		eol := bytes.Index(b, []byte("\r\n"))
+		if eol < 0 {
+			return nil, false
+		}
+		m := chunkLine.FindStringSubmatch(string(b[:eol]))
+		if m == nil {
+			return nil, false
+		}
+		b = b[eol+2:]
+		size, _ := strconv.ParseInt(m[1], 16, 64)
+		if size == 0 {
+			break
+		}
+		if int64(len(b)) < size+2 || string(b[size:size+2]) != "\r\n" {
+			return nil, false
+		}
+		b = b[size+2:]
+	}
+	for {
+		eol := bytes.Index(b, []byte("\r\n"))
+		if eol < 0 {
+			return nil, false
+		}
+		line := string(b[:eol])
+		b = b[eol+2:]
+		if line == "" {
+			return b, true
+		}
+		if !fieldLine.MatchString(line) {
+			return nil, false
+		}
+	}
+}
+
+// TestGuardConnByteByByte: a client that sends one byte per read gets the
+// same stream through guardConn as one that sends everything at once: good
+// requests whole, a refused head replaced by the rejection request and the
+// end of the stream.
+func TestGuardConnByteByByte(t *testing.T) {
+	reject := func(ferr *frameError) []byte { return rejection("token", ferr) }
+	for _, tt := range guardCases {
+		t.Run(tt.name, func(t *testing.T) {
+			k := newFrameCheck(20 << 10)
+			free, ferr := k.feed([]byte(tt.in))
+			want := tt.in[:free]
+			if ferr != nil && ferr.Head {
+				want += string(reject(ferr))
+			}
+			client, server := net.Pipe()
+			go func() {
+				for i := 0; i < len(tt.in); i++ {
+					if _, err := client.Write([]byte{tt.in[i]}); err != nil {
+						return
+					}
+				}
+				client.Close()
+			}()
+			g := newGuardConn(server, 20<<10, reject)
+			defer g.Close()
+			got, err := io.ReadAll(g)
+			if ferr != nil && !ferr.Head && !errors.Is(err, errFraming) {
+				t.Fatalf("refused body: read error %v, want errFraming", err)
+			}
+			if string(got) != want {
+				t.Fatalf("handed on\n%q\nwant\n%q", got, want)
+			}
+		})
+	}
+}
+
+// readerConn is a net.Conn that reads from r and writes nowhere.
+type readerConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// BenchmarkGuardConn measures guardConn on a keep-alive stream of requests
+// (a GET, a POST with a 1 KiB Content-Length body, a chunked POST) read
+// through a 4 KiB buffer as net/http's bufio.Reader does: bytes per second
+// and allocations per request stream (none are expected).
+func BenchmarkGuardConn(b *testing.B) {
+	one := "GET /a?x=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: bench\r\nAccept: */*\r\nCookie: " + strings.Repeat("c", 300) + "\r\n\r\n" +
+		"POST /b HTTP/1.1\r\nHost: example.com\r\nContent-Type: text/plain\r\nContent-Length: 1024\r\n\r\n" + strings.Repeat("b", 1024) +
+		"POST /c HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: chunked\r\n\r\n400\r\n" + strings.Repeat("c", 1024) + "\r\n0\r\n\r\n"
+	stream := []byte(strings.Repeat(one, 100))
+	buf := make([]byte, 4096)
+	reject := func(ferr *frameError) []byte { b.Fatalf("refused: %v", ferr); return nil }
+	b.SetBytes(int64(len(stream)))
+	b.ReportAllocs()
+	for b.Loop() {
+		g := newGuardConn(readerConn{r: bytes.NewReader(stream)}, 20<<10, reject)
+		for {
+			if _, err := g.Read(buf); err != nil {
+				break
+			}
+		}
+	}
+}
+
+// FuzzFrameCheck: frameCheck and refRequests, two strict readings written
+// apart, find the same number of complete requests in any bytes, and
+// frameCheck hands on no byte past the last request it found complete
+// unless a head is admitted after it.
+func FuzzFrameCheck(f *testing.F) {
+	for _, tt := range guardCases {
+		f.Add([]byte(tt.in))
+	}
+	f.Add([]byte("\r\n\r\nGET / HTTP/1.0\r\n\r\n"))
+	f.Add([]byte("POST / HTTP/1.1\r\nTransfer-Encoding: CHUNKED \r\n\r\n1;a=\"b\"\r\nx\r\n0\r\nA: b\r\n\r\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		k := newFrameCheck(1 << 20) // refRequests has no size limit
+		done := 0
+		idle := true
+		for _, c := range in {
+			if _, err := k.feed([]byte{c}); err != nil {
+				break
+			}
+			now := k.st == stHead && k.headLen == 0
+			if now && !idle {
+				done++
+			}
+			idle = now
+		}
+		if want := refRequests(in); done != want {
+			t.Fatalf("frameCheck found %d complete requests, the reference %d, in %.2000q", done, want, in)
+		}
+	})
+}

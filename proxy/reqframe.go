@@ -1,0 +1,482 @@
+package proxy
+
+import "strconv"
+
+// frameCheck follows the bytes a client sends on one HTTP/1.x connection,
+// request after request, and says where each request head starts and ends
+// and whether it is one that net/http and every proxy in front of cellgate
+// read alike (RFC 9112). It exists because net/http's parser is lenient
+// where leniency is request smuggling: it joins obs-fold continuation lines
+// into the field above, takes a bare LF as a line end, and honours
+// Transfer-Encoding beside Content-Length by dropping the latter. A front
+// end that reads the same bytes differently sees a different second
+// request. frameCheck refuses those heads instead (guardConn answers them
+// with a 400 and closes), and tracks each admitted request's body framing
+// (Content-Length or chunked) so that it knows where the next head starts.
+//
+// It is a pure state machine over bytes, one byte at a time except inside
+// body data, which it skips by count; it holds no buffer and allocates
+// nothing. Being stricter than net/http everywhere is the point: a request
+// it admits is framed by net/http exactly as here, and one it refuses never
+// reaches net/http.
+type frameCheck struct {
+	maxHead int // largest head, leading empty lines included
+
+	st      frameState
+	headLen int   // bytes of the head (or trailer section) so far
+	lead    int   // empty lines before the request line
+	n       int   // bytes of the current token (method, target, version, name, chunk line)
+	remain  int64 // body or chunk data bytes still to come
+	trailer bool  // the field lines are a chunked body's trailer section
+
+	// The head's framing fields, and the field whose value is being read.
+	http10        bool
+	clCount       int
+	cl            int64
+	teCount       int
+	teChunked     bool
+	field         fieldKind
+	nameCL        bool // the name read so far is a prefix of Content-Length
+	nameTE        bool // ... of Transfer-Encoding
+	val           [16]byte
+	valLen        int // bytes of val used; past len(val) the value is too long to matter
+	valDigits     int // Content-Length: digits seen; -1 once OWS followed them
+	chunkHexCount int
+}
+
+type frameState uint8
+
+const (
+	stHead      frameState = iota // before a request line: nothing of the head yet
+	stLeadLF                      // CR of an empty line before the request line
+	stMethod                      // method token
+	stTarget                      // request-target
+	stVersion                     // HTTP-version
+	stLineLF                      // CR at the end of a line (request or field)
+	stFieldLine                   // start of a field line or of the empty line
+	stName                        // field name
+	stValue                       // field value
+	stEndLF                       // CR of the empty line that ends the head
+	stBody                        // Content-Length body data
+	stChunkSize                   // chunk size
+	stChunkExt                    // chunk extensions
+	stChunkLF                     // CR after the chunk-size line
+	stChunkData                   // chunk data
+	stChunkCR                     // CRLF after the chunk data
+	stChunkDataLF
+)
+
+type fieldKind uint8
+
+const (
+	fieldOther fieldKind = iota
+	fieldCL
+	fieldTE
+)
+
+// Limits of the chunked coding, as net/http's: a chunk-size line up to
+// 4 KiB; sizes of at most 15 hex digits, so that every size fits an int64.
+const (
+	maxChunkLine   = 4096
+	maxChunkDigits = 15
+	maxEmptyLead   = 2 // empty lines tolerated before a request line (RFC 9112 §2.2)
+)
+
+// frameError is a request that frameCheck refuses. Head is set when the
+// bytes belong to a request head (nothing of it has reached net/http: the
+// client gets an answer); otherwise they are in a body that net/http is
+// reading, and its read fails.
+type frameError struct {
+	Head     bool
+	TooLarge bool   // the head exceeds maxHead (431)
+	Reason   string // fixed text, never the client's bytes
+}
+
+func (e *frameError) Error() string {
+	if e.Head {
+		return "malformed request head: " + e.Reason
+	}
+	return "malformed request body framing: " + e.Reason
+}
+
+// StatusCode is the status the client gets for a refused head.
+func (e *frameError) StatusCode() int {
+	if e.TooLarge {
+		return 431
+	}
+	return 400
+}
+
+func newFrameCheck(maxHead int) frameCheck { return frameCheck{maxHead: maxHead} }
+
+// inHead reports whether bytes of a request head that is not complete yet
+// have been examined: they must be held back from net/http until the head
+// is complete and found good.
+func (k *frameCheck) inHead() bool {
+	return k.st <= stEndLF && k.headLen > 0 && !k.trailer
+}
+
+// feed examines b, the bytes that follow everything fed before. free is the
+// number of leading bytes of b after which no head was in progress: those
+// bytes, and every byte held back before them, may go to net/http now; the
+// rest of b belongs to a head still incomplete. On error, free bytes of b
+// precede the refused head (or the point where a body went wrong) and may
+// still go; nothing after them may.
+func (k *frameCheck) feed(b []byte) (free int, err *frameError) {
+	for i := 0; i < len(b); {
+		if k.st == stBody || k.st == stChunkData {
+			n := int(min(k.remain, int64(len(b)-i)))
+			i += n
+			k.remain -= int64(n)
+			if k.remain == 0 {
+				if k.st == stBody {
+					k.nextHead()
+				} else {
+					k.st = stChunkCR
+				}
+			}
+			free = i
+			continue
+		}
+		if n := k.run(b[i:]); n > 0 {
+			i += n
+			k.headLen += n
+			if k.headLen > k.maxHead {
+				return free, k.tooLarge()
+			}
+			if !k.inHead() {
+				free = i // a trailer section's bytes
+			}
+			continue
+		}
+		if err := k.step(b[i]); err != nil {
+			return free, err
+		}
+		i++
+		if !k.inHead() {
+			free = i
+		}
+	}
+	return free, nil
+}
+
+// run returns how many leading bytes of b are plain bytes of a request
+// target or of a field value that does not frame the body: the bulk of a
+// head (cookies, user agents, long URLs), taken in one loop rather than a
+// step each. 0 in any other state, or before a byte step must see.
+func (k *frameCheck) run(b []byte) int {
+	switch {
+	case k.st == stTarget:
+		n := 0
+		for n < len(b) && b[n] > ' ' && b[n] != 0x7f {
+			n++
+		}
+		k.n += n
+		return n
+	case k.st == stValue && k.field == fieldOther:
+		n := 0
+		for n < len(b) && (b[n] >= ' ' && b[n] != 0x7f || b[n] == '\t') {
+			n++
+		}
+		return n
+	}
+	return 0
+}
+
+// tooLarge is the error of a head (or trailer section) over maxHead.
+func (k *frameCheck) tooLarge() *frameError {
+	if k.trailer {
+		return k.headErr("trailer section over " + strconv.Itoa(k.maxHead) + " bytes")
+	}
+	return &frameError{Head: true, TooLarge: true, Reason: "head over " + strconv.Itoa(k.maxHead) + " bytes"}
+}
+
+// nextHead readies the check for the next request's head.
+func (k *frameCheck) nextHead() {
+	*k = frameCheck{maxHead: k.maxHead}
+}
+
+func (k *frameCheck) headErr(reason string) *frameError {
+	if k.trailer {
+		return &frameError{Reason: "trailer: " + reason}
+	}
+	return &frameError{Head: true, Reason: reason}
+}
+
+// step examines one byte outside body data.
+func (k *frameCheck) step(c byte) *frameError {
+	if k.st <= stEndLF {
+		k.headLen++
+		if k.headLen > k.maxHead {
+			return k.tooLarge()
+		}
+	}
+	switch k.st {
+	case stHead:
+		switch {
+		case c == '\r':
+			k.st = stLeadLF
+		case tchar(c):
+			k.st, k.n = stMethod, 1
+		default:
+			return k.headErr("request line does not start with a method")
+		}
+	case stLeadLF:
+		if c != '\n' {
+			return k.headErr("bare CR")
+		}
+		k.lead++
+		if k.lead > maxEmptyLead {
+			return k.headErr("empty lines before the request line")
+		}
+		k.st = stHead
+	case stMethod:
+		switch {
+		case tchar(c):
+		case c == ' ':
+			k.st, k.n = stTarget, 0
+		default:
+			return k.headErr("invalid byte in method")
+		}
+	case stTarget:
+		switch {
+		case c == ' ' && k.n > 0:
+			k.st, k.n = stVersion, 0
+		case c > ' ' && c != 0x7f:
+			k.n++
+		default:
+			return k.headErr("invalid byte in request target")
+		}
+	case stVersion:
+		const v = "HTTP/1."
+		switch {
+		case k.n < len(v) && c == v[k.n]:
+			k.n++
+		case k.n == len(v) && (c == '0' || c == '1'):
+			k.http10 = c == '0'
+			k.n++
+		case k.n == len(v)+1 && c == '\r':
+			k.st = stLineLF
+		default:
+			return k.headErr("request line is not METHOD SP TARGET SP HTTP/1.0 or HTTP/1.1")
+		}
+	case stLineLF:
+		if c != '\n' {
+			return k.headErr("bare CR")
+		}
+		k.st = stFieldLine
+	case stFieldLine:
+		switch {
+		case c == '\r':
+			k.st = stEndLF
+		case c == ' ' || c == '\t':
+			return k.headErr("obs-fold (a line starting with whitespace)")
+		case c == '\n':
+			return k.headErr("bare LF")
+		case tchar(c):
+			lc := lower(c)
+			k.st, k.n = stName, 1
+			k.nameCL, k.nameTE = lc == 'c', lc == 't'
+		default:
+			return k.headErr("invalid byte in field name")
+		}
+	case stName:
+		switch {
+		case tchar(c):
+			lc := lower(c)
+			k.nameCL = k.nameCL && k.n < len(nameCL) && nameCL[k.n] == lc
+			k.nameTE = k.nameTE && k.n < len(nameTE) && nameTE[k.n] == lc
+			k.n++
+		case c == ':':
+			k.field = fieldOther
+			if !k.trailer && k.nameCL && k.n == len(nameCL) {
+				k.field = fieldCL
+			} else if !k.trailer && k.nameTE && k.n == len(nameTE) {
+				k.field = fieldTE
+			}
+			k.st, k.valLen, k.valDigits = stValue, 0, 0
+		default:
+			return k.headErr("invalid byte in field name (whitespace before the colon?)")
+		}
+	case stValue:
+		switch {
+		case c == '\r':
+			if err := k.endField(); err != nil {
+				return err
+			}
+			k.st = stLineLF
+		case c == '\t' || (c >= ' ' && c != 0x7f):
+			if err := k.valueByte(c); err != nil {
+				return err
+			}
+		case c == '\n':
+			return k.headErr("bare LF")
+		default:
+			return k.headErr("control byte in field value")
+		}
+	case stEndLF:
+		if c != '\n' {
+			return k.headErr("bare CR")
+		}
+		if k.trailer {
+			k.nextHead()
+			return nil
+		}
+		return k.endHead()
+	case stChunkSize:
+		switch {
+		case hexVal(c) >= 0:
+			k.chunkHexCount++
+			if k.chunkHexCount > maxChunkDigits {
+				return &frameError{Reason: "chunk size over " + strconv.Itoa(maxChunkDigits) + " hex digits"}
+			}
+			k.remain = k.remain<<4 | int64(hexVal(c))
+		case k.chunkHexCount > 0 && c == ';':
+			k.st = stChunkExt
+		case k.chunkHexCount > 0 && c == '\r':
+			k.st = stChunkLF
+		default:
+			return &frameError{Reason: "invalid chunk size"}
+		}
+		k.n++
+	case stChunkExt:
+		switch {
+		case c == '\r':
+			k.st = stChunkLF
+		case c == '\t' || (c >= ' ' && c != 0x7f):
+		default:
+			return &frameError{Reason: "invalid byte in chunk extension"}
+		}
+		k.n++
+		if k.n > maxChunkLine {
+			return &frameError{Reason: "chunk-size line over " + strconv.Itoa(maxChunkLine) + " bytes"}
+		}
+	case stChunkLF:
+		if c != '\n' {
+			return &frameError{Reason: "bare CR in chunk-size line"}
+		}
+		if k.remain == 0 {
+			// The last chunk: a trailer section follows.
+			k.st, k.trailer, k.headLen = stFieldLine, true, 0
+			return nil
+		}
+		k.st = stChunkData
+	case stChunkCR:
+		if c != '\r' {
+			return &frameError{Reason: "chunk data longer than its size"}
+		}
+		k.st = stChunkDataLF
+	case stChunkDataLF:
+		if c != '\n' {
+			return &frameError{Reason: "bare CR after chunk data"}
+		}
+		k.st, k.n, k.chunkHexCount, k.remain = stChunkSize, 0, 0, 0
+	}
+	return nil
+}
+
+const (
+	nameCL = "content-length"
+	nameTE = "transfer-encoding"
+)
+
+// valueByte takes one byte of a field value.
+func (k *frameCheck) valueByte(c byte) *frameError {
+	switch k.field {
+	case fieldCL:
+		switch {
+		case c == ' ' || c == '\t':
+			if k.valDigits > 0 {
+				k.valDigits = -1
+			}
+		case c >= '0' && c <= '9' && k.valDigits >= 0:
+			k.valDigits++
+			if k.valDigits > 18 {
+				return k.headErr("Content-Length over 18 digits")
+			}
+			k.cl = k.cl*10 + int64(c-'0')
+		default:
+			return k.headErr("Content-Length is not one decimal number")
+		}
+	case fieldTE:
+		if k.valLen < len(k.val) {
+			k.val[k.valLen] = lower(c)
+		}
+		k.valLen++
+	}
+	return nil
+}
+
+// endField ends a field line.
+func (k *frameCheck) endField() *frameError {
+	switch k.field {
+	case fieldCL:
+		k.clCount++
+		if k.valDigits == 0 {
+			return k.headErr("empty Content-Length")
+		}
+		if k.clCount > 1 {
+			return k.headErr("more than one Content-Length field")
+		}
+	case fieldTE:
+		k.teCount++
+		if k.teCount > 1 {
+			return k.headErr("more than one Transfer-Encoding field")
+		}
+		v := k.val[:min(k.valLen, len(k.val))]
+		k.teChunked = k.valLen <= len(k.val) && string(trimOWS(v)) == "chunked"
+	}
+	return nil
+}
+
+// endHead decides a complete head's body framing (RFC 9112 §6.3).
+func (k *frameCheck) endHead() *frameError {
+	switch {
+	case k.teCount > 0 && k.clCount > 0:
+		return k.headErr("both Transfer-Encoding and Content-Length")
+	case k.teCount > 0 && k.http10:
+		return k.headErr("Transfer-Encoding in an HTTP/1.0 request")
+	case k.teCount > 0 && !k.teChunked:
+		return k.headErr("Transfer-Encoding other than chunked")
+	case k.teCount > 0:
+		k.st, k.headLen, k.n, k.chunkHexCount, k.remain = stChunkSize, 0, 0, 0, 0
+	case k.cl > 0:
+		k.st, k.headLen, k.remain = stBody, 0, k.cl
+	default:
+		k.nextHead()
+	}
+	return nil
+}
+
+// tchar reports whether c may appear in a token (RFC 9110 §5.6.2).
+func tchar(c byte) bool { return c < 0x80 && isTchar[c] }
+
+func lower(c byte) byte {
+	if c >= 'A' && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}
+
+func hexVal(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'a' && c <= 'f':
+		return int(c-'a') + 10
+	case c >= 'A' && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
+}
+
+// trimOWS trims spaces and tabs on both sides.
+func trimOWS(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
