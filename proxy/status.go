@@ -84,7 +84,7 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 		// A reload shrank a budget below a route's memory limit.
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeOverBudget,
 			Message: "service unavailable, retry later", RetryAfter: true}
-	case errors.Is(err, sandbox.ErrNoCell), errors.Is(err, sandbox.ErrNoUID):
+	case errors.Is(err, sandbox.ErrNoCell), errors.Is(err, sandbox.ErrNoUID), errors.Is(err, sandbox.ErrNoPreloader):
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeNoCell,
 			Message: "server busy, retry later", RetryAfter: true}
 	case errors.Is(err, ErrTooManyFromClient):
