@@ -1,0 +1,289 @@
+package integration
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Issue 11, end to end: fork routes (a warm Python preloader cloning each
+// request into its own cell) behind the built `cellgate serve`.
+
+// forkPolicy has a dependency-free WSGI hello (balloons with ?mb=, sleeps
+// with ?ms=), the Flask hello, and the isolation probe, in one tenant.
+const forkPolicy = `version: 1
+defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 60s}
+tenants:
+  - {name: py, memory: 1536Mi, max_cells: 16, queue: 100, queue_timeout: 120s}
+routes:
+  - {name: wsgi, match: {path: /wsgi}, tenant: py, driver: fork, runtime: python-wsgi, app: "hello:app", app_dir: "%[1]s", memory: 48Mi}
+  - {name: flask, match: {path: /flask}, tenant: py, driver: fork, runtime: python-wsgi, app: "flask_hello:app", app_dir: "%[1]s", memory: 48Mi}
+  - {name: short, match: {path: /short}, tenant: py, driver: fork, runtime: python-wsgi, app: "hello:app", app_dir: "%[1]s", timeout: 2s}
+  - {name: probe, match: {path: /probe}, tenant: py, driver: fork, runtime: python-wsgi, app: "%[3]s:app", app_dir: "%[2]s"}
+  - {name: hello-cgi, match: {path: /hello}, tenant: py, program: "{{.CGI}}/hello"}
+`
+
+// forkDirs returns the example WSGI apps' and the test apps' directories.
+func forkDirs(t *testing.T) (examples, testdata string) {
+	t.Helper()
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		skipOrFail(t, "fork routes need /usr/bin/python3: %v", err)
+	}
+	if err := exec.Command("/usr/bin/python3", "-I", "-c", "import flask").Run(); err != nil {
+		skipOrFail(t, "the Flask example needs Debian's python3-flask (make python-deps): %v", err)
+	}
+	examples, err := filepath.Abs(filepath.Join("..", "examples", "wsgi"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testdata, err = filepath.Abs(filepath.Join("testdata", "wsgi"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return examples, testdata
+}
+
+// preloaderPid returns the pid in a route's preload group (the route
+// groups are <base>/cells/<tenant>/f*/preload; the route is told apart by
+// its app in the preloader's command line).
+func preloaderPid(t *testing.T, g *gate, tenant, app string) (int, string) {
+	t.Helper()
+	groups, _ := filepath.Glob(filepath.Join(g.base, "cells", tenant, "f*", "preload"))
+	for _, dir := range groups {
+		b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			pid, _ := strconv.Atoi(f)
+			argv, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			args := strings.Split(string(argv), "\x00")
+			if len(args) > 4 && args[4] == app {
+				return pid, dir
+			}
+		}
+	}
+	t.Fatalf("no preloader of %s under %s", app, filepath.Join(g.base, "cells", tenant))
+	return 0, ""
+}
+
+func readInt(t *testing.T, path string) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(readTrim(t, path), 10, 64)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return n
+}
+
+func TestFork(t *testing.T) {
+	examples, testdata := forkDirs(t)
+	var preloaders []int
+	t.Cleanup(func() { // runs after the gate stopped (cleanups are LIFO)
+		for _, pid := range preloaders {
+			if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+				t.Errorf("preloader %d still there after serve exited (kill 0: %v)", pid, err)
+			}
+		}
+	})
+	g := startGate(t, gateOptions{policy: fmt.Sprintf(forkPolicy, examples, testdata, "probe")})
+	wsgiPid, wsgiGroup := preloaderPid(t, g, "py", "hello:app")
+	flaskPid, flaskGroup := preloaderPid(t, g, "py", "flask_hello:app")
+	probePid, _ := preloaderPid(t, g, "py", "probe:app")
+	preloaders = append(preloaders, wsgiPid, flaskPid, probePid)
+
+	t.Run("hello", func(t *testing.T) {
+		status, _, body := g.get("/wsgi")
+		if status != 200 || !strings.HasPrefix(body, "hello from pid 1 uid ") {
+			t.Errorf("GET /wsgi = %d %q, want 200 from pid 1 of its own namespace", status, body)
+		}
+		status, _, body = g.get("/flask/")
+		if status != 200 || body != "Hello from Flask!\n" {
+			t.Errorf("GET /flask/ = %d %q", status, body)
+		}
+	})
+
+	// The cell is charged for what the request touched, the shared
+	// interpreter and Flask stay charged to the preloader's group.
+	t.Run("memory peak below preloader", func(t *testing.T) {
+		g.get("/flask/")
+		recs := g.waitRecords("flask", 2, time.Minute)
+		peak := recs[len(recs)-1].Cell.MemoryPeak
+		pre := readInt(t, filepath.Join(flaskGroup, "memory.current"))
+		t.Logf("flask hello: cell memory.peak %d bytes, preloader group memory.current %d bytes", peak, pre)
+		if peak == 0 || int64(peak)*4 > pre {
+			t.Errorf("cell memory.peak %d, want non-zero and far below the preloader's %d", peak, pre)
+		}
+	})
+
+	t.Run("oom kills only the balloon", func(t *testing.T) {
+		rssBefore := readInt(t, filepath.Join(wsgiGroup, "memory.current"))
+		var wg sync.WaitGroup
+		statuses := make([]int, 4)
+		for i := range statuses {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				path := "/wsgi?ms=1500"
+				if i == 0 {
+					path = "/wsgi?mb=200"
+				}
+				statuses[i], _, _ = g.get(path)
+			}()
+		}
+		wg.Wait()
+		if statuses[0] != 502 {
+			t.Errorf("balloon: %d, want 502", statuses[0])
+		}
+		for i, s := range statuses[1:] {
+			if s != 200 {
+				t.Errorf("concurrent request %d: %d, want 200", i+1, s)
+			}
+		}
+		var oom int
+		for _, r := range g.recordsFor("wsgi") {
+			if r.Outcome == "oom" && r.Cell != nil && r.Cell.OOMKilled {
+				oom++
+			}
+		}
+		if oom != 1 {
+			t.Errorf("%d oom records with oom_killed, want 1", oom)
+		}
+		if pid, _ := preloaderPid(t, g, "py", "hello:app"); pid != wsgiPid {
+			t.Errorf("preloader %d replaced by %d after the OOM kill", wsgiPid, pid)
+		}
+		rssAfter := readInt(t, filepath.Join(wsgiGroup, "memory.current"))
+		t.Logf("preloader group memory.current %d before, %d after", rssBefore, rssAfter)
+		if rssAfter > 2*rssBefore {
+			t.Errorf("preloader group grew from %d to %d bytes: the balloon was charged to it", rssBefore, rssAfter)
+		}
+	})
+
+	t.Run("deadline", func(t *testing.T) {
+		status, _, _ := g.get("/short?ms=30000")
+		if status != 504 {
+			t.Errorf("GET /short?ms=30000 = %d, want 504", status)
+		}
+		if status, _, _ := g.get("/short"); status != 200 {
+			t.Errorf("GET /short after the deadline = %d, want 200", status)
+		}
+	})
+
+	t.Run("isolation", func(t *testing.T) {
+		victim := make(chan string, 1)
+		go func() {
+			_, _, body := g.get("/probe?hold=20000", "X-Secret", "s3cr3t")
+			victim <- body
+		}()
+		var victimPid int
+		deadline := time.Now().Add(time.Minute)
+		for victimPid == 0 && time.Now().Before(deadline) {
+			cells, _ := filepath.Glob(filepath.Join(g.base, "cells", "py", "f*", "c*", "cgroup.procs"))
+			for _, c := range cells {
+				b, _ := os.ReadFile(c)
+				if f := strings.Fields(string(b)); len(f) > 0 {
+					pid, _ := strconv.Atoi(f[0])
+					if env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid)); strings.Contains(string(env), "s3cr3t") {
+						victimPid = pid
+					}
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if victimPid == 0 {
+			t.Fatal("the victim request's process did not show up")
+		}
+		_, probeGroup := preloaderPid(t, g, "py", "probe:app")
+		status, _, body := g.get(fmt.Sprintf("/probe?pre=%d&victim=%d&cg=%s", probePid, victimPid, filepath.Dir(probeGroup)))
+		if status != 200 {
+			t.Fatalf("probe: %d %s", status, body)
+		}
+		var got struct {
+			SelfPid int               `json:"self_pid"`
+			KillAll string            `json:"kill_all"`
+			Pre     map[string]string `json:"pre"`
+			Victim  map[string]string `json:"victim"`
+			Move    string            `json:"move"`
+		}
+		if err := json.Unmarshal([]byte(body), &got); err != nil {
+			t.Fatalf("probe answer %q: %v", body, err)
+		}
+		t.Logf("probe: %s", body)
+		if got.SelfPid != 1 || got.KillAll == "allowed" || got.Move == "allowed" || len(got.Pre) != 5 || len(got.Victim) != 5 {
+			t.Errorf("probe: self pid %d, kill(-1) %s, move %s, %d/%d probes", got.SelfPid, got.KillAll, got.Move, len(got.Pre), len(got.Victim))
+		}
+		for target, m := range map[string]map[string]string{"preloader": got.Pre, "victim": got.Victim} {
+			for what, res := range m {
+				if res == "allowed" {
+					t.Errorf("a request could %s the %s", what, target)
+				}
+			}
+		}
+		if body := <-victim; !strings.Contains(body, "s3cr3t") {
+			t.Errorf("victim answered %q, want its secret (it was not disturbed)", body)
+		}
+	})
+
+	t.Run("preloader killed", func(t *testing.T) {
+		if err := syscall.Kill(wsgiPid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 5; i++ {
+			if status, _, body := g.get("/wsgi"); status != 200 {
+				t.Errorf("request %d after the preloader's SIGKILL: %d %q", i, status, body)
+			}
+		}
+		pid, _ := preloaderPid(t, g, "py", "hello:app")
+		preloaders = append(preloaders, pid)
+		if pid == wsgiPid {
+			t.Errorf("preloader %d still serves after SIGKILL", pid)
+		}
+		if n := metric(g.metrics(), "cellgate_preloader_restarts_total", map[string]string{"route": "wsgi"}); n < 1 {
+			t.Errorf("cellgate_preloader_restarts_total{route=wsgi} = %v, want >= 1", n)
+		}
+	})
+
+	t.Run("reload with a broken app keeps the old one", func(t *testing.T) {
+		writePolicy(t, g.policyPath, fmt.Sprintf(forkPolicy, examples, testdata, "broken"))
+		g.signal(syscall.SIGHUP)
+		g.waitLog("reload: the new policy cannot run here", 1, 2*time.Minute)
+		if !strings.Contains(g.log(), "no_such_module_cellgate_test") {
+			t.Errorf("the reload's log does not show the import error")
+		}
+		if status, _, body := g.get("/probe?hold=1"); status != 200 {
+			t.Errorf("GET /probe after a failed reload = %d %q", status, body)
+		}
+	})
+}
+
+// An app that fails to import makes serve refuse to start, showing the
+// traceback, and leave nothing behind.
+func TestForkServeRefusesBrokenApp(t *testing.T) {
+	_, testdata := forkDirs(t)
+	base := filepath.Join(requireKernel(t), "forkbroken")
+	trackBase(base)
+	dir := t.TempDir()
+	policy := filepath.Join(dir, "policy.yaml")
+	writePolicy(t, policy, fmt.Sprintf("version: 1\nroutes:\n  - {name: b, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"broken:app\", app_dir: %q}\n", testdata))
+	cmd := exec.Command(cellgateBin(t), "serve", "--policy", policy, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--cgroup-base", base)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("serve with a broken app: %v, want exit status 1:\n%s", err, out)
+	}
+	if n := strings.Count(string(out), "ModuleNotFoundError: No module named 'no_such_module_cellgate_test'"); n != 1 {
+		t.Errorf("the traceback is shown %d times, want once:\n%s", n, out)
+	}
+	if _, err := os.Stat(base); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left behind: %v", base, err)
+	}
+}
