@@ -353,7 +353,12 @@ func (p *Preloader) startInstance() (*instance, error) {
 	proc, err := startNoNewPrivs(cfg.Python, argv, attr)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("%w: preloader of route %s: %w", ErrSpawn, cfg.Route, err)
+		hint := ""
+		if attr.Sys.Cloneflags&syscall.CLONE_NEWUSER != 0 && errors.Is(err, syscall.EPERM) {
+			hint = " (the kernel refused a user namespace: is cellgate chrooted (use pivot_root or switch_root instead), " +
+				"or are user namespaces disabled (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone)?)"
+		}
+		return nil, fmt.Errorf("%w: preloader of route %s: %w%s", ErrSpawn, cfg.Route, err, hint)
 	}
 	inst := &instance{proc: proc, conn: conn, pid: proc.Pid}
 	fail := func(err error) (*instance, error) {
