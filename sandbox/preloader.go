@@ -113,12 +113,13 @@ type Preloader struct {
 	log    *slog.Logger
 	nsUIDs *uidPool // uids 1..n of its user namespace; nil without one
 
-	mu      sync.Mutex
-	cur     *instance     // nil while (re)starting
-	readyCh chan struct{} // closed when cur is set
-	closed  bool
-	stop    chan struct{} // closed by Close
-	done    chan struct{} // closed when the supervisor has ended
+	mu       sync.Mutex
+	cur      *instance     // nil while (re)starting
+	starting *os.Process   // the instance being started, until it is ready or gone
+	readyCh  chan struct{} // closed when cur is set
+	closed   bool
+	stop     chan struct{} // closed by Close
+	done     chan struct{} // closed when the supervisor has ended
 
 	restarts, recycles, spawned atomic.Uint64
 }
@@ -200,11 +201,14 @@ func (p *Preloader) Close(timeout time.Duration) {
 	case <-p.done:
 	case <-time.After(timeout):
 		p.mu.Lock()
-		inst = p.cur
+		inst, starting := p.cur, p.starting
 		p.mu.Unlock()
 		if inst != nil {
 			p.log.Warn("preloader did not exit on close: killed", "pid", inst.pid)
 			inst.proc.Kill()
+		}
+		if starting != nil {
+			starting.Kill() // still importing: its start fails, the supervisor sees Close
 		}
 		<-p.done
 	}
@@ -361,6 +365,14 @@ func (p *Preloader) startInstance() (*instance, error) {
 		return nil, fmt.Errorf("%w: preloader of route %s: %w%s", ErrSpawn, cfg.Route, err, hint)
 	}
 	inst := &instance{proc: proc, conn: conn, pid: proc.Pid}
+	p.mu.Lock()
+	p.starting = proc
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.starting = nil
+		p.mu.Unlock()
+	}()
 	fail := func(err error) (*instance, error) {
 		conn.Close()
 		proc.Kill()
