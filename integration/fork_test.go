@@ -41,6 +41,14 @@ func forkDirs(t *testing.T) (examples, testdata string) {
 	if err := exec.Command("/usr/bin/python3", "-I", "-c", "import flask").Run(); err != nil {
 		skipOrFail(t, "the Flask example needs Debian's python3-flask (make python-deps): %v", err)
 	}
+	// A preloader runs in a user namespace of its own; the kernel refuses
+	// one to a chrooted process (a guest that chroots instead of
+	// switch_root), and where user namespaces are disabled.
+	userns := exec.Command("/bin/true")
+	userns.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER}
+	if err := userns.Run(); err != nil {
+		skipOrFail(t, "fork routes need user namespaces, refused here: %v (a chrooted test environment must switch_root instead)", err)
+	}
 	examples, err := filepath.Abs(filepath.Join("..", "examples", "wsgi"))
 	if err != nil {
 		t.Fatal(err)
