@@ -3,11 +3,14 @@ package integration
 import (
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -16,7 +19,9 @@ import (
 // (examples/wsgi/flask_hello.py; as CGI: examples/cgi/flask-hello.cgi),
 // through one cellgate in one run: requests/s, p50 and p99, CPU per
 // request (cellgate's own, and the tenant group's: cells plus, for fork,
-// the preloader) and the cells' mean memory.peak, as ratios fork/cgi.
+// the preloader) and the cells' mean memory.peak, as ratios fork/cgi; and
+// the throughput of gunicorn (sync, 2 workers, --preload) on the same app,
+// the warm runtime without per-request cells.
 //
 //	go test -run '^$' -bench Fork ./integration/   # on the host, as root
 //	make bench                                     # also in the microVM
@@ -93,6 +98,12 @@ func BenchmarkFork(b *testing.B) {
 		cgi, cgiCPU = run("/flask-cgi/", "cgi", *benchCGIRequests)
 		fork, forkCPU = run("/flask/", "fork", *benchForkRequests)
 	}
+	if gun := gunicorn(b, filepath.Join(examples, "wsgi")); gun != "" {
+		gs := benchLoad(b, client, gun+"/", *benchForkRequests, *benchConc, 0)
+		b.ReportMetric(fork.rps/gs.rps, "fork/gunicorn-throughput")
+		b.Logf("gunicorn sync -w 2 --preload: %.1f req/s (p50 %.1f ms, p99 %.1f ms); fork/gunicorn throughput %.3f",
+			gs.rps, float64(gs.p50)/1e6, float64(gs.p99)/1e6, fork.rps/gs.rps)
+	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	forkPeak, cgiPeak := meanPeak(g, "flask"), meanPeak(g, "flask-cgi")
 	b.ReportMetric(fork.rps, "fork-req/s")
@@ -108,4 +119,39 @@ func BenchmarkFork(b *testing.B) {
 		"mean cell memory.peak fork %.0f KiB, cgi %.0f KiB (0: not measured on this host)",
 		*benchConc, fork.rps, ms(fork.p50), ms(fork.p99), cgi.rps, ms(cgi.p50), ms(cgi.p99), fork.rps/cgi.rps,
 		ms(forkCPU), ms(cgiCPU), ms(forkCPU)/ms(cgiCPU), ms(fork.server), ms(cgi.server), forkPeak/1024, cgiPeak/1024)
+}
+
+// gunicorn serves the Flask hello with 2 sync workers and --preload on a
+// loopback port until the benchmark ends, and returns its URL; "" when
+// Debian's gunicorn is not installed (make python-deps installs it).
+func gunicorn(b *testing.B, appDir string) string {
+	b.Helper()
+	bin := "/usr/bin/gunicorn"
+	if _, err := os.Stat(bin); err != nil {
+		b.Logf("no %s: no gunicorn baseline", bin)
+		return ""
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(bin, "--preload", "-w", "2", "-k", "sync", "-b", addr, "--chdir", appDir, "--log-level", "warning", "flask_hello:app")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return "http://" + addr
+		}
+	}
+	b.Fatalf("gunicorn did not listen on %s", addr)
+	return ""
 }

@@ -186,6 +186,19 @@ func TestFork(t *testing.T) {
 		}
 	})
 
+	t.Run("daemon gone with the response", func(t *testing.T) {
+		_, probeGroup := preloaderPid(t, g, "py", "probe:app")
+		if status, _, body := g.get("/probe?daemon=1"); status != 200 {
+			t.Fatalf("GET /probe?daemon=1 = %d %q", status, body)
+		}
+		cells, _ := filepath.Glob(filepath.Join(filepath.Dir(probeGroup), "c*", "cgroup.procs"))
+		for _, c := range cells {
+			if b, err := os.ReadFile(c); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+				t.Errorf("%s holds %q after the response", c, b)
+			}
+		}
+	})
+
 	t.Run("isolation", func(t *testing.T) {
 		victim := make(chan string, 1)
 		go func() {
@@ -242,9 +255,31 @@ func TestFork(t *testing.T) {
 	})
 
 	t.Run("preloader killed", func(t *testing.T) {
+		// Killed while requests are in flight: their children are
+		// cellgate's (CLONE_PARENT) and finish; a request caught in the
+		// hand-over waits for the restarted preloader or gets 503. None
+		// hangs.
+		var wg sync.WaitGroup
+		statuses := make([]int, 6)
+		for i := range statuses {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				time.Sleep(time.Duration(i) * 100 * time.Millisecond)
+				statuses[i], _, _ = g.get("/wsgi?ms=1000")
+			}()
+		}
+		time.Sleep(250 * time.Millisecond)
 		if err := syscall.Kill(wsgiPid, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
+		wg.Wait()
+		for i, s := range statuses {
+			if s != 200 && s != 503 {
+				t.Errorf("request %d in flight when the preloader was killed: %d, want 200 (or 503)", i, s)
+			}
+		}
+		t.Logf("statuses of the requests in flight: %v", statuses)
 		for i := 0; i < 5; i++ {
 			if status, _, body := g.get("/wsgi"); status != 200 {
 				t.Errorf("request %d after the preloader's SIGKILL: %d %q", i, status, body)

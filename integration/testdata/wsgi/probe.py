@@ -1,6 +1,6 @@
 """The fork driver's isolation probe (integration/fork_test.go).
 
-?hold=MS keeps the request alive (a victim, with the secret it got in its
+?daemon=1 leaves a process behind; ?hold=MS keeps the request alive (a victim, with the secret it got in its
 environment); ?pre=PID&victim=PID&cg=DIR tries to reach the preloader and a
 concurrent request by their host pids, and to move itself into the route
 group DIR, and answers what the kernel said to each attempt as JSON.
@@ -52,7 +52,13 @@ def probes(pid):
 
 def app(environ, start_response):
     q = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
-    if "hold" in q:
+    if "daemon" in q:
+        if os.fork() == 0:  # left behind: must be gone when the response arrives
+            os.setsid()
+            time.sleep(600)
+            os._exit(0)
+        body = {"daemon": True}
+    elif "hold" in q:
         time.sleep(int(q["hold"]) / 1000)
         body = {"secret": os.environ.get("HTTP_X_SECRET", "")}
     else:
