@@ -253,13 +253,7 @@ func (t *Tree) newCell(prof *Profile) (*Cell, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
-		return nil, ErrClosed
-	}
-	g, err := t.tenantLocked(prof.tenant)
-	t.mu.Unlock()
+	g, err := t.openTenant(prof.tenant)
 	if err != nil {
 		return nil, err
 	}

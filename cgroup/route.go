@@ -53,13 +53,7 @@ func (t *Tree) NewRouteGroup(tenant string, preload *specs.LinuxResources, owner
 	if err != nil {
 		return nil, err
 	}
-	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
-		return nil, ErrClosed
-	}
-	g, err := t.tenantLocked(tenant)
-	t.mu.Unlock()
+	g, err := t.openTenant(tenant)
 	if err != nil {
 		return nil, err
 	}

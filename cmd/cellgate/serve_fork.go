@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/cellgate/cellgate/accounting"
@@ -116,7 +117,7 @@ func preloaderEnv(r *policy.Route) []string {
 	env := append([]string(nil), r.Env...)
 	hasPath := false
 	for _, kv := range r.Env {
-		hasPath = hasPath || len(kv) > 5 && kv[:5] == "PATH="
+		hasPath = hasPath || strings.HasPrefix(kv, "PATH=")
 	}
 	for _, name := range r.PassEnv {
 		if v, ok := os.LookupEnv(name); ok {
