@@ -98,8 +98,7 @@ func (d forkDriver) try(ctx context.Context, cell Cell, spec *Spec, files [3]*os
 	p.spawned.Add(1)
 	inst.children++
 	if n := p.cfg.RecycleAfter; n > 0 && inst.children >= n {
-		inst.recycled.Store(true)
-		inst.retire()
+		inst.askRecycle()
 	}
 	return w, nil
 }

@@ -133,10 +133,26 @@ func TestForkRestartAndRecycle(t *testing.T) {
 	if second == first {
 		t.Fatalf("the killed preloader %d still serves", first)
 	}
-	forkRun(t, r, p, "", "") // its second child: recycled after it
+	forkRun(t, r, p, "", "") // its second child: a replacement is started
+	// The old one serves until the new one is ready; requests never wait.
+	deadline := time.Now().Add(30 * time.Second)
+	for pid() == second && time.Now().Before(deadline) {
+		if res, _ := forkRun(t, r, p, "", ""); res.Cause != CauseOK {
+			t.Fatalf("during the recycle: cause %s", res.Cause)
+		}
+	}
+	if pid() == second {
+		t.Fatalf("preloader %d not replaced after recycle_after 2", second)
+	}
+	if err := syscall.Kill(second, 0); err == nil {
+		time.Sleep(time.Second)
+		if err := syscall.Kill(second, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("the recycled preloader %d is still there: %v", second, err)
+		}
+	}
 	res, _ = forkRun(t, r, p, "", "")
-	if res.Cause != CauseOK || pid() == second {
-		t.Errorf("after recycle_after 2: cause %s, preloader %d (was %d)", res.Cause, pid(), second)
+	if res.Cause != CauseOK {
+		t.Errorf("after the recycle: cause %s", res.Cause)
 	}
 	if st := p.Stats(); st.Restarts != 1 || st.Recycles != 1 {
 		t.Errorf("stats %+v, want 1 restart and 1 recycle", st)

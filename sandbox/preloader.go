@@ -134,7 +134,19 @@ type instance struct {
 	nextID   uint64
 	children int64
 	broken   atomic.Bool // a spawn failed on the socket, or it was retired
-	recycled atomic.Bool
+
+	// recycle asks the supervisor for a replacement (RecycleAfter
+	// reached); buffered, sent once.
+	recycle     chan struct{}
+	recycleOnce sync.Once
+	// exited is closed once the process has been reaped (state set).
+	exited chan struct{}
+	state  *os.ProcessState
+}
+
+// askRecycle asks the supervisor, once, to replace the instance.
+func (inst *instance) askRecycle() {
+	inst.recycleOnce.Do(func() { inst.recycle <- struct{}{} })
 }
 
 // StartPreloader starts the route's preloader through the Runner's spawn
@@ -232,32 +244,53 @@ func (p *Preloader) clearCurrent() {
 	}
 }
 
-// supervise waits for each instance to exit and starts the next: at once
-// after a recycle, with back-off after a death or a failed start, until
-// Close.
+// replaceCurrent puts next in service in place of the instance serving
+// now (requests never wait: the old one served until next was ready).
+func (p *Preloader) replaceCurrent(next *instance) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cur = next
+}
+
+// supervise keeps an instance in service until Close: after RecycleAfter
+// children it starts a replacement while the old one serves, and swaps
+// them once the new one is ready; after a death or a failed start it
+// starts the next with back-off, requests waiting meanwhile.
 func (p *Preloader) supervise(inst *instance) {
 	defer close(p.done)
 	backoff := restartMin
 	for {
-		state, err := inst.proc.Wait()
-		inst.conn.Close()
+		select {
+		case <-p.stop:
+			<-inst.exited // Close retired it
+			p.clearCurrent()
+			return
+		case <-inst.recycle:
+			next, err := p.startInstance()
+			if err != nil {
+				p.log.Error("preloader recycle: the replacement failed to start; the old one serves on", "pid", inst.pid, "err", err)
+				continue
+			}
+			p.replaceCurrent(next)
+			inst.retire() // it exits at the end of its stream; its waiter reaps it
+			p.recycles.Add(1)
+			p.log.Info("preloader recycled", "old_pid", inst.pid, "new_pid", next.pid, "children", p.cfg.RecycleAfter)
+			inst = next
+			continue
+		case <-inst.exited:
+		}
 		p.clearCurrent()
 		select {
 		case <-p.stop:
 			return
 		default:
 		}
-		if inst.recycled.Load() {
-			p.recycles.Add(1)
-			p.log.Info("preloader recycled", "pid", inst.pid, "children", inst.children)
-		} else {
-			p.restarts.Add(1)
-			p.log.Error("preloader exited: restarting", "pid", inst.pid, "status", fmt.Sprint(state), "err", err, "after", backoff)
-			if !p.sleep(backoff) {
-				return
-			}
-			backoff = min(2*backoff, restartMax)
+		p.restarts.Add(1)
+		p.log.Error("preloader exited: restarting", "pid", inst.pid, "status", fmt.Sprint(inst.state), "after", backoff)
+		if !p.sleep(backoff) {
+			return
 		}
+		backoff = min(2*backoff, restartMax)
 		for {
 			next, err := p.startInstance()
 			if err == nil {
@@ -395,6 +428,12 @@ func (p *Preloader) startInstance() (*instance, error) {
 		return fail(&PreloadError{Route: cfg.Route, Output: m.Error})
 	}
 	conn.SetReadDeadline(time.Time{})
+	inst.recycle, inst.exited = make(chan struct{}, 1), make(chan struct{})
+	go func() {
+		inst.state, _ = proc.Wait()
+		conn.Close()
+		close(inst.exited)
+	}()
 	p.log.Info("preloader ready", "pid", proc.Pid, "app", cfg.App, "group", groupPath(cfg.Group))
 	return inst, nil
 }
