@@ -84,6 +84,12 @@ func preloaderPid(t *testing.T, g *gate, tenant, app string) (int, string) {
 	return 0, ""
 }
 
+// dirExists reports whether path exists.
+func dirExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
 func readInt(t *testing.T, path string) int64 {
 	t.Helper()
 	n, err := strconv.ParseInt(readTrim(t, path), 10, 64)
@@ -292,6 +298,32 @@ func TestFork(t *testing.T) {
 		}
 		if n := metric(g.metrics(), "cellgate_preloader_restarts_total", map[string]string{"route": "wsgi"}); n < 1 {
 			t.Errorf("cellgate_preloader_restarts_total{route=wsgi} = %v, want >= 1", n)
+		}
+	})
+
+	t.Run("reload replaces the preloaders", func(t *testing.T) {
+		oldPid, oldGroup := preloaderPid(t, g, "py", "hello:app")
+		g.signal(syscall.SIGHUP)
+		g.waitLog("policy reloaded", 1, 2*time.Minute)
+		if status, _, body := g.get("/wsgi"); status != 200 {
+			t.Errorf("GET /wsgi after the reload = %d %q", status, body)
+		}
+		newPid, newGroup := preloaderPid(t, g, "py", "hello:app")
+		preloaders = append(preloaders, newPid)
+		if newPid == oldPid || newGroup == oldGroup {
+			t.Errorf("after the reload the preloader is still %d in %s", newPid, newGroup)
+		}
+		// The replaced snapshot held no request: its preloader and route
+		// group go at once.
+		deadline := time.Now().Add(time.Minute)
+		for time.Now().Before(deadline) && (!errors.Is(syscall.Kill(oldPid, 0), syscall.ESRCH) || dirExists(filepath.Dir(oldGroup))) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err := syscall.Kill(oldPid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("the replaced preloader %d is still there: %v", oldPid, err)
+		}
+		if dirExists(filepath.Dir(oldGroup)) {
+			t.Errorf("the replaced route group %s is still there", filepath.Dir(oldGroup))
 		}
 	})
 
