@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,28 +62,48 @@ func forkDirs(t *testing.T) (examples, testdata string) {
 	return examples, testdata
 }
 
-// preloaderPid returns the pid in a route's preload group (the route
-// groups are <base>/cells/<tenant>/f*/preload; the route is told apart by
-// its app in the preloader's command line).
-func preloaderPid(t *testing.T, g *gate, tenant, app string) (int, string) {
+// preloaderRE matches serve's log line of a preloader that became ready.
+var preloaderRE = regexp.MustCompile(`msg="preloader ready" route=(\S+) pid=(\d+) app=\S+ group=(\S+)`)
+
+// preloaderPid returns the pid and group of the route's newest preloader,
+// from serve's log, checking that the process is in that group now.
+func preloaderPid(t *testing.T, g *gate, route string) (int, string) {
 	t.Helper()
-	groups, _ := filepath.Glob(filepath.Join(g.base, "cells", tenant, "f*", "preload"))
-	for _, dir := range groups {
-		b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
-		if err != nil {
-			continue
+	pid, group := 0, ""
+	for _, m := range preloaderRE.FindAllStringSubmatch(g.log(), -1) {
+		if m[1] == route {
+			pid, _ = strconv.Atoi(m[2])
+			group = m[3]
 		}
-		for _, f := range strings.Fields(string(b)) {
-			pid, _ := strconv.Atoi(f)
-			argv, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-			args := strings.Split(string(argv), "\x00")
-			if len(args) > 4 && args[4] == app {
-				return pid, dir
+	}
+	if pid == 0 {
+		t.Fatalf("no preloader of route %s in serve's log", route)
+	}
+	if b, err := os.ReadFile(filepath.Join(group, "cgroup.procs")); err != nil || !slices.Contains(strings.Fields(string(b)), strconv.Itoa(pid)) {
+		t.Fatalf("preloader %d of route %s is not in %s (%q, %v)", pid, route, group, b, err)
+	}
+	return pid, group
+}
+
+// zombies counts the children of pid that have exited but are not reaped.
+func zombies(t *testing.T, pid int) int {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, task := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		for _, c := range strings.Fields(string(b)) {
+			if st, err := os.ReadFile("/proc/" + c + "/stat"); err == nil {
+				if f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:])); len(f) > 0 && f[0] == "Z" {
+					n++
+				}
 			}
 		}
 	}
-	t.Fatalf("no preloader of %s under %s", app, filepath.Join(g.base, "cells", tenant))
-	return 0, ""
+	return n
 }
 
 // dirExists reports whether path exists.
@@ -110,9 +132,9 @@ func TestFork(t *testing.T) {
 		}
 	})
 	g := startGate(t, gateOptions{policy: fmt.Sprintf(forkPolicy, examples, testdata, "probe")})
-	wsgiPid, wsgiGroup := preloaderPid(t, g, "py", "hello:app")
-	flaskPid, flaskGroup := preloaderPid(t, g, "py", "flask_hello:app")
-	probePid, _ := preloaderPid(t, g, "py", "probe:app")
+	wsgiPid, wsgiGroup := preloaderPid(t, g, "wsgi")
+	flaskPid, flaskGroup := preloaderPid(t, g, "flask")
+	probePid, _ := preloaderPid(t, g, "probe")
 	preloaders = append(preloaders, wsgiPid, flaskPid, probePid)
 
 	t.Run("hello", func(t *testing.T) {
@@ -172,7 +194,7 @@ func TestFork(t *testing.T) {
 		if oom != 1 {
 			t.Errorf("%d oom records with oom_killed, want 1", oom)
 		}
-		if pid, _ := preloaderPid(t, g, "py", "hello:app"); pid != wsgiPid {
+		if pid, _ := preloaderPid(t, g, "wsgi"); pid != wsgiPid {
 			t.Errorf("preloader %d replaced by %d after the OOM kill", wsgiPid, pid)
 		}
 		rssAfter := readInt(t, filepath.Join(wsgiGroup, "memory.current"))
@@ -193,7 +215,7 @@ func TestFork(t *testing.T) {
 	})
 
 	t.Run("daemon gone with the response", func(t *testing.T) {
-		_, probeGroup := preloaderPid(t, g, "py", "probe:app")
+		_, probeGroup := preloaderPid(t, g, "probe")
 		if status, _, body := g.get("/probe?daemon=1"); status != 200 {
 			t.Fatalf("GET /probe?daemon=1 = %d %q", status, body)
 		}
@@ -214,7 +236,7 @@ func TestFork(t *testing.T) {
 		// The victim is the one process in a cell of the probe's route
 		// group. (Its /proc/PID/environ is the preloader's, from exec: the
 		// request's variables are in its memory, which the probe tries.)
-		_, probeGroup := preloaderPid(t, g, "py", "probe:app")
+		_, probeGroup := preloaderPid(t, g, "probe")
 		var victimPid int
 		deadline := time.Now().Add(time.Minute)
 		for victimPid == 0 && time.Now().Before(deadline) {
@@ -286,12 +308,21 @@ func TestFork(t *testing.T) {
 			}
 		}
 		t.Logf("statuses of the requests in flight: %v", statuses)
+		// A child the dying preloader cloned but did not hand over is
+		// cellgate's (CLONE_PARENT): it must be reaped, not left a zombie.
+		deadline := time.Now().Add(30 * time.Second)
+		for zombies(t, g.cmd.Process.Pid) > 0 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if n := zombies(t, g.cmd.Process.Pid); n > 0 {
+			t.Errorf("cellgate serve has %d zombie children after the requests ended", n)
+		}
 		for i := 0; i < 5; i++ {
 			if status, _, body := g.get("/wsgi"); status != 200 {
 				t.Errorf("request %d after the preloader's SIGKILL: %d %q", i, status, body)
 			}
 		}
-		pid, _ := preloaderPid(t, g, "py", "hello:app")
+		pid, _ := preloaderPid(t, g, "wsgi")
 		preloaders = append(preloaders, pid)
 		if pid == wsgiPid {
 			t.Errorf("preloader %d still serves after SIGKILL", pid)
@@ -302,13 +333,13 @@ func TestFork(t *testing.T) {
 	})
 
 	t.Run("reload replaces the preloaders", func(t *testing.T) {
-		oldPid, oldGroup := preloaderPid(t, g, "py", "hello:app")
+		oldPid, oldGroup := preloaderPid(t, g, "wsgi")
 		g.signal(syscall.SIGHUP)
 		g.waitLog("policy reloaded", 1, 2*time.Minute)
 		if status, _, body := g.get("/wsgi"); status != 200 {
 			t.Errorf("GET /wsgi after the reload = %d %q", status, body)
 		}
-		newPid, newGroup := preloaderPid(t, g, "py", "hello:app")
+		newPid, newGroup := preloaderPid(t, g, "wsgi")
 		preloaders = append(preloaders, newPid)
 		if newPid == oldPid || newGroup == oldGroup {
 			t.Errorf("after the reload the preloader is still %d in %s", newPid, newGroup)

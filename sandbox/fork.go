@@ -198,6 +198,42 @@ func verifyChild(w *worker, cell Cell) (ours bool, err error) {
 	return true, nil
 }
 
+// cellChildren returns, with a pidfd each, cellgate's own children that
+// run in cell: after a failed spawn, a child the preloader cloned but did
+// not hand over. Children are listed per thread in
+// /proc/self/task/TID/children (CLONE_PARENT makes the preloader's parent
+// thread the child's parent); each one's cgroup is read from /proc.
+func cellChildren(cell Cell) []*worker {
+	if cell.FD() < 0 {
+		return nil
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil
+	}
+	var out []*worker
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			pid, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			cg, err := os.ReadFile("/proc/" + f + "/cgroup")
+			if path := unifiedPath(cg); err != nil || len(path) < 2 || !strings.HasSuffix(cell.Path(), path) {
+				continue
+			}
+			if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+				out = append(out, &worker{pid: pid, pidfd: fd})
+			}
+		}
+	}
+	return out
+}
+
 // fdinfoPid is the "Pid:" of a pidfd's fdinfo, or 0.
 func fdinfoPid(b []byte) int {
 	for _, line := range bytes.Split(b, []byte("\n")) {

@@ -200,10 +200,17 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	if err != nil {
 		st.closeAll()
 		if spec.Preloader != nil {
-			// A preloader that failed mid-request may have left a process
-			// in the cell: the uid returns only once the cell is empty.
+			// A preloader that failed mid-request may have cloned the child
+			// without handing over its pidfd: it is cellgate's child
+			// (CLONE_PARENT), so it is killed with the cell and reaped
+			// here, and the uid returns only once the cell is empty.
+			orphans := cellChildren(cell)
 			if eerr := r.empty(cell); eerr != nil {
 				keepUID = true
+			}
+			for _, o := range orphans {
+				r.reaper.wait(o)
+				o.release()
 			}
 			return Result{}, fmt.Errorf("in cell %s: %w", cell.Path(), err)
 		}
