@@ -26,8 +26,8 @@ import (
 //	go test -run '^$' -bench Fork ./integration/   # on the host, as root
 //	make bench                                     # also in the microVM
 var (
-	benchForkRequests = flag.Int("fork.requests", 300, "requests to the fork route in BenchmarkFork")
-	benchCGIRequests  = flag.Int("fork.cgi-requests", 48, "requests to the cgi route in BenchmarkFork (each starts Python and imports Flask)")
+	benchForkRequests = flag.Int("fork.requests", 120, "requests to the fork route in BenchmarkFork")
+	benchCGIRequests  = flag.Int("fork.cgi-requests", 16, "requests to the cgi route in BenchmarkFork (each starts Python and imports Flask)")
 )
 
 const benchForkPolicy = `version: 1
