@@ -262,7 +262,8 @@ func (p *Preloader) supervise(inst *instance) {
 	for {
 		select {
 		case <-p.stop:
-			<-inst.exited // Close retired it
+			inst.retire() // Close retired the one it saw; this may be newer
+			<-inst.exited
 			p.clearCurrent()
 			return
 		case <-inst.recycle:
