@@ -85,15 +85,22 @@ examples:
 	@mkdir -p $(BIN)/cgi
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/cgi/ $(addprefix ./examples/cgi/,$(CGI_EXAMPLES))
 
-# The integration tests and the benchmark run the example programs.
-integration test-native bench: examples
+# The integration tests and the benchmark run the example programs, and
+# the fork driver's examples need Debian's Python with Flask (and the
+# benchmark's baseline, gunicorn).
+integration test-native bench: examples python-deps
+
+.PHONY: python-deps
+python-deps:
+	@dpkg -s python3 python3-flask gunicorn >/dev/null 2>&1 || \
+		{ apt-get update -q && apt-get install -y -q --no-install-recommends python3 python3-flask gunicorn; }
 
 # cellgate on 127.0.0.1:8080 (admin 127.0.0.1:9090) with the example
 # policy: natively where cellgate doctor passes (delegated cgroup v2 with
 # memory, cpu and pids), otherwise in the microVM with both ports forwarded
 # to the host's loopback. Ctrl-C drains and stops it, SIGHUP reloads the
 # policy (vmrun passes both to cellgate in the guest).
-run: build examples vmrun
+run: build examples vmrun python-deps
 	@if $(BIN)/cellgate doctor >/dev/null 2>&1; then \
 		echo "make run: natively (cgroup v2 with memory, cpu, pids delegated here); try: curl http://127.0.0.1:8080/hello"; \
 		exec $(BIN)/cellgate serve --policy $(RUN_POLICY); \

@@ -107,3 +107,17 @@ cellgate_reserved_memory_bytes{tenant="beta"} 0
 		t.Error(err)
 	}
 }
+
+func TestPreloaderCollector(t *testing.T) {
+	c := NewPreloaderCollector(func() []PreloaderStats {
+		return []PreloaderStats{{Route: "flask", Restarts: 2, Recycles: 5, Ready: 1}}
+	})
+	want := `
+# HELP cellgate_preloader_restarts_total Preloaders that died (or broke their protocol) and were restarted, by route.
+# TYPE cellgate_preloader_restarts_total counter
+cellgate_preloader_restarts_total{route="flask"} 2
+`
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "cellgate_preloader_restarts_total"); err != nil {
+		t.Error(err)
+	}
+}

@@ -253,18 +253,15 @@ func (t *Tree) newCell(prof *Profile) (*Cell, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
-		return nil, ErrClosed
-	}
-	g, err := t.tenantLocked(prof.tenant)
-	t.mu.Unlock()
+	g, err := t.openTenant(prof.tenant)
 	if err != nil {
 		return nil, err
 	}
 	name := "c" + t.nonce + "-" + strconv.FormatUint(t.seq.Add(1), 36)
 	dir := g.path + "/" + name
+	if prof.group != "" {
+		dir = g.path + "/" + prof.group + "/" + name
+	}
 	if err := t.ops.mkdir(dir); err != nil {
 		return nil, mkdirError(dir, err)
 	}
@@ -279,6 +276,15 @@ func (t *Tree) newCell(prof *Profile) (*Cell, error) {
 			unix.Close(fd)
 			t.ops.rmdir(dir)
 			return nil, fmt.Errorf("write %s=%q in %s: %w", x.File, x.Value, dir, err)
+		}
+	}
+	if prof.group != "" {
+		// The route's preloader starts the cell's process (clone3
+		// CLONE_INTO_CGROUP as its own uid): see RouteGroup.
+		if err := chownProcs(dir, prof.owner); err != nil {
+			unix.Close(fd)
+			t.ops.rmdir(dir)
+			return nil, err
 		}
 	}
 	if err := c.openFiles(&t.acctAbsent); err != nil {

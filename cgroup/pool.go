@@ -305,6 +305,18 @@ func (p *Pool) DrainTenant(tenant string) error {
 	return nil
 }
 
+// DrainProfile stops pre-creating cells of prof and removes its idle
+// cells (before a RouteGroup is removed). A later Get starts it again.
+func (p *Pool) DrainProfile(prof *Profile) {
+	p.mu.Lock()
+	pp := p.profiles[prof.key]
+	delete(p.profiles, prof.key)
+	p.mu.Unlock()
+	if pp != nil {
+		p.drain([]*poolProfile{pp})
+	}
+}
+
 // Retain stops pre-creating cells for every profile not in keep and
 // removes their idle cells: after a policy reload, the profiles whose
 // limits changed would otherwise keep their idle cells (and fds) forever.

@@ -15,6 +15,10 @@ type Profile struct {
 	tenant   string
 	settings []Setting
 	key      ProfileKey
+	// group, when set, is a RouteGroup of the tenant the cells are
+	// created in, their cgroup.procs owned by owner (RouteGroup.Profile).
+	group string
+	owner uint32
 }
 
 // ProfileKey identifies a profile by value: two profiles with the same
@@ -22,6 +26,8 @@ type Profile struct {
 type ProfileKey struct {
 	Tenant   string
 	Settings string // the writes, "file=value" joined by newlines, in write order
+	Group    string // the RouteGroup the cells are created in, or ""
+	Owner    uint32 // the owner of the cells' cgroup.procs when Group is set
 }
 
 // NewProfile converts r with CellSettings for cells of tenant ("" is

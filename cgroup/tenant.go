@@ -100,6 +100,17 @@ func (t *Tree) applyBudget(g *Tenant, p *plan) error {
 	return nil
 }
 
+// openTenant returns the tenant group, creating it, unless the Tree is
+// closed (ErrClosed).
+func (t *Tree) openTenant(name string) (*Tenant, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, ErrClosed
+	}
+	return t.tenantLocked(name)
+}
+
 // tenantLocked returns the tenant group, creating it with the controllers
 // enabled for its cells. t.mu is held.
 func (t *Tree) tenantLocked(name string) (*Tenant, error) {

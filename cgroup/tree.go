@@ -80,6 +80,8 @@ type Options struct {
 //	<base>/cells/               controllers enabled for tenants
 //	<base>/cells/<tenant>/      tenant budget, controllers enabled for cells
 //	<base>/cells/<tenant>/<id>  one request cell
+//	<base>/cells/<tenant>/f<n>/ a fork route's group (RouteGroup): its
+//	                            preloader's group and its cells
 //
 // A Tree is safe for concurrent use.
 type Tree struct {

@@ -28,6 +28,9 @@ func TestExamplePolicy(t *testing.T) {
 		if target == "" {
 			target = r.Dir
 		}
+		if r.Fork != nil {
+			target = r.Fork.AppDir
+		}
 		switch {
 		case target == bin:
 		case strings.HasPrefix(target, bin+"/"):
@@ -41,7 +44,7 @@ func TestExamplePolicy(t *testing.T) {
 			}
 		}
 	}
-	for _, path := range []string{"/hello", "/echo", "/spin", "/memhog", "/slow", "/cgi-bin/echo", "/hello.sh"} {
+	for _, path := range []string{"/hello", "/echo", "/spin", "/memhog", "/slow", "/cgi-bin/echo", "/hello.sh", "/wsgi", "/flask", "/flask-cgi"} {
 		if _, err := p.Match("127.0.0.1:8080", "GET", path); err != nil {
 			t.Errorf("GET %s: %v", path, err)
 		}

@@ -23,7 +23,7 @@ var (
 	tenantKeys = []string{"name", "memory", "cpu_weight", "cpu", "pids", "max_cells", "queue", "queue_timeout", "gid"}
 	matchKeys  = []string{"host", "path", "methods"}
 	routeKeys  = slices.Concat([]string{"name", "match", "tenant", "driver", "program", "dir"},
-		limitKeys, []string{"env", "pass_env", "user", "allow_root", "response", "server_timing"}, confinementKeys)
+		limitKeys, []string{"env", "pass_env", "user", "allow_root", "response", "server_timing"}, confinementKeys, forkKeys)
 )
 
 var (
@@ -232,11 +232,18 @@ func (d *decoder) route(item *yaml.Node, p string, defaults Limits) *routeSource
 		}
 	}
 	if f, ok := fs["driver"]; ok {
-		if v, ok := d.str(f, join(p, "driver")); ok && v != string(DriverCGI) {
-			d.problem(f.line(), join(p, "driver"), v, "unknown driver", "use cgi (the only driver so far)")
+		if v, ok := d.str(f, join(p, "driver")); ok {
+			switch Driver(v) {
+			case DriverCGI, DriverFork:
+				r.Driver = Driver(v)
+			default:
+				d.problem(f.line(), join(p, "driver"), v, "unknown driver", "use cgi (a program per request) or fork (a warm preloader)")
+			}
 		}
 	}
-	d.programOrDir(fs, line, p, r)
+	if r.Driver == DriverCGI {
+		d.programOrDir(fs, line, p, r)
+	}
 	r.Limits = d.limits(fs, p, defaults)
 	if f, ok := fs["memory"]; ok {
 		s.memoryLine = f.line()
@@ -264,6 +271,7 @@ func (d *decoder) route(item *yaml.Node, p string, defaults Limits) *routeSource
 		r.ServerTiming, _ = d.boolean(f, join(p, "server_timing"))
 	}
 	r.Confinement = d.confinement(fs, p)
+	d.forkRoute(fs, line, p, r)
 	return s
 }
 
@@ -534,6 +542,7 @@ func (d *decoder) crossCheck(p *Policy, sources []*routeSource) {
 				fmt.Sprintf("a request's memory exceeds tenant %s's budget %s, so it could never be admitted", t.Name, FormatBytes(t.Memory)),
 				"lower the route's memory or raise the tenant's memory")
 		}
+		d.forkBudget(s, t)
 		if p.Global.Memory > 0 && r.Memory > p.Global.Memory {
 			d.problem(s.memoryLine, join(s.path, "memory"), FormatBytes(r.Memory),
 				fmt.Sprintf("a request's memory exceeds the global budget %s, so it could never be admitted", FormatBytes(p.Global.Memory)),

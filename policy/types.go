@@ -101,7 +101,8 @@ type Tenant struct {
 // Driver is how a route's program is run.
 type Driver string
 
-// DriverCGI executes the program once per request (RFC 3875).
+// DriverCGI executes the program once per request (RFC 3875). DriverFork
+// is in fork.go.
 const DriverCGI Driver = "cgi"
 
 // Response is how a route's response body reaches the client.
@@ -154,6 +155,9 @@ type Route struct {
 	// Dir is the absolute path of a directory of programs: the first path
 	// segment after PathPrefix names the program; "" when Program is set.
 	Dir string
+	// Fork is what a fork route preloads; nil for a cgi route (which has
+	// Program or Dir).
+	Fork *Fork
 	// Limits are the route's per-request limits, defaults applied.
 	Limits
 	// Resources are Limits in the OCI runtime-spec vocabulary; never nil.

@@ -89,7 +89,7 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 		// full queue, whether or not a cell ran.
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeSpoolFull,
 			Message: "server busy, retry later", RetryAfter: true}
-	case errors.Is(err, sandbox.ErrNoCell), errors.Is(err, sandbox.ErrNoUID):
+	case errors.Is(err, sandbox.ErrNoCell), errors.Is(err, sandbox.ErrNoUID), errors.Is(err, sandbox.ErrNoPreloader):
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeNoCell,
 			Message: "server busy, retry later", RetryAfter: true}
 	case errors.Is(err, ErrTooManyFromClient):

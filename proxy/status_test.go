@@ -47,6 +47,7 @@ func TestDecide(t *testing.T) {
 		{name: "spawn failed", err: wrap(sandbox.ErrSpawn), wantStatus: 502, wantOutcome: accounting.OutcomeSpawnFailed},
 		{name: "no cell", err: wrap(sandbox.ErrNoCell), wantStatus: 503, wantOutcome: accounting.OutcomeNoCell, wantRetry: true},
 		{name: "no uid", err: wrap(sandbox.ErrNoUID), wantStatus: 503, wantOutcome: accounting.OutcomeNoCell, wantRetry: true},
+		{name: "no preloader", err: wrap(sandbox.ErrNoPreloader), wantStatus: 503, wantOutcome: accounting.OutcomeNoCell, wantRetry: true},
 		{name: "bad spec", err: wrap(sandbox.ErrSpec), wantStatus: 500, wantOutcome: accounting.OutcomeInternal},
 		{name: "queue full", err: wrap(policy.ErrQueueFull), wantStatus: 503, wantOutcome: accounting.OutcomeQueueFull, wantRetry: true},
 		{name: "queue timeout", err: wrap(policy.ErrQueueTimeout), wantStatus: 503, wantOutcome: accounting.OutcomeQueueTimeout, wantRetry: true},

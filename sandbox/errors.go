@@ -27,4 +27,8 @@ var (
 	// the wait for it to empty gave up (processes stuck in the kernel). The
 	// Result is complete; the cell's uid is kept out of circulation.
 	ErrCellNotEmpty = errors.New("cell did not empty after kill")
+	// ErrNoPreloader: a fork route's preloader is not ready (being
+	// restarted, or stopped) and did not become ready within its wait, or
+	// failed on its socket mid-request. Nothing of the request ran.
+	ErrNoPreloader = errors.New("no preloader ready")
 )

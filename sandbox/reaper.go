@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"sync"
 	"unsafe"
 
@@ -108,27 +107,14 @@ func (r *reaper) close() {
 	unix.Close(r.epfd)
 }
 
-// wait waits for p to exit and reaps it. After wait the process is reaped:
-// do not call p.Wait; p.Release frees the handle. Without a pidfd (kernel
-// < 5.4, or the runtime's probe failed) it falls back to p.Wait, which holds
-// a thread.
-func (r *reaper) wait(p *os.Process) (exitStatus, error) {
-	fd := -1
-	var dupErr error
-	err := p.WithHandle(func(pidfd uintptr) {
-		fd, dupErr = unix.FcntlInt(pidfd, unix.F_DUPFD_CLOEXEC, 0)
-	})
-	if errors.Is(err, os.ErrNoHandle) {
-		return waitBlocking(p)
+// wait waits for w to exit and reaps it through its pidfd. Without a pidfd
+// (kernel < 5.4, or the runtime's probe failed) it falls back to
+// proc.Wait, which holds a thread.
+func (r *reaper) wait(w *worker) (exitStatus, error) {
+	if w.pidfd < 0 {
+		return waitBlocking(w.proc)
 	}
-	if err == nil {
-		err = dupErr
-	}
-	if err != nil {
-		return exitStatus{}, fmt.Errorf("pidfd of pid %d: %w", p.Pid, err)
-	}
-	defer unix.Close(fd)
-
+	fd := w.pidfd
 	// Already gone (a short worker, or a kill)? Then no registration.
 	if st, ok, err := waitidNoHang(fd); err != nil || ok {
 		return st, err
@@ -146,15 +132,16 @@ func (r *reaper) wait(p *os.Process) (exitStatus, error) {
 		r.mu.Lock()
 		delete(r.waiting, int32(fd))
 		r.mu.Unlock()
-		return exitStatus{}, fmt.Errorf("epoll_ctl add pidfd of pid %d: %w", p.Pid, err)
+		return exitStatus{}, fmt.Errorf("epoll_ctl add pidfd of pid %d: %w", w.pid, err)
 	}
 	<-ch
-	// The dup shares its open file description with the os.Process's
-	// pidfd, so closing it alone would not take it out of the epoll set.
+	// A cgi worker's pidfd is a dup sharing its open file description with
+	// the os.Process's, so closing it alone would not take it out of the
+	// epoll set.
 	unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	st, ok, err := waitidNoHang(fd)
 	if err == nil && !ok {
-		err = fmt.Errorf("waitid pidfd of pid %d: readable but not exited", p.Pid)
+		err = fmt.Errorf("waitid pidfd of pid %d: readable but not exited", w.pid)
 	}
 	return st, err
 }

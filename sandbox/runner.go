@@ -179,20 +179,21 @@ func (r *Runner) UIDsInFlight() int {
 // Result is complete and the error is nil, or wraps ErrStreams or
 // ErrCellNotEmpty, or reports that the accounting could not be read.
 func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
-	if err := checkSpec(&spec); err != nil {
+	drv := r.driver(&spec)
+	if err := checkSpec(&spec, drv); err != nil {
 		return Result{}, err
 	}
-	cred, uid, err := r.credential(spec.User, spec.GID)
+	id, err := drv.identity(&spec)
 	if err != nil {
 		return Result{}, err
 	}
-	if spec.Confine != nil && cred == nil {
+	if spec.Confine != nil && id.cred == nil {
 		return Result{}, fmt.Errorf("%w: a confined cell needs credentials to drop to (not AsSelf)", ErrSpec)
 	}
 	keepUID := false
 	defer func() {
-		if r.uids != nil && spec.User == nil && !keepUID {
-			r.uids.release(uid)
+		if id.release != nil && !keepUID {
+			id.release()
 		}
 	}()
 
@@ -225,8 +226,10 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 		}
 		return Result{}, fmt.Errorf("%w: %s: %w", ErrSpawn, spec.Path, err)
 	}
-	var proc *os.Process
+	var w *worker
 	if spec.Confine != nil {
+		// A confined cell's first process is its init; the program is
+		// handed to it below, once the deadline is armed.
 		if ip == nil {
 			if ip, err = r.startInit(cell, spec.Confine); err != nil {
 				st.closeAll()
@@ -234,38 +237,32 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 			}
 		}
 		defer ip.closeCtl()
-		proc = ip.proc
+		if w, err = newProcWorker(ip.proc); err != nil {
+			st.closeAll()
+			ip.proc.Kill()
+			waitBlocking(ip.proc)
+			return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), err)
+		}
 	} else {
-		attr := &os.ProcAttr{
-			Dir:   spec.Dir,
-			Env:   spec.Env,
-			Files: st.child[:],
-			Sys: &syscall.SysProcAttr{
-				Credential: cred,
-				// A process group of its own, so signals to its group reach its
-				// cell only; a session of its own too when the daemon has a
-				// controlling terminal (cellgate run), so that the worker cannot
-				// use it as its own (TIOCSTI, job control) and reads from it
-				// without SIGTTIN. Without a terminal (the daemon) a new session
-				// buys nothing and costs a scheduler autogroup per worker
-				// (setsid with CONFIG_SCHED_AUTOGROUP): about 8% of a no-op
-				// spawn, measured.
-				Setsid:  r.hasTTY,
-				Setpgid: !r.hasTTY,
-				// Backstop only: the kernel sends it when the thread that forked
-				// the worker dies (go.dev/issue/27505), e.g. when the daemon
-				// crashes. cgroup.kill is what ends a cell.
-				Pdeathsig: syscall.SIGKILL,
-			},
-		}
-		if fd := cell.FD(); fd >= 0 {
-			attr.Sys.UseCgroupFD = true
-			attr.Sys.CgroupFD = fd
-		}
-		proc, err = startNoNewPrivs(spec.Path, spec.Args, attr)
+		w, err = drv.start(ctx, cell, &spec, st.child, id)
 		st.started()
 		if err != nil {
 			st.closeAll()
+			if spec.Preloader != nil {
+				// A preloader that failed mid-request may have cloned the child
+				// without handing over its pidfd: it is cellgate's child
+				// (CLONE_PARENT), so it is killed with the cell and reaped
+				// here, and the uid returns only once the cell is empty.
+				orphans := cellChildren(cell)
+				if eerr := r.empty(cell); eerr != nil {
+					keepUID = true
+				}
+				for _, o := range orphans {
+					r.reaper.wait(o)
+					o.release()
+				}
+				return Result{}, fmt.Errorf("in cell %s: %w", cell.Path(), err)
+			}
 			return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), explainSpawn(spec.Path, spec.Dir, err))
 		}
 	}
@@ -274,7 +271,7 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 		spec.Started(cell.Path())
 	}
 
-	k := &killer{cell: cell, proc: proc, log: r.log}
+	k := &killer{cell: cell, w: w, log: r.log}
 	timeout := spec.Timeout
 	if timeout <= 0 {
 		timeout = r.timeout
@@ -285,27 +282,27 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	if ip != nil {
 		// The init takes the program's streams with the exec frame; the
 		// deadline is armed, so a send that blocks ends with the cell.
-		launchErr = ip.exec(&spec, cred, st.child)
+		launchErr = ip.exec(&spec, id.cred, st.child)
 		st.started()
 		if launchErr != nil {
 			k.kill(CauseKilled)
 		}
 	}
 
-	exit, werr := r.reaper.wait(proc)
-	if werr != nil {
+	exit, werr := r.reaper.wait(w)
+	if werr != nil && w.proc != nil {
 		// The pidfd wait failed (should not happen): end the cell and reap
 		// the worker the blocking way, so that no zombie is left.
 		r.log.Error("wait for worker on its pidfd", "cell", cell.Path(), "err", werr)
 		k.kill(CauseKilled)
-		if st, err := waitBlocking(proc); err == nil {
+		if st, err := waitBlocking(w.proc); err == nil {
 			exit, werr = st, nil
 		}
 	}
 	timer.Stop()
 	stopCtx()
 	killedBy := k.finish()
-	proc.Release()
+	w.release()
 
 	var errs []error
 	if werr != nil {
@@ -346,9 +343,18 @@ func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 		Usage:      usage,
 		Started:    start,
 		Wall:       wall,
-		UID:        uid,
+		UID:        id.uid,
 		Unenforced: unenforced,
 	}, errors.Join(errs...)
+}
+
+// driver returns the driver of spec: fork when it names a preloader, cgi
+// otherwise.
+func (r *Runner) driver(spec *Spec) driver {
+	if spec.Preloader != nil {
+		return forkDriver{spec.Preloader}
+	}
+	return cgiDriver{r}
 }
 
 // empty ends whatever is left in the cell once its main process has exited:
@@ -373,55 +379,21 @@ func (r *Runner) empty(cell Cell) error {
 	return nil
 }
 
-// credential returns the worker's credentials and uid: spec's own, or a
-// per-cell uid from the range, or none (the daemon's) with AsSelf.
-func (r *Runner) credential(u *Credential, gid uint32) (*syscall.Credential, uint32, error) {
-	if u != nil {
-		return &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: u.Groups}, u.UID, nil
-	}
-	if r.asSelf {
-		return nil, uint32(os.Getuid()), nil
-	}
-	uid, err := r.uids.acquire()
-	if err != nil {
-		return nil, 0, err
-	}
-	if gid == 0 {
-		gid = r.gid
-	}
-	// Groups is empty on purpose: setgroups(0) drops the daemon's
-	// supplementary groups.
-	return &syscall.Credential{Uid: uid, Gid: gid}, uid, nil
-}
-
-// checkSpec validates spec and fills Args and Dir defaults.
-func checkSpec(spec *Spec) error {
-	if spec.Path == "" {
-		return fmt.Errorf("%w: empty Path", ErrSpec)
-	}
-	if len(spec.Args) == 0 {
-		spec.Args = []string{spec.Path}
-	}
+// checkSpec validates what every driver passes on (the environment) and
+// then what drv needs.
+func checkSpec(spec *Spec, drv driver) error {
 	for _, kv := range spec.Env {
 		k, _, ok := strings.Cut(kv, "=")
 		if !ok || k == "" || strings.IndexByte(kv, 0) >= 0 {
 			return fmt.Errorf("%w: environment entry %q: want KEY=value", ErrSpec, kv)
 		}
 	}
-	for _, a := range spec.Args {
-		if strings.IndexByte(a, 0) >= 0 {
-			return fmt.Errorf("%w: argument %q contains a NUL byte", ErrSpec, a)
-		}
-	}
-	if spec.Dir == "" {
-		spec.Dir = "/"
-	}
 	// A nil Env would make os.StartProcess give the worker the daemon's
 	// environment; the worker gets exactly spec.Env.
 	if spec.Env == nil {
 		spec.Env = []string{}
 	}
-	return nil
+	return drv.check(spec)
 }
 
 // startNoNewPrivs starts the worker with no_new_privs set: it cannot gain
@@ -491,7 +463,7 @@ func hasControllingTTY() bool {
 type killer struct {
 	mu     sync.Mutex
 	cell   Cell
-	proc   *os.Process
+	w      *worker
 	log    *slog.Logger
 	reason Cause
 	done   bool
@@ -509,7 +481,7 @@ func (k *killer) kill(reason Cause) {
 	}
 	// Also signal the main process through its pidfd: a cell without a
 	// cgroup (test fake) has no cgroup.kill, and it costs nothing.
-	k.proc.Kill()
+	k.w.kill()
 }
 
 // finish stops further kills and returns the reason of the one that

@@ -1,10 +1,13 @@
 // Package sandbox owns a cell's lifecycle: taking a cgroup cell, starting the
 // worker directly inside it (clone3 CLONE_INTO_CGROUP) under its own
 // credentials, the deadline, waiting on the worker through its pidfd,
-// killing the whole cell, and the Result of a run; for a confined cell
-// (Spec.Confine) the start of its init in new namespaces and the hand-off of
-// the program to it (confined.go), and cells set up ahead (warm.go). Drivers
-// (cgi, later forkserver) live here, one per file. It changes kernel state only through
+// killing the whole cell, and the Result of a run. Drivers live here, one
+// per file, behind one interface (driver.go): cgi (cgi.go) executes a
+// program per request, for a confined cell (Spec.Confine) through its init
+// started in new namespaces (confined.go; cells set up ahead in warm.go);
+// fork (fork.go) has a route's warm preloader (preloader.go, the protocol in
+// forkproto.go, the Python program in preload/) clone each request's process
+// straight into its cell. It changes kernel state only through
 // processes; cgroupfs is reached only through package cgroup. It may be
 // imported by proxy and cmd/cellgate.
 package sandbox
@@ -58,6 +61,12 @@ type Spec struct {
 	// directory is gone once Run returns). Runners without cells do not
 	// call it.
 	Started func(cellPath string)
+
+	// Preloader, when set, runs the request with the fork driver: a clone
+	// of the route's warm preloader serves it, Path, Args, Dir and User
+	// are not used, and the uid comes from the preloader's range. nil runs
+	// Path with the cgi driver.
+	Preloader *Preloader
 }
 
 // Credential is a fixed uid/gid for a worker.

@@ -132,3 +132,28 @@ func (p *uidPool) inFlight() int {
 	defer p.mu.Unlock()
 	return int(p.inUse)
 }
+
+// ReserveUIDs takes n uids of the Runner's range out of circulation until
+// release is called: a preloader's own uid and its children's (mapped
+// into its user namespace), held for the preloader's life. Call release
+// only once the preloader and every process of its route group are gone.
+func (r *Runner) ReserveUIDs(n int) (uids []uint32, release func(), err error) {
+	if r.uids == nil {
+		return nil, nil, fmt.Errorf("sandbox: reserve %d uids: the Runner runs workers as itself (no uid range)", n)
+	}
+	for range n {
+		u, err := r.uids.acquire()
+		if err != nil {
+			for _, u := range uids {
+				r.uids.release(u)
+			}
+			return nil, nil, fmt.Errorf("reserve %d uids for a preloader: %w", n, err)
+		}
+		uids = append(uids, u)
+	}
+	return uids, func() {
+		for _, u := range uids {
+			r.uids.release(u)
+		}
+	}, nil
+}

@@ -187,10 +187,15 @@ func (r *Runner) discard(ip *initProc) {
 	ip.closeCtl()
 	ip.cell.Kill()
 	ip.proc.Kill()
-	if _, err := r.reaper.wait(ip.proc); err != nil {
+	if w, err := newProcWorker(ip.proc); err == nil {
+		if _, err := r.reaper.wait(w); err != nil {
+			waitBlocking(ip.proc)
+		}
+		w.release()
+	} else {
 		waitBlocking(ip.proc)
+		ip.proc.Release()
 	}
-	ip.proc.Release()
 	if err := r.empty(ip.cell); err != nil {
 		r.log.Error("warm confined cell did not empty", "cell", ip.cell.Path(), "err", err)
 	}

@@ -125,6 +125,9 @@ func printPolicy(w io.Writer, p *policy.Policy) {
 		if r.Dir != "" {
 			program = strings.TrimSuffix(r.Dir, "/") + "/*"
 		}
+		if r.Fork != nil {
+			program = "fork " + string(r.Fork.Runtime) + " " + r.Fork.App + " in " + r.Fork.AppDir
+		}
 		response := string(r.Response)
 		if r.ServerTiming {
 			response += ",server-timing"

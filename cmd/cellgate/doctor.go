@@ -9,10 +9,12 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
@@ -130,6 +132,7 @@ func doctor(ctx context.Context, cfg doctorConfig, r *report) {
 	}
 	checkKernel(r)
 	checkConfinementKernel(r)
+	checkUserNamespaces(r)
 	mount, err := cgroup2Mount()
 	if err != nil {
 		r.fail("cgroup2", "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup), or boot with systemd.unified_cgroup_hierarchy=1", "%v", err)
@@ -148,6 +151,20 @@ func unameRelease() string {
 		return ""
 	}
 	return unix.ByteSliceToString(u.Release[:])
+}
+
+// checkUserNamespaces starts /bin/true in a user namespace of its own, as
+// a fork route's preloader is started: only fork routes need it, so a
+// refusal is a warning.
+func checkUserNamespaces(r *report) {
+	cmd := exec.Command("/bin/true")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER}
+	if err := cmd.Run(); err != nil {
+		r.warn("user namespaces", "do not chroot cellgate (pivot_root or switch_root instead); allow user namespaces (sysctl user.max_user_namespaces)",
+			"refused (%v): driver: fork routes cannot start their preloaders", err)
+		return
+	}
+	r.ok("user namespaces", "available (driver: fork routes run their preloaders in one)")
 }
 
 // checkKernel compares the running kernel with the versions the features

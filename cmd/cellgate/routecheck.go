@@ -64,6 +64,18 @@ func verifyRoute(src string, r *policy.Route, cred sandbox.Credential, userErr e
 			"create the account, or name an existing user or uid, or use user: auto")}
 	}
 	who := credString(cred)
+	if r.Fork != nil {
+		// The preloader runs under a uid of the range with the shared gid,
+		// as the cells do: it must execute the interpreter and search the
+		// app's directory.
+		if p := verifyPath(src, r, "python", r.Fork.Python, cred, who, false); p != nil {
+			return []policy.Problem{*p}
+		}
+		if p := verifyPath(src, r, "app_dir", r.Fork.AppDir, cred, who, true); p != nil {
+			return []policy.Problem{*p}
+		}
+		return nil
+	}
 	if r.Dir != "" {
 		if p := verifyPath(src, r, "dir", r.Dir, cred, who, true); p != nil {
 			return []policy.Problem{*p}

@@ -20,6 +20,10 @@ func TestServeRefusesRoutesThatCannotWork(t *testing.T) {
 		{"unknown user", "program: /bin/true, user: nosuchuser", `:3: routes[r].user: "nosuchuser"`},
 		{"missing program", "program: /nonexistent/prog", `:3: routes[r].program: "/nonexistent/prog"`},
 		{"missing dir", "dir: /nonexistent/dir", `:3: routes[r].dir: "/nonexistent/dir"`},
+		{"fork: missing python", `driver: fork, runtime: python-wsgi, app: "m:app", app_dir: /, python: /nonexistent/python3`,
+			`:3: routes[r].python: "/nonexistent/python3"`},
+		{"fork: missing app_dir", `driver: fork, runtime: python-wsgi, app: "m:app", app_dir: /nonexistent/app, python: /bin/sh`,
+			`:3: routes[r].app_dir: "/nonexistent/app"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

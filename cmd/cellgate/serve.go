@@ -81,6 +81,12 @@ type daemon struct {
 	// logFiles are the log files SIGUSR1 reopens (the access log when it
 	// is a file).
 	logFiles []*logFile
+
+	runner *sandbox.Runner // nil with --isolation=none
+	// forkMu guards the fork routes' stopped flags and retiredForks, the
+	// counters of preloaders already stopped, by route.
+	forkMu       sync.Mutex
+	retiredForks map[string]accounting.PreloaderStats
 }
 
 // routeSpec is what a route's cells are started with, built once per route
@@ -89,14 +95,16 @@ type routeSpec struct {
 	profile *cgroup.Profile
 	user    *sandbox.Credential
 	gid     uint32            // the tenant's gid, 0 for the shared one
-	confine *confine.Prepared // nil with --isolation=none
+	confine *confine.Prepared // nil with --isolation=none or for a fork route
 	err     error             // the route's user could not be resolved
+	fork    *forkSpec         // a fork route's preloader and route group; nil for cgi
 }
 
 // serve runs the daemon until ctx ends or SIGTERM/SIGINT, then drains.
 func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	log := slog.New(slog.NewTextHandler(std.err, &slog.HandlerOptions{Level: cfg.LogLevel}))
-	d := &daemon{cfg: cfg, log: log, tenants: map[string]*cgroup.Tenant{}, done: make(chan struct{})}
+	d := &daemon{cfg: cfg, log: log, tenants: map[string]*cgroup.Tenant{}, done: make(chan struct{}),
+		retiredForks: map[string]accounting.PreloaderStats{}}
 
 	// Signals first: a SIGTERM during start-up must not kill the process
 	// before it has removed what it created.
@@ -315,6 +323,7 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 	var launcher *confine.Launcher
 	closeAll := func() error {
 		var errs []error
+		d.stopAllForks()
 		if runner != nil {
 			errs = append(errs, runner.Close())
 		}
@@ -365,6 +374,7 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 	if err != nil {
 		return fail(fmt.Errorf("sandbox: %w", err))
 	}
+	d.runner = runner
 	return runner, closeAll, nil
 }
 
@@ -378,15 +388,21 @@ func globalResources(g policy.Global) *specs.LinuxResources {
 	return &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &m}}
 }
 
-// buildSpecs builds every route's profile and credentials. With cells it
+// buildSpecs builds every route's profile and credentials, and starts the
+// preloader of every fork route (an app that fails to import fails here,
+// with its traceback; what was started is stopped again). With cells it
 // checks each profile against the tree: a controller a route needs and the
 // kernel lacks fails here, not on the first request.
 func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, error) {
 	specs := make(map[*policy.Route]*routeSpec, len(pol.Routes))
+	fail := func(r *policy.Route, err error) (map[*policy.Route]*routeSpec, error) {
+		d.stopForks(specs)
+		return nil, fmt.Errorf("route %s (%s:%d): %w", r.Name, pol.Source, r.Line, err)
+	}
 	for _, r := range pol.Routes {
 		rs := d.newRouteSpec(pol, r)
 		if rs.profile == nil {
-			return nil, fmt.Errorf("route %s (%s:%d): %w", r.Name, pol.Source, r.Line, rs.err)
+			return fail(r, rs.err)
 		}
 		specs[r] = rs
 	}
@@ -398,8 +414,15 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 		rs := specs[r]
 		if d.tree != nil {
 			if err := d.tree.Check(rs.profile); err != nil {
-				return nil, fmt.Errorf("route %s (%s:%d): %w (run cellgate doctor)", r.Name, pol.Source, r.Line, err)
+				return fail(r, fmt.Errorf("%w (run cellgate doctor)", err))
 			}
+		}
+		if r.Fork != nil {
+			f, err := d.startFork(pol, r, rs.profile)
+			if err != nil {
+				return fail(r, err)
+			}
+			rs.fork, rs.profile = f, f.base
 		}
 	}
 	return specs, nil
@@ -440,7 +463,9 @@ func (d *daemon) warm(specs map[*policy.Route]*routeSpec) {
 func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route) *routeSpec {
 	res := r.Resources
 	var plan *confine.Prepared
-	if d.cfg.Isolation != isolationNone {
+	// Fork routes are not confined (yet): their preloader clones each
+	// request's process, with no cell init to apply a plan.
+	if d.cfg.Isolation != isolationNone && r.Fork == nil {
 		var err error
 		if plan, err = routeConfinement(r); err != nil {
 			return &routeSpec{err: err}
@@ -470,6 +495,9 @@ func (d *daemon) cellSpec(r *policy.Route, spec *sandbox.Spec) error {
 		return rs.err
 	}
 	spec.Profile, spec.User, spec.GID, spec.Confine = rs.profile, rs.user, rs.gid, rs.confine
+	if rs.fork != nil {
+		spec.Preloader = rs.fork.preloader
+	}
 	return nil
 }
 
@@ -496,6 +524,7 @@ func (d *daemon) registerMetrics(reg *prometheus.Registry) (*accounting.Metrics,
 	}
 	if d.tree != nil {
 		cs = append(cs, accounting.NewTenantTotalsCollector(d.tenantTotals))
+		cs = append(cs, accounting.NewPreloaderCollector(d.preloaderStats))
 		cs = append(cs, d.poolCounters()...)
 	}
 	for _, c := range cs {

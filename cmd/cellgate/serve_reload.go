@@ -53,12 +53,14 @@ func (d *daemon) reload() {
 	}
 	if d.tree != nil {
 		if err := d.tree.SetBudget(globalResources(p.Global)); err != nil {
+			d.stopForks(specs)
 			d.log.Error("reload: cannot write the global budget; still serving the previous policy", "err", err)
 			return
 		}
 		for _, t := range p.Tenants {
 			g, err := d.tree.Tenant(t.Name, t.Resources())
 			if err != nil {
+				d.stopForks(specs)
 				d.log.Error("reload: cannot set up a tenant group; still serving the previous policy "+
 					"(budgets of tenants already written stay)", "tenant", t.Name, "err", err)
 				return

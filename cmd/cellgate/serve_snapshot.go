@@ -130,6 +130,9 @@ func (d *daemon) snapshotDrained(s *snapshot) {
 	}
 	d.admission.Update(d.admissible())
 	d.mu.Unlock()
+	// Its fork routes' preloaders served their last request: they exit,
+	// their route groups go.
+	go d.stopForks(s.specs)
 	if len(gone) == 0 {
 		return
 	}

@@ -1,0 +1,157 @@
+package integration
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The fork driver against the cgi driver on the same Flask hello
+// (examples/wsgi/flask_hello.py; as CGI: examples/cgi/flask-hello.cgi),
+// through one cellgate in one run: requests/s, p50 and p99, CPU per
+// request (cellgate's own, and the tenant group's: cells plus, for fork,
+// the preloader) and the cells' mean memory.peak, as ratios fork/cgi; and
+// the throughput of gunicorn (sync, 2 workers, --preload) on the same app,
+// the warm runtime without per-request cells.
+//
+//	go test -run '^$' -bench Fork ./integration/   # on the host, as root
+//	make bench                                     # also in the microVM
+var (
+	benchForkRequests = flag.Int("fork.requests", 120, "requests to the fork route in BenchmarkFork")
+	benchCGIRequests  = flag.Int("fork.cgi-requests", 16, "requests to the cgi route in BenchmarkFork (each starts Python and imports Flask)")
+)
+
+const benchForkPolicy = `version: 1
+defaults: {memory: 128Mi, cpu: 1, pids: 64, timeout: 120s}
+tenants:
+  - {name: fork, max_cells: 16, queue: 1000, queue_timeout: 300s}
+  - {name: cgi, max_cells: 16, queue: 1000, queue_timeout: 300s}
+routes:
+  - {name: flask, match: {path: /flask}, tenant: fork, driver: fork, runtime: python-wsgi, app: "flask_hello:app", app_dir: "%s", memory: 64Mi}
+  - {name: flask-cgi, match: {path: /flask-cgi}, tenant: cgi, program: "%s"}
+`
+
+// tenantCPU is a tenant group's cpu.stat usage_usec.
+func tenantCPU(b *testing.B, g *gate, tenant string) time.Duration {
+	b.Helper()
+	st, err := os.ReadFile(filepath.Join(g.base, "cells", tenant, "cpu.stat"))
+	if err != nil {
+		b.Fatalf("read %s's cpu.stat: %v", tenant, err)
+	}
+	for _, line := range strings.Split(string(st), "\n") {
+		if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return time.Duration(n) * time.Microsecond
+		}
+	}
+	b.Fatalf("no usage_usec in %s's cpu.stat", tenant)
+	return 0
+}
+
+// meanPeak is the mean memory.peak of a route's cells in the access log.
+func meanPeak(g *gate, route string) float64 {
+	var sum, n float64
+	for _, r := range g.recordsFor(route) {
+		if r.Cell != nil && r.Status == 200 {
+			sum += float64(r.Cell.MemoryPeak)
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / n
+}
+
+func BenchmarkFork(b *testing.B) {
+	base, unenforced := benchSetup(b)
+	examples, err := filepath.Abs(filepath.Join("..", "examples"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var extra []string
+	if unenforced {
+		extra = []string{"--unenforced", "memory,cpu,pids"}
+	}
+	policy := fmt.Sprintf(benchForkPolicy, filepath.Join(examples, "wsgi"), filepath.Join(examples, "cgi", "flask-hello.cgi"))
+	g := startGate(b, gateOptions{policy: policy, base: base, args: extra})
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * *benchConc, DisableCompression: true}, Timeout: 5 * time.Minute}
+	b.Cleanup(client.CloseIdleConnections)
+
+	run := func(path, tenant string, n int) (benchStats, time.Duration) {
+		t0 := tenantCPU(b, g, tenant)
+		s := benchLoad(b, client, g.url+path, n, *benchConc, g.cmd.Process.Pid)
+		return s, (tenantCPU(b, g, tenant) - t0) / time.Duration(n)
+	}
+	var fork, cgi benchStats
+	var forkCPU, cgiCPU time.Duration
+	for b.Loop() {
+		cgi, cgiCPU = run("/flask-cgi/", "cgi", *benchCGIRequests)
+		fork, forkCPU = run("/flask/", "fork", *benchForkRequests)
+	}
+	if gun := gunicorn(b, filepath.Join(examples, "wsgi")); gun != "" {
+		gs := benchLoad(b, client, gun+"/", *benchForkRequests, *benchConc, 0)
+		b.ReportMetric(fork.rps/gs.rps, "fork/gunicorn-throughput")
+		b.Logf("gunicorn sync -w 2 --preload: %.1f req/s (p50 %.1f ms, p99 %.1f ms); fork/gunicorn throughput %.3f",
+			gs.rps, float64(gs.p50)/1e6, float64(gs.p99)/1e6, fork.rps/gs.rps)
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	forkPeak, cgiPeak := meanPeak(g, "flask"), meanPeak(g, "flask-cgi")
+	b.ReportMetric(fork.rps, "fork-req/s")
+	b.ReportMetric(cgi.rps, "cgi-req/s")
+	b.ReportMetric(fork.rps/cgi.rps, "fork/cgi-throughput")
+	b.ReportMetric(ms(forkCPU)/ms(cgiCPU), "fork/cgi-tenant-cpu")
+	b.ReportMetric(ms(fork.server)/ms(cgi.server), "fork/cgi-server-cpu")
+	if cgiPeak > 0 {
+		b.ReportMetric(forkPeak/cgiPeak, "fork/cgi-memory-peak")
+	}
+	b.Logf("Flask hello, concurrency %d: fork %.1f req/s (p50 %.1f ms, p99 %.1f ms), cgi %.1f req/s (p50 %.1f ms, p99 %.1f ms): throughput fork/cgi %.1fx; "+
+		"tenant CPU per request fork %.2f ms, cgi %.2f ms (ratio %.3f); cellgate's own CPU per request fork %.2f ms, cgi %.2f ms; "+
+		"mean cell memory.peak fork %.0f KiB, cgi %.0f KiB (0: not measured on this host)",
+		*benchConc, fork.rps, ms(fork.p50), ms(fork.p99), cgi.rps, ms(cgi.p50), ms(cgi.p99), fork.rps/cgi.rps,
+		ms(forkCPU), ms(cgiCPU), ms(forkCPU)/ms(cgiCPU), ms(fork.server), ms(cgi.server), forkPeak/1024, cgiPeak/1024)
+}
+
+// gunicorn serves the Flask hello with 2 sync workers and --preload on a
+// loopback port until the benchmark ends, and returns its URL; "" when
+// Debian's gunicorn is not installed (make python-deps installs it).
+func gunicorn(b *testing.B, appDir string) string {
+	b.Helper()
+	bin := "/usr/bin/gunicorn"
+	if _, err := os.Stat(bin); err != nil {
+		b.Logf("no %s: no gunicorn baseline", bin)
+		return ""
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	cmd := exec.Command(bin, "--preload", "-w", "2", "-k", "sync", "-b", addr, "--chdir", appDir, "--log-level", "warning", "flask_hello:app")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return "http://" + addr
+		}
+	}
+	b.Fatalf("gunicorn did not listen on %s", addr)
+	return ""
+}

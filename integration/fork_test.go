@@ -1,0 +1,395 @@
+package integration
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Issue 11, end to end: fork routes (a warm Python preloader cloning each
+// request into its own cell) behind the built `cellgate serve`.
+
+// forkPolicy has a dependency-free WSGI hello (balloons with ?mb=, sleeps
+// with ?ms=), the Flask hello, and the isolation probe, in one tenant.
+const forkPolicy = `version: 1
+defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 60s}
+tenants:
+  - {name: py, memory: 1536Mi, max_cells: 16, queue: 100, queue_timeout: 120s}
+routes:
+  - {name: wsgi, match: {path: /wsgi}, tenant: py, driver: fork, runtime: python-wsgi, app: "hello:app", app_dir: "%[1]s", memory: 48Mi}
+  - {name: flask, match: {path: /flask}, tenant: py, driver: fork, runtime: python-wsgi, app: "flask_hello:app", app_dir: "%[1]s", memory: 48Mi}
+  - {name: short, match: {path: /short}, tenant: py, driver: fork, runtime: python-wsgi, app: "hello:app", app_dir: "%[1]s", timeout: 2s}
+  - {name: probe, match: {path: /probe}, tenant: py, driver: fork, runtime: python-wsgi, app: "%[3]s:app", app_dir: "%[2]s"}
+  - {name: hello-cgi, match: {path: /hello}, tenant: py, program: "{{.CGI}}/hello"}
+`
+
+// forkDirs returns the example WSGI apps' and the test apps' directories.
+func forkDirs(t *testing.T) (examples, testdata string) {
+	t.Helper()
+	if _, err := os.Stat("/usr/bin/python3"); err != nil {
+		skipOrFail(t, "fork routes need /usr/bin/python3: %v", err)
+	}
+	if err := exec.Command("/usr/bin/python3", "-I", "-c", "import flask").Run(); err != nil {
+		skipOrFail(t, "the Flask example needs Debian's python3-flask (make python-deps): %v", err)
+	}
+	// A preloader runs in a user namespace of its own; the kernel refuses
+	// one to a chrooted process (a guest that chroots instead of
+	// switch_root), and where user namespaces are disabled.
+	userns := exec.Command("/bin/true")
+	userns.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER}
+	if err := userns.Run(); err != nil {
+		skipOrFail(t, "fork routes need user namespaces, refused here: %v (a chrooted test environment must switch_root instead)", err)
+	}
+	examples, err := filepath.Abs(filepath.Join("..", "examples", "wsgi"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	testdata, err = filepath.Abs(filepath.Join("testdata", "wsgi"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return examples, testdata
+}
+
+// preloaderRE matches serve's log line of a preloader that became ready.
+var preloaderRE = regexp.MustCompile(`msg="preloader ready" route=(\S+) pid=(\d+) app=\S+ group=(\S+)`)
+
+// preloaderPid returns the pid and group of the route's newest preloader,
+// from serve's log, checking that the process is in that group now.
+func preloaderPid(t *testing.T, g *gate, route string) (int, string) {
+	t.Helper()
+	pid, group := 0, ""
+	for _, m := range preloaderRE.FindAllStringSubmatch(g.log(), -1) {
+		if m[1] == route {
+			pid, _ = strconv.Atoi(m[2])
+			group = m[3]
+		}
+	}
+	if pid == 0 {
+		t.Fatalf("no preloader of route %s in serve's log", route)
+	}
+	if b, err := os.ReadFile(filepath.Join(group, "cgroup.procs")); err != nil || !slices.Contains(strings.Fields(string(b)), strconv.Itoa(pid)) {
+		t.Fatalf("preloader %d of route %s is not in %s (%q, %v)", pid, route, group, b, err)
+	}
+	return pid, group
+}
+
+// zombies counts the children of pid that have exited but are not reaped.
+func zombies(t *testing.T, pid int) int {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, task := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		for _, c := range strings.Fields(string(b)) {
+			if st, err := os.ReadFile("/proc/" + c + "/stat"); err == nil {
+				if f := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+1:])); len(f) > 0 && f[0] == "Z" {
+					n++
+				}
+			}
+		}
+	}
+	return n
+}
+
+// dirExists reports whether path exists.
+func dirExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func readInt(t *testing.T, path string) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(readTrim(t, path), 10, 64)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return n
+}
+
+func TestFork(t *testing.T) {
+	examples, testdata := forkDirs(t)
+	var preloaders []int
+	t.Cleanup(func() { // runs after the gate stopped (cleanups are LIFO)
+		for _, pid := range preloaders {
+			if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+				t.Errorf("preloader %d still there after serve exited (kill 0: %v)", pid, err)
+			}
+		}
+	})
+	g := startGate(t, gateOptions{policy: fmt.Sprintf(forkPolicy, examples, testdata, "probe")})
+	wsgiPid, wsgiGroup := preloaderPid(t, g, "wsgi")
+	flaskPid, flaskGroup := preloaderPid(t, g, "flask")
+	probePid, _ := preloaderPid(t, g, "probe")
+	preloaders = append(preloaders, wsgiPid, flaskPid, probePid)
+
+	t.Run("hello", func(t *testing.T) {
+		status, _, body := g.get("/wsgi")
+		if status != 200 || !strings.HasPrefix(body, "hello from pid 1 uid ") {
+			t.Errorf("GET /wsgi = %d %q, want 200 from pid 1 of its own namespace", status, body)
+		}
+		status, _, body = g.get("/flask/")
+		if status != 200 || body != "Hello from Flask!\n" {
+			t.Errorf("GET /flask/ = %d %q", status, body)
+		}
+	})
+
+	// The cell is charged for what the request touched, the shared
+	// interpreter and Flask stay charged to the preloader's group.
+	t.Run("memory peak below preloader", func(t *testing.T) {
+		g.get("/flask/")
+		recs := g.waitRecords("flask", 2, time.Minute)
+		peak := recs[len(recs)-1].Cell.MemoryPeak
+		pre := readInt(t, filepath.Join(flaskGroup, "memory.current"))
+		t.Logf("flask hello: cell memory.peak %d bytes, preloader group memory.current %d bytes", peak, pre)
+		if peak == 0 || int64(peak)*4 > pre {
+			t.Errorf("cell memory.peak %d, want non-zero and far below the preloader's %d", peak, pre)
+		}
+	})
+
+	t.Run("oom kills only the balloon", func(t *testing.T) {
+		rssBefore := readInt(t, filepath.Join(wsgiGroup, "memory.current"))
+		var wg sync.WaitGroup
+		statuses := make([]int, 4)
+		for i := range statuses {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				path := "/wsgi?ms=1500"
+				if i == 0 {
+					path = "/wsgi?mb=200"
+				}
+				statuses[i], _, _ = g.get(path)
+			}()
+		}
+		wg.Wait()
+		if statuses[0] != 502 {
+			t.Errorf("balloon: %d, want 502", statuses[0])
+		}
+		for i, s := range statuses[1:] {
+			if s != 200 {
+				t.Errorf("concurrent request %d: %d, want 200", i+1, s)
+			}
+		}
+		var oom int
+		for _, r := range g.recordsFor("wsgi") {
+			if r.Outcome == "oom" && r.Cell != nil && r.Cell.OOMKilled {
+				oom++
+			}
+		}
+		if oom != 1 {
+			t.Errorf("%d oom records with oom_killed, want 1", oom)
+		}
+		if pid, _ := preloaderPid(t, g, "wsgi"); pid != wsgiPid {
+			t.Errorf("preloader %d replaced by %d after the OOM kill", wsgiPid, pid)
+		}
+		rssAfter := readInt(t, filepath.Join(wsgiGroup, "memory.current"))
+		t.Logf("preloader group memory.current %d before, %d after", rssBefore, rssAfter)
+		if rssAfter > 2*rssBefore {
+			t.Errorf("preloader group grew from %d to %d bytes: the balloon was charged to it", rssBefore, rssAfter)
+		}
+	})
+
+	t.Run("deadline", func(t *testing.T) {
+		status, _, _ := g.get("/short?ms=30000")
+		if status != 504 {
+			t.Errorf("GET /short?ms=30000 = %d, want 504", status)
+		}
+		if status, _, _ := g.get("/short"); status != 200 {
+			t.Errorf("GET /short after the deadline = %d, want 200", status)
+		}
+	})
+
+	t.Run("daemon gone with the response", func(t *testing.T) {
+		_, probeGroup := preloaderPid(t, g, "probe")
+		if status, _, body := g.get("/probe?daemon=1"); status != 200 {
+			t.Fatalf("GET /probe?daemon=1 = %d %q", status, body)
+		}
+		cells, _ := filepath.Glob(filepath.Join(filepath.Dir(probeGroup), "c*", "cgroup.procs"))
+		for _, c := range cells {
+			if b, err := os.ReadFile(c); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+				t.Errorf("%s holds %q after the response", c, b)
+			}
+		}
+	})
+
+	t.Run("isolation", func(t *testing.T) {
+		victim := make(chan string, 1)
+		go func() {
+			_, _, body := g.get("/probe?hold=20000", "X-Secret", "s3cr3t")
+			victim <- body
+		}()
+		// The victim is the one process in a cell of the probe's route
+		// group. (Its /proc/PID/environ is the preloader's, from exec: the
+		// request's variables are in its memory, which the probe tries.)
+		_, probeGroup := preloaderPid(t, g, "probe")
+		var victimPid int
+		deadline := time.Now().Add(time.Minute)
+		for victimPid == 0 && time.Now().Before(deadline) {
+			cells, _ := filepath.Glob(filepath.Join(filepath.Dir(probeGroup), "c*", "cgroup.procs"))
+			for _, c := range cells {
+				b, _ := os.ReadFile(c)
+				if f := strings.Fields(string(b)); len(f) > 0 {
+					victimPid, _ = strconv.Atoi(f[0])
+				}
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if victimPid == 0 {
+			t.Fatal("the victim request's process did not show up")
+		}
+		status, _, body := g.get(fmt.Sprintf("/probe?pre=%d&victim=%d&cg=%s", probePid, victimPid, filepath.Dir(probeGroup)))
+		if status != 200 {
+			t.Fatalf("probe: %d %s", status, body)
+		}
+		var got struct {
+			SelfPid int               `json:"self_pid"`
+			KillAll string            `json:"kill_all"`
+			Pre     map[string]string `json:"pre"`
+			Victim  map[string]string `json:"victim"`
+			Move    string            `json:"move"`
+		}
+		if err := json.Unmarshal([]byte(body), &got); err != nil {
+			t.Fatalf("probe answer %q: %v", body, err)
+		}
+		t.Logf("probe: %s", body)
+		if got.SelfPid != 1 || got.KillAll == "allowed" || got.Move == "allowed" || len(got.Pre) != 5 || len(got.Victim) != 5 {
+			t.Errorf("probe: self pid %d, kill(-1) %s, move %s, %d/%d probes", got.SelfPid, got.KillAll, got.Move, len(got.Pre), len(got.Victim))
+		}
+		for target, m := range map[string]map[string]string{"preloader": got.Pre, "victim": got.Victim} {
+			for what, res := range m {
+				if res == "allowed" {
+					t.Errorf("a request could %s the %s", what, target)
+				}
+			}
+		}
+		if body := <-victim; !strings.Contains(body, "s3cr3t") {
+			t.Errorf("victim answered %q, want its secret (it was not disturbed)", body)
+		}
+	})
+
+	t.Run("preloader killed", func(t *testing.T) {
+		// Killed while requests are in flight: their children are
+		// cellgate's (CLONE_PARENT) and finish; a request caught in the
+		// hand-over waits for the restarted preloader or gets 503. None
+		// hangs.
+		var wg sync.WaitGroup
+		statuses := make([]int, 6)
+		for i := range statuses {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				time.Sleep(time.Duration(i) * 100 * time.Millisecond)
+				statuses[i], _, _ = g.get("/wsgi?ms=1000")
+			}()
+		}
+		time.Sleep(250 * time.Millisecond)
+		if err := syscall.Kill(wsgiPid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		for i, s := range statuses {
+			if s != 200 && s != 503 {
+				t.Errorf("request %d in flight when the preloader was killed: %d, want 200 (or 503)", i, s)
+			}
+		}
+		t.Logf("statuses of the requests in flight: %v", statuses)
+		// A child the dying preloader cloned but did not hand over is
+		// cellgate's (CLONE_PARENT): it must be reaped, not left a zombie.
+		deadline := time.Now().Add(30 * time.Second)
+		for zombies(t, g.cmd.Process.Pid) > 0 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if n := zombies(t, g.cmd.Process.Pid); n > 0 {
+			t.Errorf("cellgate serve has %d zombie children after the requests ended", n)
+		}
+		for i := 0; i < 5; i++ {
+			if status, _, body := g.get("/wsgi"); status != 200 {
+				t.Errorf("request %d after the preloader's SIGKILL: %d %q", i, status, body)
+			}
+		}
+		pid, _ := preloaderPid(t, g, "wsgi")
+		preloaders = append(preloaders, pid)
+		if pid == wsgiPid {
+			t.Errorf("preloader %d still serves after SIGKILL", pid)
+		}
+		if n := metric(g.metrics(), "cellgate_preloader_restarts_total", map[string]string{"route": "wsgi"}); n < 1 {
+			t.Errorf("cellgate_preloader_restarts_total{route=wsgi} = %v, want >= 1", n)
+		}
+	})
+
+	t.Run("reload replaces the preloaders", func(t *testing.T) {
+		oldPid, oldGroup := preloaderPid(t, g, "wsgi")
+		g.signal(syscall.SIGHUP)
+		g.waitLog("policy reloaded", 1, 2*time.Minute)
+		if status, _, body := g.get("/wsgi"); status != 200 {
+			t.Errorf("GET /wsgi after the reload = %d %q", status, body)
+		}
+		newPid, newGroup := preloaderPid(t, g, "wsgi")
+		preloaders = append(preloaders, newPid)
+		if newPid == oldPid || newGroup == oldGroup {
+			t.Errorf("after the reload the preloader is still %d in %s", newPid, newGroup)
+		}
+		// The replaced snapshot held no request: its preloader and route
+		// group go at once.
+		deadline := time.Now().Add(time.Minute)
+		for time.Now().Before(deadline) && (!errors.Is(syscall.Kill(oldPid, 0), syscall.ESRCH) || dirExists(filepath.Dir(oldGroup))) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err := syscall.Kill(oldPid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("the replaced preloader %d is still there: %v", oldPid, err)
+		}
+		if dirExists(filepath.Dir(oldGroup)) {
+			t.Errorf("the replaced route group %s is still there", filepath.Dir(oldGroup))
+		}
+	})
+
+	t.Run("reload with a broken app keeps the old one", func(t *testing.T) {
+		writePolicy(t, g.policyPath, fmt.Sprintf(forkPolicy, examples, testdata, "broken"))
+		g.signal(syscall.SIGHUP)
+		g.waitLog("reload: the new policy cannot run here", 1, 2*time.Minute)
+		if !strings.Contains(g.log(), "no_such_module_cellgate_test") {
+			t.Errorf("the reload's log does not show the import error")
+		}
+		if status, _, body := g.get("/probe?hold=1"); status != 200 {
+			t.Errorf("GET /probe after a failed reload = %d %q", status, body)
+		}
+	})
+}
+
+// An app that fails to import makes serve refuse to start, showing the
+// traceback, and leave nothing behind.
+func TestForkServeRefusesBrokenApp(t *testing.T) {
+	_, testdata := forkDirs(t)
+	base := filepath.Join(requireKernel(t), "forkbroken")
+	trackBase(base)
+	dir := t.TempDir()
+	policy := filepath.Join(dir, "policy.yaml")
+	writePolicy(t, policy, fmt.Sprintf("version: 1\nroutes:\n  - {name: b, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"broken:app\", app_dir: %q}\n", testdata))
+	cmd := exec.Command(cellgateBin(t), "serve", "--policy", policy, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--cgroup-base", base)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 {
+		t.Fatalf("serve with a broken app: %v, want exit status 1:\n%s", err, out)
+	}
+	if n := strings.Count(string(out), "ModuleNotFoundError: No module named 'no_such_module_cellgate_test'"); n != 1 {
+		t.Errorf("the traceback is shown %d times, want once:\n%s", n, out)
+	}
+	if _, err := os.Stat(base); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left behind: %v", base, err)
+	}
+}

@@ -1,0 +1,83 @@
+package policy
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestParseForkRoute(t *testing.T) {
+	const src = `version: 1
+tenants: [{name: py, memory: 1Gi}]
+routes:
+  - name: flask
+    match: {path: /flask}
+    tenant: py
+    driver: fork
+    runtime: python-wsgi
+    app: "hello.wsgi:app"
+    app_dir: apps/hello
+    preload_memory: 128Mi
+    recycle_after: 1000
+    env: {LANG: C.UTF-8}
+  - name: minimal
+    match: {path: /m}
+    driver: fork
+    runtime: python-wsgi
+    app: "m:application"
+    app_dir: /srv/m
+    python: /opt/py/bin/python3
+`
+	p, err := Parse("/etc/cellgate/policy.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Fork{Runtime: RuntimePythonWSGI, App: "hello.wsgi:app", Python: DefaultPython, AppDir: "/etc/cellgate/apps/hello",
+		PreloadMemory: 128 << 20, RecycleAfter: 1000}
+	if r := p.Routes[0]; r.Driver != DriverFork || !reflect.DeepEqual(r.Fork, want) || r.Program != "" || !r.User.Auto {
+		t.Errorf("flask route: driver %q fork %+v program %q user %+v, want fork %+v", r.Driver, r.Fork, r.Program, r.User, want)
+	}
+	want = &Fork{Runtime: RuntimePythonWSGI, App: "m:application", Python: "/opt/py/bin/python3", AppDir: "/srv/m", PreloadMemory: DefaultPreloadMemory}
+	if r := p.Routes[1]; !reflect.DeepEqual(r.Fork, want) {
+		t.Errorf("minimal route: fork %+v, want %+v", r.Fork, want)
+	}
+	m, err := p.Match("x", "GET", "/flask/hi")
+	if err != nil || m.Route != p.Routes[0] || m.ScriptName != "/flask" || m.PathInfo != "/hi" {
+		t.Errorf("Match /flask/hi = %+v, %v", m, err)
+	}
+}
+
+func TestParseForkProblems(t *testing.T) {
+	const head = "version: 1\ntenants: [{name: t, memory: 100Mi}]\nroutes:\n" // lines 1-3
+	tests := []struct {
+		name string
+		src  string
+		want []problem
+	}{
+		{"fork key on a cgi route", "  - {name: a, match: {path: /}, program: /a, app: \"m:app\"}\n",
+			[]problem{{4, "routes[a].app", "a key of the fork driver on a cgi route"}}},
+		{"fork with program", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, program: /a}\n",
+			[]problem{{4, "routes[a].program", "runs no program"}}},
+		{"confinement key on a fork route", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, network: host}\n",
+			[]problem{{4, "routes[a].network", "apply to cgi routes"}}},
+		{"fork without runtime, app, app_dir", "  - {name: a, match: {path: /}, driver: fork}\n",
+			[]problem{{4, "routes[a].runtime", "without a runtime"}, {4, "routes[a].app", "without an app"}, {4, "routes[a].app_dir", "without an app_dir"}}},
+		{"unknown runtime", "  - {name: a, match: {path: /}, driver: fork, runtime: ruby-rack, app: \"m:app\", app_dir: /s}\n",
+			[]problem{{4, "routes[a].runtime", "unknown runtime"}}},
+		{"bad app", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m.app\", app_dir: /s}\n",
+			[]problem{{4, "routes[a].app", "not a WSGI application reference"}}},
+		{"fixed user", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, user: 1000}\n",
+			[]problem{{4, "routes[a].user", "the preloader's own range"}}},
+		{"preload over budget", "  - {name: a, match: {path: /}, tenant: t, memory: 64Mi, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, preload_memory: 64Mi}\n",
+			[]problem{{4, "routes[a].preload_memory", "exceed tenant t's budget"}}},
+		{"recycle_after negative", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, recycle_after: -1}\n",
+			[]problem{{4, "routes[a].recycle_after", "out of range"}}},
+		{"relative python without a base", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, python: py3}\n",
+			[]problem{{4, "routes[a].python", "a relative path"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("policy.yaml", []byte(head+tt.src))
+			requireProblems(t, err, tt.want)
+		})
+	}
+}

@@ -1,0 +1,299 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// forkDriver has the route's warm preloader clone the worker straight
+// into the cell (clone3 CLONE_INTO_CGROUP | CLONE_PARENT | CLONE_PIDFD,
+// and CLONE_NEWPID under a user namespace): the request's process starts
+// with the app already imported. The preloader hands back the child's
+// pidfd; cellgate, the child's parent through CLONE_PARENT, checks that it
+// is its child in the cell and from there on treats it as any worker.
+type forkDriver struct{ p *Preloader }
+
+// check: a fork Spec runs no program; the environment is the request's.
+func (forkDriver) check(*Spec) error { return nil }
+
+// identity takes a uid of the preloader's own namespace range (the host
+// uid behind it is Result.UID); without a user namespace the child keeps
+// the preloader's credentials (AsSelf).
+func (d forkDriver) identity(*Spec) (identity, error) {
+	p := d.p
+	if p.nsUIDs == nil {
+		return identity{uid: uint32(os.Getuid()), nsUID: -1}, nil
+	}
+	ns, err := p.nsUIDs.acquire()
+	if err != nil {
+		return identity{}, fmt.Errorf("preloader of route %s: %w", p.cfg.Route, err)
+	}
+	return identity{uid: p.cfg.ChildUIDs[ns-1], nsUID: int64(ns), release: func() { p.nsUIDs.release(ns) }}, nil
+}
+
+// start sends the spawn and takes the child's pidfd from the answer. A
+// preloader found dead on its socket (killed between requests) is waited
+// for once more, if nothing of the request reached the cell.
+func (d forkDriver) start(ctx context.Context, cell Cell, spec *Spec, files [3]*os.File, id identity) (*worker, error) {
+	w, err := d.try(ctx, cell, spec, files, id)
+	if errors.Is(err, ErrNoPreloader) && !errors.Is(err, errNotReady) {
+		if populated, perr := cell.Populated(); perr == nil && !populated {
+			w, err = d.try(ctx, cell, spec, files, id)
+		}
+	}
+	return w, err
+}
+
+// try is one attempt of start.
+func (d forkDriver) try(ctx context.Context, cell Cell, spec *Spec, files [3]*os.File, id identity) (*worker, error) {
+	p := d.p
+	timeout := spec.Timeout
+	if timeout <= 0 {
+		timeout = p.r.timeout
+	}
+	inst, err := p.ready(ctx.Done())
+	if err != nil {
+		return nil, err
+	}
+	fds := []int{int(files[0].Fd()), int(files[1].Fd()), int(files[2].Fd())}
+	if cell.FD() >= 0 {
+		fds = append(fds, cell.FD())
+	}
+
+	inst.mu.Lock()
+	defer inst.mu.Unlock()
+	if inst.broken.Load() {
+		return nil, fmt.Errorf("%w: preloader of route %s was just replaced", ErrNoPreloader, p.cfg.Route)
+	}
+	inst.nextID++
+	msg, err := spawnMessage(inst.nextID, id.nsUID, spec.Env, cell.FD() >= 0, time.Now().Add(timeout))
+	if err != nil {
+		return nil, err
+	}
+	w, err := inst.spawn(msg, fds, cell)
+	var stray *strayChild
+	if errors.As(err, &stray) {
+		// cellgate's own child, but not where it belongs: end it.
+		stray.w.kill()
+		p.r.reaper.wait(stray.w)
+		stray.w.release()
+	}
+	if err != nil {
+		if !isSpawnRefusal(err) {
+			// The socket or the protocol failed: the preloader is not
+			// trusted further. The supervisor restarts it.
+			inst.retire()
+			inst.proc.Kill()
+		}
+		return nil, fmt.Errorf("preloader of route %s (pid %d): %w", p.cfg.Route, inst.pid, err)
+	}
+	p.spawned.Add(1)
+	inst.children++
+	if n := p.cfg.RecycleAfter; n > 0 && inst.children >= n {
+		inst.askRecycle()
+	}
+	return w, nil
+}
+
+// spawnRefusal is a spawn the preloader answered with an error: nothing
+// was started, the preloader carries on.
+type spawnRefusal struct{ msg string }
+
+func (e *spawnRefusal) Error() string { return "spawn refused: " + e.msg }
+func (e *spawnRefusal) Unwrap() error { return ErrSpawn }
+
+func isSpawnRefusal(err error) bool {
+	var r *spawnRefusal
+	return errors.As(err, &r)
+}
+
+// spawn is one round trip on the socket. Called with inst.mu held.
+func (inst *instance) spawn(msg []byte, fds []int, cell Cell) (*worker, error) {
+	inst.conn.SetDeadline(time.Now().Add(spawnTimeout))
+	if _, _, err := inst.conn.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
+		return nil, fmt.Errorf("%w: send spawn: %w", ErrNoPreloader, err)
+	}
+	var buf [16 << 10]byte
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, _, _, err := inst.conn.ReadMsgUnix(buf[:], oob)
+	if err != nil || n == 0 {
+		return nil, fmt.Errorf("%w: read answer: %v", ErrNoPreloader, err)
+	}
+	got, err := receivedFDs(oob[:oobn])
+	if err != nil {
+		return nil, err
+	}
+	m, err := parseMessage(buf[:n], len(got), msgSpawned, msgError)
+	if err == nil && m.ID != inst.nextID {
+		err = fmt.Errorf("%w: answer to spawn %d, want %d", errProtocol, m.ID, inst.nextID)
+	}
+	if err != nil {
+		closeAll(got)
+		return nil, err
+	}
+	if m.Type == msgError {
+		return nil, &spawnRefusal{m.Error}
+	}
+	w := &worker{pid: m.Pid, pidfd: got[0]}
+	if ours, err := verifyChild(w, cell); err != nil {
+		if ours {
+			return nil, &strayChild{w: w, err: err}
+		}
+		// Not cellgate's child: never signalled (the pidfd could name any
+		// process the preloader can see), only closed.
+		w.release()
+		return nil, err
+	}
+	return w, nil
+}
+
+// strayChild is a child of cellgate that a preloader started outside the
+// cell; the caller kills and reaps it.
+type strayChild struct {
+	w   *worker
+	err error
+}
+
+func (e *strayChild) Error() string { return e.err.Error() }
+func (e *strayChild) Unwrap() error { return e.err }
+
+// verifyChild checks what a preloader (which runs the tenant's import-time
+// code) claims: the pidfd is of pid, cellgate is its parent (so that the
+// reaper can wait for it), and it runs in the cell. pid cannot be reused
+// meanwhile: it is cellgate's child and not reaped. ours reports whether
+// the pidfd is of a child of cellgate (which may then be killed).
+func verifyChild(w *worker, cell Cell) (ours bool, err error) {
+	fdinfo, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(w.pidfd))
+	if err != nil {
+		return false, fmt.Errorf("%w: read pidfd's fdinfo: %w", errProtocol, err)
+	}
+	if pid := fdinfoPid(fdinfo); pid != w.pid {
+		return false, fmt.Errorf("%w: pidfd of pid %d, answer says %d", errProtocol, pid, w.pid)
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(w.pid) + "/stat")
+	if err != nil {
+		return false, fmt.Errorf("%w: child %d: %w", errProtocol, w.pid, err)
+	}
+	if ppid := statPPid(stat); ppid != os.Getpid() {
+		return false, fmt.Errorf("%w: child %d has parent %d, not cellgate (%d)", errProtocol, w.pid, ppid, os.Getpid())
+	}
+	if cell.FD() < 0 {
+		return true, nil
+	}
+	cg, err := os.ReadFile("/proc/" + strconv.Itoa(w.pid) + "/cgroup")
+	if err != nil {
+		return true, fmt.Errorf("%w: child %d: %w", errProtocol, w.pid, err)
+	}
+	if path := unifiedPath(cg); len(path) < 2 || !strings.HasSuffix(cell.Path(), path) {
+		return true, fmt.Errorf("%w: child %d runs in cgroup %q, not in cell %s", errProtocol, w.pid, path, cell.Path())
+	}
+	return true, nil
+}
+
+// cellChildren returns, with a pidfd each, cellgate's own children that
+// run in cell: after a failed spawn, a child the preloader cloned but did
+// not hand over. Children are listed per thread in
+// /proc/self/task/TID/children (CLONE_PARENT makes the preloader's parent
+// thread the child's parent); each one's cgroup is read from /proc.
+func cellChildren(cell Cell) []*worker {
+	if cell.FD() < 0 {
+		return nil
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil
+	}
+	var out []*worker
+	for _, t := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
+		if err != nil {
+			continue
+		}
+		for _, f := range strings.Fields(string(b)) {
+			pid, err := strconv.Atoi(f)
+			if err != nil {
+				continue
+			}
+			cg, err := os.ReadFile("/proc/" + f + "/cgroup")
+			if path := unifiedPath(cg); err != nil || len(path) < 2 || !strings.HasSuffix(cell.Path(), path) {
+				continue
+			}
+			if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+				out = append(out, &worker{pid: pid, pidfd: fd})
+			}
+		}
+	}
+	return out
+}
+
+// fdinfoPid is the "Pid:" of a pidfd's fdinfo, or 0.
+func fdinfoPid(b []byte) int {
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if v, ok := bytes.CutPrefix(line, []byte("Pid:")); ok {
+			n, _ := strconv.Atoi(string(bytes.TrimSpace(v)))
+			return n
+		}
+	}
+	return 0
+}
+
+// statPPid is the parent pid in /proc/PID/stat (the field after the
+// state, which follows the last ")"), or 0.
+func statPPid(b []byte) int {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[1])
+	return n
+}
+
+// unifiedPath is the cgroup v2 path in /proc/PID/cgroup ("0::/path"), or
+// "".
+func unifiedPath(b []byte) string {
+	for _, line := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(line, "0::"); ok && strings.HasPrefix(p, "/") {
+			return p
+		}
+	}
+	return ""
+}
+
+// receivedFDs parses the SCM_RIGHTS of a message.
+func receivedFDs(oob []byte) ([]int, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("%w: control message: %w", errProtocol, err)
+	}
+	var fds []int
+	for _, m := range msgs {
+		got, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			closeAll(fds)
+			return nil, fmt.Errorf("%w: control message: %w", errProtocol, err)
+		}
+		fds = append(fds, got...)
+	}
+	return fds, nil
+}
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}

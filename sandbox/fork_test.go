@@ -1,0 +1,247 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// python is the interpreter the fork driver's tests run: Debian's, as in
+// production. Without it they skip (it is not the kernel they need).
+const python = "/usr/bin/python3"
+
+const wsgiApp = `
+import os
+def app(environ, start_response):
+    body = ("hello %s %s" % (environ.get("PATH_INFO", ""), os.environ.get("ROUTE_VAR", ""))).encode()
+    if environ.get("QUERY_STRING") == "crash":
+        os._exit(3)
+    if environ.get("QUERY_STRING") == "echo":
+        body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+`
+
+// startTestPreloader starts a preloader of app (module hello) as the
+// test's own user, over fake cells.
+func startTestPreloader(t *testing.T, r *Runner, app string, recycle int64) (*Preloader, error) {
+	t.Helper()
+	if _, err := os.Stat(python); err != nil {
+		t.Skipf("no %s: %v", python, err)
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hello.py"), []byte(app), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := r.StartPreloader(PreloaderConfig{
+		Route: "test", Python: python, App: "hello:app", AppDir: dir, Env: []string{"ROUTE_VAR=from-route"},
+		RecycleAfter: recycle, StartTimeout: 30 * time.Second, WaitReady: 30 * time.Second, Stderr: os.Stderr,
+	})
+	if err == nil {
+		t.Cleanup(func() { p.Close(5 * time.Second) })
+	}
+	return p, err
+}
+
+// forkRun runs one request through the preloader and returns its stdout.
+func forkRun(t *testing.T, r *Runner, p *Preloader, query, body string) (Result, string) {
+	t.Helper()
+	var out bytes.Buffer
+	env := []string{"REQUEST_METHOD=GET", "PATH_INFO=/x", "QUERY_STRING=" + query, "SERVER_NAME=test", "SERVER_PORT=80",
+		"SERVER_PROTOCOL=HTTP/1.1", "CONTENT_LENGTH=" + itoa(len(body))}
+	res, err := r.Run(context.Background(), Spec{Preloader: p, Env: env, Stdin: strings.NewReader(body), Stdout: &out, Stderr: os.Stderr})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	return res, out.String()
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// A request is served by a clone of the preloader, with CGI semantics, the
+// request's environment (not the preloader's) beside the route's, and
+// cellgate as the child's parent (reaped through its pidfd).
+func TestForkServesRequests(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, wsgiApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		res, out := forkRun(t, r, p, "", "")
+		if res.Cause != CauseOK || !strings.HasPrefix(out, "Status: 200 OK\r\n") || !strings.HasSuffix(out, "\r\n\r\nhello /x ") {
+			t.Fatalf("request %d: cause %s, output %q", i, res.Cause, out)
+		}
+	}
+	res, out := forkRun(t, r, p, "echo", "abcde")
+	if res.Cause != CauseOK || !strings.HasSuffix(out, "\r\n\r\nabcde") {
+		t.Errorf("echo: cause %s, output %q", res.Cause, out)
+	}
+	res, _ = forkRun(t, r, p, "crash", "")
+	if res.Cause != CauseExit || res.ExitCode != 3 {
+		t.Errorf("crash: cause %s exit %d, want exit 3", res.Cause, res.ExitCode)
+	}
+	if st := p.Stats(); st.Spawned != 5 || st.Restarts != 0 || !st.Ready {
+		t.Errorf("stats %+v, want 5 spawned, no restart, ready", st)
+	}
+}
+
+// An app that fails to import gives a PreloadError carrying its traceback.
+func TestForkImportError(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	_, err := startTestPreloader(t, r, "import no_such_module_here\n", 0)
+	var pe *PreloadError
+	if !errors.As(err, &pe) || !strings.Contains(pe.Output, "ModuleNotFoundError: No module named 'no_such_module_here'") {
+		t.Fatalf("err = %v, want a PreloadError with the traceback", err)
+	}
+	_, err = startTestPreloader(t, r, "app = 42\n", 0)
+	if !errors.As(err, &pe) || !strings.Contains(pe.Output, "not a WSGI callable") {
+		t.Fatalf("err = %v, want a PreloadError: not callable", err)
+	}
+}
+
+// A preloader killed with SIGKILL is restarted; requests after it succeed.
+// recycle_after replaces it without counting a restart.
+func TestForkRestartAndRecycle(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, wsgiApp, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := func() int {
+		inst, err := p.ready(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return inst.pid
+	}
+	first := pid()
+	syscall.Kill(first, syscall.SIGKILL)
+	res, out := forkRun(t, r, p, "", "")
+	if res.Cause != CauseOK || !strings.Contains(out, "hello") {
+		t.Fatalf("after SIGKILL: cause %s output %q", res.Cause, out)
+	}
+	second := pid()
+	if second == first {
+		t.Fatalf("the killed preloader %d still serves", first)
+	}
+	forkRun(t, r, p, "", "") // its second child: a replacement is started
+	// The old one serves until the new one is ready; requests never wait.
+	deadline := time.Now().Add(30 * time.Second)
+	for pid() == second && time.Now().Before(deadline) {
+		if res, _ := forkRun(t, r, p, "", ""); res.Cause != CauseOK {
+			t.Fatalf("during the recycle: cause %s", res.Cause)
+		}
+	}
+	if pid() == second {
+		t.Fatalf("preloader %d not replaced after recycle_after 2", second)
+	}
+	if err := syscall.Kill(second, 0); err == nil {
+		time.Sleep(time.Second)
+		if err := syscall.Kill(second, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("the recycled preloader %d is still there: %v", second, err)
+		}
+	}
+	res, _ = forkRun(t, r, p, "", "")
+	if res.Cause != CauseOK {
+		t.Errorf("after the recycle: cause %s", res.Cause)
+	}
+	if st := p.Stats(); st.Restarts != 1 || st.Recycles != 1 {
+		t.Errorf("stats %+v, want 1 restart and 1 recycle", st)
+	}
+}
+
+// Closing the preloader ends its process.
+func TestForkClose(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, wsgiApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, _ := p.ready(nil)
+	p.Close(5 * time.Second)
+	if err := syscall.Kill(inst.pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("preloader %d after Close: kill 0 = %v, want ESRCH", inst.pid, err)
+	}
+	if _, err := r.Run(context.Background(), Spec{Preloader: p}); !errors.Is(err, ErrNoPreloader) {
+		t.Errorf("Run after Close: %v, want ErrNoPreloader", err)
+	}
+}
+
+func TestParseMessage(t *testing.T) {
+	tests := []struct {
+		name string
+		msg  string
+		fds  int
+		want []string
+		err  string
+	}{
+		{"ready", `{"v":1,"type":"ready","pid":7,"runtime":"python-wsgi"}`, 0, []string{msgReady, msgError}, ""},
+		{"spawned", `{"v":1,"type":"spawned","id":3,"pid":9}`, 1, []string{msgSpawned, msgError}, ""},
+		{"error", `{"v":1,"type":"error","id":3,"error":"clone3: EPERM"}`, 0, []string{msgSpawned, msgError}, ""},
+		{"other version", `{"v":2,"type":"ready","pid":7}`, 0, []string{msgReady}, "version 2"},
+		{"no version", `{"type":"ready","pid":7}`, 0, []string{msgReady}, "version 0"},
+		{"unexpected type", `{"v":1,"type":"spawned","id":1,"pid":7}`, 1, []string{msgReady, msgError}, `message "spawned"`},
+		{"spawned without its pidfd", `{"v":1,"type":"spawned","id":3,"pid":9}`, 0, []string{msgSpawned}, "with 0 fds, want 1"},
+		{"error with an fd", `{"v":1,"type":"error","error":"x"}`, 1, []string{msgError}, "with 1 fds, want 0"},
+		{"spawned without a pid", `{"v":1,"type":"spawned","id":3}`, 1, []string{msgSpawned}, "without a pid"},
+		{"not JSON", `ready`, 0, []string{msgReady}, "not a JSON message"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := parseMessage([]byte(tt.msg), tt.fds, tt.want...)
+			if tt.err == "" {
+				if err != nil || m == nil {
+					t.Fatalf("err = %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, errProtocol) || !strings.Contains(err.Error(), tt.err) {
+				t.Fatalf("err = %v, want errProtocol containing %q", err, tt.err)
+			}
+		})
+	}
+}
+
+func TestSpawnMessage(t *testing.T) {
+	b, err := spawnMessage(5, 12, []string{"A=1"}, true, time.UnixMilli(1234))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"v":1,"type":"spawn","id":5,"uid":12,"env":["A=1"],"cgroup":true,"deadline_ms":1234}`
+	if string(b) != want {
+		t.Errorf("spawn = %s\nwant    %s", b, want)
+	}
+	if _, err := spawnMessage(5, -1, []string{"A=" + strings.Repeat("x", maxMessage)}, false, time.Now()); !errors.Is(err, ErrSpec) {
+		t.Errorf("oversized spawn: %v, want ErrSpec", err)
+	}
+}
+
+func TestIDMap(t *testing.T) {
+	got := idMap(100, []uint32{200, 201, 202, 300, 301, 205})
+	want := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 100, Size: 1}, {ContainerID: 1, HostID: 200, Size: 3},
+		{ContainerID: 4, HostID: 300, Size: 2}, {ContainerID: 6, HostID: 205, Size: 1}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("idMap = %+v\nwant %+v", got, want)
+	}
+}
+
+func TestProcParsers(t *testing.T) {
+	if got := fdinfoPid([]byte("pos:\t0\nflags:\t02000002\nPid:\t4242\nNSpid:\t4242\n")); got != 4242 {
+		t.Errorf("fdinfoPid = %d", got)
+	}
+	if got := statPPid([]byte("77 (a) b) c) S 12 77 77 0")); got != 12 {
+		t.Errorf("statPPid = %d", got)
+	}
+	if got := unifiedPath([]byte("12:memory:/x\n0::/cellgate/cells/t/c1\n")); got != "/cellgate/cells/t/c1" {
+		t.Errorf("unifiedPath = %q", got)
+	}
+}

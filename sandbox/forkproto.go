@@ -1,0 +1,106 @@
+package sandbox
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// The preloader protocol, version 1 (DESIGN.md "Preloader protocol"):
+// JSON messages, one per SOCK_SEQPACKET datagram, on the preloader's fd 3.
+// The preloader speaks first (ready or error), then answers each spawn
+// with spawned (and the child's pidfd) or error, one at a time, in order.
+// cellgate closing the socket tells the preloader to exit.
+const (
+	protoVersion = 1
+	// maxMessage bounds a message either way: a spawn carries the
+	// request's CGI variables, which the front bounds (header bytes), and
+	// an error carries an import traceback.
+	maxMessage = 1 << 20
+)
+
+// Message types.
+const (
+	msgReady   = "ready"   // preloader -> cellgate: the app is imported, requests may come
+	msgError   = "error"   // preloader -> cellgate: at start, the app failed (then it exits); after a spawn, nothing was started
+	msgSpawn   = "spawn"   // cellgate -> preloader: start a child for one request (fds: stdin, stdout, stderr[, cell])
+	msgSpawned = "spawned" // preloader -> cellgate: the child runs (fd: its pidfd)
+)
+
+// message is every message of the protocol; each type uses some fields.
+type message struct {
+	V    int    `json:"v"`
+	Type string `json:"type"`
+	// ID matches a spawn with its answer.
+	ID uint64 `json:"id,omitempty"`
+
+	// ready: the preloader's pid and runtime.
+	Runtime string `json:"runtime,omitempty"`
+	// ready: the preloader's pid; spawned: the child's pid (in cellgate's
+	// PID namespace).
+	Pid int `json:"pid,omitempty"`
+
+	// spawn: the child's uid in the preloader's user namespace; -1 keeps
+	// the preloader's own (only for a preloader without a user namespace).
+	UID *int64 `json:"uid,omitempty"`
+	// spawn: the child's whole environment, "KEY=value".
+	Env []string `json:"env,omitempty"`
+	// spawn: whether the fourth fd is the cell's cgroup directory (clone3
+	// CLONE_INTO_CGROUP); false only for a cell without a cgroup (tests).
+	Cgroup bool `json:"cgroup,omitempty"`
+	// spawn: the wall-clock deadline after which cellgate kills the cell,
+	// in Unix milliseconds; informational (the kill does not depend on
+	// it).
+	Deadline int64 `json:"deadline_ms,omitempty"`
+
+	// error: what went wrong (at start: the import's traceback).
+	Error string `json:"error,omitempty"`
+}
+
+// errProtocol: a preloader sent something the protocol does not allow. The
+// preloader is not trusted further: it is stopped and restarted.
+var errProtocol = errors.New("preloader protocol violation")
+
+// spawnMessage builds the spawn of request id.
+func spawnMessage(id uint64, nsUID int64, env []string, cgroup bool, deadline time.Time) ([]byte, error) {
+	m := message{V: protoVersion, Type: msgSpawn, ID: id, UID: &nsUID, Env: env, Cgroup: cgroup, Deadline: deadline.UnixMilli()}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, fmt.Errorf("encode spawn: %w", err)
+	}
+	if len(b) > maxMessage {
+		return nil, fmt.Errorf("spawn of %d bytes exceeds the protocol's %d (a request with huge headers): %w", len(b), maxMessage, ErrSpec)
+	}
+	return b, nil
+}
+
+// parseMessage decodes a preloader's message and checks its version, its
+// type against want (one of them) and the number of fds it came with.
+func parseMessage(b []byte, nfds int, want ...string) (*message, error) {
+	var m message
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%w: %d bytes that are not a JSON message: %w", errProtocol, len(b), err)
+	}
+	if m.V != protoVersion {
+		return nil, fmt.Errorf("%w: version %d, this cellgate speaks %d", errProtocol, m.V, protoVersion)
+	}
+	ok := false
+	for _, w := range want {
+		ok = ok || m.Type == w
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: message %q, want one of %q", errProtocol, m.Type, want)
+	}
+	wantFDs := 0
+	if m.Type == msgSpawned {
+		wantFDs = 1
+	}
+	if nfds != wantFDs {
+		return nil, fmt.Errorf("%w: %q with %d fds, want %d", errProtocol, m.Type, nfds, wantFDs)
+	}
+	if (m.Type == msgSpawned || m.Type == msgReady) && m.Pid <= 0 {
+		return nil, fmt.Errorf("%w: %q without a pid", errProtocol, m.Type)
+	}
+	return &m, nil
+}

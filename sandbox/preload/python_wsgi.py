@@ -1,0 +1,174 @@
+# cellgate's preloader for the python-wsgi runtime (the fork driver).
+#
+# Started by cellgate as `python3 -I -c <this file> APP APP_DIR NEWPID`,
+# with fd 3 a SOCK_SEQPACKET socket to cellgate. It speaks
+# the preloader protocol, version 1 (DESIGN.md "Preloader protocol"): it
+# imports APP ("module:callable") once from APP_DIR, freezes the collector,
+# says ready, and then, single-threaded, answers each spawn by cloning a
+# child straight into the request's cell (clone3 CLONE_INTO_CGROUP, with
+# CLONE_PARENT so that cellgate is the child's parent and reaps it, and
+# CLONE_NEWPID when NEWPID is "1"). The child takes the request's uid,
+# stdio and environment and serves exactly one request with wsgiref's
+# CGIHandler, then exits. Standard library only.
+
+import array
+import ctypes
+import gc
+import importlib
+import json
+import os
+import socket
+import sys
+import threading
+import traceback
+from wsgiref.handlers import CGIHandler
+
+VERSION = 1
+MAX_MESSAGE = 1 << 20
+SOCK_FD = 3
+
+CLONE_PIDFD = 0x1000
+CLONE_PARENT = 0x8000
+CLONE_NEWPID = 0x20000000
+CLONE_INTO_CGROUP = 0x200000000
+SYS_CLONE3 = {"x86_64": 435, "aarch64": 435}.get(os.uname().machine, 435)  # asm-generic number
+PR_SET_DUMPABLE = 4
+
+
+class CloneArgs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack",
+        "stack_size", "tls", "set_tid", "set_tid_size", "cgroup")]
+
+
+# PyDLL keeps the GIL held across the call: nothing else may run while the
+# process is being cloned.
+libc = ctypes.PyDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+api = ctypes.pythonapi
+
+
+def send(sock, msg, fds=()):
+    data = json.dumps(dict(msg, v=VERSION)).encode()
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    sock.sendmsg([data], anc)
+
+
+def receive(sock):
+    """One message and its fds; (None, []) at the end of the stream."""
+    fds = array.array("i")
+    data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, kind, payload in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("a message or its fds were truncated")
+    if not data and not fds:
+        return None, []
+    return json.loads(data), list(fds)
+
+
+def clone_into(cgroup_fd, newpid):
+    """clone3 into the cgroup of cgroup_fd (-1: stay); (pid, pidfd) in the
+    parent, (0, -1) in the child."""
+    pidfd = ctypes.c_int(-1)
+    flags = CLONE_PIDFD | CLONE_PARENT
+    if newpid:
+        flags |= CLONE_NEWPID
+    if cgroup_fd >= 0:
+        flags |= CLONE_INTO_CGROUP
+    args = CloneArgs(flags=flags, pidfd=ctypes.addressof(pidfd), cgroup=max(cgroup_fd, 0))
+    api.PyOS_BeforeFork()
+    pid = libc.syscall(SYS_CLONE3, ctypes.byref(args), ctypes.sizeof(args))
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0, -1
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, "clone3: " + os.strerror(err))
+    return pid, pidfd.value
+
+
+def serve_one(app, req, fds):
+    """The child: become the request's process and serve it. Never returns."""
+    code = 1
+    try:
+        for i in range(3):
+            os.dup2(fds[i], i)
+        os.closerange(3, 1 << 20)  # the socket, the cell's fd, the received fds
+        uid = req["uid"]
+        if uid >= 0:
+            # A uid other than the preloader's 0: no capabilities left, and
+            # the kernel's uid checks fence the child off from the preloader
+            # and from other requests.
+            os.setresuid(uid, uid, uid)
+        os.environ.clear()
+        os.environ.update(kv.split("=", 1) for kv in req["env"])
+        sys.stdin = open(0, "r", closefd=False)
+        sys.stdout = open(1, "w", closefd=False)
+        sys.stderr = open(2, "w", closefd=False)
+        CGIHandler().run(app)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        code = 0
+    except BaseException:
+        try:
+            traceback.print_exc()
+            sys.stderr.flush()
+        except BaseException:
+            pass
+    os._exit(code)
+
+
+def main():
+    _, app_ref, app_dir, newpid = sys.argv
+    sock = socket.socket(fileno=SOCK_FD)
+    # Not dumpable: a child (same user namespace) cannot ptrace the
+    # preloader or read its memory or environment through /proc.
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    try:
+        os.chdir(app_dir)
+        sys.path.insert(0, app_dir)
+        module, _, name = app_ref.partition(":")
+        app = getattr(importlib.import_module(module), name)
+        if not callable(app):
+            raise TypeError("%s is a %s, not a WSGI callable" % (app_ref, type(app).__name__))
+        if threading.active_count() != 1:
+            raise RuntimeError("importing %s started threads; a preloader must stay single-threaded to clone safely" % app_ref)
+    except BaseException:
+        send(sock, {"type": "error", "error": traceback.format_exc()})
+        os._exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.collect()
+    gc.freeze()  # the collector leaves the preloaded objects' pages shared
+    send(sock, {"type": "ready", "pid": os.getpid(), "runtime": "python-wsgi"})
+    while True:
+        req, fds = receive(sock)
+        if req is None:
+            os._exit(0)
+        rid = req.get("id", 0) if isinstance(req, dict) else 0
+        try:
+            if req.get("v") != VERSION or req.get("type") != "spawn":
+                raise ValueError("unsupported message: version %r type %r" % (req.get("v"), req.get("type")))
+            want = 4 if req.get("cgroup") else 3
+            if len(fds) != want:
+                raise ValueError("spawn with %d fds, want %d" % (len(fds), want))
+            pid, pidfd = clone_into(fds[3] if want == 4 else -1, newpid == "1")
+            if pid == 0:
+                serve_one(app, req, fds)
+            try:
+                send(sock, {"type": "spawned", "id": rid, "pid": pid}, [pidfd])
+            finally:
+                os.close(pidfd)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            send(sock, {"type": "error", "id": rid, "error": str(e)})
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+main()

@@ -1,0 +1,473 @@
+package sandbox
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// pythonWSGI is the preloader program of the python-wsgi runtime. It ships
+// inside the cellgate binary and is passed to the interpreter with -c, so
+// it needs no installation and cannot drift from the daemon speaking to it.
+//
+//go:embed preload/python_wsgi.py
+var pythonWSGI string
+
+// Defaults of the PreloaderConfig fields left zero.
+const (
+	DefaultPreloadStart = 60 * time.Second
+	DefaultPreloadWait  = 10 * time.Second
+	// spawnTimeout bounds one spawn's round trip: a preloader that does
+	// not answer in time is taken for broken and restarted.
+	spawnTimeout = 10 * time.Second
+	// Back-off between restarts of a preloader that died or failed to
+	// start: doubling from restartMin up to restartMax, back to restartMin
+	// once an instance is ready.
+	restartMin = 100 * time.Millisecond
+	restartMax = 10 * time.Second
+	// maxIDMapLines is the kernel's limit on lines of a uid_map (4.15).
+	maxIDMapLines = 340
+)
+
+// Group is a cgroup a process is started in: the preloader's own group.
+type Group interface {
+	// FD is an open directory fd of the group (negative: no cgroup, tests).
+	FD() int
+	// Path is the group's directory, for logs.
+	Path() string
+}
+
+// PreloaderConfig describes a route's preloader.
+type PreloaderConfig struct {
+	// Route names the preloader in logs and errors.
+	Route string
+	// Python, App and AppDir: the interpreter, the "module:callable" and
+	// the directory it is imported from (the preloader's working
+	// directory). Env is the preloader's whole environment.
+	Python string
+	App    string
+	AppDir string
+	Env    []string
+	// Group is the preloader's own cgroup, under the route's tenant, with
+	// its preload memory limit written (required unless the Runner is
+	// AsSelf).
+	Group Group
+	// Owner is the host uid the preloader runs as: uid 0 of a user
+	// namespace of its own, holding capabilities only there. ChildUIDs are
+	// the host uids its children run as, one per request in flight,
+	// mapped to uids 1..len(ChildUIDs) of that namespace; GID is the
+	// namespace's gid 0. All are ignored with an AsSelf Runner (no user
+	// namespace: the preloader and its children keep the daemon's
+	// credentials).
+	Owner     uint32
+	ChildUIDs []uint32
+	GID       uint32
+	// RecycleAfter replaces the preloader after this many children (0 =
+	// never).
+	RecycleAfter int64
+	// StartTimeout bounds an import (DefaultPreloadStart); WaitReady how
+	// long a request waits for a preloader being restarted
+	// (DefaultPreloadWait).
+	StartTimeout time.Duration
+	WaitReady    time.Duration
+	// Stderr receives the preloader's and (before a request's own stderr
+	// is in place) its children's output; nil is /dev/null.
+	Stderr *os.File
+}
+
+// PreloaderStats are a preloader's counters.
+type PreloaderStats struct {
+	Route    string
+	Restarts uint64 // instances that died or broke and were replaced
+	Recycles uint64 // instances replaced after RecycleAfter children
+	Spawned  uint64 // children started
+	Ready    bool   // an instance is ready now
+}
+
+// PreloadError is a preloader that could not import its app; Output is
+// what it reported (the traceback), shown once by whoever starts it.
+type PreloadError struct {
+	Route  string
+	Output string
+}
+
+func (e *PreloadError) Error() string {
+	return fmt.Sprintf("preloader of route %s failed to import its app:\n%s", e.Route, e.Output)
+}
+
+// Preloader is a route's warm runtime: one instance (a process) at a time,
+// restarted with back-off when it dies, replaced after RecycleAfter
+// children. It is safe for concurrent use.
+type Preloader struct {
+	r      *Runner
+	cfg    PreloaderConfig
+	log    *slog.Logger
+	nsUIDs *uidPool // uids 1..n of its user namespace; nil without one
+
+	mu       sync.Mutex
+	cur      *instance     // nil while (re)starting
+	starting *os.Process   // the instance being started, until it is ready or gone
+	readyCh  chan struct{} // closed when cur is set
+	closed   bool
+	stop     chan struct{} // closed by Close
+	done     chan struct{} // closed when the supervisor has ended
+
+	restarts, recycles, spawned atomic.Uint64
+}
+
+// instance is one preloader process and its socket.
+type instance struct {
+	proc *os.Process
+	conn *net.UnixConn
+	pid  int
+
+	mu       sync.Mutex // one spawn at a time: the preloader answers in order
+	nextID   uint64
+	children int64
+	broken   atomic.Bool // a spawn failed on the socket, or it was retired
+
+	// recycle asks the supervisor for a replacement (RecycleAfter
+	// reached); buffered, sent once.
+	recycle     chan struct{}
+	recycleOnce sync.Once
+	// exited is closed once the process has been reaped (state set).
+	exited chan struct{}
+	state  *os.ProcessState
+}
+
+// askRecycle asks the supervisor, once, to replace the instance.
+func (inst *instance) askRecycle() {
+	inst.recycleOnce.Do(func() { inst.recycle <- struct{}{} })
+}
+
+// StartPreloader starts the route's preloader through the Runner's spawn
+// path (no_new_privs, the group's fd for CLONE_INTO_CGROUP, the daemon's
+// death signal) and returns once it has imported its app. An app that
+// fails to import gives a *PreloadError with its traceback.
+func (r *Runner) StartPreloader(cfg PreloaderConfig) (*Preloader, error) {
+	if cfg.Python == "" || cfg.App == "" || cfg.AppDir == "" {
+		return nil, fmt.Errorf("%w: preloader of route %s: Python, App and AppDir are required", ErrSpec, cfg.Route)
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = DefaultPreloadStart
+	}
+	if cfg.WaitReady <= 0 {
+		cfg.WaitReady = DefaultPreloadWait
+	}
+	p := &Preloader{r: r, cfg: cfg, log: r.log.With("route", cfg.Route), readyCh: make(chan struct{}),
+		stop: make(chan struct{}), done: make(chan struct{})}
+	if !r.asSelf {
+		if cfg.Group == nil || cfg.Group.FD() < 0 {
+			return nil, fmt.Errorf("%w: preloader of route %s: no cgroup", ErrSpec, cfg.Route)
+		}
+		n := len(cfg.ChildUIDs)
+		if n == 0 || n >= maxIDMapLines {
+			return nil, fmt.Errorf("%w: preloader of route %s: %d child uids, want 1..%d", ErrSpec, cfg.Route, n, maxIDMapLines-1)
+		}
+		p.nsUIDs = newUIDPool(UIDRange{First: 1, Count: uint32(n)})
+	}
+	inst, err := p.startInstance()
+	if err != nil {
+		return nil, err
+	}
+	p.setCurrent(inst)
+	go p.supervise(inst)
+	return p, nil
+}
+
+// Stats returns the preloader's counters.
+func (p *Preloader) Stats() PreloaderStats {
+	p.mu.Lock()
+	ready := p.cur != nil
+	p.mu.Unlock()
+	return PreloaderStats{Route: p.cfg.Route, Restarts: p.restarts.Load(), Recycles: p.recycles.Load(), Spawned: p.spawned.Load(), Ready: ready}
+}
+
+// Close stops the preloader: its socket is closed, so it exits; after
+// timeout it is killed. Runs using it must have returned. Children already
+// started are not its: they end with their cells.
+func (p *Preloader) Close(timeout time.Duration) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		<-p.done
+		return
+	}
+	p.closed = true
+	close(p.stop)
+	inst := p.cur
+	p.mu.Unlock()
+	if inst != nil {
+		inst.retire()
+	}
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.mu.Lock()
+		inst, starting := p.cur, p.starting
+		p.mu.Unlock()
+		if inst != nil {
+			p.log.Warn("preloader did not exit on close: killed", "pid", inst.pid)
+			inst.proc.Kill()
+		}
+		if starting != nil {
+			starting.Kill() // still importing: its start fails, the supervisor sees Close
+		}
+		<-p.done
+	}
+}
+
+// setCurrent makes inst the instance requests go to.
+func (p *Preloader) setCurrent(inst *instance) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cur = inst
+	close(p.readyCh)
+}
+
+// clearCurrent takes inst out of service; requests wait for the next.
+func (p *Preloader) clearCurrent() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cur != nil {
+		p.cur = nil
+		p.readyCh = make(chan struct{})
+	}
+}
+
+// replaceCurrent puts next in service in place of the instance serving
+// now (requests never wait: the old one served until next was ready).
+func (p *Preloader) replaceCurrent(next *instance) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cur = next
+}
+
+// supervise keeps an instance in service until Close: after RecycleAfter
+// children it starts a replacement while the old one serves, and swaps
+// them once the new one is ready; after a death or a failed start it
+// starts the next with back-off, requests waiting meanwhile.
+func (p *Preloader) supervise(inst *instance) {
+	defer close(p.done)
+	backoff := restartMin
+	for {
+		select {
+		case <-p.stop:
+			inst.retire() // Close retired the one it saw; this may be newer
+			<-inst.exited
+			p.clearCurrent()
+			return
+		case <-inst.recycle:
+			next, err := p.startInstance()
+			if err != nil {
+				p.log.Error("preloader recycle: the replacement failed to start; the old one serves on", "pid", inst.pid, "err", err)
+				continue
+			}
+			p.replaceCurrent(next)
+			inst.retire() // it exits at the end of its stream; its waiter reaps it
+			p.recycles.Add(1)
+			p.log.Info("preloader recycled", "old_pid", inst.pid, "new_pid", next.pid, "children", p.cfg.RecycleAfter)
+			inst = next
+			continue
+		case <-inst.exited:
+		}
+		p.clearCurrent()
+		select {
+		case <-p.stop:
+			return
+		default:
+		}
+		p.restarts.Add(1)
+		p.log.Error("preloader exited: restarting", "pid", inst.pid, "status", fmt.Sprint(inst.state), "after", backoff)
+		if !p.sleep(backoff) {
+			return
+		}
+		backoff = min(2*backoff, restartMax)
+		for {
+			next, err := p.startInstance()
+			if err == nil {
+				inst = next
+				p.setCurrent(inst)
+				backoff = restartMin
+				break
+			}
+			p.restarts.Add(1)
+			p.log.Error("preloader restart failed: retrying", "err", err, "after", backoff)
+			if !p.sleep(backoff) {
+				return
+			}
+			backoff = min(2*backoff, restartMax)
+		}
+	}
+}
+
+// sleep waits d unless Close comes first (false).
+func (p *Preloader) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-p.stop:
+		return false
+	}
+}
+
+// ready returns the instance in service, waiting up to WaitReady for one.
+func (p *Preloader) ready(cancel <-chan struct{}) (*instance, error) {
+	timer := time.NewTimer(p.cfg.WaitReady)
+	defer timer.Stop()
+	for {
+		p.mu.Lock()
+		inst, ch, closed := p.cur, p.readyCh, p.closed
+		p.mu.Unlock()
+		if closed {
+			return nil, fmt.Errorf("%w: preloader of route %s is stopped: %w", ErrNoPreloader, p.cfg.Route, errNotReady)
+		}
+		if inst != nil && !inst.broken.Load() {
+			return inst, nil
+		}
+		select {
+		case <-ch:
+		case <-cancel:
+			return nil, fmt.Errorf("%w: preloader of route %s: request ended while waiting for it: %w", ErrNoPreloader, p.cfg.Route, errNotReady)
+		case <-timer.C:
+			return nil, fmt.Errorf("%w: preloader of route %s not ready after %s (restarting; see the log): %w", ErrNoPreloader, p.cfg.Route, p.cfg.WaitReady, errNotReady)
+		}
+	}
+}
+
+// startInstance starts one preloader process and waits for its first
+// message: ready, or the import's error.
+func (p *Preloader) startInstance() (*instance, error) {
+	cfg := p.cfg
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("preloader of route %s: socketpair: %w", cfg.Route, err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "preloader-socket"), os.NewFile(uintptr(fds[1]), "preloader-socket")
+	defer theirs.Close()
+	c, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		return nil, fmt.Errorf("preloader of route %s: socket: %w", cfg.Route, err)
+	}
+	conn := c.(*net.UnixConn)
+	stderr := cfg.Stderr
+	if stderr == nil {
+		stderr = p.r.devNull
+	}
+	newpid := "0"
+	attr := &os.ProcAttr{
+		Dir:   cfg.AppDir,
+		Env:   cfg.Env,
+		Files: []*os.File{p.r.devNull, stderr, stderr, theirs},
+		Sys: &syscall.SysProcAttr{
+			Setpgid:   true,
+			Pdeathsig: syscall.SIGKILL,
+		},
+	}
+	if !p.r.asSelf {
+		newpid = "1"
+		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, cfg.Group.FD()
+		attr.Sys.Cloneflags = syscall.CLONE_NEWUSER
+		attr.Sys.UidMappings = idMap(cfg.Owner, cfg.ChildUIDs)
+		attr.Sys.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(cfg.GID), Size: 1}}
+		// setgroups(0) in the child drops the daemon's supplementary
+		// groups; it needs setgroups allowed in the namespace.
+		attr.Sys.GidMappingsEnableSetgroups = true
+		attr.Sys.Credential = &syscall.Credential{Uid: 0, Gid: 0}
+	}
+	argv := []string{cfg.Python, "-I", "-c", pythonWSGI, cfg.App, cfg.AppDir, newpid}
+	proc, err := startNoNewPrivs(cfg.Python, argv, attr)
+	if err != nil {
+		conn.Close()
+		hint := ""
+		if attr.Sys.Cloneflags&syscall.CLONE_NEWUSER != 0 && errors.Is(err, syscall.EPERM) {
+			hint = " (the kernel refused a user namespace: is cellgate chrooted (use pivot_root or switch_root instead), " +
+				"or are user namespaces disabled (sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone)?)"
+		}
+		return nil, fmt.Errorf("%w: preloader of route %s: %w%s", ErrSpawn, cfg.Route, err, hint)
+	}
+	inst := &instance{proc: proc, conn: conn, pid: proc.Pid}
+	p.mu.Lock()
+	p.starting = proc
+	p.mu.Unlock()
+	defer func() {
+		p.mu.Lock()
+		p.starting = nil
+		p.mu.Unlock()
+	}()
+	fail := func(err error) (*instance, error) {
+		conn.Close()
+		proc.Kill()
+		proc.Wait()
+		return nil, err
+	}
+	conn.SetReadDeadline(time.Now().Add(cfg.StartTimeout))
+	buf := make([]byte, maxMessage)
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, make([]byte, unix.CmsgSpace(4)))
+	if err != nil || n == 0 {
+		conn.Close()
+		state, _ := proc.Wait()
+		return nil, fmt.Errorf("%w: preloader of route %s ended before it was ready (%v, read: %v)", ErrSpawn, cfg.Route, state, err)
+	}
+	m, err := parseMessage(buf[:n], oobn/unix.CmsgSpace(4), msgReady, msgError)
+	if err != nil {
+		return fail(fmt.Errorf("preloader of route %s: %w", cfg.Route, err))
+	}
+	if m.Type == msgError {
+		return fail(&PreloadError{Route: cfg.Route, Output: m.Error})
+	}
+	conn.SetReadDeadline(time.Time{})
+	inst.recycle, inst.exited = make(chan struct{}, 1), make(chan struct{})
+	go func() {
+		inst.state, _ = proc.Wait()
+		conn.Close()
+		close(inst.exited)
+	}()
+	p.log.Info("preloader ready", "pid", proc.Pid, "app", cfg.App, "group", groupPath(cfg.Group))
+	return inst, nil
+}
+
+// retire takes the instance out of service and closes its socket: the
+// preloader reads the end of the stream and exits.
+func (inst *instance) retire() {
+	inst.broken.Store(true)
+	inst.conn.Close()
+}
+
+// errNotReady marks a wait for a ready preloader that gave up (it is not
+// retried).
+var errNotReady = errors.New("gave up waiting")
+
+// idMap maps uid 0 of the namespace to owner and 1..n to children,
+// merging runs of consecutive host uids into one line.
+func idMap(owner uint32, children []uint32) []syscall.SysProcIDMap {
+	m := []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(owner), Size: 1}}
+	for i, u := range children {
+		last := &m[len(m)-1]
+		if len(m) > 1 && last.HostID+last.Size == int(u) && last.ContainerID+last.Size == i+1 {
+			last.Size++
+			continue
+		}
+		m = append(m, syscall.SysProcIDMap{ContainerID: i + 1, HostID: int(u), Size: 1})
+	}
+	return m
+}
+
+func groupPath(g Group) string {
+	if g == nil {
+		return ""
+	}
+	return g.Path()
+}
