@@ -41,6 +41,11 @@ func serveMain(ctx context.Context, args []string, std stdio) int {
 		fmt.Fprintln(std.err, err)
 		return exitUsage
 	}
+	if cfg.Preflight {
+		if status := preflight(cfg.Shared, std.err); status != exitOK {
+			return status
+		}
+	}
 	if err := serve(ctx, cfg, std); err != nil {
 		fmt.Fprintf(std.err, "cellgate serve: %v\n", err)
 		return exitServeFailed
@@ -198,6 +203,9 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	stopNotify := make(chan struct{})
 	defer close(stopNotify)
 	go notify.run(stopNotify, d.status)
+	if cfg.PolicyPoll > 0 {
+		go newPolicyPoller(cfg.Policy, log).run(stopNotify, cfg.PolicyPoll, sigs)
+	}
 
 	var serveErr error
 wait:
