@@ -78,7 +78,7 @@ bench: build vm-prepare
 CGI_EXAMPLES := hello echo memhog spin slow daemon malformed
 RUN_POLICY   ?= examples/policy.yaml
 
-.PHONY: examples run
+.PHONY: examples run image
 
 # The example CGI programs (examples/cgi), static, into bin/cgi/.
 examples:
@@ -102,3 +102,9 @@ run: build examples vmrun
 		$(VMRUN) -prepare && exec $(VMRUN) -timeout 12h -forward 127.0.0.1:8080:8080 -forward 127.0.0.1:9090:9090 \
 			$(BIN)/cellgate serve --policy $(abspath $(RUN_POLICY)) --listen 0.0.0.0:8080 --admin 0.0.0.0:9090 --cgroup-base /sys/fs/cgroup/cellgate; \
 	fi
+
+# The OCI image, built without a container daemon (deploy/image): an OCI
+# layout in bin/image and a docker-archive bin/cellgate-image.tar, holding a
+# static cellgate, the example programs and the example policy.
+image:
+	$(GO) run ./deploy/image -out $(BIN)/image -archive $(BIN)/cellgate-image.tar

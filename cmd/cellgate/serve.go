@@ -303,7 +303,7 @@ func (d *daemon) readiness() error {
 // close tears it all down: every cell killed, every group removed.
 func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runner, func() error, error) {
 	cfg := d.cfg
-	opts := cgroup.Options{Unenforced: cfg.Unenforced, MaxCells: cfg.MaxCells, Logger: d.log}
+	opts := cgroup.Options{Unenforced: cfg.Unenforced, MaxCells: cfg.MaxCells, Logger: d.log, ProbeSpawn: spawnSelf}
 	if cfg.CgroupBase != "" {
 		mount, err := cgroup2Mount()
 		if err != nil {
