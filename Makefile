@@ -8,7 +8,7 @@ VMRUN   := $(BIN)/vmrun
 # The VM's own timeout is longer than go test's, so that a hung test ends
 # with the test binary's own panic and goroutine dump, not a killed VM.
 VMFLAGS ?= -mem 2G -smp 2 -timeout 35m
-TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate
+TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate CELLGATE_IMAGE=$(BIN)/image
 
 .PHONY: build vmrun vet unit vm-prepare vm-check integration test test-native bench chromium
 
@@ -85,8 +85,10 @@ examples:
 	@mkdir -p $(BIN)/cgi
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/cgi/ $(addprefix ./examples/cgi/,$(CGI_EXAMPLES))
 
-# The integration tests and the benchmark run the example programs.
+# The integration tests and the benchmark run the example programs; the
+# integration tests also run the image as a container would.
 integration test-native bench: examples
+integration test-native: image
 
 # cellgate on 127.0.0.1:8080 (admin 127.0.0.1:9090) with the example
 # policy: natively where cellgate doctor passes (delegated cgroup v2 with
