@@ -10,7 +10,7 @@ VMRUN   := $(BIN)/vmrun
 VMFLAGS ?= -mem 2G -smp 2 -timeout 35m
 TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate CELLGATE_IMAGE=$(BIN)/image
 
-.PHONY: build vmrun vet unit vm-prepare vm-check integration test test-native bench chromium
+.PHONY: build vmrun vet unit vm-prepare vm-check integration integration-systemd test test-native bench chromium
 
 # The version is the nearest v* tag (git describe), else a Go-style
 # pseudo-version of HEAD (v0.0.0-UTCTIME-COMMIT); the commit is HEAD.
@@ -62,7 +62,13 @@ chromium:
 integration: build vm-prepare chromium
 	$(TESTENV) $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" ./integration/
 
-test: vet unit vm-check integration
+# deploy/systemd's units under a real systemd: the microVM boots the
+# guest's systemd as pid 1 (vmrun -systemd) and the test installs and drives
+# the units there.
+integration-systemd: build examples vm-prepare
+	$(TESTENV) CELLGATE_REQUIRE_SYSTEMD=1 $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) -systemd $(VMFLAGS)" -run '^TestSystemd' ./integration/
+
+test: vet unit vm-check integration integration-systemd
 
 # The integration tests without the VM, on a host with a delegated cgroup v2
 # (memory, cpu and pids enabled in this process's group), as root.
