@@ -298,3 +298,43 @@ func TestSystemdService(t *testing.T) {
 		}
 	})
 }
+
+// TestSystemdSandboxLeftOut tries each sandboxing option cellgate.service
+// leaves out, one at a time as a drop-in, and checks that the unit's
+// comment is true: with it, cellgate cannot serve a request from a cell.
+func TestSystemdSandboxLeftOut(t *testing.T) {
+	underSystemd(t)
+	installUnits(t)
+	const dropIn = "/etc/systemd/system/cellgate.service.d/try.conf"
+	if err := os.MkdirAll(filepath.Dir(dropIn), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(dropIn)) })
+	mustSystemctl(t, "start", "cellgate.socket", "cellgate-admin.socket")
+	for _, option := range []string{"RestrictNamespaces=yes", "ProtectControlGroups=yes", "PrivateUsers=yes"} {
+		t.Run(option, func(t *testing.T) {
+			if err := os.WriteFile(dropIn, []byte("[Service]\n"+option+"\nRestart=no\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			mustSystemctl(t, "daemon-reload")
+			code, out := systemctl(t, "restart", "cellgate.service")
+			served := false
+			if code == 0 {
+				c, _, err := get("http://127.0.0.1:8080/hello")
+				served = err == nil && c == 200
+			}
+			j, _ := exec.Command("journalctl", "--no-pager", "-n", "3", "-u", "cellgate.service").CombinedOutput()
+			t.Logf("%s: systemctl restart status %d, served: %v\n%s%s", option, code, served, out, j)
+			if served {
+				t.Errorf("with %s cellgate served a request from a cell: the unit's reason for leaving it out is wrong", option)
+			}
+			systemctl(t, "stop", "cellgate.service")
+			systemctl(t, "reset-failed", "cellgate.service", "cellgate.socket", "cellgate-admin.socket")
+		})
+	}
+	// And without any of them, it serves again.
+	os.Remove(dropIn)
+	mustSystemctl(t, "daemon-reload")
+	mustSystemctl(t, "restart", "cellgate.socket", "cellgate-admin.socket")
+	mustGet(t, "http://127.0.0.1:8080/hello", 200)
+}
