@@ -150,6 +150,7 @@ func checkDelegation(cfg doctorConfig, r *report) (mount string, container bool)
 	r.ok("cgroup2", "mounted at %s", mount)
 	checkOwnGroup(cfg, mount, r)
 	checkUIDRange(cfg, r)
+	checkIDsMapped(cfg, r)
 	if b, err := os.ReadFile("/proc/self/cgroup"); err == nil && cfg.CgroupBase == "" && namespacedRoot(b, mount) {
 		checkContainerCgroup(cfg, mount, r)
 		return mount, true

@@ -6,13 +6,16 @@ package main
 // once with the fix instead of serving).
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
+	"github.com/cellgate/cellgate/sandbox"
 	"golang.org/x/sys/unix"
 )
 
@@ -96,4 +99,49 @@ func preflight(s Shared, w io.Writer) int {
 		return exitDoctorFailed
 	}
 	return exitOK
+}
+
+// checkIDsMapped fails when the per-cell uids or their gid are not mapped
+// in the process's user namespace (a pod with hostUsers: false maps 65536
+// ids): every cell would fail to start.
+func checkIDsMapped(cfg doctorConfig, r *report) {
+	rg := sandbox.UIDRange(cfg.UIDs)
+	uidMap, err1 := os.ReadFile("/proc/self/uid_map")
+	gidMap, err2 := os.ReadFile("/proc/self/gid_map")
+	if err1 != nil || err2 != nil {
+		r.warn("user namespace", "", "cannot read /proc/self/uid_map or gid_map: %v", errors.Join(err1, err2))
+		return
+	}
+	const fix = "pick per-cell uids and a gid the user namespace maps (/proc/self/uid_map), such as CELLGATE_UID_RANGE=10000-19999 CELLGATE_GID=10000 in a pod with hostUsers: false"
+	switch {
+	case !idsMapped(uidMap, uint64(rg.First), uint64(rg.Count)):
+		r.fail("user namespace", fix, "the per-cell uids %s are not all mapped in this user namespace (uid_map: %s)", rg, strings.Join(strings.Fields(string(uidMap)), " "))
+	case !idsMapped(gidMap, uint64(cfg.GID), 1):
+		r.fail("user namespace", fix, "the per-cell gid %d is not mapped in this user namespace (gid_map: %s)", cfg.GID, strings.Join(strings.Fields(string(gidMap)), " "))
+	default:
+		r.ok("user namespace", "the per-cell uids %s and gid %d are mapped", rg, cfg.GID)
+	}
+}
+
+// idsMapped reports whether ids first..first+count-1 are all inside the
+// ranges of a uid_map or gid_map ("inside outside count" per line; the
+// kernel keeps the inside ranges disjoint).
+func idsMapped(idMap []byte, first, count uint64) bool {
+	var covered uint64
+	for _, line := range strings.Split(string(idMap), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			continue
+		}
+		in, err1 := strconv.ParseUint(f[0], 10, 32)
+		n, err2 := strconv.ParseUint(f[2], 10, 33)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		lo, hi := max(in, first), min(in+n, first+count)
+		if hi > lo {
+			covered += hi - lo
+		}
+	}
+	return covered == count
 }

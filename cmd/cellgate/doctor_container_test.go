@@ -55,3 +55,32 @@ func TestCheckContainerCgroup(t *testing.T) {
 		})
 	}
 }
+
+// TestIDsMapped: the per-cell ids must lie inside the user namespace's
+// maps: the init namespace maps all, a pod with hostUsers: false 65536.
+func TestIDsMapped(t *testing.T) {
+	const (
+		initNS = "         0          0 4294967295\n"
+		pod    = "         0 1879048192      65536\n"
+		split  = "0 100000 1000\n1000 5000 1\n1001 200000 64535\n"
+	)
+	for _, c := range []struct {
+		name         string
+		idMap        string
+		first, count uint64
+		want         bool
+	}{
+		{"init namespace, default range", initNS, 2_000_000_000, 65536, true},
+		{"pod, default range", pod, 2_000_000_000, 65536, false},
+		{"pod, range inside", pod, 10000, 10000, true},
+		{"pod, range across its end", pod, 60000, 10000, false},
+		{"pod, gid", pod, 10000, 1, true},
+		{"split map, covered by three lines", split, 500, 2000, true},
+		{"split map, past the end", split, 60000, 10000, false},
+		{"empty map", "", 0, 1, false},
+	} {
+		if got := idsMapped([]byte(c.idMap), c.first, c.count); got != c.want {
+			t.Errorf("%s: idsMapped(%d, %d) = %v, want %v", c.name, c.first, c.count, got, c.want)
+		}
+	}
+}
