@@ -45,9 +45,12 @@ func unpackImage(t *testing.T, dir string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Reachable from a user namespace whose root is not the node's root.
 	root := t.TempDir()
-	if err := os.Chmod(root, 0o755); err != nil {
-		t.Fatal(err)
+	for _, d := range []string{root, filepath.Dir(root)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	rc := mutate.Extract(img)
 	defer rc.Close()
@@ -100,14 +103,13 @@ func modeBits(m int64) os.FileMode {
 }
 
 // containerScript plays a container runtime: the process (already in
-// the container's cgroup) gets a private cgroup namespace and mount
-// namespace, proc, /dev and cgroup2 ($MODE: rw or ro) in the image's
-// root, and becomes the image's entrypoint there. Every step execs, so
+// the container's cgroup, its own cgroup and mount namespaces, and maybe a
+// user namespace) gets /proc, /dev and cgroup2 ($MODE: rw or ro) in the
+// image's root, and becomes the image's entrypoint there. Every step execs, so
 // the container's group holds one process, as under a runtime.
 const containerScript = `set -e
 mount --make-rprivate /
-mkdir -p "$R/proc" "$R/dev" "$R/sys/fs/cgroup"
-mount -t proc proc "$R/proc"
+mount --rbind /proc "$R/proc"
 mount --rbind /dev "$R/dev"
 mount -t cgroup2 -o "$MODE" none "$R/sys/fs/cgroup"
 exec chroot "$R" /usr/local/bin/cellgate "$@"
@@ -123,23 +125,60 @@ type container struct {
 	err    error
 }
 
+// podRoot is the node's uid (and gid) that root of a user namespace maps
+// to in the hostUsers: false runs, as a runtime picks one 65536-id block.
+const podRoot = 100000
+
+// containerOpts are how a container is started.
+type containerOpts struct {
+	mode   string   // the cgroupfs mount: rw or ro
+	userNS bool     // a user namespace mapping 0-65535 to podRoot.. (hostUsers: false)
+	env    []string // CELLGATE_* settings
+}
+
 // startContainer starts the image unpacked at root in a new group under
-// parent, with the cgroupfs mounted mode, running cellgate with args.
-func startContainer(t *testing.T, root, parent, mode string, args ...string) *container {
+// parent, as a runtime would, running cellgate with args.
+func startContainer(t *testing.T, root, parent string, o containerOpts, args ...string) *container {
 	t.Helper()
-	c := &container{group: filepath.Join(parent, "ctr-"+mode), lines: make(chan string, 64), exited: make(chan struct{})}
+	name := "ctr-" + o.mode
+	if o.userNS {
+		name += "-userns"
+	}
+	c := &container{group: filepath.Join(parent, name), lines: make(chan string, 64), exited: make(chan struct{})}
 	if err := os.Mkdir(c.group, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { removeTree(t, c.group) })
+	for _, d := range []string{"proc", "dev", "sys/fs/cgroup"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	fd, err := unix.Open(c.group, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	c.cmd = exec.Command("unshare", append([]string{"--cgroup", "--mount", "--", "sh", "-c", containerScript, "entrypoint"}, args...)...)
-	c.cmd.Env = []string{"R=" + root, "MODE=" + mode, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	c.cmd = exec.Command("sh", append([]string{"-c", containerScript, "entrypoint"}, args...)...)
+	c.cmd.Env = append([]string{"R=" + root, "MODE=" + o.mode, "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}, o.env...)
+	// New mount and cgroup namespaces once the process is in the group,
+	// so that the group is the cgroup namespace's root.
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd, Unshareflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWCGROUP}
+	if o.userNS {
+		// As runc does for a user namespace: the container's group, and
+		// the files delegation needs, belong to the container's root.
+		for _, f := range []string{"", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"} {
+			if err := os.Chown(filepath.Join(c.group, f), podRoot, podRoot); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWUSER
+		c.cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: podRoot, Size: 65536}}
+		c.cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: podRoot, Size: 65536}}
+		c.cmd.SysProcAttr.GidMappingsEnableSetgroups = true
+		// Root of the namespace (the test's own uid is not mapped there).
+		c.cmd.SysProcAttr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
+	}
 	stderr, err := c.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +223,7 @@ func TestImageInPrivateCgroupNamespace(t *testing.T) {
 	args := []string{"serve", "--preflight", "--policy", policy, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"}
 
 	t.Run("read-only cgroupfs", func(t *testing.T) {
-		c := startContainer(t, root, parent, "ro", args...)
+		c := startContainer(t, root, parent, containerOpts{mode: "ro"}, args...)
 		select {
 		case <-c.exited:
 		case <-time.After(2 * time.Minute):
@@ -208,45 +247,69 @@ func TestImageInPrivateCgroupNamespace(t *testing.T) {
 	})
 
 	t.Run("writable cgroupfs", func(t *testing.T) {
-		c := startContainer(t, root, parent, "rw", args...)
-		var url string
-		for url == "" {
-			select {
-			case line := <-c.lines:
-				if m := servingRE.FindStringSubmatch(line); m != nil {
-					url = "http://" + m[1]
-				}
-			case <-c.exited:
-				t.Fatalf("the container exited during start-up (%v):\n%s", c.err, c.stderr.String())
-			case <-time.After(2 * time.Minute):
-				t.Fatalf("the container did not serve within 2 minutes:\n%s", c.stderr.String())
-			}
-		}
-		resp, err := (&http.Client{Timeout: time.Minute}).Get(url + "/hello")
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from a cell") {
-			t.Fatalf("GET /hello: %s %q\n%s", resp.Status, body, c.stderr.String())
-		}
-		procs, err := os.ReadFile(filepath.Join(c.group, "supervisor", "cgroup.procs"))
-		if err != nil || strings.TrimSpace(string(procs)) != strconv.Itoa(c.cmd.Process.Pid) {
-			t.Errorf("%s/supervisor holds %q (%v), want cellgate's pid %d alone", c.group, procs, err, c.cmd.Process.Pid)
-		}
-		if _, err := os.Stat(filepath.Join(c.group, "cells", "web")); err != nil {
-			t.Errorf("the tenant group is not under the container's group: %v", err)
-		}
-		if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
+		c := startContainer(t, root, parent, containerOpts{mode: "rw"}, args...)
+		c.serveAndStop(t)
+	})
+
+	// hostUsers: false: root of the container is an unprivileged uid of the
+	// node; the per-cell uids must be inside the namespace's 65536.
+	t.Run("user namespace, default uid range", func(t *testing.T) {
+		c := startContainer(t, root, parent, containerOpts{mode: "rw", userNS: true}, args...)
 		<-c.exited
-		if c.err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", c.err, c.stderr.String())
-		}
-		if _, err := os.Stat(filepath.Join(c.group, "cells")); !os.IsNotExist(err) {
-			t.Errorf("cells/ left in the container's group after SIGTERM: %v", err)
+		var ee *exec.ExitError
+		if !errors.As(c.err, &ee) || ee.ExitCode() != 1 || !strings.Contains(c.stderr.String(), "are not all mapped in this user namespace") {
+			t.Fatalf("exit %v, want status 1 from the preflight saying the uids are not mapped:\n%s", c.err, c.stderr.String())
 		}
 	})
+	t.Run("user namespace, uids inside it", func(t *testing.T) {
+		c := startContainer(t, root, parent, containerOpts{mode: "rw", userNS: true,
+			env: []string{"CELLGATE_UID_RANGE=10000-19999", "CELLGATE_GID=10000"}}, args...)
+		c.serveAndStop(t)
+	})
+}
+
+// serveAndStop waits for the container's cellgate to serve, runs a request
+// in a cell under the container's group, and stops it with SIGTERM, which
+// must remove the cells.
+func (c *container) serveAndStop(t *testing.T) {
+	t.Helper()
+	var url string
+	for url == "" {
+		select {
+		case line := <-c.lines:
+			if m := servingRE.FindStringSubmatch(line); m != nil {
+				url = "http://" + m[1]
+			}
+		case <-c.exited:
+			t.Fatalf("the container exited during start-up (%v):\n%s", c.err, c.stderr.String())
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("the container did not serve within 2 minutes:\n%s", c.stderr.String())
+		}
+	}
+	resp, err := (&http.Client{Timeout: time.Minute}).Get(url + "/hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from a cell") {
+		t.Fatalf("GET /hello: %s %q\n%s", resp.Status, body, c.stderr.String())
+	}
+	procs, err := os.ReadFile(filepath.Join(c.group, "supervisor", "cgroup.procs"))
+	if err != nil || strings.TrimSpace(string(procs)) != strconv.Itoa(c.cmd.Process.Pid) {
+		t.Errorf("%s/supervisor holds %q (%v), want cellgate's pid %d alone", c.group, procs, err, c.cmd.Process.Pid)
+	}
+	if _, err := os.Stat(filepath.Join(c.group, "cells", "web")); err != nil {
+		t.Errorf("the tenant group is not under the container's group: %v", err)
+	}
+	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-c.exited
+	if c.err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", c.err, c.stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(c.group, "cells")); !os.IsNotExist(err) {
+		t.Errorf("cells/ left in the container's group after SIGTERM: %v", err)
+	}
 }
