@@ -16,6 +16,7 @@ import (
 
 	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/policy"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"github.com/prometheus/client_golang/prometheus"
 	appsv1 "k8s.io/api/apps/v1"
@@ -416,4 +417,53 @@ func mustJSON(t *testing.T, y string) []byte {
 		t.Fatal(err)
 	}
 	return j
+}
+
+// TestSeccompProfile: the pod's Localhost profile is the one in
+// deploy/seccomp, decodes strictly as an OCI seccomp profile (the format
+// the kubelet and docker --security-opt seccomp= read), and denies none of
+// the calls cellgate needs to start and end cells (clone3 above all, which
+// the runtimes' default profiles refuse).
+func TestSeccompProfile(t *testing.T) {
+	m := loadManifests(t)
+	sp := m.deployment.Spec.Template.Spec.SecurityContext.SeccompProfile
+	if sp == nil || sp.Type != corev1.SeccompProfileTypeLocalhost || sp.LocalhostProfile == nil {
+		t.Fatalf("pod seccompProfile %+v: want Localhost (RuntimeDefault refuses clone3)", sp)
+	}
+	b, err := os.ReadFile(filepath.Join("seccomp", *sp.LocalhostProfile))
+	if err != nil {
+		t.Fatalf("the pod's profile %s: %v", *sp.LocalhostProfile, err)
+	}
+	var prof specs.LinuxSeccomp
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&prof); err != nil {
+		t.Fatalf("seccomp/%s: %v", *sp.LocalhostProfile, err)
+	}
+	if prof.DefaultAction != specs.ActAllow {
+		t.Errorf("defaultAction %s: the profile is a deny list over SCMP_ACT_ALLOW", prof.DefaultAction)
+	}
+	needed := []string{"clone", "clone3", "execve", "wait4", "waitid", "kill", "pidfd_open", "pidfd_send_signal",
+		"setuid", "setgid", "setgroups", "setresuid", "setresgid", "prctl", "mkdirat", "unlinkat", "openat",
+		"epoll_pwait", "sendfile", "prlimit64"}
+	for _, r := range prof.Syscalls {
+		if r.Action == specs.ActAllow {
+			continue
+		}
+		for _, n := range r.Names {
+			if slices.Contains(needed, n) {
+				t.Errorf("the profile denies %s, which cellgate needs", n)
+			}
+		}
+		if r.ErrnoRet == nil || *r.ErrnoRet == 0 {
+			t.Errorf("rule %v: want an errnoRet (EPERM), not a kill", r.Names)
+		}
+	}
+	for _, n := range []string{"mount", "unshare", "setns", "ptrace", "bpf", "init_module", "kexec_load"} {
+		if !slices.ContainsFunc(prof.Syscalls, func(r specs.LinuxSyscall) bool {
+			return r.Action == specs.ActErrno && slices.Contains(r.Names, n)
+		}) {
+			t.Errorf("the profile does not deny %s", n)
+		}
+	}
 }
