@@ -92,9 +92,14 @@ examples:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/cgi/ $(addprefix ./examples/cgi/,$(CGI_EXAMPLES))
 
 # The integration tests and the benchmark run the example programs; the
-# integration tests also run the image as a container would.
+# integration tests also run the image as a container would, and with crun
+# (an OCI runtime, installed from Debian when missing).
 integration test-native bench: examples
-integration test-native: image
+integration test-native: image oci-runtime
+
+.PHONY: oci-runtime
+oci-runtime:
+	@command -v crun >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q --no-install-recommends crun; }
 
 # cellgate on 127.0.0.1:8080 (admin 127.0.0.1:9090) with the example
 # policy: natively where cellgate doctor passes (delegated cgroup v2 with

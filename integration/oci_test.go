@@ -1,0 +1,193 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// ociRuntime returns crun, the OCI runtime the test runs the image with.
+func ociRuntime(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("crun")
+	if err != nil {
+		skipOrFail(t, "crun not installed (apt-get install --no-install-recommends crun): %v", err)
+	}
+	return p
+}
+
+// ociBundle writes an OCI bundle around the image's file system: cellgate
+// serve --preflight as the image runs it, with the capabilities the
+// Deployment grants, a private cgroup namespace with cgroupfs mounted
+// writable, the host's network (loopback), and seccomp from profile.
+func ociBundle(t *testing.T, rootfs, cgroupsPath string, seccomp *specs.LinuxSeccomp) string {
+	t.Helper()
+	caps := []string{"CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
+	const policy = "/usr/local/share/cellgate/examples/policy.yaml"
+	spec := specs.Spec{
+		Version: "1.0.2", // what crun 1.8 (Debian 12) accepts
+		Process: &specs.Process{
+			User: specs.User{UID: 0, GID: 0},
+			Args: []string{"/usr/local/bin/cellgate", "serve", "--preflight", "--policy", policy,
+				"--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"},
+			Env:             []string{"PATH=/usr/local/bin:/usr/bin:/bin"},
+			Cwd:             "/",
+			Capabilities:    &specs.LinuxCapabilities{Bounding: caps, Effective: caps, Permitted: caps},
+			NoNewPrivileges: true,
+		},
+		Root:     &specs.Root{Path: rootfs, Readonly: true},
+		Hostname: "cellgate",
+		Mounts: []specs.Mount{
+			{Destination: "/proc", Type: "proc", Source: "proc"},
+			{Destination: "/dev", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "strictatime", "mode=755", "size=65536k"}},
+			{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "noexec", "nodev", "ro"}},
+			{Destination: "/sys/fs/cgroup", Type: "cgroup", Source: "cgroup", Options: []string{"nosuid", "noexec", "nodev", "relatime", "rw"}},
+			{Destination: "/tmp", Type: "tmpfs", Source: "tmpfs", Options: []string{"nosuid", "nodev", "mode=1777"}},
+		},
+		Linux: &specs.Linux{
+			CgroupsPath: cgroupsPath,
+			Namespaces: []specs.LinuxNamespace{
+				{Type: specs.PIDNamespace}, {Type: specs.MountNamespace}, {Type: specs.CgroupNamespace},
+				{Type: specs.IPCNamespace}, {Type: specs.UTSNamespace},
+			},
+			Seccomp: seccomp,
+		},
+	}
+	dir := t.TempDir()
+	b, err := json.MarshalIndent(spec, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// loadSeccomp reads deploy/seccomp/cellgate.json.
+func loadSeccomp(t *testing.T) *specs.LinuxSeccomp {
+	t.Helper()
+	b, err := os.ReadFile("../deploy/seccomp/cellgate.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s specs.LinuxSeccomp
+	if err := json.Unmarshal(b, &s); err != nil {
+		t.Fatal(err)
+	}
+	return &s
+}
+
+// runOCI runs the bundle with crun in the foreground and returns its
+// stderr lines as they come and a channel closed when it exits.
+func runOCI(t *testing.T, crun, bundle, id string) (lines chan string, log *strings.Builder, exited chan error) {
+	t.Helper()
+	state := filepath.Join(os.TempDir(), "crun-state")
+	cmd := exec.Command(crun, "--root", state, "run", "--bundle", bundle, id)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines, log, exited = make(chan string, 64), &strings.Builder{}, make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			log.WriteString(sc.Text() + "\n")
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+		exited <- cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		exec.Command(crun, "--root", state, "kill", id, "KILL").Run()
+		select {
+		case <-exited:
+		case <-time.After(time.Minute):
+		}
+		exec.Command(crun, "--root", state, "delete", "--force", id).Run()
+	})
+	return lines, log, exited
+}
+
+// TestImageUnderOCIRuntime runs the image with a real OCI runtime (crun)
+// as the Deployment asks for it: a private cgroup namespace with a
+// writable cgroupfs, SETUID, SETGID and KILL only, no_new_privs, and
+// deploy/seccomp/cellgate.json. It serves from cells under the container's
+// group. With a profile that refuses clone3 as the runtimes' defaults do,
+// it refuses to start, which is why the profile exists.
+func TestImageUnderOCIRuntime(t *testing.T) {
+	parent := requireKernel(t)
+	crun := ociRuntime(t)
+	rootfs := unpackImage(t, imageLayout(t))
+	mnt, err := cgroup2Mount()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("cellgate profile", func(t *testing.T) {
+		group := filepath.Join(parent, "oci")
+		t.Cleanup(func() { removeTree(t, group) })
+		bundle := ociBundle(t, rootfs, strings.TrimPrefix(group, mnt), loadSeccomp(t))
+		lines, log, exited := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-%d", os.Getpid()))
+		var url string
+		for url == "" {
+			select {
+			case line := <-lines:
+				if m := servingRE.FindStringSubmatch(line); m != nil {
+					url = "http://" + m[1]
+				}
+			case err := <-exited:
+				t.Fatalf("the container exited during start-up (%v):\n%s", err, log.String())
+			case <-time.After(2 * time.Minute):
+				t.Fatalf("the container did not serve within 2 minutes:\n%s", log.String())
+			}
+		}
+		resp, err := (&http.Client{Timeout: time.Minute}).Get(url + "/hello")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from a cell") {
+			t.Fatalf("GET /hello: %s %q\n%s", resp.Status, body, log.String())
+		}
+		if _, err := os.Stat(filepath.Join(group, "cells", "web")); err != nil {
+			t.Errorf("the tenant group is not under the container's group %s: %v", group, err)
+		}
+	})
+
+	t.Run("clone3 refused as by the runtimes' default profiles", func(t *testing.T) {
+		group := filepath.Join(parent, "oci-default")
+		t.Cleanup(func() { removeTree(t, group) })
+		enosys := uint(38)
+		prof := &specs.LinuxSeccomp{DefaultAction: specs.ActAllow, Architectures: []specs.Arch{specs.ArchX86_64},
+			Syscalls: []specs.LinuxSyscall{{Names: []string{"clone3"}, Action: specs.ActErrno, ErrnoRet: &enosys}}}
+		bundle := ociBundle(t, rootfs, strings.TrimPrefix(group, mnt), prof)
+		_, log, exited := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-default-%d", os.Getpid()))
+		select {
+		case <-exited:
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("cellgate did not refuse to start without clone3:\n%s", log.String())
+		}
+		if !strings.Contains(log.String(), "function not implemented") {
+			t.Errorf("cellgate's refusal does not name the failed clone3:\n%s", log.String())
+		}
+	})
+}
