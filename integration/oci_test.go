@@ -30,7 +30,7 @@ func ociRuntime(t *testing.T) string {
 // serve --preflight as the image runs it, with the capabilities the
 // Deployment grants, a private cgroup namespace with cgroupfs mounted
 // writable, the host's network (loopback), and seccomp from profile.
-func ociBundle(t *testing.T, rootfs, cgroupsPath string, seccomp *specs.LinuxSeccomp) string {
+func ociBundle(t *testing.T, rootfs, cgroupsPath string, seccomp *specs.LinuxSeccomp, userNS bool) string {
 	t.Helper()
 	caps := []string{"CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
 	const policy = "/usr/local/share/cellgate/examples/policy.yaml"
@@ -63,7 +63,18 @@ func ociBundle(t *testing.T, rootfs, cgroupsPath string, seccomp *specs.LinuxSec
 			Seccomp: seccomp,
 		},
 	}
+	if userNS {
+		// hostUsers: false: 65536 ids from podRoot, and per-cell uids
+		// inside them.
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace})
+		spec.Linux.UIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: podRoot, Size: 65536}}
+		spec.Linux.GIDMappings = []specs.LinuxIDMapping{{ContainerID: 0, HostID: podRoot, Size: 65536}}
+		spec.Process.Env = append(spec.Process.Env, "CELLGATE_UID_RANGE=10000-19999", "CELLGATE_GID=10000")
+	}
 	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	b, err := json.MarshalIndent(spec, "", "  ")
 	if err != nil {
 		t.Fatal(err)
@@ -141,45 +152,19 @@ func TestImageUnderOCIRuntime(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	t.Run("cellgate profile", func(t *testing.T) {
-		group := filepath.Join(parent, "oci")
-		t.Cleanup(func() { removeTree(t, group) })
-		bundle := ociBundle(t, rootfs, strings.TrimPrefix(group, mnt), loadSeccomp(t))
-		lines, log, exited := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-%d", os.Getpid()))
-		var url string
-		for url == "" {
-			select {
-			case line := <-lines:
-				if m := servingRE.FindStringSubmatch(line); m != nil {
-					url = "http://" + m[1]
-				}
-			case err := <-exited:
-				t.Fatalf("the container exited during start-up (%v):\n%s", err, log.String())
-			case <-time.After(2 * time.Minute):
-				t.Fatalf("the container did not serve within 2 minutes:\n%s", log.String())
-			}
-		}
-		resp, err := (&http.Client{Timeout: time.Minute}).Get(url + "/hello")
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from a cell") {
-			t.Fatalf("GET /hello: %s %q\n%s", resp.Status, body, log.String())
-		}
-		if _, err := os.Stat(filepath.Join(group, "cells", "web")); err != nil {
-			t.Errorf("the tenant group is not under the container's group %s: %v", group, err)
-		}
-	})
-
+	for _, c := range []struct {
+		name   string
+		userNS bool
+	}{{"cellgate profile", false}, {"cellgate profile, user namespace", true}} {
+		t.Run(c.name, func(t *testing.T) { serveUnderOCI(t, crun, rootfs, parent, mnt, c.userNS) })
+	}
 	t.Run("clone3 refused as by the runtimes' default profiles", func(t *testing.T) {
 		group := filepath.Join(parent, "oci-default")
 		t.Cleanup(func() { removeTree(t, group) })
 		enosys := uint(38)
 		prof := &specs.LinuxSeccomp{DefaultAction: specs.ActAllow, Architectures: []specs.Arch{specs.ArchX86_64},
 			Syscalls: []specs.LinuxSyscall{{Names: []string{"clone3"}, Action: specs.ActErrno, ErrnoRet: &enosys}}}
-		bundle := ociBundle(t, rootfs, strings.TrimPrefix(group, mnt), prof)
+		bundle := ociBundle(t, rootfs, strings.TrimPrefix(group, mnt), prof, false)
 		_, log, exited := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-default-%d", os.Getpid()))
 		select {
 		case <-exited:
@@ -190,4 +175,43 @@ func TestImageUnderOCIRuntime(t *testing.T) {
 			t.Errorf("cellgate's refusal does not name the failed clone3:\n%s", log.String())
 		}
 	})
+}
+
+// serveUnderOCI runs the image under crun with deploy/seccomp/cellgate.json
+// (in a user namespace of 65536 ids when userNS) and checks it serves from
+// cells under the container's group.
+func serveUnderOCI(t *testing.T, crun, rootfs, parent, mnt string, userNS bool) {
+	t.Helper()
+	group := filepath.Join(parent, "oci")
+	if userNS {
+		group += "-userns"
+	}
+	t.Cleanup(func() { removeTree(t, group) })
+	bundle := ociBundle(t, rootfs, strings.TrimPrefix(group, mnt), loadSeccomp(t), userNS)
+	lines, log, exited := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-%d-%s", os.Getpid(), filepath.Base(group)))
+	var url string
+	for url == "" {
+		select {
+		case line := <-lines:
+			if m := servingRE.FindStringSubmatch(line); m != nil {
+				url = "http://" + m[1]
+			}
+		case err := <-exited:
+			t.Fatalf("the container exited during start-up (%v):\n%s", err, log.String())
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("the container did not serve within 2 minutes:\n%s", log.String())
+		}
+	}
+	resp, err := (&http.Client{Timeout: time.Minute}).Get(url + "/hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from a cell") {
+		t.Fatalf("GET /hello: %s %q\n%s", resp.Status, body, log.String())
+	}
+	if _, err := os.Stat(filepath.Join(group, "cells", "web")); err != nil {
+		t.Errorf("the tenant group is not under the container's group %s: %v", group, err)
+	}
 }
