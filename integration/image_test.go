@@ -144,7 +144,7 @@ func startContainer(t *testing.T, root, parent string, o containerOpts, args ...
 	if o.userNS {
 		name += "-userns"
 	}
-	c := &container{group: filepath.Join(parent, name), lines: make(chan string, 64), exited: make(chan struct{})}
+	c := &container{group: filepath.Join(parent, name)}
 	if err := os.Mkdir(c.group, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -179,26 +179,7 @@ func startContainer(t *testing.T, root, parent string, o containerOpts, args ...
 		// Root of the namespace (the test's own uid is not mapped there).
 		c.cmd.SysProcAttr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
 	}
-	stderr, err := c.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.cmd.Stdout = io.Discard
-	if err := c.cmd.Start(); err != nil {
-		t.Fatalf("start the container: %v", err)
-	}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			c.stderr.WriteString(sc.Text() + "\n")
-			select {
-			case c.lines <- sc.Text():
-			default:
-			}
-		}
-		c.err = c.cmd.Wait()
-		close(c.exited)
-	}()
+	c.start(t)
 	t.Cleanup(func() {
 		select {
 		case <-c.exited:
@@ -268,10 +249,37 @@ func TestImageInPrivateCgroupNamespace(t *testing.T) {
 	})
 }
 
-// serveAndStop waits for the container's cellgate to serve, runs a request
-// in a cell under the container's group, and stops it with SIGTERM, which
-// must remove the cells.
-func (c *container) serveAndStop(t *testing.T) {
+// start starts c.cmd with its stderr read into c.stderr and c.lines;
+// c.exited is closed with c.err set when it has exited.
+func (c *container) start(t *testing.T) {
+	t.Helper()
+	c.lines, c.exited = make(chan string, 64), make(chan struct{})
+	stderr, err := c.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.cmd.Stdout = io.Discard
+	if err := c.cmd.Start(); err != nil {
+		t.Fatalf("start the container: %v", err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			c.stderr.WriteString(sc.Text() + "\n")
+			select {
+			case c.lines <- sc.Text():
+			default:
+			}
+		}
+		c.err = c.cmd.Wait()
+		close(c.exited)
+	}()
+}
+
+// helloFromCell waits until the container's cellgate serves, and checks
+// that GET /hello is answered from a cell whose tenant group is under the
+// container's group.
+func (c *container) helloFromCell(t *testing.T) {
 	t.Helper()
 	var url string
 	for url == "" {
@@ -295,12 +303,20 @@ func (c *container) serveAndStop(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from a cell") {
 		t.Fatalf("GET /hello: %s %q\n%s", resp.Status, body, c.stderr.String())
 	}
+	if _, err := os.Stat(filepath.Join(c.group, "cells", "web")); err != nil {
+		t.Errorf("the tenant group is not under the container's group %s: %v", c.group, err)
+	}
+}
+
+// serveAndStop waits for the container's cellgate to serve, runs a request
+// in a cell under the container's group, and stops it with SIGTERM, which
+// must remove the cells.
+func (c *container) serveAndStop(t *testing.T) {
+	t.Helper()
+	c.helloFromCell(t)
 	procs, err := os.ReadFile(filepath.Join(c.group, "supervisor", "cgroup.procs"))
 	if err != nil || strings.TrimSpace(string(procs)) != strconv.Itoa(c.cmd.Process.Pid) {
 		t.Errorf("%s/supervisor holds %q (%v), want cellgate's pid %d alone", c.group, procs, err, c.cmd.Process.Pid)
-	}
-	if _, err := os.Stat(filepath.Join(c.group, "cells", "web")); err != nil {
-		t.Errorf("the tenant group is not under the container's group: %v", err)
 	}
 	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

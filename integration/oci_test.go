@@ -1,11 +1,8 @@
 package integration
 
 import (
-	"bufio"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,42 +96,22 @@ func loadSeccomp(t *testing.T) *specs.LinuxSeccomp {
 	return &s
 }
 
-// runOCI runs the bundle with crun in the foreground and returns its
-// stderr lines as they come and a channel closed when it exits.
-func runOCI(t *testing.T, crun, bundle, id string) (lines chan string, log *strings.Builder, exited chan error) {
+// runOCI runs the bundle with crun in the foreground, as a container
+// whose group is group; its cleanup kills and deletes it.
+func runOCI(t *testing.T, crun, bundle, id, group string) *container {
 	t.Helper()
 	state := filepath.Join(os.TempDir(), "crun-state")
-	cmd := exec.Command(crun, "--root", state, "run", "--bundle", bundle, id)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout = io.Discard
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	lines, log, exited = make(chan string, 64), &strings.Builder{}, make(chan error, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			log.WriteString(sc.Text() + "\n")
-			select {
-			case lines <- sc.Text():
-			default:
-			}
-		}
-		exited <- cmd.Wait()
-		close(exited)
-	}()
+	c := &container{group: group, cmd: exec.Command(crun, "--root", state, "run", "--bundle", bundle, id)}
+	c.start(t)
 	t.Cleanup(func() {
 		exec.Command(crun, "--root", state, "kill", id, "KILL").Run()
 		select {
-		case <-exited:
+		case <-c.exited:
 		case <-time.After(time.Minute):
 		}
 		exec.Command(crun, "--root", state, "delete", "--force", id).Run()
 	})
-	return lines, log, exited
+	return c
 }
 
 // TestImageUnderOCIRuntime runs the image with a real OCI runtime (crun)
@@ -165,14 +142,14 @@ func TestImageUnderOCIRuntime(t *testing.T) {
 		prof := &specs.LinuxSeccomp{DefaultAction: specs.ActAllow, Architectures: []specs.Arch{specs.ArchX86_64},
 			Syscalls: []specs.LinuxSyscall{{Names: []string{"clone3"}, Action: specs.ActErrno, ErrnoRet: &enosys}}}
 		bundle := ociBundle(t, rootfs, strings.TrimPrefix(group, mnt), prof, false)
-		_, log, exited := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-default-%d", os.Getpid()))
+		c := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-default-%d", os.Getpid()), group)
 		select {
-		case <-exited:
+		case <-c.exited:
 		case <-time.After(2 * time.Minute):
-			t.Fatalf("cellgate did not refuse to start without clone3:\n%s", log.String())
+			t.Fatalf("cellgate did not refuse to start without clone3:\n%s", c.stderr.String())
 		}
-		if !strings.Contains(log.String(), "function not implemented") {
-			t.Errorf("cellgate's refusal does not name the failed clone3:\n%s", log.String())
+		if !strings.Contains(c.stderr.String(), "function not implemented") {
+			t.Errorf("cellgate's refusal does not name the failed clone3:\n%s", c.stderr.String())
 		}
 	})
 }
@@ -188,30 +165,5 @@ func serveUnderOCI(t *testing.T, crun, rootfs, parent, mnt string, userNS bool) 
 	}
 	t.Cleanup(func() { removeTree(t, group) })
 	bundle := ociBundle(t, rootfs, strings.TrimPrefix(group, mnt), loadSeccomp(t), userNS)
-	lines, log, exited := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-%d-%s", os.Getpid(), filepath.Base(group)))
-	var url string
-	for url == "" {
-		select {
-		case line := <-lines:
-			if m := servingRE.FindStringSubmatch(line); m != nil {
-				url = "http://" + m[1]
-			}
-		case err := <-exited:
-			t.Fatalf("the container exited during start-up (%v):\n%s", err, log.String())
-		case <-time.After(2 * time.Minute):
-			t.Fatalf("the container did not serve within 2 minutes:\n%s", log.String())
-		}
-	}
-	resp, err := (&http.Client{Timeout: time.Minute}).Get(url + "/hello")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from a cell") {
-		t.Fatalf("GET /hello: %s %q\n%s", resp.Status, body, log.String())
-	}
-	if _, err := os.Stat(filepath.Join(group, "cells", "web")); err != nil {
-		t.Errorf("the tenant group is not under the container's group %s: %v", group, err)
-	}
+	runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-%d-%s", os.Getpid(), filepath.Base(group)), group).helloFromCell(t)
 }
