@@ -178,8 +178,8 @@ func TestDeploymentPod(t *testing.T) {
 			t.Errorf("capabilities drop %v, want ALL", sc.Capabilities.Drop)
 		}
 		for _, add := range sc.Capabilities.Add {
-			if !slices.Contains([]corev1.Capability{"SETUID", "SETGID", "KILL"}, add) {
-				t.Errorf("capability %s added: cellgate needs SETUID, SETGID and KILL only", add)
+			if !slices.Contains([]corev1.Capability{"SETUID", "SETGID", "KILL", "SYS_ADMIN", "NET_ADMIN"}, add) {
+				t.Errorf("capability %s added: cellgate needs SETUID, SETGID, KILL, SYS_ADMIN and NET_ADMIN only", add)
 			}
 		}
 	}
@@ -203,7 +203,7 @@ func TestDeploymentPod(t *testing.T) {
 
 	// Probes: on the admin port, at paths the admin handler answers 200
 	// when ready.
-	handler := accounting.AdminHandler(prometheus.NewRegistry(), func() error { return nil })
+	handler := accounting.AdminHandler(prometheus.NewRegistry(), func() error { return nil }, func() accounting.Status { return accounting.Status{} })
 	for _, p := range []struct {
 		name  string
 		probe *corev1.Probe
@@ -422,8 +422,8 @@ func mustJSON(t *testing.T, y string) []byte {
 // TestSeccompProfile: the pod's Localhost profile is the one in
 // deploy/seccomp, decodes strictly as an OCI seccomp profile (the format
 // the kubelet and docker --security-opt seccomp= read), and denies none of
-// the calls cellgate needs to start and end cells (clone3 above all, which
-// the runtimes' default profiles refuse).
+// the calls cellgate and cellgate-init need to start, confine and end cells
+// (clone3 above all, which the runtimes' default profiles refuse).
 func TestSeccompProfile(t *testing.T) {
 	m := loadManifests(t)
 	sp := m.deployment.Spec.Template.Spec.SecurityContext.SeccompProfile
@@ -443,7 +443,7 @@ func TestSeccompProfile(t *testing.T) {
 	if prof.DefaultAction != specs.ActAllow {
 		t.Errorf("defaultAction %s: the profile is a deny list over SCMP_ACT_ALLOW", prof.DefaultAction)
 	}
-	needed := []string{"clone", "clone3", "execve", "wait4", "waitid", "kill", "pidfd_open", "pidfd_send_signal",
+	needed := []string{"clone", "clone3", "unshare", "mount", "umount2", "pivot_root", "sethostname", "seccomp", "execve", "wait4", "waitid", "kill", "pidfd_open", "pidfd_send_signal",
 		"setuid", "setgid", "setgroups", "setresuid", "setresgid", "prctl", "mkdirat", "unlinkat", "openat",
 		"epoll_pwait", "sendfile", "prlimit64"}
 	for _, r := range prof.Syscalls {
@@ -459,7 +459,7 @@ func TestSeccompProfile(t *testing.T) {
 			t.Errorf("rule %v: want an errnoRet (EPERM), not a kill", r.Names)
 		}
 	}
-	for _, n := range []string{"mount", "unshare", "setns", "ptrace", "bpf", "init_module", "kexec_load"} {
+	for _, n := range []string{"setns", "ptrace", "bpf", "init_module", "kexec_load", "keyctl", "userfaultfd"} {
 		if !slices.ContainsFunc(prof.Syscalls, func(r specs.LinuxSyscall) bool {
 			return r.Action == specs.ActErrno && slices.Contains(r.Names, n)
 		}) {

@@ -29,8 +29,8 @@ func ociRuntime(t *testing.T) string {
 // writable, the host's network (loopback), and seccomp from profile.
 func ociBundle(t *testing.T, rootfs, cgroupsPath string, seccomp *specs.LinuxSeccomp, userNS bool) string {
 	t.Helper()
-	caps := []string{"CAP_SETUID", "CAP_SETGID", "CAP_KILL"}
-	const policy = "/usr/local/share/cellgate/examples/policy.yaml"
+	caps := []string{"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SYS_ADMIN", "CAP_NET_ADMIN"}
+	const policy = "/usr/local/share/cellgate/policy.yaml" // the image's default
 	spec := specs.Spec{
 		Version: "1.0.2", // what crun 1.8 (Debian 12) accepts
 		Process: &specs.Process{
@@ -135,6 +135,32 @@ func TestImageUnderOCIRuntime(t *testing.T) {
 	}{{"cellgate profile", false}, {"cellgate profile, user namespace", true}} {
 		t.Run(c.name, func(t *testing.T) { serveUnderOCI(t, crun, rootfs, parent, mnt, c.userNS) })
 	}
+	// hostUsers: false with the default per-cell uids, which the pod's
+	// 65536 ids do not map: the preflight refuses and says how to fix it.
+	t.Run("user namespace, default uid range", func(t *testing.T) {
+		group := filepath.Join(parent, "oci-userns-default")
+		t.Cleanup(func() { removeTree(t, group) })
+		bundle := ociBundle(t, rootfs, strings.TrimPrefix(group, mnt), loadSeccomp(t), true)
+		var spec specs.Spec
+		b, _ := os.ReadFile(filepath.Join(bundle, "config.json"))
+		if err := json.Unmarshal(b, &spec); err != nil {
+			t.Fatal(err)
+		}
+		spec.Process.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+		b, _ = json.Marshal(spec)
+		if err := os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-userns-default-%d", os.Getpid()), group)
+		select {
+		case <-c.exited:
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("serve --preflight did not refuse unmapped per-cell uids:\n%s", c.stderr.String())
+		}
+		if !strings.Contains(c.stderr.String(), "are not all mapped in this user namespace") {
+			t.Errorf("the preflight does not say the uids are not mapped:\n%s", c.stderr.String())
+		}
+	})
 	t.Run("clone3 refused as by the runtimes' default profiles", func(t *testing.T) {
 		group := filepath.Join(parent, "oci-default")
 		t.Cleanup(func() { removeTree(t, group) })

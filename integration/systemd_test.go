@@ -76,9 +76,14 @@ routes:
 // overlay).
 func installUnits(t *testing.T) string {
 	t.Helper()
-	os.Remove("/usr/local/bin/cellgate") // the shared root's, if any, stays below the overlay
-	if err := copyFile(cellgateBin(t), "/usr/local/bin/cellgate", 0o755); err != nil {
-		t.Fatalf("install cellgate: %v", err)
+	// cellgate and, beside it, the confined cells' init (the shared root's
+	// copies, if any, stay below the overlay).
+	for _, name := range []string{"cellgate", "cellgate-init"} {
+		dst := "/usr/local/bin/" + name
+		os.Remove(dst)
+		if err := copyFile(filepath.Join(filepath.Dir(cellgateBin(t)), name), dst, 0o755); err != nil {
+			t.Fatalf("install %s: %v", name, err)
+		}
 	}
 	if err := os.MkdirAll("/etc/cellgate", 0o755); err != nil {
 		t.Fatal(err)

@@ -29,9 +29,14 @@ import (
 // cgi/hello.sh.
 const (
 	binPath    = "/usr/local/bin/cellgate"
+	initPath   = "/usr/local/bin/cellgate-init"
 	sharePath  = "/usr/local/share/cellgate"
 	policyPath = sharePath + "/examples/policy.yaml"
-	cgiDir     = sharePath + "/bin/cgi"
+	// servePolicy is the policy the image serves by default: the one of
+	// deploy/kubernetes/policy.yaml (absolute program paths, no program
+	// that needs a shell, which the image does not have).
+	servePolicy = sharePath + "/policy.yaml"
+	cgiDir      = sharePath + "/bin/cgi"
 )
 
 // file is one regular file of the image's layer.
@@ -56,9 +61,9 @@ const (
 	group  = "root:x:0:\nnogroup:x:65534:\n"
 )
 
-// defaultCmd serves the example policy on all addresses after the
+// defaultCmd serves the Kubernetes policy on all addresses after the
 // preflight; a Deployment's args replace it.
-var defaultCmd = []string{"serve", "--preflight", "--policy", policyPath, "--listen", "0.0.0.0:8080", "--admin", "0.0.0.0:9090"}
+var defaultCmd = []string{"serve", "--preflight", "--policy", servePolicy, "--listen", "0.0.0.0:8080", "--admin", "0.0.0.0:9090"}
 
 // build returns the image: one layer with the files (and the directories
 // above them, /tmp world-writable for the spool files), on an empty base,

@@ -133,6 +133,9 @@ func TestImage(t *testing.T) {
 	if f.Machine != elf.EM_X86_64 {
 		t.Errorf("%s is for %s, want x86-64", binPath, f.Machine)
 	}
+	if h := hdrs[initPath]; h == nil || h.Mode&0o111 == 0 {
+		t.Errorf("%s (the confined cells' init, beside cellgate) missing or not executable", initPath)
+	}
 	if h := hdrs["/tmp"]; h == nil || h.Mode&0o1777 != 0o1777 {
 		t.Errorf("/tmp missing or not mode 1777: %+v", h)
 	}
@@ -142,6 +145,13 @@ func TestImage(t *testing.T) {
 	}
 	if !bytes.Equal(data[policyPath], want) {
 		t.Errorf("%s is not examples/policy.yaml", policyPath)
+	}
+
+	if string(data[servePolicy]) != kubernetesPolicyText(t) {
+		t.Errorf("%s (the image's default policy) is not deploy/kubernetes/policy.yaml's", servePolicy)
+	}
+	if !slices.Contains(c.Cmd, servePolicy) {
+		t.Errorf("cmd %q does not serve %s", c.Cmd, servePolicy)
 	}
 
 	// Every program the policies name is in the image and executable.
@@ -185,8 +195,8 @@ func TestImage(t *testing.T) {
 	}
 }
 
-// kubernetesPolicy is the policy of deploy/kubernetes/policy.yaml.
-func kubernetesPolicy(t *testing.T) *policy.Policy {
+// kubernetesPolicyText is the policy text of deploy/kubernetes/policy.yaml.
+func kubernetesPolicyText(t *testing.T) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(repo, "deploy/kubernetes/policy.yaml"))
 	if err != nil {
@@ -196,8 +206,14 @@ func kubernetesPolicy(t *testing.T) *policy.Policy {
 	if err := yaml.UnmarshalStrict(b, &cm); err != nil {
 		t.Fatal(err)
 	}
+	return cm.Data["policy.yaml"]
+}
+
+// kubernetesPolicy is the policy of deploy/kubernetes/policy.yaml.
+func kubernetesPolicy(t *testing.T) *policy.Policy {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(p, []byte(cm.Data["policy.yaml"]), 0o644); err != nil {
+	if err := os.WriteFile(p, []byte(kubernetesPolicyText(t)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	pol, err := policy.Load(p)

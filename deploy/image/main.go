@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"sigs.k8s.io/yaml"
 )
 
 // cgiExamples are the example programs the example policy runs (the
@@ -75,7 +76,7 @@ func collect(repo, arch string) (spec, error) {
 		return spec{}, err
 	}
 	defer os.RemoveAll(tmp)
-	pkgs := []string{"./cmd/cellgate"}
+	pkgs := []string{"./cmd/cellgate", "./cmd/cellgate-init"}
 	for _, e := range cgiExamples {
 		pkgs = append(pkgs, "./examples/cgi/"+e)
 	}
@@ -97,6 +98,10 @@ func collect(repo, arch string) (spec, error) {
 	if err := add(filepath.Join(tmp, "cellgate"), binPath, 0o755); err != nil {
 		return spec{}, err
 	}
+	// The confined cells' init, where serve looks for it: beside cellgate.
+	if err := add(filepath.Join(tmp, "cellgate-init"), initPath, 0o755); err != nil {
+		return spec{}, err
+	}
 	for _, e := range cgiExamples {
 		if err := add(filepath.Join(tmp, e), cgiDir+"/"+e, 0o755); err != nil {
 			return spec{}, err
@@ -108,6 +113,11 @@ func collect(repo, arch string) (spec, error) {
 	if err := add(filepath.Join(repo, "examples/cgi/hello.sh"), sharePath+"/examples/cgi/hello.sh", 0o755); err != nil {
 		return spec{}, err
 	}
+	pol, err := configMapPolicy(filepath.Join(repo, "deploy/kubernetes/policy.yaml"))
+	if err != nil {
+		return spec{}, err
+	}
+	s.files = append(s.files, file{path: servePolicy, mode: 0o644, data: pol})
 	s.files = append(s.files, file{path: "/etc/passwd", mode: 0o644, data: []byte(passwd)}, file{path: "/etc/group", mode: 0o644, data: []byte(group)})
 	return s, nil
 }
@@ -136,4 +146,23 @@ func revision(repo string) string {
 		}
 	}
 	return ""
+}
+
+// configMapPolicy is the policy.yaml key of the ConfigMap in file.
+func configMapPolicy(file string) ([]byte, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("image policy: %w", err)
+	}
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err := yaml.Unmarshal(b, &cm); err != nil {
+		return nil, fmt.Errorf("image policy %s: %w", file, err)
+	}
+	p, ok := cm.Data["policy.yaml"]
+	if !ok {
+		return nil, fmt.Errorf("image policy %s: no data key policy.yaml", file)
+	}
+	return []byte(p), nil
 }
