@@ -316,7 +316,7 @@ func TestSystemdSandboxLeftOut(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(filepath.Dir(dropIn)) })
 	mustSystemctl(t, "start", "cellgate.socket", "cellgate-admin.socket")
-	for _, option := range []string{"RestrictNamespaces=yes", "ProtectControlGroups=yes", "PrivateUsers=yes"} {
+	for _, option := range []string{"RestrictNamespaces=yes", "ProtectControlGroups=yes", "PrivateUsers=yes", "ProtectHostname=yes"} {
 		t.Run(option, func(t *testing.T) {
 			if err := os.WriteFile(dropIn, []byte("[Service]\n"+option+"\nRestart=no\n"), 0o644); err != nil {
 				t.Fatal(err)
