@@ -8,9 +8,9 @@ VMRUN   := $(BIN)/vmrun
 # The VM's own timeout is longer than go test's, so that a hung test ends
 # with the test binary's own panic and goroutine dump, not a killed VM.
 VMFLAGS ?= -mem 2G -smp 2 -timeout 35m
-TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate
+TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate CELLGATE_IMAGE=$(BIN)/image
 
-.PHONY: build vmrun vet unit vm-prepare vm-check integration test test-native bench chromium
+.PHONY: build vmrun vet unit vm-prepare vm-check integration integration-systemd test test-native bench chromium
 
 # The version is the nearest v* tag (git describe), else a Go-style
 # pseudo-version of HEAD (v0.0.0-UTCTIME-COMMIT); the commit is HEAD.
@@ -62,7 +62,13 @@ chromium:
 integration: build vm-prepare chromium
 	$(TESTENV) $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" ./integration/
 
-test: vet unit vm-check integration
+# deploy/systemd's units under a real systemd: the microVM boots the
+# guest's systemd as pid 1 (vmrun -systemd) and the test installs and drives
+# the units there.
+integration-systemd: build examples vm-prepare
+	$(TESTENV) CELLGATE_REQUIRE_SYSTEMD=1 $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) -systemd $(VMFLAGS)" -run '^TestSystemd' ./integration/
+
+test: vet unit vm-check integration integration-systemd
 
 # The integration tests without the VM, on a host with a delegated cgroup v2
 # (memory, cpu and pids enabled in this process's group), as root.
@@ -78,7 +84,7 @@ bench: build vm-prepare
 CGI_EXAMPLES := hello echo memhog spin slow daemon malformed
 RUN_POLICY   ?= examples/policy.yaml
 
-.PHONY: examples run
+.PHONY: examples run image
 
 # The example CGI programs (examples/cgi), static, into bin/cgi/.
 examples:
@@ -87,13 +93,19 @@ examples:
 
 # The integration tests and the benchmark run the example programs, and
 # the fork driver's examples need Debian's Python with Flask (and the
-# benchmark's baseline, gunicorn).
+# benchmark's baseline, gunicorn); the integration tests also run the image
+# as a container would, and with crun (an OCI runtime, installed from Debian
+# when missing).
 integration test-native bench: examples python-deps
+integration test-native: image oci-runtime
 
-.PHONY: python-deps
+.PHONY: python-deps oci-runtime
 python-deps:
 	@dpkg -s python3 python3-flask gunicorn >/dev/null 2>&1 || \
 		{ apt-get update -q && apt-get install -y -q --no-install-recommends python3 python3-flask gunicorn; }
+
+oci-runtime:
+	@command -v crun >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q --no-install-recommends crun; }
 
 # cellgate on 127.0.0.1:8080 (admin 127.0.0.1:9090) with the example
 # policy: natively where cellgate doctor passes (delegated cgroup v2 with
@@ -109,3 +121,9 @@ run: build examples vmrun python-deps
 		$(VMRUN) -prepare && exec $(VMRUN) -timeout 12h -forward 127.0.0.1:8080:8080 -forward 127.0.0.1:9090:9090 \
 			$(BIN)/cellgate serve --policy $(abspath $(RUN_POLICY)) --listen 0.0.0.0:8080 --admin 0.0.0.0:9090 --cgroup-base /sys/fs/cgroup/cellgate; \
 	fi
+
+# The OCI image, built without a container daemon (deploy/image): an OCI
+# layout in bin/image and a docker-archive bin/cellgate-image.tar, holding a
+# static cellgate, the example programs and the example policy.
+image:
+	$(GO) run ./deploy/image -out $(BIN)/image -archive $(BIN)/cellgate-image.tar

@@ -125,6 +125,18 @@ func doctorMain(ctx context.Context, args []string, std stdio) int {
 }
 
 func doctor(ctx context.Context, cfg doctorConfig, r *report) {
+	mount, container := checkDelegation(cfg, r)
+	if mount == "" || container {
+		return
+	}
+	checkCells(ctx, cfg, mount, r)
+}
+
+// checkDelegation checks root, the kernel, the cgroup2 mount and the group
+// serve would own. It returns the mount ("" when there is none) and
+// whether the process is at the root of a container's cgroup namespace
+// (then the container's cgroup is checked here too).
+func checkDelegation(cfg doctorConfig, r *report) (mount string, container bool) {
 	if os.Geteuid() != 0 {
 		r.fail("root", "run cellgate as root (it creates cgroups and starts workers under their own uids)", "running as uid %d", os.Geteuid())
 	} else {
@@ -136,12 +148,17 @@ func doctor(ctx context.Context, cfg doctorConfig, r *report) {
 	mount, err := cgroup2Mount()
 	if err != nil {
 		r.fail("cgroup2", "mount cgroup2 (mount -t cgroup2 none /sys/fs/cgroup), or boot with systemd.unified_cgroup_hierarchy=1", "%v", err)
-		return
+		return "", false
 	}
 	r.ok("cgroup2", "mounted at %s", mount)
 	checkOwnGroup(cfg, mount, r)
 	checkUIDRange(cfg, r)
-	checkCells(ctx, cfg, mount, r)
+	checkIDsMapped(cfg, r)
+	if b, err := os.ReadFile("/proc/self/cgroup"); err == nil && cfg.CgroupBase == "" && namespacedRoot(b, mount) {
+		checkContainerCgroup(cfg, mount, r)
+		return mount, true
+	}
+	return mount, false
 }
 
 // unameRelease is the running kernel's release ("" when uname fails).
@@ -233,7 +250,7 @@ func checkOwnGroup(cfg doctorConfig, mount string, r *report) {
 		return
 	}
 	dir := filepath.Join(mount, own)
-	if own == "/" {
+	if own == "/" && !namespacedRoot(b, mount) {
 		r.ok("own group", "the root group: serve uses %s as its base", dir)
 		return
 	}

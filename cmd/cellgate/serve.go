@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -41,6 +40,11 @@ func serveMain(ctx context.Context, args []string, std stdio) int {
 	if err != nil {
 		fmt.Fprintln(std.err, err)
 		return exitUsage
+	}
+	if cfg.Preflight {
+		if status := preflight(cfg.Shared, std.err); status != exitOK {
+			return status
+		}
 	}
 	if err := serve(ctx, cfg, std); err != nil {
 		fmt.Fprintf(std.err, "cellgate serve: %v\n", err)
@@ -111,6 +115,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
+	inherited := inheritedFiles() // systemd's sockets, before anything is spawned
 
 	accessLog, accessFile, err := openAccessLog(cfg.AccessLog, std.out)
 	if err != nil {
@@ -177,30 +182,38 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 			return fmt.Errorf("register metrics: %w", err)
 		}
 	}
-	ln, err := net.Listen("tcp", cfg.Listen)
+	lns, err := openListeners(cfg, inherited)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.origin["listen"], err)
-	}
-	aln, err := net.Listen("tcp", cfg.Admin)
-	if err != nil {
-		ln.Close()
-		return fmt.Errorf("listen on %s: %w", cfg.origin["admin"], err)
+		return err
 	}
 	admin := &http.Server{
 		Handler:           accounting.AdminHandler(reg, d.readiness, d.statusFunc(srv, time.Now())),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
-	served := make(chan error, 2)
-	go func() { served <- fmt.Errorf("public listener %s: %w", ln.Addr(), srv.Serve(ln)) }()
-	go func() { served <- fmt.Errorf("admin listener %s: %w", aln.Addr(), admin.Serve(aln)) }()
-	if adminExposed(aln.Addr()) {
-		log.Warn("the admin listener is not on a loopback address: /metrics and /status (requests in flight, hosts, paths, "+
-			"client addresses) are served without authentication to whoever can reach it; bind it to 127.0.0.1 or firewall it",
-			"admin", aln.Addr().String())
+	served := make(chan error, len(lns.public)+len(lns.admin))
+	for _, ln := range lns.public {
+		go func() { served <- fmt.Errorf("public listener %s: %w", ln.Addr(), srv.Serve(ln)) }()
+	}
+	for _, ln := range lns.admin {
+		go func() { served <- fmt.Errorf("admin listener %s: %w", ln.Addr(), admin.Serve(ln)) }()
+		if adminExposed(ln.Addr()) {
+			log.Warn("the admin listener is not on a loopback address: /metrics and /status (requests in flight, hosts, paths, "+
+				"client addresses) are served without authentication to whoever can reach it; bind it to 127.0.0.1 or firewall it",
+				"admin", ln.Addr().String())
+		}
 	}
 	d.ready.Store(true)
-	log.Info("serving", "listen", ln.Addr().String(), "admin", aln.Addr().String(), "isolation", string(cfg.Isolation), "tls", cfg.TLSCert != "")
+	log.Info("serving", "listen", lns.public[0].Addr().String(), "admin", lns.admin[0].Addr().String(), "isolation", string(cfg.Isolation),
+		"tls", cfg.TLSCert != "", "socket_activated", lns.activated)
+	notify := newNotifier(log)
+	notify.ready(d.status())
+	stopNotify := make(chan struct{})
+	defer close(stopNotify)
+	go notify.run(stopNotify, d.status)
+	if cfg.PolicyPoll > 0 {
+		go newPolicyPoller(cfg.Policy, log).run(stopNotify, cfg.PolicyPoll, sigs)
+	}
 
 	var serveErr error
 wait:
@@ -209,7 +222,7 @@ wait:
 		case s := <-sigs:
 			switch s {
 			case syscall.SIGHUP:
-				d.reload()
+				d.reloadNotified(notify)
 				continue
 			case syscall.SIGUSR1:
 				d.reopenLogs()
@@ -226,6 +239,7 @@ wait:
 			break wait
 		}
 	}
+	notify.stopping("draining: stopped accepting, waiting for the requests in flight")
 	return errors.Join(serveErr, d.shutdown(srv, admin, sigs))
 }
 
@@ -297,7 +311,7 @@ func (d *daemon) readiness() error {
 // close tears it all down: every cell killed, every group removed.
 func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runner, func() error, error) {
 	cfg := d.cfg
-	opts := cgroup.Options{Unenforced: cfg.Unenforced, MaxCells: cfg.MaxCells, Logger: d.log}
+	opts := cgroup.Options{Unenforced: cfg.Unenforced, MaxCells: cfg.MaxCells, Logger: d.log, ProbeSpawn: spawnSelf}
 	if cfg.CgroupBase != "" {
 		mount, err := cgroup2Mount()
 		if err != nil {

@@ -37,6 +37,14 @@ type serveConfig struct {
 	Admin string `env:"ADMIN" envDefault:"127.0.0.1:9090"`
 	// Policy is the policy file (routes, tenants, limits). Required.
 	Policy string `env:"POLICY"`
+	// PolicyPoll, when positive, is how often serve reads the policy file
+	// and reloads it when its content changed (a Kubernetes ConfigMap is
+	// updated in place). Default 0: only SIGHUP reloads.
+	PolicyPoll time.Duration `env:"POLICY_POLL" envDefault:"0s"`
+	// Preflight runs the doctor's delegation checks before anything else
+	// and exits 1 with them when the cgroup is not delegated (the
+	// container image's entrypoint). Default off.
+	Preflight bool `env:"PREFLIGHT"`
 	// DrainTimeout is how long SIGTERM waits for requests in flight before
 	// their cells are killed. Default 30s.
 	DrainTimeout time.Duration `env:"DRAIN_TIMEOUT" envDefault:"30s"`
@@ -135,6 +143,8 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "TLS private key PEM `file` (CELLGATE_TLS_KEY)")
 	fs.StringVar(&c.Admin, "admin", c.Admin, "admin listen `address` for /metrics /healthz /readyz, never the public port (CELLGATE_ADMIN)")
 	fs.StringVar(&c.Policy, "policy", c.Policy, "policy `file` (CELLGATE_POLICY), required")
+	fs.Var((*durationFlag)(&c.PolicyPoll), "policy-poll", "reload the policy when its content changed, checked this often; 0 = only on SIGHUP (CELLGATE_POLICY_POLL)")
+	fs.BoolVar(&c.Preflight, "preflight", c.Preflight, "run cellgate doctor's delegation checks first and exit 1 when they fail (CELLGATE_PREFLIGHT)")
 	fs.Var((*durationFlag)(&c.DrainTimeout), "drain-timeout", "on SIGTERM, how long requests in flight may finish before their cells are killed (CELLGATE_DRAIN_TIMEOUT)")
 	fs.StringVar(&c.AccessLog, "access-log", c.AccessLog, "access log `destination`: stdout, stderr or a file (CELLGATE_ACCESS_LOG)")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "operational log `level`: debug, info, warn, error (CELLGATE_LOG_LEVEL)")
@@ -239,6 +249,9 @@ func (c *serveConfig) validate() error {
 	}
 	if c.Policy == "" {
 		bad("policy", "a policy file is required (--policy FILE or CELLGATE_POLICY; see examples/policy.yaml)")
+	}
+	if c.PolicyPoll < 0 {
+		bad("policy-poll", "must not be negative (0 = only SIGHUP reloads)")
 	}
 	if c.DrainTimeout <= 0 {
 		bad("drain-timeout", "must be positive, such as 30s")

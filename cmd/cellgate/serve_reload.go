@@ -30,8 +30,9 @@ import (
 //
 // Requests in flight keep the route, limits, tenant and admission
 // reservation they started with, however long they take (a slow upload
-// included); none is dropped.
-func (d *daemon) reload() {
+// included); none is dropped. The error is why the running policy was kept
+// (it is logged here too).
+func (d *daemon) reload() error {
 	var old *snapshot
 	defer func() {
 		if old != nil {
@@ -44,18 +45,18 @@ func (d *daemon) reload() {
 	p, err := policy.Load(d.cfg.Policy)
 	if err != nil {
 		d.log.Error("reload: the policy file is invalid; still serving the previous policy", "policy", d.cfg.Policy, "err", err)
-		return
+		return err
 	}
 	specs, err := d.buildSpecs(p)
 	if err != nil {
 		d.log.Error("reload: the new policy cannot run here; still serving the previous policy", "policy", d.cfg.Policy, "err", err)
-		return
+		return err
 	}
 	if d.tree != nil {
 		if err := d.tree.SetBudget(globalResources(p.Global)); err != nil {
 			d.stopForks(specs)
 			d.log.Error("reload: cannot write the global budget; still serving the previous policy", "err", err)
-			return
+			return err
 		}
 		for _, t := range p.Tenants {
 			g, err := d.tree.Tenant(t.Name, t.Resources())
@@ -63,7 +64,7 @@ func (d *daemon) reload() {
 				d.stopForks(specs)
 				d.log.Error("reload: cannot set up a tenant group; still serving the previous policy "+
 					"(budgets of tenants already written stay)", "tenant", t.Name, "err", err)
-				return
+				return err
 			}
 			d.tenants[t.Name] = g
 		}
@@ -82,6 +83,7 @@ func (d *daemon) reload() {
 	}
 	d.log.Info("policy reloaded", "policy", d.cfg.Policy, "routes", len(p.Routes), "tenants", len(p.Tenants),
 		"removed_tenants", removed, "live_policies", len(d.live), "took", time.Since(start))
+	return nil
 }
 
 // retire waits until each tenant (no longer admitting) has no cell in

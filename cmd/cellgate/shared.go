@@ -251,7 +251,8 @@ func (d *durationFlag) Set(s string) error {
 
 // otherEnv are CELLGATE_* variables the project's build and tests read,
 // which cellgate itself does not.
-var otherEnv = []string{"CELLGATE_BIN", "CELLGATE_REQUIRE_KERNEL_TESTS", "CELLGATE_VM_CACHE", "CELLGATE_VM_ACCEL", "CELLGATE_CELL_HELPER", "CELLGATE_TEST_HELPER"}
+var otherEnv = []string{"CELLGATE_BIN", "CELLGATE_REQUIRE_KERNEL_TESTS", "CELLGATE_VM_CACHE", "CELLGATE_VM_ACCEL", "CELLGATE_CELL_HELPER", "CELLGATE_TEST_HELPER",
+	"CELLGATE_IMAGE", "CELLGATE_REQUIRE_SYSTEMD", "CELLGATE_TEST_AS_CELLGATE"}
 
 // unknownEnv returns a warning for each CELLGATE_* variable of environ
 // that no subcommand reads (a misspelt setting is otherwise silently

@@ -23,7 +23,11 @@ func Guest() {
 	if err == nil {
 		// The sign of life: the accelerator started this guest.
 		fmt.Fprintf(console, "%s\n", spec.Alive)
-		err = setup(spec)
+		if spec.Systemd {
+			err = bootSystemd(spec) // returns only on failure
+		} else {
+			err = setup(spec)
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(console, "vmrun guest: %v\n", err)

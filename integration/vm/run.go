@@ -45,6 +45,9 @@ type Options struct {
 	// lives (SIGHUP any number of times; a second SIGINT or SIGTERM kills
 	// the VM); before that, any of them kills the VM.
 	Signals <-chan os.Signal
+	// Systemd boots the guest's systemd as pid 1 and runs the program as a
+	// service of it (systemd.go).
+	Systemd bool
 }
 
 // Run boots the VM, runs the program and returns its exit status. Any
@@ -84,6 +87,7 @@ func Run(ctx context.Context, o Options) (int, error) {
 		Alive:   alive,
 		Network: len(o.Forwards) > 0,
 		Control: o.Signals != nil,
+		Systemd: o.Systemd,
 	}
 	initrd, err := os.CreateTemp("", "vmrun-initramfs-*.cpio")
 	if err != nil {

@@ -10,6 +10,7 @@ type Spec struct {
 	Alive   string   // the line /init prints first: the guest's sign of life, unique per run
 	Network bool     // configure the virtio-net interface (for -forward)
 	Control bool     // forward the signals read from GuestControlTTY to the program
+	Systemd bool     // boot systemd as pid 1 and run the program as its service (systemd.go)
 }
 
 // Guest paths.

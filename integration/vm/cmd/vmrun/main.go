@@ -33,6 +33,9 @@ func main() {
 	if os.Getpid() == 1 {
 		vm.Guest()
 	}
+	if len(os.Args) == 2 && os.Args[1] == vm.SystemdProgramArg {
+		vm.SystemdProgram() // the program's unit in the systemd guest
+	}
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "vmrun: find own binary: %v\n", err)
@@ -71,6 +74,7 @@ func run(ctx context.Context, sigs <-chan os.Signal, args []string, self string,
 	cpus := fs.Int("smp", 2, "guest CPUs")
 	timeout := fs.Duration("timeout", 10*time.Minute, "kill the VM and fail after this long")
 	cache := fs.String("cache", "", "kernel cache directory (default $CELLGATE_VM_CACHE, else <repo>/.cache/vm)")
+	systemd := fs.Bool("systemd", false, "boot the guest's systemd as pid 1 and run PROGRAM as its service")
 	verbose := fs.Bool("v", false, "show the guest kernel's messages")
 	prepare := fs.Bool("prepare", false, "install qemu, fetch the kernel and settle the accelerator, then exit")
 	accelFlag := fs.String("accel", "", "accelerator: auto (KVM when a KVM guest really boots, else TCG), kvm or tcg (default $CELLGATE_VM_ACCEL, else auto)")
@@ -132,6 +136,7 @@ func run(ctx context.Context, sigs <-chan os.Signal, args []string, self string,
 		Stdout:    stdout,
 		Log:       stderr,
 		Signals:   sigs,
+		Systemd:   *systemd,
 	}
 	if *prepare {
 		ctx, cancel := context.WithTimeout(ctx, prepareTimeout)

@@ -1,0 +1,345 @@
+package integration
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// underSystemd skips (or fails, when CELLGATE_REQUIRE_SYSTEMD=1 says the
+// run is the microVM's systemd mode, vmrun -systemd) unless systemd is pid
+// 1: the tests below install and drive cellgate's units there.
+func underSystemd(t *testing.T) {
+	t.Helper()
+	comm, _ := os.ReadFile("/proc/1/comm")
+	if strings.TrimSpace(string(comm)) == "systemd" {
+		return
+	}
+	msg := fmt.Sprintf("pid 1 is %q, not systemd (make integration-systemd boots the microVM with vmrun -systemd)", strings.TrimSpace(string(comm)))
+	if os.Getenv("CELLGATE_REQUIRE_SYSTEMD") == "1" {
+		t.Fatal("CELLGATE_REQUIRE_SYSTEMD=1 but " + msg)
+	}
+	t.Skip(msg)
+}
+
+// systemctl runs systemctl and returns its status and output.
+func systemctl(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	out, err := exec.Command("systemctl", args...).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), string(out)
+	}
+	if err != nil {
+		t.Fatalf("systemctl %s: %v", strings.Join(args, " "), err)
+	}
+	return 0, string(out)
+}
+
+// mustSystemctl runs systemctl and fails the test with the unit's journal
+// when it fails.
+func mustSystemctl(t *testing.T, args ...string) string {
+	t.Helper()
+	code, out := systemctl(t, args...)
+	if code != 0 {
+		j, _ := exec.Command("journalctl", "--no-pager", "-n", "40", "-u", "cellgate.service").CombinedOutput()
+		t.Fatalf("systemctl %s: status %d\n%s\njournal:\n%s", strings.Join(args, " "), code, out, j)
+	}
+	return out
+}
+
+// unitProperty is one property of a unit (systemctl show -p NAME --value).
+func unitProperty(t *testing.T, unit, name string) string {
+	t.Helper()
+	return strings.TrimSpace(mustSystemctl(t, "show", "-p", name, "--value", unit))
+}
+
+const systemdPolicy = `version: 1
+global: {memory: 512Mi}
+tenants:
+  - {name: web, memory: 384Mi, max_cells: 32, queue: 256, queue_timeout: 60s}
+routes:
+  - {name: hello, match: {path: /hello}, tenant: web, program: "{{.CGI}}/hello", memory: 16Mi}
+  - {name: slow, match: {path: /slow}, tenant: web, program: "{{.CGI}}/slow", memory: 16Mi, timeout: 60s}
+`
+
+// installUnits puts cellgate where deploy/systemd's units expect it: the
+// binary in /usr/local/bin, the policy named in /etc/default/cellgate,
+// the units in /etc/systemd/system (the guest's root is a throw-away
+// overlay).
+func installUnits(t *testing.T) string {
+	t.Helper()
+	// cellgate and, beside it, the confined cells' init (the shared root's
+	// copies, if any, stay below the overlay).
+	for _, name := range []string{"cellgate", "cellgate-init"} {
+		dst := "/usr/local/bin/" + name
+		os.Remove(dst)
+		if err := copyFile(filepath.Join(filepath.Dir(cellgateBin(t)), name), dst, 0o755); err != nil {
+			t.Fatalf("install %s: %v", name, err)
+		}
+	}
+	if err := os.MkdirAll("/etc/cellgate", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	policy := "/etc/cellgate/policy.yaml"
+	writePolicy(t, policy, systemdPolicy)
+	env := "CELLGATE_POLICY=" + policy + "\nCELLGATE_DRAIN_TIMEOUT=30s\n"
+	if err := os.WriteFile("/etc/default/cellgate", []byte(env), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	units, err := filepath.Glob("../deploy/systemd/cellgate*")
+	if err != nil || len(units) != 3 {
+		t.Fatalf("units in deploy/systemd: %v %v", units, err)
+	}
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join("/etc/systemd/system", filepath.Base(u)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustSystemctl(t, "daemon-reload")
+	t.Cleanup(func() {
+		systemctl(t, "stop", "cellgate.service", "cellgate.socket", "cellgate-admin.socket")
+	})
+	return policy
+}
+
+// get does one request on a new connection (no keep-alive: a connection
+// the old process closes while idle is not a lost request, and the client
+// would retry it silently).
+func get(url string) (int, string, error) {
+	c := &http.Client{Timeout: 2 * time.Minute, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+func mustGet(t *testing.T, url string, want int) string {
+	t.Helper()
+	code, body, err := get(url)
+	if err != nil || code != want {
+		j, _ := exec.Command("journalctl", "--no-pager", "-n", "40", "-u", "cellgate.service").CombinedOutput()
+		t.Fatalf("GET %s: %d %q %v, want %d\njournal:\n%s", url, code, body, err, want, j)
+	}
+	return body
+}
+
+// TestSystemdService drives deploy/systemd's units under the guest's
+// systemd: socket activation starts the service, which reports READY and
+// its STATUS; its cells live in its delegated group; reload applies a
+// valid policy and refuses an invalid one; a restart under load loses no
+// request; stop drains a request in flight and leaves no cell behind.
+func TestSystemdService(t *testing.T) {
+	underSystemd(t)
+	policy := installUnits(t)
+	const url = "http://127.0.0.1:8080"
+
+	mustSystemctl(t, "start", "cellgate.socket", "cellgate-admin.socket")
+	t.Log("sockets listening; first request")
+	if s := unitProperty(t, "cellgate.service", "ActiveState"); s != "inactive" {
+		t.Fatalf("cellgate.service is %s before the first connection, want inactive (socket activation)", s)
+	}
+	if body := mustGet(t, url+"/hello", 200); !strings.Contains(body, "hello from a cell") {
+		t.Fatalf("GET /hello: %q", body)
+	}
+	if s := unitProperty(t, "cellgate.service", "ActiveState"); s != "active" {
+		t.Fatalf("cellgate.service is %s after the first request, want active", s)
+	}
+	if s := unitProperty(t, "cellgate.service", "StatusText"); !strings.HasPrefix(s, "serving: ") {
+		t.Errorf("StatusText %q, want serving: N cells in flight...", s)
+	}
+	mustGet(t, "http://127.0.0.1:9090/readyz", 200)
+
+	t.Run("cells in the delegated group", func(t *testing.T) {
+		group := filepath.Join("/sys/fs/cgroup", unitProperty(t, "cellgate.service", "ControlGroup"))
+		pid := unitProperty(t, "cellgate.service", "MainPID")
+		procs := readTrim(t, filepath.Join(group, "supervisor", "cgroup.procs"))
+		if procs != pid {
+			t.Errorf("%s/supervisor holds %q, want cellgate's main pid %s alone", group, procs, pid)
+		}
+		if _, err := os.Stat(filepath.Join(group, "cells", "web")); err != nil {
+			t.Errorf("tenant group not under the service's group: %v", err)
+		}
+		if d := unitProperty(t, "cellgate.service", "Delegate"); d != "yes" {
+			t.Errorf("Delegate=%s", d)
+		}
+	})
+
+	t.Run("reload", func(t *testing.T) {
+		writePolicy(t, policy, systemdPolicy+`  - {name: hi, match: {path: /hi}, tenant: web, program: "{{.CGI}}/hello", memory: 16Mi}
+`)
+		mustSystemctl(t, "reload", "cellgate.service")
+		mustGet(t, url+"/hi", 200)
+		if err := os.WriteFile(policy, []byte("version: 1\nroutes: [{name: x, nonsense: 1}]\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if code, out := systemctl(t, "reload", "cellgate.service"); code == 0 {
+			t.Errorf("systemctl reload with an invalid policy succeeded:\n%s", out)
+		}
+		mustGet(t, url+"/hi", 200)
+		if s := unitProperty(t, "cellgate.service", "ActiveState"); s != "active" {
+			t.Errorf("after a refused reload cellgate.service is %s, want active", s)
+		}
+		writePolicy(t, policy, systemdPolicy)
+		mustSystemctl(t, "reload", "cellgate.service")
+	})
+
+	t.Run("restart under load", func(t *testing.T) {
+		before := unitProperty(t, "cellgate.service", "MainPID")
+		var (
+			stop     atomic.Bool
+			ok, fail atomic.Int64
+			wg       sync.WaitGroup
+			errsMu   sync.Mutex
+			errs     []string
+		)
+		for range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for !stop.Load() {
+					code, _, err := get(url + "/slow?ms=100")
+					if err != nil || code != 200 {
+						fail.Add(1)
+						errsMu.Lock()
+						errs = append(errs, fmt.Sprintf("%d %v", code, err))
+						errsMu.Unlock()
+						continue
+					}
+					ok.Add(1)
+				}
+			}()
+		}
+		waitFor := func(what string, cond func() bool) {
+			t.Helper()
+			deadline := time.Now().Add(2 * time.Minute)
+			for !cond() {
+				if time.Now().After(deadline) {
+					stop.Store(true)
+					wg.Wait()
+					t.Fatalf("%s: not within 2 minutes (%d requests answered, %d failed: %v)", what, ok.Load(), fail.Load(), errs)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		waitFor("8 requests answered before the restart", func() bool { return ok.Load() >= 8 })
+		t.Logf("restarting with %d requests answered", ok.Load())
+		mustSystemctl(t, "restart", "cellgate.service")
+		after := unitProperty(t, "cellgate.service", "MainPID")
+		n := ok.Load()
+		waitFor("8 requests answered after the restart", func() bool { return ok.Load() >= n+8 })
+		stop.Store(true)
+		wg.Wait()
+		t.Logf("%d requests answered, %d failed, across the restart", ok.Load(), fail.Load())
+		if after == before {
+			t.Errorf("MainPID %s before and after the restart: it did not restart", before)
+		}
+		if fail.Load() > 0 {
+			t.Errorf("%d of %d requests failed across the restart: %v", fail.Load(), fail.Load()+ok.Load(), errs)
+		}
+	})
+
+	t.Run("stop drains", func(t *testing.T) {
+		group := filepath.Join("/sys/fs/cgroup", unitProperty(t, "cellgate.service", "ControlGroup"))
+		type result struct {
+			code int
+			err  error
+		}
+		done := make(chan result, 1)
+		go func() {
+			code, _, err := get(url + "/slow?ms=3000")
+			done <- result{code, err}
+		}()
+		// Wait until its cell runs.
+		deadline := time.Now().Add(time.Minute)
+		for !strings.Contains(unitProperty(t, "cellgate.service", "StatusText"), "serving: 1 cells in flight") {
+			if time.Now().After(deadline) {
+				t.Fatalf("the slow request's cell never showed in StatusText %q", unitProperty(t, "cellgate.service", "StatusText"))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Log("stopping with one request in flight")
+		mustSystemctl(t, "stop", "cellgate.socket", "cellgate-admin.socket", "cellgate.service")
+		var r result
+		select {
+		case r = <-done:
+		case <-time.After(2 * time.Minute):
+			t.Fatal("the request in flight at stop got no answer within 2 minutes")
+		}
+		if r.err != nil || r.code != 200 {
+			t.Errorf("the request in flight at stop: %d %v, want 200", r.code, r.err)
+		}
+		if s := unitProperty(t, "cellgate.service", "ActiveState"); s != "inactive" {
+			t.Errorf("after stop cellgate.service is %s (result %s)", s, unitProperty(t, "cellgate.service", "Result"))
+		}
+		if _, err := os.Stat(filepath.Join(group, "cells")); !os.IsNotExist(err) {
+			t.Errorf("cells/ left in %s after stop: %v", group, err)
+		}
+		if _, err := os.Stat(group); !os.IsNotExist(err) {
+			ents, _ := os.ReadDir(group)
+			var names []string
+			for _, e := range ents {
+				if e.IsDir() {
+					names = append(names, e.Name())
+				}
+			}
+			if len(names) > 0 {
+				t.Errorf("groups left under %s after stop: %s", group, strings.Join(names, " "))
+			}
+		}
+	})
+}
+
+// TestSystemdSandboxLeftOut tries each sandboxing option cellgate.service
+// leaves out, one at a time as a drop-in, and checks that the unit's
+// comment is true: with it, cellgate cannot serve a request from a cell.
+func TestSystemdSandboxLeftOut(t *testing.T) {
+	underSystemd(t)
+	installUnits(t)
+	const dropIn = "/etc/systemd/system/cellgate.service.d/try.conf"
+	if err := os.MkdirAll(filepath.Dir(dropIn), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(dropIn)) })
+	mustSystemctl(t, "start", "cellgate.socket", "cellgate-admin.socket")
+	for _, option := range []string{"RestrictNamespaces=yes", "ProtectControlGroups=yes", "PrivateUsers=yes", "ProtectHostname=yes"} {
+		t.Run(option, func(t *testing.T) {
+			if err := os.WriteFile(dropIn, []byte("[Service]\n"+option+"\nRestart=no\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			mustSystemctl(t, "daemon-reload")
+			code, out := systemctl(t, "restart", "cellgate.service")
+			served := false
+			if code == 0 {
+				c, _, err := get("http://127.0.0.1:8080/hello")
+				served = err == nil && c == 200
+			}
+			j, _ := exec.Command("journalctl", "--no-pager", "-n", "3", "-u", "cellgate.service").CombinedOutput()
+			t.Logf("%s: systemctl restart status %d, served: %v\n%s%s", option, code, served, out, j)
+			if served {
+				t.Errorf("with %s cellgate served a request from a cell: the unit's reason for leaving it out is wrong", option)
+			}
+			systemctl(t, "stop", "cellgate.service")
+			systemctl(t, "reset-failed", "cellgate.service", "cellgate.socket", "cellgate-admin.socket")
+		})
+	}
+	// And without any of them, it serves again.
+	os.Remove(dropIn)
+	mustSystemctl(t, "daemon-reload")
+	mustSystemctl(t, "restart", "cellgate.socket", "cellgate-admin.socket")
+	mustGet(t, "http://127.0.0.1:8080/hello", 200)
+}
