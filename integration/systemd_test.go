@@ -61,13 +61,18 @@ func unitProperty(t *testing.T, unit, name string) string {
 	return strings.TrimSpace(mustSystemctl(t, "show", "-p", name, "--value", unit))
 }
 
+// systemdCGI is where installUnits puts the example programs, as README's
+// recipe does: not the checkout, which the unit's PrivateTmp and
+// ProtectHome hide from the service when it lies under /tmp or /home.
+const systemdCGI = "/usr/local/share/cellgate/bin/cgi"
+
 const systemdPolicy = `version: 1
 global: {memory: 512Mi}
 tenants:
   - {name: web, memory: 384Mi, max_cells: 32, queue: 256, queue_timeout: 60s}
 routes:
-  - {name: hello, match: {path: /hello}, tenant: web, program: "{{.CGI}}/hello", memory: 16Mi}
-  - {name: slow, match: {path: /slow}, tenant: web, program: "{{.CGI}}/slow", memory: 16Mi, timeout: 60s}
+  - {name: hello, match: {path: /hello}, tenant: web, program: "` + systemdCGI + `/hello", memory: 16Mi}
+  - {name: slow, match: {path: /slow}, tenant: web, program: "` + systemdCGI + `/slow", memory: 16Mi, timeout: 60s}
 `
 
 // installUnits puts cellgate where deploy/systemd's units expect it: the
@@ -82,6 +87,14 @@ func installUnits(t *testing.T) string {
 		dst := "/usr/local/bin/" + name
 		os.Remove(dst)
 		if err := copyFile(filepath.Join(filepath.Dir(cellgateBin(t)), name), dst, 0o755); err != nil {
+			t.Fatalf("install %s: %v", name, err)
+		}
+	}
+	if err := os.MkdirAll(systemdCGI, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"hello", "slow"} {
+		if err := copyFile(filepath.Join(cgiDir(t), name), filepath.Join(systemdCGI, name), 0o755); err != nil {
 			t.Fatalf("install %s: %v", name, err)
 		}
 	}
@@ -180,7 +193,7 @@ func TestSystemdService(t *testing.T) {
 	})
 
 	t.Run("reload", func(t *testing.T) {
-		writePolicy(t, policy, systemdPolicy+`  - {name: hi, match: {path: /hi}, tenant: web, program: "{{.CGI}}/hello", memory: 16Mi}
+		writePolicy(t, policy, systemdPolicy+`  - {name: hi, match: {path: /hi}, tenant: web, program: "`+systemdCGI+`/hello", memory: 16Mi}
 `)
 		mustSystemctl(t, "reload", "cellgate.service")
 		mustGet(t, url+"/hi", 200)
