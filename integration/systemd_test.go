@@ -94,6 +94,7 @@ func installUnits(t *testing.T) string {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"hello", "slow"} {
+		os.Remove(filepath.Join(systemdCGI, name)) // installed by an earlier test
 		if err := copyFile(filepath.Join(cgiDir(t), name), filepath.Join(systemdCGI, name), 0o755); err != nil {
 			t.Fatalf("install %s: %v", name, err)
 		}
