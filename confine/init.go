@@ -130,7 +130,7 @@ func readFrame(fd, nfds int) ([]byte, []int, error) {
 		}
 		return nil, nil, fmt.Errorf("%d descriptors with the frame, want %d", len(fds), nfds)
 	}
-	if err := readFull(fd, hdr[n:]); err != nil {
+	if err := ReadFull(fd, hdr[n:]); err != nil {
 		return nil, fds, err
 	}
 	size := binary.LittleEndian.Uint32(hdr[:])
@@ -138,15 +138,16 @@ func readFrame(fd, nfds int) ([]byte, []int, error) {
 		return nil, fds, fmt.Errorf("frame of %d bytes, over %d", size, MaxLaunch)
 	}
 	body := make([]byte, size)
-	if err := readFull(fd, body); err != nil {
+	if err := ReadFull(fd, body); err != nil {
 		return nil, fds, err
 	}
 	return body, fds, nil
 }
 
-// readFull reads len(b) bytes from fd (io.ErrUnexpectedEOF when it ends
-// first).
-func readFull(fd int, b []byte) error {
+// ReadFull reads len(b) bytes from fd (io.ErrUnexpectedEOF when it ends
+// first): the control socket's reads, on the init's side and the
+// daemon's.
+func ReadFull(fd int, b []byte) error {
 	for len(b) > 0 {
 		n, err := unix.Read(fd, b)
 		switch {

@@ -121,7 +121,7 @@ func (ip *initProc) waitReady(spec *Spec) error {
 	tv := unix.NsecToTimeval(reportTimeout.Nanoseconds())
 	unix.SetsockoptTimeval(ip.ctl, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	var hdr [16]byte
-	if err := readFull(ip.ctl, hdr[:]); err != nil {
+	if err := confine.ReadFull(ip.ctl, hdr[:]); err != nil {
 		return fmt.Errorf("%w: cell %s: no ready report from its init: %w", ErrSpawn, ip.cell.Path(), err)
 	}
 	rep, ok := confine.DecodeReport(hdr[:])
@@ -129,28 +129,12 @@ func (ip *initProc) waitReady(spec *Spec) error {
 		return nil
 	}
 	msg := make([]byte, int(hdr[2])|int(hdr[3])<<8)
-	readFull(ip.ctl, msg)
+	confine.ReadFull(ip.ctl, msg)
 	rep, ok = confine.DecodeReport(append(hdr[:], msg...))
 	if !ok {
 		return fmt.Errorf("%w: cell %s: its init sent no valid report", ErrSpawn, ip.cell.Path())
 	}
 	return notRun(rep, spec, ip.cell)
-}
-
-func readFull(fd int, b []byte) error {
-	for len(b) > 0 {
-		n, err := unix.Read(fd, b)
-		switch {
-		case errors.Is(err, unix.EINTR):
-			continue
-		case err != nil:
-			return err
-		case n == 0:
-			return errors.New("end of stream")
-		}
-		b = b[n:]
-	}
-	return nil
 }
 
 // report reads the init's last report once the init has exited (its end
