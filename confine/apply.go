@@ -27,6 +27,12 @@ const staging = "/tmp"
 // alone: the cell's init starts its program under them (SysProcAttr), a
 // long-lived process calls Drop. Every thread of the process is affected.
 func Apply(p *Plan) error {
+	if p.Preloader {
+		// First, while the host's /proc is still writable here.
+		if err := capUserNamespaces(); err != nil {
+			return err
+		}
+	}
 	if p.Namespaces&NSMount != 0 {
 		if err := buildRoot(p); err != nil {
 			return err
@@ -49,9 +55,32 @@ func Apply(p *Plan) error {
 		return fmt.Errorf("prctl(PR_SET_NO_NEW_PRIVS): %w", err)
 	}
 	if p.Seccomp {
-		if err := LoadFilter(); err != nil {
+		load := LoadFilter
+		if p.Preloader {
+			load = loadPreloaderFilter
+		}
+		if err := load(); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// maxUserNamespaces is the calling process's user namespace's own limit on
+// the user namespaces created below it.
+const maxUserNamespaces = "/proc/sys/user/max_user_namespaces"
+
+// capUserNamespaces lets the calling process's user namespace create no
+// user namespace, and drops CAP_SYS_RESOURCE (needed to raise the limit
+// again) from the bounding set, so that what it executes never holds it.
+// For a preloader, whose seccomp filter cannot refuse clone3's
+// CLONE_NEWUSER.
+func capUserNamespaces() error {
+	if err := os.WriteFile(maxUserNamespaces, []byte("0\n"), 0); err != nil {
+		return fmt.Errorf("cap the preloader's user namespaces at 0: %w (a read-only /proc/sys? run cellgate doctor)", err)
+	}
+	if err := unix.Prctl(unix.PR_CAPBSET_DROP, unix.CAP_SYS_RESOURCE, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_CAPBSET_DROP, CAP_SYS_RESOURCE): %w", err)
 	}
 	return nil
 }
@@ -155,7 +184,7 @@ func runStep(s step, src int, rootfs bool) error {
 		if err := unix.Mount("tmpfs", at, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
 			return fmt.Errorf("mount tmpfs on %s (%s): %w", s.target, data, err)
 		}
-	case stepBind:
+	case stepBind, stepHostProc:
 		var st unix.Stat_t
 		if err := unix.Fstat(src, &st); err != nil {
 			return fmt.Errorf("stat %s: %w", s.source, err)

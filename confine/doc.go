@@ -17,11 +17,16 @@
 // then reads the exec frame with the program's stdin, stdout and stderr,
 // starts the program as its child, stays PID 1 of the cell's PID namespace
 // to reap and forward signals, and reports the program's exit status on
-// fd 3 before exiting. Apply is independent of CGI: any process that must be
-// confined (a long-lived preloader) calls it, then Drop.
+// fd 3 before exiting. Apply is independent of CGI: a fork route's preloader
+// is confined by the same init in its exec mode (InitExec, argv[1] ExecArg),
+// which applies a Plan.ForPreloader plan to itself and then executes the
+// preloader in its own place, so that the preloader stays its starter's
+// direct child and no PID namespace's init; its children take the rest of
+// the plan themselves (Plan.ChildNamespaces, the tmpfs, a /proc, Filter
+// over PreloaderFilter).
 //
 // The decisions (Build, Steps, the seccomp program, the encodings) are pure
 // and tested without root; Apply, Init and the probes change kernel state.
 // Package sandbox starts the init; cmd/cellgate wires the two and dispatches
-// InitArg0 to Init. confine imports no other cellgate package.
+// InitArg0 to Init (or InitExec). confine imports no other cellgate package.
 package confine

@@ -47,7 +47,7 @@ func (p *Prepared) Plan() *Plan { return p.plan }
 func (p *Prepared) Frame() []byte { return p.frame }
 
 // CloneFlags are the namespaces to create with the init's clone.
-func (p *Prepared) CloneFlags() uintptr { return p.plan.Namespaces.CloneFlags() }
+func (p *Prepared) CloneFlags() uintptr { return p.plan.ownNamespaces().CloneFlags() }
 
 // Exec is what the init runs once the cell is confined: the per-request
 // part of a launch.

@@ -41,17 +41,8 @@ var forwarded = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, sys
 // namespace its exit ends every other process of the cell. The init's own
 // fds 0-2 are /dev/null. It returns the status to exit with.
 func Init() int {
-	unix.CloseOnExec(ControlFD)
-	body, _, err := readFrame(ControlFD, 0)
-	if err != nil {
-		return fail(ReportSetup, exitSetup, fmt.Errorf("read the plan frame on fd %d: %w", ControlFD, err))
-	}
-	plan, err := DecodePlan(body)
-	if err != nil {
+	if err := applyPlanFrame("the cell"); err != nil {
 		return fail(ReportSetup, exitSetup, err)
-	}
-	if err := Apply(plan); err != nil {
-		return fail(ReportSetup, exitSetup, fmt.Errorf("confine the cell: %w", err))
 	}
 	// What does not depend on the request is done before waiting for it:
 	// the signal thread, and the thread the program is forked from, with
@@ -90,6 +81,74 @@ func Init() int {
 		return 128 + int(r.Signal)
 	}
 	return int(r.Code)
+}
+
+// ExecArg is argv[1] of an init started in exec mode (InitExec).
+const ExecArg = "exec"
+
+// InitExec is the init's exec mode, for a long-lived process that must
+// stay its starter's direct child (a fork route's preloader, whose
+// children cellgate reaps through CLONE_PARENT). It reads the plan frame
+// on ControlFD, applies it (Apply) and reports ReportReady like Init; then
+// it reads the exec frame with one descriptor, makes that descriptor its
+// fd 3 in place of the control socket and executes the frame's program in
+// its own place under its own credentials (the frame's are not used):
+// no child, no reaping, the program is the process cellgate started. A
+// program that cannot be executed is reported on the control socket
+// (ReportSpawn) before the init exits; once the exec succeeded the
+// control socket is closed, which the starter reads as the end of the
+// stream. It returns the status to exit with when the exec failed.
+func InitExec() int {
+	if err := applyPlanFrame("the preloader"); err != nil {
+		return fail(ReportSetup, exitSetup, err)
+	}
+	report(Report{Kind: ReportReady})
+	body, fds, err := readFrame(ControlFD, 1)
+	if errors.Is(err, io.EOF) {
+		return 0
+	}
+	if err != nil {
+		return fail(ReportSpawn, exitSpawn, fmt.Errorf("read the exec frame on fd %d: %w", ControlFD, err))
+	}
+	ex, err := DecodeExec(body)
+	if err != nil {
+		return fail(ReportSpawn, exitSpawn, err)
+	}
+	// The control socket moves out of the way (close-on-exec) so that a
+	// failed exec can still be reported on it.
+	ctl, err := unix.FcntlInt(ControlFD, unix.F_DUPFD_CLOEXEC, minLauncherFD)
+	if err != nil {
+		return fail(ReportSpawn, exitSpawn, fmt.Errorf("move the control socket: %w", err))
+	}
+	if err := unix.Dup3(fds[0], ControlFD, 0); err != nil {
+		return failOn(ctl, ReportSpawn, exitSpawn, fmt.Errorf("make the program's socket fd %d: %w", ControlFD, err))
+	}
+	unix.Close(fds[0])
+	if ex.Dir != "" {
+		if err := unix.Chdir(ex.Dir); err != nil {
+			return failOn(ctl, ReportSpawn, exitSpawn, &os.PathError{Op: "chdir", Path: ex.Dir, Err: err})
+		}
+	}
+	err = unix.Exec(ex.Path, ex.Args, ex.Env)
+	return failOn(ctl, ReportSpawn, exitSpawn, &os.PathError{Op: "exec", Path: ex.Path, Err: err})
+}
+
+// applyPlanFrame reads the plan frame on ControlFD (made close-on-exec)
+// and applies it to the calling process, what.
+func applyPlanFrame(what string) error {
+	unix.CloseOnExec(ControlFD)
+	body, _, err := readFrame(ControlFD, 0)
+	if err != nil {
+		return fmt.Errorf("read the plan frame on fd %d: %w", ControlFD, err)
+	}
+	plan, err := DecodePlan(body)
+	if err != nil {
+		return err
+	}
+	if err := Apply(plan); err != nil {
+		return fmt.Errorf("confine %s: %w", what, err)
+	}
+	return nil
 }
 
 // readFrame reads one length-prefixed frame from fd, with exactly nfds
@@ -221,12 +280,17 @@ func report(r Report) {
 // report into its error; when the report cannot be written (nobody reads
 // fd 3) the message goes to stderr.
 func fail(kind ReportKind, status int, err error) int {
+	return failOn(ControlFD, kind, status, err)
+}
+
+// failOn is fail with the report written to fd.
+func failOn(fd int, kind ReportKind, status int, err error) int {
 	r := Report{Kind: kind, Msg: err.Error()}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		r.Errno = int32(errno)
 	}
-	if _, werr := unix.Write(ControlFD, r.Encode()); werr != nil {
+	if _, werr := unix.Write(fd, r.Encode()); werr != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", InitArg0, err)
 	}
 	return status

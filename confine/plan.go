@@ -123,6 +123,46 @@ type Plan struct {
 	// NoFile is RLIMIT_NOFILE (soft and hard) of the program; 0 leaves the
 	// daemon's. RLIMIT_CORE is always 0: a cell never dumps core.
 	NoFile uint64
+	// Preloader applies the plan to a fork route's preloader rather than to
+	// a cell (see ForPreloader): NSPID is then the namespace each of its
+	// children gets, not the preloader's own.
+	Preloader bool `json:",omitempty"`
+}
+
+// ForPreloader returns the plan as a fork route's preloader applies it to
+// itself (the init's exec mode, InitExec). The preloader stays in the
+// host's PID namespace: it is cellgate's direct child, and the kernel
+// refuses CLONE_PARENT to the init of a PID namespace. Each child it
+// clones gets the rest (ChildNamespaces, Tmpfs, a fresh /proc, the full
+// seccomp filter) from the preloader itself. So, with Preloader set:
+// CloneFlags leave CLONE_NEWPID out; the host's /proc is bound read-only
+// where a cell mounts a fresh one (a proc mount in a user namespace needs
+// a proc already fully visible in the mount namespace: the children's);
+// the seccomp filter is PreloaderFilter; and the preloader's user
+// namespace may create no further user namespace (user.max_user_namespaces
+// 0 in it, CAP_SYS_RESOURCE dropped from its bounding set so that it
+// cannot raise it again), which the filter can no longer refuse once
+// clone3 is allowed.
+func (p *Plan) ForPreloader() *Plan {
+	q := *p
+	q.Preloader = true
+	return &q
+}
+
+// ChildNamespaces are the namespaces each child of a preloader applying p
+// gets of its own with its clone: PID, mount (for its private tmpfs and
+// /proc) and IPC. Network and UTS are the preloader's, shared by its
+// children.
+func (p *Plan) ChildNamespaces() Namespaces {
+	return p.Namespaces & (NSPID | NSMount | NSIPC)
+}
+
+// ownNamespaces are the namespaces the process applying p is created in.
+func (p *Plan) ownNamespaces() Namespaces {
+	if p.Preloader {
+		return p.Namespaces &^ NSPID
+	}
+	return p.Namespaces
 }
 
 // Defaults of Options.
@@ -149,6 +189,10 @@ type Options struct {
 	// Programs is the route's program file or directory of programs, bound
 	// read-only at the same path unless a system directory already shows it.
 	Programs string
+	// Interpreter is a fork route's interpreter (its preloader's program):
+	// its directory is shown read-only like Programs, unless a system
+	// directory already shows it.
+	Interpreter string
 	// Mounts are the route's own binds.
 	Mounts []Bind
 	// RootFS is a directory to use as the cell's root instead of the system
@@ -246,11 +290,18 @@ func Build(o Options, fsys FS) (*Plan, error) {
 			}
 		}
 	}
-	if o.Programs != "" && !p.shows(o.Programs) {
-		if !clean(o.Programs) {
-			errs = append(errs, fmt.Errorf("program %q: not an absolute clean path", o.Programs))
+	shown := []string{o.Programs}
+	if o.Interpreter != "" {
+		shown = append(shown, filepath.Dir(o.Interpreter))
+	}
+	for _, prog := range shown {
+		if prog == "" || p.shows(prog) {
+			continue
+		}
+		if !clean(prog) {
+			errs = append(errs, fmt.Errorf("program %q: not an absolute clean path", prog))
 		} else {
-			p.Binds = append(p.Binds, Bind{Source: o.Programs, Target: o.Programs})
+			p.Binds = append(p.Binds, Bind{Source: prog, Target: prog})
 		}
 	}
 	for _, m := range o.Mounts {

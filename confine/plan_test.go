@@ -114,6 +114,16 @@ func TestBuild(t *testing.T) {
 			opts: Options{Share: NSMount | NSUTS, Programs: "/srv/cgi"},
 			want: &Plan{Namespaces: NSPID | NSIPC | NSNet, Seccomp: true, NoFile: DefaultNoFile},
 		},
+		{
+			name: "a fork route: its app dir and its interpreter's dir outside the system dirs",
+			opts: Options{Programs: "/srv/cgi", Interpreter: "/srv/data/python3"},
+			want: &Plan{
+				Namespaces: AllNamespaces,
+				Binds: []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"},
+					{Source: "/srv/cgi", Target: "/srv/cgi"}, {Source: "/srv/data", Target: "/srv/data"}},
+				Symlinks: debianLinks, Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
+			},
+		},
 		{name: "host filesystem with mounts", opts: Options{Share: NSMount, Mounts: []Bind{{Source: "/srv/data", Target: "/data"}}}, wantErr: "need the cell's own filesystem view"},
 		{name: "mount over /tmp", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/tmp"}}}, wantErr: "the cell's own /tmp"},
 		{name: "mount over the root", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/"}}}, wantErr: "the cell's own /"},
@@ -192,5 +202,40 @@ func TestStepsOrder(t *testing.T) {
 	host, _ := Build(Options{Share: NSMount}, debian)
 	if s := host.steps(); s != nil {
 		t.Errorf("steps without a mount namespace: %v", s)
+	}
+}
+
+// A preloader stays in the host's PID namespace and binds the host's /proc
+// where a cell mounts its own; its children get PID, mount and IPC
+// namespaces of their own.
+func TestForPreloader(t *testing.T) {
+	p, err := Build(Options{Programs: "/srv/cgi"}, debian)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre := p.ForPreloader()
+	if p.Preloader || !pre.Preloader {
+		t.Fatalf("ForPreloader changed the plan (%v) or did not mark its copy (%v)", p.Preloader, pre.Preloader)
+	}
+	cell, _ := Prepare(p)
+	prep, _ := Prepare(pre)
+	if cell.CloneFlags()&unix.CLONE_NEWPID == 0 || prep.CloneFlags()&unix.CLONE_NEWPID != 0 || prep.CloneFlags()&unix.CLONE_NEWNET == 0 {
+		t.Errorf("clone flags: cell %#x, preloader %#x; want CLONE_NEWPID only for the cell, CLONE_NEWNET for both", cell.CloneFlags(), prep.CloneFlags())
+	}
+	if got := pre.ChildNamespaces(); got != NSPID|NSMount|NSIPC {
+		t.Errorf("child namespaces %v, want pid mount ipc", got)
+	}
+	var proc []stepKind
+	for _, s := range pre.steps() {
+		if s.target == "/proc" {
+			proc = append(proc, s.kind)
+		}
+	}
+	if !reflect.DeepEqual(proc, []stepKind{stepHostProc}) {
+		t.Errorf("/proc steps of a preloader %v, want only the host's /proc bound", proc)
+	}
+	host, _ := Build(Options{Share: NSPID | NSMount}, debian)
+	if got := host.ForPreloader().ChildNamespaces(); got != NSIPC {
+		t.Errorf("child namespaces with pid and filesystem shared: %v, want ipc", got)
 	}
 }

@@ -27,6 +27,7 @@ const (
 	offNr         = 0
 	offArch       = 4
 	offArg0Low    = 16
+	offArg3Low    = 16 + 3*8
 	x32SyscallBit = 0x40000000
 )
 
@@ -76,6 +77,7 @@ const (
 	lblDeny
 	lblNoSys
 	lblClone
+	lblMount
 )
 
 type insn struct {
@@ -92,13 +94,35 @@ func Filter() ([]unix.SockFilter, error) {
 	if !ok {
 		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
 	}
-	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, sysClone3))
+	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, sysClone3, 0))
+}
+
+// mountChangeFlags are the mount flags that change an existing mount
+// rather than create one: a preloader may not use them.
+const mountChangeFlags = unix.MS_REMOUNT | unix.MS_BIND | unix.MS_MOVE | unix.MS_REC |
+	unix.MS_SHARED | unix.MS_PRIVATE | unix.MS_SLAVE | unix.MS_UNBINDABLE
+
+// PreloaderFilter is the filter a fork route's preloader runs under
+// (Plan.ForPreloader): the deny list, but clone3 is allowed, since
+// CLONE_INTO_CGROUP exists only there (the new user namespaces it could
+// create are refused by the preloader's user namespace limit instead), and
+// mount is allowed for a new mount (no remount, bind, move or propagation
+// change): each child mounts its private tmpfs and its /proc, then loads
+// Filter on top of this one, so that the request's code runs under both.
+func PreloaderFilter() ([]unix.SockFilter, error) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
+	}
+	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, sysClone3, sysMount))
 }
 
 // filterProgram lays the filter out: check the architecture, refuse x32
 // numbers (amd64), send clone to the flag check and clone3 to ENOSYS, then
-// one comparison per denied call.
-func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3 uint32) []insn {
+// one comparison per denied call. With mount non-zero (a preloader's
+// filter) clone3 is allowed and mount goes to the flag check instead of
+// the deny list.
+func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount uint32) []insn {
 	p := []insn{
 		{op: ldAbsW, k: offArch},
 		{op: jeqK, k: arch, jt: skipOne}, // the right architecture jumps over the kill
@@ -108,19 +132,33 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3 uint32)
 	if x32 {
 		p = append(p, insn{op: jgeK, k: x32SyscallBit, jt: lblDeny})
 	}
-	p = append(p, insn{op: jeqK, k: clone, jt: lblClone}, insn{op: jeqK, k: clone3, jt: lblNoSys})
+	p = append(p, insn{op: jeqK, k: clone, jt: lblClone})
+	if mount != 0 {
+		p = append(p, insn{op: jeqK, k: mount, jt: lblMount})
+	} else {
+		p = append(p, insn{op: jeqK, k: clone3, jt: lblNoSys})
+	}
 	for _, s := range denied {
-		p = append(p, insn{op: jeqK, k: s.nr, jt: lblDeny})
+		if mount == 0 || s.nr != mount {
+			p = append(p, insn{op: jeqK, k: s.nr, jt: lblDeny})
+		}
 	}
 	p = append(p,
 		insn{op: retK, k: retAllow},
 		insn{op: ldAbsW, k: offArg0Low, at: lblClone},
 		insn{op: jsetK, k: cloneNewFlags, jt: lblDeny},
 		insn{op: retK, k: retAllow},
-		insn{op: retK, k: retENOSYS, at: lblNoSys},
-		insn{op: retK, k: retEPERM, at: lblDeny},
 	)
-	return p
+	if mount != 0 {
+		p = append(p,
+			insn{op: ldAbsW, k: offArg3Low, at: lblMount},
+			insn{op: jsetK, k: mountChangeFlags, jt: lblDeny},
+			insn{op: retK, k: retAllow},
+		)
+	} else {
+		p = append(p, insn{op: retK, k: retENOSYS, at: lblNoSys})
+	}
+	return append(p, insn{op: retK, k: retEPERM, at: lblDeny})
 }
 
 // skipOne is a pseudo-label: jump over the next instruction.
@@ -170,6 +208,19 @@ func LoadFilter() error {
 	if err != nil {
 		return err
 	}
+	return load(f)
+}
+
+// loadPreloaderFilter installs PreloaderFilter as LoadFilter does Filter.
+func loadPreloaderFilter() error {
+	f, err := PreloaderFilter()
+	if err != nil {
+		return err
+	}
+	return load(f)
+}
+
+func load(f []unix.SockFilter) error {
 	prog := unix.SockFprog{Len: uint16(len(f)), Filter: &f[0]}
 	_, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog)))
 	if errno != 0 {

@@ -11,6 +11,7 @@ var auditArch = map[string]uint32{
 const (
 	sysClone  = unix.SYS_CLONE
 	sysClone3 = unix.SYS_CLONE3
+	sysMount  = unix.SYS_MOUNT
 )
 
 // commonDenied are the calls denied on every architecture: tracing other

@@ -10,12 +10,14 @@ import (
 
 // run interprets a seccomp program as the kernel does for the five
 // instruction kinds Filter uses, on a little-endian seccomp_data.
-func run(t *testing.T, prog []unix.SockFilter, arch, nr uint32, arg0 uint64) uint32 {
+func run(t *testing.T, prog []unix.SockFilter, arch, nr uint32, args ...uint64) uint32 {
 	t.Helper()
 	data := make([]byte, 64)
 	binary.LittleEndian.PutUint32(data[offNr:], nr)
 	binary.LittleEndian.PutUint32(data[offArch:], arch)
-	binary.LittleEndian.PutUint64(data[offArg0Low:], arg0)
+	for i, a := range args {
+		binary.LittleEndian.PutUint64(data[offArg0Low+8*i:], a)
+	}
 	var a uint32
 	for pc := 0; pc < len(prog); {
 		in := prog[pc]
@@ -99,5 +101,50 @@ func TestFilter(t *testing.T) {
 	}
 	if len(Denied()) != len(deniedSyscalls) || Denied()[0] != "ptrace" {
 		t.Errorf("Denied() = %v", Denied())
+	}
+}
+
+func TestPreloaderFilter(t *testing.T) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		t.Skipf("no seccomp table for %s", runtime.GOARCH)
+	}
+	prog, err := PreloaderFilter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range deniedSyscalls {
+		if s.nr == sysMount {
+			continue
+		}
+		if got := run(t, prog, arch, s.nr, 0); got != retEPERM {
+			t.Errorf("%s: %#x, want EPERM", s.name, got)
+		}
+	}
+	if got := run(t, prog, arch, sysClone3, 0); got != retAllow {
+		t.Errorf("clone3: %#x, want allow (CLONE_INTO_CGROUP needs it)", got)
+	}
+	if got := run(t, prog, arch, sysClone, unix.CLONE_NEWUSER); got != retEPERM {
+		t.Errorf("clone(CLONE_NEWUSER): %#x, want EPERM", got)
+	}
+	mounts := []struct {
+		name  string
+		flags uint64
+		want  uint32
+	}{
+		{"a new tmpfs", unix.MS_NOSUID | unix.MS_NODEV, retAllow},
+		{"a new proc", unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC, retAllow},
+		{"a remount", unix.MS_REMOUNT | unix.MS_BIND, retEPERM},
+		{"a bind", unix.MS_BIND, retEPERM},
+		{"a move", unix.MS_MOVE, retEPERM},
+		{"a propagation change", unix.MS_REC | unix.MS_SHARED, retEPERM},
+	}
+	for _, m := range mounts {
+		if got := run(t, prog, arch, sysMount, 0, 0, 0, m.flags); got != m.want {
+			t.Errorf("mount, %s: %#x, want %#x", m.name, got, m.want)
+		}
+	}
+	if got := run(t, prog, arch+1, unix.SYS_READ, 0); got != retKill {
+		t.Errorf("another architecture: %#x, want kill", got)
 	}
 }

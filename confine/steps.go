@@ -13,6 +13,7 @@ const (
 	stepSymlink                          // a symlink Target at Link
 	stepProc                             // a fresh proc on /proc
 	stepRootReadOnly                     // the new root made read-only
+	stepHostProc                         // the host's /proc bound read-only (a preloader)
 )
 
 // step is one operation, with paths as the cell will see them (Apply
@@ -72,7 +73,11 @@ func (p *Plan) steps() []step {
 	for _, l := range p.Symlinks {
 		s = append(s, step{kind: stepSymlink, target: l.Link, link: l})
 	}
-	s = append(s, step{kind: stepProc, target: "/proc"})
+	if p.Preloader {
+		s = append(s, step{kind: stepHostProc, source: "/proc", target: "/proc", bind: Bind{Source: "/proc", Target: "/proc"}})
+	} else {
+		s = append(s, step{kind: stepProc, target: "/proc"})
+	}
 	s = append(s, step{kind: stepRootReadOnly, target: "/"})
 	return s
 }

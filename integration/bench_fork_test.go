@@ -21,7 +21,11 @@ import (
 // request (cellgate's own, and the tenant group's: cells plus, for fork,
 // the preloader) and the cells' mean memory.peak, as ratios fork/cgi; and
 // the throughput of gunicorn (sync, 2 workers, --preload) on the same app,
-// the warm runtime without per-request cells.
+// the warm runtime without per-request cells. The fork route runs under
+// the default confinement; the same app on a route with every confinement
+// relaxed but its PID namespace per request (what fork routes had before
+// they were confined) gives the cost of the confinement as a throughput
+// ratio.
 //
 //	go test -run '^$' -bench Fork ./integration/   # on the host, as root
 //	make bench                                     # also in the microVM
@@ -35,9 +39,12 @@ defaults: {memory: 128Mi, cpu: 1, pids: 64, timeout: 120s}
 tenants:
   - {name: fork, max_cells: 16, queue: 1000, queue_timeout: 300s}
   - {name: cgi, max_cells: 16, queue: 1000, queue_timeout: 300s}
+  - {name: open, max_cells: 16, queue: 1000, queue_timeout: 300s}
 routes:
-  - {name: flask, match: {path: /flask}, tenant: fork, driver: fork, runtime: python-wsgi, app: "flask_hello:app", app_dir: "%s", memory: 64Mi}
-  - {name: flask-cgi, match: {path: /flask-cgi}, tenant: cgi, program: "%s"}
+  - {name: flask, match: {path: /flask}, tenant: fork, driver: fork, runtime: python-wsgi, app: "flask_hello:app", app_dir: "%[1]s", memory: 64Mi}
+  - {name: flask-open, match: {path: /flask-open}, tenant: open, driver: fork, runtime: python-wsgi, app: "flask_hello:app", app_dir: "%[1]s", memory: 64Mi,
+     filesystem: host, network: host, seccomp: off, host_namespaces: [ipc, uts]}
+  - {name: flask-cgi, match: {path: /flask-cgi}, tenant: cgi, program: "%[2]s"}
 `
 
 // tenantCPU is a tenant group's cpu.stat usage_usec.
@@ -87,24 +94,29 @@ func BenchmarkFork(b *testing.B) {
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2 * *benchConc, DisableCompression: true}, Timeout: 5 * time.Minute}
 	b.Cleanup(client.CloseIdleConnections)
 
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	run := func(path, tenant string, n int) (benchStats, time.Duration) {
 		t0 := tenantCPU(b, g, tenant)
 		s := benchLoad(b, client, g.url+path, n, *benchConc, g.cmd.Process.Pid)
 		return s, (tenantCPU(b, g, tenant) - t0) / time.Duration(n)
 	}
-	var fork, cgi benchStats
-	var forkCPU, cgiCPU time.Duration
+	var fork, open, cgi benchStats
+	var forkCPU, openCPU, cgiCPU time.Duration
 	for b.Loop() {
 		cgi, cgiCPU = run("/flask-cgi/", "cgi", *benchCGIRequests)
 		fork, forkCPU = run("/flask/", "fork", *benchForkRequests)
+		open, openCPU = run("/flask-open/", "open", *benchForkRequests)
 	}
+	b.ReportMetric(fork.rps/open.rps, "fork-confined/unconfined-throughput")
+	b.Logf("confinement of a fork route: confined %.1f req/s (p50 %.1f ms, p99 %.1f ms), unconfined %.1f req/s (p50 %.1f ms, p99 %.1f ms): "+
+		"throughput confined/unconfined %.3f; tenant CPU per request confined %.2f ms, unconfined %.2f ms",
+		fork.rps, ms(fork.p50), ms(fork.p99), open.rps, ms(open.p50), ms(open.p99), fork.rps/open.rps, ms(forkCPU), ms(openCPU))
 	if gun := gunicorn(b, filepath.Join(examples, "wsgi")); gun != "" {
 		gs := benchLoad(b, client, gun+"/", *benchForkRequests, *benchConc, 0)
 		b.ReportMetric(fork.rps/gs.rps, "fork/gunicorn-throughput")
 		b.Logf("gunicorn sync -w 2 --preload: %.1f req/s (p50 %.1f ms, p99 %.1f ms); fork/gunicorn throughput %.3f",
 			gs.rps, float64(gs.p50)/1e6, float64(gs.p99)/1e6, fork.rps/gs.rps)
 	}
-	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 	forkPeak, cgiPeak := meanPeak(g, "flask"), meanPeak(g, "flask-cgi")
 	b.ReportMetric(fork.rps, "fork-req/s")
 	b.ReportMetric(cgi.rps, "cgi-req/s")

@@ -250,15 +250,7 @@ func TestConfineTmpfsGone(t *testing.T) {
 // (its init and itself, not cellgate), and a SysV shared memory segment
 // of the host is invisible to it.
 func TestConfinePIDsAndIPC(t *testing.T) {
-	id, err := unix.SysvShmGet(unix.IPC_PRIVATE, 4096, unix.IPC_CREAT|0o644)
-	if err != nil {
-		t.Fatalf("shmget: %v", err)
-	}
-	defer unix.SysvShmCtl(id, unix.IPC_RMID, nil)
-	host, err := os.ReadFile("/proc/sysvipc/shm")
-	if err != nil || !strings.Contains(string(host), " "+strconv.Itoa(id)+" ") {
-		t.Fatalf("control: the host's /proc/sysvipc/shm does not list segment %d (%v):\n%s", id, err, host)
-	}
+	id := hostShmSegment(t)
 	g := confineGate(t, "")
 	r := g.probe(t, "probe", url.Values{"procs": {"1"}, "sysvshm": {"1"}})
 	if len(r.Procs) != 2 || !strings.HasPrefix(r.Procs[0], "1 cellgate-init") {
@@ -279,15 +271,51 @@ func TestConfinePIDsAndIPC(t *testing.T) {
 	}
 }
 
+// hostShmSegment creates a SysV shared memory segment of the host for the
+// test's duration, checks that the host's /proc/sysvipc/shm lists it, and
+// returns its id.
+func hostShmSegment(t *testing.T) int {
+	t.Helper()
+	id, err := unix.SysvShmGet(unix.IPC_PRIVATE, 4096, unix.IPC_CREAT|0o644)
+	if err != nil {
+		t.Fatalf("shmget: %v", err)
+	}
+	t.Cleanup(func() { unix.SysvShmCtl(id, unix.IPC_RMID, nil) })
+	host, err := os.ReadFile("/proc/sysvipc/shm")
+	if err != nil || !strings.Contains(string(host), " "+strconv.Itoa(id)+" ") {
+		t.Fatalf("control: the host's /proc/sysvipc/shm does not list segment %d (%v):\n%s", id, err, host)
+	}
+	return id
+}
+
 // TestConfineNetwork: with network: none a cell reaches neither
 // cellgate's admin port nor a loopback listener of the host; with network:
 // host it reaches both.
 func TestConfineNetwork(t *testing.T) {
+	listener := loopbackListener(t)
+	g := confineGate(t, "")
+	admin := strings.TrimPrefix(g.admin, "http://")
+	targets := []string{admin, listener}
+	none := g.probe(t, "probe", url.Values{"connect": targets})
+	host := g.probe(t, "nethost", url.Values{"connect": targets})
+	for _, a := range targets {
+		if none.Connect[a] == "ok" {
+			t.Errorf("network: none cell connected to %s", a)
+		}
+		if host.Connect[a] != "ok" {
+			t.Errorf("network: host cell could not connect to %s: %s", a, host.Connect[a])
+		}
+	}
+}
+
+// loopbackListener listens on a loopback port of the host, accepting and
+// closing connections until the test ends, and returns its address.
+func loopbackListener(t *testing.T) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -300,21 +328,11 @@ func TestConfineNetwork(t *testing.T) {
 			c.Close()
 		}
 	}()
-	defer wg.Wait()
-	defer ln.Close()
-	g := confineGate(t, "")
-	admin := strings.TrimPrefix(g.admin, "http://")
-	targets := []string{admin, ln.Addr().String()}
-	none := g.probe(t, "probe", url.Values{"connect": targets})
-	host := g.probe(t, "nethost", url.Values{"connect": targets})
-	for _, a := range targets {
-		if none.Connect[a] == "ok" {
-			t.Errorf("network: none cell connected to %s", a)
-		}
-		if host.Connect[a] != "ok" {
-			t.Errorf("network: host cell could not connect to %s: %s", a, host.Connect[a])
-		}
-	}
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	return ln.Addr().String()
 }
 
 // TestConfineSeccomp: every denied call fails with EPERM, and the request

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,13 +16,17 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Issue 11, end to end: fork routes (a warm Python preloader cloning each
 // request into its own cell) behind the built `cellgate serve`.
 
 // forkPolicy has a dependency-free WSGI hello (balloons with ?mb=, sleeps
-// with ?ms=), the Flask hello, and the isolation probe, in one tenant.
+// with ?ms=), the Flask hello, the isolation probe, and the confinement
+// probe (confprobe.py, answering as the CGI probe of confine_test.go) under
+// the default confinement and with network: host, in one tenant.
 const forkPolicy = `version: 1
 defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 60s}
 tenants:
@@ -32,6 +37,8 @@ routes:
   - {name: short, match: {path: /short}, tenant: py, driver: fork, runtime: python-wsgi, app: "hello:app", app_dir: "%[1]s", timeout: 2s}
   - {name: probe, match: {path: /probe}, tenant: py, driver: fork, runtime: python-wsgi, app: "%[3]s:app", app_dir: "%[2]s"}
   - {name: hello-cgi, match: {path: /hello}, tenant: py, program: "{{.CGI}}/hello"}
+  - {name: confprobe, match: {path: /confprobe}, tenant: py, driver: fork, runtime: python-wsgi, app: "confprobe:app", app_dir: "%[2]s", memory: 96Mi, tmpfs_size: 24Mi}
+  - {name: confhost, match: {path: /confhost}, tenant: py, driver: fork, runtime: python-wsgi, app: "confprobe:app", app_dir: "%[2]s", network: host}
 `
 
 // forkDirs returns the example WSGI apps' and the test apps' directories.
@@ -282,6 +289,8 @@ func TestFork(t *testing.T) {
 		}
 	})
 
+	forkConfined(t, g)
+
 	t.Run("preloader killed", func(t *testing.T) {
 		// Killed while requests are in flight: their children are
 		// cellgate's (CLONE_PARENT) and finish; a request caught in the
@@ -392,4 +401,137 @@ func TestForkServeRefusesBrokenApp(t *testing.T) {
 	if _, err := os.Stat(base); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s left behind: %v", base, err)
 	}
+}
+
+// forkSyscalls are the denied calls the confined probe makes, with numbers
+// of this architecture and arguments that would do no harm if allowed;
+// want is the errno the child's seccomp filter gives.
+var forkSyscalls = []struct {
+	name    string
+	nr      uintptr
+	a, b, c uintptr
+	want    string
+}{
+	{"unshare(CLONE_NEWUSER)", unix.SYS_UNSHARE, unix.CLONE_NEWUSER, 0, 0, "EPERM"},
+	{"bpf", unix.SYS_BPF, 0, 0, 0, "EPERM"},
+	{"perf_event_open", unix.SYS_PERF_EVENT_OPEN, 0, 0, ^uintptr(0), "EPERM"},
+	{"userfaultfd", unix.SYS_USERFAULTFD, 0, 0, 0, "EPERM"},
+	{"keyctl", unix.SYS_KEYCTL, 0, 0, 0, "EPERM"},
+	{"mount", unix.SYS_MOUNT, 0, 0, 0, "EPERM"},
+	{"ptrace(PTRACE_TRACEME)", unix.SYS_PTRACE, unix.PTRACE_TRACEME, 0, 0, "EPERM"},
+	{"io_uring_setup", unix.SYS_IO_URING_SETUP, 1, 0, 0, "EPERM"},
+	{"init_module", unix.SYS_INIT_MODULE, 0, 0, 0, "EPERM"},
+	// The preloader's filter allows clone3 (CLONE_INTO_CGROUP); the
+	// child's own filter, loaded on top, sends it to ENOSYS again.
+	{"clone3", unix.SYS_CLONE3, 0, 0, 0, "ENOSYS"},
+}
+
+// forkConfined: a fork route is confined by default as a cgi route is.
+// The probe is a WSGI app (confprobe.py) answering as the CGI probe does;
+// every assertion has a control that must succeed.
+func forkConfined(t *testing.T, g *gate) {
+	t.Run("confined filesystem", func(t *testing.T) {
+		other := t.TempDir()
+		os.Chmod(other, 0o755)
+		public := filepath.Join(other, "public.txt")
+		if err := os.WriteFile(public, []byte("secret"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(public, 0o644)
+		own := preloaderApp(t)
+		r := g.probe(t, "confprobe", url.Values{"read": {public, g.policyPath, "/root/.profile", "/etc/passwd", own}})
+		for _, p := range []string{public, g.policyPath, "/root/.profile"} {
+			if r.Read[p] == "ok" {
+				t.Errorf("a fork route's request read %s", p)
+			}
+		}
+		for _, p := range []string{"/etc/passwd", own} {
+			if r.Read[p] != "ok" {
+				t.Errorf("a fork route's request cannot read %s (%s): the system directories and its app must be visible", p, r.Read[p])
+			}
+		}
+		if r.Hostname != "cell" {
+			t.Errorf("hostname %q, want the preloader's own (cell)", r.Hostname)
+		}
+	})
+
+	t.Run("confined tmpfs gone", func(t *testing.T) {
+		current := func() int64 { return readInt(t, filepath.Join(g.tenantDir("py"), "memory.current")) }
+		g.probe(t, "confprobe", url.Values{})
+		base := current()
+		for i := 0; i < 20; i++ {
+			r := g.probe(t, "confprobe", url.Values{"fill": {"/dev/shm/leak:16", "/tmp/leak:16", "/var/tmp/leak:4"}})
+			for p, res := range r.Fill {
+				if res != "ok" {
+					t.Fatalf("request %d: writing to %s: %s", i, p, res)
+				}
+			}
+		}
+		now := current()
+		t.Logf("tenant memory.current %d before, %d after 20 requests that each left 36 MiB in their tmpfs", base, now)
+		if now > base+48<<20 {
+			t.Errorf("tenant memory.current %d after 20 requests, %d before: files of ended requests stay charged", now, base)
+		}
+		r := g.probe(t, "confprobe", url.Values{"read": {"/dev/shm/leak", "/tmp/leak", "/var/tmp/leak"}})
+		for p, res := range r.Read {
+			if res == "ok" {
+				t.Errorf("a later request reads %s: it outlived its request", p)
+			}
+		}
+		// Over the route's tmpfs_size: the request's own tmpfs is full.
+		if r := g.probe(t, "confprobe", url.Values{"fill": {"/tmp/big:32"}}); r.Fill["/tmp/big"] != "ENOSPC" {
+			t.Errorf("32 MiB into a 24 MiB /tmp: %s, want ENOSPC", r.Fill["/tmp/big"])
+		}
+	})
+
+	t.Run("confined proc and ipc", func(t *testing.T) {
+		id := hostShmSegment(t)
+		r := g.probe(t, "confprobe", url.Values{"procs": {"1"}, "sysvshm": {"1"}})
+		if len(r.Procs) != 1 || !strings.HasPrefix(r.Procs[0], "1 ") {
+			t.Errorf("the request's /proc lists %d processes (%.200q), want only itself as 1", len(r.Procs), r.Procs)
+		}
+		if strings.Contains(r.SysVShm, " "+strconv.Itoa(id)+" ") || r.SysVShm == "" {
+			t.Errorf("the request's /proc/sysvipc/shm: %q, want its own empty table", r.SysVShm)
+		}
+	})
+
+	t.Run("confined network", func(t *testing.T) {
+		targets := []string{strings.TrimPrefix(g.admin, "http://"), loopbackListener(t)}
+		none := g.probe(t, "confprobe", url.Values{"connect": targets})
+		host := g.probe(t, "confhost", url.Values{"connect": targets})
+		for _, a := range targets {
+			if none.Connect[a] == "ok" {
+				t.Errorf("a network: none fork request connected to %s", a)
+			}
+			if host.Connect[a] != "ok" {
+				t.Errorf("a network: host fork request could not connect to %s: %s", a, host.Connect[a])
+			}
+		}
+	})
+
+	t.Run("confined seccomp", func(t *testing.T) {
+		var q []string
+		for _, s := range forkSyscalls {
+			q = append(q, fmt.Sprintf("%s:%d:%d:%d:%d", s.name, s.nr, s.a, s.b, int64(s.c)))
+		}
+		r := g.probe(t, "confprobe", url.Values{"sys": q})
+		for _, s := range forkSyscalls {
+			if got := r.Syscalls[s.name]; got != s.want {
+				t.Errorf("%s in a fork request: %s, want %s", s.name, got, s.want)
+			}
+		}
+		// What the preloader itself could do while importing the app.
+		pre := g.probe(t, "confprobe", url.Values{"preload": {"1"}}).Syscalls
+		if pre["unshare(CLONE_NEWUSER)"] != "EPERM" || pre["max_user_namespaces"] != "0" {
+			t.Errorf("in the preloader: unshare(CLONE_NEWUSER) %s (want EPERM), max_user_namespaces %s (want 0)",
+				pre["unshare(CLONE_NEWUSER)"], pre["max_user_namespaces"])
+		}
+	})
+}
+
+// preloaderApp is the confinement probe's path.
+func preloaderApp(t *testing.T) string {
+	t.Helper()
+	_, testdata := forkDirs(t)
+	return filepath.Join(testdata, "confprobe.py")
 }

@@ -69,11 +69,6 @@ func (d *decoder) forkRoute(fs map[string]field, line int, p string, r *Route) {
 			d.problem(f.line(), join(p, k), f.val.Value, "a fork route runs no program", "remove "+k+"; a fork route names its app with app: and app_dir:")
 		}
 	}
-	for _, k := range confinementKeys {
-		if f, ok := fs[k]; ok {
-			d.problem(f.line(), join(p, k), f.val.Value, "the cell confinement keys apply to cgi routes; fork routes are not confined by them yet (SECURITY.md)", "remove "+k+" from this fork route")
-		}
-	}
 	fk := &Fork{Python: DefaultPython, PreloadMemory: DefaultPreloadMemory}
 	if f, ok := fs["runtime"]; ok {
 		if v, ok := d.str(f, join(p, "runtime")); ok {

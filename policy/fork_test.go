@@ -46,6 +46,26 @@ routes:
 	}
 }
 
+// The confinement keys mean on a fork route what they mean on a cgi route.
+func TestParseForkConfinement(t *testing.T) {
+	const src = `version: 1
+routes:
+  - {name: a, match: {path: /a}, driver: fork, runtime: python-wsgi, app: "m:app", app_dir: /s, network: host, seccomp: off, tmpfs_size: 8Mi, mounts: [{source: /srv/data, target: /data}]}
+  - {name: b, match: {path: /b}, driver: fork, runtime: python-wsgi, app: "m:app", app_dir: /s}
+`
+	p, err := Parse("policy.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := p.Routes[0].Confinement
+	if !c.HostNetwork || !c.NoSeccomp || c.TmpfsSize != 8<<20 || len(c.Mounts) != 1 || c.Mounts[0].Target != "/data" {
+		t.Errorf("route a's confinement %+v, want network: host, seccomp: off, tmpfs_size 8Mi and the /data mount", c)
+	}
+	if c := p.Routes[1].Confinement; c.HostNetwork || c.NoSeccomp || c.HostFilesystem {
+		t.Errorf("route b's confinement %+v, want everything confined by default", c)
+	}
+}
+
 func TestParseForkProblems(t *testing.T) {
 	const head = "version: 1\ntenants: [{name: t, memory: 100Mi}]\nroutes:\n" // lines 1-3
 	tests := []struct {
@@ -57,8 +77,6 @@ func TestParseForkProblems(t *testing.T) {
 			[]problem{{4, "routes[a].app", "a key of the fork driver on a cgi route"}}},
 		{"fork with program", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, program: /a}\n",
 			[]problem{{4, "routes[a].program", "runs no program"}}},
-		{"confinement key on a fork route", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, network: host}\n",
-			[]problem{{4, "routes[a].network", "apply to cgi routes"}}},
 		{"fork without runtime, app, app_dir", "  - {name: a, match: {path: /}, driver: fork}\n",
 			[]problem{{4, "routes[a].runtime", "without a runtime"}, {4, "routes[a].app", "without an app"}, {4, "routes[a].app_dir", "without an app_dir"}}},
 		{"unknown runtime", "  - {name: a, match: {path: /}, driver: fork, runtime: ruby-rack, app: \"m:app\", app_dir: /s}\n",

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cellgate/cellgate/confine"
 )
 
 // python is the interpreter the fork driver's tests run: Debian's, as in
@@ -184,15 +187,15 @@ func TestParseMessage(t *testing.T) {
 		want []string
 		err  string
 	}{
-		{"ready", `{"v":1,"type":"ready","pid":7,"runtime":"python-wsgi"}`, 0, []string{msgReady, msgError}, ""},
-		{"spawned", `{"v":1,"type":"spawned","id":3,"pid":9}`, 1, []string{msgSpawned, msgError}, ""},
-		{"error", `{"v":1,"type":"error","id":3,"error":"clone3: EPERM"}`, 0, []string{msgSpawned, msgError}, ""},
-		{"other version", `{"v":2,"type":"ready","pid":7}`, 0, []string{msgReady}, "version 2"},
+		{"ready", `{"v":2,"type":"ready","pid":7,"runtime":"python-wsgi"}`, 0, []string{msgReady, msgError}, ""},
+		{"spawned", `{"v":2,"type":"spawned","id":3,"pid":9}`, 1, []string{msgSpawned, msgError}, ""},
+		{"error", `{"v":2,"type":"error","id":3,"error":"clone3: EPERM"}`, 0, []string{msgSpawned, msgError}, ""},
+		{"other version", `{"v":1,"type":"ready","pid":7}`, 0, []string{msgReady}, "version 1"},
 		{"no version", `{"type":"ready","pid":7}`, 0, []string{msgReady}, "version 0"},
-		{"unexpected type", `{"v":1,"type":"spawned","id":1,"pid":7}`, 1, []string{msgReady, msgError}, `message "spawned"`},
-		{"spawned without its pidfd", `{"v":1,"type":"spawned","id":3,"pid":9}`, 0, []string{msgSpawned}, "with 0 fds, want 1"},
-		{"error with an fd", `{"v":1,"type":"error","error":"x"}`, 1, []string{msgError}, "with 1 fds, want 0"},
-		{"spawned without a pid", `{"v":1,"type":"spawned","id":3}`, 1, []string{msgSpawned}, "without a pid"},
+		{"unexpected type", `{"v":2,"type":"spawned","id":1,"pid":7}`, 1, []string{msgReady, msgError}, `message "spawned"`},
+		{"spawned without its pidfd", `{"v":2,"type":"spawned","id":3,"pid":9}`, 0, []string{msgSpawned}, "with 0 fds, want 1"},
+		{"error with an fd", `{"v":2,"type":"error","error":"x"}`, 1, []string{msgError}, "with 1 fds, want 0"},
+		{"spawned without a pid", `{"v":2,"type":"spawned","id":3}`, 1, []string{msgSpawned}, "without a pid"},
 		{"not JSON", `ready`, 0, []string{msgReady}, "not a JSON message"},
 	}
 	for _, tt := range tests {
@@ -216,7 +219,7 @@ func TestSpawnMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"v":1,"type":"spawn","id":5,"uid":12,"env":["A=1"],"cgroup":true,"deadline_ms":1234}`
+	want := `{"v":2,"type":"spawn","id":5,"uid":12,"env":["A=1"],"cgroup":true,"deadline_ms":1234}`
 	if string(b) != want {
 		t.Errorf("spawn = %s\nwant    %s", b, want)
 	}
@@ -243,5 +246,45 @@ func TestProcParsers(t *testing.T) {
 	}
 	if got := unifiedPath([]byte("12:memory:/x\n0::/cellgate/cells/t/c1\n")); got != "/cellgate/cells/t/c1" {
 		t.Errorf("unifiedPath = %q", got)
+	}
+}
+
+func TestChildSetup(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		userns bool
+		want   string
+	}{
+		{"unconfined, no user namespace", false, `{"newpid":false,"newns":false,"newipc":false,"proc":false}`},
+		{"unconfined", true, `{"newpid":true,"newns":false,"newipc":false,"proc":false}`},
+	} {
+		if got, err := newChildSetup(nil, tt.userns); err != nil || got != tt.want {
+			t.Errorf("%s: %s, %v; want %s", tt.name, got, err, tt.want)
+		}
+	}
+	plan := &confine.Plan{Namespaces: confine.AllNamespaces, Seccomp: true,
+		Tmpfs: []confine.Tmpfs{{Target: "/tmp", Size: 1 << 20, Mode: 0o1777}}}
+	prep, err := confine.Prepare(plan.ForPreloader())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := newChildSetup(prep, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c childSetup
+	if err := json.Unmarshal([]byte(got), &c); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := confine.Filter()
+	if !c.NewPID || !c.NewNS || !c.NewIPC || !c.Proc || len(c.Tmpfs) != 1 || c.Tmpfs[0] != (childTmpfs{"/tmp", 1 << 20, 0o1777}) ||
+		len(c.Seccomp) != 16*len(f) {
+		t.Errorf("confined child set-up %s: want every namespace, the tmpfs, /proc and the %d-instruction filter", got, len(f))
+	}
+	// Shared PID and mount namespaces: no /proc of its own, no tmpfs.
+	plan = &confine.Plan{Namespaces: confine.NSIPC | confine.NSNet, Tmpfs: plan.Tmpfs}
+	prep, _ = confine.Prepare(plan.ForPreloader())
+	if got, _ := newChildSetup(prep, true); got != `{"newpid":false,"newns":false,"newipc":true,"proc":false}` {
+		t.Errorf("child set-up with pid and filesystem shared: %s", got)
 	}
 }

@@ -7,13 +7,13 @@ import (
 	"time"
 )
 
-// The preloader protocol, version 1 (DESIGN.md "Preloader protocol"):
+// The preloader protocol, version 2 (DESIGN.md "Preloader protocol"):
 // JSON messages, one per SOCK_SEQPACKET datagram, on the preloader's fd 3.
 // The preloader speaks first (ready or error), then answers each spawn
 // with spawned (and the child's pidfd) or error, one at a time, in order.
 // cellgate closing the socket tells the preloader to exit.
 const (
-	protoVersion = 1
+	protoVersion = 2
 	// maxMessage bounds a message either way: a spawn carries the
 	// request's CGI variables, which the front bounds (header bytes), and
 	// an error carries an import traceback.

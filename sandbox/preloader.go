@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cellgate/cellgate/confine"
 	"golang.org/x/sys/unix"
 )
 
@@ -82,6 +83,11 @@ type PreloaderConfig struct {
 	// Stderr receives the preloader's and (before a request's own stderr
 	// is in place) its children's output; nil is /dev/null.
 	Stderr *os.File
+	// Confine, a confine.Plan.ForPreloader plan with the route's
+	// confinement, confines the preloader and each child
+	// (preload_confine.go); nil leaves both unconfined. Needs a user
+	// namespace (not AsSelf) and the Runner's Launcher.
+	Confine *confine.Prepared
 }
 
 // PreloaderStats are a preloader's counters.
@@ -165,6 +171,9 @@ func (r *Runner) StartPreloader(cfg PreloaderConfig) (*Preloader, error) {
 	}
 	p := &Preloader{r: r, cfg: cfg, log: r.log.With("route", cfg.Route), readyCh: make(chan struct{}),
 		stop: make(chan struct{}), done: make(chan struct{})}
+	if cfg.Confine != nil && (r.asSelf || !cfg.Confine.Plan().Preloader) {
+		return nil, fmt.Errorf("%w: preloader of route %s: a confined preloader needs a user namespace and a ForPreloader plan", ErrSpec, cfg.Route)
+	}
 	if !r.asSelf {
 		if cfg.Group == nil || cfg.Group.FD() < 0 {
 			return nil, fmt.Errorf("%w: preloader of route %s: no cgroup", ErrSpec, cfg.Route)
@@ -366,7 +375,6 @@ func (p *Preloader) startInstance() (*instance, error) {
 	if stderr == nil {
 		stderr = p.r.devNull
 	}
-	newpid := "0"
 	attr := &os.ProcAttr{
 		Dir:   cfg.AppDir,
 		Env:   cfg.Env,
@@ -377,7 +385,6 @@ func (p *Preloader) startInstance() (*instance, error) {
 		},
 	}
 	if !p.r.asSelf {
-		newpid = "1"
 		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, cfg.Group.FD()
 		attr.Sys.Cloneflags = syscall.CLONE_NEWUSER
 		attr.Sys.UidMappings = idMap(cfg.Owner, cfg.ChildUIDs)
@@ -387,8 +394,25 @@ func (p *Preloader) startInstance() (*instance, error) {
 		attr.Sys.GidMappingsEnableSetgroups = true
 		attr.Sys.Credential = &syscall.Credential{Uid: 0, Gid: 0}
 	}
-	argv := []string{cfg.Python, "-I", "-c", pythonWSGI, cfg.App, cfg.AppDir, newpid}
-	proc, err := startNoNewPrivs(cfg.Python, argv, attr)
+	setup, err := newChildSetup(cfg.Confine, !p.r.asSelf)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("%w: preloader of route %s: %w", ErrSpec, cfg.Route, err)
+	}
+	argv := []string{cfg.Python, "-I", "-c", pythonWSGI, cfg.App, cfg.AppDir, setup}
+	var proc *os.Process
+	ctl := -1
+	if cfg.Confine != nil {
+		proc, ctl, err = p.startConfined(argv, attr, theirs)
+	} else {
+		proc, err = startNoNewPrivs(cfg.Python, argv, attr)
+	}
+	// The preloader holds its own copy: with ours closed, its death ends
+	// the stream at once.
+	theirs.Close()
+	if ctl >= 0 {
+		defer unix.Close(ctl)
+	}
 	if err != nil {
 		conn.Close()
 		hint := ""
@@ -418,6 +442,10 @@ func (p *Preloader) startInstance() (*instance, error) {
 	n, oobn, _, _, err := conn.ReadMsgUnix(buf, make([]byte, unix.CmsgSpace(4)))
 	if err != nil || n == 0 {
 		conn.Close()
+		if why := execFailure(ctl); why != nil {
+			proc.Wait()
+			return nil, fmt.Errorf("%w: preloader of route %s: %w", ErrSpawn, cfg.Route, why)
+		}
 		state, _ := proc.Wait()
 		return nil, fmt.Errorf("%w: preloader of route %s ended before it was ready (%v, read: %v)", ErrSpawn, cfg.Route, state, err)
 	}

@@ -15,9 +15,12 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 1 || os.Args[0] != confine.InitArg0 {
-		os.Stderr.WriteString("cellgate-init is started by cellgate for each confined cell, never by hand\n")
-		os.Exit(2)
+	switch {
+	case len(os.Args) == 1 && os.Args[0] == confine.InitArg0:
+		os.Exit(confine.Init())
+	case len(os.Args) == 2 && os.Args[0] == confine.InitArg0 && os.Args[1] == confine.ExecArg:
+		os.Exit(confine.InitExec()) // a fork route's preloader
 	}
-	os.Exit(confine.Init())
+	os.Stderr.WriteString("cellgate-init is started by cellgate for each confined cell, never by hand\n")
+	os.Exit(2)
 }

@@ -45,6 +45,9 @@ func main() {
 	// Started as a cell's init by the sandbox (argv[0] set, the launch
 	// message on fd 3): confine the cell and run its program, nothing else.
 	if len(os.Args) > 0 && os.Args[0] == confine.InitArg0 {
+		if len(os.Args) == 2 && os.Args[1] == confine.ExecArg {
+			os.Exit(confine.InitExec()) // a fork route's preloader
+		}
 		os.Exit(confine.Init())
 	}
 	std := stdio{in: os.Stdin, out: os.Stdout, err: os.Stderr, environ: os.Environ()}

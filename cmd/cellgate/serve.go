@@ -102,6 +102,9 @@ type routeSpec struct {
 	confine *confine.Prepared // nil with --isolation=none or for a fork route
 	err     error             // the route's user could not be resolved
 	fork    *forkSpec         // a fork route's preloader and route group; nil for cgi
+	// forkConfine is a fork route's plan, applied by its preloader and
+	// each child (nil with --isolation=none or for a cgi route).
+	forkConfine *confine.Prepared
 }
 
 // serve runs the daemon until ctx ends or SIGTERM/SIGINT, then drains.
@@ -432,7 +435,7 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 			}
 		}
 		if r.Fork != nil {
-			f, err := d.startFork(pol, r, rs.profile)
+			f, err := d.startFork(pol, r, rs.profile, rs.forkConfine)
 			if err != nil {
 				return fail(r, err)
 			}
@@ -476,22 +479,26 @@ func (d *daemon) warm(specs map[*policy.Route]*routeSpec) {
 // profile means the limits or the confinement were refused (err says why).
 func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route) *routeSpec {
 	res := r.Resources
-	var plan *confine.Prepared
-	// Fork routes are not confined (yet): their preloader clones each
-	// request's process, with no cell init to apply a plan.
-	if d.cfg.Isolation != isolationNone && r.Fork == nil {
-		var err error
-		if plan, err = routeConfinement(r); err != nil {
+	var plan, forkPlan *confine.Prepared
+	if d.cfg.Isolation != isolationNone {
+		p, err := routeConfinement(r)
+		if err != nil {
 			return &routeSpec{err: err}
 		}
-		res = withInitPids(res)
+		// A fork route's cells hold no init: its preloader applies the
+		// plan to itself and has each child set up the rest.
+		if r.Fork != nil {
+			forkPlan = p
+		} else {
+			plan, res = p, withInitPids(res)
+		}
 	}
 	prof, err := cgroup.NewProfile(r.Tenant, res)
 	if err != nil {
 		return &routeSpec{err: fmt.Errorf("cell limits: %w", err)}
 	}
 	user, err := resolveUser(r, d.cfg.GID)
-	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, err: err}
+	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, forkConfine: forkPlan, err: err}
 }
 
 // cellSpec is proxy.Deps.CellSpec: the route's profile and credentials,

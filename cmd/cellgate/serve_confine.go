@@ -21,7 +21,8 @@ const initPids = 8
 
 // routeConfinement builds and encodes a route's confinement plan, once
 // per policy load. The program's directory (or the route's dir) is shown
-// read-only at its own path.
+// read-only at its own path; a fork route's app directory and its
+// interpreter's, and the plan is the preloader's (confine.Plan.ForPreloader).
 func routeConfinement(r *policy.Route) (*confine.Prepared, error) {
 	c := r.Confinement
 	o := confine.Options{
@@ -34,6 +35,9 @@ func routeConfinement(r *policy.Route) (*confine.Prepared, error) {
 	}
 	if r.Program != "" {
 		o.Programs = filepath.Dir(r.Program)
+	}
+	if r.Fork != nil {
+		o.Programs, o.Interpreter = r.Fork.AppDir, r.Fork.Python
 	}
 	if c.HostNetwork {
 		o.Share |= confine.NSNet
@@ -54,6 +58,9 @@ func routeConfinement(r *policy.Route) (*confine.Prepared, error) {
 	plan, err := confine.Build(o, confine.OSFS{})
 	if err != nil {
 		return nil, fmt.Errorf("confinement: %w", err)
+	}
+	if r.Fork != nil {
+		plan = plan.ForPreloader()
 	}
 	return confine.Prepare(plan)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/proxy"
 	"github.com/cellgate/cellgate/sandbox"
@@ -43,9 +44,9 @@ type forkSpec struct {
 // startFork sets up a fork route: uids for the preloader (its own and one
 // per request in flight), a route group under the tenant with the
 // preloader's memory limit, and the preloader, started through the
-// Runner's spawn path. It returns once the app is imported; an app that
+// Runner's spawn path, confined by plan unless it is nil. It returns once the app is imported; an app that
 // fails to import is an error carrying its traceback.
-func (d *daemon) startFork(pol *policy.Policy, r *policy.Route, prof *cgroup.Profile) (*forkSpec, error) {
+func (d *daemon) startFork(pol *policy.Policy, r *policy.Route, prof *cgroup.Profile, plan *confine.Prepared) (*forkSpec, error) {
 	if d.runner == nil {
 		return nil, fmt.Errorf("driver fork needs cells (--isolation=none runs plain processes only)")
 	}
@@ -85,6 +86,7 @@ func (d *daemon) startFork(pol *policy.Policy, r *policy.Route, prof *cgroup.Pro
 		RecycleAfter: r.Fork.RecycleAfter,
 		WaitReady:    wait,
 		Stderr:       os.Stderr,
+		Confine:      plan,
 	})
 	if err != nil {
 		d.removeGroup(group)

@@ -1,15 +1,17 @@
 # cellgate's preloader for the python-wsgi runtime (the fork driver).
 #
-# Started by cellgate as `python3 -I -c <this file> APP APP_DIR NEWPID`,
+# Started by cellgate as `python3 -I -c <this file> APP APP_DIR SETUP`,
 # with fd 3 a SOCK_SEQPACKET socket to cellgate. It speaks
-# the preloader protocol, version 1 (DESIGN.md "Preloader protocol"): it
+# the preloader protocol, version 2 (DESIGN.md "Preloader protocol"): it
 # imports APP ("module:callable") once from APP_DIR, freezes the collector,
 # says ready, and then, single-threaded, answers each spawn by cloning a
 # child straight into the request's cell (clone3 CLONE_INTO_CGROUP, with
-# CLONE_PARENT so that cellgate is the child's parent and reaps it, and
-# CLONE_NEWPID when NEWPID is "1"). The child takes the request's uid,
-# stdio and environment and serves exactly one request with wsgiref's
-# CGIHandler, then exits. Standard library only.
+# CLONE_PARENT so that cellgate is the child's parent and reaps it). SETUP
+# (JSON) says what each child sets up in itself first: PID, mount and IPC
+# namespaces of its own, fresh tmpfs mounts and a /proc, a seccomp filter.
+# The child takes the request's uid, stdio and environment and serves
+# exactly one request with wsgiref's CGIHandler, then exits. Standard
+# library only.
 
 import array
 import ctypes
@@ -23,22 +25,31 @@ import threading
 import traceback
 from wsgiref.handlers import CGIHandler
 
-VERSION = 1
+VERSION = 2
 MAX_MESSAGE = 1 << 20
 SOCK_FD = 3
 
 CLONE_PIDFD = 0x1000
 CLONE_PARENT = 0x8000
+CLONE_NEWNS = 0x20000
+CLONE_NEWIPC = 0x8000000
 CLONE_NEWPID = 0x20000000
 CLONE_INTO_CGROUP = 0x200000000
 SYS_CLONE3 = {"x86_64": 435, "aarch64": 435}.get(os.uname().machine, 435)  # asm-generic number
 PR_SET_DUMPABLE = 4
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 
 
 class CloneArgs(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint64) for name in (
         "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack",
         "stack_size", "tls", "set_tid", "set_tid_size", "cgroup")]
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
 # PyDLL keeps the GIL held across the call: nothing else may run while the
@@ -70,13 +81,44 @@ def receive(sock):
     return json.loads(data), list(fds)
 
 
-def clone_into(cgroup_fd, newpid):
+class Setup:
+    """What each child sets up in itself (SETUP), prepared once so that a
+    child only makes system calls."""
+
+    def __init__(self, text):
+        c = json.loads(text)
+        self.flags = CLONE_PIDFD | CLONE_PARENT
+        for key, flag in (("newpid", CLONE_NEWPID), ("newns", CLONE_NEWNS), ("newipc", CLONE_NEWIPC)):
+            if c.get(key):
+                self.flags |= flag
+        self.mounts = [(b"tmpfs", t["target"].encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
+                        ("mode=%o,size=%d" % (t["mode"], t["size"])).encode()) for t in c.get("tmpfs") or ()]
+        if c.get("proc"):
+            self.mounts.append((b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None))
+        self.filter = None
+        if c.get("seccomp"):
+            prog = bytes.fromhex(c["seccomp"])
+            self._buf = ctypes.create_string_buffer(prog, len(prog))
+            self.filter = SockFprog(len(prog) // 8, ctypes.addressof(self._buf))
+
+    def mount(self):
+        """In the child, still root of the preloader's user namespace."""
+        for source, target, fstype, flags, data in self.mounts:
+            if libc.mount(source, target, fstype, flags, data) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, "mount %s on %s: %s" % (fstype.decode(), target.decode(), os.strerror(err)))
+
+    def seccomp(self):
+        """In the child, last: the request's code runs under the filter."""
+        if self.filter is not None and libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(self.filter), 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "seccomp: " + os.strerror(err))
+
+
+def clone_into(cgroup_fd, flags):
     """clone3 into the cgroup of cgroup_fd (-1: stay); (pid, pidfd) in the
     parent, (0, -1) in the child."""
     pidfd = ctypes.c_int(-1)
-    flags = CLONE_PIDFD | CLONE_PARENT
-    if newpid:
-        flags |= CLONE_NEWPID
     if cgroup_fd >= 0:
         flags |= CLONE_INTO_CGROUP
     args = CloneArgs(flags=flags, pidfd=ctypes.addressof(pidfd), cgroup=max(cgroup_fd, 0))
@@ -92,13 +134,16 @@ def clone_into(cgroup_fd, newpid):
     return pid, pidfd.value
 
 
-def serve_one(app, req, fds):
+def serve_one(app, setup, req, fds):
     """The child: become the request's process and serve it. Never returns."""
     code = 1
     try:
         for i in range(3):
             os.dup2(fds[i], i)
         os.closerange(3, 1 << 20)  # the socket, the cell's fd, the received fds
+        # Its own /tmp, /var/tmp, /dev/shm (charged to its cell, gone with
+        # its mount namespace) and /proc, over the preloader's.
+        setup.mount()
         uid = req["uid"]
         if uid >= 0:
             # A uid other than the preloader's 0: no capabilities left, and
@@ -110,6 +155,7 @@ def serve_one(app, req, fds):
         sys.stdin = open(0, "r", closefd=False)
         sys.stdout = open(1, "w", closefd=False)
         sys.stderr = open(2, "w", closefd=False)
+        setup.seccomp()
         CGIHandler().run(app)
         sys.stdout.flush()
         sys.stderr.flush()
@@ -124,12 +170,13 @@ def serve_one(app, req, fds):
 
 
 def main():
-    _, app_ref, app_dir, newpid = sys.argv
+    _, app_ref, app_dir, setup = sys.argv
     sock = socket.socket(fileno=SOCK_FD)
     # Not dumpable: a child (same user namespace) cannot ptrace the
     # preloader or read its memory or environment through /proc.
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     try:
+        setup = Setup(setup)
         os.chdir(app_dir)
         sys.path.insert(0, app_dir)
         module, _, name = app_ref.partition(":")
@@ -157,9 +204,9 @@ def main():
             want = 4 if req.get("cgroup") else 3
             if len(fds) != want:
                 raise ValueError("spawn with %d fds, want %d" % (len(fds), want))
-            pid, pidfd = clone_into(fds[3] if want == 4 else -1, newpid == "1")
+            pid, pidfd = clone_into(fds[3] if want == 4 else -1, setup.flags)
             if pid == 0:
-                serve_one(app, req, fds)
+                serve_one(app, setup, req, fds)
             try:
                 send(sock, {"type": "spawned", "id": rid, "pid": pid}, [pidfd])
             finally:
