@@ -110,14 +110,17 @@ cellgate_reserved_memory_bytes{tenant="beta"} 0
 
 func TestPreloaderCollector(t *testing.T) {
 	c := NewPreloaderCollector(func() []PreloaderStats {
-		return []PreloaderStats{{Route: "flask", Restarts: 2, Recycles: 5, Ready: 1}}
+		return []PreloaderStats{{Route: "flask", Restarts: 2, Recycles: 5, Retries: 3, Ready: 1}}
 	})
 	want := `
 # HELP cellgate_preloader_restarts_total Preloaders that died (or broke their protocol) and were restarted, by route.
 # TYPE cellgate_preloader_restarts_total counter
 cellgate_preloader_restarts_total{route="flask"} 2
+# HELP cellgate_preloader_retries_total Requests run again on a fresh cell because their preloader died while it was handing them their process, by route.
+# TYPE cellgate_preloader_retries_total counter
+cellgate_preloader_retries_total{route="flask"} 3
 `
-	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "cellgate_preloader_restarts_total"); err != nil {
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "cellgate_preloader_restarts_total", "cellgate_preloader_retries_total"); err != nil {
 		t.Error(err)
 	}
 }

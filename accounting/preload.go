@@ -9,12 +9,13 @@ type PreloaderStats struct {
 	Route    string
 	Restarts uint64 // preloaders that died or broke and were restarted
 	Recycles uint64 // preloaders replaced after recycle_after requests
+	Retries  uint64 // requests run again after their preloader died in the hand-off
 	Ready    int    // preloaders ready now
 }
 
 type preloaderCollector struct {
-	stats                     func() []PreloaderStats
-	restarts, recycles, ready *prometheus.Desc
+	stats                              func() []PreloaderStats
+	restarts, recycles, retries, ready *prometheus.Desc
 }
 
 // NewPreloaderCollector exports the preloaders' counters, by route, read
@@ -27,6 +28,8 @@ func NewPreloaderCollector(stats func() []PreloaderStats) prometheus.Collector {
 			"Preloaders that died (or broke their protocol) and were restarted, by route.", r, nil),
 		recycles: prometheus.NewDesc(namespace+"_preloader_recycles_total",
 			"Preloaders replaced after recycle_after requests, by route.", r, nil),
+		retries: prometheus.NewDesc(namespace+"_preloader_retries_total",
+			"Requests run again on a fresh cell because their preloader died while it was handing them their process, by route.", r, nil),
 		ready: prometheus.NewDesc(namespace+"_preloaders_ready",
 			"Preloaders ready to serve now, by route.", r, nil),
 	}
@@ -35,6 +38,7 @@ func NewPreloaderCollector(stats func() []PreloaderStats) prometheus.Collector {
 func (c *preloaderCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.restarts
 	ch <- c.recycles
+	ch <- c.retries
 	ch <- c.ready
 }
 
@@ -42,6 +46,7 @@ func (c *preloaderCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range c.stats() {
 		ch <- prometheus.MustNewConstMetric(c.restarts, prometheus.CounterValue, float64(s.Restarts), s.Route)
 		ch <- prometheus.MustNewConstMetric(c.recycles, prometheus.CounterValue, float64(s.Recycles), s.Route)
+		ch <- prometheus.MustNewConstMetric(c.retries, prometheus.CounterValue, float64(s.Retries), s.Route)
 		ch <- prometheus.MustNewConstMetric(c.ready, prometheus.GaugeValue, float64(s.Ready), s.Route)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
@@ -38,6 +39,7 @@ routes:
   - {name: probe, match: {path: /probe}, tenant: py, driver: fork, runtime: python-wsgi, app: "%[3]s:app", app_dir: "%[2]s"}
   - {name: hello-cgi, match: {path: /hello}, tenant: py, program: "{{.CGI}}/hello"}
   - {name: confprobe, match: {path: /confprobe}, tenant: py, driver: fork, runtime: python-wsgi, app: "confprobe:app", app_dir: "%[2]s", memory: 96Mi, tmpfs_size: 24Mi}
+  - {name: handoff, match: {path: /handoff}, tenant: py, driver: fork, runtime: python-wsgi, app: "handoff:app", app_dir: "%[2]s"}
   - {name: confhost, match: {path: /confhost}, tenant: py, driver: fork, runtime: python-wsgi, app: "confprobe:app", app_dir: "%[2]s", network: host}
 `
 
@@ -338,6 +340,44 @@ func TestFork(t *testing.T) {
 		}
 		if n := metric(g.metrics(), "cellgate_preloader_restarts_total", map[string]string{"route": "wsgi"}); n < 1 {
 			t.Errorf("cellgate_preloader_restarts_total{route=wsgi} = %v, want >= 1", n)
+		}
+	})
+
+	t.Run("hand-off retry", func(t *testing.T) {
+		// handoff.py's preloaders die right after they cloned their
+		// second child, before handing it over: the second request runs
+		// again, with its body, as the first child of the restarted
+		// preloader, instead of a 503, and the third request, that
+		// preloader's second, again; the children of the dead ones are
+		// ended with their cells and reaped.
+		first, _ := preloaderPid(t, g, "handoff")
+		preloaders = append(preloaders, first)
+		for i, body := range []string{"first", "caught in the hand-off", "caught again"} {
+			req, err := http.NewRequest("POST", g.url+"/handoff", strings.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if status, _, got := g.do(req); status != 200 || got != body {
+				t.Errorf("request %d: %d %q, want 200 %q", i, status, got, body)
+			}
+		}
+		second, _ := preloaderPid(t, g, "handoff")
+		preloaders = append(preloaders, second)
+		if second == first {
+			t.Errorf("the preloader %d did not die in the hand-off", first)
+		}
+		if !strings.Contains(g.log(), "caught in the hand-off to a preloader that died: retried") {
+			t.Errorf("serve's log does not show the retry")
+		}
+		if n := metric(g.metrics(), "cellgate_preloader_retries_total", map[string]string{"route": "handoff"}); n != 2 {
+			t.Errorf("cellgate_preloader_retries_total{route=handoff} = %v, want 2", n)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for zombies(t, g.cmd.Process.Pid) > 0 && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if n := zombies(t, g.cmd.Process.Pid); n > 0 {
+			t.Errorf("cellgate serve has %d zombie children after the retry", n)
 		}
 	})
 

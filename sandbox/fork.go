@@ -41,15 +41,66 @@ func (d forkDriver) identity(*Spec) (identity, error) {
 
 // start sends the spawn and takes the child's pidfd from the answer. A
 // preloader found dead on its socket (killed between requests) is waited
-// for once more, if nothing of the request reached the cell.
+// for once more, if nothing of the request reached the cell. When the
+// preloader died after it cloned the child, the cell is killed at once;
+// if that child had not yet become the request's uid (so it never ran the
+// app) the error is marked errNeverRan, and Run retries the request on a
+// fresh cell (runFork).
 func (d forkDriver) start(ctx context.Context, cell Cell, spec *Spec, files [3]*os.File, id identity) (*worker, error) {
 	w, err := d.try(ctx, cell, spec, files, id)
 	if errors.Is(err, ErrNoPreloader) && !errors.Is(err, errNotReady) {
-		if populated, perr := cell.Populated(); perr == nil && !populated {
+		populated, perr := cell.Populated()
+		switch {
+		case perr == nil && !populated:
 			w, err = d.try(ctx, cell, spec, files, id)
+		case perr == nil && d.p.nsUIDs != nil && d.neverRan(cell):
+			err = fmt.Errorf("%w: %w", errNeverRan, err)
 		}
 	}
 	return w, err
+}
+
+// errNeverRan marks a failed hand-off whose child was ended before it ran
+// any of the request's code.
+var errNeverRan = errors.New("the request's process was ended before it ran")
+
+// neverRan kills the cell and reports whether every process in it still
+// had the preloader's credentials: a child switches to the request's uid
+// before it reads its stdin or runs the app, and after cgroup.kill it runs
+// no more code. The processes stay cellgate's children, for Run to reap.
+func (d forkDriver) neverRan(cell Cell) bool {
+	if err := cell.Kill(); err != nil {
+		return false
+	}
+	orphans := cellChildren(cell)
+	defer func() {
+		for _, o := range orphans {
+			o.release()
+		}
+	}()
+	if len(orphans) == 0 {
+		return false
+	}
+	owner := strconv.FormatUint(uint64(d.p.cfg.Owner), 10)
+	for _, o := range orphans {
+		status, err := os.ReadFile("/proc/" + strconv.Itoa(o.pid) + "/status")
+		if err != nil || !sameUIDs(status, owner) {
+			return false
+		}
+	}
+	return true
+}
+
+// sameUIDs reports whether the real, effective, saved and filesystem uids
+// of a /proc/PID/status are all uid.
+func sameUIDs(status []byte, uid string) bool {
+	for _, line := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(line, "Uid:"); ok {
+			f := strings.Fields(v)
+			return len(f) == 4 && f[0] == uid && f[1] == uid && f[2] == uid && f[3] == uid
+		}
+	}
+	return false
 }
 
 // try is one attempt of start.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -286,5 +287,27 @@ func TestChildSetup(t *testing.T) {
 	prep, _ = confine.Prepare(plan.ForPreloader())
 	if got, _ := newChildSetup(prep, true); got != `{"newpid":false,"newns":false,"newipc":true,"proc":false}` {
 		t.Errorf("child set-up with pid and filesystem shared: %s", got)
+	}
+}
+
+// What decides a retry after a failed hand-off (runFork); the retry itself
+// needs cells that kill, in integration/fork_test.go.
+func TestForkRetryDecision(t *testing.T) {
+	body := strings.NewReader("body")
+	io.ReadAll(body)
+	if !rewind(body) || !rewind(nil) || rewind(io.MultiReader(body)) {
+		t.Errorf("rewind: a seeker, nil and a plain reader: want true, true, false")
+	}
+	if b, _ := io.ReadAll(body); string(b) != "body" {
+		t.Errorf("after rewind: %q", b)
+	}
+	status := func(uids string) []byte { return []byte("Name:\tpython3\nUid:\t" + uids + "\nGid:\t0\t0\t0\t0\n") }
+	if !sameUIDs(status("500\t500\t500\t500"), "500") {
+		t.Errorf("sameUIDs: the preloader's own credentials not recognised")
+	}
+	for _, uids := range []string{"501\t501\t501\t501", "500\t501\t500\t500", "500\t500\t500"} {
+		if sameUIDs(status(uids), "500") {
+			t.Errorf("sameUIDs(%q, 500) = true: a child that changed its uid counts as never run", uids)
+		}
 	}
 }

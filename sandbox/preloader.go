@@ -96,6 +96,7 @@ type PreloaderStats struct {
 	Restarts uint64 // instances that died or broke and were replaced
 	Recycles uint64 // instances replaced after RecycleAfter children
 	Spawned  uint64 // children started
+	Retries  uint64 // requests retried after their preloader died in the hand-off
 	Ready    bool   // an instance is ready now
 }
 
@@ -128,6 +129,7 @@ type Preloader struct {
 	done     chan struct{} // closed when the supervisor has ended
 
 	restarts, recycles, spawned atomic.Uint64
+	retries                     atomic.Uint64 // requests run again after a failed hand-off (runFork)
 }
 
 // instance is one preloader process and its socket.
@@ -198,7 +200,7 @@ func (p *Preloader) Stats() PreloaderStats {
 	p.mu.Lock()
 	ready := p.cur != nil
 	p.mu.Unlock()
-	return PreloaderStats{Route: p.cfg.Route, Restarts: p.restarts.Load(), Recycles: p.recycles.Load(), Spawned: p.spawned.Load(), Ready: ready}
+	return PreloaderStats{Route: p.cfg.Route, Restarts: p.restarts.Load(), Recycles: p.recycles.Load(), Spawned: p.spawned.Load(), Retries: p.retries.Load(), Ready: ready}
 }
 
 // Close stops the preloader: its socket is closed, so it exits; after

@@ -178,7 +178,18 @@ func (r *Runner) UIDsInFlight() int {
 // the worker never ran (the Result is then zero). When the worker ran, the
 // Result is complete and the error is nil, or wraps ErrStreams or
 // ErrCellNotEmpty, or reports that the accounting could not be read.
+//
+// A fork request caught in the hand-off to a preloader that died is
+// retried once on a fresh cell (runFork).
 func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
+	if spec.Preloader != nil {
+		return r.runFork(ctx, spec)
+	}
+	return r.run(ctx, spec)
+}
+
+// run is one attempt of Run.
+func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	drv := r.driver(&spec)
 	if err := checkSpec(&spec, drv); err != nil {
 		return Result{}, err

@@ -150,6 +150,7 @@ func (d *daemon) stopFork(f *forkSpec) {
 	prev := d.retiredForks[f.route]
 	prev.Restarts += st.Restarts
 	prev.Recycles += st.Recycles
+	prev.Retries += st.Retries
 	d.retiredForks[f.route] = prev
 	d.forkMu.Unlock()
 	d.pool.DrainProfile(f.base)
@@ -207,7 +208,7 @@ func (d *daemon) preloaderStats() []accounting.PreloaderStats {
 	}
 	for route, st := range d.retiredForks {
 		s := get(route)
-		s.Restarts, s.Recycles = st.Restarts, st.Recycles
+		s.Restarts, s.Recycles, s.Retries = st.Restarts, st.Recycles, st.Retries
 	}
 	for _, snap := range live {
 		for _, rs := range snap.specs {
@@ -218,6 +219,7 @@ func (d *daemon) preloaderStats() []accounting.PreloaderStats {
 			s := get(st.Route)
 			s.Restarts += st.Restarts
 			s.Recycles += st.Recycles
+			s.Retries += st.Retries
 			if st.Ready {
 				s.Ready++
 			}
