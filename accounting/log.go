@@ -25,7 +25,9 @@ import (
 //	  "pids_peak":1,"pids_events_max":0,"io_read_bytes":0,"io_write_bytes":0,
 //	  "exit_code":0,"uid":61000}}
 //
-// The "cell" group is present only when r.Cell is true; within it "signal"
+// The "cell" group is present only when r.Cell is true; within it
+// "spawn_usec" and "clone_usec" appear only for a fork route (the hand-off
+// to the preloader, and the preloader's own part of it), "signal"
 // appears only when the worker ended on a signal, "unenforced" only when a
 // controller was not enforced and "missing" only when an accounting file
 // could not be read; a figure the kernel did not measure (its file or key
@@ -98,6 +100,9 @@ func cellGroup(r *Record) slog.Attr {
 	}
 	cell := make([]slog.Attr, 0, 18)
 	cell = append(cell, slog.Int64("wall_usec", usec(r.Wall)))
+	if r.Spawn > 0 {
+		cell = append(cell, slog.Int64("spawn_usec", usec(r.Spawn)), slog.Int64("clone_usec", usec(r.Clone)))
+	}
 	add := func(file, key, name string, v uint64) {
 		if measured(file, key) {
 			cell = append(cell, slog.Uint64(name, v))

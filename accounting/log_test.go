@@ -295,3 +295,17 @@ func jsonEqual(a, b any) bool {
 		return a == b
 	}
 }
+
+// A fork request's hand-off is in its cell group; a cgi request has none.
+func TestLogForkHandOff(t *testing.T) {
+	r := cellRecord()
+	cell := logJSON(t, r)["cell"].(map[string]any)
+	if _, ok := cell["spawn_usec"]; ok {
+		t.Errorf("a cgi record has spawn_usec: %v", cell)
+	}
+	r.Spawn, r.Clone = 2500*time.Microsecond, 1800*time.Microsecond
+	cell = logJSON(t, r)["cell"].(map[string]any)
+	if cell["spawn_usec"] != json.Number("2500") || cell["clone_usec"] != json.Number("1800") {
+		t.Errorf("fork record: spawn_usec %v, clone_usec %v, want 2500 and 1800", cell["spawn_usec"], cell["clone_usec"])
+	}
+}

@@ -111,4 +111,7 @@ type Record struct {
 	Signal     syscall.Signal // the signal that ended the worker, or 0
 	UID        uint32         // the uid the worker ran as
 	Unenforced []string       // controllers whose limits were not enforced
+	// Spawn is a fork request's hand-off to its preloader, Clone the
+	// preloader's own part of it (0 for cgi).
+	Spawn, Clone time.Duration
 }

@@ -13,7 +13,9 @@ import (
 // cell is the cell's wall time, cpu its CPU time (user and system), wait the
 // admission wait, all in milliseconds with microsecond precision; mem is the
 // cell's memory peak in bytes. Without a cell only wait is given; mem is left
-// out when the kernel did not report a peak.
+// out when the kernel did not report a peak. A fork route's request also
+// gets spawn, its hand-off to the preloader (before the cell's wall time
+// starts), and clone, the preloader's own part of that.
 //
 // The header tells a client how much CPU and memory its request cost, which
 // is why proxy adds it only for routes that ask for it.
@@ -26,6 +28,12 @@ func ServerTiming(r Record) string {
 		b = append(b, ", "...)
 	}
 	b = appendDur(b, "wait", usec(r.QueueWait))
+	if r.Cell && r.Spawn > 0 {
+		b = append(b, ", "...)
+		b = appendDur(b, "spawn", usec(r.Spawn))
+		b = append(b, ", "...)
+		b = appendDur(b, "clone", usec(r.Clone))
+	}
 	if r.Cell && r.Usage.MemoryPeak > 0 {
 		b = append(b, `, mem;desc="`...)
 		b = strconv.AppendUint(b, r.Usage.MemoryPeak, 10)

@@ -40,6 +40,15 @@ func TestServerTiming(t *testing.T) {
 			want: `cell;dur=0, cpu;dur=4.1, wait;dur=12.345, mem;desc="33554432"`,
 		},
 		{
+			name: "a fork route's hand-off",
+			rec: func() Record {
+				r := cellRecord()
+				r.Spawn, r.Clone = 2500*time.Microsecond, 1800*time.Microsecond
+				return r
+			},
+			want: `cell;dur=12.3, cpu;dur=4.1, wait;dur=0.2, spawn;dur=2.5, clone;dur=1.8, mem;desc="33554432"`,
+		},
+		{
 			name: "no memory peak reported",
 			rec: func() Record {
 				r := cellRecord()

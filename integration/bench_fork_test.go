@@ -3,11 +3,13 @@ package integration
 import (
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -25,7 +27,12 @@ import (
 // the default confinement; the same app on a route with every confinement
 // relaxed but its PID namespace per request (what fork routes had before
 // they were confined) gives the cost of the confinement as a throughput
-// ratio.
+// ratio. And the latency breakdown of a fork request, sequential: end to
+// end at the client against what the Server-Timing header says of it (the
+// admission wait, the hand-off to the preloader and, within it, the
+// preloader's own clone, the cell's wall time from the child's start to
+// its cell being empty); the rest is cellgate's own (HTTP, routing, the
+// cell from the pool, the streams, the response, the record).
 //
 //	go test -run '^$' -bench Fork ./integration/   # on the host, as root
 //	make bench                                     # also in the microVM
@@ -41,7 +48,7 @@ tenants:
   - {name: cgi, max_cells: 16, queue: 1000, queue_timeout: 300s}
   - {name: open, max_cells: 16, queue: 1000, queue_timeout: 300s}
 routes:
-  - {name: flask, match: {path: /flask}, tenant: fork, driver: fork, runtime: python-wsgi, app: "flask_hello:app", app_dir: "%[1]s", memory: 64Mi}
+  - {name: flask, match: {path: /flask}, tenant: fork, driver: fork, runtime: python-wsgi, app: "flask_hello:app", app_dir: "%[1]s", memory: 64Mi, server_timing: true}
   - {name: flask-open, match: {path: /flask-open}, tenant: open, driver: fork, runtime: python-wsgi, app: "flask_hello:app", app_dir: "%[1]s", memory: 64Mi,
      filesystem: host, network: host, seccomp: off, host_namespaces: [ipc, uts]}
   - {name: flask-cgi, match: {path: /flask-cgi}, tenant: cgi, program: "%[2]s"}
@@ -102,15 +109,18 @@ func BenchmarkFork(b *testing.B) {
 	}
 	var fork, open, cgi benchStats
 	var forkCPU, openCPU, cgiCPU time.Duration
+	var parts handOffParts
 	for b.Loop() {
 		cgi, cgiCPU = run("/flask-cgi/", "cgi", *benchCGIRequests)
 		fork, forkCPU = run("/flask/", "fork", *benchForkRequests)
 		open, openCPU = run("/flask-open/", "open", *benchForkRequests)
+		parts = forkBreakdown(b, client, g.url+"/flask/", *benchForkRequests/2)
 	}
 	b.ReportMetric(fork.rps/open.rps, "fork-confined/unconfined-throughput")
 	b.Logf("confinement of a fork route: confined %.1f req/s (p50 %.1f ms, p99 %.1f ms), unconfined %.1f req/s (p50 %.1f ms, p99 %.1f ms): "+
 		"throughput confined/unconfined %.3f; tenant CPU per request confined %.2f ms, unconfined %.2f ms",
 		fork.rps, ms(fork.p50), ms(fork.p99), open.rps, ms(open.p50), ms(open.p99), fork.rps/open.rps, ms(forkCPU), ms(openCPU))
+	parts.report(b)
 	if gun := gunicorn(b, filepath.Join(examples, "wsgi")); gun != "" {
 		gs := benchLoad(b, client, gun+"/", *benchForkRequests, *benchConc, 0)
 		b.ReportMetric(fork.rps/gs.rps, "fork/gunicorn-throughput")
@@ -166,4 +176,76 @@ func gunicorn(b *testing.B, appDir string) string {
 	}
 	b.Fatalf("gunicorn did not listen on %s", addr)
 	return ""
+}
+
+// handOffParts are, per request, where a fork request's latency goes.
+type handOffParts struct {
+	e2e, wait, spawn, clone, cell, rest []time.Duration
+}
+
+// forkBreakdown sends n sequential requests to a fork route with
+// server_timing and splits each one's latency at the client by its
+// Server-Timing header: wait, spawn (of it clone, the preloader's own
+// part), cell, and the rest.
+func forkBreakdown(b *testing.B, client *http.Client, url string, n int) handOffParts {
+	b.Helper()
+	var p handOffParts
+	for i := 0; i < n; i++ {
+		t0 := time.Now()
+		resp, err := client.Get(url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		e2e := time.Since(t0)
+		if resp.StatusCode != 200 {
+			b.Fatalf("GET %s: %d", url, resp.StatusCode)
+		}
+		st := serverTiming(resp.Header.Get("Server-Timing"))
+		if _, ok := st["spawn"]; !ok {
+			b.Fatalf("GET %s: no spawn in Server-Timing %q", url, resp.Header.Get("Server-Timing"))
+		}
+		p.e2e = append(p.e2e, e2e)
+		p.wait = append(p.wait, st["wait"])
+		p.spawn = append(p.spawn, st["spawn"])
+		p.clone = append(p.clone, st["clone"])
+		p.cell = append(p.cell, st["cell"])
+		p.rest = append(p.rest, e2e-st["wait"]-st["spawn"]-st["cell"])
+	}
+	return p
+}
+
+// serverTiming parses "name;dur=MS, ..." into durations.
+func serverTiming(h string) map[string]time.Duration {
+	m := map[string]time.Duration{}
+	for _, part := range strings.Split(h, ",") {
+		name, dur, ok := strings.Cut(strings.TrimSpace(part), ";dur=")
+		if !ok {
+			continue
+		}
+		if v, err := strconv.ParseFloat(dur, 64); err == nil {
+			m[name] = time.Duration(v * float64(time.Millisecond))
+		}
+	}
+	return m
+}
+
+func (p handOffParts) report(b *testing.B) {
+	q := func(d []time.Duration, f float64) float64 {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return float64(s[min(len(s)-1, int(f*float64(len(s))))]) / float64(time.Millisecond)
+	}
+	if len(p.e2e) == 0 {
+		return
+	}
+	b.ReportMetric(q(p.e2e, .5)/q(p.clone, .5), "fork-e2e/clone-p50")
+	b.ReportMetric(q(p.e2e, .99)/q(p.clone, .99), "fork-e2e/clone-p99")
+	b.Logf("fork request latency, %d sequential, p50 / p99 in ms: end to end %.2f / %.2f; the preloader's clone %.2f / %.2f; "+
+		"the whole hand-off (clone, the socket both ways, cellgate's checks of the child) %.2f / %.2f; "+
+		"the cell (the child's run and exit to the cell empty) %.2f / %.2f; admission wait %.2f / %.2f; "+
+		"the rest, cellgate's own (HTTP, routing, the cell from the pool, streams, response, record) %.2f / %.2f",
+		len(p.e2e), q(p.e2e, .5), q(p.e2e, .99), q(p.clone, .5), q(p.clone, .99), q(p.spawn, .5), q(p.spawn, .99),
+		q(p.cell, .5), q(p.cell, .99), q(p.wait, .5), q(p.wait, .99), q(p.rest, .5), q(p.rest, .99))
 }

@@ -345,6 +345,7 @@ func (x *exchange) recordCell(res *sandbox.Result) {
 	x.rec.Signal = res.Signal
 	x.rec.UID = res.UID
 	x.rec.Unenforced = res.Unenforced
+	x.rec.Spawn, x.rec.Clone = res.Spawn, res.Clone
 }
 
 // cancelReason says why a context ended for the request: the server is

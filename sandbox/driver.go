@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -41,6 +42,8 @@ type worker struct {
 	pid   int
 	pidfd int
 	proc  *os.Process // cgi only
+	// handOff: a fork worker's hand-off (Result.Spawn and Clone).
+	handOff, clone time.Duration
 }
 
 // newProcWorker makes a worker of a process the daemon started, with a

@@ -168,7 +168,8 @@ func isSpawnRefusal(err error) bool {
 
 // spawn is one round trip on the socket. Called with inst.mu held.
 func (inst *instance) spawn(msg []byte, fds []int, cell Cell) (*worker, error) {
-	inst.conn.SetDeadline(time.Now().Add(spawnTimeout))
+	sent := time.Now()
+	inst.conn.SetDeadline(sent.Add(spawnTimeout))
 	if _, _, err := inst.conn.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
 		return nil, fmt.Errorf("%w: send spawn: %w", ErrNoPreloader, err)
 	}
@@ -193,7 +194,7 @@ func (inst *instance) spawn(msg []byte, fds []int, cell Cell) (*worker, error) {
 	if m.Type == msgError {
 		return nil, &spawnRefusal{m.Error}
 	}
-	w := &worker{pid: m.Pid, pidfd: got[0]}
+	w := &worker{pid: m.Pid, pidfd: got[0], clone: time.Duration(m.CloneUS) * time.Microsecond}
 	if ours, err := verifyChild(w, cell); err != nil {
 		if ours {
 			return nil, &strayChild{w: w, err: err}
@@ -203,6 +204,7 @@ func (inst *instance) spawn(msg []byte, fds []int, cell Cell) (*worker, error) {
 		w.release()
 		return nil, err
 	}
+	w.handOff = time.Since(sent)
 	return w, nil
 }
 

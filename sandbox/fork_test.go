@@ -84,6 +84,9 @@ func TestForkServesRequests(t *testing.T) {
 		if res.Cause != CauseOK || !strings.HasPrefix(out, "Status: 200 OK\r\n") || !strings.HasSuffix(out, "\r\n\r\nhello /x ") {
 			t.Fatalf("request %d: cause %s, output %q", i, res.Cause, out)
 		}
+		if res.Spawn <= 0 || res.Clone <= 0 {
+			t.Errorf("request %d: hand-off %s, of it the preloader's clone %s: want both measured", i, res.Spawn, res.Clone)
+		}
 	}
 	res, out := forkRun(t, r, p, "echo", "abcde")
 	if res.Cause != CauseOK || !strings.HasSuffix(out, "\r\n\r\nabcde") {

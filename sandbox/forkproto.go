@@ -54,6 +54,11 @@ type message struct {
 	// it).
 	Deadline int64 `json:"deadline_ms,omitempty"`
 
+	// spawned: the preloader's own part of the hand-off, from reading the
+	// spawn to clone3's return in the preloader, in microseconds
+	// (optional; Result.Clone).
+	CloneUS int64 `json:"clone_us,omitempty"`
+
 	// error: what went wrong (at start: the import's traceback).
 	Error string `json:"error,omitempty"`
 }

@@ -356,6 +356,8 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		Wall:       wall,
 		UID:        id.uid,
 		Unenforced: unenforced,
+		Spawn:      w.handOff,
+		Clone:      w.clone,
 	}, errors.Join(errs...)
 }
 

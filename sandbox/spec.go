@@ -104,4 +104,8 @@ type Result struct {
 	// Unenforced lists the controllers whose limits were not enforced for
 	// this cell (operator's --unenforced); empty in normal operation.
 	Unenforced []string
+	// Spawn is a fork request's hand-off: from sending the spawn to the
+	// preloader to holding the verified child (before Started). Clone is
+	// the preloader's own part of it (what it reported). Both 0 for cgi.
+	Spawn, Clone time.Duration
 }
