@@ -23,7 +23,9 @@ import (
 // request (cellgate's own, and the tenant group's: cells plus, for fork,
 // the preloader) and the cells' mean memory.peak, as ratios fork/cgi; and
 // the throughput of gunicorn (sync, 2 workers, --preload) on the same app,
-// the warm runtime without per-request cells. The fork route runs under
+// the warm runtime without per-request cells. (The CGI program imports the
+// app from ../wsgi, outside the view of its own directory: its route has
+// the host's filesystem, its other confinements on.) The fork route runs under
 // the default confinement; the same app on a route with every confinement
 // relaxed but its PID namespace per request (what fork routes had before
 // they were confined) gives the cost of the confinement as a throughput
@@ -51,7 +53,7 @@ routes:
   - {name: flask, match: {path: /flask}, tenant: fork, driver: fork, runtime: python-wsgi, app: "flask_hello:app", app_dir: "%[1]s", memory: 64Mi, server_timing: true}
   - {name: flask-open, match: {path: /flask-open}, tenant: open, driver: fork, runtime: python-wsgi, app: "flask_hello:app", app_dir: "%[1]s", memory: 64Mi,
      filesystem: host, network: host, seccomp: off, host_namespaces: [ipc, uts]}
-  - {name: flask-cgi, match: {path: /flask-cgi}, tenant: cgi, program: "%[2]s"}
+  - {name: flask-cgi, match: {path: /flask-cgi}, tenant: cgi, program: "%[2]s", filesystem: host}
 `
 
 // tenantCPU is a tenant group's cpu.stat usage_usec.

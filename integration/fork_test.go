@@ -291,7 +291,7 @@ func TestFork(t *testing.T) {
 		}
 	})
 
-	forkConfined(t, g)
+	forkConfined(t, g, testdata)
 
 	t.Run("preloader killed", func(t *testing.T) {
 		// Killed while requests are in flight: their children are
@@ -469,7 +469,7 @@ var forkSyscalls = []struct {
 // forkConfined: a fork route is confined by default as a cgi route is.
 // The probe is a WSGI app (confprobe.py) answering as the CGI probe does;
 // every assertion has a control that must succeed.
-func forkConfined(t *testing.T, g *gate) {
+func forkConfined(t *testing.T, g *gate, testdata string) {
 	t.Run("confined filesystem", func(t *testing.T) {
 		other := t.TempDir()
 		os.Chmod(other, 0o755)
@@ -478,7 +478,7 @@ func forkConfined(t *testing.T, g *gate) {
 			t.Fatal(err)
 		}
 		os.Chmod(public, 0o644)
-		own := preloaderApp(t)
+		own := filepath.Join(testdata, "confprobe.py")
 		r := g.probe(t, "confprobe", url.Values{"read": {public, g.policyPath, "/root/.profile", "/etc/passwd", own}})
 		for _, p := range []string{public, g.policyPath, "/root/.profile"} {
 			if r.Read[p] == "ok" {
@@ -567,11 +567,4 @@ func forkConfined(t *testing.T, g *gate) {
 				pre["unshare(CLONE_NEWUSER)"], pre["max_user_namespaces"])
 		}
 	})
-}
-
-// preloaderApp is the confinement probe's path.
-func preloaderApp(t *testing.T) string {
-	t.Helper()
-	_, testdata := forkDirs(t)
-	return filepath.Join(testdata, "confprobe.py")
 }
