@@ -41,7 +41,7 @@ func checkConfinementKernel(r *report) {
 	if b, err := os.ReadFile("/proc/sys/kernel/unprivileged_userns_clone"); err == nil {
 		userns += ", unprivileged_userns_clone=" + strings.TrimSpace(string(b))
 	}
-	r.ok("user namespaces", "%s; not used by cellgate, and confined cells cannot create one (seccomp)", userns)
+	r.ok("user namespaces", "%s; used by fork routes' preloaders (which may create none below theirs), never by cells, which cannot create one (seccomp)", userns)
 	major, minor := kernelVersion(unameRelease())
 	if major > 6 || major == 6 && minor >= 6 {
 		r.ok("tmpfs", "a size limit per private tmpfs, charged to the cell's memory (tmpfs quotas of 6.6 are not needed)")
