@@ -89,15 +89,16 @@ func newChildSetup(plan *confine.Prepared, userns bool) (string, error) {
 // directory, stdio and user namespace) through the init's exec mode, with
 // sock as its fd 3. It returns once the interpreter is being executed;
 // ctl is the daemon's end of the init's control socket, on which a
-// failed exec is reported (preloaderExit reads it).
+// failed exec is reported (execFailure reads it). Its errors are the
+// caller's to wrap with the route.
 func (p *Preloader) startConfined(argv []string, attr *os.ProcAttr, sock *os.File) (proc *os.Process, ctl int, err error) {
 	r, plan := p.r, p.cfg.Confine
 	if r.launcher == nil {
-		return nil, -1, fmt.Errorf("%w: preloader of route %s is confined but the runner has no Launcher (Config.Launcher)", ErrSpec, p.cfg.Route)
+		return nil, -1, fmt.Errorf("%w: confined, but the runner has no Launcher (Config.Launcher)", ErrSpec)
 	}
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, -1, fmt.Errorf("%w: control socket: %w", ErrSpawn, err)
+		return nil, -1, fmt.Errorf("control socket: %w", err)
 	}
 	child := os.NewFile(uintptr(fds[1]), "preloader-init-control")
 	defer child.Close()
@@ -119,7 +120,7 @@ func (p *Preloader) startConfined(argv []string, attr *os.ProcAttr, sock *os.Fil
 		proc.Kill()
 		proc.Wait()
 		ip.closeCtl()
-		return nil, -1, fmt.Errorf("%w: preloader of route %s: %w", ErrSpawn, p.cfg.Route, err)
+		return nil, -1, err
 	}
 	if err := ip.send(plan.Frame(), nil); err != nil {
 		return fail(err)
