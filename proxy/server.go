@@ -205,7 +205,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.listeners = append(s.listeners, capped)
 	s.mu.Unlock()
 	if !tlsOn {
-		return s.srv.Serve(guardListener{Listener: capped, guard: s.guard})
+		return s.srv.Serve(newHeadListener(capped, s.cfg.ReadHeaderTimeout, prepareHead(s.guard)))
 	}
 	cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
 	if err != nil {
