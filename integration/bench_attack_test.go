@@ -48,9 +48,17 @@ var (
 	// be held there, and the spool budget would refuse most of them before
 	// any reader stalled. 12 MiB each (600 MiB) are held whole.
 	attackReadSize = flag.Int("attack.readsize", 12<<20, "response size of BenchmarkGateSlowReaders' slow readers")
-	attackBefore   = flag.String("attack.before", "", "an earlier cellgate binary to measure first, in the same run (reported as before-*)")
+	attackBefore   = flag.String("attack.before", "", "earlier cellgate binaries (comma-separated) to measure first, in the same run (reported under their file names)")
 	attackProfile  = flag.Bool("attack.profile", false, "take a CPU profile of serve during the attack and log its top functions (needs go on PATH)")
 )
+
+// earlierBuilds are -attack.before's binaries.
+func earlierBuilds() []string {
+	if *attackBefore == "" {
+		return nil
+	}
+	return strings.Split(*attackBefore, ",")
+}
 
 // attackLife is how long an attacker keeps its connections after it is
 // ready, unless stopped before: the measured phase with room to spare
@@ -71,12 +79,13 @@ const (
 // without the attack, serve's CPU per normal request in both phases, the
 // CPU of the attacker and of the client as shares of one CPU, and the
 // head bytes a second the attacker managed (5,000 is the plan). With
-// -attack.before=BINARY the same is measured first with that serve
-// binary (an earlier build), in the same run, and reported as before-*.
+// -attack.before=BINARY,... the same is measured first with each of those
+// serve binaries (earlier builds), in the same run, and reported under
+// their file names.
 func BenchmarkGateSlowloris(b *testing.B) {
 	for b.Loop() {
-		if *attackBefore != "" {
-			lorisRun(b, *attackBefore).report(b, "before-")
+		for _, bin := range earlierBuilds() {
+			lorisRun(b, bin).report(b, filepath.Base(bin)+"-")
 		}
 		lorisRun(b, cellgateBin(b)).report(b, "")
 	}
@@ -159,8 +168,8 @@ func (f lorisFigures) report(b *testing.B, prefix string) {
 // responses. -attack.before as for BenchmarkGateSlowloris.
 func BenchmarkGateSlowReaders(b *testing.B) {
 	for b.Loop() {
-		if *attackBefore != "" {
-			readersRun(b, *attackBefore).report(b, "before-")
+		for _, bin := range earlierBuilds() {
+			readersRun(b, bin).report(b, filepath.Base(bin)+"-")
 		}
 		readersRun(b, cellgateBin(b)).report(b, "")
 	}
