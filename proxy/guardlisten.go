@@ -16,8 +16,7 @@ import (
 // net/http ever seeing it.
 //
 // Plain HTTP/1.x (prepareHead): a connection is ready when its first
-// request head has arrived whole, or has been refused by the guard; a head
-// that trickles in is read at a headPacer's pace. Until
+// request head has arrived whole, or has been refused by the guard. Until
 // then it costs a small goroutine, the guardConn and the few hundred
 // bytes of head held so far; net/http's per-connection goroutine, its 4
 // KiB read and 4 KiB write buffers and its deeper stack come only with a
@@ -59,11 +58,11 @@ func newHeadListener(inner net.Listener, timeout time.Duration, prepare func(net
 }
 
 // prepareHead is a plain connection's preparation: the guard, and its
-// first request head, whose reads pace paces once it trickles in.
-func prepareHead(guard func(net.Conn) *guardConn, pace func()) func(net.Conn) (net.Conn, error) {
+// first request head.
+func prepareHead(guard func(net.Conn) *guardConn) func(net.Conn) (net.Conn, error) {
 	return func(c net.Conn) (net.Conn, error) {
 		g := guard(c)
-		if err := g.awaitHead(pace, headPace); err != nil {
+		if err := g.awaitHead(); err != nil {
 			return nil, err
 		}
 		return g, nil
@@ -161,13 +160,12 @@ type tlsListener struct {
 	*headListener
 	config *tls.Config
 	guard  func(net.Conn) *guardConn
-	pace   func()                         // paces the reads of a head that trickles in
 	failed func(err error, addr net.Addr) // a handshake failed
 }
 
 func newTLSListener(inner net.Listener, config *tls.Config, timeout time.Duration,
-	guard func(net.Conn) *guardConn, pace func(), failed func(error, net.Addr)) *tlsListener {
-	l := &tlsListener{config: config, guard: guard, pace: pace, failed: failed}
+	guard func(net.Conn) *guardConn, failed func(error, net.Addr)) *tlsListener {
+	l := &tlsListener{config: config, guard: guard, failed: failed}
 	l.headListener = newHeadListener(inner, timeout, l.prepare)
 	return l
 }
@@ -194,7 +192,7 @@ func (l *tlsListener) prepare(c net.Conn) (net.Conn, error) {
 		return tc, nil
 	}
 	g := l.guard(tc)
-	if err := g.awaitHead(l.pace, headPace); err != nil {
+	if err := g.awaitHead(); err != nil {
 		return nil, err
 	}
 	return tlsGuardConn{guardConn: g, tc: tc}, nil

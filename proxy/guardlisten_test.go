@@ -23,7 +23,7 @@ func newTestHeadListener(t *testing.T, timeout time.Duration) *headListener {
 	guard := func(c net.Conn) *guardConn {
 		return newGuardConn(c, 16<<10, func(ferr *frameError) []byte { return rejection("token", ferr) })
 	}
-	l := newHeadListener(inner, timeout, prepareHead(guard, func() {}))
+	l := newHeadListener(inner, timeout, prepareHead(guard))
 	t.Cleanup(func() { l.Close() })
 	return l
 }

@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"time"
 )
 
 // guardConn stands between an HTTP/1.x client connection and net/http's
@@ -47,9 +46,6 @@ type guardConn struct {
 	bad   []byte // the rest of the rejection request
 	err   error  // the stream's end, once refused
 	limit int    // the largest buffer: a head plus 4 KiB of one read
-	// drained: the last read behind held bytes took all there was (it did
-	// not fill the room it had).
-	drained bool
 }
 
 // guardBufSize is the size of a pooled buffer: the start of a head that
@@ -119,7 +115,6 @@ func (g *guardConn) readMore() error {
 		b = nb
 	}
 	n, err := g.Conn.Read(b[len(b):cap(b)])
-	g.drained = n < cap(b)-len(b)
 	fresh := b[len(b) : len(b)+n]
 	b = b[:len(b)+n]
 	*g.buf = b
@@ -139,26 +134,15 @@ func (g *guardConn) readMore() error {
 
 // awaitHead reads until the first request head is complete or refused,
 // handing nothing on yet (headListener): what came is held in a pooled
-// buffer, grown as the head grows, for Read to hand on. Once the head has
-// been awaited for paceAfter and headFreeReads reads have taken all there
-// was and left it incomplete, it calls pace before each read (headPacer):
-// a head that needs many reads but comes quickly (a large one, over TLS
-// one record a read) is never paced. It returns the read error of a
-// connection that ended or timed out before.
-func (g *guardConn) awaitHead(pace func(), paceAfter time.Duration) error {
-	start := time.Now()
-	for drained := 0; g.free == 0 && len(g.bad) == 0 && g.err == nil; {
+// buffer, grown as the head grows, for Read to hand on. It returns the
+// read error of a connection that ended or timed out before.
+func (g *guardConn) awaitHead() error {
+	for g.free == 0 && len(g.bad) == 0 && g.err == nil {
 		if g.buf == nil {
 			g.hold(nil)
 		}
-		if drained >= headFreeReads && time.Since(start) >= paceAfter {
-			pace()
-		}
 		if err := g.readMore(); err != nil {
 			return err
-		}
-		if g.drained {
-			drained++
 		}
 	}
 	return nil

@@ -95,8 +95,6 @@ type Server struct {
 	retryAfter string // Retry-After value
 	// spools is the budget of all request and response spools.
 	spools *spoolBudget
-	// headPace paces the reads of first heads that trickle in.
-	headPace headPacer
 	// rejectToken marks the requests that stand for refused heads
 	// (guardConn); made at random by New, known to no client.
 	rejectToken string
@@ -163,7 +161,6 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		},
 		retryAfter:  retryAfterSeconds(cfg.RetryAfter),
 		rejectToken: rand.Text(),
-		headPace:    headPacer{every: headPace},
 	}
 	s.spools = newSpoolBudget(cfg.SpoolMemory, cfg.SpoolDisk)
 	s.base, s.cancelBase = context.WithCancel(context.Background())
@@ -208,7 +205,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.listeners = append(s.listeners, capped)
 	s.mu.Unlock()
 	if !tlsOn {
-		return s.srv.Serve(newHeadListener(capped, s.cfg.ReadHeaderTimeout, prepareHead(s.guard, s.headPace.wait)))
+		return s.srv.Serve(newHeadListener(capped, s.cfg.ReadHeaderTimeout, prepareHead(s.guard)))
 	}
 	cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
 	if err != nil {
@@ -222,7 +219,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.srv.TLSConfig = config.Clone()
 	}
 	s.mu.Unlock()
-	return s.srv.Serve(newTLSListener(capped, config, s.cfg.ReadHeaderTimeout, s.guard, s.headPace.wait, s.handshakeFailed))
+	return s.srv.Serve(newTLSListener(capped, config, s.cfg.ReadHeaderTimeout, s.guard, s.handshakeFailed))
 }
 
 // guard puts a request-head check in front of net/http on an HTTP/1.x
