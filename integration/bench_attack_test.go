@@ -643,25 +643,26 @@ func fetchPprof(b *testing.B, g *gate, what string) []byte {
 	return p
 }
 
-// logProfile logs the top functions of a CPU profile of serve, and of its
-// heap in use now.
+// logProfile logs the top functions of a CPU profile of serve, of its
+// heap in use now, and of where its OS threads were created.
 func logProfile(b *testing.B, g *gate, prof []byte) {
 	if prof == nil {
 		return
 	}
 	heap := fetchPprof(b, g, "heap?gc=1")
+	threads := fetchPprof(b, g, "threadcreate")
 	dir := b.TempDir()
-	cpuFile, heapFile := filepath.Join(dir, "cpu.pprof"), filepath.Join(dir, "heap.pprof")
-	if err := os.WriteFile(cpuFile, prof, 0o644); err != nil {
-		b.Fatal(err)
-	}
-	if err := os.WriteFile(heapFile, heap, 0o644); err != nil {
-		b.Fatal(err)
+	cpuFile, heapFile, threadFile := filepath.Join(dir, "cpu.pprof"), filepath.Join(dir, "heap.pprof"), filepath.Join(dir, "threads.pprof")
+	for f, p := range map[string][]byte{cpuFile: prof, heapFile: heap, threadFile: threads} {
+		if err := os.WriteFile(f, p, 0o644); err != nil {
+			b.Fatal(err)
+		}
 	}
 	for _, args := range [][]string{
 		{"tool", "pprof", "-top", "-nodecount=30", cellgateBin(b), cpuFile},
 		{"tool", "pprof", "-top", "-cum", "-nodecount=40", cellgateBin(b), cpuFile},
 		{"tool", "pprof", "-top", "-sample_index=inuse_space", "-nodecount=25", cellgateBin(b), heapFile},
+		{"tool", "pprof", "-top", "-cum", "-nodecount=25", cellgateBin(b), threadFile},
 	} {
 		out, err := exec.Command("go", args...).CombinedOutput()
 		if err != nil {
