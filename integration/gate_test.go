@@ -503,6 +503,8 @@ type gateOptions struct {
 	base string
 	// args are more serve flags.
 	args []string
+	// bin is the cellgate binary ("" = CELLGATE_BIN's).
+	bin string
 }
 
 // gate is one running `cellgate serve`.
@@ -559,7 +561,10 @@ var servingRE = regexp.MustCompile(`msg=serving listen=(\S+) admin=(\S+)`)
 // the test did) and checks that it exited 0 and left nothing in cgroupfs.
 func startGate(t testing.TB, o gateOptions) *gate {
 	t.Helper()
-	bin := cellgateBin(t)
+	bin := o.bin
+	if bin == "" {
+		bin = cellgateBin(t)
+	}
 	base := o.base
 	if base == "" {
 		base = filepath.Join(requireKernel(t), "gate")

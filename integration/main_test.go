@@ -234,6 +234,10 @@ func runCellHelper(role string, args []string) int {
 		}
 		runtime.KeepAlive(x)
 		return 0
+	case roleLoris: // the slowloris attacker of BenchmarkGateSlowloris
+		return runLoris(args)
+	case roleSlowReader: // the slow-reader attacker of BenchmarkGateSlowReaders
+		return runSlowReader(args)
 	case "forkbomb": // start sleepers until the kernel refuses, then fail
 		n := 0
 		for {

@@ -43,7 +43,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, maxBody int64)
 	if r.ContentLength > maxBody {
 		return nil, fmt.Errorf("request body of %d bytes, limit %d: %w", r.ContentLength, maxBody, ErrBodyTooLarge)
 	}
-	sp := newSpool(s.cfg.TempDir, s.cfg.BodyMemory, maxBody, &s.spools)
+	sp := newSpool(s.cfg.TempDir, s.cfg.BodyMemory, maxBody, s.spools)
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return sp, nil
 	}

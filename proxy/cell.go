@@ -127,7 +127,7 @@ func (x *exchange) runCell(m *policy.Match, req *cgiRequest, stdin io.Reader) *c
 		outErr = x.stream(hdr, br, cancel)
 		run.sent = true
 	} else {
-		run.body = newSpool(s.cfg.TempDir, s.cfg.ResponseMemory, s.cfg.MaxResponse, &s.spools)
+		run.body = newSpool(s.cfg.TempDir, s.cfg.ResponseMemory, s.cfg.MaxResponse, s.spools)
 		if _, err := io.Copy(run.body, br); err != nil {
 			switch {
 			case errors.Is(err, ErrSpoolFull):

@@ -9,58 +9,69 @@ import (
 	"time"
 )
 
-// guardListener puts a guardConn in front of net/http on every plain
-// HTTP/1.x connection.
-type guardListener struct {
-	net.Listener
-	guard func(net.Conn) *guardConn
-}
-
-func (l guardListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return l.guard(c), nil
-}
-
-// tlsListener does the TLS handshakes itself, so that it can put a
-// guardConn in front of net/http on every HTTP/1.1 connection, which it can
-// only do on the decrypted stream. net/http serves HTTP/2 only on a
-// *tls.Conn and takes r.TLS from a ConnectionState method otherwise, so an
-// "h2" connection goes to it bare (HTTP/2's framing has no such ambiguity)
-// and an HTTP/1.1 one as a tlsGuardConn.
+// headListener hands net/http a connection only once it is ready to be
+// served: every connection is accepted here and prepared in a goroutine of
+// its own within timeout (Config.ReadHeaderTimeout), and one that fails
+// (or is still being prepared when the listener closes) is closed without
+// net/http ever seeing it.
 //
-// Each handshake runs in a goroutine of its own within timeout, so a slow
-// or silent client holds only its own connection (the connection caps
-// bound how many there are), never the accept loop.
-type tlsListener struct {
+// Plain HTTP/1.x (prepareHead): a connection is ready when its first
+// request head has arrived whole, or has been refused by the guard. Until
+// then it costs a small goroutine, the guardConn and the few hundred
+// bytes of head held so far; net/http's per-connection goroutine, its 4
+// KiB read and 4 KiB write buffers and its deeper stack come only with a
+// complete head. This is what 5,000 slowloris connections cost: measured
+// by BenchmarkGateSlowloris, about half of serve's memory per connection
+// was net/http's buffers, held while a head trickled in. A keep-alive
+// connection between requests is net/http's again (its IdleTimeout and
+// ReadHeaderTimeout apply).
+//
+// TLS (tlsListener.prepare): the handshake, then the same wait for an
+// HTTP/1.1 connection; an "h2" connection goes to net/http bare at once
+// (HTTP/2's framing has no such ambiguity, and net/http serves HTTP/2 only
+// on a *tls.Conn).
+type headListener struct {
 	inner   net.Listener
-	config  *tls.Config
 	timeout time.Duration
-	guard   func(net.Conn) *guardConn
-	failed  func(err error, addr net.Addr) // a handshake failed
+	// prepare makes c ready, or fails (having answered c if it should);
+	// c's deadline is set to the timeout around it.
+	prepare func(c net.Conn) (net.Conn, error)
 
 	start sync.Once
 	conns chan net.Conn
 	errs  chan error
 	done  chan struct{}
-	close sync.Once
+
+	mu      sync.Mutex
+	closed  bool
+	pending map[net.Conn]struct{} // being prepared; closed by Close
 }
 
-func newTLSListener(inner net.Listener, config *tls.Config, timeout time.Duration,
-	guard func(net.Conn) *guardConn, failed func(error, net.Addr)) *tlsListener {
-	return &tlsListener{
-		inner: inner, config: config, timeout: timeout, guard: guard, failed: failed,
-		conns: make(chan net.Conn),
-		errs:  make(chan error),
-		done:  make(chan struct{}),
+func newHeadListener(inner net.Listener, timeout time.Duration, prepare func(net.Conn) (net.Conn, error)) *headListener {
+	return &headListener{
+		inner: inner, timeout: timeout, prepare: prepare,
+		conns:   make(chan net.Conn),
+		errs:    make(chan error),
+		done:    make(chan struct{}),
+		pending: make(map[net.Conn]struct{}),
 	}
 }
 
-// Accept returns the next connection whose handshake succeeded. The
-// handshakes start with the first call, once net/http has set itself up.
-func (l *tlsListener) Accept() (net.Conn, error) {
+// prepareHead is a plain connection's preparation: the guard, and its
+// first request head.
+func prepareHead(guard func(net.Conn) *guardConn) func(net.Conn) (net.Conn, error) {
+	return func(c net.Conn) (net.Conn, error) {
+		g := guard(c)
+		if err := g.awaitHead(); err != nil {
+			return nil, err
+		}
+		return g, nil
+	}
+}
+
+// Accept returns the next connection that is ready. Accepting starts with
+// the first call, once net/http has set itself up.
+func (l *headListener) Accept() (net.Conn, error) {
 	l.start.Do(func() { go l.acceptLoop() })
 	select {
 	case c := <-l.conns:
@@ -72,17 +83,27 @@ func (l *tlsListener) Accept() (net.Conn, error) {
 	}
 }
 
-func (l *tlsListener) Close() error {
-	l.close.Do(func() { close(l.done) })
+// Close stops accepting and closes the connections still being prepared.
+func (l *headListener) Close() error {
+	l.mu.Lock()
+	if !l.closed {
+		l.closed = true
+		close(l.done)
+		for c := range l.pending {
+			_ = c.Close()
+		}
+		clear(l.pending)
+	}
+	l.mu.Unlock()
 	return l.inner.Close()
 }
 
-func (l *tlsListener) Addr() net.Addr { return l.inner.Addr() }
+func (l *headListener) Addr() net.Addr { return l.inner.Addr() }
 
-// acceptLoop accepts TCP connections and starts their handshakes until the
+// acceptLoop accepts connections and starts their preparation until the
 // listener is closed. Other accept errors go to Accept's caller, which
 // decides (net/http retries temporary ones).
-func (l *tlsListener) acceptLoop() {
+func (l *headListener) acceptLoop() {
 	for {
 		c, err := l.inner.Accept()
 		if err != nil {
@@ -96,39 +117,85 @@ func (l *tlsListener) acceptLoop() {
 				return
 			}
 		}
-		go l.handshake(c)
+		go l.prepareConn(c)
 	}
+}
+
+// prepareConn prepares c within the timeout and hands it to Accept.
+func (l *headListener) prepareConn(c net.Conn) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		_ = c.Close()
+		return
+	}
+	l.pending[c] = struct{}{}
+	l.mu.Unlock()
+	if l.timeout > 0 {
+		_ = c.SetDeadline(time.Now().Add(l.timeout))
+	}
+	out, err := l.prepare(c)
+	l.mu.Lock()
+	delete(l.pending, c)
+	l.mu.Unlock()
+	if err != nil {
+		_ = c.Close()
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	select {
+	case l.conns <- out:
+	case <-l.done:
+		_ = out.Close()
+	}
+}
+
+// tlsListener does the TLS handshakes itself (in headListener's
+// goroutines, within its timeout), so that it can put a guardConn in front
+// of net/http on every HTTP/1.1 connection, which it can only do on the
+// decrypted stream. net/http serves HTTP/2 only on a *tls.Conn and takes
+// r.TLS from a ConnectionState method otherwise, so an "h2" connection
+// goes to it bare and an HTTP/1.1 one as a tlsGuardConn.
+type tlsListener struct {
+	*headListener
+	config *tls.Config
+	guard  func(net.Conn) *guardConn
+	failed func(err error, addr net.Addr) // a handshake failed
+}
+
+func newTLSListener(inner net.Listener, config *tls.Config, timeout time.Duration,
+	guard func(net.Conn) *guardConn, failed func(error, net.Addr)) *tlsListener {
+	l := &tlsListener{config: config, guard: guard, failed: failed}
+	l.headListener = newHeadListener(inner, timeout, l.prepare)
+	return l
 }
 
 // plainHTTPAnswer is what a client that speaks plain HTTP to the TLS port
 // gets, as from net/http.
 const plainHTTPAnswer = "HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
 
-// handshake runs c's TLS handshake and hands the connection to Accept.
-func (l *tlsListener) handshake(c net.Conn) {
+// prepare runs c's TLS handshake and, on an HTTP/1.1 connection, waits
+// for its first request head.
+func (l *tlsListener) prepare(c net.Conn) (net.Conn, error) {
 	tc := tls.Server(c, l.config)
-	_ = tc.SetDeadline(time.Now().Add(l.timeout))
 	if err := tc.Handshake(); err != nil {
 		var re tls.RecordHeaderError
 		if errors.As(err, &re) && re.Conn != nil && looksLikeHTTP(re.RecordHeader) {
 			_, _ = io.WriteString(re.Conn, plainHTTPAnswer)
 		}
-		_ = c.Close()
 		if l.failed != nil {
 			l.failed(err, c.RemoteAddr())
 		}
-		return
+		return nil, err
 	}
-	_ = tc.SetDeadline(time.Time{})
-	var out net.Conn = tc
-	if tc.ConnectionState().NegotiatedProtocol != "h2" {
-		out = tlsGuardConn{guardConn: l.guard(tc), tc: tc}
+	if tc.ConnectionState().NegotiatedProtocol == "h2" {
+		return tc, nil
 	}
-	select {
-	case l.conns <- out:
-	case <-l.done:
-		_ = out.Close()
+	g := l.guard(tc)
+	if err := g.awaitHead(); err != nil {
+		return nil, err
 	}
+	return tlsGuardConn{guardConn: g, tc: tc}, nil
 }
 
 // looksLikeHTTP reports whether the first 5 bytes of a connection are the

@@ -28,12 +28,13 @@ import (
 // a body's framing goes wrong, net/http's read fails instead, and it never
 // reads from the connection again.
 //
-// Memory: nothing while no head is held: a head that arrives whole in one
-// read (the usual case) is checked in net/http's own buffer and never
-// copied. A head that spans reads (a slow client, a slowloris) is held in
-// a small pooled buffer, grown up to the head limit (Config.MaxHeaderBytes
-// plus 4 KiB) only as the head grows, and given back once handed on: an
-// idle slowloris costs a few hundred bytes here, not a head's worth.
+// Memory: a connection's first head is read by awaitHead, before net/http
+// has the connection (headListener), into a small pooled buffer grown up
+// to the head limit (Config.MaxHeaderBytes plus 4 KiB) only as the head
+// grows, and given back once handed on: a slowloris costs a few hundred
+// bytes here, not a head's worth, and none of net/http's buffers. Later
+// heads are checked in net/http's own buffer when they arrive whole in one
+// read (the usual case) and held in the same way when they span reads.
 type guardConn struct {
 	net.Conn
 	check  frameCheck
@@ -129,6 +130,22 @@ func (g *guardConn) readMore() error {
 		}
 	}
 	return err
+}
+
+// awaitHead reads until the first request head is complete or refused,
+// handing nothing on yet (headListener): what came is held in a pooled
+// buffer, grown as the head grows, for Read to hand on. It returns the
+// read error of a connection that ended or timed out before.
+func (g *guardConn) awaitHead() error {
+	for g.free == 0 && len(g.bad) == 0 && g.err == nil {
+		if g.buf == nil {
+			g.hold(nil)
+		}
+		if err := g.readMore(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // hold keeps b, the start of a head, until the head is complete.

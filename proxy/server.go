@@ -94,7 +94,7 @@ type Server struct {
 	envOpt     envOptions
 	retryAfter string // Retry-After value
 	// spools is the budget of all request and response spools.
-	spools spoolBudget
+	spools *spoolBudget
 	// rejectToken marks the requests that stand for refused heads
 	// (guardConn); made at random by New, known to no client.
 	rejectToken string
@@ -162,7 +162,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		retryAfter:  retryAfterSeconds(cfg.RetryAfter),
 		rejectToken: rand.Text(),
 	}
-	s.spools.memLimit, s.spools.diskLimit = cfg.SpoolMemory, cfg.SpoolDisk
+	s.spools = newSpoolBudget(cfg.SpoolMemory, cfg.SpoolDisk)
 	s.base, s.cancelBase = context.WithCancel(context.Background())
 	var protocols http.Protocols
 	protocols.SetHTTP1(true)
@@ -205,7 +205,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.listeners = append(s.listeners, capped)
 	s.mu.Unlock()
 	if !tlsOn {
-		return s.srv.Serve(guardListener{Listener: capped, guard: s.guard})
+		return s.srv.Serve(newHeadListener(capped, s.cfg.ReadHeaderTimeout, prepareHead(s.guard)))
 	}
 	cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
 	if err != nil {

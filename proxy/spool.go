@@ -25,9 +25,45 @@ var ErrSpoolFull = errors.New("spool limit reached")
 // request is refused, or the cell whose response it was is killed, rather
 // than the disk filled or the cell kept alive for a slow client). A zero
 // limit is no limit.
+//
+// It also bounds the spool file writes in progress at once (io). A write
+// to a file is a blocking system call: its goroutine holds an OS thread
+// for the call, and the runtime starts another thread for the goroutines
+// left to run; Go never ends an idle thread (golang/go#14592), so every
+// response spooled at the same moment left a thread behind for the life
+// of the process (50 slow readers: 9 threads became 30 and stayed). A
+// goroutine waiting for a slot is parked and holds no thread. A nil io
+// does not bound the writes.
 type spoolBudget struct {
 	memLimit, diskLimit int64
 	mem, disk           atomic.Int64
+	io                  chan struct{}
+	// ioPeak is the most writes seen in progress at once (tests).
+	ioNow, ioPeak atomic.Int64
+}
+
+// spoolWriters is how many spool file writes may be in progress at once:
+// enough to keep a disk busy, few enough that the threads they hold stay
+// few.
+const spoolWriters = 4
+
+// newSpoolBudget returns a budget of memLimit bytes in memory and
+// diskLimit in files (0: no limit) with spoolWriters write slots.
+func newSpoolBudget(memLimit, diskLimit int64) *spoolBudget {
+	return &spoolBudget{memLimit: memLimit, diskLimit: diskLimit, io: make(chan struct{}, spoolWriters)}
+}
+
+// writeFile writes p to f in one of the budget's write slots.
+func (b *spoolBudget) writeFile(f *os.File, p []byte) (int, error) {
+	if b.io != nil {
+		b.io <- struct{}{}
+		defer func() { <-b.io }()
+	}
+	now := b.ioNow.Add(1)
+	for peak := b.ioPeak.Load(); now > peak && !b.ioPeak.CompareAndSwap(peak, now); peak = b.ioPeak.Load() {
+	}
+	defer b.ioNow.Add(-1)
+	return f.Write(p)
 }
 
 // take reserves n bytes in used under limit, or reports that they do not
@@ -100,7 +136,7 @@ func (s *spool) Write(p []byte) (int, error) {
 				len(p), s.dir, ErrSpoolBudget, s.budget.disk.Load(), s.budget.diskLimit)
 		}
 		var err error
-		n, err = s.file.Write(p)
+		n, err = s.budget.writeFile(s.file, p)
 		s.size += int64(n)
 		s.diskHeld += int64(len(p))
 		if err != nil {
@@ -154,7 +190,7 @@ func (s *spool) toFile() error {
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(*s.mem); err != nil {
+	if _, err := s.budget.writeFile(f, *s.mem); err != nil {
 		f.Close()
 		return fmt.Errorf("write spool file in %s: %w", s.dir, err)
 	}

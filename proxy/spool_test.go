@@ -3,9 +3,11 @@ package proxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -188,5 +190,47 @@ func TestSpoolBudgetServer(t *testing.T) {
 				t.Errorf("spools hold %+v after the request, want nothing", st)
 			}
 		})
+	}
+}
+
+// TestSpoolWritesBounded: many spools written to files at once share the
+// budget's write slots: no more than spoolWriters file writes are ever in
+// progress together (each holds an OS thread while it runs), and every
+// spool holds exactly what was written to it.
+func TestSpoolWritesBounded(t *testing.T) {
+	dir := t.TempDir()
+	b := newSpoolBudget(0, 0)
+	const writers, chunks = 32, 64
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 2<<10) // 32 KiB
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for i := range writers {
+		wg.Go(func() {
+			sp := newSpool(dir, 0, 1<<30, b)
+			defer sp.Close()
+			for range chunks {
+				if _, err := sp.Write(chunk); err != nil {
+					errs <- err
+					return
+				}
+			}
+			f, err := sp.File()
+			if err != nil {
+				errs <- err
+				return
+			}
+			got, err := io.ReadAll(f)
+			if err != nil || !bytes.Equal(got, bytes.Repeat(chunk, chunks)) {
+				errs <- fmt.Errorf("spool %d holds %d bytes (%v), want %d", i, len(got), err, chunks*len(chunk))
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if peak := b.ioPeak.Load(); peak < 1 || peak > spoolWriters {
+		t.Fatalf("%d spool file writes in progress at once, want 1 to %d", peak, spoolWriters)
 	}
 }

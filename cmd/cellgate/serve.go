@@ -190,7 +190,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 		return err
 	}
 	admin := &http.Server{
-		Handler:           accounting.AdminHandler(reg, d.readiness, d.statusFunc(srv, time.Now())),
+		Handler:           adminHandler(accounting.AdminHandler(reg, d.readiness, d.statusFunc(srv, time.Now())), cfg.AdminPprof),
 		ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}

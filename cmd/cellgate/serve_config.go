@@ -35,6 +35,11 @@ type serveConfig struct {
 	// Admin is the address of /metrics, /healthz and /readyz; never the
 	// public port. Default 127.0.0.1:9090.
 	Admin string `env:"ADMIN" envDefault:"127.0.0.1:9090"`
+	// AdminPprof adds Go's runtime profiles (net/http/pprof) under
+	// /debug/pprof/ on the admin listener, for finding where serve's time
+	// and memory go under load. Default off: a profile shows request
+	// paths and costs CPU while it is taken.
+	AdminPprof bool `env:"ADMIN_PPROF"`
 	// Policy is the policy file (routes, tenants, limits). Required.
 	Policy string `env:"POLICY"`
 	// PolicyPoll, when positive, is how often serve reads the policy file
@@ -142,6 +147,7 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "TLS certificate PEM `file`; with --tls-key serves HTTPS (CELLGATE_TLS_CERT)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "TLS private key PEM `file` (CELLGATE_TLS_KEY)")
 	fs.StringVar(&c.Admin, "admin", c.Admin, "admin listen `address` for /metrics /healthz /readyz, never the public port (CELLGATE_ADMIN)")
+	fs.BoolVar(&c.AdminPprof, "admin-pprof", c.AdminPprof, "serve Go's runtime profiles under /debug/pprof/ on the admin listener (CELLGATE_ADMIN_PPROF)")
 	fs.StringVar(&c.Policy, "policy", c.Policy, "policy `file` (CELLGATE_POLICY), required")
 	fs.Var((*durationFlag)(&c.PolicyPoll), "policy-poll", "reload the policy when its content changed, checked this often; 0 = only on SIGHUP (CELLGATE_POLICY_POLL)")
 	fs.BoolVar(&c.Preflight, "preflight", c.Preflight, "run cellgate doctor's delegation checks first and exit 1 when they fail (CELLGATE_PREFLIGHT)")

@@ -1,0 +1,40 @@
+package main
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// TestAdminHandlerPprof: the profiles are on the admin listener only with
+// --admin-pprof, and the admin handler's own paths answer either way.
+func TestAdminHandlerPprof(t *testing.T) {
+	own := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write([]byte("metrics"))
+	})
+	for _, tc := range []struct {
+		name  string
+		pprof bool
+		path  string
+		want  int
+	}{
+		{"off: no profiles", false, "/debug/pprof/", 404},
+		{"off: metrics", false, "/metrics", 200},
+		{"on: profile index", true, "/debug/pprof/", 200},
+		{"on: goroutine profile", true, "/debug/pprof/goroutine?debug=1", 200},
+		{"on: metrics", true, "/metrics", 200},
+		{"on: other paths still the admin handler's", true, "/nothing", 404},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			adminHandler(own, tc.pprof).ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+			if rec.Code != tc.want {
+				t.Errorf("GET %s with --admin-pprof=%v: %d, want %d", tc.path, tc.pprof, rec.Code, tc.want)
+			}
+		})
+	}
+}
