@@ -36,12 +36,14 @@ var forwarded = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, sys
 // with the program's stdin, stdout and stderr (SCM_RIGHTS), starts the
 // program as its child under the frame's credentials, forwards signals,
 // reaps every process that is reparented to it, and when the program ends
-// writes a Report and exits with the program's status (128+N for signal
-// N; the Report carries the signal itself). As PID 1 of the cell's PID
-// namespace its exit ends every other process of the cell. The init's own
-// fds 0-2 are /dev/null. It returns the status to exit with.
+// ends what it left (finish), writes a Report and exits with the program's
+// status (128+N for signal N; the Report carries the signal itself). As
+// PID 1 of the cell's PID namespace its exit ends every other process of
+// the cell. The init's own fds 0-2 are /dev/null. It returns the status to
+// exit with.
 func Init() int {
-	if err := applyPlanFrame("the cell"); err != nil {
+	plan, err := applyPlanFrame("the cell")
+	if err != nil {
 		return fail(ReportSetup, exitSetup, err)
 	}
 	// What does not depend on the request is done before waiting for it:
@@ -76,6 +78,7 @@ func Init() int {
 		}
 	}()
 	r := reap(pid)
+	finish(plan)
 	report(r)
 	if r.Signal != 0 {
 		return 128 + int(r.Signal)
@@ -99,7 +102,7 @@ const ExecArg = "exec"
 // control socket is closed, which the starter reads as the end of the
 // stream. It returns the status to exit with when the exec failed.
 func InitExec() int {
-	if err := applyPlanFrame("the preloader"); err != nil {
+	if _, err := applyPlanFrame("the preloader"); err != nil {
 		return fail(ReportSetup, exitSetup, err)
 	}
 	report(Report{Kind: ReportReady})
@@ -134,21 +137,21 @@ func InitExec() int {
 }
 
 // applyPlanFrame reads the plan frame on ControlFD (made close-on-exec)
-// and applies it to the calling process, what.
-func applyPlanFrame(what string) error {
+// and applies it to the calling process, what; it returns the plan.
+func applyPlanFrame(what string) (*Plan, error) {
 	unix.CloseOnExec(ControlFD)
 	body, _, err := readFrame(ControlFD, 0)
 	if err != nil {
-		return fmt.Errorf("read the plan frame on fd %d: %w", ControlFD, err)
+		return nil, fmt.Errorf("read the plan frame on fd %d: %w", ControlFD, err)
 	}
 	plan, err := DecodePlan(body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := Apply(plan); err != nil {
-		return fmt.Errorf("confine %s: %w", what, err)
+		return nil, fmt.Errorf("confine %s: %w", what, err)
 	}
-	return nil
+	return plan, nil
 }
 
 // readFrame reads one length-prefixed frame from fd, with exactly nfds

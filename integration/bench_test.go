@@ -189,7 +189,7 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, pau
 func newBenchEnv(b *testing.B) *sandbox.Runner { return newBenchEnvWarm(b, 0) }
 
 // newBenchEnvWarm is newBenchEnv with warm confined cells (Config.WarmCells).
-func newBenchEnvWarm(b *testing.B, warm int) *sandbox.Runner {
+func newBenchEnvWarm(b testing.TB, warm int) *sandbox.Runner {
 	b.Helper()
 	if os.Geteuid() != 0 {
 		skipOrFail(b, "cells need root (euid %d)", os.Geteuid())

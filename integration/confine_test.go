@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellgate/cellgate/confine"
+	"github.com/cellgate/cellgate/sandbox"
 	"golang.org/x/sys/unix"
 )
 
@@ -450,4 +454,73 @@ func TestConfineOOMBudget(t *testing.T) {
 	if code, _, body := g.get("/hog?mb=60"); code != http.StatusOK {
 		t.Errorf("the same request with the budget free: %d %q", code, body)
 	}
+}
+
+// TestConfineRunLeavesNothing: a confined run returns at its init's last
+// report and leaves the cell's teardown to the background, yet what the
+// program left is gone when Run returns: a process it left in a session
+// of its own (killed and reaped by the init of its PID namespace), so the
+// cell holds at most its exiting init. Once the teardowns end, every uid
+// is back and no init runs.
+func TestConfineRunLeavesNothing(t *testing.T) {
+	cellgateBin(t)
+	r := newBenchEnvWarm(t, 0)
+	w := workerBinary(t)
+	plan, err := confine.Build(confine.Options{Programs: filepath.Dir(w)}, confine.OSFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prep, err := confine.Prepare(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleepArg := fmt.Sprintf("3600.%d", os.Getpid()) // names this test's sleepers
+	for i := 0; i < 5; i++ {
+		var out bytes.Buffer
+		var cell string
+		spec := sandbox.Spec{Path: w, Args: []string{w, sleepArg}, Env: []string{cellHelperEnv + "=orphan"},
+			Confine: prep, Stdout: &out, Started: func(p string) { cell = p }}
+		res, err := r.Run(context.Background(), spec)
+		if err != nil || res.Cause != sandbox.CauseOK || strings.TrimSpace(out.String()) != "left" {
+			t.Fatalf("run %d: %v, cause %s, output %q", i, err, res.Cause, out.String())
+		}
+		if pids := processesWith("sleep\x00" + sleepArg + "\x00"); len(pids) > 0 {
+			t.Errorf("run %d: the process the program left (pid %v) runs after Run returned", i, pids)
+		}
+		b, err := os.ReadFile(filepath.Join(cell, "cgroup.procs"))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		for _, f := range strings.Fields(string(b)) {
+			cmd, _ := os.ReadFile(filepath.Join("/proc", f, "cmdline"))
+			if len(cmd) > 0 && !strings.HasPrefix(string(cmd), "cellgate-init\x00") {
+				t.Errorf("run %d: cell %s still holds pid %s (%q) after Run returned", i, cell, f, cmd)
+			}
+		}
+	}
+	for end := time.Now().Add(time.Minute); r.TeardownsPending() > 0 && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := r.TeardownsPending(); n > 0 {
+		t.Fatalf("%d teardowns still pending after a minute", n)
+	}
+	if n := r.UIDsInFlight(); n != 0 {
+		t.Errorf("%d uids handed out after every teardown ended", n)
+	}
+	if n := initsRunning(); n > 0 {
+		t.Errorf("%d cellgate-init processes left after every teardown ended", n)
+	}
+}
+
+// processesWith lists the pids whose command line starts with prefix.
+func processesWith(prefix string) []string {
+	var pids []string
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.HasPrefix(string(b), prefix) {
+			pids = append(pids, e.Name())
+		}
+	}
+	return pids
 }

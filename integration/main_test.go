@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -249,6 +250,15 @@ func runCellHelper(role string, args []string) int {
 			p.Release()
 			n++
 		}
+	case "orphan": // leave `sleep arg(0)` behind in a session of its own, say "left"
+		p, err := os.StartProcess("/bin/sleep", []string{"sleep", arg(0)}, &os.ProcAttr{Sys: &syscall.SysProcAttr{Setsid: true}})
+		if err != nil {
+			fmt.Printf("start sleep: %v\n", err)
+			return 3
+		}
+		p.Release()
+		fmt.Println("left")
+		return 0
 	case "killall": // kill(-1, SIGKILL): everything this uid may signal
 		err := unix.Kill(-1, unix.SIGKILL)
 		fmt.Printf("kill -1: %v\n", err)

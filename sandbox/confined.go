@@ -27,8 +27,12 @@ import (
 // plan.
 type initProc struct {
 	cell Cell
+	plan *confine.Prepared
 	proc *os.Process
 	ctl  int // the daemon's end of the control socket
+
+	got   []byte          // read from ctl, not yet decoded
+	final *confine.Report // the last report, once read
 }
 
 // reportTimeout bounds the wait for an init's ready report.
@@ -68,7 +72,7 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared) (*initProc, error)
 		unix.Close(fds[0])
 		return nil, fmt.Errorf("%w: init %s in cell %s: %w", ErrSpawn, r.launcher.Name(), cell.Path(), err)
 	}
-	ip := &initProc{cell: cell, proc: proc, ctl: fds[0]}
+	ip := &initProc{cell: cell, plan: plan, proc: proc, ctl: fds[0]}
 	// A failed send means the init died at once: its report, if any, says
 	// why, and the caller learns it as from any init.
 	_ = ip.send(plan.Frame(), nil)
@@ -137,30 +141,74 @@ func (ip *initProc) waitReady(spec *Spec) error {
 	return notRun(rep, spec, ip.cell)
 }
 
-// report reads the init's last report once the init has exited (its end
-// of the socket is closed, so the read cannot block), skipping its ready
-// report.
-func (ip *initProc) report() (confine.Report, bool) {
-	buf := make([]byte, 2*confine.MaxReport)
-	n := 0
-	for n < len(buf) {
-		m, _, err := unix.Recvfrom(ip.ctl, buf[n:], unix.MSG_DONTWAIT)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil || m == 0 {
-			break
-		}
-		n += m
-	}
-	b := buf[:n]
+// awaitEnd waits, on the reaper's thread, for the init's last report:
+// the program has ended and what it left is gone (confine's finish), or
+// it never ran. false: the init ended without one (the cell was killed).
+func (ip *initProc) awaitEnd(r *reaper) (confine.Report, bool) {
 	for {
-		rep, ok := confine.DecodeReport(b)
-		if !ok || rep.Kind != confine.ReportReady {
+		rep, ok, more := ip.readReports()
+		if !more {
 			return rep, ok
 		}
-		b = b[16:]
+		if err := r.readable(ip.ctl); err != nil {
+			return confine.Report{}, false
+		}
 	}
+}
+
+// report is the init's last report once the init has exited (its end of
+// the socket is closed, so the read cannot block).
+func (ip *initProc) report() (confine.Report, bool) {
+	rep, ok, _ := ip.readReports()
+	return rep, ok
+}
+
+// readReports reads what the init has sent so far without blocking,
+// skipping ready reports, and returns its last report if it came. more:
+// none yet, and its end of the socket is still open.
+func (ip *initProc) readReports() (rep confine.Report, ok, more bool) {
+	if ip.final != nil {
+		return *ip.final, true, false
+	}
+	var buf [2 * confine.MaxReport]byte
+	ended := false
+	for !ended && len(ip.got) <= len(buf) {
+		n, _, err := unix.Recvfrom(ip.ctl, buf[:], unix.MSG_DONTWAIT)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			more = true
+		case err != nil || n == 0:
+			ended = true
+		default:
+			ip.got = append(ip.got, buf[:n]...)
+			continue
+		}
+		break
+	}
+	for {
+		r, ok := confine.DecodeReport(ip.got)
+		if !ok {
+			break
+		}
+		ip.got = ip.got[16+len(r.Msg):]
+		if r.Kind != confine.ReportReady {
+			ip.final = &r
+			return r, true, false
+		}
+	}
+	if len(ip.got) > len(buf) { // more than any report: not one of the init's
+		return confine.Report{}, false, false
+	}
+	return confine.Report{}, false, more && !ended
+}
+
+// ownPIDs reports whether the cell has a PID namespace of its own: its
+// init has then killed and reaped what the program left before its last
+// report.
+func (ip *initProc) ownPIDs() bool {
+	return ip.plan.Plan().Namespaces&confine.NSPID != 0
 }
 
 func (ip *initProc) closeCtl() { unix.Close(ip.ctl) }

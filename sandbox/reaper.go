@@ -119,31 +119,40 @@ func (r *reaper) wait(w *worker) (exitStatus, error) {
 	if st, ok, err := waitidNoHang(fd); err != nil || ok {
 		return st, err
 	}
+	if err := r.readable(fd); err != nil {
+		return exitStatus{}, fmt.Errorf("pidfd of pid %d: %w", w.pid, err)
+	}
+	st, ok, err := waitidNoHang(fd)
+	if err == nil && !ok {
+		err = fmt.Errorf("waitid pidfd of pid %d: readable but not exited", w.pid)
+	}
+	return st, err
+}
+
+// readable waits until fd is readable (a pidfd: its process exited; a
+// socket: data or its peer's end) on the reaper's thread.
+func (r *reaper) readable(fd int) error {
 	ch := make(chan struct{})
 	r.mu.Lock()
 	if r.closed {
 		r.mu.Unlock()
-		return exitStatus{}, errors.New("sandbox: Runner closed")
+		return errors.New("sandbox: Runner closed")
 	}
 	r.waiting[int32(fd)] = ch
 	r.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(fd)}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(fd)}
 	if err := unix.EpollCtl(r.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		r.mu.Lock()
 		delete(r.waiting, int32(fd))
 		r.mu.Unlock()
-		return exitStatus{}, fmt.Errorf("epoll_ctl add pidfd of pid %d: %w", w.pid, err)
+		return fmt.Errorf("epoll_ctl add fd %d: %w", fd, err)
 	}
 	<-ch
 	// A cgi worker's pidfd is a dup sharing its open file description with
 	// the os.Process's, so closing it alone would not take it out of the
 	// epoll set.
 	unix.EpollCtl(r.epfd, unix.EPOLL_CTL_DEL, fd, nil)
-	st, ok, err := waitidNoHang(fd)
-	if err == nil && !ok {
-		err = fmt.Errorf("waitid pidfd of pid %d: readable but not exited", w.pid)
-	}
-	return st, err
+	return nil
 }
 
 // waitidNoHang reaps the process of pidfd if it has exited.

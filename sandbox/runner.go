@@ -54,6 +54,9 @@ type Config struct {
 	// WarmCells is how many confined cells per route are set up ahead of
 	// their requests (see warm.go); 0 sets every cell up on its request.
 	WarmCells int
+	// Teardowns bounds the confined cells torn down in the background
+	// after their Result is known (DefaultTeardowns; see teardown.go).
+	Teardowns int
 
 	// StreamGrace bounds how long stdout/stderr copying may go on after the
 	// cell emptied (DefaultStreamGrace).
@@ -79,6 +82,7 @@ type Runner struct {
 	reaper      *reaper
 	launcher    *confine.Launcher
 	warm        *warmPool // nil without Config.WarmCells
+	teardowns   *teardowns
 }
 
 // New returns a Runner. It opens /dev/null for workers' unset streams and,
@@ -114,6 +118,10 @@ func New(cfg Config) (*Runner, error) {
 	if r.emptyWait <= 0 {
 		r.emptyWait = DefaultEmptyWait
 	}
+	if cfg.Teardowns <= 0 {
+		cfg.Teardowns = DefaultTeardowns
+	}
+	r.teardowns = newTeardowns(cfg.Teardowns)
 	uids := cfg.UIDs
 	if uids == (UIDRange{}) {
 		uids = DefaultUIDRange
@@ -152,6 +160,7 @@ func (r *Runner) Close() error {
 	if r.warm != nil {
 		r.warm.close()
 	}
+	r.teardowns.wait()
 	r.reaper.close()
 	return r.devNull.Close()
 }
@@ -168,7 +177,12 @@ func (r *Runner) UIDsInFlight() int {
 // Run runs spec's worker in a fresh cell and returns once the cell is empty
 // and released: its main process has exited and been reaped, everything else
 // in the cell (daemons, grandchildren) has been killed with cgroup.kill, and
-// the kernel's accounting has been read.
+// the kernel's accounting has been read. A confined cell returns earlier,
+// once its init reports that the program ended (and, with a PID namespace,
+// that what it left is killed and reaped): its accounting is read then,
+// with the init's own still in it, and the init's exit, the cell's
+// emptying and release and the uid's return follow in the background,
+// bounded by Config.Teardowns (teardown.go).
 //
 // The deadline (spec.Timeout or the Runner's) counts from the start of the
 // worker. Cancelling ctx kills the cell too (CauseKilled); ctx also bounds the
@@ -300,6 +314,35 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		}
 	}
 
+	if ip != nil && launchErr == nil {
+		if rep, ok := ip.awaitEnd(r.reaper); ok && rep.Kind == confine.ReportExited {
+			// The program has ended and its init has ended what it left:
+			// the Result is known now. The init's exit (the teardown of
+			// its namespaces), the cell's emptying and release and the
+			// uid's return follow off the request's path (teardown.go).
+			timer.Stop()
+			stopCtx()
+			killedBy := k.finish()
+			if !ip.ownPIDs() {
+				cell.Kill() // what the program left, outside a PID namespace
+			}
+			wall := time.Since(start)
+			var errs []error
+			usage, uerr := cell.Usage()
+			if uerr != nil {
+				errs = append(errs, fmt.Errorf("read usage of cell %s: %w", cell.Path(), uerr))
+			}
+			unenforced := cell.Unenforced()
+			released, keepUID = true, true
+			r.endCell(w, cell, id.release)
+			if err := st.wait(r.streamGrace); err != nil {
+				errs = append(errs, err)
+			}
+			exit := exitStatus{code: int(rep.Code), signal: syscall.Signal(rep.Signal)}
+			return ended(exit, killedBy, usage, start, wall, id.uid, unenforced, w), errors.Join(errs...)
+		}
+	}
+
 	exit, werr := r.reaper.wait(w)
 	if werr != nil && w.proc != nil {
 		// The pidfd wait failed (should not happen): end the cell and reap
@@ -347,6 +390,11 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			exit = exitStatus{code: int(rep.Code), signal: syscall.Signal(rep.Signal)}
 		}
 	}
+	return ended(exit, killedBy, usage, start, wall, id.uid, unenforced, w), errors.Join(errs...)
+}
+
+// ended is the Result of a worker w that ran.
+func ended(exit exitStatus, killedBy Cause, usage cgroup.Usage, start time.Time, wall time.Duration, uid uint32, unenforced []string, w *worker) Result {
 	return Result{
 		Cause:      classify(exit, killedBy, usage),
 		ExitCode:   exit.code,
@@ -354,11 +402,11 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		Usage:      usage,
 		Started:    start,
 		Wall:       wall,
-		UID:        id.uid,
+		UID:        uid,
 		Unenforced: unenforced,
 		Spawn:      w.handOff,
 		Clone:      w.clone,
-	}, errors.Join(errs...)
+	}
 }
 
 // driver returns the driver of spec: fork when it names a preloader, cgi

@@ -1,0 +1,57 @@
+package confine
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// finish ends what the program left behind before the init reports, so
+// that the report means "the request's part of the cell is over" and the
+// Runner can answer without waiting for the init's exit (whose namespace
+// teardown it leaves to the background):
+//
+//   - with a PID namespace of its own, every other process of the
+//     namespace is killed (kill(-1) from its PID 1 reaches exactly them)
+//     and reaped: a daemon the program left is gone when the report is
+//     sent, as it is when the cell empties;
+//   - with a mount namespace of its own, the files of the private tmpfs
+//     mounts are removed: their pages are uncharged from the cell (and its
+//     tenant) now, not when the mount namespace is torn down.
+//
+// Without a PID namespace the Runner kills what is left through the
+// cell's cgroup.kill; files still open by such a process stay until the
+// namespace goes.
+func finish(p *Plan) {
+	if p.Namespaces&NSPID != 0 && os.Getpid() == 1 {
+		unix.Kill(-1, unix.SIGKILL)
+		for {
+			_, err := unix.Wait4(-1, nil, 0, nil)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil { // ECHILD: every child is reaped
+				break
+			}
+		}
+	}
+	if p.Namespaces&NSMount != 0 {
+		for _, t := range p.Tmpfs {
+			emptyDir(t.Target)
+		}
+	}
+}
+
+// emptyDir removes what dir holds, not dir itself. Errors are ignored:
+// what cannot be removed goes with the mount namespace.
+func emptyDir(dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		os.RemoveAll(filepath.Join(dir, e.Name()))
+	}
+}
