@@ -51,8 +51,9 @@ type Config struct {
 	// Launcher starts the init of confined cells (Specs with Confine);
 	// nil refuses them. The Runner does not close it.
 	Launcher *confine.Launcher
-	// WarmCells is how many confined cells per route are set up ahead of
-	// their requests (see warm.go); 0 sets every cell up on its request.
+	// WarmCells is the most confined cells per route set up ahead of their
+	// requests, the set sized by demand between one and this (see
+	// warm.go); 0 sets every cell up on its request.
 	WarmCells int
 	// Teardowns bounds the confined cells torn down in the background
 	// after their Result is known (DefaultTeardowns; see teardown.go).

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -11,8 +12,8 @@ import (
 )
 
 // Warm confined cells: a confined cell's setup (the init's start, the
-// namespaces, the mounts, the filter) does not depend on the request, so a
-// few cells per route are set up ahead, each a cell of the route's profile
+// namespaces, the mounts, the filter) does not depend on the request, so
+// cells of a route are set up ahead, each a cell of the route's profile
 // holding an init that has applied the plan and waits for its exec frame.
 // A request that finds one pays a hand-off and the program's fork and exec;
 // one that finds none sets its cell up itself, as without the pool.
@@ -21,30 +22,46 @@ import (
 // request, refilled after each take, and dropped (its cells ended) when no
 // request took one for warmIdle: the routes of a replaced policy let go of
 // their cells without being told.
+//
+// How many: a set is sized by demand, between one cell and
+// Config.WarmCells. Each request that finds the set empty doubles its
+// target (a burst of n concurrent requests is met within log2 n bursts);
+// each warmShrink without such a miss lowers it by one. The refill sets up
+// to warmParallel cells up at once: a setup is mostly CPU (the init's Go
+// runtime starting, the mounts), so more than one per CPU only queues.
 
 // warmIdle is how long a route's warm cells are kept without a request.
 const warmIdle = time.Minute
 
+// warmShrink is how long a set's target stays up without a miss.
+const warmShrink = 10 * time.Second
+
 // warmRetry is the pause after a warm cell could not be set up.
 const warmRetry = time.Second
+
+// warmParallel is how many cells a set's refill sets up at once.
+var warmParallel = max(1, runtime.NumCPU())
 
 type warmKey struct {
 	prof *cgroup.Profile
 	plan *confine.Prepared
 }
 
-// warmSet is one route's warm cells.
+// warmSet is one route's warm cells. Guarded by warmPool.mu.
 type warmSet struct {
-	ready []*initProc
-	wake  chan struct{}
-	taken time.Time // the last take
+	ready     []*initProc
+	want      int // target size: 1 to warmPool.size
+	preparing int // setups in flight
+	wake      chan struct{}
+	taken     time.Time // the last take
+	missed    time.Time // the last take that found none, or the last shrink
 }
 
 type warmPool struct {
 	hits, misses atomic.Uint64
 
 	r      *Runner
-	size   int
+	size   int // the most cells a set may hold
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -67,7 +84,6 @@ func (w *warmPool) take(k warmKey) *initProc {
 	if s == nil {
 		return nil
 	}
-	s.taken = time.Now()
 	var ip *initProc
 	if n := len(s.ready); n > 0 {
 		ip, s.ready = s.ready[n-1], s.ready[:n-1]
@@ -75,11 +91,39 @@ func (w *warmPool) take(k warmKey) *initProc {
 	} else {
 		w.misses.Add(1)
 	}
+	s.resize(ip != nil, time.Now(), w.size)
+	wakeUp(s.wake)
+	return ip
+}
+
+// resize adjusts the set's target at a take that found a cell or not:
+// doubled (up to most) by a miss, lowered by one after warmShrink without
+// one.
+func (s *warmSet) resize(found bool, now time.Time, most int) {
+	s.taken = now
+	if !found {
+		s.want = min(2*s.want, most)
+		s.missed = now
+	}
+	if s.want > 1 && now.Sub(s.missed) >= warmShrink {
+		s.want--
+		s.missed = now
+	}
+}
+
+// toStart is how many setups the refill starts now to reach the target,
+// with at most par in flight, and counts them as in flight.
+func (s *warmSet) toStart(par int) int {
+	n := max(min(s.want-len(s.ready)-s.preparing, par-s.preparing), 0)
+	s.preparing += n
+	return n
+}
+
+func wakeUp(c chan struct{}) {
 	select {
-	case s.wake <- struct{}{}:
+	case c <- struct{}{}:
 	default:
 	}
-	return ip
 }
 
 // set returns the key's set, starting its refiller; nil once closed.
@@ -90,7 +134,8 @@ func (w *warmPool) set(k warmKey) *warmSet {
 	}
 	s := w.sets[k]
 	if s == nil {
-		s = &warmSet{wake: make(chan struct{}, 1), taken: time.Now()}
+		now := time.Now()
+		s = &warmSet{want: 1, wake: make(chan struct{}, 1), taken: now, missed: now}
 		w.sets[k] = s
 		w.wg.Add(1)
 		go w.refill(k, s)
@@ -98,31 +143,38 @@ func (w *warmPool) set(k warmKey) *warmSet {
 	return s
 }
 
-// refill keeps the set at size until it has been idle for warmIdle or the
-// pool closes, then ends its cells.
+// refill keeps the set at its target until it has been idle for warmIdle
+// or the pool closes, then ends its cells.
 func (w *warmPool) refill(k warmKey, s *warmSet) {
 	defer w.wg.Done()
 	idle := time.NewTimer(warmIdle)
 	defer idle.Stop()
+	var setups sync.WaitGroup
 	for {
 		w.mu.Lock()
-		n, taken := len(s.ready), s.taken
+		taken := s.taken
+		start := s.toStart(warmParallel)
 		w.mu.Unlock()
 		if time.Since(taken) >= warmIdle {
 			break
 		}
-		if n < w.size {
-			if ip := w.prepare(k); ip != nil {
+		for range start {
+			setups.Go(func() {
+				ip := w.prepare(k)
+				if ip == nil { // could not: let the next try wait
+					select {
+					case <-time.After(warmRetry):
+					case <-w.ctx.Done():
+					}
+				}
 				w.mu.Lock()
-				s.ready = append(s.ready, ip)
+				s.preparing--
+				if ip != nil {
+					s.ready = append(s.ready, ip)
+				}
 				w.mu.Unlock()
-				continue
-			}
-			select { // could not: retry later
-			case <-time.After(warmRetry):
-				continue
-			case <-w.ctx.Done():
-			}
+				wakeUp(s.wake)
+			})
 		}
 		idle.Reset(warmIdle - time.Since(taken))
 		select {
@@ -135,11 +187,14 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 		break
 	}
 	w.mu.Lock()
-	ready := s.ready
-	s.ready = nil
-	if w.sets[k] == s {
+	if w.sets[k] == s { // later takes start a new set
 		delete(w.sets, k)
 	}
+	w.mu.Unlock()
+	setups.Wait()
+	w.mu.Lock()
+	ready := s.ready
+	s.ready = nil
 	w.mu.Unlock()
 	for _, ip := range ready {
 		w.r.discard(ip)
@@ -172,12 +227,11 @@ func (w *warmPool) prepare(k warmKey) *initProc {
 // close ends every warm cell.
 func (w *warmPool) close() {
 	w.cancel()
+	w.mu.Lock()
 	for _, s := range w.sets {
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
+		wakeUp(s.wake)
 	}
+	w.mu.Unlock()
 	w.wg.Wait()
 }
 

@@ -71,10 +71,11 @@ type serveConfig struct {
 	// MaxCells caps tenant plus cell groups under cells/
 	// (cgroup.max.descendants); 0 = no cap. Default 0.
 	MaxCells int `env:"MAX_CELLS" envDefault:"0"`
-	// WarmCells is how many confined cells per route are set up ahead of
-	// their requests (cell, init, namespaces, mounts, filter), each holding
-	// a cgroup and an idle init charged to its tenant; 0 sets every cell up
-	// on its request.
+	// WarmCells is the most confined cells per route set up ahead of
+	// their requests (cell, init, namespaces, mounts, filter); a route's
+	// set is sized by demand between one and this, and each cell holds a
+	// cgroup and an idle init (about 3 MiB) charged to its tenant; 0 sets
+	// every cell up on its request.
 	WarmCells int `env:"WARM_CELLS" envDefault:"0"`
 
 	// The front's limits (proxy.Config).
@@ -157,7 +158,7 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.TextVar(&c.Isolation, "isolation", c.Isolation, "cells, or none for plain exec (benchmark baseline only) (CELLGATE_ISOLATION)")
 	c.Shared.addFlags(fs)
 	fs.IntVar(&c.MaxCells, "max-cells", c.MaxCells, "kernel cap on tenant and cell groups (cgroup.max.descendants), 0 = none (CELLGATE_MAX_CELLS)")
-	fs.IntVar(&c.WarmCells, "warm-cells", c.WarmCells, "confined cells per route set up ahead of their requests, 0 = none (CELLGATE_WARM_CELLS)")
+	fs.IntVar(&c.WarmCells, "warm-cells", c.WarmCells, "most confined cells per route set up ahead of their requests, sized by demand, 0 = none (CELLGATE_WARM_CELLS)")
 	fs.Var((*durationFlag)(&c.HeaderTimeout), "header-timeout", "time a client has to send the request header (CELLGATE_HEADER_TIMEOUT)")
 	fs.Var((*durationFlag)(&c.IdleTimeout), "idle-timeout", "keep-alive idle timeout (CELLGATE_IDLE_TIMEOUT)")
 	fs.TextVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "largest request header, `size` (CELLGATE_MAX_HEADER_BYTES)")
