@@ -33,7 +33,7 @@ func BenchmarkCellLifecycle(b *testing.B) {
 	noop := noopBinary(b)
 	for _, par := range []int{1, 8, 32} {
 		b.Run(fmt.Sprintf("concurrent=%d", par), func(b *testing.B) {
-			benchPairs(b, env, sandbox.Spec{Path: noop}, par, 0)
+			benchPairs(b, env, sandbox.Spec{Path: noop}, par, nil)
 		})
 	}
 }
@@ -78,7 +78,7 @@ func BenchmarkCellConfined(b *testing.B) {
 	for _, v := range variants {
 		for _, par := range v.par {
 			b.Run(fmt.Sprintf("%s/concurrent=%d", v.name, par), func(b *testing.B) {
-				benchPairs(b, env, spec(b, v.opts), par, 0)
+				benchPairs(b, env, spec(b, v.opts), par, nil)
 			})
 		}
 	}
@@ -88,15 +88,27 @@ func BenchmarkCellConfined(b *testing.B) {
 	// same CPU, so back to back (pause 0) the set runs dry as soon as
 	// requests come faster than cells are set up; with a pause between
 	// rounds (a server below saturation) every request finds one. The
-	// share of requests that found one is reported (warm-hit-%).
+	// share of requests that found one is reported (warm-hit-%). The
+	// "ready" pause waits (untimed) until the round's cells are set up:
+	// the price of a pooled, pre-initialised cell itself.
 	for _, par := range []int{1, 8, 32} {
-		for _, pause := range []time.Duration{0, 100 * time.Millisecond} {
+		for _, pause := range []string{"0s", "100ms", "ready"} {
 			b.Run(fmt.Sprintf("all-warm/pause=%s/concurrent=%d", pause, par), func(b *testing.B) {
 				warm := newBenchEnvWarm(b, par)
 				s := spec(b, confine.Options{})
 				warm.Warm(s.Profile, s.Confine)
 				time.Sleep(time.Second) // let the first cells be set up
-				benchPairs(b, warm, s, par, pause)
+				var between func(n int)
+				if d, err := time.ParseDuration(pause); err == nil && d > 0 {
+					between = func(int) { time.Sleep(d) }
+				} else if pause == "ready" {
+					between = func(n int) {
+						for end := time.Now().Add(10 * time.Second); warm.WarmReady() < n && time.Now().Before(end); {
+							time.Sleep(5 * time.Millisecond)
+						}
+					}
+				}
+				benchPairs(b, warm, s, par, between)
 				if hits, misses := warm.WarmStats(); hits+misses > 0 {
 					b.ReportMetric(100*float64(hits)/float64(hits+misses), "warm-hit-%")
 				}
@@ -110,10 +122,11 @@ func BenchmarkCellConfined(b *testing.B) {
 // goroutines run one cell each, or the other way round in every other
 // round. Within a round the load is of one kind only, so the two kinds do
 // not distort each other (a blocking os/exec Wait holds a thread; a cell's
-// wait parks in the netpoller), and both see the same machine over the run.
+// wait parks in the netpoller), and both see the same machine over the run. Between
+// rounds between (if set) is called, untimed, with the next round's size.
 var mu sync.Mutex // guards benchPairs' results
 
-func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, pause time.Duration) {
+func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, between func(n int)) {
 	plainOp := func() error {
 		cmd := exec.Command(spec.Path)
 		cmd.Env = []string{}
@@ -168,9 +181,9 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, pau
 			round(plainOp, &plain, n)
 		}
 		done += n
-		if pause > 0 {
+		if between != nil {
 			b.StopTimer()
-			time.Sleep(pause)
+			between(min(par, b.N-done))
 			b.StartTimer()
 		}
 	}
@@ -214,6 +227,13 @@ func newBenchEnv(b *testing.B) *sandbox.Runner { return newBenchEnvWarm(b, 0) }
 // newBenchEnvWarm is newBenchEnv with warm confined cells (Config.WarmCells).
 func newBenchEnvWarm(b testing.TB, warm int) *sandbox.Runner {
 	b.Helper()
+	return newConfinedEnv(b, sandbox.Config{WarmCells: warm})
+}
+
+// newConfinedEnv is newBenchEnv with the confinement settings of cfg
+// (WarmCells, NetNamespaces).
+func newConfinedEnv(b testing.TB, cfg sandbox.Config) *sandbox.Runner {
+	b.Helper()
 	if os.Geteuid() != 0 {
 		skipOrFail(b, "cells need root (euid %d)", os.Geteuid())
 	}
@@ -238,7 +258,7 @@ func newBenchEnvWarm(b testing.TB, warm int) *sandbox.Runner {
 	if err := pool.Warm(prof); err != nil {
 		b.Fatal(err)
 	}
-	cfg := sandbox.Config{Cells: sandbox.PoolCells{Pool: pool}, Profile: prof, Timeout: time.Minute, WarmCells: warm}
+	cfg.Cells, cfg.Profile, cfg.Timeout = sandbox.PoolCells{Pool: pool}, prof, time.Minute
 	if bin := os.Getenv("CELLGATE_BIN"); bin != "" {
 		l, err := confine.OpenLauncher(filepath.Join(filepath.Dir(bin), confine.InitArg0))
 		if err != nil {

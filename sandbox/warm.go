@@ -271,6 +271,20 @@ func (r *Runner) Warm(prof *cgroup.Profile, plan *confine.Prepared) {
 	r.warm.mu.Unlock()
 }
 
+// WarmReady is how many warm confined cells are ready, over all routes.
+func (r *Runner) WarmReady() int {
+	if r.warm == nil {
+		return 0
+	}
+	r.warm.mu.Lock()
+	defer r.warm.mu.Unlock()
+	n := 0
+	for _, s := range r.warm.sets {
+		n += len(s.ready)
+	}
+	return n
+}
+
 // WarmStats counts the confined runs that found a warm cell (hits) and
 // those that set their cell up themselves (misses).
 func (r *Runner) WarmStats() (hits, misses uint64) {
