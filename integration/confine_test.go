@@ -466,14 +466,7 @@ func TestConfineRunLeavesNothing(t *testing.T) {
 	cellgateBin(t)
 	r := newBenchEnvWarm(t, 0)
 	w := workerBinary(t)
-	plan, err := confine.Build(confine.Options{Programs: filepath.Dir(w)}, confine.OSFS{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	prep, err := confine.Prepare(plan)
-	if err != nil {
-		t.Fatal(err)
-	}
+	prep := defaultPlan(t, w)
 	sleepArg := fmt.Sprintf("3600.%d", os.Getpid()) // names this test's sleepers
 	for i := 0; i < 5; i++ {
 		var out bytes.Buffer
@@ -523,4 +516,55 @@ func processesWith(prefix string) []string {
 		}
 	}
 	return pids
+}
+
+// TestConfineNetnsAhead: with network namespaces made ahead
+// (Config.NetNamespaces), a confined cell still gets one of its own, not
+// the daemon's, with loopback up, and cells take them from the pool.
+// (Inode numbers of namespaces are reused once one is gone, so that two
+// sequential cells never share one is not observable here: a namespace
+// made ahead is taken once, by netnsPool.take.)
+func TestConfineNetnsAhead(t *testing.T) {
+	cellgateBin(t)
+	r := newConfinedEnv(t, sandbox.Config{NetNamespaces: 2})
+	w := workerBinary(t)
+	prep := defaultPlan(t, w)
+	host, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const runs = 8
+	for i := 0; i < runs; i++ {
+		var out bytes.Buffer
+		spec := sandbox.Spec{Path: w, Args: []string{w}, Env: []string{cellHelperEnv + "=netns"}, Confine: prep, Stdout: &out}
+		res, err := r.Run(context.Background(), spec)
+		if err != nil || res.Cause != sandbox.CauseOK {
+			t.Fatalf("run %d: %v, cause %s, output %q", i, err, res.Cause, out.String())
+		}
+		ns, lo, _ := strings.Cut(strings.TrimSpace(out.String()), " ")
+		if ns == host {
+			t.Errorf("run %d: the cell is in the daemon's network namespace %s", i, ns)
+		}
+		if lo != "up" {
+			t.Errorf("run %d: listen on 127.0.0.1 in the cell: %s", i, lo)
+		}
+		time.Sleep(50 * time.Millisecond) // let the pool refill: the test is about the pooled ones
+	}
+	if hits, misses := r.NetnsStats(); hits == 0 || hits+misses != runs {
+		t.Errorf("%d cells took a namespace made ahead, %d made their own; want some of the first, %d in all", hits, misses, runs)
+	}
+}
+
+// defaultPlan is the default confinement of a route running program.
+func defaultPlan(t testing.TB, program string) *confine.Prepared {
+	t.Helper()
+	plan, err := confine.Build(confine.Options{Programs: filepath.Dir(program)}, confine.OSFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prep, err := confine.Prepare(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return prep
 }

@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -250,6 +251,20 @@ func runCellHelper(role string, args []string) int {
 			p.Release()
 			n++
 		}
+	case "netns": // print the network namespace and whether loopback works
+		ns, err := os.Readlink("/proc/self/ns/net")
+		if err != nil {
+			fmt.Printf("readlink /proc/self/ns/net: %v\n", err)
+			return 3
+		}
+		lo := "up"
+		if ln, err := net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			lo = err.Error()
+		} else {
+			ln.Close()
+		}
+		fmt.Printf("%s %s\n", ns, lo)
+		return 0
 	case "orphan": // leave `sleep arg(0)` behind in a session of its own, say "left"
 		p, err := os.StartProcess("/bin/sleep", []string{"sleep", arg(0)}, &os.ProcAttr{Sys: &syscall.SysProcAttr{Setsid: true}})
 		if err != nil {

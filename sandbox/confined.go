@@ -67,7 +67,17 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared) (*initProc, error)
 		attr.Sys.UseCgroupFD = true
 		attr.Sys.CgroupFD = fd
 	}
-	proc, err := startNoNewPrivs(r.launcher.Path(), []string{confine.InitArg0}, attr)
+	args := []string{confine.InitArg0}
+	var proc *os.Process
+	if ns := r.takeNetns(plan); ns >= 0 {
+		// A network namespace made ahead (netns.go): the init is cloned
+		// into it instead of making its own.
+		attr.Sys.Cloneflags &^= unix.CLONE_NEWNET
+		proc, err = r.netns.start(ns, r.launcher.Path(), args, attr)
+		unix.Close(ns)
+	} else {
+		proc, err = startNoNewPrivs(r.launcher.Path(), args, attr)
+	}
 	if err != nil {
 		unix.Close(fds[0])
 		return nil, fmt.Errorf("%w: init %s in cell %s: %w", ErrSpawn, r.launcher.Name(), cell.Path(), err)
@@ -77,6 +87,15 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared) (*initProc, error)
 	// why, and the caller learns it as from any init.
 	_ = ip.send(plan.Frame(), nil)
 	return ip, nil
+}
+
+// takeNetns returns a network namespace made ahead for a plan that wants
+// one of its own, or -1.
+func (r *Runner) takeNetns(plan *confine.Prepared) int {
+	if r.netns == nil || plan.CloneFlags()&unix.CLONE_NEWNET == 0 {
+		return -1
+	}
+	return r.netns.take()
 }
 
 // send writes a frame, the fds attached to its first bytes.

@@ -55,6 +55,10 @@ type Config struct {
 	// requests, the set sized by demand between one and this (see
 	// warm.go); 0 sets every cell up on its request.
 	WarmCells int
+	// NetNamespaces is how many network namespaces are kept made ahead
+	// for confined cells that have one of their own (see netns.go); 0 has
+	// every such cell's init make its own.
+	NetNamespaces int
 	// Teardowns bounds the confined cells torn down in the background
 	// after their Result is known (DefaultTeardowns; see teardown.go).
 	Teardowns int
@@ -84,6 +88,7 @@ type Runner struct {
 	launcher    *confine.Launcher
 	warm        *warmPool // nil without Config.WarmCells
 	teardowns   *teardowns
+	netns       *netnsPool // nil without Config.NetNamespaces
 }
 
 // New returns a Runner. It opens /dev/null for workers' unset streams and,
@@ -149,6 +154,13 @@ func New(cfg Config) (*Runner, error) {
 		devNull.Close()
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
+	if cfg.NetNamespaces > 0 && cfg.Launcher != nil {
+		if r.netns, err = newNetnsPool(cfg.NetNamespaces, r.log); err != nil {
+			r.reaper.close()
+			devNull.Close()
+			return nil, fmt.Errorf("sandbox: %w", err)
+		}
+	}
 	if cfg.WarmCells > 0 && cfg.Launcher != nil {
 		r.warm = newWarmPool(r, cfg.WarmCells)
 	}
@@ -162,6 +174,9 @@ func (r *Runner) Close() error {
 		r.warm.close()
 	}
 	r.teardowns.wait()
+	if r.netns != nil {
+		r.netns.close()
+	}
 	r.reaper.close()
 	return r.devNull.Close()
 }
