@@ -549,6 +549,9 @@ func (d *daemon) registerMetrics(reg *prometheus.Registry) (*accounting.Metrics,
 		cs = append(cs, accounting.NewPreloaderCollector(d.preloaderStats))
 		cs = append(cs, d.poolCounters()...)
 	}
+	if d.runner != nil {
+		cs = append(cs, runnerCounters(d.runner)...)
+	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
@@ -573,6 +576,29 @@ func (d *daemon) poolCounters() []prometheus.Collector {
 		counter("pool_removed_total", "Used cells removed.", nil, func(s cgroup.PoolStats) uint64 { return s.Removed }),
 		counter("pool_remove_errors_total", "Cell removals that failed (left for the next start-up sweep).", nil, func(s cgroup.PoolStats) uint64 { return s.RemoveErrors }),
 	}
+}
+
+// runnerCounters export the work of confined cells done off the
+// request's path: teardowns running in the background now, and how often
+// a request found a warm cell or a network namespace made ahead (hit) or
+// made its own (miss).
+func runnerCounters(r *sandbox.Runner) []prometheus.Collector {
+	pair := func(name, help string, f func() (uint64, uint64)) []prometheus.Collector {
+		var cs []prometheus.Collector
+		for i, res := range []string{"hit", "miss"} {
+			cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: name, Help: help,
+				ConstLabels: prometheus.Labels{"result": res}}, func() float64 {
+				hits, misses := f()
+				return float64([]uint64{hits, misses}[i])
+			}))
+		}
+		return cs
+	}
+	cs := []prometheus.Collector{prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "cellgate", Name: "cell_teardowns",
+		Help: "Confined cells being torn down in the background after their response (at most sandbox.DefaultTeardowns)."},
+		func() float64 { return float64(r.TeardownsPending()) })}
+	cs = append(cs, pair("warm_cells_total", "Confined requests that found a warm cell (hit) or set theirs up (miss).", r.WarmStats)...)
+	return append(cs, pair("netns_ahead_total", "Confined cells that found a network namespace made ahead (hit) or made their own (miss).", r.NetnsStats)...)
 }
 
 // connCounters export the front's connections: open now, and refused by

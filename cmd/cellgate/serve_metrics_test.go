@@ -6,9 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/proxy"
 	"github.com/cellgate/cellgate/sandbox"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
@@ -73,5 +75,46 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("no %s after 10s", what)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestRunnerCounters: the counters of work done off the request's path
+// register side by side (one name per pair, told apart by result) and
+// read a fresh Runner's zeros.
+func TestRunnerCounters(t *testing.T) {
+	prof, err := cgroup.NewProfile("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := sandbox.New(sandbox.Config{Cells: sandbox.TreeCells{}, Profile: prof, AsSelf: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	reg := prometheus.NewRegistry()
+	cs := runnerCounters(r)
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			t.Fatalf("register: %v", err)
+		}
+	}
+	want := map[string]int{"cellgate_cell_teardowns": 1, "cellgate_warm_cells_total": 2, "cellgate_netns_ahead_total": 2}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if len(mf.GetMetric()) != want[mf.GetName()] {
+			t.Errorf("%s: %d series, want %d", mf.GetName(), len(mf.GetMetric()), want[mf.GetName()])
+		}
+		delete(want, mf.GetName())
+	}
+	for name := range want {
+		t.Errorf("%s not exported", name)
+	}
+	for _, c := range cs {
+		if v := testutil.ToFloat64(c); v != 0 {
+			t.Errorf("a fresh Runner's counter reads %v", v)
+		}
 	}
 }
