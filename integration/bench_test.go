@@ -42,8 +42,9 @@ func BenchmarkCellLifecycle(b *testing.B) {
 // cell with its init and no namespace, then each namespace alone, then all
 // of them without and with the seccomp filter (the default), each against a
 // plain exec in the same run (p50-ratio), with the cell's memory.peak; and
-// the full confinement at 8 and 32 concurrent loops. The cost of one
-// namespace is its line's ratio minus the init-only line's.
+// the full confinement at 8 and 32 concurrent loops, also with network
+// namespaces made ahead and with warm cells. The cost of one namespace is
+// its line's ratio minus the init-only line's.
 func BenchmarkCellConfined(b *testing.B) {
 	env := newBenchEnv(b)
 	noop := noopBinary(b)
@@ -82,6 +83,22 @@ func BenchmarkCellConfined(b *testing.B) {
 			})
 		}
 	}
+	// The same with network namespaces made ahead (serve's default,
+	// --net-namespaces): the init's clone, made under the runtime's
+	// ForkLock, then creates none; netns-hit-% is the share of cells that
+	// found one.
+	for _, par := range []int{1, 8, 32} {
+		b.Run(fmt.Sprintf("all-netns-ahead/concurrent=%d", par), func(b *testing.B) {
+			r := newConfinedEnv(b, sandbox.Config{NetNamespaces: par})
+			s := spec(b, confine.Options{})
+			r.Run(context.Background(), s) // starts the pool
+			time.Sleep(time.Second)
+			benchPairs(b, r, s, par, nil)
+			if hits, misses := r.NetnsStats(); hits+misses > 0 {
+				b.ReportMetric(100*float64(hits)/float64(hits+misses), "netns-hit-%")
+			}
+		})
+	}
 	// The same full confinement with cells set up ahead (sandbox's warm
 	// cells, as serve runs them): a request that finds one pays a hand-off
 	// and the program's fork and exec. Setting cells up still costs the
@@ -89,8 +106,9 @@ func BenchmarkCellConfined(b *testing.B) {
 	// requests come faster than cells are set up; with a pause between
 	// rounds (a server below saturation) every request finds one. The
 	// share of requests that found one is reported (warm-hit-%). The
-	// "ready" pause waits (untimed) until the round's cells are set up:
-	// the price of a pooled, pre-initialised cell itself.
+	// "ready" pause waits (untimed) until the round's cells are set up and
+	// the last round's torn down: the price of a pooled, pre-initialised
+	// cell itself, on an otherwise idle machine.
 	for _, par := range []int{1, 8, 32} {
 		for _, pause := range []string{"0s", "100ms", "ready"} {
 			b.Run(fmt.Sprintf("all-warm/pause=%s/concurrent=%d", pause, par), func(b *testing.B) {
@@ -103,7 +121,7 @@ func BenchmarkCellConfined(b *testing.B) {
 					between = func(int) { time.Sleep(d) }
 				} else if pause == "ready" {
 					between = func(n int) {
-						for end := time.Now().Add(10 * time.Second); warm.WarmReady() < n && time.Now().Before(end); {
+						for end := time.Now().Add(10 * time.Second); (warm.WarmReady() < n || warm.TeardownsPending() > 0) && time.Now().Before(end); {
 							time.Sleep(5 * time.Millisecond)
 						}
 					}
@@ -122,8 +140,10 @@ func BenchmarkCellConfined(b *testing.B) {
 // goroutines run one cell each, or the other way round in every other
 // round. Within a round the load is of one kind only, so the two kinds do
 // not distort each other (a blocking os/exec Wait holds a thread; a cell's
-// wait parks in the netpoller), and both see the same machine over the run. Between
-// rounds between (if set) is called, untimed, with the next round's size.
+// wait parks in the netpoller), and both see the same machine over the run.
+// Before each round between (if set) is called, untimed, with the round's
+// size, so that work a round left (a warm set's refill) never overlaps the
+// next round of either kind.
 var mu sync.Mutex // guards benchPairs' results
 
 func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, between func(n int)) {
@@ -134,6 +154,7 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 	}
 	var peaks []float64
 	var setup, run, tail []time.Duration // the phases of a cell, from its Result
+	var cpu []time.Duration              // the CPU time its cell used
 	cellOp := func() error {
 		t0 := time.Now()
 		res, err := r.Run(context.Background(), spec)
@@ -147,6 +168,7 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 			setup = append(setup, res.Started.Sub(t0))
 			run = append(run, res.Wall)
 			tail = append(tail, end.Sub(res.Started.Add(res.Wall)))
+			cpu = append(cpu, time.Duration(res.Usage.CPUUsageUsec)*time.Microsecond)
 		}
 		mu.Unlock()
 		return err
@@ -173,19 +195,24 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 	b.ResetTimer()
 	for done, i := 0, 0; done < b.N && failed == nil; i++ {
 		n := min(par, b.N-done)
+		pause := func() {
+			if between != nil {
+				b.StopTimer()
+				between(n)
+				b.StartTimer()
+			}
+		}
 		if i%2 == 0 {
 			round(plainOp, &plain, n)
+			pause()
 			round(cellOp, &cell, n)
 		} else {
 			round(cellOp, &cell, n)
+			pause()
 			round(plainOp, &plain, n)
 		}
+		pause()
 		done += n
-		if between != nil {
-			b.StopTimer()
-			between(min(par, b.N-done))
-			b.StartTimer()
-		}
 	}
 	b.StopTimer()
 	if failed != nil {
@@ -203,11 +230,14 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 	// the pool, the init started or a warm one taken), run the worker's
 	// wall time (for a confined cell up to its init's report), tail the
 	// rest of Run (accounting, streams, and the cell's end when it is not
-	// left to the background).
+	// left to the background). cpu is the CPU time the cell used (for a
+	// confined cell, its init's start and setup included when they were
+	// not done ahead): par times it over the machine's CPUs is the least
+	// a round can take when the cells are CPU-bound.
 	for _, ph := range []struct {
 		name string
 		d    []time.Duration
-	}{{"setup", setup}, {"run", run}, {"tail", tail}} {
+	}{{"setup", setup}, {"run", run}, {"tail", tail}, {"cpu", cpu}} {
 		if len(ph.d) > 0 {
 			slices.Sort(ph.d)
 			b.ReportMetric(q(ph.d, 0.5)/1e3, ph.name+"-p50-µs")

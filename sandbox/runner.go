@@ -244,7 +244,9 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	}
 	var ip *initProc // the init of a confined cell
 	if spec.Confine != nil && r.warm != nil {
-		ip = r.warm.take(warmKey{prof, spec.Confine})
+		k := warmKey{prof, spec.Confine}
+		ip = r.warm.take(k)
+		defer r.warm.kick(k)
 	}
 	var cell Cell
 	if ip != nil {

@@ -19,7 +19,9 @@ import (
 // one that finds none sets its cell up itself, as without the pool.
 //
 // A route's set is started by Warm (at policy load) or by its first
-// request, refilled after each take, and dropped (its cells ended) when no
+// request, refilled after each run that took from it (once that run has
+// its Result, so that the setup does not compete with it for CPU), and
+// dropped (its cells ended) when no
 // request took one for warmIdle: the routes of a replaced policy let go of
 // their cells without being told.
 //
@@ -75,8 +77,9 @@ func newWarmPool(r *Runner, size int) *warmPool {
 	return &warmPool{r: r, size: size, ctx: ctx, cancel: cancel, sets: map[warmKey]*warmSet{}}
 }
 
-// take returns a ready init of the key's, or nil, and has the set refilled
-// (started if need be).
+// take returns a ready init of the key's, or nil, starting the set if
+// need be. The refill waits for kick: a setup is mostly CPU, which the
+// request that took the cell needs more until it has its Result.
 func (w *warmPool) take(k warmKey) *initProc {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -92,8 +95,17 @@ func (w *warmPool) take(k warmKey) *initProc {
 		w.misses.Add(1)
 	}
 	s.resize(ip != nil, time.Now(), w.size)
-	wakeUp(s.wake)
 	return ip
+}
+
+// kick has the key's set refilled, once the run that took from it (or
+// found it empty) has its Result.
+func (w *warmPool) kick(k warmKey) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if s := w.sets[k]; s != nil {
+		wakeUp(s.wake)
+	}
 }
 
 // resize adjusts the set's target at a take that found a cell or not:
