@@ -99,6 +99,24 @@ func BenchmarkCellConfined(b *testing.B) {
 			}
 		})
 	}
+	// The price of a teardown on the request's path, in the same run:
+	// every cell torn down before Run returns (Config.Teardowns < 0), cold
+	// and pooled, against the teardown-bg lines (the default).
+	for _, tc := range []struct {
+		name      string
+		teardowns int
+	}{{"inline", -1}, {"bg", 0}} {
+		b.Run("all-teardown-"+tc.name+"/concurrent=1", func(b *testing.B) {
+			r := newConfinedEnv(b, sandbox.Config{Teardowns: tc.teardowns})
+			benchPairs(b, r, spec(b, confine.Options{}), 1, nil)
+		})
+		b.Run("all-warm-teardown-"+tc.name+"/pause=ready/concurrent=1", func(b *testing.B) {
+			r := newConfinedEnv(b, sandbox.Config{Teardowns: tc.teardowns, WarmCells: 1})
+			s := spec(b, confine.Options{})
+			r.Warm(s.Profile, s.Confine)
+			benchPairs(b, r, s, 1, whenReady(r))
+		})
+	}
 	// The same full confinement with cells set up ahead (sandbox's warm
 	// cells, as serve runs them): a request that finds one pays a hand-off
 	// and the program's fork and exec. Setting cells up still costs the
@@ -120,17 +138,23 @@ func BenchmarkCellConfined(b *testing.B) {
 				if d, err := time.ParseDuration(pause); err == nil && d > 0 {
 					between = func(int) { time.Sleep(d) }
 				} else if pause == "ready" {
-					between = func(n int) {
-						for end := time.Now().Add(10 * time.Second); (warm.WarmReady() < n || warm.TeardownsPending() > 0) && time.Now().Before(end); {
-							time.Sleep(5 * time.Millisecond)
-						}
-					}
+					between = whenReady(warm)
 				}
 				benchPairs(b, warm, s, par, between)
 				if hits, misses := warm.WarmStats(); hits+misses > 0 {
 					b.ReportMetric(100*float64(hits)/float64(hits+misses), "warm-hit-%")
 				}
 			})
+		}
+	}
+}
+
+// whenReady returns a pause for benchPairs that waits (up to 10 s) until
+// r has n warm cells ready and no teardown in the background.
+func whenReady(r *sandbox.Runner) func(n int) {
+	return func(n int) {
+		for end := time.Now().Add(10 * time.Second); (r.WarmReady() < n || r.TeardownsPending() > 0) && time.Now().Before(end); {
+			time.Sleep(5 * time.Millisecond)
 		}
 	}
 }

@@ -60,7 +60,8 @@ type Config struct {
 	// every such cell's init make its own.
 	NetNamespaces int
 	// Teardowns bounds the confined cells torn down in the background
-	// after their Result is known (DefaultTeardowns; see teardown.go).
+	// after their Result is known (DefaultTeardowns; see teardown.go); a
+	// negative value tears every cell down before Run returns.
 	Teardowns int
 
 	// StreamGrace bounds how long stdout/stderr copying may go on after the
@@ -124,8 +125,11 @@ func New(cfg Config) (*Runner, error) {
 	if r.emptyWait <= 0 {
 		r.emptyWait = DefaultEmptyWait
 	}
-	if cfg.Teardowns <= 0 {
+	switch {
+	case cfg.Teardowns == 0:
 		cfg.Teardowns = DefaultTeardowns
+	case cfg.Teardowns < 0:
+		cfg.Teardowns = 0
 	}
 	r.teardowns = newTeardowns(cfg.Teardowns)
 	uids := cfg.UIDs

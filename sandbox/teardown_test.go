@@ -39,3 +39,14 @@ func TestTeardownsBounded(t *testing.T) {
 		t.Error("a teardown with a free slot did not run by wait's return")
 	}
 }
+
+// TestTeardownsNone: with no slots (Config.Teardowns < 0) every teardown
+// runs in the caller.
+func TestTeardownsNone(t *testing.T) {
+	td := newTeardowns(0)
+	ran := false
+	td.run(func() { ran = td.pending() == 0 })
+	if !ran {
+		t.Error("a teardown without slots did not run in the caller")
+	}
+}
