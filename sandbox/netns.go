@@ -13,10 +13,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Network namespaces made ahead. Creating a network namespace is among
-// the dearest parts of a confined cell's start (BenchmarkCellConfined's
-// "net" line), and with CLONE_NEWNET it happens inside the clone of the
-// cell's init, which the Go runtime makes under syscall.ForkLock: every
+// Network namespaces made ahead. Creating a network namespace adds a few
+// milliseconds to a confined cell's start (the setup of
+// BenchmarkCellConfined's "net" line), and with CLONE_NEWNET it happens
+// inside the clone of the cell's init, which the Go runtime makes under syscall.ForkLock: every
 // other spawn of the daemon waits for it. So the Runner keeps a few fresh
 // namespaces, each made off the request's path on a thread of its own
 // (unshare(CLONE_NEWNET), loopback up, the namespace opened by fd, the
