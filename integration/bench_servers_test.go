@@ -128,7 +128,12 @@ func BenchmarkCGIServers(b *testing.B) {
 					c0, start := s.cpu(), time.Now()
 					rs := load(client, n, *serversConc, getter(s.url+p.path))
 					elapsed, c1 := time.Since(start), s.cpu()
-					checkAll(b, s.name+p.path, rs, http.StatusOK)
+					if s.gate != nil {
+						checkAll(b, s.name+p.path, rs, http.StatusOK)
+					} else if bad := failed(rs); bad > 0 {
+						// A peer's failure is the peer's: said, not fatal.
+						b.Logf("%s%s: %d of %d requests did not get 200", s.name, p.path, bad, n)
+					}
 					runs[key{s.name, p.name}] = append(runs[key{s.name, p.name}], benchStats{
 						rps: float64(n) / elapsed.Seconds(), p50: quantile(rs, .5), p99: quantile(rs, .99),
 						server: (c1 - c0) / time.Duration(n),
@@ -169,7 +174,20 @@ func BenchmarkCGIServers(b *testing.B) {
 				s.name, p.name, ph.duration, ph.duration-ph.wall, ph.wall, ph.cpu, ph.wait)
 		}
 	}
-	b.Log(report.String())
+	// On stdout, not b.Log: go test keeps only the first 10 lines of a
+	// benchmark's log without -v.
+	fmt.Println("BenchmarkCGIServers: " + report.String())
+}
+
+// failed counts the results that are not a 200.
+func failed(rs []result) int {
+	n := 0
+	for _, r := range rs {
+		if r.err != nil || r.status != http.StatusOK {
+			n++
+		}
+	}
+	return n
 }
 
 // medianStats is the median of each figure over the rounds.
@@ -392,8 +410,7 @@ func nginxFcgiwrap(b *testing.B, peers *peerGroups, hello, sh string) (cgiServer
 		b.Fatal(err)
 	}
 	b.Cleanup(func() {
-		if b.Failed() {
-			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
+		if log, _ := os.ReadFile(filepath.Join(dir, "error.log")); len(log) > 0 {
 			b.Logf("nginx's error log:\n%s", log)
 		}
 	})
