@@ -98,11 +98,20 @@ examples:
 # when missing).
 integration test-native bench: examples python-deps
 integration test-native: image oci-runtime
+bench: cgi-servers
 
-.PHONY: python-deps oci-runtime
+.PHONY: python-deps oci-runtime cgi-servers
 python-deps:
 	@dpkg -s python3 python3-flask gunicorn >/dev/null 2>&1 || \
 		{ apt-get update -q && apt-get install -y -q --no-install-recommends python3 python3-flask gunicorn; }
+
+# The unsandboxed CGI servers BenchmarkCGIServers compares cellgate with:
+# Debian's nginx and fcgiwrap. The benchmark runs its own instances (loopback
+# only, a configuration it writes); on a host where installing a package
+# starts its service, Debian's nginx also starts with its default site.
+cgi-servers:
+	@dpkg -s nginx fcgiwrap >/dev/null 2>&1 || \
+		{ apt-get update -q && apt-get install -y -q --no-install-recommends nginx fcgiwrap; }
 
 oci-runtime:
 	@command -v crun >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q --no-install-recommends crun; }

@@ -59,18 +59,7 @@ routes:
 // tenantCPU is a tenant group's cpu.stat usage_usec.
 func tenantCPU(b *testing.B, g *gate, tenant string) time.Duration {
 	b.Helper()
-	st, err := os.ReadFile(filepath.Join(g.base, "cells", tenant, "cpu.stat"))
-	if err != nil {
-		b.Fatalf("read %s's cpu.stat: %v", tenant, err)
-	}
-	for _, line := range strings.Split(string(st), "\n") {
-		if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
-			n, _ := strconv.ParseInt(v, 10, 64)
-			return time.Duration(n) * time.Microsecond
-		}
-	}
-	b.Fatalf("no usage_usec in %s's cpu.stat", tenant)
-	return 0
+	return groupCPU(b, g.tenantDir(tenant))
 }
 
 // meanPeak is the mean memory.peak of a route's cells in the access log.

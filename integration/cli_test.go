@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -231,4 +235,97 @@ func TestCLIDoctor(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestCLIRunConfined: cellgate run confines its command as a cgi route's
+// cells are by default (the probe, as in confine_test.go, finds a file of
+// the host, a loopback listener of the host and the test's own process out
+// of reach, and the denied system calls EPERM), and the flags that mirror
+// the policy keys relax each of them.
+func TestCLIRunConfined(t *testing.T) {
+	dir := requireKernel(t)
+	w := workerBinary(t)
+	// Not t.TempDir(): its parent is closed to other uids, and the
+	// relaxed run must be able to read the file.
+	shared, err := os.MkdirTemp("", "cellgate-run-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	os.Chmod(shared, 0o755)
+	secret := filepath.Join(shared, "secret.txt")
+	if err := os.WriteFile(secret, []byte("secret"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	q := url.Values{"read": {secret}, "connect": {ln.Addr().String()}, "procs": {"1"}, "syscalls": {"1"}}
+	probe := func(name string, flags ...string) (probeReply, string) {
+		t.Helper()
+		base := filepath.Join(dir, "run-"+name)
+		trackBase(base)
+		args := append([]string{"run", "--cgroup-base", base, "--env", cellHelperEnv + "=probe", "--env", "QUERY_STRING=" + q.Encode()}, flags...)
+		status, stdout, stderr := cli(t, nil, append(args, "--", w)...)
+		if status != 0 {
+			t.Fatalf("%s: exit status %d; stderr:\n%s", name, status, stderr)
+		}
+		_, body, ok := strings.Cut(stdout, "\r\n\r\n")
+		var r probeReply
+		if err := json.Unmarshal([]byte(body), &r); !ok || err != nil {
+			t.Fatalf("%s: probe output %q: %v", name, stdout, err)
+		}
+		return r, stderr
+	}
+
+	r, table := probe("confined")
+	if r.Read[secret] == "ok" {
+		t.Errorf("the confined command read %s", secret)
+	}
+	if r.Connect[ln.Addr().String()] == "ok" {
+		t.Errorf("the confined command connected to the host's loopback listener %s", ln.Addr())
+	}
+	if len(r.Procs) != 2 || !strings.HasPrefix(r.Procs[0], "1 cellgate-init") {
+		t.Errorf("the confined command's /proc lists %q, want its init as 1 and itself", r.Procs)
+	}
+	for _, s := range probeSyscalls {
+		if got := r.Syscalls[s.name]; got != "EPERM" {
+			t.Errorf("%s in the confined command: %s, want EPERM", s.name, got)
+		}
+	}
+	if r.Hostname != "cell" || r.UID < 2_000_000_000 {
+		t.Errorf("hostname %q uid %d, want the cell's own (cell) and a per-cell uid", r.Hostname, r.UID)
+	}
+	if !strings.Contains(table, "confinement") || !strings.Contains(table, "full") {
+		t.Errorf("accounting table does not say the confinement is full:\n%s", table)
+	}
+
+	r, table = probe("relaxed", "--network", "host", "--filesystem", "host", "--seccomp", "off", "--host-namespaces", "pid,ipc,uts")
+	if r.Read[secret] != "ok" {
+		t.Errorf("--filesystem host: the command cannot read %s: %s", secret, r.Read[secret])
+	}
+	if got := r.Connect[ln.Addr().String()]; got != "ok" {
+		t.Errorf("--network host: the command cannot connect to %s: %s", ln.Addr(), got)
+	}
+	self := fmt.Sprintf("%d ", os.Getpid())
+	if !slices.ContainsFunc(r.Procs, func(p string) bool { return strings.HasPrefix(p, self) }) {
+		t.Errorf("--host-namespaces pid: the command's /proc does not list the test's own process %d", os.Getpid())
+	}
+	if r.Syscalls["unshare(CLONE_NEWUSER)"] == "EPERM" {
+		t.Errorf("--seccomp off: unshare(CLONE_NEWUSER) still EPERM (the guest allows user namespaces)")
+	}
+	if !strings.Contains(table, "network: host") || !strings.Contains(table, "seccomp: off") {
+		t.Errorf("accounting table does not say what was relaxed:\n%s", table)
+	}
 }

@@ -213,6 +213,8 @@ func runCellHelper(role string, args []string) int {
 	switch role {
 	case "probe": // a CGI program reporting what its cell can see and reach
 		return runProbe()
+	case "gocgi": // net/http/cgi serving args (BenchmarkCGIServers)
+		return runGoCGI(args)
 	case "touch": // touch arg(0) MiB, one byte a page, then exit 0
 		mib, _ := strconv.Atoi(arg(0))
 		b := make([]byte, mib<<20)

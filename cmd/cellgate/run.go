@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/proxy"
 	"github.com/cellgate/cellgate/sandbox"
@@ -52,6 +53,9 @@ type runConfig struct {
 	Env  []string // the command's whole environment
 	JSON bool
 	Argv []string
+	// Confine is the command's confinement, a cgi route's default unless
+	// flags relax it (run_confine.go).
+	Confine policy.Confinement
 }
 
 const runUsage = `usage: cellgate run [flags] -- COMMAND [ARGS...]
@@ -68,6 +72,14 @@ The command gets exactly the environment of --env plus a default PATH
 (unless --env sets PATH),
 runs in --dir (default /) under --user, with no_new_privs, in a process
 group of its own, with only stdin, stdout and stderr open.
+
+It is confined as the cells of a cgi route are by default: namespaces of
+its own (mount, PID, IPC, UTS, network with only loopback), a read-only
+view of the system directories and the command's directory (--dir must be
+inside it), private /tmp, /var/tmp and /dev/shm, its own /proc, and the
+seccomp filter. Each of --network, --filesystem, --seccomp,
+--host-namespaces, --system-dirs, --mount, --rootfs, --tmpfs-size and
+--nofile relaxes one of them as the policy key of the same name does.
 
 flags:
 `
@@ -93,12 +105,18 @@ func parseRunConfig(args, environ []string, usageOut io.Writer) (runConfig, erro
 	fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "the command's working `directory`")
 	fs.Var((*envFlag)(&cfg.Env), "env", "`KEY=VALUE` for the command's environment; repeatable (always with "+defaultWorkerPath+" unless PATH is set)")
 	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON object on stdout (the command's stdout goes to stderr)")
+	addConfineFlags(fs, &cfg.Confine)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(usageOut, runUsage)
 			fs.SetOutput(usageOut)
 			fs.PrintDefaults()
 		}
+		return cfg, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if err := checkConfine(cfg.Confine, set); err != nil {
 		return cfg, err
 	}
 	cfg.Argv = fs.Args()
@@ -188,6 +206,7 @@ type runReport struct {
 	Started     *time.Time   `json:"started,omitempty"`
 	WallSeconds float64      `json:"wall_seconds"`
 	UID         uint32       `json:"uid"`
+	Confinement string       `json:"confinement"` // "full", or what flags relaxed
 	Unenforced  []string     `json:"unenforced"`
 	Limits      reportLimits `json:"limits"`
 	Usage       cgroup.Usage `json:"usage"`
@@ -216,7 +235,7 @@ func runMain(ctx context.Context, args []string, std stdio) int {
 	rep := runReport{Limits: reportLimits{
 		MemoryBytes: cfg.Limits.Memory, CPU: policy.FormatCPU(cfg.Limits.MilliCPU),
 		Pids: cfg.Limits.Pids, TimeoutSeconds: cfg.Limits.Timeout.Seconds(),
-	}, Unenforced: []string{}}
+	}, Unenforced: []string{}, Confinement: cfg.Confine.String()}
 	res, err := runCell(ctx, cfg, std)
 	switch {
 	case err != nil && res.Started.IsZero():
@@ -263,6 +282,34 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 	if err != nil {
 		return sandbox.Result{}, err
 	}
+	// The confinement shows the command's directory: a command that is
+	// not there is "not found" (127), not a view that cannot be built.
+	if _, err := os.Stat(path); err != nil {
+		return sandbox.Result{}, fmt.Errorf("%w: %s: %w", sandbox.ErrSpawn, path, err)
+	}
+	route := &policy.Route{Name: "run", Program: path, Confinement: cfg.Confine}
+	if !cfg.Confine.HostFilesystem {
+		// The view binds the command's directory by itself: what the
+		// cell's credentials could not reach on the host (a directory
+		// above it closed to them) they must not reach through the view
+		// either. serve refuses such a route the same way (routecheck.go).
+		cc := cellCredential(cred, sandbox.UIDRange(cfg.UIDs), cfg.GID)
+		if probs := verifyRoute("", route, cc, nil); len(probs) > 0 {
+			return sandbox.Result{}, fmt.Errorf("%w: %s: %s (%s): %w", sandbox.ErrSpawn, path, probs[0].Msg, probs[0].Fix, fs.ErrPermission)
+		}
+	}
+	plan, err := routeConfinement(route)
+	if err != nil {
+		return sandbox.Result{}, err
+	}
+	launcher, self, err := openLauncher(cfg.Init)
+	if err != nil {
+		return sandbox.Result{}, fmt.Errorf("cell init: %w", err)
+	}
+	defer launcher.Close()
+	if self {
+		log.Warn("no "+confine.InitArg0+" beside the cellgate executable and no --init: the cell starts cellgate itself as its init", "init", launcher.Name())
+	}
 	mount, err := cgroup2Mount()
 	if err != nil {
 		return sandbox.Result{}, err
@@ -277,7 +324,8 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 			log.Error("close cgroup tree", "err", err)
 		}
 	}()
-	prof, err := cgroup.NewProfile("", cfg.Limits.Resources())
+	// The cell's pids.max leaves room for its init (serve_confine.go).
+	prof, err := cgroup.NewProfile("", withInitPids(cfg.Limits.Resources()))
 	if err != nil {
 		return sandbox.Result{}, err
 	}
@@ -285,12 +333,13 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 		return sandbox.Result{}, err
 	}
 	r, err := sandbox.New(sandbox.Config{
-		Cells:   sandbox.TreeCells{Tree: tree, Logger: log},
-		Logger:  log,
-		Profile: prof,
-		Timeout: cfg.Limits.Timeout,
-		UIDs:    sandbox.UIDRange(cfg.UIDs),
-		GID:     cfg.GID,
+		Cells:    sandbox.TreeCells{Tree: tree, Logger: log},
+		Logger:   log,
+		Profile:  prof,
+		Timeout:  cfg.Limits.Timeout,
+		UIDs:     sandbox.UIDRange(cfg.UIDs),
+		GID:      cfg.GID,
+		Launcher: launcher,
 	})
 	if err != nil {
 		return sandbox.Result{}, err
@@ -303,7 +352,7 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 	return r.Run(ctx, sandbox.Spec{
 		Path: path, Args: cfg.Argv, Env: cfg.Env, Dir: cfg.Dir,
 		Stdin: std.in, Stdout: out, Stderr: std.err,
-		User: cred,
+		User: cred, Confine: plan,
 	})
 }
 
@@ -444,6 +493,7 @@ func printTable(w io.Writer, r runReport) {
 		r.Limits.Pids, na("pids.events", strconv.FormatUint(u.PidsMax, 10)))
 	fmt.Fprintf(tw, "io\t%s read, %s written\n", na("io.stat", humanBytes(u.IOReadBytes)), na("io.stat", humanBytes(u.IOWriteBytes)))
 	fmt.Fprintf(tw, "uid\t%d\n", r.UID)
+	fmt.Fprintf(tw, "confinement\t%s\n", r.Confinement)
 	if len(r.Unenforced) > 0 {
 		fmt.Fprintf(tw, "unenforced\t%s\t(these limits were not applied)\n", strings.Join(r.Unenforced, " "))
 	}

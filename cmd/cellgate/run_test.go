@@ -9,12 +9,14 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -83,6 +85,38 @@ func TestParseRunConfigFlagsAndEnvironment(t *testing.T) {
 	}
 }
 
+// The confinement flags fill the policy's Confinement as the route keys of
+// the same names do; none given is every confinement on.
+func TestParseRunConfigConfinement(t *testing.T) {
+	cfg, err := parseRunConfig([]string{"--", "x"}, nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(cfg.Confine, policy.Confinement{}) || cfg.Confine.String() != "full" {
+		t.Errorf("default confinement %+v (%s), want every confinement on", cfg.Confine, cfg.Confine)
+	}
+	args := []string{"--network", "host", "--seccomp", "off", "--host-namespaces", "pid,uts", "--system-dirs", "/usr,/etc",
+		"--mount", "/srv/data:/data:rw", "--mount", "/srv/ro", "--mount", "/srv/x:ro", "--tmpfs-size", "8Mi", "--nofile", "64", "--", "x"}
+	cfg, err = parseRunConfig(args, nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := policy.Confinement{HostNetwork: true, NoSeccomp: true, HostNamespaces: []string{"pid", "uts"}, SystemDirs: []string{"/usr", "/etc"},
+		Mounts:    []policy.Mount{{Source: "/srv/data", Target: "/data", Writable: true}, {Source: "/srv/ro", Target: "/srv/ro"}, {Source: "/srv/x", Target: "/srv/x"}},
+		TmpfsSize: 8 << 20, NoFile: 64}
+	if !reflect.DeepEqual(cfg.Confine, want) {
+		t.Errorf("confinement\n %+v, want\n %+v", cfg.Confine, want)
+	}
+	cfg, err = parseRunConfig([]string{"--filesystem", "host", "--rootfs", "/srv/root", "--", "x"}, nil, io.Discard)
+	if err == nil {
+		t.Errorf("--filesystem host with --rootfs accepted: %+v", cfg.Confine)
+	}
+	cfg, err = parseRunConfig([]string{"--rootfs", "/srv/root", "--", "x"}, nil, io.Discard)
+	if err != nil || cfg.Confine.RootFS != "/srv/root" {
+		t.Errorf("--rootfs /srv/root: %+v, %v", cfg.Confine, err)
+	}
+}
+
 func TestParseRunConfigErrors(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -109,6 +143,19 @@ func TestParseRunConfigErrors(t *testing.T) {
 		{"gid root", nil, []string{"--gid", "0", "--", "x"}, []string{"--gid", "0"}},
 		{"no command", nil, nil, []string{"no command"}},
 		{"environment", []string{"CELLGATE_GID=lots"}, []string{"--", "x"}, []string{"CELLGATE_GID", "lots"}},
+		{"network", nil, []string{"--network", "lan", "--", "x"}, []string{"-network", "lan", "none or host"}},
+		{"filesystem", nil, []string{"--filesystem", "open", "--", "x"}, []string{"-filesystem", "confined or host"}},
+		{"seccomp", nil, []string{"--seccomp", "strict", "--", "x"}, []string{"-seccomp", "default or off"}},
+		{"host namespace", nil, []string{"--host-namespaces", "pid,net", "--", "x"}, []string{"-host-namespaces", `"net"`}},
+		{"host namespace twice", nil, []string{"--host-namespaces", "pid,pid", "--", "x"}, []string{"-host-namespaces", "twice"}},
+		{"system dir", nil, []string{"--system-dirs", "/usr,lib", "--", "x"}, []string{"-system-dirs", `"lib"`}},
+		{"mount", nil, []string{"--mount", "/a:/b:/c", "--", "x"}, []string{"-mount", "SOURCE[:TARGET][:rw]"}},
+		{"mount relative", nil, []string{"--mount", "data:/data", "--", "x"}, []string{"-mount", `"data"`}},
+		{"rootfs", nil, []string{"--rootfs", "/srv/../x", "--", "x"}, []string{"-rootfs", "absolute clean"}},
+		{"tmpfs size", nil, []string{"--tmpfs-size", "1k", "--", "x"}, []string{"--tmpfs-size", "4Ki"}},
+		{"nofile", nil, []string{"--nofile", "3", "--", "x"}, []string{"--nofile 3"}},
+		{"mount with the host filesystem", nil, []string{"--filesystem", "host", "--mount", "/srv", "--", "x"}, []string{"--mount", "--filesystem host"}},
+		{"system dirs with rootfs", nil, []string{"--rootfs", "/srv/root", "--system-dirs", "/usr", "--", "x"}, []string{"--system-dirs", "--rootfs"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
