@@ -401,12 +401,11 @@ func TestConfineNothingLeft(t *testing.T) {
 	rs := load(client, *leakConcurrent, *leakConcurrent, getter(g.url+"/hello"))
 	client.CloseIdleConnections()
 	t.Logf("%d concurrent requests took %s, p50 %s", *leakConcurrent, time.Since(start).Round(time.Millisecond), quantile(rs, .5).Round(time.Millisecond))
-	// Every request is answered. Under this load in the emulated VM some
-	// answers are 500: serve logs "worker streams: 1 of 1 copies
-	// unfinished 1s after the cell emptied" and "spool response: read
-	// |0: i/o timeout", the response pipe not reaching EOF within the
-	// proxy's drain grace after its cell ended. They are counted, not
-	// failed, here: this test is about what the cells leave behind.
+	// Every request is answered, and with 200: a response pipe whose
+	// write end another request's clone still holds (the clone of an init
+	// with new namespaces takes the kernel seconds under this load) must
+	// not hold the answer (sandbox.OutputPipe); it did, and up to 32 of
+	// 200 got a 500.
 	errs, not200 := 0, 0
 	for i, r := range rs {
 		switch {
@@ -416,11 +415,14 @@ func TestConfineNothingLeft(t *testing.T) {
 			}
 			errs++
 		case r.status != http.StatusOK:
+			if not200 < 5 {
+				t.Errorf("concurrent request %d: status %d, want 200 (see serve's log)", i, r.status)
+			}
 			not200++
 		}
 	}
-	if not200 > 0 {
-		t.Logf("%d of %d concurrent requests got an error status (see serve's log)", not200, len(rs))
+	if errs+not200 > 0 {
+		t.Errorf("%d of %d concurrent requests failed, %d with an error status", errs+not200, len(rs), not200)
 	}
 	settledCellState(t, pid, tenant, &base)
 

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -15,13 +14,6 @@ import (
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
 )
-
-// pipeDrainGrace bounds the reading of a spooled worker's stdout after Run
-// returned. With sandbox.Runner every process of the cell is dead by then
-// and the pipe ends at once; a runner that leaves a process holding the
-// pipe (PlainExec with a daemon that left its process group) is cut off.
-// A streamed response is not cut off: its reader is paced by the client.
-const pipeDrainGrace = 5 * time.Second
 
 // cellRun is one run of a worker and what it wrote.
 type cellRun struct {
@@ -89,7 +81,12 @@ func (x *exchange) runCell(m *policy.Match, req *cgiRequest, stdin io.Reader) *c
 	}
 	live.update(func(v *InFlight) { v.State = StateRunning })
 
-	pr, pw, err := os.Pipe()
+	// The read end ends once Run has returned (sandbox.OutputPipe): every
+	// process of the cell is dead by then, and a copy of the write end
+	// that another request's clone still holds would otherwise keep the
+	// response open. A runner that leaves a process writing (PlainExec
+	// with a daemon that left its process group) is so cut off too.
+	pr, pw, err := sandbox.OutputPipe()
 	if err != nil {
 		run.err = fmt.Errorf("stdout pipe for route %s: %w", route.Name, err)
 		return run
@@ -109,9 +106,7 @@ func (x *exchange) runCell(m *policy.Match, req *cgiRequest, stdin io.Reader) *c
 	go func() {
 		res, err := s.deps.Runner.Run(runCtx, spec)
 		pw.Close()
-		if !streaming {
-			_ = pr.SetReadDeadline(time.Now().Add(pipeDrainGrace))
-		}
+		pr.WritersGone()
 		done <- outcome{res, err}
 	}()
 

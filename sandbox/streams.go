@@ -17,7 +17,8 @@ import (
 type streams struct {
 	child      [3]*os.File // fds 0, 1 and 2 of the worker
 	childEnds  []*os.File  // pipe ends the parent closes once the worker started
-	parentEnds []*os.File  // pipe ends the copiers use; closed after the copy
+	parentEnds []io.Closer // pipe ends the copiers use; closed after the copy
+	outputs    []*OutputReader
 	copiers    int
 	done       chan error
 }
@@ -84,12 +85,13 @@ func (s *streams) output(name string, w io.Writer, devNull *os.File) (*os.File, 
 	case *os.File:
 		return w, nil
 	}
-	pr, pw, err := os.Pipe()
+	pr, pw, err := OutputPipe()
 	if err != nil {
 		return nil, fmt.Errorf("%s pipe: %w", name, err)
 	}
 	s.childEnds = append(s.childEnds, pw)
 	s.parentEnds = append(s.parentEnds, pr)
+	s.outputs = append(s.outputs, pr)
 	s.copiers++
 	go func() {
 		_, err := io.Copy(w, pr)
@@ -112,8 +114,9 @@ func (s *streams) started() {
 }
 
 // wait waits for the copiers, at most grace. Call it once the cell is empty:
-// then every write end a worker (or a daemon it left) held is closed and the
-// copies end by themselves as soon as the data is drained. When they do not
+// then no worker (or daemon it left) can write any more, and the output
+// copies end as soon as what the pipes hold is drained, even while a copy
+// of a write end is still held elsewhere (outpipe.go). When they do not
 // (a Writer that blocks), wait closes the parent's pipe ends, which ends any
 // copy blocked on the pipe, and reports ErrStreams. A copier blocked inside
 // the caller's own Reader or Writer cannot be interrupted; it ends when that
@@ -121,6 +124,9 @@ func (s *streams) started() {
 func (s *streams) wait(grace time.Duration) error {
 	if s.copiers == 0 {
 		return nil
+	}
+	for _, o := range s.outputs {
+		o.WritersGone()
 	}
 	var errs []error
 	timer := time.NewTimer(grace)

@@ -1,0 +1,112 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A worker's output pipe ends when its writers do, not when the last copy
+// of its write end is closed. The two differ: while the daemon holds a
+// write end (from the pipe's creation until the worker or its init has
+// it), every process the daemon clones in that time gets a copy of it,
+// close-on-exec, and holds it until that clone execs. A confined cell's
+// init is cloned with new namespaces, which under load takes the kernel
+// seconds (the clones wait for each other's mount namespaces), so a
+// finished request's pipe stayed open in another request's clone and the
+// reader, waiting for EOF, timed out: a 500 for a request that had
+// answered. Such copies never write. So once every process that may write
+// is gone (Run has returned: the cell is empty, or its init reported that
+// the program and all it left are dead), the reader takes what the pipe
+// holds and then ends, whoever else still has a copy.
+
+// OutputReader is the read end of a worker's output pipe.
+type OutputReader struct {
+	f     *os.File
+	rc    syscall.RawConn
+	ended atomic.Bool
+}
+
+// OutputPipe returns a pipe for a worker's stdout or stderr: the write end
+// to put in Spec.Stdout or Spec.Stderr (close it once Run returned) and
+// the read end. Call WritersGone on the read end once Run has returned.
+func OutputPipe() (*OutputReader, *os.File, error) {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	rc, err := pr.SyscallConn()
+	if err != nil {
+		pr.Close()
+		pw.Close()
+		return nil, nil, fmt.Errorf("output pipe: %w", err)
+	}
+	return &OutputReader{f: pr, rc: rc}, pw, nil
+}
+
+// Read reads like a pipe's read end, except that once WritersGone was
+// called a read that finds the pipe empty returns io.EOF.
+func (r *OutputReader) Read(b []byte) (int, error) {
+	if len(b) == 0 {
+		return 0, nil
+	}
+	for {
+		var n int
+		var rerr error
+		err := r.rc.Read(func(fd uintptr) bool {
+			for {
+				n, rerr = unix.Read(int(fd), b)
+				if !errors.Is(rerr, unix.EINTR) {
+					break
+				}
+			}
+			if errors.Is(rerr, unix.EAGAIN) {
+				if r.ended.Load() {
+					n, rerr = 0, io.EOF
+					return true
+				}
+				return false // wait for data, or for WritersGone
+			}
+			return true
+		})
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded) && r.ended.Load():
+			// WritersGone's wake-up: read what is left.
+			r.f.SetReadDeadline(time.Time{})
+			continue
+		case err != nil:
+			return 0, err
+		case rerr != nil:
+			if n < 0 {
+				n = 0
+			}
+			if rerr != io.EOF {
+				rerr = &os.PathError{Op: "read", Path: r.f.Name(), Err: rerr}
+			}
+			return n, rerr
+		case n == 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
+
+// WritersGone says that no process that may write to the pipe is left:
+// the reader returns what the pipe holds, then io.EOF. A Read waiting for
+// data is woken.
+func (r *OutputReader) WritersGone() {
+	r.ended.Store(true)
+	r.f.SetReadDeadline(time.Now())
+}
+
+// SetReadDeadline bounds a Read, as os.File's does.
+func (r *OutputReader) SetReadDeadline(t time.Time) error { return r.f.SetReadDeadline(t) }
+
+// Close closes the read end.
+func (r *OutputReader) Close() error { return r.f.Close() }
