@@ -113,18 +113,9 @@ func lorisRun(b *testing.B, bin string) lorisFigures {
 	att := startAttacker(b, roleLoris, g.hostPort(), strconv.Itoa(lorises), attackLife().String())
 	waitMetric(b, g, "cellgate_connections_open", lorises, 2*time.Minute)
 	time.Sleep(2 * time.Second) // every loris has sent a byte more
-	var prof []byte
-	profDone := make(chan struct{})
-	if *attackProfile {
-		go func() {
-			defer close(profDone)
-			prof = fetchProfile(b, g, *attackPhase)
-		}()
-	} else {
-		close(profDone)
-	}
+	profile := startProfile(b, g)
 	during := measurePhase(b, g, att.group)
-	<-profDone
+	prof := profile()
 	if open := metric(g.metrics(), "cellgate_connections_open", nil); open < lorises {
 		b.Errorf("%v connections open at the end of the attack, want all %d lorises still held", open, lorises)
 	}
@@ -198,18 +189,9 @@ func readersRun(b *testing.B, bin string) readersFigures {
 	base := measurePhase(b, g, "")
 
 	att := startAttacker(b, roleSlowReader, g.hostPort(), strconv.Itoa(readers), strconv.Itoa(size), strconv.Itoa(readFirst), attackLife().String())
-	var prof []byte
-	profDone := make(chan struct{})
-	if *attackProfile {
-		go func() {
-			defer close(profDone)
-			prof = fetchProfile(b, g, *attackPhase)
-		}()
-	} else {
-		close(profDone)
-	}
+	profile := startProfile(b, g)
 	during := measurePhase(b, g, att.group)
-	<-profDone
+	prof := profile()
 	spoolDisk := metric(g.metrics(), "cellgate_spool_bytes", map[string]string{"where": "disk"})
 	att.stop(b)
 	after := measurePhaseFor(b, g, "", 5*time.Second)
@@ -620,6 +602,23 @@ func closeAll(conns []net.Conn) {
 			c.Close()
 		}
 	}
+}
+
+// startProfile starts a CPU profile of serve over the attack phase when
+// -attack.profile is set; the function it returns waits for the profile
+// (nil without the flag).
+func startProfile(b *testing.B, g *gate) func() []byte {
+	var prof []byte
+	done := make(chan struct{})
+	if !*attackProfile {
+		close(done)
+		return func() []byte { return nil }
+	}
+	go func() {
+		defer close(done)
+		prof = fetchProfile(b, g, *attackPhase)
+	}()
+	return func() []byte { <-done; return prof }
 }
 
 // fetchProfile takes a CPU profile of serve for d (serve --admin-pprof).
