@@ -143,10 +143,25 @@ type Plan struct {
 // 0 in it, CAP_SYS_RESOURCE dropped from its bounding set so that it
 // cannot raise it again), which the filter can no longer refuse once
 // clone3 is allowed.
-func (p *Plan) ForPreloader() *Plan {
+//
+// A bind at or below one of the private tmpfs targets (/tmp, /var/tmp,
+// /dev/shm) is refused: a cell's init builds those tmpfs before its
+// binds, but each child of a preloader mounts its fresh tmpfs over the
+// preloader's whole view of that directory, and the bind would vanish
+// under it.
+func (p *Plan) ForPreloader() (*Plan, error) {
+	if p.Namespaces&NSMount != 0 {
+		for _, b := range p.Binds {
+			for _, t := range p.Tmpfs {
+				if b.Target == t.Target || strings.HasPrefix(b.Target, t.Target+"/") {
+					return nil, fmt.Errorf("%s lies in %s, which each request of a fork route gets as a fresh tmpfs of its own that would hide it: move it out of %s (e.g. below /srv or /opt), or set filesystem: host", b.Target, t.Target, t.Target)
+				}
+			}
+		}
+	}
 	q := *p
 	q.Preloader = true
-	return &q
+	return &q, nil
 }
 
 // ChildNamespaces are the namespaces each child of a preloader applying p

@@ -213,7 +213,10 @@ func TestForPreloader(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pre := p.ForPreloader()
+	pre, err := p.ForPreloader()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if p.Preloader || !pre.Preloader {
 		t.Fatalf("ForPreloader changed the plan (%v) or did not mark its copy (%v)", p.Preloader, pre.Preloader)
 	}
@@ -235,7 +238,33 @@ func TestForPreloader(t *testing.T) {
 		t.Errorf("/proc steps of a preloader %v, want only the host's /proc bound", proc)
 	}
 	host, _ := Build(Options{Share: NSPID | NSMount}, debian)
-	if got := host.ForPreloader().ChildNamespaces(); got != NSIPC {
-		t.Errorf("child namespaces with pid and filesystem shared: %v, want ipc", got)
+	if hostPre, err := host.ForPreloader(); err != nil || hostPre.ChildNamespaces() != NSIPC {
+		t.Errorf("child namespaces with pid and filesystem shared: %v (%v), want ipc", hostPre.ChildNamespaces(), err)
+	}
+}
+
+// A preloader's child mounts its fresh tmpfs over the whole directory: an
+// app or a mount in /tmp, /var/tmp or /dev/shm would vanish under it, so
+// such a plan is refused with what to do, unless the filesystem is the
+// host's.
+func TestForPreloaderRefusesBindUnderTmpfs(t *testing.T) {
+	for _, dir := range []string{"/tmp/app", "/var/tmp", "/dev/shm/x/y"} {
+		p, err := Build(Options{Programs: dir}, debian)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.ForPreloader(); err == nil || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "filesystem: host") {
+			t.Errorf("app in %s: %v, want an error naming it and the way out", dir, err)
+		}
+	}
+	for _, dir := range []string{"/srv/app", "/tmpfoo/app"} {
+		p, _ := Build(Options{Programs: dir}, debian)
+		if _, err := p.ForPreloader(); err != nil {
+			t.Errorf("app in %s: %v", dir, err)
+		}
+	}
+	host, _ := Build(Options{Programs: "/tmp/app", Share: NSMount}, debian)
+	if _, err := host.ForPreloader(); err != nil {
+		t.Errorf("app in /tmp with the host's filesystem: %v", err)
 	}
 }

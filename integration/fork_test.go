@@ -68,7 +68,45 @@ func forkDirs(t *testing.T) (examples, testdata string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return examples, testdata
+	return outOfCellTmpfs(t, examples), outOfCellTmpfs(t, testdata)
+}
+
+// outOfCellTmpfs returns dir, or a copy of it when dir lies in /tmp,
+// /var/tmp or /dev/shm, where a confined fork route refuses an app (each
+// request's fresh tmpfs would hide it): a checkout under /tmp. The copy
+// goes below TMPDIR (the microVM's is under /run), readable by the
+// preloaders' uids, and is removed when the test ends.
+func outOfCellTmpfs(t *testing.T, dir string) string {
+	t.Helper()
+	underTmpfs := func(p string) bool {
+		for _, d := range []string{"/tmp", "/var/tmp", "/dev/shm"} {
+			if p == d || strings.HasPrefix(p, d+"/") {
+				return true
+			}
+		}
+		return false
+	}
+	if !underTmpfs(dir) {
+		return dir
+	}
+	if underTmpfs(os.TempDir()) {
+		t.Fatalf("%s lies in a directory each fork request gets a fresh tmpfs for, and so does TMPDIR (%s): set TMPDIR elsewhere or check out elsewhere", dir, os.TempDir())
+	}
+	parent, err := os.MkdirTemp("", "cellgate-forkapp-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(parent) })
+	copyDir := filepath.Join(parent, filepath.Base(dir))
+	if err := os.CopyFS(copyDir, os.DirFS(dir)); err != nil {
+		t.Fatalf("copy %s out of the cells' tmpfs: %v", dir, err)
+	}
+	for _, d := range []string{parent, copyDir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return copyDir
 }
 
 // preloaderRE matches serve's log line of a preloader that became ready.

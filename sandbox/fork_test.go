@@ -271,7 +271,11 @@ func TestChildSetup(t *testing.T) {
 	}
 	plan := &confine.Plan{Namespaces: confine.AllNamespaces, Seccomp: true,
 		Tmpfs: []confine.Tmpfs{{Target: "/tmp", Size: 1 << 20, Mode: 0o1777}}}
-	prep, err := confine.Prepare(plan.ForPreloader())
+	pre, err := plan.ForPreloader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prep, err := confine.Prepare(pre)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +294,8 @@ func TestChildSetup(t *testing.T) {
 	}
 	// Shared PID and mount namespaces: no /proc of its own, no tmpfs.
 	plan = &confine.Plan{Namespaces: confine.NSIPC | confine.NSNet, Tmpfs: plan.Tmpfs}
-	prep, _ = confine.Prepare(plan.ForPreloader())
+	pre, _ = plan.ForPreloader()
+	prep, _ = confine.Prepare(pre)
 	if got, _ := newChildSetup(prep, true); got != `{"newpid":false,"newns":false,"newipc":true,"proc":false}` {
 		t.Errorf("child set-up with pid and filesystem shared: %s", got)
 	}

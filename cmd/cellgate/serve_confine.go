@@ -60,7 +60,9 @@ func routeConfinement(r *policy.Route) (*confine.Prepared, error) {
 		return nil, fmt.Errorf("confinement: %w", err)
 	}
 	if r.Fork != nil {
-		plan = plan.ForPreloader()
+		if plan, err = plan.ForPreloader(); err != nil {
+			return nil, fmt.Errorf("confinement: %w", err)
+		}
 	}
 	return confine.Prepare(plan)
 }
