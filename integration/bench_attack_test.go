@@ -188,12 +188,14 @@ func readersRun(b *testing.B, bin string) readersFigures {
 	closedLoop(b, g.client, g.url+"/hello", *attackPhase/4)
 	base := measurePhase(b, g, "")
 
+	threads := startThreadSampler(b, g.cmd.Process.Pid)
 	att := startAttacker(b, roleSlowReader, g.hostPort(), strconv.Itoa(readers), strconv.Itoa(size), strconv.Itoa(readFirst), attackLife().String())
 	profile := startProfile(b, g)
 	during := measurePhase(b, g, att.group)
 	prof := profile()
 	spoolDisk := metric(g.metrics(), "cellgate_spool_bytes", map[string]string{"where": "disk"})
 	att.stop(b)
+	b.Logf("%s: serve's threads during the attack: %s", filepath.Base(bin), threads())
 	after := measurePhaseFor(b, g, "", 5*time.Second)
 	later := measurePhaseFor(b, g, "", 5*time.Second)
 	outcomes := map[string]int{}
