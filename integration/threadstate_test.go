@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -19,7 +20,10 @@ import (
 // threads seen in it at once. A Go thread blocked in a system call is one
 // the runtime replaced with a new thread to keep running goroutines, so
 // the states other than the futex of an idle M tell where the extra
-// threads were made.
+// threads were made. A thread in read(2) or write(2) also says what the
+// fd is and whether it blocks: a non-blocking read seen in pipe_read was
+// copying (a long system call, after which the runtime had given its P to
+// another thread), not waiting.
 type threadStates struct {
 	samples, most int
 	peak          map[string]int // state: most threads in it at once
@@ -108,7 +112,7 @@ func threadState(task string) (string, bool) {
 		return "running", true
 	}
 	if stack, err := os.ReadFile(filepath.Join(task, "stack")); err == nil && len(stack) > 0 {
-		return stackState(string(stack)), true
+		return stackState(string(stack)) + readFDState(task), true
 	}
 	wchan, err := os.ReadFile(filepath.Join(task, "wchan"))
 	if err != nil {
@@ -143,6 +147,33 @@ func stackState(stack string) string {
 		return top
 	}
 	return top + " in " + entry
+}
+
+// readFDState says, for a thread in read(2) or write(2), what the file
+// is and whether it is in blocking mode (" on pipe, blocking"), from
+// /proc/<pid>/task/<tid>/syscall and the fd's fdinfo; "" otherwise.
+func readFDState(task string) string {
+	sc, err := os.ReadFile(filepath.Join(task, "syscall"))
+	f := strings.Fields(string(sc))
+	if err != nil || len(f) < 2 || (f[0] != "0" && f[0] != "1") {
+		return ""
+	}
+	fd, err := strconv.ParseUint(strings.TrimPrefix(f[1], "0x"), 16, 32)
+	if err != nil {
+		return ""
+	}
+	target, _ := os.Readlink(filepath.Join(task, "fd", strconv.FormatUint(fd, 10)))
+	kind, _, _ := strings.Cut(target, ":")
+	info, _ := os.ReadFile(filepath.Join(task, "fdinfo", strconv.FormatUint(fd, 10)))
+	mode := "blocking"
+	for line := range strings.Lines(string(info)) {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			if flags, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil && flags&0o4000 != 0 {
+				mode = "non-blocking"
+			}
+		}
+	}
+	return " on " + kind + ", " + mode
 }
 
 func schedulerFrame(f string) bool {
