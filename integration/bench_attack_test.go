@@ -195,8 +195,8 @@ func readersRun(b *testing.B, bin string) readersFigures {
 	prof := profile()
 	spoolDisk := metric(g.metrics(), "cellgate_spool_bytes", map[string]string{"where": "disk"})
 	att.stop(b)
-	b.Logf("%s: serve's threads during the attack: %s", filepath.Base(bin), threads())
 	after := measurePhaseFor(b, g, "", 5*time.Second)
+	b.Logf("%s: serve's threads during the attack and in the 5 s after: %s", filepath.Base(bin), threads())
 	later := measurePhaseFor(b, g, "", 5*time.Second)
 	outcomes := map[string]int{}
 	for _, r := range g.waitRecords("big", readers, 2*time.Minute) {

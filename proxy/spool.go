@@ -66,6 +66,18 @@ func (b *spoolBudget) writeFile(f *os.File, p []byte) (int, error) {
 	return f.Write(p)
 }
 
+// closeFile closes f in one of the budget's write slots: the last close
+// of an unlinked file frees its pages before the system call returns,
+// which for a large spool is as long as a write, and 50 spools closed at
+// once (slow readers all cut off or gone together) held a thread each.
+func (b *spoolBudget) closeFile(f *os.File) error {
+	if b.io != nil {
+		b.io <- struct{}{}
+		defer func() { <-b.io }()
+	}
+	return f.Close()
+}
+
 // take reserves n bytes in used under limit, or reports that they do not
 // fit.
 func take(used *atomic.Int64, limit, n int64) bool {
@@ -261,7 +273,7 @@ func (s *spool) Close() error {
 	if s.file == nil {
 		return nil
 	}
-	err := s.file.Close()
+	err := s.budget.closeFile(s.file)
 	s.file = nil
 	return err
 }
