@@ -42,9 +42,9 @@ type spoolBudget struct {
 	ioNow, ioPeak atomic.Int64
 }
 
-// spoolWriters is how many spool file writes may be in progress at once:
-// enough to keep a disk busy, few enough that the threads they hold stay
-// few.
+// spoolWriters is how many spool file writes and closes may be in
+// progress at once: enough to keep a disk busy, few enough that the
+// threads they hold stay few.
 const spoolWriters = 4
 
 // newSpoolBudget returns a budget of memLimit bytes in memory and
