@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,6 +23,34 @@ type kernelOps struct{}
 
 func (kernelOps) mkdir(path string) error { return unix.Mkdir(path, 0o755) }
 func (kernelOps) rmdir(path string) error { return unix.Rmdir(path) }
+
+// boundedOps lets at most cap(slots) mkdir and rmdir calls into cgroupfs
+// at once. The kernel serialises them anyway (the parent directory's
+// lock, then cgroup_mutex), so more callers buy no throughput; but each
+// caller waiting in the kernel holds an OS thread, and the Go runtime
+// starts another to run the rest and never ends it (go.dev/issue/14592).
+// Callers beyond the bound wait as parked goroutines, which hold none.
+type boundedOps struct {
+	dirOps
+	slots chan struct{}
+}
+
+// newBoundedOps bounds ops to GOMAXPROCS callers at once, at least 2.
+func newBoundedOps(ops dirOps) boundedOps {
+	return boundedOps{dirOps: ops, slots: make(chan struct{}, max(2, runtime.GOMAXPROCS(0)))}
+}
+
+func (b boundedOps) mkdir(path string) error {
+	b.slots <- struct{}{}
+	defer func() { <-b.slots }()
+	return b.dirOps.mkdir(path)
+}
+
+func (b boundedOps) rmdir(path string) error {
+	b.slots <- struct{}{}
+	defer func() { <-b.slots }()
+	return b.dirOps.rmdir(path)
+}
 
 // openDir opens a group's directory for openat and for
 // SysProcAttr.CgroupFD. O_PATH would do for both (checked on 6.18: openat

@@ -138,6 +138,7 @@ func Open(ctx context.Context, o Options) (*Tree, error) {
 	if t.ops == nil {
 		t.ops = kernelOps{}
 	}
+	t.ops = newBoundedOps(t.ops)
 	if t.sweepTime == 0 {
 		t.sweepTime = 10 * time.Second
 	}

@@ -188,6 +188,7 @@ func readersRun(b *testing.B, bin string) readersFigures {
 	closedLoop(b, g.client, g.url+"/hello", *attackPhase/4)
 	base := measurePhase(b, g, "")
 
+	threads := startThreadSampler(b, g.cmd.Process.Pid)
 	att := startAttacker(b, roleSlowReader, g.hostPort(), strconv.Itoa(readers), strconv.Itoa(size), strconv.Itoa(readFirst), attackLife().String())
 	profile := startProfile(b, g)
 	during := measurePhase(b, g, att.group)
@@ -195,6 +196,7 @@ func readersRun(b *testing.B, bin string) readersFigures {
 	spoolDisk := metric(g.metrics(), "cellgate_spool_bytes", map[string]string{"where": "disk"})
 	att.stop(b)
 	after := measurePhaseFor(b, g, "", 5*time.Second)
+	b.Logf("%s: serve's threads during the attack and in the 5 s after: %s", filepath.Base(bin), threads())
 	later := measurePhaseFor(b, g, "", 5*time.Second)
 	outcomes := map[string]int{}
 	for _, r := range g.waitRecords("big", readers, 2*time.Minute) {

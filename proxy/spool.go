@@ -42,9 +42,9 @@ type spoolBudget struct {
 	ioNow, ioPeak atomic.Int64
 }
 
-// spoolWriters is how many spool file writes may be in progress at once:
-// enough to keep a disk busy, few enough that the threads they hold stay
-// few.
+// spoolWriters is how many spool file writes and closes may be in
+// progress at once: enough to keep a disk busy, few enough that the
+// threads they hold stay few.
 const spoolWriters = 4
 
 // newSpoolBudget returns a budget of memLimit bytes in memory and
@@ -64,6 +64,18 @@ func (b *spoolBudget) writeFile(f *os.File, p []byte) (int, error) {
 	}
 	defer b.ioNow.Add(-1)
 	return f.Write(p)
+}
+
+// closeFile closes f in one of the budget's write slots: the last close
+// of an unlinked file frees its pages before the system call returns,
+// which for a large spool is as long as a write, and 50 spools closed at
+// once (slow readers all cut off or gone together) held a thread each.
+func (b *spoolBudget) closeFile(f *os.File) error {
+	if b.io != nil {
+		b.io <- struct{}{}
+		defer func() { <-b.io }()
+	}
+	return f.Close()
 }
 
 // take reserves n bytes in used under limit, or reports that they do not
@@ -261,7 +273,7 @@ func (s *spool) Close() error {
 	if s.file == nil {
 		return nil
 	}
-	err := s.file.Close()
+	err := s.budget.closeFile(s.file)
 	s.file = nil
 	return err
 }

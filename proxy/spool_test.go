@@ -10,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/sandbox"
@@ -232,5 +233,34 @@ func TestSpoolWritesBounded(t *testing.T) {
 	}
 	if peak := b.ioPeak.Load(); peak < 1 || peak > spoolWriters {
 		t.Fatalf("%d spool file writes in progress at once, want 1 to %d", peak, spoolWriters)
+	}
+}
+
+// A spool file is closed in one of the budget's write slots: the last
+// close of an unlinked file frees its pages before it returns.
+func TestSpoolCloseTakesSlot(t *testing.T) {
+	b := newSpoolBudget(0, 0)
+	sp := newSpool(t.TempDir(), 0, 1<<20, b)
+	if _, err := sp.Write([]byte("to a file")); err != nil {
+		t.Fatal(err)
+	}
+	if sp.file == nil {
+		t.Fatal("the spool holds no file with no memory allowed")
+	}
+	for range cap(b.io) {
+		b.io <- struct{}{}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- sp.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned (%v) while every write slot was taken", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	for range cap(b.io) {
+		<-b.io
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
 	}
 }

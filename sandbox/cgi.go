@@ -82,7 +82,9 @@ func (d cgiDriver) start(_ context.Context, cell Cell, spec *Spec, files [3]*os.
 		attr.Sys.UseCgroupFD = true
 		attr.Sys.CgroupFD = fd
 	}
-	proc, err := startNoNewPrivs(spec.Path, spec.Args, attr)
+	var proc *os.Process
+	var err error
+	d.r.spawns.do(func() { proc, err = startNoNewPrivs(spec.Path, spec.Args, attr) })
 	if err != nil {
 		return nil, err
 	}

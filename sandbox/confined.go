@@ -73,10 +73,10 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared) (*initProc, error)
 		// A network namespace made ahead (netns.go): the init is cloned
 		// into it instead of making its own.
 		attr.Sys.Cloneflags &^= unix.CLONE_NEWNET
-		proc, err = r.netns.start(ns, r.launcher.Path(), args, attr)
+		r.spawns.do(func() { proc, err = r.netns.start(ns, r.launcher.Path(), args, attr) })
 		unix.Close(ns)
 	} else {
-		proc, err = startNoNewPrivs(r.launcher.Path(), args, attr)
+		r.spawns.do(func() { proc, err = startNoNewPrivs(r.launcher.Path(), args, attr) })
 	}
 	if err != nil {
 		unix.Close(fds[0])

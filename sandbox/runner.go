@@ -63,6 +63,10 @@ type Config struct {
 	// after their Result is known (DefaultTeardowns; see teardown.go); a
 	// negative value tears every cell down before Run returns.
 	Teardowns int
+	// Spawns bounds the workers and inits being started at once (0 =
+	// GOMAXPROCS, at least 2; see spawnslots.go): each start holds an OS
+	// thread, which the Go runtime keeps once made.
+	Spawns int
 
 	// StreamGrace bounds how long stdout/stderr copying may go on after the
 	// cell emptied (DefaultStreamGrace).
@@ -90,6 +94,7 @@ type Runner struct {
 	warm        *warmPool // nil without Config.WarmCells
 	teardowns   *teardowns
 	netns       *netnsPool // nil without Config.NetNamespaces
+	spawns      spawnSlots
 }
 
 // New returns a Runner. It opens /dev/null for workers' unset streams and,
@@ -132,6 +137,7 @@ func New(cfg Config) (*Runner, error) {
 		cfg.Teardowns = 0
 	}
 	r.teardowns = newTeardowns(cfg.Teardowns)
+	r.spawns = newSpawnSlots(cfg.Spawns)
 	uids := cfg.UIDs
 	if uids == (UIDRange{}) {
 		uids = DefaultUIDRange
