@@ -83,6 +83,10 @@ func (p *netnsPool) take() int {
 // refill keeps size namespaces ready until close.
 func (p *netnsPool) refill() {
 	defer close(p.done)
+	if err := p.canSwitch(); err != nil {
+		p.log.Warn("network namespaces cannot be made ahead here (setns refused, e.g. by a container's seccomp profile such as deploy/seccomp/cellgate.json); each confined cell makes its own", "err", err)
+		return
+	}
 	for {
 		p.mu.Lock()
 		closed, n := p.closed, len(p.ready)
@@ -108,6 +112,24 @@ func (p *netnsPool) refill() {
 		}
 		p.mu.Unlock()
 	}
+}
+
+// canSwitch checks that a thread may switch network namespaces, by
+// switching one to the daemon's own. Where setns is refused (a seccomp
+// profile, a missing capability), a thread that entered a namespace made
+// ahead could never come back, and ending it would end, through its
+// parent-death signal, the init it had started.
+func (p *netnsPool) canSwitch() error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		errc <- unix.Setns(p.host, unix.CLONE_NEWNET)
+	}()
+	if err := <-errc; err != nil {
+		return fmt.Errorf("setns into the daemon's own network namespace: %w", err)
+	}
+	return nil
 }
 
 // create makes a namespace with loopback up and returns its fd.
