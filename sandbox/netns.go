@@ -120,13 +120,7 @@ func (p *netnsPool) refill() {
 // ahead could never come back, and ending it would end, through its
 // parent-death signal, the init it had started.
 func (p *netnsPool) canSwitch() error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		errc <- unix.Setns(p.host, unix.CLONE_NEWNET)
-	}()
-	if err := <-errc; err != nil {
+	if err := p.onThread(func() error { return unix.Setns(p.host, unix.CLONE_NEWNET) }, func() {}); err != nil {
 		return fmt.Errorf("setns into the daemon's own network namespace: %w", err)
 	}
 	return nil

@@ -105,8 +105,5 @@ func (r *OutputReader) WritersGone() {
 	r.f.SetReadDeadline(time.Now())
 }
 
-// SetReadDeadline bounds a Read, as os.File's does.
-func (r *OutputReader) SetReadDeadline(t time.Time) error { return r.f.SetReadDeadline(t) }
-
 // Close closes the read end.
 func (r *OutputReader) Close() error { return r.f.Close() }
