@@ -496,7 +496,7 @@ var forkSyscalls = []struct {
 	{"userfaultfd", unix.SYS_USERFAULTFD, 0, 0, 0, "EPERM"},
 	{"keyctl", unix.SYS_KEYCTL, 0, 0, 0, "EPERM"},
 	{"mount", unix.SYS_MOUNT, 0, 0, 0, "EPERM"},
-	{"ptrace(PTRACE_TRACEME)", unix.SYS_PTRACE, unix.PTRACE_TRACEME, 0, 0, "EPERM"},
+	{"ptrace(PTRACE_PEEKDATA)", unix.SYS_PTRACE, unix.PTRACE_PEEKDATA, 1 << 30, 0, "EPERM"},
 	{"io_uring_setup", unix.SYS_IO_URING_SETUP, 1, 0, 0, "EPERM"},
 	{"init_module", unix.SYS_INIT_MODULE, 0, 0, 0, "EPERM"},
 	// The preloader's filter allows clone3 (CLONE_INTO_CGROUP); the

@@ -1,11 +1,13 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -13,7 +15,11 @@ import (
 // served: every connection is accepted here and prepared in a goroutine of
 // its own within timeout (Config.ReadHeaderTimeout), and one that fails
 // (or is still being prepared when the listener closes) is closed without
-// net/http ever seeing it.
+// net/http ever seeing it. At shutdown drain comes first: it stops
+// accepting and lets the connections being prepared become ready and be
+// served, as net/http's own Shutdown waits for a new connection's first
+// request; without it a client whose request was on its way when the
+// server stopped would get its new connection reset.
 //
 // Plain HTTP/1.x (prepareHead): a connection is ready when its first
 // request head has arrived whole, or has been refused by the guard. Until
@@ -37,23 +43,68 @@ type headListener struct {
 	// c's deadline is set to the timeout around it.
 	prepare func(c net.Conn) (net.Conn, error)
 
-	start sync.Once
-	conns chan net.Conn
-	errs  chan error
-	done  chan struct{}
+	start    sync.Once
+	conns    chan net.Conn
+	errs     chan error
+	done     chan struct{}
+	loopDone chan struct{} // closed when acceptLoop has returned (or will never run)
 
-	mu      sync.Mutex
-	closed  bool
-	pending map[net.Conn]struct{} // being prepared; closed by Close
+	mu       sync.Mutex
+	closed   bool
+	pending  map[net.Conn]struct{} // being prepared; closed by Close
+	draining bool
+	// unstarted counts the guardConns handed on whose first request has
+	// not reached the handler yet and which are still open (see drain).
+	unstarted atomic.Int64
 }
 
 func newHeadListener(inner net.Listener, timeout time.Duration, prepare func(net.Conn) (net.Conn, error)) *headListener {
 	return &headListener{
 		inner: inner, timeout: timeout, prepare: prepare,
-		conns:   make(chan net.Conn),
-		errs:    make(chan error),
-		done:    make(chan struct{}),
-		pending: make(map[net.Conn]struct{}),
+		conns:    make(chan net.Conn),
+		errs:     make(chan error),
+		done:     make(chan struct{}),
+		loopDone: make(chan struct{}),
+		pending:  make(map[net.Conn]struct{}),
+	}
+}
+
+// drainGrace is how long drain waits at most for the connections being
+// prepared: net/http's Shutdown likewise waits up to 5 s for a new
+// connection's first request before it counts the connection as idle.
+const drainGrace = 5 * time.Second
+
+// drain stops accepting connections and waits, until grace or ctx ends,
+// for the ones being prepared to be handed on (Accept's caller is still
+// serving) and for the first request of each to reach the handler, or for
+// them to fail. Close then closes whatever is left. Only then may net/http
+// hear of the shutdown: a connection whose first request it reads after
+// Shutdown began is closed unanswered (net/http's conn.serve).
+func (l *headListener) drain(ctx context.Context, grace time.Duration) {
+	_ = l.inner.Close()
+	l.start.Do(func() { close(l.loopDone) }) // never accepted: nothing to wait for
+	<-l.loopDone                             // every accepted connection is in pending
+	l.mu.Lock()
+	l.draining = true
+	l.mu.Unlock()
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		l.mu.Lock()
+		busy := len(l.pending) > 0 || l.unstarted.Load() > 0
+		l.mu.Unlock()
+		if !busy {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
@@ -72,7 +123,12 @@ func prepareHead(guard func(net.Conn) *guardConn) func(net.Conn) (net.Conn, erro
 // Accept returns the next connection that is ready. Accepting starts with
 // the first call, once net/http has set itself up.
 func (l *headListener) Accept() (net.Conn, error) {
-	l.start.Do(func() { go l.acceptLoop() })
+	l.start.Do(func() {
+		go func() {
+			defer close(l.loopDone)
+			l.acceptLoop()
+		}()
+	})
 	select {
 	case c := <-l.conns:
 		return c, nil
@@ -94,8 +150,12 @@ func (l *headListener) Close() error {
 		}
 		clear(l.pending)
 	}
+	drained := l.draining
 	l.mu.Unlock()
-	return l.inner.Close()
+	if err := l.inner.Close(); err != nil && !(drained && errors.Is(err, net.ErrClosed)) {
+		return err
+	}
+	return nil
 }
 
 func (l *headListener) Addr() net.Addr { return l.inner.Addr() }
@@ -117,24 +177,33 @@ func (l *headListener) acceptLoop() {
 				return
 			}
 		}
+		// Registered here, not in the goroutine, so that drain, which
+		// waits for this loop to end, sees every connection accepted.
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			_ = c.Close()
+			continue
+		}
+		l.pending[c] = struct{}{}
+		l.mu.Unlock()
 		go l.prepareConn(c)
 	}
 }
 
-// prepareConn prepares c within the timeout and hands it to Accept.
+// prepareConn prepares c (in pending) within the timeout and hands it to
+// Accept.
 func (l *headListener) prepareConn(c net.Conn) {
-	l.mu.Lock()
-	if l.closed {
-		l.mu.Unlock()
-		_ = c.Close()
-		return
-	}
-	l.pending[c] = struct{}{}
-	l.mu.Unlock()
 	if l.timeout > 0 {
 		_ = c.SetDeadline(time.Now().Add(l.timeout))
 	}
 	out, err := l.prepare(c)
+	if err == nil {
+		if g := guardOf(out); g != nil {
+			g.awaiting = &l.unstarted
+			l.unstarted.Add(1) // before pending loses c: drain sees one or the other
+		}
+	}
 	l.mu.Lock()
 	delete(l.pending, c)
 	l.mu.Unlock()

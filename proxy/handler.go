@@ -45,6 +45,9 @@ type exchange struct {
 // redirect (recordHop).
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	start := s.now()
+	if g, _ := r.Context().Value(guardKey{}).(*guardConn); g != nil {
+		g.began()
+	}
 	id := s.ids.next()
 	w.Header()[RequestIDHeader] = []string{id}
 	var overCap error

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 // guardConn stands between an HTTP/1.x client connection and net/http's
@@ -46,6 +47,11 @@ type guardConn struct {
 	bad   []byte // the rest of the rejection request
 	err   error  // the stream's end, once refused
 	limit int    // the largest buffer: a head plus 4 KiB of one read
+
+	// awaiting, when set by headListener, counts this connection until
+	// its first request reaches the handler or it closes (began).
+	awaiting *atomic.Int64
+	begun    atomic.Bool
 }
 
 // guardBufSize is the size of a pooled buffer: the start of a head that
@@ -183,6 +189,36 @@ func (g *guardConn) fail(ferr *frameError) {
 		*g.buf = (*g.buf)[:g.off+g.free]
 	}
 }
+
+// began says the connection's first request reached the handler (or that
+// it never will: Close): headListener's drain stops waiting for it.
+func (g *guardConn) began() {
+	if g.awaiting != nil && g.begun.CompareAndSwap(false, true) {
+		g.awaiting.Add(-1)
+	}
+}
+
+// Close closes the connection; it no longer holds up a drain.
+func (g *guardConn) Close() error {
+	g.began()
+	return g.Conn.Close()
+}
+
+// guardOf is the guardConn of a connection headListener handed on, or nil
+// (an HTTP/2 connection goes to net/http bare).
+func guardOf(c net.Conn) *guardConn {
+	switch c := c.(type) {
+	case *guardConn:
+		return c
+	case tlsGuardConn:
+		return c.guardConn
+	}
+	return nil
+}
+
+// guardKey is the context key of a request's guardConn (Server's
+// ConnContext).
+type guardKey struct{}
 
 // ReadFrom lets a response from a spool file reach the connection's
 // sendfile path.

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -114,6 +115,7 @@ type Server struct {
 	closing   bool           // set by Shutdown before it waits for handlers
 	handlers  sync.WaitGroup // requests in the handler; Add only under mu while !closing
 	listeners []*capListener
+	heads     []*headListener // drained by Shutdown before net/http's
 }
 
 // discard is a logger that writes nothing.
@@ -176,7 +178,13 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		Protocols:         &protocols,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxStreams},
 		BaseContext:       func(net.Listener) context.Context { return s.base },
-		ErrorLog:          slog.NewLogLogger(deps.Logger.Handler(), slog.LevelWarn),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if g := guardOf(c); g != nil {
+				return context.WithValue(ctx, guardKey{}, g)
+			}
+			return ctx
+		},
+		ErrorLog: slog.NewLogLogger(deps.Logger.Handler(), slog.LevelWarn),
 	}
 	return s, nil
 }
@@ -205,7 +213,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.listeners = append(s.listeners, capped)
 	s.mu.Unlock()
 	if !tlsOn {
-		return s.srv.Serve(newHeadListener(capped, s.cfg.ReadHeaderTimeout, prepareHead(s.guard)))
+		return s.serveHeads(newHeadListener(capped, s.cfg.ReadHeaderTimeout, prepareHead(s.guard)))
 	}
 	cert, err := tls.LoadX509KeyPair(s.cfg.TLSCertFile, s.cfg.TLSKeyFile)
 	if err != nil {
@@ -219,7 +227,15 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.srv.TLSConfig = config.Clone()
 	}
 	s.mu.Unlock()
-	return s.srv.Serve(newTLSListener(capped, config, s.cfg.ReadHeaderTimeout, s.guard, s.handshakeFailed))
+	return s.serveHeads(newTLSListener(capped, config, s.cfg.ReadHeaderTimeout, s.guard, s.handshakeFailed).headListener)
+}
+
+// serveHeads serves the connections l hands on; Shutdown drains l first.
+func (s *Server) serveHeads(l *headListener) error {
+	s.mu.Lock()
+	s.heads = append(s.heads, l)
+	s.mu.Unlock()
+	return s.srv.Serve(l)
 }
 
 // guard puts a request-head check in front of net/http on an HTTP/1.x
@@ -253,6 +269,14 @@ func (s *Server) ListenAndServe() error {
 // (their cells are killed; they are logged as killed), closes every
 // connection, waits for the handlers to return and reports ctx's error.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	heads := slices.Clone(s.heads)
+	s.mu.Unlock()
+	var drains sync.WaitGroup
+	for _, l := range heads {
+		drains.Go(func() { l.drain(ctx, drainGrace) })
+	}
+	drains.Wait()
 	err := s.srv.Shutdown(ctx)
 	if err != nil {
 		s.cancelBase()

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -666,6 +667,82 @@ func TestShutdownDrains(t *testing.T) {
 	}
 	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
 		t.Fatalf("Serve: %v", err)
+	}
+}
+
+// TestShutdownServesHeadInProgress: a connection whose first request head
+// is still arriving when Shutdown starts is served, not reset, as net/http
+// alone would have served it (the front holds such a connection until its
+// head is whole). A restart under systemd otherwise reset the requests
+// that were on their way.
+func TestShutdownServesHeadInProgress(t *testing.T) {
+	for _, tlsOn := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", tlsOn), func(t *testing.T) {
+			runner := cgiOutput("Content-Type: text/plain\n\nserved", sandbox.CauseOK)
+			cfg := Config{TempDir: t.TempDir()}
+			if tlsOn {
+				cfg.TLSCertFile, cfg.TLSKeyFile, _ = writeCert(t)
+			}
+			s, err := New(cfg, Deps{Runner: runner, Router: staticRouter{&policy.Policy{Routes: []*policy.Route{route("r", "/", "/x")}}}, CellSpec: noCellSpec})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := ln.Addr().String()
+			served := make(chan error, 1)
+			go func() { served <- s.Serve(ln) }()
+
+			var c net.Conn
+			c, err = net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if tlsOn {
+				tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+				if err := tc.Handshake(); err != nil {
+					t.Fatal(err)
+				}
+				c = tc
+			}
+			if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			shut := make(chan error, 1)
+			go func() { shut <- s.Shutdown(context.Background()) }()
+			// Shutdown has begun once the port refuses new connections.
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				d, err := net.Dial("tcp", addr)
+				if err != nil {
+					break
+				}
+				d.Close()
+				if time.Now().After(deadline) {
+					t.Fatal("the listener still accepts 10 s into Shutdown")
+				}
+			}
+			if _, err := io.WriteString(c, "\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("the request whose head was arriving at Shutdown: %v, want its response", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || string(body) != "served" {
+				t.Errorf("response %d %q, want 200 served", resp.StatusCode, body)
+			}
+			if err := <-shut; err != nil {
+				t.Fatalf("Shutdown: %v", err)
+			}
+			if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+				t.Fatalf("Serve: %v", err)
+			}
+		})
 	}
 }
 

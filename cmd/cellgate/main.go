@@ -38,6 +38,7 @@ var commands = map[string]command{
 	"serve":   {"serve HTTP, every request in its own cell", serveMain},
 	"doctor":  {"check this machine for what cellgate needs", doctorMain},
 	"check":   {"validate a policy file and print its routes and limits", checkMain},
+	"reload":  {"reload a running serve's policy and wait for the verdict", reloadMain},
 	"version": {"print the version, commit and Go version", versionMain},
 }
 

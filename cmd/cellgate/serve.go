@@ -217,6 +217,13 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	if cfg.PolicyPoll > 0 {
 		go newPolicyPoller(cfg.Policy, log).run(stopNotify, cfg.PolicyPoll, sigs)
 	}
+	controls := make(chan controlRequest)
+	if ctl, err := listenControl(log, controls, stopNotify); err != nil {
+		log.Warn("no control socket: `cellgate reload` cannot reach this daemon; SIGHUP still reloads", "err", err)
+	} else {
+		defer ctl.close()
+		go ctl.serve()
+	}
 
 	var serveErr error
 wait:
@@ -233,6 +240,8 @@ wait:
 			}
 			log.Info("signal: draining", "signal", s.String(), "drain_timeout", cfg.DrainTimeout)
 			break wait
+		case r := <-controls:
+			r.reply <- d.reloadNotified(notify)
 		case <-ctx.Done():
 			log.Info("context ended: draining", "cause", context.Cause(ctx))
 			break wait

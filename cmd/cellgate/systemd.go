@@ -228,13 +228,16 @@ func (d *daemon) status() string {
 	return fmt.Sprintf("%s: %d cells in flight, %d requests queued", state, inFlight, queued)
 }
 
-// reloadNotified is a SIGHUP: the reload between RELOADING=1 and READY=1,
-// and its verdict in STATUS=.
-func (d *daemon) reloadNotified(n *notifier) {
+// reloadNotified is a SIGHUP or a control-socket reload: the reload
+// between RELOADING=1 and READY=1, and its verdict in STATUS=. It returns
+// the reload's error.
+func (d *daemon) reloadNotified(n *notifier) error {
 	n.reloading()
 	verdict := "policy reloaded"
-	if err := d.reload(); err != nil {
+	err := d.reload()
+	if err != nil {
 		verdict = "reload failed, still serving the previous policy: " + err.Error()
 	}
 	n.ready(d.status() + "; " + verdict)
+	return err
 }

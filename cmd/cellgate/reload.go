@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The control socket: serve listens on a Unix socket in the abstract
+// namespace named after its pid, and `cellgate reload --pid PID` asks it
+// for a reload there and waits for the verdict. A SIGHUP reloads too, but
+// says nothing back: under systemd 252 (Debian 12), which has no
+// Type=notify-reload, `systemctl reload` ends when ExecReload's command
+// exits, so with `kill -HUP` it returned before the daemon had even seen
+// the signal and a request sent right after it met the old policy.
+//
+// One request per connection, a line each way:
+//
+//	client: reload\n
+//	serve:  ok <verdict>\n  or  failed <verdict>\n
+//
+// serve answers only a peer of uid 0 or of its own uid (SO_PEERCRED), and
+// the client talks only to a socket whose owner is the pid it was given,
+// so no other process can take the name and answer for serve.
+
+// controlAddress is serve's control socket: abstract (the leading @),
+// needing no directory, gone with the process, one per network namespace.
+func controlAddress(pid int) string { return "@cellgate/" + strconv.Itoa(pid) + "/control" }
+
+// controlLine bounds a request line; controlReadTimeout bounds how long a
+// client may take to send it (the connections are answered one by one).
+const (
+	controlLine        = 64
+	controlReadTimeout = 5 * time.Second
+)
+
+// controlRequest is a reload asked for on the control socket; serve's
+// loop runs it and sends the verdict (nil: reloaded) on reply.
+type controlRequest struct{ reply chan error }
+
+// controlServer is serve's control socket.
+type controlServer struct {
+	ln   net.Listener
+	log  *slog.Logger
+	reqs chan<- controlRequest
+	stop <-chan struct{}
+}
+
+// listenControl opens serve's control socket. A failure is not fatal
+// (SIGHUP still reloads); it is logged by the caller.
+func listenControl(log *slog.Logger, reqs chan<- controlRequest, stop <-chan struct{}) (*controlServer, error) {
+	addr := controlAddress(os.Getpid())
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		return nil, fmt.Errorf("control socket %s: %w", addr, err)
+	}
+	return &controlServer{ln: ln, log: log, reqs: reqs, stop: stop}, nil
+}
+
+// serve answers the connections one at a time until the listener closes.
+func (c *controlServer) serve() {
+	for {
+		conn, err := c.ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				c.log.Warn("control socket: accept failed; reloads go by SIGHUP only", "err", err)
+			}
+			return
+		}
+		c.answer(conn.(*net.UnixConn))
+	}
+}
+
+func (c *controlServer) close() { _ = c.ln.Close() }
+
+// answer serves one connection: a permitted peer's reload request.
+func (c *controlServer) answer(conn *net.UnixConn) {
+	defer conn.Close()
+	cred, err := peerCred(conn)
+	if err != nil {
+		c.log.Warn("control socket: cannot tell who connected; refused", "err", err)
+		return
+	}
+	if cred.Uid != 0 && int(cred.Uid) != os.Geteuid() {
+		c.log.Warn("control socket: refused a peer of another uid", "uid", cred.Uid, "pid", cred.Pid)
+		fmt.Fprintf(conn, "failed only uid 0 or %d may reload this daemon\n", os.Geteuid())
+		return
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(controlReadTimeout))
+	line, err := bufio.NewReaderSize(io.LimitReader(conn, controlLine), controlLine).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "reload" {
+		fmt.Fprintf(conn, "failed unknown request %q (want \"reload\")\n", strings.TrimSpace(line))
+		return
+	}
+	req := controlRequest{reply: make(chan error, 1)}
+	select {
+	case c.reqs <- req:
+	case <-c.stop:
+		fmt.Fprintln(conn, "failed the daemon is shutting down")
+		return
+	}
+	var verdict error
+	select {
+	case verdict = <-req.reply:
+	case <-c.stop:
+		fmt.Fprintln(conn, "failed the daemon is shutting down")
+		return
+	}
+	c.log.Info("control socket: reload asked", "pid", cred.Pid, "ok", verdict == nil)
+	if verdict != nil {
+		fmt.Fprintf(conn, "failed reload failed, still serving the previous policy: %s\n", oneLine(verdict.Error()))
+		return
+	}
+	fmt.Fprintln(conn, "ok policy reloaded")
+}
+
+// peerCred is the other end's pid, uid and gid (at connect or listen).
+func peerCred(conn *net.UnixConn) (*unix.Ucred, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return nil, err
+	}
+	return cred, cerr
+}
+
+const reloadUsage = `usage: cellgate reload --pid PID [--timeout DURATION]
+
+Asks the cellgate serve of process PID to reload its policy and waits until
+it has: the new policy serves the next request (exit 0), or it was refused
+and the previous one still serves (exit 1, with the reason). It talks to
+serve's control socket, a Unix socket in the abstract namespace, so it must
+run in serve's network namespace, as root or serve's own user. Under
+systemd: ExecReload=cellgate reload --pid $MAINPID. (kill -HUP PID reloads
+too, without waiting or a verdict.) 2 is bad arguments.
+`
+
+func reloadMain(ctx context.Context, args []string, std stdio) int {
+	fs := flag.NewFlagSet("cellgate reload", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	pid := fs.Int("pid", 0, "")
+	timeout := fs.Duration("timeout", 5*time.Minute, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(std.out, reloadUsage)
+			return exitOK
+		}
+		fmt.Fprintf(std.err, "cellgate reload: %v\n%s", err, reloadUsage)
+		return exitUsage
+	}
+	switch {
+	case fs.NArg() > 0:
+		fmt.Fprintf(std.err, "cellgate reload: unexpected argument %q\n%s", fs.Arg(0), reloadUsage)
+		return exitUsage
+	case *pid <= 0:
+		fmt.Fprintf(std.err, "cellgate reload: --pid %d: want the pid of cellgate serve (under systemd: --pid $MAINPID)\n", *pid)
+		return exitUsage
+	case *timeout <= 0:
+		fmt.Fprintf(std.err, "cellgate reload: --timeout %s: want a positive duration\n", *timeout)
+		return exitUsage
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	verdict, err := askReload(ctx, *pid)
+	if err != nil {
+		fmt.Fprintf(std.err, "cellgate reload: %v\n", err)
+		return exitInvalid
+	}
+	if rest, ok := strings.CutPrefix(verdict, "ok "); ok {
+		fmt.Fprintln(std.out, rest)
+		return exitOK
+	}
+	fmt.Fprintf(std.err, "cellgate reload: pid %d: %s\n", *pid, strings.TrimPrefix(verdict, "failed "))
+	return exitInvalid
+}
+
+// askReload sends the reload request to pid's control socket and returns
+// serve's answer line ("ok ..." or "failed ...").
+func askReload(ctx context.Context, pid int) (string, error) {
+	addr := controlAddress(pid)
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", addr)
+	if err != nil {
+		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("no cellgate serve of pid %d listens on %s (is %d a cellgate serve, in this network namespace? kill -HUP %d reloads without waiting)", pid, addr, pid, pid)
+		}
+		return "", fmt.Errorf("connect to %s: %w", addr, err)
+	}
+	conn := c.(*net.UnixConn)
+	defer conn.Close()
+	cred, err := peerCred(conn)
+	if err != nil {
+		return "", fmt.Errorf("%s: cannot tell who listens: %w", addr, err)
+	}
+	if int(cred.Pid) != pid {
+		return "", fmt.Errorf("%s is held by pid %d, not by %d: not asking it", addr, cred.Pid, pid)
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(conn, "reload\n"); err != nil {
+		return "", fmt.Errorf("%s: %w", addr, err)
+	}
+	line, err := bufio.NewReaderSize(io.LimitReader(conn, 4096), 4096).ReadString('\n')
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return "", fmt.Errorf("pid %d did not finish the reload in time (--timeout); it may still apply it", pid)
+		}
+		return "", fmt.Errorf("pid %d ended the connection without a verdict: %w", pid, err)
+	}
+	return strings.TrimSuffix(line, "\n"), nil
+}

@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// runReload runs cellgate reload in this process.
+func runReload(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	outF, errF := tempFile(t), tempFile(t)
+	code := reloadMain(context.Background(), args, stdio{out: outF, err: errF})
+	read := func(f *os.File) string {
+		b, err := os.ReadFile(f.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	return code, read(outF), read(errF)
+}
+
+func tempFile(t *testing.T) *os.File {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TestReloadCommand: cellgate reload returns once serve has applied the
+// policy (the new route answers the very next request, with no wait), and
+// fails with serve's reason when the policy is refused, the previous one
+// still serving. A plain SIGHUP gives no such guarantee, which made
+// `systemctl reload` return before the reload had happened.
+func TestReloadCommand(t *testing.T) {
+	dir := t.TempDir()
+	script := filepath.Join(dir, "hello.sh")
+	writeFile(t, script, "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nhello %s\\n' \"$SCRIPT_NAME\"\n")
+	if err := os.Chmod(script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	policy := filepath.Join(dir, "policy.yaml")
+	writeFile(t, policy, strings.Join([]string{"version: 1", systemdPolicyBody("hello", script)}, "\n"))
+	ns := newNotifySocket(t, dir)
+	pub, pubFile := listenerFile(t)
+	_, admFile := listenerFile(t)
+	pubURL := "http://" + pub.Addr().String()
+	cmd, out := activatedServe(t, policy, ns, "public:admin", nil, pubFile, admFile)
+	ns.expect(t, "READY=1")
+	pid := strconv.Itoa(cmd.Process.Pid)
+
+	for i := range 5 {
+		name := "r" + strconv.Itoa(i)
+		writeFile(t, policy, strings.Join([]string{"version: 1", systemdPolicyBody(name, script)}, "\n"))
+		code, stdout, stderr := runReload(t, "--pid", pid)
+		if code != 0 || !strings.Contains(stdout, "policy reloaded") {
+			t.Fatalf("reload %d: exit %d, stdout %q, stderr %q\n%s", i, code, stdout, stderr, out)
+		}
+		if code, body := get(t, pubURL+"/"+name); code != 200 || body != "hello /"+name+"\n" {
+			t.Fatalf("GET /%s right after cellgate reload returned: %d %q, want the new route", name, code, body)
+		}
+	}
+
+	writeFile(t, policy, "version: 1\nroutes: [{name: x, nonsense: 1}]\n")
+	code, stdout, stderr := runReload(t, "--pid", pid)
+	if code != exitInvalid || !strings.Contains(stderr, "still serving the previous policy") || !strings.Contains(stderr, "nonsense") {
+		t.Errorf("reload of an invalid policy: exit %d, stdout %q, stderr %q; want 1 with the reason", code, stdout, stderr)
+	}
+	if code, _ := get(t, pubURL+"/r4"); code != 200 {
+		t.Errorf("GET /r4 after a refused reload: %d, want the previous policy serving", code)
+	}
+	stop(t, cmd, ns, out)
+}
+
+// TestReloadRefusals: no serve behind the pid, a socket under the name held
+// by another process, and bad arguments.
+func TestReloadRefusals(t *testing.T) {
+	sleeper := exec.Command("sleep", "60")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sleeper.Process.Kill(); sleeper.Wait() })
+	other := sleeper.Process.Pid
+
+	code, _, stderr := runReload(t, "--pid", strconv.Itoa(other))
+	if code != exitInvalid || !strings.Contains(stderr, "no cellgate serve of pid") {
+		t.Errorf("no serve: exit %d, stderr %q", code, stderr)
+	}
+
+	// This process takes the name of the sleeper's control socket.
+	ln, err := net.Listen("unix", controlAddress(other))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("ok policy reloaded\n"))
+			c.Close()
+		}
+	}()
+	code, stdout, stderr := runReload(t, "--pid", strconv.Itoa(other))
+	if code != exitInvalid || !strings.Contains(stderr, "held by pid "+strconv.Itoa(os.Getpid())) {
+		t.Errorf("an impostor's socket: exit %d, stdout %q, stderr %q; want it refused", code, stdout, stderr)
+	}
+
+	for _, args := range [][]string{{}, {"--pid", "0"}, {"--pid", "1", "extra"}, {"--pid", "1", "--timeout", "0s"}} {
+		if code, _, stderr := runReload(t, args...); code != exitUsage || stderr == "" {
+			t.Errorf("reload %q: exit %d, stderr %q; want 2 with the reason", args, code, stderr)
+		}
+	}
+}
