@@ -10,7 +10,7 @@ VMRUN   := $(BIN)/vmrun
 VMFLAGS ?= -mem 2G -smp 2 -timeout 35m
 TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate CELLGATE_IMAGE=$(BIN)/image
 
-.PHONY: build vmrun vet unit vm-prepare vm-check integration integration-systemd test test-native bench chromium
+.PHONY: build cc vmrun vet unit vm-prepare vm-check integration integration-systemd test test-native bench chromium
 
 # The version is the nearest v* tag (git describe), else a Go-style
 # pseudo-version of HEAD (v0.0.0-UTCTIME-COMMIT); the commit is HEAD.
@@ -20,11 +20,22 @@ VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || \
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
-# cellgate and, beside it, the init of confined cells (static and small:
-# it starts once per request).
-build:
+# cellgate and, beside it, the init of confined cells: C, static and small,
+# because it starts once per request (cmd/cellgate-init/cellgate-init.c).
+# Debian's gcc and libc6-dev are installed with apt-get when no C compiler
+# is found.
+CC      ?= cc
+CFLAGS_INIT := -O2 -static -Wall -Wextra -Werror -Wno-format-truncation
+
+build: cc
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/cellgate ./cmd/cellgate
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags=-s -o $(BIN)/cellgate-init ./cmd/cellgate-init
+	$(CC) $(CFLAGS_INIT) -o $(BIN)/cellgate-init cmd/cellgate-init/cellgate-init.c
+
+cc:
+	@command -v $(CC) >/dev/null && [ -f /usr/lib/$$(uname -m)-linux-gnu/libc.a -o -f /usr/lib/libc.a ] || { \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q --no-install-recommends gcc libc6-dev || \
+		{ apt-get update -q && apt-get install -y -q --no-install-recommends gcc libc6-dev; }; }
 
 # Static: the same binary is the guest's /init.
 vmrun:
@@ -134,5 +145,5 @@ run: build examples vmrun python-deps
 # The OCI image, built without a container daemon (deploy/image): an OCI
 # layout in bin/image and a docker-archive bin/cellgate-image.tar, holding a
 # static cellgate, the example programs and the example policy.
-image:
+image: cc
 	$(GO) run ./deploy/image -out $(BIN)/image -archive $(BIN)/cellgate-image.tar

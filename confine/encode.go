@@ -2,10 +2,11 @@ package confine
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // MaxLaunch bounds a launch frame (the plan, or argv and environment): the
@@ -13,8 +14,9 @@ import (
 const MaxLaunch = 4 << 20
 
 // launchMagic starts every plan frame, so that an init started by
-// something else than a Runner fails with a clear error.
-const launchMagic = "CGL2"
+// something else than a Runner, or of another version, fails with a clear
+// error.
+const launchMagic = "CGL3"
 
 // The init reads two frames on ControlFD, each a little-endian uint32
 // length and that many bytes: the plan (applied at once, then the init
@@ -22,6 +24,33 @@ const launchMagic = "CGL2"
 // stdin, stdout and stderr as SCM_RIGHTS. A cell can so be prepared
 // before its request exists (the Runner's warm inits) and handed the
 // request later.
+//
+// Both frames are flat little-endian binary, read by the C init
+// (cmd/cellgate-init) and by the Go one (Init): a u32 is 4 bytes, a u64 8,
+// a string a u32 length and its bytes, a list a u32 count and its entries.
+// The plan frame's body:
+//
+//	"CGL3"
+//	u32 namespaces (Namespaces: mount 1, pid 2, ipc 4, uts 8, net 16)
+//	u32 flags (planSeccomp, planPreloader)
+//	u64 nofile
+//	string rootfs, string hostname
+//	list of binds: string source, string target, u32 flags (bindWritable, bindDev)
+//	list of symlinks: string link, string target
+//	list of tmpfs: string target, u64 size, u32 mode
+//	list of filter instructions (seccomp's struct sock_filter): u16 code, u8 jt, u8 jf, u32 k
+//
+// The filter is assembled here, once (Filter, or PreloaderFilter for a
+// preloader's plan), so that the init need not know the system call
+// tables; it is empty when the plan has no seccomp.
+
+// Plan frame flags.
+const (
+	planSeccomp   = 1
+	planPreloader = 2
+	bindWritable  = 1
+	bindDev       = 2
+)
 
 // Prepared is a Plan encoded once, with what the spawn needs of it.
 type Prepared struct {
@@ -31,13 +60,67 @@ type Prepared struct {
 
 // Prepare encodes p once, when the policy is loaded.
 func Prepare(p *Plan) (*Prepared, error) {
-	b, err := json.Marshal(p)
-	if err != nil {
-		return nil, fmt.Errorf("encode confinement plan: %w", err)
+	var filter []unix.SockFilter
+	if p.Seccomp {
+		var err error
+		if p.Preloader {
+			filter, err = PreloaderFilter()
+		} else {
+			filter, err = Filter()
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	frame := binary.LittleEndian.AppendUint32(nil, uint32(len(launchMagic)+len(b)))
-	frame = append(frame, launchMagic...)
-	return &Prepared{plan: p, frame: append(frame, b...)}, nil
+	b := make([]byte, 4, 256)
+	b = append(b, launchMagic...)
+	b = binary.LittleEndian.AppendUint32(b, uint32(p.Namespaces))
+	var flags uint32
+	if p.Seccomp {
+		flags |= planSeccomp
+	}
+	if p.Preloader {
+		flags |= planPreloader
+	}
+	b = binary.LittleEndian.AppendUint32(b, flags)
+	b = binary.LittleEndian.AppendUint64(b, p.NoFile)
+	b = appendBytes(b, []byte(p.RootFS))
+	b = appendBytes(b, []byte(p.Hostname))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(p.Binds)))
+	for _, m := range p.Binds {
+		b = appendBytes(b, []byte(m.Source))
+		b = appendBytes(b, []byte(m.Target))
+		var f uint32
+		if m.Writable {
+			f |= bindWritable
+		}
+		if m.Dev {
+			f |= bindDev
+		}
+		b = binary.LittleEndian.AppendUint32(b, f)
+	}
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(p.Symlinks)))
+	for _, l := range p.Symlinks {
+		b = appendBytes(b, []byte(l.Link))
+		b = appendBytes(b, []byte(l.Target))
+	}
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(p.Tmpfs)))
+	for _, t := range p.Tmpfs {
+		b = appendBytes(b, []byte(t.Target))
+		b = binary.LittleEndian.AppendUint64(b, uint64(t.Size))
+		b = binary.LittleEndian.AppendUint32(b, t.Mode)
+	}
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(filter)))
+	for _, f := range filter {
+		b = binary.LittleEndian.AppendUint16(b, f.Code)
+		b = append(b, f.Jt, f.Jf)
+		b = binary.LittleEndian.AppendUint32(b, f.K)
+	}
+	if len(b)-4 > MaxLaunch {
+		return nil, fmt.Errorf("confinement plan of %d bytes is over %d", len(b)-4, MaxLaunch)
+	}
+	binary.LittleEndian.PutUint32(b, uint32(len(b)-4))
+	return &Prepared{plan: p, frame: b}, nil
 }
 
 // Plan is the prepared Plan (not to be modified).
@@ -133,6 +216,16 @@ func (d *decoder) bytes() []byte {
 	return v
 }
 
+// count reads a list's length, each entry at least min bytes.
+func (d *decoder) count(min int) uint32 {
+	n := d.u32()
+	if d.err == nil && uint64(n)*uint64(min) > uint64(len(d.b)) {
+		d.err = fmt.Errorf("list of %d entries with %d bytes left", n, len(d.b))
+		return 0
+	}
+	return n
+}
+
 func (d *decoder) list() []string {
 	n := d.u32()
 	if d.err == nil && uint64(n) > uint64(len(d.b))/4 {
@@ -148,16 +241,44 @@ func (d *decoder) list() []string {
 	return l
 }
 
-// DecodePlan reads a plan frame's body (without its length).
+// DecodePlan reads a plan frame's body (without its length). The filter
+// is checked for its size only: the Go init loads the one it assembles.
 func DecodePlan(b []byte) (*Plan, error) {
 	if !strings.HasPrefix(string(b), launchMagic) {
 		return nil, errors.New("plan frame: bad magic (the init must be started by cellgate's sandbox, of the same version)")
 	}
-	var p Plan
-	if err := json.Unmarshal(b[len(launchMagic):], &p); err != nil {
-		return nil, fmt.Errorf("plan frame: %w", err)
+	d := &decoder{b: b[len(launchMagic):]}
+	p := &Plan{Namespaces: Namespaces(d.u32())}
+	flags := d.u32()
+	p.Seccomp, p.Preloader = flags&planSeccomp != 0, flags&planPreloader != 0
+	p.NoFile = uint64(d.u32()) | uint64(d.u32())<<32
+	p.RootFS = string(d.bytes())
+	p.Hostname = string(d.bytes())
+	for n := d.count(12); n > 0 && d.err == nil; n-- {
+		m := Bind{Source: string(d.bytes()), Target: string(d.bytes())}
+		f := d.u32()
+		m.Writable, m.Dev = f&bindWritable != 0, f&bindDev != 0
+		p.Binds = append(p.Binds, m)
 	}
-	return &p, nil
+	for n := d.count(8); n > 0 && d.err == nil; n-- {
+		p.Symlinks = append(p.Symlinks, Symlink{Link: string(d.bytes()), Target: string(d.bytes())})
+	}
+	for n := d.count(16); n > 0 && d.err == nil; n-- {
+		t := Tmpfs{Target: string(d.bytes())}
+		t.Size = int64(uint64(d.u32()) | uint64(d.u32())<<32)
+		t.Mode = d.u32()
+		p.Tmpfs = append(p.Tmpfs, t)
+	}
+	if n := d.count(8); d.err == nil {
+		d.b = d.b[8*n:]
+	}
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%d bytes after the end", len(d.b))
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("plan frame: %w", d.err)
+	}
+	return p, nil
 }
 
 // DecodeExec reads an exec frame's body (without its length).

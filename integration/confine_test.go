@@ -346,6 +346,38 @@ func loopbackListener(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// TestConfineGoInit: the init in Go (confine.Init), which serve runs when
+// cellgate-init (C, the default) is not installed, confines a cell as the
+// C one does: the probe's view, /proc, network and filter checks, with
+// serve told to start cellgate itself as the init. Both inits are compared
+// frame by frame without namespaces in confine's TestInitsAgree.
+func TestConfineGoInit(t *testing.T) {
+	other := t.TempDir()
+	os.Chmod(other, 0o755)
+	secret := filepath.Join(other, "public.txt")
+	if err := os.WriteFile(secret, []byte("secret"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(secret, 0o644)
+	g := confineGate(t, "", "--init", cellgateBin(t))
+	admin := strings.TrimPrefix(g.admin, "http://")
+	r := g.probe(t, "probe", url.Values{"read": {secret, "/etc/passwd"}, "connect": {admin}, "procs": {"1"}, "syscalls": {"1"}})
+	if r.Read[secret] == "ok" || r.Read["/etc/passwd"] != "ok" {
+		t.Errorf("reads %v: want the host's file hidden and the system directories visible", r.Read)
+	}
+	if r.Connect[admin] == "ok" {
+		t.Errorf("the cell reached the admin listener %s", admin)
+	}
+	if len(r.Procs) != 2 || !strings.HasPrefix(r.Procs[0], "1 cellgate-init") {
+		t.Errorf("the cell's /proc lists %q, want its init as 1 and the probe", r.Procs)
+	}
+	for _, s := range probeSyscalls {
+		if got := r.Syscalls[s.name]; got != "EPERM" {
+			t.Errorf("%s under the Go init: %s, want EPERM", s.name, got)
+		}
+	}
+}
+
 // TestConfineSeccomp: every denied call fails with EPERM, and the request
 // still answers.
 func TestConfineSeccomp(t *testing.T) {

@@ -14,8 +14,9 @@ import (
 )
 
 // initPids is what a confined cell's init may add to the cell's pids:
-// cellgate-init is a Go program (one P, but the runtime's own threads
-// count against pids.max). A route's pids limit is the program's; the
+// cellgate-init (C) is one process, but the Go init that runs when it is
+// not installed (cellgate itself) has the runtime's own threads, which
+// count against pids.max. A route's pids limit is the program's; the
 // cell's pids.max is that plus initPids.
 const initPids = 8
 
@@ -89,10 +90,11 @@ func tenantGID(pol *policy.Policy, r *policy.Route) uint32 {
 	return pol.Tenants[i].GID
 }
 
-// openLauncher opens the cell init: --init, else cellgate-init beside the
-// running executable, else this binary itself (it runs the init when
-// started as cellgate-init), at the cost of cellgate's whole start-up per
-// request; the last is logged by the caller.
+// openLauncher opens the cell init: --init, else cellgate-init (C, built
+// by make build) beside the running executable, else this binary itself
+// (it runs the same init in Go, confine.Init, when started as
+// cellgate-init), at the cost of a Go runtime's start and cellgate's
+// package initialisation per request; the last is logged by the caller.
 func openLauncher(flagPath string) (*confine.Launcher, bool, error) {
 	if flagPath != "" {
 		l, err := confine.OpenLauncher(flagPath)

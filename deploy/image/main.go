@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -68,6 +69,35 @@ func run(repo, out, archive, tag, arch string) error {
 	return nil
 }
 
+// crossCC is the C compiler of each architecture's Debian cross toolchain
+// (package gcc-<triplet>), used when the image is not for this machine's.
+var crossCC = map[string]string{"amd64": "x86_64-linux-gnu-gcc", "arm64": "aarch64-linux-gnu-gcc"}
+
+// buildInit compiles the confined cells' init (C, static) for arch into
+// out, with $CC or cc for this machine's architecture and the Debian cross
+// compiler for another.
+func buildInit(repo, arch, out string) error {
+	cc := os.Getenv("CC")
+	if cc == "" {
+		cc = "cc"
+		if arch != runtime.GOARCH {
+			cc = crossCC[arch]
+		}
+	}
+	if cc == "" {
+		return fmt.Errorf("no C compiler known for GOARCH=%s to build cellgate-init: set CC", arch)
+	}
+	cmd := exec.Command(cc, "-O2", "-static", "-Wall", "-Wextra", "-Werror", "-Wno-format-truncation",
+		"-o", out, "cmd/cellgate-init/cellgate-init.c")
+	cmd.Dir = repo
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("build cellgate-init with %s for %s: %w (install gcc and libc6-dev, or for another architecture gcc-%s, or set CC)",
+			cc, arch, err, strings.TrimSuffix(cc, "-gcc"))
+	}
+	return nil
+}
+
 // collect builds cellgate and the example programs statically for arch
 // into a scratch directory and reads every file of the image.
 func collect(repo, arch string) (spec, error) {
@@ -76,7 +106,7 @@ func collect(repo, arch string) (spec, error) {
 		return spec{}, err
 	}
 	defer os.RemoveAll(tmp)
-	pkgs := []string{"./cmd/cellgate", "./cmd/cellgate-init"}
+	pkgs := []string{"./cmd/cellgate"}
 	for _, e := range cgiExamples {
 		pkgs = append(pkgs, "./examples/cgi/"+e)
 	}
@@ -86,6 +116,9 @@ func collect(repo, arch string) (spec, error) {
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return spec{}, fmt.Errorf("go build %v (GOARCH=%s, CGO_ENABLED=0): %w", pkgs, arch, err)
+	}
+	if err := buildInit(repo, arch, filepath.Join(tmp, "cellgate-init")); err != nil {
+		return spec{}, err
 	}
 	s := spec{arch: arch, created: created(), revision: revision(repo)}
 	add := func(src, dst string, mode int64) error {

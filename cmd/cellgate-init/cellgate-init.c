@@ -1,0 +1,972 @@
+/*
+ * cellgate-init is the init of a confined cell. The sandbox starts it
+ * inside the cell's cgroup and new namespaces (user, and those of the
+ * route's plan); it reads the plan frame on fd 3, applies it to itself
+ * (the filesystem view, host name, loopback, rlimits, no_new_privs, the
+ * seccomp filter), reports ready, then reads the exec frame with the
+ * program's stdin, stdout and stderr, starts the program as its child,
+ * stays PID 1 of the cell's PID namespace to reap and forward signals,
+ * ends what the program left, and reports how the program ended. In exec
+ * mode (argv[1] "exec", a fork route's preloader) it applies the plan and
+ * executes the program in its own place instead.
+ *
+ * It is C because it starts once per request: a Go program's runtime start
+ * costs several times a whole fork and exec of a small program, and was
+ * most of a confined cell's CPU. It decides nothing: the plan frame is
+ * built by package confine (encode.go documents both frames, the report
+ * and the order of the steps), which also holds the same init in Go
+ * (Init, InitExec), run when this binary is not installed. Every message
+ * it reports has the form of the Go init's.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <grp.h>
+#include <limits.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <net/if.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define ARG0 "cellgate-init"
+#define CONTROL_FD 3
+#define MIN_LAUNCHER_FD 10
+#define MAX_LAUNCH (4u << 20)
+#define MAX_REPORT_MSG 1024
+#define EXIT_SETUP 125
+#define EXIT_SPAWN 127
+#define STAGING "/tmp"
+#define DEV_SIZE (64 << 10)
+
+enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY };
+enum { NS_MOUNT = 1, NS_PID = 2, NS_IPC = 4, NS_UTS = 8, NS_NET = 16 };
+enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2 };
+enum { BIND_WRITABLE = 1, BIND_DEV = 2 };
+
+/* The error being reported: its message and errno (0 when none). */
+static char err_msg[MAX_REPORT_MSG + 1];
+static int err_no;
+
+/* errstr is strerror as Go spells it: the first letter in lower case. */
+static const char *errstr(int e)
+{
+	static char buf[128];
+	snprintf(buf, sizeof buf, "%s", strerror(e));
+	if (buf[0] >= 'A' && buf[0] <= 'Z' && !(buf[1] >= 'A' && buf[1] <= 'Z'))
+		buf[0] += 'a' - 'A';
+	return buf;
+}
+
+/* fail sets the error: the message, then ": " and errno's text when e is
+ * not 0. It returns -1. */
+__attribute__((format(printf, 2, 3))) static int fail(int e, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err_msg, sizeof err_msg, fmt, ap);
+	va_end(ap);
+	if (e) {
+		size_t n = strlen(err_msg);
+		snprintf(err_msg + n, sizeof err_msg - n, ": %s", errstr(e));
+	}
+	err_no = e;
+	return -1;
+}
+
+/* prefix puts "what: " before the error's message. */
+static void prefix(const char *what)
+{
+	char tmp[sizeof err_msg];
+	snprintf(tmp, sizeof tmp, "%s: %s", what, err_msg);
+	memcpy(err_msg, tmp, sizeof err_msg);
+}
+
+static void put32(unsigned char *b, uint32_t v)
+{
+	b[0] = v, b[1] = v >> 8, b[2] = v >> 16, b[3] = v >> 24;
+}
+
+/* report writes a report on fd (16 bytes and the message); 0 on success. */
+static int report_on(int fd, int kind, int32_t code, int32_t sig, int32_t errnum, const char *msg)
+{
+	unsigned char b[16 + MAX_REPORT_MSG];
+	size_t n = msg ? strlen(msg) : 0;
+	if (n > MAX_REPORT_MSG)
+		n = MAX_REPORT_MSG;
+	memset(b, 0, 16);
+	b[0] = kind;
+	b[2] = n, b[3] = n >> 8;
+	put32(b + 4, code);
+	put32(b + 8, sig);
+	put32(b + 12, errnum);
+	memcpy(b + 16, msg, n);
+	ssize_t w;
+	do
+		w = write(fd, b, 16 + n);
+	while (w < 0 && errno == EINTR);
+	return w == (ssize_t)(16 + n) ? 0 : -1;
+}
+
+/* fail_report reports the error (kind) on fd, or on stderr when nobody
+ * reads fd, and returns status. */
+static int fail_report(int fd, int kind, int status)
+{
+	if (report_on(fd, kind, 0, 0, err_no, err_msg) < 0)
+		dprintf(2, "%s: %s\n", ARG0, err_msg);
+	return status;
+}
+
+/* ---- frames ---- */
+
+static int read_full(int fd, unsigned char *b, size_t n)
+{
+	while (n > 0) {
+		ssize_t r = read(fd, b, n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return fail(errno, "read");
+		if (r == 0)
+			return fail(0, "unexpected EOF");
+		b += r, n -= r;
+	}
+	return 0;
+}
+
+/* read_frame reads one length-prefixed frame from fd with exactly nfds
+ * descriptors (received close-on-exec). It returns the body (malloc'd)
+ * and its length in *len, or NULL: *len is then 0 at the end of the
+ * stream, 1 on an error. */
+static unsigned char *read_frame(int fd, int nfds, int *fds, uint32_t *len)
+{
+	unsigned char hdr[4];
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * 3)];
+	} oob;
+	struct iovec iov = {.iov_base = hdr, .iov_len = sizeof hdr};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (nfds > 0) {
+		msg.msg_control = oob.buf;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+	}
+	*len = 1;
+	ssize_t n;
+	do
+		n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0) {
+		fail(errno, "recvmsg");
+		return NULL;
+	}
+	if (n == 0) {
+		*len = 0;
+		return NULL;
+	}
+	int got = 0;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		int *in = (int *)CMSG_DATA(c);
+		for (int i = 0; i < k; i++) {
+			if (got < nfds)
+				fds[got] = in[i];
+			else
+				close(in[i]);
+			got++;
+		}
+	}
+	if (got != nfds || (msg.msg_flags & MSG_CTRUNC)) {
+		for (int i = 0; i < got && i < nfds; i++)
+			close(fds[i]);
+		fail(0, "%d descriptors with the frame, want %d", got, nfds);
+		return NULL;
+	}
+	if (read_full(fd, hdr + n, sizeof hdr - n) < 0)
+		return NULL;
+	uint32_t size = hdr[0] | hdr[1] << 8 | hdr[2] << 16 | (uint32_t)hdr[3] << 24;
+	if (size > MAX_LAUNCH) {
+		fail(0, "frame of %u bytes, over %u", size, MAX_LAUNCH);
+		return NULL;
+	}
+	unsigned char *body = malloc(size + 1);
+	if (!body) {
+		fail(ENOMEM, "frame of %u bytes", size);
+		return NULL;
+	}
+	if (read_full(fd, body, size) < 0) {
+		free(body);
+		return NULL;
+	}
+	*len = size;
+	return body;
+}
+
+/* decoder reads a frame's fields, remembering the first error. */
+struct decoder {
+	const unsigned char *b;
+	size_t n;
+	int bad;
+	char why[96];
+};
+
+static void dec_fail(struct decoder *d, const char *why)
+{
+	if (!d->bad)
+		snprintf(d->why, sizeof d->why, "%s", why);
+	d->bad = 1;
+}
+
+static uint32_t u32(struct decoder *d)
+{
+	if (d->bad || d->n < 4) {
+		dec_fail(d, "truncated");
+		return 0;
+	}
+	uint32_t v = d->b[0] | d->b[1] << 8 | d->b[2] << 16 | (uint32_t)d->b[3] << 24;
+	d->b += 4, d->n -= 4;
+	return v;
+}
+
+static uint64_t u64(struct decoder *d)
+{
+	uint64_t lo = u32(d);
+	return lo | (uint64_t)u32(d) << 32;
+}
+
+/* str returns a string field, NUL-terminated (malloc'd). */
+static char *str(struct decoder *d)
+{
+	uint32_t n = u32(d);
+	if (d->bad)
+		return NULL;
+	if (n > d->n) {
+		dec_fail(d, "field longer than what is left");
+		return NULL;
+	}
+	if (memchr(d->b, 0, n)) {
+		dec_fail(d, "string with a NUL byte");
+		return NULL;
+	}
+	char *s = malloc(n + 1);
+	if (!s) {
+		dec_fail(d, "out of memory");
+		return NULL;
+	}
+	memcpy(s, d->b, n);
+	s[n] = 0;
+	d->b += n, d->n -= n;
+	return s;
+}
+
+/* count reads a list's length, each entry at least min bytes. */
+static uint32_t count(struct decoder *d, size_t min)
+{
+	uint32_t n = u32(d);
+	if (!d->bad && (uint64_t)n * min > d->n) {
+		dec_fail(d, "list longer than what is left");
+		return 0;
+	}
+	return n;
+}
+
+struct bind {
+	char *source, *target;
+	uint32_t flags;
+};
+struct symlink_ {
+	char *link, *target;
+};
+struct tmpfs {
+	char *target;
+	uint64_t size;
+	uint32_t mode;
+};
+
+struct plan {
+	uint32_t ns, flags;
+	uint64_t nofile;
+	char *rootfs, *hostname;
+	uint32_t nbinds, nlinks, ntmpfs, nfilter;
+	struct bind *binds;
+	struct symlink_ *links;
+	struct tmpfs *tmpfs;
+	struct sock_filter *filter;
+};
+
+static int decode_plan(const unsigned char *b, uint32_t len, struct plan *p)
+{
+	if (len < 4 || memcmp(b, "CGL3", 4) != 0)
+		return fail(0, "plan frame: bad magic (the init must be started by cellgate's sandbox, of the same version)");
+	struct decoder d = {.b = b + 4, .n = len - 4};
+	memset(p, 0, sizeof *p);
+	p->ns = u32(&d);
+	p->flags = u32(&d);
+	p->nofile = u64(&d);
+	p->rootfs = str(&d);
+	p->hostname = str(&d);
+	p->nbinds = count(&d, 12);
+	p->binds = calloc(p->nbinds + 1, sizeof *p->binds);
+	for (uint32_t i = 0; i < p->nbinds && !d.bad && p->binds; i++) {
+		p->binds[i].source = str(&d);
+		p->binds[i].target = str(&d);
+		p->binds[i].flags = u32(&d);
+	}
+	p->nlinks = count(&d, 8);
+	p->links = calloc(p->nlinks + 1, sizeof *p->links);
+	for (uint32_t i = 0; i < p->nlinks && !d.bad && p->links; i++) {
+		p->links[i].link = str(&d);
+		p->links[i].target = str(&d);
+	}
+	p->ntmpfs = count(&d, 16);
+	p->tmpfs = calloc(p->ntmpfs + 1, sizeof *p->tmpfs);
+	for (uint32_t i = 0; i < p->ntmpfs && !d.bad && p->tmpfs; i++) {
+		p->tmpfs[i].target = str(&d);
+		p->tmpfs[i].size = u64(&d);
+		p->tmpfs[i].mode = u32(&d);
+	}
+	p->nfilter = count(&d, 8);
+	if (p->nfilter > BPF_MAXINSNS)
+		dec_fail(&d, "seccomp filter over BPF_MAXINSNS");
+	p->filter = calloc(p->nfilter + 1, sizeof *p->filter);
+	for (uint32_t i = 0; i < p->nfilter && !d.bad && p->filter; i++) {
+		uint32_t a = u32(&d);
+		p->filter[i].code = a & 0xffff;
+		p->filter[i].jt = a >> 16;
+		p->filter[i].jf = a >> 24;
+		p->filter[i].k = u32(&d);
+	}
+	if (!p->binds || !p->links || !p->tmpfs || !p->filter)
+		dec_fail(&d, "out of memory");
+	if (!d.bad && d.n != 0)
+		return fail(0, "plan frame: %zu bytes after the end", d.n);
+	if (d.bad)
+		return fail(0, "plan frame: %s", d.why);
+	if ((p->flags & PLAN_SECCOMP) && p->nfilter == 0)
+		return fail(0, "plan frame: seccomp asked for without a filter");
+	return 0;
+}
+
+struct exec {
+	uint32_t uid, gid, ngroups;
+	gid_t *groups;
+	char *path, *dir;
+	char **args, **env;
+};
+
+static char **strlist(struct decoder *d)
+{
+	uint32_t n = count(d, 4);
+	char **l = calloc((size_t)n + 1, sizeof *l);
+	if (!l) {
+		dec_fail(d, "out of memory");
+		return NULL;
+	}
+	for (uint32_t i = 0; i < n && !d->bad; i++)
+		l[i] = str(d);
+	return l;
+}
+
+static int decode_exec(const unsigned char *b, uint32_t len, struct exec *e)
+{
+	struct decoder d = {.b = b, .n = len};
+	memset(e, 0, sizeof *e);
+	e->uid = u32(&d);
+	e->gid = u32(&d);
+	e->ngroups = count(&d, 4);
+	e->groups = calloc(e->ngroups + 1, sizeof *e->groups);
+	if (!e->groups)
+		dec_fail(&d, "out of memory");
+	for (uint32_t i = 0; i < e->ngroups && !d.bad; i++)
+		e->groups[i] = u32(&d);
+	e->path = str(&d);
+	e->dir = str(&d);
+	e->args = strlist(&d);
+	e->env = strlist(&d);
+	if (!d.bad && d.n != 0)
+		return fail(0, "exec frame: %zu bytes after the end", d.n);
+	if (d.bad)
+		return fail(0, "exec frame: %s", d.why);
+	return 0;
+}
+
+/* ---- the filesystem view (confine/steps.go, confine/apply.go) ---- */
+
+enum { S_ROOT_TMPFS = 1, S_ROOT_BIND, S_TMPFS, S_BIND, S_SYMLINK, S_PROC, S_ROOT_RO, S_HOST_PROC };
+
+struct step {
+	int kind;
+	const char *source, *target;
+	uint32_t bind_flags;
+	const struct tmpfs *tmpfs;
+	const char *link_target;
+	int fd;
+};
+
+static const char *dev_nodes[] = {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty"};
+static const struct symlink_ dev_links[] = {
+	{"/dev/fd", "/proc/self/fd"},
+	{"/dev/stdin", "/proc/self/fd/0"},
+	{"/dev/stdout", "/proc/self/fd/1"},
+	{"/dev/stderr", "/proc/self/fd/2"},
+};
+static const struct tmpfs dev_tmpfs = {"/dev", DEV_SIZE, 0755};
+
+#define NDEV (sizeof dev_nodes / sizeof *dev_nodes)
+#define NDEVLINKS (sizeof dev_links / sizeof *dev_links)
+
+/* steps lays out the view's steps in the order of confine's steps(). */
+static struct step *steps(const struct plan *p, size_t *n)
+{
+	size_t max = 4 + NDEV + NDEVLINKS + p->ntmpfs + p->nbinds + p->nlinks;
+	struct step *s = calloc(max, sizeof *s);
+	size_t k = 0;
+	if (!s)
+		return NULL;
+	if (p->rootfs[0])
+		s[k++] = (struct step){.kind = S_ROOT_BIND, .source = p->rootfs, .target = "/"};
+	else
+		s[k++] = (struct step){.kind = S_ROOT_TMPFS, .target = "/"};
+	s[k++] = (struct step){.kind = S_TMPFS, .target = "/dev", .tmpfs = &dev_tmpfs};
+	for (size_t i = 0; i < NDEV; i++)
+		s[k++] = (struct step){.kind = S_BIND, .source = dev_nodes[i], .target = dev_nodes[i],
+				       .bind_flags = BIND_WRITABLE | BIND_DEV};
+	for (size_t i = 0; i < NDEVLINKS; i++)
+		s[k++] = (struct step){.kind = S_SYMLINK, .target = dev_links[i].link, .link_target = dev_links[i].target};
+	for (uint32_t i = 0; i < p->ntmpfs; i++)
+		s[k++] = (struct step){.kind = S_TMPFS, .target = p->tmpfs[i].target, .tmpfs = &p->tmpfs[i]};
+	for (uint32_t i = 0; i < p->nbinds; i++)
+		s[k++] = (struct step){.kind = S_BIND, .source = p->binds[i].source, .target = p->binds[i].target,
+				       .bind_flags = p->binds[i].flags};
+	for (uint32_t i = 0; i < p->nlinks; i++)
+		s[k++] = (struct step){.kind = S_SYMLINK, .target = p->links[i].link, .link_target = p->links[i].target};
+	if (p->flags & PLAN_PRELOADER)
+		s[k++] = (struct step){.kind = S_HOST_PROC, .source = "/proc", .target = "/proc"};
+	else
+		s[k++] = (struct step){.kind = S_PROC, .target = "/proc"};
+	s[k++] = (struct step){.kind = S_ROOT_RO, .target = "/"};
+	*n = k;
+	return s;
+}
+
+/* staged is target below the staging directory. */
+static void staged(char *at, size_t n, const char *target)
+{
+	snprintf(at, n, "%s%s", STAGING, strcmp(target, "/") == 0 ? "" : target);
+}
+
+/* mkdir_all makes dir and its parents (mode 0755). */
+static int mkdir_all(const char *dir)
+{
+	char p[PATH_MAX];
+	if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p)
+		return fail(ENAMETOOLONG, "mkdir %s", dir);
+	for (char *c = p + 1;; c++) {
+		if (*c == '/' || *c == 0) {
+			char was = *c;
+			*c = 0;
+			if (mkdir(p, 0755) < 0 && errno != EEXIST)
+				return fail(errno, "mkdir %s", p);
+			*c = was;
+			if (!was)
+				break;
+		}
+	}
+	return 0;
+}
+
+static int mkdir_parent(const char *at)
+{
+	char parent[PATH_MAX];
+	snprintf(parent, sizeof parent, "%s", at);
+	char *slash = strrchr(parent, '/');
+	if (!slash || slash == parent)
+		return 0;
+	*slash = 0;
+	return mkdir_all(parent);
+}
+
+/* mountpoint makes sure at exists as a directory (dir) or a file to
+ * mount on; under a rootfs nothing is created. */
+static int mountpoint(const char *at, int dir, int rootfs)
+{
+	struct stat st;
+	const char *cell = at + strlen(STAGING);
+	if (lstat(at, &st) == 0)
+		return 0;
+	if (rootfs)
+		return fail(0, "mount point %s: lstat %s: %s (create it in the rootfs)", cell, at, errstr(errno));
+	if (mkdir_parent(at) < 0) {
+		prefix("mount point");
+		return -1;
+	}
+	if (dir) {
+		if (mkdir(at, 0755) < 0 && errno != EEXIST)
+			return fail(errno, "mount point %s", cell);
+		return 0;
+	}
+	int fd = open(at, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return fail(errno, "mount point %s", cell);
+	close(fd);
+	return 0;
+}
+
+/* remount_bind applies a bind's flags: read-only unless writable, nosuid,
+ * nodev unless it carries device nodes, and what the source's mount had. */
+static int remount_bind(const char *at, uint32_t bflags)
+{
+	struct statfs sfs;
+	if (statfs(at, &sfs) < 0)
+		return fail(errno, "statfs");
+	unsigned long flags = MS_REMOUNT | MS_BIND | MS_NOSUID;
+	static const struct {
+		unsigned long st, ms;
+	} carry[] = {
+		{ST_NOEXEC, MS_NOEXEC}, {ST_NOATIME, MS_NOATIME}, {ST_NODIRATIME, MS_NODIRATIME},
+		{ST_RELATIME, MS_RELATIME}, {ST_RDONLY, MS_RDONLY}, {ST_NODEV, MS_NODEV},
+	};
+	for (size_t i = 0; i < sizeof carry / sizeof *carry; i++)
+		if (sfs.f_flags & carry[i].st)
+			flags |= carry[i].ms;
+	if (!(bflags & BIND_WRITABLE))
+		flags |= MS_RDONLY;
+	if (!(bflags & BIND_DEV))
+		flags |= MS_NODEV;
+	if (mount("", at, NULL, flags, NULL) < 0)
+		return fail(errno, "remount (flags %#lx)", flags);
+	return 0;
+}
+
+static int run_step(const struct step *s, int rootfs)
+{
+	char at[PATH_MAX], fdpath[64], data[96];
+	staged(at, sizeof at, s->target);
+	snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", s->fd);
+	struct stat st;
+	switch (s->kind) {
+	case S_ROOT_TMPFS:
+		if (mount("cellroot", STAGING, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096") < 0)
+			return fail(errno, "mount the cell's root tmpfs on %s", STAGING);
+		return 0;
+	case S_ROOT_BIND:
+		if (mount(fdpath, STAGING, NULL, MS_BIND | MS_REC, NULL) < 0)
+			return fail(errno, "bind rootfs %s", s->source);
+		return 0;
+	case S_TMPFS:
+		if (mountpoint(at, 1, rootfs) < 0)
+			return -1;
+		if (s->tmpfs->size > 0)
+			snprintf(data, sizeof data, "mode=%o,size=%llu", s->tmpfs->mode, (unsigned long long)s->tmpfs->size);
+		else
+			snprintf(data, sizeof data, "mode=%o", s->tmpfs->mode);
+		if (mount("tmpfs", at, "tmpfs", MS_NOSUID | MS_NODEV, data) < 0)
+			return fail(errno, "mount tmpfs on %s (%s)", s->target, data);
+		return 0;
+	case S_BIND:
+	case S_HOST_PROC:
+		if (fstat(s->fd, &st) < 0)
+			return fail(errno, "stat %s", s->source);
+		if (mountpoint(at, S_ISDIR(st.st_mode), rootfs) < 0)
+			return -1;
+		if (mount(fdpath, at, NULL, MS_BIND | MS_REC, NULL) < 0)
+			return fail(errno, "bind %s on %s", s->source, s->target);
+		if (remount_bind(at, s->bind_flags) < 0) {
+			char what[PATH_MAX * 2 + 16];
+			snprintf(what, sizeof what, "bind %s on %s", s->source, s->target);
+			prefix(what);
+			return -1;
+		}
+		return 0;
+	case S_SYMLINK:
+		if (mkdir_parent(at) < 0 && !rootfs) {
+			char what[PATH_MAX + 16];
+			snprintf(what, sizeof what, "symlink %s", s->target);
+			prefix(what);
+			return -1;
+		}
+		if (symlink(s->link_target, at) < 0 && !(rootfs && errno == EEXIST))
+			return fail(errno, "symlink %s -> %s", s->target, s->link_target);
+		return 0;
+	case S_PROC:
+		if (mountpoint(at, 1, rootfs) < 0)
+			return -1;
+		if (mount("proc", at, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+			return fail(errno, "mount proc on /proc");
+		return 0;
+	case S_ROOT_RO:
+		if (mount("", STAGING, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+			return fail(errno, "make the cell's root read-only");
+		return 0;
+	}
+	return fail(0, "unknown step %d", s->kind);
+}
+
+/* build_root opens the sources on the host's view, assembles the new root
+ * on the staging directory, and pivots into it. */
+static int build_root(const struct plan *p)
+{
+	if (mount("", "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		return fail(errno, "make / private in the cell's mount namespace");
+	size_t n;
+	struct step *s = steps(p, &n);
+	if (!s)
+		return fail(ENOMEM, "steps");
+	int rc = 0;
+	for (size_t i = 0; i < n; i++) {
+		s[i].fd = -1;
+		if (!s[i].source)
+			continue;
+		s[i].fd = open(s[i].source, O_PATH | O_CLOEXEC);
+		if (s[i].fd < 0) {
+			rc = fail(errno, "open %s to bind it at %s", s[i].source, s[i].target);
+			break;
+		}
+	}
+	for (size_t i = 0; rc == 0 && i < n; i++)
+		rc = run_step(&s[i], p->rootfs[0] != 0);
+	for (size_t i = 0; i < n; i++)
+		if (s[i].fd >= 0)
+			close(s[i].fd);
+	free(s);
+	if (rc < 0)
+		return rc;
+	if (chdir(STAGING) < 0)
+		return fail(errno, "chdir %s", STAGING);
+	if (syscall(SYS_pivot_root, ".", ".") < 0)
+		return fail(errno, "pivot_root into the cell's root");
+	if (umount2(".", MNT_DETACH) < 0)
+		return fail(errno, "detach the host's root");
+	if (chdir("/") < 0)
+		return fail(errno, "chdir /");
+	return 0;
+}
+
+static int loopback_up(void)
+{
+	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return fail(errno, "socket for lo");
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	strcpy(ifr.ifr_name, "lo");
+	int rc = 0;
+	if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0)
+		rc = fail(errno, "SIOCGIFFLAGS lo");
+	else {
+		ifr.ifr_flags |= IFF_UP;
+		if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0)
+			rc = fail(errno, "bring lo up");
+	}
+	close(fd);
+	return rc;
+}
+
+/* cap_user_namespaces: a preloader's user namespace may create none. */
+static int cap_user_namespaces(void)
+{
+	int fd = open("/proc/sys/user/max_user_namespaces", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, "0\n", 2) != 2) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		return fail(0, "cap the preloader's user namespaces at 0: write /proc/sys/user/max_user_namespaces: %s (a read-only /proc/sys? run cellgate doctor)", errstr(e));
+	}
+	close(fd);
+	if (prctl(PR_CAPBSET_DROP, CAP_SYS_RESOURCE, 0, 0, 0) < 0)
+		return fail(errno, "prctl(PR_CAPBSET_DROP, CAP_SYS_RESOURCE)");
+	return 0;
+}
+
+/* apply confines this process with the plan (confine.Apply). */
+static int apply(const struct plan *p)
+{
+	if ((p->flags & PLAN_PRELOADER) && cap_user_namespaces() < 0)
+		return -1;
+	if ((p->ns & NS_MOUNT) && build_root(p) < 0)
+		return -1;
+	if ((p->ns & NS_UTS) && p->hostname[0] && sethostname(p->hostname, strlen(p->hostname)) < 0)
+		return fail(errno, "sethostname %s", p->hostname);
+	if ((p->ns & NS_NET) && loopback_up() < 0)
+		return -1;
+	struct rlimit zero = {0, 0};
+	if (setrlimit(RLIMIT_CORE, &zero) < 0)
+		return fail(errno, "setrlimit(RLIMIT_CORE, 0)");
+	if (p->nofile > 0) {
+		struct rlimit nf = {p->nofile, p->nofile};
+		if (setrlimit(RLIMIT_NOFILE, &nf) < 0)
+			return fail(errno, "setrlimit(RLIMIT_NOFILE, %llu)", (unsigned long long)p->nofile);
+	}
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		return fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)");
+	if (p->flags & PLAN_SECCOMP) {
+		struct sock_fprog prog = {.len = p->nfilter, .filter = p->filter};
+		if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) < 0)
+			return fail(errno, "seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)");
+	}
+	return 0;
+}
+
+/* apply_plan_frame reads the plan frame on the control socket and applies
+ * it; what names the process confined, for the message. */
+static int apply_plan_frame(struct plan *p, const char *what)
+{
+	if (fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) < 0)
+		return fail(errno, "fcntl(%d, F_SETFD, FD_CLOEXEC)", CONTROL_FD);
+	uint32_t len;
+	unsigned char *body = read_frame(CONTROL_FD, 0, NULL, &len);
+	if (!body) {
+		if (len == 0)
+			fail(0, "unexpected EOF");
+		char w[64];
+		snprintf(w, sizeof w, "read the plan frame on fd %d", CONTROL_FD);
+		prefix(w);
+		return -1;
+	}
+	if (decode_plan(body, len, p) < 0)
+		return -1;
+	if (apply(p) < 0) {
+		char w[64];
+		snprintf(w, sizeof w, "confine %s", what);
+		prefix(w);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- supervising the program (confine.Init) ---- */
+
+static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
+
+/* start forks the program with fds as its 0-2, in a process group of its
+ * own, under the frame's credentials; the child's failure comes back over
+ * a close-on-exec pipe. Returns the pid or -1. */
+static pid_t start(const struct exec *e, int fds[3], const sigset_t *unblocked)
+{
+	int p[2];
+	if (pipe2(p, O_CLOEXEC) < 0)
+		return fail(errno, "fork/exec %s: pipe", e->path);
+	for (int i = 0; i < 3; i++)
+		if (fds[i] < 3) {
+			int high = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+			if (high < 0)
+				return fail(errno, "fork/exec %s: dup", e->path);
+			close(fds[i]);
+			fds[i] = high;
+		}
+	pid_t pid = fork();
+	if (pid < 0) {
+		int e2 = errno;
+		close(p[0]), close(p[1]);
+		return fail(e2, "fork/exec %s", e->path);
+	}
+	if (pid == 0) {
+		int err = 0;
+		sigprocmask(SIG_SETMASK, unblocked, NULL);
+		if (setpgid(0, 0) < 0)
+			err = errno;
+		for (int i = 0; i < 3 && !err; i++)
+			if (dup2(fds[i], i) < 0)
+				err = errno;
+		if (!err && setgroups(e->ngroups, e->groups) < 0)
+			err = errno;
+		if (!err && setresgid(e->gid, e->gid, e->gid) < 0)
+			err = errno;
+		if (!err && setresuid(e->uid, e->uid, e->uid) < 0)
+			err = errno;
+		if (!err && e->dir[0] && chdir(e->dir) < 0)
+			err = errno;
+		if (!err) {
+			execve(e->path, e->args, e->env);
+			err = errno;
+		}
+		ssize_t w = write(p[1], &err, sizeof err);
+		(void)w;
+		_exit(EXIT_SPAWN);
+	}
+	close(p[1]);
+	int err = 0;
+	ssize_t r;
+	do
+		r = read(p[0], &err, sizeof err);
+	while (r < 0 && errno == EINTR);
+	close(p[0]);
+	if (r == sizeof err) {
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+		return fail(err, "fork/exec %s", e->path);
+	}
+	return pid;
+}
+
+/* reap waits for the program, forwarding signals to it and reaping every
+ * orphan of the cell; it fills the report's code and signal. */
+static void reap(pid_t pid, const sigset_t *set, int32_t *code, int32_t *sig)
+{
+	for (;;) {
+		int st;
+		pid_t got;
+		while ((got = waitpid(-1, &st, WNOHANG)) > 0) {
+			if (got != pid)
+				continue;
+			if (WIFSIGNALED(st)) {
+				*code = -1, *sig = WTERMSIG(st);
+			} else {
+				*code = WEXITSTATUS(st), *sig = 0;
+			}
+			return;
+		}
+		if (got < 0 && errno != EINTR) {
+			*code = -1, *sig = SIGKILL;
+			snprintf(err_msg, sizeof err_msg, "wait4: %s", errstr(errno));
+			return;
+		}
+		siginfo_t si;
+		int s = sigwaitinfo(set, &si);
+		if (s > 0 && s != SIGCHLD)
+			kill(pid, s);
+	}
+}
+
+static int empty_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	(void)st;
+	if (ftw->level == 0)
+		return 0;
+	if (type == FTW_DP)
+		rmdir(path);
+	else
+		unlink(path);
+	return 0;
+}
+
+/* finish ends what the program left (confine's finish): every other
+ * process of the PID namespace, and the files of the private tmpfs. */
+static void finish(const struct plan *p)
+{
+	if ((p->ns & NS_PID) && getpid() == 1) {
+		kill(-1, SIGKILL);
+		for (;;) {
+			if (waitpid(-1, NULL, 0) < 0 && errno != EINTR)
+				break;
+		}
+	}
+	if (p->ns & NS_MOUNT)
+		for (uint32_t i = 0; i < p->ntmpfs; i++)
+			nftw(p->tmpfs[i].target, empty_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+}
+
+static int init_main(void)
+{
+	struct plan p;
+	if (apply_plan_frame(&p, "the cell") < 0)
+		return fail_report(CONTROL_FD, R_SETUP, EXIT_SETUP);
+	sigset_t set, old;
+	sigemptyset(&set);
+	for (size_t i = 0; i < sizeof forwarded / sizeof *forwarded; i++)
+		sigaddset(&set, forwarded[i]);
+	sigaddset(&set, SIGCHLD);
+	sigprocmask(SIG_BLOCK, &set, &old);
+	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, "") < 0)
+		return EXIT_SETUP;
+	uint32_t len;
+	int fds[3];
+	unsigned char *body = read_frame(CONTROL_FD, 3, fds, &len);
+	if (!body) {
+		if (len == 0)
+			return 0; /* a prepared cell that was never used */
+		char w[64];
+		snprintf(w, sizeof w, "read the exec frame on fd %d", CONTROL_FD);
+		prefix(w);
+		return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
+	}
+	struct exec e;
+	if (decode_exec(body, len, &e) < 0) {
+		for (int i = 0; i < 3; i++)
+			close(fds[i]);
+		return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
+	}
+	pid_t pid = start(&e, fds, &old);
+	for (int i = 0; i < 3; i++)
+		close(fds[i]);
+	if (pid < 0)
+		return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
+	int32_t code = 0, sig = 0;
+	err_msg[0] = 0;
+	reap(pid, &set, &code, &sig);
+	finish(&p);
+	report_on(CONTROL_FD, R_EXITED, code, sig, 0, err_msg);
+	return sig ? 128 + sig : code;
+}
+
+/* exec_main is the exec mode (confine.InitExec). */
+static int exec_main(void)
+{
+	struct plan p;
+	if (apply_plan_frame(&p, "the preloader") < 0)
+		return fail_report(CONTROL_FD, R_SETUP, EXIT_SETUP);
+	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, "") < 0)
+		return EXIT_SETUP;
+	uint32_t len;
+	int fd;
+	unsigned char *body = read_frame(CONTROL_FD, 1, &fd, &len);
+	if (!body) {
+		if (len == 0)
+			return 0;
+		char w[64];
+		snprintf(w, sizeof w, "read the exec frame on fd %d", CONTROL_FD);
+		prefix(w);
+		return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
+	}
+	struct exec e;
+	if (decode_exec(body, len, &e) < 0)
+		return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
+	/* The control socket moves out of the way (close-on-exec) so that a
+	 * failed exec can still be reported on it. */
+	int ctl = fcntl(CONTROL_FD, F_DUPFD_CLOEXEC, MIN_LAUNCHER_FD);
+	if (ctl < 0) {
+		fail(errno, "move the control socket");
+		return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
+	}
+	if (dup3(fd, CONTROL_FD, 0) < 0) {
+		fail(errno, "make the program's socket fd %d", CONTROL_FD);
+		return fail_report(ctl, R_SPAWN, EXIT_SPAWN);
+	}
+	close(fd);
+	if (e.dir[0] && chdir(e.dir) < 0) {
+		fail(errno, "chdir %s", e.dir);
+		return fail_report(ctl, R_SPAWN, EXIT_SPAWN);
+	}
+	execve(e.path, e.args, e.env);
+	fail(errno, "exec %s", e.path);
+	return fail_report(ctl, R_SPAWN, EXIT_SPAWN);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 1 && strcmp(argv[0], ARG0) == 0)
+		return init_main();
+	if (argc == 2 && strcmp(argv[0], ARG0) == 0 && strcmp(argv[1], "exec") == 0)
+		return exec_main();
+	dprintf(2, "cellgate-init is started by cellgate for each confined cell, never by hand\n");
+	return 2;
+}

@@ -1,0 +1,368 @@
+package confine
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The cell's init exists twice: in C (cmd/cellgate-init, what serve runs)
+// and in Go (Init, InitExec, run when the C one is not installed). These
+// tests run both on the same frames, without namespaces or root, and
+// require the same reports, exit statuses and effects. What needs the
+// kernel's namespaces (the view, the filter) is tested in the microVM
+// with the C init (integration/confine_test.go) and with the Go one
+// (TestConfineGoInit).
+
+func TestMain(m *testing.M) {
+	if os.Args[0] == InitArg0 {
+		if len(os.Args) == 2 && os.Args[1] == ExecArg {
+			os.Exit(InitExec())
+		}
+		os.Exit(Init())
+	}
+	os.Exit(m.Run())
+}
+
+var (
+	cInitOnce sync.Once
+	cInitPath string
+	cInitErr  error
+)
+
+// cInit compiles cmd/cellgate-init once per test binary.
+func cInit(t *testing.T) string {
+	t.Helper()
+	cInitOnce.Do(func() {
+		cc := os.Getenv("CC")
+		if cc == "" {
+			cc = "cc"
+		}
+		if _, err := exec.LookPath(cc); err != nil {
+			cInitErr = err
+			return
+		}
+		dir, err := os.MkdirTemp("", "cellgate-cinit-")
+		if err != nil {
+			cInitErr = err
+			return
+		}
+		cInitPath = filepath.Join(dir, "cellgate-init")
+		out, err := exec.Command(cc, "-O2", "-static", "-Wall", "-Wextra", "-Werror", "-Wno-format-truncation",
+			"-o", cInitPath, "../cmd/cellgate-init/cellgate-init.c").CombinedOutput()
+		if err != nil {
+			cInitErr = errors.New(string(out) + err.Error())
+		}
+	})
+	if cInitErr != nil {
+		if errors.Is(cInitErr, exec.ErrNotFound) {
+			t.Skipf("no C compiler (make build installs gcc): %v", cInitErr)
+		}
+		t.Fatalf("compile cmd/cellgate-init: %v", cInitErr)
+	}
+	return cInitPath
+}
+
+// initRun is one init started on a control socket.
+type initRun struct {
+	t   *testing.T
+	cmd *exec.Cmd
+	ctl int
+}
+
+func startInit(t *testing.T, bin string, args ...string) *initRun {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs := os.NewFile(uintptr(fds[1]), "control")
+	cmd := &exec.Cmd{Path: bin, Args: append([]string{InitArg0}, args...), ExtraFiles: []*os.File{theirs}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	theirs.Close()
+	r := &initRun{t: t, cmd: cmd, ctl: fds[0]}
+	t.Cleanup(func() {
+		unix.Close(r.ctl)
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	return r
+}
+
+func (r *initRun) send(frame []byte, files ...*os.File) {
+	r.t.Helper()
+	var oob []byte
+	if len(files) > 0 {
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		oob = unix.UnixRights(fds...)
+	}
+	if err := unix.Sendmsg(r.ctl, frame, oob, nil, 0); err != nil {
+		r.t.Fatalf("send: %v", err)
+	}
+}
+
+// report reads the next report; ok is false at the end of the stream.
+func (r *initRun) report() (Report, bool) {
+	r.t.Helper()
+	unix.SetsockoptTimeval(r.ctl, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 20})
+	hdr := make([]byte, 16)
+	if err := ReadFull(r.ctl, hdr); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return Report{}, false
+		}
+		r.t.Fatalf("read report: %v", err)
+	}
+	n := int(binary.LittleEndian.Uint16(hdr[2:]))
+	msg := make([]byte, n)
+	if err := ReadFull(r.ctl, msg); err != nil {
+		r.t.Fatalf("read report message: %v", err)
+	}
+	rep, ok := DecodeReport(append(hdr, msg...))
+	if !ok {
+		r.t.Fatalf("undecodable report %q", append(hdr, msg...))
+	}
+	return rep, true
+}
+
+// exit waits for the init and returns its exit status.
+func (r *initRun) exit() int {
+	r.t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- r.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		r.t.Fatal("the init did not exit within 20 s")
+	}
+	return r.cmd.ProcessState.ExitCode()
+}
+
+// outcome is what a test compares between the two inits.
+type outcome struct {
+	Reports []Report
+	Status  int
+	Output  string
+}
+
+// bareExec is an exec frame for program under this process's own
+// credentials.
+func bareExec(t *testing.T, path string, args ...string) []byte {
+	t.Helper()
+	groups, _ := os.Getgroups()
+	g := make([]uint32, len(groups))
+	for i, x := range groups {
+		g[i] = uint32(x)
+	}
+	f, err := EncodeExec(&Exec{Path: path, Args: append([]string{path}, args...), Env: []string{"PATH=/usr/bin:/bin"}, Dir: "/",
+		Credential: Credential{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), Groups: g}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func planFrame(t *testing.T, p *Plan) []byte {
+	t.Helper()
+	prep, err := Prepare(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return prep.Frame()
+}
+
+// bothInits runs scenario with the C init and with the Go init and
+// requires the same outcome; it returns the C init's.
+func bothInits(t *testing.T, scenario func(t *testing.T, bin string) outcome) outcome {
+	t.Helper()
+	c := scenario(t, cInit(t))
+	goInit, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := scenario(t, goInit)
+	if !equalOutcome(c, g) {
+		t.Errorf("the C and the Go init differ:\n    C: %+v\n   Go: %+v", c, g)
+	}
+	return c
+}
+
+func equalOutcome(a, b outcome) bool {
+	if a.Status != b.Status || a.Output != b.Output || len(a.Reports) != len(b.Reports) {
+		return false
+	}
+	for i := range a.Reports {
+		if a.Reports[i] != b.Reports[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// runCell sends plan, then (after ReportReady) the exec frame with a pipe
+// as stdout, and collects the reports, the output and the exit status;
+// during, when set, runs while the program runs.
+func runCell(t *testing.T, bin string, plan, execFrame []byte, during func(r *initRun, out *os.File)) outcome {
+	r := startInit(t, bin)
+	r.send(plan)
+	var o outcome
+	rep, ok := r.report()
+	if ok {
+		o.Reports = append(o.Reports, rep)
+	}
+	if ok && rep.Kind == ReportReady && execFrame != nil {
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		null, _ := os.Open(os.DevNull)
+		r.send(execFrame, null, pw, pw)
+		pw.Close()
+		null.Close()
+		if during != nil {
+			during(r, pr)
+		}
+		out, _ := io.ReadAll(pr)
+		pr.Close()
+		o.Output = string(out)
+		for {
+			rep, ok := r.report()
+			if !ok {
+				break
+			}
+			o.Reports = append(o.Reports, rep)
+		}
+	} else if ok && rep.Kind == ReportReady {
+		unix.Shutdown(r.ctl, unix.SHUT_WR)
+	}
+	o.Status = r.exit()
+	return o
+}
+
+func TestInitsAgree(t *testing.T) {
+	noNS := &Plan{NoFile: 64}
+	root := os.Geteuid() == 0
+	t.Run("bad magic", func(t *testing.T) {
+		frame := binary.LittleEndian.AppendUint32(nil, 6)
+		o := bothInits(t, func(t *testing.T, bin string) outcome {
+			return runCell(t, bin, append(frame, "CGL1{}"...), nil, nil)
+		})
+		if o.Status != exitSetup || len(o.Reports) != 1 || o.Reports[0].Kind != ReportSetup || !strings.Contains(o.Reports[0].Msg, "bad magic") {
+			t.Errorf("bad magic: %+v", o)
+		}
+	})
+	t.Run("truncated plan", func(t *testing.T) {
+		full := planFrame(t, noNS)
+		cut := binary.LittleEndian.AppendUint32(nil, 10)
+		cut = append(cut, full[4:14]...)
+		o := bothInits(t, func(t *testing.T, bin string) outcome { return runCell(t, bin, cut, nil, nil) })
+		if o.Status != exitSetup || len(o.Reports) != 1 || !strings.Contains(o.Reports[0].Msg, "plan frame: truncated") {
+			t.Errorf("truncated: %+v", o)
+		}
+	})
+	t.Run("unused cell", func(t *testing.T) {
+		o := bothInits(t, func(t *testing.T, bin string) outcome { return runCell(t, bin, planFrame(t, noNS), nil, nil) })
+		if o.Status != 0 || len(o.Reports) != 1 || o.Reports[0].Kind != ReportReady {
+			t.Errorf("a ready cell whose control socket ends: %+v, want ReportReady and exit 0", o)
+		}
+	})
+	t.Run("program runs", func(t *testing.T) {
+		ex := bareExec(t, "/bin/sh", "-c", `ulimit -n; ulimit -c; echo "$PATH"; pwd; exit 3`)
+		o := bothInits(t, func(t *testing.T, bin string) outcome { return runCell(t, bin, planFrame(t, noNS), ex, nil) })
+		if !root {
+			// setgroups needs CAP_SETGID even for the groups one has.
+			if len(o.Reports) != 2 || o.Reports[1].Kind != ReportSpawn || o.Reports[1].Errno != int32(unix.EPERM) {
+				t.Errorf("not root: %+v, want ReportSpawn EPERM", o)
+			}
+			return
+		}
+		want := Report{Kind: ReportExited, Code: 3}
+		if o.Status != 3 || len(o.Reports) != 2 || o.Reports[1] != want || o.Output != "64\n0\n/usr/bin:/bin\n/\n" {
+			t.Errorf("program: %+v, want exit 3, %+v and its limits, environment and directory", o, want)
+		}
+	})
+	t.Run("no such program", func(t *testing.T) {
+		ex := bareExec(t, "/nonexistent/program")
+		o := bothInits(t, func(t *testing.T, bin string) outcome { return runCell(t, bin, planFrame(t, noNS), ex, nil) })
+		if o.Status != exitSpawn || len(o.Reports) != 2 || o.Reports[1].Kind != ReportSpawn {
+			t.Errorf("no such program: %+v", o)
+		}
+		if root && (o.Reports[1].Errno != int32(unix.ENOENT) || o.Reports[1].Msg != "fork/exec /nonexistent/program: no such file or directory") {
+			t.Errorf("no such program: %+v, want ENOENT named as the Go init names it", o.Reports[1])
+		}
+	})
+	if !root {
+		return
+	}
+	t.Run("killed by a signal", func(t *testing.T) {
+		ex := bareExec(t, "/bin/sh", "-c", `kill -KILL $$`)
+		o := bothInits(t, func(t *testing.T, bin string) outcome { return runCell(t, bin, planFrame(t, noNS), ex, nil) })
+		want := Report{Kind: ReportExited, Code: -1, Signal: int32(unix.SIGKILL)}
+		if o.Status != 128+9 || len(o.Reports) != 2 || o.Reports[1] != want {
+			t.Errorf("killed: %+v, want %+v and exit 137", o, want)
+		}
+	})
+	t.Run("signal forwarded", func(t *testing.T) {
+		ex := bareExec(t, "/bin/sh", "-c", `trap 'echo got TERM; exit 7' TERM; echo waiting; while :; do sleep 0.05; done`)
+		o := bothInits(t, func(t *testing.T, bin string) outcome {
+			return runCell(t, bin, planFrame(t, noNS), ex, func(r *initRun, out *os.File) {
+				line := make([]byte, len("waiting\n"))
+				if _, err := io.ReadFull(out, line); err != nil {
+					t.Fatalf("program's first line: %v", err)
+				}
+				r.cmd.Process.Signal(syscall.SIGTERM)
+			})
+		})
+		if o.Status != 7 || o.Output != "got TERM\n" {
+			t.Errorf("SIGTERM to the init: %+v, want the program to get it and exit 7", o)
+		}
+	})
+	t.Run("exec mode", func(t *testing.T) {
+		for _, prog := range []string{"/bin/sh", "/nonexistent/preloader"} {
+			o := bothInits(t, func(t *testing.T, bin string) outcome {
+				r := startInit(t, bin, ExecArg)
+				r.send(planFrame(t, noNS))
+				var o outcome
+				rep, _ := r.report()
+				o.Reports = append(o.Reports, rep)
+				pr, pw, _ := os.Pipe()
+				f, _ := EncodeExec(&Exec{Path: prog, Args: []string{prog, "-c", "echo on fd 3 >&3"}, Dir: "/"})
+				r.send(f, pw)
+				pw.Close()
+				out, _ := io.ReadAll(pr)
+				o.Output = string(out)
+				for {
+					rep, ok := r.report()
+					if !ok {
+						break
+					}
+					o.Reports = append(o.Reports, rep)
+				}
+				o.Status = r.exit()
+				return o
+			})
+			if prog == "/bin/sh" && (o.Status != 0 || o.Output != "on fd 3\n" || len(o.Reports) != 1) {
+				t.Errorf("exec mode: %+v, want the program in the init's place with the descriptor as fd 3", o)
+			}
+			if prog != "/bin/sh" && (o.Status != exitSpawn || len(o.Reports) != 2 || o.Reports[1].Msg != "exec "+prog+": no such file or directory") {
+				t.Errorf("exec mode, no such program: %+v", o)
+			}
+		}
+	})
+}
