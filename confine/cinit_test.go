@@ -366,3 +366,40 @@ func TestInitsAgree(t *testing.T) {
 		}
 	})
 }
+
+// TestInitRefusesCutFrames: a plan frame cut at any length, or with its
+// length field saying more than was sent, is refused by the C init with
+// ReportSetup, never applied or crashed on (the Go decoder's truncation is
+// TestLaunchRoundTrip's).
+func TestInitRefusesCutFrames(t *testing.T) {
+	bin := cInit(t)
+	full := planFrame(t, &Plan{Seccomp: true, Hostname: "cell", NoFile: 64,
+		Binds:    []Bind{{Source: "/usr", Target: "/usr"}},
+		Symlinks: []Symlink{{Link: "/bin", Target: "usr/bin"}},
+		Tmpfs:    []Tmpfs{{Target: "/tmp", Size: 1 << 20, Mode: 0o1777}}})
+	body := full[4:]
+	step := 1
+	if testing.Short() {
+		step = 13
+	}
+	for n := 0; n < len(body); n += step {
+		frame := binary.LittleEndian.AppendUint32(nil, uint32(n))
+		frame = append(frame, body[:n]...)
+		o := runCell(t, bin, frame, nil, nil)
+		if o.Status != exitSetup || len(o.Reports) != 1 || o.Reports[0].Kind != ReportSetup {
+			t.Fatalf("plan frame cut at %d of %d bytes: %+v, want it refused (ReportSetup, exit %d)", n, len(body), o, exitSetup)
+		}
+	}
+	// A length that promises more than comes: the stream's end is an error.
+	frame := binary.LittleEndian.AppendUint32(nil, uint32(len(body)+10))
+	r := startInit(t, bin)
+	r.send(append(frame, body...))
+	unix.Shutdown(r.ctl, unix.SHUT_WR)
+	rep, ok := r.report()
+	if !ok || rep.Kind != ReportSetup || !strings.Contains(rep.Msg, "unexpected EOF") {
+		t.Errorf("a frame shorter than its length: %+v %v, want ReportSetup on the unexpected end", rep, ok)
+	}
+	if st := r.exit(); st != exitSetup {
+		t.Errorf("exit %d, want %d", st, exitSetup)
+	}
+}

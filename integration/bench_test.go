@@ -43,8 +43,9 @@ func BenchmarkCellLifecycle(b *testing.B) {
 // of them without and with the seccomp filter (the default), each against a
 // plain exec in the same run (p50-ratio), with the cell's memory.peak; and
 // the full confinement at 8 and 32 concurrent loops, also with network
-// namespaces made ahead and with warm cells. The cost of one namespace is
-// its line's ratio minus the init-only line's.
+// namespaces made ahead and with warm cells, and once with the init in Go.
+// The cost of one namespace is its line's ratio minus the init-only
+// line's.
 func BenchmarkCellConfined(b *testing.B) {
 	env := newBenchEnv(b)
 	noop := noopBinary(b)
@@ -83,6 +84,18 @@ func BenchmarkCellConfined(b *testing.B) {
 			})
 		}
 	}
+	// The same with the init in Go (confine.Init: cellgate itself, what
+	// serve runs when cellgate-init is not installed), the C init's
+	// baseline.
+	b.Run("all-go-init/concurrent=1", func(b *testing.B) {
+		l, err := confine.OpenLauncher(cellgateBin(b))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { l.Close() })
+		r := newConfinedEnv(b, sandbox.Config{Launcher: l})
+		benchPairs(b, r, spec(b, confine.Options{}), 1, nil)
+	})
 	// The same with network namespaces made ahead (serve's default,
 	// --net-namespaces): the init's clone, made under the runtime's
 	// ForkLock, then creates none; netns-hit-% is the share of cells that
@@ -313,7 +326,7 @@ func newConfinedEnv(b testing.TB, cfg sandbox.Config) *sandbox.Runner {
 		b.Fatal(err)
 	}
 	cfg.Cells, cfg.Profile, cfg.Timeout = sandbox.PoolCells{Pool: pool}, prof, time.Minute
-	if bin := os.Getenv("CELLGATE_BIN"); bin != "" {
+	if bin := os.Getenv("CELLGATE_BIN"); bin != "" && cfg.Launcher == nil {
 		l, err := confine.OpenLauncher(filepath.Join(filepath.Dir(bin), confine.InitArg0))
 		if err != nil {
 			b.Fatal(err)
