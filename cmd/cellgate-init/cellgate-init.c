@@ -757,14 +757,14 @@ static int apply_plan_frame(struct plan *p, const char *what)
 
 static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 
-/* start forks the program with fds as its 0-2, in a process group of its
- * own, under the frame's credentials; the child's failure comes back over
- * a close-on-exec pipe. Returns the pid or -1. */
+/* start starts the program with fds as its 0-2, in a process group of
+ * its own, under the frame's credentials. It uses vfork, as Go's and
+ * glibc's spawns do: the child borrows this process's memory until its
+ * exec, so no page is copied or faulted in for it, and a failure before
+ * the exec comes back in child_err. The child makes raw system calls only.
+ * Returns the pid or -1. */
 static pid_t start(const struct exec *e, int fds[3], const sigset_t *unblocked)
 {
-	int p[2];
-	if (pipe2(p, O_CLOEXEC) < 0)
-		return fail(errno, "fork/exec %s: pipe", e->path);
 	for (int i = 0; i < 3; i++)
 		if (fds[i] < 3) {
 			int high = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
@@ -773,44 +773,29 @@ static pid_t start(const struct exec *e, int fds[3], const sigset_t *unblocked)
 			close(fds[i]);
 			fds[i] = high;
 		}
-	pid_t pid = fork();
-	if (pid < 0) {
-		int e2 = errno;
-		close(p[0]), close(p[1]);
-		return fail(e2, "fork/exec %s", e->path);
-	}
+	static volatile int child_err;
+	child_err = 0;
+	pid_t pid = vfork();
+	if (pid < 0)
+		return fail(errno, "fork/exec %s", e->path);
 	if (pid == 0) {
-		int err = 0;
-		sigprocmask(SIG_SETMASK, unblocked, NULL);
-		if (setpgid(0, 0) < 0)
-			err = errno;
-		for (int i = 0; i < 3 && !err; i++)
-			if (dup2(fds[i], i) < 0)
-				err = errno;
-		if (!err && setgroups(e->ngroups, e->groups) < 0)
-			err = errno;
-		if (!err && setresgid(e->gid, e->gid, e->gid) < 0)
-			err = errno;
-		if (!err && setresuid(e->uid, e->uid, e->uid) < 0)
-			err = errno;
-		if (!err && e->dir[0] && chdir(e->dir) < 0)
-			err = errno;
-		if (!err) {
-			execve(e->path, e->args, e->env);
-			err = errno;
+		if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, unblocked, NULL, _NSIG / 8) < 0 ||
+		    syscall(SYS_setpgid, 0, 0) < 0 ||
+		    syscall(SYS_dup3, fds[0], 0, 0) < 0 || syscall(SYS_dup3, fds[1], 1, 0) < 0 ||
+		    syscall(SYS_dup3, fds[2], 2, 0) < 0 ||
+		    syscall(SYS_setgroups, e->ngroups, e->groups) < 0 ||
+		    syscall(SYS_setresgid, e->gid, e->gid, e->gid) < 0 ||
+		    syscall(SYS_setresuid, e->uid, e->uid, e->uid) < 0 ||
+		    (e->dir[0] && syscall(SYS_chdir, e->dir) < 0)) {
+			child_err = errno;
+			_exit(EXIT_SPAWN);
 		}
-		ssize_t w = write(p[1], &err, sizeof err);
-		(void)w;
+		syscall(SYS_execve, e->path, e->args, e->env);
+		child_err = errno;
 		_exit(EXIT_SPAWN);
 	}
-	close(p[1]);
-	int err = 0;
-	ssize_t r;
-	do
-		r = read(p[0], &err, sizeof err);
-	while (r < 0 && errno == EINTR);
-	close(p[0]);
-	if (r == sizeof err) {
+	if (child_err) {
+		int err = child_err;
 		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
 			;
 		return fail(err, "fork/exec %s", e->path);

@@ -206,6 +206,17 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 				"admin", ln.Addr().String())
 		}
 	}
+	// The control socket listens before READY=1: a reload asked for as
+	// soon as systemd (or a test) sees the daemon ready must find it.
+	controls := make(chan controlRequest)
+	stopControl := make(chan struct{})
+	defer close(stopControl)
+	if ctl, err := listenControl(log, controls, stopControl); err != nil {
+		log.Warn("no control socket: `cellgate reload` cannot reach this daemon; SIGHUP still reloads", "err", err)
+	} else {
+		defer ctl.close()
+		go ctl.serve()
+	}
 	d.ready.Store(true)
 	log.Info("serving", "listen", lns.public[0].Addr().String(), "admin", lns.admin[0].Addr().String(), "isolation", string(cfg.Isolation),
 		"tls", cfg.TLSCert != "", "socket_activated", lns.activated)
@@ -216,13 +227,6 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	go notify.run(stopNotify, d.status)
 	if cfg.PolicyPoll > 0 {
 		go newPolicyPoller(cfg.Policy, log).run(stopNotify, cfg.PolicyPoll, sigs)
-	}
-	controls := make(chan controlRequest)
-	if ctl, err := listenControl(log, controls, stopNotify); err != nil {
-		log.Warn("no control socket: `cellgate reload` cannot reach this daemon; SIGHUP still reloads", "err", err)
-	} else {
-		defer ctl.close()
-		go ctl.serve()
 	}
 
 	var serveErr error
