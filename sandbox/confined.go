@@ -232,12 +232,25 @@ func (ip *initProc) ownPIDs() bool {
 
 func (ip *initProc) closeCtl() { unix.Close(ip.ctl) }
 
+// reportError is the failure an init reported: its message, which names
+// the errno already, and the errno itself for errors.Is.
+type reportError struct {
+	msg   string
+	errno syscall.Errno
+}
+
+func (e *reportError) Error() string { return e.msg }
+
+func (e *reportError) Unwrap() error {
+	if e.errno == 0 {
+		return nil
+	}
+	return e.errno
+}
+
 // notRun turns a report that the program never ran into Run's error.
 func notRun(rep confine.Report, spec *Spec, cell Cell) error {
-	var cause error = errors.New(rep.Msg)
-	if rep.Errno != 0 {
-		cause = fmt.Errorf("%s: %w", rep.Msg, syscall.Errno(rep.Errno))
-	}
+	var cause error = &reportError{msg: rep.Msg, errno: syscall.Errno(rep.Errno)}
 	if rep.Kind == confine.ReportSpawn {
 		if rep.Errno != 0 {
 			cause = &os.PathError{Op: "fork/exec", Path: spec.Path, Err: syscall.Errno(rep.Errno)}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"syscall"
 
 	"github.com/cellgate/cellgate/confine"
 	"golang.org/x/sys/unix"
@@ -162,10 +161,7 @@ func reportMsg(rep confine.Report, ok bool) string {
 		}
 		return "the init sent no valid report"
 	}
-	if rep.Errno != 0 {
-		return fmt.Sprintf("%s: %v", rep.Msg, syscall.Errno(rep.Errno))
-	}
-	return rep.Msg
+	return rep.Msg // it names the errno already
 }
 
 // execFailure is what the init reported on ctl after the exec frame: why

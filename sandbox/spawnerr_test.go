@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/cellgate/cellgate/confine"
 )
 
 // execve says ENOENT for a missing program, a missing working directory
@@ -67,5 +69,23 @@ func TestShebang(t *testing.T) {
 		if interp != tt.interp || crlf != tt.crlf || (err != nil) != tt.bad {
 			t.Errorf("Shebang(%q) = %q, %v, %v", tt.head, interp, crlf, err)
 		}
+	}
+}
+
+// An init's failure report names its errno once (the message has it), and
+// errors.Is still finds it: "sethostname cell: operation not permitted"
+// was reported with the errno's text twice.
+func TestNotRunNamesErrnoOnce(t *testing.T) {
+	cell := &fakeCell{c: &fakeCells{}}
+	rep := confine.Report{Kind: confine.ReportSetup, Errno: int32(syscall.EPERM), Msg: "confine the cell: sethostname cell: operation not permitted"}
+	err := notRun(rep, &Spec{Path: "/bin/x"}, cell)
+	if n := strings.Count(err.Error(), "operation not permitted"); n != 1 {
+		t.Errorf("%q names the errno %d times, want once", err, n)
+	}
+	if !errors.Is(err, syscall.EPERM) || !errors.Is(err, ErrSpawn) {
+		t.Errorf("%v: errors.Is EPERM and ErrSpawn must hold", err)
+	}
+	if got := reportMsg(rep, true); strings.Count(got, "operation not permitted") != 1 {
+		t.Errorf("a preloader's report %q names the errno more than once", got)
 	}
 }
