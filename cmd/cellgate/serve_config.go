@@ -74,7 +74,7 @@ type serveConfig struct {
 	// WarmCells is the most confined cells per route set up ahead of
 	// their requests (cell, init, namespaces, mounts, filter); a route's
 	// set is sized by demand between one and this, and each cell holds a
-	// cgroup and an idle init (about 3 MiB) charged to its tenant; 0 sets
+	// cgroup and an idle init (about 0.6 MiB) charged to its tenant; 0 sets
 	// every cell up on its request.
 	WarmCells int `env:"WARM_CELLS" envDefault:"0"`
 	// NetNamespaces is how many network namespaces are kept made ahead
