@@ -232,6 +232,7 @@ func TestSystemdService(t *testing.T) {
 						errsMu.Lock()
 						errs = append(errs, fmt.Sprintf("%d %v", code, err))
 						errsMu.Unlock()
+						time.Sleep(100 * time.Millisecond) // a refused port must not spin the guest
 						continue
 					}
 					ok.Add(1)

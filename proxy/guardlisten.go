@@ -81,14 +81,20 @@ const drainGrace = 5 * time.Second
 // hear of the shutdown: a connection whose first request it reads after
 // Shutdown began is closed unanswered (net/http's conn.serve).
 func (l *headListener) drain(ctx context.Context, grace time.Duration) {
+	t := time.NewTimer(grace)
+	defer t.Stop()
 	_ = l.inner.Close()
-	l.start.Do(func() { close(l.loopDone) }) // never accepted: nothing to wait for
-	<-l.loopDone                             // every accepted connection is in pending
 	l.mu.Lock()
 	l.draining = true
 	l.mu.Unlock()
-	t := time.NewTimer(grace)
-	defer t.Stop()
+	l.start.Do(func() { close(l.loopDone) }) // never accepted: nothing to wait for
+	select {
+	case <-l.loopDone: // every accepted connection is in pending
+	case <-t.C:
+		return
+	case <-ctx.Done():
+		return
+	}
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
