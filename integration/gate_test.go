@@ -342,7 +342,9 @@ func firstLine(s string) string {
 // second does not hold the cell: the worker is gone from cgroupfs while the
 // response is still being sent.
 func TestGateSlowReader(t *testing.T) {
-	g := startGate(t, gateOptions{policy: gatePolicy})
+	// No cells set up ahead: the test watches the tenant's group empty,
+	// and an idle warm cell's init would keep it populated.
+	g := startGate(t, gateOptions{policy: gatePolicy, args: []string{"--warm-cells", "0"}})
 	c, err := rawConn(t.Context(), g.hostPort(), "")
 	if err != nil {
 		t.Fatal(err)
