@@ -5,7 +5,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,14 +41,7 @@ func tempFile(t *testing.T) *os.File {
 // still serving. A plain SIGHUP gives no such guarantee, which made
 // `systemctl reload` return before the reload had happened.
 func TestReloadCommand(t *testing.T) {
-	dir := t.TempDir()
-	script := filepath.Join(dir, "hello.sh")
-	writeFile(t, script, "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nhello %s\\n' \"$SCRIPT_NAME\"\n")
-	if err := os.Chmod(script, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	policy := filepath.Join(dir, "policy.yaml")
-	writeFile(t, policy, strings.Join([]string{"version: 1", systemdPolicyBody("hello", script)}, "\n"))
+	dir, script, policy := helloPolicy(t)
 	ns := newNotifySocket(t, dir)
 	pub, pubFile := listenerFile(t)
 	_, admFile := listenerFile(t)

@@ -157,14 +157,7 @@ func listenerFile(t *testing.T) (net.Listener, *os.File) {
 // request sent while no daemon runs waits in the socket's backlog and is
 // answered by the next one.
 func TestServeUnderSystemd(t *testing.T) {
-	dir := t.TempDir()
-	script := filepath.Join(dir, "hello.sh")
-	writeFile(t, script, "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nhello %s\\n' \"$SCRIPT_NAME\"\n")
-	if err := os.Chmod(script, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	policy := filepath.Join(dir, "policy.yaml")
-	writeFile(t, policy, strings.Join([]string{"version: 1", systemdPolicyBody("hello", script)}, "\n"))
+	dir, script, policy := helloPolicy(t)
 	ns := newNotifySocket(t, dir)
 	pub, pubFile := listenerFile(t)
 	adm, admFile := listenerFile(t)
@@ -213,6 +206,21 @@ func TestServeUnderSystemd(t *testing.T) {
 	}
 	ns.expect(t, "WATCHDOG=1")
 	stop(t, cmd, ns, out)
+}
+
+// helloPolicy writes a hello script into a new directory and a policy
+// serving it at /hello.
+func helloPolicy(t *testing.T) (dir, script, policy string) {
+	t.Helper()
+	dir = t.TempDir()
+	script = filepath.Join(dir, "hello.sh")
+	writeFile(t, script, "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\nhello %s\\n' \"$SCRIPT_NAME\"\n")
+	if err := os.Chmod(script, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	policy = filepath.Join(dir, "policy.yaml")
+	writeFile(t, policy, strings.Join([]string{"version: 1", systemdPolicyBody("hello", script)}, "\n"))
+	return dir, script, policy
 }
 
 // systemdPolicyBody is a policy (without its version line) whose one
