@@ -329,3 +329,17 @@ func TestCLIRunConfined(t *testing.T) {
 		t.Errorf("accounting table does not say what was relaxed:\n%s", table)
 	}
 }
+
+// TestCLIRunLongMountPoint: a mount point whose path in the cell's staging
+// directory is longer than PATH_MAX is refused by the init with its name,
+// never cut short to another place and mounted there.
+func TestCLIRunLongMountPoint(t *testing.T) {
+	dir := requireKernel(t)
+	base := filepath.Join(dir, "run-longmount")
+	trackBase(base)
+	target := "/" + strings.Repeat(strings.Repeat("d", 200)+"/", 21) + "x"
+	status, _, stderr := cli(t, nil, "run", "--cgroup-base", base, "--mount", "/usr:"+target, "--", "/bin/true")
+	if status != 125 || !strings.Contains(stderr, "file name too long") {
+		t.Fatalf("a %d-byte mount point: exit %d, stderr:\n%s\nwant 125 and the init's refusal", len(target), status, stderr)
+	}
+}

@@ -468,10 +468,13 @@ static struct step *steps(const struct plan *p, size_t *n)
 	return s;
 }
 
-/* staged is target below the staging directory. */
-static void staged(char *at, size_t n, const char *target)
+/* staged is target below the staging directory; a path too long for at
+ * is an error, never cut short (it would name another place). */
+static int staged(char *at, size_t n, const char *target)
 {
-	snprintf(at, n, "%s%s", STAGING, strcmp(target, "/") == 0 ? "" : target);
+	if (snprintf(at, n, "%s%s", STAGING, strcmp(target, "/") == 0 ? "" : target) >= (int)n)
+		return fail(ENAMETOOLONG, "mount point %.80s... (%zu bytes)", target, strlen(target));
+	return 0;
 }
 
 /* mkdir_all makes dir and its parents (mode 0755). */
@@ -497,7 +500,8 @@ static int mkdir_all(const char *dir)
 static int mkdir_parent(const char *at)
 {
 	char parent[PATH_MAX];
-	snprintf(parent, sizeof parent, "%s", at);
+	if (snprintf(parent, sizeof parent, "%s", at) >= (int)sizeof parent)
+		return fail(ENAMETOOLONG, "mkdir %.80s... (%zu bytes)", at, strlen(at));
 	char *slash = strrchr(parent, '/');
 	if (!slash || slash == parent)
 		return 0;
@@ -560,7 +564,8 @@ static int remount_bind(const char *at, uint32_t bflags)
 static int run_step(const struct step *s, int rootfs)
 {
 	char at[PATH_MAX], fdpath[64], data[96];
-	staged(at, sizeof at, s->target);
+	if (staged(at, sizeof at, s->target) < 0)
+		return -1;
 	snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", s->fd);
 	struct stat st;
 	switch (s->kind) {
