@@ -25,6 +25,9 @@ import (
 // (TestConfineGoInit).
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(emptyDirChild); dir != "" {
+		os.Exit(emptyDirMain(dir))
+	}
 	if os.Args[0] == InitArg0 {
 		if len(os.Args) == 2 && os.Args[1] == ExecArg {
 			os.Exit(InitExec())
@@ -141,6 +144,19 @@ func (r *initRun) report() (Report, bool) {
 	return rep, true
 }
 
+// reports reads the reports left until the end of the stream.
+func (r *initRun) reports() []Report {
+	r.t.Helper()
+	var all []Report
+	for {
+		rep, ok := r.report()
+		if !ok {
+			return all
+		}
+		all = append(all, rep)
+	}
+}
+
 // exit waits for the init and returns its exit status.
 func (r *initRun) exit() int {
 	r.t.Helper()
@@ -241,13 +257,7 @@ func runCell(t *testing.T, bin string, plan, execFrame []byte, during func(r *in
 		out, _ := io.ReadAll(pr)
 		pr.Close()
 		o.Output = string(out)
-		for {
-			rep, ok := r.report()
-			if !ok {
-				break
-			}
-			o.Reports = append(o.Reports, rep)
-		}
+		o.Reports = append(o.Reports, r.reports()...)
 	} else if ok && rep.Kind == ReportReady {
 		unix.Shutdown(r.ctl, unix.SHUT_WR)
 	}
@@ -347,13 +357,7 @@ func TestInitsAgree(t *testing.T) {
 				pw.Close()
 				out, _ := io.ReadAll(pr)
 				o.Output = string(out)
-				for {
-					rep, ok := r.report()
-					if !ok {
-						break
-					}
-					o.Reports = append(o.Reports, rep)
-				}
+				o.Reports = append(o.Reports, r.reports()...)
 				o.Status = r.exit()
 				return o
 			})

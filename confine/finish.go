@@ -44,14 +44,35 @@ func finish(p *Plan) {
 	}
 }
 
-// emptyDir removes what dir holds, not dir itself. Errors are ignored:
-// what cannot be removed goes with the mount namespace.
+// emptyDir removes what dir holds, not dir itself, and never crosses into
+// another mount below it (a bind of the host's under /tmp keeps its
+// files), as the C init's nftw(FTW_MOUNT) does. Errors are ignored: what
+// cannot be removed goes with the mount namespace.
 func emptyDir(dir string) {
+	var st unix.Stat_t
+	if unix.Lstat(dir, &st) != nil {
+		return
+	}
+	emptyOn(dir, st.Dev)
+}
+
+// emptyOn removes the entries of dir that lie on device dev, depth first.
+func emptyOn(dir string, dev uint64) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return
 	}
 	for _, e := range ents {
-		os.RemoveAll(filepath.Join(dir, e.Name()))
+		p := filepath.Join(dir, e.Name())
+		var st unix.Stat_t
+		if unix.Lstat(p, &st) != nil || st.Dev != dev {
+			continue
+		}
+		if e.IsDir() {
+			emptyOn(p, dev)
+			unix.Rmdir(p)
+			continue
+		}
+		unix.Unlink(p)
 	}
 }

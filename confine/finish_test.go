@@ -1,9 +1,13 @@
 package confine
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestFinishEmptiesTmpfs: with a mount namespace of its own, finish
@@ -58,5 +62,58 @@ func TestFinishEmptiesTmpfs(t *testing.T) {
 				t.Errorf("a symlink's target outside the mounts: %v", err)
 			}
 		})
+	}
+}
+
+// emptyDirChild names the directory emptyDirMain works in, when the test
+// binary is started for it.
+const emptyDirChild = "CONFINE_TEST_EMPTYDIR"
+
+// emptyDirMain runs in a mount namespace of its own (unshare -m): it
+// mounts a tmpfs below dir with a file in it, empties dir, and fails
+// (exit 1) when the file below the mount is gone.
+func emptyDirMain(dir string) int {
+	m := filepath.Join(dir, "mounted")
+	if err := os.Mkdir(m, 0o755); err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	if err := unix.Mount("tmpfs", m, "tmpfs", 0, "size=1m"); err != nil {
+		fmt.Println("mount:", err)
+		return 2
+	}
+	kept := filepath.Join(m, "host-file")
+	if err := os.WriteFile(kept, []byte("x"), 0o644); err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	emptyDir(dir)
+	if _, err := os.Stat(kept); err != nil {
+		fmt.Println("a file on another mount below the tmpfs was removed:", err)
+		return 1
+	}
+	return 0
+}
+
+// TestEmptyDirStaysOnItsMount: emptying a cell's tmpfs never crosses into
+// a mount below it (a writable bind of the host's under /tmp), as the C
+// init's nftw(FTW_MOUNT) does not; the Go init's os.RemoveAll did.
+func TestEmptyDirStaysOnItsMount(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("no unshare(1)")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(unshare, "-m", "--propagation", "private", self)
+	cmd.Env = append(os.Environ(), emptyDirChild+"="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
 	}
 }
