@@ -22,11 +22,12 @@ const staging = "/tmp"
 // namespaces p.Namespaces names (clone flags, see Namespaces.CloneFlags)
 // and run as root in them. It builds the filesystem view and pivots into
 // it, sets the host name, brings loopback up in a new network namespace,
-// sets the rlimits and no_new_privs, and loads the seccomp filter last
-// (after it the mount family is refused). The credentials are left
+// sets the rlimits and no_new_privs, and loads filter, the plan's seccomp
+// program as DecodePlan gives it, last (after it the mount family is
+// refused). The credentials are left
 // alone: the cell's init starts its program under them (SysProcAttr), a
 // long-lived process calls Drop. Every thread of the process is affected.
-func Apply(p *Plan) error {
+func Apply(p *Plan, filter []unix.SockFilter) error {
 	if p.Preloader {
 		// First, while the host's /proc is still writable here.
 		if err := capUserNamespaces(); err != nil {
@@ -55,11 +56,7 @@ func Apply(p *Plan) error {
 		return fmt.Errorf("prctl(PR_SET_NO_NEW_PRIVS): %w", err)
 	}
 	if p.Seccomp {
-		load := LoadFilter
-		if p.Preloader {
-			load = loadPreloaderFilter
-		}
-		if err := load(); err != nil {
+		if err := load(filter); err != nil {
 			return err
 		}
 	}

@@ -41,8 +41,8 @@ const launchMagic = "CGL3"
 //	list of filter instructions (seccomp's struct sock_filter): u16 code, u8 jt, u8 jf, u32 k
 //
 // The filter is assembled here, once (Filter, or PreloaderFilter for a
-// preloader's plan), so that the init need not know the system call
-// tables; it is empty when the plan has no seccomp.
+// preloader's plan), so that neither init needs the system call tables;
+// it is empty when the plan has no seccomp.
 
 // Plan frame flags.
 const (
@@ -216,6 +216,11 @@ func (d *decoder) bytes() []byte {
 	return v
 }
 
+func (d *decoder) u64() uint64 {
+	lo := d.u32()
+	return uint64(lo) | uint64(d.u32())<<32
+}
+
 // count reads a list's length, each entry at least min bytes.
 func (d *decoder) count(min int) uint32 {
 	n := d.u32()
@@ -227,10 +232,7 @@ func (d *decoder) count(min int) uint32 {
 }
 
 func (d *decoder) list() []string {
-	n := d.u32()
-	if d.err == nil && uint64(n) > uint64(len(d.b))/4 {
-		d.err = fmt.Errorf("list of %d entries with %d bytes left", n, len(d.b))
-	}
+	n := d.count(4)
 	if d.err != nil {
 		return nil
 	}
@@ -241,17 +243,18 @@ func (d *decoder) list() []string {
 	return l
 }
 
-// DecodePlan reads a plan frame's body (without its length). The filter
-// is checked for its size only: the Go init loads the one it assembles.
-func DecodePlan(b []byte) (*Plan, error) {
+// DecodePlan reads a plan frame's body (without its length): the plan and
+// the seccomp program it carries (empty without seccomp), which the init
+// loads as it is, as the C init does.
+func DecodePlan(b []byte) (*Plan, []unix.SockFilter, error) {
 	if !strings.HasPrefix(string(b), launchMagic) {
-		return nil, errors.New("plan frame: bad magic (the init must be started by cellgate's sandbox, of the same version)")
+		return nil, nil, errors.New("plan frame: bad magic (the init must be started by cellgate's sandbox, of the same version)")
 	}
 	d := &decoder{b: b[len(launchMagic):]}
 	p := &Plan{Namespaces: Namespaces(d.u32())}
 	flags := d.u32()
 	p.Seccomp, p.Preloader = flags&planSeccomp != 0, flags&planPreloader != 0
-	p.NoFile = uint64(d.u32()) | uint64(d.u32())<<32
+	p.NoFile = d.u64()
 	p.RootFS = string(d.bytes())
 	p.Hostname = string(d.bytes())
 	for n := d.count(12); n > 0 && d.err == nil; n-- {
@@ -265,20 +268,25 @@ func DecodePlan(b []byte) (*Plan, error) {
 	}
 	for n := d.count(16); n > 0 && d.err == nil; n-- {
 		t := Tmpfs{Target: string(d.bytes())}
-		t.Size = int64(uint64(d.u32()) | uint64(d.u32())<<32)
+		t.Size = int64(d.u64())
 		t.Mode = d.u32()
 		p.Tmpfs = append(p.Tmpfs, t)
 	}
-	if n := d.count(8); d.err == nil {
-		d.b = d.b[8*n:]
+	var filter []unix.SockFilter
+	for n := d.count(8); n > 0 && d.err == nil; n-- {
+		code := d.u32()
+		filter = append(filter, unix.SockFilter{Code: uint16(code), Jt: uint8(code >> 16), Jf: uint8(code >> 24), K: d.u32()})
 	}
 	if d.err == nil && len(d.b) != 0 {
 		d.err = fmt.Errorf("%d bytes after the end", len(d.b))
 	}
-	if d.err != nil {
-		return nil, fmt.Errorf("plan frame: %w", d.err)
+	if d.err == nil && p.Seccomp && len(filter) == 0 {
+		d.err = errors.New("seccomp asked for without a filter")
 	}
-	return p, nil
+	if d.err != nil {
+		return nil, nil, fmt.Errorf("plan frame: %w", d.err)
+	}
+	return p, filter, nil
 }
 
 // DecodeExec reads an exec frame's body (without its length).

@@ -144,11 +144,11 @@ func applyPlanFrame(what string) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the plan frame on fd %d: %w", ControlFD, err)
 	}
-	plan, err := DecodePlan(body)
+	plan, filter, err := DecodePlan(body)
 	if err != nil {
 		return nil, err
 	}
-	if err := Apply(plan); err != nil {
+	if err := Apply(plan, filter); err != nil {
 		return nil, fmt.Errorf("confine %s: %w", what, err)
 	}
 	return plan, nil

@@ -126,7 +126,7 @@ type Plan struct {
 	// Preloader applies the plan to a fork route's preloader rather than to
 	// a cell (see ForPreloader): NSPID is then the namespace each of its
 	// children gets, not the preloader's own.
-	Preloader bool `json:",omitempty"`
+	Preloader bool
 }
 
 // ForPreloader returns the plan as a fork route's preloader applies it to

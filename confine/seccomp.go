@@ -200,26 +200,9 @@ func assemble(p []insn) ([]unix.SockFilter, error) {
 	return out, nil
 }
 
-// LoadFilter installs Filter on every thread of the calling process
+// load installs f on every thread of the calling process
 // (SECCOMP_FILTER_FLAG_TSYNC), inherited by every process it starts. The
 // caller has no_new_privs set or CAP_SYS_ADMIN.
-func LoadFilter() error {
-	f, err := Filter()
-	if err != nil {
-		return err
-	}
-	return load(f)
-}
-
-// loadPreloaderFilter installs PreloaderFilter as LoadFilter does Filter.
-func loadPreloaderFilter() error {
-	f, err := PreloaderFilter()
-	if err != nil {
-		return err
-	}
-	return load(f)
-}
-
 func load(f []unix.SockFilter) error {
 	prog := unix.SockFprog{Len: uint16(len(f)), Filter: &f[0]}
 	_, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, unix.SECCOMP_FILTER_FLAG_TSYNC, uintptr(unsafe.Pointer(&prog)))

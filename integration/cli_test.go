@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
 	"os/exec"
@@ -257,21 +256,8 @@ func TestCLIRunConfined(t *testing.T) {
 	if err := os.WriteFile(secret, []byte("secret"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	q := url.Values{"read": {secret}, "connect": {ln.Addr().String()}, "procs": {"1"}, "syscalls": {"1"}}
+	listener := loopbackListener(t)
+	q := url.Values{"read": {secret}, "connect": {listener}, "procs": {"1"}, "syscalls": {"1"}}
 	probe := func(name string, flags ...string) (probeReply, string) {
 		t.Helper()
 		base := filepath.Join(dir, "run-"+name)
@@ -293,8 +279,8 @@ func TestCLIRunConfined(t *testing.T) {
 	if r.Read[secret] == "ok" {
 		t.Errorf("the confined command read %s", secret)
 	}
-	if r.Connect[ln.Addr().String()] == "ok" {
-		t.Errorf("the confined command connected to the host's loopback listener %s", ln.Addr())
+	if r.Connect[listener] == "ok" {
+		t.Errorf("the confined command connected to the host's loopback listener %s", listener)
 	}
 	if len(r.Procs) != 2 || !strings.HasPrefix(r.Procs[0], "1 cellgate-init") {
 		t.Errorf("the confined command's /proc lists %q, want its init as 1 and itself", r.Procs)
@@ -315,8 +301,8 @@ func TestCLIRunConfined(t *testing.T) {
 	if r.Read[secret] != "ok" {
 		t.Errorf("--filesystem host: the command cannot read %s: %s", secret, r.Read[secret])
 	}
-	if got := r.Connect[ln.Addr().String()]; got != "ok" {
-		t.Errorf("--network host: the command cannot connect to %s: %s", ln.Addr(), got)
+	if got := r.Connect[listener]; got != "ok" {
+		t.Errorf("--network host: the command cannot connect to %s: %s", listener, got)
 	}
 	self := fmt.Sprintf("%d ", os.Getpid())
 	if !slices.ContainsFunc(r.Procs, func(p string) bool { return strings.HasPrefix(p, self) }) {

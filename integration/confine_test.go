@@ -305,16 +305,24 @@ func hostShmSegment(t *testing.T) int {
 func TestConfineNetwork(t *testing.T) {
 	listener := loopbackListener(t)
 	g := confineGate(t, "")
-	admin := strings.TrimPrefix(g.admin, "http://")
-	targets := []string{admin, listener}
-	none := g.probe(t, "probe", url.Values{"connect": targets})
-	host := g.probe(t, "nethost", url.Values{"connect": targets})
+	checkNetworkSplit(t, g, "probe", "nethost", "cell", listener)
+}
+
+// checkNetworkSplit probes cellgate's admin port and the host's loopback
+// listener from route none (network: none), which must reach neither,
+// and from route host (network: host), which must reach both; what names
+// the confined thing in messages.
+func checkNetworkSplit(t *testing.T, g *gate, none, host, what, listener string) {
+	t.Helper()
+	targets := []string{strings.TrimPrefix(g.admin, "http://"), listener}
+	n := g.probe(t, none, url.Values{"connect": targets})
+	h := g.probe(t, host, url.Values{"connect": targets})
 	for _, a := range targets {
-		if none.Connect[a] == "ok" {
-			t.Errorf("network: none cell connected to %s", a)
+		if n.Connect[a] == "ok" {
+			t.Errorf("a network: none %s connected to %s", what, a)
 		}
-		if host.Connect[a] != "ok" {
-			t.Errorf("network: host cell could not connect to %s: %s", a, host.Connect[a])
+		if h.Connect[a] != "ok" {
+			t.Errorf("a network: host %s could not connect to %s: %s", what, a, h.Connect[a])
 		}
 	}
 }

@@ -574,17 +574,7 @@ func forkConfined(t *testing.T, g *gate, testdata string) {
 	})
 
 	t.Run("confined network", func(t *testing.T) {
-		targets := []string{strings.TrimPrefix(g.admin, "http://"), loopbackListener(t)}
-		none := g.probe(t, "confprobe", url.Values{"connect": targets})
-		host := g.probe(t, "confhost", url.Values{"connect": targets})
-		for _, a := range targets {
-			if none.Connect[a] == "ok" {
-				t.Errorf("a network: none fork request connected to %s", a)
-			}
-			if host.Connect[a] != "ok" {
-				t.Errorf("a network: host fork request could not connect to %s: %s", a, host.Connect[a])
-			}
-		}
+		checkNetworkSplit(t, g, "confprobe", "confhost", "fork request", loopbackListener(t))
 	})
 
 	t.Run("confined seccomp", func(t *testing.T) {

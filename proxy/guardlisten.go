@@ -49,10 +49,12 @@ type headListener struct {
 	done     chan struct{}
 	loopDone chan struct{} // closed when acceptLoop has returned (or will never run)
 
-	mu       sync.Mutex
-	closed   bool
-	pending  map[net.Conn]struct{} // being prepared; closed by Close
-	draining bool
+	// closeInner closes inner once, for drain and then Close.
+	closeInner func() error
+
+	mu      sync.Mutex
+	closed  bool
+	pending map[net.Conn]struct{} // being prepared; closed by Close
 	// unstarted counts the guardConns handed on whose first request has
 	// not reached the handler yet and which are still open (see drain).
 	unstarted atomic.Int64
@@ -61,11 +63,12 @@ type headListener struct {
 func newHeadListener(inner net.Listener, timeout time.Duration, prepare func(net.Conn) (net.Conn, error)) *headListener {
 	return &headListener{
 		inner: inner, timeout: timeout, prepare: prepare,
-		conns:    make(chan net.Conn),
-		errs:     make(chan error),
-		done:     make(chan struct{}),
-		loopDone: make(chan struct{}),
-		pending:  make(map[net.Conn]struct{}),
+		conns:      make(chan net.Conn),
+		errs:       make(chan error),
+		done:       make(chan struct{}),
+		loopDone:   make(chan struct{}),
+		closeInner: sync.OnceValue(inner.Close),
+		pending:    make(map[net.Conn]struct{}),
 	}
 }
 
@@ -83,10 +86,7 @@ const drainGrace = 5 * time.Second
 func (l *headListener) drain(ctx context.Context, grace time.Duration) {
 	t := time.NewTimer(grace)
 	defer t.Stop()
-	_ = l.inner.Close()
-	l.mu.Lock()
-	l.draining = true
-	l.mu.Unlock()
+	_ = l.closeInner()
 	l.start.Do(func() { close(l.loopDone) }) // never accepted: nothing to wait for
 	select {
 	case <-l.loopDone: // every accepted connection is in pending
@@ -156,12 +156,8 @@ func (l *headListener) Close() error {
 		}
 		clear(l.pending)
 	}
-	drained := l.draining
 	l.mu.Unlock()
-	if err := l.inner.Close(); err != nil && !(drained && errors.Is(err, net.ErrClosed)) {
-		return err
-	}
-	return nil
+	return l.closeInner()
 }
 
 func (l *headListener) Addr() net.Addr { return l.inner.Addr() }

@@ -27,7 +27,6 @@ import (
 // plan.
 type initProc struct {
 	cell Cell
-	plan *confine.Prepared
 	proc *os.Process
 	ctl  int // the daemon's end of the control socket
 
@@ -82,7 +81,7 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared) (*initProc, error)
 		unix.Close(fds[0])
 		return nil, fmt.Errorf("%w: init %s in cell %s: %w", ErrSpawn, r.launcher.Name(), cell.Path(), err)
 	}
-	ip := &initProc{cell: cell, plan: plan, proc: proc, ctl: fds[0]}
+	ip := &initProc{cell: cell, proc: proc, ctl: fds[0]}
 	// A failed send means the init died at once: its report, if any, says
 	// why, and the caller learns it as from any init.
 	_ = ip.send(plan.Frame(), nil)
@@ -221,13 +220,6 @@ func (ip *initProc) readReports() (rep confine.Report, ok, more bool) {
 		return confine.Report{}, false, false
 	}
 	return confine.Report{}, false, more && !ended
-}
-
-// ownPIDs reports whether the cell has a PID namespace of its own: its
-// init has then killed and reaped what the program left before its last
-// report.
-func (ip *initProc) ownPIDs() bool {
-	return ip.plan.Plan().Namespaces&confine.NSPID != 0
 }
 
 func (ip *initProc) closeCtl() { unix.Close(ip.ctl) }

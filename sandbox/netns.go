@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/cellgate/cellgate/confine"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,7 +18,7 @@ import (
 // inside the clone of the cell's init, which the Go runtime makes under syscall.ForkLock: every
 // other spawn of the daemon waits for it. So the Runner keeps a few fresh
 // namespaces, each made off the request's path on a thread of its own
-// (unshare(CLONE_NEWNET), loopback up, the namespace opened by fd, the
+// (unshare(CLONE_NEWNET), the namespace opened by fd, the
 // thread switched back) and held only by that fd. A cell's init is then
 // cloned from a thread switched into one (setns) without CLONE_NEWNET,
 // and the fd is closed: the init holds the namespace's only reference, as
@@ -126,18 +125,15 @@ func (p *netnsPool) canSwitch() error {
 	return nil
 }
 
-// create makes a namespace with loopback up and returns its fd.
+// create makes a namespace and returns its fd. Its loopback is brought up
+// by the init cloned into it, as in a namespace the init makes itself
+// (the plan still names the network namespace).
 func (p *netnsPool) create() (int, error) {
 	fd := -1
 	var err error
 	if eerr := p.onThread(func() error { return unix.Unshare(unix.CLONE_NEWNET) }, func() {
 		if fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
 			err = fmt.Errorf("open /proc/thread-self/ns/net: %w", err)
-			return
-		}
-		if err = confine.LoopbackUp(); err != nil {
-			unix.Close(fd)
-			fd = -1
 		}
 	}); eerr != nil {
 		return -1, fmt.Errorf("unshare(CLONE_NEWNET): %w", eerr)

@@ -331,6 +331,13 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	}
 	timer := time.AfterFunc(timeout, func() { k.kill(CauseDeadline) })
 	stopCtx := context.AfterFunc(ctx, func() { k.kill(CauseKilled) })
+	// disarm stops the deadline and the context's kill once the worker
+	// has ended, and returns what killed it, if anything did.
+	disarm := func() Cause {
+		timer.Stop()
+		stopCtx()
+		return k.finish()
+	}
 	var launchErr error
 	if ip != nil {
 		// The init takes the program's streams with the exec frame; the
@@ -348,26 +355,21 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			// the Result is known now. The init's exit (the teardown of
 			// its namespaces), the cell's emptying and release and the
 			// uid's return follow off the request's path (teardown.go).
-			timer.Stop()
-			stopCtx()
-			killedBy := k.finish()
-			if !ip.ownPIDs() {
+			killedBy := disarm()
+			if spec.Confine.Plan().Namespaces&confine.NSPID == 0 {
 				cell.Kill() // what the program left, outside a PID namespace
 			}
-			wall := time.Since(start)
 			var errs []error
-			usage, uerr := cell.Usage()
+			wall, usage, unenforced, uerr := usageOf(cell, start)
 			if uerr != nil {
-				errs = append(errs, fmt.Errorf("read usage of cell %s: %w", cell.Path(), uerr))
+				errs = append(errs, uerr)
 			}
-			unenforced := cell.Unenforced()
 			released, keepUID = true, true
 			r.endCell(w, cell, id.release)
 			if err := st.wait(r.streamGrace); err != nil {
 				errs = append(errs, err)
 			}
-			exit := exitStatus{code: int(rep.Code), signal: syscall.Signal(rep.Signal)}
-			return ended(exit, killedBy, usage, start, wall, id.uid, unenforced, w), errors.Join(errs...)
+			return ended(reported(rep), killedBy, usage, start, wall, id.uid, unenforced, w), errors.Join(errs...)
 		}
 	}
 
@@ -381,9 +383,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			exit, werr = st, nil
 		}
 	}
-	timer.Stop()
-	stopCtx()
-	killedBy := k.finish()
+	killedBy := disarm()
 	w.release()
 
 	var errs []error
@@ -394,12 +394,10 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		keepUID = true // a process may still run under it
 		errs = append(errs, err)
 	}
-	wall := time.Since(start)
-	usage, uerr := cell.Usage()
+	wall, usage, unenforced, uerr := usageOf(cell, start)
 	if uerr != nil {
-		errs = append(errs, fmt.Errorf("read usage of cell %s: %w", cell.Path(), uerr))
+		errs = append(errs, uerr)
 	}
-	unenforced := cell.Unenforced()
 	released = true
 	r.cells.Release(cell)
 	if err := st.wait(r.streamGrace); err != nil {
@@ -415,10 +413,27 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		case ok:
 			// The init's own status is the program's, but a signal
 			// cannot be passed on by a PID 1: the report has it.
-			exit = exitStatus{code: int(rep.Code), signal: syscall.Signal(rep.Signal)}
+			exit = reported(rep)
 		}
 	}
 	return ended(exit, killedBy, usage, start, wall, id.uid, unenforced, w), errors.Join(errs...)
+}
+
+// usageOf reads what a cell used once its program has ended: the wall
+// time since start, the kernel's accounting and the limits not enforced.
+func usageOf(cell Cell, start time.Time) (time.Duration, cgroup.Usage, []string, error) {
+	wall := time.Since(start)
+	usage, err := cell.Usage()
+	if err != nil {
+		err = fmt.Errorf("read usage of cell %s: %w", cell.Path(), err)
+	}
+	return wall, usage, cell.Unenforced(), err
+}
+
+// reported is the program's status as its init reported it: a PID 1
+// cannot die of a signal to pass one on, so the report carries it.
+func reported(rep confine.Report) exitStatus {
+	return exitStatus{code: int(rep.Code), signal: syscall.Signal(rep.Signal)}
 }
 
 // ended is the Result of a worker w that ran.

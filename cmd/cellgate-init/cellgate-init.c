@@ -120,7 +120,7 @@ static int report_on(int fd, int kind, int32_t code, int32_t sig, int32_t errnum
 	memcpy(b + 16, msg, n);
 	ssize_t w;
 	do
-		w = write(fd, b, 16 + n);
+		w = send(fd, b, 16 + n, MSG_NOSIGNAL); /* EPIPE, not SIGPIPE, when the daemon is gone */
 	while (w < 0 && errno == EINTR);
 	return w == (ssize_t)(16 + n) ? 0 : -1;
 }

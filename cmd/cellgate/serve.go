@@ -209,9 +209,9 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	// The control socket listens before READY=1: a reload asked for as
 	// soon as systemd (or a test) sees the daemon ready must find it.
 	controls := make(chan controlRequest)
-	stopControl := make(chan struct{})
-	defer close(stopControl)
-	if ctl, err := listenControl(log, controls, stopControl); err != nil {
+	stop := make(chan struct{}) // ends the helpers below when serve returns
+	defer close(stop)
+	if ctl, err := listenControl(log, controls, stop); err != nil {
 		log.Warn("no control socket: `cellgate reload` cannot reach this daemon; SIGHUP still reloads", "err", err)
 	} else {
 		defer ctl.close()
@@ -222,11 +222,9 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 		"tls", cfg.TLSCert != "", "socket_activated", lns.activated)
 	notify := newNotifier(log)
 	notify.ready(d.status())
-	stopNotify := make(chan struct{})
-	defer close(stopNotify)
-	go notify.run(stopNotify, d.status)
+	go notify.run(stop, d.status)
 	if cfg.PolicyPoll > 0 {
-		go newPolicyPoller(cfg.Policy, log).run(stopNotify, cfg.PolicyPoll, sigs)
+		go newPolicyPoller(cfg.Policy, log).run(stop, cfg.PolicyPoll, sigs)
 	}
 
 	var serveErr error
