@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +43,37 @@ type probeReply struct {
 	Hostname string            `json:"hostname"`
 	UID      int               `json:"uid"`
 	GID      int               `json:"gid"`
+	Netns    string            `json:"netns"`    // the link /proc/self/ns/net
+	Sockets  int               `json:"sockets"`  // entries of the network namespace's socket tables
+	TTL      string            `json:"ttl"`      // net.ipv4.ip_default_ttl, after setttl if asked
+	TimeWait string            `json:"timewait"` // "ok": a loopback connection left in TIME_WAIT
+}
+
+// socketTables are the socket tables of /proc/self/net the probe counts.
+var socketTables = []string{"tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix"}
+
+// timeWait leaves a loopback connection in TIME_WAIT: its accepting end
+// closes first.
+func timeWait() error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	s.Close()
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		return errors.New("read after the peer closed: no EOF")
+	}
+	return nil
 }
 
 // probeSyscalls are the denied calls the probe tries, each with arguments
@@ -141,6 +173,34 @@ func runProbe() int {
 		r.SysVShm = string(b)
 		if err != nil {
 			r.SysVShm = errName(err)
+		}
+	}
+	if q.Has("timewait") {
+		r.TimeWait = errName(timeWait())
+	}
+	if q.Has("netns") {
+		r.Netns, _ = os.Readlink("/proc/self/ns/net")
+	}
+	if q.Has("sockets") {
+		for _, t := range socketTables {
+			b, err := os.ReadFile("/proc/self/net/" + t)
+			if err != nil {
+				r.Sockets = -1
+				break
+			}
+			r.Sockets += strings.Count(string(b), "\n") - 1
+		}
+	}
+	if v := q.Get("setttl"); v != "" {
+		if err := os.WriteFile("/proc/sys/net/ipv4/ip_default_ttl", []byte(v), 0); err != nil {
+			r.TTL = errName(err)
+		}
+	}
+	if q.Has("ttl") && r.TTL == "" {
+		b, err := os.ReadFile("/proc/sys/net/ipv4/ip_default_ttl")
+		r.TTL = strings.TrimSpace(string(b))
+		if err != nil {
+			r.TTL = errName(err)
 		}
 	}
 	b, _ := json.Marshal(r)
@@ -473,6 +533,12 @@ func TestConfineNothingLeft(t *testing.T) {
 		t.Errorf("%d of %d concurrent requests failed, %d with an error status", errs+not200, len(rs), not200)
 	}
 	settledCellState(t, pid, tenant, &base)
+	// The network namespaces serve holds by fd (not in FDs above): its
+	// own, those made ahead and those waiting for reuse, each set at most
+	// --net-namespaces (8) of one tenant.
+	if ns := fdsOf(t, pid, true); len(ns) > 1+8+8 {
+		t.Errorf("serve holds %d network namespaces by fd, want at most 17: %v", len(ns), ns)
+	}
 
 	g.stop()
 	if n := initsRunning(); n > 0 {
@@ -528,14 +594,29 @@ func settledCellState(t *testing.T, pid int, tenant string, want *cellState) cel
 	return s
 }
 
-func readCellState(t *testing.T, pid int, tenant string) cellState {
+// fdsOf lists the fds of process pid: those that hold a network
+// namespace (the pool's, sandbox/netns.go), or all the others.
+func fdsOf(t *testing.T, pid int, netns bool) []string {
 	t.Helper()
-	var s cellState
-	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	fds, err := os.ReadDir(dir)
 	if err != nil {
 		t.Fatalf("serve's fds: %v", err)
 	}
-	s.FDs = len(fds)
+	var out []string
+	for _, fd := range fds {
+		link, _ := os.Readlink(filepath.Join(dir, fd.Name()))
+		if strings.HasPrefix(link, "net:[") == netns {
+			out = append(out, link)
+		}
+	}
+	return out
+}
+
+func readCellState(t *testing.T, pid int, tenant string) cellState {
+	t.Helper()
+	var s cellState
+	s.FDs = len(fdsOf(t, pid, false))
 	mi, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
 	if err != nil {
 		t.Fatalf("serve's mounts: %v", err)
@@ -788,6 +869,83 @@ func TestConfineNetnsAhead(t *testing.T) {
 	}
 	if hits, misses := r.NetnsStats(); hits == 0 || hits+misses != runs {
 		t.Errorf("%d cells took a namespace made ahead, %d made their own; want some of the first, %d in all", hits, misses, runs)
+	}
+}
+
+// TestConfineNetnsReuse: a network namespace made ahead serves later
+// cells of the same tenant once its cell is gone, and only then: never a
+// cell of another tenant, never after a cell that left a socket in it
+// (here a connection in TIME_WAIT), never after a cell whose program ran
+// as root (which can change the namespace: here its default TTL).
+func TestConfineNetnsReuse(t *testing.T) {
+	w := workerBinary(t)
+	g := confineGate(t, fmt.Sprintf(`  - {name: probeb, match: {path: /probeb}, tenant: b, program: %[1]q, env: {%[2]s: probe}}
+  - {name: proberoot, match: {path: /proberoot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true}
+`, w, cellHelperEnv), "--warm-cells", "0", "--net-namespaces", "2")
+	// Each request waits for the teardown of the one before, which gives
+	// its namespace back.
+	settled := func() {
+		t.Helper()
+		for end := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			if strings.Contains(g.metrics(), "\ncellgate_cell_teardowns 0\n") {
+				return
+			}
+			if time.Now().After(end) {
+				t.Fatalf("teardowns still running after 30s:\n%s", g.metrics())
+			}
+		}
+	}
+	probe := func(route string, q url.Values) probeReply {
+		t.Helper()
+		r := g.probe(t, route, q)
+		settled()
+		return r
+	}
+	check := url.Values{"netns": {""}, "sockets": {""}, "ttl": {""}}
+	clean := func(what string, r probeReply) {
+		t.Helper()
+		if r.Sockets != 0 || r.TTL != "64" {
+			t.Errorf("%s: the cell's network namespace has %d sockets and default TTL %s; want 0 and 64 (what an earlier cell left)", what, r.Sockets, r.TTL)
+		}
+	}
+	probe("probe", check)
+	time.Sleep(time.Second) // the pool's first namespaces
+
+	seenA := map[string]int{}
+	reusedA := 0
+	for i := range 6 {
+		r := probe("probe", check)
+		clean(fmt.Sprintf("tenant a, request %d", i), r)
+		if seenA[r.Netns] > 0 {
+			reusedA++
+		}
+		seenA[r.Netns]++
+	}
+	if reusedA < 3 {
+		t.Errorf("%d of 6 sequential requests of one tenant reused a namespace (%v); want most", reusedA, seenA)
+	}
+	if !regexp.MustCompile(`\ncellgate_netns_reused_total [1-9]`).MatchString(g.metrics()) {
+		t.Errorf("cellgate_netns_reused_total is 0 after reuse:\n%s", g.metrics())
+	}
+	for i := range 4 {
+		r := probe("probeb", check)
+		clean(fmt.Sprintf("tenant b, request %d", i), r)
+		if seenA[r.Netns] > 1 { // one tenant a reused is held by the pool: its id is not recycled
+			t.Errorf("tenant b, request %d: in %s, a namespace of tenant a's", i, r.Netns)
+		}
+	}
+
+	if r := probe("probe", url.Values{"timewait": {""}}); r.TimeWait != "ok" {
+		t.Fatalf("leave a connection in TIME_WAIT: %s", r.TimeWait)
+	}
+	for i := range 4 {
+		clean(fmt.Sprintf("tenant a after a TIME_WAIT, request %d", i), probe("probe", check))
+	}
+	if r := probe("proberoot", url.Values{"setttl": {"33"}, "ttl": {""}}); r.TTL != "33" || r.UID != 0 {
+		t.Fatalf("root's request: uid %d, default TTL %s after setting it to 33", r.UID, r.TTL)
+	}
+	for i := range 4 {
+		clean(fmt.Sprintf("tenant a after a root request, request %d", i), probe("probe", check))
 	}
 }
 

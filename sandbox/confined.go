@@ -26,9 +26,11 @@ import (
 // initProc is a confined cell's init, started in its cell and sent its
 // plan.
 type initProc struct {
-	cell Cell
-	proc *os.Process
-	ctl  int // the daemon's end of the control socket
+	cell   Cell
+	proc   *os.Process
+	ctl    int    // the daemon's end of the control socket
+	netns  int    // a network namespace made ahead that the init was cloned into, or -1
+	tenant string // the cell's tenant, whose cells may reuse netns
 
 	got   []byte          // read from ctl, not yet decoded
 	final *confine.Report // the last report, once read
@@ -37,9 +39,9 @@ type initProc struct {
 // reportTimeout bounds the wait for an init's ready report.
 const reportTimeout = 30 * time.Second
 
-// startInit starts an init in cell and sends it plan. Its fds 0-2 are
-// /dev/null; the program's come with the exec frame.
-func (r *Runner) startInit(cell Cell, plan *confine.Prepared) (*initProc, error) {
+// startInit starts an init in cell, a cell of tenant, and sends it plan.
+// Its fds 0-2 are /dev/null; the program's come with the exec frame.
+func (r *Runner) startInit(cell Cell, plan *confine.Prepared, tenant string) (*initProc, error) {
 	if r.launcher == nil {
 		return nil, fmt.Errorf("%w: route asks for confinement but the runner has no Launcher (Config.Launcher)", ErrSpec)
 	}
@@ -68,20 +70,23 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared) (*initProc, error)
 	}
 	args := []string{confine.InitArg0}
 	var proc *os.Process
-	if ns := r.takeNetns(plan); ns >= 0 {
+	ns := r.takeNetns(plan, tenant)
+	if ns >= 0 {
 		// A network namespace made ahead (netns.go): the init is cloned
 		// into it instead of making its own.
 		attr.Sys.Cloneflags &^= unix.CLONE_NEWNET
 		r.spawns.do(func() { proc, err = r.netns.start(ns, r.launcher.Path(), args, attr) })
-		unix.Close(ns)
 	} else {
 		r.spawns.do(func() { proc, err = startNoNewPrivs(r.launcher.Path(), args, attr) })
 	}
 	if err != nil {
 		unix.Close(fds[0])
+		if ns >= 0 {
+			unix.Close(ns)
+		}
 		return nil, fmt.Errorf("%w: init %s in cell %s: %w", ErrSpawn, r.launcher.Name(), cell.Path(), err)
 	}
-	ip := &initProc{cell: cell, proc: proc, ctl: fds[0]}
+	ip := &initProc{cell: cell, proc: proc, ctl: fds[0], netns: ns, tenant: tenant}
 	// A failed send means the init died at once: its report, if any, says
 	// why, and the caller learns it as from any init.
 	_ = ip.send(plan.Frame(), nil)
@@ -90,11 +95,22 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared) (*initProc, error)
 
 // takeNetns returns a network namespace made ahead for a plan that wants
 // one of its own, or -1.
-func (r *Runner) takeNetns(plan *confine.Prepared) int {
+func (r *Runner) takeNetns(plan *confine.Prepared, tenant string) int {
 	if r.netns == nil || plan.CloneFlags()&unix.CLONE_NEWNET == 0 {
 		return -1
 	}
-	return r.netns.take()
+	return r.netns.take(tenant)
+}
+
+// endNetns ends the cell's use of the network namespace made ahead, if it
+// has one, once no process of the cell is left (netns.go); reusable: the
+// cell emptied and its program did not run as root.
+func (ip *initProc) endNetns(r *Runner, reusable bool) {
+	if ip.netns < 0 {
+		return
+	}
+	r.netns.give(ip.tenant, ip.netns, reusable)
+	ip.netns = -1
 }
 
 // send writes a frame, the fds attached to its first bytes.

@@ -284,7 +284,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		// A confined cell's first process is its init; the program is
 		// handed to it below, once the deadline is armed.
 		if ip == nil {
-			if ip, err = r.startInit(cell, spec.Confine); err != nil {
+			if ip, err = r.startInit(cell, spec.Confine, prof.Tenant()); err != nil {
 				st.closeAll()
 				return Result{}, err
 			}
@@ -294,6 +294,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			st.closeAll()
 			ip.proc.Kill()
 			waitBlocking(ip.proc)
+			ip.endNetns(r, false)
 			return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), err)
 		}
 	} else {
@@ -365,7 +366,13 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				errs = append(errs, uerr)
 			}
 			released, keepUID = true, true
-			r.endCell(w, cell, id.release)
+			release, uid := id.release, id.uid
+			r.endCell(w, cell, func(emptied bool) {
+				if emptied && release != nil {
+					release()
+				}
+				ip.endNetns(r, emptied && uid != 0)
+			})
 			if err := st.wait(r.streamGrace); err != nil {
 				errs = append(errs, err)
 			}
@@ -390,9 +397,13 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	if werr != nil {
 		errs = append(errs, werr)
 	}
-	if err := r.empty(cell); err != nil {
+	emptyErr := r.empty(cell)
+	if emptyErr != nil {
 		keepUID = true // a process may still run under it
-		errs = append(errs, err)
+		errs = append(errs, emptyErr)
+	}
+	if ip != nil {
+		ip.endNetns(r, emptyErr == nil && id.uid != 0)
 	}
 	wall, usage, unenforced, uerr := usageOf(cell, start)
 	if uerr != nil {

@@ -58,8 +58,9 @@ func (t *teardowns) pending() int { return len(t.slots) }
 func (t *teardowns) wait() { t.wg.Wait() }
 
 // endCell tears down a confined cell whose init has reported: see above.
-// releaseUID (nil: none) is called only once the cell is empty.
-func (r *Runner) endCell(init *worker, cell Cell, releaseUID func()) {
+// done is called at the end, before the cell's release, with whether the
+// cell emptied (only then may its uid return).
+func (r *Runner) endCell(init *worker, cell Cell, done func(emptied bool)) {
 	r.teardowns.run(func() {
 		// The init exits by itself after its report; if it does not
 		// within EmptyWait, the cell is killed.
@@ -75,9 +76,7 @@ func (r *Runner) endCell(init *worker, cell Cell, releaseUID func()) {
 			waitBlocking(init.proc)
 		}
 		init.release()
-		if err := r.empty(cell); err == nil && releaseUID != nil {
-			releaseUID()
-		}
+		done(r.empty(cell) == nil)
 		r.cells.Release(cell)
 	})
 }

@@ -222,7 +222,7 @@ func (w *warmPool) prepare(k warmKey) *initProc {
 		}
 		return nil
 	}
-	ip, err := w.r.startInit(cell, k.plan)
+	ip, err := w.r.startInit(cell, k.plan, k.prof.Tenant())
 	if err != nil {
 		w.r.log.Warn("warm confined cell: start its init", "cell", cell.Path(), "err", err)
 		w.r.cells.Release(cell)
@@ -262,9 +262,11 @@ func (r *Runner) discard(ip *initProc) {
 		waitBlocking(ip.proc)
 		ip.proc.Release()
 	}
-	if err := r.empty(ip.cell); err != nil {
+	err := r.empty(ip.cell)
+	if err != nil {
 		r.log.Error("warm confined cell did not empty", "cell", ip.cell.Path(), "err", err)
 	}
+	ip.endNetns(r, err == nil)
 	r.cells.Release(ip.cell)
 }
 

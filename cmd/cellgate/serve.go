@@ -590,9 +590,9 @@ func (d *daemon) poolCounters() []prometheus.Collector {
 }
 
 // runnerCounters export the work of confined cells done off the
-// request's path: teardowns running in the background now, and how often
+// request's path: teardowns running in the background now, how often
 // a request found a warm cell or a network namespace made ahead (hit) or
-// made its own (miss).
+// made its own (miss), and how many of those namespaces were reused.
 func runnerCounters(r *sandbox.Runner) []prometheus.Collector {
 	pair := func(name, help string, f func() (uint64, uint64)) []prometheus.Collector {
 		var cs []prometheus.Collector
@@ -609,7 +609,10 @@ func runnerCounters(r *sandbox.Runner) []prometheus.Collector {
 		Help: "Confined cells being torn down in the background after their response (at most sandbox.DefaultTeardowns)."},
 		func() float64 { return float64(r.TeardownsPending()) })}
 	cs = append(cs, pair("warm_cells_total", "Confined requests that found a warm cell (hit) or set theirs up (miss).", r.WarmStats)...)
-	return append(cs, pair("netns_ahead_total", "Confined cells that found a network namespace made ahead (hit) or made their own (miss).", r.NetnsStats)...)
+	cs = append(cs, pair("netns_ahead_total", "Confined cells that found a network namespace made ahead (hit) or made their own (miss).", r.NetnsStats)...)
+	return append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: "netns_reused_total",
+		Help: "Confined cells whose network namespace made ahead an earlier cell of their tenant had used (counted in netns_ahead_total's hits too)."},
+		func() float64 { return float64(r.NetnsReused()) }))
 }
 
 // connCounters export the front's connections: open now, and refused by
