@@ -89,6 +89,22 @@ func Init() int {
 // ExecArg is argv[1] of an init started in exec mode (InitExec).
 const ExecArg = "exec"
 
+// TemplateArg is argv[1] of an init that builds a mount template, and
+// FromTemplateArg that of a cell's init that copies one (its fd 4,
+// TemplateFD). Only cellgate-init has these modes; the Go init refuses
+// them (Unsupported), and the sandbox then builds each cell's view.
+const (
+	TemplateArg     = "template"
+	FromTemplateArg = "from-template"
+	TemplateFD      = 4
+)
+
+// Unsupported reports, as a setup failure on fd 3, that this init has no
+// mode mode.
+func Unsupported(mode string) int {
+	return fail(ReportSetup, exitSetup, fmt.Errorf("the Go init has no %s mode (install %s beside cellgate)", mode, InitArg0))
+}
+
 // InitExec is the init's exec mode, for a long-lived process that must
 // stay its starter's direct child (a fork route's preloader, whose
 // children cellgate reaps through CLONE_PARENT). It reads the plan frame

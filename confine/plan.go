@@ -152,16 +152,47 @@ type Plan struct {
 func (p *Plan) ForPreloader() (*Plan, error) {
 	if p.Namespaces&NSMount != 0 {
 		for _, b := range p.Binds {
-			for _, t := range p.Tmpfs {
-				if b.Target == t.Target || strings.HasPrefix(b.Target, t.Target+"/") {
-					return nil, fmt.Errorf("%s lies in %s, which each request of a fork route gets as a fresh tmpfs of its own that would hide it: move it out of %s (e.g. below /srv or /opt), or set filesystem: host", b.Target, t.Target, t.Target)
-				}
+			if t, ok := p.inTmpfs(b.Target); ok {
+				return nil, fmt.Errorf("%s lies in %s, which each request of a fork route gets as a fresh tmpfs of its own that would hide it: move it out of %s (e.g. below /srv or /opt), or set filesystem: host", b.Target, t, t)
 			}
 		}
 	}
 	q := *p
 	q.Preloader = true
 	return &q, nil
+}
+
+// inTmpfs returns the private tmpfs target that target is or lies in.
+func (p *Plan) inTmpfs(target string) (string, bool) {
+	for _, t := range p.Tmpfs {
+		if target == t.Target || strings.HasPrefix(target, t.Target+"/") {
+			return t.Target, true
+		}
+	}
+	return "", false
+}
+
+// Templatable reports whether a cell's view can be a copy of a mount
+// template (the init's template and from-template modes; the sandbox's
+// templates.go): the view is built once, without the cell's private tmpfs
+// and /proc, and each cell adds those to its copy. So nothing of the view
+// may lie in one of them (a cell's fresh tmpfs would hide it), and a
+// preloader, which binds the host's /proc, has none.
+func (p *Plan) Templatable() bool {
+	if p.Namespaces&NSMount == 0 || p.Preloader {
+		return false
+	}
+	for _, b := range p.Binds {
+		if _, ok := p.inTmpfs(b.Target); ok || b.Target == "/proc" || strings.HasPrefix(b.Target, "/proc/") {
+			return false
+		}
+	}
+	for _, l := range p.Symlinks {
+		if _, ok := p.inTmpfs(l.Link); ok {
+			return false
+		}
+	}
+	return true
 }
 
 // ChildNamespaces are the namespaces each child of a preloader applying p

@@ -112,6 +112,29 @@ func BenchmarkCellConfined(b *testing.B) {
 			}
 		})
 	}
+	// The same with mount templates (serve's default, --mount-templates):
+	// each cell's init copies the route's view, made once, instead of
+	// building it; alone, then with network namespaces made ahead too,
+	// as serve runs cold cells.
+	for _, v := range []struct {
+		name  string
+		netns bool
+		par   []int
+	}{{"all-templates", false, []int{1}}, {"all-templates-netns-ahead", true, []int{1, 8, 32}}} {
+		for _, par := range v.par {
+			b.Run(fmt.Sprintf("%s/concurrent=%d", v.name, par), func(b *testing.B) {
+				cfg := sandbox.Config{MountTemplates: true}
+				if v.netns {
+					cfg.NetNamespaces = par
+				}
+				r := newConfinedEnv(b, cfg)
+				s := spec(b, confine.Options{})
+				r.Run(context.Background(), s) // asks for the template (and starts the netns pool)
+				time.Sleep(time.Second)
+				benchPairs(b, r, s, par, nil)
+			})
+		}
+	}
 	// The price of a teardown on the request's path, in the same run:
 	// every cell torn down before Run returns (Config.Teardowns < 0), cold
 	// and pooled, against the teardown-bg lines (the default).

@@ -47,6 +47,8 @@ type probeReply struct {
 	Sockets  int               `json:"sockets"`  // entries of the network namespace's socket tables
 	TTL      string            `json:"ttl"`      // net.ipv4.ip_default_ttl, after setttl if asked
 	TimeWait string            `json:"timewait"` // "ok": a loopback connection left in TIME_WAIT
+	RootDev  uint64            `json:"rootdev"`  // the device of / (one per tmpfs root)
+	Cat      map[string]string `json:"cat"`      // path -> its content, or the error
 }
 
 // socketTables are the socket tables of /proc/self/net the probe counts.
@@ -136,7 +138,20 @@ func fill(p string, mib int) error {
 func runProbe() int {
 	q, _ := url.ParseQuery(os.Getenv("QUERY_STRING"))
 	r := probeReply{Read: map[string]string{}, Connect: map[string]string{}, Fill: map[string]string{}, Syscalls: map[string]string{},
-		UID: os.Getuid(), GID: os.Getgid()}
+		Cat: map[string]string{}, UID: os.Getuid(), GID: os.Getgid()}
+	for _, p := range q["cat"] {
+		b, err := os.ReadFile(p)
+		r.Cat[p] = string(b)
+		if err != nil {
+			r.Cat[p] = errName(err)
+		}
+	}
+	if q.Has("rootdev") {
+		var st unix.Stat_t
+		if unix.Stat("/", &st) == nil {
+			r.RootDev = st.Dev
+		}
+	}
 	r.Hostname, _ = os.Hostname()
 	for _, p := range q["read"] {
 		_, err := os.ReadFile(p)
@@ -536,8 +551,8 @@ func TestConfineNothingLeft(t *testing.T) {
 	// The network namespaces serve holds by fd (not in FDs above): its
 	// own, those made ahead and those waiting for reuse, each set at most
 	// --net-namespaces (8) of one tenant.
-	if ns := fdsOf(t, pid, true); len(ns) > 1+8+8 {
-		t.Errorf("serve holds %d network namespaces by fd, want at most 17: %v", len(ns), ns)
+	if ns := fdsOf(t, pid, true); len(ns) > 1+8+8+2 {
+		t.Errorf("serve holds %d namespaces by fd, want at most 19 (its own, the network namespaces made ahead and waiting for reuse, a route's mount templates): %v", len(ns), ns)
 	}
 
 	g.stop()
@@ -594,8 +609,10 @@ func settledCellState(t *testing.T, pid int, tenant string, want *cellState) cel
 	return s
 }
 
-// fdsOf lists the fds of process pid: those that hold a network
-// namespace (the pool's, sandbox/netns.go), or all the others.
+// fdsOf lists the fds of process pid: those that hold a network or
+// mount namespace (network namespaces made ahead, sandbox/netns.go, and
+// mount templates, sandbox/templates.go, remade while in use), or all
+// the others.
 func fdsOf(t *testing.T, pid int, netns bool) []string {
 	t.Helper()
 	dir := fmt.Sprintf("/proc/%d/fd", pid)
@@ -606,7 +623,7 @@ func fdsOf(t *testing.T, pid int, netns bool) []string {
 	var out []string
 	for _, fd := range fds {
 		link, _ := os.Readlink(filepath.Join(dir, fd.Name()))
-		if strings.HasPrefix(link, "net:[") == netns {
+		if (strings.HasPrefix(link, "net:[") || strings.HasPrefix(link, "mnt:[")) == netns {
 			out = append(out, link)
 		}
 	}
@@ -946,6 +963,74 @@ func TestConfineNetnsReuse(t *testing.T) {
 	}
 	for i := range 4 {
 		clean(fmt.Sprintf("tenant a after a root request, request %d", i), probe("probe", check))
+	}
+}
+
+// TestConfineMountTemplate: the cells of a route copy its view from one
+// mount template (the same tmpfs root), which serve makes again while the
+// route is used, so a path of the view that comes to name another
+// directory is seen by new cells; what cells share of it cannot be
+// written, even by root; and --mount-templates=false gives each cell a
+// root of its own.
+func TestConfineMountTemplate(t *testing.T) {
+	w := workerBinary(t)
+	data := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "f"), []byte("one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	extra := fmt.Sprintf(`  - {name: data, match: {path: /data}, tenant: a, program: %[1]q, env: {%[2]s: probe}, mounts: [{source: %[3]q, target: /srv/data}]}
+  - {name: proberoot, match: {path: /proberoot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true}
+`, w, cellHelperEnv, data)
+	roots := func(g *gate) (uint64, uint64) {
+		g.probe(t, "data", url.Values{"rootdev": {""}}) // the first asks for the template
+		time.Sleep(time.Second)
+		return g.probe(t, "data", url.Values{"rootdev": {""}}).RootDev, g.probe(t, "data", url.Values{"rootdev": {""}}).RootDev
+	}
+
+	g := confineGate(t, extra, "--warm-cells", "0")
+	first, second := roots(g)
+	if first != second || first == 0 {
+		t.Errorf("two cells of a route have roots on devices %d and %d; want one template's", first, second)
+	}
+	g.probe(t, "proberoot", nil) // asks for the route's template
+	time.Sleep(time.Second)
+	r := g.probe(t, "proberoot", url.Values{"fill": {"/dev/x:1", "/x:1"}, "rootdev": {""}})
+	if r.RootDev == 0 || r.RootDev == first {
+		t.Errorf("the root route's cell has its root on device %d (the data route's on %d); want a template of its own", r.RootDev, first)
+	}
+	for _, p := range []string{"/dev/x", "/x"} {
+		if r.UID != 0 || r.Fill[p] != "EROFS" {
+			t.Errorf("root (uid %d) writing %s shared by the route's cells: %s, want EROFS", r.UID, p, r.Fill[p])
+		}
+	}
+	// The data directory is replaced: new cells see the new one once the
+	// template is made again (within 10 s of a request).
+	if err := os.Rename(data, data+".old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "f"), []byte("two"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	for end := time.Now().Add(45 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
+		if got = g.probe(t, "data", url.Values{"cat": {"/srv/data/f"}}).Cat["/srv/data/f"]; got == "two" {
+			break
+		}
+	}
+	if got != "two" {
+		t.Errorf("45 s after its directory was replaced, a cell reads %q from /srv/data/f; want the new directory's \"two\"", got)
+	}
+	g.stop()
+
+	g = confineGate(t, extra, "--warm-cells", "0", "--mount-templates=false")
+	if a, b := roots(g); a == b {
+		t.Errorf("with --mount-templates=false two cells share the root device %d", a)
 	}
 }
 

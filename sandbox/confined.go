@@ -69,6 +69,16 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared, tenant string) (*i
 		attr.Sys.CgroupFD = fd
 	}
 	args := []string{confine.InitArg0}
+	if r.templates != nil {
+		if mt := r.templates.take(plan); mt != nil {
+			// The view is a copy of the route's template (templates.go):
+			// the init enters it instead of cloning the daemon's.
+			defer r.templates.release(mt)
+			args = append(args, confine.FromTemplateArg)
+			attr.Files = append(attr.Files, mt.f) // fd 4 = confine.TemplateFD
+			attr.Sys.Cloneflags &^= unix.CLONE_NEWNS
+		}
+	}
 	var proc *os.Process
 	ns := r.takeNetns(plan, tenant)
 	if ns >= 0 {
@@ -156,23 +166,34 @@ func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File
 // waitReady waits for the init's ready report; any other report, or none,
 // is an error saying why the cell cannot be used.
 func (ip *initProc) waitReady(spec *Spec) error {
+	rep, err := ip.firstReport()
+	if err != nil {
+		return fmt.Errorf("%w: cell %s: %w", ErrSpawn, ip.cell.Path(), err)
+	}
+	if rep.Kind == confine.ReportReady {
+		return nil
+	}
+	return notRun(rep, spec, ip.cell)
+}
+
+// firstReport reads the init's first report (bounded by reportTimeout).
+func (ip *initProc) firstReport() (confine.Report, error) {
 	tv := unix.NsecToTimeval(reportTimeout.Nanoseconds())
 	unix.SetsockoptTimeval(ip.ctl, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	var hdr [16]byte
 	if err := confine.ReadFull(ip.ctl, hdr[:]); err != nil {
-		return fmt.Errorf("%w: cell %s: no ready report from its init: %w", ErrSpawn, ip.cell.Path(), err)
+		return confine.Report{}, fmt.Errorf("no ready report from its init: %w", err)
 	}
-	rep, ok := confine.DecodeReport(hdr[:])
-	if ok && rep.Kind == confine.ReportReady {
-		return nil
+	if rep, ok := confine.DecodeReport(hdr[:]); ok && rep.Kind == confine.ReportReady {
+		return rep, nil
 	}
 	msg := make([]byte, int(hdr[2])|int(hdr[3])<<8)
 	confine.ReadFull(ip.ctl, msg)
-	rep, ok = confine.DecodeReport(append(hdr[:], msg...))
+	rep, ok := confine.DecodeReport(append(hdr[:], msg...))
 	if !ok {
-		return fmt.Errorf("%w: cell %s: its init sent no valid report", ErrSpawn, ip.cell.Path())
+		return confine.Report{}, errors.New("its init sent no valid report")
 	}
-	return notRun(rep, spec, ip.cell)
+	return rep, nil
 }
 
 // awaitEnd waits, on the reaper's thread, for the init's last report:

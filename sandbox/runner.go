@@ -59,6 +59,10 @@ type Config struct {
 	// for confined cells that have one of their own (see netns.go); 0 has
 	// every such cell's init make its own.
 	NetNamespaces int
+	// MountTemplates has a confined route's cells copy its filesystem view
+	// from a mount namespace made once (see templates.go) instead of
+	// each building it; false has every cell build its own.
+	MountTemplates bool
 	// Teardowns bounds the confined cells torn down in the background
 	// after their Result is known (DefaultTeardowns; see teardown.go); a
 	// negative value tears every cell down before Run returns.
@@ -93,7 +97,8 @@ type Runner struct {
 	launcher    *confine.Launcher
 	warm        *warmPool // nil without Config.WarmCells
 	teardowns   *teardowns
-	netns       *netnsPool // nil without Config.NetNamespaces
+	netns       *netnsPool      // nil without Config.NetNamespaces
+	templates   *mountTemplates // nil without Config.MountTemplates
 	spawns      spawnSlots
 }
 
@@ -171,6 +176,9 @@ func New(cfg Config) (*Runner, error) {
 			return nil, fmt.Errorf("sandbox: %w", err)
 		}
 	}
+	if cfg.MountTemplates && cfg.Launcher != nil {
+		r.templates = newMountTemplates(r)
+	}
 	if cfg.WarmCells > 0 && cfg.Launcher != nil {
 		r.warm = newWarmPool(r, cfg.WarmCells)
 	}
@@ -184,6 +192,9 @@ func (r *Runner) Close() error {
 		r.warm.close()
 	}
 	r.teardowns.wait()
+	if r.templates != nil {
+		r.templates.close()
+	}
 	if r.netns != nil {
 		r.netns.close()
 	}

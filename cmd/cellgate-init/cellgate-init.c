@@ -10,6 +10,16 @@
  * mode (argv[1] "exec", a fork route's preloader) it applies the plan and
  * executes the program in its own place instead.
  *
+ * Mount templates (sandbox/templates.go): in template mode (argv[1]
+ * "template") it builds the plan's filesystem view in a mount namespace
+ * of its own and stops there, the private tmpfs and /proc left as empty
+ * mount points and /dev read-only; the sandbox keeps that namespace by fd
+ * and the process exits at the end of its control socket. An init started
+ * with argv[1] "from-template" gets that fd as fd 4 and, instead of
+ * building the view, enters the namespace, takes a private copy of it
+ * (unshare) and mounts only what is the cell's own: the tmpfs mounts and
+ * /proc.
+ *
  * It is C because it starts once per request: a Go program's runtime start
  * costs several times a whole fork and exec of a small program, and was
  * most of a confined cell's CPU. It decides nothing: the plan frame is
@@ -28,6 +38,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -48,6 +59,7 @@
 
 #define ARG0 "cellgate-init"
 #define CONTROL_FD 3
+#define TEMPLATE_FD 4
 #define MIN_LAUNCHER_FD 10
 #define MAX_LAUNCH (4u << 20)
 #define MAX_REPORT_MSG 1024
@@ -60,6 +72,12 @@ enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY };
 enum { NS_MOUNT = 1, NS_PID = 2, NS_IPC = 4, NS_UTS = 8, NS_NET = 16 };
 enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2 };
 enum { BIND_WRITABLE = 1, BIND_DEV = 2 };
+
+/* The mode's part of the view: 0 builds it whole; M_TEMPLATE builds a
+ * template (no cell mounts, /dev read-only, nothing else of apply);
+ * M_FROM_TEMPLATE copies the template on fd 4 and adds the cell mounts. */
+enum { M_WHOLE, M_TEMPLATE, M_FROM_TEMPLATE };
+static int view_mode = M_WHOLE;
 
 /* The error being reported: its message and errno (0 when none). */
 static char err_msg[MAX_REPORT_MSG + 1];
@@ -411,7 +429,7 @@ static int decode_exec(const unsigned char *b, uint32_t len, struct exec *e)
 
 /* ---- the filesystem view (confine/steps.go, confine/apply.go) ---- */
 
-enum { S_ROOT_TMPFS = 1, S_ROOT_BIND, S_TMPFS, S_BIND, S_SYMLINK, S_PROC, S_ROOT_RO, S_HOST_PROC };
+enum { S_ROOT_TMPFS = 1, S_ROOT_BIND, S_TMPFS, S_BIND, S_SYMLINK, S_PROC, S_ROOT_RO, S_HOST_PROC, S_MOUNT_POINT, S_DEV_RO };
 
 struct step {
 	int kind;
@@ -437,7 +455,7 @@ static const struct tmpfs dev_tmpfs = {"/dev", DEV_SIZE, 0755};
 /* steps lays out the view's steps in the order of confine's steps(). */
 static struct step *steps(const struct plan *p, size_t *n)
 {
-	size_t max = 4 + NDEV + NDEVLINKS + p->ntmpfs + p->nbinds + p->nlinks;
+	size_t max = 5 + NDEV + NDEVLINKS + p->ntmpfs + p->nbinds + p->nlinks;
 	struct step *s = calloc(max, sizeof *s);
 	size_t k = 0;
 	if (!s)
@@ -452,8 +470,11 @@ static struct step *steps(const struct plan *p, size_t *n)
 				       .bind_flags = BIND_WRITABLE | BIND_DEV};
 	for (size_t i = 0; i < NDEVLINKS; i++)
 		s[k++] = (struct step){.kind = S_SYMLINK, .target = dev_links[i].link, .link_target = dev_links[i].target};
+	/* A template leaves the cell's own mounts (its tmpfs, its /proc) to
+	 * each cell: their mount points only. */
+	int tmpl = view_mode == M_TEMPLATE;
 	for (uint32_t i = 0; i < p->ntmpfs; i++)
-		s[k++] = (struct step){.kind = S_TMPFS, .target = p->tmpfs[i].target, .tmpfs = &p->tmpfs[i]};
+		s[k++] = (struct step){.kind = tmpl ? S_MOUNT_POINT : S_TMPFS, .target = p->tmpfs[i].target, .tmpfs = &p->tmpfs[i]};
 	for (uint32_t i = 0; i < p->nbinds; i++)
 		s[k++] = (struct step){.kind = S_BIND, .source = p->binds[i].source, .target = p->binds[i].target,
 				       .bind_flags = p->binds[i].flags};
@@ -462,7 +483,10 @@ static struct step *steps(const struct plan *p, size_t *n)
 	if (p->flags & PLAN_PRELOADER)
 		s[k++] = (struct step){.kind = S_HOST_PROC, .source = "/proc", .target = "/proc"};
 	else
-		s[k++] = (struct step){.kind = S_PROC, .target = "/proc"};
+		s[k++] = (struct step){.kind = tmpl ? S_MOUNT_POINT : S_PROC, .target = "/proc"};
+	/* The template's /dev is every cell's: nobody writes to it. */
+	if (tmpl)
+		s[k++] = (struct step){.kind = S_DEV_RO, .target = "/dev"};
 	s[k++] = (struct step){.kind = S_ROOT_RO, .target = "/"};
 	*n = k;
 	return s;
@@ -622,6 +646,12 @@ static int run_step(const struct step *s, int rootfs)
 		if (mount("", STAGING, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
 			return fail(errno, "make the cell's root read-only");
 		return 0;
+	case S_MOUNT_POINT:
+		return mountpoint(at, 1, rootfs);
+	case S_DEV_RO:
+		if (mount("", at, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
+			return fail(errno, "make the template's /dev read-only");
+		return 0;
 	}
 	return fail(0, "unknown step %d", s->kind);
 }
@@ -666,6 +696,33 @@ static int build_root(const struct plan *p)
 	return 0;
 }
 
+/* enter_template replaces build_root in from-template mode: the view is
+ * a private copy of the template's (fd 4), plus the cell's own tmpfs
+ * mounts and /proc, made as build_root makes them. */
+static int enter_template(const struct plan *p)
+{
+	if (setns(TEMPLATE_FD, CLONE_NEWNS) < 0)
+		return fail(errno, "setns into the route's mount template (fd %d)", TEMPLATE_FD);
+	close(TEMPLATE_FD);
+	if (unshare(CLONE_NEWNS) < 0)
+		return fail(errno, "unshare(CLONE_NEWNS) from the route's mount template");
+	if (chdir("/") < 0)
+		return fail(errno, "chdir /");
+	char data[96];
+	for (uint32_t i = 0; i < p->ntmpfs; i++) {
+		const struct tmpfs *t = &p->tmpfs[i];
+		if (t->size > 0)
+			snprintf(data, sizeof data, "mode=%o,size=%llu", t->mode, (unsigned long long)t->size);
+		else
+			snprintf(data, sizeof data, "mode=%o", t->mode);
+		if (mount("tmpfs", t->target, "tmpfs", MS_NOSUID | MS_NODEV, data) < 0)
+			return fail(errno, "mount tmpfs on %s (%s)", t->target, data);
+	}
+	if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+		return fail(errno, "mount proc on /proc");
+	return 0;
+}
+
 static int loopback_up(void)
 {
 	int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -707,7 +764,12 @@ static int apply(const struct plan *p)
 {
 	if ((p->flags & PLAN_PRELOADER) && cap_user_namespaces() < 0)
 		return -1;
-	if ((p->ns & NS_MOUNT) && build_root(p) < 0)
+	if (view_mode == M_TEMPLATE)
+		return build_root(p);
+	if (view_mode == M_FROM_TEMPLATE) {
+		if (enter_template(p) < 0)
+			return -1;
+	} else if ((p->ns & NS_MOUNT) && build_root(p) < 0)
 		return -1;
 	if ((p->ns & NS_UTS) && p->hostname[0] && sethostname(p->hostname, strlen(p->hostname)) < 0)
 		return fail(errno, "sethostname %s", p->hostname);
@@ -951,10 +1013,36 @@ static int exec_main(void)
 	return fail_report(ctl, R_SPAWN, EXIT_SPAWN);
 }
 
+/* template_main is the template mode: the view alone, kept until the
+ * control socket ends. */
+static int template_main(void)
+{
+	struct plan p;
+	view_mode = M_TEMPLATE;
+	if (apply_plan_frame(&p, "the template") < 0)
+		return fail_report(CONTROL_FD, R_SETUP, EXIT_SETUP);
+	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, "") < 0)
+		return EXIT_SETUP;
+	for (;;) {
+		char b;
+		ssize_t n = read(CONTROL_FD, &b, 1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return 0;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 1 && strcmp(argv[0], ARG0) == 0)
 		return init_main();
+	if (argc == 2 && strcmp(argv[0], ARG0) == 0 && strcmp(argv[1], "template") == 0)
+		return template_main();
+	if (argc == 2 && strcmp(argv[0], ARG0) == 0 && strcmp(argv[1], "from-template") == 0) {
+		view_mode = M_FROM_TEMPLATE;
+		return init_main();
+	}
 	if (argc == 2 && strcmp(argv[0], ARG0) == 0 && strcmp(argv[1], "exec") == 0)
 		return exec_main();
 	dprintf(2, "cellgate-init is started by cellgate for each confined cell, never by hand\n");

@@ -49,6 +49,9 @@ func main() {
 		if len(os.Args) == 2 && os.Args[1] == confine.ExecArg {
 			os.Exit(confine.InitExec()) // a fork route's preloader
 		}
+		if len(os.Args) > 1 {
+			os.Exit(confine.Unsupported(os.Args[1])) // cellgate-init's modes
+		}
 		os.Exit(confine.Init())
 	}
 	std := stdio{in: os.Stdin, out: os.Stdout, err: os.Stderr, environ: os.Environ()}

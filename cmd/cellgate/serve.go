@@ -391,14 +391,15 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 			"which costs its whole start-up per request; install "+confine.InitArg0+" (make build) beside cellgate", "init", launcher.Name())
 	}
 	runner, err = sandbox.New(sandbox.Config{
-		Cells:         sandbox.PoolCells{Pool: d.pool},
-		Logger:        d.log,
-		Profile:       def,
-		UIDs:          sandbox.UIDRange(cfg.UIDs),
-		GID:           cfg.GID,
-		Launcher:      launcher,
-		WarmCells:     cfg.WarmCells,
-		NetNamespaces: cfg.NetNamespaces,
+		Cells:          sandbox.PoolCells{Pool: d.pool},
+		Logger:         d.log,
+		Profile:        def,
+		UIDs:           sandbox.UIDRange(cfg.UIDs),
+		GID:            cfg.GID,
+		Launcher:       launcher,
+		WarmCells:      cfg.WarmCells,
+		MountTemplates: cfg.MountTemplates,
+		NetNamespaces:  cfg.NetNamespaces,
 	})
 	if err != nil {
 		return fail(fmt.Errorf("sandbox: %w", err))
