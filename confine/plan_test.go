@@ -268,3 +268,30 @@ func TestForPreloaderRefusesBindUnderTmpfs(t *testing.T) {
 		t.Errorf("app in /tmp with the host's filesystem: %v", err)
 	}
 }
+
+func TestTemplatable(t *testing.T) {
+	base := Plan{Namespaces: AllNamespaces, Tmpfs: []Tmpfs{{Target: "/tmp"}, {Target: "/dev/shm"}},
+		Binds: []Bind{{Source: "/usr", Target: "/usr"}}, Symlinks: []Symlink{{Link: "/bin", Target: "usr/bin"}}}
+	for _, tc := range []struct {
+		name string
+		edit func(p *Plan)
+		want bool
+	}{
+		{"default view", func(*Plan) {}, true},
+		{"no mount namespace", func(p *Plan) { p.Namespaces &^= NSMount }, false},
+		{"a preloader's", func(p *Plan) { p.Preloader = true }, false},
+		{"a bind in a private tmpfs", func(p *Plan) { p.Binds = append(p.Binds, Bind{Source: "/srv/x", Target: "/tmp/x"}) }, false},
+		{"a bind on a private tmpfs", func(p *Plan) { p.Binds = append(p.Binds, Bind{Source: "/srv/x", Target: "/dev/shm"}) }, false},
+		{"a bind beside a private tmpfs", func(p *Plan) { p.Binds = append(p.Binds, Bind{Source: "/srv/x", Target: "/tmpdata"}) }, true},
+		{"a bind in /proc", func(p *Plan) { p.Binds = append(p.Binds, Bind{Source: "/srv/x", Target: "/proc/x"}) }, false},
+		{"a symlink in a private tmpfs", func(p *Plan) { p.Symlinks = append(p.Symlinks, Symlink{Link: "/tmp/l", Target: "/usr"}) }, false},
+	} {
+		p := base
+		p.Binds = append([]Bind(nil), base.Binds...)
+		p.Symlinks = append([]Symlink(nil), base.Symlinks...)
+		tc.edit(&p)
+		if got := p.Templatable(); got != tc.want {
+			t.Errorf("%s: Templatable = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
