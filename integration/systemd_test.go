@@ -352,6 +352,25 @@ func TestSystemdSandboxLeftOut(t *testing.T) {
 			systemctl(t, "reset-failed", "cellgate.service", "cellgate.socket", "cellgate-admin.socket")
 		})
 	}
+	// Without CAP_SYS_CHROOT (a bounding set cut further) a cell cannot
+	// enter its route's mount template: serve says so and builds each
+	// cell's view. Before it checked, every request after the first, made
+	// once the template was, got a 502.
+	t.Run("CapabilityBoundingSet=~CAP_SYS_CHROOT", func(t *testing.T) {
+		if err := os.WriteFile(dropIn, []byte("[Service]\nCapabilityBoundingSet=~CAP_SYS_CHROOT\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		mustSystemctl(t, "daemon-reload")
+		mustSystemctl(t, "restart", "cellgate.service")
+		for range 5 {
+			mustGet(t, "http://127.0.0.1:8080/hello", 200)
+			time.Sleep(300 * time.Millisecond) // a template would be made by now
+		}
+		j, _ := exec.Command("journalctl", "--no-pager", "-u", "cellgate.service").CombinedOutput()
+		if !strings.Contains(string(j), "mount templates are off") || !strings.Contains(string(j), "CAP_SYS_CHROOT") {
+			t.Errorf("serve did not say that mount templates are off for want of CAP_SYS_CHROOT:\n%s", j)
+		}
+	})
 	// And without any of them, it serves again.
 	os.Remove(dropIn)
 	mustSystemctl(t, "daemon-reload")

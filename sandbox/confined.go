@@ -51,19 +51,7 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared, tenant string) (*i
 	}
 	child := os.NewFile(uintptr(fds[1]), "cell-init-control")
 	defer child.Close()
-	attr := &os.ProcAttr{
-		Dir: "/",
-		// One P: every thread of the init counts against the cell's
-		// pids.max.
-		Env:   []string{"GOMAXPROCS=1"},
-		Files: []*os.File{r.devNull, r.devNull, r.devNull, child}, // fd 3 = confine.ControlFD
-		Sys: &syscall.SysProcAttr{
-			Setsid:     r.hasTTY,
-			Setpgid:    !r.hasTTY,
-			Pdeathsig:  syscall.SIGKILL,
-			Cloneflags: plan.CloneFlags(),
-		},
-	}
+	attr := r.initAttr(child, plan.CloneFlags())
 	if fd := cell.FD(); fd >= 0 {
 		attr.Sys.UseCgroupFD = true
 		attr.Sys.CgroupFD = fd
@@ -101,6 +89,25 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared, tenant string) (*i
 	// why, and the caller learns it as from any init.
 	_ = ip.send(plan.Frame(), nil)
 	return ip, nil
+}
+
+// initAttr is how an init is started: /dev/null on fds 0-2, ctl on fd 3
+// (confine.ControlFD), in a process group (or, under a terminal, a
+// session) of its own, killed with the daemon, cloned with flags.
+func (r *Runner) initAttr(ctl *os.File, flags uintptr) *os.ProcAttr {
+	return &os.ProcAttr{
+		Dir: "/",
+		// One P: every thread of a Go init counts against the cell's
+		// pids.max.
+		Env:   []string{"GOMAXPROCS=1"},
+		Files: []*os.File{r.devNull, r.devNull, r.devNull, ctl},
+		Sys: &syscall.SysProcAttr{
+			Setsid:     r.hasTTY,
+			Setpgid:    !r.hasTTY,
+			Pdeathsig:  syscall.SIGKILL,
+			Cloneflags: flags,
+		},
+	}
 }
 
 // takeNetns returns a network namespace made ahead for a plan that wants

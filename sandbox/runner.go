@@ -177,7 +177,11 @@ func New(cfg Config) (*Runner, error) {
 		}
 	}
 	if cfg.MountTemplates && cfg.Launcher != nil {
-		r.templates = newMountTemplates(r)
+		if err := canEnterTemplates(); err != nil {
+			r.log.Warn("mount templates are off: each confined cell builds its own filesystem view", "err", err)
+		} else {
+			r.templates = newMountTemplates(r)
+		}
 	}
 	if cfg.WarmCells > 0 && cfg.Launcher != nil {
 		r.warm = newWarmPool(r, cfg.WarmCells)

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -43,6 +44,14 @@ import (
 // has no template mode, leave each cell building its own view, as
 // before.
 
+// Entering a template (setns with CLONE_NEWNS) needs CAP_SYS_ADMIN and
+// CAP_SYS_CHROOT, and a seccomp filter that allows setns; a cell's init
+// has the daemon's. Where either is missing (a systemd unit's
+// CapabilityBoundingSet without CAP_SYS_CHROOT, a container's profile
+// that denies setns, as deploy/seccomp/cellgate.json does) every cell
+// would fail at the setns, so canEnterTemplates checks both once and the
+// Runner then has no templates, with one warning.
+
 // templateMaxAge is how long a template serves before it is made again.
 const templateMaxAge = 10 * time.Second
 
@@ -77,6 +86,30 @@ type mountTemplates struct {
 
 func newMountTemplates(r *Runner) *mountTemplates {
 	return &mountTemplates{r: r, sets: map[*confine.Prepared]*templateSet{}}
+}
+
+// canEnterTemplates reports why this process's children could not enter
+// a mount template, or nil.
+func canEnterTemplates() error {
+	// setns with a bad fd fails EBADF before any permission check; a
+	// filter that refuses setns answers first, with another errno.
+	if err := unix.Setns(-1, unix.CLONE_NEWNS); !errors.Is(err, unix.EBADF) {
+		return fmt.Errorf("setns refused (%v), e.g. by a container's seccomp profile such as deploy/seccomp/cellgate.json", err)
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	for _, c := range []struct {
+		bit  uint
+		name string
+	}{{unix.CAP_SYS_ADMIN, "CAP_SYS_ADMIN"}, {unix.CAP_SYS_CHROOT, "CAP_SYS_CHROOT"}} {
+		if data[c.bit/32].Effective&(1<<(c.bit%32)) == 0 {
+			return fmt.Errorf("no %s (a systemd unit's CapabilityBoundingSet, a container's capabilities)", c.name)
+		}
+	}
+	return nil
 }
 
 // take returns plan's current template with a reference, which the
@@ -186,17 +219,7 @@ func (r *Runner) makeTemplate(plan *confine.Prepared) (*os.File, error) {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	child := os.NewFile(uintptr(fds[1]), "template-control")
-	attr := &os.ProcAttr{
-		Dir:   "/",
-		Env:   []string{"GOMAXPROCS=1"},
-		Files: []*os.File{r.devNull, r.devNull, r.devNull, child}, // fd 3 = confine.ControlFD
-		Sys: &syscall.SysProcAttr{
-			Setsid:     r.hasTTY,
-			Setpgid:    !r.hasTTY,
-			Pdeathsig:  syscall.SIGKILL,
-			Cloneflags: unix.CLONE_NEWNS,
-		},
-	}
+	attr := r.initAttr(child, unix.CLONE_NEWNS)
 	var proc *os.Process
 	r.spawns.do(func() {
 		proc, err = startNoNewPrivs(r.launcher.Path(), []string{confine.InitArg0, confine.TemplateArg}, attr)
