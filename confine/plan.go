@@ -176,15 +176,25 @@ func (p *Plan) inTmpfs(target string) (string, bool) {
 // template (the init's template and from-template modes; the sandbox's
 // templates.go): the view is built once, without the cell's private tmpfs
 // and /proc, and each cell adds those to its copy. So nothing of the view
-// may lie in one of them (a cell's fresh tmpfs would hide it), and a
-// preloader, which binds the host's /proc, has none.
+// may lie in one of them (a cell's fresh tmpfs would hide it) nor hold one
+// (a bind of /var would have the cell mount its /var/tmp on the host's
+// directory through it, where a cell building its view hides it); a
+// preloader, which binds the host's /proc, has none; and the plan must
+// load the filter, which denies mount: the cells of a route share their
+// copies' filesystems (the root tmpfs, /dev), read-only, and a program
+// without the filter running as root could remount them writable.
 func (p *Plan) Templatable() bool {
-	if p.Namespaces&NSMount == 0 || p.Preloader {
+	if p.Namespaces&NSMount == 0 || p.Preloader || !p.Seccomp {
 		return false
 	}
 	for _, b := range p.Binds {
 		if _, ok := p.inTmpfs(b.Target); ok || b.Target == "/proc" || strings.HasPrefix(b.Target, "/proc/") {
 			return false
+		}
+		for _, t := range p.Tmpfs {
+			if strings.HasPrefix(t.Target, strings.TrimSuffix(b.Target, "/")+"/") {
+				return false
+			}
 		}
 	}
 	for _, l := range p.Symlinks {

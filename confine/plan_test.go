@@ -270,7 +270,7 @@ func TestForPreloaderRefusesBindUnderTmpfs(t *testing.T) {
 }
 
 func TestTemplatable(t *testing.T) {
-	base := Plan{Namespaces: AllNamespaces, Tmpfs: []Tmpfs{{Target: "/tmp"}, {Target: "/dev/shm"}},
+	base := Plan{Namespaces: AllNamespaces, Seccomp: true, Tmpfs: []Tmpfs{{Target: "/tmp"}, {Target: "/dev/shm"}, {Target: "/var/tmp"}},
 		Binds: []Bind{{Source: "/usr", Target: "/usr"}}, Symlinks: []Symlink{{Link: "/bin", Target: "usr/bin"}}}
 	for _, tc := range []struct {
 		name string
@@ -285,6 +285,9 @@ func TestTemplatable(t *testing.T) {
 		{"a bind beside a private tmpfs", func(p *Plan) { p.Binds = append(p.Binds, Bind{Source: "/srv/x", Target: "/tmpdata"}) }, true},
 		{"a bind in /proc", func(p *Plan) { p.Binds = append(p.Binds, Bind{Source: "/srv/x", Target: "/proc/x"}) }, false},
 		{"a symlink in a private tmpfs", func(p *Plan) { p.Symlinks = append(p.Symlinks, Symlink{Link: "/tmp/l", Target: "/usr"}) }, false},
+		{"a bind holding a private tmpfs", func(p *Plan) { p.Binds = append(p.Binds, Bind{Source: "/var", Target: "/var"}) }, false},
+		{"a bind beside the one holding a private tmpfs", func(p *Plan) { p.Binds = append(p.Binds, Bind{Source: "/var/lib", Target: "/var/lib"}) }, true},
+		{"no filter", func(p *Plan) { p.Seccomp = false }, false},
 	} {
 		p := base
 		p.Binds = append([]Bind(nil), base.Binds...)

@@ -967,11 +967,10 @@ func TestConfineNetnsReuse(t *testing.T) {
 }
 
 // TestConfineMountTemplate: the cells of a route copy its view from one
-// mount template (the same tmpfs root), which serve makes again while the
-// route is used, so a path of the view that comes to name another
-// directory is seen by new cells; what cells share of it cannot be
-// written, even by root; and --mount-templates=false gives each cell a
-// root of its own.
+// mount template (the same tmpfs root; counted as hits), which serve makes
+// again while the route is used, so a path of the view that comes to name
+// another directory is seen by new cells; what cells share of it cannot
+// be written, even by root; and --mount-templates=false has none.
 func TestConfineMountTemplate(t *testing.T) {
 	w := workerBinary(t)
 	data := filepath.Join(t.TempDir(), "data")
@@ -990,10 +989,20 @@ func TestConfineMountTemplate(t *testing.T) {
 		return g.probe(t, "data", url.Values{"rootdev": {""}}).RootDev, g.probe(t, "data", url.Values{"rootdev": {""}}).RootDev
 	}
 
+	hits := func(g *gate) string {
+		m := regexp.MustCompile(`(?m)^cellgate_mount_templates_total\{result="hit"\} (\S+)$`).FindStringSubmatch(g.metrics())
+		if m == nil {
+			return "absent"
+		}
+		return m[1]
+	}
 	g := confineGate(t, extra, "--warm-cells", "0")
 	first, second := roots(g)
 	if first != second || first == 0 {
 		t.Errorf("two cells of a route have roots on devices %d and %d; want one template's", first, second)
+	}
+	if h := hits(g); h == "0" || h == "absent" {
+		t.Errorf("cellgate_mount_templates_total{result=\"hit\"} = %s after cells from a template", h)
 	}
 	g.probe(t, "proberoot", nil) // asks for the route's template
 	time.Sleep(time.Second)
@@ -1029,8 +1038,9 @@ func TestConfineMountTemplate(t *testing.T) {
 	g.stop()
 
 	g = confineGate(t, extra, "--warm-cells", "0", "--mount-templates=false")
-	if a, b := roots(g); a == b {
-		t.Errorf("with --mount-templates=false two cells share the root device %d", a)
+	roots(g)
+	if h := hits(g); h != "0" {
+		t.Errorf("with --mount-templates=false, cellgate_mount_templates_total{result=\"hit\"} = %s, want 0", h)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -155,32 +156,58 @@ func (p *netnsPool) fits(tenant string) bool {
 }
 
 // socketTables are the namespace's socket tables that a cell's use can
-// leave an entry in; each lists one socket a line after its header.
+// leave an entry in; each lists one socket a line after its header. They
+// hold the connections in TIME_WAIT, which are not sockets of anyone's.
 var socketTables = []string{"tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix"}
 
 // hasNoSocket reports whether the namespace fd holds no socket at all,
-// read on a thread switched into it. Any doubt (a table that cannot be
-// read) is a no.
+// read on a thread switched into it: sockstat's count of the namespace's
+// sockets (every socket a process made in it, bound or not, whoever holds
+// it now; the kernel's own are not counted) is 0, and no table lists a
+// socket. Any doubt (a file that cannot be read) is a no.
 func (p *netnsPool) hasNoSocket(fd int) bool {
-	clean := true
+	clean := false
 	if err := p.onThread(func() error { return unix.Setns(fd, unix.CLONE_NEWNET) }, func() {
 		var buf [4096]byte
+		if n, ok := socketsUsed("/proc/thread-self/net/sockstat"); !ok || n != 0 {
+			return
+		}
 		for _, t := range socketTables {
 			if !oneLine(&buf, "/proc/thread-self/net/"+t) {
-				clean = false
 				return
 			}
 		}
+		clean = true
 	}); err != nil {
 		return false
 	}
 	return clean
 }
 
+// socketsUsed reads the count of a sockstat file's first line, "sockets:
+// used N".
+func socketsUsed(path string) (int, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	line, _, _ := bytes.Cut(b, []byte{'\n'})
+	v, ok := bytes.CutPrefix(line, []byte("sockets: used "))
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(string(v))
+	return n, err == nil
+}
+
 // oneLine reports whether the file at path is one line (a table's header)
-// and no more.
+// and no more. An absent table (a protocol the kernel lacks, IPv6 when
+// disabled) holds no socket.
 func oneLine(buf *[4096]byte, path string) bool {
 	f, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return true
+	}
 	if err != nil {
 		return false
 	}

@@ -128,7 +128,55 @@ func TestOneLine(t *testing.T) {
 			t.Errorf("%s: oneLine = %v, want %v", name, got, tc.want)
 		}
 	}
-	if oneLine(&buf, filepath.Join(dir, "absent")) {
-		t.Error("an absent table counts as empty")
+	if !oneLine(&buf, filepath.Join(dir, "absent")) {
+		t.Error("an absent table (a protocol the kernel lacks) counts as holding a socket")
+	}
+	for text, want := range map[string]int{"sockets: used 0\nTCP: inuse 0\n": 0, "sockets: used 12\n": 12, "sockets: used x\n": -1, "TCP: inuse 0\n": -1, "": -1} {
+		p := filepath.Join(dir, "sockstat")
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		n, ok := socketsUsed(p)
+		if !ok {
+			n = -1
+		}
+		if n != want {
+			t.Errorf("socketsUsed(%q) = %d, %v; want %d", text, n, ok, want)
+		}
+	}
+}
+
+// TestHasNoSocket: a namespace holding a socket that no table lists (made,
+// never bound: a process outside the cell could hold it) is not empty;
+// once it is closed the namespace is. Needs root (a namespace of its own).
+func TestHasNoSocket(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	p, err := newNetnsPool(1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.close()
+	ns, err := p.create()
+	if err != nil {
+		t.Skipf("no network namespace here: %v", err)
+	}
+	defer unix.Close(ns)
+	if !p.hasNoSocket(ns) {
+		t.Fatal("a fresh namespace holds a socket")
+	}
+	sock := -1
+	if err := p.onThread(func() error { return unix.Setns(ns, unix.CLONE_NEWNET) }, func() {
+		sock, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	}); err != nil || sock < 0 {
+		t.Fatalf("a socket in the namespace: %v", err)
+	}
+	if p.hasNoSocket(ns) {
+		t.Error("a namespace holding an unbound TCP socket counts as empty")
+	}
+	unix.Close(sock)
+	if !p.hasNoSocket(ns) {
+		t.Error("the namespace still counts a closed socket")
 	}
 }

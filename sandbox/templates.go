@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -36,12 +37,14 @@ import (
 // the directories that the paths named at that moment. Contents change
 // through them as always; a path that now names another directory
 // (a release directory swapped by rename) is seen by new cells once the
-// template is made again. A template serves for templateMaxAge and is
-// then made again in the background while the old one goes on serving;
-// a route with no request for warmIdle lets go of its template. A plan
-// that cannot have one (Plan.Templatable), a template that could not be
-// made (logged; tried again after templateRetry) and the Go init, which
-// has no template mode, leave each cell building its own view, as
+// template is made again. No cell starts from a template older than
+// templateMaxAge (counted from the start of its making); from half that
+// age on, a request has it made again in the background, so that a route
+// used at least that often always finds a fresh one. A route with no
+// request for warmIdle lets go of its template. A plan that cannot have
+// one (Plan.Templatable), a template that could not be made (logged, the
+// old one let go too; tried again after templateRetry) and the Go init,
+// which has no template mode, leave each cell building its own view, as
 // before.
 
 // Entering a template (setns with CLONE_NEWNS) needs CAP_SYS_ADMIN and
@@ -76,6 +79,8 @@ type templateSet struct {
 }
 
 type mountTemplates struct {
+	hits, misses atomic.Uint64
+
 	r *Runner
 
 	mu     sync.Mutex
@@ -86,6 +91,16 @@ type mountTemplates struct {
 
 func newMountTemplates(r *Runner) *mountTemplates {
 	return &mountTemplates{r: r, sets: map[*confine.Prepared]*templateSet{}}
+}
+
+// TemplateStats counts the confined cells of templatable routes that
+// started from their route's mount template (hits) and those that built
+// their own view, none being fresh (misses).
+func (r *Runner) TemplateStats() (hits, misses uint64) {
+	if r.templates == nil {
+		return 0, 0
+	}
+	return r.templates.hits.Load(), r.templates.misses.Load()
 }
 
 // canEnterTemplates reports why this process's children could not enter
@@ -132,13 +147,17 @@ func (t *mountTemplates) take(plan *confine.Prepared) *mountTemplate {
 		t.sets[plan] = s
 	}
 	s.used = now
-	if !s.building && (s.cur == nil || now.Sub(s.cur.made) >= templateMaxAge) && (s.failed.IsZero() || now.Sub(s.failed) >= templateRetry) {
+	// Made again from half its age on, so that a route used at least
+	// that often never finds it too old.
+	if !s.building && (s.cur == nil || now.Sub(s.cur.made) >= templateMaxAge/2) && (s.failed.IsZero() || now.Sub(s.failed) >= templateRetry) {
 		s.building = true
 		t.wg.Go(func() { t.make(plan, s) })
 	}
-	if s.cur == nil {
+	if s.cur == nil || now.Sub(s.cur.made) >= templateMaxAge {
+		t.misses.Add(1)
 		return nil
 	}
+	t.hits.Add(1)
 	s.cur.refs++
 	return s.cur
 }
@@ -173,12 +192,19 @@ func (t *mountTemplates) sweep(now time.Time) {
 
 // make makes plan's template and makes it s's current one.
 func (t *mountTemplates) make(plan *confine.Prepared, s *templateSet) {
+	start := time.Now() // the host as the template sees it
 	f, err := t.r.makeTemplate(plan)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s.building = false
 	if err != nil {
+		// The old template is let go too: what made this one fail (a
+		// source gone, e.g. to revoke it) holds for the host now.
 		s.failed = time.Now()
+		if s.cur != nil {
+			t.drop(s.cur)
+			s.cur = nil
+		}
 		t.r.log.Warn("mount template of a confined route: its cells build their own view", "err", err, "retry", templateRetry)
 		return
 	}
@@ -189,7 +215,7 @@ func (t *mountTemplates) make(plan *confine.Prepared, s *templateSet) {
 	if s.cur != nil {
 		t.drop(s.cur)
 	}
-	s.cur = &mountTemplate{f: f, refs: 1, made: time.Now()}
+	s.cur = &mountTemplate{f: f, refs: 1, made: start}
 }
 
 // close waits for the makings under way and lets go of every template;

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"errors"
 	"os"
 	"runtime"
 	"strings"
@@ -19,6 +20,9 @@ func TestCanEnterTemplates(t *testing.T) {
 			t.Errorf("unprivileged: canEnterTemplates = %v, want an error naming CAP_SYS_ADMIN", err)
 		}
 		return
+	}
+	if err := unix.Setns(-1, unix.CLONE_NEWNS); !errors.Is(err, unix.EBADF) {
+		t.Skipf("setns is filtered here (%v): canEnterTemplates refuses for that already", err)
 	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

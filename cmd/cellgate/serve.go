@@ -398,7 +398,7 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 		GID:            cfg.GID,
 		Launcher:       launcher,
 		WarmCells:      cfg.WarmCells,
-		MountTemplates: cfg.MountTemplates,
+		MountTemplates: cfg.MountTemplates && !self, // the Go init has no template mode
 		NetNamespaces:  cfg.NetNamespaces,
 	})
 	if err != nil {
@@ -610,6 +610,7 @@ func runnerCounters(r *sandbox.Runner) []prometheus.Collector {
 		Help: "Confined cells being torn down in the background after their response (at most sandbox.DefaultTeardowns)."},
 		func() float64 { return float64(r.TeardownsPending()) })}
 	cs = append(cs, pair("warm_cells_total", "Confined requests that found a warm cell (hit) or set theirs up (miss).", r.WarmStats)...)
+	cs = append(cs, pair("mount_templates_total", "Confined cells that started from their route's mount template (hit) or built their own view, none being fresh (miss).", r.TemplateStats)...)
 	cs = append(cs, pair("netns_ahead_total", "Confined cells that found a network namespace made ahead (hit) or made their own (miss).", r.NetnsStats)...)
 	return append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: "netns_reused_total",
 		Help: "Confined cells whose network namespace made ahead an earlier cell of their tenant had used (counted in netns_ahead_total's hits too)."},
