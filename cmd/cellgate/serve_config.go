@@ -85,10 +85,10 @@ type serveConfig struct {
 	// each such cell make its own. Default 8.
 	NetNamespaces int `env:"NET_NAMESPACES" envDefault:"8"`
 	// MountTemplates has the cells of a confined route copy its
-	// filesystem view from a mount namespace made once (and again every
-	// 10 s while the route is used) instead of each building it; a path
-	// of the view that comes to name another directory is seen by new
-	// cells within those 10 s. Default true; needs cellgate-init.
+	// filesystem view from a mount namespace made ahead and never older
+	// than 10 s instead of each building it; a path of the view that
+	// comes to name another directory is seen by new cells within those
+	// 10 s. Default true; needs cellgate-init, setns and CAP_SYS_CHROOT.
 	MountTemplates bool `env:"MOUNT_TEMPLATES" envDefault:"true"`
 
 	// The front's limits (proxy.Config).
@@ -172,7 +172,7 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	c.Shared.addFlags(fs)
 	fs.IntVar(&c.MaxCells, "max-cells", c.MaxCells, "kernel cap on tenant and cell groups (cgroup.max.descendants), 0 = none (CELLGATE_MAX_CELLS)")
 	fs.IntVar(&c.NetNamespaces, "net-namespaces", c.NetNamespaces, "network namespaces kept made ahead for network: none cells, 0 = each cell makes its own (CELLGATE_NET_NAMESPACES)")
-	fs.BoolVar(&c.MountTemplates, "mount-templates", c.MountTemplates, "confined cells copy their route's filesystem view from a mount namespace made once (again every 10 s) instead of each building it (CELLGATE_MOUNT_TEMPLATES)")
+	fs.BoolVar(&c.MountTemplates, "mount-templates", c.MountTemplates, "confined cells copy their route's filesystem view from a mount namespace made ahead, never older than 10 s, instead of each building it (CELLGATE_MOUNT_TEMPLATES)")
 	fs.IntVar(&c.WarmCells, "warm-cells", c.WarmCells, "most confined cells per route set up ahead of their requests, sized by demand, 0 = none (CELLGATE_WARM_CELLS)")
 	fs.Var((*durationFlag)(&c.HeaderTimeout), "header-timeout", "time a client has to send the request header (CELLGATE_HEADER_TIMEOUT)")
 	fs.Var((*durationFlag)(&c.IdleTimeout), "idle-timeout", "keep-alive idle timeout (CELLGATE_IDLE_TIMEOUT)")
