@@ -155,21 +155,24 @@ func (p *netnsPool) fits(tenant string) bool {
 	return !p.closed && len(p.used[tenant]) < p.size && p.nused < maxUsedFactor*p.size
 }
 
-// socketTables are the namespace's socket tables that a cell's use can
-// leave an entry in; each lists one socket a line after its header. They
-// hold the connections in TIME_WAIT, which are not sockets of anyone's.
-var socketTables = []string{"tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix"}
+// socketTables are the namespace's socket tables that can list what
+// sockstat does not count: connections in TIME_WAIT, which are not
+// sockets of anyone's; each lists one entry a line after its header.
+// Every other socket of the namespace, of any family (UDP, raw, Unix,
+// orphaned TCP), is counted by sockstat until it is freed.
+var socketTables = []string{"tcp", "tcp6"}
 
 // hasNoSocket reports whether the namespace fd holds no socket at all,
 // read on a thread switched into it: sockstat's count of the namespace's
 // sockets (every socket a process made in it, bound or not, whoever holds
-// it now; the kernel's own are not counted) is 0, and no table lists a
-// socket. Any doubt (a file that cannot be read) is a no.
+// it now; the kernel's own are not counted) is 0, and no TCP table lists
+// a connection in TIME_WAIT. Any doubt (a file that cannot be read) is a
+// no.
 func (p *netnsPool) hasNoSocket(fd int) bool {
 	clean := false
 	if err := p.onThread(func() error { return unix.Setns(fd, unix.CLONE_NEWNET) }, func() {
 		var buf [4096]byte
-		if n, ok := socketsUsed("/proc/thread-self/net/sockstat"); !ok || n != 0 {
+		if n, ok := socketsUsed(&buf, "/proc/thread-self/net/sockstat"); !ok || n != 0 {
 			return
 		}
 		for _, t := range socketTables {
@@ -186,18 +189,26 @@ func (p *netnsPool) hasNoSocket(fd int) bool {
 
 // socketsUsed reads the count of a sockstat file's first line, "sockets:
 // used N".
-func socketsUsed(path string) (int, bool) {
-	b, err := os.ReadFile(path)
+func socketsUsed(buf *[4096]byte, path string) (int, bool) {
+	f, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return 0, false
 	}
-	line, _, _ := bytes.Cut(b, []byte{'\n'})
+	defer unix.Close(f)
+	n, err := unix.Read(f, buf[:])
+	for errors.Is(err, unix.EINTR) {
+		n, err = unix.Read(f, buf[:])
+	}
+	if err != nil {
+		return 0, false
+	}
+	line, _, _ := bytes.Cut(buf[:n], []byte{'\n'})
 	v, ok := bytes.CutPrefix(line, []byte("sockets: used "))
 	if !ok {
 		return 0, false
 	}
-	n, err := strconv.Atoi(string(v))
-	return n, err == nil
+	used, err := strconv.Atoi(string(v))
+	return used, err == nil
 }
 
 // oneLine reports whether the file at path is one line (a table's header)

@@ -136,7 +136,7 @@ func TestOneLine(t *testing.T) {
 		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		n, ok := socketsUsed(p)
+		n, ok := socketsUsed(&buf, p)
 		if !ok {
 			n = -1
 		}
@@ -146,9 +146,9 @@ func TestOneLine(t *testing.T) {
 	}
 }
 
-// TestHasNoSocket: a namespace holding a socket that no table lists (made,
-// never bound: a process outside the cell could hold it) is not empty;
-// once it is closed the namespace is. Needs root (a namespace of its own).
+// TestHasNoSocket: a namespace holding a socket of any family, even one
+// that no table lists (made, never bound: a process outside the cell
+// could hold it), is not empty; once it is closed the namespace is. Needs root (a namespace of its own).
 func TestHasNoSocket(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a network namespace")
@@ -166,17 +166,22 @@ func TestHasNoSocket(t *testing.T) {
 	if !p.hasNoSocket(ns) {
 		t.Fatal("a fresh namespace holds a socket")
 	}
-	sock := -1
-	if err := p.onThread(func() error { return unix.Setns(ns, unix.CLONE_NEWNET) }, func() {
-		sock, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	}); err != nil || sock < 0 {
-		t.Fatalf("a socket in the namespace: %v", err)
-	}
-	if p.hasNoSocket(ns) {
-		t.Error("a namespace holding an unbound TCP socket counts as empty")
-	}
-	unix.Close(sock)
-	if !p.hasNoSocket(ns) {
-		t.Error("the namespace still counts a closed socket")
+	for _, k := range []struct {
+		name         string
+		domain, kind int
+	}{{"unbound TCP", unix.AF_INET, unix.SOCK_STREAM}, {"UDP", unix.AF_INET, unix.SOCK_DGRAM}, {"Unix", unix.AF_UNIX, unix.SOCK_STREAM}} {
+		sock := -1
+		if err := p.onThread(func() error { return unix.Setns(ns, unix.CLONE_NEWNET) }, func() {
+			sock, err = unix.Socket(k.domain, k.kind|unix.SOCK_CLOEXEC, 0)
+		}); err != nil || sock < 0 {
+			t.Fatalf("a %s socket in the namespace: %v", k.name, err)
+		}
+		if p.hasNoSocket(ns) {
+			t.Errorf("a namespace holding a %s socket counts as empty", k.name)
+		}
+		unix.Close(sock)
+		if !p.hasNoSocket(ns) {
+			t.Errorf("the namespace still counts a closed %s socket", k.name)
+		}
 	}
 }
