@@ -29,10 +29,7 @@ func TestMain(m *testing.M) {
 		os.Exit(emptyDirMain(dir))
 	}
 	if os.Args[0] == InitArg0 {
-		if len(os.Args) == 2 && os.Args[1] == ExecArg {
-			os.Exit(InitExec())
-		}
-		os.Exit(Init())
+		os.Exit(InitMain(os.Args[1:]))
 	}
 	os.Exit(m.Run())
 }

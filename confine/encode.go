@@ -54,8 +54,9 @@ const (
 
 // Prepared is a Plan encoded once, with what the spawn needs of it.
 type Prepared struct {
-	plan  *Plan
-	frame []byte
+	plan        *Plan
+	frame       []byte
+	templatable bool // plan.Templatable(), decided once
 }
 
 // Prepare encodes p once, when the policy is loaded.
@@ -120,11 +121,14 @@ func Prepare(p *Plan) (*Prepared, error) {
 		return nil, fmt.Errorf("confinement plan of %d bytes is over %d", len(b)-4, MaxLaunch)
 	}
 	binary.LittleEndian.PutUint32(b, uint32(len(b)-4))
-	return &Prepared{plan: p, frame: b}, nil
+	return &Prepared{plan: p, frame: b, templatable: p.Templatable()}, nil
 }
 
 // Plan is the prepared Plan (not to be modified).
 func (p *Prepared) Plan() *Plan { return p.plan }
+
+// Templatable is the plan's Templatable, decided when it was prepared.
+func (p *Prepared) Templatable() bool { return p.templatable }
 
 // Frame is the plan frame, to send as it is (not to be modified).
 func (p *Prepared) Frame() []byte { return p.frame }
@@ -272,8 +276,9 @@ func DecodePlan(b []byte) (*Plan, []unix.SockFilter, error) {
 		t.Mode = d.u32()
 		p.Tmpfs = append(p.Tmpfs, t)
 	}
-	var filter []unix.SockFilter
-	for n := d.count(8); n > 0 && d.err == nil; n-- {
+	n := d.count(8)
+	filter := make([]unix.SockFilter, 0, n)
+	for ; n > 0 && d.err == nil; n-- {
 		code := d.u32()
 		filter = append(filter, unix.SockFilter{Code: uint16(code), Jt: uint8(code >> 16), Jf: uint8(code >> 24), K: d.u32()})
 	}

@@ -105,6 +105,20 @@ func Unsupported(mode string) int {
 	return fail(ReportSetup, exitSetup, fmt.Errorf("the Go init has no %s mode (install %s beside cellgate)", mode, InitArg0))
 }
 
+// InitMain runs the Go init of a process started as InitArg0 with args
+// (os.Args[1:]): Init without arguments, InitExec in exec mode, and
+// Unsupported for cellgate-init's other modes. It returns the exit status.
+func InitMain(args []string) int {
+	switch {
+	case len(args) == 0:
+		return Init()
+	case len(args) == 1 && args[0] == ExecArg:
+		return InitExec() // a fork route's preloader
+	default:
+		return Unsupported(args[0])
+	}
+}
+
 // InitExec is the init's exec mode, for a long-lived process that must
 // stay its starter's direct child (a fork route's preloader, whose
 // children cellgate reaps through CLONE_PARENT). It reads the plan frame

@@ -165,7 +165,7 @@ func (p *Plan) ForPreloader() (*Plan, error) {
 // inTmpfs returns the private tmpfs target that target is or lies in.
 func (p *Plan) inTmpfs(target string) (string, bool) {
 	for _, t := range p.Tmpfs {
-		if target == t.Target || strings.HasPrefix(target, t.Target+"/") {
+		if within(target, t.Target) {
 			return t.Target, true
 		}
 	}
@@ -188,11 +188,11 @@ func (p *Plan) Templatable() bool {
 		return false
 	}
 	for _, b := range p.Binds {
-		if _, ok := p.inTmpfs(b.Target); ok || b.Target == "/proc" || strings.HasPrefix(b.Target, "/proc/") {
+		if _, ok := p.inTmpfs(b.Target); ok || within(b.Target, "/proc") {
 			return false
 		}
 		for _, t := range p.Tmpfs {
-			if strings.HasPrefix(t.Target, strings.TrimSuffix(b.Target, "/")+"/") {
+			if within(t.Target, b.Target) {
 				return false
 			}
 		}

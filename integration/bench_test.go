@@ -99,39 +99,33 @@ func BenchmarkCellConfined(b *testing.B) {
 	// The same with network namespaces made ahead (serve's default,
 	// --net-namespaces): the init's clone, made under the runtime's
 	// ForkLock, then creates none; netns-hit-% is the share of cells that
-	// found one.
-	for _, par := range []int{1, 8, 32} {
-		b.Run(fmt.Sprintf("all-netns-ahead/concurrent=%d", par), func(b *testing.B) {
-			r := newConfinedEnv(b, sandbox.Config{NetNamespaces: par})
-			s := spec(b, confine.Options{})
-			r.Run(context.Background(), s) // starts the pool
-			time.Sleep(time.Second)
-			benchPairs(b, r, s, par, nil)
-			if hits, misses := r.NetnsStats(); hits+misses > 0 {
-				b.ReportMetric(100*float64(hits)/float64(hits+misses), "netns-hit-%")
-			}
-		})
-	}
-	// The same with mount templates (serve's default, --mount-templates):
-	// each cell's init copies the route's view, made once, instead of
-	// building it; alone, then with network namespaces made ahead too,
-	// as serve runs cold cells.
+	// found one. Then with mount templates (serve's default,
+	// --mount-templates): each cell's init copies the route's view, made
+	// once, instead of building it; alone, then with network namespaces
+	// made ahead too, as serve runs cold cells.
 	for _, v := range []struct {
-		name  string
-		netns bool
-		par   []int
-	}{{"all-templates", false, []int{1}}, {"all-templates-netns-ahead", true, []int{1, 8, 32}}} {
+		name             string
+		netns, templates bool
+		par              []int
+	}{
+		{"all-netns-ahead", true, false, []int{1, 8, 32}},
+		{"all-templates", false, true, []int{1}},
+		{"all-templates-netns-ahead", true, true, []int{1, 8, 32}},
+	} {
 		for _, par := range v.par {
 			b.Run(fmt.Sprintf("%s/concurrent=%d", v.name, par), func(b *testing.B) {
-				cfg := sandbox.Config{MountTemplates: true}
+				cfg := sandbox.Config{MountTemplates: v.templates}
 				if v.netns {
 					cfg.NetNamespaces = par
 				}
 				r := newConfinedEnv(b, cfg)
 				s := spec(b, confine.Options{})
-				r.Run(context.Background(), s) // asks for the template (and starts the netns pool)
+				r.Run(context.Background(), s) // starts the pool, asks for the template
 				time.Sleep(time.Second)
 				benchPairs(b, r, s, par, nil)
+				if hits, misses := r.NetnsStats(); !v.templates && hits+misses > 0 {
+					b.ReportMetric(100*float64(hits)/float64(hits+misses), "netns-hit-%")
+				}
 			})
 		}
 	}

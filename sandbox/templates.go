@@ -131,7 +131,7 @@ func canEnterTemplates() error {
 // caller gives back with release, or nil when it has none (yet). It
 // starts the template's making when there is none or it is due.
 func (t *mountTemplates) take(plan *confine.Prepared) *mountTemplate {
-	if !plan.Plan().Templatable() {
+	if !plan.Templatable() {
 		return nil
 	}
 	t.mu.Lock()
@@ -140,7 +140,6 @@ func (t *mountTemplates) take(plan *confine.Prepared) *mountTemplate {
 		return nil
 	}
 	now := time.Now()
-	t.sweep(now)
 	s := t.sets[plan]
 	if s == nil {
 		s = &templateSet{}
@@ -208,6 +207,7 @@ func (t *mountTemplates) make(plan *confine.Prepared, s *templateSet) {
 		t.r.log.Warn("mount template of a confined route: its cells build their own view", "err", err, "retry", templateRetry)
 		return
 	}
+	t.sweep(time.Now()) // here, at most every templateMaxAge/2 per route, not per request
 	if t.closed || t.sets[plan] != s {
 		f.Close()
 		return

@@ -585,9 +585,31 @@ static int remount_bind(const char *at, uint32_t bflags)
 	return 0;
 }
 
+/* mount_tmpfs mounts a private tmpfs of the cell at at (target in the
+ * cell's view, for the message). */
+static int mount_tmpfs(const char *at, const char *target, const struct tmpfs *t)
+{
+	char data[96];
+	if (t->size > 0)
+		snprintf(data, sizeof data, "mode=%o,size=%llu", t->mode, (unsigned long long)t->size);
+	else
+		snprintf(data, sizeof data, "mode=%o", t->mode);
+	if (mount("tmpfs", at, "tmpfs", MS_NOSUID | MS_NODEV, data) < 0)
+		return fail(errno, "mount tmpfs on %s (%s)", target, data);
+	return 0;
+}
+
+/* mount_proc mounts the cell's own /proc at at. */
+static int mount_proc(const char *at)
+{
+	if (mount("proc", at, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+		return fail(errno, "mount proc on /proc");
+	return 0;
+}
+
 static int run_step(const struct step *s, int rootfs)
 {
-	char at[PATH_MAX], fdpath[64], data[96];
+	char at[PATH_MAX], fdpath[64];
 	if (staged(at, sizeof at, s->target) < 0)
 		return -1;
 	snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", s->fd);
@@ -604,13 +626,7 @@ static int run_step(const struct step *s, int rootfs)
 	case S_TMPFS:
 		if (mountpoint(at, 1, rootfs) < 0)
 			return -1;
-		if (s->tmpfs->size > 0)
-			snprintf(data, sizeof data, "mode=%o,size=%llu", s->tmpfs->mode, (unsigned long long)s->tmpfs->size);
-		else
-			snprintf(data, sizeof data, "mode=%o", s->tmpfs->mode);
-		if (mount("tmpfs", at, "tmpfs", MS_NOSUID | MS_NODEV, data) < 0)
-			return fail(errno, "mount tmpfs on %s (%s)", s->target, data);
-		return 0;
+		return mount_tmpfs(at, s->target, s->tmpfs);
 	case S_BIND:
 	case S_HOST_PROC:
 		if (fstat(s->fd, &st) < 0)
@@ -639,9 +655,7 @@ static int run_step(const struct step *s, int rootfs)
 	case S_PROC:
 		if (mountpoint(at, 1, rootfs) < 0)
 			return -1;
-		if (mount("proc", at, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-			return fail(errno, "mount proc on /proc");
-		return 0;
+		return mount_proc(at);
 	case S_ROOT_RO:
 		if (mount("", STAGING, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
 			return fail(errno, "make the cell's root read-only");
@@ -708,19 +722,10 @@ static int enter_template(const struct plan *p)
 		return fail(errno, "unshare(CLONE_NEWNS) from the route's mount template");
 	if (chdir("/") < 0)
 		return fail(errno, "chdir /");
-	char data[96];
-	for (uint32_t i = 0; i < p->ntmpfs; i++) {
-		const struct tmpfs *t = &p->tmpfs[i];
-		if (t->size > 0)
-			snprintf(data, sizeof data, "mode=%o,size=%llu", t->mode, (unsigned long long)t->size);
-		else
-			snprintf(data, sizeof data, "mode=%o", t->mode);
-		if (mount("tmpfs", t->target, "tmpfs", MS_NOSUID | MS_NODEV, data) < 0)
-			return fail(errno, "mount tmpfs on %s (%s)", t->target, data);
-	}
-	if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
-		return fail(errno, "mount proc on /proc");
-	return 0;
+	for (uint32_t i = 0; i < p->ntmpfs; i++)
+		if (mount_tmpfs(p->tmpfs[i].target, p->tmpfs[i].target, &p->tmpfs[i]) < 0)
+			return -1;
+	return mount_proc("/proc");
 }
 
 static int loopback_up(void)
@@ -1035,16 +1040,18 @@ static int template_main(void)
 
 int main(int argc, char **argv)
 {
-	if (argc == 1 && strcmp(argv[0], ARG0) == 0)
-		return init_main();
-	if (argc == 2 && strcmp(argv[0], ARG0) == 0 && strcmp(argv[1], "template") == 0)
-		return template_main();
-	if (argc == 2 && strcmp(argv[0], ARG0) == 0 && strcmp(argv[1], "from-template") == 0) {
-		view_mode = M_FROM_TEMPLATE;
-		return init_main();
+	if (argc >= 1 && strcmp(argv[0], ARG0) == 0) {
+		if (argc == 1)
+			return init_main();
+		if (argc == 2 && strcmp(argv[1], "template") == 0)
+			return template_main();
+		if (argc == 2 && strcmp(argv[1], "from-template") == 0) {
+			view_mode = M_FROM_TEMPLATE;
+			return init_main();
+		}
+		if (argc == 2 && strcmp(argv[1], "exec") == 0)
+			return exec_main();
 	}
-	if (argc == 2 && strcmp(argv[0], ARG0) == 0 && strcmp(argv[1], "exec") == 0)
-		return exec_main();
 	dprintf(2, "cellgate-init is started by cellgate for each confined cell, never by hand\n");
 	return 2;
 }

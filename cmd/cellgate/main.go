@@ -46,13 +46,7 @@ func main() {
 	// Started as a cell's init by the sandbox (argv[0] set, the launch
 	// message on fd 3): confine the cell and run its program, nothing else.
 	if len(os.Args) > 0 && os.Args[0] == confine.InitArg0 {
-		if len(os.Args) == 2 && os.Args[1] == confine.ExecArg {
-			os.Exit(confine.InitExec()) // a fork route's preloader
-		}
-		if len(os.Args) > 1 {
-			os.Exit(confine.Unsupported(os.Args[1])) // cellgate-init's modes
-		}
-		os.Exit(confine.Init())
+		os.Exit(confine.InitMain(os.Args[1:]))
 	}
 	std := stdio{in: os.Stdin, out: os.Stdout, err: os.Stderr, environ: os.Environ()}
 	os.Exit(dispatch(context.Background(), os.Args[1:], std))
