@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,10 +35,11 @@ import (
 // serve in the microVM). So the daemon keeps the fd while the cell runs,
 // and once the cell is empty (no process of it is left in the namespace)
 // the namespace goes back to the pool for a later cell of the same tenant,
-// when nothing of the cell is left in it either: no TCP, UDP, raw or Unix
-// socket (read from /proc/thread-self/net on a thread switched into it),
-// so a TIME_WAIT connection, or a socket that a process outside the cell
-// holds, sends it to its end instead. A program cannot change anything
+// when nothing of the cell is left in it either: no socket of any family
+// and no connection, not even one in TIME_WAIT (the namespace's sockstat
+// counts, read on a thread switched into it), so a TIME_WAIT connection,
+// or a socket that a process outside the cell holds, sends it to its end
+// instead. A program cannot change anything
 // else of it: it runs under an unprivileged uid with no capabilities and
 // no_new_privs, so the interfaces, addresses, routes, filters and sysctls
 // are as the pool made them. What a later cell can still learn of an
@@ -155,91 +157,81 @@ func (p *netnsPool) fits(tenant string) bool {
 	return !p.closed && len(p.used[tenant]) < p.size && p.nused < maxUsedFactor*p.size
 }
 
-// socketTables are the namespace's socket tables that can list what
-// sockstat does not count: connections in TIME_WAIT, which are not
-// sockets of anyone's; each lists one entry a line after its header.
-// Every other socket of the namespace, of any family (UDP, raw, Unix,
-// orphaned TCP), is counted by sockstat until it is freed.
-var socketTables = []string{"tcp", "tcp6"}
-
 // hasNoSocket reports whether the namespace fd holds no socket at all,
-// read on a thread switched into it: sockstat's count of the namespace's
-// sockets (every socket a process made in it, bound or not, whoever holds
-// it now; the kernel's own are not counted) is 0, and no TCP table lists
-// a connection in TIME_WAIT. Any doubt (a file that cannot be read) is a
-// no.
+// read from its sockstat files on a thread switched into it: sockstat's
+// count of the namespace's sockets is 0 (every socket a process made in
+// it, of any family, bound or not, whoever holds it now; the kernel's own
+// are not counted), and so are its TCP connections (an orphaned one, closed
+// by its process and still closing, is no one's socket but still in use)
+// and its connections in TIME_WAIT ("tw", the namespace's own count, IPv4
+// and IPv6 together), and sockstat6's TCP6 connections. Two small files:
+// the socket tables (/proc/net/tcp) would list the same connections, but
+// reading one walks the kernel's whole connection hash, which a profile of
+// serve found costing more than the rest of the check. Any doubt (a file
+// that cannot be read or parsed) is a no; an absent sockstat6 (IPv6
+// disabled) counts nothing.
 func (p *netnsPool) hasNoSocket(fd int) bool {
 	clean := false
 	if err := p.onThread(func() error { return unix.Setns(fd, unix.CLONE_NEWNET) }, func() {
 		var buf [4096]byte
-		if n, ok := socketsUsed(&buf, "/proc/thread-self/net/sockstat"); !ok || n != 0 {
-			return
-		}
-		for _, t := range socketTables {
-			if !oneLine(&buf, "/proc/thread-self/net/"+t) {
-				return
-			}
-		}
-		clean = true
+		clean = sockstatZero(&buf, "/proc/thread-self/net/sockstat", false, "sockets: used", "TCP: inuse", "TCP: tw") &&
+			sockstatZero(&buf, "/proc/thread-self/net/sockstat6", true, "TCP6: inuse")
 	}); err != nil {
 		return false
 	}
 	return clean
 }
 
-// socketsUsed reads the count of a sockstat file's first line, "sockets:
-// used N".
-func socketsUsed(buf *[4096]byte, path string) (int, bool) {
+// sockstatZero reports whether every count the keys name is 0 in the
+// sockstat file at path. A key is a line's label and a field's name
+// ("TCP: tw" is the number after "tw" on the line "TCP: ..."). A key not
+// found, or a number that does not parse, is a no; an absent file is a
+// yes when absentOK.
+func sockstatZero(buf *[4096]byte, path string, absentOK bool, keys ...string) bool {
 	f, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return absentOK
+	}
 	if err != nil {
-		return 0, false
+		return false
 	}
 	defer unix.Close(f)
 	n, err := unix.Read(f, buf[:])
 	for errors.Is(err, unix.EINTR) {
 		n, err = unix.Read(f, buf[:])
 	}
-	if err != nil {
-		return 0, false
-	}
-	line, _, _ := bytes.Cut(buf[:n], []byte{'\n'})
-	v, ok := bytes.CutPrefix(line, []byte("sockets: used "))
-	if !ok {
-		return 0, false
-	}
-	used, err := strconv.Atoi(string(v))
-	return used, err == nil
-}
-
-// oneLine reports whether the file at path is one line (a table's header)
-// and no more. An absent table (a protocol the kernel lacks, IPv6 when
-// disabled) holds no socket.
-func oneLine(buf *[4096]byte, path string) bool {
-	f, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if errors.Is(err, unix.ENOENT) {
-		return true
-	}
-	if err != nil {
+	if err != nil || n == len(buf) {
 		return false
 	}
-	defer unix.Close(f)
-	lines := 0
-	for {
-		n, err := unix.Read(f, buf[:])
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return false
-		}
-		if n == 0 {
-			return lines == 1
-		}
-		lines += bytes.Count(buf[:n], []byte{'\n'})
-		if lines > 1 {
+	for _, key := range keys {
+		v, ok := sockstatCount(buf[:n], key)
+		if !ok || v != 0 {
 			return false
 		}
 	}
+	return true
+}
+
+// sockstatCount finds key ("TCP: tw") in a sockstat file's text: the line
+// that starts with the label ("TCP:"), then the number after the field's
+// name ("tw") among the line's name-number pairs.
+func sockstatCount(text []byte, key string) (int, bool) {
+	label, field, _ := strings.Cut(key, ": ")
+	for line := range bytes.Lines(text) {
+		rest, ok := bytes.CutPrefix(line, []byte(label+":"))
+		if !ok {
+			continue
+		}
+		words := strings.Fields(string(rest))
+		for i := 0; i+1 < len(words); i += 2 {
+			if words[i] == field {
+				v, err := strconv.Atoi(words[i+1])
+				return v, err == nil
+			}
+		}
+		return 0, false
+	}
+	return 0, false
 }
 
 // refill keeps size namespaces ready until close.

@@ -1,9 +1,12 @@
 package sandbox
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -108,47 +111,47 @@ func TestNetnsReuseBounded(t *testing.T) {
 	}
 }
 
-func TestOneLine(t *testing.T) {
+func TestSockstatZero(t *testing.T) {
 	dir := t.TempDir()
 	var buf [4096]byte
+	const clean = "sockets: used 0\nTCP: inuse 0 orphan 3 tw 0 alloc 7 mem 1\nUDP: inuse 0 mem 0\n"
+	keys := []string{"sockets: used", "TCP: inuse", "TCP: tw"}
 	for name, tc := range map[string]struct {
 		text string
 		want bool
 	}{
-		"header only":  {"  sl  local_address rem_address\n", true},
-		"one socket":   {"  sl  local_address\n   0: 0100007F:1F90\n", false},
-		"empty":        {"", false},
-		"long sockets": {"h\n" + string(make([]byte, 9000)) + "\n", false},
+		"clean (orphan and alloc are the host's)": {clean, true},
+		"a socket":               {"sockets: used 1\nTCP: inuse 0 orphan 0 tw 0\n", false},
+		"an orphaned TCP":        {"sockets: used 0\nTCP: inuse 1 orphan 1 tw 0\n", false},
+		"a TIME_WAIT":            {"sockets: used 0\nTCP: inuse 0 orphan 0 tw 1\n", false},
+		"no TCP line":            {"sockets: used 0\n", false},
+		"no tw field":            {"sockets: used 0\nTCP: inuse 0 orphan 0\n", false},
+		"a number that is not":   {"sockets: used 0\nTCP: inuse 0 orphan 0 tw x\n", false},
+		"a label within a line":  {"sockets: used 0\nUDP: TCP: inuse 0 tw 0\n", false},
+		"empty":                  {"", false},
+		"longer than the buffer": {clean + strings.Repeat("X: y 1\n", 1000), false},
 	} {
-		p := filepath.Join(dir, name)
+		p := filepath.Join(dir, "sockstat")
 		if err := os.WriteFile(p, []byte(tc.text), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if got := oneLine(&buf, p); got != tc.want {
-			t.Errorf("%s: oneLine = %v, want %v", name, got, tc.want)
+		if got := sockstatZero(&buf, p, false, keys...); got != tc.want {
+			t.Errorf("%s: sockstatZero = %v, want %v", name, got, tc.want)
 		}
 	}
-	if !oneLine(&buf, filepath.Join(dir, "absent")) {
-		t.Error("an absent table (a protocol the kernel lacks) counts as holding a socket")
+	if sockstatZero(&buf, filepath.Join(dir, "absent"), false, keys...) {
+		t.Error("an absent sockstat counts as clean")
 	}
-	for text, want := range map[string]int{"sockets: used 0\nTCP: inuse 0\n": 0, "sockets: used 12\n": 12, "sockets: used x\n": -1, "TCP: inuse 0\n": -1, "": -1} {
-		p := filepath.Join(dir, "sockstat")
-		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		n, ok := socketsUsed(&buf, p)
-		if !ok {
-			n = -1
-		}
-		if n != want {
-			t.Errorf("socketsUsed(%q) = %d, %v; want %d", text, n, ok, want)
-		}
+	if !sockstatZero(&buf, filepath.Join(dir, "absent"), true, "TCP6: inuse") {
+		t.Error("an absent sockstat6 (IPv6 disabled) counts as holding a socket")
 	}
 }
 
 // TestHasNoSocket: a namespace holding a socket of any family, even one
 // that no table lists (made, never bound: a process outside the cell
-// could hold it), is not empty; once it is closed the namespace is. Needs root (a namespace of its own).
+// could hold it), is not empty; once it is closed the namespace is. Nor
+// is one where a closed connection waits in TIME_WAIT, which is no one's
+// socket. Needs root (a namespace of its own).
 func TestHasNoSocket(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for a network namespace")
@@ -184,4 +187,70 @@ func TestHasNoSocket(t *testing.T) {
 			t.Errorf("the namespace still counts a closed %s socket", k.name)
 		}
 	}
+	// A connection closed by its client first leaves the client's end in
+	// TIME_WAIT once the server's end closes too.
+	var twErr error
+	if err := p.onThread(func() error { return unix.Setns(ns, unix.CLONE_NEWNET) }, func() { twErr = timeWait() }); err != nil || twErr != nil {
+		t.Fatalf("a TIME_WAIT connection in the namespace: %v %v", err, twErr)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p.hasNoSocket(ns) {
+		if time.Now().After(deadline) {
+			t.Fatal("a namespace with a connection in TIME_WAIT counts as empty")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// timeWait brings the thread's namespace's loopback up and leaves a TCP
+// connection over it in TIME_WAIT, every socket closed.
+func timeWait() error {
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(s)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("SIOCGIFFLAGS lo: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("SIOCSIFFLAGS lo: %w", err)
+	}
+	l, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(l)
+	if err := unix.Bind(l, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return err
+	}
+	if err := unix.Listen(l, 1); err != nil {
+		return err
+	}
+	addr, err := unix.Getsockname(l)
+	if err != nil {
+		return err
+	}
+	c, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	if err := unix.Connect(c, addr); err != nil {
+		unix.Close(c)
+		return err
+	}
+	a, _, err := unix.Accept4(l, unix.SOCK_CLOEXEC)
+	if err != nil {
+		unix.Close(c)
+		return err
+	}
+	unix.Close(c)
+	time.Sleep(50 * time.Millisecond) // the client's FIN reaches the server
+	unix.Close(a)
+	return nil
 }
