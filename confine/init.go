@@ -99,6 +99,10 @@ const (
 	TemplateFD      = 4
 )
 
+// SpawnerArg is argv[1] of cellgate-init as a daemon's spawner of cell
+// inits (spawn.go); the Go init has no such mode.
+const SpawnerArg = "spawner"
+
 // Unsupported reports, as a setup failure on fd 3, that this init has no
 // mode mode.
 func Unsupported(mode string) int {

@@ -102,25 +102,31 @@ func BenchmarkCellConfined(b *testing.B) {
 	// found one. Then with mount templates (serve's default,
 	// --mount-templates): each cell's init copies the route's view, made
 	// once, instead of building it; alone, then with network namespaces
-	// made ahead too, as serve runs cold cells.
+	// made ahead too. Then with the init spawner (serve's default,
+	// --init-spawner): the init is cloned by a long-lived cellgate-init
+	// instead of forked and executed by the daemon; with everything
+	// made ahead, as serve runs cold cells, and with no namespace at all.
 	for _, v := range []struct {
-		name             string
-		netns, templates bool
-		par              []int
+		name                      string
+		opts                      confine.Options
+		netns, templates, spawner bool
+		par                       []int
 	}{
-		{"all-netns-ahead", true, false, []int{1, 8, 32}},
-		{"all-templates", false, true, []int{1}},
-		{"all-templates-netns-ahead", true, true, []int{1, 8, 32}},
+		{"all-netns-ahead", confine.Options{}, true, false, false, []int{1, 8, 32}},
+		{"all-templates", confine.Options{}, false, true, false, []int{1}},
+		{"all-templates-netns-ahead", confine.Options{}, true, true, false, []int{1, 8, 32}},
+		{"init-only-spawner", confine.Options{Share: all, NoSeccomp: true}, false, false, true, []int{1}},
+		{"all-ahead-spawner", confine.Options{}, true, true, true, []int{1, 8, 32}},
 	} {
 		for _, par := range v.par {
 			b.Run(fmt.Sprintf("%s/concurrent=%d", v.name, par), func(b *testing.B) {
-				cfg := sandbox.Config{MountTemplates: v.templates}
+				cfg := sandbox.Config{MountTemplates: v.templates, InitSpawner: v.spawner}
 				if v.netns {
 					cfg.NetNamespaces = par
 				}
 				r := newConfinedEnv(b, cfg)
-				s := spec(b, confine.Options{})
-				r.Run(context.Background(), s) // starts the pool, asks for the template
+				s := spec(b, v.opts)
+				r.Run(context.Background(), s) // starts the pool and the spawner, asks for the template
 				time.Sleep(time.Second)
 				benchPairs(b, r, s, par, nil)
 				if hits, misses := r.NetnsStats(); !v.templates && hits+misses > 0 {

@@ -1057,3 +1057,122 @@ func defaultPlan(t testing.TB, program string) *confine.Prepared {
 	}
 	return prep
 }
+
+// TestConfineInitSpawner: with the init spawner (Config.InitSpawner,
+// serve's default) confined cells' inits are cloned by one long-lived
+// cellgate-init, the daemon's child, and are the daemon's children
+// (CLONE_PARENT), reaped by it: no zombie is left. A spawner killed
+// between requests is replaced, and every request is served meanwhile.
+func TestConfineInitSpawner(t *testing.T) {
+	cellgateBin(t)
+	r := newConfinedEnv(t, sandbox.Config{InitSpawner: true, NetNamespaces: 2, MountTemplates: true})
+	w := workerBinary(t)
+	prep := defaultPlan(t, w)
+	host, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := func(what string) { t.Helper(); runNetns(t, r, prep, w, host, what) }
+	run("the first cell")
+	first := spawners(t)
+	if len(first) != 1 {
+		t.Fatalf("%d spawners are this process's children after a confined cell, want 1", len(first))
+	}
+	for i := 0; i < 5; i++ {
+		run(fmt.Sprintf("cell %d", i))
+	}
+	if now := spawners(t); len(now) != 1 || now[0] != first[0] {
+		t.Errorf("spawners %v after 5 more cells, want the first, %d, alone", now, first[0])
+	}
+	if err := syscall.Kill(first[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		run(fmt.Sprintf("cell %d after the spawner was killed", i))
+	}
+	if now := spawners(t); len(now) != 1 || now[0] == first[0] {
+		t.Errorf("spawners %v after the first, %d, was killed; want one new one", now, first[0])
+	}
+	for end := time.Now().Add(time.Minute); r.TeardownsPending() > 0 && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if z := zombieChildren(t); len(z) > 0 {
+		t.Errorf("zombie children left: %v", z)
+	}
+	if n := initsRunning(); n != 1 {
+		t.Errorf("%d cellgate-init processes once every cell ended, want the spawner alone", n)
+	}
+
+	// An init without the spawner mode (the Go init) never says hello:
+	// cells start their inits from the daemon, and no spawner is left.
+	l, err := confine.OpenLauncher(cellgateBin(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	goInit := newConfinedEnv(t, sandbox.Config{Launcher: l, InitSpawner: true})
+	for i := 0; i < 3; i++ {
+		runNetns(t, goInit, prep, w, host, fmt.Sprintf("cell %d with the Go init", i))
+	}
+	if now := spawners(t); len(now) != 1 || now[0] == first[0] {
+		t.Errorf("spawners %v with a Go init asked for one too; want the other runner's alone", now)
+	}
+}
+
+// runNetns runs the worker w's netns helper in a confined cell of r and
+// checks that it has a network namespace of its own with loopback up.
+func runNetns(t *testing.T, r *sandbox.Runner, prep *confine.Prepared, w, host, what string) {
+	t.Helper()
+	var out bytes.Buffer
+	spec := sandbox.Spec{Path: w, Args: []string{w}, Env: []string{cellHelperEnv + "=netns"}, Confine: prep, Stdout: &out}
+	res, err := r.Run(context.Background(), spec)
+	if err != nil || res.Cause != sandbox.CauseOK {
+		t.Fatalf("%s: %v, cause %s, output %q", what, err, res.Cause, out.String())
+	}
+	if ns, lo, _ := strings.Cut(strings.TrimSpace(out.String()), " "); ns == host || lo != "up" {
+		t.Errorf("%s: network namespace %s (the daemon's is %s), loopback %s", what, ns, host, lo)
+	}
+}
+
+// spawners are the pids of this process's children that are init
+// spawners (cellgate-init spawner).
+func spawners(t *testing.T) []int {
+	var out []int
+	for _, pid := range childrenOf(t) {
+		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && string(b) == "cellgate-init\x00spawner\x00" {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// zombieChildren are the pids of this process's children that exited
+// and were not reaped.
+func zombieChildren(t *testing.T) []int {
+	var out []int
+	for _, pid := range childrenOf(t) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if st, _ := statusField(string(b), "State"); err == nil && strings.HasPrefix(st, "Z") {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// childrenOf lists the children of every thread of this process.
+func childrenOf(t *testing.T) []int {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	for _, task := range tasks {
+		b, _ := os.ReadFile("/proc/self/task/" + task.Name() + "/children")
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out
+}

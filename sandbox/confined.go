@@ -45,50 +45,112 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared, tenant string) (*i
 	if r.launcher == nil {
 		return nil, fmt.Errorf("%w: route asks for confinement but the runner has no Launcher (Config.Launcher)", ErrSpec)
 	}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("%w: control socket: %w", ErrSpawn, err)
-	}
-	child := os.NewFile(uintptr(fds[1]), "cell-init-control")
-	defer child.Close()
-	attr := r.initAttr(child, plan.CloneFlags())
-	if fd := cell.FD(); fd >= 0 {
-		attr.Sys.UseCgroupFD = true
-		attr.Sys.CgroupFD = fd
-	}
-	args := []string{confine.InitArg0}
+	var template *os.File
 	if r.templates != nil {
 		if mt := r.templates.take(plan); mt != nil {
 			// The view is a copy of the route's template (templates.go):
 			// the init enters it instead of cloning the daemon's.
 			defer r.templates.release(mt)
-			args = append(args, confine.FromTemplateArg)
-			attr.Files = append(attr.Files, mt.f) // fd 4 = confine.TemplateFD
-			attr.Sys.Cloneflags &^= unix.CLONE_NEWNS
+			template = mt.f
 		}
 	}
-	var proc *os.Process
+	// A network namespace made ahead (netns.go): the init is cloned into
+	// it instead of making its own.
 	ns := r.takeNetns(plan, tenant)
+	for try := 0; ; try++ {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			if ns >= 0 {
+				unix.Close(ns)
+			}
+			return nil, fmt.Errorf("%w: control socket: %w", ErrSpawn, err)
+		}
+		child := os.NewFile(uintptr(fds[1]), "cell-init-control")
+		attr := r.initAttr(child, plan.CloneFlags())
+		if fd := cell.FD(); fd >= 0 {
+			attr.Sys.UseCgroupFD = true
+			attr.Sys.CgroupFD = fd
+		}
+		if template != nil {
+			attr.Sys.Cloneflags &^= unix.CLONE_NEWNS
+		}
+		if ns >= 0 {
+			attr.Sys.Cloneflags &^= unix.CLONE_NEWNET
+		}
+		proc, again, err := r.launchInit(cell, attr, ns, template, try == 0)
+		child.Close()
+		if err != nil {
+			unix.Close(fds[0])
+			if again {
+				// The spawner died with the request; the cell is empty
+				// again. Once more, on a control socket that nothing of
+				// the first try wrote to.
+				continue
+			}
+			if ns >= 0 {
+				unix.Close(ns)
+			}
+			return nil, fmt.Errorf("%w: init %s in cell %s: %w", ErrSpawn, r.launcher.Name(), cell.Path(), err)
+		}
+		ip := &initProc{cell: cell, proc: proc, ctl: fds[0], netns: ns, tenant: tenant}
+		// A failed send means the init died at once: its report, if any,
+		// says why, and the caller learns it as from any init.
+		_ = ip.send(plan.Frame(), nil)
+		return ip, nil
+	}
+}
+
+// launchInit starts an init with attr (its fd 3 the cell's control
+// socket), in the network namespace ns made ahead (or -1) and from the
+// mount template (or nil): cloned by the spawner when there is one
+// (spawner.go), else forked and executed by the daemon. again: the
+// spawner died with the request, and the cell was emptied of any init it
+// may have cloned; the caller may try once more (retry) on a new control
+// socket.
+func (r *Runner) launchInit(cell Cell, attr *os.ProcAttr, ns int, template *os.File, retry bool) (proc *os.Process, again bool, err error) {
+	if r.spawner != nil {
+		var opts uint32
+		fds := []int{int(attr.Files[confine.ControlFD].Fd())}
+		if attr.Sys.UseCgroupFD {
+			opts |= confine.SpawnCgroup
+			fds = append(fds, attr.Sys.CgroupFD)
+		}
+		if ns >= 0 {
+			opts |= confine.SpawnNetns
+			fds = append(fds, ns)
+		}
+		if template != nil {
+			opts |= confine.SpawnFromTemplate
+			fds = append(fds, int(template.Fd()))
+		}
+		pid, sent, err := r.spawner.spawn(opts, attr.Sys.Cloneflags, fds)
+		switch {
+		case err == nil:
+			proc, err := os.FindProcess(pid)
+			return proc, false, err
+		case !errors.Is(err, errSpawnerGone):
+			return nil, false, err
+		case sent:
+			// An init may have been cloned that the daemon does not
+			// know: the cell ends, and it is reaped.
+			if r.endOrphans(cell) != nil || !retry {
+				return nil, false, err
+			}
+			return nil, true, err
+		}
+		// Nothing was sent: the daemon starts the init itself.
+	}
+	args := []string{confine.InitArg0}
+	if template != nil {
+		args = append(args, confine.FromTemplateArg)
+		attr.Files = append(attr.Files, template) // fd 4 = confine.TemplateFD
+	}
 	if ns >= 0 {
-		// A network namespace made ahead (netns.go): the init is cloned
-		// into it instead of making its own.
-		attr.Sys.Cloneflags &^= unix.CLONE_NEWNET
 		r.spawns.do(func() { proc, err = r.netns.start(ns, r.launcher.Path(), args, attr) })
 	} else {
 		r.spawns.do(func() { proc, err = startNoNewPrivs(r.launcher.Path(), args, attr) })
 	}
-	if err != nil {
-		unix.Close(fds[0])
-		if ns >= 0 {
-			unix.Close(ns)
-		}
-		return nil, fmt.Errorf("%w: init %s in cell %s: %w", ErrSpawn, r.launcher.Name(), cell.Path(), err)
-	}
-	ip := &initProc{cell: cell, proc: proc, ctl: fds[0], netns: ns, tenant: tenant}
-	// A failed send means the init died at once: its report, if any, says
-	// why, and the caller learns it as from any init.
-	_ = ip.send(plan.Frame(), nil)
-	return ip, nil
+	return proc, false, err
 }
 
 // initAttr is how an init is started: /dev/null on fds 0-2, ctl on fd 3

@@ -287,6 +287,21 @@ func cellChildren(cell Cell) []*worker {
 	return out
 }
 
+// endOrphans kills cell and reaps the processes in it that are the
+// daemon's children but were never handed to it: cloned with CLONE_PARENT
+// by a preloader or the init spawner that failed before it answered. An
+// error: the cell could not be emptied (a process may still run under
+// its uid).
+func (r *Runner) endOrphans(cell Cell) error {
+	orphans := cellChildren(cell)
+	err := r.empty(cell)
+	for _, o := range orphans {
+		r.reaper.wait(o)
+		o.release()
+	}
+	return err
+}
+
 // fdinfoPid is the "Pid:" of a pidfd's fdinfo, or 0.
 func fdinfoPid(b []byte) int {
 	for _, line := range bytes.Split(b, []byte("\n")) {

@@ -162,9 +162,10 @@ func (p *netnsPool) fits(tenant string) bool {
 // count of the namespace's sockets is 0 (every socket a process made in
 // it, of any family, bound or not, whoever holds it now; the kernel's own
 // are not counted), and so are its TCP connections (an orphaned one, closed
-// by its process and still closing, is no one's socket but still in use)
-// and its connections in TIME_WAIT ("tw", the namespace's own count, IPv4
-// and IPv6 together), and sockstat6's TCP6 connections. Two small files:
+// by its process and still closing, is no one's socket but still in use),
+// its connections in TIME_WAIT ("tw", the namespace's own count, IPv4
+// and IPv6 together), what UDP, UDP-Lite and raw sockets have hashed,
+// and the same of IPv6 in sockstat6. Two small files:
 // the socket tables (/proc/net/tcp) would list the same connections, but
 // reading one walks the kernel's whole connection hash, which a profile of
 // serve found costing more than the rest of the check. Any doubt (a file
@@ -174,13 +175,22 @@ func (p *netnsPool) hasNoSocket(fd int) bool {
 	clean := false
 	if err := p.onThread(func() error { return unix.Setns(fd, unix.CLONE_NEWNET) }, func() {
 		var buf [4096]byte
-		clean = sockstatZero(&buf, "/proc/thread-self/net/sockstat", false, "sockets: used", "TCP: inuse", "TCP: tw") &&
-			sockstatZero(&buf, "/proc/thread-self/net/sockstat6", true, "TCP6: inuse")
+		clean = sockstatZero(&buf, "/proc/thread-self/net/sockstat", false, sockstatKeys...) &&
+			sockstatZero(&buf, "/proc/thread-self/net/sockstat6", true, sockstat6Keys...)
 	}); err != nil {
 		return false
 	}
 	return clean
 }
+
+// The counts of a namespace without a socket: of sockets made by its
+// processes, then of what each protocol has hashed, sockets of the
+// kernel's own included (which "sockets: used" leaves out), and TCP's
+// TIME_WAIT.
+var (
+	sockstatKeys  = []string{"sockets: used", "TCP: inuse", "TCP: tw", "UDP: inuse", "UDPLITE: inuse", "RAW: inuse"}
+	sockstat6Keys = []string{"TCP6: inuse", "UDP6: inuse", "UDPLITE6: inuse", "RAW6: inuse"}
+)
 
 // sockstatZero reports whether every count the keys name is 0 in the
 // sockstat file at path. A key is a line's label and a field's name
@@ -280,6 +290,10 @@ func (p *netnsPool) canSwitch() error {
 	return nil
 }
 
+// noMetricsSave is the sysctl that keeps TCP from saving what it learnt
+// of a peer, written in each namespace made ahead.
+const noMetricsSave = "/proc/sys/net/ipv4/tcp_no_metrics_save"
+
 // create makes a namespace and returns its fd. Its loopback is brought up
 // by the init cloned into it, as in a namespace the init makes itself
 // (the plan still names the network namespace).
@@ -287,6 +301,12 @@ func (p *netnsPool) create() (int, error) {
 	fd := -1
 	var err error
 	if eerr := p.onThread(func() error { return unix.Unshare(unix.CLONE_NEWNET) }, func() {
+		// TCP keeps what it learnt of a peer (RTT, congestion window)
+		// after the connection, readable by netlink: nothing of a cell
+		// is left for the next.
+		if err = os.WriteFile(noMetricsSave, []byte("1"), 0); err != nil {
+			return
+		}
 		if fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
 			err = fmt.Errorf("open /proc/thread-self/ns/net: %w", err)
 		}

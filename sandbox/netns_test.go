@@ -169,6 +169,10 @@ func TestHasNoSocket(t *testing.T) {
 	if !p.hasNoSocket(ns) {
 		t.Fatal("a fresh namespace holds a socket")
 	}
+	var metrics []byte
+	if err := p.onThread(func() error { return unix.Setns(ns, unix.CLONE_NEWNET) }, func() { metrics, err = os.ReadFile(noMetricsSave) }); err != nil || string(metrics) != "1\n" {
+		t.Errorf("%s in a namespace made ahead: %q (%v), want 1", noMetricsSave, metrics, err)
+	}
 	for _, k := range []struct {
 		name         string
 		domain, kind int

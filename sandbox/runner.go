@@ -63,6 +63,11 @@ type Config struct {
 	// from a mount namespace made once (see templates.go) instead of
 	// each building it; false has every cell build its own.
 	MountTemplates bool
+	// InitSpawner has a long-lived cellgate-init clone each confined
+	// cell's init (see spawner.go) instead of the daemon forking and
+	// executing it; only with a Launcher that is cellgate-init (the Go
+	// init has no spawner mode).
+	InitSpawner bool
 	// Teardowns bounds the confined cells torn down in the background
 	// after their Result is known (DefaultTeardowns; see teardown.go); a
 	// negative value tears every cell down before Run returns.
@@ -99,6 +104,7 @@ type Runner struct {
 	teardowns   *teardowns
 	netns       *netnsPool      // nil without Config.NetNamespaces
 	templates   *mountTemplates // nil without Config.MountTemplates
+	spawner     *initSpawner    // nil without Config.InitSpawner
 	spawns      spawnSlots
 }
 
@@ -183,6 +189,9 @@ func New(cfg Config) (*Runner, error) {
 			r.templates = newMountTemplates(r)
 		}
 	}
+	if cfg.InitSpawner && cfg.Launcher != nil {
+		r.spawner = newInitSpawner(cfg.Launcher.Path(), r.devNull, r.hasTTY, r.log)
+	}
 	if cfg.WarmCells > 0 && cfg.Launcher != nil {
 		r.warm = newWarmPool(r, cfg.WarmCells)
 	}
@@ -196,6 +205,9 @@ func (r *Runner) Close() error {
 		r.warm.close()
 	}
 	r.teardowns.wait()
+	if r.spawner != nil {
+		r.spawner.close()
+	}
 	if r.templates != nil {
 		r.templates.close()
 	}
@@ -322,13 +334,8 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				// without handing over its pidfd: it is cellgate's child
 				// (CLONE_PARENT), so it is killed with the cell and reaped
 				// here, and the uid returns only once the cell is empty.
-				orphans := cellChildren(cell)
-				if eerr := r.empty(cell); eerr != nil {
+				if r.endOrphans(cell) != nil {
 					keepUID = true
-				}
-				for _, o := range orphans {
-					r.reaper.wait(o)
-					o.release()
 				}
 				return Result{}, fmt.Errorf("in cell %s: %w", cell.Path(), err)
 			}

@@ -20,6 +20,16 @@
  * (unshare) and mounts only what is the cell's own: the tmpfs mounts and
  * /proc.
  *
+ * The spawner (argv[1] "spawner", sandbox/spawner.go): one long-lived
+ * process per daemon whose fd 3 is a SOCK_SEQPACKET socket. For each
+ * request it receives (the clone flags, and with it the cell's control
+ * socket, its cgroup, a network namespace made ahead and a mount
+ * template, each when there is one) it clones a child straight into the
+ * cell (clone3 CLONE_INTO_CGROUP, with CLONE_PARENT so that the daemon is
+ * the child's parent and reaps it) and answers its pid. The child is a
+ * cell's init as above, without an execve of its own: it puts its fds in
+ * place, enters the network namespace and runs init_main.
+ *
  * It is C because it starts once per request: a Go program's runtime start
  * costs several times a whole fork and exec of a small program, and was
  * most of a confined cell's CPU. It decides nothing: the plan frame is
@@ -56,6 +66,10 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
 
 #define ARG0 "cellgate-init"
 #define CONTROL_FD 3
@@ -1038,6 +1052,151 @@ static int template_main(void)
 	}
 }
 
+/* ---- the spawner ---- */
+
+/* A spawn request: "CGS1", its options (little-endian), the clone flags;
+ * with it, in this order, the cell's control socket, then its cgroup, a
+ * network namespace and a mount template as the options say. The answer:
+ * the child's pid and an errno (0, or why nothing was cloned). */
+#define SPAWN_MAGIC "CGS1"
+#define SPAWN_REQUEST 16
+#define SPAWN_ANSWER 8
+enum { SP_FROM_TEMPLATE = 1, SP_CGROUP = 2, SP_NETNS = 4 };
+
+/* clone3's arguments up to cgroup (CLONE_ARGS_SIZE_VER2). */
+struct clone_args_v2 {
+	uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+	    set_tid_size, cgroup;
+};
+
+static char *spawner_arg; /* argv[1], blanked in each child */
+
+/* spawned is the child: a cell's init. fds 0-2 are the spawner's
+ * (/dev/null); the control socket goes to fd 3 (over the spawner's
+ * socket) and the template to fd 4, and nothing else is kept. */
+static int spawned(uint32_t opts, int ctl, int ns, int tpl)
+{
+	prctl(PR_SET_PDEATHSIG, SIGKILL); /* the daemon's end; before this, the control socket's */
+	memset(spawner_arg, 0, strlen(spawner_arg)); /* /proc/1/cmdline: cellgate-init */
+	int nserr = 0;
+	if (ns >= 0 && setns(ns, CLONE_NEWNET) < 0)
+		nserr = errno;
+	if (dup2(ctl, CONTROL_FD) < 0)
+		return EXIT_SETUP; /* no control socket to report on */
+	if (tpl >= 0 && dup2(tpl, TEMPLATE_FD) < 0) {
+		fail(errno, "dup2 the route's mount template to fd %d", TEMPLATE_FD);
+		return fail_report(CONTROL_FD, R_SETUP, EXIT_SETUP);
+	}
+	if (syscall(SYS_close_range, tpl >= 0 ? TEMPLATE_FD + 1 : TEMPLATE_FD, ~0U, 0) < 0) {
+		fail(errno, "close_range: the init would keep the spawner's descriptors");
+		return fail_report(CONTROL_FD, R_SETUP, EXIT_SETUP);
+	}
+	if (nserr) {
+		fail(nserr, "setns into a network namespace made ahead");
+		return fail_report(CONTROL_FD, R_SETUP, EXIT_SETUP);
+	}
+	if (setsid() < 0) {
+		fail(errno, "setsid");
+		return fail_report(CONTROL_FD, R_SETUP, EXIT_SETUP);
+	}
+	view_mode = (opts & SP_FROM_TEMPLATE) ? M_FROM_TEMPLATE : M_WHOLE;
+	return init_main();
+}
+
+/* spawn clones a cell's init as the request says; it returns its pid, or
+ * -1 with errno set. */
+static pid_t spawn(uint64_t flags, uint32_t opts, int ctl, int cg, int ns, int tpl)
+{
+	struct clone_args_v2 a = {.flags = flags | CLONE_PARENT};
+	if (cg >= 0) {
+		a.flags |= CLONE_INTO_CGROUP;
+		a.cgroup = (uint64_t)cg;
+	}
+	long pid = syscall(SYS_clone3, &a, sizeof a);
+	if (pid == 0)
+		_exit(spawned(opts, ctl, ns, tpl));
+	return (pid_t)pid;
+}
+
+/* The clone flags a request may ask for: the plan's namespaces. */
+#define SPAWN_FLAGS ((uint64_t)(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET))
+
+/* answer sends an answer (or, pid being its own and errno 0, the hello);
+ * it returns -1 once the daemon's end is gone. */
+static int answer(int32_t pid, int32_t e)
+{
+	unsigned char ans[SPAWN_ANSWER];
+	put32(ans, (uint32_t)pid);
+	put32(ans + 4, (uint32_t)e);
+	ssize_t w;
+	do
+		w = send(CONTROL_FD, ans, sizeof ans, MSG_NOSIGNAL);
+	while (w < 0 && errno == EINTR);
+	return w == sizeof ans ? 0 : -1;
+}
+
+/* spawner_main says hello (its pid), then answers spawn requests on fd 3
+ * until its end closes. */
+static int spawner_main(void)
+{
+	if (answer(getpid(), 0) < 0)
+		return 0;
+	for (;;) {
+		unsigned char req[SPAWN_REQUEST + 1];
+		int fds[4];
+		union {
+			struct cmsghdr align;
+			char buf[CMSG_SPACE(sizeof fds)];
+		} oob;
+		struct iovec iov = {.iov_base = req, .iov_len = sizeof req};
+		struct msghdr msg = {
+		    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = oob.buf, .msg_controllen = sizeof oob.buf};
+		ssize_t n = recvmsg(CONTROL_FD, &msg, MSG_CMSG_CLOEXEC);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return 0;
+		int got = 0;
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+				continue;
+			int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			int *in = (int *)CMSG_DATA(c);
+			for (int i = 0; i < k; i++) {
+				if (got < 4)
+					fds[got] = in[i];
+				else
+					close(in[i]);
+				got++;
+			}
+		}
+		uint32_t opts = req[4] | req[5] << 8 | req[6] << 16 | (uint32_t)req[7] << 24;
+		uint64_t flags = 0;
+		for (int i = 0; i < 8; i++)
+			flags |= (uint64_t)req[8 + i] << (8 * i);
+		int want = 1 + !!(opts & SP_CGROUP) + !!(opts & SP_NETNS) + !!(opts & SP_FROM_TEMPLATE);
+		int32_t pid = 0, e = 0;
+		if (n != SPAWN_REQUEST || memcmp(req, SPAWN_MAGIC, 4) != 0 || (msg.msg_flags & MSG_CTRUNC) ||
+		    got != want || (opts & ~(uint32_t)(SP_FROM_TEMPLATE | SP_CGROUP | SP_NETNS)))
+			e = EPROTO;
+		else if (flags & ~SPAWN_FLAGS)
+			e = EINVAL;
+		else {
+			int k = 1;
+			int cg = (opts & SP_CGROUP) ? fds[k++] : -1;
+			int ns = (opts & SP_NETNS) ? fds[k++] : -1;
+			int tpl = (opts & SP_FROM_TEMPLATE) ? fds[k++] : -1;
+			pid = spawn(flags, opts, fds[0], cg, ns, tpl);
+			if (pid < 0)
+				pid = 0, e = errno;
+		}
+		for (int i = 0; i < got && i < 4; i++)
+			close(fds[i]);
+		if (answer(pid, e) < 0)
+			return 0;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 1 && strcmp(argv[0], ARG0) == 0) {
@@ -1051,6 +1210,10 @@ int main(int argc, char **argv)
 		}
 		if (argc == 2 && strcmp(argv[1], "exec") == 0)
 			return exec_main();
+		if (argc == 2 && strcmp(argv[1], "spawner") == 0) {
+			spawner_arg = argv[1];
+			return spawner_main();
+		}
 	}
 	dprintf(2, "cellgate-init is started by cellgate for each confined cell, never by hand\n");
 	return 2;

@@ -399,6 +399,7 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 		Launcher:       launcher,
 		WarmCells:      cfg.WarmCells,
 		MountTemplates: cfg.MountTemplates && !self, // the Go init has no template mode
+		InitSpawner:    cfg.InitSpawner && !self,    // nor a spawner mode
 		NetNamespaces:  cfg.NetNamespaces,
 	})
 	if err != nil {

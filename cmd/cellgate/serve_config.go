@@ -90,6 +90,10 @@ type serveConfig struct {
 	// comes to name another directory is seen by new cells within those
 	// 10 s. Default true; needs cellgate-init, setns and CAP_SYS_CHROOT.
 	MountTemplates bool `env:"MOUNT_TEMPLATES" envDefault:"true"`
+	// InitSpawner has one long-lived cellgate-init clone each confined
+	// cell's init into its cell, instead of serve forking and executing
+	// cellgate-init per cell. Default true; needs cellgate-init.
+	InitSpawner bool `env:"INIT_SPAWNER" envDefault:"true"`
 
 	// The front's limits (proxy.Config).
 	HeaderTimeout  time.Duration `env:"HEADER_TIMEOUT" envDefault:"10s"`
@@ -173,6 +177,7 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxCells, "max-cells", c.MaxCells, "kernel cap on tenant and cell groups (cgroup.max.descendants), 0 = none (CELLGATE_MAX_CELLS)")
 	fs.IntVar(&c.NetNamespaces, "net-namespaces", c.NetNamespaces, "network namespaces kept made ahead for network: none cells, 0 = each cell makes its own (CELLGATE_NET_NAMESPACES)")
 	fs.BoolVar(&c.MountTemplates, "mount-templates", c.MountTemplates, "confined cells copy their route's filesystem view from a mount namespace made ahead, never older than 10 s, instead of each building it (CELLGATE_MOUNT_TEMPLATES)")
+	fs.BoolVar(&c.InitSpawner, "init-spawner", c.InitSpawner, "one long-lived cellgate-init clones each confined cell's init, instead of serve forking and executing one per cell (CELLGATE_INIT_SPAWNER)")
 	fs.IntVar(&c.WarmCells, "warm-cells", c.WarmCells, "most confined cells per route set up ahead of their requests, sized by demand, 0 = none (CELLGATE_WARM_CELLS)")
 	fs.Var((*durationFlag)(&c.HeaderTimeout), "header-timeout", "time a client has to send the request header (CELLGATE_HEADER_TIMEOUT)")
 	fs.Var((*durationFlag)(&c.IdleTimeout), "idle-timeout", "keep-alive idle timeout (CELLGATE_IDLE_TIMEOUT)")
