@@ -711,6 +711,14 @@ func TestShutdownServesHeadInProgress(t *testing.T) {
 			if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n"); err != nil {
 				t.Fatal(err)
 			}
+			// A connection still in the kernel's accept queue when the
+			// listener closes is reset by the kernel, before the server
+			// ever sees it: the test is about one it has accepted.
+			for deadline := time.Now().Add(10 * time.Second); s.ConnStats().Open < 1; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the server did not accept the connection within 10 s")
+				}
+			}
 			shut := make(chan error, 1)
 			go func() { shut <- s.Shutdown(context.Background()) }()
 			// Shutdown has begun once the port refuses new connections.
