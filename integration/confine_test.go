@@ -1146,6 +1146,28 @@ func spawners(t *testing.T) []int {
 	return out
 }
 
+// onlyCellgate reports whether procs, a cgroup.procs, lists cellgate's
+// pid and nothing else but, once a confined cell ran, its init spawner
+// (its child, in its group): nothing of a cell.
+func onlyCellgate(procs, pid string) bool {
+	found := false
+	for _, f := range strings.Fields(procs) {
+		if f == pid {
+			found = true
+			continue
+		}
+		b, _ := os.ReadFile("/proc/" + f + "/cmdline")
+		ppid := ""
+		if st, err := os.ReadFile("/proc/" + f + "/status"); err == nil {
+			ppid, _ = statusField(string(st), "PPid")
+		}
+		if string(b) != "cellgate-init\x00spawner\x00" || ppid != pid {
+			return false
+		}
+	}
+	return found
+}
+
 // zombieChildren are the pids of this process's children that exited
 // and were not reaped.
 func zombieChildren(t *testing.T) []int {

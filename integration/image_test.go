@@ -286,19 +286,8 @@ func (c *container) helloFromCell(t *testing.T) {
 func (c *container) serveAndStop(t *testing.T) {
 	t.Helper()
 	c.helloFromCell(t)
-	// cellgate and, once a confined cell ran, its init spawner, a child of
-	// its own: nothing of a cell.
 	procs, err := os.ReadFile(filepath.Join(c.group, "supervisor", "cgroup.procs"))
-	others := 0
-	for _, f := range strings.Fields(string(procs)) {
-		if f == strconv.Itoa(c.cmd.Process.Pid) {
-			continue
-		}
-		if b, _ := os.ReadFile("/proc/" + f + "/cmdline"); string(b) != "cellgate-init\x00spawner\x00" {
-			others++
-		}
-	}
-	if err != nil || !strings.Contains(" "+strings.Join(strings.Fields(string(procs)), " ")+" ", " "+strconv.Itoa(c.cmd.Process.Pid)+" ") || others > 0 {
+	if err != nil || !onlyCellgate(string(procs), strconv.Itoa(c.cmd.Process.Pid)) {
 		t.Errorf("%s/supervisor holds %q (%v), want cellgate's pid %d and at most its init spawner", c.group, procs, err, c.cmd.Process.Pid)
 	}
 	if err := c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
