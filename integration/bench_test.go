@@ -166,7 +166,10 @@ func BenchmarkCellConfined(b *testing.B) {
 	for _, par := range []int{1, 8, 32} {
 		for _, pause := range []string{"0s", "100ms", "ready"} {
 			b.Run(fmt.Sprintf("all-warm/pause=%s/concurrent=%d", pause, par), func(b *testing.B) {
-				warm := newBenchEnvWarm(b, par)
+				// As serve runs them: set up from the route's mount
+				// template, in a network namespace made ahead, the init
+				// cloned by the spawner.
+				warm := newConfinedEnv(b, sandbox.Config{WarmCells: par, MountTemplates: true, NetNamespaces: par, InitSpawner: true})
 				s := spec(b, confine.Options{})
 				warm.Warm(s.Profile, s.Confine)
 				time.Sleep(time.Second) // let the first cells be set up
