@@ -216,9 +216,12 @@ func (s *initSpawner) spawn(opts uint32, flags uintptr, fds []int) (pid int, sen
 		return 0, false, errSpawnerGone
 	}
 	if _, _, err := sp.conn.WriteMsgUnix(confine.EncodeSpawn(opts, uint64(flags)), unix.UnixRights(fds...), nil); err != nil {
+		// A datagram that could not be sent was not delivered: nothing
+		// was cloned. The next request starts a new spawner.
+		sp.dead = true
 		sp.mu.Unlock()
 		sp.end()
-		return 0, true, fmt.Errorf("%w: send: %w", errSpawnerGone, err)
+		return 0, false, fmt.Errorf("%w: send: %w", errSpawnerGone, err)
 	}
 	sp.waiting = append(sp.waiting, ch)
 	sp.mu.Unlock()

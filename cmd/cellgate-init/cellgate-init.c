@@ -183,6 +183,27 @@ static int read_full(int fd, unsigned char *b, size_t n)
 	return 0;
 }
 
+/* take_fds keeps the first max descriptors a message came with in fds and
+ * closes the others; it returns how many came. */
+static int take_fds(struct msghdr *msg, int *fds, int max)
+{
+	int got = 0;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		int *in = (int *)CMSG_DATA(c);
+		for (int i = 0; i < k; i++) {
+			if (got < max)
+				fds[got] = in[i];
+			else
+				close(in[i]);
+			got++;
+		}
+	}
+	return got;
+}
+
 /* read_frame reads one length-prefixed frame from fd with exactly nfds
  * descriptors (received close-on-exec). It returns the body (malloc'd)
  * and its length in *len, or NULL: *len is then 0 at the end of the
@@ -213,20 +234,7 @@ static unsigned char *read_frame(int fd, int nfds, int *fds, uint32_t *len)
 		*len = 0;
 		return NULL;
 	}
-	int got = 0;
-	for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-			continue;
-		int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-		int *in = (int *)CMSG_DATA(c);
-		for (int i = 0; i < k; i++) {
-			if (got < nfds)
-				fds[got] = in[i];
-			else
-				close(in[i]);
-			got++;
-		}
-	}
+	int got = take_fds(&msg, fds, nfds);
 	if (got != nfds || (msg.msg_flags & MSG_CTRUNC)) {
 		for (int i = 0; i < got && i < nfds; i++)
 			close(fds[i]);
@@ -1156,20 +1164,7 @@ static int spawner_main(void)
 			continue;
 		if (n <= 0)
 			return 0;
-		int got = 0;
-		for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
-			if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-				continue;
-			int k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-			int *in = (int *)CMSG_DATA(c);
-			for (int i = 0; i < k; i++) {
-				if (got < 4)
-					fds[got] = in[i];
-				else
-					close(in[i]);
-				got++;
-			}
-		}
+		int got = take_fds(&msg, fds, 4);
 		uint32_t opts = req[4] | req[5] << 8 | req[6] << 16 | (uint32_t)req[7] << 24;
 		uint64_t flags = 0;
 		for (int i = 0; i < 8; i++)
