@@ -1074,6 +1074,13 @@ func TestConfineInitSpawner(t *testing.T) {
 	}
 	run := func(what string) { t.Helper(); runNetns(t, r, prep, w, host, what) }
 	run("the first cell")
+	// The cell's PID 1 is a clone of the spawner: its argv is the
+	// spawner's, "spawner" blanked; an init the daemon executed has its
+	// own ("cellgate-init" and its mode).
+	fromSpawner := strconv.Quote("cellgate-init" + strings.Repeat("\x00", 9))
+	if got := pid1(t, r, prep, w); got != fromSpawner {
+		t.Errorf("the cell's /proc/1/cmdline is %s, want %s (an init cloned by the spawner)", got, fromSpawner)
+	}
 	first := spawners(t)
 	if len(first) != 1 {
 		t.Fatalf("%d spawners are this process's children after a confined cell, want 1", len(first))
@@ -1084,6 +1091,12 @@ func TestConfineInitSpawner(t *testing.T) {
 	if now := spawners(t); len(now) != 1 || now[0] != first[0] {
 		t.Errorf("spawners %v after 5 more cells, want the first, %d, alone", now, first[0])
 	}
+	if hits, _ := r.NetnsStats(); hits == 0 {
+		t.Error("no cell took a network namespace made ahead: the spawner was not handed one")
+	}
+	// (The worker lives under /tmp, a private tmpfs of the cell, so this
+	// plan has no template; TestConfineMountTemplate, through serve,
+	// where the spawner is on by default, has the spawner hand one over.)
 	if err := syscall.Kill(first[0], syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -1114,9 +1127,24 @@ func TestConfineInitSpawner(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		runNetns(t, goInit, prep, w, host, fmt.Sprintf("cell %d with the Go init", i))
 	}
+	if got := pid1(t, goInit, prep, w); got == fromSpawner {
+		t.Errorf("with the Go init the cell's /proc/1/cmdline is %s, a spawner's", got)
+	}
 	if now := spawners(t); len(now) != 1 || now[0] == first[0] {
 		t.Errorf("spawners %v with a Go init asked for one too; want the other runner's alone", now)
 	}
+}
+
+// pid1 runs the worker w's pid1 helper in a confined cell of r and
+// returns what it printed: the cell's /proc/1/cmdline, quoted.
+func pid1(t *testing.T, r *sandbox.Runner, prep *confine.Prepared, w string) string {
+	t.Helper()
+	var out bytes.Buffer
+	spec := sandbox.Spec{Path: w, Args: []string{w}, Env: []string{cellHelperEnv + "=pid1"}, Confine: prep, Stdout: &out}
+	if res, err := r.Run(context.Background(), spec); err != nil || res.Cause != sandbox.CauseOK {
+		t.Fatalf("pid1: %v, cause %s, output %q", err, res.Cause, out.String())
+	}
+	return strings.TrimSpace(out.String())
 }
 
 // runNetns runs the worker w's netns helper in a confined cell of r and

@@ -253,6 +253,14 @@ func runCellHelper(role string, args []string) int {
 			p.Release()
 			n++
 		}
+	case "pid1": // print /proc/1/cmdline, quoted
+		b, err := os.ReadFile("/proc/1/cmdline")
+		if err != nil {
+			fmt.Printf("read /proc/1/cmdline: %v\n", err)
+			return 3
+		}
+		fmt.Printf("%q\n", b)
+		return 0
 	case "netns": // print the network namespace and whether loopback works
 		ns, err := os.Readlink("/proc/self/ns/net")
 		if err != nil {

@@ -102,13 +102,14 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared, tenant string) (*i
 
 // launchInit starts an init with attr (its fd 3 the cell's control
 // socket), in the network namespace ns made ahead (or -1) and from the
-// mount template (or nil): cloned by the spawner when there is one
-// (spawner.go), else forked and executed by the daemon. again: the
-// spawner died with the request, and the cell was emptied of any init it
-// may have cloned; the caller may try once more (retry) on a new control
-// socket.
-func (r *Runner) launchInit(cell Cell, attr *os.ProcAttr, ns int, template *os.File, retry bool) (proc *os.Process, again bool, err error) {
-	if r.spawner != nil {
+// mount template (or nil): on the first try cloned by the spawner when
+// there is one (spawner.go), else forked and executed by the daemon.
+// again: the spawner died with the request, and the cell was emptied of
+// any init it may have cloned; the caller tries once more, on a new
+// control socket, and the daemon starts that init itself (a spawner that
+// dies at every request would fail every request otherwise).
+func (r *Runner) launchInit(cell Cell, attr *os.ProcAttr, ns int, template *os.File, first bool) (proc *os.Process, again bool, err error) {
+	if r.spawner != nil && first {
 		var opts uint32
 		fds := []int{int(attr.Files[confine.ControlFD].Fd())}
 		if attr.Sys.UseCgroupFD {
@@ -133,7 +134,7 @@ func (r *Runner) launchInit(cell Cell, attr *os.ProcAttr, ns int, template *os.F
 		case sent:
 			// An init may have been cloned that the daemon does not
 			// know: the cell ends, and it is reaped.
-			if r.endOrphans(cell) != nil || !retry {
+			if r.endOrphans(cell) != nil {
 				return nil, false, err
 			}
 			return nil, true, err

@@ -66,6 +66,8 @@ type netnsPool struct {
 	log   *slog.Logger
 	empty func(fd int) bool // whether a namespace holds no socket: hasNoSocket
 
+	metricsOnce sync.Once // the log line of a tcp_no_metrics_save that cannot be written
+
 	mu      sync.Mutex
 	ready   []int            // fresh namespaces
 	used    map[string][]int // by tenant: namespaces back from a cell, for reuse
@@ -80,6 +82,9 @@ func newNetnsPool(size int, log *slog.Logger) (*netnsPool, error) {
 	host, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open the daemon's network namespace /proc/thread-self/ns/net: %w", err)
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
 	p := &netnsPool{host: host, size: size, log: log, used: map[string][]int{}, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	p.empty = p.hasNoSocket
@@ -303,9 +308,13 @@ func (p *netnsPool) create() (int, error) {
 	if eerr := p.onThread(func() error { return unix.Unshare(unix.CLONE_NEWNET) }, func() {
 		// TCP keeps what it learnt of a peer (RTT, congestion window)
 		// after the connection, readable by netlink: nothing of a cell
-		// is left for the next.
-		if err = os.WriteFile(noMetricsSave, []byte("1"), 0); err != nil {
-			return
+		// is left for the next. Where /proc/sys is read-only (systemd's
+		// ProtectKernelTunables=, a container's) the namespace is made
+		// all the same: its cells' only peer is its own loopback.
+		if werr := os.WriteFile(noMetricsSave, []byte("1"), 0); werr != nil {
+			p.metricsOnce.Do(func() {
+				p.log.Info("network namespaces made ahead keep TCP metrics (of loopback connections only) for later cells of the same tenant", "err", werr)
+			})
 		}
 		if fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0); err != nil {
 			err = fmt.Errorf("open /proc/thread-self/ns/net: %w", err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -60,6 +61,7 @@ type initSpawner struct {
 	devNull *os.File
 	hasTTY  bool
 
+	stuck  time.Duration          // a spawner that answers nothing this long while requests wait is ended: reportTimeout
 	starts chan chan spawnerStart // to the owner thread
 	done   chan struct{}          // the owner thread returned
 
@@ -79,12 +81,15 @@ type spawnerStart struct {
 type spawnerProc struct {
 	proc *os.Process
 	conn *net.UnixConn
+	raw  syscall.RawConn
 
-	mu       sync.Mutex // orders the requests written with waiting
-	waiting  []chan spawnAnswer
-	dead     bool
-	answered time.Time     // the last answer, under mu
-	exited   chan struct{} // closed once the process has been reaped
+	mu      sync.Mutex // orders the requests written with waiting
+	waiting []chan spawnAnswer
+	dead    bool
+	exited  chan struct{} // closed once the process has been reaped
+
+	answered atomic.Int64 // when the last answer came, Unix nanoseconds
+	answers  atomic.Int64 // how many requests it answered
 }
 
 type spawnAnswer struct {
@@ -93,7 +98,10 @@ type spawnAnswer struct {
 }
 
 func newInitSpawner(path string, devNull *os.File, hasTTY bool, log *slog.Logger) *initSpawner {
-	s := &initSpawner{log: log, path: path, devNull: devNull, hasTTY: hasTTY, starts: make(chan chan spawnerStart), done: make(chan struct{})}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &initSpawner{log: log, path: path, devNull: devNull, hasTTY: hasTTY, stuck: reportTimeout, starts: make(chan chan spawnerStart), done: make(chan struct{})}
 	go s.own()
 	return s
 }
@@ -149,7 +157,15 @@ func (s *initSpawner) launch() (*spawnerProc, error) {
 		c.Close()
 		return nil, fmt.Errorf("start %s %s: %w", confine.InitArg0, confine.SpawnerArg, err)
 	}
-	return &spawnerProc{proc: proc, conn: c.(*net.UnixConn), exited: make(chan struct{})}, nil
+	conn := c.(*net.UnixConn)
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		proc.Kill()
+		proc.Wait()
+		conn.Close()
+		return nil, fmt.Errorf("the spawner's socket: %w", err)
+	}
+	return &spawnerProc{proc: proc, conn: conn, raw: raw, exited: make(chan struct{})}, nil
 }
 
 // hello reads the spawner's first answer, its own pid.
@@ -164,12 +180,14 @@ func (sp *spawnerProc) hello() error {
 	if pid, err := confine.DecodeSpawned(buf[:n]); err != nil || pid != sp.proc.Pid {
 		return fmt.Errorf("%s %s said %q, not hello", confine.InitArg0, confine.SpawnerArg, buf[:n])
 	}
-	sp.answered = time.Now()
+	sp.answered.Store(time.Now().UnixNano())
 	return nil
 }
 
-// get returns the running spawner, starting one if there is none (at
-// most once per warmRetry after a start failed).
+// get returns the running spawner, starting one if there is none: at
+// most once per spawnerRetry after a start failed, or after a spawner
+// died before it answered any request (one that cannot clone, e.g. under
+// a seccomp profile, and would die at every request).
 func (s *initSpawner) get() (*spawnerProc, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -178,6 +196,11 @@ func (s *initSpawner) get() (*spawnerProc, error) {
 	}
 	if s.cur != nil && !s.cur.isDead() {
 		return s.cur, nil
+	}
+	if s.cur != nil && s.cur.answers.Load() == 0 {
+		s.failedAt, s.failErr = time.Now(), errors.New("the last spawner ended before it answered any request")
+		s.log.Warn("the init spawner ended before it answered a request; cells' inits are started by the daemon, and a spawner is tried again in a minute")
+		s.cur = nil
 	}
 	if s.failErr != nil && time.Since(s.failedAt) < spawnerRetry {
 		return nil, fmt.Errorf("%w: %w", errSpawnerGone, s.failErr)
@@ -215,17 +238,30 @@ func (s *initSpawner) spawn(opts uint32, flags uintptr, fds []int) (pid int, sen
 		sp.mu.Unlock()
 		return 0, false, errSpawnerGone
 	}
-	if _, _, err := sp.conn.WriteMsgUnix(confine.EncodeSpawn(opts, uint64(flags)), unix.UnixRights(fds...), nil); err != nil {
+	// Never blocks (the lock is held): a full socket, a spawner that
+	// stopped reading, sends nothing, and the daemon starts the init.
+	var serr error
+	if err := sp.raw.Write(func(fd uintptr) bool {
+		serr = unix.Sendmsg(int(fd), confine.EncodeSpawn(opts, uint64(flags)), unix.UnixRights(fds...), nil, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+		return true
+	}); err != nil && serr == nil {
+		serr = err
+	}
+	if errors.Is(serr, unix.EAGAIN) {
+		sp.mu.Unlock()
+		return 0, false, fmt.Errorf("%w: its queue is full", errSpawnerGone)
+	}
+	if serr != nil {
 		// A datagram that could not be sent was not delivered: nothing
 		// was cloned. The next request starts a new spawner.
 		sp.dead = true
 		sp.mu.Unlock()
 		sp.end()
-		return 0, false, fmt.Errorf("%w: send: %w", errSpawnerGone, err)
+		return 0, false, fmt.Errorf("%w: send: %w", errSpawnerGone, serr)
 	}
 	sp.waiting = append(sp.waiting, ch)
 	sp.mu.Unlock()
-	t := time.NewTimer(reportTimeout)
+	t := time.NewTimer(s.stuck)
 	defer t.Stop()
 	for {
 		select {
@@ -235,11 +271,9 @@ func (s *initSpawner) spawn(opts uint32, flags uintptr, fds []int) (pid int, sen
 		}
 		// Requests wait their turn: only a spawner that answered none
 		// for reportTimeout is stuck.
-		sp.mu.Lock()
-		idle := time.Since(sp.answered)
-		sp.mu.Unlock()
-		if idle < reportTimeout {
-			t.Reset(reportTimeout - idle)
+		idle := time.Since(time.Unix(0, sp.answered.Load()))
+		if idle < s.stuck {
+			t.Reset(s.stuck - idle)
 			continue
 		}
 		sp.end()
@@ -282,8 +316,9 @@ func (sp *spawnerProc) read() {
 		}
 		ch := sp.waiting[0]
 		sp.waiting = sp.waiting[1:]
-		sp.answered = time.Now()
 		sp.mu.Unlock()
+		sp.answered.Store(time.Now().UnixNano())
+		sp.answers.Add(1)
 		ch <- a
 	}
 }
@@ -300,8 +335,9 @@ func (sp *spawnerProc) end() {
 	sp.conn.CloseRead()
 }
 
-// close ends the spawner (at the end of its socket) and the owner thread.
-// No init may be starting.
+// close ends the spawner (at the end of its socket, or killed if it has
+// not exited within reportTimeout) and the owner thread. No init may be
+// starting.
 func (s *initSpawner) close() {
 	s.mu.Lock()
 	if s.closed {
@@ -309,10 +345,18 @@ func (s *initSpawner) close() {
 		return
 	}
 	s.closed = true
-	if s.cur != nil {
-		s.cur.conn.CloseWrite()
+	cur := s.cur
+	if cur != nil {
+		cur.conn.CloseWrite()
 	}
 	close(s.starts)
 	s.mu.Unlock()
-	<-s.done
+	select {
+	case <-s.done:
+	case <-time.After(reportTimeout):
+		if cur != nil {
+			cur.proc.Kill()
+		}
+		<-s.done
+	}
 }

@@ -1,0 +1,68 @@
+package sandbox
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+)
+
+// stuckSpawner says hello as a spawner does (its pid, errno 0), then
+// never reads a request.
+const stuckSpawner = `#!/bin/bash
+pid=$$
+printf -v hello '\\x%02x\\x%02x\\x%02x\\x%02x\\x00\\x00\\x00\\x00' $((pid & 255)) $(((pid >> 8) & 255)) $(((pid >> 16) & 255)) $(((pid >> 24) & 255))
+printf "$hello" >&3
+exec sleep 600
+`
+
+// TestSpawnerStuck: requests sent to a spawner that stopped answering
+// fail within the bound, as sent (an init may have been cloned), and
+// none blocks; a spawner that answered no request before it ended is not
+// started again at once (the daemon starts inits meanwhile); close
+// returns.
+func TestSpawnerStuck(t *testing.T) {
+	if _, err := os.Stat("/bin/bash"); err != nil {
+		t.Skip("no /bin/bash for the fake spawner")
+	}
+	path := filepath.Join(t.TempDir(), "spawner")
+	if err := os.WriteFile(path, []byte(stuckSpawner), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devNull.Close()
+	s := newInitSpawner(path, devNull, false, nil)
+	s.stuck = 500 * time.Millisecond
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make([]error, 20)
+	sent := make([]bool, 20)
+	for i := range errs {
+		wg.Go(func() { _, sent[i], errs[i] = s.spawn(0, 0, []int{int(devNull.Fd())}) })
+	}
+	wg.Wait()
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("the requests to a stuck spawner took %s", d)
+	}
+	for i, err := range errs {
+		if !errors.Is(err, errSpawnerGone) || !sent[i] {
+			t.Errorf("request %d to a stuck spawner: sent %v, %v; want sent and errSpawnerGone", i, sent[i], err)
+		}
+	}
+	// It never answered: no new spawner for a while, nothing sent.
+	if _, sent, err := s.spawn(0, 0, []int{int(devNull.Fd())}); !errors.Is(err, errSpawnerGone) || sent {
+		t.Errorf("a request after a spawner that never answered: sent %v, %v; want not sent, errSpawnerGone", sent, err)
+	}
+	done := make(chan struct{})
+	go func() { s.close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("close did not return")
+	}
+}
