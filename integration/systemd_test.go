@@ -194,6 +194,25 @@ func TestSystemdService(t *testing.T) {
 		}
 	})
 
+	// Under the unit's sandboxing (ProtectKernelTunables= makes /proc/sys
+	// read-only) cells still find network namespaces made ahead: the pool
+	// did not fill there once, and every cell made its own.
+	t.Run("network namespaces made ahead", func(t *testing.T) {
+		deadline := time.Now().Add(time.Minute)
+		for {
+			mustGet(t, url+"/hello", 200)
+			metrics := mustGet(t, "http://127.0.0.1:9090/metrics", 200)
+			if strings.Contains(metrics, `cellgate_netns_ahead_total{result="hit"} `) && !strings.Contains(metrics, `cellgate_netns_ahead_total{result="hit"} 0`+"\n") {
+				break
+			}
+			if time.Now().After(deadline) {
+				j, _ := exec.Command("journalctl", "--no-pager", "-n", "40", "-u", "cellgate.service").CombinedOutput()
+				t.Fatalf("no cell found a network namespace made ahead within a minute of requests\njournal:\n%s", j)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+
 	t.Run("reload", func(t *testing.T) {
 		writePolicy(t, policy, systemdPolicy+`  - {name: hi, match: {path: /hi}, tenant: web, program: "`+systemdCGI+`/hello", memory: 16Mi}
 `)
