@@ -157,14 +157,14 @@ func (c *Cell) WaitEmpty(ctx context.Context) error {
 // file that cannot be read or parsed is an error, returned with whatever
 // was read.
 func (c *Cell) Usage() (Usage, error) {
-	return readUsage(c.path, func(i int) ([]byte, error) {
+	return readUsage(c.path, func(i int, buf []byte) ([]byte, error) {
 		if !c.held {
 			return readAt(c.fd, acctFiles[i])
 		}
 		if c.acct[i] < 0 {
 			return nil, unix.ENOENT
 		}
-		return preadWhole(c.acct[i])
+		return preadInto(c.acct[i], buf)
 	})
 }
 

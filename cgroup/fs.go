@@ -148,8 +148,11 @@ func writeFile(path, value string) error {
 // only confirm EOF (readFD's last) is skipped: it is a syscall, and under
 // emulation each one into cgroupfs is expensive. A full buffer is grown
 // and read on.
-func preadWhole(fd int) ([]byte, error) {
-	buf := make([]byte, 512)
+func preadWhole(fd int) ([]byte, error) { return preadInto(fd, make([]byte, 512)) }
+
+// preadInto is preadWhole into buf, which grows only when the file does
+// not fit.
+func preadInto(fd int, buf []byte) ([]byte, error) {
 	off := 0
 	for {
 		n, err := unix.Pread(fd, buf[off:], int64(off))

@@ -27,6 +27,10 @@ func TestParseFlatKeyed(t *testing.T) {
 		{name: "no value", in: "usage_usec\n", wantErr: true},
 		{name: "not a number", in: "usage_usec x\n", wantErr: true},
 		{name: "negative", in: "usage_usec -1\n", wantErr: true},
+		{name: "plus sign", in: "usage_usec +1\n", wantErr: true},
+		{name: "largest", in: "a 18446744073709551615\n", want: map[string]uint64{"a": ^uint64(0)}},
+		{name: "over 64 bits", in: "a 18446744073709551616\n", wantErr: true},
+		{name: "21 digits", in: "a 000000000000000000001\n", wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -38,6 +42,29 @@ func TestParseFlatKeyed(t *testing.T) {
 				t.Fatalf("got %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// TestReadUsageAllocates: a cell's accounting is read at the end of every
+// request; reading it allocates nothing per value (it allocated a map, its
+// keys and a buffer per file).
+func TestReadUsageAllocates(t *testing.T) {
+	files := map[string]string{
+		"cpu.stat":      "usage_usec 312955\nuser_usec 200000\nsystem_usec 112955\nnr_periods 10\nnr_throttled 3\nthrottled_usec 4500\nnr_bursts 0\nburst_usec 0\n",
+		"memory.peak":   "1048576\n",
+		"memory.events": "low 0\nhigh 0\nmax 18\noom 1\noom_kill 2\noom_group_kill 1\n",
+		"pids.peak":     "3\n",
+		"pids.events":   "max 0\n",
+		"io.stat":       "8:0 rbytes=4096 wbytes=8192 rios=1 wios=2 dbytes=0 dios=0\n",
+	}
+	read := func(i int, buf []byte) ([]byte, error) { return buf[:copy(buf, files[acctFiles[i]])], nil }
+	var u Usage
+	allocs := testing.AllocsPerRun(100, func() { u, _ = readUsage("/cell", read) })
+	if allocs > 2 {
+		t.Errorf("readUsage allocates %.0f times, want at most 2", allocs)
+	}
+	if u.CPUUsageUsec != 312955 || u.OOMKill != 2 || u.MemoryPeak != 1048576 || u.IOWriteBytes != 8192 || len(u.Missing) != 0 {
+		t.Errorf("readUsage = %+v", u)
 	}
 }
 

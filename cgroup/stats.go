@@ -34,7 +34,23 @@ func parseValue(v []byte) (uint64, error) {
 	if string(v) == "max" {
 		return ^uint64(0), nil
 	}
-	return strconv.ParseUint(string(v), 10, 64)
+	// Decimal digits by hand: strconv would take a string, a copy per
+	// value, and a cell's accounting has some twenty of them.
+	if len(v) == 0 || len(v) > 20 {
+		return 0, fmt.Errorf("parse %q: not a decimal count", v)
+	}
+	var n uint64
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, fmt.Errorf("parse %q: not a decimal count", v)
+		}
+		d := uint64(c - '0')
+		if n > (^uint64(0)-d)/10 {
+			return 0, fmt.Errorf("parse %q: over 64 bits", v)
+		}
+		n = n*10 + d
+	}
+	return n, nil
 }
 
 // parseSingle parses a one-value file (memory.peak, pids.peak,

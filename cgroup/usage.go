@@ -1,9 +1,9 @@
 package cgroup
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
-	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,11 +51,18 @@ const nAcct = len(acctFiles)
 // readUsage reads the accounting files through read, which returns a file's
 // content by its index in acctFiles, or an error wrapping ENOENT when the
 // file is absent (recorded in Missing, not an error).
-func readUsage(path string, read func(i int) ([]byte, error)) (Usage, error) {
+// keyField is a key of a flat-keyed file and where its value goes.
+type keyField struct {
+	key string
+	dst *uint64
+}
+
+func readUsage(path string, read func(i int, buf []byte) ([]byte, error)) (Usage, error) {
 	var u Usage
 	var errs []error
+	var buf [1024]byte // every file but a large io.stat fits: one read each, nothing allocated
 	bytesOf := func(i int) []byte {
-		b, err := read(i)
+		b, err := read(i, buf[:])
 		if errors.Is(err, unix.ENOENT) {
 			u.Missing = append(u.Missing, acctFiles[i])
 			return nil
@@ -66,29 +73,40 @@ func readUsage(path string, read func(i int) ([]byte, error)) (Usage, error) {
 		}
 		return b
 	}
-	keyed := func(i int, fields map[string]*uint64) {
+	// keyed reads a flat-keyed file's fields, given in the order of
+	// their keys (the order Missing lists them in).
+	keyed := func(i int, fields []keyField) {
 		b := bytesOf(i)
 		if b == nil {
 			return
 		}
 		name := acctFiles[i]
-		m, err := parseFlatKeyed(b)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("read %s in %s: %w", name, path, err))
-			return
-		}
-		keys := make([]string, 0, len(fields))
-		for k := range fields {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			v, ok := m[k]
-			if !ok {
-				u.Missing = append(u.Missing, name+":"+k)
+		var found uint32
+		for line := range bytes.Lines(b) {
+			line = bytes.TrimSpace(line)
+			if len(line) == 0 {
 				continue
 			}
-			*fields[k] = v
+			k, v, ok := bytes.Cut(line, []byte{' '})
+			if !ok {
+				errs = append(errs, fmt.Errorf("read %s in %s: parse line %q: want \"key value\"", name, path, line))
+				return
+			}
+			n, err := parseValue(bytes.TrimSpace(v))
+			if err != nil {
+				errs = append(errs, fmt.Errorf("read %s in %s: parse line %q: %w", name, path, line, err))
+				return
+			}
+			for j, f := range fields {
+				if string(k) == f.key {
+					*f.dst, found = n, found|1<<j
+				}
+			}
+		}
+		for j, f := range fields {
+			if found&(1<<j) == 0 {
+				u.Missing = append(u.Missing, name+":"+f.key)
+			}
 		}
 	}
 	single := func(i int, dst *uint64) {
@@ -104,16 +122,16 @@ func readUsage(path string, read func(i int) ([]byte, error)) (Usage, error) {
 		*dst = v
 	}
 
-	keyed(0, map[string]*uint64{
-		"usage_usec": &u.CPUUsageUsec, "user_usec": &u.CPUUserUsec, "system_usec": &u.CPUSystemUsec,
-		"nr_throttled": &u.NrThrottled, "throttled_usec": &u.ThrottledUsec,
+	keyed(0, []keyField{
+		{"nr_throttled", &u.NrThrottled}, {"system_usec", &u.CPUSystemUsec}, {"throttled_usec", &u.ThrottledUsec},
+		{"usage_usec", &u.CPUUsageUsec}, {"user_usec", &u.CPUUserUsec},
 	})
 	single(1, &u.MemoryPeak)
-	keyed(2, map[string]*uint64{
-		"max": &u.MemoryMax, "oom": &u.OOM, "oom_kill": &u.OOMKill, "oom_group_kill": &u.OOMGroupKill,
+	keyed(2, []keyField{
+		{"max", &u.MemoryMax}, {"oom", &u.OOM}, {"oom_group_kill", &u.OOMGroupKill}, {"oom_kill", &u.OOMKill},
 	})
 	single(3, &u.PidsPeak)
-	keyed(4, map[string]*uint64{"max": &u.PidsMax})
+	keyed(4, []keyField{{"max", &u.PidsMax}})
 	if b := bytesOf(5); b != nil {
 		r, w, err := ioTotals(b)
 		if err != nil {
