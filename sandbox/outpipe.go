@@ -60,6 +60,11 @@ func (r *OutputReader) Read(b []byte) (int, error) {
 		var n int
 		var rerr error
 		err := r.rc.Read(func(fd uintptr) bool {
+			// Whether the writers were gone before the read: a pipe found
+			// empty after that is empty for good. Checked after the read,
+			// a writer could have written, and WritersGone been called,
+			// between the two, and its output would be lost.
+			ended := r.ended.Load()
 			for {
 				n, rerr = unix.Read(int(fd), b)
 				if !errors.Is(rerr, unix.EINTR) {
@@ -67,7 +72,7 @@ func (r *OutputReader) Read(b []byte) (int, error) {
 				}
 			}
 			if errors.Is(rerr, unix.EAGAIN) {
-				if r.ended.Load() {
+				if ended {
 					n, rerr = 0, io.EOF
 					return true
 				}

@@ -86,3 +86,28 @@ func TestOutputReaderEndsAtWritersGone(t *testing.T) {
 		t.Fatal("the reader did not end after WritersGone")
 	}
 }
+
+// TestOutputPipeWritersGoneRace: what a writer wrote before WritersGone is
+// read, however the reader's first read falls around it. The reader
+// read the pipe empty, then found WritersGone called (the writer having
+// written, closed and called it in between) and returned EOF: the
+// output was lost, and the proxy answered 502 "no output" (one request
+// in a thousand of TestInFlight).
+func TestOutputPipeWritersGoneRace(t *testing.T) {
+	for i := 0; i < 20000; i++ {
+		pr, pw, err := OutputPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			pw.Write([]byte("out"))
+			pw.Close()
+			pr.WritersGone()
+		}()
+		b, err := io.ReadAll(pr)
+		pr.Close()
+		if err != nil || string(b) != "out" {
+			t.Fatalf("round %d: read %q, %v; want \"out\"", i, b, err)
+		}
+	}
+}
