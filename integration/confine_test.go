@@ -869,19 +869,7 @@ func TestConfineNetnsAhead(t *testing.T) {
 	}
 	const runs = 8
 	for i := 0; i < runs; i++ {
-		var out bytes.Buffer
-		spec := sandbox.Spec{Path: w, Args: []string{w}, Env: []string{cellHelperEnv + "=netns"}, Confine: prep, Stdout: &out}
-		res, err := r.Run(context.Background(), spec)
-		if err != nil || res.Cause != sandbox.CauseOK {
-			t.Fatalf("run %d: %v, cause %s, output %q", i, err, res.Cause, out.String())
-		}
-		ns, lo, _ := strings.Cut(strings.TrimSpace(out.String()), " ")
-		if ns == host {
-			t.Errorf("run %d: the cell is in the daemon's network namespace %s", i, ns)
-		}
-		if lo != "up" {
-			t.Errorf("run %d: listen on 127.0.0.1 in the cell: %s", i, lo)
-		}
+		runNetns(t, r, prep, w, host, fmt.Sprintf("run %d", i))
 		time.Sleep(50 * time.Millisecond) // let the pool refill: the test is about the pooled ones
 	}
 	if hits, misses := r.NetnsStats(); hits == 0 || hits+misses != runs {
@@ -1139,10 +1127,17 @@ func TestConfineInitSpawner(t *testing.T) {
 // returns what it printed: the cell's /proc/1/cmdline, quoted.
 func pid1(t *testing.T, r *sandbox.Runner, prep *confine.Prepared, w string) string {
 	t.Helper()
+	return runHelperCell(t, r, prep, w, "pid1", "pid1")
+}
+
+// runHelperCell runs the worker w's helper mode in a confined cell of r,
+// requires it to end well, and returns what it printed, trimmed.
+func runHelperCell(t *testing.T, r *sandbox.Runner, prep *confine.Prepared, w, mode, what string) string {
+	t.Helper()
 	var out bytes.Buffer
-	spec := sandbox.Spec{Path: w, Args: []string{w}, Env: []string{cellHelperEnv + "=pid1"}, Confine: prep, Stdout: &out}
+	spec := sandbox.Spec{Path: w, Args: []string{w}, Env: []string{cellHelperEnv + "=" + mode}, Confine: prep, Stdout: &out}
 	if res, err := r.Run(context.Background(), spec); err != nil || res.Cause != sandbox.CauseOK {
-		t.Fatalf("pid1: %v, cause %s, output %q", err, res.Cause, out.String())
+		t.Fatalf("%s: %v, cause %s, output %q", what, err, res.Cause, out.String())
 	}
 	return strings.TrimSpace(out.String())
 }
@@ -1151,14 +1146,12 @@ func pid1(t *testing.T, r *sandbox.Runner, prep *confine.Prepared, w string) str
 // checks that it has a network namespace of its own with loopback up.
 func runNetns(t *testing.T, r *sandbox.Runner, prep *confine.Prepared, w, host, what string) {
 	t.Helper()
-	var out bytes.Buffer
-	spec := sandbox.Spec{Path: w, Args: []string{w}, Env: []string{cellHelperEnv + "=netns"}, Confine: prep, Stdout: &out}
-	res, err := r.Run(context.Background(), spec)
-	if err != nil || res.Cause != sandbox.CauseOK {
-		t.Fatalf("%s: %v, cause %s, output %q", what, err, res.Cause, out.String())
+	ns, lo, _ := strings.Cut(runHelperCell(t, r, prep, w, "netns", what), " ")
+	if ns == host {
+		t.Errorf("%s: the cell is in the daemon's network namespace %s", what, ns)
 	}
-	if ns, lo, _ := strings.Cut(strings.TrimSpace(out.String()), " "); ns == host || lo != "up" {
-		t.Errorf("%s: network namespace %s (the daemon's is %s), loopback %s", what, ns, host, lo)
+	if lo != "up" {
+		t.Errorf("%s: listen on 127.0.0.1 in the cell: %s", what, lo)
 	}
 }
 
@@ -1167,11 +1160,18 @@ func runNetns(t *testing.T, r *sandbox.Runner, prep *confine.Prepared, w, host, 
 func spawners(t *testing.T) []int {
 	var out []int
 	for _, pid := range childrenOf(t) {
-		if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && string(b) == "cellgate-init\x00spawner\x00" {
+		if isSpawner(strconv.Itoa(pid)) {
 			out = append(out, pid)
 		}
 	}
 	return out
+}
+
+// isSpawner reports whether process pid is an init spawner, by its
+// argv: cellgate-init spawner.
+func isSpawner(pid string) bool {
+	b, err := os.ReadFile("/proc/" + pid + "/cmdline")
+	return err == nil && string(b) == "cellgate-init\x00spawner\x00"
 }
 
 // onlyCellgate reports whether procs, a cgroup.procs, lists cellgate's
@@ -1184,12 +1184,11 @@ func onlyCellgate(procs, pid string) bool {
 			found = true
 			continue
 		}
-		b, _ := os.ReadFile("/proc/" + f + "/cmdline")
 		ppid := ""
 		if st, err := os.ReadFile("/proc/" + f + "/status"); err == nil {
 			ppid, _ = statusField(string(st), "PPid")
 		}
-		if string(b) != "cellgate-init\x00spawner\x00" || ppid != pid {
+		if !isSpawner(f) || ppid != pid {
 			return false
 		}
 	}

@@ -125,9 +125,7 @@ func (s *initSpawner) own() {
 		}
 		sp.proc.Wait()
 		close(sp.exited)
-		if err != nil {
-			sp.conn.Close()
-		}
+		sp.conn.Close()
 	}
 	// No init of a spawner is left: the thread may serve others again.
 	runtime.UnlockOSThread()
@@ -303,8 +301,7 @@ func (sp *spawnerProc) read() {
 			// way: what waits is failed, and a caller that reaps the
 			// cell's orphans finds them all.
 			sp.proc.Kill()
-			<-sp.exited
-			sp.conn.Close()
+			<-sp.exited // the owner closes the socket then
 			sp.mu.Lock()
 			waiting := sp.waiting
 			sp.waiting = nil
