@@ -126,6 +126,8 @@ func BenchmarkCellConfined(b *testing.B) {
 				}
 				r := newConfinedEnv(b, cfg)
 				s := spec(b, v.opts)
+				// As serve runs cold cells: accounting read after the answer.
+				s.LateUsage = v.netns && v.templates && v.spawner
 				r.Run(context.Background(), s) // starts the pool and the spawner, asks for the template
 				time.Sleep(time.Second)
 				benchPairs(b, r, s, par, nil)
@@ -163,28 +165,41 @@ func BenchmarkCellConfined(b *testing.B) {
 	// "ready" pause waits (untimed) until the round's cells are set up and
 	// the last round's torn down: the price of a pooled, pre-initialised
 	// cell itself, on an otherwise idle machine.
+	// all-warm-usage-first is the same pooled cell with its accounting
+	// read before Run returns (as with Server-Timing), in the same run.
+	type warmLine struct {
+		name, pause string
+		par         int
+		late        bool
+	}
+	lines := []warmLine{{"all-warm-usage-first", "ready", 1, false}}
 	for _, par := range []int{1, 8, 32} {
 		for _, pause := range []string{"0s", "100ms", "ready"} {
-			b.Run(fmt.Sprintf("all-warm/pause=%s/concurrent=%d", pause, par), func(b *testing.B) {
-				// As serve runs them: set up from the route's mount
-				// template, in a network namespace made ahead, the init
-				// cloned by the spawner.
-				warm := newConfinedEnv(b, sandbox.Config{WarmCells: par, MountTemplates: true, NetNamespaces: par, InitSpawner: true})
-				s := spec(b, confine.Options{})
-				warm.Warm(s.Profile, s.Confine)
-				time.Sleep(time.Second) // let the first cells be set up
-				var between func(n int)
-				if d, err := time.ParseDuration(pause); err == nil && d > 0 {
-					between = func(int) { time.Sleep(d) }
-				} else if pause == "ready" {
-					between = whenReady(warm)
-				}
-				benchPairs(b, warm, s, par, between)
-				if hits, misses := warm.WarmStats(); hits+misses > 0 {
-					b.ReportMetric(100*float64(hits)/float64(hits+misses), "warm-hit-%")
-				}
-			})
+			lines = append(lines, warmLine{"all-warm", pause, par, true})
 		}
+	}
+	for _, l := range lines {
+		pause, par := l.pause, l.par
+		b.Run(fmt.Sprintf("%s/pause=%s/concurrent=%d", l.name, pause, par), func(b *testing.B) {
+			// As serve runs them: set up from the route's mount
+			// template, in a network namespace made ahead, the init
+			// cloned by the spawner, accounting read after the answer.
+			warm := newConfinedEnv(b, sandbox.Config{WarmCells: par, MountTemplates: true, NetNamespaces: par, InitSpawner: true})
+			s := spec(b, confine.Options{})
+			s.LateUsage = l.late
+			warm.Warm(s.Profile, s.Confine)
+			time.Sleep(time.Second) // let the first cells be set up
+			var between func(n int)
+			if d, err := time.ParseDuration(pause); err == nil && d > 0 {
+				between = func(int) { time.Sleep(d) }
+			} else if pause == "ready" {
+				between = whenReady(warm)
+			}
+			benchPairs(b, warm, s, par, between)
+			if hits, misses := warm.WarmStats(); hits+misses > 0 {
+				b.ReportMetric(100*float64(hits)/float64(hits+misses), "warm-hit-%")
+			}
+		})
 	}
 }
 
@@ -218,6 +233,8 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 	var peaks []float64
 	var setup, run, tail []time.Duration // the phases of a cell, from its Result
 	var cpu []time.Duration              // the CPU time its cell used
+	var late sync.WaitGroup              // accounting read after Run (spec.LateUsage), as serve does
+	var failed error
 	cellOp := func() error {
 		t0 := time.Now()
 		res, err := r.Run(context.Background(), spec)
@@ -225,19 +242,30 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 		if err == nil && res.Cause != sandbox.CauseOK {
 			err = fmt.Errorf("cause %s", res.Cause)
 		}
-		mu.Lock()
-		peaks = append(peaks, float64(res.Usage.MemoryPeak))
-		if err == nil {
-			setup = append(setup, res.Started.Sub(t0))
-			run = append(run, res.Wall)
-			tail = append(tail, end.Sub(res.Started.Add(res.Wall)))
-			cpu = append(cpu, time.Duration(res.Usage.CPUUsageUsec)*time.Microsecond)
+		ok := err == nil
+		account := func() {
+			aerr := res.Account()
+			mu.Lock()
+			if aerr != nil {
+				failed, ok = aerr, false
+			}
+			peaks = append(peaks, float64(res.Usage.MemoryPeak))
+			if ok {
+				setup = append(setup, res.Started.Sub(t0))
+				run = append(run, res.Wall)
+				tail = append(tail, end.Sub(res.Started.Add(res.Wall)))
+				cpu = append(cpu, time.Duration(res.Usage.CPUUsageUsec)*time.Microsecond)
+			}
+			mu.Unlock()
 		}
-		mu.Unlock()
+		if res.Late() {
+			late.Go(account)
+			return err
+		}
+		account()
 		return err
 	}
 	var plain, cell []time.Duration
-	var failed error
 	round := func(op func() error, into *[]time.Duration, n int) {
 		var wg sync.WaitGroup
 		for range n {
@@ -278,6 +306,7 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 		done += n
 	}
 	b.StopTimer()
+	late.Wait()
 	if failed != nil {
 		b.Fatal(failed)
 	}

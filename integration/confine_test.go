@@ -729,6 +729,17 @@ func TestConfineWarmCells(t *testing.T) {
 		t.Errorf("6 requests ran under %d uid(s), want a uid per cell", len(uids))
 	}
 	g.stop()
+	// Each record was written once its cell's accounting was read, after
+	// the answer; serve's exit waited for the last one.
+	recs := g.recordsFor("probe")
+	if len(recs) != 6 {
+		t.Errorf("access log: %d records of route probe after serve's exit, want 6", len(recs))
+	}
+	for i, rec := range recs {
+		if rec.Cell == nil || rec.Cell.CPUUsageUsec == 0 || rec.Cell.MemoryPeak == 0 {
+			t.Errorf("access-log record %d has no accounting: %+v", i, rec.Cell)
+		}
+	}
 	if n := initsRunning(); n > 0 {
 		t.Errorf("%d cellgate-init processes left after serve's exit", n)
 	}
@@ -836,6 +847,45 @@ func TestConfineRunLeavesNothing(t *testing.T) {
 	}
 	if n := initsRunning(); n > 0 {
 		t.Errorf("%d cellgate-init processes left after every teardown ended", n)
+	}
+}
+
+// TestConfineLateUsage: a confined run with Spec.LateUsage whose program
+// exits 0 returns before its cell's accounting is read (serve answers so),
+// and Account then gives the kernel's figures for the whole cell: the
+// memory its program touched, both of its processes (init and program).
+// A run that ends otherwise has its accounting read before Run returns.
+func TestConfineLateUsage(t *testing.T) {
+	cellgateBin(t)
+	r := newBenchEnvWarm(t, 0)
+	w := workerBinary(t)
+	prep := defaultPlan(t, w)
+	for i := 0; i < 3; i++ {
+		spec := sandbox.Spec{Path: w, Args: []string{w, "16"}, Env: []string{cellHelperEnv + "=touch"},
+			Confine: prep, LateUsage: true}
+		res, err := r.Run(context.Background(), spec)
+		if err != nil || res.Cause != sandbox.CauseOK {
+			t.Fatalf("run %d: %v, cause %s", i, err, res.Cause)
+		}
+		if !res.Late() || res.Usage.CPUUsageUsec != 0 || res.Usage.MemoryPeak != 0 {
+			t.Errorf("run %d: Late %v with Usage %+v, want the accounting left for later", i, res.Late(), res.Usage)
+		}
+		if err := res.Account(); err != nil {
+			t.Errorf("run %d: Account: %v", i, err)
+		}
+		u := res.Usage
+		if res.Late() || u.CPUUsageUsec == 0 || u.MemoryPeak < 16<<20 || u.PidsPeak < 2 {
+			t.Errorf("run %d: after Account, Late %v, Usage %+v: want the CPU used, a peak of >= 16 MiB and 2 processes", i, res.Late(), u)
+		}
+	}
+	spec := sandbox.Spec{Path: w, Args: []string{w}, Env: []string{cellHelperEnv + "=no-such-role"},
+		Confine: prep, LateUsage: true}
+	res, err := r.Run(context.Background(), spec)
+	if err != nil || res.Cause != sandbox.CauseExit {
+		t.Fatalf("a failing program: %v, cause %s", err, res.Cause)
+	}
+	if res.Late() || res.Usage.CPUUsageUsec == 0 || res.Usage.PidsPeak == 0 {
+		t.Errorf("a failing program: Late %v, Usage %+v: want the accounting read before Run returned", res.Late(), res.Usage)
 	}
 }
 

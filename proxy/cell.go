@@ -57,6 +57,8 @@ func (x *exchange) runCell(m *policy.Match, req *cgiRequest, stdin io.Reader) *c
 		run.err = fmt.Errorf("cell spec for route %s: %w", route.Name, err)
 		return run
 	}
+	// Only Server-Timing puts the accounting in the response.
+	spec.LateUsage = !route.ServerTiming
 
 	live := x.live
 	spec.Started = func(cellPath string) {

@@ -32,6 +32,9 @@ type exchange struct {
 	abort bool
 	// bodyRead is set once the request body has been read to its end.
 	bodyRead bool
+	// late is the last cell's Result when its accounting is read after
+	// the answer (recordLate).
+	late *sandbox.Result
 	// releases are the Router's release funcs of the matches this request
 	// holds (the first route and each local redirect's), called when it
 	// ends.
@@ -93,7 +96,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x.endUnreadBody()
 	x.rec.Duration = s.now().Sub(start)
-	s.record(r.Context(), x.rec)
+	if x.late != nil {
+		s.recordLate(x.late, x.rec)
+	} else {
+		s.record(r.Context(), x.rec)
+	}
 	if x.abort {
 		panic(http.ErrAbortHandler)
 	}
@@ -106,6 +113,31 @@ func (s *Server) record(ctx context.Context, rec accounting.Record) {
 	}
 	if s.deps.Metrics != nil {
 		s.deps.Metrics.ObserveRequest(rec)
+	}
+}
+
+// recordLate writes the record of a request answered before its cell's
+// accounting was read (sandbox.Spec.LateUsage), once it has been read: in
+// the background, counted among the handlers so that Shutdown waits for it.
+// The wait is the rest of the cell's teardown, which the Runner bounds in
+// time and in number (a teardown it cannot leave to the background ends
+// before the Result), so these goroutines are bounded too.
+func (s *Server) recordLate(res *sandbox.Result, rec accounting.Record) {
+	s.handlers.Add(1)
+	go func() {
+		defer s.handlers.Done()
+		if err := res.Account(); err != nil {
+			s.log.Warn("cell accounting", "request_id", rec.RequestID, "route", rec.Route, "err", err)
+		}
+		rec.Usage = res.Usage
+		s.record(context.Background(), rec)
+	}()
+}
+
+// account waits for a Late Result's accounting (sandbox.Result.Account).
+func (x *exchange) account(res *sandbox.Result) {
+	if err := res.Account(); err != nil {
+		x.s.log.Warn("cell accounting", "request_id", x.rec.RequestID, "route", x.rec.Route, "err", err)
 	}
 }
 
@@ -146,11 +178,15 @@ func (x *exchange) serve() {
 	hopStart, hopPath := s.now(), r.URL.Path
 	for hop := 0; ; hop++ {
 		run := x.runCell(m, req, stdin)
-		if run.res != nil {
-			x.recordCell(run.res)
-		}
 		redirect := run.err == nil && run.hdr != nil && run.hdr.Local && run.bodyEmpty() && run.res != nil &&
 			(run.res.Cause == sandbox.CauseOK || run.res.Cause == sandbox.CauseExit)
+		if run.res != nil {
+			if run.res.Late() && redirect {
+				// A hop's record is written before the next cell runs.
+				x.account(run.res)
+			}
+			x.recordCell(run.res)
+		}
 		if !redirect {
 			x.finish(run)
 			run.close()
@@ -341,6 +377,11 @@ func (x *exchange) redirect(prev *cgiRequest, loc string) (*cgiRequest, *policy.
 // recordCell puts a cell's result in the record (the last cell's, after
 // local redirects).
 func (x *exchange) recordCell(res *sandbox.Result) {
+	x.late = nil
+	if res.Late() {
+		// Its accounting is read after the answer (recordLate).
+		x.late = res
+	}
 	x.rec.Cell = true
 	x.rec.Wall = res.Wall
 	x.rec.Usage = res.Usage

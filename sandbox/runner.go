@@ -383,13 +383,28 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				cell.Kill() // what the program left, outside a PID namespace
 			}
 			var errs []error
-			wall, usage, unenforced, uerr := usageOf(cell, start)
-			if uerr != nil {
-				errs = append(errs, uerr)
+			exit := reported(rep)
+			var late *lateUsage
+			var wall time.Duration
+			var usage cgroup.Usage
+			var unenforced []string
+			if spec.LateUsage && exit.code == 0 && exit.signal == 0 {
+				// The answer does not depend on the accounting: it is
+				// read once the cell has ended, before its release.
+				late = &lateUsage{done: make(chan struct{})}
+				wall, unenforced = time.Since(start), cell.Unenforced()
+			} else {
+				var uerr error
+				if wall, usage, unenforced, uerr = usageOf(cell, start); uerr != nil {
+					errs = append(errs, uerr)
+				}
 			}
 			released, keepUID = true, true
 			release, uid := id.release, id.uid
 			r.endCell(w, cell, func(emptied bool) {
+				if late != nil {
+					late.read(cell)
+				}
 				if emptied && release != nil {
 					release()
 				}
@@ -398,7 +413,9 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			if err := st.wait(r.streamGrace); err != nil {
 				errs = append(errs, err)
 			}
-			return ended(reported(rep), killedBy, usage, start, wall, id.uid, unenforced, w), errors.Join(errs...)
+			res := ended(exit, killedBy, usage, start, wall, id.uid, unenforced, w)
+			res.late = late
+			return res, errors.Join(errs...)
 		}
 	}
 

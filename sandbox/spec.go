@@ -13,6 +13,7 @@
 package sandbox
 
 import (
+	"fmt"
 	"io"
 	"syscall"
 	"time"
@@ -56,6 +57,15 @@ type Spec struct {
 	// Timeout is the wall-clock deadline from the start of the worker;
 	// 0 means the runner's default.
 	Timeout time.Duration
+	// LateUsage lets a confined cell whose program exited 0 be answered
+	// before its accounting is read: Run returns at the init's report with
+	// Usage empty and Result.Late true, and the accounting is read at the
+	// end of the cell's teardown (its init's exit included), off the
+	// request's path; Result.Account waits for it. Nothing else about the
+	// Result depends on it: a status of 0 is CauseOK whatever the kernel's
+	// counters say. Without it, or for any other end, Run reads the
+	// accounting before returning.
+	LateUsage bool
 	// Started, when set, is called once the worker runs, with its cell's
 	// cgroup directory (for live readings such as the status page's; the
 	// directory is gone once Run returns). Runners without cells do not
@@ -108,4 +118,43 @@ type Result struct {
 	// preloader to holding the verified child (before Started). Clone is
 	// the preloader's own part of it (what it reported). Both 0 for cgi.
 	Spawn, Clone time.Duration
+
+	// late is the accounting still to be read (Spec.LateUsage), nil once
+	// Usage holds it.
+	late *lateUsage
+}
+
+// Late reports whether the Result was returned before its cell's
+// accounting was read (Spec.LateUsage): Usage is empty until Account.
+func (res *Result) Late() bool { return res.late != nil }
+
+// Account waits until a Late Result's accounting has been read and puts it
+// in Usage; a Result that is not Late returns nil at once. The wait is the
+// rest of the cell's teardown, bounded by the Runner's EmptyWait (a cell
+// that does not empty by then is killed). The error is a failed read
+// (Usage then holds what was read).
+func (res *Result) Account() error {
+	l := res.late
+	if l == nil {
+		return nil
+	}
+	<-l.done
+	res.Usage, res.late = l.usage, nil
+	return l.err
+}
+
+// lateUsage is a cell's accounting read at the end of its teardown.
+type lateUsage struct {
+	done  chan struct{} // closed once usage and err are set
+	usage cgroup.Usage
+	err   error
+}
+
+// read reads cell's accounting; call it once, before the cell's release.
+func (l *lateUsage) read(cell Cell) {
+	l.usage, l.err = cell.Usage()
+	if l.err != nil {
+		l.err = fmt.Errorf("read usage of cell %s: %w", cell.Path(), l.err)
+	}
+	close(l.done)
 }
