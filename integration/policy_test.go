@@ -492,6 +492,9 @@ routes:
 	if status, _, body := g.get("/hog?mb=200"); status != 502 {
 		t.Fatalf("GET /hog?mb=200: %d %q, want 502", status, body)
 	}
+	// A record is written after its metrics, and hello's may follow its
+	// response (its cell's accounting is read late).
+	g.waitRecords("hello", 1, 30*time.Second)
 	g.waitRecords("hog", 1, 30*time.Second)
 	m := g.metrics()
 	hog := map[string]string{"tenant": "hogs", "route": "hog"}

@@ -106,13 +106,15 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// record writes one access-log record and makes one metrics observation.
+// record makes one metrics observation and writes one access-log record,
+// in that order: once a request's record is in the log, the metrics count
+// it (the record may come after the response: recordLate).
 func (s *Server) record(ctx context.Context, rec accounting.Record) {
-	if err := accounting.Log(ctx, s.deps.AccessLog, rec); err != nil {
-		s.log.Warn("access log", "request_id", rec.RequestID, "err", err)
-	}
 	if s.deps.Metrics != nil {
 		s.deps.Metrics.ObserveRequest(rec)
+	}
+	if err := accounting.Log(ctx, s.deps.AccessLog, rec); err != nil {
+		s.log.Warn("access log", "request_id", rec.RequestID, "err", err)
 	}
 }
 
