@@ -283,8 +283,13 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 		}
 		wg.Wait()
 	}
+	ok := func() bool { // late accountings write failed too
+		mu.Lock()
+		defer mu.Unlock()
+		return failed == nil
+	}
 	b.ResetTimer()
-	for done, i := 0, 0; done < b.N && failed == nil; i++ {
+	for done, i := 0, 0; done < b.N && ok(); i++ {
 		n := min(par, b.N-done)
 		pause := func() {
 			if between != nil {

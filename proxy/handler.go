@@ -33,8 +33,10 @@ type exchange struct {
 	// bodyRead is set once the request body has been read to its end.
 	bodyRead bool
 	// late is the last cell's Result when its accounting is read after
-	// the answer (recordLate).
+	// the answer, hops the records of local redirects waiting for theirs
+	// or for an earlier one's (recordLate).
 	late *sandbox.Result
+	hops []lateRecord
 	// releases are the Router's release funcs of the matches this request
 	// holds (the first route and each local redirect's), called when it
 	// ends.
@@ -96,8 +98,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x.endUnreadBody()
 	x.rec.Duration = s.now().Sub(start)
-	if x.late != nil {
-		s.recordLate(x.late, x.rec)
+	if x.late != nil || len(x.hops) > 0 {
+		s.recordLate(append(x.hops, lateRecord{x.late, x.rec}))
 	} else {
 		s.record(r.Context(), x.rec)
 	}
@@ -118,28 +120,45 @@ func (s *Server) record(ctx context.Context, rec accounting.Record) {
 	}
 }
 
-// recordLate writes the record of a request answered before its cell's
-// accounting was read (sandbox.Spec.LateUsage), once it has been read: in
-// the background, counted among the handlers so that Shutdown waits for it.
-// The wait is the rest of the cell's teardown, which the Runner bounds in
-// time and in number (a teardown it cannot leave to the background ends
-// before the Result), so these goroutines are bounded too.
-func (s *Server) recordLate(res *sandbox.Result, rec accounting.Record) {
-	s.handlers.Add(1)
-	go func() {
-		defer s.handlers.Done()
-		if err := res.Account(); err != nil {
-			s.log.Warn("cell accounting", "request_id", rec.RequestID, "route", rec.Route, "err", err)
-		}
-		rec.Usage = res.Usage
-		s.record(context.Background(), rec)
-	}()
+// maxLateRecords bounds the requests whose records wait, after their
+// responses, for their cells' accounting (recordLate). Beyond it a
+// handler waits itself, before returning, as when the access log cannot
+// keep up: the connection is then held and the connection caps apply.
+const maxLateRecords = 256
+
+// lateRecord is a record whose cell's accounting is read after the
+// response (sandbox.Spec.LateUsage); res is nil for one that waits for
+// nothing but the records before it.
+type lateRecord struct {
+	res *sandbox.Result
+	rec accounting.Record
 }
 
-// account waits for a Late Result's accounting (sandbox.Result.Account).
-func (x *exchange) account(res *sandbox.Result) {
-	if err := res.Account(); err != nil {
-		x.s.log.Warn("cell accounting", "request_id", x.rec.RequestID, "route", x.rec.Route, "err", err)
+// recordLate writes recs, in order, once each one's accounting has been
+// read: from a goroutine of its own while fewer than maxLateRecords wait
+// so, else before returning. Shutdown waits for them. The wait for an
+// accounting is the rest of its cell's teardown, bounded by the Runner's
+// EmptyWait.
+func (s *Server) recordLate(recs []lateRecord) {
+	write := func() {
+		for _, l := range recs {
+			if l.res != nil {
+				if err := l.res.Account(); err != nil {
+					s.log.Warn("cell accounting", "request_id", l.rec.RequestID, "route", l.rec.Route, "err", err)
+				}
+				l.rec.Usage = l.res.Usage
+			}
+			s.record(context.Background(), l.rec)
+		}
+	}
+	select {
+	case s.lateSlots <- struct{}{}:
+		s.lateRecords.Go(func() {
+			defer func() { <-s.lateSlots }()
+			write()
+		})
+	default:
+		write()
 	}
 }
 
@@ -183,10 +202,6 @@ func (x *exchange) serve() {
 		redirect := run.err == nil && run.hdr != nil && run.hdr.Local && run.bodyEmpty() && run.res != nil &&
 			(run.res.Cause == sandbox.CauseOK || run.res.Cause == sandbox.CauseExit)
 		if run.res != nil {
-			if run.res.Late() && redirect {
-				// A hop's record is written before the next cell runs.
-				x.account(run.res)
-			}
 			x.recordCell(run.res)
 		}
 		if !redirect {
@@ -216,13 +231,22 @@ func (x *exchange) serve() {
 // redirect: every cell that ran has a record of its own (same request id,
 // outcome local_redirect, no status: nothing was sent for it), and the
 // request's last record has the response. Queue waits are per record.
+//
+// A hop whose cell's accounting is read late (recordLate), and every
+// record after it, waits in x.hops: records keep the order the cells ran
+// in, and the next cell does not wait for the last one's teardown.
 func (x *exchange) recordHop(req *cgiRequest, path string, start time.Time) {
 	hop := x.rec
 	hop.Method, hop.Path, hop.Query = req.Method, path, req.Query
 	hop.Outcome = accounting.OutcomeLocalRedirect
 	hop.Status, hop.BytesOut = 0, 0
 	hop.Time, hop.Duration = start, x.s.now().Sub(start)
-	x.s.record(x.r.Context(), hop)
+	if x.late != nil || len(x.hops) > 0 {
+		x.hops = append(x.hops, lateRecord{x.late, hop})
+		x.late = nil
+	} else {
+		x.s.record(x.r.Context(), hop)
+	}
 	x.rec.QueueWait, x.rec.BytesIn = 0, 0
 }
 

@@ -3,14 +3,17 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/cellgate/cellgate/accounting"
+	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -145,5 +148,87 @@ func TestLocalRedirectRecords(t *testing.T) {
 	want := []string{"POST /a a local_redirect ", "GET /b b local_redirect ", "POST /a c ok OK"}
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("records\n%q\nwant\n%q", got, want)
+	}
+}
+
+// lateRunner is a fake Runner whose Results are Late (sandbox.WithLateUsage)
+// when the spec asks for it: each accounting read waits for release and
+// then reports CPU usec equal to the number of its cell. It records each
+// spec's LateUsage.
+type lateRunner struct {
+	out     map[string]string // output by program path
+	release chan struct{}
+	mu      sync.Mutex
+	asked   []bool
+	cells   int
+}
+
+func (l *lateRunner) Run(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+	res, err := cgiOutput(l.out[spec.Path], sandbox.CauseOK)(ctx, spec)
+	l.mu.Lock()
+	l.asked = append(l.asked, spec.LateUsage)
+	l.cells++
+	n := uint64(l.cells)
+	l.mu.Unlock()
+	if err != nil || !spec.LateUsage {
+		res.Usage.CPUUsageUsec = n
+		return res, err
+	}
+	return sandbox.WithLateUsage(res, func() (cgroup.Usage, error) {
+		<-l.release
+		return cgroup.Usage{CPUUsageUsec: n}, nil
+	}), nil
+}
+
+// TestLateAccounting: a cell's accounting read after the answer
+// (sandbox.Spec.LateUsage, asked for unless the route has Server-Timing)
+// holds back neither the response nor the next cell of a local
+// redirect; the records come once it is read, in the order the cells
+// ran, each with its own figures, and Shutdown waits for them.
+func TestLateAccounting(t *testing.T) {
+	lr := &lateRunner{release: make(chan struct{}), out: map[string]string{
+		"/a": "Location: /b\n\n",
+		"/b": "Location: /c\n\n",
+		"/c": "Content-Type: text/plain\n\nc",
+	}}
+	timed := route("c", "/c", "/c")
+	timed.ServerTiming = true
+	ts := startServer(t, Config{}, Deps{Runner: lr}, route("a", "/a", "/a"), route("b", "/b", "/b"), timed)
+	var once sync.Once
+	release := func() { once.Do(func() { close(lr.release) }) }
+	t.Cleanup(release) // before the Shutdown of startServer's cleanup
+
+	resp, body := do(t, nil, newRequest(t, "GET", ts.URL+"/a", nil))
+	if resp.StatusCode != 200 || body != "c" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+	lr.mu.Lock()
+	asked := fmt.Sprint(lr.asked)
+	lr.mu.Unlock()
+	if asked != "[true true false]" {
+		t.Errorf("LateUsage asked by the cells of /a, /b, /c (Server-Timing): %s, want [true true false]", asked)
+	}
+	if n := len(ts.recs.all()); n != 0 {
+		t.Errorf("%d records before the first cell's accounting was read, want none (they keep the cells' order)", n)
+	}
+
+	shut := make(chan error, 1)
+	go func() { shut <- ts.Shutdown(context.Background()) }()
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned (%v) with a record still waiting for its accounting", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	release()
+	if err := <-shut; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	var got []string
+	for _, rec := range ts.recs.all() {
+		got = append(got, fmt.Sprintf("%s %s cpu=%d", rec.Route, rec.Outcome, rec.Usage.CPUUsageUsec))
+	}
+	want := "[a local_redirect cpu=1 b local_redirect cpu=2 c ok cpu=3]"
+	if fmt.Sprint(got) != want {
+		t.Errorf("records at Shutdown's return %q, want %s", got, want)
 	}
 }

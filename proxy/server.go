@@ -111,6 +111,11 @@ type Server struct {
 	// trusted proxies (forwarded.go).
 	clients clientRequests
 
+	// lateSlots bounds the records written after their responses
+	// (recordLate); lateRecords counts them for Shutdown.
+	lateSlots   chan struct{}
+	lateRecords sync.WaitGroup
+
 	mu        sync.Mutex
 	closing   bool           // set by Shutdown before it waits for handlers
 	handlers  sync.WaitGroup // requests in the handler; Add only under mu while !closing
@@ -163,6 +168,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		},
 		retryAfter:  retryAfterSeconds(cfg.RetryAfter),
 		rejectToken: rand.Text(),
+		lateSlots:   make(chan struct{}, maxLateRecords),
 	}
 	s.spools = newSpoolBudget(cfg.SpoolMemory, cfg.SpoolDisk)
 	s.base, s.cancelBase = context.WithCancel(context.Background())
@@ -268,6 +274,9 @@ func (s *Server) ListenAndServe() error {
 // written). When ctx ends first, it cancels the requests still running
 // (their cells are killed; they are logged as killed), closes every
 // connection, waits for the handlers to return and reports ctx's error.
+// Either way it returns once every request's record is written, those
+// written after their responses included (recordLate): up to the Runner's
+// EmptyWait after the last cell's end.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	heads := slices.Clone(s.heads)
@@ -286,6 +295,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.closing = true
 	s.mu.Unlock()
 	s.handlers.Wait()
+	s.lateRecords.Wait()
 	s.cancelBase()
 	if err != nil {
 		return fmt.Errorf("shut down proxy: %w", err)

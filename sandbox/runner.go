@@ -235,7 +235,9 @@ func (r *Runner) UIDsInFlight() int {
 // that what it left is killed and reaped): its accounting is read then,
 // with the init's own still in it, and the init's exit, the cell's
 // emptying and release and the uid's return follow in the background,
-// bounded by Config.Teardowns (teardown.go).
+// bounded by Config.Teardowns (teardown.go). With spec.LateUsage and a
+// status of 0, not even the accounting is read first: it is read at the
+// end of that teardown, and the Result is Late until Account.
 //
 // The deadline (spec.Timeout or the Runner's) counts from the start of the
 // worker. Cancelling ctx kills the cell too (CauseKilled); ctx also bounds the
@@ -243,8 +245,9 @@ func (r *Runner) UIDsInFlight() int {
 //
 // Run returns an error wrapping ErrSpec, ErrNoUID, ErrNoCell or ErrSpawn when
 // the worker never ran (the Result is then zero). When the worker ran, the
-// Result is complete and the error is nil, or wraps ErrStreams or
-// ErrCellNotEmpty, or reports that the accounting could not be read.
+// Result is complete (but for a Late one's Usage) and the error is nil, or
+// wraps ErrStreams or ErrCellNotEmpty, or reports that the accounting could
+// not be read (a Late one's Account reports that).
 //
 // A fork request caught in the hand-off to a preloader that died is
 // retried once on a fresh cell (runFork).

@@ -132,7 +132,8 @@ func (res *Result) Late() bool { return res.late != nil }
 // in Usage; a Result that is not Late returns nil at once. The wait is the
 // rest of the cell's teardown, bounded by the Runner's EmptyWait (a cell
 // that does not empty by then is killed). The error is a failed read
-// (Usage then holds what was read).
+// (Usage then holds what was read). It changes res: call it from one
+// goroutine.
 func (res *Result) Account() error {
 	l := res.late
 	if l == nil {
@@ -141,6 +142,20 @@ func (res *Result) Account() error {
 	<-l.done
 	res.Usage, res.late = l.usage, nil
 	return l.err
+}
+
+// WithLateUsage returns res as a Late Result whose accounting read
+// returns, for a Runner other than this package's (a wrapper, a test's
+// fake) that reads it after answering; read runs once, in a goroutine of
+// its own, and Account waits for it.
+func WithLateUsage(res Result, read func() (cgroup.Usage, error)) Result {
+	l := &lateUsage{done: make(chan struct{})}
+	go func() {
+		l.usage, l.err = read()
+		close(l.done)
+	}()
+	res.Usage, res.late = cgroup.Usage{}, l
+	return res
 }
 
 // lateUsage is a cell's accounting read at the end of its teardown.
