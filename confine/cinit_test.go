@@ -28,6 +28,9 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(emptyDirChild); dir != "" {
 		os.Exit(emptyDirMain(dir))
 	}
+	if dir := os.Getenv(tmpfsEmptyChild); dir != "" {
+		os.Exit(tmpfsEmptyMain(dir))
+	}
 	if os.Args[0] == InitArg0 {
 		os.Exit(InitMain(os.Args[1:]))
 	}

@@ -49,11 +49,25 @@ func finish(p *Plan) {
 // files), as the C init's nftw(FTW_MOUNT) does. Errors are ignored: what
 // cannot be removed goes with the mount namespace.
 func emptyDir(dir string) {
+	if tmpfsEmpty(dir) {
+		return
+	}
 	var st unix.Stat_t
 	if unix.Lstat(dir, &st) != nil {
 		return
 	}
 	emptyOn(dir, st.Dev)
+}
+
+// tmpfsEmpty reports whether dir is a tmpfs that holds nothing but its
+// root, from one statfs instead of a walk: tmpfs counts an inode for each
+// file, directory and symlink, its root included, and frees it once its
+// last link and last open are gone (every process of the cell is dead by
+// then). A tmpfs without an inode limit (Files 0), or another filesystem,
+// is not known to be empty.
+func tmpfsEmpty(dir string) bool {
+	var fs unix.Statfs_t
+	return unix.Statfs(dir, &fs) == nil && fs.Type == unix.TMPFS_MAGIC && fs.Files > 0 && fs.Files-fs.Ffree == 1
 }
 
 // emptyOn removes the entries of dir that lie on device dev, depth first.

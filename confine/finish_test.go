@@ -117,3 +117,104 @@ func TestEmptyDirStaysOnItsMount(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 }
+
+// TestTmpfsEmpty: the statfs that spares an empty tmpfs the walk says
+// empty only for a tmpfs that holds nothing but its root: not with a
+// file, a directory, a symlink or a file unlinked but still open in it,
+// not for a tmpfs without an inode limit, and not for a directory of
+// another filesystem, however empty.
+func TestTmpfsEmpty(t *testing.T) {
+	if tmpfsEmpty(t.TempDir()) {
+		if fs := statfsType(t.TempDir()); fs != unix.TMPFS_MAGIC {
+			t.Errorf("an empty directory of a filesystem of type %#x is taken for an empty tmpfs", fs)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("no unshare(1)")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(unshare, "-m", "--propagation", "private", self)
+	cmd.Env = append(os.Environ(), tmpfsEmptyChild+"="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+}
+
+func statfsType(dir string) int64 {
+	var fs unix.Statfs_t
+	unix.Statfs(dir, &fs)
+	return fs.Type
+}
+
+// tmpfsEmptyChild names the directory tmpfsEmptyMain works in, when the
+// test binary is started for it.
+const tmpfsEmptyChild = "CONFINE_TEST_TMPFSEMPTY"
+
+// tmpfsEmptyMain runs in a mount namespace of its own (unshare -m): it
+// mounts tmpfs below dir and prints each wrong answer of tmpfsEmpty
+// (exit 1).
+func tmpfsEmptyMain(dir string) int {
+	bad := 0
+	check := func(what, at string, want bool) {
+		if got := tmpfsEmpty(at); got != want {
+			fmt.Printf("%s: tmpfsEmpty %v, want %v\n", what, got, want)
+			bad++
+		}
+	}
+	m := filepath.Join(dir, "cell")
+	unlimited := filepath.Join(dir, "unlimited")
+	for _, d := range []string{m, unlimited} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			fmt.Println(err)
+			return 2
+		}
+	}
+	if err := unix.Mount("tmpfs", m, "tmpfs", 0, "size=1m"); err != nil {
+		fmt.Println("mount:", err)
+		return 2
+	}
+	if err := unix.Mount("tmpfs", unlimited, "tmpfs", 0, "size=1m,nr_inodes=0"); err != nil {
+		fmt.Println("mount:", err)
+		return 2
+	}
+	check("a fresh tmpfs", m, true)
+	check("a fresh tmpfs without an inode limit", unlimited, false)
+	check("the directory holding the mounts", dir, false)
+	for _, step := range []struct {
+		what string
+		make func(string) error
+	}{
+		{"a file", func(p string) error { return os.WriteFile(p, []byte("x"), 0o600) }},
+		{"a directory", func(p string) error { return os.Mkdir(p, 0o700) }},
+		{"a symlink", func(p string) error { return os.Symlink("/etc/passwd", p) }},
+	} {
+		if err := step.make(filepath.Join(m, "x")); err != nil {
+			fmt.Println(err)
+			return 2
+		}
+		check("a tmpfs with "+step.what, m, false)
+		emptyDir(m)
+		check("the tmpfs emptied of "+step.what, m, true)
+	}
+	f, err := os.Create(filepath.Join(m, "open"))
+	if err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	os.Remove(f.Name())
+	check("a tmpfs with a file unlinked but open", m, false)
+	f.Close()
+	check("the tmpfs once that file is closed", m, true)
+	if bad > 0 {
+		return 1
+	}
+	return 0
+}

@@ -46,6 +46,7 @@
 #include <limits.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/magic.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
@@ -938,6 +939,18 @@ static int empty_entry(const char *path, const struct stat *st, int type, struct
 	return 0;
 }
 
+/* tmpfs_empty reports whether the tmpfs at target holds nothing but its
+ * root, from one statfs instead of a walk (confine's emptyDir): tmpfs
+ * counts an inode for each file, directory and symlink, its root
+ * included, and frees it once its last link and last open are gone (every
+ * process of the cell is dead by now). A tmpfs without an inode limit
+ * (f_files 0), or anything else, is walked. */
+static int tmpfs_empty(const char *target)
+{
+	struct statfs s;
+	return statfs(target, &s) == 0 && s.f_type == TMPFS_MAGIC && s.f_files > 0 && s.f_files - s.f_ffree == 1;
+}
+
 /* finish ends what the program left (confine's finish): every other
  * process of the PID namespace, and the files of the private tmpfs. */
 static void finish(const struct plan *p)
@@ -951,7 +964,8 @@ static void finish(const struct plan *p)
 	}
 	if (p->ns & NS_MOUNT)
 		for (uint32_t i = 0; i < p->ntmpfs; i++)
-			nftw(p->tmpfs[i].target, empty_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+			if (!tmpfs_empty(p->tmpfs[i].target))
+				nftw(p->tmpfs[i].target, empty_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
 }
 
 static int init_main(void)
