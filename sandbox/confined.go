@@ -222,13 +222,13 @@ func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File
 	if err != nil {
 		return err
 	}
+	// Fd, as os/exec does for a child's files: a descriptor the caller
+	// made non-blocking (os.Pipe's) becomes blocking, which the program
+	// expects of its standard streams; the caller's I/O on it, if any,
+	// blocks from now on. workerPipe's ends are blocking already.
 	var fds [3]int
 	for i, f := range stdio {
-		rc, err := f.SyscallConn()
-		if err != nil {
-			return fmt.Errorf("fd %d of the program: %w", i, err)
-		}
-		rc.Control(func(fd uintptr) { fds[i] = int(fd) })
+		fds[i] = int(f.Fd())
 	}
 	return ip.send(frame, fds[:])
 }

@@ -37,7 +37,7 @@ type OutputReader struct {
 // to put in Spec.Stdout or Spec.Stderr (close it once Run returned) and
 // the read end. Call WritersGone on the read end once Run has returned.
 func OutputPipe() (*OutputReader, *os.File, error) {
-	pr, pw, err := os.Pipe()
+	pw, pr, err := workerPipe(false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -112,3 +112,28 @@ func (r *OutputReader) WritersGone() {
 
 // Close closes the read end.
 func (r *OutputReader) Close() error { return r.f.Close() }
+
+// workerPipe returns a pipe between a worker and the daemon: the worker's
+// end (the read end when workerReads) blocking, as a program that is not Go
+// expects of its standard streams (a C or shell program does not retry a
+// read or write that fails with EAGAIN), and the daemon's end
+// non-blocking, on the runtime's poller. os.Pipe makes both ends
+// non-blocking, and a pipe end passed to the init with SCM_RIGHTS keeps
+// that flag (os/exec clears it only through File.Fd).
+func workerPipe(workerReads bool) (worker, daemon *os.File, err error) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		return nil, nil, fmt.Errorf("pipe2: %w", err)
+	}
+	w, d := p[1], p[0]
+	if workerReads {
+		w, d = p[0], p[1]
+	}
+	if err := unix.SetNonblock(d, true); err != nil {
+		unix.Close(p[0])
+		unix.Close(p[1])
+		return nil, nil, fmt.Errorf("pipe: set O_NONBLOCK: %w", err)
+	}
+	// NewFile puts a non-blocking descriptor on the poller.
+	return os.NewFile(uintptr(w), "|worker"), os.NewFile(uintptr(d), "|daemon"), nil
+}

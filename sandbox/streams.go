@@ -37,7 +37,7 @@ func newStreams(spec *Spec, devNull *os.File) (*streams, error) {
 	case *os.File:
 		s.child[0] = in
 	default:
-		pr, pw, err := os.Pipe()
+		pr, pw, err := workerPipe(true)
 		if err != nil {
 			return fail(fmt.Errorf("stdin pipe: %w", err))
 		}
