@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -983,6 +984,69 @@ func TestConfineShellBody(t *testing.T) {
 		code, _, got := g.do(req)
 		if code != http.StatusOK || !strings.HasPrefix(got, want) || len(got) != len(want)+1<<20 {
 			t.Errorf("POST %d: %d, %d bytes starting %q; want 200, %q and 1 MiB\nlog:\n%s", i, code, len(got), got[:min(len(got), 16)], want, g.log())
+		}
+	}
+}
+
+// TestConfineScriptRuntimes: CGI scripts of the system's Python and Perl
+// run in confined cells (the default view and filter, warm cells) and
+// read a POST body whole, held in memory (a pipe) or spooled to a file
+// by the proxy, and write a response of a MiB: the runtimes start in the
+// view, and their standard streams behave as they expect.
+func TestConfineScriptRuntimes(t *testing.T) {
+	// Not t.TempDir(): its parent is closed to other uids.
+	dir, err := os.MkdirTemp("", "cellgate-scripts-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	scripts := map[string]string{
+		"/usr/bin/python3": `#!/usr/bin/python3
+import hashlib, os, sys
+data = sys.stdin.buffer.read(int(os.environ.get("CONTENT_LENGTH") or 0))
+out = sys.stdout.buffer
+out.write(b"Content-Type: text/plain\r\n\r\n")
+out.write(b"%d %s\n" % (len(data), hashlib.sha256(data).hexdigest().encode()))
+out.write(b"x" * (1 << 20))
+`,
+		"/usr/bin/perl": `#!/usr/bin/perl
+use Digest::SHA qw(sha256_hex);
+binmode STDIN; binmode STDOUT;
+my $n = $ENV{CONTENT_LENGTH} || 0; my $d = "";
+while (length($d) < $n) { my $r = read(STDIN, $d, $n - length($d), length($d)); last unless $r; }
+print "Content-Type: text/plain\r\n\r\n", length($d), " ", sha256_hex($d), "\n", "x" x (1 << 20);
+`,
+	}
+	var routes strings.Builder
+	var names []string
+	for interp, text := range scripts {
+		if _, err := os.Stat(interp); err != nil {
+			skipOrFail(t, "no %s: %v", interp, err)
+		}
+		name := filepath.Base(interp)
+		path := filepath.Join(dir, name+".cgi")
+		if err := os.WriteFile(path, []byte(text), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&routes, "  - {name: %s, match: {path: /%s}, tenant: a, program: %q}\n", name, name, path)
+		names = append(names, name)
+	}
+	g := confineGate(t, routes.String())
+	for _, name := range names {
+		for _, size := range []int{100 << 10, 400 << 10} { // in memory, spooled to a file
+			body := bytes.Repeat([]byte("0123456789abcdef"), size/16)
+			sum := sha256.Sum256(body)
+			want := fmt.Sprintf("%d %x\n", len(body), sum)
+			req, err := http.NewRequest(http.MethodPost, g.url+"/"+name, bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			code, _, got := g.do(req)
+			if code != http.StatusOK || !strings.HasPrefix(got, want) || len(got) != len(want)+1<<20 {
+				t.Errorf("%s, a body of %d bytes: %d, %d bytes starting %q; want 200, %q and 1 MiB\nlog:\n%s",
+					name, size, code, len(got), got[:min(len(got), 80)], want, g.log())
+			}
 		}
 	}
 }
