@@ -244,14 +244,8 @@ func TestCLIDoctor(t *testing.T) {
 func TestCLIRunConfined(t *testing.T) {
 	dir := requireKernel(t)
 	w := workerBinary(t)
-	// Not t.TempDir(): its parent is closed to other uids, and the
-	// relaxed run must be able to read the file.
-	shared, err := os.MkdirTemp("", "cellgate-run-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(shared) })
-	os.Chmod(shared, 0o755)
+	// The relaxed run must be able to read the file.
+	shared := openTempDir(t, "cellgate-run-", 0o755)
 	secret := filepath.Join(shared, "secret.txt")
 	if err := os.WriteFile(secret, []byte("secret"), 0o644); err != nil {
 		t.Fatal(err)

@@ -774,13 +774,7 @@ func initsRunning() int {
 // budget is eaten by a file a filesystem: host cell left on a tmpfs of the
 // host, which stays charged to the tenant after its cell is gone.
 func TestConfineOOMBudget(t *testing.T) {
-	// Not t.TempDir(): its parent is closed to other uids.
-	shared, err := os.MkdirTemp("", "cellgate-oom-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(shared) })
-	os.Chmod(shared, 0o777)
+	shared := openTempDir(t, "cellgate-oom-", 0o777)
 	g := confineGate(t, `  - {name: leak, match: {path: /leak}, tenant: t, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, filesystem: host, memory: 80Mi}
   - {name: hog, match: {path: /hog}, tenant: t, program: "{{.CGI}}/memhog", memory: 80Mi}
 `)
@@ -962,13 +956,7 @@ func TestConfineBlockingStdio(t *testing.T) {
 // cell (warm, as by default) reads a POST body larger than a pipe's buffer
 // and writes a response larger than it: each whole, every time.
 func TestConfineShellBody(t *testing.T) {
-	// Not t.TempDir(): its parent is closed to other uids.
-	dir, err := os.MkdirTemp("", "cellgate-sh-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
+	dir := openTempDir(t, "cellgate-sh-", 0o755)
 	script := filepath.Join(dir, "count.sh")
 	if err := os.WriteFile(script, []byte("#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nwc -c | tr -d ' '\nhead -c 1048576 /dev/zero\n"), 0o755); err != nil {
 		t.Fatal(err)
@@ -994,13 +982,7 @@ func TestConfineShellBody(t *testing.T) {
 // by the proxy, and write a response of a MiB: the runtimes start in the
 // view, and their standard streams behave as they expect.
 func TestConfineScriptRuntimes(t *testing.T) {
-	// Not t.TempDir(): its parent is closed to other uids.
-	dir, err := os.MkdirTemp("", "cellgate-scripts-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755)
+	dir := openTempDir(t, "cellgate-scripts-", 0o755)
 	scripts := map[string]string{
 		"/usr/bin/python3": `#!/usr/bin/python3
 import hashlib, os, sys
@@ -1049,6 +1031,22 @@ print "Content-Type: text/plain\r\n\r\n", length($d), " ", sha256_hex($d), "\n",
 			}
 		}
 	}
+}
+
+// openTempDir makes a temporary directory other uids may enter (mode
+// perm), removed at the test's end: not t.TempDir(), whose parent is
+// closed to them.
+func openTempDir(t testing.TB, pattern string, perm os.FileMode) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", pattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, perm); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // processesWith lists the pids whose command line starts with prefix.
