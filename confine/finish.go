@@ -61,10 +61,13 @@ func emptyDir(dir string) {
 
 // tmpfsEmpty reports whether dir is a tmpfs that holds nothing but its
 // root, from one statfs instead of a walk: tmpfs counts an inode for each
-// file, directory and symlink, its root included, and frees it once its
-// last link and last open are gone (every process of the cell is dead by
-// then). A tmpfs without an inode limit (Files 0), or another filesystem,
-// is not known to be empty.
+// file, directory, symlink, device node and whiteout (its root's included)
+// before it becomes visible, one more per hard link, and (from 6.6) the
+// space of extended attributes, and frees each only once its last link
+// and last open are gone. Every error is towards a walk: a file still open
+// somewhere (with a PID namespace every process of the cell is dead by
+// now) keeps its count. A tmpfs without an inode limit (Files 0), or
+// another filesystem, is not known to be empty.
 func tmpfsEmpty(dir string) bool {
 	var fs unix.Statfs_t
 	return unix.Statfs(dir, &fs) == nil && fs.Type == unix.TMPFS_MAGIC && fs.Files > 0 && fs.Files-fs.Ffree == 1

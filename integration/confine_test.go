@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -903,19 +904,33 @@ func TestConfineBlockingStdio(t *testing.T) {
 	body := bytes.Repeat([]byte("b"), 200<<10)
 	const script = `grep -h flags /proc/self/fdinfo/0 /proc/self/fdinfo/1 /proc/self/fdinfo/2 >&2; wc -c | tr -d ' '; head -c 1048576 /dev/zero`
 	for _, c := range []struct {
-		name string
-		cfg  sandbox.Config
+		name   string
+		cfg    sandbox.Config
+		osPipe bool // stdout an os.Pipe, which Go makes non-blocking
 	}{
-		{"init-forked", sandbox.Config{}},
-		{"init-spawner", sandbox.Config{InitSpawner: true}},
-		{"warm", sandbox.Config{InitSpawner: true, WarmCells: 1}},
+		{"init-forked", sandbox.Config{}, false},
+		{"init-spawner", sandbox.Config{InitSpawner: true}, false},
+		{"warm", sandbox.Config{InitSpawner: true, WarmCells: 1}, false},
+		{"os-pipe", sandbox.Config{InitSpawner: true}, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := newConfinedEnv(t, c.cfg)
 			for i := 0; i < 3; i++ {
-				pr, pw, err := sandbox.OutputPipe()
-				if err != nil {
-					t.Fatal(err)
+				var pr io.ReadCloser
+				var pw *os.File
+				var writersGone func()
+				if c.osPipe {
+					rd, wr, err := os.Pipe()
+					if err != nil {
+						t.Fatal(err)
+					}
+					pr, pw, writersGone = rd, wr, func() {}
+				} else {
+					rd, wr, err := sandbox.OutputPipe()
+					if err != nil {
+						t.Fatal(err)
+					}
+					pr, pw, writersGone = rd, wr, rd.WritersGone
 				}
 				out := make(chan []byte)
 				go func() {
@@ -927,7 +942,7 @@ func TestConfineBlockingStdio(t *testing.T) {
 				res, err := r.Run(context.Background(), sandbox.Spec{Path: "/bin/sh", Args: []string{"sh", "-c", script},
 					Confine: prep, Stdin: bytes.NewReader(body), Stdout: pw, Stderr: &stderr})
 				pw.Close()
-				pr.WritersGone()
+				writersGone()
 				got := <-out
 				pr.Close()
 				if err != nil || res.Cause != sandbox.CauseOK {
@@ -937,7 +952,11 @@ func TestConfineBlockingStdio(t *testing.T) {
 				if !bytes.HasPrefix(got, []byte(want)) || len(got) != len(want)+1<<20 {
 					t.Errorf("run %d: %d bytes of output starting %q, want %q and 1 MiB", i, len(got), got[:min(len(got), 16)], want)
 				}
-				for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+				lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+				if len(lines) != 3 {
+					t.Errorf("run %d: stderr %q, want the flags of fds 0, 1 and 2", i, stderr.String())
+				}
+				for _, line := range lines {
 					f := strings.Fields(line)
 					if len(f) != 2 || f[0] != "flags:" {
 						t.Errorf("run %d: stderr line %q", i, line)
@@ -1002,9 +1021,10 @@ print "Content-Type: text/plain\r\n\r\n", length($d), " ", sha256_hex($d), "\n",
 	}
 	var routes strings.Builder
 	var names []string
+	probes := map[string][]string{"/usr/bin/python3": {"-c", "import hashlib"}, "/usr/bin/perl": {"-MDigest::SHA", "-e1"}}
 	for interp, text := range scripts {
-		if _, err := os.Stat(interp); err != nil {
-			skipOrFail(t, "no %s: %v", interp, err)
+		if err := exec.Command(interp, probes[interp]...).Run(); err != nil {
+			skipOrFail(t, "%s %s: %v (Debian's python3 and perl)", interp, strings.Join(probes[interp], " "), err)
 		}
 		name := filepath.Base(interp)
 		path := filepath.Join(dir, name+".cgi")

@@ -222,10 +222,12 @@ func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File
 	if err != nil {
 		return err
 	}
-	// Fd, as os/exec does for a child's files: a descriptor the caller
-	// made non-blocking (os.Pipe's) becomes blocking, which the program
-	// expects of its standard streams; the caller's I/O on it, if any,
-	// blocks from now on. workerPipe's ends are blocking already.
+	// Fd, as os/exec does for a child's files: a file Go made
+	// non-blocking (os.Pipe's ends) becomes blocking, which the program
+	// expects of its standard streams, and the caller's I/O on it, if any,
+	// blocks from now on; a descriptor the caller set O_NONBLOCK itself
+	// (os.NewFile) is passed on as it is, as os/exec does too. workerPipe's
+	// ends are blocking already.
 	var fds [3]int
 	for i, f := range stdio {
 		fds[i] = int(f.Fd())

@@ -11,9 +11,10 @@ import (
 
 // streams connects a Spec's stdin, stdout and stderr to the worker. An
 // *os.File (or nil: /dev/null) is handed to the worker as it is; any other
-// Reader or Writer goes through a pipe and a copying goroutine. All fds the
-// parent opens here are close-on-exec (os.Pipe), so the worker sees only the
-// three it is given, as its fds 0, 1 and 2.
+// Reader or Writer goes through a pipe and a copying goroutine
+// (workerPipe: the worker's end blocking). All fds the parent opens here
+// are close-on-exec, so the worker sees only the three it is given, as its
+// fds 0, 1 and 2.
 type streams struct {
 	child      [3]*os.File // fds 0, 1 and 2 of the worker
 	childEnds  []*os.File  // pipe ends the parent closes once the worker started

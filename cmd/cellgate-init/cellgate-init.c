@@ -940,11 +940,9 @@ static int empty_entry(const char *path, const struct stat *st, int type, struct
 }
 
 /* tmpfs_empty reports whether the tmpfs at target holds nothing but its
- * root, from one statfs instead of a walk (confine's emptyDir): tmpfs
- * counts an inode for each file, directory and symlink, its root
- * included, and frees it once its last link and last open are gone (every
- * process of the cell is dead by now). A tmpfs without an inode limit
- * (f_files 0), or anything else, is walked. */
+ * root, from one statfs instead of a walk (confine's tmpfsEmpty says how
+ * tmpfs counts; every error is towards a walk). A tmpfs without an inode
+ * limit (f_files 0), or anything else, is walked. */
 static int tmpfs_empty(const char *target)
 {
 	struct statfs s;
