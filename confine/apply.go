@@ -52,6 +52,13 @@ func Apply(p *Plan, filter []unix.SockFilter) error {
 	if err := setRlimits(p); err != nil {
 		return err
 	}
+	if !p.HugePages && !p.Preloader {
+		// The flag is the process's memory's: the program keeps it across
+		// its execve (Plan.HugePages).
+		if err := unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
+			return fmt.Errorf("prctl(PR_SET_THP_DISABLE): %w", err)
+		}
+	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("prctl(PR_SET_NO_NEW_PRIVS): %w", err)
 	}

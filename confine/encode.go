@@ -32,7 +32,7 @@ const launchMagic = "CGL3"
 //
 //	"CGL3"
 //	u32 namespaces (Namespaces: mount 1, pid 2, ipc 4, uts 8, net 16)
-//	u32 flags (planSeccomp, planPreloader)
+//	u32 flags (planSeccomp, planPreloader, planHugePages)
 //	u64 nofile
 //	string rootfs, string hostname
 //	list of binds: string source, string target, u32 flags (bindWritable, bindDev)
@@ -48,6 +48,7 @@ const launchMagic = "CGL3"
 const (
 	planSeccomp   = 1
 	planPreloader = 2
+	planHugePages = 4
 	bindWritable  = 1
 	bindDev       = 2
 )
@@ -82,6 +83,9 @@ func Prepare(p *Plan) (*Prepared, error) {
 	}
 	if p.Preloader {
 		flags |= planPreloader
+	}
+	if p.HugePages {
+		flags |= planHugePages
 	}
 	b = binary.LittleEndian.AppendUint32(b, flags)
 	b = binary.LittleEndian.AppendUint64(b, p.NoFile)
@@ -257,7 +261,7 @@ func DecodePlan(b []byte) (*Plan, []unix.SockFilter, error) {
 	d := &decoder{b: b[len(launchMagic):]}
 	p := &Plan{Namespaces: Namespaces(d.u32())}
 	flags := d.u32()
-	p.Seccomp, p.Preloader = flags&planSeccomp != 0, flags&planPreloader != 0
+	p.Seccomp, p.Preloader, p.HugePages = flags&planSeccomp != 0, flags&planPreloader != 0, flags&planHugePages != 0
 	p.NoFile = d.u64()
 	p.RootFS = string(d.bytes())
 	p.Hostname = string(d.bytes())

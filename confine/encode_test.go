@@ -9,7 +9,7 @@ import (
 )
 
 func TestLaunchRoundTrip(t *testing.T) {
-	plan, err := Build(Options{Programs: "/srv/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}}, debian)
+	plan, err := Build(Options{Programs: "/srv/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}, HugePages: true}, debian)
 	if err != nil {
 		t.Fatal(err)
 	}

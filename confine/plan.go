@@ -123,6 +123,15 @@ type Plan struct {
 	// NoFile is RLIMIT_NOFILE (soft and hard) of the program; 0 leaves the
 	// daemon's. RLIMIT_CORE is always 0: a cell never dumps core.
 	NoFile uint64
+	// HugePages leaves the kernel's transparent huge page setting to the
+	// program; without it the init sets PR_SET_THP_DISABLE, which the
+	// program inherits across its execve: a process that lives for one
+	// request would otherwise have the kernel clear a whole 2 MiB page at
+	// its first touch of a region (the Go runtime's heap, a large malloc)
+	// where it uses a few KiB, in its time and in its memory.peak. A
+	// preloader's plan (Preloader) keeps the system's setting whatever
+	// HugePages says: it is long-lived, and its children share its pages.
+	HugePages bool
 	// Preloader applies the plan to a fork route's preloader rather than to
 	// a cell (see ForPreloader): NSPID is then the namespace each of its
 	// children gets, not the preloader's own.
@@ -261,6 +270,9 @@ type Options struct {
 	NoSeccomp bool
 	// NoFile is RLIMIT_NOFILE (0: DefaultNoFile).
 	NoFile uint64
+	// HugePages leaves transparent huge pages as the system sets them
+	// (Plan.HugePages).
+	HugePages bool
 }
 
 // FS is what Build reads of the host: whether a path exists, is a
@@ -290,6 +302,7 @@ func Build(o Options, fsys FS) (*Plan, error) {
 		Namespaces: AllNamespaces &^ o.Share,
 		Seccomp:    !o.NoSeccomp,
 		NoFile:     o.NoFile,
+		HugePages:  o.HugePages,
 	}
 	if p.NoFile == 0 {
 		p.NoFile = DefaultNoFile

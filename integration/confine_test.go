@@ -448,7 +448,10 @@ func TestConfineGoInit(t *testing.T) {
 	os.Chmod(secret, 0o644)
 	g := confineGate(t, "", "--init", cellgateBin(t))
 	admin := strings.TrimPrefix(g.admin, "http://")
-	r := g.probe(t, "probe", url.Values{"read": {secret, "/etc/passwd"}, "connect": {admin}, "procs": {"1"}, "syscalls": {"1"}})
+	r := g.probe(t, "probe", url.Values{"read": {secret, "/etc/passwd"}, "connect": {admin}, "procs": {"1"}, "syscalls": {"1"}, "cat": {"/proc/self/status"}})
+	if thp, _ := statusField(r.Cat["/proc/self/status"], "THP_enabled"); thp != "0" {
+		t.Errorf("THP_enabled %q under the Go init, want 0 (huge_pages: off)", thp)
+	}
 	if r.Read[secret] == "ok" || r.Read["/etc/passwd"] != "ok" {
 		t.Errorf("reads %v: want the host's file hidden and the system directories visible", r.Read)
 	}
@@ -1067,6 +1070,27 @@ func openTempDir(t testing.TB, pattern string, perm os.FileMode) string {
 		t.Fatal(err)
 	}
 	return dir
+}
+
+// TestConfineHugePages: a cgi route's program runs without transparent
+// huge pages (its init's PR_SET_THP_DISABLE, kept across the program's
+// execve) unless the route says huge_pages: system, from a warm cell and
+// from a cold one.
+func TestConfineHugePages(t *testing.T) {
+	for _, warm := range []string{"4", "0"} {
+		t.Run("warm-cells="+warm, func(t *testing.T) {
+			g := confineGate(t, `  - {name: thp, match: {path: /thp}, tenant: a, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, huge_pages: system}
+`, "--warm-cells", warm)
+			for route, want := range map[string]string{"probe": "0", "thp": "1"} {
+				for i := 0; i < 2; i++ {
+					r := g.probe(t, route, url.Values{"cat": {"/proc/self/status"}})
+					if thp, _ := statusField(r.Cat["/proc/self/status"], "THP_enabled"); thp != want {
+						t.Errorf("route %s, request %d: THP_enabled %q, want %s", route, i, thp, want)
+					}
+				}
+			}
+		})
+	}
 }
 
 // processesWith lists the pids whose command line starts with prefix.

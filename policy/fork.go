@@ -69,6 +69,11 @@ func (d *decoder) forkRoute(fs map[string]field, line int, p string, r *Route) {
 			d.problem(f.line(), join(p, k), f.val.Value, "a fork route runs no program", "remove "+k+"; a fork route names its app with app: and app_dir:")
 		}
 	}
+	if f, ok := fs["huge_pages"]; ok {
+		// The preloader is long-lived and its children share its pages:
+		// the system's setting stays (Confinement.HugePages).
+		d.problem(f.line(), join(p, "huge_pages"), f.val.Value, "has no effect on a fork route, whose preloader and requests keep the system's transparent huge pages", "remove huge_pages")
+	}
 	fk := &Fork{Python: DefaultPython, PreloadMemory: DefaultPreloadMemory}
 	if f, ok := fs["runtime"]; ok {
 		if v, ok := d.str(f, join(p, "runtime")); ok {

@@ -89,6 +89,8 @@ func TestParseForkProblems(t *testing.T) {
 			[]problem{{4, "routes[a].preload_memory", "exceed tenant t's budget"}}},
 		{"recycle_after negative", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, recycle_after: -1}\n",
 			[]problem{{4, "routes[a].recycle_after", "out of range"}}},
+		{"huge_pages on a fork route", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, huge_pages: system}\n",
+			[]problem{{4, "routes[a].huge_pages", "no effect on a fork route"}}},
 		{"relative python without a base", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, python: py3}\n",
 			[]problem{{4, "routes[a].python", "a relative path"}}},
 	}

@@ -85,7 +85,7 @@
 
 enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY };
 enum { NS_MOUNT = 1, NS_PID = 2, NS_IPC = 4, NS_UTS = 8, NS_NET = 16 };
-enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2 };
+enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2, PLAN_HUGE_PAGES = 4 };
 enum { BIND_WRITABLE = 1, BIND_DEV = 2 };
 
 /* The mode's part of the view: 0 builds it whole; M_TEMPLATE builds a
@@ -811,6 +811,10 @@ static int apply(const struct plan *p)
 		if (setrlimit(RLIMIT_NOFILE, &nf) < 0)
 			return fail(errno, "setrlimit(RLIMIT_NOFILE, %llu)", (unsigned long long)p->nofile);
 	}
+	/* The program keeps the flag across its execve (confine's
+	 * Plan.HugePages). */
+	if (!(p->flags & (PLAN_HUGE_PAGES | PLAN_PRELOADER)) && prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) < 0)
+		return fail(errno, "prctl(PR_SET_THP_DISABLE)");
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		return fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)");
 	if (p->flags & PLAN_SECCOMP) {

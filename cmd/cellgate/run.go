@@ -77,9 +77,10 @@ It is confined as the cells of a cgi route are by default: namespaces of
 its own (mount, PID, IPC, UTS, network with only loopback), a read-only
 view of the system directories and the command's directory (--dir must be
 inside it), private /tmp, /var/tmp and /dev/shm, its own /proc, and the
-seccomp filter. Each of --network, --filesystem, --seccomp,
---host-namespaces, --system-dirs, --mount, --rootfs, --tmpfs-size and
---nofile relaxes one of them as the policy key of the same name does.
+seccomp filter, without transparent huge pages. Each of --network,
+--filesystem, --seccomp, --host-namespaces, --system-dirs, --mount,
+--rootfs, --tmpfs-size, --nofile and --huge-pages relaxes one of them as
+the policy key of the same name does.
 
 flags:
 `

@@ -32,6 +32,7 @@ func routeConfinement(r *policy.Route) (*confine.Prepared, error) {
 		TmpfsSize:  c.TmpfsSize,
 		NoSeccomp:  c.NoSeccomp,
 		NoFile:     uint64(c.NoFile),
+		HugePages:  c.HugePages,
 		Programs:   r.Dir,
 	}
 	if r.Program != "" {
