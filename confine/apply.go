@@ -22,7 +22,8 @@ const staging = "/tmp"
 // namespaces p.Namespaces names (clone flags, see Namespaces.CloneFlags)
 // and run as root in them. It builds the filesystem view and pivots into
 // it, sets the host name, brings loopback up in a new network namespace,
-// sets the rlimits and no_new_privs, and loads filter, the plan's seccomp
+// sets the rlimits, transparent huge pages off (not for a preloader, and
+// unless HugePages) and no_new_privs, and loads filter, the plan's seccomp
 // program as DecodePlan gives it, last (after it the mount family is
 // refused). The credentials are left
 // alone: the cell's init starts its program under them (SysProcAttr), a
@@ -54,10 +55,11 @@ func Apply(p *Plan, filter []unix.SockFilter) error {
 	}
 	if !p.HugePages && !p.Preloader {
 		// The flag is the process's memory's: the program keeps it across
-		// its execve (Plan.HugePages).
-		if err := unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0); err != nil {
-			return fmt.Errorf("prctl(PR_SET_THP_DISABLE): %w", err)
-		}
+		// its execve (Plan.HugePages). Best effort, as in the C init: a
+		// kernel or sandbox that refuses it (gVisor, a profile filtering
+		// prctl's options) leaves the system's setting, which costs
+		// speed, not safety.
+		_ = unix.Prctl(unix.PR_SET_THP_DISABLE, 1, 0, 0, 0)
 	}
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("prctl(PR_SET_NO_NEW_PRIVS): %w", err)

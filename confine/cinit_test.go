@@ -320,6 +320,37 @@ func TestInitsAgree(t *testing.T) {
 	if !root {
 		return
 	}
+	t.Run("transparent huge pages", func(t *testing.T) {
+		// The program and a process it forks see the init's choice; the
+		// test's own THP_enabled is the system's (huge_pages: system).
+		own, err := os.ReadFile("/proc/self/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		system := ""
+		for _, line := range strings.Split(string(own), "\n") {
+			if v, ok := strings.CutPrefix(line, "THP_enabled:"); ok {
+				system = strings.TrimSpace(v)
+			}
+		}
+		if system == "" {
+			t.Skip("no THP_enabled in /proc/self/status")
+		}
+		ex := bareExec(t, "/bin/sh", "-c", `grep ^THP_enabled /proc/self/status; (grep ^THP_enabled /proc/self/status)`)
+		for _, c := range []struct {
+			plan *Plan
+			want string
+		}{
+			{&Plan{NoFile: 64}, "0"},
+			{&Plan{NoFile: 64, HugePages: true}, system},
+		} {
+			o := bothInits(t, func(t *testing.T, bin string) outcome { return runCell(t, bin, planFrame(t, c.plan), ex, nil) })
+			want := strings.Repeat("THP_enabled:\t"+c.want+"\n", 2)
+			if o.Status != 0 || o.Output != want {
+				t.Errorf("HugePages %v: %+v, want output %q", c.plan.HugePages, o, want)
+			}
+		}
+	})
 	t.Run("killed by a signal", func(t *testing.T) {
 		ex := bareExec(t, "/bin/sh", "-c", `kill -KILL $$`)
 		o := bothInits(t, func(t *testing.T, bin string) outcome { return runCell(t, bin, planFrame(t, noNS), ex, nil) })

@@ -2,8 +2,9 @@
 // namespaces (mount, PID, IPC, UTS, network), its filesystem view (read-only
 // system directories, the route's program directory and binds, or a rootfs;
 // private size-limited tmpfs for /tmp, /var/tmp and /dev/shm; a fresh /proc
-// and a minimal /dev), a seccomp deny list, its rlimits and the credentials
-// its program ends up with.
+// and a minimal /dev), a seccomp deny list, its rlimits, transparent huge
+// pages off for a cgi route's program, and the credentials its program
+// ends up with.
 //
 // A Plan is that confinement as data. Build turns a route's settings into a
 // Plan once, when a policy is loaded; Prepare encodes it once. Nothing here

@@ -13,6 +13,9 @@ func TestLaunchRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !plan.HugePages {
+		t.Fatal("Build dropped Options.HugePages")
+	}
 	prep, err := Prepare(plan)
 	if err != nil {
 		t.Fatal(err)

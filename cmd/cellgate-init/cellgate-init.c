@@ -2,8 +2,9 @@
  * cellgate-init is the init of a confined cell. The sandbox starts it
  * inside the cell's cgroup and new namespaces (user, and those of the
  * route's plan); it reads the plan frame on fd 3, applies it to itself
- * (the filesystem view, host name, loopback, rlimits, no_new_privs, the
- * seccomp filter), reports ready, then reads the exec frame with the
+ * (the filesystem view, host name, loopback, rlimits, transparent huge
+ * pages off, no_new_privs, the seccomp filter), reports ready, then reads
+ * the exec frame with the
  * program's stdin, stdout and stderr, starts the program as its child,
  * stays PID 1 of the cell's PID namespace to reap and forward signals,
  * ends what the program left, and reports how the program ended. In exec
@@ -812,9 +813,10 @@ static int apply(const struct plan *p)
 			return fail(errno, "setrlimit(RLIMIT_NOFILE, %llu)", (unsigned long long)p->nofile);
 	}
 	/* The program keeps the flag across its execve (confine's
-	 * Plan.HugePages). */
-	if (!(p->flags & (PLAN_HUGE_PAGES | PLAN_PRELOADER)) && prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) < 0)
-		return fail(errno, "prctl(PR_SET_THP_DISABLE)");
+	 * Plan.HugePages). Best effort, as in the Go init: where it is refused
+	 * the system's setting stays, which costs speed, not safety. */
+	if (!(p->flags & (PLAN_HUGE_PAGES | PLAN_PRELOADER)))
+		(void)prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		return fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)");
 	if (p->flags & PLAN_SECCOMP) {

@@ -96,14 +96,14 @@ func TestParseRunConfigConfinement(t *testing.T) {
 		t.Errorf("default confinement %+v (%s), want every confinement on", cfg.Confine, cfg.Confine)
 	}
 	args := []string{"--network", "host", "--seccomp", "off", "--host-namespaces", "pid,uts", "--system-dirs", "/usr,/etc",
-		"--mount", "/srv/data:/data:rw", "--mount", "/srv/ro", "--mount", "/srv/x:ro", "--tmpfs-size", "8Mi", "--nofile", "64", "--", "x"}
+		"--mount", "/srv/data:/data:rw", "--mount", "/srv/ro", "--mount", "/srv/x:ro", "--tmpfs-size", "8Mi", "--nofile", "64", "--huge-pages", "system", "--", "x"}
 	cfg, err = parseRunConfig(args, nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := policy.Confinement{HostNetwork: true, NoSeccomp: true, HostNamespaces: []string{"pid", "uts"}, SystemDirs: []string{"/usr", "/etc"},
 		Mounts:    []policy.Mount{{Source: "/srv/data", Target: "/data", Writable: true}, {Source: "/srv/ro", Target: "/srv/ro"}, {Source: "/srv/x", Target: "/srv/x"}},
-		TmpfsSize: 8 << 20, NoFile: 64}
+		TmpfsSize: 8 << 20, NoFile: 64, HugePages: true}
 	if !reflect.DeepEqual(cfg.Confine, want) {
 		t.Errorf("confinement\n %+v, want\n %+v", cfg.Confine, want)
 	}
@@ -154,6 +154,7 @@ func TestParseRunConfigErrors(t *testing.T) {
 		{"rootfs", nil, []string{"--rootfs", "/srv/../x", "--", "x"}, []string{"-rootfs", "absolute clean"}},
 		{"tmpfs size", nil, []string{"--tmpfs-size", "1k", "--", "x"}, []string{"--tmpfs-size", "4Ki"}},
 		{"nofile", nil, []string{"--nofile", "3", "--", "x"}, []string{"--nofile 3"}},
+		{"huge pages", nil, []string{"--huge-pages", "on", "--", "x"}, []string{"-huge-pages", `"on"`}},
 		{"mount with the host filesystem", nil, []string{"--filesystem", "host", "--mount", "/srv", "--", "x"}, []string{"--mount", "--filesystem host"}},
 		{"system dirs with rootfs", nil, []string{"--rootfs", "/srv/root", "--system-dirs", "/usr", "--", "x"}, []string{"--system-dirs", "--rootfs"}},
 	}
