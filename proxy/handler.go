@@ -98,7 +98,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	x.endUnreadBody()
 	x.rec.Duration = s.now().Sub(start)
-	if x.late != nil || len(x.hops) > 0 {
+	if x.recordsWait() {
 		s.recordLate(append(x.hops, lateRecord{x.late, x.rec}))
 	} else {
 		s.record(r.Context(), x.rec)
@@ -133,6 +133,10 @@ type lateRecord struct {
 	res *sandbox.Result
 	rec accounting.Record
 }
+
+// recordsWait reports whether the next record must wait (recordLate): its
+// cell's accounting is read late, or a record before it waits.
+func (x *exchange) recordsWait() bool { return x.late != nil || len(x.hops) > 0 }
 
 // recordLate writes recs, in order, once each one's accounting has been
 // read: from a goroutine of its own while fewer than maxLateRecords wait
@@ -241,7 +245,7 @@ func (x *exchange) recordHop(req *cgiRequest, path string, start time.Time) {
 	hop.Outcome = accounting.OutcomeLocalRedirect
 	hop.Status, hop.BytesOut = 0, 0
 	hop.Time, hop.Duration = start, x.s.now().Sub(start)
-	if x.late != nil || len(x.hops) > 0 {
+	if x.recordsWait() {
 		x.hops = append(x.hops, lateRecord{x.late, hop})
 		x.late = nil
 	} else {

@@ -388,25 +388,21 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			var errs []error
 			exit := reported(rep)
 			var late *lateUsage
-			var wall time.Duration
-			var usage cgroup.Usage
-			var unenforced []string
-			if spec.LateUsage && exit.code == 0 && exit.signal == 0 {
-				// The answer does not depend on the accounting: it is
-				// read once the cell has ended, before its release.
-				late = &lateUsage{done: make(chan struct{})}
-				wall, unenforced = time.Since(start), cell.Unenforced()
-			} else {
-				var uerr error
-				if wall, usage, unenforced, uerr = usageOf(cell, start); uerr != nil {
-					errs = append(errs, uerr)
-				}
+			if spec.LateUsage && exit == (exitStatus{}) {
+				// The answer does not depend on the accounting (a status
+				// of 0 is CauseOK): it is read once the cell has ended,
+				// before its release.
+				late = newLateUsage()
+			}
+			wall, usage, unenforced, uerr := usageOf(cell, start, late == nil)
+			if uerr != nil {
+				errs = append(errs, uerr)
 			}
 			released, keepUID = true, true
 			release, uid := id.release, id.uid
 			r.endCell(w, cell, func(emptied bool) {
 				if late != nil {
-					late.read(cell)
+					late.fill(func() (cgroup.Usage, error) { return cellUsage(cell) })
 				}
 				if emptied && release != nil {
 					release()
@@ -447,7 +443,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	if ip != nil {
 		ip.endNetns(r, emptyErr == nil && id.uid != 0)
 	}
-	wall, usage, unenforced, uerr := usageOf(cell, start)
+	wall, usage, unenforced, uerr := usageOf(cell, start, true)
 	if uerr != nil {
 		errs = append(errs, uerr)
 	}
@@ -472,15 +468,26 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	return ended(exit, killedBy, usage, start, wall, id.uid, unenforced, w), errors.Join(errs...)
 }
 
-// usageOf reads what a cell used once its program has ended: the wall
-// time since start, the kernel's accounting and the limits not enforced.
-func usageOf(cell Cell, start time.Time) (time.Duration, cgroup.Usage, []string, error) {
+// usageOf is what a cell used once its program has ended: the wall time
+// since start, the kernel's accounting (when read; else left for later,
+// Spec.LateUsage) and the limits not enforced.
+func usageOf(cell Cell, start time.Time, read bool) (time.Duration, cgroup.Usage, []string, error) {
 	wall := time.Since(start)
+	var usage cgroup.Usage
+	var err error
+	if read {
+		usage, err = cellUsage(cell)
+	}
+	return wall, usage, cell.Unenforced(), err
+}
+
+// cellUsage reads cell's accounting; an error names the cell.
+func cellUsage(cell Cell) (cgroup.Usage, error) {
 	usage, err := cell.Usage()
 	if err != nil {
 		err = fmt.Errorf("read usage of cell %s: %w", cell.Path(), err)
 	}
-	return wall, usage, cell.Unenforced(), err
+	return usage, err
 }
 
 // reported is the program's status as its init reported it: a PID 1

@@ -13,7 +13,6 @@
 package sandbox
 
 import (
-	"fmt"
 	"io"
 	"syscall"
 	"time"
@@ -149,11 +148,8 @@ func (res *Result) Account() error {
 // fake) that reads it after answering; read runs once, in a goroutine of
 // its own, and Account waits for it.
 func WithLateUsage(res Result, read func() (cgroup.Usage, error)) Result {
-	l := &lateUsage{done: make(chan struct{})}
-	go func() {
-		l.usage, l.err = read()
-		close(l.done)
-	}()
+	l := newLateUsage()
+	go l.fill(read)
 	res.Usage, res.late = cgroup.Usage{}, l
 	return res
 }
@@ -165,11 +161,11 @@ type lateUsage struct {
 	err   error
 }
 
-// read reads cell's accounting; call it once, before the cell's release.
-func (l *lateUsage) read(cell Cell) {
-	l.usage, l.err = cell.Usage()
-	if l.err != nil {
-		l.err = fmt.Errorf("read usage of cell %s: %w", cell.Path(), l.err)
-	}
+func newLateUsage() *lateUsage { return &lateUsage{done: make(chan struct{})} }
+
+// fill sets the accounting from read, once (for a cell, before its
+// release), and lets Account return.
+func (l *lateUsage) fill(read func() (cgroup.Usage, error)) {
+	l.usage, l.err = read()
 	close(l.done)
 }
