@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,6 +42,7 @@ routes:
   - {name: confprobe, match: {path: /confprobe}, tenant: py, driver: fork, runtime: python-wsgi, app: "confprobe:app", app_dir: "%[2]s", memory: 96Mi, tmpfs_size: 24Mi}
   - {name: handoff, match: {path: /handoff}, tenant: py, driver: fork, runtime: python-wsgi, app: "handoff:app", app_dir: "%[2]s"}
   - {name: confhost, match: {path: /confhost}, tenant: py, driver: fork, runtime: python-wsgi, app: "confprobe:app", app_dir: "%[2]s", network: host}
+  - {name: echo, match: {path: /echo}, tenant: py, driver: fork, runtime: python-wsgi, app: "echo:app", app_dir: "%[2]s"}
 `
 
 // forkDirs returns the example WSGI apps' and the test apps' directories.
@@ -192,6 +194,33 @@ func TestFork(t *testing.T) {
 		status, _, body = g.get("/flask/")
 		if status != 200 || body != "Hello from Flask!\n" {
 			t.Errorf("GET /flask/ = %d %q", status, body)
+		}
+	})
+
+	// A body and an answer larger than a pipe cross a forked child's
+	// standard streams whole, read in one call or in small ones; a body
+	// the proxy keeps in memory and one it spools to a file.
+	t.Run("streams larger than a pipe", func(t *testing.T) {
+		for _, size := range []int{100 << 10, 400 << 10} {
+			body := make([]byte, size)
+			for i := range body {
+				body[i] = byte(i*7 + i>>8)
+			}
+			for _, q := range []string{"times=1", "times=10&chunk=1000"} {
+				req, err := http.NewRequest(http.MethodPost, g.url+"/echo?"+q, bytes.NewReader(body))
+				if err != nil {
+					t.Fatal(err)
+				}
+				times := 1
+				if strings.HasPrefix(q, "times=10") {
+					times = 10
+				}
+				code, _, got := g.do(req)
+				if code != http.StatusOK || got != strings.Repeat(string(body), times) {
+					t.Errorf("POST /echo?%s with %d bytes: %d, %d bytes back, want 200 and %d bytes, the body %d times\nlog:\n%s",
+						q, size, code, len(got), size*times, times, g.log())
+				}
+			}
 		}
 	})
 
