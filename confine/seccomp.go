@@ -11,11 +11,13 @@ import (
 
 // The seccomp filter is a deny list: what an ordinary CGI program never
 // needs and kernel exploits do. A denied call fails with EPERM, not a kill,
-// so a program that probes for a feature degrades instead of dying. Two
+// so a program that probes for a feature degrades instead of dying. Three
 // exceptions: clone3 fails with ENOSYS, because its flags sit in memory a
-// filter cannot read and libc falls back to clone only on ENOSYS; and a
-// system call of another architecture (an i386 binary on amd64) kills the
-// process, since its numbers mean other calls.
+// filter cannot read and libc falls back to clone only on ENOSYS; a number
+// above the newest call the table knows fails with ENOSYS too, as on a
+// kernel without it, so that a deny list cannot miss a call added later;
+// and a system call of another architecture (an i386 binary on amd64)
+// kills the process, since its numbers mean other calls.
 //
 // It is assembled here from x/sys/unix's classic BPF types rather than
 // with libseccomp-golang, which needs cgo (cellgate builds static), or
@@ -120,7 +122,8 @@ func PreloaderFilter() ([]unix.SockFilter, error) {
 }
 
 // filterProgram lays the filter out: check the architecture, refuse x32
-// numbers (amd64), send clone to the flag check and clone3 to ENOSYS, then
+// numbers (amd64), answer numbers above newestSyscall ENOSYS, send clone
+// to the flag check and clone3 to ENOSYS, then
 // look the number up in the deny list (denyTree). With mount non-zero (a
 // preloader's filter) clone3 is allowed and mount goes to the flag check
 // instead of the deny list.
@@ -134,7 +137,10 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 	if x32 {
 		p = append(p, insn{op: jgeK, k: x32SyscallBit, jt: lblDeny})
 	}
-	p = append(p, insn{op: jeqK, k: clone, jt: lblClone})
+	p = append(p,
+		insn{op: jgeK, k: newestSyscall + 1, jt: lblNoSys},
+		insn{op: jeqK, k: clone, jt: lblClone},
+	)
 	if mount != 0 {
 		p = append(p, insn{op: jeqK, k: mount, jt: lblMount})
 	} else {
@@ -160,10 +166,11 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 			insn{op: jsetK, k: mountChangeFlags, jt: lblDeny},
 			insn{op: retK, k: retAllow},
 		)
-	} else {
-		p = append(p, insn{op: retK, k: retENOSYS, at: lblNoSys})
 	}
-	return append(p, insn{op: retK, k: retEPERM, at: lblDeny})
+	return append(p,
+		insn{op: retK, k: retENOSYS, at: lblNoSys},
+		insn{op: retK, k: retEPERM, at: lblDeny},
+	)
 }
 
 // denyTree appends the lookup of the system call number (in A) in nrs,
@@ -173,8 +180,8 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 // not depend on its arguments), but loading the filter emulates it for
 // every system call number to fill that cache, and with ~50 denied calls
 // in a row that emulation was most of the load every cell pays. The
-// tree's verdicts take at most 16 instructions (the row's up to 54), for
-// 75 instructions in all instead of 61. next numbers the labels of the
+// tree's verdicts take at most 18 instructions (the row's up to 54), for
+// 82 instructions in all instead of 68. next numbers the labels of the
 // right halves.
 func denyTree(p []insn, nrs []uint32, next *label) []insn {
 	if len(nrs) <= denyRun {

@@ -89,6 +89,8 @@ func TestFilterEveryNumber(t *testing.T) {
 				if !c.preloader {
 					want = retENOSYS
 				}
+			case nr > newestSyscall:
+				want = retENOSYS
 			case denied[nr]:
 				want = retEPERM
 			}
@@ -156,6 +158,20 @@ func TestFilter(t *testing.T) {
 		if got := run(t, prog, arch, x32SyscallBit|unix.SYS_READ, 0); got != retEPERM {
 			t.Errorf("x32 read: %#x, want EPERM", got)
 		}
+	}
+	// The calls that reach into another process or the mount tree by
+	// other doors than ptrace and mount, and a call newer than the table.
+	for name, nr := range map[string]uint32{"open_tree_attr": unix.SYS_OPEN_TREE_ATTR, "pidfd_getfd": unix.SYS_PIDFD_GETFD,
+		"process_madvise": unix.SYS_PROCESS_MADVISE, "kcmp": unix.SYS_KCMP, "quotactl_fd": unix.SYS_QUOTACTL_FD} {
+		if got := run(t, prog, arch, nr, 0); got != retEPERM {
+			t.Errorf("%s: %#x, want EPERM", name, got)
+		}
+	}
+	if got := run(t, prog, arch, newestSyscall+1, 0); got != retENOSYS {
+		t.Errorf("a call newer than the table (%d): %#x, want ENOSYS", newestSyscall+1, got)
+	}
+	if got := run(t, prog, arch, newestSyscall, 0); got != retAllow {
+		t.Errorf("the newest call the table knows (%d): %#x, want allow", newestSyscall, got)
 	}
 	if len(Denied()) != len(deniedSyscalls) || Denied()[0] != "ptrace" {
 		t.Errorf("Denied() = %v", Denied())

@@ -103,6 +103,11 @@ var probeSyscalls = []struct {
 	{"io_uring_setup", func() error { return rawErr(unix.SYS_IO_URING_SETUP, 1, 0, 0) }},
 	{"kexec_load", func() error { return rawErr(unix.SYS_KEXEC_LOAD, 0, 0, 0) }},
 	{"init_module", func() error { return rawErr(unix.SYS_INIT_MODULE, 0, 0, 0) }},
+	// Allowed, each fails another way: an fd of -1 (EBADF; ENOSYS before
+	// 6.15 for open_tree_attr), an unknown kcmp type (EINVAL).
+	{"pidfd_getfd", func() error { return rawErr(unix.SYS_PIDFD_GETFD, ^uintptr(0), 0, 0) }},
+	{"open_tree_attr", func() error { return rawErr(unix.SYS_OPEN_TREE_ATTR, ^uintptr(0), 0, 0) }},
+	{"kcmp", func() error { return rawErr(unix.SYS_KCMP, 0, 0, 99) }},
 }
 
 func rawErr(nr, a, b, c uintptr) error {
