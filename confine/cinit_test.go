@@ -31,6 +31,9 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(tmpfsEmptyChild); dir != "" {
 		os.Exit(tmpfsEmptyMain(dir))
 	}
+	if dir := os.Getenv(wipeRaceChild); dir != "" {
+		os.Exit(wipeRaceMain(dir))
+	}
 	if os.Args[0] == InitArg0 {
 		os.Exit(InitMain(os.Args[1:]))
 	}

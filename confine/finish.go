@@ -3,7 +3,6 @@ package confine
 import (
 	"errors"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/sys/unix"
 )
@@ -46,17 +45,22 @@ func finish(p *Plan) {
 
 // emptyDir removes what dir holds, not dir itself, and never crosses into
 // another mount below it (a bind of the host's under /tmp keeps its
-// files), as the C init's nftw(FTW_MOUNT) does. Errors are ignored: what
-// cannot be removed goes with the mount namespace.
+// files), as the C init's wipe does. Errors are ignored: what cannot be
+// removed goes with the mount namespace.
 func emptyDir(dir string) {
 	if tmpfsEmpty(dir) {
 		return
 	}
-	var st unix.Stat_t
-	if unix.Lstat(dir, &st) != nil {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
 		return
 	}
-	emptyOn(dir, st.Dev)
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		unix.Close(fd)
+		return
+	}
+	emptyAt(fd, st.Dev, wipeDepth)
 }
 
 // tmpfsEmpty reports whether dir is a tmpfs that holds nothing but its
@@ -73,23 +77,40 @@ func tmpfsEmpty(dir string) bool {
 	return unix.Statfs(dir, &fs) == nil && fs.Type == unix.TMPFS_MAGIC && fs.Files > 0 && fs.Files-fs.Ffree == 1
 }
 
-// emptyOn removes the entries of dir that lie on device dev, depth first.
-func emptyOn(dir string, dev uint64) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
+// wipeDepth bounds the directories emptyAt holds open at once; what lies
+// deeper goes with the mount namespace.
+const wipeDepth = 32
+
+// emptyAt removes the entries of the directory dfd that lie on device dev,
+// depth first, and closes dfd. It names entries only relative to directory
+// fds it opened itself with O_NOFOLLOW, never by path: a process outside
+// the cell that holds a directory fd of the tmpfs (passed to it over a
+// socket) may swap a directory for a symlink while the walk runs, and a
+// path walked again from the mount point would then lead the init, root,
+// into whatever the link names. A swapped entry is removed as what it now
+// is, or skipped.
+func emptyAt(dfd int, dev uint64, depth int) {
+	d := os.NewFile(uintptr(dfd), "")
+	defer d.Close()
+	names, _ := d.Readdirnames(-1)
+	for _, n := range names {
 		var st unix.Stat_t
-		if unix.Lstat(p, &st) != nil || st.Dev != dev {
+		if unix.Fstatat(dfd, n, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Dev != dev {
 			continue
 		}
-		if e.IsDir() {
-			emptyOn(p, dev)
-			unix.Rmdir(p)
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			unix.Unlinkat(dfd, n, 0)
 			continue
 		}
-		unix.Unlink(p)
+		if depth > 0 {
+			if sub, err := unix.Openat(dfd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
+				if unix.Fstat(sub, &st) == nil && st.Dev == dev {
+					emptyAt(sub, dev, depth-1)
+				} else {
+					unix.Close(sub)
+				}
+			}
+		}
+		unix.Unlinkat(dfd, n, unix.AT_REMOVEDIR)
 	}
 }

@@ -204,3 +204,130 @@ func tmpfsEmptyMain(dir string) int {
 	}
 	return 0
 }
+
+// TestWipeFollowsNoSwappedLink: emptying a cell's tmpfs, both inits (root)
+// never follow a symlink that replaces a directory while they walk. A
+// process outside the cell may hold a directory fd of the tmpfs (passed
+// over a socket in a shared writable mount) and swap a directory with a
+// symlink to somewhere else in a loop; a walk by paths then removed files
+// there (the C init's nftw and the Go walk both did, a few hundred of a
+// thousand files per round).
+func TestWipeFollowsNoSwappedLink(t *testing.T) {
+	t.Setenv(cWipeEnv, cWipe(t))
+	inOwnMountNamespace(t, wipeRaceChild)
+}
+
+// wipeRaceChild names the directory wipeRaceMain works in; cWipeEnv the
+// C init's wipe compiled alone (testdata/wipe.c), empty without a C
+// compiler.
+const (
+	wipeRaceChild = "CONFINE_TEST_WIPERACE"
+	cWipeEnv      = "CONFINE_TEST_CWIPE"
+)
+
+// cWipe compiles testdata/wipe.c, or returns "" without a C compiler.
+func cWipe(t *testing.T) string {
+	cc := os.Getenv("CC")
+	if cc == "" {
+		cc = "cc"
+	}
+	if _, err := exec.LookPath(cc); err != nil {
+		t.Logf("no C compiler, the Go walk only: %v", err)
+		return ""
+	}
+	bin := filepath.Join(t.TempDir(), "wipe")
+	if out, err := exec.Command(cc, "-O2", "-static", "-w", "-o", bin, "testdata/wipe.c").CombinedOutput(); err != nil {
+		t.Fatalf("compile testdata/wipe.c: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// wipeRaceMain runs in a mount namespace of its own (unshare -m): a
+// directory of files outside a tmpfs, the same names in a directory of
+// the tmpfs beside a symlink to the first, the two swapped in a loop while
+// each walk empties the tmpfs; it fails (exit 1) when a file outside the
+// tmpfs is gone.
+func wipeRaceMain(dir string) int {
+	const files, rounds = 1000, 5
+	victim, cell := filepath.Join(dir, "victim"), filepath.Join(dir, "cell")
+	for _, d := range []string{victim, cell} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			fmt.Println(err)
+			return 2
+		}
+	}
+	if err := unix.Mount("tmpfs", cell, "tmpfs", 0, "size=16m"); err != nil {
+		fmt.Println("mount:", err)
+		return 2
+	}
+	fill := func(d string) error {
+		for i := range files {
+			if err := os.WriteFile(filepath.Join(d, fmt.Sprint("f", i)), nil, 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := fill(victim); err != nil {
+		fmt.Println(err)
+		return 2
+	}
+	walks := []struct {
+		name string
+		run  func() error
+	}{{"the Go init", func() error { emptyDir(cell); return nil }}}
+	if c := os.Getenv(cWipeEnv); c != "" {
+		walks = append(walks, struct {
+			name string
+			run  func() error
+		}{"the C init", func() error { return exec.Command(c, cell).Run() }})
+	}
+	for _, w := range walks {
+		for range rounds {
+			sw := filepath.Join(cell, "w")
+			d, s := filepath.Join(sw, "d"), filepath.Join(sw, "s")
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				fmt.Println(err)
+				return 2
+			}
+			if err := fill(d); err != nil {
+				fmt.Println(err)
+				return 2
+			}
+			if err := os.Symlink(victim, s); err != nil {
+				fmt.Println(err)
+				return 2
+			}
+			stop, done := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(done)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+						unix.Renameat2(unix.AT_FDCWD, d, unix.AT_FDCWD, s, unix.RENAME_EXCHANGE)
+					}
+				}
+			}()
+			err := w.run()
+			close(stop)
+			<-done
+			if err != nil {
+				fmt.Printf("%s: %v\n", w.name, err)
+				return 2
+			}
+			left, err := os.ReadDir(victim)
+			if err != nil {
+				fmt.Println(err)
+				return 2
+			}
+			if len(left) != files {
+				fmt.Printf("%s removed %d of %d files outside the tmpfs through a swapped symlink\n", w.name, files-len(left), files)
+				return 1
+			}
+			os.RemoveAll(sw) // what the walk left while the swaps ran (a link it could not remove as a directory)
+		}
+	}
+	return 0
+}

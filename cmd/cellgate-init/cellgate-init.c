@@ -40,9 +40,9 @@
  * it reports has the form of the Go init's.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <grp.h>
 #include <limits.h>
 #include <linux/capability.h>
@@ -933,16 +933,63 @@ static void reap(pid_t pid, const sigset_t *set, int32_t *code, int32_t *sig)
 	}
 }
 
-static int empty_entry(const char *path, const struct stat *st, int type, struct FTW *ftw)
+/* WIPE_DEPTH bounds the directories wipe_at holds open at once (each a
+ * DIR and its buffer); what lies deeper goes with the mount namespace. */
+#define WIPE_DEPTH 32
+
+/* wipe_at removes what the directory dfd holds, depth first, and closes
+ * dfd. It names entries only relative to directory fds it opened itself
+ * with O_NOFOLLOW, never by path: a process outside the cell that holds a
+ * directory fd of this tmpfs (passed to it over a socket) may swap a
+ * directory for a symlink while the walk runs, and a path walked again
+ * from the mount point would then lead this root process into whatever
+ * the link names. A swapped entry is removed as what it now is, or
+ * skipped; an entry of another device (a mount below) is kept. */
+static void wipe_at(int dfd, dev_t dev, int depth)
 {
-	(void)st;
-	if (ftw->level == 0)
-		return 0;
-	if (type == FTW_DP)
-		rmdir(path);
-	else
-		unlink(path);
-	return 0;
+	DIR *d = fdopendir(dfd);
+	if (!d) {
+		close(dfd);
+		return;
+	}
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		const char *n = e->d_name;
+		if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0)))
+			continue;
+		struct stat st;
+		if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev != dev)
+			continue;
+		if (!S_ISDIR(st.st_mode)) {
+			unlinkat(dirfd(d), n, 0);
+			continue;
+		}
+		if (depth > 0) {
+			int sub = openat(dirfd(d), n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			if (sub >= 0) {
+				if (fstat(sub, &st) == 0 && st.st_dev == dev)
+					wipe_at(sub, dev, depth - 1);
+				else
+					close(sub);
+			}
+		}
+		unlinkat(dirfd(d), n, AT_REMOVEDIR);
+	}
+	closedir(d);
+}
+
+/* wipe empties the tmpfs mounted at target (wipe_at). */
+static void wipe(const char *target)
+{
+	int fd = open(target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat st;
+	if (fd < 0)
+		return;
+	if (fstat(fd, &st) < 0) {
+		close(fd);
+		return;
+	}
+	wipe_at(fd, st.st_dev, WIPE_DEPTH);
 }
 
 /* tmpfs_empty reports whether the tmpfs at target holds nothing but its
@@ -969,7 +1016,7 @@ static void finish(const struct plan *p)
 	if (p->ns & NS_MOUNT)
 		for (uint32_t i = 0; i < p->ntmpfs; i++)
 			if (!tmpfs_empty(p->tmpfs[i].target))
-				nftw(p->tmpfs[i].target, empty_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+				wipe(p->tmpfs[i].target);
 }
 
 static int init_main(void)
