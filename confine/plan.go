@@ -380,6 +380,7 @@ func Build(o Options, fsys FS) (*Plan, error) {
 		}
 		p.Binds = append(p.Binds, m)
 	}
+	errs = append(errs, nestedInWritable(p.Binds)...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -402,6 +403,28 @@ func (p *Plan) shows(path string) bool {
 		}
 	}
 	return false
+}
+
+// nestedInWritable refuses a bind below a writable one. The init makes
+// the mount point and mounts by path, as root, before the cell's root is
+// pivoted, so the path below a writable bind runs through a host
+// directory the cells write: one cell could replace a directory on that
+// path with a symlink and have the next cells' init create directories
+// where the link points (anywhere on the host) and mount the bind there,
+// over a system directory of their view for instance.
+func nestedInWritable(binds []Bind) []error {
+	var errs []error
+	for _, w := range binds {
+		if !w.Writable {
+			continue
+		}
+		for _, b := range binds {
+			if b.Target != w.Target && within(b.Target, w.Target) {
+				errs = append(errs, fmt.Errorf("mount target %s lies in the writable mount %s: a cell could replace a directory on its way with a symlink and move it for the cells after it; mount it outside %s, or make %s read-only", b.Target, w.Target, w.Target, w.Target))
+			}
+		}
+	}
+	return errs
 }
 
 func checkMount(m Bind) error {
