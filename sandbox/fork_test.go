@@ -322,3 +322,77 @@ func TestForkRetryDecision(t *testing.T) {
 		}
 	}
 }
+
+// forkRunEnv runs one request with env through the preloader and returns
+// its stdout and stderr.
+func forkRunEnv(t *testing.T, r *Runner, p *Preloader, env []string, body string) (Result, string, string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	res, err := r.Run(context.Background(), Spec{Preloader: p, Env: env, Stdin: strings.NewReader(body), Stdout: &out, Stderr: &errOut})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	return res, out.String(), errOut.String()
+}
+
+// requestEnv is a GET of path with query, as the proxy gives it.
+func requestEnv(path, query string) []string {
+	return []string{"REQUEST_METHOD=GET", "PATH_INFO=" + path, "QUERY_STRING=" + query, "SERVER_NAME=test",
+		"SERVER_PORT=80", "SERVER_PROTOCOL=HTTP/1.1", "CONTENT_LENGTH=0"}
+}
+
+// stdioApp writes where apps write: print, logging set up at import on
+// sys.stdout, stderr; and keeps a log file it opened at import.
+const stdioApp = `
+import logging, os, signal, sys
+logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(levelname)s:%(message)s")
+LOG = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "app.log"), "a")
+
+def app(environ, start_response):
+    q = environ.get("QUERY_STRING", "")
+    body = b"the body"
+    if q == "print":
+        logging.info("handling %s", environ["PATH_INFO"])
+        print("printed in the view")
+        print("to the old stdout", file=sys.__stdout__)
+        sys.__stdout__.flush()
+    elif q == "stderr-killed":
+        sys.stderr.write("written before the kill\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif q == "stderr-undecodable":
+        print("caf\udce9", file=sys.stderr)
+    elif q == "logfile":
+        mine = open(os.path.join(os.path.dirname(LOG.name), "request.txt"), "w")
+        LOG.write("from the request\n")
+        LOG.flush()
+        mine.close()
+    elif q == "fds":
+        lines = []
+        for fd in sorted(int(f) for f in os.listdir("/proc/self/fd")):
+            try:
+                target, inh = os.readlink("/proc/self/fd/%d" % fd), os.get_inheritable(fd)
+            except OSError:
+                continue  # the listing's own
+            lines.append("%d %s %s" % (fd, "inherit" if inh else "cloexec", target))
+        body = "\n".join(lines).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+`
+
+// The child's stderr is line-buffered and never fails on what it cannot
+// encode: a line written just before the child is killed is kept.
+func TestForkStderrUnbuffered(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, stdioApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _, errOut := forkRunEnv(t, r, p, requestEnv("/x", "stderr-killed"), "")
+	if res.Cause != CauseSignal || !strings.Contains(errOut, "written before the kill\n") {
+		t.Errorf("killed: cause %s, stderr %q; want a signal and the line written before it", res.Cause, errOut)
+	}
+	res, out, errOut := forkRunEnv(t, r, p, requestEnv("/x", "stderr-undecodable"), "")
+	if res.Cause != CauseOK || !strings.HasPrefix(out, "Status: 200 OK\r\n") || !strings.Contains(errOut, `caf\udce9`+"\n") {
+		t.Errorf("a lone surrogate on stderr: cause %s, output %q, stderr %q; want 200 and it escaped", res.Cause, out, errOut)
+	}
+}

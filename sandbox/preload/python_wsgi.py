@@ -155,7 +155,10 @@ def serve_one(app, setup, req, fds):
         os.environ.update(kv.split("=", 1) for kv in req["env"])
         sys.stdin = open(0, "r", closefd=False)
         sys.stdout = open(1, "w", closefd=False)
-        sys.stderr = open(2, "w", closefd=False)
+        # Like Python's own stderr: line-buffered, so that a line written
+        # is out before a kill (deadline, OOM), and escaping what it
+        # cannot encode instead of failing the request.
+        sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
         setup.seccomp()
         CGIHandler().run(app)
         sys.stdout.flush()
