@@ -396,3 +396,24 @@ func TestForkStderrUnbuffered(t *testing.T) {
 		t.Errorf("a lone surrogate on stderr: cause %s, output %q, stderr %q; want 200 and it escaped", res.Cause, out, errOut)
 	}
 }
+
+// What a child's app writes to its standard output goes to the request's
+// stderr (cellgate's log), not into its response: print in a view, and
+// logging set up at import on sys.stdout.
+func TestForkAppStdoutIsItsLog(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, stdioApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, out, errOut := forkRunEnv(t, r, p, requestEnv("/x", "print"), "")
+	want := "Status: 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n\r\nthe body"
+	if res.Cause != CauseOK || out != want {
+		t.Errorf("response: cause %s, %q\nwant %q", res.Cause, out, want)
+	}
+	for _, line := range []string{"INFO:handling /x\n", "printed in the view\n", "to the old stdout\n"} {
+		if !strings.Contains(errOut, line) {
+			t.Errorf("stderr %q: want %q in it", errOut, line)
+		}
+	}
+}

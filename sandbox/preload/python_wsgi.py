@@ -10,8 +10,9 @@
 # (JSON) says what each child sets up in itself first: PID, mount and IPC
 # namespaces of its own, fresh tmpfs mounts and a /proc, a seccomp filter.
 # The child takes the request's uid, stdio and environment and serves
-# exactly one request with wsgiref's CGIHandler, then exits. Standard
-# library only.
+# exactly one request with wsgiref's CGIHandler, then exits; the response
+# goes out on a private fd, and the app's own stdout (print, logging set up
+# on sys.stdout) is the request's stderr. Standard library only.
 
 import array
 import ctypes
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 import traceback
-from wsgiref.handlers import CGIHandler
+from wsgiref.handlers import BaseCGIHandler, CGIHandler, read_environ
 
 VERSION = 2
 MAX_MESSAGE = 1 << 20
@@ -135,6 +136,14 @@ def clone_into(cgroup_fd, flags):
     return pid, pidfd.value
 
 
+class Handler(CGIHandler):
+    """CGIHandler on the given streams and environ instead of sys's and
+    os.environ."""
+
+    def __init__(self, stdin, stdout, stderr, environ):
+        BaseCGIHandler.__init__(self, stdin, stdout, stderr, environ, multithread=False, multiprocess=True)
+
+
 def serve_one(app, setup, req, fds):
     """The child: become the request's process and serve it. Never returns."""
     code = 1
@@ -142,6 +151,13 @@ def serve_one(app, setup, req, fds):
         for i in range(3):
             os.dup2(fds[i], i)
         os.closerange(3, 1 << 20)  # the socket, the cell's fd, the received fds
+        # The response goes out on an fd of its own, close-on-exec (os.dup)
+        # and written by the handler only; fd 1, where the app's print and
+        # any logging it set up on sys.stdout write, is the request's
+        # stderr, which cellgate logs (as gunicorn does with an app's
+        # output).
+        response = os.dup(1)
+        os.dup2(2, 1)
         # Its own /tmp, /var/tmp, /dev/shm (charged to its cell, gone with
         # its mount namespace) and /proc, over the preloader's.
         setup.mount()
@@ -154,13 +170,15 @@ def serve_one(app, setup, req, fds):
         os.environ.clear()
         os.environ.update(kv.split("=", 1) for kv in req["env"])
         sys.stdin = open(0, "r", closefd=False)
-        sys.stdout = open(1, "w", closefd=False)
+        sys.stdout = open(1, "w", buffering=1, errors="backslashreplace", closefd=False)
         # Like Python's own stderr: line-buffered, so that a line written
         # is out before a kill (deadline, OOM), and escaping what it
         # cannot encode instead of failing the request.
         sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
         setup.seccomp()
-        CGIHandler().run(app)
+        response = open(response, "wb")
+        Handler(sys.stdin.buffer, response, sys.stderr, read_environ()).run(app)
+        response.flush()
         sys.stdout.flush()
         sys.stderr.flush()
         code = 0
