@@ -366,6 +366,8 @@ def app(environ, start_response):
         LOG.write("from the request\n")
         LOG.flush()
         mine.close()
+        with open(LOG.name) as f, open(mine.name) as g:
+            body = ("app.log %r request.txt %r" % (f.read(), g.read())).encode()
     elif q == "fds":
         lines = []
         for fd in sorted(int(f) for f in os.listdir("/proc/self/fd")):
@@ -415,5 +417,44 @@ func TestForkAppStdoutIsItsLog(t *testing.T) {
 		if !strings.Contains(errOut, line) {
 			t.Errorf("stderr %q: want %q in it", errOut, line)
 		}
+	}
+}
+
+// The child keeps the files its app opened at import; it has only its
+// standard streams inheritable, the response's private fd close-on-exec,
+// and neither the preloader's socket nor the spawn's fds.
+func TestForkChildFDs(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, stdioApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, out, errOut := forkRunEnv(t, r, p, requestEnv("/x", "logfile"), "")
+	if want := "\r\n\r\napp.log 'from the request\\n' request.txt ''"; res.Cause != CauseOK || !strings.HasSuffix(out, want) {
+		t.Errorf("write to a file opened at import: cause %s, output %q, stderr %q; want it in that file alone (%q)", res.Cause, out, errOut, want)
+	}
+	res, out, _ = forkRunEnv(t, r, p, requestEnv("/x", "fds"), "")
+	_, listing, _ := strings.Cut(out, "\r\n\r\n")
+	var inherit []string
+	var log, private bool
+	for _, l := range lines(listing) {
+		f := strings.SplitN(l, " ", 3)
+		if len(f) != 3 {
+			t.Fatalf("fds: %q", out)
+		}
+		switch {
+		case f[1] == "inherit":
+			inherit = append(inherit, f[0])
+		case strings.HasSuffix(f[2], "/app.log"):
+			log = true
+		case strings.HasPrefix(f[2], "pipe:"):
+			private = true
+		}
+		if strings.HasPrefix(f[2], "socket:") {
+			t.Errorf("fd %s is a socket (the preloader's?)", f[0])
+		}
+	}
+	if res.Cause != CauseOK || !reflect.DeepEqual(inherit, []string{"0", "1", "2"}) || !log || !private {
+		t.Errorf("the child's fds:\n%s\nwant 0, 1, 2 inheritable, the app's log file and the response's pipe close-on-exec", listing)
 	}
 }

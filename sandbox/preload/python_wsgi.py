@@ -144,20 +144,28 @@ class Handler(CGIHandler):
         BaseCGIHandler.__init__(self, stdin, stdout, stderr, environ, multithread=False, multiprocess=True)
 
 
-def serve_one(app, setup, req, fds):
+def serve_one(app, setup, req, fds, sock):
     """The child: become the request's process and serve it. Never returns."""
     code = 1
     try:
-        for i in range(3):
-            os.dup2(fds[i], i)
-        os.closerange(3, 1 << 20)  # the socket, the cell's fd, the received fds
         # The response goes out on an fd of its own, close-on-exec (os.dup)
         # and written by the handler only; fd 1, where the app's print and
         # any logging it set up on sys.stdout write, is the request's
         # stderr, which cellgate logs (as gunicorn does with an app's
         # output).
-        response = os.dup(1)
-        os.dup2(2, 1)
+        response = os.dup(fds[1])
+        os.dup2(fds[0], 0)
+        os.dup2(fds[2], 1)
+        os.dup2(fds[2], 2)
+        # What the request's code must not reach: the socket (it could
+        # answer cellgate as the preloader) and the spawn's fds (the
+        # cell's cgroup directory; the rest, inheritable as received, are
+        # copies of its stdio). The app's own fds, such as a log file it
+        # opened at import, stay open: closing them would let the request
+        # reuse their numbers under the app's file objects.
+        sock.close()
+        for fd in set(fds) - {0, 1, 2}:
+            os.close(fd)
         # Its own /tmp, /var/tmp, /dev/shm (charged to its cell, gone with
         # its mount namespace) and /proc, over the preloader's.
         setup.mount()
@@ -229,7 +237,7 @@ def main():
                 raise ValueError("spawn with %d fds, want %d" % (len(fds), want))
             pid, pidfd = clone_into(fds[3] if want == 4 else -1, setup.flags)
             if pid == 0:
-                serve_one(app, setup, req, fds)
+                serve_one(app, setup, req, fds, sock)
             try:
                 # Its own part of the hand-off, from the spawn read to
                 # clone3's return: the rest is cellgate's and the socket's.
