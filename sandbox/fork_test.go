@@ -194,15 +194,15 @@ func TestParseMessage(t *testing.T) {
 		want []string
 		err  string
 	}{
-		{"ready", `{"v":2,"type":"ready","pid":7,"runtime":"python-wsgi"}`, 0, []string{msgReady, msgError}, ""},
-		{"spawned", `{"v":2,"type":"spawned","id":3,"pid":9}`, 1, []string{msgSpawned, msgError}, ""},
-		{"error", `{"v":2,"type":"error","id":3,"error":"clone3: EPERM"}`, 0, []string{msgSpawned, msgError}, ""},
-		{"other version", `{"v":1,"type":"ready","pid":7}`, 0, []string{msgReady}, "version 1"},
+		{"ready", `{"v":3,"type":"ready","pid":7,"runtime":"python-wsgi"}`, 0, []string{msgReady, msgError}, ""},
+		{"spawned", `{"v":3,"type":"spawned","id":3,"pid":9}`, 1, []string{msgSpawned, msgError}, ""},
+		{"error", `{"v":3,"type":"error","id":3,"error":"clone3: EPERM"}`, 0, []string{msgSpawned, msgError}, ""},
+		{"other version", `{"v":2,"type":"ready","pid":7}`, 0, []string{msgReady}, "version 2"},
 		{"no version", `{"type":"ready","pid":7}`, 0, []string{msgReady}, "version 0"},
-		{"unexpected type", `{"v":2,"type":"spawned","id":1,"pid":7}`, 1, []string{msgReady, msgError}, `message "spawned"`},
-		{"spawned without its pidfd", `{"v":2,"type":"spawned","id":3,"pid":9}`, 0, []string{msgSpawned}, "with 0 fds, want 1"},
-		{"error with an fd", `{"v":2,"type":"error","error":"x"}`, 1, []string{msgError}, "with 1 fds, want 0"},
-		{"spawned without a pid", `{"v":2,"type":"spawned","id":3}`, 1, []string{msgSpawned}, "without a pid"},
+		{"unexpected type", `{"v":3,"type":"spawned","id":1,"pid":7}`, 1, []string{msgReady, msgError}, `message "spawned"`},
+		{"spawned without its pidfd", `{"v":3,"type":"spawned","id":3,"pid":9}`, 0, []string{msgSpawned}, "with 0 fds, want 1"},
+		{"error with an fd", `{"v":3,"type":"error","error":"x"}`, 1, []string{msgError}, "with 1 fds, want 0"},
+		{"spawned without a pid", `{"v":3,"type":"spawned","id":3}`, 1, []string{msgSpawned}, "without a pid"},
 		{"not JSON", `ready`, 0, []string{msgReady}, "not a JSON message"},
 	}
 	for _, tt := range tests {
@@ -226,12 +226,41 @@ func TestSpawnMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := `{"v":2,"type":"spawn","id":5,"uid":12,"env":["A=1"],"cgroup":true,"deadline_ms":1234}`
+	want := `{"v":3,"type":"spawn","id":5,"uid":12,"env":["A=1"],"cgroup":true,"deadline_ms":1234}`
 	if string(b) != want {
 		t.Errorf("spawn = %s\nwant    %s", b, want)
 	}
 	if _, err := spawnMessage(5, -1, []string{"A=" + strings.Repeat("x", maxMessage)}, false, time.Now()); !errors.Is(err, ErrSpec) {
 		t.Errorf("oversized spawn: %v, want ErrSpec", err)
+	}
+	// Bytes that are not UTF-8 (or are) travel as the code points of
+	// their values, each of the 256 whole.
+	b, err = spawnMessage(6, 12, []string{"PATH_INFO=/caf\xe9", "HTTP_X_UTF8=Jos\xc3\xa9"}, false, time.UnixMilli(1234))
+	want = `{"v":3,"type":"spawn","id":6,"uid":12,"env":["PATH_INFO=/caf\u00e9","HTTP_X_UTF8=Jos\u00c3\u00a9"],"deadline_ms":1234}`
+	var m, w message
+	if err != nil || json.Unmarshal(b, &m) != nil || json.Unmarshal([]byte(want), &w) != nil || !reflect.DeepEqual(m, w) {
+		t.Errorf("spawn = %s, %v\nwant    %s", b, err, want)
+	}
+	all := make([]byte, 255)
+	for i := range all {
+		all[i] = byte(i + 1)
+	}
+	env := []string{"ALL=" + string(all), "A=1"}
+	b, err = spawnMessage(7, 12, env, false, time.UnixMilli(1234))
+	if err != nil || json.Unmarshal(b, &m) != nil {
+		t.Fatalf("spawn = %s, %v", b, err)
+	}
+	for i, kv := range m.Env {
+		var back []byte
+		for _, r := range kv {
+			if r > 0xff {
+				t.Fatalf("env %d: code point %U beyond latin-1", i, r)
+			}
+			back = append(back, byte(r))
+		}
+		if string(back) != env[i] {
+			t.Errorf("env %d back as latin-1: %q, want %q", i, back, env[i])
+		}
 	}
 }
 
@@ -456,5 +485,53 @@ func TestForkChildFDs(t *testing.T) {
 	}
 	if res.Cause != CauseOK || !reflect.DeepEqual(inherit, []string{"0", "1", "2"}) || !log || !private {
 		t.Errorf("the child's fds:\n%s\nwant 0, 1, 2 inheritable, the app's log file and the response's pipe close-on-exec", listing)
+	}
+}
+
+// envApp answers what it was given of a few variables: wsgiref's environ
+// value and the process environment's bytes.
+const envApp = `
+import os
+KEYS = ["PATH_INFO", "HTTP_X_NAME", "HTTP_X_UTF8", "QUERY_STRING", "X_OTHER"]
+def app(environ, start_response):
+    body = "\n".join(ascii((k, environ.get(k), os.environb.get(k.encode()))) for k in KEYS).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+`
+
+// A fork child's environment holds the request's bytes, UTF-8 or not, and
+// its WSGI environ is what wsgiref's CGIHandler makes of them in a cgi
+// route's program: the request's variables as bytes in latin-1 (PEP 3333),
+// the others decoded as the interpreter decodes its environment.
+func TestForkEnvironBytes(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, envApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := append(requestEnv("/caf\xe9", "q=\xff\xfe"), "HTTP_X_NAME=Jos\xe9", "HTTP_X_UTF8=Jos\xc3\xa9", "X_OTHER=caf\xe9")
+	res, fork, errOut := forkRunEnv(t, r, p, env, "")
+	if res.Cause != CauseOK {
+		t.Fatalf("fork: cause %s, output %q, stderr %q", res.Cause, fork, errOut)
+	}
+	var cgi, cgiErr bytes.Buffer
+	res, err = r.Run(context.Background(), Spec{Path: python, Args: []string{python, "-c", envApp + "\nfrom wsgiref.handlers import CGIHandler\nCGIHandler().run(app)\n"},
+		Env: env, Stdout: &cgi, Stderr: &cgiErr})
+	if err != nil || res.Cause != CauseOK {
+		t.Fatalf("cgi: %v, cause %s, stderr %q", err, res.Cause, cgiErr.String())
+	}
+	for _, want := range []string{
+		`('PATH_INFO', '/caf\xe9', b'/caf\xe9')`,
+		`('HTTP_X_NAME', 'Jos\xe9', b'Jos\xe9')`,
+		`('HTTP_X_UTF8', 'Jos\xc3\xa9', b'Jos\xc3\xa9')`,
+		`('QUERY_STRING', 'q=\xff\xfe', b'q=\xff\xfe')`,
+		`('X_OTHER', 'caf\udce9', b'caf\xe9')`,
+	} {
+		if !strings.Contains(fork, want+"\n") && !strings.HasSuffix(fork, want) {
+			t.Errorf("fork child's environ:\n%s\nwant %s in it", fork, want)
+		}
+	}
+	if fork != cgi.String() {
+		t.Errorf("fork child's answer:\n%s\na cgi route's CGIHandler's:\n%s", fork, cgi.String())
 	}
 }

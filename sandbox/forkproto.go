@@ -5,15 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
-// The preloader protocol, version 2 (DESIGN.md "Preloader protocol"):
+// The preloader protocol, version 3 (DESIGN.md "Preloader protocol"):
 // JSON messages, one per SOCK_SEQPACKET datagram, on the preloader's fd 3.
 // The preloader speaks first (ready or error), then answers each spawn
 // with spawned (and the child's pidfd) or error, one at a time, in order.
 // cellgate closing the socket tells the preloader to exit.
 const (
-	protoVersion = 2
+	protoVersion = 3
 	// maxMessage bounds a message either way: a spawn carries the
 	// request's CGI variables, which the front bounds (header bytes), and
 	// an error carries an import traceback.
@@ -44,7 +45,9 @@ type message struct {
 	// spawn: the child's uid in the preloader's user namespace; -1 keeps
 	// the preloader's own (only for a preloader without a user namespace).
 	UID *int64 `json:"uid,omitempty"`
-	// spawn: the child's whole environment, "KEY=value".
+	// spawn: the child's whole environment, "KEY=value", each byte a
+	// code point U+0000..U+00FF (latin1): the request's bytes, UTF-8 or
+	// not, survive JSON.
 	Env []string `json:"env,omitempty"`
 	// spawn: whether the fourth fd is the cell's cgroup directory (clone3
 	// CLONE_INTO_CGROUP); false only for a cell without a cgroup (tests).
@@ -69,7 +72,7 @@ var errProtocol = errors.New("preloader protocol violation")
 
 // spawnMessage builds the spawn of request id.
 func spawnMessage(id uint64, nsUID int64, env []string, cgroup bool, deadline time.Time) ([]byte, error) {
-	m := message{V: protoVersion, Type: msgSpawn, ID: id, UID: &nsUID, Env: env, Cgroup: cgroup, Deadline: deadline.UnixMilli()}
+	m := message{V: protoVersion, Type: msgSpawn, ID: id, UID: &nsUID, Env: latin1(env), Cgroup: cgroup, Deadline: deadline.UnixMilli()}
 	b, err := json.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("encode spawn: %w", err)
@@ -108,4 +111,28 @@ func parseMessage(b []byte, nfds int, want ...string) (*message, error) {
 		return nil, fmt.Errorf("%w: %q without a pid", errProtocol, m.Type)
 	}
 	return &m, nil
+}
+
+// latin1 maps each byte of each string to the code point of the same
+// value, which JSON carries whole; json.Marshal would replace bytes that
+// are not UTF-8 (a request's PATH_INFO of /caf%E9) with U+FFFD. The
+// preloader encodes the strings as latin-1 to get the bytes back.
+func latin1(ss []string) []string {
+	out := make([]string, len(ss))
+	for i, s := range ss {
+		ascii := true
+		for j := 0; j < len(s) && ascii; j++ {
+			ascii = s[j] < utf8.RuneSelf
+		}
+		if ascii {
+			out[i] = s
+			continue
+		}
+		r := make([]rune, len(s))
+		for j := 0; j < len(s); j++ {
+			r[j] = rune(s[j])
+		}
+		out[i] = string(r)
+	}
+	return out
 }

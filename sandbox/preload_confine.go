@@ -27,7 +27,7 @@ import (
 
 // childSetup is what each child of a preloader sets up in itself before it
 // runs the request: the preloader's last argument, as JSON (DESIGN.md
-// "Preloader protocol", version 2).
+// "Preloader protocol", version 3).
 type childSetup struct {
 	// NewPID, NewNS, NewIPC: namespaces of its own (clone3 flags).
 	NewPID bool `json:"newpid"`

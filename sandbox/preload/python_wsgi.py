@@ -2,7 +2,7 @@
 #
 # Started by cellgate as `python3 -I -c <this file> APP APP_DIR SETUP`,
 # with fd 3 a SOCK_SEQPACKET socket to cellgate. It speaks
-# the preloader protocol, version 2 (DESIGN.md "Preloader protocol"): it
+# the preloader protocol, version 3 (DESIGN.md "Preloader protocol"): it
 # imports APP ("module:callable") once from APP_DIR, freezes the collector,
 # says ready, and then, single-threaded, answers each spawn by cloning a
 # child straight into the request's cell (clone3 CLONE_INTO_CGROUP, with
@@ -27,7 +27,7 @@ import time
 import traceback
 from wsgiref.handlers import BaseCGIHandler, CGIHandler, read_environ
 
-VERSION = 2
+VERSION = 3
 MAX_MESSAGE = 1 << 20
 SOCK_FD = 3
 
@@ -175,8 +175,13 @@ def serve_one(app, setup, req, fds, sock):
             # the kernel's uid checks fence the child off from the preloader
             # and from other requests.
             os.setresuid(uid, uid, uid)
+        # The request's exact bytes, each one a code point of the message
+        # (latin-1), into the environment; the handler's environ is then
+        # what CGIHandler makes of them (read_environ) in a cgi route.
         os.environ.clear()
-        os.environ.update(kv.split("=", 1) for kv in req["env"])
+        for kv in req["env"]:
+            key, _, value = kv.encode("latin-1").partition(b"=")
+            os.environb[key] = value
         sys.stdin = open(0, "r", closefd=False)
         sys.stdout = open(1, "w", buffering=1, errors="backslashreplace", closefd=False)
         # Like Python's own stderr: line-buffered, so that a line written
