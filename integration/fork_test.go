@@ -43,6 +43,7 @@ routes:
   - {name: handoff, match: {path: /handoff}, tenant: py, driver: fork, runtime: python-wsgi, app: "handoff:app", app_dir: "%[2]s"}
   - {name: confhost, match: {path: /confhost}, tenant: py, driver: fork, runtime: python-wsgi, app: "confprobe:app", app_dir: "%[2]s", network: host}
   - {name: echo, match: {path: /echo}, tenant: py, driver: fork, runtime: python-wsgi, app: "echo:app", app_dir: "%[2]s"}
+  - {name: stdio, match: {path: /stdio}, tenant: py, driver: fork, runtime: python-wsgi, app: "stdio:app", app_dir: "%[2]s"}
 `
 
 // forkDirs returns the example WSGI apps' and the test apps' directories.
@@ -221,6 +222,22 @@ func TestFork(t *testing.T) {
 						q, size, code, len(got), size*times, times, g.log())
 				}
 			}
+		}
+	})
+
+	// An app's own output (logging set up at import on sys.stdout, print
+	// in the view) goes to serve's log, neither into the response's
+	// headers nor its body; a file it opened at import stays its own; and
+	// bytes of the request that are not UTF-8 reach it as they are.
+	t.Run("app output and raw bytes", func(t *testing.T) {
+		status, header, body := g.get("/stdio/caf%E9", "X-Name", "Jos\xe9")
+		if status != 200 || !strings.HasSuffix(body, `caf\xe9', 'Jos\xe9')`) || header.Get("Info") != "" {
+			t.Errorf("GET /stdio/caf%%E9 = %d %q, header %v; want 200, the bytes as latin-1 and no header of the log\nlog:\n%s", status, body, header, g.log())
+		}
+		g.waitLog("stdio probe printed in the view", 1, 10*time.Second)
+		g.waitLog("INFO:stdio probe handling ", 1, 10*time.Second)
+		if strings.Contains(g.log(), "OSError") {
+			t.Errorf("the app failed on its own file:\n%s", g.log())
 		}
 	})
 
