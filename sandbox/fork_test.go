@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -533,5 +535,71 @@ func TestForkEnvironBytes(t *testing.T) {
 	}
 	if fork != cgi.String() {
 		t.Errorf("fork child's answer:\n%s\na cgi route's CGIHandler's:\n%s", fork, cgi.String())
+	}
+}
+
+// countingApp echoes its body and appends it to runs in its directory.
+const countingApp = `
+import os
+here = os.path.dirname(os.path.abspath(__file__))
+def app(environ, start_response):
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    with open(os.path.join(here, "runs"), "a") as f:
+        f.write("ran %r\n" % body)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+`
+
+// A recycle waits for the spawn in flight on the old instance: each
+// request, sent while preloaders are replaced every few children, runs
+// once and is answered.
+func TestForkRecycleUnderLoad(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, countingApp, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const workers, each = 6, 8
+	errs := make(chan error, workers*each)
+	var wg sync.WaitGroup
+	for i := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range each {
+				body := fmt.Sprintf("request-%d-%d", i, j)
+				var out bytes.Buffer
+				env := []string{"REQUEST_METHOD=POST", "PATH_INFO=/x", "SERVER_NAME=test", "SERVER_PORT=80",
+					"SERVER_PROTOCOL=HTTP/1.1", "CONTENT_LENGTH=" + itoa(len(body))}
+				res, err := r.Run(context.Background(), Spec{Preloader: p, Env: env, Stdin: strings.NewReader(body), Stdout: &out, Stderr: os.Stderr})
+				if err == nil && (res.Cause != CauseOK || !strings.HasSuffix(out.String(), "\r\n\r\n"+body)) {
+					err = fmt.Errorf("cause %s, output %q", res.Cause, out.String())
+				}
+				if err != nil {
+					errs <- fmt.Errorf("%s: %w", body, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	runs, _ := os.ReadFile(filepath.Join(p.cfg.AppDir, "runs"))
+	seen := map[string]int{}
+	for _, l := range lines(string(runs)) {
+		seen[l]++
+	}
+	for l, n := range seen {
+		if n != 1 || !strings.HasPrefix(l, "ran b'request-") {
+			t.Errorf("%q ran %d times", l, n)
+		}
+	}
+	if len(seen) != workers*each {
+		t.Errorf("%d distinct requests ran, want %d", len(seen), workers*each)
+	}
+	if st := p.Stats(); st.Restarts != 0 || st.Recycles == 0 {
+		t.Errorf("stats %+v: want recycles and no restart", st)
 	}
 }

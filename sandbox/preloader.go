@@ -284,7 +284,12 @@ func (p *Preloader) supervise(inst *instance) {
 				continue
 			}
 			p.replaceCurrent(next)
-			inst.retire() // it exits at the end of its stream; its waiter reaps it
+			// It exits at the end of its stream; its waiter reaps it. A
+			// spawn in flight on it is answered first: closing the
+			// socket under it would lose a child already cloned.
+			inst.mu.Lock()
+			inst.retire()
+			inst.mu.Unlock()
 			p.recycles.Add(1)
 			p.log.Info("preloader recycled", "old_pid", inst.pid, "new_pid", next.pid, "children", p.cfg.RecycleAfter)
 			inst = next
@@ -470,7 +475,9 @@ func (p *Preloader) startInstance() (*instance, error) {
 }
 
 // retire takes the instance out of service and closes its socket: the
-// preloader reads the end of the stream and exits.
+// preloader reads the end of the stream and exits. A spawn in flight on
+// it fails, so it is called with inst.mu held, or when no Run uses the
+// instance any more (Close), or to end a preloader being killed.
 func (inst *instance) retire() {
 	inst.broken.Store(true)
 	inst.conn.Close()
