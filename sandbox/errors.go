@@ -29,6 +29,8 @@ var (
 	ErrCellNotEmpty = errors.New("cell did not empty after kill")
 	// ErrNoPreloader: a fork route's preloader is not ready (being
 	// restarted, or stopped) and did not become ready within its wait, or
-	// failed on its socket mid-request. Nothing of the request ran.
+	// failed on its socket mid-request. Nothing of the request ran, unless
+	// the preloader died after it read the spawn and its child could not
+	// be shown never to have run (then the request is not retried).
 	ErrNoPreloader = errors.New("no preloader ready")
 )

@@ -40,25 +40,33 @@ func (d forkDriver) identity(*Spec) (identity, error) {
 }
 
 // start sends the spawn and takes the child's pidfd from the answer. A
-// preloader found dead on its socket (killed between requests) is waited
-// for once more, if nothing of the request reached the cell. When the
-// preloader died after it cloned the child, the cell is killed at once;
-// if that child had not yet become the request's uid (so it never ran the
-// app) the error is marked errNeverRan, and Run retries the request on a
-// fresh cell (runFork).
+// spawn that never reached the preloader (found dead on its socket, or
+// just replaced) is sent once more, to the next instance, on the same
+// cell: nothing was cloned into it. Once the spawn was sent, the cell is
+// taken for used whatever its cgroup.events say (a child that served the
+// request and exited is a zombie, which does not populate its cell): when
+// the preloader died before it answered, the cell is killed at once, and
+// only if every child in it still had the preloader's credentials (so it
+// never ran the app) is the error marked errNeverRan, for Run to retry the
+// request on a fresh cell (runFork).
 func (d forkDriver) start(ctx context.Context, cell Cell, spec *Spec, files [3]*os.File, id identity) (*worker, error) {
 	w, err := d.try(ctx, cell, spec, files, id)
-	if errors.Is(err, ErrNoPreloader) && !errors.Is(err, errNotReady) {
-		populated, perr := cell.Populated()
-		switch {
-		case perr == nil && !populated:
-			w, err = d.try(ctx, cell, spec, files, id)
-		case perr == nil && d.p.nsUIDs != nil && d.neverRan(cell):
-			err = fmt.Errorf("%w: %w", errNeverRan, err)
-		}
+	if errors.Is(err, errNotSent) {
+		w, err = d.try(ctx, cell, spec, files, id)
+	}
+	if errors.Is(err, errNoAnswer) && d.p.nsUIDs != nil && d.neverRan(cell) {
+		err = fmt.Errorf("%w: %w", errNeverRan, err)
 	}
 	return w, err
 }
+
+// errNotSent marks a spawn that never reached the preloader; errNoAnswer
+// one that did, but whose answer never came (the preloader died or broke
+// after it may have cloned the child).
+var (
+	errNotSent  = errors.New("spawn not sent")
+	errNoAnswer = errors.New("no answer to the spawn")
+)
 
 // errNeverRan marks a failed hand-off whose child was ended before it ran
 // any of the request's code.
@@ -122,7 +130,7 @@ func (d forkDriver) try(ctx context.Context, cell Cell, spec *Spec, files [3]*os
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
 	if inst.broken.Load() {
-		return nil, fmt.Errorf("%w: preloader of route %s was just replaced", ErrNoPreloader, p.cfg.Route)
+		return nil, fmt.Errorf("%w: preloader of route %s was just replaced: %w", ErrNoPreloader, p.cfg.Route, errNotSent)
 	}
 	inst.nextID++
 	msg, err := spawnMessage(inst.nextID, id.nsUID, spec.Env, cell.FD() >= 0, time.Now().Add(timeout))
@@ -143,6 +151,12 @@ func (d forkDriver) try(ctx context.Context, cell Cell, spec *Spec, files [3]*os
 			// trusted further. The supervisor restarts it.
 			inst.retire()
 			inst.proc.Kill()
+			// Once it is gone it clones nothing more into the cell, which
+			// the caller then searches for what it did clone.
+			select {
+			case <-inst.exited:
+			case <-time.After(spawnTimeout):
+			}
 		}
 		return nil, fmt.Errorf("preloader of route %s (pid %d): %w", p.cfg.Route, inst.pid, err)
 	}
@@ -171,13 +185,19 @@ func (inst *instance) spawn(msg []byte, fds []int, cell Cell) (*worker, error) {
 	sent := time.Now()
 	inst.conn.SetDeadline(sent.Add(spawnTimeout))
 	if _, _, err := inst.conn.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
-		return nil, fmt.Errorf("%w: send spawn: %w", ErrNoPreloader, err)
+		return nil, fmt.Errorf("%w: send spawn: %w: %w", ErrNoPreloader, errNotSent, err)
 	}
 	var buf [16 << 10]byte
 	oob := make([]byte, unix.CmsgSpace(4*4))
 	n, oobn, _, _, err := inst.conn.ReadMsgUnix(buf[:], oob)
+	if errors.Is(err, unix.ECONNRESET) {
+		// The kernel resets the peer of a socket closed with data unread
+		// in it: the preloader died with the spawn still queued (one at a
+		// time), so it cloned nothing.
+		return nil, fmt.Errorf("%w: %w: the preloader closed its socket before it read the spawn", ErrNoPreloader, errNotSent)
+	}
 	if err != nil || n == 0 {
-		return nil, fmt.Errorf("%w: read answer: %v", ErrNoPreloader, err)
+		return nil, fmt.Errorf("%w: %w: read answer: %v", ErrNoPreloader, errNoAnswer, err)
 	}
 	got, err := receivedFDs(oob[:oobn])
 	if err != nil {

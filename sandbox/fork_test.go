@@ -134,6 +134,12 @@ func TestForkRestartAndRecycle(t *testing.T) {
 	}
 	first := pid()
 	syscall.Kill(first, syscall.SIGKILL)
+	// Once its death is seen: a spawn that races with it may be read by
+	// the dying preloader, and a request the preloader may have taken is
+	// not sent again.
+	for deadline := time.Now().Add(30 * time.Second); p.Stats().Restarts == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	res, out := forkRun(t, r, p, "", "")
 	if res.Cause != CauseOK || !strings.Contains(out, "hello") {
 		t.Fatalf("after SIGKILL: cause %s output %q", res.Cause, out)
@@ -535,6 +541,53 @@ func TestForkEnvironBytes(t *testing.T) {
 	}
 	if fork != cgi.String() {
 		t.Errorf("fork child's answer:\n%s\na cgi route's CGIHandler's:\n%s", fork, cgi.String())
+	}
+}
+
+// dyingApp is an app whose preloader dies once between a child's clone
+// and its answer, after the child had time to serve its request; each
+// request the app serves appends its body to runs in its directory.
+const dyingApp = `
+import os, time
+here = os.path.dirname(os.path.abspath(__file__))
+def die_once():
+    mark = os.path.join(here, "died")
+    if not os.path.exists(mark):
+        open(mark, "w").close()
+        time.sleep(0.5)
+        os._exit(9)
+os.register_at_fork(after_in_parent=die_once)
+def app(environ, start_response):
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    with open(os.path.join(here, "runs"), "a") as f:
+        f.write("ran %r\n" % body)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+`
+
+// A preloader that dies after it cloned the request's child (which may
+// have served the request and exited: a zombie does not populate its
+// cell) is not sent the request again: only a spawn that never reached
+// the preloader is.
+func TestForkNoSecondRunAfterAnsweringPreloaderDies(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, dyingApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	env := []string{"REQUEST_METHOD=POST", "PATH_INFO=/x", "SERVER_NAME=test", "SERVER_PORT=80",
+		"SERVER_PROTOCOL=HTTP/1.1", "CONTENT_LENGTH=5"}
+	_, err = r.Run(context.Background(), Spec{Preloader: p, Env: env, Stdin: strings.NewReader("abcde"), Stdout: &out, Stderr: os.Stderr})
+	if !errors.Is(err, ErrNoPreloader) {
+		t.Errorf("Run: %v, want ErrNoPreloader (not retried)", err)
+	}
+	runs, _ := os.ReadFile(filepath.Join(p.cfg.AppDir, "runs"))
+	if got := lines(string(runs)); len(got) != 1 || got[0] != "ran b'abcde'" {
+		t.Errorf("the request ran %d times: %q; want once, with its body", len(got), got)
+	}
+	if st := p.Stats(); st.Retries != 0 {
+		t.Errorf("stats %+v: want no retry", st)
 	}
 }
 
