@@ -56,6 +56,11 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 	case errors.Is(err, ErrHeaderTooLarge):
 		return verdict{Status: http.StatusRequestHeaderFieldsTooLarge, Outcome: accounting.OutcomeHeaderTooLarge,
 			Message: "request header fields too large", Close: true}
+	case errors.Is(err, sandbox.ErrRequestTooLarge):
+		// The meta-variables (query and headers) do not fit in a fork
+		// route's spawn; the body was read, the connection can stay.
+		return verdict{Status: http.StatusRequestHeaderFieldsTooLarge, Outcome: accounting.OutcomeHeaderTooLarge,
+			Message: "request header fields too large"}
 	case errors.Is(err, ErrBodyTooLarge):
 		return verdict{Status: http.StatusRequestEntityTooLarge, Outcome: accounting.OutcomeBodyTooLarge,
 			Message: "request body too large", Close: true}

@@ -49,6 +49,7 @@ func TestDecide(t *testing.T) {
 		{name: "no uid", err: wrap(sandbox.ErrNoUID), wantStatus: 503, wantOutcome: accounting.OutcomeNoCell, wantRetry: true},
 		{name: "no preloader", err: wrap(sandbox.ErrNoPreloader), wantStatus: 503, wantOutcome: accounting.OutcomeNoCell, wantRetry: true},
 		{name: "bad spec", err: wrap(sandbox.ErrSpec), wantStatus: 500, wantOutcome: accounting.OutcomeInternal},
+		{name: "too large for the preloader", err: wrap(sandbox.ErrRequestTooLarge), wantStatus: 431, wantOutcome: accounting.OutcomeHeaderTooLarge},
 		{name: "queue full", err: wrap(policy.ErrQueueFull), wantStatus: 503, wantOutcome: accounting.OutcomeQueueFull, wantRetry: true},
 		{name: "queue timeout", err: wrap(policy.ErrQueueTimeout), wantStatus: 503, wantOutcome: accounting.OutcomeQueueTimeout, wantRetry: true},
 		{name: "unknown tenant", err: wrap(policy.ErrUnknownTenant), wantStatus: 503, wantOutcome: accounting.OutcomeNoTenant, wantRetry: true},

@@ -33,4 +33,8 @@ var (
 	// the preloader died after it read the spawn and its child could not
 	// be shown never to have run (then the request is not retried).
 	ErrNoPreloader = errors.New("no preloader ready")
+	// ErrRequestTooLarge: a fork route's request does not fit in one
+	// spawn message to its preloader (its meta-variables: the query, the
+	// headers). Nothing was started; the preloader carries on.
+	ErrRequestTooLarge = errors.New("request too large for the preloader's socket")
 )

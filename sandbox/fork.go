@@ -146,7 +146,7 @@ func (d forkDriver) try(ctx context.Context, cell Cell, spec *Spec, files [3]*os
 		stray.w.release()
 	}
 	if err != nil {
-		if !isSpawnRefusal(err) {
+		if !isSpawnRefusal(err) && !errors.Is(err, ErrRequestTooLarge) {
 			// The socket or the protocol failed: the preloader is not
 			// trusted further. The supervisor restarts it.
 			inst.retire()
@@ -182,9 +182,16 @@ func isSpawnRefusal(err error) bool {
 
 // spawn is one round trip on the socket. Called with inst.mu held.
 func (inst *instance) spawn(msg []byte, fds []int, cell Cell) (*worker, error) {
+	if len(msg) > inst.maxSpawn {
+		return nil, fmt.Errorf("spawn of %d bytes exceeds the %d the preloader's socket takes (a request with huge headers): %w", len(msg), inst.maxSpawn, ErrRequestTooLarge)
+	}
 	sent := time.Now()
 	inst.conn.SetDeadline(sent.Add(spawnTimeout))
-	if _, _, err := inst.conn.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); err != nil {
+	if _, _, err := inst.conn.WriteMsgUnix(msg, unix.UnixRights(fds...), nil); errors.Is(err, unix.EMSGSIZE) {
+		// Refused by the socket as larger than its send buffer: nothing
+		// was sent, the preloader is not at fault.
+		return nil, fmt.Errorf("send spawn of %d bytes: %w: %w", len(msg), ErrRequestTooLarge, err)
+	} else if err != nil {
 		return nil, fmt.Errorf("%w: send spawn: %w: %w", ErrNoPreloader, errNotSent, err)
 	}
 	var buf [16 << 10]byte

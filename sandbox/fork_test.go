@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/confine"
+	"golang.org/x/sys/unix"
 )
 
 // python is the interpreter the fork driver's tests run: Debian's, as in
@@ -238,8 +240,8 @@ func TestSpawnMessage(t *testing.T) {
 	if string(b) != want {
 		t.Errorf("spawn = %s\nwant    %s", b, want)
 	}
-	if _, err := spawnMessage(5, -1, []string{"A=" + strings.Repeat("x", maxMessage)}, false, time.Now()); !errors.Is(err, ErrSpec) {
-		t.Errorf("oversized spawn: %v, want ErrSpec", err)
+	if _, err := spawnMessage(5, -1, []string{"A=" + strings.Repeat("x", maxMessage)}, false, time.Now()); !errors.Is(err, ErrRequestTooLarge) {
+		t.Errorf("oversized spawn: %v, want ErrRequestTooLarge", err)
 	}
 	// Bytes that are not UTF-8 (or are) travel as the code points of
 	// their values, each of the 256 whole.
@@ -654,5 +656,62 @@ func TestForkRecycleUnderLoad(t *testing.T) {
 	}
 	if st := p.Stats(); st.Restarts != 0 || st.Recycles == 0 {
 		t.Errorf("stats %+v: want recycles and no restart", st)
+	}
+}
+
+// A request whose spawn is larger than a datagram of the preloader's
+// socket may be (its send buffer, 208 KiB by default) is served when
+// cellgate could raise the buffer, else refused as too large; a spawn over
+// the protocol's bound is refused. Either way the preloader is not taken
+// for broken: it is neither killed nor restarted.
+func TestForkOversizedSpawn(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, wsgiApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, _ := p.ready(nil)
+	run := func(query string) (Result, error) {
+		env := []string{"REQUEST_METHOD=GET", "PATH_INFO=/x", "QUERY_STRING=" + query, "SERVER_NAME=test",
+			"SERVER_PORT=80", "SERVER_PROTOCOL=HTTP/1.1"}
+		return r.Run(context.Background(), Spec{Preloader: p, Env: env, Stdout: io.Discard, Stderr: os.Stderr})
+	}
+	res, err := run(strings.Repeat("q", 300<<10))
+	if !errors.Is(err, ErrRequestTooLarge) && (err != nil || res.Cause != CauseOK) {
+		t.Errorf("a 300 KiB spawn: cause %s, %v; want served or ErrRequestTooLarge", res.Cause, err)
+	}
+	if _, err := run(strings.Repeat("q", maxMessage)); !errors.Is(err, ErrRequestTooLarge) {
+		t.Errorf("a spawn over the protocol's bound: %v, want ErrRequestTooLarge", err)
+	}
+	if now, _ := p.ready(nil); now != inst || p.Stats().Restarts != 0 {
+		t.Errorf("the preloader was replaced (stats %+v)", p.Stats())
+	}
+	if res, _ := forkRun(t, r, p, "", ""); res.Cause != CauseOK {
+		t.Errorf("after the oversized requests: cause %s", res.Cause)
+	}
+}
+
+// A send the socket refuses as too large (EMSGSIZE) is the request's
+// fault, not the preloader's: nothing reached it.
+func TestForkSpawnOverSendBuffer(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[1])
+	if err := unix.SetsockoptInt(fds[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 4096); err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fds[0]), "test-socket")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	inst := &instance{conn: c.(*net.UnixConn), maxSpawn: maxMessage}
+	_, err = inst.spawn(make([]byte, 64<<10), nil, &fakeCell{})
+	if !errors.Is(err, ErrRequestTooLarge) || errors.Is(err, ErrNoPreloader) {
+		t.Errorf("spawn over the send buffer: %v, want ErrRequestTooLarge", err)
 	}
 }

@@ -19,6 +19,10 @@ const (
 	// request's CGI variables, which the front bounds (header bytes), and
 	// an error carries an import traceback.
 	maxMessage = 1 << 20
+	// dgramOverhead: a datagram of an AF_UNIX socket may be at most its
+	// send buffer (SO_SNDBUF) less this (net/unix/af_unix.c); larger is
+	// EMSGSIZE.
+	dgramOverhead = 32
 )
 
 // Message types.
@@ -78,7 +82,7 @@ func spawnMessage(id uint64, nsUID int64, env []string, cgroup bool, deadline ti
 		return nil, fmt.Errorf("encode spawn: %w", err)
 	}
 	if len(b) > maxMessage {
-		return nil, fmt.Errorf("spawn of %d bytes exceeds the protocol's %d (a request with huge headers): %w", len(b), maxMessage, ErrSpec)
+		return nil, fmt.Errorf("spawn of %d bytes exceeds the protocol's %d (a request with huge headers): %w", len(b), maxMessage, ErrRequestTooLarge)
 	}
 	return b, nil
 }

@@ -142,6 +142,9 @@ type instance struct {
 	nextID   uint64
 	children int64
 	broken   atomic.Bool // a spawn failed on the socket, or it was retired
+	// maxSpawn is the largest spawn the socket takes in one datagram:
+	// maxMessage, or less when its send buffer could not be raised.
+	maxSpawn int
 
 	// recycle asks the supervisor for a replacement (RecycleAfter
 	// reached); buffered, sent once.
@@ -370,6 +373,7 @@ func (p *Preloader) startInstance() (*instance, error) {
 	if err != nil {
 		return nil, fmt.Errorf("preloader of route %s: socketpair: %w", cfg.Route, err)
 	}
+	maxSpawn := raiseSendBuffer(fds[0])
 	ours, theirs := os.NewFile(uintptr(fds[0]), "preloader-socket"), os.NewFile(uintptr(fds[1]), "preloader-socket")
 	defer theirs.Close()
 	c, err := net.FileConn(ours)
@@ -429,7 +433,7 @@ func (p *Preloader) startInstance() (*instance, error) {
 		}
 		return nil, fmt.Errorf("%w: preloader of route %s: %w%s", ErrSpawn, cfg.Route, err, hint)
 	}
-	inst := &instance{proc: proc, conn: conn, pid: proc.Pid}
+	inst := &instance{proc: proc, conn: conn, pid: proc.Pid, maxSpawn: maxSpawn}
 	p.mu.Lock()
 	p.starting = proc
 	p.mu.Unlock()
@@ -470,7 +474,7 @@ func (p *Preloader) startInstance() (*instance, error) {
 		conn.Close()
 		close(inst.exited)
 	}()
-	p.log.Info("preloader ready", "pid", proc.Pid, "app", cfg.App, "group", groupPath(cfg.Group))
+	p.log.Info("preloader ready", "pid", proc.Pid, "app", cfg.App, "group", groupPath(cfg.Group), "max_spawn", maxSpawn)
 	return inst, nil
 }
 
@@ -481,6 +485,24 @@ func (p *Preloader) startInstance() (*instance, error) {
 func (inst *instance) retire() {
 	inst.broken.Store(true)
 	inst.conn.Close()
+}
+
+// raiseSendBuffer raises the send buffer of cellgate's end of a
+// preloader's socket so that a spawn of maxMessage bytes fits in one
+// datagram (the default, net.core.wmem_default, is about 208 KiB; a
+// request with a long query fills that), beyond net.core.wmem_max where
+// cellgate may (SO_SNDBUFFORCE, CAP_NET_ADMIN). It returns the largest
+// spawn the socket then takes. The preloader reads up to maxMessage.
+func raiseSendBuffer(fd int) int {
+	want := maxMessage + dgramOverhead // the kernel doubles it
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, want) != nil {
+		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, want)
+	}
+	n, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if err != nil {
+		return 0
+	}
+	return min(maxMessage, n-dgramOverhead)
 }
 
 // errNotReady marks a wait for a ready preloader that gave up (it is not
