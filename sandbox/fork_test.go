@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -713,5 +714,44 @@ func TestForkSpawnOverSendBuffer(t *testing.T) {
 	_, err = inst.spawn(make([]byte, 64<<10), nil, &fakeCell{})
 	if !errors.Is(err, ErrRequestTooLarge) || errors.Is(err, ErrNoPreloader) {
 		t.Errorf("spawn over the send buffer: %v, want ErrRequestTooLarge", err)
+	}
+}
+
+// slowBody is a request body whose first Read takes a while; it counts
+// the Reads in progress.
+type slowBody struct {
+	r      *strings.Reader
+	active atomic.Int32
+	first  atomic.Bool
+}
+
+func (b *slowBody) Read(p []byte) (int, error) {
+	b.active.Add(1)
+	defer b.active.Add(-1)
+	if !b.first.Swap(true) {
+		time.Sleep(1500 * time.Millisecond)
+	}
+	return b.r.Read(p)
+}
+
+func (b *slowBody) Seek(off int64, whence int) (int64, error) { return b.r.Seek(off, whence) }
+
+// A failed fork start returns only once its stdin copier has ended: a
+// retry rewinds the same Reader (runFork), which a copy still under way
+// would move.
+func TestForkFailedStartEndsStdinCopy(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, dyingApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := &slowBody{r: strings.NewReader("abcde")}
+	env := []string{"REQUEST_METHOD=POST", "PATH_INFO=/x", "SERVER_NAME=test", "SERVER_PORT=80",
+		"SERVER_PROTOCOL=HTTP/1.1", "CONTENT_LENGTH=5"}
+	if _, err := r.Run(context.Background(), Spec{Preloader: p, Env: env, Stdin: body, Stdout: io.Discard, Stderr: os.Stderr}); err == nil {
+		t.Fatal("Run: no error, want the failed hand-off's")
+	}
+	if n := body.active.Load(); n != 0 {
+		t.Errorf("Run returned with %d Read of its stdin under way", n)
 	}
 }

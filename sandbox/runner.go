@@ -331,8 +331,10 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		w, err = drv.start(ctx, cell, &spec, st.child, id)
 		st.started()
 		if err != nil {
-			st.closeAll()
 			if spec.Preloader != nil {
+				// runFork may rewind the stdin for a retry: its copier
+				// must have ended.
+				st.abort()
 				// A preloader that failed mid-request may have cloned the child
 				// without handing over its pidfd: it is cellgate's child
 				// (CLONE_PARENT), so it is killed with the cell and reaped
@@ -342,6 +344,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				}
 				return Result{}, fmt.Errorf("in cell %s: %w", cell.Path(), err)
 			}
+			st.closeAll()
 			return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), explainSpawn(spec.Path, spec.Dir, err))
 		}
 	}

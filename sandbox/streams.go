@@ -22,6 +22,7 @@ type streams struct {
 	outputs    []*OutputReader
 	copiers    int
 	done       chan error
+	stdinDone  chan struct{} // closed when the stdin copier has ended; nil without one
 }
 
 // newStreams prepares the worker's standard streams. devNull is an open
@@ -46,7 +47,9 @@ func newStreams(spec *Spec, devNull *os.File) (*streams, error) {
 		s.childEnds = append(s.childEnds, pr)
 		s.parentEnds = append(s.parentEnds, pw)
 		s.copiers++
+		s.stdinDone = make(chan struct{})
 		go func() {
+			defer close(s.stdinDone)
 			_, err := io.Copy(pw, in)
 			pw.Close()
 			// A worker that does not read all of its input is not an error
@@ -154,6 +157,17 @@ func (s *streams) closeAll() {
 	s.started()
 	for _, f := range s.parentEnds {
 		f.Close()
+	}
+}
+
+// abort is closeAll for a start that failed before its stdin may be read
+// again (a retry rewinds it): it returns once the stdin copier has ended,
+// so that it no longer moves the Reader's offset. Closing the pipe ends a
+// copy blocked on it; one blocked in the Reader ends when that Read returns.
+func (s *streams) abort() {
+	s.closeAll()
+	if s.stdinDone != nil {
+		<-s.stdinDone
 	}
 }
 
