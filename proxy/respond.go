@@ -56,8 +56,9 @@ func (x *exchange) addServerTiming(trailer bool) {
 	x.w.Header().Add(name, accounting.ServerTiming(x.rec))
 }
 
-// sendSpooled sends a worker's response from its spool, with its length:
-// sendfile when the spool is a file and the connection is plain HTTP/1.1.
+// sendSpooled sends a worker's response from its spool, with its length
+// (on HEAD the length a GET would have had, or none): sendfile when the
+// spool is a file and the connection is plain HTTP/1.1.
 func (x *exchange) sendSpooled(run *cellRun) {
 	hdr := run.hdr
 	x.setHeader(hdr)
@@ -66,12 +67,18 @@ func (x *exchange) sendSpooled(run *cellRun) {
 	allowed := bodyAllowed(hdr.Status)
 	head := x.r.Method == http.MethodHead
 	switch {
-	case allowed:
-		length := n
-		if head && hdr.ContentLength >= 0 {
-			length = hdr.ContentLength // the length a GET would have had
+	case allowed && head:
+		// The length a GET would have had, or none (RFC 9110 §8.6): the
+		// worker's own, else that of a body it wrote despite the HEAD. A
+		// worker that rightly wrote none (RFC 3875 §4.3.2) and gave no
+		// length gets none: a "0" would differ from its GET's.
+		if hdr.ContentLength >= 0 {
+			x.w.Header().Set("Content-Length", strconv.FormatInt(hdr.ContentLength, 10))
+		} else if n > 0 {
+			x.w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 		}
-		x.w.Header().Set("Content-Length", strconv.FormatInt(length, 10))
+	case allowed:
+		x.w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 	case hdr.Status == http.StatusResetContent:
 		// Unlike 204 and 304, a 205 says that it has no content.
 		x.w.Header().Set("Content-Length", "0")
