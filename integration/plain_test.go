@@ -99,3 +99,64 @@ routes:
 		}
 	}
 }
+
+// okPolicy is a policy whose one route answers "ok" from a shell program.
+func okPolicy(t *testing.T) string {
+	t.Helper()
+	prog := shellProgram(t, "ok", "printf 'Content-Type: text/plain\\n\\nok'\n")
+	return `version: 1
+tenants:
+  - {name: web}
+routes:
+  - {name: ok, match: {path: /}, tenant: web, program: "` + prog + `"}
+`
+}
+
+// TestGateKeepAliveSlowloris: a head trickled on a keep-alive connection
+// after a complete request is cut within --header-timeout of its first
+// byte, as on a fresh connection, never at --idle-timeout. The bound is a
+// fraction of the idle timeout, not a speed.
+func TestGateKeepAliveSlowloris(t *testing.T) {
+	const header, idle = 300 * time.Millisecond, 5 * time.Second
+	g := startPlainGate(t, okPolicy(t), "--header-timeout", header.String(), "--idle-timeout", idle.String())
+	for _, first := range []string{"", "GET / HTTP/1.1\r\nHost: x\r\n\r\n"} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(g.url, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(4 * idle))
+		br := bufio.NewReader(c)
+		if first != "" {
+			io.WriteString(c, first)
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("first request: %v", err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		start := time.Now()
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n")
+		closed := make(chan time.Duration, 1)
+		go func() {
+			io.Copy(io.Discard, br)
+			closed <- time.Since(start)
+		}()
+		tick := time.NewTicker(50 * time.Millisecond)
+	trickle:
+		for {
+			select {
+			case d := <-closed:
+				if d > idle/2 {
+					t.Errorf("after %q: a trickled head was cut after %s (--header-timeout %s, --idle-timeout %s)",
+						first, d, header, idle)
+				}
+				break trickle
+			case <-tick.C:
+				io.WriteString(c, "X-A: b\r\n")
+			}
+		}
+		tick.Stop()
+	}
+}

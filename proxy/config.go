@@ -52,7 +52,8 @@ type Config struct {
 	TLSKeyFile  string
 
 	// ReadHeaderTimeout is how long a client has to send the request line
-	// and header fields. Default 10 s.
+	// and header fields, from the head's first byte, on a fresh connection
+	// and a keep-alive one alike (guardConn). Default 10 s.
 	ReadHeaderTimeout time.Duration
 	// IdleTimeout is how long a keep-alive connection may wait for its next
 	// request. Default 60 s.

@@ -29,8 +29,8 @@ import (
 // complete head. This is what 5,000 slowloris connections cost: measured
 // by BenchmarkGateSlowloris, about half of serve's memory per connection
 // was net/http's buffers, held while a head trickled in. A keep-alive
-// connection between requests is net/http's again (its IdleTimeout and
-// ReadHeaderTimeout apply).
+// connection between requests is net/http's again (its IdleTimeout
+// applies, and the guard times a head it holds back: see guardConn).
 //
 // TLS (tlsListener.prepare): the handshake, then the same wait for an
 // HTTP/1.1 connection; an "h2" connection goes to net/http bare at once

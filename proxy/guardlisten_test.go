@@ -21,7 +21,7 @@ func newTestHeadListener(t *testing.T, timeout time.Duration) *headListener {
 		t.Fatal(err)
 	}
 	guard := func(c net.Conn) *guardConn {
-		return newGuardConn(c, 16<<10, func(ferr *frameError) []byte { return rejection("token", ferr) })
+		return newGuardConn(c, 16<<10, 0, func(ferr *frameError) []byte { return rejection("token", ferr) })
 	}
 	l := newHeadListener(inner, timeout, prepareHead(guard))
 	t.Cleanup(func() { l.Close() })

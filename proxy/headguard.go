@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // guardConn stands between an HTTP/1.x client connection and net/http's
@@ -36,6 +37,20 @@ import (
 // bytes here, not a head's worth, and none of net/http's buffers. Later
 // heads are checked in net/http's own buffer when they arrive whole in one
 // read (the usual case) and held in the same way when they span reads.
+//
+// Time: net/http waits for a keep-alive connection's next request under
+// its idle deadline and starts its header timeout only once the first
+// bytes of the head have come (conn.serve peeks at them first), which the
+// guard holds until the whole head is in. So the guard times a head held
+// back itself: from its first byte it bounds the connection's read
+// deadline by the header timeout (Config.ReadHeaderTimeout), as
+// headListener does on a fresh connection, and it learns net/http's own
+// deadline through SetReadDeadline, to keep the earlier of the two. The
+// bound holds only while net/http has a read deadline of its own: it has
+// none during the background read it does while a handler runs, where a
+// head pipelined behind the request must not fail the read, which would
+// cancel the running request; the head's time counts from its first byte
+// all the same, and runs out once net/http waits for it.
 type guardConn struct {
 	net.Conn
 	check  frameCheck
@@ -52,6 +67,11 @@ type guardConn struct {
 	// its first request reaches the handler or it closes (began).
 	awaiting *atomic.Int64
 	begun    atomic.Bool
+
+	headTimeout time.Duration // a held head's time from its first byte; 0: none
+	dlMu        sync.Mutex    // net/http sets deadlines from other goroutines
+	readDL      time.Time     // net/http's read deadline
+	headDL      time.Time     // the held head's, zero when none is held; written by the reader only
 }
 
 // guardBufSize is the size of a pooled buffer: the start of a head that
@@ -63,8 +83,9 @@ var guardBufPool = sync.Pool{New: func() any { b := make([]byte, 0, guardBufSize
 // errFraming ends a connection whose request body framing was refused.
 var errFraming = errors.New("request framing refused")
 
-func newGuardConn(c net.Conn, maxHead int, reject func(*frameError) []byte) *guardConn {
-	return &guardConn{Conn: c, check: newFrameCheck(maxHead), reject: reject, limit: maxHead + 4<<10}
+func newGuardConn(c net.Conn, maxHead int, headTimeout time.Duration, reject func(*frameError) []byte) *guardConn {
+	return &guardConn{Conn: c, check: newFrameCheck(maxHead), reject: reject, limit: maxHead + 4<<10,
+		headTimeout: headTimeout}
 }
 
 // Read hands on checked bytes.
@@ -95,21 +116,30 @@ func (g *guardConn) Read(p []byte) (int, error) {
 			free, ferr := g.check.feed(p[:n])
 			if ferr == nil && free < n {
 				g.hold(p[free:n])
+				g.timeHead(true) // nothing was held: the head starts here
 			}
 			g.fail(ferr)
 			if free > 0 || err != nil {
 				return free, err
 			}
 		default:
-			if err := g.readMore(); err != nil {
+			// A head held since before net/http's first read (awaitHead's
+			// pipelined next one) is timed from this read.
+			g.timeHead(false)
+			fresh, err := g.readMore()
+			if err != nil {
 				return 0, err
+			}
+			if g.err == nil {
+				g.timeHead(fresh)
 			}
 		}
 	}
 }
 
-// readMore reads behind the held bytes and examines what came.
-func (g *guardConn) readMore() error {
+// readMore reads behind the held bytes and examines what came. freed says
+// that bytes were freed: a head still held after them starts in this read.
+func (g *guardConn) readMore() (freed bool, err error) {
 	b := *g.buf
 	if g.off > 0 {
 		b = b[:copy(b, b[g.off:])]
@@ -132,10 +162,57 @@ func (g *guardConn) readMore() error {
 		}
 		g.fail(ferr)
 		if g.free > 0 || ferr != nil {
-			return nil
+			return free > 0, nil
 		}
 	}
-	return err
+	return false, err
+}
+
+// timeHead starts a held head's time (started: its first byte came in
+// this read), or ends it once no head is held, and sets the read deadline
+// to match. Only net/http's reads time heads: a connection's first head is
+// headListener's to time.
+func (g *guardConn) timeHead(started bool) {
+	if g.headTimeout <= 0 {
+		return
+	}
+	held := g.check.inHead()
+	if held == !g.headDL.IsZero() && !(held && started) {
+		return // the usual case: nothing held, before and after
+	}
+	g.dlMu.Lock()
+	defer g.dlMu.Unlock()
+	g.headDL = time.Time{}
+	if held {
+		g.headDL = time.Now().Add(g.headTimeout)
+	}
+	_ = g.setReadDeadline()
+}
+
+// setReadDeadline sets the connection's read deadline: net/http's, or a
+// held head's when it is earlier and net/http has one. dlMu is held.
+func (g *guardConn) setReadDeadline() error {
+	dl := g.readDL
+	if !dl.IsZero() && !g.headDL.IsZero() && g.headDL.Before(dl) {
+		dl = g.headDL
+	}
+	return g.Conn.SetReadDeadline(dl)
+}
+
+// SetReadDeadline is net/http's: kept, and bounded by a held head's.
+func (g *guardConn) SetReadDeadline(t time.Time) error {
+	g.dlMu.Lock()
+	defer g.dlMu.Unlock()
+	g.readDL = t
+	return g.setReadDeadline()
+}
+
+// SetDeadline is SetReadDeadline and SetWriteDeadline.
+func (g *guardConn) SetDeadline(t time.Time) error {
+	if err := g.Conn.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return g.SetReadDeadline(t)
 }
 
 // awaitHead reads until the first request head is complete or refused,
@@ -147,7 +224,7 @@ func (g *guardConn) awaitHead() error {
 		if g.buf == nil {
 			g.hold(nil)
 		}
-		if err := g.readMore(); err != nil {
+		if _, err := g.readMore(); err != nil {
 			return err
 		}
 	}

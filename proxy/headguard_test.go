@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -388,7 +390,7 @@ func TestGuardConnByteByByte(t *testing.T) {
 				}
 				client.Close()
 			}()
-			g := newGuardConn(server, 20<<10, reject)
+			g := newGuardConn(server, 20<<10, 0, reject)
 			defer g.Close()
 			got, err := io.ReadAll(g)
 			if ferr != nil && !ferr.Head && !errors.Is(err, errFraming) {
@@ -423,7 +425,7 @@ func BenchmarkGuardConn(b *testing.B) {
 	b.SetBytes(int64(len(stream)))
 	b.ReportAllocs()
 	for b.Loop() {
-		g := newGuardConn(readerConn{r: bytes.NewReader(stream)}, 20<<10, reject)
+		g := newGuardConn(readerConn{r: bytes.NewReader(stream)}, 20<<10, 0, reject)
 		for {
 			if _, err := g.Read(buf); err != nil {
 				break
@@ -458,6 +460,123 @@ func FuzzFrameCheck(f *testing.F) {
 		}
 		if want := refRequests(in); done != want {
 			t.Fatalf("frameCheck found %d complete requests, the reference %d, in %.2000q", done, want, in)
+		}
+	})
+}
+
+// TestKeepAliveHeadTimeout: a head trickled on a keep-alive connection,
+// after a first complete request, is cut within the header timeout from
+// its first byte, as on a fresh connection, not after the idle timeout:
+// net/http starts its header timeout only once the head is whole, which
+// the guard holds back. An idle connection still waits the idle timeout
+// for its next request, and a head trickled behind a running request
+// does not cut that request short. Bounds are a fraction of the idle
+// timeout, not a speed.
+func TestKeepAliveHeadTimeout(t *testing.T) {
+	const header, idle = 300 * time.Millisecond, 5 * time.Second
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		if spec.Path == "/slow" {
+			select {
+			case <-time.After(3 * header):
+			case <-ctx.Done():
+				return fakeResult(sandbox.CauseKilled), nil
+			}
+		}
+		io.WriteString(spec.Stdout, "Content-Type: text/plain\n\nok")
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	ts := startServer(t, Config{ReadHeaderTimeout: header, IdleTimeout: idle}, Deps{Runner: runner},
+		route("fast", "/", "/fast"), route("slow", "/slow", "/slow"))
+	const get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+	// dial opens a connection and sends first, if any, whole.
+	dial := func(t *testing.T, first string) (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", ts.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(4 * idle))
+		if first != "" {
+			io.WriteString(c, first)
+		}
+		return c, bufio.NewReader(c)
+	}
+	// answer reads a response and checks it is a whole 200.
+	answer := func(t *testing.T, br *bufio.Reader) *http.Response {
+		t.Helper()
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("read response: %v", err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != 200 || string(body) != "ok" {
+			t.Fatalf("response %d %q %v", resp.StatusCode, body, err)
+		}
+		return resp
+	}
+	// trickle sends a head's start and then a field line every 50 ms
+	// until the server closes the connection, and returns how long after
+	// the head's first byte that was.
+	trickle := func(t *testing.T, c net.Conn, br *bufio.Reader) time.Duration {
+		t.Helper()
+		start := time.Now()
+		io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n")
+		closed := make(chan time.Duration, 1)
+		go func() {
+			io.Copy(io.Discard, br) // until the server closes (or the test's deadline)
+			closed <- time.Since(start)
+		}()
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case d := <-closed:
+				return d
+			case <-tick.C:
+				io.WriteString(c, "X-A: b\r\n")
+			}
+		}
+	}
+
+	t.Run("fresh connection", func(t *testing.T) {
+		c, br := dial(t, "")
+		if d := trickle(t, c, br); d > idle/2 {
+			t.Fatalf("a head trickled on a fresh connection was cut after %s (header timeout %s)", d, header)
+		}
+	})
+	t.Run("after a request", func(t *testing.T) {
+		c, br := dial(t, get)
+		answer(t, br)
+		d := trickle(t, c, br)
+		if d > idle/2 || d < header/2 {
+			t.Fatalf("a head trickled on a keep-alive connection was cut after %s (header timeout %s, idle timeout %s)", d, header, idle)
+		}
+	})
+	t.Run("idle then a request", func(t *testing.T) {
+		c, br := dial(t, get)
+		answer(t, br)
+		time.Sleep(3 * header) // idle, sending nothing: not a head
+		io.WriteString(c, get)
+		answer(t, br)
+	})
+	t.Run("behind a running request", func(t *testing.T) {
+		c, br := dial(t, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+		time.Sleep(header / 3)                  // the handler runs, net/http reads in the background
+		io.WriteString(c, "GET / HTTP/1.1\r\n") // pipelined, and never finished
+		resp := answer(t, br)
+		if rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader)); rec.Status != 200 || rec.Outcome != accounting.OutcomeOK {
+			t.Fatalf("the running request: record status %d outcome %s", rec.Status, rec.Outcome)
+		}
+		start := time.Now()
+		if _, err := io.Copy(io.Discard, br); err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				t.Fatalf("connection still open after %s", time.Since(start))
+			}
+		}
+		if d := time.Since(start); d > idle/2 {
+			t.Fatalf("the unfinished pipelined head was cut %s after the response (idle timeout %s)", d, idle)
 		}
 	})
 }

@@ -248,7 +248,7 @@ func (s *Server) serveHeads(l *headListener) error {
 // connection (guardConn). Its heads may be as large as net/http's own
 // limit, MaxHeaderBytes plus 4 KiB.
 func (s *Server) guard(c net.Conn) *guardConn {
-	return newGuardConn(c, s.cfg.MaxHeaderBytes+4096, s.rejection)
+	return newGuardConn(c, s.cfg.MaxHeaderBytes+4096, s.cfg.ReadHeaderTimeout, s.rejection)
 }
 
 // rejection is the request that stands for a refused head (see guardConn).
