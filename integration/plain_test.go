@@ -160,3 +160,41 @@ func TestGateKeepAliveSlowloris(t *testing.T) {
 		tick.Stop()
 	}
 }
+
+// TestGateOptionsAsterisk: "OPTIONS *" gets cellgate's answer, a 400 with
+// a request id that names its access-log record, and no program runs for
+// it, a catch-all route's included.
+func TestGateOptionsAsterisk(t *testing.T) {
+	g := startPlainGate(t, okPolicy(t))
+	c, err := net.Dial("tcp", strings.TrimPrefix(g.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	io.WriteString(c, "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	id := resp.Header.Get("X-Request-Id")
+	if resp.StatusCode != 400 || id == "" {
+		t.Fatalf("OPTIONS *: %d, request id %q", resp.StatusCode, id)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		for _, r := range g.records() {
+			if r.RequestID == id {
+				if r.Method != "OPTIONS" || r.Status != 400 || r.Outcome != "bad_request" || r.Route != "" {
+					t.Errorf("record %+v", r)
+				}
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no access-log record with request id %q", id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

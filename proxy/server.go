@@ -183,7 +183,10 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		Protocols:         &protocols,
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxStreams},
-		BaseContext:       func(net.Listener) context.Context { return s.base },
+		// "OPTIONS *" too is cellgate's to answer, with a request id and
+		// a record, not net/http's built-in 200.
+		DisableGeneralOptionsHandler: true,
+		BaseContext:                  func(net.Listener) context.Context { return s.base },
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if g := guardOf(c); g != nil {
 				return context.WithValue(ctx, guardKey{}, g)

@@ -974,3 +974,47 @@ func TestRouterMatchHeld(t *testing.T) {
 		})
 	}
 }
+
+// TestOptionsAsterisk: "OPTIONS *" (RFC 9110 §9.3.7) is answered by
+// cellgate like any request, not by net/http's built-in handler: no route
+// takes a target that is not a path, a catch-all one included, so it is a
+// 400 with a request id and an access-log record, over HTTP/1.1 and
+// HTTP/2 alike.
+func TestOptionsAsterisk(t *testing.T) {
+	certFile, keyFile, pool := writeCert(t)
+	for _, mode := range []struct {
+		name string
+		cfg  Config
+		tr   *http.Transport
+	}{
+		{"http/1.1", Config{}, &http.Transport{}},
+		{"h2", Config{TLSCertFile: certFile, TLSKeyFile: keyFile},
+			&http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			var ran atomic.Bool
+			runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+				ran.Store(true)
+				return cgiOutput("Content-Type: text/plain\n\nok", sandbox.CauseOK)(ctx, spec)
+			})
+			ts := startServer(t, mode.cfg, Deps{Runner: runner}, route("all", "/", "/x"))
+			defer mode.tr.CloseIdleConnections()
+			req := newRequest(t, "OPTIONS", ts.URL, nil)
+			req.URL.Opaque = "*" // the asterisk form
+			resp, body := do(t, &http.Client{Transport: mode.tr, Timeout: 30 * time.Second}, req)
+			if mode.name == "h2" && resp.ProtoMajor != 2 {
+				t.Fatalf("answered over %s", resp.Proto)
+			}
+			id := resp.Header.Get(RequestIDHeader)
+			if resp.StatusCode != 400 || id == "" {
+				t.Fatalf("OPTIONS *: %d, request id %q, body %q", resp.StatusCode, id, body)
+			}
+			if rec := ts.recs.byID(t, id); rec.Status != 400 || rec.Outcome != accounting.OutcomeBadRequest || rec.Method != "OPTIONS" {
+				t.Errorf("record: %s status %d outcome %s", rec.Method, rec.Status, rec.Outcome)
+			}
+			if ran.Load() {
+				t.Errorf("a program ran for OPTIONS *")
+			}
+		})
+	}
+}
