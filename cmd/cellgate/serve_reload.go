@@ -24,9 +24,11 @@ import (
 //  3. the new snapshot (routes, the routes' cell profiles, tenants)
 //     replaces the current one atomically;
 //  4. when the last request routed under a replaced snapshot has ended
-//     (snapshotDrained), its tenants that no live snapshot names stop
-//     admitting and drain: their queued requests and cells finish under
-//     their last budgets; then their groups are removed (retire).
+//     (snapshotDrained), the pool drops the idle cells of the profiles no
+//     live snapshot uses (retainProfiles), and its tenants that no live
+//     snapshot names stop admitting and drain: their queued requests and
+//     cells finish under their last budgets; then their groups are
+//     removed (retire).
 //
 // Requests in flight keep the route, limits, tenant and admission
 // reservation they started with, however long they take (a slow upload
@@ -75,6 +77,7 @@ func (d *daemon) reload() error {
 	d.addSpecs(s)
 	d.admission.Update(d.admissible())
 	old = d.current.Swap(s)
+	d.retainProfiles()
 	var removed []string
 	for _, t := range old.policy.Tenants {
 		if !s.names(t.Name) {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -215,5 +216,100 @@ func TestCellSpecAcrossReload(t *testing.T) {
 	defer releaseHello()
 	if _, ok := d.specs.Load(hello.Route); !ok {
 		t.Error("the current snapshot's route spec is not held")
+	}
+}
+
+// cellsDaemon is a daemon with cells on this host's cgroup2 (a private
+// base, every controller unenforced, so that it runs where cgroup2 has
+// none), serving the policy text. It skips without root or cgroup2.
+func cellsDaemon(t *testing.T, text string) (*daemon, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("cells need root")
+	}
+	mount, err := cgroup2Mount()
+	if err != nil {
+		t.Skipf("cells need cgroup2: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeFile(t, path, text)
+	d := &daemon{
+		cfg:     &serveConfig{Policy: path, Isolation: isolationCells},
+		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		tenants: map[string]*cgroup.Tenant{},
+		done:    make(chan struct{}),
+	}
+	tree, err := cgroup.Open(t.Context(), cgroup.Options{
+		Mount:      mount,
+		Base:       filepath.Join(mount, fmt.Sprintf("cellgate-test-%d", os.Getpid())),
+		Unenforced: []string{"memory", "cpu", "pids"},
+	})
+	if err != nil {
+		t.Skipf("cgroup tree on %s: %v", mount, err)
+	}
+	d.tree = tree
+	d.pool = cgroup.NewPool(tree, cgroup.PoolOptions{Logger: d.log})
+	t.Cleanup(func() {
+		close(d.done)
+		if err := d.pool.Close(); err != nil {
+			t.Error(err)
+		}
+		if err := tree.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	pol, err := policy.Load(path)
+	if err != nil {
+		t.Fatalf("load %s: %v", path, err)
+	}
+	for _, tn := range pol.Tenants {
+		g, err := tree.Tenant(tn.Name, tn.Resources())
+		if err != nil {
+			t.Fatalf("tenant %s: %v", tn.Name, err)
+		}
+		d.tenants[tn.Name] = g
+	}
+	specs, err := d.buildSpecs(pol)
+	if err != nil {
+		t.Fatalf("specs of %s: %v", path, err)
+	}
+	d.startPolicy(pol, specs)
+	d.warm(specs)
+	return d, path
+}
+
+// TestReloadDropsReplacedProfilesCells: each reload that changes a route's
+// limits gives it a new cell profile; once the replaced policy has no
+// request left, the old profile's idle cells are removed. They used to
+// stay until shutdown (4 cells and their fds per reload), and with
+// --max-cells the leftovers left no room for the current route's cells.
+func TestReloadDropsReplacedProfilesCells(t *testing.T) {
+	const tmpl = `version: 1
+tenants:
+  - {name: web, memory: 1Gi}
+routes:
+  - {name: hello, match: {path: /hello}, tenant: web, program: /bin/true, memory: %dMi}
+`
+	d, path := cellsDaemon(t, fmt.Sprintf(tmpl, 64))
+	dir := filepath.Join(d.tree.CellsPath(), "web")
+	idle := func() int {
+		ents, _ := os.ReadDir(dir)
+		n := 0
+		for _, e := range ents {
+			if e.IsDir() {
+				n++
+			}
+		}
+		return n
+	}
+	want := 4 // PoolOptions.MaxIdle's default, for the one live profile
+	waitFor(t, fmt.Sprintf("%d idle cells under %s", want, dir), func() bool { return idle() == want })
+	for i := range 3 {
+		writeFile(t, path, fmt.Sprintf(tmpl, 65+i))
+		if err := d.reload(); err != nil {
+			t.Fatalf("reload %d: %v", i, err)
+		}
+		waitFor(t, fmt.Sprintf("after reload %d, %d idle cells under %s (have %d)", i, want, dir, idle()),
+			func() bool { return idle() == want })
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"slices"
 	"sync/atomic"
 
+	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/policy"
 )
 
@@ -129,6 +130,7 @@ func (d *daemon) snapshotDrained(s *snapshot) {
 		}
 	}
 	d.admission.Update(d.admissible())
+	d.retainProfiles()
 	d.mu.Unlock()
 	// Its fork routes' preloaders served their last request: they exit,
 	// their route groups go.
@@ -140,4 +142,23 @@ func (d *daemon) snapshotDrained(s *snapshot) {
 	if d.tree != nil {
 		go d.retire(gone)
 	}
+}
+
+// retainProfiles has the pool keep pre-creating cells only for the
+// profiles of the live snapshots' routes: a reload that changes a route's
+// limits gives it a new profile, and the old one's idle cells (each
+// holding fds, each counted by --max-cells) would otherwise stay until
+// shutdown. Called with d.mu held, so that a reload cannot warm a profile
+// between the listing and the drop.
+func (d *daemon) retainProfiles() {
+	if d.pool == nil {
+		return
+	}
+	var keep []*cgroup.Profile
+	for _, s := range d.live {
+		for _, rs := range s.specs {
+			keep = append(keep, rs.profile)
+		}
+	}
+	d.pool.Retain(keep)
 }
