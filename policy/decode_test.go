@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -55,8 +56,8 @@ func TestParseFull(t *testing.T) {
 	if p.Source != "/etc/cellgate/policy.yaml" {
 		t.Errorf("Source = %q", p.Source)
 	}
-	wantDefaults := Limits{Memory: 32 << 20, MilliCPU: 500, Pids: 16, Timeout: 10 * time.Second, MaxBody: 1 << 20}
-	if p.Defaults != wantDefaults {
+	wantDefaults := Limits{Memory: 32 << 20, MilliCPU: 500, Pids: 16, Timeout: 10 * time.Second, MaxBody: new(int64(1 << 20))}
+	if !reflect.DeepEqual(p.Defaults, wantDefaults) {
 		t.Errorf("Defaults = %+v, want %+v", p.Defaults, wantDefaults)
 	}
 	if p.Global != (Global{Memory: 1 << 30, MaxCells: 64, Line: 3}) {
@@ -76,7 +77,7 @@ func TestParseFull(t *testing.T) {
 	want := &Route{
 		Name: "hello", Host: "example.com", PathPrefix: "/hello", Methods: []string{"GET", "HEAD"},
 		Tenant: "acme", Driver: DriverCGI, Program: "/srv/cgi/hello",
-		Limits:   Limits{Memory: 64 << 20, Swap: 16 << 20, MilliCPU: 500, Pids: 16, Timeout: 10 * time.Second, MaxBody: 1 << 20},
+		Limits:   Limits{Memory: 64 << 20, Swap: 16 << 20, MilliCPU: 500, Pids: 16, Timeout: 10 * time.Second, MaxBody: new(int64(1 << 20))},
 		Env:      []string{"DEBUG=1", "LANG=C.UTF-8"},
 		PassEnv:  []string{"TZ"},
 		User:     User{Auto: true},
@@ -90,7 +91,7 @@ func TestParseFull(t *testing.T) {
 	if bin.Dir != "/etc/cellgate/bin" || bin.Program != "" {
 		t.Errorf("bin: Dir %q Program %q, want the relative dir resolved against the policy's directory", bin.Dir, bin.Program)
 	}
-	if bin.Tenant != DefaultTenant || bin.User != (User{UID: 1000}) || bin.Response != ResponseSpool || bin.Limits != wantDefaults {
+	if bin.Tenant != DefaultTenant || bin.User != (User{UID: 1000}) || bin.Response != ResponseSpool || !reflect.DeepEqual(bin.Limits, wantDefaults) {
 		t.Errorf("bin: tenant %q user %+v response %q limits %+v, want the defaults", bin.Tenant, bin.User, bin.Response, bin.Limits)
 	}
 	admin := p.Routes[2]
@@ -335,4 +336,40 @@ func TestParseIntegers(t *testing.T) {
 	}
 	_, err := Parse("p.yaml", []byte("version: 1\ndefaults: {pids: 99999999999999999999}\nroutes:\n  - {name: a, match: {path: /}, program: /a}\n"))
 	requireProblems(t, err, []problem{{2, "defaults.pids", ""}})
+}
+
+// TestMaxBodyPrecedence: a route's max_body wins, 0 included (no body
+// accepted); without one it takes the defaults'; with neither it is nil,
+// which the proxy reads as its own maximum (--max-body). There used to be
+// a built-in 10Mi, so that --max-body never applied.
+func TestMaxBodyPrecedence(t *testing.T) {
+	for _, tc := range []struct {
+		name, defaults, route string
+		want                  *int64
+	}{
+		{"neither", "", "", nil},
+		{"defaults", "defaults: {max_body: 1Mi}\n", "", new(int64(1 << 20))},
+		{"route over defaults", "defaults: {max_body: 1Mi}\n", ", max_body: 2k", new(int64(2000))},
+		{"route 0", "", ", max_body: 0", new(int64(0))},
+		{"route 0 over defaults", "defaults: {max_body: 1Mi}\n", ", max_body: 0", new(int64(0))},
+		{"defaults 0", "defaults: {max_body: 0}\n", "", new(int64(0))},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := "version: 1\n" + tc.defaults + "routes:\n  - {name: a, match: {path: /}, program: /bin/a" + tc.route + "}\n"
+			p, err := Parse("p.yaml", []byte(src))
+			if err != nil {
+				t.Fatalf("%s: %v", src, err)
+			}
+			if got := p.Routes[0].MaxBody; !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("MaxBody = %s, want %s", fmtPtr(got), fmtPtr(tc.want))
+			}
+		})
+	}
+}
+
+func fmtPtr(n *int64) string {
+	if n == nil {
+		return "nil"
+	}
+	return strconv.FormatInt(*n, 10)
 }

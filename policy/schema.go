@@ -116,7 +116,7 @@ func (d *decoder) limits(fs map[string]field, path string, l Limits) Limits {
 	}
 	if f, ok := fs["max_body"]; ok {
 		if v, ok := d.size(f, join(path, "max_body"), 0); ok {
-			l.MaxBody = v
+			l.MaxBody = &v
 		}
 	}
 	return l

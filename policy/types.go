@@ -46,8 +46,10 @@ type Limits struct {
 	Pids int64
 	// Timeout is the wall-clock deadline of the cell.
 	Timeout time.Duration
-	// MaxBody is the largest request body accepted, in bytes.
-	MaxBody int64
+	// MaxBody is the largest request body accepted, in bytes; 0 accepts
+	// none. nil: neither the route nor the file's defaults set it, and the
+	// proxy's own maximum applies (cellgate serve --max-body).
+	MaxBody *int64
 }
 
 // Global is the budget shared by all tenants' cells. Zero fields are not

@@ -37,7 +37,8 @@ const (
 )
 
 // DefaultLimits are the built-in per-request limits: what a route gets for
-// each key that neither it nor the file's defaults section sets.
+// each key that neither it nor the file's defaults section sets. MaxBody
+// has none: the proxy's own maximum (--max-body) applies.
 func DefaultLimits() Limits {
 	return Limits{
 		Memory:   64 << 20,
@@ -45,7 +46,6 @@ func DefaultLimits() Limits {
 		MilliCPU: 1000,
 		Pids:     64,
 		Timeout:  30 * time.Second,
-		MaxBody:  10 << 20,
 	}
 }
 
@@ -89,8 +89,8 @@ func (l Limits) Validate() error {
 	if l.Timeout <= 0 {
 		errs = append(errs, fmt.Errorf("timeout %s is not positive: use a duration such as 30s", l.Timeout))
 	}
-	if l.MaxBody < 0 {
-		errs = append(errs, fmt.Errorf("max_body %d is negative: use 0 to refuse bodies", l.MaxBody))
+	if l.MaxBody != nil && *l.MaxBody < 0 {
+		errs = append(errs, fmt.Errorf("max_body %d is negative: use 0 to refuse bodies", *l.MaxBody))
 	}
 	return errors.Join(errs...)
 }

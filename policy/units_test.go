@@ -174,7 +174,7 @@ func TestLimitsValidate(t *testing.T) {
 		{"cpu above max", func(l *Limits) { l.MilliCPU = MaxMilliCPU + 1 }},
 		{"no pids", func(l *Limits) { l.Pids = 0 }},
 		{"zero timeout", func(l *Limits) { l.Timeout = 0 }},
-		{"negative body", func(l *Limits) { l.MaxBody = -1 }},
+		{"negative body", func(l *Limits) { l.MaxBody = new(int64(-1)) }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

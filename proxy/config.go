@@ -94,7 +94,8 @@ type Config struct {
 	WriteRateGrace time.Duration
 
 	// MaxBody is the largest request body, in bytes, for a route whose
-	// limits leave MaxBody zero; larger gets 413. Default 10 MiB.
+	// limits leave MaxBody nil (neither the route nor the policy's
+	// defaults set max_body); larger gets 413. Default 10 MiB.
 	MaxBody int64
 	// BodyMemory is how much of a request body is held in memory; the rest
 	// goes to an unlinked file in TempDir. Default 256 KiB.

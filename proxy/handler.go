@@ -180,9 +180,9 @@ func (x *exchange) serve() {
 		return
 	}
 
-	maxBody := m.Route.MaxBody
-	if maxBody <= 0 {
-		maxBody = s.cfg.MaxBody
+	maxBody := s.cfg.MaxBody
+	if m.Route.MaxBody != nil {
+		maxBody = *m.Route.MaxBody // 0: no body accepted
 	}
 	body, err := s.readBody(x.w, r, maxBody)
 	if err != nil {

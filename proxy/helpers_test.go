@@ -118,7 +118,7 @@ func route(name, prefix, program string) *policy.Route {
 		Tenant:     "default",
 		Driver:     policy.DriverCGI,
 		Program:    program,
-		Limits:     policy.Limits{Memory: 64 << 20, Timeout: 10 * time.Second, MaxBody: 1 << 20},
+		Limits:     policy.Limits{Memory: 64 << 20, Timeout: 10 * time.Second, MaxBody: new(int64(1 << 20))},
 		User:       policy.User{Auto: true},
 		Response:   policy.ResponseSpool,
 	}

@@ -38,7 +38,7 @@ func TestRequestIDOnEveryResponse(t *testing.T) {
 	})
 	post := route("post", "/post", "/ok")
 	post.Methods = []string{"POST"}
-	post.MaxBody = 10
+	post.MaxBody = new(int64(10))
 	ts := startServer(t, Config{}, Deps{Runner: runner},
 		route("ok", "/ok", "/ok"), route("oom", "/oom", "/oom"), route("bad", "/bad", "/bad"),
 		route("slow", "/slow", "/slow"), post)
@@ -137,7 +137,7 @@ func TestBodyBuffering(t *testing.T) {
 		return fakeResult(sandbox.CauseOK), nil
 	})
 	rt := route("r", "/", "/x")
-	rt.MaxBody = 64 << 10
+	rt.MaxBody = new(int64(64 << 10))
 	ts := startServer(t, Config{BodyMemory: 1000}, Deps{Runner: runner}, rt)
 	tests := []struct {
 		name    string
@@ -181,7 +181,7 @@ func TestBodyTooLargeNotRead(t *testing.T) {
 		return cgiOutput("Status: 200\n\n", sandbox.CauseOK)(ctx, spec)
 	})
 	rt := route("r", "/", "/x")
-	rt.MaxBody = 100
+	rt.MaxBody = new(int64(100))
 	ts := startServer(t, Config{}, Deps{Runner: runner}, rt)
 	c, err := net.Dial("tcp", ts.Addr)
 	if err != nil {
@@ -304,7 +304,7 @@ func TestCGIWithPlainExec(t *testing.T) {
 	rt := func(name, prog string) *policy.Route {
 		r := route(name, "/"+name, prog)
 		r.Env = []string{"APP=1"}
-		r.MaxBody = 4 << 20
+		r.MaxBody = new(int64(4 << 20))
 		return r
 	}
 	ts := startServer(t, Config{BodyMemory: 1024}, Deps{Runner: &PlainExec{}},
@@ -1014,6 +1014,38 @@ func TestOptionsAsterisk(t *testing.T) {
 			}
 			if ran.Load() {
 				t.Errorf("a program ran for OPTIONS *")
+			}
+		})
+	}
+}
+
+// TestMaxBodyPrecedence: a route's max_body (the policy's defaults
+// applied) wins over Config.MaxBody (--max-body), 0 included: no body is
+// accepted. A route that has none takes Config.MaxBody. Before, 0 meant
+// "use Config.MaxBody", and Config.MaxBody was never used since every
+// route had one.
+func TestMaxBodyPrecedence(t *testing.T) {
+	runner := runFunc(cgiOutput("Status: 200\n\n", sandbox.CauseOK))
+	for _, tc := range []struct {
+		name    string
+		route   *int64 // nil: neither the route nor the defaults set it
+		flag    int64
+		body    string
+		want413 bool
+	}{
+		{"route 0 refuses a body", new(int64(0)), 1 << 20, "x", true},
+		{"route 0 takes an empty body", new(int64(0)), 1 << 20, "", false},
+		{"route's own over the flag's", new(int64(100)), 10, strings.Repeat("x", 50), false},
+		{"unset takes the flag's", nil, 10, strings.Repeat("x", 50), true},
+		{"unset within the flag's", nil, 100, strings.Repeat("x", 50), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rt := route("r", "/", "/x")
+			rt.MaxBody = tc.route
+			ts := startServer(t, Config{MaxBody: tc.flag}, Deps{Runner: runner}, rt)
+			resp, _ := do(t, nil, newRequest(t, "POST", ts.URL+"/", strings.NewReader(tc.body)))
+			if got := resp.StatusCode == 413; got != tc.want413 {
+				t.Errorf("POST of %d bytes: %d, want 413: %v", len(tc.body), resp.StatusCode, tc.want413)
 			}
 		})
 	}

@@ -73,7 +73,7 @@ func TestTLS(t *testing.T) {
 	certFile, keyFile, pool := writeCert(t)
 	env := script(t, "env", `printf 'Content-Type: text/plain\n\n%s %s %s' "$HTTPS" "$SERVER_PROTOCOL" "$CONTENT_LENGTH"`)
 	rt := route("env", "/", env)
-	rt.MaxBody = 100
+	rt.MaxBody = new(int64(100))
 	ts := startServer(t, Config{TLSCertFile: certFile, TLSKeyFile: keyFile}, Deps{Runner: &PlainExec{}}, rt)
 	for _, tt := range []struct {
 		name  string

@@ -87,13 +87,22 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
+// maxBodyString is a max_body as check prints it: "flag" when neither the
+// route nor the defaults set it (serve's --max-body applies).
+func maxBodyString(n *int64) string {
+	if n == nil {
+		return "flag"
+	}
+	return policy.FormatBytes(*n)
+}
+
 // printPolicy prints the effective policy as tables.
 func printPolicy(w io.Writer, p *policy.Policy) {
 	fmt.Fprintf(w, "%s: valid: %d route(s), %d tenant(s)\n\n", p.Source, len(p.Routes), len(p.Tenants))
 	fmt.Fprintf(w, "global: memory %s, max_cells %s\n", sizeOrNone(p.Global.Memory), countOrNone(p.Global.MaxCells))
 	d := p.Defaults
 	fmt.Fprintf(w, "defaults: memory %s, swap %s, cpu %s, pids %d, timeout %s, max_body %s\n\n",
-		policy.FormatBytes(d.Memory), policy.FormatBytes(d.Swap), policy.FormatCPU(d.MilliCPU), d.Pids, d.Timeout, policy.FormatBytes(d.MaxBody))
+		policy.FormatBytes(d.Memory), policy.FormatBytes(d.Swap), policy.FormatCPU(d.MilliCPU), d.Pids, d.Timeout, maxBodyString(d.MaxBody))
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "TENANT\tMEMORY\tCPU_WEIGHT\tCPU\tPIDS\tMAX_CELLS\tQUEUE\tQUEUE_TIMEOUT\tLINE")
@@ -134,10 +143,11 @@ func printPolicy(w io.Writer, p *policy.Policy) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Name, host, r.PathPrefix, methods, r.Tenant, program,
 			policy.FormatBytes(r.Memory), policy.FormatBytes(r.Swap), policy.FormatCPU(r.MilliCPU), r.Pids, r.Timeout,
-			policy.FormatBytes(r.MaxBody), userString(r), response, r.Line, r.Confinement)
+			maxBodyString(r.MaxBody), userString(r), response, r.Line, r.Confinement)
 	}
 	tw.Flush()
 	fmt.Fprintln(w, "\n- = not limited; cpu max = no cap; a dir route's PROGRAM/* runs the program named by the first path segment;")
+	fmt.Fprintln(w, "MAX_BODY flag = neither the route nor the defaults set max_body: serve's --max-body applies; 0 = no body accepted.")
 	fmt.Fprintln(w, "CONFINEMENT full = every namespace, the read-only view, private /tmp and /dev/shm, seccomp; otherwise what is relaxed.")
 }
 

@@ -70,7 +70,7 @@ routes:
 			wantOut: []string{
 				"valid: 1 route(s), 1 tenant(s)",
 				"acme    256Mi", // tenant row
-				"hello  example.com  /hello  GET      acme    " + prog + "  32Mi    0     0.5  64    30s      10Mi      auto",
+				"hello  example.com  /hello  GET      acme    " + prog + "  32Mi    0     0.5  64    30s      flag      auto",
 			},
 			wantNoWarn: true,
 		},

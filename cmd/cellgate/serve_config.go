@@ -187,7 +187,7 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.TextVar(&c.WriteMinRate, "write-min-rate", c.WriteMinRate, "slowest response download, `bytes` per second (CELLGATE_WRITE_MIN_RATE)")
 	fs.Var((*durationFlag)(&c.WriteRateGrace), "write-rate-grace", "extra time for the first piece of a response (CELLGATE_WRITE_RATE_GRACE)")
 	fs.Var((*durationFlag)(&c.WriteTimeout), "write-timeout", "longest a client may take to read one piece of a response (--write-min-rate × this) (CELLGATE_WRITE_TIMEOUT)")
-	fs.TextVar(&c.MaxBody, "max-body", c.MaxBody, "largest request body for routes that set none, `size` (CELLGATE_MAX_BODY)")
+	fs.TextVar(&c.MaxBody, "max-body", c.MaxBody, "largest request body for routes whose max_body neither the route nor the policy's defaults set, `size` (CELLGATE_MAX_BODY)")
 	fs.TextVar(&c.MaxResponse, "max-response", c.MaxResponse, "largest response body, `size` (CELLGATE_MAX_RESPONSE)")
 	fs.TextVar(&c.SpoolMemory, "spool-memory", c.SpoolMemory, "memory all request and response spools may hold at once, `size` (CELLGATE_SPOOL_MEMORY)")
 	fs.TextVar(&c.SpoolDisk, "spool-disk", c.SpoolDisk, "spool file bytes all requests may hold at once in --temp-dir, `size`; beyond, 503 (CELLGATE_SPOOL_DISK)")
