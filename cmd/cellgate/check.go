@@ -27,7 +27,10 @@ cells will run with (the route's user, or a per-cell uid of --uid-range with
 --gid, also read from CELLGATE_UID_RANGE and CELLGATE_GID): the user must
 exist, the program (or dir) and every directory above it must be reachable,
 the program executable, a script readable with an interpreter line naming
-an interpreter they can execute. --syntax-only skips these checks (for a
+an interpreter they can execute. It also builds each route's confinement
+as serve does by default: a rootfs or mount source that does not exist,
+or a fork route's app_dir or mount under /tmp, /var/tmp or /dev/shm, is a
+problem. --syntax-only skips these checks (for a
 policy checked on another machine than the one that serves it). Exits 0
 when the policy is valid, 1 when it is not (or cannot be read), 2 for bad
 arguments.
@@ -70,6 +73,22 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 			fixed, err := resolveUser(r, sh.GID)
 			return cellCredential(fixed, sandbox.UIDRange(sh.UIDs), sh.GID), err
 		})
+		// The confinement serve builds for each route (with cells, its
+		// default), so that what serve refuses, check refuses.
+		var probs []policy.Problem
+		for _, r := range p.Routes {
+			if _, cerr := buildConfinement(r); cerr != nil {
+				probs = append(probs, routeProblem(p.Source, r, "confinement", "", cerr.Error(), ""))
+			}
+		}
+		if len(probs) > 0 {
+			var invalid *policy.InvalidError
+			if !errors.As(err, &invalid) {
+				invalid = &policy.InvalidError{File: p.Source}
+			}
+			invalid.Problems = append(invalid.Problems, probs...)
+			err = invalid
+		}
 	}
 	var invalid *policy.InvalidError
 	switch {

@@ -21,11 +21,27 @@ import (
 const initPids = 8
 
 // routeConfinement builds and encodes a route's confinement plan, once
-// per policy load. The program's directory (or the route's dir) is shown
-// read-only at its own path; a fork route's app directory and its
-// interpreter's, and the plan is the preloader's (confine.Plan.ForPreloader).
+// per policy load, for serve and for cellgate check alike. The program's
+// directory (or the route's dir) is shown read-only at its own path; a
+// fork route's app directory and its interpreter's, and the plan is the
+// preloader's (confine.Plan.ForPreloader). A rootfs or mount source that
+// does not exist is refused here: each cell would otherwise fail to bind
+// it, every request a 502.
 func routeConfinement(r *policy.Route) (*confine.Prepared, error) {
+	p, err := buildConfinement(r)
+	if err != nil {
+		return nil, fmt.Errorf("confinement: %w", err)
+	}
+	return p, nil
+}
+
+// buildConfinement is routeConfinement without its prefix (cellgate check
+// names the key itself).
+func buildConfinement(r *policy.Route) (*confine.Prepared, error) {
 	c := r.Confinement
+	if err := confinementSources(c); err != nil {
+		return nil, err
+	}
 	o := confine.Options{
 		SystemDirs: c.SystemDirs,
 		RootFS:     c.RootFS,
@@ -59,14 +75,41 @@ func routeConfinement(r *policy.Route) (*confine.Prepared, error) {
 	}
 	plan, err := confine.Build(o, confine.OSFS{})
 	if err != nil {
-		return nil, fmt.Errorf("confinement: %w", err)
+		return nil, err
 	}
 	if r.Fork != nil {
 		if plan, err = plan.ForPreloader(); err != nil {
-			return nil, fmt.Errorf("confinement: %w", err)
+			return nil, err
 		}
 	}
 	return confine.Prepare(plan)
+}
+
+// confinementSources checks that the host paths a route's view is built
+// from exist: its rootfs and every mount's source.
+func confinementSources(c policy.Confinement) error {
+	if c.RootFS != "" {
+		if _, err := os.Stat(c.RootFS); err != nil {
+			return fmt.Errorf("rootfs %s: %w (fix: create it, or correct the path)", c.RootFS, pathCause(err))
+		}
+	}
+	for _, m := range c.Mounts {
+		if _, err := os.Stat(m.Source); err != nil {
+			return fmt.Errorf("mounts: source %s (bound at %s): %w (fix: create it, or correct or remove the mount)",
+				m.Source, m.Target, pathCause(err))
+		}
+	}
+	return nil
+}
+
+// pathCause is a *PathError's cause alone, for a message that names the
+// path already.
+func pathCause(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // withInitPids returns res with initPids added to its pids limit (a copy:

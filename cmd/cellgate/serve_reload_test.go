@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -311,5 +312,29 @@ routes:
 		}
 		waitFor(t, fmt.Sprintf("after reload %d, %d idle cells under %s (have %d)", i, want, dir, idle()),
 			func() bool { return idle() == want })
+	}
+}
+
+// TestBuildSpecsRefusesMissingSource: a confined route whose mount source
+// or rootfs does not exist is refused at load, naming the route, the key
+// and the path, instead of each of its requests failing with a 502.
+func TestBuildSpecsRefusesMissingSource(t *testing.T) {
+	for _, tc := range []struct{ name, keys, want string }{
+		{"mount", "mounts: [{source: /nonexistent-cellgate, target: /data}]", "mounts: source /nonexistent-cellgate (bound at /data): no such file or directory (fix: create it"},
+		{"rootfs", "rootfs: /nonexistent-cellgate", "rootfs /nonexistent-cellgate: no such file or directory (fix: create it"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "policy.yaml")
+			writeFile(t, path, "version: 1\nroutes:\n  - {name: hello, match: {path: /}, program: /bin/true, "+tc.keys+"}\n")
+			pol, err := policy.Load(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := &daemon{cfg: &serveConfig{Policy: path, Isolation: isolationCells}, log: slog.New(slog.DiscardHandler)}
+			_, err = d.buildSpecs(pol)
+			if err == nil || !strings.Contains(err.Error(), "route hello (") || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("buildSpecs: %v, want an error naming route hello and %q", err, tc.want)
+			}
+		})
 	}
 }
