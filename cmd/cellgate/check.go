@@ -24,7 +24,8 @@ effective tenants and routes, with every limit after defaults. Problems are
 listed one per line as FILE:LINE: KEY: "VALUE": what is wrong (fix: ...).
 Like serve, it verifies each route on this machine as the credentials its
 cells will run with (the route's user, or a per-cell uid of --uid-range with
---gid, also read from CELLGATE_UID_RANGE and CELLGATE_GID): the user must
+its tenant's gid, else --gid, also read from CELLGATE_UID_RANGE and
+CELLGATE_GID; a fork route's with --gid): the user must
 exist, the program (or dir) and every directory above it must be reachable,
 the program executable, a script readable with an interpreter line naming
 an interpreter they can execute. It also builds each route's confinement
@@ -71,7 +72,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	if err == nil && !*syntaxOnly {
 		err = verifyRoutes(p, func(r *policy.Route) (sandbox.Credential, error) {
 			fixed, err := resolveUser(r, sh.GID)
-			return cellCredential(fixed, sandbox.UIDRange(sh.UIDs), sh.GID), err
+			return cellCredential(fixed, sandbox.UIDRange(sh.UIDs), cellGID(p, r, sh.GID)), err
 		})
 		// The confinement serve builds for each route (with cells, its
 		// default), so that what serve refuses, check refuses.

@@ -3,11 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -184,6 +187,62 @@ func TestCanAccess(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			if got := canAccess(tt.c, tt.f, tt.want); got != tt.ok {
 				t.Errorf("canAccess(%+v, %v, %d) = %v, want %v", tt.c, tt.f, tt.want, got, tt.ok)
+			}
+		})
+	}
+}
+
+// TestRouteCheckTenantGID: check and serve verify a route as its cells
+// run, with the tenant's gid when it has one. A directory of the
+// tenant's group only (0750 root:4242) was refused by both, though the
+// cells reach it, and the same directory with the shared gid passed,
+// every request then failing to spawn.
+func TestRouteCheckTenantGID(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown to another group needs root")
+	}
+	dir := t.TempDir()
+	for d := dir; d != filepath.Dir(os.TempDir()) && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	private := filepath.Join(dir, "tenantonly")
+	if err := os.Mkdir(private, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(private, 0, 4242); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(private, "prog"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, gid string
+		shared    uint32 // --gid
+		wantErr   string // "" when valid
+	}{
+		{"tenant's gid", "4242", sandbox.DefaultGID, ""},
+		{"tenant's gid, other shared", "4242", 4343, ""},
+		{"shared gid is not the tenant's", "4343", 4242, "the cells (uid 2000000000 gid 4343) cannot reach it: directory " + private},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "policy.yaml")
+			writeFile(t, path, "version: 1\ntenants: [{name: t, gid: "+tc.gid+"}]\nroutes:\n  - {name: r, match: {path: /}, tenant: t, program: "+private+"/prog}\n")
+			var out, errOut bytes.Buffer
+			code := runCheck([]string{"--gid", strconv.Itoa(int(tc.shared)), path}, nil, &out, &errOut)
+			if tc.wantErr == "" && code != 0 || tc.wantErr != "" && (code != 1 || !strings.Contains(errOut.String(), tc.wantErr)) {
+				t.Errorf("check: exit %d, want %q (none: exit 0)\n%s", code, tc.wantErr, &errOut)
+			}
+			pol, err := policy.Load(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := &daemon{cfg: &serveConfig{Policy: path, Isolation: isolationCells}, log: slog.New(slog.DiscardHandler)}
+			d.cfg.GID, d.cfg.UIDs = tc.shared, uidRange(sandbox.DefaultUIDRange)
+			_, err = d.buildSpecs(pol)
+			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("serve's buildSpecs: %v, want %q", err, tc.wantErr)
 			}
 		})
 	}

@@ -37,6 +37,16 @@ func cellCredential(fixed *sandbox.Credential, uids sandbox.UIDRange, gid uint32
 	return sandbox.Credential{UID: uids.First, GID: gid}
 }
 
+// cellGID is the group a route's per-cell uids run with: its tenant's gid
+// when it has one (sandbox's cgi driver), else the shared one. A fork
+// route's preloader and its children run with the shared gid.
+func cellGID(pol *policy.Policy, r *policy.Route, shared uint32) uint32 {
+	if g := tenantGID(pol, r); g != 0 && r.Fork == nil {
+		return g
+	}
+	return shared
+}
+
 // selfCredential is cellgate's own effective credentials.
 func selfCredential() (sandbox.Credential, error) {
 	c := sandbox.Credential{UID: uint32(os.Geteuid()), GID: uint32(os.Getegid())}

@@ -438,7 +438,7 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 		specs[r] = rs
 	}
 	// A route that can never work refuses the policy (routecheck.go).
-	if err := verifyRoutes(pol, func(r *policy.Route) (sandbox.Credential, error) { return d.routeCredential(specs[r]) }); err != nil {
+	if err := verifyRoutes(pol, func(r *policy.Route) (sandbox.Credential, error) { return d.routeCredential(pol, r, specs[r]) }); err != nil {
 		return nil, err
 	}
 	for _, r := range pol.Routes {
@@ -461,15 +461,16 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 
 // routeCredential is who the cells of a route run as: with
 // --isolation=none cellgate's own credentials (workers are plain
-// children), else the route's user or a per-cell uid.
-func (d *daemon) routeCredential(rs *routeSpec) (sandbox.Credential, error) {
+// children), else the route's user or a per-cell uid with its tenant's
+// gid (cellGID).
+func (d *daemon) routeCredential(pol *policy.Policy, r *policy.Route, rs *routeSpec) (sandbox.Credential, error) {
 	if rs.err != nil {
 		return sandbox.Credential{}, rs.err
 	}
 	if d.cfg.Isolation == isolationNone {
 		return selfCredential()
 	}
-	return cellCredential(rs.user, sandbox.UIDRange(d.cfg.UIDs), d.cfg.GID), nil
+	return cellCredential(rs.user, sandbox.UIDRange(d.cfg.UIDs), cellGID(pol, r, d.cfg.GID)), nil
 }
 
 // warm starts pre-creating cells for every route's profile, so that the
