@@ -83,13 +83,9 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 			}
 		}
 		if len(probs) > 0 {
-			var invalid *policy.InvalidError
-			if !errors.As(err, &invalid) {
-				invalid = &policy.InvalidError{File: p.Source}
-			}
-			invalid.Problems = append(invalid.Problems, probs...)
-			err = invalid
+			err = withProblems(err, &policy.InvalidError{File: p.Source, Problems: probs})
 		}
+		err = withProblems(err, verifyGIDs(p, sh.GID, groupFile))
 	}
 	var invalid *policy.InvalidError
 	switch {

@@ -278,29 +278,44 @@ func checkOwnGroup(cfg doctorConfig, mount string, r *report) {
 // uid range: its processes could be signalled by a cell.
 func checkUIDRange(cfg doctorConfig, r *report) {
 	rg := sandbox.UIDRange(cfg.UIDs)
-	f, err := os.Open("/etc/passwd")
+	clash, err := namesWithID("/etc/passwd", func(uid uint32) bool {
+		return uid >= rg.First && uint64(uid) < uint64(rg.First)+uint64(rg.Count)
+	})
 	if err != nil {
 		r.ok("uid range", "%s, gid %d (no /etc/passwd to compare)", rg, cfg.GID)
 		return
-	}
-	defer f.Close()
-	var clash []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Split(sc.Text(), ":")
-		if len(fields) < 3 {
-			continue
-		}
-		uid, err := strconv.ParseUint(fields[2], 10, 32)
-		if err == nil && uint32(uid) >= rg.First && uint64(uid) < uint64(rg.First)+uint64(rg.Count) {
-			clash = append(clash, fields[0])
-		}
 	}
 	if len(clash) > 0 {
 		r.warn("uid range", "choose a range no account uses (--uid-range, CELLGATE_UID_RANGE)", "%s includes the accounts %s", rg, strings.Join(clash, ", "))
 		return
 	}
 	r.ok("uid range", "%s, gid %d: no account of /etc/passwd in it", rg, cfg.GID)
+}
+
+// namesWithID returns the names of the entries of a passwd or group file
+// (name:x:id:...) whose id matches.
+func namesWithID(path string, match func(uint32) bool) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var names []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), ":")
+		if len(fields) < 3 {
+			continue
+		}
+		id, err := strconv.ParseUint(fields[2], 10, 32)
+		if err == nil && match(uint32(id)) {
+			names = append(names, fields[0])
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	return names, nil
 }
 
 // checkCells opens a scratch tree (which probes cgroup.kill, the peaks and

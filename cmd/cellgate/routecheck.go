@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/cellgate/cellgate/policy"
@@ -45,6 +47,41 @@ func cellGID(pol *policy.Policy, r *policy.Route, shared uint32) uint32 {
 		return g
 	}
 	return shared
+}
+
+// groupFile is the host's group database, which a confined cell's view
+// of /etc shows as it is.
+const groupFile = "/etc/group"
+
+// verifyGIDs refuses a gid the cells would run with (a tenant's gid:, or
+// the shared --gid) that names a group of groupFile (/etc/group): a
+// confined cell's view shows the host's /etc, so a cell running as, say,
+// shadow's group could read /etc/shadow, and whatever else the group
+// owns. A groupFile that cannot be read refuses nothing.
+func verifyGIDs(p *policy.Policy, shared uint32, groupFile string) error {
+	var probs []policy.Problem
+	group := func(gid uint32) string {
+		names, _ := namesWithID(groupFile, func(id uint32) bool { return id == gid })
+		return strings.Join(names, ", ")
+	}
+	const fix = "choose a gid no group of %s has (the cells' group must own nothing but what they may use)"
+	if g := group(shared); shared != 0 && g != "" {
+		probs = append(probs, policy.Problem{File: p.Source, Key: "--gid (CELLGATE_GID)", Value: strconv.FormatUint(uint64(shared), 10),
+			Msg: fmt.Sprintf("the per-cell uids' group is the group %s of %s: the cells would get its access", g, groupFile),
+			Fix: fmt.Sprintf(fix, groupFile)})
+	}
+	for _, t := range p.Tenants {
+		if g := group(t.GID); t.GID != 0 && g != "" {
+			probs = append(probs, policy.Problem{File: p.Source, Line: t.Line, Key: fmt.Sprintf("tenants[%s].gid", t.Name),
+				Value: strconv.FormatUint(uint64(t.GID), 10),
+				Msg:   fmt.Sprintf("tenant %s's gid is the group %s of %s: its cells would get that group's access", t.Name, g, groupFile),
+				Fix:   fmt.Sprintf(fix, groupFile)})
+		}
+	}
+	if len(probs) == 0 {
+		return nil
+	}
+	return &policy.InvalidError{File: p.Source, Problems: probs}
 }
 
 // selfCredential is cellgate's own effective credentials.
@@ -258,6 +295,21 @@ func unwrapPath(err error) error {
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		return fmt.Errorf("%s: %w", pe.Path, pe.Err)
+	}
+	return err
+}
+
+// withProblems adds the problems of more (a *policy.InvalidError) to err's
+// (nil or a *policy.InvalidError), so that one run reports them all.
+func withProblems(err, more error) error {
+	var a, b *policy.InvalidError
+	switch {
+	case more == nil:
+		return err
+	case err == nil:
+		return more
+	case errors.As(err, &a) && errors.As(more, &b):
+		return &policy.InvalidError{File: a.File, Problems: slices.Concat(a.Problems, b.Problems)}
 	}
 	return err
 }

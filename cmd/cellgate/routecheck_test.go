@@ -1,14 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"io"
 	"log/slog"
+	"os"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/sandbox"
 )
 
 // serve refuses a policy with a route that can never work, at start-up
@@ -43,5 +47,79 @@ func TestServeRefusesRoutesThatCannotWork(t *testing.T) {
 				t.Fatalf("buildSpecs: %v, want a problem %q", err, path+tt.want)
 			}
 		})
+	}
+}
+
+// TestVerifyGIDs: a tenant's gid or the shared gid naming a group of the
+// group file is refused, naming the tenant, the gid and the group; a gid
+// no group has, or an unreadable file, passes. Before, tenant gid: 42
+// (shadow) was accepted and its confined cells could read /etc/shadow.
+func TestVerifyGIDs(t *testing.T) {
+	groups := filepath.Join(t.TempDir(), "group")
+	if err := os.WriteFile(groups, []byte("root:x:0:\nshadow:x:42:\nbroken\nstaff:x:50:alice\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		tenant string // the tenant's gid key, "" for none
+		shared uint32
+		file   string
+		want   []string // substrings of the error; none: valid
+	}{
+		{"no group", ", gid: 4242", 2000000000, groups, nil},
+		{"no tenant gid", "", 2000000000, groups, nil},
+		{"tenant's gid is shadow", ", gid: 42", 2000000000, groups, []string{
+			"p.yaml:2: tenants[acme].gid: \"42\": tenant acme's gid is the group shadow of " + groups, "(fix: choose a gid no group of " + groups}},
+		{"shared gid is staff", "", 50, groups, []string{"--gid (CELLGATE_GID): \"50\": the per-cell uids' group is the group staff"}},
+		{"no group file", ", gid: 42", 50, filepath.Join(t.TempDir(), "none"), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := policy.Parse("p.yaml", []byte("version: 1\ntenants: [{name: acme"+tc.tenant+"}]\nroutes:\n  - {name: r, match: {path: /}, tenant: acme, program: /bin/true}\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = verifyGIDs(p, tc.shared, tc.file)
+			if len(tc.want) == 0 {
+				if err != nil {
+					t.Errorf("verifyGIDs: %v, want nil", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("verifyGIDs: nil, want %q", tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("verifyGIDs: %v, want %q in it", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestCheckRefusesSystemGroup: cellgate check refuses a tenant whose gid
+// names a group of this host's /etc/group.
+func TestCheckRefusesSystemGroup(t *testing.T) {
+	names, err := namesWithID(groupFile, func(id uint32) bool { return id != 0 })
+	if err != nil || len(names) == 0 {
+		t.Skipf("no group but root's in %s: %v", groupFile, err)
+	}
+	g, err := user.LookupGroup(names[0])
+	if err != nil {
+		t.Skip(err)
+	}
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeFile(t, path, "version: 1\ntenants: [{name: acme, gid: "+g.Gid+"}]\nroutes:\n  - {name: r, match: {path: /}, tenant: acme, program: /bin/true}\n")
+	var out, errOut bytes.Buffer
+	if code := runCheck([]string{path}, nil, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "tenants[acme].gid: \""+g.Gid+"\": tenant acme's gid is the group "+names[0]) {
+		t.Errorf("check of tenant gid %s (%s): exit %d, want 1 naming the group\n%s", g.Gid, names[0], code, &errOut)
+	}
+	d := &daemon{cfg: &serveConfig{Policy: path, Isolation: isolationCells, Shared: Shared{GID: sandbox.DefaultGID, UIDs: uidRange(sandbox.DefaultUIDRange)}}, log: slog.New(slog.DiscardHandler)}
+	pol, err := policy.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.buildSpecs(pol); err == nil || !strings.Contains(err.Error(), "tenant acme's gid is the group "+names[0]) {
+		t.Errorf("serve's buildSpecs: %v, want the group named", err)
 	}
 }

@@ -438,7 +438,11 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 		specs[r] = rs
 	}
 	// A route that can never work refuses the policy (routecheck.go).
-	if err := verifyRoutes(pol, func(r *policy.Route) (sandbox.Credential, error) { return d.routeCredential(pol, r, specs[r]) }); err != nil {
+	err := verifyRoutes(pol, func(r *policy.Route) (sandbox.Credential, error) { return d.routeCredential(pol, r, specs[r]) })
+	if d.cfg.Isolation != isolationNone {
+		err = withProblems(err, verifyGIDs(pol, d.cfg.GID, groupFile))
+	}
+	if err != nil {
 		return nil, err
 	}
 	for _, r := range pol.Routes {
