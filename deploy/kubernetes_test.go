@@ -177,9 +177,15 @@ func TestDeploymentPod(t *testing.T) {
 		if !slices.Contains(sc.Capabilities.Drop, "ALL") {
 			t.Errorf("capabilities drop %v, want ALL", sc.Capabilities.Drop)
 		}
+		need := []corev1.Capability{"SETUID", "SETGID", "KILL", "SYS_ADMIN", "NET_ADMIN", "CHOWN"}
 		for _, add := range sc.Capabilities.Add {
-			if !slices.Contains([]corev1.Capability{"SETUID", "SETGID", "KILL", "SYS_ADMIN", "NET_ADMIN"}, add) {
-				t.Errorf("capability %s added: cellgate needs SETUID, SETGID, KILL, SYS_ADMIN and NET_ADMIN only", add)
+			if !slices.Contains(need, add) {
+				t.Errorf("capability %s added: cellgate needs %v only", add, need)
+			}
+		}
+		for _, c := range need {
+			if !slices.Contains(sc.Capabilities.Add, c) {
+				t.Errorf("capability %s not added: cellgate needs %v (CHOWN: a fork route's cgroup.procs)", c, need)
 			}
 		}
 	}
