@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cellgate/cellgate/policy"
 )
 
 // unitKeys reads a systemd unit's KEY=value lines (every value of a
@@ -127,6 +129,84 @@ func TestServiceUnitCapabilities(t *testing.T) {
 	for _, c := range []string{"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_NET_ADMIN", "CAP_CHOWN"} {
 		if !slices.Contains(have, c) {
 			t.Errorf("cellgate.service: CapabilityBoundingSet lacks %s (have %v)", c, have)
+		}
+	}
+}
+
+// TestReadmeSystemdInstallsExample: README's systemd steps install every
+// program, dir and app_dir that examples/policy.yaml names, at the paths
+// its relative names resolve to from where the steps put it (they used to
+// leave out examples/wsgi and cgi/flask-hello.cgi: check reported 3
+// problems and serve refused to start).
+func TestReadmeSystemdInstallsExample(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, steps, ok := strings.Cut(string(readme), "\n### systemd\n")
+	if !ok {
+		t.Fatal("README.md has no systemd section")
+	}
+	steps, _, _ = strings.Cut(steps, "\n### ")
+	installed := map[string]bool{} // files and directories the steps create
+	var policyPath string
+	for _, line := range strings.Split(steps, "\n") {
+		if v, ok := strings.CutPrefix(line, "echo CELLGATE_POLICY="); ok {
+			policyPath, _, _ = strings.Cut(v, " ")
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "install" {
+			continue
+		}
+		var dir string
+		var srcs []string
+		for i := 1; i < len(f); i++ {
+			switch {
+			case f[i] == "-m":
+				i++
+			case f[i] == "-t":
+				i++
+				dir = f[i]
+			case strings.HasPrefix(f[i], "-"):
+			default:
+				srcs = append(srcs, f[i])
+			}
+		}
+		if dir == "" { // install [-D] SRC DST
+			if len(srcs) == 2 {
+				installed[srcs[1]] = true
+			}
+			continue
+		}
+		for _, s := range srcs {
+			matches, _ := filepath.Glob(filepath.Join("../..", s))
+			for _, m := range matches {
+				installed[filepath.Join(dir, filepath.Base(m))] = true
+			}
+		}
+		for d := dir; d != "/"; d = filepath.Dir(d) {
+			installed[d] = true
+		}
+	}
+	if policyPath == "" || !installed[policyPath] {
+		t.Fatalf("README's systemd steps name CELLGATE_POLICY=%q but do not install it (installed %v)", policyPath, installed)
+	}
+	data, err := os.ReadFile("../../examples/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse(policyPath, data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range pol.Routes {
+		for _, p := range []string{r.Program, r.Dir} {
+			if p != "" && !installed[p] {
+				t.Errorf("route %s names %s, which README's systemd steps do not install", r.Name, p)
+			}
+		}
+		if r.Fork != nil && !installed[r.Fork.AppDir] {
+			t.Errorf("route %s's app_dir %s is not installed by README's systemd steps", r.Name, r.Fork.AppDir)
 		}
 	}
 }

@@ -239,3 +239,17 @@ func TestLayerIsReproducible(t *testing.T) {
 		t.Error("the layer depends on the order of the files")
 	}
 }
+
+// TestReadmeNamesDefaultCmd: README's container section gives the image's
+// command as it is (it named examples/policy.yaml, which the image does
+// not serve by default).
+func TestReadmeNamesDefaultCmd(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(strings.Fields(string(readme)), " ")
+	if want := "its command `" + strings.Join(defaultCmd, " ") + "`"; !strings.Contains(text, want) {
+		t.Errorf("README.md lacks %q", want)
+	}
+}
