@@ -260,6 +260,14 @@ type Options struct {
 	Interpreter string
 	// Mounts are the route's own binds.
 	Mounts []Bind
+	// Hidden are files of the daemon's (its policy, its TLS key) that no
+	// cell may read whatever their mode: where the view shows one, through
+	// a system directory, a mount or the rootfs, the null device is bound
+	// over it, nodev, so that opening it fails (EACCES). A path that does
+	// not exist or is a symlink is skipped (the caller passes the link's
+	// target too), and one in a writable mount is refused: the cells could
+	// change it.
+	Hidden []string
 	// RootFS is a directory to use as the cell's root instead of the system
 	// directories.
 	RootFS string
@@ -380,7 +388,10 @@ func Build(o Options, fsys FS) (*Plan, error) {
 		}
 		p.Binds = append(p.Binds, m)
 	}
+	masks, herrs := p.masks(fsys, o.Hidden)
+	errs = append(errs, herrs...)
 	errs = append(errs, nestedInWritable(p.Binds)...)
+	p.Binds = append(p.Binds, masks...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -403,6 +414,42 @@ func (p *Plan) shows(path string) bool {
 		}
 	}
 	return false
+}
+
+// masks returns the binds that cover the hidden files the view shows
+// (Options.Hidden), or an error for one in a writable mount.
+func (p *Plan) masks(fsys FS, hidden []string) ([]Bind, []error) {
+	var masks []Bind
+	var errs []error
+	for _, h := range hidden {
+		if !clean(h) {
+			errs = append(errs, fmt.Errorf("hidden file %q: not an absolute clean path", h))
+			continue
+		}
+		if fi, err := fsys.Lstat(h); err != nil || fi.Mode()&fs.ModeSymlink != 0 {
+			continue
+		}
+		var at []string
+		if p.RootFS != "" && within(h, p.RootFS) {
+			at = append(at, filepath.Join("/", strings.TrimPrefix(h, p.RootFS)))
+		}
+		for _, b := range p.Binds {
+			if !within(h, b.Source) {
+				continue
+			}
+			if b.Writable {
+				errs = append(errs, fmt.Errorf("%s lies in the writable mount of %s (at %s): every cell of the route could read and change it; move it out of %s", h, b.Source, b.Target, b.Source))
+				continue
+			}
+			at = append(at, filepath.Join(b.Target, strings.TrimPrefix(h, b.Source)))
+		}
+		for _, t := range at {
+			if !slices.ContainsFunc(masks, func(m Bind) bool { return m.Target == t }) {
+				masks = append(masks, Bind{Source: os.DevNull, Target: t})
+			}
+		}
+	}
+	return masks, errs
 }
 
 // nestedInWritable refuses a bind below a writable one. The init makes

@@ -49,6 +49,8 @@ var debian = fakeFS{
 	"/usr": "dir", "/etc": "dir", "/bin": "link:usr/bin", "/sbin": "link:usr/sbin",
 	"/lib": "link:usr/lib", "/lib64": "link:usr/lib64", "/srv/cgi": "dir", "/srv/data": "dir",
 	"/srv/rootfs": "dir", "/srv/file": "file",
+	"/etc/cellgate/policy.yaml": "file", "/etc/cellgate/link.yaml": "link:policy.yaml", "/srv/cgi/tls.key": "file",
+	"/srv/rootfs/etc/policy.yaml": "file", "/srv/data/policy.yaml": "file",
 }
 
 func TestBuild(t *testing.T) {
@@ -144,6 +146,26 @@ func TestBuild(t *testing.T) {
 			wantErr: "mount target /data/a/bin lies in the writable mount /data"},
 		{name: "the program dir below a writable mount", opts: Options{Programs: "/srv/data/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/srv/data", Writable: true}}},
 			wantErr: "mount target /srv/data/cgi lies in the writable mount /srv/data"},
+		{
+			name: "the daemon's files covered where the view shows them",
+			opts: Options{Programs: "/srv/cgi", Hidden: []string{"/etc/cellgate/policy.yaml", "/srv/cgi/tls.key", "/etc/cellgate/link.yaml", "/etc/none", "/srv/file"}},
+			want: &Plan{
+				Namespaces: AllNamespaces,
+				Binds: []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"}, {Source: "/srv/cgi", Target: "/srv/cgi"},
+					{Source: "/dev/null", Target: "/etc/cellgate/policy.yaml"}, {Source: "/dev/null", Target: "/srv/cgi/tls.key"}},
+				Symlinks: debianLinks, Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
+			},
+		},
+		{
+			name: "a daemon's file in the rootfs",
+			opts: Options{RootFS: "/srv/rootfs", Hidden: []string{"/srv/rootfs/etc/policy.yaml"}},
+			want: &Plan{
+				Namespaces: AllNamespaces, RootFS: "/srv/rootfs", Binds: []Bind{{Source: "/dev/null", Target: "/etc/policy.yaml"}},
+				Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
+			},
+		},
+		{name: "a daemon's file in a writable mount", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}, Hidden: []string{"/srv/data/policy.yaml"}},
+			wantErr: "/srv/data/policy.yaml lies in the writable mount of /srv/data (at /data)"},
 		{name: "missing rootfs", opts: Options{RootFS: "/nope"}, wantErr: "rootfs /nope"},
 		{name: "rootfs a file", opts: Options{RootFS: "/srv/file"}, wantErr: "not a directory"},
 		{name: "system dir a file", opts: Options{SystemDirs: []string{"/srv/file"}}, wantErr: "system directory /srv/file: not a directory"},

@@ -473,6 +473,29 @@ func TestConfineGoInit(t *testing.T) {
 	}
 }
 
+// TestConfineDaemonFilesHidden: serve's policy file is out of a cell's
+// reach whatever its mode, even where a route's view shows its directory
+// (here a mount of it; a policy in /etc is shown by the default view):
+// the plan covers it, while the directory's other files stay readable.
+func TestConfineDaemonFilesHidden(t *testing.T) {
+	g := confineGate(t, `  - {name: conf, match: {path: /conf}, tenant: a, program: `+strconv.Quote(workerBinary(t))+`, env: {`+cellHelperEnv+`: probe}, mounts: [{source: "{{.Dir}}", target: /conf}]}
+`)
+	if err := os.Chmod(g.policyPath, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	public := filepath.Join(filepath.Dir(g.policyPath), "public.txt")
+	if err := os.WriteFile(public, []byte("public"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Dir(g.policyPath), 0o755)
+	os.Chmod(public, 0o644)
+	r := g.probe(t, "conf", url.Values{"read": {"/conf/policy.yaml", "/conf/public.txt"}})
+	if r.Read["/conf/policy.yaml"] == "ok" || r.Read["/conf/public.txt"] != "ok" {
+		t.Errorf("reads %v: want the policy file refused and the file beside it read", r.Read)
+	}
+	t.Logf("the policy file in the cell: %s", r.Read["/conf/policy.yaml"])
+}
+
 // TestConfineSeccomp: every denied call fails with EPERM, and the request
 // still answers.
 func TestConfineSeccomp(t *testing.T) {

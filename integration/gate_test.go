@@ -499,7 +499,8 @@ func TestGateSIGTERMInFlight(t *testing.T) {
 // gateOptions configure startGate.
 type gateOptions struct {
 	// policy is the policy file's text, a text/template: {{.CGI}} is the
-	// directory of the example CGI programs (bin/cgi).
+	// directory of the example CGI programs (bin/cgi), {{.Dir}} the
+	// policy file's own.
 	policy string
 	// base is the cgroup base ("" = <requireKernel's group>/gate).
 	base string
@@ -547,7 +548,7 @@ func writePolicy(t testing.TB, path, text string) {
 		t.Fatalf("policy template: %v", err)
 	}
 	var buf bytes.Buffer
-	if err := tmpl.Execute(&buf, map[string]string{"CGI": cgiDir(t)}); err != nil {
+	if err := tmpl.Execute(&buf, map[string]string{"CGI": cgiDir(t), "Dir": filepath.Dir(path)}); err != nil {
 		t.Fatalf("policy template: %v", err)
 	}
 	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {

@@ -78,7 +78,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		// default), so that what serve refuses, check refuses.
 		var probs []policy.Problem
 		for _, r := range p.Routes {
-			if _, cerr := buildConfinement(r); cerr != nil {
+			if _, cerr := buildConfinement(r, daemonFiles(file)); cerr != nil {
 				probs = append(probs, routeProblem(p.Source, r, "confinement", "", cerr.Error(), ""))
 			}
 		}

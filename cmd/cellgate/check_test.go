@@ -101,6 +101,8 @@ routes:
 			wantErr: []string{":3: routes[r].confinement: ", "mounts: source /nonexistent-cellgate (bound at /data): no such file", "(fix: create it, or correct or remove the mount)"}},
 		{name: "rootfs missing", args: []string{route("norootfs", "program: prog, rootfs: /nonexistent-cellgate")}, wantCode: 1,
 			wantErr: []string{"routes[r].confinement: ", "rootfs /nonexistent-cellgate: no such file"}},
+		{name: "the policy in a writable mount", args: []string{route("polrw", "program: prog, mounts: [{source: "+dir+", target: /data, writable: true}]")}, wantCode: 1,
+			wantErr: []string{"routes[r].confinement: ", filepath.Join(dir, "polrw.yaml") + " lies in the writable mount of " + dir + " (at /data)", "move it out of " + dir}},
 		{name: "host filesystem", args: []string{route("fshost", "program: prog, filesystem: host")}, wantCode: 0, wantNoWarn: true},
 		{name: "fork app_dir under /tmp", args: []string{route("forktmp", "driver: fork, runtime: python-wsgi, app: \"a:app\", app_dir: .")}, wantCode: 1,
 			wantErr: []string{"routes[r].confinement: ", "fresh tmpfs", "move it out of /tmp"}},

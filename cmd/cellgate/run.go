@@ -299,7 +299,7 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 			return sandbox.Result{}, fmt.Errorf("%w: %s: %s (%s): %w", sandbox.ErrSpawn, path, probs[0].Msg, probs[0].Fix, fs.ErrPermission)
 		}
 	}
-	plan, err := routeConfinement(route)
+	plan, err := routeConfinement(route, nil)
 	if err != nil {
 		return sandbox.Result{}, err
 	}

@@ -500,7 +500,7 @@ func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route) *routeSpec {
 	res := r.Resources
 	var plan, forkPlan *confine.Prepared
 	if d.cfg.Isolation != isolationNone {
-		p, err := routeConfinement(r)
+		p, err := routeConfinement(r, daemonFiles(d.cfg.Policy, d.cfg.TLSKey))
 		if err != nil {
 			return &routeSpec{err: err}
 		}

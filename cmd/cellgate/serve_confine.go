@@ -26,9 +26,10 @@ const initPids = 8
 // fork route's app directory and its interpreter's, and the plan is the
 // preloader's (confine.Plan.ForPreloader). A rootfs or mount source that
 // does not exist is refused here: each cell would otherwise fail to bind
-// it, every request a 502.
-func routeConfinement(r *policy.Route) (*confine.Prepared, error) {
-	p, err := buildConfinement(r)
+// it, every request a 502. hidden are the daemon's own files
+// (daemonFiles), covered where the view shows them.
+func routeConfinement(r *policy.Route, hidden []string) (*confine.Prepared, error) {
+	p, err := buildConfinement(r, hidden)
 	if err != nil {
 		return nil, fmt.Errorf("confinement: %w", err)
 	}
@@ -37,7 +38,7 @@ func routeConfinement(r *policy.Route) (*confine.Prepared, error) {
 
 // buildConfinement is routeConfinement without its prefix (cellgate check
 // names the key itself).
-func buildConfinement(r *policy.Route) (*confine.Prepared, error) {
+func buildConfinement(r *policy.Route, hidden []string) (*confine.Prepared, error) {
 	c := r.Confinement
 	if err := confinementSources(c); err != nil {
 		return nil, err
@@ -50,6 +51,7 @@ func buildConfinement(r *policy.Route) (*confine.Prepared, error) {
 		NoFile:     uint64(c.NoFile),
 		HugePages:  c.HugePages,
 		Programs:   r.Dir,
+		Hidden:     hidden,
 	}
 	if r.Program != "" {
 		o.Programs = filepath.Dir(r.Program)
@@ -83,6 +85,28 @@ func buildConfinement(r *policy.Route) (*confine.Prepared, error) {
 		}
 	}
 	return confine.Prepare(plan)
+}
+
+// daemonFiles are the files of serve's that no cell may read whatever
+// their mode, the policy (its env values, its other tenants) and the TLS
+// key, each as given and as its symlinks resolve, absolute: where a
+// route's view shows one (a policy in /etc, the default view's), the
+// plan covers it (confine.Options.Hidden).
+func daemonFiles(files ...string) []string {
+	var out []string
+	for _, f := range files {
+		if f == "" {
+			continue
+		}
+		for _, g := range []func(string) (string, error){filepath.Abs, filepath.EvalSymlinks} {
+			if p, err := g(f); err == nil {
+				if p, err = filepath.Abs(p); err == nil && !slices.Contains(out, p) {
+					out = append(out, p)
+				}
+			}
+		}
+	}
+	return out
 }
 
 // confinementSources checks that the host paths a route's view is built
