@@ -192,6 +192,9 @@ func runStep(s step, src int, rootfs bool) error {
 		}
 	case stepBind, stepHostProc:
 		var st unix.Stat_t
+		if s.bind.Mask && (unix.Lstat(at, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG) {
+			return nil // a mask covers a file only where it still is
+		}
 		if err := unix.Fstat(src, &st); err != nil {
 			return fmt.Errorf("stat %s: %w", s.source, err)
 		}

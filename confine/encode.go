@@ -35,7 +35,7 @@ const launchMagic = "CGL3"
 //	u32 flags (planSeccomp, planPreloader, planHugePages)
 //	u64 nofile
 //	string rootfs, string hostname
-//	list of binds: string source, string target, u32 flags (bindWritable, bindDev)
+//	list of binds: string source, string target, u32 flags (bindWritable, bindDev, bindMask)
 //	list of symlinks: string link, string target
 //	list of tmpfs: string target, u64 size, u32 mode
 //	list of filter instructions (seccomp's struct sock_filter): u16 code, u8 jt, u8 jf, u32 k
@@ -51,6 +51,7 @@ const (
 	planHugePages = 4
 	bindWritable  = 1
 	bindDev       = 2
+	bindMask      = 4
 )
 
 // Prepared is a Plan encoded once, with what the spawn needs of it.
@@ -101,6 +102,9 @@ func Prepare(p *Plan) (*Prepared, error) {
 		}
 		if m.Dev {
 			f |= bindDev
+		}
+		if m.Mask {
+			f |= bindMask
 		}
 		b = binary.LittleEndian.AppendUint32(b, f)
 	}
@@ -268,7 +272,7 @@ func DecodePlan(b []byte) (*Plan, []unix.SockFilter, error) {
 	for n := d.count(12); n > 0 && d.err == nil; n-- {
 		m := Bind{Source: string(d.bytes()), Target: string(d.bytes())}
 		f := d.u32()
-		m.Writable, m.Dev = f&bindWritable != 0, f&bindDev != 0
+		m.Writable, m.Dev, m.Mask = f&bindWritable != 0, f&bindDev != 0, f&bindMask != 0
 		p.Binds = append(p.Binds, m)
 	}
 	for n := d.count(8); n > 0 && d.err == nil; n-- {

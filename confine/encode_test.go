@@ -3,18 +3,19 @@ package confine
 import (
 	"encoding/binary"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 )
 
 func TestLaunchRoundTrip(t *testing.T) {
-	plan, err := Build(Options{Programs: "/srv/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}, HugePages: true}, debian)
+	plan, err := Build(Options{Programs: "/srv/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}, Hidden: []string{"/srv/cgi/tls.key"}, HugePages: true}, debian)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !plan.HugePages {
-		t.Fatal("Build dropped Options.HugePages")
+	if !plan.HugePages || !slices.ContainsFunc(plan.Binds, func(b Bind) bool { return b.Mask }) {
+		t.Fatalf("Build dropped Options.HugePages or Hidden: %+v", plan)
 	}
 	prep, err := Prepare(plan)
 	if err != nil {

@@ -84,6 +84,11 @@ type Bind struct {
 	// Dev keeps device nodes usable (the entries of /dev); other binds are
 	// nodev. All binds are nosuid.
 	Dev bool
+	// Mask covers a file of the daemon's (Options.Hidden) with the null
+	// device: it is bound only where a regular file still is at Target
+	// when the cell's view is built, and its mount point is never made (a
+	// policy file replaced or removed since the plan fails no cell).
+	Mask bool
 }
 
 // Symlink is a symbolic link created in the cell's root: Link (absolute)
@@ -445,7 +450,7 @@ func (p *Plan) masks(fsys FS, hidden []string) ([]Bind, []error) {
 		}
 		for _, t := range at {
 			if !slices.ContainsFunc(masks, func(m Bind) bool { return m.Target == t }) {
-				masks = append(masks, Bind{Source: os.DevNull, Target: t})
+				masks = append(masks, Bind{Source: os.DevNull, Target: t, Mask: true})
 			}
 		}
 	}

@@ -478,7 +478,9 @@ func TestConfineGoInit(t *testing.T) {
 // (here a mount of it; a policy in /etc is shown by the default view):
 // the plan covers it, while the directory's other files stay readable.
 func TestConfineDaemonFilesHidden(t *testing.T) {
-	g := confineGate(t, `  - {name: conf, match: {path: /conf}, tenant: a, program: `+strconv.Quote(workerBinary(t))+`, env: {`+cellHelperEnv+`: probe}, mounts: [{source: "{{.Dir}}", target: /conf}]}
+	conf := `tenant: a, program: ` + strconv.Quote(workerBinary(t)) + `, env: {` + cellHelperEnv + `: probe}, mounts: [{source: "{{.Dir}}", target: /conf}]`
+	g := confineGate(t, `  - {name: conf, match: {path: /conf}, `+conf+`}
+  - {name: confcold, match: {path: /confcold}, `+conf+`, seccomp: off}
 `)
 	if err := os.Chmod(g.policyPath, 0o644); err != nil {
 		t.Fatal(err)
@@ -494,6 +496,22 @@ func TestConfineDaemonFilesHidden(t *testing.T) {
 		t.Errorf("reads %v: want the policy file refused and the file beside it read", r.Read)
 	}
 	t.Logf("the policy file in the cell: %s", r.Read["/conf/policy.yaml"])
+	// A policy file gone since the plan was made fails no cell: the
+	// cover is bound only where the file still is (confcold has no mount
+	// template, so each of its cells builds its view; the first few
+	// requests take cells set up ahead, before the move).
+	if err := os.Rename(g.policyPath, g.policyPath+".away"); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Rename(g.policyPath+".away", g.policyPath)
+	for range 8 {
+		if r := g.probe(t, "confcold", url.Values{"read": {"/conf/public.txt"}}); r.Read["/conf/public.txt"] != "ok" {
+			t.Errorf("with the policy file moved away: reads %v", r.Read)
+		}
+	}
+	if _, err := os.Stat(g.policyPath); err == nil {
+		t.Errorf("a cell's view made a file at %s", g.policyPath)
+	}
 }
 
 // TestConfineSeccomp: every denied call fails with EPERM, and the request

@@ -87,7 +87,7 @@
 enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY };
 enum { NS_MOUNT = 1, NS_PID = 2, NS_IPC = 4, NS_UTS = 8, NS_NET = 16 };
 enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2, PLAN_HUGE_PAGES = 4 };
-enum { BIND_WRITABLE = 1, BIND_DEV = 2 };
+enum { BIND_WRITABLE = 1, BIND_DEV = 2, BIND_MASK = 4 };
 
 /* The mode's part of the view: 0 builds it whole; M_TEMPLATE builds a
  * template (no cell mounts, /dev read-only, nothing else of apply);
@@ -653,6 +653,10 @@ static int run_step(const struct step *s, int rootfs)
 		return mount_tmpfs(at, s->target, s->tmpfs);
 	case S_BIND:
 	case S_HOST_PROC:
+		/* A mask covers a file of the daemon's only where it still is
+		 * (confine's Bind.Mask): its mount point is never made. */
+		if ((s->bind_flags & BIND_MASK) && (lstat(at, &st) < 0 || !S_ISREG(st.st_mode)))
+			return 0;
 		if (fstat(s->fd, &st) < 0)
 			return fail(errno, "stat %s", s->source);
 		if (mountpoint(at, S_ISDIR(st.st_mode), rootfs) < 0)
