@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/accounting"
+	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
 )
@@ -252,6 +253,16 @@ func (x *exchange) recordHop(req *cgiRequest, path string, start time.Time) {
 		x.s.record(x.r.Context(), hop)
 	}
 	x.rec.QueueWait, x.rec.BytesIn = 0, 0
+	x.clearCell()
+}
+
+// clearCell drops what recordCell put in the request's record: a cell's
+// figures belong to its own record only, and the next hop may run none
+// (its Location has no route, admission refuses it).
+func (x *exchange) clearCell() {
+	x.rec.Cell, x.rec.Wall, x.rec.Usage = false, 0, cgroup.Usage{}
+	x.rec.ExitCode, x.rec.Signal, x.rec.UID, x.rec.Unenforced = 0, 0, 0, nil
+	x.rec.Spawn, x.rec.Clone = 0, 0
 }
 
 // unreadBody reports whether the request has a body the handler did not

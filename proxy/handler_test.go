@@ -151,6 +151,34 @@ func TestLocalRedirectRecords(t *testing.T) {
 	}
 }
 
+// TestLocalRedirectNoCellAfter: when the hop after a local redirect runs
+// no cell (its Location has no route), the request's last record has no
+// cell: the redirecting cell's figures are its own record's only, not
+// counted again under the next hop.
+func TestLocalRedirectNoCellAfter(t *testing.T) {
+	runner := byPath{"/a": func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		res, err := cgiOutput("Location: /nowhere\n\n", sandbox.CauseOK)(ctx, spec)
+		res.Usage.CPUUsageUsec, res.Wall, res.UID = 7000, 7*time.Millisecond, 2000000001
+		return res, err
+	}}
+	ts := startServer(t, Config{}, Deps{Runner: runner}, route("a", "/a", "/a"))
+	resp, _ := do(t, nil, newRequest(t, "GET", ts.URL+"/a", nil))
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("got %d, want 404 for the Location without a route", resp.StatusCode)
+	}
+	id := resp.Header.Get(RequestIDHeader)
+	ts.recs.byID(t, id)
+	var cells []string
+	for _, rec := range ts.recs.all() {
+		if rec.RequestID == id && rec.Cell {
+			cells = append(cells, fmt.Sprintf("%s %s cpu %d wall %s uid %d", rec.Path, rec.Outcome, rec.Usage.CPUUsageUsec, rec.Wall, rec.UID))
+		}
+	}
+	if len(cells) != 1 || !strings.HasPrefix(cells[0], "/a local_redirect") {
+		t.Errorf("records with a cell: %q; want only the redirecting cell's", cells)
+	}
+}
+
 // lateRunner is a fake Runner whose Results are Late (sandbox.WithLateUsage)
 // when the spec asks for it: each accounting read waits for release and
 // then reports CPU usec equal to the number of its cell. It records each
