@@ -42,6 +42,7 @@ const (
 	OutcomeBadGateway       Outcome = "bad_gateway"        // the worker's CGI response was invalid: 502
 	OutcomeSpawnFailed      Outcome = "spawn_failed"       // the cell or worker could not be started
 	OutcomeNoCell           Outcome = "no_cell"            // the runner had no cell or uid free: 503
+	OutcomePreloaderLost    Outcome = "preloader_lost"     // a fork route's preloader died after it took the request, which may have run: 502
 	OutcomeSpoolFull        Outcome = "spool_full"         // the spools of all requests hold their disk budget: 503
 	OutcomeShutdown         Outcome = "shutdown"           // cancelled by a shutdown: 503
 	OutcomeNoTenant         Outcome = "no_tenant"          // admission does not know the route's tenant: 503
@@ -58,7 +59,7 @@ func (o Outcome) known() bool {
 	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeOOMBudget, OutcomeDeadline, OutcomePids, OutcomeKilled,
 		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeMethodNotAllowed,
 		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone, OutcomeSlowReader,
-		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomeSpoolFull, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeClientCap, OutcomeInternal, OutcomeLocalRedirect, OutcomeOther:
+		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomePreloaderLost, OutcomeSpoolFull, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeClientCap, OutcomeInternal, OutcomeLocalRedirect, OutcomeOther:
 		return true
 	}
 	return false

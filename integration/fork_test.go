@@ -380,7 +380,10 @@ func TestFork(t *testing.T) {
 	t.Run("preloader killed", func(t *testing.T) {
 		// Killed while requests are in flight: their children are
 		// cellgate's (CLONE_PARENT) and finish; a request caught in the
-		// hand-over waits for the restarted preloader or gets 503. None
+		// hand-over is run again by the restarted preloader, or gets 503
+		// when its child provably never ran, or 502 (no Retry-After)
+		// when the child may already have taken its uid and run it: a
+		// 503 would tell the client that it may send it again. None
 		// hangs.
 		var wg sync.WaitGroup
 		statuses := make([]int, 6)
@@ -398,8 +401,8 @@ func TestFork(t *testing.T) {
 		}
 		wg.Wait()
 		for i, s := range statuses {
-			if s != 200 && s != 503 {
-				t.Errorf("request %d in flight when the preloader was killed: %d, want 200 (or 503)", i, s)
+			if s != 200 && s != 503 && s != 502 {
+				t.Errorf("request %d in flight when the preloader was killed: %d, want 200 (or 503, or 502)", i, s)
 			}
 		}
 		t.Logf("statuses of the requests in flight: %v", statuses)

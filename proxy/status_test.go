@@ -48,6 +48,7 @@ func TestDecide(t *testing.T) {
 		{name: "no cell", err: wrap(sandbox.ErrNoCell), wantStatus: 503, wantOutcome: accounting.OutcomeNoCell, wantRetry: true},
 		{name: "no uid", err: wrap(sandbox.ErrNoUID), wantStatus: 503, wantOutcome: accounting.OutcomeNoCell, wantRetry: true},
 		{name: "no preloader", err: wrap(sandbox.ErrNoPreloader), wantStatus: 503, wantOutcome: accounting.OutcomeNoCell, wantRetry: true},
+		{name: "preloader lost after it took the request", err: wrap(sandbox.ErrPreloaderLost), wantStatus: 502, wantOutcome: accounting.OutcomePreloaderLost},
 		{name: "bad spec", err: wrap(sandbox.ErrSpec), wantStatus: 500, wantOutcome: accounting.OutcomeInternal},
 		{name: "too large for the preloader", err: wrap(sandbox.ErrRequestTooLarge), wantStatus: 431, wantOutcome: accounting.OutcomeHeaderTooLarge},
 		{name: "queue full", err: wrap(policy.ErrQueueFull), wantStatus: 503, wantOutcome: accounting.OutcomeQueueFull, wantRetry: true},

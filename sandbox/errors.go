@@ -29,10 +29,17 @@ var (
 	ErrCellNotEmpty = errors.New("cell did not empty after kill")
 	// ErrNoPreloader: a fork route's preloader is not ready (being
 	// restarted, or stopped) and did not become ready within its wait, or
-	// failed on its socket mid-request. Nothing of the request ran, unless
-	// the preloader died after it read the spawn and its child could not
-	// be shown never to have run (then the request is not retried).
+	// failed on its socket mid-request before the request's child could
+	// run: the spawn never reached it, or the child was ended still with
+	// the preloader's credentials. Nothing of the request ran; it may be
+	// sent again.
 	ErrNoPreloader = errors.New("no preloader ready")
+	// ErrPreloaderLost: a fork route's preloader died (or broke, or did not
+	// answer in time) after it read the request's spawn, and the child it
+	// may have cloned could not be shown never to have run: the request
+	// may have run, in part or whole. Its cell was killed; the request is
+	// not sent again, and must not be answered as one never processed.
+	ErrPreloaderLost = errors.New("preloader lost after it took the request, which may have run")
 	// ErrRequestTooLarge: a fork route's request does not fit in one
 	// spawn message to its preloader (its meta-variables: the query, the
 	// headers). Nothing was started; the preloader carries on.

@@ -47,22 +47,29 @@ func (d forkDriver) identity(*Spec) (identity, error) {
 // request and exited is a zombie, which does not populate its cell): when
 // the preloader died before it answered, the cell is killed at once, and
 // only if every child in it still had the preloader's credentials (so it
-// never ran the app) is the error marked errNeverRan, for Run to retry the
-// request on a fresh cell (runFork).
+// never ran the app) is the error ErrNoPreloader marked errNeverRan, for
+// Run to retry the request on a fresh cell (runFork). Otherwise the
+// request may have run (a POST that charged a card): the error is
+// ErrPreloaderLost, never retried and never answered as unprocessed.
 func (d forkDriver) start(ctx context.Context, cell Cell, spec *Spec, files [3]*os.File, id identity) (*worker, error) {
 	w, err := d.try(ctx, cell, spec, files, id)
 	if errors.Is(err, errNotSent) {
 		w, err = d.try(ctx, cell, spec, files, id)
 	}
-	if errors.Is(err, errNoAnswer) && d.p.nsUIDs != nil && d.neverRan(cell) {
-		err = fmt.Errorf("%w: %w", errNeverRan, err)
+	if errors.Is(err, errNoAnswer) {
+		if d.p.nsUIDs != nil && d.neverRan(cell) {
+			err = fmt.Errorf("%w: %w: %w", ErrNoPreloader, errNeverRan, err)
+		} else {
+			err = fmt.Errorf("%w: %w", ErrPreloaderLost, err)
+		}
 	}
 	return w, err
 }
 
-// errNotSent marks a spawn that never reached the preloader; errNoAnswer
-// one that did, but whose answer never came (the preloader died or broke
-// after it may have cloned the child).
+// errNotSent marks a spawn that never reached the preloader (with
+// ErrNoPreloader); errNoAnswer one that did, but whose answer never came
+// (the preloader died or broke after it may have cloned the child), which
+// start turns into ErrNoPreloader or ErrPreloaderLost.
 var (
 	errNotSent  = errors.New("spawn not sent")
 	errNoAnswer = errors.New("no answer to the spawn")
@@ -204,7 +211,7 @@ func (inst *instance) spawn(msg []byte, fds []int, cell Cell) (*worker, error) {
 		return nil, fmt.Errorf("%w: %w: the preloader closed its socket before it read the spawn", ErrNoPreloader, errNotSent)
 	}
 	if err != nil || n == 0 {
-		return nil, fmt.Errorf("%w: %w: read answer: %v", ErrNoPreloader, errNoAnswer, err)
+		return nil, fmt.Errorf("%w: read answer: %v", errNoAnswer, err)
 	}
 	got, err := receivedFDs(oob[:oobn])
 	if err != nil {

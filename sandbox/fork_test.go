@@ -571,7 +571,8 @@ def app(environ, start_response):
 // A preloader that dies after it cloned the request's child (which may
 // have served the request and exited: a zombie does not populate its
 // cell) is not sent the request again: only a spawn that never reached
-// the preloader is.
+// the preloader is. Its error is ErrPreloaderLost, not ErrNoPreloader,
+// which says that nothing ran (the proxy's 503 with Retry-After).
 func TestForkNoSecondRunAfterAnsweringPreloaderDies(t *testing.T) {
 	r := newTestRunner(t, &fakeCells{})
 	p, err := startTestPreloader(t, r, dyingApp, 0)
@@ -582,8 +583,8 @@ func TestForkNoSecondRunAfterAnsweringPreloaderDies(t *testing.T) {
 	env := []string{"REQUEST_METHOD=POST", "PATH_INFO=/x", "SERVER_NAME=test", "SERVER_PORT=80",
 		"SERVER_PROTOCOL=HTTP/1.1", "CONTENT_LENGTH=5"}
 	_, err = r.Run(context.Background(), Spec{Preloader: p, Env: env, Stdin: strings.NewReader("abcde"), Stdout: &out, Stderr: os.Stderr})
-	if !errors.Is(err, ErrNoPreloader) {
-		t.Errorf("Run: %v, want ErrNoPreloader (not retried)", err)
+	if !errors.Is(err, ErrPreloaderLost) || errors.Is(err, ErrNoPreloader) {
+		t.Errorf("Run: %v, want ErrPreloaderLost and not ErrNoPreloader (the request ran)", err)
 	}
 	runs, _ := os.ReadFile(filepath.Join(p.cfg.AppDir, "runs"))
 	if got := lines(string(runs)); len(got) != 1 || got[0] != "ran b'abcde'" {

@@ -250,7 +250,9 @@ func (r *Runner) UIDsInFlight() int {
 // not be read (a Late one's Account reports that).
 //
 // A fork request caught in the hand-off to a preloader that died is
-// retried once on a fresh cell (runFork).
+// retried once on a fresh cell (runFork) when its child never ran; else
+// Run returns ErrNoPreloader when nothing of it ran, ErrPreloaderLost
+// when it may have (the Result is then zero either way).
 func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
 	if spec.Preloader != nil {
 		return r.runFork(ctx, spec)
