@@ -52,7 +52,7 @@ func startTestPreloader(t *testing.T, r *Runner, app string, recycle int64) (*Pr
 	}
 	p, err := r.StartPreloader(PreloaderConfig{
 		Route: "test", Python: python, App: "hello:app", AppDir: dir, Env: []string{"ROUTE_VAR=from-route"},
-		RecycleAfter: recycle, StartTimeout: 30 * time.Second, WaitReady: 30 * time.Second, Stderr: os.Stderr,
+		RecycleAfter: recycle, StartTimeout: 30 * time.Second, WaitReady: 30 * time.Second,
 	})
 	if err == nil {
 		t.Cleanup(func() { p.Close(5 * time.Second) })

@@ -80,9 +80,6 @@ type PreloaderConfig struct {
 	// (DefaultPreloadWait).
 	StartTimeout time.Duration
 	WaitReady    time.Duration
-	// Stderr receives the preloader's and (before a request's own stderr
-	// is in place) its children's output; nil is /dev/null.
-	Stderr *os.File
 	// Confine, a confine.Plan.ForPreloader plan with the route's
 	// confinement, confines the preloader and each child
 	// (preload_confine.go); nil leaves both unconfined. Needs a user
@@ -137,6 +134,7 @@ type instance struct {
 	proc *os.Process
 	conn *net.UnixConn
 	pid  int
+	out  *preloadOutput // its fds 1 and 2, logged
 
 	mu       sync.Mutex // one spawn at a time: the preloader answers in order
 	nextID   uint64
@@ -278,6 +276,7 @@ func (p *Preloader) supervise(inst *instance) {
 		case <-p.stop:
 			inst.retire() // Close retired the one it saw; this may be newer
 			<-inst.exited
+			<-inst.out.done // its last lines logged (outputGrace at most)
 			p.clearCurrent()
 			return
 		case <-inst.recycle:
@@ -382,14 +381,19 @@ func (p *Preloader) startInstance() (*instance, error) {
 		return nil, fmt.Errorf("preloader of route %s: socket: %w", cfg.Route, err)
 	}
 	conn := c.(*net.UnixConn)
-	stderr := cfg.Stderr
-	if stderr == nil {
-		stderr = p.r.devNull
+	// Its fds 1 and 2: a pipe of its own, which cellgate logs line by
+	// line (preload_output.go), never the daemon's stdio. Both ends are
+	// close-on-exec here: no other spawn of the daemon gets them.
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("preloader of route %s: output pipe: %w", cfg.Route, err)
 	}
+	defer outW.Close()
 	attr := &os.ProcAttr{
 		Dir:   cfg.AppDir,
 		Env:   cfg.Env,
-		Files: []*os.File{p.r.devNull, stderr, stderr, theirs},
+		Files: []*os.File{p.r.devNull, outW, outW, theirs},
 		Sys: &syscall.SysProcAttr{
 			Setpgid:   true,
 			Pdeathsig: syscall.SIGKILL,
@@ -418,14 +422,17 @@ func (p *Preloader) startInstance() (*instance, error) {
 	} else {
 		proc, err = startNoNewPrivs(cfg.Python, argv, attr)
 	}
-	// The preloader holds its own copy: with ours closed, its death ends
-	// the stream at once.
+	// The preloader holds its own copies: with ours closed, its death ends
+	// the stream at once, and its output's once its children let go of
+	// it too (a child puts the request's stderr on its fds 1 and 2 first).
 	theirs.Close()
+	outW.Close()
 	if ctl >= 0 {
 		defer unix.Close(ctl)
 	}
 	if err != nil {
 		conn.Close()
+		outR.Close()
 		hint := ""
 		if attr.Sys.Cloneflags&syscall.CLONE_NEWUSER != 0 && errors.Is(err, syscall.EPERM) {
 			hint = " (the kernel refused a user namespace: is cellgate chrooted (use pivot_root or switch_root instead), " +
@@ -433,7 +440,8 @@ func (p *Preloader) startInstance() (*instance, error) {
 		}
 		return nil, fmt.Errorf("%w: preloader of route %s: %w%s", ErrSpawn, cfg.Route, err, hint)
 	}
-	inst := &instance{proc: proc, conn: conn, pid: proc.Pid, maxSpawn: maxSpawn}
+	out := readOutput(outR, p.log.With("pid", proc.Pid))
+	inst := &instance{proc: proc, conn: conn, pid: proc.Pid, maxSpawn: maxSpawn, out: out}
 	p.mu.Lock()
 	p.starting = proc
 	p.mu.Unlock()
@@ -446,6 +454,7 @@ func (p *Preloader) startInstance() (*instance, error) {
 		conn.Close()
 		proc.Kill()
 		proc.Wait()
+		out.exited()
 		return nil, err
 	}
 	conn.SetReadDeadline(time.Now().Add(cfg.StartTimeout))
@@ -455,9 +464,11 @@ func (p *Preloader) startInstance() (*instance, error) {
 		conn.Close()
 		if why := execFailure(ctl); why != nil {
 			proc.Wait()
+			out.exited()
 			return nil, fmt.Errorf("%w: preloader of route %s: %w", ErrSpawn, cfg.Route, why)
 		}
 		state, _ := proc.Wait()
+		out.exited()
 		return nil, fmt.Errorf("%w: preloader of route %s ended before it was ready (%v, read: %v)", ErrSpawn, cfg.Route, state, err)
 	}
 	m, err := parseMessage(buf[:n], oobn/unix.CmsgSpace(4), msgReady, msgError)
@@ -472,6 +483,7 @@ func (p *Preloader) startInstance() (*instance, error) {
 	go func() {
 		inst.state, _ = proc.Wait()
 		conn.Close()
+		out.exited()
 		close(inst.exited)
 	}()
 	p.log.Info("preloader ready", "pid", proc.Pid, "app", cfg.App, "group", groupPath(cfg.Group), "max_spawn", maxSpawn)

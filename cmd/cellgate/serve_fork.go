@@ -85,7 +85,6 @@ func (d *daemon) startFork(pol *policy.Policy, r *policy.Route, prof *cgroup.Pro
 		GID:          d.cfg.GID,
 		RecycleAfter: r.Fork.RecycleAfter,
 		WaitReady:    wait,
-		Stderr:       os.Stderr,
 		Confine:      plan,
 	})
 	if err != nil {

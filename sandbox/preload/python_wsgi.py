@@ -12,7 +12,8 @@
 # The child takes the request's uid, stdio and environment and serves
 # exactly one request with wsgiref's CGIHandler, then exits; the response
 # goes out on a private fd, and the app's own stdout (print, logging set up
-# on sys.stdout) is the request's stderr. Standard library only.
+# on sys.stdout) is the request's stderr. The preloader's own fds 1 and 2
+# are a pipe that cellgate reads and logs, bounded. Standard library only.
 
 import array
 import ctypes
