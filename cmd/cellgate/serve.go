@@ -189,11 +189,8 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	if err != nil {
 		return err
 	}
-	admin := &http.Server{
-		Handler:           adminHandler(accounting.AdminHandler(reg, d.readiness, d.statusFunc(srv, time.Now())), cfg.AdminPprof),
-		ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	admin := newAdminServer(adminHandler(accounting.AdminHandler(reg, d.readiness, d.statusFunc(srv, time.Now())), cfg.AdminPprof),
+		log, defaultAdminLimits)
 	served := make(chan error, len(lns.public)+len(lns.admin))
 	for _, ln := range lns.public {
 		go func() { served <- fmt.Errorf("public listener %s: %w", ln.Addr(), srv.Serve(ln)) }()
@@ -254,7 +251,7 @@ wait:
 		}
 	}
 	notify.stopping("draining: stopped accepting, waiting for the requests in flight")
-	return errors.Join(serveErr, d.shutdown(srv, admin, sigs))
+	return errors.Join(serveErr, d.shutdown(srv, admin.Server, sigs))
 }
 
 // shutdown stops accepting, lets the requests in flight finish for up to

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// adminProbe is an admin server on loopback that counts the connections
+// it has accepted and not yet closed (file descriptors, beneath the cap).
+type adminProbe struct {
+	addr string
+
+	mu                   sync.Mutex
+	open, peak, accepted int
+}
+
+func startAdmin(t testing.TB, lim adminLimits) *adminProbe {
+	t.Helper()
+	p := &adminProbe{}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	a := newAdminServer(h, slog.New(slog.DiscardHandler), lim)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.addr = ln.Addr().String()
+	served := make(chan error, 1)
+	go func() { served <- a.Serve(&countingListener{Listener: ln, p: p}) }()
+	t.Cleanup(func() {
+		a.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return p
+}
+
+type countingListener struct {
+	net.Listener
+	p *adminProbe
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	l.p.mu.Lock()
+	defer l.p.mu.Unlock()
+	l.p.accepted++
+	l.p.open++
+	l.p.peak = max(l.p.peak, l.p.open)
+	return &countingConn{Conn: c, p: l.p}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	p    *adminProbe
+	once sync.Once
+}
+
+func (c *countingConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.p.mu.Lock()
+		defer c.p.mu.Unlock()
+		c.p.open--
+	})
+	return err
+}
+
+func (p *adminProbe) counts() (open, peak, accepted int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.open, p.peak, p.accepted
+}
+
+// adminClient is a keep-alive connection that sent one request and then
+// sits idle: answered when the response came, closed when the server
+// closed the connection (or the read deadline passed, err says which).
+type adminClient struct {
+	conn     net.Conn
+	answered chan struct{}
+	closed   chan error
+}
+
+func dialAdmin(t testing.TB, addr string, deadline time.Time) *adminClient {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := io.WriteString(c, "GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(deadline)
+	ac := &adminClient{conn: c, answered: make(chan struct{}), closed: make(chan error, 1)}
+	go func() {
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			ac.closed <- err
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		close(ac.answered)
+		_, err = br.ReadByte()
+		ac.closed <- err
+	}()
+	return ac
+}
+
+// TestAdminConnCap: no more than MaxConns admin connections are open at
+// once; the ones over it wait, unanswered, and one is taken as soon as an
+// open one closes.
+func TestAdminConnCap(t *testing.T) {
+	const maxConns, extra = 3, 5
+	p := startAdmin(t, adminLimits{MaxConns: maxConns, ReadHeaderTimeout: time.Minute, ReadTimeout: time.Minute,
+		WriteTimeout: time.Minute, IdleTimeout: time.Hour})
+	deadline := time.Now().Add(time.Minute)
+	var clients []*adminClient
+	for range maxConns + extra {
+		clients = append(clients, dialAdmin(t, p.addr, deadline))
+	}
+	// answered waits until want clients have an answer and returns their
+	// indexes.
+	answered := func(want int) []int {
+		t.Helper()
+		for {
+			var got []int
+			for i, c := range clients {
+				select {
+				case <-c.answered:
+					got = append(got, i)
+				default:
+				}
+			}
+			if len(got) >= want {
+				return got
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d of %d admin connections answered, want %d", len(got), len(clients), want)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	first := answered(maxConns)
+	if open, peak, accepted := p.counts(); len(first) != maxConns || accepted != maxConns || peak > maxConns {
+		t.Fatalf("with %d idle connections: %d answered, %d accepted, %d open at most (now %d), want %d each",
+			len(clients), len(first), accepted, peak, open, maxConns)
+	}
+	clients[first[0]].conn.Close()
+	if next := answered(maxConns + 1); len(next) != maxConns+1 {
+		t.Fatalf("after one closed: %d answered, want %d", len(next), maxConns+1)
+	}
+	if _, peak, accepted := p.counts(); accepted != maxConns+1 || peak > maxConns {
+		t.Errorf("after one closed: %d accepted, %d open at most; want %d and at most %d", accepted, peak, maxConns+1, maxConns)
+	}
+}
+
+// TestAdminIdleTimeout: an idle keep-alive admin connection is closed by
+// serve after IdleTimeout, which frees its place for one waiting over the
+// cap: every connection is answered and closed without the clients doing
+// anything, and never more than MaxConns at once.
+func TestAdminIdleTimeout(t *testing.T) {
+	const maxConns, extra = 3, 5
+	p := startAdmin(t, adminLimits{MaxConns: maxConns, ReadHeaderTimeout: time.Minute, ReadTimeout: time.Minute,
+		WriteTimeout: time.Minute, IdleTimeout: 100 * time.Millisecond})
+	// Far longer than the idle timeout: reached only if serve never
+	// closes an idle connection.
+	deadline := time.Now().Add(time.Minute)
+	var clients []*adminClient
+	for range maxConns + extra {
+		clients = append(clients, dialAdmin(t, p.addr, deadline))
+	}
+	for i, c := range clients {
+		err := <-c.closed
+		select {
+		case <-c.answered:
+		default:
+			t.Errorf("connection %d: not answered: %v", i, err)
+			continue
+		}
+		if !errors.Is(err, io.EOF) {
+			t.Errorf("connection %d: answered, then %v; want closed by serve (EOF) before the deadline", i, err)
+		}
+	}
+	if _, peak, accepted := p.counts(); accepted != len(clients) || peak > maxConns {
+		t.Errorf("%d accepted, %d open at most; want %d and at most %d", accepted, peak, len(clients), maxConns)
+	}
+}
