@@ -22,7 +22,9 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
 )
@@ -34,6 +36,7 @@ const k8sDir = "kubernetes"
 type manifests struct {
 	deployment appsv1.Deployment
 	service    corev1.Service
+	network    networkingv1.NetworkPolicy
 	policy     corev1.ConfigMap
 	hpa        autoscalingv2.HorizontalPodAutoscaler
 	podMonitor monitoringv1.PodMonitor
@@ -94,6 +97,7 @@ func loadManifests(t *testing.T) *manifests {
 	m := &manifests{}
 	decodeStrict(t, "deployment.yaml", "apps/v1", "Deployment", &m.deployment)
 	decodeStrict(t, "service.yaml", "v1", "Service", &m.service)
+	decodeStrict(t, "networkpolicy.yaml", "networking.k8s.io/v1", "NetworkPolicy", &m.network)
 	decodeStrict(t, "policy.yaml", "v1", "ConfigMap", &m.policy)
 	decodeStrict(t, "hpa.yaml", "autoscaling/v2", "HorizontalPodAutoscaler", &m.hpa)
 	decodeStrict(t, "podmonitor.yaml", "monitoring.coreos.com/v1", "PodMonitor", &m.podMonitor)
@@ -338,6 +342,91 @@ func TestServiceAndPodMonitor(t *testing.T) {
 			t.Errorf("PodMonitor endpoint port %v path %s: want admin, /metrics", e.Port, e.Path)
 		}
 	}
+}
+
+// TestNetworkPolicy: the pods' ingress is the public port from anywhere
+// and the admin port (no authentication; /status shows every tenant's
+// requests) only from pods selected by namespace and pod labels, never
+// from every namespace, every pod or an address block.
+func TestNetworkPolicy(t *testing.T) {
+	m := loadManifests(t)
+	c := cellgateContainer(t, &m.deployment)
+	np := &m.network.Spec
+	labels := m.deployment.Spec.Template.Labels
+	for k, v := range np.PodSelector.MatchLabels {
+		if labels[k] != v {
+			t.Errorf("NetworkPolicy podSelector %v does not select the pod labels %v", np.PodSelector.MatchLabels, labels)
+		}
+	}
+	if len(np.PodSelector.MatchLabels) == 0 || len(np.PodSelector.MatchExpressions) > 0 {
+		t.Errorf("NetworkPolicy podSelector %v: want the pod's labels, no expressions", np.PodSelector)
+	}
+	if !slices.Contains(np.PolicyTypes, networkingv1.PolicyTypeIngress) {
+		t.Errorf("NetworkPolicy policyTypes %v: want Ingress", np.PolicyTypes)
+	}
+	// Every port a rule names is the container's: a misspelt name would
+	// admit nothing.
+	for _, r := range np.Ingress {
+		for _, p := range r.Ports {
+			if p.Port == nil {
+				continue
+			}
+			if _, ok := portOf(c, *p.Port); !ok {
+				t.Errorf("NetworkPolicy names port %s, which the container does not have", p.Port.String())
+			}
+		}
+	}
+	public, _ := portOf(c, intstr.FromString("http"))
+	admin, _ := portOf(c, intstr.FromString("admin"))
+	publicOpen := false
+	for i, r := range np.Ingress {
+		if admitsPort(c, r, public) && len(r.From) == 0 {
+			publicOpen = true
+		}
+		if !admitsPort(c, r, admin) {
+			continue
+		}
+		if len(r.From) == 0 {
+			t.Errorf("ingress rule %d admits the admin port from anywhere", i)
+		}
+		for _, peer := range r.From {
+			if !narrow(peer.NamespaceSelector) || !narrow(peer.PodSelector) || peer.IPBlock != nil {
+				t.Errorf("ingress rule %d admits the admin port from %+v: want a namespace and pod selector with labels each, no ipBlock", i, peer)
+			}
+		}
+	}
+	if !publicOpen {
+		t.Error("no ingress rule admits the public port (http) from anywhere")
+	}
+}
+
+// admitsPort reports whether an ingress rule admits TCP to container port
+// cp (a rule without ports admits every port).
+func admitsPort(c *corev1.Container, r networkingv1.NetworkPolicyIngressRule, cp corev1.ContainerPort) bool {
+	if len(r.Ports) == 0 {
+		return true
+	}
+	for _, p := range r.Ports {
+		if p.Protocol != nil && *p.Protocol != corev1.ProtocolTCP {
+			continue
+		}
+		if p.Port == nil {
+			return true
+		}
+		if p.EndPort != nil && p.Port.Type == intstr.Int && p.Port.IntVal <= cp.ContainerPort && cp.ContainerPort <= *p.EndPort {
+			return true
+		}
+		if got, ok := portOf(c, *p.Port); ok && got.ContainerPort == cp.ContainerPort {
+			return true
+		}
+	}
+	return false
+}
+
+// narrow reports whether a selector is set and selects by labels (nil or
+// empty would be every pod of the namespace, or every namespace).
+func narrow(s *metav1.LabelSelector) bool {
+	return s != nil && (len(s.MatchLabels) > 0 || len(s.MatchExpressions) > 0)
 }
 
 // exportedMetrics are the names on cellgate's /metrics, from the
