@@ -508,6 +508,9 @@ type gateOptions struct {
 	args []string
 	// bin is the cellgate binary ("" = CELLGATE_BIN's).
 	bin string
+	// init starts serve as pid 1 of a PID namespace of its own, with a
+	// /proc of that namespace (as a container's entrypoint; runAsInit).
+	init bool
 }
 
 // gate is one running `cellgate serve`.
@@ -592,6 +595,11 @@ func startGate(t testing.TB, o gateOptions) *gate {
 	}, o.args...)
 	g.cmd = exec.Command(bin, args...)
 	g.cmd.Env = os.Environ()
+	if o.init {
+		g.cmd = exec.Command(os.Args[0], append([]string{bin}, args...)...)
+		g.cmd.Env = append(os.Environ(), cellHelperEnv+"="+roleInit)
+		g.cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS}
+	}
 	g.cmd.Stdout = io.Discard
 	stderr, err := g.cmd.StderrPipe()
 	if err != nil {

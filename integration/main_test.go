@@ -238,6 +238,8 @@ func runCellHelper(role string, args []string) int {
 		}
 		runtime.KeepAlive(x)
 		return 0
+	case roleInit: // mount a /proc of this PID namespace, then be args as its pid 1
+		return runAsInit(args)
 	case roleLoris: // the slowloris attacker of BenchmarkGateSlowloris
 		return runLoris(args)
 	case roleSlowReader: // the slow-reader attacker of BenchmarkGateSlowReaders

@@ -87,6 +87,9 @@ type daemon struct {
 	logFiles []*logFile
 
 	runner *sandbox.Runner // nil with --isolation=none
+	// strays reaps the zombies orphaned in serve's PID namespace when serve
+	// is its init (serve_strays.go); nil otherwise.
+	strays *sandbox.StrayReaper
 	// forkMu guards the fork routes' stopped flags and retiredForks, the
 	// counters of preloaders already stopped, by route.
 	forkMu       sync.Mutex
@@ -119,6 +122,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
 	inherited := inheritedFiles() // systemd's sockets, before anything is spawned
+	d.strays = newStrayReaper(log, os.Getpid())
 
 	accessLog, accessFile, err := openAccessLog(cfg.AccessLog, std.out)
 	if err != nil {
@@ -208,6 +212,9 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	controls := make(chan controlRequest)
 	stop := make(chan struct{}) // ends the helpers below when serve returns
 	defer close(stop)
+	if d.strays != nil {
+		go d.strays.Run(stop)
+	}
 	if ctl, err := listenControl(log, controls, stop); err != nil {
 		log.Warn("no control socket: `cellgate reload` cannot reach this daemon; SIGHUP still reloads", "err", err)
 	} else {
@@ -566,6 +573,9 @@ func (d *daemon) registerMetrics(reg *prometheus.Registry) (*accounting.Metrics,
 	}
 	if d.runner != nil {
 		cs = append(cs, runnerCounters(d.runner)...)
+	}
+	if d.strays != nil {
+		cs = append(cs, strayCounter(d.strays))
 	}
 	for _, c := range cs {
 		if err := reg.Register(c); err != nil {
