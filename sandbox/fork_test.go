@@ -550,9 +550,8 @@ func TestForkEnvironBytes(t *testing.T) {
 // dyingApp is an app whose preloader dies once between a child's clone
 // and its answer, after the child had time to serve its request; each
 // request the app serves appends its body to runs in its directory.
-const dyingApp = `
-import os, time
-here = os.path.dirname(os.path.abspath(__file__))
+const dyingApp = countingApp + `
+import time
 def die_once():
     mark = os.path.join(here, "died")
     if not os.path.exists(mark):
@@ -560,12 +559,6 @@ def die_once():
         time.sleep(0.5)
         os._exit(9)
 os.register_at_fork(after_in_parent=die_once)
-def app(environ, start_response):
-    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
-    with open(os.path.join(here, "runs"), "a") as f:
-        f.write("ran %r\n" % body)
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [body]
 `
 
 // A preloader that dies after it cloned the request's child (which may
