@@ -193,7 +193,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	if err != nil {
 		return err
 	}
-	admin := newAdminServer(adminHandler(accounting.AdminHandler(reg, d.readiness, d.statusFunc(srv, time.Now())), cfg.AdminPprof),
+	admin := newAdminServer(adminHandler(accounting.AdminHandler(reg, d.readiness, d.statusFunc(srv, time.Now())), cfg.AdminPprof, cfg.adminHosts),
 		log, defaultAdminLimits)
 	served := make(chan error, len(lns.public)+len(lns.admin))
 	for _, ln := range lns.public {

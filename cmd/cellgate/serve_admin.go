@@ -2,9 +2,12 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -138,4 +141,82 @@ func (c *adminConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return errors.ErrUnsupported
+}
+
+// adminHostGuard answers only the requests whose Host adminHostAllowed
+// admits with names; any other gets a 421 naming --admin-hosts.
+//
+// This is the admin listener's defence against DNS rebinding: a page an
+// operator opens on the machine (or, in a pod, a browser that can reach
+// it) has its own name resolve to 127.0.0.1 once loaded, and its script
+// then reads /status (hosts, paths, client addresses of every request in
+// flight) as same-origin. Its requests carry its name in Host, which no
+// attacker can make an IP address, localhost or a name under .localhost
+// (browsers resolve those to loopback themselves). The kubelet's probes
+// and Prometheus's scrapes by pod address send an IP address; a scraper
+// that uses a name needs it in --admin-hosts.
+//
+// 421 Misdirected Request, not 403: the request is not forbidden to its
+// sender, it names a server this listener is not (RFC 9110, 15.5.20), and
+// a scraper's error shows the status with the body naming the fix.
+func adminHostGuard(h http.Handler, names map[string]bool) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !adminHostAllowed(r.Host, names) {
+			http.Error(w, fmt.Sprintf("cellgate admin listener: Host %q is not answered here (DNS rebinding guard); "+
+				"use an IP address or localhost, or allow the name with --admin-hosts NAME (CELLGATE_ADMIN_HOSTS)", r.Host),
+				http.StatusMisdirectedRequest)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// adminHostAllowed reports whether host, a request's Host with or without
+// a port, is one the admin listener answers to: none (HTTP/1.0), an IP
+// address (IPv6 in brackets or not), localhost or a name under it, or one
+// of names (normalized by adminHostNames). Names compare without case and
+// without one trailing dot.
+func adminHostAllowed(host string, names map[string]bool) bool {
+	if host == "" {
+		return true
+	}
+	h := host
+	switch {
+	case strings.HasPrefix(h, "["):
+		end := strings.IndexByte(h, ']')
+		if end < 0 || (end+1 < len(h) && h[end+1] != ':') {
+			return false
+		}
+		a, err := netip.ParseAddr(h[1:end])
+		return err == nil && a.Is6()
+	case strings.Count(h, ":") > 1:
+		_, err := netip.ParseAddr(h)
+		return err == nil
+	}
+	if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		h = h[:i]
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	h = strings.ToLower(strings.TrimSuffix(h, "."))
+	return h == "localhost" || strings.HasSuffix(h, ".localhost") || names[h]
+}
+
+// adminHostNames normalizes the names of --admin-hosts (lower case, no
+// trailing dot) and refuses what cannot be a Host's name: a port, a
+// wildcard, an empty label.
+func adminHostNames(list []string) (map[string]bool, error) {
+	names := map[string]bool{}
+	for _, n := range list {
+		h := strings.ToLower(strings.TrimSuffix(n, "."))
+		if h == "" || strings.HasPrefix(h, ".") || strings.Contains(h, "..") ||
+			strings.IndexFunc(h, func(c rune) bool {
+				return !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_')
+			}) >= 0 {
+			return nil, fmt.Errorf("%q is not a host name (a name without port or wildcard, such as cellgate.internal; IP addresses and localhost need none)", n)
+		}
+		names[h] = true
+	}
+	return names, nil
 }

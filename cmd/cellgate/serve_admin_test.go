@@ -7,9 +7,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cellgate/cellgate/accounting"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // adminProbe is an admin server on loopback that counts the connections
@@ -196,5 +201,93 @@ func TestAdminIdleTimeout(t *testing.T) {
 	}
 	if _, peak, accepted := p.counts(); accepted != len(clients) || peak > maxConns {
 		t.Errorf("%d accepted, %d open at most; want %d and at most %d", accepted, peak, len(clients), maxConns)
+	}
+}
+
+// TestAdminHostAllowed: the admin listener answers IP addresses, localhost
+// and the names of --admin-hosts in Host, with or without a port; a name
+// a DNS-rebinding page would send is refused.
+func TestAdminHostAllowed(t *testing.T) {
+	names, err := adminHostNames([]string{"Cellgate.Internal.", "metrics.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		host string
+		want bool
+	}{
+		{"", true}, // HTTP/1.0 without Host
+		{"127.0.0.1", true},
+		{"127.0.0.1:9090", true},
+		{"10.1.2.3:9090", true}, // a pod address: the kubelet, Prometheus
+		{"[::1]", true},
+		{"[::1]:9090", true},
+		{"::1", true},
+		{"[fe80::1%25eth0]:9090", true},
+		{"localhost", true},
+		{"LocalHost:9090", true},
+		{"localhost.:9090", true},
+		{"admin.localhost:9090", true},
+		{"cellgate.internal", true},
+		{"CELLGATE.INTERNAL:9090", true},
+		{"cellgate.internal.:9090", true},
+		{"metrics.example", true},
+		{"rebind.attacker.example", false},
+		{"rebind.attacker.example:9090", false},
+		{"127.0.0.1.attacker.example", false},
+		{"localhost.attacker.example", false},
+		{"notlocalhost", false},
+		{"internal", false},
+		{"x.cellgate.internal", false},
+		{"[127.0.0.1]:9090", false},
+		{"[::1]x", false},
+		{"[::1", false},
+		{"[rebind.attacker.example]:9090", false},
+	} {
+		if got := adminHostAllowed(tc.host, names); got != tc.want {
+			t.Errorf("Host %q: allowed %v, want %v", tc.host, got, tc.want)
+		}
+	}
+	if adminHostAllowed("cellgate.internal", nil) {
+		t.Errorf("a name is allowed without --admin-hosts")
+	}
+	for _, bad := range []string{"", "host:9090", "*.example", "a..b", ".example", "[::1]", "a b"} {
+		if _, err := adminHostNames([]string{bad}); err == nil {
+			t.Errorf("--admin-hosts %q accepted", bad)
+		}
+	}
+}
+
+// TestAdminHostGuardStatus: /status (and every admin path) answers a
+// request by IP address and refuses one that names another host, as a
+// DNS-rebinding page's does, with a 421 that shows nothing of it.
+func TestAdminHostGuardStatus(t *testing.T) {
+	status := func() accounting.Status {
+		return accounting.Status{InFlight: 1, Requests: []accounting.StatusRequest{{Host: "secret-tenant.example", Path: "/private"}}}
+	}
+	h := adminHandler(accounting.AdminHandler(prometheus.NewRegistry(), func() error { return nil }, status), false, nil)
+	for _, tc := range []struct {
+		host, path string
+		want       int
+		body       string
+	}{
+		{"127.0.0.1:9090", "/status?format=json", 200, "secret-tenant.example"},
+		{"[::1]:9090", "/status?format=json", 200, "secret-tenant.example"},
+		{"localhost:9090", "/healthz", 200, ""},
+		{"rebind.attacker.example:9090", "/status?format=json", 421, "--admin-hosts"},
+		{"rebind.attacker.example", "/status?format=html", 421, "--admin-hosts"},
+		{"rebind.attacker.example", "/metrics", 421, "--admin-hosts"},
+	} {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest("GET", tc.path, nil)
+		req.Host = tc.host
+		h.ServeHTTP(rec, req)
+		body := rec.Body.String()
+		if rec.Code != tc.want || !strings.Contains(body, tc.body) {
+			t.Errorf("GET %s with Host %q: %d %.200q, want %d with %q", tc.path, tc.host, rec.Code, body, tc.want, tc.body)
+		}
+		if tc.want != 200 && strings.Contains(body, "secret-tenant") {
+			t.Errorf("GET %s with Host %q: the refusal shows the status: %.200q", tc.path, tc.host, body)
+		}
 	}
 }

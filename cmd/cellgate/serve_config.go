@@ -40,6 +40,12 @@ type serveConfig struct {
 	// and memory go under load. Default off: a profile shows request
 	// paths and costs CPU while it is taken.
 	AdminPprof bool `env:"ADMIN_PPROF"`
+	// AdminHosts are the names, besides IP addresses, localhost and
+	// *.localhost, that the admin listener answers to in a request's
+	// Host; any other name is refused (adminHostGuard: DNS rebinding).
+	// Normalized into adminHosts by validate. Default none.
+	AdminHosts []string `env:"ADMIN_HOSTS" envSeparator:","`
+	adminHosts map[string]bool
 	// Policy is the policy file (routes, tenants, limits). Required.
 	Policy string `env:"POLICY"`
 	// PolicyPoll, when positive, is how often serve reads the policy file
@@ -165,6 +171,7 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "TLS certificate PEM `file`; with --tls-key serves HTTPS (CELLGATE_TLS_CERT)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "TLS private key PEM `file` (CELLGATE_TLS_KEY)")
 	fs.StringVar(&c.Admin, "admin", c.Admin, "admin listen `address` for /metrics /healthz /readyz, never the public port (CELLGATE_ADMIN)")
+	fs.Var(&appendListFlag{l: &c.AdminHosts}, "admin-hosts", "`name,...` besides IP addresses and localhost that a request to the admin listener may carry in its Host; repeatable (CELLGATE_ADMIN_HOSTS)")
 	fs.BoolVar(&c.AdminPprof, "admin-pprof", c.AdminPprof, "serve Go's runtime profiles under /debug/pprof/ on the admin listener (CELLGATE_ADMIN_PPROF)")
 	fs.StringVar(&c.Policy, "policy", c.Policy, "policy `file` (CELLGATE_POLICY), required")
 	fs.Var((*durationFlag)(&c.PolicyPoll), "policy-poll", "reload the policy when its content changed, checked this often; 0 = only on SIGHUP (CELLGATE_POLICY_POLL)")
@@ -262,6 +269,9 @@ func (c *serveConfig) validate() error {
 		bad("admin", "not HOST:PORT: %v", err)
 	case listenPort != "" && adminPort == listenPort && adminPort != "0" && hostsOverlap(listenHost, adminHost):
 		bad("admin", "the admin listener must not share the public port %s (%s): pick another port", listenPort, c.origin["listen"])
+	}
+	if c.adminHosts, err = adminHostNames(c.AdminHosts); err != nil {
+		bad("admin-hosts", "%v", err)
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		bad("tls-cert", "set both --tls-cert and --tls-key, or neither (%s)", c.origin["tls-key"])

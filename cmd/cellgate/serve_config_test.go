@@ -47,6 +47,30 @@ func TestServeConfig(t *testing.T) {
 			},
 		},
 		{
+			name:    "admin hosts from the environment",
+			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_ADMIN_HOSTS=Cellgate.Internal.,metrics.example"},
+			check: func(t *testing.T, c *serveConfig) {
+				if len(c.adminHosts) != 2 || !c.adminHosts["cellgate.internal"] || !c.adminHosts["metrics.example"] {
+					t.Errorf("admin hosts: %v", c.adminHosts)
+				}
+			},
+		},
+		{
+			name:    "repeated --admin-hosts add up and override the variable",
+			args:    []string{"--admin-hosts", "a.example", "--admin-hosts", "b.example,c.example"},
+			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_ADMIN_HOSTS=env.example"},
+			check: func(t *testing.T, c *serveConfig) {
+				if len(c.adminHosts) != 3 || !c.adminHosts["a.example"] || !c.adminHosts["c.example"] || c.adminHosts["env.example"] {
+					t.Errorf("admin hosts: %v", c.adminHosts)
+				}
+			},
+		},
+		{
+			name:   "bad admin host",
+			args:   []string{"--policy", "p.yaml", "--admin-hosts", "cellgate.internal:9090"},
+			errHas: []string{"--admin-hosts=", `"cellgate.internal:9090" is not a host name`},
+		},
+		{
 			name:    "bad variable names itself, its value and the reason",
 			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_DRAIN_TIMEOUT=5"},
 			errHas:  []string{`CELLGATE_DRAIN_TIMEOUT="5"`, "missing unit"},

@@ -6,12 +6,13 @@ import (
 )
 
 // adminHandler is the admin listener's handler: h, and with withPprof Go's
-// runtime profiles under /debug/pprof/ (--admin-pprof). They are mounted
-// here, on the admin listener only; the import also registers them on
-// http.DefaultServeMux, which cellgate never serves.
-func adminHandler(h http.Handler, withPprof bool) http.Handler {
+// runtime profiles under /debug/pprof/ (--admin-pprof), behind the Host
+// check of adminHostGuard with the names of --admin-hosts. The profiles
+// are mounted here, on the admin listener only; the import also registers
+// them on http.DefaultServeMux, which cellgate never serves.
+func adminHandler(h http.Handler, withPprof bool, hosts map[string]bool) http.Handler {
 	if !withPprof {
-		return h
+		return adminHostGuard(h, hosts)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", h)
@@ -20,5 +21,5 @@ func adminHandler(h http.Handler, withPprof bool) http.Handler {
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
-	return mux
+	return adminHostGuard(mux, hosts)
 }

@@ -31,7 +31,9 @@ func TestAdminHandlerPprof(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := httptest.NewRecorder()
-			adminHandler(own, tc.pprof).ServeHTTP(rec, httptest.NewRequest("GET", tc.path, nil))
+			req := httptest.NewRequest("GET", tc.path, nil)
+			req.Host = "127.0.0.1:9090"
+			adminHandler(own, tc.pprof, nil).ServeHTTP(rec, req)
 			if rec.Code != tc.want {
 				t.Errorf("GET %s with --admin-pprof=%v: %d, want %d", tc.path, tc.pprof, rec.Code, tc.want)
 			}

@@ -220,6 +220,31 @@ func (l *listFlag) Set(s string) error {
 	return nil
 }
 
+// appendListFlag is a comma-separated list that may be given more than
+// once, each adding to it; the first flag replaces the list read from the
+// environment.
+type appendListFlag struct {
+	l   *[]string
+	set bool
+}
+
+func (a *appendListFlag) String() string {
+	if a == nil || a.l == nil {
+		return ""
+	}
+	return strings.Join(*a.l, ",")
+}
+
+func (a *appendListFlag) Set(s string) error {
+	if !a.set {
+		*a.l, a.set = nil, true
+	}
+	var more listFlag
+	more.Set(s)
+	*a.l = append(*a.l, more...)
+	return nil
+}
+
 // uint32Flag is a decimal uint32.
 type uint32Flag uint32
 
