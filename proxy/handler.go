@@ -256,15 +256,6 @@ func (x *exchange) recordHop(req *cgiRequest, path string, start time.Time) {
 	x.clearCell()
 }
 
-// clearCell drops what recordCell put in the request's record: a cell's
-// figures belong to its own record only, and the next hop may run none
-// (its Location has no route, admission refuses it).
-func (x *exchange) clearCell() {
-	x.rec.Cell, x.rec.Wall, x.rec.Usage = false, 0, cgroup.Usage{}
-	x.rec.ExitCode, x.rec.Signal, x.rec.UID, x.rec.Unenforced = 0, 0, 0, nil
-	x.rec.Spawn, x.rec.Clone = 0, 0
-}
-
 // unreadBody reports whether the request has a body the handler did not
 // read to its end (it was refused before, or reading it failed).
 func (x *exchange) unreadBody() bool {
@@ -431,6 +422,16 @@ func (x *exchange) recordCell(res *sandbox.Result) {
 	x.rec.UID = res.UID
 	x.rec.Unenforced = res.Unenforced
 	x.rec.Spawn, x.rec.Clone = res.Spawn, res.Clone
+}
+
+// clearCell drops what recordCell put in the request's record (the same
+// fields: keep the two in step): a cell's figures belong to its own
+// record only, and the next hop may run none (its Location has no route,
+// admission refuses it).
+func (x *exchange) clearCell() {
+	x.rec.Cell, x.rec.Wall, x.rec.Usage = false, 0, cgroup.Usage{}
+	x.rec.ExitCode, x.rec.Signal, x.rec.UID, x.rec.Unenforced = 0, 0, 0, nil
+	x.rec.Spawn, x.rec.Clone = 0, 0
 }
 
 // cancelReason says why a context ended for the request: the server is

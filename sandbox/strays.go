@@ -52,7 +52,9 @@ import (
 const DefaultStrayInterval = 5 * time.Second
 
 // maxStrayChildren bounds the children (or, without the children files,
-// the processes) one scan looks at; the rest wait for later scans.
+// the /proc entries) one scan looks at. With the children files the rest
+// wait for later scans; without them each scan reads /proc from its start,
+// so a process beyond the first maxStrayChildren entries is not looked at.
 const maxStrayChildren = 1 << 14
 
 // StrayConfig configures a StrayReaper. Zero fields take the documented

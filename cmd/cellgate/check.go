@@ -77,8 +77,9 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		// The confinement serve builds for each route (with cells, its
 		// default), so that what serve refuses, check refuses.
 		var probs []policy.Problem
+		hidden := daemonFiles(file)
 		for _, r := range p.Routes {
-			if _, cerr := buildConfinement(r, daemonFiles(file)); cerr != nil {
+			if _, cerr := buildConfinement(r, hidden); cerr != nil {
 				probs = append(probs, routeProblem(p.Source, r, "confinement", "", cerr.Error(), ""))
 			}
 		}

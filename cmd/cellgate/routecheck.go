@@ -60,10 +60,23 @@ const groupFile = "/etc/group"
 // owns. A groupFile that cannot be read refuses nothing.
 func verifyGIDs(p *policy.Policy, shared uint32, groupFile string) error {
 	var probs []policy.Problem
-	group := func(gid uint32) string {
-		names, _ := namesWithID(groupFile, func(id uint32) bool { return id == gid })
-		return strings.Join(names, ", ")
+	// One read of the group file for every gid asked about.
+	want := map[uint32]bool{shared: shared != 0}
+	for _, t := range p.Tenants {
+		want[t.GID] = want[t.GID] || t.GID != 0
 	}
+	var ids []uint32 // the gid of each name namesWithID returns, in order
+	names, _ := namesWithID(groupFile, func(id uint32) bool {
+		if want[id] {
+			ids = append(ids, id)
+		}
+		return want[id]
+	})
+	byID := map[uint32][]string{}
+	for i, n := range names {
+		byID[ids[i]] = append(byID[ids[i]], n)
+	}
+	group := func(gid uint32) string { return strings.Join(byID[gid], ", ") }
 	const fix = "choose a gid no group of %s has (the cells' group must own nothing but what they may use)"
 	if g := group(shared); shared != 0 && g != "" {
 		probs = append(probs, policy.Problem{File: p.Source, Key: "--gid (CELLGATE_GID)", Value: strconv.FormatUint(uint64(shared), 10),

@@ -434,8 +434,9 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 		d.stopForks(specs)
 		return nil, fmt.Errorf("route %s (%s:%d): %w", r.Name, pol.Source, r.Line, err)
 	}
+	hidden := daemonFiles(d.cfg.Policy, d.cfg.TLSKey) // once per load: the policy may be a symlink switched between loads
 	for _, r := range pol.Routes {
-		rs := d.newRouteSpec(pol, r)
+		rs := d.newRouteSpec(pol, r, hidden)
 		if rs.profile == nil {
 			return fail(r, rs.err)
 		}
@@ -500,11 +501,11 @@ func (d *daemon) warm(specs map[*policy.Route]*routeSpec) {
 
 // newRouteSpec converts a route's limits, user and confinement. A nil
 // profile means the limits or the confinement were refused (err says why).
-func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route) *routeSpec {
+func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route, hidden []string) *routeSpec {
 	res := r.Resources
 	var plan, forkPlan *confine.Prepared
 	if d.cfg.Isolation != isolationNone {
-		p, err := routeConfinement(r, daemonFiles(d.cfg.Policy, d.cfg.TLSKey))
+		p, err := routeConfinement(r, hidden)
 		if err != nil {
 			return &routeSpec{err: err}
 		}

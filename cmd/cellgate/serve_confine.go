@@ -98,12 +98,13 @@ func daemonFiles(files ...string) []string {
 		if f == "" {
 			continue
 		}
-		for _, g := range []func(string) (string, error){filepath.Abs, filepath.EvalSymlinks} {
-			if p, err := g(f); err == nil {
-				if p, err = filepath.Abs(p); err == nil && !slices.Contains(out, p) {
-					out = append(out, p)
-				}
-			}
+		abs, err := filepath.Abs(f)
+		if err != nil {
+			continue
+		}
+		out = append(out, abs)
+		if real, err := filepath.EvalSymlinks(abs); err == nil && real != abs {
+			out = append(out, real)
 		}
 	}
 	return out
