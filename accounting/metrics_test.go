@@ -194,6 +194,7 @@ func TestOutcomeLabel(t *testing.T) {
 		{OutcomeOK, "ok"},
 		{OutcomeDeadline, "deadline"},
 		{OutcomeBadRequest, "bad_request"},
+		{OutcomeExpectationFailed, "expectation_failed"},
 		{OutcomeMethodNotAllowed, "method_not_allowed"},
 		{OutcomeNoCell, "no_cell"},
 		{OutcomeShutdown, "shutdown"},

@@ -29,35 +29,36 @@ const (
 
 // Outcomes decided by the front end, with or without a cell.
 const (
-	OutcomeQueueFull        Outcome = "queue_full"         // admission queue full: 503
-	OutcomeQueueTimeout     Outcome = "queue_timeout"      // waited too long for admission: 503
-	OutcomeNoRoute          Outcome = "no_route"           // no route matched: 404
-	OutcomeBadRequest       Outcome = "bad_request"        // malformed request: 400
-	OutcomeMethodNotAllowed Outcome = "method_not_allowed" // 405
-	OutcomeBodyTooLarge     Outcome = "body_too_large"     // 413
-	OutcomeHeaderTooLarge   Outcome = "header_too_large"   // 431
-	OutcomeClientTimeout    Outcome = "client_timeout"     // client too slow sending the request: 408
-	OutcomeClientGone       Outcome = "client_gone"        // client went away before the response was written
-	OutcomeSlowReader       Outcome = "slow_reader"        // client cut off: it read the response slower than the minimum rate
-	OutcomeBadGateway       Outcome = "bad_gateway"        // the worker's CGI response was invalid: 502
-	OutcomeSpawnFailed      Outcome = "spawn_failed"       // the cell or worker could not be started
-	OutcomeNoCell           Outcome = "no_cell"            // the runner had no cell or uid free: 503
-	OutcomePreloaderLost    Outcome = "preloader_lost"     // a fork route's preloader died after it took the request, which may have run: 502
-	OutcomeSpoolFull        Outcome = "spool_full"         // the spools of all requests hold their disk budget: 503
-	OutcomeShutdown         Outcome = "shutdown"           // cancelled by a shutdown: 503
-	OutcomeNoTenant         Outcome = "no_tenant"          // admission does not know the route's tenant: 503
-	OutcomeOverBudget       Outcome = "over_budget"        // the route's memory exceeds its tenant's or the global budget: 503
-	OutcomeClientCap        Outcome = "client_cap"         // a forwarded client over its requests-in-flight cap: 503
-	OutcomeInternal         Outcome = "internal"           // any other server-side failure
-	OutcomeLocalRedirect    Outcome = "local_redirect"     // a cell answered with a local redirect (RFC 3875 6.2.2); the request went on in another cell
-	OutcomeOther            Outcome = "other"              // a value outside this set (metrics only)
+	OutcomeQueueFull         Outcome = "queue_full"         // admission queue full: 503
+	OutcomeQueueTimeout      Outcome = "queue_timeout"      // waited too long for admission: 503
+	OutcomeNoRoute           Outcome = "no_route"           // no route matched: 404
+	OutcomeBadRequest        Outcome = "bad_request"        // malformed request: 400
+	OutcomeExpectationFailed Outcome = "expectation_failed" // an Expect other than 100-continue: 417
+	OutcomeMethodNotAllowed  Outcome = "method_not_allowed" // 405
+	OutcomeBodyTooLarge      Outcome = "body_too_large"     // 413
+	OutcomeHeaderTooLarge    Outcome = "header_too_large"   // 431
+	OutcomeClientTimeout     Outcome = "client_timeout"     // client too slow sending the request: 408
+	OutcomeClientGone        Outcome = "client_gone"        // client went away before the response was written
+	OutcomeSlowReader        Outcome = "slow_reader"        // client cut off: it read the response slower than the minimum rate
+	OutcomeBadGateway        Outcome = "bad_gateway"        // the worker's CGI response was invalid: 502
+	OutcomeSpawnFailed       Outcome = "spawn_failed"       // the cell or worker could not be started
+	OutcomeNoCell            Outcome = "no_cell"            // the runner had no cell or uid free: 503
+	OutcomePreloaderLost     Outcome = "preloader_lost"     // a fork route's preloader died after it took the request, which may have run: 502
+	OutcomeSpoolFull         Outcome = "spool_full"         // the spools of all requests hold their disk budget: 503
+	OutcomeShutdown          Outcome = "shutdown"           // cancelled by a shutdown: 503
+	OutcomeNoTenant          Outcome = "no_tenant"          // admission does not know the route's tenant: 503
+	OutcomeOverBudget        Outcome = "over_budget"        // the route's memory exceeds its tenant's or the global budget: 503
+	OutcomeClientCap         Outcome = "client_cap"         // a forwarded client over its requests-in-flight cap: 503
+	OutcomeInternal          Outcome = "internal"           // any other server-side failure
+	OutcomeLocalRedirect     Outcome = "local_redirect"     // a cell answered with a local redirect (RFC 3875 6.2.2); the request went on in another cell
+	OutcomeOther             Outcome = "other"              // a value outside this set (metrics only)
 )
 
 // known reports whether o is one of the Outcome constants.
 func (o Outcome) known() bool {
 	switch o {
 	case OutcomeOK, OutcomeExit, OutcomeSignal, OutcomeOOM, OutcomeOOMBudget, OutcomeDeadline, OutcomePids, OutcomeKilled,
-		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeMethodNotAllowed,
+		OutcomeQueueFull, OutcomeQueueTimeout, OutcomeNoRoute, OutcomeBadRequest, OutcomeExpectationFailed, OutcomeMethodNotAllowed,
 		OutcomeBodyTooLarge, OutcomeHeaderTooLarge, OutcomeClientTimeout, OutcomeClientGone, OutcomeSlowReader,
 		OutcomeBadGateway, OutcomeSpawnFailed, OutcomeNoCell, OutcomePreloaderLost, OutcomeSpoolFull, OutcomeShutdown, OutcomeNoTenant, OutcomeOverBudget, OutcomeClientCap, OutcomeInternal, OutcomeLocalRedirect, OutcomeOther:
 		return true

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -194,6 +195,79 @@ func TestGateOptionsAsterisk(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no access-log record with request id %q", id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestGateHeadsNetHTTPWouldAnswer: the heads net/http answers itself,
+// before any handler, are cellgate's to answer, with a request id that
+// names an access-log record: an Expect other than 100-continue gets a
+// 417 and the connection closes; an empty line before a request line,
+// on a fresh connection or after a GET, is ignored (RFC 9112 §2.2), not
+// a 400.
+func TestGateHeadsNetHTTPWouldAnswer(t *testing.T) {
+	g := startPlainGate(t, okPolicy(t))
+	const get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+	for _, tc := range []struct {
+		name, in string
+		statuses []int
+		outcome  string // of the last answer
+	}{
+		{"Expect: foo", "POST / HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Length: 2\r\n\r\nhi" + get,
+			[]int{417}, "expectation_failed"},
+		{"empty line first", "\r\n" + get, []int{200}, "ok"},
+		{"empty line after a GET", get + "\r\n" + get, []int{200, 200}, "ok"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", strings.TrimPrefix(g.url, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			io.WriteString(c, tc.in)
+			br := bufio.NewReader(c)
+			var got []int
+			var ids []string
+			for len(got) < len(tc.statuses) {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					break
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				got = append(got, resp.StatusCode)
+				ids = append(ids, resp.Header.Get("X-Request-Id"))
+			}
+			if !slices.Equal(got, tc.statuses) {
+				t.Fatalf("statuses %v, want %v", got, tc.statuses)
+			}
+			for i, id := range ids {
+				if id == "" {
+					t.Fatalf("the %d has no request id", got[i])
+				}
+				r := g.waitRecord(id, 30*time.Second)
+				if r.Status != got[i] || i == len(ids)-1 && r.Outcome != tc.outcome {
+					t.Errorf("record of the %d: status %d outcome %q", got[i], r.Status, r.Outcome)
+				}
+			}
+		})
+	}
+}
+
+// waitRecord waits for the access-log record with the request id.
+func (g *gate) waitRecord(id string, timeout time.Duration) accessRecord {
+	g.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		for _, r := range g.records() {
+			if r.RequestID == id {
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("no access-log record with request id %q after %s", id, timeout)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -20,6 +20,9 @@ var (
 	// ErrBadRequest: the request cannot be served as sent (a NUL in the
 	// path, a malformed chunked body) (400).
 	ErrBadRequest = errors.New("bad request")
+	// ErrExpectationFailed: the request has an Expect other than
+	// 100-continue (417).
+	ErrExpectationFailed = errors.New("expectation failed")
 	// ErrInvalidResponse: the worker's output is not a valid CGI response
 	// (502).
 	ErrInvalidResponse = errors.New("invalid CGI response")

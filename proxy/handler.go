@@ -282,9 +282,9 @@ func (x *exchange) endUnreadBody() {
 }
 
 // checkRequest refuses what no route should see: a head guardConn refused
-// (400, or 431 when too large), a header block over Config.MaxHeaderBytes
-// (see there) and a path with a NUL, which no program could receive in its
-// environment.
+// (400, 431 when too large, 417 for an Expect other than 100-continue), a
+// header block over Config.MaxHeaderBytes (see there) and a path with a
+// NUL, which no program could receive in its environment.
 func (x *exchange) checkRequest() error {
 	r := x.r
 	if status, reason, ok := rejectedHead(x.s.rejectToken, r); ok {
@@ -292,8 +292,11 @@ func (x *exchange) checkRequest() error {
 		// host, path and query are not the client's.
 		x.rec.Method, x.rec.Host, x.rec.Path, x.rec.Query = "", "", "", ""
 		sentinel := ErrBadRequest
-		if status == http.StatusRequestHeaderFieldsTooLarge {
+		switch status {
+		case http.StatusRequestHeaderFieldsTooLarge:
 			sentinel = ErrHeaderTooLarge
+		case http.StatusExpectationFailed:
+			sentinel = ErrExpectationFailed
 		}
 		x.s.log.Debug("request head refused", "request_id", x.rec.RequestID, "client", r.RemoteAddr, "reason", reason)
 		return fmt.Errorf("request head refused: %s: %w", reason, sentinel)

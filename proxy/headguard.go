@@ -18,12 +18,14 @@ import (
 // parser: every byte net/http reads has been through a frameCheck first.
 // A request head is held back until it is complete and found good, then
 // handed on with whatever follows it; body bytes pass as they come (in
-// place when nothing is held, so a body costs no copy). When a head is
+// place when nothing is held, so a body costs no copy). The empty lines
+// before a request line are dropped, never handed on. When a head is
 // refused (smuggling attempts: obs-fold, a bare CR or LF, Transfer-Encoding
-// with Content-Length, ...) net/http gets, instead of it, a fixed request
-// that carries the Server's secret rejection token and the status, and
-// then the end of the stream: the handler answers that request with the
-// 400 (or 431), a request id and an access-log record, and net/http closes
+// with Content-Length, ...; an Expect net/http would answer itself) net/http
+// gets, instead of it, a fixed request that carries the Server's secret
+// rejection token and the status, and then the end of the stream: the
+// handler answers that request with the 400 (431 when too large, 417 for
+// an Expect), a request id and an access-log record, and net/http closes
 // the connection after it. The answer goes through net/http rather than
 // straight onto the socket because a response to an earlier request may
 // still be being written: net/http reads ahead while a handler runs. When
@@ -113,7 +115,7 @@ func (g *guardConn) Read(p []byte) (int, error) {
 			if n == 0 {
 				return 0, err
 			}
-			free, ferr := g.check.feed(p[:n])
+			n, free, ferr := g.check.feed(p[:n])
 			if ferr == nil && free < n {
 				g.hold(p[free:n])
 				g.timeHead(true) // nothing was held: the head starts here
@@ -150,20 +152,17 @@ func (g *guardConn) readMore() (freed bool, err error) {
 		copy(nb, b)
 		b = nb
 	}
-	n, err := g.Conn.Read(b[len(b):cap(b)])
-	fresh := b[len(b) : len(b)+n]
-	b = b[:len(b)+n]
-	*g.buf = b
-	if n > 0 {
-		// The held bytes go too once the head they start is complete.
-		free, ferr := g.check.feed(fresh)
-		if free > 0 {
-			g.free = len(b) - n + free
-		}
-		g.fail(ferr)
-		if g.free > 0 || ferr != nil {
-			return free > 0, nil
-		}
+	held := len(b)
+	read, err := g.Conn.Read(b[held:cap(b)])
+	n, free, ferr := g.check.feed(b[held : held+read])
+	*g.buf = b[:held+n]
+	// The held bytes go too once the head they start is complete.
+	if free > 0 {
+		g.free = held + free
+	}
+	g.fail(ferr)
+	if g.free > 0 || ferr != nil {
+		return free > 0, nil
 	}
 	return false, err
 }

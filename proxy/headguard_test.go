@@ -72,6 +72,22 @@ var guardCases = []guardCase{
 		[]int{400}, false},
 	{"head over the limit", "GET /a HTTP/1.1\r\nHost: x\r\nX: " + strings.Repeat("a", 24<<10) + "\r\n\r\n" + next,
 		[]int{431}, false},
+
+	// Heads net/http would answer itself, with no request id and no
+	// record: an Expect other than 100-continue (417); an empty line
+	// before a request line, but for one right after a POST (400).
+	{"Expect other than 100-continue", "POST /a HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Length: 5\r\n\r\nhello" + next,
+		[]int{417}, false},
+	{"Expect beside 100-continue", "GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nEXPECT:  100-continue, foo \r\n\r\n" + next,
+		[]int{200, 417}, false},
+	{"Expect 100-continue in HTTP/1.0", "GET /a HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\nExpect: 100-Continue\r\n\r\n" + next,
+		[]int{200, 200}, true},
+	{"empty line before the first request", "\r\n" + next, []int{200}, true},
+	{"empty lines after a GET", "GET /a HTTP/1.1\r\nHost: x\r\n\r\n\r\n" + hidden + "\r\n\r\n" + next,
+		[]int{200, 200, 200}, true},
+	{"empty line after a POST", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\r\n" + next,
+		[]int{200, 200}, true},
+	{"three empty lines", "GET /a HTTP/1.1\r\nHost: x\r\n\r\n\r\n\r\n\r\n" + next, []int{200, 400}, false},
 }
 
 // exchangeRaw writes in on a new connection (plain or TLS), half-closes it
@@ -117,9 +133,11 @@ func guardServer(t testing.TB, cfg Config) *testServer {
 
 // TestRequestSmuggling: probes of request smuggling, each followed by a
 // normal request on one keep-alive connection, over plain TCP and TLS: a
-// refused head gets a 400 (431 when too large) with a request id and an
-// access-log record, the connection is closed, and nothing after the
-// refused head is ever answered.
+// refused head gets a 400 (431 when too large, 417 for an expectation)
+// with a request id and an access-log record, the connection is closed,
+// and nothing after the refused head is ever answered. Every answer,
+// refusals and the requests served alike, is cellgate's, never one of
+// net/http's own: each has a request id and a record.
 func TestRequestSmuggling(t *testing.T) {
 	certFile, keyFile, pool := writeCert(t)
 	for _, mode := range []struct {
@@ -141,14 +159,16 @@ func TestRequestSmuggling(t *testing.T) {
 				if !slices.Equal(got, tt.statuses) || closed == tt.open {
 					t.Fatalf("got statuses %v, closed %v; want %v, closed %v", got, closed, tt.statuses, !tt.open)
 				}
+				for _, r := range resps {
+					id := r.Header.Get(RequestIDHeader)
+					if id == "" {
+						t.Fatalf("no request id on the %d", r.StatusCode)
+					}
+					if rec := ts.recs.byID(t, id); rec.Status != r.StatusCode {
+						t.Errorf("access log has status %d for the %d", rec.Status, r.StatusCode)
+					}
+				}
 				last := resps[len(resps)-1]
-				id := last.Header.Get(RequestIDHeader)
-				if id == "" {
-					t.Fatalf("no request id on the %d", last.StatusCode)
-				}
-				if rec := ts.recs.byID(t, id); rec.Status != last.StatusCode {
-					t.Errorf("access log has status %d for the %d", rec.Status, last.StatusCode)
-				}
 				if !tt.open && !last.Close {
 					t.Errorf("the %d does not say Connection: close", last.StatusCode)
 				}
@@ -170,23 +190,23 @@ func TestRequestSmugglingHTTP2(t *testing.T) {
 	}
 }
 
-// TestFrameCheckSplits: frameCheck reaches the same verdict and hands on
-// the same bytes however the stream is cut into reads.
+// TestFrameCheckSplits: frameCheck reaches the same verdict, hands on the
+// same bytes and drops the same ones however the stream is cut into reads.
 func TestFrameCheckSplits(t *testing.T) {
 	for _, tt := range guardCases {
 		t.Run(tt.name, func(t *testing.T) {
 			whole := newFrameCheck(20 << 10)
-			wantFree, wantErr := whole.feed([]byte(tt.in))
+			_, wantFree, wantErr := whole.feed([]byte(tt.in))
 			k := newFrameCheck(20 << 10)
 			released, held := 0, 0
 			var gotErr *frameError
 			for i := 0; i < len(tt.in) && gotErr == nil; i++ {
-				free, err := k.feed([]byte{tt.in[i]})
+				n, free, err := k.feed([]byte{tt.in[i]})
 				if free > 0 {
 					released += held + free
 					held = 0
 				} else if err == nil {
-					held++
+					held += n // 0: an empty line's byte, dropped
 				}
 				gotErr = err
 			}
@@ -250,7 +270,8 @@ func exchangeBytes(t *testing.T, ts *testServer, in []byte) []byte {
 }
 
 // refRequests counts the requests at the start of b that a strict reading
-// of RFC 9112 finds complete and well framed. It is written apart from
+// of RFC 9112 finds complete and well framed, with no expectation but
+// 100-continue. It is written apart from
 // frameCheck, line by line with regular expressions, so that the fuzz
 // target compares two readings.
 func refRequests(b []byte) int {
@@ -281,6 +302,10 @@ func refRequests(b []byte) int {
 				cl = append(cl, value)
 			case "transfer-encoding":
 				te = append(te, value)
+			case "expect":
+				if value != "" && !strings.EqualFold(value, "100-continue") {
+					return n
+				}
 			}
 		}
 		switch {
@@ -369,15 +394,16 @@ func refChunked(b []byte) ([]byte, bool) {
 
 // TestGuardConnByteByByte: a client that sends one byte per read gets the
 // same stream through guardConn as one that sends everything at once: good
-// requests whole, a refused head replaced by the rejection request and the
-// end of the stream.
+// requests whole without the empty lines before them, a refused head
+// replaced by the rejection request and the end of the stream.
 func TestGuardConnByteByByte(t *testing.T) {
 	reject := func(ferr *frameError) []byte { return rejection("token", ferr) }
 	for _, tt := range guardCases {
 		t.Run(tt.name, func(t *testing.T) {
 			k := newFrameCheck(20 << 10)
-			free, ferr := k.feed([]byte(tt.in))
-			want := tt.in[:free]
+			b := []byte(tt.in)
+			_, free, ferr := k.feed(b)
+			want := string(b[:free])
 			if ferr != nil && ferr.Head {
 				want += string(reject(ferr))
 			}
@@ -436,8 +462,8 @@ func BenchmarkGuardConn(b *testing.B) {
 
 // FuzzFrameCheck: frameCheck and refRequests, two strict readings written
 // apart, find the same number of complete requests in any bytes, and
-// frameCheck hands on no byte past the last request it found complete
-// unless a head is admitted after it.
+// frameCheck keeps the same bytes (drops the same empty lines) fed at
+// once as fed byte by byte.
 func FuzzFrameCheck(f *testing.F) {
 	for _, tt := range guardCases {
 		f.Add([]byte(tt.in))
@@ -448,10 +474,13 @@ func FuzzFrameCheck(f *testing.F) {
 		k := newFrameCheck(1 << 20) // refRequests has no size limit
 		done := 0
 		idle := true
+		var kept []byte
 		for _, c := range in {
-			if _, err := k.feed([]byte{c}); err != nil {
+			n, _, err := k.feed([]byte{c})
+			if err != nil {
 				break
 			}
+			kept = append(kept, []byte{c}[:n]...)
 			now := k.st == stHead && k.headLen == 0
 			if now && !idle {
 				done++
@@ -461,7 +490,55 @@ func FuzzFrameCheck(f *testing.F) {
 		if want := refRequests(in); done != want {
 			t.Fatalf("frameCheck found %d complete requests, the reference %d, in %.2000q", done, want, in)
 		}
+		whole := newFrameCheck(1 << 20)
+		b := bytes.Clone(in)
+		n, _, _ := whole.feed(b)
+		if !bytes.Equal(b[:n], kept) {
+			t.Fatalf("fed at once, frameCheck kept\n%.2000q\nbyte by byte\n%.2000q", b[:n], kept)
+		}
 	})
+}
+
+// TestFrameCheckDropsEmptyLines: the empty lines before a request line,
+// up to maxEmptyLead, are taken out of the bytes fed, wherever they fall
+// in them, and a head after them is held as any other.
+func TestFrameCheckDropsEmptyLines(t *testing.T) {
+	const get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+	const post = "POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n\r\n" // its body: an empty line
+	for _, tt := range []struct {
+		name, in, kept string
+		free           int
+	}{
+		{"first", "\r\n" + get, get, len(get)},
+		{"two first", "\r\n\r\n" + get, get, len(get)},
+		{"between", get + "\r\n" + get + "\r\n\r\n" + get, get + get + get, 3 * len(get)},
+		{"before an incomplete head", get + "\r\n\r\nGET /", get + "GET /", len(get)},
+		{"after the last head", get + "\r\n", get, len(get)},
+		{"a body's, kept", post + "\r\n" + get, post + get, len(post + get)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, size := range []int{len(tt.in), 1, 2, 3} {
+				k := newFrameCheck(1 << 10)
+				var kept []byte
+				free := 0
+				for in := []byte(tt.in); len(in) > 0; {
+					b := in[:min(size, len(in))]
+					in = in[len(b):]
+					n, f, err := k.feed(b)
+					if err != nil {
+						t.Fatalf("reads of %d: %v", size, err)
+					}
+					if f > 0 {
+						free = len(kept) + f
+					}
+					kept = append(kept, b[:n]...)
+				}
+				if string(kept) != tt.kept || free != tt.free {
+					t.Fatalf("reads of %d: kept %q, %d free; want %q, %d", size, kept, free, tt.kept, tt.free)
+				}
+			}
+		})
+	}
 }
 
 // TestKeepAliveHeadTimeout: a head trickled on a keep-alive connection,

@@ -14,6 +14,12 @@ import "strconv"
 // with a 400 and closes), and tracks each admitted request's body framing
 // (Content-Length or chunked) so that it knows where the next head starts.
 //
+// It also takes from net/http the heads that net/http would answer itself,
+// before any handler, with no request id and no record: an Expect other
+// than 100-continue is refused here (417), and the empty lines that may
+// precede a request line (RFC 9112 §2.2; net/http skips them only after a
+// POST, and answers a 400 otherwise) are dropped, never handed on.
+//
 // It is a pure state machine over bytes, one byte at a time except inside
 // body data, which it skips by count; it holds no buffer and allocates
 // nothing. Being stricter than net/http everywhere is the point: a request
@@ -38,6 +44,7 @@ type frameCheck struct {
 	field         fieldKind
 	nameCL        bool // the name read so far is a prefix of Content-Length
 	nameTE        bool // ... of Transfer-Encoding
+	nameEx        bool // ... of Expect
 	val           [16]byte
 	valLen        int // bytes of val used; past len(val) the value is too long to matter
 	valDigits     int // Content-Length: digits seen; -1 once OWS followed them
@@ -72,6 +79,7 @@ const (
 	fieldOther fieldKind = iota
 	fieldCL
 	fieldTE
+	fieldExpect
 )
 
 // Limits of the chunked coding, as net/http's: a chunk-size line up to
@@ -79,7 +87,7 @@ const (
 const (
 	maxChunkLine   = 4096
 	maxChunkDigits = 15
-	maxEmptyLead   = 2 // empty lines tolerated before a request line (RFC 9112 §2.2)
+	maxEmptyLead   = 2 // empty lines dropped before a request line (RFC 9112 §2.2); a third is refused
 )
 
 // frameError is a request that frameCheck refuses. Head is set when the
@@ -87,9 +95,9 @@ const (
 // client gets an answer); otherwise they are in a body that net/http is
 // reading, and its read fails.
 type frameError struct {
-	Head     bool
-	TooLarge bool   // the head exceeds maxHead (431)
-	Reason   string // fixed text, never the client's bytes
+	Head   bool
+	Status int    // a refused head's status when not 400: 431 (over maxHead), 417 (Expect)
+	Reason string // fixed text, never the client's bytes
 }
 
 func (e *frameError) Error() string {
@@ -101,8 +109,8 @@ func (e *frameError) Error() string {
 
 // StatusCode is the status the client gets for a refused head.
 func (e *frameError) StatusCode() int {
-	if e.TooLarge {
-		return 431
+	if e.Status != 0 {
+		return e.Status
 	}
 	return 400
 }
@@ -110,24 +118,31 @@ func (e *frameError) StatusCode() int {
 func newFrameCheck(maxHead int) frameCheck { return frameCheck{maxHead: maxHead} }
 
 // inHead reports whether bytes of a request head that is not complete yet
-// have been examined: they must be held back from net/http until the head
-// is complete and found good.
+// have been examined, from its method on: they must be held back from
+// net/http until the head is complete and found good. The empty lines
+// before a request line are dropped, not held.
 func (k *frameCheck) inHead() bool {
-	return k.st <= stEndLF && k.headLen > 0 && !k.trailer
+	return k.st >= stMethod && k.st <= stEndLF && !k.trailer
 }
 
-// feed examines b, the bytes that follow everything fed before. free is the
-// number of leading bytes of b after which no head was in progress: those
-// bytes, and every byte held back before them, may go to net/http now; the
-// rest of b belongs to a head still incomplete. On error, free bytes of b
-// precede the refused head (or the point where a body went wrong) and may
-// still go; nothing after them may.
-func (k *frameCheck) feed(b []byte) (free int, err *frameError) {
-	for i := 0; i < len(b); {
+// feed examines b, the bytes that follow everything fed before, and drops
+// from it the empty lines before a request line: the bytes after them are
+// moved down in place, and b[:n] is what is left. free is the number of
+// leading bytes of b[:n] after which no head was in progress: those bytes,
+// and every byte held back before them, may go to net/http now; the rest
+// of b[:n] belongs to a head still incomplete. On error, free bytes of
+// b[:n] precede the refused head (or the point where a body went wrong)
+// and may still go; nothing after them may.
+func (k *frameCheck) feed(b []byte) (n, free int, err *frameError) {
+	i := 0
+	// dropped bytes so far; the kept bytes b[:moved] are in their place,
+	// those of b[moved+dropped:i] still to move down.
+	dropped, moved := 0, 0
+	for i < len(b) && err == nil {
 		if k.st == stBody || k.st == stChunkData {
-			n := int(min(k.remain, int64(len(b)-i)))
-			i += n
-			k.remain -= int64(n)
+			m := int(min(k.remain, int64(len(b)-i)))
+			i += m
+			k.remain -= int64(m)
 			if k.remain == 0 {
 				if k.st == stBody {
 					k.nextHead()
@@ -135,29 +150,40 @@ func (k *frameCheck) feed(b []byte) (free int, err *frameError) {
 					k.st = stChunkCR
 				}
 			}
-			free = i
+			free = i - dropped
 			continue
 		}
-		if n := k.run(b[i:]); n > 0 {
-			i += n
-			k.headLen += n
+		if m := k.run(b[i:]); m > 0 {
+			i += m
+			k.headLen += m
 			if k.headLen > k.maxHead {
-				return free, k.tooLarge()
-			}
-			if !k.inHead() {
-				free = i // a trailer section's bytes
+				err = k.tooLarge()
+			} else if !k.inHead() {
+				free = i - dropped // a trailer section's bytes
 			}
 			continue
 		}
-		if err := k.step(b[i]); err != nil {
-			return free, err
+		lead := k.st == stLeadLF || k.st == stHead && b[i] == '\r'
+		if err = k.step(b[i]); err != nil {
+			break
 		}
 		i++
-		if !k.inHead() {
-			free = i
+		if lead {
+			// The bytes kept since the last drop move down, each once.
+			if dropped > 0 {
+				moved += copy(b[moved:], b[moved+dropped:i-1])
+			} else {
+				moved = i - 1
+			}
+			dropped++
+		} else if !k.inHead() {
+			free = i - dropped
 		}
 	}
-	return free, nil
+	if dropped > 0 {
+		copy(b[moved:], b[moved+dropped:i])
+	}
+	return i - dropped, free, err
 }
 
 // run returns how many leading bytes of b are plain bytes of a request
@@ -188,7 +214,7 @@ func (k *frameCheck) tooLarge() *frameError {
 	if k.trailer {
 		return k.headErr("trailer section over " + strconv.Itoa(k.maxHead) + " bytes")
 	}
-	return &frameError{Head: true, TooLarge: true, Reason: "head over " + strconv.Itoa(k.maxHead) + " bytes"}
+	return &frameError{Head: true, Status: 431, Reason: "head over " + strconv.Itoa(k.maxHead) + " bytes"}
 }
 
 // nextHead readies the check for the next request's head.
@@ -213,6 +239,7 @@ func (k *frameCheck) step(c byte) *frameError {
 	}
 	switch k.st {
 	case stHead:
+		// The bytes of an empty line here are dropped by feed.
 		switch {
 		case c == '\r':
 			k.st = stLeadLF
@@ -276,7 +303,7 @@ func (k *frameCheck) step(c byte) *frameError {
 		case tchar(c):
 			lc := lower(c)
 			k.st, k.n = stName, 1
-			k.nameCL, k.nameTE = lc == 'c', lc == 't'
+			k.nameCL, k.nameTE, k.nameEx = lc == 'c', lc == 't', lc == 'e'
 		default:
 			return k.headErr("invalid byte in field name")
 		}
@@ -286,13 +313,18 @@ func (k *frameCheck) step(c byte) *frameError {
 			lc := lower(c)
 			k.nameCL = k.nameCL && k.n < len(nameCL) && nameCL[k.n] == lc
 			k.nameTE = k.nameTE && k.n < len(nameTE) && nameTE[k.n] == lc
+			k.nameEx = k.nameEx && k.n < len(nameEx) && nameEx[k.n] == lc
 			k.n++
 		case c == ':':
 			k.field = fieldOther
-			if !k.trailer && k.nameCL && k.n == len(nameCL) {
+			switch {
+			case k.trailer:
+			case k.nameCL && k.n == len(nameCL):
 				k.field = fieldCL
-			} else if !k.trailer && k.nameTE && k.n == len(nameTE) {
+			case k.nameTE && k.n == len(nameTE):
 				k.field = fieldTE
+			case k.nameEx && k.n == len(nameEx):
+				k.field = fieldExpect
 			}
 			k.st, k.valLen, k.valDigits = stValue, 0, 0
 		default:
@@ -378,6 +410,7 @@ func (k *frameCheck) step(c byte) *frameError {
 const (
 	nameCL = "content-length"
 	nameTE = "transfer-encoding"
+	nameEx = "expect"
 )
 
 // valueByte takes one byte of a field value.
@@ -398,7 +431,7 @@ func (k *frameCheck) valueByte(c byte) *frameError {
 		default:
 			return k.headErr("Content-Length is not one decimal number")
 		}
-	case fieldTE:
+	case fieldTE, fieldExpect:
 		if k.valLen < len(k.val) {
 			k.val[k.valLen] = lower(c)
 		}
@@ -425,6 +458,14 @@ func (k *frameCheck) endField() *frameError {
 		}
 		v := k.val[:min(k.valLen, len(k.val))]
 		k.teChunked = k.valLen <= len(k.val) && string(trimOWS(v)) == "chunked"
+	case fieldExpect:
+		// net/http answers any Expect but 100-continue itself (417), and
+		// takes "100-continue, x" as 100-continue: every Expect field
+		// here is empty or 100-continue alone, or the head is refused.
+		v := trimOWS(k.val[:min(k.valLen, len(k.val))])
+		if k.valLen > len(k.val) || len(v) > 0 && string(v) != "100-continue" {
+			return &frameError{Head: true, Status: 417, Reason: "Expect other than 100-continue"}
+		}
 	}
 	return nil
 }

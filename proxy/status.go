@@ -69,6 +69,9 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 			Message: "request body sent too slowly", Close: true}
 	case errors.Is(err, ErrBadRequest), errors.Is(err, policy.ErrBadPath):
 		return verdict{Status: http.StatusBadRequest, Outcome: accounting.OutcomeBadRequest, Message: "bad request", Close: true}
+	case errors.Is(err, ErrExpectationFailed):
+		return verdict{Status: http.StatusExpectationFailed, Outcome: accounting.OutcomeExpectationFailed,
+			Message: "expectation failed", Close: true}
 	case errors.As(err, &me):
 		return verdict{Status: http.StatusMethodNotAllowed, Outcome: accounting.OutcomeMethodNotAllowed,
 			Message: "method not allowed", Allow: me.Allow}

@@ -64,6 +64,7 @@ func TestDecide(t *testing.T) {
 		{name: "client too slow", err: wrap(ErrClientTimeout), wantStatus: 408, wantOutcome: accounting.OutcomeClientTimeout, wantClose: true},
 		{name: "header too large", err: wrap(ErrHeaderTooLarge), wantStatus: 431, wantOutcome: accounting.OutcomeHeaderTooLarge, wantClose: true},
 		{name: "bad request body", err: wrap(ErrBadRequest), wantStatus: 400, wantOutcome: accounting.OutcomeBadRequest, wantClose: true},
+		{name: "expectation", err: wrap(ErrExpectationFailed), wantStatus: 417, wantOutcome: accounting.OutcomeExpectationFailed, wantClose: true},
 		{name: "proxy failure before a cell", err: fmt.Errorf("spool: disk full"), wantStatus: 500, wantOutcome: accounting.OutcomeInternal},
 	}
 	for _, tt := range tests {
