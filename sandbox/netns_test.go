@@ -96,18 +96,57 @@ func TestNetnsReuseBounded(t *testing.T) {
 			kept = append(kept, fd)
 		}
 	}
-	give("a", true)
-	give("a", true)
-	give("a", false) // size per tenant
-	for i := range maxUsedFactor*2 - 2 {
-		give(string(rune('b'+i/2)), true)
+	// One tenant may fill the pool (maxUsedFactor*size in all), beyond
+	// size: a busy tenant keeps a namespace for each of its cells.
+	for range maxUsedFactor * 2 {
+		give("a", true)
 	}
-	give("z", false) // maxUsedFactor*size in all
+	give("a", false) // the pool is full
+	oldest := kept[0]
+	// Each other tenant is still sure of size (2): its namespaces take the
+	// place of the oldest of the tenant holding the most.
+	give("b", true)
+	if isOpen(oldest) {
+		t.Errorf("tenant a's oldest namespace (fd %d) still held after tenant b's took its place", oldest)
+	}
+	give("b", true)
+	give("b", false) // b holds size
+	give("c", true)
+	give("c", true)
+	give("c", false)
+	if n := len(p.used["a"]); n != maxUsedFactor*2-4 {
+		t.Errorf("tenant a holds %d namespaces after b and c took four places; want %d", n, maxUsedFactor*2-4)
+	}
+	if p.nused != maxUsedFactor*2 {
+		t.Errorf("%d namespaces wait; want the pool's %d", p.nused, maxUsedFactor*2)
+	}
 	p.close()
 	for _, fd := range kept {
 		if isOpen(fd) {
 			t.Errorf("fd %d still open after close", fd)
 		}
+	}
+}
+
+func TestNetnsReuseFullOfSmallTenants(t *testing.T) {
+	p := newTestNetnsPool(t, 2, func(int) bool { return true })
+	for i := range maxUsedFactor {
+		for range 2 {
+			fd := fakeNetns(t)
+			p.give(fmt.Sprint("t", i), fd, true)
+			if !isOpen(fd) {
+				t.Fatalf("tenant t%d's namespace not kept with %d waiting", i, p.nused)
+			}
+		}
+	}
+	// Every tenant holds size: none gives a place to a newcomer.
+	fd := fakeNetns(t)
+	p.give("z", fd, true)
+	if isOpen(fd) {
+		t.Errorf("a full pool of tenants at size kept a newcomer's namespace")
+	}
+	if p.nused != maxUsedFactor*2 {
+		t.Errorf("%d namespaces wait; want %d", p.nused, maxUsedFactor*2)
 	}
 }
 
