@@ -98,9 +98,10 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeSpoolFull,
 			Message: "server busy, retry later", RetryAfter: true}
 	case errors.Is(err, sandbox.ErrPreloaderLost):
-		// The preloader died after it took the spawn, and its child may
-		// have run the request (a POST that charged a card): not a 503
-		// with Retry-After, which says it was not processed.
+		// The preloader died (or answered garbage) after it took the
+		// spawn, and its child may have run the request (a POST that
+		// charged a card): not a 503 with Retry-After, which says it was
+		// not processed.
 		return verdict{Status: http.StatusBadGateway, Outcome: accounting.OutcomePreloaderLost,
 			Message: "the request handler was lost; the request may have been processed"}
 	case errors.Is(err, sandbox.ErrNoCell), errors.Is(err, sandbox.ErrNoUID), errors.Is(err, sandbox.ErrNoPreloader):

@@ -36,9 +36,10 @@ var (
 	ErrNoPreloader = errors.New("no preloader ready")
 	// ErrPreloaderLost: a fork route's preloader died (or broke, or did not
 	// answer in time) after it read the request's spawn, and the child it
-	// may have cloned could not be shown never to have run: the request
-	// may have run, in part or whole. Its cell was killed; the request is
-	// not sent again, and must not be answered as one never processed.
+	// may have cloned could not be shown never to have run, or it answered
+	// the spawn against the protocol: the request may have run, in part or
+	// whole. Its cell was killed and the preloader replaced; the request
+	// is not sent again, and must not be answered as one never processed.
 	ErrPreloaderLost = errors.New("preloader lost after it took the request, which may have run")
 	// ErrRequestTooLarge: a fork route's request does not fit in one
 	// spawn message to its preloader (its meta-variables: the query, the

@@ -50,18 +50,26 @@ func (d forkDriver) identity(*Spec) (identity, error) {
 // never ran the app) is the error ErrNoPreloader marked errNeverRan, for
 // Run to retry the request on a fresh cell (runFork). Otherwise the
 // request may have run (a POST that charged a card): the error is
-// ErrPreloaderLost, never retried and never answered as unprocessed.
+// ErrPreloaderLost, never retried and never answered as unprocessed. So is
+// a spawn answered against the protocol (errProtocol: a message that does
+// not parse, a wrong id, a pidfd that fails verifyChild): the preloader
+// read it, and a preloader that breaks the protocol is not believed about
+// what it cloned, or where (a child outside the cell, a pidfd of another
+// process), which a search of the cell cannot settle.
 func (d forkDriver) start(ctx context.Context, cell Cell, spec *Spec, files [3]*os.File, id identity) (*worker, error) {
 	w, err := d.try(ctx, cell, spec, files, id)
 	if errors.Is(err, errNotSent) {
 		w, err = d.try(ctx, cell, spec, files, id)
 	}
-	if errors.Is(err, errNoAnswer) {
+	switch {
+	case errors.Is(err, errNoAnswer):
 		if d.p.nsUIDs != nil && d.neverRan(cell) {
 			err = fmt.Errorf("%w: %w: %w", ErrNoPreloader, errNeverRan, err)
 		} else {
 			err = fmt.Errorf("%w: %w", ErrPreloaderLost, err)
 		}
+	case errors.Is(err, errProtocol):
+		err = fmt.Errorf("%w: %w", ErrPreloaderLost, err)
 	}
 	return w, err
 }

@@ -749,3 +749,58 @@ func TestForkFailedStartEndsStdinCopy(t *testing.T) {
 		t.Errorf("Run returned with %d Read of its stdin under way", n)
 	}
 }
+
+// garbageApp is the counting app whose preloader, once, answers a spawn
+// with the bytes of GARBAGE (hex) before its own answer, after the child
+// had time to serve its request.
+const garbageApp = countingApp + `
+import time
+def answer_garbage_once():
+    mark = os.path.join(here, "answered")
+    if not os.path.exists(mark):
+        open(mark, "w").close()
+        time.sleep(0.5)
+        os.write(3, bytes.fromhex(GARBAGE))
+os.register_at_fork(after_in_parent=answer_garbage_once)
+`
+
+// A preloader that answers a spawn against the protocol read it, and may
+// have cloned the child that ran it (here it did): it is replaced, and the
+// request is ErrPreloaderLost (the proxy's 502 preloader_lost, not a 500),
+// never sent again.
+func TestForkMalformedAnswer(t *testing.T) {
+	for _, tc := range []struct{ name, answer string }{
+		{"not JSON", "\xffspawned, trust me"},
+		{"empty object", "{}"},
+		{"wrong version", `{"v":2,"type":"spawned","id":1,"pid":1}`},
+		{"unknown type", `{"v":3,"type":"ready","id":1,"pid":1}`},
+		{"spawned without pid or pidfd", `{"v":3,"type":"spawned","id":1}`},
+		{"wrong id", `{"v":3,"type":"error","id":7,"error":"no"}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newTestRunner(t, &fakeCells{})
+			app := fmt.Sprintf("GARBAGE = %q\n%s", fmt.Sprintf("%x", tc.answer), garbageApp)
+			p, err := startTestPreloader(t, r, app, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			env := []string{"REQUEST_METHOD=POST", "PATH_INFO=/x", "SERVER_NAME=test", "SERVER_PORT=80",
+				"SERVER_PROTOCOL=HTTP/1.1", "CONTENT_LENGTH=5"}
+			_, err = r.Run(context.Background(), Spec{Preloader: p, Env: env, Stdin: strings.NewReader("abcde"), Stdout: io.Discard, Stderr: os.Stderr})
+			if !errors.Is(err, ErrPreloaderLost) || errors.Is(err, ErrNoPreloader) {
+				t.Errorf("Run: %v, want ErrPreloaderLost and not ErrNoPreloader (the request may have run)", err)
+			}
+			// The next request gets a sound preloader.
+			if res, out := forkRun(t, r, p, "", ""); res.Cause != CauseOK || !strings.Contains(out, "200 OK") {
+				t.Errorf("the next request: cause %s, output %q", res.Cause, out)
+			}
+			if st := p.Stats(); st.Restarts != 1 || st.Retries != 0 {
+				t.Errorf("stats %+v: want 1 restart and no retry", st)
+			}
+			runs, _ := os.ReadFile(filepath.Join(p.cfg.AppDir, "runs"))
+			if n := strings.Count(string(runs), "ran b'abcde'"); n != 1 {
+				t.Errorf("the request ran %d times: %q; want once", n, runs)
+			}
+		})
+	}
+}
