@@ -235,6 +235,36 @@ func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File
 	return ip.send(frame, fds[:])
 }
 
+// errInitGone marks the failed hand-off of a warm cell whose init was gone
+// before it had the whole exec frame (killed, or OOM-killed with its
+// tenant, while it waited in the pool): the init starts the program only
+// once it has read the whole frame, so nothing of the request ran, and
+// runWarm runs it on another cell.
+var errInitGone = errors.New("the warm cell's init was gone before its exec frame")
+
+// refused reports whether the send of an exec frame failed because the
+// init's end of the control socket was closed (EPIPE; ECONNRESET had it
+// closed with data unread): the kernel took not all of the frame, so the
+// init never read all of it. A frame the kernel took whole is not known to
+// be unread, however soon the init died.
+func refused(err error) bool {
+	return errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET)
+}
+
+// gone reports whether the init's end of the control socket is closed (the
+// init has exited), without blocking: a warm init sends nothing between
+// its ready report and the exec frame.
+func (ip *initProc) gone() bool {
+	fds := []unix.PollFd{{Fd: int32(ip.ctl), Events: unix.POLLRDHUP}}
+	for {
+		n, err := unix.Poll(fds, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		return err == nil && n > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLRDHUP|unix.POLLERR) != 0
+	}
+}
+
 // waitReady waits for the init's ready report; any other report, or none,
 // is an error saying why the cell cannot be used.
 func (ip *initProc) waitReady(spec *Spec) error {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,6 +28,9 @@ var leakedPath string
 func TestMain(m *testing.M) {
 	if h, ok := os.LookupEnv(helperEnv); ok {
 		os.Exit(runHelper(h))
+	}
+	if os.Args[0] == confine.InitArg0 { // a confined cell's init (Config.Launcher)
+		os.Exit(confine.InitMain(os.Args[1:]))
 	}
 	f, err := os.CreateTemp("", "sandbox-leak-*")
 	if err != nil {

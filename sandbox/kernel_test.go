@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
+	"golang.org/x/sys/unix"
 )
 
 // These tests run real cells on whatever cgroup2 hierarchy the host has, with
@@ -54,8 +56,9 @@ func cgroup2Mount(t testing.TB) string {
 
 // newKernelRunner returns a Runner over a real cgroup pool in a private base
 // under the cgroup2 mount, giving each cell its own uid from uids, and the
-// base's path; everything is removed at the end of the test.
-func newKernelRunner(t testing.TB, uids UIDRange) (*Runner, string) {
+// base's path; everything is removed at the end of the test. opts set
+// more of the Runner's Config.
+func newKernelRunner(t testing.TB, uids UIDRange, opts ...func(*Config)) (*Runner, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		skipOrFail(t, "real cells need root (euid %d)", os.Geteuid())
@@ -74,7 +77,11 @@ func newKernelRunner(t testing.TB, uids UIDRange) (*Runner, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := New(Config{Cells: PoolCells{Pool: pool}, Profile: prof, UIDs: uids, Timeout: time.Minute})
+	cfg := Config{Cells: PoolCells{Pool: pool}, Profile: prof, UIDs: uids, Timeout: time.Minute}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	r, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,4 +241,138 @@ func alive(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}
+
+// A warm confined cell whose init died while it waited in the pool (here
+// killed; an OOM kill of its tenant is the same) never ran the request
+// that takes it: the request runs on another cell, once, with its body.
+// The init dies before the request (the take finds it gone) or in the
+// hand-off, before the exec frame is sent (from Spec.Started, which
+// precedes it). The cells' init is the Go init of this test binary
+// (TestMain), with a plan of nothing.
+func TestKernelWarmCellInitDied(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		inHandOff bool
+	}{
+		{"killed while idle", false},
+		{"killed in the hand-off", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			launcher, err := confine.OpenLauncher("")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { launcher.Close() })
+			r, _ := newKernelRunner(t, DefaultUIDRange, func(c *Config) { c.Launcher, c.WarmCells = launcher, 1 })
+			plan, err := confine.Prepare(&confine.Plan{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.Warm(nil, plan)
+			pid := warmInit(t, r)
+			kill := func() {
+				unix.Kill(pid, unix.SIGKILL)
+				// Until all its threads are gone (a leader is a zombie
+				// before), without reaping it: that is the Runner's.
+				var info unix.Siginfo
+				if err := unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil); err != nil {
+					t.Errorf("wait for the killed init %d: %v", pid, err)
+				}
+			}
+			if !tc.inHandOff {
+				kill()
+			}
+			var out bytes.Buffer
+			starts := 0
+			res, err := r.Run(context.Background(), Spec{
+				Path: "/bin/cat", Confine: plan, Stdin: strings.NewReader("abcde"), Stdout: &out, Stderr: os.Stderr,
+				Started: func(string) {
+					if starts++; starts == 1 && tc.inHandOff {
+						kill()
+					}
+				},
+			})
+			if err != nil || res.Cause != CauseOK || out.String() != "abcde" {
+				t.Fatalf("Run: %v, cause %s, output %q; want the request served with its body", err, res.Cause, out.String())
+			}
+			// Killed while idle, the cell is passed over at the take
+			// (no hit: the request sets its own cell up); in the
+			// hand-off, the request started on it, then once more.
+			wantStarts, wantHits := 1, uint64(0)
+			if tc.inHandOff {
+				wantStarts, wantHits = 2, 1
+			}
+			if hits, _ := r.WarmStats(); starts != wantStarts || hits < wantHits || hits > wantHits+1 {
+				t.Errorf("%d starts and %d warm hits, want %d and %d (or one more on a cell set up meanwhile)", starts, hits, wantStarts, wantHits)
+			}
+			for r.TeardownsPending() > 0 {
+				time.Sleep(time.Millisecond)
+			}
+			if alive(pid) || zombieOf(pid) {
+				t.Errorf("the dead init %d was not reaped", pid)
+			}
+		})
+	}
+}
+
+// A warm cell's init that dies once it has taken the exec frame may have
+// started the program (here it has): the request is not run again.
+func TestKernelWarmCellInitDiedAfterHandOff(t *testing.T) {
+	launcher, err := confine.OpenLauncher("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { launcher.Close() })
+	r, _ := newKernelRunner(t, DefaultUIDRange, func(c *Config) { c.Launcher, c.WarmCells = launcher, 1 })
+	plan, err := confine.Prepare(&confine.Plan{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Warm(nil, plan)
+	pid := warmInit(t, r)
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outR.Close()
+	go func() {
+		// Once the program runs, its init dies.
+		if _, err := bufio.NewReader(outR).ReadString('\n'); err == nil {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+	}()
+	starts := 0
+	res, err := r.Run(context.Background(), Spec{
+		Path: "/bin/sh", Args: []string{"sh", "-c", "echo ran; exec sleep 60"}, Env: []string{"PATH=/usr/bin:/bin"},
+		Confine: plan, Stdout: outW, Timeout: 30 * time.Second, Started: func(string) { starts++ },
+	})
+	outW.Close()
+	if starts != 1 || res.Cause == CauseOK {
+		t.Errorf("Run: %v, cause %s, %d starts; want one start, not served", err, res.Cause, starts)
+	}
+}
+
+// warmInit waits for r's one warm cell and returns its init's pid.
+func warmInit(t testing.TB, r *Runner) int {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		r.warm.mu.Lock()
+		for _, s := range r.warm.sets {
+			if len(s.ready) > 0 {
+				pid := s.ready[0].proc.Pid
+				r.warm.mu.Unlock()
+				return pid
+			}
+		}
+		r.warm.mu.Unlock()
+	}
+	t.Fatal("no warm cell ready within 30s")
+	return 0
+}
+
+// zombieOf reports whether pid is a zombie child of this process.
+func zombieOf(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	return err == nil && !alive(pid) && statPPid(b) == os.Getpid()
 }

@@ -252,10 +252,15 @@ func (r *Runner) UIDsInFlight() int {
 // A fork request caught in the hand-off to a preloader that died is
 // retried once on a fresh cell (runFork) when its child never ran; else
 // Run returns ErrNoPreloader when nothing of it ran, ErrPreloaderLost
-// when it may have (the Result is then zero either way).
+// when it may have (the Result is then zero either way). A confined
+// request whose warm cell's init was gone before it took the exec frame
+// is retried once on another cell (runWarm).
 func (r *Runner) Run(ctx context.Context, spec Spec) (Result, error) {
-	if spec.Preloader != nil {
+	switch {
+	case spec.Preloader != nil:
 		return r.runFork(ctx, spec)
+	case spec.Confine != nil && r.warm != nil:
+		return r.runWarm(ctx, spec)
 	}
 	return r.run(ctx, spec)
 }
@@ -290,6 +295,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		ip = r.warm.take(k)
 		defer r.warm.kick(k)
 	}
+	pooled := ip != nil // a warm cell's
 	var cell Cell
 	if ip != nil {
 		cell = ip.cell
@@ -463,7 +469,15 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		case ok && rep.Kind != confine.ReportExited:
 			return Result{}, errors.Join(append([]error{notRun(rep, &spec, cell)}, errs...)...)
 		case launchErr != nil:
-			return Result{}, errors.Join(append([]error{fmt.Errorf("%w: cell %s: %w", ErrSpawn, cell.Path(), launchErr)}, errs...)...)
+			err := fmt.Errorf("%w: cell %s: %w", ErrSpawn, cell.Path(), launchErr)
+			if pooled && killedBy != CauseDeadline && refused(launchErr) {
+				// The warm cell's init died before it had the frame:
+				// nothing ran, runWarm may run the request again once
+				// its stdin copier has ended.
+				st.abort()
+				err = fmt.Errorf("%w: %w", errInitGone, err)
+			}
+			return Result{}, errors.Join(append([]error{err}, errs...)...)
 		case ok:
 			// The init's own status is the program's, but a signal
 			// cannot be passed on by a PID 1: the report has it.

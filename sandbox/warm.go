@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -78,24 +79,52 @@ func newWarmPool(r *Runner, size int) *warmPool {
 }
 
 // take returns a ready init of the key's, or nil, starting the set if
-// need be. The refill waits for kick: a setup is mostly CPU, which the
-// request that took the cell needs more until it has its Result.
+// need be. An init found gone (it died while it waited: killed, or
+// OOM-killed with its tenant) is passed over, its cell ended as a
+// teardown (off the request's path when a slot is free). The refill
+// waits for kick: a setup is mostly CPU, which the request that took the
+// cell needs more until it has its Result.
 func (w *warmPool) take(k warmKey) *initProc {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	s := w.set(k)
-	if s == nil {
-		return nil
-	}
 	var ip *initProc
-	if n := len(s.ready); n > 0 {
-		ip, s.ready = s.ready[n-1], s.ready[:n-1]
-		w.hits.Add(1)
-	} else {
-		w.misses.Add(1)
+	var dead []*initProc
+	if s := w.set(k); s != nil {
+		for n := len(s.ready); n > 0 && ip == nil; n-- {
+			ip, s.ready = s.ready[n-1], s.ready[:n-1]
+			if ip.gone() {
+				dead, ip = append(dead, ip), nil
+			}
+		}
+		if ip != nil {
+			w.hits.Add(1)
+		} else {
+			w.misses.Add(1)
+		}
+		s.resize(ip != nil, time.Now(), w.size)
 	}
-	s.resize(ip != nil, time.Now(), w.size)
+	w.mu.Unlock()
+	for _, d := range dead {
+		w.r.log.Warn("warm confined cell: its init died while the cell waited; cell ended", "cell", d.cell.Path())
+		w.r.teardowns.run(func() { w.r.discard(d) })
+	}
 	return ip
+}
+
+// runWarm is Run for a confined Spec when warm cells are kept. A warm
+// cell's init that died in the pool after take found it alive is found
+// when its exec frame is refused (errInitGone, see run): nothing of the
+// request ran, so it is run once more, on the next warm cell or a cold
+// one, as again allows (a stdin that can be rewound, time left of the
+// deadline). Only once; and never after the init took the whole frame,
+// since then it may have started the program, however soon it died.
+func (r *Runner) runWarm(ctx context.Context, spec Spec) (Result, error) {
+	t0 := time.Now()
+	res, err := r.run(ctx, spec)
+	if !errors.Is(err, errInitGone) || !r.again(ctx, &spec, t0) {
+		return res, err
+	}
+	r.log.Warn("warm confined cell's init was gone at the hand-off: request run on another cell", "err", err)
+	return r.run(ctx, spec)
 }
 
 // kick has the key's set refilled, once the run that took from it (or

@@ -1,0 +1,43 @@
+package sandbox
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// again readies spec for a second attempt of a request that nothing ran
+// of, its first having started at t0 (runFork, runWarm): the second gets
+// what is left of the deadline (spec.Timeout, or the Runner's) and the
+// request's stdin rewound. false: not again, because ctx has ended,
+// nothing is left of the deadline, or the stdin cannot be rewound
+// (cellgate spools a body before the worker starts: none, memory, or a
+// file, which can).
+func (r *Runner) again(ctx context.Context, spec *Spec, t0 time.Time) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	timeout := spec.Timeout
+	if timeout <= 0 {
+		timeout = r.timeout
+	}
+	left := timeout - time.Since(t0)
+	if left <= 0 || !rewind(spec.Stdin) {
+		return false
+	}
+	spec.Timeout = left
+	return true
+}
+
+// rewind puts a request's stdin back at its start; false when it cannot.
+func rewind(in io.Reader) bool {
+	if in == nil {
+		return true
+	}
+	s, ok := in.(io.Seeker)
+	if !ok {
+		return false
+	}
+	_, err := s.Seek(0, io.SeekStart)
+	return err == nil
+}
