@@ -35,6 +35,10 @@ var (
 	// ErrBaseInUse: another live process owns the base group (holds its
 	// lock). The concrete error is a *BaseInUseError naming its pid.
 	ErrBaseInUse = errors.New("cgroup base in use")
+	// ErrNotRestored: a change of budgets (Tree.SetBudgets) failed and
+	// undoing it failed too: a file keeps the value the change wrote, or
+	// a group it created stays. The error names the file and the value.
+	ErrNotRestored = errors.New("budget change not undone")
 	// ErrClosed: the Tree or Pool was closed.
 	ErrClosed = errors.New("cgroup tree closed")
 )

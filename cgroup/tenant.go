@@ -22,6 +22,15 @@ type Tenant struct {
 // Name is the tenant's name.
 func (g *Tenant) Name() string { return g.name }
 
+// label names the group in logs: the tenant, or the global budget's
+// cells/.
+func (g *Tenant) label() string {
+	if g.name == "" {
+		return "(global budget)"
+	}
+	return g.name
+}
+
 // Path is the tenant group's directory.
 func (g *Tenant) Path() string { return g.path }
 
@@ -54,10 +63,75 @@ func (t *Tree) Tenant(name string, r *specs.LinuxResources) (*Tenant, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := t.applyBudget(g, p); err != nil {
+	if err := t.applyBudget(g, p, nil); err != nil {
 		return nil, err
 	}
 	return g, nil
+}
+
+// Budget is one tenant's budget, for SetBudgets.
+type Budget struct {
+	Tenant    string
+	Resources *specs.LinuxResources
+}
+
+// SetBudgets writes the global budget (as SetBudget) and each tenant's
+// budget (as Tenant, creating the groups of new tenants) as one change,
+// for a reload, and returns the tenants' groups in order. Every budget is
+// converted and checked before anything is written. When a write fails,
+// the change is undone (rollback) and its error returned: the files
+// written hold their previous values again, the groups it created are
+// removed, and the budgets Tenant and SetBudget update from are the
+// previous ones. A file that cannot be put back is logged at error level
+// and its error, wrapping ErrNotRestored, joined to the returned one.
+func (t *Tree) SetBudgets(global *specs.LinuxResources, budgets []Budget) ([]*Tenant, error) {
+	s, err := TenantSettings(global)
+	if err != nil {
+		return nil, fmt.Errorf("global budget: %w", err)
+	}
+	gp, err := t.planFor(s, "global budget")
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(budgets))
+	plans := make([]*plan, len(budgets))
+	for i, b := range budgets {
+		if names[i], err = tenantName(b.Tenant); err != nil {
+			return nil, err
+		}
+		s, err := TenantSettings(b.Resources)
+		if err != nil {
+			return nil, fmt.Errorf("tenant %s: %w", names[i], err)
+		}
+		if plans[i], err = t.planFor(s, "tenant "+names[i]); err != nil {
+			return nil, err
+		}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, ErrClosed
+	}
+	j := &journal{}
+	if err := t.applyBudget(&t.global, gp, j); err != nil {
+		return nil, t.rollback(j, err)
+	}
+	groups := make([]*Tenant, len(budgets))
+	for i, name := range names {
+		known := t.tenants[name] != nil
+		g, err := t.tenantLocked(name)
+		if err != nil {
+			return nil, t.rollback(j, err)
+		}
+		if !known {
+			j.created = append(j.created, g)
+		}
+		if err := t.applyBudget(g, plans[i], j); err != nil {
+			return nil, t.rollback(j, err)
+		}
+		groups[i] = g
+	}
+	return groups, nil
 }
 
 // SetBudget writes the global budget of all cells of all tenants to
@@ -78,19 +152,34 @@ func (t *Tree) SetBudget(r *specs.LinuxResources) error {
 	if t.closed {
 		return ErrClosed
 	}
-	return t.applyBudget(&t.global, p)
+	return t.applyBudget(&t.global, p, nil)
 }
 
 // applyBudget writes p to the group g, resetting what g's previous budget
-// set and p does not. t.mu is held.
-func (t *Tree) applyBudget(g *Tenant, p *plan) error {
+// set and p does not. With a journal j, each write's undo is recorded in
+// it first (what the file held: previousSetting), and a write that fails
+// stops there for the caller to roll j back. t.mu is held.
+func (t *Tree) applyBudget(g *Tenant, p *plan, j *journal) error {
 	writes, unknown := updateWrites(g.applied, p.settings)
 	for _, f := range unknown {
 		t.log.Warn("limit dropped from a budget stays in force: cellgate does not know its unlimited value", "group", g.path, "file", f)
 	}
+	if j != nil {
+		j.budgets = append(j.budgets, groupBudget{g, g.applied})
+	}
 	for _, x := range writes {
+		var undo Setting
+		if j != nil {
+			var err error
+			if undo, err = previousSetting(g, x); err != nil {
+				return err
+			}
+		}
 		if err := writeFile(filepath.Join(g.path, x.File), x.Value); err != nil {
 			return fmt.Errorf("write %s=%q in %s: %w", x.File, x.Value, g.path, err)
+		}
+		if j != nil {
+			j.writes = append(j.writes, groupWrite{g: g, wrote: x, undo: undo})
 		}
 	}
 	g.applied = p.settings
@@ -98,6 +187,85 @@ func (t *Tree) applyBudget(g *Tenant, p *plan) error {
 		t.log.Warn("budget not enforced for missing controllers", "group", g.path, "unenforced", strings.Join(p.unenforced, " "))
 	}
 	return nil
+}
+
+// journal is what a change of budgets (SetBudgets) did, so that rollback
+// can undo it.
+type journal struct {
+	writes  []groupWrite  // in the order made
+	budgets []groupBudget // each group's budget before the change
+	created []*Tenant     // the groups the change created
+}
+
+type groupWrite struct {
+	g     *Tenant
+	wrote Setting // the write made
+	undo  Setting // the write that puts back what the file held
+}
+
+type groupBudget struct {
+	g       *Tenant
+	applied []Setting
+}
+
+// previousSetting is the write that puts back what x is about to change in
+// g. The entry of a per-device file (io.max, io.weight) that x sets comes
+// from g's budget when it set that entry, else is reset to the kernel's
+// default, which the entry holds until cellgate writes it (reading these
+// files gives every device's entries, which one write cannot take back).
+// Any other file holds one value: it is read now, before x is written,
+// and written back as read. t.mu is held.
+func previousSetting(g *Tenant, x Setting) (Setting, error) {
+	if x.File == "io.max" || x.File == "io.weight" {
+		if i := slices.IndexFunc(g.applied, func(o Setting) bool { return sameTarget(o, x) }); i >= 0 {
+			return g.applied[i], nil
+		}
+		r, _ := resetSetting(x)
+		return r, nil
+	}
+	b, err := readFile(filepath.Join(g.path, x.File))
+	if err != nil {
+		return Setting{}, fmt.Errorf("read %s in %s (to restore it should the change fail): %w", x.File, g.path, err)
+	}
+	return Setting{x.File, strings.TrimSpace(string(b))}, nil
+}
+
+// rollback undoes the failed change j, whose error is err: it writes each
+// file's previous value back, newest first, restores the groups' budgets
+// and removes the groups j created (empty: nothing ran in them yet). It
+// returns err joined with an error for each file or group it could not
+// put back, each wrapping ErrNotRestored and logged at error level with
+// the tenant, the file and the value. A file left with the new value
+// counts as part of its group's budget, so that a later budget without it
+// resets it. t.mu is held.
+func (t *Tree) rollback(j *journal, err error) error {
+	errs := []error{err}
+	var stuck []groupWrite
+	for _, w := range slices.Backward(j.writes) {
+		if werr := writeFile(filepath.Join(w.g.path, w.undo.File), w.undo.Value); werr != nil {
+			t.log.Error("budget change failed and a file could not be put back: it keeps the new value", "tenant", w.g.label(),
+				"group", w.g.path, "file", w.undo.File, "value", w.undo.Value, "new_value", w.wrote.Value, "err", werr)
+			errs = append(errs, fmt.Errorf("%s: restore %s=%q in %s: %w: %w", w.g.label(), w.undo.File, w.undo.Value, w.g.path, ErrNotRestored, werr))
+			stuck = append(stuck, w)
+		}
+	}
+	for _, b := range slices.Backward(j.budgets) {
+		b.g.applied = b.applied
+	}
+	for _, w := range stuck {
+		if !slices.ContainsFunc(w.g.applied, func(o Setting) bool { return sameTarget(o, w.wrote) }) {
+			w.g.applied = append(slices.Clip(w.g.applied), w.wrote)
+		}
+	}
+	for _, g := range slices.Backward(j.created) {
+		if rerr := t.ops.rmdir(g.path); rerr != nil && !errors.Is(rerr, unix.ENOENT) {
+			t.log.Error("budget change failed and the group it created could not be removed", "tenant", g.name, "group", g.path, "err", rerr)
+			errs = append(errs, fmt.Errorf("%s: remove %s: %w: %w", g.name, g.path, ErrNotRestored, rerr))
+			continue
+		}
+		delete(t.tenants, g.name)
+	}
+	return errors.Join(errs...)
 }
 
 // openTenant returns the tenant group, creating it, unless the Tree is
@@ -118,10 +286,15 @@ func (t *Tree) tenantLocked(name string) (*Tenant, error) {
 		return g, nil
 	}
 	dir := filepath.Join(t.cells, name)
-	if err := t.ops.mkdir(dir); err != nil && !errors.Is(err, unix.EEXIST) {
+	err := t.ops.mkdir(dir)
+	if err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, mkdirError(dir, err)
 	}
+	made := err == nil
 	if err := enableControllers(dir, t.enabled); err != nil {
+		if made {
+			t.ops.rmdir(dir) // empty: only just made
+		}
 		return nil, err
 	}
 	g := &Tenant{name: name, path: dir}

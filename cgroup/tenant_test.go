@@ -1,8 +1,17 @@
 package cgroup
 
 import (
+	"bytes"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 func TestUpdateWrites(t *testing.T) {
@@ -29,4 +38,167 @@ func TestUpdateWrites(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSetBudgetsRollback is a reload whose budgets the kernel refuses part
+// of the way: a write for tenant c fails after the global budget, tenants
+// a and b and the new tenant d were written. The tree must be as it was
+// before: every file back to its previous value, d's group removed, and
+// the groups' budgets as cellgate knows them unchanged. A file that cannot
+// be put back is named in the error and logged at error level.
+func TestSetBudgetsRollback(t *testing.T) {
+	const gi = 1 << 30
+	oldGlobal := &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(4 * gi)}}
+	old := []Budget{
+		{"a", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(gi)}, Pids: &specs.LinuxPids{Limit: i64(100)},
+			CPU: &specs.LinuxCPU{Quota: i64(50000), Period: u64(100000)}}},
+		{"b", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(gi)}}},
+		{"c", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: i64(10)}}},
+	}
+	newGlobal := &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(8 * gi)}}
+	next := []Budget{
+		{"a", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(2 * gi)}, Pids: &specs.LinuxPids{Limit: i64(200)}}}, // cpu.max dropped: reset
+		{"b", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(3 * gi)}, Unified: map[string]string{"memory.high": "2147483648"}}},
+		{"d", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: i64(7)}}}, // a new tenant
+		{"c", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(5 * gi)}, Pids: &specs.LinuxPids{Limit: i64(20)}}},
+	}
+	files := []string{"memory.max", "memory.high", "cpu.max", "pids.max"}
+	tests := []struct {
+		name string
+		// breakRestore makes a's memory.max refuse writes once the
+		// change has written it (when d's group is made).
+		breakRestore bool
+	}{
+		{name: "restored"},
+		{name: "a restore fails", breakRestore: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := &fakeFS{}
+			var logs syncBuffer
+			tr := mustOpenFake(t, fs, fakeRoot(t, "memory", "cpu", "pids"), func(o *Options) {
+				o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			})
+			if _, err := tr.SetBudgets(oldGlobal, old); err != nil {
+				t.Fatal(err)
+			}
+			dir := func(name string) string { return filepath.Join(tr.CellsPath(), name) }
+			// The kernel refuses c's pids.max: a directory where the file
+			// was makes the write fail as a refused value would.
+			refuse(t, filepath.Join(dir("c"), "pids.max"))
+			if tt.breakRestore {
+				fs.mkdirErr = func(path string) error {
+					if path == dir("d") {
+						refuse(t, filepath.Join(dir("a"), "memory.max"))
+					}
+					return nil
+				}
+			}
+			before := snapshot(t, tr.CellsPath(), []string{"memory.max"})
+			for _, b := range old {
+				before += snapshot(t, dir(b.Tenant), files)
+			}
+
+			groups, err := tr.SetBudgets(newGlobal, next)
+			if err == nil || groups != nil {
+				t.Fatalf("SetBudgets with a refused write = %v, %v; want an error", groups, err)
+			}
+			after := snapshot(t, tr.CellsPath(), []string{"memory.max"})
+			for _, b := range old {
+				after += snapshot(t, dir(b.Tenant), files)
+			}
+			if exists(dir("d")) {
+				t.Error("the group of the new tenant d was left behind")
+			}
+			if !tt.breakRestore {
+				if after != before {
+					t.Fatalf("files after the failed change:\n%s\nwant as before:\n%s", after, before)
+				}
+				if errors.Is(err, ErrNotRestored) {
+					t.Errorf("err = %v; want no ErrNotRestored", err)
+				}
+				// The budgets cellgate knows are the old ones: a change
+				// that now succeeds resets a's cpu.max, which only the
+				// old budget set.
+				os.Remove(filepath.Join(dir("c"), "pids.max"))
+				write(t, filepath.Join(dir("c"), "pids.max"), "10\n")
+				if _, err := tr.SetBudgets(newGlobal, next); err != nil {
+					t.Fatal(err)
+				}
+				if got := read(t, filepath.Join(dir("a"), "cpu.max")); got != "max" {
+					t.Errorf("a's cpu.max after the next change = %q, want max", got)
+				}
+				return
+			}
+			want := strings.Replace(before, "a/memory.max=1073741824\n", "a/memory.max=<refused>\n", 1)
+			if after != want {
+				t.Errorf("files after the failed change:\n%s\nwant:\n%s", after, want)
+			}
+			if !errors.Is(err, ErrNotRestored) || !strings.Contains(err.Error(), `memory.max="1073741824" in `+dir("a")) {
+				t.Errorf("err = %v; want ErrNotRestored naming a's memory.max and its value", err)
+			}
+			if l := logs.String(); !containsAll(l, "level=ERROR", "tenant=a ", "file=memory.max ", "value=1073741824 ") {
+				t.Errorf("log does not name the file left changed:\n%s", l)
+			}
+		})
+	}
+}
+
+// refuse replaces the control file at path with a directory, which a
+// write then fails on, as on a value the kernel refuses. The file is back
+// (holding "max") before the tree closes: the fake's rmdir refuses a
+// group with a directory in it.
+func refuse(t testing.TB, path string) {
+	t.Helper()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(path, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if fi, err := os.Stat(path); err == nil && fi.IsDir() {
+			os.Remove(path)
+			os.WriteFile(path, []byte("max\n"), 0o644)
+		}
+	})
+}
+
+// snapshot renders files of the group dir as "<group>/<file>=<value>"
+// lines; a file refused writes (refuse) is "<refused>".
+func snapshot(t testing.TB, dir string, files []string) string {
+	t.Helper()
+	var b strings.Builder
+	for _, f := range files {
+		v := "<refused>"
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		} else if !fi.IsDir() {
+			v = read(t, filepath.Join(dir, f))
+		}
+		b.WriteString(filepath.Base(dir) + "/" + f + "=" + v + "\n")
+	}
+	return b.String()
+}
+
+func containsAll(s string, subs ...string) bool {
+	return !slices.ContainsFunc(subs, func(sub string) bool { return !strings.Contains(s, sub) })
+}
+
+// syncBuffer is a bytes.Buffer a logger may write to from any goroutine.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -18,7 +18,10 @@ import (
 // says why. A valid one takes over for requests routed from now on:
 //
 //  1. the global budget is written to cells/, groups of new tenants are
-//     created and every tenant's budget written;
+//     created and every tenant's budget written, all or nothing
+//     (cgroup.Tree.SetBudgets: a failed write puts back what was written
+//     and removes the groups made; what cannot be put back is logged and
+//     in the error);
 //  2. admission takes the new budgets, still knowing the tenants of every
 //     live snapshot (the replaced one included);
 //  3. the new snapshot (routes, the routes' cell profiles, tenants)
@@ -55,20 +58,25 @@ func (d *daemon) reload() error {
 		return err
 	}
 	if d.tree != nil {
-		if err := d.tree.SetBudget(globalResources(p.Global)); err != nil {
+		budgets := make([]cgroup.Budget, len(p.Tenants))
+		for i, t := range p.Tenants {
+			budgets[i] = cgroup.Budget{Tenant: t.Name, Resources: t.Resources()}
+		}
+		groups, err := d.tree.SetBudgets(globalResources(p.Global), budgets)
+		if errors.Is(err, cgroup.ErrNotRestored) {
 			d.stopForks(specs)
-			d.log.Error("reload: cannot write the global budget; still serving the previous policy", "err", err)
+			err = fmt.Errorf("%w (the budgets written before the failure could not all be put back: "+
+				"the tree no longer matches the previous policy, which still serves; fix the cause and reload)", err)
+			d.log.Error("reload: cannot write the budgets, and undoing the writes failed; still serving the previous policy", "err", err)
 			return err
 		}
-		for _, t := range p.Tenants {
-			g, err := d.tree.Tenant(t.Name, t.Resources())
-			if err != nil {
-				d.stopForks(specs)
-				d.log.Error("reload: cannot set up a tenant group; still serving the previous policy "+
-					"(budgets of tenants already written stay)", "tenant", t.Name, "err", err)
-				return err
-			}
-			d.tenants[t.Name] = g
+		if err != nil {
+			d.stopForks(specs)
+			d.log.Error("reload: cannot write the budgets; still serving the previous policy (budgets written before the failure were put back)", "err", err)
+			return err
+		}
+		for i, t := range p.Tenants {
+			d.tenants[t.Name] = groups[i]
 		}
 	}
 	d.warm(specs)
