@@ -125,6 +125,12 @@ func helperSpec(t testing.TB, name string, args ...string) Spec {
 type fakeCells struct {
 	getErr error
 	usage  cgroup.Usage
+	// leftover: each cell holds a process (Populated) until it is
+	// killed; with stuck, killing it does not empty it either, and
+	// WaitEmpty waits for its context.
+	leftover, stuck bool
+	// onKill, when set, runs in each Kill.
+	onKill func()
 
 	mu             sync.Mutex
 	gets, releases int
@@ -132,8 +138,9 @@ type fakeCells struct {
 }
 
 type fakeCell struct {
-	c      *fakeCells
-	killed int
+	c         *fakeCells
+	killed    int
+	populated bool // guarded by c.mu
 }
 
 func (f *fakeCells) Get(ctx context.Context, prof *cgroup.Profile) (Cell, error) {
@@ -146,7 +153,7 @@ func (f *fakeCells) Get(ctx context.Context, prof *cgroup.Profile) (Cell, error)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.gets++
-	c := &fakeCell{c: f}
+	c := &fakeCell{c: f, populated: f.leftover}
 	if f.inUse == nil {
 		f.inUse = map[*fakeCell]bool{}
 	}
@@ -165,13 +172,35 @@ func (f *fakeCells) Release(c Cell) {
 	f.releases++
 }
 
-func (c *fakeCell) FD() int                             { return -1 }
-func (c *fakeCell) Path() string                        { return "/fake" }
-func (c *fakeCell) Kill() error                         { c.killed++; return nil }
-func (c *fakeCell) Populated() (bool, error)            { return false, nil }
-func (c *fakeCell) WaitEmpty(ctx context.Context) error { return nil }
-func (c *fakeCell) Usage() (cgroup.Usage, error)        { return c.c.usage, nil }
-func (c *fakeCell) Unenforced() []string                { return []string{"memory", "cpu", "pids"} }
+func (c *fakeCell) FD() int                      { return -1 }
+func (c *fakeCell) Path() string                 { return "/fake" }
+func (c *fakeCell) Usage() (cgroup.Usage, error) { return c.c.usage, nil }
+func (c *fakeCell) Unenforced() []string         { return []string{"memory", "cpu", "pids"} }
+
+func (c *fakeCell) Kill() error {
+	if c.c.onKill != nil {
+		c.c.onKill()
+	}
+	c.c.mu.Lock()
+	defer c.c.mu.Unlock()
+	c.killed++
+	c.populated = c.populated && c.c.stuck
+	return nil
+}
+
+func (c *fakeCell) Populated() (bool, error) {
+	c.c.mu.Lock()
+	defer c.c.mu.Unlock()
+	return c.populated, nil
+}
+
+func (c *fakeCell) WaitEmpty(ctx context.Context) error {
+	if p, _ := c.Populated(); !p {
+		return nil
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
 
 // newTestRunner returns a Runner over fake cells that runs workers as the
 // test's own user.

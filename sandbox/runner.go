@@ -244,7 +244,9 @@ func (r *Runner) UIDsInFlight() int {
 // wait for a cell.
 //
 // Run returns an error wrapping ErrSpec, ErrNoUID, ErrNoCell or ErrSpawn when
-// the worker never ran (the Result is then zero). When the worker ran, the
+// the worker never ran (the Result is then zero; ErrSpawn is joined with
+// ErrCellNotEmpty when the failed start's cell did not empty, and the uid
+// is then kept out of circulation). When the worker ran, the
 // Result is complete (but for a Late one's Usage) and the error is nil, or
 // wraps ErrStreams or ErrCellNotEmpty, or reports that the accounting could
 // not be read (a Late one's Account reports that).
@@ -353,7 +355,16 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				return Result{}, fmt.Errorf("in cell %s: %w", cell.Path(), err)
 			}
 			st.closeAll()
-			return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), explainSpawn(spec.Path, spec.Dir, err))
+			err = fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), explainSpawn(spec.Path, spec.Dir, err))
+			// The worker may have run before start failed (its pidfd
+			// could not be dup'ed: cgiDriver.start killed and reaped it)
+			// and left processes in the cell under the uid, which
+			// returns only once the cell is empty, as after a run.
+			if emptyErr := r.empty(cell); emptyErr != nil {
+				keepUID = true
+				err = errors.Join(err, emptyErr)
+			}
+			return Result{}, err
 		}
 	}
 	start := time.Now()

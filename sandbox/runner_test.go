@@ -270,6 +270,59 @@ func TestRunSetupErrors(t *testing.T) {
 	}
 }
 
+// TestRunStartFailureUIDAfterEmpty checks that when an unconfined
+// worker's start fails, its per-cell uid goes back only once the cell is
+// empty: a start can fail after the worker ran (cgiDriver.start kills and
+// reaps it when its pidfd cannot be dup'ed), and what it left in the cell
+// runs under that uid. The dup's failure cannot be injected here; a start
+// that fails at the exec takes the same way back, with a cell that still
+// reports a process.
+func TestRunStartFailureUIDAfterEmpty(t *testing.T) {
+	tests := []struct {
+		name  string
+		stuck bool // the cell does not empty when killed
+		// uids is how many uids are still out after Run.
+		uids int
+	}{
+		{name: "emptied", uids: 0},
+		{name: "not emptied", stuck: true, uids: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cells := &fakeCells{leftover: true, stuck: tt.stuck}
+			prof, err := cgroup.NewProfile("", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := New(Config{Cells: cells, Profile: prof, UIDs: UIDRange{First: 1_500_000_200, Count: 1},
+				Timeout: time.Minute, EmptyWait: 50 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { r.Close() })
+			uidsAtKill := -1
+			cells.onKill = func() { uidsAtKill = r.UIDsInFlight() }
+
+			_, err = r.Run(context.Background(), Spec{Path: "/nonexistent/worker"})
+			if !errors.Is(err, ErrSpawn) {
+				t.Fatalf("Run: %v, want ErrSpawn", err)
+			}
+			if uidsAtKill != 1 {
+				t.Errorf("uids out when the cell was killed: %d, want 1 (the cell killed before the uid returns; -1: never killed)", uidsAtKill)
+			}
+			if got := r.UIDsInFlight(); got != tt.uids {
+				t.Errorf("uids out after Run: %d, want %d", got, tt.uids)
+			}
+			if tt.stuck && !errors.Is(err, ErrCellNotEmpty) {
+				t.Errorf("Run: %v, want ErrCellNotEmpty too", err)
+			}
+			if cells.releases != 1 {
+				t.Errorf("cells released: %d, want 1", cells.releases)
+			}
+		})
+	}
+}
+
 // TestRunWaitsWithoutThreadPerWorker checks that workers in flight do not
 // each hold an OS thread: a blocking wait per worker would add one thread
 // per worker.
