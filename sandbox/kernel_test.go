@@ -259,18 +259,7 @@ func TestKernelWarmCellInitDied(t *testing.T) {
 		{"killed in the hand-off", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			launcher, err := confine.OpenLauncher("")
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { launcher.Close() })
-			r, _ := newKernelRunner(t, DefaultUIDRange, func(c *Config) { c.Launcher, c.WarmCells = launcher, 1 })
-			plan, err := confine.Prepare(&confine.Plan{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			r.Warm(nil, plan)
-			pid := warmInit(t, r)
+			r, plan, pid := newWarmKernelRunner(t)
 			kill := func() {
 				unix.Kill(pid, unix.SIGKILL)
 				// Until all its threads are gone (a leader is a zombie
@@ -316,9 +305,11 @@ func TestKernelWarmCellInitDied(t *testing.T) {
 	}
 }
 
-// A warm cell's init that dies once it has taken the exec frame may have
-// started the program (here it has): the request is not run again.
-func TestKernelWarmCellInitDiedAfterHandOff(t *testing.T) {
+// newWarmKernelRunner is a Runner keeping one warm confined cell (the
+// test binary its init, an empty plan), its plan, and the pid of the
+// cell's init once it is ready.
+func newWarmKernelRunner(t *testing.T) (*Runner, *confine.Prepared, int) {
+	t.Helper()
 	launcher, err := confine.OpenLauncher("")
 	if err != nil {
 		t.Fatal(err)
@@ -330,7 +321,13 @@ func TestKernelWarmCellInitDiedAfterHandOff(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.Warm(nil, plan)
-	pid := warmInit(t, r)
+	return r, plan, warmInit(t, r)
+}
+
+// A warm cell's init that dies once it has taken the exec frame may have
+// started the program (here it has): the request is not run again.
+func TestKernelWarmCellInitDiedAfterHandOff(t *testing.T) {
+	r, plan, pid := newWarmKernelRunner(t)
 	outR, outW, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
