@@ -89,6 +89,11 @@ type benchStats struct {
 	// server and workers are the CPU time per request of the server
 	// process itself and of the workers it reaped (0 for in-process).
 	server, workers time.Duration
+	// machine is the whole machine's busy CPU time per request
+	// (/proc/stat: every process and the kernel's deferred work in
+	// kworkers, which no server's own figures show); BenchmarkCGIServers
+	// only.
+	machine time.Duration
 }
 
 // benchLoad drives url with n requests, conc at a time, after a warm-up,

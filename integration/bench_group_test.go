@@ -161,8 +161,7 @@ func benchGroups(b *testing.B, dir string, conc int, modes []groupMode, limit fu
 // work deferred after the last run included (a short pause before the
 // last read).
 func groupRound(n, conc int, f func(loop int) error) (p50, busy time.Duration, err error) {
-	const settle = 200 * time.Millisecond
-	time.Sleep(settle)
+	time.Sleep(settleKernel)
 	j0, err := busyTicks()
 	if err != nil {
 		return 0, 0, err
@@ -190,7 +189,7 @@ func groupRound(n, conc int, f func(loop int) error) (p50, busy time.Duration, e
 	}
 	close(next)
 	wg.Wait()
-	time.Sleep(settle)
+	time.Sleep(settleKernel)
 	j1, err := busyTicks()
 	if err != nil {
 		return 0, 0, err
@@ -203,6 +202,11 @@ func groupRound(n, conc int, f func(loop int) error) (p50, busy time.Duration, e
 	slices.Sort(lat)
 	return lat[n/2], time.Duration(float64(j1-j0) * float64(time.Second) / clockTicks / float64(n)), nil
 }
+
+// settleKernel is the pause before a figure of the whole machine's CPU
+// is read after a run, for the kernel's work that the run deferred to
+// kworkers to be done.
+const settleKernel = 200 * time.Millisecond
 
 // busyTicks is the time all CPUs have spent not idle (nor waiting for
 // I/O), in clock ticks (clockTicks), from /proc/stat's first line.
