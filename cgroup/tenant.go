@@ -46,11 +46,7 @@ func (t *Tree) Tenant(name string, r *specs.LinuxResources) (*Tenant, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := TenantSettings(r)
-	if err != nil {
-		return nil, fmt.Errorf("tenant %s: %w", name, err)
-	}
-	p, err := t.planFor(s, "tenant "+name)
+	p, err := t.budgetPlan(r, "tenant "+name)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +55,7 @@ func (t *Tree) Tenant(name string, r *specs.LinuxResources) (*Tenant, error) {
 	if t.closed {
 		return nil, ErrClosed
 	}
-	g, err := t.tenantLocked(name)
+	g, _, err := t.tenantLocked(name)
 	if err != nil {
 		return nil, err
 	}
@@ -85,11 +81,7 @@ type Budget struct {
 // previous ones. A file that cannot be put back is logged at error level
 // and its error, wrapping ErrNotRestored, joined to the returned one.
 func (t *Tree) SetBudgets(global *specs.LinuxResources, budgets []Budget) ([]*Tenant, error) {
-	s, err := TenantSettings(global)
-	if err != nil {
-		return nil, fmt.Errorf("global budget: %w", err)
-	}
-	gp, err := t.planFor(s, "global budget")
+	gp, err := t.budgetPlan(global, "global budget")
 	if err != nil {
 		return nil, err
 	}
@@ -99,11 +91,7 @@ func (t *Tree) SetBudgets(global *specs.LinuxResources, budgets []Budget) ([]*Te
 		if names[i], err = tenantName(b.Tenant); err != nil {
 			return nil, err
 		}
-		s, err := TenantSettings(b.Resources)
-		if err != nil {
-			return nil, fmt.Errorf("tenant %s: %w", names[i], err)
-		}
-		if plans[i], err = t.planFor(s, "tenant "+names[i]); err != nil {
+		if plans[i], err = t.budgetPlan(b.Resources, "tenant "+names[i]); err != nil {
 			return nil, err
 		}
 	}
@@ -118,12 +106,11 @@ func (t *Tree) SetBudgets(global *specs.LinuxResources, budgets []Budget) ([]*Te
 	}
 	groups := make([]*Tenant, len(budgets))
 	for i, name := range names {
-		known := t.tenants[name] != nil
-		g, err := t.tenantLocked(name)
+		g, made, err := t.tenantLocked(name)
 		if err != nil {
 			return nil, t.rollback(j, err)
 		}
-		if !known {
+		if made {
 			j.created = append(j.created, g)
 		}
 		if err := t.applyBudget(g, plans[i], j); err != nil {
@@ -134,16 +121,22 @@ func (t *Tree) SetBudgets(global *specs.LinuxResources, budgets []Budget) ([]*Te
 	return groups, nil
 }
 
+// budgetPlan converts the budget r of what ("global budget", "tenant
+// NAME") to the plan applyBudget writes.
+func (t *Tree) budgetPlan(r *specs.LinuxResources, what string) (*plan, error) {
+	s, err := TenantSettings(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	return t.planFor(s, what)
+}
+
 // SetBudget writes the global budget of all cells of all tenants to
 // <base>/cells (converted with TenantSettings, e.g. memory.max as the
 // kernel-enforced cap of everything cellgate runs). Like Tenant, calling
 // it again updates it, and nil clears what the previous call set.
 func (t *Tree) SetBudget(r *specs.LinuxResources) error {
-	s, err := TenantSettings(r)
-	if err != nil {
-		return fmt.Errorf("global budget: %w", err)
-	}
-	p, err := t.planFor(s, "global budget")
+	p, err := t.budgetPlan(r, "global budget")
 	if err != nil {
 		return err
 	}
@@ -276,30 +269,32 @@ func (t *Tree) openTenant(name string) (*Tenant, error) {
 	if t.closed {
 		return nil, ErrClosed
 	}
-	return t.tenantLocked(name)
+	g, _, err := t.tenantLocked(name)
+	return g, err
 }
 
 // tenantLocked returns the tenant group, creating it with the controllers
-// enabled for its cells. t.mu is held.
-func (t *Tree) tenantLocked(name string) (*Tenant, error) {
+// enabled for its cells; made: its directory was made by this call.
+// t.mu is held.
+func (t *Tree) tenantLocked(name string) (g *Tenant, made bool, err error) {
 	if g := t.tenants[name]; g != nil {
-		return g, nil
+		return g, false, nil
 	}
 	dir := filepath.Join(t.cells, name)
-	err := t.ops.mkdir(dir)
+	err = t.ops.mkdir(dir)
 	if err != nil && !errors.Is(err, unix.EEXIST) {
-		return nil, mkdirError(dir, err)
+		return nil, false, mkdirError(dir, err)
 	}
-	made := err == nil
+	made = err == nil
 	if err := enableControllers(dir, t.enabled); err != nil {
 		if made {
 			t.ops.rmdir(dir) // empty: only just made
 		}
-		return nil, err
+		return nil, false, err
 	}
-	g := &Tenant{name: name, path: dir}
+	g = &Tenant{name: name, path: dir}
 	t.tenants[name] = g
-	return g, nil
+	return g, made, nil
 }
 
 // RemoveTenant removes an empty tenant group. Draining it (its cells,

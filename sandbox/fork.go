@@ -62,13 +62,9 @@ func (d forkDriver) start(ctx context.Context, cell Cell, spec *Spec, files [3]*
 		w, err = d.try(ctx, cell, spec, files, id)
 	}
 	switch {
-	case errors.Is(err, errNoAnswer):
-		if d.p.nsUIDs != nil && d.neverRan(cell) {
-			err = fmt.Errorf("%w: %w: %w", ErrNoPreloader, errNeverRan, err)
-		} else {
-			err = fmt.Errorf("%w: %w", ErrPreloaderLost, err)
-		}
-	case errors.Is(err, errProtocol):
+	case errors.Is(err, errNoAnswer) && d.p.nsUIDs != nil && d.neverRan(cell):
+		err = fmt.Errorf("%w: %w: %w", ErrNoPreloader, errNeverRan, err)
+	case errors.Is(err, errNoAnswer), errors.Is(err, errProtocol):
 		err = fmt.Errorf("%w: %w", ErrPreloaderLost, err)
 	}
 	return w, err
@@ -277,8 +273,8 @@ func verifyChild(w *worker, cell Cell) (ours bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("%w: child %d: %w", errProtocol, w.pid, err)
 	}
-	if ppid := statPPid(stat); ppid != os.Getpid() {
-		return false, fmt.Errorf("%w: child %d has parent %d, not cellgate (%d)", errProtocol, w.pid, ppid, os.Getpid())
+	if ppid, self := statPPid(stat), os.Getpid(); ppid != self {
+		return false, fmt.Errorf("%w: child %d has parent %d, not cellgate (%d)", errProtocol, w.pid, ppid, self)
 	}
 	if cell.FD() < 0 {
 		return true, nil
@@ -302,31 +298,46 @@ func cellChildren(cell Cell) []*worker {
 	if cell.FD() < 0 {
 		return nil
 	}
+	var out []*worker
+	selfChildren(func(f string) bool {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			return true
+		}
+		cg, err := os.ReadFile("/proc/" + f + "/cgroup")
+		if path := unifiedPath(cg); err != nil || len(path) < 2 || !strings.HasSuffix(cell.Path(), path) {
+			return true
+		}
+		if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+			out = append(out, &worker{pid: pid, pidfd: fd})
+		}
+		return true
+	})
+	return out
+}
+
+// selfChildren calls each with the pid (as written) of every child of
+// the daemon listed in its threads' children files
+// (/proc/self/task/TID/children: CLONE_PARENT and reparenting make any
+// thread the parent), until each returns false. false: the files could
+// not be listed.
+func selfChildren(each func(pid string) bool) bool {
 	tasks, err := os.ReadDir("/proc/self/task")
 	if err != nil {
-		return nil
+		return false
 	}
-	var out []*worker
 	for _, t := range tasks {
 		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
 		if err != nil {
 			continue
 		}
 		for _, f := range strings.Fields(string(b)) {
-			pid, err := strconv.Atoi(f)
-			if err != nil {
-				continue
-			}
-			cg, err := os.ReadFile("/proc/" + f + "/cgroup")
-			if path := unifiedPath(cg); err != nil || len(path) < 2 || !strings.HasSuffix(cell.Path(), path) {
-				continue
-			}
-			if fd, err := unix.PidfdOpen(pid, 0); err == nil {
-				out = append(out, &worker{pid: pid, pidfd: fd})
+			if !each(f) {
+				return true
 			}
 		}
 	}
-	return out
+	return true
 }
 
 // endOrphans kills cell and reaps the processes in it that are the
@@ -358,16 +369,24 @@ func fdinfoPid(b []byte) int {
 // statPPid is the parent pid in /proc/PID/stat (the field after the
 // state, which follows the last ")"), or 0.
 func statPPid(b []byte) int {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 2 {
+	_, f, ok := statFields(b)
+	if !ok || len(f) < 2 {
 		return 0
 	}
 	n, _ := strconv.Atoi(f[1])
 	return n
+}
+
+// statFields splits a /proc/PID/stat line into the command and the
+// fields after it, from the state on (f[0] is field 3). The command may
+// hold spaces and parentheses: the fields follow the last ")". ok is
+// false without a "(command)".
+func statFields(b []byte) (comm string, f []string, ok bool) {
+	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+	if open < 0 || end < open {
+		return "", nil, false
+	}
+	return string(b[open+1 : end]), strings.Fields(string(b[end+1:])), true
 }
 
 // unifiedPath is the cgroup v2 path in /proc/PID/cgroup ("0::/path"), or

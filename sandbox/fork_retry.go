@@ -1,10 +1,6 @@
 package sandbox
 
-import (
-	"context"
-	"errors"
-	"time"
-)
+import "context"
 
 // runFork is Run for a fork route. A request whose hand-off failed because
 // its preloader died (or broke) after it cloned the request's child, and
@@ -15,12 +11,8 @@ import (
 // and only as again allows (a stdin that can be rewound, time left of the
 // request's deadline).
 func (r *Runner) runFork(ctx context.Context, spec Spec) (Result, error) {
-	t0 := time.Now()
-	res, err := r.run(ctx, spec)
-	if !errors.Is(err, errNeverRan) || !r.again(ctx, &spec, t0) {
-		return res, err
-	}
-	spec.Preloader.retries.Add(1)
-	r.log.Warn("fork request caught in the hand-off to a preloader that died: retried on a fresh cell", "route", spec.Preloader.cfg.Route, "err", err)
-	return r.run(ctx, spec)
+	return r.runOnceMore(ctx, spec, errNeverRan, func(err error) {
+		spec.Preloader.retries.Add(1)
+		r.log.Warn("fork request caught in the hand-off to a preloader that died: retried on a fresh cell", "route", spec.Preloader.cfg.Route, "err", err)
+	})
 }

@@ -2,9 +2,25 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"io"
 	"time"
 )
+
+// runOnceMore is run, and run once more when the first attempt failed
+// with an error wrapping neverRan (a sentinel saying that nothing of the
+// request ran: errNeverRan, errInitGone) and again allows; retrying is
+// told of the first attempt's error before the second (runFork,
+// runWarm).
+func (r *Runner) runOnceMore(ctx context.Context, spec Spec, neverRan error, retrying func(err error)) (Result, error) {
+	t0 := time.Now()
+	res, err := r.run(ctx, spec)
+	if !errors.Is(err, neverRan) || !r.again(ctx, &spec, t0) {
+		return res, err
+	}
+	retrying(err)
+	return r.run(ctx, spec)
+}
 
 // again readies spec for a second attempt of a request that nothing ran
 // of, its first having started at t0 (runFork, runWarm): the second gets

@@ -1,13 +1,11 @@
 package sandbox
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -227,21 +225,7 @@ func (s *StrayReaper) childPids() []int {
 		}
 		return out
 	}
-	tasks, err := os.ReadDir("/proc/self/task")
-	if err != nil {
-		return nil
-	}
-	for _, t := range tasks {
-		b, err := os.ReadFile("/proc/self/task/" + t.Name() + "/children")
-		if err != nil {
-			continue
-		}
-		for _, f := range strings.Fields(string(b)) {
-			if !add(f) {
-				return out
-			}
-		}
-	}
+	selfChildren(add)
 	return out
 }
 
@@ -254,14 +238,12 @@ type procStat struct {
 }
 
 // parseStat reads the command, state, parent and start time of a
-// /proc/PID/stat line. The command may hold spaces and parentheses: the
-// fields follow the last ")".
+// /proc/PID/stat line (statFields).
 func parseStat(b []byte) (procStat, error) {
-	open, end := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if open < 0 || end < open {
+	comm, f, ok := statFields(b)
+	if !ok {
 		return procStat{}, fmt.Errorf("stat %q: no (comm)", b)
 	}
-	f := strings.Fields(string(b[end+1:]))
 	// state is field 3, ppid 4, starttime 22: f[0], f[1], f[19].
 	if len(f) < 20 || len(f[0]) != 1 {
 		return procStat{}, fmt.Errorf("stat %q: too few fields", b)
@@ -274,7 +256,7 @@ func parseStat(b []byte) (procStat, error) {
 	if err != nil {
 		return procStat{}, fmt.Errorf("stat starttime %q: %w", f[19], err)
 	}
-	return procStat{comm: string(b[open+1 : end]), state: f[0][0], ppid: ppid, start: start}, nil
+	return procStat{comm: comm, state: f[0][0], ppid: ppid, start: start}, nil
 }
 
 // strayCand is a zombie about to be reaped, held by a pidfd of its own.

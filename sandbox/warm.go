@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"errors"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -118,13 +117,9 @@ func (w *warmPool) take(k warmKey) *initProc {
 // deadline). Only once; and never after the init took the whole frame,
 // since then it may have started the program, however soon it died.
 func (r *Runner) runWarm(ctx context.Context, spec Spec) (Result, error) {
-	t0 := time.Now()
-	res, err := r.run(ctx, spec)
-	if !errors.Is(err, errInitGone) || !r.again(ctx, &spec, t0) {
-		return res, err
-	}
-	r.log.Warn("warm confined cell's init was gone at the hand-off: request run on another cell", "err", err)
-	return r.run(ctx, spec)
+	return r.runOnceMore(ctx, spec, errInitGone, func(err error) {
+		r.log.Warn("warm confined cell's init was gone at the hand-off: request run on another cell", "err", err)
+	})
 }
 
 // kick has the key's set refilled, once the run that took from it (or

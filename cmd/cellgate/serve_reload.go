@@ -63,16 +63,15 @@ func (d *daemon) reload() error {
 			budgets[i] = cgroup.Budget{Tenant: t.Name, Resources: t.Resources()}
 		}
 		groups, err := d.tree.SetBudgets(globalResources(p.Global), budgets)
-		if errors.Is(err, cgroup.ErrNotRestored) {
-			d.stopForks(specs)
-			err = fmt.Errorf("%w (the budgets written before the failure could not all be put back: "+
-				"the tree no longer matches the previous policy, which still serves; fix the cause and reload)", err)
-			d.log.Error("reload: cannot write the budgets, and undoing the writes failed; still serving the previous policy", "err", err)
-			return err
-		}
 		if err != nil {
 			d.stopForks(specs)
-			d.log.Error("reload: cannot write the budgets; still serving the previous policy (budgets written before the failure were put back)", "err", err)
+			msg := "reload: cannot write the budgets; still serving the previous policy (budgets written before the failure were put back)"
+			if errors.Is(err, cgroup.ErrNotRestored) {
+				err = fmt.Errorf("%w (the budgets written before the failure could not all be put back: "+
+					"the tree no longer matches the previous policy, which still serves; fix the cause and reload)", err)
+				msg = "reload: cannot write the budgets, and undoing the writes failed; still serving the previous policy"
+			}
+			d.log.Error(msg, "err", err)
 			return err
 		}
 		for i, t := range p.Tenants {
