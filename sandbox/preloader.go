@@ -450,11 +450,16 @@ func (p *Preloader) startInstance() (*instance, error) {
 		p.starting = nil
 		p.mu.Unlock()
 	}()
+	// reap waits for the preloader's end, and then for its output's.
+	reap := func() *os.ProcessState {
+		state, _ := proc.Wait()
+		out.exited()
+		return state
+	}
 	fail := func(err error) (*instance, error) {
 		conn.Close()
 		proc.Kill()
-		proc.Wait()
-		out.exited()
+		reap()
 		return nil, err
 	}
 	conn.SetReadDeadline(time.Now().Add(cfg.StartTimeout))
@@ -463,12 +468,10 @@ func (p *Preloader) startInstance() (*instance, error) {
 	if err != nil || n == 0 {
 		conn.Close()
 		if why := execFailure(ctl); why != nil {
-			proc.Wait()
-			out.exited()
+			reap()
 			return nil, fmt.Errorf("%w: preloader of route %s: %w", ErrSpawn, cfg.Route, why)
 		}
-		state, _ := proc.Wait()
-		out.exited()
+		state := reap()
 		return nil, fmt.Errorf("%w: preloader of route %s ended before it was ready (%v, read: %v)", ErrSpawn, cfg.Route, state, err)
 	}
 	m, err := parseMessage(buf[:n], oobn/unix.CmsgSpace(4), msgReady, msgError)
@@ -481,9 +484,8 @@ func (p *Preloader) startInstance() (*instance, error) {
 	conn.SetReadDeadline(time.Time{})
 	inst.recycle, inst.exited = make(chan struct{}, 1), make(chan struct{})
 	go func() {
-		inst.state, _ = proc.Wait()
+		inst.state = reap()
 		conn.Close()
-		out.exited()
 		close(inst.exited)
 	}()
 	p.log.Info("preloader ready", "pid", proc.Pid, "app", cfg.App, "group", groupPath(cfg.Group), "max_spawn", maxSpawn)

@@ -263,10 +263,21 @@ func parseStat(b []byte) (procStat, error) {
 type strayCand struct {
 	fd   int
 	comm string
-	// dev, ino are the pidfd's file: every pidfd of the process has them
-	// (pidfs), or every anonymous inode does (before Linux 6.9).
-	dev uint64
-	ino uint64
+	// file is the pidfd's: every pidfd of the process is that file
+	// (pidfs), or every anonymous inode is (before Linux 6.9).
+	file fileID
+}
+
+// fileID is a file by its device and inode.
+type fileID struct{ dev, ino uint64 }
+
+// fdFile is the file fd refers to.
+func fdFile(fd int) (fileID, error) {
+	var sx unix.Statx_t
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_INO, &sx); err != nil {
+		return fileID{}, err
+	}
+	return fileID{unix.Mkdev(sx.Dev_major, sx.Dev_minor), sx.Ino}, nil
 }
 
 // openCand opens a pidfd of the zombie id and checks that it is still
@@ -278,13 +289,16 @@ func openCand(id procID, parent int) *strayCand {
 	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(id.pid) + "/stat")
 	st, perr := parseStat(b)
-	var sx unix.Statx_t
-	if err != nil || perr != nil || st.state != 'Z' || st.ppid != parent || st.start != id.start ||
-		unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_INO, &sx) != nil {
+	if err != nil || perr != nil || st.state != 'Z' || st.ppid != parent || st.start != id.start {
 		unix.Close(fd)
 		return nil
 	}
-	return &strayCand{fd: fd, comm: st.comm, dev: unix.Mkdev(sx.Dev_major, sx.Dev_minor), ino: sx.Ino}
+	file, err := fdFile(fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil
+	}
+	return &strayCand{fd: fd, comm: st.comm, file: file}
 }
 
 // heldPidfds returns the pids of cands that some fd of this process other
@@ -294,11 +308,10 @@ func heldPidfds(cands map[int]*strayCand) map[int]bool {
 	if len(cands) == 0 {
 		return held
 	}
-	type file struct{ dev, ino uint64 }
-	files := map[file]bool{}
+	files := map[fileID]bool{}
 	own := map[int]bool{}
 	for _, c := range cands {
-		files[file{c.dev, c.ino}] = true
+		files[c.file] = true
 		own[c.fd] = true
 	}
 	all := func() map[int]bool { // cannot tell: all are held
@@ -321,12 +334,8 @@ func heldPidfds(cands map[int]*strayCand) map[int]bool {
 		if err != nil || own[fd] {
 			continue
 		}
-		var sx unix.Statx_t
-		if unix.Statx(fd, "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, unix.STATX_INO, &sx) != nil {
-			continue // closed since the listing
-		}
-		if !files[file{unix.Mkdev(sx.Dev_major, sx.Dev_minor), sx.Ino}] {
-			continue
+		if f, err := fdFile(fd); err != nil || !files[f] {
+			continue // closed since the listing, or another file
 		}
 		b, err := os.ReadFile("/proc/self/fdinfo/" + n)
 		if errors.Is(err, os.ErrNotExist) {
