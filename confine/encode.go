@@ -32,7 +32,7 @@ const launchMagic = "CGL3"
 //
 //	"CGL3"
 //	u32 namespaces (Namespaces: mount 1, pid 2, ipc 4, uts 8, net 16)
-//	u32 flags (planSeccomp, planPreloader, planHugePages)
+//	u32 flags (planSeccomp, planPreloader, planHugePages, planResident)
 //	u64 nofile
 //	string rootfs, string hostname
 //	list of binds: string source, string target, u32 flags (bindWritable, bindDev, bindMask)
@@ -49,6 +49,7 @@ const (
 	planSeccomp   = 1
 	planPreloader = 2
 	planHugePages = 4
+	planResident  = 8
 	bindWritable  = 1
 	bindDev       = 2
 	bindMask      = 4
@@ -58,10 +59,12 @@ const (
 type Prepared struct {
 	plan        *Plan
 	frame       []byte
-	templatable bool // plan.Templatable(), decided once
+	resident    []byte // the frame of a resident cell's init, or nil
+	templatable bool   // plan.Templatable(), decided once
 }
 
-// Prepare encodes p once, when the policy is loaded.
+// Prepare encodes p once, when the policy is loaded: its frame, and a
+// resident cell's when p may be resident.
 func Prepare(p *Plan) (*Prepared, error) {
 	var filter []unix.SockFilter
 	if p.Seccomp {
@@ -75,6 +78,21 @@ func Prepare(p *Plan) (*Prepared, error) {
 			return nil, err
 		}
 	}
+	frame, err := encodePlan(p, filter, false)
+	if err != nil {
+		return nil, err
+	}
+	pp := &Prepared{plan: p, frame: frame, templatable: p.Templatable()}
+	if p.Resident {
+		if pp.resident, err = encodePlan(p, filter, true); err != nil {
+			return nil, err
+		}
+	}
+	return pp, nil
+}
+
+// encodePlan is the plan frame of p with filter, a resident cell's or not.
+func encodePlan(p *Plan, filter []unix.SockFilter, resident bool) ([]byte, error) {
 	b := make([]byte, 4, 256)
 	b = append(b, launchMagic...)
 	b = binary.LittleEndian.AppendUint32(b, uint32(p.Namespaces))
@@ -87,6 +105,9 @@ func Prepare(p *Plan) (*Prepared, error) {
 	}
 	if p.HugePages {
 		flags |= planHugePages
+	}
+	if resident {
+		flags |= planResident
 	}
 	b = binary.LittleEndian.AppendUint32(b, flags)
 	b = binary.LittleEndian.AppendUint64(b, p.NoFile)
@@ -129,7 +150,7 @@ func Prepare(p *Plan) (*Prepared, error) {
 		return nil, fmt.Errorf("confinement plan of %d bytes is over %d", len(b)-4, MaxLaunch)
 	}
 	binary.LittleEndian.PutUint32(b, uint32(len(b)-4))
-	return &Prepared{plan: p, frame: b, templatable: p.Templatable()}, nil
+	return b, nil
 }
 
 // Plan is the prepared Plan (not to be modified).
@@ -140,6 +161,10 @@ func (p *Prepared) Templatable() bool { return p.templatable }
 
 // Frame is the plan frame, to send as it is (not to be modified).
 func (p *Prepared) Frame() []byte { return p.frame }
+
+// ResidentFrame is the plan frame of a resident cell's init (Plan.Resident;
+// cellgate-init only), or nil when the plan cannot be resident.
+func (p *Prepared) ResidentFrame() []byte { return p.resident }
 
 // CloneFlags are the namespaces to create with the init's clone.
 func (p *Prepared) CloneFlags() uintptr { return p.plan.ownNamespaces().CloneFlags() }
@@ -266,6 +291,7 @@ func DecodePlan(b []byte) (*Plan, []unix.SockFilter, error) {
 	p := &Plan{Namespaces: Namespaces(d.u32())}
 	flags := d.u32()
 	p.Seccomp, p.Preloader, p.HugePages = flags&planSeccomp != 0, flags&planPreloader != 0, flags&planHugePages != 0
+	p.Resident = flags&planResident != 0
 	p.NoFile = d.u64()
 	p.RootFS = string(d.bytes())
 	p.Hostname = string(d.bytes())
@@ -295,6 +321,9 @@ func DecodePlan(b []byte) (*Plan, []unix.SockFilter, error) {
 	}
 	if d.err == nil && p.Seccomp && len(filter) == 0 {
 		d.err = errors.New("seccomp asked for without a filter")
+	}
+	if d.err == nil && p.Resident && (p.Namespaces&NSPID == 0 || p.Preloader) {
+		d.err = errors.New("a resident cell needs a PID namespace of its own and is no preloader's")
 	}
 	if d.err != nil {
 		return nil, nil, fmt.Errorf("plan frame: %w", d.err)

@@ -33,8 +33,18 @@ func TestLaunchRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatalf("DecodePlan: %v", err)
 	}
-	if !reflect.DeepEqual(gotPlan, plan) {
-		t.Errorf("plan:\n got %+v\nwant %+v", gotPlan, plan)
+	// The plain frame is a cell's that is not resident; the resident
+	// frame differs from it in that alone.
+	fresh := *plan
+	fresh.Resident = false
+	if !reflect.DeepEqual(gotPlan, &fresh) {
+		t.Errorf("plan:\n got %+v\nwant %+v", gotPlan, &fresh)
+	}
+	if !plan.Resident || prep.ResidentFrame() == nil {
+		t.Fatalf("a plan with a PID namespace of its own: Resident %v, resident frame %d bytes", plan.Resident, len(prep.ResidentFrame()))
+	}
+	if gotPlan, _, err := DecodePlan(prep.ResidentFrame()[4:]); err != nil || !reflect.DeepEqual(gotPlan, plan) {
+		t.Errorf("resident plan: %v\n got %+v\nwant %+v", err, gotPlan, plan)
 	}
 	if _, _, err := DecodePlan([]byte("CGL1{}")); err == nil || !strings.Contains(err.Error(), "bad magic") {
 		t.Errorf("an older frame: %v", err)
@@ -116,5 +126,55 @@ func TestLauncherAboveControlFD(t *testing.T) {
 	fd := int(l.f.Fd())
 	if fd < minLauncherFD || fd <= ControlFD || l.Path() != "/proc/self/fd/"+strconv.Itoa(fd) {
 		t.Errorf("launcher at fd %d (%s), want %d or above", fd, l.Path(), minLauncherFD)
+	}
+}
+
+// TestResidentOnlyWithPIDNamespace: a resident cell's init ends what a
+// request left through its PID namespace, so a plan sharing the host's
+// has no resident frame, a route may ask for fresh cells, a preloader's
+// plan is never resident, and a resident frame without the namespace is
+// refused by the decoder (the C init checks the same).
+func TestResidentOnlyWithPIDNamespace(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+		want bool
+	}{
+		{"every namespace", Options{Programs: "/srv/cgi"}, true},
+		{"the host's PIDs", Options{Programs: "/srv/cgi", Share: NSPID}, false},
+		{"fresh cells", Options{Programs: "/srv/cgi", Fresh: true}, false},
+	} {
+		plan, err := Build(tc.opts, debian)
+		if err != nil {
+			t.Fatal(err)
+		}
+		prep, err := Prepare(plan)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if plan.Resident != tc.want || (prep.ResidentFrame() != nil) != tc.want {
+			t.Errorf("%s: Resident %v, resident frame %v; want %v", tc.name, plan.Resident, prep.ResidentFrame() != nil, tc.want)
+		}
+	}
+	plan, err := Build(Options{Programs: "/srv/cgi"}, debian)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre, err := plan.ForPreloader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pre.Resident {
+		t.Errorf("a preloader's plan is resident")
+	}
+	bad := *plan
+	bad.Namespaces &^= NSPID
+	bad.Seccomp = false
+	frame, err := encodePlan(&bad, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := DecodePlan(frame[4:]); err == nil || !strings.Contains(err.Error(), "PID namespace") {
+		t.Errorf("a resident frame without a PID namespace: %v, want refused", err)
 	}
 }

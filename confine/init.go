@@ -182,6 +182,12 @@ func applyPlanFrame(what string) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	if plan.Resident {
+		// Its program must load the filter between clone3 and execve,
+		// which Go's ForkExec cannot: the sandbox sends a resident frame
+		// only to cellgate-init.
+		return nil, fmt.Errorf("the Go init has no resident mode (install %s beside cellgate)", InitArg0)
+	}
 	if err := Apply(plan, filter); err != nil {
 		return nil, fmt.Errorf("confine %s: %w", what, err)
 	}

@@ -15,6 +15,7 @@ type Launcher struct {
 	f    *os.File
 	path string
 	name string
+	self bool // the running executable: the Go init
 }
 
 // OpenLauncher opens exe ("" = /proc/self/exe, the running binary). The fd
@@ -36,8 +37,16 @@ func OpenLauncher(exe string) (*Launcher, error) {
 		return nil, fmt.Errorf("dup the cell init's executable %s: %w", exe, err)
 	}
 	f := os.NewFile(uintptr(high), exe)
-	return &Launcher{f: f, path: "/proc/self/fd/" + strconv.Itoa(high), name: exe}, nil
+	var opened, running unix.Stat_t
+	self := unix.Fstat(high, &opened) == nil && unix.Stat("/proc/self/exe", &running) == nil &&
+		opened.Dev == running.Dev && opened.Ino == running.Ino
+	return &Launcher{f: f, path: "/proc/self/fd/" + strconv.Itoa(high), name: exe, self: self}, nil
 }
+
+// GoInit reports whether the launcher is the running executable, whose
+// init is the Go one (confine.Init): it has none of cellgate-init's
+// template, spawner and resident modes.
+func (l *Launcher) GoInit() bool { return l.self }
 
 // Name is the executable as it was opened, for messages.
 func (l *Launcher) Name() string { return l.name }

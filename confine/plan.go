@@ -141,6 +141,15 @@ type Plan struct {
 	// a cell (see ForPreloader): NSPID is then the namespace each of its
 	// children gets, not the preloader's own.
 	Preloader bool
+	// Resident lets the route's cells be resident (Prepared.ResidentFrame):
+	// an init, its namespaces and its view kept across requests, each
+	// request's program cloned by that init into a group of the request's
+	// own, with a SysV IPC namespace of its own, and loading the filter
+	// itself; between requests the init ends every other process of its
+	// PID namespace and empties the private tmpfs (finish). Only with a
+	// PID namespace of the cell's own (which that end needs) and never a
+	// preloader's. A decoded plan has it only from a resident frame.
+	Resident bool
 }
 
 // ForPreloader returns the plan as a fork route's preloader applies it to
@@ -172,7 +181,7 @@ func (p *Plan) ForPreloader() (*Plan, error) {
 		}
 	}
 	q := *p
-	q.Preloader = true
+	q.Preloader, q.Resident = true, false
 	return &q, nil
 }
 
@@ -286,6 +295,9 @@ type Options struct {
 	// HugePages leaves transparent huge pages as the system sets them
 	// (Plan.HugePages).
 	HugePages bool
+	// Fresh gives every request a cell set up for it alone (cells:
+	// fresh); otherwise the plan may be resident (Plan.Resident).
+	Fresh bool
 }
 
 // FS is what Build reads of the host: whether a path exists, is a
@@ -317,6 +329,7 @@ func Build(o Options, fsys FS) (*Plan, error) {
 		NoFile:     o.NoFile,
 		HugePages:  o.HugePages,
 	}
+	p.Resident = !o.Fresh && p.Namespaces&NSPID != 0
 	if p.NoFile == 0 {
 		p.NoFile = DefaultNoFile
 	}

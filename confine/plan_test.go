@@ -68,18 +68,18 @@ func TestBuild(t *testing.T) {
 			name: "defaults: every namespace, system dirs, the program dir, seccomp",
 			opts: Options{Programs: "/srv/cgi"},
 			want: &Plan{
-				Namespaces: AllNamespaces,
-				Binds:      []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"}, {Source: "/srv/cgi", Target: "/srv/cgi"}},
-				Symlinks:   debianLinks,
-				Tmpfs:      tmpfs(DefaultTmpfsSize),
-				Hostname:   DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
+				Namespaces: AllNamespaces, Resident: true,
+				Binds:    []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"}, {Source: "/srv/cgi", Target: "/srv/cgi"}},
+				Symlinks: debianLinks,
+				Tmpfs:    tmpfs(DefaultTmpfsSize),
+				Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
 			},
 		},
 		{
 			name: "a program under a system dir is not bound again",
 			opts: Options{Programs: "/usr/lib/cgi-bin", SystemDirs: []string{"/usr"}},
 			want: &Plan{
-				Namespaces: AllNamespaces, Binds: []Bind{{Source: "/usr", Target: "/usr"}},
+				Namespaces: AllNamespaces, Resident: true, Binds: []Bind{{Source: "/usr", Target: "/usr"}},
 				Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
 			},
 		},
@@ -87,7 +87,7 @@ func TestBuild(t *testing.T) {
 			name: "a program under a symlinked system dir is not bound over the symlink",
 			opts: Options{Programs: "/bin"},
 			want: &Plan{
-				Namespaces: AllNamespaces, Binds: []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"}},
+				Namespaces: AllNamespaces, Resident: true, Binds: []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"}},
 				Symlinks: debianLinks, Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
 			},
 		},
@@ -107,20 +107,20 @@ func TestBuild(t *testing.T) {
 			name: "rootfs instead of system dirs",
 			opts: Options{RootFS: "/srv/rootfs", Programs: "/srv/cgi"},
 			want: &Plan{
-				Namespaces: AllNamespaces, RootFS: "/srv/rootfs", Binds: []Bind{{Source: "/srv/cgi", Target: "/srv/cgi"}},
+				Namespaces: AllNamespaces, Resident: true, RootFS: "/srv/rootfs", Binds: []Bind{{Source: "/srv/cgi", Target: "/srv/cgi"}},
 				Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
 			},
 		},
 		{
 			name: "host filesystem: no view at all",
 			opts: Options{Share: NSMount | NSUTS, Programs: "/srv/cgi"},
-			want: &Plan{Namespaces: NSPID | NSIPC | NSNet, Seccomp: true, NoFile: DefaultNoFile},
+			want: &Plan{Namespaces: NSPID | NSIPC | NSNet, Resident: true, Seccomp: true, NoFile: DefaultNoFile},
 		},
 		{
 			name: "a fork route: its app dir and its interpreter's dir outside the system dirs",
 			opts: Options{Programs: "/srv/cgi", Interpreter: "/srv/data/python3"},
 			want: &Plan{
-				Namespaces: AllNamespaces,
+				Namespaces: AllNamespaces, Resident: true,
 				Binds: []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"},
 					{Source: "/srv/cgi", Target: "/srv/cgi"}, {Source: "/srv/data", Target: "/srv/data"}},
 				Symlinks: debianLinks, Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
@@ -136,7 +136,7 @@ func TestBuild(t *testing.T) {
 			name: "a mount below a read-only mount",
 			opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/app"}, {Source: "/srv/file", Target: "/app/data", Writable: true}}},
 			want: &Plan{
-				Namespaces: AllNamespaces,
+				Namespaces: AllNamespaces, Resident: true,
 				Binds: []Bind{{Source: "/srv/data", Target: "/app"}, {Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"},
 					{Source: "/srv/file", Target: "/app/data", Writable: true}},
 				Symlinks: debianLinks, Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
@@ -150,7 +150,7 @@ func TestBuild(t *testing.T) {
 			name: "the daemon's files covered where the view shows them",
 			opts: Options{Programs: "/srv/cgi", Hidden: []string{"/etc/cellgate/policy.yaml", "/srv/cgi/tls.key", "/etc/cellgate/link.yaml", "/etc/none", "/srv/file"}},
 			want: &Plan{
-				Namespaces: AllNamespaces,
+				Namespaces: AllNamespaces, Resident: true,
 				Binds: []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"}, {Source: "/srv/cgi", Target: "/srv/cgi"},
 					{Source: "/dev/null", Target: "/etc/cellgate/policy.yaml", Mask: true}, {Source: "/dev/null", Target: "/srv/cgi/tls.key", Mask: true}},
 				Symlinks: debianLinks, Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
@@ -160,7 +160,7 @@ func TestBuild(t *testing.T) {
 			name: "a daemon's file in the rootfs",
 			opts: Options{RootFS: "/srv/rootfs", Hidden: []string{"/srv/rootfs/etc/policy.yaml"}},
 			want: &Plan{
-				Namespaces: AllNamespaces, RootFS: "/srv/rootfs", Binds: []Bind{{Source: "/dev/null", Target: "/etc/policy.yaml", Mask: true}},
+				Namespaces: AllNamespaces, Resident: true, RootFS: "/srv/rootfs", Binds: []Bind{{Source: "/dev/null", Target: "/etc/policy.yaml", Mask: true}},
 				Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
 			},
 		},

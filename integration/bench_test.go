@@ -172,10 +172,19 @@ func BenchmarkCellConfined(b *testing.B) {
 		par         int
 		late        bool
 	}
+	// all-resident is the same with resident cells (serve's default,
+	// --resident-cells): an init and its namespaces serve request after
+	// request, each program cloned into a group of its own; a request
+	// that finds one ready pays neither the init's start nor its end.
 	lines := []warmLine{{"all-warm-usage-first", "ready", 1, false}}
 	for _, par := range []int{1, 8, 32} {
 		for _, pause := range []string{"0s", "100ms", "ready"} {
 			lines = append(lines, warmLine{"all-warm", pause, par, true})
+		}
+	}
+	for _, par := range []int{1, 8, 32} {
+		for _, pause := range []string{"0s", "ready"} {
+			lines = append(lines, warmLine{"all-resident", pause, par, true})
 		}
 	}
 	for _, l := range lines {
@@ -184,7 +193,11 @@ func BenchmarkCellConfined(b *testing.B) {
 			// As serve runs them: set up from the route's mount
 			// template, in a network namespace made ahead, the init
 			// cloned by the spawner, accounting read after the answer.
-			warm := newConfinedEnv(b, sandbox.Config{WarmCells: par, MountTemplates: true, NetNamespaces: par, InitSpawner: true})
+			cfg := sandbox.Config{WarmCells: par, MountTemplates: true, NetNamespaces: par, InitSpawner: true}
+			if l.name == "all-resident" {
+				cfg.WarmCells, cfg.ResidentCells = 0, par
+			}
+			warm := newConfinedEnv(b, cfg)
 			s := spec(b, confine.Options{})
 			s.LateUsage = l.late
 			warm.Warm(s.Profile, s.Confine)

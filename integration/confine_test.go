@@ -48,6 +48,9 @@ type probeReply struct {
 	UID      int               `json:"uid"`
 	GID      int               `json:"gid"`
 	Netns    string            `json:"netns"`    // the link /proc/self/ns/net
+	Pidns    string            `json:"pidns"`    // the link /proc/self/ns/pid
+	Left     string            `json:"left"`     // "ok": a process started to outlive the request
+	ShmID    int               `json:"shmid"`    // a SysV segment made and left, or -1
 	Sockets  int               `json:"sockets"`  // entries of the network namespace's socket tables
 	TTL      string            `json:"ttl"`      // net.ipv4.ip_default_ttl, after setttl if asked
 	TimeWait string            `json:"timewait"` // "ok": a loopback connection left in TIME_WAIT
@@ -148,6 +151,12 @@ func runProbe() int {
 	q, _ := url.ParseQuery(os.Getenv("QUERY_STRING"))
 	r := probeReply{Read: map[string]string{}, Connect: map[string]string{}, Fill: map[string]string{}, Syscalls: map[string]string{},
 		Cat: map[string]string{}, UID: os.Getuid(), GID: os.Getgid()}
+	r.ShmID = -1
+	if q.Has("shmget") {
+		if id, err := unix.SysvShmGet(unix.IPC_PRIVATE, 4096, unix.IPC_CREAT|0o600); err == nil {
+			r.ShmID = id
+		}
+	}
 	for _, p := range q["cat"] {
 		b, err := os.ReadFile(p)
 		r.Cat[p] = string(b)
@@ -204,6 +213,21 @@ func runProbe() int {
 	}
 	if q.Has("netns") {
 		r.Netns, _ = os.Readlink("/proc/self/ns/net")
+	}
+	if q.Has("pidns") {
+		r.Pidns, _ = os.Readlink("/proc/self/ns/pid")
+	}
+	if q.Has("leave") { // a process that outlives the request, its streams not the response's
+		null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+		if err == nil {
+			var p *os.Process
+			p, err = os.StartProcess("/bin/sleep", []string{"sleep", "1000"}, &os.ProcAttr{Files: []*os.File{null, null, null}})
+			if err == nil {
+				p.Release()
+			}
+			null.Close()
+		}
+		r.Left = errName(err)
 	}
 	if q.Has("sockets") {
 		for _, t := range socketTables {
@@ -551,7 +575,7 @@ func TestConfineNothingLeft(t *testing.T) {
 	// counts (idle warm cells are processes in the tenant's group;
 	// TestConfineWarmCells has them).
 	g := confineGate(t, `  - {name: hello, match: {path: /hello}, program: "{{.CGI}}/hello"}
-`, "--max-conns-per-ip", strconv.Itoa(2**leakConcurrent), "--warm-cells", "0")
+`, "--max-conns-per-ip", strconv.Itoa(2**leakConcurrent), "--warm-cells", "0", "--resident-cells", "0")
 	pid := g.cmd.Process.Pid
 	tenant := g.tenantDir(policy.DefaultTenant)
 	// Warm up (the pool's idle cells, the runtime's threads and fds),
@@ -759,12 +783,18 @@ func statusField(status, name string) (string, bool) {
 	return "", false
 }
 
-// TestConfineWarmCells: with cells set up ahead (--warm-cells), each
-// request still gets a cell of its own: its own uid, a /proc with only
-// its init and itself, and a /tmp without the files of the request before;
+// TestConfineWarmCells: with cells set up ahead (--warm-cells), or
+// resident (--resident-cells, the default), each request still runs under
+// its own uid, with a /proc listing only its init and itself, and a /tmp
+// without the files of the request before, and has its own accounting;
 // serve's exit ends the idle cells.
 func TestConfineWarmCells(t *testing.T) {
-	g := confineGate(t, "", "--warm-cells", "2")
+	t.Run("warm", func(t *testing.T) { testKeptCells(t, "--warm-cells", "2", "--resident-cells", "0") })
+	t.Run("resident", func(t *testing.T) { testKeptCells(t, "--resident-cells", "2") })
+}
+
+func testKeptCells(t *testing.T, args ...string) {
+	g := confineGate(t, "", args...)
 	uids := map[int]bool{}
 	for i := 0; i < 6; i++ {
 		r := g.probe(t, "probe", url.Values{"read": {"/tmp/mark"}, "fill": {"/tmp/mark:1"}, "procs": {"1"}})
@@ -1200,7 +1230,7 @@ func TestConfineNetnsReuse(t *testing.T) {
 	w := workerBinary(t)
 	g := confineGate(t, fmt.Sprintf(`  - {name: probeb, match: {path: /probeb}, tenant: b, program: %[1]q, env: {%[2]s: probe}}
   - {name: proberoot, match: {path: /proberoot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true}
-`, w, cellHelperEnv), "--warm-cells", "0", "--net-namespaces", "2")
+`, w, cellHelperEnv), "--warm-cells", "0", "--resident-cells", "0", "--net-namespaces", "2")
 	// Each request waits for the teardown of the one before, which gives
 	// its namespace back.
 	settled := func() {
@@ -1298,7 +1328,7 @@ func TestConfineMountTemplate(t *testing.T) {
 		}
 		return m[1]
 	}
-	g := confineGate(t, extra, "--warm-cells", "0")
+	g := confineGate(t, extra, "--warm-cells", "0", "--resident-cells", "0")
 	first, second := roots(g)
 	if first != second || first == 0 {
 		t.Errorf("two cells of a route have roots on devices %d and %d; want one template's", first, second)
@@ -1339,7 +1369,7 @@ func TestConfineMountTemplate(t *testing.T) {
 	}
 	g.stop()
 
-	g = confineGate(t, extra, "--warm-cells", "0", "--mount-templates=false")
+	g = confineGate(t, extra, "--warm-cells", "0", "--resident-cells", "0", "--mount-templates=false")
 	roots(g)
 	if h := hits(g); h != "0" {
 		t.Errorf("with --mount-templates=false, cellgate_mount_templates_total{result=\"hit\"} = %s, want 0", h)
@@ -1538,4 +1568,59 @@ func childrenOf(t *testing.T) []int {
 		}
 	}
 	return out
+}
+
+// TestConfineResident: successive requests of a route are served by one
+// resident cell (the same PID namespace: the same init), each program in
+// a group of its own, and none finds anything of the request before it:
+// not a process it left running, not a file of the private tmpfs, not a
+// SysV segment. A route with cells: fresh gets a cell per request.
+func TestConfineResident(t *testing.T) {
+	g := confineGate(t, `  - {name: fresh, match: {path: /fresh}, tenant: a, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, cells: fresh}
+`)
+	first := g.probe(t, "probe", url.Values{"pidns": {"1"}, "leave": {"1"}, "shmget": {"1"}, "sysvshm": {"1"},
+		"fill": {"/tmp/left:1", "/dev/shm/left:1"}, "cat": {"/proc/self/cgroup"}})
+	if first.Left != "ok" || first.ShmID < 0 || first.Fill["/tmp/left"] != "ok" || first.Fill["/dev/shm/left"] != "ok" {
+		t.Fatalf("control: the first request could not leave its traces: %+v", first)
+	}
+	if !strings.Contains(first.SysVShm, " "+strconv.Itoa(first.ShmID)+" ") {
+		t.Fatalf("control: the first request does not see its own SysV segment %d:\n%s", first.ShmID, first.SysVShm)
+	}
+	for i := range 3 {
+		r := g.probe(t, "probe", url.Values{"pidns": {"1"}, "procs": {"1"}, "sysvshm": {"1"},
+			"read": {"/tmp/left", "/dev/shm/left"}, "cat": {"/proc/self/cgroup"}})
+		if r.Pidns != first.Pidns {
+			t.Errorf("request %d: PID namespace %s, the first's %s: not served by the resident cell", i+2, r.Pidns, first.Pidns)
+		}
+		if r.Cat["/proc/self/cgroup"] == first.Cat["/proc/self/cgroup"] {
+			t.Errorf("request %d runs in the first request's group %q", i+2, first.Cat["/proc/self/cgroup"])
+		}
+		if len(r.Procs) != 2 || !strings.HasPrefix(r.Procs[0], "1 cellgate-init") {
+			t.Errorf("request %d: the cell's /proc lists %q, want its init as 1 and the probe (the first request's sleep ended)", i+2, r.Procs)
+		}
+		for p, res := range r.Read {
+			if res == "ok" {
+				t.Errorf("request %d reads %s, the first request's file", i+2, p)
+			}
+		}
+		if strings.Contains(r.SysVShm, " "+strconv.Itoa(first.ShmID)+" ") || strings.Count(strings.TrimSpace(r.SysVShm), "\n") != 0 {
+			t.Errorf("request %d sees SysV segments (the first left %d):\n%s", i+2, first.ShmID, r.SysVShm)
+		}
+	}
+	// A request that leaves a loopback connection in TIME_WAIT: its
+	// cell's network namespace is not empty, so the cell is not kept, and
+	// the next request finds no socket.
+	tw := g.probe(t, "probe", url.Values{"pidns": {"1"}, "timewait": {"1"}})
+	if tw.TimeWait != "ok" {
+		t.Fatalf("control: leave a connection in TIME_WAIT: %s", tw.TimeWait)
+	}
+	next := g.probe(t, "probe", url.Values{"pidns": {"1"}, "sockets": {"1"}})
+	if next.Pidns == tw.Pidns || next.Sockets != 0 {
+		t.Errorf("after a request left a connection in TIME_WAIT: the next runs in its cell (%v) and sees %d sockets", next.Pidns == tw.Pidns, next.Sockets)
+	}
+	a := g.probe(t, "fresh", url.Values{"pidns": {"1"}})
+	b := g.probe(t, "fresh", url.Values{"pidns": {"1"}})
+	if a.Pidns == b.Pidns {
+		t.Errorf("cells: fresh: two requests in one PID namespace %s", a.Pidns)
+	}
 }

@@ -344,7 +344,7 @@ func firstLine(s string) string {
 func TestGateSlowReader(t *testing.T) {
 	// No cells set up ahead: the test watches the tenant's group empty,
 	// and an idle warm cell's init would keep it populated.
-	g := startGate(t, gateOptions{policy: gatePolicy, args: []string{"--warm-cells", "0"}})
+	g := startGate(t, gateOptions{policy: gatePolicy, args: []string{"--warm-cells", "0", "--resident-cells", "0"}})
 	c, err := rawConn(t.Context(), g.hostPort(), "")
 	if err != nil {
 		t.Fatal(err)

@@ -19,7 +19,7 @@ import (
 func TestOwnerOneInstancePerBase(t *testing.T) {
 	// No cells set up ahead: the test removes the tree by hand, which an
 	// idle warm cell's init would keep populated.
-	g := startGate(t, gateOptions{policy: gatePolicy, args: []string{"--warm-cells", "0"}})
+	g := startGate(t, gateOptions{policy: gatePolicy, args: []string{"--warm-cells", "0", "--resident-cells", "0"}})
 	if status, _, body := g.get("/hello"); status != 200 {
 		t.Fatalf("GET /hello: %d %q", status, body)
 	}

@@ -10,7 +10,7 @@ import (
 
 // confinementKeys are a route's confinement keys (see Confinement); each
 // relaxes one confinement, which is on by default.
-var confinementKeys = []string{"network", "filesystem", "host_namespaces", "system_dirs", "mounts", "rootfs", "tmpfs_size", "seccomp", "nofile", "huge_pages"}
+var confinementKeys = []string{"network", "filesystem", "host_namespaces", "system_dirs", "mounts", "rootfs", "tmpfs_size", "seccomp", "nofile", "huge_pages", "cells"}
 
 var mountKeys = []string{"source", "target", "writable"}
 
@@ -56,6 +56,14 @@ type Confinement struct {
 	// clearing a 2 MiB page where it touches a few KiB. A fork route's
 	// preloader, long-lived, and its children keep the system's setting.
 	HugePages bool
+	// FreshCells (cells: fresh) gives every request a cell set up for it
+	// alone: its own init and namespaces. By default (cells: resident)
+	// a route's cells may be resident where serve keeps them
+	// (--resident-cells): an init and its namespaces serve request after
+	// request, each request's program in a group and a SysV IPC
+	// namespace of its own, under a uid of its own, everything it left
+	// (processes, private tmpfs files) ended before the next request.
+	FreshCells bool
 }
 
 // Mount is a bind of a host path into a cell's view.
@@ -116,6 +124,9 @@ func (d *decoder) confinement(fs map[string]field, p string) Confinement {
 	}
 	if f, ok := fs["huge_pages"]; ok {
 		c.HugePages = d.choice(f, join(p, "huge_pages"), "off", "system") == "system"
+	}
+	if f, ok := fs["cells"]; ok {
+		c.FreshCells = d.choice(f, join(p, "cells"), "resident", "fresh") == "fresh"
 	}
 	if c.HostFilesystem {
 		for _, k := range []string{"system_dirs", "mounts", "rootfs", "tmpfs_size"} {
@@ -202,6 +213,9 @@ func (c Confinement) String() string {
 	}
 	if c.HugePages {
 		parts = append(parts, "huge_pages: system")
+	}
+	if c.FreshCells {
+		parts = append(parts, "cells: fresh")
 	}
 	for _, m := range c.Mounts {
 		mode := "ro"

@@ -26,6 +26,7 @@ routes:
     tmpfs_size: 16Mi
     nofile: 4096
     huge_pages: system
+    cells: fresh
   - name: host
     match: {path: /host}
     program: /srv/cgi/host
@@ -43,7 +44,7 @@ routes:
 		{
 			HostNetwork: true, HostNamespaces: []string{"pid", "uts"}, NoSeccomp: true, SystemDirs: []string{"/usr", "/etc"},
 			Mounts:    []Mount{{Source: "/srv/data", Target: "/data", Writable: true}, {Source: "/etc/cellgate/shared", Target: "/etc/cellgate/shared"}},
-			TmpfsSize: 16 << 20, NoFile: 4096, HugePages: true,
+			TmpfsSize: 16 << 20, NoFile: 4096, HugePages: true, FreshCells: true,
 		},
 		{HostFilesystem: true},
 	}
@@ -55,7 +56,7 @@ routes:
 	if s := p.Routes[0].Confinement.String(); s != "full" {
 		t.Errorf("String of the default = %q", s)
 	}
-	if s := p.Routes[1].Confinement.String(); s != "network: host, host namespaces: pid uts, seccomp: off, huge_pages: system, mount /srv/data:/data:rw, mount /etc/cellgate/shared:/etc/cellgate/shared:ro" {
+	if s := p.Routes[1].Confinement.String(); s != "network: host, host namespaces: pid uts, seccomp: off, huge_pages: system, cells: fresh, mount /srv/data:/data:rw, mount /etc/cellgate/shared:/etc/cellgate/shared:ro" {
 		t.Errorf("String = %q", s)
 	}
 }
@@ -79,6 +80,7 @@ func TestParseConfinementProblems(t *testing.T) {
 		{"tmpfs size", head + "    tmpfs_size: 1k\n", []problem{{6, "routes[a].tmpfs_size", "below the floor"}}},
 		{"nofile", head + "    nofile: 3\n", []problem{{6, "routes[a].nofile", "out of range"}}},
 		{"huge_pages", head + "    huge_pages: on\n", []problem{{6, "routes[a].huge_pages", "not one of off, system"}}},
+		{"cells", head + "    cells: shared\n", []problem{{6, "routes[a].cells", "not one of resident, fresh"}}},
 		{"mounts with host filesystem", head + "    filesystem: host\n    mounts: [{source: /srv}]\n", []problem{{7, "routes[a].mounts", "no effect with filesystem: host"}}},
 		{"system_dirs with rootfs", head + "    rootfs: /srv/root\n    system_dirs: [/usr]\n", []problem{{7, "routes[a].system_dirs", "no effect with rootfs"}}},
 		{"tenant gid 0", "version: 1\ntenants: [{name: t, gid: 0}]\nroutes:\n  - {name: a, match: {path: /}, tenant: t, program: /a}\n", []problem{{2, "tenants[t].gid", "out of range"}}},

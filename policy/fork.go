@@ -74,6 +74,11 @@ func (d *decoder) forkRoute(fs map[string]field, line int, p string, r *Route) {
 		// the system's setting stays (Confinement.HugePages).
 		d.problem(f.line(), join(p, "huge_pages"), f.val.Value, "has no effect on a fork route, whose preloader and requests keep the system's transparent huge pages", "remove huge_pages")
 	}
+	if f, ok := fs["cells"]; ok {
+		// Each request is a child of the preloader, which is kept
+		// already: there is no cell of the route's to keep.
+		d.problem(f.line(), join(p, "cells"), f.val.Value, "has no effect on a fork route, whose requests are each a fresh child of the preloader", "remove cells")
+	}
 	fk := &Fork{Python: DefaultPython, PreloadMemory: DefaultPreloadMemory}
 	if f, ok := fs["runtime"]; ok {
 		if v, ok := d.str(f, join(p, "runtime")); ok {

@@ -28,9 +28,17 @@ import (
 type initProc struct {
 	cell   Cell
 	proc   *os.Process
-	ctl    int    // the daemon's end of the control socket
-	netns  int    // a network namespace made ahead that the init was cloned into, or -1
-	tenant string // the cell's tenant, whose cells may reuse netns
+	w      *worker // the init's worker, once made (worker)
+	ctl    int     // the daemon's end of the control socket
+	netns  int     // a network namespace made ahead that the init was cloned into, or -1
+	tenant string  // the cell's tenant, whose cells may reuse netns
+
+	// A resident init (resident.go) runs request after request, each in a
+	// cell of its own: cell is then the init's own group.
+	resident bool
+	born     time.Time // when it was started
+	set      *warmSet  // the set it was taken from, while it serves a request
+	rootRan  bool      // a program ran in it as root: its network namespace is not reused
 
 	got   []byte          // read from ctl, not yet decoded
 	final *confine.Report // the last report, once read
@@ -92,10 +100,14 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared, tenant string) (*i
 			}
 			return nil, fmt.Errorf("%w: init %s in cell %s: %w", ErrSpawn, r.launcher.Name(), cell.Path(), err)
 		}
-		ip := &initProc{cell: cell, proc: proc, ctl: fds[0], netns: ns, tenant: tenant}
+		ip := &initProc{cell: cell, proc: proc, ctl: fds[0], netns: ns, tenant: tenant, born: time.Now()}
+		frame := plan.Frame()
+		if r.residentFor(plan) {
+			ip.resident, frame = true, plan.ResidentFrame()
+		}
 		// A failed send means the init died at once: its report, if any,
 		// says why, and the caller learns it as from any init.
-		_ = ip.send(plan.Frame(), nil)
+		_ = ip.send(frame, nil)
 		return ip, nil
 	}
 }
@@ -212,9 +224,22 @@ func (ip *initProc) send(frame []byte, fds []int) error {
 	return nil
 }
 
+// worker is the init's worker (a pidfd of its own), made once.
+func (ip *initProc) worker() (*worker, error) {
+	if ip.w == nil {
+		w, err := newProcWorker(ip.proc)
+		if err != nil {
+			return nil, err
+		}
+		ip.w = w
+	}
+	return ip.w, nil
+}
+
 // exec sends the request's part: argv, environment, credentials and the
-// program's stdin, stdout and stderr.
-func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File) error {
+// program's stdin, stdout and stderr, and to a resident init the
+// request's cell, which the program is cloned into.
+func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File, cell Cell) error {
 	frame, err := confine.EncodeExec(&confine.Exec{
 		Path: spec.Path, Args: spec.Args, Env: spec.Env, Dir: spec.Dir,
 		Credential: confine.Credential{UID: cred.Uid, GID: cred.Gid, Groups: cred.Groups},
@@ -228,11 +253,17 @@ func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File
 	// blocks from now on; a descriptor the caller set O_NONBLOCK itself
 	// (os.NewFile) is passed on as it is, as os/exec does too. workerPipe's
 	// ends are blocking already.
-	var fds [3]int
+	fds := make([]int, 3, 4)
 	for i, f := range stdio {
 		fds[i] = int(f.Fd())
 	}
-	return ip.send(frame, fds[:])
+	if ip.resident {
+		if cell.FD() < 0 {
+			return fmt.Errorf("cell %s has no group to clone the program into", cell.Path())
+		}
+		fds = append(fds, cell.FD())
+	}
+	return ip.send(frame, fds)
 }
 
 // errInitGone marks the failed hand-off of a warm cell whose init was gone

@@ -55,6 +55,13 @@ type Config struct {
 	// requests, the set sized by demand between one and this (see
 	// warm.go); 0 sets every cell up on its request.
 	WarmCells int
+	// ResidentCells is the most resident cells per route (see
+	// resident.go), ready or serving a request, the set sized by demand
+	// as WarmCells'; 0 has none. Only with a Launcher that is
+	// cellgate-init (the Go init has no resident mode); a route's plan
+	// says whether its cells may be resident (confine.Plan.Resident),
+	// and those that may not are kept as WarmCells says.
+	ResidentCells int
 	// NetNamespaces is how many network namespaces are kept made ahead
 	// for confined cells that have one of their own (see netns.go); 0 has
 	// every such cell's init make its own.
@@ -192,8 +199,8 @@ func New(cfg Config) (*Runner, error) {
 	if cfg.InitSpawner && cfg.Launcher != nil {
 		r.spawner = newInitSpawner(cfg.Launcher.Path(), r.devNull, r.hasTTY, r.log)
 	}
-	if cfg.WarmCells > 0 && cfg.Launcher != nil {
-		r.warm = newWarmPool(r, cfg.WarmCells)
+	if (cfg.WarmCells > 0 || cfg.ResidentCells > 0) && cfg.Launcher != nil {
+		r.warm = newWarmPool(r, cfg.WarmCells, cfg.ResidentCells)
 	}
 	return r, nil
 }
@@ -291,17 +298,30 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	if prof == nil {
 		prof = r.profile
 	}
-	var ip *initProc // the init of a confined cell
-	if spec.Confine != nil && r.warm != nil {
-		k := warmKey{prof, spec.Confine}
-		ip = r.warm.take(k)
+	var ip *initProc  // the init of a confined cell
+	var slot *warmSet // a place kept for a resident init this run starts
+	slotUsed := false // that init has it (as its set)
+	k := warmKey{prof, spec.Confine}
+	if spec.Confine != nil && r.keeps(k) {
+		ip, slot = r.warm.take(k)
 		defer r.warm.kick(k)
+		defer func() {
+			if slot != nil && !slotUsed {
+				r.warm.unslot(slot)
+			}
+		}()
 	}
-	pooled := ip != nil // a warm cell's
+	pooled := ip != nil // a warm or resident cell's
+	// A resident init (resident.go) runs the program in a cell of the
+	// request's own; any other init is in the request's cell.
+	resident := spec.Confine != nil && r.residentFor(spec.Confine)
 	var cell Cell
-	if ip != nil {
+	if ip != nil && !resident {
 		cell = ip.cell
 	} else if cell, err = r.cells.Get(ctx, prof); err != nil {
+		if ip != nil {
+			r.warm.putBack(k, ip)
+		}
 		return Result{}, fmt.Errorf("%w: tenant %q: %w", ErrNoCell, prof.Tenant(), err)
 	}
 	released := false
@@ -313,28 +333,47 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 
 	st, err := newStreams(&spec, r.devNull)
 	if err != nil {
-		if ip != nil {
+		switch {
+		case ip != nil && resident:
+			r.warm.putBack(k, ip)
+		case ip != nil:
 			r.discard(ip)
 			released = true
 		}
 		return Result{}, fmt.Errorf("%w: %s: %w", ErrSpawn, spec.Path, err)
 	}
 	var w *worker
+	initKept := false // a resident init put back, or ended, by this run
 	if spec.Confine != nil {
 		// A confined cell's first process is its init; the program is
 		// handed to it below, once the deadline is armed.
 		if ip == nil {
-			if ip, err = r.startInit(cell, spec.Confine, prof.Tenant()); err != nil {
+			if resident {
+				if ip, err = r.startResident(ctx, k); err == nil && slot != nil {
+					ip.set, slotUsed = slot, true
+				}
+			} else {
+				ip, err = r.startInit(cell, spec.Confine, prof.Tenant())
+			}
+			if err != nil {
 				st.closeAll()
 				return Result{}, err
 			}
 		}
-		defer ip.closeCtl()
-		if w, err = newProcWorker(ip.proc); err != nil {
+		defer func() {
+			if !initKept {
+				ip.closeCtl()
+			}
+		}()
+		if w, err = ip.worker(); err != nil {
 			st.closeAll()
 			ip.proc.Kill()
 			waitBlocking(ip.proc)
-			ip.endNetns(r, false)
+			if resident {
+				r.endResident(ip, false)
+			} else {
+				ip.endNetns(r, false)
+			}
 			return Result{}, fmt.Errorf("%w: in cell %s: %w", ErrSpawn, cell.Path(), err)
 		}
 	} else {
@@ -372,28 +411,33 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		spec.Started(cell.Path())
 	}
 
-	k := &killer{cell: cell, w: w, log: r.log}
+	kl := &killer{cell: cell, w: w, log: r.log}
 	timeout := spec.Timeout
 	if timeout <= 0 {
 		timeout = r.timeout
 	}
-	timer := time.AfterFunc(timeout, func() { k.kill(CauseDeadline) })
-	stopCtx := context.AfterFunc(ctx, func() { k.kill(CauseKilled) })
+	timer := time.AfterFunc(timeout, func() { kl.kill(CauseDeadline) })
+	stopCtx := context.AfterFunc(ctx, func() { kl.kill(CauseKilled) })
 	// disarm stops the deadline and the context's kill once the worker
 	// has ended, and returns what killed it, if anything did.
 	disarm := func() Cause {
 		timer.Stop()
 		stopCtx()
-		return k.finish()
+		return kl.finish()
 	}
 	var launchErr error
 	if ip != nil {
 		// The init takes the program's streams with the exec frame; the
 		// deadline is armed, so a send that blocks ends with the cell.
-		launchErr = ip.exec(&spec, id.cred, st.child)
+		launchErr = ip.exec(&spec, id.cred, st.child, cell)
 		st.started()
 		if launchErr != nil {
-			k.kill(CauseKilled)
+			kl.kill(CauseKilled)
+		} else if resident {
+			// A resident init outlives the request: from now on an end
+			// kills the program's cell, not the init, which then reports
+			// the program's end.
+			kl.spare()
 		}
 	}
 
@@ -422,15 +466,30 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			}
 			released, keepUID = true, true
 			release, uid := id.release, id.uid
-			r.endCell(w, cell, func(emptied bool) {
-				if late != nil {
-					late.fill(func() (cgroup.Usage, error) { return cellUsage(cell) })
+			if resident {
+				// The init waits for the next request: the program's cell
+				// ends on its own (resident.go), and the init goes back to
+				// its set, unless the program ran as root.
+				initKept = true
+				r.endRequestCell(cell, late, release)
+				if uid != 0 {
+					r.warm.putBack(k, ip)
+				} else {
+					r.warm.forget(ip)
+					ip.rootRan = true
+					r.teardowns.run(func() { r.discard(ip) })
 				}
-				if emptied && release != nil {
-					release()
-				}
-				ip.endNetns(r, emptied && uid != 0)
-			})
+			} else {
+				r.endCell(w, cell, func(emptied bool) {
+					if late != nil {
+						late.fill(func() (cgroup.Usage, error) { return cellUsage(cell) })
+					}
+					if emptied && release != nil {
+						release()
+					}
+					ip.endNetns(r, emptied && uid != 0)
+				})
+			}
 			if err := st.wait(r.streamGrace); err != nil {
 				errs = append(errs, err)
 			}
@@ -440,18 +499,25 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		}
 	}
 
+	if resident {
+		// The init failed the request (it died, or sent no report): it
+		// ends, and its cell with it, below.
+		w.kill()
+	}
 	exit, werr := r.reaper.wait(w)
 	if werr != nil && w.proc != nil {
 		// The pidfd wait failed (should not happen): end the cell and reap
 		// the worker the blocking way, so that no zombie is left.
 		r.log.Error("wait for worker on its pidfd", "cell", cell.Path(), "err", werr)
-		k.kill(CauseKilled)
+		kl.kill(CauseKilled)
 		if st, err := waitBlocking(w.proc); err == nil {
 			exit, werr = st, nil
 		}
 	}
 	killedBy := disarm()
-	w.release()
+	if !resident {
+		w.release() // a resident init's, with the init below
+	}
 
 	var errs []error
 	if werr != nil {
@@ -462,7 +528,10 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		keepUID = true // a process may still run under it
 		errs = append(errs, emptyErr)
 	}
-	if ip != nil {
+	switch {
+	case resident:
+		r.endResident(ip, id.uid == 0)
+	case ip != nil:
 		ip.endNetns(r, emptyErr == nil && id.uid != 0)
 	}
 	wall, usage, unenforced, uerr := usageOf(cell, start, true)
@@ -675,7 +744,17 @@ func (k *killer) kill(reason Cause) {
 	}
 	// Also signal the main process through its pidfd: a cell without a
 	// cgroup (test fake) has no cgroup.kill, and it costs nothing.
-	k.w.kill()
+	if k.w != nil {
+		k.w.kill()
+	}
+}
+
+// spare has later kills leave the worker alone: a resident init, which
+// outlives its request, once it has taken the program's exec frame.
+func (k *killer) spare() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.w = nil
 }
 
 // finish stops further kills and returns the reason of the one that

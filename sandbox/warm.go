@@ -52,8 +52,9 @@ type warmKey struct {
 // warmSet is one route's warm cells. Guarded by warmPool.mu.
 type warmSet struct {
 	ready     []*initProc
-	want      int // target size: 1 to warmPool.size
+	want      int // target size: 1 to warmPool.sizeFor
 	preparing int // setups in flight
+	busy      int // resident cells taken from the set, serving a request (resident.go)
 	wake      chan struct{}
 	taken     time.Time // the last take
 	missed    time.Time // the last take that found none, or the last shrink
@@ -62,30 +63,42 @@ type warmSet struct {
 type warmPool struct {
 	hits, misses atomic.Uint64
 
-	r      *Runner
-	size   int // the most cells a set may hold
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	r        *Runner
+	size     int // the most cells a set may hold
+	resident int // the most resident cells a resident route's set may hold (resident.go)
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 
 	mu   sync.Mutex
 	sets map[warmKey]*warmSet
 }
 
-func newWarmPool(r *Runner, size int) *warmPool {
+func newWarmPool(r *Runner, size, resident int) *warmPool {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &warmPool{r: r, size: size, ctx: ctx, cancel: cancel, sets: map[warmKey]*warmSet{}}
+	return &warmPool{r: r, size: size, resident: resident, ctx: ctx, cancel: cancel, sets: map[warmKey]*warmSet{}}
+}
+
+// sizeFor is the most cells the key's set may hold, resident ones
+// serving requests included; 0: the key's cells are not kept.
+func (w *warmPool) sizeFor(k warmKey) int {
+	if w.r.residentFor(k.plan) {
+		return w.resident
+	}
+	return w.size
 }
 
 // take returns a ready init of the key's, or nil, starting the set if
-// need be. An init found gone (it died while it waited: killed, or
+// need be. On a miss of a resident route it keeps a place in the set for
+// the init the request starts itself (slot; the caller sets it as that
+// init's set, or gives it back with unslot), so that the refill does not
+// set up another one for the same place meanwhile. An init found gone (it died while it waited: killed, or
 // OOM-killed with its tenant) is passed over, its cell ended as a
 // teardown (off the request's path when a slot is free). The refill
 // waits for kick: a setup is mostly CPU, which the request that took the
 // cell needs more until it has its Result.
-func (w *warmPool) take(k warmKey) *initProc {
+func (w *warmPool) take(k warmKey) (ip *initProc, slot *warmSet) {
 	w.mu.Lock()
-	var ip *initProc
 	var dead []*initProc
 	if s := w.set(k); s != nil {
 		for n := len(s.ready); n > 0 && ip == nil; n-- {
@@ -96,17 +109,25 @@ func (w *warmPool) take(k warmKey) *initProc {
 		}
 		if ip != nil {
 			w.hits.Add(1)
+			if ip.resident {
+				s.busy++
+				ip.set = s
+			}
 		} else {
 			w.misses.Add(1)
+			if w.r.residentFor(k.plan) {
+				s.busy++
+				slot = s
+			}
 		}
-		s.resize(ip != nil, time.Now(), w.size)
+		s.resize(ip != nil, time.Now(), w.sizeFor(k))
 	}
 	w.mu.Unlock()
 	for _, d := range dead {
 		w.r.log.Warn("warm confined cell: its init died while the cell waited; cell ended", "cell", d.cell.Path())
 		w.r.teardowns.run(func() { w.r.discard(d) })
 	}
-	return ip
+	return ip, slot
 }
 
 // runWarm is Run for a confined Spec when warm cells are kept. A warm
@@ -150,7 +171,7 @@ func (s *warmSet) resize(found bool, now time.Time, most int) {
 // toStart is how many setups the refill starts now to reach the target,
 // with at most par in flight, and counts them as in flight.
 func (s *warmSet) toStart(par int) int {
-	n := max(min(s.want-len(s.ready)-s.preparing, par-s.preparing), 0)
+	n := max(min(s.want-len(s.ready)-s.preparing-s.busy, par-s.preparing), 0)
 	s.preparing += n
 	return n
 }
@@ -271,13 +292,14 @@ func (w *warmPool) close() {
 	w.wg.Wait()
 }
 
-// discard ends an unused init (the end of its control socket makes it exit;
-// cgroup.kill makes sure), waits for it, and releases its cell.
+// discard ends an init that serves no request (the end of its control
+// socket makes it exit; cgroup.kill makes sure), waits for it, and
+// releases its cell.
 func (r *Runner) discard(ip *initProc) {
 	ip.closeCtl()
 	ip.cell.Kill()
 	ip.proc.Kill()
-	if w, err := newProcWorker(ip.proc); err == nil {
+	if w, err := ip.worker(); err == nil {
 		if _, err := r.reaper.wait(w); err != nil {
 			waitBlocking(ip.proc)
 		}
@@ -290,23 +312,33 @@ func (r *Runner) discard(ip *initProc) {
 	if err != nil {
 		r.log.Error("warm confined cell did not empty", "cell", ip.cell.Path(), "err", err)
 	}
-	ip.endNetns(r, err == nil)
+	ip.endNetns(r, err == nil && !ip.rootRan)
 	r.cells.Release(ip.cell)
 }
 
-// Warm starts keeping warm confined cells of prof (nil: the Runner's) and
-// plan, a route's, ahead of its first request; a no-op without
-// Config.WarmCells.
+// Warm starts keeping warm (or resident) confined cells of prof (nil: the
+// Runner's) and plan, a route's, ahead of its first request; a no-op when
+// the route's cells are not kept (Config.WarmCells, Config.ResidentCells).
 func (r *Runner) Warm(prof *cgroup.Profile, plan *confine.Prepared) {
-	if r.warm == nil || plan == nil {
+	if plan == nil {
 		return
 	}
 	if prof == nil {
 		prof = r.profile
 	}
+	k := warmKey{prof, plan}
+	if !r.keeps(k) {
+		return
+	}
 	r.warm.mu.Lock()
-	r.warm.set(warmKey{prof, plan})
+	r.warm.set(k)
 	r.warm.mu.Unlock()
+}
+
+// keeps reports whether cells of the key are kept ahead of requests
+// (warm, or resident).
+func (r *Runner) keeps(k warmKey) bool {
+	return r.warm != nil && r.warm.sizeFor(k) > 0
 }
 
 // WarmReady is how many warm confined cells are ready, over all routes.

@@ -47,20 +47,22 @@ func TestWarmSetResize(t *testing.T) {
 // the cells ready and those being set up, never more than par at once.
 func TestWarmSetToStart(t *testing.T) {
 	for _, tc := range []struct {
-		name                   string
-		want, ready, preparing int
-		par, start             int
+		name                         string
+		want, ready, preparing, busy int
+		par, start                   int
 	}{
-		{"empty set", 4, 0, 0, 2, 2},
-		{"one short", 4, 3, 0, 2, 1},
-		{"full", 4, 4, 0, 2, 0},
-		{"over the target after a shrink", 2, 4, 0, 2, 0},
-		{"setups in flight count", 4, 1, 2, 2, 0},
-		{"room for one more setup", 4, 0, 1, 2, 1},
-		{"one at a time", 8, 0, 0, 1, 1},
+		{"empty set", 4, 0, 0, 0, 2, 2},
+		{"one short", 4, 3, 0, 0, 2, 1},
+		{"full", 4, 4, 0, 0, 2, 0},
+		{"over the target after a shrink", 2, 4, 0, 0, 2, 0},
+		{"setups in flight count", 4, 1, 2, 0, 2, 0},
+		{"room for one more setup", 4, 0, 1, 0, 2, 1},
+		{"one at a time", 8, 0, 0, 0, 1, 1},
+		{"resident cells serving requests count", 4, 1, 0, 3, 2, 0},
+		{"room beside those serving", 4, 0, 0, 2, 4, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := &warmSet{want: tc.want, ready: make([]*initProc, tc.ready), preparing: tc.preparing}
+			s := &warmSet{want: tc.want, ready: make([]*initProc, tc.ready), preparing: tc.preparing, busy: tc.busy}
 			if got := s.toStart(tc.par); got != tc.start {
 				t.Errorf("toStart(%d) = %d, want %d", tc.par, got, tc.start)
 			}

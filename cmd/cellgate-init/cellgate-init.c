@@ -86,7 +86,7 @@
 
 enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY };
 enum { NS_MOUNT = 1, NS_PID = 2, NS_IPC = 4, NS_UTS = 8, NS_NET = 16 };
-enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2, PLAN_HUGE_PAGES = 4 };
+enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2, PLAN_HUGE_PAGES = 4, PLAN_RESIDENT = 8 };
 enum { BIND_WRITABLE = 1, BIND_DEV = 2, BIND_MASK = 4 };
 
 /* The mode's part of the view: 0 builds it whole; M_TEMPLATE builds a
@@ -405,6 +405,8 @@ static int decode_plan(const unsigned char *b, uint32_t len, struct plan *p)
 		return fail(0, "plan frame: %s", d.why);
 	if ((p->flags & PLAN_SECCOMP) && p->nfilter == 0)
 		return fail(0, "plan frame: seccomp asked for without a filter");
+	if ((p->flags & PLAN_RESIDENT) && (!(p->ns & NS_PID) || (p->flags & PLAN_PRELOADER)))
+		return fail(0, "plan frame: a resident cell needs a PID namespace of its own and is no preloader's");
 	return 0;
 }
 
@@ -449,6 +451,21 @@ static int decode_exec(const unsigned char *b, uint32_t len, struct exec *e)
 	if (d.bad)
 		return fail(0, "exec frame: %s", d.why);
 	return 0;
+}
+
+/* free_exec frees what decode_exec allocated (a resident init decodes
+ * one frame per request). */
+static void free_exec(struct exec *e)
+{
+	for (char **l = e->args; l && *l; l++)
+		free(*l);
+	for (char **l = e->env; l && *l; l++)
+		free(*l);
+	free(e->args);
+	free(e->env);
+	free(e->groups);
+	free(e->path);
+	free(e->dir);
 }
 
 /* ---- the filesystem view (confine/steps.go, confine/apply.go) ---- */
@@ -823,7 +840,9 @@ static int apply(const struct plan *p)
 		(void)prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		return fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)");
-	if (p->flags & PLAN_SECCOMP) {
+	/* A resident init clones each request's program itself (clone3, which
+	 * the filter refuses): the program loads the filter (start_resident). */
+	if ((p->flags & PLAN_SECCOMP) && !(p->flags & PLAN_RESIDENT)) {
 		struct sock_fprog prog = {.len = p->nfilter, .filter = p->filter};
 		if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) < 0)
 			return fail(errno, "seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)");
@@ -858,17 +877,40 @@ static int apply_plan_frame(struct plan *p, const char *what)
 	return 0;
 }
 
+/* clone3's arguments up to cgroup (CLONE_ARGS_SIZE_VER2). */
+struct clone_args_v2 {
+	uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
+	    set_tid_size, cgroup;
+};
+
 /* ---- supervising the program (confine.Init) ---- */
 
 static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 
-/* start starts the program with fds as its 0-2, in a process group of
- * its own, under the frame's credentials. It uses vfork, as Go's and
- * glibc's spawns do: the child borrows this process's memory until its
- * exec, so no page is copied or faulted in for it, and a failure before
- * the exec comes back in child_err. The child makes raw system calls only.
- * Returns the pid or -1. */
-static pid_t start(const struct exec *e, int fds[3], const sigset_t *unblocked)
+/* exec_child is the program's side of a start, in the child: fds become
+ * its 0-2, it gets a process group of its own and the frame's
+ * credentials, and filter (NULL: none) is loaded last, just before the
+ * execve. Raw system calls only: a vfork child borrows the init's memory.
+ * It returns only on a failure, with its errno. */
+static int exec_child(const struct exec *e, const int fds[3], const sigset_t *unblocked, const struct sock_fprog *filter)
+{
+	if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, unblocked, NULL, _NSIG / 8) < 0 ||
+	    syscall(SYS_setpgid, 0, 0) < 0 ||
+	    syscall(SYS_dup3, fds[0], 0, 0) < 0 || syscall(SYS_dup3, fds[1], 1, 0) < 0 ||
+	    syscall(SYS_dup3, fds[2], 2, 0) < 0 ||
+	    syscall(SYS_setgroups, e->ngroups, e->groups) < 0 ||
+	    syscall(SYS_setresgid, e->gid, e->gid, e->gid) < 0 ||
+	    syscall(SYS_setresuid, e->uid, e->uid, e->uid) < 0 ||
+	    (e->dir[0] && syscall(SYS_chdir, e->dir) < 0) ||
+	    (filter && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, filter) < 0))
+		return errno;
+	syscall(SYS_execve, e->path, e->args, e->env);
+	return errno;
+}
+
+/* high_fds moves the program's streams above 2, where exec_child's dup3
+ * onto 0-2 cannot overwrite one with another. */
+static int high_fds(const struct exec *e, int fds[3])
 {
 	for (int i = 0; i < 3; i++)
 		if (fds[i] < 3) {
@@ -878,25 +920,25 @@ static pid_t start(const struct exec *e, int fds[3], const sigset_t *unblocked)
 			close(fds[i]);
 			fds[i] = high;
 		}
+	return 0;
+}
+
+/* start starts the program with fds as its 0-2, in a process group of
+ * its own, under the frame's credentials. It uses vfork, as Go's and
+ * glibc's spawns do: the child borrows this process's memory until its
+ * exec, so no page is copied or faulted in for it, and a failure before
+ * the exec comes back in child_err. Returns the pid or -1. */
+static pid_t start(const struct exec *e, int fds[3], const sigset_t *unblocked)
+{
+	if (high_fds(e, fds) < 0)
+		return -1;
 	static volatile int child_err;
 	child_err = 0;
 	pid_t pid = vfork();
 	if (pid < 0)
 		return fail(errno, "fork/exec %s", e->path);
 	if (pid == 0) {
-		if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, unblocked, NULL, _NSIG / 8) < 0 ||
-		    syscall(SYS_setpgid, 0, 0) < 0 ||
-		    syscall(SYS_dup3, fds[0], 0, 0) < 0 || syscall(SYS_dup3, fds[1], 1, 0) < 0 ||
-		    syscall(SYS_dup3, fds[2], 2, 0) < 0 ||
-		    syscall(SYS_setgroups, e->ngroups, e->groups) < 0 ||
-		    syscall(SYS_setresgid, e->gid, e->gid, e->gid) < 0 ||
-		    syscall(SYS_setresuid, e->uid, e->uid, e->uid) < 0 ||
-		    (e->dir[0] && syscall(SYS_chdir, e->dir) < 0)) {
-			child_err = errno;
-			_exit(EXIT_SPAWN);
-		}
-		syscall(SYS_execve, e->path, e->args, e->env);
-		child_err = errno;
+		child_err = exec_child(e, fds, unblocked, NULL);
 		_exit(EXIT_SPAWN);
 	}
 	if (child_err) {
@@ -906,6 +948,53 @@ static pid_t start(const struct exec *e, int fds[3], const sigset_t *unblocked)
 		return fail(err, "fork/exec %s", e->path);
 	}
 	return pid;
+}
+
+/* start_resident is start for a resident init (PLAN_RESIDENT): the
+ * program is cloned into the request's own group, cg (clone3
+ * CLONE_INTO_CGROUP), with a SysV IPC namespace of its own when the plan
+ * has one (CLONE_NEWIPC: no object of a request outlives it for the
+ * next), and loads the plan's filter itself, which the init does not
+ * carry. clone3 cannot share the init's memory without a stack of its
+ * own, so the child is a copy (this process is small) and CLONE_VFORK
+ * holds the init until the child's exec; a failure before the exec comes
+ * back on a close-on-exec pipe. Returns the pid or -1. */
+static pid_t start_resident(const struct exec *e, int fds[3], const sigset_t *unblocked, int cg, const struct plan *p)
+{
+	if (high_fds(e, fds) < 0)
+		return -1;
+	int errp[2];
+	if (pipe2(errp, O_CLOEXEC) < 0)
+		return fail(errno, "fork/exec %s: pipe2", e->path);
+	struct clone_args_v2 a = {
+	    .flags = CLONE_VFORK | CLONE_INTO_CGROUP | ((p->ns & NS_IPC) ? CLONE_NEWIPC : 0),
+	    .exit_signal = SIGCHLD,
+	    .cgroup = (uint64_t)cg};
+	struct sock_fprog prog = {.len = p->nfilter, .filter = p->filter};
+	long pid = syscall(SYS_clone3, &a, sizeof a);
+	if (pid == 0) {
+		int err = exec_child(e, fds, unblocked, (p->flags & PLAN_SECCOMP) ? &prog : NULL);
+		while (write(errp[1], &err, sizeof err) < 0 && errno == EINTR)
+			;
+		_exit(EXIT_SPAWN);
+	}
+	int clone_err = errno;
+	close(errp[1]);
+	if (pid < 0) {
+		close(errp[0]);
+		return fail(clone_err, "fork/exec %s: clone3 into the request's group", e->path);
+	}
+	int child_err = 0;
+	ssize_t n;
+	while ((n = read(errp[0], &child_err, sizeof child_err)) < 0 && errno == EINTR)
+		;
+	close(errp[0]);
+	if (n == sizeof child_err) {
+		while (waitpid((pid_t)pid, NULL, 0) < 0 && errno == EINTR)
+			;
+		return fail(child_err, "fork/exec %s", e->path);
+	}
+	return (pid_t)pid;
 }
 
 /* reap waits for the program, forwarding signals to it and reaping every
@@ -1023,6 +1112,11 @@ static void finish(const struct plan *p)
 				wipe(p->tmpfs[i].target);
 }
 
+/* init_main is the cell's init (confine.Init). A resident init
+ * (PLAN_RESIDENT) runs one program per exec frame, each in the group the
+ * frame's fourth descriptor names, and after each report waits for the
+ * next frame: the cell's view, namespaces and init serve request after
+ * request, finish having ended what each program left. */
 static int init_main(void)
 {
 	struct plan p;
@@ -1036,34 +1130,38 @@ static int init_main(void)
 	sigprocmask(SIG_BLOCK, &set, &old);
 	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, "") < 0)
 		return EXIT_SETUP;
-	uint32_t len;
-	int fds[3];
-	unsigned char *body = read_frame(CONTROL_FD, 3, fds, &len);
-	if (!body) {
-		if (len == 0)
-			return 0; /* a prepared cell that was never used */
-		char w[64];
-		snprintf(w, sizeof w, "read the exec frame on fd %d", CONTROL_FD);
-		prefix(w);
-		return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
-	}
-	struct exec e;
-	if (decode_exec(body, len, &e) < 0) {
-		for (int i = 0; i < 3; i++)
+	int resident = !!(p.flags & PLAN_RESIDENT);
+	int nfds = resident ? 4 : 3;
+	for (;;) {
+		uint32_t len;
+		int fds[4];
+		unsigned char *body = read_frame(CONTROL_FD, nfds, fds, &len);
+		if (!body) {
+			if (len == 0)
+				return 0; /* a prepared cell that was never used, or no next request */
+			char w[64];
+			snprintf(w, sizeof w, "read the exec frame on fd %d", CONTROL_FD);
+			prefix(w);
+			return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
+		}
+		struct exec e;
+		int decoded = decode_exec(body, len, &e);
+		free(body);
+		pid_t pid = -1;
+		if (decoded == 0)
+			pid = resident ? start_resident(&e, fds, &old, fds[3], &p) : start(&e, fds, &old);
+		free_exec(&e);
+		for (int i = 0; i < nfds; i++)
 			close(fds[i]);
-		return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
+		if (pid < 0)
+			return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
+		int32_t code = 0, sig = 0;
+		err_msg[0] = 0;
+		reap(pid, &set, &code, &sig);
+		finish(&p);
+		if (report_on(CONTROL_FD, R_EXITED, code, sig, 0, err_msg) < 0 || !resident)
+			return sig ? 128 + sig : code;
 	}
-	pid_t pid = start(&e, fds, &old);
-	for (int i = 0; i < 3; i++)
-		close(fds[i]);
-	if (pid < 0)
-		return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
-	int32_t code = 0, sig = 0;
-	err_msg[0] = 0;
-	reap(pid, &set, &code, &sig);
-	finish(&p);
-	report_on(CONTROL_FD, R_EXITED, code, sig, 0, err_msg);
-	return sig ? 128 + sig : code;
 }
 
 /* exec_main is the exec mode (confine.InitExec). */
@@ -1139,12 +1237,6 @@ static int template_main(void)
 #define SPAWN_REQUEST 16
 #define SPAWN_ANSWER 8
 enum { SP_FROM_TEMPLATE = 1, SP_CGROUP = 2, SP_NETNS = 4 };
-
-/* clone3's arguments up to cgroup (CLONE_ARGS_SIZE_VER2). */
-struct clone_args_v2 {
-	uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls, set_tid,
-	    set_tid_size, cgroup;
-};
 
 static char *spawner_arg; /* argv[1], blanked in each child */
 

@@ -402,8 +402,9 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 		GID:            cfg.GID,
 		Launcher:       launcher,
 		WarmCells:      cfg.WarmCells,
-		MountTemplates: cfg.MountTemplates && !self, // the Go init has no template mode
-		InitSpawner:    cfg.InitSpawner && !self,    // nor a spawner mode
+		ResidentCells:  residentCells(cfg.ResidentCells, launcher.GoInit()), // the Go init has no resident mode
+		MountTemplates: cfg.MountTemplates && !launcher.GoInit(),            // nor a template mode
+		InitSpawner:    cfg.InitSpawner && !launcher.GoInit(),               // nor a spawner mode
 		NetNamespaces:  cfg.NetNamespaces,
 	})
 	if err != nil {
@@ -411,6 +412,15 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 	}
 	d.runner = runner
 	return runner, closeAll, nil
+}
+
+// residentCells is --resident-cells, or 0 with the Go init, which has no
+// resident mode.
+func residentCells(n int, goInit bool) int {
+	if goInit {
+		return 0
+	}
+	return n
 }
 
 // globalResources is the policy's global budget as the limits of cells/:

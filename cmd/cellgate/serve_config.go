@@ -85,6 +85,15 @@ type serveConfig struct {
 	// in ~1.3x a plain exec against ~6x for one set up on its request
 	// (BenchmarkCellConfined), for ~2.4 MiB of a busy route's tenant.
 	WarmCells int `env:"WARM_CELLS" envDefault:"4"`
+	// ResidentCells is the most resident cells per route: an init with
+	// its namespaces and view kept across requests, each request's
+	// program cloned into a group of its own and what it left ended
+	// before the next (sandbox/resident.go); a route's set is sized by
+	// demand between one and this, its idle cells ended after a minute
+	// without a request, each cell kept at most 10 s. Routes with
+	// cells: fresh, or sharing the host's PIDs, are not resident. 0 has
+	// none. Default 16; needs cellgate-init.
+	ResidentCells int `env:"RESIDENT_CELLS" envDefault:"16"`
 	// NetNamespaces is how many network namespaces are kept made ahead
 	// for confined cells with network: none, off the request's path (a
 	// few dozen KiB of kernel memory each, charged to the daemon); 0 has
@@ -186,6 +195,7 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.MountTemplates, "mount-templates", c.MountTemplates, "confined cells copy their route's filesystem view from a mount namespace made ahead, never older than 10 s, instead of each building it (CELLGATE_MOUNT_TEMPLATES)")
 	fs.BoolVar(&c.InitSpawner, "init-spawner", c.InitSpawner, "one long-lived cellgate-init clones each confined cell's init, instead of serve forking and executing one per cell (CELLGATE_INIT_SPAWNER)")
 	fs.IntVar(&c.WarmCells, "warm-cells", c.WarmCells, "most confined cells per route set up ahead of their requests, sized by demand, 0 = none (CELLGATE_WARM_CELLS)")
+	fs.IntVar(&c.ResidentCells, "resident-cells", c.ResidentCells, "most resident cells per route, whose init and namespaces serve request after request, sized by demand, 0 = none (CELLGATE_RESIDENT_CELLS)")
 	fs.Var((*durationFlag)(&c.HeaderTimeout), "header-timeout", "time a client has to send the request header (CELLGATE_HEADER_TIMEOUT)")
 	fs.Var((*durationFlag)(&c.IdleTimeout), "idle-timeout", "keep-alive idle timeout (CELLGATE_IDLE_TIMEOUT)")
 	fs.TextVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "largest request header, `size` (CELLGATE_MAX_HEADER_BYTES)")
@@ -312,6 +322,9 @@ func (c *serveConfig) validate() error {
 	}
 	if c.WarmCells < 0 || c.WarmCells > 64 {
 		bad("warm-cells", "want 0 to 64 per route")
+	}
+	if c.ResidentCells < 0 || c.ResidentCells > 64 {
+		bad("resident-cells", "want 0 to 64 per route")
 	}
 	if c.NetNamespaces < 0 || c.NetNamespaces > 256 {
 		bad("net-namespaces", "want 0 to 256")

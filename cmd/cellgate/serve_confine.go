@@ -50,6 +50,7 @@ func buildConfinement(r *policy.Route, hidden []string) (*confine.Prepared, erro
 		NoSeccomp:  c.NoSeccomp,
 		NoFile:     uint64(c.NoFile),
 		HugePages:  c.HugePages,
+		Fresh:      c.FreshCells,
 		Programs:   r.Dir,
 		Hidden:     hidden,
 	}

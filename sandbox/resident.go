@@ -1,0 +1,159 @@
+package sandbox
+
+import (
+	"context"
+	"strconv"
+	"time"
+
+	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
+)
+
+// Resident cells. A warm cell moves its setup (the init's start, its
+// namespaces, its view) off the request's path but not off the CPU: each
+// request still pays for one, and under load that is most of what a
+// confined request costs beyond an unconfined one. A resident cell pays
+// it once for many requests: its init (cellgate-init, from the plan's
+// resident frame) stays in a group of its own, the cell's, and for each
+// request clones the program into a group made for that request alone
+// (the request's cell, from the pool like any cell: its limits, its
+// accounting, its OOM kill) with CLONE_INTO_CGROUP, in a SysV IPC
+// namespace of the program's own, the program loading the seccomp
+// filter before its execve. When the program has ended the init ends
+// every other process of its PID namespace and empties the private tmpfs
+// (as every init does, finish), reports, and waits for the next request;
+// the daemon reads the request's cell, empties and releases it, and puts
+// the init back in its route's set.
+//
+// What successive requests of one route share, then: the init, the
+// mount namespace with its read-only view (the tmpfs emptied between
+// them), the PID, UTS and network namespaces (every process of the
+// previous request gone, as with a network namespace reused today), never
+// a process, a file of the private tmpfs, a SysV object or a uid of the
+// previous request's (each request has its own uid from the pool, as
+// before). A request whose program runs as root (a route's user: root)
+// could change what the next one finds, so its cell is not kept.
+//
+// A resident init is kept for residentMaxAge from its start, as a mount
+// template is: a view shows the directories its binds named when it was
+// made. The sets of warm.go hold them (ready, or busy serving a request,
+// both counted against the set's target), at most Config.ResidentCells
+// per route.
+
+// residentMaxAge is how long a resident init serves requests.
+const residentMaxAge = templateMaxAge
+
+// residentFor reports whether the cells of plan are resident: the Runner
+// keeps them (Config.ResidentCells) and the plan may be (a PID namespace
+// of its own, not cells: fresh).
+func (r *Runner) residentFor(plan *confine.Prepared) bool {
+	return r.warm != nil && r.warm.resident > 0 && plan.ResidentFrame() != nil
+}
+
+// startResident starts a resident init, of plan, in a cell of prof's of
+// its own, for a request that found no ready one.
+func (r *Runner) startResident(ctx context.Context, k warmKey) (*initProc, error) {
+	home, err := r.cells.Get(ctx, k.prof)
+	if err != nil {
+		return nil, err
+	}
+	ip, err := r.startInit(home, k.plan, k.prof.Tenant())
+	if err != nil {
+		r.cells.Release(home)
+		return nil, err
+	}
+	return ip, nil
+}
+
+// putBack returns a resident init whose request has ended (its report
+// read) to the key's set, if the set still wants it and it is younger
+// than residentMaxAge; otherwise it is ended off the request's path.
+func (w *warmPool) putBack(k warmKey, ip *initProc) {
+	ip.final, ip.got = nil, nil
+	quiet := ip.netQuiet(k.plan)
+	w.mu.Lock()
+	if ip.set != nil {
+		ip.set.busy--
+		ip.set = nil
+	}
+	s := w.sets[k]
+	keep := quiet && s != nil && w.ctx.Err() == nil && len(s.ready)+s.busy+s.preparing < s.want &&
+		time.Since(ip.born) < residentMaxAge
+	if keep {
+		s.ready = append(s.ready, ip)
+	}
+	w.mu.Unlock()
+	if !keep {
+		w.r.teardowns.run(func() { w.r.discard(ip) })
+	}
+}
+
+// netQuiet reports whether the resident init's network namespace, when
+// the plan gives it one of its own, holds no socket, with the same counts
+// as a network namespace given back for reuse (netns.go, hasNoSocket),
+// read through the init's /proc/PID/net: what a request left there (a
+// loopback connection in TIME_WAIT) would otherwise be seen by the next,
+// so the cell is not kept.
+func (ip *initProc) netQuiet(plan *confine.Prepared) bool {
+	if plan.Plan().Namespaces&confine.NSNet == 0 {
+		return true
+	}
+	var buf [4096]byte
+	dir := "/proc/" + strconv.Itoa(ip.proc.Pid) + "/net/"
+	return sockstatZero(&buf, dir+"sockstat", false, sockstatKeys...) &&
+		sockstatZero(&buf, dir+"sockstat6", true, sockstat6Keys...)
+}
+
+// forget counts out a resident init taken from its set that will not come
+// back (it died, or its program ran as root); the caller ends it.
+func (w *warmPool) forget(ip *initProc) {
+	w.mu.Lock()
+	if ip.set != nil {
+		ip.set.busy--
+		ip.set = nil
+	}
+	w.mu.Unlock()
+}
+
+// unslot gives back the place take kept in s for a resident init the
+// request would start, when it started none.
+func (w *warmPool) unslot(s *warmSet) {
+	w.mu.Lock()
+	s.busy--
+	w.mu.Unlock()
+}
+
+// endResident ends the resident init ip, already reaped through its
+// worker: its own cell is emptied and released, and its network
+// namespace given back (for reuse unless a program ran in it as root).
+func (r *Runner) endResident(ip *initProc, rootRan bool) {
+	ip.rootRan = ip.rootRan || rootRan
+	r.warm.forget(ip)
+	if ip.w != nil {
+		ip.w.release()
+		ip.w = nil
+	}
+	err := r.empty(ip.cell)
+	if err != nil {
+		r.log.Error("resident cell did not empty", "cell", ip.cell.Path(), "err", err)
+	}
+	ip.endNetns(r, err == nil && !ip.rootRan)
+	r.cells.Release(ip.cell)
+}
+
+// endRequestCell empties and releases the cell a resident init ran a
+// request's program in, off the request's path, then reads the late
+// accounting if any and returns the request's uid (once the cell is
+// empty: nothing of the request runs under it).
+func (r *Runner) endRequestCell(cell Cell, late *lateUsage, release func()) {
+	r.teardowns.run(func() {
+		emptied := r.empty(cell) == nil
+		if late != nil {
+			late.fill(func() (cgroup.Usage, error) { return cellUsage(cell) })
+		}
+		if emptied && release != nil {
+			release()
+		}
+		r.cells.Release(cell)
+	})
+}
