@@ -368,6 +368,9 @@ const (
 	ReportSpawn
 	// ReportReady: the plan is applied; the init waits for the exec frame.
 	ReportReady
+	// ReportStarted: a resident init has started the program in the
+	// request's group (Plan.Resident); ReportExited follows.
+	ReportStarted
 )
 
 // Report is what the init writes on fd 3: ReportReady once confined, then
@@ -378,7 +381,14 @@ type Report struct {
 	Signal int32 // the signal that ended the program, or 0
 	Errno  int32 // ReportSpawn and ReportSetup: the errno, when there is one
 	Msg    string
+	// Unclean (ReportExited of a resident init): what the program left
+	// could not all be ended (a tmpfs tree deeper than the wipe goes);
+	// the init has exited rather than serve another request.
+	Unclean bool
 }
+
+// Report flags, its second byte.
+const reportUnclean = 1
 
 // MaxReport bounds an encoded Report.
 const MaxReport = 16 + maxReportMsg
@@ -392,7 +402,11 @@ func (r Report) Encode() []byte {
 		msg = msg[:maxReportMsg]
 	}
 	b := make([]byte, 0, 16+len(msg))
-	b = append(b, byte(r.Kind), 0)
+	var flags byte
+	if r.Unclean {
+		flags |= reportUnclean
+	}
+	b = append(b, byte(r.Kind), flags)
 	b = binary.LittleEndian.AppendUint16(b, uint16(len(msg)))
 	b = binary.LittleEndian.AppendUint32(b, uint32(r.Code))
 	b = binary.LittleEndian.AppendUint32(b, uint32(r.Signal))
@@ -407,14 +421,15 @@ func DecodeReport(b []byte) (Report, bool) {
 		return Report{}, false
 	}
 	n := int(binary.LittleEndian.Uint16(b[2:]))
-	if len(b) < 16+n || ReportKind(b[0]) < ReportExited || ReportKind(b[0]) > ReportReady {
+	if len(b) < 16+n || ReportKind(b[0]) < ReportExited || ReportKind(b[0]) > ReportStarted {
 		return Report{}, false
 	}
 	return Report{
-		Kind:   ReportKind(b[0]),
-		Code:   int32(binary.LittleEndian.Uint32(b[4:])),
-		Signal: int32(binary.LittleEndian.Uint32(b[8:])),
-		Errno:  int32(binary.LittleEndian.Uint32(b[12:])),
-		Msg:    string(b[16 : 16+n]),
+		Kind:    ReportKind(b[0]),
+		Code:    int32(binary.LittleEndian.Uint32(b[4:])),
+		Signal:  int32(binary.LittleEndian.Uint32(b[8:])),
+		Errno:   int32(binary.LittleEndian.Uint32(b[12:])),
+		Msg:     string(b[16 : 16+n]),
+		Unclean: b[1]&reportUnclean != 0,
 	}, true
 }

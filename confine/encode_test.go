@@ -97,6 +97,8 @@ func TestReportRoundTrip(t *testing.T) {
 		{Kind: ReportSpawn, Errno: 2, Msg: "fork/exec /x: no such file"},
 		{Kind: ReportSetup, Msg: strings.Repeat("m", maxReportMsg)},
 		{Kind: ReportReady},
+		{Kind: ReportStarted},
+		{Kind: ReportExited, Code: 0, Unclean: true},
 	} {
 		got, ok := DecodeReport(r.Encode())
 		if !ok || !reflect.DeepEqual(got, r) {
@@ -107,7 +109,7 @@ func TestReportRoundTrip(t *testing.T) {
 	if got, ok := DecodeReport(long.Encode()); !ok || len(got.Msg) != maxReportMsg {
 		t.Errorf("long message: %d bytes, %v", len(got.Msg), ok)
 	}
-	for _, b := range [][]byte{nil, make([]byte, 15), make([]byte, 16), append([]byte{byte(ReportReady + 1)}, make([]byte, 15)...)} {
+	for _, b := range [][]byte{nil, make([]byte, 15), make([]byte, 16), append([]byte{byte(ReportStarted + 1)}, make([]byte, 15)...)} {
 		if r, ok := DecodeReport(b); ok {
 			t.Errorf("DecodeReport(%v) = %+v, want none", b, r)
 		}

@@ -22,7 +22,8 @@ import (
 // the same host, the same programs (the static Go hello of examples/cgi and
 // the /bin/sh hello.sh beside it) and the same bounded closed-loop load
 // (concurrency 16, after a warm-up of each): cellgate with every
-// confinement on (the default), cellgate with every confinement relaxed by
+// confinement on (the default, resident cells), the same with a cell set
+// up per request (--resident-cells 0), cellgate with every confinement relaxed by
 // its policy key, cellgate without cells (--isolation none: plain fork and
 // exec, the front's own cost), Go's net/http/cgi, and nginx with
 // fcgiwrap. Rounds
@@ -36,7 +37,8 @@ import (
 // the load generator's is in every server's figure alike).
 // The differences between the cellgate lines price the front (plain
 // against net/http/cgi), the cell with its init (unconfined against
-// plain) and the confinement (default against unconfined); from
+// plain) and the confinement (default against unconfined), and what
+// resident cells save (default against fresh); from
 // cellgate's access log, where its time goes: the request's time in
 // the server outside the cell (taking and setting up the cell, the
 // hand-off, copying the response, reading the accounting), the cell's wall
@@ -97,7 +99,7 @@ func BenchmarkCGIServers(b *testing.B) {
 		pid := g.cmd.Process.Pid
 		return cgiServer{name: name, url: g.url, gate: g, cpu: func() time.Duration {
 			self, children := cpuTimes(b, pid)
-			if len(args) > 0 { // --isolation none: its workers are its reaped children
+			if slices.Contains(args, "--isolation") { // none: its workers are its reaped children
 				return self + children
 			}
 			return self + tenantCPU(b, g, "bench")
@@ -106,6 +108,7 @@ func BenchmarkCGIServers(b *testing.B) {
 	peers := newPeerGroups(b, base+"-peers")
 	servers := []cgiServer{
 		cellgate("cellgate", "", ""),
+		cellgate("cellgate-fresh", "", "-fresh", "--resident-cells", "0"),
 		cellgate("cellgate-unconfined", unconfinedKeys, "-unconfined"),
 		cellgate("cellgate-plain", "", "-plain", "--isolation", "none"),
 		goCGI(b, peers, hello, sh),

@@ -171,22 +171,28 @@ func BenchmarkCellConfined(b *testing.B) {
 		name, pause string
 		par         int
 		late        bool
+		opts        confine.Options
 	}
 	// all-resident is the same with resident cells (serve's default,
 	// --resident-cells): an init and its namespaces serve request after
 	// request, each program cloned into a group of its own; a request
 	// that finds one ready pays neither the init's start nor its end.
-	lines := []warmLine{{"all-warm-usage-first", "ready", 1, false}}
+	lines := []warmLine{{"all-warm-usage-first", "ready", 1, false, confine.Options{}}}
 	for _, par := range []int{1, 8, 32} {
 		for _, pause := range []string{"0s", "100ms", "ready"} {
-			lines = append(lines, warmLine{"all-warm", pause, par, true})
+			lines = append(lines, warmLine{"all-warm", pause, par, true, confine.Options{}})
 		}
 	}
 	for _, par := range []int{1, 8, 32} {
-		for _, pause := range []string{"0s", "ready"} {
-			lines = append(lines, warmLine{"all-resident", pause, par, true})
+		for _, pause := range []string{"0s", "100ms", "ready"} {
+			lines = append(lines, warmLine{"all-resident", pause, par, true, confine.Options{}})
 		}
 	}
+	// What a resident cell does per request beyond a warm one's hand-off:
+	// the program's IPC namespace and its loading of the filter.
+	lines = append(lines,
+		warmLine{"resident-host-ipc", "ready", 1, true, confine.Options{Share: confine.NSIPC}},
+		warmLine{"resident-no-seccomp", "ready", 1, true, confine.Options{NoSeccomp: true}})
 	for _, l := range lines {
 		pause, par := l.pause, l.par
 		b.Run(fmt.Sprintf("%s/pause=%s/concurrent=%d", l.name, pause, par), func(b *testing.B) {
@@ -194,11 +200,11 @@ func BenchmarkCellConfined(b *testing.B) {
 			// template, in a network namespace made ahead, the init
 			// cloned by the spawner, accounting read after the answer.
 			cfg := sandbox.Config{WarmCells: par, MountTemplates: true, NetNamespaces: par, InitSpawner: true}
-			if l.name == "all-resident" {
+			if strings.Contains(l.name, "resident") {
 				cfg.WarmCells, cfg.ResidentCells = 0, par
 			}
 			warm := newConfinedEnv(b, cfg)
-			s := spec(b, confine.Options{})
+			s := spec(b, l.opts)
 			s.LateUsage = l.late
 			warm.Warm(s.Profile, s.Confine)
 			time.Sleep(time.Second) // let the first cells be set up

@@ -182,6 +182,14 @@ func runProbe() int {
 		}
 		r.Connect[a] = errName(err)
 	}
+	if d := q.Get("deep"); d != "" { // a file below 40 directories, deeper than an init's wipe goes
+		dir := d + strings.Repeat("/d", 40)
+		err := os.MkdirAll(dir, 0o755)
+		if err == nil {
+			err = os.WriteFile(dir+"/file", []byte("left"), 0o644)
+		}
+		r.Fill["deep"] = errName(err)
+	}
 	for _, f := range q["fill"] { // PATH:MiB
 		p, mib, _ := strings.Cut(f, ":")
 		n, _ := strconv.Atoi(mib)
@@ -1605,6 +1613,21 @@ func TestConfineResident(t *testing.T) {
 		}
 		if strings.Contains(r.SysVShm, " "+strconv.Itoa(first.ShmID)+" ") || strings.Count(strings.TrimSpace(r.SysVShm), "\n") != 0 {
 			t.Errorf("request %d sees SysV segments (the first left %d):\n%s", i+2, first.ShmID, r.SysVShm)
+		}
+	}
+	// A request that leaves a tree deeper than the init's wipe goes: the
+	// init ends rather than serve another request with it.
+	deep := g.probe(t, "probe", url.Values{"pidns": {"1"}, "deep": {"/tmp/deep"}})
+	if deep.Fill["deep"] != "ok" {
+		t.Fatalf("control: leave a deep tree: %s", deep.Fill["deep"])
+	}
+	afterDeep := g.probe(t, "probe", url.Values{"pidns": {"1"}, "read": {"/tmp/deep" + strings.Repeat("/d", 40) + "/file"}})
+	if afterDeep.Pidns == deep.Pidns {
+		t.Errorf("the cell that held a tree deeper than the wipe served the next request")
+	}
+	for p, res := range afterDeep.Read {
+		if res == "ok" {
+			t.Errorf("the next request reads %s", p)
 		}
 	}
 	// A request that leaves a loopback connection in TIME_WAIT: its

@@ -39,6 +39,7 @@ type initProc struct {
 	born     time.Time // when it was started
 	set      *warmSet  // the set it was taken from, while it serves a request
 	rootRan  bool      // a program ran in it as root: its network namespace is not reused
+	started  bool      // it reported the request's program started (confine.ReportStarted)
 
 	got   []byte          // read from ctl, not yet decoded
 	final *confine.Report // the last report, once read
@@ -332,9 +333,15 @@ func (ip *initProc) firstReport() (confine.Report, error) {
 // awaitEnd waits, on the reaper's thread, for the init's last report:
 // the program has ended and what it left is gone (confine's finish), or
 // it never ran. false: the init ended without one (the cell was killed).
-func (ip *initProc) awaitEnd(r *reaper) (confine.Report, bool) {
+// started, if set, is called once when a resident init reports the
+// program started.
+func (ip *initProc) awaitEnd(r *reaper, started func()) (confine.Report, bool) {
 	for {
 		rep, ok, more := ip.readReports()
+		if ip.started && started != nil {
+			started()
+			started = nil
+		}
 		if !more {
 			return rep, ok
 		}
@@ -352,7 +359,7 @@ func (ip *initProc) report() (confine.Report, bool) {
 }
 
 // readReports reads what the init has sent so far without blocking,
-// skipping ready reports, and returns its last report if it came. more:
+// skipping ready reports and noting a started one, and returns its last report if it came. more:
 // none yet, and its end of the socket is still open.
 func (ip *initProc) readReports() (rep confine.Report, ok, more bool) {
 	if ip.final != nil {
@@ -381,6 +388,10 @@ func (ip *initProc) readReports() (rep confine.Report, ok, more bool) {
 			break
 		}
 		ip.got = ip.got[16+len(r.Msg):]
+		if r.Kind == confine.ReportStarted {
+			ip.started = true
+			continue
+		}
 		if r.Kind != confine.ReportReady {
 			ip.final = &r
 			return r, true, false

@@ -69,7 +69,7 @@ func (r *Runner) startResident(ctx context.Context, k warmKey) (*initProc, error
 // read) to the key's set, if the set still wants it and it is younger
 // than residentMaxAge; otherwise it is ended off the request's path.
 func (w *warmPool) putBack(k warmKey, ip *initProc) {
-	ip.final, ip.got = nil, nil
+	ip.final, ip.got, ip.started = nil, nil, false
 	quiet := ip.netQuiet(k.plan)
 	w.mu.Lock()
 	if ip.set != nil {

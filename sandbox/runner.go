@@ -433,16 +433,19 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		st.started()
 		if launchErr != nil {
 			kl.kill(CauseKilled)
-		} else if resident {
-			// A resident init outlives the request: from now on an end
-			// kills the program's cell, not the init, which then reports
-			// the program's end.
-			kl.spare()
 		}
+	}
+	var started func()
+	if resident {
+		// A resident init outlives the request: once the program is in
+		// its cell, an end kills the cell, not the init, which then
+		// reports the program's end (until then, the init: its PID
+		// namespace ends with it).
+		started = func() { kl.spare(r.emptyWait) }
 	}
 
 	if ip != nil && launchErr == nil {
-		if rep, ok := ip.awaitEnd(r.reaper); ok && rep.Kind == confine.ReportExited {
+		if rep, ok := ip.awaitEnd(r.reaper, started); ok && rep.Kind == confine.ReportExited {
 			// The program has ended and its init has ended what it left:
 			// the Result is known now. The init's exit (the teardown of
 			// its namespaces), the cell's emptying and release and the
@@ -472,11 +475,11 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				// its set, unless the program ran as root.
 				initKept = true
 				r.endRequestCell(cell, late, release)
-				if uid != 0 {
+				if uid != 0 && !rep.Unclean {
 					r.warm.putBack(k, ip)
 				} else {
 					r.warm.forget(ip)
-					ip.rootRan = true
+					ip.rootRan = ip.rootRan || uid == 0
 					r.teardowns.run(func() { r.discard(ip) })
 				}
 			} else {
@@ -730,6 +733,12 @@ type killer struct {
 	log    *slog.Logger
 	reason Cause
 	done   bool
+	// spared: w is a resident init that has started the program in the
+	// cell, and outlives the request: a kill ends the cell, and the init
+	// only if it has not reported the program's end within grace (its
+	// end of what the program left is stuck).
+	spared bool
+	grace  time.Duration
 }
 
 func (k *killer) kill(reason Cause) {
@@ -742,19 +751,28 @@ func (k *killer) kill(reason Cause) {
 	if err := k.cell.Kill(); err != nil {
 		k.log.Error("kill cell", "cell", k.cell.Path(), "reason", reason, "err", err)
 	}
+	if k.spared {
+		time.AfterFunc(k.grace, func() {
+			k.mu.Lock()
+			defer k.mu.Unlock()
+			if !k.done {
+				k.log.Warn("resident cell's init did not report its program's end after the cell was killed: init killed", "cell", k.cell.Path(), "grace", k.grace)
+				k.w.kill()
+			}
+		})
+		return
+	}
 	// Also signal the main process through its pidfd: a cell without a
 	// cgroup (test fake) has no cgroup.kill, and it costs nothing.
-	if k.w != nil {
-		k.w.kill()
-	}
+	k.w.kill()
 }
 
-// spare has later kills leave the worker alone: a resident init, which
-// outlives its request, once it has taken the program's exec frame.
-func (k *killer) spare() {
+// spare has later kills leave w alone for grace: a resident init, once
+// it has started the program in the cell.
+func (k *killer) spare(grace time.Duration) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.w = nil
+	k.spared, k.grace = true, grace
 }
 
 // finish stops further kills and returns the reason of the one that

@@ -92,19 +92,25 @@ func (w *warmPool) sizeFor(k warmKey) int {
 // need be. On a miss of a resident route it keeps a place in the set for
 // the init the request starts itself (slot; the caller sets it as that
 // init's set, or gives it back with unslot), so that the refill does not
-// set up another one for the same place meanwhile. An init found gone (it died while it waited: killed, or
-// OOM-killed with its tenant) is passed over, its cell ended as a
-// teardown (off the request's path when a slot is free). The refill
+// set up another one for the same place meanwhile. An init found gone
+// (it died while it waited: killed, or OOM-killed with its tenant), and
+// a resident one older than residentMaxAge, is passed over, its cell
+// ended as a teardown (off the request's path when a slot is free). The
+// refill
 // waits for kick: a setup is mostly CPU, which the request that took the
 // cell needs more until it has its Result.
 func (w *warmPool) take(k warmKey) (ip *initProc, slot *warmSet) {
 	w.mu.Lock()
-	var dead []*initProc
+	var dead, old []*initProc
 	if s := w.set(k); s != nil {
+		now := time.Now()
 		for n := len(s.ready); n > 0 && ip == nil; n-- {
 			ip, s.ready = s.ready[n-1], s.ready[:n-1]
-			if ip.gone() {
+			switch {
+			case ip.gone():
 				dead, ip = append(dead, ip), nil
+			case ip.resident && now.Sub(ip.born) >= residentMaxAge:
+				old, ip = append(old, ip), nil
 			}
 		}
 		if ip != nil {
@@ -120,11 +126,13 @@ func (w *warmPool) take(k warmKey) (ip *initProc, slot *warmSet) {
 				slot = s
 			}
 		}
-		s.resize(ip != nil, time.Now(), w.sizeFor(k))
+		s.resize(ip != nil, now, w.sizeFor(k))
 	}
 	w.mu.Unlock()
 	for _, d := range dead {
 		w.r.log.Warn("warm confined cell: its init died while the cell waited; cell ended", "cell", d.cell.Path())
+	}
+	for _, d := range append(dead, old...) {
 		w.r.teardowns.run(func() { w.r.discard(d) })
 	}
 	return ip, slot
@@ -168,6 +176,30 @@ func (s *warmSet) resize(found bool, now time.Time, most int) {
 	}
 }
 
+// expire takes the resident inits that have served for residentMaxAge out
+// of the ready ones (the refill ends them and sets up others, so that a
+// route with few requests still finds one), and returns when the next one
+// will have (zero: none ready). Called with warmPool.mu held.
+func (s *warmSet) expire(now time.Time) (expired []*initProc, next time.Time) {
+	kept := s.ready[:0]
+	for _, ip := range s.ready {
+		switch end := ip.born.Add(residentMaxAge); {
+		case !ip.resident:
+			kept = append(kept, ip)
+		case !now.Before(end):
+			expired = append(expired, ip)
+		default:
+			kept = append(kept, ip)
+			if next.IsZero() || end.Before(next) {
+				next = end
+			}
+		}
+	}
+	clear(s.ready[len(kept):])
+	s.ready = kept
+	return expired, next
+}
+
 // toStart is how many setups the refill starts now to reach the target,
 // with at most par in flight, and counts them as in flight.
 func (s *warmSet) toStart(par int) int {
@@ -206,12 +238,18 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 	defer w.wg.Done()
 	idle := time.NewTimer(warmIdle)
 	defer idle.Stop()
+	age := time.NewTimer(residentMaxAge)
+	defer age.Stop()
 	var setups sync.WaitGroup
 	for {
 		w.mu.Lock()
 		taken := s.taken
+		expired, next := s.expire(time.Now())
 		start := s.toStart(warmParallel)
 		w.mu.Unlock()
+		for _, ip := range expired {
+			w.r.teardowns.run(func() { w.r.discard(ip) })
+		}
 		if time.Since(taken) >= warmIdle {
 			break
 		}
@@ -234,10 +272,17 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 			})
 		}
 		idle.Reset(warmIdle - time.Since(taken))
+		var aged <-chan time.Time
+		if !next.IsZero() {
+			age.Reset(time.Until(next))
+			aged = age.C
+		}
 		select {
 		case <-s.wake:
 			continue
 		case <-idle.C:
+			continue
+		case <-aged:
 			continue
 		case <-w.ctx.Done():
 		}

@@ -72,3 +72,28 @@ func TestWarmSetToStart(t *testing.T) {
 		})
 	}
 }
+
+// TestWarmSetExpire: the refill takes resident inits that have served for
+// residentMaxAge out of the ready ones, keeps the younger ones and any
+// warm (non-resident) init, and is woken when the next one expires.
+func TestWarmSetExpire(t *testing.T) {
+	t0 := time.Now()
+	old := &initProc{resident: true, born: t0.Add(-residentMaxAge)}
+	young := &initProc{resident: true, born: t0.Add(-time.Second)}
+	younger := &initProc{resident: true, born: t0}
+	warm := &initProc{born: t0.Add(-time.Hour)}
+	s := &warmSet{ready: []*initProc{old, younger, warm, young}}
+	expired, next := s.expire(t0)
+	if len(expired) != 1 || expired[0] != old {
+		t.Errorf("expired %v, want the one born residentMaxAge ago", expired)
+	}
+	if len(s.ready) != 3 || s.ready[0] != younger || s.ready[1] != warm || s.ready[2] != young {
+		t.Errorf("ready after: %v, want the others in their order", s.ready)
+	}
+	if want := young.born.Add(residentMaxAge); !next.Equal(want) {
+		t.Errorf("next expiry %v, want %v (the oldest kept resident init's)", next, want)
+	}
+	if _, next := (&warmSet{ready: []*initProc{warm}}).expire(t0); !next.IsZero() {
+		t.Errorf("a set without resident inits: next expiry %v, want none", next)
+	}
+}

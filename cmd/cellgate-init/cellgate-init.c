@@ -84,7 +84,9 @@
 #define STAGING "/tmp"
 #define DEV_SIZE (64 << 10)
 
-enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY };
+enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY, R_STARTED };
+/* A report's flags (its second byte). */
+enum { RF_UNCLEAN = 1 };
 enum { NS_MOUNT = 1, NS_PID = 2, NS_IPC = 4, NS_UTS = 8, NS_NET = 16 };
 enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2, PLAN_HUGE_PAGES = 4, PLAN_RESIDENT = 8 };
 enum { BIND_WRITABLE = 1, BIND_DEV = 2, BIND_MASK = 4 };
@@ -139,7 +141,7 @@ static void put32(unsigned char *b, uint32_t v)
 }
 
 /* report writes a report on fd (16 bytes and the message); 0 on success. */
-static int report_on(int fd, int kind, int32_t code, int32_t sig, int32_t errnum, const char *msg)
+static int report_on(int fd, int kind, int flags, int32_t code, int32_t sig, int32_t errnum, const char *msg)
 {
 	unsigned char b[16 + MAX_REPORT_MSG];
 	size_t n = msg ? strlen(msg) : 0;
@@ -147,6 +149,7 @@ static int report_on(int fd, int kind, int32_t code, int32_t sig, int32_t errnum
 		n = MAX_REPORT_MSG;
 	memset(b, 0, 16);
 	b[0] = kind;
+	b[1] = flags;
 	b[2] = n, b[3] = n >> 8;
 	put32(b + 4, code);
 	put32(b + 8, sig);
@@ -163,7 +166,7 @@ static int report_on(int fd, int kind, int32_t code, int32_t sig, int32_t errnum
  * reads fd, and returns status. */
 static int fail_report(int fd, int kind, int status)
 {
-	if (report_on(fd, kind, 0, 0, err_no, err_msg) < 0)
+	if (report_on(fd, kind, 0, 0, 0, err_no, err_msg) < 0)
 		dprintf(2, "%s: %s\n", ARG0, err_msg);
 	return status;
 }
@@ -206,6 +209,10 @@ static int take_fds(struct msghdr *msg, int *fds, int max)
 	return got;
 }
 
+/* MAX_FRAME_FDS: a resident cell's exec frame comes with the program's
+ * three streams and the request's group. */
+#define MAX_FRAME_FDS 4
+
 /* read_frame reads one length-prefixed frame from fd with exactly nfds
  * descriptors (received close-on-exec). It returns the body (malloc'd)
  * and its length in *len, or NULL: *len is then 0 at the end of the
@@ -215,10 +222,14 @@ static unsigned char *read_frame(int fd, int nfds, int *fds, uint32_t *len)
 	unsigned char hdr[4];
 	union {
 		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * 3)];
+		char buf[CMSG_SPACE(sizeof(int) * MAX_FRAME_FDS)];
 	} oob;
 	struct iovec iov = {.iov_base = hdr, .iov_len = sizeof hdr};
 	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (nfds > MAX_FRAME_FDS) {
+		fail(0, "%d descriptors asked for with a frame, at most %d", nfds, MAX_FRAME_FDS);
+		return NULL;
+	}
 	if (nfds > 0) {
 		msg.msg_control = oob.buf;
 		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
@@ -1095,9 +1106,43 @@ static int tmpfs_empty(const char *target)
 	return statfs(target, &s) == 0 && s.f_type == TMPFS_MAGIC && s.f_files > 0 && s.f_files - s.f_ffree == 1;
 }
 
+/* tmpfs_clean reports whether the tmpfs at target holds nothing of its
+ * own at its top (what lies on another device, a mount below, is not
+ * the program's): after a wipe, anything it could not remove (deeper
+ * than WIPE_DEPTH) keeps its top-level directory too. */
+static int tmpfs_clean(const char *target)
+{
+	int fd = open(target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat root;
+	if (fd < 0 || fstat(fd, &root) < 0) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		return 0;
+	}
+	int clean = 1;
+	struct dirent *e;
+	while (clean && (e = readdir(d))) {
+		const char *n = e->d_name;
+		struct stat st;
+		if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0)))
+			continue;
+		if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev == root.st_dev)
+			clean = 0;
+	}
+	closedir(d);
+	return clean;
+}
+
 /* finish ends what the program left (confine's finish): every other
- * process of the PID namespace, and the files of the private tmpfs. */
-static void finish(const struct plan *p)
+ * process of the PID namespace, and the files of the private tmpfs. It
+ * returns whether everything is gone: a resident cell that is not clean
+ * (a tree deeper than the wipe goes) serves no further request. */
+static int finish(const struct plan *p)
 {
 	if ((p->ns & NS_PID) && getpid() == 1) {
 		kill(-1, SIGKILL);
@@ -1106,10 +1151,15 @@ static void finish(const struct plan *p)
 				break;
 		}
 	}
+	int clean = 1;
 	if (p->ns & NS_MOUNT)
 		for (uint32_t i = 0; i < p->ntmpfs; i++)
-			if (!tmpfs_empty(p->tmpfs[i].target))
+			if (!tmpfs_empty(p->tmpfs[i].target)) {
 				wipe(p->tmpfs[i].target);
+				if ((p->flags & PLAN_RESIDENT) && !tmpfs_clean(p->tmpfs[i].target))
+					clean = 0;
+			}
+	return clean;
 }
 
 /* init_main is the cell's init (confine.Init). A resident init
@@ -1128,7 +1178,7 @@ static int init_main(void)
 		sigaddset(&set, forwarded[i]);
 	sigaddset(&set, SIGCHLD);
 	sigprocmask(SIG_BLOCK, &set, &old);
-	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, "") < 0)
+	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, 0, "") < 0)
 		return EXIT_SETUP;
 	int resident = !!(p.flags & PLAN_RESIDENT);
 	int nfds = resident ? 4 : 3;
@@ -1148,8 +1198,20 @@ static int init_main(void)
 		int decoded = decode_exec(body, len, &e);
 		free(body);
 		pid_t pid = -1;
-		if (decoded == 0)
-			pid = resident ? start_resident(&e, fds, &old, fds[3], &p) : start(&e, fds, &old);
+		if (decoded == 0 && resident) {
+			/* A signal forwarded while no program ran is not the
+			 * next program's. */
+			struct timespec now = {0, 0};
+			while (sigtimedwait(&set, NULL, &now) > 0)
+				;
+			pid = start_resident(&e, fds, &old, fds[3], &p);
+			/* From the report on, the daemon ends the program by its
+			 * group alone: it is in it. */
+			if (pid > 0)
+				report_on(CONTROL_FD, R_STARTED, 0, 0, 0, 0, "");
+		} else if (decoded == 0) {
+			pid = start(&e, fds, &old);
+		}
 		free_exec(&e);
 		for (int i = 0; i < nfds; i++)
 			close(fds[i]);
@@ -1158,8 +1220,8 @@ static int init_main(void)
 		int32_t code = 0, sig = 0;
 		err_msg[0] = 0;
 		reap(pid, &set, &code, &sig);
-		finish(&p);
-		if (report_on(CONTROL_FD, R_EXITED, code, sig, 0, err_msg) < 0 || !resident)
+		int clean = finish(&p);
+		if (report_on(CONTROL_FD, R_EXITED, clean ? 0 : RF_UNCLEAN, code, sig, 0, err_msg) < 0 || !resident || !clean)
 			return sig ? 128 + sig : code;
 	}
 }
@@ -1170,7 +1232,7 @@ static int exec_main(void)
 	struct plan p;
 	if (apply_plan_frame(&p, "the preloader") < 0)
 		return fail_report(CONTROL_FD, R_SETUP, EXIT_SETUP);
-	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, "") < 0)
+	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, 0, "") < 0)
 		return EXIT_SETUP;
 	uint32_t len;
 	int fd;
@@ -1215,7 +1277,7 @@ static int template_main(void)
 	view_mode = M_TEMPLATE;
 	if (apply_plan_frame(&p, "the template") < 0)
 		return fail_report(CONTROL_FD, R_SETUP, EXIT_SETUP);
-	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, "") < 0)
+	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, 0, "") < 0)
 		return EXIT_SETUP;
 	for (;;) {
 		char b;

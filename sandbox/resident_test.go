@@ -1,0 +1,78 @@
+package sandbox
+
+import (
+	"log/slog"
+	"os/exec"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestKillerSpared: once a resident init has started the program, a kill
+// ends the program's cell and leaves the init, which reports the end; if
+// no report comes within the grace (finish is stuck), the init is killed
+// too. A report in time (finish) leaves it alive.
+func TestKillerSpared(t *testing.T) {
+	// start starts a process standing for the init; its channel closes
+	// when it has exited.
+	start := func(t *testing.T) (*worker, chan struct{}) {
+		cmd := exec.Command("sleep", "60")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		t.Cleanup(func() { cmd.Process.Kill(); <-done })
+		w, err := newProcWorker(cmd.Process)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(w.pidfd) })
+		return w, done
+	}
+	exited := func(done chan struct{}, within time.Duration) bool {
+		select {
+		case <-done:
+			return true
+		case <-time.After(within):
+			return false
+		}
+	}
+	t.Run("no report: the init is killed after the grace", func(t *testing.T) {
+		w, cmd := start(t)
+		cell := &fakeCell{c: &fakeCells{}}
+		k := &killer{cell: cell, w: w, log: slog.New(slog.DiscardHandler)}
+		k.spare(100 * time.Millisecond)
+		k.kill(CauseDeadline)
+		if cell.killed != 1 {
+			t.Errorf("cell killed %d times, want 1", cell.killed)
+		}
+		if exited(cmd, 20*time.Millisecond) {
+			t.Fatal("the spared init was killed at once")
+		}
+		if !exited(cmd, 5*time.Second) {
+			t.Fatal("the spared init outlived the grace without a report")
+		}
+	})
+	t.Run("a report in time: the init lives on", func(t *testing.T) {
+		w, cmd := start(t)
+		k := &killer{cell: &fakeCell{c: &fakeCells{}}, w: w, log: slog.New(slog.DiscardHandler)}
+		k.spare(100 * time.Millisecond)
+		k.kill(CauseDeadline)
+		if got := k.finish(); got != CauseDeadline {
+			t.Errorf("finish: %q, want %q", got, CauseDeadline)
+		}
+		if exited(cmd, 400*time.Millisecond) {
+			t.Fatal("the init was killed after it reported")
+		}
+	})
+	t.Run("not spared: the worker is killed with the cell", func(t *testing.T) {
+		w, cmd := start(t)
+		k := &killer{cell: &fakeCell{c: &fakeCells{}}, w: w, log: slog.New(slog.DiscardHandler)}
+		k.kill(CauseDeadline)
+		if !exited(cmd, 5*time.Second) {
+			t.Fatal("the worker outlived the kill")
+		}
+	})
+}
