@@ -84,6 +84,13 @@ func Prepare(p *Plan) (*Prepared, error) {
 	}
 	pp := &Prepared{plan: p, frame: frame, templatable: p.Templatable()}
 	if p.Resident {
+		// The resident init's filter allows clone3, its programs add
+		// the rule that refuses it (ResidentFilter).
+		if p.Seccomp {
+			if filter, err = ResidentFilter(); err != nil {
+				return nil, err
+			}
+		}
 		if pp.resident, err = encodePlan(p, filter, true); err != nil {
 			return nil, err
 		}

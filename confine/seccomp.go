@@ -121,12 +121,30 @@ func PreloaderFilter() ([]unix.SockFilter, error) {
 	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, sysClone3, sysMount))
 }
 
+// ResidentFilter is the filter a resident cell's init runs under
+// (Plan.Resident): the deny list, but clone3 is allowed, since the init
+// clones each request's program into the request's group with it. Its
+// programs inherit it, and each loads a rule of its own on top before its
+// execve (cellgate-init's no_clone3: clone3 fails with ENOSYS), so that a
+// program runs under the same verdicts as Filter's, every one of them
+// (TestResidentFilter). The init loads it once; a program's own rule is
+// four instructions, where loading Filter itself for each program (and
+// freeing it at its end) cost a request more than its execve.
+func ResidentFilter() ([]unix.SockFilter, error) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
+	}
+	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, 0, 0))
+}
+
 // filterProgram lays the filter out: check the architecture, refuse x32
 // numbers (amd64), answer numbers above newestSyscall ENOSYS, send clone
 // to the flag check and clone3 to ENOSYS, then
 // look the number up in the deny list (denyTree). With mount non-zero (a
 // preloader's filter) clone3 is allowed and mount goes to the flag check
-// instead of the deny list.
+// instead of the deny list; with clone3 zero (a resident init's) clone3
+// is allowed.
 func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount uint32) []insn {
 	p := []insn{
 		{op: ldAbsW, k: offArch},
@@ -143,7 +161,7 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 	)
 	if mount != 0 {
 		p = append(p, insn{op: jeqK, k: mount, jt: lblMount})
-	} else {
+	} else if clone3 != 0 {
 		p = append(p, insn{op: jeqK, k: clone3, jt: lblNoSys})
 	}
 	var nrs []uint32

@@ -222,3 +222,61 @@ func TestPreloaderFilter(t *testing.T) {
 		t.Errorf("another architecture: %#x, want kill", got)
 	}
 }
+
+// noClone3 is the rule a resident cell's program loads on top of the
+// init's ResidentFilter before its execve, as cellgate-init's no_clone3
+// lays it out: clone3 fails with ENOSYS, everything else is left to the
+// filter below.
+func noClone3() []unix.SockFilter {
+	return []unix.SockFilter{
+		{Code: ldAbsW, K: offNr},
+		{Code: jeqK, K: sysClone3, Jt: 0, Jf: 1},
+		{Code: retK, K: retENOSYS},
+		{Code: retK, K: retAllow},
+	}
+}
+
+// TestResidentFilter: a resident cell's program, under the init's
+// ResidentFilter and its own no_clone3 rule, gets Filter's verdict for
+// every system call number (of the architecture, above the table, x32)
+// and every clone flag the tests know; the init alone may clone3.
+func TestResidentFilter(t *testing.T) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		t.Skipf("no seccomp table for %s", runtime.GOARCH)
+	}
+	full, err := Filter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	init, err := ResidentFilter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The kernel runs every filter and takes the verdict of highest
+	// precedence: the lowest action, as a signed number (kill first).
+	both := func(arch, nr uint32, args ...uint64) uint32 {
+		a, b := run(t, init, arch, nr, args...), run(t, noClone3(), arch, nr, args...)
+		if int32(b&unix.SECCOMP_RET_ACTION_FULL) < int32(a&unix.SECCOMP_RET_ACTION_FULL) {
+			return b
+		}
+		return a
+	}
+	nrs := []uint32{x32SyscallBit | unix.SYS_READ}
+	for nr := uint32(0); nr <= newestSyscall+2; nr++ {
+		nrs = append(nrs, nr)
+	}
+	for _, nr := range nrs {
+		for _, flags := range []uint64{0, uint64(unix.SIGCHLD), unix.CLONE_NEWUSER, unix.CLONE_NEWNET | unix.CLONE_VM, 1 << 40} {
+			if got, want := both(arch, nr, flags), run(t, full, arch, nr, flags); got != want {
+				t.Errorf("system call %d, first argument %#x: %#x under the resident init's filter and the program's rule, %#x under Filter", nr, flags, got, want)
+			}
+		}
+	}
+	if got, want := both(arch+1, unix.SYS_READ), run(t, full, arch+1, unix.SYS_READ); got != want {
+		t.Errorf("another architecture: %#x, want %#x", got, want)
+	}
+	if got := run(t, init, arch, sysClone3, 0); got != retAllow {
+		t.Errorf("clone3 under the resident init's own filter: %#x, want allow", got)
+	}
+}

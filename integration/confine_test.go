@@ -51,6 +51,7 @@ type probeReply struct {
 	Pidns    string            `json:"pidns"`    // the link /proc/self/ns/pid
 	Left     string            `json:"left"`     // "ok": a process started to outlive the request
 	ShmID    int               `json:"shmid"`    // a SysV segment made and left, or -1
+	AgeMs    int64             `json:"agems"`    // how long ago the probe's process was started (its fork, not its execve)
 	Sockets  int               `json:"sockets"`  // entries of the network namespace's socket tables
 	TTL      string            `json:"ttl"`      // net.ipv4.ip_default_ttl, after setttl if asked
 	TimeWait string            `json:"timewait"` // "ok": a loopback connection left in TIME_WAIT
@@ -146,6 +147,29 @@ func fill(p string, mib int) error {
 	return errors.Join(err, f.Close())
 }
 
+// processAgeMs is how long ago this process was started (its clone, which
+// an execve does not change), from /proc/self/stat's start time and
+// /proc/uptime, in milliseconds; -1 when they cannot be read.
+func processAgeMs() int64 {
+	stat, err1 := os.ReadFile("/proc/self/stat")
+	up, err2 := os.ReadFile("/proc/uptime")
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	// Fields after the command (in parentheses, which may hold spaces):
+	// the start time is the 22nd field, the 20th after ")".
+	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	if len(f) < 20 {
+		return -1
+	}
+	ticks, err1 := strconv.ParseInt(f[19], 10, 64)
+	secs, err2 := strconv.ParseFloat(strings.Fields(string(up))[0], 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return int64(secs*1000) - ticks*1000/100 // USER_HZ is 100 on Linux
+}
+
 // runProbe is the probe role: a CGI program.
 func runProbe() int {
 	q, _ := url.ParseQuery(os.Getenv("QUERY_STRING"))
@@ -224,6 +248,9 @@ func runProbe() int {
 	}
 	if q.Has("pidns") {
 		r.Pidns, _ = os.Readlink("/proc/self/ns/pid")
+	}
+	if q.Has("age") {
+		r.AgeMs = processAgeMs()
 	}
 	if q.Has("leave") { // a process that outlives the request, its streams not the response's
 		null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
@@ -1640,6 +1667,14 @@ func TestConfineResident(t *testing.T) {
 	next := g.probe(t, "probe", url.Values{"pidns": {"1"}, "sockets": {"1"}})
 	if next.Pidns == tw.Pidns || next.Sockets != 0 {
 		t.Errorf("after a request left a connection in TIME_WAIT: the next runs in its cell (%v) and sees %d sockets", next.Pidns == tw.Pidns, next.Sockets)
+	}
+	// The next request's process is started ahead (its stub: cloned into
+	// its cell, filter loaded) when the cell is put back: after a pause,
+	// the program's process is older than its request.
+	g.probe(t, "probe", url.Values{})
+	time.Sleep(time.Second)
+	if r := g.probe(t, "probe", url.Values{"age": {"1"}}); r.AgeMs < 500 {
+		t.Errorf("the program's process was started %d ms before it answered, after a pause of 1 s: not prepared ahead", r.AgeMs)
 	}
 	a := g.probe(t, "fresh", url.Values{"pidns": {"1"}})
 	b := g.probe(t, "fresh", url.Values{"pidns": {"1"}})

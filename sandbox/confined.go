@@ -38,6 +38,7 @@ type initProc struct {
 	resident bool
 	born     time.Time // when it was started
 	set      *warmSet  // the set it was taken from, while it serves a request
+	next     Cell      // the next request's cell, its stub started in it (prepareNext), or nil
 	rootRan  bool      // a program ran in it as root: its network namespace is not reused
 	started  bool      // it reported the request's program started (confine.ReportStarted)
 
@@ -238,9 +239,10 @@ func (ip *initProc) worker() (*worker, error) {
 }
 
 // exec sends the request's part: argv, environment, credentials and the
-// program's stdin, stdout and stderr, and to a resident init the
-// request's cell, which the program is cloned into.
-func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File, cell Cell) error {
+// program's stdin, stdout and stderr, and group, when not nil, the cell a
+// resident init clones the program into (nil: it was prepared, or the
+// init is in the request's cell).
+func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File, group Cell) error {
 	frame, err := confine.EncodeExec(&confine.Exec{
 		Path: spec.Path, Args: spec.Args, Env: spec.Env, Dir: spec.Dir,
 		Credential: confine.Credential{UID: cred.Uid, GID: cred.Gid, Groups: cred.Groups},
@@ -258,11 +260,11 @@ func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File
 	for i, f := range stdio {
 		fds[i] = int(f.Fd())
 	}
-	if ip.resident {
-		if cell.FD() < 0 {
-			return fmt.Errorf("cell %s has no group to clone the program into", cell.Path())
+	if group != nil {
+		if group.FD() < 0 {
+			return fmt.Errorf("cell %s has no group to clone the program into", group.Path())
 		}
-		fds = append(fds, cell.FD())
+		fds = append(fds, group.FD())
 	}
 	return ip.send(frame, fds)
 }

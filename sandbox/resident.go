@@ -71,6 +71,9 @@ func (r *Runner) startResident(ctx context.Context, k warmKey) (*initProc, error
 func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	ip.final, ip.got, ip.started = nil, nil, false
 	quiet := ip.netQuiet(k.plan)
+	if quiet && ip.next == nil && time.Since(ip.born) < residentMaxAge {
+		w.r.prepareNext(w.ctx, ip, k.prof)
+	}
 	w.mu.Lock()
 	if ip.set != nil {
 		ip.set.busy--
@@ -102,6 +105,40 @@ func (ip *initProc) netQuiet(plan *confine.Prepared) bool {
 	dir := "/proc/" + strconv.Itoa(ip.proc.Pid) + "/net/"
 	return sockstatZero(&buf, dir+"sockstat", false, sockstatKeys...) &&
 		sockstatZero(&buf, dir+"sockstat6", true, sockstat6Keys...)
+}
+
+// prepareNext gives a resident init the next request's cell ahead of it
+// (a prepare frame: no body, the cell's group), in which the init starts
+// that request's stub (the program's process before its execve: cloned
+// into the group, its IPC namespace made, its filter loaded), so that the
+// request pays a hand-off and an execve, as with a warm cell. A cell not
+// to be had (the pool failing) leaves the init without one: its next
+// request brings its cell with its exec frame.
+func (r *Runner) prepareNext(ctx context.Context, ip *initProc, prof *cgroup.Profile) {
+	cell, err := r.cells.Get(ctx, prof)
+	if err != nil {
+		return
+	}
+	if cell.FD() < 0 || ip.send(make([]byte, 4), []int{cell.FD()}) != nil {
+		// A send that failed: the init is gone, which its next take or
+		// hand-off finds.
+		r.cells.Release(cell)
+		return
+	}
+	ip.next = cell
+}
+
+// endNext ends the cell prepared for an ended init's next request (its
+// stub died with the init's PID namespace) and releases it.
+func (r *Runner) endNext(ip *initProc) {
+	if ip.next == nil {
+		return
+	}
+	if err := r.empty(ip.next); err != nil {
+		r.log.Error("resident cell's prepared cell did not empty", "cell", ip.next.Path(), "err", err)
+	}
+	r.cells.Release(ip.next)
+	ip.next = nil
 }
 
 // forget counts out a resident init taken from its set that will not come
@@ -139,6 +176,7 @@ func (r *Runner) endResident(ip *initProc, rootRan bool) {
 	}
 	ip.endNetns(r, err == nil && !ip.rootRan)
 	r.cells.Release(ip.cell)
+	r.endNext(ip)
 }
 
 // endRequestCell empties and releases the cell a resident init ran a

@@ -313,16 +313,24 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	}
 	pooled := ip != nil // a warm or resident cell's
 	// A resident init (resident.go) runs the program in a cell of the
-	// request's own; any other init is in the request's cell.
+	// request's own, prepared (its stub in it) or not; any other init is
+	// in the request's cell.
 	resident := spec.Confine != nil && r.residentFor(spec.Confine)
 	var cell Cell
-	if ip != nil && !resident {
+	prepared := false
+	switch {
+	case ip != nil && !resident:
 		cell = ip.cell
-	} else if cell, err = r.cells.Get(ctx, prof); err != nil {
-		if ip != nil {
-			r.warm.putBack(k, ip)
+	case ip != nil && ip.next != nil:
+		cell, ip.next, prepared = ip.next, nil, true
+	}
+	if cell == nil {
+		if cell, err = r.cells.Get(ctx, prof); err != nil {
+			if ip != nil {
+				r.warm.putBack(k, ip)
+			}
+			return Result{}, fmt.Errorf("%w: tenant %q: %w", ErrNoCell, prof.Tenant(), err)
 		}
-		return Result{}, fmt.Errorf("%w: tenant %q: %w", ErrNoCell, prof.Tenant(), err)
 	}
 	released := false
 	defer func() {
@@ -335,6 +343,9 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	if err != nil {
 		switch {
 		case ip != nil && resident:
+			if prepared { // its stub waits in it still
+				ip.next, released = cell, true
+			}
 			r.warm.putBack(k, ip)
 		case ip != nil:
 			r.discard(ip)
@@ -429,7 +440,11 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	if ip != nil {
 		// The init takes the program's streams with the exec frame; the
 		// deadline is armed, so a send that blocks ends with the cell.
-		launchErr = ip.exec(&spec, id.cred, st.child, cell)
+		group := cell // the cell a resident init clones the program into
+		if prepared || !resident {
+			group = nil
+		}
+		launchErr = ip.exec(&spec, id.cred, st.child, group)
 		st.started()
 		if launchErr != nil {
 			kl.kill(CauseKilled)
@@ -472,7 +487,8 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			if resident {
 				// The init waits for the next request: the program's cell
 				// ends on its own (resident.go), and the init goes back to
-				// its set, unless the program ran as root.
+				// its set, its next request's cell prepared, unless the
+				// program ran as root.
 				initKept = true
 				r.endRequestCell(cell, late, release)
 				if uid != 0 && !rep.Unclean {

@@ -323,6 +323,9 @@ func (w *warmPool) prepare(k warmKey) *initProc {
 		w.r.discard(ip)
 		return nil
 	}
+	if ip.resident {
+		w.r.prepareNext(w.ctx, ip, k.prof)
+	}
 	return ip
 }
 
@@ -359,6 +362,7 @@ func (r *Runner) discard(ip *initProc) {
 	}
 	ip.endNetns(r, err == nil && !ip.rootRan)
 	r.cells.Release(ip.cell)
+	r.endNext(ip)
 }
 
 // Warm starts keeping warm (or resident) confined cells of prof (nil: the

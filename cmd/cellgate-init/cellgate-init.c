@@ -213,11 +213,11 @@ static int take_fds(struct msghdr *msg, int *fds, int max)
  * three streams and the request's group. */
 #define MAX_FRAME_FDS 4
 
-/* read_frame reads one length-prefixed frame from fd with exactly nfds
- * descriptors (received close-on-exec). It returns the body (malloc'd)
- * and its length in *len, or NULL: *len is then 0 at the end of the
- * stream, 1 on an error. */
-static unsigned char *read_frame(int fd, int nfds, int *fds, uint32_t *len)
+/* read_frames reads one length-prefixed frame from fd with min to nfds
+ * descriptors (received close-on-exec), how many in *got. It returns the
+ * body (malloc'd) and its length in *len, or NULL: *len is then 0 at the
+ * end of the stream, 1 on an error. */
+static unsigned char *read_frames(int fd, int min, int nfds, int *fds, int *got_fds, uint32_t *len)
 {
 	unsigned char hdr[4];
 	union {
@@ -248,12 +248,16 @@ static unsigned char *read_frame(int fd, int nfds, int *fds, uint32_t *len)
 		return NULL;
 	}
 	int got = take_fds(&msg, fds, nfds);
-	if (got != nfds || (msg.msg_flags & MSG_CTRUNC)) {
+	if (got < min || got > nfds || (msg.msg_flags & MSG_CTRUNC)) {
 		for (int i = 0; i < got && i < nfds; i++)
 			close(fds[i]);
-		fail(0, "%d descriptors with the frame, want %d", got, nfds);
+		if (min == nfds)
+			fail(0, "%d descriptors with the frame, want %d", got, nfds);
+		else
+			fail(0, "%d descriptors with the frame, want %d to %d", got, min, nfds);
 		return NULL;
 	}
+	*got_fds = got;
 	if (read_full(fd, hdr + n, sizeof hdr - n) < 0)
 		return NULL;
 	uint32_t size = hdr[0] | hdr[1] << 8 | hdr[2] << 16 | (uint32_t)hdr[3] << 24;
@@ -272,6 +276,13 @@ static unsigned char *read_frame(int fd, int nfds, int *fds, uint32_t *len)
 	}
 	*len = size;
 	return body;
+}
+
+/* read_frame is read_frames with exactly nfds descriptors. */
+static unsigned char *read_frame(int fd, int nfds, int *fds, uint32_t *len)
+{
+	int got;
+	return read_frames(fd, nfds, nfds, fds, &got, len);
 }
 
 /* decoder reads a frame's fields, remembering the first error. */
@@ -851,9 +862,9 @@ static int apply(const struct plan *p)
 		(void)prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		return fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)");
-	/* A resident init clones each request's program itself (clone3, which
-	 * the filter refuses): the program loads the filter (start_resident). */
-	if ((p->flags & PLAN_SECCOMP) && !(p->flags & PLAN_RESIDENT)) {
+	/* A resident init's filter (confine.ResidentFilter) allows the clone3
+	 * it clones each request's program with; the program adds no_clone3. */
+	if (p->flags & PLAN_SECCOMP) {
 		struct sock_fprog prog = {.len = p->nfilter, .filter = p->filter};
 		if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) < 0)
 			return fail(errno, "seccomp(SECCOMP_SET_MODE_FILTER, TSYNC)");
@@ -961,12 +972,24 @@ static pid_t start(const struct exec *e, int fds[3], const sigset_t *unblocked)
 	return pid;
 }
 
+/* no_clone3 is the rule a resident cell's program loads on top of its
+ * init's filter (confine.ResidentFilter, which allows clone3 for the init)
+ * before its execve: clone3 fails with ENOSYS, as under confine.Filter,
+ * so that libc falls back to clone, whose flags the init's filter checks.
+ * confine's TestResidentFilter checks that the two give Filter's verdicts. */
+static struct sock_filter no_clone3_insns[] = {
+    BPF_STMT(BPF_LD | BPF_W | BPF_ABS, 0), /* seccomp_data.nr */
+    BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_clone3, 0, 1),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
+    BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+};
+static struct sock_fprog no_clone3 = {.len = sizeof no_clone3_insns / sizeof *no_clone3_insns, .filter = no_clone3_insns};
+
 /* start_resident is start for a resident init (PLAN_RESIDENT): the
  * program is cloned into the request's own group, cg (clone3
  * CLONE_INTO_CGROUP), with a SysV IPC namespace of its own when the plan
  * has one (CLONE_NEWIPC: no object of a request outlives it for the
- * next), and loads the plan's filter itself, which the init does not
- * carry. clone3 cannot share the init's memory without a stack of its
+ * next), and loads no_clone3 on top of the filter it inherits. clone3 cannot share the init's memory without a stack of its
  * own, so the child is a copy (this process is small) and CLONE_VFORK
  * holds the init until the child's exec; a failure before the exec comes
  * back on a close-on-exec pipe. Returns the pid or -1. */
@@ -981,10 +1004,9 @@ static pid_t start_resident(const struct exec *e, int fds[3], const sigset_t *un
 	    .flags = CLONE_VFORK | CLONE_INTO_CGROUP | ((p->ns & NS_IPC) ? CLONE_NEWIPC : 0),
 	    .exit_signal = SIGCHLD,
 	    .cgroup = (uint64_t)cg};
-	struct sock_fprog prog = {.len = p->nfilter, .filter = p->filter};
 	long pid = syscall(SYS_clone3, &a, sizeof a);
 	if (pid == 0) {
-		int err = exec_child(e, fds, unblocked, (p->flags & PLAN_SECCOMP) ? &prog : NULL);
+		int err = exec_child(e, fds, unblocked, (p->flags & PLAN_SECCOMP) ? &no_clone3 : NULL);
 		while (write(errp[1], &err, sizeof err) < 0 && errno == EINTR)
 			;
 		_exit(EXIT_SPAWN);
@@ -1006,6 +1028,146 @@ static pid_t start_resident(const struct exec *e, int fds[3], const sigset_t *un
 		return fail(child_err, "fork/exec %s", e->path);
 	}
 	return (pid_t)pid;
+}
+
+/* A resident init's stub is the next request's process started ahead:
+ * cloned into the group the daemon gives for that request (a prepare
+ * frame: no body, that group's descriptor), with its own IPC namespace
+ * and its no_clone3 rule loaded on top of the init's filter, it waits on
+ * a socket for the exec frame, which the init passes on with the
+ * program's streams. The request then pays the hand-off and the execve,
+ * as with a warm cell; the clone into a group never used and the IPC
+ * namespace are paid between requests. */
+struct stub {
+	pid_t pid; /* 0: none */
+	int ctl;   /* the init's end of the stub's socket */
+	int cg;    /* the prepared group (to clone into if the stub is gone), or -1 */
+};
+
+/* stub_main is the stub: it acknowledges the exec frame with one byte
+ * (from then on the program may run: the init never starts another for
+ * the request), then executes it; a failure's errno follows the byte. */
+static void stub_main(int ctl, const sigset_t *unblocked, const struct plan *p)
+{
+	if (dup2(ctl, CONTROL_FD) < 0 || fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) < 0 ||
+	    syscall(SYS_close_range, CONTROL_FD + 1, ~0U, 0) < 0)
+		_exit(EXIT_SPAWN);
+	ctl = CONTROL_FD; /* and nothing else of the init's: not its control socket */
+	if ((p->flags & PLAN_SECCOMP) && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &no_clone3) < 0)
+		_exit(EXIT_SPAWN);
+	uint32_t len;
+	int fds[3];
+	unsigned char *body = read_frame(ctl, 3, fds, &len);
+	struct exec e;
+	if (!body || decode_exec(body, len, &e) < 0)
+		_exit(EXIT_SPAWN);
+	char ack = 1;
+	if (write(ctl, &ack, 1) != 1)
+		_exit(EXIT_SPAWN);
+	int err = high_fds(&e, fds) < 0 ? err_no : exec_child(&e, fds, unblocked, NULL);
+	while (write(ctl, &err, sizeof err) < 0 && errno == EINTR)
+		;
+	_exit(EXIT_SPAWN);
+}
+
+/* prepare_stub starts a stub in the group cg, which it keeps. Where the
+ * stub cannot be started, the exec clones the program into cg itself. */
+static void prepare_stub(struct stub *s, int cg, const sigset_t *unblocked, const struct plan *p)
+{
+	s->cg = cg;
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+		return;
+	struct clone_args_v2 a = {
+	    .flags = CLONE_INTO_CGROUP | ((p->ns & NS_IPC) ? CLONE_NEWIPC : 0),
+	    .exit_signal = SIGCHLD,
+	    .cgroup = (uint64_t)cg};
+	long pid = syscall(SYS_clone3, &a, sizeof a);
+	if (pid == 0) {
+		close(sv[0]);
+		stub_main(sv[1], unblocked, p);
+	}
+	close(sv[1]);
+	if (pid < 0) {
+		close(sv[0]);
+		return;
+	}
+	s->pid = (pid_t)pid;
+	s->ctl = sv[0];
+}
+
+/* send_all sends b on fd, fds (if any) with its first bytes. */
+static int send_all(int fd, const unsigned char *b, size_t n, const int *fds, int nfds)
+{
+	union {
+		struct cmsghdr align;
+		char buf[CMSG_SPACE(sizeof(int) * MAX_FRAME_FDS)];
+	} oob;
+	struct iovec iov = {.iov_base = (void *)b, .iov_len = n};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+	if (nfds > 0) {
+		msg.msg_control = oob.buf;
+		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
+		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
+		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
+	}
+	while (n > 0) {
+		ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		n -= w;
+		iov.iov_base = (char *)iov.iov_base + w, iov.iov_len = n;
+		msg.msg_control = NULL, msg.msg_controllen = 0;
+	}
+	return 0;
+}
+
+/* hand_to_stub passes the exec frame (body) and the program's streams to
+ * the stub. It returns the program's pid; 0 when the stub is gone
+ * before it had the frame (nothing ran: the caller starts the program
+ * itself); -1 when the program could not be executed. */
+static pid_t hand_to_stub(struct stub *s, const unsigned char *body, uint32_t len, const int fds[3], const char *path)
+{
+	pid_t pid = s->pid;
+	int ctl = s->ctl;
+	s->pid = 0, s->ctl = -1;
+	unsigned char *frame = malloc((size_t)len + 4);
+	int ok = frame != NULL;
+	if (ok) {
+		put32(frame, len);
+		memcpy(frame + 4, body, len);
+		ok = send_all(ctl, frame, (size_t)len + 4, fds, 3) == 0;
+		free(frame);
+	}
+	char ack = 0;
+	ssize_t n = 0;
+	if (ok) {
+		while ((n = read(ctl, &ack, 1)) < 0 && errno == EINTR)
+			;
+		ok = n == 1;
+	}
+	if (!ok) {
+		close(ctl);
+		kill(pid, SIGKILL);
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+		return 0;
+	}
+	int err = 0;
+	while ((n = read(ctl, &err, sizeof err)) < 0 && errno == EINTR)
+		;
+	close(ctl);
+	if (n == sizeof err) {
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+		return fail(err, "fork/exec %s", path);
+	}
+	return pid;
 }
 
 /* reap waits for the program, forwarding signals to it and reaping every
@@ -1163,10 +1325,14 @@ static int finish(const struct plan *p)
 }
 
 /* init_main is the cell's init (confine.Init). A resident init
- * (PLAN_RESIDENT) runs one program per exec frame, each in the group the
- * frame's fourth descriptor names, and after each report waits for the
- * next frame: the cell's view, namespaces and init serve request after
- * request, finish having ended what each program left. */
+ * (PLAN_RESIDENT) runs one program per exec frame, each in a group of the
+ * request's own, and after each report waits for the next frame: the
+ * cell's view, namespaces and init serve request after request, finish
+ * having ended what each program left. The request's group comes either
+ * with its exec frame (a fourth descriptor: the program is cloned into it
+ * then) or ahead of it in a prepare frame (no body, one descriptor: a stub
+ * is started in it, and the exec frame that follows, with three
+ * descriptors, is passed on to the stub). */
 static int init_main(void)
 {
 	struct plan p;
@@ -1181,11 +1347,11 @@ static int init_main(void)
 	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, 0, "") < 0)
 		return EXIT_SETUP;
 	int resident = !!(p.flags & PLAN_RESIDENT);
-	int nfds = resident ? 4 : 3;
+	struct stub st = {0, -1, -1};
 	for (;;) {
 		uint32_t len;
-		int fds[4];
-		unsigned char *body = read_frame(CONTROL_FD, nfds, fds, &len);
+		int fds[4], got;
+		unsigned char *body = read_frames(CONTROL_FD, resident ? 1 : 3, resident ? 4 : 3, fds, &got, &len);
 		if (!body) {
 			if (len == 0)
 				return 0; /* a prepared cell that was never used, or no next request */
@@ -1194,9 +1360,22 @@ static int init_main(void)
 			prefix(w);
 			return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
 		}
+		/* prepare: one descriptor, no body, none prepared; exec: three
+		 * into the prepared group, or four without one. */
+		int prepared = st.cg >= 0;
+		if (resident && (got == 2 || (got == 1) != (len == 0) || (got == 1 && prepared) ||
+				 (got == 3 && !prepared) || (got == 4 && prepared))) {
+			free(body);
+			fail(0, "a frame of %u bytes with %d descriptors, a group %s prepared", len, got, st.cg >= 0 ? "already" : "not");
+			return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
+		}
+		if (got == 1) {
+			free(body);
+			prepare_stub(&st, fds[0], &old, &p);
+			continue;
+		}
 		struct exec e;
 		int decoded = decode_exec(body, len, &e);
-		free(body);
 		pid_t pid = -1;
 		if (decoded == 0 && resident) {
 			/* A signal forwarded while no program ran is not the
@@ -1204,7 +1383,13 @@ static int init_main(void)
 			struct timespec now = {0, 0};
 			while (sigtimedwait(&set, NULL, &now) > 0)
 				;
-			pid = start_resident(&e, fds, &old, fds[3], &p);
+			pid = st.pid > 0 ? hand_to_stub(&st, body, len, fds, e.path) : 0;
+			if (pid == 0)
+				pid = start_resident(&e, fds, &old, got == 4 ? fds[3] : st.cg, &p);
+			if (st.cg >= 0) {
+				close(st.cg);
+				st.cg = -1;
+			}
 			/* From the report on, the daemon ends the program by its
 			 * group alone: it is in it. */
 			if (pid > 0)
@@ -1212,8 +1397,9 @@ static int init_main(void)
 		} else if (decoded == 0) {
 			pid = start(&e, fds, &old);
 		}
+		free(body);
 		free_exec(&e);
-		for (int i = 0; i < nfds; i++)
+		for (int i = 0; i < got; i++)
 			close(fds[i]);
 		if (pid < 0)
 			return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
