@@ -66,12 +66,18 @@ func (r *Runner) startResident(ctx context.Context, k warmKey) (*initProc, error
 }
 
 // putBack returns a resident init whose request has ended (its report
-// read) to the key's set, if the set still wants it and it is younger
-// than residentMaxAge; otherwise it is ended off the request's path.
+// read) to the key's set, its next request's cell prepared, if the set
+// still wants it and it is younger than residentMaxAge; otherwise it is
+// ended off the request's path.
 func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	ip.final, ip.got, ip.started = nil, nil, false
-	quiet := ip.netQuiet(k.plan)
-	if quiet && ip.next == nil && time.Since(ip.born) < residentMaxAge {
+	// A cell prepared and not used (the request failed before its
+	// hand-off) holds the stub's socket: no program ran since the check.
+	quiet := ip.next != nil || ip.netQuiet(k.plan)
+	w.mu.Lock()
+	keep := quiet && ip.wanted(w.sets[k]) && w.ctx.Err() == nil && time.Since(ip.born) < residentMaxAge
+	w.mu.Unlock()
+	if keep && ip.next == nil {
 		w.r.prepareNext(w.ctx, ip, k.prof)
 	}
 	w.mu.Lock()
@@ -80,8 +86,7 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 		ip.set = nil
 	}
 	s := w.sets[k]
-	keep := quiet && s != nil && w.ctx.Err() == nil && len(s.ready)+s.busy+s.preparing < s.want &&
-		time.Since(ip.born) < residentMaxAge
+	keep = keep && s != nil && w.ctx.Err() == nil
 	if keep {
 		s.ready = append(s.ready, ip)
 	}
@@ -89,6 +94,19 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	if !keep {
 		w.r.teardowns.run(func() { w.r.discard(ip) })
 	}
+}
+
+// wanted reports whether s has room for ip beside its other cells (ready,
+// busy, being set up), ip itself counted out. Called with warmPool.mu held.
+func (ip *initProc) wanted(s *warmSet) bool {
+	if s == nil {
+		return false
+	}
+	others := len(s.ready) + s.busy + s.preparing
+	if ip.set == s {
+		others--
+	}
+	return others < s.want
 }
 
 // netQuiet reports whether the resident init's network namespace, when

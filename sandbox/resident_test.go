@@ -76,3 +76,25 @@ func TestKillerSpared(t *testing.T) {
 		}
 	})
 }
+
+// TestResidentWanted: an init coming back is kept when its set has room
+// for it beside its other cells, itself counted out when the set counts
+// it as busy.
+func TestResidentWanted(t *testing.T) {
+	s := &warmSet{want: 2, busy: 1, ready: make([]*initProc, 1)}
+	taken := &initProc{set: s}
+	if !taken.wanted(s) {
+		t.Errorf("an init taken from a set of 2 (1 ready, itself busy): not wanted")
+	}
+	other := &initProc{} // started by a request that found the set empty, no place kept
+	if other.wanted(s) {
+		t.Errorf("an init from outside a full set: wanted")
+	}
+	s.ready = nil
+	if !other.wanted(s) {
+		t.Errorf("an init from outside, the set one short: not wanted")
+	}
+	if taken.wanted(nil) {
+		t.Errorf("a set gone (idle, or the pool closed): wanted")
+	}
+}

@@ -565,6 +565,14 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	if ip != nil {
 		rep, ok := ip.report()
 		switch {
+		case ok && prepared && rep.Kind == confine.ReportSpawn && rep.Errno == int32(unix.ESTALE) && killedBy != CauseDeadline:
+			// The request's process started ahead in its cell was gone
+			// before it had the frame (that cell's OOM kill): nothing
+			// ran, and the cell's events are not the request's; runWarm
+			// runs it again on another cell.
+			st.abort()
+			err := fmt.Errorf("%w: %w", errInitGone, notRun(rep, &spec, cell))
+			return Result{}, errors.Join(append([]error{err}, errs...)...)
 		case ok && rep.Kind != confine.ReportExited:
 			return Result{}, errors.Join(append([]error{notRun(rep, &spec, cell)}, errs...)...)
 		case launchErr != nil:

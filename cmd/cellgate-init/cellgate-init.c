@@ -379,7 +379,7 @@ struct plan {
 
 static int decode_plan(const unsigned char *b, uint32_t len, struct plan *p)
 {
-	if (len < 4 || memcmp(b, "CGL3", 4) != 0)
+	if (len < 4 || memcmp(b, "CGL4", 4) != 0)
 		return fail(0, "plan frame: bad magic (the init must be started by cellgate's sandbox, of the same version)");
 	struct decoder d = {.b = b + 4, .n = len - 4};
 	memset(p, 0, sizeof *p);
@@ -1061,6 +1061,7 @@ static void stub_main(int ctl, const sigset_t *unblocked, const struct plan *p)
 	struct exec e;
 	if (!body || decode_exec(body, len, &e) < 0)
 		_exit(EXIT_SPAWN);
+	free(body); /* charged to the request's group until the execve */
 	char ack = 1;
 	if (write(ctl, &ack, 1) != 1)
 		_exit(EXIT_SPAWN);
@@ -1071,7 +1072,7 @@ static void stub_main(int ctl, const sigset_t *unblocked, const struct plan *p)
 }
 
 /* prepare_stub starts a stub in the group cg, which it keeps. Where the
- * stub cannot be started, the exec clones the program into cg itself. */
+ * stub cannot be started, the exec frame that follows is refused. */
 static void prepare_stub(struct stub *s, int cg, const sigset_t *unblocked, const struct plan *p)
 {
 	s->cg = cg;
@@ -1129,21 +1130,16 @@ static int send_all(int fd, const unsigned char *b, size_t n, const int *fds, in
 
 /* hand_to_stub passes the exec frame (body) and the program's streams to
  * the stub. It returns the program's pid; 0 when the stub is gone
- * before it had the frame (nothing ran: the caller starts the program
- * itself); -1 when the program could not be executed. */
+ * before it had the frame (nothing ran); -1 when the program could not be
+ * executed. */
 static pid_t hand_to_stub(struct stub *s, const unsigned char *body, uint32_t len, const int fds[3], const char *path)
 {
 	pid_t pid = s->pid;
 	int ctl = s->ctl;
 	s->pid = 0, s->ctl = -1;
-	unsigned char *frame = malloc((size_t)len + 4);
-	int ok = frame != NULL;
-	if (ok) {
-		put32(frame, len);
-		memcpy(frame + 4, body, len);
-		ok = send_all(ctl, frame, (size_t)len + 4, fds, 3) == 0;
-		free(frame);
-	}
+	unsigned char hdr[4];
+	put32(hdr, len);
+	int ok = send_all(ctl, hdr, sizeof hdr, fds, 3) == 0 && send_all(ctl, body, len, NULL, 0) == 0;
 	char ack = 0;
 	ssize_t n = 0;
 	if (ok) {
@@ -1383,9 +1379,16 @@ static int init_main(void)
 			struct timespec now = {0, 0};
 			while (sigtimedwait(&set, NULL, &now) > 0)
 				;
-			pid = st.pid > 0 ? hand_to_stub(&st, body, len, fds, e.path) : 0;
-			if (pid == 0)
-				pid = start_resident(&e, fds, &old, got == 4 ? fds[3] : st.cg, &p);
+			if (got == 4) {
+				pid = start_resident(&e, fds, &old, fds[3], &p);
+			} else if ((pid = st.pid > 0 ? hand_to_stub(&st, body, len, fds, e.path) : 0) == 0) {
+				/* The stub is gone before it had the frame (its group's
+				 * OOM kill), or was never started (its clone refused):
+				 * that group's events are not the request's. Nothing
+				 * ran; the daemon runs the request elsewhere. */
+				fail(ESTALE, "the request's process started ahead in its cell is gone");
+				pid = -1;
+			}
 			if (st.cg >= 0) {
 				close(st.cg);
 				st.cg = -1;
