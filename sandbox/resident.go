@@ -188,13 +188,7 @@ func (r *Runner) endResident(ip *initProc, rootRan bool) {
 		ip.w.release()
 		ip.w = nil
 	}
-	err := r.empty(ip.cell)
-	if err != nil {
-		r.log.Error("resident cell did not empty", "cell", ip.cell.Path(), "err", err)
-	}
-	ip.endNetns(r, err == nil && !ip.rootRan)
-	r.cells.Release(ip.cell)
-	r.endNext(ip)
+	r.endInitCell(ip)
 }
 
 // endRequestCell empties and releases the cell a resident init ran a
