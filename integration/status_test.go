@@ -73,10 +73,16 @@ func TestStatusPageInChromium(t *testing.T) {
 		}
 		for _, r := range st.Requests {
 			if r.Route == "slow" && r.State == "running" && r.Mem != nil && r.CPU != nil {
-				if r.Tenant != "web" || *r.Mem == 0 {
+				if r.Tenant != "web" {
 					t.Fatalf("running request in /status: %+v", r)
 				}
-				id = r.ID
+				// A resident cell's request runs from its hand-off, in a
+				// cell whose process, started ahead, has charged nothing
+				// to it until its execve: the figures are live once the
+				// program's memory shows.
+				if *r.Mem > 0 {
+					id = r.ID
+				}
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
