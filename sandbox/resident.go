@@ -18,8 +18,11 @@ import (
 // request clones the program into a group made for that request alone
 // (the request's cell, from the pool like any cell: its limits, its
 // accounting, its OOM kill) with CLONE_INTO_CGROUP, in a SysV IPC
-// namespace of the program's own, the program loading the seccomp
-// filter before its execve. When the program has ended the init ends
+// namespace of the program's own; the init runs under
+// confine.ResidentFilter, and the program adds a rule refusing clone3
+// before its execve. The program's process is started ahead, in the next
+// request's cell, when the init is put back (prepareNext). When the
+// program has ended the init ends
 // every other process of its PID namespace and empties the private tmpfs
 // (as every init does, finish), reports, and waits for the next request;
 // the daemon reads the request's cell, empties and releases it, and puts
@@ -81,10 +84,7 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 		w.r.prepareNext(w.ctx, ip, k.prof)
 	}
 	w.mu.Lock()
-	if ip.set != nil {
-		ip.set.busy--
-		ip.set = nil
-	}
+	ip.leaveSet()
 	s := w.sets[k]
 	keep = keep && s != nil && w.ctx.Err() == nil
 	if keep {
@@ -163,11 +163,17 @@ func (r *Runner) endNext(ip *initProc) {
 // back (it died, or its program ran as root); the caller ends it.
 func (w *warmPool) forget(ip *initProc) {
 	w.mu.Lock()
+	ip.leaveSet()
+	w.mu.Unlock()
+}
+
+// leaveSet counts ip out of the set it was taken from, if any. Called
+// with warmPool.mu held.
+func (ip *initProc) leaveSet() {
 	if ip.set != nil {
 		ip.set.busy--
 		ip.set = nil
 	}
-	w.mu.Unlock()
 }
 
 // unslot gives back the place take kept in s for a resident init the
@@ -189,21 +195,4 @@ func (r *Runner) endResident(ip *initProc, rootRan bool) {
 		ip.w = nil
 	}
 	r.endInitCell(ip)
-}
-
-// endRequestCell empties and releases the cell a resident init ran a
-// request's program in, off the request's path, then reads the late
-// accounting if any and returns the request's uid (once the cell is
-// empty: nothing of the request runs under it).
-func (r *Runner) endRequestCell(cell Cell, late *lateUsage, release func()) {
-	r.teardowns.run(func() {
-		emptied := r.empty(cell) == nil
-		if late != nil {
-			late.fill(func() (cgroup.Usage, error) { return cellUsage(cell) })
-		}
-		if emptied && release != nil {
-			release()
-		}
-		r.cells.Release(cell)
-	})
 }

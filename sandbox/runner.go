@@ -484,13 +484,26 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			}
 			released, keepUID = true, true
 			release, uid := id.release, id.uid
+			// done ends the request's part once its cell is empty (or
+			// given up on): the late accounting, the uid's return.
+			done := func(emptied bool) {
+				if late != nil {
+					late.fill(func() (cgroup.Usage, error) { return cellUsage(cell) })
+				}
+				if emptied && release != nil {
+					release()
+				}
+			}
 			if resident {
 				// The init waits for the next request: the program's cell
-				// ends on its own (resident.go), and the init goes back to
-				// its set, its next request's cell prepared, unless the
-				// program ran as root.
+				// ends on its own, and the init goes back to its set, its
+				// next request's cell prepared, unless the program ran as
+				// root.
 				initKept = true
-				r.endRequestCell(cell, late, release)
+				r.teardowns.run(func() {
+					done(r.empty(cell) == nil)
+					r.cells.Release(cell)
+				})
 				if uid != 0 && !rep.Unclean {
 					r.warm.putBack(k, ip)
 				} else {
@@ -500,12 +513,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				}
 			} else {
 				r.endCell(w, cell, func(emptied bool) {
-					if late != nil {
-						late.fill(func() (cgroup.Usage, error) { return cellUsage(cell) })
-					}
-					if emptied && release != nil {
-						release()
-					}
+					done(emptied)
 					ip.endNetns(r, emptied && uid != 0)
 				})
 			}
