@@ -1605,6 +1605,42 @@ func childrenOf(t *testing.T) []int {
 	return out
 }
 
+// TestResidentBackToBack: a request that comes as soon as the one before
+// it has its Result finds the resident cell that served that one, on its
+// way back to its set (putBackLater): requests back to back are served by
+// the route's one resident init, not each by an init of its own started
+// because the last one's was not back yet.
+func TestResidentBackToBack(t *testing.T) {
+	cellgateBin(t) // the init is beside it
+	r := newConfinedEnv(t, sandbox.Config{ResidentCells: 1, MountTemplates: true, InitSpawner: true})
+	noop := noopBinary(t)
+	plan, err := confine.Build(confine.Options{Programs: filepath.Dir(noop)}, confine.OSFS{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prep, err := confine.Prepare(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := sandbox.Spec{Path: noop, Confine: prep}
+	r.Warm(nil, prep)
+	for end := time.Now().Add(30 * time.Second); r.WarmReady() < 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("no resident cell ready within 30s")
+		}
+	}
+	const n = 20
+	for i := range n {
+		res, err := r.Run(context.Background(), spec)
+		if err != nil || res.Cause != sandbox.CauseOK {
+			t.Fatalf("request %d: %v, cause %s", i, err, res.Cause)
+		}
+	}
+	if hits, misses := r.WarmStats(); hits < n-1 {
+		t.Errorf("%d of %d requests back to back found the resident cell (%d started one), want all but at most one", hits, n, misses)
+	}
+}
+
 // TestConfineResident: successive requests of a route are served by one
 // resident cell (the same PID namespace: the same init), each program in
 // a group of its own, and none finds anything of the request before it:

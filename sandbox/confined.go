@@ -35,12 +35,13 @@ type initProc struct {
 
 	// A resident init (resident.go) runs request after request, each in a
 	// cell of its own: cell is then the init's own group.
-	resident bool
-	born     time.Time // when it was started
-	set      *warmSet  // the set it was taken from, while it serves a request
-	next     Cell      // the next request's cell, its stub started in it (prepareNext), or nil
-	rootRan  bool      // a program ran in it as root: its network namespace is not reused
-	started  bool      // it reported the request's program started (confine.ReportStarted)
+	resident  bool
+	born      time.Time // when it was started
+	set       *warmSet  // the set it was taken from, while it serves a request
+	next      Cell      // the next request's cell, its stub started in it (prepareNext), or nil
+	rootRan   bool      // a program ran in it as root: its network namespace is not reused
+	started   bool      // it reported the request's program started (confine.ReportStarted)
+	returning bool      // on its way back to its set (putBackLater)
 
 	got   []byte          // read from ctl, not yet decoded
 	final *confine.Report // the last report, once read

@@ -46,6 +46,12 @@ import (
 // residentMaxAge is how long a resident init serves requests.
 const residentMaxAge = templateMaxAge
 
+// returnWait bounds how long a request that finds its route's set empty
+// waits for a resident init on its way back (putBackLater) before it
+// starts one of its own: a put back is a few reads and a prepare frame,
+// a start an init and its namespaces.
+const returnWait = 20 * time.Millisecond
+
 // residentFor reports whether the cells of plan are resident: the Runner
 // keeps them (Config.ResidentCells) and the plan may be (a PID namespace
 // of its own, not cells: fresh).
@@ -68,6 +74,28 @@ func (r *Runner) startResident(ctx context.Context, k warmKey) (*initProc, error
 	return ip, nil
 }
 
+// putBackLater puts back a resident init whose request has ended
+// (putBack) off the request's path: the checks and the next request's
+// preparation cost the request nothing. A take that finds the set empty
+// meanwhile waits for it (take, returnWait).
+func (w *warmPool) putBackLater(k warmKey, ip *initProc) {
+	w.mu.Lock()
+	s := ip.set
+	if s == nil || w.ctx.Err() != nil {
+		w.mu.Unlock()
+		w.putBack(k, ip)
+		return
+	}
+	s.returning++
+	ip.returning = true
+	w.returns.Add(1)
+	w.mu.Unlock()
+	go func() {
+		defer w.returns.Done()
+		w.putBack(k, ip)
+	}()
+}
+
 // putBack returns a resident init whose request has ended (its report
 // read) to the key's set, its next request's cell prepared, if the set
 // still wants it and it is younger than residentMaxAge; otherwise it is
@@ -84,6 +112,7 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 		w.r.prepareNext(w.ctx, ip, k.prof)
 	}
 	w.mu.Lock()
+	ip.back()
 	ip.leaveSet()
 	s := w.sets[k]
 	keep = keep && s != nil && w.ctx.Err() == nil
@@ -165,6 +194,22 @@ func (w *warmPool) forget(ip *initProc) {
 	w.mu.Lock()
 	ip.leaveSet()
 	w.mu.Unlock()
+}
+
+// back counts ip out of its set's returning ones, if it was one
+// (putBackLater), and wakes the takes waiting for one. Called with
+// warmPool.mu held.
+func (ip *initProc) back() {
+	if !ip.returning {
+		return
+	}
+	ip.returning = false
+	s := ip.set
+	s.returning--
+	if s.back != nil {
+		close(s.back)
+		s.back = nil
+	}
 }
 
 // leaveSet counts ip out of the set it was taken from, if any. Called

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"log/slog"
 	"os/exec"
 	"testing"
@@ -97,4 +98,56 @@ func TestResidentWanted(t *testing.T) {
 	if taken.wanted(nil) {
 		t.Errorf("a set gone (idle, or the pool closed): wanted")
 	}
+}
+
+// TestAwaitReturn: a take that finds its set empty while a resident init
+// is on its way back waits until that one is back (and counted out of the
+// returning ones), not for its bound; the bound and the request's context
+// end the wait, with no more waits.
+func TestAwaitReturn(t *testing.T) {
+	never := make(chan time.Time)
+	t.Run("back", func(t *testing.T) {
+		w := &warmPool{}
+		s := &warmSet{busy: 1, returning: 1}
+		ip := &initProc{set: s, returning: true}
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			w.mu.Lock()
+			ip.back()
+			ip.leaveSet()
+			w.mu.Unlock()
+		}()
+		w.mu.Lock()
+		got := w.awaitReturn(context.Background(), s, never)
+		returning, busy := s.returning, s.busy
+		w.mu.Unlock()
+		if !got {
+			t.Fatal("awaitReturn: false, want true (the init came back)")
+		}
+		if returning != 0 || busy != 0 || ip.returning {
+			t.Errorf("after the return: returning %d, busy %d, init returning %v; want 0, 0, false", returning, busy, ip.returning)
+		}
+	})
+	t.Run("bound", func(t *testing.T) {
+		w := &warmPool{}
+		over := make(chan time.Time, 1)
+		over <- time.Now()
+		w.mu.Lock()
+		got := w.awaitReturn(context.Background(), &warmSet{returning: 1}, over)
+		w.mu.Unlock()
+		if got {
+			t.Error("awaitReturn past its bound: true, want false")
+		}
+	})
+	t.Run("context", func(t *testing.T) {
+		w := &warmPool{}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		w.mu.Lock()
+		got := w.awaitReturn(ctx, &warmSet{returning: 1}, never)
+		w.mu.Unlock()
+		if got {
+			t.Error("awaitReturn with its context ended: true, want false")
+		}
+	})
 }

@@ -303,7 +303,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	slotUsed := false // that init has it (as its set)
 	k := warmKey{prof, spec.Confine}
 	if spec.Confine != nil && r.keeps(k) {
-		ip, slot = r.warm.take(k)
+		ip, slot = r.warm.take(ctx, k)
 		defer r.warm.kick(k)
 		defer func() {
 			if slot != nil && !slotUsed {
@@ -497,15 +497,15 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			if resident {
 				// The init waits for the next request: the program's cell
 				// ends on its own, and the init goes back to its set, its
-				// next request's cell prepared, unless the program ran as
-				// root.
+				// next request's cell prepared, off the request's path
+				// (putBackLater), unless the program ran as root.
 				initKept = true
 				r.teardowns.run(func() {
 					done(r.empty(cell) == nil)
 					r.cells.Release(cell)
 				})
 				if uid != 0 && !rep.Unclean {
-					r.warm.putBack(k, ip)
+					r.warm.putBackLater(k, ip)
 				} else {
 					r.warm.forget(ip)
 					ip.rootRan = ip.rootRan || uid == 0

@@ -52,9 +52,11 @@ type warmKey struct {
 // warmSet is one route's warm cells. Guarded by warmPool.mu.
 type warmSet struct {
 	ready     []*initProc
-	want      int // target size: 1 to warmPool.sizeFor
-	preparing int // setups in flight
-	busy      int // resident cells taken from the set, serving a request (resident.go)
+	want      int           // target size: 1 to warmPool.sizeFor
+	preparing int           // setups in flight
+	busy      int           // resident cells taken from the set, serving a request (resident.go)
+	returning int           // of those, the ones on their way back (putBackLater)
+	back      chan struct{} // closed when one of those is back, for the takes waiting on it
 	wake      chan struct{}
 	taken     time.Time // the last take
 	missed    time.Time // the last take that found none, or the last shrink
@@ -69,6 +71,7 @@ type warmPool struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+	returns  sync.WaitGroup // putBackLater's
 
 	mu   sync.Mutex
 	sets map[warmKey]*warmSet
@@ -95,14 +98,18 @@ func (w *warmPool) sizeFor(k warmKey) int {
 // set up another one for the same place meanwhile. An init found gone
 // (it died while it waited: killed, or OOM-killed with its tenant), and
 // a resident one older than residentMaxAge, is passed over, its cell
-// ended as a teardown (off the request's path when a slot is free). The
-// refill
-// waits for kick: a setup is mostly CPU, which the request that took the
-// cell needs more until it has its Result.
-func (w *warmPool) take(k warmKey) (ip *initProc, slot *warmSet) {
+// ended as a teardown (off the request's path when a slot is free). A
+// resident route's take that finds none ready while one is on its way
+// back (putBackLater) waits for it, up to returnWait and as long as ctx
+// allows, rather than start an init of its own. The refill waits for
+// kick: a setup is mostly CPU, which the request that took the cell needs
+// more until it has its Result.
+func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *warmSet) {
 	w.mu.Lock()
 	var dead, old []*initProc
-	if s := w.set(k); s != nil {
+	var waited *time.Timer // returnWait, from the first wait on
+	waiting := true        // until returnWait or ctx ends the waits
+	for s := w.set(k); s != nil; s = w.set(k) {
 		now := time.Now()
 		for n := len(s.ready); n > 0 && ip == nil; n-- {
 			ip, s.ready = s.ready[n-1], s.ready[:n-1]
@@ -112,6 +119,14 @@ func (w *warmPool) take(k warmKey) (ip *initProc, slot *warmSet) {
 			case ip.resident && now.Sub(ip.born) >= residentMaxAge:
 				old, ip = append(old, ip), nil
 			}
+		}
+		if ip == nil && s.returning > 0 && waiting {
+			if waited == nil {
+				waited = time.NewTimer(returnWait)
+				defer waited.Stop()
+			}
+			waiting = w.awaitReturn(ctx, s, waited.C)
+			continue
 		}
 		if ip != nil {
 			w.hits.Add(1)
@@ -127,6 +142,7 @@ func (w *warmPool) take(k warmKey) (ip *initProc, slot *warmSet) {
 			}
 		}
 		s.resize(ip != nil, now, w.sizeFor(k))
+		break
 	}
 	w.mu.Unlock()
 	for _, d := range dead {
@@ -136,6 +152,25 @@ func (w *warmPool) take(k warmKey) (ip *initProc, slot *warmSet) {
 		w.r.teardowns.run(func() { w.r.discard(d) })
 	}
 	return ip, slot
+}
+
+// awaitReturn waits until a resident init of s on its way back is back
+// (putBackLater), over fires (returnWait) or ctx ends; false: one of the
+// last two, no more waits. Called with warmPool.mu held, released meanwhile.
+func (w *warmPool) awaitReturn(ctx context.Context, s *warmSet, over <-chan time.Time) bool {
+	if s.back == nil {
+		s.back = make(chan struct{})
+	}
+	back := s.back
+	w.mu.Unlock()
+	defer w.mu.Lock()
+	select {
+	case <-back:
+		return true
+	case <-over:
+	case <-ctx.Done():
+	}
+	return false
 }
 
 // runWarm is Run for a confined Spec when warm cells are kept. A warm
@@ -337,6 +372,7 @@ func (w *warmPool) close() {
 		wakeUp(s.wake)
 	}
 	w.mu.Unlock()
+	w.returns.Wait()
 	w.wg.Wait()
 }
 
