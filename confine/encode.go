@@ -16,7 +16,7 @@ const MaxLaunch = 4 << 20
 // launchMagic starts every plan frame, so that an init started by
 // something else than a Runner, or of another version, fails with a clear
 // error.
-const launchMagic = "CGL4"
+const launchMagic = "CGL5"
 
 // The init reads two frames on ControlFD, each a little-endian uint32
 // length and that many bytes: the plan (applied at once, then the init
@@ -30,7 +30,7 @@ const launchMagic = "CGL4"
 // a string a u32 length and its bytes, a list a u32 count and its entries.
 // The plan frame's body:
 //
-//	"CGL4"
+//	"CGL5"
 //	u32 namespaces (Namespaces: mount 1, pid 2, ipc 4, uts 8, net 16)
 //	u32 flags (planSeccomp, planPreloader, planHugePages, planResident)
 //	u64 nofile

@@ -1605,16 +1605,14 @@ func childrenOf(t *testing.T) []int {
 	return out
 }
 
-// TestResidentBackToBack: a request that comes as soon as the one before
-// it has its Result finds the resident cell that served that one, on its
-// way back to its set (putBackLater): requests back to back are served by
-// the route's one resident init, not each by an init of its own started
-// because the last one's was not back yet.
-func TestResidentBackToBack(t *testing.T) {
+// residentRunner is a Runner keeping one resident cell of a fully
+// confined plan (as serve runs them: mount templates, the init spawner),
+// ready, and the plan.
+func residentRunner(t *testing.T) (*sandbox.Runner, *confine.Prepared) {
+	t.Helper()
 	cellgateBin(t) // the init is beside it
 	r := newConfinedEnv(t, sandbox.Config{ResidentCells: 1, MountTemplates: true, InitSpawner: true})
-	noop := noopBinary(t)
-	plan, err := confine.Build(confine.Options{Programs: filepath.Dir(noop)}, confine.OSFS{})
+	plan, err := confine.Build(confine.Options{Programs: filepath.Dir(noopBinary(t))}, confine.OSFS{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1622,13 +1620,23 @@ func TestResidentBackToBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec := sandbox.Spec{Path: noop, Confine: prep}
 	r.Warm(nil, prep)
 	for end := time.Now().Add(30 * time.Second); r.WarmReady() < 1; time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(end) {
 			t.Fatal("no resident cell ready within 30s")
 		}
 	}
+	return r, prep
+}
+
+// TestResidentBackToBack: a request that comes as soon as the one before
+// it has its Result finds the resident cell that served that one, on its
+// way back to its set (putBackLater): requests back to back are served by
+// the route's one resident init, not each by an init of its own started
+// because the last one's was not back yet.
+func TestResidentBackToBack(t *testing.T) {
+	r, prep := residentRunner(t)
+	spec := sandbox.Spec{Path: noopBinary(t), Confine: prep}
 	const n = 20
 	for i := range n {
 		res, err := r.Run(context.Background(), spec)
@@ -1638,6 +1646,128 @@ func TestResidentBackToBack(t *testing.T) {
 	}
 	if hits, misses := r.WarmStats(); hits < n-1 {
 		t.Errorf("%d of %d requests back to back found the resident cell (%d started one), want all but at most one", hits, n, misses)
+	}
+}
+
+// stubOf returns the pid of the one process a resident init started
+// ahead for its next request (a child of the init of a PID namespace, in
+// that namespace, while no request runs), waiting for it up to 10 s.
+func stubOf(t *testing.T) int {
+	t.Helper()
+	// status returns pid's parent and its pid in its own PID namespace.
+	status := func(pid string) (ppid, nspid string) {
+		b, _ := os.ReadFile("/proc/" + pid + "/status")
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "PPid:"); ok {
+				ppid = strings.TrimSpace(v)
+			}
+			if v, ok := strings.CutPrefix(l, "NSpid:"); ok && len(strings.Fields(v)) > 1 {
+				f := strings.Fields(v)
+				nspid = f[len(f)-1]
+			}
+		}
+		return ppid, nspid
+	}
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		var stubs []int
+		dirs, _ := os.ReadDir("/proc")
+		for _, d := range dirs {
+			pid, err := strconv.Atoi(d.Name())
+			if err != nil {
+				continue
+			}
+			ppid, nspid := status(d.Name())
+			if _, parent := status(ppid); nspid != "" && nspid != "1" && parent == "1" {
+				stubs = append(stubs, pid)
+			}
+		}
+		if len(stubs) == 1 {
+			return stubs[0]
+		}
+	}
+	t.Fatal("no single process started ahead by a resident init within 10 s")
+	return 0
+}
+
+// TestResidentStubGone: the process a resident cell started ahead for the
+// next request dies (its group's OOM kill, here a SIGKILL): while it
+// waits, the request passes over the cell; after its exec frame was sent
+// and before it took it, nothing ran, and the request runs once more on
+// another cell. Either way the request is served, once.
+func TestResidentStubGone(t *testing.T) {
+	gone := func(pid int) {
+		unix.Kill(pid, unix.SIGKILL)
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
+				return
+			}
+		}
+		t.Fatalf("the killed process %d was not reaped by its init", pid)
+	}
+	for _, tc := range []struct {
+		name      string
+		inHandOff bool
+	}{
+		{"killed while waiting", false},
+		{"killed after the hand-off", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, prep := residentRunner(t)
+			stub := stubOf(t)
+			if !tc.inHandOff {
+				gone(stub)
+			}
+			var out bytes.Buffer
+			starts := 0
+			res, err := r.Run(context.Background(), sandbox.Spec{
+				Path: "/bin/cat", Confine: prep, Stdin: strings.NewReader("abcde"), Stdout: &out,
+				Started: func(string) {
+					if starts++; starts == 1 && tc.inHandOff {
+						// Stopped, it cannot take the frame, which the
+						// kernel holds for it; killed once the frame is
+						// sent.
+						unix.Kill(stub, unix.SIGSTOP)
+						go func() {
+							time.Sleep(300 * time.Millisecond)
+							unix.Kill(stub, unix.SIGKILL)
+						}()
+					}
+				},
+			})
+			if err != nil || res.Cause != sandbox.CauseOK || out.String() != "abcde" {
+				t.Fatalf("Run: %v, cause %s, output %q; want the request served with its body", err, res.Cause, out.String())
+			}
+			wantStarts := 1
+			if tc.inHandOff {
+				wantStarts = 2
+			}
+			if starts != wantStarts {
+				t.Errorf("%d starts, want %d", starts, wantStarts)
+			}
+		})
+	}
+}
+
+// TestResidentExecFails: a program the process started ahead cannot
+// execute fails its request with the errno (nothing ran), and the
+// resident cell serves the next request.
+func TestResidentExecFails(t *testing.T) {
+	r, prep := residentRunner(t)
+	notExec := filepath.Join(filepath.Dir(noopBinary(t)), "not-executable")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.Run(context.Background(), sandbox.Spec{Path: notExec, Confine: prep})
+	if !errors.Is(err, sandbox.ErrSpawn) || !errors.Is(err, unix.EACCES) {
+		t.Fatalf("Run of a file without x: %v, want ErrSpawn and EACCES", err)
+	}
+	hits, _ := r.WarmStats()
+	res, err := r.Run(context.Background(), sandbox.Spec{Path: noopBinary(t), Confine: prep})
+	if err != nil || res.Cause != sandbox.CauseOK {
+		t.Fatalf("the next request: %v, cause %s", err, res.Cause)
+	}
+	if after, _ := r.WarmStats(); after != hits+1 {
+		t.Errorf("the next request did not find the resident cell (%d hits before, %d after)", hits, after)
 	}
 }
 

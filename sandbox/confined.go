@@ -39,6 +39,7 @@ type initProc struct {
 	born      time.Time // when it was started
 	set       *warmSet  // the set it was taken from, while it serves a request
 	next      Cell      // the next request's cell, its stub started in it (prepareNext), or nil
+	stub      int       // with next: the daemon's end of the stub's socket
 	rootRan   bool      // a program ran in it as root: its network namespace is not reused
 	started   bool      // it reported the request's program started (confine.ReportStarted)
 	returning bool      // on its way back to its set (putBackLater)
@@ -208,19 +209,25 @@ func (ip *initProc) endNetns(r *Runner, reusable bool) {
 	ip.netns = -1
 }
 
-// send writes a frame, the fds attached to its first bytes.
+// send writes a frame to the init, the fds attached to its first bytes.
 func (ip *initProc) send(frame []byte, fds []int) error {
+	return sendFrame(ip.ctl, frame, fds, "the cell's init")
+}
+
+// sendFrame writes a frame on the socket fd, to whom, the fds attached to
+// its first bytes.
+func sendFrame(fd int, frame []byte, fds []int, whom string) error {
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
 	for len(frame) > 0 {
-		n, err := unix.SendmsgN(ip.ctl, frame, oob, nil, unix.MSG_NOSIGNAL)
+		n, err := unix.SendmsgN(fd, frame, oob, nil, unix.MSG_NOSIGNAL)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("send to the cell's init: %w", err)
+			return fmt.Errorf("send to %s: %w", whom, err)
 		}
 		frame, oob = frame[n:], nil
 	}
@@ -242,8 +249,10 @@ func (ip *initProc) worker() (*worker, error) {
 // exec sends the request's part: argv, environment, credentials and the
 // program's stdin, stdout and stderr, and group, when not nil, the cell a
 // resident init clones the program into (nil: it was prepared, or the
-// init is in the request's cell).
-func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File, group Cell) error {
+// init is in the request's cell). It goes to the init, or, stub >= 0, to
+// the process a resident init started ahead in the request's prepared
+// cell, on its own socket.
+func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File, group Cell, stub int) error {
 	frame, err := confine.EncodeExec(&confine.Exec{
 		Path: spec.Path, Args: spec.Args, Env: spec.Env, Dir: spec.Dir,
 		Credential: confine.Credential{UID: cred.Uid, GID: cred.Gid, Groups: cred.Groups},
@@ -267,6 +276,9 @@ func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File
 		}
 		fds = append(fds, group.FD())
 	}
+	if stub >= 0 {
+		return sendFrame(stub, frame, fds, "the process started ahead in the request's cell")
+	}
 	return ip.send(frame, fds)
 }
 
@@ -286,17 +298,23 @@ func refused(err error) bool {
 	return errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET)
 }
 
-// gone reports whether the init's end of the control socket is closed (the
-// init has exited), without blocking: a warm init sends nothing between
-// its ready report and the exec frame.
+// gone reports, without blocking, whether the init has exited (its end
+// of the control socket is closed) or sent a report while it waited for
+// a request (a warm init sends none between its ready report and the
+// exec frame; a resident one none before the end of the process it
+// started ahead for the next request), or whether that process has
+// ended (its socket's other end is closed).
 func (ip *initProc) gone() bool {
-	fds := []unix.PollFd{{Fd: int32(ip.ctl), Events: unix.POLLRDHUP}}
+	fds := []unix.PollFd{{Fd: int32(ip.ctl), Events: unix.POLLIN | unix.POLLRDHUP}}
+	if ip.next != nil {
+		fds = append(fds, unix.PollFd{Fd: int32(ip.stub), Events: unix.POLLRDHUP})
+	}
 	for {
 		n, err := unix.Poll(fds, 0)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
-		return err == nil && n > 0 && fds[0].Revents&(unix.POLLHUP|unix.POLLRDHUP|unix.POLLERR) != 0
+		return err == nil && n > 0
 	}
 }
 

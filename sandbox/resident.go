@@ -2,11 +2,15 @@ package sandbox
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/confine"
+	"golang.org/x/sys/unix"
 )
 
 // Resident cells. A warm cell moves its setup (the init's start, its
@@ -21,7 +25,8 @@ import (
 // namespace of the program's own; the init runs under
 // confine.ResidentFilter, and the program adds a rule refusing clone3
 // before its execve. The program's process is started ahead, in the next
-// request's cell, when the init is put back (prepareNext). When the
+// request's cell, when the init is put back (prepareNext), and takes the
+// request's exec frame from the daemon itself. When the
 // program has ended the init ends
 // every other process of its PID namespace and empties the private tmpfs
 // (as every init does, finish), reports, and waits for the next request;
@@ -109,7 +114,7 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	keep := quiet && ip.wanted(w.sets[k]) && w.ctx.Err() == nil && time.Since(ip.born) < residentMaxAge
 	w.mu.Unlock()
 	if keep && ip.next == nil {
-		w.r.prepareNext(w.ctx, ip, k.prof)
+		keep = w.r.prepareNext(w.ctx, ip, k.prof)
 	}
 	w.mu.Lock()
 	ip.back()
@@ -155,24 +160,78 @@ func (ip *initProc) netQuiet(plan *confine.Prepared) bool {
 }
 
 // prepareNext gives a resident init the next request's cell ahead of it
-// (a prepare frame: no body, the cell's group), in which the init starts
-// that request's stub (the program's process before its execve: cloned
-// into the group, its IPC namespace made, its filter loaded), so that the
-// request pays a hand-off and an execve, as with a warm cell. A cell not
-// to be had (the pool failing) leaves the init without one: its next
-// request brings its cell with its exec frame.
-func (r *Runner) prepareNext(ctx context.Context, ip *initProc, prof *cgroup.Profile) {
+// (a prepare frame: no body, the cell's group and a socket's end), in
+// which the init starts that request's stub (the program's process
+// before its execve: cloned into the group, its IPC namespace made, its
+// filter loaded), waiting on the socket: the request's exec frame goes
+// to the stub itself, on the socket's other end, so that the request
+// pays a hand-off and an execve, as with a warm cell, and no wakeup of
+// the init. The socket is made here, in the daemon's network namespace:
+// it counts in none of a cell's. A cell not to be had (the pool failing)
+// leaves the init without one: its next request brings its cell with its
+// exec frame. An init that cannot start a stub reports so and exits, and
+// the next take finds it gone. false: the frame could not be sent (the
+// init is gone).
+func (r *Runner) prepareNext(ctx context.Context, ip *initProc, prof *cgroup.Profile) bool {
 	cell, err := r.cells.Get(ctx, prof)
 	if err != nil {
-		return
+		return true
 	}
-	if cell.FD() < 0 || ip.send(make([]byte, 4), []int{cell.FD()}) != nil {
-		// A send that failed: the init is gone, which its next take or
-		// hand-off finds.
+	sv, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil || cell.FD() < 0 {
+		if err == nil {
+			unix.Close(sv[0])
+			unix.Close(sv[1])
+		}
 		r.cells.Release(cell)
-		return
+		return true
 	}
-	ip.next = cell
+	err = ip.send(make([]byte, 4), []int{cell.FD(), sv[1]})
+	unix.Close(sv[1])
+	if err != nil {
+		unix.Close(sv[0])
+		r.cells.Release(cell)
+		return false
+	}
+	ip.next, ip.stub = cell, sv[0]
+	return true
+}
+
+// stubTook reads, once the init has reported the end of the process it
+// started ahead in the request's cell, what that process wrote on its
+// socket, and closes it: its byte, if it took the exec frame (from then
+// on the program may have run), and the errno of a failed execve after
+// it. took is false only when the socket was closed with nothing on it,
+// and, if the process did not read all of the frame, ECONNRESET first:
+// the process ended before it took the frame (its group's OOM kill, a
+// kill), and nothing of the request ran.
+func stubTook(stub int) (took bool, errno syscall.Errno) {
+	defer unix.Close(stub)
+	var b [8]byte
+	got := 0
+	for got < len(b) {
+		n, _, err := unix.Recvfrom(stub, b[got:], unix.MSG_DONTWAIT)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.ECONNRESET) && got == 0 {
+			return false, 0 // closed with the frame (some of it) unread
+		}
+		if err != nil || n == 0 {
+			if err != nil && got == 0 {
+				return true, 0 // not known to be unread: as if it ran
+			}
+			break
+		}
+		got += n
+	}
+	if got == 0 {
+		return false, 0
+	}
+	if got >= 5 {
+		errno = syscall.Errno(binary.NativeEndian.Uint32(b[1:5]))
+	}
+	return true, errno
 }
 
 // endNext ends the cell prepared for an ended init's next request (its
@@ -181,6 +240,7 @@ func (r *Runner) endNext(ip *initProc) {
 	if ip.next == nil {
 		return
 	}
+	unix.Close(ip.stub)
 	if err := r.empty(ip.next); err != nil {
 		r.log.Error("resident cell's prepared cell did not empty", "cell", ip.next.Path(), "err", err)
 	}

@@ -317,12 +317,19 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	// in the request's cell.
 	resident := spec.Confine != nil && r.residentFor(spec.Confine)
 	var cell Cell
-	prepared := false
+	prepared := false // the program's process started ahead in cell (its stub)
+	stub := -1        // the daemon's end of the stub's socket, until read (stubTook)
+	defer func() {
+		if stub >= 0 {
+			unix.Close(stub)
+		}
+	}()
 	switch {
 	case ip != nil && !resident:
 		cell = ip.cell
 	case ip != nil && ip.next != nil:
 		cell, ip.next, prepared = ip.next, nil, true
+		stub, ip.stub = ip.stub, -1
 	}
 	if cell == nil {
 		if cell, err = r.cells.Get(ctx, prof); err != nil {
@@ -344,7 +351,8 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		switch {
 		case ip != nil && resident:
 			if prepared { // its stub waits in it still
-				ip.next, released = cell, true
+				ip.next, ip.stub, released = cell, stub, true
+				stub = -1
 			}
 			r.warm.putBack(k, ip)
 		case ip != nil:
@@ -423,6 +431,12 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	}
 
 	kl := &killer{cell: cell, w: w, log: r.log}
+	if prepared {
+		// The program's process is in its cell already (started
+		// ahead): an end kills the cell, not the init, which then
+		// reports the end (resident.go; started below).
+		kl.spare(r.emptyWait)
+	}
 	timeout := spec.Timeout
 	if timeout <= 0 {
 		timeout = r.timeout
@@ -444,14 +458,14 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		if prepared || !resident {
 			group = nil
 		}
-		launchErr = ip.exec(&spec, id.cred, st.child, group)
+		launchErr = ip.exec(&spec, id.cred, st.child, group, stub)
 		st.started()
 		if launchErr != nil {
 			kl.kill(CauseKilled)
 		}
 	}
 	var started func()
-	if resident {
+	if resident && !prepared {
 		// A resident init outlives the request: once the program is in
 		// its cell, an end kills the cell, not the init, which then
 		// reports the program's end (until then, the init: its PID
@@ -466,6 +480,15 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			// its namespaces), the cell's emptying and release and the
 			// uid's return follow off the request's path (teardown.go).
 			killedBy := disarm()
+			if prepared {
+				took, errno := stubTook(stub)
+				stub = -1
+				if (!took && killedBy == "") || errno != 0 {
+					return r.notTaken(k, ip, cell, &spec, st, rep, &initKept, &keepUID, errno)
+				}
+				// A process killed before it took the frame ends the
+				// request as a kill after its start would.
+			}
 			if spec.Confine.Plan().Namespaces&confine.NSPID == 0 {
 				cell.Kill() // what the program left, outside a PID namespace
 			}
@@ -573,14 +596,6 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	if ip != nil {
 		rep, ok := ip.report()
 		switch {
-		case ok && prepared && rep.Kind == confine.ReportSpawn && rep.Errno == int32(unix.ESTALE) && killedBy != CauseDeadline:
-			// The request's process started ahead in its cell was gone
-			// before it had the frame (that cell's OOM kill): nothing
-			// ran, and the cell's events are not the request's; runWarm
-			// runs it again on another cell.
-			st.abort()
-			err := fmt.Errorf("%w: %w", errInitGone, notRun(rep, &spec, cell))
-			return Result{}, errors.Join(append([]error{err}, errs...)...)
 		case ok && rep.Kind != confine.ReportExited:
 			return Result{}, errors.Join(append([]error{notRun(rep, &spec, cell)}, errs...)...)
 		case launchErr != nil:
@@ -600,6 +615,39 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		}
 	}
 	return ended(exit, killedBy, usage, start, wall, id.uid, unenforced, w), errors.Join(errs...)
+}
+
+// notTaken ends a request whose program's process, started ahead in its
+// cell by the resident init ip (prepareNext), never ran the program: it
+// ended before it took the exec frame (errno 0: its group's OOM kill, or
+// its tenant's; that group's events are not the request's, and runWarm
+// runs the request once more on another cell), or its execve failed
+// (errno). The init has reaped it and reported (rep); it goes back to
+// its set, the cell is emptied (the uid returns with it, as the caller's
+// defers do).
+func (r *Runner) notTaken(k warmKey, ip *initProc, cell Cell, spec *Spec, st *streams, rep confine.Report, initKept, keepUID *bool, errno syscall.Errno) (Result, error) {
+	*initKept = true
+	if rep.Unclean {
+		r.warm.forget(ip)
+		r.teardowns.run(func() { r.discard(ip) })
+	} else {
+		r.warm.putBackLater(k, ip)
+	}
+	var errs []error
+	if err := r.empty(cell); err != nil {
+		*keepUID = true
+		errs = append(errs, err)
+	}
+	if errno == 0 {
+		st.abort()
+		err := fmt.Errorf("%w: %w: in cell %s: the program's process started ahead ended before it took the request", errInitGone, ErrSpawn, cell.Path())
+		return Result{}, errors.Join(append([]error{err}, errs...)...)
+	}
+	if err := st.wait(r.streamGrace); err != nil {
+		errs = append(errs, err)
+	}
+	err := notRun(confine.Report{Kind: confine.ReportSpawn, Errno: int32(errno)}, spec, cell)
+	return Result{}, errors.Join(append([]error{err}, errs...)...)
 }
 
 // usageOf is what a cell used once its program has ended: the wall time

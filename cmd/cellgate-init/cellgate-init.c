@@ -379,7 +379,7 @@ struct plan {
 
 static int decode_plan(const unsigned char *b, uint32_t len, struct plan *p)
 {
-	if (len < 4 || memcmp(b, "CGL4", 4) != 0)
+	if (len < 4 || memcmp(b, "CGL5", 4) != 0)
 		return fail(0, "plan frame: bad magic (the init must be started by cellgate's sandbox, of the same version)");
 	struct decoder d = {.b = b + 4, .n = len - 4};
 	memset(p, 0, sizeof *p);
@@ -1031,23 +1031,23 @@ static pid_t start_resident(const struct exec *e, int fds[3], const sigset_t *un
 }
 
 /* A resident init's stub is the next request's process started ahead:
- * cloned into the group the daemon gives for that request (a prepare
- * frame: no body, that group's descriptor), with its own IPC namespace
- * and its no_clone3 rule loaded on top of the init's filter, it waits on
- * a socket for the exec frame, which the init passes on with the
- * program's streams. The request then pays the hand-off and the execve,
- * as with a warm cell; the clone into a group never used and the IPC
- * namespace are paid between requests. */
-struct stub {
-	pid_t pid; /* 0: none */
-	int ctl;   /* the init's end of the stub's socket */
-	int cg;    /* the prepared group (to clone into if the stub is gone), or -1 */
-};
+ * cloned into the group the daemon gives for that request, with its own
+ * IPC namespace and its no_clone3 rule loaded on top of the init's
+ * filter, it waits on a socket the daemon made and sent with that group
+ * (a prepare frame: no body, the group and the socket): the daemon sends
+ * the exec frame, with the program's streams, to the stub itself, and
+ * the init reaps the stub, which becomes the program, as it reaps a
+ * program. The request then pays a hand-off and the execve, and no
+ * wakeup of the init; the clone into a group never used and the IPC
+ * namespace are paid between requests. The socket is the daemon's, of
+ * its network namespace: nothing of it counts in the cell's. */
 
 /* stub_main is the stub: it acknowledges the exec frame with one byte
- * (from then on the program may run: the init never starts another for
- * the request), then executes it; a failure's errno follows the byte. */
-static void stub_main(int ctl, const sigset_t *unblocked, const struct plan *p)
+ * (the daemon, reading the socket after the stub's end, tells from it
+ * whether the request's program may have run), drops the signals
+ * forwarded to it while it waited (they are not the program's), then
+ * executes the program; a failure's errno follows the byte. */
+static void stub_main(int ctl, const sigset_t *set, const sigset_t *unblocked, const struct plan *p)
 {
 	if (dup2(ctl, CONTROL_FD) < 0 || fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) < 0 ||
 	    syscall(SYS_close_range, CONTROL_FD + 1, ~0U, 0) < 0)
@@ -1065,105 +1065,29 @@ static void stub_main(int ctl, const sigset_t *unblocked, const struct plan *p)
 	char ack = 1;
 	if (write(ctl, &ack, 1) != 1)
 		_exit(EXIT_SPAWN);
+	struct timespec now = {0, 0};
+	while (sigtimedwait(set, NULL, &now) > 0)
+		;
 	int err = high_fds(&e, fds) < 0 ? err_no : exec_child(&e, fds, unblocked, NULL);
 	while (write(ctl, &err, sizeof err) < 0 && errno == EINTR)
 		;
 	_exit(EXIT_SPAWN);
 }
 
-/* prepare_stub starts a stub in the group cg, which it keeps. Where the
- * stub cannot be started, the exec frame that follows is refused. */
-static void prepare_stub(struct stub *s, int cg, const sigset_t *unblocked, const struct plan *p)
+/* prepare_stub starts a stub in the group cg waiting on sock, and returns
+ * its pid, or -1. */
+static pid_t prepare_stub(int cg, int sock, const sigset_t *set, const sigset_t *unblocked, const struct plan *p)
 {
-	s->cg = cg;
-	int sv[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-		return;
 	struct clone_args_v2 a = {
 	    .flags = CLONE_INTO_CGROUP | ((p->ns & NS_IPC) ? CLONE_NEWIPC : 0),
 	    .exit_signal = SIGCHLD,
 	    .cgroup = (uint64_t)cg};
 	long pid = syscall(SYS_clone3, &a, sizeof a);
-	if (pid == 0) {
-		close(sv[0]);
-		stub_main(sv[1], unblocked, p);
-	}
-	close(sv[1]);
-	if (pid < 0) {
-		close(sv[0]);
-		return;
-	}
-	s->pid = (pid_t)pid;
-	s->ctl = sv[0];
-}
-
-/* send_all sends b on fd, fds (if any) with its first bytes. */
-static int send_all(int fd, const unsigned char *b, size_t n, const int *fds, int nfds)
-{
-	union {
-		struct cmsghdr align;
-		char buf[CMSG_SPACE(sizeof(int) * MAX_FRAME_FDS)];
-	} oob;
-	struct iovec iov = {.iov_base = (void *)b, .iov_len = n};
-	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
-	if (nfds > 0) {
-		msg.msg_control = oob.buf;
-		msg.msg_controllen = CMSG_SPACE(sizeof(int) * nfds);
-		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
-		c->cmsg_level = SOL_SOCKET;
-		c->cmsg_type = SCM_RIGHTS;
-		c->cmsg_len = CMSG_LEN(sizeof(int) * nfds);
-		memcpy(CMSG_DATA(c), fds, sizeof(int) * nfds);
-	}
-	while (n > 0) {
-		ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		n -= w;
-		iov.iov_base = (char *)iov.iov_base + w, iov.iov_len = n;
-		msg.msg_control = NULL, msg.msg_controllen = 0;
-	}
-	return 0;
-}
-
-/* hand_to_stub passes the exec frame (body) and the program's streams to
- * the stub. It returns the program's pid; 0 when the stub is gone
- * before it had the frame (nothing ran); -1 when the program could not be
- * executed. */
-static pid_t hand_to_stub(struct stub *s, const unsigned char *body, uint32_t len, const int fds[3], const char *path)
-{
-	pid_t pid = s->pid;
-	int ctl = s->ctl;
-	s->pid = 0, s->ctl = -1;
-	unsigned char hdr[4];
-	put32(hdr, len);
-	int ok = send_all(ctl, hdr, sizeof hdr, fds, 3) == 0 && send_all(ctl, body, len, NULL, 0) == 0;
-	char ack = 0;
-	ssize_t n = 0;
-	if (ok) {
-		while ((n = read(ctl, &ack, 1)) < 0 && errno == EINTR)
-			;
-		ok = n == 1;
-	}
-	if (!ok) {
-		close(ctl);
-		kill(pid, SIGKILL);
-		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-			;
-		return 0;
-	}
-	int err = 0;
-	while ((n = read(ctl, &err, sizeof err)) < 0 && errno == EINTR)
-		;
-	close(ctl);
-	if (n == sizeof err) {
-		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-			;
-		return fail(err, "fork/exec %s", path);
-	}
-	return pid;
+	if (pid == 0)
+		stub_main(sock, set, unblocked, p);
+	if (pid < 0)
+		return fail(errno, "clone3 of the next request's process into its group");
+	return (pid_t)pid;
 }
 
 /* reap waits for the program, forwarding signals to it and reaping every
@@ -1321,14 +1245,15 @@ static int finish(const struct plan *p)
 }
 
 /* init_main is the cell's init (confine.Init). A resident init
- * (PLAN_RESIDENT) runs one program per exec frame, each in a group of the
+ * (PLAN_RESIDENT) runs one program per request, each in a group of the
  * request's own, and after each report waits for the next frame: the
  * cell's view, namespaces and init serve request after request, finish
- * having ended what each program left. The request's group comes either
- * with its exec frame (a fourth descriptor: the program is cloned into it
- * then) or ahead of it in a prepare frame (no body, one descriptor: a stub
- * is started in it, and the exec frame that follows, with three
- * descriptors, is passed on to the stub). */
+ * having ended what each program left. A request's group comes either
+ * with its exec frame (a fourth descriptor: the program is cloned into
+ * it then, and R_STARTED says so) or ahead of it in a prepare frame (no
+ * body, two descriptors: a stub is started in the group, waiting on the
+ * socket, to which the daemon sends the exec frame itself; the init
+ * reaps the stub, which becomes the program, as it reaps a program). */
 static int init_main(void)
 {
 	struct plan p;
@@ -1343,11 +1268,10 @@ static int init_main(void)
 	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, 0, "") < 0)
 		return EXIT_SETUP;
 	int resident = !!(p.flags & PLAN_RESIDENT);
-	struct stub st = {0, -1, -1};
 	for (;;) {
 		uint32_t len;
 		int fds[4], got;
-		unsigned char *body = read_frames(CONTROL_FD, resident ? 1 : 3, resident ? 4 : 3, fds, &got, &len);
+		unsigned char *body = read_frames(CONTROL_FD, resident ? 2 : 3, resident ? 4 : 3, fds, &got, &len);
 		if (!body) {
 			if (len == 0)
 				return 0; /* a prepared cell that was never used, or no next request */
@@ -1356,56 +1280,48 @@ static int init_main(void)
 			prefix(w);
 			return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
 		}
-		/* prepare: one descriptor, no body, none prepared; exec: three
-		 * into the prepared group, or four without one. */
-		int prepared = st.cg >= 0;
-		if (resident && (got == 2 || (got == 1) != (len == 0) || (got == 1 && prepared) ||
-				 (got == 3 && !prepared) || (got == 4 && prepared))) {
+		/* prepare: two descriptors, no body; exec: four. */
+		if (resident && !(got == 2 ? len == 0 : got == 4)) {
 			free(body);
-			fail(0, "a frame of %u bytes with %d descriptors, a group %s prepared", len, got, st.cg >= 0 ? "already" : "not");
+			for (int i = 0; i < got; i++)
+				close(fds[i]);
+			fail(0, "a frame of %u bytes with %d descriptors: want a prepare frame (none, 2) or an exec frame (4)", len, got);
 			return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
 		}
-		if (got == 1) {
-			free(body);
-			prepare_stub(&st, fds[0], &old, &p);
-			continue;
-		}
-		struct exec e;
-		int decoded = decode_exec(body, len, &e);
 		pid_t pid = -1;
-		if (decoded == 0 && resident) {
-			/* A signal forwarded while no program ran is not the
-			 * next program's. */
-			struct timespec now = {0, 0};
-			while (sigtimedwait(&set, NULL, &now) > 0)
-				;
-			if (got == 4) {
+		if (got == 2) {
+			/* Where no stub can be started, the init ends: the daemon
+			 * finds it gone when it takes the cell. */
+			free(body);
+			pid = prepare_stub(fds[0], fds[1], &set, &old, &p);
+			close(fds[0]);
+			close(fds[1]);
+			if (pid < 0)
+				return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
+		} else {
+			struct exec e;
+			int decoded = decode_exec(body, len, &e);
+			if (decoded == 0 && resident) {
+				/* A signal forwarded while no program ran is not the
+				 * next program's. */
+				struct timespec now = {0, 0};
+				while (sigtimedwait(&set, NULL, &now) > 0)
+					;
 				pid = start_resident(&e, fds, &old, fds[3], &p);
-			} else if ((pid = st.pid > 0 ? hand_to_stub(&st, body, len, fds, e.path) : 0) == 0) {
-				/* The stub is gone before it had the frame (its group's
-				 * OOM kill), or was never started (its clone refused):
-				 * that group's events are not the request's. Nothing
-				 * ran; the daemon runs the request elsewhere. */
-				fail(ESTALE, "the request's process started ahead in its cell is gone");
-				pid = -1;
+				/* From the report on, the daemon ends the program by
+				 * its group alone: it is in it. */
+				if (pid > 0)
+					report_on(CONTROL_FD, R_STARTED, 0, 0, 0, 0, "");
+			} else if (decoded == 0) {
+				pid = start(&e, fds, &old);
 			}
-			if (st.cg >= 0) {
-				close(st.cg);
-				st.cg = -1;
-			}
-			/* From the report on, the daemon ends the program by its
-			 * group alone: it is in it. */
-			if (pid > 0)
-				report_on(CONTROL_FD, R_STARTED, 0, 0, 0, 0, "");
-		} else if (decoded == 0) {
-			pid = start(&e, fds, &old);
+			free(body);
+			free_exec(&e);
+			for (int i = 0; i < got; i++)
+				close(fds[i]);
+			if (pid < 0)
+				return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
 		}
-		free(body);
-		free_exec(&e);
-		for (int i = 0; i < got; i++)
-			close(fds[i]);
-		if (pid < 0)
-			return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
 		int32_t code = 0, sig = 0;
 		err_msg[0] = 0;
 		reap(pid, &set, &code, &sig);
