@@ -1610,9 +1610,15 @@ func childrenOf(t *testing.T) []int {
 // ready, and the plan.
 func residentRunner(t *testing.T) (*sandbox.Runner, *confine.Prepared) {
 	t.Helper()
+	return residentRunnerOf(t, filepath.Dir(noopBinary(t)))
+}
+
+// residentRunnerOf is residentRunner with the route's programs in dir.
+func residentRunnerOf(t *testing.T, dir string) (*sandbox.Runner, *confine.Prepared) {
+	t.Helper()
 	cellgateBin(t) // the init is beside it
 	r := newConfinedEnv(t, sandbox.Config{ResidentCells: 1, MountTemplates: true, InitSpawner: true})
-	plan, err := confine.Build(confine.Options{Programs: filepath.Dir(noopBinary(t))}, confine.OSFS{})
+	plan, err := confine.Build(confine.Options{Programs: dir}, confine.OSFS{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1646,6 +1652,53 @@ func TestResidentBackToBack(t *testing.T) {
 	}
 	if hits, misses := r.WarmStats(); hits < n-1 {
 		t.Errorf("%d of %d requests back to back found the resident cell (%d started one), want all but at most one", hits, n, misses)
+	}
+}
+
+// TestResidentProgramUnderTmp: a route whose program lies below a
+// directory that is a private tmpfs in the cell (/tmp) has the
+// directories leading to it in that tmpfs, the view's own, not a
+// request's leftovers: its resident cell serves request after request
+// (it was ended after each as unclean), and what a request leaves beside
+// them is still gone for the next.
+func TestResidentProgramUnderTmp(t *testing.T) {
+	dir, err := os.MkdirTemp("/tmp", "cellgate-programs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	// Below a directory of its own: /tmp's entry is then a directory
+	// the init made in the cell's tmpfs, not the bind's mount point.
+	dir = filepath.Join(dir, "bin")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	noop := filepath.Join(dir, "noop")
+	if err := os.WriteFile(noop, noopELF(), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	r, prep := residentRunnerOf(t, dir)
+	const n = 10
+	for i := range n {
+		res, err := r.Run(context.Background(), sandbox.Spec{Path: noop, Confine: prep})
+		if err != nil || res.Cause != sandbox.CauseOK {
+			t.Fatalf("request %d: %v, cause %s", i, err, res.Cause)
+		}
+	}
+	if hits, misses := r.WarmStats(); hits < n-1 {
+		t.Errorf("%d of %d requests found the resident cell (%d started one), want all but at most one", hits, n, misses)
+	}
+	// A file left in /tmp beside the program's directories is the
+	// request's: gone for the next one.
+	sh := sandbox.Spec{Path: "/bin/sh", Args: []string{"sh", "-c", "test ! -e /tmp/left && echo x > /tmp/left && echo ok"}, Env: []string{"PATH=/usr/bin:/bin"}, Confine: prep}
+	for i := range 2 {
+		var out bytes.Buffer
+		sh.Stdout = &out
+		res, err := r.Run(context.Background(), sh)
+		if err != nil || res.Cause != sandbox.CauseOK || out.String() != "ok\n" {
+			t.Errorf("request %d leaving /tmp/left: %v, cause %s, output %q (the last request's file left?)", i, err, res.Cause, out.String())
+		}
 	}
 }
 

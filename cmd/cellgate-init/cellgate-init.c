@@ -1178,21 +1178,97 @@ static void wipe(const char *target)
 	wipe_at(fd, st.st_dev, WIPE_DEPTH);
 }
 
-/* tmpfs_empty reports whether the tmpfs at target holds nothing but its
- * root, from one statfs instead of a walk (confine's tmpfsEmpty says how
- * tmpfs counts; every error is towards a walk). A tmpfs without an inode
- * limit (f_files 0), or anything else, is walked. */
-static int tmpfs_empty(const char *target)
+/* SKEL_MAX bounds the entries at a private tmpfs' top that the view put
+ * there itself, noted by a resident init before any program runs: the
+ * directories leading to a mount below the tmpfs (a route's program or
+ * bind under /tmp, say), root's, which no program can remove or write in.
+ * Each is then not the program's, and the wipe leaves it (it holds a
+ * mount point). */
+#define SKEL_MAX 8
+
+/* skel is the view's own part of a private tmpfs: the inodes it held
+ * before any program ran, and its top-level entries' inode numbers (n -1:
+ * more than SKEL_MAX, none of them is known). */
+struct skel {
+	uint64_t used;
+	int n;
+	ino_t ino[SKEL_MAX];
+};
+
+/* skels, one per tmpfs of the plan, are noted by a resident init
+ * (note_skeletons); NULL otherwise: a tmpfs' own part is then its root. */
+static struct skel *skels;
+
+/* note_skeletons notes the view's own part of each private tmpfs. Where
+ * it cannot, nothing is known of it: what lies there makes the cell
+ * unclean after its first request, and it serves no other. */
+static void note_skeletons(const struct plan *p)
 {
-	struct statfs s;
-	return statfs(target, &s) == 0 && s.f_type == TMPFS_MAGIC && s.f_files > 0 && s.f_files - s.f_ffree == 1;
+	skels = calloc(p->ntmpfs + 1, sizeof *skels);
+	for (uint32_t i = 0; skels && i < p->ntmpfs; i++) {
+		struct skel *k = &skels[i];
+		struct statfs s;
+		if (statfs(p->tmpfs[i].target, &s) < 0) {
+			k->n = -1;
+			continue;
+		}
+		k->used = s.f_files - s.f_ffree;
+		int fd = open(p->tmpfs[i].target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		struct stat root;
+		DIR *d = fd >= 0 && fstat(fd, &root) == 0 ? fdopendir(fd) : NULL;
+		if (!d) {
+			if (fd >= 0)
+				close(fd);
+			k->n = -1;
+			continue;
+		}
+		struct dirent *e;
+		while (k->n >= 0 && (e = readdir(d))) {
+			const char *n = e->d_name;
+			struct stat st;
+			if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0)))
+				continue;
+			if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) < 0)
+				k->n = -1;
+			else if (st.st_dev == root.st_dev && k->n < SKEL_MAX)
+				k->ino[k->n++] = st.st_ino;
+			else if (st.st_dev == root.st_dev)
+				k->n = -1;
+		}
+		closedir(d);
+	}
 }
 
-/* tmpfs_clean reports whether the tmpfs at target holds nothing of its
- * own at its top (what lies on another device, a mount below, is not
- * the program's): after a wipe, anything it could not remove (deeper
- * than WIPE_DEPTH) keeps its top-level directory too. */
-static int tmpfs_clean(const char *target)
+/* own reports whether the entry st at the top of tmpfs i is the view's
+ * own (note_skeletons). */
+static int own(uint32_t i, const struct stat *st)
+{
+	if (!skels || !S_ISDIR(st->st_mode))
+		return 0;
+	for (int j = 0; j < skels[i].n; j++)
+		if (skels[i].ino[j] == st->st_ino)
+			return 1;
+	return 0;
+}
+
+/* tmpfs_empty reports whether the tmpfs at target (the plan's tmpfs i)
+ * holds nothing but its root and the view's own part, from one statfs
+ * instead of a walk (confine's tmpfsEmpty says how tmpfs counts; every
+ * error is towards a walk). A tmpfs without an inode limit (f_files 0),
+ * or anything else, is walked. */
+static int tmpfs_empty(const char *target, uint32_t i)
+{
+	struct statfs s;
+	uint64_t own_inodes = skels && skels[i].n >= 0 ? skels[i].used : 1;
+	return statfs(target, &s) == 0 && s.f_type == TMPFS_MAGIC && s.f_files > 0 && s.f_files - s.f_ffree == own_inodes;
+}
+
+/* tmpfs_clean reports whether the tmpfs at target (the plan's tmpfs i)
+ * holds nothing at its top but the view's own part (note_skeletons; what
+ * lies on another device, a mount below, is not the program's either):
+ * after a wipe, anything it could not remove (deeper than WIPE_DEPTH)
+ * keeps its top-level directory too. */
+static int tmpfs_clean(const char *target, uint32_t i)
 {
 	int fd = open(target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	struct stat root;
@@ -1213,7 +1289,7 @@ static int tmpfs_clean(const char *target)
 		struct stat st;
 		if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0)))
 			continue;
-		if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) < 0 || st.st_dev == root.st_dev)
+		if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) < 0 || (st.st_dev == root.st_dev && !own(i, &st)))
 			clean = 0;
 	}
 	closedir(d);
@@ -1236,9 +1312,9 @@ static int finish(const struct plan *p)
 	int clean = 1;
 	if (p->ns & NS_MOUNT)
 		for (uint32_t i = 0; i < p->ntmpfs; i++)
-			if (!tmpfs_empty(p->tmpfs[i].target)) {
+			if (!tmpfs_empty(p->tmpfs[i].target, i)) {
 				wipe(p->tmpfs[i].target);
-				if ((p->flags & PLAN_RESIDENT) && !tmpfs_clean(p->tmpfs[i].target))
+				if ((p->flags & PLAN_RESIDENT) && !tmpfs_clean(p->tmpfs[i].target, i))
 					clean = 0;
 			}
 	return clean;
@@ -1268,6 +1344,8 @@ static int init_main(void)
 	if (report_on(CONTROL_FD, R_READY, 0, 0, 0, 0, "") < 0)
 		return EXIT_SETUP;
 	int resident = !!(p.flags & PLAN_RESIDENT);
+	if (resident && (p.ns & NS_MOUNT))
+		note_skeletons(&p);
 	for (;;) {
 		uint32_t len;
 		int fds[4], got;
