@@ -177,12 +177,12 @@ func (r *Runner) prepareNext(ctx context.Context, ip *initProc, prof *cgroup.Pro
 	if err != nil {
 		return true
 	}
+	if cell.FD() < 0 {
+		r.cells.Release(cell)
+		return true
+	}
 	sv, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil || cell.FD() < 0 {
-		if err == nil {
-			unix.Close(sv[0])
-			unix.Close(sv[1])
-		}
+	if err != nil {
 		r.cells.Release(cell)
 		return true
 	}
@@ -209,19 +209,18 @@ func stubTook(stub int) (took bool, errno syscall.Errno) {
 	defer unix.Close(stub)
 	var b [8]byte
 	got := 0
+read:
 	for got < len(b) {
 		n, _, err := unix.Recvfrom(stub, b[got:], unix.MSG_DONTWAIT)
-		if errors.Is(err, unix.EINTR) {
+		switch {
+		case errors.Is(err, unix.EINTR):
 			continue
-		}
-		if errors.Is(err, unix.ECONNRESET) && got == 0 {
+		case errors.Is(err, unix.ECONNRESET) && got == 0:
 			return false, 0 // closed with the frame (some of it) unread
-		}
-		if err != nil || n == 0 {
-			if err != nil && got == 0 {
-				return true, 0 // not known to be unread: as if it ran
-			}
-			break
+		case err != nil && got == 0:
+			return true, 0 // not known to be unread: as if it ran
+		case err != nil || n == 0:
+			break read
 		}
 		got += n
 	}

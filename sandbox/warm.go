@@ -358,8 +358,9 @@ func (w *warmPool) prepare(k warmKey) *initProc {
 		w.r.discard(ip)
 		return nil
 	}
-	if ip.resident {
-		w.r.prepareNext(w.ctx, ip, k.prof)
+	if ip.resident && !w.r.prepareNext(w.ctx, ip, k.prof) {
+		w.r.discard(ip) // gone before its prepare frame
+		return nil
 	}
 	return ip
 }

@@ -1042,6 +1042,15 @@ static pid_t start_resident(const struct exec *e, int fds[3], const sigset_t *un
  * namespace are paid between requests. The socket is the daemon's, of
  * its network namespace: nothing of it counts in the cell's. */
 
+/* drop_pending discards the signals of set pending for this process:
+ * those forwarded while no program ran are not the next program's. */
+static void drop_pending(const sigset_t *set)
+{
+	struct timespec now = {0, 0};
+	while (sigtimedwait(set, NULL, &now) > 0)
+		;
+}
+
 /* stub_main is the stub: it acknowledges the exec frame with one byte
  * (the daemon, reading the socket after the stub's end, tells from it
  * whether the request's program may have run), drops the signals
@@ -1065,9 +1074,7 @@ static void stub_main(int ctl, const sigset_t *set, const sigset_t *unblocked, c
 	char ack = 1;
 	if (write(ctl, &ack, 1) != 1)
 		_exit(EXIT_SPAWN);
-	struct timespec now = {0, 0};
-	while (sigtimedwait(set, NULL, &now) > 0)
-		;
+	drop_pending(set);
 	int err = high_fds(&e, fds) < 0 ? err_no : exec_child(&e, fds, unblocked, NULL);
 	while (write(ctl, &err, sizeof err) < 0 && errno == EINTR)
 		;
@@ -1380,11 +1387,7 @@ static int init_main(void)
 			struct exec e;
 			int decoded = decode_exec(body, len, &e);
 			if (decoded == 0 && resident) {
-				/* A signal forwarded while no program ran is not the
-				 * next program's. */
-				struct timespec now = {0, 0};
-				while (sigtimedwait(&set, NULL, &now) > 0)
-					;
+				drop_pending(&set);
 				pid = start_resident(&e, fds, &old, fds[3], &p);
 				/* From the report on, the daemon ends the program by
 				 * its group alone: it is in it. */
