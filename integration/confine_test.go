@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -1640,19 +1641,69 @@ func residentRunnerOf(t *testing.T, dir string) (*sandbox.Runner, *confine.Prepa
 // way back to its set (putBackLater): requests back to back are served by
 // the route's one resident init, not each by an init of its own started
 // because the last one's was not back yet.
+//
+// Under load too (the daemon's threads busy: goroutines spinning beside
+// the requests, processes spinning on every CPU), when a put back takes
+// the scheduler's time slices to end: the request waits for it rather
+// than start an init, however long it takes.
 func TestResidentBackToBack(t *testing.T) {
-	r, prep := residentRunner(t)
-	spec := sandbox.Spec{Path: noopBinary(t), Confine: prep}
-	const n = 20
-	for i := range n {
-		res, err := r.Run(context.Background(), spec)
-		if err != nil || res.Cause != sandbox.CauseOK {
-			t.Fatalf("request %d: %v, cause %s", i, err, res.Cause)
+	for _, loaded := range []bool{false, true} {
+		t.Run(map[bool]string{false: "idle", true: "loaded"}[loaded], func(t *testing.T) {
+			r, prep := residentRunner(t)
+			if loaded {
+				spin(t)
+			}
+			spec := sandbox.Spec{Path: noopBinary(t), Confine: prep}
+			const n = 20
+			for i := range n {
+				res, err := r.Run(context.Background(), spec)
+				if err != nil || res.Cause != sandbox.CauseOK {
+					t.Fatalf("request %d: %v, cause %s", i, err, res.Cause)
+				}
+			}
+			if hits, misses := r.WarmStats(); hits < n-1 {
+				t.Errorf("%d of %d requests back to back found the resident cell (%d started one), want all but at most one", hits, n, misses)
+			}
+		})
+	}
+}
+
+// spin keeps the machine's CPUs and this process's threads busy until
+// the test ends: a goroutine spinning for each of the process's Ps and
+// two processes spinning for each CPU.
+func spin(t *testing.T) {
+	t.Helper()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range runtime.GOMAXPROCS(0) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+			}
+		}()
+	}
+	var spinners []*exec.Cmd
+	for range 2 * runtime.NumCPU() {
+		c := exec.Command("/bin/sh", "-c", "while :; do :; done")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
 		}
+		spinners = append(spinners, c)
 	}
-	if hits, misses := r.WarmStats(); hits < n-1 {
-		t.Errorf("%d of %d requests back to back found the resident cell (%d started one), want all but at most one", hits, n, misses)
-	}
+	t.Cleanup(func() {
+		close(stop)
+		wg.Wait()
+		for _, c := range spinners {
+			c.Process.Kill()
+			c.Wait()
+		}
+	})
 }
 
 // TestResidentProgramUnderTmp: a route whose program lies below a

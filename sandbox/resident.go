@@ -53,9 +53,15 @@ const residentMaxAge = templateMaxAge
 
 // returnWait bounds how long a request that finds its route's set empty
 // waits for a resident init on its way back (putBackLater) before it
-// starts one of its own: a put back is a few reads and a prepare frame,
-// a start an init and its namespaces.
-const returnWait = 20 * time.Millisecond
+// starts one of its own. A put back is a few reads, a cell of the pool
+// and a prepare frame, a part of what a start does besides the init and
+// its namespaces, so the request waits for it to end, back or ended, and
+// only starts one if it was ended: a bound of milliseconds, which a put
+// back on a loaded machine does not always meet, has requests back to
+// back start inits for nothing. The bound is for an init that stalls its put back (stopped
+// from the host); each put back is waited for by one take at most
+// (warmSet.awaited), so that a burst starts inits for the rest.
+const returnWait = time.Second
 
 // residentFor reports whether the cells of plan are resident: the Runner
 // keeps them (Config.ResidentCells) and the plan may be (a PID namespace

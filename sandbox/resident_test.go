@@ -128,6 +128,48 @@ func TestAwaitReturn(t *testing.T) {
 			t.Errorf("after the return: returning %d, busy %d, init returning %v; want 0, 0, false", returning, busy, ip.returning)
 		}
 	})
+	t.Run("each its own", func(t *testing.T) {
+		// Two on their way back, three takes: two wait, one each; the
+		// third does not. One back wakes both waiting; neither counts
+		// as waiting any more, so the one still on its way is waited
+		// for again.
+		w := &warmPool{}
+		s := &warmSet{busy: 2, returning: 2}
+		ip := &initProc{set: s, returning: true}
+		got := make(chan bool, 2)
+		for range 2 {
+			go func() {
+				w.mu.Lock()
+				defer w.mu.Unlock()
+				got <- w.awaitReturn(context.Background(), s, never)
+			}()
+		}
+		for {
+			w.mu.Lock()
+			awaited := s.awaited
+			w.mu.Unlock()
+			if awaited == 2 {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		w.mu.Lock()
+		third := w.awaitReturn(context.Background(), s, never)
+		ip.back()
+		ip.leaveSet()
+		w.mu.Unlock()
+		if third {
+			t.Error("a third take waited with two on their way back, both waited for")
+		}
+		if !<-got || !<-got {
+			t.Fatal("awaitReturn: false, want true (an init came back)")
+		}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if s.awaited != 0 || s.returning != 1 {
+			t.Errorf("after one back: %d waiting, %d returning; want 0 and 1", s.awaited, s.returning)
+		}
+	})
 	t.Run("bound", func(t *testing.T) {
 		w := &warmPool{}
 		over := make(chan time.Time, 1)

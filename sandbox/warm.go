@@ -56,6 +56,7 @@ type warmSet struct {
 	preparing int           // setups in flight
 	busy      int           // resident cells taken from the set, serving a request (resident.go)
 	returning int           // of those, the ones on their way back (putBackLater)
+	awaited   int           // takes waiting for one of those, each for its own (awaitReturn)
 	back      chan struct{} // closed when one of those is back, for the takes waiting on it
 	wake      chan struct{}
 	taken     time.Time // the last take
@@ -100,8 +101,9 @@ func (w *warmPool) sizeFor(k warmKey) int {
 // a resident one older than residentMaxAge, is passed over, its cell
 // ended as a teardown (off the request's path when a slot is free). A
 // resident route's take that finds none ready while one is on its way
-// back (putBackLater) waits for it, up to returnWait and as long as ctx
-// allows, rather than start an init of its own. The refill waits for
+// back (putBackLater) and not waited for by another take waits for it,
+// up to returnWait and as long as ctx allows, rather than start an init
+// of its own; if it was ended instead, the take starts one. The refill waits for
 // kick: a setup is mostly CPU, which the request that took the cell needs
 // more until it has its Result.
 func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *warmSet) {
@@ -155,22 +157,30 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 }
 
 // awaitReturn waits until a resident init of s on its way back is back
-// (putBackLater), over fires (returnWait) or ctx ends; false: one of the
-// last two, no more waits. Called with warmPool.mu held, released meanwhile.
+// or ended (putBackLater), over fires (returnWait) or ctx ends; false:
+// one of the last two, or every init on its way back is already waited
+// for by another take: no more waits. Called with warmPool.mu held,
+// released meanwhile.
 func (w *warmPool) awaitReturn(ctx context.Context, s *warmSet, over <-chan time.Time) bool {
+	if s.awaited >= s.returning {
+		return false
+	}
+	s.awaited++
 	if s.back == nil {
 		s.back = make(chan struct{})
 	}
 	back := s.back
 	w.mu.Unlock()
-	defer w.mu.Lock()
+	came := false
 	select {
 	case <-back:
-		return true
+		came = true
 	case <-over:
 	case <-ctx.Done():
 	}
-	return false
+	w.mu.Lock()
+	s.awaited--
+	return came
 }
 
 // runWarm is Run for a confined Spec when warm cells are kept. A warm
