@@ -12,10 +12,12 @@ import (
 // binary, opened once at start-up so that every cell runs the same file
 // even when the binary on disk is replaced by an upgrade.
 type Launcher struct {
-	f    *os.File
-	path string
-	name string
-	self bool // the running executable: the Go init
+	f        *os.File
+	fd       int
+	dev, ino uint64 // the file opened, for Check
+	path     string
+	name     string
+	self     bool // the running executable: the Go init
 }
 
 // OpenLauncher opens exe ("" = /proc/self/exe, the running binary). The fd
@@ -36,11 +38,33 @@ func OpenLauncher(exe string) (*Launcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dup the cell init's executable %s: %w", exe, err)
 	}
-	f := os.NewFile(uintptr(high), exe)
 	var opened, running unix.Stat_t
-	self := unix.Fstat(high, &opened) == nil && unix.Stat("/proc/self/exe", &running) == nil &&
-		opened.Dev == running.Dev && opened.Ino == running.Ino
-	return &Launcher{f: f, path: "/proc/self/fd/" + strconv.Itoa(high), name: exe, self: self}, nil
+	if err := unix.Fstat(high, &opened); err != nil {
+		unix.Close(high)
+		return nil, fmt.Errorf("stat the cell init's executable %s: %w", exe, err)
+	}
+	self := unix.Stat("/proc/self/exe", &running) == nil && opened.Dev == running.Dev && opened.Ino == running.Ino
+	return &Launcher{
+		f: os.NewFile(uintptr(high), exe), fd: high, dev: opened.Dev, ino: opened.Ino,
+		path: "/proc/self/fd/" + strconv.Itoa(high), name: exe, self: self,
+	}, nil
+}
+
+// Check reports whether the launcher's fd still refers to the file it
+// opened. Were an fd of the daemon's closed twice (a defect), the second
+// close could end the launcher's and its number go to the next file
+// opened: starting an init would then fail with EACCES or ENOEXEC and
+// nothing would say why. A failed start adds Check's error to its own.
+func (l *Launcher) Check() error {
+	var st unix.Stat_t
+	if unix.Fstat(l.fd, &st) == nil && st.Dev == l.dev && st.Ino == l.ino {
+		return nil
+	}
+	now, err := os.Readlink(l.path)
+	if err != nil {
+		now = "closed"
+	}
+	return fmt.Errorf("the cell init's executable %s, opened as fd %d, is not that fd's file any more (now %s): an fd of cellgate's was closed twice, a defect to report", l.name, l.fd, now)
 }
 
 // GoInit reports whether the launcher is the running executable, whose

@@ -167,7 +167,19 @@ func (r *Runner) launchInit(cell Cell, attr *os.ProcAttr, ns int, template *os.F
 	} else {
 		r.spawns.do(func() { proc, err = startNoNewPrivs(r.launcher.Path(), args, attr) })
 	}
-	return proc, false, err
+	return proc, false, r.launchError(err)
+}
+
+// launchError is err, a failed start of an init from the launcher, with
+// the launcher's Check added when its fd is not the launcher any more.
+func (r *Runner) launchError(err error) error {
+	if err == nil {
+		return nil
+	}
+	if lerr := r.launcher.Check(); lerr != nil {
+		return fmt.Errorf("%w (%w)", err, lerr)
+	}
+	return err
 }
 
 // initAttr is how an init is started: /dev/null on fds 0-2, ctl on fd 3

@@ -110,7 +110,7 @@ func (p *Preloader) startConfined(argv []string, attr *os.ProcAttr, sock *os.Fil
 		Sys:   &sys,
 	}
 	proc, err = startNoNewPrivs(r.launcher.Path(), []string{confine.InitArg0, confine.ExecArg}, initAttr)
-	if err != nil {
+	if err = r.launchError(err); err != nil {
 		unix.Close(fds[0])
 		return nil, -1, err
 	}

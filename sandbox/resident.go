@@ -246,6 +246,7 @@ func (r *Runner) endNext(ip *initProc) {
 		return
 	}
 	unix.Close(ip.stub)
+	ip.stub = -1
 	if err := r.empty(ip.next); err != nil {
 		r.log.Error("resident cell's prepared cell did not empty", "cell", ip.next.Path(), "err", err)
 	}

@@ -250,6 +250,7 @@ func (r *Runner) makeTemplate(plan *confine.Prepared) (*os.File, error) {
 	r.spawns.do(func() {
 		proc, err = startNoNewPrivs(r.launcher.Path(), []string{confine.InitArg0, confine.TemplateArg}, attr)
 	})
+	err = r.launchError(err)
 	child.Close()
 	if err != nil {
 		unix.Close(fds[0])
