@@ -1879,10 +1879,24 @@ func TestResidentExecFails(t *testing.T) {
 // resident cell (the same PID namespace: the same init), each program in
 // a group of its own, and none finds anything of the request before it:
 // not a process it left running, not a file of the private tmpfs, not a
-// SysV segment. A route with cells: fresh gets a cell per request.
+// SysV segment. A route with cells: fresh gets a cell per request. A
+// cell not kept is counted by why (cellgate_resident_ended_total).
+//
+// One resident cell per route: with more, the set's target doubles at a
+// miss (the first request's) and the refill sets up a second init, which
+// serves the requests after it is ready (the last one back is taken).
 func TestConfineResident(t *testing.T) {
 	g := confineGate(t, `  - {name: fresh, match: {path: /fresh}, tenant: a, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, cells: fresh}
-`)
+`, "--resident-cells", "1")
+	ended := func(reason string) int {
+		t.Helper()
+		m := regexp.MustCompile(`\ncellgate_resident_ended_total\{reason="` + reason + `"\} (\d+)\n`).FindStringSubmatch(g.metrics())
+		if m == nil {
+			t.Fatalf("no cellgate_resident_ended_total{reason=%q} in the metrics:\n%s", reason, g.metrics())
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
 	first := g.probe(t, "probe", url.Values{"pidns": {"1"}, "leave": {"1"}, "shmget": {"1"}, "sysvshm": {"1"},
 		"fill": {"/tmp/left:1", "/dev/shm/left:1"}, "cat": {"/proc/self/cgroup"}})
 	if first.Left != "ok" || first.ShmID < 0 || first.Fill["/tmp/left"] != "ok" || first.Fill["/dev/shm/left"] != "ok" {
@@ -1895,7 +1909,8 @@ func TestConfineResident(t *testing.T) {
 		r := g.probe(t, "probe", url.Values{"pidns": {"1"}, "procs": {"1"}, "sysvshm": {"1"},
 			"read": {"/tmp/left", "/dev/shm/left"}, "cat": {"/proc/self/cgroup"}})
 		if r.Pidns != first.Pidns {
-			t.Errorf("request %d: PID namespace %s, the first's %s: not served by the resident cell", i+2, r.Pidns, first.Pidns)
+			t.Errorf("request %d: PID namespace %s, the first's %s: not served by the resident cell; resident cells ended:\n%s",
+				i+2, r.Pidns, first.Pidns, regexp.MustCompile(`(?m)^cellgate_resident_ended_total.*$`).FindAllString(g.metrics(), -1))
 		}
 		if r.Cat["/proc/self/cgroup"] == first.Cat["/proc/self/cgroup"] {
 			t.Errorf("request %d runs in the first request's group %q", i+2, first.Cat["/proc/self/cgroup"])
@@ -1922,6 +1937,9 @@ func TestConfineResident(t *testing.T) {
 	if afterDeep.Pidns == deep.Pidns {
 		t.Errorf("the cell that held a tree deeper than the wipe served the next request")
 	}
+	if n := ended("unclean"); n != 1 {
+		t.Errorf("cellgate_resident_ended_total{reason=\"unclean\"} %d after one request left a deep tree, want 1", n)
+	}
 	for p, res := range afterDeep.Read {
 		if res == "ok" {
 			t.Errorf("the next request reads %s", p)
@@ -1937,6 +1955,9 @@ func TestConfineResident(t *testing.T) {
 	next := g.probe(t, "probe", url.Values{"pidns": {"1"}, "sockets": {"1"}})
 	if next.Pidns == tw.Pidns || next.Sockets != 0 {
 		t.Errorf("after a request left a connection in TIME_WAIT: the next runs in its cell (%v) and sees %d sockets", next.Pidns == tw.Pidns, next.Sockets)
+	}
+	if n := ended("sockets"); n != 1 {
+		t.Errorf("cellgate_resident_ended_total{reason=\"sockets\"} %d after one request left a connection in TIME_WAIT, want 1", n)
 	}
 	// The next request's process is started ahead (its stub: cloned into
 	// its cell, filter loaded) when the cell is put back: after a pause,

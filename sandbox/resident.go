@@ -48,6 +48,55 @@ import (
 // both counted against the set's target), at most Config.ResidentCells
 // per route.
 
+// ResidentEnd is why a resident init stopped serving its route: each
+// end costs a later request (or the refill) the start of another one, so
+// an operator whose route's resident cells end often learns why
+// (Runner.ResidentEnded, the metric cellgate_resident_ended_total).
+type ResidentEnd int
+
+const (
+	// EndUnclean: a request left what the init does not end (a tree
+	// deeper than its wipe goes, a file it cannot remove).
+	EndUnclean ResidentEnd = iota
+	// EndRoot: a request's program ran as root.
+	EndRoot
+	// EndSockets: a socket was left in the cell's network namespace (a
+	// connection in TIME_WAIT counts).
+	EndSockets
+	// EndAged: the init served for residentMaxAge.
+	EndAged
+	// EndSurplus: the route's set had all the cells it wanted.
+	EndSurplus
+	// EndFailed: the init died (killed, OOM-killed with its tenant), or
+	// failed a request or the preparation of the next one.
+	EndFailed
+	residentEnds
+)
+
+var residentEndNames = [residentEnds]string{"unclean", "root", "sockets", "aged", "surplus", "failed"}
+
+func (e ResidentEnd) String() string { return residentEndNames[e] }
+
+// ResidentEndReasons lists every ResidentEnd.
+func ResidentEndReasons() []ResidentEnd {
+	all := make([]ResidentEnd, residentEnds)
+	for e := range residentEnds {
+		all[e] = e
+	}
+	return all
+}
+
+// ResidentEnded counts the resident inits ended for why.
+func (r *Runner) ResidentEnded(why ResidentEnd) uint64 {
+	if r.warm == nil {
+		return 0
+	}
+	return r.warm.ends[why].Load()
+}
+
+// ended counts a resident init ended for why.
+func (w *warmPool) ended(why ResidentEnd) { w.ends[why].Add(1) }
+
 // residentMaxAge is how long a resident init serves requests.
 const residentMaxAge = templateMaxAge
 
@@ -117,10 +166,24 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	// hand-off) holds the stub's socket: no program ran since the check.
 	quiet := ip.next != nil || ip.netQuiet(k.plan)
 	w.mu.Lock()
-	keep := quiet && ip.wanted(w.sets[k]) && w.ctx.Err() == nil && time.Since(ip.born) < residentMaxAge
+	keep := w.ctx.Err() == nil
+	switch {
+	case !keep:
+	case !quiet:
+		keep = false
+		w.ended(EndSockets)
+	case time.Since(ip.born) >= residentMaxAge:
+		keep = false
+		w.ended(EndAged)
+	case !ip.wanted(w.sets[k]):
+		keep = false
+		w.ended(EndSurplus)
+	}
 	w.mu.Unlock()
 	if keep && ip.next == nil {
-		keep = w.r.prepareNext(w.ctx, ip, k.prof)
+		if keep = w.r.prepareNext(w.ctx, ip, k.prof); !keep {
+			w.ended(EndFailed)
+		}
 	}
 	w.mu.Lock()
 	ip.back()
@@ -295,11 +358,13 @@ func (w *warmPool) unslot(s *warmSet) {
 	w.mu.Unlock()
 }
 
-// endResident ends the resident init ip, already reaped through its
-// worker: its own cell is emptied and released, and its network
-// namespace given back (for reuse unless a program ran in it as root).
+// endResident ends the resident init ip, which failed (it died, or
+// failed its request), already reaped through its worker: its own cell
+// is emptied and released, and its network namespace given back (for
+// reuse unless a program ran in it as root).
 func (r *Runner) endResident(ip *initProc, rootRan bool) {
 	ip.rootRan = ip.rootRan || rootRan
+	r.warm.ended(EndFailed)
 	r.warm.forget(ip)
 	if ip.w != nil {
 		ip.w.release()

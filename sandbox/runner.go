@@ -527,6 +527,12 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 					done(r.empty(cell) == nil)
 					r.cells.Release(cell)
 				})
+				switch {
+				case uid == 0:
+					r.warm.ended(EndRoot)
+				case rep.Unclean:
+					r.warm.ended(EndUnclean)
+				}
 				if uid != 0 && !rep.Unclean {
 					r.warm.putBackLater(k, ip)
 				} else {
@@ -628,6 +634,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 func (r *Runner) notTaken(k warmKey, ip *initProc, cell Cell, spec *Spec, st *streams, rep confine.Report, initKept, keepUID *bool, errno syscall.Errno) (Result, error) {
 	*initKept = true
 	if rep.Unclean {
+		r.warm.ended(EndUnclean)
 		r.warm.forget(ip)
 		r.teardowns.run(func() { r.discard(ip) })
 	} else {

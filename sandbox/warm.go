@@ -65,6 +65,7 @@ type warmSet struct {
 
 type warmPool struct {
 	hits, misses atomic.Uint64
+	ends         [residentEnds]atomic.Uint64 // resident inits ended, by why (resident.go)
 
 	r        *Runner
 	size     int // the most cells a set may hold
@@ -117,8 +118,12 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 			ip, s.ready = s.ready[n-1], s.ready[:n-1]
 			switch {
 			case ip.gone():
+				if ip.resident {
+					w.ended(EndFailed)
+				}
 				dead, ip = append(dead, ip), nil
 			case ip.resident && now.Sub(ip.born) >= residentMaxAge:
+				w.ended(EndAged)
 				old, ip = append(old, ip), nil
 			}
 		}
@@ -292,6 +297,9 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 		expired, next := s.expire(time.Now())
 		start := s.toStart(warmParallel)
 		w.mu.Unlock()
+		for range expired {
+			w.ended(EndAged)
+		}
 		for _, ip := range expired {
 			w.r.teardowns.run(func() { w.r.discard(ip) })
 		}

@@ -636,9 +636,15 @@ func runnerCounters(r *sandbox.Runner) []prometheus.Collector {
 	cs = append(cs, pair("warm_cells_total", "Confined requests that found a warm cell (hit) or set theirs up (miss).", r.WarmStats)...)
 	cs = append(cs, pair("mount_templates_total", "Confined cells that started from their route's mount template (hit) or built their own view, none being fresh (miss).", r.TemplateStats)...)
 	cs = append(cs, pair("netns_ahead_total", "Confined cells that found a network namespace made ahead (hit) or made their own (miss).", r.NetnsStats)...)
-	return append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: "netns_reused_total",
+	cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: "netns_reused_total",
 		Help: "Confined cells whose network namespace made ahead an earlier cell of their tenant had used (counted in netns_ahead_total's hits too)."},
 		func() float64 { return float64(r.NetnsReused()) }))
+	for _, why := range sandbox.ResidentEndReasons() {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: "resident_ended_total",
+			Help:        "Resident cells ended, by why: unclean (a request left what the init cannot end), root (a program ran as root), sockets (left in the cell's network namespace), aged (served their time), surplus (the route had enough), failed (the init died or failed).",
+			ConstLabels: prometheus.Labels{"reason": why.String()}}, func() float64 { return float64(r.ResidentEnded(why)) }))
+	}
+	return cs
 }
 
 // connCounters export the front's connections: open now, and refused by

@@ -98,7 +98,7 @@ func TestRunnerCounters(t *testing.T) {
 			t.Fatalf("register: %v", err)
 		}
 	}
-	want := map[string]int{"cellgate_cell_teardowns": 1, "cellgate_warm_cells_total": 2, "cellgate_netns_ahead_total": 2, "cellgate_netns_reused_total": 1, "cellgate_mount_templates_total": 2}
+	want := map[string]int{"cellgate_cell_teardowns": 1, "cellgate_warm_cells_total": 2, "cellgate_netns_ahead_total": 2, "cellgate_netns_reused_total": 1, "cellgate_mount_templates_total": 2, "cellgate_resident_ended_total": 6}
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
