@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cellgate/cellgate/sandbox"
 )
 
 // cellgate serve against the CGI servers people run without a sandbox, on
@@ -194,6 +196,19 @@ func BenchmarkCGIServers(b *testing.B) {
 			ph := phases(s.gate.recordsFor(p.name))
 			fmt.Fprintf(&report, "\n  %-20s %-5s request %6.0f = outside the cell %6.0f + cell wall %6.0f (cell CPU %5.0f); admission wait %4.0f",
 				s.name, p.name, ph.duration, ph.duration-ph.wall, ph.wall, ph.cpu, ph.wait)
+		}
+	}
+	// Why a confined request started an init: a warm or resident cell
+	// missed, and why resident cells ended (each end a later miss).
+	for _, s := range servers {
+		if s.gate == nil || s.name == "cellgate-plain" {
+			continue
+		}
+		m := s.gate.metrics()
+		fmt.Fprintf(&report, "\n  %-20s warm or resident cell found %.0f, started %.0f; resident cells ended:", s.name,
+			metric(m, "cellgate_warm_cells_total", map[string]string{"result": "hit"}), metric(m, "cellgate_warm_cells_total", map[string]string{"result": "miss"}))
+		for _, why := range sandbox.ResidentEndReasons() {
+			fmt.Fprintf(&report, " %s %.0f", why, metric(m, "cellgate_resident_ended_total", map[string]string{"reason": why.String()}))
 		}
 	}
 	// On stdout, not b.Log: go test keeps only the first 10 lines of a

@@ -1617,6 +1617,19 @@ func residentRunner(t *testing.T) (*sandbox.Runner, *confine.Prepared) {
 // residentRunnerOf is residentRunner with the route's programs in dir.
 func residentRunnerOf(t *testing.T, dir string) (*sandbox.Runner, *confine.Prepared) {
 	t.Helper()
+	r, prep := residentWarming(t, dir)
+	for end := time.Now().Add(30 * time.Second); r.WarmReady() < 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatal("no resident cell ready within 30s")
+		}
+	}
+	return r, prep
+}
+
+// residentWarming is residentRunnerOf returning as soon as the route's
+// resident cell is being set up.
+func residentWarming(t *testing.T, dir string) (*sandbox.Runner, *confine.Prepared) {
+	t.Helper()
 	cellgateBin(t) // the init is beside it
 	r := newConfinedEnv(t, sandbox.Config{ResidentCells: 1, MountTemplates: true, InitSpawner: true})
 	plan, err := confine.Build(confine.Options{Programs: dir}, confine.OSFS{})
@@ -1628,12 +1641,29 @@ func residentRunnerOf(t *testing.T, dir string) (*sandbox.Runner, *confine.Prepa
 		t.Fatal(err)
 	}
 	r.Warm(nil, prep)
-	for end := time.Now().Add(30 * time.Second); r.WarmReady() < 1; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(end) {
-			t.Fatal("no resident cell ready within 30s")
+	return r, prep
+}
+
+// TestResidentWaitsForSetup: a request that comes while its route's
+// resident cell is being set up (warmed as serve starts) waits for it
+// rather than start an init of its own, which would end as surplus once
+// the one set up is ready: every request is served by the one set up.
+func TestResidentWaitsForSetup(t *testing.T) {
+	r, prep := residentWarming(t, filepath.Dir(noopBinary(t)))
+	spec := sandbox.Spec{Path: noopBinary(t), Confine: prep}
+	const n = 5
+	for i := range n {
+		res, err := r.Run(context.Background(), spec)
+		if err != nil || res.Cause != sandbox.CauseOK {
+			t.Fatalf("request %d: %v, cause %s", i, err, res.Cause)
 		}
 	}
-	return r, prep
+	if hits, misses := r.WarmStats(); hits != n || misses != 0 {
+		t.Errorf("%d of %d requests found the resident cell, %d started one; want all", hits, n, misses)
+	}
+	if surplus := r.ResidentEnded(sandbox.EndSurplus); surplus != 0 {
+		t.Errorf("%d resident cells ended as surplus, want 0", surplus)
+	}
 }
 
 // TestResidentBackToBack: a request that comes as soon as the one before
@@ -1882,9 +1912,10 @@ func TestResidentExecFails(t *testing.T) {
 // SysV segment. A route with cells: fresh gets a cell per request. A
 // cell not kept is counted by why (cellgate_resident_ended_total).
 //
-// One resident cell per route: with more, the set's target doubles at a
-// miss (the first request's) and the refill sets up a second init, which
-// serves the requests after it is ready (the last one back is taken).
+// One resident cell per route: with more, a miss (a request that came
+// before the route's cell was set up and waited for it in vain) doubles
+// the set's target, and a second init set up by the refill serves the
+// requests after it is ready (the last one ready is taken).
 func TestConfineResident(t *testing.T) {
 	g := confineGate(t, `  - {name: fresh, match: {path: /fresh}, tenant: a, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, cells: fresh}
 `, "--resident-cells", "1")

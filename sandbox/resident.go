@@ -101,15 +101,17 @@ func (w *warmPool) ended(why ResidentEnd) { w.ends[why].Add(1) }
 const residentMaxAge = templateMaxAge
 
 // returnWait bounds how long a request that finds its route's set empty
-// waits for a resident init on its way back (putBackLater) before it
-// starts one of its own. A put back is a few reads, a cell of the pool
-// and a prepare frame, a part of what a start does besides the init and
-// its namespaces, so the request waits for it to end, back or ended, and
-// only starts one if it was ended: a bound of milliseconds, which a put
-// back on a loaded machine does not always meet, has requests back to
-// back start inits for nothing. The bound is for an init that stalls its put back (stopped
-// from the host); each put back is waited for by one take at most
-// (warmSet.awaited), so that a burst starts inits for the rest.
+// waits for a resident init on its way back (putBackLater), or being set
+// up, before it starts one of its own. A put back is a few reads, a cell
+// of the pool and a prepare frame, a part of what a start does besides
+// the init and its namespaces, and a setup is the start the request
+// would make, begun earlier; so the request waits for it to end, ready
+// or ended, and only starts one if it was ended: a bound of
+// milliseconds, which a put back on a loaded machine does not always
+// meet, has requests back to back start inits for nothing, each ended as
+// surplus later. The bound is for an init that stalls (stopped from the
+// host); each is waited for by one take at most (warmSet.awaited), so
+// that a burst starts inits for the rest.
 const returnWait = time.Second
 
 // residentFor reports whether the cells of plan are resident: the Runner
@@ -335,10 +337,7 @@ func (ip *initProc) back() {
 	ip.returning = false
 	s := ip.set
 	s.returning--
-	if s.back != nil {
-		close(s.back)
-		s.back = nil
-	}
+	s.arrived()
 }
 
 // leaveSet counts ip out of the set it was taken from, if any. Called

@@ -100,11 +100,11 @@ func TestResidentWanted(t *testing.T) {
 	}
 }
 
-// TestAwaitReturn: a take that finds its set empty while a resident init
-// is on its way back waits until that one is back (and counted out of the
-// returning ones), not for its bound; the bound and the request's context
-// end the wait, with no more waits.
-func TestAwaitReturn(t *testing.T) {
+// TestAwaitComing: a take that finds its set empty while a resident init
+// is on its way back, or being set up, waits until that one is back (and
+// counted out of the returning ones) or set up, not for its bound; the
+// bound and the request's context end the wait, with no more waits.
+func TestAwaitComing(t *testing.T) {
 	never := make(chan time.Time)
 	t.Run("back", func(t *testing.T) {
 		w := &warmPool{}
@@ -118,11 +118,11 @@ func TestAwaitReturn(t *testing.T) {
 			w.mu.Unlock()
 		}()
 		w.mu.Lock()
-		got := w.awaitReturn(context.Background(), s, never)
+		got := w.awaitComing(context.Background(), s, true, never)
 		returning, busy := s.returning, s.busy
 		w.mu.Unlock()
 		if !got {
-			t.Fatal("awaitReturn: false, want true (the init came back)")
+			t.Fatal("awaitComing: false, want true (the init came back)")
 		}
 		if returning != 0 || busy != 0 || ip.returning {
 			t.Errorf("after the return: returning %d, busy %d, init returning %v; want 0, 0, false", returning, busy, ip.returning)
@@ -141,7 +141,7 @@ func TestAwaitReturn(t *testing.T) {
 			go func() {
 				w.mu.Lock()
 				defer w.mu.Unlock()
-				got <- w.awaitReturn(context.Background(), s, never)
+				got <- w.awaitComing(context.Background(), s, true, never)
 			}()
 		}
 		for {
@@ -154,7 +154,7 @@ func TestAwaitReturn(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		w.mu.Lock()
-		third := w.awaitReturn(context.Background(), s, never)
+		third := w.awaitComing(context.Background(), s, true, never)
 		ip.back()
 		ip.leaveSet()
 		w.mu.Unlock()
@@ -162,7 +162,7 @@ func TestAwaitReturn(t *testing.T) {
 			t.Error("a third take waited with two on their way back, both waited for")
 		}
 		if !<-got || !<-got {
-			t.Fatal("awaitReturn: false, want true (an init came back)")
+			t.Fatal("awaitComing: false, want true (an init came back)")
 		}
 		w.mu.Lock()
 		defer w.mu.Unlock()
@@ -170,15 +170,43 @@ func TestAwaitReturn(t *testing.T) {
 			t.Errorf("after one back: %d waiting, %d returning; want 0 and 1", s.awaited, s.returning)
 		}
 	})
+	t.Run("setup", func(t *testing.T) {
+		// A setup in flight is waited for on a resident route only, and
+		// not once it failed (pausing before its next try); its end
+		// wakes the take.
+		w := &warmPool{}
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if w.awaitComing(context.Background(), &warmSet{preparing: 1}, false, never) {
+			t.Error("a warm (not resident) route's take waited for a setup")
+		}
+		if w.awaitComing(context.Background(), &warmSet{preparing: 1, failing: 1}, true, never) {
+			t.Error("a take waited for a setup that failed")
+		}
+		s := &warmSet{preparing: 1}
+		go func() {
+			time.Sleep(20 * time.Millisecond)
+			w.mu.Lock()
+			s.preparing--
+			s.arrived()
+			w.mu.Unlock()
+		}()
+		if !w.awaitComing(context.Background(), s, true, never) {
+			t.Error("awaitComing for a resident route's setup: false, want true (it ended)")
+		}
+		if s.awaited != 0 {
+			t.Errorf("%d takes counted as waiting after the wait", s.awaited)
+		}
+	})
 	t.Run("bound", func(t *testing.T) {
 		w := &warmPool{}
 		over := make(chan time.Time, 1)
 		over <- time.Now()
 		w.mu.Lock()
-		got := w.awaitReturn(context.Background(), &warmSet{returning: 1}, over)
+		got := w.awaitComing(context.Background(), &warmSet{returning: 1}, true, over)
 		w.mu.Unlock()
 		if got {
-			t.Error("awaitReturn past its bound: true, want false")
+			t.Error("awaitComing past its bound: true, want false")
 		}
 	})
 	t.Run("context", func(t *testing.T) {
@@ -186,10 +214,10 @@ func TestAwaitReturn(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		w.mu.Lock()
-		got := w.awaitReturn(ctx, &warmSet{returning: 1}, never)
+		got := w.awaitComing(ctx, &warmSet{returning: 1}, true, never)
 		w.mu.Unlock()
 		if got {
-			t.Error("awaitReturn with its context ended: true, want false")
+			t.Error("awaitComing with its context ended: true, want false")
 		}
 	})
 }

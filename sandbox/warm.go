@@ -54,10 +54,11 @@ type warmSet struct {
 	ready     []*initProc
 	want      int           // target size: 1 to warmPool.sizeFor
 	preparing int           // setups in flight
+	failing   int           // of those, failed ones pausing before the next try (warmRetry)
 	busy      int           // resident cells taken from the set, serving a request (resident.go)
 	returning int           // of those, the ones on their way back (putBackLater)
-	awaited   int           // takes waiting for one of those, each for its own (awaitReturn)
-	back      chan struct{} // closed when one of those is back, for the takes waiting on it
+	awaited   int           // takes waiting for a cell coming, each for its own (awaitComing)
+	back      chan struct{} // closed when a cell coming is ready or ended, for the takes waiting on it
 	wake      chan struct{}
 	taken     time.Time // the last take
 	missed    time.Time // the last take that found none, or the last shrink
@@ -102,12 +103,14 @@ func (w *warmPool) sizeFor(k warmKey) int {
 // a resident one older than residentMaxAge, is passed over, its cell
 // ended as a teardown (off the request's path when a slot is free). A
 // resident route's take that finds none ready while one is on its way
-// back (putBackLater) and not waited for by another take waits for it,
-// up to returnWait and as long as ctx allows, rather than start an init
-// of its own; if it was ended instead, the take starts one. The refill waits for
+// back (putBackLater) or being set up by the refill, and not waited for
+// by another take, waits for it, up to returnWait and as long as ctx
+// allows, rather than start an init of its own; if it was ended (or its
+// setup failed) instead, the take starts one. The refill waits for
 // kick: a setup is mostly CPU, which the request that took the cell needs
 // more until it has its Result.
 func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *warmSet) {
+	resident := w.r.residentFor(k.plan)
 	w.mu.Lock()
 	var dead, old []*initProc
 	var waited *time.Timer // returnWait, from the first wait on
@@ -127,12 +130,12 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 				old, ip = append(old, ip), nil
 			}
 		}
-		if ip == nil && s.returning > 0 && waiting {
+		if ip == nil && waiting && s.coming(resident) > 0 {
 			if waited == nil {
 				waited = time.NewTimer(returnWait)
 				defer waited.Stop()
 			}
-			waiting = w.awaitReturn(ctx, s, waited.C)
+			waiting = w.awaitComing(ctx, s, resident, waited.C)
 			continue
 		}
 		if ip != nil {
@@ -143,7 +146,7 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 			}
 		} else {
 			w.misses.Add(1)
-			if w.r.residentFor(k.plan) {
+			if resident {
 				s.busy++
 				slot = s
 			}
@@ -161,13 +164,24 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 	return ip, slot
 }
 
-// awaitReturn waits until a resident init of s on its way back is back
-// or ended (putBackLater), over fires (returnWait) or ctx ends; false:
-// one of the last two, or every init on its way back is already waited
-// for by another take: no more waits. Called with warmPool.mu held,
-// released meanwhile.
-func (w *warmPool) awaitReturn(ctx context.Context, s *warmSet, over <-chan time.Time) bool {
-	if s.awaited >= s.returning {
+// coming counts the cells of s that a take finding none ready may wait
+// for: the resident inits on their way back (putBackLater), and for a
+// resident route the setups in flight too (a request that starts its own
+// init meanwhile does the same work again, and one of the two then ends
+// as surplus). Called with warmPool.mu held.
+func (s *warmSet) coming(resident bool) int {
+	if resident {
+		return s.returning + s.preparing - s.failing
+	}
+	return s.returning
+}
+
+// awaitComing waits until a cell coming to s (warmSet.coming) is ready
+// or ended, over fires (returnWait) or ctx ends; false: one of the last
+// two, or every cell coming is already waited for by another take: no
+// more waits. Called with warmPool.mu held, released meanwhile.
+func (w *warmPool) awaitComing(ctx context.Context, s *warmSet, resident bool, over <-chan time.Time) bool {
+	if s.awaited >= s.coming(resident) {
 		return false
 	}
 	s.awaited++
@@ -186,6 +200,15 @@ func (w *warmPool) awaitReturn(ctx context.Context, s *warmSet, over <-chan time
 	w.mu.Lock()
 	s.awaited--
 	return came
+}
+
+// arrived wakes the takes waiting for a cell coming to s (awaitComing):
+// one is ready, or ended. Called with warmPool.mu held.
+func (s *warmSet) arrived() {
+	if s.back != nil {
+		close(s.back)
+		s.back = nil
+	}
 }
 
 // runWarm is Run for a confined Spec when warm cells are kept. A warm
@@ -310,16 +333,24 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 			setups.Go(func() {
 				ip := w.prepare(k)
 				if ip == nil { // could not: let the next try wait
+					w.mu.Lock()
+					s.failing++ // not coming: the takes waiting for it go on
+					s.arrived()
+					w.mu.Unlock()
 					select {
 					case <-time.After(warmRetry):
 					case <-w.ctx.Done():
 					}
+					w.mu.Lock()
+					s.failing--
+					w.mu.Unlock()
 				}
 				w.mu.Lock()
 				s.preparing--
 				if ip != nil {
 					s.ready = append(s.ready, ip)
 				}
+				s.arrived()
 				w.mu.Unlock()
 				wakeUp(s.wake)
 			})
