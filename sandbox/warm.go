@@ -341,14 +341,13 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 					case <-time.After(warmRetry):
 					case <-w.ctx.Done():
 					}
-					w.mu.Lock()
-					s.failing--
-					w.mu.Unlock()
 				}
 				w.mu.Lock()
 				s.preparing--
 				if ip != nil {
 					s.ready = append(s.ready, ip)
+				} else {
+					s.failing--
 				}
 				s.arrived()
 				w.mu.Unlock()
