@@ -1255,6 +1255,33 @@ func TestConfineNetnsAhead(t *testing.T) {
 	if hits, misses := r.NetnsStats(); hits == 0 || hits+misses != runs {
 		t.Errorf("%d cells took a namespace made ahead, %d made their own; want some of the first, %d in all", hits, misses, runs)
 	}
+
+	// A namespace made ahead that the init cannot be started in (here
+	// each one's fd made /dev/null's, setns refusing it): the init makes
+	// its own, and the request is served.
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spoilt := 0
+	for _, e := range ents {
+		if link, _ := os.Readlink("/proc/self/fd/" + e.Name()); strings.HasPrefix(link, "net:") && link != host {
+			fd, _ := strconv.Atoi(e.Name())
+			if err := unix.Dup3(int(null.Fd()), fd, unix.O_CLOEXEC); err != nil {
+				t.Fatal(err)
+			}
+			spoilt++
+		}
+	}
+	if spoilt == 0 {
+		t.Fatal("control: no namespace made ahead among this process's fds")
+	}
+	runNetns(t, r, prep, w, host, "a cell whose namespace made ahead cannot be entered")
 }
 
 // TestConfineNetnsReuse: a network namespace made ahead serves later
@@ -1647,7 +1674,9 @@ func residentWarming(t *testing.T, dir string) (*sandbox.Runner, *confine.Prepar
 // TestResidentWaitsForSetup: a request that comes while its route's
 // resident cell is being set up (warmed as serve starts) waits for it
 // rather than start an init of its own, which would end as surplus once
-// the one set up is ready: every request is served by the one set up.
+// the one set up is ready. (A request that comes before the refill has
+// begun the setup starts the init itself, and the refill then sets up
+// none: no surplus either way.)
 func TestResidentWaitsForSetup(t *testing.T) {
 	r, prep := residentWarming(t, filepath.Dir(noopBinary(t)))
 	spec := sandbox.Spec{Path: noopBinary(t), Confine: prep}
@@ -1658,8 +1687,8 @@ func TestResidentWaitsForSetup(t *testing.T) {
 			t.Fatalf("request %d: %v, cause %s", i, err, res.Cause)
 		}
 	}
-	if hits, misses := r.WarmStats(); hits != n || misses != 0 {
-		t.Errorf("%d of %d requests found the resident cell, %d started one; want all", hits, n, misses)
+	if hits, misses := r.WarmStats(); hits < n-1 {
+		t.Errorf("%d of %d requests found the resident cell, %d started one; want all but at most the first", hits, n, misses)
 	}
 	if surplus := r.ResidentEnded(sandbox.EndSurplus); surplus != 0 {
 		t.Errorf("%d resident cells ended as surplus, want 0", surplus)

@@ -100,7 +100,15 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared, tenant string) (*i
 				continue
 			}
 			if ns >= 0 {
+				// Not started in the namespace made ahead: once more,
+				// making its own, as without one. The namespace is
+				// closed, whatever refused the start with it; a cause
+				// that is not the namespace's fails the second start
+				// too, which returns it.
+				r.log.Warn("confined cell: its init could not start in a network namespace made ahead; it makes its own", "cell", cell.Path(), "err", err)
 				unix.Close(ns)
+				ns = -1
+				continue
 			}
 			return nil, fmt.Errorf("%w: init %s in cell %s: %w", ErrSpawn, r.launcher.Name(), cell.Path(), err)
 		}
