@@ -1671,6 +1671,17 @@ func residentWarming(t *testing.T, dir string) (*sandbox.Runner, *confine.Prepar
 	return r, prep
 }
 
+// runAll runs spec on r n times, one after the other, each to succeed.
+func runAll(t *testing.T, r *sandbox.Runner, spec sandbox.Spec, n int) {
+	t.Helper()
+	for i := range n {
+		res, err := r.Run(context.Background(), spec)
+		if err != nil || res.Cause != sandbox.CauseOK {
+			t.Fatalf("request %d: %v, cause %s", i, err, res.Cause)
+		}
+	}
+}
+
 // TestResidentWaitsForSetup: a request that comes while its route's
 // resident cell is being set up (warmed as serve starts) waits for it
 // rather than start an init of its own, which would end as surplus once
@@ -1679,14 +1690,8 @@ func residentWarming(t *testing.T, dir string) (*sandbox.Runner, *confine.Prepar
 // none: no surplus either way.)
 func TestResidentWaitsForSetup(t *testing.T) {
 	r, prep := residentWarming(t, filepath.Dir(noopBinary(t)))
-	spec := sandbox.Spec{Path: noopBinary(t), Confine: prep}
 	const n = 5
-	for i := range n {
-		res, err := r.Run(context.Background(), spec)
-		if err != nil || res.Cause != sandbox.CauseOK {
-			t.Fatalf("request %d: %v, cause %s", i, err, res.Cause)
-		}
-	}
+	runAll(t, r, sandbox.Spec{Path: noopBinary(t), Confine: prep}, n)
 	if hits, misses := r.WarmStats(); hits < n-1 {
 		t.Errorf("%d of %d requests found the resident cell, %d started one; want all but at most the first", hits, n, misses)
 	}
@@ -1712,14 +1717,8 @@ func TestResidentBackToBack(t *testing.T) {
 			if loaded {
 				spin(t)
 			}
-			spec := sandbox.Spec{Path: noopBinary(t), Confine: prep}
 			const n = 20
-			for i := range n {
-				res, err := r.Run(context.Background(), spec)
-				if err != nil || res.Cause != sandbox.CauseOK {
-					t.Fatalf("request %d: %v, cause %s", i, err, res.Cause)
-				}
-			}
+			runAll(t, r, sandbox.Spec{Path: noopBinary(t), Confine: prep}, n)
 			if hits, misses := r.WarmStats(); hits < n-1 {
 				t.Errorf("%d of %d requests back to back found the resident cell (%d started one), want all but at most one", hits, n, misses)
 			}
@@ -1790,12 +1789,7 @@ func TestResidentProgramUnderTmp(t *testing.T) {
 	}
 	r, prep := residentRunnerOf(t, dir)
 	const n = 10
-	for i := range n {
-		res, err := r.Run(context.Background(), sandbox.Spec{Path: noop, Confine: prep})
-		if err != nil || res.Cause != sandbox.CauseOK {
-			t.Fatalf("request %d: %v, cause %s", i, err, res.Cause)
-		}
-	}
+	runAll(t, r, sandbox.Spec{Path: noop, Confine: prep}, n)
 	if hits, misses := r.WarmStats(); hits < n-1 {
 		t.Errorf("%d of %d requests found the resident cell (%d started one), want all but at most one", hits, n, misses)
 	}
@@ -1949,13 +1943,7 @@ func TestConfineResident(t *testing.T) {
 	g := confineGate(t, `  - {name: fresh, match: {path: /fresh}, tenant: a, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, cells: fresh}
 `, "--resident-cells", "1")
 	ended := func(reason string) int {
-		t.Helper()
-		m := regexp.MustCompile(`\ncellgate_resident_ended_total\{reason="` + reason + `"\} (\d+)\n`).FindStringSubmatch(g.metrics())
-		if m == nil {
-			t.Fatalf("no cellgate_resident_ended_total{reason=%q} in the metrics:\n%s", reason, g.metrics())
-		}
-		n, _ := strconv.Atoi(m[1])
-		return n
+		return int(metric(g.metrics(), "cellgate_resident_ended_total", map[string]string{"reason": reason}))
 	}
 	first := g.probe(t, "probe", url.Values{"pidns": {"1"}, "leave": {"1"}, "shmget": {"1"}, "sysvshm": {"1"},
 		"fill": {"/tmp/left:1", "/dev/shm/left:1"}, "cat": {"/proc/self/cgroup"}})

@@ -320,10 +320,8 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 		expired, next := s.expire(time.Now())
 		start := s.toStart(warmParallel)
 		w.mu.Unlock()
-		for range expired {
-			w.ended(EndAged)
-		}
 		for _, ip := range expired {
+			w.ended(EndAged)
 			w.r.teardowns.run(func() { w.r.discard(ip) })
 		}
 		if time.Since(taken) >= warmIdle {

@@ -1206,6 +1206,46 @@ struct skel {
  * (note_skeletons); NULL otherwise: a tmpfs' own part is then its root. */
 static struct skel *skels;
 
+/* each_top calls each with every entry at the top of the directory at
+ * target (. and .. passed over): target's own stat, the entry's (lstat;
+ * NULL if it cannot be had) and arg, until each returns 0. -1: target
+ * could not be read. */
+static int each_top(const char *target, int (*each)(const struct stat *root, const struct stat *st, void *arg), void *arg)
+{
+	int fd = open(target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	struct stat root;
+	DIR *d = fd >= 0 && fstat(fd, &root) == 0 ? fdopendir(fd) : NULL;
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	struct dirent *e;
+	int more = 1;
+	while (more && (e = readdir(d))) {
+		const char *n = e->d_name;
+		struct stat st;
+		if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0)))
+			continue;
+		more = each(&root, fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) == 0 ? &st : NULL, arg);
+	}
+	closedir(d);
+	return 0;
+}
+
+/* note_top notes an entry at a tmpfs' top as the view's own, if it is
+ * the tmpfs' (not a mount below); an entry that cannot be stat'ed, or
+ * one more than SKEL_MAX, leaves nothing known (n -1). */
+static int note_top(const struct stat *root, const struct stat *st, void *arg)
+{
+	struct skel *k = arg;
+	if (!st || (st->st_dev == root->st_dev && k->n >= SKEL_MAX))
+		k->n = -1;
+	else if (st->st_dev == root->st_dev)
+		k->ino[k->n++] = st->st_ino;
+	return k->n >= 0;
+}
+
 /* note_skeletons notes the view's own part of each private tmpfs. Where
  * it cannot, nothing is known of it: what lies there makes the cell
  * unclean after its first request, and it serves no other. */
@@ -1215,34 +1255,11 @@ static void note_skeletons(const struct plan *p)
 	for (uint32_t i = 0; skels && i < p->ntmpfs; i++) {
 		struct skel *k = &skels[i];
 		struct statfs s;
-		if (statfs(p->tmpfs[i].target, &s) < 0) {
+		if (statfs(p->tmpfs[i].target, &s) < 0 || each_top(p->tmpfs[i].target, note_top, k) < 0) {
 			k->n = -1;
 			continue;
 		}
 		k->used = s.f_files - s.f_ffree;
-		int fd = open(p->tmpfs[i].target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-		struct stat root;
-		DIR *d = fd >= 0 && fstat(fd, &root) == 0 ? fdopendir(fd) : NULL;
-		if (!d) {
-			if (fd >= 0)
-				close(fd);
-			k->n = -1;
-			continue;
-		}
-		struct dirent *e;
-		while (k->n >= 0 && (e = readdir(d))) {
-			const char *n = e->d_name;
-			struct stat st;
-			if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0)))
-				continue;
-			if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) < 0)
-				k->n = -1;
-			else if (st.st_dev == root.st_dev && k->n < SKEL_MAX)
-				k->ino[k->n++] = st.st_ino;
-			else if (st.st_dev == root.st_dev)
-				k->n = -1;
-		}
-		closedir(d);
 	}
 }
 
@@ -1270,6 +1287,23 @@ static int tmpfs_empty(const char *target, uint32_t i)
 	return statfs(target, &s) == 0 && s.f_type == TMPFS_MAGIC && s.f_files > 0 && s.f_files - s.f_ffree == own_inodes;
 }
 
+/* clean_arg is tmpfs_clean's: the tmpfs' index in the plan, and whether
+ * its top is clean so far. */
+struct clean_arg {
+	uint32_t i;
+	int clean;
+};
+
+/* clean_top is tmpfs_clean's look at one entry: clean while it is the
+ * view's own or on another device (a mount below). */
+static int clean_top(const struct stat *root, const struct stat *st, void *arg)
+{
+	struct clean_arg *c = arg;
+	if (!st || (st->st_dev == root->st_dev && !own(c->i, st)))
+		c->clean = 0;
+	return c->clean;
+}
+
 /* tmpfs_clean reports whether the tmpfs at target (the plan's tmpfs i)
  * holds nothing at its top but the view's own part (note_skeletons; what
  * lies on another device, a mount below, is not the program's either):
@@ -1277,30 +1311,8 @@ static int tmpfs_empty(const char *target, uint32_t i)
  * keeps its top-level directory too. */
 static int tmpfs_clean(const char *target, uint32_t i)
 {
-	int fd = open(target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-	struct stat root;
-	if (fd < 0 || fstat(fd, &root) < 0) {
-		if (fd >= 0)
-			close(fd);
-		return 0;
-	}
-	DIR *d = fdopendir(fd);
-	if (!d) {
-		close(fd);
-		return 0;
-	}
-	int clean = 1;
-	struct dirent *e;
-	while (clean && (e = readdir(d))) {
-		const char *n = e->d_name;
-		struct stat st;
-		if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0)))
-			continue;
-		if (fstatat(dirfd(d), n, &st, AT_SYMLINK_NOFOLLOW) < 0 || (st.st_dev == root.st_dev && !own(i, &st)))
-			clean = 0;
-	}
-	closedir(d);
-	return clean;
+	struct clean_arg c = {i, 1};
+	return each_top(target, clean_top, &c) == 0 && c.clean;
 }
 
 /* finish ends what the program left (confine's finish): every other
