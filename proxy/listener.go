@@ -81,7 +81,8 @@ func (l *capListener) Accept() (net.Conn, error) {
 		if reason == "" {
 			return &capConn{Conn: c, l: l, ip: ip}, nil
 		}
-		l.refuse(c)
+		// Counted before the client is answered, so that whoever sees the
+		// refusal (the client, a test) sees it counted.
 		if reason == RefusedTotal {
 			l.refusedTotal.Add(1)
 		} else {
@@ -90,6 +91,7 @@ func (l *capListener) Accept() (net.Conn, error) {
 		if l.onRefuse != nil {
 			l.onRefuse(reason, c.RemoteAddr())
 		}
+		l.refuse(c)
 	}
 }
 

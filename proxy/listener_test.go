@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -134,5 +135,60 @@ func TestClientIP(t *testing.T) {
 		if got := clientIP(tt.addr).String(); got != tt.want {
 			t.Errorf("clientIP(%v) = %s, want %s", tt.addr, got, tt.want)
 		}
+	}
+}
+
+// onceListener hands out one connection, then blocks until closed.
+type onceListener struct {
+	c    net.Conn
+	done chan struct{}
+}
+
+func (l *onceListener) Accept() (net.Conn, error) {
+	if c := l.c; c != nil {
+		l.c = nil
+		return c, nil
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+func (l *onceListener) Close() error   { close(l.done); return nil }
+func (l *onceListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+// closeHook is a connection that runs a function when it is closed.
+type closeHook struct {
+	net.Conn
+	onClose func()
+}
+
+func (c *closeHook) Close() error { c.onClose(); return c.Conn.Close() }
+
+func (c *closeHook) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 1} }
+
+// TestRefusalCountedBeforeAnswer: a refused connection is counted (and
+// reported) by the time its client is answered, so a client, or a test,
+// that reads the refusal finds it in ConnStats.
+func TestRefusalCountedBeforeAnswer(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	go io.Copy(io.Discard, client)
+	var atClose uint64
+	var reported bool
+	ol := &onceListener{done: make(chan struct{})}
+	l := newCapListener(ol, 0, 0, nil, func(RefusedReason, net.Addr) { reported = true })
+	ol.c = &closeHook{Conn: server, onClose: func() {
+		atClose = l.refusedTotal.Load()
+		if !reported {
+			t.Error("refusal reported after the connection was closed")
+		}
+	}}
+	l.maxTotal = 1
+	l.total.Store(1) // the cap is full
+	go func() { time.Sleep(50 * time.Millisecond); ol.Close() }()
+	if _, err := l.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept: %v, want the listener closed after the refusal", err)
+	}
+	if atClose != 1 {
+		t.Errorf("refusals counted when the refused connection was closed: %d, want 1", atClose)
 	}
 }
