@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -61,6 +62,7 @@ type Prepared struct {
 	frame       []byte
 	resident    []byte // the frame of a resident cell's init, or nil
 	templatable bool   // plan.Templatable(), decided once
+	hidden      []string
 }
 
 // Prepare encodes p once, when the policy is loaded: its frame, and a
@@ -83,6 +85,11 @@ func Prepare(p *Plan) (*Prepared, error) {
 		return nil, err
 	}
 	pp := &Prepared{plan: p, frame: frame, templatable: p.Templatable()}
+	for _, m := range p.Binds {
+		if m.Mask && !slices.Contains(pp.hidden, m.Hides) {
+			pp.hidden = append(pp.hidden, m.Hides)
+		}
+	}
 	if p.Resident {
 		// The resident init's filter allows clone3, its programs add
 		// the rule that refuses it (ResidentFilter).
@@ -165,6 +172,13 @@ func (p *Prepared) Plan() *Plan { return p.plan }
 
 // Templatable is the plan's Templatable, decided when it was prepared.
 func (p *Prepared) Templatable() bool { return p.templatable }
+
+// Hidden lists the host paths of the daemon's files the plan's view
+// covers (Bind.Hides), each once. A view made before one of them was
+// replaced (renamed over, removed and made again) no longer covers it:
+// the kernel detaches a mount whose mount point is unlinked in another
+// mount namespace, and the path then shows the new file.
+func (p *Prepared) Hidden() []string { return p.hidden }
 
 // Frame is the plan frame, to send as it is (not to be modified).
 func (p *Prepared) Frame() []byte { return p.frame }

@@ -35,7 +35,16 @@ func TestLaunchRoundTrip(t *testing.T) {
 	}
 	// The plain frame is a cell's that is not resident; the resident
 	// frame differs from it in that alone.
-	fresh := *plan
+	if !reflect.DeepEqual(prep.Hidden(), []string{"/srv/cgi/tls.key"}) {
+		t.Errorf("Hidden() = %q, want the masked file", prep.Hidden())
+	}
+	// A mask's Hides stays with the daemon.
+	sent := *plan
+	sent.Binds = slices.Clone(plan.Binds)
+	for i := range sent.Binds {
+		sent.Binds[i].Hides = ""
+	}
+	fresh := sent
 	fresh.Resident = false
 	if !reflect.DeepEqual(gotPlan, &fresh) {
 		t.Errorf("plan:\n got %+v\nwant %+v", gotPlan, &fresh)
@@ -43,8 +52,8 @@ func TestLaunchRoundTrip(t *testing.T) {
 	if !plan.Resident || prep.ResidentFrame() == nil {
 		t.Fatalf("a plan with a PID namespace of its own: Resident %v, resident frame %d bytes", plan.Resident, len(prep.ResidentFrame()))
 	}
-	if gotPlan, _, err := DecodePlan(prep.ResidentFrame()[4:]); err != nil || !reflect.DeepEqual(gotPlan, plan) {
-		t.Errorf("resident plan: %v\n got %+v\nwant %+v", err, gotPlan, plan)
+	if gotPlan, _, err := DecodePlan(prep.ResidentFrame()[4:]); err != nil || !reflect.DeepEqual(gotPlan, &sent) {
+		t.Errorf("resident plan: %v\n got %+v\nwant %+v", err, gotPlan, &sent)
 	}
 	if _, _, err := DecodePlan([]byte("CGL1{}")); err == nil || !strings.Contains(err.Error(), "bad magic") {
 		t.Errorf("an older frame: %v", err)

@@ -89,6 +89,10 @@ type Bind struct {
 	// when the cell's view is built, and its mount point is never made (a
 	// policy file replaced or removed since the plan fails no cell).
 	Mask bool
+	// Hides is the host path of the file a Mask covers. It is not sent to
+	// the init: the daemon reads it to learn when a view made earlier no
+	// longer covers the file (Prepared.Hidden).
+	Hides string
 }
 
 // Symlink is a symbolic link created in the cell's root: Link (absolute)
@@ -463,7 +467,7 @@ func (p *Plan) masks(fsys FS, hidden []string) ([]Bind, []error) {
 		}
 		for _, t := range at {
 			if !slices.ContainsFunc(masks, func(m Bind) bool { return m.Target == t }) {
-				masks = append(masks, Bind{Source: os.DevNull, Target: t, Mask: true})
+				masks = append(masks, Bind{Source: os.DevNull, Target: t, Mask: true, Hides: h})
 			}
 		}
 	}

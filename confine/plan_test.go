@@ -152,7 +152,8 @@ func TestBuild(t *testing.T) {
 			want: &Plan{
 				Namespaces: AllNamespaces, Resident: true,
 				Binds: []Bind{{Source: "/etc", Target: "/etc"}, {Source: "/usr", Target: "/usr"}, {Source: "/srv/cgi", Target: "/srv/cgi"},
-					{Source: "/dev/null", Target: "/etc/cellgate/policy.yaml", Mask: true}, {Source: "/dev/null", Target: "/srv/cgi/tls.key", Mask: true}},
+					{Source: "/dev/null", Target: "/etc/cellgate/policy.yaml", Mask: true, Hides: "/etc/cellgate/policy.yaml"},
+					{Source: "/dev/null", Target: "/srv/cgi/tls.key", Mask: true, Hides: "/srv/cgi/tls.key"}},
 				Symlinks: debianLinks, Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
 			},
 		},
@@ -160,7 +161,7 @@ func TestBuild(t *testing.T) {
 			name: "a daemon's file in the rootfs",
 			opts: Options{RootFS: "/srv/rootfs", Hidden: []string{"/srv/rootfs/etc/policy.yaml"}},
 			want: &Plan{
-				Namespaces: AllNamespaces, Resident: true, RootFS: "/srv/rootfs", Binds: []Bind{{Source: "/dev/null", Target: "/etc/policy.yaml", Mask: true}},
+				Namespaces: AllNamespaces, Resident: true, RootFS: "/srv/rootfs", Binds: []Bind{{Source: "/dev/null", Target: "/etc/policy.yaml", Mask: true, Hides: "/srv/rootfs/etc/policy.yaml"}},
 				Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
 			},
 		},

@@ -540,6 +540,7 @@ func TestConfineGoInit(t *testing.T) {
 func TestConfineDaemonFilesHidden(t *testing.T) {
 	conf := `tenant: a, program: ` + strconv.Quote(workerBinary(t)) + `, env: {` + cellHelperEnv + `: probe}, mounts: [{source: "{{.Dir}}", target: /conf}]`
 	g := confineGate(t, `  - {name: conf, match: {path: /conf}, `+conf+`}
+  - {name: confwarm, match: {path: /confwarm}, `+conf+`, cells: fresh}
   - {name: confcold, match: {path: /confcold}, `+conf+`, seccomp: off}
 `)
 	if err := os.Chmod(g.policyPath, 0o644); err != nil {
@@ -556,6 +557,32 @@ func TestConfineDaemonFilesHidden(t *testing.T) {
 		t.Errorf("reads %v: want the policy file refused and the file beside it read", r.Read)
 	}
 	t.Logf("the policy file in the cell: %s", r.Read["/conf/policy.yaml"])
+	// The policy file replaced by rename (an editor's save, 0644): the
+	// kernel detaches the cover in every view made before (its mount point
+	// unlinked in another mount namespace), so no request may start in
+	// one: not a resident init's (conf), a warm cell's from a template
+	// (confwarm) or of its own (confcold), nor a template's.
+	for _, route := range []string{"conf", "confwarm", "confcold"} {
+		g.probe(t, route, nil) // each route's views made ahead
+	}
+	time.Sleep(time.Second)
+	policy, err := os.ReadFile(g.policyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(g.policyPath+".new", policy, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(g.policyPath+".new", g.policyPath); err != nil {
+		t.Fatal(err)
+	}
+	for _, route := range []string{"conf", "confwarm", "confcold"} {
+		for i := range 3 {
+			if r := g.probe(t, route, url.Values{"read": {"/conf/policy.yaml"}}); r.Read["/conf/policy.yaml"] == "ok" {
+				t.Errorf("%s, request %d after the policy file was replaced: a cell read it", route, i+1)
+			}
+		}
+	}
 	// A policy file gone since the plan was made fails no cell: the
 	// cover is bound only where the file still is (confcold has no mount
 	// template, so each of its cells builds its view; the first few
@@ -1358,6 +1385,50 @@ func TestConfineNetnsReuse(t *testing.T) {
 	}
 	for i := range 4 {
 		clean(fmt.Sprintf("tenant a after a root request, request %d", i), probe("probe", check))
+	}
+}
+
+// TestConfineViewAge: a view made ahead serves no request 20 s after it
+// was made, however long its cell waited (a warm cell is taken last in
+// first out, so one at the bottom of a set under a trickle of requests
+// used to wait for as long as the route was used): a directory swapped in
+// by rename is then seen by a warm cell's request and a resident init's.
+func TestConfineViewAge(t *testing.T) {
+	w := workerBinary(t)
+	data := filepath.Join(t.TempDir(), "data")
+	if err := os.Mkdir(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "f"), []byte("one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	route := `tenant: a, program: ` + strconv.Quote(w) + `, env: {` + cellHelperEnv + `: probe}, mounts: [{source: ` + strconv.Quote(data) + `, target: /srv/data}]`
+	g := confineGate(t, `  - {name: datawarm, match: {path: /datawarm}, `+route+`, cells: fresh}
+  - {name: datares, match: {path: /datares}, `+route+`}
+`)
+	cat := func(route string) string {
+		return g.probe(t, route, url.Values{"cat": {"/srv/data/f"}}).Cat["/srv/data/f"]
+	}
+	for _, route := range []string{"datawarm", "datares"} {
+		if got := cat(route); got != "one" {
+			t.Fatalf("%s reads %q, want \"one\"", route, got)
+		}
+	}
+	time.Sleep(time.Second) // the warm cell and the resident init ready again
+	if err := os.Rename(data, data+".old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(data, "f"), []byte("two"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(21 * time.Second) // sandbox's viewMaxAge, 20 s, and a margin
+	for _, route := range []string{"datawarm", "datares"} {
+		if got := cat(route); got != "two" {
+			t.Errorf("%s, 21 s after its directory was replaced: a cell reads %q, want the new directory's \"two\"", route, got)
+		}
 	}
 }
 

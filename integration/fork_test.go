@@ -44,6 +44,7 @@ routes:
   - {name: confhost, match: {path: /confhost}, tenant: py, driver: fork, runtime: python-wsgi, app: "confprobe:app", app_dir: "%[2]s", network: host}
   - {name: echo, match: {path: /echo}, tenant: py, driver: fork, runtime: python-wsgi, app: "echo:app", app_dir: "%[2]s"}
   - {name: stdio, match: {path: /stdio}, tenant: py, driver: fork, runtime: python-wsgi, app: "stdio:app", app_dir: "%[2]s"}
+  - {name: confmask, match: {path: /confmask}, tenant: py, driver: fork, runtime: python-wsgi, app: "confprobe:app", app_dir: "%[2]s", mounts: [{source: "{{.Dir}}", target: /conf}]}
 `
 
 // forkDirs returns the example WSGI apps' and the test apps' directories.
@@ -181,7 +182,7 @@ func TestFork(t *testing.T) {
 			}
 		}
 	})
-	g := startGate(t, gateOptions{policy: fmt.Sprintf(forkPolicy, examples, testdata, "probe")})
+	g := startGate(t, gateOptions{policy: fmt.Sprintf(forkPolicy, examples, testdata, "probe"), openDir: true})
 	wsgiPid, wsgiGroup := preloaderPid(t, g, "wsgi")
 	flaskPid, flaskGroup := preloaderPid(t, g, "flask")
 	probePid, _ := preloaderPid(t, g, "probe")
@@ -579,6 +580,38 @@ func forkConfined(t *testing.T, g *gate, testdata string) {
 		}
 		if r.Hostname != "cell" {
 			t.Errorf("hostname %q, want the preloader's own (cell)", r.Hostname)
+		}
+	})
+
+	// The policy file, shown in the view by a mount and covered there,
+	// replaced by rename (an editor's save, 0644): the kernel detaches the
+	// cover in the preloader's view, which its children copy, so the
+	// preloader is replaced before its next child, whose request waits.
+	t.Run("confined daemon file replaced", func(t *testing.T) {
+		if err := os.Chmod(g.policyPath, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		before, _ := preloaderPid(t, g, "confmask")
+		if r := g.probe(t, "confmask", url.Values{"read": {"/conf/policy.yaml"}}); r.Read["/conf/policy.yaml"] == "ok" {
+			t.Fatalf("a fork route's request read the policy file in its mount")
+		}
+		policy, err := os.ReadFile(g.policyPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(g.policyPath+".new", policy, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(g.policyPath+".new", g.policyPath); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 {
+			if r := g.probe(t, "confmask", url.Values{"read": {"/conf/policy.yaml"}}); r.Read["/conf/policy.yaml"] == "ok" {
+				t.Errorf("request %d after the policy file was replaced read it", i+1)
+			}
+		}
+		if after, _ := preloaderPid(t, g, "confmask"); after == before {
+			t.Errorf("preloader %d still serves after the policy file it covered was replaced", before)
 		}
 	})
 

@@ -511,6 +511,10 @@ type gateOptions struct {
 	// init starts serve as pid 1 of a PID namespace of its own, with a
 	// /proc of that namespace (as a container's entrypoint; runAsInit).
 	init bool
+	// openDir makes the policy file's directory (and the test's temporary
+	// one above it) searchable by all before serve starts: a fork route
+	// that mounts it has its preloader, a uid of the range, open it then.
+	openDir bool
 }
 
 // gate is one running `cellgate serve`.
@@ -577,6 +581,13 @@ func startGate(t testing.TB, o gateOptions) *gate {
 	}
 	trackBase(base)
 	dir := t.TempDir()
+	if o.openDir {
+		for _, d := range []string{filepath.Dir(dir), dir} {
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	g := &gate{
 		t:          t,
 		base:       base,

@@ -36,7 +36,7 @@ type initProc struct {
 	// A resident init (resident.go) runs request after request, each in a
 	// cell of its own: cell is then the init's own group.
 	resident  bool
-	born      time.Time // when it was started
+	view      viewStamp // when its view was made, and what it covers (view.go)
 	set       *warmSet  // the set it was taken from, while it serves a request
 	next      Cell      // the next request's cell, its stub started in it (prepareNext), or nil
 	stub      int       // with next: the daemon's end of the stub's socket
@@ -58,12 +58,13 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared, tenant string) (*i
 		return nil, fmt.Errorf("%w: route asks for confinement but the runner has no Launcher (Config.Launcher)", ErrSpec)
 	}
 	var template *os.File
+	view := stampView(plan)
 	if r.templates != nil {
-		if mt := r.templates.take(plan); mt != nil {
+		if mt := r.templates.take(plan, view.hidden); mt != nil {
 			// The view is a copy of the route's template (templates.go):
 			// the init enters it instead of cloning the daemon's.
 			defer r.templates.release(mt)
-			template = mt.f
+			template, view = mt.f, mt.view
 		}
 	}
 	// A network namespace made ahead (netns.go): the init is cloned into
@@ -112,7 +113,7 @@ func (r *Runner) startInit(cell Cell, plan *confine.Prepared, tenant string) (*i
 			}
 			return nil, fmt.Errorf("%w: init %s in cell %s: %w", ErrSpawn, r.launcher.Name(), cell.Path(), err)
 		}
-		ip := &initProc{cell: cell, proc: proc, ctl: fds[0], netns: ns, tenant: tenant, born: time.Now()}
+		ip := &initProc{cell: cell, proc: proc, ctl: fds[0], netns: ns, tenant: tenant, view: view}
 		frame := plan.Frame()
 		if r.residentFor(plan) {
 			ip.resident, frame = true, plan.ResidentFrame()

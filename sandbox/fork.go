@@ -140,6 +140,9 @@ func (d forkDriver) try(ctx context.Context, cell Cell, spec *Spec, files [3]*os
 
 	inst.mu.Lock()
 	defer inst.mu.Unlock()
+	if !inst.broken.Load() && p.cfg.Confine != nil && !inst.view.covers(hiddenNow(p.cfg.Confine)) {
+		p.outOfDate(inst)
+	}
 	if inst.broken.Load() {
 		return nil, fmt.Errorf("%w: preloader of route %s was just replaced: %w", ErrNoPreloader, p.cfg.Route, errNotSent)
 	}

@@ -143,6 +143,14 @@ type instance struct {
 	// maxSpawn is the largest spawn the socket takes in one datagram:
 	// maxMessage, or less when its send buffer could not be raised.
 	maxSpawn int
+	// view is the stamp of its view (a confined route's: view.go), which
+	// every child shares: it spawns only while the view covers the
+	// daemon's files the host holds (fork.go, try); its age is its own
+	// (RecycleAfter), the app's code being loaded from it anyway.
+	view viewStamp
+	// stale: the view no longer covers them; the replacement is asked
+	// for and the instance is out of service.
+	stale atomic.Bool
 
 	// recycle asks the supervisor for a replacement (RecycleAfter
 	// reached); buffered, sent once.
@@ -257,11 +265,33 @@ func (p *Preloader) clearCurrent() {
 }
 
 // replaceCurrent puts next in service in place of the instance serving
-// now (requests never wait: the old one served until next was ready).
+// now (requests never wait: the old one served until next was ready), or
+// of none (a stale one, taken out of service at once: requests waited).
 func (p *Preloader) replaceCurrent(next *instance) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.cur == nil {
+		close(p.readyCh)
+	}
 	p.cur = next
+}
+
+// outOfDate takes inst out of service because its view no longer covers
+// a file of the daemon's (view.go) and asks the supervisor for its
+// replacement; requests wait for that one. Called with inst.mu held.
+func (p *Preloader) outOfDate(inst *instance) {
+	if inst.stale.Swap(true) {
+		return
+	}
+	p.log.Warn("preloader replaced: a file of the daemon's that its view covered (the policy, the TLS key) was replaced on the host", "pid", inst.pid)
+	p.mu.Lock()
+	if p.cur == inst {
+		p.cur = nil
+		p.readyCh = make(chan struct{})
+	}
+	p.mu.Unlock()
+	inst.broken.Store(true)
+	inst.askRecycle()
 }
 
 // supervise keeps an instance in service until Close: after RecycleAfter
@@ -281,6 +311,16 @@ func (p *Preloader) supervise(inst *instance) {
 			return
 		case <-inst.recycle:
 			next, err := p.startInstance()
+			if err != nil && inst.stale.Load() {
+				// It may not serve on: ended, and restarted as after a
+				// death.
+				p.log.Error("preloader replacement failed to start; restarting", "pid", inst.pid, "err", err)
+				inst.mu.Lock()
+				inst.retire()
+				inst.mu.Unlock()
+				inst.proc.Kill()
+				continue
+			}
 			if err != nil {
 				p.log.Error("preloader recycle: the replacement failed to start; the old one serves on", "pid", inst.pid, "err", err)
 				continue
@@ -293,7 +333,11 @@ func (p *Preloader) supervise(inst *instance) {
 			inst.retire()
 			inst.mu.Unlock()
 			p.recycles.Add(1)
-			p.log.Info("preloader recycled", "old_pid", inst.pid, "new_pid", next.pid, "children", p.cfg.RecycleAfter)
+			if inst.stale.Load() {
+				p.log.Info("preloader replaced: its view is made again", "old_pid", inst.pid, "new_pid", next.pid)
+			} else {
+				p.log.Info("preloader recycled", "old_pid", inst.pid, "new_pid", next.pid, "children", p.cfg.RecycleAfter)
+			}
 			inst = next
 			continue
 		case <-inst.exited:
@@ -368,6 +412,10 @@ func (p *Preloader) ready(cancel <-chan struct{}) (*instance, error) {
 // message: ready, or the import's error.
 func (p *Preloader) startInstance() (*instance, error) {
 	cfg := p.cfg
+	var view viewStamp
+	if cfg.Confine != nil {
+		view = stampView(cfg.Confine)
+	}
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("preloader of route %s: socketpair: %w", cfg.Route, err)
@@ -441,7 +489,7 @@ func (p *Preloader) startInstance() (*instance, error) {
 		return nil, fmt.Errorf("%w: preloader of route %s: %w%s", ErrSpawn, cfg.Route, err, hint)
 	}
 	out := readOutput(outR, p.log.With("pid", proc.Pid))
-	inst := &instance{proc: proc, conn: conn, pid: proc.Pid, maxSpawn: maxSpawn, out: out}
+	inst := &instance{proc: proc, conn: conn, pid: proc.Pid, maxSpawn: maxSpawn, out: out, view: view}
 	p.mu.Lock()
 	p.starting = proc
 	p.mu.Unlock()

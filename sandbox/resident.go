@@ -42,11 +42,11 @@ import (
 // before). A request whose program runs as root (a route's user: root)
 // could change what the next one finds, so its cell is not kept.
 //
-// A resident init is kept for residentMaxAge from its start, as a mount
-// template is: a view shows the directories its binds named when it was
-// made. The sets of warm.go hold them (ready, or busy serving a request,
-// both counted against the set's target), at most Config.ResidentCells
-// per route.
+// A resident init serves as long as its view may (view.go): up to
+// viewMaxAge after the view was made, and while it covers the daemon's
+// files the host holds. The sets of warm.go hold them (ready, or busy
+// serving a request, both counted against the set's target), at most
+// Config.ResidentCells per route.
 
 // ResidentEnd is why a resident init stopped serving its route: each
 // end costs a later request (or the refill) the start of another one, so
@@ -63,7 +63,9 @@ const (
 	// EndSockets: a socket was left in the cell's network namespace (a
 	// connection in TIME_WAIT counts).
 	EndSockets
-	// EndAged: the init served for residentMaxAge.
+	// EndAged: the init's view may serve no further request: it was
+	// made viewMaxAge before, or it no longer covers a file of the
+	// daemon's replaced on the host since (view.go).
 	EndAged
 	// EndSurplus: the route's set had all the cells it wanted.
 	EndSurplus
@@ -96,9 +98,6 @@ func (r *Runner) ResidentEnded(why ResidentEnd) uint64 {
 
 // ended counts a resident init ended for why.
 func (w *warmPool) ended(why ResidentEnd) { w.ends[why].Add(1) }
-
-// residentMaxAge is how long a resident init serves requests.
-const residentMaxAge = templateMaxAge
 
 // returnWait bounds how long a request that finds its route's set empty
 // waits for a resident init on its way back (putBackLater), or being set
@@ -160,13 +159,14 @@ func (w *warmPool) putBackLater(k warmKey, ip *initProc) {
 
 // putBack returns a resident init whose request has ended (its report
 // read) to the key's set, its next request's cell prepared, if the set
-// still wants it and it is younger than residentMaxAge; otherwise it is
+// still wants it and its view is current (view.go); otherwise it is
 // ended off the request's path.
 func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	ip.final, ip.got, ip.started = nil, nil, false
 	// A cell prepared and not used (the request failed before its
 	// hand-off) holds the stub's socket: no program ran since the check.
 	quiet := ip.next != nil || ip.netQuiet(k.plan)
+	hidden := hiddenNow(k.plan)
 	w.mu.Lock()
 	keep := w.ctx.Err() == nil
 	switch {
@@ -174,7 +174,7 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	case !quiet:
 		keep = false
 		w.ended(EndSockets)
-	case time.Since(ip.born) >= residentMaxAge:
+	case !ip.view.current(time.Now(), hidden):
 		keep = false
 		w.ended(EndAged)
 	case !ip.wanted(w.sets[k]):

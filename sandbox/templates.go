@@ -67,7 +67,7 @@ const templateRetry = time.Minute
 type mountTemplate struct {
 	f    *os.File
 	refs int
-	made time.Time
+	view viewStamp // made: the start of its making (view.go)
 }
 
 // templateSet is a plan's template and its making.
@@ -129,8 +129,10 @@ func canEnterTemplates() error {
 
 // take returns plan's current template with a reference, which the
 // caller gives back with release, or nil when it has none (yet). It
-// starts the template's making when there is none or it is due.
-func (t *mountTemplates) take(plan *confine.Prepared) *mountTemplate {
+// starts the template's making when there is none or it is due: from
+// half its age on, or at once when the daemon's files the host holds
+// (hidden, hiddenNow's answer) are not those it covers (view.go).
+func (t *mountTemplates) take(plan *confine.Prepared, hidden []fileID) *mountTemplate {
 	if !plan.Templatable() {
 		return nil
 	}
@@ -148,11 +150,12 @@ func (t *mountTemplates) take(plan *confine.Prepared) *mountTemplate {
 	s.used = now
 	// Made again from half its age on, so that a route used at least
 	// that often never finds it too old.
-	if !s.building && (s.cur == nil || now.Sub(s.cur.made) >= templateMaxAge/2) && (s.failed.IsZero() || now.Sub(s.failed) >= templateRetry) {
+	current := s.cur != nil && s.cur.view.covers(hidden)
+	if !s.building && (!current || now.Sub(s.cur.view.made) >= templateMaxAge/2) && (s.failed.IsZero() || now.Sub(s.failed) >= templateRetry) {
 		s.building = true
 		t.wg.Go(func() { t.make(plan, s) })
 	}
-	if s.cur == nil || now.Sub(s.cur.made) >= templateMaxAge {
+	if !current || now.Sub(s.cur.view.made) >= templateMaxAge {
 		t.misses.Add(1)
 		return nil
 	}
@@ -191,7 +194,7 @@ func (t *mountTemplates) sweep(now time.Time) {
 
 // make makes plan's template and makes it s's current one.
 func (t *mountTemplates) make(plan *confine.Prepared, s *templateSet) {
-	start := time.Now() // the host as the template sees it
+	view := stampView(plan) // the host as the template sees it
 	f, err := t.r.makeTemplate(plan)
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -215,7 +218,7 @@ func (t *mountTemplates) make(plan *confine.Prepared, s *templateSet) {
 	if s.cur != nil {
 		t.drop(s.cur)
 	}
-	s.cur = &mountTemplate{f: f, refs: 1, made: start}
+	s.cur = &mountTemplate{f: f, refs: 1, view: view}
 }
 
 // close waits for the makings under way and lets go of every template;

@@ -100,7 +100,8 @@ func (w *warmPool) sizeFor(k warmKey) int {
 // init's set, or gives it back with unslot), so that the refill does not
 // set up another one for the same place meanwhile. An init found gone
 // (it died while it waited: killed, or OOM-killed with its tenant), and
-// a resident one older than residentMaxAge, is passed over, its cell
+// one whose view a request may no longer use (too old, or no longer
+// covering the daemon's files: view.go), is passed over, its cell
 // ended as a teardown (off the request's path when a slot is free). A
 // resident route's take that finds none ready while one is on its way
 // back (putBackLater) or being set up by the refill, and not waited for
@@ -111,6 +112,7 @@ func (w *warmPool) sizeFor(k warmKey) int {
 // more until it has its Result.
 func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *warmSet) {
 	resident := w.r.residentFor(k.plan)
+	hidden := hiddenNow(k.plan) // a few stats, before the lock
 	w.mu.Lock()
 	var dead, old []*initProc
 	var waited *time.Timer // returnWait, from the first wait on
@@ -125,8 +127,10 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 					w.ended(EndFailed)
 				}
 				dead, ip = append(dead, ip), nil
-			case ip.resident && now.Sub(ip.born) >= residentMaxAge:
-				w.ended(EndAged)
+			case !ip.view.current(now, hidden):
+				if ip.resident {
+					w.ended(EndAged)
+				}
 				old, ip = append(old, ip), nil
 			}
 		}
@@ -249,16 +253,14 @@ func (s *warmSet) resize(found bool, now time.Time, most int) {
 	}
 }
 
-// expire takes the resident inits that have served for residentMaxAge out
-// of the ready ones (the refill ends them and sets up others, so that a
-// route with few requests still finds one), and returns when the next one
-// will have (zero: none ready). Called with warmPool.mu held.
+// expire takes the inits whose view has reached viewMaxAge out of the
+// ready ones (the refill ends them and sets up others, so that a route
+// with few requests still finds one), and returns when the next one will
+// (zero: none ready). Called with warmPool.mu held.
 func (s *warmSet) expire(now time.Time) (expired []*initProc, next time.Time) {
 	kept := s.ready[:0]
 	for _, ip := range s.ready {
-		switch end := ip.born.Add(residentMaxAge); {
-		case !ip.resident:
-			kept = append(kept, ip)
+		switch end := ip.view.made.Add(viewMaxAge); {
 		case !now.Before(end):
 			expired = append(expired, ip)
 		default:
@@ -311,7 +313,7 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 	defer w.wg.Done()
 	idle := time.NewTimer(warmIdle)
 	defer idle.Stop()
-	age := time.NewTimer(residentMaxAge)
+	age := time.NewTimer(viewMaxAge)
 	defer age.Stop()
 	var setups sync.WaitGroup
 	for {
@@ -321,7 +323,9 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 		start := s.toStart(warmParallel)
 		w.mu.Unlock()
 		for _, ip := range expired {
-			w.ended(EndAged)
+			if ip.resident {
+				w.ended(EndAged)
+			}
 			w.r.teardowns.run(func() { w.r.discard(ip) })
 		}
 		if time.Since(taken) >= warmIdle {

@@ -1,8 +1,12 @@
 package sandbox
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/cellgate/cellgate/confine"
 )
 
 // TestWarmSetResize: a set's target starts at one, doubles with each take
@@ -73,27 +77,101 @@ func TestWarmSetToStart(t *testing.T) {
 	}
 }
 
-// TestWarmSetExpire: the refill takes resident inits that have served for
-// residentMaxAge out of the ready ones, keeps the younger ones and any
-// warm (non-resident) init, and is woken when the next one expires.
+// TestWarmSetExpire: the refill takes the inits whose view has reached
+// viewMaxAge out of the ready ones, resident or warm (a warm cell waiting
+// an hour under a steady trickle of requests would otherwise serve an
+// hour-old view), keeps the younger ones in their order, and is woken
+// when the next one expires.
 func TestWarmSetExpire(t *testing.T) {
 	t0 := time.Now()
-	old := &initProc{resident: true, born: t0.Add(-residentMaxAge)}
-	young := &initProc{resident: true, born: t0.Add(-time.Second)}
-	younger := &initProc{resident: true, born: t0}
-	warm := &initProc{born: t0.Add(-time.Hour)}
-	s := &warmSet{ready: []*initProc{old, younger, warm, young}}
+	made := func(ago time.Duration) viewStamp { return viewStamp{made: t0.Add(-ago)} }
+	old := &initProc{resident: true, view: made(viewMaxAge)}
+	young := &initProc{resident: true, view: made(time.Second)}
+	younger := &initProc{resident: true, view: made(0)}
+	warm := &initProc{view: made(time.Hour)}
+	warmYoung := &initProc{view: made(2 * time.Second)}
+	s := &warmSet{ready: []*initProc{old, younger, warm, warmYoung, young}}
 	expired, next := s.expire(t0)
-	if len(expired) != 1 || expired[0] != old {
-		t.Errorf("expired %v, want the one born residentMaxAge ago", expired)
+	if len(expired) != 2 || expired[0] != old || expired[1] != warm {
+		t.Errorf("expired %v, want the resident and the warm init whose views are viewMaxAge old or more", expired)
 	}
-	if len(s.ready) != 3 || s.ready[0] != younger || s.ready[1] != warm || s.ready[2] != young {
+	if len(s.ready) != 3 || s.ready[0] != younger || s.ready[1] != warmYoung || s.ready[2] != young {
 		t.Errorf("ready after: %v, want the others in their order", s.ready)
 	}
-	if want := young.born.Add(residentMaxAge); !next.Equal(want) {
-		t.Errorf("next expiry %v, want %v (the oldest kept resident init's)", next, want)
+	if want := warmYoung.view.made.Add(viewMaxAge); !next.Equal(want) {
+		t.Errorf("next expiry %v, want %v (the oldest view kept)", next, want)
 	}
-	if _, next := (&warmSet{ready: []*initProc{warm}}).expire(t0); !next.IsZero() {
-		t.Errorf("a set without resident inits: next expiry %v, want none", next)
+	if _, next := (&warmSet{}).expire(t0); !next.IsZero() {
+		t.Errorf("an empty set: next expiry %v, want none", next)
 	}
+}
+
+// TestViewStamp: a view serves requests until viewMaxAge after it was
+// made, and only while the daemon's files it covers are the ones the
+// host holds: one renamed over, removed, or made where none was, ends it.
+func TestViewStamp(t *testing.T) {
+	dir := t.TempDir()
+	policy := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policy, []byte("a"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	plan, err := confine.Prepare(&confine.Plan{Namespaces: confine.NSMount, Binds: []confine.Bind{
+		{Source: dir, Target: "/conf"},
+		{Source: os.DevNull, Target: "/conf/policy.yaml", Mask: true, Hides: policy},
+		{Source: os.DevNull, Target: "/conf/key.pem", Mask: true, Hides: filepath.Join(dir, "key.pem")},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := stampView(plan)
+	now := v.made
+	if !v.current(now, hiddenNow(plan)) {
+		t.Fatal("a view just made is not current")
+	}
+	if v.current(now.Add(viewMaxAge), hiddenNow(plan)) {
+		t.Error("a view viewMaxAge old is current")
+	}
+	// Written in place: the mask still covers it.
+	if err := os.WriteFile(policy, []byte("b"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !v.current(now, hiddenNow(plan)) {
+		t.Error("a hidden file written in place ends the view")
+	}
+	for _, tc := range []struct {
+		name   string
+		change func() error
+	}{
+		{"renamed over", func() error {
+			if err := os.WriteFile(policy+".new", []byte("c"), 0o644); err != nil {
+				return err
+			}
+			return os.Rename(policy+".new", policy)
+		}},
+		{"removed", func() error { return os.Remove(policy) }},
+		{"made where none was", func() error { return os.WriteFile(filepath.Join(dir, "key.pem"), nil, 0o600) }},
+	} {
+		if err := tc.change(); err != nil {
+			t.Fatal(err)
+		}
+		if v.current(now, hiddenNow(plan)) {
+			t.Errorf("%s: the view still current", tc.name)
+		}
+		v = stampView(plan)
+		if !v.current(now, hiddenNow(plan)) {
+			t.Errorf("%s: a view made after is not current", tc.name)
+		}
+	}
+	if v := stampView(mustPrepare(t, &confine.Plan{})); v.hidden != nil || !v.current(v.made, nil) {
+		t.Errorf("a plan hiding nothing: stamp %+v", v)
+	}
+}
+
+func mustPrepare(t *testing.T, p *confine.Plan) *confine.Prepared {
+	t.Helper()
+	prep, err := confine.Prepare(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return prep
 }
