@@ -566,16 +566,7 @@ func TestConfineDaemonFilesHidden(t *testing.T) {
 		g.probe(t, route, nil) // each route's views made ahead
 	}
 	time.Sleep(time.Second)
-	policy, err := os.ReadFile(g.policyPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(g.policyPath+".new", policy, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(g.policyPath+".new", g.policyPath); err != nil {
-		t.Fatal(err)
-	}
+	replaceByRename(t, g.policyPath)
 	for _, route := range []string{"conf", "confwarm", "confcold"} {
 		for i := range 3 {
 			if r := g.probe(t, route, url.Values{"read": {"/conf/policy.yaml"}}); r.Read["/conf/policy.yaml"] == "ok" {
@@ -1388,6 +1379,33 @@ func TestConfineNetnsReuse(t *testing.T) {
 	}
 }
 
+// dataDir makes dir with a file f holding content.
+func dataDir(t *testing.T, dir, content string) {
+	t.Helper()
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "f"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// replaceByRename replaces a file as an editor saves it: a copy, mode
+// 0644, renamed over it.
+func replaceByRename(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+".new", b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".new", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestConfineViewAge: a view made ahead serves no request 20 s after it
 // was made, however long its cell waited (a warm cell is taken last in
 // first out, so one at the bottom of a set under a trickle of requests
@@ -1396,12 +1414,7 @@ func TestConfineNetnsReuse(t *testing.T) {
 func TestConfineViewAge(t *testing.T) {
 	w := workerBinary(t)
 	data := filepath.Join(t.TempDir(), "data")
-	if err := os.Mkdir(data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(data, "f"), []byte("one"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dataDir(t, data, "one")
 	route := `tenant: a, program: ` + strconv.Quote(w) + `, env: {` + cellHelperEnv + `: probe}, mounts: [{source: ` + strconv.Quote(data) + `, target: /srv/data}]`
 	g := confineGate(t, `  - {name: datawarm, match: {path: /datawarm}, `+route+`, cells: fresh}
   - {name: datares, match: {path: /datares}, `+route+`}
@@ -1418,12 +1431,7 @@ func TestConfineViewAge(t *testing.T) {
 	if err := os.Rename(data, data+".old"); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Mkdir(data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(data, "f"), []byte("two"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dataDir(t, data, "two")
 	time.Sleep(21 * time.Second) // sandbox's viewMaxAge, 20 s, and a margin
 	for _, route := range []string{"datawarm", "datares"} {
 		if got := cat(route); got != "two" {
@@ -1440,12 +1448,7 @@ func TestConfineViewAge(t *testing.T) {
 func TestConfineMountTemplate(t *testing.T) {
 	w := workerBinary(t)
 	data := filepath.Join(t.TempDir(), "data")
-	if err := os.Mkdir(data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(data, "f"), []byte("one"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dataDir(t, data, "one")
 	extra := fmt.Sprintf(`  - {name: data, match: {path: /data}, tenant: a, program: %[1]q, env: {%[2]s: probe}, mounts: [{source: %[3]q, target: /srv/data}]}
   - {name: proberoot, match: {path: /proberoot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true}
 `, w, cellHelperEnv, data)
@@ -1486,12 +1489,7 @@ func TestConfineMountTemplate(t *testing.T) {
 	if err := os.Rename(data, data+".old"); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Mkdir(data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(data, "f"), []byte("two"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dataDir(t, data, "two")
 	var got string
 	for end := time.Now().Add(45 * time.Second); time.Now().Before(end); time.Sleep(500 * time.Millisecond) {
 		if got = g.probe(t, "data", url.Values{"cat": {"/srv/data/f"}}).Cat["/srv/data/f"]; got == "two" {

@@ -595,16 +595,7 @@ func forkConfined(t *testing.T, g *gate, testdata string) {
 		if r := g.probe(t, "confmask", url.Values{"read": {"/conf/policy.yaml"}}); r.Read["/conf/policy.yaml"] == "ok" {
 			t.Fatalf("a fork route's request read the policy file in its mount")
 		}
-		policy, err := os.ReadFile(g.policyPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(g.policyPath+".new", policy, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(g.policyPath+".new", g.policyPath); err != nil {
-			t.Fatal(err)
-		}
+		replaceByRename(t, g.policyPath)
 		for i := range 2 {
 			if r := g.probe(t, "confmask", url.Values{"read": {"/conf/policy.yaml"}}); r.Read["/conf/policy.yaml"] == "ok" {
 				t.Errorf("request %d after the policy file was replaced read it", i+1)
