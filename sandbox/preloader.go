@@ -91,7 +91,7 @@ type PreloaderConfig struct {
 type PreloaderStats struct {
 	Route    string
 	Restarts uint64 // instances that died or broke and were replaced
-	Recycles uint64 // instances replaced after RecycleAfter children
+	Recycles uint64 // instances replaced after RecycleAfter children, or when their view no longer covered the daemon's files (view.go)
 	Spawned  uint64 // children started
 	Retries  uint64 // requests retried after their preloader died in the hand-off
 	Ready    bool   // an instance is ready now

@@ -12,12 +12,15 @@ import (
 // A confined cell's view (its mount namespace's tree) is the host as it
 // was when the view was made: a bind shows the directory its source named
 // then, and a mask covers the daemon's file that was there then. A view
-// made ahead (a mount template, a warm cell, a resident init) is used
-// later, so what it shows is bounded in two ways:
+// made ahead (a mount template, a warm cell, a resident init, a fork
+// route's preloader, whose children copy it) is used later, so what it
+// shows is bounded in two ways:
 //
 //   - its age: no request starts in a view made more than viewMaxAge
 //     before (a release directory swapped in by rename is seen by the
-//     requests that start viewMaxAge after at the latest);
+//     requests that start viewMaxAge after at the latest); a preloader's
+//     age is its own (PreloaderConfig.RecycleAfter), the app's code having been
+//     loaded through its view anyway;
 //   - the daemon's files it covers (Prepared.Hidden): a policy file or TLS
 //     key replaced on the host since (an editor's save renames a new file
 //     over the old one) is no longer covered in a view made before, as the
@@ -27,7 +30,8 @@ import (
 //     used by no further request.
 //
 // Both are checked where a view made ahead is taken for a request (the
-// template's take, the warm set's take, a resident init's put back). A
+// template's take, the warm set's take, a resident init's put back), the
+// covered files also before each child of a preloader (fork.go, try). A
 // request already running in a view keeps it until it ends.
 
 // viewMaxAge bounds the age of a view at the start of a request in it: a
