@@ -28,7 +28,8 @@ import (
 // How many: a set is sized by demand, between one cell and
 // Config.WarmCells. Each request that finds the set empty doubles its
 // target (a burst of n concurrent requests is met within log2 n bursts);
-// each warmShrink without such a miss lowers it by one. The refill sets up
+// each warmShrink without such a miss lowers it by one, takes or none
+// (shrink). The refill sets up
 // to warmParallel cells up at once: a setup is mostly CPU (the init's Go
 // runtime starting, the mounts), so more than one per CPU only queues.
 
@@ -239,18 +240,30 @@ func (w *warmPool) kick(k warmKey) {
 }
 
 // resize adjusts the set's target at a take that found a cell or not:
-// doubled (up to most) by a miss, lowered by one after warmShrink without
-// one.
+// doubled (up to most) by a miss, lowered as shrink does.
 func (s *warmSet) resize(found bool, now time.Time, most int) {
 	s.taken = now
 	if !found {
 		s.want = min(2*s.want, most)
 		s.missed = now
 	}
-	if s.want > 1 && now.Sub(s.missed) >= warmShrink {
-		s.want--
-		s.missed = now
+	s.shrink(now)
+}
+
+// shrink lowers the set's target by one for each warmShrink without a
+// miss (down to one), takes or none: the refill shrinks it too before it
+// replaces the cells whose views aged, so that a set grown by a burst
+// and then idle, or taken from now and then, does not have its whole
+// size set up again every viewMaxAge. Called with warmPool.mu held.
+func (s *warmSet) shrink(now time.Time) {
+	steps := int(now.Sub(s.missed) / warmShrink)
+	if steps < 1 {
+		return
 	}
+	if s.want > 1 {
+		s.want = max(1, s.want-steps)
+	}
+	s.missed = s.missed.Add(time.Duration(steps) * warmShrink)
 }
 
 // expire takes the inits whose view has reached viewMaxAge out of the
@@ -319,7 +332,9 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 	for {
 		w.mu.Lock()
 		taken := s.taken
-		expired, next := s.expire(time.Now())
+		now := time.Now()
+		s.shrink(now)
+		expired, next := s.expire(now)
 		start := s.toStart(warmParallel)
 		w.mu.Unlock()
 		for _, ip := range expired {

@@ -34,6 +34,10 @@ func TestWarmSetResize(t *testing.T) {
 			{true, 3 * warmShrink, 1}, {true, 9 * warmShrink, 1},
 		}},
 		{"a miss after shrinking doubles again", 8, []take{{false, 0, 2}, {true, warmShrink, 1}, {false, warmShrink + 1, 2}}},
+		{"a long quiet period counts each of its steps", 8, []take{
+			{false, 0, 2}, {false, 0, 4}, {false, 0, 8},
+			{true, 3*warmShrink + time.Second, 5}, {true, 4 * warmShrink, 4},
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &warmSet{want: 1, taken: t0, missed: t0}
@@ -44,6 +48,32 @@ func TestWarmSetResize(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestWarmSetShrinkIdle: the refill lowers the target of a set nobody
+// takes from, one per warmShrink, so that the cells whose views age are
+// not all set up again: a set grown to 16 by a burst and then idle for
+// viewMaxAge has its aged cells replaced by 16 - viewMaxAge/warmShrink.
+func TestWarmSetShrinkIdle(t *testing.T) {
+	t0 := time.Now()
+	s := &warmSet{want: 16, taken: t0, missed: t0}
+	s.shrink(t0.Add(warmShrink - time.Millisecond))
+	if s.want != 16 {
+		t.Fatalf("within warmShrink of the last miss: target %d, want 16", s.want)
+	}
+	s.shrink(t0.Add(viewMaxAge))
+	if want := 16 - int(viewMaxAge/warmShrink); s.want != want {
+		t.Fatalf("viewMaxAge after the last miss: target %d, want %d", s.want, want)
+	}
+	// The steps counted are not counted again.
+	s.shrink(t0.Add(viewMaxAge + warmShrink/2))
+	if want := 16 - int(viewMaxAge/warmShrink); s.want != want {
+		t.Errorf("half a period later: target %d, want %d", s.want, want)
+	}
+	s.shrink(t0.Add(time.Hour))
+	if s.want != 1 {
+		t.Errorf("an hour later: target %d, want 1", s.want)
 	}
 }
 
