@@ -180,6 +180,50 @@ func TestForkRestartAndRecycle(t *testing.T) {
 	}
 }
 
+// TestForkOutOfDate: a preloader whose view no longer covers the daemon's
+// files is out of service at once (no request reaches it: they wait) and
+// replaced; the next request is the replacement's child, and it counts as
+// a recycle, not a restart.
+func TestForkOutOfDate(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, wsgiApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := p.ready(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.mu.Lock()
+	p.outOfDate(old)
+	old.mu.Unlock()
+	if !old.broken.Load() {
+		t.Fatal("the stale preloader is still in service")
+	}
+	p.mu.Lock()
+	cur := p.cur
+	p.mu.Unlock()
+	if cur == old {
+		t.Fatal("the stale preloader is still the current one")
+	}
+	res, out := forkRun(t, r, p, "", "")
+	if res.Cause != CauseOK || !strings.Contains(out, "hello") {
+		t.Fatalf("after the preloader went stale: cause %s output %q", res.Cause, out)
+	}
+	inst, err := p.ready(nil)
+	if err != nil || inst == old {
+		t.Fatalf("ready after the replacement: %v (the stale one: %v)", err, inst == old)
+	}
+	select {
+	case <-old.exited:
+	case <-time.After(30 * time.Second):
+		t.Errorf("the stale preloader %d has not exited", old.pid)
+	}
+	if st := p.Stats(); st.Restarts != 0 || st.Recycles != 1 {
+		t.Errorf("stats %+v, want no restart and 1 recycle", st)
+	}
+}
+
 // Closing the preloader ends its process.
 func TestForkClose(t *testing.T) {
 	r := newTestRunner(t, &fakeCells{})
