@@ -2076,6 +2076,24 @@ func TestConfineResident(t *testing.T) {
 	if n := ended("sockets"); n != 1 {
 		t.Errorf("cellgate_resident_ended_total{reason=\"sockets\"} %d after one request left a connection in TIME_WAIT, want 1", n)
 	}
+	// A cell ended at its put back is replaced off the request's path:
+	// after a pause, the next request finds one set up.
+	if tw := g.probe(t, "probe", url.Values{"timewait": {"1"}}); tw.TimeWait != "ok" {
+		t.Fatalf("control: leave a connection in TIME_WAIT: %s", tw.TimeWait)
+	}
+	time.Sleep(time.Second)
+	warm := func(result string) float64 {
+		return metric(g.metrics(), "cellgate_warm_cells_total", map[string]string{"result": result})
+	}
+	hits, misses := warm("hit"), warm("miss")
+	g.probe(t, "probe", url.Values{})
+	if n := ended("sockets"); n != 2 {
+		t.Errorf("control: cellgate_resident_ended_total{reason=\"sockets\"} %d after two requests left a connection in TIME_WAIT, want 2", n)
+	}
+	if warm("hit") != hits+1 || warm("miss") != misses {
+		t.Errorf("a second after a cell ended at its put back, the next request did not find one set up (hits %v -> %v, misses %v -> %v)",
+			hits, warm("hit"), misses, warm("miss"))
+	}
 	// The next request's process is started ahead (its stub: cloned into
 	// its cell, filter loaded) when the cell is put back: after a pause,
 	// the program's process is older than its request.

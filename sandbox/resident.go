@@ -160,7 +160,9 @@ func (w *warmPool) putBackLater(k warmKey, ip *initProc) {
 // putBack returns a resident init whose request has ended (its report
 // read) to the key's set, its next request's cell prepared, if the set
 // still wants it and its view is current (view.go); otherwise it is
-// ended off the request's path.
+// ended off the request's path, and, unless the set had all it wanted,
+// the refill is woken to set another up: the request's own kick came
+// when its Result was known, with this init still counted as serving.
 func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	ip.final, ip.got, ip.started = nil, nil, false
 	// A cell prepared and not used (the request failed before its
@@ -169,6 +171,7 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	hidden := hiddenNow(k.plan)
 	w.mu.Lock()
 	keep := w.ctx.Err() == nil
+	surplus := false
 	switch {
 	case !keep:
 	case !quiet:
@@ -178,7 +181,7 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 		keep = false
 		w.ended(EndAged)
 	case !ip.wanted(w.sets[k]):
-		keep = false
+		keep, surplus = false, true
 		w.ended(EndSurplus)
 	}
 	w.mu.Unlock()
@@ -192,8 +195,11 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	ip.leaveSet()
 	s := w.sets[k]
 	keep = keep && s != nil && w.ctx.Err() == nil
-	if keep {
+	switch {
+	case keep:
 		s.ready = append(s.ready, ip)
+	case s != nil && !surplus:
+		wakeUp(s.wake)
 	}
 	w.mu.Unlock()
 	if !keep {
