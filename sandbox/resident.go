@@ -99,6 +99,14 @@ func (r *Runner) ResidentEnded(why ResidentEnd) uint64 {
 // ended counts a resident init ended for why.
 func (w *warmPool) ended(why ResidentEnd) { w.ends[why].Add(1) }
 
+// endedIf counts ip ended for why if it is a resident init (a warm
+// cell's end is not counted by why).
+func (w *warmPool) endedIf(ip *initProc, why ResidentEnd) {
+	if ip.resident {
+		w.ended(why)
+	}
+}
+
 // returnWait bounds how long a request that finds its route's set empty
 // waits for a resident init on its way back (putBackLater), or being set
 // up, before it starts one of its own. A put back is a few reads, a cell
@@ -159,8 +167,9 @@ func (w *warmPool) putBackLater(k warmKey, ip *initProc) {
 
 // putBack returns a resident init whose request has ended (its report
 // read) to the key's set, its next request's cell prepared, if the set
-// still wants it and its view is current (view.go); otherwise it is
-// ended off the request's path, and, unless the set had all it wanted,
+// still wants it and its view has not aged (view.go; the files it
+// covers are checked by the next take); otherwise it is ended off the
+// request's path, and, unless the set had all it wanted,
 // the refill is woken to set another up: the request's own kick came
 // when its Result was known, with this init still counted as serving.
 func (w *warmPool) putBack(k warmKey, ip *initProc) {
@@ -168,7 +177,6 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	// A cell prepared and not used (the request failed before its
 	// hand-off) holds the stub's socket: no program ran since the check.
 	quiet := ip.next != nil || ip.netQuiet(k.plan)
-	hidden := hiddenNow(k.plan)
 	w.mu.Lock()
 	keep := w.ctx.Err() == nil
 	surplus := false
@@ -177,7 +185,7 @@ func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	case !quiet:
 		keep = false
 		w.ended(EndSockets)
-	case !ip.view.current(time.Now(), hidden):
+	case ip.view.aged(time.Now()):
 		keep = false
 		w.ended(EndAged)
 	case !ip.wanted(w.sets[k]):

@@ -30,9 +30,10 @@ import (
 //     used by no further request.
 //
 // Both are checked where a view made ahead is taken for a request (the
-// template's take, the warm set's take, a resident init's put back), the
-// covered files also before each child of a preloader (fork.go, try). A
-// request already running in a view keeps it until it ends.
+// template's take, the warm set's take), the covered files also before
+// each child of a preloader (fork.go, try); a resident init's put back
+// checks the age alone (the next take checks the files). A request
+// already running in a view keeps it until it ends.
 
 // viewMaxAge bounds the age of a view at the start of a request in it: a
 // template serves for templateMaxAge, and a cell made from it is kept
@@ -73,8 +74,11 @@ func stampView(plan *confine.Prepared) viewStamp {
 // current reports whether a request starting at now may use the view,
 // hidden being hiddenNow's answer for its plan.
 func (v viewStamp) current(now time.Time, hidden []fileID) bool {
-	return now.Sub(v.made) < viewMaxAge && v.covers(hidden)
+	return !v.aged(now) && v.covers(hidden)
 }
+
+// aged reports whether the view is viewMaxAge old at now.
+func (v viewStamp) aged(now time.Time) bool { return now.Sub(v.made) >= viewMaxAge }
 
 // covers reports whether the view covers the hidden files the host holds
 // (hiddenNow's answer for its plan).

@@ -124,14 +124,10 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 			ip, s.ready = s.ready[n-1], s.ready[:n-1]
 			switch {
 			case ip.gone():
-				if ip.resident {
-					w.ended(EndFailed)
-				}
+				w.endedIf(ip, EndFailed)
 				dead, ip = append(dead, ip), nil
 			case !ip.view.current(now, hidden):
-				if ip.resident {
-					w.ended(EndAged)
-				}
+				w.endedIf(ip, EndAged)
 				old, ip = append(old, ip), nil
 			}
 		}
@@ -274,7 +270,7 @@ func (s *warmSet) expire(now time.Time) (expired []*initProc, next time.Time) {
 	kept := s.ready[:0]
 	for _, ip := range s.ready {
 		switch end := ip.view.made.Add(viewMaxAge); {
-		case !now.Before(end):
+		case ip.view.aged(now):
 			expired = append(expired, ip)
 		default:
 			kept = append(kept, ip)
@@ -338,9 +334,7 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 		start := s.toStart(warmParallel)
 		w.mu.Unlock()
 		for _, ip := range expired {
-			if ip.resident {
-				w.ended(EndAged)
-			}
+			w.endedIf(ip, EndAged)
 			w.r.teardowns.run(func() { w.r.discard(ip) })
 		}
 		if time.Since(taken) >= warmIdle {
