@@ -113,6 +113,7 @@ func Unsupported(mode string) int {
 // (os.Args[1:]): Init without arguments, InitExec in exec mode, and
 // Unsupported for cellgate-init's other modes. It returns the exit status.
 func InitMain(args []string) int {
+	nameSelf()
 	switch {
 	case len(args) == 0:
 		return Init()
@@ -337,4 +338,13 @@ func failOn(fd int, kind ReportKind, status int, err error) int {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", InitArg0, err)
 	}
 	return status
+}
+
+// nameSelf names the init InitArg0 in ps, top and the kernel's OOM
+// reports, where started from an fd (/proc/self/fd/N) its name would be
+// that fd's number. /proc/self/comm is the thread group leader's name
+// (PR_SET_NAME would name whichever thread the call runs on). Best
+// effort: a name is not worth failing a cell for.
+func nameSelf() {
+	os.WriteFile("/proc/self/comm", []byte(InitArg0), 0)
 }

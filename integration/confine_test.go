@@ -43,6 +43,7 @@ type probeReply struct {
 	Connect  map[string]string `json:"connect"`  // address -> "ok" or the error
 	Fill     map[string]string `json:"fill"`     // path -> "ok" or the error
 	Procs    []string          `json:"procs"`    // the command lines in /proc
+	Comms    []string          `json:"comms"`    // "PID NAME" of each, its /proc/PID/comm, with procs
 	Syscalls map[string]string `json:"syscalls"` // name -> "ok" or the errno name
 	SysVShm  string            `json:"sysvshm"`  // /proc/sysvipc/shm
 	Hostname string            `json:"hostname"`
@@ -226,6 +227,8 @@ func runProbe() int {
 			if _, err := strconv.Atoi(e.Name()); err == nil {
 				b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
 				r.Procs = append(r.Procs, e.Name()+" "+strings.ReplaceAll(string(b), "\x00", " "))
+				b, _ = os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+				r.Comms = append(r.Comms, e.Name()+" "+strings.TrimSuffix(string(b), "\n"))
 			}
 		}
 	}
@@ -411,6 +414,7 @@ func TestConfinePIDsAndIPC(t *testing.T) {
 	if len(r.Procs) != 2 || !strings.HasPrefix(r.Procs[0], "1 cellgate-init") {
 		t.Errorf("the cell's /proc lists %q, want its init as 1 and the probe", r.Procs)
 	}
+	initNamed(t, r)
 	for _, p := range r.Procs {
 		if strings.Contains(p, "serve") {
 			t.Errorf("the cell sees cellgate: %q", p)
@@ -498,6 +502,16 @@ func loopbackListener(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// initNamed checks that the cell's init, started from an fd, is named
+// cellgate-init (its comm: what ps, top and the kernel's OOM reports
+// show), not that fd's number.
+func initNamed(t *testing.T, r probeReply) {
+	t.Helper()
+	if len(r.Comms) == 0 || r.Comms[0] != "1 "+confine.InitArg0 {
+		t.Errorf("the cell's processes are named %q, want its init, 1, named %s", r.Comms, confine.InitArg0)
+	}
+}
+
 // TestConfineGoInit: the init in Go (confine.Init), which serve runs when
 // cellgate-init (C, the default) is not installed, confines a cell as the
 // C one does: the probe's view, /proc, network and filter checks, with
@@ -526,6 +540,7 @@ func TestConfineGoInit(t *testing.T) {
 	if len(r.Procs) != 2 || !strings.HasPrefix(r.Procs[0], "1 cellgate-init") {
 		t.Errorf("the cell's /proc lists %q, want its init as 1 and the probe", r.Procs)
 	}
+	initNamed(t, r)
 	for _, s := range probeSyscalls {
 		if got := r.Syscalls[s.name]; got != "EPERM" {
 			t.Errorf("%s under the Go init: %s, want EPERM", s.name, got)

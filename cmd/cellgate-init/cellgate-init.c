@@ -1616,6 +1616,12 @@ static int spawner_main(void)
 int main(int argc, char **argv)
 {
 	if (argc >= 1 && strcmp(argv[0], ARG0) == 0) {
+		/* Started from an fd (/proc/self/fd/N), the init's name in
+		 * ps, top and the kernel's OOM reports would be that fd's
+		 * number: it names itself, for every mode, and what it clones
+		 * (the spawner's inits, a resident init's stubs) keeps that
+		 * name until their execve. */
+		prctl(PR_SET_NAME, ARG0, 0, 0, 0);
 		if (argc == 1)
 			return init_main();
 		if (argc == 2 && strcmp(argv[1], "template") == 0)
