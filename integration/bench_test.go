@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -285,7 +286,26 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 		return err
 	}
 	var plain, cell []time.Duration
+	// The whole machine's busy CPU and the wall time of each kind's
+	// rounds (/proc/stat): a round whose machine is idle for part of it
+	// waits on something other than the CPU.
+	busy := map[*[]time.Duration]*struct {
+		ticks int64
+		wall  time.Duration
+	}{&plain: {}, &cell: {}}
+	ticks := func() int64 {
+		v, err := busyTicks()
+		if err != nil {
+			b.Fatal(err)
+		}
+		return v
+	}
 	round := func(op func() error, into *[]time.Duration, n int) {
+		t0, j0 := time.Now(), ticks()
+		defer func() {
+			busy[into].ticks += ticks() - j0
+			busy[into].wall += time.Since(t0)
+		}()
 		var wg sync.WaitGroup
 		for range n {
 			wg.Go(func() {
@@ -340,6 +360,27 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 	b.ReportMetric(q(cell, 0.5)/q(plain, 0.5), "p50-ratio")
 	b.ReportMetric(q(cell, 0.99)/q(plain, 0.99), "p99-ratio")
 	b.ReportMetric(q(plain, 0.5)/1e3, "plain-p50-µs")
+	// cpu-ratio is the machine's busy CPU per cell against per plain
+	// exec, round-ratio the wall time of the rounds per request (the
+	// inverse of the throughput ratio); busy-% the share of the
+	// machine's CPUs busy during each kind's rounds: under load a
+	// round-ratio above cpu-ratio with the cells' rounds less busy is
+	// time spent waiting, not computing. The p50-ratio of concurrent
+	// rounds is not the round-ratio: a round's plain execs are forked
+	// one after another (the runtime's ForkLock) and end one after
+	// another, its cells share the CPUs and end together.
+	if pb, cb := busy[&plain], busy[&cell]; pb.ticks > 0 && cb.ticks > 0 {
+		b.ReportMetric(float64(cb.ticks)/float64(len(cell))/(float64(pb.ticks)/float64(len(plain))), "cpu-ratio")
+		b.ReportMetric(cb.wall.Seconds()/float64(len(cell))/(pb.wall.Seconds()/float64(len(plain))), "round-ratio")
+		share := func(x *struct {
+			ticks int64
+			wall  time.Duration
+		}) float64 {
+			return 100 * float64(x.ticks) / clockTicks / (x.wall.Seconds() * float64(runtime.NumCPU()))
+		}
+		b.ReportMetric(share(pb), "plain-busy-%")
+		b.ReportMetric(share(cb), "cell-busy-%")
+	}
 	b.ReportMetric(q(cell, 0.5)/1e3, "cell-p50-µs")
 	// Where a cell's time goes (p50 of each phase, not adding up to the
 	// p50 of the whole): setup is Run's start to the worker's (a cell from
