@@ -148,9 +148,11 @@ type Plan struct {
 	// Resident lets the route's cells be resident (Prepared.ResidentFrame):
 	// an init, its namespaces and its view kept across requests, each
 	// request's program cloned by that init into a group of the request's
-	// own, with a SysV IPC namespace of its own, and loading the filter
-	// itself; between requests the init ends every other process of its
-	// PID namespace and empties the private tmpfs (finish). Only with a
+	// own, and loading the filter itself; between requests the init ends
+	// every other process of its PID namespace, removes every SysV object
+	// and POSIX message queue of its IPC namespace (or, where it cannot
+	// mount the queues' file system, gives each program an IPC namespace
+	// of its own) and empties the private tmpfs (finish). Only with a
 	// PID namespace of the cell's own (which that end needs) and never a
 	// preloader's. A decoded plan has it only from a resident frame.
 	Resident bool

@@ -190,7 +190,8 @@ func BenchmarkCellConfined(b *testing.B) {
 		}
 	}
 	// What a resident cell does per request beyond a warm one's hand-off:
-	// the program's IPC namespace and its loading of the filter.
+	// the emptying of its IPC namespace and the program's loading of the
+	// filter.
 	lines = append(lines,
 		warmLine{"resident-host-ipc", "ready", 1, true, confine.Options{Share: confine.NSIPC}},
 		warmLine{"resident-no-seccomp", "ready", 1, true, confine.Options{NoSeccomp: true}})

@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
@@ -53,6 +54,7 @@ type probeReply struct {
 	Pidns    string            `json:"pidns"`    // the link /proc/self/ns/pid
 	Left     string            `json:"left"`     // "ok": a process started to outlive the request
 	ShmID    int               `json:"shmid"`    // a SysV segment made and left, or -1
+	IPC      map[string]string `json:"ipc"`      // ipcleave: what was made and left ("ok" or the error); ipcsee: what is seen
 	AgeMs    int64             `json:"agems"`    // how long ago the probe's process was started (its fork, not its execve)
 	Sockets  int               `json:"sockets"`  // entries of the network namespace's socket tables
 	TTL      string            `json:"ttl"`      // net.ipv4.ip_default_ttl, after setttl if asked
@@ -149,6 +151,59 @@ func fill(p string, mib int) error {
 	return errors.Join(err, f.Close())
 }
 
+// probeMqueue is the POSIX message queue the probe leaves (ipcleave) and
+// looks for (ipcsee); mq_open's system call takes the name without its
+// leading slash.
+const probeMqueue = "cellgate-probe-left"
+
+// probeIPCLeave makes a SysV semaphore set, a SysV message queue (unless
+// mqueueOnly) and a POSIX message queue and leaves them: into ipc, "sem",
+// "msg" and "mqueue", "ok" or the error.
+func probeIPCLeave(ipc map[string]string, mqueueOnly bool) {
+	if !mqueueOnly {
+		_, _, e := unix.Syscall(unix.SYS_SEMGET, unix.IPC_PRIVATE, 1, unix.IPC_CREAT|0o600)
+		ipc["sem"] = errName(errnoErr(e))
+		_, _, e = unix.Syscall(unix.SYS_MSGGET, unix.IPC_PRIVATE, unix.IPC_CREAT|0o600, 0)
+		ipc["msg"] = errName(errnoErr(e))
+	}
+	name, _ := unix.BytePtrFromString(probeMqueue)
+	fd, _, e := unix.Syscall6(unix.SYS_MQ_OPEN, uintptr(unsafe.Pointer(name)), unix.O_CREAT|unix.O_RDWR, 0o600, 0, 0, 0)
+	if e == 0 {
+		unix.Close(int(fd))
+	}
+	ipc["mqueue"] = errName(errnoErr(e))
+}
+
+// probeIPCSee reports into ipc the SysV semaphore sets and message
+// queues this process sees ("sems" and "msgs", their count in
+// /proc/sysvipc), its IPC namespace ("ns") and whether it can open the POSIX message queue
+// probeIPCLeave leaves ("mqueue-open", "ok" or the error).
+func probeIPCSee(ipc map[string]string) {
+	for key, file := range map[string]string{"sems": "/proc/sysvipc/sem", "msgs": "/proc/sysvipc/msg"} {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			ipc[key] = errName(err)
+			continue
+		}
+		ipc[key] = strconv.Itoa(strings.Count(strings.TrimSpace(string(b)), "\n")) // the first line is a header
+	}
+	ipc["ns"], _ = os.Readlink("/proc/self/ns/ipc")
+	name, _ := unix.BytePtrFromString(probeMqueue)
+	fd, _, e := unix.Syscall6(unix.SYS_MQ_OPEN, uintptr(unsafe.Pointer(name)), unix.O_RDONLY, 0, 0, 0, 0)
+	if e == 0 {
+		unix.Close(int(fd))
+	}
+	ipc["mqueue-open"] = errName(errnoErr(e))
+}
+
+// errnoErr is e as an error, nil for 0.
+func errnoErr(e syscall.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
+}
+
 // processAgeMs is how long ago this process was started (its clone, which
 // an execve does not change), from /proc/self/stat's start time and
 // /proc/uptime, in milliseconds; -1 when they cannot be read.
@@ -178,6 +233,13 @@ func runProbe() int {
 	r := probeReply{Read: map[string]string{}, Connect: map[string]string{}, Fill: map[string]string{}, Syscalls: map[string]string{},
 		Cat: map[string]string{}, UID: os.Getuid(), GID: os.Getgid()}
 	r.ShmID = -1
+	r.IPC = map[string]string{}
+	if q.Has("ipcleave") {
+		probeIPCLeave(r.IPC, q.Get("ipcleave") == "mqueue")
+	}
+	if q.Has("ipcsee") {
+		probeIPCSee(r.IPC)
+	}
 	if q.Has("shmget") {
 		if id, err := unix.SysvShmGet(unix.IPC_PRIVATE, 4096, unix.IPC_CREAT|0o600); err == nil {
 			r.ShmID = id
@@ -2030,16 +2092,28 @@ func TestConfineResident(t *testing.T) {
 		return int(metric(g.metrics(), "cellgate_resident_ended_total", map[string]string{"reason": reason}))
 	}
 	first := g.probe(t, "probe", url.Values{"pidns": {"1"}, "leave": {"1"}, "shmget": {"1"}, "sysvshm": {"1"},
-		"fill": {"/tmp/left:1", "/dev/shm/left:1"}, "cat": {"/proc/self/cgroup"}})
-	if first.Left != "ok" || first.ShmID < 0 || first.Fill["/tmp/left"] != "ok" || first.Fill["/dev/shm/left"] != "ok" {
+		"ipcleave": {"1"}, "ipcsee": {"1"}, "fill": {"/tmp/left:1", "/dev/shm/left:1"}, "cat": {"/proc/self/cgroup"}})
+	if first.Left != "ok" || first.ShmID < 0 || first.Fill["/tmp/left"] != "ok" || first.Fill["/dev/shm/left"] != "ok" ||
+		first.IPC["sem"] != "ok" || first.IPC["msg"] != "ok" || first.IPC["mqueue"] != "ok" {
 		t.Fatalf("control: the first request could not leave its traces: %+v", first)
 	}
 	if !strings.Contains(first.SysVShm, " "+strconv.Itoa(first.ShmID)+" ") {
 		t.Fatalf("control: the first request does not see its own SysV segment %d:\n%s", first.ShmID, first.SysVShm)
 	}
+	if first.IPC["sems"] != "1" || first.IPC["msgs"] != "1" || first.IPC["mqueue-open"] != "ok" {
+		t.Fatalf("control: the first request does not see the IPC objects it made: %v", first.IPC)
+	}
 	for i := range 3 {
-		r := g.probe(t, "probe", url.Values{"pidns": {"1"}, "procs": {"1"}, "sysvshm": {"1"},
+		r := g.probe(t, "probe", url.Values{"pidns": {"1"}, "procs": {"1"}, "sysvshm": {"1"}, "ipcsee": {"1"},
 			"read": {"/tmp/left", "/dev/shm/left"}, "cat": {"/proc/self/cgroup"}})
+		if r.IPC["sems"] != "0" || r.IPC["msgs"] != "0" || r.IPC["mqueue-open"] != "ENOENT" {
+			t.Errorf("request %d sees IPC objects the first left (semaphore sets, message queues, its POSIX queue): %v", i+2, r.IPC)
+		}
+		// The cell's IPC namespace, emptied by the init after each
+		// request, not one made for each program.
+		if r.IPC["ns"] != first.IPC["ns"] {
+			t.Errorf("request %d runs in IPC namespace %s, the first in %s: want the resident cell's, emptied between them", i+2, r.IPC["ns"], first.IPC["ns"])
+		}
 		if r.Pidns != first.Pidns {
 			t.Errorf("request %d: PID namespace %s, the first's %s: not served by the resident cell; resident cells ended:\n%s",
 				i+2, r.Pidns, first.Pidns, regexp.MustCompile(`(?m)^cellgate_resident_ended_total.*$`).FindAllString(g.metrics(), -1))
@@ -2058,6 +2132,16 @@ func TestConfineResident(t *testing.T) {
 		if strings.Contains(r.SysVShm, " "+strconv.Itoa(first.ShmID)+" ") || strings.Count(strings.TrimSpace(r.SysVShm), "\n") != 0 {
 			t.Errorf("request %d sees SysV segments (the first left %d):\n%s", i+2, first.ShmID, r.SysVShm)
 		}
+	}
+	// A POSIX message queue left alone (the init finds it by the size of
+	// the queues' directory, not by the SysV counts).
+	mq := g.probe(t, "probe", url.Values{"ipcleave": {"mqueue"}, "ipcsee": {"1"}})
+	if mq.IPC["mqueue"] != "ok" || mq.IPC["mqueue-open"] != "ok" {
+		t.Fatalf("control: leave a POSIX message queue: %v", mq.IPC)
+	}
+	if r := g.probe(t, "probe", url.Values{"ipcsee": {"1"}}); r.IPC["mqueue-open"] != "ENOENT" || r.IPC["ns"] != mq.IPC["ns"] {
+		t.Errorf("after a request left a POSIX message queue alone, the next (IPC namespace %s, the first's %s) opens it: %s",
+			r.IPC["ns"], mq.IPC["ns"], r.IPC["mqueue-open"])
 	}
 	// A request that leaves a tree deeper than the init's wipe goes: the
 	// init ends rather than serve another request with it.

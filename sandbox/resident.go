@@ -21,24 +21,25 @@ import (
 // resident frame) stays in a group of its own, the cell's, and for each
 // request clones the program into a group made for that request alone
 // (the request's cell, from the pool like any cell: its limits, its
-// accounting, its OOM kill) with CLONE_INTO_CGROUP, in a SysV IPC
-// namespace of the program's own; the init runs under
+// accounting, its OOM kill) with CLONE_INTO_CGROUP; the init runs under
 // confine.ResidentFilter, and the program adds a rule refusing clone3
 // before its execve. The program's process is started ahead, in the next
 // request's cell, when the init is put back (prepareNext), and takes the
 // request's exec frame from the daemon itself. When the
 // program has ended the init ends
 // every other process of its PID namespace and empties the private tmpfs
-// (as every init does, finish), reports, and waits for the next request;
+// (as every init does, finish) and its IPC namespace (every SysV object
+// and POSIX message queue removed), reports, and waits for the next request;
 // the daemon reads the request's cell, empties and releases it, and puts
 // the init back in its route's set.
 //
 // What successive requests of one route share, then: the init, the
 // mount namespace with its read-only view (the tmpfs emptied between
-// them), the PID, UTS and network namespaces (every process of the
-// previous request gone, as with a network namespace reused today), never
-// a process, a file of the private tmpfs, a SysV object or a uid of the
-// previous request's (each request has its own uid from the pool, as
+// them), the PID, UTS, IPC and network namespaces (every process of the
+// previous request gone, every SysV object and POSIX message queue
+// removed, as with a network namespace reused today), never a process, a
+// file of the private tmpfs, an IPC object or a uid of the previous
+// request's (each request has its own uid from the pool, as
 // before). A request whose program runs as root (a route's user: root)
 // could change what the next one finds, so its cell is not kept.
 //
@@ -247,8 +248,7 @@ func (ip *initProc) netQuiet(plan *confine.Prepared) bool {
 // prepareNext gives a resident init the next request's cell ahead of it
 // (a prepare frame: no body, the cell's group and a socket's end), in
 // which the init starts that request's stub (the program's process
-// before its execve: cloned into the group, its IPC namespace made, its
-// filter loaded), waiting on the socket: the request's exec frame goes
+// before its execve: cloned into the group, its filter loaded), waiting on the socket: the request's exec frame goes
 // to the stub itself, on the socket's other end, so that the request
 // pays a hand-off and an execve, as with a warm cell, and no wakeup of
 // the init. The socket is made here, in the daemon's network namespace:

@@ -59,8 +59,11 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/msg.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/sem.h>
+#include <sys/shm.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -96,6 +99,16 @@ enum { BIND_WRITABLE = 1, BIND_DEV = 2, BIND_MASK = 4 };
  * M_FROM_TEMPLATE copies the template on fd 4 and adds the cell mounts. */
 enum { M_WHOLE, M_TEMPLATE, M_FROM_TEMPLATE };
 static int view_mode = M_WHOLE;
+
+/* mq_root is a resident init's own IPC namespace's POSIX message queue
+ * file system, mounted nowhere (fsmount): where it has one, its
+ * programs share that namespace, and finish empties it after each (its
+ * SysV objects too: ipc_wipe); where it has none, each program gets an
+ * IPC namespace of its own, made ahead with its stub. */
+static int mq_root = -1;
+/* mq_empty is the size of mq_root's directory with no queue in it (the
+ * kernel gives an empty one a size, and adds to it per queue). */
+static off_t mq_empty;
 
 /* The error being reported: its message and errno (0 when none). */
 static char err_msg[MAX_REPORT_MSG + 1];
@@ -832,6 +845,116 @@ static int cap_user_namespaces(void)
 }
 
 /* apply confines this process with the plan (confine.Apply). */
+#ifndef FSOPEN_CLOEXEC
+#define FSOPEN_CLOEXEC 1
+#endif
+#ifndef FSMOUNT_CLOEXEC
+#define FSMOUNT_CLOEXEC 1
+#endif
+#ifndef FSCONFIG_CMD_CREATE
+#define FSCONFIG_CMD_CREATE 6
+#endif
+
+/* mqueue_mount returns a mount, attached nowhere, of the message queue
+ * file system of the init's IPC namespace, or -1 where the kernel or a
+ * seccomp profile refuses one (each program then gets an IPC namespace
+ * of its own, as before there was this mount). */
+static int mqueue_mount(void)
+{
+	int fc = (int)syscall(SYS_fsopen, "mqueue", FSOPEN_CLOEXEC);
+	if (fc < 0)
+		return -1;
+	int m = -1;
+	if (syscall(SYS_fsconfig, fc, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
+		m = (int)syscall(SYS_fsmount, fc, FSMOUNT_CLOEXEC, 0);
+	close(fc);
+	struct stat st;
+	if (m < 0)
+		return -1;
+	if (fstat(m, &st) < 0) {
+		close(m);
+		return -1;
+	}
+	mq_empty = st.st_size; /* the namespace is new: no queue yet */
+	return m;
+}
+
+/* ipc_used reports whether the init's IPC namespace holds a SysV shared
+ * memory segment, semaphore set or message queue, or a POSIX message
+ * queue (mq_root's size grows with its entries); one call each, so that a
+ * request that left nothing pays four system calls. */
+static int ipc_used(void)
+{
+	union {
+		struct shm_info shm;
+		struct seminfo sem;
+		struct msginfo msg;
+	} info;
+	struct stat st;
+	return shmctl(0, SHM_INFO, (struct shmid_ds *)&info.shm) < 0 || info.shm.used_ids ||
+	       semctl(0, 0, SEM_INFO, &info.sem) < 0 || info.sem.semusz ||
+	       msgctl(0, MSG_INFO, (struct msqid_ds *)&info.msg) < 0 || info.msg.msgpool ||
+	       fstat(mq_root, &st) < 0 || st.st_size != mq_empty;
+}
+
+/* ipc_wipe removes every SysV shared memory segment, semaphore set and
+ * message queue of the init's IPC namespace and every POSIX message
+ * queue of mq_root (the programs it ran are gone: finish), and returns
+ * whether the namespace is empty after. The *_STAT_ANY calls find each
+ * object by its index whatever its mode; the init is root in the host's
+ * user namespace, so it may remove any. */
+static int ipc_wipe(void)
+{
+	if (!ipc_used())
+		return 1;
+	union {
+		struct shmid_ds shm;
+		struct semid_ds sem;
+		struct msqid_ds msg;
+	} ds;
+	struct shm_info shm;
+	int max = shmctl(0, SHM_INFO, (struct shmid_ds *)&shm);
+	for (int i = 0; i <= max; i++) {
+		int id = shmctl(i, SHM_STAT_ANY, &ds.shm);
+		if (id >= 0)
+			shmctl(id, IPC_RMID, NULL);
+	}
+	struct seminfo sem;
+	max = semctl(0, 0, SEM_INFO, &sem);
+	for (int i = 0; i <= max; i++) {
+		int id = semctl(i, 0, SEM_STAT_ANY, &ds.sem);
+		if (id >= 0)
+			semctl(id, 0, IPC_RMID);
+	}
+	struct msginfo msg;
+	max = msgctl(0, MSG_INFO, (struct msqid_ds *)&msg);
+	for (int i = 0; i <= max; i++) {
+		int id = msgctl(i, MSG_STAT_ANY, &ds.msg);
+		if (id >= 0)
+			msgctl(id, IPC_RMID, NULL);
+	}
+	int fd = openat(mq_root, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return 0;
+	}
+	for (struct dirent *e; (e = readdir(d));)
+		if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
+			unlinkat(fd, e->d_name, 0);
+	closedir(d);
+	return !ipc_used();
+}
+
+/* own_ipc reports whether each program of plan p gets an IPC namespace
+ * of its own: a resident init's, when it has no mq_root to empty its
+ * own with. */
+static int own_ipc(const struct plan *p)
+{
+	return (p->ns & NS_IPC) && mq_root < 0;
+}
+
 static int apply(const struct plan *p)
 {
 	if ((p->flags & PLAN_PRELOADER) && cap_user_namespaces() < 0)
@@ -860,6 +983,9 @@ static int apply(const struct plan *p)
 	 * the system's setting stays, which costs speed, not safety. */
 	if (!(p->flags & (PLAN_HUGE_PAGES | PLAN_PRELOADER)))
 		(void)prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+	/* Before the filter, which denies the mount family. */
+	if ((p->flags & PLAN_RESIDENT) && (p->ns & NS_IPC))
+		mq_root = mqueue_mount();
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		return fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)");
 	/* A resident init's filter (confine.ResidentFilter) allows the clone3
@@ -987,9 +1113,9 @@ static struct sock_fprog no_clone3 = {.len = sizeof no_clone3_insns / sizeof *no
 
 /* start_resident is start for a resident init (PLAN_RESIDENT): the
  * program is cloned into the request's own group, cg (clone3
- * CLONE_INTO_CGROUP), with a SysV IPC namespace of its own when the plan
- * has one (CLONE_NEWIPC: no object of a request outlives it for the
- * next), and loads no_clone3 on top of the filter it inherits. clone3 cannot share the init's memory without a stack of its
+ * CLONE_INTO_CGROUP), in the init's IPC namespace, which finish empties
+ * after it (ipc_wipe), or in one of its own where the init has no
+ * mq_root (own_ipc), and loads no_clone3 on top of the filter it inherits. clone3 cannot share the init's memory without a stack of its
  * own, so the child is a copy (this process is small) and CLONE_VFORK
  * holds the init until the child's exec; a failure before the exec comes
  * back on a close-on-exec pipe. Returns the pid or -1. */
@@ -1001,7 +1127,7 @@ static pid_t start_resident(const struct exec *e, int fds[3], const sigset_t *un
 	if (pipe2(errp, O_CLOEXEC) < 0)
 		return fail(errno, "fork/exec %s: pipe2", e->path);
 	struct clone_args_v2 a = {
-	    .flags = CLONE_VFORK | CLONE_INTO_CGROUP | ((p->ns & NS_IPC) ? CLONE_NEWIPC : 0),
+	    .flags = CLONE_VFORK | CLONE_INTO_CGROUP | (own_ipc(p) ? CLONE_NEWIPC : 0),
 	    .exit_signal = SIGCHLD,
 	    .cgroup = (uint64_t)cg};
 	long pid = syscall(SYS_clone3, &a, sizeof a);
@@ -1031,15 +1157,15 @@ static pid_t start_resident(const struct exec *e, int fds[3], const sigset_t *un
 }
 
 /* A resident init's stub is the next request's process started ahead:
- * cloned into the group the daemon gives for that request, with its own
- * IPC namespace and its no_clone3 rule loaded on top of the init's
- * filter, it waits on a socket the daemon made and sent with that group
+ * cloned into the group the daemon gives for that request (into an IPC
+ * namespace of its own only where own_ipc says so) with its no_clone3
+ * rule loaded on top of the init's filter, it waits on a socket the daemon made and sent with that group
  * (a prepare frame: no body, the group and the socket): the daemon sends
  * the exec frame, with the program's streams, to the stub itself, and
  * the init reaps the stub, which becomes the program, as it reaps a
  * program. The request then pays a hand-off and the execve, and no
- * wakeup of the init; the clone into a group never used and the IPC
- * namespace are paid between requests. The socket is the daemon's, of
+ * wakeup of the init; the clone into a group never used is paid between
+ * requests. The socket is the daemon's, of
  * its network namespace: nothing of it counts in the cell's. */
 
 /* drop_pending discards the signals of set pending for this process:
@@ -1086,7 +1212,7 @@ static void stub_main(int ctl, const sigset_t *set, const sigset_t *unblocked, c
 static pid_t prepare_stub(int cg, int sock, const sigset_t *set, const sigset_t *unblocked, const struct plan *p)
 {
 	struct clone_args_v2 a = {
-	    .flags = CLONE_INTO_CGROUP | ((p->ns & NS_IPC) ? CLONE_NEWIPC : 0),
+	    .flags = CLONE_INTO_CGROUP | (own_ipc(p) ? CLONE_NEWIPC : 0),
 	    .exit_signal = SIGCHLD,
 	    .cgroup = (uint64_t)cg};
 	long pid = syscall(SYS_clone3, &a, sizeof a);
@@ -1329,6 +1455,8 @@ static int finish(const struct plan *p)
 		}
 	}
 	int clean = 1;
+	if ((p->flags & PLAN_RESIDENT) && mq_root >= 0 && !ipc_wipe())
+		clean = 0;
 	if (p->ns & NS_MOUNT)
 		for (uint32_t i = 0; i < p->ntmpfs; i++)
 			if (!tmpfs_empty(p->tmpfs[i].target, i)) {
