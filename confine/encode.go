@@ -403,7 +403,8 @@ type Report struct {
 	Errno  int32 // ReportSpawn and ReportSetup: the errno, when there is one
 	Msg    string
 	// Unclean (ReportExited of a resident init): what the program left
-	// could not all be ended (a tmpfs tree deeper than the wipe goes);
+	// could not all be ended (a tmpfs tree deeper than the wipe goes, an
+	// IPC object it could not remove);
 	// the init has exited rather than serve another request.
 	Unclean bool
 }

@@ -57,7 +57,8 @@ type ResidentEnd int
 
 const (
 	// EndUnclean: a request left what the init does not end (a tree
-	// deeper than its wipe goes, a file it cannot remove).
+	// deeper than its wipe goes, a file or an IPC object it cannot
+	// remove).
 	EndUnclean ResidentEnd = iota
 	// EndRoot: a request's program ran as root.
 	EndRoot
