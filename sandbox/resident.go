@@ -29,7 +29,8 @@ import (
 // program has ended the init ends
 // every other process of its PID namespace and empties the private tmpfs
 // (as every init does, finish) and its IPC namespace (every SysV object
-// and POSIX message queue removed), reports, and waits for the next request;
+// and POSIX message queue removed), reports, and waits for the next
+// request;
 // the daemon reads the request's cell, empties and releases it, and puts
 // the init back in its route's set.
 //
@@ -249,10 +250,10 @@ func (ip *initProc) netQuiet(plan *confine.Prepared) bool {
 // prepareNext gives a resident init the next request's cell ahead of it
 // (a prepare frame: no body, the cell's group and a socket's end), in
 // which the init starts that request's stub (the program's process
-// before its execve: cloned into the group, its filter loaded), waiting on the socket: the request's exec frame goes
-// to the stub itself, on the socket's other end, so that the request
-// pays a hand-off and an execve, as with a warm cell, and no wakeup of
-// the init. The socket is made here, in the daemon's network namespace:
+// before its execve: cloned into the group, its filter loaded), waiting
+// on the socket: the request's exec frame goes to the stub itself, on
+// the socket's other end, so that the request pays a hand-off and an
+// execve, as with a warm cell, and no wakeup of the init. The socket is made here, in the daemon's network namespace:
 // it counts in none of a cell's. A cell not to be had (the pool failing)
 // leaves the init without one: its next request brings its cell with its
 // exec frame. An init that cannot start a stub reports so and exits, and

@@ -844,7 +844,6 @@ static int cap_user_namespaces(void)
 	return 0;
 }
 
-/* apply confines this process with the plan (confine.Apply). */
 #ifndef FSOPEN_CLOEXEC
 #define FSOPEN_CLOEXEC 1
 #endif
@@ -955,6 +954,7 @@ static int own_ipc(const struct plan *p)
 	return (p->ns & NS_IPC) && mq_root < 0;
 }
 
+/* apply confines this process with the plan (confine.Apply). */
 static int apply(const struct plan *p)
 {
 	if ((p->flags & PLAN_PRELOADER) && cap_user_namespaces() < 0)
@@ -1115,7 +1115,8 @@ static struct sock_fprog no_clone3 = {.len = sizeof no_clone3_insns / sizeof *no
  * program is cloned into the request's own group, cg (clone3
  * CLONE_INTO_CGROUP), in the init's IPC namespace, which finish empties
  * after it (ipc_wipe), or in one of its own where the init has no
- * mq_root (own_ipc), and loads no_clone3 on top of the filter it inherits. clone3 cannot share the init's memory without a stack of its
+ * mq_root (own_ipc), and loads no_clone3 on top of the filter it
+ * inherits. clone3 cannot share the init's memory without a stack of its
  * own, so the child is a copy (this process is small) and CLONE_VFORK
  * holds the init until the child's exec; a failure before the exec comes
  * back on a close-on-exec pipe. Returns the pid or -1. */
@@ -1159,14 +1160,15 @@ static pid_t start_resident(const struct exec *e, int fds[3], const sigset_t *un
 /* A resident init's stub is the next request's process started ahead:
  * cloned into the group the daemon gives for that request (into an IPC
  * namespace of its own only where own_ipc says so) with its no_clone3
- * rule loaded on top of the init's filter, it waits on a socket the daemon made and sent with that group
- * (a prepare frame: no body, the group and the socket): the daemon sends
- * the exec frame, with the program's streams, to the stub itself, and
- * the init reaps the stub, which becomes the program, as it reaps a
- * program. The request then pays a hand-off and the execve, and no
- * wakeup of the init; the clone into a group never used is paid between
- * requests. The socket is the daemon's, of
- * its network namespace: nothing of it counts in the cell's. */
+ * rule loaded on top of the init's filter, it waits on a socket the
+ * daemon made and sent with that group (a prepare frame: no body, the
+ * group and the socket): the daemon sends the exec frame, with the
+ * program's streams, to the stub itself, and the init reaps the stub,
+ * which becomes the program, as it reaps a program. The request then
+ * pays a hand-off and the execve, and no wakeup of the init; the clone
+ * into a group never used is paid between requests. The socket is the
+ * daemon's, of its network namespace: nothing of it counts in the
+ * cell's. */
 
 /* drop_pending discards the signals of set pending for this process:
  * those forwarded while no program ran are not the next program's. */
