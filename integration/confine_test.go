@@ -176,8 +176,9 @@ func probeIPCLeave(ipc map[string]string, mqueueOnly bool) {
 
 // probeIPCSee reports into ipc the SysV semaphore sets and message
 // queues this process sees ("sems" and "msgs", their count in
-// /proc/sysvipc), its IPC namespace ("ns") and whether it can open the POSIX message queue
-// probeIPCLeave leaves ("mqueue-open", "ok" or the error).
+// /proc/sysvipc), its IPC namespace ("ns") and whether it can open the
+// POSIX message queue probeIPCLeave leaves ("mqueue-open", "ok" or the
+// error).
 func probeIPCSee(ipc map[string]string) {
 	for key, file := range map[string]string{"sems": "/proc/sysvipc/sem", "msgs": "/proc/sysvipc/msg"} {
 		b, err := os.ReadFile(file)
@@ -2078,7 +2079,9 @@ func TestResidentExecFails(t *testing.T) {
 // resident cell (the same PID namespace: the same init), each program in
 // a group of its own, and none finds anything of the request before it:
 // not a process it left running, not a file of the private tmpfs, not a
-// SysV segment. A route with cells: fresh gets a cell per request. A
+// SysV object or a POSIX message queue (in the cell's IPC namespace,
+// which its init empties between them). A route with cells: fresh gets a
+// cell per request. A
 // cell not kept is counted by why (cellgate_resident_ended_total).
 //
 // One resident cell per route: with more, a miss (a request that came
@@ -2140,8 +2143,8 @@ func TestConfineResident(t *testing.T) {
 		t.Fatalf("control: leave a POSIX message queue: %v", mq.IPC)
 	}
 	if r := g.probe(t, "probe", url.Values{"ipcsee": {"1"}}); r.IPC["mqueue-open"] != "ENOENT" || r.IPC["ns"] != mq.IPC["ns"] {
-		t.Errorf("after a request left a POSIX message queue alone, the next (IPC namespace %s, the first's %s) opens it: %s",
-			r.IPC["ns"], mq.IPC["ns"], r.IPC["mqueue-open"])
+		t.Errorf("after a request left a POSIX message queue alone, the next opens it: %s, want ENOENT in the same IPC namespace (%s, the first's %s)",
+			r.IPC["mqueue-open"], r.IPC["ns"], mq.IPC["ns"])
 	}
 	// A request that leaves a tree deeper than the init's wipe goes: the
 	// init ends rather than serve another request with it.
