@@ -7,6 +7,7 @@ import (
 
 	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/sandbox"
+	"golang.org/x/sys/unix"
 )
 
 // checkConfinementKernel reports what the kernel offers the confinement,
@@ -42,12 +43,30 @@ func checkConfinementKernel(r *report) {
 		userns += ", unprivileged_userns_clone=" + strings.TrimSpace(string(b))
 	}
 	r.ok("user namespaces", "%s; used by fork routes' preloaders (which may create none below theirs), never by cells, which cannot create one (seccomp)", userns)
+	checkResidentIPC(r)
 	major, minor := kernelVersion(unameRelease())
 	if major > 6 || major == 6 && minor >= 6 {
 		r.ok("tmpfs", "a size limit per private tmpfs, charged to the cell's memory (tmpfs quotas of 6.6 are not needed)")
 	} else {
 		r.ok("tmpfs", "a size limit per private tmpfs, charged to the cell's memory")
 	}
+}
+
+// checkResidentIPC reports whether a resident cell's init can mount its
+// IPC namespace's message queue file system (fsopen, as cellgate-init's
+// mqueue_mount does before its filter), which it needs to empty the
+// namespace between requests; where it cannot, each request gets an IPC
+// namespace of its own, which is safe and slower. Nothing is mounted:
+// the file system context is closed unused.
+func checkResidentIPC(r *report) {
+	fd, err := unix.Fsopen("mqueue", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		r.warn("resident IPC", "nothing to do for safety; to have the speed, allow cellgate fsopen, fsconfig and fsmount (deploy/seccomp/cellgate.json refuses them) and run it as root",
+			"fsopen(\"mqueue\"): %v: a resident cell gives each request an IPC namespace of its own rather than empty its own between requests (about 0.2 ms more per request in the microVM)", err)
+		return
+	}
+	unix.Close(fd)
+	r.ok("resident IPC", "resident cells empty their IPC namespace between requests (every SysV object and POSIX message queue removed)")
 }
 
 // checkConfinedCell runs /bin/true in a fully confined cell, and when that
