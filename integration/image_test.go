@@ -253,12 +253,12 @@ func (c *container) start(t *testing.T) {
 // container's group.
 func (c *container) helloFromCell(t *testing.T) {
 	t.Helper()
-	var url string
+	var url, admin string
 	for url == "" {
 		select {
 		case line := <-c.lines:
 			if m := servingRE.FindStringSubmatch(line); m != nil {
-				url = "http://" + m[1]
+				url, admin = "http://"+m[1], "http://"+m[2]
 			}
 		case <-c.exited:
 			t.Fatalf("the container exited during start-up (%v):\n%s", c.err, c.stderr.String())
@@ -277,6 +277,28 @@ func (c *container) helloFromCell(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(c.group, "cells", "web")); err != nil {
 		t.Errorf("the tenant group is not under the container's group %s: %v", c.group, err)
+	}
+	// Two more: a resident cell serves them, its init having emptied
+	// what the last request left under the container's profile (its
+	// private tmpfs, its IPC namespace), not ended as unclean.
+	for range 2 {
+		resp, err := (&http.Client{Timeout: time.Minute}).Get(url + "/hello")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	resp, err = (&http.Client{Timeout: time.Minute}).Get(admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	hits := metric(string(body), "cellgate_warm_cells_total", map[string]string{"result": "hit"})
+	unclean := metric(string(body), "cellgate_resident_ended_total", map[string]string{"reason": "unclean"})
+	if hits < 1 || unclean != 0 {
+		t.Errorf("3 requests: %v found a resident cell, %v resident cells ended unclean; want at least 1 and 0\n%s", hits, unclean, c.stderr.String())
 	}
 }
 
