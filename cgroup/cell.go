@@ -44,6 +44,17 @@ type Cell struct {
 	kill   int        // cgroup.kill, -1 when absent (kernel < 5.14)
 	acct   [nAcct]int // acctFiles, -1 when absent
 
+	// A cell handed back with Pool.Recycle serves further requests of
+	// its profile. base is what its counters held when it was readied for
+	// the current request, subtracted by Usage; uses counts the requests
+	// before the current one; peakRW says memory.peak is held open for
+	// writing, so that the reset (6.12) makes its peak the request's own.
+	// recycle marks a cell queued by Recycle rather than Release.
+	base    Usage
+	uses    int
+	peakRW  bool
+	recycle bool
+
 	mu      sync.Mutex
 	removed bool
 }
@@ -156,7 +167,22 @@ func (c *Cell) WaitEmpty(ctx context.Context) error {
 // (controller not enabled, older kernel) are listed in Usage.Missing; a
 // file that cannot be read or parsed is an error, returned with whatever
 // was read.
+//
+// For a cell that served requests before (Pool.Recycle), the counters are
+// the current request's alone (what they gained since the cell was
+// readied for it), and so is memory.peak where the kernel resets it
+// (Features.MemoryPeakReset); pids.peak, and memory.peak on an older
+// kernel, hold every request's and are left out, listed in Missing.
 func (c *Cell) Usage() (Usage, error) {
+	u, err := c.usage()
+	if c.uses > 0 {
+		u = u.since(c.base, c.peakRW)
+	}
+	return u, err
+}
+
+// usage reads the cell's accounting files as the kernel has them.
+func (c *Cell) usage() (Usage, error) {
 	return readUsage(c.path, func(i int, buf []byte) ([]byte, error) {
 		if !c.held {
 			return readAt(c.fd, acctFiles[i])
@@ -183,6 +209,78 @@ func (c *Cell) Remove(ctx context.Context) error {
 	return removeGroup(ctx, c.ops, c)
 }
 
+// ReuseCharged bounds what a used cell may still have charged to it
+// (memory.current, once empty: file pages its programs read, which the
+// kernel reclaims under pressure) to be readied for another request: an
+// eighth of its memory.max, and this much where it has none. A cell
+// holding more is removed, so that what one request left never takes
+// much of the next one's limit.
+const ReuseCharged = 8 << 20
+
+// errCharged: a used cell held more than a reuse allows (ReuseCharged).
+var errCharged = errors.New("holds more memory charged than a reuse allows")
+
+// ready readies a used cell for another request of its profile: it kills
+// what is left and waits for it to empty (bounded by ctx), checks what
+// is still charged to it (ReuseCharged), takes the figures its Usage
+// will subtract, and resets memory.peak where it is held for writing.
+// On error the cell is not to be reused: the caller removes it.
+func (c *Cell) ready(ctx context.Context) error {
+	p, err := c.Populated()
+	if err != nil {
+		return err
+	}
+	if p {
+		if err := c.Kill(); err != nil {
+			return err
+		}
+		if err := c.WaitEmpty(ctx); err != nil {
+			return err
+		}
+	}
+	if err := c.charged(); err != nil {
+		return err
+	}
+	base, err := c.usage()
+	if err != nil {
+		return err
+	}
+	if c.peakRW {
+		if _, err := unix.Pwrite(c.acct[acctMemoryPeak], []byte("reset\n"), 0); err != nil {
+			return fmt.Errorf("reset memory.peak in %s: %w", c.path, err)
+		}
+	}
+	c.base, c.recycle = base, false
+	c.uses++
+	return nil
+}
+
+// charged checks memory.current against ReuseCharged (a cell without the
+// memory controller passes).
+func (c *Cell) charged() error {
+	b, err := readAt(c.fd, "memory.current")
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read memory.current in %s: %w", c.path, err)
+	}
+	cur, err := parseSingle(b)
+	if err != nil {
+		return fmt.Errorf("read memory.current in %s: %w", c.path, err)
+	}
+	bound := uint64(ReuseCharged)
+	if b, err := readAt(c.fd, "memory.max"); err == nil {
+		if limit, err := parseSingle(b); err == nil && limit != ^uint64(0) {
+			bound = limit / 8
+		}
+	}
+	if cur > bound {
+		return fmt.Errorf("cell %s: %w (memory.current %d, at most %d)", c.path, errCharged, cur, bound)
+	}
+	return nil
+}
+
 // closeFDs closes the held files and the directory fd.
 func (c *Cell) closeFDs() {
 	if c.held {
@@ -199,7 +297,7 @@ func (c *Cell) closeFDs() {
 // files the Tree did not find absent at start-up. A file absent now is
 // recorded as such (-1); any other failure is an error, with what was
 // opened left for closeFDs.
-func (c *Cell) openFiles(absent *[nAcct]bool) error {
+func (c *Cell) openFiles(absent *[nAcct]bool, peakReset bool) error {
 	c.held = true
 	c.events, c.kill = -1, -1
 	for i := range c.acct {
@@ -220,9 +318,14 @@ func (c *Cell) openFiles(absent *[nAcct]bool) error {
 		if absent[i] {
 			continue
 		}
-		switch fd, err := openat(c.fd, name, unix.O_RDONLY|unix.O_CLOEXEC); {
+		mode := unix.O_RDONLY
+		if i == acctMemoryPeak && peakReset {
+			mode = unix.O_RDWR
+		}
+		switch fd, err := openat(c.fd, name, mode|unix.O_CLOEXEC); {
 		case err == nil:
 			c.acct[i] = fd
+			c.peakRW = c.peakRW || mode == unix.O_RDWR
 		case !errors.Is(err, unix.ENOENT):
 			return fmt.Errorf("open %s in %s: %w", name, c.path, err)
 		}
@@ -287,7 +390,7 @@ func (t *Tree) newCell(prof *Profile) (*Cell, error) {
 			return nil, err
 		}
 	}
-	if err := c.openFiles(&t.acctAbsent); err != nil {
+	if err := c.openFiles(&t.acctAbsent, t.feat.MemoryPeakReset); err != nil {
 		c.closeFDs()
 		t.ops.rmdir(dir)
 		return nil, err

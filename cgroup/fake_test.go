@@ -28,6 +28,9 @@ type fakeFS struct {
 	// omit names control files mkdir does not create (a kernel without
 	// them); set it after Open, whose probe needs cgroup.kill.
 	omit []string
+	// peakReadOnly makes memory.peak 0444, as before Linux 6.12 (no
+	// reset); by default it is 0644, as from 6.12.
+	peakReadOnly bool
 
 	mkdirs atomic.Int64
 	rmdirs atomic.Int64
@@ -76,7 +79,11 @@ func (f *fakeFS) mkdir(path string) error {
 		if slices.Contains(f.omit, k) {
 			continue
 		}
-		if err := os.WriteFile(filepath.Join(path, k), []byte(v), 0o644); err != nil {
+		mode := os.FileMode(0o644)
+		if k == "memory.peak" && f.peakReadOnly {
+			mode = 0o444
+		}
+		if err := os.WriteFile(filepath.Join(path, k), []byte(v), mode); err != nil {
 			return err
 		}
 	}

@@ -30,6 +30,7 @@ type Features struct {
 	CloneIntoCgroup bool   // a spawn with clone3 CLONE_INTO_CGROUP into a scratch group worked (5.7)
 	CloneError      string // why that spawn failed, when it did
 	MemoryPeak      bool   // memory.peak in a cell (5.19, needs memory)
+	MemoryPeakReset bool   // memory.peak writable: a reset for the reads through one fd (6.12), which a reused cell needs for a peak per request
 	PidsPeak        bool   // pids.peak in a cell (6.1, needs pids)
 	MemoryOOMGroup  bool   // memory.oom.group in a cell (4.19, needs memory)
 }
@@ -48,6 +49,7 @@ func (f Features) LogValue() slog.Value {
 		slog.Bool("clone_into_cgroup", f.CloneIntoCgroup),
 		slog.String("clone_error", f.CloneError),
 		slog.Bool("memory_peak", f.MemoryPeak),
+		slog.Bool("memory_peak_reset", f.MemoryPeakReset),
 		slog.Bool("pids_peak", f.PidsPeak),
 		slog.Bool("memory_oom_group", f.MemoryOOMGroup),
 	)
@@ -84,6 +86,17 @@ func hasFile(dirfd int, name string) (bool, error) {
 	return err == nil, err
 }
 
+// writable reports whether the control file name in the group dirfd may
+// be written: cgroupfs gives a file without a write handler no write
+// bit, whoever asks (memory.peak is 0444 before 6.12, 0644 from it).
+func writable(dirfd int, name string) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return false, err
+	}
+	return st.Mode&0o200 != 0, nil
+}
+
 // probe checks cgroup.kill, memory.peak, pids.peak, which accounting
 // files cells have, and a spawn into a scratch group under cells/.
 func (t *Tree) probe(ctx context.Context, spawn func(int) error) error {
@@ -112,6 +125,9 @@ func (t *Tree) probe(ctx context.Context, spawn func(int) error) error {
 		if *f.dst, err = hasFile(fd, f.name); err != nil {
 			break
 		}
+	}
+	if err == nil && t.feat.MemoryPeak {
+		t.feat.MemoryPeakReset, err = writable(fd, "memory.peak")
 	}
 	if err == nil {
 		var absent []string

@@ -13,10 +13,11 @@ import (
 
 // PoolOptions configure a Pool; zero values take the documented defaults.
 type PoolOptions struct {
-	// MaxIdle is how many ready cells are kept per profile (0 = 4). Each
-	// holds up to 9 fds (its directory, cgroup.events, cgroup.kill and six
-	// accounting files; see Cell), so the pool's idle cells hold up to
-	// 9 × MaxIdle × profiles fds, and each cell in use or waiting for
+	// MaxIdle is how many ready cells are kept per profile (0 = 4), and
+	// as many recycled ones besides (Recycle). Each holds up to 9 fds
+	// (its directory, cgroup.events, cgroup.kill and six accounting
+	// files; see Cell), so the pool's idle cells hold up to
+	// 2 × 9 × MaxIdle × profiles fds, and each cell in use or waiting for
 	// removal (MaxRemovals) up to 9 more.
 	MaxIdle int
 	// MaxRemovals is how many released cells may wait for the background
@@ -37,9 +38,13 @@ type PoolOptions struct {
 	Logger *slog.Logger
 }
 
-// Pool hands out cells pre-created per profile in the background, each
-// exactly once, and removes used cells off the hot path. A used cgroup is
-// never reused: its charges and peaks would carry over.
+// Pool hands out cells pre-created per profile in the background and
+// removes used cells off the hot path. A used cell is handed out again
+// only when its user asks for it with Recycle: then its counters are
+// read as the next request's from where they stood (Cell.Usage), and
+// its peaks are not the next request's on every kernel, so only a
+// caller that can do without them recycles (a resident route with
+// groups: reused); Release never hands a cell out twice.
 //
 // A Pool is safe for concurrent use.
 type Pool struct {
@@ -56,7 +61,7 @@ type Pool struct {
 	removers sync.WaitGroup
 
 	stats struct {
-		hits, misses, createErrors, removed, removeErrors, inline atomic.Uint64
+		hits, reused, misses, createErrors, removed, removeErrors, inline atomic.Uint64
 	}
 }
 
@@ -64,14 +69,18 @@ type Pool struct {
 type poolProfile struct {
 	prof *Profile
 	idle chan *Cell
-	wake chan struct{}
-	stop context.CancelFunc
-	done chan struct{}
+	// reused are cells readied for another request (Recycle), handed
+	// out before the idle ones.
+	reused chan *Cell
+	wake   chan struct{}
+	stop   context.CancelFunc
+	done   chan struct{}
 }
 
 // PoolStats are counters since NewPool, for metrics.
 type PoolStats struct {
-	Hits           uint64 // Get served from the idle cells
+	Hits           uint64 // Get served a pre-created cell
+	Reused         uint64 // Get served a recycled cell (Recycle)
 	Misses         uint64 // Get created a cell itself
 	CreateErrors   uint64 // creations that failed (Get or refill)
 	Removed        uint64 // cells removed
@@ -133,6 +142,12 @@ func (p *Pool) Get(ctx context.Context, prof *Profile) (*Cell, error) {
 		return nil, err
 	}
 	select {
+	case c := <-pp.reused:
+		p.stats.reused.Add(1)
+		return c, nil
+	default:
+	}
+	select {
 	case c := <-pp.idle:
 		p.stats.hits.Add(1)
 		if len(pp.idle) <= cap(pp.idle)/2 {
@@ -163,6 +178,29 @@ func (p *Pool) Release(c *Cell) {
 	if c == nil {
 		return
 	}
+	c.recycle = false
+	p.queue(c)
+}
+
+// Recycle hands a used cell back to be readied for another request of
+// its profile, in a background remover: what is left is killed, the
+// cell waited for to empty, its charge checked (ReuseCharged), its
+// counters read for the next Usage to subtract and its memory.peak
+// reset where the kernel allows (Features.MemoryPeakReset); Get hands it
+// out before the idle cells. A cell that cannot be readied, or for
+// whose profile MaxIdle recycled cells wait already, is removed as
+// Release would. c must not be used afterwards.
+func (p *Pool) Recycle(c *Cell) {
+	if c == nil {
+		return
+	}
+	c.recycle = true
+	p.queue(c)
+}
+
+// queue hands c to the background removers, or removes it inline when
+// their queue is full or the pool is closed.
+func (p *Pool) queue(c *Cell) {
 	p.mu.RLock()
 	if pp := p.profiles[c.key]; pp != nil {
 		pp.kick()
@@ -190,12 +228,42 @@ func (p *Pool) remover() {
 func (p *Pool) remove(c *Cell) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.o.RemoveTimeout)
 	defer cancel()
+	if c.recycle && p.reuse(ctx, c) {
+		return
+	}
 	if err := c.Remove(ctx); err != nil {
 		p.stats.removeErrors.Add(1)
 		p.log.Error("remove cell (left for the next start-up sweep)", "cell", c.path, "err", err)
 		return
 	}
 	p.stats.removed.Add(1)
+}
+
+// reuse readies c for another request (Cell.ready) and puts it with its
+// profile's recycled cells; false: it is to be removed (it could not be
+// readied, the profile was dropped, the pool closed, or MaxIdle recycled
+// cells wait already).
+func (p *Pool) reuse(ctx context.Context, c *Cell) bool {
+	if err := c.ready(ctx); err != nil {
+		if !errors.Is(err, errCharged) {
+			p.log.Warn("recycle cell: removed instead", "cell", c.path, "err", err)
+		}
+		return false
+	}
+	// Under the read lock, so that a drain (which deletes the profile
+	// under the write lock first) finds every cell put here.
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	pp := p.profiles[c.key]
+	if p.closed || pp == nil {
+		return false
+	}
+	select {
+	case pp.reused <- c:
+		return true
+	default:
+		return false
+	}
 }
 
 // profile returns the pool state of prof, registering it (and starting
@@ -222,7 +290,7 @@ func (p *Pool) profile(prof *Profile) (*poolProfile, error) {
 		return pp, nil
 	}
 	ctx, stop := context.WithCancel(p.ctx)
-	pp = &poolProfile{prof: prof, idle: make(chan *Cell, p.o.MaxIdle), wake: make(chan struct{}, 1), stop: stop, done: make(chan struct{})}
+	pp = &poolProfile{prof: prof, idle: make(chan *Cell, p.o.MaxIdle), reused: make(chan *Cell, p.o.MaxIdle), wake: make(chan struct{}, 1), stop: stop, done: make(chan struct{})}
 	p.profiles[prof.key] = pp
 	go p.refill(ctx, pp)
 	return pp, nil
@@ -341,14 +409,12 @@ func (p *Pool) drain(pps []*poolProfile) {
 	}
 	for _, pp := range pps {
 		<-pp.done
-		for {
-			select {
-			case c := <-pp.idle:
+		for _, ch := range []chan *Cell{pp.idle, pp.reused} {
+			for len(ch) > 0 {
+				c := <-ch
+				c.recycle = false
 				p.remove(c)
-				continue
-			default:
 			}
-			break
 		}
 	}
 }
@@ -387,13 +453,14 @@ func (p *Pool) Idle(prof *Profile) int {
 	if pp == nil {
 		return 0
 	}
-	return len(pp.idle)
+	return len(pp.idle) + len(pp.reused)
 }
 
 // Stats returns the pool's counters.
 func (p *Pool) Stats() PoolStats {
 	return PoolStats{
 		Hits:           p.stats.hits.Load(),
+		Reused:         p.stats.reused.Load(),
 		Misses:         p.stats.misses.Load(),
 		CreateErrors:   p.stats.createErrors.Load(),
 		Removed:        p.stats.removed.Load(),
@@ -408,7 +475,7 @@ func (p *Pool) IdleCells() int {
 	defer p.mu.RUnlock()
 	n := 0
 	for _, pp := range p.profiles {
-		n += len(pp.idle)
+		n += len(pp.idle) + len(pp.reused)
 	}
 	return n
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,8 +33,9 @@ type Usage struct {
 	IOWriteBytes uint64 `json:"io_write_bytes"`
 
 	// Missing lists the accounting files that could not be read (absent on
-	// this kernel or controller not enabled), so a zero is never mistaken
-	// for a measurement.
+	// this kernel or controller not enabled), or whose figure is not the
+	// request's own (a reused cell's peaks, Cell.Usage), so a zero is
+	// never mistaken for a measurement.
 	Missing []string `json:"missing,omitempty"`
 }
 
@@ -47,6 +49,45 @@ func (u Usage) OOMKilled() bool { return u.OOMKill > 0 || u.OOMGroupKill > 0 }
 var acctFiles = [...]string{"cpu.stat", "memory.peak", "memory.events", "pids.peak", "pids.events", "io.stat"}
 
 const nAcct = len(acctFiles)
+
+// counters are u's fields that only grow over a group's life (not the
+// peaks), in one order for every Usage.
+func (u *Usage) counters() [12]*uint64 {
+	return [...]*uint64{&u.CPUUsageUsec, &u.CPUUserUsec, &u.CPUSystemUsec, &u.NrThrottled, &u.ThrottledUsec,
+		&u.MemoryMax, &u.OOM, &u.OOMKill, &u.OOMGroupKill, &u.PidsMax, &u.IOReadBytes, &u.IOWriteBytes}
+}
+
+// The indexes in acctFiles of the peaks.
+const (
+	acctMemoryPeak = 1
+	acctPidsPeak   = 3
+)
+
+// since is u less base, the figures read when a reused cell was readied
+// for the current request: its counters are the request's own, and so is
+// memory.peak if the kernel reset it then (peakReset); the other peaks
+// (pids.peak, which no kernel resets) are every request's high water
+// mark, so they are zero and listed in Missing, not mistaken for the
+// request's.
+func (u Usage) since(base Usage, peakReset bool) Usage {
+	d := u
+	b := base.counters()
+	for i, v := range d.counters() {
+		*v = max(*v, *b[i]) - *b[i] // never below the base: zero, not a wrapped-around figure
+	}
+	d.Missing = slices.Clone(u.Missing)
+	drop := func(i int, dst *uint64) {
+		*dst = 0
+		if !slices.Contains(d.Missing, acctFiles[i]) {
+			d.Missing = append(d.Missing, acctFiles[i])
+		}
+	}
+	if !peakReset {
+		drop(acctMemoryPeak, &d.MemoryPeak)
+	}
+	drop(acctPidsPeak, &d.PidsPeak)
+	return d
+}
 
 // readUsage reads the accounting files through read, which returns a file's
 // content by its index in acctFiles, or an error wrapping ENOENT when the

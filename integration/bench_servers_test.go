@@ -24,8 +24,10 @@ import (
 // the same host, the same programs (the static Go hello of examples/cgi and
 // the /bin/sh hello.sh beside it) and the same bounded closed-loop load
 // (concurrency 16, after a warm-up of each): cellgate with every
-// confinement on (the default, resident cells), the same with a cell set
-// up per request (--resident-cells 0), cellgate with every confinement relaxed by
+// confinement on (the default, resident cells), the same with each
+// request's group one an earlier request used (groups: reused), the same
+// with a cell set up per request (--resident-cells 0), cellgate with
+// every confinement relaxed by
 // its policy key, cellgate without cells (--isolation none: plain fork and
 // exec, the front's own cost), Go's net/http/cgi, and nginx with
 // fcgiwrap. Rounds
@@ -40,7 +42,8 @@ import (
 // The differences between the cellgate lines price the front (plain
 // against net/http/cgi), the cell with its init (unconfined against
 // plain) and the confinement (default against unconfined), and what
-// resident cells save (default against fresh); from
+// resident cells save (default against fresh), and what a group per
+// request costs (default against reused); from
 // cellgate's access log, where its time goes: the request's time in
 // the server outside the cell (taking and setting up the cell, the
 // hand-off, copying the response, reading the accounting), the cell's wall
@@ -110,6 +113,7 @@ func BenchmarkCGIServers(b *testing.B) {
 	peers := newPeerGroups(b, base+"-peers")
 	servers := []cgiServer{
 		cellgate("cellgate", "", ""),
+		cellgate("cellgate-reused", ", groups: reused", "-reused"),
 		cellgate("cellgate-fresh", "", "-fresh", "--resident-cells", "0"),
 		cellgate("cellgate-unconfined", unconfinedKeys, "-unconfined"),
 		cellgate("cellgate-plain", "", "-plain", "--isolation", "none"),

@@ -173,28 +173,35 @@ func BenchmarkCellConfined(b *testing.B) {
 		par         int
 		late        bool
 		opts        confine.Options
+		reuse       bool // groups: reused
 	}
 	// all-resident is the same with resident cells (serve's default,
 	// --resident-cells): an init and its namespaces serve request after
 	// request, each program cloned into a group of its own; a request
 	// that finds one ready pays neither the init's start nor its end.
-	lines := []warmLine{{"all-warm-usage-first", "ready", 1, false, confine.Options{}}}
+	lines := []warmLine{{"all-warm-usage-first", "ready", 1, false, confine.Options{}, false}}
 	for _, par := range []int{1, 8, 32} {
 		for _, pause := range []string{"0s", "100ms", "ready"} {
-			lines = append(lines, warmLine{"all-warm", pause, par, true, confine.Options{}})
+			lines = append(lines, warmLine{"all-warm", pause, par, true, confine.Options{}, false})
 		}
 	}
 	for _, par := range []int{1, 8, 32} {
 		for _, pause := range []string{"0s", "100ms", "ready"} {
-			lines = append(lines, warmLine{"all-resident", pause, par, true, confine.Options{}})
+			lines = append(lines, warmLine{"all-resident", pause, par, true, confine.Options{}, false})
 		}
+	}
+	// all-resident-reused is all-resident with groups: reused: each
+	// request's group is one an earlier request used, emptied and handed
+	// on, none made or removed per request.
+	for _, par := range []int{1, 8, 32} {
+		lines = append(lines, warmLine{"all-resident-reused", "ready", par, true, confine.Options{}, true})
 	}
 	// What a resident cell does per request beyond a warm one's hand-off:
 	// the emptying of its IPC namespace and the program's loading of the
 	// filter.
 	lines = append(lines,
-		warmLine{"resident-host-ipc", "ready", 1, true, confine.Options{Share: confine.NSIPC}},
-		warmLine{"resident-no-seccomp", "ready", 1, true, confine.Options{NoSeccomp: true}})
+		warmLine{"resident-host-ipc", "ready", 1, true, confine.Options{Share: confine.NSIPC}, false},
+		warmLine{"resident-no-seccomp", "ready", 1, true, confine.Options{NoSeccomp: true}, false})
 	for _, l := range lines {
 		pause, par := l.pause, l.par
 		b.Run(fmt.Sprintf("%s/pause=%s/concurrent=%d", l.name, pause, par), func(b *testing.B) {
@@ -207,7 +214,7 @@ func BenchmarkCellConfined(b *testing.B) {
 			}
 			warm := newConfinedEnv(b, cfg)
 			s := spec(b, l.opts)
-			s.LateUsage = l.late
+			s.LateUsage, s.ReuseGroups = l.late, l.reuse
 			warm.Warm(s.Profile, s.Confine)
 			time.Sleep(time.Second) // let the first cells be set up
 			// A set's target grows with the requests that found it

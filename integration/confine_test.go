@@ -2210,3 +2210,87 @@ func TestConfineResident(t *testing.T) {
 		t.Errorf("cells: fresh: two requests in one PID namespace %s", a.Pidns)
 	}
 }
+
+// TestConfineReusedGroups: the requests of a resident route with groups:
+// reused run in groups handed on from the requests before them, each
+// request's accounting still its own: the OOM kill of one is not the
+// next one's, and the peaks the kernel cannot reset are left out
+// (pids.peak; memory.peak before 6.12); a request that leaves more than
+// an eighth of its memory.max charged (a file in a writable mount) has
+// its group removed, not handed on.
+func TestConfineReusedGroups(t *testing.T) {
+	data := openTempDir(t, "cellgate-reuse-", 0o777)
+	g := confineGate(t, `  - {name: reused, match: {path: /reused}, tenant: a, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, groups: reused, mounts: [{source: `+data+`, target: /data, writable: true}]}
+  - {name: hog, match: {path: /hog}, tenant: a, program: "{{.CGI}}/memhog", memory: 32Mi, groups: reused}
+`, "--resident-cells", "1")
+	reused := func() float64 {
+		return metric(g.metrics(), "cellgate_pool_gets_total", map[string]string{"result": "reused"})
+	}
+	group := func(q url.Values) string {
+		q.Set("cat", "/proc/self/cgroup")
+		return strings.TrimSpace(g.probe(t, "reused", q).Cat["/proc/self/cgroup"])
+	}
+	const n = 8
+	groups := map[string]bool{}
+	for range n {
+		groups[group(url.Values{})] = true
+	}
+	// The next request's group is taken when the cell is put back, beside
+	// the removal of the one before: two groups, or three, take turns.
+	if len(groups) > n/2 || reused() == 0 {
+		t.Errorf("%d requests ran in %d groups (%d handed on): want their groups reused", n, len(groups), int(reused()))
+	}
+
+	// A request that leaves 16 MiB charged (over 64Mi/8) in a file of
+	// its writable mount: its group is not handed on.
+	left := group(url.Values{"fill": {"/data/left:16"}})
+	t.Cleanup(func() { os.Remove(filepath.Join(data, "left")) })
+	for i := range n {
+		if got := group(url.Values{}); got == left {
+			t.Fatalf("request %d after one left 16 MiB charged runs in its group %s", i+1, left)
+		}
+	}
+
+	// An OOM kill in a reused group, then requests that fit: none is
+	// reported as OOM-killed, and their peaks are their own or left out.
+	before := reused()
+	if code, _, body := g.get("/hog?mb=48"); code == http.StatusOK {
+		t.Fatalf("control: 48 MiB in a 32Mi cell answered 200: %q", body)
+	}
+	for i := range 4 {
+		if code, _, body := g.get("/hog?mb=1"); code != http.StatusOK {
+			t.Errorf("request %d after an OOM kill: %d %q", i+1, code, body)
+		}
+	}
+	if reused() < before+3 {
+		t.Errorf("the hog route's 5 requests were handed %d groups used before, want 3 or more", int(reused()-before))
+	}
+	resetPeak := strings.Contains(g.log(), "memory_peak_reset=true")
+	recs := g.waitRecords("hog", 5, time.Minute)
+	if !recs[0].Cell.OOMKilled {
+		t.Errorf("control: the 48 MiB request's record: %+v", *recs[0].Cell)
+	}
+	leftOut := 0
+	for i, r := range recs[1:] {
+		if r.Outcome != "ok" || r.Cell.OOMKilled {
+			t.Errorf("request %d after an OOM kill: outcome %s, oom_killed %v, want the OOM kill of the request before not counted", i+1, r.Outcome, r.Cell.OOMKilled)
+		}
+		if r.Cell.PidsPeak == nil {
+			leftOut++
+			if !slices.Contains(r.Cell.Missing, "pids.peak") {
+				t.Errorf("request %d: no pids_peak and none said missing: %v", i+1, r.Cell.Missing)
+			}
+		}
+		switch {
+		case r.Cell.PidsPeak != nil:
+		case resetPeak && r.Cell.MemoryPeak > 8<<20:
+			t.Errorf("request %d of 1 MiB in a reused group: memory.peak %d, not its own", i+1, r.Cell.MemoryPeak)
+		case !resetPeak && (r.Cell.MemoryPeak != 0 || !slices.Contains(r.Cell.Missing, "memory.peak")):
+			t.Errorf("request %d in a reused group on a kernel without the memory.peak reset: peak %d, missing %v, want it left out",
+				i+1, r.Cell.MemoryPeak, r.Cell.Missing)
+		}
+	}
+	if leftOut < 3 {
+		t.Errorf("%d of 4 requests left pids.peak out: want those in reused groups (3 or more) to", leftOut)
+	}
+}

@@ -805,11 +805,13 @@ type accessRecord struct {
 	WaitUsec  int64     `json:"wait_usec"`
 	Duration  int64     `json:"duration_usec"`
 	Cell      *struct {
-		WallUsec     int64  `json:"wall_usec"`
-		CPUUsageUsec int64  `json:"cpu_usage_usec"`
-		MemoryPeak   uint64 `json:"memory_peak_bytes"`
-		OOMKilled    bool   `json:"oom_killed"`
-		ExitCode     int    `json:"exit_code"`
+		WallUsec     int64    `json:"wall_usec"`
+		CPUUsageUsec int64    `json:"cpu_usage_usec"`
+		MemoryPeak   uint64   `json:"memory_peak_bytes"`
+		OOMKilled    bool     `json:"oom_killed"`
+		PidsPeak     *uint64  `json:"pids_peak"`
+		ExitCode     int      `json:"exit_code"`
+		Missing      []string `json:"missing"`
 	} `json:"cell"`
 }
 

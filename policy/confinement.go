@@ -10,7 +10,7 @@ import (
 
 // confinementKeys are a route's confinement keys (see Confinement); each
 // relaxes one confinement, which is on by default.
-var confinementKeys = []string{"network", "filesystem", "host_namespaces", "system_dirs", "mounts", "rootfs", "tmpfs_size", "seccomp", "nofile", "huge_pages", "cells"}
+var confinementKeys = []string{"network", "filesystem", "host_namespaces", "system_dirs", "mounts", "rootfs", "tmpfs_size", "seccomp", "nofile", "huge_pages", "cells", "groups"}
 
 var mountKeys = []string{"source", "target", "writable"}
 
@@ -64,6 +64,16 @@ type Confinement struct {
 	// namespace of its own, under a uid of its own, everything it left
 	// (processes, private tmpfs files) ended before the next request.
 	FreshCells bool
+	// ReusedGroups (groups: reused) lets a resident cell's requests reuse
+	// the groups of the requests before them, once emptied, rather than
+	// each have a group made for it and removed after it (the kernel's
+	// price of which is most of what a resident request costs beyond a
+	// plain exec). Each request still has its limits, its OOM kill and
+	// its counters (CPU, memory events, I/O, forks refused) its own, but
+	// not its pids.peak, nor its memory.peak before Linux 6.12: those
+	// are left out of its accounting. By default (groups: fresh) every
+	// request has a group of its own.
+	ReusedGroups bool
 }
 
 // Mount is a bind of a host path into a cell's view.
@@ -127,6 +137,12 @@ func (d *decoder) confinement(fs map[string]field, p string) Confinement {
 	}
 	if f, ok := fs["cells"]; ok {
 		c.FreshCells = d.choice(f, join(p, "cells"), "resident", "fresh") == "fresh"
+	}
+	if f, ok := fs["groups"]; ok {
+		c.ReusedGroups = d.choice(f, join(p, "groups"), "fresh", "reused") == "reused"
+		if c.ReusedGroups && c.FreshCells {
+			d.problem(f.line(), join(p, "groups"), "reused", "has no effect with cells: fresh (only a resident cell's requests reuse groups)", "remove groups, or drop cells: fresh")
+		}
 	}
 	if c.HostFilesystem {
 		for _, k := range []string{"system_dirs", "mounts", "rootfs", "tmpfs_size"} {
@@ -216,6 +232,9 @@ func (c Confinement) String() string {
 	}
 	if c.FreshCells {
 		parts = append(parts, "cells: fresh")
+	}
+	if c.ReusedGroups {
+		parts = append(parts, "groups: reused")
 	}
 	for _, m := range c.Mounts {
 		mode := "ro"

@@ -31,6 +31,10 @@ routes:
     match: {path: /host}
     program: /srv/cgi/host
     filesystem: host
+  - name: reused
+    match: {path: /reused}
+    program: /srv/cgi/reused
+    groups: reused
 `
 	p, err := parse("/etc/cellgate/policy.yaml", "/etc/cellgate", []byte(src))
 	if err != nil {
@@ -47,6 +51,7 @@ routes:
 			TmpfsSize: 16 << 20, NoFile: 4096, HugePages: true, FreshCells: true,
 		},
 		{HostFilesystem: true},
+		{ReusedGroups: true},
 	}
 	for i, w := range want {
 		if got := p.Routes[i].Confinement; !reflect.DeepEqual(got, w) {
@@ -58,6 +63,9 @@ routes:
 	}
 	if s := p.Routes[1].Confinement.String(); s != "network: host, host namespaces: pid uts, seccomp: off, huge_pages: system, cells: fresh, mount /srv/data:/data:rw, mount /etc/cellgate/shared:/etc/cellgate/shared:ro" {
 		t.Errorf("String = %q", s)
+	}
+	if s := p.Routes[3].Confinement.String(); s != "groups: reused" {
+		t.Errorf("String of groups: reused = %q", s)
 	}
 }
 
@@ -81,6 +89,8 @@ func TestParseConfinementProblems(t *testing.T) {
 		{"nofile", head + "    nofile: 3\n", []problem{{6, "routes[a].nofile", "out of range"}}},
 		{"huge_pages", head + "    huge_pages: on\n", []problem{{6, "routes[a].huge_pages", "not one of off, system"}}},
 		{"cells", head + "    cells: shared\n", []problem{{6, "routes[a].cells", "not one of resident, fresh"}}},
+		{"groups", head + "    groups: shared\n", []problem{{6, "routes[a].groups", "not one of fresh, reused"}}},
+		{"reused groups of fresh cells", head + "    cells: fresh\n    groups: reused\n", []problem{{7, "routes[a].groups", "no effect with cells: fresh"}}},
 		{"mounts with host filesystem", head + "    filesystem: host\n    mounts: [{source: /srv}]\n", []problem{{7, "routes[a].mounts", "no effect with filesystem: host"}}},
 		{"system_dirs with rootfs", head + "    rootfs: /srv/root\n    system_dirs: [/usr]\n", []problem{{7, "routes[a].system_dirs", "no effect with rootfs"}}},
 		{"tenant gid 0", "version: 1\ntenants: [{name: t, gid: 0}]\nroutes:\n  - {name: a, match: {path: /}, tenant: t, program: /a}\n", []problem{{2, "tenants[t].gid", "out of range"}}},

@@ -79,6 +79,9 @@ func (d *decoder) forkRoute(fs map[string]field, line int, p string, r *Route) {
 		// already: there is no cell of the route's to keep.
 		d.problem(f.line(), join(p, "cells"), f.val.Value, "has no effect on a fork route, whose requests are each a fresh child of the preloader", "remove cells")
 	}
+	if f, ok := fs["groups"]; ok {
+		d.problem(f.line(), join(p, "groups"), f.val.Value, "has no effect on a fork route, whose requests each have a group of their own", "remove groups")
+	}
 	fk := &Fork{Python: DefaultPython, PreloadMemory: DefaultPreloadMemory}
 	if f, ok := fs["runtime"]; ok {
 		if v, ok := d.str(f, join(p, "runtime")); ok {

@@ -93,6 +93,8 @@ func TestParseForkProblems(t *testing.T) {
 			[]problem{{4, "routes[a].huge_pages", "no effect on a fork route"}}},
 		{"cells on a fork route", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, cells: fresh}\n",
 			[]problem{{4, "routes[a].cells", "no effect on a fork route"}}},
+		{"groups on a fork route", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, groups: reused}\n",
+			[]problem{{4, "routes[a].groups", "no effect on a fork route"}}},
 		{"relative python without a base", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, python: py3}\n",
 			[]problem{{4, "routes[a].python", "a relative path"}}},
 	}

@@ -21,7 +21,14 @@ type Cells interface {
 	Release(Cell)
 }
 
-// Cell is one short-lived cgroup, used for exactly one run.
+// Recycler is a Cells that can take a used, empty cell back for a later
+// request of its profile (Spec.ReuseGroups) rather than remove it.
+type Recycler interface {
+	Recycle(Cell)
+}
+
+// Cell is one short-lived cgroup, used for one run (or, handed back with
+// Recycler.Recycle, for one run at a time).
 type Cell interface {
 	// FD is an open directory fd of the cell's cgroup, for
 	// SysProcAttr.CgroupFD. A negative FD means the cell has no cgroup (a
@@ -59,6 +66,10 @@ func (p PoolCells) Get(ctx context.Context, prof *cgroup.Profile) (Cell, error) 
 // Release hands the cell back to the pool, which kills what is left,
 // waits for it to empty and removes it.
 func (p PoolCells) Release(c Cell) { p.Pool.Release(c.(*cgroup.Cell)) }
+
+// Recycle hands the cell back to the pool to be readied for a later
+// request of its profile (cgroup.Pool.Recycle).
+func (p PoolCells) Recycle(c Cell) { p.Pool.Recycle(c.(*cgroup.Cell)) }
 
 var _ Cell = (*cgroup.Cell)(nil)
 

@@ -227,3 +227,17 @@ func lines(s string) []string {
 	}
 	return out
 }
+
+// recyclingCells is fakeCells that also takes cells back for reuse
+// (Recycler), counting each.
+type recyclingCells struct {
+	*fakeCells
+	recycled int
+}
+
+func (f *recyclingCells) Recycle(c Cell) {
+	f.fakeCells.Release(c)
+	f.mu.Lock()
+	f.recycled++
+	f.mu.Unlock()
+}

@@ -523,9 +523,11 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				// next request's cell prepared, off the request's path
 				// (putBackLater), unless the program ran as root.
 				initKept = true
+				reuse := spec.ReuseGroups && uid != 0 && !rep.Unclean
 				r.teardowns.run(func() {
-					done(r.empty(cell) == nil)
-					r.cells.Release(cell)
+					emptied := r.empty(cell) == nil
+					done(emptied)
+					r.giveBack(cell, reuse && emptied)
 				})
 				switch {
 				case uid == 0:
@@ -730,6 +732,18 @@ func (r *Runner) empty(cell Cell) error {
 		return fmt.Errorf("%w: %s after %s: %w", ErrCellNotEmpty, cell.Path(), r.emptyWait, err)
 	}
 	return nil
+}
+
+// giveBack hands an ended request's cell back: for a later request of its
+// profile if reuse (the route's groups: reused, the cell emptied, the
+// program not root, the init's end of it clean) and the Cells can take
+// it back, else for removal.
+func (r *Runner) giveBack(cell Cell, reuse bool) {
+	if rc, ok := r.cells.(Recycler); ok && reuse {
+		rc.Recycle(cell)
+		return
+	}
+	r.cells.Release(cell)
 }
 
 // checkSpec validates what every driver passes on (the environment) and

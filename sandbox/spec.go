@@ -53,6 +53,13 @@ type Spec struct {
 	// program with the cgroup, uid and no_new_privs only. It needs the
 	// Runner's Launcher.
 	Confine *confine.Prepared
+	// ReuseGroups lets a request that ran in a resident cell (Confine's
+	// plan is resident) hand its group back for a later request of the
+	// same profile once it is empty, instead of its removal (groups:
+	// reused; cgroup.Pool.Recycle): no group is made or removed per
+	// request, and the request's accounting has no pids.peak, and no
+	// memory.peak before Linux 6.12 (cgroup.Cell.Usage).
+	ReuseGroups bool
 	// Timeout is the wall-clock deadline from the start of the worker;
 	// 0 means the runner's default.
 	Timeout time.Duration

@@ -381,6 +381,14 @@ func checkCells(ctx context.Context, cfg doctorConfig, mount string, r *report) 
 	peak("memory.peak", feat.MemoryPeak, "memory", "5.19")
 	peak("pids.peak", feat.PidsPeak, "pids", "6.1")
 	peak("memory.oom.group", feat.MemoryOOMGroup, "memory", "4.19")
+	switch {
+	case !feat.MemoryPeak:
+	case feat.MemoryPeakReset:
+		r.ok("memory.peak reset", "present (a reused group's memory.peak is reset for each request: groups: reused keeps it)")
+	default:
+		r.warn("memory.peak reset", "upgrade to Linux 6.12 for it, or leave routes at groups: fresh (the default)",
+			"absent on this kernel (needs 6.12): a route with groups: reused reports no memory.peak for a request in a reused group")
+	}
 
 	if os.Geteuid() != 0 {
 		return // switching to a per-cell uid needs root; already reported

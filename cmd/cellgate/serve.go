@@ -108,6 +108,9 @@ type routeSpec struct {
 	// forkConfine is a fork route's plan, applied by its preloader and
 	// each child (nil with --isolation=none or for a cgi route).
 	forkConfine *confine.Prepared
+	// reuseGroups: the route's resident cells hand their requests'
+	// groups on (groups: reused; sandbox.Spec.ReuseGroups).
+	reuseGroups bool
 }
 
 // serve runs the daemon until ctx ends or SIGTERM/SIGINT, then drains.
@@ -532,7 +535,8 @@ func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route, hidden []stri
 		return &routeSpec{err: fmt.Errorf("cell limits: %w", err)}
 	}
 	user, err := resolveUser(r, d.cfg.GID)
-	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, forkConfine: forkPlan, err: err}
+	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, forkConfine: forkPlan, err: err,
+		reuseGroups: plan != nil && r.Confinement.ReusedGroups}
 }
 
 // cellSpec is proxy.Deps.CellSpec: the route's profile and credentials,
@@ -550,6 +554,7 @@ func (d *daemon) cellSpec(r *policy.Route, spec *sandbox.Spec) error {
 		return rs.err
 	}
 	spec.Profile, spec.User, spec.GID, spec.Confine = rs.profile, rs.user, rs.gid, rs.confine
+	spec.ReuseGroups = rs.reuseGroups
 	if rs.fork != nil {
 		spec.Preloader = rs.fork.preloader
 	}
@@ -597,16 +602,18 @@ func (d *daemon) registerMetrics(reg *prometheus.Registry) (*accounting.Metrics,
 }
 
 // poolCounters export the cell pool's counters: how often a request found
-// a pre-created cell (hit) or had one created on its own path (miss), and
-// the background removals.
+// a pre-created cell (hit), one a request before it had used (reused,
+// groups: reused) or had one created on its own path (miss), and the
+// background removals.
 func (d *daemon) poolCounters() []prometheus.Collector {
 	counter := func(name, help string, labels prometheus.Labels, f func(cgroup.PoolStats) uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: name, Help: help, ConstLabels: labels},
 			func() float64 { return float64(f(d.pool.Stats())) })
 	}
-	const gets = "Cells taken from the pool: hit = pre-created, miss = created on the request's path."
+	const gets = "Cells taken from the pool: hit = pre-created, reused = used by a request before (groups: reused), miss = created on the request's path."
 	return []prometheus.Collector{
 		counter("pool_gets_total", gets, prometheus.Labels{"result": "hit"}, func(s cgroup.PoolStats) uint64 { return s.Hits }),
+		counter("pool_gets_total", gets, prometheus.Labels{"result": "reused"}, func(s cgroup.PoolStats) uint64 { return s.Reused }),
 		counter("pool_gets_total", gets, prometheus.Labels{"result": "miss"}, func(s cgroup.PoolStats) uint64 { return s.Misses }),
 		counter("pool_create_errors_total", "Cell creations that failed.", nil, func(s cgroup.PoolStats) uint64 { return s.CreateErrors }),
 		counter("pool_removed_total", "Used cells removed.", nil, func(s cgroup.PoolStats) uint64 { return s.Removed }),
