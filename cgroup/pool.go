@@ -190,11 +190,15 @@ func (p *Pool) Release(c *Cell) {
 // out before the idle cells. A cell that cannot be readied, or for
 // whose profile MaxIdle recycled cells wait already, is removed as
 // Release would. c must not be used afterwards.
+//
+// Only a cell of a Reused profile is handed on: any other is removed, so
+// that a request of a profile that did not ask for reused groups never
+// gets one.
 func (p *Pool) Recycle(c *Cell) {
 	if c == nil {
 		return
 	}
-	c.recycle = true
+	c.recycle = c.key.Reused
 	p.queue(c)
 }
 

@@ -28,6 +28,7 @@ type ProfileKey struct {
 	Settings string // the writes, "file=value" joined by newlines, in write order
 	Group    string // the RouteGroup the cells are created in, or ""
 	Owner    uint32 // the owner of the cells' cgroup.procs when Group is set
+	Reused   bool   // the cells may be handed on from request to request (Profile.Reused)
 }
 
 // NewProfile converts r with CellSettings for cells of tenant ("" is
@@ -53,6 +54,16 @@ func NewProfile(tenant string, r *specs.LinuxResources) (*Profile, error) {
 
 // Tenant is the tenant group the profile's cells are created in.
 func (p *Profile) Tenant() string { return p.tenant }
+
+// Reused returns the profile whose cells may serve request after request
+// (Pool.Recycle; a route's groups: reused): the same tenant and writes,
+// but a pool of its own, so that a request whose route did not ask for
+// it never gets a group an earlier request used.
+func (p *Profile) Reused() *Profile {
+	q := *p
+	q.key.Reused = true
+	return &q
+}
 
 // Key is the comparable identity of the profile.
 func (p *Profile) Key() ProfileKey { return p.key }

@@ -68,7 +68,7 @@ func TestPoolRecycle(t *testing.T) {
 			if tr.Features().MemoryPeakReset != reset {
 				t.Fatalf("Features.MemoryPeakReset = %v, want %v", tr.Features().MemoryPeakReset, reset)
 			}
-			prof := testProfile(t, "acme")
+			prof := testProfile(t, "acme").Reused()
 			c, err := p.Get(t.Context(), prof)
 			if err != nil {
 				t.Fatal(err)
@@ -131,7 +131,7 @@ func TestPoolRecycle(t *testing.T) {
 // waited for first; Close removes the recycled cells that wait.
 func TestPoolRecycleRefused(t *testing.T) {
 	tr, p := newFakePool(t, &fakeFS{}, PoolOptions{MaxIdle: 1})
-	prof := testProfile(t, "acme") // memory.max 32 MiB: 4 MiB may stay charged
+	prof := testProfile(t, "acme").Reused() // memory.max 32 MiB: 4 MiB may stay charged
 	get := func() *Cell {
 		c, err := p.Get(t.Context(), prof)
 		if err != nil {
@@ -158,6 +158,20 @@ func TestPoolRecycleRefused(t *testing.T) {
 	if s := p.Stats(); s.Reused != 0 || s.Removed != 2 {
 		t.Errorf("Stats = %+v, want 2 removed, none reused", s)
 	}
+	// A cell of a profile that did not ask for reuse (the same tenant and
+	// limits) is removed, and never handed to that profile's Get.
+	plain := testProfile(t, "acme")
+	other, err := p.Get(t.Context(), plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Recycle(other)
+	eventually(t, "a cell of a profile without reuse is removed", func() bool { return !exists(other.Path()) })
+	c, err := p.Get(t.Context(), plain)
+	if err != nil || c == busy {
+		t.Fatalf("Get of the profile without reuse: %v, the recycled cell of the reused one: %v", err, c == busy)
+	}
+	p.Release(c)
 	if err := p.Close(); err != nil {
 		t.Fatal(err)
 	}

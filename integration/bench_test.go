@@ -215,6 +215,9 @@ func BenchmarkCellConfined(b *testing.B) {
 			warm := newConfinedEnv(b, cfg)
 			s := spec(b, l.opts)
 			s.LateUsage, s.ReuseGroups = l.late, l.reuse
+			if l.reuse {
+				s.Profile = s.Profile.Reused()
+			}
 			warm.Warm(s.Profile, s.Confine)
 			time.Sleep(time.Second) // let the first cells be set up
 			// A set's target grows with the requests that found it

@@ -2217,7 +2217,9 @@ func TestConfineResident(t *testing.T) {
 // next one's, and the peaks the kernel cannot reset are left out
 // (pids.peak; memory.peak before 6.12); a request that leaves more than
 // an eighth of its memory.max charged (a file in a writable mount) has
-// its group removed, not handed on.
+// its group removed, not handed on. (That a route of the same tenant
+// and limits without the key never gets such a group is the pool's:
+// TestPoolRecycleRefused.)
 func TestConfineReusedGroups(t *testing.T) {
 	data := openTempDir(t, "cellgate-reuse-", 0o777)
 	g := confineGate(t, `  - {name: reused, match: {path: /reused}, tenant: a, program: "`+workerBinary(t)+`", env: {`+cellHelperEnv+`: probe}, groups: reused, mounts: [{source: `+data+`, target: /data, writable: true}]}

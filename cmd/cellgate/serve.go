@@ -534,9 +534,12 @@ func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route, hidden []stri
 	if err != nil {
 		return &routeSpec{err: fmt.Errorf("cell limits: %w", err)}
 	}
+	reuse := plan != nil && r.Confinement.ReusedGroups
+	if reuse {
+		prof = prof.Reused()
+	}
 	user, err := resolveUser(r, d.cfg.GID)
-	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, forkConfine: forkPlan, err: err,
-		reuseGroups: plan != nil && r.Confinement.ReusedGroups}
+	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, forkConfine: forkPlan, err: err, reuseGroups: reuse}
 }
 
 // cellSpec is proxy.Deps.CellSpec: the route's profile and credentials,
