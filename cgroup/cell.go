@@ -181,6 +181,10 @@ func (c *Cell) Usage() (Usage, error) {
 	return u, err
 }
 
+// CPUBefore is the CPU (cpu.stat usage_usec) the cell's earlier requests
+// used, which its Usage subtracts: 0 for a cell on its first request.
+func (c *Cell) CPUBefore() uint64 { return c.base.CPUUsageUsec }
+
 // usage reads the cell's accounting files as the kernel has them.
 func (c *Cell) usage() (Usage, error) {
 	return readUsage(c.path, func(i int, buf []byte) ([]byte, error) {

@@ -19,7 +19,10 @@ type Live struct {
 
 // ReadLive reads a running group's memory.current and cpu.stat by path.
 // A group already removed gives an error wrapping os.ErrNotExist. Cell
-// names are never reused, so a path cannot come to mean another cell.
+// names are never reused, but a group of a route with groups: reused
+// serves its requests one after another: a reading by the path of an
+// ended request may be of the request after it (the status page's live
+// figures for a moment; the accounting is never read by path).
 func ReadLive(dir string) (Live, error) {
 	var l Live
 	b, err := readFile(filepath.Join(dir, "cpu.stat"))

@@ -91,6 +91,9 @@ func TestPoolRecycle(t *testing.T) {
 			if again != c || !exists(c.Path()) {
 				t.Fatalf("Get after Recycle handed out %s, want the recycled %s", again.Path(), c.Path())
 			}
+			if got := again.CPUBefore(); got != 100 {
+				t.Errorf("CPUBefore of the recycled cell = %d, want the first request's 100", got)
+			}
 			if s := p.Stats(); s.Reused != 1 {
 				t.Errorf("Stats.Reused = %d, want 1", s.Reused)
 			}

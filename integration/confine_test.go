@@ -1027,7 +1027,7 @@ func TestConfineRunLeavesNothing(t *testing.T) {
 		var out bytes.Buffer
 		var cell string
 		spec := sandbox.Spec{Path: w, Args: []string{w, sleepArg}, Env: []string{cellHelperEnv + "=orphan"},
-			Confine: prep, Stdout: &out, Started: func(p string) { cell = p }}
+			Confine: prep, Stdout: &out, Started: func(p string, _ uint64) { cell = p }}
 		res, err := r.Run(context.Background(), spec)
 		if err != nil || res.Cause != sandbox.CauseOK || strings.TrimSpace(out.String()) != "left" {
 			t.Fatalf("run %d: %v, cause %s, output %q", i, err, res.Cause, out.String())
@@ -2025,7 +2025,7 @@ func TestResidentStubGone(t *testing.T) {
 			starts := 0
 			res, err := r.Run(context.Background(), sandbox.Spec{
 				Path: "/bin/cat", Confine: prep, Stdin: strings.NewReader("abcde"), Stdout: &out,
-				Started: func(string) {
+				Started: func(string, uint64) {
 					if starts++; starts == 1 && tc.inHandOff {
 						// Stopped, it cannot take the frame, which the
 						// kernel holds for it; killed once the frame is

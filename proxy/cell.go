@@ -61,10 +61,14 @@ func (x *exchange) runCell(m *policy.Match, req *cgiRequest, stdin io.Reader) *c
 	spec.LateUsage = !route.ServerTiming
 
 	live := x.live
-	spec.Started = func(cellPath string) {
-		live.update(func(v *InFlight) { v.State, v.CellPath, v.CellStarted = StateRunning, cellPath, time.Now() })
+	spec.Started = func(cellPath string, cpuBefore uint64) {
+		live.update(func(v *InFlight) {
+			v.State, v.CellPath, v.CellStarted, v.CellCPUBefore = StateRunning, cellPath, time.Now(), cpuBefore
+		})
 	}
-	defer live.update(func(v *InFlight) { v.State, v.CellPath, v.CellStarted = StateResponding, "", time.Time{} })
+	defer live.update(func(v *InFlight) {
+		v.State, v.CellPath, v.CellStarted, v.CellCPUBefore = StateResponding, "", time.Time{}, 0
+	})
 
 	ctx := x.r.Context()
 	if s.deps.Admitter != nil {

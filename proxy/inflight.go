@@ -28,9 +28,12 @@ type InFlight struct {
 	QueueWait time.Duration
 	// CellPath is the running cell's cgroup directory ("" when none runs
 	// or the runner has no cells), for its live figures; CellStarted is
-	// when its worker started.
-	CellPath    string
-	CellStarted time.Time
+	// when its worker started; CellCPUBefore is the CPU its group had used
+	// before the request (a reused group's, sandbox.Spec.Started), which
+	// its live CPU figure leaves out.
+	CellPath      string
+	CellStarted   time.Time
+	CellCPUBefore uint64
 }
 
 // The states of an InFlight request.

@@ -30,7 +30,7 @@ func TestInFlight(t *testing.T) {
 	running := make(chan struct{})
 	finish := make(chan struct{})
 	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
-		spec.Started("/sys/fs/cgroup/cellgate/cells/default/c1")
+		spec.Started("/sys/fs/cgroup/cellgate/cells/default/c1", 700)
 		close(running)
 		<-finish
 		io.WriteString(spec.Stdout, "Content-Type: text/plain\n\nok")
@@ -69,7 +69,7 @@ func TestInFlight(t *testing.T) {
 	close(admit)
 	<-running
 	r := one(StateRunning)
-	if r.CellPath != "/sys/fs/cgroup/cellgate/cells/default/c1" || r.CellStarted.IsZero() || r.QueueWait != 5*time.Millisecond {
+	if r.CellPath != "/sys/fs/cgroup/cellgate/cells/default/c1" || r.CellStarted.IsZero() || r.QueueWait != 5*time.Millisecond || r.CellCPUBefore != 700 {
 		t.Errorf("running request: %+v", r)
 	}
 	close(finish)

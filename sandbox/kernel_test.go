@@ -276,7 +276,7 @@ func TestKernelWarmCellInitDied(t *testing.T) {
 			starts := 0
 			res, err := r.Run(context.Background(), Spec{
 				Path: "/bin/cat", Confine: plan, Stdin: strings.NewReader("abcde"), Stdout: &out, Stderr: os.Stderr,
-				Started: func(string) {
+				Started: func(string, uint64) {
 					if starts++; starts == 1 && tc.inHandOff {
 						kill()
 					}
@@ -342,7 +342,7 @@ func TestKernelWarmCellInitDiedAfterHandOff(t *testing.T) {
 	starts := 0
 	res, err := r.Run(context.Background(), Spec{
 		Path: "/bin/sh", Args: []string{"sh", "-c", "echo ran; exec sleep 60"}, Env: []string{"PATH=/usr/bin:/bin"},
-		Confine: plan, Stdout: outW, Timeout: 30 * time.Second, Started: func(string) { starts++ },
+		Confine: plan, Stdout: outW, Timeout: 30 * time.Second, Started: func(string, uint64) { starts++ },
 	})
 	outW.Close()
 	if starts != 1 || res.Cause == CauseOK {

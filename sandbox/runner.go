@@ -427,7 +427,11 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	}
 	start := time.Now()
 	if spec.Started != nil {
-		spec.Started(cell.Path())
+		var before uint64
+		if b, ok := cell.(interface{ CPUBefore() uint64 }); ok {
+			before = b.CPUBefore()
+		}
+		spec.Started(cell.Path(), before)
 	}
 
 	kl := &killer{cell: cell, w: w, log: r.log}

@@ -74,9 +74,12 @@ type Spec struct {
 	LateUsage bool
 	// Started, when set, is called once the worker runs, with its cell's
 	// cgroup directory (for live readings such as the status page's; the
-	// directory is gone once Run returns). Runners without cells do not
-	// call it.
-	Started func(cellPath string)
+	// directory is gone once Run returns, or serves a later request of
+	// the route with ReuseGroups) and the CPU the group had used before
+	// the request (cpu.stat usage_usec: 0 for a group of its own, what
+	// earlier requests used for a reused one), which live readings
+	// subtract. Runners without cells do not call it.
+	Started func(cellPath string, cpuBefore uint64)
 
 	// Preloader, when set, runs the request with the fork driver: a clone
 	// of the route's warm preloader serves it, Path, Args, Dir and User

@@ -57,7 +57,8 @@ func statusRequest(r proxy.InFlight, now time.Time) accounting.StatusRequest {
 		return out
 	}
 	age := now.Sub(r.CellStarted).Microseconds()
-	out.CellAgeUsec, out.MemoryCurrent, out.CPUUsageUsec = &age, live.MemoryCurrent, &live.CPUUsageUsec
+	cpu := live.CPUUsageUsec - min(live.CPUUsageUsec, r.CellCPUBefore) // a reused group's, less its earlier requests'
+	out.CellAgeUsec, out.MemoryCurrent, out.CPUUsageUsec = &age, live.MemoryCurrent, &cpu
 	return out
 }
 

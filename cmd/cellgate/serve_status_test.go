@@ -28,6 +28,13 @@ func TestStatusRequestLiveFigures(t *testing.T) {
 	if r.AgeUsec != 3_000_000 || r.QueueWaitUsec != 1000 || r.Tenant != "acme" {
 		t.Errorf("request fields: %+v", r)
 	}
+	// A reused group (groups: reused): the CPU of the requests before
+	// this one is not its own.
+	reused := base
+	reused.CellCPUBefore = 4000
+	if r := statusRequest(reused, now); r.CPUUsageUsec == nil || *r.CPUUsageUsec != 200 {
+		t.Errorf("a reused group's live CPU: %+v, want 200 (4200 less the 4000 before the request)", r)
+	}
 	writeFile(t, filepath.Join(cell, "memory.current"), "1048576\n")
 	if r := statusRequest(base, now); r.MemoryCurrent == nil || *r.MemoryCurrent != 1<<20 {
 		t.Errorf("with memory.current: %+v", r)
