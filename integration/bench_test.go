@@ -216,7 +216,9 @@ func BenchmarkCellConfined(b *testing.B) {
 			s := spec(b, l.opts)
 			s.LateUsage, s.ReuseGroups = l.late, l.reuse
 			if l.reuse {
-				s.Profile = s.Profile.Reused()
+				// The runner's profile (newConfinedEnv), as a route with
+				// groups: reused has it.
+				s.Profile = profile(b, limits(64<<20, 1000, 64)).Reused()
 			}
 			warm.Warm(s.Profile, s.Confine)
 			time.Sleep(time.Second) // let the first cells be set up
