@@ -54,6 +54,7 @@ type Cell struct {
 	uses    int
 	peakRW  bool
 	recycle bool
+	charged uint64 // the most it may hold charged to be handed on (plan.charged)
 
 	mu      sync.Mutex
 	removed bool
@@ -235,14 +236,11 @@ func (c *Cell) ready(ctx context.Context) error {
 		return err
 	}
 	if p {
-		if err := c.Kill(); err != nil {
-			return err
-		}
-		if err := c.WaitEmpty(ctx); err != nil {
+		if err := c.killWait(ctx); err != nil {
 			return err
 		}
 	}
-	if err := c.charged(); err != nil {
+	if err := c.checkCharged(); err != nil {
 		return err
 	}
 	base, err := c.usage()
@@ -259,9 +257,9 @@ func (c *Cell) ready(ctx context.Context) error {
 	return nil
 }
 
-// charged checks memory.current against ReuseCharged (a cell without the
-// memory controller passes).
-func (c *Cell) charged() error {
+// checkCharged checks memory.current against the cell's bound (a cell
+// without the memory controller passes).
+func (c *Cell) checkCharged() error {
 	b, err := readAt(c.fd, "memory.current")
 	if errors.Is(err, unix.ENOENT) {
 		return nil
@@ -273,16 +271,19 @@ func (c *Cell) charged() error {
 	if err != nil {
 		return fmt.Errorf("read memory.current in %s: %w", c.path, err)
 	}
-	bound := uint64(ReuseCharged)
-	if b, err := readAt(c.fd, "memory.max"); err == nil {
-		if limit, err := parseSingle(b); err == nil && limit != ^uint64(0) {
-			bound = limit / 8
-		}
-	}
-	if cur > bound {
-		return fmt.Errorf("cell %s: %w (memory.current %d, at most %d)", c.path, errCharged, cur, bound)
+	if cur > c.charged {
+		return fmt.Errorf("cell %s: %w (memory.current %d, at most %d)", c.path, errCharged, cur, c.charged)
 	}
 	return nil
+}
+
+// killWait kills what is in the cell and waits for it to empty (bounded
+// by ctx).
+func (c *Cell) killWait(ctx context.Context) error {
+	if err := c.Kill(); err != nil {
+		return err
+	}
+	return c.WaitEmpty(ctx)
 }
 
 // closeFDs closes the held files and the directory fd.
@@ -377,7 +378,7 @@ func (t *Tree) newCell(prof *Profile) (*Cell, error) {
 		t.ops.rmdir(dir)
 		return nil, err
 	}
-	c := &Cell{name: name, tenant: prof.tenant, path: dir, fd: fd, key: prof.key, unenforced: p.unenforced, ops: t.ops}
+	c := &Cell{name: name, tenant: prof.tenant, path: dir, fd: fd, key: prof.key, unenforced: p.unenforced, ops: t.ops, charged: p.charged}
 	for _, x := range p.settings {
 		if err := writeAt(fd, x.File, x.Value); err != nil {
 			unix.Close(fd)

@@ -178,7 +178,6 @@ func (p *Pool) Release(c *Cell) {
 	if c == nil {
 		return
 	}
-	c.recycle = false
 	p.queue(c)
 }
 
@@ -415,9 +414,7 @@ func (p *Pool) drain(pps []*poolProfile) {
 		<-pp.done
 		for _, ch := range []chan *Cell{pp.idle, pp.reused} {
 			for len(ch) > 0 {
-				c := <-ch
-				c.recycle = false
-				p.remove(c)
+				p.remove(<-ch)
 			}
 		}
 	}

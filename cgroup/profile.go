@@ -90,18 +90,25 @@ func controllersOf(s []Setting) []string {
 type plan struct {
 	settings   []Setting
 	unenforced []string
+	// charged is the most a used cell may hold charged to be handed on
+	// (Cell.ready): an eighth of the memory.max written, ReuseCharged
+	// without one.
+	charged uint64
 }
 
 // planFor filters settings for this tree: writes for unenforced
 // controllers are dropped and reported; a needed controller that is
 // neither enabled nor allowed to be missing is an error.
 func (t *Tree) planFor(s []Setting, what string) (*plan, error) {
-	p := &plan{}
+	p := &plan{charged: ReuseCharged}
 	for _, x := range s {
 		c := x.Controller()
 		switch {
 		case c == "cgroup", slices.Contains(t.enabled, c):
 			p.settings = append(p.settings, x)
+			if limit, err := parseValue([]byte(x.Value)); err == nil && x.File == "memory.max" && limit != ^uint64(0) {
+				p.charged = limit / 8
+			}
 		case slices.Contains(t.allowed, c):
 			if !slices.Contains(p.unenforced, c) {
 				p.unenforced = append(p.unenforced, c)

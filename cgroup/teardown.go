@@ -124,10 +124,7 @@ func removeGroup(ctx context.Context, ops dirOps, c *Cell) error {
 		return fmt.Errorf("remove %s: %w", c.path, err)
 	}
 	if p {
-		if err := c.Kill(); err != nil {
-			return fmt.Errorf("remove %s: %w", c.path, err)
-		}
-		if err := c.WaitEmpty(ctx); err != nil {
+		if err := c.killWait(ctx); err != nil {
 			return fmt.Errorf("remove %s: %w", c.path, err)
 		}
 	}

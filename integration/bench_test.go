@@ -214,7 +214,7 @@ func BenchmarkCellConfined(b *testing.B) {
 			}
 			warm := newConfinedEnv(b, cfg)
 			s := spec(b, l.opts)
-			s.LateUsage, s.ReuseGroups = l.late, l.reuse
+			s.LateUsage = l.late
 			if l.reuse {
 				// The runner's profile (newConfinedEnv), as a route with
 				// groups: reused has it.

@@ -22,7 +22,8 @@ type Cells interface {
 }
 
 // Recycler is a Cells that can take a used, empty cell back for a later
-// request of its profile (Spec.ReuseGroups) rather than remove it.
+// request of its profile rather than remove it (cgroup.Pool.Recycle,
+// which hands on only cells of a Reused profile).
 type Recycler interface {
 	Recycle(Cell)
 }
@@ -45,6 +46,9 @@ type Cell interface {
 	WaitEmpty(ctx context.Context) error
 	// Usage reads what the cell consumed; call it once the cell is empty.
 	Usage() (cgroup.Usage, error)
+	// CPUBefore is the CPU (cpu.stat usage_usec) the cell's earlier
+	// requests used, which Usage leaves out: 0 but for a reused group.
+	CPUBefore() uint64
 	// Unenforced lists the controllers whose limits this cell does not
 	// enforce (the operator's --unenforced, or a host without them).
 	Unenforced() []string

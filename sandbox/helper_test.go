@@ -175,6 +175,7 @@ func (f *fakeCells) Release(c Cell) {
 func (c *fakeCell) FD() int                      { return -1 }
 func (c *fakeCell) Path() string                 { return "/fake" }
 func (c *fakeCell) Usage() (cgroup.Usage, error) { return c.c.usage, nil }
+func (c *fakeCell) CPUBefore() uint64            { return 0 }
 func (c *fakeCell) Unenforced() []string         { return []string{"memory", "cpu", "pids"} }
 
 func (c *fakeCell) Kill() error {

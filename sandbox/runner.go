@@ -427,11 +427,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	}
 	start := time.Now()
 	if spec.Started != nil {
-		var before uint64
-		if b, ok := cell.(interface{ CPUBefore() uint64 }); ok {
-			before = b.CPUBefore()
-		}
-		spec.Started(cell.Path(), before)
+		spec.Started(cell.Path(), cell.CPUBefore())
 	}
 
 	kl := &killer{cell: cell, w: w, log: r.log}
@@ -527,7 +523,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				// next request's cell prepared, off the request's path
 				// (putBackLater), unless the program ran as root.
 				initKept = true
-				reuse := spec.ReuseGroups && uid != 0 && !rep.Unclean
+				reuse := uid != 0 && !rep.Unclean
 				r.teardowns.run(func() {
 					emptied := r.empty(cell) == nil
 					done(emptied)
@@ -738,10 +734,10 @@ func (r *Runner) empty(cell Cell) error {
 	return nil
 }
 
-// giveBack hands an ended request's cell back: for a later request of its
-// profile if reuse (the route's groups: reused, the cell emptied, the
-// program not root, the init's end of it clean) and the Cells can take
-// it back, else for removal.
+// giveBack hands an ended request's cell back: to be handed on, if the
+// Cells can take it back and reuse (a resident request's cell, emptied,
+// its program not root, the init's end of it clean), which the pool does
+// for a Reused profile's cell alone (groups: reused), else for removal.
 func (r *Runner) giveBack(cell Cell, reuse bool) {
 	if rc, ok := r.cells.(Recycler); ok && reuse {
 		rc.Recycle(cell)

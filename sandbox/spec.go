@@ -40,7 +40,11 @@ type Spec struct {
 
 	// Profile is the cell's tenant and limits, converted once (per route, at
 	// start-up) with cgroup.NewProfile; nil means the Runner's default
-	// profile.
+	// profile. A resident request of a cgroup.Profile.Reused profile
+	// hands its group, once empty, to a later request of the profile
+	// instead of its removal (groups: reused; cgroup.Pool.Recycle): its
+	// accounting then has no pids.peak, and no memory.peak before Linux
+	// 6.12 (cgroup.Cell.Usage).
 	Profile *cgroup.Profile
 	// User runs the worker under fixed credentials; nil gives the cell a uid
 	// of its own from the runner's range (and the shared gid).
@@ -53,13 +57,6 @@ type Spec struct {
 	// program with the cgroup, uid and no_new_privs only. It needs the
 	// Runner's Launcher.
 	Confine *confine.Prepared
-	// ReuseGroups lets a request that ran in a resident cell (Confine's
-	// plan is resident) hand its group back for a later request of the
-	// same profile once it is empty, instead of its removal (groups:
-	// reused; cgroup.Pool.Recycle): no group is made or removed per
-	// request, and the request's accounting has no pids.peak, and no
-	// memory.peak before Linux 6.12 (cgroup.Cell.Usage).
-	ReuseGroups bool
 	// Timeout is the wall-clock deadline from the start of the worker;
 	// 0 means the runner's default.
 	Timeout time.Duration
@@ -75,7 +72,7 @@ type Spec struct {
 	// Started, when set, is called once the worker runs, with its cell's
 	// cgroup directory (for live readings such as the status page's; the
 	// directory is gone once Run returns, or serves a later request of
-	// the route with ReuseGroups) and the CPU the group had used before
+	// a Reused profile) and the CPU the group had used before
 	// the request (cpu.stat usage_usec: 0 for a group of its own, what
 	// earlier requests used for a reused one), which live readings
 	// subtract. Runners without cells do not call it.

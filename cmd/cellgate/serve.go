@@ -108,9 +108,6 @@ type routeSpec struct {
 	// forkConfine is a fork route's plan, applied by its preloader and
 	// each child (nil with --isolation=none or for a cgi route).
 	forkConfine *confine.Prepared
-	// reuseGroups: the route's resident cells hand their requests'
-	// groups on (groups: reused; sandbox.Spec.ReuseGroups).
-	reuseGroups bool
 }
 
 // serve runs the daemon until ctx ends or SIGTERM/SIGINT, then drains.
@@ -534,12 +531,11 @@ func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route, hidden []stri
 	if err != nil {
 		return &routeSpec{err: fmt.Errorf("cell limits: %w", err)}
 	}
-	reuse := plan != nil && r.Confinement.ReusedGroups
-	if reuse {
-		prof = prof.Reused()
+	if plan != nil && r.Confinement.ReusedGroups {
+		prof = prof.Reused() // its resident requests hand their groups on
 	}
 	user, err := resolveUser(r, d.cfg.GID)
-	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, forkConfine: forkPlan, err: err, reuseGroups: reuse}
+	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, forkConfine: forkPlan, err: err}
 }
 
 // cellSpec is proxy.Deps.CellSpec: the route's profile and credentials,
@@ -557,7 +553,6 @@ func (d *daemon) cellSpec(r *policy.Route, spec *sandbox.Spec) error {
 		return rs.err
 	}
 	spec.Profile, spec.User, spec.GID, spec.Confine = rs.profile, rs.user, rs.gid, rs.confine
-	spec.ReuseGroups = rs.reuseGroups
 	if rs.fork != nil {
 		spec.Preloader = rs.fork.preloader
 	}
