@@ -202,10 +202,13 @@ func (p *Pool) Recycle(c *Cell) {
 }
 
 // queue hands c to the background removers, or removes it inline when
-// their queue is full or the pool is closed.
+// their queue is full or the pool is closed. A cell to be removed wakes
+// its profile's refiller (the removal frees a cell's room under the
+// kernel's caps); a cell to be recycled does so only if it is removed
+// instead (remove): one recycled takes no new cell's place.
 func (p *Pool) queue(c *Cell) {
 	p.mu.RLock()
-	if pp := p.profiles[c.key]; pp != nil {
+	if pp := p.profiles[c.key]; pp != nil && !c.recycle {
 		pp.kick()
 	}
 	if !p.closed {
@@ -221,6 +224,15 @@ func (p *Pool) queue(c *Cell) {
 	p.remove(c)
 }
 
+// kickProfile wakes the refiller of c's profile, if it has one.
+func (p *Pool) kickProfile(c *Cell) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if pp := p.profiles[c.key]; pp != nil {
+		pp.kick()
+	}
+}
+
 func (p *Pool) remover() {
 	defer p.removers.Done()
 	for c := range p.removals {
@@ -231,8 +243,11 @@ func (p *Pool) remover() {
 func (p *Pool) remove(c *Cell) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.o.RemoveTimeout)
 	defer cancel()
-	if c.recycle && p.reuse(ctx, c) {
-		return
+	if c.recycle {
+		if p.reuse(ctx, c) {
+			return
+		}
+		p.kickProfile(c)
 	}
 	if err := c.Remove(ctx); err != nil {
 		p.stats.removeErrors.Add(1)

@@ -43,6 +43,7 @@ type initProc struct {
 	rootRan   bool      // a program ran in it as root: its network namespace is not reused
 	started   bool      // it reported the request's program started (confine.ReportStarted)
 	returning bool      // on its way back to its set (putBackLater)
+	sockstat  *[2]int   // its network namespace's sockstat files, held open (netQuiet), or nil
 
 	got   []byte          // read from ctl, not yet decoded
 	final *confine.Report // the last report, once read

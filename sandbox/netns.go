@@ -243,9 +243,16 @@ func sockstatZero(buf *[4096]byte, path string, absentOK bool, keys ...string) b
 		return false
 	}
 	defer unix.Close(f)
-	n, err := unix.Read(f, buf[:])
+	return sockstatZeroAt(buf, f, keys...)
+}
+
+// sockstatZeroAt is sockstatZero of the sockstat file open as f, read
+// from its start (a procfs file is made again at each read from 0, so
+// one held open serves every check).
+func sockstatZeroAt(buf *[4096]byte, f int, keys ...string) bool {
+	n, err := unix.Pread(f, buf[:], 0)
 	for errors.Is(err, unix.EINTR) {
-		n, err = unix.Read(f, buf[:])
+		n, err = unix.Pread(f, buf[:], 0)
 	}
 	if err != nil || n == len(buf) {
 		return false

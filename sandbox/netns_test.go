@@ -186,6 +186,66 @@ func TestSockstatZero(t *testing.T) {
 	}
 }
 
+// TestSockstatHeld: a resident init's sockstat files, held open, are
+// read from their start at each check: a count that appears after the
+// first read, and one that goes away after it, are seen. The files of a
+// process's network namespace open, and are let go with the init's end.
+func TestSockstatHeld(t *testing.T) {
+	keys := []string{"TCP: tw"}
+	p := filepath.Join(t.TempDir(), "sockstat")
+	write := func(text string) {
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("TCP: inuse 0 tw 0\n")
+	f, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(f)
+	var buf [4096]byte
+	for i, tc := range []struct {
+		text string
+		want bool
+	}{{"", true}, {"TCP: inuse 0 tw 1\n", false}, {"TCP: inuse 0 tw 0\n", true}} {
+		if tc.text != "" {
+			write(tc.text)
+		}
+		if got := sockstatZeroAt(&buf, f, keys...); got != tc.want {
+			t.Errorf("check %d of the held file: %v, want %v", i, got, tc.want)
+		}
+	}
+
+	ip := &initProc{proc: &os.Process{Pid: os.Getpid()}}
+	ip.sockstat = openSockstat(os.Getpid())
+	held := *ip.sockstat
+	if held[0] < 0 || (held[1] < 0 && held[1] != noIPv6) {
+		t.Fatalf("openSockstat of this process: %v", held)
+	}
+	for range 2 { // what it reads is this process's namespace's: whatever the counts, the text parses
+		if _, ok := sockstatCount(readAt(t, held[0]), "TCP: inuse"); !ok {
+			t.Errorf("no TCP: inuse in the held sockstat")
+		}
+	}
+	ip.closeSockstat()
+	if ip.sockstat != nil {
+		t.Error("closeSockstat left the files")
+	}
+	ip.closeSockstat() // twice: nothing left to close
+}
+
+// readAt reads the held file f from its start.
+func readAt(t *testing.T, f int) []byte {
+	t.Helper()
+	var buf [4096]byte
+	n, err := unix.Pread(f, buf[:], 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return buf[:n]
+}
+
 // TestHasNoSocket: a namespace holding a socket of any family, even one
 // that no table lists (made, never bound: a process outside the cell
 // could hold it), is not empty; once it is closed the namespace is. Nor

@@ -241,10 +241,51 @@ func (ip *initProc) netQuiet(plan *confine.Prepared) bool {
 	if plan.Plan().Namespaces&confine.NSNet == 0 {
 		return true
 	}
+	if ip.sockstat == nil {
+		ip.sockstat = openSockstat(ip.proc.Pid)
+	}
 	var buf [4096]byte
-	dir := "/proc/" + strconv.Itoa(ip.proc.Pid) + "/net/"
-	return sockstatZero(&buf, dir+"sockstat", false, sockstatKeys...) &&
-		sockstatZero(&buf, dir+"sockstat6", true, sockstat6Keys...)
+	v4, v6 := ip.sockstat[0], ip.sockstat[1]
+	return v4 >= 0 && sockstatZeroAt(&buf, v4, sockstatKeys...) &&
+		(v6 == noIPv6 || v6 >= 0 && sockstatZeroAt(&buf, v6, sockstat6Keys...))
+}
+
+// noIPv6 stands for a sockstat6 file absent (a kernel without IPv6):
+// nothing to count there.
+const noIPv6 = -2
+
+// openSockstat opens the sockstat and sockstat6 files of pid's network
+// namespace, which a resident init's netQuiet reads at each put back:
+// held open, each check is two reads, not two path walks through /proc
+// and back (closeSockstat closes them with the init's end). A file that
+// cannot be opened is -1 (the check fails: the cell is not kept), an
+// absent sockstat6 noIPv6.
+func openSockstat(pid int) *[2]int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/net/"
+	fds := [2]int{-1, -1}
+	for i, name := range []string{"sockstat", "sockstat6"} {
+		f, err := unix.Open(dir+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		switch {
+		case err == nil:
+			fds[i] = f
+		case i == 1 && errors.Is(err, unix.ENOENT):
+			fds[i] = noIPv6
+		}
+	}
+	return &fds
+}
+
+// closeSockstat closes what openSockstat opened for ip, if anything.
+func (ip *initProc) closeSockstat() {
+	if ip.sockstat == nil {
+		return
+	}
+	for _, f := range ip.sockstat {
+		if f >= 0 {
+			unix.Close(f)
+		}
+	}
+	ip.sockstat = nil
 }
 
 // prepareNext gives a resident init the next request's cell ahead of it

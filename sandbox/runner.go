@@ -303,8 +303,11 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	slotUsed := false // that init has it (as its set)
 	k := warmKey{prof, spec.Confine}
 	if spec.Confine != nil && r.keeps(k) {
-		ip, slot = r.warm.take(ctx, k)
-		defer r.warm.kick(k)
+		var refill bool
+		ip, slot, refill = r.warm.take(ctx, k)
+		if refill {
+			defer r.warm.kick(k)
+		}
 		defer func() {
 			if slot != nil && !slotUsed {
 				r.warm.unslot(slot)

@@ -110,8 +110,10 @@ func (w *warmPool) sizeFor(k warmKey) int {
 // allows, rather than start an init of its own; if it was ended (or its
 // setup failed) instead, the take starts one. The refill waits for
 // kick: a setup is mostly CPU, which the request that took the cell needs
-// more until it has its Result.
-func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *warmSet) {
+// more until it has its Result. refill says whether the take left the
+// set wanting one: not when it took a resident init, which comes back
+// (putBack wakes the refill if it does not), and passed over none.
+func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *warmSet, refill bool) {
 	resident := w.r.residentFor(k.plan)
 	hidden := hiddenNow(k.plan) // a few stats, before the lock
 	w.mu.Lock()
@@ -162,7 +164,7 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 	for _, d := range append(dead, old...) {
 		w.r.teardowns.run(func() { w.r.discard(d) })
 	}
-	return ip, slot
+	return ip, slot, ip == nil || !ip.resident || len(dead)+len(old) > 0
 }
 
 // coming counts the cells of s that a take finding none ready may wait
@@ -467,6 +469,7 @@ func (r *Runner) endInitCell(ip *initProc) {
 	ip.endNetns(r, err == nil && !ip.rootRan)
 	r.cells.Release(ip.cell)
 	r.endNext(ip)
+	ip.closeSockstat()
 }
 
 // Warm starts keeping warm (or resident) confined cells of prof (nil: the
