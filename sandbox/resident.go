@@ -151,21 +151,31 @@ func (r *Runner) startResident(ctx context.Context, k warmKey) (*initProc, error
 // preparation cost the request nothing. A take that finds the set empty
 // meanwhile waits for it (take, returnWait).
 func (w *warmPool) putBackLater(k warmKey, ip *initProc) {
+	if back := w.returning(k, ip); back != nil {
+		go back()
+	}
+}
+
+// returning counts ip as on its way back to its set, so that a take
+// finding the set empty waits for it, and returns the put back for the
+// caller to run off the request's path; or, when ip has no set or the
+// pool is closing, puts it back now and returns nil.
+func (w *warmPool) returning(k warmKey, ip *initProc) (back func()) {
 	w.mu.Lock()
 	s := ip.set
 	if s == nil || w.ctx.Err() != nil {
 		w.mu.Unlock()
 		w.putBack(k, ip)
-		return
+		return nil
 	}
 	s.returning++
 	ip.returning = true
 	w.returns.Add(1)
 	w.mu.Unlock()
-	go func() {
+	return func() {
 		defer w.returns.Done()
 		w.putBack(k, ip)
-	}()
+	}
 }
 
 // putBack returns a resident init whose request has ended (its report
@@ -333,29 +343,26 @@ func (r *Runner) prepareNext(ctx context.Context, ip *initProc, prof *cgroup.Pro
 // and, if the process did not read all of the frame, ECONNRESET first:
 // the process ended before it took the frame (its group's OOM kill, a
 // kill), and nothing of the request ran.
+//
+// One read takes it all: the process wrote its byte and errno before it
+// ended, which was before the init's report, so both wait in the socket
+// already (a stream socket's read goes on over the writes queued).
 func stubTook(stub int) (took bool, errno syscall.Errno) {
 	defer unix.Close(stub)
 	var b [8]byte
-	got := 0
-read:
-	for got < len(b) {
-		n, _, err := unix.Recvfrom(stub, b[got:], unix.MSG_DONTWAIT)
-		switch {
-		case errors.Is(err, unix.EINTR):
-			continue
-		case errors.Is(err, unix.ECONNRESET) && got == 0:
-			return false, 0 // closed with the frame (some of it) unread
-		case err != nil && got == 0:
-			return true, 0 // not known to be unread: as if it ran
-		case err != nil || n == 0:
-			break read
-		}
-		got += n
+	n, _, err := unix.Recvfrom(stub, b[:], unix.MSG_DONTWAIT)
+	for errors.Is(err, unix.EINTR) {
+		n, _, err = unix.Recvfrom(stub, b[:], unix.MSG_DONTWAIT)
 	}
-	if got == 0 {
+	switch {
+	case errors.Is(err, unix.ECONNRESET):
+		return false, 0 // closed with the frame (some of it) unread
+	case err != nil:
+		return true, 0 // not known to be unread: as if it ran
+	case n == 0:
 		return false, 0
 	}
-	if got >= 5 {
+	if n >= 5 {
 		errno = syscall.Errno(binary.NativeEndian.Uint32(b[1:5]))
 	}
 	return true, errno

@@ -2,8 +2,10 @@ package sandbox
 
 import (
 	"context"
+	"encoding/binary"
 	"log/slog"
 	"os/exec"
+	"syscall"
 	"testing"
 	"time"
 
@@ -220,4 +222,49 @@ func TestAwaitComing(t *testing.T) {
 			t.Error("awaitComing with its context ended: true, want false")
 		}
 	})
+}
+
+// TestStubTook: what the process started ahead in a request's cell left
+// on its socket once the init has reported its end: its byte (it took
+// the frame: the program may have run), its byte and an errno (its
+// execve failed), nothing (it ended first: nothing ran), or the frame
+// unread (ECONNRESET: nothing ran either).
+func TestStubTook(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		wrote  []byte // by the stub before its end
+		unread bool   // the daemon's frame left unread
+		took   bool
+		errno  syscall.Errno
+	}{
+		{name: "took", wrote: []byte{1}, took: true},
+		{name: "execve failed", wrote: append([]byte{1}, binary.NativeEndian.AppendUint32(nil, uint32(syscall.ENOENT))...), took: true, errno: syscall.ENOENT},
+		{name: "ended first", took: false},
+		{name: "frame unread", unread: true, took: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sv, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			daemon, stub := sv[0], sv[1]
+			if tc.unread {
+				if _, err := unix.Write(daemon, []byte("frame")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The byte and the errno as the stub writes them: apart.
+			if len(tc.wrote) > 0 {
+				unix.Write(stub, tc.wrote[:1])
+				if len(tc.wrote) > 1 {
+					unix.Write(stub, tc.wrote[1:])
+				}
+			}
+			unix.Close(stub)
+			took, errno := stubTook(daemon)
+			if took != tc.took || errno != tc.errno {
+				t.Errorf("stubTook: %v, %v; want %v, %v", took, errno, tc.took, tc.errno)
+			}
+		})
+	}
 }

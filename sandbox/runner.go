@@ -524,27 +524,34 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				// The init waits for the next request: the program's cell
 				// ends on its own, and the init goes back to its set, its
 				// next request's cell prepared, off the request's path
-				// (putBackLater), unless the program ran as root.
+				// (returning, putBack), unless the program ran as root or
+				// left what the init could not end.
 				initKept = true
 				reuse := uid != 0 && !rep.Unclean
-				r.teardowns.run(func() {
-					emptied := r.empty(cell) == nil
-					done(emptied)
-					r.giveBack(cell, reuse && emptied)
-				})
+				var back func() // the init's put back, run with the cell's end
 				switch {
 				case uid == 0:
 					r.warm.ended(EndRoot)
 				case rep.Unclean:
 					r.warm.ended(EndUnclean)
+				default:
+					back = r.warm.returning(k, ip)
 				}
-				if uid != 0 && !rep.Unclean {
-					r.warm.putBackLater(k, ip)
-				} else {
+				if !reuse {
 					r.warm.forget(ip)
 					ip.rootRan = ip.rootRan || uid == 0
 					r.teardowns.run(func() { r.discard(ip) })
 				}
+				// One goroutine for both (a start and a wakeup less per
+				// request): the init first, which a request may wait for.
+				r.teardowns.run(func() {
+					if back != nil {
+						back()
+					}
+					emptied := r.empty(cell) == nil
+					done(emptied)
+					r.giveBack(cell, reuse && emptied)
+				})
 			} else {
 				r.endCell(w, cell, func(emptied bool) {
 					done(emptied)
