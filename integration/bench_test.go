@@ -526,23 +526,32 @@ func delegated() bool {
 }
 
 // noopBinary writes noopELF next to the worker copy (any uid may run it).
-var (
-	noopOnce sync.Once
-	noopPath string
-	noopErr  error
-)
+func noopBinary(t testing.TB) string { return elfBinary(t, "noop", noopELF) }
 
-func noopBinary(t testing.TB) string {
+// elfBinaries are the programs elfBinary wrote, by name.
+var elfBinaries sync.Map // string → *elfOnce
+
+type elfOnce struct {
+	once sync.Once
+	path string
+	err  error
+}
+
+// elfBinary writes the program elf makes next to the worker copy as
+// name, once per test binary, and returns its path.
+func elfBinary(t testing.TB, name string, elf func() []byte) string {
 	t.Helper()
 	dir := filepath.Dir(workerBinary(t))
-	noopOnce.Do(func() {
-		noopPath = filepath.Join(dir, "noop")
-		noopErr = os.WriteFile(noopPath, noopELF(), 0o755)
+	v, _ := elfBinaries.LoadOrStore(name, &elfOnce{})
+	e := v.(*elfOnce)
+	e.once.Do(func() {
+		e.path = filepath.Join(dir, name)
+		e.err = os.WriteFile(e.path, elf(), 0o755)
 	})
-	if noopErr != nil {
-		t.Fatalf("write the no-op binary: %v", noopErr)
+	if e.err != nil {
+		t.Fatalf("write the %s binary: %v", name, e.err)
 	}
-	return noopPath
+	return e.path
 }
 
 // noopELF is a complete static x86-64 Linux program of 129 bytes that calls
@@ -550,8 +559,13 @@ func noopBinary(t testing.TB) string {
 // the code (mov eax, 60; xor edi, edi; syscall). No loader, no libc: what a
 // spawn costs, and nothing else.
 func noopELF() []byte {
+	return staticELF([]byte{0xb8, 0x3c, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05})
+}
+
+// staticELF is a complete static x86-64 Linux program running code: an
+// ELF header, one PT_LOAD program header mapping the file, and the code.
+func staticELF(code []byte) []byte {
 	const base = 0x400000
-	code := []byte{0xb8, 0x3c, 0x00, 0x00, 0x00, 0x31, 0xff, 0x0f, 0x05}
 	const ehsize, phsize = 64, 56
 	size := uint64(ehsize + phsize + len(code))
 	b := make([]byte, 0, size)
