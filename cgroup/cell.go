@@ -43,6 +43,9 @@ type Cell struct {
 	events int        // cgroup.events
 	kill   int        // cgroup.kill, -1 when absent (kernel < 5.14)
 	acct   [nAcct]int // acctFiles, -1 when absent
+	// current is memory.current, opened at the cell's first readying for
+	// another request (checkCharged) and held from then on; -1 before.
+	current int
 
 	// A cell handed back with Pool.Recycle serves further requests of
 	// its profile. base is what its counters held when it was readied for
@@ -61,8 +64,8 @@ type Cell struct {
 }
 
 // cellFDs is the most fds a cell holds: its directory, cgroup.events,
-// cgroup.kill and the accounting files.
-const cellFDs = 3 + nAcct
+// cgroup.kill, the accounting files and, once recycled, memory.current.
+const cellFDs = 4 + nAcct
 
 // Name is the cell's directory name (unique for the Tree's life and
 // across restarts).
@@ -260,7 +263,7 @@ func (c *Cell) ready(ctx context.Context) error {
 // checkCharged checks memory.current against the cell's bound (a cell
 // without the memory controller passes).
 func (c *Cell) checkCharged() error {
-	b, err := readAt(c.fd, "memory.current")
+	b, err := c.readCurrent()
 	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}
@@ -277,6 +280,23 @@ func (c *Cell) checkCharged() error {
 	return nil
 }
 
+// readCurrent reads memory.current: through the fd held since the
+// cell's first readying (a reused cell is readied after each request),
+// or by name when the cell holds no files.
+func (c *Cell) readCurrent() ([]byte, error) {
+	if !c.held {
+		return readAt(c.fd, "memory.current")
+	}
+	if c.current < 0 {
+		fd, err := openat(c.fd, "memory.current", unix.O_RDONLY|unix.O_CLOEXEC)
+		if err != nil {
+			return nil, err
+		}
+		c.current = fd
+	}
+	return preadWhole(c.current)
+}
+
 // killWait kills what is in the cell and waits for it to empty (bounded
 // by ctx).
 func (c *Cell) killWait(ctx context.Context) error {
@@ -289,7 +309,7 @@ func (c *Cell) killWait(ctx context.Context) error {
 // closeFDs closes the held files and the directory fd.
 func (c *Cell) closeFDs() {
 	if c.held {
-		for _, fd := range append([]int{c.events, c.kill}, c.acct[:]...) {
+		for _, fd := range append([]int{c.events, c.kill, c.current}, c.acct[:]...) {
 			if fd >= 0 {
 				unix.Close(fd)
 			}
@@ -304,7 +324,7 @@ func (c *Cell) closeFDs() {
 // opened left for closeFDs.
 func (c *Cell) openFiles(absent *[nAcct]bool, peakReset bool) error {
 	c.held = true
-	c.events, c.kill = -1, -1
+	c.events, c.kill, c.current = -1, -1, -1
 	for i := range c.acct {
 		c.acct[i] = -1
 	}

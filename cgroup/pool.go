@@ -14,11 +14,11 @@ import (
 // PoolOptions configure a Pool; zero values take the documented defaults.
 type PoolOptions struct {
 	// MaxIdle is how many ready cells are kept per profile (0 = 4), and
-	// as many recycled ones besides (Recycle). Each holds up to 9 fds
-	// (its directory, cgroup.events, cgroup.kill and six accounting
-	// files; see Cell), so the pool's idle cells hold up to
-	// 2 × 9 × MaxIdle × profiles fds, and each cell in use or waiting for
-	// removal (MaxRemovals) up to 9 more.
+	// as many recycled ones besides (Recycle). Each holds up to 10 fds
+	// (its directory, cgroup.events, cgroup.kill, six accounting files
+	// and, once recycled, memory.current; see Cell), so the pool's idle
+	// cells hold up to 2 × 10 × MaxIdle × profiles fds, and each cell in
+	// use or waiting for removal (MaxRemovals) up to 10 more.
 	MaxIdle int
 	// MaxRemovals is how many released cells may wait for the background
 	// removers (0 = 256). When the queue is full, Release removes inline

@@ -128,6 +128,31 @@ func TestPoolRecycle(t *testing.T) {
 	}
 }
 
+// TestPoolRecycleChargedLater: a cell's memory.current is read anew at
+// each readying, through the fd held since the first: a cell that held
+// little after one request and more than a reuse allows after the next
+// is removed then.
+func TestPoolRecycleChargedLater(t *testing.T) {
+	_, p := newFakePool(t, &fakeFS{}, PoolOptions{MaxIdle: 2})
+	prof := testProfile(t, "acme").Reused()
+	c, err := p.Get(t.Context(), prof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, c.Path()+"/memory.current", "1048576\n")
+	p.Recycle(c)
+	eventually(t, "the recycled cell is ready", func() bool { return p.Stats().Reused == 0 && p.Idle(prof) == 3 })
+	if again, err := p.Get(t.Context(), prof); err != nil || again != c {
+		t.Fatalf("Get after Recycle: %v, %v; want the recycled cell", again, err)
+	}
+	write(t, c.Path()+"/memory.current", "4194305\n") // over an eighth of its memory.max
+	p.Recycle(c)
+	eventually(t, "the cell charged over the bound is removed", func() bool { return !exists(c.Path()) })
+	if s := p.Stats(); s.Removed != 1 {
+		t.Errorf("Stats.Removed = %d, want 1", s.Removed)
+	}
+}
+
 // TestPoolRecycleRefused: a recycled cell that holds more than a reuse
 // allows (an eighth of its memory.max) charged, or for whose profile
 // MaxIdle recycled cells wait, is removed; a populated one is killed and
