@@ -147,7 +147,7 @@ func TestPoolRecycleChargedLater(t *testing.T) {
 	}
 	write(t, c.Path()+"/memory.current", "4194305\n") // over an eighth of its memory.max
 	p.Recycle(c)
-	eventually(t, "the cell charged over the bound is removed", func() bool { return !exists(c.Path()) })
+	eventually(t, "the cell charged over the bound is removed", func() bool { return !exists(c.Path()) && p.Stats().Removed == 1 })
 	if s := p.Stats(); s.Removed != 1 {
 		t.Errorf("Stats.Removed = %d, want 1", s.Removed)
 	}
@@ -182,7 +182,8 @@ func TestPoolRecycleRefused(t *testing.T) {
 		t.Error("the populated cell was recycled without cgroup.kill")
 	}
 	p.Recycle(spare)
-	eventually(t, "a second recycled cell over MaxIdle is removed", func() bool { return !exists(spare.Path()) })
+	// The removal is counted after the directory is gone: wait for both.
+	eventually(t, "a second recycled cell over MaxIdle is removed", func() bool { return !exists(spare.Path()) && p.Stats().Removed == 2 })
 	if s := p.Stats(); s.Reused != 0 || s.Removed != 2 {
 		t.Errorf("Stats = %+v, want 2 removed, none reused", s)
 	}
