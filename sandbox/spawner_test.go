@@ -9,12 +9,15 @@ import (
 	"time"
 )
 
-// stuckSpawner says hello as a spawner does (its pid, errno 0), then
-// never reads a request.
+// stuckSpawner says hello as a spawner does (its pid, errno 0: one
+// message of 8 bytes on the SOCK_SEQPACKET socket), then never reads a
+// request. dd writes the hello in one write: bash's printf flushes at
+// each newline byte, and a pid whose second byte is 10 (2560-2815) was
+// sent as two messages, which the daemon rightly took for no hello.
 const stuckSpawner = `#!/bin/bash
 pid=$$
 printf -v hello '\\x%02x\\x%02x\\x%02x\\x%02x\\x00\\x00\\x00\\x00' $((pid & 255)) $(((pid >> 8) & 255)) $(((pid >> 16) & 255)) $(((pid >> 24) & 255))
-printf "$hello" >&3
+printf "$hello" | dd bs=8 count=1 iflag=fullblock status=none >&3
 exec sleep 600
 `
 
