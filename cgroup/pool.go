@@ -202,15 +202,9 @@ func (p *Pool) Recycle(c *Cell) {
 }
 
 // queue hands c to the background removers, or removes it inline when
-// their queue is full or the pool is closed. A cell to be removed wakes
-// its profile's refiller (the removal frees a cell's room under the
-// kernel's caps); a cell to be recycled does so only if it is removed
-// instead (remove): one recycled takes no new cell's place.
+// their queue is full or the pool is closed.
 func (p *Pool) queue(c *Cell) {
 	p.mu.RLock()
-	if pp := p.profiles[c.key]; pp != nil && !c.recycle {
-		pp.kick()
-	}
 	if !p.closed {
 		select {
 		case p.removals <- c:
@@ -243,12 +237,13 @@ func (p *Pool) remover() {
 func (p *Pool) remove(c *Cell) {
 	ctx, cancel := context.WithTimeout(context.Background(), p.o.RemoveTimeout)
 	defer cancel()
-	if c.recycle {
-		if p.reuse(ctx, c) {
-			return
-		}
-		p.kickProfile(c)
+	if c.recycle && p.reuse(ctx, c) {
+		return
 	}
+	// A removal frees a cell's room under the kernel's caps: the
+	// profile's refiller is woken (a recycled cell takes no new cell's
+	// place, so only one removed instead wakes it).
+	p.kickProfile(c)
 	if err := c.Remove(ctx); err != nil {
 		p.stats.removeErrors.Add(1)
 		p.log.Error("remove cell (left for the next start-up sweep)", "cell", c.path, "err", err)

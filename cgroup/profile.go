@@ -106,8 +106,10 @@ func (t *Tree) planFor(s []Setting, what string) (*plan, error) {
 		switch {
 		case c == "cgroup", slices.Contains(t.enabled, c):
 			p.settings = append(p.settings, x)
-			if limit, err := parseValue([]byte(x.Value)); err == nil && x.File == "memory.max" && limit != ^uint64(0) {
-				p.charged = limit / 8
+			if x.File == "memory.max" {
+				if limit, err := parseValue([]byte(x.Value)); err == nil && limit != ^uint64(0) {
+					p.charged = limit / 8
+				}
 			}
 		case slices.Contains(t.allowed, c):
 			if !slices.Contains(p.unenforced, c) {

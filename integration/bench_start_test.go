@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/sandbox"
 	"golang.org/x/sys/unix"
 )
@@ -31,18 +30,11 @@ import (
 func BenchmarkCellStart(b *testing.B) {
 	stamp := stampBinary(b)
 	cellgateBin(b)
-	plan, err := confine.Build(confine.Options{Programs: filepath.Dir(stamp)}, confine.OSFS{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	prep, err := confine.Prepare(plan)
-	if err != nil {
-		b.Fatal(err)
-	}
+	prep := defaultPlan(b, stamp)
 	r := newConfinedEnv(b, sandbox.Config{ResidentCells: 1, MountTemplates: true, NetNamespaces: 1, InitSpawner: true})
 	var out bytes.Buffer
 	spec := sandbox.Spec{Path: stamp, Confine: prep, LateUsage: true, Stdout: &out,
-		Profile: profile(b, limits(64<<20, 1000, 64)).Reused()}
+		Profile: benchProfile(b).Reused()}
 	r.Warm(spec.Profile, spec.Confine)
 	time.Sleep(time.Second) // the first cell set up
 	ready := whenReady(r)

@@ -218,7 +218,7 @@ func BenchmarkCellConfined(b *testing.B) {
 			if l.reuse {
 				// The runner's profile (newConfinedEnv), as a route with
 				// groups: reused has it.
-				s.Profile = profile(b, limits(64<<20, 1000, 64)).Reused()
+				s.Profile = benchProfile(b).Reused()
 			}
 			warm.Warm(s.Profile, s.Confine)
 			time.Sleep(time.Second) // let the first cells be set up
@@ -475,7 +475,7 @@ func newConfinedEnv(b testing.TB, cfg sandbox.Config) *sandbox.Runner {
 		b.Fatalf("cgroup.Open %s: %v", opts.Base, err)
 	}
 	pool := cgroup.NewPool(tree, cgroup.PoolOptions{MaxIdle: 64})
-	prof := profile(b, limits(64<<20, 1000, 64))
+	prof := benchProfile(b)
 	if err := pool.Warm(prof); err != nil {
 		b.Fatal(err)
 	}
@@ -524,6 +524,10 @@ func delegated() bool {
 		slices.Contains(strings.Fields(string(sc)), "cpu") &&
 		slices.Contains(strings.Fields(string(sc)), "pids")
 }
+
+// benchProfile is the profile of newConfinedEnv's runner: 64 MiB, one
+// CPU, 64 pids.
+func benchProfile(t testing.TB) *cgroup.Profile { return profile(t, limits(64<<20, 1000, 64)) }
 
 // noopBinary writes noopELF next to the worker copy (any uid may run it).
 func noopBinary(t testing.TB) string { return elfBinary(t, "noop", noopELF) }
