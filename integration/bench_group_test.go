@@ -211,24 +211,40 @@ const settleKernel = 200 * time.Millisecond
 // busyTicks is the time all CPUs have spent not idle (nor waiting for
 // I/O), in clock ticks (clockTicks), from /proc/stat's first line.
 func busyTicks() (int64, error) {
+	busy, _, err := machineStat()
+	return busy, err
+}
+
+// machineStat returns the whole machine's busy CPU ticks (as busyTicks)
+// and its context switches since boot (/proc/stat's ctxt).
+func machineStat() (busy, ctxt int64, err error) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
+	}
+	for l := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(l, "ctxt "); ok {
+			if ctxt, err = strconv.ParseInt(strings.TrimSpace(v), 10, 64); err != nil {
+				return 0, 0, fmt.Errorf("/proc/stat: %q: %w", l, err)
+			}
+		}
+	}
+	if ctxt == 0 {
+		return 0, 0, fmt.Errorf("/proc/stat: no ctxt line")
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	f := strings.Fields(line)
 	if len(f) < 6 || f[0] != "cpu" {
-		return 0, fmt.Errorf("/proc/stat: first line %q", line)
+		return 0, 0, fmt.Errorf("/proc/stat: first line %q", line)
 	}
-	var busy int64
 	for i, s := range f[1:] {
 		v, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("/proc/stat: %q: %w", line, err)
+			return 0, 0, fmt.Errorf("/proc/stat: %q: %w", line, err)
 		}
 		if i != 3 && i != 4 { // idle, iowait
 			busy += v
 		}
 	}
-	return busy, nil
+	return busy, ctxt, nil
 }

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,9 +164,12 @@ func BenchmarkCellConfined(b *testing.B) {
 	// requests come faster than cells are set up; with a pause between
 	// rounds (a server below saturation) every request finds one. The
 	// share of requests that found one is reported (warm-hit-%). The
-	// "ready" pause waits (untimed) until the round's cells are set up and
-	// the last round's torn down: the price of a pooled, pre-initialised
-	// cell itself, on an otherwise idle machine.
+	// "ready" pause waits (untimed) until the round's cells are set up,
+	// the last round's torn down and the machine idle: the price of a
+	// pooled, pre-initialised cell itself, on an otherwise idle machine.
+	// Back to back (pause 0), a request also meets the work the last one
+	// left (its put back, its group's recycling, the kernel's deferred
+	// frees), as a server's next request does.
 	// all-warm-usage-first is the same pooled cell with its accounting
 	// read before Run returns (as with Server-Timing), in the same run.
 	type warmLine struct {
@@ -196,6 +200,7 @@ func BenchmarkCellConfined(b *testing.B) {
 	for _, par := range []int{1, 8, 32} {
 		lines = append(lines, warmLine{"all-resident-reused", "ready", par, true, confine.Options{}, true})
 	}
+	lines = append(lines, warmLine{"all-resident-reused", "0s", 1, true, confine.Options{}, true})
 	// What a resident cell does per request beyond a warm one's hand-off:
 	// the emptying of its IPC namespace and the program's loading of the
 	// filter.
@@ -210,7 +215,9 @@ func BenchmarkCellConfined(b *testing.B) {
 			// cloned by the spawner, accounting read after the answer.
 			cfg := sandbox.Config{WarmCells: par, MountTemplates: true, NetNamespaces: par, InitSpawner: true}
 			if strings.Contains(l.name, "resident") {
-				cfg.WarmCells, cfg.ResidentCells = 0, par
+				// serve's --resident-cells: a set grows as its
+				// requests need.
+				cfg.WarmCells, cfg.ResidentCells = 0, max(par, 16)
 			}
 			warm := newConfinedEnv(b, cfg)
 			s := spec(b, l.opts)
@@ -248,7 +255,18 @@ func BenchmarkCellConfined(b *testing.B) {
 			} else if pause == "ready" {
 				between = whenReady(warm)
 			}
+			var ended0 uint64
+			for _, why := range sandbox.ResidentEndReasons() {
+				ended0 += warm.ResidentEnded(why)
+			}
 			benchPairs(b, warm, s, par, between)
+			if strings.Contains(l.name, "resident") {
+				var ended uint64
+				for _, why := range sandbox.ResidentEndReasons() {
+					ended += warm.ResidentEnded(why)
+				}
+				b.ReportMetric(float64(ended-ended0), "resident-ended")
+			}
 			if hits, misses := warm.WarmStats(); hits+misses > hits0+misses0 {
 				hits, misses = hits-hits0, misses-misses0
 				b.ReportMetric(100*float64(hits)/float64(hits+misses), "warm-hit-%")
@@ -258,24 +276,27 @@ func BenchmarkCellConfined(b *testing.B) {
 }
 
 // whenReady returns a pause for benchPairs that waits (up to 10 s) until
-// r has n warm cells ready and no teardown in the background.
+// r has n warm cells ready and no teardown in the background, and then
+// for the machine to settle: the next round starts on an idle machine.
 func whenReady(r *sandbox.Runner) func(n int) {
+	m := &meter{}
 	return func(n int) {
 		for end := time.Now().Add(10 * time.Second); (r.WarmReady() < n || r.TeardownsPending() > 0) && time.Now().Before(end); {
 			time.Sleep(5 * time.Millisecond)
 		}
+		m.settle()
 	}
 }
 
-// benchPairs runs b.N plain execs and b.N cells in rounds: in each round
-// par goroutines run one plain exec each, then (after all are done) par
-// goroutines run one cell each, or the other way round in every other
-// round. Within a round the load is of one kind only, so the two kinds do
-// not distort each other (a blocking os/exec Wait holds a thread; a cell's
-// wait parks in the netpoller), and both see the same machine over the run.
-// Before each round between (if set) is called, untimed, with the round's
-// size, so that work a round left (a warm set's refill) never overlaps the
-// next round of either kind.
+// benchPairs runs b.N plain execs and b.N cells in rounds of par
+// concurrent runs of one kind, in blocks of rounds of one kind, the kinds
+// taking turns to go first. Within a round the load is of one kind only,
+// so the two kinds do not distort each other (a blocking os/exec Wait
+// holds a thread; a cell's wait parks in the netpoller), and both see the
+// same machine over the run. After each round between (if set) is called,
+// untimed, with the round's size, so that work a round left (a warm set's
+// refill) never overlaps the next round; after each block the machine
+// settles. The CPU of both is charged to the round's kind.
 var mu sync.Mutex // guards benchPairs' results
 
 func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, between func(n int)) {
@@ -320,26 +341,27 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 		return err
 	}
 	var plain, cell []time.Duration
-	// The whole machine's busy CPU and the wall time of each kind's
-	// rounds (/proc/stat): a round whose machine is idle for part of it
-	// waits on something other than the CPU.
-	busy := map[*[]time.Duration]*struct {
-		ticks int64
-		wall  time.Duration
-	}{&plain: {}, &cell: {}}
-	ticks := func() int64 {
-		v, err := busyTicks()
-		if err != nil {
-			b.Fatal(err)
-		}
-		return v
+	// What each kind costs the machine (/proc/stat): its busy CPU, its
+	// context switches (a switch between processes costs more than the
+	// work around it where the CPU is emulated; the counts say how many
+	// hand-offs a request takes) and this process's own CPU (the
+	// caller's part), counted over its rounds, the pauses after them and
+	// the settling after its block (below): a cell's work after its
+	// answer (the put back of a resident init, its next stub, the
+	// group's recycling, the kernel's deferred frees) is the cell's,
+	// not the next round's. The meter's own reads of /proc/stat (~0.2 ms
+	// of CPU each in the microVM) are taken out. wall and rounds are the
+	// rounds' alone.
+	type tally struct {
+		rounds, off float64 // µs of busy CPU in the rounds, and after them
+		ctxt        int64
+		self, wall  time.Duration
 	}
+	busy := map[*[]time.Duration]*tally{&plain: {}, &cell: {}}
+	m := newMeter(b)
 	round := func(op func() error, into *[]time.Duration, n int) {
-		t0, j0 := time.Now(), ticks()
-		defer func() {
-			busy[into].ticks += ticks() - j0
-			busy[into].wall += time.Since(t0)
-		}()
+		t0 := time.Now()
+		defer func() { busy[into].wall += time.Since(t0) }()
 		var wg sync.WaitGroup
 		for range n {
 			wg.Go(func() {
@@ -361,27 +383,53 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 		defer mu.Unlock()
 		return failed == nil
 	}
+	// Rounds come in blocks of one kind, the kinds taking turns to go
+	// first; after a block the machine settles, so that what a block
+	// left is charged to it and no block starts on another's leftovers.
+	const block = 8
 	b.ResetTimer()
 	for done, i := 0, 0; done < b.N && ok(); i++ {
-		n := min(par, b.N-done)
-		pause := func() {
-			if between != nil {
-				b.StopTimer()
-				between(n)
-				b.StartTimer()
+		rounds := min(block, (b.N-done+par-1)/par)
+		kinds := []struct {
+			op   func() error
+			into *[]time.Duration
+		}{{plainOp, &plain}, {cellOp, &cell}}
+		if i%2 == 1 {
+			kinds[0], kinds[1] = kinds[1], kinds[0]
+		}
+		for _, k := range kinds {
+			t := busy[k.into]
+			start := m.read()
+			var off float64 // µs of busy CPU outside the rounds
+			left := b.N - done
+			for range rounds {
+				n := min(par, left)
+				left -= n
+				round(k.op, k.into, n)
+				if between != nil {
+					b.StopTimer()
+					p0 := m.read()
+					between(n)
+					m.read()
+					off += m.since(p0).busy
+					b.StartTimer()
+				}
 			}
+			b.StopTimer()
+			p0 := m.read()
+			if k.into == &cell {
+				late.Wait()
+			}
+			m.settle()
+			off += m.since(p0).busy
+			all := m.since(start)
+			t.rounds += all.busy - off
+			t.off += off
+			t.ctxt += all.ctxt
+			t.self += all.self
+			b.StartTimer()
 		}
-		if i%2 == 0 {
-			round(plainOp, &plain, n)
-			pause()
-			round(cellOp, &cell, n)
-		} else {
-			round(cellOp, &cell, n)
-			pause()
-			round(plainOp, &plain, n)
-		}
-		pause()
-		done += n
+		done += min(b.N-done, rounds*par)
 	}
 	b.StopTimer()
 	late.Wait()
@@ -395,25 +443,40 @@ func benchPairs(b *testing.B, r *sandbox.Runner, spec sandbox.Spec, par int, bet
 	b.ReportMetric(q(cell, 0.99)/q(plain, 0.99), "p99-ratio")
 	b.ReportMetric(q(plain, 0.5)/1e3, "plain-p50-µs")
 	// cpu-ratio is the machine's busy CPU per cell against per plain
-	// exec, round-ratio the wall time of the rounds per request (the
-	// inverse of the throughput ratio); busy-% the share of the
-	// machine's CPUs busy during each kind's rounds: under load a
-	// round-ratio above cpu-ratio with the cells' rounds less busy is
-	// time spent waiting, not computing. The p50-ratio of concurrent
-	// rounds is not the round-ratio: a round's plain execs are forked
-	// one after another (the runtime's ForkLock) and end one after
-	// another, its cells share the CPUs and end together.
-	if pb, cb := busy[&plain], busy[&cell]; pb.ticks > 0 && cb.ticks > 0 {
-		b.ReportMetric(float64(cb.ticks)/float64(len(cell))/(float64(pb.ticks)/float64(len(plain))), "cpu-ratio")
-		b.ReportMetric(cb.wall.Seconds()/float64(len(cell))/(pb.wall.Seconds()/float64(len(plain))), "round-ratio")
-		share := func(x *struct {
-			ticks int64
-			wall  time.Duration
-		}) float64 {
-			return 100 * float64(x.ticks) / clockTicks / (x.wall.Seconds() * float64(runtime.NumCPU()))
+	// exec, with what a cell left after its answer (after-µs/op: the
+	// busy CPU of the cells' pauses and settling beyond the plain
+	// execs', which leave nothing, so that the idle machine's own work
+	// in both is not counted), round-cpu-ratio the same in the rounds
+	// alone; busy-µs/op the first per request, caller-µs/op this
+	// process's part of everything (the Runner, or os/exec and its
+	// fork), ctxt/op the machine's context switches. round-ratio is the
+	// wall time of the rounds per request (the inverse of the
+	// throughput ratio); busy-% the share of the machine's CPUs busy
+	// during each kind's rounds: under load a round-ratio above
+	// round-cpu-ratio with the cells' rounds less busy is time spent
+	// waiting, not computing. The p50-ratio of concurrent rounds is not
+	// the round-ratio: a round's plain execs are forked one after
+	// another (the runtime's ForkLock) and end one after another, its
+	// cells share the CPUs and end together.
+	if pb, cb := busy[&plain], busy[&cell]; pb.rounds > 0 && cb.rounds > 0 && len(plain) == len(cell) {
+		n := float64(len(cell))
+		after := max(0, cb.off-pb.off) / n
+		plainOp, cellOp := pb.rounds/n, cb.rounds/n+after
+		b.ReportMetric(cellOp/plainOp, "cpu-ratio")
+		b.ReportMetric(cb.rounds/pb.rounds, "round-cpu-ratio")
+		b.ReportMetric(cb.wall.Seconds()/pb.wall.Seconds(), "round-ratio")
+		share := func(t *tally) float64 {
+			return 100 * t.rounds / float64(t.wall.Microseconds()) / float64(runtime.NumCPU())
 		}
 		b.ReportMetric(share(pb), "plain-busy-%")
 		b.ReportMetric(share(cb), "cell-busy-%")
+		b.ReportMetric(plainOp, "plain-busy-µs/op")
+		b.ReportMetric(cellOp, "cell-busy-µs/op")
+		b.ReportMetric(after, "cell-after-µs/op")
+		b.ReportMetric(float64(pb.self.Microseconds())/n, "plain-caller-µs/op")
+		b.ReportMetric(float64(cb.self.Microseconds())/n, "cell-caller-µs/op")
+		b.ReportMetric(float64(pb.ctxt)/n, "plain-ctxt/op")
+		b.ReportMetric(float64(cb.ctxt)/n, "cell-ctxt/op")
 	}
 	b.ReportMetric(q(cell, 0.5)/1e3, "cell-p50-µs")
 	// Where a cell's time goes (p50 of each phase, not adding up to the
@@ -597,4 +660,74 @@ func staticELF(code []byte) []byte {
 	b = le.AppendUint64(b, size) // memsz
 	b = le.AppendUint64(b, 0x1000)
 	return append(b, code...)
+}
+
+// meter reads the machine's busy CPU and context switches (/proc/stat)
+// and this process's CPU, and takes the CPU of its own reads out of what
+// it measures. The zero meter measures nothing and can still settle.
+type meter struct {
+	tb      testing.TB
+	readCPU float64 // µs of this process's CPU per read of /proc/stat
+	last    reading // the latest read
+}
+
+// reading is one read of a meter: busy in µs of CPU, reads the meter's
+// reads so far.
+type reading struct {
+	busy  float64
+	ctxt  int64
+	self  time.Duration
+	reads int
+}
+
+// newMeter returns a meter whose reads' own CPU it has measured.
+func newMeter(tb testing.TB) *meter {
+	m := &meter{tb: tb}
+	r0 := m.read()
+	for range 20 {
+		m.read()
+	}
+	m.readCPU = float64((m.read().self - r0.self).Microseconds()) / float64(m.last.reads-r0.reads)
+	return m
+}
+
+// read reads the counters now.
+func (m *meter) read() reading {
+	busy, ctxt, err := machineStat()
+	if err != nil && m.tb != nil {
+		m.tb.Fatal(err)
+	}
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil && m.tb != nil {
+		m.tb.Fatal(err)
+	}
+	m.last = reading{busy: 1e6 * float64(busy) / clockTicks, ctxt: ctxt,
+		self: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), reads: m.last.reads + 1}
+	return m.last
+}
+
+// since returns what was used since r0 up to the latest read, the
+// meter's reads in between taken out.
+func (m *meter) since(r0 reading) reading {
+	reads := float64(m.last.reads - r0.reads)
+	own := time.Duration(reads * m.readCPU * float64(time.Microsecond))
+	return reading{busy: m.last.busy - r0.busy - reads*m.readCPU, ctxt: m.last.ctxt - r0.ctxt,
+		self: m.last.self - r0.self - own}
+}
+
+// settle waits until the machine is quiet (no busy tick counted in
+// /proc/stat over 30 ms, the meter's own reads aside), at most 2 s: what
+// a block of rounds left in the background, and the kernel's deferred
+// work after it, is done. It ends on a read.
+func (m *meter) settle() {
+	const window, most = 30 * time.Millisecond, 2 * time.Second
+	prev := m.read()
+	for end := time.Now().Add(most); time.Now().Before(end); {
+		time.Sleep(window)
+		cur := m.read()
+		if cur.busy == prev.busy {
+			return
+		}
+		prev = cur
+	}
 }
