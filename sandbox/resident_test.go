@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cellgate/cellgate/confine"
 )
 
 // TestKillerSpared: once a resident init has started the program, a kill
@@ -266,5 +268,64 @@ func TestStubTook(t *testing.T) {
 				t.Errorf("stubTook: %v, %v; want %v, %v", took, errno, tc.took, tc.errno)
 			}
 		})
+	}
+}
+
+// TestTakeWaitedGrows: a take that finds its resident set empty and gets
+// the init that was on its way back raises the set's target by one and
+// asks for a refill, so that a client sending its requests back to back
+// finds a second init ready while the first is put back; a take that
+// finds one ready asks for nothing.
+func TestTakeWaitedGrows(t *testing.T) {
+	r := &Runner{}
+	w := newWarmPool(r, 0, 4)
+	r.warm = w
+	defer w.cancel()
+	plan := mustPrepare(t, &confine.Plan{Namespaces: confine.NSPID, Resident: true})
+	k := warmKey{plan: plan}
+	now := time.Now()
+	s := &warmSet{want: 1, busy: 1, returning: 1, wake: make(chan struct{}, 1), taken: now, missed: now}
+	w.sets[k] = s
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	ctl := fds[0]
+	ip := &initProc{set: s, returning: true, resident: true, ctl: ctl, view: stampView(plan)}
+	go func() { // its put back
+		time.Sleep(20 * time.Millisecond)
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		ip.back()
+		ip.leaveSet()
+		s.ready = append(s.ready, ip)
+	}()
+	got, slot, refill := w.take(context.Background(), k)
+	if got != ip || slot != nil {
+		t.Fatalf("take: %p, slot %p; want the init that came back, no slot", got, slot)
+	}
+	w.mu.Lock()
+	want := s.want
+	w.mu.Unlock()
+	if !refill || want != 2 {
+		t.Errorf("after a wait: refill %v, target %d; want true, 2", refill, want)
+	}
+
+	// Back again at once: the next take finds it ready, and asks for
+	// nothing.
+	w.mu.Lock()
+	ip.returning, s.returning = true, 1
+	ip.back()
+	ip.leaveSet()
+	s.ready = append(s.ready, ip)
+	w.mu.Unlock()
+	got, _, refill = w.take(context.Background(), k)
+	if got != ip || refill {
+		t.Errorf("a ready init: take %p, refill %v; want it, false", got, refill)
+	}
+	if s.want != 2 {
+		t.Errorf("after a hit: target %d, want 2", s.want)
 	}
 }

@@ -112,7 +112,8 @@ func (w *warmPool) sizeFor(k warmKey) int {
 // kick: a setup is mostly CPU, which the request that took the cell needs
 // more until it has its Result. refill says whether the take left the
 // set wanting one: not when it took a resident init, which comes back
-// (putBack wakes the refill if it does not), and passed over none.
+// (putBack wakes the refill if it does not), passed over none and did
+// not wait for it (a wait raised the set's target: resize).
 func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *warmSet, refill bool) {
 	resident := w.r.residentFor(k.plan)
 	hidden := hiddenNow(k.plan) // a few stats, before the lock
@@ -120,6 +121,7 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 	var dead, old []*initProc
 	var waited *time.Timer // returnWait, from the first wait on
 	waiting := true        // until returnWait or ctx ends the waits
+	short := false         // found none ready, and waited
 	for s := w.set(k); s != nil; s = w.set(k) {
 		now := time.Now()
 		for n := len(s.ready); n > 0 && ip == nil; n-- {
@@ -134,6 +136,7 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 			}
 		}
 		if ip == nil && waiting && s.coming(resident) > 0 {
+			short = true
 			if waited == nil {
 				waited = time.NewTimer(returnWait)
 				defer waited.Stop()
@@ -154,7 +157,7 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 				slot = s
 			}
 		}
-		s.resize(ip != nil, now, w.sizeFor(k))
+		s.resize(ip != nil, short, now, w.sizeFor(k))
 		break
 	}
 	w.mu.Unlock()
@@ -164,7 +167,7 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 	for _, d := range append(dead, old...) {
 		w.r.teardowns.run(func() { w.r.discard(d) })
 	}
-	return ip, slot, ip == nil || !ip.resident || len(dead)+len(old) > 0
+	return ip, slot, ip == nil || !ip.resident || short || len(dead)+len(old) > 0
 }
 
 // coming counts the cells of s that a take finding none ready may wait
@@ -238,11 +241,20 @@ func (w *warmPool) kick(k warmKey) {
 }
 
 // resize adjusts the set's target at a take that found a cell or not:
-// doubled (up to most) by a miss, lowered as shrink does.
-func (s *warmSet) resize(found bool, now time.Time, most int) {
+// doubled (up to most) by a miss, raised by one by a take that found one
+// only after waiting for it (waited: a resident init on its way back or
+// being set up), lowered as shrink does. A request that comes while the
+// last one's init is being put back waits for that put back; one cell
+// more lets the next request of a client that sends them back to back
+// find one ready while the last is put back.
+func (s *warmSet) resize(found, waited bool, now time.Time, most int) {
 	s.taken = now
-	if !found {
+	switch {
+	case !found:
 		s.want = min(2*s.want, most)
+		s.missed = now
+	case waited:
+		s.want = min(s.want+1, most)
 		s.missed = now
 	}
 	s.shrink(now)

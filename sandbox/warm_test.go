@@ -10,39 +10,49 @@ import (
 )
 
 // TestWarmSetResize: a set's target starts at one, doubles with each take
-// that finds it empty up to the pool's size, and comes down by one per
-// warmShrink without such a miss.
+// that finds it empty up to the pool's size, grows by one with each take
+// that found one only after waiting for it, and comes down by one per
+// warmShrink without either.
 func TestWarmSetResize(t *testing.T) {
 	t0 := time.Now()
 	type take struct {
-		found bool
-		after time.Duration // since t0
-		want  int           // the target after the take
+		found  bool
+		after  time.Duration // since t0
+		want   int           // the target after the take
+		waited bool          // found one only after waiting
 	}
 	for _, tc := range []struct {
 		name  string
 		most  int
 		takes []take
 	}{
-		{"misses double up to the size", 8, []take{{false, 0, 2}, {false, 0, 4}, {false, 0, 8}, {false, 0, 8}}},
-		{"size not a power of two", 3, []take{{false, 0, 2}, {false, 0, 3}, {false, 0, 3}}},
-		{"size one stays one", 1, []take{{false, 0, 1}, {true, 0, 1}}},
-		{"hits keep the target", 8, []take{{false, 0, 2}, {false, 0, 4}, {true, time.Second, 4}, {true, 2 * time.Second, 4}}},
+		{"misses double up to the size", 8, []take{{false, 0, 2, false}, {false, 0, 4, false}, {false, 0, 8, false}, {false, 0, 8, false}}},
+		{"size not a power of two", 3, []take{{false, 0, 2, false}, {false, 0, 3, false}, {false, 0, 3, false}}},
+		{"size one stays one", 1, []take{{false, 0, 1, false}, {true, 0, 1, false}}},
+		{"hits keep the target", 8, []take{{false, 0, 2, false}, {false, 0, 4, false}, {true, time.Second, 4, false}, {true, 2 * time.Second, 4, false}}},
 		{"shrinks by one per quiet period", 8, []take{
-			{false, 0, 2}, {false, 0, 4},
-			{true, warmShrink, 3}, {true, warmShrink + time.Second, 3}, {true, 2 * warmShrink, 2},
-			{true, 3 * warmShrink, 1}, {true, 9 * warmShrink, 1},
+			{false, 0, 2, false}, {false, 0, 4, false},
+			{true, warmShrink, 3, false}, {true, warmShrink + time.Second, 3, false}, {true, 2 * warmShrink, 2, false},
+			{true, 3 * warmShrink, 1, false}, {true, 9 * warmShrink, 1, false},
 		}},
-		{"a miss after shrinking doubles again", 8, []take{{false, 0, 2}, {true, warmShrink, 1}, {false, warmShrink + 1, 2}}},
+		{"a miss after shrinking doubles again", 8, []take{{false, 0, 2, false}, {true, warmShrink, 1, false}, {false, warmShrink + 1, 2, false}}},
+		{"a wait adds one", 4, []take{
+			{found: true, want: 2, waited: true}, {found: true, want: 2}, {found: true, after: time.Second, want: 3, waited: true},
+			{found: true, after: 2 * time.Second, want: 4, waited: true}, {found: true, after: 3 * time.Second, want: 4, waited: true},
+		}},
+		{"a wait holds the target up", 8, []take{
+			{found: false, want: 2}, {found: true, after: warmShrink - time.Second, want: 3, waited: true},
+			{found: true, after: 2*warmShrink - 2*time.Second, want: 3}, {found: true, after: 2*warmShrink - time.Second, want: 2},
+		}},
 		{"a long quiet period counts each of its steps", 8, []take{
-			{false, 0, 2}, {false, 0, 4}, {false, 0, 8},
-			{true, 3*warmShrink + time.Second, 5}, {true, 4 * warmShrink, 4},
+			{false, 0, 2, false}, {false, 0, 4, false}, {false, 0, 8, false},
+			{true, 3*warmShrink + time.Second, 5, false}, {true, 4 * warmShrink, 4, false},
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := &warmSet{want: 1, taken: t0, missed: t0}
 			for i, tk := range tc.takes {
-				s.resize(tk.found, t0.Add(tk.after), tc.most)
+				s.resize(tk.found, tk.waited, t0.Add(tk.after), tc.most)
 				if s.want != tk.want {
 					t.Fatalf("take %d (found %v at +%s): target %d, want %d", i, tk.found, tk.after, s.want, tk.want)
 				}
