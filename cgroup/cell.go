@@ -58,6 +58,10 @@ type Cell struct {
 	peakRW  bool
 	recycle bool
 	charged uint64 // the most it may hold charged to be handed on (plan.charged)
+	// ended is the reading UsageEnded took of the emptied cell, which
+	// the readying takes as the next base; nil once taken, or when the
+	// last reading was not of an emptied cell.
+	ended *Usage
 
 	mu      sync.Mutex
 	removed bool
@@ -179,6 +183,25 @@ func (c *Cell) WaitEmpty(ctx context.Context) error {
 // kernel, hold every request's and are left out, listed in Missing.
 func (c *Cell) Usage() (Usage, error) {
 	u, err := c.usage()
+	c.ended = nil
+	if c.uses > 0 {
+		u = u.since(c.base, c.peakRW)
+	}
+	return u, err
+}
+
+// UsageEnded is Usage of a cell whose processes have all ended (its
+// caller waited for it to empty): its counters then stay where they are,
+// so the reading is also where a recycled cell's next request starts
+// from, and readying the cell for it (Pool.Recycle) takes it as its base
+// instead of reading every file again.
+func (c *Cell) UsageEnded() (Usage, error) {
+	raw, err := c.usage()
+	c.ended = nil
+	if err == nil {
+		c.ended = &raw
+	}
+	u := raw
 	if c.uses > 0 {
 		u = u.since(c.base, c.peakRW)
 	}
@@ -231,9 +254,12 @@ var errCharged = errors.New("holds more memory charged than a reuse allows")
 // ready readies a used cell for another request of its profile: it kills
 // what is left and waits for it to empty (bounded by ctx), checks what
 // is still charged to it (ReuseCharged), takes the figures its Usage
-// will subtract, and resets memory.peak where it is held for writing.
+// will subtract (UsageEnded's reading, when nothing was left to kill),
+// and resets memory.peak where it is held for writing.
 // On error the cell is not to be reused: the caller removes it.
 func (c *Cell) ready(ctx context.Context) error {
+	ended := c.ended
+	c.ended = nil
 	p, err := c.Populated()
 	if err != nil {
 		return err
@@ -242,12 +268,15 @@ func (c *Cell) ready(ctx context.Context) error {
 		if err := c.killWait(ctx); err != nil {
 			return err
 		}
+		ended = nil // what it killed ran after that reading
 	}
 	if err := c.checkCharged(); err != nil {
 		return err
 	}
-	base, err := c.usage()
-	if err != nil {
+	var base Usage
+	if ended != nil {
+		base = *ended
+	} else if base, err = c.usage(); err != nil {
 		return err
 	}
 	if c.peakRW {

@@ -1,6 +1,7 @@
 package cgroup
 
 import (
+	"fmt"
 	"reflect"
 	"slices"
 	"strings"
@@ -209,5 +210,57 @@ func TestPoolRecycleRefused(t *testing.T) {
 	}
 	if n := subdirs(t, tr.CellsPath()+"/acme"); n != 0 {
 		t.Errorf("Close left %d cells", n)
+	}
+}
+
+// TestPoolRecycleEndedReading: a cell whose Usage was read once it had
+// emptied (UsageEnded) is readied for its next request from that
+// reading, its files not read again; one read by Usage, or found
+// populated at the readying (what it killed ran after the reading), is
+// read anew.
+func TestPoolRecycleEndedReading(t *testing.T) {
+	_, p := newFakePool(t, &fakeFS{peakReadOnly: true}, PoolOptions{MaxIdle: 2})
+	prof := testProfile(t, "acme").Reused()
+	cpu := func(c *Cell, usec int) {
+		write(t, c.Path()+"/cpu.stat", fmt.Sprintf("usage_usec %d\nuser_usec 0\nsystem_usec %d\nnr_periods 0\nnr_throttled 0\nthrottled_usec 0\n", usec, usec))
+	}
+	c, err := p.Get(t.Context(), prof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, c.Path()+"/memory.current", "1048576\n")
+	// recycle reads c as read says, then has its files hold after (what
+	// a second reading would take) and recycles it; it returns the base
+	// its next request counts from.
+	recycle := func(read func() (Usage, error), after int, populated bool) uint64 {
+		t.Helper()
+		if _, err := read(); err != nil {
+			t.Fatal(err)
+		}
+		cpu(c, after)
+		if populated {
+			write(t, c.Path()+"/cgroup.events", "populated 1\nfrozen 0\n")
+			killer(t, c.Path())
+		}
+		reused := p.Stats().Reused
+		p.Recycle(c)
+		eventually(t, "the recycled cell is ready", func() bool { return p.Idle(prof) == 3 })
+		again, err := p.Get(t.Context(), prof)
+		if err != nil || again != c || p.Stats().Reused != reused+1 {
+			t.Fatalf("Get after Recycle: %v, %v; want the recycled cell", again, err)
+		}
+		return c.CPUBefore()
+	}
+	cpu(c, 100)
+	if got := recycle(c.UsageEnded, 350, false); got != 100 {
+		t.Errorf("after UsageEnded: the next request counts from %d, want the reading's 100", got)
+	}
+	cpu(c, 400)
+	if got := recycle(c.Usage, 650, false); got != 650 {
+		t.Errorf("after Usage: the next request counts from %d, want 650, read anew", got)
+	}
+	cpu(c, 1000)
+	if got := recycle(c.UsageEnded, 1250, true); got != 1250 {
+		t.Errorf("populated at the readying: the next request counts from %d, want 1250, read anew", got)
 	}
 }

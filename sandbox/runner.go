@@ -514,7 +514,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			// given up on): the late accounting, the uid's return.
 			done := func(emptied bool) {
 				if late != nil {
-					late.fill(func() (cgroup.Usage, error) { return cellUsage(cell) })
+					late.fill(func() (cgroup.Usage, error) { return endedUsage(cell, emptied) })
 				}
 				if emptied && release != nil {
 					release()
@@ -685,6 +685,21 @@ func usageOf(cell Cell, start time.Time, read bool) (time.Duration, cgroup.Usage
 // cellUsage reads cell's accounting; an error names the cell.
 func cellUsage(cell Cell) (cgroup.Usage, error) {
 	usage, err := cell.Usage()
+	if err != nil {
+		err = fmt.Errorf("read usage of cell %s: %w", cell.Path(), err)
+	}
+	return usage, err
+}
+
+// endedUsage is cellUsage of a cell after the wait for it to empty;
+// emptied, a cell that keeps that reading as its next request's base
+// (cgroup.Cell's UsageEnded, for a recycled group) reads it so.
+func endedUsage(cell Cell, emptied bool) (cgroup.Usage, error) {
+	c, ok := cell.(interface{ UsageEnded() (cgroup.Usage, error) })
+	if !ok || !emptied {
+		return cellUsage(cell)
+	}
+	usage, err := c.UsageEnded()
 	if err != nil {
 		err = fmt.Errorf("read usage of cell %s: %w", cell.Path(), err)
 	}

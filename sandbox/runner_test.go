@@ -460,3 +460,34 @@ func TestRunnerCloseEndsReaper(t *testing.T) {
 		}
 	}
 }
+
+// endedCell is a cell that keeps a reading of its emptied counters
+// (cgroup.Cell's UsageEnded), counting each kind of read.
+type endedCell struct {
+	fakeCell
+	usage, ended int
+}
+
+func (c *endedCell) Usage() (cgroup.Usage, error) { c.usage++; return cgroup.Usage{}, nil }
+func (c *endedCell) UsageEnded() (cgroup.Usage, error) {
+	c.ended++
+	return cgroup.Usage{}, nil
+}
+
+// TestEndedUsage: the late accounting of a cell found empty is read as
+// its ended reading where the cell keeps one (the base of a recycled
+// group's next request), and as a plain reading where the wait for it to
+// empty failed, or the cell keeps none.
+func TestEndedUsage(t *testing.T) {
+	c := &endedCell{}
+	if _, err := endedUsage(c, true); err != nil || c.ended != 1 || c.usage != 0 {
+		t.Errorf("emptied: %d ended and %d plain readings, %v; want 1 and 0", c.ended, c.usage, err)
+	}
+	if _, err := endedUsage(c, false); err != nil || c.ended != 1 || c.usage != 1 {
+		t.Errorf("not emptied: %d ended and %d plain readings, %v; want 1 and 1", c.ended, c.usage, err)
+	}
+	f := &fakeCell{c: &fakeCells{usage: cgroup.Usage{CPUUsageUsec: 7}}}
+	if u, err := endedUsage(f, true); err != nil || u.CPUUsageUsec != 7 {
+		t.Errorf("a cell without an ended reading: %+v, %v; want its Usage", u, err)
+	}
+}
