@@ -716,11 +716,11 @@ func (m *meter) since(r0 reading) reading {
 }
 
 // settle waits until the machine is quiet (no busy tick counted in
-// /proc/stat over 30 ms, the meter's own reads aside), at most 2 s: what
+// /proc/stat over 30 ms, the meter's own reads aside), at most 1 s: what
 // a block of rounds left in the background, and the kernel's deferred
 // work after it, is done. It ends on a read.
 func (m *meter) settle() {
-	const window, most = 30 * time.Millisecond, 2 * time.Second
+	const window, most = 30 * time.Millisecond, time.Second
 	prev := m.read()
 	for end := time.Now().Add(most); time.Now().Before(end); {
 		time.Sleep(window)
