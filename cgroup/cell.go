@@ -181,31 +181,26 @@ func (c *Cell) WaitEmpty(ctx context.Context) error {
 // readied for it), and so is memory.peak where the kernel resets it
 // (Features.MemoryPeakReset); pids.peak, and memory.peak on an older
 // kernel, hold every request's and are left out, listed in Missing.
-func (c *Cell) Usage() (Usage, error) {
-	u, err := c.usage()
-	c.ended = nil
-	if c.uses > 0 {
-		u = u.since(c.base, c.peakRW)
-	}
-	return u, err
-}
+func (c *Cell) Usage() (Usage, error) { return c.reading(false) }
 
 // UsageEnded is Usage of a cell whose processes have all ended (its
 // caller waited for it to empty): its counters then stay where they are,
 // so the reading is also where a recycled cell's next request starts
 // from, and readying the cell for it (Pool.Recycle) takes it as its base
 // instead of reading every file again.
-func (c *Cell) UsageEnded() (Usage, error) {
+func (c *Cell) UsageEnded() (Usage, error) { return c.reading(true) }
+
+// reading is Usage, kept as the next base (c.ended) when ended.
+func (c *Cell) reading(ended bool) (Usage, error) {
 	raw, err := c.usage()
 	c.ended = nil
-	if err == nil {
+	if ended && err == nil {
 		c.ended = &raw
 	}
-	u := raw
 	if c.uses > 0 {
-		u = u.since(c.base, c.peakRW)
+		return raw.since(c.base, c.peakRW), err
 	}
-	return u, err
+	return raw, err
 }
 
 // CPUBefore is the CPU (cpu.stat usage_usec) the cell's earlier requests

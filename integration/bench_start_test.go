@@ -72,7 +72,7 @@ func BenchmarkCellStart(b *testing.B) {
 		if out.Len() != 16 {
 			b.Fatalf("the program wrote %d bytes, want its clock's 16", out.Len())
 		}
-		at := time.Duration(int64(binary.LittleEndian.Uint64(out.Bytes()))*1e9 + int64(binary.LittleEndian.Uint64(out.Bytes()[8:])))
+		at := stampAt(out.Bytes())
 		if at < t0 || at > end {
 			b.Fatalf("the program's clock %v is not within its request's, %v to %v", at, t0, end)
 		}
@@ -119,6 +119,11 @@ func monotonic(b testing.TB) time.Duration {
 	return time.Duration(ts.Nano())
 }
 
+// stampAt is the clock the stamp program wrote (16 bytes).
+func stampAt(out []byte) time.Duration {
+	return time.Duration(int64(binary.LittleEndian.Uint64(out))*1e9 + int64(binary.LittleEndian.Uint64(out[8:])))
+}
+
 // stampBinary writes the stamp program beside the worker binary, once.
 func stampBinary(t testing.TB) string { return elfBinary(t, "stamp", stampELF) }
 
@@ -151,7 +156,7 @@ func TestStampELF(t *testing.T) {
 	if err != nil || len(out) != 16 {
 		t.Fatalf("stamp: %v, %d bytes (%x), want 16", err, len(out), out)
 	}
-	at := time.Duration(int64(binary.LittleEndian.Uint64(out))*1e9 + int64(binary.LittleEndian.Uint64(out[8:])))
+	at := stampAt(out)
 	if at < t0 || at > end {
 		t.Errorf("stamp's clock %v not within %v to %v", at, t0, end)
 	}

@@ -255,17 +255,10 @@ func BenchmarkCellConfined(b *testing.B) {
 			} else if pause == "ready" {
 				between = whenReady(warm)
 			}
-			var ended0 uint64
-			for _, why := range sandbox.ResidentEndReasons() {
-				ended0 += warm.ResidentEnded(why)
-			}
+			ended0 := residentEnded(warm)
 			benchPairs(b, warm, s, par, between)
 			if strings.Contains(l.name, "resident") {
-				var ended uint64
-				for _, why := range sandbox.ResidentEndReasons() {
-					ended += warm.ResidentEnded(why)
-				}
-				b.ReportMetric(float64(ended-ended0), "resident-ended")
+				b.ReportMetric(float64(residentEnded(warm)-ended0), "resident-ended")
 			}
 			if hits, misses := warm.WarmStats(); hits+misses > hits0+misses0 {
 				hits, misses = hits-hits0, misses-misses0
@@ -273,6 +266,15 @@ func BenchmarkCellConfined(b *testing.B) {
 			}
 		})
 	}
+}
+
+// residentEnded counts r's resident inits ended, for any reason.
+func residentEnded(r *sandbox.Runner) uint64 {
+	var n uint64
+	for _, why := range sandbox.ResidentEndReasons() {
+		n += r.ResidentEnded(why)
+	}
+	return n
 }
 
 // whenReady returns a pause for benchPairs that waits (up to 10 s) until

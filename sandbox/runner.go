@@ -683,23 +683,17 @@ func usageOf(cell Cell, start time.Time, read bool) (time.Duration, cgroup.Usage
 }
 
 // cellUsage reads cell's accounting; an error names the cell.
-func cellUsage(cell Cell) (cgroup.Usage, error) {
-	usage, err := cell.Usage()
-	if err != nil {
-		err = fmt.Errorf("read usage of cell %s: %w", cell.Path(), err)
-	}
-	return usage, err
-}
+func cellUsage(cell Cell) (cgroup.Usage, error) { return endedUsage(cell, false) }
 
 // endedUsage is cellUsage of a cell after the wait for it to empty;
 // emptied, a cell that keeps that reading as its next request's base
 // (cgroup.Cell's UsageEnded, for a recycled group) reads it so.
 func endedUsage(cell Cell, emptied bool) (cgroup.Usage, error) {
-	c, ok := cell.(interface{ UsageEnded() (cgroup.Usage, error) })
-	if !ok || !emptied {
-		return cellUsage(cell)
+	read := cell.Usage
+	if c, ok := cell.(interface{ UsageEnded() (cgroup.Usage, error) }); ok && emptied {
+		read = c.UsageEnded
 	}
-	usage, err := c.UsageEnded()
+	usage, err := read()
 	if err != nil {
 		err = fmt.Errorf("read usage of cell %s: %w", cell.Path(), err)
 	}

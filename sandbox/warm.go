@@ -121,7 +121,6 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 	var dead, old []*initProc
 	var waited *time.Timer // returnWait, from the first wait on
 	waiting := true        // until returnWait or ctx ends the waits
-	short := false         // found none ready, and waited
 	for s := w.set(k); s != nil; s = w.set(k) {
 		now := time.Now()
 		for n := len(s.ready); n > 0 && ip == nil; n-- {
@@ -136,7 +135,6 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 			}
 		}
 		if ip == nil && waiting && s.coming(resident) > 0 {
-			short = true
 			if waited == nil {
 				waited = time.NewTimer(returnWait)
 				defer waited.Stop()
@@ -157,7 +155,7 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 				slot = s
 			}
 		}
-		s.resize(ip != nil, short, now, w.sizeFor(k))
+		s.resize(ip != nil, waited != nil, now, w.sizeFor(k))
 		break
 	}
 	w.mu.Unlock()
@@ -167,7 +165,7 @@ func (w *warmPool) take(ctx context.Context, k warmKey) (ip *initProc, slot *war
 	for _, d := range append(dead, old...) {
 		w.r.teardowns.run(func() { w.r.discard(d) })
 	}
-	return ip, slot, ip == nil || !ip.resident || short || len(dead)+len(old) > 0
+	return ip, slot, ip == nil || !ip.resident || waited != nil || len(dead)+len(old) > 0
 }
 
 // coming counts the cells of s that a take finding none ready may wait
