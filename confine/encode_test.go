@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"reflect"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -122,21 +121,6 @@ func TestReportRoundTrip(t *testing.T) {
 		if r, ok := DecodeReport(b); ok {
 			t.Errorf("DecodeReport(%v) = %+v, want none", b, r)
 		}
-	}
-}
-
-// The launcher's fd must survive the init's fd 0-3 being set up in the
-// child: OpenLauncher keeps it at minLauncherFD or above, even when a low
-// fd is free (as fd 3 is in a fresh process).
-func TestLauncherAboveControlFD(t *testing.T) {
-	l, err := OpenLauncher("/proc/self/exe")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	fd := int(l.f.Fd())
-	if fd < minLauncherFD || fd <= ControlFD || l.Path() != "/proc/self/fd/"+strconv.Itoa(fd) {
-		t.Errorf("launcher at fd %d (%s), want %d or above", fd, l.Path(), minLauncherFD)
 	}
 }
 

@@ -114,6 +114,7 @@ func Unsupported(mode string) int {
 // Unsupported for cellgate-init's other modes. It returns the exit status.
 func InitMain(args []string) int {
 	nameSelf()
+	closeLauncher()
 	switch {
 	case len(args) == 0:
 		return Init()
@@ -154,7 +155,7 @@ func InitExec() int {
 	}
 	// The control socket moves out of the way (close-on-exec) so that a
 	// failed exec can still be reported on it.
-	ctl, err := unix.FcntlInt(ControlFD, unix.F_DUPFD_CLOEXEC, minLauncherFD)
+	ctl, err := unix.FcntlInt(ControlFD, unix.F_DUPFD_CLOEXEC, ControlFD+1)
 	if err != nil {
 		return fail(ReportSpawn, exitSpawn, fmt.Errorf("move the control socket: %w", err))
 	}
@@ -338,6 +339,17 @@ func failOn(fd int, kind ReportKind, status int, err error) int {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", InitArg0, err)
 	}
 	return status
+}
+
+// closeLauncher closes the fd after ControlFD when it holds the running
+// executable: the daemon passed the launcher there (Launcher.Attach) and
+// the exec left it inheritable, and the program must not get it. Another
+// file there (an init started otherwise) may be the runtime's: it stays.
+func closeLauncher() {
+	var fd, exe unix.Stat_t
+	if unix.Fstat(ControlFD+1, &fd) == nil && unix.Stat("/proc/self/exe", &exe) == nil && fd.Dev == exe.Dev && fd.Ino == exe.Ino {
+		unix.Close(ControlFD + 1)
+	}
 }
 
 // nameSelf names the init InitArg0 in ps, top and the kernel's OOM

@@ -9,20 +9,18 @@ import (
 )
 
 // Launcher is the executable a cell's init is started from: the cellgate
-// binary, opened once at start-up so that every cell runs the same file
-// even when the binary on disk is replaced by an upgrade.
+// binary or cellgate-init, opened once at start-up so that every cell runs
+// the same file even when the binary on disk is replaced by an upgrade.
 type Launcher struct {
 	f        *os.File
 	fd       int
 	dev, ino uint64 // the file opened, for Check
-	path     string
 	name     string
 	self     bool // the running executable: the Go init
 }
 
-// OpenLauncher opens exe ("" = /proc/self/exe, the running binary). The fd
-// is close-on-exec; the init is executed through /proc/self/fd/N, which
-// resolves in the forked child before exec closes it.
+// OpenLauncher opens exe ("" = /proc/self/exe, the running binary),
+// close-on-exec: a child gets it only through Attach.
 func OpenLauncher(exe string) (*Launcher, error) {
 	if exe == "" {
 		exe = "/proc/self/exe"
@@ -31,23 +29,32 @@ func OpenLauncher(exe string) (*Launcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open the cell init's executable %s: %w", exe, err)
 	}
-	// The init's fds 0-3 are set up in the forked child before the exec
-	// resolves /proc/self/fd/N: N must not be one of them.
-	high, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, minLauncherFD)
-	unix.Close(fd)
-	if err != nil {
-		return nil, fmt.Errorf("dup the cell init's executable %s: %w", exe, err)
-	}
 	var opened, running unix.Stat_t
-	if err := unix.Fstat(high, &opened); err != nil {
-		unix.Close(high)
+	if err := unix.Fstat(fd, &opened); err != nil {
+		unix.Close(fd)
 		return nil, fmt.Errorf("stat the cell init's executable %s: %w", exe, err)
 	}
 	self := unix.Stat("/proc/self/exe", &running) == nil && opened.Dev == running.Dev && opened.Ino == running.Ino
 	return &Launcher{
-		f: os.NewFile(uintptr(high), exe), fd: high, dev: opened.Dev, ino: opened.Ino,
-		path: "/proc/self/fd/" + strconv.Itoa(high), name: exe, self: self,
+		f: os.NewFile(uintptr(fd), exe), fd: fd, dev: opened.Dev, ino: opened.Ino,
+		name: exe, self: self,
 	}, nil
+}
+
+// Attach returns what to execute to start the launcher with attr, and a
+// copy of attr that passes the launcher to the child as its fd
+// len(attr.Files): the path is /proc/self/fd/ of that number, resolved in
+// the child by its execve. The child's own fd, not one it inherits at the
+// daemon's number: before the exec, os.StartProcess moves its pipe (and
+// any of attr.Files below its index) onto the fds just above the highest
+// of attr.Files, and an inherited launcher at one of those numbers would
+// be overwritten (the execve then opens a pipe, EACCES). An init closes
+// the fd first thing (cellgate-init's main, InitMain): the exec made it
+// inheritable, and nothing of it may reach the program.
+func (l *Launcher) Attach(attr *os.ProcAttr) (string, *os.ProcAttr) {
+	a := *attr
+	a.Files = append(attr.Files[:len(attr.Files):len(attr.Files)], l.f)
+	return "/proc/self/fd/" + strconv.Itoa(len(attr.Files)), &a
 }
 
 // Check reports whether the launcher's fd still refers to the file it
@@ -60,7 +67,7 @@ func (l *Launcher) Check() error {
 	if unix.Fstat(l.fd, &st) == nil && st.Dev == l.dev && st.Ino == l.ino {
 		return nil
 	}
-	now, err := os.Readlink(l.path)
+	now, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(l.fd))
 	if err != nil {
 		now = "closed"
 	}
@@ -74,13 +81,6 @@ func (l *Launcher) GoInit() bool { return l.self }
 
 // Name is the executable as it was opened, for messages.
 func (l *Launcher) Name() string { return l.name }
-
-// minLauncherFD is the lowest fd the launcher is kept at: above the fds
-// a cell's init is given (0-2 and ControlFD).
-const minLauncherFD = 10
-
-// Path is what to execute.
-func (l *Launcher) Path() string { return l.path }
 
 // Close releases the fd; no cell may be starting.
 func (l *Launcher) Close() error { return l.f.Close() }

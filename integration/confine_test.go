@@ -61,6 +61,7 @@ type probeReply struct {
 	TimeWait string            `json:"timewait"` // "ok": a loopback connection left in TIME_WAIT
 	RootDev  uint64            `json:"rootdev"`  // the device of / (one per tmpfs root)
 	Cat      map[string]string `json:"cat"`      // path -> its content, or the error
+	FDs      []string          `json:"fds"`      // "N TARGET" of each of the probe's fds
 }
 
 // socketTables are the socket tables of /proc/self/net the probe counts.
@@ -251,6 +252,13 @@ func runProbe() int {
 		r.Cat[p] = string(b)
 		if err != nil {
 			r.Cat[p] = errName(err)
+		}
+	}
+	if q.Has("fds") {
+		ents, _ := os.ReadDir("/proc/self/fd")
+		for _, e := range ents {
+			link, _ := os.Readlink("/proc/self/fd/" + e.Name())
+			r.FDs = append(r.FDs, e.Name()+" "+link)
 		}
 	}
 	if q.Has("rootdev") {
@@ -608,6 +616,50 @@ func TestConfineGoInit(t *testing.T) {
 		if got := r.Syscalls[s.name]; got != "EPERM" {
 			t.Errorf("%s under the Go init: %s, want EPERM", s.name, got)
 		}
+	}
+}
+
+// TestConfineLauncherClosed: the init's executable, which the daemon
+// passes to each init it starts as the fd after the init's own
+// (confine.Launcher.Attach), is held by no init once started (the
+// spawner, resident inits, a fresh cell's init, the Go init) and reaches
+// no program.
+func TestConfineLauncherClosed(t *testing.T) {
+	bin := cellgateBin(t)
+	launchers := []string{bin, filepath.Join(filepath.Dir(bin), confine.InitArg0)}
+	fresh := `  - {name: fresh, match: {path: /fresh}, tenant: a, program: ` + strconv.Quote(workerBinary(t)) + `, env: {` + cellHelperEnv + `: probe}, cells: fresh}
+`
+	for _, tc := range []struct {
+		init string
+		args []string
+	}{{confine.InitArg0, nil}, {"the Go init", []string{"--init", bin}}} {
+		g := confineGate(t, fresh, tc.args...)
+		for _, route := range []string{"probe", "fresh"} {
+			r := g.probe(t, route, url.Values{"fds": {"1"}})
+			if len(r.FDs) == 0 {
+				t.Fatalf("%s, route %s: the probe listed no fds", tc.init, route)
+			}
+			for _, fd := range r.FDs {
+				if _, target, _ := strings.Cut(fd, " "); contains(launchers, target) {
+					t.Errorf("%s, route %s: the program holds the init's executable as fd %s", tc.init, route, fd)
+				}
+			}
+		}
+		inits := processesWith(confine.InitArg0 + "\x00")
+		if len(inits) == 0 {
+			t.Fatalf("%s: no init runs after the requests", tc.init)
+		}
+		for _, pid := range inits {
+			dir := filepath.Join("/proc", pid, "fd")
+			ents, _ := os.ReadDir(dir)
+			for _, e := range ents {
+				if target, _ := os.Readlink(filepath.Join(dir, e.Name())); contains(launchers, target) {
+					cmd, _ := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+					t.Errorf("%s: init %s (%q) holds its executable as fd %s", tc.init, pid, cmd, e.Name())
+				}
+			}
+		}
+		g.stop()
 	}
 }
 

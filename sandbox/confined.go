@@ -172,10 +172,11 @@ func (r *Runner) launchInit(cell Cell, attr *os.ProcAttr, ns int, template *os.F
 		args = append(args, confine.FromTemplateArg)
 		attr.Files = append(attr.Files, template) // fd 4 = confine.TemplateFD
 	}
+	path, attr := r.launcher.Attach(attr)
 	if ns >= 0 {
-		r.spawns.do(func() { proc, err = r.netns.start(ns, r.launcher.Path(), args, attr) })
+		r.spawns.do(func() { proc, err = r.netns.start(ns, path, args, attr) })
 	} else {
-		r.spawns.do(func() { proc, err = startNoNewPrivs(r.launcher.Path(), args, attr) })
+		r.spawns.do(func() { proc, err = startNoNewPrivs(path, args, attr) })
 	}
 	return proc, false, r.launchError(err)
 }

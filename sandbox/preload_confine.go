@@ -103,13 +103,13 @@ func (p *Preloader) startConfined(argv []string, attr *os.ProcAttr, sock *os.Fil
 	defer child.Close()
 	sys := *attr.Sys
 	sys.Cloneflags |= plan.CloneFlags()
-	initAttr := &os.ProcAttr{
+	path, initAttr := r.launcher.Attach(&os.ProcAttr{
 		Dir:   "/",
 		Env:   []string{"GOMAXPROCS=1"},
 		Files: []*os.File{attr.Files[0], attr.Files[1], attr.Files[2], child}, // fd 3 = confine.ControlFD
 		Sys:   &sys,
-	}
-	proc, err = startNoNewPrivs(r.launcher.Path(), []string{confine.InitArg0, confine.ExecArg}, initAttr)
+	})
+	proc, err = startNoNewPrivs(path, []string{confine.InitArg0, confine.ExecArg}, initAttr)
 	if err = r.launchError(err); err != nil {
 		unix.Close(fds[0])
 		return nil, -1, err

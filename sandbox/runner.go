@@ -197,7 +197,7 @@ func New(cfg Config) (*Runner, error) {
 		}
 	}
 	if cfg.InitSpawner && cfg.Launcher != nil {
-		r.spawner = newInitSpawner(cfg.Launcher.Path(), r.devNull, r.hasTTY, r.log)
+		r.spawner = newInitSpawner(cfg.Launcher, r.devNull, r.hasTTY, r.log)
 	}
 	if (cfg.WarmCells > 0 || cfg.ResidentCells > 0) && cfg.Launcher != nil {
 		r.warm = newWarmPool(r, cfg.WarmCells, cfg.ResidentCells)

@@ -56,10 +56,10 @@ var errSpawnerGone = errors.New("the init spawner is gone")
 const spawnerRetry = time.Minute
 
 type initSpawner struct {
-	log     *slog.Logger
-	path    string // the launcher: cellgate-init
-	devNull *os.File
-	hasTTY  bool
+	log      *slog.Logger
+	launcher *confine.Launcher // cellgate-init
+	devNull  *os.File
+	hasTTY   bool
 
 	stuck  time.Duration          // a spawner that answers nothing this long while requests wait is ended: reportTimeout
 	starts chan chan spawnerStart // to the owner thread
@@ -97,11 +97,11 @@ type spawnAnswer struct {
 	err error
 }
 
-func newInitSpawner(path string, devNull *os.File, hasTTY bool, log *slog.Logger) *initSpawner {
+func newInitSpawner(launcher *confine.Launcher, devNull *os.File, hasTTY bool, log *slog.Logger) *initSpawner {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &initSpawner{log: log, path: path, devNull: devNull, hasTTY: hasTTY, stuck: reportTimeout, starts: make(chan chan spawnerStart), done: make(chan struct{})}
+	s := &initSpawner{log: log, launcher: launcher, devNull: devNull, hasTTY: hasTTY, stuck: reportTimeout, starts: make(chan chan spawnerStart), done: make(chan struct{})}
 	go s.own()
 	return s
 }
@@ -145,12 +145,13 @@ func (s *initSpawner) launch() (*spawnerProc, error) {
 	if err != nil {
 		return nil, fmt.Errorf("the spawner's socket: %w", err)
 	}
-	proc, err := startNoNewPrivs(s.path, []string{confine.InitArg0, confine.SpawnerArg}, &os.ProcAttr{
+	path, attr := s.launcher.Attach(&os.ProcAttr{
 		Dir:   "/",
 		Env:   []string{}, // nothing of the daemon's: every init is a copy of it
 		Files: []*os.File{s.devNull, s.devNull, s.devNull, child},
 		Sys:   &syscall.SysProcAttr{Setsid: s.hasTTY, Setpgid: !s.hasTTY, Pdeathsig: syscall.SIGKILL},
 	})
+	proc, err := startNoNewPrivs(path, []string{confine.InitArg0, confine.SpawnerArg}, attr)
 	if err != nil {
 		c.Close()
 		return nil, fmt.Errorf("start %s %s: %w", confine.InitArg0, confine.SpawnerArg, err)

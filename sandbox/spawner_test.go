@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cellgate/cellgate/confine"
 )
 
 // stuckSpawner says hello as a spawner does (its pid, errno 0: one
@@ -39,7 +41,12 @@ func TestSpawnerStuck(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer devNull.Close()
-	s := newInitSpawner(path, devNull, false, nil)
+	l, err := confine.OpenLauncher(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	s := newInitSpawner(l, devNull, false, nil)
 	s.stuck = 500 * time.Millisecond
 	start := time.Now()
 	var wg sync.WaitGroup

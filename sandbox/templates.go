@@ -248,10 +248,10 @@ func (r *Runner) makeTemplate(plan *confine.Prepared) (*os.File, error) {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	child := os.NewFile(uintptr(fds[1]), "template-control")
-	attr := r.initAttr(child, unix.CLONE_NEWNS)
+	path, attr := r.launcher.Attach(r.initAttr(child, unix.CLONE_NEWNS))
 	var proc *os.Process
 	r.spawns.do(func() {
-		proc, err = startNoNewPrivs(r.launcher.Path(), []string{confine.InitArg0, confine.TemplateArg}, attr)
+		proc, err = startNoNewPrivs(path, []string{confine.InitArg0, confine.TemplateArg}, attr)
 	})
 	err = r.launchError(err)
 	child.Close()

@@ -79,7 +79,6 @@
 #define ARG0 "cellgate-init"
 #define CONTROL_FD 3
 #define TEMPLATE_FD 4
-#define MIN_LAUNCHER_FD 10
 #define MAX_LAUNCH (4u << 20)
 #define MAX_REPORT_MSG 1024
 #define EXIT_SETUP 125
@@ -1578,7 +1577,7 @@ static int exec_main(void)
 		return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
 	/* The control socket moves out of the way (close-on-exec) so that a
 	 * failed exec can still be reported on it. */
-	int ctl = fcntl(CONTROL_FD, F_DUPFD_CLOEXEC, MIN_LAUNCHER_FD);
+	int ctl = fcntl(CONTROL_FD, F_DUPFD_CLOEXEC, CONTROL_FD + 1);
 	if (ctl < 0) {
 		fail(errno, "move the control socket");
 		return fail_report(CONTROL_FD, R_SPAWN, EXIT_SPAWN);
@@ -1743,6 +1742,16 @@ static int spawner_main(void)
 	}
 }
 
+/* close_launcher closes every fd above last, the mode's own: the daemon
+ * passes the init's executable as the fd after them (it is executed
+ * through /proc/self/fd/N, confine.Launcher.Attach), and the exec left it
+ * inheritable; nothing of it may reach what the init runs. */
+static void close_launcher(int last)
+{
+	if (syscall(SYS_close_range, last + 1, ~0U, 0) < 0)
+		close(last + 1);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 1 && strcmp(argv[0], ARG0) == 0) {
@@ -1752,11 +1761,13 @@ int main(int argc, char **argv)
 		 * (the spawner's inits, a resident init's stubs) keeps that
 		 * name until their execve. */
 		prctl(PR_SET_NAME, ARG0, 0, 0, 0);
+		int from_template = argc == 2 && strcmp(argv[1], "from-template") == 0;
+		close_launcher(from_template ? TEMPLATE_FD : CONTROL_FD);
 		if (argc == 1)
 			return init_main();
 		if (argc == 2 && strcmp(argv[1], "template") == 0)
 			return template_main();
-		if (argc == 2 && strcmp(argv[1], "from-template") == 0) {
+		if (from_template) {
 			view_mode = M_FROM_TEMPLATE;
 			return init_main();
 		}
