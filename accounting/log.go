@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 )
 
@@ -46,6 +45,18 @@ func Log(ctx context.Context, logger *slog.Logger, r Record) error {
 	if t.IsZero() {
 		t = time.Now()
 	}
+	if jh, ok := h.(*JSONHandler); ok && encodable(t) {
+		if err := jh.write(&r, t); err != nil {
+			return fmt.Errorf("write access log record for request %q: %w", r.RequestID, err)
+		}
+		return nil
+	}
+	return logAttrs(ctx, h, r, t)
+}
+
+// logAttrs is Log through any slog handler: r's fields as Attrs. r is a
+// copy (its address escapes here, not in Log's path to JSONHandler).
+func logAttrs(ctx context.Context, h slog.Handler, r Record, t time.Time) error {
 	rec := slog.NewRecord(t, slog.LevelInfo, "request", 0)
 	attrs := [...]slog.Attr{
 		slog.String("request_id", r.RequestID),
@@ -95,33 +106,24 @@ func clip(s string) string {
 // accounting file or key is in Usage.Missing is left out.
 func cellGroup(r *Record) slog.Attr {
 	u := &r.Usage
-	measured := func(file, key string) bool {
-		return !slices.Contains(u.Missing, file) && (key == "" || !slices.Contains(u.Missing, file+":"+key))
-	}
 	cell := make([]slog.Attr, 0, 18)
 	cell = append(cell, slog.Int64("wall_usec", usec(r.Wall)))
 	if r.Spawn > 0 {
 		cell = append(cell, slog.Int64("spawn_usec", usec(r.Spawn)), slog.Int64("clone_usec", usec(r.Clone)))
 	}
-	add := func(file, key, name string, v uint64) {
-		if measured(file, key) {
-			cell = append(cell, slog.Uint64(name, v))
+	for _, f := range cellFigures {
+		if measured(u.Missing, f.file, f.key) {
+			cell = append(cell, slog.Uint64(f.name, f.value(u)))
 		}
 	}
-	add("cpu.stat", "usage_usec", "cpu_usage_usec", u.CPUUsageUsec)
-	add("cpu.stat", "user_usec", "cpu_user_usec", u.CPUUserUsec)
-	add("cpu.stat", "system_usec", "cpu_system_usec", u.CPUSystemUsec)
-	add("cpu.stat", "nr_throttled", "nr_throttled", u.NrThrottled)
-	add("cpu.stat", "throttled_usec", "throttled_usec", u.ThrottledUsec)
-	add("memory.peak", "", "memory_peak_bytes", u.MemoryPeak)
-	add("memory.events", "max", "memory_events_max", u.MemoryMax)
-	if measured("memory.events", "oom_kill") {
+	if measured(u.Missing, "memory.events", "oom_kill") {
 		cell = append(cell, slog.Bool("oom_killed", u.OOMKilled()))
 	}
-	add("pids.peak", "", "pids_peak", u.PidsPeak)
-	add("pids.events", "max", "pids_events_max", u.PidsMax)
-	add("io.stat", "", "io_read_bytes", u.IOReadBytes)
-	add("io.stat", "", "io_write_bytes", u.IOWriteBytes)
+	for _, f := range cellFigures2 {
+		if measured(u.Missing, f.file, f.key) {
+			cell = append(cell, slog.Uint64(f.name, f.value(u)))
+		}
+	}
 	cell = append(cell, slog.Int("exit_code", r.ExitCode))
 	if r.Signal != 0 {
 		cell = append(cell, slog.Int("signal", int(r.Signal)))

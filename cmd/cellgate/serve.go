@@ -722,15 +722,15 @@ func (d *daemon) tenantTotals() ([]accounting.TenantTotals, error) {
 func openAccessLog(dest string, out io.Writer) (*slog.Logger, *logFile, error) {
 	switch dest {
 	case "stdout":
-		return slog.New(slog.NewJSONHandler(out, nil)), nil, nil
+		return slog.New(accounting.NewJSONHandler(out)), nil, nil
 	case "stderr":
-		return slog.New(slog.NewJSONHandler(os.Stderr, nil)), nil, nil
+		return slog.New(accounting.NewJSONHandler(os.Stderr)), nil, nil
 	}
 	f, err := openLogFile(dest)
 	if err != nil {
 		return nil, nil, fmt.Errorf("access log --access-log=%s: %w", dest, err)
 	}
-	return slog.New(slog.NewJSONHandler(f, nil)), f, nil
+	return slog.New(accounting.NewJSONHandler(f)), f, nil
 }
 
 // reopenLogs is SIGUSR1: every log file is opened again by name.
