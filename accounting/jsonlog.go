@@ -83,44 +83,36 @@ func encodable(t time.Time) bool {
 func appendRecord(b []byte, r *Record, t time.Time) []byte {
 	b = append(b, `{"time":"`...)
 	b = t.Round(0).AppendFormat(b, time.RFC3339Nano)
-	b = append(b, `","level":"INFO","msg":"request","request_id":`...)
-	b = appendString(b, r.RequestID)
-	b = append(b, `,"method":`...)
-	b = appendString(b, r.Method)
-	b = append(b, `,"host":`...)
-	b = appendString(b, clip(r.Host))
-	b = append(b, `,"path":`...)
-	b = appendString(b, r.Path)
-	b = append(b, `,"query":`...)
-	b = appendString(b, clip(r.Query))
-	b = append(b, `,"proto":`...)
-	b = appendString(b, r.Proto)
-	b = append(b, `,"status":`...)
-	b = strconv.AppendInt(b, int64(r.Status), 10)
-	b = append(b, `,"bytes_in":`...)
-	b = strconv.AppendInt(b, r.BytesIn, 10)
-	b = append(b, `,"bytes_out":`...)
-	b = strconv.AppendInt(b, r.BytesOut, 10)
-	b = append(b, `,"client":`...)
-	b = appendString(b, r.ClientAddr)
-	b = append(b, `,"user_agent":`...)
-	b = appendString(b, clip(r.UserAgent))
-	b = append(b, `,"referer":`...)
-	b = appendString(b, clip(r.Referer))
-	b = append(b, `,"route":`...)
-	b = appendString(b, r.Route)
-	b = append(b, `,"tenant":`...)
-	b = appendString(b, r.Tenant)
-	b = append(b, `,"outcome":`...)
-	b = appendString(b, string(r.Outcome))
-	b = append(b, `,"wait_usec":`...)
-	b = strconv.AppendInt(b, usec(r.QueueWait), 10)
-	b = append(b, `,"duration_usec":`...)
-	b = strconv.AppendInt(b, usec(r.Duration), 10)
+	b = append(b, `","level":"INFO","msg":"request"`...)
+	b = appendString(key(b, "request_id"), r.RequestID)
+	b = appendString(key(b, "method"), r.Method)
+	b = appendString(key(b, "host"), clip(r.Host))
+	b = appendString(key(b, "path"), r.Path)
+	b = appendString(key(b, "query"), clip(r.Query))
+	b = appendString(key(b, "proto"), r.Proto)
+	b = strconv.AppendInt(key(b, "status"), int64(r.Status), 10)
+	b = strconv.AppendInt(key(b, "bytes_in"), r.BytesIn, 10)
+	b = strconv.AppendInt(key(b, "bytes_out"), r.BytesOut, 10)
+	b = appendString(key(b, "client"), r.ClientAddr)
+	b = appendString(key(b, "user_agent"), clip(r.UserAgent))
+	b = appendString(key(b, "referer"), clip(r.Referer))
+	b = appendString(key(b, "route"), r.Route)
+	b = appendString(key(b, "tenant"), r.Tenant)
+	b = appendString(key(b, "outcome"), string(r.Outcome))
+	b = strconv.AppendInt(key(b, "wait_usec"), usec(r.QueueWait), 10)
+	b = strconv.AppendInt(key(b, "duration_usec"), usec(r.Duration), 10)
 	if r.Cell {
 		b = appendCell(b, r)
 	}
 	return append(b, "}\n"...)
+}
+
+// key appends the separator and name of the next attribute: ,"name":
+// (names are plain ASCII, written as slog writes them).
+func key(b []byte, name string) []byte {
+	b = append(b, ',', '"')
+	b = append(b, name...)
+	return append(b, '"', ':')
 }
 
 // appendCell appends the "cell" group, as cellGroup makes it.
@@ -129,46 +121,28 @@ func appendCell(b []byte, r *Record) []byte {
 	b = append(b, `,"cell":{"wall_usec":`...)
 	b = strconv.AppendInt(b, usec(r.Wall), 10)
 	if r.Spawn > 0 {
-		b = append(b, `,"spawn_usec":`...)
-		b = strconv.AppendInt(b, usec(r.Spawn), 10)
-		b = append(b, `,"clone_usec":`...)
-		b = strconv.AppendInt(b, usec(r.Clone), 10)
+		b = strconv.AppendInt(key(b, "spawn_usec"), usec(r.Spawn), 10)
+		b = strconv.AppendInt(key(b, "clone_usec"), usec(r.Clone), 10)
 	}
 	for _, f := range cellFigures {
-		if measured(u.Missing, f.file, f.key) {
-			b = append(b, ',', '"')
-			b = append(b, f.name...)
-			b = append(b, '"', ':')
-			b = strconv.AppendUint(b, f.value(u), 10)
+		switch {
+		case !measured(u.Missing, f.file, f.key):
+		case f.field == fOOMKilled:
+			b = strconv.AppendBool(key(b, f.name), u.OOMKilled())
+		default:
+			b = strconv.AppendUint(key(b, f.name), f.value(u), 10)
 		}
 	}
-	if measured(u.Missing, "memory.events", "oom_kill") {
-		b = append(b, `,"oom_killed":`...)
-		b = strconv.AppendBool(b, u.OOMKilled())
-	}
-	for _, f := range cellFigures2 {
-		if measured(u.Missing, f.file, f.key) {
-			b = append(b, ',', '"')
-			b = append(b, f.name...)
-			b = append(b, '"', ':')
-			b = strconv.AppendUint(b, f.value(u), 10)
-		}
-	}
-	b = append(b, `,"exit_code":`...)
-	b = strconv.AppendInt(b, int64(r.ExitCode), 10)
+	b = strconv.AppendInt(key(b, "exit_code"), int64(r.ExitCode), 10)
 	if r.Signal != 0 {
-		b = append(b, `,"signal":`...)
-		b = strconv.AppendInt(b, int64(r.Signal), 10)
+		b = strconv.AppendInt(key(b, "signal"), int64(r.Signal), 10)
 	}
-	b = append(b, `,"uid":`...)
-	b = strconv.AppendUint(b, uint64(r.UID), 10)
+	b = strconv.AppendUint(key(b, "uid"), uint64(r.UID), 10)
 	if len(r.Unenforced) > 0 {
-		b = append(b, `,"unenforced":`...)
-		b = appendStrings(b, r.Unenforced)
+		b = appendStrings(key(b, "unenforced"), r.Unenforced)
 	}
 	if len(u.Missing) > 0 {
-		b = append(b, `,"missing":`...)
-		b = appendStrings(b, u.Missing)
+		b = appendStrings(key(b, "missing"), u.Missing)
 	}
 	return append(b, '}')
 }
@@ -257,8 +231,9 @@ func measured(missing []string, file, key string) bool {
 	return true
 }
 
-// cellFigure is an unsigned figure of the cell group: its accounting file
-// and key (for Usage.Missing), its name and its value.
+// cellFigure is a figure of the cell group: its accounting file and key
+// (for Usage.Missing), its name and which of the Usage's it is (all
+// unsigned but fOOMKilled, a bool).
 type cellFigure struct {
 	file, key, name string
 	field           usageField
@@ -277,6 +252,7 @@ const (
 	fThrottled
 	fMemoryPeak
 	fMemoryMax
+	fOOMKilled
 	fPidsPeak
 	fPidsMax
 	fIORead
@@ -305,13 +281,14 @@ func (f cellFigure) value(u *cgroup.Usage) uint64 {
 		return u.PidsMax
 	case fIORead:
 		return u.IOReadBytes
-	default:
+	case fIOWrite:
 		return u.IOWriteBytes
 	}
+	return 0 // fOOMKilled: a bool, u.OOMKilled
 }
 
-// cellFigures come before "oom_killed", cellFigures2 after it, in
-// cellGroup's order.
+// cellFigures are the cell group's figures in their order, both encoders'
+// (cellGroup, appendCell).
 var cellFigures = []cellFigure{
 	{"cpu.stat", "usage_usec", "cpu_usage_usec", fCPUUsage},
 	{"cpu.stat", "user_usec", "cpu_user_usec", fCPUUser},
@@ -320,9 +297,7 @@ var cellFigures = []cellFigure{
 	{"cpu.stat", "throttled_usec", "throttled_usec", fThrottled},
 	{"memory.peak", "", "memory_peak_bytes", fMemoryPeak},
 	{"memory.events", "max", "memory_events_max", fMemoryMax},
-}
-
-var cellFigures2 = []cellFigure{
+	{"memory.events", "oom_kill", "oom_killed", fOOMKilled},
 	{"pids.peak", "", "pids_peak", fPidsPeak},
 	{"pids.events", "max", "pids_events_max", fPidsMax},
 	{"io.stat", "", "io_read_bytes", fIORead},

@@ -112,15 +112,11 @@ func cellGroup(r *Record) slog.Attr {
 		cell = append(cell, slog.Int64("spawn_usec", usec(r.Spawn)), slog.Int64("clone_usec", usec(r.Clone)))
 	}
 	for _, f := range cellFigures {
-		if measured(u.Missing, f.file, f.key) {
-			cell = append(cell, slog.Uint64(f.name, f.value(u)))
-		}
-	}
-	if measured(u.Missing, "memory.events", "oom_kill") {
-		cell = append(cell, slog.Bool("oom_killed", u.OOMKilled()))
-	}
-	for _, f := range cellFigures2 {
-		if measured(u.Missing, f.file, f.key) {
+		switch {
+		case !measured(u.Missing, f.file, f.key):
+		case f.field == fOOMKilled:
+			cell = append(cell, slog.Bool(f.name, u.OOMKilled()))
+		default:
 			cell = append(cell, slog.Uint64(f.name, f.value(u)))
 		}
 	}
