@@ -39,7 +39,7 @@ type initProc struct {
 	view      viewStamp // when its view was made, and what it covers (view.go)
 	set       *warmSet  // the set it was taken from, while it serves a request
 	next      Cell      // the next request's cell, its stub started in it (prepareNext), or nil
-	stub      int       // with next: the daemon's end of the stub's socket
+	stubs     *[2]int   // the socket pair its stubs wait on (prepareNext), made once, or nil
 	rootRan   bool      // a program ran in it as root: its network namespace is not reused
 	started   bool      // it reported the request's program started (confine.ReportStarted)
 	returning bool      // on its way back to its set (putBackLater)
@@ -325,13 +325,10 @@ func refused(err error) bool {
 // of the control socket is closed) or sent a report while it waited for
 // a request (a warm init sends none between its ready report and the
 // exec frame; a resident one none before the end of the process it
-// started ahead for the next request), or whether that process has
-// ended (its socket's other end is closed).
+// started ahead for the next request, which it reaps and reports at
+// once).
 func (ip *initProc) gone() bool {
 	fds := []unix.PollFd{{Fd: int32(ip.ctl), Events: unix.POLLIN | unix.POLLRDHUP}}
-	if ip.next != nil {
-		fds = append(fds, unix.PollFd{Fd: int32(ip.stub), Events: unix.POLLRDHUP})
-	}
 	for {
 		n, err := unix.Poll(fds, 0)
 		if errors.Is(err, unix.EINTR) {

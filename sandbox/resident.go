@@ -304,12 +304,18 @@ func (ip *initProc) closeSockstat() {
 // before its execve: cloned into the group, its filter loaded), waiting
 // on the socket: the request's exec frame goes to the stub itself, on
 // the socket's other end, so that the request pays a hand-off and an
-// execve, as with a warm cell, and no wakeup of the init. The socket is made here, in the daemon's network namespace:
-// it counts in none of a cell's. A cell not to be had (the pool failing)
-// leaves the init without one: its next request brings its cell with its
-// exec frame. An init that cannot start a stub reports so and exits, and
-// the next take finds it gone. false: the frame could not be sent (the
-// init is gone).
+// execve, as with a warm cell, and no wakeup of the init. The socket
+// pair is made here once per init, in the daemon's network namespace (it
+// counts in none of a cell's), and serves stub after stub: the daemon
+// keeps both ends, the init closes its copy once the stub has it, and
+// the stub's is close-on-exec, so that between two stubs no process but
+// the daemon holds it (a pair per stub cost ~0.4 ms of the daemon's CPU
+// per request in the microVM, its making and its freeing). A stub that
+// did not take its frame whole has the pair dropped (stubTook). A cell
+// not to be had (the pool failing) leaves the init without one: its next
+// request brings its cell with its exec frame. An init that cannot start
+// a stub reports so and exits, and the next take finds it gone. false:
+// the frame could not be sent (the init is gone).
 func (r *Runner) prepareNext(ctx context.Context, ip *initProc, prof *cgroup.Profile) bool {
 	cell, err := r.cells.Get(ctx, prof)
 	if err != nil {
@@ -319,53 +325,64 @@ func (r *Runner) prepareNext(ctx context.Context, ip *initProc, prof *cgroup.Pro
 		r.cells.Release(cell)
 		return true
 	}
-	sv, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		r.cells.Release(cell)
-		return true
+	if ip.stubs == nil {
+		sv, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			r.cells.Release(cell)
+			return true
+		}
+		ip.stubs = &sv
 	}
-	err = ip.send(make([]byte, 4), []int{cell.FD(), sv[1]})
-	unix.Close(sv[1])
-	if err != nil {
-		unix.Close(sv[0])
+	if err := ip.send(make([]byte, 4), []int{cell.FD(), ip.stubs[1]}); err != nil {
 		r.cells.Release(cell)
 		return false
 	}
-	ip.next, ip.stub = cell, sv[0]
+	ip.next = cell
 	return true
+}
+
+// dropStubs closes ip's stub socket pair, if it has one: its next stub
+// gets a new one.
+func (ip *initProc) dropStubs() {
+	if ip.stubs != nil {
+		unix.Close(ip.stubs[0])
+		unix.Close(ip.stubs[1])
+		ip.stubs = nil
+	}
 }
 
 // stubTook reads, once the init has reported the end of the process it
 // started ahead in the request's cell, what that process wrote on its
-// socket, and closes it: its byte, if it took the exec frame (from then
-// on the program may have run), and the errno of a failed execve after
-// it. took is false only when the socket was closed with nothing on it,
-// and, if the process did not read all of the frame, ECONNRESET first:
-// the process ended before it took the frame (its group's OOM kill, a
-// kill), and nothing of the request ran.
+// socket (stub, the daemon's end of the init's pair): its byte, if it
+// took the exec frame (from then on the program may have run), and the
+// errno of a failed execve after it. took is false only when nothing was
+// written: the process ended before it took the frame (its group's OOM
+// kill, a kill), and nothing of the request ran. reuse is true when the
+// pair may serve the next stub: the byte (and errno) read and nothing
+// else, the frame having been read whole before the byte was written;
+// otherwise some of the frame, and the descriptors sent with it, may
+// wait in the socket still, for no stub to take: the caller drops the
+// pair (dropStubs).
 //
 // One read takes it all: the process wrote its byte and errno before it
 // ended, which was before the init's report, so both wait in the socket
 // already (a stream socket's read goes on over the writes queued).
-func stubTook(stub int) (took bool, errno syscall.Errno) {
-	defer unix.Close(stub)
+func stubTook(stub int) (took, reuse bool, errno syscall.Errno) {
 	var b [8]byte
 	n, _, err := unix.Recvfrom(stub, b[:], unix.MSG_DONTWAIT)
 	for errors.Is(err, unix.EINTR) {
 		n, _, err = unix.Recvfrom(stub, b[:], unix.MSG_DONTWAIT)
 	}
 	switch {
-	case errors.Is(err, unix.ECONNRESET):
-		return false, 0 // closed with the frame (some of it) unread
+	case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.ECONNRESET), err == nil && n == 0:
+		return false, false, 0 // nothing written: the frame not taken
 	case err != nil:
-		return true, 0 // not known to be unread: as if it ran
-	case n == 0:
-		return false, 0
+		return true, false, 0 // not known to be unread: as if it ran
 	}
 	if n >= 5 {
 		errno = syscall.Errno(binary.NativeEndian.Uint32(b[1:5]))
 	}
-	return true, errno
+	return true, b[0] == 1 && (n == 1 || n == 5), errno
 }
 
 // endNext ends the cell prepared for an ended init's next request (its
@@ -374,8 +391,6 @@ func (r *Runner) endNext(ip *initProc) {
 	if ip.next == nil {
 		return
 	}
-	unix.Close(ip.stub)
-	ip.stub = -1
 	if err := r.empty(ip.next); err != nil {
 		r.log.Error("resident cell's prepared cell did not empty", "cell", ip.next.Path(), "err", err)
 	}

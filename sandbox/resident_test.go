@@ -227,22 +227,29 @@ func TestAwaitComing(t *testing.T) {
 }
 
 // TestStubTook: what the process started ahead in a request's cell left
-// on its socket once the init has reported its end: its byte (it took
-// the frame: the program may have run), its byte and an errno (its
-// execve failed), nothing (it ended first: nothing ran), or the frame
-// unread (ECONNRESET: nothing ran either).
+// on the init's stub socket once the init has reported its end: its byte
+// (it took the frame: the program may have run), its byte and an errno
+// (its execve failed), nothing (it ended first: nothing ran), nothing
+// with the frame unread (nothing ran either). The daemon holds both ends
+// of the pair (prepareNext), so that no end of the stub's closes it; the
+// pair serves the next stub only when the byte was read and nothing else
+// (reuse): a frame left unread would go to the next stub.
 func TestStubTook(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		wrote  []byte // by the stub before its end
-		unread bool   // the daemon's frame left unread
-		took   bool
-		errno  syscall.Errno
+		name        string
+		wrote       []byte // by the stub before its end
+		unread      bool   // the daemon's frame left unread
+		closed      bool   // the stub's end closed (no end of it left)
+		took, reuse bool
+		errno       syscall.Errno
 	}{
-		{name: "took", wrote: []byte{1}, took: true},
-		{name: "execve failed", wrote: append([]byte{1}, binary.NativeEndian.AppendUint32(nil, uint32(syscall.ENOENT))...), took: true, errno: syscall.ENOENT},
+		{name: "took", wrote: []byte{1}, took: true, reuse: true},
+		{name: "execve failed", wrote: append([]byte{1}, binary.NativeEndian.AppendUint32(nil, uint32(syscall.ENOENT))...), took: true, reuse: true, errno: syscall.ENOENT},
 		{name: "ended first", took: false},
 		{name: "frame unread", unread: true, took: false},
+		{name: "frame unread, end closed", unread: true, closed: true, took: false},
+		{name: "end closed", closed: true, took: false},
+		{name: "not its byte", wrote: []byte{2}, took: true, reuse: false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			sv, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
@@ -250,6 +257,7 @@ func TestStubTook(t *testing.T) {
 				t.Fatal(err)
 			}
 			daemon, stub := sv[0], sv[1]
+			defer unix.Close(daemon)
 			if tc.unread {
 				if _, err := unix.Write(daemon, []byte("frame")); err != nil {
 					t.Fatal(err)
@@ -262,10 +270,14 @@ func TestStubTook(t *testing.T) {
 					unix.Write(stub, tc.wrote[1:])
 				}
 			}
-			unix.Close(stub)
-			took, errno := stubTook(daemon)
-			if took != tc.took || errno != tc.errno {
-				t.Errorf("stubTook: %v, %v; want %v, %v", took, errno, tc.took, tc.errno)
+			if tc.closed {
+				unix.Close(stub)
+			} else {
+				defer unix.Close(stub)
+			}
+			took, reuse, errno := stubTook(daemon)
+			if took != tc.took || reuse != tc.reuse || errno != tc.errno {
+				t.Errorf("stubTook: %v, %v, %v; want %v, %v, %v", took, reuse, errno, tc.took, tc.reuse, tc.errno)
 			}
 		})
 	}

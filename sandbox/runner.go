@@ -321,18 +321,13 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	resident := spec.Confine != nil && r.residentFor(spec.Confine)
 	var cell Cell
 	prepared := false // the program's process started ahead in cell (its stub)
-	stub := -1        // the daemon's end of the stub's socket, until read (stubTook)
-	defer func() {
-		if stub >= 0 {
-			unix.Close(stub)
-		}
-	}()
+	stub := -1        // then the daemon's end of the stub's socket (the init's, prepareNext)
 	switch {
 	case ip != nil && !resident:
 		cell = ip.cell
 	case ip != nil && ip.next != nil:
 		cell, ip.next, prepared = ip.next, nil, true
-		stub, ip.stub = ip.stub, -1
+		stub = ip.stubs[0]
 	}
 	if cell == nil {
 		if cell, err = r.cells.Get(ctx, prof); err != nil {
@@ -354,8 +349,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		switch {
 		case ip != nil && resident:
 			if prepared { // its stub waits in it still
-				ip.next, ip.stub, released = cell, stub, true
-				stub = -1
+				ip.next, released = cell, true
 			}
 			r.warm.putBack(k, ip)
 		case ip != nil:
@@ -484,8 +478,10 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			// uid's return follow off the request's path (teardown.go).
 			killedBy := disarm()
 			if prepared {
-				took, errno := stubTook(stub)
-				stub = -1
+				took, reuse, errno := stubTook(stub)
+				if !reuse {
+					ip.dropStubs()
+				}
 				if (!took && killedBy == "") || errno != 0 {
 					return r.notTaken(k, ip, cell, &spec, st, rep, &initKept, &keepUID, errno)
 				}

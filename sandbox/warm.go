@@ -479,6 +479,7 @@ func (r *Runner) endInitCell(ip *initProc) {
 	ip.endNetns(r, err == nil && !ip.rootRan)
 	r.cells.Release(ip.cell)
 	r.endNext(ip)
+	ip.dropStubs()
 	ip.closeSockstat()
 }
 
