@@ -2059,25 +2059,42 @@ func stubOf(t *testing.T) int {
 
 // TestResidentStubGone: the process a resident cell started ahead for the
 // next request dies (its group's OOM kill, here a SIGKILL): while it
-// waits, the request passes over the cell; after its exec frame was sent
-// and before it took it, nothing ran, and the request runs once more on
-// another cell. Either way the request is served, once.
+// waits, once its init has reported its end, the request passes over the
+// cell; after its exec frame was sent and before it took it, nothing
+// ran, and the request runs once more on another cell. Either way the
+// request is served, once.
 func TestResidentStubGone(t *testing.T) {
+	// gone kills pid and waits until its init has reaped it and reported
+	// its end: the init then waits for its next frame (recvmsg).
 	gone := func(pid int) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 2 {
+			t.Fatalf("the parent of %d: /proc/%d/stat is %q", pid, pid, b)
+		}
+		initPid := f[1]
 		unix.Kill(pid, unix.SIGKILL)
 		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
 			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {
-				return
+				sc, _ := os.ReadFile("/proc/" + initPid + "/syscall")
+				if strings.HasPrefix(string(sc), fmt.Sprintf("%d ", unix.SYS_RECVMSG)) {
+					return
+				}
 			}
 		}
-		t.Fatalf("the killed process %d was not reaped by its init", pid)
+		t.Fatalf("the killed process %d was not reaped and reported by its init %s within 10 s", pid, initPid)
 	}
 	for _, tc := range []struct {
 		name      string
 		inHandOff bool
+		env       []string
 	}{
-		{"killed while waiting", false},
-		{"killed after the hand-off", true},
+		{"killed while waiting", false, nil},
+		{"killed after the hand-off", true, nil},
+		// An exec frame over the stub socket's room: the send waits
+		// for room until the init reports the stub's end (the daemon
+		// holds both ends of the pair, so no hang-up ends it).
+		{"killed in the hand-off of a frame over the socket's room", true, bigEnv(4, 100<<10)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, prep := residentRunner(t)
@@ -2088,7 +2105,7 @@ func TestResidentStubGone(t *testing.T) {
 			var out bytes.Buffer
 			starts := 0
 			res, err := r.Run(context.Background(), sandbox.Spec{
-				Path: "/bin/cat", Confine: prep, Stdin: strings.NewReader("abcde"), Stdout: &out,
+				Path: "/bin/cat", Env: tc.env, Confine: prep, Stdin: strings.NewReader("abcde"), Stdout: &out,
 				Started: func(string, uint64) {
 					if starts++; starts == 1 && tc.inHandOff {
 						// Stopped, it cannot take the frame, which the
@@ -2114,6 +2131,15 @@ func TestResidentStubGone(t *testing.T) {
 			}
 		})
 	}
+}
+
+// bigEnv returns n environment variables of size bytes each.
+func bigEnv(n, size int) []string {
+	env := make([]string, n)
+	for i := range env {
+		env[i] = fmt.Sprintf("BIG%d=%s", i, strings.Repeat("x", size))
+	}
+	return env
 }
 
 // TestResidentStubSocket: a resident init's stubs wait on one socket

@@ -300,9 +300,51 @@ func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File
 		fds = append(fds, group.FD())
 	}
 	if stub >= 0 {
-		return sendFrame(stub, frame, fds, "the process started ahead in the request's cell")
+		return sendToStub(stub, ip.ctl, frame, fds)
 	}
 	return ip.send(frame, fds)
+}
+
+// errStubEnded marks an exec frame not sent whole to a resident init's
+// stub because the stub ended first: the init reported its end (or the
+// init ended) while the send waited for room. It wraps EPIPE, as the
+// send to a stub's own socket closed at its end did, so that refused
+// reports it: the stub took no frame, and nothing of the request ran.
+var errStubEnded = fmt.Errorf("the process started ahead in the request's cell ended before it took the request: %w", unix.EPIPE)
+
+// sendToStub sends the exec frame on stub, the daemon's end of a resident
+// init's stub socket pair, whose other end the daemon holds too
+// (prepareNext): a stub's end gives no hang-up, so a frame larger than
+// the socket's room would wait forever for a stub that died. It waits
+// for room only while the init, on ctl, has not reported the stub's end
+// (it reaps the stub at once, and sends nothing else before that) and
+// has not ended: a deadline or a client gone kills the stub's group, and
+// the send then fails with errStubEnded.
+func sendToStub(stub, ctl int, frame []byte, fds []int) error {
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	for len(frame) > 0 {
+		n, err := unix.SendmsgN(stub, frame, oob, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			pfd := []unix.PollFd{{Fd: int32(stub), Events: unix.POLLOUT}, {Fd: int32(ctl), Events: unix.POLLIN | unix.POLLRDHUP}}
+			if _, err := unix.Poll(pfd, -1); err != nil && !errors.Is(err, unix.EINTR) {
+				return fmt.Errorf("send to the process started ahead in the request's cell: poll: %w", err)
+			}
+			if pfd[1].Revents != 0 {
+				return errStubEnded
+			}
+			continue
+		case err != nil:
+			return fmt.Errorf("send to the process started ahead in the request's cell: %w", err)
+		}
+		frame, oob = frame[n:], nil
+	}
+	return nil
 }
 
 // errInitGone marks the failed hand-off of a warm cell whose init was gone

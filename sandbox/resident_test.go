@@ -3,6 +3,7 @@ package sandbox
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"log/slog"
 	"os/exec"
 	"syscall"
@@ -340,4 +341,59 @@ func TestTakeWaitedGrows(t *testing.T) {
 	if s.want != 2 {
 		t.Errorf("after a hit: target %d, want 2", s.want)
 	}
+}
+
+// TestSendToStubEnded: an exec frame larger than the stub socket's room,
+// sent to a stub that died before it read it, fails once the init
+// reports the stub's end (refused: nothing ran), instead of waiting for
+// room forever (the daemon holds the stub's end of the pair too, so the
+// socket never hangs up); a frame the stub reads goes whole.
+func TestSendToStubEnded(t *testing.T) {
+	pair := func() (int, int) {
+		sv, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(sv[0]); unix.Close(sv[1]) })
+		return sv[0], sv[1]
+	}
+	frame := make([]byte, 4<<20) // confine.MaxLaunch: far over the socket's room
+	t.Run("stub ended", func(t *testing.T) {
+		stub, _ := pair()
+		ctl, initEnd := pair()
+		done := make(chan error, 1)
+		go func() { done <- sendToStub(stub, ctl, frame, []int{0}) }()
+		time.Sleep(50 * time.Millisecond)
+		unix.Write(initEnd, []byte("report")) // the init's report of the stub's end
+		select {
+		case err := <-done:
+			if !errors.Is(err, errStubEnded) || !refused(err) {
+				t.Fatalf("sendToStub: %v, want errStubEnded, refused", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("sendToStub still waits 10 s after the init reported the stub's end")
+		}
+	})
+	t.Run("read", func(t *testing.T) {
+		stub, stubEnd := pair()
+		ctl, _ := pair()
+		got := make(chan int, 1)
+		go func() {
+			n, buf := 0, make([]byte, 64<<10)
+			for n < len(frame) {
+				m, err := unix.Read(stubEnd, buf)
+				if err != nil || m == 0 {
+					break
+				}
+				n += m
+			}
+			got <- n
+		}()
+		if err := sendToStub(stub, ctl, frame, []int{0}); err != nil {
+			t.Fatalf("sendToStub: %v", err)
+		}
+		if n := <-got; n != len(frame) {
+			t.Fatalf("the stub read %d bytes, want %d", n, len(frame))
+		}
+	})
 }
