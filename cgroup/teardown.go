@@ -112,8 +112,18 @@ func (t *Tree) Close() error {
 }
 
 // removeGroup empties and removes the leaf group c (the cell's own fds
-// stay open; the caller closes them).
+// stay open; the caller closes them). The rmdir comes first: the kernel
+// refuses it (EBUSY) while the group holds a process, and a request's
+// group is empty by its removal almost always (its request ended once
+// it was), so that removing one costs no read of its cgroup.events
+// (~0.2 ms of emulated CPU per request in the microVM).
 func removeGroup(ctx context.Context, ops dirOps, c *Cell) error {
+	switch err := ops.rmdir(c.path); {
+	case err == nil, errors.Is(err, unix.ENOENT):
+		return nil
+	case !errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("rmdir %s: %w", c.path, err)
+	}
 	p, err := c.Populated()
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) {
 		// The group is gone already (Tree.Close swept it): ENOENT by

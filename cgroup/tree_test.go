@@ -395,6 +395,29 @@ func TestCellKillWaitRemove(t *testing.T) {
 	}
 }
 
+// TestCellRemoveEmptyReadsNoEvents: an empty cell is removed by its
+// rmdir alone, with no read of its cgroup.events (a read that cannot be
+// parsed here fails the removal if one is made); a populated one is
+// refused by the rmdir (EBUSY), then killed, waited for and removed
+// (TestCellKillWaitRemove).
+func TestCellRemoveEmptyReadsNoEvents(t *testing.T) {
+	tr := mustOpenFake(t, &fakeFS{}, fakeRoot(t, "memory", "cpu", "pids"), nil)
+	c, err := tr.NewCell(testProfile(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(c.Path(), "cgroup.events"), "not cgroup.events\n")
+	if _, err := c.Populated(); err == nil {
+		t.Fatal("Populated parsed the file written over cgroup.events: the test cannot tell a read")
+	}
+	if err := c.Remove(t.Context()); err != nil {
+		t.Fatalf("Remove: %v", err)
+	}
+	if exists(c.Path()) {
+		t.Fatal("empty cell not removed")
+	}
+}
+
 func TestCellKill(t *testing.T) {
 	fs := &fakeFS{}
 	tr := mustOpenFake(t, fs, fakeRoot(t, "memory", "cpu", "pids"), nil)
