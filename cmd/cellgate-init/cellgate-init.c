@@ -58,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/msg.h>
 #include <sys/prctl.h>
@@ -185,6 +186,58 @@ static int fail_report(int fd, int kind, int status)
 
 /* ---- frames ---- */
 
+/* A resident init's stub (stub_main) runs in the init's own memory where
+ * it can (STUB_SHARES: clone3 CLONE_VM | CLONE_VFORK, the init waiting
+ * until the stub has executed the program or ended), so that no copy of
+ * the init is made, faulted in and torn down per request. It must then
+ * not use malloc, whose state a kill in the middle of it would leave
+ * broken for the init, and nothing it allocates may outlive it: its frame
+ * and what is decoded from it come from one mapping of its own, the
+ * arena, which the init unmaps once the stub is done (stub_done). */
+static struct {
+	int on;              /* set by the stub: allocations come from the arena */
+	unsigned char *base; /* the arena's mapping, once made */
+	size_t len, used;
+} arena;
+
+/* arena_make maps the arena for a frame of size bytes: the body, its
+ * strings again with their NULs, and the lists' pointers fit in six
+ * times that. The mapping is noted (arena.base) as soon as it is made; a
+ * stub killed between the mmap and that store leaves an untouched
+ * mapping in the init, which costs it address space and no memory. */
+static int arena_make(uint32_t size)
+{
+	arena.len = 6 * (size_t)size + (64 << 10);
+	arena.used = 0;
+	void *m = mmap(NULL, arena.len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED)
+		return -1;
+	arena.base = m;
+	return 0;
+}
+
+/* zalloc returns n zeroed bytes aligned to align (a power of two): from
+ * the arena in a stub (a fresh mapping is zeroed), else calloc's. */
+static void *zalloc(size_t n, size_t align)
+{
+	if (!arena.on)
+		return calloc(1, n);
+	if (!arena.base)
+		return NULL;
+	size_t at = (arena.used + align - 1) & ~(align - 1);
+	if (at > arena.len || n > arena.len - at)
+		return NULL;
+	arena.used = at + n;
+	return arena.base + at;
+}
+
+/* zfree frees what zalloc allocated outside a stub. */
+static void zfree(void *p)
+{
+	if (!arena.on)
+		free(p);
+}
+
 static int read_full(int fd, unsigned char *b, size_t n)
 {
 	while (n > 0) {
@@ -227,7 +280,7 @@ static int take_fds(struct msghdr *msg, int *fds, int max)
 
 /* read_frames reads one length-prefixed frame from fd with min to nfds
  * descriptors (received close-on-exec), how many in *got. It returns the
- * body (malloc'd) and its length in *len, or NULL: *len is then 0 at the
+ * body (zalloc'd) and its length in *len, or NULL: *len is then 0 at the
  * end of the stream, 1 on an error. */
 static unsigned char *read_frames(int fd, int min, int nfds, int *fds, int *got_fds, uint32_t *len)
 {
@@ -277,13 +330,17 @@ static unsigned char *read_frames(int fd, int min, int nfds, int *fds, int *got_
 		fail(0, "frame of %u bytes, over %u", size, MAX_LAUNCH);
 		return NULL;
 	}
-	unsigned char *body = malloc(size + 1);
+	if (arena.on && arena_make(size) < 0) {
+		fail(errno, "frame of %u bytes: mmap", size);
+		return NULL;
+	}
+	unsigned char *body = zalloc(size + 1, 1);
 	if (!body) {
 		fail(ENOMEM, "frame of %u bytes", size);
 		return NULL;
 	}
 	if (read_full(fd, body, size) < 0) {
-		free(body);
+		zfree(body);
 		return NULL;
 	}
 	*len = size;
@@ -329,7 +386,7 @@ static uint64_t u64(struct decoder *d)
 	return lo | (uint64_t)u32(d) << 32;
 }
 
-/* str returns a string field, NUL-terminated (malloc'd). */
+/* str returns a string field, NUL-terminated (zalloc'd). */
 static char *str(struct decoder *d)
 {
 	uint32_t n = u32(d);
@@ -343,7 +400,7 @@ static char *str(struct decoder *d)
 		dec_fail(d, "string with a NUL byte");
 		return NULL;
 	}
-	char *s = malloc(n + 1);
+	char *s = zalloc((size_t)n + 1, 1);
 	if (!s) {
 		dec_fail(d, "out of memory");
 		return NULL;
@@ -454,7 +511,7 @@ struct exec {
 static char **strlist(struct decoder *d)
 {
 	uint32_t n = count(d, 4);
-	char **l = calloc((size_t)n + 1, sizeof *l);
+	char **l = zalloc(((size_t)n + 1) * sizeof *l, sizeof *l);
 	if (!l) {
 		dec_fail(d, "out of memory");
 		return NULL;
@@ -471,7 +528,7 @@ static int decode_exec(const unsigned char *b, uint32_t len, struct exec *e)
 	e->uid = u32(&d);
 	e->gid = u32(&d);
 	e->ngroups = count(&d, 4);
-	e->groups = calloc(e->ngroups + 1, sizeof *e->groups);
+	e->groups = zalloc(((size_t)e->ngroups + 1) * sizeof *e->groups, sizeof *e->groups);
 	if (!e->groups)
 		dec_fail(&d, "out of memory");
 	for (uint32_t i = 0; i < e->ngroups && !d.bad; i++)
@@ -492,14 +549,14 @@ static int decode_exec(const unsigned char *b, uint32_t len, struct exec *e)
 static void free_exec(struct exec *e)
 {
 	for (char **l = e->args; l && *l; l++)
-		free(*l);
+		zfree(*l);
 	for (char **l = e->env; l && *l; l++)
-		free(*l);
-	free(e->args);
-	free(e->env);
-	free(e->groups);
-	free(e->path);
-	free(e->dir);
+		zfree(*l);
+	zfree(e->args);
+	zfree(e->env);
+	zfree(e->groups);
+	zfree(e->path);
+	zfree(e->dir);
 }
 
 /* ---- the filesystem view (confine/steps.go, confine/apply.go) ---- */
@@ -1030,6 +1087,37 @@ struct clone_args_v2 {
 	    set_tid_size, cgroup;
 };
 
+#if defined(__x86_64__)
+/* STUB_SHARES: a stub is cloned into the init's own memory
+ * (prepare_stub). */
+#define STUB_SHARES 1
+
+/* clone3_vm is clone3 for a child with a stack of its own (a->stack),
+ * which runs fn there and never returns (it executes a program or
+ * exits): a child sharing this process's memory cannot return into the
+ * caller's frames, so the child's side is in assembly (glibc has no
+ * clone3 wrapper that takes CLONE_INTO_CGROUP). It returns the child's
+ * pid, or -errno. */
+__attribute__((noinline)) static long clone3_vm(struct clone_args_v2 *a, void (*fn)(void))
+{
+	long ret;
+	register void (*entry)(void) __asm__("r12") = fn;
+	__asm__ volatile("syscall\n\t"
+	                 "test %%rax, %%rax\n\t"
+	                 "jnz 1f\n\t"
+	                 "xor %%ebp, %%ebp\n\t"
+	                 "call *%%r12\n\t"
+	                 "ud2\n"
+	                 "1:"
+	                 : "=a"(ret)
+	                 : "0"((long)SYS_clone3), "D"(a), "S"(sizeof *a), "r"(entry)
+	                 : "rcx", "r11", "memory");
+	return ret;
+}
+#else
+#define STUB_SHARES 0
+#endif
+
 /* ---- supervising the program (confine.Init) ---- */
 
 static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
@@ -1185,6 +1273,7 @@ static void drop_pending(const sigset_t *set)
  * executes the program; a failure's errno follows the byte. */
 static void stub_main(int ctl, const sigset_t *set, const sigset_t *unblocked, const struct plan *p)
 {
+	arena.on = STUB_SHARES; /* in the init's memory: no malloc (zalloc) */
 	if (dup2(ctl, CONTROL_FD) < 0 || fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) < 0 ||
 	    syscall(SYS_close_range, CONTROL_FD + 1, ~0U, 0) < 0)
 		_exit(EXIT_SPAWN);
@@ -1197,7 +1286,7 @@ static void stub_main(int ctl, const sigset_t *set, const sigset_t *unblocked, c
 	struct exec e;
 	if (!body || decode_exec(body, len, &e) < 0)
 		_exit(EXIT_SPAWN);
-	free(body); /* charged to the request's group until the execve */
+	zfree(body); /* charged to the request's group until the execve */
 	char ack = 1;
 	if (write(ctl, &ack, 1) != 1)
 		_exit(EXIT_SPAWN);
@@ -1208,20 +1297,66 @@ static void stub_main(int ctl, const sigset_t *set, const sigset_t *unblocked, c
 	_exit(EXIT_SPAWN);
 }
 
+#if STUB_SHARES
+/* A stub's stack, and what stub_entry passes to stub_main: the init
+ * waits while a stub runs, so one of each serves stub after stub. */
+static char stub_stack[128 << 10] __attribute__((aligned(64)));
+static struct {
+	int sock;
+	const sigset_t *set, *unblocked;
+	const struct plan *p;
+} stub_args;
+
+static void stub_entry(void)
+{
+	stub_main(stub_args.sock, stub_args.set, stub_args.unblocked, stub_args.p);
+	_exit(EXIT_SPAWN);
+}
+
+/* stub_done is the init's, once its stub has executed the program or
+ * ended: the stub's arena goes, and so do the signals the init received
+ * while it waited for the stub (forwarded, they would have been the
+ * stub's, which drops them: they are not the program's). A SIGCHLD is
+ * dropped with them: reap looks for an ended child before it waits. */
+static void stub_done(const sigset_t *set)
+{
+	if (arena.base)
+		munmap(arena.base, arena.len);
+	arena.on = 0, arena.base = NULL, arena.len = arena.used = 0;
+	drop_pending(set);
+}
+#endif
+
 /* prepare_stub starts a stub in the group cg waiting on sock, and returns
- * its pid, or -1. */
+ * its pid, or -1. Where STUB_SHARES, the stub shares the init's memory and
+ * the init waits (CLONE_VFORK) until the stub has executed the request's
+ * program or ended, so that no copy of the init is made for it (which
+ * was charged to the request's group, faulted in by the stub and torn
+ * down by its execve); elsewhere it is a copy of the init. */
 static pid_t prepare_stub(int cg, int sock, const sigset_t *set, const sigset_t *unblocked, const struct plan *p)
 {
 	struct clone_args_v2 a = {
 	    .flags = CLONE_INTO_CGROUP | (own_ipc(p) ? CLONE_NEWIPC : 0),
 	    .exit_signal = SIGCHLD,
 	    .cgroup = (uint64_t)cg};
+#if STUB_SHARES
+	a.flags |= CLONE_VM | CLONE_VFORK;
+	a.stack = (uint64_t)(uintptr_t)stub_stack;
+	a.stack_size = sizeof stub_stack;
+	stub_args.sock = sock, stub_args.set = set, stub_args.unblocked = unblocked, stub_args.p = p;
+	long pid = clone3_vm(&a, stub_entry);
+	if (pid < 0)
+		return fail((int)-pid, "clone3 of the next request's process into its group");
+	stub_done(set);
+	return (pid_t)pid;
+#else
 	long pid = syscall(SYS_clone3, &a, sizeof a);
 	if (pid == 0)
 		stub_main(sock, set, unblocked, p);
 	if (pid < 0)
 		return fail(errno, "clone3 of the next request's process into its group");
 	return (pid_t)pid;
+#endif
 }
 
 /* reap waits for the program, forwarding signals to it and reaping every
@@ -1508,7 +1643,7 @@ static int init_main(void)
 		}
 		/* prepare: two descriptors, no body; exec: four. */
 		if (resident && !(got == 2 ? len == 0 : got == 4)) {
-			free(body);
+			zfree(body);
 			for (int i = 0; i < got; i++)
 				close(fds[i]);
 			fail(0, "a frame of %u bytes with %d descriptors: want a prepare frame (none, 2) or an exec frame (4)", len, got);
@@ -1518,7 +1653,7 @@ static int init_main(void)
 		if (got == 2) {
 			/* Where no stub can be started, the init ends: the daemon
 			 * finds it gone when it takes the cell. */
-			free(body);
+			zfree(body);
 			pid = prepare_stub(fds[0], fds[1], &set, &old, &p);
 			close(fds[0]);
 			close(fds[1]);
@@ -1537,7 +1672,7 @@ static int init_main(void)
 			} else if (decoded == 0) {
 				pid = start(&e, fds, &old);
 			}
-			free(body);
+			zfree(body);
 			free_exec(&e);
 			for (int i = 0; i < got; i++)
 				close(fds[i]);
