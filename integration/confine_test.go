@@ -2067,12 +2067,10 @@ func TestResidentStubGone(t *testing.T) {
 	// gone kills pid and waits until its init has reaped it and reported
 	// its end: the init then waits for its next frame (recvmsg).
 	gone := func(pid int) {
-		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-		if len(f) < 2 {
-			t.Fatalf("the parent of %d: /proc/%d/stat is %q", pid, pid, b)
+		initPid := parentOf(pid)
+		if initPid == "" {
+			t.Fatalf("no parent of %d", pid)
 		}
-		initPid := f[1]
 		unix.Kill(pid, unix.SIGKILL)
 		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
 			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err != nil {

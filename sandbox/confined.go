@@ -234,22 +234,39 @@ func (ip *initProc) endNetns(r *Runner, reusable bool) {
 
 // send writes a frame to the init, the fds attached to its first bytes.
 func (ip *initProc) send(frame []byte, fds []int) error {
-	return sendFrame(ip.ctl, frame, fds, "the cell's init")
+	return sendFrame(ip.ctl, -1, frame, fds, "the cell's init")
 }
 
 // sendFrame writes a frame on the socket fd, to whom, the fds attached to
-// its first bytes.
-func sendFrame(fd int, frame []byte, fds []int, whom string) error {
+// its first bytes. With watch < 0 a send waits for room as long as it
+// takes (whom's end closing ends it); with a watch it never waits in the
+// send: while fd has no room it waits for room or for watch to become
+// readable or hang up, which fails the send with errStubEnded
+// (sendToStub).
+func sendFrame(fd, watch int, frame []byte, fds []int, whom string) error {
 	var oob []byte
 	if len(fds) > 0 {
 		oob = unix.UnixRights(fds...)
 	}
+	flags := unix.MSG_NOSIGNAL
+	if watch >= 0 {
+		flags |= unix.MSG_DONTWAIT
+	}
 	for len(frame) > 0 {
-		n, err := unix.SendmsgN(fd, frame, oob, nil, unix.MSG_NOSIGNAL)
-		if errors.Is(err, unix.EINTR) {
+		n, err := unix.SendmsgN(fd, frame, oob, nil, flags)
+		switch {
+		case errors.Is(err, unix.EINTR):
 			continue
-		}
-		if err != nil {
+		case errors.Is(err, unix.EAGAIN) && watch >= 0:
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}, {Fd: int32(watch), Events: unix.POLLIN | unix.POLLRDHUP}}
+			if _, err := unix.Poll(pfd, -1); err != nil && !errors.Is(err, unix.EINTR) {
+				return fmt.Errorf("send to %s: poll: %w", whom, err)
+			}
+			if pfd[1].Revents != 0 {
+				return errStubEnded
+			}
+			continue
+		case err != nil:
 			return fmt.Errorf("send to %s: %w", whom, err)
 		}
 		frame, oob = frame[n:], nil
@@ -272,10 +289,10 @@ func (ip *initProc) worker() (*worker, error) {
 // exec sends the request's part: argv, environment, credentials and the
 // program's stdin, stdout and stderr, and group, when not nil, the cell a
 // resident init clones the program into (nil: it was prepared, or the
-// init is in the request's cell). It goes to the init, or, stub >= 0, to
+// init is in the request's cell). It goes to the init, or, when prepared, to
 // the process a resident init started ahead in the request's prepared
-// cell, on its own socket.
-func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File, group Cell, stub int) error {
+// cell, on the init's stub socket (prepareNext).
+func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File, group Cell, prepared bool) error {
 	frame, err := confine.EncodeExec(&confine.Exec{
 		Path: spec.Path, Args: spec.Args, Env: spec.Env, Dir: spec.Dir,
 		Credential: confine.Credential{UID: cred.Uid, GID: cred.Gid, Groups: cred.Groups},
@@ -299,8 +316,8 @@ func (ip *initProc) exec(spec *Spec, cred *syscall.Credential, stdio [3]*os.File
 		}
 		fds = append(fds, group.FD())
 	}
-	if stub >= 0 {
-		return sendToStub(stub, ip.ctl, frame, fds)
+	if prepared {
+		return sendToStub(ip.stubs[0], ip.ctl, frame, fds)
 	}
 	return ip.send(frame, fds)
 }
@@ -321,30 +338,7 @@ var errStubEnded = fmt.Errorf("the process started ahead in the request's cell e
 // has not ended: a deadline or a client gone kills the stub's group, and
 // the send then fails with errStubEnded.
 func sendToStub(stub, ctl int, frame []byte, fds []int) error {
-	var oob []byte
-	if len(fds) > 0 {
-		oob = unix.UnixRights(fds...)
-	}
-	for len(frame) > 0 {
-		n, err := unix.SendmsgN(stub, frame, oob, nil, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
-		switch {
-		case errors.Is(err, unix.EINTR):
-			continue
-		case errors.Is(err, unix.EAGAIN):
-			pfd := []unix.PollFd{{Fd: int32(stub), Events: unix.POLLOUT}, {Fd: int32(ctl), Events: unix.POLLIN | unix.POLLRDHUP}}
-			if _, err := unix.Poll(pfd, -1); err != nil && !errors.Is(err, unix.EINTR) {
-				return fmt.Errorf("send to the process started ahead in the request's cell: poll: %w", err)
-			}
-			if pfd[1].Revents != 0 {
-				return errStubEnded
-			}
-			continue
-		case err != nil:
-			return fmt.Errorf("send to the process started ahead in the request's cell: %w", err)
-		}
-		frame, oob = frame[n:], nil
-	}
-	return nil
+	return sendFrame(stub, ctl, frame, fds, "the process started ahead in the request's cell")
 }
 
 // errInitGone marks the failed hand-off of a warm cell whose init was gone

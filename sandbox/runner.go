@@ -321,13 +321,11 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	resident := spec.Confine != nil && r.residentFor(spec.Confine)
 	var cell Cell
 	prepared := false // the program's process started ahead in cell (its stub)
-	stub := -1        // then the daemon's end of the stub's socket (the init's, prepareNext)
 	switch {
 	case ip != nil && !resident:
 		cell = ip.cell
 	case ip != nil && ip.next != nil:
 		cell, ip.next, prepared = ip.next, nil, true
-		stub = ip.stubs[0]
 	}
 	if cell == nil {
 		if cell, err = r.cells.Get(ctx, prof); err != nil {
@@ -455,7 +453,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		if prepared || !resident {
 			group = nil
 		}
-		launchErr = ip.exec(&spec, id.cred, st.child, group, stub)
+		launchErr = ip.exec(&spec, id.cred, st.child, group, prepared)
 		st.started()
 		if launchErr != nil {
 			kl.kill(CauseKilled)
@@ -478,7 +476,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			// uid's return follow off the request's path (teardown.go).
 			killedBy := disarm()
 			if prepared {
-				took, reuse, errno := stubTook(stub)
+				took, reuse, errno := stubTook(ip.stubs[0])
 				if !reuse {
 					ip.dropStubs()
 				}

@@ -192,23 +192,44 @@ static int fail_report(int fd, int kind, int status)
  * the init is made, faulted in and torn down per request. It must then
  * not use malloc, whose state a kill in the middle of it would leave
  * broken for the init, and nothing it allocates may outlive it: its frame
- * and what is decoded from it come from one mapping of its own, the
- * arena, which the init unmaps once the stub is done (stub_done). */
+ * and what is decoded from it come from the arena, which the init takes
+ * back once the stub is done (stub_done). The arena is the one the init
+ * mapped at its start (arena.kept, ARENA_KEPT bytes) for the frames that
+ * fit, the usual ones, and a mapping of the stub's own for a larger
+ * frame, which the init unmaps. */
+#define ARENA_KEPT (512u << 10)
 static struct {
-	int on;              /* set by the stub: allocations come from the arena */
-	unsigned char *base; /* the arena's mapping, once made */
+	int on;               /* set by the stub: allocations come from the arena */
+	unsigned char *base;  /* the stub's arena, once it has one */
+	unsigned char *kept;  /* the init's, mapped at its start, or NULL */
 	size_t len, used;
 } arena;
 
-/* arena_make maps the arena for a frame of size bytes: the body, its
- * strings again with their NULs, and the lists' pointers fit in six
- * times that. The mapping is noted (arena.base) as soon as it is made; a
- * stub killed between the mmap and that store leaves an untouched
- * mapping in the init, which costs it address space and no memory. */
+/* arena_keep maps the init's arena (arena_make uses it); where it
+ * cannot, every stub maps one of its own. Untouched, it costs address
+ * space and no memory. */
+static void arena_keep(void)
+{
+	void *m = mmap(NULL, ARENA_KEPT, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	arena.kept = m == MAP_FAILED ? NULL : m;
+}
+
+/* arena_make gives the stub an arena for a frame of size bytes: the
+ * body, its strings again with their NULs, and the lists' pointers fit
+ * in six times that. A frame too large for the init's arena gets a
+ * mapping of its own, noted (arena.base) as soon as it is made; a stub
+ * killed between the mmap and that store leaves an untouched mapping in
+ * the init, which costs it address space and no memory. */
 static int arena_make(uint32_t size)
 {
-	arena.len = 6 * (size_t)size + (64 << 10);
+	size_t need = 6 * (size_t)size + (64 << 10);
 	arena.used = 0;
+	if (arena.kept && need <= ARENA_KEPT) {
+		arena.len = ARENA_KEPT;
+		arena.base = arena.kept;
+		return 0;
+	}
+	arena.len = need;
 	void *m = mmap(NULL, arena.len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (m == MAP_FAILED)
 		return -1;
@@ -217,7 +238,7 @@ static int arena_make(uint32_t size)
 }
 
 /* zalloc returns n zeroed bytes aligned to align (a power of two): from
- * the arena in a stub (a fresh mapping is zeroed), else calloc's. */
+ * the arena in a stub, else calloc's. */
 static void *zalloc(size_t n, size_t align)
 {
 	if (!arena.on)
@@ -228,7 +249,7 @@ static void *zalloc(size_t n, size_t align)
 	if (at > arena.len || n > arena.len - at)
 		return NULL;
 	arena.used = at + n;
-	return arena.base + at;
+	return memset(arena.base + at, 0, n);
 }
 
 /* zfree frees what zalloc allocated outside a stub. */
@@ -1286,7 +1307,7 @@ static void stub_main(int ctl, const sigset_t *set, const sigset_t *unblocked, c
 	struct exec e;
 	if (!body || decode_exec(body, len, &e) < 0)
 		_exit(EXIT_SPAWN);
-	zfree(body); /* charged to the request's group until the execve */
+	zfree(body); /* in a copy of the init: charged to the request's group until the execve */
 	char ack = 1;
 	if (write(ctl, &ack, 1) != 1)
 		_exit(EXIT_SPAWN);
@@ -1314,13 +1335,14 @@ static void stub_entry(void)
 }
 
 /* stub_done is the init's, once its stub has executed the program or
- * ended: the stub's arena goes, and so do the signals the init received
+ * ended: the stub's arena is taken back (a mapping of its own unmapped),
+ * and so go the signals the init received
  * while it waited for the stub (forwarded, they would have been the
  * stub's, which drops them: they are not the program's). A SIGCHLD is
  * dropped with them: reap looks for an ended child before it waits. */
 static void stub_done(const sigset_t *set)
 {
-	if (arena.base)
+	if (arena.base && arena.base != arena.kept)
 		munmap(arena.base, arena.len);
 	arena.on = 0, arena.base = NULL, arena.len = arena.used = 0;
 	drop_pending(set);
@@ -1345,18 +1367,18 @@ static pid_t prepare_stub(int cg, int sock, const sigset_t *set, const sigset_t 
 	a.stack_size = sizeof stub_stack;
 	stub_args.sock = sock, stub_args.set = set, stub_args.unblocked = unblocked, stub_args.p = p;
 	long pid = clone3_vm(&a, stub_entry);
-	if (pid < 0)
-		return fail((int)-pid, "clone3 of the next request's process into its group");
-	stub_done(set);
-	return (pid_t)pid;
+	if (pid >= 0)
+		stub_done(set);
 #else
 	long pid = syscall(SYS_clone3, &a, sizeof a);
 	if (pid == 0)
 		stub_main(sock, set, unblocked, p);
 	if (pid < 0)
-		return fail(errno, "clone3 of the next request's process into its group");
-	return (pid_t)pid;
+		pid = -errno;
 #endif
+	if (pid < 0)
+		return fail((int)-pid, "clone3 of the next request's process into its group");
+	return (pid_t)pid;
 }
 
 /* reap waits for the program, forwarding signals to it and reaping every
@@ -1629,6 +1651,8 @@ static int init_main(void)
 	int resident = !!(p.flags & PLAN_RESIDENT);
 	if (resident && (p.ns & NS_MOUNT))
 		note_skeletons(&p);
+	if (resident && STUB_SHARES)
+		arena_keep();
 	for (;;) {
 		uint32_t len;
 		int fds[4], got;
