@@ -118,9 +118,19 @@ func Drop(cred Credential) error {
 	return nil
 }
 
+// CoreLimit is RLIMIT_CORE, soft and hard, of every confined program
+// (and preloader): 1 byte, not 0. The kernel writes no core file under
+// a page, and for a core_pattern that pipes cores to a helper
+// (systemd-coredump, apport) it ignores the limit, but for 1, which it
+// answers with no dump at all ("RLIMIT_CORE is set to 1, aborting
+// core", fs/coredump.c): with 0 a crashing program had the helper
+// started, as root on the host, outside the cell, reading its whole
+// memory. The filter refuses setting the limit again (seccomp.go).
+const CoreLimit = 1
+
 func setRlimits(p *Plan) error {
-	if err := syscall.Setrlimit(unix.RLIMIT_CORE, &syscall.Rlimit{}); err != nil {
-		return fmt.Errorf("setrlimit(RLIMIT_CORE, 0): %w", err)
+	if err := syscall.Setrlimit(unix.RLIMIT_CORE, &syscall.Rlimit{Cur: CoreLimit, Max: CoreLimit}); err != nil {
+		return fmt.Errorf("setrlimit(RLIMIT_CORE, %d): %w", CoreLimit, err)
 	}
 	if p.NoFile > 0 {
 		// syscall.Setrlimit, not unix's: it also tells os.StartProcess not

@@ -130,7 +130,7 @@ type Plan struct {
 	// Seccomp loads the default deny list (see Filter).
 	Seccomp bool
 	// NoFile is RLIMIT_NOFILE (soft and hard) of the program; 0 leaves the
-	// daemon's. RLIMIT_CORE is always 0: a cell never dumps core.
+	// daemon's. RLIMIT_CORE is always CoreLimit: a cell never dumps core.
 	NoFile uint64
 	// HugePages leaves the kernel's transparent huge page setting to the
 	// program; without it the init sets PR_SET_THP_DISABLE, which the

@@ -19,6 +19,15 @@ import (
 // and a system call of another architecture (an i386 binary on amd64)
 // kills the process, since its numbers mean other calls.
 //
+// Two calls are decided by their arguments besides clone's flags:
+// setrlimit and prlimit64 may not set RLIMIT_CORE (EPERM; prlimit64 may
+// still read it). A cell's core limit is CoreLimit, which the kernel
+// answers with no core at all, whether it would write a file or pipe
+// the core to the host's core_pattern helper; a program that lowered it
+// to 0 would have that helper started (fs/coredump.c ignores the limit
+// for a pipe but for the value 1), as root on the host and outside the
+// cell's limits, for each of its crashes.
+//
 // It is assembled here from x/sys/unix's classic BPF types rather than
 // with libseccomp-golang, which needs cgo (cellgate builds static), or
 // golang.org/x/net/bpf, whose virtual machine reads big-endian packets and
@@ -30,6 +39,9 @@ const (
 	offNr         = 0
 	offArch       = 4
 	offArg0Low    = 16
+	offArg1Low    = 16 + 8
+	offArg2Low    = 16 + 2*8
+	offArg2High   = 16 + 2*8 + 4
 	offArg3Low    = 16 + 3*8
 	x32SyscallBit = 0x40000000
 )
@@ -81,6 +93,9 @@ const (
 	lblNoSys
 	lblClone
 	lblMount
+	lblSetrlimit
+	lblPrlimit
+	lblAllow
 	lblTree // the first of denyTree's labels
 )
 
@@ -141,7 +156,8 @@ func ResidentFilter() ([]unix.SockFilter, error) {
 // filterProgram lays the filter out: check the architecture, refuse x32
 // numbers (amd64), answer numbers above newestSyscall ENOSYS, send clone
 // to the flag check and clone3 to ENOSYS, then
-// look the number up in the deny list (denyTree). With mount non-zero (a
+// look the number up in the deny list (denyTree), where setrlimit and
+// prlimit64 go to their checks of RLIMIT_CORE. With mount non-zero (a
 // preloader's filter) clone3 is allowed and mount goes to the flag check
 // instead of the deny list; with clone3 zero (a resident init's) clone3
 // is allowed.
@@ -170,13 +186,32 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 			nrs = append(nrs, s.nr)
 		}
 	}
+	// The rlimit calls are found by the same search, each to its own
+	// check.
+	target := map[uint32]label{sysSetrlimit: lblSetrlimit, sysPrlimit64: lblPrlimit}
+	for nr := range target {
+		nrs = append(nrs, nr)
+	}
 	slices.Sort(nrs)
 	next := lblTree
-	p = denyTree(p, slices.Compact(nrs), &next)
+	p = denyTree(p, slices.Compact(nrs), target, &next)
 	p = append(p,
 		insn{op: ldAbsW, k: offArg0Low, at: lblClone},
 		insn{op: jsetK, k: cloneNewFlags, jt: lblDeny},
 		insn{op: retK, k: retAllow},
+		// setrlimit(resource, new): the resource is an unsigned int, its
+		// low word all the kernel reads.
+		insn{op: ldAbsW, k: offArg0Low, at: lblSetrlimit},
+		insn{op: jeqK, k: unix.RLIMIT_CORE, jt: lblDeny, jf: lblAllow},
+		// prlimit64(pid, resource, new, old): RLIMIT_CORE only with no
+		// new limit (a NULL pointer, both words 0).
+		insn{op: ldAbsW, k: offArg1Low, at: lblPrlimit},
+		insn{op: jeqK, k: unix.RLIMIT_CORE, jf: lblAllow},
+		insn{op: ldAbsW, k: offArg2Low},
+		insn{op: jeqK, k: 0, jf: lblDeny},
+		insn{op: ldAbsW, k: offArg2High},
+		insn{op: jeqK, k: 0, jf: lblDeny},
+		insn{op: retK, k: retAllow, at: lblAllow},
 	)
 	if mount != 0 {
 		p = append(p,
@@ -193,7 +228,8 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 
 // denyTree appends the lookup of the system call number (in A) in nrs,
 // sorted: a binary search on JGE down to runs of at most denyRun numbers
-// compared one by one, each run ending in allow. A row of comparisons
+// compared one by one, each run ending in allow. A number found jumps to
+// its label in target, or to the denial. A row of comparisons
 // costs little per call (the kernel caches the verdict of a call that does
 // not depend on its arguments), but loading the filter emulates it for
 // every system call number to fill that cache, and with ~50 denied calls
@@ -201,10 +237,14 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 // tree's verdicts take at most 18 instructions (the row's up to 54), for
 // 82 instructions in all instead of 68. next numbers the labels of the
 // right halves.
-func denyTree(p []insn, nrs []uint32, next *label) []insn {
+func denyTree(p []insn, nrs []uint32, target map[uint32]label, next *label) []insn {
 	if len(nrs) <= denyRun {
 		for _, nr := range nrs {
-			p = append(p, insn{op: jeqK, k: nr, jt: lblDeny})
+			to, ok := target[nr]
+			if !ok {
+				to = lblDeny
+			}
+			p = append(p, insn{op: jeqK, k: nr, jt: to})
 		}
 		return append(p, insn{op: retK, k: retAllow})
 	}
@@ -212,9 +252,9 @@ func denyTree(p []insn, nrs []uint32, next *label) []insn {
 	right := *next
 	*next++
 	p = append(p, insn{op: jgeK, k: nrs[mid], jt: right})
-	p = denyTree(p, nrs[:mid], next)
+	p = denyTree(p, nrs[:mid], target, next)
 	start := len(p)
-	p = denyTree(p, nrs[mid:], next)
+	p = denyTree(p, nrs[mid:], target, next)
 	p[start].at = right
 	return p
 }

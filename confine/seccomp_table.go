@@ -9,9 +9,11 @@ var auditArch = map[string]uint32{
 }
 
 const (
-	sysClone  = unix.SYS_CLONE
-	sysClone3 = unix.SYS_CLONE3
-	sysMount  = unix.SYS_MOUNT
+	sysClone     = unix.SYS_CLONE
+	sysClone3    = unix.SYS_CLONE3
+	sysMount     = unix.SYS_MOUNT
+	sysSetrlimit = unix.SYS_SETRLIMIT
+	sysPrlimit64 = unix.SYS_PRLIMIT64
 )
 
 // newestSyscall is the highest system call number x/sys/unix knows (the

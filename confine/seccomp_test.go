@@ -178,6 +178,50 @@ func TestFilter(t *testing.T) {
 	}
 }
 
+// TestFilterCoreLimit: under every filter (a cell's, a preloader's, a
+// resident init's, which its programs inherit), RLIMIT_CORE cannot be set
+// again, by setrlimit or by prlimit64, whose new limit is checked as a
+// whole pointer; it can be read, and every other limit set.
+func TestFilterCoreLimit(t *testing.T) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		t.Skipf("no seccomp table for %s", runtime.GOARCH)
+	}
+	const limit = 0x7ffc_1000 // a pointer to a struct rlimit64
+	calls := []struct {
+		name string
+		nr   uint32
+		args []uint64
+		want uint32
+	}{
+		{"setrlimit(RLIMIT_CORE)", sysSetrlimit, []uint64{unix.RLIMIT_CORE, limit}, retEPERM},
+		{"setrlimit(RLIMIT_CORE), high bits of the resource set", sysSetrlimit, []uint64{1<<32 | unix.RLIMIT_CORE, limit}, retEPERM},
+		{"setrlimit(RLIMIT_NOFILE)", sysSetrlimit, []uint64{unix.RLIMIT_NOFILE, limit}, retAllow},
+		{"setrlimit(RLIMIT_CPU)", sysSetrlimit, []uint64{unix.RLIMIT_CPU, limit}, retAllow},
+		{"prlimit64 setting RLIMIT_CORE", sysPrlimit64, []uint64{0, unix.RLIMIT_CORE, limit, 0}, retEPERM},
+		{"prlimit64 setting and reading RLIMIT_CORE", sysPrlimit64, []uint64{0, unix.RLIMIT_CORE, limit, limit}, retEPERM},
+		{"prlimit64 setting RLIMIT_CORE from a pointer above 4 GiB", sysPrlimit64, []uint64{0, unix.RLIMIT_CORE, 0x7fff_0000_0000, 0}, retEPERM},
+		{"prlimit64 setting RLIMIT_CORE of another process", sysPrlimit64, []uint64{1, unix.RLIMIT_CORE, limit, 0}, retEPERM},
+		{"prlimit64 reading RLIMIT_CORE", sysPrlimit64, []uint64{0, unix.RLIMIT_CORE, 0, limit}, retAllow},
+		{"prlimit64 setting RLIMIT_NOFILE", sysPrlimit64, []uint64{0, unix.RLIMIT_NOFILE, limit, 0}, retAllow},
+		{"prlimit64 setting RLIMIT_STACK", sysPrlimit64, []uint64{0, unix.RLIMIT_STACK, limit, limit}, retAllow},
+	}
+	for _, f := range []struct {
+		name   string
+		filter func() ([]unix.SockFilter, error)
+	}{{"Filter", Filter}, {"PreloaderFilter", PreloaderFilter}, {"ResidentFilter", ResidentFilter}} {
+		prog, err := f.filter()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range calls {
+			if got := run(t, prog, arch, c.nr, c.args...); got != c.want {
+				t.Errorf("%s: %s: %#x, want %#x", f.name, c.name, got, c.want)
+			}
+		}
+	}
+}
+
 func TestPreloaderFilter(t *testing.T) {
 	arch, ok := auditArch[runtime.GOARCH]
 	if !ok {

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -112,11 +113,22 @@ var probeSyscalls = []struct {
 	{"io_uring_setup", func() error { return rawErr(unix.SYS_IO_URING_SETUP, 1, 0, 0) }},
 	{"kexec_load", func() error { return rawErr(unix.SYS_KEXEC_LOAD, 0, 0, 0) }},
 	{"init_module", func() error { return rawErr(unix.SYS_INIT_MODULE, 0, 0, 0) }},
+	// Lowering the core limit to 0 would have a core_pattern pipe's
+	// helper started for the cell's crashes (confine.CoreLimit).
+	{"setrlimit(RLIMIT_CORE)", func() error { return setCoreLimitRaw(0) }},
+	{"prlimit64(RLIMIT_CORE)", func() error { return unix.Prlimit(0, unix.RLIMIT_CORE, &unix.Rlimit{}, nil) }},
 	// Allowed, each fails another way: an fd of -1 (EBADF; ENOSYS before
 	// 6.15 for open_tree_attr), an unknown kcmp type (EINVAL).
 	{"pidfd_getfd", func() error { return rawErr(unix.SYS_PIDFD_GETFD, ^uintptr(0), 0, 0) }},
 	{"open_tree_attr", func() error { return rawErr(unix.SYS_OPEN_TREE_ATTR, ^uintptr(0), 0, 0) }},
 	{"kcmp", func() error { return rawErr(unix.SYS_KCMP, 0, 0, 99) }},
+}
+
+// setCoreLimitRaw sets RLIMIT_CORE, soft and hard, to n with the
+// setrlimit system call itself (libc and Go use prlimit64).
+func setCoreLimitRaw(n uint64) error {
+	lim := unix.Rlimit{Cur: n, Max: n}
+	return rawErr(unix.SYS_SETRLIMIT, unix.RLIMIT_CORE, uintptr(unsafe.Pointer(&lim)), 0)
 }
 
 func rawErr(nr, a, b, c uintptr) error {
@@ -360,6 +372,14 @@ func runProbe() int {
 		if err != nil {
 			r.TTL = errName(err)
 		}
+	}
+	if q.Has("crash") {
+		// Dies of SIGABRT, which dumps core, after lowering its core
+		// limit to 0 if it may (it may not: the filter refuses).
+		unix.Prlimit(0, unix.RLIMIT_CORE, &unix.Rlimit{}, nil)
+		setCoreLimitRaw(0)
+		debug.SetTraceback("crash")
+		panic("the probe crashes, as asked")
 	}
 	b, _ := json.Marshal(r)
 	fmt.Printf("Content-Type: application/json\r\n\r\n%s", b)
@@ -743,6 +763,71 @@ func TestConfineSeccomp(t *testing.T) {
 		if got := r.Syscalls[s.name]; got != "EPERM" {
 			t.Errorf("%s in the cell: %s, want EPERM", s.name, got)
 		}
+	}
+}
+
+// TestConfineNoCoreDump: a program crashing in a cell, resident or
+// fresh, starts no core dump, even where the host's core_pattern pipes
+// cores to a helper (the kernel starts it whatever the core limit, but
+// for 1: confine.CoreLimit) and even when the program tries to lower its
+// limit to 0 first (the filter refuses). The control: a process of the
+// host crashing the same way with its limit 0 has the helper started.
+func TestConfineNoCoreDump(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	helper, dumps := filepath.Join(dir, "core-helper"), filepath.Join(dir, "dumps")
+	script := fmt.Sprintf("#!/bin/sh\necho \"$1 $2\" >> %s\n", dumps)
+	if err := os.WriteFile(helper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const pattern = "/proc/sys/kernel/core_pattern"
+	old, err := os.ReadFile(pattern)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(pattern, []byte("|"+helper+" %p %e"), 0); err != nil {
+		t.Fatalf("%s: %v", pattern, err)
+	}
+	t.Cleanup(func() { os.WriteFile(pattern, old, 0) })
+	dumped := func() []string {
+		b, _ := os.ReadFile(dumps)
+		return strings.Split(strings.TrimSpace(string(b)), "\n")
+	}
+	ctl := exec.Command("/bin/sh", "-c", "ulimit -c 0; kill -ABRT $$")
+	if err := ctl.Run(); err == nil {
+		t.Fatal("the control did not die of its signal")
+	}
+	for end := time.Now().Add(10 * time.Second); dumped()[0] == "" && time.Now().Before(end); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	control := dumped()
+	if len(control) != 1 || !strings.HasSuffix(control[0], " sh") {
+		t.Fatalf("a host process crashing with its core limit 0: the helper wrote %q, want one line (%s is a pipe): the test cannot see a dump", control, pattern)
+	}
+
+	g := confineGate(t, fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
+`, workerBinary(t), cellHelperEnv))
+	for _, route := range []string{"probe", "fresh"} {
+		for i := range 2 { // a resident cell's second request runs in its first's init
+			if code, _, body := g.get("/" + route + "?crash=1"); code == http.StatusOK {
+				t.Errorf("%s, crash %d: 200 %s, want the program's death", route, i, body)
+			}
+		}
+		r := g.probe(t, route, url.Values{"syscalls": {"1"}})
+		for _, name := range []string{"setrlimit(RLIMIT_CORE)", "prlimit64(RLIMIT_CORE)"} {
+			if got := r.Syscalls[name]; got != "EPERM" {
+				t.Errorf("%s: %s: %s, want EPERM", route, name, got)
+			}
+		}
+	}
+	// The helper, had it been started, runs on after the crash's end:
+	// give it time to write.
+	time.Sleep(2 * time.Second)
+	if got := dumped(); len(got) != 1 {
+		t.Errorf("the helper wrote %q after the cells' crashes, want only the control's line: a cell's crash started the host's core_pattern helper", got)
+	}
+	if n := strings.Count(g.log(), "killed by signal 6 (aborted)"); n != 4 {
+		t.Errorf("serve's log names SIGABRT for %d requests, want the 4 crashes:\n%s", n, g.log())
 	}
 }
 

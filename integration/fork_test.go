@@ -549,6 +549,9 @@ var forkSyscalls = []struct {
 	{"ptrace(PTRACE_PEEKDATA)", unix.SYS_PTRACE, unix.PTRACE_PEEKDATA, 1 << 30, 0, "EPERM"},
 	{"io_uring_setup", unix.SYS_IO_URING_SETUP, 1, 0, 0, "EPERM"},
 	{"init_module", unix.SYS_INIT_MODULE, 0, 0, 0, "EPERM"},
+	// A new core limit (a pointer, which would fail EFAULT if allowed):
+	// confine.CoreLimit stays.
+	{"prlimit64(RLIMIT_CORE)", unix.SYS_PRLIMIT64, 0, unix.RLIMIT_CORE, 8, "EPERM"},
 	// The preloader's filter allows clone3 (CLONE_INTO_CGROUP); the
 	// child's own filter, loaded on top, sends it to ENOSYS again.
 	{"clone3", unix.SYS_CLONE3, 0, 0, 0, "ENOSYS"},

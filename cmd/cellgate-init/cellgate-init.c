@@ -86,6 +86,7 @@
 #define EXIT_SPAWN 127
 #define STAGING "/tmp"
 #define DEV_SIZE (64 << 10)
+#define CORE_LIMIT 1 /* confine.CoreLimit */
 
 enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY, R_STARTED };
 /* A report's flags (its second byte). */
@@ -1047,9 +1048,11 @@ static int apply(const struct plan *p)
 		return fail(errno, "sethostname %s", p->hostname);
 	if ((p->ns & NS_NET) && loopback_up() < 0)
 		return -1;
-	struct rlimit zero = {0, 0};
-	if (setrlimit(RLIMIT_CORE, &zero) < 0)
-		return fail(errno, "setrlimit(RLIMIT_CORE, 0)");
+	/* 1, not 0: the kernel starts a core_pattern pipe's helper whatever
+	 * the limit, but for 1 (confine's CoreLimit). */
+	struct rlimit core = {CORE_LIMIT, CORE_LIMIT};
+	if (setrlimit(RLIMIT_CORE, &core) < 0)
+		return fail(errno, "setrlimit(RLIMIT_CORE, %d)", CORE_LIMIT);
 	if (p->nofile > 0) {
 		struct rlimit nf = {p->nofile, p->nofile};
 		if (setrlimit(RLIMIT_NOFILE, &nf) < 0)
