@@ -19,7 +19,7 @@ import (
 // and a system call of another architecture (an i386 binary on amd64)
 // kills the process, since its numbers mean other calls.
 //
-// Two calls are decided by their arguments besides clone's flags:
+// Three more calls are decided by their arguments besides clone's flags:
 // setrlimit and prlimit64 may not set RLIMIT_CORE (EPERM; prlimit64 may
 // still read it). A cell's core limit is CoreLimit, which the kernel
 // answers with no core at all, whether it would write a file or pipe
@@ -27,6 +27,18 @@ import (
 // to 0 would have that helper started (fs/coredump.c ignores the limit
 // for a pipe but for the value 1), as root on the host and outside the
 // cell's limits, for each of its crashes.
+//
+// And socket: a family or protocol the kernel has not loaded yet is a
+// module it loads on the first socket that asks for it (modprobe,
+// started by the kernel as root on the host), which is how the rarely
+// used protocols behind many kernel exploits are reached (DCCP, SCTP,
+// RDS, TIPC, AF_ALG, VSOCK...). A cell may open sockets of the families
+// a web program uses: AF_UNIX; AF_INET and AF_INET6 of the stream,
+// datagram and raw types with TCP, UDP, ICMP (ping) or MPTCP or the
+// type's default protocol; AF_NETLINK of NETLINK_ROUTE (getaddrinfo,
+// interface lists). Any other family fails with EAFNOSUPPORT and any
+// other type or protocol with EPROTONOSUPPORT, as on a kernel built
+// without them.
 //
 // It is assembled here from x/sys/unix's classic BPF types rather than
 // with libseccomp-golang, which needs cgo (cellgate builds static), or
@@ -73,6 +85,8 @@ const (
 	retKill   = unix.SECCOMP_RET_KILL_PROCESS
 	retEPERM  = unix.SECCOMP_RET_ERRNO | uint32(unix.EPERM)
 	retENOSYS = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
+	retNoAF   = unix.SECCOMP_RET_ERRNO | uint32(unix.EAFNOSUPPORT)
+	retNoProt = unix.SECCOMP_RET_ERRNO | uint32(unix.EPROTONOSUPPORT)
 )
 
 // BPF opcodes used.
@@ -95,6 +109,11 @@ const (
 	lblMount
 	lblSetrlimit
 	lblPrlimit
+	lblSocket
+	lblInet
+	lblNoAF
+	lblNoProt
+	lblSocketOK
 	lblAllow
 	lblTree // the first of denyTree's labels
 )
@@ -186,9 +205,9 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 			nrs = append(nrs, s.nr)
 		}
 	}
-	// The rlimit calls are found by the same search, each to its own
-	// check.
-	target := map[uint32]label{sysSetrlimit: lblSetrlimit, sysPrlimit64: lblPrlimit}
+	// The rlimit calls and socket are found by the same search, each to
+	// its own check.
+	target := map[uint32]label{sysSetrlimit: lblSetrlimit, sysPrlimit64: lblPrlimit, sysSocket: lblSocket}
 	for nr := range target {
 		nrs = append(nrs, nr)
 	}
@@ -213,6 +232,7 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 		insn{op: jeqK, k: 0, jf: lblDeny},
 		insn{op: retK, k: retAllow, at: lblAllow},
 	)
+	p = append(p, socketCheck()...)
 	if mount != 0 {
 		p = append(p,
 			insn{op: ldAbsW, k: offArg3Low, at: lblMount},
@@ -223,6 +243,47 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 	return append(p,
 		insn{op: retK, k: retENOSYS, at: lblNoSys},
 		insn{op: retK, k: retEPERM, at: lblDeny},
+	)
+}
+
+// The protocols a cell's socket may ask for, by family (the package's
+// comment says why).
+var (
+	inetProtocols    = []uint32{0, unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6, unix.IPPROTO_MPTCP}
+	netlinkProtocols = []uint32{unix.NETLINK_ROUTE}
+)
+
+// socketCheck is socket's check, at lblSocket: socket(family, type,
+// protocol), each an int of which the kernel reads the low word. The
+// type carries SOCK_NONBLOCK and SOCK_CLOEXEC above its low four bits;
+// of those bits, SOCK_STREAM, SOCK_DGRAM and SOCK_RAW (1 to 3) are the
+// ones with neither 4 nor 8 set.
+func socketCheck() []insn {
+	p := []insn{
+		{op: ldAbsW, k: offArg0Low, at: lblSocket},
+		{op: jeqK, k: unix.AF_UNIX, jt: lblSocketOK},
+		{op: jeqK, k: unix.AF_INET, jt: lblInet},
+		{op: jeqK, k: unix.AF_INET6, jt: lblInet},
+		{op: jeqK, k: unix.AF_NETLINK, jf: lblNoAF},
+		{op: ldAbsW, k: offArg2Low},
+	}
+	for _, proto := range netlinkProtocols {
+		p = append(p, insn{op: jeqK, k: proto, jt: lblSocketOK})
+	}
+	p = append(p,
+		insn{op: retK, k: retNoProt},
+		insn{op: ldAbsW, k: offArg1Low, at: lblInet},
+		insn{op: jsetK, k: 0xc, jt: lblNoProt},
+		insn{op: jsetK, k: 0x3, jf: lblNoProt},
+		insn{op: ldAbsW, k: offArg2Low},
+	)
+	for _, proto := range inetProtocols {
+		p = append(p, insn{op: jeqK, k: proto, jt: lblSocketOK})
+	}
+	return append(p,
+		insn{op: retK, k: retNoProt, at: lblNoProt},
+		insn{op: retK, k: retAllow, at: lblSocketOK},
+		insn{op: retK, k: retNoAF, at: lblNoAF},
 	)
 }
 

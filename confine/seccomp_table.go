@@ -14,6 +14,7 @@ const (
 	sysMount     = unix.SYS_MOUNT
 	sysSetrlimit = unix.SYS_SETRLIMIT
 	sysPrlimit64 = unix.SYS_PRLIMIT64
+	sysSocket    = unix.SYS_SOCKET
 )
 
 // newestSyscall is the highest system call number x/sys/unix knows (the

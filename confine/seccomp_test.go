@@ -83,8 +83,8 @@ func TestFilterEveryNumber(t *testing.T) {
 		for nr := uint32(0); nr < 2048; nr++ {
 			want := uint32(retAllow)
 			switch {
-			case nr == sysClone, c.preloader && nr == sysMount:
-				continue // decided by their flags: TestFilter, TestPreloaderFilter
+			case nr == sysClone, c.preloader && nr == sysMount, nr == sysSocket:
+				continue // decided by their arguments: TestFilter, TestPreloaderFilter, TestFilterSocket
 			case nr == sysClone3:
 				if !c.preloader {
 					want = retENOSYS
@@ -125,7 +125,7 @@ func TestFilter(t *testing.T) {
 		}
 	}
 	allowed := map[string]uint32{"read": unix.SYS_READ, "write": unix.SYS_WRITE, "execve": unix.SYS_EXECVE, "setuid": unix.SYS_SETUID,
-		"wait4": unix.SYS_WAIT4, "mmap": unix.SYS_MMAP, "socket": unix.SYS_SOCKET, "setsid": unix.SYS_SETSID}
+		"wait4": unix.SYS_WAIT4, "mmap": unix.SYS_MMAP, "setsid": unix.SYS_SETSID}
 	for name, nr := range allowed {
 		if got := run(t, prog, arch, nr, 0); got != retAllow {
 			t.Errorf("%s: %#x, want allow", name, got)
@@ -217,6 +217,69 @@ func TestFilterCoreLimit(t *testing.T) {
 		for _, c := range calls {
 			if got := run(t, prog, arch, c.nr, c.args...); got != c.want {
 				t.Errorf("%s: %s: %#x, want %#x", f.name, c.name, got, c.want)
+			}
+		}
+	}
+}
+
+// TestFilterSocket: under every filter a socket may be of the families
+// and protocols a web program uses, and of no other, whose first socket
+// would have the kernel load a module: EAFNOSUPPORT for a family,
+// EPROTONOSUPPORT for a type or protocol, as a kernel without them
+// answers.
+func TestFilterSocket(t *testing.T) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		t.Skipf("no seccomp table for %s", runtime.GOARCH)
+	}
+	const flags = unix.SOCK_NONBLOCK | unix.SOCK_CLOEXEC
+	calls := []struct {
+		name               string
+		family, typ, proto uint64
+		want               uint32
+	}{
+		{"unix stream", unix.AF_UNIX, unix.SOCK_STREAM | flags, 0, retAllow},
+		{"unix seqpacket", unix.AF_UNIX, unix.SOCK_SEQPACKET, 0, retAllow},
+		{"tcp", unix.AF_INET, unix.SOCK_STREAM | flags, 0, retAllow},
+		{"tcp, named", unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_TCP, retAllow},
+		{"udp6", unix.AF_INET6, unix.SOCK_DGRAM | unix.SOCK_CLOEXEC, unix.IPPROTO_UDP, retAllow},
+		{"ping", unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_ICMP, retAllow},
+		{"ping6", unix.AF_INET6, unix.SOCK_DGRAM, unix.IPPROTO_ICMPV6, retAllow},
+		{"raw (CAP_NET_RAW decides)", unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP, retAllow},
+		{"mptcp", unix.AF_INET6, unix.SOCK_STREAM, unix.IPPROTO_MPTCP, retAllow},
+		{"netlink route", unix.AF_NETLINK, unix.SOCK_RAW | flags, unix.NETLINK_ROUTE, retAllow},
+		{"the family's high word is not read", 1<<32 | unix.AF_INET, unix.SOCK_STREAM, 0, retAllow},
+		{"dccp", unix.AF_INET, unix.SOCK_DCCP, unix.IPPROTO_DCCP, retNoProt},
+		{"dccp, default protocol", unix.AF_INET6, unix.SOCK_DCCP | flags, 0, retNoProt},
+		{"sctp stream", unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP, retNoProt},
+		{"sctp seqpacket", unix.AF_INET6, unix.SOCK_SEQPACKET, 0, retNoProt},
+		{"udplite", unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_UDPLITE, retNoProt},
+		{"inet packet", unix.AF_INET, unix.SOCK_PACKET, 0, retNoProt},
+		{"a type with bit 8", unix.AF_INET, 8 | unix.SOCK_STREAM, 0, retNoProt},
+		{"type 0", unix.AF_INET, 0, 0, retNoProt},
+		{"netlink netfilter", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_NETFILTER, retNoProt},
+		{"netlink generic", unix.AF_NETLINK, unix.SOCK_DGRAM, unix.NETLINK_GENERIC, retNoProt},
+		{"netlink crypto", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_CRYPTO, retNoProt},
+		{"unspec", unix.AF_UNSPEC, unix.SOCK_STREAM, 0, retNoAF},
+		{"packet", unix.AF_PACKET, unix.SOCK_RAW, 0, retNoAF},
+		{"alg", unix.AF_ALG, unix.SOCK_SEQPACKET, 0, retNoAF},
+		{"vsock", unix.AF_VSOCK, unix.SOCK_STREAM, 0, retNoAF},
+		{"rds", unix.AF_RDS, unix.SOCK_SEQPACKET, 0, retNoAF},
+		{"tipc", unix.AF_TIPC, unix.SOCK_RDM, 0, retNoAF},
+		{"appletalk", unix.AF_APPLETALK, unix.SOCK_DGRAM, 0, retNoAF},
+		{"bluetooth", unix.AF_BLUETOOTH, unix.SOCK_RAW, 0, retNoAF},
+	}
+	for _, f := range []struct {
+		name   string
+		filter func() ([]unix.SockFilter, error)
+	}{{"Filter", Filter}, {"PreloaderFilter", PreloaderFilter}, {"ResidentFilter", ResidentFilter}} {
+		prog, err := f.filter()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range calls {
+			if got := run(t, prog, arch, sysSocket, c.family, c.typ, c.proto); got != c.want {
+				t.Errorf("%s: socket, %s: %#x, want %#x", f.name, c.name, got, c.want)
 			}
 		}
 	}

@@ -63,6 +63,7 @@ type probeReply struct {
 	RootDev  uint64            `json:"rootdev"`  // the device of / (one per tmpfs root)
 	Cat      map[string]string `json:"cat"`      // path -> its content, or the error
 	FDs      []string          `json:"fds"`      // "N TARGET" of each of the probe's fds
+	Socket   map[string]string `json:"socket"`   // probeSockets' name -> "ok" or the errno name
 }
 
 // socketTables are the socket tables of /proc/self/net the probe counts.
@@ -90,6 +91,43 @@ func timeWait() error {
 		return errors.New("read after the peer closed: no EOF")
 	}
 	return nil
+}
+
+// probeSockets are the sockets the probe opens (socket query): the
+// families and protocols a web program uses, then ones whose first
+// socket has the kernel load a module (its alias in the kernel's
+// request), which the filter refuses.
+var probeSockets = []struct {
+	name               string
+	family, typ, proto int
+	want, alias        string
+}{
+	{"unix", unix.AF_UNIX, unix.SOCK_STREAM, 0, "ok", ""},
+	{"tcp", unix.AF_INET, unix.SOCK_STREAM, 0, "ok", ""},
+	{"udp6", unix.AF_INET6, unix.SOCK_DGRAM, unix.IPPROTO_UDP, "ok", ""},
+	{"netlink route", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE, "ok", ""},
+	{"dccp", unix.AF_INET, unix.SOCK_DCCP, unix.IPPROTO_DCCP, "EPROTONOSUPPORT", "net-pf-2-proto-33-type-6"},
+	{"sctp", unix.AF_INET6, unix.SOCK_STREAM, unix.IPPROTO_SCTP, "EPROTONOSUPPORT", "net-pf-10-proto-132-type-1"},
+	{"netlink crypto", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_CRYPTO, "EPROTONOSUPPORT", "net-pf-16-proto-21"},
+	{"alg", unix.AF_ALG, unix.SOCK_SEQPACKET, 0, "EAFNOSUPPORT", "net-pf-38"},
+	{"rds", unix.AF_RDS, unix.SOCK_SEQPACKET, 0, "EAFNOSUPPORT", "net-pf-21"},
+	{"tipc", unix.AF_TIPC, unix.SOCK_RDM, 0, "EAFNOSUPPORT", "net-pf-30"},
+	{"vsock", unix.AF_VSOCK, unix.SOCK_STREAM, 0, "EAFNOSUPPORT", "net-pf-40"},
+	{"appletalk", unix.AF_APPLETALK, unix.SOCK_DGRAM, 0, "EAFNOSUPPORT", "net-pf-5"},
+}
+
+// openSockets opens each of probeSockets and closes it: its name ->
+// "ok" or the errno name.
+func openSockets() map[string]string {
+	got := map[string]string{}
+	for _, s := range probeSockets {
+		fd, err := unix.Socket(s.family, s.typ|unix.SOCK_CLOEXEC, s.proto)
+		if err == nil {
+			unix.Close(fd)
+		}
+		got[s.name] = errName(err)
+	}
+	return got
 }
 
 // probeSyscalls are the denied calls the probe tries, each with arguments
@@ -372,6 +410,9 @@ func runProbe() int {
 		if err != nil {
 			r.TTL = errName(err)
 		}
+	}
+	if q.Has("socket") {
+		r.Socket = openSockets()
 	}
 	if q.Has("crash") {
 		// Dies of SIGABRT, which dumps core, after lowering its core
@@ -828,6 +869,56 @@ func TestConfineNoCoreDump(t *testing.T) {
 	}
 	if n := strings.Count(g.log(), "killed by signal 6 (aborted)"); n != 4 {
 		t.Errorf("serve's log names SIGABRT for %d requests, want the 4 crashes:\n%s", n, g.log())
+	}
+}
+
+// TestConfineNoModuleLoad: a cell, resident or fresh, cannot have the
+// kernel load a module by asking for a socket of a family or protocol
+// not loaded yet (the filter answers as a kernel without it), while the
+// sockets a web program opens work. The kernel's modprobe is a script of
+// the test's that notes each request; the control: the same sockets
+// opened by the test itself have their modules requested.
+func TestConfineNoModuleLoad(t *testing.T) {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	helper, asked := filepath.Join(dir, "modprobe"), filepath.Join(dir, "asked")
+	script := fmt.Sprintf("#!/bin/sh\necho \"$*\" >> %s\nexit 1\n", asked)
+	if err := os.WriteFile(helper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const modprobe = "/proc/sys/kernel/modprobe"
+	old, err := os.ReadFile(modprobe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := confineGate(t, fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
+`, workerBinary(t), cellHelperEnv))
+	g.probe(t, "probe", url.Values{}) // serve's first cells, and whatever modules they ask for, before the helper
+	if err := os.WriteFile(modprobe, []byte(helper), 0); err != nil {
+		t.Fatalf("%s: %v", modprobe, err)
+	}
+	t.Cleanup(func() { os.WriteFile(modprobe, old, 0) })
+	requested := func() string {
+		b, _ := os.ReadFile(asked)
+		return string(b)
+	}
+	control := openSockets()
+	for _, s := range probeSockets {
+		if s.alias != "" && !strings.Contains(requested(), s.alias) {
+			t.Fatalf("the test's own socket %s (%s) had no module requested (%q): the test cannot see a request", s.name, control[s.name], requested())
+		}
+	}
+	before := requested()
+	for _, route := range []string{"probe", "fresh"} {
+		got := g.probe(t, route, url.Values{"socket": {"1"}}).Socket
+		for _, s := range probeSockets {
+			if got[s.name] != s.want {
+				t.Errorf("%s: socket %s: %s, want %s", route, s.name, got[s.name], s.want)
+			}
+		}
+	}
+	if after := requested(); after != before {
+		t.Errorf("the cells' sockets had modules requested: %q", strings.TrimPrefix(after, before))
 	}
 }
 

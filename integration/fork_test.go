@@ -552,6 +552,9 @@ var forkSyscalls = []struct {
 	// A new core limit (a pointer, which would fail EFAULT if allowed):
 	// confine.CoreLimit stays.
 	{"prlimit64(RLIMIT_CORE)", unix.SYS_PRLIMIT64, 0, unix.RLIMIT_CORE, 8, "EPERM"},
+	// A protocol and a family whose first socket has a module loaded.
+	{"socket(AF_INET, SOCK_DCCP)", unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_DCCP, unix.IPPROTO_DCCP, "EPROTONOSUPPORT"},
+	{"socket(AF_ALG)", unix.SYS_SOCKET, unix.AF_ALG, unix.SOCK_SEQPACKET, 0, "EAFNOSUPPORT"},
 	// The preloader's filter allows clone3 (CLONE_INTO_CGROUP); the
 	// child's own filter, loaded on top, sends it to ENOSYS again.
 	{"clone3", unix.SYS_CLONE3, 0, 0, 0, "ENOSYS"},
