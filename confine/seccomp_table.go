@@ -29,7 +29,9 @@ const newestSyscall = unix.SYS_RSEQ_SLICE_YIELD
 // processes (and reaching into them by other means: their fds, their
 // memory's advice, comparing their kernel objects), eBPF and perf, userfaultfd (a favourite of exploits), the
 // kernel keyring, the mount family and namespaces, kexec and modules,
-// io_uring, swap, reboot, accounting, the kernel log, file handles (a way
+// io_uring and native AIO (io_setup: its contexts count against
+// fs.aio-max-nr, one limit for the whole machine, which a single call
+// can take whole while its process lives), swap, reboot, accounting, the kernel log, file handles (a way
 // around mount namespaces), and setting the clock.
 var commonDenied = []sysnum{
 	{"ptrace", unix.SYS_PTRACE}, {"process_vm_readv", unix.SYS_PROCESS_VM_READV}, {"process_vm_writev", unix.SYS_PROCESS_VM_WRITEV},
@@ -43,6 +45,7 @@ var commonDenied = []sysnum{
 	{"kexec_load", unix.SYS_KEXEC_LOAD}, {"kexec_file_load", unix.SYS_KEXEC_FILE_LOAD},
 	{"init_module", unix.SYS_INIT_MODULE}, {"finit_module", unix.SYS_FINIT_MODULE}, {"delete_module", unix.SYS_DELETE_MODULE},
 	{"io_uring_setup", unix.SYS_IO_URING_SETUP}, {"io_uring_enter", unix.SYS_IO_URING_ENTER}, {"io_uring_register", unix.SYS_IO_URING_REGISTER},
+	{"io_setup", unix.SYS_IO_SETUP},
 	{"swapon", unix.SYS_SWAPON}, {"swapoff", unix.SYS_SWAPOFF}, {"reboot", unix.SYS_REBOOT},
 	{"acct", unix.SYS_ACCT}, {"syslog", unix.SYS_SYSLOG}, {"quotactl", unix.SYS_QUOTACTL}, {"quotactl_fd", unix.SYS_QUOTACTL_FD},
 	{"open_by_handle_at", unix.SYS_OPEN_BY_HANDLE_AT}, {"name_to_handle_at", unix.SYS_NAME_TO_HANDLE_AT},

@@ -149,6 +149,16 @@ var probeSyscalls = []struct {
 	// a pid above the kernel's PID_MAX_LIMIT fails ESRCH when allowed.
 	{"ptrace(PTRACE_PEEKDATA)", func() error { return rawErr(unix.SYS_PTRACE, unix.PTRACE_PEEKDATA, 1<<30, 0) }},
 	{"io_uring_setup", func() error { return rawErr(unix.SYS_IO_URING_SETUP, 1, 0, 0) }},
+	// A native AIO context: io_setup(65536) would take fs.aio-max-nr,
+	// the whole machine's, for as long as the cell runs.
+	{"io_setup", func() error {
+		var ctx uintptr
+		err := rawErr(unix.SYS_IO_SETUP, 1, uintptr(unsafe.Pointer(&ctx)), 0)
+		if err == nil {
+			rawErr(unix.SYS_IO_DESTROY, ctx, 0, 0)
+		}
+		return err
+	}},
 	{"kexec_load", func() error { return rawErr(unix.SYS_KEXEC_LOAD, 0, 0, 0) }},
 	{"init_module", func() error { return rawErr(unix.SYS_INIT_MODULE, 0, 0, 0) }},
 	// Lowering the core limit to 0 would have a core_pattern pipe's
@@ -814,6 +824,9 @@ func TestConfineSeccomp(t *testing.T) {
 // limit to 0 first (the filter refuses). The control: a process of the
 // host crashing the same way with its limit 0 has the helper started.
 func TestConfineNoCoreDump(t *testing.T) {
+	requireMicroVM(t)
+	g := confineGate(t, fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
+`, workerBinary(t), cellHelperEnv))
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
 	helper, dumps := filepath.Join(dir, "core-helper"), filepath.Join(dir, "dumps")
@@ -846,8 +859,6 @@ func TestConfineNoCoreDump(t *testing.T) {
 		t.Fatalf("a host process crashing with its core limit 0: the helper wrote %q, want one line (%s is a pipe): the test cannot see a dump", control, pattern)
 	}
 
-	g := confineGate(t, fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
-`, workerBinary(t), cellHelperEnv))
 	for _, route := range []string{"probe", "fresh"} {
 		for i := range 2 { // a resident cell's second request runs in its first's init
 			if code, _, body := g.get("/" + route + "?crash=1"); code == http.StatusOK {
@@ -879,6 +890,9 @@ func TestConfineNoCoreDump(t *testing.T) {
 // the test's that notes each request; the control: the same sockets
 // opened by the test itself have their modules requested.
 func TestConfineNoModuleLoad(t *testing.T) {
+	requireMicroVM(t)
+	g := confineGate(t, fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
+`, workerBinary(t), cellHelperEnv))
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
 	helper, asked := filepath.Join(dir, "modprobe"), filepath.Join(dir, "asked")
@@ -891,8 +905,6 @@ func TestConfineNoModuleLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := confineGate(t, fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
-`, workerBinary(t), cellHelperEnv))
 	g.probe(t, "probe", url.Values{}) // serve's first cells, and whatever modules they ask for, before the helper
 	if err := os.WriteFile(modprobe, []byte(helper), 0); err != nil {
 		t.Fatalf("%s: %v", modprobe, err)

@@ -548,6 +548,7 @@ var forkSyscalls = []struct {
 	{"mount", unix.SYS_MOUNT, 0, 0, 0, "EPERM"},
 	{"ptrace(PTRACE_PEEKDATA)", unix.SYS_PTRACE, unix.PTRACE_PEEKDATA, 1 << 30, 0, "EPERM"},
 	{"io_uring_setup", unix.SYS_IO_URING_SETUP, 1, 0, 0, "EPERM"},
+	{"io_setup", unix.SYS_IO_SETUP, 1, 0, 0, "EPERM"},
 	{"init_module", unix.SYS_INIT_MODULE, 0, 0, 0, "EPERM"},
 	// A new core limit (a pointer, which would fail EFAULT if allowed):
 	// confine.CoreLimit stays.

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/cellgate/cellgate/integration/vm"
 )
 
 // required reports whether make test asked for the kernel tests to run:
@@ -151,4 +153,15 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// requireMicroVM skips a test that changes the kernel's machine-wide
+// settings (its core_pattern, its modprobe helper) unless it runs in the
+// microVM that make test boots (bin/vmrun gives it vm.GuestTmp as
+// TMPDIR): on a host they are its administrator's, even for a moment.
+func requireMicroVM(t testing.TB) {
+	t.Helper()
+	if os.Getenv("TMPDIR") != vm.GuestTmp {
+		t.Skip("changes the kernel's machine-wide helpers: runs only in the microVM that make test boots")
+	}
 }
