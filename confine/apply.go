@@ -128,9 +128,21 @@ func Drop(cred Credential) error {
 // memory. The filter refuses setting the limit again (seccomp.go).
 const CoreLimit = 1
 
+// MemLockLimit is RLIMIT_MEMLOCK, soft and hard, of every confined
+// program (and preloader): 64 KiB, Linux's default until 5.16 (8 MiB
+// since). Locking a file's pages does not charge them to the locker: a
+// page some other group read first stays that group's, and becomes
+// unevictable under it while locked, so a cell's 64 processes could
+// each pin 8 MiB of the host's page cache (of any file of its view),
+// beyond its memory.max, for as long as it ran.
+const MemLockLimit = 64 << 10
+
 func setRlimits(p *Plan) error {
 	if err := syscall.Setrlimit(unix.RLIMIT_CORE, &syscall.Rlimit{Cur: CoreLimit, Max: CoreLimit}); err != nil {
 		return fmt.Errorf("setrlimit(RLIMIT_CORE, %d): %w", CoreLimit, err)
+	}
+	if err := syscall.Setrlimit(unix.RLIMIT_MEMLOCK, &syscall.Rlimit{Cur: MemLockLimit, Max: MemLockLimit}); err != nil {
+		return fmt.Errorf("setrlimit(RLIMIT_MEMLOCK, %d): %w", MemLockLimit, err)
 	}
 	if p.NoFile > 0 {
 		// syscall.Setrlimit, not unix's: it also tells os.StartProcess not

@@ -206,6 +206,20 @@ func TestFilterCoreLimit(t *testing.T) {
 		{"prlimit64 setting RLIMIT_NOFILE", sysPrlimit64, []uint64{0, unix.RLIMIT_NOFILE, limit, 0}, retAllow},
 		{"prlimit64 setting RLIMIT_STACK", sysPrlimit64, []uint64{0, unix.RLIMIT_STACK, limit, limit}, retAllow},
 	}
+	eachFilter(t, func(name string, prog []unix.SockFilter) {
+		for _, c := range calls {
+			if got := run(t, prog, arch, c.nr, c.args...); got != c.want {
+				t.Errorf("%s: %s: %#x, want %#x", name, c.name, got, c.want)
+			}
+		}
+	})
+}
+
+// eachFilter calls check with each filter a program may run under: a
+// cell's, a preloader's and a resident init's (which its programs
+// inherit, under their own clone3 rule).
+func eachFilter(t *testing.T, check func(name string, prog []unix.SockFilter)) {
+	t.Helper()
 	for _, f := range []struct {
 		name   string
 		filter func() ([]unix.SockFilter, error)
@@ -214,11 +228,7 @@ func TestFilterCoreLimit(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, c := range calls {
-			if got := run(t, prog, arch, c.nr, c.args...); got != c.want {
-				t.Errorf("%s: %s: %#x, want %#x", f.name, c.name, got, c.want)
-			}
-		}
+		check(f.name, prog)
 	}
 }
 
@@ -269,20 +279,13 @@ func TestFilterSocket(t *testing.T) {
 		{"appletalk", unix.AF_APPLETALK, unix.SOCK_DGRAM, 0, retNoAF},
 		{"bluetooth", unix.AF_BLUETOOTH, unix.SOCK_RAW, 0, retNoAF},
 	}
-	for _, f := range []struct {
-		name   string
-		filter func() ([]unix.SockFilter, error)
-	}{{"Filter", Filter}, {"PreloaderFilter", PreloaderFilter}, {"ResidentFilter", ResidentFilter}} {
-		prog, err := f.filter()
-		if err != nil {
-			t.Fatal(err)
-		}
+	eachFilter(t, func(name string, prog []unix.SockFilter) {
 		for _, c := range calls {
 			if got := run(t, prog, arch, sysSocket, c.family, c.typ, c.proto); got != c.want {
-				t.Errorf("%s: socket, %s: %#x, want %#x", f.name, c.name, got, c.want)
+				t.Errorf("%s: socket, %s: %#x, want %#x", name, c.name, got, c.want)
 			}
 		}
-	}
+	})
 }
 
 func TestPreloaderFilter(t *testing.T) {

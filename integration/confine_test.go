@@ -64,6 +64,7 @@ type probeReply struct {
 	Cat      map[string]string `json:"cat"`      // path -> its content, or the error
 	FDs      []string          `json:"fds"`      // "N TARGET" of each of the probe's fds
 	Socket   map[string]string `json:"socket"`   // probeSockets' name -> "ok" or the errno name
+	MLock    map[string]string `json:"mlock"`    // KiB -> locking that much of its own binary's pages: "ok" or the errno name
 }
 
 // socketTables are the socket tables of /proc/self/net the probe counts.
@@ -114,6 +115,23 @@ var probeSockets = []struct {
 	{"tipc", unix.AF_TIPC, unix.SOCK_RDM, 0, "EAFNOSUPPORT", "net-pf-30"},
 	{"vsock", unix.AF_VSOCK, unix.SOCK_STREAM, 0, "EAFNOSUPPORT", "net-pf-40"},
 	{"appletalk", unix.AF_APPLETALK, unix.SOCK_DGRAM, 0, "EAFNOSUPPORT", "net-pf-5"},
+}
+
+// lockOwnPages maps n bytes of this process's executable, shared, and
+// locks them: pages of the host's page cache, which the executable's
+// earlier runs read.
+func lockOwnPages(n int) error {
+	f, err := os.Open("/proc/self/exe")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b, err := unix.Mmap(int(f.Fd()), 0, n, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return err
+	}
+	defer unix.Munmap(b)
+	return unix.Mlock(b)
 }
 
 // openSockets opens each of probeSockets and closes it: its name ->
@@ -420,6 +438,11 @@ func runProbe() int {
 		if err != nil {
 			r.TTL = errName(err)
 		}
+	}
+	r.MLock = map[string]string{}
+	for _, kib := range q["mlock"] {
+		n, _ := strconv.Atoi(kib)
+		r.MLock[kib] = errName(lockOwnPages(n << 10))
 	}
 	if q.Has("socket") {
 		r.Socket = openSockets()
@@ -825,38 +848,19 @@ func TestConfineSeccomp(t *testing.T) {
 // host crashing the same way with its limit 0 has the helper started.
 func TestConfineNoCoreDump(t *testing.T) {
 	requireMicroVM(t)
-	g := confineGate(t, fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
-`, workerBinary(t), cellHelperEnv))
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	helper, dumps := filepath.Join(dir, "core-helper"), filepath.Join(dir, "dumps")
-	script := fmt.Sprintf("#!/bin/sh\necho \"$1 $2\" >> %s\n", dumps)
-	if err := os.WriteFile(helper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	const pattern = "/proc/sys/kernel/core_pattern"
-	old, err := os.ReadFile(pattern)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(pattern, []byte("|"+helper+" %p %e"), 0); err != nil {
-		t.Fatalf("%s: %v", pattern, err)
-	}
-	t.Cleanup(func() { os.WriteFile(pattern, old, 0) })
-	dumped := func() []string {
-		b, _ := os.ReadFile(dumps)
-		return strings.Split(strings.TrimSpace(string(b)), "\n")
-	}
+	g := freshProbeGate(t)
+	log := kernelHelper(t, "/proc/sys/kernel/core_pattern", "|", ` %p %e`, `echo "$1 $2"`)
+	dumped := func() []string { return strings.Split(strings.TrimSpace(log()), "\n") }
 	ctl := exec.Command("/bin/sh", "-c", "ulimit -c 0; kill -ABRT $$")
 	if err := ctl.Run(); err == nil {
 		t.Fatal("the control did not die of its signal")
 	}
-	for end := time.Now().Add(10 * time.Second); dumped()[0] == "" && time.Now().Before(end); {
+	for end := time.Now().Add(10 * time.Second); log() == "" && time.Now().Before(end); {
 		time.Sleep(20 * time.Millisecond)
 	}
 	control := dumped()
 	if len(control) != 1 || !strings.HasSuffix(control[0], " sh") {
-		t.Fatalf("a host process crashing with its core limit 0: the helper wrote %q, want one line (%s is a pipe): the test cannot see a dump", control, pattern)
+		t.Fatalf("a host process crashing with its core limit 0: the helper wrote %q, want one line (core_pattern is a pipe): the test cannot see a dump", control)
 	}
 
 	for _, route := range []string{"probe", "fresh"} {
@@ -891,29 +895,9 @@ func TestConfineNoCoreDump(t *testing.T) {
 // opened by the test itself have their modules requested.
 func TestConfineNoModuleLoad(t *testing.T) {
 	requireMicroVM(t)
-	g := confineGate(t, fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
-`, workerBinary(t), cellHelperEnv))
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	helper, asked := filepath.Join(dir, "modprobe"), filepath.Join(dir, "asked")
-	script := fmt.Sprintf("#!/bin/sh\necho \"$*\" >> %s\nexit 1\n", asked)
-	if err := os.WriteFile(helper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	const modprobe = "/proc/sys/kernel/modprobe"
-	old, err := os.ReadFile(modprobe)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g := freshProbeGate(t)
 	g.probe(t, "probe", url.Values{}) // serve's first cells, and whatever modules they ask for, before the helper
-	if err := os.WriteFile(modprobe, []byte(helper), 0); err != nil {
-		t.Fatalf("%s: %v", modprobe, err)
-	}
-	t.Cleanup(func() { os.WriteFile(modprobe, old, 0) })
-	requested := func() string {
-		b, _ := os.ReadFile(asked)
-		return string(b)
-	}
+	requested := kernelHelper(t, "/proc/sys/kernel/modprobe", "", "", `echo "$*"; exit 1`)
 	control := openSockets()
 	for _, s := range probeSockets {
 		if s.alias != "" && !strings.Contains(requested(), s.alias) {
@@ -931,6 +915,78 @@ func TestConfineNoModuleLoad(t *testing.T) {
 	}
 	if after := requested(); after != before {
 		t.Errorf("the cells' sockets had modules requested: %q", strings.TrimPrefix(after, before))
+	}
+}
+
+// TestConfineRlimits: a cell's program, resident or fresh, has the limits
+// the plan sets (confine.CoreLimit, confine.MemLockLimit, nofile's
+// 1024), and cannot lock more of the host's page cache than the limit
+// (locked pages stay charged to whoever read them first), while it can
+// lock that much.
+func TestConfineRlimits(t *testing.T) {
+	g := freshProbeGate(t)
+	want := map[string]string{"Max core file size": "1 1", "Max locked memory": "65536 65536", "Max open files": "1024 1024"}
+	for _, route := range []string{"probe", "fresh"} {
+		r := g.probe(t, route, url.Values{"cat": {"/proc/self/limits"}, "mlock": {"32", "1024"}})
+		got := procLimits(r.Cat["/proc/self/limits"])
+		for name, l := range want {
+			if got[name] != l {
+				t.Errorf("%s: %s %q, want %q", route, name, got[name], l)
+			}
+		}
+		if r.MLock["32"] != "ok" || r.MLock["1024"] != "ENOMEM" {
+			t.Errorf("%s: locking 32 KiB of its binary: %s (want ok), 1 MiB: %s (want ENOMEM)", route, r.MLock["32"], r.MLock["1024"])
+		}
+	}
+}
+
+// procLimits reads a /proc/PID/limits text: each limit's name -> "SOFT HARD".
+func procLimits(text string) map[string]string {
+	out := map[string]string{}
+	for _, line := range strings.Split(text, "\n")[1:] { // a header first
+		if len(line) < 26 {
+			continue
+		}
+		if f := strings.Fields(line[26:]); len(f) >= 2 { // the name is the first 26 columns
+			out[strings.TrimSpace(line[:26])] = f[0] + " " + f[1]
+		}
+	}
+	return out
+}
+
+// freshProbeGate is confineGate with a route "fresh" beside "probe": the
+// probe too, in tenant a, each request in a cell of its own from its
+// init up (cells: fresh) where probe's are resident.
+func freshProbeGate(t *testing.T) *gate {
+	t.Helper()
+	return confineGate(t, fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
+`, workerBinary(t), cellHelperEnv))
+}
+
+// kernelHelper points the kernel's helper setting at sysctl (its
+// core_pattern, its modprobe) at a script of the test's, written with
+// prefix and suffix around its path, until the test ends; the script
+// runs body with its output appended to a log, which the returned
+// function reads. Only in the microVM (requireMicroVM).
+func kernelHelper(t *testing.T, sysctl, prefix, suffix, body string) (log func() string) {
+	t.Helper()
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	script, out := filepath.Join(dir, "helper"), filepath.Join(dir, "log")
+	if err := os.WriteFile(script, []byte(fmt.Sprintf("#!/bin/sh\n{ %s; } >> %s\n", body, out)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old, err := os.ReadFile(sysctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sysctl, []byte(prefix+script+suffix), 0); err != nil {
+		t.Fatalf("%s: %v", sysctl, err)
+	}
+	t.Cleanup(func() { os.WriteFile(sysctl, old, 0) })
+	return func() string {
+		b, _ := os.ReadFile(out)
+		return string(b)
 	}
 }
 

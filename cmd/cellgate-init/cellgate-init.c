@@ -87,6 +87,7 @@
 #define STAGING "/tmp"
 #define DEV_SIZE (64 << 10)
 #define CORE_LIMIT 1 /* confine.CoreLimit */
+#define MEMLOCK_LIMIT (64 << 10) /* confine.MemLockLimit */
 
 enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY, R_STARTED };
 /* A report's flags (its second byte). */
@@ -1053,6 +1054,11 @@ static int apply(const struct plan *p)
 	struct rlimit core = {CORE_LIMIT, CORE_LIMIT};
 	if (setrlimit(RLIMIT_CORE, &core) < 0)
 		return fail(errno, "setrlimit(RLIMIT_CORE, %d)", CORE_LIMIT);
+	/* Locked pages stay charged to whoever read them first
+	 * (confine's MemLockLimit). */
+	struct rlimit memlock = {MEMLOCK_LIMIT, MEMLOCK_LIMIT};
+	if (setrlimit(RLIMIT_MEMLOCK, &memlock) < 0)
+		return fail(errno, "setrlimit(RLIMIT_MEMLOCK, %d)", MEMLOCK_LIMIT);
 	if (p->nofile > 0) {
 		struct rlimit nf = {p->nofile, p->nofile};
 		if (setrlimit(RLIMIT_NOFILE, &nf) < 0)
