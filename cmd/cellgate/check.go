@@ -87,6 +87,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 			err = withProblems(err, &policy.InvalidError{File: p.Source, Problems: probs})
 		}
 		err = withProblems(err, verifyGIDs(p, sh.GID, groupFile))
+		err = withProblems(err, verifyWritableMounts(p, resolvePath))
 	}
 	var invalid *policy.InvalidError
 	switch {

@@ -60,6 +60,11 @@ routes:
 	route := func(name, program string) string {
 		return write(name+".yaml", "version: 1\nroutes:\n  - {name: r, match: {path: /}, "+program+"}\n")
 	}
+	shared := t.TempDir() // a directory two tenants' routes mount
+	os.Chmod(shared, 0o755)
+	twoTenants := write("shared.yaml", "version: 1\ntenants: [{name: a}, {name: b}]\nroutes:\n"+
+		"  - {name: w, match: {path: /w}, tenant: a, program: prog, mounts: [{source: "+shared+", target: /data, writable: true}]}\n"+
+		"  - {name: o, match: {path: /o}, tenant: b, program: prog, mounts: [{source: "+shared+", target: /data}]}\n")
 	tests := []struct {
 		name       string
 		args       []string
@@ -103,6 +108,8 @@ routes:
 			wantErr: []string{"routes[r].confinement: ", "rootfs /nonexistent-cellgate: no such file"}},
 		{name: "the policy in a writable mount", args: []string{route("polrw", "program: prog, mounts: [{source: "+dir+", target: /data, writable: true}]")}, wantCode: 1,
 			wantErr: []string{"routes[r].confinement: ", filepath.Join(dir, "polrw.yaml") + " lies in the writable mount of " + dir + " (at /data)", "move it out of " + dir}},
+		{name: "a writable mount another tenant shows", args: []string{twoTenants}, wantCode: 1,
+			wantErr: []string{`:4: routes[w].mounts[0]: "` + shared + `": route o (line 5) shows ` + shared + ` (its mounts[0]) of tenant b, this writable mount`, "(fix: give each tenant a directory of its own"}},
 		{name: "host filesystem", args: []string{route("fshost", "program: prog, filesystem: host")}, wantCode: 0, wantNoWarn: true},
 		{name: "fork app_dir under /tmp", args: []string{route("forktmp", "driver: fork, runtime: python-wsgi, app: \"a:app\", app_dir: .")}, wantCode: 1,
 			wantErr: []string{"routes[r].confinement: ", "fresh tmpfs", "move it out of /tmp"}},

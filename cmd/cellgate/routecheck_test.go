@@ -78,22 +78,26 @@ func TestVerifyGIDs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			err = verifyGIDs(p, tc.shared, tc.file)
-			if len(tc.want) == 0 {
-				if err != nil {
-					t.Errorf("verifyGIDs: %v, want nil", err)
-				}
-				return
-			}
-			if err == nil {
-				t.Fatalf("verifyGIDs: nil, want %q", tc.want)
-			}
-			for _, w := range tc.want {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("verifyGIDs: %v, want %q in it", err, w)
-				}
-			}
+			wantErrHas(t, "verifyGIDs", verifyGIDs(p, tc.shared, tc.file), tc.want)
 		})
+	}
+}
+
+// wantErrHas checks the error of what: nil when want is empty, else one
+// holding each of want.
+func wantErrHas(t *testing.T, what string, err error, want []string) {
+	t.Helper()
+	switch {
+	case len(want) == 0 && err != nil:
+		t.Errorf("%s: %v, want nil", what, err)
+	case len(want) > 0 && err == nil:
+		t.Errorf("%s: nil, want %q", what, want)
+	case err != nil:
+		for _, w := range want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: %v\nwant %q in it", what, err, w)
+			}
+		}
 	}
 }
 

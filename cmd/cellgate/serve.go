@@ -456,6 +456,7 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 	err := verifyRoutes(pol, func(r *policy.Route) (sandbox.Credential, error) { return d.routeCredential(pol, r, specs[r]) })
 	if d.cfg.Isolation != isolationNone {
 		err = withProblems(err, verifyGIDs(pol, d.cfg.GID, groupFile))
+		err = withProblems(err, verifyWritableMounts(pol, resolvePath))
 	}
 	if err != nil {
 		return nil, err

@@ -1,0 +1,149 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/cellgate/cellgate/confine"
+	"github.com/cellgate/cellgate/policy"
+)
+
+// viewSource is a host path a route's cells see (confine's view): the key
+// of the route that names it, and whether the cells may write it.
+type viewSource struct {
+	path, key string
+	writable  bool
+}
+
+// viewSources are the host paths r's cells see, as serve builds their
+// view (buildConfinement): its rootfs or system directories, its
+// program's directory (a fork route's app directory and interpreter's),
+// its mounts. nil for filesystem: host, whose cells see the host.
+func viewSources(r *policy.Route) []viewSource {
+	c := r.Confinement
+	if c.HostFilesystem {
+		return nil
+	}
+	var out []viewSource
+	if c.RootFS != "" {
+		out = append(out, viewSource{c.RootFS, "rootfs", false})
+	} else {
+		dirs := c.SystemDirs
+		if dirs == nil {
+			dirs = confine.DefaultSystemDirs
+		}
+		for _, d := range dirs {
+			out = append(out, viewSource{d, "system_dirs", false})
+		}
+	}
+	switch {
+	case r.Fork != nil:
+		out = append(out, viewSource{r.Fork.AppDir, "app_dir", false}, viewSource{filepath.Dir(r.Fork.Python), "python", false})
+	case r.Program != "":
+		out = append(out, viewSource{filepath.Dir(r.Program), "program", false})
+	case r.Dir != "":
+		out = append(out, viewSource{r.Dir, "dir", false})
+	}
+	for i, m := range c.Mounts {
+		out = append(out, viewSource{m.Source, fmt.Sprintf("mounts[%d]", i), m.Writable})
+	}
+	return out
+}
+
+// verifyWritableMounts refuses a writable mount that another route's
+// cells see into, where that lets one route's cells reach another's:
+//
+//   - of another tenant, anywhere in it or around it (the same directory,
+//     one below it, one holding it). Every cell runs under a uid of one
+//     range that all tenants' cells share, in turn: a file a cell of one
+//     tenant leaves is owned by a uid a later cell of another tenant runs
+//     under, whose own it then is, whatever its mode and the tenants'
+//     gids.
+//   - of the same tenant, below it: a cell of the writing route could
+//     replace what the other route shows from there (its program, say),
+//     or a directory on the way with a symlink to anywhere on the host,
+//     which that route's cells' init then binds into their view.
+//
+// A route with filesystem: host is left out: its cells see the whole host
+// already. resolve gives a path as its symlinks resolve (serve and check:
+// filepath.EvalSymlinks where the path exists).
+func verifyWritableMounts(p *policy.Policy, resolve func(string) string) error {
+	type view struct {
+		r    *policy.Route
+		srcs []viewSource
+	}
+	var views []view
+	for _, r := range p.Routes {
+		srcs := viewSources(r)
+		for i := range srcs {
+			srcs[i].path = resolve(srcs[i].path)
+		}
+		views = append(views, view{r, srcs})
+	}
+	var probs []policy.Problem
+	for _, v := range views {
+		for _, w := range v.srcs {
+			if !w.writable {
+				continue
+			}
+			for _, o := range views {
+				if o.r == v.r {
+					continue
+				}
+				for _, x := range o.srcs {
+					if msg, fix := mountConflict(v.r, w, o.r, x); msg != "" {
+						probs = append(probs, routeProblem(p.Source, v.r, w.key, w.path, msg, fix))
+						break // one problem per route that reaches it
+					}
+				}
+			}
+		}
+	}
+	if len(probs) == 0 {
+		return nil
+	}
+	return &policy.InvalidError{File: p.Source, Problems: probs}
+}
+
+// mountConflict says why route o's source x conflicts with route r's
+// writable mount w (verifyWritableMounts), and how to fix it; "" when it
+// does not.
+func mountConflict(r *policy.Route, w viewSource, o *policy.Route, x viewSource) (msg, fix string) {
+	other := fmt.Sprintf("route %s (line %d) shows %s (its %s)", o.Name, o.Line, x.path, x.key)
+	if o.Tenant != r.Tenant {
+		var how string
+		switch {
+		case x.path == w.path:
+			how = "this writable mount"
+		case within(x.path, w.path):
+			how = "from inside this writable mount"
+		case within(w.path, x.path):
+			how = "which holds this writable mount"
+		default:
+			return "", ""
+		}
+		return fmt.Sprintf("%s of tenant %s, %s: every tenant's cells run under uids the others' cells reuse, so a file a cell of one tenant leaves here is, to the kernel, a later cell of the other's own, whatever its mode", other, o.Tenant, how),
+			"give each tenant a directory of its own, out of what other tenants' routes show, or make no route's mount of it writable"
+	}
+	if x.path != w.path && within(x.path, w.path) {
+		return fmt.Sprintf("%s from inside this writable mount: this route's cells could replace it, or a directory on its way with a symlink to anywhere on the host, for that route's cells", other),
+			fmt.Sprintf("move %s out of %s, or make this mount read-only", x.path, w.path)
+	}
+	return "", ""
+}
+
+// within reports whether the clean absolute path p is dir or below it.
+func within(p, dir string) bool {
+	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
+}
+
+// resolvePath is a path as its symlinks resolve, or the path cleaned when
+// it cannot be resolved (it does not exist: serve refuses the route for
+// that elsewhere).
+func resolvePath(path string) string {
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		return real
+	}
+	return filepath.Clean(path)
+}

@@ -1,0 +1,87 @@
+package main
+
+import (
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// TestVerifyWritableMounts: a writable mount that another tenant's route
+// shows (the directory itself, one below it, one holding it: its system
+// directories included), or that another route of the same tenant shows
+// something below (its program), is refused, on the writing route's
+// mount, naming the other route; what tenants keep apart, or what one
+// tenant's routes share as is, passes.
+func TestVerifyWritableMounts(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real")
+	if err := os.Mkdir(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	// route is a route of tenant with extra keys.
+	route := func(name, tenant, keys string) string {
+		return "  - {name: " + name + ", match: {path: /" + name + "}, tenant: " + tenant + ", " + keys + "}\n"
+	}
+	rw := func(src string) string { return "mounts: [{source: " + src + ", target: /data, writable: true}]" }
+	ro := func(src string) string { return "mounts: [{source: " + src + ", target: /data}]" }
+	for _, tc := range []struct {
+		name   string
+		routes string
+		want   []string // substrings of the error; none: valid
+	}{
+		{"tenants apart", route("w", "a", "program: /srv/a/bin/p, "+rw("/srv/a/data")) + route("o", "b", "program: /srv/b/bin/p, "+ro("/srv/b/data")), nil},
+		{"one tenant's routes share a writable directory", route("w", "a", "program: /srv/a/bin/p, "+rw("/srv/a/data")) + route("o", "a", "program: /srv/a/bin/q, "+rw("/srv/a/data")), nil},
+		{"one tenant's route shows what holds the other's writable mount", route("w", "a", "program: /srv/a/bin/p, "+rw("/srv/a/data")) + route("o", "a", "program: /srv/a/bin/q, "+ro("/srv/a")), nil},
+		{"a route's own program in its writable mount", route("w", "a", "program: /srv/a/data/p, "+rw("/srv/a/data")), nil},
+		{"another tenant's host filesystem", route("w", "a", "program: /srv/a/bin/p, "+rw("/srv/a/data")) + route("o", "b", "program: /srv/b/bin/p, filesystem: host"), nil},
+		{"another tenant's mount of the same directory", route("w", "a", "program: /srv/a/bin/p, "+rw("/srv/shared")) + route("o", "b", "program: /srv/b/bin/p, "+ro("/srv/shared")),
+			[]string{`routes[w].mounts[0]: "/srv/shared": route o (line 5) shows /srv/shared (its mounts[0]) of tenant b, this writable mount`, "(fix: give each tenant a directory of its own"}},
+		{"another tenant's mount below it", route("w", "a", "program: /srv/a/bin/p, "+rw("/srv")) + route("o", "b", "program: /opt/b/p, "+ro("/srv/b/data")),
+			[]string{`routes[w].mounts[0]: "/srv": route o (line 5) shows /srv/b/data (its mounts[0]) of tenant b, from inside this writable mount`}},
+		{"another tenant's program below it", route("w", "a", "program: /srv/a/bin/p, "+rw("/srv")) + route("o", "b", "program: /srv/b/bin/p"),
+			[]string{`route o (line 5) shows /srv/b/bin (its program) of tenant b, from inside this writable mount`}},
+		{"another tenant's mount holding it", route("w", "a", "program: /srv/a/bin/p, "+rw("/srv/a/data")) + route("o", "b", "program: /opt/b/p, "+ro("/srv")),
+			[]string{`route o (line 5) shows /srv (its mounts[0]) of tenant b, which holds this writable mount`}},
+		{"every tenant's system directories", route("w", "a", "program: /srv/a/bin/p, "+rw("/etc/app")) + route("o", "b", "program: /srv/b/bin/p"),
+			[]string{`routes[w].mounts[0]: "/etc/app": route o (line 5) shows /etc (its system_dirs) of tenant b, which holds this writable mount`}},
+		{"another tenant's mount through a symlink", route("w", "a", "program: /srv/a/bin/p, "+rw(link)) + route("o", "b", "program: /srv/b/bin/p, "+ro(real)),
+			[]string{`routes[w].mounts[0]: "` + real + `": route o (line 5) shows ` + real + ` (its mounts[0]) of tenant b, this writable mount`}},
+		{"the same tenant's program below it", route("w", "a", "program: /srv/a/bin/p, "+rw("/srv/a")) + route("o", "a", "program: /srv/a/admin/p"),
+			[]string{`routes[w].mounts[0]: "/srv/a": route o (line 5) shows /srv/a/admin (its program) from inside this writable mount: this route's cells could replace it`, "(fix: move /srv/a/admin out of /srv/a, or make this mount read-only)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := policy.Parse("p.yaml", []byte("version: 1\ntenants: [{name: a}, {name: b}]\nroutes:\n"+tc.routes))
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantErrHas(t, "verifyWritableMounts", verifyWritableMounts(p, resolvePath), tc.want)
+		})
+	}
+}
+
+// TestServeRefusesSharedWritableMount: serve refuses, at load, a policy
+// whose writable mount another tenant's route shows, as check does.
+func TestServeRefusesSharedWritableMount(t *testing.T) {
+	shared := t.TempDir()
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writeFile(t, path, "version: 1\ntenants: [{name: a}, {name: b}]\nroutes:\n"+
+		"  - {name: w, match: {path: /w}, tenant: a, program: /bin/true, mounts: [{source: "+shared+", target: /data, writable: true}]}\n"+
+		"  - {name: o, match: {path: /o}, tenant: b, program: /bin/true, mounts: [{source: "+shared+", target: /data}]}\n")
+	pol, err := policy.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{cfg: &serveConfig{Policy: path, Isolation: isolationCells, Shared: Shared{GID: sandbox.DefaultGID, UIDs: uidRange(sandbox.DefaultUIDRange)}}, log: slog.New(slog.DiscardHandler)}
+	if _, err := d.buildSpecs(pol); err == nil || !strings.Contains(err.Error(), "routes[w].mounts[0]: \""+shared+"\": route o (line 5) shows "+shared+" (its mounts[0]) of tenant b") {
+		t.Errorf("serve's buildSpecs: %v, want the writable mount refused, naming route o", err)
+	}
+}
