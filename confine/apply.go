@@ -132,9 +132,9 @@ const CoreLimit = 1
 // program (and preloader): 64 KiB, Linux's default until 5.16 (8 MiB
 // since). Locking a file's pages does not charge them to the locker: a
 // page some other group read first stays that group's, and becomes
-// unevictable under it while locked, so a cell's 64 processes could
-// each pin 8 MiB of the host's page cache (of any file of its view),
-// beyond its memory.max, for as long as it ran.
+// unevictable under it while locked, so each of a cell's processes (as
+// many as its pids.max) could pin 8 MiB of the host's page cache (of any
+// file of its view), beyond its memory.max, for as long as it ran.
 const MemLockLimit = 64 << 10
 
 func setRlimits(p *Plan) error {

@@ -176,7 +176,8 @@ func ResidentFilter() ([]unix.SockFilter, error) {
 // numbers (amd64), answer numbers above newestSyscall ENOSYS, send clone
 // to the flag check and clone3 to ENOSYS, then
 // look the number up in the deny list (denyTree), where setrlimit and
-// prlimit64 go to their checks of RLIMIT_CORE. With mount non-zero (a
+// prlimit64 go to their checks of RLIMIT_CORE and socket to its check
+// of the family and protocol. With mount non-zero (a
 // preloader's filter) clone3 is allowed and mount goes to the flag check
 // instead of the deny list; with clone3 zero (a resident init's) clone3
 // is allowed.
@@ -295,9 +296,9 @@ func socketCheck() []insn {
 // not depend on its arguments), but loading the filter emulates it for
 // every system call number to fill that cache, and with ~50 denied calls
 // in a row that emulation was most of the load every cell pays. The
-// tree's verdicts take at most 18 instructions (the row's up to 54), for
-// 82 instructions in all instead of 68. next numbers the labels of the
-// right halves.
+// tree's verdicts took at most 18 instructions (the row's up to 54), for
+// 82 instructions in all instead of 68 (with the argument checks since,
+// 19 and 115). next numbers the labels of the right halves.
 func denyTree(p []insn, nrs []uint32, target map[uint32]label, next *label) []insn {
 	if len(nrs) <= denyRun {
 		for _, nr := range nrs {

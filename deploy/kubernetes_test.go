@@ -285,6 +285,11 @@ func TestPolicyConfigMap(t *testing.T) {
 	if !mounted {
 		t.Errorf("--policy=%s is not a key of ConfigMap %s mounted as a directory", policyFlag, m.policy.Name)
 	}
+	// /etc is in the cells' default view: the policy is covered there,
+	// but a ConfigMap update swaps the file under the cover.
+	if m := vol.ConfigMap.DefaultMode; m == nil || *m&0o077 != 0 {
+		t.Errorf("volume %s: defaultMode %v, want the policy readable by its owner alone (0400)", vol.Name, m)
+	}
 	if envValue(c, "CELLGATE_POLICY_POLL") == "" {
 		t.Error("CELLGATE_POLICY_POLL is not set: a changed ConfigMap would not be reloaded")
 	}

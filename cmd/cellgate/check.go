@@ -101,6 +101,11 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cellgate check: %v\n", err)
 		return exitInvalid
 	}
+	if !*syntaxOnly {
+		for _, w := range exposedDaemonFiles(p, daemonFiles(file), sh.GID) {
+			fmt.Fprintf(stderr, "cellgate check: warning: %s\n", w)
+		}
+	}
 	printPolicy(stdout, p)
 	return exitOK
 }

@@ -33,7 +33,8 @@ func TestRunCheck(t *testing.T) {
 		}
 		return path
 	}
-	write := func(name, content string) string { return file(name, content, 0o644) }
+	// Policies are 0600: check warns of one its cells could read.
+	write := func(name, content string) string { return file(name, content, 0o600) }
 	prog := file("prog", "#!/bin/sh\n", 0o755)
 	file("notexec", "#!/bin/sh\n", 0o644)
 	file("crlf", "#!/bin/sh\r\necho\r\n", 0o755)
@@ -111,6 +112,9 @@ routes:
 		{name: "a writable mount another tenant shows", args: []string{twoTenants}, wantCode: 1,
 			wantErr: []string{`:4: routes[w].mounts[0]: "` + shared + `": route o (line 5) shows ` + shared + ` (its mounts[0]) of tenant b, this writable mount`, "(fix: give each tenant a directory of its own"}},
 		{name: "host filesystem", args: []string{route("fshost", "program: prog, filesystem: host")}, wantCode: 0, wantNoWarn: true},
+		{name: "a policy the cells could read", args: []string{file("readable.yaml", "version: 1\nroutes:\n  - {name: r, match: {path: /}, program: prog}\n", 0o644)}, wantCode: 0,
+			wantOut: []string{"valid: 1 route(s)"},
+			wantErr: []string{"cellgate check: warning: " + filepath.Join(dir, "readable.yaml") + " (mode 0644, gid ", "is readable by the cells of route r, whose view shows " + dir + ": a cover hides it, but a rename over it detaches the cover", "(fix: chmod 600 " + filepath.Join(dir, "readable.yaml") + ")"}},
 		{name: "fork app_dir under /tmp", args: []string{route("forktmp", "driver: fork, runtime: python-wsgi, app: \"a:app\", app_dir: .")}, wantCode: 1,
 			wantErr: []string{"routes[r].confinement: ", "fresh tmpfs", "move it out of /tmp"}},
 		{name: "fork app_dir under /tmp, syntax only", args: []string{"--syntax-only", route("forktmp2", "driver: fork, runtime: python-wsgi, app: \"a:app\", app_dir: .")}, wantCode: 0},

@@ -7,6 +7,7 @@ import (
 
 	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
+	"golang.org/x/sys/unix"
 )
 
 // viewSource is a host path a route's cells see (confine's view): the key
@@ -146,4 +147,60 @@ func resolvePath(path string) string {
 		return real
 	}
 	return filepath.Clean(path)
+}
+
+// exposedDaemonFiles says, for each of the daemon's own files (the
+// policy, the TLS key: daemonFiles) that a route's cells see in their
+// view and may read by its mode (others', or its group's where the group
+// is a gid the cells run with: shared or a tenant's), why that is unsafe
+// and what to do. The view covers each such file (the null device bound
+// over it), but a rename over it (an editor's save, a ConfigMap's update)
+// detaches the cover in every view made before: a request running then
+// reads the new file.
+func exposedDaemonFiles(p *policy.Policy, files []string, shared uint32) []string {
+	cellGIDs := map[uint32]bool{shared: true}
+	for _, t := range p.Tenants {
+		if t.GID != 0 {
+			cellGIDs[t.GID] = true
+		}
+	}
+	var out []string
+	seen := map[string]bool{}
+	for _, f := range files {
+		real := resolvePath(f)
+		var st unix.Stat_t
+		if seen[real] || unix.Stat(real, &st) != nil {
+			continue
+		}
+		seen[real] = true
+		mode := st.Mode & 0o777
+		if mode&0o004 == 0 && (mode&0o040 == 0 || !cellGIDs[st.Gid]) {
+			continue
+		}
+		for _, r := range p.Routes {
+			why := ""
+			switch src, ok := showing(r, real); {
+			case r.Confinement.HostFilesystem:
+				why = "which see the host's files (filesystem: host)"
+			case ok:
+				why = fmt.Sprintf("whose view shows %s: a cover hides it, but a rename over it detaches the cover, and a request running then reads the new file", src)
+			default:
+				continue
+			}
+			out = append(out, fmt.Sprintf("%s (mode %04o, gid %d) is readable by the cells of route %s, %s (fix: chmod 600 %s)", f, mode, st.Gid, r.Name, why, real))
+			break
+		}
+	}
+	return out
+}
+
+// showing reports which of r's view sources shows the resolved path
+// file, if one does (none for filesystem: host, which has no view).
+func showing(r *policy.Route, file string) (string, bool) {
+	for _, s := range viewSources(r) {
+		if src := resolvePath(s.path); within(file, src) {
+			return src, true
+		}
+	}
+	return "", false
 }

@@ -85,3 +85,56 @@ func TestServeRefusesSharedWritableMount(t *testing.T) {
 		t.Errorf("serve's buildSpecs: %v, want the writable mount refused, naming route o", err)
 	}
 }
+
+// TestExposedDaemonFiles: a daemon file is named when a route's cells
+// see it (in their view, or the host's files) and its mode lets them read
+// it (others', or a group the cells run with), and only then.
+func TestExposedDaemonFiles(t *testing.T) {
+	shown, hidden := t.TempDir(), t.TempDir()
+	const cellGID, tenantGID, otherGID = 2000000000, 3000, 4000
+	pol := func(routes string) *policy.Policy {
+		p, err := policy.Parse("p.yaml", []byte("version: 1\ntenants: [{name: a, gid: 3000}]\nroutes:\n"+routes))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	confined := pol("  - {name: r, match: {path: /}, tenant: a, program: /bin/true, mounts: [{source: " + shown + ", target: /data}]}\n")
+	host := pol("  - {name: h, match: {path: /}, tenant: a, program: /bin/true, filesystem: host}\n")
+	for _, tc := range []struct {
+		name string
+		p    *policy.Policy
+		dir  string
+		mode os.FileMode
+		gid  int
+		want string // a substring of the one warning; "": none
+	}{
+		{"readable by others in a view", confined, shown, 0o644, 0, "is readable by the cells of route r, whose view shows " + shown},
+		{"readable by the tenant's group", confined, shown, 0o640, tenantGID, "(mode 0640, gid 3000)"},
+		{"readable by the cells' shared group", confined, shown, 0o640, cellGID, "(mode 0640, gid 2000000000)"},
+		{"readable by another group", confined, shown, 0o640, otherGID, ""},
+		{"0600", confined, shown, 0o600, 0, ""},
+		{"out of every view", confined, hidden, 0o644, 0, ""},
+		{"the host's files", host, hidden, 0o644, 0, "is readable by the cells of route h, which see the host's files (filesystem: host)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := filepath.Join(tc.dir, "policy.yaml")
+			writeFile(t, f, "version: 1\n")
+			if err := os.Chmod(f, tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			if tc.gid != 0 {
+				if err := os.Chown(f, -1, tc.gid); err != nil {
+					t.Skipf("chown: %v (needs root)", err)
+				}
+			}
+			got := exposedDaemonFiles(tc.p, []string{f}, cellGID)
+			switch {
+			case tc.want == "" && len(got) != 0:
+				t.Errorf("got %q, want none", got)
+			case tc.want != "" && (len(got) != 1 || !strings.Contains(got[0], tc.want) || !strings.Contains(got[0], "(fix: chmod 600 "+f+")")):
+				t.Errorf("got %q, want one holding %q and the fix", got, tc.want)
+			}
+		})
+	}
+}

@@ -461,6 +461,11 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 	if err != nil {
 		return nil, err
 	}
+	if d.cfg.Isolation != isolationNone {
+		for _, w := range exposedDaemonFiles(pol, hidden, d.cfg.GID) {
+			d.log.Warn("a file of serve's is readable by cells: " + w)
+		}
+	}
 	for _, r := range pol.Routes {
 		rs := specs[r]
 		if d.tree != nil {

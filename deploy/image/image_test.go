@@ -146,6 +146,12 @@ func TestImage(t *testing.T) {
 	if !bytes.Equal(data[policyPath], want) {
 		t.Errorf("%s is not examples/policy.yaml", policyPath)
 	}
+	// Both policies are in /usr, which the cells' default view shows.
+	for _, p := range []string{policyPath, servePolicy} {
+		if h := hdrs[p]; h == nil || h.Mode&0o077 != 0 {
+			t.Errorf("%s missing or readable by others than its owner: %+v", p, h)
+		}
+	}
 
 	if string(data[servePolicy]) != kubernetesPolicyText(t) {
 		t.Errorf("%s (the image's default policy) is not deploy/kubernetes/policy.yaml's", servePolicy)
