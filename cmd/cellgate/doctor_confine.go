@@ -44,11 +44,36 @@ func checkConfinementKernel(r *report) {
 	}
 	r.ok("user namespaces", "%s; used by fork routes' preloaders (which may create none below theirs), never by cells, which cannot create one (seccomp)", userns)
 	checkResidentIPC(r)
+	modprobe, err := os.ReadFile("/proc/sys/kernel/modprobe")
+	checkModuleAutoload(r, string(modprobe), err)
 	major, minor := kernelVersion(unameRelease())
 	if major > 6 || major == 6 && minor >= 6 {
 		r.ok("tmpfs", "a size limit per private tmpfs, charged to the cell's memory (tmpfs quotas of 6.6 are not needed)")
 	} else {
 		r.ok("tmpfs", "a size limit per private tmpfs, charged to the cell's memory")
+	}
+}
+
+// checkModuleAutoload reports whether a cell can have the kernel start
+// a usermode helper, modprobe (the kernel.modprobe setting, read as
+// modprobe, or err), as root on the host and outside every cell's group:
+// the kernel asks for a "binfmt-XXXX" module when a process executes a
+// file of a format it does not know (fs/exec.c), which no filter can
+// tell from an ordinary execve; socket families, the other door, the
+// filter closes. An empty setting is the kernel's own way to start none.
+func checkModuleAutoload(r *report, modprobe string, err error) {
+	const name = "module autoload"
+	modprobe = strings.TrimSpace(modprobe)
+	switch {
+	case os.IsNotExist(err):
+		r.ok(name, "the kernel loads no modules (no kernel.modprobe): a cell can have it start no modprobe")
+	case err != nil:
+		r.warn(name, "", "kernel.modprobe unreadable: %v", err)
+	case modprobe == "":
+		r.ok(name, "kernel.modprobe is empty: a cell can have the kernel start no modprobe")
+	default:
+		r.warn(name, "where the host loads no module on demand once booted (load those it needs at boot, /etc/modules-load.d), empty it: sysctl -w kernel.modprobe= (kernel.modules_disabled does not stop the helper)",
+			"kernel.modprobe=%s: a cell that executes a file of a format the kernel does not know has it start %s, as root on the host and outside every cell's group (up to 50 at once)", modprobe, modprobe)
 	}
 }
 
