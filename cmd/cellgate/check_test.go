@@ -114,7 +114,7 @@ routes:
 		{name: "host filesystem", args: []string{route("fshost", "program: prog, filesystem: host")}, wantCode: 0, wantNoWarn: true},
 		{name: "a policy the cells could read", args: []string{file("readable.yaml", "version: 1\nroutes:\n  - {name: r, match: {path: /}, program: prog}\n", 0o644)}, wantCode: 0,
 			wantOut: []string{"valid: 1 route(s)"},
-			wantErr: []string{"cellgate check: warning: " + filepath.Join(dir, "readable.yaml") + " (mode 0644, gid ", "is readable by the cells of route r, whose view shows " + dir + ": a cover hides it, but a rename over it detaches the cover", "(fix: chmod 600 " + filepath.Join(dir, "readable.yaml") + ")"}},
+			wantErr: []string{"cellgate check: warning: " + filepath.Join(dir, "readable.yaml") + " (mode 0644, gid ", "is readable by the cells of route r, whose view shows " + dir + ": a cover hides it, but a rename over it detaches the cover", "(fix: chmod 600 " + filepath.Join(dir, "readable.yaml") + ", or keep it out of the routes' views)"}},
 		{name: "fork app_dir under /tmp", args: []string{route("forktmp", "driver: fork, runtime: python-wsgi, app: \"a:app\", app_dir: .")}, wantCode: 1,
 			wantErr: []string{"routes[r].confinement: ", "fresh tmpfs", "move it out of /tmp"}},
 		{name: "fork app_dir under /tmp, syntax only", args: []string{"--syntax-only", route("forktmp2", "driver: fork, runtime: python-wsgi, app: \"a:app\", app_dir: .")}, wantCode: 0},

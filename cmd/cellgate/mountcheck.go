@@ -187,7 +187,7 @@ func exposedDaemonFiles(p *policy.Policy, files []string, shared uint32) []strin
 			default:
 				continue
 			}
-			out = append(out, fmt.Sprintf("%s (mode %04o, gid %d) is readable by the cells of route %s, %s (fix: chmod 600 %s)", f, mode, st.Gid, r.Name, why, real))
+			out = append(out, fmt.Sprintf("%s (mode %04o, gid %d) is readable by the cells of route %s, %s (fix: chmod 600 %s, or keep it out of the routes' views)", f, mode, st.Gid, r.Name, why, real))
 			break
 		}
 	}

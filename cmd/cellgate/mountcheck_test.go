@@ -132,7 +132,7 @@ func TestExposedDaemonFiles(t *testing.T) {
 			switch {
 			case tc.want == "" && len(got) != 0:
 				t.Errorf("got %q, want none", got)
-			case tc.want != "" && (len(got) != 1 || !strings.Contains(got[0], tc.want) || !strings.Contains(got[0], "(fix: chmod 600 "+f+")")):
+			case tc.want != "" && (len(got) != 1 || !strings.Contains(got[0], tc.want) || !strings.Contains(got[0], "(fix: chmod 600 "+f+", or keep it out of the routes' views)")):
 				t.Errorf("got %q, want one holding %q and the fix", got, tc.want)
 			}
 		})

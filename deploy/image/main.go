@@ -140,9 +140,7 @@ func collect(repo, arch string) (spec, error) {
 			return spec{}, err
 		}
 	}
-	// 0600: the policy is in /usr, which the cells' default view shows
-	// (covered, but a cover does not survive a rename over the file).
-	if err := add(filepath.Join(repo, "examples/policy.yaml"), policyPath, 0o600); err != nil {
+	if err := add(filepath.Join(repo, "examples/policy.yaml"), policyPath, 0o644); err != nil {
 		return spec{}, err
 	}
 	// The example policy's scripts, beside it as it names them (they need
@@ -157,7 +155,11 @@ func collect(repo, arch string) (spec, error) {
 	if err != nil {
 		return spec{}, err
 	}
-	s.files = append(s.files, file{path: servePolicy, mode: 0o600, data: pol})
+	// 0644, not 0600: under a user namespace the image's files belong to
+	// an unmapped owner, and only their others' bits let serve read them.
+	// The cells' view shows /usr, but no edit replaces a file of the
+	// image's own (serve's warning of it is for a file that may be).
+	s.files = append(s.files, file{path: servePolicy, mode: 0o644, data: pol})
 	s.files = append(s.files, file{path: "/etc/passwd", mode: 0o644, data: []byte(passwd)}, file{path: "/etc/group", mode: 0o644, data: []byte(group)})
 	return s, nil
 }
