@@ -194,7 +194,7 @@ func (p *Plan) ForPreloader() (*Plan, error) {
 // inTmpfs returns the private tmpfs target that target is or lies in.
 func (p *Plan) inTmpfs(target string) (string, bool) {
 	for _, t := range p.Tmpfs {
-		if within(target, t.Target) {
+		if Within(target, t.Target) {
 			return t.Target, true
 		}
 	}
@@ -217,11 +217,11 @@ func (p *Plan) Templatable() bool {
 		return false
 	}
 	for _, b := range p.Binds {
-		if _, ok := p.inTmpfs(b.Target); ok || within(b.Target, "/proc") {
+		if _, ok := p.inTmpfs(b.Target); ok || Within(b.Target, "/proc") {
 			return false
 		}
 		for _, t := range p.Tmpfs {
-			if within(t.Target, b.Target) {
+			if Within(t.Target, b.Target) {
 				return false
 			}
 		}
@@ -428,12 +428,12 @@ func Build(o Options, fsys FS) (*Plan, error) {
 // /bin -> usr/bin).
 func (p *Plan) shows(path string) bool {
 	for _, b := range p.Binds {
-		if b.Source == b.Target && within(path, b.Target) {
+		if b.Source == b.Target && Within(path, b.Target) {
 			return true
 		}
 	}
 	for _, l := range p.Symlinks {
-		if within(path, l.Link) {
+		if Within(path, l.Link) {
 			return true
 		}
 	}
@@ -454,11 +454,11 @@ func (p *Plan) masks(fsys FS, hidden []string) ([]Bind, []error) {
 			continue
 		}
 		var at []string
-		if p.RootFS != "" && within(h, p.RootFS) {
+		if p.RootFS != "" && Within(h, p.RootFS) {
 			at = append(at, filepath.Join("/", strings.TrimPrefix(h, p.RootFS)))
 		}
 		for _, b := range p.Binds {
-			if !within(h, b.Source) {
+			if !Within(h, b.Source) {
 				continue
 			}
 			if b.Writable {
@@ -490,7 +490,7 @@ func nestedInWritable(binds []Bind) []error {
 			continue
 		}
 		for _, b := range binds {
-			if b.Target != w.Target && within(b.Target, w.Target) {
+			if b.Target != w.Target && Within(b.Target, w.Target) {
 				errs = append(errs, fmt.Errorf("mount target %s lies in the writable mount %s: a cell could replace a directory on its way with a symlink and move it for the cells after it; mount it outside %s, or make %s read-only", b.Target, w.Target, w.Target, w.Target))
 			}
 		}
@@ -506,11 +506,11 @@ func checkMount(m Bind) error {
 		return fmt.Errorf("mount target %q: not an absolute clean path", m.Target)
 	}
 	for _, r := range reserved {
-		if m.Target == r || r != "/" && within(r, m.Target) {
+		if m.Target == r || r != "/" && Within(r, m.Target) {
 			return fmt.Errorf("mount target %s: the cell's own %s is there; choose another target", m.Target, r)
 		}
 	}
-	if within(m.Target, "/proc") || within(m.Target, "/dev") {
+	if Within(m.Target, "/proc") || Within(m.Target, "/dev") {
 		return fmt.Errorf("mount target %s: under the cell's own /proc or /dev; choose another target", m.Target)
 	}
 	return nil
@@ -535,8 +535,8 @@ func clean(p string) bool {
 	return filepath.IsAbs(p) && filepath.Clean(p) == p && !strings.ContainsRune(p, 0)
 }
 
-// within reports whether p is dir or below it.
-func within(p, dir string) bool {
+// Within reports whether the clean absolute path p is dir or below it.
+func Within(p, dir string) bool {
 	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
 }
 

@@ -69,7 +69,10 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	}
 	file := fs.Arg(0)
 	p, err := policy.Load(file)
+	hidden := daemonFiles(file) // serve's own files, covered where a view shows them
+	var views []routeView       // what each route's cells see
 	if err == nil && !*syntaxOnly {
+		views = routeViews(p, resolvePath)
 		err = verifyRoutes(p, func(r *policy.Route) (sandbox.Credential, error) {
 			fixed, err := resolveUser(r, sh.GID)
 			return cellCredential(fixed, sandbox.UIDRange(sh.UIDs), cellGID(p, r, sh.GID)), err
@@ -77,7 +80,6 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		// The confinement serve builds for each route (with cells, its
 		// default), so that what serve refuses, check refuses.
 		var probs []policy.Problem
-		hidden := daemonFiles(file)
 		for _, r := range p.Routes {
 			if _, cerr := buildConfinement(r, hidden); cerr != nil {
 				probs = append(probs, routeProblem(p.Source, r, "confinement", "", cerr.Error(), ""))
@@ -87,7 +89,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 			err = withProblems(err, &policy.InvalidError{File: p.Source, Problems: probs})
 		}
 		err = withProblems(err, verifyGIDs(p, sh.GID, groupFile))
-		err = withProblems(err, verifyWritableMounts(p, resolvePath))
+		err = withProblems(err, verifyWritableMounts(p, views))
 	}
 	var invalid *policy.InvalidError
 	switch {
@@ -101,10 +103,8 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cellgate check: %v\n", err)
 		return exitInvalid
 	}
-	if !*syntaxOnly {
-		for _, w := range exposedDaemonFiles(p, daemonFiles(file), sh.GID) {
-			fmt.Fprintf(stderr, "cellgate check: warning: %s\n", w)
-		}
+	for _, w := range exposedDaemonFiles(p, views, hidden, sh.GID) {
+		fmt.Fprintf(stderr, "cellgate check: warning: %s\n", w)
 	}
 	printPolicy(stdout, p)
 	return exitOK

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"path/filepath"
-	"strings"
 
 	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
@@ -67,21 +66,8 @@ func viewSources(r *policy.Route) []viewSource {
 //     which that route's cells' init then binds into their view.
 //
 // A route with filesystem: host is left out: its cells see the whole host
-// already. resolve gives a path as its symlinks resolve (serve and check:
-// filepath.EvalSymlinks where the path exists).
-func verifyWritableMounts(p *policy.Policy, resolve func(string) string) error {
-	type view struct {
-		r    *policy.Route
-		srcs []viewSource
-	}
-	var views []view
-	for _, r := range p.Routes {
-		srcs := viewSources(r)
-		for i := range srcs {
-			srcs[i].path = resolve(srcs[i].path)
-		}
-		views = append(views, view{r, srcs})
-	}
+// already. views are p's routes' (routeViews).
+func verifyWritableMounts(p *policy.Policy, views []routeView) error {
 	var probs []policy.Problem
 	for _, v := range views {
 		for _, w := range v.srcs {
@@ -107,36 +93,48 @@ func verifyWritableMounts(p *policy.Policy, resolve func(string) string) error {
 	return &policy.InvalidError{File: p.Source, Problems: probs}
 }
 
+// routeView is a route and the host paths its cells see (viewSources),
+// as their symlinks resolve.
+type routeView struct {
+	r    *policy.Route
+	srcs []viewSource
+}
+
+// routeViews is every route of p with its view's sources, as resolve
+// gives them (serve and check: resolvePath), made once per load for
+// verifyWritableMounts and exposedDaemonFiles.
+func routeViews(p *policy.Policy, resolve func(string) string) []routeView {
+	views := make([]routeView, 0, len(p.Routes))
+	for _, r := range p.Routes {
+		srcs := viewSources(r)
+		for i := range srcs {
+			srcs[i].path = resolve(srcs[i].path)
+		}
+		views = append(views, routeView{r, srcs})
+	}
+	return views
+}
+
 // mountConflict says why route o's source x conflicts with route r's
 // writable mount w (verifyWritableMounts), and how to fix it; "" when it
 // does not.
 func mountConflict(r *policy.Route, w viewSource, o *policy.Route, x viewSource) (msg, fix string) {
-	other := fmt.Sprintf("route %s (line %d) shows %s (its %s)", o.Name, o.Line, x.path, x.key)
-	if o.Tenant != r.Tenant {
-		var how string
-		switch {
-		case x.path == w.path:
-			how = "this writable mount"
-		case within(x.path, w.path):
-			how = "from inside this writable mount"
-		case within(w.path, x.path):
-			how = "which holds this writable mount"
-		default:
-			return "", ""
-		}
-		return fmt.Sprintf("%s of tenant %s, %s: every tenant's cells run under uids the others' cells reuse, so a file a cell of one tenant leaves here is, to the kernel, a later cell of the other's own, whatever its mode", other, o.Tenant, how),
-			"give each tenant a directory of its own, out of what other tenants' routes show, or make no route's mount of it writable"
-	}
-	if x.path != w.path && within(x.path, w.path) {
-		return fmt.Sprintf("%s from inside this writable mount: this route's cells could replace it, or a directory on its way with a symlink to anywhere on the host, for that route's cells", other),
+	var how string
+	switch {
+	case o.Tenant != r.Tenant && x.path == w.path:
+		how = "of tenant " + o.Tenant + ", this writable mount"
+	case o.Tenant != r.Tenant && confine.Within(x.path, w.path):
+		how = "of tenant " + o.Tenant + ", from inside this writable mount"
+	case o.Tenant != r.Tenant && confine.Within(w.path, x.path):
+		how = "of tenant " + o.Tenant + ", which holds this writable mount"
+	case o.Tenant == r.Tenant && x.path != w.path && confine.Within(x.path, w.path):
+		return fmt.Sprintf("route %s (line %d) shows %s (its %s) from inside this writable mount: this route's cells could replace it, or a directory on its way with a symlink to anywhere on the host, for that route's cells", o.Name, o.Line, x.path, x.key),
 			fmt.Sprintf("move %s out of %s, or make this mount read-only", x.path, w.path)
+	default:
+		return "", ""
 	}
-	return "", ""
-}
-
-// within reports whether the clean absolute path p is dir or below it.
-func within(p, dir string) bool {
-	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
+	return fmt.Sprintf("route %s (line %d) shows %s (its %s) %s: every tenant's cells run under uids the others' cells reuse, so a file a cell of one tenant leaves here is, to the kernel, a later cell of the other's own, whatever its mode", o.Name, o.Line, x.path, x.key, how),
+		"give each tenant a directory of its own, out of what other tenants' routes show, or make no route's mount of it writable"
 }
 
 // resolvePath is a path as its symlinks resolve, or the path cleaned when
@@ -156,8 +154,8 @@ func resolvePath(path string) string {
 // and what to do. The view covers each such file (the null device bound
 // over it), but a rename over it (an editor's save, a ConfigMap's update)
 // detaches the cover in every view made before: a request running then
-// reads the new file.
-func exposedDaemonFiles(p *policy.Policy, files []string, shared uint32) []string {
+// reads the new file. views are p's routes' (routeViews).
+func exposedDaemonFiles(p *policy.Policy, views []routeView, files []string, shared uint32) []string {
 	cellGIDs := map[uint32]bool{shared: true}
 	for _, t := range p.Tenants {
 		if t.GID != 0 {
@@ -177,9 +175,9 @@ func exposedDaemonFiles(p *policy.Policy, files []string, shared uint32) []strin
 		if mode&0o004 == 0 && (mode&0o040 == 0 || !cellGIDs[st.Gid]) {
 			continue
 		}
-		for _, r := range p.Routes {
-			why := ""
-			switch src, ok := showing(r, real); {
+		for _, v := range views {
+			r, why := v.r, ""
+			switch src, ok := v.showing(real); {
 			case r.Confinement.HostFilesystem:
 				why = "which see the host's files (filesystem: host)"
 			case ok:
@@ -194,12 +192,12 @@ func exposedDaemonFiles(p *policy.Policy, files []string, shared uint32) []strin
 	return out
 }
 
-// showing reports which of r's view sources shows the resolved path
-// file, if one does (none for filesystem: host, which has no view).
-func showing(r *policy.Route, file string) (string, bool) {
-	for _, s := range viewSources(r) {
-		if src := resolvePath(s.path); within(file, src) {
-			return src, true
+// showing reports which of v's sources shows the resolved path file, if
+// one does (none for filesystem: host, which has no view).
+func (v routeView) showing(file string) (string, bool) {
+	for _, s := range v.srcs {
+		if confine.Within(file, s.path) {
+			return s.path, true
 		}
 	}
 	return "", false

@@ -63,7 +63,7 @@ func TestVerifyWritableMounts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantErrHas(t, "verifyWritableMounts", verifyWritableMounts(p, resolvePath), tc.want)
+			wantErrHas(t, "verifyWritableMounts", verifyWritableMounts(p, routeViews(p, resolvePath)), tc.want)
 		})
 	}
 }
@@ -128,7 +128,7 @@ func TestExposedDaemonFiles(t *testing.T) {
 					t.Skipf("chown: %v (needs root)", err)
 				}
 			}
-			got := exposedDaemonFiles(tc.p, []string{f}, cellGID)
+			got := exposedDaemonFiles(tc.p, routeViews(tc.p, resolvePath), []string{f}, cellGID)
 			switch {
 			case tc.want == "" && len(got) != 0:
 				t.Errorf("got %q, want none", got)

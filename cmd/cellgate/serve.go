@@ -454,17 +454,17 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 	}
 	// A route that can never work refuses the policy (routecheck.go).
 	err := verifyRoutes(pol, func(r *policy.Route) (sandbox.Credential, error) { return d.routeCredential(pol, r, specs[r]) })
+	var views []routeView // what each route's cells see, with cells
 	if d.cfg.Isolation != isolationNone {
+		views = routeViews(pol, resolvePath)
 		err = withProblems(err, verifyGIDs(pol, d.cfg.GID, groupFile))
-		err = withProblems(err, verifyWritableMounts(pol, resolvePath))
+		err = withProblems(err, verifyWritableMounts(pol, views))
 	}
 	if err != nil {
 		return nil, err
 	}
-	if d.cfg.Isolation != isolationNone {
-		for _, w := range exposedDaemonFiles(pol, hidden, d.cfg.GID) {
-			d.log.Warn("a file of serve's is readable by cells: " + w)
-		}
+	for _, w := range exposedDaemonFiles(pol, views, hidden, d.cfg.GID) {
+		d.log.Warn("a file of serve's is readable by cells: " + w)
 	}
 	for _, r := range pol.Routes {
 		rs := specs[r]
