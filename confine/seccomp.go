@@ -40,6 +40,17 @@ import (
 // other type or protocol with EPROTONOSUPPORT, as on a kernel built
 // without them.
 //
+// And the three calls that take huge pages of the host's hugetlb pool
+// (vm.nr_hugepages): mmap with MAP_HUGETLB, shmget with SHM_HUGETLB and
+// memfd_create with MFD_HUGETLB fail with ENOMEM, as on a host with none
+// free. Those pages are not charged to a cell's memory.max (unless
+// cgroup2 is mounted with memory_hugetlb_accounting, Linux 6.7), and the
+// hugetlb controller that could limit them is not delegated by systemd,
+// so a cell could otherwise map the whole pool the host reserved for a
+// database while it ran. A program asking for huge pages is written to
+// fall back to small ones on that error (glibc's malloc, the JVM,
+// PostgreSQL's huge_pages=try).
+//
 // It is assembled here from x/sys/unix's classic BPF types rather than
 // with libseccomp-golang, which needs cgo (cellgate builds static), or
 // golang.org/x/net/bpf, whose virtual machine reads big-endian packets and
@@ -57,6 +68,10 @@ const (
 	offArg3Low    = 16 + 3*8
 	x32SyscallBit = 0x40000000
 )
+
+// shmHugeTLB is shmget's SHM_HUGETLB (include/uapi/linux/shm.h), which
+// x/sys/unix does not define.
+const shmHugeTLB = 0o4000
 
 // cloneNewFlags are the namespace flags clone may not take: a new user
 // namespace is the door to many kernel bugs, and the cell already has the
@@ -87,6 +102,7 @@ const (
 	retENOSYS = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)
 	retNoAF   = unix.SECCOMP_RET_ERRNO | uint32(unix.EAFNOSUPPORT)
 	retNoProt = unix.SECCOMP_RET_ERRNO | uint32(unix.EPROTONOSUPPORT)
+	retNoMem  = unix.SECCOMP_RET_ERRNO | uint32(unix.ENOMEM)
 )
 
 // BPF opcodes used.
@@ -114,6 +130,10 @@ const (
 	lblNoAF
 	lblNoProt
 	lblSocketOK
+	lblMmap
+	lblShmget
+	lblMemfd
+	lblNoMem
 	lblAllow
 	lblTree // the first of denyTree's labels
 )
@@ -176,8 +196,9 @@ func ResidentFilter() ([]unix.SockFilter, error) {
 // numbers (amd64), answer numbers above newestSyscall ENOSYS, send clone
 // to the flag check and clone3 to ENOSYS, then
 // look the number up in the deny list (denyTree), where setrlimit and
-// prlimit64 go to their checks of RLIMIT_CORE and socket to its check
-// of the family and protocol. With mount non-zero (a
+// prlimit64 go to their checks of RLIMIT_CORE, socket to its check
+// of the family and protocol, and mmap, shmget and memfd_create to their
+// checks of the huge page flag. With mount non-zero (a
 // preloader's filter) clone3 is allowed and mount goes to the flag check
 // instead of the deny list; with clone3 zero (a resident init's) clone3
 // is allowed.
@@ -206,9 +227,12 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 			nrs = append(nrs, s.nr)
 		}
 	}
-	// The rlimit calls and socket are found by the same search, each to
-	// its own check.
-	target := map[uint32]label{sysSetrlimit: lblSetrlimit, sysPrlimit64: lblPrlimit, sysSocket: lblSocket}
+	// The calls decided by their arguments are found by the same search,
+	// each sent to its own check.
+	target := map[uint32]label{
+		sysSetrlimit: lblSetrlimit, sysPrlimit64: lblPrlimit, sysSocket: lblSocket,
+		sysMmap: lblMmap, sysShmget: lblShmget, sysMemfdCreate: lblMemfd,
+	}
 	for nr := range target {
 		nrs = append(nrs, nr)
 	}
@@ -219,6 +243,14 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 		insn{op: ldAbsW, k: offArg0Low, at: lblClone},
 		insn{op: jsetK, k: cloneNewFlags, jt: lblDeny},
 		insn{op: retK, k: retAllow},
+		// mmap(addr, length, prot, flags, fd, offset), shmget(key, size,
+		// flags), memfd_create(name, flags): no huge page flag.
+		insn{op: ldAbsW, k: offArg3Low, at: lblMmap},
+		insn{op: jsetK, k: unix.MAP_HUGETLB, jt: lblNoMem, jf: lblAllow},
+		insn{op: ldAbsW, k: offArg2Low, at: lblShmget},
+		insn{op: jsetK, k: shmHugeTLB, jt: lblNoMem, jf: lblAllow},
+		insn{op: ldAbsW, k: offArg1Low, at: lblMemfd},
+		insn{op: jsetK, k: unix.MFD_HUGETLB, jt: lblNoMem, jf: lblAllow},
 		// setrlimit(resource, new): the resource is an unsigned int, its
 		// low word all the kernel reads.
 		insn{op: ldAbsW, k: offArg0Low, at: lblSetrlimit},
@@ -242,6 +274,7 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 		)
 	}
 	return append(p,
+		insn{op: retK, k: retNoMem, at: lblNoMem},
 		insn{op: retK, k: retENOSYS, at: lblNoSys},
 		insn{op: retK, k: retEPERM, at: lblDeny},
 	)
@@ -298,7 +331,7 @@ func socketCheck() []insn {
 // in a row that emulation was most of the load every cell pays. The
 // tree's verdicts took at most 18 instructions (the row's up to 54), for
 // 82 instructions in all instead of 68 (with the argument checks since,
-// 19 and 115). next numbers the labels of the right halves.
+// 20 and 126). next numbers the labels of the right halves.
 func denyTree(p []insn, nrs []uint32, target map[uint32]label, next *label) []insn {
 	if len(nrs) <= denyRun {
 		for _, nr := range nrs {

@@ -9,12 +9,15 @@ var auditArch = map[string]uint32{
 }
 
 const (
-	sysClone     = unix.SYS_CLONE
-	sysClone3    = unix.SYS_CLONE3
-	sysMount     = unix.SYS_MOUNT
-	sysSetrlimit = unix.SYS_SETRLIMIT
-	sysPrlimit64 = unix.SYS_PRLIMIT64
-	sysSocket    = unix.SYS_SOCKET
+	sysClone       = unix.SYS_CLONE
+	sysClone3      = unix.SYS_CLONE3
+	sysMount       = unix.SYS_MOUNT
+	sysSetrlimit   = unix.SYS_SETRLIMIT
+	sysPrlimit64   = unix.SYS_PRLIMIT64
+	sysSocket      = unix.SYS_SOCKET
+	sysMmap        = unix.SYS_MMAP
+	sysShmget      = unix.SYS_SHMGET
+	sysMemfdCreate = unix.SYS_MEMFD_CREATE
 )
 
 // newestSyscall is the highest system call number x/sys/unix knows (the

@@ -232,6 +232,50 @@ func eachFilter(t *testing.T, check func(name string, prog []unix.SockFilter)) {
 	}
 }
 
+// TestFilterHugePages: under every filter no call takes pages of the
+// host's hugetlb pool (ENOMEM, as a host with none free answers), and the
+// same calls without the flag, or with it in a word the kernel does not
+// read, are allowed.
+func TestFilterHugePages(t *testing.T) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		t.Skipf("no seccomp table for %s", runtime.GOARCH)
+	}
+	const (
+		anon  = unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
+		rw    = unix.PROT_READ | unix.PROT_WRITE
+		name  = 0x7ffc_1000 // a pointer to the memfd's name
+		noFD  = 1<<64 - 1   // mmap's fd -1
+		huge1 = 30 << unix.MAP_HUGE_SHIFT
+	)
+	calls := []struct {
+		name string
+		nr   uint32
+		args []uint64
+		want uint32
+	}{
+		{"mmap anonymous", sysMmap, []uint64{0, 1 << 21, rw, anon, noFD, 0}, retAllow},
+		{"mmap of a file, shared", sysMmap, []uint64{0, 4096, unix.PROT_READ, unix.MAP_SHARED, 3, 0}, retAllow},
+		{"mmap with MAP_HUGETLB", sysMmap, []uint64{0, 1 << 21, rw, anon | unix.MAP_HUGETLB, noFD, 0}, retNoMem},
+		{"mmap with MAP_HUGETLB of 1 GiB pages", sysMmap, []uint64{0, 1 << 30, rw, anon | unix.MAP_HUGETLB | huge1, noFD, 0}, retNoMem},
+		{"mmap with MAP_HUGETLB, shared, of a file", sysMmap, []uint64{0, 1 << 21, rw, unix.MAP_SHARED | unix.MAP_HUGETLB, 3, 0}, retNoMem},
+		{"mmap with the flag's bit in the high word only", sysMmap, []uint64{0, 4096, rw, anon | unix.MAP_HUGETLB<<32, noFD, 0}, retAllow},
+		{"shmget", sysShmget, []uint64{unix.IPC_PRIVATE, 1 << 21, unix.IPC_CREAT | 0o600}, retAllow},
+		{"shmget with SHM_HUGETLB", sysShmget, []uint64{unix.IPC_PRIVATE, 1 << 21, unix.IPC_CREAT | shmHugeTLB | 0o600}, retNoMem},
+		{"shmget with SHM_HUGETLB of 1 GiB pages", sysShmget, []uint64{unix.IPC_PRIVATE, 1 << 30, unix.IPC_CREAT | shmHugeTLB | huge1 | 0o600}, retNoMem},
+		{"memfd_create", sysMemfdCreate, []uint64{name, unix.MFD_CLOEXEC | unix.MFD_ALLOW_SEALING}, retAllow},
+		{"memfd_create with MFD_HUGETLB", sysMemfdCreate, []uint64{name, unix.MFD_CLOEXEC | unix.MFD_HUGETLB}, retNoMem},
+		{"memfd_create with MFD_HUGETLB of 2 MiB pages", sysMemfdCreate, []uint64{name, unix.MFD_HUGETLB | unix.MFD_HUGE_2MB}, retNoMem},
+	}
+	eachFilter(t, func(name string, prog []unix.SockFilter) {
+		for _, c := range calls {
+			if got := run(t, prog, arch, c.nr, c.args...); got != c.want {
+				t.Errorf("%s: %s: %#x, want %#x", name, c.name, got, c.want)
+			}
+		}
+	})
+}
+
 // TestFilterSocket: under every filter a socket may be of the families
 // and protocols a web program uses, and of no other, whose first socket
 // would have the kernel load a module: EAFNOSUPPORT for a family,

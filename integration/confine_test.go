@@ -65,6 +65,7 @@ type probeReply struct {
 	FDs      []string          `json:"fds"`      // "N TARGET" of each of the probe's fds
 	Socket   map[string]string `json:"socket"`   // probeSockets' name -> "ok" or the errno name
 	MLock    map[string]string `json:"mlock"`    // KiB -> locking that much of its own binary's pages: "ok" or the errno name
+	Huge     map[string]string `json:"huge"`     // hugePageCalls: each way to take a huge page -> "ok" or the errno name
 }
 
 // socketTables are the socket tables of /proc/self/net the probe counts.
@@ -132,6 +133,44 @@ func lockOwnPages(n int) error {
 	}
 	defer unix.Munmap(b)
 	return unix.Mlock(b)
+}
+
+// hugePageCalls takes one 2 MiB page of the host's hugetlb pool in each
+// of the three ways there are (mmap MAP_HUGETLB, shmget SHM_HUGETLB,
+// memfd_create MFD_HUGETLB), writes to it and gives it back: each way ->
+// "ok" or the errno name of the first call that failed.
+func hugePageCalls() map[string]string {
+	const size, shmHugeTLB = 2 << 20, 0o4000
+	touch := func(b []byte) error {
+		b[0], b[size-1] = 1, 1
+		return unix.Munmap(b)
+	}
+	got := map[string]string{}
+	b, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_HUGETLB)
+	if err == nil {
+		err = touch(b)
+	}
+	got["mmap"] = errName(err)
+	id, err := unix.SysvShmGet(unix.IPC_PRIVATE, size, unix.IPC_CREAT|shmHugeTLB|0o600)
+	if err == nil {
+		if b, err = unix.SysvShmAttach(id, 0, 0); err == nil {
+			b[0], b[size-1] = 1, 1
+			err = unix.SysvShmDetach(b)
+		}
+		unix.SysvShmCtl(id, unix.IPC_RMID, nil)
+	}
+	got["shmget"] = errName(err)
+	fd, err := unix.MemfdCreate("huge", unix.MFD_CLOEXEC|unix.MFD_HUGETLB)
+	if err == nil {
+		if err = unix.Ftruncate(fd, size); err == nil {
+			if b, err = unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+				err = touch(b)
+			}
+		}
+		unix.Close(fd)
+	}
+	got["memfd"] = errName(err)
+	return got
 }
 
 // openSockets opens each of probeSockets and closes it: its name ->
@@ -446,6 +485,9 @@ func runProbe() int {
 	}
 	if q.Has("socket") {
 		r.Socket = openSockets()
+	}
+	if q.Has("huge") {
+		r.Huge = hugePageCalls()
 	}
 	if q.Has("crash") {
 		// Dies of SIGABRT, which dumps core, after lowering its core
@@ -940,6 +982,79 @@ func TestConfineRlimits(t *testing.T) {
 	}
 }
 
+// TestConfineNoHugePages: a cell, resident or fresh, cannot take pages of
+// the host's hugetlb pool (not charged to its memory.max, and not limited
+// per cell where systemd does not delegate the hugetlb controller): each
+// way fails ENOMEM, as on a host with none free, and the pool stays whole.
+// The controls: the test itself takes one in each way, and so does a
+// cell of a route with seccomp: off.
+func TestConfineNoHugePages(t *testing.T) {
+	requireMicroVM(t)
+	const pages = 4
+	nr := "/proc/sys/vm/nr_hugepages"
+	setSysctl(t, nr, strconv.Itoa(pages))
+	// SysV segments of huge pages are the kernel's to refuse a process
+	// without CAP_IPC_LOCK outside this group (EPERM): tenant a's gid, so
+	// that only the filter refuses them.
+	setSysctl(t, "/proc/sys/vm/hugetlb_shm_group", "3000")
+	pool := func() (total, free string) {
+		m := procMeminfo(t)
+		return m["HugePages_Total"], m["HugePages_Free"]
+	}
+	if total, free := pool(); total != strconv.Itoa(pages) || free != total {
+		t.Fatalf("the host's pool after %s=%d: %s pages, %s free", nr, pages, total, free)
+	}
+	want := func(who string, got map[string]string, errno string) {
+		t.Helper()
+		for _, way := range []string{"mmap", "shmget", "memfd"} {
+			if got[way] != errno {
+				t.Errorf("%s: a huge page by %s: %s, want %s", who, way, got[way], errno)
+			}
+		}
+	}
+	want("the test itself", hugePageCalls(), "ok")
+	g := freshProbeGate(t, fmt.Sprintf(`  - {name: nofilter, match: {path: /nofilter}, tenant: a, program: %q, env: {%s: probe}, seccomp: off}
+`, workerBinary(t), cellHelperEnv))
+	for _, route := range []string{"probe", "fresh"} {
+		want(route, g.probe(t, route, url.Values{"huge": {"1"}}).Huge, "ENOMEM")
+	}
+	want("a cell with seccomp: off", g.probe(t, "nofilter", url.Values{"huge": {"1"}}).Huge, "ok")
+	if total, free := pool(); free != total {
+		t.Errorf("the host's pool after the cells: %s pages, %s free", total, free)
+	}
+}
+
+// setSysctl writes v to the sysctl file until the test ends.
+func setSysctl(t *testing.T, file, v string) {
+	t.Helper()
+	old, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, []byte(v), 0); err != nil {
+		t.Fatalf("%s: %v", file, err)
+	}
+	t.Cleanup(func() { os.WriteFile(file, old, 0) })
+}
+
+// procMeminfo reads /proc/meminfo: each field -> its value, without unit.
+func procMeminfo(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if name, v, ok := strings.Cut(line, ":"); ok {
+			if f := strings.Fields(v); len(f) > 0 {
+				out[name] = f[0]
+			}
+		}
+	}
+	return out
+}
+
 // procLimits reads a /proc/PID/limits text: each limit's name -> "SOFT HARD".
 func procLimits(text string) map[string]string {
 	out := map[string]string{}
@@ -956,11 +1071,12 @@ func procLimits(text string) map[string]string {
 
 // freshProbeGate is confineGate with a route "fresh" beside "probe": the
 // probe too, in tenant a, each request in a cell of its own from its
-// init up (cells: fresh) where probe's are resident.
-func freshProbeGate(t *testing.T) *gate {
+// init up (cells: fresh) where probe's are resident; then the extra
+// routes.
+func freshProbeGate(t *testing.T, extra ...string) *gate {
 	t.Helper()
 	return confineGate(t, fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
-`, workerBinary(t), cellHelperEnv))
+`, workerBinary(t), cellHelperEnv)+strings.Join(extra, ""))
 }
 
 // kernelHelper points the kernel's helper setting at sysctl (its

@@ -556,6 +556,11 @@ var forkSyscalls = []struct {
 	// A protocol and a family whose first socket has a module loaded.
 	{"socket(AF_INET, SOCK_DCCP)", unix.SYS_SOCKET, unix.AF_INET, unix.SOCK_DCCP, unix.IPPROTO_DCCP, "EPROTONOSUPPORT"},
 	{"socket(AF_ALG)", unix.SYS_SOCKET, unix.AF_ALG, unix.SOCK_SEQPACKET, 0, "EAFNOSUPPORT"},
+	// Huge pages of the host's pool, which the kernel would refuse
+	// otherwise with other errors (EPERM: the child is not in
+	// vm.hugetlb_shm_group; EFAULT: no name).
+	{"shmget(SHM_HUGETLB)", unix.SYS_SHMGET, unix.IPC_PRIVATE, 2 << 20, unix.IPC_CREAT | 0o4000 | 0o600, "ENOMEM"},
+	{"memfd_create(MFD_HUGETLB)", unix.SYS_MEMFD_CREATE, 0, unix.MFD_HUGETLB, 0, "ENOMEM"},
 	// The preloader's filter allows clone3 (CLONE_INTO_CGROUP); the
 	// child's own filter, loaded on top, sends it to ENOSYS again.
 	{"clone3", unix.SYS_CLONE3, 0, 0, 0, "ENOSYS"},
