@@ -45,6 +45,10 @@ var controllerFiles = map[string]map[string]string{
 	"cpu":  {"cpu.max": "max 100000\n", "cpu.weight": "100\n", "cpu.max.burst": "0\n", "cpu.idle": "0\n"},
 	"pids": {"pids.max": "max\n", "pids.peak": "0\n", "pids.events": "max 0\n"},
 	"io":   {"io.stat": "", "io.max": "", "io.weight": "default 100\n"},
+	"hugetlb": {
+		"hugetlb.2MB.max": "max\n", "hugetlb.2MB.rsvd.max": "max\n", "hugetlb.2MB.current": "0\n",
+		"hugetlb.1GB.max": "max\n", "hugetlb.1GB.rsvd.max": "max\n", "hugetlb.1GB.current": "0\n",
+	},
 }
 
 func (f *fakeFS) mkdir(path string) error {

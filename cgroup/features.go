@@ -33,6 +33,10 @@ type Features struct {
 	MemoryPeakReset bool   // memory.peak writable: a reset for the reads through one fd (6.12), which a reused cell needs for a peak per request
 	PidsPeak        bool   // pids.peak in a cell (6.1, needs pids)
 	MemoryOOMGroup  bool   // memory.oom.group in a cell (4.19, needs memory)
+	// HugeTLBClosed: the hugetlb controller reaches the base, and every
+	// hugetlb limit of <base>/cells is 0, so that no cell can take a page
+	// of the host's huge page pool (closeHugeTLB).
+	HugeTLBClosed bool
 }
 
 // LogValue renders the features as a slog group.
@@ -52,6 +56,7 @@ func (f Features) LogValue() slog.Value {
 		slog.Bool("memory_peak_reset", f.MemoryPeakReset),
 		slog.Bool("pids_peak", f.PidsPeak),
 		slog.Bool("memory_oom_group", f.MemoryOOMGroup),
+		slog.Bool("hugetlb_closed", f.HugeTLBClosed),
 	)
 }
 

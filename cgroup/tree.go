@@ -343,6 +343,14 @@ func (t *Tree) setup(o Options) error {
 		return err
 	}
 	t.cells = filepath.Join(t.base, cellsDir)
+	closeHuge := slices.Contains(avail, "hugetlb")
+	if closeHuge {
+		// For cells/ alone, before it is made: see closeHugeTLB.
+		if err := enableControllers(t.base, []string{"hugetlb"}); err != nil {
+			closeHuge = false
+			t.log.Warn("huge pages not closed to cells by the hugetlb controller", "err", err)
+		}
+	}
 	switch err := t.ops.mkdir(t.cells); {
 	case err == nil:
 		t.createdC = true
@@ -351,6 +359,13 @@ func (t *Tree) setup(o Options) error {
 	}
 	if err := enableControllers(t.cells, want); err != nil {
 		return err
+	}
+	if closeHuge {
+		if err := closeHugeTLB(t.cells); err != nil {
+			t.log.Warn("huge pages not closed to cells by the hugetlb controller", "err", err)
+		} else {
+			t.feat.HugeTLBClosed = true
+		}
 	}
 	t.enabled = want
 	t.feat.Enabled = slices.Clone(want)
@@ -373,6 +388,40 @@ func (t *Tree) setup(o Options) error {
 	}
 	if len(t.feat.Unenforced) > 0 {
 		t.log.Warn("running without controllers: their limits are not enforced", "unenforced", strings.Join(t.feat.Unenforced, " "), "base", t.base)
+	}
+	return nil
+}
+
+// closeHugeTLB writes 0 to every hugetlb limit of cells/ (each page
+// size's hugetlb.<size>.max, and .rsvd.max from Linux 5.7), where the
+// hugetlb controller is enabled for cells/ but not below it: every
+// tenant's and cell's processes are then charged to cells/'s hugetlb
+// state, so none can take a page of the host's huge page pool (a
+// reservation at mmap fails ENOMEM; without .rsvd.max, a fault beyond
+// the limit is a SIGBUS). Those pages are not charged to memory.max
+// (before Linux 6.7's memory_hugetlb_accounting), and no limit per cell
+// is wanted: enabling the controller below cells/ would cost every
+// cell's mkdir for nothing. systemd does not delegate hugetlb, so under
+// a unit this is not done, and the seccomp filter is what closes the
+// pool to confined cells.
+func closeHugeTLB(cells string) error {
+	ents, err := os.ReadDir(cells)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, "hugetlb.") || !strings.HasSuffix(name, ".max") {
+			continue
+		}
+		if err := writeFile(filepath.Join(cells, name), "0"); err != nil {
+			return fmt.Errorf("write %s=0 in %s: %w", name, cells, err)
+		}
+		n++
+	}
+	if n == 0 {
+		return fmt.Errorf("no hugetlb.*.max in %s", cells)
 	}
 	return nil
 }

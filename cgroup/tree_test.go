@@ -66,6 +66,46 @@ func TestOpenPrivateBase(t *testing.T) {
 	}
 }
 
+// TestOpenClosesHugeTLB: where the hugetlb controller reaches the base,
+// it is enabled for cells/ alone, whose every hugetlb limit is 0, so that
+// no tenant or cell below (charged to cells/, having no hugetlb state of
+// its own) takes a huge page; where it does not, nothing is written.
+func TestOpenClosesHugeTLB(t *testing.T) {
+	root := fakeRoot(t, "memory", "cpu", "pids", "hugetlb")
+	tr := mustOpenFake(t, &fakeFS{}, root, nil)
+	defer tr.Close()
+	base := filepath.Join(root, "cellgate")
+	cells := filepath.Join(base, "cells")
+	if !tr.Features().HugeTLBClosed {
+		t.Error("Features.HugeTLBClosed = false")
+	}
+	if got := fakeControllers(read(t, filepath.Join(base, "cgroup.subtree_control"))); !slices.Contains(got, "hugetlb") {
+		t.Errorf("%s/cgroup.subtree_control = %v, want hugetlb in it", base, got)
+	}
+	if got := fakeControllers(read(t, filepath.Join(cells, "cgroup.subtree_control"))); slices.Contains(got, "hugetlb") {
+		t.Errorf("%s/cgroup.subtree_control = %v: hugetlb enabled below cells/", cells, got)
+	}
+	for _, f := range []string{"hugetlb.2MB.max", "hugetlb.2MB.rsvd.max", "hugetlb.1GB.max", "hugetlb.1GB.rsvd.max"} {
+		if got := read(t, filepath.Join(cells, f)); got != "0" {
+			t.Errorf("%s = %q, want 0", f, got)
+		}
+	}
+	c, err := tr.NewCell(testProfile(t, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Remove(t.Context())
+	if exists(filepath.Join(c.Path(), "hugetlb.2MB.max")) {
+		t.Error("a cell has hugetlb files: the controller is enabled below cells/")
+	}
+
+	plain := mustOpenFake(t, &fakeFS{}, fakeRoot(t, "memory", "cpu", "pids"), nil)
+	defer plain.Close()
+	if plain.Features().HugeTLBClosed {
+		t.Error("without the hugetlb controller: Features.HugeTLBClosed = true")
+	}
+}
+
 func TestOpenControllerMissing(t *testing.T) {
 	root := fakeRoot(t, "cpu")
 	_, err := openFake(t, &fakeFS{}, root, nil)

@@ -506,8 +506,14 @@ func runProbe() int {
 // the default confinement (tenant a), "nethost" with network: host.
 func confineGate(t *testing.T, extra string, args ...string) *gate {
 	t.Helper()
+	return startGate(t, gateOptions{policy: confinePolicy(t, extra), args: args})
+}
+
+// confinePolicy is confineGate's policy, with the extra routes.
+func confinePolicy(t *testing.T, extra string) string {
+	t.Helper()
 	w := workerBinary(t)
-	pol := fmt.Sprintf(`version: 1
+	return fmt.Sprintf(`version: 1
 defaults: {memory: 64Mi, cpu: 1, pids: 64, timeout: 60s}
 tenants:
   - {name: a, memory: 256Mi, queue: 100, queue_timeout: 120s, gid: 3000}
@@ -517,7 +523,6 @@ routes:
   - {name: probe, match: {path: /probe}, tenant: a, program: %[1]q, env: {%[2]s: probe}}
   - {name: nethost, match: {path: /nethost}, tenant: b, program: %[1]q, env: {%[2]s: probe}, network: host}
 %[3]s`, w, cellHelperEnv, extra)
-	return startGate(t, gateOptions{policy: pol, args: args})
 }
 
 // probe sends the query to the route and decodes the reply.
@@ -983,11 +988,13 @@ func TestConfineRlimits(t *testing.T) {
 }
 
 // TestConfineNoHugePages: a cell, resident or fresh, cannot take pages of
-// the host's hugetlb pool (not charged to its memory.max, and not limited
-// per cell where systemd does not delegate the hugetlb controller): each
-// way fails ENOMEM, as on a host with none free, and the pool stays whole.
-// The controls: the test itself takes one in each way, and so does a
-// cell of a route with seccomp: off.
+// the host's huge page pool (not charged to its memory.max): each way
+// fails ENOMEM, as on a host with none free, and the pool stays whole.
+// Without the hugetlb controller (as under systemd, which does not
+// delegate it) the seccomp filter refuses them, and a cell of a route
+// with seccomp: off, the control, takes one in each way; where the
+// controller reaches cellgate's base, it refuses them to that cell too.
+// The test itself, the other control, takes one in each way.
 func TestConfineNoHugePages(t *testing.T) {
 	requireMicroVM(t)
 	const pages = 4
@@ -995,7 +1002,7 @@ func TestConfineNoHugePages(t *testing.T) {
 	setSysctl(t, nr, strconv.Itoa(pages))
 	// SysV segments of huge pages are the kernel's to refuse a process
 	// without CAP_IPC_LOCK outside this group (EPERM): tenant a's gid, so
-	// that only the filter refuses them.
+	// that only cellgate refuses them.
 	setSysctl(t, "/proc/sys/vm/hugetlb_shm_group", "3000")
 	pool := func() (total, free string) {
 		m := procMeminfo(t)
@@ -1004,7 +1011,7 @@ func TestConfineNoHugePages(t *testing.T) {
 	if total, free := pool(); total != strconv.Itoa(pages) || free != total {
 		t.Fatalf("the host's pool after %s=%d: %s pages, %s free", nr, pages, total, free)
 	}
-	want := func(who string, got map[string]string, errno string) {
+	want := func(t *testing.T, who string, got map[string]string, errno string) {
 		t.Helper()
 		for _, way := range []string{"mmap", "shmget", "memfd"} {
 			if got[way] != errno {
@@ -1012,15 +1019,52 @@ func TestConfineNoHugePages(t *testing.T) {
 			}
 		}
 	}
-	want("the test itself", hugePageCalls(), "ok")
-	g := freshProbeGate(t, fmt.Sprintf(`  - {name: nofilter, match: {path: /nofilter}, tenant: a, program: %q, env: {%s: probe}, seccomp: off}
-`, workerBinary(t), cellHelperEnv))
-	for _, route := range []string{"probe", "fresh"} {
-		want(route, g.probe(t, route, url.Values{"huge": {"1"}}).Huge, "ENOMEM")
-	}
-	want("a cell with seccomp: off", g.probe(t, "nofilter", url.Values{"huge": {"1"}}).Huge, "ok")
-	if total, free := pool(); free != total {
-		t.Errorf("the host's pool after the cells: %s pages, %s free", total, free)
+	want(t, "the test itself", hugePageCalls(), "ok")
+	routes := freshRoute(t) + fmt.Sprintf(`  - {name: nofilter, match: {path: /nofilter}, tenant: a, program: %q, env: {%s: probe}, seccomp: off}
+`, workerBinary(t), cellHelperEnv)
+	for _, tc := range []struct {
+		name       string
+		controller bool
+		nofilter   string // what the cell of the route with seccomp: off gets
+	}{{"filter", false, "ok"}, {"controller", true, "ENOMEM"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := gateOptions{policy: confinePolicy(t, routes)}
+			if tc.controller {
+				// Down to the gate's base, as on a host whose init
+				// delegates it; disabled again in the test's own group
+				// once the groups below are gone.
+				own, err := ownGroup()
+				if err != nil {
+					t.Fatal(err)
+				}
+				mnt, err := cgroup2Mount()
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctl := filepath.Join(mnt, own, "cgroup.subtree_control")
+				if b, err := os.ReadFile(ctl); err == nil && !strings.Contains(string(b), "hugetlb") {
+					t.Cleanup(func() { os.WriteFile(ctl, []byte("-hugetlb"), 0) })
+				}
+				parent := requireKernel(t)
+				for _, c := range []string{ctl, filepath.Join(parent, "cgroup.subtree_control")} {
+					if err := os.WriteFile(c, []byte("+hugetlb"), 0); err != nil {
+						t.Fatalf("enable hugetlb in %s: %v", c, err)
+					}
+				}
+				o.base = filepath.Join(parent, "gate")
+			}
+			g := startGate(t, o)
+			if closed := strings.Contains(g.log(), "features.hugetlb_closed=true"); closed != tc.controller {
+				t.Fatalf("serve's features: hugetlb_closed=%v, want %v", closed, tc.controller)
+			}
+			for _, route := range []string{"probe", "fresh"} {
+				want(t, route, g.probe(t, route, url.Values{"huge": {"1"}}).Huge, "ENOMEM")
+			}
+			want(t, "a cell with seccomp: off", g.probe(t, "nofilter", url.Values{"huge": {"1"}}).Huge, tc.nofilter)
+			if total, free := pool(); free != total {
+				t.Errorf("the host's pool after the cells: %s pages, %s free", total, free)
+			}
+		})
 	}
 }
 
@@ -1071,12 +1115,16 @@ func procLimits(text string) map[string]string {
 
 // freshProbeGate is confineGate with a route "fresh" beside "probe": the
 // probe too, in tenant a, each request in a cell of its own from its
-// init up (cells: fresh) where probe's are resident; then the extra
-// routes.
-func freshProbeGate(t *testing.T, extra ...string) *gate {
+// init up (cells: fresh) where probe's are resident.
+func freshProbeGate(t *testing.T) *gate {
 	t.Helper()
-	return confineGate(t, fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
-`, workerBinary(t), cellHelperEnv)+strings.Join(extra, ""))
+	return confineGate(t, freshRoute(t))
+}
+
+// freshRoute is freshProbeGate's route "fresh".
+func freshRoute(t *testing.T) string {
+	return fmt.Sprintf(`  - {name: fresh, match: {path: /fresh}, tenant: a, program: %q, env: {%s: probe}, cells: fresh}
+`, workerBinary(t), cellHelperEnv)
 }
 
 // kernelHelper points the kernel's helper setting at sysctl (its

@@ -389,6 +389,8 @@ func checkCells(ctx context.Context, cfg doctorConfig, mount string, r *report) 
 		r.warn("memory.peak reset", "upgrade to Linux 6.12 for it, or leave routes at groups: fresh (the default)",
 			"absent on this kernel (needs 6.12): a route with groups: reused reports no memory.peak for a request in a reused group")
 	}
+	pages, err := hugePagePool("/sys/kernel/mm/hugepages")
+	checkHugePages(r, pages, err, feat.HugeTLBClosed)
 
 	if os.Geteuid() != 0 {
 		return // switching to a per-cell uid needs root; already reported

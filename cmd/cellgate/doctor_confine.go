@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/cellgate/cellgate/confine"
@@ -74,6 +77,54 @@ func checkModuleAutoload(r *report, modprobe string, err error) {
 	default:
 		r.warn(name, "where the host loads no module on demand once booted (load those it needs at boot, /etc/modules-load.d), empty it: sysctl -w kernel.modprobe= (kernel.modules_disabled does not stop the helper)",
 			"kernel.modprobe=%s: a cell that executes a file of a format the kernel does not know has it start %s, as root on the host and outside every cell's group (up to 50 at once)", modprobe, modprobe)
+	}
+}
+
+// hugePagePool counts the pages the host's huge page pools hold or may
+// overcommit, of every page size (dir is /sys/kernel/mm/hugepages; no
+// such directory is a kernel without huge pages: none).
+func hugePagePool(dir string) (int, error) {
+	sizes, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, size := range sizes {
+		for _, f := range []string{"nr_hugepages", "nr_overcommit_hugepages"} {
+			b, err := os.ReadFile(filepath.Join(dir, size.Name(), f))
+			if err != nil {
+				return 0, err
+			}
+			v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+			if err != nil {
+				return 0, fmt.Errorf("%s: %w", filepath.Join(dir, size.Name(), f), err)
+			}
+			n += v
+		}
+	}
+	return n, nil
+}
+
+// checkHugePages reports who can take pages of the host's huge page
+// pool (pages of them, reserved or overcommitted), which are not charged
+// to a cell's memory.max: every confined cell is refused them by the
+// seccomp filter; with the hugetlb controller reaching cellgate's tree
+// (closed, cgroup.Features.HugeTLBClosed) every cell is.
+func checkHugePages(r *report, pages int, err error, closed bool) {
+	const name = "huge pages"
+	switch {
+	case closed:
+		r.ok(name, "closed to every cell by the hugetlb controller (every hugetlb limit of cells/ is 0), and to confined cells by the seccomp filter")
+	case err != nil:
+		r.warn(name, "", "the host's huge page pools unreadable: %v; closed to confined cells by the seccomp filter, not to cells of routes with seccomp: off", err)
+	case pages == 0:
+		r.ok(name, "the host reserves none; were it to, the seccomp filter closes them to confined cells")
+	default:
+		r.warn(name, "keep seccomp on for every route (the default), or enable the hugetlb controller down to cellgate's group (systemd does not delegate it), where cellgate closes the pool to every cell",
+			"the host's pools hold or may overcommit %d huge pages, not charged to a cell's memory.max: closed to confined cells by the seccomp filter, but a cell of a route with seccomp: off can map them all while it runs", pages)
 	}
 }
 

@@ -2,6 +2,8 @@ package main
 
 import (
 	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -25,6 +27,51 @@ func TestCheckModuleAutoload(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var r report
 			checkModuleAutoload(&r, tc.modprobe, tc.err)
+			if len(r.findings) != 1 {
+				t.Fatalf("findings %+v, want one", r.findings)
+			}
+			f := r.findings[0]
+			if f.level != tc.want || !strings.Contains(f.detail+" fix: "+f.fix, tc.has) {
+				t.Errorf("%+v, want %s holding %q", f, tc.want, tc.has)
+			}
+		})
+	}
+}
+
+// TestCheckHugePages: the huge page pool is reported closed where the
+// hugetlb controller closes it, fine where the host reserves none, and a
+// warning naming the routes that can map it where it reserves some.
+func TestCheckHugePages(t *testing.T) {
+	pools := t.TempDir()
+	for size, nr := range map[string]string{"hugepages-2048kB": "4\n", "hugepages-1048576kB": "1\n"} {
+		os.MkdirAll(filepath.Join(pools, size), 0o755)
+		os.WriteFile(filepath.Join(pools, size, "nr_hugepages"), []byte(nr), 0o644)
+		os.WriteFile(filepath.Join(pools, size, "nr_overcommit_hugepages"), []byte("0\n"), 0o644)
+	}
+	pages, err := hugePagePool(pools)
+	if pages != 5 || err != nil {
+		t.Fatalf("hugePagePool = %d, %v; want 5", pages, err)
+	}
+	if pages, err := hugePagePool(filepath.Join(pools, "none")); pages != 0 || err != nil {
+		t.Errorf("hugePagePool of a kernel without huge pages = %d, %v; want 0", pages, err)
+	}
+	for _, tc := range []struct {
+		name   string
+		pages  int
+		err    error
+		closed bool
+		want   string // the finding's level, and a substring of its detail or fix
+		has    string
+	}{
+		{"closed by the controller", 5, nil, true, "ok", "closed to every cell by the hugetlb controller"},
+		{"none reserved", 0, nil, false, "ok", "the host reserves none"},
+		{"reserved", 5, nil, false, "warn", "5 huge pages, not charged to a cell's memory.max: closed to confined cells by the seccomp filter, but a cell of a route with seccomp: off"},
+		{"the fix", 5, nil, false, "warn", "enable the hugetlb controller"},
+		{"unreadable", 0, fs.ErrPermission, false, "warn", "unreadable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r report
+			checkHugePages(&r, tc.pages, tc.err, tc.closed)
 			if len(r.findings) != 1 {
 				t.Fatalf("findings %+v, want one", r.findings)
 			}
