@@ -7,11 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -310,6 +312,19 @@ func TestInitsAgree(t *testing.T) {
 			t.Errorf("program: %+v, want exit 3, %+v and its limits, environment and directory", o, want)
 		}
 	})
+	t.Run("real-time parent", func(t *testing.T) {
+		if !root {
+			t.Skip("a real-time policy for the init needs root")
+		}
+		ex := bareExec(t, "/bin/sh", "-c", `awk '/^Max realtime priority/ {print $(NF-1), $NF}' /proc/self/limits; awk '{print $41}' /proc/self/stat`)
+		o := bothInits(t, func(t *testing.T, bin string) (o outcome) {
+			realtime(t, func() { o = runCell(t, bin, planFrame(t, noNS), ex, nil) })
+			return o
+		})
+		if o.Status != 0 || o.Output != "0 0\n0\n" {
+			t.Errorf("under a SCHED_FIFO parent with RLIMIT_RTPRIO 99: %+v, want RLIMIT_RTPRIO 0 0 and policy 0 (SCHED_OTHER)", o)
+		}
+	})
 	t.Run("no such program", func(t *testing.T) {
 		ex := bareExec(t, "/nonexistent/program")
 		o := bothInits(t, func(t *testing.T, bin string) outcome { return runCell(t, bin, planFrame(t, noNS), ex, nil) })
@@ -440,4 +455,33 @@ func TestInitRefusesCutFrames(t *testing.T) {
 	if st := r.exit(); st != exitSetup {
 		t.Errorf("exit %d, want %d", st, exitSetup)
 	}
+}
+
+// realtime runs f on a thread of its own under SCHED_FIFO, with the
+// process's RLIMIT_RTPRIO at 99 where it may raise it: what a process f
+// starts inherits.
+func realtime(t *testing.T, f func()) {
+	t.Helper()
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_RTPRIO, &old); err != nil {
+		t.Fatal(err)
+	}
+	// Raising the hard limit needs CAP_SYS_RESOURCE, which a container
+	// may lack (TestConfineNoRealtime covers the limit in the microVM).
+	if err := unix.Setrlimit(unix.RLIMIT_RTPRIO, &unix.Rlimit{Cur: 99, Max: 99}); err != nil {
+		t.Logf("RLIMIT_RTPRIO left at %d: %v", old.Max, err)
+	} else {
+		defer unix.Setrlimit(unix.RLIMIT_RTPRIO, &old)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	prio := int32(1)
+	if _, _, errno := unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, 0, unix.SCHED_FIFO, uintptr(unsafe.Pointer(&prio))); errno != 0 {
+		t.Fatalf("sched_setscheduler(SCHED_FIFO): %v", errno)
+	}
+	defer func() {
+		prio = 0
+		unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, 0, unix.SCHED_NORMAL, uintptr(unsafe.Pointer(&prio)))
+	}()
+	f()
 }

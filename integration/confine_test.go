@@ -66,6 +66,13 @@ type probeReply struct {
 	Socket   map[string]string `json:"socket"`   // probeSockets' name -> "ok" or the errno name
 	MLock    map[string]string `json:"mlock"`    // KiB -> locking that much of its own binary's pages: "ok" or the errno name
 	Huge     map[string]string `json:"huge"`     // hugePageCalls: each way to take a huge page -> "ok" or the errno name
+	Sched    *schedReply       `json:"sched"`
+}
+
+// schedReply is the probe's scheduling (sched query).
+type schedReply struct {
+	Policy int    `json:"policy"` // sched_getscheduler(0)
+	RR     string `json:"rr"`     // sched_setscheduler(0, SCHED_RR, 1): "ok" or the errno name
 }
 
 // socketTables are the socket tables of /proc/self/net the probe counts.
@@ -488,6 +495,16 @@ func runProbe() int {
 	}
 	if q.Has("huge") {
 		r.Huge = hugePageCalls()
+	}
+	if q.Has("sched") {
+		policy, _, _ := unix.RawSyscall(unix.SYS_SCHED_GETSCHEDULER, 0, 0, 0)
+		prio := int32(1)
+		_, _, errno := unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, 0, unix.SCHED_RR, uintptr(unsafe.Pointer(&prio)))
+		var err error
+		if errno != 0 {
+			err = errno
+		}
+		r.Sched = &schedReply{Policy: int(policy), RR: errName(err)}
 	}
 	if q.Has("crash") {
 		// Dies of SIGABRT, which dumps core, after lowering its core
@@ -1065,6 +1082,54 @@ func TestConfineNoHugePages(t *testing.T) {
 				t.Errorf("the host's pool after the cells: %s pages, %s free", total, free)
 			}
 		})
+	}
+}
+
+// TestConfineNoRealtime: under a daemon run real-time (SCHED_FIFO, as
+// systemd's CPUSchedulingPolicy= gives it) with a real-time rlimit, a
+// cell's program, resident or fresh, runs under SCHED_OTHER with
+// RLIMIT_RTPRIO 0 and cannot take a real-time policy: cpu.max bounds only
+// SCHED_OTHER's time. The control: the probe started directly the way
+// serve is, real-time and able to switch to SCHED_RR.
+func TestConfineNoRealtime(t *testing.T) {
+	var prefix []string
+	for _, tool := range []string{"chrt", "prlimit"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Fatalf("%s (util-linux): %v", tool, err)
+		}
+		prefix = append(prefix, p)
+	}
+	prefix = []string{prefix[0], "-f", "1", prefix[1], "--rtprio=99:99", "--"}
+	wrapper := filepath.Join(t.TempDir(), "cellgate-realtime")
+	script := fmt.Sprintf("#!/bin/sh\nexec %s %s \"$@\"\n", strings.Join(prefix, " "), cellgateBin(t))
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	query := url.Values{"sched": {"1"}, "cat": {"/proc/self/limits"}}
+	control := exec.Command(prefix[0], append(prefix[1:], workerBinary(t))...)
+	control.Env = []string{cellHelperEnv + "=probe", "QUERY_STRING=" + query.Encode(), "REQUEST_METHOD=GET"}
+	out, err := control.Output()
+	if err != nil {
+		t.Fatalf("%v: %v", control.Args, err)
+	}
+	_, body, _ := strings.Cut(string(out), "\r\n\r\n")
+	var c probeReply
+	if err := json.Unmarshal([]byte(body), &c); err != nil || c.Sched == nil {
+		t.Fatalf("the control's reply %q: %v", out, err)
+	}
+	if c.Sched.Policy != unix.SCHED_FIFO || c.Sched.RR != "ok" || procLimits(c.Cat["/proc/self/limits"])["Max realtime priority"] != "99 99" {
+		t.Fatalf("the control: policy %d, SCHED_RR %s, RLIMIT_RTPRIO %q: want SCHED_FIFO, ok, 99 99", c.Sched.Policy, c.Sched.RR, procLimits(c.Cat["/proc/self/limits"])["Max realtime priority"])
+	}
+	g := startGate(t, gateOptions{policy: confinePolicy(t, freshRoute(t)), bin: wrapper})
+	for _, route := range []string{"probe", "fresh"} {
+		r := g.probe(t, route, query)
+		if r.Sched == nil || r.Sched.Policy != unix.SCHED_NORMAL || r.Sched.RR != "EPERM" {
+			t.Errorf("%s: %+v, want policy SCHED_OTHER (0) and SCHED_RR refused (EPERM)", route, r.Sched)
+		}
+		if got := procLimits(r.Cat["/proc/self/limits"])["Max realtime priority"]; got != "0 0" {
+			t.Errorf("%s: RLIMIT_RTPRIO %q, want 0 0", route, got)
+		}
 	}
 }
 

@@ -1033,6 +1033,23 @@ static int own_ipc(const struct plan *p)
 	return (p->ns & NS_IPC) && mq_root < 0;
 }
 
+/* not_realtime leaves a real-time or deadline policy for SCHED_OTHER
+ * (confine's notRealtime): cpu.max bounds only SCHED_OTHER's time.
+ * sched_setscheduler keeps the nice value. */
+static int not_realtime(void)
+{
+	int policy = sched_getscheduler(0);
+	if (policy < 0)
+		return fail(errno, "sched_getscheduler");
+	policy &= ~SCHED_RESET_ON_FORK;
+	if (policy != SCHED_FIFO && policy != SCHED_RR && policy != SCHED_DEADLINE)
+		return 0;
+	struct sched_param none = {0};
+	if (sched_setscheduler(0, SCHED_OTHER, &none) < 0)
+		return fail(errno, "sched_setscheduler(SCHED_OTHER)");
+	return 0;
+}
+
 /* apply confines this process with the plan (confine.Apply). */
 static int apply(const struct plan *p)
 {
@@ -1064,6 +1081,12 @@ static int apply(const struct plan *p)
 		if (setrlimit(RLIMIT_NOFILE, &nf) < 0)
 			return fail(errno, "setrlimit(RLIMIT_NOFILE, %llu)", (unsigned long long)p->nofile);
 	}
+	/* No real-time policy for a program, now or later. */
+	struct rlimit rtprio = {0, 0};
+	if (setrlimit(RLIMIT_RTPRIO, &rtprio) < 0)
+		return fail(errno, "setrlimit(RLIMIT_RTPRIO, 0)");
+	if (not_realtime() < 0)
+		return -1;
 	/* The program keeps the flag across its execve (confine's
 	 * Plan.HugePages). Best effort, as in the Go init: where it is refused
 	 * the system's setting stays, which costs speed, not safety. */
