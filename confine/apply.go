@@ -37,6 +37,11 @@ func Apply(p *Plan, filter []unix.SockFilter) error {
 			return err
 		}
 	}
+	// While /proc is still the host's and writable: a preloader's view
+	// shows it read-only.
+	if err := os.WriteFile("/proc/self/oom_score_adj", []byte(OOMScoreAdj), 0); err != nil {
+		return fmt.Errorf("write /proc/self/oom_score_adj=%s: %w", OOMScoreAdj, err)
+	}
 	if p.Namespaces&NSMount != 0 {
 		if err := buildRoot(p); err != nil {
 			return err
@@ -203,6 +208,15 @@ func ownTID(status string) (int, bool) {
 	}
 	return 0, false
 }
+
+// OOMScoreAdj is the oom_score_adj of every confined program (and
+// preloader, and init): when the host, not a cell's group, runs out of
+// memory, the kernel kills a cell before any other process, cellgate
+// first among them, whichever is largest. A cell would otherwise inherit
+// the daemon's (0, or a unit's OOMScoreAdjust=, negative to protect it,
+// which would protect the cells too). Set as root with CAP_SYS_RESOURCE
+// it is also the least the program may set (oom_score_adj_min).
+const OOMScoreAdj = "1000"
 
 func setRlimits(p *Plan) error {
 	if err := syscall.Setrlimit(unix.RLIMIT_CORE, &syscall.Rlimit{Cur: CoreLimit, Max: CoreLimit}); err != nil {

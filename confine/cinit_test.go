@@ -298,7 +298,7 @@ func TestInitsAgree(t *testing.T) {
 		}
 	})
 	t.Run("program runs", func(t *testing.T) {
-		ex := bareExec(t, "/bin/sh", "-c", `ulimit -n; awk '/^Max (core file size|locked memory)/ {print $(NF-2), $(NF-1)}' /proc/self/limits; echo "$PATH"; pwd; exit 3`)
+		ex := bareExec(t, "/bin/sh", "-c", `ulimit -n; awk '/^Max (core file size|locked memory)/ {print $(NF-2), $(NF-1)}' /proc/self/limits; cat /proc/self/oom_score_adj; echo "$PATH"; pwd; exit 3`)
 		o := bothInits(t, func(t *testing.T, bin string) outcome { return runCell(t, bin, planFrame(t, noNS), ex, nil) })
 		if !root {
 			// setgroups needs CAP_SETGID even for the groups one has.
@@ -308,8 +308,8 @@ func TestInitsAgree(t *testing.T) {
 			return
 		}
 		want := Report{Kind: ReportExited, Code: 3}
-		if o.Status != 3 || len(o.Reports) != 2 || o.Reports[1] != want || o.Output != "64\n1 1\n65536 65536\n/usr/bin:/bin\n/\n" {
-			t.Errorf("program: %+v, want exit 3, %+v and its limits, environment and directory", o, want)
+		if o.Status != 3 || len(o.Reports) != 2 || o.Reports[1] != want || o.Output != "64\n1 1\n65536 65536\n1000\n/usr/bin:/bin\n/\n" {
+			t.Errorf("program: %+v, want exit 3, %+v and its limits, oom_score_adj, environment and directory", o, want)
 		}
 	})
 	t.Run("real-time parent", func(t *testing.T) {
@@ -467,7 +467,7 @@ func realtime(t *testing.T, f func()) {
 		t.Fatal(err)
 	}
 	// Raising the hard limit needs CAP_SYS_RESOURCE, which a container
-	// may lack (TestConfineNoRealtime covers the limit in the microVM).
+	// may lack (TestConfineNotInherited covers the limit in the microVM).
 	if err := unix.Setrlimit(unix.RLIMIT_RTPRIO, &unix.Rlimit{Cur: 99, Max: 99}); err != nil {
 		t.Logf("RLIMIT_RTPRIO left at %d: %v", old.Max, err)
 	} else {

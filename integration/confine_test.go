@@ -67,6 +67,7 @@ type probeReply struct {
 	MLock    map[string]string `json:"mlock"`    // KiB -> locking that much of its own binary's pages: "ok" or the errno name
 	Huge     map[string]string `json:"huge"`     // hugePageCalls: each way to take a huge page -> "ok" or the errno name
 	Sched    *schedReply       `json:"sched"`
+	OOMAdj   string            `json:"oomadj"` // its oom_score_adj, then ", lower: " and the errno name of writing one less (oom query)
 }
 
 // schedReply is the probe's scheduling (sched query).
@@ -495,6 +496,14 @@ func runProbe() int {
 	}
 	if q.Has("huge") {
 		r.Huge = hugePageCalls()
+	}
+	if q.Has("oom") {
+		b, err := os.ReadFile("/proc/self/oom_score_adj")
+		adj, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err == nil {
+			err = os.WriteFile("/proc/self/oom_score_adj", []byte(strconv.Itoa(adj-1)), 0)
+		}
+		r.OOMAdj = strings.TrimSpace(string(b)) + ", lower: " + errName(err)
 	}
 	if q.Has("sched") {
 		policy, _, _ := unix.RawSyscall(unix.SYS_SCHED_GETSCHEDULER, 0, 0, 0)
@@ -1085,29 +1094,34 @@ func TestConfineNoHugePages(t *testing.T) {
 	}
 }
 
-// TestConfineNoRealtime: under a daemon run real-time (SCHED_FIFO, as
-// systemd's CPUSchedulingPolicy= gives it) with a real-time rlimit, a
-// cell's program, resident or fresh, runs under SCHED_OTHER with
-// RLIMIT_RTPRIO 0 and cannot take a real-time policy: cpu.max bounds only
-// SCHED_OTHER's time. The control: the probe started directly the way
-// serve is, real-time and able to switch to SCHED_RR.
-func TestConfineNoRealtime(t *testing.T) {
-	var prefix []string
+// TestConfineNotInherited: what a cell's program would inherit from a
+// daemon set up to be favoured, it does not. Under serve run real-time
+// (SCHED_FIFO, as systemd's CPUSchedulingPolicy= gives it) with a
+// real-time rlimit, a cell's program, resident or fresh, runs under
+// SCHED_OTHER with RLIMIT_RTPRIO 0 and cannot take a real-time policy
+// (cpu.max bounds only SCHED_OTHER's time). Under serve protected from the
+// OOM killer (oom_score_adj -500, a unit's OOMScoreAdjust=), the program
+// is its first choice (1000) and cannot lower that. The control: the probe
+// started directly the way serve is, which keeps all three.
+func TestConfineNotInherited(t *testing.T) {
+	var tools []string
 	for _, tool := range []string{"chrt", "prlimit"} {
 		p, err := exec.LookPath(tool)
 		if err != nil {
 			t.Fatalf("%s (util-linux): %v", tool, err)
 		}
-		prefix = append(prefix, p)
+		tools = append(tools, p)
 	}
-	prefix = []string{prefix[0], "-f", "1", prefix[1], "--rtprio=99:99", "--"}
-	wrapper := filepath.Join(t.TempDir(), "cellgate-realtime")
-	script := fmt.Sprintf("#!/bin/sh\nexec %s %s \"$@\"\n", strings.Join(prefix, " "), cellgateBin(t))
+	// A shell lowers its oom_score_adj as root and executes the rest.
+	const lowerOOM = `echo -500 > /proc/self/oom_score_adj && exec "$@"`
+	favoured := []string{"/bin/sh", "-c", lowerOOM, "sh", tools[0], "-f", "1", tools[1], "--rtprio=99:99", "--"}
+	wrapper := filepath.Join(t.TempDir(), "cellgate-favoured")
+	script := fmt.Sprintf("#!/bin/sh\necho -500 > /proc/self/oom_score_adj && exec %s %s \"$@\"\n", strings.Join(favoured[4:], " "), cellgateBin(t))
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	query := url.Values{"sched": {"1"}, "cat": {"/proc/self/limits"}}
-	control := exec.Command(prefix[0], append(prefix[1:], workerBinary(t))...)
+	query := url.Values{"sched": {"1"}, "oom": {"1"}, "cat": {"/proc/self/limits"}}
+	control := exec.Command(favoured[0], append(favoured[1:], workerBinary(t))...)
 	control.Env = []string{cellHelperEnv + "=probe", "QUERY_STRING=" + query.Encode(), "REQUEST_METHOD=GET"}
 	out, err := control.Output()
 	if err != nil {
@@ -1118,8 +1132,8 @@ func TestConfineNoRealtime(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &c); err != nil || c.Sched == nil {
 		t.Fatalf("the control's reply %q: %v", out, err)
 	}
-	if c.Sched.Policy != unix.SCHED_FIFO || c.Sched.RR != "ok" || procLimits(c.Cat["/proc/self/limits"])["Max realtime priority"] != "99 99" {
-		t.Fatalf("the control: policy %d, SCHED_RR %s, RLIMIT_RTPRIO %q: want SCHED_FIFO, ok, 99 99", c.Sched.Policy, c.Sched.RR, procLimits(c.Cat["/proc/self/limits"])["Max realtime priority"])
+	if rt := procLimits(c.Cat["/proc/self/limits"])["Max realtime priority"]; c.Sched.Policy != unix.SCHED_FIFO || c.Sched.RR != "ok" || rt != "99 99" || !strings.HasPrefix(c.OOMAdj, "-500,") {
+		t.Fatalf("the control: policy %d, SCHED_RR %s, RLIMIT_RTPRIO %q, oom_score_adj %q: want SCHED_FIFO, ok, 99 99, -500", c.Sched.Policy, c.Sched.RR, rt, c.OOMAdj)
 	}
 	g := startGate(t, gateOptions{policy: confinePolicy(t, freshRoute(t)), bin: wrapper})
 	for _, route := range []string{"probe", "fresh"} {
@@ -1129,6 +1143,9 @@ func TestConfineNoRealtime(t *testing.T) {
 		}
 		if got := procLimits(r.Cat["/proc/self/limits"])["Max realtime priority"]; got != "0 0" {
 			t.Errorf("%s: RLIMIT_RTPRIO %q, want 0 0", route, got)
+		}
+		if r.OOMAdj != "1000, lower: EACCES" {
+			t.Errorf("%s: oom_score_adj %q, want 1000, and EACCES below it", route, r.OOMAdj)
 		}
 	}
 }

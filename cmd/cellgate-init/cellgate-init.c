@@ -88,6 +88,7 @@
 #define DEV_SIZE (64 << 10)
 #define CORE_LIMIT 1 /* confine.CoreLimit */
 #define MEMLOCK_LIMIT (64 << 10) /* confine.MemLockLimit */
+#define OOM_SCORE_ADJ "1000" /* confine.OOMScoreAdj */
 
 enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY, R_STARTED };
 /* A report's flags (its second byte). */
@@ -1050,6 +1051,21 @@ static int not_realtime(void)
 	return 0;
 }
 
+/* oom_first makes this process, and what it starts, the kernel's first
+ * choice when the host runs out of memory (confine's OOMScoreAdj). */
+static int oom_first(void)
+{
+	int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, OOM_SCORE_ADJ, strlen(OOM_SCORE_ADJ)) < 0) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		return fail(e, "write /proc/self/oom_score_adj=%s", OOM_SCORE_ADJ);
+	}
+	close(fd);
+	return 0;
+}
+
 /* apply confines this process with the plan (confine.Apply). */
 static int apply(const struct plan *p)
 {
@@ -1057,6 +1073,10 @@ static int apply(const struct plan *p)
 		return -1;
 	if (view_mode == M_TEMPLATE)
 		return build_root(p);
+	/* While /proc is still the host's and writable: a preloader's view
+	 * shows it read-only. */
+	if (oom_first() < 0)
+		return -1;
 	if (view_mode == M_FROM_TEMPLATE) {
 		if (enter_template(p) < 0)
 			return -1;
