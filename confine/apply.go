@@ -155,7 +155,11 @@ const MemLockLimit = 64 << 10
 // microVM: a spinner at cpu 0.1 used 2.9 s of CPU in 3 s). With
 // RLIMIT_RTPRIO 0 (setRlimits) the program cannot take one back. Threads
 // under SCHED_BATCH or SCHED_IDLE, an operator's choice to make cellgate
-// yield, keep them.
+// yield, keep them. Likewise the real-time I/O class (systemd's
+// IOSchedulingClass=realtime), which the I/O schedulers serve before every
+// other whatever the groups' io.weight, goes back to the default class
+// (taking it needs CAP_SYS_ADMIN, which a program has not); the idle
+// class stays.
 func notRealtime() error {
 	const dir = "/proc/thread-self/.."
 	tasks, err := os.ReadDir(dir)
@@ -181,6 +185,19 @@ func notRealtime() error {
 			var prio int32 // struct sched_param
 			if _, _, errno := unix.RawSyscall(unix.SYS_SCHED_SETSCHEDULER, uintptr(tid), unix.SCHED_NORMAL, uintptr(unsafe.Pointer(&prio))); errno != 0 {
 				return fmt.Errorf("sched_setscheduler(%d, SCHED_OTHER): %w", tid, errno)
+			}
+		}
+		ioprio, _, errno := unix.RawSyscall(unix.SYS_IOPRIO_GET, ioprioWhoProcess, uintptr(tid), 0)
+		if errno == unix.ESRCH {
+			continue
+		}
+		if errno != 0 {
+			return fmt.Errorf("ioprio_get(%d): %w", tid, errno)
+		}
+		if ioprio>>ioprioClassShift == ioprioClassRT {
+			// The default class, from the CPU policy's.
+			if _, _, errno := unix.RawSyscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, uintptr(tid), 0); errno != 0 {
+				return fmt.Errorf("ioprio_set(%d, IOPRIO_CLASS_NONE): %w", tid, errno)
 			}
 		}
 	}
@@ -217,6 +234,13 @@ func ownTID(status string) (int, bool) {
 // which would protect the cells too). Set as root with CAP_SYS_RESOURCE
 // it is also the least the program may set (oom_score_adj_min).
 const OOMScoreAdj = "1000"
+
+// ioprio_get and ioprio_set's constants (linux/ioprio.h).
+const (
+	ioprioWhoProcess = 1
+	ioprioClassShift = 13
+	ioprioClassRT    = 1
+)
 
 func setRlimits(p *Plan) error {
 	if err := syscall.Setrlimit(unix.RLIMIT_CORE, &syscall.Rlimit{Cur: CoreLimit, Max: CoreLimit}); err != nil {

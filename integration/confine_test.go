@@ -72,8 +72,9 @@ type probeReply struct {
 
 // schedReply is the probe's scheduling (sched query).
 type schedReply struct {
-	Policy int    `json:"policy"` // sched_getscheduler(0)
-	RR     string `json:"rr"`     // sched_setscheduler(0, SCHED_RR, 1): "ok" or the errno name
+	Policy  int    `json:"policy"`  // sched_getscheduler(0)
+	RR      string `json:"rr"`      // sched_setscheduler(0, SCHED_RR, 1): "ok" or the errno name
+	IOClass int    `json:"ioclass"` // the class of ioprio_get(IOPRIO_WHO_PROCESS, 0): 1 is real-time
 }
 
 // socketTables are the socket tables of /proc/self/net the probe counts.
@@ -513,7 +514,8 @@ func runProbe() int {
 		if errno != 0 {
 			err = errno
 		}
-		r.Sched = &schedReply{Policy: int(policy), RR: errName(err)}
+		ioprio, _, _ := unix.RawSyscall(unix.SYS_IOPRIO_GET, 1, 0, 0) // IOPRIO_WHO_PROCESS, this thread
+		r.Sched = &schedReply{Policy: int(policy), RR: errName(err), IOClass: int(ioprio >> 13)}
 	}
 	if q.Has("crash") {
 		// Dies of SIGABRT, which dumps core, after lowering its core
@@ -1099,13 +1101,14 @@ func TestConfineNoHugePages(t *testing.T) {
 // (SCHED_FIFO, as systemd's CPUSchedulingPolicy= gives it) with a
 // real-time rlimit, a cell's program, resident or fresh, runs under
 // SCHED_OTHER with RLIMIT_RTPRIO 0 and cannot take a real-time policy
-// (cpu.max bounds only SCHED_OTHER's time). Under serve protected from the
+// (cpu.max bounds only SCHED_OTHER's time); under serve in the real-time
+// I/O class, it is in another. Under serve protected from the
 // OOM killer (oom_score_adj -500, a unit's OOMScoreAdjust=), the program
 // is its first choice (1000) and cannot lower that. The control: the probe
-// started directly the way serve is, which keeps all three.
+// started directly the way serve is, which keeps them all.
 func TestConfineNotInherited(t *testing.T) {
 	var tools []string
-	for _, tool := range []string{"chrt", "prlimit"} {
+	for _, tool := range []string{"chrt", "prlimit", "ionice"} {
 		p, err := exec.LookPath(tool)
 		if err != nil {
 			t.Fatalf("%s (util-linux): %v", tool, err)
@@ -1114,7 +1117,7 @@ func TestConfineNotInherited(t *testing.T) {
 	}
 	// A shell lowers its oom_score_adj as root and executes the rest.
 	const lowerOOM = `echo -500 > /proc/self/oom_score_adj && exec "$@"`
-	favoured := []string{"/bin/sh", "-c", lowerOOM, "sh", tools[0], "-f", "1", tools[1], "--rtprio=99:99", "--"}
+	favoured := []string{"/bin/sh", "-c", lowerOOM, "sh", tools[0], "-f", "1", tools[1], "--rtprio=99:99", "--", tools[2], "-c", "1", "-n", "4"}
 	wrapper := filepath.Join(t.TempDir(), "cellgate-favoured")
 	script := fmt.Sprintf("#!/bin/sh\necho -500 > /proc/self/oom_score_adj && exec %s %s \"$@\"\n", strings.Join(favoured[4:], " "), cellgateBin(t))
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
@@ -1132,14 +1135,14 @@ func TestConfineNotInherited(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &c); err != nil || c.Sched == nil {
 		t.Fatalf("the control's reply %q: %v", out, err)
 	}
-	if rt := procLimits(c.Cat["/proc/self/limits"])["Max realtime priority"]; c.Sched.Policy != unix.SCHED_FIFO || c.Sched.RR != "ok" || rt != "99 99" || !strings.HasPrefix(c.OOMAdj, "-500,") {
-		t.Fatalf("the control: policy %d, SCHED_RR %s, RLIMIT_RTPRIO %q, oom_score_adj %q: want SCHED_FIFO, ok, 99 99, -500", c.Sched.Policy, c.Sched.RR, rt, c.OOMAdj)
+	if rt := procLimits(c.Cat["/proc/self/limits"])["Max realtime priority"]; c.Sched.Policy != unix.SCHED_FIFO || c.Sched.RR != "ok" || rt != "99 99" || !strings.HasPrefix(c.OOMAdj, "-500,") || c.Sched.IOClass != 1 {
+		t.Fatalf("the control: policy %d, SCHED_RR %s, RLIMIT_RTPRIO %q, oom_score_adj %q, I/O class %d: want SCHED_FIFO, ok, 99 99, -500, 1 (real-time)", c.Sched.Policy, c.Sched.RR, rt, c.OOMAdj, c.Sched.IOClass)
 	}
 	g := startGate(t, gateOptions{policy: confinePolicy(t, freshRoute(t)), bin: wrapper})
 	for _, route := range []string{"probe", "fresh"} {
 		r := g.probe(t, route, query)
-		if r.Sched == nil || r.Sched.Policy != unix.SCHED_NORMAL || r.Sched.RR != "EPERM" {
-			t.Errorf("%s: %+v, want policy SCHED_OTHER (0) and SCHED_RR refused (EPERM)", route, r.Sched)
+		if r.Sched == nil || r.Sched.Policy != unix.SCHED_NORMAL || r.Sched.RR != "EPERM" || r.Sched.IOClass == 1 {
+			t.Errorf("%s: %+v, want policy SCHED_OTHER (0), SCHED_RR refused (EPERM) and an I/O class other than real-time (1)", route, r.Sched)
 		}
 		if got := procLimits(r.Cat["/proc/self/limits"])["Max realtime priority"]; got != "0 0" {
 			t.Errorf("%s: RLIMIT_RTPRIO %q, want 0 0", route, got)

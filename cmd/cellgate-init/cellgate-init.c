@@ -89,6 +89,10 @@
 #define CORE_LIMIT 1 /* confine.CoreLimit */
 #define MEMLOCK_LIMIT (64 << 10) /* confine.MemLockLimit */
 #define OOM_SCORE_ADJ "1000" /* confine.OOMScoreAdj */
+/* linux/ioprio.h, absent from older kernel headers. */
+#define IOPRIO_WHO_PROCESS 1
+#define IOPRIO_CLASS_SHIFT 13
+#define IOPRIO_CLASS_RT 1
 
 enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY, R_STARTED };
 /* A report's flags (its second byte). */
@@ -1051,6 +1055,21 @@ static int not_realtime(void)
 	return 0;
 }
 
+/* not_realtime_io leaves the real-time I/O class for the default one
+ * (confine's notRealtime): it is served before every other class, whatever
+ * the groups' io.weight. */
+static int not_realtime_io(void)
+{
+	long prio = syscall(SYS_ioprio_get, IOPRIO_WHO_PROCESS, 0);
+	if (prio < 0)
+		return fail(errno, "ioprio_get");
+	if ((prio >> IOPRIO_CLASS_SHIFT) != IOPRIO_CLASS_RT)
+		return 0;
+	if (syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, 0) < 0)
+		return fail(errno, "ioprio_set(IOPRIO_CLASS_NONE)");
+	return 0;
+}
+
 /* oom_first makes this process, and what it starts, the kernel's first
  * choice when the host runs out of memory (confine's OOMScoreAdj). */
 static int oom_first(void)
@@ -1105,7 +1124,7 @@ static int apply(const struct plan *p)
 	struct rlimit rtprio = {0, 0};
 	if (setrlimit(RLIMIT_RTPRIO, &rtprio) < 0)
 		return fail(errno, "setrlimit(RLIMIT_RTPRIO, 0)");
-	if (not_realtime() < 0)
+	if (not_realtime() < 0 || not_realtime_io() < 0)
 		return -1;
 	/* The program keeps the flag across its execve (confine's
 	 * Plan.HugePages). Best effort, as in the Go init: where it is refused
