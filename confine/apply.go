@@ -235,6 +235,30 @@ func ownTID(status string) (int, bool) {
 // it is also the least the program may set (oom_score_adj_min).
 const OOMScoreAdj = "1000"
 
+// noKeptCaps clears the calling thread's securebits and ambient
+// capabilities, inherited from cellgate, so that the program's change of
+// uid, and its execve, leave it no capability; the thread that forks or
+// executes the program calls it (they are a thread's, not the process's). With a unit's SecureBits=
+// no-setuid-fixup and AmbientCapabilities= (seen in the microVM with
+// setpriv), a confined program under its own uid held CAP_SYS_ADMIN and
+// CAP_NET_ADMIN of the host's user namespace. Locked bits cannot be
+// cleared: the cell then fails to start, with the reason.
+func noKeptCaps() error {
+	bits, err := unix.PrctlRetInt(unix.PR_GET_SECUREBITS, 0, 0, 0, 0)
+	if err != nil {
+		return fmt.Errorf("prctl(PR_GET_SECUREBITS): %w", err)
+	}
+	if bits != 0 {
+		if err := unix.Prctl(unix.PR_SET_SECUREBITS, 0, 0, 0, 0); err != nil {
+			return fmt.Errorf("clear the securebits %#x cellgate runs with (a unit's SecureBits=; locked ones cannot be): prctl(PR_SET_SECUREBITS, 0): %w", bits, err)
+		}
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return fmt.Errorf("prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL): %w", err)
+	}
+	return nil
+}
+
 // ioprio_get and ioprio_set's constants (linux/ioprio.h).
 const (
 	ioprioWhoProcess = 1
@@ -456,12 +480,17 @@ func loopbackUp() error {
 }
 
 // lockForFork pins the goroutine to its thread, on which no_new_privs is
-// set, for a fork that must inherit it; call the returned func after.
+// set and no capability is kept (noKeptCaps, a thread's own), for a fork
+// that must inherit both; call the returned func after.
 func lockForFork() (func(), error) {
 	runtime.LockOSThread()
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
 		runtime.UnlockOSThread()
 		return nil, fmt.Errorf("prctl(PR_SET_NO_NEW_PRIVS): %w", err)
+	}
+	if err := noKeptCaps(); err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
 	}
 	return runtime.UnlockOSThread, nil
 }

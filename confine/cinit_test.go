@@ -3,6 +3,7 @@ package confine
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -325,6 +326,25 @@ func TestInitsAgree(t *testing.T) {
 			t.Errorf("under a SCHED_FIFO parent with RLIMIT_RTPRIO 99 and the real-time I/O class: %+v, want RLIMIT_RTPRIO 0 0, policy 0 (SCHED_OTHER) and another I/O class", o)
 		}
 	})
+	t.Run("kept capabilities", func(t *testing.T) {
+		if !root {
+			t.Skip("capabilities to keep need root")
+		}
+		// A program under a uid of its own, as a cell's runs.
+		f, err := EncodeExec(&Exec{Path: "/bin/sh", Args: []string{"/bin/sh", "-c", `grep -E '^Cap(Prm|Eff|Amb)' /proc/self/status`},
+			Env: []string{"PATH=/usr/bin:/bin"}, Dir: "/", Credential: Credential{UID: 4321, GID: 4321}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := bothInits(t, func(t *testing.T, bin string) (o outcome) {
+			keepingCaps(t, func() { o = runCell(t, bin, planFrame(t, noNS), f, nil) })
+			return o
+		})
+		const none = "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapAmb:\t0000000000000000\n"
+		if o.Status != 0 || o.Output != none {
+			t.Errorf("under a parent with SECBIT_NO_SETUID_FIXUP and CAP_SYS_ADMIN ambient: %+v, want no capability", o)
+		}
+	})
 	t.Run("no such program", func(t *testing.T) {
 		ex := bareExec(t, "/nonexistent/program")
 		o := bothInits(t, func(t *testing.T, bin string) outcome { return runCell(t, bin, planFrame(t, noNS), ex, nil) })
@@ -489,4 +509,42 @@ func realtime(t *testing.T, f func()) {
 	}
 	defer unix.RawSyscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, 0)
 	f()
+}
+
+// keepingCaps runs f on a thread of its own, ended after it, whose
+// securebits keep its capabilities across a change of uid
+// (SECBIT_NO_SETUID_FIXUP) and which holds CAP_SYS_ADMIN ambient, as under
+// a unit's SecureBits=no-setuid-fixup and AmbientCapabilities=: what a
+// process f starts inherits both.
+func keepingCaps(t *testing.T, f func()) {
+	t.Helper()
+	done := make(chan string)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+		var data [2]unix.CapUserData
+		if err := unix.Capget(&hdr, &data[0]); err != nil {
+			done <- fmt.Sprintf("capget: %v", err)
+			return
+		}
+		data[0].Inheritable |= 1 << unix.CAP_SYS_ADMIN
+		if err := unix.Capset(&hdr, &data[0]); err != nil {
+			done <- fmt.Sprintf("capset: %v", err)
+			return
+		}
+		if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, unix.CAP_SYS_ADMIN, 0, 0); err != nil {
+			done <- fmt.Sprintf("raise CAP_SYS_ADMIN ambient: %v", err)
+			return
+		}
+		const secbitNoSetuidFixup = 1 << 2
+		if err := unix.Prctl(unix.PR_SET_SECUREBITS, secbitNoSetuidFixup, 0, 0, 0); err != nil {
+			done <- fmt.Sprintf("prctl(PR_SET_SECUREBITS): %v", err)
+			return
+		}
+		f()
+		done <- ""
+	}()
+	if msg := <-done; msg != "" {
+		t.Fatal(msg)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -163,6 +164,12 @@ func InitExec() int {
 		return failOn(ctl, ReportSpawn, exitSpawn, fmt.Errorf("make the program's socket fd %d: %w", ControlFD, err))
 	}
 	unix.Close(fds[0])
+	// The thread that executes the program keeps no capability across
+	// the preloader's later changes of uid.
+	runtime.LockOSThread()
+	if err := noKeptCaps(); err != nil {
+		return failOn(ctl, ReportSpawn, exitSpawn, err)
+	}
 	if ex.Dir != "" {
 		if err := unix.Chdir(ex.Dir); err != nil {
 			return failOn(ctl, ReportSpawn, exitSpawn, &os.PathError{Op: "chdir", Path: ex.Dir, Err: err})

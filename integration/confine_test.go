@@ -1096,6 +1096,17 @@ func TestConfineNoHugePages(t *testing.T) {
 	}
 }
 
+// procStatus reads a /proc/PID/status text: each field -> its value.
+func procStatus(text string) map[string]string {
+	out := map[string]string{}
+	for line := range strings.Lines(text) {
+		if name, v, ok := strings.Cut(line, ":"); ok {
+			out[name] = strings.TrimSpace(v)
+		}
+	}
+	return out
+}
+
 // TestConfineNotInherited: what a cell's program would inherit from a
 // daemon set up to be favoured, it does not. Under serve run real-time
 // (SCHED_FIFO, as systemd's CPUSchedulingPolicy= gives it) with a
@@ -1104,11 +1115,13 @@ func TestConfineNoHugePages(t *testing.T) {
 // (cpu.max bounds only SCHED_OTHER's time); under serve in the real-time
 // I/O class, it is in another. Under serve protected from the
 // OOM killer (oom_score_adj -500, a unit's OOMScoreAdjust=), the program
-// is its first choice (1000) and cannot lower that. The control: the probe
+// is its first choice (1000) and cannot lower that. Under serve keeping
+// its capabilities across a change of uid (SecureBits=no-setuid-fixup)
+// with CAP_SYS_ADMIN ambient, the program has none. The control: the probe
 // started directly the way serve is, which keeps them all.
 func TestConfineNotInherited(t *testing.T) {
 	var tools []string
-	for _, tool := range []string{"chrt", "prlimit", "ionice"} {
+	for _, tool := range []string{"chrt", "prlimit", "ionice", "setpriv"} {
 		p, err := exec.LookPath(tool)
 		if err != nil {
 			t.Fatalf("%s (util-linux): %v", tool, err)
@@ -1117,13 +1130,14 @@ func TestConfineNotInherited(t *testing.T) {
 	}
 	// A shell lowers its oom_score_adj as root and executes the rest.
 	const lowerOOM = `echo -500 > /proc/self/oom_score_adj && exec "$@"`
-	favoured := []string{"/bin/sh", "-c", lowerOOM, "sh", tools[0], "-f", "1", tools[1], "--rtprio=99:99", "--", tools[2], "-c", "1", "-n", "4"}
+	favoured := []string{"/bin/sh", "-c", lowerOOM, "sh", tools[0], "-f", "1", tools[1], "--rtprio=99:99", "--", tools[2], "-c", "1", "-n", "4",
+		tools[3], "--securebits", "+no_setuid_fixup", "--inh-caps", "+sys_admin", "--ambient-caps", "+sys_admin", "--"}
 	wrapper := filepath.Join(t.TempDir(), "cellgate-favoured")
 	script := fmt.Sprintf("#!/bin/sh\necho -500 > /proc/self/oom_score_adj && exec %s %s \"$@\"\n", strings.Join(favoured[4:], " "), cellgateBin(t))
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	query := url.Values{"sched": {"1"}, "oom": {"1"}, "cat": {"/proc/self/limits"}}
+	query := url.Values{"sched": {"1"}, "oom": {"1"}, "cat": {"/proc/self/limits", "/proc/self/status"}}
 	control := exec.Command(favoured[0], append(favoured[1:], workerBinary(t))...)
 	control.Env = []string{cellHelperEnv + "=probe", "QUERY_STRING=" + query.Encode(), "REQUEST_METHOD=GET"}
 	out, err := control.Output()
@@ -1146,6 +1160,9 @@ func TestConfineNotInherited(t *testing.T) {
 		}
 		if got := procLimits(r.Cat["/proc/self/limits"])["Max realtime priority"]; got != "0 0" {
 			t.Errorf("%s: RLIMIT_RTPRIO %q, want 0 0", route, got)
+		}
+		if caps := procStatus(r.Cat["/proc/self/status"]); caps["CapEff"] != "0000000000000000" || caps["CapAmb"] != "0000000000000000" {
+			t.Errorf("%s: capabilities effective %s, ambient %s: want none", route, caps["CapEff"], caps["CapAmb"])
 		}
 		if r.OOMAdj != "1000, lower: EACCES" {
 			t.Errorf("%s: oom_score_adj %q, want 1000, and EACCES below it", route, r.OOMAdj)

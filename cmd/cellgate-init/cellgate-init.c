@@ -1085,6 +1085,21 @@ static int oom_first(void)
 	return 0;
 }
 
+/* no_kept_caps clears the securebits and the ambient capabilities
+ * inherited from cellgate (confine's noKeptCaps), so that the program's
+ * change of uid, and its execve, leave it no capability. */
+static int no_kept_caps(void)
+{
+	int bits = prctl(PR_GET_SECUREBITS, 0, 0, 0, 0);
+	if (bits < 0)
+		return fail(errno, "prctl(PR_GET_SECUREBITS)");
+	if (bits != 0 && prctl(PR_SET_SECUREBITS, 0, 0, 0, 0) < 0)
+		return fail(errno, "clear the securebits %#x cellgate runs with (a unit's SecureBits=; locked ones cannot be): prctl(PR_SET_SECUREBITS, 0)", bits);
+	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
+		return fail(errno, "prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)");
+	return 0;
+}
+
 /* apply confines this process with the plan (confine.Apply). */
 static int apply(const struct plan *p)
 {
@@ -1134,6 +1149,8 @@ static int apply(const struct plan *p)
 	/* Before the filter, which denies the mount family. */
 	if ((p->flags & PLAN_RESIDENT) && (p->ns & NS_IPC))
 		mq_root = mqueue_mount();
+	if (no_kept_caps() < 0)
+		return -1;
 	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
 		return fail(errno, "prctl(PR_SET_NO_NEW_PRIVS)");
 	/* A resident init's filter (confine.ResidentFilter) allows the clone3
