@@ -22,12 +22,13 @@ const staging = "/tmp"
 
 // Apply confines the calling process with p: it must already be in the
 // namespaces p.Namespaces names (clone flags, see Namespaces.CloneFlags)
-// and run as root in them. It builds the filesystem view and pivots into
-// it, sets the host name, brings loopback up in a new network namespace,
-// sets the rlimits, transparent huge pages off (not for a preloader, and
-// unless HugePages) and no_new_privs, and loads filter, the plan's seccomp
-// program as DecodePlan gives it, last (after it the mount family is
-// refused). The credentials are left
+// and run as root in them. It sets its oom_score_adj (OOMScoreAdj),
+// builds the filesystem view and pivots into it, sets the host name,
+// brings loopback up in a new network namespace, sets the rlimits, leaves
+// real-time scheduling (notRealtime), turns transparent huge pages off
+// (not for a preloader, and unless HugePages), sets no_new_privs, and
+// loads filter, the plan's seccomp program as DecodePlan gives it, last
+// (after it the mount family is refused). The credentials are left
 // alone: the cell's init starts its program under them (SysProcAttr), a
 // long-lived process calls Drop. Every thread of the process is affected.
 func Apply(p *Plan, filter []unix.SockFilter) error {
@@ -238,11 +239,12 @@ const OOMScoreAdj = "1000"
 // noKeptCaps clears the calling thread's securebits and ambient
 // capabilities, inherited from cellgate, so that the program's change of
 // uid, and its execve, leave it no capability; the thread that forks or
-// executes the program calls it (they are a thread's, not the process's). With a unit's SecureBits=
-// no-setuid-fixup and AmbientCapabilities= (seen in the microVM with
-// setpriv), a confined program under its own uid held CAP_SYS_ADMIN and
-// CAP_NET_ADMIN of the host's user namespace. Locked bits cannot be
-// cleared: the cell then fails to start, with the reason.
+// executes the program calls it (they are a thread's, not the
+// process's). With a unit's SecureBits=no-setuid-fixup and
+// AmbientCapabilities= (seen in the microVM with setpriv), a confined
+// program under its own uid held CAP_SYS_ADMIN and CAP_NET_ADMIN of the
+// host's user namespace. Locked bits cannot be cleared: the cell then
+// fails to start, with the reason.
 func noKeptCaps() error {
 	bits, err := unix.PrctlRetInt(unix.PR_GET_SECUREBITS, 0, 0, 0, 0)
 	if err != nil {
