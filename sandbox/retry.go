@@ -9,17 +9,24 @@ import (
 
 // runOnceMore is run, and run once more when the first attempt failed
 // with an error wrapping neverRan (a sentinel saying that nothing of the
-// request ran: errNeverRan, errInitGone) and again allows; retrying is
-// told of the first attempt's error before the second (runFork,
-// runWarm).
+// request ran: errNeverRan, errInitGone), its stream copiers all ended
+// (not errCopiersLeft), and again allows; retrying is told of the first
+// attempt's error before the second (runFork, runWarm).
 func (r *Runner) runOnceMore(ctx context.Context, spec Spec, neverRan error, retrying func(err error)) (Result, error) {
 	t0 := time.Now()
 	res, err := r.run(ctx, spec)
-	if !errors.Is(err, neverRan) || !r.again(ctx, &spec, t0) {
+	if !mayRunAgain(err, neverRan) || !r.again(ctx, &spec, t0) {
 		return res, err
 	}
 	retrying(err)
 	return r.run(ctx, spec)
+}
+
+// mayRunAgain reports whether an attempt that failed with err may be run
+// again: nothing of it ran (err wraps neverRan) and its stream copiers
+// all ended (err does not wrap errCopiersLeft).
+func mayRunAgain(err, neverRan error) bool {
+	return errors.Is(err, neverRan) && !errors.Is(err, errCopiersLeft)
 }
 
 // again readies spec for a second attempt of a request that nothing ran

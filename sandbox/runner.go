@@ -395,9 +395,11 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 		st.started()
 		if err != nil {
 			if spec.Preloader != nil {
-				// runFork may rewind the stdin for a retry: its copier
-				// must have ended.
-				st.abort()
+				// runFork may run the request again on the same
+				// streams: this attempt's copiers must have ended.
+				if !st.abort(r.streamGrace) {
+					err = fmt.Errorf("%w (%w)", err, errCopiersLeft)
+				}
 				// A preloader that failed mid-request may have cloned the child
 				// without handing over its pidfd: it is cellgate's child
 				// (CLONE_PARENT), so it is killed with the cell and reaped
@@ -615,9 +617,11 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			if pooled && killedBy != CauseDeadline && refused(launchErr) {
 				// The warm cell's init died before it had the frame:
 				// nothing ran, runWarm may run the request again once
-				// its stdin copier has ended.
-				st.abort()
+				// its stream copiers have ended.
 				err = fmt.Errorf("%w: %w", errInitGone, err)
+				if !st.abort(r.streamGrace) {
+					err = fmt.Errorf("%w (%w)", err, errCopiersLeft)
+				}
 			}
 			return Result{}, errors.Join(append([]error{err}, errs...)...)
 		case ok:
@@ -652,8 +656,10 @@ func (r *Runner) notTaken(k warmKey, ip *initProc, cell Cell, spec *Spec, st *st
 		errs = append(errs, err)
 	}
 	if errno == 0 {
-		st.abort()
 		err := fmt.Errorf("%w: %w: in cell %s: the program's process started ahead ended before it took the request", errInitGone, ErrSpawn, cell.Path())
+		if !st.abort(r.streamGrace) {
+			err = fmt.Errorf("%w (%w)", err, errCopiersLeft)
+		}
 		return Result{}, errors.Join(append([]error{err}, errs...)...)
 	}
 	if err := st.wait(r.streamGrace); err != nil {

@@ -21,8 +21,8 @@ type streams struct {
 	parentEnds []io.Closer // pipe ends the copiers use; closed after the copy
 	outputs    []*OutputReader
 	copiers    int
+	ended      int // copiers whose end was received from done (wait, abort)
 	done       chan error
-	stdinDone  chan struct{} // closed when the stdin copier has ended; nil without one
 }
 
 // newStreams prepares the worker's standard streams. devNull is an open
@@ -47,9 +47,7 @@ func newStreams(spec *Spec, devNull *os.File) (*streams, error) {
 		s.childEnds = append(s.childEnds, pr)
 		s.parentEnds = append(s.parentEnds, pw)
 		s.copiers++
-		s.stdinDone = make(chan struct{})
 		go func() {
-			defer close(s.stdinDone)
 			_, err := io.Copy(pw, in)
 			pw.Close()
 			// A worker that does not read all of its input is not an error
@@ -135,15 +133,16 @@ func (s *streams) wait(grace time.Duration) error {
 	var errs []error
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
-	for n := 0; n < s.copiers; n++ {
+	for s.ended < s.copiers {
 		select {
 		case err := <-s.done:
+			s.ended++
 			errs = append(errs, err)
 		case <-timer.C:
 			for _, f := range s.parentEnds {
 				f.Close()
 			}
-			return fmt.Errorf("%w: %d of %d copies unfinished %s after the cell emptied", ErrStreams, s.copiers-n, s.copiers, grace)
+			return fmt.Errorf("%w: %d of %d copies unfinished %s after the cell emptied", ErrStreams, s.copiers-s.ended, s.copiers, grace)
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
@@ -160,16 +159,39 @@ func (s *streams) closeAll() {
 	}
 }
 
-// abort is closeAll for a start that failed before its stdin may be read
-// again (a retry rewinds it): it returns once the stdin copier has ended,
-// so that it no longer moves the Reader's offset. Closing the pipe ends a
-// copy blocked on it; one blocked in the Reader ends when that Read returns.
-func (s *streams) abort() {
+// abort is closeAll for a start that failed before anything of the
+// request ran, which may be run again (runOnceMore): the retry rewinds
+// the stdin and hands the same Reader and Writers to copiers of its own,
+// so abort waits, at most grace, for every copier of this attempt to
+// end: the stdin's no longer moves the Reader's offset, and an output's
+// no longer calls into its Writer (a bytes.Buffer's ReadFrom changes the
+// buffer even when the pipe gives nothing). Closing the pipes ends a
+// copy blocked on them; one blocked in the caller's Reader or Writer
+// ends when that call returns. false: a copier had not ended by then,
+// and the request must not run again (errCopiersLeft).
+func (s *streams) abort(grace time.Duration) bool {
 	s.closeAll()
-	if s.stdinDone != nil {
-		<-s.stdinDone
+	if s.ended == s.copiers {
+		return true
 	}
+	timer := time.NewTimer(grace)
+	defer timer.Stop()
+	for s.ended < s.copiers {
+		select {
+		case <-s.done:
+			s.ended++
+		case <-timer.C:
+			return false
+		}
+	}
+	return true
 }
+
+// errCopiersLeft marks a failed start whose stream copiers had not all
+// ended (streams.abort): the request is not run again, since a second
+// attempt's copiers would share the request's Reader and Writers with
+// them.
+var errCopiersLeft = errors.New("the request's stream copies had not ended: not run again")
 
 // sameWriter reports whether a and b are the same Writer, without panicking
 // on writers of uncomparable types (as os/exec does).
