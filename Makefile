@@ -44,8 +44,9 @@ vmrun:
 vet:
 	$(GO) vet ./...
 
-unit:
-	$(GO) test -count=1 -timeout 10m ./...
+# Under the race detector (cgo: the C compiler of cc).
+unit: cc
+	$(GO) test -race -count=1 -timeout 15m ./...
 
 # Installs qemu-system-x86 and fetches the kernel into .cache/vm, once.
 vm-prepare: vmrun
