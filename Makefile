@@ -10,7 +10,7 @@ VMRUN   := $(BIN)/vmrun
 VMFLAGS ?= -mem 2G -smp 2 -timeout 35m
 TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate CELLGATE_IMAGE=$(BIN)/image
 
-.PHONY: build cc vmrun vet unit vm-prepare vm-check integration integration-systemd test test-native bench chromium
+.PHONY: build cc vmrun vet unit vm-prepare vm-check integration integration-race integration-systemd test test-native bench chromium
 
 # The version is the nearest v* tag (git describe), else a Go-style
 # pseudo-version of HEAD (v0.0.0-UTCTIME-COMMIT); the commit is HEAD.
@@ -77,10 +77,24 @@ integration: build vm-prepare chromium
 # deploy/systemd's units under a real systemd: the microVM boots the
 # guest's systemd as pid 1 (vmrun -systemd) and the test installs and drives
 # the units there.
+# The daemon's concurrent parts (resident and warm cells, the pool and its
+# recycling, reload under load) under the race detector, in the microVM:
+# cellgate and the test binary built with -race. A race fails the test
+# binary's test (go test's own check) or serve's exit status (66), which
+# the tests check at its stop. Only tests whose cells' programs are not
+# the test binary in a tight memory limit: the worker, a copy of the
+# instrumented test binary, needs several times its memory.
+RACE_TESTS := ^(TestResident|TestCellsSequentialAndConcurrent|TestConfineResident|TestConfineReusedGroups|TestConfineWarmCells|TestConfineLateUsage|TestConfineNetnsReuse|TestConfineInitSpawner|TestReloadUnderLoad|TestReloadDuringSlowUpload|TestGateConcurrentRequests|TestGateSIGTERMInFlight|TestFork)
+integration-race: build examples vm-prepare
+	$(GO) build -race -ldflags "$(LDFLAGS)" -o $(BIN)/race/cellgate ./cmd/cellgate
+	cp $(BIN)/cellgate-init $(BIN)/race/cellgate-init
+	ln -sfn ../cgi $(BIN)/race/cgi
+	CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/race/cellgate CELLGATE_IMAGE=$(BIN)/image $(GO) test -race -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" -run '$(RACE_TESTS)' ./integration/
+
 integration-systemd: build examples vm-prepare
 	$(TESTENV) CELLGATE_REQUIRE_SYSTEMD=1 $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) -systemd $(VMFLAGS)" -run '^TestSystemd' ./integration/
 
-test: vet unit vm-check integration integration-systemd
+test: vet unit vm-check integration integration-race integration-systemd
 
 # The integration tests without the VM, on a host with a delegated cgroup v2
 # (memory, cpu and pids enabled in this process's group), as root.

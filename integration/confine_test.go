@@ -52,7 +52,7 @@ type probeReply struct {
 	UID      int               `json:"uid"`
 	GID      int               `json:"gid"`
 	Netns    string            `json:"netns"`    // the link /proc/self/ns/net
-	Pidns    string            `json:"pidns"`    // the link /proc/self/ns/pid
+	Pidns    string            `json:"pidns"`    // the link /proc/self/ns/pid, and when its PID 1 started
 	Left     string            `json:"left"`     // "ok": a process started to outlive the request
 	ShmID    int               `json:"shmid"`    // a SysV segment made and left, or -1
 	IPC      map[string]string `json:"ipc"`      // ipcleave: what was made and left ("ok" or the error); ipcsee: what is seen
@@ -332,6 +332,21 @@ func errnoErr(e syscall.Errno) error {
 	return e
 }
 
+// initStart is the start time of PID 1 of the caller's PID namespace
+// (/proc/1/stat's 22nd field, clock ticks after boot), or the error.
+func initStart() string {
+	b, err := os.ReadFile("/proc/1/stat")
+	if err != nil {
+		return errName(err)
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // from the 3rd field on
+	if len(f) < 20 {
+		return "short /proc/1/stat"
+	}
+	return f[19]
+}
+
 // processAgeMs is how long ago this process was started (its clone, which
 // an execve does not change), from /proc/self/stat's start time and
 // /proc/uptime, in milliseconds; -1 when they cannot be read.
@@ -448,7 +463,11 @@ func runProbe() int {
 		r.Netns, _ = os.Readlink("/proc/self/ns/net")
 	}
 	if q.Has("pidns") {
-		r.Pidns, _ = os.Readlink("/proc/self/ns/pid")
+		// The namespace's link and the start of its PID 1: the kernel
+		// gives a freed namespace's inode number to a later one, so the
+		// link alone can name a new cell's namespace as an ended one's.
+		ns, _ := os.Readlink("/proc/self/ns/pid")
+		r.Pidns = ns + " pid 1 started " + initStart()
 	}
 	if q.Has("age") {
 		r.AgeMs = processAgeMs()
