@@ -74,9 +74,6 @@ chromium:
 integration: build vm-prepare chromium
 	$(TESTENV) $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" ./integration/
 
-# deploy/systemd's units under a real systemd: the microVM boots the
-# guest's systemd as pid 1 (vmrun -systemd) and the test installs and drives
-# the units there.
 # The daemon's concurrent parts (resident and warm cells, the pool and its
 # recycling, reload under load) under the race detector, in the microVM:
 # cellgate and the test binary built with -race. A race fails the test
@@ -89,8 +86,11 @@ integration-race: build examples vm-prepare
 	$(GO) build -race -ldflags "$(LDFLAGS)" -o $(BIN)/race/cellgate ./cmd/cellgate
 	cp $(BIN)/cellgate-init $(BIN)/race/cellgate-init
 	ln -sfn ../cgi $(BIN)/race/cgi
-	CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/race/cellgate CELLGATE_IMAGE=$(BIN)/image $(GO) test -race -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" -run '$(RACE_TESTS)' ./integration/
+	$(TESTENV) CELLGATE_BIN=$(BIN)/race/cellgate $(GO) test -race -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" -run '$(RACE_TESTS)' ./integration/
 
+# deploy/systemd's units under a real systemd: the microVM boots the
+# guest's systemd as pid 1 (vmrun -systemd) and the test installs and drives
+# the units there.
 integration-systemd: build examples vm-prepare
 	$(TESTENV) CELLGATE_REQUIRE_SYSTEMD=1 $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) -systemd $(VMFLAGS)" -run '^TestSystemd' ./integration/
 

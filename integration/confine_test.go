@@ -333,38 +333,41 @@ func errnoErr(e syscall.Errno) error {
 }
 
 // initStart is the start time of PID 1 of the caller's PID namespace
-// (/proc/1/stat's 22nd field, clock ticks after boot), or the error.
+// (startTicks), or the error.
 func initStart() string {
-	b, err := os.ReadFile("/proc/1/stat")
+	ticks, err := startTicks("/proc/1/stat")
 	if err != nil {
 		return errName(err)
 	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:]) // from the 3rd field on
-	if len(f) < 20 {
-		return "short /proc/1/stat"
+	return strconv.FormatInt(ticks, 10)
+}
+
+// startTicks is a process's start time from its stat file: the 22nd
+// field, the 20th after the command (in parentheses, which may hold
+// spaces), in clock ticks after boot.
+func startTicks(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
 	}
-	return f[19]
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("%s: %d fields after the command, want 20", path, len(f))
+	}
+	return strconv.ParseInt(f[19], 10, 64)
 }
 
 // processAgeMs is how long ago this process was started (its clone, which
 // an execve does not change), from /proc/self/stat's start time and
 // /proc/uptime, in milliseconds; -1 when they cannot be read.
 func processAgeMs() int64 {
-	stat, err1 := os.ReadFile("/proc/self/stat")
+	ticks, err1 := startTicks("/proc/self/stat")
 	up, err2 := os.ReadFile("/proc/uptime")
 	if err1 != nil || err2 != nil {
 		return -1
 	}
-	// Fields after the command (in parentheses, which may hold spaces):
-	// the start time is the 22nd field, the 20th after ")".
-	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(f) < 20 {
-		return -1
-	}
-	ticks, err1 := strconv.ParseInt(f[19], 10, 64)
-	secs, err2 := strconv.ParseFloat(strings.Fields(string(up))[0], 64)
-	if err1 != nil || err2 != nil {
+	secs, err := strconv.ParseFloat(strings.Fields(string(up))[0], 64)
+	if err != nil {
 		return -1
 	}
 	return int64(secs*1000) - ticks*1000/100 // USER_HZ is 100 on Linux

@@ -397,9 +397,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			if spec.Preloader != nil {
 				// runFork may run the request again on the same
 				// streams: this attempt's copiers must have ended.
-				if !st.abort(r.streamGrace) {
-					err = fmt.Errorf("%w (%w)", err, errCopiersLeft)
-				}
+				err = st.abort(err, r.streamGrace)
 				// A preloader that failed mid-request may have cloned the child
 				// without handing over its pidfd: it is cellgate's child
 				// (CLONE_PARENT), so it is killed with the cell and reaped
@@ -618,10 +616,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				// The warm cell's init died before it had the frame:
 				// nothing ran, runWarm may run the request again once
 				// its stream copiers have ended.
-				err = fmt.Errorf("%w: %w", errInitGone, err)
-				if !st.abort(r.streamGrace) {
-					err = fmt.Errorf("%w (%w)", err, errCopiersLeft)
-				}
+				err = st.abort(fmt.Errorf("%w: %w", errInitGone, err), r.streamGrace)
 			}
 			return Result{}, errors.Join(append([]error{err}, errs...)...)
 		case ok:
@@ -656,10 +651,7 @@ func (r *Runner) notTaken(k warmKey, ip *initProc, cell Cell, spec *Spec, st *st
 		errs = append(errs, err)
 	}
 	if errno == 0 {
-		err := fmt.Errorf("%w: %w: in cell %s: the program's process started ahead ended before it took the request", errInitGone, ErrSpawn, cell.Path())
-		if !st.abort(r.streamGrace) {
-			err = fmt.Errorf("%w (%w)", err, errCopiersLeft)
-		}
+		err := st.abort(fmt.Errorf("%w: %w: in cell %s: the program's process started ahead ended before it took the request", errInitGone, ErrSpawn, cell.Path()), r.streamGrace)
 		return Result{}, errors.Join(append([]error{err}, errs...)...)
 	}
 	if err := st.wait(r.streamGrace); err != nil {

@@ -130,20 +130,12 @@ func (s *streams) wait(grace time.Duration) error {
 	for _, o := range s.outputs {
 		o.WritersGone()
 	}
-	var errs []error
-	timer := time.NewTimer(grace)
-	defer timer.Stop()
-	for s.ended < s.copiers {
-		select {
-		case err := <-s.done:
-			s.ended++
-			errs = append(errs, err)
-		case <-timer.C:
-			for _, f := range s.parentEnds {
-				f.Close()
-			}
-			return fmt.Errorf("%w: %d of %d copies unfinished %s after the cell emptied", ErrStreams, s.copiers-s.ended, s.copiers, grace)
+	errs, left := s.collect(grace)
+	if left > 0 {
+		for _, f := range s.parentEnds {
+			f.Close()
 		}
+		return fmt.Errorf("%w: %d of %d copies unfinished %s after the cell emptied", ErrStreams, left, s.copiers, grace)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("%w: %w", ErrStreams, err)
@@ -159,32 +151,45 @@ func (s *streams) closeAll() {
 	}
 }
 
-// abort is closeAll for a start that failed before anything of the
-// request ran, which may be run again (runOnceMore): the retry rewinds
-// the stdin and hands the same Reader and Writers to copiers of its own,
-// so abort waits, at most grace, for every copier of this attempt to
-// end: the stdin's no longer moves the Reader's offset, and an output's
-// no longer calls into its Writer (a bytes.Buffer's ReadFrom changes the
-// buffer even when the pipe gives nothing). Closing the pipes ends a
-// copy blocked on them; one blocked in the caller's Reader or Writer
-// ends when that call returns. false: a copier had not ended by then,
-// and the request must not run again (errCopiersLeft).
-func (s *streams) abort(grace time.Duration) bool {
-	s.closeAll()
+// collect receives the ends of the copiers not yet received (by an
+// earlier collect), for at most grace, and returns their errors and how
+// many had not ended by then.
+func (s *streams) collect(grace time.Duration) (errs []error, left int) {
 	if s.ended == s.copiers {
-		return true
+		return nil, 0
 	}
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	for s.ended < s.copiers {
 		select {
-		case <-s.done:
+		case err := <-s.done:
 			s.ended++
+			errs = append(errs, err)
 		case <-timer.C:
-			return false
+			return errs, s.copiers - s.ended
 		}
 	}
-	return true
+	return errs, 0
+}
+
+// abort is closeAll for a start that failed (with failed) before anything
+// of the request ran, which may be run again (runOnceMore): the retry
+// rewinds the stdin and hands the same Reader and Writers to copiers of
+// its own, so abort waits, at most grace, for every copier of this
+// attempt to end: the stdin's no longer moves the Reader's offset, and an
+// output's no longer calls into its Writer (a bytes.Buffer's ReadFrom
+// changes the buffer even when the pipe gives nothing). Closing the pipes
+// ends a copy blocked on them; one blocked in the caller's Reader or
+// Writer ends when that call returns. It returns failed, marked
+// errCopiersLeft when a copier had not ended by then: the request must
+// not run again. The copiers' own errors are those of pipes closed under
+// them.
+func (s *streams) abort(failed error, grace time.Duration) error {
+	s.closeAll()
+	if _, left := s.collect(grace); left > 0 {
+		return fmt.Errorf("%w (%w)", failed, errCopiersLeft)
+	}
+	return failed
 }
 
 // errCopiersLeft marks a failed start whose stream copiers had not all

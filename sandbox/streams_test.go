@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -73,14 +74,14 @@ func TestAbortWaitsForOutputCopiers(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 			close(w.release)
 		}()
-		if !st.abort(10 * time.Second) {
+		if errors.Is(st.abort(errInitGone, 10*time.Second), errCopiersLeft) {
 			t.Fatal("abort: a copier left, want all ended")
 		}
 		if w.in.Load() {
 			t.Error("abort returned while the stdout copier was still in the Writer")
 		}
 		// Idempotent: nothing is left to wait for.
-		if !st.abort(0) {
+		if errors.Is(st.abort(errInitGone, 0), errCopiersLeft) {
 			t.Error("a second abort: a copier left")
 		}
 		if err := st.wait(time.Second); err != nil {
@@ -91,7 +92,7 @@ func TestAbortWaitsForOutputCopiers(t *testing.T) {
 	t.Run("left", func(t *testing.T) {
 		st, w := start(t)
 		defer close(w.release)
-		if st.abort(100 * time.Millisecond) {
+		if !errors.Is(st.abort(errInitGone, 100*time.Millisecond), errCopiersLeft) {
 			t.Fatal("abort: all copiers ended, want one left (blocked in the Writer)")
 		}
 	})
