@@ -3,9 +3,11 @@ package confine
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -378,12 +380,97 @@ func runStep(s step, src int, rootfs bool) error {
 		if err := unix.Mount("proc", at, "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 			return fmt.Errorf("mount proc on /proc: %w", err)
 		}
+	case stepProcReadOnly:
+		return procReadOnly(at)
 	case stepRootReadOnly:
 		if err := unix.Mount("", staging, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
 			return fmt.Errorf("make the cell's root read-only: %w", err)
 		}
 	}
 	return nil
+}
+
+// procReadOnly binds each of ProcReadOnly onto itself, read-only, in the
+// /proc mounted at at.
+func procReadOnly(at string) error {
+	for _, name := range ProcReadOnly {
+		p := filepath.Join(at, name)
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			continue // not in this kernel
+		}
+		if err := unix.Mount(p, p, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("make /proc/%s read-only for a program run as root: %w", name, err)
+		}
+		if err := unix.Mount("", p, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+			return fmt.Errorf("make /proc/%s read-only for a program run as root: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// rootBounding cuts the calling thread's bounding set to RootCaps: the
+// execve of a program run as root gives it the bounding set and no more.
+// The thread that forks the program calls it (a bounding set is a
+// thread's).
+func rootBounding() error {
+	extra, err := beyondRootCaps()
+	if err != nil {
+		return err
+	}
+	for _, c := range extra {
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, c, 0, 0, 0); err != nil {
+			return fmt.Errorf("prctl(PR_CAPBSET_DROP, %d) for a program run as root: %w", c, err)
+		}
+	}
+	return nil
+}
+
+// beyondRootCaps are the capabilities of the calling thread's bounding
+// set that RootCaps does not hold.
+func beyondRootCaps() ([]uintptr, error) {
+	var extra []uintptr
+	for c := uintptr(0); c < 64; c++ {
+		if slices.Contains(RootCaps, c) {
+			continue
+		}
+		in, err := unix.PrctlRetInt(unix.PR_CAPBSET_READ, c, 0, 0, 0)
+		if errors.Is(err, unix.EINVAL) {
+			break // past the kernel's last capability
+		}
+		if err != nil {
+			return nil, fmt.Errorf("prctl(PR_CAPBSET_READ, %d): %w", c, err)
+		}
+		if in == 1 {
+			extra = append(extra, c)
+		}
+	}
+	return extra, nil
+}
+
+// ErrNoSetpcap is CanCutRootCaps' answer where this process lacks
+// CAP_SETPCAP.
+var ErrNoSetpcap = errors.New("cutting the capabilities of a program run as root to those root keeps in a cell needs CAP_SETPCAP, which cellgate lacks (a systemd unit's CapabilityBoundingSet, a container's capabilities)")
+
+// CanCutRootCaps reports why the inits this process starts could not cut
+// a program run as root in a view of its own to RootCaps, or nil. A
+// bounding set's capability is dropped with CAP_SETPCAP, which is needed
+// unless the bounding set holds nothing beyond RootCaps already (the
+// inits inherit both from the daemon). serve refuses a route run as root
+// without it, rather than have each of its requests fail.
+func CanCutRootCaps() error {
+	extra, err := beyondRootCaps()
+	if err != nil || len(extra) == 0 {
+		return err
+	}
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	if data[0].Effective&(1<<unix.CAP_SETPCAP) != 0 {
+		return nil
+	}
+	return ErrNoSetpcap
 }
 
 // remountBind applies the bind's flags: read-only unless writable, nosuid,

@@ -91,12 +91,20 @@ type initRun struct {
 
 func startInit(t *testing.T, bin string, args ...string) *initRun {
 	t.Helper()
+	return startInitIn(t, bin, 0, args...)
+}
+
+// startInitIn is startInit with the init cloned into the namespaces of
+// cloneflags, as the launcher clones a cell's.
+func startInitIn(t *testing.T, bin string, cloneflags uintptr, args ...string) *initRun {
+	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	theirs := os.NewFile(uintptr(fds[1]), "control")
-	cmd := &exec.Cmd{Path: bin, Args: append([]string{InitArg0}, args...), ExtraFiles: []*os.File{theirs}}
+	cmd := &exec.Cmd{Path: bin, Args: append([]string{InitArg0}, args...), ExtraFiles: []*os.File{theirs},
+		SysProcAttr: &syscall.SysProcAttr{Cloneflags: cloneflags}}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +249,12 @@ func equalOutcome(a, b outcome) bool {
 // as stdout, and collects the reports, the output and the exit status;
 // during, when set, runs while the program runs.
 func runCell(t *testing.T, bin string, plan, execFrame []byte, during func(r *initRun, out *os.File)) outcome {
-	r := startInit(t, bin)
+	return runCellIn(t, bin, 0, plan, execFrame, during)
+}
+
+// runCellIn is runCell with the init in the namespaces of cloneflags.
+func runCellIn(t *testing.T, bin string, cloneflags uintptr, plan, execFrame []byte, during func(r *initRun, out *os.File)) outcome {
+	r := startInitIn(t, bin, cloneflags)
 	r.send(plan)
 	var o outcome
 	rep, ok := r.report()
@@ -343,6 +356,33 @@ func TestInitsAgree(t *testing.T) {
 		const none = "CapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nCapAmb:\t0000000000000000\n"
 		if o.Status != 0 || o.Output != none {
 			t.Errorf("under a parent with SECBIT_NO_SETUID_FIXUP and CAP_SYS_ADMIN ambient: %+v, want no capability", o)
+		}
+	})
+	t.Run("root in a view of its own", func(t *testing.T) {
+		if !root {
+			t.Skip("a view of the cell's own needs root")
+		}
+		// A route run as root: its program keeps RootCaps alone, and the
+		// parts of its /proc through which root changes the host's
+		// kernel are read-only (opened for appending, which writes
+		// nothing where it succeeds).
+		p, err := Build(Options{Programs: "/bin", Root: true, Share: NSNet | NSIPC | NSUTS}, OSFS{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ex := bareExec(t, "/bin/sh", "-c", `grep -E '^Cap(Bnd|Eff)' /proc/self/status
+for f in /proc/sys/kernel/core_pattern /proc/sysrq-trigger /proc/self/comm; do (exec 3>>$f) 2>/dev/null && echo "$f writable" || echo "$f refused"; done`)
+		var mask uint64
+		for _, c := range RootCaps {
+			mask |= 1 << c
+		}
+		want := fmt.Sprintf("CapEff:\t%016x\nCapBnd:\t%016x\n", mask, mask) +
+			"/proc/sys/kernel/core_pattern refused\n/proc/sysrq-trigger refused\n/proc/self/comm writable\n"
+		o := bothInits(t, func(t *testing.T, bin string) outcome {
+			return runCellIn(t, bin, unix.CLONE_NEWNS|unix.CLONE_NEWPID, planFrame(t, p), ex, nil)
+		})
+		if o.Status != 0 || o.Output != want {
+			t.Errorf("root in a view of its own: %+v, want output %q", o, want)
 		}
 	})
 	t.Run("no such program", func(t *testing.T) {

@@ -33,7 +33,7 @@ const launchMagic = "CGL5"
 //
 //	"CGL5"
 //	u32 namespaces (Namespaces: mount 1, pid 2, ipc 4, uts 8, net 16)
-//	u32 flags (planSeccomp, planPreloader, planHugePages, planResident)
+//	u32 flags (planSeccomp, planPreloader, planHugePages, planResident, planRoot)
 //	u64 nofile
 //	string rootfs, string hostname
 //	list of binds: string source, string target, u32 flags (bindWritable, bindDev, bindMask)
@@ -51,6 +51,7 @@ const (
 	planPreloader = 2
 	planHugePages = 4
 	planResident  = 8
+	planRoot      = 16
 	bindWritable  = 1
 	bindDev       = 2
 	bindMask      = 4
@@ -122,6 +123,9 @@ func encodePlan(p *Plan, filter []unix.SockFilter, resident bool) ([]byte, error
 	}
 	if resident {
 		flags |= planResident
+	}
+	if p.Root {
+		flags |= planRoot
 	}
 	b = binary.LittleEndian.AppendUint32(b, flags)
 	b = binary.LittleEndian.AppendUint64(b, p.NoFile)
@@ -312,7 +316,7 @@ func DecodePlan(b []byte) (*Plan, []unix.SockFilter, error) {
 	p := &Plan{Namespaces: Namespaces(d.u32())}
 	flags := d.u32()
 	p.Seccomp, p.Preloader, p.HugePages = flags&planSeccomp != 0, flags&planPreloader != 0, flags&planHugePages != 0
-	p.Resident = flags&planResident != 0
+	p.Resident, p.Root = flags&planResident != 0, flags&planRoot != 0
 	p.NoFile = d.u64()
 	p.RootFS = string(d.bytes())
 	p.Hostname = string(d.bytes())

@@ -9,12 +9,12 @@ import (
 )
 
 func TestLaunchRoundTrip(t *testing.T) {
-	plan, err := Build(Options{Programs: "/srv/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}, Hidden: []string{"/srv/cgi/tls.key"}, HugePages: true}, debian)
+	plan, err := Build(Options{Programs: "/srv/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}, Hidden: []string{"/srv/cgi/tls.key"}, HugePages: true, Root: true}, debian)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !plan.HugePages || !slices.ContainsFunc(plan.Binds, func(b Bind) bool { return b.Mask }) {
-		t.Fatalf("Build dropped Options.HugePages or Hidden: %+v", plan)
+	if !plan.HugePages || !plan.Root || !slices.ContainsFunc(plan.Binds, func(b Bind) bool { return b.Mask }) {
+		t.Fatalf("Build dropped Options.HugePages, Root or Hidden: %+v", plan)
 	}
 	prep, err := Prepare(plan)
 	if err != nil {

@@ -68,6 +68,13 @@ func Init() int {
 	if err != nil {
 		return fail(ReportSpawn, exitSpawn, err)
 	}
+	// On the thread that forks the program (lockForFork's), which is
+	// this process's for good: it starts no other.
+	if ex.UID == 0 && plan.Namespaces&NSMount != 0 {
+		if err := rootBounding(); err != nil {
+			return fail(ReportSpawn, exitSpawn, err)
+		}
+	}
 	pid, err := start(ex, fds)
 	unlock()
 	if err != nil {

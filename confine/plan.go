@@ -156,6 +156,33 @@ type Plan struct {
 	// PID namespace of the cell's own (which that end needs) and never a
 	// preloader's. A decoded plan has it only from a resident frame.
 	Resident bool
+	// Root: the route's program runs as root (allow_root), in a view of its
+	// own (NSMount). The kernel lets uid 0 write the sysctls without any
+	// capability (kernel.core_pattern and kernel.modprobe start a program
+	// as root on the host), so the cell's /proc has them read-only, with
+	// the other parts of it through which root changes the host's kernel
+	// (ProcReadOnly). Whatever Root says, a program run as root in a view
+	// of its own keeps only RootCaps of its capabilities.
+	Root bool
+}
+
+// ProcReadOnly are the parts of a cell's /proc made read-only for a plan
+// with Root, as container runtimes make them: the sysctls, the magic
+// SysRq key, IRQ affinities, PCI buses, file systems' settings. Those
+// missing from a kernel are skipped.
+var ProcReadOnly = []string{"sys", "sysrq-trigger", "irq", "bus", "fs"}
+
+// RootCaps are the capabilities a program run as root keeps in a cell of
+// its own view (the init cuts its bounding set to them before the
+// execve): those over files and users within what the view shows,
+// signals within its PID namespace, chroot and low ports. None reaches
+// the host's kernel (CAP_SYS_ADMIN, CAP_SYS_RAWIO, CAP_SYS_PTRACE,
+// CAP_NET_ADMIN, CAP_SYS_MODULE, ...), makes a device node (CAP_MKNOD:
+// nothing limits what a node opens) or gives a file capabilities that a
+// host user would run it with (CAP_SETFCAP).
+var RootCaps = []uintptr{
+	unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER, unix.CAP_FSETID, unix.CAP_KILL,
+	unix.CAP_SETGID, unix.CAP_SETUID, unix.CAP_SETPCAP, unix.CAP_NET_BIND_SERVICE, unix.CAP_SYS_CHROOT,
 }
 
 // ForPreloader returns the plan as a fork route's preloader applies it to
@@ -187,7 +214,7 @@ func (p *Plan) ForPreloader() (*Plan, error) {
 		}
 	}
 	q := *p
-	q.Preloader, q.Resident = true, false
+	q.Preloader, q.Resident, q.Root = true, false, false
 	return &q, nil
 }
 
@@ -304,6 +331,8 @@ type Options struct {
 	// Fresh gives every request a cell set up for it alone (cells:
 	// fresh); otherwise the plan may be resident (Plan.Resident).
 	Fresh bool
+	// Root: the route's program may run as root (Plan.Root).
+	Root bool
 }
 
 // FS is what Build reads of the host: whether a path exists, is a
@@ -348,6 +377,7 @@ func Build(o Options, fsys FS) (*Plan, error) {
 		}
 		return p, nil
 	}
+	p.Root = o.Root
 	size := o.TmpfsSize
 	if size <= 0 {
 		size = DefaultTmpfsSize

@@ -117,6 +117,13 @@ func TestBuild(t *testing.T) {
 			want: &Plan{Namespaces: NSPID | NSIPC | NSNet, Resident: true, Seccomp: true, NoFile: DefaultNoFile},
 		},
 		{
+			// Root's /proc is read-only in a view of the cell's own; with
+			// the host's filesystem there is none.
+			name: "host filesystem, root",
+			opts: Options{Share: NSMount, Programs: "/srv/cgi", Root: true},
+			want: &Plan{Namespaces: NSPID | NSIPC | NSNet | NSUTS, Resident: true, Seccomp: true, NoFile: DefaultNoFile, Hostname: DefaultHostname},
+		},
+		{
 			name: "a fork route: its app dir and its interpreter's dir outside the system dirs",
 			opts: Options{Programs: "/srv/cgi", Interpreter: "/srv/data/python3"},
 			want: &Plan{
@@ -240,6 +247,19 @@ func TestStepsOrder(t *testing.T) {
 	if s := host.steps(); s != nil {
 		t.Errorf("steps without a mount namespace: %v", s)
 	}
+	// A route run as root has its /proc's kernel settings made read-only
+	// right after the /proc is mounted.
+	root, err := Build(Options{Programs: "/tmp/cgi", Root: true}, debian)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tail []stepKind
+	for _, s := range root.steps()[len(root.steps())-3:] {
+		tail = append(tail, s.kind)
+	}
+	if want := []stepKind{stepProc, stepProcReadOnly, stepRootReadOnly}; !reflect.DeepEqual(tail, want) {
+		t.Errorf("a root route's last steps %v, want %v", tail, want)
+	}
 }
 
 // A preloader stays in the host's PID namespace and binds the host's /proc
@@ -253,6 +273,13 @@ func TestForPreloader(t *testing.T) {
 	pre, err := p.ForPreloader()
 	if err != nil {
 		t.Fatal(err)
+	}
+	// A preloader's uid 0 is its user namespace's (never the host's root),
+	// and its /proc is the host's, bound read-only.
+	if root, _ := Build(Options{Programs: "/srv/cgi", Root: true}, debian); root != nil {
+		if rootPre, err := root.ForPreloader(); err != nil || rootPre.Root {
+			t.Errorf("a root route's preloader: Root %v (%v), want false", rootPre.Root, err)
+		}
 	}
 	if p.Preloader || !pre.Preloader {
 		t.Fatalf("ForPreloader changed the plan (%v) or did not mark its copy (%v)", p.Preloader, pre.Preloader)

@@ -14,6 +14,7 @@ const (
 	stepProc                             // a fresh proc on /proc
 	stepRootReadOnly                     // the new root made read-only
 	stepHostProc                         // the host's /proc bound read-only (a preloader)
+	stepProcReadOnly                     // ProcReadOnly of the cell's /proc made read-only (Root)
 )
 
 // step is one operation, with paths as the cell will see them (Apply
@@ -77,6 +78,9 @@ func (p *Plan) steps() []step {
 		s = append(s, step{kind: stepHostProc, source: "/proc", target: "/proc", bind: Bind{Source: "/proc", Target: "/proc"}})
 	} else {
 		s = append(s, step{kind: stepProc, target: "/proc"})
+		if p.Root {
+			s = append(s, step{kind: stepProcReadOnly, target: "/proc"})
+		}
 	}
 	s = append(s, step{kind: stepRootReadOnly, target: "/"})
 	return s

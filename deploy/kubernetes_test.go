@@ -181,7 +181,7 @@ func TestDeploymentPod(t *testing.T) {
 		if !slices.Contains(sc.Capabilities.Drop, "ALL") {
 			t.Errorf("capabilities drop %v, want ALL", sc.Capabilities.Drop)
 		}
-		need := []corev1.Capability{"SETUID", "SETGID", "KILL", "SYS_ADMIN", "NET_ADMIN", "CHOWN"}
+		need := []corev1.Capability{"SETUID", "SETGID", "KILL", "SYS_ADMIN", "NET_ADMIN", "CHOWN", "SETPCAP"}
 		for _, add := range sc.Capabilities.Add {
 			if !slices.Contains(need, add) {
 				t.Errorf("capability %s added: cellgate needs %v only", add, need)

@@ -301,6 +301,16 @@ func TestCLIRunConfined(t *testing.T) {
 		t.Errorf("accounting table does not say the confinement is full:\n%s", table)
 	}
 
+	// Run as root, the command keeps root's capabilities over files alone
+	// and cannot write a sysctl (TestConfineRoot).
+	all := q
+	q = url.Values{"openw": {"/proc/sys/kernel/core_pattern"}, "cat": {"/proc/self/status"}}
+	r, _ = probe("root", "--user", "root")
+	if eff := procStatus(r.Cat["/proc/self/status"])["CapEff"]; r.UID != 0 || eff != rootCapsHex() || r.OpenW["/proc/sys/kernel/core_pattern"] != "EROFS" {
+		t.Errorf("--user root: uid %d, CapEff %s, opening core_pattern to append: %s; want 0, %s (confine.RootCaps) and EROFS", r.UID, eff, r.OpenW["/proc/sys/kernel/core_pattern"], rootCapsHex())
+	}
+	q = all
+
 	r, table = probe("relaxed", "--network", "host", "--filesystem", "host", "--seccomp", "off", "--host-namespaces", "pid,ipc,uts")
 	if r.Read[secret] != "ok" {
 		t.Errorf("--filesystem host: the command cannot read %s: %s", secret, r.Read[secret])

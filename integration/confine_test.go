@@ -42,6 +42,7 @@ import (
 // probeReply is what the probe answers.
 type probeReply struct {
 	Read     map[string]string `json:"read"`     // path -> "ok" or the error
+	OpenW    map[string]string `json:"openw"`    // path -> opening it to append (which writes nothing): "ok" or the errno name
 	Connect  map[string]string `json:"connect"`  // address -> "ok" or the error
 	Fill     map[string]string `json:"fill"`     // path -> "ok" or the error
 	Procs    []string          `json:"procs"`    // the command lines in /proc
@@ -376,7 +377,7 @@ func processAgeMs() int64 {
 // runProbe is the probe role: a CGI program.
 func runProbe() int {
 	q, _ := url.ParseQuery(os.Getenv("QUERY_STRING"))
-	r := probeReply{Read: map[string]string{}, Connect: map[string]string{}, Fill: map[string]string{}, Syscalls: map[string]string{},
+	r := probeReply{Read: map[string]string{}, OpenW: map[string]string{}, Connect: map[string]string{}, Fill: map[string]string{}, Syscalls: map[string]string{},
 		Cat: map[string]string{}, UID: os.Getuid(), GID: os.Getgid()}
 	r.ShmID = -1
 	r.IPC = map[string]string{}
@@ -415,6 +416,13 @@ func runProbe() int {
 	for _, p := range q["read"] {
 		_, err := os.ReadFile(p)
 		r.Read[p] = errName(err)
+	}
+	for _, p := range q["openw"] {
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+		if err == nil {
+			f.Close()
+		}
+		r.OpenW[p] = errName(err)
 	}
 	for _, a := range q["connect"] {
 		c, err := net.Dial("tcp", a)
@@ -1116,6 +1124,112 @@ func TestConfineNoHugePages(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestConfineRoot: a route run as root (allow_root) cannot change the
+// host's kernel from its cell. Its program keeps only confine.RootCaps
+// of root's capabilities (none of CAP_SYS_ADMIN, CAP_SYS_RAWIO,
+// CAP_NET_ADMIN, CAP_MKNOD, ...), and the sysctls and the SysRq key are
+// read-only in its /proc: the kernel lets uid 0 write kernel.core_pattern
+// and kernel.modprobe, which start a program of its choice as root on the
+// host, without any capability. The rest of its /proc is as writable as
+// any cell's. Resident and fresh cells; the control is this process,
+// root on the host, which may open them.
+func TestConfineRoot(t *testing.T) {
+	requireMicroVM(t)
+	w := workerBinary(t)
+	g := confineGate(t, fmt.Sprintf(`  - {name: proberoot, match: {path: /proberoot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true}
+  - {name: freshroot, match: {path: /freshroot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true, cells: fresh}
+`, w, cellHelperEnv))
+	kernel := []string{"/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/proc/sys/vm/drop_caches", "/proc/sysrq-trigger"}
+	for _, p := range kernel {
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatalf("control: open %s to append: %v", p, err)
+		}
+		f.Close()
+	}
+	wantCaps := rootCapsHex()
+	q := url.Values{"openw": append(slices.Clone(kernel), "/proc/self/comm"), "cat": {"/proc/self/status"}}
+	for _, route := range []string{"proberoot", "freshroot", "proberoot"} {
+		r := g.probe(t, route, q)
+		if r.UID != 0 {
+			t.Fatalf("%s: uid %d, want 0", route, r.UID)
+		}
+		for _, p := range kernel {
+			if r.OpenW[p] != "EROFS" {
+				t.Errorf("%s: open %s to append: %s, want EROFS", route, p, r.OpenW[p])
+			}
+		}
+		if r.OpenW["/proc/self/comm"] != "ok" {
+			t.Errorf("%s: open /proc/self/comm to append: %s, want ok (only the kernel's settings are read-only)", route, r.OpenW["/proc/self/comm"])
+		}
+		caps := procStatus(r.Cat["/proc/self/status"])
+		for _, set := range []string{"CapBnd", "CapPrm", "CapEff"} {
+			if caps[set] != wantCaps {
+				t.Errorf("%s: %s %s, want %s (confine.RootCaps)", route, set, caps[set], wantCaps)
+			}
+		}
+	}
+}
+
+// TestConfineRootWithoutSetpcap: where cellgate lacks CAP_SETPCAP (a
+// bounding set cut further, as a unit's CapabilityBoundingSet can), the
+// inits could not cut a root program's capabilities: serve refuses a
+// policy with a route run as root, naming the route and the capability,
+// and so does cellgate run --user root; a command under a uid of its own
+// still runs there.
+func TestConfineRootWithoutSetpcap(t *testing.T) {
+	kernel := requireKernel(t)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Fatalf("setpriv (util-linux): %v", err)
+	}
+	dir := t.TempDir()
+	policyPath := filepath.Join(dir, "policy.yaml")
+	pol := fmt.Sprintf("version: 1\nroutes:\n  - {name: proberoot, match: {path: /proberoot}, program: %q, env: {%s: probe}, user: root, allow_root: true}\n", workerBinary(t), cellHelperEnv)
+	if err := os.WriteFile(policyPath, []byte(pol), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withoutSetpcap := func(name string, args ...string) (int, string) {
+		t.Helper()
+		base := filepath.Join(kernel, "nosetpcap-"+name)
+		trackBase(base)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		argv := append([]string{"--bounding-set", "-setpcap", cellgateBin(t), args[0], "--cgroup-base", base}, args[1:]...)
+		out, err := exec.CommandContext(ctx, setpriv, argv...).CombinedOutput()
+		var exit *exec.ExitError
+		if err != nil && !errors.As(err, &exit) {
+			t.Fatalf("%s: %v\n%s", name, err, out)
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%s: still running after a minute\n%s", name, out)
+		}
+		t.Logf("%s: %s", name, out)
+		if exit != nil {
+			return exit.ExitCode(), string(out)
+		}
+		return 0, string(out)
+	}
+	if status, out := withoutSetpcap("serve", "serve", "--policy", policyPath, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"); status == 0 || !strings.Contains(out, "routes[proberoot].user") || !strings.Contains(out, "fix: add CAP_SETPCAP") {
+		t.Errorf("serve without CAP_SETPCAP, a route run as root: exit %d, want it refused with the route and CAP_SETPCAP named:\n%s", status, out)
+	}
+	if status, out := withoutSetpcap("runroot", "run", "--user", "root", "--", "/bin/true"); status == 0 || !strings.Contains(out, "CAP_SETPCAP") {
+		t.Errorf("run --user root without CAP_SETPCAP: exit %d, want it refused with CAP_SETPCAP named:\n%s", status, out)
+	}
+	if status, out := withoutSetpcap("run", "run", "--", "/bin/true"); status != 0 {
+		t.Errorf("run under a uid of its own without CAP_SETPCAP: exit %d, want 0:\n%s", status, out)
+	}
+}
+
+// rootCapsHex is confine.RootCaps as /proc/PID/status shows a set.
+func rootCapsHex() string {
+	var mask uint64
+	for _, c := range confine.RootCaps {
+		mask |= 1 << c
+	}
+	return fmt.Sprintf("%016x", mask)
 }
 
 // procStatus reads a /proc/PID/status text: each field -> its value.
@@ -1979,8 +2093,9 @@ func TestConfineNetnsAhead(t *testing.T) {
 // TestConfineNetnsReuse: a network namespace made ahead serves later
 // cells of the same tenant once its cell is gone, and only then: never a
 // cell of another tenant, never after a cell that left a socket in it
-// (here a connection in TIME_WAIT), never after a cell whose program ran
-// as root (which can change the namespace: here its default TTL).
+// (here a connection in TIME_WAIT); a program run as root cannot change
+// the namespace's settings (here its default TTL: /proc/sys is read-only
+// for it), and its namespace is not reused all the same.
 func TestConfineNetnsReuse(t *testing.T) {
 	w := workerBinary(t)
 	g := confineGate(t, fmt.Sprintf(`  - {name: probeb, match: {path: /probeb}, tenant: b, program: %[1]q, env: {%[2]s: probe}}
@@ -2045,8 +2160,8 @@ func TestConfineNetnsReuse(t *testing.T) {
 	for i := range 4 {
 		clean(fmt.Sprintf("tenant a after a TIME_WAIT, request %d", i), probe("probe", check))
 	}
-	if r := probe("proberoot", url.Values{"setttl": {"33"}, "ttl": {""}}); r.TTL != "33" || r.UID != 0 {
-		t.Fatalf("root's request: uid %d, default TTL %s after setting it to 33", r.UID, r.TTL)
+	if r := probe("proberoot", url.Values{"setttl": {"33"}, "ttl": {""}}); r.TTL != "EROFS" || r.UID != 0 {
+		t.Fatalf("root's request: uid %d, setting the default TTL to 33: %s, want EROFS", r.UID, r.TTL)
 	}
 	for i := range 4 {
 		clean(fmt.Sprintf("tenant a after a root request, request %d", i), probe("probe", check))

@@ -29,7 +29,7 @@ func ociRuntime(t *testing.T) string {
 // writable, the host's network (loopback), and seccomp from profile.
 func ociBundle(t *testing.T, rootfs, cgroupsPath string, seccomp *specs.LinuxSeccomp, userNS bool) string {
 	t.Helper()
-	caps := []string{"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_CHOWN"}
+	caps := []string{"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_CHOWN", "CAP_SETPCAP"}
 	const policy = "/usr/local/share/cellgate/policy.yaml" // the image's default
 	spec := specs.Spec{
 		Version: "1.0.2", // what crun 1.8 (Debian 12) accepts
@@ -116,7 +116,7 @@ func runOCI(t *testing.T, crun, bundle, id, group string) *container {
 
 // TestImageUnderOCIRuntime runs the image with a real OCI runtime (crun)
 // as the Deployment asks for it: a private cgroup namespace with a
-// writable cgroupfs, SETUID, SETGID, KILL, SYS_ADMIN, NET_ADMIN and CHOWN only, no_new_privs, and
+// writable cgroupfs, SETUID, SETGID, KILL, SYS_ADMIN, NET_ADMIN, CHOWN and SETPCAP only, no_new_privs, and
 // deploy/seccomp/cellgate.json. It serves from cells under the container's
 // group. With a profile that refuses clone3 as the runtimes' defaults do,
 // it refuses to start, which is why the profile exists.

@@ -98,7 +98,7 @@ enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY, R_STARTED };
 /* A report's flags (its second byte). */
 enum { RF_UNCLEAN = 1 };
 enum { NS_MOUNT = 1, NS_PID = 2, NS_IPC = 4, NS_UTS = 8, NS_NET = 16 };
-enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2, PLAN_HUGE_PAGES = 4, PLAN_RESIDENT = 8 };
+enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2, PLAN_HUGE_PAGES = 4, PLAN_RESIDENT = 8, PLAN_ROOT = 16 };
 enum { BIND_WRITABLE = 1, BIND_DEV = 2, BIND_MASK = 4 };
 
 /* The mode's part of the view: 0 builds it whole; M_TEMPLATE builds a
@@ -106,6 +106,10 @@ enum { BIND_WRITABLE = 1, BIND_DEV = 2, BIND_MASK = 4 };
  * M_FROM_TEMPLATE copies the template on fd 4 and adds the cell mounts. */
 enum { M_WHOLE, M_TEMPLATE, M_FROM_TEMPLATE };
 static int view_mode = M_WHOLE;
+
+/* own_view: the plan gives the cell a mount namespace and view of its
+ * own, where a program run as root keeps only ROOT_CAPS (exec_child). */
+static int own_view;
 
 /* mq_root is a resident init's own IPC namespace's POSIX message queue
  * file system, mounted nowhere (fsmount): where it has one, its
@@ -589,7 +593,7 @@ static void free_exec(struct exec *e)
 
 /* ---- the filesystem view (confine/steps.go, confine/apply.go) ---- */
 
-enum { S_ROOT_TMPFS = 1, S_ROOT_BIND, S_TMPFS, S_BIND, S_SYMLINK, S_PROC, S_ROOT_RO, S_HOST_PROC, S_MOUNT_POINT, S_DEV_RO };
+enum { S_ROOT_TMPFS = 1, S_ROOT_BIND, S_TMPFS, S_BIND, S_SYMLINK, S_PROC, S_ROOT_RO, S_HOST_PROC, S_MOUNT_POINT, S_DEV_RO, S_PROC_RO };
 
 struct step {
 	int kind;
@@ -644,6 +648,8 @@ static struct step *steps(const struct plan *p, size_t *n)
 		s[k++] = (struct step){.kind = S_HOST_PROC, .source = "/proc", .target = "/proc"};
 	else
 		s[k++] = (struct step){.kind = tmpl ? S_MOUNT_POINT : S_PROC, .target = "/proc"};
+	if (!tmpl && (p->flags & PLAN_ROOT) && !(p->flags & PLAN_PRELOADER))
+		s[k++] = (struct step){.kind = S_PROC_RO, .target = "/proc"};
 	/* The template's /dev is every cell's: nobody writes to it. */
 	if (tmpl)
 		s[k++] = (struct step){.kind = S_DEV_RO, .target = "/dev"};
@@ -767,6 +773,31 @@ static int mount_proc(const char *at)
 	return 0;
 }
 
+/* proc_ro are the parts of a cell's /proc through which root changes the
+ * host's kernel: the sysctls (which the kernel lets uid 0 write without
+ * any capability: kernel.core_pattern, kernel.modprobe), the magic SysRq
+ * key, IRQ affinities, PCI buses, file systems' settings. A route whose
+ * program runs as root (PLAN_ROOT) gets them read-only (confine's
+ * procReadOnly), as container runtimes give them. */
+static const char *const proc_ro[] = {"sys", "sysrq-trigger", "irq", "bus", "fs"};
+
+/* proc_read_only binds each of proc_ro onto itself, read-only, in the
+ * /proc mounted at at. */
+static int proc_read_only(const char *at)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	for (size_t i = 0; i < sizeof proc_ro / sizeof *proc_ro; i++) {
+		snprintf(path, sizeof path, "%s/%s", at, proc_ro[i]);
+		if (lstat(path, &st) < 0 && errno == ENOENT)
+			continue; /* not in this kernel */
+		if (mount(path, path, NULL, MS_BIND, NULL) < 0 ||
+		    mount("", path, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
+			return fail(errno, "make /proc/%s read-only for a program run as root", proc_ro[i]);
+	}
+	return 0;
+}
+
 static int run_step(const struct step *s, int rootfs)
 {
 	char at[PATH_MAX], fdpath[64];
@@ -820,6 +851,8 @@ static int run_step(const struct step *s, int rootfs)
 		if (mountpoint(at, 1, rootfs) < 0)
 			return -1;
 		return mount_proc(at);
+	case S_PROC_RO:
+		return proc_read_only(at);
 	case S_ROOT_RO:
 		if (mount("", STAGING, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) < 0)
 			return fail(errno, "make the cell's root read-only");
@@ -889,7 +922,9 @@ static int enter_template(const struct plan *p)
 	for (uint32_t i = 0; i < p->ntmpfs; i++)
 		if (mount_tmpfs(p->tmpfs[i].target, p->tmpfs[i].target, &p->tmpfs[i]) < 0)
 			return -1;
-	return mount_proc("/proc");
+	if (mount_proc("/proc") < 0)
+		return -1;
+	return (p->flags & PLAN_ROOT) ? proc_read_only("/proc") : 0;
 }
 
 static int loopback_up(void)
@@ -1181,6 +1216,7 @@ static int apply_plan_frame(struct plan *p, const char *what)
 	}
 	if (decode_plan(body, len, p) < 0)
 		return -1;
+	own_view = (p->ns & NS_MOUNT) != 0;
 	if (apply(p) < 0) {
 		char w[64];
 		snprintf(w, sizeof w, "confine %s", what);
@@ -1231,14 +1267,47 @@ __attribute__((noinline)) static long clone3_vm(struct clone_args_v2 *a, void (*
 
 static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 
+/* ROOT_CAPS are the capabilities a program run as root keeps in a cell
+ * of its own view (confine.RootCaps): those of files and users within
+ * what the view shows, signals within its PID namespace, chroot and low
+ * ports. None reaches the host's kernel (CAP_SYS_ADMIN, CAP_SYS_RAWIO,
+ * CAP_SYS_PTRACE, CAP_NET_ADMIN, CAP_SYS_MODULE, ...), makes device nodes
+ * (CAP_MKNOD: nothing limits what a node opens) or gives a file
+ * capabilities a host user would run with (CAP_SETFCAP). */
+#define ROOT_CAPS                                                                                   \
+	(1ULL << CAP_CHOWN | 1ULL << CAP_DAC_OVERRIDE | 1ULL << CAP_FOWNER | 1ULL << CAP_FSETID |   \
+	 1ULL << CAP_KILL | 1ULL << CAP_SETGID | 1ULL << CAP_SETUID | 1ULL << CAP_SETPCAP |         \
+	 1ULL << CAP_NET_BIND_SERVICE | 1ULL << CAP_SYS_CHROOT)
+
+/* root_bounding cuts this process's bounding set to ROOT_CAPS: the execve
+ * of a program run as root gives it the bounding set, and no more. A
+ * capability the set lacks already is left alone (dropping one needs
+ * CAP_SETPCAP, which serve checks it has where it must:
+ * confine.CanCutRootCaps). Raw system calls (exec_child's). */
+static int root_bounding(void)
+{
+	for (int c = 0; c < 64; c++) {
+		if (ROOT_CAPS >> c & 1)
+			continue;
+		long in = syscall(SYS_prctl, PR_CAPBSET_READ, c, 0, 0, 0);
+		if (in < 0 && errno == EINVAL)
+			return 0; /* past the kernel's last capability */
+		if (in < 0 || (in == 1 && syscall(SYS_prctl, PR_CAPBSET_DROP, c, 0, 0, 0) < 0))
+			return -1;
+	}
+	return 0;
+}
+
 /* exec_child is the program's side of a start, in the child: fds become
  * its 0-2, it gets a process group of its own and the frame's
- * credentials, and filter (NULL: none) is loaded last, just before the
- * execve. Raw system calls only: a vfork child borrows the init's memory.
- * It returns only on a failure, with its errno. */
+ * credentials (root's cut to ROOT_CAPS in a view of its own), and filter
+ * (NULL: none) is loaded last, just before the execve. Raw system calls
+ * only: a vfork child borrows the init's memory. It returns only on a
+ * failure, with its errno. */
 static int exec_child(const struct exec *e, const int fds[3], const sigset_t *unblocked, const struct sock_fprog *filter)
 {
-	if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, unblocked, NULL, _NSIG / 8) < 0 ||
+	if ((e->uid == 0 && own_view && root_bounding() < 0) ||
+	    syscall(SYS_rt_sigprocmask, SIG_SETMASK, unblocked, NULL, _NSIG / 8) < 0 ||
 	    syscall(SYS_setpgid, 0, 0) < 0 ||
 	    syscall(SYS_dup3, fds[0], 0, 0) < 0 || syscall(SYS_dup3, fds[1], 1, 0) < 0 ||
 	    syscall(SYS_dup3, fds[2], 2, 0) < 0 ||

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
 )
@@ -119,6 +120,10 @@ func routeProblem(src string, r *policy.Route, key, value, msg, fix string) poli
 // verifyRoute checks r's user (resolved or its resolution error) and
 // program or dir as cred. It returns every problem found.
 func verifyRoute(src string, r *policy.Route, cred sandbox.Credential, userErr error) []policy.Problem {
+	if errors.Is(userErr, confine.ErrNoSetpcap) {
+		return []policy.Problem{routeProblem(src, r, "user", userString(r), userErr.Error(),
+			"add CAP_SETPCAP to cellgate's capabilities (the unit's CapabilityBoundingSet, the container's), or run the route under another user")}
+	}
 	if userErr != nil {
 		return []policy.Problem{routeProblem(src, r, "user", userString(r), userErr.Error(),
 			"create the account, or name an existing user or uid, or use user: auto")}

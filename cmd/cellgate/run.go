@@ -288,7 +288,7 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 	if _, err := os.Stat(path); err != nil {
 		return sandbox.Result{}, fmt.Errorf("%w: %s: %w", sandbox.ErrSpawn, path, err)
 	}
-	route := &policy.Route{Name: "run", Program: path, Confinement: cfg.Confine}
+	route := &policy.Route{Name: "run", Program: path, Confinement: cfg.Confine, AllowRoot: cred != nil && cred.UID == 0}
 	if !cfg.Confine.HostFilesystem {
 		// The view binds the command's directory by itself: what the
 		// cell's credentials could not reach on the host (a directory
@@ -302,6 +302,11 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 	plan, err := routeConfinement(route, nil)
 	if err != nil {
 		return sandbox.Result{}, err
+	}
+	if route.AllowRoot && plan.Plan().Namespaces&confine.NSMount != 0 {
+		if err := confine.CanCutRootCaps(); err != nil {
+			return sandbox.Result{}, fmt.Errorf("--user root: %w: add CAP_SETPCAP, or run the command under another --user", err)
+		}
 	}
 	launcher, self, err := openLauncher(cfg.Init)
 	if err != nil {

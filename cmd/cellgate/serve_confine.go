@@ -53,6 +53,7 @@ func buildConfinement(r *policy.Route, hidden []string) (*confine.Prepared, erro
 		Fresh:      c.FreshCells,
 		Programs:   r.Dir,
 		Hidden:     hidden,
+		Root:       r.AllowRoot,
 	}
 	if r.Program != "" {
 		o.Programs = filepath.Dir(r.Program)

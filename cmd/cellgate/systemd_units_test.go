@@ -119,14 +119,16 @@ func defaultDrainTimeout(t *testing.T) time.Duration {
 // TestServiceUnitCapabilities: the service's bounding set has what serve
 // uses, CAP_CHOWN included (a fork route's group gives its cgroup.procs to
 // the preloader's uid; without it every fork route failed to start with
-// "chown .../cgroup.procs: operation not permitted").
+// "chown .../cgroup.procs: operation not permitted"), and CAP_SETPCAP (a
+// program run as root has its capabilities cut: without it serve refuses
+// a route run as root).
 func TestServiceUnitCapabilities(t *testing.T) {
 	k := unitKeys(t, filepath.Join(unitDir, "cellgate.service"))
 	if len(k["CapabilityBoundingSet"]) != 1 {
 		t.Fatalf("cellgate.service: CapabilityBoundingSet=%q, want one value", k["CapabilityBoundingSet"])
 	}
 	have := strings.Fields(k["CapabilityBoundingSet"][0])
-	for _, c := range []string{"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_NET_ADMIN", "CAP_CHOWN"} {
+	for _, c := range []string{"CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_NET_ADMIN", "CAP_CHOWN", "CAP_SETPCAP"} {
 		if !slices.Contains(have, c) {
 			t.Errorf("cellgate.service: CapabilityBoundingSet lacks %s (have %v)", c, have)
 		}
