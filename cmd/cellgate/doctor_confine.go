@@ -47,6 +47,7 @@ func checkConfinementKernel(r *report) {
 	}
 	r.ok("user namespaces", "%s; used by fork routes' preloaders (which may create none below theirs), never by cells, which cannot create one (seccomp)", userns)
 	checkResidentIPC(r)
+	checkRootRoutes(r, confine.CanCutRootCaps())
 	modprobe, err := os.ReadFile("/proc/sys/kernel/modprobe")
 	checkModuleAutoload(r, string(modprobe), err)
 	major, minor := kernelVersion(unameRelease())
@@ -126,6 +127,20 @@ func checkHugePages(r *report, pages int, err error, closed bool) {
 		r.warn(name, "keep seccomp on for every route (the default), or enable the hugetlb controller down to cellgate's group (systemd does not delegate it), where cellgate closes the pool to every cell",
 			"the host's pools hold or may overcommit %d huge pages, not charged to a cell's memory.max: closed to confined cells by the seccomp filter, but a cell of a route with seccomp: off can map them all while it runs", pages)
 	}
+}
+
+// checkRootRoutes reports whether serve can run a route as root
+// (allow_root): its cells' inits cut a root program's capabilities to
+// confine.RootCaps, which needs CAP_SETPCAP (err, from
+// confine.CanCutRootCaps); without it serve refuses such a route.
+func checkRootRoutes(r *report, err error) {
+	const name = "root routes"
+	if err != nil {
+		r.warn(name, "add CAP_SETPCAP to cellgate's capabilities (the unit's CapabilityBoundingSet, the container's), or run no route as root",
+			"serve refuses a route run as root (user: root, allow_root): %v", err)
+		return
+	}
+	r.ok(name, "a program run as root keeps only root's capabilities over files, signals, chroot and low ports, and cannot write /proc/sys")
 }
 
 // checkResidentIPC reports whether a resident cell's init can mount its

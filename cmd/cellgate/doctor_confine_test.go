@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cellgate/cellgate/confine"
 )
 
 // TestCheckModuleAutoload: doctor warns, with the fix, where a cell can
@@ -35,6 +37,23 @@ func TestCheckModuleAutoload(t *testing.T) {
 				t.Errorf("%+v, want %s holding %q", f, tc.want, tc.has)
 			}
 		})
+	}
+}
+
+// TestCheckRootRoutes: doctor warns, with the fix, where serve would
+// refuse a route run as root for want of CAP_SETPCAP.
+func TestCheckRootRoutes(t *testing.T) {
+	var r report
+	checkRootRoutes(&r, confine.ErrNoSetpcap)
+	checkRootRoutes(&r, nil)
+	if len(r.findings) != 2 {
+		t.Fatalf("findings %+v, want two", r.findings)
+	}
+	if f := r.findings[0]; f.level != "warn" || !strings.Contains(f.detail, "serve refuses a route run as root") || !strings.Contains(f.fix, "add CAP_SETPCAP") {
+		t.Errorf("without CAP_SETPCAP: %+v, want a warning that serve refuses root routes, with the fix", f)
+	}
+	if f := r.findings[1]; f.level != "ok" || !strings.Contains(f.detail, "cannot write /proc/sys") {
+		t.Errorf("with CAP_SETPCAP: %+v, want ok", f)
 	}
 }
 
