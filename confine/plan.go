@@ -175,14 +175,15 @@ var ProcReadOnly = []string{"sys", "sysrq-trigger", "irq", "bus", "fs"}
 // RootCaps are the capabilities a program run as root keeps in a cell of
 // its own view (the init cuts its bounding set to them before the
 // execve): those over files and users within what the view shows,
-// signals within its PID namespace, chroot and low ports. None reaches
+// signals within its PID namespace and chroot. None reaches
 // the host's kernel (CAP_SYS_ADMIN, CAP_SYS_RAWIO, CAP_SYS_PTRACE,
 // CAP_NET_ADMIN, CAP_SYS_MODULE, ...), makes a device node (CAP_MKNOD:
 // nothing limits what a node opens) or gives a file capabilities that a
-// host user would run it with (CAP_SETFCAP).
+// host user would run it with (CAP_SETFCAP), nor takes a low port of
+// the host's (CAP_NET_BIND_SERVICE, under network: host).
 var RootCaps = []uintptr{
 	unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER, unix.CAP_FSETID, unix.CAP_KILL,
-	unix.CAP_SETGID, unix.CAP_SETUID, unix.CAP_SETPCAP, unix.CAP_NET_BIND_SERVICE, unix.CAP_SYS_CHROOT,
+	unix.CAP_SETGID, unix.CAP_SETUID, unix.CAP_SETPCAP, unix.CAP_SYS_CHROOT,
 }
 
 // ForPreloader returns the plan as a fork route's preloader applies it to

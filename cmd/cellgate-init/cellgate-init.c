@@ -1269,15 +1269,16 @@ static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUS
 
 /* ROOT_CAPS are the capabilities a program run as root keeps in a cell
  * of its own view (confine.RootCaps): those of files and users within
- * what the view shows, signals within its PID namespace, chroot and low
- * ports. None reaches the host's kernel (CAP_SYS_ADMIN, CAP_SYS_RAWIO,
- * CAP_SYS_PTRACE, CAP_NET_ADMIN, CAP_SYS_MODULE, ...), makes device nodes
- * (CAP_MKNOD: nothing limits what a node opens) or gives a file
- * capabilities a host user would run with (CAP_SETFCAP). */
-#define ROOT_CAPS                                                                                   \
-	(1ULL << CAP_CHOWN | 1ULL << CAP_DAC_OVERRIDE | 1ULL << CAP_FOWNER | 1ULL << CAP_FSETID |   \
-	 1ULL << CAP_KILL | 1ULL << CAP_SETGID | 1ULL << CAP_SETUID | 1ULL << CAP_SETPCAP |         \
-	 1ULL << CAP_NET_BIND_SERVICE | 1ULL << CAP_SYS_CHROOT)
+ * what the view shows, signals within its PID namespace and chroot. None
+ * reaches the host's kernel (CAP_SYS_ADMIN, CAP_SYS_RAWIO, CAP_SYS_PTRACE,
+ * CAP_NET_ADMIN, CAP_SYS_MODULE, ...), makes device nodes (CAP_MKNOD:
+ * nothing limits what a node opens), gives a file capabilities a host
+ * user would run with (CAP_SETFCAP) or takes a low port of the host's
+ * (CAP_NET_BIND_SERVICE, under network: host). */
+#define ROOT_CAPS                                                                                 \
+	(1ULL << CAP_CHOWN | 1ULL << CAP_DAC_OVERRIDE | 1ULL << CAP_FOWNER | 1ULL << CAP_FSETID | \
+	 1ULL << CAP_KILL | 1ULL << CAP_SETGID | 1ULL << CAP_SETUID | 1ULL << CAP_SETPCAP |       \
+	 1ULL << CAP_SYS_CHROOT)
 
 /* root_bounding cuts this process's bounding set to ROOT_CAPS: the execve
  * of a program run as root gives it the bounding set, and no more. A

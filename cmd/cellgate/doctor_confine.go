@@ -140,7 +140,7 @@ func checkRootRoutes(r *report, err error) {
 			"serve refuses a route run as root (user: root, allow_root): %v", err)
 		return
 	}
-	r.ok(name, "a program run as root keeps only root's capabilities over files, signals, chroot and low ports, and cannot write /proc/sys")
+	r.ok(name, "a program run as root keeps only root's capabilities over files, signals and chroot, and cannot write /proc/sys")
 }
 
 // checkResidentIPC reports whether a resident cell's init can mount its
