@@ -4,11 +4,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
+	"golang.org/x/sys/unix"
 )
 
 // TestVerifyWritableMounts: a writable mount that another tenant's route
@@ -136,5 +138,52 @@ func TestExposedDaemonFiles(t *testing.T) {
 				t.Errorf("got %q, want one holding %q and the fix", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestRootSetuidMounts: a route run as root is warned of for each
+// writable mount whose host file system is not mounted nosuid, with the
+// fix; read-only mounts, routes under other users and nosuid file
+// systems are not.
+func TestRootSetuidMounts(t *testing.T) {
+	p, err := policy.Parse("p.yaml", []byte(`version: 1
+routes:
+  - {name: root, match: {path: /a}, program: /bin/true, user: root, allow_root: true, mounts: [{source: /srv/data, target: /data, writable: true}, {source: /srv/ro, target: /ro}, {source: /srv/safe, target: /safe, writable: true}]}
+  - {name: auto, match: {path: /b}, program: /bin/true, mounts: [{source: /srv/data, target: /data, writable: true}]}
+  - {name: hostroot, match: {path: /c}, program: /bin/true, user: root, allow_root: true, filesystem: host}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nosuid := func(path string) bool { return path == "/srv/safe" }
+	got := rootSetuidMounts(routeViews(p, func(s string) string { return s }), nosuid)
+	if len(got) != 1 || !strings.Contains(got[0], "route root runs as root with mounts[0] (/srv/data) writable") || !strings.Contains(got[0], "fix: mount /srv/data nosuid on the host") {
+		t.Errorf("warnings %q, want one for route root's mounts[0] with the fix", got)
+	}
+	if mountedNosuid("/nonexistent/path") {
+		t.Error("mountedNosuid of a missing path: true, want false (it cannot tell)")
+	}
+	// Against the mount table: a mount point with nosuid in its options
+	// and one without, where this machine has both.
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Skip(err)
+	}
+	opts := map[string]string{} // the last mount on a point is the one seen
+	for line := range strings.Lines(string(b)) {
+		f := strings.Fields(line)
+		if len(f) >= 6 && !strings.Contains(f[4], `\`) { // no escaped character
+			opts[f[4]] = f[5]
+		}
+	}
+	for point, o := range opts {
+		var st unix.Statfs_t
+		if unix.Statfs(point, &st) != nil {
+			continue
+		}
+		want := slices.Contains(strings.Split(o, ","), "nosuid")
+		if got := mountedNosuid(point); got != want {
+			t.Errorf("mountedNosuid(%s) = %v, its options %s", point, got, o)
+		}
 	}
 }

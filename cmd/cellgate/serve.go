@@ -466,6 +466,9 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 	for _, w := range exposedDaemonFiles(pol, views, hidden, d.cfg.GID) {
 		d.log.Warn("a file of serve's is readable by cells: " + w)
 	}
+	for _, w := range rootSetuidMounts(views, mountedNosuid) {
+		d.log.Warn(w)
+	}
 	for _, r := range pol.Routes {
 		rs := specs[r]
 		if d.tree != nil {
