@@ -23,7 +23,8 @@ func onThread(f func()) {
 }
 
 // dropEffective clears c from the calling thread's effective set.
-func dropEffective(t *testing.T, c uint) {
+func dropEffective(t testing.TB, c uint) {
+	t.Helper()
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
 	if err := unix.Capget(&hdr, &data[0]); err != nil {
