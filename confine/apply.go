@@ -462,15 +462,35 @@ func CanCutRootCaps() error {
 	if err != nil || len(extra) == 0 {
 		return err
 	}
+	switch has, err := Effective(unix.CAP_SETPCAP); {
+	case err != nil:
+		return err
+	case !has:
+		return ErrNoSetpcap
+	}
+	return nil
+}
+
+// CheckRunAs reports why a program of this plan could not run under uid,
+// or nil: one run as root needs its capabilities cut (CutsRootCaps),
+// which this process must be able to do (CanCutRootCaps). serve and run
+// call it when they load a route or a command, never per request.
+func (p *Prepared) CheckRunAs(uid uint32) error {
+	if !p.plan.CutsRootCaps(uid) {
+		return nil
+	}
+	return CanCutRootCaps()
+}
+
+// Effective reports whether the calling thread holds capability c in its
+// effective set.
+func Effective(c uint) (bool, error) {
 	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 	var data [2]unix.CapUserData
 	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("capget: %w", err)
+		return false, fmt.Errorf("capget: %w", err)
 	}
-	if data[0].Effective&(1<<unix.CAP_SETPCAP) != 0 {
-		return nil
-	}
-	return ErrNoSetpcap
+	return data[c/32].Effective&(1<<(c%32)) != 0, nil
 }
 
 // remountBind applies the bind's flags: read-only unless writable, nosuid,

@@ -70,7 +70,7 @@ func Init() int {
 	}
 	// On the thread that forks the program (lockForFork's), which is
 	// this process's for good: it starts no other.
-	if ex.UID == 0 && plan.Namespaces&NSMount != 0 {
+	if plan.CutsRootCaps(ex.UID) {
 		if err := rootBounding(); err != nil {
 			return fail(ReportSpawn, exitSpawn, err)
 		}

@@ -166,6 +166,13 @@ type Plan struct {
 	Root bool
 }
 
+// CutsRootCaps reports whether a program of the plan run under uid has
+// its bounding set cut to RootCaps by its init: a program run as root in
+// a view of its own (the C init's exec_child says the same).
+func (p *Plan) CutsRootCaps(uid uint32) bool {
+	return uid == 0 && p.Namespaces&NSMount != 0
+}
+
 // ProcReadOnly are the parts of a cell's /proc made read-only for a plan
 // with Root, as container runtimes make them: the sysctls, the magic
 // SysRq key, IRQ affinities, PCI buses, file systems' settings. Those

@@ -111,16 +111,15 @@ func canEnterTemplates() error {
 	if err := unix.Setns(-1, unix.CLONE_NEWNS); !errors.Is(err, unix.EBADF) {
 		return fmt.Errorf("setns refused (%v), e.g. by a container's seccomp profile such as deploy/seccomp/cellgate.json", err)
 	}
-	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
-	var data [2]unix.CapUserData
-	if err := unix.Capget(&hdr, &data[0]); err != nil {
-		return fmt.Errorf("capget: %w", err)
-	}
 	for _, c := range []struct {
 		bit  uint
 		name string
 	}{{unix.CAP_SYS_ADMIN, "CAP_SYS_ADMIN"}, {unix.CAP_SYS_CHROOT, "CAP_SYS_CHROOT"}} {
-		if data[c.bit/32].Effective&(1<<(c.bit%32)) == 0 {
+		has, err := confine.Effective(c.bit)
+		if err != nil {
+			return err
+		}
+		if !has {
 			return fmt.Errorf("no %s (a systemd unit's CapabilityBoundingSet, a container's capabilities)", c.name)
 		}
 	}

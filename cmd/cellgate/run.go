@@ -303,8 +303,8 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 	if err != nil {
 		return sandbox.Result{}, err
 	}
-	if route.AllowRoot && plan.Plan().Namespaces&confine.NSMount != 0 {
-		if err := confine.CanCutRootCaps(); err != nil {
+	if cred != nil {
+		if err := plan.CheckRunAs(cred.UID); err != nil {
 			return sandbox.Result{}, fmt.Errorf("--user root: %w: add CAP_SETPCAP, or run the command under another --user", err)
 		}
 	}

@@ -544,8 +544,8 @@ func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route, hidden []stri
 		prof = prof.Reused() // its resident requests hand their groups on
 	}
 	user, err := resolveUser(r, d.cfg.GID)
-	if err == nil && user != nil && user.UID == 0 && plan != nil && plan.Plan().Namespaces&confine.NSMount != 0 {
-		err = confine.CanCutRootCaps()
+	if err == nil && user != nil && plan != nil {
+		err = plan.CheckRunAs(user.UID)
 	}
 	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, forkConfine: forkPlan, err: err}
 }
