@@ -51,6 +51,19 @@ import (
 // fall back to small ones on that error (glibc's malloc, the JVM,
 // PostgreSQL's huge_pages=try).
 //
+// And the calls that give a file a mode: no set-uid or set-gid bit
+// (EPERM), as systemd's RestrictSUIDSGID= and Nix's build sandbox refuse
+// them. chmod, fchmod, fchmodat and fchmodat2; mkdir, mkdirat, mknod and
+// mknodat; creat, and open and openat with O_CREAT or O_TMPFILE (the only
+// flags with which the kernel reads the mode; openat2, whose flags and
+// mode sit in memory a filter cannot read, fails with ENOSYS, on which
+// its callers fall back to openat). A cell's own set-uid file runs with
+// no new privileges in a cell, whose mounts are nosuid besides; but a
+// file the cell leaves in a writable mount is the host's too, where it
+// runs as its owner for whoever executes it through a mount without
+// nosuid: as root, where the program ran as root, whatever capabilities
+// it had (a file's owner sets its mode without any).
+//
 // It is assembled here from x/sys/unix's classic BPF types rather than
 // with libseccomp-golang, which needs cgo (cellgate builds static), or
 // golang.org/x/net/bpf, whose virtual machine reads big-endian packets and
@@ -68,6 +81,14 @@ const (
 	offArg3Low    = 16 + 3*8
 	x32SyscallBit = 0x40000000
 )
+
+// setIDBits are a mode's set-uid and set-gid bits (S_ISUID, S_ISGID).
+const setIDBits = unix.S_ISUID | unix.S_ISGID
+
+// modeFlags are the open flags with which the kernel reads open's mode:
+// O_CREAT and O_TMPFILE's own bit (O_TMPFILE includes O_DIRECTORY, with
+// which alone the mode is not read, and may be any value).
+const modeFlags = unix.O_CREAT | unix.O_TMPFILE&^unix.O_DIRECTORY
 
 // shmHugeTLB is shmget's SHM_HUGETLB (include/uapi/linux/shm.h), which
 // x/sys/unix does not define.
@@ -134,6 +155,11 @@ const (
 	lblShmget
 	lblMemfd
 	lblNoMem
+	lblOpen   // open(path, flags, mode)
+	lblOpenat // openat(dirfd, path, flags, mode)
+	lblMode1  // the mode is the second argument
+	lblMode2  // the third
+	lblMode3  // the fourth
 	lblAllow
 	lblTree // the first of denyTree's labels
 )
@@ -197,8 +223,9 @@ func ResidentFilter() ([]unix.SockFilter, error) {
 // to the flag check and clone3 to ENOSYS, then
 // look the number up in the deny list (denyTree), where setrlimit and
 // prlimit64 go to their checks of RLIMIT_CORE, socket to its check
-// of the family and protocol, and mmap, shmget and memfd_create to their
-// checks of the huge page flag. With mount non-zero (a
+// of the family and protocol, mmap, shmget and memfd_create to their
+// checks of the huge page flag, the calls that set a file's mode to the
+// check of its set-uid and set-gid bits, and openat2 to ENOSYS. With mount non-zero (a
 // preloader's filter) clone3 is allowed and mount goes to the flag check
 // instead of the deny list; with clone3 zero (a resident init's) clone3
 // is allowed.
@@ -232,6 +259,11 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 	target := map[uint32]label{
 		sysSetrlimit: lblSetrlimit, sysPrlimit64: lblPrlimit, sysSocket: lblSocket,
 		sysMmap: lblMmap, sysShmget: lblShmget, sysMemfdCreate: lblMemfd,
+		sysFchmod: lblMode1, sysFchmodat: lblMode2, sysFchmodat2: lblMode2,
+		sysMkdirat: lblMode2, sysMknodat: lblMode2, sysOpenat: lblOpenat, sysOpenat2: lblNoSys,
+	}
+	for nr, l := range legacyModeCalls {
+		target[nr] = l
 	}
 	for nr := range target {
 		nrs = append(nrs, nr)
@@ -251,6 +283,18 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 		insn{op: jsetK, k: shmHugeTLB, jt: lblNoMem, jf: lblAllow},
 		insn{op: ldAbsW, k: offArg1Low, at: lblMemfd},
 		insn{op: jsetK, k: unix.MFD_HUGETLB, jt: lblNoMem, jf: lblAllow},
+		// A mode (a umode_t, in the low word) without S_ISUID or S_ISGID;
+		// open's and openat's only where their flags make the kernel read it.
+		insn{op: ldAbsW, k: offArg1Low, at: lblOpen},
+		insn{op: jsetK, k: modeFlags, jt: lblMode2, jf: lblAllow},
+		insn{op: ldAbsW, k: offArg2Low, at: lblOpenat},
+		insn{op: jsetK, k: modeFlags, jt: lblMode3, jf: lblAllow},
+		insn{op: ldAbsW, k: offArg1Low, at: lblMode1},
+		insn{op: jsetK, k: setIDBits, jt: lblDeny, jf: lblAllow},
+		insn{op: ldAbsW, k: offArg2Low, at: lblMode2},
+		insn{op: jsetK, k: setIDBits, jt: lblDeny, jf: lblAllow},
+		insn{op: ldAbsW, k: offArg3Low, at: lblMode3},
+		insn{op: jsetK, k: setIDBits, jt: lblDeny, jf: lblAllow},
 		// setrlimit(resource, new): the resource is an unsigned int, its
 		// low word all the kernel reads.
 		insn{op: ldAbsW, k: offArg0Low, at: lblSetrlimit},

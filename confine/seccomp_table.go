@@ -18,6 +18,13 @@ const (
 	sysMmap        = unix.SYS_MMAP
 	sysShmget      = unix.SYS_SHMGET
 	sysMemfdCreate = unix.SYS_MEMFD_CREATE
+	sysFchmod      = unix.SYS_FCHMOD
+	sysFchmodat    = unix.SYS_FCHMODAT
+	sysFchmodat2   = unix.SYS_FCHMODAT2
+	sysMkdirat     = unix.SYS_MKDIRAT
+	sysMknodat     = unix.SYS_MKNODAT
+	sysOpenat      = unix.SYS_OPENAT
+	sysOpenat2     = unix.SYS_OPENAT2
 )
 
 // newestSyscall is the highest system call number x/sys/unix knows (the

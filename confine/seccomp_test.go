@@ -58,7 +58,7 @@ func runSteps(t *testing.T, prog []unix.SockFilter, arch, nr uint32, args ...uin
 
 // TestFilterEveryNumber: for every system call number, each filter's
 // verdict is its deny list's (EPERM for a denied call, ENOSYS for clone3
-// in a cell, allow for any other), reached in a few instructions: the deny
+// in a cell and for openat2, allow for any other), reached in a few instructions: the deny
 // list is a search tree, not a row of comparisons that loading the filter
 // would emulate ~50 deep for each number.
 func TestFilterEveryNumber(t *testing.T) {
@@ -89,7 +89,7 @@ func TestFilterEveryNumber(t *testing.T) {
 				if !c.preloader {
 					want = retENOSYS
 				}
-			case nr > newestSyscall:
+			case nr > newestSyscall, nr == sysOpenat2:
 				want = retENOSYS
 			case denied[nr]:
 				want = retEPERM
@@ -274,6 +274,77 @@ func TestFilterHugePages(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestFilterSetID: under every filter no call gives a file a set-uid or
+// set-gid bit (EPERM), whichever way it sets a mode, and the same calls
+// with any other mode are allowed, as are opens whose flags make the
+// kernel ignore the mode, whatever it holds.
+func TestFilterSetID(t *testing.T) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		t.Skipf("no seccomp table for %s", runtime.GOARCH)
+	}
+	const atCWD = 1<<64 - 100 // AT_FDCWD, sign-extended
+	calls := []modeTest{
+		{"fchmod", sysFchmod, func(m uint64) []uint64 { return []uint64{3, m} }},
+		{"fchmodat", sysFchmodat, func(m uint64) []uint64 { return []uint64{atCWD, aPath, m} }},
+		{"fchmodat2", sysFchmodat2, func(m uint64) []uint64 { return []uint64{atCWD, aPath, m, unix.AT_SYMLINK_NOFOLLOW} }},
+		{"mkdirat", sysMkdirat, func(m uint64) []uint64 { return []uint64{atCWD, aPath, m} }},
+		{"mknodat", sysMknodat, func(m uint64) []uint64 { return []uint64{atCWD, aPath, reg | m, 0} }},
+		{"openat O_CREAT", sysOpenat, func(m uint64) []uint64 {
+			return []uint64{atCWD, aPath, unix.O_CREAT | unix.O_WRONLY | unix.O_CLOEXEC, m}
+		}},
+		{"openat O_TMPFILE", sysOpenat, func(m uint64) []uint64 { return []uint64{atCWD, aPath, tmpfile, m} }},
+	}
+	for _, c := range legacyModeTests {
+		calls = append(calls, c)
+	}
+	modes := []struct {
+		mode uint64
+		want uint32
+	}{
+		{0o644, retAllow}, {0o755, retAllow}, {0o1777, retAllow}, {0o777 | 0xffff_0000_0000_0000, retAllow},
+		{0o4755, retEPERM}, {0o2755, retEPERM}, {0o6755, retEPERM}, {0o4000, retEPERM}, {0o2000 | 0o1000, retEPERM},
+	}
+	eachFilter(t, func(name string, prog []unix.SockFilter) {
+		for _, c := range calls {
+			for _, m := range modes {
+				if got := run(t, prog, arch, c.nr, c.args(m.mode)...); got != m.want {
+					t.Errorf("%s: %s with mode %#o: %#x, want %#x", name, c.name, m.mode, got, m.want)
+				}
+			}
+		}
+		// Without O_CREAT or O_TMPFILE the kernel ignores the mode, which
+		// may hold anything (O_DIRECTORY is part of O_TMPFILE's value).
+		for _, flags := range []uint64{unix.O_RDONLY, unix.O_RDWR | unix.O_APPEND, unix.O_DIRECTORY | unix.O_CLOEXEC, unix.O_PATH} {
+			if got := run(t, prog, arch, sysOpenat, atCWD, aPath, flags, 0o6777); got != retAllow {
+				t.Errorf("%s: openat with flags %#x and a set-id mode it ignores: %#x, want allow", name, flags, got)
+			}
+			if legacyOpen != 0 {
+				if got := run(t, prog, arch, legacyOpen, aPath, flags, 0o6777); got != retAllow {
+					t.Errorf("%s: open with flags %#x and a set-id mode it ignores: %#x, want allow", name, flags, got)
+				}
+			}
+		}
+		if got := run(t, prog, arch, sysOpenat2, atCWD, aPath, 0x7ffc_2000, 24); got != retENOSYS {
+			t.Errorf("%s: openat2: %#x, want ENOSYS (its mode is in memory)", name, got)
+		}
+	})
+}
+
+// Arguments of TestFilterSetID's calls.
+const (
+	aPath   = 0x7ffc_1000 // a pointer to a path
+	tmpfile = unix.O_TMPFILE | unix.O_RDWR
+	reg     = unix.S_IFREG
+)
+
+// modeTest is a call of TestFilterSetID with its arguments for a mode.
+type modeTest struct {
+	name string
+	nr   uint32
+	args func(mode uint64) []uint64
 }
 
 // TestFilterSocket: under every filter a socket may be of the families

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -69,6 +70,7 @@ type probeReply struct {
 	Huge     map[string]string `json:"huge"`     // hugePageCalls: each way to take a huge page -> "ok" or the errno name
 	Sched    *schedReply       `json:"sched"`
 	OOMAdj   string            `json:"oomadj"` // its oom_score_adj, then ", lower: " and the errno name of writing one less (oom query)
+	SetID    map[string]string `json:"setid"`  // probeSetID's name -> "ok" or the errno name
 }
 
 // schedReply is the probe's scheduling (sched query).
@@ -237,6 +239,51 @@ var probeSyscalls = []struct {
 	{"pidfd_getfd", func() error { return rawErr(unix.SYS_PIDFD_GETFD, ^uintptr(0), 0, 0) }},
 	{"open_tree_attr", func() error { return rawErr(unix.SYS_OPEN_TREE_ATTR, ^uintptr(0), 0, 0) }},
 	{"kcmp", func() error { return rawErr(unix.SYS_KCMP, 0, 0, 99) }},
+}
+
+// probeSetID tries, in the directory dir, each way to give a file a
+// set-uid or set-gid mode, and a chmod to an ordinary mode (the control),
+// each on a file or directory of its own, named after the try.
+func probeSetID(dir string) map[string]string {
+	got := map[string]string{}
+	file := func(name string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte("#!/bin/sh\nid\n"), 0o755)
+		return p
+	}
+	try := func(name string, err error) { got[name] = errName(err) }
+	try("chmod 0700", os.Chmod(file("plain"), 0o700))
+	try("chmod 04755", unix.Chmod(file("chmod"), 0o4755))
+	try("fchmodat 02755", unix.Fchmodat(unix.AT_FDCWD, file("fchmodat"), 0o2755, 0))
+	try("fchmodat2 04755", func() error {
+		p, _ := unix.BytePtrFromString(file("fchmodat2"))
+		cwd := unix.AT_FDCWD
+		_, _, e := unix.Syscall6(unix.SYS_FCHMODAT2, uintptr(cwd), uintptr(unsafe.Pointer(p)), 0o4755, unix.AT_SYMLINK_NOFOLLOW, 0, 0)
+		if e != 0 {
+			return e
+		}
+		return nil
+	}())
+	try("fchmod 06755", func() error {
+		f, err := os.Open(file("fchmod"))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return unix.Fchmod(int(f.Fd()), 0o6755)
+	}())
+	closed := func(fd int, err error) error {
+		if err == nil {
+			unix.Close(fd)
+		}
+		return err
+	}
+	try("openat O_CREAT 04755", closed(unix.Open(filepath.Join(dir, "creat"), unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o4755)))
+	try("openat O_TMPFILE 02755", closed(unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o2755)))
+	try("openat2 O_CREAT 04755", closed(unix.Openat2(unix.AT_FDCWD, filepath.Join(dir, "openat2"), &unix.OpenHow{Flags: unix.O_CREAT | unix.O_WRONLY | unix.O_CLOEXEC, Mode: 0o4755})))
+	try("mkdirat 02755", unix.Mkdir(filepath.Join(dir, "mkdir"), 0o2755))
+	try("mknodat 04755", unix.Mknod(filepath.Join(dir, "mknod"), unix.S_IFREG|0o4755, 0))
+	return got
 }
 
 // setCoreLimitRaw sets RLIMIT_CORE, soft and hard, to n with the
@@ -454,6 +501,9 @@ func runProbe() int {
 				r.Comms = append(r.Comms, e.Name()+" "+strings.TrimSuffix(string(b), "\n"))
 			}
 		}
+	}
+	if d := q.Get("setid"); d != "" {
+		r.SetID = probeSetID(d)
 	}
 	if q.Has("syscalls") {
 		for _, s := range probeSyscalls {
@@ -1169,6 +1219,73 @@ func TestConfineRoot(t *testing.T) {
 			if caps[set] != wantCaps {
 				t.Errorf("%s: %s %s, want %s (confine.RootCaps)", route, set, caps[set], wantCaps)
 			}
+		}
+	}
+}
+
+// TestConfineSetID: no program in a cell, run as root or not, resident
+// or fresh, can leave a set-uid or set-gid file or directory in a
+// writable mount, whichever call it sets the mode with (EPERM; openat2,
+// whose mode the filter cannot read, ENOSYS), while it sets an ordinary
+// mode. Run as root, such a file would run as root for whoever executes it
+// on the host, where the directory's host mount is not nosuid. The
+// control: a route with seccomp: off leaves one, seen from the host.
+func TestConfineSetID(t *testing.T) {
+	requireMicroVM(t)
+	w := workerBinary(t)
+	routes := []struct{ name, keys string }{
+		{"setidroot", "user: root, allow_root: true"},
+		{"setidfresh", "user: root, allow_root: true, cells: fresh"},
+		{"setiduser", "cells: resident"},
+		{"setidoff", "user: root, allow_root: true, seccomp: off"},
+	}
+	dirs := map[string]string{}
+	var extra strings.Builder
+	for _, r := range routes {
+		dirs[r.name] = openTempDir(t, "cellgate-"+r.name+"-", 0o777)
+		fmt.Fprintf(&extra, "  - {name: %[1]s, match: {path: /%[1]s}, tenant: a, program: %[2]q, env: {%[3]s: probe}, %[4]s, mounts: [{source: %[5]s, target: /data, writable: true}]}\n",
+			r.name, w, cellHelperEnv, r.keys, dirs[r.name])
+	}
+	g := confineGate(t, extra.String())
+	setIDFiles := func(dir string) []string {
+		var found []string
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if info, err := os.Lstat(p); err == nil && info.Mode()&(fs.ModeSetuid|fs.ModeSetgid) != 0 && p != dir {
+				found = append(found, fmt.Sprintf("%s %v", p, info.Mode()))
+			}
+			return nil
+		})
+		return found
+	}
+	for _, r := range routes {
+		got := g.probe(t, r.name, url.Values{"setid": {"/data"}}).SetID
+		if got["chmod 0700"] != "ok" {
+			t.Errorf("%s: chmod 0700: %s, want ok (the control: an ordinary mode)", r.name, got["chmod 0700"])
+		}
+		left := setIDFiles(dirs[r.name])
+		if r.name == "setidoff" {
+			if got["chmod 04755"] != "ok" || len(left) == 0 {
+				t.Errorf("%s (seccomp: off, the control): chmod 04755: %s, set-id files on the host %q; want ok and the file: the probe cannot make one", r.name, got["chmod 04755"], left)
+			}
+			continue
+		}
+		for name, res := range got {
+			want := "EPERM"
+			switch name {
+			case "chmod 0700":
+				continue
+			case "openat2 O_CREAT 04755":
+				want = "ENOSYS"
+			}
+			if res != want {
+				t.Errorf("%s: %s: %s, want %s", r.name, name, res, want)
+			}
+		}
+		if len(got) != 10 {
+			t.Errorf("%s: %d tries reported, want 10: %v", r.name, len(got), got)
+		}
+		if len(left) > 0 {
+			t.Errorf("%s: set-uid or set-gid files left on the host: %q", r.name, left)
 		}
 	}
 }
