@@ -149,9 +149,10 @@ func lockOwnPages(n int) error {
 
 // hugePageCalls takes one 2 MiB page of the host's hugetlb pool in each
 // of the three ways there are (mmap MAP_HUGETLB, shmget SHM_HUGETLB,
-// memfd_create MFD_HUGETLB), writes to it and gives it back: each way ->
-// "ok" or the errno name of the first call that failed.
-func hugePageCalls() map[string]string {
+// memfd_create MFD_HUGETLB), and with dir a fourth, "file": a file of
+// that hugetlbfs mapped without any flag; writes to it and gives it back:
+// each way -> "ok" or the errno name of the first call that failed.
+func hugePageCalls(dir string) map[string]string {
 	const size, shmHugeTLB = 2 << 20, 0o4000
 	touch := func(b []byte) error {
 		b[0], b[size-1] = 1, 1
@@ -182,6 +183,20 @@ func hugePageCalls() map[string]string {
 		unix.Close(fd)
 	}
 	got["memfd"] = errName(err)
+	if dir != "" { // a file of a hugetlbfs, mapped without any flag
+		p := filepath.Join(dir, "huge")
+		fd, err := unix.Open(p, unix.O_CREAT|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+		if err == nil {
+			unix.Unlink(p)
+			if err = unix.Ftruncate(fd, size); err == nil {
+				if b, err = unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+					err = touch(b)
+				}
+			}
+			unix.Close(fd)
+		}
+		got["file"] = errName(err)
+	}
 	return got
 }
 
@@ -576,7 +591,7 @@ func runProbe() int {
 		r.Socket = openSockets()
 	}
 	if q.Has("huge") {
-		r.Huge = hugePageCalls()
+		r.Huge = hugePageCalls(q.Get("hugefs"))
 	}
 	if q.Has("oom") {
 		b, err := os.ReadFile("/proc/self/oom_score_adj")
@@ -1102,7 +1117,10 @@ func TestConfineRlimits(t *testing.T) {
 // delegate it) the seccomp filter refuses them, and a cell of a route
 // with seccomp: off, the control, takes one in each way; where the
 // controller reaches cellgate's base, it refuses them to that cell too.
-// The test itself, the other control, takes one in each way.
+// The test itself, the other control, takes one in each way. A file of
+// a hugetlbfs a route binds takes huge pages without any flag the filter
+// sees: its cell gets one unless the controller closes the pool, and
+// serve warns of the mount where it does not.
 func TestConfineNoHugePages(t *testing.T) {
 	requireMicroVM(t)
 	const pages = 4
@@ -1127,13 +1145,24 @@ func TestConfineNoHugePages(t *testing.T) {
 			}
 		}
 	}
-	want(t, "the test itself", hugePageCalls(), "ok")
-	routes := freshRoute(t) + fmt.Sprintf(`  - {name: nofilter, match: {path: /nofilter}, tenant: a, program: %q, env: {%s: probe}, seccomp: off}
-`, workerBinary(t), cellHelperEnv)
+	hugefs := openTempDir(t, "cellgate-hugetlbfs-", 0o755)
+	if err := unix.Mount("cellgate-test", hugefs, "hugetlbfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+		t.Fatalf("mount a hugetlbfs on %s: %v", hugefs, err)
+	}
+	t.Cleanup(func() { unix.Unmount(hugefs, unix.MNT_DETACH) })
+	if got := hugePageCalls(hugefs); got["file"] != "ok" {
+		t.Fatalf("the test itself: a huge page by a file of a hugetlbfs: %s, want ok", got["file"])
+	}
+	want(t, "the test itself", hugePageCalls(""), "ok")
+	routes := freshRoute(t) + fmt.Sprintf(`  - {name: nofilter, match: {path: /nofilter}, tenant: a, program: %[1]q, env: {%[2]s: probe}, seccomp: off}
+  - {name: hugefs, match: {path: /hugefs}, tenant: a, program: %[1]q, env: {%[2]s: probe}, mounts: [{source: %[3]s, target: /huge, writable: true}]}
+`, workerBinary(t), cellHelperEnv, hugefs)
+	hugefsWarning := "route hugefs binds mounts[0] (" + hugefs + "), a hugetlbfs: its cells map huge pages of the host's pool"
+
 	for _, tc := range []struct {
 		name       string
 		controller bool
-		nofilter   string // what the cell of the route with seccomp: off gets
+		nofilter   string // what the cell of the route with seccomp: off gets, and the hugefs route's by its file
 	}{{"filter", false, "ok"}, {"controller", true, "ENOMEM"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := gateOptions{policy: confinePolicy(t, routes)}
@@ -1169,6 +1198,15 @@ func TestConfineNoHugePages(t *testing.T) {
 				want(t, route, g.probe(t, route, url.Values{"huge": {"1"}}).Huge, "ENOMEM")
 			}
 			want(t, "a cell with seccomp: off", g.probe(t, "nofilter", url.Values{"huge": {"1"}}).Huge, tc.nofilter)
+			// A file of a bound hugetlbfs takes huge pages without any flag
+			// the filter sees: only the controller closes it, and serve
+			// warns of the mount where it does not.
+			if got := g.probe(t, "hugefs", url.Values{"huge": {"1"}, "hugefs": {"/huge"}}).Huge["file"]; got != tc.nofilter {
+				t.Errorf("a cell with a hugetlbfs bound: a huge page by its file: %s, want %s", got, tc.nofilter)
+			}
+			if warned := strings.Contains(g.log(), hugefsWarning); warned == tc.controller {
+				t.Errorf("serve warns of the route's hugetlbfs mount: %v, want %v (the pool is closed: %v)\n%s", warned, !tc.controller, tc.controller, g.log())
+			}
 			if total, free := pool(); free != total {
 				t.Errorf("the host's pool after the cells: %s pages, %s free", total, free)
 			}

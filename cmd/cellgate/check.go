@@ -103,7 +103,8 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cellgate check: %v\n", err)
 		return exitInvalid
 	}
-	for _, w := range append(exposedDaemonFiles(p, views, hidden, sh.GID), rootSetuidMounts(views, mountedNosuid)...) {
+	warnings := append(exposedDaemonFiles(p, views, hidden, sh.GID), rootSetuidMounts(views, mountedNosuid)...)
+	for _, w := range append(warnings, hugetlbfsMounts(views, onHugetlbfs)...) {
 		fmt.Fprintf(stderr, "cellgate check: warning: %s\n", w)
 	}
 	printPolicy(stdout, p)

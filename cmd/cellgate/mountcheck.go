@@ -216,6 +216,33 @@ func rootSetuidMounts(views []routeView, nosuid func(path string) bool) []string
 	return out
 }
 
+// hugetlbfsMounts says, for each source of a route's view on a hugetlbfs
+// (onHugetlbfs), that its cells map huge pages of the host's pool from
+// its files: a file mapped from a hugetlbfs takes huge pages without any
+// flag the seccomp filter sees, and those pages are not charged to the
+// cell's memory.max. serve says it unless the hugetlb controller closes
+// the pool to every cell (cgroup.Features.HugeTLBClosed); check, which
+// cannot tell, always (its fix names the controller). A route with
+// filesystem: host has no view.
+func hugetlbfsMounts(views []routeView, onHugetlbfs func(path string) bool) []string {
+	var out []string
+	for _, v := range views {
+		for _, s := range v.srcs {
+			if onHugetlbfs(s.path) {
+				out = append(out, fmt.Sprintf("route %s binds %s (%s), a hugetlbfs: its cells map huge pages of the host's pool (vm.nr_hugepages) from its files, with no flag the seccomp filter sees and not charged to their memory.max, so one cell can take the whole pool while it runs (fix: drop the mount, or run cellgate where the hugetlb controller reaches its group, which closes the pool to every cell: cellgate doctor's huge pages line)", v.r.Name, s.key, s.path))
+			}
+		}
+	}
+	return out
+}
+
+// onHugetlbfs reports whether path is on a hugetlbfs (false when it
+// cannot tell).
+func onHugetlbfs(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && uint32(st.Type) == unix.HUGETLBFS_MAGIC
+}
+
 // mountedNosuid reports whether path's file system is mounted nosuid on
 // the host (false when it cannot tell).
 func mountedNosuid(path string) bool {

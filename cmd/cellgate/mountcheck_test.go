@@ -189,3 +189,44 @@ routes:
 		}
 	}
 }
+
+// TestHugetlbfsMounts: a route is warned of for each source of its view
+// on a hugetlbfs, with the fix; other sources and filesystem: host
+// routes are not. onHugetlbfs agrees with the mount table's types where
+// this machine has a hugetlbfs mounted, and is false for other file
+// systems and missing paths.
+func TestHugetlbfsMounts(t *testing.T) {
+	p, err := policy.Parse("p.yaml", []byte(`version: 1
+routes:
+  - {name: huge, match: {path: /a}, program: /bin/true, mounts: [{source: /dev/hugepages, target: /huge, writable: true}, {source: /srv/ro, target: /ro}]}
+  - {name: plain, match: {path: /b}, program: /bin/true, mounts: [{source: /srv/data, target: /data, writable: true}]}
+  - {name: hosthuge, match: {path: /c}, program: /bin/true, filesystem: host}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := hugetlbfsMounts(routeViews(p, func(s string) string { return s }), func(path string) bool { return path == "/dev/hugepages" })
+	if len(got) != 1 || !strings.Contains(got[0], "route huge binds mounts[0] (/dev/hugepages), a hugetlbfs: its cells map huge pages of the host's pool") || !strings.Contains(got[0], "fix: drop the mount, or run cellgate where the hugetlb controller reaches its group") {
+		t.Errorf("warnings %q, want one for route huge's mounts[0] with the fix", got)
+	}
+	for _, path := range []string{"/nonexistent/path", t.TempDir(), "/proc"} {
+		if onHugetlbfs(path) {
+			t.Errorf("onHugetlbfs(%s) = true, want false", path)
+		}
+	}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Skip(err)
+	}
+	for line := range strings.Lines(string(b)) {
+		// ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
+		pre, post, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(f) < 5 || len(g) < 1 || strings.Contains(f[4], `\`) {
+			continue
+		}
+		if got, want := onHugetlbfs(f[4]), g[0] == "hugetlbfs"; got != want && want {
+			t.Errorf("onHugetlbfs(%s) = false, its type in the mount table hugetlbfs", f[4])
+		}
+	}
+}

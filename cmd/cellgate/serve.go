@@ -469,6 +469,11 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 	for _, w := range rootSetuidMounts(views, mountedNosuid) {
 		d.log.Warn(w)
 	}
+	if d.tree == nil || !d.tree.Features().HugeTLBClosed {
+		for _, w := range hugetlbfsMounts(views, onHugetlbfs) {
+			d.log.Warn(w)
+		}
+	}
 	for _, r := range pol.Routes {
 		rs := specs[r]
 		if d.tree != nil {
