@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -370,14 +371,28 @@ func TestInitsAgree(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ex := bareExec(t, "/bin/sh", "-c", `grep -E '^Cap(Bnd|Eff)' /proc/self/status
-for f in /proc/sys/kernel/core_pattern /proc/sysrq-trigger /proc/self/comm; do (exec 3>>$f) 2>/dev/null && echo "$f writable" || echo "$f refused"; done`)
+		// Besides kernel.core_pattern, a file root may write under each
+		// part of ProcReadOnly this kernel has: the C init's list must
+		// be the same.
+		files := []string{"/proc/sys/kernel/core_pattern"}
+		for _, name := range ProcReadOnly {
+			if f := ownerWritable(filepath.Join("/proc", name)); f != "" && name != "sys" {
+				files = append(files, f)
+			}
+		}
+		script := `grep -E '^Cap(Bnd|Eff)' /proc/self/status
+for f in "$@"; do (exec 3>>$f) 2>/dev/null && echo "$f writable" || echo "$f refused"; done`
+		ex := bareExec(t, "/bin/sh", append(append([]string{"-c", script, "sh"}, files...), "/proc/self/comm")...)
 		var mask uint64
 		for _, c := range RootCaps {
 			mask |= 1 << c
 		}
-		want := fmt.Sprintf("CapEff:\t%016x\nCapBnd:\t%016x\n", mask, mask) +
-			"/proc/sys/kernel/core_pattern refused\n/proc/sysrq-trigger refused\n/proc/self/comm writable\n"
+		want := fmt.Sprintf("CapEff:\t%016x\nCapBnd:\t%016x\n", mask, mask)
+		for _, f := range files {
+			want += f + " refused\n"
+		}
+		want += "/proc/self/comm writable\n"
+		t.Logf("files root may write under ProcReadOnly here: %q", files)
 		o := bothInits(t, func(t *testing.T, bin string) outcome {
 			return runCellIn(t, bin, unix.CLONE_NEWNS|unix.CLONE_NEWPID, planFrame(t, p), ex, nil)
 		})
@@ -587,4 +602,21 @@ func keepingCaps(t *testing.T, f func()) {
 	if msg := <-done; msg != "" {
 		t.Fatal(msg)
 	}
+}
+
+// ownerWritable is the first file at or below path (in /proc) that its
+// owner may write, or "" if none is found there.
+func ownerWritable(path string) string {
+	var found string
+	filepath.WalkDir(path, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || found != "" {
+			return filepath.SkipDir
+		}
+		if info, err := d.Info(); err == nil && info.Mode().IsRegular() && info.Mode().Perm()&0o200 != 0 {
+			found = p
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	return found
 }

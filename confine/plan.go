@@ -174,10 +174,14 @@ func (p *Plan) CutsRootCaps(uid uint32) bool {
 }
 
 // ProcReadOnly are the parts of a cell's /proc made read-only for a plan
-// with Root, as container runtimes make them: the sysctls, the magic
-// SysRq key, IRQ affinities, PCI buses, file systems' settings. Those
-// missing from a kernel are skipped.
-var ProcReadOnly = []string{"sys", "sysrq-trigger", "irq", "bus", "fs"}
+// with Root, whose files uid 0 writes without any capability: the
+// sysctls, the magic SysRq key, IRQ affinities, PCI buses, file systems'
+// settings (container runtimes' read-only paths), and of the paths they
+// mask, those with settings of the host's: ACPI wakeup devices, sound
+// cards, the latency tracer, SCSI drivers; and the kernel's dynamic debug
+// control, through which a cell could have every pr_debug of the kernel
+// logged. Those missing from a kernel are skipped.
+var ProcReadOnly = []string{"sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "asound", "latency_stats", "scsi", "dynamic_debug"}
 
 // RootCaps are the capabilities a program run as root keeps in a cell of
 // its own view (the init cuts its bounding set to them before the

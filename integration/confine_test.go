@@ -1220,7 +1220,8 @@ func TestConfineNoHugePages(t *testing.T) {
 // CAP_NET_ADMIN, CAP_MKNOD, ...), and the sysctls and the SysRq key are
 // read-only in its /proc: the kernel lets uid 0 write kernel.core_pattern
 // and kernel.modprobe, which start a program of its choice as root on the
-// host, without any capability. The rest of its /proc is as writable as
+// host, without any capability, and so the dynamic debug control (every
+// pr_debug of the kernel logged) and the ACPI wakeup devices. The rest of its /proc is as writable as
 // any cell's. Resident and fresh cells; the control is this process,
 // root on the host, which may open them.
 func TestConfineRoot(t *testing.T) {
@@ -1229,7 +1230,8 @@ func TestConfineRoot(t *testing.T) {
 	g := confineGate(t, fmt.Sprintf(`  - {name: proberoot, match: {path: /proberoot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true}
   - {name: freshroot, match: {path: /freshroot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true, cells: fresh}
 `, w, cellHelperEnv))
-	kernel := []string{"/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/proc/sys/vm/drop_caches", "/proc/sysrq-trigger"}
+	kernel := []string{"/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/proc/sys/vm/drop_caches", "/proc/sysrq-trigger",
+		"/proc/dynamic_debug/control", "/proc/acpi/wakeup"}
 	for _, p := range kernel {
 		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
 		if err != nil {

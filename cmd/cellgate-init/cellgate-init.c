@@ -774,12 +774,13 @@ static int mount_proc(const char *at)
 }
 
 /* proc_ro are the parts of a cell's /proc through which root changes the
- * host's kernel: the sysctls (which the kernel lets uid 0 write without
- * any capability: kernel.core_pattern, kernel.modprobe), the magic SysRq
- * key, IRQ affinities, PCI buses, file systems' settings. A route whose
- * program runs as root (PLAN_ROOT) gets them read-only (confine's
- * procReadOnly), as container runtimes give them. */
-static const char *const proc_ro[] = {"sys", "sysrq-trigger", "irq", "bus", "fs"};
+ * host's kernel without any capability: the sysctls (kernel.core_pattern,
+ * kernel.modprobe), the magic SysRq key, IRQ affinities, PCI buses, file
+ * systems' settings, ACPI wakeup devices, sound cards, the latency
+ * tracer, SCSI drivers, the dynamic debug control. A route whose program
+ * runs as root (PLAN_ROOT) gets them read-only (confine.ProcReadOnly,
+ * the same list). */
+static const char *const proc_ro[] = {"sys", "sysrq-trigger", "irq", "bus", "fs", "acpi", "asound", "latency_stats", "scsi", "dynamic_debug"};
 
 /* proc_read_only binds each of proc_ro onto itself, read-only, in the
  * /proc mounted at at. */
