@@ -16,14 +16,29 @@ type mountInfo struct {
 	Root  string // e.g. / (or a subtree when bind-mounted)
 }
 
-// parseMountinfo finds the first cgroup2 mount in a /proc/<pid>/mountinfo:
+// parseMountinfo finds the first cgroup2 mount in a /proc/<pid>/mountinfo
+// (mountsOf).
+func parseMountinfo(b []byte) (mountInfo, error) {
+	mi, err := mountsOf(b, "cgroup2", 1)
+	if err != nil {
+		return mountInfo{}, err
+	}
+	if len(mi) == 0 {
+		return mountInfo{}, fmt.Errorf("no cgroup2 mount in mountinfo: mount cgroup2 (e.g. on /sys/fs/cgroup) or run cellgate doctor")
+	}
+	return mi[0], nil
+}
+
+// mountsOf returns the mounts of file system type fstype in a
+// /proc/<pid>/mountinfo, in its order, at most max (0: all):
 //
 //	36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
 //	(1)(2)(3)   (4)   (5)      (6)      (7)   (8) (9)   (10)         (11)
 //
 // Optional fields (7) end at "-"; (9) is the filesystem type. Paths are
 // octal-escaped (\040 for a space).
-func parseMountinfo(b []byte) (mountInfo, error) {
+func mountsOf(b []byte, fstype string, max int) ([]mountInfo, error) {
+	var out []mountInfo
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {
@@ -35,16 +50,41 @@ func parseMountinfo(b []byte) (mountInfo, error) {
 			if f[i] != "-" {
 				continue
 			}
-			if f[i+1] == "cgroup2" {
-				return mountInfo{Point: unescapeMount(f[4]), Root: unescapeMount(f[3])}, nil
+			if f[i+1] == fstype {
+				out = append(out, mountInfo{Point: unescapeMount(f[4]), Root: unescapeMount(f[3])})
+				if len(out) == max {
+					return out, nil
+				}
 			}
 			break
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return mountInfo{}, fmt.Errorf("read mountinfo: %w", err)
+		return nil, fmt.Errorf("read mountinfo: %w", err)
 	}
-	return mountInfo{}, fmt.Errorf("no cgroup2 mount in mountinfo: mount cgroup2 (e.g. on /sys/fs/cgroup) or run cellgate doctor")
+	return out, nil
+}
+
+// MountPoints returns where file systems of type fstype are mounted, read
+// from <procRoot>/self/mountinfo ("" = /proc), octal escapes undone.
+func MountPoints(procRoot, fstype string) ([]string, error) {
+	if procRoot == "" {
+		procRoot = "/proc"
+	}
+	p := path.Join(procRoot, "self/mountinfo")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("find the %s mounts: %w", fstype, err)
+	}
+	mi, err := mountsOf(b, fstype, 0)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
+	points := make([]string, len(mi))
+	for i, m := range mi {
+		points[i] = m.Point
+	}
+	return points, nil
 }
 
 // Mountpoint returns where the cgroup2 hierarchy is mounted, read from

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -248,5 +249,31 @@ func TestMountpoint(t *testing.T) {
 	}
 	if _, err := Mountpoint(proc); err == nil {
 		t.Fatal("Mountpoint without a cgroup2 line: no error")
+	}
+}
+
+// TestMountPoints: every mount of the type, in order, escapes undone; a
+// type named like another's source is not it; none is no error.
+func TestMountPoints(t *testing.T) {
+	proc := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(proc, "self"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mi := "25 30 0:22 / /dev/hugepages rw,relatime shared:5 - hugetlbfs hugetlbfs rw,pagesize=2M\n" +
+		"26 30 0:23 / /srv rw - ext4 /dev/sda2 rw\n" +
+		"27 26 0:24 / /srv/huge\\0401G rw - hugetlbfs none rw,pagesize=1G\n" +
+		"28 26 0:25 / /srv/tmp rw - tmpfs hugetlbfs rw\n"
+	if err := os.WriteFile(filepath.Join(proc, "self", "mountinfo"), []byte(mi), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := MountPoints(proc, "hugetlbfs")
+	if want := []string{"/dev/hugepages", "/srv/huge 1G"}; err != nil || !slices.Equal(got, want) {
+		t.Errorf("MountPoints(hugetlbfs) = %q, %v; want %q", got, err, want)
+	}
+	if got, err := MountPoints(proc, "nfs"); err != nil || len(got) != 0 {
+		t.Errorf("MountPoints(nfs) = %q, %v; want none, no error", got, err)
+	}
+	if _, err := MountPoints(filepath.Join(proc, "missing"), "hugetlbfs"); err == nil {
+		t.Error("MountPoints without a mountinfo: no error")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -319,11 +320,26 @@ func buildRoot(p *Plan) error {
 		srcs[i] = fd
 	}
 	for i, s := range steps {
-		if err := runStep(s, srcs[i], p.RootFS != ""); err != nil {
+		if err := runStep(s, srcs[i], p.RootFS != "" && !inCellTmpfs(s.target)); err != nil {
 			return err
 		}
 	}
 	return pivot()
+}
+
+// inCellTmpfs reports whether target lies below one of the tmpfs the init
+// mounts in every view (/dev, /tmp, /var/tmp: /dev/shm is below /dev),
+// where it makes mount points and symlinks even in a rootfs, whose own
+// tree it never changes. Before, a rootfs's cells failed at the first of
+// /dev's nodes, whose mount point no rootfs can hold (/dev is the cell's
+// own tmpfs).
+func inCellTmpfs(target string) bool {
+	for _, d := range []string{"/dev/", "/tmp/", "/var/tmp/"} {
+		if strings.HasPrefix(target, d) {
+			return true
+		}
+	}
+	return false
 }
 
 func runStep(s step, src int, rootfs bool) error {
@@ -335,7 +351,7 @@ func runStep(s step, src int, rootfs bool) error {
 			return fmt.Errorf("mount the cell's root tmpfs on %s: %w", staging, err)
 		}
 	case stepRootBind:
-		if err := unix.Mount(fdPath, staging, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		if err := bindTree(fdPath, staging, rootfsBelow); err != nil {
 			return fmt.Errorf("bind rootfs %s: %w", s.source, err)
 		}
 	case stepTmpfs:
@@ -360,7 +376,7 @@ func runStep(s step, src int, rootfs bool) error {
 		if err := mountpoint(at, st.Mode&unix.S_IFMT == unix.S_IFDIR, rootfs); err != nil {
 			return err
 		}
-		if err := unix.Mount(fdPath, at, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		if err := bindTree(fdPath, at, belowAttrs(s.bind)); err != nil {
 			return fmt.Errorf("bind %s on %s: %w", s.source, s.target, err)
 		}
 		if err := remountBind(at, s.bind); err != nil {
@@ -521,6 +537,63 @@ func remountBind(at string, b Bind) error {
 		return fmt.Errorf("remount (flags %#x): %w", flags, err)
 	}
 	return nil
+}
+
+// A bind is recursive: the host's mounts below its source come with it,
+// each with its own flags, which a remount of the bind does not change.
+// So the attributes that make a bind safe (read-only unless writable,
+// nosuid, nodev unless Dev) are set on every mount of the tree with
+// mount_setattr(AT_RECURSIVE): without it a host file system mounted
+// below a read-only bind stayed writable in the cell, and one without
+// nosuid or nodev (a /dev bound into a rootfs) kept them. Where
+// mount_setattr is refused (ENOSYS before Linux 5.12, EPERM under a
+// seccomp profile) the bind is made again without MS_REC, so that no
+// mount of the host's below it is in the view at all, and every later
+// bind of the process is made so (bindsFlat).
+var bindsFlat atomic.Bool
+
+// rootfsBelow is what a rootfs's mounts get, its root's included:
+// read-only, nosuid, nodev, as the root gets at the end of the view's
+// making (stepRootReadOnly).
+var rootfsBelow = unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+
+// belowAttrs is what the mounts of a bind's tree get (remountBind gives
+// its root the same and keeps the root's own flags).
+func belowAttrs(b Bind) unix.MountAttr {
+	a := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID}
+	if !b.Writable {
+		a.Attr_set |= unix.MOUNT_ATTR_RDONLY
+	}
+	if !b.Dev {
+		a.Attr_set |= unix.MOUNT_ATTR_NODEV
+	}
+	return a
+}
+
+// bindTree binds src (a /proc/self/fd path) on at with its tree, every
+// mount of which gets attr: at's own too, which the caller remounts
+// (remountBind; a rootfs's root is read-only from the start, as it is at
+// the end, stepRootReadOnly: nothing is made in it). Where mount_setattr
+// is refused, the bind is made without its tree.
+func bindTree(src, at string, attr unix.MountAttr) error {
+	if bindsFlat.Load() {
+		return unix.Mount(src, at, "", unix.MS_BIND, "")
+	}
+	if err := unix.Mount(src, at, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return err
+	}
+	err := unix.MountSetattr(unix.AT_FDCWD, at, unix.AT_RECURSIVE, &attr)
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("mount_setattr(AT_RECURSIVE) %s: %w", at, err)
+	}
+	bindsFlat.Store(true)
+	if err := unix.Unmount(at, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("unmount the recursive bind on %s: %w", at, err)
+	}
+	return unix.Mount(src, at, "", unix.MS_BIND, "")
 }
 
 // mountpoint makes sure at exists as a directory (dir) or a file to mount

@@ -400,6 +400,71 @@ for f in "$@"; do (exec 3>>$f) 2>/dev/null && echo "$f writable" || echo "$f ref
 			t.Errorf("root in a view of its own: %+v, want output %q", o, want)
 		}
 	})
+	t.Run("host mounts below a bind", func(t *testing.T) {
+		if !root {
+			t.Skip("a view of the cell's own needs root")
+		}
+		// A read-only bind and a writable one, each of a directory with a
+		// file system of the host's mounted below it (rw, suid, dev):
+		// below the read-only one it is read-only, and below both nosuid
+		// and nodev, as the binds themselves. Where mount_setattr is
+		// refused, the binds bring no mount of the host's at all.
+		ro, rw := hostSubmount(t), hostSubmount(t)
+		p, err := Build(Options{Programs: "/bin", Share: NSNet | NSIPC | NSUTS,
+			Mounts: []Bind{{Source: ro, Target: "/ro"}, {Source: rw, Target: "/rw", Writable: true}}}, OSFS{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := `for d in /ro/sub /rw/sub; do
+  (echo x > $d/new) 2>/dev/null && echo "$d write ok" || echo "$d write refused"
+  (exec 3<$d/null) 2>/dev/null && echo "$d device ok" || echo "$d device refused"
+  grep -q " $d " /proc/self/mountinfo && echo "$d $(awk -v d=$d '$5 == d {print $6}' /proc/self/mountinfo)" || echo "$d not mounted"
+done`
+		ex := bareExec(t, "/bin/sh", "-c", script)
+		run := func(t *testing.T, bin string) outcome {
+			return runCellIn(t, bin, unix.CLONE_NEWNS|unix.CLONE_NEWPID, planFrame(t, p), ex, nil)
+		}
+		o := bothInits(t, run)
+		want := "/ro/sub write refused\n/ro/sub device refused\n/ro/sub ro,nosuid,nodev,relatime\n" +
+			"/rw/sub write ok\n/rw/sub device refused\n/rw/sub rw,nosuid,nodev,relatime\n"
+		if o.Status != 0 || o.Output != want {
+			t.Errorf("host mounts below binds: %+v, want output %q", o, want)
+		}
+		// Under a filter that refuses mount_setattr (a seccomp profile,
+		// a kernel before 5.12), started from a thread of its own.
+		o = bothInits(t, func(t *testing.T, bin string) outcome {
+			return withoutMountSetattr(t, func() outcome { return run(t, bin) })
+		})
+		want = "/ro/sub write refused\n/ro/sub device refused\n/ro/sub not mounted\n" +
+			"/rw/sub write ok\n/rw/sub device refused\n/rw/sub not mounted\n"
+		if o.Status != 0 || o.Output != want {
+			t.Errorf("host mounts below binds, mount_setattr refused: %+v, want output %q", o, want)
+		}
+	})
+	t.Run("host mounts inside a rootfs", func(t *testing.T) {
+		if !root {
+			t.Skip("a view of the cell's own needs root")
+		}
+		// A rootfs made as a chroot is often made: the host's /usr bound
+		// into it, and here a file system of the host's (rw, suid, dev)
+		// at its /sub. Both come read-only, nosuid and nodev.
+		rootfs := chrootTree(t)
+		p, err := Build(Options{Programs: "/usr/bin", RootFS: rootfs, Share: NSNet | NSIPC | NSUTS}, OSFS{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := `(echo x > /sub/new) 2>/dev/null && echo "write ok" || echo "write refused"
+(exec 3</sub/null) 2>/dev/null && echo "device ok" || echo "device refused"
+for d in /sub /usr; do echo "$d $(grep " $d " /proc/self/mountinfo | tail -1 | cut -d' ' -f6)"; done
+(echo x > /tmp/new) 2>/dev/null && echo "tmp ok" || echo "tmp refused"`
+		o := bothInits(t, func(t *testing.T, bin string) outcome {
+			return runCellIn(t, bin, unix.CLONE_NEWNS|unix.CLONE_NEWPID, planFrame(t, p), bareExec(t, "/bin/sh", "-c", script), nil)
+		})
+		want := "write refused\ndevice refused\n/sub ro,nosuid,nodev,relatime\n/usr ro,nosuid,nodev,relatime\ntmp ok\n"
+		if o.Status != 0 || o.Output != want {
+			t.Errorf("host mounts inside a rootfs: status %d, reports %+v, output %q, want output %q", o.Status, o.Reports, o.Output, want)
+		}
+	})
 	t.Run("no such program", func(t *testing.T) {
 		ex := bareExec(t, "/nonexistent/program")
 		o := bothInits(t, func(t *testing.T, bin string) outcome { return runCell(t, bin, planFrame(t, noNS), ex, nil) })
@@ -619,4 +684,92 @@ func ownerWritable(path string) string {
 		return nil
 	})
 	return found
+}
+
+// hostSubmount makes a directory with a tmpfs mounted at its "sub",
+// read-write, without nosuid or nodev, holding the null device as "null"
+// (mode 0666); the tmpfs is unmounted at the test's end.
+func hostSubmount(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("cellgate-test", sub, "tmpfs", 0, "mode=0777"); err != nil {
+		t.Fatalf("mount a tmpfs on %s: %v", sub, err)
+	}
+	t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
+	if err := unix.Mknod(filepath.Join(sub, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(filepath.Join(sub, "null"), 0o666)
+	return dir
+}
+
+// withoutMountSetattr runs start on a thread of its own under a seccomp
+// filter that answers mount_setattr EPERM, as a container's profile may:
+// a process it starts inherits the filter. The thread ends with it.
+func withoutMountSetattr(t *testing.T, start func() outcome) outcome {
+	t.Helper()
+	prog := []unix.SockFilter{
+		{Code: ldAbsW, K: offNr},
+		{Code: jeqK, K: unix.SYS_MOUNT_SETATTR, Jt: 0, Jf: 1},
+		{Code: retK, K: retEPERM},
+		{Code: retK, K: retAllow},
+	}
+	done := make(chan outcome)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		o := outcome{Status: -1}
+		defer func() { done <- o }() // also when start fails the test
+		fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+		if _, _, e := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, 0, uintptr(unsafe.Pointer(&fprog))); e != 0 {
+			t.Errorf("load a filter on the thread: %v", e)
+			return
+		}
+		o = start()
+	}()
+	return <-done
+}
+
+// chrootTree makes a rootfs as a chroot is made: the host's /usr bound
+// into it (and its other system directories recreated as the host's
+// symlinks into /usr, or bound), the mount points a cell needs, and a
+// tmpfs at /sub as hostSubmount makes one. Its mounts end with the test.
+func chrootTree(t *testing.T) string {
+	t.Helper()
+	dir := hostSubmount(t)
+	for _, d := range []string{"tmp", "var/tmp", "dev", "proc", "etc", "usr"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	bind := func(src, at string) {
+		if err := unix.Mount(src, at, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			t.Fatalf("bind %s on %s: %v", src, at, err)
+		}
+		t.Cleanup(func() { unix.Unmount(at, unix.MNT_DETACH) })
+	}
+	bind("/usr", filepath.Join(dir, "usr"))
+	for _, d := range []string{"/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"} {
+		fi, err := os.Lstat(d)
+		switch {
+		case err != nil:
+			continue
+		case fi.Mode()&fs.ModeSymlink != 0:
+			target, _ := os.Readlink(d)
+			if err := os.Symlink(target, filepath.Join(dir, d)); err != nil {
+				t.Fatal(err)
+			}
+		case fi.IsDir():
+			if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			bind(d, filepath.Join(dir, d))
+		}
+	}
+	return dir
 }

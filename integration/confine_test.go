@@ -699,6 +699,107 @@ func TestConfineFilesystem(t *testing.T) {
 	}
 }
 
+// TestConfineHostSubmounts: a file system the host mounts below a
+// directory a route binds, or inside its rootfs, comes into the view with
+// the bind (binds are recursive) and with the bind's safety: below a
+// read-only mount or in a rootfs it is read-only, and below any mount
+// nosuid and nodev, in resident and fresh cells (before, it kept the
+// host's flags: a cell wrote through a read-only mount and opened device
+// nodes there; and no rootfs route's cell started: the init found no
+// mount point for /dev's nodes in it). The control: the test itself
+// writes there and opens the device.
+func TestConfineHostSubmounts(t *testing.T) {
+	requireMicroVM(t)
+	submount := func() string {
+		dir := openTempDir(t, "cellgate-submount-", 0o755)
+		sub := filepath.Join(dir, "sub")
+		if err := os.Mkdir(sub, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mount("cellgate-test", sub, "tmpfs", 0, "mode=0777"); err != nil {
+			t.Fatalf("mount a tmpfs on %s: %v", sub, err)
+		}
+		t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
+		if err := unix.Mknod(filepath.Join(sub, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(sub, "f"), nil, 0o666); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"null", "f"} {
+			os.Chmod(filepath.Join(sub, f), 0o666)
+		}
+		return dir
+	}
+	ro, rw, rootfs := submount(), submount(), submount()
+	// The rootfs is made as a chroot is: the host's /usr bound into it,
+	// the other system directories the host's symlinks into it or binds.
+	for _, d := range []string{"tmp", "var/tmp", "dev", "proc", "etc", "usr"} {
+		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bind := func(src, at string) {
+		if err := unix.Mount(src, at, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			t.Fatalf("bind %s on %s: %v", src, at, err)
+		}
+		t.Cleanup(func() { unix.Unmount(at, unix.MNT_DETACH) })
+	}
+	bind("/usr", filepath.Join(rootfs, "usr"))
+	for _, d := range []string{"/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"} {
+		if fi, err := os.Lstat(d); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+			target, _ := os.Readlink(d)
+			os.Symlink(target, filepath.Join(rootfs, d))
+		} else if err == nil && fi.IsDir() {
+			os.Mkdir(filepath.Join(rootfs, d), 0o755)
+			bind(d, filepath.Join(rootfs, d))
+		}
+	}
+	for _, f := range []string{filepath.Join(ro, "sub/null"), filepath.Join(ro, "sub/f")} {
+		fd, err := os.OpenFile(f, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatalf("control: open %s for writing: %v", f, err)
+		}
+		fd.Close()
+	}
+	w := workerBinary(t)
+	// The program's directory is bound at its own path: a rootfs holds
+	// its mount point.
+	if err := os.MkdirAll(filepath.Join(rootfs, filepath.Dir(w)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	g := confineGate(t, fmt.Sprintf(`  - {name: subro, match: {path: /subro}, tenant: a, program: %[1]q, env: {%[2]s: probe}, mounts: [{source: %[3]s, target: /ro}]}
+  - {name: subfresh, match: {path: /subfresh}, tenant: a, program: %[1]q, env: {%[2]s: probe}, cells: fresh, mounts: [{source: %[3]s, target: /ro}]}
+  - {name: subrw, match: {path: /subrw}, tenant: b, program: %[1]q, env: {%[2]s: probe}, mounts: [{source: %[4]s, target: /rw, writable: true}]}
+  - {name: subroot, match: {path: /subroot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, rootfs: %[5]s}
+`, w, cellHelperEnv, ro, rw, rootfs))
+	options := func(mountinfo, point string) string {
+		for line := range strings.Lines(mountinfo) {
+			if f := strings.Fields(line); len(f) > 5 && f[4] == point {
+				return f[5]
+			}
+		}
+		return "not mounted"
+	}
+	for _, c := range []struct{ route, dir, write, opts string }{
+		{"subro", "/ro/sub", "EROFS", "ro,nosuid,nodev,relatime"},
+		{"subfresh", "/ro/sub", "EROFS", "ro,nosuid,nodev,relatime"},
+		{"subrw", "/rw/sub", "ok", "rw,nosuid,nodev,relatime"},
+		{"subroot", "/sub", "EROFS", "ro,nosuid,nodev,relatime"},
+	} {
+		r := g.probe(t, c.route, url.Values{"openw": {c.dir + "/f"}, "read": {c.dir + "/null"}, "cat": {"/proc/self/mountinfo"}})
+		if got := r.OpenW[c.dir+"/f"]; got != c.write {
+			t.Errorf("%s: open %s/f for writing: %s, want %s", c.route, c.dir, got, c.write)
+		}
+		if got := r.Read[c.dir+"/null"]; got == "ok" {
+			t.Errorf("%s: read the device %s/null: ok, want it refused (nodev)", c.route, c.dir)
+		}
+		if got := options(r.Cat["/proc/self/mountinfo"], c.dir); got != c.opts {
+			t.Errorf("%s: the host's tmpfs at %s is mounted %s in the cell, want %s", c.route, c.dir, got, c.opts)
+		}
+	}
+}
+
 // TestConfineTmpfsGone: files written to /dev/shm and /tmp vanish with the
 // cell and their memory is not left charged to the tenant: after 20
 // requests that each leave 64 MiB in both (2.5 GiB in all, against a

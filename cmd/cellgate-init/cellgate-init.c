@@ -76,6 +76,19 @@
 #ifndef CLONE_INTO_CGROUP
 #define CLONE_INTO_CGROUP 0x200000000ULL
 #endif
+/* mount_setattr(2) (Linux 5.12), by number where headers lack it. */
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#define ATTR_RDONLY 0x1ULL /* MOUNT_ATTR_* */
+#define ATTR_NOSUID 0x2ULL
+#define ATTR_NODEV 0x4ULL
+struct cg_mount_attr {
+	uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
 
 #define ARG0 "cellgate-init"
 #define CONTROL_FD 3
@@ -707,8 +720,12 @@ static int mountpoint(const char *at, int dir, int rootfs)
 	const char *cell = at + strlen(STAGING);
 	if (lstat(at, &st) == 0)
 		return 0;
-	if (rootfs)
-		return fail(0, "mount point %s: lstat %s: %s (create it in the rootfs)", cell, at, errstr(errno));
+	if (rootfs) {
+		int e = errno;
+		fail(0, "mount point %s: lstat %s: %s (create it in the rootfs)", cell, at, errstr(e));
+		err_no = e; /* reported, as the Go init's is, with the fix last */
+		return -1;
+	}
 	if (mkdir_parent(at) < 0) {
 		prefix("mount point");
 		return -1;
@@ -749,6 +766,37 @@ static int remount_bind(const char *at, uint32_t bflags)
 	if (mount("", at, NULL, flags, NULL) < 0)
 		return fail(errno, "remount (flags %#lx)", flags);
 	return 0;
+}
+
+/* A bind is recursive: the host's mounts below its source come with it,
+ * each with its own flags, which a remount of the bind does not change.
+ * So the attributes that make a bind safe (read-only unless writable,
+ * nosuid, nodev unless BIND_DEV) are set on every mount of the tree with
+ * mount_setattr(AT_RECURSIVE); where it is refused (ENOSYS, EPERM) the
+ * bind is made again without MS_REC, and every later one so (binds_flat),
+ * so that no mount of the host's below it is in the view. confine's
+ * bindTree is the same. */
+static int binds_flat;
+
+/* bind_tree binds src on at with its tree, every mount of which gets set
+ * (ATTR_*): at's own too, which the caller remounts (remount_bind; a
+ * rootfs's root is read-only from the start, as S_ROOT_RO leaves it:
+ * nothing is made in it). Returns -1 with errno on a failure. */
+static int bind_tree(const char *src, const char *at, uint64_t set)
+{
+	if (binds_flat)
+		return mount(src, at, NULL, MS_BIND, NULL);
+	if (mount(src, at, NULL, MS_BIND | MS_REC, NULL) < 0)
+		return -1;
+	struct cg_mount_attr attr = {.attr_set = set};
+	if (syscall(SYS_mount_setattr, AT_FDCWD, at, AT_RECURSIVE, &attr, sizeof attr) == 0)
+		return 0;
+	if (errno != ENOSYS && errno != EPERM)
+		return -1;
+	binds_flat = 1;
+	if (umount2(at, MNT_DETACH) < 0)
+		return -1;
+	return mount(src, at, NULL, MS_BIND, NULL);
 }
 
 /* mount_tmpfs mounts a private tmpfs of the cell at at (target in the
@@ -799,6 +847,19 @@ static int proc_read_only(const char *at)
 	return 0;
 }
 
+/* in_cell_tmpfs reports whether target lies below one of the tmpfs the
+ * init mounts in every view (/dev, /tmp, /var/tmp: /dev/shm is below
+ * /dev), where it makes mount points and symlinks even in a rootfs,
+ * whose own tree it never changes (confine's inCellTmpfs). */
+static int in_cell_tmpfs(const char *target)
+{
+	static const char *const dirs[] = {"/dev/", "/tmp/", "/var/tmp/"};
+	for (size_t i = 0; i < sizeof dirs / sizeof *dirs; i++)
+		if (strncmp(target, dirs[i], strlen(dirs[i])) == 0)
+			return 1;
+	return 0;
+}
+
 static int run_step(const struct step *s, int rootfs)
 {
 	char at[PATH_MAX], fdpath[64];
@@ -812,7 +873,7 @@ static int run_step(const struct step *s, int rootfs)
 			return fail(errno, "mount the cell's root tmpfs on %s", STAGING);
 		return 0;
 	case S_ROOT_BIND:
-		if (mount(fdpath, STAGING, NULL, MS_BIND | MS_REC, NULL) < 0)
+		if (bind_tree(fdpath, STAGING, ATTR_RDONLY | ATTR_NOSUID | ATTR_NODEV) < 0)
 			return fail(errno, "bind rootfs %s", s->source);
 		return 0;
 	case S_TMPFS:
@@ -829,7 +890,7 @@ static int run_step(const struct step *s, int rootfs)
 			return fail(errno, "stat %s", s->source);
 		if (mountpoint(at, S_ISDIR(st.st_mode), rootfs) < 0)
 			return -1;
-		if (mount(fdpath, at, NULL, MS_BIND | MS_REC, NULL) < 0)
+		if (bind_tree(fdpath, at, ATTR_NOSUID | ((s->bind_flags & BIND_WRITABLE) ? 0 : ATTR_RDONLY) | ((s->bind_flags & BIND_DEV) ? 0 : ATTR_NODEV)) < 0)
 			return fail(errno, "bind %s on %s", s->source, s->target);
 		if (remount_bind(at, s->bind_flags) < 0) {
 			char what[PATH_MAX * 2 + 16];
@@ -890,7 +951,7 @@ static int build_root(const struct plan *p)
 		}
 	}
 	for (size_t i = 0; rc == 0 && i < n; i++)
-		rc = run_step(&s[i], p->rootfs[0] != 0);
+		rc = run_step(&s[i], p->rootfs[0] != 0 && !in_cell_tmpfs(s[i].target));
 	for (size_t i = 0; i < n; i++)
 		if (s[i].fd >= 0)
 			close(s[i].fd);

@@ -104,7 +104,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		return exitInvalid
 	}
 	warnings := append(exposedDaemonFiles(p, views, hidden, sh.GID), rootSetuidMounts(views, mountedNosuid)...)
-	for _, w := range append(warnings, hugetlbfsMounts(views, onHugetlbfs)...) {
+	for _, w := range append(warnings, hugetlbfsMounts(views, hugetlbfsIn())...) {
 		fmt.Fprintf(stderr, "cellgate check: warning: %s\n", w)
 	}
 	printPolicy(stdout, p)

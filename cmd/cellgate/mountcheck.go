@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"path/filepath"
 
+	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
 	"golang.org/x/sys/unix"
@@ -216,24 +217,49 @@ func rootSetuidMounts(views []routeView, nosuid func(path string) bool) []string
 	return out
 }
 
-// hugetlbfsMounts says, for each source of a route's view on a hugetlbfs
-// (onHugetlbfs), that its cells map huge pages of the host's pool from
-// its files: a file mapped from a hugetlbfs takes huge pages without any
-// flag the seccomp filter sees, and those pages are not charged to the
-// cell's memory.max. serve says it unless the hugetlb controller closes
-// the pool to every cell (cgroup.Features.HugeTLBClosed); check, which
-// cannot tell, always (its fix names the controller). A route with
-// filesystem: host has no view.
-func hugetlbfsMounts(views []routeView, onHugetlbfs func(path string) bool) []string {
+// hugetlbfsMounts says, for each source of a route's view that is on a
+// hugetlbfs or holds one below it (the view's binds are recursive), as
+// hugetlbfsAt finds them, that its cells map huge pages of the host's
+// pool from its files: a file mapped from a hugetlbfs takes huge pages
+// without any flag the seccomp filter sees, and those pages are not
+// charged to the cell's memory.max. serve says it unless the hugetlb
+// controller closes the pool to every cell
+// (cgroup.Features.HugeTLBClosed); check, which cannot tell, always (its
+// fix names the controller). A route with filesystem: host has no view.
+func hugetlbfsMounts(views []routeView, hugetlbfsAt func(path string) (string, bool)) []string {
 	var out []string
 	for _, v := range views {
 		for _, s := range v.srcs {
-			if onHugetlbfs(s.path) {
-				out = append(out, fmt.Sprintf("route %s binds %s (%s), a hugetlbfs: its cells map huge pages of the host's pool (vm.nr_hugepages) from its files, with no flag the seccomp filter sees and not charged to their memory.max, so one cell can take the whole pool while it runs (fix: drop the mount, or run cellgate where the hugetlb controller reaches its group, which closes the pool to every cell: cellgate doctor's huge pages line)", v.r.Name, s.key, s.path))
+			if at, ok := hugetlbfsAt(s.path); ok {
+				out = append(out, fmt.Sprintf("route %s binds %s (%s), which shows the hugetlbfs at %s: its cells map huge pages of the host's pool (vm.nr_hugepages) from its files, with no flag the seccomp filter sees and not charged to their memory.max, so one cell can take the whole pool while it runs (fix: keep the hugetlbfs out of the route's view, or run cellgate where the hugetlb controller reaches its group, which closes the pool to every cell: cellgate doctor's huge pages line)", v.r.Name, s.key, s.path, at))
 			}
 		}
 	}
 	return out
+}
+
+// hugetlbfsIn returns a hugetlbfsMounts finder over the host's mount table:
+// a path on a hugetlbfs (statfs), or one below which a hugetlbfs is
+// mounted (/proc/self/mountinfo), and where. Without a mount table it
+// finds only the first kind.
+func hugetlbfsIn() func(path string) (string, bool) {
+	points, _ := cgroup.MountPoints("", "hugetlbfs")
+	return hugetlbfsAmong(points)
+}
+
+// hugetlbfsAmong is hugetlbfsIn with the mount points given.
+func hugetlbfsAmong(points []string) func(path string) (string, bool) {
+	return func(path string) (string, bool) {
+		if onHugetlbfs(path) {
+			return path, true
+		}
+		for _, p := range points {
+			if confine.Within(p, path) {
+				return p, true
+			}
+		}
+		return "", false
+	}
 }
 
 // onHugetlbfs reports whether path is on a hugetlbfs (false when it

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
 	"golang.org/x/sys/unix"
@@ -191,42 +193,46 @@ routes:
 }
 
 // TestHugetlbfsMounts: a route is warned of for each source of its view
-// on a hugetlbfs, with the fix; other sources and filesystem: host
-// routes are not. onHugetlbfs agrees with the mount table's types where
-// this machine has a hugetlbfs mounted, and is false for other file
-// systems and missing paths.
+// that is on a hugetlbfs or holds one below it, naming where, with the
+// fix; other sources and filesystem: host routes are not. onHugetlbfs is
+// false for other file systems and missing paths, and agrees with the
+// mount table where this machine has a hugetlbfs mounted, as does the
+// finder over the mount table.
 func TestHugetlbfsMounts(t *testing.T) {
 	p, err := policy.Parse("p.yaml", []byte(`version: 1
 routes:
   - {name: huge, match: {path: /a}, program: /bin/true, mounts: [{source: /dev/hugepages, target: /huge, writable: true}, {source: /srv/ro, target: /ro}]}
-  - {name: plain, match: {path: /b}, program: /bin/true, mounts: [{source: /srv/data, target: /data, writable: true}]}
+  - {name: above, match: {path: /d}, program: /bin/true, mounts: [{source: /srv/data, target: /data}]}
+  - {name: plain, match: {path: /b}, program: /bin/true, mounts: [{source: /srv/other, target: /data, writable: true}]}
   - {name: hosthuge, match: {path: /c}, program: /bin/true, filesystem: host}
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := hugetlbfsMounts(routeViews(p, func(s string) string { return s }), func(path string) bool { return path == "/dev/hugepages" })
-	if len(got) != 1 || !strings.Contains(got[0], "route huge binds mounts[0] (/dev/hugepages), a hugetlbfs: its cells map huge pages of the host's pool") || !strings.Contains(got[0], "fix: drop the mount, or run cellgate where the hugetlb controller reaches its group") {
-		t.Errorf("warnings %q, want one for route huge's mounts[0] with the fix", got)
+	find := hugetlbfsAmong([]string{"/dev/hugepages", "/srv/data/pages"})
+	got := hugetlbfsMounts(routeViews(p, func(s string) string { return s }), find)
+	if len(got) != 2 ||
+		!strings.Contains(got[0], "route huge binds mounts[0] (/dev/hugepages), which shows the hugetlbfs at /dev/hugepages: its cells map huge pages of the host's pool") ||
+		!strings.Contains(got[0], "fix: keep the hugetlbfs out of the route's view, or run cellgate where the hugetlb controller reaches its group") ||
+		!strings.Contains(got[1], "route above binds mounts[0] (/srv/data), which shows the hugetlbfs at /srv/data/pages") {
+		t.Errorf("warnings %q, want one for route huge's mounts[0] and one for route above's, with the fix", got)
 	}
 	for _, path := range []string{"/nonexistent/path", t.TempDir(), "/proc"} {
 		if onHugetlbfs(path) {
 			t.Errorf("onHugetlbfs(%s) = true, want false", path)
 		}
 	}
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	points, err := cgroup.MountPoints("", "hugetlbfs")
 	if err != nil {
 		t.Skip(err)
 	}
-	for line := range strings.Lines(string(b)) {
-		// ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
-		pre, post, ok := strings.Cut(line, " - ")
-		f, g := strings.Fields(pre), strings.Fields(post)
-		if !ok || len(f) < 5 || len(g) < 1 || strings.Contains(f[4], `\`) {
-			continue
+	host := hugetlbfsIn()
+	for _, p := range points {
+		if !onHugetlbfs(p) {
+			t.Errorf("onHugetlbfs(%s) = false, a hugetlbfs in the mount table", p)
 		}
-		if got, want := onHugetlbfs(f[4]), g[0] == "hugetlbfs"; got != want && want {
-			t.Errorf("onHugetlbfs(%s) = false, its type in the mount table hugetlbfs", f[4])
+		if at, ok := host(filepath.Dir(p)); !ok || !confine.Within(at, filepath.Dir(p)) {
+			t.Errorf("the host's finder at %s: %q, %v; want a hugetlbfs below it (%s)", filepath.Dir(p), at, ok, p)
 		}
 	}
 }

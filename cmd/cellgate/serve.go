@@ -470,7 +470,7 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 		d.log.Warn(w)
 	}
 	if d.tree == nil || !d.tree.Features().HugeTLBClosed {
-		for _, w := range hugetlbfsMounts(views, onHugetlbfs) {
+		for _, w := range hugetlbfsMounts(views, hugetlbfsIn()) {
 			d.log.Warn(w)
 		}
 	}
