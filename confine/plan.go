@@ -454,6 +454,9 @@ func Build(o Options, fsys FS) (*Plan, error) {
 		}
 		p.Binds = append(p.Binds, m)
 	}
+	if p.RootFS != "" {
+		errs = append(errs, rootfsMountPoints(fsys, p)...)
+	}
 	masks, herrs := p.masks(fsys, o.Hidden)
 	errs = append(errs, herrs...)
 	errs = append(errs, nestedInWritable(p.Binds)...)
@@ -556,6 +559,30 @@ func checkMount(m Bind) error {
 		return fmt.Errorf("mount target %s: under the cell's own /proc or /dev; choose another target", m.Target)
 	}
 	return nil
+}
+
+// rootfsMountPoints checks that p's rootfs holds the mount point of each
+// mount the init makes in it (in the cell's own /dev, /tmp and /var/tmp
+// it makes them itself: inCellTmpfs), since it never changes the
+// rootfs's tree: without them every cell of the route would fail.
+func rootfsMountPoints(fsys FS, p *Plan) []error {
+	targets := []string{"/dev", "/proc"}
+	for _, t := range p.Tmpfs {
+		targets = append(targets, t.Target)
+	}
+	for _, b := range p.Binds {
+		targets = append(targets, b.Target)
+	}
+	var errs []error
+	for _, t := range targets {
+		if inCellTmpfs(t) {
+			continue
+		}
+		if _, err := fsys.Lstat(filepath.Join(p.RootFS, t)); err != nil {
+			errs = append(errs, fmt.Errorf("rootfs %s has no %s, where the cell's %s is mounted: %w (create it in the rootfs)", p.RootFS, t, t, err))
+		}
+	}
+	return errs
 }
 
 func checkDir(fsys FS, dir, what string) error {

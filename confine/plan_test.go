@@ -51,6 +51,8 @@ var debian = fakeFS{
 	"/srv/rootfs": "dir", "/srv/file": "file",
 	"/etc/cellgate/policy.yaml": "file", "/etc/cellgate/link.yaml": "link:policy.yaml", "/srv/cgi/tls.key": "file",
 	"/srv/rootfs/etc/policy.yaml": "file", "/srv/data/policy.yaml": "file",
+	// the rootfs's mount points
+	"/srv/rootfs/dev": "dir", "/srv/rootfs/proc": "dir", "/srv/rootfs/tmp": "dir", "/srv/rootfs/var/tmp": "dir", "/srv/rootfs/srv/cgi": "dir",
 }
 
 func TestBuild(t *testing.T) {
@@ -175,6 +177,8 @@ func TestBuild(t *testing.T) {
 		{name: "a daemon's file in a writable mount", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}, Hidden: []string{"/srv/data/policy.yaml"}},
 			wantErr: "/srv/data/policy.yaml lies in the writable mount of /srv/data (at /data)"},
 		{name: "missing rootfs", opts: Options{RootFS: "/nope"}, wantErr: "rootfs /nope"},
+		{name: "rootfs without a mount point", opts: Options{RootFS: "/srv/rootfs", Programs: "/srv/data"},
+			wantErr: "rootfs /srv/rootfs has no /srv/data, where the cell's /srv/data is mounted: lstat /srv/rootfs/srv/data: file does not exist (create it in the rootfs)"},
 		{name: "rootfs a file", opts: Options{RootFS: "/srv/file"}, wantErr: "not a directory"},
 		{name: "system dir a file", opts: Options{SystemDirs: []string{"/srv/file"}}, wantErr: "system directory /srv/file: not a directory"},
 	}
