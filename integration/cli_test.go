@@ -203,7 +203,7 @@ func TestCLIDoctor(t *testing.T) {
 		if status != 0 {
 			t.Errorf("exit status %d, want 0:\n%s%s", status, stdout, stderr)
 		}
-		for _, want := range []string{"ok    kernel", "ok    cgroup.kill", "ok    clone3", "ok    memory.peak", "ok    pids.peak", "ok    cell", "ok    seccomp", "ok    namespaces", "ok    resident IPC", "ok    root routes", "ok    confined cell", "ok    huge pages",
+		for _, want := range []string{"ok    kernel", "ok    cgroup.kill", "ok    clone3", "ok    memory.peak", "ok    pids.peak", "ok    cell", "ok    seccomp", "ok    namespaces", "ok    resident IPC", "ok    recursive binds", "ok    root routes", "ok    confined cell", "ok    huge pages",
 			"warn  module autoload", "kernel.modprobe=/sbin/modprobe: a cell that executes a file of a format the kernel does not know"} {
 			if !strings.Contains(stdout, want) {
 				t.Errorf("doctor output lacks %q:\n%s", want, stdout)

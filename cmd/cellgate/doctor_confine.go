@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -47,6 +48,7 @@ func checkConfinementKernel(r *report) {
 	}
 	r.ok("user namespaces", "%s; used by fork routes' preloaders (which may create none below theirs), never by cells, which cannot create one (seccomp)", userns)
 	checkResidentIPC(r)
+	checkRecursiveBinds(r, mountSetattrErr())
 	checkRootRoutes(r, confine.CanCutRootCaps())
 	modprobe, err := os.ReadFile("/proc/sys/kernel/modprobe")
 	checkModuleAutoload(r, string(modprobe), err)
@@ -141,6 +143,28 @@ func checkRootRoutes(r *report, err error) {
 		return
 	}
 	r.ok(name, "a program run as root keeps only root's capabilities over files, signals and chroot, and cannot write /proc/sys")
+}
+
+// mountSetattrErr is what mount_setattr answers a call that changes
+// nothing (no attribute: the kernel returns before it looks at the
+// path): nil where the inits may use it, ENOSYS or EPERM where the
+// kernel or a seccomp profile refuses the call.
+func mountSetattrErr() error {
+	return unix.MountSetattr(-1, "", 0, &unix.MountAttr{})
+}
+
+// checkRecursiveBinds reports whether the inits can give the host's
+// mounts below a bind the bind's attributes (mount_setattr, confine's
+// bindTree): where they cannot, binds are made without their trees, so a
+// file system the host mounts below a bound directory is not in the view.
+func checkRecursiveBinds(r *report, err error) {
+	const name = "recursive binds"
+	if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EPERM) {
+		r.warn(name, "nothing to do for safety; to show them, run on Linux 5.12 or later under a seccomp profile that allows mount_setattr (deploy/seccomp/cellgate.json does)",
+			"mount_setattr: %v: binds are made without the host's mounts below them (not shown in cells)", err)
+		return
+	}
+	r.ok(name, "a file system mounted below a bound directory is shown read-only (below a read-only bind or a rootfs), nosuid and nodev")
 }
 
 // checkResidentIPC reports whether a resident cell's init can mount its

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/cellgate/cellgate/confine"
+	"golang.org/x/sys/unix"
 )
 
 // TestCheckModuleAutoload: doctor warns, with the fix, where a cell can
@@ -54,6 +56,31 @@ func TestCheckRootRoutes(t *testing.T) {
 	}
 	if f := r.findings[1]; f.level != "ok" || !strings.Contains(f.detail, "cannot write /proc/sys") {
 		t.Errorf("with CAP_SETPCAP: %+v, want ok", f)
+	}
+}
+
+// TestCheckRecursiveBinds: doctor says binds are made without their
+// trees where mount_setattr is refused (by the kernel or a filter), with
+// the fix, and ok where the call is there; this machine's answer is one
+// of those.
+func TestCheckRecursiveBinds(t *testing.T) {
+	var r report
+	checkRecursiveBinds(&r, unix.EPERM)
+	checkRecursiveBinds(&r, unix.ENOSYS)
+	checkRecursiveBinds(&r, nil)
+	if len(r.findings) != 3 {
+		t.Fatalf("findings %+v, want three", r.findings)
+	}
+	for _, f := range r.findings[:2] {
+		if f.level != "warn" || !strings.Contains(f.detail, "binds are made without the host's mounts below them") || !strings.Contains(f.fix, "allows mount_setattr") {
+			t.Errorf("mount_setattr refused: %+v, want a warning with the fix", f)
+		}
+	}
+	if f := r.findings[2]; f.level != "ok" {
+		t.Errorf("mount_setattr there: %+v, want ok", f)
+	}
+	if err := mountSetattrErr(); err != nil && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM) {
+		t.Errorf("mount_setattr changing nothing: %v, want nil, ENOSYS or EPERM", err)
 	}
 }
 

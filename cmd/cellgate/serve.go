@@ -394,6 +394,10 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 		d.log.Warn("no "+confine.InitArg0+" beside the cellgate executable and no --init: confined cells start cellgate itself as their init, "+
 			"which costs its whole start-up per request; install "+confine.InitArg0+" (make build) beside cellgate", "init", launcher.Name())
 	}
+	if err := mountSetattrErr(); err != nil {
+		d.log.Warn("mount_setattr is refused: binds in cells are made without the host's mounts below them, which cells do not see; "+
+			"to show them, run on Linux 5.12 or later under a seccomp profile that allows mount_setattr (deploy/seccomp/cellgate.json does)", "err", err)
+	}
 	runner, err = sandbox.New(sandbox.Config{
 		Cells:          sandbox.PoolCells{Pool: d.pool},
 		Logger:         d.log,
