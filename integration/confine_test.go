@@ -1258,7 +1258,7 @@ func TestConfineNoHugePages(t *testing.T) {
 	routes := freshRoute(t) + fmt.Sprintf(`  - {name: nofilter, match: {path: /nofilter}, tenant: a, program: %[1]q, env: {%[2]s: probe}, seccomp: off}
   - {name: hugefs, match: {path: /hugefs}, tenant: a, program: %[1]q, env: {%[2]s: probe}, mounts: [{source: %[3]s, target: /huge, writable: true}]}
 `, workerBinary(t), cellHelperEnv, hugefs)
-	hugefsWarning := "route hugefs binds mounts[0] (" + hugefs + "), a hugetlbfs: its cells map huge pages of the host's pool"
+	hugefsWarning := "route hugefs binds mounts[0] (" + hugefs + "), which shows the hugetlbfs at " + hugefs + ": its cells map huge pages of the host's pool"
 
 	for _, tc := range []struct {
 		name       string
