@@ -3,6 +3,7 @@ package cgroup
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -24,10 +25,12 @@ func parseMountinfo(b []byte) (mountInfo, error) {
 		return mountInfo{}, err
 	}
 	if len(mi) == 0 {
-		return mountInfo{}, fmt.Errorf("no cgroup2 mount in mountinfo: mount cgroup2 (e.g. on /sys/fs/cgroup) or run cellgate doctor")
+		return mountInfo{}, errNoCgroup2Mount
 	}
 	return mi[0], nil
 }
+
+var errNoCgroup2Mount = errors.New("no cgroup2 mount in mountinfo: mount cgroup2 (e.g. on /sys/fs/cgroup) or run cellgate doctor")
 
 // mountsOf returns the mounts of file system type fstype in a
 // /proc/<pid>/mountinfo, in its order, at most max (0: all):
@@ -68,17 +71,9 @@ func mountsOf(b []byte, fstype string, max int) ([]mountInfo, error) {
 // MountPoints returns where file systems of type fstype are mounted, read
 // from <procRoot>/self/mountinfo ("" = /proc), octal escapes undone.
 func MountPoints(procRoot, fstype string) ([]string, error) {
-	if procRoot == "" {
-		procRoot = "/proc"
-	}
-	p := path.Join(procRoot, "self/mountinfo")
-	b, err := os.ReadFile(p)
+	mi, err := readMounts(procRoot, fstype, 0, "find the "+fstype+" mounts")
 	if err != nil {
-		return nil, fmt.Errorf("find the %s mounts: %w", fstype, err)
-	}
-	mi, err := mountsOf(b, fstype, 0)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", p, err)
+		return nil, err
 	}
 	points := make([]string, len(mi))
 	for i, m := range mi {
@@ -90,19 +85,36 @@ func MountPoints(procRoot, fstype string) ([]string, error) {
 // Mountpoint returns where the cgroup2 hierarchy is mounted, read from
 // <procRoot>/self/mountinfo ("" = /proc), octal escapes undone.
 func Mountpoint(procRoot string) (string, error) {
+	mi, err := readMounts(procRoot, "cgroup2", 1, "find the cgroup2 mount")
+	if err != nil {
+		return "", err
+	}
+	if len(mi) == 0 {
+		return "", fmt.Errorf("%s: %w", mountinfoPath(procRoot), errNoCgroup2Mount)
+	}
+	return mi[0].Point, nil
+}
+
+// readMounts is mountsOf of <procRoot>/self/mountinfo ("" = /proc); what
+// names the search in a read error.
+func readMounts(procRoot, fstype string, max int, what string) ([]mountInfo, error) {
+	p := mountinfoPath(procRoot)
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	mi, err := mountsOf(b, fstype, max)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
+	return mi, nil
+}
+
+func mountinfoPath(procRoot string) string {
 	if procRoot == "" {
 		procRoot = "/proc"
 	}
-	p := path.Join(procRoot, "self/mountinfo")
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return "", fmt.Errorf("find the cgroup2 mount: %w", err)
-	}
-	mi, err := parseMountinfo(b)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", p, err)
-	}
-	return mi.Point, nil
+	return path.Join(procRoot, "self/mountinfo")
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 space, \011 tab,

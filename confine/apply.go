@@ -351,7 +351,7 @@ func runStep(s step, src int, rootfs bool) error {
 			return fmt.Errorf("mount the cell's root tmpfs on %s: %w", staging, err)
 		}
 	case stepRootBind:
-		if err := bindTree(fdPath, staging, rootfsBelow); err != nil {
+		if _, err := bindTree(fdPath, staging, rootfsAttrs); err != nil {
 			return fmt.Errorf("bind rootfs %s: %w", s.source, err)
 		}
 	case stepTmpfs:
@@ -376,11 +376,14 @@ func runStep(s step, src int, rootfs bool) error {
 		if err := mountpoint(at, st.Mode&unix.S_IFMT == unix.S_IFDIR, rootfs); err != nil {
 			return err
 		}
-		if err := bindTree(fdPath, at, belowAttrs(s.bind)); err != nil {
+		flat, err := bindTree(fdPath, at, bindAttrs(s.bind))
+		if err != nil {
 			return fmt.Errorf("bind %s on %s: %w", s.source, s.target, err)
 		}
-		if err := remountBind(at, s.bind); err != nil {
-			return fmt.Errorf("bind %s on %s: %w", s.source, s.target, err)
+		if flat {
+			if err := remountBind(at, s.bind); err != nil {
+				return fmt.Errorf("bind %s on %s: %w", s.source, s.target, err)
+			}
 		}
 	case stepSymlink:
 		if err := os.MkdirAll(filepath.Dir(at), 0o755); err != nil && !rootfs {
@@ -552,14 +555,15 @@ func remountBind(at string, b Bind) error {
 // bind of the process is made so (bindsFlat).
 var bindsFlat atomic.Bool
 
-// rootfsBelow is what a rootfs's mounts get, its root's included:
+// rootfsAttrs is what a rootfs's mounts get, its root's included:
 // read-only, nosuid, nodev, as the root gets at the end of the view's
 // making (stepRootReadOnly).
-var rootfsBelow = unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+var rootfsAttrs = unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
 
-// belowAttrs is what the mounts of a bind's tree get (remountBind gives
-// its root the same and keeps the root's own flags).
-func belowAttrs(b Bind) unix.MountAttr {
+// bindAttrs is what every mount of a bind's tree gets, its root's
+// included (remountBind's flags, which the bind's copy of the host's
+// mount keeps besides).
+func bindAttrs(b Bind) unix.MountAttr {
 	a := unix.MountAttr{Attr_set: unix.MOUNT_ATTR_NOSUID}
 	if !b.Writable {
 		a.Attr_set |= unix.MOUNT_ATTR_RDONLY
@@ -571,29 +575,31 @@ func belowAttrs(b Bind) unix.MountAttr {
 }
 
 // bindTree binds src (a /proc/self/fd path) on at with its tree, every
-// mount of which gets attr: at's own too, which the caller remounts
-// (remountBind; a rootfs's root is read-only from the start, as it is at
-// the end, stepRootReadOnly: nothing is made in it). Where mount_setattr
-// is refused, the bind is made without its tree.
-func bindTree(src, at string, attr unix.MountAttr) error {
+// mount of which gets attr, its root's included: a bind copies the flags
+// of the host's mount, and attr adds to them, so no remount follows (a
+// rootfs's root is read-only from the start, as stepRootReadOnly leaves
+// it: nothing is made in it). Where mount_setattr is refused, the bind is
+// made without its tree and flat is true: the caller gives its root the
+// flags with a remount (remountBind).
+func bindTree(src, at string, attr unix.MountAttr) (flat bool, err error) {
 	if bindsFlat.Load() {
-		return unix.Mount(src, at, "", unix.MS_BIND, "")
+		return true, unix.Mount(src, at, "", unix.MS_BIND, "")
 	}
 	if err := unix.Mount(src, at, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return err
+		return false, err
 	}
-	err := unix.MountSetattr(unix.AT_FDCWD, at, unix.AT_RECURSIVE, &attr)
+	err = unix.MountSetattr(unix.AT_FDCWD, at, unix.AT_RECURSIVE, &attr)
 	if err == nil {
-		return nil
+		return false, nil
 	}
 	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("mount_setattr(AT_RECURSIVE) %s: %w", at, err)
+		return false, fmt.Errorf("mount_setattr(AT_RECURSIVE) %s: %w", at, err)
 	}
 	bindsFlat.Store(true)
 	if err := unix.Unmount(at, unix.MNT_DETACH); err != nil {
-		return fmt.Errorf("unmount the recursive bind on %s: %w", at, err)
+		return false, fmt.Errorf("unmount the recursive bind on %s: %w", at, err)
 	}
-	return unix.Mount(src, at, "", unix.MS_BIND, "")
+	return true, unix.Mount(src, at, "", unix.MS_BIND, "")
 }
 
 // mountpoint makes sure at exists as a directory (dir) or a file to mount

@@ -17,6 +17,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cellgate/cellgate/internal/mounttest"
 	"golang.org/x/sys/unix"
 )
 
@@ -686,28 +687,6 @@ func ownerWritable(path string) string {
 	return found
 }
 
-// hostSubmount makes a directory with a tmpfs mounted at its "sub",
-// read-write, without nosuid or nodev, holding the null device as "null"
-// (mode 0666); the tmpfs is unmounted at the test's end.
-func hostSubmount(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	sub := filepath.Join(dir, "sub")
-	if err := os.Mkdir(sub, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Mount("cellgate-test", sub, "tmpfs", 0, "mode=0777"); err != nil {
-		t.Fatalf("mount a tmpfs on %s: %v", sub, err)
-	}
-	t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
-	if err := unix.Mknod(filepath.Join(sub, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(filepath.Join(sub, "null"), 0o666)
-	return dir
-}
-
 // withoutMountSetattr runs start on a thread of its own under a seccomp
 // filter that answers mount_setattr EPERM, as a container's profile may:
 // a process it starts inherits the filter. The thread ends with it.
@@ -734,42 +713,19 @@ func withoutMountSetattr(t *testing.T, start func() outcome) outcome {
 	return <-done
 }
 
-// chrootTree makes a rootfs as a chroot is made: the host's /usr bound
-// into it (and its other system directories recreated as the host's
-// symlinks into /usr, or bound), the mount points a cell needs, and a
-// tmpfs at /sub as hostSubmount makes one. Its mounts end with the test.
-func chrootTree(t *testing.T) string {
-	t.Helper()
-	dir := hostSubmount(t)
-	for _, d := range []string{"tmp", "var/tmp", "dev", "proc", "etc", "usr"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+// hostSubmount is a directory with a file system of the host's mounted
+// at its "sub" (mounttest.Below).
+func hostSubmount(t *testing.T) string {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o755)
+	mounttest.Below(t, dir)
+	return dir
+}
 
-	bind := func(src, at string) {
-		if err := unix.Mount(src, at, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			t.Fatalf("bind %s on %s: %v", src, at, err)
-		}
-		t.Cleanup(func() { unix.Unmount(at, unix.MNT_DETACH) })
-	}
-	bind("/usr", filepath.Join(dir, "usr"))
-	for _, d := range []string{"/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"} {
-		fi, err := os.Lstat(d)
-		switch {
-		case err != nil:
-			continue
-		case fi.Mode()&fs.ModeSymlink != 0:
-			target, _ := os.Readlink(d)
-			if err := os.Symlink(target, filepath.Join(dir, d)); err != nil {
-				t.Fatal(err)
-			}
-		case fi.IsDir():
-			if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			bind(d, filepath.Join(dir, d))
-		}
-	}
+// chrootTree is a rootfs made as a chroot is (mounttest.Chroot), with a
+// file system of the host's at /sub.
+func chrootTree(t *testing.T) string {
+	dir := hostSubmount(t)
+	mounttest.Chroot(t, dir)
 	return dir
 }

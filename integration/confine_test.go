@@ -29,6 +29,7 @@ import (
 	"unsafe"
 
 	"github.com/cellgate/cellgate/confine"
+	"github.com/cellgate/cellgate/internal/mounttest"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
 	"golang.org/x/sys/unix"
@@ -712,49 +713,11 @@ func TestConfineHostSubmounts(t *testing.T) {
 	requireMicroVM(t)
 	submount := func() string {
 		dir := openTempDir(t, "cellgate-submount-", 0o755)
-		sub := filepath.Join(dir, "sub")
-		if err := os.Mkdir(sub, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := unix.Mount("cellgate-test", sub, "tmpfs", 0, "mode=0777"); err != nil {
-			t.Fatalf("mount a tmpfs on %s: %v", sub, err)
-		}
-		t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
-		if err := unix.Mknod(filepath.Join(sub, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(sub, "f"), nil, 0o666); err != nil {
-			t.Fatal(err)
-		}
-		for _, f := range []string{"null", "f"} {
-			os.Chmod(filepath.Join(sub, f), 0o666)
-		}
+		mounttest.Below(t, dir)
 		return dir
 	}
 	ro, rw, rootfs := submount(), submount(), submount()
-	// The rootfs is made as a chroot is: the host's /usr bound into it,
-	// the other system directories the host's symlinks into it or binds.
-	for _, d := range []string{"tmp", "var/tmp", "dev", "proc", "etc", "usr"} {
-		if err := os.MkdirAll(filepath.Join(rootfs, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	bind := func(src, at string) {
-		if err := unix.Mount(src, at, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			t.Fatalf("bind %s on %s: %v", src, at, err)
-		}
-		t.Cleanup(func() { unix.Unmount(at, unix.MNT_DETACH) })
-	}
-	bind("/usr", filepath.Join(rootfs, "usr"))
-	for _, d := range []string{"/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"} {
-		if fi, err := os.Lstat(d); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
-			target, _ := os.Readlink(d)
-			os.Symlink(target, filepath.Join(rootfs, d))
-		} else if err == nil && fi.IsDir() {
-			os.Mkdir(filepath.Join(rootfs, d), 0o755)
-			bind(d, filepath.Join(rootfs, d))
-		}
-	}
+	mounttest.Chroot(t, rootfs)
 	for _, f := range []string{filepath.Join(ro, "sub/null"), filepath.Join(ro, "sub/f")} {
 		fd, err := os.OpenFile(f, os.O_WRONLY, 0)
 		if err != nil {

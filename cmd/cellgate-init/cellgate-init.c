@@ -779,13 +779,16 @@ static int remount_bind(const char *at, uint32_t bflags)
 static int binds_flat;
 
 /* bind_tree binds src on at with its tree, every mount of which gets set
- * (ATTR_*): at's own too, which the caller remounts (remount_bind; a
- * rootfs's root is read-only from the start, as S_ROOT_RO leaves it:
- * nothing is made in it). Returns -1 with errno on a failure. */
+ * (ATTR_*), its root's included: a bind copies the flags of the host's
+ * mount, and set adds to them, so no remount follows (a rootfs's root is
+ * read-only from the start, as S_ROOT_RO leaves it: nothing is made in
+ * it). Returns 0, or 1 where the bind was made without its tree (then
+ * the caller gives its root the flags with remount_bind), or -1 with
+ * errno on a failure. */
 static int bind_tree(const char *src, const char *at, uint64_t set)
 {
 	if (binds_flat)
-		return mount(src, at, NULL, MS_BIND, NULL);
+		return mount(src, at, NULL, MS_BIND, NULL) < 0 ? -1 : 1;
 	if (mount(src, at, NULL, MS_BIND | MS_REC, NULL) < 0)
 		return -1;
 	struct cg_mount_attr attr = {.attr_set = set};
@@ -794,9 +797,9 @@ static int bind_tree(const char *src, const char *at, uint64_t set)
 	if (errno != ENOSYS && errno != EPERM)
 		return -1;
 	binds_flat = 1;
-	if (umount2(at, MNT_DETACH) < 0)
+	if (umount2(at, MNT_DETACH) < 0 || mount(src, at, NULL, MS_BIND, NULL) < 0)
 		return -1;
-	return mount(src, at, NULL, MS_BIND, NULL);
+	return 1;
 }
 
 /* mount_tmpfs mounts a private tmpfs of the cell at at (target in the
@@ -890,9 +893,10 @@ static int run_step(const struct step *s, int rootfs)
 			return fail(errno, "stat %s", s->source);
 		if (mountpoint(at, S_ISDIR(st.st_mode), rootfs) < 0)
 			return -1;
-		if (bind_tree(fdpath, at, ATTR_NOSUID | ((s->bind_flags & BIND_WRITABLE) ? 0 : ATTR_RDONLY) | ((s->bind_flags & BIND_DEV) ? 0 : ATTR_NODEV)) < 0)
+		int flat = bind_tree(fdpath, at, ATTR_NOSUID | ((s->bind_flags & BIND_WRITABLE) ? 0 : ATTR_RDONLY) | ((s->bind_flags & BIND_DEV) ? 0 : ATTR_NODEV));
+		if (flat < 0)
 			return fail(errno, "bind %s on %s", s->source, s->target);
-		if (remount_bind(at, s->bind_flags) < 0) {
+		if (flat && remount_bind(at, s->bind_flags) < 0) {
 			char what[PATH_MAX * 2 + 16];
 			snprintf(what, sizeof what, "bind %s on %s", s->source, s->target);
 			prefix(what);

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -103,8 +104,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cellgate check: %v\n", err)
 		return exitInvalid
 	}
-	warnings := append(exposedDaemonFiles(p, views, hidden, sh.GID), rootSetuidMounts(views, mountedNosuid)...)
-	for _, w := range append(warnings, hugetlbfsMounts(views, hugetlbfsIn())...) {
+	for _, w := range slices.Concat(exposedDaemonFiles(p, views, hidden, sh.GID), rootSetuidMounts(views, mountedNosuid), hugetlbfsMounts(views, hugetlbfsIn())) {
 		fmt.Fprintf(stderr, "cellgate check: warning: %s\n", w)
 	}
 	printPolicy(stdout, p)
