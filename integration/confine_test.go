@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -72,6 +73,7 @@ type probeReply struct {
 	Sched    *schedReply       `json:"sched"`
 	OOMAdj   string            `json:"oomadj"` // its oom_score_adj, then ", lower: " and the errno name of writing one less (oom query)
 	SetID    map[string]string `json:"setid"`  // probeSetID's name -> "ok" or the errno name
+	Epoll    string            `json:"epoll"`  // epollhold: "N watches, then ERRNO"
 }
 
 // schedReply is the probe's scheduling (sched query).
@@ -328,6 +330,55 @@ func errName(err error) string {
 	return err.Error()
 }
 
+// holdEpollWatches takes epoll watches until the kernel refuses one
+// (fs.epoll.max_user_watches, counted per user), writes dir/filled, and
+// holds them until dir/release exists (two minutes at most). Its
+// watches are 1,000 pipe ends added to one epoll instance after
+// another, so it needs a nofile of a few thousand.
+func holdEpollWatches(dir string) string {
+	// Go's poller is set up first: it cannot be once the watches are
+	// taken (the runtime's own epoll_ctl then fails, and it dies).
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "os.Pipe: " + errName(err)
+	}
+	r.Close()
+	w.Close()
+	var ends []int
+	for range 500 {
+		var p [2]int
+		if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+			return "pipe: " + errName(err)
+		}
+		ends = append(ends, p[0], p[1])
+	}
+	n := 0
+fill:
+	for {
+		ep, e := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+		if e != nil {
+			err = fmt.Errorf("epoll_create1: %s", errName(e))
+			break
+		}
+		for _, fd := range ends {
+			if e := unix.EpollCtl(ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN}); e != nil {
+				err = e
+				break fill
+			}
+			n++
+		}
+	}
+	if fd, e := unix.Open(filepath.Join(dir, "filled"), unix.O_WRONLY|unix.O_CREAT|unix.O_CLOEXEC, 0o644); e == nil {
+		unix.Close(fd)
+	}
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if _, e := os.Stat(filepath.Join(dir, "release")); e == nil {
+			break
+		}
+	}
+	return fmt.Sprintf("%d watches, then %s", n, errName(err))
+}
+
 // fill writes mib MiB to a new file at p, a MiB at a time (the file's
 // pages are the cell's, not the probe's heap).
 func fill(p string, mib int) error {
@@ -520,6 +571,9 @@ func runProbe() int {
 	}
 	if d := q.Get("setid"); d != "" {
 		r.SetID = probeSetID(d)
+	}
+	if d := q.Get("epollhold"); d != "" {
+		r.Epoll = holdEpollWatches(d)
 	}
 	if q.Has("syscalls") {
 		for _, s := range probeSyscalls {
@@ -1323,6 +1377,125 @@ func TestConfineRoot(t *testing.T) {
 			if caps[set] != wantCaps {
 				t.Errorf("%s: %s %s, want %s (confine.RootCaps)", route, set, caps[set], wantCaps)
 			}
+		}
+	}
+}
+
+// TestServeOutlivesAcceptFailures: a program run as root counts against
+// uid 0's epoll watches (fs.epoll.max_user_watches, per user, root not
+// exempt), which are cellgate's too; one that takes them all makes
+// cellgate's accept fail, since Go registers each accepted connection
+// with its poller. serve must back off and accept again (net/http's
+// retry of a temporary error), not take that connection's failure for
+// its listener's and shut down; once the cell ends it serves as before.
+// The control that the watches were really taken: a connection made
+// while the cell holds them gets no answer.
+func TestServeOutlivesAcceptFailures(t *testing.T) {
+	requireMicroVM(t)
+	dir := openTempDir(t, "cellgate-epoll-", 0o777)
+	g := confineGate(t, fmt.Sprintf(`  - {name: epollroot, match: {path: /epollroot}, tenant: a, program: %q, env: {%s: probe}, user: root, allow_root: true, memory: 192Mi, nofile: 4096, mounts: [{source: %s, target: /data, writable: true}]}
+`, workerBinary(t), cellHelperEnv, dir))
+	type answer struct {
+		code int
+		body string
+		err  error
+	}
+	held := make(chan answer, 1)
+	go func() {
+		resp, err := g.client.Get(g.url + "/epollroot?epollhold=/data")
+		if err != nil {
+			held <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		held <- answer{resp.StatusCode, string(b), err}
+	}()
+	release := func() { os.WriteFile(filepath.Join(dir, "release"), nil, 0o644) }
+	defer release()
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "filled")); err == nil {
+			break
+		}
+		select {
+		case a := <-held:
+			t.Fatalf("the root cell answered before taking the watches: %d %q %v\nlog:\n%s", a.code, a.body, a.err, g.log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the root cell took no watches in 3 minutes\nlog:\n%s", g.log())
+		}
+	}
+	// This process is uid 0 as well: the connection is made without
+	// epoll.
+	got, err := rawExchange(strings.TrimPrefix(g.url, "http://"), "GET /probe HTTP/1.1\r\nHost: cellgate\r\nConnection: close\r\n\r\n")
+	if strings.HasPrefix(got, "HTTP/") {
+		t.Fatalf("the control: a connection made while the root cell holds uid 0's epoll watches was answered (%q): the watches were not taken", got)
+	}
+	t.Logf("a connection while the watches are held: %q, %v", got, err)
+	release()
+	var a answer
+	select {
+	case a = <-held:
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("the root cell did not answer within 2 minutes of its release\nlog:\n%s", g.log())
+	}
+	if a.err != nil || a.code != http.StatusOK {
+		t.Fatalf("the root cell: %d %q %v\nlog:\n%s", a.code, a.body, a.err, g.log())
+	}
+	var r probeReply
+	if err := json.Unmarshal([]byte(a.body), &r); err != nil || !strings.HasSuffix(r.Epoll, "then ENOSPC") {
+		t.Fatalf("the root cell's watches: %q (%v), want them taken until ENOSPC", r.Epoll, err)
+	}
+	t.Logf("the root cell: %s", r.Epoll)
+	select {
+	case <-g.exited:
+		t.Fatalf("serve exited (%v) after an accept failed:\n%s", g.err, g.log())
+	default:
+	}
+	if code, _, body := g.get("/probe"); code != http.StatusOK {
+		t.Fatalf("after the root cell: GET /probe %d %s\nlog:\n%s", code, body, g.log())
+	}
+	if log := g.log(); !strings.Contains(log, "Accept error") || !strings.Contains(log, "no space left on device") || strings.Contains(log, "listener failed") {
+		t.Errorf("serve's log should say the failed accept and its retry, and no listener failure:\n%s", log)
+	}
+}
+
+// rawExchange sends req to addr (IPv4 HOST:PORT) over a connection made
+// with plain system calls, no epoll, and returns what came back until
+// the peer closed, with the error that ended the read, if any.
+func rawExchange(addr, req string) (string, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return "", err
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(fd)
+	tv := unix.Timeval{Sec: 30}
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		return "", err
+	}
+	if err := unix.Connect(fd, &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+		return "", err
+	}
+	if _, err := unix.Write(fd, []byte(req)); err != nil {
+		return "", err
+	}
+	var out []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Read(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if n > 0 {
+			out = append(out, buf[:n]...)
+		}
+		if err != nil || n <= 0 {
+			return string(out), err
 		}
 	}
 }

@@ -163,8 +163,8 @@ func (l *headListener) Close() error {
 func (l *headListener) Addr() net.Addr { return l.inner.Addr() }
 
 // acceptLoop accepts connections and starts their preparation until the
-// listener is closed. Other accept errors go to Accept's caller, which
-// decides (net/http retries temporary ones).
+// listener is closed. Other accept errors go to Accept's caller, those of
+// one connection as temporary (ConnFailure), which net/http retries.
 func (l *headListener) acceptLoop() {
 	for {
 		c, err := l.inner.Accept()
@@ -173,7 +173,7 @@ func (l *headListener) acceptLoop() {
 				return
 			}
 			select {
-			case l.errs <- err:
+			case l.errs <- ConnFailure(err):
 				continue
 			case <-l.done:
 				return

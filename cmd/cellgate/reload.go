@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cellgate/cellgate/proxy"
 	"golang.org/x/sys/unix"
 )
 
@@ -70,15 +71,30 @@ func listenControl(log *slog.Logger, reqs chan<- controlRequest, stop <-chan str
 }
 
 // serve answers the connections one at a time until the listener closes.
+// A connection that could not be accepted (proxy.ListenerGone says which
+// errors are not the listener's) is logged and the next one awaited after
+// a pause, 5 ms doubling up to 1 s, as net/http does.
 func (c *controlServer) serve() {
+	var pause time.Duration
 	for {
 		conn, err := c.ln.Accept()
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				c.log.Warn("control socket: accept failed; reloads go by SIGHUP only", "err", err)
+			if proxy.ListenerGone(err) {
+				if !errors.Is(err, net.ErrClosed) {
+					c.log.Warn("control socket: accept failed; reloads go by SIGHUP only", "err", err)
+				}
+				return
 			}
-			return
+			pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+			c.log.Warn("control socket: a connection could not be accepted; retrying", "err", err, "retry_in", pause)
+			select {
+			case <-time.After(pause):
+				continue
+			case <-c.stop:
+				return
+			}
 		}
+		pause = 0
 		c.answer(conn.(*net.UnixConn))
 	}
 }

@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // runReload runs cellgate reload in this process.
@@ -114,4 +116,35 @@ func TestReloadRefusals(t *testing.T) {
 			t.Errorf("reload %q: exit %d, stderr %q; want 2 with the reason", args, code, stderr)
 		}
 	}
+}
+
+// TestControlOutlivesConnFailures: a connection the control socket could
+// not accept does not end its loop (reloads went by SIGHUP only after
+// it): it accepts again after a pause.
+func TestControlOutlivesConnFailures(t *testing.T) {
+	inner, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := &failOnce{Listener: inner, err: enospc}
+	stop := make(chan struct{})
+	c := &controlServer{ln: ln, log: slog.New(slog.DiscardHandler), stop: stop}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.serve()
+	}()
+	for deadline := time.Now().Add(10 * time.Second); ln.calls.Load() < 2; time.Sleep(time.Millisecond) {
+		select {
+		case <-done:
+			t.Fatal("the control socket's loop ended after a connection's failure")
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the control socket did not accept again within 10 s of a connection's failure")
+		}
+	}
+	c.close()
+	close(stop)
+	<-done
 }

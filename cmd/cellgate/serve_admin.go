@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/cellgate/cellgate/proxy"
 )
 
 // adminLimits bound what clients of the admin listener may hold. The admin
@@ -110,7 +112,7 @@ func (l *adminListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		<-l.a.slots
-		return nil, err
+		return nil, proxy.ConnFailure(err)
 	}
 	return &adminConn{Conn: c, slots: l.a.slots}, nil
 }

@@ -8,8 +8,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -289,5 +292,51 @@ func TestAdminHostGuardStatus(t *testing.T) {
 		if tc.want != 200 && strings.Contains(body, "secret-tenant") {
 			t.Errorf("GET %s with Host %q: the refusal shows the status: %.200q", tc.path, tc.host, body)
 		}
+	}
+}
+
+// failOnce fails its first Accept with err, then accepts as its listener
+// does, counting the calls.
+type failOnce struct {
+	net.Listener
+	err   error
+	calls atomic.Int32
+}
+
+func (l *failOnce) Accept() (net.Conn, error) {
+	if l.calls.Add(1) == 1 {
+		return nil, l.err
+	}
+	return l.Listener.Accept()
+}
+
+// enospc is the accept error of a connection Go's poller could not
+// register, the user's epoll watches all taken.
+var enospc = &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("epollctl", syscall.ENOSPC)}
+
+// TestAdminOutlivesConnFailures: a connection the admin listener could
+// not accept does not end its Serve (which ended serve with it).
+func TestAdminOutlivesConnFailures(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	a := newAdminServer(h, slog.New(slog.DiscardHandler), defaultAdminLimits)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- a.Serve(&failOnce{Listener: ln, err: enospc}) }()
+	defer func() {
+		a.Close()
+		if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	resp, err := http.Get("http://" + ln.Addr().String() + "/")
+	if err != nil {
+		t.Fatalf("GET after a failed accept: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET after a failed accept: %d", resp.StatusCode)
 	}
 }
