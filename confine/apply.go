@@ -490,15 +490,40 @@ func CanCutRootCaps() error {
 	return nil
 }
 
+// ErrNoUserNS is CanEnterUserNS's answer where a program cannot be run as
+// root of a user namespace of its own.
+var ErrNoUserNS = errors.New("a program run as root runs as root of a user namespace of its own, which this process cannot give it")
+
+// CanEnterUserNS reports why the inits this process starts could not run
+// a program as root of a user namespace of its own (Plan.RootMap), or
+// nil: the program enters it with setns, which a container's seccomp
+// profile may refuse (setns with a bad fd fails EBADF before any
+// permission check; a filter answers first), and the init makes it,
+// which user.max_user_namespaces 0 refuses.
+func CanEnterUserNS() error {
+	if err := unix.Setns(-1, unix.CLONE_NEWUSER); !errors.Is(err, unix.EBADF) {
+		return fmt.Errorf("%w: setns of a user namespace is refused (%v), e.g. by a container's seccomp profile that denies setns whatever its type", ErrNoUserNS, err)
+	}
+	if b, err := os.ReadFile("/proc/sys/user/max_user_namespaces"); err == nil && strings.TrimSpace(string(b)) == "0" {
+		return fmt.Errorf("%w: user namespaces are off (user.max_user_namespaces = 0)", ErrNoUserNS)
+	}
+	return nil
+}
+
 // CheckRunAs reports why a program of this plan could not run under uid,
-// or nil: one run as root needs its capabilities cut (CutsRootCaps),
-// which this process must be able to do (CanCutRootCaps). serve and run
+// or nil: one run as the host's root needs its capabilities cut
+// (CutsRootCaps), which this process must be able to do
+// (CanCutRootCaps); one run as root of a user namespace of its own
+// (RootMap) needs it made and entered (CanEnterUserNS). serve and run
 // call it when they load a route or a command, never per request.
 func (p *Prepared) CheckRunAs(uid uint32) error {
-	if !p.plan.CutsRootCaps(uid) {
-		return nil
+	switch {
+	case uid == 0 && p.plan.RootMap != nil:
+		return CanEnterUserNS()
+	case p.plan.CutsRootCaps(uid):
+		return CanCutRootCaps()
 	}
-	return CanCutRootCaps()
+	return nil
 }
 
 // Effective reports whether the calling thread holds capability c in its

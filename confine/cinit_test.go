@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -401,6 +402,57 @@ for f in "$@"; do (exec 3>>$f) 2>/dev/null && echo "$f writable" || echo "$f ref
 			t.Errorf("root in a view of its own: %+v, want output %q", o, want)
 		}
 	})
+	t.Run("root of a user namespace of its own", func(t *testing.T) {
+		if !root {
+			t.Skip("a view of the cell's own needs root")
+		}
+		// A route run as root with a root map: its program is uid 0 and
+		// gid 0 of a user namespace mapping them to m alone, with every
+		// capability there and none over the host's files: a root-only
+		// file of its view is closed to it, the kernel's settings too;
+		// what it writes in a writable mount is m's on the host. Under
+		// the filter, whose setns the C init uses (FilterFor). The Go
+		// init refuses such a plan, naming cellgate-init.
+		m := RootMap{UID: 2_000_000_017, GID: 2_000_000_019}
+		secret, data := t.TempDir(), t.TempDir()
+		os.Chmod(data, 0o777)
+		if err := os.WriteFile(filepath.Join(secret, "key"), []byte("secret"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p, err := Build(Options{Programs: "/bin", Root: true, RootMap: &m, Share: NSNet | NSIPC | NSUTS,
+			Mounts: []Bind{{Source: secret, Target: "/secret"}, {Source: data, Target: "/data", Writable: true}}}, OSFS{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !p.Seccomp || p.CutsRootCaps(0) {
+			t.Fatalf("plan: seccomp %v, cuts root's capabilities %v: want a filter, and no cut", p.Seccomp, p.CutsRootCaps(0))
+		}
+		script := `id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map | tr -s ' ' | sed 's/^ //'
+grep -E '^CapEff' /proc/self/status
+for f in /secret/key /proc/sys/kernel/core_pattern; do (exec 3<$f) 2>/dev/null && echo "$f readable" || echo "$f refused"; done
+(exec 3>>/proc/sys/kernel/core_pattern) 2>/dev/null && echo "core_pattern writable" || echo "core_pattern refused"
+echo x > /data/mine && echo "wrote /data/mine"`
+		ex := bareExec(t, "/bin/sh", "-c", script)
+		frame := planFrame(t, p)
+		o := runCellIn(t, cInit(t), unix.CLONE_NEWNS|unix.CLONE_NEWPID, frame, ex, nil)
+		full := fmt.Sprintf("%016x", uint64(1)<<(capLast()+1)-1)
+		want := fmt.Sprintf("0\n0\n0 %d 1\n0 %d 1\nCapEff:\t%s\n/secret/key refused\n/proc/sys/kernel/core_pattern readable\ncore_pattern refused\nwrote /data/mine\n", m.UID, m.GID, full)
+		if o.Status != 0 || o.Output != want {
+			t.Errorf("root of a user namespace of its own: %+v, want output %q", o, want)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(data, "mine"), &st); err != nil || st.Uid != m.UID || st.Gid != m.GID {
+			t.Errorf("the program's file on the host: %v, owner %d:%d, want %d:%d", err, st.Uid, st.Gid, m.UID, m.GID)
+		}
+		goInit, err := os.Executable()
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := runCellIn(t, goInit, unix.CLONE_NEWNS|unix.CLONE_NEWPID, frame, ex, nil)
+		if g.Status != exitSetup || len(g.Reports) != 1 || g.Reports[0].Kind != ReportSetup || !strings.Contains(g.Reports[0].Msg, InitArg0) {
+			t.Errorf("the Go init with a root map: %+v, want it refused at setup, naming %s", g, InitArg0)
+		}
+	})
 	t.Run("host mounts below a bind", func(t *testing.T) {
 		if !root {
 			t.Skip("a view of the cell's own needs root")
@@ -728,4 +780,17 @@ func chrootTree(t *testing.T) string {
 	dir := hostSubmount(t)
 	mounttest.Chroot(t, dir)
 	return dir
+}
+
+// capLast is the kernel's highest capability (/proc/sys/kernel/cap_last_cap).
+func capLast() int {
+	b, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
+	if err != nil {
+		return unix.CAP_LAST_CAP
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return unix.CAP_LAST_CAP
+	}
+	return n
 }

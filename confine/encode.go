@@ -17,7 +17,7 @@ const MaxLaunch = 4 << 20
 // launchMagic starts every plan frame, so that an init started by
 // something else than a Runner, or of another version, fails with a clear
 // error.
-const launchMagic = "CGL5"
+const launchMagic = "CGL6"
 
 // The init reads two frames on ControlFD, each a little-endian uint32
 // length and that many bytes: the plan (applied at once, then the init
@@ -31,10 +31,11 @@ const launchMagic = "CGL5"
 // a string a u32 length and its bytes, a list a u32 count and its entries.
 // The plan frame's body:
 //
-//	"CGL5"
+//	"CGL6"
 //	u32 namespaces (Namespaces: mount 1, pid 2, ipc 4, uts 8, net 16)
-//	u32 flags (planSeccomp, planPreloader, planHugePages, planResident, planRoot)
+//	u32 flags (planSeccomp, planPreloader, planHugePages, planResident, planRoot, planRootMap)
 //	u64 nofile
+//	u32 root uid, u32 root gid (Plan.RootMap; 0 0 without planRootMap)
 //	string rootfs, string hostname
 //	list of binds: string source, string target, u32 flags (bindWritable, bindDev, bindMask)
 //	list of symlinks: string link, string target
@@ -52,6 +53,7 @@ const (
 	planHugePages = 4
 	planResident  = 8
 	planRoot      = 16
+	planRootMap   = 32
 	bindWritable  = 1
 	bindDev       = 2
 	bindMask      = 4
@@ -75,7 +77,7 @@ func Prepare(p *Plan) (*Prepared, error) {
 		if p.Preloader {
 			filter, err = PreloaderFilter()
 		} else {
-			filter, err = Filter()
+			filter, err = FilterFor(p, false)
 		}
 		if err != nil {
 			return nil, err
@@ -95,7 +97,7 @@ func Prepare(p *Plan) (*Prepared, error) {
 		// The resident init's filter allows clone3, its programs add
 		// the rule that refuses it (ResidentFilter).
 		if p.Seccomp {
-			if filter, err = ResidentFilter(); err != nil {
+			if filter, err = FilterFor(p, true); err != nil {
 				return nil, err
 			}
 		}
@@ -127,8 +129,15 @@ func encodePlan(p *Plan, filter []unix.SockFilter, resident bool) ([]byte, error
 	if p.Root {
 		flags |= planRoot
 	}
+	var root RootMap
+	if p.RootMap != nil {
+		flags |= planRootMap
+		root = *p.RootMap
+	}
 	b = binary.LittleEndian.AppendUint32(b, flags)
 	b = binary.LittleEndian.AppendUint64(b, p.NoFile)
+	b = binary.LittleEndian.AppendUint32(b, root.UID)
+	b = binary.LittleEndian.AppendUint32(b, root.GID)
 	b = appendBytes(b, []byte(p.RootFS))
 	b = appendBytes(b, []byte(p.Hostname))
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(p.Binds)))
@@ -318,6 +327,9 @@ func DecodePlan(b []byte) (*Plan, []unix.SockFilter, error) {
 	p.Seccomp, p.Preloader, p.HugePages = flags&planSeccomp != 0, flags&planPreloader != 0, flags&planHugePages != 0
 	p.Resident, p.Root = flags&planResident != 0, flags&planRoot != 0
 	p.NoFile = d.u64()
+	if root := (RootMap{UID: d.u32(), GID: d.u32()}); flags&planRootMap != 0 {
+		p.RootMap = &root
+	}
 	p.RootFS = string(d.bytes())
 	p.Hostname = string(d.bytes())
 	for n := d.count(12); n > 0 && d.err == nil; n-- {

@@ -9,12 +9,12 @@ import (
 )
 
 func TestLaunchRoundTrip(t *testing.T) {
-	plan, err := Build(Options{Programs: "/srv/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}, Hidden: []string{"/srv/cgi/tls.key"}, HugePages: true, Root: true}, debian)
+	plan, err := Build(Options{Programs: "/srv/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}, Hidden: []string{"/srv/cgi/tls.key"}, HugePages: true, Root: true, RootMap: &RootMap{UID: 2000000042, GID: 3000}}, debian)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !plan.HugePages || !plan.Root || !slices.ContainsFunc(plan.Binds, func(b Bind) bool { return b.Mask }) {
-		t.Fatalf("Build dropped Options.HugePages, Root or Hidden: %+v", plan)
+	if !plan.HugePages || !plan.Root || plan.RootMap == nil || *plan.RootMap != (RootMap{UID: 2000000042, GID: 3000}) || !slices.ContainsFunc(plan.Binds, func(b Bind) bool { return b.Mask }) {
+		t.Fatalf("Build dropped Options.HugePages, Root, RootMap or Hidden: %+v", plan)
 	}
 	prep, err := Prepare(plan)
 	if err != nil {
@@ -65,9 +65,13 @@ func TestLaunchRoundTrip(t *testing.T) {
 	if _, _, err := DecodePlan(append(frame[4:len(frame):len(frame)], 0)); err == nil || !strings.Contains(err.Error(), "after the end") {
 		t.Errorf("plan frame with a trailing byte: %v", err)
 	}
-	// The filter travels in the frame: the whole assembled program.
-	if filter, _ := Filter(); !reflect.DeepEqual(gotFilter, filter) {
-		t.Errorf("plan frame carries %d filter instructions, want the %d of Filter, unchanged", len(gotFilter), len(filter))
+	// The filter travels in the frame: the whole assembled program, the
+	// root map's (setns of a user namespace allowed).
+	if filter, _ := FilterFor(plan, false); !reflect.DeepEqual(gotFilter, filter) {
+		t.Errorf("plan frame carries %d filter instructions, want the %d of FilterFor, unchanged", len(gotFilter), len(filter))
+	}
+	if filter, _ := Filter(); reflect.DeepEqual(gotFilter, filter) {
+		t.Errorf("a root map's plan frame carries Filter, which refuses setns of a user namespace")
 	}
 	msg, err := EncodeExec(ex)
 	if err != nil {

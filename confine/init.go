@@ -204,6 +204,12 @@ func applyPlanFrame(what string) (*Plan, error) {
 		// only to cellgate-init.
 		return nil, fmt.Errorf("the Go init has no resident mode (install %s beside cellgate)", InitArg0)
 	}
+	if plan.RootMap != nil {
+		// Its program must enter the namespace between fork and execve
+		// (setns, single-threaded), which Go's ForkExec cannot: serve
+		// refuses such a route without cellgate-init.
+		return nil, fmt.Errorf("the Go init cannot run a program as root of a user namespace of its own (install %s beside cellgate, or set host_namespaces: [user] on the route)", InitArg0)
+	}
 	if err := Apply(plan, filter); err != nil {
 		return nil, fmt.Errorf("confine %s: %w", what, err)
 	}

@@ -161,16 +161,35 @@ type Plan struct {
 	// capability (kernel.core_pattern and kernel.modprobe start a program
 	// as root on the host), so the cell's /proc has them read-only, with
 	// the other parts of it through which root changes the host's kernel
-	// (ProcReadOnly). Whatever Root says, a program run as root in a view
-	// of its own keeps only RootCaps of its capabilities.
+	// (ProcReadOnly). Whatever Root says, a program run as the host's root
+	// in a view of its own keeps only RootCaps of its capabilities.
 	Root bool
+	// RootMap, with Root: a program run as root is root of a user
+	// namespace of its own, whose uid 0 and gid 0 are these host ids, and
+	// not the host's root. Its capabilities hold only in that namespace,
+	// which owns no other namespace and no file but its own: it reads
+	// what the view shows to others (or to the gid), writes what is its
+	// own, and counts against the kernel's per-user limits as that uid
+	// (epoll watches, inotify instances), never as uid 0, which is
+	// cellgate's and the host's root's. The init makes the namespace
+	// (cellgate-init only) as it applies the plan, before its filter, and
+	// each program enters it before its execve (setns, which the plan's
+	// filter then allows for a user namespace alone: FilterFor). nil: a
+	// program run as root is the host's root, cut to RootCaps.
+	RootMap *RootMap
 }
 
+// RootMap is the host uid and gid that uid 0 and gid 0 of a root
+// program's user namespace are (Plan.RootMap).
+type RootMap struct{ UID, GID uint32 }
+
 // CutsRootCaps reports whether a program of the plan run under uid has
-// its bounding set cut to RootCaps by its init: a program run as root in
-// a view of its own (the C init's exec_child says the same).
+// its bounding set cut to RootCaps by its init: a program run as the
+// host's root in a view of its own (the C init's exec_child says the
+// same); one run as root of a user namespace of its own (RootMap) has
+// capabilities only there.
 func (p *Plan) CutsRootCaps(uid uint32) bool {
-	return uid == 0 && p.Namespaces&NSMount != 0
+	return uid == 0 && p.Namespaces&NSMount != 0 && p.RootMap == nil
 }
 
 // ProcReadOnly are the parts of a cell's /proc made read-only for a plan
@@ -226,7 +245,7 @@ func (p *Plan) ForPreloader() (*Plan, error) {
 		}
 	}
 	q := *p
-	q.Preloader, q.Resident, q.Root = true, false, false
+	q.Preloader, q.Resident, q.Root, q.RootMap = true, false, false, nil
 	return &q, nil
 }
 
@@ -345,6 +364,10 @@ type Options struct {
 	Fresh bool
 	// Root: the route's program may run as root (Plan.Root).
 	Root bool
+	// RootMap, with Root, makes a program run as root root of a user
+	// namespace of its own (Plan.RootMap); nil: the host's root. Used
+	// only with the cell's own view.
+	RootMap *RootMap
 }
 
 // FS is what Build reads of the host: whether a path exists, is a
@@ -390,6 +413,10 @@ func Build(o Options, fsys FS) (*Plan, error) {
 		return p, nil
 	}
 	p.Root = o.Root
+	if o.Root && o.RootMap != nil {
+		m := *o.RootMap
+		p.RootMap = &m
+	}
 	size := o.TmpfsSize
 	if size <= 0 {
 		size = DefaultTmpfsSize

@@ -366,3 +366,44 @@ func TestTemplatable(t *testing.T) {
 		}
 	}
 }
+
+// TestBuildRootMap: a root map is kept for a route whose program may run
+// as root in a view of its own, and dropped where it has no view
+// (filesystem: host), may not run as root, or is a preloader's; only
+// the host's root has its capabilities cut.
+func TestBuildRootMap(t *testing.T) {
+	m := &RootMap{UID: 2000000007, GID: 3000}
+	for _, c := range []struct {
+		name string
+		o    Options
+		want bool
+	}{
+		{"root in a view", Options{Programs: "/srv/cgi", Root: true, RootMap: m}, true},
+		{"not root", Options{Programs: "/srv/cgi", RootMap: m}, false},
+		{"filesystem: host", Options{Programs: "/srv/cgi", Root: true, RootMap: m, Share: NSMount}, false},
+	} {
+		p, err := Build(c.o, debian)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if got := p.RootMap != nil; got != c.want {
+			t.Errorf("%s: RootMap %v, want kept %v", c.name, p.RootMap, c.want)
+		}
+		if c.want {
+			if *p.RootMap != *m || p.RootMap == m {
+				t.Errorf("%s: RootMap %v, want a copy of %v", c.name, p.RootMap, m)
+			}
+			if p.CutsRootCaps(0) {
+				t.Errorf("%s: root of its own user namespace has its capabilities cut", c.name)
+			}
+			q, err := p.ForPreloader()
+			if err != nil || q.RootMap != nil {
+				t.Errorf("%s: a preloader's plan keeps RootMap %v (%v)", c.name, q.RootMap, err)
+			}
+		}
+	}
+	p, err := Build(Options{Programs: "/srv/cgi", Root: true}, debian)
+	if err != nil || !p.CutsRootCaps(0) || p.CutsRootCaps(1000) {
+		t.Errorf("the host's root: cut %v, another uid cut %v (%v); want root's alone", p.CutsRootCaps(0), p.CutsRootCaps(1000), err)
+	}
+}

@@ -160,6 +160,7 @@ const (
 	lblMode1  // the mode is the second argument
 	lblMode2  // the third
 	lblMode3  // the fourth
+	lblSetns
 	lblAllow
 	lblTree // the first of denyTree's labels
 )
@@ -178,7 +179,27 @@ func Filter() ([]unix.SockFilter, error) {
 	if !ok {
 		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
 	}
-	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, sysClone3, 0))
+	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, sysClone3, 0, false))
+}
+
+// FilterFor is the filter of a plan's cells: Filter, or ResidentFilter
+// for a resident init; where the plan's programs run as root of a user
+// namespace of their own (Plan.RootMap), setns is allowed for a user
+// namespace alone (its nstype CLONE_NEWUSER; 0, any type, stays
+// refused), with which each enters its own before its execve. That gives
+// a program nothing: entering a user namespace takes CAP_SYS_ADMIN in
+// it, which a program holds in its own namespace only, which the kernel
+// refuses to enter again, and the filter refuses it a new one.
+func FilterFor(p *Plan, resident bool) ([]unix.SockFilter, error) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
+	}
+	clone3 := uint32(sysClone3)
+	if resident {
+		clone3 = 0
+	}
+	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, clone3, 0, p.RootMap != nil))
 }
 
 // mountChangeFlags are the mount flags that change an existing mount
@@ -198,7 +219,7 @@ func PreloaderFilter() ([]unix.SockFilter, error) {
 	if !ok {
 		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
 	}
-	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, sysClone3, sysMount))
+	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, sysClone3, sysMount, false))
 }
 
 // ResidentFilter is the filter a resident cell's init runs under
@@ -215,7 +236,7 @@ func ResidentFilter() ([]unix.SockFilter, error) {
 	if !ok {
 		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
 	}
-	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, 0, 0))
+	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, 0, 0, false))
 }
 
 // filterProgram lays the filter out: check the architecture, refuse x32
@@ -228,8 +249,9 @@ func ResidentFilter() ([]unix.SockFilter, error) {
 // check of its set-uid and set-gid bits, and openat2 to ENOSYS. With mount non-zero (a
 // preloader's filter) clone3 is allowed and mount goes to the flag check
 // instead of the deny list; with clone3 zero (a resident init's) clone3
-// is allowed.
-func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount uint32) []insn {
+// is allowed; with setnsUser setns goes to the check of its nstype
+// (FilterFor).
+func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount uint32, setnsUser bool) []insn {
 	p := []insn{
 		{op: ldAbsW, k: offArch},
 		{op: jeqK, k: arch, jt: skipOne}, // the right architecture jumps over the kill
@@ -264,6 +286,9 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 	}
 	for nr, l := range legacyModeCalls {
 		target[nr] = l
+	}
+	if setnsUser {
+		target[sysSetns] = lblSetns
 	}
 	for nr := range target {
 		nrs = append(nrs, nr)
@@ -307,8 +332,16 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 		insn{op: jeqK, k: 0, jf: lblDeny},
 		insn{op: ldAbsW, k: offArg2High},
 		insn{op: jeqK, k: 0, jf: lblDeny},
-		insn{op: retK, k: retAllow, at: lblAllow},
 	)
+	if setnsUser {
+		// setns(fd, nstype): an int, its low word all the kernel reads.
+		p = append(p,
+			insn{op: retK, k: retAllow},
+			insn{op: ldAbsW, k: offArg1Low, at: lblSetns},
+			insn{op: jeqK, k: unix.CLONE_NEWUSER, jf: lblDeny},
+		)
+	}
+	p = append(p, insn{op: retK, k: retAllow, at: lblAllow})
 	p = append(p, socketCheck()...)
 	if mount != 0 {
 		p = append(p,

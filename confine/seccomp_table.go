@@ -25,6 +25,7 @@ const (
 	sysMknodat     = unix.SYS_MKNODAT
 	sysOpenat      = unix.SYS_OPENAT
 	sysOpenat2     = unix.SYS_OPENAT2
+	sysSetns       = unix.SYS_SETNS
 )
 
 // newestSyscall is the highest system call number x/sys/unix knows (the

@@ -2,6 +2,7 @@ package confine
 
 import (
 	"encoding/binary"
+	"reflect"
 	"runtime"
 	"testing"
 
@@ -503,5 +504,62 @@ func TestResidentFilter(t *testing.T) {
 	}
 	if got := run(t, init, arch, sysClone3, 0); got != retAllow {
 		t.Errorf("clone3 under the resident init's own filter: %#x, want allow", got)
+	}
+}
+
+// TestFilterFor: a plan's filter is Filter (ResidentFilter for a resident
+// init) but where its programs run as root of a user namespace of their
+// own (Plan.RootMap): there setns is allowed for a user namespace alone,
+// and every other call and setns of any other type (0 included, which
+// takes any) keeps Filter's verdict.
+func TestFilterFor(t *testing.T) {
+	arch, ok := auditArch[runtime.GOARCH]
+	if !ok {
+		t.Skipf("no seccomp table for %s", runtime.GOARCH)
+	}
+	for _, resident := range []bool{false, true} {
+		base, err := Filter()
+		if resident {
+			base, err = ResidentFilter()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, err := FilterFor(&Plan{}, resident)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(plain, base) {
+			t.Errorf("resident %v: FilterFor a plan without a root map differs from the base filter", resident)
+		}
+		mapped, err := FilterFor(&Plan{RootMap: &RootMap{UID: 1000, GID: 1000}}, resident)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, nstype := range []uint64{0, unix.CLONE_NEWNS, unix.CLONE_NEWNET, unix.CLONE_NEWPID, unix.CLONE_NEWUSER | unix.CLONE_NEWNS, unix.CLONE_NEWUSER, 1<<32 | unix.CLONE_NEWUSER} {
+			want := uint32(retEPERM)
+			if nstype&0xffff_ffff == unix.CLONE_NEWUSER {
+				want = retAllow
+			}
+			if got := run(t, mapped, arch, sysSetns, 3, nstype); got != want {
+				t.Errorf("resident %v: setns(3, %#x): %#x, want %#x", resident, nstype, got, want)
+			}
+		}
+		for nr := uint32(0); nr <= newestSyscall+2; nr++ {
+			if nr == sysSetns {
+				continue
+			}
+			for _, a := range []uint64{0, unix.CLONE_NEWUSER, unix.RLIMIT_CORE, unix.O_CREAT | 0o4755} {
+				got, steps := runSteps(t, mapped, arch, nr, a, a, a, a)
+				want, baseSteps := runSteps(t, base, arch, nr, a, a, a, a)
+				if got != want {
+					t.Errorf("resident %v: system call %d (%#x): %#x, want the base filter's %#x", resident, nr, a, got, want)
+				}
+				if steps > baseSteps {
+					t.Errorf("resident %v: system call %d (%#x): verdict in %d instructions, the base filter's in %d", resident, nr, a, steps, baseSteps)
+				}
+			}
+		}
+		t.Logf("resident %v: %d instructions (the base filter %d)", resident, len(mapped), len(base))
 	}
 }

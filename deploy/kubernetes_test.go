@@ -19,6 +19,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -559,6 +560,15 @@ func TestSeccompProfile(t *testing.T) {
 		if r.ErrnoRet == nil || *r.ErrnoRet == 0 {
 			t.Errorf("rule %v: want an errnoRet (EPERM), not a kill", r.Names)
 		}
+	}
+	// setns only of a user namespace, with which a program run as root
+	// enters its own (confine.Plan.RootMap): any other type, 0 (any)
+	// included, is denied.
+	if !slices.ContainsFunc(prof.Syscalls, func(r specs.LinuxSyscall) bool {
+		return r.Action == specs.ActErrno && slices.Equal(r.Names, []string{"setns"}) &&
+			slices.Equal(r.Args, []specs.LinuxSeccompArg{{Index: 1, Value: unix.CLONE_NEWUSER, Op: specs.OpNotEqual}})
+	}) {
+		t.Errorf("the profile does not deny setns of any type but a user namespace (CLONE_NEWUSER)")
 	}
 	for _, n := range []string{"setns", "ptrace", "bpf", "init_module", "kexec_load", "keyctl", "userfaultfd"} {
 		if !slices.ContainsFunc(prof.Syscalls, func(r specs.LinuxSyscall) bool {

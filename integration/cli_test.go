@@ -301,13 +301,19 @@ func TestCLIRunConfined(t *testing.T) {
 		t.Errorf("accounting table does not say the confinement is full:\n%s", table)
 	}
 
-	// Run as root, the command keeps root's capabilities over files alone
-	// and cannot write a sysctl (TestConfineRoot).
+	// Run as root, the command is root of a user namespace of its own,
+	// whose uid 0 is the range's first uid; with --host-namespaces user
+	// it is the host's root, keeping root's capabilities over files
+	// alone. Neither can write a sysctl (TestConfineRoot).
 	all := q
-	q = url.Values{"openw": {"/proc/sys/kernel/core_pattern"}, "cat": {"/proc/self/status"}}
+	q = url.Values{"openw": {"/proc/sys/kernel/core_pattern"}, "cat": {"/proc/self/status", "/proc/self/uid_map"}}
 	r, _ = probe("root", "--user", "root")
+	if m := strings.Fields(r.Cat["/proc/self/uid_map"]); r.UID != 0 || len(m) != 3 || m[0] != "0" || m[1] != "2000000000" || m[2] != "1" || r.OpenW["/proc/sys/kernel/core_pattern"] == "ok" {
+		t.Errorf("--user root: uid %d, uid_map %q, opening core_pattern to append: %s; want 0, 0 mapped to 2000000000 alone, and refused", r.UID, m, r.OpenW["/proc/sys/kernel/core_pattern"])
+	}
+	r, _ = probe("hostroot", "--user", "root", "--host-namespaces", "user")
 	if eff := procStatus(r.Cat["/proc/self/status"])["CapEff"]; r.UID != 0 || eff != rootCapsHex() || r.OpenW["/proc/sys/kernel/core_pattern"] != "EROFS" {
-		t.Errorf("--user root: uid %d, CapEff %s, opening core_pattern to append: %s; want 0, %s (confine.RootCaps) and EROFS", r.UID, eff, r.OpenW["/proc/sys/kernel/core_pattern"], rootCapsHex())
+		t.Errorf("--user root --host-namespaces user: uid %d, CapEff %s, opening core_pattern to append: %s; want 0, %s (confine.RootCaps) and EROFS", r.UID, eff, r.OpenW["/proc/sys/kernel/core_pattern"], rootCapsHex())
 	}
 	q = all
 

@@ -16,7 +16,13 @@ var mountKeys = []string{"source", "target", "writable"}
 
 // sharableNamespaces are the namespaces host_namespaces may name; network
 // and the filesystem have keys of their own.
-var sharableNamespaces = []string{"pid", "ipc", "uts"}
+var sharableNamespaces = []string{"pid", "ipc", "uts", HostUserNamespace}
+
+// HostUserNamespace in host_namespaces runs a route's program, run as
+// root, as the host's root (its capabilities cut) instead of root of a
+// user namespace of its own whose uid 0 is a uid of the range; only a
+// route run as root (allow_root) may list it.
+const HostUserNamespace = "user"
 
 // Confinement is what a route's cells may see and reach beyond their
 // cgroup. The zero value is the default: every confinement on.
@@ -33,7 +39,8 @@ type Confinement struct {
 	// /dev/shm, and a /proc of the cell's own.
 	HostFilesystem bool
 	// HostNamespaces are namespaces of pid, ipc and uts the cells share
-	// with the host (host_namespaces: [pid]); by default they have their own.
+	// with the host (host_namespaces: [pid]); by default they have their
+	// own. user (HostUserNamespace) concerns a program run as root.
 	HostNamespaces []string
 	// SystemDirs are the host directories the view shows read-only (nil:
 	// /usr /bin /sbin /lib* /etc, those that exist).
@@ -103,7 +110,7 @@ func (d *decoder) confinement(fs map[string]field, p string) Confinement {
 		for _, n := range names {
 			switch {
 			case !slices.Contains(sharableNamespaces, n):
-				d.problem(f.line(), kp, n, "not a namespace cells may share", "use pid, ipc or uts (network: host and filesystem: host are keys of their own)")
+				d.problem(f.line(), kp, n, "not a namespace cells may share", "use pid, ipc, uts or user (network: host and filesystem: host are keys of their own)")
 			case slices.Contains(c.HostNamespaces, n):
 				d.problem(f.line(), kp, n, "listed twice", "list each namespace once")
 			default:

@@ -35,6 +35,12 @@ routes:
     match: {path: /reused}
     program: /srv/cgi/reused
     groups: reused
+  - name: hostroot
+    match: {path: /hostroot}
+    program: /srv/cgi/hostroot
+    user: root
+    allow_root: true
+    host_namespaces: [user]
 `
 	p, err := parse("/etc/cellgate/policy.yaml", "/etc/cellgate", []byte(src))
 	if err != nil {
@@ -52,6 +58,7 @@ routes:
 		},
 		{HostFilesystem: true},
 		{ReusedGroups: true},
+		{HostNamespaces: []string{HostUserNamespace}},
 	}
 	for i, w := range want {
 		if got := p.Routes[i].Confinement; !reflect.DeepEqual(got, w) {
@@ -81,6 +88,7 @@ func TestParseConfinementProblems(t *testing.T) {
 		{"seccomp", head + "    seccomp: strict\n", []problem{{6, "routes[a].seccomp", "not one of default, off"}}},
 		{"host namespace net", head + "    host_namespaces: [net]\n", []problem{{6, "routes[a].host_namespaces", "not a namespace cells may share"}}},
 		{"host namespace twice", head + "    host_namespaces: [pid, pid]\n", []problem{{6, "routes[a].host_namespaces", "listed twice"}}},
+		{"host user namespace not root", head + "    host_namespaces: [user]\n", []problem{{6, "routes[a].host_namespaces", "only a program run as root has a user namespace to share"}}},
 		{"system dir relative", head + "    system_dirs: [usr]\n", []problem{{6, "routes[a].system_dirs", "not an absolute clean path"}}},
 		{"mount no source", head + "    mounts: [{target: /data}]\n", []problem{{6, "routes[a].mounts[0]", "no source"}}},
 		{"mount bad target", head + "    mounts: [{source: /srv, target: data}]\n", []problem{{6, "routes[a].mounts[0].target", "not an absolute clean path"}}},

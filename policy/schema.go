@@ -271,6 +271,10 @@ func (d *decoder) route(item *yaml.Node, p string, defaults Limits) *routeSource
 		r.ServerTiming, _ = d.boolean(f, join(p, "server_timing"))
 	}
 	r.Confinement = d.confinement(fs, p)
+	if slices.Contains(r.Confinement.HostNamespaces, HostUserNamespace) && !r.AllowRoot {
+		d.problem(fs["host_namespaces"].line(), join(p, "host_namespaces"), HostUserNamespace, "only a program run as root has a user namespace to share",
+			"drop user, or run the route as root (user: root, allow_root: true)")
+	}
 	d.forkRoute(fs, line, p, r)
 	return s
 }

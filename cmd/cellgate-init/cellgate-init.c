@@ -111,7 +111,7 @@ enum { R_EXITED = 1, R_SETUP, R_SPAWN, R_READY, R_STARTED };
 /* A report's flags (its second byte). */
 enum { RF_UNCLEAN = 1 };
 enum { NS_MOUNT = 1, NS_PID = 2, NS_IPC = 4, NS_UTS = 8, NS_NET = 16 };
-enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2, PLAN_HUGE_PAGES = 4, PLAN_RESIDENT = 8, PLAN_ROOT = 16 };
+enum { PLAN_SECCOMP = 1, PLAN_PRELOADER = 2, PLAN_HUGE_PAGES = 4, PLAN_RESIDENT = 8, PLAN_ROOT = 16, PLAN_ROOT_MAP = 32 };
 enum { BIND_WRITABLE = 1, BIND_DEV = 2, BIND_MASK = 4 };
 
 /* The mode's part of the view: 0 builds it whole; M_TEMPLATE builds a
@@ -121,8 +121,14 @@ enum { M_WHOLE, M_TEMPLATE, M_FROM_TEMPLATE };
 static int view_mode = M_WHOLE;
 
 /* own_view: the plan gives the cell a mount namespace and view of its
- * own, where a program run as root keeps only ROOT_CAPS (exec_child). */
+ * own, where a program run as the host's root keeps only ROOT_CAPS
+ * (exec_child). */
 static int own_view;
+
+/* userns_fd is the user namespace a program run as root enters before
+ * its execve (PLAN_ROOT_MAP: confine.Plan.RootMap), made by apply; -1
+ * where it runs as the host's root. */
+static int userns_fd = -1;
 
 /* mq_root is a resident init's own IPC namespace's POSIX message queue
  * file system, mounted nowhere (fsmount): where it has one, its
@@ -483,6 +489,7 @@ struct tmpfs {
 struct plan {
 	uint32_t ns, flags;
 	uint64_t nofile;
+	uint32_t root_uid, root_gid; /* PLAN_ROOT_MAP */
 	char *rootfs, *hostname;
 	uint32_t nbinds, nlinks, ntmpfs, nfilter;
 	struct bind *binds;
@@ -493,13 +500,15 @@ struct plan {
 
 static int decode_plan(const unsigned char *b, uint32_t len, struct plan *p)
 {
-	if (len < 4 || memcmp(b, "CGL5", 4) != 0)
+	if (len < 4 || memcmp(b, "CGL6", 4) != 0)
 		return fail(0, "plan frame: bad magic (the init must be started by cellgate's sandbox, of the same version)");
 	struct decoder d = {.b = b + 4, .n = len - 4};
 	memset(p, 0, sizeof *p);
 	p->ns = u32(&d);
 	p->flags = u32(&d);
 	p->nofile = u64(&d);
+	p->root_uid = u32(&d);
+	p->root_gid = u32(&d);
 	p->rootfs = str(&d);
 	p->hostname = str(&d);
 	p->nbinds = count(&d, 12);
@@ -543,6 +552,8 @@ static int decode_plan(const unsigned char *b, uint32_t len, struct plan *p)
 		return fail(0, "plan frame: seccomp asked for without a filter");
 	if ((p->flags & PLAN_RESIDENT) && (!(p->ns & NS_PID) || (p->flags & PLAN_PRELOADER)))
 		return fail(0, "plan frame: a resident cell needs a PID namespace of its own and is no preloader's");
+	if ((p->flags & PLAN_ROOT_MAP) && (!(p->flags & PLAN_ROOT) || !(p->ns & NS_MOUNT) || (p->flags & PLAN_PRELOADER) || p->root_uid == 0))
+		return fail(0, "plan frame: a root map needs a root program in a view of its own, no preloader, and a uid other than 0");
 	return 0;
 }
 
@@ -1013,6 +1024,68 @@ static int loopback_up(void)
 	return rc;
 }
 
+/* write_map writes text to /proc/PID/name. */
+static int write_map(pid_t pid, const char *name, const char *text)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text)) {
+		int e = errno;
+		if (fd >= 0)
+			close(fd);
+		return fail(e, "write %s (%.*s)", path, (int)strcspn(text, "\n"), text);
+	}
+	close(fd);
+	return 0;
+}
+
+/* make_userns returns the user namespace a program run as root enters
+ * (confine.Plan.RootMap): its uid 0 is uid on the host and its gid 0
+ * gid, nothing else mapped. A child cloned into a new user namespace
+ * waits while this process, root of the parent one, writes its maps
+ * (setgroups stays allowed: the writer is privileged) and opens it by the
+ * cell's /proc, whose PID namespace is this process's; it exits when the
+ * pipe closes. Before the filter, which refuses the clone. */
+static int make_userns(uint32_t uid, uint32_t gid)
+{
+	int sync[2];
+	if (pipe2(sync, O_CLOEXEC) < 0)
+		return fail(errno, "pipe for the program's user namespace");
+	pid_t pid = (pid_t)syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+	if (pid < 0) {
+		int e = errno;
+		close(sync[0]);
+		close(sync[1]);
+		return fail(e, "clone(CLONE_NEWUSER) for the program's user namespace (user.max_user_namespaces 0, or a seccomp profile refusing it? run cellgate doctor)");
+	}
+	if (pid == 0) {
+		char c;
+		close(sync[1]);
+		while (read(sync[0], &c, 1) < 0 && errno == EINTR)
+			;
+		_exit(0);
+	}
+	close(sync[0]);
+	char map[32];
+	int fd = -1;
+	snprintf(map, sizeof map, "0 %u 1\n", uid);
+	if (write_map(pid, "uid_map", map) == 0) {
+		snprintf(map, sizeof map, "0 %u 1\n", gid);
+		if (write_map(pid, "gid_map", map) == 0) {
+			char path[64];
+			snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
+			fd = open(path, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				fail(errno, "open %s", path);
+		}
+	}
+	close(sync[1]);
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		;
+	return fd;
+}
+
 /* cap_user_namespaces: a preloader's user namespace may create none. */
 static int cap_user_namespaces(void)
 {
@@ -1221,6 +1294,8 @@ static int apply(const struct plan *p)
 		return fail(errno, "sethostname %s", p->hostname);
 	if ((p->ns & NS_NET) && loopback_up() < 0)
 		return -1;
+	if ((p->flags & PLAN_ROOT_MAP) && (userns_fd = make_userns(p->root_uid, p->root_gid)) < 0)
+		return -1;
 	/* 1, not 0: the kernel starts a core_pattern pipe's helper whatever
 	 * the limit, but for 1 (confine's CoreLimit). */
 	struct rlimit core = {CORE_LIMIT, CORE_LIMIT};
@@ -1367,19 +1442,26 @@ static int root_bounding(void)
 
 /* exec_child is the program's side of a start, in the child: fds become
  * its 0-2, it gets a process group of its own and the frame's
- * credentials (root's cut to ROOT_CAPS in a view of its own), and filter
- * (NULL: none) is loaded last, just before the execve. Raw system calls
- * only: a vfork child borrows the init's memory. It returns only on a
- * failure, with its errno. */
-static int exec_child(const struct exec *e, const int fds[3], const sigset_t *unblocked, const struct sock_fprog *filter)
+ * credentials (root's as root of the user namespace userns, the init's
+ * userns_fd or the stub's copy of it, where the plan maps it, else cut
+ * to ROOT_CAPS in a view of its own), and filter (NULL: none) is loaded
+ * last, just before the execve. Raw system calls only: a vfork child
+ * borrows the init's memory. It returns only on a failure, with its
+ * errno. */
+static int exec_child(const struct exec *e, const int fds[3], const sigset_t *unblocked, const struct sock_fprog *filter, int userns)
 {
-	if ((e->uid == 0 && own_view && root_bounding() < 0) ||
+	/* setns gives full capabilities in the namespace, none outside;
+	 * gid 0 is the only group there. */
+	int in_ns = e->uid == 0 && userns >= 0;
+	gid_t gid = in_ns ? 0 : e->gid;
+	if ((in_ns && syscall(SYS_setns, userns, CLONE_NEWUSER) < 0) ||
+	    (e->uid == 0 && own_view && !in_ns && root_bounding() < 0) ||
 	    syscall(SYS_rt_sigprocmask, SIG_SETMASK, unblocked, NULL, _NSIG / 8) < 0 ||
 	    syscall(SYS_setpgid, 0, 0) < 0 ||
 	    syscall(SYS_dup3, fds[0], 0, 0) < 0 || syscall(SYS_dup3, fds[1], 1, 0) < 0 ||
 	    syscall(SYS_dup3, fds[2], 2, 0) < 0 ||
-	    syscall(SYS_setgroups, e->ngroups, e->groups) < 0 ||
-	    syscall(SYS_setresgid, e->gid, e->gid, e->gid) < 0 ||
+	    syscall(SYS_setgroups, in_ns ? 0 : e->ngroups, in_ns ? NULL : e->groups) < 0 ||
+	    syscall(SYS_setresgid, gid, gid, gid) < 0 ||
 	    syscall(SYS_setresuid, e->uid, e->uid, e->uid) < 0 ||
 	    (e->dir[0] && syscall(SYS_chdir, e->dir) < 0) ||
 	    (filter && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, filter) < 0))
@@ -1418,7 +1500,7 @@ static pid_t start(const struct exec *e, int fds[3], const sigset_t *unblocked)
 	if (pid < 0)
 		return fail(errno, "fork/exec %s", e->path);
 	if (pid == 0) {
-		child_err = exec_child(e, fds, unblocked, NULL);
+		child_err = exec_child(e, fds, unblocked, NULL, userns_fd);
 		_exit(EXIT_SPAWN);
 	}
 	if (child_err) {
@@ -1465,7 +1547,7 @@ static pid_t start_resident(const struct exec *e, int fds[3], const sigset_t *un
 	    .cgroup = (uint64_t)cg};
 	long pid = syscall(SYS_clone3, &a, sizeof a);
 	if (pid == 0) {
-		int err = exec_child(e, fds, unblocked, (p->flags & PLAN_SECCOMP) ? &no_clone3 : NULL);
+		int err = exec_child(e, fds, unblocked, (p->flags & PLAN_SECCOMP) ? &no_clone3 : NULL, userns_fd);
 		while (write(errp[1], &err, sizeof err) < 0 && errno == EINTR)
 			;
 		_exit(EXIT_SPAWN);
@@ -1519,8 +1601,13 @@ static void drop_pending(const sigset_t *set)
 static void stub_main(int ctl, const sigset_t *set, const sigset_t *unblocked, const struct plan *p)
 {
 	arena.on = STUB_SHARES; /* in the init's memory: no malloc (zalloc) */
+	/* The user namespace a program run as root enters is kept, as fd
+	 * CONTROL_FD + 1: the stub's own copy of the init's userns_fd, a
+	 * variable it may share with the init and must not change. */
+	int userns = userns_fd >= 0 ? CONTROL_FD + 1 : -1;
 	if (dup2(ctl, CONTROL_FD) < 0 || fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC) < 0 ||
-	    syscall(SYS_close_range, CONTROL_FD + 1, ~0U, 0) < 0)
+	    (userns >= 0 && userns_fd != userns && syscall(SYS_dup3, userns_fd, userns, O_CLOEXEC) < 0) ||
+	    syscall(SYS_close_range, userns >= 0 ? userns + 1 : CONTROL_FD + 1, ~0U, 0) < 0)
 		_exit(EXIT_SPAWN);
 	ctl = CONTROL_FD; /* and nothing else of the init's: not its control socket */
 	if ((p->flags & PLAN_SECCOMP) && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &no_clone3) < 0)
@@ -1536,7 +1623,7 @@ static void stub_main(int ctl, const sigset_t *set, const sigset_t *unblocked, c
 	if (write(ctl, &ack, 1) != 1)
 		_exit(EXIT_SPAWN);
 	drop_pending(set);
-	int err = high_fds(&e, fds) < 0 ? err_no : exec_child(&e, fds, unblocked, NULL);
+	int err = high_fds(&e, fds) < 0 ? err_no : exec_child(&e, fds, unblocked, NULL, userns);
 	while (write(ctl, &err, sizeof err) < 0 && errno == EINTR)
 		;
 	_exit(EXIT_SPAWN);

@@ -76,13 +76,16 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		views = routeViews(p, resolvePath)
 		err = verifyRoutes(p, func(r *policy.Route) (sandbox.Credential, error) {
 			fixed, err := resolveUser(r, sh.GID)
+			if ownRootNS(r, fixed) {
+				fixed = nil // root of its own user namespace: a uid of the range on the host
+			}
 			return cellCredential(fixed, sandbox.UIDRange(sh.UIDs), cellGID(p, r, sh.GID)), err
 		})
 		// The confinement serve builds for each route (with cells, its
 		// default), so that what serve refuses, check refuses.
 		var probs []policy.Problem
 		for _, r := range p.Routes {
-			if _, cerr := buildConfinement(r, hidden); cerr != nil {
+			if _, cerr := buildConfinement(r, hidden, nil); cerr != nil {
 				probs = append(probs, routeProblem(p.Source, r, "confinement", "", cerr.Error(), ""))
 			}
 		}

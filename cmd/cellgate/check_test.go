@@ -67,7 +67,7 @@ routes:
 		"  - {name: w, match: {path: /w}, tenant: a, program: prog, mounts: [{source: "+shared+", target: /data, writable: true}]}\n"+
 		"  - {name: o, match: {path: /o}, tenant: b, program: prog, mounts: [{source: "+shared+", target: /data}]}\n")
 	rootData := t.TempDir() // a directory a route run as root writes to
-	rootWarn := []string{"cellgate check: warning: route r runs as root with seccomp: off and mounts[0] (" + rootData + ") writable: a set-uid file", "(fix: mount " + rootData + " nosuid on the host"}
+	rootWarn := []string{"cellgate check: warning: route r runs as the host's root with seccomp: off and mounts[0] (" + rootData + ") writable: a set-uid file", "(fix: mount " + rootData + " nosuid on the host"}
 	if mountedNosuid(rootData) {
 		rootWarn = nil
 	}
@@ -116,8 +116,10 @@ routes:
 			wantErr: []string{"routes[r].confinement: ", filepath.Join(dir, "polrw.yaml") + " lies in the writable mount of " + dir + " (at /data)", "move it out of " + dir}},
 		{name: "a writable mount another tenant shows", args: []string{twoTenants}, wantCode: 1,
 			wantErr: []string{`:4: routes[w].mounts[0]: "` + shared + `": route o (line 5) shows ` + shared + ` (its mounts[0]) of tenant b, this writable mount`, "(fix: give each tenant a directory of its own"}},
-		{name: "root with a writable mount, seccomp off", args: []string{route("rootrw", "program: prog, user: root, allow_root: true, seccomp: off, mounts: [{source: "+rootData+", target: /data, writable: true}]")}, wantCode: 0,
+		{name: "root with a writable mount, seccomp off", args: []string{route("rootrw", "program: prog, user: root, allow_root: true, host_namespaces: [user], seccomp: off, mounts: [{source: "+rootData+", target: /data, writable: true}]")}, wantCode: 0,
 			wantOut: []string{"valid: 1 route(s)"}, wantErr: rootWarn},
+		{name: "root of its user namespace with a writable mount, seccomp off", args: []string{route("nsrootrw", "program: prog, user: root, allow_root: true, seccomp: off, mounts: [{source: "+rootData+", target: /data, writable: true}]")}, wantCode: 0,
+			wantOut: []string{"valid: 1 route(s)"}, wantNoWarn: true},
 		{name: "root with a writable mount, filtered", args: []string{route("rootrwf", "program: prog, user: root, allow_root: true, mounts: [{source: "+rootData+", target: /data, writable: true}]")}, wantCode: 0,
 			wantOut: []string{"valid: 1 route(s)"}, wantNoWarn: true},
 		{name: "host filesystem", args: []string{route("fshost", "program: prog, filesystem: host")}, wantCode: 0, wantNoWarn: true},

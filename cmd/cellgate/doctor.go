@@ -171,17 +171,18 @@ func unameRelease() string {
 }
 
 // checkUserNamespaces starts /bin/true in a user namespace of its own, as
-// a fork route's preloader is started: only fork routes need it, so a
-// refusal is a warning.
+// a fork route's preloader is started: fork routes need it, and routes
+// run as root (their programs are root of one), so a refusal is a
+// warning.
 func checkUserNamespaces(r *report) {
 	cmd := exec.Command("/bin/true")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER}
 	if err := cmd.Run(); err != nil {
 		r.warn("user namespaces", "do not chroot cellgate (pivot_root or switch_root instead); allow user namespaces (sysctl user.max_user_namespaces)",
-			"refused (%v): driver: fork routes cannot start their preloaders", err)
+			"refused (%v): fork routes cannot start their preloaders, nor routes run as root their programs (unless host_namespaces: [user])", err)
 		return
 	}
-	r.ok("user namespaces", "available (driver: fork routes run their preloaders in one)")
+	r.ok("user namespaces", "available (fork routes run their preloaders in one, routes run as root their programs)")
 }
 
 // checkKernel compares the running kernel with the versions the features

@@ -46,10 +46,10 @@ func checkConfinementKernel(r *report) {
 	if b, err := os.ReadFile("/proc/sys/kernel/unprivileged_userns_clone"); err == nil {
 		userns += ", unprivileged_userns_clone=" + strings.TrimSpace(string(b))
 	}
-	r.ok("user namespaces", "%s; used by fork routes' preloaders (which may create none below theirs), never by cells, which cannot create one (seccomp)", userns)
+	r.ok("user namespaces", "%s; used by fork routes' preloaders (which may create none below theirs) and by programs run as root (their init makes one), never made by cells' programs, which cannot (seccomp)", userns)
 	checkResidentIPC(r)
 	checkRecursiveBinds(r, mountSetattrErr())
-	checkRootRoutes(r, confine.CanCutRootCaps())
+	checkRootRoutes(r, confine.CanEnterUserNS(), confine.CanCutRootCaps())
 	modprobe, err := os.ReadFile("/proc/sys/kernel/modprobe")
 	checkModuleAutoload(r, string(modprobe), err)
 	major, minor := kernelVersion(unameRelease())
@@ -132,17 +132,27 @@ func checkHugePages(r *report, pages int, err error, closed bool) {
 }
 
 // checkRootRoutes reports whether serve can run a route as root
-// (allow_root): its cells' inits cut a root program's capabilities to
-// confine.RootCaps, which needs CAP_SETPCAP (err, from
-// confine.CanCutRootCaps); without it serve refuses such a route.
-func checkRootRoutes(r *report, err error) {
+// (allow_root): by default its program is root of a user namespace of its
+// own, which the inits make and the program enters (nsErr, from
+// confine.CanEnterUserNS); with host_namespaces: [user] it is the host's
+// root, its capabilities cut to confine.RootCaps, which needs
+// CAP_SETPCAP (cutErr, from confine.CanCutRootCaps). serve refuses a
+// route where what it needs is missing.
+func checkRootRoutes(r *report, nsErr, cutErr error) {
 	const name = "root routes"
-	if err != nil {
-		r.warn(name, "add CAP_SETPCAP to cellgate's capabilities (the unit's CapabilityBoundingSet, the container's), or run no route as root",
-			"serve refuses a route run as root (user: root, allow_root): %v", err)
-		return
+	switch {
+	case nsErr != nil && cutErr != nil:
+		r.warn(name, "allow setns of a user namespace and user namespaces (deploy/seccomp/cellgate.json, sysctl user.max_user_namespaces), or add CAP_SETPCAP and set host_namespaces: [user], or run no route as root",
+			"serve refuses every route run as root: %v; %v", nsErr, cutErr)
+	case nsErr != nil:
+		r.warn(name, "allow setns of a user namespace and user namespaces (deploy/seccomp/cellgate.json, sysctl user.max_user_namespaces), or set host_namespaces: [user] on routes run as root",
+			"serve refuses a route run as root unless it is run as the host's root (host_namespaces: [user]): %v", nsErr)
+	case cutErr != nil:
+		r.warn(name, "add CAP_SETPCAP to cellgate's capabilities (the unit's CapabilityBoundingSet, the container's), or drop host_namespaces: [user] from routes run as root",
+			"a program run as root is root of a user namespace of its own, but serve refuses a route run as the host's root (user: root, allow_root, host_namespaces: [user]): %v", cutErr)
+	default:
+		r.ok(name, "a program run as root is root of a user namespace of its own (a uid of the range on the host); with host_namespaces: [user] the host's root, keeping only root's capabilities over files, signals and chroot, and it cannot write /proc/sys")
 	}
-	r.ok(name, "a program run as root keeps only root's capabilities over files, signals and chroot, and cannot write /proc/sys")
 }
 
 // mountSetattrErr is what mount_setattr answers a call that changes

@@ -43,15 +43,25 @@ func TestCheckModuleAutoload(t *testing.T) {
 }
 
 // TestCheckRootRoutes: doctor warns, with the fix, where serve would
-// refuse a route run as root for want of CAP_SETPCAP.
+// refuse a route run as the host's root for want of CAP_SETPCAP, or one
+// run as root of a user namespace of its own for want of setns or user
+// namespaces.
 func TestCheckRootRoutes(t *testing.T) {
 	var r report
-	checkRootRoutes(&r, confine.ErrNoSetpcap)
-	checkRootRoutes(&r, nil)
-	if len(r.findings) != 2 {
-		t.Fatalf("findings %+v, want two", r.findings)
+	checkRootRoutes(&r, nil, confine.ErrNoSetpcap)
+	checkRootRoutes(&r, nil, nil)
+	checkRootRoutes(&r, confine.ErrNoUserNS, nil)
+	checkRootRoutes(&r, confine.ErrNoUserNS, confine.ErrNoSetpcap)
+	if len(r.findings) != 4 {
+		t.Fatalf("findings %+v, want four", r.findings)
 	}
-	if f := r.findings[0]; f.level != "warn" || !strings.Contains(f.detail, "serve refuses a route run as root") || !strings.Contains(f.fix, "add CAP_SETPCAP") {
+	if f := r.findings[2]; f.level != "warn" || !strings.Contains(f.detail, "unless it is run as the host's root") || !strings.Contains(f.fix, "allow setns of a user namespace") {
+		t.Errorf("without setns of a user namespace: %+v, want a warning with the fix", f)
+	}
+	if f := r.findings[3]; f.level != "warn" || !strings.Contains(f.detail, "serve refuses every route run as root") {
+		t.Errorf("without either: %+v, want a warning that every root route is refused", f)
+	}
+	if f := r.findings[0]; f.level != "warn" || !strings.Contains(f.detail, "serve refuses a route run as the host's root") || !strings.Contains(f.fix, "add CAP_SETPCAP") {
 		t.Errorf("without CAP_SETPCAP: %+v, want a warning that serve refuses root routes, with the fix", f)
 	}
 	if f := r.findings[1]; f.level != "ok" || !strings.Contains(f.detail, "cannot write /proc/sys") {

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 
 	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/confine"
@@ -193,24 +194,28 @@ func exposedDaemonFiles(p *policy.Policy, views []routeView, files []string, sha
 	return out
 }
 
-// rootSetuidMounts says, for each writable mount of a route run as root
-// (allow_root) without the seccomp filter (seccomp: off) whose host file
-// system nosuid does not report mounted nosuid, that a set-uid file the
-// route's program leaves there runs as root for whoever executes it on
-// the host: the cell's own bind is nosuid, the host's mount of the
-// directory need not be, and no capability of the program's is needed to
-// make a file it owns set-uid. The filter refuses every call that would
-// set the bit (confine/seccomp.go). A route with filesystem: host has no
-// view, and is the host's root anyway.
+// rootSetuidMounts says, for each writable mount of a route run as the
+// host's root (allow_root with host_namespaces: [user]) without the
+// seccomp filter (seccomp: off) whose host file system nosuid does not
+// report mounted nosuid, that a set-uid file the route's program leaves
+// there runs as root for whoever executes it on the host: the cell's own
+// bind is nosuid, the host's mount of the directory need not be, and no
+// capability of the program's is needed to make a file it owns set-uid.
+// The filter refuses every call that would set the bit
+// (confine/seccomp.go). A program run as root of a user namespace of its
+// own (the default) owns its files as a uid of the range, as any cell's
+// program does. A route with filesystem: host has no view, and is the
+// host's root anyway.
 func rootSetuidMounts(views []routeView, nosuid func(path string) bool) []string {
 	var out []string
 	for _, v := range views {
-		if !v.r.AllowRoot || !v.r.Confinement.NoSeccomp {
+		c := v.r.Confinement
+		if !v.r.AllowRoot || !c.NoSeccomp || !slices.Contains(c.HostNamespaces, policy.HostUserNamespace) {
 			continue
 		}
 		for _, s := range v.srcs {
 			if s.writable && !nosuid(s.path) {
-				out = append(out, fmt.Sprintf("route %s runs as root with seccomp: off and %s (%s) writable: a set-uid file its program leaves there runs as root for whoever executes it on the host (fix: mount %s nosuid on the host, keep the seccomp filter, which refuses set-uid modes, or run the route under another user)", v.r.Name, s.key, s.path, s.path))
+				out = append(out, fmt.Sprintf("route %s runs as the host's root with seccomp: off and %s (%s) writable: a set-uid file its program leaves there runs as root for whoever executes it on the host (fix: mount %s nosuid on the host, keep the seccomp filter, which refuses set-uid modes, drop host_namespaces: [user], or run the route under another user)", v.r.Name, s.key, s.path, s.path))
 			}
 		}
 	}

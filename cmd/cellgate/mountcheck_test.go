@@ -143,15 +143,17 @@ func TestExposedDaemonFiles(t *testing.T) {
 	}
 }
 
-// TestRootSetuidMounts: a route run as root without the seccomp filter
-// is warned of for each writable mount whose host file system is not
-// mounted nosuid, with the fix; read-only mounts, routes under other
-// users, routes under the filter (which refuses set-uid modes) and
-// nosuid file systems are not.
+// TestRootSetuidMounts: a route run as the host's root without the
+// seccomp filter is warned of for each writable mount whose host file
+// system is not mounted nosuid, with the fix; read-only mounts, routes
+// under other users, routes run as root of a user namespace of their own
+// (their files are a uid of the range's), routes under the filter (which
+// refuses set-uid modes) and nosuid file systems are not.
 func TestRootSetuidMounts(t *testing.T) {
 	p, err := policy.Parse("p.yaml", []byte(`version: 1
 routes:
-  - {name: root, match: {path: /a}, program: /bin/true, user: root, allow_root: true, seccomp: off, mounts: [{source: /srv/data, target: /data, writable: true}, {source: /srv/ro, target: /ro}, {source: /srv/safe, target: /safe, writable: true}]}
+  - {name: root, match: {path: /a}, program: /bin/true, user: root, allow_root: true, host_namespaces: [user], seccomp: off, mounts: [{source: /srv/data, target: /data, writable: true}, {source: /srv/ro, target: /ro}, {source: /srv/safe, target: /safe, writable: true}]}
+  - {name: nsroot, match: {path: /e}, program: /bin/true, user: root, allow_root: true, seccomp: off, mounts: [{source: /srv/data, target: /data, writable: true}]}
   - {name: filtered, match: {path: /d}, program: /bin/true, user: root, allow_root: true, mounts: [{source: /srv/more, target: /data, writable: true}]}
   - {name: auto, match: {path: /b}, program: /bin/true, mounts: [{source: /srv/data, target: /data, writable: true}]}
   - {name: hostroot, match: {path: /c}, program: /bin/true, user: root, allow_root: true, filesystem: host}
@@ -161,7 +163,7 @@ routes:
 	}
 	nosuid := func(path string) bool { return path == "/srv/safe" }
 	got := rootSetuidMounts(routeViews(p, func(s string) string { return s }), nosuid)
-	if len(got) != 1 || !strings.Contains(got[0], "route root runs as root with seccomp: off and mounts[0] (/srv/data) writable") || !strings.Contains(got[0], "fix: mount /srv/data nosuid on the host") {
+	if len(got) != 1 || !strings.Contains(got[0], "route root runs as the host's root with seccomp: off and mounts[0] (/srv/data) writable") || !strings.Contains(got[0], "fix: mount /srv/data nosuid on the host") {
 		t.Errorf("warnings %q, want one for route root's mounts[0] with the fix", got)
 	}
 	if mountedNosuid("/nonexistent/path") {

@@ -122,7 +122,11 @@ func routeProblem(src string, r *policy.Route, key, value, msg, fix string) poli
 func verifyRoute(src string, r *policy.Route, cred sandbox.Credential, userErr error) []policy.Problem {
 	if errors.Is(userErr, confine.ErrNoSetpcap) {
 		return []policy.Problem{routeProblem(src, r, "user", userString(r), userErr.Error(),
-			"add CAP_SETPCAP to cellgate's capabilities (the unit's CapabilityBoundingSet, the container's), or run the route under another user")}
+			"add CAP_SETPCAP to cellgate's capabilities (the unit's CapabilityBoundingSet, the container's), drop host_namespaces: [user], or run the route under another user")}
+	}
+	if errors.Is(userErr, confine.ErrNoUserNS) {
+		return []policy.Problem{routeProblem(src, r, "user", userString(r), userErr.Error(),
+			"allow setns of a user namespace (deploy/seccomp/cellgate.json does) and user namespaces (sysctl user.max_user_namespaces), set host_namespaces: [user] to run the program as the host's root, or run the route under another user")}
 	}
 	if userErr != nil {
 		return []policy.Problem{routeProblem(src, r, "user", userString(r), userErr.Error(),

@@ -289,23 +289,33 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 		return sandbox.Result{}, fmt.Errorf("%w: %s: %w", sandbox.ErrSpawn, path, err)
 	}
 	route := &policy.Route{Name: "run", Program: path, Confinement: cfg.Confine, AllowRoot: cred != nil && cred.UID == 0}
+	// Run as root, the command is root of a user namespace of its own,
+	// whose uid 0 is the range's first uid on the host.
+	var root *confine.RootMap
+	cc := cellCredential(cred, sandbox.UIDRange(cfg.UIDs), cfg.GID)
+	if ownRootNS(route, cred) {
+		root = &confine.RootMap{UID: sandbox.UIDRange(cfg.UIDs).First, GID: cfg.GID}
+		cc = sandbox.Credential{UID: root.UID, GID: root.GID}
+	}
 	if !cfg.Confine.HostFilesystem {
 		// The view binds the command's directory by itself: what the
 		// cell's credentials could not reach on the host (a directory
 		// above it closed to them) they must not reach through the view
 		// either. serve refuses such a route the same way (routecheck.go).
-		cc := cellCredential(cred, sandbox.UIDRange(cfg.UIDs), cfg.GID)
 		if probs := verifyRoute("", route, cc, nil); len(probs) > 0 {
 			return sandbox.Result{}, fmt.Errorf("%w: %s: %s (%s): %w", sandbox.ErrSpawn, path, probs[0].Msg, probs[0].Fix, fs.ErrPermission)
 		}
 	}
-	plan, err := routeConfinement(route, nil)
+	plan, err := routeConfinement(route, nil, root)
 	if err != nil {
 		return sandbox.Result{}, err
 	}
 	if cred != nil {
-		if err := plan.CheckRunAs(cred.UID); err != nil {
-			return sandbox.Result{}, fmt.Errorf("--user root: %w: add CAP_SETPCAP, or run the command under another --user", err)
+		switch err := plan.CheckRunAs(cred.UID); {
+		case errors.Is(err, confine.ErrNoUserNS):
+			return sandbox.Result{}, fmt.Errorf("--user root: %w: allow setns of a user namespace and user namespaces, add --host-namespaces user, or run the command under another --user", err)
+		case err != nil:
+			return sandbox.Result{}, fmt.Errorf("--user root: %w: add CAP_SETPCAP, drop --host-namespaces user, or run the command under another --user", err)
 		}
 	}
 	launcher, self, err := openLauncher(cfg.Init)
@@ -313,6 +323,9 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 		return sandbox.Result{}, fmt.Errorf("cell init: %w", err)
 	}
 	defer launcher.Close()
+	if self && root != nil {
+		return sandbox.Result{}, fmt.Errorf("--user root: %w", rootNSNeedsCInit)
+	}
 	if self {
 		log.Warn("no "+confine.InitArg0+" beside the cellgate executable and no --init: the cell starts cellgate itself as its init", "init", launcher.Name())
 	}

@@ -24,7 +24,7 @@ func addConfineFlags(fs *flag.FlagSet, c *policy.Confinement) {
 	fs.Var(&choiceFlag{v: &c.HostNetwork, off: "none", on: "host"}, "network", "`none`: a network namespace of the cell's own with only loopback; host: the host's network (policy key network)")
 	fs.Var(&choiceFlag{v: &c.HostFilesystem, off: "confined", on: "host"}, "filesystem", "`confined`: a read-only view of --system-dirs and the command's directory, private /tmp, /var/tmp, /dev/shm and /proc; host: the host's filesystem (policy key filesystem)")
 	fs.Var(&choiceFlag{v: &c.NoSeccomp, off: "default", on: "off"}, "seccomp", "`default`: the system call deny list (EPERM); off: none (policy key seccomp)")
-	fs.Var((*namespacesFlag)(&c.HostNamespaces), "host-namespaces", "`pid,ipc,uts`: namespaces shared with the host (policy key host_namespaces)")
+	fs.Var((*namespacesFlag)(&c.HostNamespaces), "host-namespaces", "`pid,ipc,uts,user`: namespaces shared with the host (policy key host_namespaces; user: --user root is the host's root)")
 	fs.Var((*dirsFlag)(&c.SystemDirs), "system-dirs", "host `directories` shown read-only, comma-separated (default /usr,/bin,/sbin,/lib*,/etc; policy key system_dirs)")
 	fs.Var((*mountsFlag)(&c.Mounts), "mount", "`SOURCE[:TARGET][:rw]`: bind a host path into the view, read-only unless :rw; repeatable (policy key mounts)")
 	fs.Func("rootfs", "a `directory` as the cell's root instead of --system-dirs (policy key rootfs)", func(s string) error {
@@ -88,7 +88,7 @@ func (f *choiceFlag) Set(s string) error {
 	return nil
 }
 
-// namespacesFlag is host_namespaces: pid, ipc and uts, each once.
+// namespacesFlag is host_namespaces: pid, ipc, uts and user, each once.
 type namespacesFlag []string
 
 func (f *namespacesFlag) String() string { return strings.Join(*f, ",") }
@@ -96,8 +96,8 @@ func (f *namespacesFlag) Set(s string) error {
 	*f = nil
 	for _, n := range strings.Split(s, ",") {
 		switch {
-		case !slices.Contains([]string{"pid", "ipc", "uts"}, n):
-			return fmt.Errorf("%q: not a namespace cells may share (pid, ipc or uts; --network host and --filesystem host are flags of their own)", n)
+		case !slices.Contains([]string{"pid", "ipc", "uts", policy.HostUserNamespace}, n):
+			return fmt.Errorf("%q: not a namespace cells may share (pid, ipc, uts or user; --network host and --filesystem host are flags of their own)", n)
 		case slices.Contains(*f, n):
 			return fmt.Errorf("%q listed twice", n)
 		}

@@ -87,6 +87,15 @@ type daemon struct {
 	logFiles []*logFile
 
 	runner *sandbox.Runner // nil with --isolation=none
+	// goInit: confined cells' init is cellgate itself (no cellgate-init),
+	// which cannot run a program as root of a user namespace.
+	goInit bool
+	// rootUIDs are the host uids that uid 0 of the user namespaces of
+	// routes run as root are (rootMap), by route name: one of the range
+	// each, reserved at the route's first load and held for the daemon's
+	// life, so that a reload keeps it. Guarded by rootMu.
+	rootMu   sync.Mutex
+	rootUIDs map[string]uint32
 	// strays reaps the zombies orphaned in serve's PID namespace when serve
 	// is its init (serve_strays.go); nil otherwise.
 	strays *sandbox.StrayReaper
@@ -108,6 +117,9 @@ type routeSpec struct {
 	// forkConfine is a fork route's plan, applied by its preloader and
 	// each child (nil with --isolation=none or for a cgi route).
 	forkConfine *confine.Prepared
+	// root is the user namespace its program, run as root, is root of
+	// (daemon.rootMap); nil: the host's root, or not run as root.
+	root *confine.RootMap
 }
 
 // serve runs the daemon until ctx ends or SIGTERM/SIGINT, then drains.
@@ -414,7 +426,7 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 	if err != nil {
 		return fail(fmt.Errorf("sandbox: %w", err))
 	}
-	d.runner = runner
+	d.runner, d.goInit = runner, launcher.GoInit()
 	return runner, closeAll, nil
 }
 
@@ -507,7 +519,41 @@ func (d *daemon) routeCredential(pol *policy.Policy, r *policy.Route, rs *routeS
 	if d.cfg.Isolation == isolationNone {
 		return selfCredential()
 	}
+	if rs.root != nil {
+		// What its files on the host are open to.
+		return sandbox.Credential{UID: rs.root.UID, GID: rs.root.GID}, nil
+	}
 	return cellCredential(rs.user, sandbox.UIDRange(d.cfg.UIDs), cellGID(pol, r, d.cfg.GID)), nil
+}
+
+// rootMap returns the user namespace of a route whose program runs as
+// root (user, its credentials, is uid 0): root there is one uid of the
+// range, reserved for the route (rootUIDs), with the cells' gid
+// (confine.Plan.RootMap). nil for any other route, a fork route (its
+// preloader has a user namespace of its own) and one with
+// host_namespaces: [user].
+func (d *daemon) rootMap(pol *policy.Policy, r *policy.Route, user *sandbox.Credential) (*confine.RootMap, error) {
+	if !ownRootNS(r, user) {
+		return nil, nil
+	}
+	if d.goInit {
+		return nil, rootNSNeedsCInit
+	}
+	d.rootMu.Lock()
+	defer d.rootMu.Unlock()
+	uid, ok := d.rootUIDs[r.Name]
+	if !ok {
+		uids, _, err := d.runner.ReserveUIDs(1) // held for the daemon's life
+		if err != nil {
+			return nil, fmt.Errorf("user: root: a uid of the range for root of its user namespace: %w", err)
+		}
+		uid = uids[0]
+		if d.rootUIDs == nil {
+			d.rootUIDs = map[string]uint32{}
+		}
+		d.rootUIDs[r.Name] = uid
+	}
+	return &confine.RootMap{UID: uid, GID: cellGID(pol, r, d.cfg.GID)}, nil
 }
 
 // warm starts pre-creating cells for every route's profile, so that the
@@ -531,9 +577,17 @@ func (d *daemon) warm(specs map[*policy.Route]*routeSpec) {
 // profile means the limits or the confinement were refused (err says why).
 func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route, hidden []string) *routeSpec {
 	res := r.Resources
+	// A user that does not resolve fails the route's requests, not the
+	// policy (err below).
+	user, userErr := resolveUser(r, d.cfg.GID)
 	var plan, forkPlan *confine.Prepared
+	var root *confine.RootMap
 	if d.cfg.Isolation != isolationNone {
-		p, err := routeConfinement(r, hidden)
+		var err error
+		if root, err = d.rootMap(pol, r, user); err != nil {
+			return &routeSpec{err: err}
+		}
+		p, err := routeConfinement(r, hidden, root)
 		if err != nil {
 			return &routeSpec{err: err}
 		}
@@ -552,11 +606,11 @@ func (d *daemon) newRouteSpec(pol *policy.Policy, r *policy.Route, hidden []stri
 	if plan != nil && r.Confinement.ReusedGroups {
 		prof = prof.Reused() // its resident requests hand their groups on
 	}
-	user, err := resolveUser(r, d.cfg.GID)
+	err = userErr
 	if err == nil && user != nil && plan != nil {
 		err = plan.CheckRunAs(user.UID)
 	}
-	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, forkConfine: forkPlan, err: err}
+	return &routeSpec{profile: prof, user: user, gid: tenantGID(pol, r), confine: plan, forkConfine: forkPlan, root: root, err: err}
 }
 
 // cellSpec is proxy.Deps.CellSpec: the route's profile and credentials,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/sandbox"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -27,9 +28,11 @@ const initPids = 8
 // preloader's (confine.Plan.ForPreloader). A rootfs or mount source that
 // does not exist is refused here: each cell would otherwise fail to bind
 // it, every request a 502. hidden are the daemon's own files
-// (daemonFiles), covered where the view shows them.
-func routeConfinement(r *policy.Route, hidden []string) (*confine.Prepared, error) {
-	p, err := buildConfinement(r, hidden)
+// (daemonFiles), covered where the view shows them. root is the user
+// namespace a program of the route run as root is root of (rootMap; nil:
+// the host's root).
+func routeConfinement(r *policy.Route, hidden []string, root *confine.RootMap) (*confine.Prepared, error) {
+	p, err := buildConfinement(r, hidden, root)
 	if err != nil {
 		return nil, fmt.Errorf("confinement: %w", err)
 	}
@@ -38,7 +41,7 @@ func routeConfinement(r *policy.Route, hidden []string) (*confine.Prepared, erro
 
 // buildConfinement is routeConfinement without its prefix (cellgate check
 // names the key itself).
-func buildConfinement(r *policy.Route, hidden []string) (*confine.Prepared, error) {
+func buildConfinement(r *policy.Route, hidden []string, root *confine.RootMap) (*confine.Prepared, error) {
 	c := r.Confinement
 	if err := confinementSources(c); err != nil {
 		return nil, err
@@ -54,6 +57,7 @@ func buildConfinement(r *policy.Route, hidden []string) (*confine.Prepared, erro
 		Programs:   r.Dir,
 		Hidden:     hidden,
 		Root:       r.AllowRoot,
+		RootMap:    root,
 	}
 	if r.Program != "" {
 		o.Programs = filepath.Dir(r.Program)
@@ -68,6 +72,9 @@ func buildConfinement(r *policy.Route, hidden []string) (*confine.Prepared, erro
 		o.Share |= confine.NSMount
 	}
 	for _, n := range c.HostNamespaces {
+		if n == policy.HostUserNamespace {
+			continue // the program's root is the host's: root is nil
+		}
 		ns, ok := confine.ParseNamespace(n)
 		if !ok {
 			return nil, fmt.Errorf("host_namespaces: unknown namespace %q", n)
@@ -88,6 +95,18 @@ func buildConfinement(r *policy.Route, hidden []string) (*confine.Prepared, erro
 	}
 	return confine.Prepare(plan)
 }
+
+// ownRootNS reports whether a route's program, run under user, is root
+// of a user namespace of its own (confine.Plan.RootMap): it runs as root,
+// in a view of its own, in a cgi route, without host_namespaces: [user].
+func ownRootNS(r *policy.Route, user *sandbox.Credential) bool {
+	return user != nil && user.UID == 0 && r.Fork == nil && !r.Confinement.HostFilesystem &&
+		!slices.Contains(r.Confinement.HostNamespaces, policy.HostUserNamespace)
+}
+
+// rootNSNeedsCInit is why a route run as root in a user namespace of its
+// own cannot start where the cells' init is cellgate itself.
+var rootNSNeedsCInit = fmt.Errorf("a program run as root runs as root of a user namespace of its own, which needs %s: install it beside cellgate (make build), or set host_namespaces: [user] to run it as the host's root", confine.InitArg0)
 
 // daemonFiles are the files of serve's that no cell may read whatever
 // their mode, the policy (its env values, its other tenants) and the TLS
