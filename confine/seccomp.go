@@ -174,12 +174,16 @@ type insn struct {
 
 // Filter returns the default deny list as a seccomp BPF program for the
 // running architecture, or an error on an architecture it has no table for.
-func Filter() ([]unix.SockFilter, error) {
+func Filter() ([]unix.SockFilter, error) { return FilterFor(&Plan{}, false) }
+
+// runningArch is the running architecture's AUDIT_ARCH, or an error on
+// an architecture the filters have no system call table for.
+func runningArch() (uint32, error) {
 	arch, ok := auditArch[runtime.GOARCH]
 	if !ok {
-		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
+		return 0, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
 	}
-	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, sysClone3, 0, false))
+	return arch, nil
 }
 
 // FilterFor is the filter of a plan's cells: Filter, or ResidentFilter
@@ -191,9 +195,9 @@ func Filter() ([]unix.SockFilter, error) {
 // it, which a program holds in its own namespace only, which the kernel
 // refuses to enter again, and the filter refuses it a new one.
 func FilterFor(p *Plan, resident bool) ([]unix.SockFilter, error) {
-	arch, ok := auditArch[runtime.GOARCH]
-	if !ok {
-		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
+	arch, err := runningArch()
+	if err != nil {
+		return nil, err
 	}
 	clone3 := uint32(sysClone3)
 	if resident {
@@ -215,9 +219,9 @@ const mountChangeFlags = unix.MS_REMOUNT | unix.MS_BIND | unix.MS_MOVE | unix.MS
 // change): each child mounts its private tmpfs and its /proc, then loads
 // Filter on top of this one, so that the request's code runs under both.
 func PreloaderFilter() ([]unix.SockFilter, error) {
-	arch, ok := auditArch[runtime.GOARCH]
-	if !ok {
-		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
+	arch, err := runningArch()
+	if err != nil {
+		return nil, err
 	}
 	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, sysClone3, sysMount, false))
 }
@@ -231,13 +235,7 @@ func PreloaderFilter() ([]unix.SockFilter, error) {
 // (TestResidentFilter). The init loads it once; a program's own rule is
 // four instructions, where loading Filter itself for each program (and
 // freeing it at its end) cost a request more than its execve.
-func ResidentFilter() ([]unix.SockFilter, error) {
-	arch, ok := auditArch[runtime.GOARCH]
-	if !ok {
-		return nil, fmt.Errorf("seccomp: no system call table for %s (amd64 and arm64 only): set seccomp: off on the route", runtime.GOARCH)
-	}
-	return assemble(filterProgram(arch, runtime.GOARCH == "amd64", deniedSyscalls, sysClone, 0, 0, false))
-}
+func ResidentFilter() ([]unix.SockFilter, error) { return FilterFor(&Plan{}, true) }
 
 // filterProgram lays the filter out: check the architecture, refuse x32
 // numbers (amd64), answer numbers above newestSyscall ENOSYS, send clone
