@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"fmt"
+	"hash/fnv"
 	"math"
 	"math/bits"
 	"sync"
@@ -81,10 +82,29 @@ func newUIDPool(r UIDRange) *uidPool {
 func (p *uidPool) acquire() (uint32, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	u, err := p.take(p.next)
+	if err == nil {
+		p.next = u - p.r.First + 1
+		if p.next == p.r.Count {
+			p.next = 0
+		}
+	}
+	return u, err
+}
+
+// acquireNear returns the free uid at index i of the range, or the first
+// free one after it (wrapping), leaving the round-robin position alone.
+func (p *uidPool) acquireNear(i uint32) (uint32, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.take(i % p.r.Count)
+}
+
+// take marks the first free uid at or after index i (wrapping) in use.
+func (p *uidPool) take(i uint32) (uint32, error) {
 	if p.inUse == p.r.Count {
 		return 0, fmt.Errorf("acquire uid from %s: all %d in use: %w", p.r, p.r.Count, ErrNoUID)
 	}
-	i := p.next
 	for {
 		w := i / 64
 		// Free bits of this word at or after i.
@@ -103,10 +123,6 @@ func (p *uidPool) acquire() (uint32, error) {
 	}
 	p.used[i/64] |= 1 << (i % 64)
 	p.inUse++
-	p.next = i + 1
-	if p.next == p.r.Count {
-		p.next = 0
-	}
 	return p.r.First + i, nil
 }
 
@@ -131,6 +147,26 @@ func (p *uidPool) inFlight() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return int(p.inUse)
+}
+
+// ReserveUIDFor takes one uid of the Runner's range out of circulation
+// for good, chosen from key: the uid key hashes to (FNV-1a, modulo the
+// range), or the next free one where a cell holds it. So a key is given
+// the same uid from one start of the daemon to the next, its files
+// staying its own, unless another key hashes to it or a cell holds it
+// when it is asked for: root of a route's user namespace (serve's
+// rootMap), by route name.
+func (r *Runner) ReserveUIDFor(key string) (uint32, error) {
+	if r.uids == nil {
+		return 0, fmt.Errorf("sandbox: reserve a uid for %q: the Runner runs workers as itself (no uid range)", key)
+	}
+	h := fnv.New32a()
+	h.Write([]byte(key))
+	u, err := r.uids.acquireNear(h.Sum32())
+	if err != nil {
+		return 0, fmt.Errorf("reserve a uid for %q: %w", key, err)
+	}
+	return u, nil
 }
 
 // ReserveUIDs takes n uids of the Runner's range out of circulation until

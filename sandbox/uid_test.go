@@ -98,3 +98,39 @@ func TestUIDRangeValidate(t *testing.T) {
 		})
 	}
 }
+
+// TestReserveUIDFor: a key is given the uid it hashes to, the same from
+// one Runner (one start of the daemon) to the next, whatever the
+// round-robin has handed out; where that uid is held, the next free one;
+// and the round-robin goes on where it was.
+func TestReserveUIDFor(t *testing.T) {
+	rg := UIDRange{First: 5000, Count: 128}
+	fresh := func() *Runner { return &Runner{uids: newUIDPool(rg)} }
+	a, b := fresh(), fresh()
+	if _, err := b.uids.acquire(); err != nil { // a cell in flight first
+		t.Fatal(err)
+	}
+	ua, err := a.ReserveUIDFor("root route x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ub, err := b.ReserveUIDFor("root route x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ua != ub || ua == rg.First {
+		t.Errorf("the same key: uid %d in one Runner, %d in another (the first handed out: %d); want the one it hashes to in both", ua, ub, rg.First)
+	}
+	// Held: the next free one, wrapping at the range's end.
+	again, err := a.ReserveUIDFor("root route x")
+	if err != nil || again == ua || (again != ua+1 && !(ua == rg.First+rg.Count-1 && again == rg.First)) {
+		t.Errorf("the key's uid %d held: got %d (%v), want the next free one", ua, again, err)
+	}
+	// The round-robin is where it was: the first uid of the range.
+	if u, err := a.uids.acquire(); err != nil || u != rg.First {
+		t.Errorf("a cell after the reservations: uid %d (%v), want %d", u, err, rg.First)
+	}
+	if _, err := (&Runner{}).ReserveUIDFor("k"); err == nil {
+		t.Error("a Runner without a uid range reserved a uid")
+	}
+}

@@ -92,8 +92,10 @@ type daemon struct {
 	goInit bool
 	// rootUIDs are the host uids that uid 0 of the user namespaces of
 	// routes run as root are (rootMap), by route name: one of the range
-	// each, reserved at the route's first load and held for the daemon's
-	// life, so that a reload keeps it. Guarded by rootMu.
+	// each, the one the name hashes to (sandbox.Runner.ReserveUIDFor: the
+	// same from one start to the next, so that the program's files stay
+	// its own), reserved at the route's first load and held for the
+	// daemon's life, so that a reload keeps it. Guarded by rootMu.
 	rootMu   sync.Mutex
 	rootUIDs map[string]uint32
 	// strays reaps the zombies orphaned in serve's PID namespace when serve
@@ -543,11 +545,10 @@ func (d *daemon) rootMap(pol *policy.Policy, r *policy.Route, user *sandbox.Cred
 	defer d.rootMu.Unlock()
 	uid, ok := d.rootUIDs[r.Name]
 	if !ok {
-		uids, _, err := d.runner.ReserveUIDs(1) // held for the daemon's life
-		if err != nil {
+		var err error
+		if uid, err = d.runner.ReserveUIDFor("root of route " + r.Name); err != nil {
 			return nil, fmt.Errorf("user: root: a uid of the range for root of its user namespace: %w", err)
 		}
-		uid = uids[0]
 		if d.rootUIDs == nil {
 			d.rootUIDs = map[string]uint32{}
 		}
