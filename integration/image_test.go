@@ -251,9 +251,9 @@ func (c *container) start(t *testing.T) {
 // helloFromCell waits until the container's cellgate serves, and checks
 // that GET /hello is answered from a cell whose tenant group is under the
 // container's group.
-func (c *container) helloFromCell(t *testing.T) {
+func (c *container) helloFromCell(t *testing.T) (url string) {
 	t.Helper()
-	var url, admin string
+	var admin string
 	for url == "" {
 		select {
 		case line := <-c.lines:
@@ -300,6 +300,7 @@ func (c *container) helloFromCell(t *testing.T) {
 	if hits < 1 || unclean != 0 {
 		t.Errorf("3 requests: %v found a resident cell, %v resident cells ended unclean; want at least 1 and 0\n%s", hits, unclean, c.stderr.String())
 	}
+	return url
 }
 
 // serveAndStop waits for the container's cellgate to serve, runs a request

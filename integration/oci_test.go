@@ -3,6 +3,8 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -141,16 +143,7 @@ func TestImageUnderOCIRuntime(t *testing.T) {
 		group := filepath.Join(parent, "oci-userns-default")
 		t.Cleanup(func() { removeTree(t, group) })
 		bundle := ociBundle(t, rootfs, strings.TrimPrefix(group, mnt), loadSeccomp(t), true)
-		var spec specs.Spec
-		b, _ := os.ReadFile(filepath.Join(bundle, "config.json"))
-		if err := json.Unmarshal(b, &spec); err != nil {
-			t.Fatal(err)
-		}
-		spec.Process.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
-		b, _ = json.Marshal(spec)
-		if err := os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+		editSpec(t, bundle, func(s *specs.Spec) { s.Process.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin"} })
 		c := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-userns-default-%d", os.Getpid()), group)
 		select {
 		case <-c.exited:
@@ -182,7 +175,9 @@ func TestImageUnderOCIRuntime(t *testing.T) {
 
 // serveUnderOCI runs the image under crun with deploy/seccomp/cellgate.json
 // (in a user namespace of 65536 ids when userNS) and checks it serves from
-// cells under the container's group.
+// cells under the container's group, a route run as root too: its program
+// enters a user namespace of its own with setns, which the profile
+// allows of that type alone.
 func serveUnderOCI(t *testing.T, crun, rootfs, parent, mnt string, userNS bool) {
 	t.Helper()
 	group := filepath.Join(parent, "oci")
@@ -191,5 +186,57 @@ func serveUnderOCI(t *testing.T, crun, rootfs, parent, mnt string, userNS bool) 
 	}
 	t.Cleanup(func() { removeTree(t, group) })
 	bundle := ociBundle(t, rootfs, strings.TrimPrefix(group, mnt), loadSeccomp(t), userNS)
-	runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-%d-%s", os.Getpid(), filepath.Base(group)), group).helloFromCell(t)
+	// The image's hello, and the same run as root (uid 0: the image has
+	// no /etc/passwd).
+	polDir := openTempDir(t, "cellgate-oci-policy-", 0o755)
+	const hello = "/usr/local/share/cellgate/bin/cgi/hello"
+	pol := fmt.Sprintf(`version: 1
+tenants:
+  - {name: web, memory: 512Mi, pids: 512}
+routes:
+  - {name: hello, match: {path: /hello}, tenant: web, program: %[1]s, memory: 16Mi, pids: 8}
+  - {name: helloroot, match: {path: /helloroot}, tenant: web, program: %[1]s, memory: 16Mi, pids: 8, user: 0, allow_root: true}
+`, hello)
+	if err := os.WriteFile(filepath.Join(polDir, "policy.yaml"), []byte(pol), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	editSpec(t, bundle, func(s *specs.Spec) {
+		s.Mounts = append(s.Mounts, specs.Mount{Destination: "/etc/cellgate-test", Type: "bind", Source: polDir, Options: []string{"bind", "ro"}})
+		for i, a := range s.Process.Args {
+			if a == "--policy" {
+				s.Process.Args[i+1] = "/etc/cellgate-test/policy.yaml"
+			}
+		}
+	})
+	url := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-%d-%s", os.Getpid(), filepath.Base(group)), group).helloFromCell(t)
+	resp, err := (&http.Client{Timeout: time.Minute}).Get(url + "/helloroot")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from a cell") {
+		t.Errorf("GET /helloroot, a route run as root under the container's profile: %s %q", resp.Status, body)
+	}
+}
+
+// editSpec rewrites the bundle's config.json through edit.
+func editSpec(t *testing.T, bundle string, edit func(*specs.Spec)) {
+	t.Helper()
+	path := filepath.Join(bundle, "config.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		t.Fatal(err)
+	}
+	edit(&spec)
+	if b, err = json.Marshal(spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
