@@ -494,6 +494,10 @@ func CanCutRootCaps() error {
 // root of a user namespace of its own.
 var ErrNoUserNS = errors.New("a program run as root runs as root of a user namespace of its own, which this process cannot give it")
 
+// ErrUserNSNeedsCInit is why a program run as root of a user namespace of
+// its own (Plan.RootMap) cannot start where the cells' init is the Go one.
+var ErrUserNSNeedsCInit = fmt.Errorf("a program run as root runs as root of a user namespace of its own, which needs %s: install it beside cellgate (make build), or set host_namespaces: [user] to run it as the host's root", InitArg0)
+
 // CanEnterUserNS reports why the inits this process starts could not run
 // a program as root of a user namespace of its own (Plan.RootMap), or
 // nil: the program enters it with setns, which a container's seccomp

@@ -208,7 +208,7 @@ func applyPlanFrame(what string) (*Plan, error) {
 		// Its program must enter the namespace between fork and execve
 		// (setns, single-threaded), which Go's ForkExec cannot: serve
 		// refuses such a route without cellgate-init.
-		return nil, fmt.Errorf("the Go init cannot run a program as root of a user namespace of its own (install %s beside cellgate, or set host_namespaces: [user] on the route)", InitArg0)
+		return nil, fmt.Errorf("the Go init: %w", ErrUserNSNeedsCInit)
 	}
 	if err := Apply(plan, filter); err != nil {
 		return nil, fmt.Errorf("confine %s: %w", what, err)

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -248,6 +249,21 @@ func (c *container) start(t *testing.T) {
 	}()
 }
 
+// getHello GETs url and says why the answer is not the hello program's,
+// or nil.
+func getHello(url string) error {
+	resp, err := (&http.Client{Timeout: time.Minute}).Get(url)
+	if err != nil {
+		return err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from a cell") {
+		return fmt.Errorf("%s %q", resp.Status, body)
+	}
+	return nil
+}
+
 // helloFromCell waits until the container's cellgate serves, and checks
 // that GET /hello is answered from a cell whose tenant group is under the
 // container's group.
@@ -266,14 +282,8 @@ func (c *container) helloFromCell(t *testing.T) (url string) {
 			t.Fatalf("the container did not serve within 2 minutes:\n%s", c.stderr.String())
 		}
 	}
-	resp, err := (&http.Client{Timeout: time.Minute}).Get(url + "/hello")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from a cell") {
-		t.Fatalf("GET /hello: %s %q\n%s", resp.Status, body, c.stderr.String())
+	if err := getHello(url + "/hello"); err != nil {
+		t.Fatalf("GET /hello: %v\n%s", err, c.stderr.String())
 	}
 	if _, err := os.Stat(filepath.Join(c.group, "cells", "web")); err != nil {
 		t.Errorf("the tenant group is not under the container's group %s: %v", c.group, err)
@@ -289,11 +299,11 @@ func (c *container) helloFromCell(t *testing.T) (url string) {
 		io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	resp, err = (&http.Client{Timeout: time.Minute}).Get(admin + "/metrics")
+	resp, err := (&http.Client{Timeout: time.Minute}).Get(admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ = io.ReadAll(resp.Body)
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	hits := metric(string(body), "cellgate_warm_cells_total", map[string]string{"result": "hit"})
 	unclean := metric(string(body), "cellgate_resident_ended_total", map[string]string{"reason": "unclean"})

@@ -3,8 +3,6 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -209,14 +207,8 @@ routes:
 		}
 	})
 	url := runOCI(t, crun, bundle, fmt.Sprintf("cellgate-test-%d-%s", os.Getpid(), filepath.Base(group)), group).helloFromCell(t)
-	resp, err := (&http.Client{Timeout: time.Minute}).Get(url + "/helloroot")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), "hello from a cell") {
-		t.Errorf("GET /helloroot, a route run as root under the container's profile: %s %q", resp.Status, body)
+	if err := getHello(url + "/helloroot"); err != nil {
+		t.Errorf("GET /helloroot, a route run as root under the container's profile: %v", err)
 	}
 }
 

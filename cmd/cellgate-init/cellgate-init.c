@@ -1024,17 +1024,16 @@ static int loopback_up(void)
 	return rc;
 }
 
-/* write_map writes text to /proc/PID/name. */
-static int write_map(pid_t pid, const char *name, const char *text)
+/* write_text writes text to the existing file path, whole: a kernel
+ * setting of /proc. */
+static int write_text(const char *path, const char *text)
 {
-	char path[64];
-	snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, name);
 	int fd = open(path, O_WRONLY | O_CLOEXEC);
 	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text)) {
 		int e = errno;
 		if (fd >= 0)
 			close(fd);
-		return fail(e, "write %s (%.*s)", path, (int)strcspn(text, "\n"), text);
+		return fail(e, "write %s=%.*s", path, (int)strcspn(text, "\n"), text);
 	}
 	close(fd);
 	return 0;
@@ -1067,13 +1066,14 @@ static int make_userns(uint32_t uid, uint32_t gid)
 		_exit(0);
 	}
 	close(sync[0]);
-	char map[32];
+	char map[32], path[64];
 	int fd = -1;
 	snprintf(map, sizeof map, "0 %u 1\n", uid);
-	if (write_map(pid, "uid_map", map) == 0) {
+	snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
+	if (write_text(path, map) == 0) {
 		snprintf(map, sizeof map, "0 %u 1\n", gid);
-		if (write_map(pid, "gid_map", map) == 0) {
-			char path[64];
+		snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
+		if (write_text(path, map) == 0) {
 			snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
 			fd = open(path, O_RDONLY | O_CLOEXEC);
 			if (fd < 0)
@@ -1248,15 +1248,7 @@ static int not_realtime_io(void)
  * choice when the host runs out of memory (confine's OOMScoreAdj). */
 static int oom_first(void)
 {
-	int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-	if (fd < 0 || write(fd, OOM_SCORE_ADJ, strlen(OOM_SCORE_ADJ)) < 0) {
-		int e = errno;
-		if (fd >= 0)
-			close(fd);
-		return fail(e, "write /proc/self/oom_score_adj=%s", OOM_SCORE_ADJ);
-	}
-	close(fd);
-	return 0;
+	return write_text("/proc/self/oom_score_adj", OOM_SCORE_ADJ);
 }
 
 /* no_kept_caps clears the securebits and the ambient capabilities

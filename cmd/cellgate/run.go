@@ -324,7 +324,7 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 	}
 	defer launcher.Close()
 	if self && root != nil {
-		return sandbox.Result{}, fmt.Errorf("--user root: %w", rootNSNeedsCInit)
+		return sandbox.Result{}, fmt.Errorf("--user root: %w", confine.ErrUserNSNeedsCInit)
 	}
 	if self {
 		log.Warn("no "+confine.InitArg0+" beside the cellgate executable and no --init: the cell starts cellgate itself as its init", "init", launcher.Name())

@@ -95,8 +95,8 @@ type daemon struct {
 	// each, the one the name hashes to (sandbox.Runner.ReserveUIDFor: the
 	// same from one start to the next, so that the program's files stay
 	// its own), reserved at the route's first load and held for the
-	// daemon's life, so that a reload keeps it. Guarded by rootMu.
-	rootMu   sync.Mutex
+	// daemon's life, so that a reload keeps it. Written by buildSpecs:
+	// at start-up, before any reload, then under mu.
 	rootUIDs map[string]uint32
 	// strays reaps the zombies orphaned in serve's PID namespace when serve
 	// is its init (serve_strays.go); nil otherwise.
@@ -539,10 +539,8 @@ func (d *daemon) rootMap(pol *policy.Policy, r *policy.Route, user *sandbox.Cred
 		return nil, nil
 	}
 	if d.goInit {
-		return nil, rootNSNeedsCInit
+		return nil, confine.ErrUserNSNeedsCInit
 	}
-	d.rootMu.Lock()
-	defer d.rootMu.Unlock()
 	uid, ok := d.rootUIDs[r.Name]
 	if !ok {
 		var err error

@@ -104,10 +104,6 @@ func ownRootNS(r *policy.Route, user *sandbox.Credential) bool {
 		!slices.Contains(r.Confinement.HostNamespaces, policy.HostUserNamespace)
 }
 
-// rootNSNeedsCInit is why a route run as root in a user namespace of its
-// own cannot start where the cells' init is cellgate itself.
-var rootNSNeedsCInit = fmt.Errorf("a program run as root runs as root of a user namespace of its own, which needs %s: install it beside cellgate (make build), or set host_namespaces: [user] to run it as the host's root", confine.InitArg0)
-
 // daemonFiles are the files of serve's that no cell may read whatever
 // their mode, the policy (its env values, its other tenants) and the TLS
 // key, each as given and as its symlinks resolve, absolute: where a
