@@ -189,8 +189,15 @@ type RootMap struct{ UID, GID uint32 }
 // same); one run as root of a user namespace of its own (RootMap) has
 // capabilities only there.
 func (p *Plan) CutsRootCaps(uid uint32) bool {
-	return uid == 0 && p.Namespaces&NSMount != 0 && p.RootMap == nil
+	return p.HostRoot(uid) && p.Namespaces&NSMount != 0
 }
+
+// HostRoot reports whether a program of the plan run under uid is the
+// host's root: uid 0, and not root of a user namespace of its own
+// (RootMap), whose capabilities reach nothing of the cell's other
+// namespaces (the host's user namespace owns them) and so leave in them
+// no more than an unprivileged program's could.
+func (p *Plan) HostRoot(uid uint32) bool { return uid == 0 && p.RootMap == nil }
 
 // ProcReadOnly are the parts of a cell's /proc made read-only for a plan
 // with Root, whose files uid 0 writes without any capability: the

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -74,6 +75,57 @@ type probeReply struct {
 	OOMAdj   string            `json:"oomadj"` // its oom_score_adj, then ", lower: " and the errno name of writing one less (oom query)
 	SetID    map[string]string `json:"setid"`  // probeSetID's name -> "ok" or the errno name
 	Epoll    string            `json:"epoll"`  // epollhold: "N watches, then ERRNO"
+	State    map[string]string `json:"state"`  // state: what a program would change for the next (nsState), read before alter
+	Alter    map[string]string `json:"alter"`  // alter: each change of nsState's -> "ok" or the errno name
+}
+
+// nsState is what of its cell's namespaces a program could change for
+// the next request served in them, were it privileged there: the
+// hostname and domain name (UTS), the private /tmp's mode (mount),
+// loopback's flags and the default TTL (network).
+func nsState() map[string]string {
+	st := map[string]string{}
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err == nil {
+		st["hostname"], st["domainname"] = unix.ByteSliceToString(uts.Nodename[:]), unix.ByteSliceToString(uts.Domainname[:])
+	}
+	if fi, err := os.Stat("/tmp"); err == nil {
+		st["tmp"] = fi.Mode().String()
+	}
+	st["lo"] = "error"
+	if fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0); err == nil {
+		if ifr, err := unix.NewIfreq("lo"); err == nil && unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr) == nil {
+			st["lo"] = fmt.Sprintf("%#x", ifr.Uint16())
+		}
+		unix.Close(fd)
+	}
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_default_ttl")
+	st["ttl"] = strings.TrimSpace(string(b))
+	if err != nil {
+		st["ttl"] = errName(err)
+	}
+	return st
+}
+
+// alterCell tries each change of nsState's.
+func alterCell() map[string]string {
+	out := map[string]string{
+		"hostname":   errName(unix.Sethostname([]byte("altered"))),
+		"domainname": errName(unix.Setdomainname([]byte("altered"))),
+		"tmp":        errName(os.Chmod("/tmp", 0o700)),
+		"ttl":        errName(os.WriteFile("/proc/sys/net/ipv4/ip_default_ttl", []byte("33"), 0)),
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err == nil {
+		var ifr *unix.Ifreq
+		if ifr, err = unix.NewIfreq("lo"); err == nil {
+			ifr.SetUint16(0) // down
+			err = unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+		}
+		unix.Close(fd)
+	}
+	out["lo"] = errName(err)
+	return out
 }
 
 // schedReply is the probe's scheduling (sched query).
@@ -495,6 +547,12 @@ func runProbe() int {
 		Cat: map[string]string{}, UID: os.Getuid(), GID: os.Getgid()}
 	r.ShmID = -1
 	r.IPC = map[string]string{}
+	if q.Has("state") {
+		r.State = nsState()
+	}
+	if q.Has("alter") {
+		r.Alter = alterCell()
+	}
 	if q.Has("ipcleave") {
 		probeIPCLeave(r.IPC, q.Get("ipcleave") == "mqueue")
 	}
@@ -1350,6 +1408,15 @@ func TestConfineNoHugePages(t *testing.T) {
 // writable as any cell's. Resident and fresh cells; the control for the
 // kernel's settings is this process, root on the host, which may open
 // them.
+//
+// Root of a user namespace of its own can change nothing of its cell's
+// other namespaces (the host's user namespace owns them): its hostname,
+// domain name, loopback, default TTL and /tmp's mode stay as they were,
+// and its resident cell serves the route's next request (the same PID
+// namespace), which finds them unchanged. The host's root changes /tmp's
+// mode (the control: the probe's changes take where allowed), and its
+// resident cell ends with its request (cellgate_resident_ended_total
+// {reason="root"}), the next request served by another.
 func TestConfineRoot(t *testing.T) {
 	requireMicroVM(t)
 	w := workerBinary(t)
@@ -1357,7 +1424,7 @@ func TestConfineRoot(t *testing.T) {
   - {name: freshroot, match: {path: /freshroot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true, cells: fresh}
   - {name: hostroot, match: {path: /hostroot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true, host_namespaces: [user]}
   - {name: hostfresh, match: {path: /hostfresh}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true, host_namespaces: [user], cells: fresh}
-`, w, cellHelperEnv))
+`, w, cellHelperEnv), "--resident-cells", "1")
 	kernel := []string{"/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/proc/sys/vm/drop_caches", "/proc/sysrq-trigger",
 		"/proc/dynamic_debug/control", "/proc/acpi/wakeup"}
 	for _, p := range kernel {
@@ -1374,8 +1441,15 @@ func TestConfineRoot(t *testing.T) {
 	all := fmt.Sprintf("%016x", uint64(1)<<(capLast(t)+1)-1)
 	q := url.Values{"openw": append(slices.Clone(kernel), "/proc/self/comm"), "cat": {"/proc/self/status", "/proc/self/uid_map", "/proc/self/gid_map"}, "read": {shadow}}
 	hostUIDs := map[string]string{}
+	replies := map[string][]probeReply{}
 	for _, route := range []string{"proberoot", "freshroot", "proberoot", "hostroot", "hostfresh", "hostroot"} {
+		q := maps.Clone(q)
+		q["pidns"], q["state"] = []string{"1"}, []string{"1"}
+		if len(replies[route]) == 0 {
+			q["alter"] = []string{"1"}
+		}
 		r := g.probe(t, route, q)
+		replies[route] = append(replies[route], r)
 		host := strings.HasPrefix(route, "host")
 		if r.UID != 0 || r.GID != 0 {
 			t.Fatalf("%s: uid %d gid %d, want 0 and 0", route, r.UID, r.GID)
@@ -1427,6 +1501,38 @@ func TestConfineRoot(t *testing.T) {
 	}
 	if hostUIDs["proberoot"] == hostUIDs["freshroot"] {
 		t.Errorf("two routes run as root share host uid %s for root: want one of the range each", hostUIDs["proberoot"])
+	}
+
+	for _, route := range []string{"proberoot", "hostroot"} {
+		first, next := replies[route][0], replies[route][1]
+		if len(first.State) != 5 || first.State["lo"] == "error" {
+			t.Fatalf("%s: control: the probe read %v of its cell's namespaces, want 5 settings", route, first.State)
+		}
+		if !maps.Equal(next.State, first.State) {
+			t.Errorf("%s: the next request finds %v, the first found %v before it changed what it could (%v)", route, next.State, first.State, first.Alter)
+		}
+		kept := next.Pidns == first.Pidns
+		if route == "proberoot" {
+			for what, res := range first.Alter {
+				if res == "ok" {
+					t.Errorf("%s: root of its own user namespace changed its cell's %s", route, what)
+				}
+			}
+			if !kept {
+				t.Errorf("%s: the next request runs in PID namespace %s, the first in %s: the resident cell of root of its own user namespace was not kept; resident cells ended:\n%s",
+					route, next.Pidns, first.Pidns, regexp.MustCompile(`(?m)^cellgate_resident_ended_total.*$`).FindAllString(g.metrics(), -1))
+			}
+		} else {
+			if first.Alter["tmp"] != "ok" {
+				t.Errorf("%s: control: the host's root could not change /tmp's mode: %s", route, first.Alter["tmp"])
+			}
+			if kept {
+				t.Errorf("%s: the next request runs in the cell of the first (PID namespace %s), which the host's root ran in", route, first.Pidns)
+			}
+		}
+	}
+	if n := metric(g.metrics(), "cellgate_resident_ended_total", map[string]string{"reason": "root"}); n != 2 {
+		t.Errorf("cellgate_resident_ended_total{reason=\"root\"} %v after two requests run as the host's root and two as root of a user namespace, want 2", n)
 	}
 }
 
@@ -2578,11 +2684,15 @@ func TestConfineNetnsAhead(t *testing.T) {
 // cell of another tenant, never after a cell that left a socket in it
 // (here a connection in TIME_WAIT); a program run as root cannot change
 // the namespace's settings (here its default TTL: /proc/sys is read-only
-// for it), and its namespace is not reused all the same.
+// for it, and root of a user namespace of its own has no capability over
+// the namespace). The namespace of a program run as root of its own user
+// namespace serves the tenant's next cell (the last given back is the
+// first taken); that of one run as the host's root is not reused.
 func TestConfineNetnsReuse(t *testing.T) {
 	w := workerBinary(t)
 	g := confineGate(t, fmt.Sprintf(`  - {name: probeb, match: {path: /probeb}, tenant: b, program: %[1]q, env: {%[2]s: probe}}
   - {name: proberoot, match: {path: /proberoot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true}
+  - {name: hostroot, match: {path: /hostroot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true, host_namespaces: [user]}
 `, w, cellHelperEnv), "--warm-cells", "0", "--resident-cells", "0", "--net-namespaces", "2")
 	// Each request waits for the teardown of the one before, which gives
 	// its namespace back.
@@ -2643,11 +2753,21 @@ func TestConfineNetnsReuse(t *testing.T) {
 	for i := range 4 {
 		clean(fmt.Sprintf("tenant a after a TIME_WAIT, request %d", i), probe("probe", check))
 	}
-	if r := probe("proberoot", url.Values{"setttl": {"33"}, "ttl": {""}}); r.TTL != "EROFS" && r.TTL != "EACCES" || r.UID != 0 {
-		t.Fatalf("root's request: uid %d, setting the default TTL to 33: %s, want EACCES or EROFS", r.UID, r.TTL)
-	}
-	for i := range 4 {
-		clean(fmt.Sprintf("tenant a after a root request, request %d", i), probe("probe", check))
+	for _, route := range []string{"proberoot", "hostroot"} {
+		root := probe(route, url.Values{"setttl": {"33"}, "ttl": {""}, "netns": {""}})
+		if root.TTL != "EROFS" && root.TTL != "EACCES" || root.UID != 0 {
+			t.Fatalf("%s: uid %d, setting the default TTL to 33: %s, want EACCES or EROFS", route, root.UID, root.TTL)
+		}
+		for i := range 4 {
+			r := probe("probe", check)
+			clean(fmt.Sprintf("tenant a after a request of %s, request %d", route, i), r)
+			switch reused := r.Netns == root.Netns; {
+			case i == 0 && route == "proberoot" && !reused:
+				t.Errorf("the request after one run as root of its own user namespace runs in %s, not in its namespace %s", r.Netns, root.Netns)
+			case route == "hostroot" && reused:
+				t.Errorf("tenant a, request %d after one run as the host's root: in its namespace %s", i, root.Netns)
+			}
+		}
 	}
 }
 

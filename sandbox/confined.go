@@ -35,15 +35,15 @@ type initProc struct {
 
 	// A resident init (resident.go) runs request after request, each in a
 	// cell of its own: cell is then the init's own group.
-	resident  bool
-	view      viewStamp // when its view was made, and what it covers (view.go)
-	set       *warmSet  // the set it was taken from, while it serves a request
-	next      Cell      // the next request's cell, its stub started in it (prepareNext), or nil
-	stubs     *[2]int   // the socket pair its stubs wait on (prepareNext), made once, or nil
-	rootRan   bool      // a program ran in it as root: its network namespace is not reused
-	started   bool      // it reported the request's program started (confine.ReportStarted)
-	returning bool      // on its way back to its set (putBackLater)
-	sockstat  *[2]int   // its network namespace's sockstat files, held open (netQuiet), or nil
+	resident    bool
+	view        viewStamp // when its view was made, and what it covers (view.go)
+	set         *warmSet  // the set it was taken from, while it serves a request
+	next        Cell      // the next request's cell, its stub started in it (prepareNext), or nil
+	stubs       *[2]int   // the socket pair its stubs wait on (prepareNext), made once, or nil
+	hostRootRan bool      // a program ran in it as the host's root: its network namespace is not reused
+	started     bool      // it reported the request's program started (confine.ReportStarted)
+	returning   bool      // on its way back to its set (putBackLater)
+	sockstat    *[2]int   // its network namespace's sockstat files, held open (netQuiet), or nil
 
 	got   []byte          // read from ctl, not yet decoded
 	final *confine.Report // the last report, once read
@@ -223,7 +223,7 @@ func (r *Runner) takeNetns(plan *confine.Prepared, tenant string) int {
 
 // endNetns ends the cell's use of the network namespace made ahead, if it
 // has one, once no process of the cell is left (netns.go); reusable: the
-// cell emptied and its program did not run as root.
+// cell emptied and its program did not run as the host's root.
 func (ip *initProc) endNetns(r *Runner, reusable bool) {
 	if ip.netns < 0 {
 		return

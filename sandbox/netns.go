@@ -45,7 +45,9 @@ import (
 // are as the pool made them. What a later cell can still learn of an
 // earlier one is the namespace's counters (/proc/net/snmp, loopback's
 // packet counts), and only within one tenant. A cell whose program ran as
-// root (allow_root) never gives its namespace back. At most
+// the host's root (allow_root with host_namespaces: [user]) never gives
+// its namespace back; root of a user namespace of its own (RootMap) has
+// no capability over a namespace its user namespace does not own. At most
 // maxUsedFactor*size namespaces wait for reuse, all tenants together, and
 // one tenant may hold them all: a tenant with more cells at once than
 // size would otherwise end, and make again, a namespace for most of its
@@ -134,8 +136,8 @@ func (p *netnsPool) take(tenant string) int {
 
 // give ends a cell's use of the namespace fd of tenant's, once no process
 // of the cell is left. reusable: the cell emptied and its program did
-// not run as root. The namespace then waits for a later cell of the
-// tenant if nothing of the cell is left in it and there is room;
+// not run as the host's root. The namespace then waits for a later cell
+// of the tenant if nothing of the cell is left in it and there is room;
 // otherwise the fd is closed, and the namespace ends with it.
 func (p *netnsPool) give(tenant string, fd int, reusable bool) {
 	if reusable {

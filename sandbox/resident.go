@@ -40,9 +40,14 @@ import (
 // previous request gone, every SysV object and POSIX message queue
 // removed, as with a network namespace reused today), never a process, a
 // file of the private tmpfs, an IPC object or a uid of the previous
-// request's (each request has its own uid from the pool, as
-// before). A request whose program runs as root (a route's user: root)
-// could change what the next one finds, so its cell is not kept.
+// request's (each request has its own uid from the pool, as before; a
+// route run as root has one uid for all its requests, in a cell kept or
+// not). A program run as root is root of a user namespace of its own
+// (confine.Plan.RootMap), which owns none of the cell's other
+// namespaces: it may change no more of them than an unprivileged
+// program (no mount, hostname, network setting or sysctl) and its cell
+// is kept alike. One run as the host's root (host_namespaces: [user])
+// could change what the next request finds, so its cell is not kept.
 //
 // A resident init serves as long as its view may (view.go): up to
 // viewMaxAge after the view was made, and while it covers the daemon's
@@ -61,7 +66,10 @@ const (
 	// deeper than its wipe goes, a file or an IPC object it cannot
 	// remove).
 	EndUnclean ResidentEnd = iota
-	// EndRoot: a request's program ran as root.
+	// EndRoot: a request's program ran as the host's root (a route's
+	// host_namespaces: [user]). One run as root of a user namespace of
+	// its own (confine.Plan.RootMap) can change nothing the next request
+	// finds that an unprivileged one could not, and its cell is kept.
 	EndRoot
 	// EndSockets: a socket was left in the cell's network namespace (a
 	// connection in TIME_WAIT counts).
@@ -399,7 +407,7 @@ func (r *Runner) endNext(ip *initProc) {
 }
 
 // forget counts out a resident init taken from its set that will not come
-// back (it died, or its program ran as root); the caller ends it.
+// back (it died, or its program ran as the host's root); the caller ends it.
 func (w *warmPool) forget(ip *initProc) {
 	w.mu.Lock()
 	ip.leaveSet()
@@ -439,9 +447,9 @@ func (w *warmPool) unslot(s *warmSet) {
 // endResident ends the resident init ip, which failed (it died, or
 // failed its request), already reaped through its worker: its own cell
 // is emptied and released, and its network namespace given back (for
-// reuse unless a program ran in it as root).
-func (r *Runner) endResident(ip *initProc, rootRan bool) {
-	ip.rootRan = ip.rootRan || rootRan
+// reuse unless a program ran in it as the host's root).
+func (r *Runner) endResident(ip *initProc, hostRootRan bool) {
+	ip.hostRootRan = ip.hostRootRan || hostRootRan
 	r.warm.ended(EndFailed)
 	r.warm.forget(ip)
 	if ip.w != nil {

@@ -518,13 +518,14 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				// The init waits for the next request: the program's cell
 				// ends on its own, and the init goes back to its set, its
 				// next request's cell prepared, off the request's path
-				// (returning, putBack), unless the program ran as root or
-				// left what the init could not end.
+				// (returning, putBack), unless the program ran as the
+				// host's root or left what the init could not end.
 				initKept = true
-				reuse := uid != 0 && !rep.Unclean
+				hostRoot := spec.Confine.Plan().HostRoot(uid)
+				reuse := !hostRoot && !rep.Unclean
 				var back func() // the init's put back, run with the cell's end
 				switch {
-				case uid == 0:
+				case hostRoot:
 					r.warm.ended(EndRoot)
 				case rep.Unclean:
 					r.warm.ended(EndUnclean)
@@ -533,7 +534,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				}
 				if !reuse {
 					r.warm.forget(ip)
-					ip.rootRan = ip.rootRan || uid == 0
+					ip.hostRootRan = ip.hostRootRan || hostRoot
 					r.teardowns.run(func() { r.discard(ip) })
 				}
 				// One goroutine for both (a start and a wakeup less per
@@ -549,7 +550,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			} else {
 				r.endCell(w, cell, func(emptied bool) {
 					done(emptied)
-					ip.endNetns(r, emptied && uid != 0)
+					ip.endNetns(r, emptied && !spec.Confine.Plan().HostRoot(uid))
 				})
 			}
 			if err := st.wait(r.streamGrace); err != nil {
@@ -592,9 +593,9 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	}
 	switch {
 	case resident:
-		r.endResident(ip, id.uid == 0)
+		r.endResident(ip, spec.Confine.Plan().HostRoot(id.uid))
 	case ip != nil:
-		ip.endNetns(r, emptyErr == nil && id.uid != 0)
+		ip.endNetns(r, emptyErr == nil && !spec.Confine.Plan().HostRoot(id.uid))
 	}
 	wall, usage, unenforced, uerr := usageOf(cell, start, true)
 	if uerr != nil {

@@ -469,14 +469,14 @@ func (r *Runner) discard(ip *initProc) {
 
 // endInitCell ends what an init that has been reaped held: its cell,
 // emptied and released, its network namespace, given back (for reuse
-// unless a program ran in it as root), and the cell prepared for its next
-// request (endNext).
+// unless a program ran in it as the host's root), and the cell prepared
+// for its next request (endNext).
 func (r *Runner) endInitCell(ip *initProc) {
 	err := r.empty(ip.cell)
 	if err != nil {
 		r.log.Error("the cell of an ended init did not empty", "cell", ip.cell.Path(), "err", err)
 	}
-	ip.endNetns(r, err == nil && !ip.rootRan)
+	ip.endNetns(r, err == nil && !ip.hostRootRan)
 	r.cells.Release(ip.cell)
 	r.endNext(ip)
 	ip.dropStubs()
