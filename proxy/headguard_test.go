@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"regexp"
 	"slices"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/sandbox"
+	"golang.org/x/net/http/httpguts"
 )
 
 // Requests of the smuggling probes. Each probe is followed on the same
@@ -88,6 +90,19 @@ var guardCases = []guardCase{
 	{"empty line after a POST", "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\r\n" + next,
 		[]int{200, 200}, true},
 	{"three empty lines", "GET /a HTTP/1.1\r\nHost: x\r\n\r\n\r\n\r\n\r\n" + next, []int{200, 400}, false},
+	// net/http's own 400s of a Host field and a target's path.
+	{"no Host in HTTP/1.1", "GET /a HTTP/1.1\r\nX: y\r\n\r\n" + next, []int{400}, false},
+	{"no Host after a good request", next + "GET /a HTTP/1.1\r\n\r\n" + next, []int{200, 400}, false},
+	{"two Host fields", "GET /a HTTP/1.1\r\nHost: x\r\nhost: x\r\n\r\n" + next, []int{400}, false},
+	{"Host with a space inside", "GET /a HTTP/1.1\r\nHost: x y\r\n\r\n" + next, []int{400}, false},
+	{"Host with a byte no host has", "GET /a HTTP/1.1\r\nHost: x<y\r\n\r\n" + next, []int{400}, false},
+	{"Host with obs-text", "GET /a HTTP/1.1\r\nHost: \xe9x\r\n\r\n" + next, []int{400}, false},
+	{"bad escape in the path", "GET /a%zz HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"escape cut short by the query", "GET /a%4?x HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"escape cut short by the line", "GET /a% HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"what net/http admits of them", "GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" +
+		"GET /%41%c3%a9?%zz HTTP/1.1\r\nHost:  [::1]:80 \t\r\n\r\n" +
+		"GET /b?q=%4 HTTP/1.1\r\nHost:\r\n\r\n" + next, []int{200, 200, 200, 200}, true},
 }
 
 // exchangeRaw writes in on a new connection (plain or TLS), half-closes it
@@ -290,6 +305,17 @@ func refRequests(b []byte) int {
 		if !reqLine.MatchString(lines[0]) {
 			return n
 		}
+		// What net/http refuses of a request line and Host fields
+		// itself: an origin-form target url.ParseRequestURI refuses
+		// (the others net/http still answers), a Host value
+		// httpguts.ValidHostHeader refuses, more than one Host, and
+		// none in HTTP/1.1 but for CONNECT.
+		method, target, _ := strings.Cut(lines[0], " ")
+		target, version, _ := strings.Cut(target, " ")
+		if _, err := url.ParseRequestURI(target); err != nil && strings.HasPrefix(target, "/") {
+			return n
+		}
+		hosts := 0
 		var cl, te []string
 		for _, l := range lines[1:] {
 			if !fieldLine.MatchString(l) {
@@ -306,7 +332,15 @@ func refRequests(b []byte) int {
 				if value != "" && !strings.EqualFold(value, "100-continue") {
 					return n
 				}
+			case "host":
+				hosts++
+				if !httpguts.ValidHostHeader(value) {
+					return n
+				}
 			}
+		}
+		if hosts > 1 || hosts == 0 && version == "HTTP/1.1" && method != "CONNECT" {
+			return n
 		}
 		switch {
 		case len(cl) > 1, len(te) > 1, len(cl) == 1 && len(te) == 1:
@@ -469,7 +503,7 @@ func FuzzFrameCheck(f *testing.F) {
 		f.Add([]byte(tt.in))
 	}
 	f.Add([]byte("\r\n\r\nGET / HTTP/1.0\r\n\r\n"))
-	f.Add([]byte("POST / HTTP/1.1\r\nTransfer-Encoding: CHUNKED \r\n\r\n1;a=\"b\"\r\nx\r\n0\r\nA: b\r\n\r\n"))
+	f.Add([]byte("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: CHUNKED \r\n\r\n1;a=\"b\"\r\nx\r\n0\r\nA: b\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		k := newFrameCheck(1 << 20) // refRequests has no size limit
 		done := 0
@@ -504,7 +538,7 @@ func FuzzFrameCheck(f *testing.F) {
 // in them, and a head after them is held as any other.
 func TestFrameCheckDropsEmptyLines(t *testing.T) {
 	const get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
-	const post = "POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n\r\n" // its body: an empty line
+	const post = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n\r\n" // its body: an empty line
 	for _, tt := range []struct {
 		name, in, kept string
 		free           int

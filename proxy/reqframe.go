@@ -1,6 +1,10 @@
 package proxy
 
-import "strconv"
+import (
+	"strconv"
+
+	"golang.org/x/net/http/httpguts"
+)
 
 // frameCheck follows the bytes a client sends on one HTTP/1.x connection,
 // request after request, and says where each request head starts and ends
@@ -16,9 +20,15 @@ import "strconv"
 //
 // It also takes from net/http the heads that net/http would answer itself,
 // before any handler, with no request id and no record: an Expect other
-// than 100-continue is refused here (417), and the empty lines that may
-// precede a request line (RFC 9112 §2.2; net/http skips them only after a
-// POST, and answers a 400 otherwise) are dropped, never handed on.
+// than 100-continue is refused here (417), and so are (400) an HTTP/1.1
+// request without a Host field but CONNECT, more than one Host field, a
+// Host value with a byte net/http refuses (httpguts.ValidHostHeader:
+// whitespace inside it, a control byte, '"', '<', '{' ...) and an
+// origin-form target whose path (up to the first '?') has a '%' not
+// followed by two hex digits, which url.ParseRequestURI refuses; the
+// empty lines that may precede a request line (RFC 9112 §2.2; net/http
+// skips them only after a POST, and answers a 400 otherwise) are
+// dropped, never handed on.
 //
 // It is a pure state machine over bytes, one byte at a time except inside
 // body data, which it skips by count; it holds no buffer and allocates
@@ -37,6 +47,11 @@ type frameCheck struct {
 
 	// The head's framing fields, and the field whose value is being read.
 	http10        bool
+	connect       bool // the method read so far is a prefix of CONNECT
+	path          bool // the target is in origin form and its path not yet ended by '?'
+	pct           int8 // hex digits still due of a percent-escape in the path
+	hostCount     int
+	hostWS        bool // whitespace after a byte of the Host value
 	clCount       int
 	cl            int64
 	teCount       int
@@ -45,6 +60,7 @@ type frameCheck struct {
 	nameCL        bool // the name read so far is a prefix of Content-Length
 	nameTE        bool // ... of Transfer-Encoding
 	nameEx        bool // ... of Expect
+	nameHost      bool // ... of Host
 	val           [16]byte
 	valLen        int // bytes of val used; past len(val) the value is too long to matter
 	valDigits     int // Content-Length: digits seen; -1 once OWS followed them
@@ -80,6 +96,7 @@ const (
 	fieldCL
 	fieldTE
 	fieldExpect
+	fieldHost
 )
 
 // Limits of the chunked coding, as net/http's: a chunk-size line up to
@@ -192,12 +209,20 @@ func (k *frameCheck) feed(b []byte) (n, free int, err *frameError) {
 // step each. 0 in any other state, or before a byte step must see.
 func (k *frameCheck) run(b []byte) int {
 	switch {
-	case k.st == stTarget:
+	case k.st == stTarget && k.n > 0 && k.pct == 0:
+		// A path's '%' and '?' are step's, as the target's first byte.
 		n := 0
-		for n < len(b) && b[n] > ' ' && b[n] != 0x7f {
+		for n < len(b) && b[n] > ' ' && b[n] != 0x7f && !(k.path && (b[n] == '%' || b[n] == '?')) {
 			n++
 		}
 		k.n += n
+		return n
+	case k.st == stValue && k.field == fieldHost && !k.hostWS:
+		n := 0
+		for n < len(b) && hostByte[b[n]] {
+			n++
+		}
+		k.valLen += n
 		return n
 	case k.st == stValue && k.field == fieldOther:
 		n := 0
@@ -244,7 +269,7 @@ func (k *frameCheck) step(c byte) *frameError {
 		case c == '\r':
 			k.st = stLeadLF
 		case tchar(c):
-			k.st, k.n = stMethod, 1
+			k.st, k.n, k.connect = stMethod, 1, c == method[0]
 		default:
 			return k.headErr("request line does not start with a method")
 		}
@@ -260,7 +285,10 @@ func (k *frameCheck) step(c byte) *frameError {
 	case stMethod:
 		switch {
 		case tchar(c):
+			k.connect = k.connect && k.n < len(method) && method[k.n] == c
+			k.n++
 		case c == ' ':
+			k.connect = k.connect && k.n == len(method)
 			k.st, k.n = stTarget, 0
 		default:
 			return k.headErr("invalid byte in method")
@@ -268,9 +296,18 @@ func (k *frameCheck) step(c byte) *frameError {
 	case stTarget:
 		switch {
 		case c == ' ' && k.n > 0:
+			if k.pct > 0 {
+				return k.headErr("'%' not followed by two hex digits in the request target's path")
+			}
 			k.st, k.n = stVersion, 0
 		case c > ' ' && c != 0x7f:
+			if k.n == 0 {
+				k.path = c == '/'
+			}
 			k.n++
+			if k.path {
+				return k.pathByte(c)
+			}
 		default:
 			return k.headErr("invalid byte in request target")
 		}
@@ -303,7 +340,7 @@ func (k *frameCheck) step(c byte) *frameError {
 		case tchar(c):
 			lc := lower(c)
 			k.st, k.n = stName, 1
-			k.nameCL, k.nameTE, k.nameEx = lc == 'c', lc == 't', lc == 'e'
+			k.nameCL, k.nameTE, k.nameEx, k.nameHost = lc == 'c', lc == 't', lc == 'e', lc == 'h'
 		default:
 			return k.headErr("invalid byte in field name")
 		}
@@ -314,6 +351,7 @@ func (k *frameCheck) step(c byte) *frameError {
 			k.nameCL = k.nameCL && k.n < len(nameCL) && nameCL[k.n] == lc
 			k.nameTE = k.nameTE && k.n < len(nameTE) && nameTE[k.n] == lc
 			k.nameEx = k.nameEx && k.n < len(nameEx) && nameEx[k.n] == lc
+			k.nameHost = k.nameHost && k.n < len(nameHost) && nameHost[k.n] == lc
 			k.n++
 		case c == ':':
 			k.field = fieldOther
@@ -325,8 +363,10 @@ func (k *frameCheck) step(c byte) *frameError {
 				k.field = fieldTE
 			case k.nameEx && k.n == len(nameEx):
 				k.field = fieldExpect
+			case k.nameHost && k.n == len(nameHost):
+				k.field = fieldHost
 			}
-			k.st, k.valLen, k.valDigits = stValue, 0, 0
+			k.st, k.valLen, k.valDigits, k.hostWS = stValue, 0, 0, false
 		default:
 			return k.headErr("invalid byte in field name (whitespace before the colon?)")
 		}
@@ -408,10 +448,39 @@ func (k *frameCheck) step(c byte) *frameError {
 }
 
 const (
-	nameCL = "content-length"
-	nameTE = "transfer-encoding"
-	nameEx = "expect"
+	nameCL   = "content-length"
+	nameTE   = "transfer-encoding"
+	nameEx   = "expect"
+	nameHost = "host"
+	method   = "CONNECT" // the method that needs no Host
 )
+
+// hostByte: the bytes net/http admits in a Host value (its whitespace
+// trimmed), as httpguts.ValidHostHeader says.
+var hostByte = func() (t [256]bool) {
+	for c := range t {
+		t[c] = httpguts.ValidHostHeader(string([]byte{byte(c)}))
+	}
+	return t
+}()
+
+// pathByte takes one byte of an origin-form target's path: after a '%'
+// two hex digits, as url.ParseRequestURI wants them (its one check of a
+// path); a '?' ends the path (the query is not checked).
+func (k *frameCheck) pathByte(c byte) *frameError {
+	switch {
+	case k.pct > 0:
+		if hexVal(c) < 0 {
+			return k.headErr("'%' not followed by two hex digits in the request target's path")
+		}
+		k.pct--
+	case c == '%':
+		k.pct = 2
+	case c == '?':
+		k.path = false
+	}
+	return nil
+}
 
 // valueByte takes one byte of a field value.
 func (k *frameCheck) valueByte(c byte) *frameError {
@@ -430,6 +499,17 @@ func (k *frameCheck) valueByte(c byte) *frameError {
 			k.cl = k.cl*10 + int64(c-'0')
 		default:
 			return k.headErr("Content-Length is not one decimal number")
+		}
+	case fieldHost:
+		// net/http trims the value's whitespace and refuses it for any
+		// other byte outside its set, whitespace inside included.
+		switch {
+		case c == ' ' || c == '\t':
+			k.hostWS = k.valLen > 0
+		case k.hostWS || !hostByte[c]:
+			return k.headErr("Host value with a byte a host cannot have")
+		default:
+			k.valLen++
 		}
 	case fieldTE, fieldExpect:
 		if k.valLen < len(k.val) {
@@ -450,6 +530,11 @@ func (k *frameCheck) endField() *frameError {
 		}
 		if k.clCount > 1 {
 			return k.headErr("more than one Content-Length field")
+		}
+	case fieldHost:
+		k.hostCount++
+		if k.hostCount > 1 {
+			return k.headErr("more than one Host field")
 		}
 	case fieldTE:
 		k.teCount++
@@ -472,6 +557,9 @@ func (k *frameCheck) endField() *frameError {
 
 // endHead decides a complete head's body framing (RFC 9112 §6.3).
 func (k *frameCheck) endHead() *frameError {
+	if k.hostCount == 0 && !k.http10 && !k.connect {
+		return k.headErr("no Host field in an HTTP/1.1 request")
+	}
 	switch {
 	case k.teCount > 0 && k.clCount > 0:
 		return k.headErr("both Transfer-Encoding and Content-Length")
