@@ -208,6 +208,45 @@ func notRealtime() error {
 	return nil
 }
 
+// notFavoured undoes, for the calling thread (the one whose fork or
+// execve starts the program: both are a thread's own), the rest of what a
+// daemon started favoured, or with its defences weakened, would hand the
+// program: a nice value below 0 (systemd's Nice=) goes to 0, while a
+// positive one, an operator's choice to have cellgate yield, stays
+// (RLIMIT_NICE 0, setRlimits, keeps the program from lowering it again);
+// and the personality flags the kernel clears for a set-uid program
+// (perClearOnSetID: no address space randomisation, as setarch -R gives
+// it, readable memory executable, the legacy layout, page zero mapped)
+// are cleared. The cell's CPU share is its group's whatever the nice
+// value where the cpu controller is enabled; without it (--unenforced)
+// the nice value is all that orders a cell against the host.
+func notFavoured() error {
+	prio, err := unix.Getpriority(unix.PRIO_PROCESS, 0) // the kernel's 20 - nice
+	if err != nil {
+		return fmt.Errorf("getpriority: %w", err)
+	}
+	if prio > 20 {
+		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, 0); err != nil {
+			return fmt.Errorf("setpriority(PRIO_PROCESS, 0): %w", err)
+		}
+	}
+	persona, _, errno := unix.RawSyscall(unix.SYS_PERSONALITY, 0xffffffff, 0, 0)
+	if errno != 0 {
+		return fmt.Errorf("personality: %w", errno)
+	}
+	if persona&perClearOnSetID != 0 {
+		if _, _, errno := unix.RawSyscall(unix.SYS_PERSONALITY, persona&^perClearOnSetID, 0, 0); errno != 0 {
+			return fmt.Errorf("personality(%#x): %w", persona&^perClearOnSetID, errno)
+		}
+	}
+	return nil
+}
+
+// perClearOnSetID is linux/personality.h's PER_CLEAR_ON_SETID:
+// READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE, ADDR_COMPAT_LAYOUT and
+// MMAP_PAGE_ZERO.
+const perClearOnSetID = 0x0400000 | 0x0040000 | 0x0200000 | 0x0100000
+
 // ownTID reads a thread's id in the caller's PID namespace from its
 // status file (the last of NSpid's): /proc may still be the host's, whose
 // directory names are ids of another namespace. false: the thread has
@@ -278,9 +317,13 @@ func setRlimits(p *Plan) error {
 	if err := syscall.Setrlimit(unix.RLIMIT_MEMLOCK, &syscall.Rlimit{Cur: MemLockLimit, Max: MemLockLimit}); err != nil {
 		return fmt.Errorf("setrlimit(RLIMIT_MEMLOCK, %d): %w", MemLockLimit, err)
 	}
-	// No real-time policy for a program (notRealtime).
+	// No real-time policy for a program (notRealtime), nor a nice value
+	// below the one it starts with (notFavoured).
 	if err := syscall.Setrlimit(unix.RLIMIT_RTPRIO, &syscall.Rlimit{}); err != nil {
 		return fmt.Errorf("setrlimit(RLIMIT_RTPRIO, 0): %w", err)
+	}
+	if err := syscall.Setrlimit(unix.RLIMIT_NICE, &syscall.Rlimit{}); err != nil {
+		return fmt.Errorf("setrlimit(RLIMIT_NICE, 0): %w", err)
 	}
 	if p.NoFile > 0 {
 		// syscall.Setrlimit, not unix's: it also tells os.StartProcess not
@@ -697,8 +740,9 @@ func loopbackUp() error {
 }
 
 // lockForFork pins the goroutine to its thread, on which no_new_privs is
-// set and no capability is kept (noKeptCaps, a thread's own), for a fork
-// that must inherit both; call the returned func after.
+// set, no capability is kept (noKeptCaps) and nothing favoured is left
+// (notFavoured), each a thread's own, for a fork that must inherit them;
+// call the returned func after.
 func lockForFork() (func(), error) {
 	runtime.LockOSThread()
 	if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
@@ -706,6 +750,10 @@ func lockForFork() (func(), error) {
 		return nil, fmt.Errorf("prctl(PR_SET_NO_NEW_PRIVS): %w", err)
 	}
 	if err := noKeptCaps(); err != nil {
+		runtime.UnlockOSThread()
+		return nil, err
+	}
+	if err := notFavoured(); err != nil {
 		runtime.UnlockOSThread()
 		return nil, err
 	}

@@ -342,6 +342,19 @@ func TestInitsAgree(t *testing.T) {
 			t.Errorf("under a SCHED_FIFO parent with RLIMIT_RTPRIO 99 and the real-time I/O class: %+v, want RLIMIT_RTPRIO 0 0, policy 0 (SCHED_OTHER) and another I/O class", o)
 		}
 	})
+	t.Run("favoured parent", func(t *testing.T) {
+		if !root {
+			t.Skip("the program's start needs root (setgroups)")
+		}
+		ex := bareExec(t, "/bin/sh", "-c", `cat /proc/self/personality; awk '{print $19}' /proc/self/stat; awk '/^Max nice priority/ {print $(NF-1), $NF}' /proc/self/limits`)
+		o := bothInits(t, func(t *testing.T, bin string) (o outcome) {
+			favoured(t, func() { o = runCell(t, bin, planFrame(t, noNS), ex, nil) })
+			return o
+		})
+		if o.Status != 0 || o.Output != "00000000\n0\n0 0\n" {
+			t.Errorf("under a parent at nice -5 with RLIMIT_NICE 40 and no address space randomisation: %+v, want personality 0, nice 0 and RLIMIT_NICE 0 0", o)
+		}
+	})
 	t.Run("kept capabilities", func(t *testing.T) {
 		if !root {
 			t.Skip("capabilities to keep need root")
@@ -682,6 +695,44 @@ func realtime(t *testing.T, f func()) {
 	}
 	defer unix.RawSyscall(unix.SYS_IOPRIO_SET, ioprioWhoProcess, 0, 0)
 	f()
+}
+
+// favoured runs f on a thread of its own, ended after it, at nice -5
+// and without address space randomisation (ADDR_NO_RANDOMIZE, setarch
+// -R), with the process's RLIMIT_NICE at 40 (a nice value down to -20)
+// meanwhile: what a process f starts inherits them.
+func favoured(t *testing.T, f func()) {
+	t.Helper()
+	var old unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NICE, &old); err != nil {
+		t.Fatal(err)
+	}
+	// Raising the hard limit needs CAP_SYS_RESOURCE, and a negative nice
+	// value CAP_SYS_NICE, which a container may lack
+	// (TestConfineNotInherited covers both in the microVM).
+	if err := unix.Setrlimit(unix.RLIMIT_NICE, &unix.Rlimit{Cur: 40, Max: 40}); err != nil {
+		t.Logf("RLIMIT_NICE left at %d: %v", old.Max, err)
+	} else {
+		defer unix.Setrlimit(unix.RLIMIT_NICE, &old)
+	}
+	done := make(chan string)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, -5); err != nil {
+			t.Logf("nice value left at 0: setpriority(-5): %v", err)
+		}
+		const addrNoRandomize = 0x0040000
+		persona, _, _ := unix.RawSyscall(unix.SYS_PERSONALITY, 0xffffffff, 0, 0)
+		if _, _, errno := unix.RawSyscall(unix.SYS_PERSONALITY, persona|addrNoRandomize, 0, 0); errno != 0 {
+			done <- fmt.Sprintf("personality(ADDR_NO_RANDOMIZE): %v", errno)
+			return
+		}
+		f()
+		done <- ""
+	}()
+	if msg := <-done; msg != "" {
+		t.Fatal(msg)
+	}
 }
 
 // keepingCaps runs f on a thread of its own, ended after it, whose

@@ -172,9 +172,12 @@ func InitExec() int {
 	}
 	unix.Close(fds[0])
 	// The thread that executes the program keeps no capability across
-	// the preloader's later changes of uid.
+	// the preloader's later changes of uid, and nothing favoured.
 	runtime.LockOSThread()
 	if err := noKeptCaps(); err != nil {
+		return failOn(ctl, ReportSpawn, exitSpawn, err)
+	}
+	if err := notFavoured(); err != nil {
 		return failOn(ctl, ReportSpawn, exitSpawn, err)
 	}
 	if ex.Dir != "" {

@@ -133,6 +133,7 @@ type schedReply struct {
 	Policy  int    `json:"policy"`  // sched_getscheduler(0)
 	RR      string `json:"rr"`      // sched_setscheduler(0, SCHED_RR, 1): "ok" or the errno name
 	IOClass int    `json:"ioclass"` // the class of ioprio_get(IOPRIO_WHO_PROCESS, 0): 1 is real-time
+	Nice    int    `json:"nice"`    // its nice value
 }
 
 // socketTables are the socket tables of /proc/self/net the probe counts.
@@ -723,7 +724,8 @@ func runProbe() int {
 			err = errno
 		}
 		ioprio, _, _ := unix.RawSyscall(unix.SYS_IOPRIO_GET, 1, 0, 0) // IOPRIO_WHO_PROCESS, this thread
-		r.Sched = &schedReply{Policy: int(policy), RR: errName(err), IOClass: int(ioprio >> 13)}
+		kprio, _ := unix.Getpriority(unix.PRIO_PROCESS, 0)            // the kernel's 20 - nice
+		r.Sched = &schedReply{Policy: int(policy), RR: errName(err), IOClass: int(ioprio >> 13), Nice: 20 - kprio}
 	}
 	if q.Has("crash") {
 		// Dies of SIGABRT, which dumps core, after lowering its core
@@ -1842,11 +1844,14 @@ func procStatus(text string) map[string]string {
 // OOM killer (oom_score_adj -500, a unit's OOMScoreAdjust=), the program
 // is its first choice (1000) and cannot lower that. Under serve keeping
 // its capabilities across a change of uid (SecureBits=no-setuid-fixup)
-// with CAP_SYS_ADMIN ambient, the program has none. The control: the probe
-// started directly the way serve is, which keeps them all.
+// with CAP_SYS_ADMIN ambient, the program has none. Under serve at nice -5
+// (a unit's Nice=) with RLIMIT_NICE 40 and without address space
+// randomisation (setarch -R), the program runs at nice 0 with RLIMIT_NICE
+// 0 and randomised. The control: the probe started directly the way
+// serve is, which keeps them all.
 func TestConfineNotInherited(t *testing.T) {
 	var tools []string
-	for _, tool := range []string{"chrt", "prlimit", "ionice", "setpriv"} {
+	for _, tool := range []string{"chrt", "prlimit", "ionice", "setpriv", "nice", "setarch"} {
 		p, err := exec.LookPath(tool)
 		if err != nil {
 			t.Fatalf("%s (util-linux): %v", tool, err)
@@ -1855,14 +1860,15 @@ func TestConfineNotInherited(t *testing.T) {
 	}
 	// A shell lowers its oom_score_adj as root and executes the rest.
 	const lowerOOM = `echo -500 > /proc/self/oom_score_adj && exec "$@"`
-	favoured := []string{"/bin/sh", "-c", lowerOOM, "sh", tools[0], "-f", "1", tools[1], "--rtprio=99:99", "--", tools[2], "-c", "1", "-n", "4",
+	favoured := []string{"/bin/sh", "-c", lowerOOM, "sh", tools[0], "-f", "1", tools[1], "--rtprio=99:99", "--nice=40:40", "--", tools[2], "-c", "1", "-n", "4",
+		tools[4], "-n", "-5", tools[5], "-R",
 		tools[3], "--securebits", "+no_setuid_fixup", "--inh-caps", "+sys_admin", "--ambient-caps", "+sys_admin", "--"}
 	wrapper := filepath.Join(t.TempDir(), "cellgate-favoured")
 	script := fmt.Sprintf("#!/bin/sh\necho -500 > /proc/self/oom_score_adj && exec %s %s \"$@\"\n", strings.Join(favoured[4:], " "), cellgateBin(t))
 	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	query := url.Values{"sched": {"1"}, "oom": {"1"}, "cat": {"/proc/self/limits", "/proc/self/status"}}
+	query := url.Values{"sched": {"1"}, "oom": {"1"}, "cat": {"/proc/self/limits", "/proc/self/status", "/proc/self/personality"}}
 	control := exec.Command(favoured[0], append(favoured[1:], workerBinary(t))...)
 	control.Env = []string{cellHelperEnv + "=probe", "QUERY_STRING=" + query.Encode(), "REQUEST_METHOD=GET"}
 	out, err := control.Output()
@@ -1877,6 +1883,9 @@ func TestConfineNotInherited(t *testing.T) {
 	if rt := procLimits(c.Cat["/proc/self/limits"])["Max realtime priority"]; c.Sched.Policy != unix.SCHED_FIFO || c.Sched.RR != "ok" || rt != "99 99" || !strings.HasPrefix(c.OOMAdj, "-500,") || c.Sched.IOClass != 1 {
 		t.Fatalf("the control: policy %d, SCHED_RR %s, RLIMIT_RTPRIO %q, oom_score_adj %q, I/O class %d: want SCHED_FIFO, ok, 99 99, -500, 1 (real-time)", c.Sched.Policy, c.Sched.RR, rt, c.OOMAdj, c.Sched.IOClass)
 	}
+	if rn, persona := procLimits(c.Cat["/proc/self/limits"])["Max nice priority"], strings.TrimSpace(c.Cat["/proc/self/personality"]); c.Sched.Nice != -5 || rn != "40 40" || persona != "00040000" {
+		t.Fatalf("the control: nice %d, RLIMIT_NICE %q, personality %s: want -5, 40 40, 00040000 (ADDR_NO_RANDOMIZE)", c.Sched.Nice, rn, persona)
+	}
 	g := startGate(t, gateOptions{policy: confinePolicy(t, freshRoute(t)), bin: wrapper})
 	for _, route := range []string{"probe", "fresh"} {
 		r := g.probe(t, route, query)
@@ -1885,6 +1894,9 @@ func TestConfineNotInherited(t *testing.T) {
 		}
 		if got := procLimits(r.Cat["/proc/self/limits"])["Max realtime priority"]; got != "0 0" {
 			t.Errorf("%s: RLIMIT_RTPRIO %q, want 0 0", route, got)
+		}
+		if rn, persona := procLimits(r.Cat["/proc/self/limits"])["Max nice priority"], strings.TrimSpace(r.Cat["/proc/self/personality"]); r.Sched.Nice != 0 || rn != "0 0" || persona != "00000000" {
+			t.Errorf("%s: nice %d, RLIMIT_NICE %q, personality %s: want 0, 0 0 and 00000000 (address space randomisation)", route, r.Sched.Nice, rn, persona)
 		}
 		if caps := procStatus(r.Cat["/proc/self/status"]); caps["CapEff"] != "0000000000000000" || caps["CapAmb"] != "0000000000000000" {
 			t.Errorf("%s: capabilities effective %s, ambient %s: want none", route, caps["CapEff"], caps["CapAmb"])

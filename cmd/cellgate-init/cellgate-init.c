@@ -61,6 +61,7 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/msg.h>
+#include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/sem.h>
@@ -102,6 +103,10 @@ struct cg_mount_attr {
 #define CORE_LIMIT 1 /* confine.CoreLimit */
 #define MEMLOCK_LIMIT (64 << 10) /* confine.MemLockLimit */
 #define OOM_SCORE_ADJ "1000" /* confine.OOMScoreAdj */
+/* linux/personality.h's: the flags the kernel clears for a set-uid
+ * program (glibc's sys/personality.h has the flags, not the set). */
+#define PER_CLEAR_ON_SETID (READ_IMPLIES_EXEC | ADDR_NO_RANDOMIZE | ADDR_COMPAT_LAYOUT | MMAP_PAGE_ZERO)
+
 /* linux/ioprio.h, absent from older kernel headers. */
 #define IOPRIO_WHO_PROCESS 1
 #define IOPRIO_CLASS_SHIFT 13
@@ -1244,6 +1249,28 @@ static int not_realtime_io(void)
 	return 0;
 }
 
+/* not_favoured undoes the rest of what a daemon started favoured, or
+ * with its defences weakened, would hand the program (confine's
+ * notFavoured): a nice value below 0 goes to 0 (a positive one stays),
+ * and the personality flags the kernel clears for a set-uid program
+ * (no address space randomisation, readable memory executable, the
+ * legacy layout, page zero mapped) are cleared. */
+static int not_favoured(void)
+{
+	errno = 0;
+	int nice = getpriority(PRIO_PROCESS, 0);
+	if (nice == -1 && errno != 0)
+		return fail(errno, "getpriority");
+	if (nice < 0 && setpriority(PRIO_PROCESS, 0, 0) < 0)
+		return fail(errno, "setpriority(PRIO_PROCESS, 0)");
+	int persona = personality(0xffffffff);
+	if (persona < 0)
+		return fail(errno, "personality");
+	if ((persona & PER_CLEAR_ON_SETID) && personality((unsigned long)(persona & ~PER_CLEAR_ON_SETID)) < 0)
+		return fail(errno, "personality(%#x)", persona & ~PER_CLEAR_ON_SETID);
+	return 0;
+}
+
 /* oom_first makes this process, and what it starts, the kernel's first
  * choice when the host runs out of memory (confine's OOMScoreAdj). */
 static int oom_first(void)
@@ -1303,11 +1330,14 @@ static int apply(const struct plan *p)
 		if (setrlimit(RLIMIT_NOFILE, &nf) < 0)
 			return fail(errno, "setrlimit(RLIMIT_NOFILE, %llu)", (unsigned long long)p->nofile);
 	}
-	/* No real-time policy for a program, now or later. */
-	struct rlimit rtprio = {0, 0};
-	if (setrlimit(RLIMIT_RTPRIO, &rtprio) < 0)
+	/* No real-time policy for a program, now or later, nor a nice value
+	 * below the one it starts with. */
+	struct rlimit none = {0, 0};
+	if (setrlimit(RLIMIT_RTPRIO, &none) < 0)
 		return fail(errno, "setrlimit(RLIMIT_RTPRIO, 0)");
-	if (not_realtime() < 0 || not_realtime_io() < 0)
+	if (setrlimit(RLIMIT_NICE, &none) < 0)
+		return fail(errno, "setrlimit(RLIMIT_NICE, 0)");
+	if (not_realtime() < 0 || not_realtime_io() < 0 || not_favoured() < 0)
 		return -1;
 	/* The program keeps the flag across its execve (confine's
 	 * Plan.HugePages). Best effort, as in the Go init: where it is refused
