@@ -57,10 +57,7 @@ type frameCheck struct {
 	teCount       int
 	teChunked     bool
 	field         fieldKind
-	nameCL        bool // the name read so far is a prefix of Content-Length
-	nameTE        bool // ... of Transfer-Encoding
-	nameEx        bool // ... of Expect
-	nameHost      bool // ... of Host
+	cand          fieldKind // the field whose name the name read so far begins (fieldNames), or fieldOther
 	val           [16]byte
 	valLen        int // bytes of val used; past len(val) the value is too long to matter
 	valDigits     int // Content-Length: digits seen; -1 once OWS followed them
@@ -208,30 +205,44 @@ func (k *frameCheck) feed(b []byte) (n, free int, err *frameError) {
 // head (cookies, user agents, long URLs), taken in one loop rather than a
 // step each. 0 in any other state, or before a byte step must see.
 func (k *frameCheck) run(b []byte) int {
-	switch {
-	case k.st == stTarget && k.n > 0 && k.pct == 0:
-		// A path's '%' and '?' are step's, as the target's first byte.
-		n := 0
-		for n < len(b) && b[n] > ' ' && b[n] != 0x7f && !(k.path && (b[n] == '%' || b[n] == '?')) {
+	n := 0
+	switch k.st {
+	case stTarget:
+		switch {
+		case k.n == 0 || k.pct > 0:
+			return 0 // the target's first byte, an escape's digits: step's
+		case k.path: // up to a '%' or the '?', which are step's
+			for n < len(b) && b[n] > ' ' && b[n] != 0x7f && b[n] != '%' && b[n] != '?' {
+				n++
+			}
+		default:
+			for n < len(b) && b[n] > ' ' && b[n] != 0x7f {
+				n++
+			}
+		}
+		k.n += n
+	case stName:
+		if k.cand != fieldOther {
+			return 0 // a name step follows (fieldNames)
+		}
+		for n < len(b) && tchar(b[n]) {
 			n++
 		}
 		k.n += n
-		return n
-	case k.st == stValue && k.field == fieldHost && !k.hostWS:
-		n := 0
-		for n < len(b) && hostByte[b[n]] {
-			n++
+	case stValue:
+		switch {
+		case k.field == fieldOther:
+			for n < len(b) && (b[n] >= ' ' && b[n] != 0x7f || b[n] == '\t') {
+				n++
+			}
+		case k.field == fieldHost && !k.hostWS:
+			for n < len(b) && hostByte[b[n]] {
+				n++
+			}
+			k.valLen += n
 		}
-		k.valLen += n
-		return n
-	case k.st == stValue && k.field == fieldOther:
-		n := 0
-		for n < len(b) && (b[n] >= ' ' && b[n] != 0x7f || b[n] == '\t') {
-			n++
-		}
-		return n
 	}
-	return 0
+	return n
 }
 
 // tooLarge is the error of a head (or trailer section) over maxHead.
@@ -338,33 +349,21 @@ func (k *frameCheck) step(c byte) *frameError {
 		case c == '\n':
 			return k.headErr("bare LF")
 		case tchar(c):
-			lc := lower(c)
-			k.st, k.n = stName, 1
-			k.nameCL, k.nameTE, k.nameEx, k.nameHost = lc == 'c', lc == 't', lc == 'e', lc == 'h'
+			k.st, k.n, k.cand = stName, 1, fieldByInitial[lower(c)]
 		default:
 			return k.headErr("invalid byte in field name")
 		}
 	case stName:
 		switch {
 		case tchar(c):
-			lc := lower(c)
-			k.nameCL = k.nameCL && k.n < len(nameCL) && nameCL[k.n] == lc
-			k.nameTE = k.nameTE && k.n < len(nameTE) && nameTE[k.n] == lc
-			k.nameEx = k.nameEx && k.n < len(nameEx) && nameEx[k.n] == lc
-			k.nameHost = k.nameHost && k.n < len(nameHost) && nameHost[k.n] == lc
+			if name := fieldNames[k.cand]; k.n >= len(name) || name[k.n] != lower(c) {
+				k.cand = fieldOther
+			}
 			k.n++
 		case c == ':':
 			k.field = fieldOther
-			switch {
-			case k.trailer:
-			case k.nameCL && k.n == len(nameCL):
-				k.field = fieldCL
-			case k.nameTE && k.n == len(nameTE):
-				k.field = fieldTE
-			case k.nameEx && k.n == len(nameEx):
-				k.field = fieldExpect
-			case k.nameHost && k.n == len(nameHost):
-				k.field = fieldHost
+			if !k.trailer && k.cand != fieldOther && k.n == len(fieldNames[k.cand]) {
+				k.field = k.cand
 			}
 			k.st, k.valLen, k.valDigits, k.hostWS = stValue, 0, 0, false
 		default:
@@ -447,13 +446,23 @@ func (k *frameCheck) step(c byte) *frameError {
 	return nil
 }
 
-const (
-	nameCL   = "content-length"
-	nameTE   = "transfer-encoding"
-	nameEx   = "expect"
-	nameHost = "host"
-	method   = "CONNECT" // the method that needs no Host
-)
+// fieldNames are the names of the fields step follows, lower case; each
+// begins with a letter of its own (fieldByInitial).
+var fieldNames = [...]string{fieldCL: "content-length", fieldTE: "transfer-encoding", fieldExpect: "expect", fieldHost: "host"}
+
+// fieldByInitial maps a name's first byte, lower case, to the one field
+// of fieldNames it may be.
+var fieldByInitial = func() (t [256]fieldKind) {
+	for f, name := range fieldNames {
+		if name != "" {
+			t[name[0]] = fieldKind(f)
+		}
+	}
+	return t
+}()
+
+// method is the one method that needs no Host.
+const method = "CONNECT"
 
 // hostByte: the bytes net/http admits in a Host value (its whitespace
 // trimmed), as httpguts.ValidHostHeader says.
