@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -397,4 +399,47 @@ func TestSystemdSandboxLeftOut(t *testing.T) {
 	mustSystemctl(t, "daemon-reload")
 	mustSystemctl(t, "restart", "cellgate.socket", "cellgate-admin.socket")
 	mustGet(t, "http://127.0.0.1:8080/hello", 200)
+}
+
+// TestSystemdCPUs: the CPUs a unit's AllowedCPUs= gives (the cpuset
+// controller, which binds every process of the unit's group) bind its
+// cells, whatever their program asks; CPUAffinity= alone, the control,
+// is only where they start: a program widens its own affinity to every
+// CPU (sched_setaffinity needs no privilege within its cpuset), as the
+// unit's comment says.
+func TestSystemdCPUs(t *testing.T) {
+	underSystemd(t)
+	if runtime.NumCPU() < 2 {
+		t.Fatalf("%d CPU: the test needs 2 (vmrun -smp 2)", runtime.NumCPU())
+	}
+	policy := installUnits(t)
+	// The program widens its shell's affinity to every CPU, then reports
+	// the CPUs of a process it starts.
+	script := filepath.Join(systemdCGI, "cpus.sh")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\ntaskset -apc 0-"+strconv.Itoa(runtime.NumCPU()-1)+" $$ >/dev/null 2>&1\ngrep Cpus_allowed_list /proc/self/status\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writePolicy(t, policy, systemdPolicy+`  - {name: cpus, match: {path: /cpus}, tenant: web, program: "`+script+`", memory: 16Mi}
+`)
+	const dropIn = "/etc/systemd/system/cellgate.service.d/cpus.conf"
+	if err := os.MkdirAll(filepath.Dir(dropIn), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(dropIn)) })
+	mustSystemctl(t, "start", "cellgate.socket", "cellgate-admin.socket")
+	all := "0-" + strconv.Itoa(runtime.NumCPU()-1)
+	for _, tc := range []struct{ option, want string }{
+		{"CPUAffinity=0", all},
+		{"AllowedCPUs=0", "0"},
+	} {
+		if err := os.WriteFile(dropIn, []byte("[Service]\n"+tc.option+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		mustSystemctl(t, "daemon-reload")
+		mustSystemctl(t, "restart", "cellgate.service")
+		body := mustGet(t, "http://127.0.0.1:8080/cpus", 200)
+		if got := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(body), "Cpus_allowed_list:")); got != tc.want {
+			t.Errorf("%s: a cell that asked for CPUs %s runs on %q, want %s", tc.option, all, got, tc.want)
+		}
+	}
 }
