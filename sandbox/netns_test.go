@@ -71,7 +71,7 @@ func TestNetnsGiveEndsWhatCannotBeReused(t *testing.T) {
 	dirty := fakeNetns(t)
 	p := newTestNetnsPool(t, 2, func(fd int) bool { return fd != dirty })
 	root := fakeNetns(t)
-	p.give("a", root, false) // its program ran as root, or its cell did not empty
+	p.give("a", root, false) // its program ran as the host's root, or its cell did not empty
 	p.give("a", dirty, true) // a socket is left in it
 	if isOpen(root) || isOpen(dirty) {
 		t.Errorf("namespaces that cannot be reused are still held: root %v, with a socket %v", isOpen(root), isOpen(dirty))

@@ -720,7 +720,7 @@ func runnerCounters(r *sandbox.Runner) []prometheus.Collector {
 		func() float64 { return float64(r.NetnsReused()) }))
 	for _, why := range sandbox.ResidentEndReasons() {
 		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "cellgate", Name: "resident_ended_total",
-			Help:        "Resident cells ended, by why: unclean (a request left what the init cannot end), root (a program ran as root), sockets (left in the cell's network namespace), aged (served their time), surplus (the route had enough), failed (the init died or failed).",
+			Help:        "Resident cells ended, by why: unclean (a request left what the init cannot end), root (a program ran as the host's root), sockets (left in the cell's network namespace), aged (served their time), surplus (the route had enough), failed (the init died or failed).",
 			ConstLabels: prometheus.Labels{"reason": why.String()}}, func() float64 { return float64(r.ResidentEnded(why)) }))
 	}
 	return cs
