@@ -668,17 +668,7 @@ func TestInitRefusesCutFrames(t *testing.T) {
 // may raise it: what a process f starts inherits.
 func realtime(t *testing.T, f func()) {
 	t.Helper()
-	var old unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_RTPRIO, &old); err != nil {
-		t.Fatal(err)
-	}
-	// Raising the hard limit needs CAP_SYS_RESOURCE, which a container
-	// may lack (TestConfineNotInherited covers the limit in the microVM).
-	if err := unix.Setrlimit(unix.RLIMIT_RTPRIO, &unix.Rlimit{Cur: 99, Max: 99}); err != nil {
-		t.Logf("RLIMIT_RTPRIO left at %d: %v", old.Max, err)
-	} else {
-		defer unix.Setrlimit(unix.RLIMIT_RTPRIO, &old)
-	}
+	defer raisedRlimit(t, unix.RLIMIT_RTPRIO, "RLIMIT_RTPRIO", 99)()
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	prio := int32(1)
@@ -697,41 +687,62 @@ func realtime(t *testing.T, f func()) {
 	f()
 }
 
+// raisedRlimit sets the process's limit resource (name) to v, soft and
+// hard, where it may, and returns what sets it back. Raising the hard
+// limit needs CAP_SYS_RESOURCE, which a container may lack
+// (TestConfineNotInherited covers the limits in the microVM).
+func raisedRlimit(t *testing.T, resource int, name string, v uint64) func() {
+	t.Helper()
+	var old unix.Rlimit
+	if err := unix.Getrlimit(resource, &old); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setrlimit(resource, &unix.Rlimit{Cur: v, Max: v}); err != nil {
+		t.Logf("%s left at %d: %v", name, old.Max, err)
+		return func() {}
+	}
+	return func() { unix.Setrlimit(resource, &old) }
+}
+
 // favoured runs f on a thread of its own, ended after it, at nice -5
 // and without address space randomisation (ADDR_NO_RANDOMIZE, setarch
 // -R), with the process's RLIMIT_NICE at 40 (a nice value down to -20)
 // meanwhile: what a process f starts inherits them.
 func favoured(t *testing.T, f func()) {
 	t.Helper()
-	var old unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NICE, &old); err != nil {
-		t.Fatal(err)
-	}
-	// Raising the hard limit needs CAP_SYS_RESOURCE, and a negative nice
-	// value CAP_SYS_NICE, which a container may lack
-	// (TestConfineNotInherited covers both in the microVM).
-	if err := unix.Setrlimit(unix.RLIMIT_NICE, &unix.Rlimit{Cur: 40, Max: 40}); err != nil {
-		t.Logf("RLIMIT_NICE left at %d: %v", old.Max, err)
-	} else {
-		defer unix.Setrlimit(unix.RLIMIT_NICE, &old)
-	}
-	done := make(chan string)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+	defer raisedRlimit(t, unix.RLIMIT_NICE, "RLIMIT_NICE", 40)()
+	onOwnThread(t, func() error {
+		// A negative nice value needs CAP_SYS_NICE, which a container
+		// may lack (TestConfineNotInherited covers it in the microVM).
 		if err := unix.Setpriority(unix.PRIO_PROCESS, 0, -5); err != nil {
 			t.Logf("nice value left at 0: setpriority(-5): %v", err)
 		}
 		const addrNoRandomize = 0x0040000
 		persona, _, _ := unix.RawSyscall(unix.SYS_PERSONALITY, 0xffffffff, 0, 0)
 		if _, _, errno := unix.RawSyscall(unix.SYS_PERSONALITY, persona|addrNoRandomize, 0, 0); errno != 0 {
-			done <- fmt.Sprintf("personality(ADDR_NO_RANDOMIZE): %v", errno)
-			return
+			return fmt.Errorf("personality(ADDR_NO_RANDOMIZE): %w", errno)
 		}
-		f()
-		done <- ""
+		return nil
+	}, f)
+}
+
+// onOwnThread runs setup, then f, on a thread of its own, ended after
+// them (its goroutine never unlocks it): what setup changes of the
+// thread's own attributes, a process f starts inherits, and no other
+// goroutine runs with them.
+func onOwnThread(t *testing.T, setup func() error, f func()) {
+	t.Helper()
+	done := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		err := setup()
+		if err == nil {
+			f()
+		}
+		done <- err
 	}()
-	if msg := <-done; msg != "" {
-		t.Fatal(msg)
+	if err := <-done; err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -742,35 +753,25 @@ func favoured(t *testing.T, f func()) {
 // process f starts inherits both.
 func keepingCaps(t *testing.T, f func()) {
 	t.Helper()
-	done := make(chan string)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+	onOwnThread(t, func() error {
 		hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
 		var data [2]unix.CapUserData
 		if err := unix.Capget(&hdr, &data[0]); err != nil {
-			done <- fmt.Sprintf("capget: %v", err)
-			return
+			return fmt.Errorf("capget: %w", err)
 		}
 		data[0].Inheritable |= 1 << unix.CAP_SYS_ADMIN
 		if err := unix.Capset(&hdr, &data[0]); err != nil {
-			done <- fmt.Sprintf("capset: %v", err)
-			return
+			return fmt.Errorf("capset: %w", err)
 		}
 		if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_RAISE, unix.CAP_SYS_ADMIN, 0, 0); err != nil {
-			done <- fmt.Sprintf("raise CAP_SYS_ADMIN ambient: %v", err)
-			return
+			return fmt.Errorf("raise CAP_SYS_ADMIN ambient: %w", err)
 		}
 		const secbitNoSetuidFixup = 1 << 2
 		if err := unix.Prctl(unix.PR_SET_SECUREBITS, secbitNoSetuidFixup, 0, 0, 0); err != nil {
-			done <- fmt.Sprintf("prctl(PR_SET_SECUREBITS): %v", err)
-			return
+			return fmt.Errorf("prctl(PR_SET_SECUREBITS): %w", err)
 		}
-		f()
-		done <- ""
-	}()
-	if msg := <-done; msg != "" {
-		t.Fatal(msg)
-	}
+		return nil
+	}, f)
 }
 
 // ownerWritable is the first file at or below path (in /proc) that its
