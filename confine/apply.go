@@ -559,7 +559,7 @@ func CanEnterUserNS() error {
 	if err := unix.Setns(-1, unix.CLONE_NEWUSER); !errors.Is(err, unix.EBADF) {
 		return fmt.Errorf("%w: setns of a user namespace is refused (%v), e.g. by a container's seccomp profile that denies setns whatever its type", ErrNoUserNS, err)
 	}
-	if b, err := os.ReadFile("/proc/sys/user/max_user_namespaces"); err == nil && strings.TrimSpace(string(b)) == "0" {
+	if b, err := os.ReadFile(maxUserNamespaces); err == nil && strings.TrimSpace(string(b)) == "0" {
 		return fmt.Errorf("%w: user namespaces are off (user.max_user_namespaces = 0)", ErrNoUserNS)
 	}
 	return nil

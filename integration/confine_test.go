@@ -99,12 +99,20 @@ func nsState() map[string]string {
 		}
 		unix.Close(fd)
 	}
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_default_ttl")
-	st["ttl"] = strings.TrimSpace(string(b))
-	if err != nil {
-		st["ttl"] = errName(err)
-	}
+	st["ttl"] = defaultTTL()
 	return st
+}
+
+// The network namespace's default TTL (net.ipv4.ip_default_ttl).
+const ttlSetting = "/proc/sys/net/ipv4/ip_default_ttl"
+
+// defaultTTL reads ttlSetting: its value, or the errno name.
+func defaultTTL() string {
+	b, err := os.ReadFile(ttlSetting)
+	if err != nil {
+		return errName(err)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // alterCell tries each change of nsState's.
@@ -113,7 +121,7 @@ func alterCell() map[string]string {
 		"hostname":   errName(unix.Sethostname([]byte("altered"))),
 		"domainname": errName(unix.Setdomainname([]byte("altered"))),
 		"tmp":        errName(os.Chmod("/tmp", 0o700)),
-		"ttl":        errName(os.WriteFile("/proc/sys/net/ipv4/ip_default_ttl", []byte("33"), 0)),
+		"ttl":        errName(os.WriteFile(ttlSetting, []byte("33"), 0)),
 	}
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err == nil {
@@ -685,16 +693,12 @@ func runProbe() int {
 		}
 	}
 	if v := q.Get("setttl"); v != "" {
-		if err := os.WriteFile("/proc/sys/net/ipv4/ip_default_ttl", []byte(v), 0); err != nil {
+		if err := os.WriteFile(ttlSetting, []byte(v), 0); err != nil {
 			r.TTL = errName(err)
 		}
 	}
 	if q.Has("ttl") && r.TTL == "" {
-		b, err := os.ReadFile("/proc/sys/net/ipv4/ip_default_ttl")
-		r.TTL = strings.TrimSpace(string(b))
-		if err != nil {
-			r.TTL = errName(err)
-		}
+		r.TTL = defaultTTL()
 	}
 	r.MLock = map[string]string{}
 	for _, kib := range q["mlock"] {

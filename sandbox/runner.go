@@ -287,6 +287,9 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	if spec.Confine != nil && id.cred == nil {
 		return Result{}, fmt.Errorf("%w: a confined cell needs credentials to drop to (not AsSelf)", ErrSpec)
 	}
+	// A program run as the host's root may have changed its cell's
+	// namespaces: its init and network namespace serve no other request.
+	hostRoot := spec.Confine != nil && spec.Confine.Plan().HostRoot(id.uid)
 	keepUID := false
 	defer func() {
 		if id.release != nil && !keepUID {
@@ -503,7 +506,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				errs = append(errs, uerr)
 			}
 			released, keepUID = true, true
-			release, uid := id.release, id.uid
+			release := id.release
 			// done ends the request's part once its cell is empty (or
 			// given up on): the late accounting, the uid's return.
 			done := func(emptied bool) {
@@ -521,7 +524,6 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				// (returning, putBack), unless the program ran as the
 				// host's root or left what the init could not end.
 				initKept = true
-				hostRoot := spec.Confine.Plan().HostRoot(uid)
 				reuse := !hostRoot && !rep.Unclean
 				var back func() // the init's put back, run with the cell's end
 				switch {
@@ -550,7 +552,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 			} else {
 				r.endCell(w, cell, func(emptied bool) {
 					done(emptied)
-					ip.endNetns(r, emptied && !spec.Confine.Plan().HostRoot(uid))
+					ip.endNetns(r, emptied && !hostRoot)
 				})
 			}
 			if err := st.wait(r.streamGrace); err != nil {
@@ -593,9 +595,9 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	}
 	switch {
 	case resident:
-		r.endResident(ip, spec.Confine.Plan().HostRoot(id.uid))
+		r.endResident(ip, hostRoot)
 	case ip != nil:
-		ip.endNetns(r, emptyErr == nil && !spec.Confine.Plan().HostRoot(id.uid))
+		ip.endNetns(r, emptyErr == nil && !hostRoot)
 	}
 	wall, usage, unenforced, uerr := usageOf(cell, start, true)
 	if uerr != nil {
