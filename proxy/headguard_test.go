@@ -100,6 +100,25 @@ var guardCases = []guardCase{
 	{"bad escape in the path", "GET /a%zz HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
 	{"escape cut short by the query", "GET /a%4?x HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
 	{"escape cut short by the line", "GET /a% HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	// net/http's own 400s of an absolute-form (or CONNECT's authority-form)
+	// target url.ParseRequestURI refuses.
+	{"absolute-form, bad escape in the host", "GET http://x%zz/a HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"absolute-form, bad port", "GET http://x:8o/a HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"absolute-form, two colons in an http host", "GET http://x:1:2/a HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"absolute-form, IPv4 in brackets", "GET https://[127.0.0.1]/ HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"absolute-form, bad escape in the path", "GET http://x/a/b%z/c HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"absolute-form, escape cut by a slash", "GET http:/a%2/b HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"no scheme and no path", "GET x/a HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"scheme starting with a digit", "GET 1http://x/ HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"asterisk and more", "OPTIONS *x HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"CONNECT, bad port", "CONNECT x:y:z HTTP/1.1\r\n\r\n" + next, []int{400}, false},
+	{"CONNECT, bad escape after the authority", "CONNECT x:1/%zz HTTP/1.1\r\n\r\n" + next, []int{400}, false},
+	{"absolute-form, over its limit", "GET http://a/" + strings.Repeat("a", maxAbsTarget) + " HTTP/1.1\r\nHost: x\r\n\r\n" + next,
+		[]int{400}, false},
+	{"what net/http admits of absolute-form", "GET http://x:80/%41/b?%zz/c HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"GET HTTP://u:p%41@[::1%25en0]:/a/b/c/%42 HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"GET http:/a/b/c/d%41 HTTP/1.1\r\nHost: x\r\n\r\n" +
+		"CONNECT /a%41 HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{200, 200, 200, 200, 200}, true},
 	{"what net/http admits of them", "GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" +
 		"GET /%41%c3%a9?%zz HTTP/1.1\r\nHost:  [::1]:80 \t\r\n\r\n" +
 		"GET /b?q=%4 HTTP/1.1\r\nHost:\r\n\r\n" + next, []int{200, 200, 200, 200}, true},
@@ -306,13 +325,17 @@ func refRequests(b []byte) int {
 			return n
 		}
 		// What net/http refuses of a request line and Host fields
-		// itself: an origin-form target url.ParseRequestURI refuses
-		// (the others net/http still answers), a Host value
+		// itself: a target url.ParseRequestURI refuses (and, stricter,
+		// one not in origin form over maxAbsTarget), a Host value
 		// httpguts.ValidHostHeader refuses, more than one Host, and
 		// none in HTTP/1.1 but for CONNECT.
 		method, target, _ := strings.Cut(lines[0], " ")
 		target, version, _ := strings.Cut(target, " ")
-		if _, err := url.ParseRequestURI(target); err != nil && strings.HasPrefix(target, "/") {
+		parsed := target
+		if method == "CONNECT" && !strings.HasPrefix(target, "/") {
+			parsed = "http://" + target // as net/http reads an authority-form target
+		}
+		if _, err := url.ParseRequestURI(parsed); err != nil || !strings.HasPrefix(target, "/") && len(target) > maxAbsTarget {
 			return n
 		}
 		hosts := 0
@@ -531,6 +554,76 @@ func FuzzFrameCheck(f *testing.F) {
 			t.Fatalf("fed at once, frameCheck kept\n%.2000q\nbyte by byte\n%.2000q", b[:n], kept)
 		}
 	})
+}
+
+// TestFrameCheckTargets: frameCheck admits a request target exactly when
+// net/http's reading of it, url.ParseRequestURI (after "http://" for a
+// CONNECT target not starting with '/'), does; fed whole and byte by
+// byte.
+func TestFrameCheckTargets(t *testing.T) {
+	for _, tt := range []struct {
+		method, target string
+		ok             bool
+	}{
+		{"GET", "/a%41?%zz", true},
+		{"GET", "*", true},
+		{"OPTIONS", "*x", false},
+		{"GET", "http://x/a%41", true},
+		{"GET", "http://x?y/%zz", true}, // the query ends the authority
+		{"GET", "http://x/?y/%zz", true},
+		{"GET", "http:x/a%zz", true}, // opaque: url reads no path
+		{"GET", "mailto:a/b/c/%zz", true},
+		{"GET", "http:/a/b/c/%4", false},
+		{"GET", "http:/a%/b", false},
+		{"GET", "http://x%zz/", false},
+		{"GET", "http://x:1:2/", false},
+		{"GET", "foo://x:1:2/", true}, // colons in hosts of other schemes
+		{"GET", "http://[::1%25eth0]:80/", true},
+		{"GET", "http://[127.0.0.1]/", false},
+		{"GET", "http://u%zz@x/", false},
+		{"GET", "http://u:p@x/", true},
+		{"GET", "1x://y/", false},
+		{"GET", ":x", false},
+		{"GET", "x", false},
+		{"GET", "a/b:c", false},
+		{"GET", "a/b/c/d", false},
+		{"GET", "ab?c:d", false},
+		{"CONNECT", "x:443", true},
+		{"CONNECT", "x:y:z", false},
+		{"CONNECT", "x:1/%zz", false},
+		{"CONNECT", "x:1?/%zz", true},
+		{"CONNECT", "/a%zz", false},
+		{"CONNECT", strings.Repeat("a", maxAbsTarget), true},
+		{"CONNECT", strings.Repeat("a", maxAbsTarget+1), false},
+		{"GET", "http://" + strings.Repeat("a", maxAbsTarget-8) + "/", true},
+		{"GET", "http://" + strings.Repeat("a", maxAbsTarget-7) + "/", false}, // over maxAbsTarget: stricter than net/http
+		{"GET", "http://a/" + strings.Repeat("a", maxAbsTarget-9), true},
+		{"GET", "http://a/" + strings.Repeat("a", maxAbsTarget-8), false},
+		{"GET", "http://a?" + strings.Repeat("a", maxAbsTarget-8), false},
+		{"GET", "/" + strings.Repeat("a", maxAbsTarget), true},
+	} {
+		parsed := tt.target
+		if tt.method == "CONNECT" && !strings.HasPrefix(parsed, "/") {
+			parsed = "http://" + parsed
+		}
+		if _, err := url.ParseRequestURI(parsed); (err == nil) != tt.ok && len(tt.target) <= maxAbsTarget {
+			t.Fatalf("%s %s: url.ParseRequestURI says %v, the case %v", tt.method, tt.target, err, tt.ok)
+		}
+		head := tt.method + " " + tt.target + " HTTP/1.1\r\nHost: x\r\n\r\n"
+		whole := newFrameCheck(16 << 10)
+		_, _, err := whole.feed([]byte(head))
+		if (err == nil) != tt.ok {
+			t.Errorf("%s %.40s: frameCheck says %v, want admitted %v", tt.method, tt.target, err, tt.ok)
+		}
+		k := newFrameCheck(16 << 10)
+		var byByte *frameError
+		for i := 0; i < len(head) && byByte == nil; i++ {
+			_, _, byByte = k.feed([]byte{head[i]})
+		}
+		if (byByte == nil) != (err == nil) {
+			t.Errorf("%s %.40s: byte by byte %v, whole %v", tt.method, tt.target, byByte, err)
+		}
+	}
 }
 
 // TestFrameCheckDropsEmptyLines: the empty lines before a request line,

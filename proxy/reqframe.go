@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net/url"
 	"strconv"
 
 	"golang.org/x/net/http/httpguts"
@@ -23,45 +24,52 @@ import (
 // than 100-continue is refused here (417), and so are (400) an HTTP/1.1
 // request without a Host field but CONNECT, more than one Host field, a
 // Host value with a byte net/http refuses (httpguts.ValidHostHeader:
-// whitespace inside it, a control byte, '"', '<', '{' ...) and an
-// origin-form target whose path (up to the first '?') has a '%' not
-// followed by two hex digits, which url.ParseRequestURI refuses; the
-// empty lines that may precede a request line (RFC 9112 §2.2; net/http
-// skips them only after a POST, and answers a 400 otherwise) are
+// whitespace inside it, a control byte, '"', '<', '{' ...), and a target
+// url.ParseRequestURI refuses, as net/http reads it: one whose path (up to
+// the first '?') has a '%' not followed by two hex digits, and one that is
+// neither a path nor '*' nor an absolute URI with a valid scheme, host
+// and port (a CONNECT target not starting with '/' read after "http://");
+// the empty lines that may precede a request line (RFC 9112 §2.2;
+// net/http skips them only after a POST, and answers a 400 otherwise) are
 // dropped, never handed on.
 //
 // It is a pure state machine over bytes, one byte at a time except inside
 // body data, which it skips by count; it holds no buffer and allocates
-// nothing. Being stricter than net/http everywhere is the point: a request
-// it admits is framed by net/http exactly as here, and one it refuses never
-// reaches net/http.
+// nothing, but for a target not in origin form (absolute-form, '*',
+// CONNECT's authority-form: rare from clients that are not proxies), whose
+// start up to its path it copies to ask url.ParseRequestURI about it; such
+// a target may be maxAbsTarget bytes long, no more. Being stricter than
+// net/http everywhere is the point: a request it admits is framed by
+// net/http exactly as here, and one it refuses never reaches net/http.
 type frameCheck struct {
 	maxHead int // largest head, leading empty lines included
 
 	st      frameState
+	trailer bool  // the field lines are a chunked body's trailer section
 	headLen int   // bytes of the head (or trailer section) so far
 	lead    int   // empty lines before the request line
 	n       int   // bytes of the current token (method, target, version, name, chunk line)
 	remain  int64 // body or chunk data bytes still to come
-	trailer bool  // the field lines are a chunked body's trailer section
 
 	// The head's framing fields, and the field whose value is being read.
-	http10        bool
-	connect       bool // the method read so far is a prefix of CONNECT
-	path          bool // the target is in origin form and its path not yet ended by '?'
-	pct           int8 // hex digits still due of a percent-escape in the path
-	hostCount     int
-	hostWS        bool // whitespace after a byte of the Host value
-	clCount       int
-	cl            int64
-	teCount       int
-	teChunked     bool
-	field         fieldKind
-	cand          fieldKind // the field whose name the name read so far begins (fieldNames), or fieldOther
-	val           [16]byte
-	valLen        int // bytes of val used; past len(val) the value is too long to matter
-	valDigits     int // Content-Length: digits seen; -1 once OWS followed them
-	chunkHexCount int
+	http10    bool
+	connect   bool       // the method read so far is a prefix of CONNECT
+	path      bool       // the target's path is being read (origin form, or after an absolute URI's authority) and not yet ended by '?'
+	pct       int8       // hex digits still due of a percent-escape in the path
+	notOrigin bool       // the target is not in origin form
+	abs       *absTarget // its start, while copied
+	// Fields seen of Host, Content-Length, Transfer-Encoding: a second is
+	// refused as it comes.
+	hostCount, clCount, teCount int8
+	hostWS                      bool // whitespace after a byte of the Host value
+	teChunked                   bool
+	field                       fieldKind
+	cand                        fieldKind // the field whose name the name read so far begins (fieldNames), or fieldOther
+	cl                          int64
+	val                         [16]byte
+	valLen                      int // bytes of val used; past len(val) the value is too long to matter
+	valDigits                   int // Content-Length: digits seen; -1 once OWS followed them
+	chunkHexCount               int
 }
 
 type frameState uint8
@@ -101,7 +109,8 @@ const (
 const (
 	maxChunkLine   = 4096
 	maxChunkDigits = 15
-	maxEmptyLead   = 2 // empty lines dropped before a request line (RFC 9112 §2.2); a third is refused
+	maxEmptyLead   = 2    // empty lines dropped before a request line (RFC 9112 §2.2); a third is refused
+	maxAbsTarget   = 4096 // a target not in origin form (the copy of its start, absByte, is no longer)
 )
 
 // frameError is a request that frameCheck refuses. Head is set when the
@@ -209,8 +218,8 @@ func (k *frameCheck) run(b []byte) int {
 	switch k.st {
 	case stTarget:
 		switch {
-		case k.n == 0 || k.pct > 0:
-			return 0 // the target's first byte, an escape's digits: step's
+		case k.n == 0 || k.pct > 0 || k.abs != nil:
+			return 0 // the target's first byte, an escape's digits, an absolute URI's start: step's
 		case k.path: // up to a '%' or the '?', which are step's
 			for n < len(b) && b[n] > ' ' && b[n] != 0x7f && b[n] != '%' && b[n] != '?' {
 				n++
@@ -310,13 +319,24 @@ func (k *frameCheck) step(c byte) *frameError {
 			if k.pct > 0 {
 				return k.headErr("'%' not followed by two hex digits in the request target's path")
 			}
+			if k.notOrigin {
+				if err := k.endTarget(); err != nil {
+					return err
+				}
+			}
 			k.st, k.n = stVersion, 0
 		case c > ' ' && c != 0x7f:
 			if k.n == 0 {
 				k.path = c == '/'
+				if k.notOrigin = !k.path; k.notOrigin {
+					k.startAbs()
+				}
 			}
 			k.n++
-			if k.path {
+			switch {
+			case k.abs != nil:
+				return k.absByte(c)
+			case k.path:
 				return k.pathByte(c)
 			}
 		default:
@@ -473,7 +493,86 @@ var hostByte = func() (t [256]bool) {
 	return t
 }()
 
-// pathByte takes one byte of an origin-form target's path: after a '%'
+// absTarget is the copy of a target not in origin form, up to where its
+// path would start (absByte).
+type absTarget struct {
+	b       []byte
+	slashes int8 // '/' in b
+	colon   int8 // b has no ':' (0), ends with its first (1), has one before its end (2)
+}
+
+// startAbs begins the copy of a target not in origin form. net/http reads
+// a CONNECT target that does not start with '/' as the authority of
+// "http://" + target.
+func (k *frameCheck) startAbs() {
+	k.abs = &absTarget{b: make([]byte, 0, 64)}
+	if k.connect {
+		k.abs.b = append(k.abs.b, "http://"...)
+		k.abs.slashes, k.abs.colon = 2, 2
+	}
+}
+
+// absByte takes one byte of a target not in origin form, up to where
+// url.ParseRequestURI would start reading a path: at a '?' (the query is
+// not checked), at the third '/' ("scheme://authority/": the path
+// follows, checked by pathByte), after the scheme's ':' when no '/'
+// follows it (an opaque URI, not checked further), or at the target's
+// end. There the copy goes to url.ParseRequestURI: its errors come from
+// the scheme, the user, host and port, and a path's escapes before the
+// cut, which ends at a '/' and so splits no escape.
+func (k *frameCheck) absByte(c byte) *frameError {
+	if c == '?' {
+		return k.endAbs(false)
+	}
+	if k.n > maxAbsTarget {
+		return k.absTooLong()
+	}
+	a := k.abs
+	a.b = append(a.b, c)
+	switch {
+	case a.colon == 1 && c != '/':
+		return k.endAbs(false)
+	case c == ':' && a.colon == 0:
+		a.colon = 1
+		return nil
+	case c == '/':
+		if a.slashes++; a.slashes == 3 {
+			return k.endAbs(true)
+		}
+	}
+	if a.colon == 1 {
+		a.colon = 2 // "scheme:/"
+	}
+	return nil
+}
+
+// endTarget ends a target not in origin form.
+func (k *frameCheck) endTarget() *frameError {
+	if k.abs != nil {
+		return k.endAbs(false)
+	}
+	if k.n > maxAbsTarget {
+		return k.absTooLong()
+	}
+	return nil
+}
+
+func (k *frameCheck) absTooLong() *frameError {
+	return k.headErr("request target not in origin form over " + strconv.Itoa(maxAbsTarget) + " bytes")
+}
+
+// endAbs asks url.ParseRequestURI about the copy of a target's start and
+// drops it; path says a path follows.
+func (k *frameCheck) endAbs(path bool) *frameError {
+	_, err := url.ParseRequestURI(string(k.abs.b))
+	k.abs, k.path = nil, path
+	if err != nil {
+		return k.headErr("request target is neither a path, '*' nor an absolute URI url.ParseRequestURI reads")
+	}
+	return nil
+}
+
+// pathByte takes one byte of a target's path: after a '%'
 // two hex digits, as url.ParseRequestURI wants them (its one check of a
 // path); a '?' ends the path (the query is not checked).
 func (k *frameCheck) pathByte(c byte) *frameError {
