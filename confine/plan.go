@@ -383,6 +383,10 @@ type Options struct {
 type FS interface {
 	Lstat(path string) (fs.FileInfo, error)
 	Readlink(path string) (string, error)
+	// SameFile reports whether a and b, symlinks followed, are one file
+	// or directory: the same one through another path or another mount
+	// of it too.
+	SameFile(a, b string) bool
 }
 
 // OSFS is the host's filesystem.
@@ -390,6 +394,15 @@ type OSFS struct{}
 
 func (OSFS) Lstat(p string) (fs.FileInfo, error) { return os.Lstat(p) }
 func (OSFS) Readlink(p string) (string, error)   { return os.Readlink(p) }
+
+func (OSFS) SameFile(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
+}
 
 // reserved are the cell paths the Plan itself mounts; a route's mount may
 // not replace them.
@@ -445,6 +458,10 @@ func Build(o Options, fsys FS) (*Plan, error) {
 		for _, d := range dirs {
 			if !clean(d) {
 				errs = append(errs, fmt.Errorf("system directory %q: not an absolute clean path", d))
+				continue
+			}
+			if err := checkTarget(d); err != nil {
+				errs = append(errs, fmt.Errorf("system directory %s: %w", d, err))
 				continue
 			}
 			fi, err := fsys.Lstat(d)
@@ -533,18 +550,19 @@ func (p *Plan) masks(fsys FS, hidden []string) ([]Bind, []error) {
 			continue
 		}
 		var at []string
-		if p.RootFS != "" && Within(h, p.RootFS) {
-			at = append(at, filepath.Join("/", strings.TrimPrefix(h, p.RootFS)))
+		if rel, ok := inside(fsys, h, p.RootFS); ok {
+			at = append(at, filepath.Join("/", rel))
 		}
 		for _, b := range p.Binds {
-			if !Within(h, b.Source) {
+			rel, ok := inside(fsys, h, b.Source)
+			if !ok {
 				continue
 			}
 			if b.Writable {
 				errs = append(errs, fmt.Errorf("%s lies in the writable mount of %s (at %s): every cell of the route could read and change it; move it out of %s", h, b.Source, b.Target, b.Source))
 				continue
 			}
-			at = append(at, filepath.Join(b.Target, strings.TrimPrefix(h, b.Source)))
+			at = append(at, filepath.Join(b.Target, rel))
 		}
 		for _, t := range at {
 			if !slices.ContainsFunc(masks, func(m Bind) bool { return m.Target == t }) {
@@ -553,6 +571,27 @@ func (p *Plan) masks(fsys FS, hidden []string) ([]Bind, []error) {
 		}
 	}
 	return masks, errs
+}
+
+// inside reports whether the host file h is dir or lies below it, and
+// where below it: by their paths, or, as the init's bind of dir follows
+// symlinks and a mount shows the same directory as any other mount of it,
+// by the identity of h or a directory above it with dir's.
+func inside(fsys FS, h, dir string) (rel string, ok bool) {
+	if dir == "" {
+		return "", false
+	}
+	if Within(h, dir) {
+		return strings.TrimPrefix(h, dir), true
+	}
+	for a := h; ; a = filepath.Dir(a) {
+		if fsys.SameFile(a, dir) {
+			return strings.TrimPrefix(h, a), true
+		}
+		if a == "/" {
+			return "", false
+		}
+	}
 }
 
 // nestedInWritable refuses a bind below a writable one. The init makes
@@ -584,13 +623,23 @@ func checkMount(m Bind) error {
 	case !clean(m.Target):
 		return fmt.Errorf("mount target %q: not an absolute clean path", m.Target)
 	}
+	if err := checkTarget(m.Target); err != nil {
+		return fmt.Errorf("mount target %s: %w", m.Target, err)
+	}
+	return nil
+}
+
+// checkTarget refuses a bind's place in the view (a mount's target, a
+// system directory) where it would cover what the Plan itself mounts: the
+// cell's own /proc, /dev, /tmp, /var/tmp and /dev/shm, or the whole view.
+func checkTarget(target string) error {
 	for _, r := range reserved {
-		if m.Target == r || r != "/" && Within(r, m.Target) {
-			return fmt.Errorf("mount target %s: the cell's own %s is there; choose another target", m.Target, r)
+		if target == r || r != "/" && Within(r, target) {
+			return fmt.Errorf("the cell's own %s is there; choose another", r)
 		}
 	}
-	if Within(m.Target, "/proc") || Within(m.Target, "/dev") {
-		return fmt.Errorf("mount target %s: under the cell's own /proc or /dev; choose another target", m.Target)
+	if Within(target, "/proc") || Within(target, "/dev") {
+		return errors.New("under the cell's own /proc or /dev; choose another")
 	}
 	return nil
 }

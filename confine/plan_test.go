@@ -2,6 +2,7 @@ package confine
 
 import (
 	"io/fs"
+	"path"
 	"reflect"
 	"strings"
 	"testing"
@@ -44,6 +45,35 @@ func (f fakeFS) Readlink(p string) (string, error) {
 	return "", &fs.PathError{Op: "readlink", Path: p, Err: fs.ErrInvalid}
 }
 
+// SameFile compares the paths with every symlink on them followed (a link
+// whose target is absolute or relative to its directory).
+func (f fakeFS) SameFile(a, b string) bool {
+	ra, oka := f.resolve(a)
+	rb, okb := f.resolve(b)
+	return oka && okb && ra == rb
+}
+
+func (f fakeFS) resolve(p string) (string, bool) {
+	for hops := 0; hops < 40; hops++ {
+		link := ""
+		for q := p; q != "/"; q = path.Dir(q) {
+			if strings.HasPrefix(f[q], "link:") {
+				link = q
+			}
+		}
+		if link == "" {
+			_, ok := f[p]
+			return p, ok || p == "/"
+		}
+		target, _ := f.Readlink(link)
+		if !path.IsAbs(target) {
+			target = path.Join(path.Dir(link), target)
+		}
+		p = path.Join(target, strings.TrimPrefix(p, link))
+	}
+	return "", false
+}
+
 // debian is a usrmerged Debian 12 host.
 var debian = fakeFS{
 	"/usr": "dir", "/etc": "dir", "/bin": "link:usr/bin", "/sbin": "link:usr/sbin",
@@ -51,6 +81,7 @@ var debian = fakeFS{
 	"/srv/rootfs": "dir", "/srv/file": "file",
 	"/etc/cellgate/policy.yaml": "file", "/etc/cellgate/link.yaml": "link:policy.yaml", "/srv/cgi/tls.key": "file",
 	"/srv/rootfs/etc/policy.yaml": "file", "/srv/data/policy.yaml": "file",
+	"/srv/alias": "link:data", "/srv/confalias": "link:/etc/cellgate", "/etc/cellgate": "dir",
 	// the rootfs's mount points
 	"/srv/rootfs/dev": "dir", "/srv/rootfs/proc": "dir", "/srv/rootfs/tmp": "dir", "/srv/rootfs/var/tmp": "dir", "/srv/rootfs/srv/cgi": "dir",
 }
@@ -176,6 +207,22 @@ func TestBuild(t *testing.T) {
 		},
 		{name: "a daemon's file in a writable mount", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}, Hidden: []string{"/srv/data/policy.yaml"}},
 			wantErr: "/srv/data/policy.yaml lies in the writable mount of /srv/data (at /data)"},
+		{name: "a daemon's file in a writable mount through a symlink", opts: Options{Mounts: []Bind{{Source: "/srv/alias", Target: "/data", Writable: true}}, Hidden: []string{"/srv/data/policy.yaml"}},
+			wantErr: "/srv/data/policy.yaml lies in the writable mount of /srv/alias (at /data)"},
+		{
+			name: "a daemon's file covered in a mount through a symlink",
+			opts: Options{SystemDirs: []string{"/usr"}, Mounts: []Bind{{Source: "/srv/confalias", Target: "/conf"}}, Hidden: []string{"/etc/cellgate/policy.yaml"}},
+			want: &Plan{
+				Namespaces: AllNamespaces, Resident: true,
+				Binds: []Bind{{Source: "/srv/confalias", Target: "/conf"}, {Source: "/usr", Target: "/usr"},
+					{Source: "/dev/null", Target: "/conf/policy.yaml", Mask: true, Hides: "/etc/cellgate/policy.yaml"}},
+				Tmpfs: tmpfs(DefaultTmpfsSize), Hostname: DefaultHostname, Seccomp: true, NoFile: DefaultNoFile,
+			},
+		},
+		{name: "system dir over the cell's /tmp", opts: Options{SystemDirs: []string{"/usr", "/tmp"}}, wantErr: "system directory /tmp: the cell's own /tmp is there"},
+		{name: "system dir over the cell's /var/tmp", opts: Options{SystemDirs: []string{"/var"}}, wantErr: "system directory /var: the cell's own /var/tmp is there"},
+		{name: "system dir over the cell's /dev", opts: Options{SystemDirs: []string{"/dev"}}, wantErr: "system directory /dev: the cell's own /dev is there"},
+		{name: "system dir the whole host", opts: Options{SystemDirs: []string{"/"}}, wantErr: "system directory /: the cell's own / is there"},
 		{name: "missing rootfs", opts: Options{RootFS: "/nope"}, wantErr: "rootfs /nope"},
 		{name: "rootfs without a mount point", opts: Options{RootFS: "/srv/rootfs", Programs: "/srv/data"},
 			wantErr: "rootfs /srv/rootfs has no /srv/data, where the cell's /srv/data is mounted: lstat /srv/rootfs/srv/data: file does not exist (create it in the rootfs)"},

@@ -66,6 +66,10 @@ routes:
 	twoTenants := write("shared.yaml", "version: 1\ntenants: [{name: a}, {name: b}]\nroutes:\n"+
 		"  - {name: w, match: {path: /w}, tenant: a, program: prog, mounts: [{source: "+shared+", target: /data, writable: true}]}\n"+
 		"  - {name: o, match: {path: /o}, tenant: b, program: prog, mounts: [{source: "+shared+", target: /data}]}\n")
+	alias := filepath.Join(t.TempDir(), "alias") // the policies' directory through a symlink
+	if err := os.Symlink(dir, alias); err != nil {
+		t.Fatal(err)
+	}
 	rootData := t.TempDir() // a directory a route run as root writes to
 	rootWarn := []string{"cellgate check: warning: route r runs as the host's root with seccomp: off and mounts[0] (" + rootData + ") writable: a set-uid file", "(fix: mount " + rootData + " nosuid on the host"}
 	if mountedNosuid(rootData) {
@@ -114,6 +118,10 @@ routes:
 			wantErr: []string{"routes[r].confinement: ", "rootfs /nonexistent-cellgate: no such file"}},
 		{name: "the policy in a writable mount", args: []string{route("polrw", "program: prog, mounts: [{source: "+dir+", target: /data, writable: true}]")}, wantCode: 1,
 			wantErr: []string{"routes[r].confinement: ", filepath.Join(dir, "polrw.yaml") + " lies in the writable mount of " + dir + " (at /data)", "move it out of " + dir}},
+		{name: "the policy in a writable mount through a symlink", args: []string{route("polrwlink", "program: prog, mounts: [{source: "+alias+", target: /data, writable: true}]")}, wantCode: 1,
+			wantErr: []string{"routes[r].confinement: ", filepath.Join(dir, "polrwlink.yaml") + " lies in the writable mount of " + alias + " (at /data)"}},
+		{name: "system dirs over the cell's /tmp", args: []string{route("sysdirs", "program: prog, system_dirs: [/usr, /tmp]")}, wantCode: 1,
+			wantErr: []string{"routes[r].confinement: ", "system directory /tmp: the cell's own /tmp is there; choose another"}},
 		{name: "a writable mount another tenant shows", args: []string{twoTenants}, wantCode: 1,
 			wantErr: []string{`:4: routes[w].mounts[0]: "` + shared + `": route o (line 5) shows ` + shared + ` (its mounts[0]) of tenant b, this writable mount`, "(fix: give each tenant a directory of its own"}},
 		{name: "root with a writable mount, seccomp off", args: []string{route("rootrw", "program: prog, user: root, allow_root: true, host_namespaces: [user], seccomp: off, mounts: [{source: "+rootData+", target: /data, writable: true}]")}, wantCode: 0,
