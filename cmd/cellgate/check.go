@@ -18,7 +18,7 @@ import (
 
 const exitInvalid = 1 // cellgate check: the policy is not valid, or not readable
 
-const checkUsage = `usage: cellgate check [--uid-range FIRST-LAST] [--gid GID] [--syntax-only] POLICY
+const checkUsage = `usage: cellgate check [--uid-range FIRST-LAST] [--gid GID] [--tls-key FILE] [--syntax-only] POLICY
 
 Validates the policy file POLICY as serve would load it and prints the
 effective tenants and routes, with every limit after defaults. Problems are
@@ -32,7 +32,9 @@ the program executable, a script readable with an interpreter line naming
 an interpreter they can execute. It also builds each route's confinement
 as serve does by default: a rootfs or mount source that does not exist,
 or a fork route's app_dir or mount under /tmp, /var/tmp or /dev/shm, is a
-problem. --syntax-only skips these checks (for a
+problem, and so is a writable mount holding the policy file or serve's TLS
+key (--tls-key, also read from CELLGATE_TLS_KEY, as serve reads it); the
+views that show either are said to cover it. --syntax-only skips these checks (for a
 policy checked on another machine than the one that serves it). Exits 0
 when the policy is valid, 1 when it is not (or cannot be read), 2 for bad
 arguments.
@@ -55,6 +57,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	fs.Var(&sh.UIDs, "uid-range", "")
 	fs.Var((*uint32Flag)(&sh.GID), "gid", "")
+	tlsKey := fs.String("tls-key", envSetting(environ, "TLS_KEY"), "")
 	syntaxOnly := fs.Bool("syntax-only", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -70,7 +73,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	}
 	file := fs.Arg(0)
 	p, err := policy.Load(file)
-	hidden := daemonFiles(file) // serve's own files, covered where a view shows them
+	hidden := daemonFiles(file, *tlsKey) // serve's own files, covered where a view shows them
 	var views []routeView       // what each route's cells see
 	if err == nil && !*syntaxOnly {
 		views = routeViews(p, resolvePath)

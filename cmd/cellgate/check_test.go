@@ -70,6 +70,10 @@ routes:
 	if err := os.Symlink(dir, alias); err != nil {
 		t.Fatal(err)
 	}
+	keyData := t.TempDir() // a directory holding a TLS key
+	if err := os.WriteFile(keyData+"/key.pem", []byte("key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	rootData := t.TempDir() // a directory a route run as root writes to
 	rootWarn := []string{"cellgate check: warning: route r runs as the host's root with seccomp: off and mounts[0] (" + rootData + ") writable: a set-uid file", "(fix: mount " + rootData + " nosuid on the host"}
 	if mountedNosuid(rootData) {
@@ -82,6 +86,7 @@ routes:
 		wantOut    []string // substrings of stdout
 		wantErr    []string // substrings of stderr
 		wantNoWarn bool
+		environ    []string
 	}{
 		{
 			name: "valid", args: []string{valid}, wantCode: 0,
@@ -120,6 +125,13 @@ routes:
 			wantErr: []string{"routes[r].confinement: ", filepath.Join(dir, "polrw.yaml") + " lies in the writable mount of " + dir + " (at /data)", "move it out of " + dir}},
 		{name: "the policy in a writable mount through a symlink", args: []string{route("polrwlink", "program: prog, mounts: [{source: "+alias+", target: /data, writable: true}]")}, wantCode: 1,
 			wantErr: []string{"routes[r].confinement: ", filepath.Join(dir, "polrwlink.yaml") + " lies in the writable mount of " + alias + " (at /data)"}},
+		{name: "the TLS key in a writable mount", args: []string{"--tls-key", keyData + "/key.pem", route("keyrw", "program: prog, mounts: [{source: "+keyData+", target: /data, writable: true}]")}, wantCode: 1,
+			wantErr: []string{"routes[r].confinement: ", keyData + "/key.pem lies in the writable mount of " + keyData + " (at /data)"}},
+		{name: "the TLS key of the environment in a writable mount", args: []string{route("keyrwenv", "program: prog, mounts: [{source: "+keyData+", target: /data, writable: true}]")},
+			environ: []string{"CELLGATE_TLS_KEY=" + keyData + "/key.pem"}, wantCode: 1,
+			wantErr: []string{"routes[r].confinement: ", keyData + "/key.pem lies in the writable mount of " + keyData + " (at /data)"}},
+		{name: "the TLS key in a read-only mount", args: []string{"--tls-key", keyData + "/key.pem", route("keyro", "program: prog, mounts: [{source: "+keyData+", target: /data}]")}, wantCode: 0,
+			wantOut: []string{"valid: 1 route(s)"}, wantNoWarn: true},
 		{name: "system dirs over the cell's /tmp", args: []string{route("sysdirs", "program: prog, system_dirs: [/usr, /tmp]")}, wantCode: 1,
 			wantErr: []string{"routes[r].confinement: ", "system directory /tmp: the cell's own /tmp is there; choose another"}},
 		{name: "a writable mount another tenant shows", args: []string{twoTenants}, wantCode: 1,
@@ -151,12 +163,12 @@ routes:
 		{name: "no arguments", args: nil, wantCode: 2, wantErr: []string{"want one policy file, got 0", "usage: cellgate check"}},
 		{name: "two arguments", args: []string{valid, valid}, wantCode: 2, wantErr: []string{"got 2 arguments"}},
 		{name: "unknown flag", args: []string{"-x", valid}, wantCode: 2, wantErr: []string{"flag provided but not defined"}},
-		{name: "help", args: []string{"-h"}, wantCode: 0, wantOut: []string{"usage: cellgate check [--uid-range FIRST-LAST] [--gid GID] [--syntax-only] POLICY"}},
+		{name: "help", args: []string{"-h"}, wantCode: 0, wantOut: []string{"usage: cellgate check [--uid-range FIRST-LAST] [--gid GID] [--tls-key FILE] [--syntax-only] POLICY"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errOut bytes.Buffer
-			code := runCheck(tt.args, nil, &out, &errOut)
+			code := runCheck(tt.args, tt.environ, &out, &errOut)
 			if code != tt.wantCode {
 				t.Errorf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", code, tt.wantCode, &out, &errOut)
 			}
