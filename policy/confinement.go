@@ -147,8 +147,11 @@ func (d *decoder) confinement(fs map[string]field, p string) Confinement {
 	}
 	if f, ok := fs["groups"]; ok {
 		c.ReusedGroups = d.choice(f, join(p, "groups"), "fresh", "reused") == "reused"
-		if c.ReusedGroups && c.FreshCells {
+		switch {
+		case c.ReusedGroups && c.FreshCells:
 			d.problem(f.line(), join(p, "groups"), "reused", "has no effect with cells: fresh (only a resident cell's requests reuse groups)", "remove groups, or drop cells: fresh")
+		case c.ReusedGroups && slices.Contains(c.HostNamespaces, "pid"):
+			d.problem(f.line(), join(p, "groups"), "reused", "has no effect with host_namespaces: [pid] (cells sharing the host's PIDs are fresh, and only a resident cell's requests reuse groups)", "remove groups, or drop pid from host_namespaces")
 		}
 	}
 	if c.HostFilesystem {

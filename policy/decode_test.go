@@ -210,6 +210,7 @@ func TestParseProblems(t *testing.T) {
 		{"env HTTP_", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: {http_proxy: x}}\n", []problem{{3, "routes[a].env.http_proxy", "CGI driver sets"}}},
 		{"env bad name", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: {1A: x}}\n", []problem{{3, "routes[a].env.1A", "not an environment variable name"}}},
 		{"env null", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: {A: }}\n", []problem{{3, "routes[a].env.A", "want a value, got no value"}}},
+		{"env NUL", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: {A: \"a\\0b\"}}\n", []problem{{3, "routes[a].env.A", "a NUL byte in the value"}}},
 		{"env not a mapping", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: [A]}\n", []problem{{3, "routes[a].env", "want a mapping"}}},
 		{"pass_env HTTP_PROXY", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, pass_env: [HTTP_PROXY]}\n", []problem{{3, "routes[a].pass_env", "CGI driver sets"}}},
 		{"pass_env and env", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, env: {TZ: UTC}, pass_env: [TZ]}\n", []problem{{3, "routes[a].pass_env", "also set in env"}}},

@@ -271,7 +271,7 @@ func (d *decoder) route(item *yaml.Node, p string, defaults Limits) *routeSource
 		r.ServerTiming, _ = d.boolean(f, join(p, "server_timing"))
 	}
 	r.Confinement = d.confinement(fs, p)
-	if slices.Contains(r.Confinement.HostNamespaces, HostUserNamespace) && !r.AllowRoot {
+	if slices.Contains(r.Confinement.HostNamespaces, HostUserNamespace) && !r.User.Root() {
 		d.problem(fs["host_namespaces"].line(), join(p, "host_namespaces"), HostUserNamespace, "only a program run as root has a user namespace to share",
 			"drop user, or run the route as root (user: root, allow_root: true)")
 	}
@@ -442,6 +442,10 @@ func (d *decoder) env(fs map[string]field, p string) []string {
 			d.problem(k.Line, kp, "", "want a value, got "+kindName(v), "write NAME: value (\"\" for empty)")
 			continue
 		}
+		if strings.IndexByte(v.Value, 0) >= 0 {
+			d.problem(v.Line, kp, v.Value, "a NUL byte in the value (no program's environment can hold it)", "remove it")
+			continue
+		}
 		out = append(out, k.Value+"="+v.Value)
 	}
 	sort.Strings(out)
@@ -508,7 +512,7 @@ func (d *decoder) user(f field, p string, allowRoot bool) User {
 		d.problem(f.line(), p, scalarValue(v), "want auto, a user name or a uid, got "+kindName(v), "")
 		return User{Auto: true}
 	}
-	if (u.Name == "root" || u.Name == "" && u.UID == 0) && !allowRoot {
+	if u.Root() && !allowRoot {
 		d.problem(f.line(), p, v.Value, "runs requests as root", "use auto or an unprivileged user; if you really mean it, add allow_root: true")
 	}
 	return u

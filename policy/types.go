@@ -132,6 +132,10 @@ type User struct {
 	UID uint32
 }
 
+// Root reports whether u is root by the policy's words: the name root or
+// uid 0 (a name the caller resolves to uid 0 is its to see).
+func (u User) Root() bool { return !u.Auto && (u.Name == "root" || u.Name == "" && u.UID == 0) }
+
 // Route sends matching requests to a program, in a tenant, with limits.
 type Route struct {
 	// Name is unique in the policy; it appears in logs and metrics.
