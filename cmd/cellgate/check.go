@@ -74,7 +74,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	file := fs.Arg(0)
 	p, err := policy.Load(file)
 	hidden := daemonFiles(file, *tlsKey) // serve's own files, covered where a view shows them
-	var views []routeView       // what each route's cells see
+	var views []routeView                // what each route's cells see
 	if err == nil && !*syntaxOnly {
 		views = routeViews(p, resolvePath)
 		err = verifyRoutes(p, func(r *policy.Route) (sandbox.Credential, error) {

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
@@ -128,8 +130,12 @@ func daemonFiles(files ...string) []string {
 }
 
 // confinementSources checks that the host paths a route's view is built
-// from exist: its rootfs and every mount's source.
+// from exist, its rootfs and every mount's source, and that the host
+// lets its init set the route's nofile.
 func confinementSources(c policy.Confinement) error {
+	if n := nrOpen(); n > 0 && c.NoFile > n {
+		return fmt.Errorf("nofile %d: above this host's fs.nr_open (%d), the most files a process may have open: every cell of the route would fail to start (fix: nofile: %d or less, or raise fs.nr_open)", c.NoFile, n, n)
+	}
 	if c.RootFS != "" {
 		if _, err := os.Stat(c.RootFS); err != nil {
 			return fmt.Errorf("rootfs %s: %w (fix: create it, or correct the path)", c.RootFS, pathCause(err))
@@ -201,4 +207,15 @@ func openLauncher(flagPath string) (*confine.Launcher, bool, error) {
 	}
 	l, err := confine.OpenLauncher("")
 	return l, true, err
+}
+
+// nrOpen is the host's fs.nr_open, above which no RLIMIT_NOFILE may be
+// set; 0 when it cannot be read.
+func nrOpen() int64 {
+	b, err := os.ReadFile("/proc/sys/fs/nr_open")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	return n
 }
