@@ -89,7 +89,11 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		var probs []policy.Problem
 		for _, r := range p.Routes {
 			if _, cerr := buildConfinement(r, hidden, nil); cerr != nil {
-				probs = append(probs, routeProblem(p.Source, r, "confinement", "", cerr.Error(), ""))
+				// One problem, with the file and line, per thing
+				// wrong (confine.Build joins them).
+				for msg := range strings.SplitSeq(cerr.Error(), "\n") {
+					probs = append(probs, routeProblem(p.Source, r, "confinement", "", msg, ""))
+				}
 			}
 		}
 		if len(probs) > 0 {
