@@ -140,7 +140,9 @@ func (x *exchange) runCell(m *policy.Match, req *cgiRequest, stdin io.Reader) *c
 			}
 			outErr = err
 			cancel()
-		} else if hdr.ContentLength >= 0 && hdr.ContentLength != run.body.Len() && x.r.Method != http.MethodHead {
+		} else if hdr.ContentLength >= 0 && hdr.ContentLength != run.body.Len() && x.r.Method != http.MethodHead && bodyAllowed(hdr.Status) {
+			// (A 304's length is the one its 200 would have, RFC 9110
+			// §8.6, and a 204's or 205's body is dropped.)
 			outErr = fmt.Errorf("%w: Content-Length %d but %d body bytes", ErrInvalidResponse, hdr.ContentLength, run.body.Len())
 		}
 	}

@@ -26,7 +26,7 @@ func dirProgram(m *policy.Match) error {
 		return nil
 	case err == nil:
 		return fmt.Errorf("route %s: %s is not a program: %w", m.Route.Name, m.Program, policy.ErrNoRoute)
-	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR), errors.Is(err, syscall.ENAMETOOLONG):
 		return fmt.Errorf("route %s: no program %s: %w", m.Route.Name, m.Program, policy.ErrNoRoute)
 	}
 	return nil

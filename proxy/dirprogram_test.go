@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -39,6 +40,7 @@ func TestDirRouteMissingProgram(t *testing.T) {
 		{"missing", "/cgi-bin/missing", 404, 0},
 		{"missing with path info", "/cgi-bin/missing/a/b", 404, 0},
 		{"a directory", "/cgi-bin/sub", 404, 0},
+		{"a name longer than a file's", "/cgi-bin/" + strings.Repeat("a", 300), 404, 0},
 		{"present", "/cgi-bin/there/a", 200, 1},
 	}
 	for _, tt := range tests {

@@ -26,6 +26,7 @@ type exchange struct {
 	route *policy.Route
 	// live is the request's entry in the server's in-flight set.
 	live *inflight
+	rc   *http.ResponseController
 
 	// abort resets the connection (or HTTP/2 stream) after the record is
 	// written: a streamed response was cut short and the client must not
@@ -77,6 +78,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		Referer:    r.Header.Get("Referer"),
 		ClientAddr: r.RemoteAddr,
 	}}
+	x.rc = http.NewResponseController(w)
+	x.boundWrites()
 	x.live = &inflight{v: InFlight{RequestID: id, Method: r.Method, Host: r.Host, Path: r.URL.Path,
 		Client: r.RemoteAddr, Arrived: start, State: StateReading}}
 	s.inflight.Store(x.live, nil)
@@ -107,6 +110,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if x.abort {
 		panic(http.ErrAbortHandler)
 	}
+	x.tail()
 }
 
 // record makes one metrics observation and writes one access-log record,

@@ -100,7 +100,6 @@ func (x *exchange) sendSpooled(run *cellRun) {
 func (x *exchange) writeSpool(run *cellRun) (int64, error) {
 	w := x.w
 	dl := x.writeDeadlines()
-	defer dl.clear()
 	f, err := run.body.File()
 	if err != nil {
 		return 0, err
@@ -133,7 +132,6 @@ func (x *exchange) stream(hdr *cgiHeader, br *bufio.Reader, cancel context.Cance
 	x.rec.Status = hdr.Status
 	x.w.WriteHeader(hdr.Status)
 	dl := x.writeDeadlines()
-	defer dl.clear()
 	if !bodyAllowed(hdr.Status) || x.r.Method == http.MethodHead {
 		return dl.flush()
 	}
@@ -238,7 +236,7 @@ const minStep = 4 << 10
 func (x *exchange) writeDeadlines() *deadlines {
 	cfg := &x.s.cfg
 	d := &deadlines{
-		rc:     http.NewResponseController(x.w),
+		rc:     x.rc,
 		window: cfg.WriteTimeout,
 		grace:  cfg.WriteRateGrace,
 		rate:   cfg.WriteMinRate,
@@ -281,20 +279,37 @@ func (d *deadlines) write(w io.Writer, b []byte) (int, error) {
 	return written, nil
 }
 
-// flush sends what is buffered.
+// flush sends what is buffered, under a deadline of its own: a header
+// block alone may be more than the socket takes.
 func (d *deadlines) flush() error {
+	d.next(0, 0)
 	if err := d.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return err
 	}
 	return nil
 }
 
-// clear removes the write deadline, which would otherwise outlive the
-// response on a keep-alive connection. (After a failed write net/http's
-// buffered writer keeps the error, so its last flush before closing the
-// connection does not write, and cannot wait for a stalled client.)
-func (d *deadlines) clear() {
-	if d.on {
-		_ = d.rc.SetWriteDeadline(time.Time{})
+// boundWrites, as a handler starts, removes the write deadline its
+// connection's last response left (tail), before anything of this one is
+// written (net/http's 100 Continue among them). A no-op when the check is
+// off (Config.WriteMinRate).
+func (x *exchange) boundWrites() {
+	if x.s.cfg.WriteMinRate > 0 {
+		_ = x.rc.SetWriteDeadline(time.Time{})
+	}
+}
+
+// tail, as a handler returns, bounds by a write deadline of the window
+// what net/http writes of the response after it: an answer without a
+// body or an error's, buffered and flushed only then, and the last chunk
+// of a chunked body. Without one, a client that stopped reading (a
+// pipeline of HEADs, of 404s) would hold the connection and its goroutine
+// until it went away. The next request's handler removes it
+// (boundWrites). (After a failed write net/http's buffered writer keeps
+// the error, so its last flush before closing the connection does not
+// write, and cannot wait for a stalled client.)
+func (x *exchange) tail() {
+	if x.s.cfg.WriteMinRate > 0 {
+		_ = x.rc.SetWriteDeadline(time.Now().Add(x.s.cfg.WriteTimeout))
 	}
 }

@@ -52,6 +52,9 @@ func TestHeadLength(t *testing.T) {
 		{name: "empty body", head: "Content-Type: text/plain\n", always: true, getCL: "0"},
 		{name: "no content", head: "Status: 204\n", always: true},
 		{name: "reset content", head: "Status: 205\n", always: true, getCL: "0", headCL: "0"},
+		// A 304 with the length its 200 would have had (RFC 9110 §8.6),
+		// and no body: not a Content-Length the body belies.
+		{name: "not modified, own length", head: "Status: 304\nContent-Length: 30\n"},
 		{name: "streamed", head: "Content-Type: text/plain\n", stream: true},
 		{name: "streamed own length", head: "Content-Type: text/plain\nContent-Length: 30\n", stream: true},
 		{name: "streamed body despite HEAD", head: "Content-Type: text/plain\n", always: true, stream: true},
@@ -63,7 +66,7 @@ func TestHeadLength(t *testing.T) {
 				rt.Response = policy.ResponseStream
 			}
 			b := body
-			if tc.name == "empty body" {
+			if tc.name == "empty body" || strings.HasPrefix(tc.head, "Status: 304") {
 				b = ""
 			}
 			ts := startServer(t, Config{}, Deps{Runner: headAware(tc.head, b, tc.always)}, rt)

@@ -871,6 +871,61 @@ func TestSlowReader(t *testing.T) {
 	}
 }
 
+// TestNonReaderPipelines: a client that pipelines requests and never
+// reads is cut off within the write timeout whatever it asks, and what its
+// requests hold is freed: answers without a body (HEAD) and error answers
+// (404), which net/http flushes after the handler returns, and streamed
+// responses, whose header block is flushed before their first write (the
+// route's admission is released). Answers of the route carry a large
+// header, so that a few fill the sockets' buffers; 404s take many.
+func TestNonReaderPipelines(t *testing.T) {
+	pad := "X-Pad: " + strings.Repeat("a", 30000) + "\n"
+	for _, tt := range []struct {
+		name, req string
+		n         int
+		stream    bool
+	}{
+		{"HEAD of a spooled response", "HEAD /r HTTP/1.1\r\nHost: x\r\n\r\n", 2000, false},
+		{"error answers", "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", 40000, false},
+		{"streamed responses", "GET /r HTTP/1.1\r\nHost: x\r\n\r\n", 2000, true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			adm := &countAdmitter{}
+			r := route("r", "/r", "/x")
+			if tt.stream {
+				r.Response = policy.ResponseStream
+			}
+			ts := startServer(t, Config{WriteMinRate: 64 << 10, WriteTimeout: 100 * time.Millisecond, WriteRateGrace: time.Millisecond},
+				Deps{Runner: cgiOutput("Content-Type: text/plain\n"+pad+"\nhi", sandbox.CauseOK), Admitter: adm}, r)
+			c, err := net.Dial("tcp", ts.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.(*net.TCPConn).SetReadBuffer(4096)
+			go io.WriteString(c, strings.Repeat(tt.req, tt.n)) // ends with the connection
+			// A bound on the server's work, not a speed: without the write
+			// deadlines the connection stays open for good.
+			for end := time.Now().Add(time.Minute); ts.ConnStats().Open > 0; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(end) {
+					t.Fatalf("the connection of a client that reads nothing is still open a minute on (write timeout 100ms); %d admissions held", adm.held.Load())
+				}
+			}
+			if n := adm.held.Load(); n != 0 {
+				t.Errorf("%d admissions held after the connection closed", n)
+			}
+		})
+	}
+}
+
+// countAdmitter admits everything and counts the admissions not released.
+type countAdmitter struct{ held atomic.Int64 }
+
+func (a *countAdmitter) Admit(ctx context.Context, tenant string, memory int64) (func(), time.Duration, error) {
+	a.held.Add(1)
+	return func() { a.held.Add(-1) }, 0, nil
+}
+
 // holdRouter routes with a policy and counts the matches held (not yet
 // released), as a reloading Router would to keep a policy's tenants.
 type holdRouter struct {
