@@ -91,6 +91,7 @@ func TestParseConfinementProblems(t *testing.T) {
 		{"host user namespace not root", head + "    host_namespaces: [user]\n", []problem{{6, "routes[a].host_namespaces", "only a program run as root has a user namespace to share"}}},
 		{"host user namespace of another user", head + "    allow_root: true\n    user: 1000\n    host_namespaces: [user]\n", []problem{{8, "routes[a].host_namespaces", "only a program run as root has a user namespace to share"}}},
 		{"host user namespace of per-cell uids", head + "    allow_root: true\n    host_namespaces: [user]\n", []problem{{7, "routes[a].host_namespaces", "only a program run as root has a user namespace to share"}}},
+		{"root with the host's filesystem, unsaid", head + "    allow_root: true\n    user: root\n    filesystem: host\n", []problem{{8, "routes[a].filesystem", "is the host's root, with every capability"}}},
 		{"reused groups sharing the host's PIDs", head + "    host_namespaces: [pid]\n    groups: reused\n", []problem{{7, "routes[a].groups", "no effect with host_namespaces: [pid]"}}},
 		{"system dir relative", head + "    system_dirs: [usr]\n", []problem{{6, "routes[a].system_dirs", "not an absolute clean path"}}},
 		{"mount no source", head + "    mounts: [{target: /data}]\n", []problem{{6, "routes[a].mounts[0]", "no source"}}},

@@ -271,9 +271,16 @@ func (d *decoder) route(item *yaml.Node, p string, defaults Limits) *routeSource
 		r.ServerTiming, _ = d.boolean(f, join(p, "server_timing"))
 	}
 	r.Confinement = d.confinement(fs, p)
-	if slices.Contains(r.Confinement.HostNamespaces, HostUserNamespace) && !r.User.Root() {
+	hostUser := slices.Contains(r.Confinement.HostNamespaces, HostUserNamespace)
+	switch {
+	case hostUser && !r.User.Root():
 		d.problem(fs["host_namespaces"].line(), join(p, "host_namespaces"), HostUserNamespace, "only a program run as root has a user namespace to share",
 			"drop user, or run the route as root (user: root, allow_root: true)")
+	case !hostUser && r.User.Root() && r.Confinement.HostFilesystem:
+		// Root of a user namespace of its own needs a view of its own:
+		// with the host's filesystem the program is the host's root.
+		d.problem(fs["filesystem"].line(), join(p, "filesystem"), "host", "a program run as root with the host's filesystem is the host's root, with every capability",
+			"say so with host_namespaces: [user], or drop filesystem: host to run it as root of a user namespace of its own")
 	}
 	d.forkRoute(fs, line, p, r)
 	return s

@@ -156,7 +156,7 @@ routes:
   - {name: nsroot, match: {path: /e}, program: /bin/true, user: root, allow_root: true, seccomp: off, mounts: [{source: /srv/data, target: /data, writable: true}]}
   - {name: filtered, match: {path: /d}, program: /bin/true, user: root, allow_root: true, mounts: [{source: /srv/more, target: /data, writable: true}]}
   - {name: auto, match: {path: /b}, program: /bin/true, mounts: [{source: /srv/data, target: /data, writable: true}]}
-  - {name: hostroot, match: {path: /c}, program: /bin/true, user: root, allow_root: true, filesystem: host}
+  - {name: hostroot, match: {path: /c}, program: /bin/true, user: root, allow_root: true, filesystem: host, host_namespaces: [user]}
 `))
 	if err != nil {
 		t.Fatal(err)
