@@ -221,6 +221,9 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 				"admin", ln.Addr().String())
 		}
 	}
+	for _, w := range cfg.rateWarnings() {
+		log.Warn(w)
+	}
 	// The control socket listens before READY=1: a reload asked for as
 	// soon as systemd (or a test) sees the daemon ready must find it.
 	controls := make(chan controlRequest)

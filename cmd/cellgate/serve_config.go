@@ -199,9 +199,9 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.Var((*durationFlag)(&c.HeaderTimeout), "header-timeout", "time a client has to send the request header (CELLGATE_HEADER_TIMEOUT)")
 	fs.Var((*durationFlag)(&c.IdleTimeout), "idle-timeout", "keep-alive idle timeout (CELLGATE_IDLE_TIMEOUT)")
 	fs.TextVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "largest request header, `size` (CELLGATE_MAX_HEADER_BYTES)")
-	fs.TextVar(&c.BodyMinRate, "body-min-rate", c.BodyMinRate, "slowest request body upload, `bytes` per second (CELLGATE_BODY_MIN_RATE)")
+	fs.TextVar(&c.BodyMinRate, "body-min-rate", c.BodyMinRate, "slowest request body upload, `bytes` per second; 0: none, a client may trickle its body until --max-body (CELLGATE_BODY_MIN_RATE)")
 	fs.Var((*durationFlag)(&c.BodyRateGrace), "body-rate-grace", "time before --body-min-rate applies (CELLGATE_BODY_RATE_GRACE)")
-	fs.TextVar(&c.WriteMinRate, "write-min-rate", c.WriteMinRate, "slowest response download, `bytes` per second (CELLGATE_WRITE_MIN_RATE)")
+	fs.TextVar(&c.WriteMinRate, "write-min-rate", c.WriteMinRate, "slowest response download, `bytes` per second; 0: none, and no write deadline at all (--write-timeout unused): a client that stops reading holds its connection (CELLGATE_WRITE_MIN_RATE)")
 	fs.Var((*durationFlag)(&c.WriteRateGrace), "write-rate-grace", "extra time for the first piece of a response (CELLGATE_WRITE_RATE_GRACE)")
 	fs.Var((*durationFlag)(&c.WriteTimeout), "write-timeout", "longest a client may take to read one piece of a response (--write-min-rate × this) (CELLGATE_WRITE_TIMEOUT)")
 	fs.TextVar(&c.MaxBody, "max-body", c.MaxBody, "largest request body for routes whose max_body neither the route nor the policy's defaults set, `size` (CELLGATE_MAX_BODY)")
@@ -387,6 +387,21 @@ func joinIndented(errs []error) error {
 		msgs[i] = e.Error()
 	}
 	return errors.New(strings.Join(msgs, "\n  "))
+}
+
+// rateWarnings are serve's warnings of a slow-client check turned off by
+// a rate of 0, each naming the setting.
+func (c *serveConfig) rateWarnings() []string {
+	var out []string
+	if c.WriteMinRate <= 0 {
+		out = append(out, c.origin["write-min-rate"]+": no write deadline; a client that stops reading a response holds its connection, "+
+			"its spool and the handler for as long as it likes (fix: set a rate, e.g. the default 1Ki)")
+	}
+	if c.BodyMinRate <= 0 {
+		out = append(out, c.origin["body-min-rate"]+": no upload rate; a client may trickle a request body up to --max-body "+
+			"for as long as it likes (fix: set a rate, e.g. the default 1Ki)")
+	}
+	return out
 }
 
 // proxyConfig is the front's part of the settings, with this build's

@@ -152,6 +152,36 @@ func TestServeConfig(t *testing.T) {
 	}
 }
 
+// TestRateWarnings: a rate of 0 turns a slow-client check off, and serve
+// warns of it naming the setting as given; the defaults warn of nothing.
+func TestRateWarnings(t *testing.T) {
+	for _, tt := range []struct {
+		name          string
+		args, environ []string
+		want          []string
+	}{
+		{"defaults", nil, nil, nil},
+		{"write rate 0 by flag", []string{"--write-min-rate", "0"}, nil, []string{`--write-min-rate="0": no write deadline`}},
+		{"body rate 0 in the environment", nil, []string{"CELLGATE_BODY_MIN_RATE=0"}, []string{`CELLGATE_BODY_MIN_RATE="0": no upload rate`}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := loadServeConfig(append([]string{"--policy", "p.yaml"}, tt.args...), append([]string{"TMPDIR=" + t.TempDir()}, tt.environ...), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := cfg.rateWarnings()
+			if len(got) != len(tt.want) {
+				t.Fatalf("warnings %q, want %d", got, len(tt.want))
+			}
+			for i, w := range tt.want {
+				if !strings.HasPrefix(got[i], w) || !strings.Contains(got[i], "(fix: set a rate") {
+					t.Errorf("warning %q, want it to start %q and say the fix", got[i], w)
+				}
+			}
+		})
+	}
+}
+
 func TestServeProxyConfig(t *testing.T) {
 	cfg, err := loadServeConfig([]string{"--policy", "p.yaml", "--body-min-rate", "0", "--max-conns", "-1"}, []string{"TMPDIR=" + t.TempDir()}, io.Discard)
 	if err != nil {
