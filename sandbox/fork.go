@@ -217,12 +217,13 @@ func (inst *instance) spawn(msg []byte, fds []int, cell Cell) (*worker, error) {
 		// time), so it cloned nothing.
 		return nil, fmt.Errorf("%w: %w: the preloader closed its socket before it read the spawn", ErrNoPreloader, errNotSent)
 	}
+	got, ferr := receivedFDs(oob[:oobn])
 	if err != nil || n == 0 {
+		closeAll(got) // fds with no answer: never left open in the daemon
 		return nil, fmt.Errorf("%w: read answer: %v", errNoAnswer, err)
 	}
-	got, err := receivedFDs(oob[:oobn])
-	if err != nil {
-		return nil, err
+	if ferr != nil {
+		return nil, ferr
 	}
 	m, err := parseMessage(buf[:n], len(got), msgSpawned, msgError)
 	if err == nil && m.ID != inst.nextID {

@@ -120,6 +120,46 @@ func TestForkImportError(t *testing.T) {
 	}
 }
 
+// An app whose code, at import, sends the daemon a message with an fd on
+// the preloader's socket has the preloader refused, and the fd it sent
+// closed in the daemon, not left open there (one per restart).
+func TestForkPreloaderFDClosed(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	app := `
+import array, os, socket
+s = socket.socket(fileno=3)
+for kind in ("ready", "error"):
+    msg = ('{"v": %d, "type": "%s", "pid": %d, "error": "x"}' % (` + strconv.Itoa(protoVersion) + `, kind, os.getpid())).encode()
+    s.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0]))])
+os._exit(0)
+`
+	before := openFDs(t)
+	for i := 0; i < 3; i++ {
+		if _, err := startTestPreloader(t, r, app, 0); err == nil || !strings.Contains(err.Error(), "with 1 fds, want 0") {
+			t.Fatalf("start %d: %v, want the message with an fd refused", i+1, err)
+		}
+	}
+	// A preloader's output pipe is closed by its reader once drained:
+	// wait for that, not for a leak.
+	after := openFDs(t)
+	for end := time.Now().Add(5 * time.Second); after > before && time.Now().Before(end); after = openFDs(t) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if after > before {
+		t.Errorf("the daemon has %d fds open after three refused preloaders, %d before", after, before)
+	}
+}
+
+// openFDs counts the test process's open fds.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
 // A preloader killed with SIGKILL is restarted; requests after it succeed.
 // recycle_after replaces it without counting a restart.
 func TestForkRestartAndRecycle(t *testing.T) {

@@ -460,6 +460,7 @@ func (p *Preloader) startInstance() (*instance, error) {
 	setup, err := newChildSetup(cfg.Confine, !p.r.asSelf)
 	if err != nil {
 		conn.Close()
+		outR.Close()
 		return nil, fmt.Errorf("%w: preloader of route %s: %w", ErrSpec, cfg.Route, err)
 	}
 	argv := []string{cfg.Python, "-I", "-c", pythonWSGI, cfg.App, cfg.AppDir, setup}
@@ -512,7 +513,15 @@ func (p *Preloader) startInstance() (*instance, error) {
 	}
 	conn.SetReadDeadline(time.Now().Add(cfg.StartTimeout))
 	buf := make([]byte, maxMessage)
-	n, oobn, _, _, err := conn.ReadMsgUnix(buf, make([]byte, unix.CmsgSpace(4)))
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+	// A ready or error message comes with no fd: any the app's code sent
+	// with it is closed, not left open in the daemon (one per restart).
+	got, ferr := receivedFDs(oob[:oobn])
+	closeAll(got)
+	if err == nil && ferr != nil {
+		return fail(fmt.Errorf("preloader of route %s: %w", cfg.Route, ferr))
+	}
 	if err != nil || n == 0 {
 		conn.Close()
 		if why := execFailure(ctl); why != nil {
@@ -522,7 +531,7 @@ func (p *Preloader) startInstance() (*instance, error) {
 		state := reap()
 		return nil, fmt.Errorf("%w: preloader of route %s ended before it was ready (%v, read: %v)", ErrSpawn, cfg.Route, state, err)
 	}
-	m, err := parseMessage(buf[:n], oobn/unix.CmsgSpace(4), msgReady, msgError)
+	m, err := parseMessage(buf[:n], len(got), msgReady, msgError)
 	if err != nil {
 		return fail(fmt.Errorf("preloader of route %s: %w", cfg.Route, err))
 	}
