@@ -54,9 +54,15 @@ type Pool struct {
 	ctx  context.Context
 	stop context.CancelFunc
 
-	mu       sync.RWMutex // guards closed, profiles; RLock around sends on removals
+	mu       sync.RWMutex // guards closed, profiles, retired; RLock around sends on removals
 	closed   bool
 	profiles map[ProfileKey]*poolProfile
+	// retired are the profiles Retain dropped: a Get of one (a warm or
+	// resident cell of a replaced policy's route, still setting up) makes
+	// its cell without registering the profile again, which would start
+	// a refill nothing takes from. Warm and Retain bring one back; it is
+	// forgotten after retiredFor.
+	retired map[ProfileKey]time.Time
 	removals chan *Cell
 	removers sync.WaitGroup
 
@@ -108,7 +114,7 @@ func NewPool(t *Tree, o PoolOptions) *Pool {
 	if o.MaxBackoff < o.MinBackoff {
 		o.MaxBackoff = max(time.Second, o.MinBackoff)
 	}
-	p := &Pool{tree: t, o: o, log: o.Logger, profiles: map[ProfileKey]*poolProfile{}, removals: make(chan *Cell, o.MaxRemovals)}
+	p := &Pool{tree: t, o: o, log: o.Logger, profiles: map[ProfileKey]*poolProfile{}, retired: map[ProfileKey]time.Time{}, removals: make(chan *Cell, o.MaxRemovals)}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
 	}
@@ -124,8 +130,11 @@ func NewPool(t *Tree, o PoolOptions) *Pool {
 // when cells of prof cannot be created on this tree (a missing
 // controller).
 func (p *Pool) Warm(prof *Profile) error {
+	p.mu.Lock()
+	delete(p.retired, prof.key) // a loaded policy's route wants it
+	p.mu.Unlock()
 	pp, err := p.profile(prof)
-	if err != nil {
+	if err != nil || pp == nil {
 		return err
 	}
 	pp.kick()
@@ -140,6 +149,14 @@ func (p *Pool) Get(ctx context.Context, prof *Profile) (*Cell, error) {
 	pp, err := p.profile(prof)
 	if err != nil {
 		return nil, err
+	}
+	if pp == nil { // retired: made here, removed at its Release
+		p.stats.misses.Add(1)
+		c, err := p.tree.NewCell(prof)
+		if err != nil {
+			p.stats.createErrors.Add(1)
+		}
+		return c, err
 	}
 	select {
 	case c := <-pp.reused:
@@ -280,15 +297,16 @@ func (p *Pool) reuse(ctx context.Context, c *Cell) bool {
 }
 
 // profile returns the pool state of prof, registering it (and starting
-// its refiller) on first use.
+// its refiller) on first use; nil for a retired profile.
 func (p *Pool) profile(prof *Profile) (*poolProfile, error) {
 	p.mu.RLock()
 	pp, closed := p.profiles[prof.key], p.closed
+	_, retired := p.retired[prof.key]
 	p.mu.RUnlock()
 	if closed {
 		return nil, ErrClosed
 	}
-	if pp != nil {
+	if pp != nil || retired {
 		return pp, nil
 	}
 	if err := p.tree.Check(prof); err != nil {
@@ -298,6 +316,9 @@ func (p *Pool) profile(prof *Profile) (*poolProfile, error) {
 	defer p.mu.Unlock()
 	if p.closed {
 		return nil, ErrClosed
+	}
+	if _, retired := p.retired[prof.key]; retired {
+		return nil, nil
 	}
 	if pp = p.profiles[prof.key]; pp != nil {
 		return pp, nil
@@ -401,19 +422,33 @@ func (p *Pool) DrainProfile(prof *Profile) {
 // Retain stops pre-creating cells for every profile not in keep and
 // removes their idle cells: after a policy reload, the profiles whose
 // limits changed would otherwise keep their idle cells (and fds) forever.
-// A later Get for a dropped profile starts it again.
+// A later Get for a dropped profile makes its cell without pooling any
+// (retired); Warm, or a Retain that keeps it, pools it again.
 func (p *Pool) Retain(keep []*Profile) {
 	p.mu.Lock()
+	now := time.Now()
 	var drop []*poolProfile
 	for k, pp := range p.profiles {
 		if !slices.ContainsFunc(keep, func(q *Profile) bool { return q.key == k }) {
 			drop = append(drop, pp)
 			delete(p.profiles, k)
+			p.retired[k] = now
+		}
+	}
+	for k, at := range p.retired {
+		if now.Sub(at) >= retiredFor || slices.ContainsFunc(keep, func(q *Profile) bool { return q.key == k }) {
+			delete(p.retired, k)
 		}
 	}
 	p.mu.Unlock()
 	p.drain(drop)
 }
+
+// retiredFor is how long a retired profile is kept from being pooled
+// again by a Get: longer than a replaced route's cells set up ahead live
+// on (a warm or resident set idles out after a minute without requests),
+// and short enough that reloads do not pile retired profiles up.
+const retiredFor = 10 * time.Minute
 
 // drain stops the refillers of pps and removes their idle cells inline.
 func (p *Pool) drain(pps []*poolProfile) {

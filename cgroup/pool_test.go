@@ -273,6 +273,25 @@ func TestPoolRetain(t *testing.T) {
 	if n := subdirs(t, a); n != 2 || p.Idle(keep) != 2 {
 		t.Errorf("a kept profile has %d cells", n)
 	}
+	// A replaced route's cell still setting up gets its cell, but the
+	// profile is not pooled again: nothing would take its idle cells.
+	c, err := p.Get(t.Context(), old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.mu.RLock()
+	_, pooled := p.profiles[old.key]
+	p.mu.RUnlock()
+	if pooled {
+		t.Errorf("a Get of a dropped profile pooled it again")
+	}
+	p.Release(c)
+	eventually(t, "the dropped profile's cell removed at its release", func() bool { return subdirs(t, b) == 0 })
+	// A policy that has the route again (Warm) pools it.
+	if err := p.Warm(old); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the profile warm again", func() bool { return p.Idle(old) == 2 })
 }
 
 func TestPoolRefills(t *testing.T) {
