@@ -2,6 +2,7 @@ package policy
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -64,6 +65,7 @@ func parse(file, baseDir string, data []byte) (*Policy, error) {
 		sort.SliceStable(d.problems, func(i, j int) bool { return d.problems[i].Line < d.problems[j].Line })
 		return nil, &InvalidError{File: file, Problems: d.problems}
 	}
+	p.Digest = sha256.Sum256(data)
 	return p, nil
 }
 

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"crypto/sha256"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -15,6 +16,9 @@ type Policy struct {
 	// Source is the file name the policy was read from, as given to Load or
 	// Parse; it prefixes every error and is shown by cellgate check.
 	Source string
+	// Digest is the SHA-256 of the bytes the policy was parsed from: a
+	// watcher of the file compares what it reads with what was loaded.
+	Digest [sha256.Size]byte
 	// Defaults are the per-request limits a route gets for every key it
 	// does not set (the built-in Default* values fill what the file's
 	// defaults section leaves out).

@@ -16,17 +16,15 @@ import (
 type policyPoller struct {
 	path string
 	log  *slog.Logger
-	last [sha256.Size]byte
-	read bool // last holds a read of the file
-	bad  bool // the last read failed (logged once until it succeeds)
+	last [sha256.Size]byte // the content last loaded or read
+	bad  bool              // the last read failed (logged once until it succeeds)
 }
 
-// newPolicyPoller remembers the file's content now (serve has just loaded
-// it), so only a later change reloads.
-func newPolicyPoller(path string, log *slog.Logger) *policyPoller {
-	p := &policyPoller{path: path, log: log}
-	p.changed()
-	return p
+// newPolicyPoller starts from loaded, the digest of the content serve
+// loaded (policy.Policy.Digest), not from a read of its own: a change made
+// while serve started up (its cells, preloaders, listeners) reloads too.
+func newPolicyPoller(path string, log *slog.Logger, loaded [sha256.Size]byte) *policyPoller {
+	return &policyPoller{path: path, log: log, last: loaded}
 }
 
 // changed reads the file and reports whether its content differs from the
@@ -43,12 +41,11 @@ func (p *policyPoller) changed() bool {
 	}
 	p.bad = false
 	sum := sha256.Sum256(b)
-	if p.read && sum == p.last {
+	if sum == p.last {
 		return false
 	}
-	first := !p.read
-	p.last, p.read = sum, true
-	return !first
+	p.last = sum
+	return true
 }
 
 // run checks the file every interval until stop is closed; on a change it

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"crypto/sha256"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
+
+	"github.com/cellgate/cellgate/policy"
 )
 
 // TestPolicyPollerChanged: only a different content is a change; an
@@ -14,7 +17,7 @@ import (
 func TestPolicyPollerChanged(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	writeFile(t, path, "a")
-	p := newPolicyPoller(path, slog.New(slog.DiscardHandler))
+	p := newPolicyPoller(path, slog.New(slog.DiscardHandler), sha256.Sum256([]byte("a")))
 	steps := []struct {
 		name  string
 		write func()
@@ -42,12 +45,34 @@ func TestPolicyPollerChanged(t *testing.T) {
 	}
 }
 
+// TestPolicyPollerFromLoaded: the poller starts from the content serve
+// loaded, not from its own first read: a file changed while serve started
+// up is a change.
+func TestPolicyPollerFromLoaded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	const loaded = "version: 1\nroutes: [{name: a, match: {path: /}, program: /bin/true}]\n"
+	writeFile(t, path, loaded)
+	pol, err := policy.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPolicyPoller(path, slog.New(slog.DiscardHandler), pol.Digest)
+	if p.changed() {
+		t.Errorf("the file serve loaded, untouched, is a change")
+	}
+	writeFile(t, path, loaded+"# edited during start-up\n")
+	p = newPolicyPoller(path, slog.New(slog.DiscardHandler), pol.Digest)
+	if !p.changed() {
+		t.Errorf("a file changed after serve loaded it is no change")
+	}
+}
+
 // TestPolicyPollerRun: a change asks serve's loop for a reload with
 // SIGHUP.
 func TestPolicyPollerRun(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "policy.yaml")
 	writeFile(t, path, "a")
-	p := newPolicyPoller(path, slog.New(slog.DiscardHandler))
+	p := newPolicyPoller(path, slog.New(slog.DiscardHandler), sha256.Sum256([]byte("a")))
 	reload := make(chan os.Signal, 1)
 	stop := make(chan struct{})
 	defer close(stop)

@@ -41,12 +41,15 @@ func serveMain(ctx context.Context, args []string, std stdio) int {
 		fmt.Fprintln(std.err, err)
 		return exitUsage
 	}
+	// systemd's sockets, made close-on-exec before anything is spawned
+	// (the preflight's checks start processes).
+	inherited := inheritedFiles()
 	if cfg.Preflight {
 		if status := preflight(cfg.Shared, std.err); status != exitOK {
 			return status
 		}
 	}
-	if err := serve(ctx, cfg, std); err != nil {
+	if err := serve(ctx, cfg, std, inherited); err != nil {
 		fmt.Fprintf(std.err, "cellgate serve: %v\n", err)
 		return exitServeFailed
 	}
@@ -124,8 +127,9 @@ type routeSpec struct {
 	root *confine.RootMap
 }
 
-// serve runs the daemon until ctx ends or SIGTERM/SIGINT, then drains.
-func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
+// serve runs the daemon until ctx ends or SIGTERM/SIGINT, then drains;
+// inherited are the sockets systemd passed (inheritedFiles).
+func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.File) (err error) {
 	log := slog.New(slog.NewTextHandler(std.err, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	d := &daemon{cfg: cfg, log: log, tenants: map[string]*cgroup.Tenant{}, done: make(chan struct{}),
 		retiredForks: map[string]accounting.PreloaderStats{}}
@@ -135,7 +139,6 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(sigs)
-	inherited := inheritedFiles() // systemd's sockets, before anything is spawned
 	d.strays = newStrayReaper(log, os.Getpid())
 
 	accessLog, accessFile, err := openAccessLog(cfg.AccessLog, std.out)
@@ -245,7 +248,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio) (err error) {
 	notify.ready(d.status())
 	go notify.run(stop, d.status)
 	if cfg.PolicyPoll > 0 {
-		go newPolicyPoller(cfg.Policy, log).run(stop, cfg.PolicyPoll, sigs)
+		go newPolicyPoller(cfg.Policy, log, pol.Digest).run(stop, cfg.PolicyPoll, sigs)
 	}
 
 	var serveErr error
