@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/caarlos0/env/v11"
 	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
@@ -63,7 +64,7 @@ func parseDoctorConfig(args, environ []string, usageOut io.Writer) (doctorConfig
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	return cfg, cfg.Shared.validate()
+	return cfg, cfg.Shared.validate(settingOrigins(fs, env.ToMap(environ)))
 }
 
 // finding is one line of the doctor's report.

@@ -20,6 +20,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/caarlos0/env/v11"
 	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/confine"
 	"github.com/cellgate/cellgate/policy"
@@ -126,11 +127,11 @@ func parseRunConfig(args, environ []string, usageOut io.Writer) (runConfig, erro
 		// the default PATH.
 		cfg.Env = append([]string{defaultWorkerPath}, cfg.Env...)
 	}
-	return cfg, cfg.validate()
+	return cfg, cfg.validate(settingOrigins(fs, env.ToMap(environ)))
 }
 
-func (c *runConfig) validate() error {
-	if err := c.Shared.validate(); err != nil {
+func (c *runConfig) validate(origin map[string]string) error {
+	if err := c.Shared.validate(origin); err != nil {
 		return err
 	}
 	if len(c.Argv) == 0 {

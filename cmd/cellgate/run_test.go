@@ -143,6 +143,10 @@ func TestParseRunConfigErrors(t *testing.T) {
 		{"gid root", nil, []string{"--gid", "0", "--", "x"}, []string{"--gid", "0"}},
 		{"no command", nil, nil, []string{"no command"}},
 		{"environment", []string{"CELLGATE_GID=lots"}, []string{"--", "x"}, []string{"CELLGATE_GID", "lots"}},
+		// A shared setting from the environment is named as given there.
+		{"gid root in the environment", []string{"CELLGATE_GID=0"}, []string{"--", "x"}, []string{`CELLGATE_GID="0": `, "root's group", "(fix: "}},
+		{"unenforced in the environment", []string{"CELLGATE_UNENFORCED=memory,cpus"}, []string{"--", "x"}, []string{`CELLGATE_UNENFORCED="memory,cpus": "cpus"`, "(fix: "}},
+		{"uid range in the environment", []string{"CELLGATE_UID_RANGE=0-99"}, []string{"--", "x"}, []string{`CELLGATE_UID_RANGE="0-99": `, "root"}},
 		{"network", nil, []string{"--network", "lan", "--", "x"}, []string{"-network", "lan", "none or host"}},
 		{"filesystem", nil, []string{"--filesystem", "open", "--", "x"}, []string{"-filesystem", "confined or host"}},
 		{"seccomp", nil, []string{"--seccomp", "strict", "--", "x"}, []string{"-seccomp", "default or off"}},

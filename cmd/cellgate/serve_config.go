@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"strconv"
 	"strings"
 	"time"
 
@@ -245,15 +244,7 @@ func loadServeConfig(args, environ []string, usage io.Writer) (*serveConfig, err
 			c.TempDir = d
 		}
 	}
-	c.origin = map[string]string{}
-	fs.VisitAll(func(f *flag.Flag) {
-		name := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		c.origin[f.Name] = "default --" + f.Name + "=" + f.Value.String()
-		if v, ok := envMap[name]; ok {
-			c.origin[f.Name] = name + "=" + strconv.Quote(v)
-		}
-	})
-	fs.Visit(func(f *flag.Flag) { c.origin[f.Name] = "--" + f.Name + "=" + strconv.Quote(f.Value.String()) })
+	c.origin = settingOrigins(fs, envMap)
 	if err := c.validate(); err != nil {
 		return nil, err
 	}
@@ -314,7 +305,7 @@ func (c *serveConfig) validate() error {
 			bad("access-log", "%s is not a directory", filepath.Dir(c.AccessLog))
 		}
 	}
-	if err := c.Shared.validate(); err != nil {
+	if err := c.Shared.validate(c.origin); err != nil {
 		errs = append(errs, err)
 	}
 	if c.MaxCells < 0 {

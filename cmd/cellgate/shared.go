@@ -123,20 +123,39 @@ func (s *Shared) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&s.Init, "init", s.Init, "confined cells' init `executable`; default cellgate-init beside cellgate ($CELLGATE_INIT)")
 }
 
-// validate checks the shared settings once.
-func (s *Shared) validate() error {
+// validate checks the shared settings once, naming each as origin says
+// it was given (settingOrigins: a flag, a CELLGATE_* variable, the
+// default).
+func (s *Shared) validate(origin map[string]string) error {
 	for _, c := range s.Unenforced {
 		if !slices.Contains([]string{"memory", "cpu", "pids"}, c) {
-			return fmt.Errorf("--unenforced %q: %q is not one of memory, cpu, pids", strings.Join(s.Unenforced, ","), c)
+			return fmt.Errorf("%s: %q is not one of memory, cpu, pids (fix: list only those)", origin["unenforced"], c)
 		}
 	}
 	if err := sandbox.UIDRange(s.UIDs).Validate(); err != nil {
-		return fmt.Errorf("--uid-range %s: %w", s.UIDs.String(), err)
+		return fmt.Errorf("%s: %w", origin["uid-range"], err)
 	}
 	if s.GID == 0 {
-		return fmt.Errorf("--gid 0: the per-cell uids must not share root's group")
+		return fmt.Errorf("%s: the per-cell uids must not share root's group (fix: a gid of their own, such as the default %d)", origin["gid"], sandbox.DefaultGID)
 	}
 	return nil
+}
+
+// settingOrigins says, for each flag of fs once parsed, how its value was
+// given: "--name=\"v\"", "CELLGATE_NAME=\"v\"" (from envMap, the
+// environment's variables) or "default --name=v". Errors name a setting
+// so, as the operator wrote it.
+func settingOrigins(fs *flag.FlagSet, envMap map[string]string) map[string]string {
+	origin := map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		origin[f.Name] = "default --" + f.Name + "=" + f.Value.String()
+		if v, ok := envMap[name]; ok {
+			origin[f.Name] = name + "=" + strconv.Quote(v)
+		}
+	})
+	fs.Visit(func(f *flag.Flag) { origin[f.Name] = "--" + f.Name + "=" + strconv.Quote(f.Value.String()) })
+	return origin
 }
 
 // base returns the base group to open, resolved against the cgroup2 mount,
