@@ -16,6 +16,7 @@ import (
 
 	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/proxy"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"github.com/prometheus/client_golang/prometheus"
@@ -152,6 +153,21 @@ func flagValue(args []string, name string) string {
 		}
 	}
 	return ""
+}
+
+// quantityEnv is the size the container's variable name sets (a
+// Kubernetes quantity, as cellgate reads 128Mi), or def when unset.
+func quantityEnv(t *testing.T, c *corev1.Container, name string, def int64) int64 {
+	t.Helper()
+	v := envValue(c, name)
+	if v == "" {
+		return def
+	}
+	q, err := resource.ParseQuantity(v)
+	if err != nil {
+		t.Fatalf("%s=%q: %v", name, v, err)
+	}
+	return q.Value()
 }
 
 func envValue(c *corev1.Container, name string) string {
@@ -306,6 +322,28 @@ func TestPolicyConfigMap(t *testing.T) {
 	limit := c.Resources.Limits[corev1.ResourceMemory]
 	if p.Global.Memory <= 0 || p.Global.Memory >= limit.Value() {
 		t.Errorf("policy global.memory %d, container memory limit %s: the cells' budget must be set and below the limit", p.Global.Memory, limit.String())
+	}
+	// Beside the cells' budget cellgate holds its spools' memory and its
+	// own (heap, goroutines, buffers: ownFloor at the least); its spool
+	// files go to the volume at its temp dir, /tmp, within its sizeLimit.
+	const ownFloor = 64 << 20
+	spoolMem := quantityEnv(t, c, "CELLGATE_SPOOL_MEMORY", proxy.DefaultSpoolMemory)
+	if p.Global.Memory+spoolMem+ownFloor > limit.Value() {
+		t.Errorf("global.memory %d + spool memory %d + cellgate's own %d exceed the container's memory limit %s", p.Global.Memory, spoolMem, ownFloor, limit.String())
+	}
+	spoolDisk := quantityEnv(t, c, "CELLGATE_SPOOL_DISK", proxy.DefaultSpoolDisk)
+	var tmp *corev1.Volume
+	for _, vm := range c.VolumeMounts {
+		for i := range pod.Volumes {
+			if vm.MountPath == "/tmp" && pod.Volumes[i].Name == vm.Name {
+				tmp = &pod.Volumes[i]
+			}
+		}
+	}
+	if tmp == nil || tmp.EmptyDir == nil || tmp.EmptyDir.SizeLimit == nil {
+		t.Errorf("no emptyDir with a sizeLimit at /tmp, where the spools' files go")
+	} else if spoolDisk > tmp.EmptyDir.SizeLimit.Value() {
+		t.Errorf("spool disk %d is over the spool volume's sizeLimit %s: the pod would be evicted before cellgate answers 503", spoolDisk, tmp.EmptyDir.SizeLimit.String())
 	}
 	for _, r := range p.Routes {
 		if !strings.HasPrefix(r.Program, imageShare+"/bin/cgi/") {
