@@ -2907,6 +2907,15 @@ func TestConfineMountTemplate(t *testing.T) {
 	if got != "two" {
 		t.Errorf("45 s after its directory was replaced, a cell reads %q from /srv/data/f; want the new directory's \"two\"", got)
 	}
+	// With no request, the templates are let go once too old to serve
+	// (10 s after their making): none holds the routes' mounts (a volume
+	// the operator unmounts on the host would stay busy).
+	held := func() []string { return nsFDs(t, g.cmd.Process.Pid, "mnt:") }
+	for end := time.Now().Add(time.Minute); len(held()) > 0 && time.Now().Before(end); time.Sleep(time.Second) {
+	}
+	if h := held(); len(h) > 0 {
+		t.Errorf("a minute after the last request serve still holds mount namespaces %v", h)
+	}
 	g.stop()
 
 	g = confineGate(t, extra, "--warm-cells", "0", "--resident-cells", "0", "--mount-templates=false")
@@ -2914,6 +2923,24 @@ func TestConfineMountTemplate(t *testing.T) {
 	if h := hits(g); h != "0" {
 		t.Errorf("with --mount-templates=false, cellgate_mount_templates_total{result=\"hit\"} = %s, want 0", h)
 	}
+}
+
+// nsFDs lists the fds of process pid that name a namespace of the kind
+// (its link's prefix, "mnt:" or "net:").
+func nsFDs(t *testing.T, pid int, kind string) []string {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, e := range ents {
+		if l, err := os.Readlink(filepath.Join(dir, e.Name())); err == nil && strings.HasPrefix(l, kind) {
+			out = append(out, e.Name()+" -> "+l)
+		}
+	}
+	return out
 }
 
 // defaultPlan is the default confinement of a route running program.

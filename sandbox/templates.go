@@ -185,6 +185,7 @@ func (t *mountTemplates) sweep(now time.Time) {
 		if now.Sub(s.used) >= warmIdle && !s.building {
 			if s.cur != nil {
 				t.drop(s.cur)
+				s.cur = nil // expire's timer finds it gone
 			}
 			delete(t.sets, plan)
 		}
@@ -217,7 +218,29 @@ func (t *mountTemplates) make(plan *confine.Prepared, s *templateSet) {
 	if s.cur != nil {
 		t.drop(s.cur)
 	}
-	s.cur = &mountTemplate{f: f, refs: 1, view: view}
+	mt := &mountTemplate{f: f, refs: 1, view: view}
+	s.cur = mt
+	// Once too old to serve, it is let go, whether or not a request
+	// comes to have it made again: its namespace holds the binds of the
+	// route's mounts, and a volume an operator unmounts on the host
+	// stays busy while any mount namespace shows it.
+	time.AfterFunc(templateMaxAge, func() { t.expire(s, mt) })
+}
+
+// expire lets go of s's template mt once too old to serve, unless a newer
+// one replaced it (or the templates were closed), and of the sets idle
+// since warmIdle.
+func (t *mountTemplates) expire(s *templateSet, mt *mountTemplate) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
+	if s.cur == mt {
+		t.drop(mt)
+		s.cur = nil
+	}
+	t.sweep(time.Now())
 }
 
 // close waits for the makings under way and lets go of every template;
