@@ -176,7 +176,14 @@ func unameRelease() string {
 // run as root (their programs are root of one), so a refusal is a
 // warning.
 func checkUserNamespaces(r *report) {
-	cmd := exec.Command("/bin/true")
+	// cellgate itself, which every host has (a container's image may have
+	// no /bin at all), run to do nothing.
+	self, err := os.Executable()
+	if err != nil {
+		r.warn("user namespaces", "", "cannot tell: the cellgate executable: %v", err)
+		return
+	}
+	cmd := exec.Command(self, "version")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWUSER}
 	if err := cmd.Run(); err != nil {
 		r.warn("user namespaces", "do not chroot cellgate (pivot_root or switch_root instead); allow user namespaces (sysctl user.max_user_namespaces)",
