@@ -76,7 +76,13 @@ tenants:
 routes:
   - {name: hello, match: {path: /hello}, tenant: web, program: "` + systemdCGI + `/hello", memory: 16Mi}
   - {name: slow, match: {path: /slow}, tenant: web, program: "` + systemdCGI + `/slow", memory: 16Mi, timeout: 60s}
+  - {name: slowsh, match: {path: /slowsh}, tenant: web, program: "` + systemdCGI + `/slowsh", memory: 16Mi, timeout: 60s}
 `
+
+// slowScript is a slow program that, as most do (a shell, sleep), dies of
+// a signal it does not handle: SIGUSR1 among them, which Go programs
+// ignore.
+const slowScript = "#!/bin/sh\nsleep 3\nprintf 'Content-Type: text/plain\\n\\nslept\\n'\n"
 
 // installUnits puts cellgate where deploy/systemd's units expect it: the
 // binary in /usr/local/bin, the policy named in /etc/default/cellgate,
@@ -101,6 +107,9 @@ func installUnits(t *testing.T) string {
 		if err := copyFile(filepath.Join(cgiDir(t), name), filepath.Join(systemdCGI, name), 0o755); err != nil {
 			t.Fatalf("install %s: %v", name, err)
 		}
+	}
+	if err := os.WriteFile(filepath.Join(systemdCGI, "slowsh"), []byte(slowScript), 0o755); err != nil {
+		t.Fatal(err)
 	}
 	if err := os.MkdirAll("/etc/cellgate", 0o755); err != nil {
 		t.Fatal(err)
@@ -159,7 +168,8 @@ func mustGet(t *testing.T, url string, want int) string {
 // systemd: socket activation starts the service, which reports READY and
 // its STATUS; its cells live in its delegated group; reload applies a
 // valid policy and refuses an invalid one; a restart under load loses no
-// request; stop drains a request in flight and leaves no cell behind.
+// request; README.md's log rotation leaves a request in flight be; stop
+// drains a request in flight and leaves no cell behind.
 func TestSystemdService(t *testing.T) {
 	underSystemd(t)
 	policy := installUnits(t)
@@ -288,6 +298,46 @@ func TestSystemdService(t *testing.T) {
 		if fail.Load() > 0 {
 			t.Errorf("%d of %d requests failed across the restart: %v", fail.Load(), fail.Load()+ok.Load(), errs)
 		}
+	})
+
+	t.Run("log rotation", func(t *testing.T) {
+		// README.md's logrotate recipe, as written there: its postrotate
+		// command signals cellgate alone; a request in flight (a shell
+		// script, which SIGUSR1 would end) is not signalled and ends
+		// well, and the service goes on.
+		cmd := readmePostrotate(t)
+		pid := unitProperty(t, "cellgate.service", "MainPID")
+		done := make(chan error, 1)
+		go func() {
+			code, _, err := get(url + "/slowsh")
+			if err == nil && code != 200 {
+				err = fmt.Errorf("status %d", code)
+			}
+			done <- err
+		}()
+		deadline := time.Now().Add(time.Minute)
+		for !strings.Contains(unitProperty(t, "cellgate.service", "StatusText"), "serving: 1 cells in flight") {
+			if time.Now().After(deadline) {
+				t.Fatalf("the slow request's cell never showed in StatusText %q", unitProperty(t, "cellgate.service", "StatusText"))
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if out, err := exec.Command("sh", "-c", cmd).CombinedOutput(); err != nil {
+			t.Fatalf("README's postrotate %q: %v\n%s", cmd, err, out)
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				j, _ := exec.Command("journalctl", "--no-pager", "-n", "20", "-u", "cellgate.service").CombinedOutput()
+				t.Errorf("the request in flight at the log rotation: %v, want 200\njournal:\n%s", err, j)
+			}
+		case <-time.After(2 * time.Minute):
+			t.Fatal("the request in flight at the log rotation got no answer within 2 minutes")
+		}
+		if now := unitProperty(t, "cellgate.service", "MainPID"); now != pid || unitProperty(t, "cellgate.service", "ActiveState") != "active" {
+			t.Errorf("after the log rotation cellgate.service is %s with pid %s (%s before)", unitProperty(t, "cellgate.service", "ActiveState"), now, pid)
+		}
+		mustGet(t, url+"/hello", 200)
 	})
 
 	t.Run("stop drains", func(t *testing.T) {
@@ -442,4 +492,20 @@ func TestSystemdCPUs(t *testing.T) {
 			t.Errorf("%s: a cell that asked for CPUs %s runs on %q, want %s", tc.option, all, got, tc.want)
 		}
 	}
+}
+
+// readmePostrotate is the command of README.md's logrotate recipe, the
+// line between postrotate and endscript.
+func readmePostrotate(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(b), "    postrotate\n")
+	cmd, _, ok2 := strings.Cut(rest, "\n    endscript")
+	if !ok || !ok2 || strings.Contains(strings.TrimSpace(cmd), "\n") {
+		t.Fatalf("README.md has no logrotate recipe with one postrotate command")
+	}
+	return strings.TrimSpace(cmd)
 }
