@@ -62,7 +62,7 @@ type Pool struct {
 	// its cell without registering the profile again, which would start
 	// a refill nothing takes from. Warm and Retain bring one back; it is
 	// forgotten after retiredFor.
-	retired map[ProfileKey]time.Time
+	retired  map[ProfileKey]time.Time
 	removals chan *Cell
 	removers sync.WaitGroup
 
