@@ -458,8 +458,8 @@ func (x *exchange) finish(run *cellRun) {
 	v := decide(run.err, run.res, run.hdr)
 	x.rec.Outcome = v.Outcome
 	if run.sent {
-		// A streamed response: the status is out already.
-		x.rec.Status = run.hdr.Status
+		// A streamed response: the status is out already, and in the
+		// record (stream); run.hdr is nil when the stream was cut short.
 		if !v.Pass {
 			x.abort = true
 		} else {

@@ -918,6 +918,62 @@ func TestNonReaderPipelines(t *testing.T) {
 	}
 }
 
+// TestStreamCutShort: a streamed response cut short after its status went
+// out (a client that stops reading, an output over MaxResponse) has its
+// record, with the status sent and why it was cut, and the connection is
+// reset; the handler does not panic (run.hdr is nil then).
+func TestStreamCutShort(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		cfg     Config
+		read    bool // the client reads the whole response
+		outcome accounting.Outcome
+	}{
+		{"slow reader", Config{WriteMinRate: 64 << 10, WriteTimeout: 100 * time.Millisecond, WriteRateGrace: time.Millisecond}, false, accounting.OutcomeSlowReader},
+		{"over MaxResponse", Config{MaxResponse: 1 << 20}, true, accounting.OutcomeBadGateway},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+				io.WriteString(spec.Stdout, "Content-Type: application/octet-stream\n\n")
+				buf := make([]byte, 1<<20)
+				for range 64 {
+					if _, err := spec.Stdout.Write(buf); err != nil {
+						return fakeResult(sandbox.CauseKilled), nil
+					}
+				}
+				return fakeResult(sandbox.CauseOK), nil
+			})
+			r := route("r", "/", "/x")
+			r.Response = policy.ResponseStream
+			ts := startServer(t, tt.cfg, Deps{Runner: runner}, r)
+			c, err := net.Dial("tcp", ts.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if !tt.read {
+				c.(*net.TCPConn).SetReadBuffer(4096)
+			}
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.read {
+				io.Copy(io.Discard, resp.Body) // cut short: an error
+			}
+			rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader))
+			if rec.Status != 200 || rec.Outcome != tt.outcome {
+				t.Errorf("record status %d outcome %s, want 200 %s", rec.Status, rec.Outcome, tt.outcome)
+			}
+			if strings.Contains(ts.logs.String(), "panic") {
+				t.Errorf("the handler panicked:\n%s", ts.logs.String())
+			}
+		})
+	}
+}
+
 // countAdmitter admits everything and counts the admissions not released.
 type countAdmitter struct{ held atomic.Int64 }
 

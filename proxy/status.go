@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"net/http"
+	"os"
 
 	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/policy"
@@ -51,6 +52,9 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 	var me *policy.MethodError
 	switch {
 	case err == nil:
+	case errors.Is(err, ErrClientGone) && errors.Is(err, os.ErrDeadlineExceeded):
+		// Cut off for taking the response too slowly (clientLost).
+		return verdict{Status: StatusClientClosed, Outcome: accounting.OutcomeSlowReader}
 	case errors.Is(err, ErrClientGone):
 		return verdict{Status: StatusClientClosed, Outcome: accounting.OutcomeClientGone}
 	case errors.Is(err, ErrHeaderTooLarge):
