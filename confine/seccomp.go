@@ -148,6 +148,8 @@ const (
 	lblPrlimit
 	lblSocket
 	lblInet
+	lblInetDgram
+	lblInetRaw
 	lblNoAF
 	lblNoProt
 	lblSocketOK
@@ -277,7 +279,7 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 	// The calls decided by their arguments are found by the same search,
 	// each sent to its own check.
 	target := map[uint32]label{
-		sysSetrlimit: lblSetrlimit, sysPrlimit64: lblPrlimit, sysSocket: lblSocket,
+		sysSetrlimit: lblSetrlimit, sysPrlimit64: lblPrlimit, sysSocket: lblSocket, sysSocketpair: lblSocket,
 		sysMmap: lblMmap, sysShmget: lblShmget, sysMemfdCreate: lblMemfd,
 		sysFchmod: lblMode1, sysFchmodat: lblMode2, sysFchmodat2: lblMode2,
 		sysMkdirat: lblMode2, sysMknodat: lblMode2, sysOpenat: lblOpenat, sysOpenat2: lblNoSys,
@@ -355,15 +357,22 @@ func filterProgram(arch uint32, x32 bool, denied []sysnum, clone, clone3, mount 
 	)
 }
 
-// The protocols a cell's socket may ask for, by family (the package's
-// comment says why).
+// The protocols a cell's socket may ask for, by family and, for inet, by
+// type (the package's comment says why): a protocol the type does not
+// have (a stream of UDP) has the kernel run modprobe for it, as one it
+// has not loaded would.
 var (
-	inetProtocols    = []uint32{0, unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6, unix.IPPROTO_MPTCP}
+	inetStream       = []uint32{0, unix.IPPROTO_TCP, unix.IPPROTO_MPTCP}
+	inetDgram        = []uint32{0, unix.IPPROTO_UDP, unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6}
+	inetRaw          = []uint32{0, unix.IPPROTO_TCP, unix.IPPROTO_UDP, unix.IPPROTO_ICMP, unix.IPPROTO_ICMPV6, unix.IPPROTO_MPTCP}
 	netlinkProtocols = []uint32{unix.NETLINK_ROUTE}
 )
 
-// socketCheck is socket's check, at lblSocket: socket(family, type,
-// protocol), each an int of which the kernel reads the low word. The
+// socketCheck is socket's check, at lblSocket, and socketpair's: socket(family, type,
+// protocol) and socketpair(family, type, protocol, sv), each an int of
+// which the kernel reads the low word. socketpair too: the kernel creates
+// the family's socket (loading its module) before it asks the family for
+// a pair, and some families (AF_TIPC) make one. The
 // type carries SOCK_NONBLOCK and SOCK_CLOEXEC above its low four bits;
 // of those bits, SOCK_STREAM, SOCK_DGRAM and SOCK_RAW (1 to 3) are the
 // ones with neither 4 nor 8 set.
@@ -379,15 +388,25 @@ func socketCheck() []insn {
 	for _, proto := range netlinkProtocols {
 		p = append(p, insn{op: jeqK, k: proto, jt: lblSocketOK})
 	}
+	// SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_RAW 3: told apart by bits 0
+	// and 1.
 	p = append(p,
 		insn{op: retK, k: retNoProt},
 		insn{op: ldAbsW, k: offArg1Low, at: lblInet},
 		insn{op: jsetK, k: 0xc, jt: lblNoProt},
 		insn{op: jsetK, k: 0x3, jf: lblNoProt},
-		insn{op: ldAbsW, k: offArg2Low},
+		insn{op: jsetK, k: 0x1, jf: lblInetDgram},
+		insn{op: jsetK, k: 0x2, jt: lblInetRaw},
 	)
-	for _, proto := range inetProtocols {
-		p = append(p, insn{op: jeqK, k: proto, jt: lblSocketOK})
+	for _, list := range []struct {
+		at     label
+		protos []uint32
+	}{{noLabel, inetStream}, {lblInetDgram, inetDgram}, {lblInetRaw, inetRaw}} {
+		p = append(p, insn{op: ldAbsW, k: offArg2Low, at: list.at})
+		for _, proto := range list.protos {
+			p = append(p, insn{op: jeqK, k: proto, jt: lblSocketOK})
+		}
+		p = append(p, insn{op: retK, k: retNoProt})
 	}
 	return append(p,
 		insn{op: retK, k: retNoProt, at: lblNoProt},

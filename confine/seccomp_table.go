@@ -15,6 +15,7 @@ const (
 	sysSetrlimit   = unix.SYS_SETRLIMIT
 	sysPrlimit64   = unix.SYS_PRLIMIT64
 	sysSocket      = unix.SYS_SOCKET
+	sysSocketpair  = unix.SYS_SOCKETPAIR
 	sysMmap        = unix.SYS_MMAP
 	sysShmget      = unix.SYS_SHMGET
 	sysMemfdCreate = unix.SYS_MEMFD_CREATE

@@ -83,7 +83,7 @@ func TestFilterEveryNumber(t *testing.T) {
 		for nr := uint32(0); nr < 2048; nr++ {
 			want := uint32(retAllow)
 			switch {
-			case nr == sysClone, c.preloader && nr == sysMount, nr == sysSocket:
+			case nr == sysClone, c.preloader && nr == sysMount, nr == sysSocket, nr == sysSocketpair:
 				continue // decided by their arguments: TestFilter, TestPreloaderFilter, TestFilterSocket
 			case nr == sysClone3:
 				if !c.preloader {
@@ -374,6 +374,12 @@ func TestFilterSocket(t *testing.T) {
 		{"mptcp", unix.AF_INET6, unix.SOCK_STREAM, unix.IPPROTO_MPTCP, retAllow},
 		{"netlink route", unix.AF_NETLINK, unix.SOCK_RAW | flags, unix.NETLINK_ROUTE, retAllow},
 		{"the family's high word is not read", 1<<32 | unix.AF_INET, unix.SOCK_STREAM, 0, retAllow},
+		{"raw tcp (CAP_NET_RAW decides)", unix.AF_INET6, unix.SOCK_RAW, unix.IPPROTO_TCP, retAllow},
+		// A protocol of another type: the kernel would run modprobe for it.
+		{"stream of udp", unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_UDP, retNoProt},
+		{"datagrams of tcp", unix.AF_INET6, unix.SOCK_DGRAM | flags, unix.IPPROTO_TCP, retNoProt},
+		{"datagrams of mptcp", unix.AF_INET, unix.SOCK_DGRAM, unix.IPPROTO_MPTCP, retNoProt},
+		{"stream of icmp", unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_ICMP, retNoProt},
 		{"dccp", unix.AF_INET, unix.SOCK_DCCP, unix.IPPROTO_DCCP, retNoProt},
 		{"dccp, default protocol", unix.AF_INET6, unix.SOCK_DCCP | flags, 0, retNoProt},
 		{"sctp stream", unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP, retNoProt},
@@ -398,6 +404,11 @@ func TestFilterSocket(t *testing.T) {
 		for _, c := range calls {
 			if got := run(t, prog, arch, sysSocket, c.family, c.typ, c.proto); got != c.want {
 				t.Errorf("%s: socket, %s: %#x, want %#x", name, c.name, got, c.want)
+			}
+			// socketpair creates the family's socket first (a module
+			// loaded, an AF_TIPC pair made): the same verdicts.
+			if got := run(t, prog, arch, sysSocketpair, c.family, c.typ, c.proto); got != c.want {
+				t.Errorf("%s: socketpair, %s: %#x, want %#x", name, c.name, got, c.want)
 			}
 		}
 	})

@@ -174,24 +174,30 @@ func timeWait() error {
 // probeSockets are the sockets the probe opens (socket query): the
 // families and protocols a web program uses, then ones whose first
 // socket has the kernel load a module (its alias in the kernel's
-// request), which the filter refuses.
+// request), which the filter refuses; a pair is asked of socketpair,
+// which creates the family's socket (and loads its module) first.
 var probeSockets = []struct {
 	name               string
 	family, typ, proto int
 	want, alias        string
+	pair               bool
 }{
-	{"unix", unix.AF_UNIX, unix.SOCK_STREAM, 0, "ok", ""},
-	{"tcp", unix.AF_INET, unix.SOCK_STREAM, 0, "ok", ""},
-	{"udp6", unix.AF_INET6, unix.SOCK_DGRAM, unix.IPPROTO_UDP, "ok", ""},
-	{"netlink route", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE, "ok", ""},
-	{"dccp", unix.AF_INET, unix.SOCK_DCCP, unix.IPPROTO_DCCP, "EPROTONOSUPPORT", "net-pf-2-proto-33-type-6"},
-	{"sctp", unix.AF_INET6, unix.SOCK_STREAM, unix.IPPROTO_SCTP, "EPROTONOSUPPORT", "net-pf-10-proto-132-type-1"},
-	{"netlink crypto", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_CRYPTO, "EPROTONOSUPPORT", "net-pf-16-proto-21"},
-	{"alg", unix.AF_ALG, unix.SOCK_SEQPACKET, 0, "EAFNOSUPPORT", "net-pf-38"},
-	{"rds", unix.AF_RDS, unix.SOCK_SEQPACKET, 0, "EAFNOSUPPORT", "net-pf-21"},
-	{"tipc", unix.AF_TIPC, unix.SOCK_RDM, 0, "EAFNOSUPPORT", "net-pf-30"},
-	{"vsock", unix.AF_VSOCK, unix.SOCK_STREAM, 0, "EAFNOSUPPORT", "net-pf-40"},
-	{"appletalk", unix.AF_APPLETALK, unix.SOCK_DGRAM, 0, "EAFNOSUPPORT", "net-pf-5"},
+	{"unix", unix.AF_UNIX, unix.SOCK_STREAM, 0, "ok", "", false},
+	{"tcp", unix.AF_INET, unix.SOCK_STREAM, 0, "ok", "", false},
+	{"udp6", unix.AF_INET6, unix.SOCK_DGRAM, unix.IPPROTO_UDP, "ok", "", false},
+	{"netlink route", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_ROUTE, "ok", "", false},
+	{"dccp", unix.AF_INET, unix.SOCK_DCCP, unix.IPPROTO_DCCP, "EPROTONOSUPPORT", "net-pf-2-proto-33-type-6", false},
+	{"sctp", unix.AF_INET6, unix.SOCK_STREAM, unix.IPPROTO_SCTP, "EPROTONOSUPPORT", "net-pf-10-proto-132-type-1", false},
+	{"netlink crypto", unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_CRYPTO, "EPROTONOSUPPORT", "net-pf-16-proto-21", false},
+	{"alg", unix.AF_ALG, unix.SOCK_SEQPACKET, 0, "EAFNOSUPPORT", "net-pf-38", false},
+	{"rds", unix.AF_RDS, unix.SOCK_SEQPACKET, 0, "EAFNOSUPPORT", "net-pf-21", false},
+	{"tipc", unix.AF_TIPC, unix.SOCK_RDM, 0, "EAFNOSUPPORT", "net-pf-30", false},
+	{"vsock", unix.AF_VSOCK, unix.SOCK_STREAM, 0, "EAFNOSUPPORT", "net-pf-40", false},
+	{"appletalk", unix.AF_APPLETALK, unix.SOCK_DGRAM, 0, "EAFNOSUPPORT", "net-pf-5", false},
+	{"stream of udp", unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_UDP, "EPROTONOSUPPORT", "net-pf-2-proto-17-type-1", false},
+	{"tipc pair", unix.AF_TIPC, unix.SOCK_RDM, 0, "EAFNOSUPPORT", "net-pf-30", true},
+	{"sctp pair", unix.AF_INET, unix.SOCK_STREAM, unix.IPPROTO_SCTP, "EPROTONOSUPPORT", "net-pf-2-proto-132-type-1", true},
+	{"unix pair", unix.AF_UNIX, unix.SOCK_STREAM, 0, "ok", "", true},
 }
 
 // lockOwnPages maps n bytes of this process's executable, shared, and
@@ -269,9 +275,18 @@ func hugePageCalls(dir string) map[string]string {
 func openSockets() map[string]string {
 	got := map[string]string{}
 	for _, s := range probeSockets {
-		fd, err := unix.Socket(s.family, s.typ|unix.SOCK_CLOEXEC, s.proto)
-		if err == nil {
-			unix.Close(fd)
+		var err error
+		if s.pair {
+			var fds [2]int
+			if fds, err = unix.Socketpair(s.family, s.typ|unix.SOCK_CLOEXEC, s.proto); err == nil {
+				unix.Close(fds[0])
+				unix.Close(fds[1])
+			}
+		} else {
+			var fd int
+			if fd, err = unix.Socket(s.family, s.typ|unix.SOCK_CLOEXEC, s.proto); err == nil {
+				unix.Close(fd)
+			}
 		}
 		got[s.name] = errName(err)
 	}
