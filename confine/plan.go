@@ -492,9 +492,12 @@ func Build(o Options, fsys FS) (*Plan, error) {
 		if prog == "" || p.shows(prog) {
 			continue
 		}
-		if !clean(prog) {
+		switch {
+		case !clean(prog):
 			errs = append(errs, fmt.Errorf("program %q: not an absolute clean path", prog))
-		} else {
+		case checkTarget(prog) != nil:
+			errs = append(errs, fmt.Errorf("program directory %s: %w, or move the program (a directory of its own, such as /srv/cgi)", prog, checkTarget(prog)))
+		default:
 			p.Binds = append(p.Binds, Bind{Source: prog, Target: prog})
 		}
 	}
