@@ -286,7 +286,7 @@ func ownTID(status string) (int, bool) {
 // it is also the least the program may set (oom_score_adj_min).
 const OOMScoreAdj = "1000"
 
-// noKeptCaps clears the calling thread's securebits and ambient
+// noKeptCaps clears the calling thread's securebits, ambient and inheritable
 // capabilities, inherited from cellgate, so that the program's change of
 // uid, and its execve, leave it no capability; the thread that forks or
 // executes the program calls it (they are a thread's, not the
@@ -307,6 +307,19 @@ func noKeptCaps() error {
 	}
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
 		return fmt.Errorf("prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL): %w", err)
+	}
+	// The inheritable set too: a program run as the host's root gets it
+	// at its execve beside its bounding set.
+	h := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var d [2]unix.CapUserData
+	if err := unix.Capget(&h, &d[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	if d[0].Inheritable != 0 || d[1].Inheritable != 0 {
+		d[0].Inheritable, d[1].Inheritable = 0, 0
+		if err := unix.Capset(&h, &d[0]); err != nil {
+			return fmt.Errorf("clear the inheritable capabilities cellgate runs with: capset: %w", err)
+		}
 	}
 	return nil
 }

@@ -846,3 +846,40 @@ func capLast() int {
 	}
 	return n
 }
+
+// TestCInitSpawnerOutlivesSignals: the C init's spawner outlives the
+// signals an operator may send every process of cellgate's unit (systemctl
+// kill without --kill-whom=main): after SIGHUP, SIGINT, SIGUSR1, SIGUSR2
+// and SIGPIPE it still answers a request (a malformed one: EPROTO).
+func TestCInitSpawnerOutlivesSignals(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "spawner"), os.NewFile(uintptr(fds[1]), "spawner")
+	defer ours.Close()
+	cmd := &exec.Cmd{Path: cInit(t), Args: []string{InitArg0, SpawnerArg}, ExtraFiles: []*os.File{theirs}}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	theirs.Close()
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	ours.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var ans [8]byte
+	if n, err := ours.Read(ans[:]); err != nil || n != 8 || int(binary.LittleEndian.Uint32(ans[:])) != cmd.Process.Pid {
+		t.Fatalf("hello: %d bytes %x, %v", n, ans[:n], err)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGPIPE} {
+		if err := cmd.Process.Signal(sig); err != nil {
+			t.Fatalf("%v: %v", sig, err)
+		}
+	}
+	if _, err := ours.Write([]byte("not a spawn request")); err != nil {
+		t.Fatal(err)
+	}
+	n, err := ours.Read(ans[:])
+	if err != nil || n != 8 || syscall.Errno(binary.LittleEndian.Uint32(ans[4:])) != syscall.EPROTO {
+		cmd.Process.Kill()
+		t.Fatalf("after the signals the spawner answered %x (%v); want EPROTO; it ended: %v", ans[:n], err, cmd.Wait())
+	}
+}

@@ -146,6 +146,10 @@ func InitMain(args []string) int {
 // control socket is closed, which the starter reads as the end of the
 // stream. It returns the status to exit with when the exec failed.
 func InitExec() int {
+	// One thread from the plan to the execve: what Apply sets of a
+	// thread's (the bounding set without CAP_SYS_RESOURCE) is the
+	// executing thread's only if they are the same.
+	runtime.LockOSThread()
 	if _, err := applyPlanFrame("the preloader"); err != nil {
 		return fail(ReportSetup, exitSetup, err)
 	}
@@ -173,7 +177,6 @@ func InitExec() int {
 	unix.Close(fds[0])
 	// The thread that executes the program keeps no capability across
 	// the preloader's later changes of uid, and nothing favoured.
-	runtime.LockOSThread()
 	if err := noKeptCaps(); err != nil {
 		return failOn(ctl, ReportSpawn, exitSpawn, err)
 	}

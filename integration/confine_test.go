@@ -1863,7 +1863,8 @@ func procStatus(text string) map[string]string {
 // OOM killer (oom_score_adj -500, a unit's OOMScoreAdjust=), the program
 // is its first choice (1000) and cannot lower that. Under serve keeping
 // its capabilities across a change of uid (SecureBits=no-setuid-fixup)
-// with CAP_SYS_ADMIN ambient, the program has none. Under serve at nice -5
+// with CAP_SYS_ADMIN ambient and inheritable, the program has none, and
+// one run as the host's root only RootCaps. Under serve at nice -5
 // (a unit's Nice=) with RLIMIT_NICE 40 and without address space
 // randomisation (setarch -R), the program runs at nice 0 with RLIMIT_NICE
 // 0 and randomised. The control: the probe started directly the way
@@ -1905,7 +1906,15 @@ func TestConfineNotInherited(t *testing.T) {
 	if rn, persona := procLimits(c.Cat["/proc/self/limits"])["Max nice priority"], strings.TrimSpace(c.Cat["/proc/self/personality"]); c.Sched.Nice != -5 || rn != "40 40" || persona != "00040000" {
 		t.Fatalf("the control: nice %d, RLIMIT_NICE %q, personality %s: want -5, 40 40, 00040000 (ADDR_NO_RANDOMIZE)", c.Sched.Nice, rn, persona)
 	}
-	g := startGate(t, gateOptions{policy: confinePolicy(t, freshRoute(t)), bin: wrapper})
+	hostRoot := fmt.Sprintf(`  - {name: hostroot, match: {path: /hostroot}, tenant: a, program: %q, env: {%s: probe}, user: root, allow_root: true, host_namespaces: [user]}
+`, workerBinary(t), cellHelperEnv)
+	g := startGate(t, gateOptions{policy: confinePolicy(t, freshRoute(t)+hostRoot), bin: wrapper})
+	// A program run as the host's root gets at its execve its bounding
+	// set, cut to RootCaps, and the inheritable set: none of serve's
+	// inheritable CAP_SYS_ADMIN.
+	if caps := procStatus(g.probe(t, "hostroot", query).Cat["/proc/self/status"]); caps["CapEff"] != rootCapsHex() || caps["CapInh"] != "0000000000000000" {
+		t.Errorf("hostroot: capabilities effective %s, inheritable %s: want RootCaps %s and none", caps["CapEff"], caps["CapInh"], rootCapsHex())
+	}
 	for _, route := range []string{"probe", "fresh"} {
 		r := g.probe(t, route, query)
 		if r.Sched == nil || r.Sched.Policy != unix.SCHED_NORMAL || r.Sched.RR != "EPERM" || r.Sched.IOClass == 1 {

@@ -1280,9 +1280,12 @@ static int oom_first(void)
 	return write_text("/proc/self/oom_score_adj", OOM_SCORE_ADJ);
 }
 
-/* no_kept_caps clears the securebits and the ambient capabilities
- * inherited from cellgate (confine's noKeptCaps), so that the program's
- * change of uid, and its execve, leave it no capability. */
+/* no_kept_caps clears the securebits, the ambient capabilities and the
+ * inheritable set inherited from cellgate (confine's noKeptCaps), so
+ * that the program's change of uid, and its execve, leave it no
+ * capability: a program run as the host's root gets its bounding set
+ * (cut to ROOT_CAPS) and the inheritable set at its execve, which would
+ * bring back what a unit's AmbientCapabilities= put there. */
 static int no_kept_caps(void)
 {
 	int bits = prctl(PR_GET_SECUREBITS, 0, 0, 0, 0);
@@ -1292,6 +1295,15 @@ static int no_kept_caps(void)
 		return fail(errno, "clear the securebits %#x cellgate runs with (a unit's SecureBits=; locked ones cannot be): prctl(PR_SET_SECUREBITS, 0)", bits);
 	if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
 		return fail(errno, "prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)");
+	struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3};
+	struct __user_cap_data_struct d[_LINUX_CAPABILITY_U32S_3];
+	if (syscall(SYS_capget, &h, d) < 0)
+		return fail(errno, "capget");
+	if (d[0].inheritable || d[1].inheritable) {
+		d[0].inheritable = d[1].inheritable = 0;
+		if (syscall(SYS_capset, &h, d) < 0)
+			return fail(errno, "clear the inheritable capabilities cellgate runs with: capset");
+	}
 	return 0;
 }
 
@@ -2090,11 +2102,29 @@ static int exec_main(void)
 	return fail_report(ctl, R_SPAWN, EXIT_SPAWN);
 }
 
+static void no_op(int sig) { (void)sig; }
+
+/* outlive_signals has a long-lived mode (the spawner, a template) outlive
+ * the signals an operator may send every process of cellgate's unit
+ * (`systemctl kill` without --kill-whom=main: SIGUSR1 to reopen the logs,
+ * SIGHUP to reload), whose default is to end it. They are caught, not
+ * ignored: an execve resets a caught signal to its default, so the
+ * programs of the inits the spawner clones get none of this. */
+static void outlive_signals(void)
+{
+	struct sigaction sa = {.sa_handler = no_op, .sa_flags = SA_RESTART};
+	sigemptyset(&sa.sa_mask);
+	const int sigs[] = {SIGHUP, SIGINT, SIGUSR1, SIGUSR2, SIGPIPE};
+	for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+		sigaction(sigs[i], &sa, NULL);
+}
+
 /* template_main is the template mode: the view alone, kept until the
  * control socket ends. */
 static int template_main(void)
 {
 	struct plan p;
+	outlive_signals();
 	view_mode = M_TEMPLATE;
 	if (apply_plan_frame(&p, "the template") < 0)
 		return fail_report(CONTROL_FD, R_SETUP, EXIT_SETUP);
@@ -2191,6 +2221,7 @@ static int answer(int32_t pid, int32_t e)
  * until its end closes. */
 static int spawner_main(void)
 {
+	outlive_signals();
 	if (answer(getpid(), 0) < 0)
 		return 0;
 	for (;;) {
