@@ -77,7 +77,12 @@ routes:
   - {name: hello, match: {path: /hello}, tenant: web, program: "` + systemdCGI + `/hello", memory: 16Mi}
   - {name: slow, match: {path: /slow}, tenant: web, program: "` + systemdCGI + `/slow", memory: 16Mi, timeout: 60s}
   - {name: slowsh, match: {path: /slowsh}, tenant: web, program: "` + systemdCGI + `/slowsh", memory: 16Mi, timeout: 60s}
+  - {name: oomsh, match: {path: /oomsh}, tenant: web, program: "` + systemdCGI + `/oomsh", memory: 16Mi}
 `
+
+// oomScript tries to lower its oom_score_adj to the unit's OOMScoreAdjust=
+// and prints what it has.
+const oomScript = "#!/bin/sh\necho -500 > /proc/self/oom_score_adj 2>/dev/null\nprintf 'Content-Type: text/plain\\n\\n'\ncat /proc/self/oom_score_adj\n"
 
 // slowScript is a slow program that, as most do (a shell, sleep), dies of
 // a signal it does not handle: SIGUSR1 among them, which Go programs
@@ -108,8 +113,10 @@ func installUnits(t *testing.T) string {
 			t.Fatalf("install %s: %v", name, err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(systemdCGI, "slowsh"), []byte(slowScript), 0o755); err != nil {
-		t.Fatal(err)
+	for name, script := range map[string]string{"slowsh": slowScript, "oomsh": oomScript} {
+		if err := os.WriteFile(filepath.Join(systemdCGI, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := os.MkdirAll("/etc/cellgate", 0o755); err != nil {
 		t.Fatal(err)
@@ -297,6 +304,14 @@ func TestSystemdService(t *testing.T) {
 		}
 		if fail.Load() > 0 {
 			t.Errorf("%d of %d requests failed across the restart: %v", fail.Load(), fail.Load()+ok.Load(), errs)
+		}
+	})
+
+	t.Run("OOM score", func(t *testing.T) {
+		// A cell's program is the OOM killer's first choice and cannot
+		// lower its score to cellgate's (OOMScoreAdjust=-500).
+		if got := strings.TrimSpace(mustGet(t, url+"/oomsh", 200)); got != "1000" {
+			t.Errorf("a cell's program lowered its oom_score_adj to %s, want it kept at 1000", got)
 		}
 	})
 
