@@ -3,7 +3,14 @@ package main
 import (
 	"net/http"
 	"net/http/pprof"
+	"strconv"
 )
+
+// maxProfileSeconds bounds a profile's ?seconds=: net/http/pprof pushes
+// the connection's write deadline out by as many seconds as asked, and a
+// few requests of a day's delta profile would hold the admin listener's
+// connections (and the probes behind them) for a day.
+const maxProfileSeconds = 30
 
 // adminHandler is the admin listener's handler: h, and with withPprof Go's
 // runtime profiles under /debug/pprof/ (--admin-pprof), behind the Host
@@ -16,10 +23,23 @@ func adminHandler(h http.Handler, withPprof bool, hosts map[string]bool) http.Ha
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", h)
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.Handle("GET /debug/pprof/", boundedSeconds(pprof.Index))
 	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.Handle("GET /debug/pprof/profile", boundedSeconds(pprof.Profile))
 	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	mux.Handle("GET /debug/pprof/trace", boundedSeconds(pprof.Trace))
 	return adminHostGuard(mux, hosts)
+}
+
+// boundedSeconds refuses a profile asked for longer than maxProfileSeconds.
+func boundedSeconds(h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if v := r.URL.Query().Get("seconds"); v != "" {
+			if s, err := strconv.ParseFloat(v, 64); err != nil || s > maxProfileSeconds {
+				http.Error(w, "seconds: at most "+strconv.Itoa(maxProfileSeconds), http.StatusBadRequest)
+				return
+			}
+		}
+		h(w, r)
+	})
 }

@@ -27,6 +27,10 @@ func TestAdminHandlerPprof(t *testing.T) {
 		{"on: profile index", true, "/debug/pprof/", 200},
 		{"on: goroutine profile", true, "/debug/pprof/goroutine?debug=1", 200},
 		{"on: metrics", true, "/metrics", 200},
+		// A longer profile would hold an admin connection that long.
+		{"on: a day's delta profile", true, "/debug/pprof/heap?seconds=86400", 400},
+		{"on: a day's CPU profile", true, "/debug/pprof/profile?seconds=86400", 400},
+		{"on: a day's trace", true, "/debug/pprof/trace?seconds=86400", 400},
 		{"on: other paths still the admin handler's", true, "/nothing", 404},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
