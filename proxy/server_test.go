@@ -833,31 +833,10 @@ func TestSlowReader(t *testing.T) {
 		{"spool in memory", 8 << 20, 16 << 20},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
-				io.WriteString(spec.Stdout, "Content-Type: application/octet-stream\n\n")
-				buf := make([]byte, 1<<20)
-				for i := 0; i < tt.size/len(buf); i++ {
-					if _, err := spec.Stdout.Write(buf); err != nil {
-						return sandbox.Result{}, err
-					}
-				}
-				return fakeResult(sandbox.CauseOK), nil
-			})
 			ts := startServer(t, Config{MaxResponse: int64(tt.size), ResponseMemory: tt.memory, SpoolMemory: 32 << 20,
 				WriteMinRate: 64 << 10, WriteTimeout: 100 * time.Millisecond, WriteRateGrace: time.Millisecond},
-				Deps{Runner: runner}, route("r", "/", "/x"))
-			c, err := net.Dial("tcp", ts.Addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.(*net.TCPConn).SetReadBuffer(4096)
-			io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-			c.SetReadDeadline(time.Now().Add(30 * time.Second))
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+				Deps{Runner: bulkOutput(tt.size >> 20)}, route("r", "/", "/x"))
+			resp := getHead(t, ts.Addr, true)
 			if resp.StatusCode != 200 || resp.ContentLength != int64(tt.size) {
 				t.Fatalf("status %d length %d", resp.StatusCode, resp.ContentLength)
 			}
@@ -933,33 +912,10 @@ func TestStreamCutShort(t *testing.T) {
 		{"over MaxResponse", Config{MaxResponse: 1 << 20}, true, accounting.OutcomeBadGateway},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
-				io.WriteString(spec.Stdout, "Content-Type: application/octet-stream\n\n")
-				buf := make([]byte, 1<<20)
-				for range 64 {
-					if _, err := spec.Stdout.Write(buf); err != nil {
-						return fakeResult(sandbox.CauseKilled), nil
-					}
-				}
-				return fakeResult(sandbox.CauseOK), nil
-			})
 			r := route("r", "/", "/x")
 			r.Response = policy.ResponseStream
-			ts := startServer(t, tt.cfg, Deps{Runner: runner}, r)
-			c, err := net.Dial("tcp", ts.Addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			if !tt.read {
-				c.(*net.TCPConn).SetReadBuffer(4096)
-			}
-			io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-			c.SetReadDeadline(time.Now().Add(30 * time.Second))
-			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-			if err != nil {
-				t.Fatal(err)
-			}
+			ts := startServer(t, tt.cfg, Deps{Runner: bulkOutput(64)}, r)
+			resp := getHead(t, ts.Addr, !tt.read)
 			if tt.read {
 				io.Copy(io.Discard, resp.Body) // cut short: an error
 			}
@@ -972,6 +928,43 @@ func TestStreamCutShort(t *testing.T) {
 			}
 		})
 	}
+}
+
+// bulkOutput is a fake Runner whose worker writes mib MiB of body, in
+// pieces of 1 MiB, until its stdout fails.
+func bulkOutput(mib int) runFunc {
+	return func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		io.WriteString(spec.Stdout, "Content-Type: application/octet-stream\n\n")
+		buf := make([]byte, 1<<20)
+		for range mib {
+			if _, err := spec.Stdout.Write(buf); err != nil {
+				return fakeResult(sandbox.CauseKilled), nil
+			}
+		}
+		return fakeResult(sandbox.CauseOK), nil
+	}
+}
+
+// getHead sends a GET on a new connection (its receive buffer small: a
+// client slow to read) and returns the response once its head is in;
+// the connection closes with the test.
+func getHead(t *testing.T, addr string, smallBuffer bool) *http.Response {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if smallBuffer {
+		c.(*net.TCPConn).SetReadBuffer(4096)
+	}
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
 }
 
 // countAdmitter admits everything and counts the admissions not released.
