@@ -367,7 +367,14 @@ func TestForPreloader(t *testing.T) {
 // such a plan is refused with what to do, unless the filesystem is the
 // host's.
 func TestForPreloaderRefusesBindUnderTmpfs(t *testing.T) {
-	for _, dir := range []string{"/tmp/app", "/var/tmp", "/dev/shm/x/y"} {
+	// The private tmpfs itself is refused by Build (checkTarget), for
+	// every route.
+	for _, dir := range []string{"/var/tmp", "/dev/shm/x/y"} {
+		if _, err := Build(Options{Programs: dir}, debian); err == nil || !strings.Contains(err.Error(), "program directory "+dir) {
+			t.Errorf("app in %s: %v, want Build to refuse it", dir, err)
+		}
+	}
+	for _, dir := range []string{"/tmp/app", "/var/tmp/app"} {
 		p, err := Build(Options{Programs: dir}, debian)
 		if err != nil {
 			t.Fatal(err)
