@@ -150,34 +150,30 @@ func (p *Pool) Get(ctx context.Context, prof *Profile) (*Cell, error) {
 	if err != nil {
 		return nil, err
 	}
-	if pp == nil { // retired: made here, removed at its Release
-		p.stats.misses.Add(1)
-		c, err := p.tree.NewCell(prof)
-		if err != nil {
-			p.stats.createErrors.Add(1)
+	if pp != nil { // nil: retired, its cell made here and removed at its Release
+		select {
+		case c := <-pp.reused:
+			p.stats.reused.Add(1)
+			return c, nil
+		default:
 		}
-		return c, err
-	}
-	select {
-	case c := <-pp.reused:
-		p.stats.reused.Add(1)
-		return c, nil
-	default:
-	}
-	select {
-	case c := <-pp.idle:
-		p.stats.hits.Add(1)
-		if len(pp.idle) <= cap(pp.idle)/2 {
-			pp.kick()
+		select {
+		case c := <-pp.idle:
+			p.stats.hits.Add(1)
+			if len(pp.idle) <= cap(pp.idle)/2 {
+				pp.kick()
+			}
+			return c, nil
+		default:
 		}
-		return c, nil
-	default:
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("get cell for tenant %s: %w", prof.tenant, context.Cause(ctx))
 	}
 	p.stats.misses.Add(1)
-	pp.kick()
+	if pp != nil {
+		pp.kick()
+	}
 	c, err := p.tree.NewCell(prof)
 	if err != nil {
 		p.stats.createErrors.Add(1)

@@ -175,12 +175,19 @@ func (x *exchange) stream(hdr *cgiHeader, br *bufio.Reader, cancel context.Cance
 // Config.WriteMinRate). The connection is reset and the error returned
 // wraps ErrClientGone.
 func (x *exchange) clientLost(err error) error {
-	x.rec.Outcome = accounting.OutcomeClientGone
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		x.rec.Outcome = accounting.OutcomeSlowReader
-	}
+	x.rec.Outcome = lostOutcome(err)
 	x.abort = true
 	return fmt.Errorf("write response after %d bytes: %w: %w", x.rec.BytesOut, ErrClientGone, err)
+}
+
+// lostOutcome is the outcome of a response the client stopped taking
+// (err wraps the write's error): slow_reader when a write deadline
+// passed, client_gone otherwise.
+func lostOutcome(err error) accounting.Outcome {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return accounting.OutcomeSlowReader
+	}
+	return accounting.OutcomeClientGone
 }
 
 // sendError sends a short text/plain error. Nothing is sent to a client

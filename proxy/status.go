@@ -3,7 +3,6 @@ package proxy
 import (
 	"errors"
 	"net/http"
-	"os"
 
 	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/policy"
@@ -52,11 +51,8 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 	var me *policy.MethodError
 	switch {
 	case err == nil:
-	case errors.Is(err, ErrClientGone) && errors.Is(err, os.ErrDeadlineExceeded):
-		// Cut off for taking the response too slowly (clientLost).
-		return verdict{Status: StatusClientClosed, Outcome: accounting.OutcomeSlowReader}
 	case errors.Is(err, ErrClientGone):
-		return verdict{Status: StatusClientClosed, Outcome: accounting.OutcomeClientGone}
+		return verdict{Status: StatusClientClosed, Outcome: lostOutcome(err)}
 	case errors.Is(err, ErrHeaderTooLarge):
 		return verdict{Status: http.StatusRequestHeaderFieldsTooLarge, Outcome: accounting.OutcomeHeaderTooLarge,
 			Message: "request header fields too large", Close: true}

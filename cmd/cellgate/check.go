@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/caarlos0/env/v11"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
 )
@@ -57,7 +58,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	fs.Var(&sh.UIDs, "uid-range", "")
 	fs.Var((*uint32Flag)(&sh.GID), "gid", "")
-	tlsKey := fs.String("tls-key", envSetting(environ, "TLS_KEY"), "")
+	tlsKey := fs.String("tls-key", env.ToMap(environ)[envPrefix+"TLS_KEY"], "")
 	syntaxOnly := fs.Bool("syntax-only", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -91,8 +92,12 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 			if _, cerr := buildConfinement(r, hidden, nil); cerr != nil {
 				// One problem, with the file and line, per thing
 				// wrong (confine.Build joins them).
-				for msg := range strings.SplitSeq(cerr.Error(), "\n") {
-					probs = append(probs, routeProblem(p.Source, r, "confinement", "", msg, ""))
+				errs := []error{cerr}
+				if j, ok := cerr.(interface{ Unwrap() []error }); ok {
+					errs = j.Unwrap()
+				}
+				for _, e := range errs {
+					probs = append(probs, routeProblem(p.Source, r, "confinement", "", e.Error(), ""))
 				}
 			}
 		}

@@ -50,17 +50,6 @@ func defaultShared() Shared {
 	return Shared{UIDs: uidRange(sandbox.DefaultUIDRange), GID: sandbox.DefaultGID}
 }
 
-// envSetting is the value of the setting CELLGATE_<name> in environ, ""
-// when unset.
-func envSetting(environ []string, name string) string {
-	for _, kv := range slices.Backward(environ) {
-		if v, ok := strings.CutPrefix(kv, envPrefix+name+"="); ok {
-			return v
-		}
-	}
-	return ""
-}
-
 // parseEnv fills s from the CELLGATE_* variables of environ.
 func (s *Shared) parseEnv(environ []string) error {
 	m := map[string]string{}
