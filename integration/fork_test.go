@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
@@ -471,6 +472,35 @@ func TestFork(t *testing.T) {
 
 	t.Run("reload replaces the preloaders", func(t *testing.T) {
 		oldPid, oldGroup := preloaderPid(t, g, "wsgi")
+		// The route's restarts counter, scraped without a pause from
+		// before the reload until the replaced preloader is gone, never
+		// goes down: the replaced preloader's counts are folded into the
+		// route's as it stops, not seconds after it left the live
+		// policies (a counter reset, to Prometheus).
+		restarts := metric(g.metrics(), "cellgate_preloader_restarts_total", map[string]string{"route": "wsgi"})
+		scrapes, lowest := 0, restarts
+		stopScrapes, scraped := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(scraped)
+			for {
+				select {
+				case <-stopScrapes:
+					return
+				default:
+				}
+				resp, err := g.client.Get(g.admin + "/metrics")
+				if err != nil {
+					continue
+				}
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil || resp.StatusCode != 200 {
+					continue
+				}
+				scrapes++
+				lowest = min(lowest, metric(string(b), "cellgate_preloader_restarts_total", map[string]string{"route": "wsgi"}))
+			}
+		}()
 		g.signal(syscall.SIGHUP)
 		g.waitLog("policy reloaded", 1, 2*time.Minute)
 		if status, _, body := g.get("/wsgi"); status != 200 {
@@ -492,6 +522,12 @@ func TestFork(t *testing.T) {
 		}
 		if dirExists(filepath.Dir(oldGroup)) {
 			t.Errorf("the replaced route group %s is still there", filepath.Dir(oldGroup))
+		}
+		close(stopScrapes)
+		<-scraped
+		t.Logf("%d scrapes across the reload; restarts_total{route=wsgi} %v before, lowest %v", scrapes, restarts, lowest)
+		if restarts < 1 || lowest < restarts {
+			t.Errorf("cellgate_preloader_restarts_total{route=wsgi} went from %v to %v across the reload; want >= 1, never lower", restarts, lowest)
 		}
 	})
 

@@ -68,8 +68,12 @@ type daemon struct {
 	// current is the snapshot new requests are routed under.
 	current atomic.Pointer[snapshot]
 
-	mu      sync.Mutex // serializes reloads, snapshot and tenant group changes
-	tenants map[string]*cgroup.Tenant
+	mu sync.Mutex // serializes reloads, snapshot and tenant group changes
+	// tenants are the tenant groups, by name. Guarded by tenantsMu, which
+	// writers take inside mu and the metrics and /status alone: a scrape
+	// never waits for a reload (which holds mu while it starts preloaders).
+	tenantsMu sync.Mutex
+	tenants   map[string]*cgroup.Tenant
 	// live are the snapshots not yet drained, oldest first; the last is
 	// current. Guarded by mu.
 	live []*snapshot
@@ -104,9 +108,14 @@ type daemon struct {
 	// strays reaps the zombies orphaned in serve's PID namespace when serve
 	// is its init (serve_strays.go); nil otherwise.
 	strays *sandbox.StrayReaper
-	// forkMu guards the fork routes' stopped flags and retiredForks, the
-	// counters of preloaders already stopped, by route.
+	// forkMu guards the fork routes' stopped flags, forks (every fork
+	// route's preloader from its start until its counters are folded into
+	// retiredForks, stopping ones included) and retiredForks, the counters
+	// of preloaders stopped, by route: the metrics read them under forkMu
+	// alone, so that a preloader's counters never dip while it stops and a
+	// scrape never waits for a reload.
 	forkMu       sync.Mutex
+	forks        map[*forkSpec]struct{}
 	retiredForks map[string]accounting.PreloaderStats
 }
 
@@ -132,7 +141,7 @@ type routeSpec struct {
 func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.File) (err error) {
 	log := slog.New(slog.NewTextHandler(std.err, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	d := &daemon{cfg: cfg, log: log, tenants: map[string]*cgroup.Tenant{}, done: make(chan struct{}),
-		retiredForks: map[string]accounting.PreloaderStats{}}
+		forks: map[*forkSpec]struct{}{}, retiredForks: map[string]accounting.PreloaderStats{}}
 
 	// Signals first: a SIGTERM during start-up must not kill the process
 	// before it has removed what it created.
@@ -400,7 +409,7 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 		if err != nil {
 			return fail(fmt.Errorf("tenant %s (%s:%d): %w", t.Name, pol.Source, t.Line, err))
 		}
-		d.tenants[t.Name] = g
+		d.setTenant(t.Name, g)
 	}
 	def, err := cgroup.NewProfile(policy.DefaultTenant, pol.Defaults.Resources())
 	if err != nil {
@@ -770,14 +779,25 @@ func (d *daemon) admissionStats() []accounting.AdmissionStats {
 	return out
 }
 
+// setTenant records a tenant's group; nil forgets the tenant.
+func (d *daemon) setTenant(name string, g *cgroup.Tenant) {
+	d.tenantsMu.Lock()
+	defer d.tenantsMu.Unlock()
+	if g == nil {
+		delete(d.tenants, name)
+		return
+	}
+	d.tenants[name] = g
+}
+
 // tenantTotals reads every tenant group's counters from the kernel.
 func (d *daemon) tenantTotals() ([]accounting.TenantTotals, error) {
-	d.mu.Lock()
+	d.tenantsMu.Lock()
 	groups := make([]*cgroup.Tenant, 0, len(d.tenants))
 	for _, g := range d.tenants {
 		groups = append(groups, g)
 	}
-	d.mu.Unlock()
+	d.tenantsMu.Unlock()
 	var errs []error
 	out := make([]accounting.TenantTotals, 0, len(groups))
 	for _, g := range groups {

@@ -92,7 +92,11 @@ func (d *daemon) startFork(pol *policy.Policy, r *policy.Route, prof *cgroup.Pro
 		release()
 		return nil, err
 	}
-	return &forkSpec{route: r.Name, release: release, group: group, base: cellProf, preloader: pre}, nil
+	f := &forkSpec{route: r.Name, release: release, group: group, base: cellProf, preloader: pre}
+	d.forkMu.Lock()
+	d.forks[f] = struct{}{}
+	d.forkMu.Unlock()
+	return f, nil
 }
 
 // forkChildren is how many requests of the route may be in flight: its
@@ -144,13 +148,14 @@ func (d *daemon) stopFork(f *forkSpec) {
 	f.stopped = true
 	d.forkMu.Unlock()
 	f.preloader.Close(forkStopTimeout)
-	st := f.preloader.Stats()
 	d.forkMu.Lock()
+	st := f.preloader.Stats()
 	prev := d.retiredForks[f.route]
 	prev.Restarts += st.Restarts
 	prev.Recycles += st.Recycles
 	prev.Retries += st.Retries
 	d.retiredForks[f.route] = prev
+	delete(d.forks, f) // in the same critical section: counted once, always
 	d.forkMu.Unlock()
 	d.pool.DrainProfile(f.base)
 	if d.removeGroup(f.group) {
@@ -190,12 +195,10 @@ func (d *daemon) stopAllForks() {
 	}
 }
 
-// preloaderStats sums each route's preloaders: those of live snapshots and
-// those already stopped.
+// preloaderStats sums each route's preloaders: those running (stopping
+// included) and those stopped. It takes forkMu alone: a reload starting
+// preloaders under mu does not hold a scrape up.
 func (d *daemon) preloaderStats() []accounting.PreloaderStats {
-	d.mu.Lock()
-	live := append([]*snapshot(nil), d.live...)
-	d.mu.Unlock()
 	d.forkMu.Lock()
 	defer d.forkMu.Unlock()
 	by := map[string]*accounting.PreloaderStats{}
@@ -209,19 +212,14 @@ func (d *daemon) preloaderStats() []accounting.PreloaderStats {
 		s := get(route)
 		s.Restarts, s.Recycles, s.Retries = st.Restarts, st.Recycles, st.Retries
 	}
-	for _, snap := range live {
-		for _, rs := range snap.specs {
-			if rs.fork == nil || rs.fork.stopped {
-				continue
-			}
-			st := rs.fork.preloader.Stats()
-			s := get(st.Route)
-			s.Restarts += st.Restarts
-			s.Recycles += st.Recycles
-			s.Retries += st.Retries
-			if st.Ready {
-				s.Ready++
-			}
+	for f := range d.forks {
+		st := f.preloader.Stats()
+		s := get(st.Route)
+		s.Restarts += st.Restarts
+		s.Recycles += st.Recycles
+		s.Retries += st.Retries
+		if st.Ready && !f.stopped {
+			s.Ready++
 		}
 	}
 	out := make([]accounting.PreloaderStats, 0, len(by))

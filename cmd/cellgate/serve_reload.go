@@ -75,7 +75,7 @@ func (d *daemon) reload() error {
 			return err
 		}
 		for i, t := range p.Tenants {
-			d.tenants[t.Name] = groups[i]
+			d.setTenant(t.Name, groups[i])
 		}
 	}
 	d.warm(specs)
@@ -148,7 +148,7 @@ func (d *daemon) removeTenant(name string) bool {
 		d.log.Error("remove a removed tenant's group; it stays until shutdown", "tenant", name, "err", err)
 		return true
 	}
-	delete(d.tenants, name)
+	d.setTenant(name, nil)
 	d.log.Info("removed tenant drained and its group removed", "tenant", name)
 	return true
 }

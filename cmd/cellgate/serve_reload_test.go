@@ -338,3 +338,26 @@ func TestBuildSpecsRefusesMissingSource(t *testing.T) {
 		})
 	}
 }
+
+// TestScrapeDuringReload: the metrics' tenant totals and preloader
+// counters, and /status's tenant memory, are read while a reload holds the
+// daemon's lock (as it does while it starts a fork route's preloaders,
+// seconds for a large app). Before, both took that lock: a scrape waited
+// for the reload, and the scraper's timeout failed it.
+func TestScrapeDuringReload(t *testing.T) {
+	d, _ := testDaemon(t, reloadPolicyA)
+	d.forks = map[*forkSpec]struct{}{}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		d.preloaderStats()
+		d.tenantTotals()
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the metrics' readers wait for the daemon's lock a reload holds")
+	}
+}
