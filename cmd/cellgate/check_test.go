@@ -16,13 +16,7 @@ import (
 
 func TestRunCheck(t *testing.T) {
 	dir := t.TempDir()
-	// t.TempDir's directories are 0700: open them to the cells, as a
-	// deployed program's directories would be.
-	for d := dir; d != filepath.Dir(os.TempDir()) && d != "/"; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	openToCells(t, dir)
 	file := func(name, content string, mode os.FileMode) string {
 		path := filepath.Join(dir, name)
 		if err := os.WriteFile(path, []byte(content), mode); err != nil {
@@ -250,11 +244,7 @@ func TestRouteCheckTenantGID(t *testing.T) {
 		t.Skip("chown to another group needs root")
 	}
 	dir := t.TempDir()
-	for d := dir; d != filepath.Dir(os.TempDir()) && d != "/"; d = filepath.Dir(d) {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	openToCells(t, dir)
 	private := filepath.Join(dir, "tenantonly")
 	if err := os.Mkdir(private, 0o750); err != nil {
 		t.Fatal(err)
