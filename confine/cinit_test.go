@@ -43,7 +43,11 @@ func TestMain(m *testing.M) {
 	if os.Args[0] == InitArg0 {
 		os.Exit(InitMain(os.Args[1:]))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if cInitPath != "" {
+		os.RemoveAll(filepath.Dir(cInitPath))
+	}
+	os.Exit(code)
 }
 
 var (
