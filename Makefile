@@ -7,8 +7,18 @@ BIN     := $(abspath bin)
 VMRUN   := $(BIN)/vmrun
 # The VM's own timeout is longer than go test's, so that a hung test ends
 # with the test binary's own panic and goroutine dump, not a killed VM.
-VMFLAGS ?= -mem 2G -smp 2 -timeout 35m
+# Each suite's go test timeout is about twice what it takes in the
+# emulated microVM (integration 9 min, integration-race 6, systemd 1.5),
+# so that a hang fails `make test` within its 30 minutes, with the dump.
+VMFLAGS ?= -mem 2G -smp 2
 TESTENV := CELLGATE_REQUIRE_KERNEL_TESTS=1 CELLGATE_BIN=$(BIN)/cellgate CELLGATE_IMAGE=$(BIN)/image
+
+# Installs from Debian: never a prompt, and one waits for another's dpkg
+# lock instead of failing at once.
+export DEBIAN_FRONTEND := noninteractive
+APT_GET := apt-get -q -o DPkg::Lock::Timeout=600
+# Installs and VMs must not overlap (one dpkg, two cores).
+.NOTPARALLEL:
 
 .PHONY: build cc vmrun vet unit vm-prepare vm-check integration integration-race integration-systemd test test-native bench chromium
 
@@ -33,9 +43,8 @@ build: cc
 
 cc:
 	@command -v $(CC) >/dev/null && [ -f /usr/lib/$$(uname -m)-linux-gnu/libc.a -o -f /usr/lib/libc.a ] || { \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y -q --no-install-recommends gcc libc6-dev || \
-		{ apt-get update -q && apt-get install -y -q --no-install-recommends gcc libc6-dev; }; }
+		$(APT_GET) install -y --no-install-recommends gcc libc6-dev || \
+		{ $(APT_GET) update && $(APT_GET) install -y --no-install-recommends gcc libc6-dev; }; }
 
 # Static: the same binary is the guest's /init.
 vmrun:
@@ -46,7 +55,7 @@ vet:
 
 # Under the race detector (cgo: the C compiler of cc).
 unit: cc
-	$(GO) test -race -count=1 -timeout 15m ./...
+	$(GO) test -race -count=1 -timeout 10m ./...
 
 # Installs qemu-system-x86 and fetches the kernel into .cache/vm, once.
 vm-prepare: vmrun
@@ -56,23 +65,22 @@ vm-prepare: vmrun
 # 0 from /bin/true; and the guest must not look chrooted to the kernel,
 # which refuses user namespaces (cells, preloaders) to a chrooted process.
 vm-check: vm-prepare
-	@status=0; $(VMRUN) -timeout 5m /bin/false || status=$$?; \
+	@status=0; $(VMRUN) $(VMFLAGS) -timeout 5m /bin/false || status=$$?; \
 	if [ $$status -ne 1 ]; then echo "vm-check: vmrun /bin/false exited $$status, want 1"; exit 1; fi
-	$(VMRUN) -timeout 5m /bin/true
+	$(VMRUN) $(VMFLAGS) -timeout 5m /bin/true
 	@echo "vm-check: guest exit status carried out (false=1, true=0)"
-	$(VMRUN) -timeout 5m /usr/bin/unshare --user --pid --mount --fork /bin/true
+	$(VMRUN) $(VMFLAGS) -timeout 5m /usr/bin/unshare --user --pid --mount --fork /bin/true
 	@echo "vm-check: the guest's programs may create user namespaces (the guest switched root, not chrooted)"
 
 # Debian's headless-capable browser, for the admin status page's test
 # (integration/status_test.go); installed once with apt-get when missing.
 chromium:
 	@command -v chromium >/dev/null || { \
-		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get install -y -q --no-install-recommends chromium || \
-		{ apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; }
+		$(APT_GET) install -y --no-install-recommends chromium || \
+		{ $(APT_GET) update && $(APT_GET) install -y --no-install-recommends chromium; }; }
 
 integration: build vm-prepare chromium
-	$(TESTENV) $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" ./integration/
+	$(TESTENV) $(GO) test -count=1 -timeout 17m -exec "$(VMRUN) $(VMFLAGS) -timeout 18m" ./integration/
 
 # The daemon's concurrent parts (resident and warm cells, the pool and its
 # recycling, reload under load) under the race detector, in the microVM:
@@ -82,17 +90,17 @@ integration: build vm-prepare chromium
 # the test binary in a tight memory limit: the worker, a copy of the
 # instrumented test binary, needs several times its memory.
 RACE_TESTS := ^(TestResident|TestCellsSequentialAndConcurrent|TestConfineResident|TestConfineReusedGroups|TestConfineWarmCells|TestConfineLateUsage|TestConfineNetnsReuse|TestConfineInitSpawner|TestReloadUnderLoad|TestReloadDuringSlowUpload|TestGateConcurrentRequests|TestGateSIGTERMInFlight|TestFork)
-integration-race: build examples vm-prepare
+integration-race: build examples vm-prepare python-deps
 	$(GO) build -race -ldflags "$(LDFLAGS)" -o $(BIN)/race/cellgate ./cmd/cellgate
 	cp $(BIN)/cellgate-init $(BIN)/race/cellgate-init
 	ln -sfn ../cgi $(BIN)/race/cgi
-	$(TESTENV) CELLGATE_BIN=$(BIN)/race/cellgate $(GO) test -race -count=1 -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" -run '$(RACE_TESTS)' ./integration/
+	$(TESTENV) CELLGATE_BIN=$(BIN)/race/cellgate $(GO) test -race -count=1 -timeout 12m -exec "$(VMRUN) $(VMFLAGS) -timeout 13m" -run '$(RACE_TESTS)' ./integration/
 
 # deploy/systemd's units under a real systemd: the microVM boots the
 # guest's systemd as pid 1 (vmrun -systemd) and the test installs and drives
 # the units there.
 integration-systemd: build examples vm-prepare
-	$(TESTENV) CELLGATE_REQUIRE_SYSTEMD=1 $(GO) test -count=1 -timeout 30m -exec "$(VMRUN) -systemd $(VMFLAGS)" -run '^TestSystemd' ./integration/
+	$(TESTENV) CELLGATE_REQUIRE_SYSTEMD=1 $(GO) test -count=1 -timeout 5m -exec "$(VMRUN) -systemd $(VMFLAGS) -timeout 6m" -run '^TestSystemd' ./integration/
 
 test: vet unit vm-check integration integration-race integration-systemd
 
@@ -103,7 +111,7 @@ test-native: build chromium
 
 bench: build vm-prepare
 	$(GO) test -run '^$$' -bench . -benchmem ./...
-	$(TESTENV) $(GO) test -run '^$$' -bench . -benchmem -timeout 30m -exec "$(VMRUN) $(VMFLAGS)" ./integration/
+	$(TESTENV) $(GO) test -run '^$$' -bench . -benchmem -timeout 30m -exec "$(VMRUN) $(VMFLAGS) -timeout 35m" ./integration/
 
 # ---- The example CGI programs and `make run` ----
 
@@ -129,7 +137,7 @@ bench: cgi-servers
 .PHONY: python-deps oci-runtime cgi-servers
 python-deps:
 	@dpkg -s python3 python3-flask gunicorn >/dev/null 2>&1 || \
-		{ apt-get update -q && apt-get install -y -q --no-install-recommends python3 python3-flask gunicorn; }
+		{ $(APT_GET) update && $(APT_GET) install -y --no-install-recommends python3 python3-flask gunicorn; }
 
 # The unsandboxed CGI servers BenchmarkCGIServers compares cellgate with:
 # Debian's nginx and fcgiwrap. The benchmark runs its own instances (loopback
@@ -137,10 +145,10 @@ python-deps:
 # starts its service, Debian's nginx also starts with its default site.
 cgi-servers:
 	@dpkg -s nginx fcgiwrap >/dev/null 2>&1 || \
-		{ apt-get update -q && apt-get install -y -q --no-install-recommends nginx fcgiwrap; }
+		{ $(APT_GET) update && $(APT_GET) install -y --no-install-recommends nginx fcgiwrap; }
 
 oci-runtime:
-	@command -v crun >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q --no-install-recommends crun; }
+	@command -v crun >/dev/null 2>&1 || { $(APT_GET) update && $(APT_GET) install -y --no-install-recommends crun; }
 
 # cellgate on 127.0.0.1:8080 (admin 127.0.0.1:9090) with the example
 # policy: natively where cellgate doctor passes (delegated cgroup v2 with

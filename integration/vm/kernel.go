@@ -48,20 +48,26 @@ func EnsureKernel(ctx context.Context, cacheDir string, log io.Writer) (Kernel, 
 		fmt.Fprintf(log, "vmrun: cached kernel unusable (%v); fetching again\n", err)
 	}
 
-	pkg, err := imagePackage(ctx, log)
-	if err != nil {
-		return Kernel{}, err
-	}
-	fmt.Fprintf(log, "vmrun: fetching %s into %s (once)\n", pkg, cacheDir)
 	work, err := os.MkdirTemp(cacheDir, "fetch-")
 	if err != nil {
 		return Kernel{}, fmt.Errorf("create fetch dir in %s: %w", cacheDir, err)
 	}
 	defer os.RemoveAll(work)
+	// The package is asked for again after an update: lists older than
+	// the mirror name an image it may no longer serve.
+	var pkg string
 	if err := withAptUpdate(ctx, log, func() error {
-		return run(ctx, work, log, "apt-get", "download", pkg)
+		var err error
+		if pkg, err = imagePackage(ctx); err != nil {
+			return err
+		}
+		fmt.Fprintf(log, "vmrun: fetching %s into %s (once)\n", pkg, cacheDir)
+		if err := run(ctx, work, log, "apt-get", "download", pkg); err != nil {
+			return fmt.Errorf("apt-get download %s: %w", pkg, err)
+		}
+		return nil
 	}); err != nil {
-		return Kernel{}, fmt.Errorf("apt-get download %s: %w", pkg, err)
+		return Kernel{}, err
 	}
 	debs, _ := filepath.Glob(filepath.Join(work, pkg+"_*.deb"))
 	if len(debs) != 1 {
@@ -105,16 +111,11 @@ func findKernel(dir string) (Kernel, error) {
 }
 
 // imagePackage asks apt which image package linux-image-amd64 depends on.
-func imagePackage(ctx context.Context, log io.Writer) (string, error) {
-	var out []byte
-	err := withAptUpdate(ctx, log, func() error {
-		var err error
-		out, err = exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", kernelMeta).Output()
-		if err == nil && !bytes.Contains(out, []byte("\nDepends:")) {
-			err = fmt.Errorf("no Depends field")
-		}
-		return err
-	})
+func imagePackage(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "apt-cache", "show", "--no-all-versions", kernelMeta).Output()
+	if err == nil && !bytes.Contains(out, []byte("\nDepends:")) {
+		err = fmt.Errorf("no Depends field")
+	}
 	if err != nil {
 		return "", fmt.Errorf("apt-cache show %s: %w", kernelMeta, err)
 	}

@@ -25,7 +25,7 @@ func EnsureQEMU(ctx context.Context, log io.Writer) (string, error) {
 	}
 	fmt.Fprintf(log, "vmrun: %s missing; installing qemu-system-x86 with apt-get\n", QEMUBinary)
 	if err := withAptUpdate(ctx, log, func() error {
-		return run(ctx, "", log, "apt-get", "install", "-y", "-q", "--no-install-recommends", "qemu-system-x86")
+		return run(ctx, "", log, "apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-q", "--no-install-recommends", "qemu-system-x86")
 	}); err != nil {
 		return "", fmt.Errorf("install qemu-system-x86: %w", err)
 	}

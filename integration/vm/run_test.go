@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -261,5 +262,46 @@ func TestParseImageDepends(t *testing.T) {
 	}
 	if _, err := parseImageDepends([]byte("Package: linux-image-amd64\nDepends: initramfs-tools\n")); err == nil {
 		t.Error("parseImageDepends without an image dependency succeeded, want an error")
+	}
+}
+
+// TestEnsureKernelAfterUpdate: package lists older than the mirror name an
+// image package the mirror no longer serves; after the update the image
+// package is asked for again. Before, the download was retried with the
+// stale name, and failed again.
+func TestEnsureKernelAfterUpdate(t *testing.T) {
+	if _, err := exec.LookPath("dpkg-deb"); err != nil {
+		t.Skip("dpkg-deb not installed")
+	}
+	fake := t.TempDir()
+	updated := filepath.Join(fake, "updated")
+	script := func(name, body string) {
+		if err := os.WriteFile(filepath.Join(fake, name), []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Before the update the lists name -48, which the mirror no longer
+	// has; after it, -57, which it has.
+	script("apt-cache", `abi=48; [ -e `+updated+` ] && abi=57
+printf 'Package: linux-image-amd64\nDepends: linux-image-6.1.0-%s-amd64 (= 1)\n' $abi
+`)
+	script("apt-get", `case "$1" in
+update) touch `+updated+`;;
+download)
+	[ "$2" = linux-image-6.1.0-57-amd64 ] || { echo "E: $2 not found" >&2; exit 100; }
+	tree=$(mktemp -d)
+	mkdir -p $tree/DEBIAN $tree/boot $tree/lib/modules/6.1.0-57-amd64
+	printf 'Package: %s\nVersion: 1\nArchitecture: amd64\nMaintainer: t <t@t>\nDescription: t\n' "$2" > $tree/DEBIAN/control
+	: > $tree/boot/vmlinuz-6.1.0-57-amd64
+	: > $tree/lib/modules/6.1.0-57-amd64/modules.order
+	dpkg-deb --root-owner-group --build $tree "$2"_1_amd64.deb >/dev/null;;
+*) exit 2;;
+esac
+`)
+	t.Setenv("PATH", fake+string(os.PathListSeparator)+os.Getenv("PATH"))
+	var log strings.Builder
+	k, err := EnsureKernel(t.Context(), t.TempDir(), &log)
+	if err != nil || k.Package != "linux-image-6.1.0-57-amd64" {
+		t.Fatalf("EnsureKernel = %+v, %v; want linux-image-6.1.0-57-amd64 after the update\n%s", k, err, log.String())
 	}
 }
