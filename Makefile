@@ -131,10 +131,19 @@ examples:
 # as a container would, and with crun (an OCI runtime, installed from Debian
 # when missing).
 integration test-native bench: examples python-deps
-integration test-native: image oci-runtime
+integration test-native: image oci-runtime host-tools
+integration-systemd: host-tools
 bench: cgi-servers
 
-.PHONY: python-deps oci-runtime cgi-servers
+.PHONY: python-deps oci-runtime cgi-servers host-tools
+# What the integration tests run from the host's root besides their own
+# programs: Debian's perl with its core modules (a confined script
+# runtime) and systemd (integration-systemd boots the host's
+# /lib/systemd/systemd in the guest).
+host-tools:
+	@dpkg -s perl systemd >/dev/null 2>&1 || \
+		{ $(APT_GET) update && $(APT_GET) install -y --no-install-recommends perl systemd; }
+
 python-deps:
 	@dpkg -s python3 python3-flask gunicorn >/dev/null 2>&1 || \
 		{ $(APT_GET) update && $(APT_GET) install -y --no-install-recommends python3 python3-flask gunicorn; }
