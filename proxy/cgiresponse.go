@@ -68,8 +68,9 @@ func readCGIHeader(br *bufio.Reader, max int) (*cgiHeader, error) {
 		err                      error
 	)
 	for {
-		line, err = readLine(br, max-used, line[:0])
-		used += len(line) + 1
+		var n int
+		line, n, err = readLine(br, max-used, line[:0])
+		used += n
 		if err != nil {
 			switch {
 			case errors.Is(err, errLineTooLong):
@@ -173,30 +174,32 @@ func readCGIHeader(br *bufio.Reader, max int) (*cgiHeader, error) {
 // errLineTooLong: a header line would take the block past its limit.
 var errLineTooLong = errors.New("line too long")
 
-// readLine appends the next line of br to buf, without its LF or CRLF. At
-// most max bytes (LF included) are read; a longer line is errLineTooLong.
-// A last line without LF returns what there is with io.EOF, or
-// io.ErrUnexpectedEOF if there is something.
-func readLine(br *bufio.Reader, max int, buf []byte) ([]byte, error) {
+// readLine appends the next line of br to buf, without its LF or CRLF, and
+// says how many bytes it read (its CR and LF included: the block's limit
+// counts what the worker wrote). At most max bytes are read; a longer line
+// is errLineTooLong. A last line without LF returns what there is with
+// io.EOF, or io.ErrUnexpectedEOF if there is something.
+func readLine(br *bufio.Reader, max int, buf []byte) ([]byte, int, error) {
 	for {
 		frag, err := br.ReadSlice('\n')
 		if len(buf)+len(frag) > max {
-			return buf, errLineTooLong
+			return buf, 0, errLineTooLong
 		}
 		buf = append(buf, frag...)
 		switch {
 		case err == nil:
-			buf = buf[:len(buf)-1]
-			if n := len(buf); n > 0 && buf[n-1] == '\r' {
-				buf = buf[:n-1]
+			n := len(buf)
+			buf = buf[:n-1]
+			if k := len(buf); k > 0 && buf[k-1] == '\r' {
+				buf = buf[:k-1]
 			}
-			return buf, nil
+			return buf, n, nil
 		case errors.Is(err, bufio.ErrBufferFull):
 			continue
 		case err == io.EOF && len(buf) > 0:
-			return buf, io.ErrUnexpectedEOF
+			return buf, len(buf), io.ErrUnexpectedEOF
 		default:
-			return buf, err
+			return buf, len(buf), err
 		}
 	}
 }

@@ -106,6 +106,16 @@ func TestReadCGIHeader(t *testing.T) {
 		{name: "bad content length", out: "Content-Type: a/b\nContent-Length: -1\n\n", wantErr: "Content-Length"},
 		{name: "header block too large", out: "Content-Type: text/plain\nX-Big: " + strings.Repeat("x", 2000) + "\n\n", wantErr: "larger than 1024"},
 		{name: "many small lines too large", out: strings.Repeat("X-A: 1\n", 200) + "Content-Type: a/b\n\n", wantErr: "larger than 1024"},
+		// The limit counts the CRs of CRLF lines: 1,061 bytes written
+		// were read as 929 before, a block of two-byte lines up to 1.33x
+		// the limit.
+		{name: "CRLF lines too large", out: "Content-Type: a/b\r\n" + strings.Repeat("X-A: 1\r\n", 130) + "\r\n", wantErr: "larger than 1024"},
+		{name: "CRLF block one over the limit", out: "Content-Type: a/b\r\nX-Big: " + strings.Repeat("x", 995) + "\r\n\r\n", wantErr: "larger than 1024"},
+		{name: "CRLF block at the limit", out: "Content-Type: a/b\r\nX-Big: " + strings.Repeat("x", 994) + "\r\n\r\n",
+			wantStatus: 200, wantHeader: http.Header{"Content-Type": {"a/b"}, "X-Big": {strings.Repeat("x", 994)}}, wantCL: -1},
+		{name: "LF block at the limit", out: "Content-Type: a/b\nX-Big: " + strings.Repeat("x", 997) + "\n\n",
+			wantStatus: 200, wantHeader: http.Header{"Content-Type": {"a/b"}, "X-Big": {strings.Repeat("x", 997)}}, wantCL: -1},
+		{name: "LF block one over the limit", out: "Content-Type: a/b\nX-Big: " + strings.Repeat("x", 998) + "\n\n", wantErr: "larger than 1024"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
