@@ -888,3 +888,117 @@ func TestForkMalformedAnswer(t *testing.T) {
 		})
 	}
 }
+
+// TestForkImportHangs: an import that never ends is killed at
+// StartTimeout and its start fails, naming the bound. Before, the
+// preloader was reaped without being killed: StartPreloader (serve's
+// start, or a reload holding the daemon's lock) waited for good.
+func TestForkImportHangs(t *testing.T) {
+	if _, err := os.Stat(python); err != nil {
+		t.Skipf("no %s: %v", python, err)
+	}
+	r := newTestRunner(t, &fakeCells{})
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hello.py"), []byte("import time\nwhile True:\n    time.sleep(1)\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		p, err := r.StartPreloader(PreloaderConfig{Route: "test", Python: python, App: "hello:app", AppDir: dir,
+			StartTimeout: time.Second, WaitReady: time.Second})
+		if err == nil {
+			p.Close(5 * time.Second)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not ready after 1s: killed") {
+			t.Errorf("StartPreloader = %v, want not ready after 1s: killed", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("StartPreloader still waiting a minute after its 1s StartTimeout")
+	}
+}
+
+// recycleFlakyApp imports once; a second import fails (and says so) while
+// the marker its first import left is there.
+const recycleFlakyApp = `
+import os
+if os.path.exists("imported"):
+    open("failed", "w").close()
+    raise RuntimeError("second import refused")
+open("imported", "w").close()
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+`
+
+// TestForkRecycleRetried: a replacement that fails to start is tried again
+// (the old preloader serving meanwhile), and a preloader that goes stale
+// after that failure is still replaced. Before, a failed replacement
+// spent the instance's one request for a replacement: it was never
+// recycled again, and once out of date no replacement came: every request
+// waited WaitReady for nothing.
+func TestForkRecycleRetried(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, recycleFlakyApp, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := p.cfg.AppDir
+	if res, out := forkRun(t, r, p, "", ""); res.Cause != CauseOK || !strings.HasSuffix(out, "hello") {
+		t.Fatalf("first request: cause %s output %q", res.Cause, out)
+	}
+	// Its child asked for a replacement, whose import fails.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(dir, "failed")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the replacement's import did not run")
+		}
+	}
+	old, err := p.ready(nil)
+	if err != nil {
+		t.Fatalf("the old preloader does not serve on after the failed replacement: %v", err)
+	}
+	old.mu.Lock()
+	p.outOfDate(old)
+	old.mu.Unlock()
+	if err := os.Remove(filepath.Join(dir, "imported")); err != nil {
+		t.Fatal(err)
+	}
+	if res, out := forkRun(t, r, p, "", ""); res.Cause != CauseOK || !strings.HasSuffix(out, "hello") {
+		t.Fatalf("request after the preloader went stale: cause %s output %q", res.Cause, out)
+	}
+	if inst, err := p.ready(nil); err != nil || inst == old {
+		t.Errorf("ready: %v (still the stale one: %v)", err, inst == old)
+	}
+}
+
+// TestForkBrokenNotReady: an instance found broken (a failed spawn killed
+// it) is out of service at once: not reported ready, and requests wait
+// for the next one instead of spinning on it. Before, ready looped on the
+// broken instance's closed channel, a core per waiting request for as
+// long as a replacement took to import.
+func TestForkBrokenNotReady(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, wsgiApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := p.ready(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst.broken.Store(true) // as a failed spawn leaves it, before its death is seen
+	cancel := make(chan struct{})
+	time.AfterFunc(200*time.Millisecond, func() { close(cancel) })
+	if _, err := p.ready(cancel); !errors.Is(err, errNotReady) {
+		t.Errorf("ready with the current instance broken: %v, want a wait given up", err)
+	}
+	if st := p.Stats(); st.Ready {
+		t.Errorf("stats %+v: a broken instance reported ready", st)
+	}
+}

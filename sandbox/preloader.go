@@ -276,6 +276,17 @@ func (p *Preloader) replaceCurrent(next *instance) {
 	p.cur = next
 }
 
+// takeOut takes inst out of service if it is the current instance:
+// requests wait for the next one.
+func (p *Preloader) takeOut(inst *instance) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cur == inst {
+		p.cur = nil
+		p.readyCh = make(chan struct{})
+	}
+}
+
 // outOfDate takes inst out of service because its view no longer covers
 // a file of the daemon's (view.go) and asks the supervisor for its
 // replacement; requests wait for that one. Called with inst.mu held.
@@ -284,20 +295,28 @@ func (p *Preloader) outOfDate(inst *instance) {
 		return
 	}
 	p.log.Warn("preloader replaced: a file of the daemon's that its view covered (the policy, the TLS key) was replaced on the host", "pid", inst.pid)
-	p.mu.Lock()
-	if p.cur == inst {
-		p.cur = nil
-		p.readyCh = make(chan struct{})
-	}
-	p.mu.Unlock()
+	p.takeOut(inst)
 	inst.broken.Store(true)
 	inst.askRecycle()
 }
 
+// recycleLater asks the supervisor again, after d, to replace inst: a
+// replacement failed to start. (askRecycle's request is spent, and
+// outOfDate's would be lost with it.)
+func (inst *instance) recycleLater(d time.Duration) {
+	time.AfterFunc(d, func() {
+		select {
+		case inst.recycle <- struct{}{}:
+		default: // one is pending
+		}
+	})
+}
+
 // supervise keeps an instance in service until Close: after RecycleAfter
 // children it starts a replacement while the old one serves, and swaps
-// them once the new one is ready; after a death or a failed start it
-// starts the next with back-off, requests waiting meanwhile.
+// them once the new one is ready (a replacement that fails is tried again
+// with back-off, the old one serving meanwhile); after a death or a failed
+// start it starts the next with back-off, requests waiting meanwhile.
 func (p *Preloader) supervise(inst *instance) {
 	defer close(p.done)
 	backoff := restartMin
@@ -322,9 +341,13 @@ func (p *Preloader) supervise(inst *instance) {
 				continue
 			}
 			if err != nil {
-				p.log.Error("preloader recycle: the replacement failed to start; the old one serves on", "pid", inst.pid, "err", err)
+				p.log.Error("preloader recycle: the replacement failed to start; the old one serves on, tried again later",
+					"pid", inst.pid, "err", err, "after", backoff)
+				inst.recycleLater(backoff)
+				backoff = min(2*backoff, restartMax)
 				continue
 			}
+			backoff = restartMin
 			p.replaceCurrent(next)
 			// It exits at the end of its stream; its waiter reaps it. A
 			// spawn in flight on it is answered first: closing the
@@ -397,6 +420,14 @@ func (p *Preloader) ready(cancel <-chan struct{}) (*instance, error) {
 		}
 		if inst != nil && !inst.broken.Load() {
 			return inst, nil
+		}
+		if inst != nil {
+			// Broken (a failed spawn killed it) while the supervisor may
+			// be busy starting a replacement: out of service, so that the
+			// wait below is for the next one, not a spin on a closed
+			// channel.
+			p.takeOut(inst)
+			continue
 		}
 		select {
 		case <-ch:
@@ -523,12 +554,19 @@ func (p *Preloader) startInstance() (*instance, error) {
 		return fail(fmt.Errorf("preloader of route %s: %w", cfg.Route, ferr))
 	}
 	if err != nil || n == 0 {
+		// It may live on: an import still running at StartTimeout, or an
+		// app that closed its socket. It is ended before it is reaped.
 		conn.Close()
+		proc.Kill()
 		if why := execFailure(ctl); why != nil {
 			reap()
 			return nil, fmt.Errorf("%w: preloader of route %s: %w", ErrSpawn, cfg.Route, why)
 		}
 		state := reap()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, fmt.Errorf("%w: preloader of route %s not ready after %s: killed (an import that waits for something that never comes; "+
+				"or a slow one: raise the bound)", ErrSpawn, cfg.Route, cfg.StartTimeout)
+		}
 		return nil, fmt.Errorf("%w: preloader of route %s ended before it was ready (%v, read: %v)", ErrSpawn, cfg.Route, state, err)
 	}
 	m, err := parseMessage(buf[:n], len(got), msgReady, msgError)
