@@ -34,7 +34,8 @@ func (d forkDriver) identity(*Spec) (identity, error) {
 	}
 	ns, err := p.nsUIDs.acquire()
 	if err != nil {
-		return identity{}, fmt.Errorf("preloader of route %s: %w", p.cfg.Route, err)
+		return identity{}, fmt.Errorf("route %s has as many requests in flight as its preloader's user namespace maps uids (%d: the tenant's max_cells, "+
+			"else the policy's, else 64; at most 256): raise max_cells for more: %w", p.cfg.Route, len(p.cfg.ChildUIDs), err)
 	}
 	return identity{uid: p.cfg.ChildUIDs[ns-1], nsUID: int64(ns), release: func() { p.nsUIDs.release(ns) }}, nil
 }

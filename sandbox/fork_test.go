@@ -1002,3 +1002,64 @@ func TestForkBrokenNotReady(t *testing.T) {
 		t.Errorf("stats %+v: a broken instance reported ready", st)
 	}
 }
+
+// TestForkImportChecks: a thread the threading module does not know (one
+// a C extension starts: OpenBLAS, gRPC) makes the import fail, naming the
+// count and the fix, as a threading.Thread does; and a traceback larger
+// than the socket takes in one datagram reaches the PreloadError by its
+// tail. Before, the thread passed (threading.active_count() was 1, and a
+// clone of a multi-threaded process may hang on a lock another thread
+// held), and the large traceback was lost (EMSGSIZE: only "ended before
+// it was ready").
+func TestForkImportChecks(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	_, err := startTestPreloader(t, r, "import _thread, time\n_thread.start_new_thread(time.sleep, (60,))\ndef app(e, s): pass\n", 0)
+	var pe *PreloadError
+	if !errors.As(err, &pe) || !strings.Contains(pe.Output, "started threads (2 in all)") {
+		t.Errorf("import starting a thread threading does not count: %v, want a PreloadError: started threads (2 in all)", err)
+	}
+	_, err = startTestPreloader(t, r, "raise ValueError('x' * 300000 + ' the end')\n", 0)
+	if !errors.As(err, &pe) || !strings.Contains(pe.Output, "characters cut]") || !strings.HasSuffix(strings.TrimSpace(pe.Output), "x the end") {
+		t.Errorf("import with a 300 KB traceback: %.300v, want a PreloadError with its tail", err)
+	}
+}
+
+// TestForkImportEnviron: what the app's import sets in its environment
+// (os.environ.setdefault of its settings module, as Django's wsgi.py
+// does) is in each request's environment, as in a cgi route, where the
+// import runs in the request's process; the request's own variables stay
+// its own. Before, each child's environment was the request's alone.
+func TestForkImportEnviron(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	app := `
+import os
+os.environ.setdefault("APP_SETTINGS", "from-import")
+os.environ["ROUTE_VAR"] = "changed-at-import"
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [("%s %s %s" % (os.environ.get("APP_SETTINGS"), os.environ.get("ROUTE_VAR"), os.environ.get("QUERY_STRING"))).encode()]
+`
+	p, err := startTestPreloader(t, r, app, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, out := forkRun(t, r, p, "q1", ""); res.Cause != CauseOK || !strings.HasSuffix(out, "\r\n\r\nfrom-import changed-at-import q1") {
+		t.Errorf("cause %s output %q, want the import's APP_SETTINGS and ROUTE_VAR and the request's QUERY_STRING", res.Cause, out)
+	}
+}
+
+// TestForkUIDsExhausted: a request beyond the uids the preloader's
+// namespace maps fails with ErrNoUID (a 503) naming the bound and the key
+// that raises it. Before: "acquire uid from 1-1: all 1 in use".
+func TestForkUIDsExhausted(t *testing.T) {
+	p := &Preloader{cfg: PreloaderConfig{Route: "app", ChildUIDs: []uint32{70000}}, nsUIDs: newUIDPool(UIDRange{First: 1, Count: 1})}
+	first, err := forkDriver{p}.identity(&Spec{})
+	if err != nil || first.uid != 70000 || first.nsUID != 1 {
+		t.Fatalf("first identity = %+v, %v; want host uid 70000, uid 1 of the namespace", first, err)
+	}
+	defer first.release()
+	_, err = forkDriver{p}.identity(&Spec{})
+	if !errors.Is(err, ErrNoUID) || !strings.Contains(err.Error(), "route app has as many requests in flight") || !strings.Contains(err.Error(), "raise max_cells") {
+		t.Errorf("second identity: %v, want ErrNoUID naming the route's bound and max_cells", err)
+	}
+}

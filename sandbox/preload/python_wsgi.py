@@ -28,6 +28,10 @@ import time
 import traceback
 from wsgiref.handlers import BaseCGIHandler, CGIHandler, read_environ
 
+# What the app's import set in (and removed from) the preloader's
+# environment: every child's gets the same on top of its request's.
+app_environ = ({}, [])
+
 VERSION = 3
 MAX_MESSAGE = 1 << 20
 SOCK_FD = 3
@@ -183,6 +187,12 @@ def serve_one(app, setup, req, fds, sock):
         for kv in req["env"]:
             key, _, value = kv.encode("latin-1").partition(b"=")
             os.environb[key] = value
+        # What the app's import did to its environment, as a cgi route's
+        # import does it to each request's (setdefault of its settings).
+        for key, value in app_environ[0].items():
+            os.environb[key] = value
+        for key in app_environ[1]:
+            os.environb.pop(key, None)
         sys.stdin = open(0, "r", closefd=False)
         sys.stdout = open(1, "w", buffering=1, errors="backslashreplace", closefd=False)
         # Like Python's own stderr: line-buffered, so that a line written
@@ -205,12 +215,30 @@ def serve_one(app, setup, req, fds, sock):
     os._exit(code)
 
 
+# MAX_TRACEBACK bounds the import error sent to cellgate (its tail, in
+# characters): JSON escapes a character to 12 bytes at most, and a
+# datagram larger than the socket's send buffer (about 208 KiB) would not
+# go at all.
+MAX_TRACEBACK = 16 << 10
+
+
+def threads():
+    """The process's threads: those the threading module knows, and those
+    C extensions start on their own (OpenBLAS, gRPC), which it does not."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
 def main():
     _, app_ref, app_dir, setup = sys.argv
     sock = socket.socket(fileno=SOCK_FD)
     # Not dumpable: a child (same user namespace) cannot ptrace the
     # preloader or read its memory or environment through /proc.
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    global app_environ
+    before = dict(os.environb)
     try:
         setup = Setup(setup)
         os.chdir(app_dir)
@@ -219,11 +247,18 @@ def main():
         app = getattr(importlib.import_module(module), name)
         if not callable(app):
             raise TypeError("%s is a %s, not a WSGI callable" % (app_ref, type(app).__name__))
-        if threading.active_count() != 1:
-            raise RuntimeError("importing %s started threads; a preloader must stay single-threaded to clone safely" % app_ref)
+        n = threads()
+        if n != 1:
+            raise RuntimeError("importing %s started threads (%d in all); a preloader must stay single-threaded to clone safely "
+                               "(a C extension's pool: set its size to 1 in the route's env, e.g. OPENBLAS_NUM_THREADS=1)" % (app_ref, n))
     except BaseException:
-        send(sock, {"type": "error", "error": traceback.format_exc()})
+        tb = traceback.format_exc()
+        if len(tb) > MAX_TRACEBACK:
+            tb = "[%d characters cut]\n" % (len(tb) - MAX_TRACEBACK) + tb[-MAX_TRACEBACK:]
+        send(sock, {"type": "error", "error": tb})
         os._exit(1)
+    after = dict(os.environb)
+    app_environ = ({k: v for k, v in after.items() if before.get(k) != v}, [k for k in before if k not in after])
     sys.stdout.flush()
     sys.stderr.flush()
     gc.collect()
