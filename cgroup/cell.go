@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -114,6 +115,23 @@ func (c *Cell) Kill() error {
 		return fmt.Errorf("write cgroup.kill=1 in %s: %w", c.path, err)
 	}
 	return nil
+}
+
+// Procs lists the processes in the cell (cgroup.procs).
+func (c *Cell) Procs() ([]int, error) {
+	b, err := readAt(c.fd, "cgroup.procs")
+	if err != nil {
+		return nil, fmt.Errorf("read cgroup.procs in %s: %w", c.path, err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			return nil, fmt.Errorf("read cgroup.procs in %s: %q is no pid", c.path, f)
+		}
+		pids = append(pids, pid)
+	}
+	return pids, nil
 }
 
 // Populated reads cgroup.events once: whether any process is still in the

@@ -3,6 +3,7 @@ package cgroup
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 
@@ -29,6 +30,13 @@ func TestRouteGroup(t *testing.T) {
 	}
 	if got := read(t, filepath.Join(rg.Preload().Path(), "memory.max")); got != "67108864" {
 		t.Errorf("preload memory.max = %q", got)
+	}
+	// What the preloader's group holds, as the kernel lists it.
+	if err := os.WriteFile(filepath.Join(rg.Preload().Path(), "cgroup.procs"), []byte("4242\n77\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if pids, err := rg.Preload().Procs(); err != nil || !slices.Equal(pids, []int{4242, 77}) {
+		t.Errorf("preload Procs = %v, %v; want [4242 77]", pids, err)
 	}
 	base, err := NewProfile("acme", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(16 << 20)}})
 	if err != nil {

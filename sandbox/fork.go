@@ -382,6 +382,16 @@ func statPPid(b []byte) int {
 	return n
 }
 
+// statPGrp is the process group in /proc/PID/stat, or 0.
+func statPGrp(b []byte) int {
+	_, f, ok := statFields(b)
+	if !ok || len(f) < 3 {
+		return 0
+	}
+	n, _ := strconv.Atoi(f[2])
+	return n
+}
+
 // statFields splits a /proc/PID/stat line into the command and the
 // fields after it, from the state on (f[0] is field 3). The command may
 // hold spaces and parentheses: the fields follow the last ")". ok is

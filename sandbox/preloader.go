@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -45,6 +46,8 @@ type Group interface {
 	FD() int
 	// Path is the group's directory, for logs.
 	Path() string
+	// Procs lists the processes in the group (endLeftovers).
+	Procs() ([]int, error)
 }
 
 // PreloaderConfig describes a route's preloader.
@@ -530,8 +533,18 @@ func (p *Preloader) startInstance() (*instance, error) {
 		p.starting = nil
 		p.mu.Unlock()
 	}()
-	// reap waits for the preloader's end, and then for its output's.
+	// reap waits for the preloader's end, ends what its import left
+	// behind (before it is reaped: its pid, the process group's id, stays
+	// its own meanwhile), and then waits for its output's end.
 	reap := func() *os.ProcessState {
+		var info unix.Siginfo
+		err := unix.Waitid(unix.P_PID, proc.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		for err == unix.EINTR {
+			err = unix.Waitid(unix.P_PID, proc.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
+		}
+		if err == nil {
+			p.endLeftovers(proc.Pid)
+		}
 		state, _ := proc.Wait()
 		out.exited()
 		return state
@@ -585,6 +598,46 @@ func (p *Preloader) startInstance() (*instance, error) {
 	}()
 	p.log.Info("preloader ready", "pid", proc.Pid, "app", cfg.App, "group", groupPath(cfg.Group), "max_spawn", maxSpawn)
 	return inst, nil
+}
+
+// endLeftovers kills the processes an ended preloader's app started (at
+// import: a subprocess, a pool of workers) that outlive it in the
+// preloader's group: those of its process group (it is the leader), found
+// before it is reaped, so that the group's id is still its own. The
+// next instance's (a recycle's replacement imports beside the old one)
+// are of its own group, and a request's child is in its cell: neither is
+// touched. One that left the group (setsid) stays until the route group
+// goes (a reload, shutdown). Each restart or recycle would otherwise add
+// the app's leftovers to the group, charged to preload_memory.
+func (p *Preloader) endLeftovers(leader int) {
+	if p.cfg.Group == nil {
+		return
+	}
+	pids, err := p.cfg.Group.Procs()
+	if err != nil {
+		p.log.Warn("list the preloader's group for what its app left", "pid", leader, "err", err)
+		return
+	}
+	killed := 0
+	for _, pid := range pids {
+		if pid == leader {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue // gone
+		}
+		// Read through the pidfd's process: the pid cannot name another
+		// process while fd is open and the stat says it is alive.
+		stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err == nil && statPGrp(stat) == leader && unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) == nil {
+			killed++
+		}
+		unix.Close(fd)
+	}
+	if killed > 0 {
+		p.log.Warn("preloader ended: the processes its app started, left behind, are killed", "pid", leader, "killed", killed)
+	}
 }
 
 // retire takes the instance out of service and closes its socket: the
