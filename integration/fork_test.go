@@ -259,8 +259,8 @@ func TestFork(t *testing.T) {
 	t.Run("oom kills only the balloon", func(t *testing.T) {
 		rssBefore := readInt(t, filepath.Join(wsgiGroup, "memory.current"))
 		var wg sync.WaitGroup
-		statuses := make([]int, 4)
-		for i := range statuses {
+		replies := make([]reply, 4)
+		for i := range replies {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -268,16 +268,16 @@ func TestFork(t *testing.T) {
 				if i == 0 {
 					path = "/wsgi?mb=200"
 				}
-				statuses[i], _, _ = g.get(path)
+				replies[i] = g.getReply(path)
 			}()
 		}
 		wg.Wait()
-		if statuses[0] != 502 {
-			t.Errorf("balloon: %d, want 502", statuses[0])
+		if r := replies[0]; r.err != nil || r.status != 502 {
+			t.Errorf("balloon: %d (%v), want 502", r.status, r.err)
 		}
-		for i, s := range statuses[1:] {
-			if s != 200 {
-				t.Errorf("concurrent request %d: %d, want 200", i+1, s)
+		for i, r := range replies[1:] {
+			if r.err != nil || r.status != 200 {
+				t.Errorf("concurrent request %d: %d (%v), want 200", i+1, r.status, r.err)
 			}
 		}
 		var oom int
@@ -323,11 +323,8 @@ func TestFork(t *testing.T) {
 	})
 
 	t.Run("isolation", func(t *testing.T) {
-		victim := make(chan string, 1)
-		go func() {
-			_, _, body := g.get("/probe?hold=20000", "X-Secret", "s3cr3t")
-			victim <- body
-		}()
+		victim := make(chan reply, 1)
+		go func() { victim <- g.getReply("/probe?hold=20000", "X-Secret", "s3cr3t") }()
 		// The victim is the one process in a cell of the probe's route
 		// group. (Its /proc/PID/environ is the preloader's, from exec: the
 		// request's variables are in its memory, which the probe tries.)
@@ -372,8 +369,8 @@ func TestFork(t *testing.T) {
 				}
 			}
 		}
-		if body := <-victim; !strings.Contains(body, "s3cr3t") {
-			t.Errorf("victim answered %q, want its secret (it was not disturbed)", body)
+		if r := <-victim; r.err != nil || r.status != 200 || !strings.Contains(r.body, "s3cr3t") {
+			t.Errorf("victim answered %d %q (%v), want 200 and its secret (it was not disturbed)", r.status, r.body, r.err)
 		}
 	})
 
@@ -388,23 +385,26 @@ func TestFork(t *testing.T) {
 		// 503 would tell the client that it may send it again. None
 		// hangs.
 		var wg sync.WaitGroup
-		statuses := make([]int, 6)
-		for i := range statuses {
+		replies := make([]reply, 6)
+		for i := range replies {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				time.Sleep(time.Duration(i) * 100 * time.Millisecond)
-				statuses[i], _, _ = g.get("/wsgi?ms=1000")
+				replies[i] = g.getReply("/wsgi?ms=1000")
 			}()
 		}
 		time.Sleep(250 * time.Millisecond)
 		if err := syscall.Kill(wsgiPid, syscall.SIGKILL); err != nil {
+			wg.Wait()
 			t.Fatal(err)
 		}
 		wg.Wait()
-		for i, s := range statuses {
-			if s != 200 && s != 503 && s != 502 {
-				t.Errorf("request %d in flight when the preloader was killed: %d, want 200 (or 503, or 502)", i, s)
+		statuses := make([]int, len(replies))
+		for i, r := range replies {
+			statuses[i] = r.status
+			if r.err != nil || r.status != 200 && r.status != 503 && r.status != 502 {
+				t.Errorf("request %d in flight when the preloader was killed: %d (%v), want 200 (or 503, or 502)", i, r.status, r.err)
 			}
 		}
 		t.Logf("statuses of the requests in flight: %v", statuses)

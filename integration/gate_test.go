@@ -718,28 +718,62 @@ func (g *gate) stop() {
 // get sends a GET and returns the status and body.
 func (g *gate) get(path string, header ...string) (int, http.Header, string) {
 	g.t.Helper()
-	req, err := http.NewRequest("GET", g.url+path, nil)
+	status, h, body, err := g.tryGet(path, header...)
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
-	}
-	return g.do(req)
+	return status, h, body
 }
 
 func (g *gate) do(req *http.Request) (int, http.Header, string) {
 	g.t.Helper()
+	status, h, body, err := g.tryDo(req)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return status, h, body
+}
+
+// reply is one request's answer, as a goroutine other than the test's
+// hands it back: only the test's goroutine may fail the test.
+type reply struct {
+	status int
+	header http.Header
+	body   string
+	err    error
+}
+
+// tryGet is get for any goroutine: a failure is returned, not reported.
+func (g *gate) tryGet(path string, header ...string) (int, http.Header, string, error) {
+	req, err := http.NewRequest("GET", g.url+path, nil)
+	if err != nil {
+		return 0, nil, "", err
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	return g.tryDo(req)
+}
+
+// tryDo is do for any goroutine: a failure is returned, not reported.
+func (g *gate) tryDo(req *http.Request) (int, http.Header, string, error) {
 	resp, err := g.client.Do(req)
 	if err != nil {
-		g.t.Fatalf("%s %s: %v", req.Method, req.URL, err)
+		return 0, nil, "", fmt.Errorf("%s %s: %w", req.Method, req.URL, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		g.t.Fatalf("%s %s: read body: %v", req.Method, req.URL, err)
+		return 0, nil, "", fmt.Errorf("%s %s: read body: %w", req.Method, req.URL, err)
 	}
-	return resp.StatusCode, resp.Header, string(body)
+	return resp.StatusCode, resp.Header, string(body), nil
+}
+
+// getReply is tryGet's answer as one value, for a channel.
+func (g *gate) getReply(path string, header ...string) reply {
+	var r reply
+	r.status, r.header, r.body, r.err = g.tryGet(path, header...)
+	return r
 }
 
 // metrics returns the admin listener's /metrics text.

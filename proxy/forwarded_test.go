@@ -111,18 +111,41 @@ func TestTrustedProxies(t *testing.T) {
 		// One request of 203.0.113.9 in flight (its connection open too):
 		// a second of the same client is over the cap, another client's
 		// is not, although both come from the proxy's address.
-		done := make(chan int, 1)
-		go func() { status, _ := get(t, ts, "hold", "203.0.113.9"); done <- status }()
-		<-held
+		// The held request's goroutine hands its outcome back: only the
+		// test's goroutine may fail the test.
+		type outcome struct {
+			status int
+			err    error
+		}
+		done := make(chan outcome, 1)
+		release := sync.OnceFunc(func() { close(hold) })
+		defer release() // a failure below must not leave the worker held
+		req := newRequest(t, "GET", ts.URL+"/?hold", nil)
+		req.Header.Set("X-Forwarded-For", "203.0.113.9")
+		go func() {
+			resp, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}}).Do(req)
+			if err != nil {
+				done <- outcome{err: err}
+				return
+			}
+			_, err = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			done <- outcome{resp.StatusCode, err}
+		}()
+		select {
+		case <-held:
+		case o := <-done:
+			t.Fatalf("the request to hold ended before its worker ran: %d %v", o.status, o.err)
+		}
 		if status, client := get(t, ts, "", "203.0.113.9"); status != 503 {
 			t.Errorf("second request of a client at its cap: %d (%s), want 503", status, client)
 		}
 		if status, _ := get(t, ts, "", "198.51.100.1"); status != 200 {
 			t.Errorf("another client through the same proxy: %d, want 200", status)
 		}
-		close(hold)
-		if status := <-done; status != 200 {
-			t.Errorf("held request: %d", status)
+		release()
+		if o := <-done; o.err != nil || o.status != 200 {
+			t.Errorf("held request: %d %v, want 200", o.status, o.err)
 		}
 	})
 	t.Run("untrusted", func(t *testing.T) {
