@@ -408,7 +408,10 @@ func TestSystemdService(t *testing.T) {
 
 // TestSystemdSandboxLeftOut tries each sandboxing option cellgate.service
 // leaves out, one at a time as a drop-in, and checks that the unit's
-// comment is true: with it, cellgate cannot serve a request from a cell.
+// comment is true: with it, cellgate cannot serve a request from a cell,
+// and the journal shows the failure the comment names. Each case first
+// serves under a neutral drop-in, so that only the option can be what
+// breaks it.
 func TestSystemdSandboxLeftOut(t *testing.T) {
 	underSystemd(t)
 	installUnits(t)
@@ -417,26 +420,61 @@ func TestSystemdSandboxLeftOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(filepath.Dir(dropIn)) })
-	mustSystemctl(t, "start", "cellgate.socket", "cellgate-admin.socket")
-	for _, option := range []string{"RestrictNamespaces=yes", "ProtectControlGroups=yes", "PrivateUsers=yes", "ProtectHostname=yes"} {
-		t.Run(option, func(t *testing.T) {
-			if err := os.WriteFile(dropIn, []byte("[Service]\n"+option+"\nRestart=no\n"), 0o644); err != nil {
-				t.Fatal(err)
+	restartWith := func(t *testing.T, conf string) (int, string) {
+		t.Helper()
+		if err := os.WriteFile(dropIn, []byte("[Service]\n"+conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		mustSystemctl(t, "daemon-reload")
+		mustSystemctl(t, "start", "cellgate.socket", "cellgate-admin.socket")
+		return systemctl(t, "restart", "cellgate.service")
+	}
+	for _, tc := range []struct {
+		option string
+		fails  *regexp.Regexp // the failure in the journal, as the unit's comment says
+	}{
+		{"RestrictNamespaces=yes", regexp.MustCompile(`function not implemented`)},
+		{"ProtectControlGroups=yes", regexp.MustCompile(`read-only file system`)},
+		{"PrivateUsers=yes", regexp.MustCompile(`operation not permitted`)},
+		{"ProtectHostname=yes", regexp.MustCompile(`sethostname.*operation not permitted`)},
+	} {
+		t.Run(tc.option, func(t *testing.T) {
+			defer func() {
+				systemctl(t, "stop", "cellgate.service")
+				systemctl(t, "reset-failed", "cellgate.service", "cellgate.socket", "cellgate-admin.socket")
+			}()
+			// The control: the same restart under a drop-in that changes
+			// nothing of the sandbox serves.
+			if code, out := restartWith(t, "Restart=no\n"); code != 0 {
+				t.Fatalf("systemctl restart under a neutral drop-in: status %d\n%s", code, out)
 			}
-			mustSystemctl(t, "daemon-reload")
-			code, out := systemctl(t, "restart", "cellgate.service")
+			mustGet(t, "http://127.0.0.1:8080/hello", 200)
+			systemctl(t, "stop", "cellgate.service")
+
+			since := time.Now().Format("2006-01-02 15:04:05.000000")
+			code, out := restartWith(t, tc.option+"\nRestart=no\n")
 			served := false
 			if code == 0 {
 				c, _, err := get("http://127.0.0.1:8080/hello")
 				served = err == nil && c == 200
 			}
-			j, _ := exec.Command("journalctl", "--no-pager", "-n", "3", "-u", "cellgate.service").CombinedOutput()
-			t.Logf("%s: systemctl restart status %d, served: %v\n%s%s", option, code, served, out, j)
-			if served {
-				t.Errorf("with %s cellgate served a request from a cell: the unit's reason for leaving it out is wrong", option)
+			// journald may not have written serve's last lines yet.
+			var j []byte
+			deadline := time.Now().Add(time.Minute)
+			for {
+				j, _ = exec.Command("journalctl", "--no-pager", "-o", "cat", "--since", since, "-u", "cellgate.service").CombinedOutput()
+				if tc.fails.Match(j) || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
 			}
-			systemctl(t, "stop", "cellgate.service")
-			systemctl(t, "reset-failed", "cellgate.service", "cellgate.socket", "cellgate-admin.socket")
+			t.Logf("%s: systemctl restart status %d, served: %v\n%s%s", tc.option, code, served, out, j)
+			if served {
+				t.Errorf("with %s cellgate served a request from a cell: the unit's reason for leaving it out is wrong", tc.option)
+			}
+			if !tc.fails.Match(j) {
+				t.Errorf("with %s the journal does not show the failure the unit's comment names (%s)", tc.option, tc.fails)
+			}
 		})
 	}
 	// Without CAP_SYS_CHROOT (a bounding set cut further) a cell cannot
