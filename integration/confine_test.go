@@ -1490,9 +1490,7 @@ func TestConfineRoot(t *testing.T) {
 				}
 			}
 			for _, set := range []string{"CapBnd", "CapPrm", "CapEff"} {
-				if caps[set] != rootCapsHex() {
-					t.Errorf("%s: %s %s, want %s (confine.RootCaps)", route, set, caps[set], rootCapsHex())
-				}
+				checkRootCaps(t, route+": "+set, caps[set])
 			}
 		} else {
 			if r.Read[shadow] == "ok" {
@@ -1833,13 +1831,36 @@ func TestConfineRootWithoutSetpcap(t *testing.T) {
 	}
 }
 
-// rootCapsHex is confine.RootCaps as /proc/PID/status shows a set.
-func rootCapsHex() string {
-	var mask uint64
-	for _, c := range confine.RootCaps {
-		mask |= 1 << c
+// hostRootCaps is the capability set a program run as the host's root
+// keeps (confine.RootCaps), as /proc/PID/status shows it, written out
+// rather than computed from confine.RootCaps: CAP_CHOWN (0),
+// CAP_DAC_OVERRIDE (1), CAP_FOWNER (3), CAP_FSETID (4), CAP_KILL (5),
+// CAP_SETGID (6), CAP_SETUID (7), CAP_SETPCAP (8), CAP_SYS_CHROOT (18).
+const hostRootCaps = "00000000000401fb"
+
+// hostRootNever are capabilities with which root changes the host's
+// kernel or devices from its cell: never in a set of a program run as the
+// host's root, whatever else changes.
+var hostRootNever = map[string]uint{"CAP_NET_ADMIN": 12, "CAP_SYS_RAWIO": 17, "CAP_SYS_ADMIN": 21, "CAP_MKNOD": 27}
+
+// checkRootCaps fails the test unless set (a /proc/PID/status set of a
+// program run as the host's root) is hostRootCaps and holds none of
+// hostRootNever.
+func checkRootCaps(t *testing.T, what, set string) {
+	t.Helper()
+	if set != hostRootCaps {
+		t.Errorf("%s: %q, want %s (confine.RootCaps)", what, set, hostRootCaps)
 	}
-	return fmt.Sprintf("%016x", mask)
+	mask, err := strconv.ParseUint(set, 16, 64)
+	if err != nil {
+		t.Errorf("%s: %q is not a capability set: %v", what, set, err)
+		return
+	}
+	for name, bit := range hostRootNever {
+		if mask&(1<<bit) != 0 {
+			t.Errorf("%s: %s holds %s", what, set, name)
+		}
+	}
 }
 
 // procStatus reads a /proc/PID/status text: each field -> its value.
@@ -1912,8 +1933,10 @@ func TestConfineNotInherited(t *testing.T) {
 	// A program run as the host's root gets at its execve its bounding
 	// set, cut to RootCaps, and the inheritable set: none of serve's
 	// inheritable CAP_SYS_ADMIN.
-	if caps := procStatus(g.probe(t, "hostroot", query).Cat["/proc/self/status"]); caps["CapEff"] != rootCapsHex() || caps["CapInh"] != "0000000000000000" {
-		t.Errorf("hostroot: capabilities effective %s, inheritable %s: want RootCaps %s and none", caps["CapEff"], caps["CapInh"], rootCapsHex())
+	caps := procStatus(g.probe(t, "hostroot", query).Cat["/proc/self/status"])
+	checkRootCaps(t, "hostroot: CapEff", caps["CapEff"])
+	if caps["CapInh"] != "0000000000000000" {
+		t.Errorf("hostroot: capabilities inheritable %s, want none", caps["CapInh"])
 	}
 	for _, route := range []string{"probe", "fresh"} {
 		r := g.probe(t, route, query)
