@@ -541,9 +541,18 @@ func startTicks(path string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	ticks, err := statStart(b)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return ticks, nil
+}
+
+// statStart is the start time in a /proc/PID/stat text (startTicks).
+func statStart(b []byte) (int64, error) {
 	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
 	if len(f) < 20 {
-		return 0, fmt.Errorf("%s: %d fields after the command, want 20", path, len(f))
+		return 0, fmt.Errorf("%d fields after the command, want 20", len(f))
 	}
 	return strconv.ParseInt(f[19], 10, 64)
 }
@@ -3362,6 +3371,20 @@ func TestResidentProgramUnderTmp(t *testing.T) {
 // that namespace, while no request runs), waiting for it up to 10 s.
 func stubOf(t *testing.T) int {
 	t.Helper()
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if stubs := stubsBelow(""); len(stubs) == 1 {
+			return stubs[0]
+		}
+	}
+	t.Fatal("no single process started ahead by a resident init within 10 s")
+	return 0
+}
+
+// stubsBelow returns the host pids of the processes resident inits
+// started ahead for their next request (children of the init of a PID
+// namespace, in that namespace), those in a group below the cgroupfs
+// directory dir alone unless dir is "".
+func stubsBelow(dir string) []int {
 	// status returns pid's parent and its pid in its own PID namespace.
 	status := func(pid string) (ppid, nspid string) {
 		b, _ := os.ReadFile("/proc/" + pid + "/status")
@@ -3376,24 +3399,46 @@ func stubOf(t *testing.T) int {
 		}
 		return ppid, nspid
 	}
-	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
-		var stubs []int
-		dirs, _ := os.ReadDir("/proc")
-		for _, d := range dirs {
-			pid, err := strconv.Atoi(d.Name())
-			if err != nil {
-				continue
+	var in map[string]bool
+	if dir != "" {
+		in = map[string]bool{}
+		filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				b, _ := os.ReadFile(filepath.Join(p, "cgroup.procs"))
+				for _, pid := range strings.Fields(string(b)) {
+					in[pid] = true
+				}
 			}
-			ppid, nspid := status(d.Name())
-			if _, parent := status(ppid); nspid != "" && nspid != "1" && parent == "1" {
-				stubs = append(stubs, pid)
-			}
+			return nil
+		})
+	}
+	var stubs []int
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil || in != nil && !in[d.Name()] {
+			continue
 		}
-		if len(stubs) == 1 {
+		ppid, nspid := status(d.Name())
+		if _, parent := status(ppid); nspid != "" && nspid != "1" && parent == "1" {
+			stubs = append(stubs, pid)
+		}
+	}
+	return stubs
+}
+
+// residentStub waits up to a minute for the one process a resident init
+// of a cell below dir started ahead for its next request (stubsBelow)
+// and returns its host pid.
+func residentStub(t *testing.T, dir string) int {
+	t.Helper()
+	var stubs []int
+	for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		if stubs = stubsBelow(dir); len(stubs) == 1 {
 			return stubs[0]
 		}
 	}
-	t.Fatal("no single process started ahead by a resident init within 10 s")
+	t.Fatalf("no single process started ahead by a resident init below %s within a minute (%v)", dir, stubs)
 	return 0
 }
 
@@ -3780,11 +3825,13 @@ func TestConfineResident(t *testing.T) {
 		t.Errorf("cellgate_resident_ended_total{reason=\"sockets\"} %d after one request left a connection in TIME_WAIT, want 1", n)
 	}
 	// A cell ended at its put back is replaced off the request's path:
-	// after a pause, the next request finds one set up.
+	// once the replacement's init has started the next request's process
+	// (the only cell of the route holding one), the next request finds it
+	// set up.
 	if tw := g.probe(t, "probe", url.Values{"timewait": {"1"}}); tw.TimeWait != "ok" {
 		t.Fatalf("control: leave a connection in TIME_WAIT: %s", tw.TimeWait)
 	}
-	time.Sleep(time.Second)
+	residentStub(t, g.tenantDir("a"))
 	warm := func(result string) float64 {
 		return metric(g.metrics(), "cellgate_warm_cells_total", map[string]string{"result": result})
 	}
@@ -3794,16 +3841,27 @@ func TestConfineResident(t *testing.T) {
 		t.Errorf("control: cellgate_resident_ended_total{reason=\"sockets\"} %d after two requests left a connection in TIME_WAIT, want 2", n)
 	}
 	if warm("hit") != hits+1 || warm("miss") != misses {
-		t.Errorf("a second after a cell ended at its put back, the next request did not find one set up (hits %v -> %v, misses %v -> %v)",
+		t.Errorf("after a cell ended at its put back was replaced, the next request did not find one set up (hits %v -> %v, misses %v -> %v)",
 			hits, warm("hit"), misses, warm("miss"))
 	}
 	// The next request's process is started ahead (its stub: cloned into
-	// its cell, filter loaded) when the cell is put back: after a pause,
-	// the program's process is older than its request.
+	// its cell, filter loaded) when the cell is put back: the process
+	// that answers the next request is the one seen waiting before it was
+	// sent (its pid in the cell's PID namespace, its start time).
 	g.probe(t, "probe", url.Values{})
-	time.Sleep(time.Second)
-	if r := g.probe(t, "probe", url.Values{"age": {"1"}}); r.AgeMs < 500 {
-		t.Errorf("the program's process was started %d ms before it answered, after a pause of 1 s: not prepared ahead", r.AgeMs)
+	stub := residentStub(t, g.tenantDir("a"))
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", stub))
+	nspids := strings.Fields(procStatus(string(status))["NSpid"])
+	stubStart, err2 := startTicks(fmt.Sprintf("/proc/%d/stat", stub))
+	if err != nil || err2 != nil || len(nspids) < 2 {
+		t.Fatalf("the process started ahead, host pid %d: status %v, start %v, NSpid %q", stub, err, err2, nspids)
+	}
+	stat := g.probe(t, "probe", url.Values{"cat": {"/proc/self/stat"}}).Cat["/proc/self/stat"]
+	pid, _, _ := strings.Cut(stat, " ")
+	start, err := statStart([]byte(stat))
+	if pid != nspids[len(nspids)-1] || err != nil || start != stubStart {
+		t.Errorf("the request was answered by pid %s started at %d (%v) in its cell; the process started ahead before it was sent was pid %s started at %d: not prepared ahead",
+			pid, start, err, nspids[len(nspids)-1], stubStart)
 	}
 	a := g.probe(t, "fresh", url.Values{"pidns": {"1"}})
 	b := g.probe(t, "fresh", url.Values{"pidns": {"1"}})
