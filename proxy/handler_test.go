@@ -73,7 +73,7 @@ func TestBadLocalRedirect(t *testing.T) {
 		"/ok":  cgiOutput("Content-Type: text/plain\n\nok", sandbox.CauseOK),
 	}
 	ts := startServer(t, Config{}, Deps{Runner: runner}, route("bad", "/bad", "/bad"), route("ok", "/", "/ok"))
-	resps, closed := exchangeRaw(t, ts, nil, "GET /bad HTTP/1.1\r\nHost: x\r\n\r\nGET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+	resps, closed := exchangeRaw(t, ts, nil, "GET /bad HTTP/1.1\r\nHost: x\r\n\r\nGET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 2)
 	if len(resps) != 2 || resps[0].StatusCode != 502 || resps[0].Close || resps[1].StatusCode != 200 || !closed {
 		var got []int
 		for _, r := range resps {

@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -125,10 +126,15 @@ var guardCases = []guardCase{
 		"GET /b?q=%4 HTTP/1.1\r\nHost:\r\n\r\n" + next, []int{200, 200, 200, 200}, true},
 }
 
-// exchangeRaw writes in on a new connection (plain or TLS), half-closes it
-// where it can, and returns the responses read until the server closes
-// the connection (closed) or nothing more comes (the deadline).
-func exchangeRaw(t *testing.T, ts *testServer, pool *x509.CertPool, in string) (resps []*http.Response, closed bool) {
+// exchangeRaw writes in on a new connection (plain or TLS), reads n
+// responses, and then tells whether the server closed the connection. On
+// one it keeps open a further request (GET /extra) is answered, its
+// access-log record proving that the answer is that request's, not a
+// hidden one's; on one it closes the stream ends with nothing more
+// answered. An answer that is not /extra's is returned among the
+// responses. The reads have a hang guard of a minute, which fails the
+// test: silence is never taken for an answer.
+func exchangeRaw(t *testing.T, ts *testServer, pool *x509.CertPool, in string, n int) (resps []*http.Response, closed bool) {
 	t.Helper()
 	var c net.Conn
 	var err error
@@ -145,20 +151,40 @@ func exchangeRaw(t *testing.T, ts *testServer, pool *x509.CertPool, in string) (
 		t.Fatalf("write: %v", err)
 	}
 	br := bufio.NewReader(c)
-	for {
-		// Long enough for any answer; an open connection ends the loop
-		// with a timeout.
-		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	// read returns the next response, or nil once the server closed.
+	read := func(what string) *http.Response {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(time.Minute))
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
-			var ne net.Error
-			return resps, !(errors.As(err, &ne) && ne.Timeout())
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("%s: neither answered nor closed within a minute (after %d responses)", what, len(resps))
+			}
+			return nil // the end of the stream, or a reset: closed
 		}
 		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
 			t.Fatalf("read body: %v", err)
 		}
+		return resp
+	}
+	for i := range n {
+		resp := read(fmt.Sprintf("response %d", i+1))
+		if resp == nil {
+			return resps, true
+		}
 		resps = append(resps, resp)
 	}
+	if _, err := io.WriteString(c, "GET /extra HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		return resps, true // refused: closed
+	}
+	resp := read("a further request")
+	if resp == nil {
+		return resps, true
+	}
+	if id := resp.Header.Get(RequestIDHeader); id == "" || ts.recs.byID(t, id).Path != "/extra" {
+		return append(resps, resp), false
+	}
+	return resps, false
 }
 
 // guardServer is a server whose every route answers 200 "ok".
@@ -186,7 +212,7 @@ func TestRequestSmuggling(t *testing.T) {
 		ts := guardServer(t, mode.cfg)
 		for _, tt := range guardCases {
 			t.Run(mode.name+"/"+tt.name, func(t *testing.T) {
-				resps, closed := exchangeRaw(t, ts, mode.pool, tt.in)
+				resps, closed := exchangeRaw(t, ts, mode.pool, tt.in, len(tt.statuses))
 				var got []int
 				for _, r := range resps {
 					got = append(got, r.StatusCode)
