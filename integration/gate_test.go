@@ -454,18 +454,24 @@ func procState(pid int) string {
 }
 
 // TestGateSIGTERMInFlight: SIGTERM while requests run: they complete, the
-// server exits 0, and nothing is left in cgroupfs.
+// server exits 0, and nothing is left in cgroupfs. Each request sleeps
+// 30 s, time enough for all of them to start on a slow machine, and half
+// serve's --drain-timeout (60 s), which lets them finish.
 func TestGateSIGTERMInFlight(t *testing.T) {
 	g := startGate(t, gateOptions{policy: gatePolicy})
 	const n = 8
 	done := make(chan []result, 1)
-	go func() { done <- load(g.client, n, n, getter(g.url+"/slow?ms=3000")) }()
+	go func() { done <- load(g.client, n, n, getter(g.url+"/slow?ms=30000")) }()
 	deadline := time.Now().Add(60 * time.Second)
 	for metric(g.metrics(), "cellgate_cells_in_flight", map[string]string{"tenant": "web"}) < n {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d requests not in flight after 60s", n)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// None has ended: the drain is what each of them must outlast.
+	if recs := g.recordsFor("slow"); len(recs) > 0 {
+		t.Fatalf("%d of the requests ended before SIGTERM", len(recs))
 	}
 	g.signal(syscall.SIGTERM)
 	rs := <-done

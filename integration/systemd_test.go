@@ -86,8 +86,9 @@ const oomScript = "#!/bin/sh\necho -500 > /proc/self/oom_score_adj 2>/dev/null\n
 
 // slowScript is a slow program that, as most do (a shell, sleep), dies of
 // a signal it does not handle: SIGUSR1 among them, which Go programs
-// ignore.
-const slowScript = "#!/bin/sh\nsleep 3\nprintf 'Content-Type: text/plain\\n\\nslept\\n'\n"
+// ignore. It sleeps 20 s, so that it still runs when a test that saw it
+// start signals, however slow the machine.
+const slowScript = "#!/bin/sh\nsleep 20\nprintf 'Content-Type: text/plain\\n\\nslept\\n'\n"
 
 // installUnits puts cellgate where deploy/systemd's units expect it: the
 // binary in /usr/local/bin, the policy named in /etc/default/cellgate,
@@ -337,6 +338,11 @@ func TestSystemdService(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
+		select {
+		case err := <-done:
+			t.Fatalf("the request ended (%v) before the log rotation: nothing was in flight to show", err)
+		default:
+		}
 		if out, err := exec.Command("sh", "-c", cmd).CombinedOutput(); err != nil {
 			t.Fatalf("README's postrotate %q: %v\n%s", cmd, err, out)
 		}
@@ -361,9 +367,12 @@ func TestSystemdService(t *testing.T) {
 			code int
 			err  error
 		}
+		// 20 s: still running when the stop comes, however slow the
+		// machine, and ending within the drain (CELLGATE_DRAIN_TIMEOUT
+		// 30s).
 		done := make(chan result, 1)
 		go func() {
-			code, _, err := get(url + "/slow?ms=3000")
+			code, _, err := get(url + "/slow?ms=20000")
 			done <- result{code, err}
 		}()
 		// Wait until its cell runs.
@@ -373,6 +382,11 @@ func TestSystemdService(t *testing.T) {
 				t.Fatalf("the slow request's cell never showed in StatusText %q", unitProperty(t, "cellgate.service", "StatusText"))
 			}
 			time.Sleep(100 * time.Millisecond)
+		}
+		select {
+		case r := <-done:
+			t.Fatalf("the request ended (%d %v) before the stop: nothing was in flight to drain", r.code, r.err)
+		default:
 		}
 		t.Log("stopping with one request in flight")
 		mustSystemctl(t, "stop", "cellgate.socket", "cellgate-admin.socket", "cellgate.service")
