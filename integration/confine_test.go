@@ -1120,7 +1120,7 @@ func TestConfineLauncherClosed(t *testing.T) {
 			t.Fatalf("%s: no init runs after the requests", tc.init)
 		}
 		// An init the daemon has just executed holds the fd until its
-		// main closes it: one that still holds it a moment later keeps it.
+		// main closes it: one that still holds it after a minute keeps it.
 		holding := func(pids []string) (held []string) {
 			for _, pid := range pids {
 				dir := filepath.Join("/proc", pid, "fd")
@@ -1134,12 +1134,13 @@ func TestConfineLauncherClosed(t *testing.T) {
 			}
 			return held
 		}
-		if held := holding(inits); len(held) > 0 {
-			time.Sleep(time.Second)
-			for _, pid := range holding(held) {
-				cmd, _ := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
-				t.Errorf("%s: init %s (%q) holds its executable a second after it was seen holding it", tc.init, pid, cmd)
-			}
+		held := holding(inits)
+		for end := time.Now().Add(time.Minute); len(held) > 0 && time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+			held = holding(held)
+		}
+		for _, pid := range held {
+			cmd, _ := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+			t.Errorf("%s: init %s (%q) still holds its executable a minute after it was seen holding it", tc.init, pid, cmd)
 		}
 		g.stop()
 	}
@@ -2714,12 +2715,17 @@ func TestConfineNetnsAhead(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const runs = 8
-	for i := 0; i < runs; i++ {
-		runNetns(t, r, prep, w, host, fmt.Sprintf("run %d", i))
+	// At least 8 cells, and more until one found a namespace made ahead
+	// (the pool fills in the background), for up to a minute.
+	runs := 0
+	for end := time.Now().Add(time.Minute); runs < 8 || time.Now().Before(end); runs++ {
+		if hits, _ := r.NetnsStats(); runs >= 8 && hits > 0 {
+			break
+		}
+		runNetns(t, r, prep, w, host, fmt.Sprintf("run %d", runs))
 		time.Sleep(50 * time.Millisecond) // let the pool refill: the test is about the pooled ones
 	}
-	if hits, misses := r.NetnsStats(); hits == 0 || hits+misses != runs {
+	if hits, misses := r.NetnsStats(); hits == 0 || hits+misses != uint64(runs) {
 		t.Errorf("%d cells took a namespace made ahead, %d made their own; want some of the first, %d in all", hits, misses, runs)
 	}
 
@@ -2916,10 +2922,17 @@ func TestConfineMountTemplate(t *testing.T) {
 	extra := fmt.Sprintf(`  - {name: data, match: {path: /data}, tenant: a, program: %[1]q, env: {%[2]s: probe}, mounts: [{source: %[3]q, target: /srv/data}]}
   - {name: proberoot, match: {path: /proberoot}, tenant: a, program: %[1]q, env: {%[2]s: probe}, user: root, allow_root: true}
 `, w, cellHelperEnv, data)
-	roots := func(g *gate) (uint64, uint64) {
-		g.probe(t, "data", url.Values{"rootdev": {""}}) // the first asks for the template
-		time.Sleep(time.Second)
-		return g.probe(t, "data", url.Values{"rootdev": {""}}).RootDev, g.probe(t, "data", url.Values{"rootdev": {""}}).RootDev
+	// roots returns the root devices of two successive cells of the
+	// route once they are one (the route's template made, which the
+	// first request asks for), or the last two after a minute.
+	roots := func(g *gate, route string) (uint64, uint64) {
+		g.probe(t, route, url.Values{"rootdev": {""}})
+		for end := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+			a, b := g.probe(t, route, url.Values{"rootdev": {""}}).RootDev, g.probe(t, route, url.Values{"rootdev": {""}}).RootDev
+			if a == b && a != 0 || time.Now().After(end) {
+				return a, b
+			}
+		}
 	}
 
 	hits := func(g *gate) string {
@@ -2930,15 +2943,16 @@ func TestConfineMountTemplate(t *testing.T) {
 		return m[1]
 	}
 	g := confineGate(t, extra, "--warm-cells", "0", "--resident-cells", "0")
-	first, second := roots(g)
+	first, second := roots(g, "data")
 	if first != second || first == 0 {
-		t.Errorf("two cells of a route have roots on devices %d and %d; want one template's", first, second)
+		t.Errorf("a minute on, two cells of a route have roots on devices %d and %d; want one template's", first, second)
 	}
 	if h := hits(g); h == "0" || h == "absent" {
 		t.Errorf("cellgate_mount_templates_total{result=\"hit\"} = %s after cells from a template", h)
 	}
-	g.probe(t, "proberoot", nil) // asks for the route's template
-	time.Sleep(time.Second)
+	if a, b := roots(g, "proberoot"); a != b || a == 0 || a == first {
+		t.Errorf("a minute on, two cells of the root route have roots on devices %d and %d (the data route's on %d); want a template of its own", a, b, first)
+	}
 	r := g.probe(t, "proberoot", url.Values{"fill": {"/dev/x:1", "/x:1"}, "rootdev": {""}})
 	if r.RootDev == 0 || r.RootDev == first {
 		t.Errorf("the root route's cell has its root on device %d (the data route's on %d); want a template of its own", r.RootDev, first)
@@ -2975,7 +2989,9 @@ func TestConfineMountTemplate(t *testing.T) {
 	g.stop()
 
 	g = confineGate(t, extra, "--warm-cells", "0", "--resident-cells", "0", "--mount-templates=false")
-	roots(g)
+	for range 3 {
+		g.probe(t, "data", url.Values{"rootdev": {""}})
+	}
 	if h := hits(g); h != "0" {
 		t.Errorf("with --mount-templates=false, cellgate_mount_templates_total{result=\"hit\"} = %s, want 0", h)
 	}
