@@ -186,11 +186,13 @@ func TestCellOOMKillsOnlyTheHog(t *testing.T) {
 }
 
 // TestCellCPUThrottled: a shell spinning at 0.2 CPU for 2 s of wall time
-// (the deadline ends it) gets about 0.4 s of CPU. The tolerance is wide
-// (0.25-0.6 s) because the microVM is emulated and shares the host; the
-// throttling must be reported. The spinner is a shell loop, not a Go
-// helper: under emulation a Go runtime spends a good part of a second of
-// CPU starting up, which at 0.2 CPU is seconds of wall time.
+// (the deadline ends it) gets no more than its share of that wall time
+// (with a tolerance of half the limit: the microVM is emulated, and its
+// ticks, which account the CPU used, come late), and the throttling is
+// reported. How much CPU it got below that is the machine's speed, not
+// the limit's work, and is not checked. The spinner is a shell loop, not
+// a Go helper: under emulation a Go runtime spends a good part of a
+// second of CPU starting up, which at 0.2 CPU is seconds of wall time.
 func TestCellCPUThrottled(t *testing.T) {
 	env := newCellEnv(t)
 	spec := shell(`while :; do :; done`)
@@ -201,8 +203,8 @@ func TestCellCPUThrottled(t *testing.T) {
 		t.Fatalf("spinner: %v, cause %s; want the deadline to end it", err, res.Cause)
 	}
 	cpu := time.Duration(res.Usage.CPUUsageUsec) * time.Microsecond
-	if cpu < 250*time.Millisecond || cpu > 600*time.Millisecond {
-		t.Errorf("spinner at 0.2 CPU for 2s used %s of CPU, want 0.25s-0.6s (wall %s)", cpu, res.Wall)
+	if limit := res.Wall * 3 / 10; cpu > limit {
+		t.Errorf("spinner at 0.2 CPU used %s of CPU in %s of wall time, want at most %s (0.2 CPU and half again)", cpu, res.Wall, limit)
 	}
 	if res.Usage.NrThrottled == 0 || res.Usage.ThrottledUsec == 0 {
 		t.Errorf("spinner: nr_throttled %d, throttled_usec %d; want both > 0", res.Usage.NrThrottled, res.Usage.ThrottledUsec)
