@@ -202,11 +202,13 @@ func TestForkRestartAndRecycle(t *testing.T) {
 	if pid() == second {
 		t.Fatalf("preloader %d not replaced after recycle_after 2", second)
 	}
-	if err := syscall.Kill(second, 0); err == nil {
-		time.Sleep(time.Second)
-		if err := syscall.Kill(second, 0); !errors.Is(err, syscall.ESRCH) {
-			t.Errorf("the recycled preloader %d is still there: %v", second, err)
-		}
+	// It ends once its last child was handed over: wait for it.
+	err = syscall.Kill(second, 0)
+	for deadline := time.Now().Add(30 * time.Second); !errors.Is(err, syscall.ESRCH) && time.Now().Before(deadline); err = syscall.Kill(second, 0) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !errors.Is(err, syscall.ESRCH) {
+		t.Errorf("the recycled preloader %d is still there 30 s after it was replaced: %v", second, err)
 	}
 	// The counts are read before the next request: the loop's last
 	// request may have been the replacement's first child, and a second
