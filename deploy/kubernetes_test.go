@@ -194,7 +194,9 @@ func TestDeploymentPod(t *testing.T) {
 	if sc == nil || sc.Privileged != nil && *sc.Privileged || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
 		t.Error("the container must be unprivileged with allowPrivilegeEscalation: false")
 	}
-	if sc != nil && sc.Capabilities != nil {
+	if sc == nil || sc.Capabilities == nil {
+		t.Error("the container's securityContext lists no capabilities: it would keep the runtime's defaults, not drop ALL")
+	} else {
 		if !slices.Contains(sc.Capabilities.Drop, "ALL") {
 			t.Errorf("capabilities drop %v, want ALL", sc.Capabilities.Drop)
 		}

@@ -328,7 +328,7 @@ func TestCellsSequentialAndConcurrent(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 200)
-	uids := make(chan uint32, 200)
+	ran := make(chan sandbox.Result, 200)
 	for range 200 {
 		wg.Go(func() {
 			res, err := env.runner.Run(context.Background(), spec)
@@ -337,16 +337,40 @@ func TestCellsSequentialAndConcurrent(t *testing.T) {
 			}
 			if err != nil {
 				errs <- err
+				return
 			}
-			uids <- res.UID
+			ran <- res
 		})
 	}
 	wg.Wait()
 	close(errs)
-	close(uids)
+	close(ran)
 	for err := range errs {
 		t.Errorf("concurrent cell: %v", err)
 	}
+	// Each cell ran under a per-cell uid, and two cells that ran at the
+	// same time under different ones: a uid is taken before Started and
+	// returned after Started+Wall, so two such spans that overlap are
+	// two uids out at once.
+	var results []sandbox.Result
+	for res := range ran {
+		if res.UID == 0 || res.Started.IsZero() {
+			t.Errorf("concurrent cell: uid %d, started %v; want a per-cell uid and a start", res.UID, res.Started)
+		}
+		results = append(results, res)
+	}
+	overlapping := 0
+	for i, a := range results {
+		for _, b := range results[i+1:] {
+			if a.Started.Before(b.Started.Add(b.Wall)) && b.Started.Before(a.Started.Add(a.Wall)) {
+				overlapping++
+				if a.UID == b.UID {
+					t.Errorf("two cells running at once under one uid %d (started %v for %s, %v for %s)", a.UID, a.Started, a.Wall, b.Started, b.Wall)
+				}
+			}
+		}
+	}
+	t.Logf("%d pairs of cells ran at once", overlapping)
 	if n := env.runner.UIDsInFlight(); n != 0 {
 		t.Errorf("%d uids in flight after all runs returned", n)
 	}

@@ -923,11 +923,12 @@ func TestConfineTmpfsGone(t *testing.T) {
 		return n
 	}
 	base := current()
+	leaks := []string{"/dev/shm/leak", "/tmp/leak"}
 	for i := 0; i < 20; i++ {
 		r := g.probe(t, "fill", url.Values{"fill": {"/dev/shm/leak:64", "/tmp/leak:64"}})
-		for p, res := range r.Fill {
-			if res != "ok" {
-				t.Fatalf("request %d: writing 64 MiB to %s: %s", i, p, res)
+		for _, p := range leaks {
+			if res := r.Fill[p]; res != "ok" {
+				t.Fatalf("request %d: writing 64 MiB to %s: %q (all: %v)", i, p, res, r.Fill)
 			}
 		}
 	}
@@ -937,10 +938,10 @@ func TestConfineTmpfsGone(t *testing.T) {
 	if code, _, body := g.get("/hog?mb=64"); code != http.StatusOK {
 		t.Errorf("a 64 MiB request after them: %d %s", code, body)
 	}
-	r := g.probe(t, "probe", url.Values{"read": {"/dev/shm/leak", "/tmp/leak"}})
-	for p, res := range r.Read {
-		if res == "ok" {
-			t.Errorf("a later cell reads %s: it outlived its cell", p)
+	r := g.probe(t, "probe", url.Values{"read": leaks})
+	for _, p := range leaks {
+		if res, tried := r.Read[p]; !tried || res == "ok" {
+			t.Errorf("a later cell reading %s: %q (tried: %v); want it refused: the file must not outlive its cell", p, res, tried)
 		}
 	}
 }
@@ -3789,9 +3790,9 @@ func TestConfineResident(t *testing.T) {
 		if len(r.Procs) != 2 || !strings.HasPrefix(r.Procs[0], "1 cellgate-init") {
 			t.Errorf("request %d: the cell's /proc lists %q, want its init as 1 and the probe (the first request's sleep ended)", i+2, r.Procs)
 		}
-		for p, res := range r.Read {
-			if res == "ok" {
-				t.Errorf("request %d reads %s, the first request's file", i+2, p)
+		for _, p := range []string{"/tmp/left", "/dev/shm/left"} {
+			if res, tried := r.Read[p]; !tried || res == "ok" {
+				t.Errorf("request %d reading %s, the first request's file: %q (tried: %v), want it refused", i+2, p, res, tried)
 			}
 		}
 		if strings.Contains(r.SysVShm, " "+strconv.Itoa(first.ShmID)+" ") || strings.Count(strings.TrimSpace(r.SysVShm), "\n") != 0 {
@@ -3814,17 +3815,16 @@ func TestConfineResident(t *testing.T) {
 	if deep.Fill["deep"] != "ok" {
 		t.Fatalf("control: leave a deep tree: %s", deep.Fill["deep"])
 	}
-	afterDeep := g.probe(t, "probe", url.Values{"pidns": {"1"}, "read": {"/tmp/deep" + strings.Repeat("/d", 40) + "/file"}})
+	deepFile := "/tmp/deep" + strings.Repeat("/d", 40) + "/file"
+	afterDeep := g.probe(t, "probe", url.Values{"pidns": {"1"}, "read": {deepFile}})
 	if afterDeep.Pidns == deep.Pidns {
 		t.Errorf("the cell that held a tree deeper than the wipe served the next request")
 	}
 	if n := ended("unclean"); n != 1 {
 		t.Errorf("cellgate_resident_ended_total{reason=\"unclean\"} %d after one request left a deep tree, want 1", n)
 	}
-	for p, res := range afterDeep.Read {
-		if res == "ok" {
-			t.Errorf("the next request reads %s", p)
-		}
+	if res, tried := afterDeep.Read[deepFile]; !tried || res == "ok" {
+		t.Errorf("the next request reading the deep tree's file: %q (tried: %v), want it refused", res, tried)
 	}
 	// A request that leaves a loopback connection in TIME_WAIT: its
 	// cell's network namespace is not empty, so the cell is not kept, and

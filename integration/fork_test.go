@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -478,7 +479,8 @@ func TestFork(t *testing.T) {
 		// route's as it stops, not seconds after it left the live
 		// policies (a counter reset, to Prometheus).
 		restarts := metric(g.metrics(), "cellgate_preloader_restarts_total", map[string]string{"route": "wsgi"})
-		scrapes, lowest := 0, restarts
+		var scrapes atomic.Int64
+		lowest := restarts
 		stopScrapes, scraped := make(chan struct{}), make(chan struct{})
 		go func() {
 			defer close(scraped)
@@ -497,12 +499,13 @@ func TestFork(t *testing.T) {
 				if err != nil || resp.StatusCode != 200 {
 					continue
 				}
-				scrapes++
+				scrapes.Add(1)
 				lowest = min(lowest, metric(string(b), "cellgate_preloader_restarts_total", map[string]string{"route": "wsgi"}))
 			}
 		}()
 		g.signal(syscall.SIGHUP)
 		g.waitLog("policy reloaded", 1, 2*time.Minute)
+		atReload := scrapes.Load()
 		if status, _, body := g.get("/wsgi"); status != 200 {
 			t.Errorf("GET /wsgi after the reload = %d %q", status, body)
 		}
@@ -523,9 +526,17 @@ func TestFork(t *testing.T) {
 		if dirExists(filepath.Dir(oldGroup)) {
 			t.Errorf("the replaced route group %s is still there", filepath.Dir(oldGroup))
 		}
+		// At least one scrape once the reload was logged: the new policy's
+		// counter is checked too.
+		for deadline := time.Now().Add(time.Minute); scrapes.Load() == atReload && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
 		close(stopScrapes)
 		<-scraped
-		t.Logf("%d scrapes across the reload; restarts_total{route=wsgi} %v before, lowest %v", scrapes, restarts, lowest)
+		t.Logf("%d scrapes across the reload, %d of them before it was logged; restarts_total{route=wsgi} %v before, lowest %v", scrapes.Load(), atReload, restarts, lowest)
+		if scrapes.Load() == atReload {
+			t.Errorf("no scrape of /metrics succeeded after the reload was logged (%d before): the counter was not checked across it", atReload)
+		}
 		if restarts < 1 || lowest < restarts {
 			t.Errorf("cellgate_preloader_restarts_total{route=wsgi} went from %v to %v across the reload; want >= 1, never lower", restarts, lowest)
 		}
@@ -658,11 +669,12 @@ func forkConfined(t *testing.T, g *gate, testdata string) {
 		current := func() int64 { return readInt(t, filepath.Join(g.tenantDir("py"), "memory.current")) }
 		g.probe(t, "confprobe", url.Values{})
 		base := current()
+		leaks := []string{"/dev/shm/leak", "/tmp/leak", "/var/tmp/leak"}
 		for i := 0; i < 20; i++ {
 			r := g.probe(t, "confprobe", url.Values{"fill": {"/dev/shm/leak:16", "/tmp/leak:16", "/var/tmp/leak:4"}})
-			for p, res := range r.Fill {
-				if res != "ok" {
-					t.Fatalf("request %d: writing to %s: %s", i, p, res)
+			for _, p := range leaks {
+				if res := r.Fill[p]; res != "ok" {
+					t.Fatalf("request %d: writing to %s: %q (all: %v)", i, p, res, r.Fill)
 				}
 			}
 		}
@@ -671,10 +683,10 @@ func forkConfined(t *testing.T, g *gate, testdata string) {
 		if now > base+48<<20 {
 			t.Errorf("tenant memory.current %d after 20 requests, %d before: files of ended requests stay charged", now, base)
 		}
-		r := g.probe(t, "confprobe", url.Values{"read": {"/dev/shm/leak", "/tmp/leak", "/var/tmp/leak"}})
-		for p, res := range r.Read {
-			if res == "ok" {
-				t.Errorf("a later request reads %s: it outlived its request", p)
+		r := g.probe(t, "confprobe", url.Values{"read": leaks})
+		for _, p := range leaks {
+			if res, tried := r.Read[p]; !tried || res == "ok" {
+				t.Errorf("a later request reading %s: %q (tried: %v); want it refused: the file must not outlive its request", p, res, tried)
 			}
 		}
 		// Over the route's tmpfs_size: the request's own tmpfs is full.
