@@ -215,9 +215,9 @@ func TestGateOptionsAsterisk(t *testing.T) {
 // TestGateHeadsNetHTTPWouldAnswer: the heads net/http answers itself,
 // before any handler, are cellgate's to answer, with a request id that
 // names an access-log record: an Expect other than 100-continue gets a
-// 417 and the connection closes; an empty line before a request line,
-// on a fresh connection or after a GET, is ignored (RFC 9112 §2.2), not
-// a 400.
+// 417 and the connection closes, the request pipelined behind it never
+// answered; an empty line before a request line, on a fresh connection
+// or after a GET, is ignored (RFC 9112 §2.2), not a 400.
 func TestGateHeadsNetHTTPWouldAnswer(t *testing.T) {
 	g := startPlainGate(t, okPolicy(t))
 	const get = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -225,11 +225,12 @@ func TestGateHeadsNetHTTPWouldAnswer(t *testing.T) {
 		name, in string
 		statuses []int
 		outcome  string // of the last answer
+		closes   bool   // the connection ends after the answers, the rest of in unanswered
 	}{
 		{"Expect: foo", "POST / HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nContent-Length: 2\r\n\r\nhi" + get,
-			[]int{417}, "expectation_failed"},
-		{"empty line first", "\r\n" + get, []int{200}, "ok"},
-		{"empty line after a GET", get + "\r\n" + get, []int{200, 200}, "ok"},
+			[]int{417}, "expectation_failed", true},
+		{"empty line first", "\r\n" + get, []int{200}, "ok", false},
+		{"empty line after a GET", get + "\r\n" + get, []int{200, 200}, "ok", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := net.Dial("tcp", strings.TrimPrefix(g.url, "http://"))
@@ -254,6 +255,18 @@ func TestGateHeadsNetHTTPWouldAnswer(t *testing.T) {
 			}
 			if !slices.Equal(got, tc.statuses) {
 				t.Fatalf("statuses %v, want %v", got, tc.statuses)
+			}
+			if tc.closes {
+				// Read to the end (the 60 s deadline a hang guard): no
+				// answer to the pipelined request, and an end. A reset
+				// is an end too (the GET left unread).
+				rest, err := io.ReadAll(br)
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Errorf("the connection is still open 60 s after the %d", got[len(got)-1])
+				}
+				if len(rest) > 0 {
+					t.Errorf("after the %d the connection carried more: %q; want nothing for the pipelined request", got[len(got)-1], rest)
+				}
 			}
 			for i, id := range ids {
 				if id == "" {
