@@ -53,7 +53,9 @@ vmrun:
 vet:
 	$(GO) vet ./...
 
-# Under the race detector (cgo: the C compiler of cc).
+# Under the race detector (cgo: the C compiler of cc). The preloader's
+# tests need Debian's python3 (they skip without it): make test installs
+# it first.
 unit: cc
 	$(GO) test -race -count=1 -timeout 10m ./...
 
@@ -102,7 +104,7 @@ integration-race: build examples vm-prepare python-deps
 integration-systemd: build examples vm-prepare
 	$(TESTENV) CELLGATE_REQUIRE_SYSTEMD=1 $(GO) test -count=1 -timeout 5m -exec "$(VMRUN) -systemd $(VMFLAGS) -timeout 6m" -run '^TestSystemd' ./integration/
 
-test: vet unit vm-check integration integration-race integration-systemd
+test: vet python-deps unit vm-check integration integration-race integration-systemd
 
 # The integration tests without the VM, on a host with a delegated cgroup v2
 # (memory, cpu and pids enabled in this process's group), as root.
