@@ -1,6 +1,7 @@
 package confine
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -287,6 +288,17 @@ func (d *decoder) bytes() []byte {
 	return v
 }
 
+// str reads a string field; one holding a NUL is an error, as in the C
+// init (the kernel's paths, arguments and environment end at the first).
+func (d *decoder) str() string {
+	b := d.bytes()
+	if d.err == nil && bytes.IndexByte(b, 0) >= 0 {
+		d.err = errors.New("string with a NUL byte")
+		return ""
+	}
+	return string(b)
+}
+
 func (d *decoder) u64() uint64 {
 	lo := d.u32()
 	return uint64(lo) | uint64(d.u32())<<32
@@ -309,7 +321,7 @@ func (d *decoder) list() []string {
 	}
 	l := make([]string, 0, n)
 	for i := uint32(0); i < n && d.err == nil; i++ {
-		l = append(l, string(d.bytes()))
+		l = append(l, d.str())
 	}
 	return l
 }
@@ -330,19 +342,19 @@ func DecodePlan(b []byte) (*Plan, []unix.SockFilter, error) {
 	if root := (RootMap{UID: d.u32(), GID: d.u32()}); flags&planRootMap != 0 {
 		p.RootMap = &root
 	}
-	p.RootFS = string(d.bytes())
-	p.Hostname = string(d.bytes())
+	p.RootFS = d.str()
+	p.Hostname = d.str()
 	for n := d.count(12); n > 0 && d.err == nil; n-- {
-		m := Bind{Source: string(d.bytes()), Target: string(d.bytes())}
+		m := Bind{Source: d.str(), Target: d.str()}
 		f := d.u32()
 		m.Writable, m.Dev, m.Mask = f&bindWritable != 0, f&bindDev != 0, f&bindMask != 0
 		p.Binds = append(p.Binds, m)
 	}
 	for n := d.count(8); n > 0 && d.err == nil; n-- {
-		p.Symlinks = append(p.Symlinks, Symlink{Link: string(d.bytes()), Target: string(d.bytes())})
+		p.Symlinks = append(p.Symlinks, Symlink{Link: d.str(), Target: d.str()})
 	}
 	for n := d.count(16); n > 0 && d.err == nil; n-- {
-		t := Tmpfs{Target: string(d.bytes())}
+		t := Tmpfs{Target: d.str()}
 		t.Size = int64(d.u64())
 		t.Mode = d.u32()
 		p.Tmpfs = append(p.Tmpfs, t)
@@ -380,8 +392,8 @@ func DecodeExec(b []byte) (*Exec, error) {
 	for i := uint32(0); i < ng && d.err == nil; i++ {
 		e.Groups = append(e.Groups, d.u32())
 	}
-	e.Path = string(d.bytes())
-	e.Dir = string(d.bytes())
+	e.Path = d.str()
+	e.Dir = d.str()
 	e.Args = d.list()
 	e.Env = d.list()
 	if d.err == nil && len(d.b) != 0 {

@@ -97,6 +97,17 @@ func TestLaunchRoundTrip(t *testing.T) {
 	if _, err := DecodeExec(append(body, 0)); err == nil || !strings.Contains(err.Error(), "after the end") {
 		t.Errorf("trailing byte: %v", err)
 	}
+	// A NUL in a string is refused, as the C init refuses it: the kernel
+	// would read the path, an argument or a variable only up to it.
+	for _, bad := range []*Exec{{Path: "/bin/x\x00y"}, {Path: "/x", Args: []string{"a\x00"}}, {Path: "/x", Env: []string{"A=1\x00B=2"}}, {Path: "/x", Dir: "/\x00"}} {
+		msg, err := EncodeExec(bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeExec(msg[4:]); err == nil || !strings.Contains(err.Error(), "NUL") {
+			t.Errorf("DecodeExec of %+v: %v, want a NUL refused", bad, err)
+		}
+	}
 	if _, err := EncodeExec(&Exec{Path: "/x", Env: []string{strings.Repeat("x", MaxLaunch)}}); err == nil {
 		t.Error("EncodeExec over MaxLaunch: no error")
 	}
