@@ -371,25 +371,21 @@ func fdinfoPid(b []byte) int {
 	return 0
 }
 
-// statPPid is the parent pid in /proc/PID/stat (the field after the
-// state, which follows the last ")"), or 0.
-func statPPid(b []byte) int {
-	_, f, ok := statFields(b)
-	if !ok || len(f) < 2 {
-		return 0
-	}
-	n, _ := strconv.Atoi(f[1])
-	return n
-}
+// statPPid is the parent pid in /proc/PID/stat, or 0.
+func statPPid(b []byte) int { return statInt(b, 4) }
 
 // statPGrp is the process group in /proc/PID/stat, or 0.
-func statPGrp(b []byte) int {
+func statPGrp(b []byte) int { return statInt(b, 5) }
+
+// statInt is numeric field n (proc(5)'s numbering, from 1: 4 the parent,
+// 5 the process group) of a /proc/PID/stat line, or 0.
+func statInt(b []byte, n int) int {
 	_, f, ok := statFields(b)
-	if !ok || len(f) < 3 {
+	if !ok || len(f) < n-2 {
 		return 0
 	}
-	n, _ := strconv.Atoi(f[2])
-	return n
+	v, _ := strconv.Atoi(f[n-3])
+	return v
 }
 
 // statFields splits a /proc/PID/stat line into the command and the

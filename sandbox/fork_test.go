@@ -43,6 +43,26 @@ def app(environ, start_response):
 // test's own user, over fake cells.
 func startTestPreloader(t *testing.T, r *Runner, app string, recycle int64) (*Preloader, error) {
 	t.Helper()
+	return startPreloaderWith(t, r, app, func(c *PreloaderConfig) { c.RecycleAfter = recycle })
+}
+
+// startPreloaderWith is startTestPreloader with the config as edit leaves
+// it.
+func startPreloaderWith(t *testing.T, r *Runner, app string, edit func(*PreloaderConfig)) (*Preloader, error) {
+	t.Helper()
+	cfg := testPreloaderConfig(t, app)
+	edit(&cfg)
+	p, err := r.StartPreloader(cfg)
+	if err == nil {
+		t.Cleanup(func() { p.Close(5 * time.Second) })
+	}
+	return p, err
+}
+
+// testPreloaderConfig is the config of a preloader of app, written to a
+// directory of its own as module hello.
+func testPreloaderConfig(t *testing.T, app string) PreloaderConfig {
+	t.Helper()
 	if _, err := os.Stat(python); err != nil {
 		t.Skipf("no %s: %v", python, err)
 	}
@@ -50,14 +70,10 @@ func startTestPreloader(t *testing.T, r *Runner, app string, recycle int64) (*Pr
 	if err := os.WriteFile(filepath.Join(dir, "hello.py"), []byte(app), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, err := r.StartPreloader(PreloaderConfig{
+	return PreloaderConfig{
 		Route: "test", Python: python, App: "hello:app", AppDir: dir, Env: []string{"ROUTE_VAR=from-route"},
-		RecycleAfter: recycle, StartTimeout: 30 * time.Second, WaitReady: 30 * time.Second,
-	})
-	if err == nil {
-		t.Cleanup(func() { p.Close(5 * time.Second) })
+		StartTimeout: 30 * time.Second, WaitReady: 30 * time.Second,
 	}
-	return p, err
 }
 
 // forkRun runs one request through the preloader and returns its stdout.
@@ -899,18 +915,12 @@ func TestForkMalformedAnswer(t *testing.T) {
 // preloader was reaped without being killed: StartPreloader (serve's
 // start, or a reload holding the daemon's lock) waited for good.
 func TestForkImportHangs(t *testing.T) {
-	if _, err := os.Stat(python); err != nil {
-		t.Skipf("no %s: %v", python, err)
-	}
 	r := newTestRunner(t, &fakeCells{})
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "hello.py"), []byte("import time\nwhile True:\n    time.sleep(1)\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	cfg := testPreloaderConfig(t, "import time\nwhile True:\n    time.sleep(1)\n")
+	cfg.StartTimeout = time.Second
 	done := make(chan error, 1)
 	go func() {
-		p, err := r.StartPreloader(PreloaderConfig{Route: "test", Python: python, App: "hello:app", AppDir: dir,
-			StartTimeout: time.Second, WaitReady: time.Second})
+		p, err := r.StartPreloader(cfg)
 		if err == nil {
 			p.Close(5 * time.Second)
 		}
@@ -1092,11 +1102,7 @@ func (procGroup) Procs() ([]int, error) {
 // old preloader's subprocesses running in the preloader's group, charged
 // to preload_memory, until the route group went.
 func TestForkLeftoversEnded(t *testing.T) {
-	if _, err := os.Stat(python); err != nil {
-		t.Skipf("no %s: %v", python, err)
-	}
 	r := newTestRunner(t, &fakeCells{})
-	dir := t.TempDir()
 	app := `
 import os, subprocess
 child = subprocess.Popen(["sleep", "300"])
@@ -1105,15 +1111,11 @@ def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"hello"]
 `
-	if err := os.WriteFile(filepath.Join(dir, "hello.py"), []byte(app), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p, err := r.StartPreloader(PreloaderConfig{Route: "test", Python: python, App: "hello:app", AppDir: dir, Group: procGroup{},
-		RecycleAfter: 1, StartTimeout: 30 * time.Second, WaitReady: 30 * time.Second})
+	p, err := startPreloaderWith(t, r, app, func(c *PreloaderConfig) { c.Group, c.RecycleAfter = procGroup{}, 1 })
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { p.Close(5 * time.Second) })
+	dir := p.cfg.AppDir
 	sleeper := func(preloader int) int {
 		b, err := os.ReadFile(filepath.Join(dir, "sleep-"+strconv.Itoa(preloader)))
 		if err != nil {
