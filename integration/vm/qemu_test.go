@@ -60,7 +60,7 @@ func TestMachineCommand(t *testing.T) {
 			if i < 0 || i+1 >= len(args) {
 				t.Fatalf("no -append in %q", args)
 			}
-			for _, w := range []string{"console=ttyS0", "panic=-1"} {
+			for _, w := range []string{"console=ttyS0", "panic=-1", "no_timer_check"} {
 				if !slices.Contains(strings.Fields(args[i+1]), w) {
 					t.Errorf("kernel command line %q lacks %s", args[i+1], w)
 				}
