@@ -187,6 +187,7 @@ func TestParseProblems(t *testing.T) {
 		{"methods lower case", "version: 1\nroutes:\n  - {name: a, match: {path: /, methods: [get]}, program: /a}\n", []problem{{3, "routes[a].match.methods", "case-sensitive"}}},
 		{"methods empty", "version: 1\nroutes:\n  - {name: a, match: {path: /, methods: []}, program: /a}\n", []problem{{3, "routes[a].match.methods", "empty list"}}},
 		{"methods twice", "version: 1\nroutes:\n  - {name: a, match: {path: /, methods: [GET, GET]}, program: /a}\n", []problem{{3, "routes[a].match.methods", "listed twice"}}},
+		{"CONNECT", "version: 1\nroutes:\n  - {name: a, match: {path: /, methods: [GET, CONNECT]}, program: /a}\n", []problem{{3, "routes[a].match.methods", "answers CONNECT with a 501"}}},
 		{"methods not a list", "version: 1\nroutes:\n  - {name: a, match: {path: /, methods: GET}, program: /a}\n", []problem{{3, "routes[a].match.methods", "want a list"}}},
 		{"unknown tenant", "version: 1\ntenants: [{name: b}]\nroutes:\n  - name: a\n    match: {path: /}\n    tenant: c\n    program: /a\n", []problem{{6, "routes[a].tenant", "unknown tenant"}}},
 		{"unknown driver", "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, driver: fcgi}\n", []problem{{3, "routes[a].driver", "unknown driver"}}},

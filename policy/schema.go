@@ -358,6 +358,8 @@ func (d *decoder) methods(line int, p string, ms []string) []string {
 		switch {
 		case !methodRE.MatchString(m):
 			d.problem(line, p, m, "not a method (methods are case-sensitive)", "write it in upper case, such as "+strings.ToUpper(m))
+		case m == "CONNECT":
+			d.problem(line, p, m, "cellgate answers CONNECT with a 501: no route runs it (a 2xx to it makes the connection a tunnel)", "remove CONNECT")
 		case seen[m]:
 			d.problem(line, p, m, "listed twice", "list each method once")
 		default:

@@ -23,6 +23,10 @@ var (
 	// ErrExpectationFailed: the request has an Expect other than
 	// 100-continue (417).
 	ErrExpectationFailed = errors.New("expectation failed")
+	// ErrTunnel: a CONNECT request (501). cellgate runs programs; it is
+	// no tunnelling proxy, and a 2xx to CONNECT would tell a front proxy
+	// that the connection is a tunnel from there on (RFC 9112 §6.3).
+	ErrTunnel = errors.New("CONNECT is not supported")
 	// ErrInvalidResponse: the worker's output is not a valid CGI response
 	// (502).
 	ErrInvalidResponse = errors.New("invalid CGI response")

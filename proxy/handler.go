@@ -311,6 +311,9 @@ func (x *exchange) checkRequest() error {
 	if strings.IndexByte(r.URL.Path, 0) >= 0 {
 		return fmt.Errorf("path %q: NUL byte: %w", r.URL.Path, ErrBadRequest)
 	}
+	if r.Method == http.MethodConnect {
+		return fmt.Errorf("CONNECT %s: %w", r.RequestURI, ErrTunnel)
+	}
 	return nil
 }
 

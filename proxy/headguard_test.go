@@ -119,8 +119,14 @@ var guardCases = []guardCase{
 		[]int{400}, false},
 	{"what net/http admits of absolute-form", "GET http://x:80/%41/b?%zz/c HTTP/1.1\r\nHost: x\r\n\r\n" +
 		"GET HTTP://u:p%41@[::1%25en0]:/a/b/c/%42 HTTP/1.1\r\nHost: x\r\n\r\n" +
-		"GET http:/a/b/c/d%41 HTTP/1.1\r\nHost: x\r\n\r\n" +
-		"CONNECT /a%41 HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{200, 200, 200, 200, 200}, true},
+		"GET http:/a/b/c/d%41 HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{200, 200, 200, 200}, true},
+	// CONNECT, whatever its target, runs no program: a front proxy that
+	// forwarded it and read a 2xx would tunnel what follows past its own
+	// checks (RFC 9112 §6.3). It is a 501, and the connection ends: the
+	// GET after it is never read as a request.
+	{"CONNECT", "CONNECT /a%41 HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{501}, false},
+	{"CONNECT without a Host", "CONNECT /a HTTP/1.1\r\n\r\n" + next, []int{501}, false},
+	{"CONNECT authority-form", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n" + next, []int{501}, false},
 	{"what net/http admits of them", "GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n" +
 		"GET /%41%c3%a9?%zz HTTP/1.1\r\nHost:  [::1]:80 \t\r\n\r\n" +
 		"GET /b?q=%4 HTTP/1.1\r\nHost:\r\n\r\n" + next, []int{200, 200, 200, 200}, true},

@@ -72,6 +72,12 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 	case errors.Is(err, ErrExpectationFailed):
 		return verdict{Status: http.StatusExpectationFailed, Outcome: accounting.OutcomeExpectationFailed,
 			Message: "expectation failed", Close: true}
+	case errors.Is(err, ErrTunnel):
+		// No route may run it: a front proxy that forwarded it and read a
+		// 2xx would tunnel the connection's next bytes past its own
+		// checks. Closed: the front must not go on with it either.
+		return verdict{Status: http.StatusNotImplemented, Outcome: accounting.OutcomeMethodNotAllowed,
+			Message: "CONNECT is not supported", Close: true}
 	case errors.As(err, &me):
 		return verdict{Status: http.StatusMethodNotAllowed, Outcome: accounting.OutcomeMethodNotAllowed,
 			Message: "method not allowed", Allow: me.Allow}
