@@ -90,6 +90,10 @@ func bodyError(r *http.Request, n int64, err error) error {
 	switch {
 	case errors.Is(err, errFraming):
 		return fmt.Errorf("read request body after %d bytes: %w: %w", n, ErrBadRequest, err)
+	case framingRefused(r):
+		// net/http read the refusal as an error of its own (a trailer
+		// section's) and cancelled the context: not a client gone.
+		return fmt.Errorf("read request body after %d bytes: %w: %w (%w)", n, ErrBadRequest, errFraming, err)
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return fmt.Errorf("request body stalled after %d bytes: %w", n, ErrClientTimeout)
 	case errors.As(err, &mbe):

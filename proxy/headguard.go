@@ -69,6 +69,12 @@ type guardConn struct {
 	// its first request reaches the handler or it closes (began).
 	awaiting *atomic.Int64
 	begun    atomic.Bool
+	// bodyRefused: a request body's framing was refused (the stream ends
+	// in errFraming). net/http may read that end with an error of its
+	// own (its trailer reader's), and cancel the request's context: the
+	// handler asks here (framingRefused) before it takes the client for
+	// gone.
+	bodyRefused atomic.Bool
 
 	headTimeout time.Duration // a held head's time from its first byte; 0: none
 	dlMu        sync.Mutex    // net/http sets deadlines from other goroutines
@@ -260,6 +266,7 @@ func (g *guardConn) fail(ferr *frameError) {
 		g.err = io.EOF
 	} else {
 		g.err = errors.Join(errFraming, ferr)
+		g.bodyRefused.Store(true)
 	}
 	if g.buf != nil {
 		*g.buf = (*g.buf)[:g.off+g.free]
@@ -295,6 +302,13 @@ func guardOf(c net.Conn) *guardConn {
 // guardKey is the context key of a request's guardConn (Server's
 // ConnContext).
 type guardKey struct{}
+
+// framingRefused reports whether r's connection had a request body's
+// framing refused.
+func framingRefused(r *http.Request) bool {
+	g, _ := r.Context().Value(guardKey{}).(*guardConn)
+	return g != nil && g.bodyRefused.Load()
+}
 
 // ReadFrom lets a response from a spool file reach the connection's
 // sendfile path.

@@ -24,7 +24,9 @@ import (
 // than 100-continue is refused here (417), and so are (400) an HTTP/1.1
 // request without a Host field but CONNECT, more than one Host field, a
 // Host value with a byte net/http refuses (httpguts.ValidHostHeader:
-// whitespace inside it, a control byte, '"', '<', '{' ...), and a target
+// whitespace inside it, a control byte, '"', '<', '{' ...), a chunked
+// request whose Trailer field names Content-Length, Transfer-Encoding or
+// Trailer, and a target
 // url.ParseRequestURI refuses, as net/http reads it: one whose path (up to
 // the first '?') has a '%' not followed by two hex digits, and one that is
 // neither a path nor '*' nor an absolute URI with a valid scheme, host
@@ -63,13 +65,23 @@ type frameCheck struct {
 	hostCount, clCount, teCount int8
 	hostWS                      bool // whitespace after a byte of the Host value
 	teChunked                   bool
-	field                       fieldKind
-	cand                        fieldKind // the field whose name the name read so far begins (fieldNames), or fieldOther
-	cl                          int64
-	val                         [16]byte
-	valLen                      int // bytes of val used; past len(val) the value is too long to matter
-	valDigits                   int // Content-Length: digits seen; -1 once OWS followed them
-	chunkHexCount               int
+	// Trailer: the name read so far may be "trailer" (its initial is
+	// transfer-encoding's); the element of its value being read
+	// (trailerNames still possible, its length, whitespace after it);
+	// and whether an element named one of trailerNames, which net/http
+	// answers itself (400) on a chunked request.
+	trailerName   bool
+	tokMask       uint8
+	tokLen        uint8
+	tokWS         bool
+	badTrailer    bool
+	field         fieldKind
+	cand          fieldKind // the field whose name the name read so far begins (fieldNames), or fieldOther
+	cl            int64
+	val           [16]byte
+	valLen        int // bytes of val used; past len(val) the value is too long to matter
+	valDigits     int // Content-Length: digits seen; -1 once OWS followed them
+	chunkHexCount int
 }
 
 type frameState uint8
@@ -102,7 +114,14 @@ const (
 	fieldTE
 	fieldExpect
 	fieldHost
+	fieldTrailer // named by trailerName, not fieldByInitial
 )
+
+// trailerNames are the fields a Trailer field may not name on a chunked
+// request: net/http refuses it (400) before any handler.
+var trailerNames = [...]string{"content-length", "transfer-encoding", "trailer"}
+
+const allTrailerNames = 1<<len(trailerNames) - 1
 
 // Limits of the chunked coding, as net/http's: a chunk-size line up to
 // 4 KiB; sizes of at most 15 hex digits, so that every size fits an int64.
@@ -231,8 +250,8 @@ func (k *frameCheck) run(b []byte) int {
 		}
 		k.n += n
 	case stName:
-		if k.cand != fieldOther {
-			return 0 // a name step follows (fieldNames)
+		if k.cand != fieldOther || k.trailerName {
+			return 0 // a name step follows (fieldNames, "trailer")
 		}
 		for n < len(b) && tchar(b[n]) {
 			n++
@@ -370,6 +389,7 @@ func (k *frameCheck) step(c byte) *frameError {
 			return k.headErr("bare LF")
 		case tchar(c):
 			k.st, k.n, k.cand = stName, 1, fieldByInitial[lower(c)]
+			k.trailerName = lower(c) == 't'
 		default:
 			return k.headErr("invalid byte in field name")
 		}
@@ -379,11 +399,17 @@ func (k *frameCheck) step(c byte) *frameError {
 			if name := fieldNames[k.cand]; k.n >= len(name) || name[k.n] != lower(c) {
 				k.cand = fieldOther
 			}
+			const trailer = "trailer"
+			k.trailerName = k.trailerName && k.n < len(trailer) && trailer[k.n] == lower(c)
 			k.n++
 		case c == ':':
 			k.field = fieldOther
-			if !k.trailer && k.cand != fieldOther && k.n == len(fieldNames[k.cand]) {
+			switch {
+			case k.trailer:
+			case k.cand != fieldOther && k.n == len(fieldNames[k.cand]):
 				k.field = k.cand
+			case k.trailerName && k.n == len("trailer"):
+				k.field, k.tokMask, k.tokLen, k.tokWS = fieldTrailer, allTrailerNames, 0, false
 			}
 			k.st, k.valLen, k.valDigits, k.hostWS = stValue, 0, 0, false
 		default:
@@ -624,8 +650,42 @@ func (k *frameCheck) valueByte(c byte) *frameError {
 			k.val[k.valLen] = lower(c)
 		}
 		k.valLen++
+	case fieldTrailer:
+		k.trailerByte(c)
 	}
 	return nil
+}
+
+// trailerByte takes one byte of a Trailer value: a list of field names
+// net/http reads as strings.Split on ',' and trims of whitespace.
+func (k *frameCheck) trailerByte(c byte) {
+	switch {
+	case c == ',':
+		k.endTrailerToken()
+		k.tokMask, k.tokLen, k.tokWS = allTrailerNames, 0, false
+	case c == ' ' || c == '\t':
+		k.tokWS = k.tokLen > 0
+	case k.tokWS:
+		k.tokMask = 0 // a name with whitespace inside is none of them
+	default:
+		for i, name := range trailerNames {
+			if int(k.tokLen) >= len(name) || name[k.tokLen] != lower(c) {
+				k.tokMask &^= 1 << i
+			}
+		}
+		if k.tokMask != 0 {
+			k.tokLen++
+		}
+	}
+}
+
+// endTrailerToken ends an element of a Trailer value.
+func (k *frameCheck) endTrailerToken() {
+	for i, name := range trailerNames {
+		if k.tokMask&(1<<i) != 0 && int(k.tokLen) == len(name) {
+			k.badTrailer = true
+		}
+	}
 }
 
 // endField ends a field line.
@@ -651,6 +711,8 @@ func (k *frameCheck) endField() *frameError {
 		}
 		v := k.val[:min(k.valLen, len(k.val))]
 		k.teChunked = k.valLen <= len(k.val) && string(trimOWS(v)) == "chunked"
+	case fieldTrailer:
+		k.endTrailerToken()
 	case fieldExpect:
 		// net/http answers any Expect but 100-continue itself (417), and
 		// takes "100-continue, x" as 100-continue: every Expect field
@@ -675,6 +737,8 @@ func (k *frameCheck) endHead() *frameError {
 		return k.headErr("Transfer-Encoding in an HTTP/1.0 request")
 	case k.teCount > 0 && !k.teChunked:
 		return k.headErr("Transfer-Encoding other than chunked")
+	case k.teCount > 0 && k.badTrailer:
+		return k.headErr("Trailer naming Content-Length, Transfer-Encoding or Trailer")
 	case k.teCount > 0:
 		k.st, k.headLen, k.n, k.chunkHexCount, k.remain = stChunkSize, 0, 0, 0, 0
 	case k.cl > 0:
