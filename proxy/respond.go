@@ -150,6 +150,10 @@ func (x *exchange) stream(hdr *cgiHeader, br *bufio.Reader, cancel context.Cance
 				cancel()
 				return fmt.Errorf("%w: streamed over %d bytes", ErrResponseTooLarge, limit)
 			}
+			if hdr.ContentLength >= 0 && x.rec.BytesOut+int64(n) > hdr.ContentLength {
+				cancel()
+				return fmt.Errorf("%w: Content-Length %d but more body bytes", ErrInvalidResponse, hdr.ContentLength)
+			}
 			c, err := dl.write(x.w, buf[:n])
 			x.rec.BytesOut += int64(c)
 			if err == nil {
@@ -161,6 +165,12 @@ func (x *exchange) stream(hdr *cgiHeader, br *bufio.Reader, cancel context.Cance
 			}
 		}
 		if rerr == io.EOF {
+			if hdr.ContentLength >= 0 && x.rec.BytesOut != hdr.ContentLength {
+				// Sent as it came (chunked): the stream is cut, not
+				// ended, so that the client sees it incomplete, as a
+				// spooled response's mismatch is a 502.
+				return fmt.Errorf("%w: Content-Length %d but %d body bytes", ErrInvalidResponse, hdr.ContentLength, x.rec.BytesOut)
+			}
 			return nil
 		}
 		if rerr != nil {

@@ -1154,3 +1154,45 @@ func TestMaxBodyPrecedence(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamContentLength: a streamed response is checked against the
+// worker's Content-Length as a spooled one is: fewer or more body bytes
+// than it said cut the stream (the client reads it incomplete, the record
+// says bad_gateway); as many pass. Before, the length was dropped and a
+// short body went out as a complete chunked response.
+func TestStreamContentLength(t *testing.T) {
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		body := map[string]string{"/short": "ok", "/long": "okokokok", "/exact": "okok"}[spec.Path]
+		io.WriteString(spec.Stdout, "Content-Type: text/plain\nContent-Length: 4\n\n"+body)
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	var routes []*policy.Route
+	for _, name := range []string{"short", "long", "exact"} {
+		r := route(name, "/"+name, "/"+name)
+		r.Response = policy.ResponseStream
+		routes = append(routes, r)
+	}
+	ts := startServer(t, Config{}, Deps{Runner: runner}, routes...)
+	for _, tc := range []struct {
+		path     string
+		complete bool
+		outcome  accounting.Outcome
+	}{
+		{"/short", false, accounting.OutcomeBadGateway},
+		{"/long", false, accounting.OutcomeBadGateway},
+		{"/exact", true, accounting.OutcomeOK},
+	} {
+		resp, err := http.Get(ts.URL + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if (err == nil) != tc.complete || tc.complete && string(body) != "okok" {
+			t.Errorf("GET %s: body %q, read error %v; want complete: %v", tc.path, body, err, tc.complete)
+		}
+		if rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader)); rec.Outcome != tc.outcome {
+			t.Errorf("GET %s: record outcome %s, want %s", tc.path, rec.Outcome, tc.outcome)
+		}
+	}
+}
