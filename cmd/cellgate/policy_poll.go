@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"log/slog"
 	"os"
-	"syscall"
 	"time"
 )
 
@@ -49,9 +48,9 @@ func (p *policyPoller) changed() bool {
 }
 
 // run checks the file every interval until stop is closed; on a change it
-// asks serve's loop for a reload as SIGHUP would (a reload already pending
-// there covers it).
-func (p *policyPoller) run(stop <-chan struct{}, every time.Duration, reload chan<- os.Signal) {
+// asks serve's loop for a reload (a reload already asked for there covers
+// it).
+func (p *policyPoller) run(stop <-chan struct{}, every time.Duration, reloads *reloadRequests) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -64,9 +63,6 @@ func (p *policyPoller) run(stop <-chan struct{}, every time.Duration, reload cha
 			continue
 		}
 		p.log.Info("policy poll: the policy file changed; reloading", "policy", p.path)
-		select {
-		case reload <- syscall.SIGHUP:
-		default:
-		}
+		reloads.ask()
 	}
 }

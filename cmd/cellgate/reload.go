@@ -47,21 +47,17 @@ const (
 	controlReadTimeout = 5 * time.Second
 )
 
-// controlRequest is a reload asked for on the control socket; serve's
-// loop runs it and sends the verdict (nil: reloaded) on reply.
-type controlRequest struct{ reply chan error }
-
 // controlServer is serve's control socket.
 type controlServer struct {
 	ln   net.Listener
 	log  *slog.Logger
-	reqs chan<- controlRequest
+	reqs *reloadRequests
 	stop <-chan struct{}
 }
 
 // listenControl opens serve's control socket. A failure is not fatal
 // (SIGHUP still reloads); it is logged by the caller.
-func listenControl(log *slog.Logger, reqs chan<- controlRequest, stop <-chan struct{}) (*controlServer, error) {
+func listenControl(log *slog.Logger, reqs *reloadRequests, stop <-chan struct{}) (*controlServer, error) {
 	addr := controlAddress(os.Getpid())
 	ln, err := net.Listen("unix", addr)
 	if err != nil {
@@ -120,16 +116,10 @@ func (c *controlServer) answer(conn *net.UnixConn) {
 		fmt.Fprintf(conn, "failed unknown request %q (want \"reload\")\n", strings.TrimSpace(line))
 		return
 	}
-	req := controlRequest{reply: make(chan error, 1)}
-	select {
-	case c.reqs <- req:
-	case <-c.stop:
-		fmt.Fprintln(conn, "failed the daemon is shutting down")
-		return
-	}
+	reply := c.reqs.ask()
 	var verdict error
 	select {
-	case verdict = <-req.reply:
+	case verdict = <-reply:
 	case <-c.stop:
 		fmt.Fprintln(conn, "failed the daemon is shutting down")
 		return

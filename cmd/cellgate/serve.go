@@ -9,10 +9,8 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/signal"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cellgate/cellgate/accounting"
@@ -145,9 +143,9 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 
 	// Signals first: a SIGTERM during start-up must not kill the process
 	// before it has removed what it created.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
-	defer signal.Stop(sigs)
+	sigs := newServeSignals()
+	sigs.notify()
+	defer sigs.stopNotify()
 	d.strays = newStrayReaper(log, os.Getpid())
 
 	accessLog, accessFile, err := openAccessLog(cfg.AccessLog, std.out)
@@ -238,13 +236,13 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 	}
 	// The control socket listens before READY=1: a reload asked for as
 	// soon as systemd (or a test) sees the daemon ready must find it.
-	controls := make(chan controlRequest)
-	stop := make(chan struct{}) // ends the helpers below when serve returns
+	reloads := newReloadRequests() // the control socket's and the poller's
+	stop := make(chan struct{})    // ends the helpers below when serve returns
 	defer close(stop)
 	if d.strays != nil {
 		go d.strays.Run(stop)
 	}
-	if ctl, err := listenControl(log, controls, stop); err != nil {
+	if ctl, err := listenControl(log, reloads, stop); err != nil {
 		log.Warn("no control socket: `cellgate reload` cannot reach this daemon; SIGHUP still reloads", "err", err)
 	} else {
 		defer ctl.close()
@@ -257,35 +255,10 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 	notify.ready(d.status())
 	go notify.run(stop, d.status)
 	if cfg.PolicyPoll > 0 {
-		go newPolicyPoller(cfg.Policy, log, pol.Digest).run(stop, cfg.PolicyPoll, sigs)
+		go newPolicyPoller(cfg.Policy, log, pol.Digest).run(stop, cfg.PolicyPoll, reloads)
 	}
 
-	var serveErr error
-wait:
-	for {
-		select {
-		case s := <-sigs:
-			switch s {
-			case syscall.SIGHUP:
-				d.reloadNotified(notify)
-				continue
-			case syscall.SIGUSR1:
-				d.reopenLogs()
-				continue
-			}
-			log.Info("signal: draining", "signal", s.String(), "drain_timeout", cfg.DrainTimeout)
-			break wait
-		case r := <-controls:
-			r.reply <- d.reloadNotified(notify)
-		case <-ctx.Done():
-			log.Info("context ended: draining", "cause", context.Cause(ctx))
-			break wait
-		case e := <-served:
-			serveErr = e
-			log.Error("listener failed: shutting down", "err", e)
-			break wait
-		}
-	}
+	serveErr := d.loop(ctx, sigs, reloads, served, func() error { return d.reloadNotified(notify) })
 	notify.stopping("draining: stopped accepting, waiting for the requests in flight")
 	return errors.Join(serveErr, d.shutdown(srv, admin.Server, sigs))
 }
@@ -293,7 +266,7 @@ wait:
 // shutdown stops accepting, lets the requests in flight finish for up to
 // the drain timeout (a second SIGTERM or SIGINT cuts it short), then kills
 // the cells still running, and stops the admin listener last.
-func (d *daemon) shutdown(srv *proxy.Server, admin *http.Server, sigs <-chan os.Signal) error {
+func (d *daemon) shutdown(srv *proxy.Server, admin *http.Server, sigs *serveSignals) error {
 	d.ready.Store(false)
 	close(d.done)
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.DrainTimeout)
@@ -301,14 +274,12 @@ func (d *daemon) shutdown(srv *proxy.Server, admin *http.Server, sigs <-chan os.
 	go func() {
 		for {
 			select {
-			case s := <-sigs:
-				if s == syscall.SIGUSR1 {
-					d.reopenLogs()
-				} else if s != syscall.SIGHUP {
-					d.log.Warn("second signal: killing the cells in flight now", "signal", s.String())
-					cancel()
-					return
-				}
+			case <-sigs.usr1:
+				d.reopenLogs()
+			case s := <-sigs.stop:
+				d.log.Warn("second signal: killing the cells in flight now", "signal", s.String())
+				cancel()
+				return
 			case <-ctx.Done():
 				return
 			}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// deliver sends sig to the channel notify has it sent to, as os/signal
+// does: without waiting, dropped when the channel is full. It reports
+// whether the signal was kept.
+func deliver(sigs *serveSignals, sig os.Signal) bool {
+	ch := map[os.Signal]chan os.Signal{
+		syscall.SIGTERM: sigs.stop, syscall.SIGINT: sigs.stop, syscall.SIGHUP: sigs.hup, syscall.SIGUSR1: sigs.usr1,
+	}[sig]
+	select {
+	case ch <- sig:
+		return true
+	default:
+		return false
+	}
+}
+
+// loopRun is serve's loop running with a reload the test holds: each
+// reload says it started (its number, from 1) and returns what the test
+// releases it with.
+type loopRun struct {
+	sigs    *serveSignals
+	reqs    *reloadRequests
+	started chan int
+	release chan error
+	reloads atomic.Int32
+	ended   chan error
+}
+
+func startLoop(t *testing.T) *loopRun {
+	t.Helper()
+	d, _ := testDaemon(t, reloadPolicyA)
+	l := &loopRun{sigs: newServeSignals(), reqs: newReloadRequests(), started: make(chan int, 16), release: make(chan error), ended: make(chan error, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	reload := func() error {
+		l.started <- int(l.reloads.Add(1))
+		select {
+		case err := <-l.release:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	go func() { l.ended <- d.loop(ctx, l.sigs, l.reqs, nil, reload) }()
+	t.Cleanup(func() {
+		cancel()
+		<-l.ended
+	})
+	return l
+}
+
+// waitStarted waits for reload n to start.
+func (l *loopRun) waitStarted(t *testing.T, n int) {
+	t.Helper()
+	select {
+	case got := <-l.started:
+		if got != n {
+			t.Fatalf("reload %d started, want reload %d", got, n)
+		}
+	case <-time.After(hangGuard):
+		t.Fatalf("reload %d did not start", n)
+	}
+}
+
+// waitEnded waits for the loop to end (the drain to start).
+func (l *loopRun) waitEnded(t *testing.T) {
+	t.Helper()
+	select {
+	case <-l.ended:
+		l.ended <- nil // for the cleanup
+	case n := <-l.started:
+		t.Fatalf("reload %d started instead of the drain", n)
+	case <-time.After(hangGuard):
+		t.Fatal("the loop did not stop: the drain never started")
+	}
+}
+
+// TestServeLoopDrainsAfterReloadBurst: SIGHUPs, SIGUSR1s and reloads asked
+// by the poller and the control socket while a reload runs, then SIGTERM:
+// the SIGTERM is kept, and the drain starts as soon as the reload running
+// returns, with no reload after it. With one channel of 4 for every
+// signal, the SIGTERM was dropped (os/signal does not wait) and serve
+// never drained.
+func TestServeLoopDrainsAfterReloadBurst(t *testing.T) {
+	l := startLoop(t)
+	if !deliver(l.sigs, syscall.SIGHUP) {
+		t.Fatal("the first SIGHUP was dropped")
+	}
+	l.waitStarted(t, 1)
+	for range 10 {
+		deliver(l.sigs, syscall.SIGHUP)
+		deliver(l.sigs, syscall.SIGUSR1)
+		l.reqs.ask()
+	}
+	if !deliver(l.sigs, syscall.SIGTERM) {
+		t.Fatal("SIGTERM sent during a reload, after a burst of SIGHUPs, was dropped")
+	}
+	l.release <- nil
+	l.waitEnded(t)
+	if n := l.reloads.Load(); n != 1 {
+		t.Errorf("%d reloads, want 1: the drain waited for reloads asked after the SIGTERM", n)
+	}
+}
+
+// TestServeLoopCoalescesReloads: every request for a reload made before a
+// reload starts gets that reload's verdict; the SIGHUPs and the requests
+// made while it runs are one more reload, not one each.
+func TestServeLoopCoalescesReloads(t *testing.T) {
+	l := startLoop(t)
+	first := l.reqs.ask()
+	l.waitStarted(t, 1)
+	var during []<-chan error
+	for range 10 {
+		deliver(l.sigs, syscall.SIGHUP)
+		during = append(during, l.reqs.ask())
+	}
+	l.release <- errors.New("verdict 1")
+	l.waitStarted(t, 2)
+	if err := <-first; err == nil || err.Error() != "verdict 1" {
+		t.Errorf("the request made before reload 1 got %v, want its verdict", err)
+	}
+	l.release <- errors.New("verdict 2")
+	for i, w := range during {
+		select {
+		case err := <-w:
+			if err == nil || err.Error() != "verdict 2" {
+				t.Errorf("request %d made during reload 1 got %v, want reload 2's verdict", i, err)
+			}
+		case <-time.After(hangGuard):
+			t.Fatalf("request %d made during reload 1 got no verdict", i)
+		}
+	}
+	deliver(l.sigs, syscall.SIGTERM)
+	l.waitEnded(t)
+	if n := l.reloads.Load(); n != 2 {
+		t.Errorf("%d reloads, want 2 (one asked before, one for all asked during the first)", n)
+	}
+}
+
+// TestServeSignalsNotify: the process's signals reach the channels deliver
+// sends them to.
+func TestServeSignalsNotify(t *testing.T) {
+	sigs := newServeSignals()
+	sigs.notify()
+	defer sigs.stopNotify()
+	for _, tc := range []struct {
+		sig syscall.Signal
+		ch  chan os.Signal
+	}{{syscall.SIGHUP, sigs.hup}, {syscall.SIGUSR1, sigs.usr1}, {syscall.SIGTERM, sigs.stop}, {syscall.SIGINT, sigs.stop}} {
+		if err := syscall.Kill(os.Getpid(), tc.sig); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-tc.ch:
+			if got != tc.sig {
+				t.Errorf("%v came as %v", tc.sig, got)
+			}
+		case <-time.After(hangGuard):
+			t.Fatalf("%v did not reach its channel", tc.sig)
+		}
+	}
+}
