@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cellgate/cellgate/policy"
 	"github.com/coreos/go-systemd/v22/activation"
 	sd "github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
@@ -230,14 +231,28 @@ func (d *daemon) status() string {
 
 // reloadNotified is a SIGHUP or a control-socket reload: the reload
 // between RELOADING=1 and READY=1, and its verdict in STATUS=. It returns
-// the reload's error.
+// the reload's error, which the log (reload) and the control socket's
+// answer give whole.
 func (d *daemon) reloadNotified(n *notifier) error {
 	n.reloading()
 	verdict := "policy reloaded"
 	err := d.reload()
 	if err != nil {
-		verdict = "reload failed, still serving the previous policy: " + err.Error()
+		verdict = reloadFailedStatus(d.cfg.Policy, err)
 	}
 	n.ready(d.status() + "; " + verdict)
 	return err
+}
+
+// reloadFailedStatus is a failed reload's verdict for STATUS=, which any
+// local user reads (systemctl status): what failed and where the reason
+// is, never the reason itself, since a policy's errors quote its values
+// (an env value holding a password) from a file only root may read.
+func reloadFailedStatus(path string, err error) string {
+	what := "could not be applied"
+	if errors.Is(err, policy.ErrInvalid) {
+		what = "is invalid"
+	}
+	return "reload failed, still serving the previous policy: " + path + " " + what +
+		"; the reason is in the journal (or run cellgate check " + path + ")"
 }

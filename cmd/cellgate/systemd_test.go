@@ -334,3 +334,33 @@ func TestOneLine(t *testing.T) {
 		t.Errorf("oneLine of %d bytes is %d bytes, want at most %d", 10*maxStatus, len(got), maxStatus+3)
 	}
 }
+
+// TestReloadStatusHidesPolicyValues: a refused reload's STATUS=, which any
+// local user reads with systemctl status, says that the reload failed and
+// where the reason is, without the reason, which quotes the policy's
+// values (an env value holding a password); the log and the control
+// socket's answer (the returned error) keep it whole. STATUS= had the
+// whole error before.
+func TestReloadStatusHidesPolicyValues(t *testing.T) {
+	const secret = "hunter2-s3cret"
+	d, path := testDaemon(t, reloadPolicyA)
+	var logged bytes.Buffer
+	d.log = slog.New(slog.NewTextHandler(&logged, nil))
+	ns := newNotifySocket(t, t.TempDir())
+	t.Setenv("NOTIFY_SOCKET", ns.path)
+	n := newNotifier(d.log)
+
+	writeFile(t, path, "version: 1\nroutes:\n  - {name: hello, match: {path: /hello}, program: /bin/true, env: {DB_PASSWORD: \""+secret+"\\0\"}}\n")
+	err := d.reloadNotified(n)
+	if err == nil || !strings.Contains(err.Error(), secret) {
+		t.Fatalf("reload of an invalid policy: %v, want the problem with its value (the control socket's answer)", err)
+	}
+	if !strings.Contains(logged.String(), secret) {
+		t.Errorf("the log lacks the problem's value: %s", logged.String())
+	}
+	status := field(ns.expect(t, "READY=1"), "STATUS")
+	want := "reload failed, still serving the previous policy: " + path + " is invalid; the reason is in the journal (or run cellgate check " + path + ")"
+	if strings.Contains(status, secret) || !strings.HasSuffix(status, want) {
+		t.Errorf("STATUS=%q, want it to end in %q and not to quote the policy", status, want)
+	}
+}
