@@ -85,15 +85,9 @@ func (t *Tree) SetBudgets(global *specs.LinuxResources, budgets []Budget) ([]*Te
 	if err != nil {
 		return nil, err
 	}
-	names := make([]string, len(budgets))
-	plans := make([]*plan, len(budgets))
-	for i, b := range budgets {
-		if names[i], err = tenantName(b.Tenant); err != nil {
-			return nil, err
-		}
-		if plans[i], err = t.budgetPlan(b.Resources, "tenant "+names[i]); err != nil {
-			return nil, err
-		}
+	names, plans, err := t.tenantPlans(budgets)
+	if err != nil {
+		return nil, err
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -119,6 +113,63 @@ func (t *Tree) SetBudgets(global *specs.LinuxResources, budgets []Budget) ([]*Te
 		groups[i] = g
 	}
 	return groups, nil
+}
+
+// AddTenants creates the groups of the tenants of budgets that have none,
+// each with its budget written (as Tenant), as one change: when a write
+// fails, the groups it made are removed again and its error returned. A
+// tenant that has a group is left as it is (SetBudgets updates it). It
+// returns the names of the groups it made. A reload writes its new
+// tenants' budgets so before it starts their fork routes' preloaders,
+// which run in those groups (NewRouteGroup), and removes the groups again
+// (RemoveTenant) when it is refused later: nothing else knows them then.
+func (t *Tree) AddTenants(budgets []Budget) ([]string, error) {
+	names, plans, err := t.tenantPlans(budgets)
+	if err != nil {
+		return nil, err
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, ErrClosed
+	}
+	j := &journal{}
+	var made []string
+	for i, name := range names {
+		if t.tenants[name] != nil {
+			continue
+		}
+		g, created, err := t.tenantLocked(name)
+		if err != nil {
+			return nil, t.rollback(j, err)
+		}
+		if !created {
+			continue // a directory of the name was there: left as SetBudgets finds it
+		}
+		j.created = append(j.created, g)
+		if err := t.applyBudget(g, plans[i], j); err != nil {
+			return nil, t.rollback(j, err)
+		}
+		made = append(made, name)
+	}
+	return made, nil
+}
+
+// tenantPlans validates the tenants' names and converts their budgets,
+// before anything is written.
+func (t *Tree) tenantPlans(budgets []Budget) ([]string, []*plan, error) {
+	names := make([]string, len(budgets))
+	plans := make([]*plan, len(budgets))
+	for i, b := range budgets {
+		var err error
+		if names[i], err = tenantName(b.Tenant); err != nil {
+			return nil, nil, err
+		}
+		if plans[i], err = t.budgetPlan(b.Resources, "tenant "+names[i]); err != nil {
+			return nil, nil, err
+		}
+	}
+	return names, plans, nil
 }
 
 // budgetPlan converts the budget r of what ("global budget", "tenant

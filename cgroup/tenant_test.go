@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 )
 
 func TestUpdateWrites(t *testing.T) {
@@ -201,4 +202,71 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestAddTenants: the groups of the tenants that have none are made with
+// their budgets, the others left as they are; when one cannot be made or
+// its budget written, none of the groups made is left.
+func TestAddTenants(t *testing.T) {
+	budgets := []Budget{
+		{"a", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: i64(50)}}}, // has a group
+		{"d", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: i64(7)}}},
+		{"e", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: i64(8)}}},
+	}
+	tests := []struct {
+		name string
+		// failE makes e's group fail: its mkdir, or the write of its
+		// budget (its pids.max missing).
+		failE func(fs *fakeFS) error
+	}{
+		{name: "made"},
+		{name: "mkdir refused", failE: func(*fakeFS) error { return unix.EAGAIN }},
+		{name: "budget refused", failE: func(fs *fakeFS) error { fs.omit = []string{"pids.max"}; return nil }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs := &fakeFS{}
+			tr := mustOpenFake(t, fs, fakeRoot(t, "memory", "cpu", "pids"), nil)
+			if _, err := tr.SetBudgets(nil, []Budget{{"a", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: i64(10)}}}}); err != nil {
+				t.Fatal(err)
+			}
+			dir := func(name string) string { return filepath.Join(tr.CellsPath(), name) }
+			if tt.failE != nil {
+				fs.mkdirErr = func(path string) error {
+					if path == dir("e") {
+						return tt.failE(fs)
+					}
+					return nil
+				}
+			}
+			made, err := tr.AddTenants(budgets)
+			if got := read(t, filepath.Join(dir("a"), "pids.max")); got != "10" {
+				t.Errorf("a's pids.max = %q, want 10: a tenant with a group is left as it is", got)
+			}
+			if tt.failE != nil {
+				if err == nil || made != nil {
+					t.Fatalf("AddTenants with e failing = %v, %v; want an error", made, err)
+				}
+				for _, name := range []string{"d", "e"} {
+					if exists(dir(name)) {
+						t.Errorf("the group of %s was left behind", name)
+					}
+				}
+				fs.mkdirErr, fs.omit = nil, nil
+				if made, err := tr.AddTenants(budgets[:2]); err != nil || !slices.Equal(made, []string{"d"}) {
+					t.Errorf("AddTenants again = %v, %v; want d made", made, err)
+				}
+				return
+			}
+			if err != nil || !slices.Equal(made, []string{"d", "e"}) {
+				t.Fatalf("AddTenants = %v, %v; want d and e made", made, err)
+			}
+			if got := read(t, filepath.Join(dir("d"), "pids.max")) + " " + read(t, filepath.Join(dir("e"), "pids.max")); got != "7 8" {
+				t.Errorf("pids.max of d and e = %s, want 7 8", got)
+			}
+			if made, err := tr.AddTenants(budgets); err != nil || made != nil {
+				t.Errorf("AddTenants again = %v, %v; want nothing made", made, err)
+			}
+		})
+	}
 }

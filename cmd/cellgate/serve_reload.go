@@ -17,11 +17,13 @@ import (
 // limits the kernel cannot enforce, leaves the running policy in place and
 // says why. A valid one takes over for requests routed from now on:
 //
-//  1. the global budget is written to cells/, groups of new tenants are
-//     created and every tenant's budget written, all or nothing
-//     (cgroup.Tree.SetBudgets: a failed write puts back what was written
-//     and removes the groups made; what cannot be put back is logged and
-//     in the error);
+//  1. the groups of new tenants are created with their budgets
+//     (cgroup.Tree.AddTenants), before the new fork routes' preloaders
+//     start in them; then the global budget is written to cells/ and
+//     every tenant's budget, all or nothing (cgroup.Tree.SetBudgets: a
+//     failed write puts back what was written; what cannot be put back is
+//     logged and in the error). A reload refused at any step removes the
+//     groups it created for new tenants (dropNewTenants);
 //  2. admission takes the new budgets, still knowing the tenants of every
 //     live snapshot (the replaced one included);
 //  3. the new snapshot (routes, the routes' cell profiles, tenants)
@@ -52,19 +54,28 @@ func (d *daemon) reload() error {
 		d.log.Error("reload: the policy file is invalid; still serving the previous policy", "policy", d.cfg.Policy, "err", err)
 		return err
 	}
+	budgets := make([]cgroup.Budget, len(p.Tenants))
+	for i, t := range p.Tenants {
+		budgets[i] = cgroup.Budget{Tenant: t.Name, Resources: t.Resources()}
+	}
+	var made []string // the groups of new tenants, made for this reload
+	if d.tree != nil {
+		if made, err = d.tree.AddTenants(budgets); err != nil {
+			d.log.Error("reload: cannot create the groups of the new tenants; still serving the previous policy", "policy", d.cfg.Policy, "err", err)
+			return err
+		}
+	}
 	specs, err := d.buildSpecs(p)
 	if err != nil {
+		d.dropNewTenants(made)
 		d.log.Error("reload: the new policy cannot run here; still serving the previous policy", "policy", d.cfg.Policy, "err", err)
 		return err
 	}
 	if d.tree != nil {
-		budgets := make([]cgroup.Budget, len(p.Tenants))
-		for i, t := range p.Tenants {
-			budgets[i] = cgroup.Budget{Tenant: t.Name, Resources: t.Resources()}
-		}
 		groups, err := d.tree.SetBudgets(globalResources(p.Global), budgets)
 		if err != nil {
 			d.stopForks(specs)
+			d.dropNewTenants(made)
 			msg := "reload: cannot write the budgets; still serving the previous policy (budgets written before the failure were put back)"
 			if errors.Is(err, cgroup.ErrNotRestored) {
 				err = fmt.Errorf("%w (the budgets written before the failure could not all be put back: "+
@@ -94,6 +105,19 @@ func (d *daemon) reload() error {
 	d.log.Info("policy reloaded", "policy", d.cfg.Policy, "routes", len(p.Routes), "tenants", len(p.Tenants),
 		"removed_tenants", removed, "live_policies", len(d.live), "took", time.Since(start))
 	return nil
+}
+
+// dropNewTenants removes the groups a refused reload made for its new
+// tenants (cgroup.Tree.AddTenants). No live snapshot names them, and the
+// fork routes' groups the reload made in them are gone (buildSpecs and
+// stopForks remove them), so they are empty; one that cannot be removed is
+// logged and stays until shutdown. Called with d.mu held.
+func (d *daemon) dropNewTenants(names []string) {
+	for _, name := range names {
+		if err := d.tree.RemoveTenant(name); err != nil {
+			d.log.Error("reload refused: remove the group it made for a new tenant; it stays until shutdown", "tenant", name, "err", err)
+		}
+	}
 }
 
 // retire waits until each tenant (no longer admitting) has no cell in

@@ -361,3 +361,46 @@ func TestScrapeDuringReload(t *testing.T) {
 		t.Fatal("the metrics' readers wait for the daemon's lock a reload holds")
 	}
 }
+
+// TestRefusedReloadLeavesNoNewTenant: a reload that brings a new tenant
+// with a fork route and is refused once the route's group is made (here:
+// its preloader cannot start, the runner having no launcher for a
+// confined one) leaves no group of that tenant. Starting the fork route
+// made the tenant's group (for the route's group) before the budgets were
+// written, and nothing removed it: it stayed, without a budget, until
+// shutdown.
+func TestRefusedReloadLeavesNoNewTenant(t *testing.T) {
+	d, path := cellsDaemon(t, reloadPolicyB)
+	def, err := cgroup.NewProfile(policy.DefaultTenant, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := sandbox.New(sandbox.Config{Cells: sandbox.PoolCells{Pool: d.pool}, Logger: d.log, Profile: def})
+	if err != nil {
+		t.Fatalf("sandbox: %v", err)
+	}
+	t.Cleanup(func() { r.Close() })
+	d.runner = r
+	app := t.TempDir()
+	openToCells(t, app)
+	writeFile(t, path, `version: 1
+tenants:
+  - {name: web, memory: 768Mi}
+  - {name: fresh, memory: 1Gi}
+routes:
+  - {name: hello, match: {path: /hello}, tenant: web, program: /bin/true}
+  - {name: app, match: {path: /app}, tenant: fresh, driver: fork, runtime: python-wsgi, app: "hello:app", app_dir: `+app+`, filesystem: host}
+`)
+	err = d.reload()
+	if err == nil || !strings.Contains(err.Error(), "preloader of route app") {
+		t.Fatalf("reload of a fork route whose preloader cannot start: %v, want it refused", err)
+	}
+	if dir := filepath.Join(d.tree.CellsPath(), "fresh"); exists(dir) {
+		t.Errorf("the refused reload left the group of its new tenant fresh: %s", dir)
+	}
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
