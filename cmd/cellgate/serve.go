@@ -255,7 +255,9 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 	notify.ready(d.status())
 	go notify.run(stop, d.status)
 	if cfg.PolicyPoll > 0 {
-		go newPolicyPoller(cfg.Policy, log, pol.Digest).run(stop, cfg.PolicyPoll, reloads)
+		tick := time.NewTicker(cfg.PolicyPoll)
+		defer tick.Stop()
+		go newPolicyPoller(cfg.Policy, log, cfg.PolicyPoll, d.policyInForce).run(stop, tick.C, reloads)
 	}
 
 	serveErr := d.loop(ctx, sigs, reloads, served, func() error { return d.reloadNotified(notify) })

@@ -48,8 +48,10 @@ type serveConfig struct {
 	// Policy is the policy file (routes, tenants, limits). Required.
 	Policy string `env:"POLICY"`
 	// PolicyPoll, when positive, is how often serve reads the policy file
-	// and reloads it when its content changed (a Kubernetes ConfigMap is
-	// updated in place). Default 0: only SIGHUP reloads.
+	// and reloads it when its content differs from the policy in force (a
+	// Kubernetes ConfigMap is updated in place); a failed reload that was
+	// not of an invalid policy is retried (policyPoller). Default 0: only
+	// SIGHUP and cellgate reload reload.
 	PolicyPoll time.Duration `env:"POLICY_POLL" envDefault:"0s"`
 	// Preflight runs the doctor's delegation checks before anything else
 	// and exits 1 with them when the cgroup is not delegated (the

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/sha256"
 	"slices"
 	"sync/atomic"
 
@@ -83,6 +84,10 @@ func (d *daemon) match(host, method, urlPath string) (*policy.Match, func(), err
 	}
 	return m, s.release, nil
 }
+
+// policyInForce is the digest of the current policy's file content
+// (policy.Policy.Digest), whichever load made it current.
+func (d *daemon) policyInForce() [sha256.Size]byte { return d.current.Load().policy.Digest }
 
 // routerFunc adapts a function to proxy.Router.
 type routerFunc func(host, method, urlPath string) (*policy.Match, func(), error)
