@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/proxy"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,23 +48,44 @@ const (
 	controlReadTimeout = 5 * time.Second
 )
 
+// controlRefusedLogEvery spaces out the log lines of the connections the
+// control socket refuses: any local uid (and a network: host route's
+// cell) can connect, and a line for each would let a flood of them fill
+// journald's rate limit for the unit, which then drops serve's other
+// lines, the access log among them when it goes to the journal.
+const controlRefusedLogEvery = time.Minute
+
 // controlServer is serve's control socket.
 type controlServer struct {
 	ln   net.Listener
 	log  *slog.Logger
 	reqs *reloadRequests
 	stop <-chan struct{}
+	// refused counts the connections refused (a peer of another uid, or
+	// one whose uid could not be read): cellgate_control_refused_total.
+	refused prometheus.Counter
+	// lastRefusedLog is when a refusal was last logged; unlogged counts
+	// those refused since. Connections are answered one at a time.
+	lastRefusedLog time.Time
+	unlogged       int
 }
 
-// listenControl opens serve's control socket. A failure is not fatal
-// (SIGHUP still reloads); it is logged by the caller.
-func listenControl(log *slog.Logger, reqs *reloadRequests, stop <-chan struct{}) (*controlServer, error) {
+// newControlRefused is cellgate_control_refused_total.
+func newControlRefused() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: "cellgate", Name: "control_refused_total",
+		Help: "Connections to the control socket refused: a peer of another uid than 0 and serve's, or one whose uid could not be read."})
+}
+
+// listenControl opens serve's control socket; refused counts the
+// connections it refuses. A failure is not fatal (SIGHUP still reloads);
+// it is logged by the caller.
+func listenControl(log *slog.Logger, reqs *reloadRequests, refused prometheus.Counter, stop <-chan struct{}) (*controlServer, error) {
 	addr := controlAddress(os.Getpid())
 	ln, err := net.Listen("unix", addr)
 	if err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", addr, err)
 	}
-	return &controlServer{ln: ln, log: log, reqs: reqs, stop: stop}, nil
+	return &controlServer{ln: ln, log: log, reqs: reqs, stop: stop, refused: refused}, nil
 }
 
 // serve answers the connections one at a time until the listener closes.
@@ -102,11 +124,11 @@ func (c *controlServer) answer(conn *net.UnixConn) {
 	defer conn.Close()
 	cred, err := peerCred(conn)
 	if err != nil {
-		c.log.Warn("control socket: cannot tell who connected; refused", "err", err)
+		c.refuse("control socket: cannot tell who connected; refused", "err", err)
 		return
 	}
 	if cred.Uid != 0 && int(cred.Uid) != os.Geteuid() {
-		c.log.Warn("control socket: refused a peer of another uid", "uid", cred.Uid, "pid", cred.Pid)
+		c.refuse("control socket: refused a peer of another uid", "uid", cred.Uid, "pid", cred.Pid)
 		fmt.Fprintf(conn, "failed only uid 0 or %d may reload this daemon\n", os.Geteuid())
 		return
 	}
@@ -130,6 +152,21 @@ func (c *controlServer) answer(conn *net.UnixConn) {
 		return
 	}
 	fmt.Fprintln(conn, "ok policy reloaded")
+}
+
+// refuse counts a refused connection and logs it (msg, with the peer's
+// attrs), at most once per controlRefusedLogEvery: the line says how many
+// were refused since the last one.
+func (c *controlServer) refuse(msg string, attrs ...any) {
+	c.refused.Inc()
+	c.unlogged++
+	now := time.Now()
+	if !c.lastRefusedLog.IsZero() && now.Sub(c.lastRefusedLog) < controlRefusedLogEvery {
+		return
+	}
+	c.log.Warn(msg+" (logged at most once a minute; cellgate_control_refused_total counts every one)",
+		append(attrs, "refused_since_last_line", c.unlogged)...)
+	c.lastRefusedLog, c.unlogged = now, 0
 }
 
 // peerCred is the other end's pid, uid and gid (at connect or listen).

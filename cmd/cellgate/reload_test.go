@@ -1,15 +1,23 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // runReload runs cellgate reload in this process.
@@ -147,4 +155,106 @@ func TestControlOutlivesConnFailures(t *testing.T) {
 	c.close()
 	close(stop)
 	<-done
+}
+
+// lockedBuffer is a bytes.Buffer a logger may write to from any goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// testControl is a control socket serving on an address of the test's
+// own, logging to the returned buffer.
+func testControl(t *testing.T, reqs *reloadRequests) (*controlServer, string, *lockedBuffer) {
+	t.Helper()
+	addr := "@cellgate-test/" + strconv.Itoa(os.Getpid()) + "/" + t.Name()
+	ln, err := net.Listen("unix", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logged := &lockedBuffer{}
+	stop := make(chan struct{})
+	c := &controlServer{ln: ln, log: slog.New(slog.NewTextHandler(logged, nil)), reqs: reqs, stop: stop, refused: newControlRefused()}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		c.serve()
+	}()
+	t.Cleanup(func() {
+		c.close()
+		close(stop)
+		<-served
+	})
+	return c, addr, logged
+}
+
+// askAt sends a reload request to the control socket at addr and returns
+// the answer line. A refused peer's request may meet a connection closed
+// already (EPIPE); the answer is read all the same.
+func askAt(addr string) (string, error) {
+	conn, err := net.Dial("unix", addr)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(hangGuard))
+	io.WriteString(conn, "reload\n")
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	return strings.TrimSuffix(line, "\n"), err
+}
+
+// TestControlRefusalsThrottled: the connections of a peer of another uid
+// are each refused and counted in cellgate_control_refused_total, and
+// logged once a minute at most. Each was logged: any local user could
+// fill journald's rate limit for the unit, and the access log (the same
+// stream) was dropped with it.
+func TestControlRefusalsThrottled(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a peer of another uid needs root to take that uid")
+	}
+	c, addr, logged := testControl(t, newReloadRequests())
+	const n = 20
+	answers := make([]string, n)
+	errs := make([]error, n)
+	// A thread of its own, whose effective uid only is nobody's (the
+	// real and saved uids stay 0): its connections' SO_PEERCRED says
+	// 65534. It is not given back to the runtime.
+	ran := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if _, _, errno := syscall.RawSyscall(syscall.SYS_SETRESUID, ^uintptr(0), 65534, ^uintptr(0)); errno != 0 {
+			ran <- errno
+			return
+		}
+		for i := range n {
+			answers[i], errs[i] = askAt(addr)
+		}
+		ran <- nil
+	}()
+	if err := <-ran; err != nil {
+		t.Fatalf("setresuid: %v", err)
+	}
+	for i := range n {
+		if want := "failed only uid 0 or 0 may reload this daemon"; errs[i] != nil || answers[i] != want {
+			t.Fatalf("connection %d of uid 65534: %q, %v; want %q", i, answers[i], errs[i], want)
+		}
+	}
+	if got := testutil.ToFloat64(c.refused); got != n {
+		t.Errorf("cellgate_control_refused_total = %v, want %d", got, n)
+	}
+	if lines := strings.Count(logged.String(), "refused a peer of another uid"); lines != 1 {
+		t.Errorf("%d log lines for %d refused connections in a row, want 1:\n%s", lines, n, logged.String())
+	}
 }

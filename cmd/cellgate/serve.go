@@ -208,7 +208,8 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 	if err != nil {
 		return fmt.Errorf("front: %w", err)
 	}
-	for _, c := range append(connCounters(srv), spoolGauges(srv)...) {
+	controlRefused := newControlRefused()
+	for _, c := range append(append(connCounters(srv), spoolGauges(srv)...), controlRefused) {
 		if err := reg.Register(c); err != nil {
 			return fmt.Errorf("register metrics: %w", err)
 		}
@@ -242,7 +243,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 	if d.strays != nil {
 		go d.strays.Run(stop)
 	}
-	if ctl, err := listenControl(log, reloads, stop); err != nil {
+	if ctl, err := listenControl(log, reloads, controlRefused, stop); err != nil {
 		log.Warn("no control socket: `cellgate reload` cannot reach this daemon; SIGHUP still reloads", "err", err)
 	} else {
 		defer ctl.close()
