@@ -61,6 +61,9 @@ type controlServer struct {
 	log  *slog.Logger
 	reqs *reloadRequests
 	stop <-chan struct{}
+	// done is closed when serve starts shutting down: its loop runs no
+	// reload any more, and a request is answered at once.
+	done <-chan struct{}
 	// refused counts the connections refused (a peer of another uid, or
 	// one whose uid could not be read): cellgate_control_refused_total.
 	refused prometheus.Counter
@@ -77,15 +80,16 @@ func newControlRefused() prometheus.Counter {
 }
 
 // listenControl opens serve's control socket; refused counts the
-// connections it refuses. A failure is not fatal (SIGHUP still reloads);
-// it is logged by the caller.
-func listenControl(log *slog.Logger, reqs *reloadRequests, refused prometheus.Counter, stop <-chan struct{}) (*controlServer, error) {
+// connections it refuses, done is closed when serve starts shutting down
+// (daemon.done). A failure is not fatal (SIGHUP still reloads); it is
+// logged by the caller.
+func listenControl(log *slog.Logger, reqs *reloadRequests, refused prometheus.Counter, done, stop <-chan struct{}) (*controlServer, error) {
 	addr := controlAddress(os.Getpid())
 	ln, err := net.Listen("unix", addr)
 	if err != nil {
 		return nil, fmt.Errorf("control socket %s: %w", addr, err)
 	}
-	return &controlServer{ln: ln, log: log, reqs: reqs, stop: stop, refused: refused}, nil
+	return &controlServer{ln: ln, log: log, reqs: reqs, stop: stop, done: done, refused: refused}, nil
 }
 
 // serve answers the connections one at a time until the listener closes.
@@ -138,12 +142,22 @@ func (c *controlServer) answer(conn *net.UnixConn) {
 		fmt.Fprintf(conn, "failed unknown request %q (want \"reload\")\n", strings.TrimSpace(line))
 		return
 	}
+	const shuttingDown = "failed the daemon is shutting down: it runs no reload any more"
+	select {
+	case <-c.done:
+		fmt.Fprintln(conn, shuttingDown)
+		return
+	default:
+	}
 	reply := c.reqs.ask()
 	var verdict error
 	select {
 	case verdict = <-reply:
+	case <-c.done: // the loop has ended: no verdict comes
+		fmt.Fprintln(conn, shuttingDown)
+		return
 	case <-c.stop:
-		fmt.Fprintln(conn, "failed the daemon is shutting down")
+		fmt.Fprintln(conn, shuttingDown)
 		return
 	}
 	c.log.Info("control socket: reload asked", "pid", cred.Pid, "ok", verdict == nil)

@@ -177,7 +177,7 @@ func (l *lockedBuffer) String() string {
 
 // testControl is a control socket serving on an address of the test's
 // own, logging to the returned buffer.
-func testControl(t *testing.T, reqs *reloadRequests) (*controlServer, string, *lockedBuffer) {
+func testControl(t *testing.T, reqs *reloadRequests, done <-chan struct{}) (*controlServer, string, *lockedBuffer) {
 	t.Helper()
 	addr := "@cellgate-test/" + strconv.Itoa(os.Getpid()) + "/" + t.Name()
 	ln, err := net.Listen("unix", addr)
@@ -186,7 +186,7 @@ func testControl(t *testing.T, reqs *reloadRequests) (*controlServer, string, *l
 	}
 	logged := &lockedBuffer{}
 	stop := make(chan struct{})
-	c := &controlServer{ln: ln, log: slog.New(slog.NewTextHandler(logged, nil)), reqs: reqs, stop: stop, refused: newControlRefused()}
+	c := &controlServer{ln: ln, log: slog.New(slog.NewTextHandler(logged, nil)), reqs: reqs, stop: stop, done: done, refused: newControlRefused()}
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
@@ -224,7 +224,7 @@ func TestControlRefusalsThrottled(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("a peer of another uid needs root to take that uid")
 	}
-	c, addr, logged := testControl(t, newReloadRequests())
+	c, addr, logged := testControl(t, newReloadRequests(), nil)
 	const n = 20
 	answers := make([]string, n)
 	errs := make([]error, n)
@@ -256,5 +256,37 @@ func TestControlRefusalsThrottled(t *testing.T) {
 	}
 	if lines := strings.Count(logged.String(), "refused a peer of another uid"); lines != 1 {
 		t.Errorf("%d log lines for %d refused connections in a row, want 1:\n%s", lines, n, logged.String())
+	}
+}
+
+// TestControlDuringShutdown: a reload asked for once serve has started
+// shutting down, or waiting for one when it starts, is answered at once
+// that the daemon is shutting down. It waited for serve to return, after
+// the drain: cellgate reload (systemctl reload) hung for the whole drain.
+func TestControlDuringShutdown(t *testing.T) {
+	reqs := newReloadRequests() // no loop takes them: it has ended
+	done := make(chan struct{})
+	_, addr, _ := testControl(t, reqs, done)
+	type answer struct {
+		line string
+		err  error
+	}
+	waiting := make(chan answer, 1)
+	go func() {
+		line, err := askAt(addr)
+		waiting <- answer{line, err}
+	}()
+	select {
+	case <-reqs.pending: // asked: it waits for a verdict
+	case <-time.After(hangGuard):
+		t.Fatal("the control socket asked for no reload")
+	}
+	close(done)
+	const want = "failed the daemon is shutting down: it runs no reload any more"
+	if a := <-waiting; a.err != nil || a.line != want {
+		t.Errorf("a request waiting when the shutdown started: %q, %v; want %q", a.line, a.err, want)
+	}
+	if line, err := askAt(addr); err != nil || line != want {
+		t.Errorf("a request during the shutdown: %q, %v; want %q", line, err, want)
 	}
 }

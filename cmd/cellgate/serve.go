@@ -243,7 +243,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 	if d.strays != nil {
 		go d.strays.Run(stop)
 	}
-	if ctl, err := listenControl(log, reloads, controlRefused, stop); err != nil {
+	if ctl, err := listenControl(log, reloads, controlRefused, d.done, stop); err != nil {
 		log.Warn("no control socket: `cellgate reload` cannot reach this daemon; SIGHUP still reloads", "err", err)
 	} else {
 		defer ctl.close()
