@@ -10,19 +10,35 @@ import (
 )
 
 // Stats reads the tenant group's totals (cpu.stat, memory.events,
-// memory.current). It reads by path: it is for metrics, off the hot path.
-// A raw reader rather than containerd/cgroups' Stat: that one reads ~40
-// files we do not need and reports absent files as zeros.
+// memory.current), relative to its directory opened once per call: it is
+// for metrics, off the hot path. A raw reader rather than
+// containerd/cgroups' Stat: that one reads ~40 files we do not need and
+// reports absent files as zeros. A group removed before or while it is
+// read (its tenant dropped by a reload) is an error wrapping unix.ENOENT
+// (errors.Is fs.ErrNotExist), not totals of zeros.
 func (g *Tenant) Stats() (TenantStats, error) {
+	removed := fmt.Errorf("read the totals of tenant group %s: the group was removed: %w", g.path, unix.ENOENT)
+	fd, err := openDir(g.path)
+	if errors.Is(err, unix.ENOENT) {
+		return TenantStats{}, removed
+	}
+	if err != nil {
+		return TenantStats{}, fmt.Errorf("read the totals of tenant group %s: %w", g.path, err)
+	}
+	defer unix.Close(fd)
 	var s TenantStats
 	var errs []error
+	gone := false // a file read as its group was removed (ENODEV)
 	read := func(name string) []byte {
-		b, err := readFile(filepath.Join(g.path, name))
-		if errors.Is(err, unix.ENOENT) {
+		b, err := readAt(fd, name)
+		switch {
+		case errors.Is(err, unix.ENOENT):
 			s.Missing = append(s.Missing, name)
 			return nil
-		}
-		if err != nil {
+		case errors.Is(err, unix.ENODEV):
+			gone = true
+			return nil
+		case err != nil:
 			errs = append(errs, fmt.Errorf("read %s in %s: %w", name, g.path, err))
 			return nil
 		}
@@ -62,6 +78,13 @@ func (g *Tenant) Stats() (TenantStats, error) {
 			errs = append(errs, fmt.Errorf("read memory.current in %s: %w", g.path, err))
 		}
 		s.MemoryCurrent = v
+	}
+	// A file missing is a controller not enabled, or the group removed
+	// since it was opened: every group has cgroup.procs until then.
+	if gone || len(s.Missing) > 0 {
+		if err := unix.Faccessat(fd, "cgroup.procs", unix.F_OK, 0); errors.Is(err, unix.ENOENT) {
+			return TenantStats{}, removed
+		}
 	}
 	return s, errors.Join(errs...)
 }

@@ -739,6 +739,10 @@ func TestTenant(t *testing.T) {
 	if exists(g.Path()) {
 		t.Error("tenant not removed")
 	}
+	// Its totals are gone with it, not zeros.
+	if s, err := g.Stats(); !errors.Is(err, unix.ENOENT) {
+		t.Errorf("Stats of the removed group = %+v, %v; want an error wrapping ENOENT", s, err)
+	}
 }
 
 func TestCloseRemovesHandedOutCells(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -764,7 +765,10 @@ func (d *daemon) setTenant(name string, g *cgroup.Tenant) {
 	d.tenants[name] = g
 }
 
-// tenantTotals reads every tenant group's counters from the kernel.
+// tenantTotals reads every tenant group's counters from the kernel. A
+// group removed since the list was copied (a tenant a reload dropped) is
+// left out, neither an error nor zeros; the totals of the groups read are
+// returned with the errors of the others.
 func (d *daemon) tenantTotals() ([]accounting.TenantTotals, error) {
 	d.tenantsMu.Lock()
 	groups := make([]*cgroup.Tenant, 0, len(d.tenants))
@@ -776,6 +780,9 @@ func (d *daemon) tenantTotals() ([]accounting.TenantTotals, error) {
 	out := make([]accounting.TenantTotals, 0, len(groups))
 	for _, g := range groups {
 		s, err := g.Stats()
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
 		if err != nil {
 			d.log.Warn("read tenant totals", "tenant", g.Name(), "path", g.Path(), "err", err)
 			errs = append(errs, err)

@@ -31,7 +31,11 @@ func (d *daemon) statusFunc(srv *proxy.Server, started time.Time) func() account
 		for _, r := range fl {
 			s.Requests = append(s.Requests, statusRequest(r, now))
 		}
-		d.statusBudgets(&s)
+		var totals func() ([]accounting.TenantTotals, error)
+		if d.tree != nil && slices.Contains(d.tree.Features().Enabled, "memory") {
+			totals = d.tenantTotals
+		}
+		d.statusBudgets(&s, totals)
 		if d.pool != nil {
 			ps := d.pool.Stats()
 			s.Pool = &accounting.StatusPool{Idle: d.pool.IdleCells(), Hits: ps.Hits, Misses: ps.Misses,
@@ -64,18 +68,20 @@ func statusRequest(r proxy.InFlight, now time.Time) accounting.StatusRequest {
 
 // statusBudgets fills the global and per-tenant budgets: admission's
 // figures against the current policy's totals; a tenant a reload removed
-// that still drains has no totals any more.
-func (d *daemon) statusBudgets(s *accounting.Status) {
+// that still drains has no totals any more. totals reads the tenant
+// groups' memory (nil: not measured, the memory controller being off);
+// a tenant whose group could not be read has none, the others keep
+// theirs.
+func (d *daemon) statusBudgets(s *accounting.Status, totals func() ([]accounting.TenantTotals, error)) {
 	pol := d.current.Load().policy
 	as := d.admission.Stats()
 	s.Global = accounting.StatusGlobal{InFlight: as.InFlight, Reserved: as.Reserved, Queued: as.Queued,
 		MaxCells: positive(pol.Global.MaxCells), MemoryBudget: positive64(pol.Global.Memory)}
 	memNow := map[string]uint64{}
-	if d.tree != nil && slices.Contains(d.tree.Features().Enabled, "memory") {
-		if totals, err := d.tenantTotals(); err == nil {
-			for _, t := range totals {
-				memNow[t.Tenant] = t.MemoryCurrent
-			}
+	if totals != nil {
+		read, _ := totals() // partial when a group could not be read (logged by tenantTotals)
+		for _, t := range read {
+			memNow[t.Tenant] = t.MemoryCurrent
 		}
 	}
 	for _, t := range as.Tenants {
