@@ -455,13 +455,15 @@ func procState(pid int) string {
 
 // TestGateSIGTERMInFlight: SIGTERM while requests run: they complete, the
 // server exits 0, and nothing is left in cgroupfs. Each request sleeps
-// 30 s, time enough for all of them to start on a slow machine, and half
-// serve's --drain-timeout (60 s), which lets them finish.
+// 12 s: four times the 3 s within which all eight always ran (the
+// requests' length before, in the emulated microVM under the race
+// detector too), and a fifth of serve's --drain-timeout (60 s), which
+// lets them finish.
 func TestGateSIGTERMInFlight(t *testing.T) {
 	g := startGate(t, gateOptions{policy: gatePolicy})
 	const n = 8
 	done := make(chan []result, 1)
-	go func() { done <- load(g.client, n, n, getter(g.url+"/slow?ms=30000")) }()
+	go func() { done <- load(g.client, n, n, getter(g.url+"/slow?ms=12000")) }()
 	deadline := time.Now().Add(60 * time.Second)
 	for metric(g.metrics(), "cellgate_cells_in_flight", map[string]string{"tenant": "web"}) < n {
 		if time.Now().After(deadline) {

@@ -86,9 +86,9 @@ const oomScript = "#!/bin/sh\necho -500 > /proc/self/oom_score_adj 2>/dev/null\n
 
 // slowScript is a slow program that, as most do (a shell, sleep), dies of
 // a signal it does not handle: SIGUSR1 among them, which Go programs
-// ignore. It sleeps 20 s, so that it still runs when a test that saw it
+// ignore. It sleeps 8 s, so that it still runs when a test that saw it
 // start signals, however slow the machine.
-const slowScript = "#!/bin/sh\nsleep 20\nprintf 'Content-Type: text/plain\\n\\nslept\\n'\n"
+const slowScript = "#!/bin/sh\nsleep 8\nprintf 'Content-Type: text/plain\\n\\nslept\\n'\n"
 
 // installUnits puts cellgate where deploy/systemd's units expect it: the
 // binary in /usr/local/bin, the policy named in /etc/default/cellgate,
@@ -367,12 +367,12 @@ func TestSystemdService(t *testing.T) {
 			code int
 			err  error
 		}
-		// 20 s: still running when the stop comes, however slow the
+		// 8 s: still running when the stop comes, however slow the
 		// machine, and ending within the drain (CELLGATE_DRAIN_TIMEOUT
 		// 30s).
 		done := make(chan result, 1)
 		go func() {
-			code, _, err := get(url + "/slow?ms=20000")
+			code, _, err := get(url + "/slow?ms=8000")
 			done <- result{code, err}
 		}()
 		// Wait until its cell runs.
