@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -124,6 +126,9 @@ func New(cfg Config) (*Runner, error) {
 	}
 	if cfg.Profile == nil {
 		return nil, errors.New("sandbox: Config.Profile is nil")
+	}
+	if cfg.GID == noID {
+		return nil, fmt.Errorf("sandbox: Config.GID %d is (gid_t)-1, which the kernel reads as no change: the cells would keep the daemon's group", cfg.GID)
 	}
 	r := &Runner{
 		cells:       cfg.Cells,
@@ -763,6 +768,9 @@ func (r *Runner) giveBack(cell Cell, reuse bool) {
 // checkSpec validates what every driver passes on (the environment) and
 // then what drv needs.
 func checkSpec(spec *Spec, drv driver) error {
+	if u := spec.User; spec.GID == noID || u != nil && (u.UID == noID || u.GID == noID || slices.Contains(u.Groups, noID)) {
+		return fmt.Errorf("%w: an id of 4294967295, (uid_t)-1, which the kernel reads as no change: the worker would keep the daemon's", ErrSpec)
+	}
 	for _, kv := range spec.Env {
 		k, _, ok := strings.Cut(kv, "=")
 		if !ok || k == "" || strings.IndexByte(kv, 0) >= 0 {
@@ -776,6 +784,10 @@ func checkSpec(spec *Spec, drv driver) error {
 	}
 	return drv.check(spec)
 }
+
+// noID is (uid_t)-1 and (gid_t)-1: setresuid and setresgid leave an id
+// given so as it is, so a cell given it keeps the daemon's (root's).
+const noID = math.MaxUint32
 
 // startNoNewPrivs starts the worker with no_new_privs set: it cannot gain
 // privileges through execve of a set-uid/set-gid binary or one with file

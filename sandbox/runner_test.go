@@ -491,3 +491,29 @@ func TestEndedUsage(t *testing.T) {
 		t.Errorf("a cell without an ended reading: %+v, %v; want its Usage", u, err)
 	}
 }
+
+// TestNoIDRefused: 4294967295 is (uid_t)-1 and (gid_t)-1, which setresuid
+// and setresgid read as "leave it": a cell given it as its uid, gid or a
+// supplementary group would keep the daemon's (root's). A Runner refuses
+// it as its shared gid, and Run as a Spec's. Before, `cellgate run --user
+// 4294967295` ran as the host's root with its capabilities.
+func TestNoIDRefused(t *testing.T) {
+	prof, err := cgroup.NewProfile("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(Config{Cells: &fakeCells{}, Profile: prof, GID: 4294967295}); err == nil || !strings.Contains(err.Error(), "no change") {
+		t.Errorf("New with GID 4294967295: %v, want refused", err)
+	}
+	r := newTestRunner(t, &fakeCells{})
+	for _, spec := range []Spec{
+		{Path: "/bin/true", User: &Credential{UID: 4294967295, GID: 5000}},
+		{Path: "/bin/true", User: &Credential{UID: 5000, GID: 4294967295}},
+		{Path: "/bin/true", User: &Credential{UID: 5000, GID: 5000, Groups: []uint32{4294967295}}},
+		{Path: "/bin/true", GID: 4294967295},
+	} {
+		if _, err := r.Run(context.Background(), spec); !errors.Is(err, ErrSpec) {
+			t.Errorf("Run with user %+v gid %d: %v, want ErrSpec", spec.User, spec.GID, err)
+		}
+	}
+}

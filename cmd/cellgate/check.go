@@ -72,6 +72,15 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cellgate check: want one policy file, got %d arguments\n%s", fs.NArg(), checkUsage)
 		return exitUsage
 	}
+	// The shared settings as serve refuses them (a gid of root's, a uid
+	// range with root in it): the routes are checked as their cells.
+	envMap := env.ToMap(environ)
+	origin := settingOrigins(fs, envMap)
+	origin["unenforced"] = envPrefix + "UNENFORCED=" + strconv.Quote(envMap[envPrefix+"UNENFORCED"])
+	if err := sh.validate(origin); err != nil {
+		fmt.Fprintf(stderr, "cellgate check: %v\n", err)
+		return exitUsage
+	}
 	file := fs.Arg(0)
 	p, err := policy.Load(file)
 	hidden := daemonFiles(file, *tlsKey) // serve's own files, covered where a view shows them

@@ -103,6 +103,16 @@ routes:
 			wantErr: []string{"cannot reach it: directory " + filepath.Join(dir, "private") + " (mode 0700", "chmod o+x " + filepath.Join(dir, "private")}},
 		{name: "other uid range", args: []string{"--uid-range", "3000-3999", "--gid", "3000", route("notexec2", "program: notexec")}, wantCode: 1,
 			wantErr: []string{"the cells (uid 3000 gid 3000) cannot execute it"}},
+		// The shared settings serve refuses, check refuses too: before, it
+		// said "valid" and checked the routes as a gid of root's.
+		{name: "gid of root's", args: []string{"--gid", "0", route("gid0", "program: prog")}, wantCode: 2,
+			wantErr: []string{`--gid="0": `, "root's group"}},
+		{name: "gid -1 from the environment", args: []string{route("gidneg", "program: prog")}, environ: []string{"CELLGATE_GID=4294967295"}, wantCode: 2,
+			wantErr: []string{`CELLGATE_GID="4294967295": `, "no change"}},
+		{name: "uid range with root", args: []string{"--uid-range", "0-10", route("uid0", "program: prog")}, wantCode: 2,
+			wantErr: []string{`--uid-range="0-10": `, "root"}},
+		{name: "unenforced not a controller", args: []string{route("unenf", "program: prog")}, environ: []string{"CELLGATE_UNENFORCED=bogus"}, wantCode: 2,
+			wantErr: []string{`CELLGATE_UNENFORCED="bogus": "bogus" is not one of`}},
 		{name: "CRLF interpreter line", args: []string{route("crlf", "program: crlf")}, wantCode: 1,
 			wantErr: []string{"carriage return", "dos2unix"}},
 		{name: "missing interpreter", args: []string{route("nointerp", "program: nointerp")}, wantCode: 1,

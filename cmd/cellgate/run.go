@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"os/user"
@@ -169,15 +170,17 @@ func parseUser(s string, gid uint32) (*sandbox.Credential, error) {
 		return nil, nil
 	}
 	if u, g, ok := strings.Cut(s, ":"); ok || isDigits(s) {
+		// 4294967295 is (uid_t)-1: setresuid leaves the id as it is, and
+		// the command would run as cellgate's root.
 		uid, err := strconv.ParseUint(u, 10, 32)
-		if err != nil {
-			return nil, errors.New("want auto, a user name, or UID[:GID]")
+		if err != nil || uid == math.MaxUint32 {
+			return nil, errors.New("want auto, a user name, or UID[:GID], each below 4294967295")
 		}
 		cred := &sandbox.Credential{UID: uint32(uid), GID: gid}
 		if ok {
 			v, err := strconv.ParseUint(g, 10, 32)
-			if err != nil {
-				return nil, errors.New("want auto, a user name, or UID[:GID]")
+			if err != nil || v == math.MaxUint32 {
+				return nil, errors.New("want auto, a user name, or UID[:GID], each below 4294967295")
 			}
 			cred.GID = uint32(v)
 		}

@@ -141,6 +141,12 @@ func TestParseRunConfigErrors(t *testing.T) {
 		{"uid range", nil, []string{"--uid-range", "100-5", "--", "x"}, []string{"-uid-range", "100-5"}},
 		{"uid range with root", nil, []string{"--uid-range", "0-99", "--", "x"}, []string{"--uid-range", "root"}},
 		{"gid root", nil, []string{"--gid", "0", "--", "x"}, []string{"--gid", "0"}},
+		// 4294967295 is (uid_t)-1 and (gid_t)-1: setresuid and setresgid
+		// keep the id given so, and the cell ran as root, or in its group.
+		{"gid -1", nil, []string{"--gid", "4294967295", "--", "x"}, []string{"--gid", "4294967295", "no change", "(fix: "}},
+		{"gid -1 in the environment", []string{"CELLGATE_GID=4294967295"}, []string{"--", "x"}, []string{`CELLGATE_GID="4294967295": `, "no change"}},
+		{"user uid -1", nil, []string{"--user", "4294967295", "--", "x"}, []string{"--user", "below 4294967295"}},
+		{"user gid -1", nil, []string{"--user", "5000:4294967295", "--", "x"}, []string{"--user", "below 4294967295"}},
 		{"no command", nil, nil, []string{"no command"}},
 		{"environment", []string{"CELLGATE_GID=lots"}, []string{"--", "x"}, []string{"CELLGATE_GID", "lots"}},
 		// A shared setting from the environment is named as given there.

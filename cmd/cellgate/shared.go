@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -124,8 +125,11 @@ func (s *Shared) validate(origin map[string]string) error {
 	if err := sandbox.UIDRange(s.UIDs).Validate(); err != nil {
 		return fmt.Errorf("%s: %w", origin["uid-range"], err)
 	}
-	if s.GID == 0 {
+	switch s.GID {
+	case 0:
 		return fmt.Errorf("%s: the per-cell uids must not share root's group (fix: a gid of their own, such as the default %d)", origin["gid"], sandbox.DefaultGID)
+	case math.MaxUint32:
+		return fmt.Errorf("%s: 4294967295 is (gid_t)-1, which the kernel reads as no change: the cells would keep root's group (fix: a gid of their own, such as the default %d)", origin["gid"], sandbox.DefaultGID)
 	}
 	return nil
 }
