@@ -558,6 +558,10 @@ type cpuFlag int64
 func (c *cpuFlag) String() string { return policy.FormatCPU(int64(*c)) }
 func (c *cpuFlag) Set(s string) error {
 	v, err := policy.ParseCPU(s)
+	if err == nil && v == 0 && s != "max" {
+		// 0 is how "max" is kept: a zero written would lift the limit.
+		return errors.New("no CPU at all: write a share such as 0.5 or 250m, or max for no limit")
+	}
 	*c = cpuFlag(v)
 	return err
 }

@@ -44,7 +44,7 @@ func TestParseRunConfigDefaults(t *testing.T) {
 
 func TestParseRunConfigFlagsAndEnvironment(t *testing.T) {
 	environ := []string{
-		"CELLGATE_UNENFORCED=memory,pids",
+		"CELLGATE_UNENFORCED=memory, pids,", // as --unenforced takes it: trimmed, the empty entry dropped
 		"CELLGATE_UID_RANGE=3000000-3000099",
 		"CELLGATE_GID=4242",
 		"CELLGATE_CGROUP_BASE=/sys/fs/cgroup/from-env",
@@ -128,6 +128,9 @@ func TestParseRunConfigErrors(t *testing.T) {
 		{"memory floor", nil, []string{"--memory", "1k", "--", "x"}, []string{"--memory", "1000"}},
 		{"cpu", nil, []string{"--cpu", "half", "--", "x"}, []string{"-cpu", "half"}},
 		{"cpu fraction", nil, []string{"--cpu", "0.0005", "--", "x"}, []string{"-cpu", "0.0005"}},
+		// 0 is how max is kept: --cpu 0 lifted the limit.
+		{"cpu zero", nil, []string{"--cpu", "0", "--", "x"}, []string{"-cpu", `"0"`, "max for no limit"}},
+		{"cpu zero millis", nil, []string{"--cpu", "0m", "--", "x"}, []string{"-cpu", `"0m"`, "no CPU at all"}},
 		{"pids", nil, []string{"--pids", "0", "--", "x"}, []string{"--pids", "0"}},
 		{"timeout", nil, []string{"--timeout", "0s", "--", "x"}, []string{"--timeout", "0s"}},
 		{"timeout without a unit", nil, []string{"--timeout", "5", "--", "x"}, []string{"-timeout", "want a duration with a unit, such as 5s"}},

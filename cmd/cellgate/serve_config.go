@@ -225,6 +225,7 @@ func loadServeConfig(args, environ []string, usage io.Writer) (*serveConfig, err
 	if err := env.ParseWithOptions(c, env.Options{Prefix: envPrefix, Environment: envMap}); err != nil {
 		return nil, fmt.Errorf("cellgate serve: environment: %w", errors.Join(envErrors(err, reflect.TypeFor[serveConfig](), envMap)...))
 	}
+	c.Unenforced, c.AdminHosts = cleanList(c.Unenforced), cleanList(c.AdminHosts)
 	fs := flag.NewFlagSet("cellgate serve", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	c.serveFlags(fs)

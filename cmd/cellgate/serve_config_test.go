@@ -48,7 +48,7 @@ func TestServeConfig(t *testing.T) {
 		},
 		{
 			name:    "admin hosts from the environment",
-			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_ADMIN_HOSTS=Cellgate.Internal.,metrics.example"},
+			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_ADMIN_HOSTS=Cellgate.Internal., metrics.example,"}, // as --admin-hosts takes it: trimmed, empty entries dropped,
 			check: func(t *testing.T, c *serveConfig) {
 				if len(c.adminHosts) != 2 || !c.adminHosts["cellgate.internal"] || !c.adminHosts["metrics.example"] {
 					t.Errorf("admin hosts: %v", c.adminHosts)

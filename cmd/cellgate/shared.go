@@ -67,6 +67,7 @@ func (s *Shared) parseEnv(environ []string) error {
 		}
 		return &envErr{msg: "environment: " + strings.Join(msgs, "; "), err: err}
 	}
+	s.Unenforced = cleanList(s.Unenforced)
 	return nil
 }
 
@@ -234,12 +235,7 @@ type listFlag []string
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
 
 func (l *listFlag) Set(s string) error {
-	*l = nil
-	for _, v := range strings.Split(s, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			*l = append(*l, v)
-		}
-	}
+	*l = cleanList(strings.Split(s, ","))
 	return nil
 }
 
@@ -327,5 +323,19 @@ func unknownEnv(environ []string) []string {
 		out = append(out, msg)
 	}
 	slices.Sort(out)
+	return out
+}
+
+// cleanList trims each entry of a comma-separated list read from the
+// environment and drops the empty ones, as the list flags do
+// (listFlag.Set): CELLGATE_UNENFORCED="memory, cpu" is --unenforced's
+// "memory, cpu".
+func cleanList(l []string) []string {
+	var out []string
+	for _, v := range l {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
 	return out
 }
