@@ -158,8 +158,19 @@ func (c *runConfig) validate(origin map[string]string) error {
 	} else if !st.IsDir() {
 		return fmt.Errorf("--dir %s: not a directory", c.Dir)
 	}
-	if _, err := parseUser(c.User, c.GID); err != nil {
+	cred, err := parseUser(c.User, c.GID)
+	if err != nil {
 		return fmt.Errorf("--user %q: %w", c.User, err)
+	}
+	// As the policy refuses the same keys of a route.
+	root := cred != nil && cred.UID == 0
+	hostUser := slices.Contains(c.Confine.HostNamespaces, policy.HostUserNamespace)
+	switch {
+	case hostUser && !root:
+		return errors.New("--host-namespaces user: only a command run as root has a user namespace to share (drop user, or add --user root)")
+	case root && !hostUser && c.Confine.HostFilesystem:
+		return errors.New("--user root with --filesystem host: the command would be the host's root, with every capability " +
+			"(say so with --host-namespaces user, or drop --filesystem host to run it as root of a user namespace of its own)")
 	}
 	return nil
 }

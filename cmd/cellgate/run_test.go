@@ -170,6 +170,9 @@ func TestParseRunConfigErrors(t *testing.T) {
 		{"huge pages", nil, []string{"--huge-pages", "on", "--", "x"}, []string{"-huge-pages", `"on"`}},
 		{"mount with the host filesystem", nil, []string{"--filesystem", "host", "--mount", "/srv", "--", "x"}, []string{"--mount", "--filesystem host"}},
 		{"system dirs with rootfs", nil, []string{"--rootfs", "/srv/root", "--system-dirs", "/usr", "--", "x"}, []string{"--system-dirs", "--rootfs"}},
+		// What the policy refuses of the same keys.
+		{"host user namespace without root", nil, []string{"--host-namespaces", "user", "--", "x"}, []string{"--host-namespaces user", "--user root"}},
+		{"root with the host's filesystem", nil, []string{"--user", "root", "--filesystem", "host", "--", "x"}, []string{"--filesystem host", "host's root", "--host-namespaces user"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -333,5 +336,19 @@ func TestCredentialGroups(t *testing.T) {
 				t.Errorf("credential = %+v, want uid/gid 1001 groups %v", cred, tc.want)
 			}
 		})
+	}
+}
+
+// TestParseRunConfigRoot: the root combinations the policy takes, run
+// takes too.
+func TestParseRunConfigRoot(t *testing.T) {
+	for _, args := range [][]string{
+		{"--user", "root", "--", "x"},
+		{"--user", "0", "--filesystem", "host", "--host-namespaces", "user", "--", "x"},
+		{"--user", "root", "--host-namespaces", "user", "--", "x"},
+	} {
+		if _, err := parseRunConfig(args, nil, io.Discard); err != nil {
+			t.Errorf("%q: %v", args, err)
+		}
 	}
 }
