@@ -215,18 +215,20 @@ func isDigits(s string) bool {
 
 // runReport is the --json output.
 type runReport struct {
-	Status      int          `json:"status"` // cellgate's exit status
-	Cause       string       `json:"cause,omitempty"`
-	ExitCode    int          `json:"exit_code"`
-	Signal      string       `json:"signal,omitempty"`
-	Started     *time.Time   `json:"started,omitempty"`
-	WallSeconds float64      `json:"wall_seconds"`
-	UID         uint32       `json:"uid"`
-	Confinement string       `json:"confinement"` // "full", or what flags relaxed
-	Unenforced  []string     `json:"unenforced"`
-	Limits      reportLimits `json:"limits"`
-	Usage       cgroup.Usage `json:"usage"`
-	Error       string       `json:"error,omitempty"`
+	Status int    `json:"status"` // cellgate's exit status
+	Cause  string `json:"cause,omitempty"`
+	// ExitCode, UID and Usage are the command's: absent when it never
+	// started (a zero would read as a uid 0 that ran and exited 0).
+	ExitCode    *int          `json:"exit_code,omitempty"`
+	Signal      string        `json:"signal,omitempty"`
+	Started     *time.Time    `json:"started,omitempty"`
+	WallSeconds float64       `json:"wall_seconds"`
+	UID         *uint32       `json:"uid,omitempty"`
+	Confinement string        `json:"confinement"` // "full", or what flags relaxed
+	Unenforced  []string      `json:"unenforced"`
+	Limits      reportLimits  `json:"limits"`
+	Usage       *cgroup.Usage `json:"usage,omitempty"`
+	Error       string        `json:"error,omitempty"`
 }
 
 type reportLimits struct {
@@ -265,17 +267,17 @@ func runMain(ctx context.Context, args []string, std stdio) int {
 		}
 		rep.Status = resultStatus(res, caught())
 		rep.Cause = string(res.Cause)
-		rep.ExitCode = res.ExitCode
+		rep.ExitCode = &res.ExitCode
 		if res.Signal != 0 {
 			rep.Signal = unixSignalName(res.Signal)
 		}
 		rep.Started = &res.Started
 		rep.WallSeconds = res.Wall.Seconds()
-		rep.UID = res.UID
+		rep.UID = &res.UID
 		if res.Unenforced != nil {
 			rep.Unenforced = res.Unenforced
 		}
-		rep.Usage = res.Usage
+		rep.Usage = &res.Usage
 	}
 	if cfg.JSON {
 		enc := json.NewEncoder(std.out)
@@ -500,11 +502,12 @@ var signalNames = map[syscall.Signal]string{
 	syscall.SIGXFSZ: "SIGXFSZ", syscall.SIGSYS: "SIGSYS",
 }
 
-// printTable writes the accounting as a readable table.
+// printTable writes the accounting of a command that started as a
+// readable table.
 func printTable(w io.Writer, r runReport) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	u := r.Usage
-	exit := strconv.Itoa(r.ExitCode)
+	exit := strconv.Itoa(*r.ExitCode)
 	if r.Signal != "" {
 		exit = "killed by " + r.Signal
 	}
@@ -526,7 +529,7 @@ func printTable(w io.Writer, r runReport) {
 	fmt.Fprintf(tw, "pids peak\t%s\t(limit %d; forks refused %s)\n", na("pids.peak", strconv.FormatUint(u.PidsPeak, 10)),
 		r.Limits.Pids, na("pids.events", strconv.FormatUint(u.PidsMax, 10)))
 	fmt.Fprintf(tw, "io\t%s read, %s written\n", na("io.stat", humanBytes(u.IOReadBytes)), na("io.stat", humanBytes(u.IOWriteBytes)))
-	fmt.Fprintf(tw, "uid\t%d\n", r.UID)
+	fmt.Fprintf(tw, "uid\t%d\n", *r.UID)
 	fmt.Fprintf(tw, "confinement\t%s\n", r.Confinement)
 	if len(r.Unenforced) > 0 {
 		fmt.Fprintf(tw, "unenforced\t%s\t(these limits were not applied)\n", strings.Join(r.Unenforced, " "))

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -349,6 +351,37 @@ func TestParseRunConfigRoot(t *testing.T) {
 	} {
 		if _, err := parseRunConfig(args, nil, io.Discard); err != nil {
 			t.Errorf("%q: %v", args, err)
+		}
+	}
+}
+
+// TestRunJSONNotStarted: a command that never started has no exit code,
+// uid or usage in run --json's report, rather than zeros that read as a
+// run as root that exited 0.
+func TestRunJSONNotStarted(t *testing.T) {
+	dir := t.TempDir()
+	out, err1 := os.Create(filepath.Join(dir, "stdout"))
+	errOut, err2 := os.Create(filepath.Join(dir, "stderr"))
+	if err := errors.Join(err1, err2); err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	defer errOut.Close()
+	status := runMain(context.Background(), []string{"--json", "--", "/nonexistent/cellgate-test-command"}, stdio{out: out, err: errOut})
+	b, err := os.ReadFile(out.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep map[string]any
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("run --json printed %q: %v", b, err)
+	}
+	if status != 127 || rep["status"] != float64(127) || rep["error"] == nil {
+		t.Errorf("exit %d, report %v; want 127 with the error", status, rep)
+	}
+	for _, key := range []string{"exit_code", "uid", "usage", "started"} {
+		if v, ok := rep[key]; ok {
+			t.Errorf("report has %s = %v for a command that never started", key, v)
 		}
 	}
 }
