@@ -522,9 +522,14 @@ func Build(o Options, fsys FS) (*Plan, error) {
 	return p, nil
 }
 
-// shows reports whether a system bind of the plan already shows path at
-// the same place, directly or through a recreated symlink (/bin/x with
-// /bin -> usr/bin).
+// Shows reports whether the view shows the host's path at the same
+// path, as shows says; meaningful for a plan with a view of its own and
+// no rootfs (whose files are not the host's).
+func (p *Plan) Shows(path string) bool { return p.shows(path) }
+
+// shows reports whether a bind of the plan already shows path at the same
+// place (a system directory, the programs', a mount bound where it is),
+// directly or through a recreated symlink (/bin/x with /bin -> usr/bin).
 func (p *Plan) shows(path string) bool {
 	for _, b := range p.Binds {
 		if b.Source == b.Target && Within(path, b.Target) {

@@ -31,7 +31,9 @@ CELLGATE_GID; a fork route's with --gid): the user must
 exist, the program (or dir) and every directory above it must be reachable,
 the program executable, a script readable with an interpreter line naming
 an interpreter they can execute. It also builds each route's confinement
-as serve does by default: a rootfs or mount source that does not exist,
+as serve does by default: a program whose symlink, or a script whose #!
+interpreter, leads out of the cells' view, a rootfs or mount source that
+does not exist,
 or a fork route's app_dir or mount under /tmp, /var/tmp or /dev/shm, is a
 problem, and so is a writable mount holding the policy file or serve's TLS
 key (--tls-key, also read from CELLGATE_TLS_KEY, as serve reads it); the

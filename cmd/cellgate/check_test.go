@@ -39,6 +39,23 @@ func TestRunCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	file("private/prog", "#!/bin/sh\n", 0o755)
+	// Programs that lead out of the cells' view: a symlink to a file
+	// elsewhere (as /usr/local/bin/app -> /opt/app/bin/app), and a script
+	// whose interpreter lies outside it; and a symlink that stays inside.
+	for _, d := range []string{"bin", "elsewhere", "scripts", "interp"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file("elsewhere/real", "#!/bin/sh\n", 0o755)
+	file("bin/real", "#!/bin/sh\n", 0o755)
+	file("interp/sh", "#!/bin/sh\n", 0o755)
+	file("scripts/s", "#!"+filepath.Join(dir, "interp/sh")+"\n", 0o755)
+	for link, target := range map[string]string{"bin/away": filepath.Join(dir, "elsewhere/real"), "bin/near": "real"} {
+		if err := os.Symlink(target, filepath.Join(dir, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	valid := write("valid.yaml", `version: 1
 tenants: [{name: acme, memory: 256Mi, max_cells: 4, queue: 2, queue_timeout: 1s}]
 routes:
@@ -113,6 +130,15 @@ routes:
 			wantErr: []string{`--uid-range="0-10": `, "root"}},
 		{name: "unenforced not a controller", args: []string{route("unenf", "program: prog")}, environ: []string{"CELLGATE_UNENFORCED=bogus"}, wantCode: 2,
 			wantErr: []string{`CELLGATE_UNENFORCED="bogus": "bogus" is not one of`}},
+		// Before, check said "valid" and every request was a 127.
+		{name: "program a symlink out of the view", args: []string{route("away", "program: bin/away")}, wantCode: 1,
+			wantErr: []string{"routes[r].confinement: ", "program " + filepath.Join(dir, "bin/away") + " is a symlink to " + filepath.Join(dir, "elsewhere/real") + ", which is not in the cell's view", "(fix: "}},
+		{name: "interpreter out of the view", args: []string{route("interp", "program: scripts/s")}, wantCode: 1,
+			wantErr: []string{"routes[r].confinement: ", "its interpreter " + filepath.Join(dir, "interp/sh") + " (the #! line) is not in the cell's view"}},
+		{name: "program a symlink within its directory", args: []string{route("near", "program: bin/near")}, wantCode: 0,
+			wantOut: []string{"valid: 1 route(s)"}, wantNoWarn: true},
+		{name: "program a symlink out of the view, filesystem: host", args: []string{route("awayhost", "program: bin/away, filesystem: host")}, wantCode: 0,
+			wantOut: []string{"valid: 1 route(s)"}},
 		{name: "CRLF interpreter line", args: []string{route("crlf", "program: crlf")}, wantCode: 1,
 			wantErr: []string{"carriage return", "dos2unix"}},
 		{name: "missing interpreter", args: []string{route("nointerp", "program: nointerp")}, wantCode: 1,

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -90,12 +91,69 @@ func buildConfinement(r *policy.Route, hidden []string, root *confine.RootMap) (
 	if err != nil {
 		return nil, err
 	}
+	if r.Program != "" && !c.HostFilesystem && c.RootFS == "" {
+		if err := programShown(plan, r.Program); err != nil {
+			return nil, err
+		}
+	}
 	if r.Fork != nil {
 		if plan, err = plan.ForPreloader(); err != nil {
 			return nil, err
 		}
 	}
 	return confine.Prepare(plan)
+}
+
+// programShown checks that the view shows what the kernel opens to run a
+// route's program, where it opens it: each file a symlink of the program
+// leads to (/usr/local/bin/app -> /opt/app/bin/app: /opt is not in a
+// view of /usr, /lib* and /etc), and a script's #! interpreter and where
+// its symlinks lead. Otherwise every request fails with a 127, "not
+// found", for a program that is there. Each hop is read on the host at
+// the path the cell would read (a bind shows the host's file at its own
+// path).
+func programShown(plan *confine.Plan, program string) error {
+	if err := hopsShown(plan, program, "program "+program); err != nil {
+		return err
+	}
+	head, err := sandbox.ReadHead(program, 256)
+	if err != nil || !bytes.HasPrefix(head, []byte("#!")) {
+		return nil // not a script, or not readable: verifyRoute says what
+	}
+	interp, _, err := sandbox.Shebang(head)
+	if err != nil {
+		return nil // verifyRoute says what
+	}
+	if !plan.Shows(interp) {
+		return fmt.Errorf("program %s: its interpreter %s (the #! line) is not in the cell's view "+
+			"(fix: add its directory to system_dirs or mount it where it is, or set filesystem: host)", program, interp)
+	}
+	return hopsShown(plan, interp, "program "+program+": its interpreter "+interp)
+}
+
+// hopsShown follows path's symlinks (at most 40, as the kernel does)
+// and checks that the view shows where each leads.
+func hopsShown(plan *confine.Plan, path, what string) error {
+	for range 40 {
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			return nil // the file itself (or missing: verifyRoute says so)
+		}
+		target, err := os.Readlink(path)
+		if err != nil {
+			return nil
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(path), target)
+		}
+		target = filepath.Clean(target)
+		if !plan.Shows(target) {
+			return fmt.Errorf("%s is a symlink to %s, which is not in the cell's view "+
+				"(fix: name %s itself, mount %s where it is, or set filesystem: host)", what, target, target, filepath.Dir(target))
+		}
+		path = target
+	}
+	return nil
 }
 
 // ownRootNS reports whether a route's program, run under user, is root
