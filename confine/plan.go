@@ -527,6 +527,27 @@ func Build(o Options, fsys FS) (*Plan, error) {
 // no rootfs (whose files are not the host's).
 func (p *Plan) Shows(path string) bool { return p.shows(path) }
 
+// HasDir reports whether path is a directory of the view that holds the
+// host's files there (Shows), or one the view is made of: its root, a
+// tmpfs (the cell's own, empty), or a directory above a bind or tmpfs
+// (/var, holding /var/tmp). Meaningful as Shows is.
+func (p *Plan) HasDir(path string) bool {
+	if p.shows(path) {
+		return true
+	}
+	for _, t := range p.Tmpfs {
+		if Within(t.Target, path) {
+			return true
+		}
+	}
+	for _, b := range p.Binds {
+		if Within(b.Target, path) {
+			return true
+		}
+	}
+	return false
+}
+
 // shows reports whether a bind of the plan already shows path at the same
 // place (a system directory, the programs', a mount bound where it is),
 // directly or through a recreated symlink (/bin/x with /bin -> usr/bin).

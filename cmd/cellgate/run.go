@@ -105,7 +105,7 @@ func parseRunConfig(args, environ []string, usageOut io.Writer) (runConfig, erro
 	fs.Int64Var(&cfg.Limits.Pids, "pids", cfg.Limits.Pids, "process `limit` (pids.max)")
 	fs.Var((*durationFlag)(&cfg.Limits.Timeout), "timeout", "wall-clock `deadline`; the whole cell is killed then")
 	fs.StringVar(&cfg.User, "user", cfg.User, "`auto` (a uid of the cell's own from --uid-range), a user name such as nobody, or UID[:GID]")
-	fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "the command's working `directory`")
+	fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "the command's working `directory`, in the cell's view (a system directory, the command's, a --mount)")
 	fs.Var((*envFlag)(&cfg.Env), "env", "`KEY=VALUE` for the command's environment; repeatable (always with "+defaultWorkerPath+" unless PATH is set)")
 	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON object on stdout (the command's stdout goes to stderr)")
 	addConfineFlags(fs, &cfg.Confine)
@@ -327,6 +327,11 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 	if err != nil {
 		return sandbox.Result{}, err
 	}
+	if c := cfg.Confine; !c.HostFilesystem && c.RootFS == "" && !plan.Plan().HasDir(cfg.Dir) {
+		// The cell would fail to enter it: a 127 for a command that is
+		// there.
+		return sandbox.Result{}, badFlagError{fmt.Errorf("--dir %s: not in the cell's view (fix: add --mount %s, or --filesystem host)", cfg.Dir, cfg.Dir)}
+	}
 	if cred != nil {
 		switch err := plan.CheckRunAs(cred.UID); {
 		case errors.Is(err, confine.ErrNoUserNS):
@@ -424,6 +429,8 @@ func lookPath(argv0 string, env []string) (string, error) {
 // setupStatus maps an error that kept the command from running.
 func setupStatus(err error) int {
 	switch {
+	case errors.As(err, new(badFlagError)):
+		return exitUsage
 	case errors.Is(err, sandbox.ErrSpawn) && errors.Is(err, fs.ErrNotExist):
 		return exitNotFound
 	case errors.Is(err, sandbox.ErrSpawn) && (errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.ENOEXEC)):
@@ -431,6 +438,10 @@ func setupStatus(err error) int {
 	}
 	return exitSetup
 }
+
+// badFlagError is a flag found wrong only once the cell is built (its
+// view): the exit status is exitUsage's.
+type badFlagError struct{ error }
 
 // resultStatus maps how the command ended to cellgate run's exit status.
 // caught is the signal cellgate itself received (and passed on as a kill

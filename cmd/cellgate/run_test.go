@@ -385,3 +385,24 @@ func TestRunJSONNotStarted(t *testing.T) {
 		}
 	}
 }
+
+// TestRunDirOutsideView: a --dir the cell's view does not have is a bad
+// flag (2), named, before any cell; before, the cell failed to enter it
+// and run said the command was not found (127).
+func TestRunDirOutsideView(t *testing.T) {
+	dir := t.TempDir()
+	errOut, err := os.Create(filepath.Join(dir, "stderr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer errOut.Close()
+	work := filepath.Join(dir, "work") // below /tmp: the cell's own, empty /tmp
+	if err := os.Mkdir(work, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	status := runMain(context.Background(), []string{"--dir", work, "--", "/bin/true"}, stdio{out: errOut, err: errOut})
+	b, _ := os.ReadFile(errOut.Name())
+	if status != exitUsage || !strings.Contains(string(b), "--dir "+work+": not in the cell's view (fix: add --mount "+work) {
+		t.Errorf("exit %d, stderr %q; want 2 naming --dir and the fix", status, b)
+	}
+}
