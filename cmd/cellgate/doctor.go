@@ -236,6 +236,11 @@ func kernelVersion(rel string) (major, minor int) {
 func checkOwnGroup(cfg doctorConfig, mount string, r *report) {
 	if cfg.CgroupBase != "" {
 		base, _ := cfg.base(mount, "")
+		if !strings.HasPrefix(base, mount+"/") {
+			// As cgroup.Open refuses it.
+			r.fail("base", "name a directory under "+mount+", or a path relative to it", "--cgroup-base %s is not under the cgroup2 mount %s", base, mount)
+			return
+		}
 		if st, err := os.Stat(base); err != nil || !st.IsDir() {
 			r.warn("base", "serve creates it; make sure its parent delegates memory, cpu and pids", "--cgroup-base %s does not exist yet", base)
 		} else {

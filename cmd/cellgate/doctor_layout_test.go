@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -35,5 +36,22 @@ func TestControllerFix(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDoctorBaseOutsideMount: a --cgroup-base outside the cgroup2 mount,
+// which serve (cgroup.Open) refuses, is a FAIL naming the mount; before,
+// doctor said "ok base" for any existing directory.
+func TestDoctorBaseOutsideMount(t *testing.T) {
+	var r report
+	dir := t.TempDir()
+	checkOwnGroup(doctorConfig{Shared: Shared{CgroupBase: dir}}, "/sys/fs/cgroup", &r)
+	if !r.failed() || !strings.Contains(fmt.Sprint(r.findings), "is not under the cgroup2 mount /sys/fs/cgroup") {
+		t.Errorf("findings %+v, want a FAIL naming the mount", r.findings)
+	}
+	r = report{}
+	checkOwnGroup(doctorConfig{Shared: Shared{CgroupBase: "cellgate"}}, "/sys/fs/cgroup", &r)
+	if r.failed() {
+		t.Errorf("a base relative to the mount: %+v", r.findings)
 	}
 }
