@@ -325,7 +325,9 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 	}
 	plan, err := routeConfinement(route, nil, root)
 	if err != nil {
-		return sandbox.Result{}, err
+		// What the confinement flags asked for cannot be built (a --rootfs
+		// or --mount source missing, --nofile above fs.nr_open).
+		return sandbox.Result{}, badFlagError{err}
 	}
 	if c := cfg.Confine; !c.HostFilesystem && c.RootFS == "" && !plan.Plan().HasDir(cfg.Dir) {
 		// The cell would fail to enter it: a 127 for a command that is
