@@ -577,8 +577,8 @@ func (p *Preloader) startInstance() (*instance, error) {
 		}
 		state := reap()
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, fmt.Errorf("%w: preloader of route %s not ready after %s: killed (an import that waits for something that never comes; "+
-				"or a slow one: raise the bound)", ErrSpawn, cfg.Route, cfg.StartTimeout)
+			return nil, fmt.Errorf("%w: preloader of route %s not ready after %s: killed (its import waits for something that never comes, "+
+				"or takes longer than that: see what the app does at import)", ErrSpawn, cfg.Route, cfg.StartTimeout)
 		}
 		return nil, fmt.Errorf("%w: preloader of route %s ended before it was ready (%v, read: %v)", ErrSpawn, cfg.Route, state, err)
 	}
