@@ -60,7 +60,8 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	fs.Var(&sh.UIDs, "uid-range", "")
 	fs.Var((*uint32Flag)(&sh.GID), "gid", "")
-	tlsKey := fs.String("tls-key", env.ToMap(environ)[envPrefix+"TLS_KEY"], "")
+	envMap := env.ToMap(environ)
+	tlsKey := fs.String("tls-key", envMap[envPrefix+"TLS_KEY"], "")
 	syntaxOnly := fs.Bool("syntax-only", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -76,7 +77,6 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	}
 	// The shared settings as serve refuses them (a gid of root's, a uid
 	// range with root in it): the routes are checked as their cells.
-	envMap := env.ToMap(environ)
 	origin := settingOrigins(fs, envMap)
 	origin["unenforced"] = envPrefix + "UNENFORCED=" + strconv.Quote(envMap[envPrefix+"UNENFORCED"])
 	if err := sh.validate(origin); err != nil {
