@@ -19,7 +19,7 @@ import (
 
 const exitInvalid = 1 // cellgate check: the policy is not valid, or not readable
 
-const checkUsage = `usage: cellgate check [--uid-range FIRST-LAST] [--gid GID] [--tls-key FILE] [--syntax-only] POLICY
+const checkUsage = `usage: cellgate check [--uid-range FIRST-LAST] [--gid GID] [--tls-key FILE] [--init FILE] [--syntax-only] POLICY
 
 Validates the policy file POLICY as serve would load it and prints the
 effective tenants and routes, with every limit after defaults. Problems are
@@ -37,7 +37,9 @@ does not exist,
 or a fork route's app_dir or mount under /tmp, /var/tmp or /dev/shm, is a
 problem, and so is a writable mount holding the policy file or serve's TLS
 key (--tls-key, also read from CELLGATE_TLS_KEY, as serve reads it); the
-views that show either are said to cover it. --syntax-only skips these checks (for a
+views that show either are said to cover it. A route run as root needs
+cellgate-init (beside cellgate, or --init, also read from CELLGATE_INIT),
+as serve does; without it the route is a problem. --syntax-only skips these checks (for a
 policy checked on another machine than the one that serves it). Exits 0
 when the policy is valid, 1 when it is not (or cannot be read), 2 for bad
 arguments.
@@ -60,6 +62,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	fs.Var(&sh.UIDs, "uid-range", "")
 	fs.Var((*uint32Flag)(&sh.GID), "gid", "")
+	fs.StringVar(&sh.Init, "init", sh.Init, "")
 	envMap := env.ToMap(environ)
 	tlsKey := fs.String("tls-key", envMap[envPrefix+"TLS_KEY"], "")
 	syntaxOnly := fs.Bool("syntax-only", false, "")
@@ -115,6 +118,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		if len(probs) > 0 {
 			err = withProblems(err, &policy.InvalidError{File: p.Source, Problems: probs})
 		}
+		err = withProblems(err, verifyRootInit(p, sh.GID, sh.Init, initIsCellgate))
 		err = withProblems(err, verifyGIDs(p, sh.GID, groupFile))
 		err = withProblems(err, verifyWritableMounts(p, views))
 	}

@@ -48,6 +48,9 @@ func TestRunCheck(t *testing.T) {
 		}
 	}
 	file("elsewhere/real", "#!/bin/sh\n", 0o755)
+	// A cell init of its own for the routes run as root (check only opens
+	// it): the test binary has no cellgate-init beside it.
+	cInit := "--init=" + file("cellgate-init", "", 0o755)
 	file("bin/real", "#!/bin/sh\n", 0o755)
 	file("interp/sh", "#!/bin/sh\n", 0o755)
 	file("scripts/s", "#!"+filepath.Join(dir, "interp/sh")+"\n", 0o755)
@@ -172,10 +175,16 @@ routes:
 			wantErr: []string{`:4: routes[w].mounts[0]: "` + shared + `": route o (line 5) shows ` + shared + ` (its mounts[0]) of tenant b, this writable mount`, "(fix: give each tenant a directory of its own"}},
 		{name: "root with a writable mount, seccomp off", args: []string{route("rootrw", "program: prog, user: root, allow_root: true, host_namespaces: [user], seccomp: off, mounts: [{source: "+rootData+", target: /data, writable: true}]")}, wantCode: 0,
 			wantOut: []string{"valid: 1 route(s)"}, wantErr: rootWarn},
-		{name: "root of its user namespace with a writable mount, seccomp off", args: []string{route("nsrootrw", "program: prog, user: root, allow_root: true, seccomp: off, mounts: [{source: "+rootData+", target: /data, writable: true}]")}, wantCode: 0,
+		{name: "root of its user namespace with a writable mount, seccomp off", args: []string{cInit, route("nsrootrw", "program: prog, user: root, allow_root: true, seccomp: off, mounts: [{source: "+rootData+", target: /data, writable: true}]")}, wantCode: 0,
 			wantOut: []string{"valid: 1 route(s)"}, wantNoWarn: true},
-		{name: "root with a writable mount, filtered", args: []string{route("rootrwf", "program: prog, user: root, allow_root: true, mounts: [{source: "+rootData+", target: /data, writable: true}]")}, wantCode: 0,
+		{name: "root with a writable mount, filtered", args: []string{cInit, route("rootrwf", "program: prog, user: root, allow_root: true, mounts: [{source: "+rootData+", target: /data, writable: true}]")}, wantCode: 0,
 			wantOut: []string{"valid: 1 route(s)"}, wantNoWarn: true},
+		{name: "root of its user namespace without cellgate-init", args: []string{route("nsrootnoinit", "program: prog, user: root, allow_root: true")}, wantCode: 1,
+			wantErr: []string{":3: routes[r].user: \"root (allow_root)\": a program run as root runs as root of a user namespace of its own, which only cellgate-init can start, and the cells' init would be cellgate itself", "(fix: install cellgate-init beside cellgate (make build) or pass --init, or set host_namespaces: [user])"}},
+		{name: "root of its user namespace, cellgate-init from the environment", args: []string{route("nsrootenv", "program: prog, user: root, allow_root: true")},
+			environ: []string{"CELLGATE_INIT=" + strings.TrimPrefix(cInit, "--init=")}, wantCode: 0, wantNoWarn: true},
+		{name: "--init naming no file", args: []string{"--init", filepath.Join(dir, "no-init"), valid}, wantCode: 1,
+			wantErr: []string{`--init (CELLGATE_INIT): "` + filepath.Join(dir, "no-init") + `": --init: open the cell init's executable`, "no such file"}},
 		{name: "host filesystem", args: []string{route("fshost", "program: prog, filesystem: host")}, wantCode: 0, wantNoWarn: true},
 		{name: "a policy the cells could read", args: []string{file("readable.yaml", "version: 1\nroutes:\n  - {name: r, match: {path: /}, program: prog}\n", 0o644)}, wantCode: 0,
 			wantOut: []string{"valid: 1 route(s)"},
@@ -197,7 +206,7 @@ routes:
 		{name: "no arguments", args: nil, wantCode: 2, wantErr: []string{"want one policy file, got 0", "usage: cellgate check"}},
 		{name: "two arguments", args: []string{valid, valid}, wantCode: 2, wantErr: []string{"got 2 arguments"}},
 		{name: "unknown flag", args: []string{"-x", valid}, wantCode: 2, wantErr: []string{"flag provided but not defined"}},
-		{name: "help", args: []string{"-h"}, wantCode: 0, wantOut: []string{"usage: cellgate check [--uid-range FIRST-LAST] [--gid GID] [--tls-key FILE] [--syntax-only] POLICY"}},
+		{name: "help", args: []string{"-h"}, wantCode: 0, wantOut: []string{"usage: cellgate check [--uid-range FIRST-LAST] [--gid GID] [--tls-key FILE] [--init FILE] [--syntax-only] POLICY"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

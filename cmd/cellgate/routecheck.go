@@ -351,3 +351,43 @@ func verifyRoutes(p *policy.Policy, credOf func(*policy.Route) (sandbox.Credenti
 	}
 	return &policy.InvalidError{File: p.Source, Problems: probs}
 }
+
+// verifyRootInit refuses what serve would: a cell init it cannot open
+// (--init naming no file), and, where the init would be cellgate itself
+// (no cellgate-init beside cellgate, no --init), a route whose program
+// runs as root of a user namespace of its own, which only cellgate-init
+// can start (serve fails each of its requests). openInit opens the init
+// as serve does (openLauncher) and says whether it is cellgate itself.
+func verifyRootInit(p *policy.Policy, gid uint32, initFlag string, openInit func(string) (bool, error)) error {
+	goInit, err := openInit(initFlag)
+	if err != nil {
+		return &policy.InvalidError{File: p.Source, Problems: []policy.Problem{{File: p.Source, Key: "--init (CELLGATE_INIT)",
+			Value: initFlag, Msg: err.Error(), Fix: "name cellgate-init's executable (make build puts it beside cellgate), or leave --init unset"}}}
+	}
+	if !goInit {
+		return nil
+	}
+	var probs []policy.Problem
+	for _, r := range p.Routes {
+		if user, err := resolveUser(r, gid); err == nil && ownRootNS(r, user) {
+			probs = append(probs, routeProblem(p.Source, r, "user", userString(r),
+				"a program run as root runs as root of a user namespace of its own, which only "+confine.InitArg0+" can start, and the cells' init would be cellgate itself (no "+confine.InitArg0+" beside it, no --init)",
+				"install "+confine.InitArg0+" beside cellgate (make build) or pass --init, or set host_namespaces: [user]"))
+		}
+	}
+	if len(probs) == 0 {
+		return nil
+	}
+	return &policy.InvalidError{File: p.Source, Problems: probs}
+}
+
+// initIsCellgate opens the cell init as serve does and says whether it is
+// cellgate itself.
+func initIsCellgate(initFlag string) (bool, error) {
+	l, self, err := openLauncher(initFlag)
+	if err != nil {
+		return false, err
+	}
+	l.Close()
+	return self, nil
+}
