@@ -107,7 +107,7 @@ func (r *report) print(w io.Writer) {
 }
 
 func doctorMain(ctx context.Context, args []string, std stdio) int {
-	cfg, err := parseDoctorConfig(args, std.environ, std.err)
+	cfg, err := parseDoctorConfig(args, std.environ, std.out)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}

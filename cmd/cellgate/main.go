@@ -53,11 +53,15 @@ func main() {
 }
 
 func dispatch(ctx context.Context, args []string, std stdio) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	// Help asked for goes to stdout with status 0; help for want of a
+	// command to stderr with status 2, as every subcommand's -h and its
+	// bad flags.
+	if len(args) == 0 {
 		usage(std.err)
-		if len(args) == 0 {
-			return exitUsage
-		}
+		return exitUsage
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(std.out)
 		return exitOK
 	}
 	if args[0] == "--version" || args[0] == "-version" {

@@ -239,7 +239,7 @@ type reportLimits struct {
 }
 
 func runMain(ctx context.Context, args []string, std stdio) int {
-	cfg, err := parseRunConfig(args, std.environ, std.err)
+	cfg, err := parseRunConfig(args, std.environ, std.out)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}

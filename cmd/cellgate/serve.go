@@ -32,7 +32,7 @@ const exitServeFailed = 1
 // serveMain is `cellgate serve`: settings from flags and CELLGATE_*, one
 // validated config, then the daemon until SIGTERM or SIGINT.
 func serveMain(ctx context.Context, args []string, std stdio) int {
-	cfg, err := loadServeConfig(args, std.environ, std.err)
+	cfg, err := loadServeConfig(args, std.environ, std.out)
 	if errors.Is(err, flag.ErrHelp) {
 		return exitOK
 	}

@@ -66,10 +66,16 @@ func (b buildInfo) String() string {
 	return fmt.Sprintf("cellgate %s\ncommit %s\n%s %s/%s\n", b.Version, c, b.GoVersion, runtime.GOOS, runtime.GOARCH)
 }
 
+const versionUsage = "usage: cellgate version\n\nPrints the version, the VCS commit and the Go version cellgate was built with.\n"
+
 // versionMain is `cellgate version` (and `cellgate --version`).
 func versionMain(_ context.Context, args []string, std stdio) int {
+	if len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		fmt.Fprint(std.out, versionUsage)
+		return exitOK
+	}
 	if len(args) > 0 {
-		fmt.Fprintf(std.err, "cellgate version: takes no arguments, got %q\n", args)
+		fmt.Fprintf(std.err, "cellgate version: takes no arguments, got %q\n%s", args, versionUsage)
 		return exitUsage
 	}
 	fmt.Fprint(std.out, buildVersion())

@@ -85,3 +85,49 @@ func TestUnknownEnv(t *testing.T) {
 		t.Errorf("no warning on stderr:\n%s", b)
 	}
 }
+
+// TestHelpStreams: help asked for (-h of cellgate or of any subcommand) is
+// on stdout with status 0, nothing on stderr, so that `cellgate serve -h |
+// less` works; help for want of a command is on stderr with status 2.
+func TestHelpStreams(t *testing.T) {
+	tests := []struct {
+		args     []string
+		wantCode int
+		wantOut  string // on stdout, or stderr when wantCode is 2
+	}{
+		{nil, exitUsage, "usage: cellgate COMMAND"},
+		{[]string{"-h"}, exitOK, "usage: cellgate COMMAND"},
+		{[]string{"help"}, exitOK, "usage: cellgate COMMAND"},
+		{[]string{"run", "-h"}, exitOK, "usage: cellgate run"},
+		{[]string{"doctor", "-h"}, exitOK, "usage: cellgate doctor"},
+		{[]string{"serve", "-h"}, exitOK, "usage: cellgate serve"},
+		{[]string{"check", "-h"}, exitOK, "usage: cellgate check"},
+		{[]string{"reload", "-h"}, exitOK, "usage: cellgate reload"},
+		{[]string{"version", "-h"}, exitOK, "usage: cellgate version"},
+		{[]string{"version", "now"}, exitUsage, "takes no arguments"},
+	}
+	for _, tt := range tests {
+		dir := t.TempDir()
+		out, err := os.Create(filepath.Join(dir, "out"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		errF, err := os.Create(filepath.Join(dir, "err"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		code := dispatch(context.Background(), tt.args, stdio{out: out, err: errF})
+		out.Close()
+		errF.Close()
+		o, _ := os.ReadFile(out.Name())
+		e, _ := os.ReadFile(errF.Name())
+		want, other := o, e
+		if tt.wantCode != exitOK {
+			want, other = e, o
+		}
+		if code != tt.wantCode || !strings.Contains(string(want), tt.wantOut) || len(other) != 0 {
+			t.Errorf("cellgate %q: exit %d, want %d with %q on std%s and nothing on the other\nstdout:\n%s\nstderr:\n%s",
+				tt.args, code, tt.wantCode, tt.wantOut, map[bool]string{true: "out", false: "err"}[tt.wantCode == exitOK], o, e)
+		}
+	}
+}
