@@ -273,10 +273,19 @@ func askReload(ctx context.Context, pid int) (string, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = conn.SetDeadline(dl)
 	}
-	if _, err := io.WriteString(conn, "reload\n"); err != nil {
-		return "", fmt.Errorf("%s: %w", addr, err)
-	}
+	return exchangeReload(conn, addr, pid)
+}
+
+// exchangeReload sends the request on conn and reads the answer line. A
+// peer serve refuses is answered and closed at once, maybe before the
+// request is written, which then fails (EPIPE): the refusal is still
+// there to read, and it, not the broken pipe, is the answer.
+func exchangeReload(conn *net.UnixConn, addr string, pid int) (string, error) {
+	_, werr := io.WriteString(conn, "reload\n")
 	line, err := bufio.NewReaderSize(io.LimitReader(conn, 4096), 4096).ReadString('\n')
+	if werr != nil && err != nil {
+		return "", fmt.Errorf("%s: %w", addr, werr)
+	}
 	if err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return "", fmt.Errorf("pid %d did not finish the reload in time (--timeout); it may still apply it", pid)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -288,5 +289,35 @@ func TestControlDuringShutdown(t *testing.T) {
 	}
 	if line, err := askAt(addr); err != nil || line != want {
 		t.Errorf("a request during the shutdown: %q, %v; want %q", line, err, want)
+	}
+}
+
+// TestReloadRefusalBeforeRequest: serve answers a peer it refuses and
+// closes the connection at once, maybe before the client has written its
+// request; the client's write then fails (EPIPE), and it reported "broken
+// pipe" rather than the refusal waiting to be read.
+func TestReloadRefusalBeforeRequest(t *testing.T) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const refusal = "failed only uid 0 or 1000 may reload this daemon"
+	if _, err := syscall.Write(fds[1], []byte(refusal+"\n")); err != nil {
+		t.Fatal(err)
+	}
+	syscall.Close(fds[1])
+	f := os.NewFile(uintptr(fds[0]), "control")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("x")); !errors.Is(err, syscall.EPIPE) {
+		t.Fatalf("a write to the closed peer: %v, want EPIPE (the case under test)", err)
+	}
+	line, err := exchangeReload(c.(*net.UnixConn), "@control", 1)
+	if err != nil || line != refusal {
+		t.Errorf("exchangeReload = %q, %v; want the refusal %q", line, err, refusal)
 	}
 }
