@@ -97,7 +97,10 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 			if ownRootNS(r, fixed) {
 				fixed = nil // root of its own user namespace: a uid of the range on the host
 			}
-			return cellCredential(fixed, sandbox.UIDRange(sh.UIDs), cellGID(p, r, sh.GID)), err
+			if err != nil {
+				return sandbox.Credential{}, err
+			}
+			return cellCredential(fixed, sandbox.UIDRange(sh.UIDs), cellGID(p, r, sh.GID))
 		})
 		// The confinement serve builds for each route (with cells, its
 		// default), so that what serve refuses, check refuses.

@@ -33,12 +33,22 @@ import (
 // cellCredential is who a route's cells run as: the route's fixed user,
 // else a per-cell uid of the range with the shared gid and no
 // supplementary groups (every uid of the range is alike: none owns files).
-func cellCredential(fixed *sandbox.Credential, uids sandbox.UIDRange, gid uint32) sandbox.Credential {
+// A fixed uid inside the range is refused (errUserInRange): the range's
+// uids are handed to other routes' cells one by one, so that route's
+// program would share a uid with them (signals, the per-user limits, the
+// files each leaves).
+func cellCredential(fixed *sandbox.Credential, uids sandbox.UIDRange, gid uint32) (sandbox.Credential, error) {
 	if fixed != nil {
-		return *fixed
+		if fixed.UID >= uids.First && uint64(fixed.UID) < uint64(uids.First)+uint64(uids.Count) {
+			return *fixed, fmt.Errorf("%w: uid %d is in the per-cell uid range %s", errUserInRange, fixed.UID, uids)
+		}
+		return *fixed, nil
 	}
-	return sandbox.Credential{UID: uids.First, GID: gid}
+	return sandbox.Credential{UID: uids.First, GID: gid}, nil
 }
+
+// errUserInRange: a route's fixed user is one of the per-cell uids.
+var errUserInRange = errors.New("the route's user is one of the uids cellgate gives its cells, one per cell")
 
 // cellGID is the group a route's per-cell uids run with: its tenant's gid
 // when it has one (sandbox's cgi driver), else the shared one. A fork
@@ -127,6 +137,10 @@ func verifyRoute(src string, r *policy.Route, cred sandbox.Credential, userErr e
 	if errors.Is(userErr, confine.ErrNoUserNS) {
 		return []policy.Problem{routeProblem(src, r, "user", userString(r), userErr.Error(),
 			"allow setns of a user namespace (deploy/seccomp/cellgate.json does) and user namespaces (sysctl user.max_user_namespaces), set host_namespaces: [user] to run the program as the host's root, or run the route under another user")}
+	}
+	if errors.Is(userErr, errUserInRange) {
+		return []policy.Problem{routeProblem(src, r, "user", userString(r), userErr.Error(),
+			"run the route under a uid outside --uid-range (CELLGATE_UID_RANGE), or use user: auto")}
 	}
 	if userErr != nil {
 		return []policy.Problem{routeProblem(src, r, "user", userString(r), userErr.Error(),

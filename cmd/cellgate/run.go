@@ -309,7 +309,10 @@ func runCell(ctx context.Context, cfg runConfig, std stdio) (sandbox.Result, err
 	// Run as root, the command is root of a user namespace of its own,
 	// whose uid 0 is the range's first uid on the host.
 	var root *confine.RootMap
-	cc := cellCredential(cred, sandbox.UIDRange(cfg.UIDs), cfg.GID)
+	cc, err := cellCredential(cred, sandbox.UIDRange(cfg.UIDs), cfg.GID)
+	if err != nil {
+		return sandbox.Result{}, badFlagError{fmt.Errorf("--user %s: %w (fix: a uid outside --uid-range, or --user auto)", cfg.User, err)}
+	}
 	if ownRootNS(route, cred) {
 		root = &confine.RootMap{UID: sandbox.UIDRange(cfg.UIDs).First, GID: cfg.GID}
 		cc = sandbox.Credential{UID: root.UID, GID: root.GID}

@@ -405,6 +405,14 @@ func TestRunDirOutsideView(t *testing.T) {
 	if status != exitUsage || !strings.Contains(string(b), "--dir "+work+": not in the cell's view (fix: add --mount "+work) {
 		t.Errorf("exit %d, stderr %q; want 2 naming --dir and the fix", status, b)
 	}
+	// So is a --user of the per-cell uid range: the range's uids are
+	// serve's cells', one each.
+	errOut.Truncate(0)
+	errOut.Seek(0, 0)
+	status = runMain(context.Background(), []string{"--user", "2000000005", "--", "/bin/true"}, stdio{out: errOut, err: errOut})
+	if b, _ := os.ReadFile(errOut.Name()); status != exitUsage || !strings.Contains(string(b), "--user 2000000005: the route's user is one of the uids cellgate gives its cells") {
+		t.Errorf("--user of the range: exit %d, stderr %q; want 2 naming --user", status, b)
+	}
 	// So is a confinement flag the view cannot be built with (before:
 	// 125, cellgate failed).
 	for _, args := range [][]string{{"--rootfs", filepath.Join(dir, "none")}, {"--mount", filepath.Join(dir, "none")}} {

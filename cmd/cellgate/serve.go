@@ -515,7 +515,7 @@ func (d *daemon) routeCredential(pol *policy.Policy, r *policy.Route, rs *routeS
 		// What its files on the host are open to.
 		return sandbox.Credential{UID: rs.root.UID, GID: rs.root.GID}, nil
 	}
-	return cellCredential(rs.user, sandbox.UIDRange(d.cfg.UIDs), cellGID(pol, r, d.cfg.GID)), nil
+	return cellCredential(rs.user, sandbox.UIDRange(d.cfg.UIDs), cellGID(pol, r, d.cfg.GID))
 }
 
 // rootMap returns the user namespace of a route whose program runs as
