@@ -23,7 +23,8 @@ const policyRetryMax = 5 * time.Minute
 // reloads what serves already, and it learns each reload's verdict: a
 // content refused as invalid is not reloaded again until the file
 // changes, one whose reload failed otherwise (a preloader that did not
-// start in time, a budget the kernel refused) is retried with back-off.
+// start in time, a budget the kernel refused, a program or user the host
+// does not have yet: hostProblems) is retried with back-off.
 type policyPoller struct {
 	path  string
 	log   *slog.Logger
@@ -80,7 +81,7 @@ func (p *policyPoller) record(sum [sha256.Size]byte, err error, now time.Time) {
 		return
 	}
 	p.failed = sum
-	if p.invalid = errors.Is(err, policy.ErrInvalid); p.invalid {
+	if p.invalid = errors.Is(err, policy.ErrInvalid) && !errors.As(err, new(*hostProblems)); p.invalid {
 		p.log.Warn("policy poll: the policy file is invalid; keeping the running policy until the file changes", "policy", p.path)
 		return
 	}

@@ -180,3 +180,58 @@ func TestPolicyPollerRun(t *testing.T) {
 		t.Error("a reload was asked for the content in force")
 	}
 }
+
+// TestPolicyPollerRetriesHostProblems: a policy serve refuses for what the
+// host lacks (here its program, deployed after the policy) is retried with
+// back-off, and reloads once the host has it; a policy invalid in itself
+// waits for the file to change. Before, both waited: the route's program
+// deployed a moment after its ConfigMap was never served.
+func TestPolicyPollerRetriesHostProblems(t *testing.T) {
+	const every = 10 * time.Second
+	d, path := testDaemon(t, reloadPolicyA)
+	prog := filepath.Join(t.TempDir(), "app")
+	writeFile(t, path, "version: 1\nroutes:\n  - {name: hello, match: {path: /hello}, program: "+prog+"}\n")
+	p := newPolicyPoller(path, slog.New(slog.DiscardHandler), every, d.policyInForce)
+	t0 := time.Now()
+	sum, due := p.due(t0)
+	if !due {
+		t.Fatal("a changed policy file is not due")
+	}
+	err := d.reload()
+	if !errors.Is(err, policy.ErrInvalid) {
+		t.Fatalf("reload of a policy whose program is missing: %v, want it refused as invalid", err)
+	}
+	p.record(sum, err, t0)
+	if _, due := p.due(t0.Add(every / 2)); due {
+		t.Error("retried before its back-off")
+	}
+	if err := os.WriteFile(prog, []byte("#!/bin/sh\necho\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sum, due = p.due(t0.Add(every))
+	if !due {
+		t.Fatal("the program deployed, the refused policy is not retried")
+	}
+	if err := d.reload(); err != nil {
+		t.Fatalf("the retried reload: %v", err)
+	}
+	p.record(sum, nil, t0.Add(every))
+	if _, due := p.due(t0.Add(2 * every)); due {
+		t.Error("due again once it serves")
+	}
+
+	// Invalid in itself: not retried until the file changes.
+	writeFile(t, path, "version: 1\nroutes:\n  - {name: hello, match: {path: /hello}, program: "+prog+", memroy: 1Mi}\n")
+	sum, due = p.due(t0.Add(3 * every))
+	if !due {
+		t.Fatal("a changed policy file is not due")
+	}
+	err = d.reload()
+	if !errors.Is(err, policy.ErrInvalid) {
+		t.Fatalf("reload of a policy with an unknown key: %v, want it refused as invalid", err)
+	}
+	p.record(sum, err, t0.Add(3*every))
+	if _, due := p.due(t0.Add(time.Hour)); due {
+		t.Error("an invalid file, unchanged, is retried")
+	}
+}

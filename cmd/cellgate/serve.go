@@ -441,6 +441,15 @@ func globalResources(g policy.Global) *specs.LinuxResources {
 	return &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: &m}}
 }
 
+// hostProblems is a policy refused for what the host has or lacks (a
+// program, a user, a group's members, a mount's files): invalid today,
+// and valid once the host changes, with no change of the file. The
+// policy poller retries such a reload; an error of the file's own (its
+// syntax, its values) waits for the file to change.
+type hostProblems struct{ error }
+
+func (e *hostProblems) Unwrap() error { return e.error }
+
 // buildSpecs builds every route's profile and credentials, and starts the
 // preloader of every fork route (an app that fails to import fails here,
 // with its traceback; what was started is stopped again). With cells it
@@ -469,7 +478,7 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 		err = withProblems(err, verifyWritableMounts(pol, views))
 	}
 	if err != nil {
-		return nil, err
+		return nil, &hostProblems{err}
 	}
 	for _, w := range exposedDaemonFiles(pol, views, hidden, d.cfg.GID) {
 		d.log.Warn("a file of serve's is readable by cells: " + w)
