@@ -126,14 +126,52 @@ func (d *decoder) forkRoute(fs map[string]field, line int, p string, r *Route) {
 	r.Fork = fk
 }
 
-// forkBudget checks that a fork route's preloader fits in its tenant's
-// memory budget beside one request.
-func (d *decoder) forkBudget(s *routeSource, t *Tenant) {
-	r := s.route
-	if r.Fork == nil || t == nil || t.Memory <= 0 || r.Fork.PreloadMemory+r.Memory <= t.Memory {
-		return
+// preloadBudgets checks that each fork route's preloader fits in the
+// budgets it is charged to beside the largest request that may run with
+// it: its tenant's (any route of the tenant) and the global one (any
+// route). A preloader's group lies under its tenant's, under cells/, and
+// may hold up to its preload_memory whatever the requests; admission
+// reserves only the requests' memory, so a preloader at its limit must
+// leave the largest request room, or that request, admitted, is killed
+// at the budget. The preloaders' limits are not summed: they are
+// ceilings, mostly far above what an imported app holds, and may
+// overcommit a budget as any cgroup limits do. A recycle's replacement
+// imports within the same preload_memory.
+func (d *decoder) preloadBudgets(p *Policy, sources []*routeSource) {
+	type budget struct {
+		largest int64          // the largest request
+		fork    []*routeSource // the fork routes charged to it
 	}
-	d.problem(s.memoryLine, join(s.path, "preload_memory"), FormatBytes(r.Fork.PreloadMemory),
-		fmt.Sprintf("the preloader and one request (%s) exceed tenant %s's budget %s", FormatBytes(r.Memory), t.Name, FormatBytes(t.Memory)),
-		"lower preload_memory or the route's memory, or raise the tenant's memory")
+	global := &budget{}
+	byTenant := map[string]*budget{}
+	for _, s := range sources {
+		r := s.route
+		b := byTenant[r.Tenant]
+		if b == nil {
+			b = &budget{}
+			byTenant[r.Tenant] = b
+		}
+		for _, b := range []*budget{b, global} {
+			b.largest = max(b.largest, r.Memory)
+			if r.Fork != nil {
+				b.fork = append(b.fork, s)
+			}
+		}
+	}
+	check := func(b *budget, limit int64, whose, fix string) {
+		if b == nil || limit <= 0 {
+			return
+		}
+		for _, s := range b.fork {
+			if pre := s.route.Fork.PreloadMemory; pre+b.largest > limit {
+				d.problem(s.memoryLine, join(s.path, "preload_memory"), FormatBytes(pre),
+					fmt.Sprintf("the preloader and the largest request (%s) exceed %s budget %s: that request, admitted beside a preloader at its limit, would be killed at the budget",
+						FormatBytes(b.largest), whose, FormatBytes(limit)), fix)
+			}
+		}
+	}
+	for _, t := range p.Tenants {
+		check(byTenant[t.Name], t.Memory, "tenant "+t.Name+"'s", "lower preload_memory or the routes' memory, or raise the tenant's memory")
+	}
+	check(global, p.Global.Memory, "the global", "lower preload_memory or the routes' memory, or raise global.memory")
 }

@@ -86,7 +86,12 @@ func TestParseForkProblems(t *testing.T) {
 		{"fixed user", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, user: 1000}\n",
 			[]problem{{4, "routes[a].user", "the preloader's own range"}}},
 		{"preload over budget", "  - {name: a, match: {path: /}, tenant: t, memory: 64Mi, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, preload_memory: 64Mi}\n",
-			[]problem{{4, "routes[a].preload_memory", "exceed tenant t's budget"}}},
+			[]problem{{4, "routes[a].preload_memory", "the preloader and the largest request (64Mi) exceed tenant t's budget 100Mi"}}},
+		// The preloader fits beside its own request, not beside another
+		// route's larger one that admission would put beside it.
+		{"preloader beside a larger cgi request", "  - {name: a, match: {path: /a}, tenant: t, memory: 20Mi, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, preload_memory: 40Mi}\n" +
+			"  - {name: c, match: {path: /c}, tenant: t, memory: 80Mi, program: /c}\n",
+			[]problem{{4, "routes[a].preload_memory", "the preloader and the largest request (80Mi) exceed tenant t's budget 100Mi"}}},
 		{"recycle_after negative", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, recycle_after: -1}\n",
 			[]problem{{4, "routes[a].recycle_after", "out of range"}}},
 		{"huge_pages on a fork route", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, huge_pages: system}\n",
@@ -103,5 +108,20 @@ func TestParseForkProblems(t *testing.T) {
 			_, err := Parse("policy.yaml", []byte(head+tt.src))
 			requireProblems(t, err, tt.want)
 		})
+	}
+}
+
+// TestParsePreloadersOverGlobal: a preloader is charged to cells/, the
+// global budget, beside any request of any tenant: at its default limit
+// (256Mi) it leaves no room in a global budget of 300Mi for a request of
+// 64Mi, though its tenant has room.
+func TestParsePreloadersOverGlobal(t *testing.T) {
+	const head = "version: 1\nglobal: {memory: 300Mi}\ntenants: [{name: t, memory: 400Mi}, {name: u}]\nroutes:\n" // lines 1-4
+	const a = "  - {name: a, match: {path: /a}, tenant: t, memory: 32Mi, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s}\n"
+	const b = "  - {name: b, match: {path: /b}, tenant: u, memory: 64Mi, program: /b}\n"
+	_, err := Parse("policy.yaml", []byte(head+a+b))
+	requireProblems(t, err, []problem{{5, "routes[a].preload_memory", "the preloader and the largest request (64Mi) exceed the global budget 300Mi"}})
+	if _, err := Parse("policy.yaml", []byte(head+a)); err != nil {
+		t.Errorf("a preloader of 256Mi and a request of 32Mi in a global budget of 300Mi: %v", err)
 	}
 }

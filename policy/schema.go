@@ -536,6 +536,7 @@ func (d *decoder) crossCheck(p *Policy, sources []*routeSource) {
 			tenants[t.Name] = t
 		}
 	}
+	defer d.preloadBudgets(p, sources)
 	routeNames := map[string]int{}
 	for i, s := range sources {
 		r := s.route
@@ -559,7 +560,6 @@ func (d *decoder) crossCheck(p *Policy, sources []*routeSource) {
 				fmt.Sprintf("a request's memory exceeds tenant %s's budget %s, so it could never be admitted", t.Name, FormatBytes(t.Memory)),
 				"lower the route's memory or raise the tenant's memory")
 		}
-		d.forkBudget(s, t)
 		if p.Global.Memory > 0 && r.Memory > p.Global.Memory {
 			d.problem(s.memoryLine, join(s.path, "memory"), FormatBytes(r.Memory),
 				fmt.Sprintf("a request's memory exceeds the global budget %s, so it could never be admitted", FormatBytes(p.Global.Memory)),
