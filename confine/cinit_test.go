@@ -909,3 +909,81 @@ func TestCInitSpawnerOutlivesSignals(t *testing.T) {
 		t.Fatalf("after the signals the spawner answered %x (%v); want EPROTO; it ended: %v", ans[:n], err, cmd.Wait())
 	}
 }
+
+// TestInitWarmDropsPendingSignals: a signal sent to a ready init waiting
+// for its request (a warm cell; systemctl kill -s HUP of the unit without
+// --kill-whom=main reaches every process of it) is not the next program's:
+// both inits forwarded it to a program that did not exist when it was
+// sent, which then died of it at its start. The resident init already
+// dropped them; now a warm one does too.
+func TestInitWarmDropsPendingSignals(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			bothInits(t, func(t *testing.T, bin string) outcome {
+				r := startInit(t, bin)
+				r.send(planFrame(t, &Plan{NoFile: 64}))
+				var o outcome
+				rep, ok := r.report()
+				if !ok || rep.Kind != ReportReady {
+					t.Fatalf("the init's first report: %+v %v, want ready", rep, ok)
+				}
+				o.Reports = append(o.Reports, rep)
+				if err := r.cmd.Process.Signal(sig); err != nil {
+					t.Fatal(err)
+				}
+				// The C init blocks it: pending until it starts the
+				// program. The Go init ignores it (the kernel discards it
+				// at the kill) or, before, took it at once into a channel:
+				// wait until it is no longer pending.
+				bit := uint64(1) << (sig - 1)
+				for deadline := time.Now().Add(10 * time.Second); ; {
+					if pending := sigPending(t, r.cmd.Process.Pid); (pending&bit != 0) == (bin == cInitPath) {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("the init never took signal %v", sig)
+					}
+					time.Sleep(time.Millisecond)
+				}
+				pr, pw, err := os.Pipe()
+				if err != nil {
+					t.Fatal(err)
+				}
+				null, _ := os.Open(os.DevNull)
+				r.send(bareExec(t, "/bin/sh", "-c", "echo alive"), null, pw, pw)
+				pw.Close()
+				null.Close()
+				out, _ := io.ReadAll(pr)
+				pr.Close()
+				o.Output = string(out)
+				o.Reports = append(o.Reports, r.reports()...)
+				o.Status = r.exit()
+				if o.Status != 0 || o.Output != "alive\n" {
+					t.Errorf("%s: the program after a %v sent to the waiting init: %+v, want it run to its end (status 0, \"alive\")", bin, sig, o)
+				}
+				return o
+			})
+		})
+	}
+}
+
+// sigPending reads a process's shared pending signals (ShdPnd) from
+// /proc/PID/status.
+func sigPending(t *testing.T, pid int) uint64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "ShdPnd:\t"); ok {
+			n, err := strconv.ParseUint(v, 16, 64)
+			if err != nil {
+				t.Fatalf("ShdPnd %q: %v", v, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no ShdPnd in /proc/%d/status", pid)
+	return 0
+}

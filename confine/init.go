@@ -48,10 +48,12 @@ func Init() int {
 		return fail(ReportSetup, exitSetup, err)
 	}
 	// What does not depend on the request is done before waiting for it:
-	// the signal thread, and the thread the program is forked from, with
-	// no_new_privs set on it.
+	// the thread the program is forked from, with no_new_privs set on it.
+	// The signals to forward are ignored while the cell waits for its
+	// request (a warm cell): sent then, they are for no program, not the
+	// next one (cellgate-init drops them likewise).
 	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, forwarded...)
+	signal.Ignore(forwarded...)
 	unlock, err := lockForFork()
 	if err != nil {
 		return fail(ReportSetup, exitSetup, err)
@@ -75,6 +77,9 @@ func Init() int {
 			return fail(ReportSpawn, exitSpawn, err)
 		}
 	}
+	// From here on what is sent is the program's: taken, and forwarded
+	// once it runs.
+	signal.Notify(sigs, forwarded...)
 	pid, err := start(ex, fds)
 	unlock()
 	if err != nil {

@@ -2041,6 +2041,10 @@ static int init_main(void)
 				if (pid > 0)
 					report_on(CONTROL_FD, R_STARTED, 0, 0, 0, 0, "");
 			} else if (decoded == 0) {
+				/* A warm cell's init waited for this request with the
+				 * forwarded signals blocked: those sent meanwhile were
+				 * for no program, not this one. */
+				drop_pending(&set);
 				pid = start(&e, fds, &old);
 			}
 			zfree(body);
