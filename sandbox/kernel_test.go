@@ -373,3 +373,28 @@ func zombieOf(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	return err == nil && !alive(pid) && statPPid(b) == os.Getpid()
 }
+
+// TestKernelUnwarm: Unwarm ends a route's warm cells at once (serve calls
+// it for the routes of a replaced policy once it has drained): before,
+// they stayed until warmIdle passed without a request, and a removed
+// tenant's group, which holds them, stayed as long.
+func TestKernelUnwarm(t *testing.T) {
+	r, plan, pid := newWarmKernelRunner(t)
+	r.Unwarm(nil, plan)
+	// Well within warmIdle and the view's age (either would end it too):
+	// the refill ends the cell as soon as it wakes.
+	within := min(warmIdle, viewMaxAge) / 2
+	for deadline := time.Now().Add(within); alive(pid) && !zombieOf(pid); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the warm cell's init %d still runs %s after Unwarm", pid, within)
+		}
+	}
+	if n := r.WarmReady(); n != 0 {
+		t.Errorf("%d warm cells ready after Unwarm, want 0", n)
+	}
+	// A later request of the route sets a cell up again.
+	res, err := r.Run(context.Background(), Spec{Path: "/bin/true", Args: []string{"true"}, Confine: plan, Timeout: 30 * time.Second})
+	if err != nil || res.Cause != CauseOK {
+		t.Errorf("a request after Unwarm: %v, cause %s", err, res.Cause)
+	}
+}

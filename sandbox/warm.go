@@ -63,6 +63,7 @@ type warmSet struct {
 	wake      chan struct{}
 	taken     time.Time // the last take
 	missed    time.Time // the last take that found none, or the last shrink
+	dropped   bool      // Unwarm: its refill ends its cells now
 }
 
 type warmPool struct {
@@ -343,13 +344,17 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 		now := time.Now()
 		s.shrink(now)
 		expired, next := s.expire(now)
-		start := s.toStart(warmParallel)
+		dropped := s.dropped
+		start := 0
+		if !dropped {
+			start = s.toStart(warmParallel)
+		}
 		w.mu.Unlock()
 		for _, ip := range expired {
 			w.endedIf(ip, EndAged)
 			w.r.teardowns.run(func() { w.r.discard(ip) })
 		}
-		if time.Since(taken) >= warmIdle {
+		if dropped || time.Since(taken) >= warmIdle {
 			break
 		}
 		for range start {
@@ -500,6 +505,30 @@ func (r *Runner) Warm(prof *cgroup.Profile, plan *confine.Prepared) {
 	r.warm.mu.Lock()
 	r.warm.set(k)
 	r.warm.mu.Unlock()
+}
+
+// Unwarm ends the warm (or resident) cells kept for prof (nil: the
+// Runner's) and plan, a route that no policy in force has any more: its
+// set's refill ends the ready ones now rather than after warmIdle
+// without a request, and those serving a request are ended when it does
+// (putBack finds no set). Its tenant's group, if the tenant went too,
+// can then be removed at once. A later Warm or request of the key starts
+// a set anew.
+func (r *Runner) Unwarm(prof *cgroup.Profile, plan *confine.Prepared) {
+	if r.warm == nil || plan == nil {
+		return
+	}
+	if prof == nil {
+		prof = r.profile
+	}
+	k := warmKey{prof, plan}
+	r.warm.mu.Lock()
+	defer r.warm.mu.Unlock()
+	if s := r.warm.sets[k]; s != nil {
+		s.dropped = true
+		delete(r.warm.sets, k)
+		wakeUp(s.wake)
+	}
 }
 
 // keeps reports whether cells of the key are kept ahead of requests

@@ -136,10 +136,15 @@ func (d *daemon) snapshotDrained(s *snapshot) {
 	}
 	d.admission.Update(d.admissible())
 	d.retainProfiles()
+	unwarm := d.unwarmed(s)
 	d.mu.Unlock()
 	// Its fork routes' preloaders served their last request: they exit,
-	// their route groups go.
+	// their route groups go. Its routes' warm cells go now too, not a
+	// minute later: a removed tenant's group waits for them.
 	go d.stopForks(s.specs)
+	for _, rs := range unwarm {
+		d.runner.Unwarm(rs.profile, rs.confine)
+	}
 	if len(gone) == 0 {
 		return
 	}
@@ -147,6 +152,33 @@ func (d *daemon) snapshotDrained(s *snapshot) {
 	if d.tree != nil {
 		go d.retire(gone)
 	}
+}
+
+// unwarmed returns the specs of s whose confined cells are kept ahead
+// (warm, resident) and that no live snapshot shares (a reload that keeps a
+// route unchanged keeps its spec). Called with d.mu held.
+func (d *daemon) unwarmed(s *snapshot) []*routeSpec {
+	if d.runner == nil {
+		return nil
+	}
+	var out []*routeSpec
+	for _, rs := range s.specs {
+		if rs.confine == nil {
+			continue
+		}
+		shared := slices.ContainsFunc(d.live, func(l *snapshot) bool {
+			for _, o := range l.specs {
+				if o.profile == rs.profile && o.confine == rs.confine {
+					return true
+				}
+			}
+			return false
+		})
+		if !shared {
+			out = append(out, rs)
+		}
+	}
+	return out
 }
 
 // retainProfiles has the pool keep pre-creating cells only for the
