@@ -67,9 +67,12 @@ type Confinement struct {
 	// alone: its own init and namespaces. By default (cells: resident)
 	// a route's cells may be resident where serve keeps them
 	// (--resident-cells): an init and its namespaces serve request after
-	// request, each request's program in a group and a SysV IPC
-	// namespace of its own, under a uid of its own, everything it left
-	// (processes, private tmpfs files) ended before the next request.
+	// request, each request's program in a group of its own, under a
+	// uid of its own, everything it left (processes, private tmpfs
+	// files, the SysV IPC objects and POSIX message queues of the
+	// cell's IPC namespace, which its programs share) ended before the
+	// next request. Where the init is refused the new mount API (a
+	// seccomp profile), each program gets an IPC namespace of its own.
 	FreshCells bool
 	// ReusedGroups (groups: reused) lets a resident cell's requests reuse
 	// the groups of the requests before them, once emptied, rather than
