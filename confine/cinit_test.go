@@ -40,6 +40,10 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(wipeRaceChild); dir != "" {
 		os.Exit(wipeRaceMain(dir))
 	}
+	if dir := os.Getenv(wipeDirChild); dir != "" {
+		emptyDir(dir)
+		os.Exit(0)
+	}
 	if os.Args[0] == InitArg0 {
 		os.Exit(InitMain(os.Args[1:]))
 	}

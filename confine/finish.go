@@ -3,6 +3,7 @@ package confine
 import (
 	"errors"
 	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -81,6 +82,27 @@ func tmpfsEmpty(dir string) bool {
 // deeper goes with the mount namespace.
 const wipeDepth = 32
 
+// take makes the directory name (in dfd) root's, mode 0700, so that the
+// wipe may open it and remove what it holds with CAP_CHOWN alone: the
+// daemon's bounding set (the systemd unit's, the pod's) has neither
+// CAP_DAC_OVERRIDE nor CAP_FOWNER, and the program may have closed the
+// directory to others (mkdtemp's 0700), made it read-only, or made it
+// sticky over files of its own. Only the program's directories (root's
+// are the view's own, leading to a mount below, and keep their mode).
+// Through an O_PATH descriptor opened with O_NOFOLLOW: a directory
+// swapped for a symlink meanwhile is not opened, and nothing a link names
+// is changed (cellgate-init's take).
+func take(dfd int, name string) {
+	fd, err := unix.Openat(dfd, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	if unix.Fchownat(fd, "", 0, 0, unix.AT_EMPTY_PATH) == nil {
+		unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), 0o700)
+	}
+	unix.Close(fd)
+}
+
 // emptyAt removes the entries of the directory dfd that lie on device dev,
 // depth first, and closes dfd. It names entries only relative to directory
 // fds it opened itself with O_NOFOLLOW, never by path: a process outside
@@ -103,6 +125,9 @@ func emptyAt(dfd int, dev uint64, depth int) {
 			continue
 		}
 		if depth > 0 {
+			if st.Uid != 0 {
+				take(dfd, n)
+			}
 			if sub, err := unix.Openat(dfd, n, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0); err == nil {
 				if unix.Fstat(sub, &st) == nil && st.Dev == dev {
 					emptyAt(sub, dev, depth-1)

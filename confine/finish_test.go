@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -330,4 +331,95 @@ func wipeRaceMain(dir string) int {
 		}
 	}
 	return 0
+}
+
+// wipeDirChild names the directory the test binary empties (emptyDir)
+// when started for it.
+const wipeDirChild = "CONFINE_TEST_WIPEDIR"
+
+// TestWipeWithTheUnitsCapabilities: both inits empty a cell's tmpfs with
+// the capabilities the systemd unit and the pod leave them, which have
+// neither CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH nor CAP_FOWNER: what the
+// program (another uid) closed to others (0700, as mkdtemp makes), made
+// read-only (0500), or left in a sticky directory of its own goes too.
+// Before, root could not open or write in them: their files stayed
+// charged to the cell until its end, and a resident cell ended as
+// unclean after each such request.
+func TestWipeWithTheUnitsCapabilities(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("files of another uid need root")
+	}
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("no setpriv(1)")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	walks := map[string][]string{"the Go init": {self}}
+	if c := cWipe(t); c != "" {
+		walks["the C init"] = []string{c}
+	}
+	const uid = 2000000000
+	for name, argv := range walks {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			tree := []struct {
+				path string
+				mode os.FileMode
+				dir  bool
+			}{
+				{"closed", 0o700, true}, {"closed/f", 0o600, false},
+				{"closed/sub", 0o700, true}, {"closed/sub/f", 0o600, false},
+				{"readonly", 0o500, true},
+				{"sticky", 0o1777 | os.ModeSticky, true}, {"sticky/f", 0o600, false},
+				{"top", 0o600, false},
+			}
+			// Made from the leaves up: a directory is closed only once
+			// what it holds is made.
+			for _, e := range tree {
+				p := filepath.Join(dir, e.path)
+				var err error
+				if e.dir {
+					err = os.Mkdir(p, 0o755)
+				} else {
+					err = os.WriteFile(p, []byte("x"), 0o600)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.WriteFile(filepath.Join(dir, "readonly", "f"), []byte("x"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			for i := len(tree) - 1; i >= 0; i-- {
+				p := filepath.Join(dir, tree[i].path)
+				if err := os.Lchown(p, uid, uid); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chmod(p, tree[i].mode); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := os.Lchown(filepath.Join(dir, "readonly", "f"), uid, uid); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(setpriv, append([]string{"--bounding-set=-dac_override,-dac_read_search,-fowner", "--"}, append(argv, dir)...)...)
+			cmd.Env = append(os.Environ(), wipeDirChild+"="+dir)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("%s: %v\n%s", name, err, out)
+			}
+			var left []string
+			filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+				if p != dir {
+					left = append(left, strings.TrimPrefix(p, dir+"/"))
+				}
+				return nil
+			})
+			if len(left) > 0 {
+				t.Errorf("%s, without CAP_DAC_OVERRIDE and CAP_FOWNER, left %q", name, left)
+			}
+		})
+	}
 }

@@ -78,7 +78,12 @@ routes:
   - {name: slow, match: {path: /slow}, tenant: web, program: "` + systemdCGI + `/slow", memory: 16Mi, timeout: 60s}
   - {name: slowsh, match: {path: /slowsh}, tenant: web, program: "` + systemdCGI + `/slowsh", memory: 16Mi, timeout: 60s}
   - {name: oomsh, match: {path: /oomsh}, tenant: web, program: "` + systemdCGI + `/oomsh", memory: 16Mi}
+  - {name: tmpdirsh, match: {path: /tmpdirsh}, tenant: web, program: "` + systemdCGI + `/tmpdirsh", memory: 16Mi}
 `
+
+// tmpdirScript leaves in its cell's /tmp a directory closed to others
+// (as Python's mkdtemp makes), holding a file.
+const tmpdirScript = "#!/bin/sh\nmkdir -m 700 /tmp/d.$$ && echo x > /tmp/d.$$/f\nprintf 'Content-Type: text/plain\\n\\n'\necho ok\n"
 
 // oomScript tries to lower its oom_score_adj to the unit's OOMScoreAdjust=
 // and prints what it has.
@@ -114,7 +119,7 @@ func installUnits(t *testing.T) string {
 			t.Fatalf("install %s: %v", name, err)
 		}
 	}
-	for name, script := range map[string]string{"slowsh": slowScript, "oomsh": oomScript} {
+	for name, script := range map[string]string{"slowsh": slowScript, "oomsh": oomScript, "tmpdirsh": tmpdirScript} {
 		if err := os.WriteFile(filepath.Join(systemdCGI, name), []byte(script), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -313,6 +318,34 @@ func TestSystemdService(t *testing.T) {
 		// lower its score to cellgate's (OOMScoreAdjust=-500).
 		if got := strings.TrimSpace(mustGet(t, url+"/oomsh", 200)); got != "1000" {
 			t.Errorf("a cell's program lowered its oom_score_adj to %s, want it kept at 1000", got)
+		}
+	})
+
+	t.Run("resident cell wiped", func(t *testing.T) {
+		// The init empties its cell's tmpfs after each request, with the
+		// unit's capabilities only: a directory the program closed to
+		// others (0700, its own uid) is wiped too, and the resident cell
+		// serves the next request. Without CAP_DAC_OVERRIDE and
+		// CAP_FOWNER the init could not open it: every such request
+		// ended its cell as unclean.
+		unclean := func() string {
+			for _, line := range strings.Split(mustGet(t, "http://127.0.0.1:9090/metrics", 200), "\n") {
+				if v, ok := strings.CutPrefix(line, `cellgate_resident_ended_total{reason="unclean"} `); ok {
+					return v
+				}
+			}
+			t.Fatal("no cellgate_resident_ended_total{reason=\"unclean\"} in the metrics")
+			return ""
+		}
+		before := unclean()
+		for range 3 {
+			if got := strings.TrimSpace(mustGet(t, url+"/tmpdirsh", 200)); got != "ok" {
+				t.Fatalf("GET /tmpdirsh: %q", got)
+			}
+		}
+		if after := unclean(); after != before {
+			j, _ := exec.Command("journalctl", "--no-pager", "-n", "20", "-u", "cellgate.service").CombinedOutput()
+			t.Errorf("resident cells ended as unclean: %s before three requests leaving a 0700 directory in /tmp, %s after\njournal:\n%s", before, after, j)
 		}
 	})
 

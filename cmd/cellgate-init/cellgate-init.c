@@ -1761,6 +1761,28 @@ static void reap(pid_t pid, const sigset_t *set, int32_t *code, int32_t *sig)
  * DIR and its buffer); what lies deeper goes with the mount namespace. */
 #define WIPE_DEPTH 32
 
+/* take makes the directory name (in dfd) root's, mode 0700, so that the
+ * wipe may open it and remove what it holds with CAP_CHOWN alone: the
+ * daemon's bounding set (the systemd unit's, the pod's) has neither
+ * CAP_DAC_OVERRIDE nor CAP_FOWNER, and the program may have closed the
+ * directory to others (mkdtemp's 0700), made it read-only, or made it
+ * sticky over files of its own. Only the program's directories (root's
+ * are the view's own, leading to a mount below, and keep their mode).
+ * Through an O_PATH descriptor opened with O_NOFOLLOW: a directory
+ * swapped for a symlink meanwhile is not opened, and nothing a link names
+ * is changed. */
+static void take(int dfd, const char *name)
+{
+	int fd = openat(dfd, name, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	char p[32];
+	snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+	if (fchownat(fd, "", 0, 0, AT_EMPTY_PATH) == 0)
+		chmod(p, 0700);
+	close(fd);
+}
+
 /* wipe_at removes what the directory dfd holds, depth first, and closes
  * dfd. It names entries only relative to directory fds it opened itself
  * with O_NOFOLLOW, never by path: a process outside the cell that holds a
@@ -1789,6 +1811,8 @@ static void wipe_at(int dfd, dev_t dev, int depth)
 			continue;
 		}
 		if (depth > 0) {
+			if (st.st_uid != 0)
+				take(dirfd(d), n);
 			int sub = openat(dirfd(d), n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 			if (sub >= 0) {
 				if (fstat(sub, &st) == 0 && st.st_dev == dev)
