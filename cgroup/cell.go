@@ -155,9 +155,10 @@ func (c *Cell) Populated() (bool, error) {
 }
 
 // Wait backoff for WaitEmpty: the kernel updates "populated" at once but
-// notifies at most every 10 ms (cgroup-facts §5.6), so reading with a short
-// backoff sees the change sooner than a notification would, without a
-// thread blocked in poll per cell.
+// notifies at most every 10 ms (kernel/cgroup/cgroup.c cgroup_file_notify,
+// CGROUP_FILE_NOTIFY_MIN_INTV), so reading with a short backoff sees the
+// change sooner than a notification would, without a thread blocked in poll
+// per cell.
 const (
 	waitFirst = 50 * time.Microsecond
 	waitMax   = 5 * time.Millisecond

@@ -28,7 +28,8 @@
 // relative to the cell's directory fd, and the files read or written at a
 // request's end (cgroup.events, cgroup.kill, the accounting) are opened when
 // the cell is created and read with one pread each (see Cell): containerd/cgroups exposes no fd, no
-// wait for empty, and writes each value by path (2-4x slower, see
-// shared/cgroup-facts.md §1.5 and §7); its OCI conversion writes values the
-// kernel rejects, so Convert is this package's own.
+// wait for empty, and writes each value by path (2-4x slower;
+// containerd/cgroups v3.1.3, cgroup2/manager.go: Manager, setResources,
+// Delete); its OCI conversion (cgroup2/utils.go ToResources) writes values
+// the kernel rejects, so Convert is this package's own.
 package cgroup

@@ -28,8 +28,8 @@ func (s Setting) String() string { return s.File + "=" + s.Value }
 
 // Convert turns OCI runtime-spec LinuxResources into cgroup v2 control-file
 // writes, in the order they must be written. It is pure; nil gives no
-// writes. Where containerd's ToResources is wrong (see cgroup-facts §1.6)
-// this follows the spec and runc:
+// writes. Where containerd's ToResources is wrong (containerd/cgroups
+// v3.1.3, cgroup2/utils.go ToResources) this follows the spec and runc:
 //
 //   - memory limit -1 is "max"; swap is memory+swap (v1 semantics), so
 //     memory.swap.max = swap - limit, and swap -1 is "max";

@@ -31,7 +31,7 @@ func TestConvert(t *testing.T) {
 		{name: "nil", r: nil, want: nil},
 		{name: "empty", r: &specs.LinuxResources{}, want: nil},
 		{
-			name: "facts 1.6 row 1",
+			name: "limit, swap, quota with period, pids",
 			r: &specs.LinuxResources{
 				Memory: &specs.LinuxMemory{Limit: i64(32 * mi), Swap: i64(32 * mi)},
 				CPU:    &specs.LinuxCPU{Quota: i64(50000), Period: u64(100000)},

@@ -92,7 +92,9 @@ func (g *Tenant) Stats() (TenantStats, error) {
 // TreeStats is <base>/cells/cgroup.stat (4.14): how many groups live under
 // cells/, and how many removed ones the kernel still holds. Dying groups
 // pile up when cells leave page cache behind (a shared writable tmpfs),
-// still holding memory (cgroup-facts §5.5); watch NrDyingDescendants.
+// still holding memory (Documentation/admin-guide/cgroup-v2.rst, "Core
+// Interface Files", cgroup.stat, and "Memory Ownership"); watch
+// NrDyingDescendants.
 type TreeStats struct {
 	NrDescendants      uint64
 	NrDyingDescendants uint64
@@ -119,8 +121,11 @@ func (t *Tree) Stats() (TreeStats, error) {
 }
 
 // TenantStats are a tenant group's totals: hierarchical, so they keep
-// counting what removed cells used (cgroup-facts §5.3). Missing names
-// absent files or keys, as in Usage.
+// counting what removed cells used (Documentation/admin-guide/cgroup-v2.rst,
+// "Memory Interface Files", memory.events: "all fields in this file are
+// hierarchical"; kernel/cgroup/rstat.c css_rstat_exit, before 6.16
+// cgroup_rstat_exit, flushes a freed group's cpu.stat into its parent).
+// Missing names absent files or keys, as in Usage.
 type TenantStats struct {
 	CPUUsageUsec  uint64
 	CPUUserUsec   uint64

@@ -16,15 +16,17 @@ import (
 // process exits).
 //
 // Why not the runtime's netpoller (os.NewFile on the pidfd and a
-// SyscallConn read, cgroup-facts §4.4)? It also needs no thread per worker,
-// but the runtime polls the network only when a P runs out of work or
-// sysmon finds it unpolled for 10 ms. Under load (every P busy with
-// spawning goroutines) an exit was then noticed late: with 32 cells in
-// flight on two CPUs, p90 of the wait went to 26 ms and the cell's median
-// latency to 3.7-3.9x a plain exec, against 1.4-1.5x for a blocking wait
-// (measured on the host, BenchmarkCellLifecycle concurrent=32). A thread
-// of our own in epoll_wait is woken by the kernel at once, like a blocking
-// wait, and is still only one thread.
+// SyscallConn read: Go's src/os/file_unix.go newFile puts a non-blocking fd
+// in the poller, and src/internal/poll/fd_unix.go FD.RawRead parks the
+// goroutine in waitRead)? It also needs no thread per worker, but the
+// runtime polls the network only when a P runs out of work or sysmon finds
+// it unpolled for 10 ms. Under load (every P busy with spawning goroutines)
+// an exit was then noticed late: with 32 cells in flight on two CPUs, p90
+// of the wait went to 26 ms and the cell's median latency to 3.7-3.9x a
+// plain exec, against 1.4-1.5x for a blocking wait (measured on the host,
+// BenchmarkCellLifecycle concurrent=32). A thread of our own in epoll_wait
+// is woken by the kernel at once, like a blocking wait, and is still only
+// one thread.
 type reaper struct {
 	epfd int
 	wake int // eventfd: Close writes it to end the loop

@@ -735,7 +735,8 @@ func (r *Runner) driver(spec *Spec) driver {
 // daemons and grandchildren die with cgroup.kill. The first check is a single
 // read of cgroup.events; the pidfd already told that the main process is gone,
 // and after a single-process worker the cell is usually empty by then
-// (cgroup-facts §5.6).
+// (kernel/exit.c do_exit: cgroup_exit runs before exit_notify, which wakes
+// the pidfd).
 func (r *Runner) empty(cell Cell) error {
 	populated, err := cell.Populated()
 	if err == nil && !populated {

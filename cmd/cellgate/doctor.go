@@ -194,7 +194,11 @@ func checkUserNamespaces(r *report) {
 }
 
 // checkKernel compares the running kernel with the versions the features
-// need (cgroup-facts §5).
+// need: cgroup.kill 5.14 (Linux commit 661ee6280931, "cgroup: introduce
+// cgroup.kill"), CLONE_INTO_CGROUP 5.7 (man 2 clone), memory.peak 5.19
+// (commit 8e20d4b33266, "mm/memcontrol: export memcg->watermark via sysfs
+// for v2 memcg") and pids.peak 6.1 (commit 5251c6c436ed, "cgroup: add
+// pids.peak interface for pids controller").
 func checkKernel(r *report) {
 	var u unix.Utsname
 	if err := unix.Uname(&u); err != nil {
