@@ -27,13 +27,58 @@ const DefaultTenant = "default"
 // cgroup directory, a route name a metrics label.
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
 
-// Load reads and parses the policy file at path. Relative program and dir
-// paths are resolved against the directory of the file. Errors: reading
-// the file fails (wrapped), or an *InvalidError (ErrInvalid).
-func Load(path string) (*Policy, error) {
-	data, err := os.ReadFile(path)
+// MaxFileSize is the largest policy file Load reads: 1 MiB. serve reads
+// the file inside the daemon, at every reload and --policy-poll change,
+// and YAML's node tree takes many times the file's size: a megabyte of
+// the densest YAML (a list of one-letter items) is some 200 MB of nodes
+// and half a second of parsing. examples/policy.yaml, comments and all,
+// is under 1 KiB a tenant or route: the bound holds a thousand routes
+// written so, ten thousand on one line each.
+const MaxFileSize = 1 << 20
+
+// maxProblems is how many problems a parse lists, the lowest lines first;
+// one more says how many were left out. Past a few dozen, problems are
+// one mistake repeated (a bad indent, a pasted route, aliases of one
+// route), which the first of them show; listing them all would make a
+// policy of aliases (routes: [*r, *r, ...], 12 KiB for 3000 routes) cost
+// the daemon millions of problems at reload and log them all.
+const maxProblems = 100
+
+// ReadFile reads the policy file at path, at most MaxFileSize bytes of it.
+// Errors: reading fails (wrapped), or the file is larger (an
+// *InvalidError, ErrInvalid, naming the file, its size and the bound).
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("load policy %s: %w", path, err)
+	}
+	defer f.Close()
+	// One byte past the bound tells a file at the bound from a larger
+	// one without reading the rest of it.
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("load policy %s: %w", path, err)
+	}
+	if len(data) > MaxFileSize {
+		size := fmt.Sprintf("more than %d bytes", MaxFileSize)
+		if st, err := f.Stat(); err == nil && st.Mode().IsRegular() && st.Size() > MaxFileSize {
+			size = fmt.Sprintf("%d bytes", st.Size())
+		}
+		return nil, &InvalidError{File: path, Problems: []Problem{{File: path,
+			Msg: fmt.Sprintf("the file is %s, above the %s a policy file may have", size, FormatBytes(MaxFileSize)),
+			Fix: "keep it within " + FormatBytes(MaxFileSize) + " (is it the policy file?)"}}}
+	}
+	return data, nil
+}
+
+// Load reads and parses the policy file at path (ReadFile). Relative
+// program and dir paths are resolved against the directory of the file.
+// Errors: reading the file fails (wrapped), or an *InvalidError
+// (ErrInvalid).
+func Load(path string) (*Policy, error) {
+	data, err := ReadFile(path)
+	if err != nil {
+		return nil, err
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
@@ -62,8 +107,13 @@ func parse(file, baseDir string, data []byte) (*Policy, error) {
 		p = d.policy(root)
 	}
 	if len(d.problems) > 0 {
-		sort.SliceStable(d.problems, func(i, j int) bool { return d.problems[i].Line < d.problems[j].Line })
-		return nil, &InvalidError{File: file, Problems: d.problems}
+		d.trim()
+		probs := d.problems
+		if d.omitted > 0 {
+			probs = append(probs, Problem{File: file, Msg: fmt.Sprintf("... and %d more problems", d.omitted),
+				Fix: "fix those listed and check the file again"})
+		}
+		return nil, &InvalidError{File: file, Problems: probs, Omitted: d.omitted}
 	}
 	p.Digest = sha256.Sum256(data)
 	return p, nil
@@ -72,12 +122,29 @@ func parse(file, baseDir string, data []byte) (*Policy, error) {
 // decoder walks the YAML node tree, collecting every problem.
 type decoder struct {
 	file     string
-	baseDir  string // absolute directory for relative paths, or ""
-	problems []Problem
+	baseDir  string    // absolute directory for relative paths, or ""
+	problems []Problem // at most 2*maxProblems (see trim)
+	omitted  int       // problems found and left out by trim
 }
 
 func (d *decoder) problem(line int, key, value, msg, fix string) {
 	d.problems = append(d.problems, Problem{File: d.file, Line: line, Key: key, Value: value, Msg: msg, Fix: fix})
+	if len(d.problems) >= 2*maxProblems {
+		d.trim()
+	}
+}
+
+// trim sorts the problems by line, keeping the order they were found in
+// among equal lines (those kept were sorted so before, and those found
+// since come after them), and keeps the first maxProblems. Trimming at
+// twice the bound sorts each problem a constant number of times.
+func (d *decoder) trim() {
+	sort.SliceStable(d.problems, func(i, j int) bool { return d.problems[i].Line < d.problems[j].Line })
+	if n := len(d.problems) - maxProblems; n > 0 {
+		d.omitted += n
+		clear(d.problems[maxProblems:])
+		d.problems = d.problems[:maxProblems]
+	}
 }
 
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -374,4 +375,88 @@ func fmtPtr(n *int64) string {
 		return "nil"
 	}
 	return strconv.FormatInt(*n, 10)
+}
+
+// TestParseTiesOnce: a route that ties with several earlier ones is
+// reported once, against the first of them.
+func TestParseTiesOnce(t *testing.T) {
+	src := "version: 1\nroutes:\n" +
+		"  - {name: a, match: {path: /x, methods: [GET]}, program: /a}\n" +
+		"  - {name: b, match: {path: /x, methods: [POST]}, program: /b}\n" +
+		"  - {name: c, match: {path: /x, methods: [GET, POST]}, program: /c}\n" +
+		"  - {name: d, match: {path: /x, methods: [POST]}, program: /d}\n" +
+		"  - {name: e, match: {path: /x}, program: /e}\n" +
+		"  - {name: f, match: {path: /x}, program: /f}\n" +
+		"  - {name: g, match: {path: /x}, program: /g}\n"
+	_, err := Parse("p.yaml", []byte(src))
+	requireProblems(t, err, []problem{
+		{5, "routes[c]", "same requests as route a (line 3)"},
+		{6, "routes[d]", "same requests as route b (line 4)"},
+		{8, "routes[f]", "same requests as route e (line 7)"},
+		{9, "routes[g]", "same requests as route e (line 7)"},
+	})
+}
+
+// TestParseManyProblems: a file of one route's aliases, or of one route
+// pasted over and over, lists maxProblems problems and one counting the
+// rest, and the rest are one per route (a duplicate name and a tie), not
+// one per pair of routes.
+func TestParseManyProblems(t *testing.T) {
+	const n = 3000
+	aliases := "version: 1\nx: &r {name: a, match: {path: /a}, program: /a}\nroutes: [" +
+		strings.Repeat("*r, ", n-1) + "*r]\n"
+	pasted := "version: 1\nroutes:\n" + strings.Repeat("  - {name: a, match: {path: /a}, program: /a}\n", n)
+	for _, tc := range []struct {
+		name, src string
+		want      int // problems found
+	}{
+		{"aliases", aliases, 1 + 2*(n-1)}, // the unknown key x, and each route but the first
+		{"pasted", pasted, 2 * (n - 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("p.yaml", []byte(tc.src))
+			var ie *InvalidError
+			if !errors.As(err, &ie) {
+				t.Fatalf("err = %v, want an *InvalidError", err)
+			}
+			if len(ie.Problems) != maxProblems+1 || ie.Count() != tc.want {
+				t.Fatalf("%d problems listed, %d found; want %d listed, %d found", len(ie.Problems), ie.Count(), maxProblems+1, tc.want)
+			}
+			last := ie.Problems[maxProblems]
+			if want := fmt.Sprintf("... and %d more problems", tc.want-maxProblems); last.Msg != want || last.File != "p.yaml" {
+				t.Errorf("last problem = %s, want %q", last, want)
+			}
+			for i, p := range ie.Problems[1:maxProblems] {
+				if p.Line < ie.Problems[i].Line {
+					t.Fatalf("problem %d (line %d) listed after line %d", i+1, p.Line, ie.Problems[i].Line)
+				}
+			}
+			if !strings.Contains(err.Error(), fmt.Sprintf(": %d problem(s):", tc.want)) {
+				t.Errorf("error does not count every problem: %.200s", err)
+			}
+		})
+	}
+}
+
+// TestLoadTooLarge: a file above MaxFileSize is refused, naming the file,
+// its size and the bound, without being parsed.
+func TestLoadTooLarge(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "policy.yaml")
+	src := "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a}\n"
+	pad := strings.Repeat("# padding\n", (MaxFileSize-len(src))/10+1)
+	if err := os.WriteFile(file, []byte(src+pad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	size := len(src) + len(pad)
+	_, err := Load(file)
+	requireProblems(t, err, []problem{{0, "", fmt.Sprintf("the file is %d bytes, above the %s", size, FormatBytes(MaxFileSize))}})
+	if !strings.Contains(err.Error(), file) {
+		t.Errorf("error does not name the file: %v", err)
+	}
+	if err := os.WriteFile(file, []byte(src+pad[:MaxFileSize-len(src)]), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(file); err != nil {
+		t.Errorf("a file of MaxFileSize bytes: %v", err)
+	}
 }

@@ -12,7 +12,9 @@
 // file is decoded by walking that Node tree rather than into tagged
 // structs, so that unknown keys, wrong types, bad units and cross-section
 // mistakes are all collected in one pass and reported together
-// (*InvalidError), each with the line of the offending key and a fix.
+// (*InvalidError), each with the line of the offending key and a fix (the
+// first 100 by line, and how many more: past that they are one mistake
+// repeated). A file is at most MaxFileSize.
 // examples/policy.yaml is the commented reference; its keys:
 //
 //	version: 1                       required

@@ -44,10 +44,23 @@ func (p Problem) String() string {
 	return b.String()
 }
 
-// InvalidError lists every problem found in one policy file, in line order.
+// InvalidError lists the problems found in one policy file, in line order:
+// every one, or the first of them and one more saying how many were left
+// out (Omitted).
 type InvalidError struct {
 	File     string
 	Problems []Problem
+	// Omitted is the number of problems found but not listed; when it is
+	// not 0 the last of Problems says so.
+	Omitted int
+}
+
+// Count is the number of problems found, listed or not.
+func (e *InvalidError) Count() int {
+	if e.Omitted > 0 {
+		return len(e.Problems) - 1 + e.Omitted
+	}
+	return len(e.Problems)
 }
 
 func (e *InvalidError) Error() string {
@@ -55,7 +68,7 @@ func (e *InvalidError) Error() string {
 	for i, p := range e.Problems {
 		lines[i] = p.String()
 	}
-	return fmt.Sprintf("invalid policy %s: %d problem(s):\n%s", e.File, len(e.Problems), strings.Join(lines, "\n"))
+	return fmt.Sprintf("invalid policy %s: %d problem(s):\n%s", e.File, e.Count(), strings.Join(lines, "\n"))
 }
 
 // Unwrap makes errors.Is(err, ErrInvalid) true.

@@ -202,20 +202,3 @@ func byPriority(routes []*Route) []*Route {
 	sort.SliceStable(out, func(i, j int) bool { return out[j].priority().less(out[i].priority()) })
 	return out
 }
-
-// overlaps reports whether a and b match some request at the same priority:
-// the same host pattern and path prefix, and a method both allow.
-func overlaps(a, b *Route) bool {
-	if a.Host != b.Host || a.PathPrefix != b.PathPrefix || (a.Methods == nil) != (b.Methods == nil) {
-		return false
-	}
-	if a.Methods == nil {
-		return true
-	}
-	for _, m := range a.Methods {
-		if b.allowsMethod(m) {
-			return true
-		}
-	}
-	return false
-}

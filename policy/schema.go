@@ -538,6 +538,11 @@ func (d *decoder) crossCheck(p *Policy, sources []*routeSource) {
 	}
 	defer d.preloadBudgets(p, sources)
 	routeNames := map[string]int{}
+	// The first route of each (host, prefix, method), by index in sources,
+	// so that each route is reported once, against the first earlier route
+	// it ties with: reporting it against every earlier one made n copies
+	// of a route (or n aliases of one) n²/2 problems.
+	firstTie := map[tieKey]int{}
 	for i, s := range sources {
 		r := s.route
 		if r.Name != "" {
@@ -568,13 +573,43 @@ func (d *decoder) crossCheck(p *Policy, sources []*routeSource) {
 		if r.PathPrefix == "" {
 			continue // already reported
 		}
-		for _, o := range sources[:i] {
-			if o.route.PathPrefix != "" && overlaps(o.route, r) {
-				d.problem(r.Line, s.path, "", fmt.Sprintf("matches the same requests as route %s (line %d) at the same priority", o.route.Name, o.route.Line),
-					"change the host, path or methods of one of them")
+		first := -1
+		for _, k := range tieKeys(r) {
+			if j, ok := firstTie[k]; !ok {
+				firstTie[k] = i
+			} else if first < 0 || j < first {
+				first = j
 			}
 		}
+		if first >= 0 {
+			o := sources[first].route
+			d.problem(r.Line, s.path, "", fmt.Sprintf("matches the same requests as route %s (line %d) at the same priority", o.Name, o.Line),
+				"change the host, path or methods of one of them")
+		}
 	}
+}
+
+// tieKey is what two routes that tie share, matching some request at the
+// same priority (Match): the host pattern, the path prefix, and a method
+// both list, or anyMethod for two that list none (one that lists methods
+// comes first of two that are otherwise equal).
+type tieKey struct{ host, prefix, method string }
+
+// anyMethod is the method of tieKey for a route without methods; no method
+// is "" (methodRE).
+const anyMethod = ""
+
+// tieKeys returns r's tieKey for each method it allows: two routes tie
+// exactly when they have one in common.
+func tieKeys(r *Route) []tieKey {
+	if r.Methods == nil {
+		return []tieKey{{r.Host, r.PathPrefix, anyMethod}}
+	}
+	keys := make([]tieKey, len(r.Methods))
+	for i, m := range r.Methods {
+		keys[i] = tieKey{r.Host, r.PathPrefix, m}
+	}
+	return keys
 }
 
 func tenantList(ts []*Tenant) string {

@@ -131,7 +131,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		for _, pr := range invalid.Problems {
 			fmt.Fprintln(stderr, pr)
 		}
-		fmt.Fprintf(stderr, "cellgate check: %s is not valid: %d problem(s)\n", file, len(invalid.Problems))
+		fmt.Fprintf(stderr, "cellgate check: %s is not valid: %d problem(s)\n", file, invalid.Count())
 		return exitInvalid
 	case err != nil:
 		fmt.Fprintf(stderr, "cellgate check: %v\n", err)

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/cellgate/cellgate/policy"
@@ -48,10 +47,12 @@ func newPolicyPoller(path string, log *slog.Logger, every time.Duration, inForce
 }
 
 // due reads the file at now and returns its content's digest and whether
-// a reload of it is to be asked for now. A file that cannot be read is no
-// change (serve keeps its policy); the failure is logged once.
+// a reload of it is to be asked for now. A file that cannot be read, or
+// one larger than a policy may be (policy.MaxFileSize: it is read no
+// further), is no change (serve keeps its policy); the failure is logged
+// once.
 func (p *policyPoller) due(now time.Time) ([sha256.Size]byte, bool) {
-	b, err := os.ReadFile(p.path)
+	b, err := policy.ReadFile(p.path)
 	if err != nil {
 		if !p.bad {
 			p.log.Warn("policy poll: cannot read the policy file; keeping the running policy", "policy", p.path, "err", err)
