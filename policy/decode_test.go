@@ -460,3 +460,51 @@ func TestLoadTooLarge(t *testing.T) {
 		t.Errorf("a file of MaxFileSize bytes: %v", err)
 	}
 }
+
+// TestParseAliasesExpanded: aliases may not make a file that, written out,
+// would be larger than MaxFileSize; one that does is one problem, not a
+// route per alias (1 MiB of "*r," made 350000 routes) nor an env copied
+// into every route. A file as large without aliases parses.
+func TestParseAliasesExpanded(t *testing.T) {
+	const route = "{name: a, match: {path: /a}, program: /a}"
+	head := "version: 1\nx: &r " + route + "\nroutes: ["
+	var routes strings.Builder
+	routes.WriteString("version: 1\nroutes:\n")
+	for i := 0; routes.Len() < MaxFileSize-100; i++ {
+		fmt.Fprintf(&routes, "  - {name: r%d, match: {path: /%d}, program: /a}\n", i, i)
+	}
+	env := "version: 1\nroutes:\n  - {name: r0, match: {path: /0}, program: /a, env: &e {A: " + strings.Repeat("a", 80<<10) + "}}\n"
+	for i := 1; i < 14; i++ {
+		env += fmt.Sprintf("  - {name: r%d, match: {path: /%d}, program: /a, env: *e}\n", i, i)
+	}
+	for _, tc := range []struct {
+		name, src string
+		ok        bool
+	}{
+		{"route aliases", head + strings.Repeat("*r, ", (MaxFileSize-len(head))/4-1) + "*r]\n", false},
+		{"list aliases", "version: 1\nx: &l [" + route + ", " + route + "]\ny: &m [*l, *l, *l, *l, *l, *l, *l, *l]\nz: &n [*m, *m, *m, *m, *m, *m, *m, *m]\n" +
+			"routes: [" + strings.Repeat("*n, ", 1000) + "*n]\n", false},
+		{"env alias", env, false},
+		{"alias of itself", "version: 1\nroutes: &a [{name: a, match: {path: /}, program: /a, env: {A: *a}}]\n", false},
+		{"no aliases", routes.String(), true},
+		{"few aliases", env[:strings.Index(env, "  - {name: r10")], true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if len(tc.src) > MaxFileSize {
+				t.Fatalf("the file is %d bytes, above MaxFileSize", len(tc.src))
+			}
+			_, err := Parse("p.yaml", []byte(tc.src))
+			var ie *InvalidError
+			switch {
+			case tc.ok && err != nil:
+				t.Fatalf("%.300v", err)
+			case !tc.ok && !errors.As(err, &ie):
+				t.Fatalf("err = %v, want an *InvalidError", err)
+			case tc.name == "alias of itself":
+				requireProblems(t, err, []problem{{0, "", "an alias inside the value it names"}})
+			case !tc.ok:
+				requireProblems(t, err, []problem{{0, "", "with its aliases written out, the file would be larger than the 1Mi"}})
+			}
+		})
+	}
+}

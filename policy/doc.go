@@ -14,7 +14,8 @@
 // mistakes are all collected in one pass and reported together
 // (*InvalidError), each with the line of the offending key and a fix (the
 // first 100 by line, and how many more: past that they are one mistake
-// repeated). A file is at most MaxFileSize.
+// repeated). A file is at most MaxFileSize, and so is what it would be
+// with its aliases written out.
 // examples/policy.yaml is the commented reference; its keys:
 //
 //	version: 1                       required
