@@ -229,7 +229,9 @@ func (a *Admission) Update(p *Policy) {
 }
 
 // fits reports whether one more cell of memory bytes fits t and the global
-// budget now.
+// budget now. A reservation is at most MaxSize, and so is what is reserved
+// under a budget (at most a budget, or an earlier one): the sums cannot
+// overflow.
 func (a *Admission) fits(t *tenantState, memory int64) bool {
 	b, g := t.budget, a.global
 	return (b.MaxCells == 0 || t.inFlight < b.MaxCells) &&

@@ -398,19 +398,37 @@ func (d *decoder) boolean(f field, path string) (bool, bool) {
 
 // integer reads an integer in [lo, hi].
 func (d *decoder) integer(f field, path string, lo, hi int64) (int64, bool) {
+	return d.integerFix(f, path, lo, hi, "")
+}
+
+// integerFix reads an integer in [lo, hi]; fix is the remedy for one out of
+// range.
+func (d *decoder) integerFix(f field, path string, lo, hi int64, fix string) (int64, bool) {
 	s, ok := d.scalar(f, path, "an integer", "!!int")
 	if !ok {
 		return 0, false
 	}
 	var n int64 // decoded by yaml itself, so 0o17, 0x1f and 1_000 mean what YAML says
 	if err := resolve(f.val).Decode(&n); err != nil || n < lo || n > hi {
-		d.problem(f.line(), path, s, fmt.Sprintf("out of range %d..%d", lo, hi), "")
+		d.problem(f.line(), path, s, fmt.Sprintf("out of range %d..%d", lo, hi), fix)
 		return 0, false
 	}
 	return n, true
 }
 
-// size reads a byte size of at least lo.
+// pids reads a request's pids limit (a route's or the defaults').
+func (d *decoder) pids(f field, path string) (int64, bool) {
+	return d.integerFix(f, path, MinPids, MaxPids-InitPids,
+		fmt.Sprintf("use %d (the program alone) to %d: %s", MinPids, MaxPids-InitPids, pidsCeiling))
+}
+
+// tenantPids reads a tenant's pids budget.
+func (d *decoder) tenantPids(f field, path string) (int64, bool) {
+	return d.integerFix(f, path, MinTenantPids, MaxPids,
+		fmt.Sprintf("use %d (a confined cell's init and its program) to %d (the most pids.max takes, the kernel's PID_MAX_LIMIT)", MinTenantPids, MaxPids))
+}
+
+// size reads a byte size of at least lo and at most MaxSize.
 func (d *decoder) size(f field, path string, lo int64) (int64, bool) {
 	s, ok := d.scalar(f, path, "a size (64Mi, 1G, 512k)", "!!str", "!!int")
 	if !ok {
@@ -423,6 +441,10 @@ func (d *decoder) size(f field, path string, lo int64) (int64, bool) {
 	}
 	if n < lo {
 		d.problem(f.line(), path, s, "below the floor "+FormatBytes(lo), "raise it to at least "+FormatBytes(lo))
+		return 0, false
+	}
+	if n > MaxSize {
+		d.problem(f.line(), path, s, "above the largest size "+FormatBytes(MaxSize)+" (1 PiB, more than any machine has)", "lower it to at most "+FormatBytes(MaxSize))
 		return 0, false
 	}
 	return n, true

@@ -508,3 +508,60 @@ func TestParseAliasesExpanded(t *testing.T) {
 		})
 	}
 }
+
+// TestParseBounds: pids within what pids.max takes, less a confined
+// cell's init's for a request, and at least a cell's two processes for a
+// tenant; sizes at most MaxSize, so that their sums (memory + swap, a
+// preloader beside a request) stay in range. Each refusal names the
+// bound in its fix.
+func TestParseBounds(t *testing.T) {
+	const route = "  - {name: a, match: {path: /}, program: /a%s}\n"
+	const fork = "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s%s}\n"
+	tests := []struct {
+		name, key string
+		top       string // sections before routes:
+		entry     string // the route's entry, with a %s for extra
+		extra     string // keys added to the route
+		fix       string // a substring of the fix; "" for a policy that parses
+	}{
+		{"route pids at the ceiling", "", "", route, ", pids: 4194296", ""},
+		{"route pids above", "routes[a].pids", "", route, ", pids: 4194297", "to 4194296: pids.max takes at most 4194304"},
+		{"route pids overflowing", "routes[a].pids", "", route, ", pids: 9223372036854775807", "to 4194296"},
+		{"defaults pids above", "defaults.pids", "defaults: {pids: 4194304}\n", route, "", "to 4194296"},
+		{"tenant pids at the ceiling", "", "tenants: [{name: t, pids: 4194304}]\n", route, "", ""},
+		{"tenant pids above", "tenants[t].pids", "tenants: [{name: t, pids: 4194305}]\n", route, "", "to 4194304"},
+		{"tenant pids 2", "", "tenants: [{name: t, pids: 2}]\n", route, "", ""},
+		{"tenant pids 1", "tenants[t].pids", "tenants: [{name: t, pids: 1}]\n", route, "", "use 2 (a confined cell's init and its program)"},
+		{"memory and swap at the ceiling", "", "", route, ", memory: 1024Ti, swap: 1024Ti", ""},
+		{"memory above", "routes[a].memory", "", route, ", memory: 1025Ti", "at most 1024Ti"},
+		{"swap overflowing memory+swap", "routes[a].swap", "", route, ", swap: 8388607Ti", "at most 1024Ti"},
+		{"max_body above", "routes[a].max_body", "", route, ", max_body: 2048Ti", "at most 1024Ti"},
+		{"defaults swap above", "defaults.swap", "defaults: {swap: 1025Ti}\n", route, "", "at most 1024Ti"},
+		{"global memory above", "global.memory", "global: {memory: 1025Ti}\n", route, "", "at most 1024Ti"},
+		{"tenant memory above", "tenants[t].memory", "tenants: [{name: t, memory: 1025Ti}]\n", route, "", "at most 1024Ti"},
+		{"tmpfs_size above", "routes[a].tmpfs_size", "", route, ", tmpfs_size: 1025Ti", "at most 1024Ti"},
+		{"preload_memory above", "routes[a].preload_memory", "", fork, ", preload_memory: 8388607Ti", "at most 1024Ti"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := "version: 1\n" + tt.top + "routes:\n" + fmt.Sprintf(tt.entry, tt.extra)
+			p, err := Parse("p.yaml", []byte(src))
+			if tt.fix == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if r := p.Routes[0]; r.Resources.Memory != nil && *r.Resources.Memory.Swap < *r.Resources.Memory.Limit {
+					t.Errorf("memory+swap %d below memory %d: overflowed", *r.Resources.Memory.Swap, *r.Resources.Memory.Limit)
+				}
+				return
+			}
+			var ie *InvalidError
+			if !errors.As(err, &ie) || len(ie.Problems) != 1 {
+				t.Fatalf("err = %v, want one problem", err)
+			}
+			if pr := ie.Problems[0]; pr.Key != tt.key || pr.Value == "" || !strings.Contains(pr.Fix, tt.fix) {
+				t.Errorf("problem = %s\nwant key %s, the value, and a fix containing %q", pr, tt.key, tt.fix)
+			}
+		})
+	}
+}

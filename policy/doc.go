@@ -35,8 +35,10 @@
 //
 // Limits are converted to the OCI runtime-spec vocabulary
 // (specs.LinuxResources; see Limits.Resources and Tenant.Resources), which
-// package cgroup writes. Floors (MinMemory, MinMilliCPU, MinPids) reject
-// values that the kernel accepts but that no program could run under.
+// package cgroup writes. Floors (MinMemory, MinMilliCPU, MinPids,
+// MinTenantPids) reject values that the kernel accepts but that no program
+// could run under; ceilings (MaxSize, MaxMilliCPU, MaxPids less InitPids
+// for a request) values the kernel refuses or whose sums would overflow.
 //
 // # Matching
 //

@@ -105,7 +105,7 @@ func (d *decoder) limits(fs map[string]field, path string, l Limits) Limits {
 		}
 	}
 	if f, ok := fs["pids"]; ok {
-		if v, ok := d.integer(f, join(path, "pids"), MinPids, math.MaxInt64); ok {
+		if v, ok := d.pids(f, join(path, "pids")); ok {
 			l.Pids = v
 		}
 	}
@@ -163,7 +163,7 @@ func (d *decoder) tenants(f field) []*Tenant {
 			t.MilliCPU, _ = d.cpu(f, join(p, "cpu"))
 		}
 		if f, ok := fs["pids"]; ok {
-			t.Pids, _ = d.integer(f, join(p, "pids"), MinPids, math.MaxInt64)
+			t.Pids, _ = d.tenantPids(f, join(p, "pids"))
 		}
 		if f, ok := fs["max_cells"]; ok {
 			n, _ := d.integer(f, join(p, "max_cells"), 1, math.MaxInt32)

@@ -31,6 +31,31 @@ const (
 	// MinPids is the smallest pids limit: the worker itself. (pids.max 0 is
 	// valid for the kernel but no worker could start.)
 	MinPids = 1
+	// MinTenantPids is the smallest pids budget of a tenant: its group
+	// holds each cell whole, and a confined cell is its init and the
+	// program (a fork route's preloader and the clone serving a request
+	// alike), so a budget of 1 would refuse every request.
+	MinTenantPids = 2
+	// MaxPids is the largest pids limit: pids.max refuses more than the
+	// kernel's PID_MAX_LIMIT, 4*1024*1024 on 64-bit (EINVAL,
+	// kernel/cgroup/pids.c pids_max_write).
+	MaxPids = 4 * 1024 * 1024
+	// InitPids is what a confined cell's init may add to its cell's pids:
+	// cellgate-init (C) is one process, but the Go init that runs when it
+	// is not installed (cellgate itself) has the runtime's own threads,
+	// which count against pids.max. A route's pids limit is the program's;
+	// serve writes the pids.max of a confined cgi route's cell as that
+	// plus InitPids, so a route's pids is at most MaxPids - InitPids.
+	InitPids = 8
+	// MaxSize is the largest size of any key (memory, swap, max_body,
+	// preload_memory, tmpfs_size, budgets): 1 PiB, more than any machine
+	// Linux runs on has (x86-64 addresses 64 TiB of memory with four-level
+	// page tables, 4 PiB with five), and 2^13 times below 2^63, so that
+	// sums of sizes cannot overflow: memory + swap (Limits.Resources), a
+	// preloader beside a request (preloadBudgets), a reservation beside a
+	// budget's (Admission.fits), and up to 8192 reservations of 1 PiB in
+	// flight at once in a tenant without a budget.
+	MaxSize = 1 << 50
 	// MinCPUWeight and MaxCPUWeight bound cpu.weight, as the kernel does.
 	MinCPUWeight = 1
 	MaxCPUWeight = 10000
@@ -58,7 +83,7 @@ func DefaultLimits() Limits {
 func (l Limits) Resources() *specs.LinuxResources {
 	res := &specs.LinuxResources{}
 	if l.Memory > 0 {
-		limit, swap := l.Memory, l.Memory+l.Swap
+		limit, swap := l.Memory, l.Memory+l.Swap // each at most MaxSize: no overflow
 		res.Memory = &specs.LinuxMemory{Limit: &limit, Swap: &swap}
 	}
 	res.CPU = cpuResources(l.MilliCPU)
@@ -70,15 +95,22 @@ func (l Limits) Resources() *specs.LinuxResources {
 }
 
 // Validate checks l against the floors (MinMemory, MinMilliCPU, MinPids)
-// and that the timeout and body limit are positive; for limits given on a
-// command line. It returns every problem, joined.
+// and ceilings (MaxSize, MaxMilliCPU, MaxPids less InitPids) and that the
+// timeout and body limit are positive; for limits given on a command line.
+// It returns every problem, joined.
 func (l Limits) Validate() error {
 	var errs []error
 	if l.Memory < MinMemory {
 		errs = append(errs, fmt.Errorf("memory %s is below the floor %s: raise it", FormatBytes(l.Memory), FormatBytes(MinMemory)))
 	}
+	if l.Memory > MaxSize {
+		errs = append(errs, fmt.Errorf("memory %s is above the largest size %s: lower it", FormatBytes(l.Memory), FormatBytes(MaxSize)))
+	}
 	if l.Swap < 0 {
 		errs = append(errs, fmt.Errorf("swap %d is negative: use 0 for no swap", l.Swap))
+	}
+	if l.Swap > MaxSize {
+		errs = append(errs, fmt.Errorf("swap %s is above the largest size %s: lower it", FormatBytes(l.Swap), FormatBytes(MaxSize)))
 	}
 	if l.MilliCPU != 0 && (l.MilliCPU < MinMilliCPU || l.MilliCPU > MaxMilliCPU) {
 		errs = append(errs, fmt.Errorf("cpu %s is outside %s..%s: use a value in range, or max for no cap", FormatCPU(l.MilliCPU), FormatCPU(MinMilliCPU), FormatCPU(MaxMilliCPU)))
@@ -86,14 +118,23 @@ func (l Limits) Validate() error {
 	if l.Pids < MinPids {
 		errs = append(errs, fmt.Errorf("pids %d is below %d: the worker itself is a process", l.Pids, MinPids))
 	}
+	if l.Pids > MaxPids-InitPids {
+		errs = append(errs, fmt.Errorf("pids %d is above %d: %s", l.Pids, MaxPids-InitPids, pidsCeiling))
+	}
 	if l.Timeout <= 0 {
 		errs = append(errs, fmt.Errorf("timeout %s is not positive: use a duration such as 30s", l.Timeout))
 	}
 	if l.MaxBody != nil && *l.MaxBody < 0 {
 		errs = append(errs, fmt.Errorf("max_body %d is negative: use 0 to refuse bodies", *l.MaxBody))
 	}
+	if l.MaxBody != nil && *l.MaxBody > MaxSize {
+		errs = append(errs, fmt.Errorf("max_body %s is above the largest size %s: lower it", FormatBytes(*l.MaxBody), FormatBytes(MaxSize)))
+	}
 	return errors.Join(errs...)
 }
+
+// pidsCeiling says why a request's pids is at most MaxPids - InitPids.
+var pidsCeiling = fmt.Sprintf("pids.max takes at most %d (the kernel's PID_MAX_LIMIT), and %d of a confined cell's are its init's", MaxPids, InitPids)
 
 // Resources returns the limits of the tenant's group in the OCI
 // runtime-spec vocabulary: Memory.Limit = Memory, CPU.Quota/Period =

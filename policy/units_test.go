@@ -173,6 +173,10 @@ func TestLimitsValidate(t *testing.T) {
 		{"cpu below floor", func(l *Limits) { l.MilliCPU = MinMilliCPU - 1 }},
 		{"cpu above max", func(l *Limits) { l.MilliCPU = MaxMilliCPU + 1 }},
 		{"no pids", func(l *Limits) { l.Pids = 0 }},
+		{"pids above pids.max with the init's", func(l *Limits) { l.Pids = MaxPids - InitPids + 1 }},
+		{"memory above the largest size", func(l *Limits) { l.Memory = MaxSize + 1 }},
+		{"swap above the largest size", func(l *Limits) { l.Swap = MaxSize + 1 }},
+		{"body above the largest size", func(l *Limits) { l.MaxBody = new(int64(MaxSize + 1)) }},
 		{"zero timeout", func(l *Limits) { l.Timeout = 0 }},
 		{"negative body", func(l *Limits) { l.MaxBody = new(int64(-1)) }},
 	}
@@ -186,6 +190,11 @@ func TestLimitsValidate(t *testing.T) {
 		})
 	}
 	l := DefaultLimits()
+	l.Pids, l.Memory, l.Swap, l.MaxBody = MaxPids-InitPids, MaxSize, MaxSize, new(int64(MaxSize))
+	if err := l.Validate(); err != nil {
+		t.Fatalf("the ceilings: %v", err)
+	}
+	l = DefaultLimits()
 	l.MilliCPU = 0 // no cap is valid
 	if err := l.Validate(); err != nil {
 		t.Fatalf("no CPU cap: %v", err)

@@ -147,6 +147,10 @@ func (c *runConfig) validate(origin map[string]string) error {
 	if c.Limits.Pids < policy.MinPids {
 		return fmt.Errorf("--pids %d: below %d (the command itself is a process)", c.Limits.Pids, policy.MinPids)
 	}
+	if most := int64(policy.MaxPids - policy.InitPids); c.Limits.Pids > most {
+		// The cell's pids.max is --pids plus its init's (withInitPids).
+		return fmt.Errorf("--pids %d: above %d (pids.max takes at most %d, %d of them the cell's init's)", c.Limits.Pids, most, policy.MaxPids, policy.InitPids)
+	}
 	if c.Limits.Timeout <= 0 {
 		return fmt.Errorf("--timeout %s: not positive", c.Limits.Timeout)
 	}

@@ -134,6 +134,10 @@ func TestParseRunConfigErrors(t *testing.T) {
 		{"cpu zero", nil, []string{"--cpu", "0", "--", "x"}, []string{"-cpu", `"0"`, "max for no limit"}},
 		{"cpu zero millis", nil, []string{"--cpu", "0m", "--", "x"}, []string{"-cpu", `"0m"`, "no CPU at all"}},
 		{"pids", nil, []string{"--pids", "0", "--", "x"}, []string{"--pids", "0"}},
+		// The cell's pids.max is --pids plus its init's: above the
+		// kernel's PID_MAX_LIMIT, or overflowing, it was refused.
+		{"pids above pids.max", nil, []string{"--pids", "4194297", "--", "x"}, []string{"--pids 4194297", "above 4194296", "4194304"}},
+		{"pids overflowing", nil, []string{"--pids", "9223372036854775807", "--", "x"}, []string{"--pids 9223372036854775807", "above 4194296"}},
 		{"timeout", nil, []string{"--timeout", "0s", "--", "x"}, []string{"--timeout", "0s"}},
 		{"timeout without a unit", nil, []string{"--timeout", "5", "--", "x"}, []string{"-timeout", "want a duration with a unit, such as 5s"}},
 		{"dir", nil, []string{"--dir", "rel", "--", "x"}, []string{"--dir", "rel"}},

@@ -17,13 +17,6 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// initPids is what a confined cell's init may add to the cell's pids:
-// cellgate-init (C) is one process, but the Go init that runs when it is
-// not installed (cellgate itself) has the runtime's own threads, which
-// count against pids.max. A route's pids limit is the program's; the
-// cell's pids.max is that plus initPids.
-const initPids = 8
-
 // routeConfinement builds and encodes a route's confinement plan, once
 // per policy load, for serve and for cellgate check alike. The program's
 // directory (or the route's dir) is shown read-only at its own path; a
@@ -218,14 +211,17 @@ func pathCause(err error) error {
 	return err
 }
 
-// withInitPids returns res with initPids added to its pids limit (a copy:
-// the route's Resources are shared).
+// withInitPids returns res with policy.InitPids, what a confined cell's
+// init may add to the cell's pids, added to its pids limit (a copy: the
+// route's Resources are shared). A route's pids limit is the program's;
+// the policy keeps it within policy.MaxPids - policy.InitPids, so that
+// the sum is one pids.max takes.
 func withInitPids(res *specs.LinuxResources) *specs.LinuxResources {
 	if res == nil || res.Pids == nil || res.Pids.Limit == nil || *res.Pids.Limit <= 0 {
 		return res
 	}
 	out := *res
-	limit := *res.Pids.Limit + initPids
+	limit := *res.Pids.Limit + policy.InitPids
 	out.Pids = &specs.LinuxPids{Limit: &limit}
 	return &out
 }
