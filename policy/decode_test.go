@@ -182,6 +182,11 @@ func TestParseProblems(t *testing.T) {
 		{"route relative path", "version: 1\nroutes:\n  - {name: a, match: {path: a}, program: /a}\n", []problem{{3, "routes[a].match.path", "not an absolute path"}}},
 		{"route unclean path", "version: 1\nroutes:\n  - {name: a, match: {path: /a/../b}, program: /a}\n", []problem{{3, "routes[a].match.path", "not a clean path"}}},
 		{"route double slash", "version: 1\nroutes:\n  - {name: a, match: {path: //a}, program: /a}\n", []problem{{3, "routes[a].match.path", "not a clean path"}}},
+		// Routes match the decoded request path: "/my%20app" matched only
+		// /my%2520app, "/a?b" only /a%3Fb.
+		{"route percent-encoded path", "version: 1\nroutes:\n  - {name: a, match: {path: \"/my%20app\"}, program: /a}\n", []problem{{3, "routes[a].match.path", "only a request for /my%2520app"}}},
+		{"route path with a query", "version: 1\nroutes:\n  - {name: a, match: {path: \"/a?b=1\"}, program: /a}\n", []problem{{3, "routes[a].match.path", "a '?': routes match the request's path alone"}}},
+		{"route path with a fragment", "version: 1\nroutes:\n  - {name: a, match: {path: \"/a#top\"}, program: /a}\n", []problem{{3, "routes[a].match.path", "a '#'"}}},
 		{"host with port", "version: 1\nroutes:\n  - {name: a, match: {host: \"x.org:80\", path: /}, program: /a}\n", []problem{{3, "routes[a].match.host", "with a port"}}},
 		{"host bare wildcard", "version: 1\nroutes:\n  - {name: a, match: {host: \"*\", path: /}, program: /a}\n", []problem{{3, "routes[a].match.host", "bare wildcard"}}},
 		{"host inner wildcard", "version: 1\nroutes:\n  - {name: a, match: {host: \"a.*.org\", path: /}, program: /a}\n", []problem{{3, "routes[a].match.host", "not a host name"}}},
@@ -563,5 +568,29 @@ func TestParseBounds(t *testing.T) {
 				t.Errorf("problem = %s\nwant key %s, the value, and a fix containing %q", pr, tt.key, tt.fix)
 			}
 		})
+	}
+}
+
+// TestParsePathFix: a match.path holding '%', '?' or '#' is refused with
+// the path to write instead.
+func TestParsePathFix(t *testing.T) {
+	for _, tt := range []struct{ path, fix string }{
+		{"/my%20app", `write it decoded: "/my app"`},
+		{"/my%20app/", `write it decoded: "/my app/"`},
+		{"/a?b=1", `write the path part only: "/a"`},
+		{"/a/#top", `write the path part only: "/a/"`},
+		{"/my%20app?x", `keep the path part only, "/my%20app", and write it decoded: "/my app"`},
+		{"/a%zz", "write each %XX as the character it encodes"},
+		{"/x/a%3Fb/c", `decoded it is "/x/a?b/c", whose '?' no prefix may hold: match the segment above it, "/x"`},
+	} {
+		_, err := Parse("p.yaml", []byte("version: 1\nroutes:\n  - {name: a, match: {path: \""+tt.path+"\"}, program: /a}\n"))
+		var ie *InvalidError
+		if !errors.As(err, &ie) || len(ie.Problems) != 1 {
+			t.Errorf("path %q: err = %v, want one problem", tt.path, err)
+			continue
+		}
+		if pr := ie.Problems[0]; pr.Key != "routes[a].match.path" || pr.Value != tt.path || pr.Fix != tt.fix {
+			t.Errorf("path %q: %s\nwant the fix %q", tt.path, pr, tt.fix)
+		}
 	}
 }

@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/url"
 	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
@@ -335,9 +337,27 @@ func (d *decoder) host(line int, p, v string) string {
 
 // pathPrefix validates a path prefix and returns it without a trailing
 // slash (unless it is "/"), or "".
+//
+// Routes match the decoded request path (URL.Path), where "%", "?" and
+// "#" stand for themselves: "/my%20app" would match only a request for
+// /my%2520app, "/a?b" only /a%3Fb. Such a prefix is refused rather than
+// decoded, so that the file says what is matched.
 func (d *decoder) pathPrefix(line int, p, v string) string {
 	if !strings.HasPrefix(v, "/") {
 		d.problem(line, p, v, "not an absolute path", "start it with /")
+		return ""
+	}
+	matches := (&url.URL{Path: v}).EscapedPath() // the request that would match
+	if i := strings.IndexAny(v, "?#"); i >= 0 {
+		fix := "write the path part only: " + strconv.Quote(v[:i])
+		if strings.Contains(v[:i], "%") {
+			fix = "keep the path part only, " + strconv.Quote(v[:i]) + ", and " + decodedFix(v[:i])
+		}
+		d.problem(line, p, v, fmt.Sprintf("a %q: routes match the request's path alone, so this would match only a request for %s", v[i], matches), fix)
+		return ""
+	}
+	if strings.Contains(v, "%") {
+		d.problem(line, p, v, "a '%': routes match the decoded request path, so this would match only a request for "+matches, decodedFix(v))
 		return ""
 	}
 	trimmed := v
@@ -349,6 +369,18 @@ func (d *decoder) pathPrefix(line int, p, v string) string {
 		return ""
 	}
 	return trimmed
+}
+
+// decodedFix is the fix of a prefix v holding a '%': write it decoded.
+func decodedFix(v string) string {
+	dec, err := url.PathUnescape(v)
+	if err != nil {
+		return "write each %XX as the character it encodes"
+	}
+	if i := strings.IndexAny(dec, "%?#"); i >= 0 {
+		return fmt.Sprintf("decoded it is %q, whose %q no prefix may hold: match the segment above it, %q", dec, dec[i], path.Dir(dec[:i+1]))
+	}
+	return "write it decoded: " + strconv.Quote(dec)
 }
 
 func (d *decoder) methods(line int, p string, ms []string) []string {

@@ -151,7 +151,8 @@ type Route struct {
 	// PathPrefix is the path prefix the request path must start with, at a
 	// segment boundary: "/hello" matches /hello, /hello/ and /hello/x, not
 	// /helloworld. It starts with "/" and has no trailing "/" unless it is
-	// "/".
+	// "/"; it is matched against the decoded path (URL.Path), and holds no
+	// '%', '?' or '#'.
 	PathPrefix string
 	// Methods are the allowed methods, upper case; nil allows any.
 	Methods []string
