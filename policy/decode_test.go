@@ -594,3 +594,48 @@ func TestParsePathFix(t *testing.T) {
 		}
 	}
 }
+
+// TestParseEnvBounds: an env entry execve cannot take (MAX_ARG_STRLEN,
+// 128 KiB with its NUL) and a route's env above maxRouteEnv are refused,
+// naming the key: every request of the route would fail with E2BIG.
+func TestParseEnvBounds(t *testing.T) {
+	value := func(n int) string { return strings.Repeat("v", n) }
+	route := func(env string) string {
+		return "version: 1\nroutes:\n  - name: a\n    match: {path: /}\n    program: /a\n    env:\n" + env
+	}
+	longest := 128<<10 - 1 - len("A=") // A=value and its NUL: 128 KiB
+	tests := []struct {
+		name, env string
+		want      []problem
+	}{
+		{"the longest entry", "      A: " + value(longest) + "\n", nil},
+		{"an entry of 128 KiB", "      A: " + value(longest+1) + "\n", []problem{{7, "routes[a].env.A", "an entry of 131072 bytes"}}},
+		{"entries at the budget", "      A: " + value(longest) + "\n      B: " + value(256<<10-(128<<10)-len("B=")-1) + "\n", nil},
+		{"entries above the budget", "      A: " + value(longest) + "\n      B: " + value(longest) + "\n      C: x\n",
+			[]problem{{6, "routes[a].env", "entries of 262148 bytes in all, above the 256Ki"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse("p.yaml", []byte(route(tt.env)))
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("%.500v", err)
+				}
+				total := 0
+				for _, e := range p.Routes[0].Env {
+					total += len(e) + 1
+				}
+				if total > 256<<10 || len(p.Routes[0].Env[0]) > 128<<10-1 {
+					t.Fatalf("env of %d bytes, first entry %d", total, len(p.Routes[0].Env[0]))
+				}
+				return
+			}
+			requireProblems(t, err, tt.want)
+			var ie *InvalidError
+			errors.As(err, &ie)
+			if pr := ie.Problems[0]; pr.Fix == "" || len(pr.String()) > 1000 {
+				t.Errorf("problem without a fix, or quoting the whole value: %.300s", pr)
+			}
+		})
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -455,6 +456,25 @@ func (d *decoder) envName(line int, p, name string) bool {
 	return false
 }
 
+// Bounds of a route's env: the entries, each NAME=value, are the
+// program's environment beside the CGI variables of its request (a fork
+// route's, its preloader's too), and execve refuses an environment it
+// cannot hold with E2BIG, so that every request of the route would fail.
+const (
+	// maxEnvEntry is the longest entry: execve takes no string of
+	// MAX_ARG_STRLEN, 32 pages (128 KiB with 4 KiB pages, the smallest
+	// Linux has), or more with its NUL (fs/exec.c).
+	maxEnvEntry = 32*4096 - 1
+	// maxRouteEnv is the most a route's entries may hold together, each
+	// counted with its NUL. execve takes at most a quarter of the stack
+	// limit for arguments and environment together, 2 MiB under the
+	// usual 8 MiB; the rest is for the CGI variables, which carry the
+	// request (its head, up to serve's --max-header-bytes, as HTTP_*
+	// variables, its path in REQUEST_URI, PATH_INFO and SCRIPT_NAME) and
+	// for pass_env's values, which the policy cannot see.
+	maxRouteEnv = 256 << 10
+)
+
 func (d *decoder) env(fs map[string]field, p string) []string {
 	f, ok := fs["env"]
 	if !ok {
@@ -487,10 +507,39 @@ func (d *decoder) env(fs map[string]field, p string) []string {
 			d.problem(v.Line, kp, v.Value, "a NUL byte in the value (no program's environment can hold it)", "remove it")
 			continue
 		}
-		out = append(out, k.Value+"="+v.Value)
+		entry := k.Value + "=" + v.Value
+		if len(entry) > maxEnvEntry {
+			d.problem(v.Line, kp, abbreviate(v.Value),
+				fmt.Sprintf("an entry of %d bytes (NAME=value): execve takes at most %d (MAX_ARG_STRLEN), so every request would fail with E2BIG", len(entry), maxEnvEntry),
+				fmt.Sprintf("shorten the value to at most %d bytes, or have the program read it from a file", maxEnvEntry-len(k.Value)-1))
+			continue
+		}
+		out = append(out, entry)
+	}
+	total := 0
+	for _, e := range out {
+		total += len(e) + 1 // its NUL, as execve counts it
+	}
+	if total > maxRouteEnv {
+		d.problem(f.line(), p, "", fmt.Sprintf("entries of %d bytes in all, above the %s a route's env may hold beside its requests' CGI variables", total, FormatBytes(maxRouteEnv)),
+			fmt.Sprintf("shorten them to %s in all, or have the program read large values from a file", FormatBytes(maxRouteEnv)))
+		return nil
 	}
 	sort.Strings(out)
 	return out
+}
+
+// abbreviate cuts a long value for a problem, at a character boundary.
+func abbreviate(s string) string {
+	const most = 40
+	if len(s) <= most {
+		return s
+	}
+	i := most
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i] + "..."
 }
 
 func (d *decoder) passEnv(fs map[string]field, p string, env []string) []string {

@@ -174,7 +174,9 @@ type Route struct {
 	// Resources are Limits in the OCI runtime-spec vocabulary; never nil.
 	// Shared: callers must not modify it.
 	Resources *specs.LinuxResources
-	// Env are fixed "KEY=value" entries, sorted by key.
+	// Env are fixed "KEY=value" entries, sorted by key; each shorter than
+	// 128 KiB, 256 KiB in all (with a NUL each), which execve takes beside
+	// the CGI variables.
 	Env []string
 	// PassEnv are names whose values are copied from cellgate's own
 	// environment, in file order.
