@@ -365,18 +365,32 @@ func kindName(n *yaml.Node) string {
 }
 
 // scalar returns f's value when it is a scalar with one of tags, else
-// records a type problem.
+// records a type problem; when the key takes text, its fix is to quote a
+// scalar of another type.
 func (d *decoder) scalar(f field, path, want string, tags ...string) (string, bool) {
 	v := resolve(f.val)
-	if v.Kind == yaml.ScalarNode && slices.Contains(tags, v.ShortTag()) {
-		return v.Value, true
-	}
 	fix := ""
 	if v.Kind == yaml.ScalarNode && v.ShortTag() != "!!null" && slices.Contains(tags, "!!str") {
 		fix = "quote it if it is meant as text"
 	}
+	return d.scalarFix(f, path, want, fix, tags...)
+}
+
+// scalarFix is scalar with fix for a value of another type.
+func (d *decoder) scalarFix(f field, path, want, fix string, tags ...string) (string, bool) {
+	v := resolve(f.val)
+	if v.Kind == yaml.ScalarNode && slices.Contains(tags, v.ShortTag()) {
+		return v.Value, true
+	}
 	d.problem(f.line(), path, scalarValue(v), "want "+want+", got "+kindName(v), fix)
 	return "", false
+}
+
+// isNumber reports whether n is a YAML integer or float, such as a size
+// or duration written without its unit.
+func isNumber(n *yaml.Node) bool {
+	n = resolve(n)
+	return n.Kind == yaml.ScalarNode && (n.ShortTag() == "!!int" || n.ShortTag() == "!!float")
 }
 
 func (d *decoder) str(f field, path string) (string, bool) {
@@ -430,21 +444,37 @@ func (d *decoder) tenantPids(f field, path string) (int64, bool) {
 
 // size reads a byte size of at least lo and at most MaxSize.
 func (d *decoder) size(f field, path string, lo int64) (int64, bool) {
-	s, ok := d.scalar(f, path, "a size (64Mi, 1G, 512k)", "!!str", "!!int")
+	const sizeFix = "a number with an optional unit: 512k, 64Mi, 1G (k, M, G are powers of 1000; Ki, Mi, Gi of 1024)"
+	fix := sizeFix // quoting "true" would not make it a size
+	if isNumber(f.val) {
+		// 1e9 or 1.5: YAML's float, which quoting would not make a size.
+		fix = "add a unit: 64Mi, 1G (a number alone is bytes: whole, without an exponent)"
+	}
+	tags := []string{"!!str", "!!int"}
+	if v := resolve(f.val); allDigits(v.Value) {
+		tags = append(tags, "!!float") // an integer too large for YAML's: ParseBytes says so
+	}
+	s, ok := d.scalarFix(f, path, "a size (64Mi, 1G, 512k)", fix, tags...)
 	if !ok {
 		return 0, false
 	}
 	n, err := ParseBytes(s)
-	if err != nil {
-		d.problem(f.line(), path, s, "not a size", "a number with an optional unit: 512k, 64Mi, 1G (k, M, G are powers of 1000; Ki, Mi, Gi of 1024)")
+	tooLarge := "above the largest size " + FormatBytes(MaxSize) + " (1 PiB, more than any machine has)"
+	switch {
+	case errors.Is(err, errNotWholeBytes):
+		d.problem(f.line(), path, s, "not a whole number of bytes", "round it to whole bytes: "+wholeBytes(s))
 		return 0, false
-	}
-	if n < lo {
+	case errors.Is(err, errSizeTooLarge):
+		d.problem(f.line(), path, s, "too large: "+tooLarge, "lower it to at most "+FormatBytes(MaxSize))
+		return 0, false
+	case err != nil:
+		d.problem(f.line(), path, s, "not a size", sizeFix)
+		return 0, false
+	case n < lo:
 		d.problem(f.line(), path, s, "below the floor "+FormatBytes(lo), "raise it to at least "+FormatBytes(lo))
 		return 0, false
-	}
-	if n > MaxSize {
-		d.problem(f.line(), path, s, "above the largest size "+FormatBytes(MaxSize)+" (1 PiB, more than any machine has)", "lower it to at most "+FormatBytes(MaxSize))
+	case n > MaxSize:
+		d.problem(f.line(), path, s, tooLarge, "lower it to at most "+FormatBytes(MaxSize))
 		return 0, false
 	}
 	return n, true
@@ -470,13 +500,19 @@ func (d *decoder) cpu(f field, path string) (int64, bool) {
 
 // duration reads a positive duration with a unit.
 func (d *decoder) duration(f field, path string) (time.Duration, bool) {
-	s, ok := d.scalar(f, path, "a duration (30s, 1m30s)", "!!str")
+	const durationFix = "a number with a unit: 500ms, 30s, 2m"
+	fix := durationFix // quoting "true" would not make it a duration
+	var secs float64   // timeout: 30 is YAML's integer; quoted, it is still no duration
+	if isNumber(f.val) && resolve(f.val).Decode(&secs) == nil && secs > 0 && !math.IsInf(secs, 0) {
+		fix = "add a unit: " + strconv.FormatFloat(secs, 'f', -1, 64) + "s"
+	}
+	s, ok := d.scalarFix(f, path, "a duration (30s, 1m30s)", fix, "!!str")
 	if !ok {
 		return 0, false
 	}
 	t, err := time.ParseDuration(s)
 	if err != nil {
-		d.problem(f.line(), path, s, "not a duration", "a number with a unit: 500ms, 30s, 2m")
+		d.problem(f.line(), path, s, "not a duration", durationFix)
 		return 0, false
 	}
 	if t <= 0 {

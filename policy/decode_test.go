@@ -639,3 +639,41 @@ func TestParseEnvBounds(t *testing.T) {
 		})
 	}
 }
+
+// TestParseSizeAndDurationMessages: a size says why it is not one (not a
+// whole number of bytes, too large) rather than "not a size", and a size
+// or duration written as a YAML number gets a unit as its fix, where
+// quoting it would only make it text that is no size or duration either.
+func TestParseSizeAndDurationMessages(t *testing.T) {
+	tests := []struct {
+		key, value string
+		msg, fix   string // substrings
+	}{
+		{"memory", "1.0001Mi", "not a whole number of bytes", "round it to whole bytes: 1048680"},
+		{"max_body", "99999999Ti", "too large: above the largest size 1024Ti", "at most 1024Ti"},
+		{"max_body", "99999999999999999999", "too large", "at most 1024Ti"},
+		{"swap", "1e9", "want a size", "add a unit: 64Mi"},
+		{"memory", "1.5", "want a size", "add a unit: 64Mi"},
+		{"swap", "64Q", "not a size", "512k, 64Mi, 1G"},
+		{"memory", "true", "want a size", "512k, 64Mi, 1G"},
+		{"timeout", "30", "want a duration", "add a unit: 30s"},
+		{"timeout", "2.5", "want a duration", "add a unit: 2.5s"},
+		{"timeout", "0x10", "want a duration", "add a unit: 16s"},
+		{"timeout", "true", "want a duration", "500ms, 30s, 2m"},
+		{"timeout", "soon", "not a duration", "500ms, 30s, 2m"},
+		{"response", "1", "want a string", "quote it if it is meant as text"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key+" "+tt.value, func(t *testing.T) {
+			src := "version: 1\nroutes:\n  - {name: a, match: {path: /}, program: /a, " + tt.key + ": " + tt.value + "}\n"
+			_, err := Parse("p.yaml", []byte(src))
+			var ie *InvalidError
+			if !errors.As(err, &ie) || len(ie.Problems) != 1 {
+				t.Fatalf("err = %v, want one problem", err)
+			}
+			if pr := ie.Problems[0]; pr.Key != "routes[a]."+tt.key || pr.Value != tt.value || !strings.Contains(pr.Msg, tt.msg) || !strings.Contains(pr.Fix, tt.fix) {
+				t.Errorf("problem = %s\nwant the message containing %q and the fix %q", pr, tt.msg, tt.fix)
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/big"
 	"strconv"
 	"strings"
@@ -179,11 +180,33 @@ var byteUnits = []struct {
 	{"k", 1e3}, {"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12},
 }
 
+// Why ParseBytes refuses a size, for the decoder to say so.
+var (
+	errNotSize       = errors.New("want a number with an optional unit (512k, 64Mi, 1G)")
+	errNotWholeBytes = errors.New("not a whole number of bytes")
+	errSizeTooLarge  = errors.New("too large")
+)
+
 // ParseBytes parses a byte size: a decimal number with an optional unit,
 // k/K, M, G, T (powers of 1000) or Ki, Mi, Gi, Ti (powers of 1024), such as
 // 512k, 64Mi, 1.5Gi or 1048576. The result must be a whole number of bytes
 // and fit in an int64.
 func ParseBytes(s string) (int64, error) {
+	r, err := parseBytes(s)
+	switch {
+	case err != nil:
+		return 0, err
+	case r.Cmp(new(big.Rat).SetInt64(math.MaxInt64)) > 0:
+		return 0, fmt.Errorf("parse size %q: %w", s, errSizeTooLarge)
+	case !r.IsInt():
+		return 0, fmt.Errorf("parse size %q: %w", s, errNotWholeBytes)
+	}
+	return r.Num().Int64(), nil
+}
+
+// parseBytes parses s as ParseBytes does, into a number of bytes that may
+// be a fraction or too large.
+func parseBytes(s string) (*big.Rat, error) {
 	num, mult := s, int64(1)
 	for _, u := range byteUnits {
 		if strings.HasSuffix(s, u.suffix) {
@@ -192,20 +215,23 @@ func ParseBytes(s string) (int64, error) {
 		}
 	}
 	if _, _, ok := splitDecimal(num); !ok {
-		return 0, fmt.Errorf("parse size %q: want a number with an optional unit (512k, 64Mi, 1G)", s)
+		return nil, fmt.Errorf("parse size %q: %w", s, errNotSize)
 	}
 	r, ok := new(big.Rat).SetString(num)
 	if !ok {
-		return 0, fmt.Errorf("parse size %q: want a number with an optional unit (512k, 64Mi, 1G)", s)
+		return nil, fmt.Errorf("parse size %q: %w", s, errNotSize)
 	}
-	r.Mul(r, new(big.Rat).SetInt64(mult))
-	if !r.IsInt() {
-		return 0, fmt.Errorf("parse size %q: not a whole number of bytes", s)
+	return r.Mul(r, new(big.Rat).SetInt64(mult)), nil
+}
+
+// wholeBytes is s, which parses to a fraction of a byte (errNotWholeBytes),
+// rounded down, for a fix.
+func wholeBytes(s string) string {
+	r, err := parseBytes(s)
+	if err != nil {
+		return ""
 	}
-	if !r.Num().IsInt64() {
-		return 0, fmt.Errorf("parse size %q: too large", s)
-	}
-	return r.Num().Int64(), nil
+	return new(big.Int).Quo(r.Num(), r.Denom()).String()
 }
 
 // splitDecimal splits "12.5" into "12" and "5"; digits only, at most 18
