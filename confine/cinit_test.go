@@ -991,3 +991,59 @@ func sigPending(t *testing.T, pid int) uint64 {
 	t.Fatalf("no ShdPnd in /proc/%d/status", pid)
 	return 0
 }
+
+// TestInitsWordFrameErrorsAlike: both inits refuse the same malformed
+// frames with the same words: a field or a list longer than what is left
+// of the frame, and descriptors sent with a frame that takes none (the
+// Go init took that plan for good: it never looked at MSG_CTRUNC; the C
+// init said "0 descriptors with the frame, want 0").
+func TestInitsWordFrameErrorsAlike(t *testing.T) {
+	noNS := &Plan{NoFile: 64}
+	body := bareExec(t, "/bin/true")[4:]
+	frame := func(b []byte) []byte { return append(binary.LittleEndian.AppendUint32(nil, uint32(len(b))), b...) }
+	// The body: uid, gid, the groups' count and groups, then the path.
+	ng := binary.LittleEndian.Uint32(body[8:])
+	longPath := append([]byte{}, body...)
+	binary.LittleEndian.PutUint32(longPath[12+4*int(ng):], 1<<20)
+	manyGroups := append([]byte{}, body...)
+	binary.LittleEndian.PutUint32(manyGroups[8:], 1<<20)
+	for _, tc := range []struct {
+		name, want string
+		exec       []byte
+	}{
+		{"a path longer than the frame", fmt.Sprintf("exec frame: field of %d bytes with %d left", 1<<20, len(body)-16-4*int(ng)), frame(longPath)},
+		{"more groups than the frame holds", fmt.Sprintf("exec frame: list of %d entries with %d bytes left", 1<<20, len(body)-12), frame(manyGroups)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := bothInits(t, func(t *testing.T, bin string) outcome {
+				return runCell(t, bin, planFrame(t, noNS), tc.exec, nil)
+			})
+			if n := len(o.Reports); n != 2 || o.Reports[1].Kind != ReportSpawn || o.Reports[1].Msg != tc.want {
+				t.Errorf("reports %+v, want ready then a spawn failure %q", o.Reports, tc.want)
+			}
+		})
+	}
+	t.Run("a descriptor with the plan", func(t *testing.T) {
+		o := bothInits(t, func(t *testing.T, bin string) outcome {
+			r := startInit(t, bin)
+			null, err := os.Open(os.DevNull)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer null.Close()
+			r.send(planFrame(t, noNS), null)
+			// One report, then the end: the init left the frame's body
+			// unread, and its close resets the stream after it.
+			var o outcome
+			if rep, ok := r.report(); ok {
+				o.Reports = append(o.Reports, rep)
+			}
+			o.Status = r.exit()
+			return o
+		})
+		const want = "read the plan frame on fd 3: descriptors with a frame that takes none"
+		if len(o.Reports) != 1 || o.Reports[0].Kind != ReportSetup || o.Reports[0].Msg != want || o.Status != exitSetup {
+			t.Errorf("%+v, want the plan refused: %q, exit %d", o, want, exitSetup)
+		}
+	})
+}

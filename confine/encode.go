@@ -385,10 +385,7 @@ func DecodeExec(b []byte) (*Exec, error) {
 	d := &decoder{b: b}
 	e := &Exec{}
 	e.UID, e.GID = d.u32(), d.u32()
-	ng := d.u32()
-	if d.err == nil && uint64(ng) > uint64(len(d.b))/4 {
-		d.err = fmt.Errorf("%d groups with %d bytes left", ng, len(d.b))
-	}
+	ng := d.count(4)
 	for i := uint32(0); i < ng && d.err == nil; i++ {
 		e.Groups = append(e.Groups, d.u32())
 	}

@@ -235,9 +235,9 @@ func readFrame(fd, nfds int) ([]byte, []int, error) {
 	if nfds > 0 {
 		oob = make([]byte, unix.CmsgSpace(4*nfds))
 	}
-	n, oobn, _, _, err := unix.Recvmsg(fd, hdr[:], oob, unix.MSG_CMSG_CLOEXEC)
+	n, oobn, flags, _, err := unix.Recvmsg(fd, hdr[:], oob, unix.MSG_CMSG_CLOEXEC)
 	for errors.Is(err, unix.EINTR) {
-		n, oobn, _, _, err = unix.Recvmsg(fd, hdr[:], oob, unix.MSG_CMSG_CLOEXEC)
+		n, oobn, flags, _, err = unix.Recvmsg(fd, hdr[:], oob, unix.MSG_CMSG_CLOEXEC)
 	}
 	if err != nil {
 		return nil, nil, err
@@ -259,9 +259,16 @@ func readFrame(fd, nfds int) ([]byte, []int, error) {
 			fds = append(fds, got...)
 		}
 	}
-	if len(fds) != nfds {
+	if len(fds) != nfds || flags&unix.MSG_CTRUNC != 0 {
 		for _, f := range fds {
 			unix.Close(f)
+		}
+		// The kernel closed the descriptors that did not fit.
+		switch {
+		case flags&unix.MSG_CTRUNC != 0 && nfds == 0:
+			return nil, nil, errors.New("descriptors with a frame that takes none")
+		case flags&unix.MSG_CTRUNC != 0:
+			return nil, nil, fmt.Errorf("more descriptors with the frame than the %d it takes", nfds)
 		}
 		return nil, nil, fmt.Errorf("%d descriptors with the frame, want %d", len(fds), nfds)
 	}

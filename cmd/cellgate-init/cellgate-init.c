@@ -372,7 +372,11 @@ static unsigned char *read_frames(int fd, int min, int nfds, int *fds, int *got_
 	if (got < min || got > nfds || (msg.msg_flags & MSG_CTRUNC)) {
 		for (int i = 0; i < got && i < nfds; i++)
 			close(fds[i]);
-		if (min == nfds)
+		if ((msg.msg_flags & MSG_CTRUNC) && nfds == 0)
+			fail(0, "descriptors with a frame that takes none");
+		else if (msg.msg_flags & MSG_CTRUNC)
+			fail(0, "more descriptors with the frame than the %d it takes", nfds);
+		else if (min == nfds)
 			fail(0, "%d descriptors with the frame, want %d", got, nfds);
 		else
 			fail(0, "%d descriptors with the frame, want %d to %d", got, min, nfds);
@@ -418,10 +422,15 @@ struct decoder {
 	char why[96];
 };
 
-static void dec_fail(struct decoder *d, const char *why)
+/* dec_fail records the first error, worded as the Go decoder's. */
+static void dec_fail(struct decoder *d, const char *fmt, ...)
 {
-	if (!d->bad)
-		snprintf(d->why, sizeof d->why, "%s", why);
+	if (!d->bad) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(d->why, sizeof d->why, fmt, ap);
+		va_end(ap);
+	}
 	d->bad = 1;
 }
 
@@ -449,7 +458,7 @@ static char *str(struct decoder *d)
 	if (d->bad)
 		return NULL;
 	if (n > d->n) {
-		dec_fail(d, "field longer than what is left");
+		dec_fail(d, "field of %u bytes with %zu left", n, d->n);
 		return NULL;
 	}
 	if (memchr(d->b, 0, n)) {
@@ -472,7 +481,7 @@ static uint32_t count(struct decoder *d, size_t min)
 {
 	uint32_t n = u32(d);
 	if (!d->bad && (uint64_t)n * min > d->n) {
-		dec_fail(d, "list longer than what is left");
+		dec_fail(d, "list of %u entries with %zu bytes left", n, d->n);
 		return 0;
 	}
 	return n;
