@@ -90,6 +90,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	p, err := policy.Load(file)
 	hidden := daemonFiles(file, *tlsKey) // serve's own files, covered where a view shows them
 	var views []routeView                // what each route's cells see
+	var dirWarnings []string             // a dir route's programs its cells cannot run
 	if err == nil && !*syntaxOnly {
 		views = routeViews(p, resolvePath)
 		err = verifyRoutes(p, func(r *policy.Route) (sandbox.Credential, error) {
@@ -106,7 +107,11 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		// default), so that what serve refuses, check refuses.
 		var probs []policy.Problem
 		for _, r := range p.Routes {
-			if _, cerr := buildConfinement(r, hidden, nil); cerr != nil {
+			prep, cerr := buildConfinement(r, hidden, nil)
+			if cerr == nil {
+				dirWarnings = append(dirWarnings, dirProgramsHidden(prep.Plan(), r)...)
+			}
+			if cerr != nil {
 				// One problem, with the file and line, per thing
 				// wrong (confine.Build joins them).
 				errs := []error{cerr}
@@ -137,7 +142,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cellgate check: %v\n", err)
 		return exitInvalid
 	}
-	for _, w := range slices.Concat(exposedDaemonFiles(p, views, hidden, sh.GID), rootSetuidMounts(views, mountedNosuid), hugetlbfsMounts(views, hugetlbfsIn())) {
+	for _, w := range slices.Concat(dirWarnings, exposedDaemonFiles(p, views, hidden, sh.GID), rootSetuidMounts(views, mountedNosuid), hugetlbfsMounts(views, hugetlbfsIn())) {
 		fmt.Fprintf(stderr, "cellgate check: warning: %s\n", w)
 	}
 	printPolicy(stdout, p)

@@ -197,6 +197,14 @@ routes:
 			wantErr: []string{"routes[r].confinement: ", "fresh tmpfs", "move it out of /tmp"}},
 		{name: "fork app_dir under /tmp, syntax only", args: []string{"--syntax-only", route("forktmp2", "driver: fork, runtime: python-wsgi, app: \"a:app\", app_dir: .")}, wantCode: 0},
 		{name: "dir route", args: []string{route("dirok", "dir: .")}, wantCode: 0, wantNoWarn: true},
+		// A dir route's programs that its cells could not run are
+		// warned of (they come and go between loads: not problems).
+		{name: "dir route, a program a symlink out of the view", args: []string{route("dirbin", "dir: bin")}, wantCode: 0,
+			wantOut: []string{"valid: 1 route(s)"},
+			wantErr: []string{"cellgate check: warning: route r (line 3): program " + filepath.Join(dir, "bin/away") + " is a symlink to " + filepath.Join(dir, "elsewhere/real") + ", which is not in the cell's view", "a request for it fails with 127, not found\n"}},
+		{name: "dir route, a script whose interpreter is out of the view", args: []string{route("dirscripts", "dir: scripts")}, wantCode: 0,
+			wantErr: []string{"cellgate check: warning: route r (line 3): program " + filepath.Join(dir, "scripts/s") + ": its interpreter " + filepath.Join(dir, "interp/sh") + " (the #! line) is not in the cell's view"}},
+		{name: "dir route, a program a symlink out of the view, filesystem: host", args: []string{route("dirbinhost", "dir: bin, filesystem: host")}, wantCode: 0, wantNoWarn: true},
 		{name: "dir route unreachable", args: []string{route("dirbad", "dir: private")}, wantCode: 1,
 			wantErr: []string{"routes[r].dir", "cannot search it (mode 0700"}},
 		{name: "dir route not a directory", args: []string{route("dirfile", "dir: prog")}, wantCode: 1,

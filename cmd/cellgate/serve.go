@@ -486,6 +486,13 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 	for _, w := range rootSetuidMounts(views, mountedNosuid) {
 		d.log.Warn(w)
 	}
+	for r, rs := range specs {
+		if rs.confine != nil {
+			for _, w := range dirProgramsHidden(rs.confine.Plan(), r) {
+				d.log.Warn("a program of a dir route is not in its cells' view: " + w)
+			}
+		}
+	}
 	if d.tree == nil || !d.tree.Features().HugeTLBClosed {
 		for _, w := range hugetlbfsMounts(views, hugetlbfsIn()) {
 			d.log.Warn(w)

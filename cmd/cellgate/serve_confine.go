@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -117,11 +118,55 @@ func programShown(plan *confine.Plan, program string) error {
 	if err != nil {
 		return nil // verifyRoute says what
 	}
+	if _, err := os.Lstat(interp); err != nil {
+		return nil // not on the host either: verifyRoute says what
+	}
 	if !plan.Shows(interp) {
 		return fmt.Errorf("program %s: its interpreter %s (the #! line) is not in the cell's view "+
 			"(fix: add its directory to system_dirs or mount it where it is, or set filesystem: host)", program, interp)
 	}
 	return hopsShown(plan, interp, "program "+program+": its interpreter "+interp)
+}
+
+// maxDirPrograms bounds the entries of a dir route's directory that
+// dirProgramsHidden looks at, once per load: a directory of many files
+// (a whole bin/) costs a read and a few stats each.
+const maxDirPrograms = 1000
+
+// dirProgramsHidden returns, for a dir route confined to its own view
+// (plan), why each program of its directory that the view does not let
+// the kernel run cannot run (programShown): a request naming one fails
+// with a 127, "not found", though the file is there. Warnings, not
+// problems: the directory's programs come and go between loads. It looks
+// at maxDirPrograms entries at most and says when there were more.
+func dirProgramsHidden(plan *confine.Plan, r *policy.Route) []string {
+	dir := r.Dir
+	if dir == "" || r.Confinement.HostFilesystem || r.Confinement.RootFS != "" {
+		return nil // the host's files, or a rootfs of the route's own: as they are
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil // verifyRoute says what
+	}
+	defer f.Close()
+	ents, err := f.ReadDir(maxDirPrograms + 1)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil
+	}
+	var out []string
+	for i, e := range ents {
+		if i == maxDirPrograms {
+			out = append(out, fmt.Sprintf("route %s (line %d): dir %s has more than %d entries; only the first %d were checked against the cells' view", r.Name, r.Line, dir, maxDirPrograms, maxDirPrograms))
+			break
+		}
+		if e.IsDir() || (e.Type()&fs.ModeSymlink == 0 && !e.Type().IsRegular()) {
+			continue
+		}
+		if err := programShown(plan, filepath.Join(dir, e.Name())); err != nil {
+			out = append(out, fmt.Sprintf("route %s (line %d): %v: a request for it fails with 127, not found", r.Name, r.Line, err))
+		}
+	}
+	return out
 }
 
 // hopsShown follows path's symlinks (at most 40, as the kernel does)
