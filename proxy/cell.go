@@ -24,8 +24,10 @@ type cellRun struct {
 	sent bool            // streaming: the status and headers were sent
 }
 
-// bodyEmpty reports whether the run's response has no body.
-func (c *cellRun) bodyEmpty() bool { return c.body == nil || c.body.Len() == 0 }
+// bodyEmpty reports whether the run's response has no body. A streamed
+// one went to the client as it came, whatever it held: never empty, so
+// that a Location it sent is not also followed as a local redirect.
+func (c *cellRun) bodyEmpty() bool { return !c.sent && (c.body == nil || c.body.Len() == 0) }
 
 func (c *cellRun) close() {
 	if c.body != nil {

@@ -108,6 +108,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.record(r.Context(), x.rec)
 	}
 	if x.abort {
+		resetOnClose(r)
 		panic(http.ErrAbortHandler)
 	}
 	x.tail()

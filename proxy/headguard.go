@@ -303,6 +303,20 @@ func guardOf(c net.Conn) *guardConn {
 // ConnContext).
 type guardKey struct{}
 
+// resetOnClose has r's connection end with a reset (SO_LINGER 0) when
+// net/http closes it after the handler aborted: a response cut short
+// (a streamed body the worker did not finish, a client gone) must not
+// look complete, and over HTTP/1.0, which has no chunks, a streamed body
+// ends where the connection does: a plain close (FIN) showed the client
+// a cut body as a whole one. Only HTTP/1 connections have a guardConn.
+func resetOnClose(r *http.Request) {
+	g, _ := r.Context().Value(guardKey{}).(*guardConn)
+	if g == nil {
+		return
+	}
+	setLinger(g.Conn, 0)
+}
+
 // framingRefused reports whether r's connection had a request body's
 // framing refused.
 func framingRefused(r *http.Request) bool {

@@ -170,6 +170,21 @@ func (c *capConn) ReadFrom(r io.Reader) (int64, error) { return readFrom(c.Conn,
 // CloseWrite half-closes the connection when the transport can.
 func (c *capConn) CloseWrite() error { return closeWrite(c.Conn) }
 
+// SetLinger sets SO_LINGER on the TCP connection (resetOnClose).
+func (c *capConn) SetLinger(sec int) error { return setLinger(c.Conn, sec) }
+
+// setLinger sets SO_LINGER on c's TCP connection, through the wrappers of
+// a connection (a TLS connection's too).
+func setLinger(c net.Conn, sec int) error {
+	if t, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = t.NetConn()
+	}
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		return l.SetLinger(sec)
+	}
+	return errors.ErrUnsupported
+}
+
 // readFrom copies r to c through c's own ReadFrom when it has one (a
 // *net.TCPConn's is sendfile), for wrappers of a connection.
 func readFrom(c net.Conn, r io.Reader) (int64, error) {

@@ -132,10 +132,11 @@ func (x *exchange) stream(hdr *cgiHeader, br *bufio.Reader, cancel context.Cance
 	x.rec.Status = hdr.Status
 	x.w.WriteHeader(hdr.Status)
 	dl := x.writeDeadlines()
-	if !bodyAllowed(hdr.Status) || x.r.Method == http.MethodHead {
-		return dl.flush()
+	err := dl.flush()
+	if err == nil && (!bodyAllowed(hdr.Status) || x.r.Method == http.MethodHead) {
+		return nil
 	}
-	if err := dl.flush(); err != nil {
+	if err != nil {
 		cancel()
 		return x.clientLost(err)
 	}

@@ -1196,3 +1196,128 @@ func TestStreamContentLength(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamLocationWithBody: a streamed response with a local Location
+// and a body went to the client as it came, and was then also followed as
+// a local redirect: the target route's cell ran and its response was
+// written into the 302 already sent (a Location naming the route itself
+// ran it six times). It is the worker's 302, sent and recorded once.
+func TestStreamLocationWithBody(t *testing.T) {
+	r := route("r", "/r", "/r")
+	r.Response = policy.ResponseStream
+	other := route("other", "/other", "/other")
+	var mu sync.Mutex
+	var ran []string
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		mu.Lock()
+		ran = append(ran, spec.Path)
+		mu.Unlock()
+		if spec.Path == "/r" {
+			io.WriteString(spec.Stdout, "Location: /other\n\n<a href=/other>moved</a>\n")
+		} else {
+			io.WriteString(spec.Stdout, "Content-Type: text/plain\n\nSECRET of /other\n")
+		}
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	ts := startServer(t, Config{}, Deps{Runner: runner}, r, other)
+	resp, err := noRedirectClient().Get("http://" + ts.Addr + "/r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 302 || string(body) != "<a href=/other>moved</a>\n" {
+		t.Errorf("GET /r: %d %q, want the worker's 302 and its body alone", resp.StatusCode, body)
+	}
+	rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader))
+	if rec.Status != 302 || rec.Outcome != accounting.OutcomeOK {
+		t.Errorf("record status %d outcome %s, want 302 ok", rec.Status, rec.Outcome)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ran) != 1 {
+		t.Errorf("cells run: %q, want /r's alone", ran)
+	}
+}
+
+// noRedirectClient follows no redirect.
+func noRedirectClient() *http.Client {
+	return &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+// TestStreamCutHTTP10: over HTTP/1.0, which has no chunks, a streamed
+// body ends where the connection does; one cut short (the worker
+// OOM-killed, or short of its own Content-Length) ended with a plain
+// close, and the client read it as complete. The connection is reset.
+func TestStreamCutHTTP10(t *testing.T) {
+	for _, tc := range []struct {
+		name, out string
+		cause     sandbox.Cause
+	}{
+		{"worker killed", "Content-Type: text/plain\n\nfirst\n", sandbox.CauseOOM},
+		{"short of its Content-Length", "Content-Type: text/plain\nContent-Length: 100\n\nfirst\n", sandbox.CauseOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+				io.WriteString(spec.Stdout, tc.out)
+				return fakeResult(tc.cause), nil
+			})
+			r := route("s", "/s", "/s")
+			r.Response = policy.ResponseStream
+			ts := startServer(t, Config{}, Deps{Runner: runner}, r)
+			c, err := net.Dial("tcp", ts.Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			io.WriteString(c, "GET /s HTTP/1.0\r\nHost: x\r\n\r\n")
+			got, err := io.ReadAll(c)
+			if err == nil {
+				t.Errorf("the client read %q to a clean end: a cut body looks whole", got)
+			}
+		})
+	}
+}
+
+// TestStreamHeadClientGone: a client gone before a streamed HEAD's (or a
+// 204's) head went out is client_gone, as on a body's write, not an
+// internal error answered 500 in the log.
+func TestStreamHeadClientGone(t *testing.T) {
+	r := route("r", "/r", "/r")
+	r.Response = policy.ResponseStream
+	started, gone := make(chan struct{}), make(chan struct{})
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		close(started)
+		<-gone
+		// Long enough for the reset to have come: the head's write then
+		// fails (a write may succeed once after a reset; the flush's
+		// second does not).
+		time.Sleep(300 * time.Millisecond)
+		io.WriteString(spec.Stdout, "Content-Type: text/plain\n\n")
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	ts := startServer(t, Config{}, Deps{Runner: runner}, r)
+	c, err := net.Dial("tcp", ts.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(c, "HEAD /r HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-started
+	c.(*net.TCPConn).SetLinger(0)
+	c.Close()
+	close(gone)
+	var rec accounting.Record
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if recs := ts.recs.all(); len(recs) > 0 {
+			rec = recs[0]
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no record")
+		}
+	}
+	if rec.Outcome != accounting.OutcomeClientGone {
+		t.Errorf("record status %d outcome %s, want client_gone\nlog:\n%s", rec.Status, rec.Outcome, ts.logs.String())
+	}
+}
