@@ -10,10 +10,12 @@
 # (JSON) says what each child sets up in itself first: PID, mount and IPC
 # namespaces of its own, fresh tmpfs mounts and a /proc, a seccomp filter.
 # The child takes the request's uid, stdio and environment and serves
-# exactly one request with wsgiref's CGIHandler, then exits; the response
-# goes out on a private fd, and the app's own stdout (print, logging set up
-# on sys.stdout) is the request's stderr. The preloader's own fds 1 and 2
-# are a pipe that cellgate reads and logs, bounded. Standard library only.
+# exactly one request with wsgiref's CGIHandler, then exits (by SIGSEGV
+# when the app failed after its response had started: a cut response is
+# then not passed on as whole); the response goes out on a private fd,
+# and the app's own stdout (print, logging set up on sys.stdout) is the
+# request's stderr. The preloader's own fds 1 and 2 are a pipe that
+# cellgate reads and logs, bounded. Standard library only.
 
 import array
 import ctypes
@@ -21,6 +23,7 @@ import gc
 import importlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -145,13 +148,44 @@ class Handler(CGIHandler):
     """CGIHandler on the given streams and environ instead of sys's and
     os.environ."""
 
+    # cut: the app failed once the response had started (serve_one then
+    # ends the child by a fault).
+    cut = False
+
     def __init__(self, stdin, stdout, stderr, environ):
         BaseCGIHandler.__init__(self, stdin, stdout, stderr, environ, multithread=False, multiprocess=True)
+
+    def handle_error(self):
+        # Once the headers are out, wsgiref logs the error and returns as
+        # if the response were whole: the child would exit 0, and cellgate
+        # pass on what was sent as complete (a 200 cut short, given a
+        # Content-Length when spooled). Noted first, in case the logging
+        # fails too.
+        self.cut = self.headers_sent
+        BaseCGIHandler.handle_error(self)
+
+
+def crash():
+    """End the child as a crashed worker ends, by a signal: cellgate fails
+    the request then (a 502, a cut stream), where any exit status passes
+    the response on. Never returns."""
+    # The child is the init of a PID namespace of its own (under a user
+    # namespace), which the kernel spares every signal sent from inside
+    # it, SIGKILL to itself and abort's SIGABRT included, but a fault's:
+    # so a read at address 0 (strlen), with SIGSEGV's default action back
+    # (an app's faulthandler would catch it) and no core (setresuid may
+    # have made the process dumpable again).
+    try:
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+        signal.signal(signal.SIGSEGV, signal.SIG_DFL)
+        ctypes.string_at(0)
+    finally:
+        os._exit(1)
 
 
 def serve_one(app, setup, req, fds, sock):
     """The child: become the request's process and serve it. Never returns."""
-    code = 1
+    code, cut = 1, False
     try:
         # The response goes out on an fd of its own, close-on-exec (os.dup)
         # and written by the handler only; fd 1, where the app's print and
@@ -201,7 +235,11 @@ def serve_one(app, setup, req, fds, sock):
         sys.stderr = open(2, "w", buffering=1, errors="backslashreplace", closefd=False)
         setup.seccomp()
         response = open(response, "wb")
-        Handler(sys.stdin.buffer, response, sys.stderr, read_environ()).run(app)
+        handler = Handler(sys.stdin.buffer, response, sys.stderr, read_environ())
+        try:
+            handler.run(app)
+        finally:
+            cut = handler.cut
         response.flush()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -212,6 +250,18 @@ def serve_one(app, setup, req, fds, sock):
             sys.stderr.flush()
         except BaseException:
             pass
+    if cut:
+        # What was written goes out before the fault: the response's part
+        # (a streamed response's client has it), the app's output, the
+        # traceback, and a line that explains the signal in the log.
+        for flush in (response.flush, sys.stdout.flush, lambda: print(
+                "cellgate: the app failed after its response had started: its process ends by SIGSEGV, "
+                "so that the response is not passed on as whole", file=sys.stderr, flush=True)):
+            try:
+                flush()
+            except BaseException:
+                pass
+        crash()
     os._exit(code)
 
 
