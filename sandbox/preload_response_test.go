@@ -209,3 +209,73 @@ func runPreloadedOnce(t *testing.T, app, setup string, env []string) (exitStatus
 	}
 	return st, string(out.b), string(errOut.b)
 }
+
+// headerApp puts what its query decodes to where a user's input may end
+// up in a response's head, as its path says: a redirect's Location, the
+// status's reason, a header's name, or a header added to the app's list
+// once it was given to start_response.
+const headerApp = `
+from urllib.parse import unquote
+def app(environ, start_response):
+    path, given = environ["PATH_INFO"], unquote(environ.get("QUERY_STRING", ""))
+    if path == "/location":
+        start_response("302 Found", [("Location", "/login?next=" + given)])
+    elif path == "/status":
+        start_response("200 " + given, [("Content-Type", "text/plain")])
+    elif path == "/name":
+        start_response("200 OK", [(given, "1")])
+    elif path == "/later":
+        headers = [("Content-Type", "text/plain")]
+        start_response("200 OK", headers)
+        headers.append(("X-Next", given))
+    return [b""]
+`
+
+// A status or header value holding a control character but HTAB (a CR or
+// LF would end its line of the CGI header block and start one of the
+// user's making: a Set-Cookie from a redirect's next), a character
+// outside latin-1, or a header name that is not an HTTP token is refused
+// before any of the head is written: the response is wsgiref's 500, whole,
+// and the log names the header. So is such a header added to the app's
+// list after start_response, which the handler's Headers share.
+func TestForkResponseHeadChecked(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, headerApp, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const refused = "Status: 500 Internal Server Error\r\nContent-Type: text/plain\r\nContent-Length: 59\r\n\r\n" +
+		"A server error occurred.  Please contact the administrator."
+	for _, c := range []struct {
+		name, path, query string
+		out, logged       string
+	}{
+		{"CR LF in a value", "/location", "%2F%0D%0ASet-Cookie:%20session%3Dattacker", refused, "response header 'Location'"},
+		{"LF in a value", "/location", "%2F%0ASet-Cookie:%20session%3Dattacker", refused, "response header 'Location'"},
+		{"CR in a value", "/location", "%2F%0DSet-Cookie:%20session%3Dattacker", refused, "response header 'Location'"},
+		{"NUL in a value", "/location", "%2F%00", refused, "response header 'Location'"},
+		{"ESC in a value", "/location", "%2F%1B", refused, "response header 'Location'"},
+		{"DEL in a value", "/location", "%2F%7F", refused, "response header 'Location'"},
+		{"a value outside latin-1", "/location", "%E2%82%AC", refused, "response header 'Location'"},
+		{"CR LF in the status", "/status", "OK%0D%0ASet-Cookie:%20session%3Dattacker", refused, "the response's status"},
+		{"a name with a colon", "/name", "Set-Cookie:%20session%3Dattacker%3B%20X", refused, `response header name 'Set-Cookie: session=attacker; X'`},
+		{"a name with CR LF", "/name", "X%0D%0ASet-Cookie:%20session%3Dattacker", refused, `response header name 'X\r\nSet-Cookie: session=attacker'`},
+		{"a name with a space", "/name", "X%20Y", refused, "response header name 'X Y'"},
+		{"an empty name", "/name", "", refused, "response header name ''"},
+		{"a header added after start_response", "/later", "a%0D%0ASet-Cookie:%20session%3Dattacker", refused, "response header 'X-Next'"},
+		{"HTAB and latin-1 in a value", "/location", "a%09caf%C3%A9",
+			"Status: 302 Found\r\nLocation: /login?next=a\tcaf\xe9\r\nContent-Length: 0\r\n\r\n", ""},
+		{"a token of every kind of character", "/name", "X-a.b_c~1!%23$%25%26'*%2B^%60|",
+			"Status: 200 OK\r\nX-a.b_c~1!#$%&'*+^`|: 1\r\nContent-Length: 0\r\n\r\n", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			res, out, errOut := forkRunEnv(t, r, p, requestEnv(c.path, c.query), "")
+			if res.Cause != CauseOK || out != c.out {
+				t.Errorf("cause %s, output %q\nwant cause ok, output %q\nstderr %q", res.Cause, out, c.out, errOut)
+			}
+			if !strings.Contains(errOut, c.logged) {
+				t.Errorf("stderr %q: want %s named in it", errOut, c.logged)
+			}
+		})
+	}
+}

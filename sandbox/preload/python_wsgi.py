@@ -23,6 +23,7 @@ import gc
 import importlib
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -144,6 +145,30 @@ def clone_into(cgroup_fd, flags):
     return pid, pidfd.value
 
 
+# What the header block, written as is, cannot hold: a name that is not
+# an HTTP token (a colon or a space in it would make a name of part of
+# it), and in a value or the status a control character but HTAB (a CR or
+# LF would end its line and start one of whoever wrote the rest: response
+# splitting, a Set-Cookie from a redirect's user-given next).
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def check_field(what, text):
+    """Refuse text (a header value or the status) that cannot be written
+    as one line of the header block, naming it as what."""
+    if type(text) is not str:
+        raise TypeError("%s is a %s, not a str" % (what, type(text).__name__))
+    bad = CONTROL.search(text)
+    if bad:
+        raise ValueError("%s holds a control character (%r at %d), which would end its line of the header block"
+                         % (what, bad.group(), bad.start()))
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError as e:
+        raise ValueError("%s holds %r, outside latin-1 (PEP 3333)" % (what, text[e.start])) from None
+
+
 class Handler(CGIHandler):
     """CGIHandler on the given streams and environ instead of sys's and
     os.environ."""
@@ -154,6 +179,22 @@ class Handler(CGIHandler):
 
     def __init__(self, stdin, stdout, stderr, environ):
         BaseCGIHandler.__init__(self, stdin, stdout, stderr, environ, multithread=False, multiprocess=True)
+
+    def cleanup_headers(self):
+        # Checked here, just before the head is written and headers_sent
+        # set, so that a refusal gets wsgiref's 500 whole; not in
+        # start_response, whose Headers keep the app's own list, which the
+        # app may change after it. The check is of a copy, which replaces
+        # them. Values are not quoted in the error: they may be secrets.
+        headers = []
+        for name, value in self.headers.items():
+            if type(name) is not str or not TOKEN.fullmatch(name):
+                raise ValueError("response header name %r is not an HTTP token" % (name,))
+            check_field("the value of response header %r" % name, value)
+            headers.append((name, value))
+        check_field("the response's status", self.status)
+        self.headers = self.headers_class(headers)
+        BaseCGIHandler.cleanup_headers(self)
 
     def handle_error(self):
         # Once the headers are out, wsgiref logs the error and returns as
