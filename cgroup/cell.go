@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -63,6 +64,13 @@ type Cell struct {
 	// the readying takes as the next base; nil once taken, or when the
 	// last reading was not of an emptied cell.
 	ended *Usage
+	// killed is set once cgroup.kill was written (Kill): Linux (6.18 and
+	// the stable kernels the kill count went to) SIGKILLs at birth every
+	// process then cloned into the group with CLONE_INTO_CGROUP:
+	// cgroup_css_set_fork takes the kill count of the parent's group,
+	// and cgroup_post_fork compares it with the group's own. A killed
+	// cell is never readied for another request (ready, errKilled).
+	killed atomic.Bool
 
 	mu      sync.Mutex
 	removed bool
@@ -114,6 +122,7 @@ func (c *Cell) Kill() error {
 		}
 		return fmt.Errorf("write cgroup.kill=1 in %s: %w", c.path, err)
 	}
+	c.killed.Store(true)
 	return nil
 }
 
@@ -265,11 +274,16 @@ const ReuseCharged = 8 << 20
 // errCharged: a used cell held more than a reuse allows (ReuseCharged).
 var errCharged = errors.New("holds more memory charged than a reuse allows")
 
-// ready readies a used cell for another request of its profile: it kills
-// what is left and waits for it to empty (bounded by ctx), checks what
-// is still charged to it (ReuseCharged), takes the figures its Usage
-// will subtract (UsageEnded's reading, when nothing was left to kill),
-// and resets memory.peak where it is held for writing.
+// errKilled: a used cell was killed (Cell.killed): what is cloned into it
+// would be killed at birth.
+var errKilled = errors.New("was killed (cgroup.kill): a process cloned into it would be killed at its start")
+
+// ready readies a used cell for another request of its profile: it
+// refuses one that was killed (errKilled; what is left is killed first,
+// bounded by ctx, so that it can be removed), checks what is still
+// charged to it (ReuseCharged), takes the figures its Usage will
+// subtract (UsageEnded's reading), and resets memory.peak where it is
+// held for writing.
 // On error the cell is not to be reused: the caller removes it.
 func (c *Cell) ready(ctx context.Context) error {
 	ended := c.ended
@@ -282,7 +296,9 @@ func (c *Cell) ready(ctx context.Context) error {
 		if err := c.killWait(ctx); err != nil {
 			return err
 		}
-		ended = nil // what it killed ran after that reading
+	}
+	if c.killed.Load() {
+		return errKilled
 	}
 	if err := c.checkCharged(); err != nil {
 		return err

@@ -260,3 +260,49 @@ func BenchmarkCellPoolGet(b *testing.B) {
 	s := p.Stats()
 	b.ReportMetric(float64(s.Hits)/float64(s.Hits+s.Misses), "hit-ratio")
 }
+
+// TestHostKilledCellNotReused: a group that cgroup.kill was written to
+// SIGKILLs every process later cloned into it with CLONE_INTO_CGROUP, at
+// birth, on the kernels the kill count went to (6.18 among them; the
+// count is taken from the parent's group, then compared with the
+// group's): a reused cell that was killed during its request (its
+// deadline, its client gone) must not be handed on. Before, the next
+// request of a route with reused groups was killed at its start.
+func TestHostKilledCellNotReused(t *testing.T) {
+	base := realBase(t)
+	tr := openReal(t, base)
+	defer tr.Close()
+	p := NewPool(tr, PoolOptions{MaxIdle: 2})
+	defer p.Close()
+	prof, err := NewProfile("acme", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prof = prof.Reused()
+	run := func(c *Cell) error {
+		cmd := exec.Command("/bin/true")
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: c.FD()}
+		return cmd.Run()
+	}
+	c, err := p.Get(t.Context(), prof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := run(c); err != nil {
+		t.Fatalf("a request in a fresh cell: %v", err)
+	}
+	if err := c.Kill(); err != nil { // its deadline, as the Runner's killer
+		t.Fatal(err)
+	}
+	p.Recycle(c)
+	for range 3 {
+		next, err := p.Get(t.Context(), prof)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := run(next); err != nil {
+			t.Errorf("a request in %s (the killed cell: %v): %v", next.Path(), next == c, err)
+		}
+		p.Recycle(next)
+	}
+}

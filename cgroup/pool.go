@@ -271,7 +271,7 @@ func (p *Pool) remove(c *Cell) {
 // cells wait already).
 func (p *Pool) reuse(ctx context.Context, c *Cell) bool {
 	if err := c.ready(ctx); err != nil {
-		if !errors.Is(err, errCharged) {
+		if !errors.Is(err, errCharged) && !errors.Is(err, errKilled) {
 			p.log.Warn("recycle cell: removed instead", "cell", c.path, "err", err)
 		}
 		return false

@@ -155,9 +155,12 @@ func TestPoolRecycleChargedLater(t *testing.T) {
 }
 
 // TestPoolRecycleRefused: a recycled cell that holds more than a reuse
-// allows (an eighth of its memory.max) charged, or for whose profile
-// MaxIdle recycled cells wait, is removed; a populated one is killed and
-// waited for first; Close removes the recycled cells that wait.
+// allows (an eighth of its memory.max) charged, a populated one (killed
+// and waited for first, so that it can go), one killed during its
+// request, or one for whose profile MaxIdle recycled cells wait, is
+// removed; Close removes the recycled cells that wait. A killed group
+// kills what is cloned into it (Cell.killed): before, a populated cell
+// was killed and handed on, and its next request died at its start.
 func TestPoolRecycleRefused(t *testing.T) {
 	tr, p := newFakePool(t, &fakeFS{}, PoolOptions{MaxIdle: 1})
 	prof := testProfile(t, "acme").Reused() // memory.max 32 MiB: 4 MiB may stay charged
@@ -173,20 +176,24 @@ func TestPoolRecycleRefused(t *testing.T) {
 	p.Recycle(charged)
 	eventually(t, "a cell with over 4 MiB charged is removed", func() bool { return !exists(charged.Path()) })
 
-	busy, spare := get(), get()
-	write(t, busy.Path()+"/memory.current", "4194304\n")
-	write(t, busy.Path()+"/cgroup.events", "populated 1\nfrozen 0\n")
-	killer(t, busy.Path())
-	p.Recycle(busy)
-	eventually(t, "a populated cell is killed and recycled", func() bool { return p.Stats().Removed == 1 && len(p.profiles[prof.key].reused) == 1 })
-	if read(t, busy.Path()+"/cgroup.kill") != "1" {
-		t.Error("the populated cell was recycled without cgroup.kill")
-	}
-	p.Recycle(spare)
+	populated, killed, busy, spare := get(), get(), get(), get()
+	write(t, populated.Path()+"/cgroup.events", "populated 1\nfrozen 0\n")
+	killer(t, populated.Path())
+	p.Recycle(populated)
 	// The removal is counted after the directory is gone: wait for both.
-	eventually(t, "a second recycled cell over MaxIdle is removed", func() bool { return !exists(spare.Path()) && p.Stats().Removed == 2 })
-	if s := p.Stats(); s.Reused != 0 || s.Removed != 2 {
-		t.Errorf("Stats = %+v, want 2 removed, none reused", s)
+	eventually(t, "a populated cell is killed and removed", func() bool { return !exists(populated.Path()) && p.Stats().Removed == 2 })
+	if err := killed.Kill(); err != nil { // its request's deadline
+		t.Fatal(err)
+	}
+	p.Recycle(killed)
+	eventually(t, "a cell killed during its request is removed", func() bool { return !exists(killed.Path()) && p.Stats().Removed == 3 })
+	write(t, busy.Path()+"/memory.current", "4194304\n")
+	p.Recycle(busy)
+	eventually(t, "a cell at the bound is recycled", func() bool { return len(p.profiles[prof.key].reused) == 1 })
+	p.Recycle(spare)
+	eventually(t, "a second recycled cell over MaxIdle is removed", func() bool { return !exists(spare.Path()) && p.Stats().Removed == 4 })
+	if s := p.Stats(); s.Reused != 0 || s.Removed != 4 {
+		t.Errorf("Stats = %+v, want 4 removed, none reused", s)
 	}
 	// A cell of a profile that did not ask for reuse (the same tenant and
 	// limits) is removed, and never handed to that profile's Get.
@@ -215,9 +222,7 @@ func TestPoolRecycleRefused(t *testing.T) {
 
 // TestPoolRecycleEndedReading: a cell whose Usage was read once it had
 // emptied (UsageEnded) is readied for its next request from that
-// reading, its files not read again; one read by Usage, or found
-// populated at the readying (what it killed ran after the reading), is
-// read anew.
+// reading, its files not read again; one read by Usage is read anew.
 func TestPoolRecycleEndedReading(t *testing.T) {
 	_, p := newFakePool(t, &fakeFS{peakReadOnly: true}, PoolOptions{MaxIdle: 2})
 	prof := testProfile(t, "acme").Reused()
@@ -232,16 +237,12 @@ func TestPoolRecycleEndedReading(t *testing.T) {
 	// recycle reads c as read says, then has its files hold after (what
 	// a second reading would take) and recycles it; it returns the base
 	// its next request counts from.
-	recycle := func(read func() (Usage, error), after int, populated bool) uint64 {
+	recycle := func(read func() (Usage, error), after int) uint64 {
 		t.Helper()
 		if _, err := read(); err != nil {
 			t.Fatal(err)
 		}
 		cpu(c, after)
-		if populated {
-			write(t, c.Path()+"/cgroup.events", "populated 1\nfrozen 0\n")
-			killer(t, c.Path())
-		}
 		reused := p.Stats().Reused
 		p.Recycle(c)
 		eventually(t, "the recycled cell is ready", func() bool { return p.Idle(prof) == 3 })
@@ -252,15 +253,11 @@ func TestPoolRecycleEndedReading(t *testing.T) {
 		return c.CPUBefore()
 	}
 	cpu(c, 100)
-	if got := recycle(c.UsageEnded, 350, false); got != 100 {
+	if got := recycle(c.UsageEnded, 350); got != 100 {
 		t.Errorf("after UsageEnded: the next request counts from %d, want the reading's 100", got)
 	}
 	cpu(c, 400)
-	if got := recycle(c.Usage, 650, false); got != 650 {
+	if got := recycle(c.Usage, 650); got != 650 {
 		t.Errorf("after Usage: the next request counts from %d, want 650, read anew", got)
-	}
-	cpu(c, 1000)
-	if got := recycle(c.UsageEnded, 1250, true); got != 1250 {
-		t.Errorf("populated at the readying: the next request counts from %d, want 1250, read anew", got)
 	}
 }
