@@ -159,8 +159,9 @@ func (r *Runner) launchInit(cell Cell, attr *os.ProcAttr, ns int, template *os.F
 			return nil, false, err
 		case sent:
 			// An init may have been cloned that the daemon does not
-			// know: the cell ends, and it is reaped.
-			if r.endOrphans(cell) != nil {
+			// know: it is ended and reaped. A cell that had to be
+			// killed takes no further init: the request fails.
+			if killed, oerr := r.endOrphans(cell); killed || oerr != nil {
 				return nil, false, err
 			}
 			return nil, true, err

@@ -345,19 +345,26 @@ func selfChildren(each func(pid string) bool) bool {
 	return true
 }
 
-// endOrphans kills cell and reaps the processes in it that are the
-// daemon's children but were never handed to it: cloned with CLONE_PARENT
-// by a preloader or the init spawner that failed before it answered. An
-// error: the cell could not be emptied (a process may still run under
-// its uid).
-func (r *Runner) endOrphans(cell Cell) error {
-	orphans := cellChildren(cell)
-	err := r.empty(cell)
-	for _, o := range orphans {
+// endOrphans ends and reaps the processes in cell that are the daemon's
+// children but were never handed to it: cloned with CLONE_PARENT by a
+// preloader or the init spawner that failed before it answered. Each is
+// killed by its pidfd, not the cell by cgroup.kill: a group cgroup.kill
+// was written to kills what is cloned into it next (cgroup.Cell's
+// killed), and the caller may start another process in it (the init the
+// daemon starts after the spawner died). Only what they started
+// meanwhile is ended with the cell's cgroup.kill; killed then says the
+// cell takes no further process. An error: the cell could not be emptied
+// (a process may still run under its uid).
+func (r *Runner) endOrphans(cell Cell) (killed bool, err error) {
+	for _, o := range cellChildren(cell) {
+		unix.PidfdSendSignal(o.pidfd, unix.SIGKILL, nil, 0)
 		r.reaper.wait(o)
 		o.release()
 	}
-	return err
+	if populated, err := cell.Populated(); err == nil && !populated {
+		return false, nil
+	}
+	return true, r.empty(cell)
 }
 
 // fdinfoPid is the "Pid:" of a pidfd's fdinfo, or 0.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -396,5 +397,42 @@ func TestKernelUnwarm(t *testing.T) {
 	res, err := r.Run(context.Background(), Spec{Path: "/bin/true", Args: []string{"true"}, Confine: plan, Timeout: 30 * time.Second})
 	if err != nil || res.Cause != CauseOK {
 		t.Errorf("a request after Unwarm: %v, cause %s", err, res.Cause)
+	}
+}
+
+// TestKernelSpawnerDiesHavingCloned: when the init spawner dies with a
+// request after it cloned a process into the request's cell, that
+// process is ended and the daemon starts the cell's init itself, in the
+// same cell. The cell was ended with cgroup.kill, and a group killed so
+// kills what is cloned into it next: the init died at its start and the
+// request failed, the recovery never working where it was needed.
+func TestKernelSpawnerDiesHavingCloned(t *testing.T) {
+	cc, err := exec.LookPath("cc")
+	if err != nil {
+		skipOrFail(t, "no C compiler for the fake spawner: %v", err)
+	}
+	dir := t.TempDir()
+	init, spawner := filepath.Join(dir, "cellgate-init"), filepath.Join(dir, "spawner")
+	for _, build := range [][]string{
+		{"-O2", "-static", "-w", "-o", init, "../cmd/cellgate-init/cellgate-init.c"},
+		{"-O2", "-w", "-DINIT=\"" + init + "\"", "-DSPAWN_CGROUP=" + strconv.Itoa(confine.SpawnCgroup), "-o", spawner, "testdata/deadspawner.c"},
+	} {
+		if out, err := exec.Command(cc, build...).CombinedOutput(); err != nil {
+			t.Fatalf("cc %q: %v\n%s", build, err, out)
+		}
+	}
+	launcher, err := confine.OpenLauncher(spawner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { launcher.Close() })
+	r, _ := newKernelRunner(t, DefaultUIDRange, func(c *Config) { c.Launcher, c.InitSpawner = launcher, true })
+	plan, err := confine.Prepare(&confine.Plan{Namespaces: confine.NSPID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := r.Run(context.Background(), Spec{Path: "/bin/true", Args: []string{"true"}, Confine: plan, Timeout: 30 * time.Second})
+	if err != nil || res.Cause != CauseOK {
+		t.Errorf("the request the spawner died with: %v, cause %s; want it run by an init the daemon started", err, res.Cause)
 	}
 }

@@ -410,7 +410,7 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 				// without handing over its pidfd: it is cellgate's child
 				// (CLONE_PARENT), so it is killed with the cell and reaped
 				// here, and the uid returns only once the cell is empty.
-				if r.endOrphans(cell) != nil {
+				if _, err := r.endOrphans(cell); err != nil {
 					keepUID = true
 				}
 				return Result{}, fmt.Errorf("in cell %s: %w", cell.Path(), err)
