@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strconv"
 	"syscall"
 	"time"
@@ -144,7 +145,8 @@ func (r *Runner) residentFor(plan *confine.Prepared) bool {
 func (r *Runner) startResident(ctx context.Context, k warmKey) (*initProc, error) {
 	home, err := r.cells.Get(ctx, k.prof)
 	if err != nil {
-		return nil, err
+		// As the request's own cell: a 503 with Retry-After at the cap.
+		return nil, fmt.Errorf("%w: tenant %q: the resident init's cell: %w", ErrNoCell, k.prof.Tenant(), err)
 	}
 	ip, err := r.startInit(home, k.plan, k.prof.Tenant())
 	if err != nil {

@@ -11,11 +11,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cellgate/cellgate/cgroup"
+	"github.com/cellgate/cellgate/confine"
 )
 
 func TestRunArgvEnvDir(t *testing.T) {
@@ -515,5 +517,57 @@ func TestNoIDRefused(t *testing.T) {
 		if _, err := r.Run(context.Background(), spec); !errors.Is(err, ErrSpec) {
 			t.Errorf("Run with user %+v gid %d: %v, want ErrSpec", spec.User, spec.GID, err)
 		}
+	}
+}
+
+// secondGetFails hands out one cell to requests (their context holds
+// requestCtx) and refuses every other Get as a tree at --max-cells does;
+// Gets of the warm refill, outside a request, are refused too.
+type secondGetFails struct {
+	fakeCells
+	n atomic.Int32
+}
+
+type requestCtx struct{}
+
+func (c *secondGetFails) Get(ctx context.Context, prof *cgroup.Profile) (Cell, error) {
+	if ctx.Value(requestCtx{}) == nil || c.n.Add(1) > 1 {
+		return nil, fmt.Errorf("mkdir c-2: %w", cgroup.ErrTooManyCells)
+	}
+	return c.fakeCells.Get(ctx, prof)
+}
+
+// TestRunResidentNoCellForInit: a resident request that gets its own cell
+// but none for its init's (it needs two groups; at --max-cells) fails with
+// ErrNoCell, a 503 with Retry-After, as one that gets no cell at all;
+// before, the error was unmarked and answered 500, internal.
+func TestRunResidentNoCellForInit(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a confined request's credentials need root")
+	}
+	launcher, err := confine.OpenLauncher("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer launcher.Close()
+	prof, err := cgroup.NewProfile("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(Config{Cells: &secondGetFails{}, Profile: prof, UIDs: UIDRange{First: 1_700_000_000, Count: 16}, Timeout: time.Minute, Launcher: launcher, ResidentCells: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	plan, err := confine.Prepare(&confine.Plan{Namespaces: confine.NSPID, Resident: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.residentFor(plan) {
+		t.Fatal("the plan's cells are not resident: the case under test does not arise")
+	}
+	_, err = r.Run(context.WithValue(context.Background(), requestCtx{}, true), Spec{Path: "/bin/true", Args: []string{"true"}, Confine: plan})
+	if !errors.Is(err, ErrNoCell) {
+		t.Errorf("a resident request without a cell for its init: %v, want ErrNoCell", err)
 	}
 }
