@@ -1047,3 +1047,26 @@ func TestInitsWordFrameErrorsAlike(t *testing.T) {
 		}
 	})
 }
+
+// TestInitsSurviveTheirProgramsSignals: a program that may signal its
+// init (PID 1 of its namespace; here one of the same uid) and sends it a
+// signal the init does not forward leaves it running, as the kernel drops
+// what PID 1 has no handler for: the Go init, whose runtime handles every
+// signal, died of SIGSYS, SIGABRT or SIGSEGV with a stack dump, and the
+// request was reported as its program's exit 2.
+func TestInitsSurviveTheirProgramsSignals(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a PID namespace needs root")
+	}
+	for _, sig := range []string{"SYS", "ABRT", "SEGV", "ILL", "TRAP", "BUS", "FPE"} {
+		t.Run(sig, func(t *testing.T) {
+			o := bothInits(t, func(t *testing.T, bin string) outcome {
+				return runCellIn(t, bin, unix.CLONE_NEWPID, planFrame(t, &Plan{NoFile: 64}),
+					bareExec(t, "/bin/sh", "-c", "kill -"+sig+" 1; sleep 0.2; echo alive; exit 4"), nil)
+			})
+			if o.Status != 4 || o.Output != "alive\n" {
+				t.Errorf("kill -%s 1: %+v, want the program to go on and exit 4", sig, o)
+			}
+		})
+	}
+}

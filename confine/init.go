@@ -32,6 +32,12 @@ const (
 // namespace) needs none.
 var forwarded = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
 
+// unforwarded are the signals the Go runtime would end the init with
+// (a stack dump, or a panic for a fault's signal sent by kill) that it
+// neither forwards nor acts on (Init).
+var unforwarded = []os.Signal{syscall.SIGILL, syscall.SIGTRAP, syscall.SIGABRT, syscall.SIGSTKFLT, syscall.SIGSYS,
+	syscall.SIGSEGV, syscall.SIGBUS, syscall.SIGFPE}
+
 // Init is the cell's init. It reads the plan frame on ControlFD, applies
 // the plan (Apply) and reports ReportReady; then it reads the exec frame
 // with the program's stdin, stdout and stderr (SCM_RIGHTS), starts the
@@ -54,6 +60,13 @@ func Init() int {
 	// next one (cellgate-init drops them likewise).
 	sigs := make(chan os.Signal, 8)
 	signal.Ignore(forwarded...)
+	// The Go runtime handles every signal, so that, unlike cellgate-init
+	// (PID 1 with no handler: the kernel drops what a process of the cell
+	// sends it), a SIGSYS, SIGABRT, SIGSEGV and the like sent by a program
+	// that may signal it (one run as the host's root) would end the init
+	// with a stack dump and the program with it, reported as its exit 2.
+	// Taken into a channel never read, they are dropped as there.
+	signal.Notify(make(chan os.Signal, 1), unforwarded...)
 	unlock, err := lockForFork()
 	if err != nil {
 		return fail(ReportSetup, exitSetup, err)
