@@ -64,8 +64,8 @@ type Cell struct {
 	// the readying takes as the next base; nil once taken, or when the
 	// last reading was not of an emptied cell.
 	ended *Usage
-	// killed is set once cgroup.kill was written (Kill): Linux (6.18 and
-	// the stable kernels the kill count went to) SIGKILLs at birth every
+	// killed is set once cgroup.kill was written (Kill): Linux (6.1.172
+	// and 6.18 among the kernels the kill count went to) SIGKILLs at birth every
 	// process then cloned into the group with CLONE_INTO_CGROUP:
 	// cgroup_css_set_fork takes the kill count of the parent's group,
 	// and cgroup_post_fork compares it with the group's own. A killed

@@ -263,7 +263,7 @@ func BenchmarkCellPoolGet(b *testing.B) {
 
 // TestHostKilledCellNotReused: a group that cgroup.kill was written to
 // SIGKILLs every process later cloned into it with CLONE_INTO_CGROUP, at
-// birth, on the kernels the kill count went to (6.18 among them; the
+// birth, on the kernels the kill count went to (6.1.172 and 6.18 among them; the
 // count is taken from the parent's group, then compared with the
 // group's): a reused cell that was killed during its request (its
 // deadline, its client gone) must not be handed on. Before, the next
