@@ -290,13 +290,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	drains.Wait()
 	err := s.srv.Shutdown(ctx)
+	s.mu.Lock()
+	s.closing = true // no handler is counted from here on
+	s.mu.Unlock()
 	if err != nil {
+		// The drain's time is up: the requests still running are
+		// cancelled (their cells killed) and answered 503 before the
+		// connections close; closed at once, they got no answer at all,
+		// though their records said 503. Bounded: a handler stuck on a
+		// write is not waited for.
 		s.cancelBase()
+		waitFor(&s.handlers, cancelledAnswerWait)
 		_ = s.srv.Close()
 	}
-	s.mu.Lock()
-	s.closing = true
-	s.mu.Unlock()
 	s.handlers.Wait()
 	s.lateRecords.Wait()
 	s.cancelBase()
@@ -304,6 +310,23 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		return fmt.Errorf("shut down proxy: %w", err)
 	}
 	return nil
+}
+
+// cancelledAnswerWait bounds how long Shutdown, its time up, waits for
+// the handlers of the requests it cancelled to answer before it closes
+// every connection.
+const cancelledAnswerWait = 3 * time.Second
+
+// waitFor waits for wg, at most d.
+func waitFor(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
 }
 
 // ConnStats are the front's connection counts, for metrics.

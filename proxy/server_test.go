@@ -773,10 +773,17 @@ func TestShutdownCancels(t *testing.T) {
 		t.Fatal(err)
 	}
 	go s.Serve(ln)
+	// The client gets the 503 its record says (before, the connection
+	// was closed before the handler wrote it: an empty reply).
+	answered := make(chan string, 1)
 	go func() {
-		if resp, err := http.Get("http://" + ln.Addr().String() + "/"); err == nil {
-			resp.Body.Close()
+		resp, err := http.Get("http://" + ln.Addr().String() + "/")
+		if err != nil {
+			answered <- err.Error()
+			return
 		}
+		resp.Body.Close()
+		answered <- resp.Status
 	}()
 	<-started
 	ctx, cancel := context.WithCancel(context.Background())
@@ -786,8 +793,11 @@ func TestShutdownCancels(t *testing.T) {
 	}
 	<-cancelled
 	recsNow := recs.all()
-	if len(recsNow) != 1 || recsNow[0].Outcome != accounting.OutcomeShutdown {
+	if len(recsNow) != 1 || recsNow[0].Outcome != accounting.OutcomeShutdown || recsNow[0].Status != 503 {
 		t.Fatalf("records after Shutdown: %+v", recsNow)
+	}
+	if got := <-answered; got != "503 Service Unavailable" {
+		t.Errorf("the client of the request Shutdown cancelled got %q, want the 503 of its record", got)
 	}
 }
 
