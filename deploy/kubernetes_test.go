@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/accounting"
+	"github.com/cellgate/cellgate/sandbox"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/proxy"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -237,7 +238,7 @@ func TestDeploymentPod(t *testing.T) {
 		name  string
 		probe *corev1.Probe
 		path  string
-	}{{"readiness", c.ReadinessProbe, "/readyz"}, {"liveness", c.LivenessProbe, "/healthz"}} {
+	}{{"startup", c.StartupProbe, "/healthz"}, {"readiness", c.ReadinessProbe, "/readyz"}, {"liveness", c.LivenessProbe, "/healthz"}} {
 		if p.probe == nil || p.probe.HTTPGet == nil {
 			t.Errorf("%s probe: want an httpGet", p.name)
 			continue
@@ -253,6 +254,15 @@ func TestDeploymentPod(t *testing.T) {
 		handler.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, g.Path, nil))
 		if rec.Code != http.StatusOK {
 			t.Errorf("%s probe path %s: the admin handler answers %d", p.name, g.Path, rec.Code)
+		}
+	}
+
+	// Starting: the liveness probe restarts no pod before a start that
+	// imports a fork route's app (sandbox.DefaultPreloadStart) could
+	// have opened the admin port.
+	if sp := c.StartupProbe; sp != nil {
+		if window := time.Duration(sp.PeriodSeconds*sp.FailureThreshold) * time.Second; window < 2*sandbox.DefaultPreloadStart {
+			t.Errorf("startupProbe allows %s, want at least two preloaders' imports, %s", window, 2*sandbox.DefaultPreloadStart)
 		}
 	}
 
