@@ -116,6 +116,9 @@ type daemon struct {
 	forkMu       sync.Mutex
 	forks        map[*forkSpec]struct{}
 	retiredForks map[string]accounting.PreloaderStats
+	// drains counts the replaced snapshots' ends (snapshotDrained) under
+	// way, off the requests that ended them (drainLater).
+	drains sync.WaitGroup
 }
 
 // routeSpec is what a route's cells are started with, built once per route
@@ -291,6 +294,7 @@ func (d *daemon) shutdown(srv *proxy.Server, admin *http.Server, sigs *serveSign
 	}()
 	start := time.Now()
 	err := srv.Shutdown(ctx)
+	d.drains.Wait() // the replaced policies' ends, which the last requests started
 	if err != nil {
 		d.log.Warn("drain ended before every request finished: their cells were killed", "err", err, "after", time.Since(start))
 		err = nil // the killed requests were answered and logged; not a failure of serve
@@ -309,7 +313,7 @@ func (d *daemon) shutdown(srv *proxy.Server, admin *http.Server, sigs *serveSign
 // admission with its budgets.
 func (d *daemon) startPolicy(pol *policy.Policy, specs map[*policy.Route]*routeSpec) {
 	d.admission = policy.NewAdmission(pol, nil)
-	d.live = []*snapshot{newSnapshot(pol, specs, d.snapshotDrained)}
+	d.live = []*snapshot{newSnapshot(pol, specs, d.drainLater)}
 	d.addSpecs(d.live[0])
 	d.current.Store(d.live[0])
 }

@@ -43,7 +43,7 @@ func (d *daemon) reload() error {
 	var old *snapshot
 	defer func() {
 		if old != nil {
-			old.release() // outside d.mu: the last reference calls snapshotDrained
+			old.release() // the last reference ends it (drainLater)
 		}
 	}()
 	d.mu.Lock()
@@ -90,7 +90,7 @@ func (d *daemon) reload() error {
 		}
 	}
 	d.warm(specs)
-	s := newSnapshot(p, specs, d.snapshotDrained)
+	s := newSnapshot(p, specs, d.drainLater)
 	d.live = append(d.live, s)
 	d.addSpecs(s)
 	d.admission.Update(d.admissible())
@@ -132,7 +132,7 @@ func (d *daemon) retire(tenants []string) {
 		stats := d.admission.Stats()
 		tenants = slices.DeleteFunc(tenants, func(name string) bool {
 			if slices.ContainsFunc(stats.Tenants, func(t policy.TenantStats) bool { return t.Name == name }) {
-				return false // still draining (or admitting again)
+				return d.namedAgain(name) // admitting again: done with; else still draining
 			}
 			return d.removeTenant(name)
 		})
@@ -145,6 +145,14 @@ func (d *daemon) retire(tenants []string) {
 			return
 		}
 	}
+}
+
+// namedAgain reports whether a live snapshot names the tenant (a later
+// reload brought it back).
+func (d *daemon) namedAgain(name string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.named(name)
 }
 
 // removeTenant removes a drained tenant's group unless a live snapshot

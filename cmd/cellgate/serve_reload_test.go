@@ -105,6 +105,7 @@ func TestReloadKeepsRoutedTenant(t *testing.T) {
 		t.Fatalf("second admission (a local redirect's cell) of the same request: %v, want admitted", err)
 	}
 	release()
+	d.drains.Wait() // the snapshot's end, off the request (drainLater)
 	if err := admit(d, m.Route); !errors.Is(err, policy.ErrUnknownTenant) {
 		t.Errorf("admission to extra after the last request routed to it ended: %v, want ErrUnknownTenant", err)
 	}
@@ -176,6 +177,7 @@ func TestReloadConcurrentMatches(t *testing.T) {
 		d.reload()
 	}
 	wg.Wait()
+	d.drains.Wait()
 	close(errs)
 	for err := range errs {
 		t.Errorf("request during reloads: %v", err)
@@ -207,6 +209,7 @@ func TestCellSpecAcrossReload(t *testing.T) {
 		t.Errorf("cellSpec gave profile %p, want the one built with the route's snapshot %p", spec.Profile, built.profile)
 	}
 	release()
+	d.drains.Wait()
 	if _, ok := d.specs.Load(m.Route); ok {
 		t.Error("the drained snapshot's route spec is still held")
 	}
@@ -403,4 +406,61 @@ routes:
 func exists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
+}
+
+// TestLastRequestDoesNotWaitForReload: the request whose end ends a
+// replaced policy returns at once though a reload holds the daemon's lock
+// (for as long as it imports fork routes' apps): the policy's end runs
+// off it. Before, its answer, record and connection waited for the
+// reload.
+func TestLastRequestDoesNotWaitForReload(t *testing.T) {
+	d, path := testDaemon(t, reloadPolicyA)
+	_, release, err := d.match("example.com", "GET", "/extra")
+	if err != nil {
+		t.Fatalf("match /extra: %v", err)
+	}
+	writeFile(t, path, reloadPolicyB)
+	if err := d.reload(); err != nil {
+		t.Fatal(err)
+	}
+	d.mu.Lock() // a reload under way
+	released := make(chan struct{})
+	go func() { release(); close(released) }()
+	select {
+	case <-released:
+	case <-time.After(10 * time.Second):
+		d.mu.Unlock()
+		<-released
+		t.Fatal("the last request of the replaced policy waited for the reload's lock")
+	}
+	d.mu.Unlock()
+	d.drains.Wait()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.live) != 1 {
+		t.Errorf("%d live policies once the replaced one's last request ended, want 1", len(d.live))
+	}
+}
+
+// TestRetireGivesUpOnATenantBack: retire, given a tenant a later reload
+// brought back, returns: before, admission's stats listed it (admitting
+// again), which retire took for still draining, and it polled until
+// shutdown.
+func TestRetireGivesUpOnATenantBack(t *testing.T) {
+	d, path := testDaemon(t, reloadPolicyA)
+	writeFile(t, path, reloadPolicyB)
+	if err := d.reload(); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, path, reloadPolicyA) // extra is back
+	if err := d.reload(); err != nil {
+		t.Fatal(err)
+	}
+	returned := make(chan struct{})
+	go func() { d.retire([]string{"extra"}); close(returned) }()
+	select {
+	case <-returned:
+	case <-time.After(10 * time.Second):
+		t.Error("retire still polls a tenant the current policy has again")
+	}
 }

@@ -118,7 +118,14 @@ func (d *daemon) named(tenant string) bool {
 	return slices.ContainsFunc(d.live, func(s *snapshot) bool { return s.names(tenant) })
 }
 
-// snapshotDrained is the drained callback: a replaced snapshot's last
+// drainLater is the drained callback: it runs snapshotDrained off the
+// goroutine of the request whose release ended the snapshot, which would
+// otherwise wait for d.mu, held by a reload for as long as it imports
+// fork routes' apps (a minute each, at most), before its answer, record
+// and connection were done with.
+func (d *daemon) drainLater(s *snapshot) { d.drains.Go(func() { d.snapshotDrained(s) }) }
+
+// snapshotDrained ends a snapshot (drainLater): a replaced snapshot's last
 // request has ended. Its tenants that no live snapshot names stop
 // admitting and drain (their queued requests and cells finish under their
 // last budgets); retire then removes their groups.
