@@ -69,7 +69,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, []string{"tenant", "route", "status", "outcome"}),
 		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "queue_wait_seconds",
-			Help:    "Time from a request being ready to its cell starting (or the admission wait giving up).",
+			Help:    "Time from a request being ready to its admission, or to the end of its wait (a timeout, its client gone, no cell to be had).",
 			Buckets: queueWaitBuckets,
 		}, []string{"tenant"}),
 		cpuSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -108,8 +108,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 }
 
 // ObserveRequest records one finished request: the request counter always;
-// the queue wait when the request reached a cell or timed out waiting for
-// one; the cell's CPU time, wall time, memory peak, OOM kill and throttled
+// the queue wait when the request waited for admission (r.Queued), however
+// that ended, or reached a cell; the cell's CPU time, wall time, memory peak, OOM kill and throttled
 // time when a cell ran (r.Cell). A memory peak the kernel did not report
 // (zero) is not observed.
 func (m *Metrics) ObserveRequest(r Record) {
@@ -118,7 +118,7 @@ func (m *Metrics) ObserveRequest(r Record) {
 		outcome = OutcomeOther
 	}
 	m.requests.WithLabelValues(r.Tenant, r.Route, m.status(r.Status), string(outcome)).Inc()
-	if !r.Cell && r.Outcome != OutcomeQueueTimeout {
+	if !r.Cell && !r.Queued && r.Outcome != OutcomeQueueTimeout {
 		return
 	}
 	rm := m.route(r.Tenant, r.Route)

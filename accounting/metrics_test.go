@@ -43,6 +43,8 @@ func TestObserveRequest(t *testing.T) {
 	m.ObserveRequest(Record{Status: 404, Outcome: OutcomeNoRoute, QueueWait: time.Hour})
 	m.ObserveRequest(Record{Tenant: "acme", Route: "api", Status: 503, Outcome: OutcomeQueueTimeout, QueueWait: 5 * time.Second})
 	m.ObserveRequest(Record{Tenant: "acme", Route: "api", Status: 503, Outcome: OutcomeQueueFull})
+	// A client that gave up while queued: its wait counts too.
+	m.ObserveRequest(Record{Tenant: "acme", Route: "api", Status: 499, Outcome: OutcomeClientGone, QueueWait: 2 * time.Second, Queued: true})
 	m.ObserveRequest(Record{Tenant: "acme", Route: "api", Status: 0, Outcome: "made_up"})
 	m.ObserveRequest(Record{Tenant: "acme", Route: "api", Status: 1000, Outcome: OutcomeInternal})
 
@@ -55,6 +57,7 @@ cellgate_requests_total{outcome="ok",route="static",status="200",tenant="acme"} 
 cellgate_requests_total{outcome="oom",route="api",status="502",tenant="acme"} 1
 cellgate_requests_total{outcome="queue_timeout",route="api",status="503",tenant="acme"} 1
 cellgate_requests_total{outcome="queue_full",route="api",status="503",tenant="acme"} 1
+cellgate_requests_total{outcome="client_gone",route="api",status="499",tenant="acme"} 1
 cellgate_requests_total{outcome="other",route="api",status="other",tenant="acme"} 1
 cellgate_requests_total{outcome="internal",route="api",status="other",tenant="acme"} 1
 # HELP cellgate_cell_oom_kills_total Request cells in which the kernel OOM-killed the worker.
@@ -77,10 +80,10 @@ cellgate_cell_cpu_throttled_seconds_total{route="static",tenant="acme"} 0.0007
 		count  uint64
 		sum    float64
 	}{
-		// Four cells of 200 µs (ok twice, oom, static) and the 5 s queue
-		// timeout; not the no-route or queue-full requests, which never
-		// waited for a cell.
-		{"cellgate_queue_wait_seconds", map[string]string{"tenant": "acme"}, 5, 4*0.0002 + 5},
+		// Four cells of 200 µs (ok twice, oom, static), the 5 s queue
+		// timeout and the 2 s a client waited before it left; not the
+		// no-route or queue-full requests, which never waited for a cell.
+		{"cellgate_queue_wait_seconds", map[string]string{"tenant": "acme"}, 6, 4*0.0002 + 5 + 2},
 		{"cellgate_cell_cpu_seconds", map[string]string{"tenant": "acme", "route": "api"}, 3, 3 * 0.0041},
 		{"cellgate_cell_cpu_seconds", map[string]string{"tenant": "acme", "route": "static"}, 1, 0.0041},
 		{"cellgate_cell_wall_seconds", map[string]string{"tenant": "acme", "route": "api"}, 3, 3 * 0.0123},

@@ -99,8 +99,11 @@ type Record struct {
 	Tenant  string
 	Outcome Outcome
 	// QueueWait is the time between the request being ready to run and its
-	// cell starting (or the admission wait giving up).
+	// cell starting (or the admission wait giving up). Queued says
+	// admission was asked: the wait was measured, whatever came of it
+	// (a cell, a timeout, the client gone while it waited, no cell).
 	QueueWait time.Duration
+	Queued    bool
 	// Duration is the whole request, from arrival to the response written.
 	Duration time.Duration
 

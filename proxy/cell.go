@@ -77,7 +77,7 @@ func (x *exchange) runCell(m *policy.Match, req *cgiRequest, stdin io.Reader) *c
 		live.queued(s.now())
 		release, waited, err := s.deps.Admitter.Admit(ctx, route.Tenant, route.Memory)
 		live.admitted(waited)
-		x.rec.QueueWait += waited
+		x.rec.QueueWait, x.rec.Queued = x.rec.QueueWait+waited, true
 		if err != nil {
 			if reason := x.cancelReason(); reason != nil {
 				err = fmt.Errorf("admission to tenant %s: %w: %w", route.Tenant, reason, err)

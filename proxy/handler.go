@@ -257,7 +257,7 @@ func (x *exchange) recordHop(req *cgiRequest, path string, start time.Time) {
 	} else {
 		x.s.record(x.r.Context(), hop)
 	}
-	x.rec.QueueWait, x.rec.BytesIn = 0, 0
+	x.rec.QueueWait, x.rec.Queued, x.rec.BytesIn = 0, false, 0
 	x.clearCell()
 }
 
