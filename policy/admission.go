@@ -337,9 +337,10 @@ func (a *Admission) forget(t *tenantState) {
 
 // Stats is a snapshot of admission, for metrics.
 type Stats struct {
-	InFlight int   // cells admitted and not released, all tenants
-	Reserved int64 // their memory reservations, bytes
-	Queued   int   // requests waiting, all tenants
+	InFlight int    // cells admitted and not released, all tenants
+	Reserved int64  // their memory reservations, bytes
+	Queued   int    // requests waiting, all tenants
+	Global   Global // the global budget admission holds requests to
 	Tenants  []TenantStats
 }
 
@@ -352,18 +353,22 @@ type TenantStats struct {
 	// Draining is true for a tenant removed by a reload that still has
 	// cells in flight or requests waiting.
 	Draining bool
+	// Budget is the budget admission holds the tenant's requests to: the
+	// newest policy's, or, for a tenant a reload dropped while a policy
+	// naming it still serves requests, its last.
+	Budget Tenant
 }
 
 // Stats returns a consistent snapshot; tenants sorted by name.
 func (a *Admission) Stats() Stats {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := Stats{InFlight: a.inFlight, Reserved: a.reserved}
+	s := Stats{InFlight: a.inFlight, Reserved: a.reserved, Global: a.global}
 	for _, t := range a.tenants {
 		s.Queued += len(t.queue)
 		s.Tenants = append(s.Tenants, TenantStats{
 			Name: t.budget.Name, InFlight: t.inFlight, Reserved: t.reserved,
-			Queued: len(t.queue), Draining: t.removed,
+			Queued: len(t.queue), Draining: t.removed, Budget: t.budget,
 		})
 	}
 	sort.Slice(s.Tenants, func(i, j int) bool { return s.Tenants[i].Name < s.Tenants[j].Name })

@@ -67,8 +67,9 @@ func statusRequest(r proxy.InFlight, now time.Time) accounting.StatusRequest {
 }
 
 // statusBudgets fills the global and per-tenant budgets: admission's
-// figures against the current policy's totals; a tenant a reload removed
-// that still drains has no totals any more. totals reads the tenant
+// figures and the budgets it holds requests to (a tenant a reload dropped,
+// still admitting the requests a replaced policy routed to it, under its
+// last budget, is draining). totals reads the tenant
 // groups' memory (nil: not measured, the memory controller being off);
 // a tenant whose group could not be read has none, the others keep
 // theirs.
@@ -76,7 +77,7 @@ func (d *daemon) statusBudgets(s *accounting.Status, totals func() ([]accounting
 	pol := d.current.Load().policy
 	as := d.admission.Stats()
 	s.Global = accounting.StatusGlobal{InFlight: as.InFlight, Reserved: as.Reserved, Queued: as.Queued,
-		MaxCells: positive(pol.Global.MaxCells), MemoryBudget: positive64(pol.Global.Memory)}
+		MaxCells: positive(as.Global.MaxCells), MemoryBudget: positive64(as.Global.Memory)}
 	memNow := map[string]uint64{}
 	if totals != nil {
 		read, _ := totals() // partial when a group could not be read (logged by tenantTotals)
@@ -85,11 +86,10 @@ func (d *daemon) statusBudgets(s *accounting.Status, totals func() ([]accounting
 		}
 	}
 	for _, t := range as.Tenants {
-		st := accounting.StatusTenant{Name: t.Name, InFlight: t.InFlight, Reserved: t.Reserved, Queued: t.Queued, Draining: t.Draining}
-		if i := slices.IndexFunc(pol.Tenants, func(p *policy.Tenant) bool { return p.Name == t.Name }); i >= 0 {
-			pt := pol.Tenants[i]
-			st.MaxCells, st.MemoryBudget, st.QueueMax = positive(pt.MaxCells), positive64(pt.Memory), pt.Queue
-		}
+		b := t.Budget
+		st := accounting.StatusTenant{Name: t.Name, InFlight: t.InFlight, Reserved: t.Reserved, Queued: t.Queued,
+			Draining: t.Draining || !slices.ContainsFunc(pol.Tenants, func(p *policy.Tenant) bool { return p.Name == t.Name }),
+			MaxCells: positive(b.MaxCells), MemoryBudget: positive64(b.Memory), QueueMax: b.Queue}
 		if m, ok := memNow[t.Name]; ok {
 			st.MemoryCurrent = &m
 		}

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -126,5 +128,37 @@ func TestTenantTotalsSkipsRemovedGroup(t *testing.T) {
 	}
 	if logged.String() != "" {
 		t.Errorf("logged:\n%s", logged.String())
+	}
+}
+
+// TestStatusDroppedTenantDraining: a tenant a reload dropped, still
+// admitting the requests the replaced policy routed to it, shows the
+// budget admission holds them to (its last) and draining: /status showed
+// it unlimited (no max_cells, no memory budget, queue 0) and not
+// draining, as the current policy has no budget of it.
+func TestStatusDroppedTenantDraining(t *testing.T) {
+	d, path := testDaemon(t, reloadPolicyA)
+	m, release, err := d.match("example.com", "POST", "/extra")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	rel, _, err := d.admission.Admit(context.Background(), m.Route.Tenant, m.Route.Memory)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rel()
+	writeFile(t, path, reloadPolicyB)
+	if err := d.reload(); err != nil {
+		t.Fatal(err)
+	}
+	var s accounting.Status
+	d.statusBudgets(&s, nil)
+	i := slices.IndexFunc(s.Tenants, func(t accounting.StatusTenant) bool { return t.Name == "extra" })
+	if i < 0 {
+		t.Fatalf("tenant extra not in /status while a request of it runs: %+v", s.Tenants)
+	}
+	if tn := s.Tenants[i]; tn.MemoryBudget == nil || *tn.MemoryBudget != 256<<20 || tn.QueueMax != 10 || !tn.Draining || tn.InFlight != 1 {
+		t.Errorf("tenant extra after the reload dropped it: %+v (budget %v), want its 256Mi budget, queue 10, draining, 1 in flight", tn, tn.MemoryBudget)
 	}
 }
