@@ -108,7 +108,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.record(r.Context(), x.rec)
 	}
 	if x.abort {
-		resetOnClose(r)
+		if !r.ProtoAtLeast(1, 1) {
+			resetOnClose(r)
+		}
 		panic(http.ErrAbortHandler)
 	}
 	x.tail()

@@ -304,11 +304,14 @@ func guardOf(c net.Conn) *guardConn {
 type guardKey struct{}
 
 // resetOnClose has r's connection end with a reset (SO_LINGER 0) when
-// net/http closes it after the handler aborted: a response cut short
-// (a streamed body the worker did not finish, a client gone) must not
-// look complete, and over HTTP/1.0, which has no chunks, a streamed body
-// ends where the connection does: a plain close (FIN) showed the client
-// a cut body as a whole one. Only HTTP/1 connections have a guardConn.
+// net/http closes it after the handler aborted, for an HTTP/1.0 request:
+// without chunks, a streamed body ends where the connection does, and a
+// plain close (FIN) showed the client a body cut short (the worker
+// killed, short of its own Content-Length) as a whole one. An HTTP/1.1
+// client tells a cut from the missing last chunk or the short
+// Content-Length, and keeps what was sent before the cut, which a reset
+// would throw away with the socket's buffers. Only HTTP/1 connections
+// have a guardConn.
 func resetOnClose(r *http.Request) {
 	g, _ := r.Context().Value(guardKey{}).(*guardConn)
 	if g == nil {
