@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/accounting"
-	"github.com/cellgate/cellgate/sandbox"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/proxy"
+	"github.com/cellgate/cellgate/sandbox"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"github.com/prometheus/client_golang/prometheus"

@@ -91,11 +91,13 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 	hidden := daemonFiles(file, *tlsKey) // serve's own files, covered where a view shows them
 	var views []routeView                // what each route's cells see
 	var dirWarnings []string             // a dir route's programs its cells cannot run
+	var rootRoutes []*policy.Route       // those run as root of a user namespace of their own
 	if err == nil && !*syntaxOnly {
 		views = routeViews(p, resolvePath)
 		err = verifyRoutes(p, func(r *policy.Route) (sandbox.Credential, error) {
 			fixed, err := resolveUser(r, sh.GID)
 			if ownRootNS(r, fixed) {
+				rootRoutes = append(rootRoutes, r)
 				fixed = nil // root of its own user namespace: a uid of the range on the host
 			}
 			if err != nil {
@@ -126,7 +128,7 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		if len(probs) > 0 {
 			err = withProblems(err, &policy.InvalidError{File: p.Source, Problems: probs})
 		}
-		err = withProblems(err, verifyRootInit(p, sh.GID, sh.Init, initIsCellgate))
+		err = withProblems(err, verifyRootInit(p, rootRoutes, sh.Init, initIsCellgate))
 		err = withProblems(err, verifyGIDs(p, sh.GID, groupFile))
 		err = withProblems(err, verifyWritableMounts(p, views))
 	}

@@ -368,11 +368,11 @@ func verifyRoutes(p *policy.Policy, credOf func(*policy.Route) (sandbox.Credenti
 
 // verifyRootInit refuses what serve would: a cell init it cannot open
 // (--init naming no file), and, where the init would be cellgate itself
-// (no cellgate-init beside cellgate, no --init), a route whose program
-// runs as root of a user namespace of its own, which only cellgate-init
-// can start (serve fails each of its requests). openInit opens the init
+// (no cellgate-init beside cellgate, no --init), each of rootRoutes, run
+// as root of a user namespace of its own, which only cellgate-init can
+// start (serve fails each of its requests). openInit opens the init
 // as serve does (openLauncher) and says whether it is cellgate itself.
-func verifyRootInit(p *policy.Policy, gid uint32, initFlag string, openInit func(string) (bool, error)) error {
+func verifyRootInit(p *policy.Policy, rootRoutes []*policy.Route, initFlag string, openInit func(string) (bool, error)) error {
 	goInit, err := openInit(initFlag)
 	if err != nil {
 		return &policy.InvalidError{File: p.Source, Problems: []policy.Problem{{File: p.Source, Key: "--init (CELLGATE_INIT)",
@@ -382,12 +382,10 @@ func verifyRootInit(p *policy.Policy, gid uint32, initFlag string, openInit func
 		return nil
 	}
 	var probs []policy.Problem
-	for _, r := range p.Routes {
-		if user, err := resolveUser(r, gid); err == nil && ownRootNS(r, user) {
-			probs = append(probs, routeProblem(p.Source, r, "user", userString(r),
-				"a program run as root runs as root of a user namespace of its own, which only "+confine.InitArg0+" can start, and the cells' init would be cellgate itself (no "+confine.InitArg0+" beside it, no --init)",
-				"install "+confine.InitArg0+" beside cellgate (make build) or pass --init, or set host_namespaces: [user]"))
-		}
+	for _, r := range rootRoutes {
+		probs = append(probs, routeProblem(p.Source, r, "user", userString(r),
+			"a program run as root runs as root of a user namespace of its own, which only "+confine.InitArg0+" can start, and the cells' init would be cellgate itself (no "+confine.InitArg0+" beside it, no --init)",
+			"install "+confine.InitArg0+" beside cellgate (make build) or pass --init, or set host_namespaces: [user]"))
 	}
 	if len(probs) == 0 {
 		return nil
