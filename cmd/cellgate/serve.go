@@ -490,8 +490,8 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 	for _, w := range rootSetuidMounts(views, mountedNosuid) {
 		d.log.Warn(w)
 	}
-	for r, rs := range specs {
-		if rs.confine != nil {
+	for _, r := range pol.Routes { // in the file's order, as check lists them
+		if rs := specs[r]; rs.confine != nil {
 			for _, w := range dirProgramsHidden(rs.confine.Plan(), r) {
 				d.log.Warn("a program of a dir route is not in its cells' view: " + w)
 			}

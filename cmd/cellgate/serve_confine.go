@@ -138,7 +138,8 @@ const maxDirPrograms = 1000
 // the kernel run cannot run (programShown): a request naming one fails
 // with a 127, "not found", though the file is there. Warnings, not
 // problems: the directory's programs come and go between loads. It looks
-// at maxDirPrograms entries at most and says when there were more.
+// at maxDirPrograms entries at most and says when there were more; it
+// reports them by name (the directory's order is its file system's).
 func dirProgramsHidden(plan *confine.Plan, r *policy.Route) []string {
 	dir := r.Dir
 	if dir == "" || r.Confinement.HostFilesystem || r.Confinement.RootFS != "" {
@@ -153,6 +154,7 @@ func dirProgramsHidden(plan *confine.Plan, r *policy.Route) []string {
 	if err != nil && !errors.Is(err, io.EOF) {
 		return nil
 	}
+	slices.SortFunc(ents, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
 	var out []string
 	for i, e := range ents {
 		if i == maxDirPrograms {
