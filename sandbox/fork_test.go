@@ -52,7 +52,7 @@ func startPreloaderWith(t *testing.T, r *Runner, app string, edit func(*Preloade
 	t.Helper()
 	cfg := testPreloaderConfig(t, app)
 	edit(&cfg)
-	p, err := r.StartPreloader(cfg)
+	p, err := r.StartPreloader(context.Background(), cfg)
 	if err == nil {
 		t.Cleanup(func() { p.Close(5 * time.Second) })
 	}
@@ -920,7 +920,7 @@ func TestForkImportHangs(t *testing.T) {
 	cfg.StartTimeout = time.Second
 	done := make(chan error, 1)
 	go func() {
-		p, err := r.StartPreloader(cfg)
+		p, err := r.StartPreloader(context.Background(), cfg)
 		if err == nil {
 			p.Close(5 * time.Second)
 		}
@@ -933,6 +933,49 @@ func TestForkImportHangs(t *testing.T) {
 		}
 	case <-time.After(time.Minute):
 		t.Fatal("StartPreloader still waiting a minute after its 1s StartTimeout")
+	}
+}
+
+// TestForkStartAbandoned: the end of StartPreloader's context abandons an
+// import under way at once, the import killed. Before, nothing but
+// StartTimeout (a minute by default) ended the wait: serve, stopped while
+// a reload or its start imported a fork route's app, went on waiting for
+// it, past systemd's TimeoutStopSec and the pod's grace period.
+func TestForkStartAbandoned(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	cfg := testPreloaderConfig(t, "import os, time\nopen('importing', 'w').write(str(os.getpid()))\nwhile True:\n    time.sleep(1)\n")
+	cfg.StartTimeout = time.Minute
+	stopped := errors.New("serve is stopping")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		p, err := r.StartPreloader(ctx, cfg)
+		if err == nil {
+			p.Close(5 * time.Second)
+		}
+		done <- err
+	}()
+	marker := filepath.Join(cfg.AppDir, "importing")
+	var pid int
+	for deadline := time.Now().Add(30 * time.Second); pid == 0; time.Sleep(10 * time.Millisecond) {
+		if b, err := os.ReadFile(marker); err == nil && len(b) > 0 {
+			pid, _ = strconv.Atoi(string(b))
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the app's import did not start")
+		}
+	}
+	cancel(stopped)
+	select {
+	case err := <-done:
+		if !errors.Is(err, stopped) || !strings.Contains(err.Error(), "start abandoned") {
+			t.Errorf("StartPreloader = %v, want the start abandoned, for the context's cause", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("StartPreloader still waiting 20s after its context ended")
+	}
+	if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
+		t.Errorf("the abandoned import (pid %d) lives on: kill 0 = %v", pid, err)
 	}
 }
 

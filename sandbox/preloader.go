@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -172,8 +173,11 @@ func (inst *instance) askRecycle() {
 // StartPreloader starts the route's preloader through the Runner's spawn
 // path (no_new_privs, the group's fd for CLONE_INTO_CGROUP, the daemon's
 // death signal) and returns once it has imported its app. An app that
-// fails to import gives a *PreloadError with its traceback.
-func (r *Runner) StartPreloader(cfg PreloaderConfig) (*Preloader, error) {
+// fails to import gives a *PreloadError with its traceback. The end of
+// ctx abandons the start at once, the import killed (serve stopping while
+// its start or a reload imports, which may take up to StartTimeout): the
+// error wraps ctx's cause.
+func (r *Runner) StartPreloader(ctx context.Context, cfg PreloaderConfig) (*Preloader, error) {
 	if cfg.Python == "" || cfg.App == "" || cfg.AppDir == "" {
 		return nil, fmt.Errorf("%w: preloader of route %s: Python, App and AppDir are required", ErrSpec, cfg.Route)
 	}
@@ -198,7 +202,7 @@ func (r *Runner) StartPreloader(cfg PreloaderConfig) (*Preloader, error) {
 		}
 		p.nsUIDs = newUIDPool(UIDRange{First: 1, Count: uint32(n)})
 	}
-	inst, err := p.startInstance()
+	inst, err := p.startInstance(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -332,7 +336,7 @@ func (p *Preloader) supervise(inst *instance) {
 			p.clearCurrent()
 			return
 		case <-inst.recycle:
-			next, err := p.startInstance()
+			next, err := p.startInstance(context.Background())
 			if err != nil && inst.stale.Load() {
 				// It may not serve on: ended, and restarted as after a
 				// death.
@@ -381,7 +385,7 @@ func (p *Preloader) supervise(inst *instance) {
 		}
 		backoff = min(2*backoff, restartMax)
 		for {
-			next, err := p.startInstance()
+			next, err := p.startInstance(context.Background())
 			if err == nil {
 				inst = next
 				p.setCurrent(inst)
@@ -443,8 +447,8 @@ func (p *Preloader) ready(cancel <-chan struct{}) (*instance, error) {
 }
 
 // startInstance starts one preloader process and waits for its first
-// message: ready, or the import's error.
-func (p *Preloader) startInstance() (*instance, error) {
+// message: ready, or the import's error; the end of ctx abandons it.
+func (p *Preloader) startInstance(ctx context.Context) (*instance, error) {
 	cfg := p.cfg
 	var view viewStamp
 	if cfg.Confine != nil {
@@ -556,6 +560,8 @@ func (p *Preloader) startInstance() (*instance, error) {
 		return nil, err
 	}
 	conn.SetReadDeadline(time.Now().Add(cfg.StartTimeout))
+	// The end of ctx ends the wait for the first message at once.
+	unwatch := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
 	buf := make([]byte, maxMessage)
 	oob := make([]byte, unix.CmsgSpace(4))
 	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
@@ -563,6 +569,10 @@ func (p *Preloader) startInstance() (*instance, error) {
 	// with it is closed, not left open in the daemon (one per restart).
 	got, ferr := receivedFDs(oob[:oobn])
 	closeAll(got)
+	if !unwatch() && ctx.Err() != nil {
+		// Abandoned, whatever came (or may yet set the deadline).
+		return fail(fmt.Errorf("preloader of route %s: start abandoned, its import killed: %w", cfg.Route, context.Cause(ctx)))
+	}
 	if err == nil && ferr != nil {
 		return fail(fmt.Errorf("preloader of route %s: %w", cfg.Route, ferr))
 	}

@@ -335,7 +335,7 @@ func TestRouteCheckTenantGID(t *testing.T) {
 			}
 			d := &daemon{cfg: &serveConfig{Policy: path, Isolation: isolationCells}, log: slog.New(slog.DiscardHandler)}
 			d.cfg.GID, d.cfg.UIDs = tc.shared, uidRange(sandbox.DefaultUIDRange)
-			_, err = d.buildSpecs(pol)
+			_, err = d.buildSpecs(context.Background(), pol)
 			if tc.wantErr == "" && err != nil || tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
 				t.Errorf("serve's buildSpecs: %v, want %q", err, tc.wantErr)
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -85,7 +86,7 @@ func TestServeRefusesSharedWritableMount(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := &daemon{cfg: &serveConfig{Policy: path, Isolation: isolationCells, Shared: Shared{GID: sandbox.DefaultGID, UIDs: uidRange(sandbox.DefaultUIDRange)}}, log: slog.New(slog.DiscardHandler)}
-	if _, err := d.buildSpecs(pol); err == nil || !strings.Contains(err.Error(), "routes[w].mounts[0]: \""+shared+"\": route o (line 5) shows "+shared+" (its mounts[0]) of tenant b") {
+	if _, err := d.buildSpecs(context.Background(), pol); err == nil || !strings.Contains(err.Error(), "routes[w].mounts[0]: \""+shared+"\": route o (line 5) shows "+shared+" (its mounts[0]) of tenant b") {
 		t.Errorf("serve's buildSpecs: %v, want the writable mount refused, naming route o", err)
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/sha256"
 	"errors"
 	"log/slog"
@@ -75,7 +76,7 @@ func TestPolicyPollerComparesWithPolicyInForce(t *testing.T) {
 		t.Errorf("a file changed after serve loaded it is not due")
 	}
 	writeFile(t, path, reloadPolicyB)
-	if err := d.reload(); err != nil { // a SIGHUP
+	if err := d.reload(context.Background()); err != nil { // a SIGHUP
 		t.Fatal(err)
 	}
 	if _, due := p.due(time.Now()); due {
@@ -197,7 +198,7 @@ func TestPolicyPollerRetriesHostProblems(t *testing.T) {
 	if !due {
 		t.Fatal("a changed policy file is not due")
 	}
-	err := d.reload()
+	err := d.reload(context.Background())
 	if !errors.Is(err, policy.ErrInvalid) {
 		t.Fatalf("reload of a policy whose program is missing: %v, want it refused as invalid", err)
 	}
@@ -212,7 +213,7 @@ func TestPolicyPollerRetriesHostProblems(t *testing.T) {
 	if !due {
 		t.Fatal("the program deployed, the refused policy is not retried")
 	}
-	if err := d.reload(); err != nil {
+	if err := d.reload(context.Background()); err != nil {
 		t.Fatalf("the retried reload: %v", err)
 	}
 	p.record(sum, nil, t0.Add(every))
@@ -226,7 +227,7 @@ func TestPolicyPollerRetriesHostProblems(t *testing.T) {
 	if !due {
 		t.Fatal("a changed policy file is not due")
 	}
-	err = d.reload()
+	err = d.reload(context.Background())
 	if !errors.Is(err, policy.ErrInvalid) {
 		t.Fatalf("reload of a policy with an unknown key: %v, want it refused as invalid", err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"os"
@@ -42,7 +43,7 @@ func TestServeRefusesRoutesThatCannotWork(t *testing.T) {
 				log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
 				tenants: map[string]*cgroup.Tenant{},
 			}
-			_, err = d.buildSpecs(pol)
+			_, err = d.buildSpecs(context.Background(), pol)
 			if err == nil || !strings.Contains(err.Error(), path+tt.want) {
 				t.Fatalf("buildSpecs: %v, want a problem %q", err, path+tt.want)
 			}
@@ -123,7 +124,7 @@ func TestCheckRefusesSystemGroup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.buildSpecs(pol); err == nil || !strings.Contains(err.Error(), "tenant acme's gid is the group "+names[0]) {
+	if _, err := d.buildSpecs(context.Background(), pol); err == nil || !strings.Contains(err.Error(), "tenant acme's gid is the group "+names[0]) {
 		t.Errorf("serve's buildSpecs: %v, want the group named", err)
 	}
 }

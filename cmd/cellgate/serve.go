@@ -150,6 +150,8 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 	sigs := newServeSignals()
 	sigs.notify()
 	defer sigs.stopNotify()
+	stopping, endWatch := sigs.watchStop(ctx)
+	defer endWatch()
 	d.strays = newStrayReaper(log, os.Getpid())
 
 	accessLog, accessFile, err := openAccessLog(cfg.AccessLog, std.out)
@@ -187,8 +189,12 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 		}()
 		runner = r
 	}
-	specs, err := d.buildSpecs(pol)
+	specs, err := d.buildSpecs(stopping, pol)
 	if err != nil {
+		if cause := context.Cause(stopping); errors.As(cause, new(stopSignal)) {
+			log.Info("stopped during start-up: a fork route's import abandoned, nothing served", "cause", cause)
+			return nil
+		}
 		return err
 	}
 	d.warm(specs)
@@ -265,7 +271,8 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 		go newPolicyPoller(cfg.Policy, log, cfg.PolicyPoll, d.policyInForce).run(stop, tick.C, reloads)
 	}
 
-	serveErr := d.loop(ctx, sigs, reloads, served, func() error { return d.reloadNotified(notify) })
+	serveErr := d.loop(stopping, sigs, reloads, served, func(ctx context.Context) error { return d.reloadNotified(ctx, notify) })
+	endWatch() // the signals are the drain's now
 	notify.stopping("draining: stopped accepting, waiting for the requests in flight")
 	return errors.Join(serveErr, d.shutdown(srv, admin.Server, sigs))
 }
@@ -458,8 +465,9 @@ func (e *hostProblems) Unwrap() error { return e.error }
 // preloader of every fork route (an app that fails to import fails here,
 // with its traceback; what was started is stopped again). With cells it
 // checks each profile against the tree: a controller a route needs and the
-// kernel lacks fails here, not on the first request.
-func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, error) {
+// kernel lacks fails here, not on the first request. The end of ctx (serve
+// stopping) abandons a fork route's import under way, and the build.
+func (d *daemon) buildSpecs(ctx context.Context, pol *policy.Policy) (map[*policy.Route]*routeSpec, error) {
 	specs := make(map[*policy.Route]*routeSpec, len(pol.Routes))
 	fail := func(r *policy.Route, err error) (map[*policy.Route]*routeSpec, error) {
 		d.stopForks(specs)
@@ -510,7 +518,7 @@ func (d *daemon) buildSpecs(pol *policy.Policy) (map[*policy.Route]*routeSpec, e
 			}
 		}
 		if r.Fork != nil {
-			f, err := d.startFork(pol, r, rs.profile, rs.forkConfine)
+			f, err := d.startFork(ctx, pol, r, rs.profile, rs.forkConfine)
 			if err != nil {
 				return fail(r, err)
 			}

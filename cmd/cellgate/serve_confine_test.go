@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"log/slog"
 	"os"
@@ -48,7 +49,7 @@ func TestServeDirWarningsInOrder(t *testing.T) {
 		var log bytes.Buffer
 		d := &daemon{cfg: &serveConfig{Policy: path, Isolation: isolationCells}, log: slog.New(slog.NewTextHandler(&log, nil)),
 			tenants: map[string]*cgroup.Tenant{}}
-		if _, err := d.buildSpecs(pol); err != nil {
+		if _, err := d.buildSpecs(context.Background(), pol); err != nil {
 			t.Fatal(err)
 		}
 		var got []string

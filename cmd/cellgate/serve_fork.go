@@ -44,9 +44,10 @@ type forkSpec struct {
 // startFork sets up a fork route: uids for the preloader (its own and one
 // per request in flight), a route group under the tenant with the
 // preloader's memory limit, and the preloader, started through the
-// Runner's spawn path, confined by plan unless it is nil. It returns once the app is imported; an app that
-// fails to import is an error carrying its traceback.
-func (d *daemon) startFork(pol *policy.Policy, r *policy.Route, prof *cgroup.Profile, plan *confine.Prepared) (*forkSpec, error) {
+// Runner's spawn path, confined by plan unless it is nil. It returns once
+// the app is imported; an app that fails to import is an error carrying its
+// traceback. The end of ctx (serve stopping) abandons the import.
+func (d *daemon) startFork(ctx context.Context, pol *policy.Policy, r *policy.Route, prof *cgroup.Profile, plan *confine.Prepared) (*forkSpec, error) {
 	if d.runner == nil {
 		return nil, fmt.Errorf("driver fork needs cells (--isolation=none runs plain processes only)")
 	}
@@ -73,7 +74,7 @@ func (d *daemon) startFork(pol *policy.Policy, r *policy.Route, prof *cgroup.Pro
 			wait = t.QueueTimeout
 		}
 	}
-	pre, err := d.runner.StartPreloader(sandbox.PreloaderConfig{
+	pre, err := d.runner.StartPreloader(ctx, sandbox.PreloaderConfig{
 		Route:        r.Name,
 		Python:       r.Fork.Python,
 		App:          r.Fork.App,

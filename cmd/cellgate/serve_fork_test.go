@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"slices"
 	"strings"
 	"testing"
@@ -15,7 +16,7 @@ func TestReloadRefusesForkWithoutCells(t *testing.T) {
 	before := d.current.Load()
 	writeFile(t, path, reloadPolicyB+`  - {name: py, match: {path: /py}, tenant: web, driver: fork, runtime: python-wsgi, app: "m:app", app_dir: /srv}
 `)
-	d.reload()
+	d.reload(context.Background())
 	if d.current.Load() != before {
 		t.Fatal("a policy with a fork route replaced the running one under --isolation=none")
 	}

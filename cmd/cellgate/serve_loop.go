@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/signal"
 	"sync"
@@ -41,6 +42,38 @@ func (s *serveSignals) stopNotify() {
 	signal.Stop(s.stop)
 	signal.Stop(s.hup)
 	signal.Stop(s.usr1)
+}
+
+// stopSignal is the cause of watchStop's context when a signal ended it.
+type stopSignal struct{ sig os.Signal }
+
+func (s stopSignal) Error() string { return "serve is stopping (" + s.sig.String() + ")" }
+
+// watchStop returns ctx, also ended by the first SIGTERM or SIGINT (its
+// cause a stopSignal), for serve's start and loop: a stop is seen at once
+// by a reload under way or the start, whose fork routes' imports (up to a
+// minute each) it abandons, where it waited for them, past systemd's
+// TimeoutStopSec and the pod's grace period. end stops the watch: from
+// then on the signals are shutdown's (a second one cuts the drain short).
+func (s *serveSignals) watchStop(ctx context.Context) (stopping context.Context, end func()) {
+	stopping, stop := context.WithCancelCause(ctx)
+	quit := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		select {
+		case sig := <-s.stop:
+			stop(stopSignal{sig})
+		case <-quit:
+		}
+	})
+	var once sync.Once
+	return stopping, func() {
+		once.Do(func() {
+			close(quit)
+			wg.Wait()
+			stop(context.Canceled)
+		})
+	}
 }
 
 // reloadRequests are the reloads asked of serve's loop by the policy
@@ -87,44 +120,43 @@ func (q *reloadRequests) take() []chan<- error {
 }
 
 // loop is serve's main loop: it reloads (SIGHUP, reqs) and reopens the
-// log files (SIGUSR1) until SIGTERM or SIGINT, the end of ctx or a
-// listener's failure (served: returned). A stop is looked for before
-// anything else, so that one that came while a reload ran starts the drain
-// as soon as that reload returns, before any reload asked for meanwhile.
-func (d *daemon) loop(ctx context.Context, sigs *serveSignals, reqs *reloadRequests, served <-chan error, reload func() error) error {
+// log files (SIGUSR1) until the end of ctx (watchStop's: SIGTERM or
+// SIGINT) or a listener's failure (served: returned). A stop is looked
+// for before anything else, so that one that came while a reload ran (and
+// ended it: reload's context is ctx) starts the drain as soon as that
+// reload returns, before any reload asked for meanwhile.
+func (d *daemon) loop(ctx context.Context, sigs *serveSignals, reqs *reloadRequests, served <-chan error, reload func(context.Context) error) error {
 	for {
 		select {
-		case s := <-sigs.stop:
-			return d.stopSignal(s)
 		case <-ctx.Done():
-			return d.contextEnded(ctx)
+			return d.stopped(ctx)
 		case err := <-served:
 			return d.listenerFailed(err)
 		default:
 		}
 		select {
-		case s := <-sigs.stop:
-			return d.stopSignal(s)
 		case <-ctx.Done():
-			return d.contextEnded(ctx)
+			return d.stopped(ctx)
 		case err := <-served:
 			return d.listenerFailed(err)
 		case <-sigs.usr1:
 			d.reopenLogs()
 		case <-sigs.hup:
-			d.reloadOnce(sigs, reqs, reload)
+			d.reloadOnce(ctx, sigs, reqs, reload)
 		case <-reqs.pending:
-			d.reloadOnce(sigs, reqs, reload)
+			d.reloadOnce(ctx, sigs, reqs, reload)
 		}
 	}
 }
 
-func (d *daemon) stopSignal(s os.Signal) error {
-	d.log.Info("signal: draining", "signal", s.String(), "drain_timeout", d.cfg.DrainTimeout)
-	return nil
-}
-
-func (d *daemon) contextEnded(ctx context.Context) error {
+// stopped logs why the loop ended: a signal (watchStop) or the end of
+// serve's context.
+func (d *daemon) stopped(ctx context.Context) error {
+	var sig stopSignal
+	if errors.As(context.Cause(ctx), &sig) {
+		d.log.Info("signal: draining", "signal", sig.sig.String(), "drain_timeout", d.cfg.DrainTimeout)
+		return nil
+	}
 	d.log.Info("context ended: draining", "cause", context.Cause(ctx))
 	return nil
 }
@@ -136,13 +168,13 @@ func (d *daemon) listenerFailed(err error) error {
 
 // reloadOnce runs one reload for everything asking for one now: a SIGHUP
 // waiting and every request of reqs get this reload.
-func (d *daemon) reloadOnce(sigs *serveSignals, reqs *reloadRequests, reload func() error) {
+func (d *daemon) reloadOnce(ctx context.Context, sigs *serveSignals, reqs *reloadRequests, reload func(context.Context) error) {
 	select {
 	case <-sigs.hup:
 	default:
 	}
 	waiting := reqs.take()
-	err := reload()
+	err := reload(ctx)
 	for _, w := range waiting {
 		w <- err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -27,31 +28,40 @@ func deliver(sigs *serveSignals, sig os.Signal) bool {
 
 // loopRun is serve's loop running with a reload the test holds: each
 // reload says it started (its number, from 1) and returns what the test
-// releases it with.
+// releases it with, or, abandoned (the end of its context), the cause,
+// which it also sends on abandoned.
 type loopRun struct {
-	sigs    *serveSignals
-	reqs    *reloadRequests
-	started chan int
-	release chan error
-	reloads atomic.Int32
-	ended   chan error
+	sigs      *serveSignals
+	reqs      *reloadRequests
+	started   chan int
+	release   chan error
+	abandoned chan error
+	reloads   atomic.Int32
+	ended     chan error
 }
 
 func startLoop(t *testing.T) *loopRun {
 	t.Helper()
 	d, _ := testDaemon(t, reloadPolicyA)
-	l := &loopRun{sigs: newServeSignals(), reqs: newReloadRequests(), started: make(chan int, 16), release: make(chan error), ended: make(chan error, 1)}
+	l := &loopRun{sigs: newServeSignals(), reqs: newReloadRequests(), started: make(chan int, 16), release: make(chan error),
+		abandoned: make(chan error, 16), ended: make(chan error, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
-	reload := func() error {
+	stopping, endWatch := l.sigs.watchStop(ctx)
+	reload := func(ctx context.Context) error {
 		l.started <- int(l.reloads.Add(1))
 		select {
 		case err := <-l.release:
 			return err
 		case <-ctx.Done():
-			return ctx.Err()
+			l.abandoned <- context.Cause(ctx)
+			return context.Cause(ctx)
 		}
 	}
-	go func() { l.ended <- d.loop(ctx, l.sigs, l.reqs, nil, reload) }()
+	go func() {
+		err := d.loop(stopping, l.sigs, l.reqs, nil, reload)
+		endWatch()
+		l.ended <- err
+	}()
 	t.Cleanup(func() {
 		cancel()
 		<-l.ended
@@ -87,10 +97,10 @@ func (l *loopRun) waitEnded(t *testing.T) {
 
 // TestServeLoopDrainsAfterReloadBurst: SIGHUPs, SIGUSR1s and reloads asked
 // by the poller and the control socket while a reload runs, then SIGTERM:
-// the SIGTERM is kept, and the drain starts as soon as the reload running
-// returns, with no reload after it. With one channel of 4 for every
-// signal, the SIGTERM was dropped (os/signal does not wait) and serve
-// never drained.
+// the SIGTERM is kept, ends the reload running, and the drain starts as
+// soon as that reload returns, with no reload after it. With one channel
+// of 4 for every signal, the SIGTERM was dropped (os/signal does not wait)
+// and serve never drained.
 func TestServeLoopDrainsAfterReloadBurst(t *testing.T) {
 	l := startLoop(t)
 	if !deliver(l.sigs, syscall.SIGHUP) {
@@ -105,10 +115,47 @@ func TestServeLoopDrainsAfterReloadBurst(t *testing.T) {
 	if !deliver(l.sigs, syscall.SIGTERM) {
 		t.Fatal("SIGTERM sent during a reload, after a burst of SIGHUPs, was dropped")
 	}
-	l.release <- nil
 	l.waitEnded(t)
 	if n := l.reloads.Load(); n != 1 {
 		t.Errorf("%d reloads, want 1: the drain waited for reloads asked after the SIGTERM", n)
+	}
+}
+
+// TestServeLoopStopAbandonsReload: a SIGTERM ends a reload under way at
+// once (its context ends, its cause the signal), the drain starts, and
+// who asked for that reload gets its verdict: abandoned. Before, the
+// drain waited for the reload, which waits for every new fork route's app
+// to import (up to a minute each), past systemd's TimeoutStopSec (45 s in
+// the unit) and the pod's grace period, and serve was killed mid-drain.
+func TestServeLoopStopAbandonsReload(t *testing.T) {
+	l := startLoop(t)
+	verdict := l.reqs.ask()
+	l.waitStarted(t, 1)
+	deliver(l.sigs, syscall.SIGTERM)
+	select {
+	case cause := <-l.abandoned:
+		var sig stopSignal
+		if !errors.As(cause, &sig) || sig.sig != syscall.SIGTERM {
+			t.Errorf("the reload was abandoned for %v, want the SIGTERM", cause)
+		}
+	case <-time.After(hangGuard):
+		t.Fatal("the reload under way went on after SIGTERM")
+	}
+	l.waitEnded(t)
+	select {
+	case err := <-verdict:
+		if err == nil || !strings.Contains(err.Error(), "serve is stopping (terminated)") {
+			t.Errorf("the asker's verdict is %v, want the reload abandoned for the stop", err)
+		}
+	case <-time.After(hangGuard):
+		t.Fatal("the asker got no verdict")
+	}
+	// The watch has ended with the loop: a second signal is the drain's.
+	deliver(l.sigs, syscall.SIGTERM)
+	select {
+	case <-l.sigs.stop:
+	case <-time.After(hangGuard):
+		t.Fatal("a signal after the loop did not reach the drain's channel")
 	}
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os/user"
@@ -38,8 +39,9 @@ import (
 // Requests in flight keep the route, limits, tenant and admission
 // reservation they started with, however long they take (a slow upload
 // included); none is dropped. The error is why the running policy was kept
-// (it is logged here too).
-func (d *daemon) reload() error {
+// (it is logged here too). The end of ctx (serve stopping) abandons the
+// reload, and a fork route's import under way with it.
+func (d *daemon) reload(ctx context.Context) error {
 	var old *snapshot
 	defer func() {
 		if old != nil {
@@ -65,9 +67,13 @@ func (d *daemon) reload() error {
 			return err
 		}
 	}
-	specs, err := d.buildSpecs(p)
+	specs, err := d.buildSpecs(ctx, p)
 	if err != nil {
 		d.dropNewTenants(made)
+		if ctx.Err() != nil {
+			d.log.Warn("reload abandoned: serve is stopping; the previous policy serves the drain", "policy", d.cfg.Policy, "cause", context.Cause(ctx))
+			return fmt.Errorf("reload abandoned: %w", context.Cause(ctx))
+		}
 		d.log.Error("reload: the new policy cannot run here; still serving the previous policy", "policy", d.cfg.Policy, "err", err)
 		return err
 	}

@@ -54,7 +54,7 @@ func testDaemon(t *testing.T, text string) (*daemon, string) {
 	if err != nil {
 		t.Fatalf("load %s: %v", path, err)
 	}
-	specs, err := d.buildSpecs(pol)
+	specs, err := d.buildSpecs(context.Background(), pol)
 	if err != nil {
 		t.Fatalf("specs of %s: %v", path, err)
 	}
@@ -91,7 +91,7 @@ func TestReloadKeepsRoutedTenant(t *testing.T) {
 		t.Fatalf("match /extra: %v", err)
 	}
 	writeFile(t, path, reloadPolicyB)
-	d.reload()
+	d.reload(context.Background())
 	if _, _, err := d.match("example.com", "POST", "/extra"); !errors.Is(err, policy.ErrNoRoute) {
 		t.Errorf("match /extra after the reload: %v, want ErrNoRoute", err)
 	}
@@ -127,13 +127,13 @@ func TestReloadTenantBack(t *testing.T) {
 		t.Fatalf("match /extra: %v", err)
 	}
 	writeFile(t, path, reloadPolicyB)
-	d.reload()
+	d.reload(context.Background())
 	_, releaseB, err := d.match("example.com", "GET", "/hello")
 	if err != nil {
 		t.Fatalf("match /hello: %v", err)
 	}
 	writeFile(t, path, reloadPolicyA)
-	d.reload()
+	d.reload(context.Background())
 	releaseA()
 	releaseB()
 	if err := admit(d, mA.Route); err != nil {
@@ -174,7 +174,7 @@ func TestReloadConcurrentMatches(t *testing.T) {
 	}
 	for i := range 20 {
 		writeFile(t, path, []string{reloadPolicyB, reloadPolicyA}[i%2])
-		d.reload()
+		d.reload(context.Background())
 	}
 	wg.Wait()
 	d.drains.Wait()
@@ -200,7 +200,7 @@ func TestCellSpecAcrossReload(t *testing.T) {
 	}
 	built := d.current.Load().specs[m.Route]
 	writeFile(t, path, reloadPolicyB)
-	d.reload()
+	d.reload(context.Background())
 	var spec sandbox.Spec
 	if err := d.cellSpec(m.Route, &spec); err != nil {
 		t.Fatalf("cellSpec of a route of the replaced policy: %v", err)
@@ -273,7 +273,7 @@ func cellsDaemon(t *testing.T, text string) (*daemon, string) {
 		}
 		d.tenants[tn.Name] = g
 	}
-	specs, err := d.buildSpecs(pol)
+	specs, err := d.buildSpecs(context.Background(), pol)
 	if err != nil {
 		t.Fatalf("specs of %s: %v", path, err)
 	}
@@ -310,7 +310,7 @@ routes:
 	waitFor(t, fmt.Sprintf("%d idle cells under %s", want, dir), func() bool { return idle() == want })
 	for i := range 3 {
 		writeFile(t, path, fmt.Sprintf(tmpl, 65+i))
-		if err := d.reload(); err != nil {
+		if err := d.reload(context.Background()); err != nil {
 			t.Fatalf("reload %d: %v", i, err)
 		}
 		waitFor(t, fmt.Sprintf("after reload %d, %d idle cells under %s (have %d)", i, want, dir, idle()),
@@ -334,7 +334,7 @@ func TestBuildSpecsRefusesMissingSource(t *testing.T) {
 				t.Fatal(err)
 			}
 			d := &daemon{cfg: &serveConfig{Policy: path, Isolation: isolationCells}, log: slog.New(slog.DiscardHandler)}
-			_, err = d.buildSpecs(pol)
+			_, err = d.buildSpecs(context.Background(), pol)
 			if err == nil || !strings.Contains(err.Error(), "route hello (") || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("buildSpecs: %v, want an error naming route hello and %q", err, tc.want)
 			}
@@ -394,7 +394,7 @@ routes:
   - {name: hello, match: {path: /hello}, tenant: web, program: /bin/true}
   - {name: app, match: {path: /app}, tenant: fresh, driver: fork, runtime: python-wsgi, app: "hello:app", app_dir: `+app+`, filesystem: host}
 `)
-	err = d.reload()
+	err = d.reload(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "preloader of route app") {
 		t.Fatalf("reload of a fork route whose preloader cannot start: %v, want it refused", err)
 	}
@@ -420,7 +420,7 @@ func TestLastRequestDoesNotWaitForReload(t *testing.T) {
 		t.Fatalf("match /extra: %v", err)
 	}
 	writeFile(t, path, reloadPolicyB)
-	if err := d.reload(); err != nil {
+	if err := d.reload(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	d.mu.Lock() // a reload under way
@@ -449,11 +449,11 @@ func TestLastRequestDoesNotWaitForReload(t *testing.T) {
 func TestRetireGivesUpOnATenantBack(t *testing.T) {
 	d, path := testDaemon(t, reloadPolicyA)
 	writeFile(t, path, reloadPolicyB)
-	if err := d.reload(); err != nil {
+	if err := d.reload(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	writeFile(t, path, reloadPolicyA) // extra is back
-	if err := d.reload(); err != nil {
+	if err := d.reload(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	returned := make(chan struct{})

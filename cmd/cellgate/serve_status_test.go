@@ -149,7 +149,7 @@ func TestStatusDroppedTenantDraining(t *testing.T) {
 	}
 	defer rel()
 	writeFile(t, path, reloadPolicyB)
-	if err := d.reload(); err != nil {
+	if err := d.reload(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	var s accounting.Status

@@ -7,6 +7,7 @@ package main
 // no NOTIFY_SOCKET) nothing here does anything.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -232,11 +233,11 @@ func (d *daemon) status() string {
 // reloadNotified is a SIGHUP or a control-socket reload: the reload
 // between RELOADING=1 and READY=1, and its verdict in STATUS=. It returns
 // the reload's error, which the log (reload) and the control socket's
-// answer give whole.
-func (d *daemon) reloadNotified(n *notifier) error {
+// answer give whole. The end of ctx abandons it (reload).
+func (d *daemon) reloadNotified(ctx context.Context, n *notifier) error {
 	n.reloading()
 	verdict := "policy reloaded"
-	err := d.reload()
+	err := d.reload(ctx)
 	if err != nil {
 		verdict = reloadFailedStatus(d.cfg.Policy, err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -351,7 +352,7 @@ func TestReloadStatusHidesPolicyValues(t *testing.T) {
 	n := newNotifier(d.log)
 
 	writeFile(t, path, "version: 1\nroutes:\n  - {name: hello, match: {path: /hello}, program: /bin/true, env: {DB_PASSWORD: \""+secret+"\\0\"}}\n")
-	err := d.reloadNotified(n)
+	err := d.reloadNotified(context.Background(), n)
 	if err == nil || !strings.Contains(err.Error(), secret) {
 		t.Fatalf("reload of an invalid policy: %v, want the problem with its value (the control socket's answer)", err)
 	}
