@@ -17,9 +17,10 @@ const preloadDir = "preload"
 
 // RouteGroup is a fork route's own subtree under its tenant:
 //
-//	<tenant>/<name>/            controllers enabled, no limits; cgroup.procs owned by Owner
-//	<tenant>/<name>/preload     the preloader, with its memory limit
-//	<tenant>/<name>/<cell>      the route's request cells; cgroup.procs owned by Owner
+//	<tenant>/<name>/              controllers enabled, no limits; cgroup.procs owned by Owner
+//	<tenant>/<name>/preload       the preloader's memory limit, which its instances share
+//	<tenant>/<name>/preload/i<n>  one instance of the preloader (NewInstance)
+//	<tenant>/<name>/<cell>        the route's request cells; cgroup.procs owned by Owner
 //
 // clone3 CLONE_INTO_CGROUP needs write access to the destination's
 // cgroup.procs and to the common ancestor's (cgroup-v2.rst, delegation
@@ -33,7 +34,7 @@ type RouteGroup struct {
 	name   string
 	path   string
 	owner  uint32
-	pre    *Cell // the preload group, held open
+	pre    *Cell // the preload group, held open: its instances' groups are made in it (NewInstance)
 	closed sync.Once
 }
 
@@ -98,9 +99,28 @@ func (rg *RouteGroup) Name() string { return rg.name }
 // Path is the route group's directory.
 func (rg *RouteGroup) Path() string { return rg.path }
 
-// Preload is the preloader's group: its FD is for CLONE_INTO_CGROUP when
-// the preloader is started, Stats reads its memory.
-func (rg *RouteGroup) Preload() *Cell { return rg.pre }
+// NewInstance makes the group one instance of the preloader runs in,
+// below the preload group, empty: its FD is for CLONE_INTO_CGROUP when the
+// instance is started, and its Remove, when the instance has ended, ends
+// everything the instance started and left (a subprocess of its app, one
+// that left its process group or session included) and removes the
+// group. No controller is enabled below preload: what an instance uses is
+// charged to preload, under the preloader's limits, which a replacement
+// and the instance it replaces share while both run. cgroup.procs stays
+// root's: the preloader moves nothing in or out of it.
+func (rg *RouteGroup) NewInstance() (*Cell, error) {
+	name := "i" + strconv.FormatUint(rg.t.seq.Add(1), 36)
+	dir := filepath.Join(rg.pre.path, name)
+	if err := rg.t.ops.mkdir(dir); err != nil {
+		return nil, mkdirError(dir, err)
+	}
+	fd, err := openDir(dir)
+	if err != nil {
+		rg.t.ops.rmdir(dir)
+		return nil, err
+	}
+	return &Cell{name: name, tenant: rg.tenant, path: dir, fd: fd, ops: rg.t.ops}, nil
+}
 
 // Profile returns prof for cells in this route group, their cgroup.procs
 // owned by the preloader's uid. The profile is of the group's own (its key

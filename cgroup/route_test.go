@@ -1,6 +1,7 @@
 package cgroup
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -28,15 +29,40 @@ func TestRouteGroup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := read(t, filepath.Join(rg.Preload().Path(), "memory.max")); got != "67108864" {
+	if got := read(t, filepath.Join(rg.pre.Path(), "memory.max")); got != "67108864" {
 		t.Errorf("preload memory.max = %q", got)
 	}
 	// What the preloader's group holds, as the kernel lists it.
-	if err := os.WriteFile(filepath.Join(rg.Preload().Path(), "cgroup.procs"), []byte("4242\n77\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(rg.pre.Path(), "cgroup.procs"), []byte("4242\n77\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if pids, err := rg.Preload().Procs(); err != nil || !slices.Equal(pids, []int{4242, 77}) {
+	if pids, err := rg.pre.Procs(); err != nil || !slices.Equal(pids, []int{4242, 77}) {
 		t.Errorf("preload Procs = %v, %v; want [4242 77]", pids, err)
+	}
+	// Each instance of the preloader in a group of its own below preload,
+	// removed with what is in it when the instance has ended.
+	var insts []*Cell
+	for range 2 {
+		inst, err := rg.NewInstance()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if filepath.Dir(inst.Path()) != rg.pre.Path() || inst.FD() < 0 {
+			t.Fatalf("instance group %s (fd %d), want an open group below %s", inst.Path(), inst.FD(), rg.pre.Path())
+		}
+		insts = append(insts, inst)
+	}
+	if insts[0].Path() == insts[1].Path() {
+		t.Fatalf("two instances share the group %s", insts[0].Path())
+	}
+	if err := insts[0].Remove(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(insts[0].Path()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the ended instance's group %s is still there: %v", insts[0].Path(), err)
+	}
+	if _, err := os.Stat(insts[1].Path()); err != nil {
+		t.Errorf("the other instance's group went with it: %v", err)
 	}
 	base, err := NewProfile("acme", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(16 << 20)}})
 	if err != nil {
@@ -59,7 +85,7 @@ func TestRouteGroup(t *testing.T) {
 	for path, want := range map[string]uint32{
 		filepath.Join(rg.Path(), "cgroup.procs"):               owner,
 		filepath.Join(c.Path(), "cgroup.procs"):                owner,
-		filepath.Join(rg.Preload().Path(), "cgroup.procs"):     uint32(os.Getuid()),
+		filepath.Join(rg.pre.Path(), "cgroup.procs"):           uint32(os.Getuid()),
 		filepath.Join(c.Path(), "memory.max"):                  uint32(os.Getuid()),
 		filepath.Join(filepath.Dir(rg.Path()), "cgroup.procs"): uint32(os.Getuid()),
 	} {

@@ -47,6 +47,7 @@ routes:
   - {name: echo, match: {path: /echo}, tenant: py, driver: fork, runtime: python-wsgi, app: "echo:app", app_dir: "%[2]s"}
   - {name: stdio, match: {path: /stdio}, tenant: py, driver: fork, runtime: python-wsgi, app: "stdio:app", app_dir: "%[2]s"}
   - {name: confmask, match: {path: /confmask}, tenant: py, driver: fork, runtime: python-wsgi, app: "confprobe:app", app_dir: "%[2]s", mounts: [{source: "{{.Dir}}", target: /conf}]}
+  - {name: spawner, match: {path: /spawner}, tenant: py, driver: fork, runtime: python-wsgi, app: "spawner:app", app_dir: "%[2]s", recycle_after: 1}
 `
 
 // forkDirs returns the example WSGI apps' and the test apps' directories.
@@ -118,9 +119,19 @@ func outOfCellTmpfs(t *testing.T, dir string) string {
 // preloaderRE matches serve's log line of a preloader that became ready.
 var preloaderRE = regexp.MustCompile(`msg="preloader ready" route=(\S+) pid=(\d+) app=\S+ group=(\S+)`)
 
-// preloaderPid returns the pid and group of the route's newest preloader,
-// from serve's log, checking that the process is in that group now.
+// preloaderPid returns the pid and the preload group of the route's
+// newest preloader, from serve's log, checking that the process is in its
+// instance's group, below the preload group, now.
 func preloaderPid(t *testing.T, g *gate, route string) (int, string) {
+	t.Helper()
+	pid, group := preloaderInstance(t, g, route)
+	return pid, filepath.Dir(group)
+}
+
+// preloaderInstance returns the pid and the instance's group of the
+// route's newest preloader, from serve's log, checking that the process
+// is in that group now.
+func preloaderInstance(t *testing.T, g *gate, route string) (int, string) {
 	t.Helper()
 	pid, group := 0, ""
 	for _, m := range preloaderRE.FindAllStringSubmatch(g.log(), -1) {
@@ -136,6 +147,21 @@ func preloaderPid(t *testing.T, g *gate, route string) (int, string) {
 		t.Fatalf("preloader %d of route %s is not in %s (%q, %v)", pid, route, group, b, err)
 	}
 	return pid, group
+}
+
+// pidsIn lists the processes of the cgroup at dir.
+func pidsIn(t *testing.T, dir string) []int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		pid, _ := strconv.Atoi(f)
+		pids = append(pids, pid)
+	}
+	return pids
 }
 
 // zombies counts the children of pid that have exited but are not reaped.
@@ -468,6 +494,50 @@ func TestFork(t *testing.T) {
 		}
 		if n := zombies(t, g.cmd.Process.Pid); n > 0 {
 			t.Errorf("cellgate serve has %d zombie children after the retry", n)
+		}
+	})
+
+	// What an app starts at import ends with the preloader's instance
+	// that imported it (here, recycled after one request), whether it
+	// stayed in the instance's process group or left it (setsid): each
+	// instance has a cgroup of its own, killed at its end. Before, only
+	// its process group was killed, and one that left it stayed in the
+	// preload group, charged to preload_memory, after every recycle.
+	t.Run("leftovers end with their preloader", func(t *testing.T) {
+		pid, group := preloaderInstance(t, g, "spawner")
+		preloaders = append(preloaders, pid)
+		var started []int
+		for _, p := range pidsIn(t, group) {
+			if p != pid {
+				started = append(started, p)
+			}
+		}
+		if len(started) < 2 {
+			t.Fatalf("the app's instance group %s holds %v beside the preloader %d, want its two subprocesses", group, started, pid)
+		}
+		if status, _, body := g.get("/spawner"); status != 200 {
+			t.Fatalf("GET /spawner = %d %q", status, body)
+		}
+		g.waitLog(`msg="preloader ready" route=spawner`, 2, 2*time.Minute)
+		next, nextGroup := preloaderInstance(t, g, "spawner")
+		preloaders = append(preloaders, next)
+		deadline := time.Now().Add(time.Minute)
+		for _, p := range append([]int{pid}, started...) {
+			for !errors.Is(syscall.Kill(p, 0), syscall.ESRCH) && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if err := syscall.Kill(p, 0); !errors.Is(err, syscall.ESRCH) {
+				t.Errorf("process %d of the recycled preloader %d's instance outlived it (kill 0: %v); log:\n%s", p, pid, err, g.log())
+			}
+		}
+		for dirExists(group) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if dirExists(group) {
+			t.Errorf("the recycled instance's group %s is still there", group)
+		}
+		if n := len(pidsIn(t, nextGroup)); n < 3 {
+			t.Errorf("the serving instance's group %s holds %d processes, want the preloader %d and its app's two", nextGroup, n, next)
 		}
 	})
 

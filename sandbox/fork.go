@@ -381,11 +381,8 @@ func fdinfoPid(b []byte) int {
 // statPPid is the parent pid in /proc/PID/stat, or 0.
 func statPPid(b []byte) int { return statInt(b, 4) }
 
-// statPGrp is the process group in /proc/PID/stat, or 0.
-func statPGrp(b []byte) int { return statInt(b, 5) }
-
-// statInt is numeric field n (proc(5)'s numbering, from 1: 4 the parent,
-// 5 the process group) of a /proc/PID/stat line, or 0.
+// statInt is numeric field n (proc(5)'s numbering, from 1: 4 the parent)
+// of a /proc/PID/stat line, or 0.
 func statInt(b []byte, n int) int {
 	_, f, ok := statFields(b)
 	if !ok || len(f) < n-2 {

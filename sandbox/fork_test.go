@@ -393,9 +393,6 @@ func TestProcParsers(t *testing.T) {
 	if got := statPPid([]byte("77 (a) b) c) S 12 77 77 0")); got != 12 {
 		t.Errorf("statPPid = %d", got)
 	}
-	if got := statPGrp([]byte("77 (a) b) c) S 12 66 77 0")); got != 66 {
-		t.Errorf("statPGrp = %d", got)
-	}
 	if got := unifiedPath([]byte("12:memory:/x\n0::/cellgate/cells/t/c1\n")); got != "/cellgate/cells/t/c1" {
 		t.Errorf("unifiedPath = %q", got)
 	}
@@ -1119,86 +1116,5 @@ func TestForkUIDsExhausted(t *testing.T) {
 	_, err = forkDriver{p}.identity(&Spec{})
 	if !errors.Is(err, ErrNoUID) || !strings.Contains(err.Error(), "route app has as many requests in flight") || !strings.Contains(err.Error(), "raise max_cells") {
 		t.Errorf("second identity: %v, want ErrNoUID naming the route's bound and max_cells", err)
-	}
-}
-
-// procGroup is a preloader's Group for tests run without cgroups: every
-// process of the machine, a superset of what a preloader's group holds.
-type procGroup struct{}
-
-func (procGroup) FD() int      { return -1 }
-func (procGroup) Path() string { return "/proc" }
-func (procGroup) Procs() ([]int, error) {
-	ents, err := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range ents {
-		if pid, err := strconv.Atoi(e.Name()); err == nil {
-			pids = append(pids, pid)
-		}
-	}
-	return pids, err
-}
-
-// TestForkLeftoversEnded: what an app starts at import (a subprocess of
-// its own) is killed when its preloader ends (here, recycled), and the
-// replacement's is left alone. Before, each recycle and restart left the
-// old preloader's subprocesses running in the preloader's group, charged
-// to preload_memory, until the route group went.
-func TestForkLeftoversEnded(t *testing.T) {
-	r := newTestRunner(t, &fakeCells{})
-	app := `
-import os, subprocess
-child = subprocess.Popen(["sleep", "300"])
-open("sleep-%d" % os.getpid(), "w").write(str(child.pid))
-def app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"hello"]
-`
-	p, err := startPreloaderWith(t, r, app, func(c *PreloaderConfig) { c.Group, c.RecycleAfter = procGroup{}, 1 })
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := p.cfg.AppDir
-	sleeper := func(preloader int) int {
-		b, err := os.ReadFile(filepath.Join(dir, "sleep-"+strconv.Itoa(preloader)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pid, _ := strconv.Atoi(string(b))
-		return pid
-	}
-	alive := func(pid int) bool {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		_, f, ok := statFields(b)
-		return err == nil && ok && f[0] != "Z"
-	}
-	first, err := p.ready(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := sleeper(first.pid)
-	t.Cleanup(func() { syscall.Kill(old, syscall.SIGKILL) })
-	if res, _ := forkRun(t, r, p, "", ""); res.Cause != CauseOK {
-		t.Fatalf("request: cause %s", res.Cause)
-	}
-	select { // recycled after its one child
-	case <-first.exited:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("preloader %d not recycled", first.pid)
-	}
-	next, err := p.ready(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	current := sleeper(next.pid)
-	t.Cleanup(func() { syscall.Kill(current, syscall.SIGKILL) })
-	for deadline := time.Now().Add(10 * time.Second); alive(old) && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if alive(old) {
-		t.Errorf("the subprocess %d of the recycled preloader %d still runs", old, first.pid)
-	}
-	if !alive(current) {
-		t.Errorf("the subprocess %d of the serving preloader %d was killed", current, next.pid)
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -41,15 +40,33 @@ const (
 	maxIDMapLines = 340
 )
 
-// Group is a cgroup a process is started in: the preloader's own group.
+// Group is the preloader's own cgroup, with its limits: each instance of
+// the preloader runs in a group of its own below it.
 type Group interface {
-	// FD is an open directory fd of the group (negative: no cgroup, tests).
+	// NewInstance makes an instance's group (cgroup.RouteGroup's).
+	NewInstance() (InstanceGroup, error)
+}
+
+// InstanceGroup is the cgroup one instance of a preloader runs in, and
+// all it starts but its requests' children (in their cells): its end ends
+// them, a process that left the instance's process group or session
+// included.
+type InstanceGroup interface {
+	// FD is an open directory fd of the group, for CLONE_INTO_CGROUP.
 	FD() int
 	// Path is the group's directory, for logs.
 	Path() string
-	// Procs lists the processes in the group (endLeftovers).
+	// Procs lists the processes in the group.
 	Procs() ([]int, error)
+	// Remove kills what is left in the group, waits for it to empty
+	// (bounded by ctx) and removes it.
+	Remove(ctx context.Context) error
 }
+
+// instanceRemoveWait bounds how long the end of a preloader's instance
+// waits for what it left to die and its group to go; a group left then
+// goes with its route group.
+const instanceRemoveWait = 10 * time.Second
 
 // PreloaderConfig describes a route's preloader.
 type PreloaderConfig struct {
@@ -63,8 +80,8 @@ type PreloaderConfig struct {
 	AppDir string
 	Env    []string
 	// Group is the preloader's own cgroup, under the route's tenant, with
-	// its preload memory limit written (required unless the Runner is
-	// AsSelf).
+	// its preload memory limit written, in which each instance gets a
+	// group of its own (required unless the Runner is AsSelf).
 	Group Group
 	// Owner is the host uid the preloader runs as: uid 0 of a user
 	// namespace of its own, holding capabilities only there. ChildUIDs are
@@ -193,7 +210,7 @@ func (r *Runner) StartPreloader(ctx context.Context, cfg PreloaderConfig) (*Prel
 		return nil, fmt.Errorf("%w: preloader of route %s: a confined preloader needs a user namespace and a ForPreloader plan", ErrSpec, cfg.Route)
 	}
 	if !r.asSelf {
-		if cfg.Group == nil || cfg.Group.FD() < 0 {
+		if cfg.Group == nil {
 			return nil, fmt.Errorf("%w: preloader of route %s: no cgroup", ErrSpec, cfg.Route)
 		}
 		n := len(cfg.ChildUIDs)
@@ -485,8 +502,14 @@ func (p *Preloader) startInstance(ctx context.Context) (*instance, error) {
 			Pdeathsig: syscall.SIGKILL,
 		},
 	}
+	var group InstanceGroup // nil: AsSelf
 	if !p.r.asSelf {
-		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, cfg.Group.FD()
+		if group, err = cfg.Group.NewInstance(); err != nil {
+			conn.Close()
+			outR.Close()
+			return nil, fmt.Errorf("%w: preloader of route %s: its instance's group: %w", ErrSpawn, cfg.Route, err)
+		}
+		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, group.FD()
 		attr.Sys.Cloneflags = syscall.CLONE_NEWUSER
 		attr.Sys.UidMappings = idMap(cfg.Owner, cfg.ChildUIDs)
 		attr.Sys.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: int(cfg.GID), Size: 1}}
@@ -499,6 +522,7 @@ func (p *Preloader) startInstance(ctx context.Context) (*instance, error) {
 	if err != nil {
 		conn.Close()
 		outR.Close()
+		p.endInstance(0, group)
 		return nil, fmt.Errorf("%w: preloader of route %s: %w", ErrSpec, cfg.Route, err)
 	}
 	argv := []string{cfg.Python, "-I", "-c", pythonWSGI, cfg.App, cfg.AppDir, setup}
@@ -520,6 +544,7 @@ func (p *Preloader) startInstance(ctx context.Context) (*instance, error) {
 	if err != nil {
 		conn.Close()
 		outR.Close()
+		p.endInstance(0, group)
 		hint := ""
 		if attr.Sys.Cloneflags&syscall.CLONE_NEWUSER != 0 && errors.Is(err, syscall.EPERM) {
 			hint = " (the kernel refused a user namespace: is cellgate chrooted (use pivot_root or switch_root instead), " +
@@ -537,18 +562,15 @@ func (p *Preloader) startInstance(ctx context.Context) (*instance, error) {
 		p.starting = nil
 		p.mu.Unlock()
 	}()
-	// reap waits for the preloader's end, ends what its import left
-	// behind (before it is reaped: its pid, the process group's id, stays
-	// its own meanwhile), and then waits for its output's end.
+	// reap waits for the preloader's end, ends what it left behind with
+	// its group, and then waits for its output's end.
 	reap := func() *os.ProcessState {
 		var info unix.Siginfo
 		err := unix.Waitid(unix.P_PID, proc.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
 		for err == unix.EINTR {
 			err = unix.Waitid(unix.P_PID, proc.Pid, &info, unix.WEXITED|unix.WNOWAIT, nil)
 		}
-		if err == nil {
-			p.endLeftovers(proc.Pid)
-		}
+		p.endInstance(proc.Pid, group)
 		state, _ := proc.Wait()
 		out.exited()
 		return state
@@ -606,47 +628,35 @@ func (p *Preloader) startInstance(ctx context.Context) (*instance, error) {
 		conn.Close()
 		close(inst.exited)
 	}()
-	p.log.Info("preloader ready", "pid", proc.Pid, "app", cfg.App, "group", groupPath(cfg.Group), "max_spawn", maxSpawn)
+	p.log.Info("preloader ready", "pid", proc.Pid, "app", cfg.App, "group", groupPath(group), "max_spawn", maxSpawn)
 	return inst, nil
 }
 
-// endLeftovers kills the processes an ended preloader's app started (at
-// import: a subprocess, a pool of workers) that outlive it in the
-// preloader's group: those of its process group (it is the leader), found
-// before it is reaped, so that the group's id is still its own. The
-// next instance's (a recycle's replacement imports beside the old one)
-// are of its own group, and a request's child is in its cell: neither is
-// touched. One that left the group (setsid) stays until the route group
-// goes (a reload, shutdown). Each restart or recycle would otherwise add
-// the app's leftovers to the group, charged to preload_memory.
-func (p *Preloader) endLeftovers(leader int) {
-	if p.cfg.Group == nil {
+// endInstance ends what an instance of the preloader left in its group
+// (a subprocess or a worker pool its app started, one that left its
+// process group or session too) and removes the group; leader, the
+// instance (0: never started), has ended, and is not counted. A group
+// that does not empty in instanceRemoveWait is logged, and goes with the
+// route group.
+func (p *Preloader) endInstance(leader int, group InstanceGroup) {
+	if group == nil {
 		return
 	}
-	pids, err := p.cfg.Group.Procs()
-	if err != nil {
-		p.log.Warn("list the preloader's group for what its app left", "pid", leader, "err", err)
-		return
+	left := 0
+	if pids, err := group.Procs(); err == nil {
+		for _, pid := range pids {
+			if pid != leader {
+				left++
+			}
+		}
 	}
-	killed := 0
-	for _, pid := range pids {
-		if pid == leader {
-			continue
-		}
-		fd, err := unix.PidfdOpen(pid, 0)
-		if err != nil {
-			continue // gone
-		}
-		// Read through the pidfd's process: the pid cannot name another
-		// process while fd is open and the stat says it is alive.
-		stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		if err == nil && statPGrp(stat) == leader && unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) == nil {
-			killed++
-		}
-		unix.Close(fd)
+	ctx, cancel := context.WithTimeout(context.Background(), instanceRemoveWait)
+	defer cancel()
+	if err := group.Remove(ctx); err != nil {
+		p.log.Warn("preloader ended: its group could not be removed; it goes with the route's", "pid", leader, "group", group.Path(), "err", err)
 	}
-	if killed > 0 {
-		p.log.Warn("preloader ended: the processes its app started, left behind, are killed", "pid", leader, "killed", killed)
+	if left > 0 {
+		p.log.Warn("preloader ended: the processes its app started, left behind, are killed", "pid", leader, "killed", left)
 	}
 }
 
@@ -696,7 +706,7 @@ func idMap(owner uint32, children []uint32) []syscall.SysProcIDMap {
 	return m
 }
 
-func groupPath(g Group) string {
+func groupPath(g InstanceGroup) string {
 	if g == nil {
 		return ""
 	}

@@ -80,7 +80,7 @@ func (d *daemon) startFork(ctx context.Context, pol *policy.Policy, r *policy.Ro
 		App:          r.Fork.App,
 		AppDir:       r.Fork.AppDir,
 		Env:          preloaderEnv(r),
-		Group:        group.Preload(),
+		Group:        preloadGroup{group},
 		Owner:        uids[0],
 		ChildUIDs:    uids[1:],
 		GID:          d.cfg.GID,
@@ -98,6 +98,18 @@ func (d *daemon) startFork(ctx context.Context, pol *policy.Policy, r *policy.Ro
 	d.forks[f] = struct{}{}
 	d.forkMu.Unlock()
 	return f, nil
+}
+
+// preloadGroup is a route group's preload group as a preloader takes it:
+// each instance in a group of its own below it.
+type preloadGroup struct{ rg *cgroup.RouteGroup }
+
+func (g preloadGroup) NewInstance() (sandbox.InstanceGroup, error) {
+	c, err := g.rg.NewInstance()
+	if err != nil {
+		return nil, err // not a nil *cgroup.Cell in an interface
+	}
+	return c, nil
 }
 
 // forkChildren is how many requests of the route may be in flight: its
