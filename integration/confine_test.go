@@ -645,6 +645,16 @@ func runProbe() int {
 		}
 		r.Fill["deep"] = errName(err)
 	}
+	if q.Has("unkillable") {
+		// Wait (a minute at most) until the test has made this process
+		// one the OOM killer passes over (root may lower its
+		// oom_score_adj; it may not), so that it must choose another.
+		for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			if b, _ := os.ReadFile("/proc/self/oom_score_adj"); strings.TrimSpace(string(b)) == "-1000" {
+				break
+			}
+		}
+	}
 	for _, f := range q["fill"] { // PATH:MiB
 		p, mib, _ := strings.Cut(f, ":")
 		n, _ := strconv.Atoi(mib)
@@ -2382,6 +2392,59 @@ func TestConfineOOMBudget(t *testing.T) {
 	os.Remove(left)
 	if code, _, body := g.get("/hog?mb=60"); code != http.StatusOK {
 		t.Errorf("the same request with the budget free: %d %q", code, body)
+	}
+}
+
+// TestResidentInitOOMBudget: when its tenant's budget runs out and the
+// kernel OOM-kills a resident cell's init (here the one killable process
+// of the request: its program made unkillable), the end of the init's
+// PID namespace kills the program, and the request is reported as ended
+// for the budget (503, outcome oom_budget), as when the program is the
+// one chosen. Before, it was reported as a crash (502, outcome signal):
+// only the program's cell's memory.events were read, and the kill was
+// counted in the init's.
+func TestResidentInitOOMBudget(t *testing.T) {
+	shared := openTempDir(t, "cellgate-oom-", 0o777)
+	w := workerBinary(t)
+	g := confineGate(t, `  - {name: leak, match: {path: /leak}, tenant: t, program: "`+w+`", env: {`+cellHelperEnv+`: probe}, filesystem: host, memory: 80Mi}
+  - {name: filler, match: {path: /filler}, tenant: t, program: "`+w+`", env: {`+cellHelperEnv+`: probe}, memory: 80Mi, tmpfs_size: 80Mi}
+`, "--resident-cells", "1")
+	left := filepath.Join(shared, "left")
+	t.Cleanup(func() { os.Remove(left) })
+	if r := g.probe(t, "leak", url.Values{"fill": {left + ":56"}}); r.Fill[left] != "ok" {
+		t.Fatalf("leave 56 MiB in %s: %s", left, r.Fill[left])
+	}
+	// Control: the route's requests run in resident cells.
+	if r := g.probe(t, "filler", url.Values{"pidns": {"1"}}); r.Pidns == "" {
+		t.Fatalf("control: the filler's probe ran without a PID namespace")
+	}
+	got := make(chan reply, 1)
+	go func() { got <- g.getReply("/filler?" + url.Values{"unkillable": {"1"}, "fill": {"/dev/shm/fill:60"}}.Encode()) }()
+	probe := ""
+	for end := time.Now().Add(time.Minute); probe == "" && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		for _, pid := range processesWith(w + "\x00") {
+			if b, _ := os.ReadFile("/proc/" + pid + "/cgroup"); strings.Contains(string(b), "/cells/t/") {
+				probe = pid
+			}
+		}
+	}
+	if probe == "" {
+		t.Fatalf("the filler's program did not start in a minute:\n%s", g.log())
+	}
+	if err := os.WriteFile("/proc/"+probe+"/oom_score_adj", []byte("-1000"), 0o644); err != nil {
+		t.Fatalf("make the program %s unkillable: %v", probe, err)
+	}
+	r := <-got
+	if r.err != nil || r.status != http.StatusServiceUnavailable || strings.Contains(r.body, "exceeded its memory limit") {
+		t.Errorf("a request whose init the kernel chose at its tenant's budget: %d %q (%v), want 503 for the tenant's budget", r.status, r.body, r.err)
+	}
+	if recs := g.waitRecords("filler", 2, time.Minute); recs[1].Outcome != "oom_budget" {
+		t.Errorf("access log outcome %q, want oom_budget\nlog:\n%s", recs[1].Outcome, g.log())
+	}
+	// Control: with the file gone the same request fits.
+	os.Remove(left)
+	if r := g.probe(t, "filler", url.Values{"fill": {"/dev/shm/fill:60"}}); r.Fill["/dev/shm/fill"] != "ok" {
+		t.Errorf("the same request with the budget free: %v", r.Fill)
 	}
 }
 

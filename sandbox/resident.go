@@ -446,6 +446,15 @@ func (w *warmPool) unslot(s *warmSet) {
 	w.mu.Unlock()
 }
 
+// initOOMKilled reports whether the kernel OOM-killed the resident init
+// ip at an ancestor's limit (its tenant's budget, the global one): its
+// cell's memory.events count the kill, and no OOM at the cell's own limit
+// (the route's, which an init alone never nears).
+func initOOMKilled(ip *initProc) bool {
+	u, err := ip.cell.Usage()
+	return err == nil && u.OOMKilled() && u.OOM == 0
+}
+
 // endResident ends the resident init ip, which failed (it died, or
 // failed its request), already reaped through its worker: its own cell
 // is emptied and released, and its network namespace given back (for

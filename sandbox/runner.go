@@ -587,6 +587,13 @@ func (r *Runner) run(ctx context.Context, spec Spec) (Result, error) {
 	killedBy := disarm()
 	if !resident {
 		w.release() // a resident init's, with the init below
+	} else if initOOMKilled(ip) {
+		// The kernel chose the init when its tenant's budget (or the
+		// global one) ran out, and its PID namespace's end killed the
+		// program: the request ended for the budget, as it would have
+		// had the program been chosen (the root cause, over a deadline
+		// that fired meanwhile).
+		killedBy = CauseOOMBudget
 	}
 
 	var errs []error
