@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -265,7 +266,11 @@ func (e *strayChild) Unwrap() error { return e.err }
 // code) claims: the pidfd is of pid, cellgate is its parent (so that the
 // reaper can wait for it), and it runs in the cell. pid cannot be reused
 // meanwhile: it is cellgate's child and not reaped. ours reports whether
-// the pidfd is of a child of cellgate (which may then be killed).
+// the pidfd is of a child of cellgate the preloader may have cloned (in
+// its route group: the cell's parent), which may then be killed; any other
+// child of cellgate (another route's cell or preloader, a resident init)
+// is one the preloader named by a pidfd of a process it can see, and is
+// never signalled.
 func verifyChild(w *worker, cell Cell) (ours bool, err error) {
 	fdinfo, err := os.ReadFile("/proc/self/fdinfo/" + strconv.Itoa(w.pidfd))
 	if err != nil {
@@ -288,10 +293,23 @@ func verifyChild(w *worker, cell Cell) (ours bool, err error) {
 	if err != nil {
 		return true, fmt.Errorf("%w: child %d: %w", errProtocol, w.pid, err)
 	}
-	if path := unifiedPath(cg); len(path) < 2 || !strings.HasSuffix(cell.Path(), path) {
-		return true, fmt.Errorf("%w: child %d runs in cgroup %q, not in cell %s", errProtocol, w.pid, path, cell.Path())
+	path := unifiedPath(cg)
+	if len(path) >= 2 && strings.HasSuffix(cell.Path(), path) {
+		return true, nil
 	}
-	return true, nil
+	return inGroup(filepath.Dir(cell.Path()), path), fmt.Errorf("%w: child %d runs in cgroup %q, not in cell %s", errProtocol, w.pid, path, cell.Path())
+}
+
+// inGroup reports whether the cgroup path (as /proc/PID/cgroup names it,
+// from the cgroup namespace's root) is the group at dir (a cgroupfs
+// directory) or below it: dir ends with path or one of its ancestors.
+func inGroup(dir, path string) bool {
+	for q := path; len(q) > 1; q = filepath.Dir(q) {
+		if strings.HasSuffix(dir, q) {
+			return true
+		}
+	}
+	return false
 }
 
 // cellChildren returns, with a pidfd each, cellgate's own children that

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -19,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/confine"
 	"golang.org/x/sys/unix"
 )
@@ -1116,5 +1118,95 @@ func TestForkUIDsExhausted(t *testing.T) {
 	_, err = forkDriver{p}.identity(&Spec{})
 	if !errors.Is(err, ErrNoUID) || !strings.Contains(err.Error(), "route app has as many requests in flight") || !strings.Contains(err.Error(), "raise max_cells") {
 		t.Errorf("second identity: %v, want ErrNoUID naming the route's bound and max_cells", err)
+	}
+}
+
+// dirCells hands out cells with a real directory fd, as production cells
+// have, named as a route group's cell, so that verifyChild checks the
+// cgroup of the child a preloader claims.
+type dirCells struct{ fakeCells }
+
+type dirCell struct {
+	*fakeCell
+	fd int
+}
+
+func (d *dirCells) Get(ctx context.Context, prof *cgroup.Profile) (Cell, error) {
+	c, err := d.fakeCells.Get(ctx, prof)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Open(os.TempDir(), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &dirCell{fakeCell: c.(*fakeCell), fd: fd}, nil
+}
+
+func (d *dirCells) Release(c Cell) {
+	dc := c.(*dirCell)
+	unix.Close(dc.fd)
+	d.fakeCells.Release(dc.fakeCell)
+}
+
+func (c *dirCell) FD() int      { return c.fd }
+func (c *dirCell) Path() string { return "/sys/fs/cgroup/cellgate/cells/t/f1-1/c9" }
+
+// TestForkForeignChildNotKilled: a preloader's app (the tenant's code,
+// run at import) that answers a spawn with a pidfd of another child of
+// cellgate (another tenant's cell init or preloader, which it can see)
+// gets its preloader restarted, and that child is left alone. Before,
+// cellgate took any child of its own outside the cell for a stray the
+// preloader had cloned, and killed and reaped it.
+func TestForkForeignChildNotKilled(t *testing.T) {
+	victim := exec.Command("sleep", "300")
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { victim.Process.Kill(); victim.Wait() })
+	app := `
+import os, __main__
+victim = int(os.environ["VICTIM"])
+def clone_into(cgroup_fd, flags):
+    return victim, os.pidfd_open(victim)  # clones nothing: names another child of cellgate
+__main__.clone_into = clone_into
+def app(environ, start_response):
+    start_response("200 OK", [])
+    return [b""]
+`
+	r := newTestRunner(t, &dirCells{})
+	p, err := startPreloaderWith(t, r, app, func(c *PreloaderConfig) {
+		c.Env = append(c.Env, "VICTIM="+strconv.Itoa(victim.Process.Pid))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"REQUEST_METHOD=GET", "PATH_INFO=/", "SERVER_NAME=t", "SERVER_PORT=80", "SERVER_PROTOCOL=HTTP/1.1"}
+	_, err = r.Run(context.Background(), Spec{Preloader: p, Env: env, Stdin: strings.NewReader(""), Stdout: io.Discard, Stderr: io.Discard})
+	if err == nil || !strings.Contains(err.Error(), "not in cell") {
+		t.Errorf("Run = %v, want the answer refused: the child is not in the cell", err)
+	}
+	var st unix.Siginfo
+	if err := unix.Waitid(unix.P_PID, victim.Process.Pid, &st, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil); err != nil || st.Signo != 0 {
+		t.Errorf("the other child %d was killed or reaped (waitid: %v, signal %d)", victim.Process.Pid, err, st.Signo)
+	}
+}
+
+func TestInGroup(t *testing.T) {
+	const dir = "/sys/fs/cgroup/cellgate/cells/t/f1-1"
+	for path, want := range map[string]bool{
+		"/cellgate/cells/t/f1-1":            true,
+		"/cellgate/cells/t/f1-1/c9":         true,
+		"/cellgate/cells/t/f1-1/preload/i3": true,
+		"/cellgate/cells/t/f1-2/c9":         false,
+		"/cellgate/cells/u/c9":              false,
+		"/cellgate/supervisor":              false,
+		"/user.slice/session-1.scope":       false,
+		"/":                                 false,
+		"":                                  false,
+	} {
+		if got := inGroup(dir, path); got != want {
+			t.Errorf("inGroup(%q, %q) = %v, want %v", dir, path, got, want)
+		}
 	}
 }
