@@ -191,8 +191,8 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 	}
 	specs, err := d.buildSpecs(stopping, pol)
 	if err != nil {
-		if cause := context.Cause(stopping); errors.As(cause, new(stopSignal)) {
-			log.Info("stopped during start-up: a fork route's import abandoned, nothing served", "cause", cause)
+		if stoppedBy(stopping, err) {
+			log.Info("stopped during start-up: a fork route's import abandoned, nothing served", "cause", context.Cause(stopping))
 			return nil
 		}
 		return err

@@ -49,6 +49,14 @@ type stopSignal struct{ sig os.Signal }
 
 func (s stopSignal) Error() string { return "serve is stopping (" + s.sig.String() + ")" }
 
+// stoppedBy reports whether err is a stop signal's (watchStop) ending of
+// ctx: a fork route's import abandoned for it, not a failure of its own
+// that came before or beside it.
+func stoppedBy(ctx context.Context, err error) bool {
+	cause := context.Cause(ctx)
+	return errors.As(cause, new(stopSignal)) && errors.Is(err, cause)
+}
+
 // watchStop returns ctx, also ended by the first SIGTERM or SIGINT (its
 // cause a stopSignal), for serve's start and loop: a stop is seen at once
 // by a reload under way or the start, whose fork routes' imports (up to a

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -215,5 +216,31 @@ func TestServeSignalsNotify(t *testing.T) {
 		case <-time.After(hangGuard):
 			t.Fatalf("%v did not reach its channel", tc.sig)
 		}
+	}
+}
+
+// TestReloadFailureNotTakenForStop: a reload that fails on its own (a
+// program that is not there) while a stop signal has ended its context
+// reports its own failure, not "abandoned"; stoppedBy holds only for the
+// stop's own error. Before, any failure once a signal had come was
+// reported as the stop's, and serve's start exited 0 on a real failure.
+func TestReloadFailureNotTakenForStop(t *testing.T) {
+	d, path := testDaemon(t, reloadPolicyA)
+	writeFile(t, path, strings.Replace(reloadPolicyA, "program: /bin/true}", "program: /nonexistent/prog}", 1))
+	ctx, cancel := context.WithCancelCause(context.Background())
+	stop := stopSignal{syscall.SIGTERM}
+	cancel(stop)
+	err := d.reload(ctx)
+	if err == nil || strings.Contains(err.Error(), "abandoned") || !strings.Contains(err.Error(), "/nonexistent/prog") {
+		t.Errorf("reload = %v, want its own failure (the missing program), not the stop", err)
+	}
+	if stoppedBy(ctx, err) {
+		t.Errorf("stoppedBy(%v) = true for a failure of the reload's own", err)
+	}
+	if !stoppedBy(ctx, fmt.Errorf("route r: start abandoned: %w", stop)) {
+		t.Error("stoppedBy = false for the stop's own error")
+	}
+	if stoppedBy(context.Background(), errors.New("x")) {
+		t.Error("stoppedBy = true without a stop")
 	}
 }

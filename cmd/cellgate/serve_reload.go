@@ -70,7 +70,7 @@ func (d *daemon) reload(ctx context.Context) error {
 	specs, err := d.buildSpecs(ctx, p)
 	if err != nil {
 		d.dropNewTenants(made)
-		if ctx.Err() != nil {
+		if stoppedBy(ctx, err) {
 			d.log.Warn("reload abandoned: serve is stopping; the previous policy serves the drain", "policy", d.cfg.Policy, "cause", context.Cause(ctx))
 			return fmt.Errorf("reload abandoned: %w", context.Cause(ctx))
 		}
