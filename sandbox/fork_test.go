@@ -1210,3 +1210,110 @@ func TestInGroup(t *testing.T) {
 		}
 	}
 }
+
+// TestForkWSGIFailures: the app's failures, each where wsgiref took it for
+// something else. A close() of its iterable that raises after the whole
+// response is logged and the response stands (wsgiref's close() reset
+// headers_sent, and a 500 was written after the whole 200); the app's own
+// ConnectionResetError (an upstream it reads) before the head is a 500
+// with its traceback logged, and after it cuts the response (wsgiref took
+// both for the client going away: no response and no traceback, or a 200
+// cut short passed on as whole).
+func TestForkWSGIFailures(t *testing.T) {
+	app := `
+class Body:
+    def __iter__(self): return iter([b"hello ", b"world"])
+    def close(self): raise RuntimeError("teardown failed")
+def app(environ, start_response):
+    q = environ.get("QUERY_STRING")
+    if q == "reset-before":
+        raise ConnectionResetError(104, "upstream reset")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    if q == "close-raises":
+        return Body()
+    def gen():
+        yield b"first part; "
+        raise ConnectionResetError(104, "upstream reset")
+    return gen()
+`
+	r := newTestRunner(t, &fakeCells{})
+	p, err := startTestPreloader(t, r, app, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, out, log := forkRunEnv(t, r, p, requestEnv("/x", "close-raises"), "")
+	if res.Cause != CauseOK || !strings.HasPrefix(out, "Status: 200 OK\r\n") || !strings.HasSuffix(out, "\r\n\r\nhello world") ||
+		!strings.Contains(log, "RuntimeError: teardown failed") {
+		t.Errorf("close() raising after the whole response: cause %s, output %q, log %q; want the 200 alone, the error logged", res.Cause, out, log)
+	}
+	res, out, log = forkRunEnv(t, r, p, requestEnv("/x", "reset-before"), "")
+	if res.Cause != CauseOK || !strings.HasPrefix(out, "Status: 500 ") || !strings.Contains(log, "ConnectionResetError") {
+		t.Errorf("the app's ConnectionResetError before its head: cause %s, output %q, log %q; want a 500, the traceback logged", res.Cause, out, log)
+	}
+	res, _, log = forkRunEnv(t, r, p, requestEnv("/x", "reset-after"), "")
+	if res.Cause != CauseSignal || !strings.Contains(log, "ConnectionResetError") {
+		t.Errorf("the app's ConnectionResetError after its head: cause %s, log %q; want the response cut (a crash), the traceback logged", res.Cause, log)
+	}
+}
+
+// TestForkImportEnvironRequestWins: what the import set by default in the
+// environment (os.environ.setdefault("HTTPS", "off")) gives way to the
+// request's own meta-variable, as it does in a cgi route, where the
+// import runs with the request's environment; a request without it gets
+// the import's. Before, the import's value replaced the request's.
+func TestForkImportEnvironRequestWins(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	app := `
+import os
+os.environ.setdefault("HTTPS", "off")
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [("%s %s" % (environ["wsgi.url_scheme"], os.environ.get("HTTPS"))).encode()]
+`
+	p, err := startTestPreloader(t, r, app, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, out, _ := forkRunEnv(t, r, p, append(requestEnv("/x", ""), "HTTPS=on"), ""); res.Cause != CauseOK || !strings.HasSuffix(out, "\r\n\r\nhttps on") {
+		t.Errorf("a request with HTTPS=on: cause %s, output %q, want https on", res.Cause, out)
+	}
+	if res, out, _ := forkRunEnv(t, r, p, requestEnv("/x", ""), ""); res.Cause != CauseOK || !strings.HasSuffix(out, "\r\n\r\nhttp off") {
+		t.Errorf("a request without HTTPS: cause %s, output %q, want the import's off", res.Cause, out)
+	}
+}
+
+// TestForkHeadLength: the head of a HEAD the app answers without a body
+// (as frameworks do) has no Content-Length of 0, which would not be its
+// GET's body's; one the app gives stands.
+func TestForkHeadLength(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	app := `
+def app(environ, start_response):
+    headers = [("Content-Type", "text/plain")]
+    if environ.get("QUERY_STRING") == "length":
+        headers.append(("Content-Length", "1000"))
+    start_response("200 OK", headers)
+    if environ["REQUEST_METHOD"] == "HEAD":
+        return []
+    return iter([b"x" * 1000])
+`
+	p, err := startTestPreloader(t, r, app, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := func(query string) string {
+		env := requestEnv("/x", query)
+		env[0] = "REQUEST_METHOD=HEAD"
+		res, out, _ := forkRunEnv(t, r, p, env, "")
+		if res.Cause != CauseOK {
+			t.Fatalf("HEAD: cause %s", res.Cause)
+		}
+		return out
+	}
+	if out := head(""); strings.Contains(out, "Content-Length") || !strings.HasPrefix(out, "Status: 200 OK\r\n") {
+		t.Errorf("HEAD without a length of the app's: %q, want no Content-Length", out)
+	}
+	if out := head("length"); !strings.Contains(out, "Content-Length: 1000\r\n") {
+		t.Errorf("HEAD with the app's length: %q, want it kept", out)
+	}
+}

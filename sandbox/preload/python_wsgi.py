@@ -33,8 +33,9 @@ import traceback
 from wsgiref.handlers import BaseCGIHandler, CGIHandler, read_environ
 
 # What the app's import set in (and removed from) the preloader's
-# environment: every child's gets the same on top of its request's.
-app_environ = ({}, [])
+# environment, and that environment before it: every child's gets the
+# same on top of its request's (serve_one).
+app_environ = ({}, [], {})
 
 VERSION = 3
 MAX_MESSAGE = 1 << 20
@@ -174,8 +175,11 @@ class Handler(CGIHandler):
     os.environ."""
 
     # cut: the app failed once the response had started (serve_one then
-    # ends the child by a fault).
-    cut = False
+    # ends the child by a fault). started: the head was written (wsgiref's
+    # close() resets headers_sent, this stays). whole: the response was
+    # written whole (finish_content). gone: writing the response failed
+    # for its reader went away (cellgate closed it: the client left).
+    cut = started = whole = gone = False
 
     def __init__(self, stdin, stdout, stderr, environ):
         BaseCGIHandler.__init__(self, stdin, stdout, stderr, environ, multithread=False, multiprocess=True)
@@ -196,13 +200,68 @@ class Handler(CGIHandler):
         self.headers = self.headers_class(headers)
         BaseCGIHandler.cleanup_headers(self)
 
+    def run(self, application):
+        # wsgiref's, but for the errors it takes for its client going away
+        # (a broken pipe, a reset connection): only those of writing the
+        # response are; the app's own (an upstream it reads reset its
+        # connection) are its failures, which handle_error answers. wsgiref
+        # dropped them: a 200 cut short passed on as whole, or no response
+        # and no traceback.
+        try:
+            self.setup_environ()
+            self.result = application(self.environ, self.start_response)
+            self.finish_response()
+        except BaseException:
+            if self.gone:
+                return
+            try:
+                self.handle_error()
+            except BaseException:
+                self.close()
+                raise
+
+    def _write(self, data):
+        try:
+            BaseCGIHandler._write(self, data)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            self.gone = True
+            raise
+
+    def _flush(self):
+        try:
+            BaseCGIHandler._flush(self)
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            self.gone = True
+            raise
+
+    def send_preamble(self):
+        # Called by send_headers once the head passed cleanup_headers,
+        # as it writes it.
+        self.started = True
+        BaseCGIHandler.send_preamble(self)
+
+    def finish_content(self):
+        if not self.headers_sent and self.environ.get("REQUEST_METHOD") == "HEAD":
+            # No body written: wsgiref would say Content-Length: 0, which
+            # is not the length of the GET's body a HEAD's head describes.
+            self.send_headers()
+        else:
+            BaseCGIHandler.finish_content(self)
+        self.whole = True
+
     def handle_error(self):
-        # Once the headers are out, wsgiref logs the error and returns as
-        # if the response were whole: the child would exit 0, and cellgate
-        # pass on what was sent as complete (a 200 cut short, given a
-        # Content-Length when spooled). Noted first, in case the logging
+        # Once the head is out, the response cannot be replaced: a failure
+        # before it was whole cuts it (the child ends by a fault, so that
+        # cellgate does not pass on what was sent as complete: a 200 cut
+        # short, given a Content-Length when spooled); one after (the
+        # close() of the app's iterable) is logged, the response stands.
+        # wsgiref's own, whose close() resets headers_sent, wrote a 500
+        # after the whole response then. Noted first, in case the logging
         # fails too.
-        self.cut = self.headers_sent
+        if self.started:
+            self.cut = not self.whole
+            self.log_exception(sys.exc_info())
+            return
         BaseCGIHandler.handle_error(self)
 
 
@@ -263,11 +322,17 @@ def serve_one(app, setup, req, fds, sock):
             key, _, value = kv.encode("latin-1").partition(b"=")
             os.environb[key] = value
         # What the app's import did to its environment, as a cgi route's
-        # import does it to each request's (setdefault of its settings).
-        for key, value in app_environ[0].items():
-            os.environb[key] = value
-        for key in app_environ[1]:
-            os.environb.pop(key, None)
+        # import does it to each request's (setdefault of its settings),
+        # where the variable is the route's (as the preloader had it) or
+        # absent: a meta-variable of the request's own (HTTPS,
+        # SCRIPT_NAME, a header) stands over the import's default.
+        set_, removed, before = app_environ
+        for key, value in set_.items():
+            if os.environb.get(key) in (None, before.get(key)):
+                os.environb[key] = value
+        for key in removed:
+            if os.environb.get(key) == before.get(key):
+                os.environb.pop(key, None)
         sys.stdin = open(0, "r", closefd=False)
         sys.stdout = open(1, "w", buffering=1, errors="backslashreplace", closefd=False)
         # Like Python's own stderr: line-buffered, so that a line written
@@ -349,7 +414,7 @@ def main():
         send(sock, {"type": "error", "error": tb})
         os._exit(1)
     after = dict(os.environb)
-    app_environ = ({k: v for k, v in after.items() if before.get(k) != v}, [k for k in before if k not in after])
+    app_environ = ({k: v for k, v in after.items() if before.get(k) != v}, [k for k in before if k not in after], before)
     sys.stdout.flush()
     sys.stderr.flush()
     gc.collect()
