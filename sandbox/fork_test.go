@@ -1317,3 +1317,55 @@ def app(environ, start_response):
 		t.Errorf("HEAD with the app's length: %q, want it kept", out)
 	}
 }
+
+// TestForkCloseAbandonsStart: Close abandons a recycle's replacement
+// whose import is under way at once, the import killed, whatever Close's
+// timeout. Before, Close waited for the import until its StartTimeout
+// (a minute by default), or until its own timeout, to kill it; and the
+// start of a confined instance, whose init prepares its view first, was
+// out of Close's reach for up to 30 s more.
+func TestForkCloseAbandonsStart(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	app := `
+import os, time
+if os.path.exists("imported"):
+    open("hanging", "w").write(str(os.getpid()))
+    while True:
+        time.sleep(1)
+open("imported", "w").close()
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+`
+	cfg := testPreloaderConfig(t, app)
+	cfg.RecycleAfter, cfg.StartTimeout = 1, time.Hour
+	p, err := r.StartPreloader(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, _ := forkRun(t, r, p, "", ""); res.Cause != CauseOK {
+		t.Fatalf("request: cause %s", res.Cause)
+	}
+	marker := filepath.Join(cfg.AppDir, "hanging")
+	var pid int
+	for deadline := time.Now().Add(30 * time.Second); pid == 0; time.Sleep(10 * time.Millisecond) {
+		if b, err := os.ReadFile(marker); err == nil && len(b) > 0 {
+			pid, _ = strconv.Atoi(string(b))
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the replacement's import did not start")
+		}
+	}
+	closed := make(chan struct{})
+	go func() { p.Close(time.Hour); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		syscall.Kill(pid, syscall.SIGKILL)
+		<-closed
+		t.Fatal("Close still waiting 20 s later for a replacement's import (an hour's bounds)")
+	}
+	if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
+		t.Errorf("the abandoned import (pid %d) lives on: kill 0 = %v", pid, err)
+	}
+}

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -88,9 +89,10 @@ func newChildSetup(plan *confine.Prepared, userns bool) (string, error) {
 // directory, stdio and user namespace) through the init's exec mode, with
 // sock as its fd 3. It returns once the interpreter is being executed;
 // ctl is the daemon's end of the init's control socket, on which a
-// failed exec is reported (execFailure reads it). Its errors are the
+// failed exec is reported (execFailure reads it). The end of ctx kills the
+// init (its setup may wait on the view's file systems). Its errors are the
 // caller's to wrap with the route.
-func (p *Preloader) startConfined(argv []string, attr *os.ProcAttr, sock *os.File) (proc *os.Process, ctl int, err error) {
+func (p *Preloader) startConfined(ctx context.Context, argv []string, attr *os.ProcAttr, sock *os.File) (proc *os.Process, ctl int, err error) {
 	r, plan := p.r, p.cfg.Confine
 	if r.launcher == nil {
 		return nil, -1, fmt.Errorf("%w: confined, but the runner has no Launcher (Config.Launcher)", ErrSpec)
@@ -115,10 +117,14 @@ func (p *Preloader) startConfined(argv []string, attr *os.ProcAttr, sock *os.Fil
 		return nil, -1, err
 	}
 	ip := &initProc{proc: proc, ctl: fds[0]}
+	defer context.AfterFunc(ctx, func() { proc.Kill() })()
 	fail := func(err error) (*os.Process, int, error) {
 		proc.Kill()
 		proc.Wait()
 		ip.closeCtl()
+		if ctx.Err() != nil {
+			err = fmt.Errorf("start abandoned, its init killed: %w", context.Cause(ctx))
+		}
 		return nil, -1, err
 	}
 	if err := ip.send(plan.Frame(), nil); err != nil {

@@ -138,13 +138,16 @@ type Preloader struct {
 	log    *slog.Logger
 	nsUIDs *uidPool // uids 1..n of its user namespace; nil without one
 
-	mu       sync.Mutex
-	cur      *instance     // nil while (re)starting
-	starting *os.Process   // the instance being started, until it is ready or gone
-	readyCh  chan struct{} // closed when cur is set
-	closed   bool
-	stop     chan struct{} // closed by Close
-	done     chan struct{} // closed when the supervisor has ended
+	mu      sync.Mutex
+	cur     *instance     // nil while (re)starting
+	readyCh chan struct{} // closed when cur is set
+	closed  bool
+	stop    chan struct{} // closed by Close
+	done    chan struct{} // closed when the supervisor has ended
+	// stopping ends with Close (cancelStop): a restart's or a recycle's
+	// import under way is abandoned at once, not left to its bound.
+	stopping   context.Context
+	cancelStop context.CancelFunc
 
 	restarts, recycles, spawned atomic.Uint64
 	retries                     atomic.Uint64 // requests run again after a failed hand-off (runFork)
@@ -206,6 +209,7 @@ func (r *Runner) StartPreloader(ctx context.Context, cfg PreloaderConfig) (*Prel
 	}
 	p := &Preloader{r: r, cfg: cfg, log: r.log.With("route", cfg.Route), readyCh: make(chan struct{}),
 		stop: make(chan struct{}), done: make(chan struct{})}
+	p.stopping, p.cancelStop = context.WithCancel(context.Background())
 	if cfg.Confine != nil && (r.asSelf || !cfg.Confine.Plan().Preloader) {
 		return nil, fmt.Errorf("%w: preloader of route %s: a confined preloader needs a user namespace and a ForPreloader plan", ErrSpec, cfg.Route)
 	}
@@ -237,7 +241,8 @@ func (p *Preloader) Stats() PreloaderStats {
 }
 
 // Close stops the preloader: its socket is closed, so it exits; after
-// timeout it is killed. Runs using it must have returned. Children already
+// timeout it is killed. An instance being started (a restart, a recycle's
+// replacement) is abandoned at once, its import killed. Runs using it must have returned. Children already
 // started are not its: they end with their cells.
 func (p *Preloader) Close(timeout time.Duration) {
 	p.mu.Lock()
@@ -248,6 +253,7 @@ func (p *Preloader) Close(timeout time.Duration) {
 	}
 	p.closed = true
 	close(p.stop)
+	p.cancelStop()
 	inst := p.cur
 	p.mu.Unlock()
 	if inst != nil {
@@ -257,14 +263,11 @@ func (p *Preloader) Close(timeout time.Duration) {
 	case <-p.done:
 	case <-time.After(timeout):
 		p.mu.Lock()
-		inst, starting := p.cur, p.starting
+		inst := p.cur
 		p.mu.Unlock()
 		if inst != nil {
 			p.log.Warn("preloader did not exit on close: killed", "pid", inst.pid)
 			inst.proc.Kill()
-		}
-		if starting != nil {
-			starting.Kill() // still importing: its start fails, the supervisor sees Close
 		}
 		<-p.done
 	}
@@ -353,7 +356,7 @@ func (p *Preloader) supervise(inst *instance) {
 			p.clearCurrent()
 			return
 		case <-inst.recycle:
-			next, err := p.startInstance(context.Background())
+			next, err := p.startInstance(p.stopping)
 			if err != nil && inst.stale.Load() {
 				// It may not serve on: ended, and restarted as after a
 				// death.
@@ -363,6 +366,9 @@ func (p *Preloader) supervise(inst *instance) {
 				inst.mu.Unlock()
 				inst.proc.Kill()
 				continue
+			}
+			if err != nil && p.stopping.Err() != nil {
+				continue // closed: abandoned
 			}
 			if err != nil {
 				p.log.Error("preloader recycle: the replacement failed to start; the old one serves on, tried again later",
@@ -402,12 +408,15 @@ func (p *Preloader) supervise(inst *instance) {
 		}
 		backoff = min(2*backoff, restartMax)
 		for {
-			next, err := p.startInstance(context.Background())
+			next, err := p.startInstance(p.stopping)
 			if err == nil {
 				inst = next
 				p.setCurrent(inst)
 				backoff = restartMin
 				break
+			}
+			if p.stopping.Err() != nil {
+				return // closed: abandoned
 			}
 			p.restarts.Add(1)
 			p.log.Error("preloader restart failed: retrying", "err", err, "after", backoff)
@@ -529,7 +538,7 @@ func (p *Preloader) startInstance(ctx context.Context) (*instance, error) {
 	var proc *os.Process
 	ctl := -1
 	if cfg.Confine != nil {
-		proc, ctl, err = p.startConfined(argv, attr, theirs)
+		proc, ctl, err = p.startConfined(ctx, argv, attr, theirs)
 	} else {
 		proc, err = startNoNewPrivs(cfg.Python, argv, attr)
 	}
@@ -554,14 +563,6 @@ func (p *Preloader) startInstance(ctx context.Context) (*instance, error) {
 	}
 	out := readOutput(outR, p.log.With("pid", proc.Pid))
 	inst := &instance{proc: proc, conn: conn, pid: proc.Pid, maxSpawn: maxSpawn, out: out, view: view}
-	p.mu.Lock()
-	p.starting = proc
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		p.starting = nil
-		p.mu.Unlock()
-	}()
 	// reap waits for the preloader's end, ends what it left behind with
 	// its group, and then waits for its output's end.
 	reap := func() *os.ProcessState {
