@@ -119,3 +119,43 @@ func mustProfile(t *testing.T, tenant string) *Profile {
 	}
 	return p
 }
+
+// TestRouteGroupRemoveRaced: a group below the route group removed by
+// another while Remove takes the subtree down (a preloader instance's end
+// removing its group) is done with, and the route group still goes.
+// Before, the group gone between its listing and its opening failed the
+// walk with ENOENT, which Remove took for the route group being gone:
+// the route group and its preload group stayed until shutdown.
+func TestRouteGroupRemoveRaced(t *testing.T) {
+	fs := &fakeFS{}
+	tr, err := openFake(t, fs, fakeRoot(t, "memory", "cpu", "pids"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	rg, err := tr.NewRouteGroup("acme", nil, uint32(os.Getuid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := rg.NewInstance()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A group below the instance's, whose removal is the moment the
+	// instance's own end removes its group, after the walk listed it.
+	sub := filepath.Join(inst.Path(), "sub")
+	if err := fs.mkdir(sub); err != nil {
+		t.Fatal(err)
+	}
+	fs.rmdirHook = func(path string) {
+		if path == sub {
+			os.RemoveAll(inst.Path())
+		}
+	}
+	if err := rg.Remove(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if exists(rg.Path()) {
+		t.Errorf("%s left after Remove", rg.Path())
+	}
+}

@@ -39,7 +39,9 @@ func (t *Tree) sweep(ctx context.Context) (int, error) {
 
 // removeSubtree removes the descendants of the group at dir deepest
 // first, then dir; each group still populated is killed (cgroup.kill) and
-// waited for before its rmdir. It returns how many groups it removed.
+// waited for before its rmdir. It returns how many groups it removed. A
+// group gone meanwhile (removed by another: a preloader instance's end)
+// is done with, whenever it went.
 func (t *Tree) removeSubtree(ctx context.Context, dir string) (int, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -59,6 +61,9 @@ func (t *Tree) removeSubtree(ctx context.Context, dir string) (int, error) {
 		}
 	}
 	fd, err := openDir(dir)
+	if errors.Is(err, unix.ENOENT) {
+		return n, nil // gone since it was listed
+	}
 	if err != nil {
 		return n, err
 	}
