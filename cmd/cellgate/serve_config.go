@@ -75,7 +75,8 @@ type serveConfig struct {
 	// --cgroup-base ("" for serve is the process's own group, which it
 	// leaves for <base>/supervisor), --unenforced, --uid-range, --gid.
 	Shared
-	// MaxCells caps tenant plus cell groups under cells/
+	// MaxCells caps the groups under cells/: tenants, cells, and each fork
+	// route's group, preload group and preloader instances' groups
 	// (cgroup.max.descendants); 0 = no cap. Default 0.
 	MaxCells int `env:"MAX_CELLS" envDefault:"0"`
 	// WarmCells is the most confined cells per route set up ahead of
@@ -191,7 +192,7 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "operational log `level`: debug, info, warn, error (CELLGATE_LOG_LEVEL)")
 	fs.TextVar(&c.Isolation, "isolation", c.Isolation, "cells, or none for plain exec (benchmark baseline only) (CELLGATE_ISOLATION)")
 	c.Shared.addFlags(fs)
-	fs.IntVar(&c.MaxCells, "max-cells", c.MaxCells, "kernel cap on tenant and cell groups (cgroup.max.descendants), 0 = none (CELLGATE_MAX_CELLS)")
+	fs.IntVar(&c.MaxCells, "max-cells", c.MaxCells, "kernel cap on the groups under cells/: tenants, cells, and each fork route's 3 or 4 (cgroup.max.descendants), 0 = none (CELLGATE_MAX_CELLS)")
 	fs.IntVar(&c.NetNamespaces, "net-namespaces", c.NetNamespaces, "network namespaces kept made ahead for network: none cells, 0 = each cell makes its own (CELLGATE_NET_NAMESPACES)")
 	fs.BoolVar(&c.MountTemplates, "mount-templates", c.MountTemplates, "confined cells copy their route's filesystem view from a mount namespace made ahead, never older than 10 s, instead of each building it (CELLGATE_MOUNT_TEMPLATES)")
 	fs.BoolVar(&c.InitSpawner, "init-spawner", c.InitSpawner, "one long-lived cellgate-init clones each confined cell's init, instead of serve forking and executing one per cell (CELLGATE_INIT_SPAWNER)")
