@@ -307,13 +307,19 @@ func (d *deadlines) flush() error {
 	return nil
 }
 
-// boundWrites, as a handler starts, removes the write deadline its
+// boundWrites, as a handler starts, replaces the write deadline its
 // connection's last response left (tail), before anything of this one is
-// written (net/http's 100 Continue among them). A no-op when the check is
-// off (Config.WriteMinRate).
+// written, by one of the window for what net/http writes on its own
+// before the response: its 100 Continue, at the body's first read (the
+// response's writes set their own, next). Without one, a client that
+// pipelined requests with "Expect: 100-continue" and read nothing held
+// the handler and its connection for good. HTTP/1.x only: an HTTP/2
+// stream's deadline resets the stream when it passes, written to or not
+// (its 100 Continue is a frame, which WriteByteTimeout bounds). A no-op
+// when the check is off (Config.WriteMinRate).
 func (x *exchange) boundWrites() {
-	if x.s.cfg.WriteMinRate > 0 {
-		_ = x.rc.SetWriteDeadline(time.Time{})
+	if x.s.cfg.WriteMinRate > 0 && x.r.ProtoMajor == 1 {
+		_ = x.rc.SetWriteDeadline(time.Now().Add(x.s.cfg.WriteTimeout))
 	}
 }
 

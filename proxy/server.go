@@ -126,6 +126,22 @@ type Server struct {
 // discard is a logger that writes nothing.
 var discard = slog.New(slog.DiscardHandler)
 
+// http2Config is HTTP/2's: the streams a connection may have open, and,
+// with the write checks on (Config.WriteMinRate), WriteTimeout as the
+// longest a connection may take no byte the server has for it. Without
+// that, a client that opened its flow-control windows and stopped reading
+// the TCP connection blocked HTTP/2's one frame writer for good, and with
+// it every stream's handler, spool and deadline (a stream is reset by a
+// frame the same writer sends): they held the spool budget for as long as
+// it kept the connection open.
+func http2Config(cfg Config) *http.HTTP2Config {
+	c := &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxStreams}
+	if cfg.WriteMinRate > 0 {
+		c.WriteByteTimeout = cfg.WriteTimeout
+	}
+	return c
+}
+
 // New validates cfg (defaults applied) and returns a Server.
 func New(cfg Config, deps Deps) (*Server, error) {
 	cfg = cfg.withDefaults()
@@ -182,7 +198,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		Protocols:         &protocols,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxStreams},
+		HTTP2:             http2Config(cfg),
 		// "OPTIONS *" too is cellgate's to answer, with a request id and
 		// a record, not net/http's built-in 200.
 		DisableGeneralOptionsHandler: true,
