@@ -132,6 +132,7 @@ var guardCases = []guardCase{
 	{"no scheme and no path", "GET x/a HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
 	{"scheme starting with a digit", "GET 1http://x/ HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
 	{"asterisk and more", "OPTIONS *x HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"asterisk and a query", "OPTIONS *?x HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
 	{"CONNECT, bad port", "CONNECT x:y:z HTTP/1.1\r\n\r\n" + next, []int{400}, false},
 	{"CONNECT, bad escape after the authority", "CONNECT x:1/%zz HTTP/1.1\r\n\r\n" + next, []int{400}, false},
 	{"absolute-form, over its limit", "GET http://a/" + strings.Repeat("a", maxAbsTarget) + " HTTP/1.1\r\nHost: x\r\n\r\n" + next,
@@ -628,6 +629,8 @@ func TestFrameCheckTargets(t *testing.T) {
 		{"GET", "/a%41?%zz", true},
 		{"GET", "*", true},
 		{"OPTIONS", "*x", false},
+		{"OPTIONS", "*?x", false},
+		{"GET", "*?", false},
 		{"GET", "http://x/a%41", true},
 		{"GET", "http://x?y/%zz", true}, // the query ends the authority
 		{"GET", "http://x/?y/%zz", true},

@@ -548,6 +548,12 @@ func (k *frameCheck) startAbs() {
 // cut, which ends at a '/' and so splits no escape.
 func (k *frameCheck) absByte(c byte) *frameError {
 	if c == '?' {
+		if k.abs.colon == 0 {
+			// No scheme before it: "*?x" (url.ParseRequestURI takes the
+			// "*" the copy holds, net/http then not the whole target, and
+			// answered its own 400), "ab?c".
+			return k.headErr("request target is neither a path, '*' nor an absolute URI url.ParseRequestURI reads")
+		}
 		return k.endAbs(false)
 	}
 	if k.n > maxAbsTarget {
