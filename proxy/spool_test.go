@@ -166,23 +166,26 @@ func TestSpoolBudget(t *testing.T) {
 }
 
 // TestSpoolBudgetServer: when the spools of all requests hold SpoolDisk, a
-// response that needs more is a 503 with Retry-After and its cell is
-// killed, a request body likewise; the budget is given back either way.
+// response that needs more is a 503 and its cell is killed, without
+// Retry-After (its worker ran, and may have done what the request asked),
+// a request body a 503 with Retry-After (nothing ran); the budget is given
+// back either way. Before, the response's 503 said Retry-After too.
 func TestSpoolBudgetServer(t *testing.T) {
 	big := cgiOutput("Content-Type: text/plain\n\n"+strings.Repeat("r", 256<<10), sandbox.CauseOK)
 	ts := startServer(t, Config{SpoolDisk: 64 << 10, ResponseMemory: 1 << 10, BodyMemory: 1 << 10},
 		Deps{Runner: big}, route("r", "/", "/x"))
 	for _, tt := range []struct {
-		name string
-		body io.Reader
+		name  string
+		body  io.Reader
+		retry bool
 	}{
-		{"response", nil},
-		{"request body", strings.NewReader(strings.Repeat("b", 128<<10))},
+		{"response", nil, false},
+		{"request body", strings.NewReader(strings.Repeat("b", 128<<10)), true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, _ := do(t, nil, newRequest(t, "POST", ts.URL+"/", tt.body))
-			if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
-				t.Fatalf("status %d Retry-After %q, want 503 with one", resp.StatusCode, resp.Header.Get("Retry-After"))
+			if resp.StatusCode != 503 || (resp.Header.Get("Retry-After") != "") != tt.retry {
+				t.Fatalf("status %d Retry-After %q, want 503, Retry-After %v", resp.StatusCode, resp.Header.Get("Retry-After"), tt.retry)
 			}
 			if rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader)); rec.Outcome != accounting.OutcomeSpoolFull {
 				t.Errorf("outcome %s, want %s", rec.Outcome, accounting.OutcomeSpoolFull)

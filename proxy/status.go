@@ -98,11 +98,16 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 		// A reload shrank a budget below a route's memory limit.
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeOverBudget,
 			Message: "service unavailable, retry later", RetryAfter: true}
-	case errors.Is(err, ErrSpoolBudget):
-		// The front has no room for the body or the response: like a
-		// full queue, whether or not a cell ran.
+	case errors.Is(err, ErrSpoolBudget) && res == nil:
+		// The front has no room for the body: like a full queue.
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeSpoolFull,
 			Message: "server busy, retry later", RetryAfter: true}
+	case errors.Is(err, ErrSpoolBudget):
+		// No room for the response of a worker that ran, and may have
+		// done what the request asked (a POST that charged a card): not
+		// a Retry-After, which says it was not processed.
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeSpoolFull,
+			Message: "server busy: the response could not be held; the request may have been processed"}
 	case errors.Is(err, sandbox.ErrPreloaderLost):
 		// The preloader died (or answered garbage) after it took the
 		// spawn, and its child may have run the request (a POST that
@@ -135,9 +140,11 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 			Message: "the request exceeded its memory limit"}
 	case sandbox.CauseOOMBudget:
 		// Not the request's fault: its tenant's (or the global) budget
-		// ran out under it. Like a full queue, it may succeed later.
+		// ran out under it, and it may succeed later; but it ran, and may
+		// have done what it was asked: no Retry-After (as for
+		// ErrPreloaderLost).
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeOOMBudget,
-			Message: "the server ran out of memory for this service; retry later", RetryAfter: true}
+			Message: "the server ran out of memory for this service; the request may have been processed"}
 	case sandbox.CauseDeadline:
 		return verdict{Status: http.StatusGatewayTimeout, Outcome: accounting.OutcomeDeadline,
 			Message: "the request exceeded its time limit"}
@@ -156,8 +163,10 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 		return verdict{Status: http.StatusBadGateway, Outcome: accounting.OutcomeBadGateway,
 			Message: "the request handler sent an invalid response"}
 	case errors.Is(err, ErrShuttingDown):
+		// Its worker, killed at the drain's end, ran: no Retry-After,
+		// as above.
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeShutdown,
-			Message: "server shutting down, retry later", RetryAfter: true}
+			Message: "server shutting down: the request was stopped and may have been processed"}
 	case err != nil:
 		// A runner or spool failure although the worker ran.
 		return verdict{Status: http.StatusInternalServerError, Outcome: accounting.OutcomeInternal,

@@ -33,7 +33,7 @@ func TestDecide(t *testing.T) {
 		{name: "non-zero exit without output", res: res(sandbox.CauseExit), err: wrap(ErrInvalidResponse), wantStatus: 502, wantOutcome: accounting.OutcomeBadGateway},
 		{name: "ok with invalid output", res: res(sandbox.CauseOK), err: wrap(ErrInvalidResponse), wantStatus: 502, wantOutcome: accounting.OutcomeBadGateway},
 		{name: "oom", res: res(sandbox.CauseOOM), hdr: valid, wantStatus: 502, wantOutcome: accounting.OutcomeOOM, wantMessage: "the request exceeded its memory limit"},
-		{name: "oom at the tenant's budget", res: res(sandbox.CauseOOMBudget), hdr: valid, wantStatus: 503, wantOutcome: accounting.OutcomeOOMBudget, wantRetry: true, wantMessage: "the server ran out of memory for this service; retry later"},
+		{name: "oom at the tenant's budget", res: res(sandbox.CauseOOMBudget), hdr: valid, wantStatus: 503, wantOutcome: accounting.OutcomeOOMBudget, wantRetry: false, wantMessage: "the server ran out of memory for this service; the request may have been processed"},
 		{name: "oom beats invalid output", res: res(sandbox.CauseOOM), err: wrap(ErrInvalidResponse), wantStatus: 502, wantOutcome: accounting.OutcomeOOM, wantMessage: "the request exceeded its memory limit"},
 		{name: "deadline", res: res(sandbox.CauseDeadline), hdr: valid, wantStatus: 504, wantOutcome: accounting.OutcomeDeadline},
 		{name: "pids", res: res(sandbox.CausePids), wantStatus: 502, wantOutcome: accounting.OutcomePids},
@@ -41,7 +41,11 @@ func TestDecide(t *testing.T) {
 		{name: "response too large", res: res(sandbox.CauseKilled), err: wrap(ErrResponseTooLarge), wantStatus: 502, wantOutcome: accounting.OutcomeBadGateway},
 		{name: "redirect loop", res: res(sandbox.CauseOK), err: wrap(ErrRedirectLoop), wantStatus: 502, wantOutcome: accounting.OutcomeBadGateway},
 		{name: "killed: client gone", res: res(sandbox.CauseKilled), err: wrap(ErrClientGone), wantStatus: StatusClientClosed, wantOutcome: accounting.OutcomeClientGone},
-		{name: "killed: shutdown", res: res(sandbox.CauseKilled), err: wrap(ErrShuttingDown), wantStatus: 503, wantOutcome: accounting.OutcomeShutdown, wantRetry: true},
+		// A worker that ran may have done what the request asked: no
+		// Retry-After, which says it was not processed.
+		{name: "killed: shutdown", res: res(sandbox.CauseKilled), err: wrap(ErrShuttingDown), wantStatus: 503, wantOutcome: accounting.OutcomeShutdown, wantRetry: false},
+		{name: "response over the spool budget", res: res(sandbox.CauseKilled), err: wrap(ErrSpoolBudget), wantStatus: 503, wantOutcome: accounting.OutcomeSpoolFull, wantRetry: false},
+		{name: "body over the spool budget", err: wrap(ErrSpoolBudget), wantStatus: 503, wantOutcome: accounting.OutcomeSpoolFull, wantRetry: true},
 		{name: "killed by the runner", res: res(sandbox.CauseKilled), wantStatus: 502, wantOutcome: accounting.OutcomeKilled},
 		{name: "runner error after the worker ran", res: res(sandbox.CauseOK), hdr: valid, err: wrap(sandbox.ErrStreams), wantStatus: 500, wantOutcome: accounting.OutcomeInternal},
 		{name: "spawn failed", err: wrap(sandbox.ErrSpawn), wantStatus: 502, wantOutcome: accounting.OutcomeSpawnFailed},
