@@ -14,6 +14,7 @@ import (
 	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
+	"golang.org/x/net/http/httpguts"
 )
 
 // exchange is one request on its way through the front.
@@ -313,6 +314,13 @@ func (x *exchange) checkRequest() error {
 	}
 	if strings.IndexByte(r.URL.Path, 0) >= 0 {
 		return fmt.Errorf("path %q: NUL byte: %w", r.URL.Path, ErrBadRequest)
+	}
+	if !httpguts.ValidHostHeader(r.Host) {
+		// An absolute-form target's authority, which net/http makes the
+		// host over the Host field, with bytes the field may not hold
+		// (the head check refuses them there): not for routing, nor for
+		// the worker's SERVER_NAME and HTTP_HOST.
+		return fmt.Errorf("host %q: %w", r.Host, ErrBadRequest)
 	}
 	if r.Method == http.MethodConnect {
 		return fmt.Errorf("CONNECT %s: %w", r.RequestURI, ErrTunnel)
