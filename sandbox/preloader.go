@@ -142,12 +142,12 @@ type Preloader struct {
 	cur     *instance     // nil while (re)starting
 	readyCh chan struct{} // closed when cur is set
 	closed  bool
-	stop    chan struct{} // closed by Close
 	done    chan struct{} // closed when the supervisor has ended
-	// stopping ends with Close (cancelStop): a restart's or a recycle's
-	// import under way is abandoned at once, not left to its bound.
-	stopping   context.Context
-	cancelStop context.CancelFunc
+	// stopping ends with Close (stop): the supervisor ends, and a
+	// restart's or a recycle's import under way is abandoned at once,
+	// not left to its bound.
+	stopping context.Context
+	stop     context.CancelFunc
 
 	restarts, recycles, spawned atomic.Uint64
 	retries                     atomic.Uint64 // requests run again after a failed hand-off (runFork)
@@ -208,8 +208,7 @@ func (r *Runner) StartPreloader(ctx context.Context, cfg PreloaderConfig) (*Prel
 		cfg.WaitReady = DefaultPreloadWait
 	}
 	p := &Preloader{r: r, cfg: cfg, log: r.log.With("route", cfg.Route), readyCh: make(chan struct{}),
-		stop: make(chan struct{}), done: make(chan struct{})}
-	p.stopping, p.cancelStop = context.WithCancel(context.Background())
+		done: make(chan struct{})}
 	if cfg.Confine != nil && (r.asSelf || !cfg.Confine.Plan().Preloader) {
 		return nil, fmt.Errorf("%w: preloader of route %s: a confined preloader needs a user namespace and a ForPreloader plan", ErrSpec, cfg.Route)
 	}
@@ -223,8 +222,10 @@ func (r *Runner) StartPreloader(ctx context.Context, cfg PreloaderConfig) (*Prel
 		}
 		p.nsUIDs = newUIDPool(UIDRange{First: 1, Count: uint32(n)})
 	}
+	p.stopping, p.stop = context.WithCancel(context.Background())
 	inst, err := p.startInstance(ctx)
 	if err != nil {
+		p.stop()
 		return nil, err
 	}
 	p.setCurrent(inst)
@@ -242,8 +243,9 @@ func (p *Preloader) Stats() PreloaderStats {
 
 // Close stops the preloader: its socket is closed, so it exits; after
 // timeout it is killed. An instance being started (a restart, a recycle's
-// replacement) is abandoned at once, its import killed. Runs using it must have returned. Children already
-// started are not its: they end with their cells.
+// replacement) is abandoned at once, its import killed. Runs using it
+// must have returned. Children already started are not its: they end with
+// their cells.
 func (p *Preloader) Close(timeout time.Duration) {
 	p.mu.Lock()
 	if p.closed {
@@ -252,8 +254,7 @@ func (p *Preloader) Close(timeout time.Duration) {
 		return
 	}
 	p.closed = true
-	close(p.stop)
-	p.cancelStop()
+	p.stop()
 	inst := p.cur
 	p.mu.Unlock()
 	if inst != nil {
@@ -349,7 +350,7 @@ func (p *Preloader) supervise(inst *instance) {
 	backoff := restartMin
 	for {
 		select {
-		case <-p.stop:
+		case <-p.stopping.Done():
 			inst.retire() // Close retired the one it saw; this may be newer
 			<-inst.exited
 			<-inst.out.done // its last lines logged (outputGrace at most)
@@ -397,7 +398,7 @@ func (p *Preloader) supervise(inst *instance) {
 		}
 		p.clearCurrent()
 		select {
-		case <-p.stop:
+		case <-p.stopping.Done():
 			return
 		default:
 		}
@@ -435,7 +436,7 @@ func (p *Preloader) sleep(d time.Duration) bool {
 	select {
 	case <-t.C:
 		return true
-	case <-p.stop:
+	case <-p.stopping.Done():
 		return false
 	}
 }
