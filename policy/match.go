@@ -16,9 +16,12 @@ var (
 	// ErrMethodNotAllowed: routes match the host and path but none allows
 	// the method (405); the error is a *MethodError with the Allow list.
 	ErrMethodNotAllowed = errors.New("method not allowed")
-	// ErrBadPath: the request path is not absolute or has "." or ".."
-	// segments (400). Such paths are refused rather than cleaned, so that
-	// "/public/../admin" can never be routed by the /public route.
+	// ErrBadPath: the request path is not absolute, has "." or ".."
+	// segments, or routes elsewhere once its empty segments are dropped
+	// (400). Such paths are refused rather than cleaned, so that
+	// "/public/../admin" can never be routed by the /public route, nor
+	// "//admin" by the / route past an /admin one (a program that merges
+	// slashes would serve /admin).
 	ErrBadPath = errors.New("bad request path")
 )
 
@@ -54,6 +57,26 @@ func (p *Policy) Match(host, method, urlPath string) (*Match, error) {
 		return nil, fmt.Errorf("route %q: %w", urlPath, ErrBadPath)
 	}
 	host = normalizeHost(host)
+	r, allow := p.pick(host, method, urlPath)
+	if strings.Contains(urlPath, "//") {
+		if merged, _ := p.pick(host, method, mergeSlashes(urlPath)); merged != r {
+			return nil, fmt.Errorf("route %q: routed elsewhere once its empty segments are dropped: %w", urlPath, ErrBadPath)
+		}
+	}
+	if r != nil {
+		return r.split(urlPath)
+	}
+	if allow != nil {
+		slices.Sort(allow)
+		return nil, &MethodError{Method: method, Allow: slices.Compact(allow)}
+	}
+	return nil, fmt.Errorf("route %s%s: %w", host, urlPath, ErrNoRoute)
+}
+
+// pick returns the most specific route for host (normalized), method and
+// urlPath, or nil and the methods of the routes that match but for the
+// method.
+func (p *Policy) pick(host, method, urlPath string) (*Route, []string) {
 	routes := p.order
 	if routes == nil {
 		routes = byPriority(p.Routes)
@@ -67,13 +90,22 @@ func (p *Policy) Match(host, method, urlPath string) (*Match, error) {
 			allow = append(allow, r.Methods...)
 			continue
 		}
-		return r.split(urlPath)
+		return r, nil
 	}
-	if allow != nil {
-		slices.Sort(allow)
-		return nil, &MethodError{Method: method, Allow: slices.Compact(allow)}
+	return nil, allow
+}
+
+// mergeSlashes is p with each run of slashes made one.
+func mergeSlashes(p string) string {
+	var b strings.Builder
+	b.Grow(len(p))
+	for i := 0; i < len(p); i++ {
+		if p[i] == '/' && i > 0 && p[i-1] == '/' {
+			continue
+		}
+		b.WriteByte(p[i])
 	}
-	return nil, fmt.Errorf("route %s%s: %w", host, urlPath, ErrNoRoute)
+	return b.String()
 }
 
 // split computes the match for a path known to start with r.PathPrefix.

@@ -57,6 +57,8 @@ func TestMatch(t *testing.T) {
 		{"methods allowed", "", "PUT", "/posts/1", "posts", "/srv/posts", "/posts", "/1"},
 		{"encoded space kept", "", "GET", "/hello/a b", "hello-get", "/srv/hello-get", "/hello", "/a b"},
 		{"double slash", "", "POST", "/hello//x", "hello", "/srv/hello", "/hello", "//x"},
+		// Its slashes merged, the host's route takes it as well.
+		{"double slash, host first", "example.com", "GET", "//hello", "exact", "/srv/exact", "", "//hello"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -100,6 +102,11 @@ routes:
 		{"dir hidden", "", "GET", "/cgi-bin/.env", ErrNoRoute, nil},
 		{"dotdot", "", "GET", "/cgi-bin/../etc/passwd", ErrBadPath, nil},
 		{"dot", "", "GET", "/posts/./x", ErrBadPath, nil},
+		// Not routed by /posts/x's route, which would take it with its
+		// slashes merged (as many programs merge them): with a route of
+		// /, that one would run it, past /posts/x's.
+		{"empty segment routing elsewhere", "", "GET", "//posts/x", ErrBadPath, nil},
+		{"empty segments routing elsewhere", "", "GET", "///posts///x", ErrBadPath, nil},
 		{"trailing dotdot", "only.test", "GET", "/a/..", ErrBadPath, nil},
 		{"relative", "only.test", "GET", "posts", ErrBadPath, nil},
 		{"empty path", "only.test", "GET", "", ErrBadPath, nil},
