@@ -222,6 +222,19 @@ func (a *Admission) Update(p *Policy) {
 			t.removed = true
 		}
 	}
+	// A waiter the new budgets can never admit fails now, wherever it is
+	// in its queue (dispatch fails only a queue's head so), and the rest
+	// keep their order.
+	for _, t := range a.order {
+		t.queue = slices.DeleteFunc(t.queue, func(w *waiter) bool {
+			err := a.tooLarge(t, w.memory)
+			if err != nil {
+				w.state, w.err = failed, err
+				close(w.ready)
+			}
+			return err != nil
+		})
+	}
 	a.dispatch()
 	for _, t := range slices.Clone(a.order) {
 		a.forget(t)

@@ -568,3 +568,38 @@ func TestAdmitRealClockTimeout(t *testing.T) {
 		t.Fatalf("Admit = %v, want ErrQueueTimeout", err)
 	}
 }
+
+// TestAdmissionUpdateFailsTooLargeInQueue: a waiter behind its queue's
+// head that a reload's smaller budget can never admit fails at the
+// reload (ErrTooLarge), and the one before it keeps its place. Before,
+// only a queue's head was checked: it waited its whole queue_timeout and
+// failed as a queue timeout, holding a queue slot meanwhile.
+func TestAdmissionUpdateFailsTooLargeInQueue(t *testing.T) {
+	c := newFakeClock()
+	tenant := Tenant{Name: "a", Memory: 100, MaxCells: 1, Queue: 4, QueueTimeout: time.Minute}
+	a := NewAdmission(onePolicy(tenant, Global{}), c)
+	release := mustAdmit(t, a, "a", 10)
+	small := admitAsync(context.Background(), a, "a", 10)
+	queued(t, a, c, "a", 1, 1)
+	large := admitAsync(context.Background(), a, "a", 80)
+	queued(t, a, c, "a", 2, 2)
+	tenant.Memory = 50
+	a.Update(onePolicy(tenant, Global{}))
+	select {
+	case r := <-large.done:
+		if !errors.Is(r.err, ErrTooLarge) {
+			t.Fatalf("the 80-byte waiter under a budget of 50: %v, want ErrTooLarge at the reload", r.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the 80-byte waiter, which a budget of 50 can never admit, still queued 10 s after the reload")
+	}
+	if st := tenantStats(a, "a"); st.Queued != 1 {
+		t.Errorf("%d queued after the reload, want the small waiter alone", st.Queued)
+	}
+	release()
+	r := small.result(t)
+	if r.err != nil {
+		t.Fatalf("the small waiter: %v, want admitted", r.err)
+	}
+	r.release()
+}
