@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+	"unicode/utf8"
 )
 
 // Log writes r as one access-log record through logger's handler, at level
@@ -60,17 +61,17 @@ func logAttrs(ctx context.Context, h slog.Handler, r Record, t time.Time) error 
 	rec := slog.NewRecord(t, slog.LevelInfo, "request", 0)
 	attrs := [...]slog.Attr{
 		slog.String("request_id", r.RequestID),
-		slog.String("method", r.Method),
-		slog.String("host", clip(r.Host)),
-		slog.String("path", r.Path),
-		slog.String("query", clip(r.Query)),
+		slog.String("method", Clip(r.Method)),
+		slog.String("host", Clip(r.Host)),
+		slog.String("path", Clip(r.Path)),
+		slog.String("query", Clip(r.Query)),
 		slog.String("proto", r.Proto),
 		slog.Int("status", r.Status),
 		slog.Int64("bytes_in", r.BytesIn),
 		slog.Int64("bytes_out", r.BytesOut),
-		slog.String("client", r.ClientAddr),
-		slog.String("user_agent", clip(r.UserAgent)),
-		slog.String("referer", clip(r.Referer)),
+		slog.String("client", Clip(r.ClientAddr)),
+		slog.String("user_agent", Clip(r.UserAgent)),
+		slog.String("referer", Clip(r.Referer)),
 		slog.String("route", r.Route),
 		slog.String("tenant", r.Tenant),
 		slog.String("outcome", string(r.Outcome)),
@@ -90,16 +91,44 @@ func logAttrs(ctx context.Context, h slog.Handler, r Record, t time.Time) error 
 	return nil
 }
 
-// maxClientField bounds each client-supplied string in a record (the
-// request header as a whole is bounded by --max-header-bytes).
+// maxClientField bounds each client-supplied string of a record as the
+// log writes it: JSON-escaped, where a byte that is not UTF-8 or a
+// control character takes six bytes (\ufffd, \u0001). Bounding the bytes
+// before that let a path of 12 KiB of 0xff make a line of 90 KiB, which
+// journald (LineMax, 48 KiB) and a container runtime's log (16 KiB) split
+// into pieces that are not JSON. Seven such fields and the rest of a
+// record stay under 16 KiB.
 const maxClientField = 1024
 
-// clip cuts s to maxClientField bytes, marking the cut.
-func clip(s string) string {
-	if len(s) <= maxClientField {
-		return s
+// Clip cuts s where its JSON escaping would pass maxClientField bytes,
+// at a character's start, marking the cut: for a client-supplied string
+// in a log line or /status.
+func Clip(s string) string {
+	if len(s) <= maxClientField/6 {
+		return s // fits however it is escaped
 	}
-	return s[:maxClientField] + "...(cut)"
+	w := 0
+	for i := 0; i < len(s); {
+		c, n, cost := s[i], 1, 1
+		switch {
+		case c >= utf8.RuneSelf:
+			r, size := utf8.DecodeRuneInString(s[i:])
+			n, cost = size, size
+			if (r == utf8.RuneError && size == 1) || r == '\u2028' || r == '\u2029' {
+				cost = 6
+			}
+		case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
+			cost = 2
+		case c < 0x20:
+			cost = 6
+		}
+		if w+cost > maxClientField {
+			return s[:i] + "...(cut)"
+		}
+		w += cost
+		i += n
+	}
+	return s
 }
 
 // cellGroup is the "cell" group of an access-log record. A figure whose

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"maps"
 	"slices"
@@ -307,5 +308,52 @@ func TestLogForkHandOff(t *testing.T) {
 	cell = logJSON(t, r)["cell"].(map[string]any)
 	if cell["spawn_usec"] != json.Number("2500") || cell["clone_usec"] != json.Number("1800") {
 		t.Errorf("fork record: spawn_usec %v, clone_usec %v, want 2500 and 1800", cell["spawn_usec"], cell["clone_usec"])
+	}
+}
+
+// TestClipEscaped: a client's string is cut where its JSON escaping, not
+// its bytes, passes maxClientField, at a character's start.
+func TestClipEscaped(t *testing.T) {
+	for _, tt := range []struct {
+		name, in, want string
+	}{
+		{"short", "abc", "abc"},
+		{"plain, at the bound", strings.Repeat("a", maxClientField), strings.Repeat("a", maxClientField)},
+		{"plain, over", strings.Repeat("a", maxClientField+1), strings.Repeat("a", maxClientField) + "...(cut)"},
+		{"not UTF-8: six bytes each", strings.Repeat("\xff", 200), strings.Repeat("\xff", maxClientField/6) + "...(cut)"},
+		{"control characters", strings.Repeat("\x01", 200), strings.Repeat("\x01", maxClientField/6) + "...(cut)"},
+		{"quotes", strings.Repeat(`"`, 600), strings.Repeat(`"`, maxClientField/2) + "...(cut)"},
+		{"no rune split", "a" + strings.Repeat("é", 600), "a" + strings.Repeat("é", (maxClientField-1)/2) + "...(cut)"},
+	} {
+		if got := Clip(tt.in); got != tt.want {
+			t.Errorf("%s: Clip = %q (%d bytes), want %d bytes", tt.name, got, len(got), len(tt.want))
+		}
+	}
+}
+
+// TestLogLineBounded: a record whose every client-supplied field is as
+// hostile as the request head allows (bytes that are not UTF-8, six
+// bytes each once escaped) makes one line of valid JSON under 16 KiB, the
+// smallest a log collector splits at (a container runtime's). Before, a
+// path of 12 KiB of 0xff made a line of 90 KiB.
+func TestLogLineBounded(t *testing.T) {
+	hostile := strings.Repeat("\xff", 12000)
+	r := cellRecord()
+	r.Method, r.Host, r.Path, r.Query, r.ClientAddr, r.UserAgent, r.Referer = hostile, hostile, "/"+hostile, hostile, hostile, hostile, hostile
+	for _, h := range []struct {
+		name string
+		new  func(io.Writer) slog.Handler
+	}{
+		{"JSONHandler", func(w io.Writer) slog.Handler { return NewJSONHandler(w) }},
+		{"slog.JSONHandler", func(w io.Writer) slog.Handler { return slog.NewJSONHandler(w, nil) }},
+	} {
+		var out bytes.Buffer
+		if err := Log(context.Background(), slog.New(h.new(&out)), r); err != nil {
+			t.Fatal(err)
+		}
+		line := out.Bytes()
+		if n := bytes.Count(line, []byte("\n")); n != 1 || len(line) >= 16<<10 || !json.Valid(line) {
+			t.Errorf("%s: %d bytes in %d lines, valid JSON %v; want one line under 16 KiB", h.name, len(line), n, json.Valid(line))
+		}
 	}
 }

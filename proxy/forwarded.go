@@ -39,7 +39,10 @@ func forwardedClient(trusted []netip.Prefix, peer netip.Addr, h http.Header) (ne
 	}
 	for i := len(entries) - 1; i >= 0; i-- {
 		a, err := netip.ParseAddr(strings.TrimSpace(entries[i]))
-		if err != nil {
+		if err != nil || a.Zone() != "" {
+			// A zone (fe80::1%eth0) is any text the client chose, and no
+			// trusted prefix contains a zoned address: it would become
+			// the client, its zone REMOTE_ADDR's and a per-IP cap's key.
 			return netip.Addr{}, false
 		}
 		a = a.Unmap()

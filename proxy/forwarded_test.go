@@ -30,6 +30,7 @@ func TestForwardedClient(t *testing.T) {
 		{"a chain of trusted proxies", "10.1.2.3", []string{"203.0.113.9, 10.9.9.9", "192.0.2.1"}, "203.0.113.9"},
 		{"all trusted", "10.1.2.3", []string{"10.5.5.5"}, ""},
 		{"garbage entry", "10.1.2.3", []string{"203.0.113.9, not-an-ip"}, ""},
+		{"an address with a zone", "10.1.2.3", []string{"2001:db8::1%evil zone<script>"}, ""},
 		{"IPv6 and mapped IPv4", "fd00::1", []string{"::ffff:203.0.113.9"}, "203.0.113.9"},
 		{"bare trusted address", "192.0.2.1", []string{"2001:db8::5"}, "2001:db8::5"},
 	}

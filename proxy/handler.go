@@ -81,8 +81,11 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}}
 	x.rc = http.NewResponseController(w)
 	x.boundWrites()
-	x.live = &inflight{v: InFlight{RequestID: id, Method: r.Method, Host: r.Host, Path: r.URL.Path,
-		Client: r.RemoteAddr, Arrived: start, State: StateReading}}
+	// The client's strings cut as the access log cuts them: /status lists
+	// up to MaxStatusRequests of them (500 paths of 15 KiB of bytes that
+	// are not UTF-8 made its JSON 45 MB).
+	x.live = &inflight{v: InFlight{RequestID: id, Method: accounting.Clip(r.Method), Host: accounting.Clip(r.Host),
+		Path: accounting.Clip(r.URL.Path), Client: accounting.Clip(r.RemoteAddr), Arrived: start, State: StateReading}}
 	s.inflight.Store(x.live, nil)
 	defer s.inflight.Delete(x.live)
 	s.mu.Lock()

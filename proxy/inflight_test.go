@@ -3,10 +3,13 @@ package proxy
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -82,4 +85,43 @@ func TestInFlight(t *testing.T) {
 	if fl := ts.InFlight(); len(fl) != 0 {
 		t.Errorf("after the request ended: %+v", fl)
 	}
+}
+
+// TestInFlightClipped: a request in flight shows its client's strings cut
+// as the access log cuts them (accounting.Clip). Before, a path of 15 KiB
+// of bytes that are not UTF-8 was shown whole: 500 of them made /status's
+// JSON 45 MB.
+func TestInFlightClipped(t *testing.T) {
+	running := make(chan struct{})
+	finish := make(chan struct{})
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		close(running)
+		<-finish
+		io.WriteString(spec.Stdout, "Content-Type: text/plain\n\nok")
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	ts := startServer(t, Config{}, Deps{Runner: runner}, route("slow", "/", "/x"))
+	path := "/" + strings.Repeat("\xff", 15000)
+	c, err := net.Dial("tcp", ts.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-running:
+	case <-time.After(time.Minute):
+		t.Fatal("the request did not reach its runner")
+	}
+	fl := ts.InFlight()
+	if len(fl) != 1 {
+		t.Fatalf("InFlight() = %d requests, want one", len(fl))
+	}
+	if fl[0].Path != accounting.Clip(path) || len(fl[0].Path) > 1024 {
+		t.Errorf("in flight: the path of %d bytes, want it clipped", len(fl[0].Path))
+	}
+	close(finish)
+	io.Copy(io.Discard, c)
 }
