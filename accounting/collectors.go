@@ -19,7 +19,14 @@ type TenantTotals struct {
 	OOMKill       uint64 // memory.events oom_kill
 	OOMGroupKill  uint64 // memory.events oom_group_kill
 	MemoryMax     uint64 // memory.events max: times usage hit memory.max (not the limit)
+	// Missing names the files and keys the kernel did not have (a
+	// controller off, an older kernel), as cgroup.TenantStats lists them:
+	// those figures are not exported, never as zeros.
+	Missing []string
 }
+
+// Has reports whether t's figure of file (and key) was measured.
+func (t *TenantTotals) Has(file, key string) bool { return measured(t.Missing, file, key) }
 
 // tenantTotalsCollector reads TenantTotals at scrape time.
 type tenantTotalsCollector struct {
@@ -69,16 +76,29 @@ func (c *tenantTotalsCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.up, prometheus.GaugeValue, up)
 	for _, t := range totals {
-		ch <- prometheus.MustNewConstMetric(c.cpuUsage, prometheus.CounterValue, float64(t.CPUUsageUsec)/1e6, t.Tenant)
-		ch <- prometheus.MustNewConstMetric(c.cpuUser, prometheus.CounterValue, float64(t.CPUUserUsec)/1e6, t.Tenant)
-		ch <- prometheus.MustNewConstMetric(c.cpuSystem, prometheus.CounterValue, float64(t.CPUSystemUsec)/1e6, t.Tenant)
-		ch <- prometheus.MustNewConstMetric(c.throttled, prometheus.CounterValue, float64(t.ThrottledUsec)/1e6, t.Tenant)
-		ch <- prometheus.MustNewConstMetric(c.memoryCurrent, prometheus.GaugeValue, float64(t.MemoryCurrent), t.Tenant)
+		for _, f := range [...]struct {
+			d         *prometheus.Desc
+			vt        prometheus.ValueType
+			file, key string
+			v         float64
+		}{
+			{c.cpuUsage, prometheus.CounterValue, "cpu.stat", "usage_usec", float64(t.CPUUsageUsec) / 1e6},
+			{c.cpuUser, prometheus.CounterValue, "cpu.stat", "user_usec", float64(t.CPUUserUsec) / 1e6},
+			{c.cpuSystem, prometheus.CounterValue, "cpu.stat", "system_usec", float64(t.CPUSystemUsec) / 1e6},
+			{c.throttled, prometheus.CounterValue, "cpu.stat", "throttled_usec", float64(t.ThrottledUsec) / 1e6},
+			{c.memoryCurrent, prometheus.GaugeValue, "memory.current", "", float64(t.MemoryCurrent)},
+		} {
+			if t.Has(f.file, f.key) {
+				ch <- prometheus.MustNewConstMetric(f.d, f.vt, f.v, t.Tenant)
+			}
+		}
 		for _, e := range [...]struct {
 			name string
 			v    uint64
 		}{{"max", t.MemoryMax}, {"oom", t.OOM}, {"oom_kill", t.OOMKill}, {"oom_group_kill", t.OOMGroupKill}} {
-			ch <- prometheus.MustNewConstMetric(c.memoryEvents, prometheus.CounterValue, float64(e.v), t.Tenant, e.name)
+			if t.Has("memory.events", e.name) {
+				ch <- prometheus.MustNewConstMetric(c.memoryEvents, prometheus.CounterValue, float64(e.v), t.Tenant, e.name)
+			}
 		}
 	}
 }

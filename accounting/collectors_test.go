@@ -57,6 +57,11 @@ cellgate_tenant_memory_events_total{event="oom_group_kill",tenant="acme"} 2
 		{"read", []TenantTotals{acme}, nil, upHelp + "cellgate_tenant_totals_up 1\n" + acmeText},
 		{"partial read", []TenantTotals{acme}, errors.New("read cells/beta/cpu.stat: permission denied"), upHelp + "cellgate_tenant_totals_up 0\n" + acmeText},
 		{"failed read", nil, errors.New("open cells: no such file or directory"), upHelp + "cellgate_tenant_totals_up 0\n"},
+		// The memory controller off and no throttling figures (cpu.max
+		// unset on an older kernel): those series are left out, not 0.
+		{"figures missing", []TenantTotals{{Tenant: "acme", CPUUsageUsec: 2_500_000, CPUUserUsec: 2_000_000, CPUSystemUsec: 500_000,
+			Missing: []string{"cpu.stat:nr_throttled", "cpu.stat:throttled_usec", "memory.events", "memory.current"}}}, nil,
+			upHelp + "cellgate_tenant_totals_up 1\n" + strings.Join(strings.SplitAfter(acmeText, "\n")[:10], "")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

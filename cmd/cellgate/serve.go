@@ -819,7 +819,7 @@ func (d *daemon) tenantTotals() ([]accounting.TenantTotals, error) {
 		out = append(out, accounting.TenantTotals{
 			Tenant: g.Name(), CPUUsageUsec: s.CPUUsageUsec, CPUUserUsec: s.CPUUserUsec, CPUSystemUsec: s.CPUSystemUsec,
 			ThrottledUsec: s.ThrottledUsec, MemoryCurrent: s.MemoryCurrent, OOM: s.OOM, OOMKill: s.OOMKill,
-			OOMGroupKill: s.OOMGroupKill, MemoryMax: s.MemoryMax,
+			OOMGroupKill: s.OOMGroupKill, MemoryMax: s.MemoryMax, Missing: s.Missing,
 		})
 	}
 	return out, errors.Join(errs...)

@@ -82,7 +82,9 @@ func (d *daemon) statusBudgets(s *accounting.Status, totals func() ([]accounting
 	if totals != nil {
 		read, _ := totals() // partial when a group could not be read (logged by tenantTotals)
 		for _, t := range read {
-			memNow[t.Tenant] = t.MemoryCurrent
+			if t.Has("memory.current", "") {
+				memNow[t.Tenant] = t.MemoryCurrent
+			}
 		}
 	}
 	for _, t := range as.Tenants {
