@@ -78,7 +78,7 @@ func TestAdminHandler(t *testing.T) {
 	})
 	t.Run("metrics", func(t *testing.T) {
 		const want = `
-# HELP cellgate_requests_total Requests completed, by tenant, route, HTTP status and outcome.
+# HELP cellgate_requests_total Requests completed, by tenant, route, HTTP status and outcome; each cell a local redirect (a CGI Location of a path) ran before the last counts as one of outcome local_redirect.
 # TYPE cellgate_requests_total counter
 cellgate_requests_total{outcome="ok",route="api",status="200",tenant="acme"} 1
 # HELP cellgate_cells_in_flight Cells running now, by tenant.

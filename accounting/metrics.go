@@ -65,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "requests_total",
-			Help: "Requests completed, by tenant, route, HTTP status and outcome.",
+			Help: "Requests completed, by tenant, route, HTTP status and outcome; each cell a local redirect (a CGI Location of a path) ran before the last counts as one of outcome local_redirect.",
 		}, []string{"tenant", "route", "status", "outcome"}),
 		queueWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "queue_wait_seconds",

@@ -49,7 +49,7 @@ func TestObserveRequest(t *testing.T) {
 	m.ObserveRequest(Record{Tenant: "acme", Route: "api", Status: 1000, Outcome: OutcomeInternal})
 
 	const counters = `
-# HELP cellgate_requests_total Requests completed, by tenant, route, HTTP status and outcome.
+# HELP cellgate_requests_total Requests completed, by tenant, route, HTTP status and outcome; each cell a local redirect (a CGI Location of a path) ran before the last counts as one of outcome local_redirect.
 # TYPE cellgate_requests_total counter
 cellgate_requests_total{outcome="no_route",route="",status="404",tenant=""} 1
 cellgate_requests_total{outcome="ok",route="api",status="200",tenant="acme"} 2
