@@ -58,6 +58,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	id := s.ids.next()
 	w.Header()[RequestIDHeader] = []string{id}
+	if r.URL.Path == "" && r.URL.Scheme != "" {
+		r.URL.Path = "/" // an absolute URI without a path: "/" (RFC 9112 3.2.2)
+	}
 	var overCap error
 	if client, ok := forwardedClient(s.cfg.TrustedProxies, peerIP(r.RemoteAddr), r.Header); ok {
 		r.RemoteAddr = client.String()

@@ -137,6 +137,7 @@ var guardCases = []guardCase{
 	// bytes the Host field may not hold are refused there too.
 	{"absolute form, a bad host", "GET http://<svg>\"x/ HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
 	{"absolute form, a good host", "GET http://y/a HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{200, 200}, true},
+	{"absolute form without a path", "GET http://y HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{200, 200}, true},
 	{"CONNECT, bad port", "CONNECT x:y:z HTTP/1.1\r\n\r\n" + next, []int{400}, false},
 	{"CONNECT, bad escape after the authority", "CONNECT x:1/%zz HTTP/1.1\r\n\r\n" + next, []int{400}, false},
 	{"absolute-form, over its limit", "GET http://a/" + strings.Repeat("a", maxAbsTarget) + " HTTP/1.1\r\nHost: x\r\n\r\n" + next,
