@@ -185,6 +185,7 @@ func TestParseProblems(t *testing.T) {
 		// Routes match the decoded request path: "/my%20app" matched only
 		// /my%2520app, "/a?b" only /a%3Fb.
 		{"route percent-encoded path", "version: 1\nroutes:\n  - {name: a, match: {path: \"/my%20app\"}, program: /a}\n", []problem{{3, "routes[a].match.path", "only a request for /my%2520app"}}},
+		{"route path with NUL", "version: 1\nroutes:\n  - {name: a, match: {path: \"/a\\0b\"}, program: /a}\n", []problem{{3, "routes[a].match.path", "a NUL byte"}}},
 		{"route path with a query", "version: 1\nroutes:\n  - {name: a, match: {path: \"/a?b=1\"}, program: /a}\n", []problem{{3, "routes[a].match.path", "a '?': routes match the request's path alone"}}},
 		{"route path with a fragment", "version: 1\nroutes:\n  - {name: a, match: {path: \"/a#top\"}, program: /a}\n", []problem{{3, "routes[a].match.path", "a '#'"}}},
 		{"host with port", "version: 1\nroutes:\n  - {name: a, match: {host: \"x.org:80\", path: /}, program: /a}\n", []problem{{3, "routes[a].match.host", "with a port"}}},

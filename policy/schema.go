@@ -361,6 +361,10 @@ func (d *decoder) pathPrefix(line int, p, v string) string {
 		d.problem(line, p, v, "a '%': routes match the decoded request path, so this would match only a request for "+matches, decodedFix(v))
 		return ""
 	}
+	if strings.IndexByte(v, 0) >= 0 {
+		d.problem(line, p, v, "a NUL byte: a request path with one is refused, so this would match no request", "remove it")
+		return ""
+	}
 	trimmed := v
 	if v != "/" {
 		trimmed = strings.TrimSuffix(v, "/")

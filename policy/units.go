@@ -287,6 +287,10 @@ func ParseCPU(s string) (int64, error) {
 		f, _ := strconv.ParseInt(frac+strings.Repeat("0", 3-len(frac)), 10, 64)
 		n += f
 	}
+	if n > MaxMilliCPU {
+		// The whole part at the bound and a fraction past it.
+		return 0, fmt.Errorf("parse cpu %q: too large (at most %s)", s, FormatCPU(MaxMilliCPU))
+	}
 	return n, nil
 }
 

@@ -70,6 +70,8 @@ func TestParseCPU(t *testing.T) {
 		{in: "max", want: 0},
 		{in: "100000", want: MaxMilliCPU},
 		{in: "100001", wantErr: true},
+		{in: "100000.999", wantErr: true}, // the bound's whole part and a fraction past it
+		{in: "100000.0", want: MaxMilliCPU},
 		{in: "0.0005", wantErr: true},
 		{in: "-1", wantErr: true},
 		{in: "1.5m", wantErr: true},
