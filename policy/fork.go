@@ -165,7 +165,7 @@ func (d *decoder) preloadBudgets(p *Policy, sources []*routeSource) {
 		for _, s := range b.fork {
 			// Both are at most MaxSize: the sum cannot overflow.
 			if pre := s.route.Fork.PreloadMemory; pre+b.largest > limit {
-				d.problem(s.memoryLine, join(s.path, "preload_memory"), FormatBytes(pre),
+				d.problem(s.preloadLine, join(s.path, "preload_memory"), FormatBytes(pre),
 					fmt.Sprintf("the preloader and the largest request (%s) exceed %s budget %s: that request, admitted beside a preloader at its limit, would be killed at the budget",
 						FormatBytes(b.largest), whose, FormatBytes(limit)), fix)
 			}

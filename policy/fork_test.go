@@ -92,6 +92,11 @@ func TestParseForkProblems(t *testing.T) {
 		{"preloader beside a larger cgi request", "  - {name: a, match: {path: /a}, tenant: t, memory: 20Mi, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, preload_memory: 40Mi}\n" +
 			"  - {name: c, match: {path: /c}, tenant: t, memory: 80Mi, program: /c}\n",
 			[]problem{{4, "routes[a].preload_memory", "the preloader and the largest request (80Mi) exceed tenant t's budget 100Mi"}}},
+		// On its own line: the problem names preload_memory's, not the
+		// route's memory's.
+		{"preload over budget, block style", "  - name: a\n    match: {path: /}\n    tenant: t\n    memory: 64Mi\n    driver: fork\n" +
+			"    runtime: python-wsgi\n    app: \"m:app\"\n    app_dir: /s\n    preload_memory: 64Mi\n",
+			[]problem{{12, "routes[a].preload_memory", "the preloader and the largest request (64Mi) exceed tenant t's budget 100Mi"}}},
 		{"recycle_after negative", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, recycle_after: -1}\n",
 			[]problem{{4, "routes[a].recycle_after", "out of range"}}},
 		{"huge_pages on a fork route", "  - {name: a, match: {path: /}, driver: fork, runtime: python-wsgi, app: \"m:app\", app_dir: /s, huge_pages: system}\n",

@@ -50,11 +50,12 @@ var cgiVariables = []string{
 
 // routeSource keeps where a route's values came from, for cross-checks.
 type routeSource struct {
-	route      *Route
-	path       string
-	memoryLine int // the route's memory key, else the route's entry
-	tenantLine int // the route's tenant key, else the route's entry
-	tenantSet  bool
+	route       *Route
+	path        string
+	memoryLine  int // the route's memory key, else the route's entry
+	preloadLine int // a fork route's preload_memory key, else the route's entry
+	tenantLine  int // the route's tenant key, else the route's entry
+	tenantSet   bool
 }
 
 func (d *decoder) policy(root *yaml.Node) *Policy {
@@ -222,7 +223,7 @@ func (d *decoder) route(item *yaml.Node, p string, defaults Limits) *routeSource
 		Response: ResponseSpool,
 		Line:     line,
 	}
-	s := &routeSource{route: r, path: p, memoryLine: line, tenantLine: line}
+	s := &routeSource{route: r, path: p, memoryLine: line, preloadLine: line, tenantLine: line}
 
 	if f, ok := fs["match"]; ok {
 		d.match(f, join(p, "match"), r)
@@ -250,6 +251,9 @@ func (d *decoder) route(item *yaml.Node, p string, defaults Limits) *routeSource
 	r.Limits = d.limits(fs, p, defaults)
 	if f, ok := fs["memory"]; ok {
 		s.memoryLine = f.line()
+	}
+	if f, ok := fs["preload_memory"]; ok {
+		s.preloadLine = f.line()
 	}
 	r.Resources = r.Limits.Resources()
 	r.Env = d.env(fs, p)
