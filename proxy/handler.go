@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -321,17 +322,54 @@ func (x *exchange) checkRequest() error {
 	if strings.IndexByte(r.URL.Path, 0) >= 0 {
 		return fmt.Errorf("path %q: NUL byte: %w", r.URL.Path, ErrBadRequest)
 	}
-	if !httpguts.ValidHostHeader(r.Host) {
-		// An absolute-form target's authority, which net/http makes the
-		// host over the Host field, with bytes the field may not hold
-		// (the head check refuses them there): not for routing, nor for
-		// the worker's SERVER_NAME and HTTP_HOST.
+	if !httpguts.ValidHostHeader(r.Host) || !hostPort(r.Host) {
+		// Bytes the Host field may not hold (the head check refuses them
+		// there; an absolute-form target's authority, which net/http makes
+		// the host, is held to the same), or not host[:port]: routing and
+		// the worker's SERVER_NAME would read it two ways
+		// ("[admin.example.com]junk" routed as admin.example.com).
 		return fmt.Errorf("host %q: %w", r.Host, ErrBadRequest)
 	}
 	if r.Method == http.MethodConnect {
 		return fmt.Errorf("CONNECT %s: %w", r.RequestURI, ErrTunnel)
 	}
 	return nil
+}
+
+// hostPort reports whether h is a Host field's host[:port] (RFC 9110
+// 7.2): a name or IPv4 address, or an IPv6 one in brackets, then a colon
+// and digits (or none) at most; empty (HTTP/1.0) passes.
+func hostPort(h string) bool {
+	port := ""
+	if strings.HasPrefix(h, "[") {
+		end := strings.IndexByte(h, ']')
+		if end < 0 {
+			return false
+		}
+		if a, err := netip.ParseAddr(h[1:end]); err != nil || !a.Is6() {
+			return false
+		}
+		rest := h[end+1:]
+		if rest != "" {
+			if rest[0] != ':' {
+				return false
+			}
+			port = rest[1:]
+		}
+	} else if i := strings.IndexByte(h, ':'); i >= 0 {
+		port = h[i+1:]
+		if strings.ContainsAny(h[:i], "[]") {
+			return false
+		}
+	} else if strings.ContainsAny(h, "[]") {
+		return false
+	}
+	for _, c := range []byte(port) {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // headerSize is the size of r's request line and header fields as an

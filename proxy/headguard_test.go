@@ -138,6 +138,13 @@ var guardCases = []guardCase{
 	{"absolute form, a bad host", "GET http://<svg>\"x/ HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
 	{"absolute form, a good host", "GET http://y/a HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{200, 200}, true},
 	{"absolute form without a path", "GET http://y HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{200, 200}, true},
+	// What routing and SERVER_NAME would read two ways.
+	{"host: text after the brackets", "GET / HTTP/1.1\r\nHost: [admin.example.com]junk\r\n\r\n" + next, []int{400}, false},
+	{"host: two colons", "GET / HTTP/1.1\r\nHost: admin.example.com:80:\r\n\r\n" + next, []int{400}, false},
+	{"host: a name in brackets", "GET / HTTP/1.1\r\nHost: [admin.example.com]\r\n\r\n" + next, []int{400}, false},
+	{"host: IPv6 with a port", "GET / HTTP/1.1\r\nHost: [2001:db8::1]:8080\r\n\r\n" + next, []int{200, 200}, true},
+	{"host: a name with a port", "GET / HTTP/1.1\r\nHost: a.example:8080\r\n\r\n" + next, []int{200, 200}, true},
+	{"host: an empty port", "GET / HTTP/1.1\r\nHost: a.example:\r\n\r\n" + next, []int{200, 200}, true},
 	{"CONNECT, bad port", "CONNECT x:y:z HTTP/1.1\r\n\r\n" + next, []int{400}, false},
 	{"CONNECT, bad escape after the authority", "CONNECT x:1/%zz HTTP/1.1\r\n\r\n" + next, []int{400}, false},
 	{"absolute-form, over its limit", "GET http://a/" + strings.Repeat("a", maxAbsTarget) + " HTTP/1.1\r\nHost: x\r\n\r\n" + next,
