@@ -522,3 +522,43 @@ routes:
 		t.Logf("/metrics:\n%s", fmt.Sprint(m))
 	}
 }
+
+// shrinkPolicy's tenant holds a request of up to 200 MiB; with %s it is
+// the memory budget that request's tenant gets.
+const shrinkPolicy = `version: 1
+tenants:
+  - {name: t, memory: %s}
+routes:
+  - {name: hog, match: {path: /hog}, tenant: t, program: "{{.CGI}}/memhog", memory: %s}
+`
+
+// TestReloadLowersBudgetLater: a reload that lowers a tenant's memory
+// budget below what its requests in flight reserve leaves the kernel's
+// limit where it was until they have ended, then writes it: the request
+// in flight, holding 150 MiB admitted under a budget of 256 MiB, ends
+// 200, and the group's memory.max is the new 100 MiB afterwards. Before,
+// the new limit was written at once and the kernel OOM-killed the
+// request in flight.
+func TestReloadLowersBudgetLater(t *testing.T) {
+	g := startGate(t, gateOptions{policy: fmt.Sprintf(shrinkPolicy, "256Mi", "200Mi")})
+	got := make(chan reply, 1)
+	go func() { got <- g.getReply("/hog?mb=150&hold=5000") }()
+	g.waitMetric("cellgate_cells_in_flight", map[string]string{"tenant": "t"}, 1, time.Minute)
+	writePolicy(t, g.policyPath, fmt.Sprintf(shrinkPolicy, "100Mi", "64Mi"))
+	g.signal(syscall.SIGHUP)
+	g.waitLog("policy reloaded", 1, time.Minute)
+	max := filepath.Join(g.tenantDir("t"), "memory.max")
+	if v := readTrim(t, max); v != strconv.Itoa(256<<20) {
+		t.Errorf("tenant t's memory.max while its 150 MiB request runs: %s, want the previous budget, 256 MiB", v)
+	}
+	if r := <-got; r.err != nil || r.status != 200 {
+		t.Errorf("the request in flight across the reload: %d %q (%v), want 200\nlog:\n%s", r.status, r.body, r.err, g.log())
+	}
+	g.waitLog("lowered memory budget written", 1, time.Minute)
+	if v := readTrim(t, max); v != strconv.Itoa(100<<20) {
+		t.Errorf("tenant t's memory.max once its request ended: %s, want the new budget, 100 MiB", v)
+	}
+	if status, _, body := g.get("/hog?mb=32"); status != 200 {
+		t.Errorf("a request under the new budget: %d %q", status, body)
+	}
+}

@@ -116,6 +116,10 @@ type daemon struct {
 	forkMu       sync.Mutex
 	forks        map[*forkSpec]struct{}
 	retiredForks map[string]accounting.PreloaderStats
+	// budgetGen counts the reloads that wrote budgets: a lowering held
+	// back by one (lowerLater) is dropped once another has come.
+	// Written under mu.
+	budgetGen uint64
 	// drains counts the replaced snapshots' ends (snapshotDrained) under
 	// way, off the requests that ended them (drainLater).
 	drains sync.WaitGroup

@@ -12,6 +12,7 @@ import (
 	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 // reload re-reads the policy file (SIGHUP). An invalid file, or one whose
@@ -77,8 +78,11 @@ func (d *daemon) reload(ctx context.Context) error {
 		d.log.Error("reload: the new policy cannot run here; still serving the previous policy", "policy", d.cfg.Policy, "err", err)
 		return err
 	}
+	var held []heldBudget
+	global := globalResources(p.Global)
 	if d.tree != nil {
-		groups, err := d.tree.SetBudgets(globalResources(p.Global), budgets)
+		held = d.holdBudgets(p, budgets, &global)
+		groups, err := d.tree.SetBudgets(global, budgets)
 		if err != nil {
 			d.stopForks(specs)
 			d.dropNewTenants(made)
@@ -93,6 +97,10 @@ func (d *daemon) reload(ctx context.Context) error {
 		}
 		for i, t := range p.Tenants {
 			d.setTenant(t.Name, groups[i])
+		}
+		d.budgetGen++
+		if len(held) > 0 {
+			d.lowerLater(d.budgetGen, held)
 		}
 	}
 	d.warm(specs)
@@ -111,6 +119,117 @@ func (d *daemon) reload(ctx context.Context) error {
 	d.log.Info("policy reloaded", "policy", d.cfg.Policy, "routes", len(p.Routes), "tenants", len(p.Tenants),
 		"removed_tenants", removed, "live_policies", len(d.live), "took", time.Since(start))
 	return nil
+}
+
+// heldBudget is a memory budget a reload lowered below what the requests
+// admitted under the previous one reserve: the kernel keeps the previous
+// one until they fit (lowerLater).
+type heldBudget struct {
+	tenant string // "" for the global budget
+	res    *specs.LinuxResources
+	memory int64
+}
+
+// holdBudgets keeps, in budgets and *global (what the reload writes), the
+// previous memory budget of each tenant (and the global one) whose new
+// one is below the memory its requests in flight reserve, and returns the
+// new ones for lowerLater. Written at once, the kernel would reclaim and
+// then OOM-kill within the tenant's requests in flight, admitted under
+// the budget they were given; admission, updated, admits nothing more
+// there until they fit. Called with d.mu held.
+func (d *daemon) holdBudgets(p *policy.Policy, budgets []cgroup.Budget, global **specs.LinuxResources) []heldBudget {
+	prev := d.current.Load().policy
+	stats := d.admission.Stats()
+	var held []heldBudget
+	for i, t := range p.Tenants {
+		reserved := int64(0)
+		for _, s := range stats.Tenants {
+			if s.Name == t.Name {
+				reserved = s.Reserved
+			}
+		}
+		j := slices.IndexFunc(prev.Tenants, func(o *policy.Tenant) bool { return o.Name == t.Name })
+		if t.Memory <= 0 || reserved <= t.Memory || j < 0 {
+			continue // a new tenant reserves nothing
+		}
+		held = append(held, heldBudget{tenant: t.Name, res: budgets[i].Resources, memory: t.Memory})
+		budgets[i].Resources = withMemory(budgets[i].Resources, prev.Tenants[j].Memory)
+	}
+	if p.Global.Memory > 0 && stats.Reserved > p.Global.Memory {
+		held = append(held, heldBudget{res: *global, memory: p.Global.Memory})
+		*global = globalResources(prev.Global)
+	}
+	for _, h := range held {
+		d.log.Warn("reload: a memory budget lowered below what the requests in flight reserve is written once they fit; "+
+			"until then the kernel holds the previous one, and admission the new", "tenant", h.tenant, "memory", policy.FormatBytes(h.memory))
+	}
+	return held
+}
+
+// withMemory is res with a memory limit of memory (none when 0).
+func withMemory(res *specs.LinuxResources, memory int64) *specs.LinuxResources {
+	r := *res
+	r.Memory = nil
+	if memory > 0 {
+		r.Memory = &specs.LinuxMemory{Limit: &memory}
+	}
+	return &r
+}
+
+// lowerLater writes the held budgets of the reload gen as the requests
+// in flight come to fit them, polling admission (it has no release
+// callback), unless a later reload has written budgets since, or serve
+// stops.
+func (d *daemon) lowerLater(gen uint64, held []heldBudget) {
+	d.drains.Go(func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for len(held) > 0 {
+			select {
+			case <-tick.C:
+			case <-d.done:
+				return
+			}
+			stats := d.admission.Stats()
+			held = slices.DeleteFunc(held, func(h heldBudget) bool {
+				reserved := stats.Reserved
+				if h.tenant != "" {
+					i := slices.IndexFunc(stats.Tenants, func(s policy.TenantStats) bool { return s.Name == h.tenant })
+					if i < 0 {
+						return true // gone: nothing to lower
+					}
+					reserved = stats.Tenants[i].Reserved
+				}
+				if reserved > h.memory {
+					return false
+				}
+				return d.lowerBudget(gen, h)
+			})
+		}
+	})
+}
+
+// lowerBudget writes a held budget, unless a reload after gen wrote the
+// budgets; it reports whether it is done with h.
+func (d *daemon) lowerBudget(gen uint64, h heldBudget) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.budgetGen != gen {
+		return true
+	}
+	var err error
+	if h.tenant == "" {
+		err = d.tree.SetBudget(h.res)
+	} else {
+		_, err = d.tree.Tenant(h.tenant, h.res)
+	}
+	if err != nil {
+		d.log.Error("write a lowered memory budget once the requests in flight fit it; the previous one stays until the next reload",
+			"tenant", h.tenant, "memory", policy.FormatBytes(h.memory), "err", err)
+		return true
+	}
+	d.log.Info("lowered memory budget written: the requests in flight fit it", "tenant", h.tenant, "memory", policy.FormatBytes(h.memory))
+	return true
 }
 
 // dropNewTenants removes the groups a refused reload made for its new
