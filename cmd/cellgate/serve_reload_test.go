@@ -16,6 +16,7 @@ import (
 	"github.com/cellgate/cellgate/cgroup"
 	"github.com/cellgate/cellgate/policy"
 	"github.com/cellgate/cellgate/sandbox"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
 const (
@@ -462,5 +463,43 @@ func TestRetireGivesUpOnATenantBack(t *testing.T) {
 	case <-returned:
 	case <-time.After(10 * time.Second):
 		t.Error("retire still polls a tenant the current policy has again")
+	}
+}
+
+// TestHoldBudgets: a reload's memory budget below what the tenant's
+// requests in flight reserve is written as the previous one, and held for
+// later; one they fit, a new tenant's, and one without a memory budget
+// are written as they are.
+func TestHoldBudgets(t *testing.T) {
+	d, _ := testDaemon(t, reloadPolicyA) // web: 1Gi, extra: 256Mi
+	release, _, err := d.admission.Admit(context.Background(), "web", 600<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	p, err := policy.Parse("p.yaml", []byte(`version: 1
+tenants:
+  - {name: web, memory: 512Mi}
+  - {name: extra, memory: 128Mi}
+  - {name: new, memory: 64Mi}
+routes:
+  - {name: hello, match: {path: /hello}, tenant: web, program: /bin/true}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	budgets := make([]cgroup.Budget, len(p.Tenants))
+	for i, pt := range p.Tenants {
+		budgets[i] = cgroup.Budget{Tenant: pt.Name, Resources: pt.Resources()}
+	}
+	var global *specs.LinuxResources
+	held := d.holdBudgets(p, budgets, &global)
+	if len(held) != 1 || held[0].tenant != "web" || held[0].memory != 512<<20 || *held[0].res.Memory.Limit != 512<<20 {
+		t.Fatalf("held %+v, want web's 512 MiB alone (600 MiB reserved)", held)
+	}
+	for i, want := range []int64{1 << 30, 128 << 20, 64 << 20} {
+		if got := *budgets[i].Resources.Memory.Limit; got != want {
+			t.Errorf("%s's budget written now: %d, want %d", budgets[i].Tenant, got, want)
+		}
 	}
 }
