@@ -2419,7 +2419,9 @@ func TestResidentInitOOMBudget(t *testing.T) {
 		t.Fatalf("control: the filler's probe ran without a PID namespace")
 	}
 	got := make(chan reply, 1)
-	go func() { got <- g.getReply("/filler?" + url.Values{"unkillable": {"1"}, "fill": {"/dev/shm/fill:60"}}.Encode()) }()
+	go func() {
+		got <- g.getReply("/filler?" + url.Values{"unkillable": {"1"}, "fill": {"/dev/shm/fill:60"}}.Encode())
+	}()
 	probe := ""
 	for end := time.Now().Add(time.Minute); probe == "" && time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
 		for _, pid := range processesWith(w + "\x00") {
