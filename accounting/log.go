@@ -119,8 +119,8 @@ func Clip(s string) string {
 			}
 		case c == '"' || c == '\\' || c == '\n' || c == '\r' || c == '\t':
 			cost = 2
-		case c < 0x20:
-			cost = 6
+		case c < 0x20 || c == '<' || c == '>' || c == '&':
+			cost = 6 // the last three as /status's JSON writes them (\u003c)
 		}
 		if w+cost > maxClientField {
 			return s[:i] + "...(cut)"

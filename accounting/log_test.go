@@ -323,6 +323,8 @@ func TestClipEscaped(t *testing.T) {
 		{"not UTF-8: six bytes each", strings.Repeat("\xff", 200), strings.Repeat("\xff", maxClientField/6) + "...(cut)"},
 		{"control characters", strings.Repeat("\x01", 200), strings.Repeat("\x01", maxClientField/6) + "...(cut)"},
 		{"quotes", strings.Repeat(`"`, 600), strings.Repeat(`"`, maxClientField/2) + "...(cut)"},
+		// As /status's JSON escapes them (encoding/json's HTML escaping).
+		{"angle brackets", strings.Repeat("<", 200), strings.Repeat("<", maxClientField/6) + "...(cut)"},
 		{"no rune split", "a" + strings.Repeat("é", 600), "a" + strings.Repeat("é", (maxClientField-1)/2) + "...(cut)"},
 	} {
 		if got := Clip(tt.in); got != tt.want {

@@ -59,8 +59,8 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	id := s.ids.next()
 	w.Header()[RequestIDHeader] = []string{id}
-	if r.URL.Path == "" && r.URL.Scheme != "" {
-		r.URL.Path = "/" // an absolute URI without a path: "/" (RFC 9112 3.2.2)
+	if r.URL.Path == "" && r.URL.Opaque == "" && r.URL.Host != "" && (strings.EqualFold(r.URL.Scheme, "http") || strings.EqualFold(r.URL.Scheme, "https")) {
+		r.URL.Path = "/" // an http URI without a path: "/" (RFC 9112 3.2.2); any other still refused
 	}
 	var overCap error
 	if client, ok := forwardedClient(s.cfg.TrustedProxies, peerIP(r.RemoteAddr), r.Header); ok {

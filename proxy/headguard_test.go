@@ -138,6 +138,8 @@ var guardCases = []guardCase{
 	{"absolute form, a bad host", "GET http://<svg>\"x/ HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
 	{"absolute form, a good host", "GET http://y/a HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{200, 200}, true},
 	{"absolute form without a path", "GET http://y HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{200, 200}, true},
+	{"opaque absolute form", "GET x:admin HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
+	{"another scheme without a path", "GET mailto:a@b HTTP/1.1\r\nHost: x\r\n\r\n" + next, []int{400}, false},
 	// What routing and SERVER_NAME would read two ways.
 	{"host: text after the brackets", "GET / HTTP/1.1\r\nHost: [admin.example.com]junk\r\n\r\n" + next, []int{400}, false},
 	{"host: two colons", "GET / HTTP/1.1\r\nHost: admin.example.com:80:\r\n\r\n" + next, []int{400}, false},

@@ -116,6 +116,9 @@ func (p *Preloader) startConfined(ctx context.Context, argv []string, attr *os.P
 		unix.Close(fds[0])
 		return nil, -1, err
 	}
+	// The init's end is the init's alone now: killed (ctx), it ends the
+	// stream, which the reads below see at once.
+	child.Close()
 	ip := &initProc{proc: proc, ctl: fds[0]}
 	defer context.AfterFunc(ctx, func() { proc.Kill() })()
 	fail := func(err error) (*os.Process, int, error) {

@@ -358,6 +358,9 @@ func (p *Preloader) supervise(inst *instance) {
 			return
 		case <-inst.recycle:
 			next, err := p.startInstance(p.stopping)
+			if err != nil && p.stopping.Err() != nil {
+				continue // closed: abandoned
+			}
 			if err != nil && inst.stale.Load() {
 				// It may not serve on: ended, and restarted as after a
 				// death.
@@ -367,9 +370,6 @@ func (p *Preloader) supervise(inst *instance) {
 				inst.mu.Unlock()
 				inst.proc.Kill()
 				continue
-			}
-			if err != nil && p.stopping.Err() != nil {
-				continue // closed: abandoned
 			}
 			if err != nil {
 				p.log.Error("preloader recycle: the replacement failed to start; the old one serves on, tried again later",

@@ -118,8 +118,11 @@ type daemon struct {
 	retiredForks map[string]accounting.PreloaderStats
 	// budgetGen counts the reloads that wrote budgets: a lowering held
 	// back by one (lowerLater) is dropped once another has come.
-	// Written under mu.
-	budgetGen uint64
+	// memWritten is the memory budget in the kernel, by tenant ("" the
+	// global one; 0 none), which a reload holds (holdBudgets). Both under
+	// mu.
+	budgetGen  uint64
+	memWritten map[string]int64
 	// drains counts the replaced snapshots' ends (snapshotDrained) under
 	// way, off the requests that ended them (drainLater).
 	drains sync.WaitGroup
@@ -323,6 +326,7 @@ func (d *daemon) shutdown(srv *proxy.Server, admin *http.Server, sigs *serveSign
 // startPolicy makes the start-up policy the current snapshot and sets up
 // admission with its budgets.
 func (d *daemon) startPolicy(pol *policy.Policy, specs map[*policy.Route]*routeSpec) {
+	d.noteWritten(pol.Tenants, pol.Global.Memory)
 	d.admission = policy.NewAdmission(pol, nil)
 	d.live = []*snapshot{newSnapshot(pol, specs, d.drainLater)}
 	d.addSpecs(d.live[0])

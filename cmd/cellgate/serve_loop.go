@@ -142,6 +142,12 @@ func (d *daemon) loop(ctx context.Context, sigs *serveSignals, reqs *reloadReque
 			return d.listenerFailed(err)
 		default:
 		}
+		if len(sigs.stop) > 0 {
+			// A stop the watch has not taken yet, which it ends ctx for
+			// at once: no reload starts before it.
+			<-ctx.Done()
+			return d.stopped(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			return d.stopped(ctx)

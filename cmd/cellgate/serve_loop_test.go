@@ -244,3 +244,30 @@ func TestReloadFailureNotTakenForStop(t *testing.T) {
 		t.Error("stoppedBy = true without a stop")
 	}
 }
+
+// TestServeLoopPendingStopFirst: a stop signal the watch has not taken
+// yet keeps a reload asked for at the same time from starting: the loop
+// waits for the watch to end its context. Before, the SIGHUP could win
+// the loop's select, and a reload ran after the SIGTERM.
+func TestServeLoopPendingStopFirst(t *testing.T) {
+	d, _ := testDaemon(t, reloadPolicyA)
+	sigs, reqs := newServeSignals(), newReloadRequests()
+	deliver(sigs, syscall.SIGTERM) // no watch takes it: the test ends ctx
+	deliver(sigs, syscall.SIGHUP)
+	ctx, cancel := context.WithCancel(context.Background())
+	var reloads atomic.Int32
+	ended := make(chan error, 1)
+	go func() {
+		ended <- d.loop(ctx, sigs, reqs, nil, func(context.Context) error { reloads.Add(1); return nil })
+	}()
+	time.Sleep(100 * time.Millisecond) // the watch's moment, long drawn out
+	cancel()
+	select {
+	case <-ended:
+	case <-time.After(hangGuard):
+		t.Fatal("the loop did not end")
+	}
+	if n := reloads.Load(); n != 0 {
+		t.Errorf("%d reloads ran after the SIGTERM, want none", n)
+	}
+}

@@ -98,6 +98,7 @@ func (d *daemon) reload(ctx context.Context) error {
 		for i, t := range p.Tenants {
 			d.setTenant(t.Name, groups[i])
 		}
+		d.noteBudgets(budgets, global)
 		d.budgetGen++
 		if len(held) > 0 {
 			d.lowerLater(d.budgetGen, held)
@@ -131,14 +132,14 @@ type heldBudget struct {
 }
 
 // holdBudgets keeps, in budgets and *global (what the reload writes), the
-// previous memory budget of each tenant (and the global one) whose new
-// one is below the memory its requests in flight reserve, and returns the
-// new ones for lowerLater. Written at once, the kernel would reclaim and
+// memory budget in the kernel (memWritten: a reload before may have held
+// one too) of each tenant (and the global one) whose new one is below the
+// memory its requests in flight reserve, and returns the new ones for
+// lowerLater. Written at once, the kernel would reclaim and
 // then OOM-kill within the tenant's requests in flight, admitted under
 // the budget they were given; admission, updated, admits nothing more
 // there until they fit. Called with d.mu held.
 func (d *daemon) holdBudgets(p *policy.Policy, budgets []cgroup.Budget, global **specs.LinuxResources) []heldBudget {
-	prev := d.current.Load().policy
 	stats := d.admission.Stats()
 	var held []heldBudget
 	for i, t := range p.Tenants {
@@ -148,22 +149,48 @@ func (d *daemon) holdBudgets(p *policy.Policy, budgets []cgroup.Budget, global *
 				reserved = s.Reserved
 			}
 		}
-		j := slices.IndexFunc(prev.Tenants, func(o *policy.Tenant) bool { return o.Name == t.Name })
-		if t.Memory <= 0 || reserved <= t.Memory || j < 0 {
+		written, ok := d.memWritten[t.Name]
+		if t.Memory <= 0 || reserved <= t.Memory || !ok {
 			continue // a new tenant reserves nothing
 		}
 		held = append(held, heldBudget{tenant: t.Name, res: budgets[i].Resources, memory: t.Memory})
-		budgets[i].Resources = withMemory(budgets[i].Resources, prev.Tenants[j].Memory)
+		budgets[i].Resources = withMemory(budgets[i].Resources, written)
 	}
 	if p.Global.Memory > 0 && stats.Reserved > p.Global.Memory {
 		held = append(held, heldBudget{res: *global, memory: p.Global.Memory})
-		*global = globalResources(prev.Global)
+		*global = globalResources(policy.Global{Memory: d.memWritten[""]})
 	}
 	for _, h := range held {
 		d.log.Warn("reload: a memory budget lowered below what the requests in flight reserve is written once they fit; "+
 			"until then the kernel holds the previous one, and admission the new", "tenant", h.tenant, "memory", policy.FormatBytes(h.memory))
 	}
 	return held
+}
+
+// noteWritten records the memory budgets of tenants and the global one
+// as those in the kernel (memWritten). Called with d.mu held (or at
+// start-up).
+func (d *daemon) noteWritten(tenants []*policy.Tenant, global int64) {
+	d.memWritten = map[string]int64{"": global}
+	for _, t := range tenants {
+		d.memWritten[t.Name] = t.Memory
+	}
+}
+
+// noteBudgets records the memory budgets a reload wrote (memWritten).
+func (d *daemon) noteBudgets(budgets []cgroup.Budget, global *specs.LinuxResources) {
+	d.memWritten = map[string]int64{"": memoryOf(global)}
+	for _, b := range budgets {
+		d.memWritten[b.Tenant] = memoryOf(b.Resources)
+	}
+}
+
+// memoryOf is res's memory limit, 0 for none.
+func memoryOf(res *specs.LinuxResources) int64 {
+	if res == nil || res.Memory == nil || res.Memory.Limit == nil {
+		return 0
+	}
+	return *res.Memory.Limit
 }
 
 // withMemory is res with a memory limit of memory (none when 0).
@@ -228,6 +255,7 @@ func (d *daemon) lowerBudget(gen uint64, h heldBudget) bool {
 			"tenant", h.tenant, "memory", policy.FormatBytes(h.memory), "err", err)
 		return true
 	}
+	d.memWritten[h.tenant] = h.memory
 	d.log.Info("lowered memory budget written: the requests in flight fit it", "tenant", h.tenant, "memory", policy.FormatBytes(h.memory))
 	return true
 }

@@ -502,4 +502,15 @@ routes:
 			t.Errorf("%s's budget written now: %d, want %d", budgets[i].Tenant, got, want)
 		}
 	}
+	// A second reload of the same file, the requests still in flight,
+	// holds web's at what the kernel has, 1 GiB, not the policy in
+	// force's 512 MiB (which would OOM-kill them).
+	d.noteBudgets(budgets, global)
+	d.current.Store(newSnapshot(p, map[*policy.Route]*routeSpec{}, d.drainLater)) // the reload's swap
+	for i, pt := range p.Tenants {
+		budgets[i] = cgroup.Budget{Tenant: pt.Name, Resources: pt.Resources()}
+	}
+	if held := d.holdBudgets(p, budgets, &global); len(held) != 1 || *budgets[0].Resources.Memory.Limit != 1<<30 {
+		t.Errorf("second reload: held %+v, web's budget written %d; want it held at 1 GiB", held, *budgets[0].Resources.Memory.Limit)
+	}
 }
