@@ -935,6 +935,22 @@ func TestForkImportHangs(t *testing.T) {
 	}
 }
 
+// importingPid waits (30 s at most) for an app's import to write its pid
+// to marker, and returns it.
+func importingPid(t *testing.T, marker string) int {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if b, err := os.ReadFile(marker); err == nil && len(b) > 0 {
+			if pid, err := strconv.Atoi(string(b)); err == nil {
+				return pid
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the app's import did not write %s", marker)
+		}
+	}
+}
+
 // TestForkStartAbandoned: the end of StartPreloader's context abandons an
 // import under way at once, the import killed. Before, nothing but
 // StartTimeout (a minute by default) ended the wait: serve, stopped while
@@ -954,16 +970,7 @@ func TestForkStartAbandoned(t *testing.T) {
 		}
 		done <- err
 	}()
-	marker := filepath.Join(cfg.AppDir, "importing")
-	var pid int
-	for deadline := time.Now().Add(30 * time.Second); pid == 0; time.Sleep(10 * time.Millisecond) {
-		if b, err := os.ReadFile(marker); err == nil && len(b) > 0 {
-			pid, _ = strconv.Atoi(string(b))
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the app's import did not start")
-		}
-	}
+	pid := importingPid(t, filepath.Join(cfg.AppDir, "importing"))
 	cancel(stopped)
 	select {
 	case err := <-done:
@@ -1346,16 +1353,7 @@ def app(environ, start_response):
 	if res, _ := forkRun(t, r, p, "", ""); res.Cause != CauseOK {
 		t.Fatalf("request: cause %s", res.Cause)
 	}
-	marker := filepath.Join(cfg.AppDir, "hanging")
-	var pid int
-	for deadline := time.Now().Add(30 * time.Second); pid == 0; time.Sleep(10 * time.Millisecond) {
-		if b, err := os.ReadFile(marker); err == nil && len(b) > 0 {
-			pid, _ = strconv.Atoi(string(b))
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the replacement's import did not start")
-		}
-	}
+	pid := importingPid(t, filepath.Join(cfg.AppDir, "hanging"))
 	closed := make(chan struct{})
 	go func() { p.Close(time.Hour); close(closed) }()
 	select {
