@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"path"
 	"slices"
 	"sort"
@@ -164,12 +165,21 @@ func pathHasPrefix(p, prefix string) bool {
 func normalizeHost(host string) string {
 	if strings.HasPrefix(host, "[") {
 		if end := strings.IndexByte(host, ']'); end > 0 {
-			host = host[1:end]
+			return canonicalIP(host[1:end]) // 2001:DB8:0::1 is 2001:db8::1
 		}
 	} else if i := strings.LastIndexByte(host, ':'); i >= 0 && strings.Count(host, ":") == 1 {
 		host = host[:i]
 	}
 	return strings.TrimSuffix(strings.ToLower(host), ".")
+}
+
+// canonicalIP is the IP address s in its one text form (RFC 5952: lower
+// case, zeros compressed), or s lower-cased when it is none.
+func canonicalIP(s string) string {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return a.String()
+	}
+	return strings.ToLower(s)
 }
 
 func (r *Route) matchesHost(host string) bool {

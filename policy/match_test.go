@@ -53,6 +53,8 @@ func TestMatch(t *testing.T) {
 		{"wildcard beats prefix", "a.example.com", "GET", "/long/prefix/x", "wild-path", "/srv/wild-path", "/long/prefix", "/x"},
 		{"wildcard not apex", "notexample.com", "GET", "/", "root", "/srv/root", "", "/"},
 		{"ipv6 with port", "[::1]:8080", "GET", "/", "ipv6", "/srv/ipv6", "", "/"},
+		// One address, written otherwise (RFC 5952's form is compared).
+		{"ipv6 written otherwise", "[0:0:0:0:0:0:0:1]:80", "GET", "/", "ipv6", "/srv/ipv6", "", "/"},
 		{"fall through on method", "", "GET", "/posts", "root", "/srv/root", "", "/posts"},
 		{"methods allowed", "", "PUT", "/posts/1", "posts", "/srv/posts", "/posts", "/1"},
 		{"encoded space kept", "", "GET", "/hello/a b", "hello-get", "/srv/hello-get", "/hello", "/a b"},
@@ -137,5 +139,23 @@ func TestMatchHandBuilt(t *testing.T) {
 	m, err := p.Match("h", "GET", "/x/1")
 	if err != nil || m.Route.Name != "x" {
 		t.Fatalf("Match = %+v, %v; want route x", m, err)
+	}
+}
+
+// TestRouteHostIPCanonical: a route's IPv6 host is kept in RFC 5952's
+// form, so that two routes of one address written two ways tie (and are
+// refused) rather than one shadowing the other, and a request's host in
+// any form matches it.
+func TestRouteHostIPCanonical(t *testing.T) {
+	p, err := Parse("p.yaml", []byte("version: 1\nroutes:\n  - {name: a, match: {host: \"[2001:DB8:0::1]\", path: /}, program: /a}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := p.Routes[0].Host; h != "2001:db8::1" {
+		t.Errorf("host kept as %q, want 2001:db8::1", h)
+	}
+	_, err = Parse("p.yaml", []byte("version: 1\nroutes:\n  - {name: a, match: {host: \"[::1]\", path: /}, program: /a}\n  - {name: b, match: {host: \"[0::1]\", path: /}, program: /b}\n"))
+	if err == nil {
+		t.Error("routes of ::1 and 0::1 on one path were accepted: one shadows the other")
 	}
 }

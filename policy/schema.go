@@ -329,7 +329,7 @@ func (d *decoder) host(line int, p, v string) string {
 			d.problem(line, p, v, "a wildcard of an IP address", "write the address alone")
 			return ""
 		}
-		return strings.Trim(h, "[]")
+		return canonicalIP(strings.Trim(h, "[]"))
 	case strings.Contains(h, ":"):
 		d.problem(line, p, v, "a host with a port", "remove the port: host matching ignores it")
 	case !hostRE.MatchString(name):
