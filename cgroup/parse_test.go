@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseFlatKeyed(t *testing.T) {
@@ -275,5 +277,32 @@ func TestMountPoints(t *testing.T) {
 	}
 	if _, err := MountPoints(filepath.Join(proc, "missing"), "hugetlbfs"); err == nil {
 		t.Error("MountPoints without a mountinfo: no error")
+	}
+}
+
+// TestReadUsageFailedMissing: a file that cannot be read, or parsed, has
+// its figures listed in Missing as well as in the error, so that a
+// record leaves them out rather than showing zeros as measured. Before,
+// only an absent file was listed.
+func TestReadUsageFailedMissing(t *testing.T) {
+	files := map[string]string{
+		"cpu.stat":    "usage_usec 312955\nuser_usec 200000\nsystem_usec 112955\nnr_throttled 3\nthrottled_usec 4500\n",
+		"memory.peak": "not a number\n",
+		"pids.peak":   "3\n",
+		"pids.events": "max 0\n",
+		"io.stat":     "",
+	}
+	read := func(i int, buf []byte) ([]byte, error) {
+		if acctFiles[i] == "memory.events" {
+			return nil, unix.EIO
+		}
+		return buf[:copy(buf, files[acctFiles[i]])], nil
+	}
+	u, err := readUsage("/cell", read)
+	if err == nil {
+		t.Fatal("readUsage = nil error, want the failed reads")
+	}
+	if !slices.Contains(u.Missing, "memory.events") || !slices.Contains(u.Missing, "memory.peak") || u.CPUUsageUsec != 312955 {
+		t.Errorf("readUsage = %+v; want memory.events and memory.peak missing, cpu.stat read", u)
 	}
 }

@@ -109,6 +109,9 @@ func readUsage(path string, read func(i int, buf []byte) ([]byte, error)) (Usage
 			return nil
 		}
 		if err != nil {
+			// Missing too: its figures were not measured, and a record
+			// must not show them as zeros.
+			u.Missing = append(u.Missing, acctFiles[i])
 			errs = append(errs, fmt.Errorf("read %s in %s: %w", acctFiles[i], path, err))
 			return nil
 		}
@@ -130,11 +133,13 @@ func readUsage(path string, read func(i int, buf []byte) ([]byte, error)) (Usage
 			}
 			k, v, ok := bytes.Cut(line, []byte{' '})
 			if !ok {
+				u.Missing = append(u.Missing, name)
 				errs = append(errs, fmt.Errorf("read %s in %s: parse line %q: want \"key value\"", name, path, line))
 				return
 			}
 			n, err := parseValue(bytes.TrimSpace(v))
 			if err != nil {
+				u.Missing = append(u.Missing, name)
 				errs = append(errs, fmt.Errorf("read %s in %s: parse line %q: %w", name, path, line, err))
 				return
 			}
@@ -157,6 +162,7 @@ func readUsage(path string, read func(i int, buf []byte) ([]byte, error)) (Usage
 		}
 		v, err := parseSingle(b)
 		if err != nil {
+			u.Missing = append(u.Missing, acctFiles[i])
 			errs = append(errs, fmt.Errorf("read %s in %s: %w", acctFiles[i], path, err))
 			return
 		}
@@ -176,6 +182,7 @@ func readUsage(path string, read func(i int, buf []byte) ([]byte, error)) (Usage
 	if b := bytesOf(5); b != nil {
 		r, w, err := ioTotals(b)
 		if err != nil {
+			u.Missing = append(u.Missing, acctFiles[5])
 			errs = append(errs, fmt.Errorf("read io.stat in %s: %w", path, err))
 		}
 		u.IOReadBytes, u.IOWriteBytes = r, w
