@@ -122,6 +122,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler)
 	}
 	x.tail()
+	if s.base.Err() != nil {
+		// Cancelled by a Shutdown whose time was up, which closes every
+		// connection once the handlers have returned: what net/http
+		// still buffers of this answer (a 503 whole) goes out first, or
+		// the close drops it and the client reads an empty reply.
+		_ = x.rc.Flush()
+	}
 }
 
 // record makes one metrics observation and writes one access-log record,
