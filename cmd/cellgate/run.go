@@ -141,6 +141,9 @@ func (c *runConfig) validate(origin map[string]string) error {
 	if c.Limits.Memory < policy.MinMemory {
 		return fmt.Errorf("--memory %s: below the floor %s", policy.FormatBytes(c.Limits.Memory), policy.FormatBytes(policy.MinMemory))
 	}
+	if c.Limits.Memory > policy.MaxSize {
+		return fmt.Errorf("--memory %s: above %s, the most a size may be (as the policy's memory)", policy.FormatBytes(c.Limits.Memory), policy.FormatBytes(policy.MaxSize))
+	}
 	if c.Limits.MilliCPU != 0 && (c.Limits.MilliCPU < policy.MinMilliCPU || c.Limits.MilliCPU > policy.MaxMilliCPU) {
 		return fmt.Errorf("--cpu %s: outside %s..%s", policy.FormatCPU(c.Limits.MilliCPU), policy.FormatCPU(policy.MinMilliCPU), policy.FormatCPU(policy.MaxMilliCPU))
 	}

@@ -46,6 +46,9 @@ func checkConfine(c policy.Confinement, set map[string]bool) error {
 	if c.TmpfsSize != 0 && c.TmpfsSize < 4096 {
 		return fmt.Errorf("--tmpfs-size %s: below 4Ki", policy.FormatBytes(c.TmpfsSize))
 	}
+	if c.TmpfsSize > policy.MaxSize {
+		return fmt.Errorf("--tmpfs-size %s: above %s, the most a size may be (as the policy's tmpfs_size)", policy.FormatBytes(c.TmpfsSize), policy.FormatBytes(policy.MaxSize))
+	}
 	if c.NoFile != 0 && (c.NoFile < 16 || c.NoFile > math.MaxInt32) {
 		return fmt.Errorf("--nofile %d: outside 16..%d", c.NoFile, math.MaxInt32)
 	}

@@ -128,6 +128,9 @@ func TestParseRunConfigErrors(t *testing.T) {
 	}{
 		{"memory", nil, []string{"--memory", "12XB", "--", "x"}, []string{"-memory", "12XB"}},
 		{"memory floor", nil, []string{"--memory", "1k", "--", "x"}, []string{"--memory", "1000"}},
+		// As the policy refuses them: sums of sizes must not overflow.
+		{"memory ceiling", nil, []string{"--memory", "9000Ti", "--", "x"}, []string{"--memory 9000Ti", "above 1024Ti"}},
+		{"tmpfs-size ceiling", nil, []string{"--tmpfs-size", "9000Ti", "--", "x"}, []string{"--tmpfs-size 9000Ti", "above 1024Ti"}},
 		{"cpu", nil, []string{"--cpu", "half", "--", "x"}, []string{"-cpu", "half"}},
 		{"cpu fraction", nil, []string{"--cpu", "0.0005", "--", "x"}, []string{"-cpu", "0.0005"}},
 		// 0 is how max is kept: --cpu 0 lifted the limit.

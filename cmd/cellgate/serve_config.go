@@ -255,6 +255,17 @@ func loadServeConfig(args, environ []string, usage io.Writer) (*serveConfig, err
 	return c, nil
 }
 
+// samePort reports whether two ports of HOST:PORT name one port, a name
+// ("http") or a number ("80"); 0, the kernel's choice, is no port.
+func samePort(a, b string) bool {
+	pa, erra := net.LookupPort("tcp", a)
+	pb, errb := net.LookupPort("tcp", b)
+	if erra != nil || errb != nil {
+		return a == b && a != "0"
+	}
+	return pa == pb && pa != 0
+}
+
 // validate checks the settings together; every error names the flag or
 // variable it came from.
 func (c *serveConfig) validate() error {
@@ -272,7 +283,7 @@ func (c *serveConfig) validate() error {
 	switch {
 	case err != nil:
 		bad("admin", "not HOST:PORT: %v", err)
-	case listenPort != "" && adminPort == listenPort && adminPort != "0" && hostsOverlap(listenHost, adminHost):
+	case listenPort != "" && samePort(adminPort, listenPort) && hostsOverlap(listenHost, adminHost):
 		bad("admin", "the admin listener must not share the public port %s (%s): pick another port", listenPort, c.origin["listen"])
 	}
 	if c.adminHosts, err = adminHostNames(c.AdminHosts); err != nil {
@@ -344,6 +355,10 @@ func (c *serveConfig) validate() error {
 	}{{"max-body", c.MaxBody}, {"max-response", c.MaxResponse}, {"spool-memory", c.SpoolMemory}, {"spool-disk", c.SpoolDisk}} {
 		if s.v <= 0 {
 			bad(s.flag, "must be positive")
+		}
+		if s.v > policy.MaxSize {
+			// As the policy's sizes: sums of them must not overflow.
+			bad(s.flag, "%s is above %s, the most a size may be", policy.FormatBytes(int64(s.v)), policy.FormatBytes(policy.MaxSize))
 		}
 	}
 	for _, n := range []struct {

@@ -95,6 +95,17 @@ func TestServeConfig(t *testing.T) {
 			errHas: []string{`--admin="127.0.0.1:8080"`, "must not share the public port"},
 		},
 		{
+			// One port, by its name and by its number.
+			name:   "admin on the public port by its name",
+			args:   []string{"--policy", "p.yaml", "--listen", "127.0.0.1:http", "--admin", "127.0.0.1:80"},
+			errHas: []string{`--admin="127.0.0.1:80"`, "must not share the public port"},
+		},
+		{
+			name:   "size above the most a size may be",
+			args:   []string{"--policy", "p.yaml", "--max-body", "9000Ti"},
+			errHas: []string{`--max-body="9000Ti"`, "above 1024Ti"},
+		},
+		{
 			name:    "validation names the variable when the value came from it",
 			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_MAX_CONNS=0"},
 			errHas:  []string{`CELLGATE_MAX_CONNS="0"`, "positive"},
