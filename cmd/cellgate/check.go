@@ -74,6 +74,12 @@ func runCheck(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "cellgate check: %v\n%s", err, checkUsage)
 		return exitUsage
 	}
+	if fs.NArg() > 1 && strings.HasPrefix(fs.Arg(1), "-") {
+		// Flags end at the first argument that is not one.
+		fmt.Fprintf(stderr, "cellgate check: %s after the policy file: flags go before it (cellgate check %s %s)\n%s",
+			fs.Arg(1), strings.Join(fs.Args()[1:], " "), fs.Arg(0), checkUsage)
+		return exitUsage
+	}
 	if fs.NArg() != 1 {
 		fmt.Fprintf(stderr, "cellgate check: want one policy file, got %d arguments\n%s", fs.NArg(), checkUsage)
 		return exitUsage

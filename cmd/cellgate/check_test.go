@@ -217,6 +217,8 @@ routes:
 		{name: "unreadable", args: []string{filepath.Join(dir, "nope.yaml")}, wantCode: 1, wantErr: []string{"nope.yaml", "no such file"}},
 		{name: "no arguments", args: nil, wantCode: 2, wantErr: []string{"want one policy file, got 0", "usage: cellgate check"}},
 		{name: "two arguments", args: []string{valid, valid}, wantCode: 2, wantErr: []string{"got 2 arguments"}},
+		{name: "a flag after the file", args: []string{valid, "--syntax-only"}, wantCode: 2,
+			wantErr: []string{"--syntax-only after the policy file: flags go before it (cellgate check --syntax-only " + valid + ")"}},
 		{name: "unknown flag", args: []string{"-x", valid}, wantCode: 2, wantErr: []string{"flag provided but not defined"}},
 		{name: "help", args: []string{"-h"}, wantCode: 0, wantOut: []string{"usage: cellgate check [--uid-range FIRST-LAST] [--gid GID] [--tls-key FILE] [--init FILE] [--syntax-only] POLICY"}},
 	}

@@ -214,7 +214,9 @@ func reloadMain(ctx context.Context, args []string, std stdio) int {
 	fs := flag.NewFlagSet("cellgate reload", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	pid := fs.Int("pid", 0, "")
-	timeout := fs.Duration("timeout", 5*time.Minute, "")
+	timeout := new(time.Duration)
+	*timeout = 5 * time.Minute
+	fs.Var((*durationFlag)(timeout), "timeout", "") // its errors say what a duration is
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(std.out, reloadUsage)

@@ -125,6 +125,11 @@ func TestReloadRefusals(t *testing.T) {
 			t.Errorf("reload %q: exit %d, stderr %q; want 2 with the reason", args, code, stderr)
 		}
 	}
+	// A duration without its unit: what a duration is, not flag's bare
+	// "parse error".
+	if code, _, stderr := runReload(t, "--pid", "1", "--timeout", "5"); code != exitUsage || !strings.Contains(stderr, "want a duration with a unit") {
+		t.Errorf("reload --timeout 5: exit %d, stderr %q; want 2, saying what a duration is", code, stderr)
+	}
 }
 
 // TestControlOutlivesConnFailures: a connection the control socket could
