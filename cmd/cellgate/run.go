@@ -138,6 +138,15 @@ func (c *runConfig) validate(origin map[string]string) error {
 	if len(c.Argv) == 0 {
 		return errors.New("no command: cellgate run [flags] -- COMMAND [ARGS...]")
 	}
+	if c.Init != "" {
+		// Opened here, as a flag's value is checked (exit 2), not at the
+		// cell's set-up (125, as a failure of cellgate's own).
+		l, err := confine.OpenLauncher(c.Init)
+		if err != nil {
+			return fmt.Errorf("%s: %w (fix: name cellgate-init's executable (make build puts it beside cellgate), or leave it unset)", origin["init"], err)
+		}
+		l.Close()
+	}
 	if c.Limits.Memory < policy.MinMemory {
 		return fmt.Errorf("--memory %s: below the floor %s", policy.FormatBytes(c.Limits.Memory), policy.FormatBytes(policy.MinMemory))
 	}

@@ -129,6 +129,10 @@ func TestParseRunConfigErrors(t *testing.T) {
 		{"memory", nil, []string{"--memory", "12XB", "--", "x"}, []string{"-memory", "12XB"}},
 		{"memory floor", nil, []string{"--memory", "1k", "--", "x"}, []string{"--memory", "1000"}},
 		// As the policy refuses them: sums of sizes must not overflow.
+		// A bad init is a bad flag (2), not cellgate's failure (125),
+		// named as it was given.
+		{"init", nil, []string{"--init", "/nonexistent/cellgate-init", "--", "x"}, []string{`--init="/nonexistent/cellgate-init"`, "no such file", "fix:"}},
+		{"init from the environment", []string{"CELLGATE_INIT=/nonexistent/cellgate-init"}, []string{"--", "x"}, []string{`CELLGATE_INIT="/nonexistent/cellgate-init"`, "no such file"}},
 		{"memory ceiling", nil, []string{"--memory", "9000Ti", "--", "x"}, []string{"--memory 9000Ti", "above 1024Ti"}},
 		{"tmpfs-size ceiling", nil, []string{"--tmpfs-size", "9000Ti", "--", "x"}, []string{"--tmpfs-size 9000Ti", "above 1024Ti"}},
 		{"cpu", nil, []string{"--cpu", "half", "--", "x"}, []string{"-cpu", "half"}},
