@@ -71,6 +71,12 @@ func TestServeConfig(t *testing.T) {
 			errHas: []string{"--admin-hosts=", `"cellgate.internal:9090" is not a host name`},
 		},
 		{
+			// Not strconv's "parsing "x": invalid syntax".
+			name:    "a variable that is no number says a number is wanted",
+			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_MAX_CONNS=x"},
+			errHas:  []string{`CELLGATE_MAX_CONNS="x": want a whole number`},
+		},
+		{
 			name:    "bad variable names itself, its value and the reason",
 			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_DRAIN_TIMEOUT=5"},
 			errHas:  []string{`CELLGATE_DRAIN_TIMEOUT="5"`, "missing unit"},

@@ -86,7 +86,15 @@ func envErrors(err error, typ reflect.Type, m map[string]string) []error {
 			if f, ok := typ.FieldByName(pe.Name); ok {
 				key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
 				key = envPrefix + key
-				out = append(out, fmt.Errorf("%s=%q: %w", key, m[key], pe.Err))
+				var ne *strconv.NumError
+				switch {
+				case errors.As(pe.Err, &ne) && errors.Is(ne.Err, strconv.ErrRange):
+					out = append(out, fmt.Errorf("%s=%q: out of range for a %s", key, m[key], f.Type))
+				case errors.As(pe.Err, &ne):
+					out = append(out, fmt.Errorf("%s=%q: want a whole number", key, m[key]))
+				default:
+					out = append(out, fmt.Errorf("%s=%q: %w", key, m[key], pe.Err))
+				}
 				continue
 			}
 		}
