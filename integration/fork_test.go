@@ -813,25 +813,6 @@ routes:
 `
 )
 
-// syncBuffer is a bytes.Buffer safe for a process's writes and the test's
-// reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestForkStopAbandonsImport: a SIGTERM while a fork route's app imports,
 // in a reload or at serve's start, abandons the import at once: serve
 // drains (or stops before serving) and exits 0, its groups removed.
@@ -858,40 +839,19 @@ func TestForkStopAbandonsImport(t *testing.T) {
 		}
 	})
 	t.Run("start-up", func(t *testing.T) {
-		base := filepath.Join(requireKernel(t), "forkhang")
-		trackBase(base)
-		policy := filepath.Join(t.TempDir(), "policy.yaml")
-		writePolicy(t, policy, hangPolicy+fmt.Sprintf(hangRoute, testdata))
-		cmd := exec.Command(cellgateBin(t), "serve", "--policy", policy, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--cgroup-base", base)
-		var out syncBuffer
-		cmd.Stderr = &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		for deadline := time.Now().Add(time.Minute); !strings.Contains(out.String(), "hang: importing"); time.Sleep(20 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				cmd.Process.Kill()
-				<-exited
-				t.Fatalf("the app's import did not start in a minute:\n%s", out.String())
-			}
-		}
-		cmd.Process.Signal(syscall.SIGTERM)
-		var err error
+		// Its exit status and its groups' removal are checked by the
+		// cleanup (gate.stop): 0, and nothing left.
+		g, _ := launchGate(t, gateOptions{policy: hangPolicy + fmt.Sprintf(hangRoute, testdata), openDir: true})
+		g.waitLog("hang: importing", 1, time.Minute)
+		g.signal(syscall.SIGTERM)
 		select {
-		case err = <-exited:
+		case <-g.exited:
 		case <-time.After(2 * time.Minute):
-			cmd.Process.Kill()
-			<-exited
-			t.Fatalf("serve did not exit after SIGTERM:\n%s", out.String())
+			t.Fatalf("serve did not exit after SIGTERM:\n%s", g.log())
 		}
-		log := out.String()
-		if err != nil || !strings.Contains(log, `msg="stopped during start-up`) || strings.Contains(log, "not ready after") {
-			t.Errorf("serve stopped during its start: %v, want exit 0 with the import abandoned (\"stopped during start-up\", no start timeout):\n%s", err, log)
-		}
-		if _, err := os.Stat(base); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s left behind: %v", base, err)
+		log := g.log()
+		if g.err != nil || !strings.Contains(log, `msg="stopped during start-up`) || strings.Contains(log, "not ready after") {
+			t.Errorf("serve stopped during its start: %v, want exit 0 with the import abandoned (\"stopped during start-up\", no start timeout):\n%s", g.err, log)
 		}
 	})
 }

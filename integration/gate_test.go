@@ -579,6 +579,29 @@ var servingRE = regexp.MustCompile(`msg=serving listen=(\S+) admin=(\S+)`)
 // the test did) and checks that it exited 0 and left nothing in cgroupfs.
 func startGate(t testing.TB, o gateOptions) *gate {
 	t.Helper()
+	g, addrs := launchGate(t, o)
+	select {
+	case a := <-addrs:
+		g.url, g.admin = "http://"+a[0], "http://"+a[1]
+	case <-g.exited:
+		t.Fatalf("cellgate serve exited during start-up (%v):\n%s", g.err, g.log())
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("cellgate serve did not start serving in 2 minutes:\n%s", g.log())
+	}
+	g.client = &http.Client{
+		Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true},
+		Timeout:   2 * time.Minute,
+	}
+	t.Cleanup(g.client.CloseIdleConnections)
+	return g
+}
+
+// launchGate starts cellgate serve as startGate does, and returns at once,
+// with where its listen and admin addresses come once it serves (a test
+// of its start-up reads its log and signals it before then). The cleanup
+// is startGate's.
+func launchGate(t testing.TB, o gateOptions) (*gate, <-chan []string) {
+	t.Helper()
 	bin := o.bin
 	if bin == "" {
 		bin = cellgateBin(t)
@@ -648,20 +671,7 @@ func startGate(t testing.TB, o gateOptions) *gate {
 			t.Logf("cellgate serve's log:\n%s", g.log())
 		}
 	})
-	select {
-	case a := <-addrs:
-		g.url, g.admin = "http://"+a[0], "http://"+a[1]
-	case <-g.exited:
-		t.Fatalf("cellgate serve exited during start-up (%v):\n%s", g.err, g.log())
-	case <-time.After(2 * time.Minute):
-		t.Fatalf("cellgate serve did not start serving in 2 minutes:\n%s", g.log())
-	}
-	g.client = &http.Client{
-		Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true},
-		Timeout:   2 * time.Minute,
-	}
-	t.Cleanup(g.client.CloseIdleConnections)
-	return g
+	return g, addrs
 }
 
 // log is serve's stderr so far.
