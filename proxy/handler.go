@@ -313,6 +313,7 @@ func (x *exchange) checkRequest() error {
 		// The request stands for a head guardConn refused: its method,
 		// host, path and query are not the client's.
 		x.rec.Method, x.rec.Host, x.rec.Path, x.rec.Query = "", "", "", ""
+		x.live.update(func(v *InFlight) { v.Method, v.Host, v.Path = "", "", "" })
 		sentinel := ErrBadRequest
 		switch status {
 		case http.StatusRequestHeaderFieldsTooLarge:

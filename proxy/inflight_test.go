@@ -125,3 +125,44 @@ func TestInFlightClipped(t *testing.T) {
 	close(finish)
 	io.Copy(io.Discard, c)
 }
+
+// observeFunc is a fake Observer.
+type observeFunc func(accounting.Record)
+
+func (f observeFunc) ObserveRequest(rec accounting.Record) { f(rec) }
+
+// TestInFlightRefusedHead: a head the guard refused is listed in flight,
+// while its 400 goes out, without the stand-in request's method, host and
+// path (its record has none either). Before, /status showed it as
+// "GET rejected.invalid /", a request no client sent.
+func TestInFlightRefusedHead(t *testing.T) {
+	var ts *testServer
+	seen := make(chan []InFlight, 1)
+	metrics := observeFunc(func(accounting.Record) { seen <- ts.InFlight() })
+	runner := runFunc(func(ctx context.Context, spec sandbox.Spec) (sandbox.Result, error) {
+		t.Error("a refused head reached the runner")
+		return fakeResult(sandbox.CauseOK), nil
+	})
+	ts = startServer(t, Config{}, Deps{Runner: runner, Metrics: metrics}, route("r", "/", "/x"))
+	c, err := net.Dial("tcp", ts.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "POST /smuggle HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	var fl []InFlight
+	select {
+	case fl = <-seen:
+	case <-time.After(time.Minute):
+		t.Fatal("no record of the refused head")
+	}
+	if len(fl) != 1 {
+		t.Fatalf("in flight at the record: %+v, want the refused request", fl)
+	}
+	if f := fl[0]; f.Method != "" || f.Host != "" || f.Path != "" {
+		t.Errorf("refused head in flight as %q %q %q, want no method, host or path", f.Method, f.Host, f.Path)
+	}
+	io.Copy(io.Discard, c)
+}
