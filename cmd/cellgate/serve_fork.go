@@ -64,8 +64,7 @@ func (d *daemon) startFork(ctx context.Context, pol *policy.Policy, r *policy.Ro
 	}
 	cellProf, err := group.Profile(prof)
 	if err != nil {
-		d.removeGroup(group)
-		release()
+		d.dropGroup(group, release)
 		return nil, err
 	}
 	wait := sandbox.DefaultPreloadWait
@@ -89,8 +88,7 @@ func (d *daemon) startFork(ctx context.Context, pol *policy.Policy, r *policy.Ro
 		Confine:      plan,
 	})
 	if err != nil {
-		d.removeGroup(group)
-		release()
+		d.dropGroup(group, release)
 		return nil, err
 	}
 	f := &forkSpec{route: r.Name, release: release, group: group, base: cellProf, preloader: pre}
@@ -171,9 +169,7 @@ func (d *daemon) stopFork(f *forkSpec) {
 	delete(d.forks, f) // in the same critical section: counted once, always
 	d.forkMu.Unlock()
 	d.pool.DrainProfile(f.base)
-	if d.removeGroup(f.group) {
-		f.release()
-	}
+	d.dropGroup(f.group, f.release)
 }
 
 // removeGroup removes a route group; false when it could not (its uids
@@ -186,6 +182,16 @@ func (d *daemon) removeGroup(g *cgroup.RouteGroup) bool {
 		return false
 	}
 	return true
+}
+
+// dropGroup removes a fork route's group and gives its uids back, unless
+// the group could not be removed: a process of the route (its preloader,
+// a subprocess of its import, a request) may still run under them, and
+// another route must not get them.
+func (d *daemon) dropGroup(g *cgroup.RouteGroup, release func()) {
+	if d.removeGroup(g) {
+		release()
+	}
 }
 
 // stopForks stops the fork routes of specs.

@@ -146,9 +146,11 @@ func (d *daemon) snapshotDrained(s *snapshot) {
 	unwarm := d.unwarmed(s)
 	d.mu.Unlock()
 	// Its fork routes' preloaders served their last request: they exit,
-	// their route groups go. Its routes' warm cells go now too, not a
-	// minute later: a removed tenant's group waits for them.
-	go d.stopForks(s.specs)
+	// their route groups go, counted in drains (this runs in one: the
+	// counter is above zero), which shutdown waits for before it tears
+	// the tree down. Its routes' warm cells go now too, not a minute
+	// later: a removed tenant's group waits for them.
+	d.drains.Go(func() { d.stopForks(s.specs) })
 	for _, rs := range unwarm {
 		d.runner.Unwarm(rs.profile, rs.confine)
 	}
