@@ -187,8 +187,9 @@ func read(t testing.TB, path string) string {
 	return strings.TrimSpace(string(b))
 }
 
-// killer simulates the kernel's cgroup.kill for dir: when cgroup.kill
-// becomes "1" it writes populated 0. It stops at the end of the test.
+// killer simulates the kernel's cgroup.kill for dir: when cgroup.kill of
+// dir or of a group above it becomes "1" it writes populated 0. It stops
+// at the end of the test.
 func killer(t testing.TB, dir string) {
 	t.Helper()
 	done := make(chan struct{})
@@ -203,7 +204,7 @@ func killer(t testing.TB, dir string) {
 				return
 			case <-time.After(time.Millisecond):
 			}
-			if b, err := os.ReadFile(filepath.Join(dir, "cgroup.kill")); err == nil && strings.TrimSpace(string(b)) == "1" {
+			if killedAbove(dir) {
 				// Overwrite the file in place (a cell holds it open) with
 				// a value of the same length and no truncation, so a
 				// concurrent read sees one value or the other, as the
@@ -216,6 +217,17 @@ func killer(t testing.TB, dir string) {
 			}
 		}
 	}()
+}
+
+// killedAbove reports whether cgroup.kill of dir or of a directory above
+// it holds "1".
+func killedAbove(dir string) bool {
+	for d := dir; d != filepath.Dir(d); d = filepath.Dir(d) {
+		if b, err := os.ReadFile(filepath.Join(d, "cgroup.kill")); err == nil && strings.TrimSpace(string(b)) == "1" {
+			return true
+		}
+	}
+	return false
 }
 
 func exists(path string) bool {

@@ -12,29 +12,100 @@ import (
 )
 
 // sweep kills and removes every group under cells/ (leftovers of a crashed
-// run: cells, tenants, probe), deepest first, and returns how many it
-// removed. A cells/ that is gone already has nothing left to remove.
-func (t *Tree) sweep(ctx context.Context) (int, error) {
+// run: cells, tenants, probe), deepest first. It returns how many it
+// removed and, one error each, the groups it left: those still holding a
+// process when ctx ended (one in uninterruptible sleep on a hung NFS or
+// FUSE mount outlives any kill), with their ancestors, which cannot go
+// before them. Their siblings are swept all the same: every leftover is
+// killed first, so a group that never empties costs the sweep its time
+// once, not each group after it. Any other failure ends the sweep with
+// an error. A cells/ that is gone already has nothing left to remove.
+func (t *Tree) sweep(ctx context.Context) (int, []error, error) {
 	ents, err := os.ReadDir(t.cells)
 	if errors.Is(err, os.ErrNotExist) {
-		return 0, nil
+		return 0, nil, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read %s: %w", t.cells, err)
+		return 0, nil, fmt.Errorf("read %s: %w", t.cells, err)
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			killTree(filepath.Join(t.cells, e.Name()))
+		}
 	}
 	n := 0
-	var errs []error
+	var left, errs []error
 	for _, e := range ents {
 		if !e.IsDir() {
 			continue
 		}
-		m, err := t.removeSubtree(ctx, filepath.Join(t.cells, e.Name()))
+		m, l, err := t.sweepSubtree(ctx, filepath.Join(t.cells, e.Name()))
 		n += m
+		left = append(left, l...)
 		if err != nil {
 			errs = append(errs, err)
 		}
 	}
-	return n, errors.Join(errs...)
+	return n, left, errors.Join(errs...)
+}
+
+// killTree writes cgroup.kill of the group at dir, which kills every
+// process of its subtree; a failure is left to the removal that follows,
+// which kills each group again and reports it.
+func killTree(dir string) {
+	fd, err := openDir(dir)
+	if err != nil {
+		return
+	}
+	_ = writeAt(fd, "cgroup.kill", "1")
+	unix.Close(fd)
+}
+
+// sweepSubtree is removeSubtree for sweep: a group that does not empty
+// before ctx ends is left (returned in the list, with ctx's cause), and so
+// is every group holding one, while the rest of the subtree is removed.
+func (t *Tree) sweepSubtree(ctx context.Context, dir string) (int, []error, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, nil, nil
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("read %s: %w", dir, err)
+	}
+	n := 0
+	var left []error
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		m, l, err := t.sweepSubtree(ctx, filepath.Join(dir, e.Name()))
+		n += m
+		left = append(left, l...)
+		if err != nil {
+			return n, left, err
+		}
+	}
+	if len(left) > 0 {
+		return n, left, nil // dir holds them
+	}
+	fd, err := openDir(dir)
+	if errors.Is(err, unix.ENOENT) {
+		return n, nil, nil // gone since it was listed
+	}
+	if err != nil {
+		return n, nil, err
+	}
+	defer unix.Close(fd)
+	err = removeGroup(ctx, t.ops, &Cell{path: dir, fd: fd})
+	switch {
+	case err == nil:
+		return n + 1, nil, nil
+	case errors.Is(err, context.Canceled):
+		return n, nil, err // the caller gave up (serve stopping)
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, ErrBusy):
+		return n, []error{err}, nil
+	}
+	return n, nil, err
 }
 
 // removeSubtree removes the descendants of the group at dir deepest
@@ -92,8 +163,8 @@ func (t *Tree) Close() error {
 	t.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), t.sweepTime)
 	defer cancel()
-	var errs []error
-	if _, err := t.sweep(ctx); err != nil {
+	_, errs, err := t.sweep(ctx)
+	if err != nil {
 		errs = append(errs, err)
 	}
 	if err := rmdirRetry(ctx, t.ops, t.cells); err != nil {

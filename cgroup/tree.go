@@ -167,13 +167,19 @@ func Open(ctx context.Context, o Options) (*Tree, error) {
 		return nil, err
 	}
 	sctx, cancel := context.WithTimeout(ctx, t.sweepTime)
-	n, err := t.sweep(sctx)
+	n, left, err := t.sweep(sctx)
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("sweep leftover cells: %w", err)
 	}
 	if n > 0 {
 		t.log.Warn("removed leftover cgroups of a previous run", "count", n, "cells", t.cells)
+	}
+	for _, err := range left {
+		// Not a reason to refuse to start: one stuck request of a
+		// previous run would keep the host from serving any. New cells
+		// get names of their own beside it; Close tries it again.
+		t.log.Error("a leftover cgroup of a previous run still holds a process after its kill (one in uninterruptible sleep?): left in place", "err", err)
 	}
 	if o.MaxCells > 0 {
 		if err := writeFile(filepath.Join(t.cells, "cgroup.max.descendants"), strconv.Itoa(o.MaxCells)); err != nil {

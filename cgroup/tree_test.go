@@ -1,15 +1,18 @@
 package cgroup
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -299,6 +302,50 @@ func TestOpenSweepsLeftovers(t *testing.T) {
 	}
 	if got := read(t, base+"/cells/cgroup.subtree_control"); got == "" {
 		t.Error("cells/ lost its controllers")
+	}
+}
+
+// TestOpenLeavesStuckLeftover: a leftover that does not empty after its
+// kill (a process in uninterruptible sleep on a hung mount) is left in
+// place with its tenant group, its siblings and the other leftovers are
+// swept, and Open succeeds. Before, Open failed ("sweep leftover cells:
+// wait for .../stuck to empty"): one stuck request of a previous run kept
+// every restart of the daemon from serving.
+func TestOpenLeavesStuckLeftover(t *testing.T) {
+	root := fakeRoot(t, "memory", "cpu", "pids")
+	fs := &fakeFS{}
+	base := filepath.Join(root, "cellgate")
+	for _, d := range []string{base, base + "/cells", base + "/cells/acme", base + "/cells/acme/stuck", base + "/cells/acme/cold",
+		base + "/cells/default", base + "/cells/default/busy"} {
+		if err := fs.mkdir(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(t, base+"/cells/cgroup.subtree_control", "memory cpu pids")
+	write(t, base+"/cells/acme/stuck/cgroup.events", "populated 1\nfrozen 0\n")
+	write(t, base+"/cells/default/busy/cgroup.events", "populated 1\nfrozen 0\n")
+	killer(t, base+"/cells/default/busy")
+	logs := &bytes.Buffer{}
+	tr, err := openFake(t, fs, root, func(o *Options) {
+		o.SweepTimeout = 300 * time.Millisecond
+		o.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	})
+	if err != nil {
+		t.Fatalf("Open with one leftover that does not empty: %v, want it left and the daemon started", err)
+	}
+	for _, d := range []string{"acme/cold", "default/busy", "default"} {
+		if exists(filepath.Join(tr.CellsPath(), d)) {
+			t.Errorf("leftover %s not swept beside the stuck one", d)
+		}
+	}
+	if !exists(filepath.Join(tr.CellsPath(), "acme/stuck")) {
+		t.Error("the stuck leftover is gone: the fake kernel would have refused its rmdir")
+	}
+	if !strings.Contains(logs.String(), "acme/stuck") {
+		t.Errorf("the stuck leftover is not logged:\n%s", logs)
+	}
+	if err := tr.Close(); err == nil || !strings.Contains(err.Error(), "acme/stuck") {
+		t.Errorf("Close with the stuck leftover still there: %v, want an error naming it", err)
 	}
 }
 
