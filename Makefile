@@ -101,7 +101,7 @@ integration-race: build examples vm-prepare python-deps
 # deploy/systemd's units under a real systemd: the microVM boots the
 # guest's systemd as pid 1 (vmrun -systemd) and the test installs and drives
 # the units there.
-integration-systemd: build examples vm-prepare
+integration-systemd: build examples vm-prepare python-deps
 	$(TESTENV) CELLGATE_REQUIRE_SYSTEMD=1 $(GO) test -count=1 -timeout 5m -exec "$(VMRUN) -systemd $(VMFLAGS) -timeout 6m" -run '^TestSystemd' ./integration/
 
 test: vet python-deps unit vm-check integration integration-race integration-systemd

@@ -210,12 +210,17 @@ systemd: ExecReload=cellgate reload --pid $MAINPID. (kill -HUP PID reloads
 too, without waiting or a verdict.) 2 is bad arguments.
 `
 
+// defaultReloadWait is how long reload waits for serve's verdict unless
+// --timeout says otherwise: a reload imports each new fork route's app,
+// for up to a minute each (sandbox.DefaultPreloadStart).
+const defaultReloadWait = 5 * time.Minute
+
 func reloadMain(ctx context.Context, args []string, std stdio) int {
 	fs := flag.NewFlagSet("cellgate reload", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	pid := fs.Int("pid", 0, "")
 	timeout := new(time.Duration)
-	*timeout = 5 * time.Minute
+	*timeout = defaultReloadWait
 	fs.Var((*durationFlag)(timeout), "timeout", "") // its errors say what a duration is
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

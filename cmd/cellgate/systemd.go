@@ -160,8 +160,20 @@ func (n *notifier) reloading() {
 	n.send(sd.SdNotifyReloading, "MONOTONIC_USEC="+strconv.FormatInt(usec, 10), "STATUS=reloading the policy")
 }
 
-// stopping says serve started draining (the stop job runs until it exits).
-func (n *notifier) stopping(status string) { n.send(sd.SdNotifyStopping, "STATUS="+oneLine(status)) }
+// stopping says serve started draining (the stop job runs until it
+// exits), and asks for the time it will take: drain, the longest the
+// requests in flight may run, plus stopTeardown. systemd only ever
+// extends its stop timeout by it (EXTEND_TIMEOUT_USEC=, systemd 236), so
+// the unit's TimeoutStopSec= stands where it is longer: a --drain-timeout
+// raised in /etc/default/cellgate is no longer cut off by a SIGKILL mid-drain.
+func (n *notifier) stopping(status string, drain time.Duration) {
+	n.send(sd.SdNotifyStopping, "EXTEND_TIMEOUT_USEC="+strconv.FormatInt((drain+stopTeardown).Microseconds(), 10), "STATUS="+oneLine(status))
+}
+
+// stopTeardown is what serve asks of systemd beyond the drain: the fork
+// routes' preloaders stopped, every cell killed and every group removed
+// (the tree's sweep is bounded at 10 s).
+const stopTeardown = 15 * time.Second
 
 // status updates the free-text STATUS= that systemctl status shows.
 func (n *notifier) status(status string) { n.send("STATUS=" + oneLine(status)) }

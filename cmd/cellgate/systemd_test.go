@@ -115,8 +115,13 @@ func stop(t *testing.T, cmd *exec.Cmd, ns *notifySocket, out *bytes.Buffer) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if lines := ns.expect(t, "STOPPING=1"); !strings.HasPrefix(field(lines, "STATUS"), "draining") {
+	lines := ns.expect(t, "STOPPING=1")
+	if !strings.HasPrefix(field(lines, "STATUS"), "draining") {
 		t.Errorf("STOPPING=1 came with STATUS=%q, want draining...", field(lines, "STATUS"))
+	}
+	// activatedServe's --drain-timeout 30s, and the teardown.
+	if got, want := field(lines, "EXTEND_TIMEOUT_USEC"), strconv.FormatInt((30*time.Second+stopTeardown).Microseconds(), 10); got != want {
+		t.Errorf("STOPPING=1 came with EXTEND_TIMEOUT_USEC=%q, want %s (the drain timeout and the teardown)", got, want)
 	}
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("serve exited: %v\n%s", err, out)
@@ -316,7 +321,7 @@ func TestNotifierOff(t *testing.T) {
 	n := newNotifier(slog.New(slog.DiscardHandler))
 	n.ready("x")
 	n.reloading()
-	n.stopping("x")
+	n.stopping("x", time.Second)
 	stop := make(chan struct{})
 	close(stop)
 	n.run(stop, func() string { return "" })

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/policy"
+	"github.com/cellgate/cellgate/sandbox"
 )
 
 // unitKeys reads a systemd unit's KEY=value lines (every value of a
@@ -92,6 +93,19 @@ func TestServiceUnitLetsDrainFinish(t *testing.T) {
 	}
 	if drain := defaultDrainTimeout(t); stop <= drain {
 		t.Errorf("TimeoutStopSec=%s is not longer than serve's default --drain-timeout %s", stop, drain)
+	}
+	if stop < defaultDrainTimeout(t)+stopTeardown {
+		t.Errorf("TimeoutStopSec=%s is shorter than the default drain and the teardown serve asks for with STOPPING=1 (%s)", stop, defaultDrainTimeout(t)+stopTeardown)
+	}
+	// The start imports every fork route's app, and ExecReload=, bounded
+	// by the same timeout, a reload's new ones: at least two of them, and
+	// no less than cellgate reload waits for the verdict.
+	start, err := time.ParseDuration(one("TimeoutStartSec"))
+	if err != nil {
+		t.Fatalf("TimeoutStartSec: %v", err)
+	}
+	if start < 2*sandbox.DefaultPreloadStart || start < defaultReloadWait {
+		t.Errorf("TimeoutStartSec=%s: want at least two preloaders' imports (%s) and cellgate reload's wait (%s)", start, 2*sandbox.DefaultPreloadStart, defaultReloadWait)
 	}
 	delegated := strings.Fields(one("Delegate"))
 	for _, c := range []string{"memory", "cpu", "pids"} {
