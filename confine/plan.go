@@ -513,7 +513,7 @@ func Build(o Options, fsys FS) (*Plan, error) {
 	}
 	masks, herrs := p.masks(fsys, o.Hidden)
 	errs = append(errs, herrs...)
-	errs = append(errs, nestedInWritable(p.Binds)...)
+	errs = append(errs, nestedInWritable(fsys, p)...)
 	p.Binds = append(p.Binds, masks...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
@@ -629,20 +629,44 @@ func inside(fsys FS, h, dir string) (rel string, ok bool) {
 // directory the cells write: one cell could replace a directory on that
 // path with a symlink and have the next cells' init create directories
 // where the link points (anywhere on the host) and mount the bind there,
-// over a system directory of their view for instance.
-func nestedInWritable(binds []Bind) []error {
+// over a system directory of their view for instance. Likewise by source:
+// the init opens each bind's source (and a rootfs) by its host path,
+// following links, so a source below a writable bind's source (by path,
+// or by identity as inside finds it) is one a cell could replace with a
+// symlink to / and have the next cells of the route bind the whole host.
+func nestedInWritable(fsys FS, p *Plan) []error {
 	var errs []error
-	for _, w := range binds {
+	for i, w := range p.Binds {
 		if !w.Writable {
 			continue
 		}
-		for _, b := range binds {
+		for j, b := range p.Binds {
+			if i == j {
+				continue
+			}
 			if b.Target != w.Target && Within(b.Target, w.Target) {
 				errs = append(errs, fmt.Errorf("mount target %s lies in the writable mount %s: a cell could replace a directory on its way with a symlink and move it for the cells after it; mount it outside %s, or make %s read-only", b.Target, w.Target, w.Target, w.Target))
 			}
+			if rel, ok := inside(fsys, b.Source, w.Source); ok && rel != "" {
+				errs = append(errs, fmt.Errorf("%s %s lies in %s, the source of the writable mount %s: a cell could replace it (or a directory on its way) with a symlink, and the cells after it would show what the link names at %s; keep it out of %s, or make that mount read-only", sourceKind(b), b.Source, w.Source, w.Target, b.Target, w.Source))
+			}
+		}
+		if p.RootFS == "" {
+			continue
+		}
+		if rel, ok := inside(fsys, p.RootFS, w.Source); ok && rel != "" {
+			errs = append(errs, fmt.Errorf("rootfs %s lies in %s, the source of the writable mount %s: a cell could replace it (or a directory on its way) with a symlink; keep it out of %s, or make that mount read-only", p.RootFS, w.Source, w.Target, w.Source))
 		}
 	}
 	return errs
+}
+
+// sourceKind names what a bind of the plan is, for nestedInWritable.
+func sourceKind(b Bind) string {
+	if b.Writable {
+		return "the writable mount's source"
+	}
+	return "mount source"
 }
 
 func checkMount(m Bind) error {

@@ -186,6 +186,21 @@ func TestBuild(t *testing.T) {
 			wantErr: "mount target /data/a/bin lies in the writable mount /data"},
 		{name: "the program dir below a writable mount", opts: Options{Programs: "/srv/data/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/srv/data", Writable: true}}},
 			wantErr: "mount target /srv/data/cgi lies in the writable mount /srv/data"},
+		// The init opens a source by its host path, following links: a
+		// cell that may write the writable mount's source could replace
+		// what lies in it with a symlink to / for the next cells.
+		{name: "a mount source in a writable mount's source", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}, {Source: "/srv/data/ro", Target: "/ro"}}},
+			wantErr: "mount source /srv/data/ro lies in /srv/data, the source of the writable mount /data"},
+		{name: "the program dir in a writable mount's source", opts: Options{Programs: "/srv/data/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}},
+			wantErr: "mount source /srv/data/cgi lies in /srv/data, the source of the writable mount /data"},
+		{name: "a writable source in another's", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}, {Source: "/srv/data/w", Target: "/w", Writable: true}}},
+			wantErr: "the writable mount's source /srv/data/w lies in /srv/data, the source of the writable mount /data"},
+		{name: "a mount source in a writable mount's source through a symlink", opts: Options{Mounts: []Bind{{Source: "/srv/alias", Target: "/data", Writable: true}, {Source: "/srv/data/ro", Target: "/ro"}}},
+			wantErr: "mount source /srv/data/ro lies in /srv/alias, the source of the writable mount /data"},
+		{name: "a system dir in a writable mount's source", opts: Options{SystemDirs: []string{"/usr"}, Mounts: []Bind{{Source: "/", Target: "/host", Writable: true}}},
+			wantErr: "mount source /usr lies in /, the source of the writable mount /host"},
+		{name: "the rootfs in a writable mount's source", opts: Options{RootFS: "/srv/rootfs", Mounts: []Bind{{Source: "/srv", Target: "/srv/cgi", Writable: true}}},
+			wantErr: "rootfs /srv/rootfs lies in /srv, the source of the writable mount /srv/cgi"},
 		{
 			name: "the daemon's files covered where the view shows them",
 			opts: Options{Programs: "/srv/cgi", Hidden: []string{"/etc/cellgate/policy.yaml", "/srv/cgi/tls.key", "/etc/cellgate/link.yaml", "/etc/none", "/srv/file"}},
@@ -463,5 +478,21 @@ func TestBuildRootMap(t *testing.T) {
 	p, err := Build(Options{Programs: "/srv/cgi", Root: true}, debian)
 	if err != nil || !p.CutsRootCaps(0) || p.CutsRootCaps(1000) {
 		t.Errorf("the host's root: cut %v, another uid cut %v (%v); want root's alone", p.CutsRootCaps(0), p.CutsRootCaps(1000), err)
+	}
+}
+
+// TestBuildBesideWritableSource: what a cell cannot replace through its
+// writable mount is still accepted: the writable mount's own source
+// bound again read-only (the cell cannot replace the directory itself,
+// only what it holds), and a source that holds the writable one.
+func TestBuildBesideWritableSource(t *testing.T) {
+	for _, o := range []Options{
+		{Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}, {Source: "/srv/data", Target: "/ro"}}},
+		{Mounts: []Bind{{Source: "/srv", Target: "/all"}, {Source: "/srv/data", Target: "/data", Writable: true}}},
+		{Programs: "/srv/cgi", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}},
+	} {
+		if _, err := Build(o, debian); err != nil {
+			t.Errorf("Build(%+v): %v, want it accepted", o.Mounts, err)
+		}
 	}
 }
