@@ -454,8 +454,27 @@ func (p *Pool) drain(pps []*poolProfile) {
 	for _, pp := range pps {
 		<-pp.done
 		for _, ch := range []chan *Cell{pp.idle, pp.reused} {
-			for len(ch) > 0 {
-				p.remove(<-ch)
+			// Not len then a receive: a Get that took the profile before
+			// it left the map may take the last cell in between, and the
+			// receive would wait for ever (the refiller is gone).
+			for c := range takeAll(ch) {
+				p.remove(c)
+			}
+		}
+	}
+}
+
+// takeAll yields the cells ch holds now, without waiting for more.
+func takeAll(ch chan *Cell) func(yield func(*Cell) bool) {
+	return func(yield func(*Cell) bool) {
+		for {
+			select {
+			case c := <-ch:
+				if !yield(c) {
+					return
+				}
+			default:
+				return
 			}
 		}
 	}
