@@ -115,9 +115,16 @@ func positive64(n int64) *int64 {
 }
 
 // adminExposed reports whether the admin listener's bound address is
-// reachable from other hosts: anything but a loopback address (a
-// wildcard included). The admin listener has no authentication.
+// reachable from other hosts: a TCP address but a loopback one (a
+// wildcard included). A Unix socket (socket activation's ListenStream=
+// of a path) is reached by local processes alone, as its file's mode
+// allows. The admin listener has no authentication.
 func adminExposed(addr net.Addr) bool {
-	ta, ok := addr.(*net.TCPAddr)
-	return !ok || !ta.IP.IsLoopback()
+	switch a := addr.(type) {
+	case *net.UnixAddr:
+		return false
+	case *net.TCPAddr:
+		return !a.IP.IsLoopback()
+	}
+	return true
 }

@@ -85,6 +85,11 @@ func TestAdminExposed(t *testing.T) {
 			t.Errorf("adminExposed(%s) = %v, want %v", addr, got, want)
 		}
 	}
+	// A socket-activated admin socket of a path: local, not exposed
+	// (serve warned of it as reachable from other hosts before).
+	if adminExposed(&net.UnixAddr{Name: "/run/cellgate/admin.sock", Net: "unix"}) {
+		t.Error("adminExposed(a Unix socket) = true, want false")
+	}
 }
 
 // TestStatusBudgetsPartialTotals: a tenant group that could not be read
