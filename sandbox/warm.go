@@ -297,6 +297,23 @@ func (s *warmSet) expire(now time.Time) (expired []*initProc, next time.Time) {
 	return expired, next
 }
 
+// step is one round of the refill at now: the set shrinks to its use, its
+// cells too old to serve are taken out (expired, for the caller to end;
+// next, when the next one will be), and either the set is done with
+// (dropped, or idle for warmIdle: done, nothing started) or start setups
+// begin, counted in flight. Done is decided before anything is counted:
+// setups counted and never started would have a take wait for their
+// arrival (awaitComing) in vain, up to returnWait. Called with
+// warmPool.mu held.
+func (s *warmSet) step(now time.Time, par int) (expired []*initProc, next time.Time, start int, done bool) {
+	s.shrink(now)
+	expired, next = s.expire(now)
+	if s.dropped || now.Sub(s.taken) >= warmIdle {
+		return expired, next, 0, true
+	}
+	return expired, next, s.toStart(par), false
+}
+
 // toStart is how many setups the refill starts now to reach the target,
 // with at most par in flight, and counts them as in flight.
 func (s *warmSet) toStart(par int) int {
@@ -341,20 +358,13 @@ func (w *warmPool) refill(k warmKey, s *warmSet) {
 	for {
 		w.mu.Lock()
 		taken := s.taken
-		now := time.Now()
-		s.shrink(now)
-		expired, next := s.expire(now)
-		dropped := s.dropped
-		start := 0
-		if !dropped {
-			start = s.toStart(warmParallel)
-		}
+		expired, next, start, done := s.step(time.Now(), warmParallel)
 		w.mu.Unlock()
 		for _, ip := range expired {
 			w.endedIf(ip, EndAged)
 			w.r.teardowns.run(func() { w.r.discard(ip) })
 		}
-		if dropped || time.Since(taken) >= warmIdle {
+		if done {
 			break
 		}
 		for range start {

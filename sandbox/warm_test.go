@@ -117,6 +117,35 @@ func TestWarmSetToStart(t *testing.T) {
 	}
 }
 
+// TestWarmSetStepDone: a set idle for warmIdle, or dropped, is done with
+// and counts no setup in flight; one taken from starts what it lacks.
+// Before, the refill counted the setups (toStart) and then found the set
+// idle and ended without starting them: a take meanwhile waited up to
+// returnWait for cells that never came.
+func TestWarmSetStepDone(t *testing.T) {
+	t0 := time.Now()
+	for _, tc := range []struct {
+		name    string
+		taken   time.Time
+		dropped bool
+		done    bool
+		start   int
+	}{
+		{"taken from", t0, false, false, 1},
+		{"idle", t0.Add(-warmIdle), false, true, 0},
+		{"dropped", t0, true, true, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &warmSet{want: 1, taken: tc.taken, missed: tc.taken, dropped: tc.dropped}
+			_, _, start, done := s.step(t0, warmParallel)
+			if done != tc.done || start != tc.start || s.preparing != tc.start || s.coming(true) != tc.start {
+				t.Errorf("step: start %d, done %v, %d in flight, %d coming; want start %d, done %v, as many in flight and coming",
+					start, done, s.preparing, s.coming(true), tc.start, tc.done)
+			}
+		})
+	}
+}
+
 // TestWarmSetExpire: the refill takes the inits whose view has reached
 // viewMaxAge out of the ready ones, resident or warm (a warm cell waiting
 // an hour under a steady trickle of requests would otherwise serve an
