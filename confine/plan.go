@@ -617,10 +617,54 @@ func inside(fsys FS, h, dir string) (rel string, ok bool) {
 		if fsys.SameFile(a, dir) {
 			return strings.TrimPrefix(h, a), true
 		}
-		if a == "/" {
+		if a == filepath.Dir(a) { // "/", or "." of a path that is not absolute
 			return "", false
 		}
 	}
+}
+
+// resolve returns the absolute path p with every symlink on it followed,
+// as the kernel's walk of it would (at most 40 of them), and false where
+// a part of it does not exist, a link cannot be read or they loop.
+func resolve(fsys FS, p string) (string, bool) {
+	done, rest := "/", strings.Split(p, "/")
+	for links := 0; len(rest) > 0; {
+		c := rest[0]
+		rest = rest[1:]
+		switch c {
+		case "", ".":
+			continue
+		case "..":
+			done = filepath.Dir(done)
+			continue
+		}
+		next := filepath.Join(done, c)
+		fi, err := fsys.Lstat(next)
+		if err != nil {
+			return "", false
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			done = next
+			continue
+		}
+		target, err := fsys.Readlink(next)
+		if links++; err != nil || links > 40 {
+			return "", false
+		}
+		if filepath.IsAbs(target) {
+			done = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+	}
+	return done, true
+}
+
+// resolved is resolve's path, or p itself where it has none.
+func resolved(fsys FS, p string) string {
+	if r, ok := resolve(fsys, p); ok {
+		return r
+	}
+	return p
 }
 
 // nestedInWritable refuses a bind below a writable one. The init makes
@@ -631,9 +675,11 @@ func inside(fsys FS, h, dir string) (rel string, ok bool) {
 // where the link points (anywhere on the host) and mount the bind there,
 // over a system directory of their view for instance. Likewise by source:
 // the init opens each bind's source (and a rootfs) by its host path,
-// following links, so a source below a writable bind's source (by path,
-// or by identity as inside finds it) is one a cell could replace with a
-// symlink to / and have the next cells of the route bind the whole host.
+// following links, so a source below a writable bind's source (by path
+// once the links on both are followed, or by identity as inside finds
+// it: another mount of the same directory) is one a cell could replace
+// with a symlink to / and have the next cells of the route bind the
+// whole host.
 func nestedInWritable(fsys FS, p *Plan) []error {
 	var errs []error
 	for i, w := range p.Binds {
@@ -647,14 +693,14 @@ func nestedInWritable(fsys FS, p *Plan) []error {
 			if b.Target != w.Target && Within(b.Target, w.Target) {
 				errs = append(errs, fmt.Errorf("mount target %s lies in the writable mount %s: a cell could replace a directory on its way with a symlink and move it for the cells after it; mount it outside %s, or make %s read-only", b.Target, w.Target, w.Target, w.Target))
 			}
-			if rel, ok := inside(fsys, b.Source, w.Source); ok && rel != "" {
+			if rel, ok := inside(fsys, resolved(fsys, b.Source), resolved(fsys, w.Source)); ok && rel != "" {
 				errs = append(errs, fmt.Errorf("%s %s lies in %s, the source of the writable mount %s: a cell could replace it (or a directory on its way) with a symlink, and the cells after it would show what the link names at %s; keep it out of %s, or make that mount read-only", sourceKind(b), b.Source, w.Source, w.Target, b.Target, w.Source))
 			}
 		}
-		if p.RootFS == "" {
-			continue
+		if !clean(p.RootFS) {
+			continue // none, or refused already
 		}
-		if rel, ok := inside(fsys, p.RootFS, w.Source); ok && rel != "" {
+		if rel, ok := inside(fsys, resolved(fsys, p.RootFS), resolved(fsys, w.Source)); ok && rel != "" {
 			errs = append(errs, fmt.Errorf("rootfs %s lies in %s, the source of the writable mount %s: a cell could replace it (or a directory on its way) with a symlink; keep it out of %s, or make that mount read-only", p.RootFS, w.Source, w.Target, w.Source))
 		}
 	}

@@ -28,6 +28,8 @@ func (f fakeInfo) Sys() any           { return nil }
 
 func (f fakeFS) Lstat(p string) (fs.FileInfo, error) {
 	switch v := f[p]; {
+	case v == "" && f.holds(p):
+		return fakeInfo{p, fs.ModeDir | 0o755}, nil // a directory on a listed path
 	case v == "dir":
 		return fakeInfo{p, fs.ModeDir | 0o755}, nil
 	case v == "file":
@@ -36,6 +38,16 @@ func (f fakeFS) Lstat(p string) (fs.FileInfo, error) {
 		return fakeInfo{p, fs.ModeSymlink | 0o777}, nil
 	}
 	return nil, &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
+}
+
+// holds reports whether a listed path lies below p.
+func (f fakeFS) holds(p string) bool {
+	for k := range f {
+		if strings.HasPrefix(k, strings.TrimSuffix(p, "/")+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 func (f fakeFS) Readlink(p string) (string, error) {
@@ -56,7 +68,7 @@ func (f fakeFS) SameFile(a, b string) bool {
 func (f fakeFS) resolve(p string) (string, bool) {
 	for hops := 0; hops < 40; hops++ {
 		link := ""
-		for q := p; q != "/"; q = path.Dir(q) {
+		for q := p; q != "/" && q != "."; q = path.Dir(q) {
 			if strings.HasPrefix(f[q], "link:") {
 				link = q
 			}
@@ -80,7 +92,7 @@ var debian = fakeFS{
 	"/lib": "link:usr/lib", "/lib64": "link:usr/lib64", "/srv/cgi": "dir", "/srv/data": "dir",
 	"/srv/rootfs": "dir", "/srv/file": "file",
 	"/etc/cellgate/policy.yaml": "file", "/etc/cellgate/link.yaml": "link:policy.yaml", "/srv/cgi/tls.key": "file",
-	"/srv/rootfs/etc/policy.yaml": "file", "/srv/data/policy.yaml": "file",
+	"/srv/rootfs/etc/policy.yaml": "file", "/srv/data/policy.yaml": "file", "/srv/data/ro": "dir", "/srv/roalias": "link:data/ro",
 	"/srv/alias": "link:data", "/srv/confalias": "link:/etc/cellgate", "/etc/cellgate": "dir",
 	// the rootfs's mount points
 	"/srv/rootfs/dev": "dir", "/srv/rootfs/proc": "dir", "/srv/rootfs/tmp": "dir", "/srv/rootfs/var/tmp": "dir", "/srv/rootfs/srv/cgi": "dir",
@@ -197,6 +209,10 @@ func TestBuild(t *testing.T) {
 			wantErr: "the writable mount's source /srv/data/w lies in /srv/data, the source of the writable mount /data"},
 		{name: "a mount source in a writable mount's source through a symlink", opts: Options{Mounts: []Bind{{Source: "/srv/alias", Target: "/data", Writable: true}, {Source: "/srv/data/ro", Target: "/ro"}}},
 			wantErr: "mount source /srv/data/ro lies in /srv/alias, the source of the writable mount /data"},
+		{name: "a mount source that links into a writable mount's source", opts: Options{Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}, {Source: "/srv/roalias", Target: "/ro"}}},
+			wantErr: "mount source /srv/roalias lies in /srv/data, the source of the writable mount /data"},
+		{name: "the program dir through a link into a writable mount's source", opts: Options{Programs: "/srv/roalias", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}},
+			wantErr: "mount source /srv/roalias lies in /srv/data"},
 		{name: "a system dir in a writable mount's source", opts: Options{SystemDirs: []string{"/usr"}, Mounts: []Bind{{Source: "/", Target: "/host", Writable: true}}},
 			wantErr: "mount source /usr lies in /, the source of the writable mount /host"},
 		{name: "the rootfs in a writable mount's source", opts: Options{RootFS: "/srv/rootfs", Mounts: []Bind{{Source: "/srv", Target: "/srv/cgi", Writable: true}}},
@@ -494,5 +510,24 @@ func TestBuildBesideWritableSource(t *testing.T) {
 		if _, err := Build(o, debian); err != nil {
 			t.Errorf("Build(%+v): %v, want it accepted", o.Mounts, err)
 		}
+	}
+}
+
+// TestBuildRelativeRootFSEnds: a rootfs that is not an absolute path is
+// refused, not looked for among a writable mount's files for ever (the
+// walk up a relative path never reaches /).
+func TestBuildRelativeRootFSEnds(t *testing.T) {
+	done := make(chan error, 1)
+	go func() {
+		_, err := Build(Options{RootFS: "rootfs", Mounts: []Bind{{Source: "/srv/data", Target: "/data", Writable: true}}}, debian)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "not an absolute clean path") {
+			t.Errorf("Build with a relative rootfs: %v, want it refused as not an absolute clean path", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Build with a relative rootfs and a writable mount did not return")
 	}
 }
