@@ -3,6 +3,8 @@ package cgroup
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -344,8 +346,27 @@ func (t *Tree) tenantLocked(name string) (g *Tenant, made bool, err error) {
 		return nil, false, err
 	}
 	g = &Tenant{name: name, path: dir}
+	if !made {
+		// A previous run's, left by the start-up sweep with a cell it
+		// could not empty: its limits are that run's. Taken as applied,
+		// those the new budget does not set are reset, not kept.
+		g.applied = inherited(dir)
+		t.log.Warn("tenant group of a previous run still there (a leftover cell it could not remove): its limits are reset to this policy's", "group", dir)
+	}
 	t.tenants[name] = g
 	return g, made, nil
+}
+
+// inherited lists the control files of unlimited that the group at dir
+// has, as settings for updateWrites to reset.
+func inherited(dir string) []Setting {
+	var out []Setting
+	for _, f := range slices.Sorted(maps.Keys(unlimited)) {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			out = append(out, Setting{File: f, Value: unlimited[f]})
+		}
+	}
+	return out
 }
 
 // RemoveTenant removes an empty tenant group. Draining it (its cells,

@@ -344,6 +344,16 @@ func TestOpenLeavesStuckLeftover(t *testing.T) {
 	if !strings.Contains(logs.String(), "acme/stuck") {
 		t.Errorf("the stuck leftover is not logged:\n%s", logs)
 	}
+	// Its tenant group is the previous run's, with that run's limits: a
+	// budget that sets no memory limit resets its memory.max.
+	write(t, filepath.Join(tr.CellsPath(), "acme", "memory.max"), "1073741824")
+	write(t, filepath.Join(tr.CellsPath(), "acme", "pids.max"), "max")
+	if _, err := tr.Tenant("acme", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: i64(100)}}); err != nil {
+		t.Fatalf("tenant acme beside the leftover: %v", err)
+	}
+	if got := read(t, filepath.Join(tr.CellsPath(), "acme", "memory.max")); got != "max" {
+		t.Errorf("the previous run's tenant group keeps memory.max %s under a budget without one, want max", got)
+	}
 	if err := tr.Close(); err == nil || !strings.Contains(err.Error(), "acme/stuck") {
 		t.Errorf("Close with the stuck leftover still there: %v, want an error naming it", err)
 	}
