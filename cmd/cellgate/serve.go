@@ -280,7 +280,7 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 
 	serveErr := d.loop(stopping, sigs, reloads, served, func(ctx context.Context) error { return d.reloadNotified(ctx, notify) })
 	endWatch() // the signals are the drain's now
-	notify.stopping("draining: stopped accepting, waiting for the requests in flight", cfg.DrainTimeout)
+	notify.stopping("draining: stopped accepting, waiting for the requests in flight", cfg.DrainTimeout, d.teardownBound())
 	return errors.Join(serveErr, d.shutdown(srv, admin.Server, sigs))
 }
 

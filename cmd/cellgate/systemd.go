@@ -161,19 +161,30 @@ func (n *notifier) reloading() {
 }
 
 // stopping says serve started draining (the stop job runs until it
-// exits), and asks for the time it will take: drain, the longest the
-// requests in flight may run, plus stopTeardown. systemd only ever
-// extends its stop timeout by it (EXTEND_TIMEOUT_USEC=, systemd 236), so
-// the unit's TimeoutStopSec= stands where it is longer: a --drain-timeout
-// raised in /etc/default/cellgate is no longer cut off by a SIGKILL mid-drain.
-func (n *notifier) stopping(status string, drain time.Duration) {
-	n.send(sd.SdNotifyStopping, "EXTEND_TIMEOUT_USEC="+strconv.FormatInt((drain+stopTeardown).Microseconds(), 10), "STATUS="+oneLine(status))
+// exits), and asks for the time it may take: the drain (the longest the
+// requests in flight may run) and the teardown after it. systemd only
+// ever extends its stop timeout by it (EXTEND_TIMEOUT_USEC=, systemd
+// 236), so the unit's TimeoutStopSec= stands where it is longer: a
+// --drain-timeout raised in /etc/default/cellgate, or many fork routes,
+// are no longer cut off by a SIGKILL mid-drain.
+func (n *notifier) stopping(status string, drain, teardown time.Duration) {
+	n.send(sd.SdNotifyStopping, "EXTEND_TIMEOUT_USEC="+strconv.FormatInt((drain+teardown).Microseconds(), 10), "STATUS="+oneLine(status))
 }
 
-// stopTeardown is what serve asks of systemd beyond the drain: the fork
-// routes' preloaders stopped, every cell killed and every group removed
-// (the tree's sweep is bounded at 10 s).
+// stopTeardown is the teardown's bound without fork routes: every cell
+// killed and every group removed (the tree's sweep is bounded at 10 s),
+// the pool's removals, the admin server's close.
 const stopTeardown = 15 * time.Second
+
+// teardownBound is the teardown's bound: stopTeardown, and for each fork
+// route its preloader's stop and its group's removal, one after another
+// (forkStopTimeout each).
+func (d *daemon) teardownBound() time.Duration {
+	d.forkMu.Lock()
+	n := len(d.forks)
+	d.forkMu.Unlock()
+	return stopTeardown + time.Duration(n)*2*forkStopTimeout
+}
 
 // status updates the free-text STATUS= that systemctl status shows.
 func (n *notifier) status(status string) { n.send("STATUS=" + oneLine(status)) }

@@ -321,7 +321,7 @@ func TestNotifierOff(t *testing.T) {
 	n := newNotifier(slog.New(slog.DiscardHandler))
 	n.ready("x")
 	n.reloading()
-	n.stopping("x", time.Second)
+	n.stopping("x", time.Second, time.Second)
 	stop := make(chan struct{})
 	close(stop)
 	n.run(stop, func() string { return "" })
