@@ -171,8 +171,18 @@ func mustOpenFake(t testing.TB, fs *fakeFS, root string, mod func(*Options)) *Tr
 	return tr
 }
 
+// write writes a fake cgroupfs file as the kernel does: whatever its
+// mode (a read-only memory.peak included, which only root could write
+// through its mode).
 func write(t testing.TB, path, s string) {
 	t.Helper()
+	fi, err := os.Stat(path)
+	if err == nil && fi.Mode().Perm()&0o200 == 0 {
+		if err := os.Chmod(path, fi.Mode().Perm()|0o200); err != nil {
+			t.Fatal(err)
+		}
+		defer os.Chmod(path, fi.Mode().Perm())
+	}
 	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -921,6 +921,9 @@ func TestCInitSpawnerOutlivesSignals(t *testing.T) {
 // sent, which then died of it at its start. The resident init already
 // dropped them; now a warm one does too.
 func TestInitWarmDropsPendingSignals(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the program's credentials (setgroups) need root")
+	}
 	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGUSR1, syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {
 			bothInits(t, func(t *testing.T, bin string) outcome {

