@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -36,7 +37,16 @@ func underSystemd(t *testing.T) {
 // systemctl runs systemctl and returns its status and output.
 func systemctl(t *testing.T, args ...string) (int, string) {
 	t.Helper()
-	out, err := exec.Command("systemctl", args...).CombinedOutput()
+	// Bounded: a start, stop or reload that hangs fails the test with
+	// what the guest was doing, not the suite at its own timeout.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "systemctl", args...).CombinedOutput()
+	if ctx.Err() != nil {
+		ps, _ := exec.Command("timeout", "10", "ps", "-eo", "pid,ppid,stat,wchan:30,args").CombinedOutput()
+		j, _ := exec.Command("timeout", "10", "journalctl", "--no-pager", "-n", "60").CombinedOutput()
+		t.Fatalf("systemctl %s: no answer in 2 minutes\n%s\njournal:\n%s", strings.Join(args, " "), ps, j)
+	}
 	if ee, ok := err.(*exec.ExitError); ok {
 		return ee.ExitCode(), string(out)
 	}
@@ -52,7 +62,7 @@ func mustSystemctl(t *testing.T, args ...string) string {
 	t.Helper()
 	code, out := systemctl(t, args...)
 	if code != 0 {
-		j, _ := exec.Command("journalctl", "--no-pager", "-n", "40", "-u", "cellgate.service").CombinedOutput()
+		j, _ := exec.Command("timeout", "10", "journalctl", "--no-pager", "-n", "40", "-u", "cellgate.service").CombinedOutput()
 		t.Fatalf("systemctl %s: status %d\n%s\njournal:\n%s", strings.Join(args, " "), code, out, j)
 	}
 	return out
