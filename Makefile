@@ -55,8 +55,9 @@ vet:
 
 # Under the race detector (cgo: the C compiler of cc). The preloader's
 # tests need Debian's python3 (they skip without it): make test installs
-# it first.
-unit: cc
+# it first; the units' checks need systemd-analyze (host-tools), which
+# they would skip without too.
+unit: cc host-tools
 	$(GO) test -race -count=1 -timeout 10m ./...
 
 # Installs qemu-system-x86 and fetches the kernel into .cache/vm, once.
