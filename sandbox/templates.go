@@ -82,6 +82,8 @@ type mountTemplates struct {
 	hits, misses atomic.Uint64
 
 	r *Runner
+	// makeTemplate is r.makeTemplate (a test's failing one in its place).
+	makeTemplate func(plan *confine.Prepared) (*os.File, error)
 
 	mu     sync.Mutex
 	sets   map[*confine.Prepared]*templateSet
@@ -90,7 +92,7 @@ type mountTemplates struct {
 }
 
 func newMountTemplates(r *Runner) *mountTemplates {
-	return &mountTemplates{r: r, sets: map[*confine.Prepared]*templateSet{}}
+	return &mountTemplates{r: r, makeTemplate: r.makeTemplate, sets: map[*confine.Prepared]*templateSet{}}
 }
 
 // TemplateStats counts the confined cells of templatable routes that
@@ -195,10 +197,14 @@ func (t *mountTemplates) sweep(now time.Time) {
 // make makes plan's template and makes it s's current one.
 func (t *mountTemplates) make(plan *confine.Prepared, s *templateSet) {
 	view := stampView(plan) // the host as the template sees it
-	f, err := t.r.makeTemplate(plan)
+	f, err := t.makeTemplate(plan)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	s.building = false
+	// Here, at most every templateMaxAge/2 (or templateRetry) per route,
+	// not per request; after a failure too, or the sets of a replaced
+	// policy's routes whose templates all fail would stay for ever.
+	t.sweep(time.Now())
 	if err != nil {
 		// The old template is let go too: what made this one fail (a
 		// source gone, e.g. to revoke it) holds for the host now.
@@ -210,7 +216,6 @@ func (t *mountTemplates) make(plan *confine.Prepared, s *templateSet) {
 		t.r.log.Warn("mount template of a confined route: its cells build their own view", "err", err, "retry", templateRetry)
 		return
 	}
-	t.sweep(time.Now()) // here, at most every templateMaxAge/2 per route, not per request
 	if t.closed || t.sets[plan] != s {
 		f.Close()
 		return

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"runtime"
 	"strings"
@@ -83,5 +84,41 @@ func TestTemplateCoversHidden(t *testing.T) {
 	}
 	if hits, misses := tm.hits.Load(), tm.misses.Load(); hits != 1 || misses != 2 {
 		t.Errorf("hits %d misses %d, want 1 and 2", hits, misses)
+	}
+}
+
+// TestTemplateSetsSweptAfterFailures: the sets of plans no request took
+// for warmIdle go when a template's making fails, as when it succeeds.
+// Before, a failure returned before the sweep: where every route's
+// template failed (a mount's source gone), each reload left one set per
+// route, and the replaced plans with it, for the daemon's life.
+func TestTemplateSetsSweptAfterFailures(t *testing.T) {
+	tm := newMountTemplates(&Runner{log: slog.New(slog.DiscardHandler)})
+	tm.makeTemplate = func(*confine.Prepared) (*os.File, error) { return nil, errors.New("a mount's source is gone") }
+	plan := func() *confine.Prepared {
+		p, err := confine.Prepare(&confine.Plan{Namespaces: confine.NSMount, Seccomp: true})
+		if err != nil || !p.Templatable() {
+			t.Fatalf("a templatable plan: %v", err)
+		}
+		return p
+	}
+	for range 20 { // 20 reloads' plans
+		if mt := tm.take(plan(), nil); mt != nil {
+			t.Fatal("a template handed out though its making fails")
+		}
+	}
+	tm.wg.Wait()
+	tm.mu.Lock()
+	for _, s := range tm.sets {
+		s.used = time.Now().Add(-warmIdle) // none taken since
+	}
+	tm.mu.Unlock()
+	tm.take(plan(), nil) // the newest policy's route
+	tm.wg.Wait()
+	tm.mu.Lock()
+	n := len(tm.sets)
+	tm.mu.Unlock()
+	if n != 1 {
+		t.Errorf("%d template sets after a failed making, want 1 (the plan just taken): the idle ones stay", n)
 	}
 }
