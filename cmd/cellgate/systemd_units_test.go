@@ -104,8 +104,8 @@ func TestServiceUnitLetsDrainFinish(t *testing.T) {
 	if err != nil {
 		t.Fatalf("TimeoutStartSec: %v", err)
 	}
-	if start < 2*sandbox.DefaultPreloadStart || start < defaultReloadWait {
-		t.Errorf("TimeoutStartSec=%s: want at least two preloaders' imports (%s) and cellgate reload's wait (%s)", start, 2*sandbox.DefaultPreloadStart, defaultReloadWait)
+	if start < 2*sandbox.DefaultPreloadStart || start <= defaultReloadWait {
+		t.Errorf("TimeoutStartSec=%s: want at least two preloaders' imports (%s) and more than cellgate reload's wait (%s), which then says why itself", start, 2*sandbox.DefaultPreloadStart, defaultReloadWait)
 	}
 	delegated := strings.Fields(one("Delegate"))
 	for _, c := range []string{"memory", "cpu", "pids"} {
