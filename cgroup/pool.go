@@ -457,25 +457,19 @@ func (p *Pool) drain(pps []*poolProfile) {
 			// Not len then a receive: a Get that took the profile before
 			// it left the map may take the last cell in between, and the
 			// receive would wait for ever (the refiller is gone).
-			for c := range takeAll(ch) {
-				p.remove(c)
-			}
+			p.removeAll(ch)
 		}
 	}
 }
 
-// takeAll yields the cells ch holds now, without waiting for more.
-func takeAll(ch chan *Cell) func(yield func(*Cell) bool) {
-	return func(yield func(*Cell) bool) {
-		for {
-			select {
-			case c := <-ch:
-				if !yield(c) {
-					return
-				}
-			default:
-				return
-			}
+// removeAll removes the cells ch holds now, without waiting for more.
+func (p *Pool) removeAll(ch chan *Cell) {
+	for {
+		select {
+		case c := <-ch:
+			p.remove(c)
+		default:
+			return
 		}
 	}
 }

@@ -61,9 +61,10 @@ func killTree(dir string) {
 	unix.Close(fd)
 }
 
-// sweepSubtree is removeSubtree for sweep: a group that does not empty
-// before ctx ends is left (returned in the list, with ctx's cause), and so
-// is every group holding one, while the rest of the subtree is removed.
+// sweepSubtree removes the groups of dir's subtree, deepest first, as
+// removeSubtree says; a group that does not empty before ctx ends is left
+// (returned in the list, with ctx's cause), and so is every group holding
+// one, while the rest of the subtree is removed.
 func (t *Tree) sweepSubtree(ctx context.Context, dir string) (int, []error, error) {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
@@ -110,39 +111,13 @@ func (t *Tree) sweepSubtree(ctx context.Context, dir string) (int, []error, erro
 
 // removeSubtree removes the descendants of the group at dir deepest
 // first, then dir; each group still populated is killed (cgroup.kill) and
-// waited for before its rmdir. It returns how many groups it removed. A
-// group gone meanwhile (removed by another: a preloader instance's end)
-// is done with, whenever it went.
+// waited for before its rmdir. It returns how many groups it removed, and
+// sweepSubtree's groups left as its error. A group gone meanwhile
+// (removed by another: a preloader instance's end) is done with,
+// whenever it went.
 func (t *Tree) removeSubtree(ctx context.Context, dir string) (int, error) {
-	ents, err := os.ReadDir(dir)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return 0, nil
-		}
-		return 0, fmt.Errorf("read %s: %w", dir, err)
-	}
-	n := 0
-	for _, e := range ents {
-		if e.IsDir() {
-			m, err := t.removeSubtree(ctx, filepath.Join(dir, e.Name()))
-			n += m
-			if err != nil {
-				return n, err
-			}
-		}
-	}
-	fd, err := openDir(dir)
-	if errors.Is(err, unix.ENOENT) {
-		return n, nil // gone since it was listed
-	}
-	if err != nil {
-		return n, err
-	}
-	defer unix.Close(fd)
-	if err := removeGroup(ctx, t.ops, &Cell{path: dir, fd: fd}); err != nil {
-		return n, err
-	}
-	return n + 1, nil
+	n, left, err := t.sweepSubtree(ctx, dir)
+	return n, errors.Join(append(left, err)...)
 }
 
 // Close kills and removes everything cellgate created under cells/ (cells

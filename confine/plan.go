@@ -383,6 +383,9 @@ type Options struct {
 type FS interface {
 	Lstat(path string) (fs.FileInfo, error)
 	Readlink(path string) (string, error)
+	// EvalSymlinks is path with every symlink on it followed
+	// (filepath.EvalSymlinks).
+	EvalSymlinks(path string) (string, error)
 	// SameFile reports whether a and b, symlinks followed, are one file
 	// or directory: the same one through another path or another mount
 	// of it too.
@@ -394,6 +397,8 @@ type OSFS struct{}
 
 func (OSFS) Lstat(p string) (fs.FileInfo, error) { return os.Lstat(p) }
 func (OSFS) Readlink(p string) (string, error)   { return os.Readlink(p) }
+
+func (OSFS) EvalSymlinks(p string) (string, error) { return filepath.EvalSymlinks(p) }
 
 func (OSFS) SameFile(a, b string) bool {
 	fa, err := os.Stat(a)
@@ -623,45 +628,10 @@ func inside(fsys FS, h, dir string) (rel string, ok bool) {
 	}
 }
 
-// resolve returns the absolute path p with every symlink on it followed,
-// as the kernel's walk of it would (at most 40 of them), and false where
-// a part of it does not exist, a link cannot be read or they loop.
-func resolve(fsys FS, p string) (string, bool) {
-	done, rest := "/", strings.Split(p, "/")
-	for links := 0; len(rest) > 0; {
-		c := rest[0]
-		rest = rest[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			done = filepath.Dir(done)
-			continue
-		}
-		next := filepath.Join(done, c)
-		fi, err := fsys.Lstat(next)
-		if err != nil {
-			return "", false
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			done = next
-			continue
-		}
-		target, err := fsys.Readlink(next)
-		if links++; err != nil || links > 40 {
-			return "", false
-		}
-		if filepath.IsAbs(target) {
-			done = "/"
-		}
-		rest = append(strings.Split(target, "/"), rest...)
-	}
-	return done, true
-}
-
-// resolved is resolve's path, or p itself where it has none.
+// resolved is p with every symlink on it followed, or p itself where
+// that fails (a part of it missing, a loop).
 func resolved(fsys FS, p string) string {
-	if r, ok := resolve(fsys, p); ok {
+	if r, err := fsys.EvalSymlinks(p); err == nil {
 		return r
 	}
 	return p

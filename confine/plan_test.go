@@ -28,8 +28,6 @@ func (f fakeInfo) Sys() any           { return nil }
 
 func (f fakeFS) Lstat(p string) (fs.FileInfo, error) {
 	switch v := f[p]; {
-	case v == "" && f.holds(p):
-		return fakeInfo{p, fs.ModeDir | 0o755}, nil // a directory on a listed path
 	case v == "dir":
 		return fakeInfo{p, fs.ModeDir | 0o755}, nil
 	case v == "file":
@@ -38,16 +36,6 @@ func (f fakeFS) Lstat(p string) (fs.FileInfo, error) {
 		return fakeInfo{p, fs.ModeSymlink | 0o777}, nil
 	}
 	return nil, &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
-}
-
-// holds reports whether a listed path lies below p.
-func (f fakeFS) holds(p string) bool {
-	for k := range f {
-		if strings.HasPrefix(k, strings.TrimSuffix(p, "/")+"/") {
-			return true
-		}
-	}
-	return false
 }
 
 func (f fakeFS) Readlink(p string) (string, error) {
@@ -63,6 +51,14 @@ func (f fakeFS) SameFile(a, b string) bool {
 	ra, oka := f.resolve(a)
 	rb, okb := f.resolve(b)
 	return oka && okb && ra == rb
+}
+
+func (f fakeFS) EvalSymlinks(p string) (string, error) {
+	r, ok := f.resolve(p)
+	if !ok {
+		return "", &fs.PathError{Op: "lstat", Path: p, Err: fs.ErrNotExist}
+	}
+	return r, nil
 }
 
 func (f fakeFS) resolve(p string) (string, bool) {

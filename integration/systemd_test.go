@@ -43,9 +43,7 @@ func systemctl(t *testing.T, args ...string) (int, string) {
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "systemctl", args...).CombinedOutput()
 	if ctx.Err() != nil {
-		ps, _ := exec.Command("timeout", "10", "ps", "-eo", "pid,ppid,stat,wchan:30,args").CombinedOutput()
-		j, _ := exec.Command("timeout", "10", "journalctl", "--no-pager", "-n", "60").CombinedOutput()
-		t.Fatalf("systemctl %s: no answer in 2 minutes\n%s\njournal:\n%s", strings.Join(args, " "), ps, j)
+		t.Fatalf("systemctl %s: no answer in 2 minutes\n%s", strings.Join(args, " "), guestState(guestProcs, []string{"journalctl", "--no-pager", "-n", "60"}))
 	}
 	if ee, ok := err.(*exec.ExitError); ok {
 		return ee.ExitCode(), string(out)
@@ -62,11 +60,28 @@ func mustSystemctl(t *testing.T, args ...string) string {
 	t.Helper()
 	code, out := systemctl(t, args...)
 	if code != 0 {
-		j, _ := exec.Command("timeout", "10", "journalctl", "--no-pager", "-n", "40", "-u", "cellgate.service").CombinedOutput()
-		t.Fatalf("systemctl %s: status %d\n%s\njournal:\n%s", strings.Join(args, " "), code, out, j)
+		t.Fatalf("systemctl %s: status %d\n%s\n%s", strings.Join(args, " "), code, out, guestState(unitJournal))
 	}
 	return out
 }
+
+// unitJournal is the command of the service's last journal lines.
+var unitJournal = []string{"journalctl", "--no-pager", "-n", "40", "-u", "cellgate.service"}
+
+// guestState runs each command given, each bounded (a wedged journald or
+// service manager must not hang the suite past its own timeout with
+// nothing said), and returns their outputs, for a failure's message.
+func guestState(cmds ...[]string) string {
+	var b strings.Builder
+	for _, c := range cmds {
+		out, _ := exec.Command("timeout", append([]string{"10"}, c...)...).CombinedOutput()
+		fmt.Fprintf(&b, "$ %s\n%s\n", strings.Join(c, " "), out)
+	}
+	return b.String()
+}
+
+// guestProcs is the command listing the guest's processes.
+var guestProcs = []string{"ps", "-eo", "pid,ppid,stat,wchan:30,args"}
 
 // unitProperty is one property of a unit (systemctl show -p NAME --value).
 func unitProperty(t *testing.T, unit, name string) string {
@@ -196,12 +211,8 @@ func mustGet(t *testing.T, url string, want int) string {
 	t.Helper()
 	code, body, err := get(url)
 	if err != nil || code != want {
-		// Bounded: a wedged journald or service manager must not hang
-		// the suite past its own timeout with nothing said.
-		j, _ := exec.Command("timeout", "10", "journalctl", "--no-pager", "-n", "40", "-u", "cellgate.service").CombinedOutput()
-		st, _ := exec.Command("timeout", "10", "systemctl", "status", "--no-pager", "cellgate.service", "cellgate.socket").CombinedOutput()
-		ps, _ := exec.Command("timeout", "10", "ps", "-eo", "pid,ppid,stat,wchan:30,args").CombinedOutput()
-		t.Fatalf("GET %s: %d %q %v, want %d\njournal:\n%s\n%s\n%s", url, code, body, err, want, j, st, ps)
+		t.Fatalf("GET %s: %d %q %v, want %d\n%s", url, code, body, err, want,
+			guestState(unitJournal, []string{"systemctl", "status", "--no-pager", "cellgate.service", "cellgate.socket"}, guestProcs))
 	}
 	return body
 }

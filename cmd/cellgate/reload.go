@@ -219,9 +219,8 @@ func reloadMain(ctx context.Context, args []string, std stdio) int {
 	fs := flag.NewFlagSet("cellgate reload", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	pid := fs.Int("pid", 0, "")
-	timeout := new(time.Duration)
-	*timeout = defaultReloadWait
-	fs.Var((*durationFlag)(timeout), "timeout", "") // its errors say what a duration is
+	timeout := defaultReloadWait
+	fs.Var((*durationFlag)(&timeout), "timeout", "") // its errors say what a duration is
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(std.out, reloadUsage)
@@ -237,11 +236,11 @@ func reloadMain(ctx context.Context, args []string, std stdio) int {
 	case *pid <= 0:
 		fmt.Fprintf(std.err, "cellgate reload: --pid %d: want the pid of cellgate serve (under systemd: --pid $MAINPID)\n", *pid)
 		return exitUsage
-	case *timeout <= 0:
-		fmt.Fprintf(std.err, "cellgate reload: --timeout %s: want a positive duration\n", *timeout)
+	case timeout <= 0:
+		fmt.Fprintf(std.err, "cellgate reload: --timeout %s: want a positive duration\n", timeout)
 		return exitUsage
 	}
-	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	verdict, err := askReload(ctx, *pid)
 	if err != nil {

@@ -172,26 +172,18 @@ func (d *daemon) stopFork(f *forkSpec) {
 	d.dropGroup(f.group, f.release)
 }
 
-// removeGroup removes a route group; false when it could not (its uids
-// then stay out of circulation: a process may still run under them).
-func (d *daemon) removeGroup(g *cgroup.RouteGroup) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), forkStopTimeout)
-	defer cancel()
-	if err := g.Remove(ctx); err != nil {
-		d.log.Error("remove a fork route's group; left for shutdown", "group", g.Path(), "err", err)
-		return false
-	}
-	return true
-}
-
 // dropGroup removes a fork route's group and gives its uids back, unless
 // the group could not be removed: a process of the route (its preloader,
 // a subprocess of its import, a request) may still run under them, and
 // another route must not get them.
 func (d *daemon) dropGroup(g *cgroup.RouteGroup, release func()) {
-	if d.removeGroup(g) {
-		release()
+	ctx, cancel := context.WithTimeout(context.Background(), forkStopTimeout)
+	defer cancel()
+	if err := g.Remove(ctx); err != nil {
+		d.log.Error("remove a fork route's group; left for shutdown", "group", g.Path(), "err", err)
+		return
 	}
+	release()
 }
 
 // stopForks stops the fork routes of specs.
