@@ -197,45 +197,72 @@ func (w *warmPool) returning(k warmKey, ip *initProc) (back func()) {
 // when its Result was known, with this init still counted as serving.
 func (w *warmPool) putBack(k warmKey, ip *initProc) {
 	ip.final, ip.got, ip.started = nil, nil, false
-	// A cell prepared and not used (the request failed before its
-	// hand-off) holds the stub's socket: no program ran since the check.
-	quiet := ip.next != nil || ip.netQuiet(k.plan)
-	w.mu.Lock()
-	keep := w.ctx.Err() == nil
-	surplus := false
-	switch {
-	case !keep:
-	case !quiet:
-		keep = false
-		w.ended(EndSockets)
-	case ip.view.aged(time.Now()):
-		keep = false
-		w.ended(EndAged)
-	case !ip.wanted(w.sets[k]):
-		keep, surplus = false, true
-		w.ended(EndSurplus)
-	}
-	w.mu.Unlock()
+	keep, surplus := w.keeps(k, ip)
 	if keep && ip.next == nil {
 		if keep = w.r.prepareNext(w.ctx, ip, k.prof); !keep {
 			w.ended(EndFailed)
 		}
 	}
+	if !w.settle(k, ip, keep, surplus) {
+		w.r.teardowns.run(func() { w.r.discard(ip) })
+	}
+}
+
+// keeps decides whether a resident init coming back (putBack) may serve
+// another request, and counts why not when it may not; surplus: its set
+// had all it wanted.
+func (w *warmPool) keeps(k warmKey, ip *initProc) (keep, surplus bool) {
+	// A cell prepared and not used (the request failed before its
+	// hand-off) holds the stub's socket: no program ran since the check.
+	quiet := ip.next != nil || ip.netQuiet(k.plan)
 	w.mu.Lock()
+	defer w.mu.Unlock()
+	switch {
+	case w.ctx.Err() != nil:
+		return false, false
+	case !quiet && ip.gone():
+		// An init that died has no network namespace to read: the
+		// check failed for that, not for a socket.
+		w.ended(EndFailed)
+		return false, false
+	case !quiet:
+		w.ended(EndSockets)
+		return false, false
+	case ip.view.aged(time.Now()):
+		w.ended(EndAged)
+		return false, false
+	case !ip.wanted(w.sets[k]):
+		w.ended(EndSurplus)
+		return false, true
+	}
+	return true, false
+}
+
+// settle puts ip, kept (keeps, and its next request's cell prepared),
+// among its set's ready ones, and reports whether it did; an init not
+// kept wakes the refill to set another up, unless the set had all it
+// wanted. A set gone since keeps (idle, or its route's policy replaced)
+// wants no more: its init is counted as surplus.
+func (w *warmPool) settle(k warmKey, ip *initProc, keep, surplus bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	ip.back()
 	ip.leaveSet()
 	s := w.sets[k]
-	keep = keep && s != nil && w.ctx.Err() == nil
 	switch {
-	case keep:
+	case !keep:
+	case w.ctx.Err() != nil:
+		keep = false
+	case s == nil:
+		keep = false
+		w.ended(EndSurplus)
+	default:
 		s.ready = append(s.ready, ip)
-	case s != nil && !surplus:
+	}
+	if !keep && s != nil && !surplus {
 		wakeUp(s.wake)
 	}
-	w.mu.Unlock()
-	if !keep {
-		w.r.teardowns.run(func() { w.r.discard(ip) })
-	}
+	return keep
 }
 
 // wanted reports whether s has room for ip beside its other cells (ready,

@@ -412,3 +412,73 @@ func TestSendToStubEnded(t *testing.T) {
 		}
 	})
 }
+
+// TestResidentEndCounted: a resident init coming back is counted, when
+// it is not kept, under why: one that died as failed (its network
+// namespace cannot be read, which is not a socket left in it), one
+// whose set went while its next cell was prepared as surplus.
+func TestResidentEndCounted(t *testing.T) {
+	plan := mustPrepare(t, &confine.Plan{Namespaces: confine.NSPID | confine.NSNet, Resident: true})
+	k := warmKey{plan: plan}
+	pool := func() *warmPool {
+		w := newWarmPool(&Runner{}, 0, 4)
+		t.Cleanup(w.cancel)
+		return w
+	}
+	counts := func(w *warmPool) map[ResidentEnd]uint64 {
+		got := map[ResidentEnd]uint64{}
+		for _, e := range ResidentEndReasons() {
+			if n := w.ends[e].Load(); n > 0 {
+				got[e] = n
+			}
+		}
+		return got
+	}
+
+	t.Run("died", func(t *testing.T) {
+		w := pool()
+		s := &warmSet{want: 2, busy: 1, wake: make(chan struct{}, 1)}
+		w.sets[k] = s
+		dead := exec.Command("true")
+		if err := dead.Run(); err != nil { // reaped: its /proc/PID is gone
+			t.Fatal(err)
+		}
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fds[0])
+		unix.Close(fds[1]) // the init's end, closed by its exit
+		ip := &initProc{set: s, resident: true, proc: dead.Process, ctl: fds[0], view: stampView(plan)}
+		defer ip.closeSockstat()
+		if keep, _ := w.keeps(k, ip); keep {
+			t.Fatal("a dead init kept")
+		}
+		if got := counts(w); len(got) != 1 || got[EndFailed] != 1 {
+			t.Errorf("ends counted %v, want failed 1", got)
+		}
+	})
+
+	t.Run("set gone meanwhile", func(t *testing.T) {
+		w := pool()
+		s := &warmSet{want: 2, busy: 1, wake: make(chan struct{}, 1)}
+		w.sets[k] = s
+		ip := &initProc{set: s, resident: true, view: stampView(plan), next: &fakeCell{c: &fakeCells{}}}
+		keep, surplus := w.keeps(k, ip)
+		if !keep {
+			t.Fatalf("a quiet init of a set with room not kept (ends %v)", counts(w))
+		}
+		w.mu.Lock()
+		delete(w.sets, k) // the set ended while the next cell was prepared
+		w.mu.Unlock()
+		if w.settle(k, ip, keep, surplus) {
+			t.Fatal("an init of a set gone was put back")
+		}
+		if got := counts(w); len(got) != 1 || got[EndSurplus] != 1 {
+			t.Errorf("ends counted %v, want surplus 1", got)
+		}
+		if s.busy != 0 || ip.set != nil {
+			t.Errorf("after settle: busy %d, set %p; want 0, none", s.busy, ip.set)
+		}
+	})
+}
