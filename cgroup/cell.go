@@ -440,7 +440,7 @@ func (t *Tree) newCell(prof *Profile) (*Cell, error) {
 	if err != nil {
 		return nil, err
 	}
-	g, err := t.openTenant(prof.tenant)
+	g, _, err := t.openTenant(prof.tenant)
 	if err != nil {
 		return nil, err
 	}

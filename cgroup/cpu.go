@@ -25,7 +25,16 @@ func cpuSettings(r *specs.LinuxResources) ([]Setting, error) {
 	if c.RealtimeRuntime != nil || c.RealtimePeriod != nil {
 		return nil, &LimitError{Field: "cpu.realtimeRuntime", Value: "set", Reason: "realtime bandwidth does not exist on cgroup v2"}
 	}
+	if c.Idle != nil && *c.Idle != 0 && *c.Idle != 1 {
+		return nil, &LimitError{Field: "cpu.idle", Value: strconv.FormatInt(*c.Idle, 10), Reason: "must be 0 or 1"}
+	}
 	var out []Setting
+	// The kernel refuses cpu.weight in an idle group: cpu.idle=0 goes
+	// first (a group made idle before may be updated so), cpu.idle=1
+	// last.
+	if c.Idle != nil && *c.Idle == 0 {
+		out = append(out, Setting{"cpu.idle", "0"})
+	}
 	if c.Shares != nil && *c.Shares != 0 {
 		out = append(out, Setting{"cpu.weight", strconv.FormatUint(sharesToWeight(*c.Shares), 10)})
 	}
@@ -62,11 +71,8 @@ func cpuSettings(r *specs.LinuxResources) ([]Setting, error) {
 		}
 		out = append(out, Setting{"cpu.max.burst", strconv.FormatUint(*c.Burst, 10)})
 	}
-	if c.Idle != nil {
-		if *c.Idle != 0 && *c.Idle != 1 {
-			return nil, &LimitError{Field: "cpu.idle", Value: strconv.FormatInt(*c.Idle, 10), Reason: "must be 0 or 1"}
-		}
-		out = append(out, Setting{"cpu.idle", strconv.FormatInt(*c.Idle, 10)})
+	if c.Idle != nil && *c.Idle == 1 {
+		out = append(out, Setting{"cpu.idle", "1"})
 	}
 	if c.Cpus != "" {
 		out = append(out, Setting{"cpuset.cpus", c.Cpus})

@@ -71,6 +71,8 @@ func TestConvert(t *testing.T) {
 		{name: "shares max", r: &specs.LinuxResources{CPU: &specs.LinuxCPU{Shares: u64(262144)}}, want: set("cpu.weight", "10000")},
 		{name: "shares 0 unset", r: &specs.LinuxResources{CPU: &specs.LinuxCPU{Shares: u64(0)}}, want: nil},
 		{name: "idle", r: &specs.LinuxResources{CPU: &specs.LinuxCPU{Idle: i64(1)}}, want: set("cpu.idle", "1")},
+		{name: "not idle before its weight", r: &specs.LinuxResources{CPU: &specs.LinuxCPU{Shares: u64(1024), Idle: i64(0)}}, want: set("cpu.idle", "0", "cpu.weight", "100")},
+		{name: "idle after its weight", r: &specs.LinuxResources{CPU: &specs.LinuxCPU{Shares: u64(1024), Idle: i64(1)}}, want: set("cpu.weight", "100", "cpu.idle", "1")},
 		{name: "idle out of range", r: &specs.LinuxResources{CPU: &specs.LinuxCPU{Idle: i64(2)}}, err: "cpu.idle"},
 		{name: "realtime", r: &specs.LinuxResources{CPU: &specs.LinuxCPU{RealtimeRuntime: i64(1)}}, err: "cpu.realtimeRuntime"},
 		{name: "cpuset", r: &specs.LinuxResources{CPU: &specs.LinuxCPU{Cpus: "0-1", Mems: "0"}}, want: set("cpuset.cpus", "0-1", "cpuset.mems", "0")},

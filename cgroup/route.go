@@ -54,7 +54,7 @@ func (t *Tree) NewRouteGroup(tenant string, preload *specs.LinuxResources, owner
 	if err != nil {
 		return nil, err
 	}
-	g, err := t.openTenant(tenant)
+	g, _, err := t.openTenant(tenant)
 	if err != nil {
 		return nil, err
 	}

@@ -128,14 +128,16 @@ func (t *Tree) removeSubtree(ctx context.Context, dir string) (int, error) {
 // namespace) removes the group after the process is gone, and the next
 // Open reuses it. Close the Pool first.
 func (t *Tree) Close() error {
+	t.budgetMu.Lock() // a budget change ends first: none writes after
 	t.mu.Lock()
-	if t.closed {
-		t.mu.Unlock()
-		return nil
-	}
+	closed := t.closed
 	t.closed = true
 	t.tenants = map[string]*Tenant{}
 	t.mu.Unlock()
+	t.budgetMu.Unlock()
+	if closed {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), t.sweepTime)
 	defer cancel()
 	_, errs, err := t.sweep(ctx)

@@ -18,7 +18,7 @@ import (
 type Tenant struct {
 	name    string
 	path    string
-	applied []Setting // the budget last written (guarded by Tree.mu)
+	applied []Setting // the budget last written (guarded by Tree.budgetMu)
 }
 
 // Name is the tenant's name.
@@ -52,12 +52,9 @@ func (t *Tree) Tenant(name string, r *specs.LinuxResources) (*Tenant, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return nil, ErrClosed
-	}
-	g, _, err := t.tenantLocked(name)
+	t.budgetMu.Lock()
+	defer t.budgetMu.Unlock()
+	g, _, err := t.openTenant(name)
 	if err != nil {
 		return nil, err
 	}
@@ -91,9 +88,9 @@ func (t *Tree) SetBudgets(global *specs.LinuxResources, budgets []Budget) ([]*Te
 	if err != nil {
 		return nil, err
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
+	t.budgetMu.Lock()
+	defer t.budgetMu.Unlock()
+	if t.isClosed() {
 		return nil, ErrClosed
 	}
 	j := &journal{}
@@ -102,7 +99,7 @@ func (t *Tree) SetBudgets(global *specs.LinuxResources, budgets []Budget) ([]*Te
 	}
 	groups := make([]*Tenant, len(budgets))
 	for i, name := range names {
-		g, made, err := t.tenantLocked(name)
+		g, made, err := t.openTenant(name)
 		if err != nil {
 			return nil, t.rollback(j, err)
 		}
@@ -130,23 +127,17 @@ func (t *Tree) AddTenants(budgets []Budget) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
-		return nil, ErrClosed
-	}
+	t.budgetMu.Lock()
+	defer t.budgetMu.Unlock()
 	j := &journal{}
 	var made []string
 	for i, name := range names {
-		if t.tenants[name] != nil {
-			continue
-		}
-		g, created, err := t.tenantLocked(name)
+		g, created, err := t.openTenant(name)
 		if err != nil {
 			return nil, t.rollback(j, err)
 		}
 		if !created {
-			continue // a directory of the name was there: left as SetBudgets finds it
+			continue // it had a group, or a directory of the name was there: left as SetBudgets finds it
 		}
 		j.created = append(j.created, g)
 		if err := t.applyBudget(g, plans[i], j); err != nil {
@@ -193,9 +184,9 @@ func (t *Tree) SetBudget(r *specs.LinuxResources) error {
 	if err != nil {
 		return err
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.closed {
+	t.budgetMu.Lock()
+	defer t.budgetMu.Unlock()
+	if t.isClosed() {
 		return ErrClosed
 	}
 	return t.applyBudget(&t.global, p, nil)
@@ -204,7 +195,10 @@ func (t *Tree) SetBudget(r *specs.LinuxResources) error {
 // applyBudget writes p to the group g, resetting what g's previous budget
 // set and p does not. With a journal j, each write's undo is recorded in
 // it first (what the file held: previousSetting), and a write that fails
-// stops there for the caller to roll j back. t.mu is held.
+// stops there for the caller to roll j back. t.budgetMu is held, and
+// not t.mu: a memory.max below what the group holds has the kernel
+// reclaim in the write, for as long as that takes, and cells are made
+// meanwhile.
 func (t *Tree) applyBudget(g *Tenant, p *plan, j *journal) error {
 	writes, unknown := updateWrites(g.applied, p.settings)
 	for _, f := range unknown {
@@ -260,7 +254,7 @@ type groupBudget struct {
 // default, which the entry holds until cellgate writes it (reading these
 // files gives every device's entries, which one write cannot take back).
 // Any other file holds one value: it is read now, before x is written,
-// and written back as read. t.mu is held.
+// and written back as read. t.budgetMu is held.
 func previousSetting(g *Tenant, x Setting) (Setting, error) {
 	if x.File == "io.max" || x.File == "io.weight" {
 		if i := slices.IndexFunc(g.applied, func(o Setting) bool { return sameTarget(o, x) }); i >= 0 {
@@ -283,7 +277,7 @@ func previousSetting(g *Tenant, x Setting) (Setting, error) {
 // put back, each wrapping ErrNotRestored and logged at error level with
 // the tenant, the file and the value. A file left with the new value
 // counts as part of its group's budget, so that a later budget without it
-// resets it. t.mu is held.
+// resets it. t.budgetMu is held.
 func (t *Tree) rollback(j *journal, err error) error {
 	errs := []error{err}
 	var stuck []groupWrite
@@ -303,6 +297,8 @@ func (t *Tree) rollback(j *journal, err error) error {
 			w.g.applied = append(slices.Clip(w.g.applied), w.wrote)
 		}
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	for _, g := range slices.Backward(j.created) {
 		if rerr := t.ops.rmdir(g.path); rerr != nil && !errors.Is(rerr, unix.ENOENT) {
 			t.log.Error("budget change failed and the group it created could not be removed", "tenant", g.name, "group", g.path, "err", rerr)
@@ -315,15 +311,21 @@ func (t *Tree) rollback(j *journal, err error) error {
 }
 
 // openTenant returns the tenant group, creating it, unless the Tree is
-// closed (ErrClosed).
-func (t *Tree) openTenant(name string) (*Tenant, error) {
+// closed (ErrClosed); made: its directory was made by this call.
+func (t *Tree) openTenant(name string) (g *Tenant, made bool, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
-		return nil, ErrClosed
+		return nil, false, ErrClosed
 	}
-	g, _, err := t.tenantLocked(name)
-	return g, err
+	return t.tenantLocked(name)
+}
+
+// isClosed reports whether Close has begun.
+func (t *Tree) isClosed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closed
 }
 
 // tenantLocked returns the tenant group, creating it with the controllers
@@ -377,6 +379,8 @@ func (t *Tree) RemoveTenant(name string) error {
 	if err != nil {
 		return err
 	}
+	t.budgetMu.Lock()
+	defer t.budgetMu.Unlock()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	dir := filepath.Join(t.cells, name)
@@ -420,7 +424,22 @@ func updateWrites(old, next []Setting) (writes []Setting, unknown []string) {
 			writes = append(writes, r)
 		}
 	}
-	return append(writes, next...), unknown
+	return append(writes, burstFirst(old, next)...), unknown
+}
+
+// burstFirst returns next, with a write of cpu.max.burst=0 before its
+// cpu.max when next sets both and old may have left a burst: the kernel
+// refuses a quota below the burst the group holds, and a burst above the
+// quota it holds, so that neither order of the two writes takes a group
+// from {50000, burst 40000} to {20000, burst 10000}, or from {20000} to
+// {50000, burst 40000}; a burst of 0 fits any quota.
+func burstFirst(old, next []Setting) []Setting {
+	isBurst := func(s Setting) bool { return s.File == "cpu.max.burst" }
+	i := slices.IndexFunc(next, func(s Setting) bool { return s.File == "cpu.max" })
+	if i < 0 || !slices.ContainsFunc(next, isBurst) || !slices.ContainsFunc(old, isBurst) {
+		return next
+	}
+	return slices.Insert(slices.Clone(next), i, Setting{"cpu.max.burst", "0"})
 }
 
 // sameTarget reports whether two writes set the same thing: the same file,

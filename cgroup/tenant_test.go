@@ -2,7 +2,9 @@ package cgroup
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -10,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -28,6 +31,12 @@ func TestUpdateWrites(t *testing.T) {
 			want: set("memory.max", "max", "cpu.max", "max", "cpu.weight", "100", "pids.max", "6")},
 		{name: "io per device", old: set("io.max", "8:0 rbps=1", "io.max", "8:0 wbps=2", "io.weight", "8:0 50", "io.weight", "default 10"), next: set("io.max", "8:0 wbps=3"),
 			want: set("io.max", "8:0 rbps=max", "io.weight", "8:0 default", "io.weight", "default 100", "io.max", "8:0 wbps=3")},
+		{name: "quota and burst after a burst", old: set("cpu.max", "50000 100000", "cpu.max.burst", "40000"), next: set("cpu.max", "20000 100000", "cpu.max.burst", "10000"),
+			want: set("cpu.max.burst", "0", "cpu.max", "20000 100000", "cpu.max.burst", "10000")},
+		{name: "quota and burst, none before", old: set("cpu.max", "20000 100000"), next: set("cpu.max", "50000 100000", "cpu.max.burst", "40000"),
+			want: set("cpu.max", "50000 100000", "cpu.max.burst", "40000")},
+		{name: "burst dropped", old: set("cpu.max", "50000 100000", "cpu.max.burst", "40000"), next: set("cpu.max", "20000 100000"),
+			want: set("cpu.max.burst", "0", "cpu.max", "20000 100000")},
 		{name: "hugetlb", old: set("hugetlb.2MB.max", "4096"), want: set("hugetlb.2MB.max", "max")},
 		{name: "unknown unified file", old: set("memory.zswap.max", "0", "memory.high", "9"), want: set("memory.high", "max"), unknown: []string{"memory.zswap.max"}},
 	}
@@ -268,5 +277,89 @@ func TestAddTenants(t *testing.T) {
 				t.Errorf("AddTenants again = %v, %v; want nothing made", made, err)
 			}
 		})
+	}
+}
+
+// TestBudgetWriteLeavesCellsFree: a budget change whose write the
+// kernel holds (a memory.max lowered below what the group holds, which
+// reclaims in the write) does not hold up the making of cells. A FIFO
+// stands for the file: the change's read of its value (to restore it
+// should the change fail) waits for the test to write one.
+func TestBudgetWriteLeavesCellsFree(t *testing.T) {
+	tr := mustOpenFake(t, &fakeFS{}, fakeRoot(t, "memory", "cpu", "pids"), nil)
+	budget := func(limit int64) []Budget {
+		return []Budget{{"a", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(limit)}}}}
+	}
+	if _, err := tr.SetBudgets(nil, budget(1<<30)); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(tr.CellsPath(), "a", "memory.max")
+	if err := os.Remove(fifo); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	changed := make(chan error, 1)
+	go func() {
+		_, err := tr.SetBudgets(nil, budget(512<<20))
+		changed <- err
+	}()
+	// The change is in its read once a writer can open the FIFO.
+	var w int
+	for deadline := time.Now().Add(time.Minute); ; {
+		fd, err := unix.Open(fifo, unix.O_WRONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err == nil {
+			w = fd
+			break
+		}
+		if !errors.Is(err, unix.ENXIO) || time.Now().After(deadline) {
+			t.Fatalf("the budget change never read %s: %v", fifo, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+
+	prof, err := NewProfile("a", &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: i64(32 << 20)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	made := make(chan error, 1)
+	go func() {
+		c, err := tr.NewCell(prof)
+		if err == nil {
+			err = c.Remove(context.Background())
+		}
+		made <- err
+	}()
+	waited := false
+	select {
+	case err := <-made:
+		if err != nil {
+			t.Errorf("NewCell during a budget change: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Error("NewCell waited for the budget change's write")
+		waited = true
+	}
+
+	// Let the change go on: the value read, then the new one written.
+	if _, err := unix.Write(w, []byte("1073741824\n")); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(w)
+	r, err := os.Open(fifo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(r)
+	r.Close()
+	if err != nil || string(got) != "536870912" {
+		t.Errorf("the change wrote %q (%v), want 536870912", got, err)
+	}
+	if err := <-changed; err != nil {
+		t.Errorf("SetBudgets: %v", err)
+	}
+	if waited {
+		<-made
 	}
 }

@@ -109,6 +109,12 @@ type Tree struct {
 	// Cells do not open or read them; Usage lists them as Missing.
 	acctAbsent [nAcct]bool
 
+	// budgetMu orders the changes of budgets (Tenant, SetBudget,
+	// SetBudgets, AddTenants, RemoveTenant, Close) and guards what they
+	// wrote (Tenant.applied); it is taken before mu, which the writes
+	// themselves do not hold (applyBudget).
+	budgetMu sync.Mutex
+
 	mu      sync.Mutex
 	closed  bool
 	global  Tenant // cells/ itself, for SetBudget

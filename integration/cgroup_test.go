@@ -157,6 +157,35 @@ func TestCgroupFeaturesAndLimits(t *testing.T) {
 	}
 }
 
+// TestCgroupBudgetUpdateOrder: a tenant's budget updated to a lower CPU
+// quota and burst, and from idle to a weight, is written in an order the
+// kernel takes (it refuses a quota below the burst a group holds and a
+// weight in an idle group), and back again.
+func TestCgroupBudgetUpdateOrder(t *testing.T) {
+	tr := openTree(t, cgroup.Options{})
+	budgets := []*specs.LinuxResources{
+		{CPU: &specs.LinuxCPU{Quota: i64(50000), Period: u64(100000), Burst: u64(40000), Idle: i64(1)}},
+		{CPU: &specs.LinuxCPU{Quota: i64(20000), Period: u64(100000), Burst: u64(10000), Idle: i64(0), Shares: u64(2048)}},
+		{CPU: &specs.LinuxCPU{Quota: i64(60000), Period: u64(100000), Burst: u64(50000), Idle: i64(1)}},
+	}
+	wants := []map[string]string{
+		{"cpu.max": "50000 100000", "cpu.max.burst": "40000", "cpu.idle": "1"},
+		{"cpu.max": "20000 100000", "cpu.max.burst": "10000", "cpu.idle": "0", "cpu.weight": "174"},
+		{"cpu.max": "60000 100000", "cpu.max.burst": "50000", "cpu.idle": "1"},
+	}
+	for i, r := range budgets {
+		gs, err := tr.SetBudgets(nil, []cgroup.Budget{{Tenant: "acme", Resources: r}})
+		if err != nil {
+			t.Fatalf("budget %d: SetBudgets: %v", i, err)
+		}
+		for file, want := range wants[i] {
+			if got := readTrim(t, filepath.Join(gs[0].Path(), file)); got != want {
+				t.Errorf("budget %d: %s = %q, want %q", i, file, got, want)
+			}
+		}
+	}
+}
+
 func TestCgroupPidsMaxZeroRefusesSpawn(t *testing.T) {
 	tr := openTree(t, cgroup.Options{})
 	prof, err := cgroup.NewProfile("", &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: i64(0)}})
