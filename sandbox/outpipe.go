@@ -24,13 +24,20 @@ import (
 // answered. Such copies never write. So once every process that may write
 // is gone (Run has returned: the cell is empty, or its init reported that
 // the program and all it left are dead), the reader takes what the pipe
-// holds and then ends, whoever else still has a copy.
+// holds and then ends, whoever else still has a copy. A copy that does
+// write, one a fork route's preloader kept (its app's code can), gets no
+// further than what the pipe held then: the reader reads no more than
+// that, however fast the copy refills it.
 
 // OutputReader is the read end of a worker's output pipe.
 type OutputReader struct {
 	f     *os.File
 	rc    syscall.RawConn
 	ended atomic.Bool
+	// left is what the reader may still read once ended: what the pipe
+	// held at WritersGone, less what was read since; -1 where the kernel
+	// did not say (every byte until the pipe is found empty).
+	left atomic.Int64
 }
 
 // OutputPipe returns a pipe for a worker's stdout or stderr: the write end
@@ -65,8 +72,19 @@ func (r *OutputReader) Read(b []byte) (int, error) {
 			// a writer could have written, and WritersGone been called,
 			// between the two, and its output would be lost.
 			ended := r.ended.Load()
+			buf := b
+			if ended {
+				left := r.left.Load()
+				if left == 0 {
+					n, rerr = 0, io.EOF
+					return true
+				}
+				if left > 0 && int64(len(buf)) > left {
+					buf = buf[:left]
+				}
+			}
 			for {
-				n, rerr = unix.Read(int(fd), b)
+				n, rerr = unix.Read(int(fd), buf)
 				if !errors.Is(rerr, unix.EINTR) {
 					break
 				}
@@ -77,6 +95,9 @@ func (r *OutputReader) Read(b []byte) (int, error) {
 					return true
 				}
 				return false // wait for data, or for WritersGone
+			}
+			if ended && n > 0 && r.left.Load() > 0 {
+				r.left.Add(int64(-n))
 			}
 			return true
 		})
@@ -103,9 +124,18 @@ func (r *OutputReader) Read(b []byte) (int, error) {
 }
 
 // WritersGone says that no process that may write to the pipe is left:
-// the reader returns what the pipe holds, then io.EOF. A Read waiting for
-// data is woken.
+// the reader returns what the pipe holds, then io.EOF (no more than it
+// holds now, whatever is written after). A Read waiting for data is
+// woken. Called once, from one goroutine.
 func (r *OutputReader) WritersGone() {
+	left := int64(-1)
+	r.rc.Control(func(fd uintptr) {
+		// FIONREAD (TIOCINQ) of a pipe: the bytes it holds.
+		if n, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ); err == nil {
+			left = int64(n)
+		}
+	})
+	r.left.Store(left)
 	r.ended.Store(true)
 	r.f.SetReadDeadline(time.Now())
 }

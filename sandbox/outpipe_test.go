@@ -111,3 +111,26 @@ func TestOutputPipeWritersGoneRace(t *testing.T) {
 		}
 	}
 }
+
+// A copy of the write end that writes after WritersGone (a fork route's
+// preloader that kept one) gets no further than what the pipe held then:
+// the reader returns that and io.EOF, not what the copy writes on.
+func TestOutputReaderStopsAtWhatWasThere(t *testing.T) {
+	r, w, err := OutputPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	if _, err := io.WriteString(w, "the answer"); err != nil {
+		t.Fatal(err)
+	}
+	r.WritersGone()
+	if _, err := io.WriteString(w, " and what a kept copy writes after"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(r)
+	if err != nil || string(got) != "the answer" {
+		t.Errorf("read %q (%v), want %q", got, err, "the answer")
+	}
+}
