@@ -236,7 +236,7 @@ func (inst *instance) spawn(msg []byte, fds []int, cell Cell) (*worker, error) {
 		return nil, err
 	}
 	if m.Type == msgError {
-		return nil, &spawnRefusal{m.Error}
+		return nil, &spawnRefusal{lastOf(m.Error, maxRefusal)}
 	}
 	w := &worker{pid: m.Pid, pidfd: got[0], clone: time.Duration(m.CloneUS) * time.Microsecond}
 	if ours, err := verifyChild(w, cell); err != nil {

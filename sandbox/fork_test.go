@@ -138,6 +138,28 @@ func TestForkImportError(t *testing.T) {
 	}
 }
 
+// An app whose code, at import, sends an error of its own (100 KiB,
+// not the preloader's traceback cut to its last 16 Ki characters) has its
+// end kept, cut as the preloader cuts, so that each restart's log line
+// stays bounded.
+func TestForkImportErrorCut(t *testing.T) {
+	r := newTestRunner(t, &fakeCells{})
+	app := `
+import json, os, socket
+s = socket.socket(fileno=3)
+s.send(json.dumps({"v": ` + strconv.Itoa(protoVersion) + `, "type": "error", "error": "x" * (100 << 10) + "the end"}).encode())
+os._exit(0)
+`
+	_, err := startTestPreloader(t, r, app, 0)
+	var pe *PreloadError
+	if !errors.As(err, &pe) {
+		t.Fatalf("err = %v, want a PreloadError", err)
+	}
+	if len(pe.Output) > maxImportError+64 || !strings.HasSuffix(pe.Output, "the end") || !strings.HasPrefix(pe.Output, "[") {
+		t.Errorf("the error kept is %d bytes (%.40q...%q), want its last %d, marked as cut", len(pe.Output), pe.Output, pe.Output[max(0, len(pe.Output)-10):], maxImportError)
+	}
+}
+
 // An app whose code, at import, sends the daemon a message with an fd on
 // the preloader's socket has the preloader refused, and the fd it sent
 // closed in the daemon, not left open there (one per restart).

@@ -23,7 +23,28 @@ const (
 	// send buffer (SO_SNDBUF) less this (net/unix/af_unix.c); larger is
 	// EMSGSIZE.
 	dgramOverhead = 32
+	// maxImportError is the most of an import's error message kept (its
+	// end), as the preloader cuts its traceback (MAX_TRACEBACK): what an
+	// app's own code sends in its place is no longer, and the log lines
+	// that carry it (each restart's) stay under a log's line bound.
+	maxImportError = 16 << 10
+	// maxRefusal is the most of a spawn refusal's message kept, for the
+	// request's log line.
+	maxRefusal = 1 << 10
 )
+
+// lastOf returns the last n bytes of s at most, from a character's start,
+// marked as cut when they are not the whole.
+func lastOf(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	i := len(s) - n
+	for i < len(s) && !utf8.RuneStart(s[i]) {
+		i++
+	}
+	return fmt.Sprintf("[%d bytes cut]\n", i) + s[i:]
+}
 
 // Message types.
 const (

@@ -621,7 +621,7 @@ func (p *Preloader) startInstance(ctx context.Context) (*instance, error) {
 		return fail(fmt.Errorf("preloader of route %s: %w", cfg.Route, err))
 	}
 	if m.Type == msgError {
-		return fail(&PreloadError{Route: cfg.Route, Output: m.Error})
+		return fail(&PreloadError{Route: cfg.Route, Output: lastOf(m.Error, maxImportError)})
 	}
 	conn.SetReadDeadline(time.Time{})
 	inst.recycle, inst.exited = make(chan struct{}, 1), make(chan struct{})
