@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cellgate/cellgate/accounting"
 	"github.com/cellgate/cellgate/cgroup"
@@ -238,7 +240,7 @@ func (x *exchange) serve() {
 		}
 		run.close()
 		if hop == s.cfg.MaxLocalRedirects {
-			x.fail(fmt.Errorf("local redirect %d to %q: %w", hop+1, run.hdr.Location, ErrRedirectLoop), run.res)
+			x.fail(fmt.Errorf("local redirect %d to %q: %w", hop+1, clip([]byte(run.hdr.Location)), ErrRedirectLoop), run.res)
 			return
 		}
 		x.recordHop(req, hopPath, hopStart)
@@ -455,20 +457,20 @@ func (x *exchange) releaseMatches() {
 func (x *exchange) redirect(prev *cgiRequest, loc string) (*cgiRequest, *policy.Match, string, error) {
 	u, err := url.Parse(loc)
 	if err != nil {
-		return nil, nil, "", fmt.Errorf("local redirect to %q: %w: %w", loc, ErrInvalidResponse, err)
+		return nil, nil, "", fmt.Errorf("local redirect to %q: %w: %w", clip([]byte(loc)), ErrInvalidResponse, err)
 	}
 	if strings.IndexByte(u.Path, 0) >= 0 {
-		return nil, nil, "", fmt.Errorf("local redirect to %q: NUL byte: %w", loc, ErrInvalidResponse)
+		return nil, nil, "", fmt.Errorf("local redirect to %q: NUL byte: %w", clip([]byte(loc)), ErrInvalidResponse)
 	}
 	m, err := x.match(http.MethodGet, u.Path)
 	if errors.Is(err, policy.ErrBadPath) {
 		// The worker's mistake, not the client's: a 502, and the cause
 		// is kept out of the chain (%v) so that it is not taken for a
 		// bad request (400).
-		return nil, nil, "", fmt.Errorf("local redirect to %q: %w: %v", loc, ErrInvalidResponse, err)
+		return nil, nil, "", fmt.Errorf("local redirect to %q: %w: %v", clip([]byte(loc)), ErrInvalidResponse, err)
 	}
 	if err != nil {
-		return nil, nil, "", fmt.Errorf("local redirect to %q: %w", loc, err)
+		return nil, nil, "", fmt.Errorf("local redirect to %q: %w", clip([]byte(loc)), err)
 	}
 	req := *prev
 	req.Method = http.MethodGet
@@ -564,14 +566,37 @@ func (x *exchange) logFailure(err error, res *sandbox.Result, v verdict) {
 	if cause := cellFailure(res); cause != nil {
 		attrs = append(attrs, "err", cause)
 		if err != nil {
-			attrs = append(attrs, "detail", err)
+			attrs = append(attrs, "detail", loggedError(err))
 		}
 	} else if err == nil || errors.Is(err, context.Canceled) {
 		return
 	} else {
-		attrs = append(attrs, "err", err)
+		attrs = append(attrs, "err", loggedError(err))
 	}
 	x.s.log.Warn("request failed", attrs...)
+}
+
+// maxLoggedError bounds the text of a request's error in a log line: a
+// worker's bytes or a client's may be in it (a Location, a path), and
+// its escaping may multiply them by six; a line past 16 KiB is split by
+// a container runtime's log into pieces that are not JSON.
+const maxLoggedError = 1024
+
+// loggedError is err's text for a log line, its middle cut beyond
+// maxLoggedError: its start says what failed, its end why.
+func loggedError(err error) string {
+	s := err.Error()
+	if len(s) <= maxLoggedError {
+		return s
+	}
+	i, j := maxLoggedError/2, len(s)-maxLoggedError/2
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	for j < len(s) && !utf8.RuneStart(s[j]) {
+		j++
+	}
+	return s[:i] + "...(" + strconv.Itoa(j-i) + " bytes cut)..." + s[j:]
 }
 
 // cellFailure says how a cell's end failed the request, nil when it ended

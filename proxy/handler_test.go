@@ -86,6 +86,31 @@ func TestBadLocalRedirect(t *testing.T) {
 	}
 }
 
+// TestLongLocationLogged: a worker's local redirect to a long path no
+// route may take is logged in a line of bounded length that still says
+// why it failed (the path's bytes escaped six times over made lines of
+// hundreds of KiB).
+func TestLongLocationLogged(t *testing.T) {
+	loc := "/./" + strings.Repeat("\xff", 60<<10)
+	runner := byPath{"/bad": cgiOutput("Location: "+loc+"\n\n", sandbox.CauseOK)}
+	ts := startServer(t, Config{MaxResponseHeader: 128 << 10}, Deps{Runner: runner}, route("bad", "/", "/bad"))
+	resp, _ := do(t, nil, newRequest(t, "GET", ts.URL+"/bad", nil))
+	if resp.StatusCode != 502 {
+		t.Fatalf("status %d, want 502", resp.StatusCode)
+	}
+	id := resp.Header.Get(RequestIDHeader)
+	ts.recs.byID(t, id)
+	var line string
+	for _, l := range strings.Split(ts.logs.String(), "\n") {
+		if strings.Contains(l, "request_id="+id) && strings.Contains(l, "request failed") {
+			line = l
+		}
+	}
+	if line == "" || len(line) > 8<<10 || !strings.Contains(line, "bad request path") {
+		t.Errorf("log line of %d bytes (%.200q), want one under 8 KiB naming the bad path", len(line), line)
+	}
+}
+
 // TestFailureLogNamesTheCause: a request whose cell was OOM-killed or hit
 // its deadline before writing anything is logged with that cause as its
 // err, not with the "no output" that followed from it.
