@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"net/http"
+	"net/textproto"
 	"slices"
 	"strconv"
 	"strings"
@@ -179,7 +180,7 @@ func buildEnv(req *cgiRequest, route *policy.Route, opt *envOptions) []string {
 
 // passHeader reports whether the header field k (canonical) becomes an
 // HTTP_* variable; see buildEnv.
-func passHeader(k string, hop []string, passAuthorization bool) bool {
+func passHeader(k string, hop map[string]bool, passAuthorization bool) bool {
 	if k == "" {
 		return false
 	}
@@ -199,22 +200,22 @@ func passHeader(k string, hop []string, passAuthorization bool) bool {
 	if k == "Proxy" || strings.HasPrefix(k, "Proxy-") {
 		return false
 	}
-	for _, h := range hop {
-		if strings.EqualFold(h, k) {
-			return false
-		}
-	}
-	return true
+	return !hop[k]
 }
 
 // connectionTokens are the field names listed in the Connection header
-// (hop-by-hop by RFC 9110 7.6.1); nil when there are none.
-func connectionTokens(h http.Header) []string {
-	var out []string
+// (hop-by-hop by RFC 9110 7.6.1), canonical, as the keys of a set: a
+// head may list thousands, and each field of the head is looked up in
+// it; nil when there are none.
+func connectionTokens(h http.Header) map[string]bool {
+	var out map[string]bool
 	for _, v := range h["Connection"] {
 		for tok := range strings.SplitSeq(v, ",") {
 			if tok = strings.TrimSpace(tok); tok != "" {
-				out = append(out, tok)
+				if out == nil {
+					out = map[string]bool{}
+				}
+				out[textproto.CanonicalMIMEHeaderKey(tok)] = true
 			}
 		}
 	}

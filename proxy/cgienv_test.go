@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -151,8 +152,9 @@ func TestBuildEnv(t *testing.T) {
 		{
 			name: "hop-by-hop fields and those named in Connection are dropped",
 			edit: func(r *cgiRequest, _ *policy.Route, _ *envOptions) {
-				r.Header.Set("Connection", "keep-alive, X-Hop")
+				r.Header.Set("Connection", "keep-alive, x-HOP,,  X-Other ")
 				r.Header.Set("Keep-Alive", "timeout=5")
+				r.Header.Set("X-Other", "2")
 				r.Header.Set("Te", "trailers")
 				r.Header.Set("Upgrade", "websocket")
 				r.Header.Set("X-Hop", "1")
@@ -160,7 +162,7 @@ func TestBuildEnv(t *testing.T) {
 			},
 			want: map[string]string{
 				"HTTP_CONNECTION": unset, "HTTP_KEEP_ALIVE": unset, "HTTP_TE": unset,
-				"HTTP_UPGRADE": unset, "HTTP_X_HOP": unset, "HTTP_X_END": "1",
+				"HTTP_UPGRADE": unset, "HTTP_X_HOP": unset, "HTTP_X_OTHER": unset, "HTTP_X_END": "1",
 			},
 		},
 		{
@@ -245,5 +247,27 @@ func TestBuildEnvDeterministic(t *testing.T) {
 		if got := buildEnv(req, rt, &opt); !slices.Equal(got, first) {
 			t.Fatalf("run %d: %q, first %q", i, got, first)
 		}
+	}
+}
+
+// BenchmarkBuildEnvConnectionTokens: a head that lists thousands of
+// names in Connection beside a thousand fields of its own, each field
+// looked up among the names.
+func BenchmarkBuildEnvConnectionTokens(b *testing.B) {
+	req := &cgiRequest{Method: "GET", Host: "x", Header: http.Header{}}
+	var conn strings.Builder
+	for i := range 3000 {
+		if i > 0 {
+			conn.WriteString(",")
+		}
+		conn.WriteString("a")
+	}
+	req.Header.Set("Connection", conn.String())
+	for i := range 1000 {
+		req.Header.Set("X-"+strconv.Itoa(i), "v")
+	}
+	rt := &policy.Route{Name: "r"}
+	for b.Loop() {
+		buildEnv(req, rt, &envOptions{})
 	}
 }
