@@ -116,12 +116,12 @@ type daemon struct {
 	forkMu       sync.Mutex
 	forks        map[*forkSpec]struct{}
 	retiredForks map[string]accounting.PreloaderStats
-	// budgetGen counts the reloads that wrote budgets: a lowering held
-	// back by one (lowerLater) is dropped once another has come.
-	// memWritten is the memory budget in the kernel, by tenant ("" the
-	// global one; 0 none), which a reload holds (holdBudgets). Both under
-	// mu.
-	budgetGen  uint64
+	// budgetGen counts the reloads that wrote budgets (written under
+	// mu): a lowering held back by one (lowerLater) is dropped once
+	// another has come. memWritten is the memory budget in the kernel, by
+	// tenant ("" the global one; 0 none) whose group is there, which a
+	// reload holds (holdBudgets); under mu.
+	budgetGen  atomic.Uint64
 	memWritten map[string]int64
 	// drains counts the replaced snapshots' ends (snapshotDrained) under
 	// way, off the requests that ended them (drainLater).

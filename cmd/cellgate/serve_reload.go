@@ -78,11 +78,8 @@ func (d *daemon) reload(ctx context.Context) error {
 		d.log.Error("reload: the new policy cannot run here; still serving the previous policy", "policy", d.cfg.Policy, "err", err)
 		return err
 	}
-	var held []heldBudget
-	global := globalResources(p.Global)
 	if d.tree != nil {
-		held = d.holdBudgets(p, budgets, &global)
-		groups, err := d.tree.SetBudgets(global, budgets)
+		groups, global, held, err := d.writeBudgets(p, budgets, d.tree.SetBudgets)
 		if err != nil {
 			d.stopForks(specs)
 			d.dropNewTenants(made)
@@ -99,9 +96,9 @@ func (d *daemon) reload(ctx context.Context) error {
 			d.setTenant(t.Name, groups[i])
 		}
 		d.noteBudgets(budgets, global)
-		d.budgetGen++
+		gen := d.budgetGen.Add(1)
 		if len(held) > 0 {
-			d.lowerLater(d.budgetGen, held)
+			d.lowerLater(gen, held)
 		}
 	}
 	d.warm(specs)
@@ -120,6 +117,28 @@ func (d *daemon) reload(ctx context.Context) error {
 	d.log.Info("policy reloaded", "policy", d.cfg.Policy, "routes", len(p.Routes), "tenants", len(p.Tenants),
 		"removed_tenants", removed, "live_policies", len(d.live), "took", time.Since(start))
 	return nil
+}
+
+// writeBudgets writes the budgets of p (and its global one) with set
+// (the tree's SetBudgets), those held back (holdBudgets) at what the
+// kernel has, and returns set's groups, the global budget written and
+// the held ones. Admission takes p's budgets first: a request it
+// admitted under the previous ones after the check of what is reserved
+// would be held to a lower limit in the kernel than the one it was
+// admitted under. When set fails, admission is given back the budgets it
+// had. Called with d.mu held.
+func (d *daemon) writeBudgets(p *policy.Policy, budgets []cgroup.Budget,
+	set func(*specs.LinuxResources, []cgroup.Budget) ([]*cgroup.Tenant, error)) ([]*cgroup.Tenant, *specs.LinuxResources, []heldBudget, error) {
+	before := d.admissible()
+	d.admission.Update(d.admissibleWith(p))
+	global := globalResources(p.Global)
+	held := d.holdBudgets(p, budgets, &global)
+	groups, err := set(global, budgets)
+	if err != nil {
+		d.admission.Update(before)
+		return nil, nil, nil, err
+	}
+	return groups, global, held, nil
 }
 
 // heldBudget is a memory budget a reload lowered below what the requests
@@ -178,8 +197,11 @@ func (d *daemon) noteWritten(tenants []*policy.Tenant, global int64) {
 }
 
 // noteBudgets records the memory budgets a reload wrote (memWritten).
+// A tenant it dropped keeps its entry while its group lasts (removeTenant
+// deletes it): its budget is still the kernel's, which a reload bringing
+// it back before its requests end holds.
 func (d *daemon) noteBudgets(budgets []cgroup.Budget, global *specs.LinuxResources) {
-	d.memWritten = map[string]int64{"": memoryOf(global)}
+	d.memWritten[""] = memoryOf(global)
 	for _, b := range budgets {
 		d.memWritten[b.Tenant] = memoryOf(b.Resources)
 	}
@@ -217,6 +239,9 @@ func (d *daemon) lowerLater(gen uint64, held []heldBudget) {
 			case <-d.done:
 				return
 			}
+			if d.budgetGen.Load() != gen {
+				return // a later reload wrote the budgets
+			}
 			stats := d.admission.Stats()
 			held = slices.DeleteFunc(held, func(h heldBudget) bool {
 				reserved := stats.Reserved
@@ -241,7 +266,7 @@ func (d *daemon) lowerLater(gen uint64, held []heldBudget) {
 func (d *daemon) lowerBudget(gen uint64, h heldBudget) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.budgetGen != gen {
+	if d.budgetGen.Load() != gen {
 		return true
 	}
 	var err error
@@ -275,19 +300,36 @@ func (d *daemon) dropNewTenants(names []string) {
 
 // retire waits until each tenant (no longer admitting) has no cell in
 // flight and nothing queued, and removes its group. It gives up on a
-// tenant that a later reload brought back, and on all of them when the
-// daemon shuts down (the tree's teardown removes them). Admission has no
-// drain callback, so it polls.
-func (d *daemon) retire(tenants []string) {
+// tenant that a later reload brought back, on one whose drained group the
+// kernel still will not remove after retireBusy (a fork route's group
+// left by a preloader that did not end: logged, left for shutdown), and
+// on all of them when the daemon shuts down (the tree's teardown removes
+// them). Admission has no drain callback, so it polls.
+func (d *daemon) retire(tenants []string) { d.retireWith(tenants, d.removeTenant, retireBusy) }
+
+// retireWith is retire with remove for removeTenant and busyFor for
+// retireBusy.
+func (d *daemon) retireWith(tenants []string, remove func(string) bool, busyFor time.Duration) {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
+	busy := map[string]time.Time{} // since when each drained tenant's group is busy
 	for len(tenants) > 0 {
 		stats := d.admission.Stats()
 		tenants = slices.DeleteFunc(tenants, func(name string) bool {
 			if slices.ContainsFunc(stats.Tenants, func(t policy.TenantStats) bool { return t.Name == name }) {
 				return d.namedAgain(name) // admitting again: done with; else still draining
 			}
-			return d.removeTenant(name)
+			if remove(name) {
+				return true
+			}
+			if since, ok := busy[name]; !ok {
+				busy[name] = time.Now()
+			} else if time.Since(since) > busyFor {
+				d.log.Error("a removed tenant's group is still busy after its cells ended; it stays until shutdown",
+					"tenant", name, "waited", busyFor)
+				return true
+			}
+			return false
 		})
 		if len(tenants) == 0 {
 			return
@@ -299,6 +341,11 @@ func (d *daemon) retire(tenants []string) {
 		}
 	}
 }
+
+// retireBusy bounds how long retire retries the removal of a drained
+// tenant's group that the kernel calls busy: its last cells are removed
+// in milliseconds, off the pool's removers.
+const retireBusy = time.Minute
 
 // namedAgain reports whether a live snapshot names the tenant (a later
 // reload brought it back).
@@ -334,6 +381,7 @@ func (d *daemon) removeTenant(name string) bool {
 		return true
 	}
 	d.setTenant(name, nil)
+	delete(d.memWritten, name)
 	d.log.Info("removed tenant drained and its group removed", "tenant", name)
 	return true
 }

@@ -514,3 +514,127 @@ routes:
 		t.Errorf("second reload: held %+v, web's budget written %d; want it held at 1 GiB", held, *budgets[0].Resources.Memory.Limit)
 	}
 }
+
+// budgetsOf is p's tenants' budgets as a reload writes them.
+func budgetsOf(p *policy.Policy) []cgroup.Budget {
+	budgets := make([]cgroup.Budget, len(p.Tenants))
+	for i, pt := range p.Tenants {
+		budgets[i] = cgroup.Budget{Tenant: pt.Name, Resources: pt.Resources()}
+	}
+	return budgets
+}
+
+func mustParse(t *testing.T, text string) *policy.Policy {
+	t.Helper()
+	p, err := policy.Parse("p.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestHoldBudgetsTenantBack: a tenant a reload dropped, whose requests
+// still run, brought back by the next reload with a lower memory budget
+// has it held at what its group has in the kernel. Before, the dropped
+// tenant's entry went with the first reload, the second took it for new,
+// and wrote the lower budget under its requests.
+func TestHoldBudgetsTenantBack(t *testing.T) {
+	d, _ := testDaemon(t, reloadPolicyA) // extra: 256Mi
+	release, _, err := d.admission.Admit(context.Background(), "extra", 200<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	dropped := mustParse(t, reloadPolicyB)
+	d.noteBudgets(budgetsOf(dropped), nil) // the reload that drops extra
+	back := mustParse(t, strings.Replace(reloadPolicyA, "{name: extra, memory: 256Mi", "{name: extra, memory: 64Mi", 1))
+	budgets := budgetsOf(back)
+	var global *specs.LinuxResources
+	held := d.holdBudgets(back, budgets, &global)
+	if len(held) != 1 || held[0].tenant != "extra" || *budgets[1].Resources.Memory.Limit != 256<<20 {
+		t.Errorf("held %+v, extra's budget written %d; want extra held at its 256 MiB (200 MiB reserved)", held, *budgets[1].Resources.Memory.Limit)
+	}
+}
+
+// TestWriteBudgetsAdmissionFirst: admission holds requests to a reload's
+// budgets before the kernel does (a request admitted in between under the
+// previous budget would run under a lower limit than it was admitted
+// to), and has its previous ones back when the write fails.
+func TestWriteBudgetsAdmissionFirst(t *testing.T) {
+	d, _ := testDaemon(t, reloadPolicyA) // web: 1Gi
+	lower := mustParse(t, reloadPolicyB) // web: 768Mi
+	webBudget := func() int64 {
+		for _, s := range d.admission.Stats().Tenants {
+			if s.Name == "web" {
+				return s.Budget.Memory
+			}
+		}
+		return -1
+	}
+	var atWrite int64
+	set := func(err error) func(*specs.LinuxResources, []cgroup.Budget) ([]*cgroup.Tenant, error) {
+		return func(_ *specs.LinuxResources, b []cgroup.Budget) ([]*cgroup.Tenant, error) {
+			atWrite = webBudget()
+			if err != nil {
+				return nil, err
+			}
+			return make([]*cgroup.Tenant, len(b)), nil
+		}
+	}
+	d.mu.Lock()
+	_, _, _, err := d.writeBudgets(lower, budgetsOf(lower), set(errors.New("the kernel refused")))
+	d.mu.Unlock()
+	if err == nil || atWrite != 768<<20 || webBudget() != 1<<30 {
+		t.Errorf("a failed write: err %v, admission's budget for web at the write %d and after %d; want an error, 768 MiB, then 1 GiB again",
+			err, atWrite, webBudget())
+	}
+	d.mu.Lock()
+	_, _, _, err = d.writeBudgets(lower, budgetsOf(lower), set(nil))
+	d.mu.Unlock()
+	if err != nil || atWrite != 768<<20 || webBudget() != 768<<20 {
+		t.Errorf("a write: err %v, admission's budget for web at the write %d and after %d; want none, 768 MiB twice", err, atWrite, webBudget())
+	}
+}
+
+// TestLowerLaterSuperseded: a held lowering whose requests never come to
+// fit it ends once a later reload has written the budgets, not at
+// shutdown (one poller more for each lowering a reload raised again).
+func TestLowerLaterSuperseded(t *testing.T) {
+	d, _ := testDaemon(t, reloadPolicyA)
+	release, _, err := d.admission.Admit(context.Background(), "web", 900<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	gen := d.budgetGen.Add(1)
+	d.lowerLater(gen, []heldBudget{{tenant: "web", memory: 512 << 20}})
+	d.budgetGen.Add(1) // the next reload
+	ended := make(chan struct{})
+	go func() { d.drains.Wait(); close(ended) }()
+	select {
+	case <-ended:
+	case <-time.After(time.Minute):
+		t.Error("the superseded lowering still polls a minute after the next reload")
+	}
+}
+
+// TestRetireGivesUpOnABusyGroup: a drained tenant whose group the kernel
+// keeps calling busy (a fork route's group a preloader that did not end
+// left) is given up after the bound, logged, not polled until shutdown.
+func TestRetireGivesUpOnABusyGroup(t *testing.T) {
+	d, path := testDaemon(t, reloadPolicyA)
+	writeFile(t, path, reloadPolicyB) // extra dropped: not admitting, nothing in flight
+	if err := d.reload(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	returned := make(chan struct{})
+	go func() {
+		d.retireWith([]string{"extra"}, func(string) bool { return false }, 300*time.Millisecond)
+		close(returned)
+	}()
+	select {
+	case <-returned:
+	case <-time.After(time.Minute):
+		t.Error("retire still polls a busy group a minute on")
+	}
+}
