@@ -138,16 +138,16 @@ func TestForkImportError(t *testing.T) {
 	}
 }
 
-// An app whose code, at import, sends an error of its own (100 KiB,
-// not the preloader's traceback cut to its last 16 Ki characters) has its
-// end kept, cut as the preloader cuts, so that each restart's log line
-// stays bounded.
+// An app whose code, at import, sends an error of its own (150 KiB, not
+// the preloader's traceback cut to its last 16 Ki characters) has its end
+// kept, no longer than the preloader's own can be, so that each
+// restart's log line stays bounded.
 func TestForkImportErrorCut(t *testing.T) {
 	r := newTestRunner(t, &fakeCells{})
 	app := `
 import json, os, socket
 s = socket.socket(fileno=3)
-s.send(json.dumps({"v": ` + strconv.Itoa(protoVersion) + `, "type": "error", "error": "x" * (100 << 10) + "the end"}).encode())
+s.send(json.dumps({"v": ` + strconv.Itoa(protoVersion) + `, "type": "error", "error": "x" * (150 << 10) + "the end"}).encode())
 os._exit(0)
 `
 	_, err := startTestPreloader(t, r, app, 0)

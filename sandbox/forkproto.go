@@ -24,10 +24,12 @@ const (
 	// EMSGSIZE.
 	dgramOverhead = 32
 	// maxImportError is the most of an import's error message kept (its
-	// end), as the preloader cuts its traceback (MAX_TRACEBACK): what an
-	// app's own code sends in its place is no longer, and the log lines
-	// that carry it (each restart's) stay under a log's line bound.
-	maxImportError = 16 << 10
+	// end): the longest the preloader's own traceback can be (it keeps
+	// its last MAX_TRACEBACK, 16 Ki, characters, of up to 4 bytes each,
+	// after a line saying how many it cut). What an app's own code sends
+	// in its place is no longer, so that each restart's log line stays
+	// bounded.
+	maxImportError = 4*(16<<10) + 64
 	// maxRefusal is the most of a spawn refusal's message kept, for the
 	// request's log line.
 	maxRefusal = 1 << 10
