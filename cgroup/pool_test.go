@@ -328,3 +328,24 @@ func TestPoolRefills(t *testing.T) {
 		})
 	}
 }
+
+// TestPoolCloseCountsItsOwnFailures: a cell whose removal failed while
+// the pool ran (logged then, left to the tree's Close) does not make the
+// pool's Close fail: serve's exit status says what its stop left, and the
+// tree's Close removes that cell. Before, Close counted every failure
+// since the start.
+func TestPoolCloseCountsItsOwnFailures(t *testing.T) {
+	tr := mustOpenFake(t, &fakeFS{}, fakeRoot(t, "memory", "cpu", "pids"), func(o *Options) { o.SweepTimeout = 100 * time.Millisecond })
+	p := NewPool(tr, PoolOptions{RemoveTimeout: 50 * time.Millisecond})
+	t.Cleanup(func() { p.Close() })
+	c, err := p.Get(t.Context(), testProfile(t, "acme"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, filepath.Join(c.Path(), "cgroup.events"), "populated 1\nfrozen 0\n") // a process the kill does not end
+	p.Release(c)
+	eventually(t, "the removal fails", func() bool { return p.Stats().RemoveErrors == 1 })
+	if err := p.Close(); err != nil {
+		t.Errorf("Close after a removal failed before it: %v, want nil", err)
+	}
+}

@@ -701,6 +701,53 @@ func (g *gate) signal(sig syscall.Signal) {
 	}
 }
 
+// TestGateExitFailsOnLeftovers: serve whose cgroup tree cannot be removed
+// at its stop (a group below a tenant's that the kernel will not rmdir:
+// a mount point here, a process in uninterruptible sleep in the field)
+// says so and exits 1, as README promises for "cells or groups left
+// behind". Before, the teardown's error went to a variable of its own and
+// serve exited 0 without a word.
+func TestGateExitFailsOnLeftovers(t *testing.T) {
+	g := startGate(t, gateOptions{policy: gatePolicy})
+	if status, _, body := g.get("/hello"); status != 200 {
+		t.Fatalf("GET /hello: %d %q", status, body)
+	}
+	stuck := filepath.Join(g.tenantDir("web"), "stuck")
+	if err := os.Mkdir(stuck, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", stuck, "tmpfs", 0, "size=4k"); err != nil {
+		t.Fatalf("mount a tmpfs on %s: %v", stuck, err)
+	}
+	g.signal(syscall.SIGTERM)
+	select {
+	case <-g.exited:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("cellgate serve still running 2 minutes after SIGTERM")
+	}
+	var ee *exec.ExitError
+	if !errors.As(g.err, &ee) || ee.ExitCode() != 1 || !strings.Contains(g.log(), g.tenantDir("web")+":") {
+		t.Errorf("cellgate serve with %s left: %v, want exit status 1 and a log naming the group left\n%s", stuck, g.err, g.log())
+	}
+	// Clean up as an operator would: the mount gone, the groups removed.
+	g.err = nil
+	if err := syscall.Unmount(stuck, 0); err != nil {
+		t.Fatal(err)
+	}
+	var dirs []string
+	filepath.WalkDir(g.base, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	for _, d := range slices.Backward(dirs) {
+		if err := os.Remove(d); err != nil {
+			t.Errorf("remove what serve left: %v", err)
+		}
+	}
+}
+
 // stop sends SIGTERM (once), waits for serve to exit, and checks that it
 // exited 0 and that its cgroup base is gone: every cell, tenant group and
 // the base removed.

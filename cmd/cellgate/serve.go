@@ -185,9 +185,12 @@ func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.Fil
 			"NO per-cell uid and NO kernel accounting. This is the benchmark baseline; never serve real traffic like this. ***")
 		runner = &proxy.PlainExec{}
 	default:
-		r, closeCells, err := d.openCells(ctx, pol)
-		if err != nil {
-			return err
+		// oerr, not err: the deferred close below joins its error to
+		// serve's own (a := of err in this clause would make a new one,
+		// and the close's error would go nowhere).
+		r, closeCells, oerr := d.openCells(ctx, pol)
+		if oerr != nil {
+			return oerr
 		}
 		defer func() {
 			if cerr := closeCells(); cerr != nil {
@@ -385,7 +388,12 @@ func (d *daemon) openCells(ctx context.Context, pol *policy.Policy) (proxy.Runne
 		if launcher != nil {
 			errs = append(errs, launcher.Close())
 		}
-		errs = append(errs, d.pool.Close(), tree.Close())
+		if err := d.pool.Close(); err != nil {
+			// The cells it could not remove are the tree's to remove
+			// next: its Close says what is left.
+			d.log.Warn("close the cell pool", "err", err)
+		}
+		errs = append(errs, tree.Close())
 		if err := errors.Join(errs...); err != nil {
 			return fmt.Errorf("tear down the cgroup tree %s: %w", tree.Base(), err)
 		}
