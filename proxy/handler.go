@@ -38,6 +38,10 @@ type exchange struct {
 	abort bool
 	// bodyRead is set once the request body has been read to its end.
 	bodyRead bool
+	// hopRan is set once a cell of the request ran and answered with a
+	// local redirect (recordHop): the request is no longer one of which
+	// nothing ran.
+	hopRan bool
 	// late is the last cell's Result when its accounting is read after
 	// the answer, hops the records of local redirects waiting for theirs
 	// or for an earlier one's (recordLate).
@@ -278,6 +282,7 @@ func (x *exchange) recordHop(req *cgiRequest, path string, start time.Time) {
 	}
 	x.rec.QueueWait, x.rec.Queued, x.rec.BytesIn = 0, false, 0
 	x.clearCell()
+	x.hopRan = true
 }
 
 // unreadBody reports whether the request has a body the handler did not
@@ -523,7 +528,7 @@ func (x *exchange) cancelReason() error {
 
 // finish answers with the verdict on a run.
 func (x *exchange) finish(run *cellRun) {
-	v := decide(run.err, run.res, run.hdr)
+	v := x.verdict(run.err, run.res, run.hdr)
 	x.rec.Outcome = v.Outcome
 	if run.sent {
 		// A streamed response: the status is out already, and in the
@@ -547,10 +552,23 @@ func (x *exchange) finish(run *cellRun) {
 // fail answers with the verdict on a request that did not get as far as a
 // cell response.
 func (x *exchange) fail(err error, res *sandbox.Result) {
-	v := decide(err, res, nil)
+	v := x.verdict(err, res, nil)
 	x.rec.Outcome = v.Outcome
 	x.logFailure(err, res, v)
 	x.sendError(v)
+}
+
+// verdict is decide's verdict for the request, less a Retry-After when
+// a cell of an earlier hop of its local redirects ran: what that cell did
+// (a POST that charged a card) is done, and a Retry-After says that
+// nothing of the request was processed.
+func (x *exchange) verdict(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
+	v := decide(err, res, hdr)
+	if x.hopRan && v.RetryAfter {
+		v.RetryAfter = false
+		v.Message = strings.TrimSuffix(v.Message, ", retry later") + "; the request may have been processed"
+	}
+	return v
 }
 
 // logFailure logs what the client is not told: the error behind a 5xx.

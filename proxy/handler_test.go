@@ -86,6 +86,31 @@ func TestBadLocalRedirect(t *testing.T) {
 	}
 }
 
+// TestRedirectHopRefusedAfterARun: a request whose first cell ran (a POST
+// that charged a card) and answered with a local redirect, whose next hop
+// then gets no cell, is a 503 without Retry-After, which would have its
+// client send the POST again. Before, it had one, as a request of which
+// nothing ran.
+func TestRedirectHopRefusedAfterARun(t *testing.T) {
+	runner := byPath{
+		"/charge": cgiOutput("Location: /receipt\n\n", sandbox.CauseOK),
+		"/receipt": func(context.Context, sandbox.Spec) (sandbox.Result, error) {
+			return sandbox.Result{}, fmt.Errorf("tenant t: %w", sandbox.ErrNoCell)
+		},
+	}
+	ts := startServer(t, Config{}, Deps{Runner: runner}, route("charge", "/charge", "/charge"), route("receipt", "/receipt", "/receipt"))
+	resp, body := do(t, nil, newRequest(t, "POST", ts.URL+"/charge", strings.NewReader("card=1")))
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") != "" || !strings.Contains(body, "may have been processed") {
+		t.Errorf("got %d, Retry-After %q, %q; want 503 without Retry-After, saying the request may have been processed",
+			resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	// A request of which nothing ran keeps its Retry-After.
+	resp, _ = do(t, nil, newRequest(t, "GET", ts.URL+"/receipt", nil))
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("a refused request of which nothing ran: %d, Retry-After %q; want 503 with one", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+}
+
 // TestLongLocationLogged: a worker's local redirect to a long path no
 // route may take is logged in a line of bounded length that still says
 // why it failed (the path's bytes escaped six times over made lines of

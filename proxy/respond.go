@@ -32,10 +32,16 @@ func bodyAllowed(status int) bool {
 
 // setHeader puts a worker's checked header fields in the response. A
 // response without Content-Type is sent without one rather than sniffed:
-// the proxy does not guess types for untrusted output.
+// the proxy does not guess types for untrusted output. On a route with
+// Server-Timing the worker's own is dropped: the field is cellgate's
+// figures (addServerTiming), and the worker's would stand before them.
 func (x *exchange) setHeader(hdr *cgiHeader) {
 	h := x.w.Header()
+	ownTiming := x.route != nil && x.route.ServerTiming
 	for k, vv := range hdr.Header {
+		if ownTiming && k == "Server-Timing" {
+			continue
+		}
 		h[k] = vv
 	}
 	if _, ok := hdr.Header["Content-Type"]; !ok {
