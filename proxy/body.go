@@ -39,13 +39,13 @@ func rateDeadline(start time.Time, grace time.Duration, rate, n int64) time.Time
 //
 // Errors wrap ErrBodyTooLarge, ErrClientTimeout, ErrClientGone or
 // ErrBadRequest.
-func (s *Server) readBody(w http.ResponseWriter, r *http.Request, maxBody int64) (*spool, error) {
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request, maxBody int64) (*spool, int64, error) {
 	if r.ContentLength > maxBody {
-		return nil, fmt.Errorf("request body of %d bytes, limit %d: %w", r.ContentLength, maxBody, ErrBodyTooLarge)
+		return nil, 0, fmt.Errorf("request body of %d bytes, limit %d: %w", r.ContentLength, maxBody, ErrBodyTooLarge)
 	}
 	sp := newSpool(s.cfg.TempDir, s.cfg.BodyMemory, maxBody, s.spools)
 	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
-		return sp, nil
+		return sp, 0, nil
 	}
 	rc := http.NewResponseController(w)
 	rate, grace := s.cfg.BodyMinRate, s.cfg.BodyRateGrace
@@ -62,12 +62,14 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, maxBody int64)
 		}
 		n, rerr := r.Body.Read(buf)
 		if n > 0 {
+			before := sp.Len()
 			if _, err := sp.Write(buf[:n]); err != nil {
+				read := before + int64(n)
 				sp.Close()
 				if errors.Is(err, ErrSpoolFull) {
-					return nil, fmt.Errorf("chunked request body over %d bytes: %w", maxBody, ErrBodyTooLarge)
+					return nil, read, fmt.Errorf("chunked request body over %d bytes: %w", maxBody, ErrBodyTooLarge)
 				}
-				return nil, fmt.Errorf("spool request body: %w", err)
+				return nil, read, fmt.Errorf("spool request body: %w", err)
 			}
 		}
 		if rerr == io.EOF {
@@ -75,19 +77,24 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, maxBody int64)
 				// An error means the connection is gone: nothing to clear.
 				_ = rc.SetReadDeadline(time.Time{})
 			}
-			return sp, nil
+			return sp, sp.Len(), nil
 		}
 		if rerr != nil {
+			read := sp.Len()
 			sp.Close()
-			return nil, bodyError(r, sp.Len(), rerr)
+			return nil, read, bodyError(r, read, rerr, s.base.Err() != nil)
 		}
 	}
 }
 
-// bodyError classifies a failed read of the request body.
-func bodyError(r *http.Request, n int64, err error) error {
+// bodyError classifies a failed read of the request body; stopping:
+// serve's drain has run out and its connections are being closed, which
+// fails the read as a client gone would.
+func bodyError(r *http.Request, n int64, err error, stopping bool) error {
 	var mbe *http.MaxBytesError
 	switch {
+	case stopping:
+		return fmt.Errorf("read request body after %d bytes: %w: %w", n, ErrShuttingDown, err)
 	case errors.Is(err, errFraming):
 		return fmt.Errorf("read request body after %d bytes: %w: %w", n, ErrBadRequest, err)
 	case framingRefused(r):

@@ -213,14 +213,14 @@ func (x *exchange) serve() {
 	if m.Route.MaxBody != nil {
 		maxBody = *m.Route.MaxBody // 0: no body accepted
 	}
-	body, err := s.readBody(x.w, r, maxBody)
+	body, n, err := s.readBody(x.w, r, maxBody)
+	x.rec.BytesIn = n
 	if err != nil {
 		x.fail(err, nil)
 		return
 	}
 	defer body.Close()
 	x.bodyRead = true
-	x.rec.BytesIn = body.Len()
 
 	req := x.cgiRequest(m, body.Len())
 	stdin, closeStdin, err := body.StdinReader()

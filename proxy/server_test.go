@@ -237,8 +237,50 @@ func TestSlowBody(t *testing.T) {
 		t.Errorf("runner called %d times", n)
 	}
 	rec := ts.recs.byID(t, resp.Header.Get(RequestIDHeader))
-	if rec.Outcome != accounting.OutcomeClientTimeout || rec.BytesIn != 0 {
+	if rec.Outcome != accounting.OutcomeClientTimeout || rec.BytesIn != 10 {
 		t.Errorf("record %+v", rec)
+	}
+}
+
+// TestShutdownDuringBody: a request still sending its body when the
+// drain's time is up is recorded as cut by the stop (outcome shutdown),
+// not as a client that left, with the bytes it had sent.
+func TestShutdownDuringBody(t *testing.T) {
+	s, err := New(Config{TempDir: t.TempDir()}, Deps{Runner: cgiOutput("Status: 200\n\n", sandbox.CauseOK),
+		Router: staticRouter{&policy.Policy{Routes: []*policy.Route{route("r", "/", "/x")}}}, CellSpec: noCellSpec, Metrics: &recorder{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := s.deps.Metrics.(*recorder)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(ln) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n0123456789")
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(5 * time.Millisecond) {
+		if in := s.InFlight(); len(in) == 1 && in[0].State == StateReading && in[0].Method == "POST" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the request is not reading its body a minute on: %+v", s.InFlight())
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // the drain's time is up at once
+	if err := s.Shutdown(ctx); err == nil {
+		t.Error("Shutdown with its time up: nil, want the context's error")
+	}
+	<-served
+	all := recs.all()
+	if len(all) != 1 || all[0].Outcome != accounting.OutcomeShutdown || all[0].BytesIn != 10 {
+		t.Errorf("records %+v, want one with outcome shutdown and 10 bytes in", all)
 	}
 }
 

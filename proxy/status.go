@@ -115,15 +115,17 @@ func decide(err error, res *sandbox.Result, hdr *cgiHeader) verdict {
 		// not processed.
 		return verdict{Status: http.StatusBadGateway, Outcome: accounting.OutcomePreloaderLost,
 			Message: "the request handler was lost; the request may have been processed"}
+	case errors.Is(err, ErrShuttingDown) && res == nil:
+		// Before the waits it cut short (for a cell, a uid, a
+		// preloader): the stop is why they failed.
+		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeShutdown,
+			Message: "server shutting down, retry later", RetryAfter: true}
 	case errors.Is(err, sandbox.ErrNoCell), errors.Is(err, sandbox.ErrNoUID), errors.Is(err, sandbox.ErrNoPreloader):
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeNoCell,
 			Message: "server busy, retry later", RetryAfter: true}
 	case errors.Is(err, ErrTooManyFromClient):
 		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeClientCap,
 			Message: "too many requests in flight from this client, retry later", RetryAfter: true}
-	case errors.Is(err, ErrShuttingDown) && res == nil:
-		return verdict{Status: http.StatusServiceUnavailable, Outcome: accounting.OutcomeShutdown,
-			Message: "server shutting down, retry later", RetryAfter: true}
 	case errors.Is(err, sandbox.ErrSpawn):
 		return verdict{Status: http.StatusBadGateway, Outcome: accounting.OutcomeSpawnFailed,
 			Message: "the request handler could not be started"}

@@ -60,6 +60,8 @@ func TestDecide(t *testing.T) {
 		{name: "unknown tenant", err: wrap(policy.ErrUnknownTenant), wantStatus: 503, wantOutcome: accounting.OutcomeNoTenant, wantRetry: true},
 		{name: "memory over the budget", err: wrap(policy.ErrTooLarge), wantStatus: 503, wantOutcome: accounting.OutcomeOverBudget, wantRetry: true},
 		{name: "client left the queue", err: fmt.Errorf("admit: %w: %w", ErrClientGone, context.Canceled), wantStatus: StatusClientClosed, wantOutcome: accounting.OutcomeClientGone},
+		{name: "shutdown while waiting for a cell", err: fmt.Errorf("%w: %w", ErrShuttingDown, wrap(sandbox.ErrNoCell)), wantStatus: 503, wantOutcome: accounting.OutcomeShutdown, wantRetry: true},
+		{name: "shutdown while waiting for a preloader", err: fmt.Errorf("%w: %w", ErrShuttingDown, wrap(sandbox.ErrNoPreloader)), wantStatus: 503, wantOutcome: accounting.OutcomeShutdown, wantRetry: true},
 		{name: "shutdown in the queue", err: fmt.Errorf("admit: %w: %w", ErrShuttingDown, context.Canceled), wantStatus: 503, wantOutcome: accounting.OutcomeShutdown, wantRetry: true},
 		{name: "no route", err: wrap(policy.ErrNoRoute), wantStatus: 404, wantOutcome: accounting.OutcomeNoRoute},
 		{name: "bad path", err: wrap(policy.ErrBadPath), wantStatus: 400, wantOutcome: accounting.OutcomeBadRequest, wantClose: true},
