@@ -85,6 +85,9 @@ type Admission struct {
 	tenants   map[string]*tenantState
 	order     []*tenantState // round-robin order: policy order, drained tenants kept until empty
 	nextIndex int            // where the next round-robin round starts
+	// holding: the budgets are Hold's, and no request is refused as too
+	// large for them (tooLarge); the next Update's decide.
+	holding bool
 }
 
 // tenantState is one tenant's budget and accounting; guarded by
@@ -202,9 +205,18 @@ func (a *Admission) Admit(ctx context.Context, tenant string, memory int64) (rel
 
 // Update swaps in p's budgets; see Admission for what happens to requests
 // in flight and waiting.
-func (a *Admission) Update(p *Policy) {
+func (a *Admission) Update(p *Policy) { a.update(p, true) }
+
+// Hold swaps in p's budgets as Update does, but fails no request waiting
+// in a queue that they could never admit: for the moment a change of
+// budgets may yet be refused (one waiting for more than the budget held
+// waits on, and is admitted, or failed, by the Update that follows).
+func (a *Admission) Hold(p *Policy) { a.update(p, false) }
+
+func (a *Admission) update(p *Policy, final bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.holding = !final
 	a.global = p.Global
 	keep := map[string]bool{}
 	for _, pt := range p.Tenants {
@@ -255,6 +267,9 @@ func (a *Admission) fits(t *tenantState, memory int64) bool {
 
 // tooLarge returns ErrTooLarge when memory could never fit.
 func (a *Admission) tooLarge(t *tenantState, memory int64) error {
+	if a.holding {
+		return nil // Hold's budgets: it waits for the next Update's
+	}
 	if t.budget.Memory > 0 && memory > t.budget.Memory {
 		return fmt.Errorf("admit to tenant %s: %w: %s above the tenant's %s", t.budget.Name, ErrTooLarge, FormatBytes(memory), FormatBytes(t.budget.Memory))
 	}

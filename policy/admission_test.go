@@ -603,3 +603,41 @@ func TestAdmissionUpdateFailsTooLargeInQueue(t *testing.T) {
 	}
 	r.release()
 }
+
+// TestAdmissionHold: budgets a change may yet give up (Hold) admit no
+// more than they allow, but fail no request for being larger than they
+// allow, waiting or new: those wait for the next Update, which admits
+// them (the change given up, its budgets back) or fails them.
+func TestAdmissionHold(t *testing.T) {
+	c := newFakeClock()
+	budget := func(m int64) *Policy {
+		return onePolicy(Tenant{Name: "t", Memory: m, Queue: 8, QueueTimeout: time.Minute}, Global{})
+	}
+	a := NewAdmission(budget(100), c)
+	release := mustAdmit(t, a, "t", 30)
+	waiting := admitAsync(context.Background(), a, "t", 80) // 30 + 80 > 100
+	queued(t, a, c, "t", 1, 1)
+	a.Hold(budget(60))
+	fresh := admitAsync(context.Background(), a, "t", 70)
+	queued(t, a, c, "t", 2, 2)
+	a.Update(budget(100)) // the change given up
+	release()
+	if r := waiting.result(t); r.err != nil {
+		t.Errorf("a request waiting across Hold: %v, want it admitted", r.err)
+	} else {
+		r.release()
+	}
+	if r := fresh.result(t); r.err != nil {
+		t.Errorf("a request larger than Hold's budget, come during it: %v, want it admitted", r.err)
+	} else {
+		r.release()
+	}
+
+	a.Hold(budget(60))
+	late := admitAsync(context.Background(), a, "t", 70)
+	queued(t, a, c, "t", 1, 1)
+	a.Update(budget(60)) // the change made
+	if r := late.result(t); !errors.Is(r.err, ErrTooLarge) {
+		t.Errorf("a request larger than the budget the change made: %v, want ErrTooLarge", r.err)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -33,11 +34,14 @@ import (
 type OutputReader struct {
 	f     *os.File
 	rc    syscall.RawConn
-	ended atomic.Bool
+	ended atomic.Bool // read without mu by Read's wake-up
+	// mu orders each read from the pipe with WritersGone's count of what
+	// it holds, so that no byte is counted in left and read before.
+	mu sync.Mutex
 	// left is what the reader may still read once ended: what the pipe
 	// held at WritersGone, less what was read since; -1 where the kernel
-	// did not say (every byte until the pipe is found empty).
-	left atomic.Int64
+	// did not say (every byte until the pipe is found empty). Under mu.
+	left int64
 }
 
 // OutputPipe returns a pipe for a worker's stdout or stderr: the write end
@@ -71,16 +75,17 @@ func (r *OutputReader) Read(b []byte) (int, error) {
 			// empty after that is empty for good. Checked after the read,
 			// a writer could have written, and WritersGone been called,
 			// between the two, and its output would be lost.
+			r.mu.Lock()
+			defer r.mu.Unlock()
 			ended := r.ended.Load()
 			buf := b
 			if ended {
-				left := r.left.Load()
-				if left == 0 {
+				if r.left == 0 {
 					n, rerr = 0, io.EOF
 					return true
 				}
-				if left > 0 && int64(len(buf)) > left {
-					buf = buf[:left]
+				if r.left > 0 && int64(len(buf)) > r.left {
+					buf = buf[:r.left]
 				}
 			}
 			for {
@@ -96,8 +101,8 @@ func (r *OutputReader) Read(b []byte) (int, error) {
 				}
 				return false // wait for data, or for WritersGone
 			}
-			if ended && n > 0 && r.left.Load() > 0 {
-				r.left.Add(int64(-n))
+			if ended && n > 0 && r.left > 0 {
+				r.left -= int64(n)
 			}
 			return true
 		})
@@ -128,15 +133,16 @@ func (r *OutputReader) Read(b []byte) (int, error) {
 // holds now, whatever is written after). A Read waiting for data is
 // woken. Called once, from one goroutine.
 func (r *OutputReader) WritersGone() {
-	left := int64(-1)
+	r.mu.Lock()
+	r.left = -1
 	r.rc.Control(func(fd uintptr) {
 		// FIONREAD (TIOCINQ) of a pipe: the bytes it holds.
 		if n, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ); err == nil {
-			left = int64(n)
+			r.left = int64(n)
 		}
 	})
-	r.left.Store(left)
 	r.ended.Store(true)
+	r.mu.Unlock()
 	r.f.SetReadDeadline(time.Now())
 }
 

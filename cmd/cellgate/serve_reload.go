@@ -24,8 +24,10 @@ import (
 //     start in them; then the global budget is written to cells/ and
 //     every tenant's budget, all or nothing (cgroup.Tree.SetBudgets: a
 //     failed write puts back what was written; what cannot be put back is
-//     logged and in the error). A reload refused at any step removes the
-//     groups it created for new tenants (dropNewTenants);
+//     logged and in the error), admission holding each memory budget to
+//     the lower of the two meanwhile (writeBudgets). A reload refused at
+//     any step removes the groups it created for new tenants
+//     (dropNewTenants);
 //  2. admission takes the new budgets, still knowing the tenants of every
 //     live snapshot (the replaced one included);
 //  3. the new snapshot (routes, the routes' cell profiles, tenants)
@@ -122,15 +124,19 @@ func (d *daemon) reload(ctx context.Context) error {
 // writeBudgets writes the budgets of p (and its global one) with set
 // (the tree's SetBudgets), those held back (holdBudgets) at what the
 // kernel has, and returns set's groups, the global budget written and
-// the held ones. Admission takes p's budgets first: a request it
-// admitted under the previous ones after the check of what is reserved
-// would be held to a lower limit in the kernel than the one it was
-// admitted under. When set fails, admission is given back the budgets it
-// had. Called with d.mu held.
+// the held ones. While it writes, admission holds each memory budget to
+// the lower of the previous and p's (lowest): a request admitted after
+// the check of what is reserved under a budget the write lowers, or
+// under one it raises and that the kernel does not have yet (or will
+// not, the write failing), would run under a lower limit in the kernel
+// than the one it was admitted to. Admission.Hold fails no waiting
+// request: the reload's Update after the swap does that, or, when set
+// fails, the Update that gives admission its budgets back. Called with
+// d.mu held.
 func (d *daemon) writeBudgets(p *policy.Policy, budgets []cgroup.Budget,
 	set func(*specs.LinuxResources, []cgroup.Budget) ([]*cgroup.Tenant, error)) ([]*cgroup.Tenant, *specs.LinuxResources, []heldBudget, error) {
 	before := d.admissible()
-	d.admission.Update(d.admissibleWith(p))
+	d.admission.Hold(lowest(before, p))
 	global := globalResources(p.Global)
 	held := d.holdBudgets(p, budgets, &global)
 	groups, err := set(global, budgets)
@@ -139,6 +145,31 @@ func (d *daemon) writeBudgets(p *policy.Policy, budgets []cgroup.Budget,
 		return nil, nil, nil, err
 	}
 	return groups, global, held, nil
+}
+
+// lowest is the admissible policy cur with each memory budget that p
+// sets too (the global one, each tenant's) the lower of the two, 0 being
+// none.
+func lowest(cur, p *policy.Policy) *policy.Policy {
+	lower := func(a, b int64) int64 {
+		switch {
+		case a == 0:
+			return b
+		case b == 0:
+			return a
+		}
+		return min(a, b)
+	}
+	out := &policy.Policy{Global: cur.Global}
+	out.Global.Memory = lower(cur.Global.Memory, p.Global.Memory)
+	for _, t := range cur.Tenants {
+		c := *t
+		if i := slices.IndexFunc(p.Tenants, func(n *policy.Tenant) bool { return n.Name == t.Name }); i >= 0 {
+			c.Memory = lower(t.Memory, p.Tenants[i].Memory)
+		}
+		out.Tenants = append(out.Tenants, &c)
+	}
+	return out
 }
 
 // heldBudget is a memory budget a reload lowered below what the requests

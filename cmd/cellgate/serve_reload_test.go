@@ -556,13 +556,15 @@ func TestHoldBudgetsTenantBack(t *testing.T) {
 	}
 }
 
-// TestWriteBudgetsAdmissionFirst: admission holds requests to a reload's
-// budgets before the kernel does (a request admitted in between under the
-// previous budget would run under a lower limit than it was admitted
-// to), and has its previous ones back when the write fails.
+// TestWriteBudgetsAdmissionFirst: while a reload writes its budgets,
+// admission holds each memory budget to the lower of the previous one and
+// the reload's (a request admitted meanwhile under the higher would run
+// under a lower limit in the kernel than it was admitted to: one the
+// write lowers, or one it raises and fails to write), fails no request
+// waiting in a queue for it, and has its previous budgets back when the
+// write fails.
 func TestWriteBudgetsAdmissionFirst(t *testing.T) {
 	d, _ := testDaemon(t, reloadPolicyA) // web: 1Gi
-	lower := mustParse(t, reloadPolicyB) // web: 768Mi
 	webBudget := func() int64 {
 		for _, s := range d.admission.Stats().Tenants {
 			if s.Name == "web" {
@@ -581,18 +583,49 @@ func TestWriteBudgetsAdmissionFirst(t *testing.T) {
 			return make([]*cgroup.Tenant, len(b)), nil
 		}
 	}
-	d.mu.Lock()
-	_, _, _, err := d.writeBudgets(lower, budgetsOf(lower), set(errors.New("the kernel refused")))
-	d.mu.Unlock()
-	if err == nil || atWrite != 768<<20 || webBudget() != 1<<30 {
-		t.Errorf("a failed write: err %v, admission's budget for web at the write %d and after %d; want an error, 768 MiB, then 1 GiB again",
+	write := func(p *policy.Policy, err error) error {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		_, _, _, err = d.writeBudgets(p, budgetsOf(p), set(err))
+		return err
+	}
+	refused := errors.New("the kernel refused")
+
+	// 300 MiB in flight, 800 MiB waiting for them: more than the lowered
+	// budget, which a reload refused must not fail.
+	release, _, err := d.admission.Admit(context.Background(), "web", 300<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() {
+		rel, _, err := d.admission.Admit(context.Background(), "web", 800<<20)
+		if err == nil {
+			rel()
+		}
+		waited <- err
+	}()
+	for deadline := time.Now().Add(time.Minute); d.admission.Stats().Queued == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the 800 MiB request is not waiting a minute on: %+v", d.admission.Stats())
+		}
+	}
+	lower := mustParse(t, reloadPolicyB) // web: 768Mi
+	if err := write(lower, refused); err == nil || atWrite != 768<<20 || webBudget() != 1<<30 {
+		t.Errorf("a lowering refused: err %v, admission's budget for web at the write %d and after %d; want an error, 768 MiB, then 1 GiB again",
 			err, atWrite, webBudget())
 	}
-	d.mu.Lock()
-	_, _, _, err = d.writeBudgets(lower, budgetsOf(lower), set(nil))
-	d.mu.Unlock()
-	if err != nil || atWrite != 768<<20 || webBudget() != 768<<20 {
-		t.Errorf("a write: err %v, admission's budget for web at the write %d and after %d; want none, 768 MiB twice", err, atWrite, webBudget())
+	release()
+	if err := <-waited; err != nil {
+		t.Errorf("the request waiting across a refused reload: %v, want it admitted", err)
+	}
+
+	higher := mustParse(t, strings.Replace(reloadPolicyB, "memory: 768Mi", "memory: 2Gi", 1))
+	if err := write(higher, refused); err == nil || atWrite != 1<<30 || webBudget() != 1<<30 {
+		t.Errorf("a raise refused: err %v, admission's budget for web at the write %d and after %d; want an error, 1 GiB twice", err, atWrite, webBudget())
+	}
+	if err := write(lower, nil); err != nil || atWrite != 768<<20 || webBudget() != 768<<20 {
+		t.Errorf("a lowering written: err %v, admission's budget for web at the write %d and after %d; want none, 768 MiB twice", err, atWrite, webBudget())
 	}
 }
 

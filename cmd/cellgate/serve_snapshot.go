@@ -99,21 +99,11 @@ func (f routerFunc) Match(host, method, urlPath string) (*policy.Match, func(), 
 // admissible is what admission knows while the live snapshots may still
 // be named by requests: the newest policy's global budget, and every
 // tenant of a live snapshot with its newest budget. Called with d.mu held.
-func (d *daemon) admissible() *policy.Policy { return d.admissibleWith(nil) }
-
-// admissibleWith is admissible with next, a policy about to be swapped
-// in, as the newest (none when nil).
-func (d *daemon) admissibleWith(next *policy.Policy) *policy.Policy {
-	pols := make([]*policy.Policy, 0, len(d.live)+1)
-	if next != nil {
-		pols = append(pols, next)
-	}
+func (d *daemon) admissible() *policy.Policy {
+	newest := d.live[len(d.live)-1].policy
+	p := &policy.Policy{Global: newest.Global}
 	for i := len(d.live) - 1; i >= 0; i-- {
-		pols = append(pols, d.live[i].policy)
-	}
-	p := &policy.Policy{Global: pols[0].Global}
-	for _, q := range pols {
-		for _, t := range q.Tenants {
+		for _, t := range d.live[i].policy.Tenants {
 			if !slices.ContainsFunc(p.Tenants, func(n *policy.Tenant) bool { return n.Name == t.Name }) {
 				p.Tenants = append(p.Tenants, t)
 			}
