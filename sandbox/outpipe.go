@@ -34,6 +34,7 @@ import (
 type OutputReader struct {
 	f     *os.File
 	rc    syscall.RawConn
+	fd    int         // f's, for WritersGone's count (open until Close, which comes after)
 	ended atomic.Bool // read without mu by Read's wake-up
 	// mu orders each read from the pipe with WritersGone's count of what
 	// it holds, so that no byte is counted in left and read before.
@@ -48,7 +49,7 @@ type OutputReader struct {
 // to put in Spec.Stdout or Spec.Stderr (close it once Run returned) and
 // the read end. Call WritersGone on the read end once Run has returned.
 func OutputPipe() (*OutputReader, *os.File, error) {
-	pw, pr, err := workerPipe(false)
+	pw, pr, fd, err := workerPipe(false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -58,7 +59,7 @@ func OutputPipe() (*OutputReader, *os.File, error) {
 		pw.Close()
 		return nil, nil, fmt.Errorf("output pipe: %w", err)
 	}
-	return &OutputReader{f: pr, rc: rc}, pw, nil
+	return &OutputReader{f: pr, rc: rc, fd: fd}, pw, nil
 }
 
 // Read reads like a pipe's read end, except that once WritersGone was
@@ -135,12 +136,10 @@ func (r *OutputReader) Read(b []byte) (int, error) {
 func (r *OutputReader) WritersGone() {
 	r.mu.Lock()
 	r.left = -1
-	r.rc.Control(func(fd uintptr) {
-		// FIONREAD (TIOCINQ) of a pipe: the bytes it holds.
-		if n, err := unix.IoctlGetInt(int(fd), unix.TIOCINQ); err == nil {
-			r.left = int64(n)
-		}
-	})
+	// FIONREAD (TIOCINQ) of a pipe: the bytes it holds.
+	if n, err := unix.IoctlGetInt(r.fd, unix.TIOCINQ); err == nil {
+		r.left = int64(n)
+	}
 	r.ended.Store(true)
 	r.mu.Unlock()
 	r.f.SetReadDeadline(time.Now())
@@ -149,17 +148,18 @@ func (r *OutputReader) WritersGone() {
 // Close closes the read end.
 func (r *OutputReader) Close() error { return r.f.Close() }
 
-// workerPipe returns a pipe between a worker and the daemon: the worker's
+// workerPipe returns a pipe between a worker and the daemon (and the
+// daemon's end's fd number, which File.Fd would make blocking): the worker's
 // end (the read end when workerReads) blocking, as a program that is not Go
 // expects of its standard streams (a C or shell program does not retry a
 // read or write that fails with EAGAIN), and the daemon's end
 // non-blocking, on the runtime's poller. os.Pipe makes both ends
 // non-blocking, and a pipe end passed to the init with SCM_RIGHTS keeps
 // that flag (os/exec clears it only through File.Fd).
-func workerPipe(workerReads bool) (worker, daemon *os.File, err error) {
+func workerPipe(workerReads bool) (worker, daemon *os.File, daemonFD int, err error) {
 	var p [2]int
 	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		return nil, nil, fmt.Errorf("pipe2: %w", err)
+		return nil, nil, -1, fmt.Errorf("pipe2: %w", err)
 	}
 	w, d := p[1], p[0]
 	if workerReads {
@@ -168,8 +168,8 @@ func workerPipe(workerReads bool) (worker, daemon *os.File, err error) {
 	if err := unix.SetNonblock(d, true); err != nil {
 		unix.Close(p[0])
 		unix.Close(p[1])
-		return nil, nil, fmt.Errorf("pipe: set O_NONBLOCK: %w", err)
+		return nil, nil, -1, fmt.Errorf("pipe: set O_NONBLOCK: %w", err)
 	}
 	// NewFile puts a non-blocking descriptor on the poller.
-	return os.NewFile(uintptr(w), "|worker"), os.NewFile(uintptr(d), "|daemon"), nil
+	return os.NewFile(uintptr(w), "|worker"), os.NewFile(uintptr(d), "|daemon"), d, nil
 }

@@ -39,7 +39,7 @@ func newStreams(spec *Spec, devNull *os.File) (*streams, error) {
 	case *os.File:
 		s.child[0] = in
 	default:
-		pr, pw, err := workerPipe(true)
+		pr, pw, _, err := workerPipe(true)
 		if err != nil {
 			return fail(fmt.Errorf("stdin pipe: %w", err))
 		}
