@@ -170,9 +170,11 @@ func (d *decoder) confinement(fs map[string]field, p string) Confinement {
 	return c
 }
 
-// choice reads one of the allowed words.
+// choice reads one of the allowed words. Another type's value (a YAML
+// boolean: seccomp: false) is told the words, not to quote it, which
+// would make it a word that is not one of them.
 func (d *decoder) choice(f field, p string, allowed ...string) string {
-	v, ok := d.str(f, p)
+	v, ok := d.scalarFix(f, p, "one of "+strings.Join(allowed, ", "), "use "+strings.Join(allowed, " or "), "!!str")
 	if !ok {
 		return ""
 	}

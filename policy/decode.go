@@ -245,7 +245,11 @@ func (d *decoder) syntaxProblem(err error) {
 		line, _ = strconv.Atoi(m[1])
 		msg = m[2]
 	}
-	d.problem(line, "", "", "YAML syntax: "+msg, "")
+	fix := ""
+	if strings.Contains(msg, "found character that cannot start any token") || strings.Contains(msg, "found a tab character") {
+		fix = "indent with spaces: YAML takes no tab there"
+	}
+	d.problem(line, "", "", "YAML syntax: "+msg, fix)
 }
 
 // field is one key of a mapping with its value.
@@ -418,6 +422,11 @@ func (d *decoder) integer(f field, path string, lo, hi int64) (int64, bool) {
 // integerFix reads an integer in [lo, hi]; fix is the remedy for one out of
 // range.
 func (d *decoder) integerFix(f field, path string, lo, hi int64, fix string) (int64, bool) {
+	if v := resolve(f.val); v.Kind == yaml.ScalarNode && v.ShortTag() == "!!float" && allDigits(v.Value) {
+		// An integer too large for YAML's, which takes it for a float.
+		d.problem(f.line(), path, v.Value, fmt.Sprintf("out of range %d..%d", lo, hi), fix)
+		return 0, false
+	}
 	s, ok := d.scalar(f, path, "an integer", "!!int")
 	if !ok {
 		return 0, false
@@ -487,7 +496,14 @@ func (d *decoder) cpu(f field, path string) (int64, bool) {
 		return 0, false
 	}
 	n, err := ParseCPU(s)
-	if err != nil {
+	switch {
+	case errors.Is(err, errCPUTooLarge):
+		d.problem(f.line(), path, s, "too large: at most "+FormatCPU(MaxMilliCPU)+" CPUs", "lower it, or write max for no cap")
+		return 0, false
+	case errors.Is(err, errCPUTooFine):
+		d.problem(f.line(), path, s, "finer than a thousandth of a CPU", "round it to three decimals, or write millicpus (250m)")
+		return 0, false
+	case err != nil:
 		d.problem(f.line(), path, s, "not a CPU amount", "a number of CPUs (0.5, 2), millicpus (250m), or max")
 		return 0, false
 	}

@@ -662,7 +662,16 @@ func TestParseSizeAndDurationMessages(t *testing.T) {
 		{"timeout", "0x10", "want a duration", "add a unit: 16s"},
 		{"timeout", "true", "want a duration", "500ms, 30s, 2m"},
 		{"timeout", "soon", "not a duration", "500ms, 30s, 2m"},
-		{"response", "1", "want a string", "quote it if it is meant as text"},
+		// A word key given another type is told its words: quoting
+		// "1" or "false" would make a word that is none of them.
+		{"response", "1", "want a response mode: spool or stream", "use spool or stream"},
+		{"seccomp", "false", "want one of default, off, got a boolean", "use default or off"},
+		{"driver", "true", "want a driver: cgi or fork", "use cgi"},
+		// A CPU amount says why it is none; an integer too large for
+		// YAML's (a float to it) is out of range, not "not an integer".
+		{"cpu", "200000", "too large: at most 100000 CPUs", "lower it, or write max"},
+		{"cpu", "1.0001", "finer than a thousandth of a CPU", "round it"},
+		{"pids", "99999999999999999999", "out of range", "use 1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.key+" "+tt.value, func(t *testing.T) {
@@ -676,5 +685,16 @@ func TestParseSizeAndDurationMessages(t *testing.T) {
 				t.Errorf("problem = %s\nwant the message containing %q and the fix %q", pr, tt.msg, tt.fix)
 			}
 		})
+	}
+}
+
+// TestParseTabIndent: a tab where YAML wants spaces says to indent with
+// spaces; the syntax error alone gave no fix.
+func TestParseTabIndent(t *testing.T) {
+	_, err := Parse("p.yaml", []byte("version: 1\nroutes:\n\t- {name: a, match: {path: /}, program: /a}\n"))
+	var ie *InvalidError
+	if !errors.As(err, &ie) || len(ie.Problems) != 1 || !strings.Contains(ie.Problems[0].Msg, "YAML syntax") ||
+		!strings.Contains(ie.Problems[0].Fix, "indent with spaces") {
+		t.Errorf("err = %v, want one YAML syntax problem whose fix is to indent with spaces", err)
 	}
 }

@@ -236,7 +236,7 @@ func (d *decoder) route(item *yaml.Node, p string, defaults Limits) *routeSource
 		}
 	}
 	if f, ok := fs["driver"]; ok {
-		if v, ok := d.str(f, join(p, "driver")); ok {
+		if v, ok := d.scalarFix(f, join(p, "driver"), "a driver: cgi or fork", "use cgi (a program per request) or fork (a warm preloader)", "!!str"); ok {
 			switch Driver(v) {
 			case DriverCGI, DriverFork:
 				r.Driver = Driver(v)
@@ -265,7 +265,7 @@ func (d *decoder) route(item *yaml.Node, p string, defaults Limits) *routeSource
 		r.User = d.user(f, join(p, "user"), r.AllowRoot)
 	}
 	if f, ok := fs["response"]; ok {
-		if v, ok := d.str(f, join(p, "response")); ok {
+		if v, ok := d.scalarFix(f, join(p, "response"), "a response mode: spool or stream", "use spool or stream", "!!str"); ok {
 			switch Response(v) {
 			case ResponseSpool, ResponseStream:
 				r.Response = Response(v)

@@ -185,6 +185,8 @@ var (
 	errNotSize       = errors.New("want a number with an optional unit (512k, 64Mi, 1G)")
 	errNotWholeBytes = errors.New("not a whole number of bytes")
 	errSizeTooLarge  = errors.New("too large")
+	errCPUTooLarge   = errors.New("too large")
+	errCPUTooFine    = errors.New("finer than a thousandth of a CPU")
 )
 
 // ParseBytes parses a byte size: a decimal number with an optional unit,
@@ -267,7 +269,7 @@ func ParseCPU(s string) (int64, error) {
 		}
 		n, err := strconv.ParseInt(m, 10, 64)
 		if err != nil || n > MaxMilliCPU {
-			return 0, fmt.Errorf("parse cpu %q: too large (at most %s)", s, FormatCPU(MaxMilliCPU))
+			return 0, fmt.Errorf("parse cpu %q: %w (at most %s)", s, errCPUTooLarge, FormatCPU(MaxMilliCPU))
 		}
 		return n, nil
 	}
@@ -276,11 +278,11 @@ func ParseCPU(s string) (int64, error) {
 		return 0, fmt.Errorf("parse cpu %q: want a number of CPUs (0.5, 2) or millicpus (250m), or max", s)
 	}
 	if len(frac) > 3 {
-		return 0, fmt.Errorf("parse cpu %q: finer than a thousandth of a CPU: round it", s)
+		return 0, fmt.Errorf("parse cpu %q: %w: round it", s, errCPUTooFine)
 	}
 	w, err := strconv.ParseInt(whole, 10, 64)
 	if err != nil || w > MaxMilliCPU/1000 {
-		return 0, fmt.Errorf("parse cpu %q: too large (at most %s)", s, FormatCPU(MaxMilliCPU))
+		return 0, fmt.Errorf("parse cpu %q: %w (at most %s)", s, errCPUTooLarge, FormatCPU(MaxMilliCPU))
 	}
 	n := w * 1000
 	if frac != "" {
@@ -289,7 +291,7 @@ func ParseCPU(s string) (int64, error) {
 	}
 	if n > MaxMilliCPU {
 		// The whole part at the bound and a fraction past it.
-		return 0, fmt.Errorf("parse cpu %q: too large (at most %s)", s, FormatCPU(MaxMilliCPU))
+		return 0, fmt.Errorf("parse cpu %q: %w (at most %s)", s, errCPUTooLarge, FormatCPU(MaxMilliCPU))
 	}
 	return n, nil
 }

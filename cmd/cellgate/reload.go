@@ -218,7 +218,9 @@ const defaultReloadWait = 5 * time.Minute
 func reloadMain(ctx context.Context, args []string, std stdio) int {
 	fs := flag.NewFlagSet("cellgate reload", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	pid := fs.Int("pid", 0, "")
+	var pid0 intFlag
+	pid := (*int)(&pid0)
+	fs.Var(&pid0, "pid", "") // its errors say a number is wanted
 	timeout := defaultReloadWait
 	fs.Var((*durationFlag)(&timeout), "timeout", "") // its errors say what a duration is
 	if err := fs.Parse(args); err != nil {
@@ -263,7 +265,8 @@ func askReload(ctx context.Context, pid int) (string, error) {
 	c, err := d.DialContext(ctx, "unix", addr)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, os.ErrNotExist) {
-			return "", fmt.Errorf("no cellgate serve of pid %d listens on %s (is %d a cellgate serve, in this network namespace? kill -HUP %d reloads without waiting)", pid, addr, pid, pid)
+			return "", fmt.Errorf("no cellgate serve of pid %d listens on %s (fix: give serve's pid, such as systemctl show -p MainPID --value cellgate prints; "+
+				"only for a serve of another network namespace, whose socket is not seen here, kill -HUP %d reloads it without waiting)", pid, addr, pid)
 		}
 		return "", fmt.Errorf("connect to %s: %w", addr, err)
 	}

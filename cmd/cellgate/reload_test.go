@@ -125,8 +125,11 @@ func TestReloadRefusals(t *testing.T) {
 			t.Errorf("reload %q: exit %d, stderr %q; want 2 with the reason", args, code, stderr)
 		}
 	}
-	// A duration without its unit: what a duration is, not flag's bare
-	// "parse error".
+	// A pid that is no number, and a duration without its unit: what is
+	// wanted, not flag's bare "parse error".
+	if code, _, stderr := runReload(t, "--pid", "abc"); code != exitUsage || !strings.Contains(stderr, "want a whole number") {
+		t.Errorf("--pid abc: %d %q, want exit %d saying a number is wanted", code, stderr, exitUsage)
+	}
 	if code, _, stderr := runReload(t, "--pid", "1", "--timeout", "5"); code != exitUsage || !strings.Contains(stderr, "want a duration with a unit") {
 		t.Errorf("reload --timeout 5: exit %d, stderr %q; want 2, saying what a duration is", code, stderr)
 	}

@@ -102,12 +102,12 @@ func parseRunConfig(args, environ []string, usageOut io.Writer) (runConfig, erro
 	cfg.Shared.addFlags(fs)
 	fs.TextVar((*byteSize)(&cfg.Limits.Memory), "memory", byteSize(cfg.Limits.Memory), "memory limit, such as `64Mi` or 1G (memory.max, no swap)")
 	fs.Var((*cpuFlag)(&cfg.Limits.MilliCPU), "cpu", "CPU limit in `CPUs`, such as 0.5 or 250m, or max (cpu.max)")
-	fs.Int64Var(&cfg.Limits.Pids, "pids", cfg.Limits.Pids, "process `limit` (pids.max)")
+	fs.Var((*int64Flag)(&cfg.Limits.Pids), "pids", "process `limit` (pids.max)")
 	fs.Var((*durationFlag)(&cfg.Limits.Timeout), "timeout", "wall-clock `deadline`; the whole cell is killed then")
 	fs.StringVar(&cfg.User, "user", cfg.User, "`auto` (a uid of the cell's own from --uid-range), a user name such as nobody, or UID[:GID]")
 	fs.StringVar(&cfg.Dir, "dir", cfg.Dir, "the command's working `directory`, in the cell's view (a system directory, the command's, a --mount)")
 	fs.Var((*envFlag)(&cfg.Env), "env", "`KEY=VALUE` for the command's environment; repeatable (always with "+defaultWorkerPath+" unless PATH is set)")
-	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON object on stdout (the command's stdout goes to stderr)")
+	fs.Var((*boolFlag)(&cfg.JSON), "json", "print one JSON object on stdout (the command's stdout goes to stderr)")
 	addConfineFlags(fs, &cfg.Confine)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

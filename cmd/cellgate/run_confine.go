@@ -35,7 +35,7 @@ func addConfineFlags(fs *flag.FlagSet, c *policy.Confinement) {
 		return nil
 	})
 	fs.TextVar((*byteSize)(&c.TmpfsSize), "tmpfs-size", byteSize(c.TmpfsSize), "`size` of each private tmpfs, charged to the cell's memory; 0 = 64Mi (policy key tmpfs_size)")
-	fs.Int64Var(&c.NoFile, "nofile", c.NoFile, "RLIMIT_NOFILE of the command, 0 = 1024 (policy key nofile)")
+	fs.Var((*int64Flag)(&c.NoFile), "nofile", "`n`: RLIMIT_NOFILE of the command, 0 = 1024 (policy key nofile)")
 	fs.Var(&choiceFlag{v: &c.HugePages, off: "off", on: "system"}, "huge-pages", "`off`: no transparent huge pages for the command; system: as the system sets them (policy key huge_pages)")
 }
 

@@ -148,7 +148,7 @@ type routeSpec struct {
 // serve runs the daemon until ctx ends or SIGTERM/SIGINT, then drains;
 // inherited are the sockets systemd passed (inheritedFiles).
 func serve(ctx context.Context, cfg *serveConfig, std stdio, inherited []*os.File) (err error) {
-	log := slog.New(slog.NewTextHandler(std.err, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	log := slog.New(slog.NewTextHandler(std.err, &slog.HandlerOptions{Level: slog.Level(cfg.LogLevel)}))
 	d := &daemon{cfg: cfg, log: log, tenants: map[string]*cgroup.Tenant{}, done: make(chan struct{}),
 		forks: map[*forkSpec]struct{}{}, retiredForks: map[string]accounting.PreloaderStats{}}
 

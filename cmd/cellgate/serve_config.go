@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -65,7 +64,7 @@ type serveConfig struct {
 	AccessLog string `env:"ACCESS_LOG" envDefault:"stdout"`
 	// LogLevel is the level of the operational log on stderr (debug, info,
 	// warn, error). Default info.
-	LogLevel slog.Level `env:"LOG_LEVEL" envDefault:"info"`
+	LogLevel logLevel `env:"LOG_LEVEL" envDefault:"info"`
 	// Isolation is "cells" (every request in its own cgroup) or "none"
 	// (plain fork/exec: the benchmark baseline, never for production).
 	// Default cells.
@@ -183,21 +182,21 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "TLS private key PEM `file` (CELLGATE_TLS_KEY)")
 	fs.StringVar(&c.Admin, "admin", c.Admin, "admin listen `address` for /metrics /healthz /readyz, never the public port (CELLGATE_ADMIN)")
 	fs.Var(&appendListFlag{l: &c.AdminHosts}, "admin-hosts", "`name,...` besides IP addresses and localhost that a request to the admin listener may carry in its Host; repeatable (CELLGATE_ADMIN_HOSTS)")
-	fs.BoolVar(&c.AdminPprof, "admin-pprof", c.AdminPprof, "serve Go's runtime profiles under /debug/pprof/ on the admin listener (CELLGATE_ADMIN_PPROF)")
+	fs.Var((*boolFlag)(&c.AdminPprof), "admin-pprof", "serve Go's runtime profiles under /debug/pprof/ on the admin listener (CELLGATE_ADMIN_PPROF)")
 	fs.StringVar(&c.Policy, "policy", c.Policy, "policy `file` (CELLGATE_POLICY), required")
 	fs.Var((*durationFlag)(&c.PolicyPoll), "policy-poll", "reload the policy when its content changed, checked this often; 0 = only on SIGHUP (CELLGATE_POLICY_POLL)")
-	fs.BoolVar(&c.Preflight, "preflight", c.Preflight, "run cellgate doctor's delegation checks first and exit 1 when they fail (CELLGATE_PREFLIGHT)")
+	fs.Var((*boolFlag)(&c.Preflight), "preflight", "run cellgate doctor's delegation checks first and exit 1 when they fail (CELLGATE_PREFLIGHT)")
 	fs.Var((*durationFlag)(&c.DrainTimeout), "drain-timeout", "on SIGTERM, how long requests in flight may finish before their cells are killed (CELLGATE_DRAIN_TIMEOUT)")
 	fs.StringVar(&c.AccessLog, "access-log", c.AccessLog, "access log `destination`: stdout, stderr or a file (CELLGATE_ACCESS_LOG)")
 	fs.TextVar(&c.LogLevel, "log-level", c.LogLevel, "operational log `level`: debug, info, warn, error (CELLGATE_LOG_LEVEL)")
 	fs.TextVar(&c.Isolation, "isolation", c.Isolation, "cells, or none for plain exec (benchmark baseline only) (CELLGATE_ISOLATION)")
 	c.Shared.addFlags(fs)
-	fs.IntVar(&c.MaxCells, "max-cells", c.MaxCells, "kernel cap on the groups under cells/: tenants, cells, and each fork route's 3 or 4 (cgroup.max.descendants), 0 = none (CELLGATE_MAX_CELLS)")
-	fs.IntVar(&c.NetNamespaces, "net-namespaces", c.NetNamespaces, "network namespaces kept made ahead for network: none cells, 0 = each cell makes its own (CELLGATE_NET_NAMESPACES)")
-	fs.BoolVar(&c.MountTemplates, "mount-templates", c.MountTemplates, "confined cells copy their route's filesystem view from a mount namespace made ahead, never older than 10 s, instead of each building it (CELLGATE_MOUNT_TEMPLATES)")
-	fs.BoolVar(&c.InitSpawner, "init-spawner", c.InitSpawner, "one long-lived cellgate-init clones each confined cell's init, instead of serve forking and executing one per cell (CELLGATE_INIT_SPAWNER)")
-	fs.IntVar(&c.WarmCells, "warm-cells", c.WarmCells, "most confined cells per route set up ahead of their requests, sized by demand, 0 = none (CELLGATE_WARM_CELLS)")
-	fs.IntVar(&c.ResidentCells, "resident-cells", c.ResidentCells, "most resident cells per route, whose init and namespaces serve request after request, sized by demand, 0 = none (CELLGATE_RESIDENT_CELLS)")
+	fs.Var((*intFlag)(&c.MaxCells), "max-cells", "`n`: kernel cap on the groups under cells/: tenants, cells, and each fork route's 3 or 4 (cgroup.max.descendants), 0 = none (CELLGATE_MAX_CELLS)")
+	fs.Var((*intFlag)(&c.NetNamespaces), "net-namespaces", "`n`: network namespaces kept made ahead for network: none cells, 0 = each cell makes its own (CELLGATE_NET_NAMESPACES)")
+	fs.Var((*boolFlag)(&c.MountTemplates), "mount-templates", "confined cells copy their route's filesystem view from a mount namespace made ahead, never older than 10 s, instead of each building it (CELLGATE_MOUNT_TEMPLATES)")
+	fs.Var((*boolFlag)(&c.InitSpawner), "init-spawner", "one long-lived cellgate-init clones each confined cell's init, instead of serve forking and executing one per cell (CELLGATE_INIT_SPAWNER)")
+	fs.Var((*intFlag)(&c.WarmCells), "warm-cells", "`n`: most confined cells per route set up ahead of their requests, sized by demand, 0 = none (CELLGATE_WARM_CELLS)")
+	fs.Var((*intFlag)(&c.ResidentCells), "resident-cells", "`n`: most resident cells per route, whose init and namespaces serve request after request, sized by demand, 0 = none (CELLGATE_RESIDENT_CELLS)")
 	fs.Var((*durationFlag)(&c.HeaderTimeout), "header-timeout", "time a client has to send the request header (CELLGATE_HEADER_TIMEOUT)")
 	fs.Var((*durationFlag)(&c.IdleTimeout), "idle-timeout", "keep-alive idle timeout (CELLGATE_IDLE_TIMEOUT)")
 	fs.TextVar(&c.MaxHeaderBytes, "max-header-bytes", c.MaxHeaderBytes, "largest request header, `size` (CELLGATE_MAX_HEADER_BYTES)")
@@ -210,8 +209,8 @@ func (c *serveConfig) serveFlags(fs *flag.FlagSet) {
 	fs.TextVar(&c.MaxResponse, "max-response", c.MaxResponse, "largest response body, `size` (CELLGATE_MAX_RESPONSE)")
 	fs.TextVar(&c.SpoolMemory, "spool-memory", c.SpoolMemory, "memory all request and response spools may hold at once, `size` (CELLGATE_SPOOL_MEMORY)")
 	fs.TextVar(&c.SpoolDisk, "spool-disk", c.SpoolDisk, "spool file bytes all requests may hold at once in --temp-dir, `size`; beyond, 503 (CELLGATE_SPOOL_DISK)")
-	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "client connections open at once, -1 = no cap (CELLGATE_MAX_CONNS)")
-	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", c.MaxConnsPerIP, "connections per client IP, -1 = no cap (CELLGATE_MAX_CONNS_PER_IP)")
+	fs.Var((*intFlag)(&c.MaxConns), "max-conns", "`n`: client connections open at once, -1 = no cap (CELLGATE_MAX_CONNS)")
+	fs.Var((*intFlag)(&c.MaxConnsPerIP), "max-conns-per-ip", "`n`: connections per client IP, -1 = no cap (CELLGATE_MAX_CONNS_PER_IP)")
 	fs.Var((*durationFlag)(&c.RetryAfter), "retry-after", "Retry-After of a 503 (CELLGATE_RETRY_AFTER)")
 	fs.StringVar(&c.TrustedProxies, "trusted-proxies", c.TrustedProxies, "`CIDR,...` of load balancers whose X-Forwarded-For sets REMOTE_ADDR, the log's client and the per-IP cap's key; never believed from others (CELLGATE_TRUSTED_PROXIES)")
 	fs.StringVar(&c.TempDir, "temp-dir", c.TempDir, "`directory` of request and response spool files, default $TMPDIR or /tmp (CELLGATE_TEMP_DIR)")

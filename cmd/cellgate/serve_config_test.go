@@ -79,7 +79,37 @@ func TestServeConfig(t *testing.T) {
 		{
 			name:    "bad variable names itself, its value and the reason",
 			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_DRAIN_TIMEOUT=5"},
-			errHas:  []string{`CELLGATE_DRAIN_TIMEOUT="5"`, "missing unit"},
+			errHas:  []string{`CELLGATE_DRAIN_TIMEOUT="5": want a duration with a unit, such as 5s`},
+		},
+		{
+			// Not "want a whole number" (strconv.ParseBool's error is a
+			// NumError too), nor a Go type's name for a range.
+			name:    "a yes-or-no variable and a number out of range say what is wanted",
+			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_PREFLIGHT=yes", "CELLGATE_MAX_CONNS=99999999999999999999", "CELLGATE_GID=-1"},
+			errHas: []string{`CELLGATE_PREFLIGHT="yes": want true or false`, `CELLGATE_MAX_CONNS="99999999999999999999": want a whole number from`,
+				`CELLGATE_GID="-1": want a whole number from 0 to 4294967295`},
+		},
+		{
+			// Not the flag package's "parse error", nor slog's "unknown name".
+			name:   "a number flag says what it wants",
+			args:   []string{"--policy", "p.yaml", "--max-conns", "abc"},
+			errHas: []string{"-max-conns", "want a whole number"},
+		},
+		{
+			name:   "a yes-or-no flag says what it wants",
+			args:   []string{"--policy", "p.yaml", "--admin-pprof=maybe"},
+			errHas: []string{"-admin-pprof", "want true or false"},
+		},
+		{
+			name:    "the log level lists the levels, as a flag and as a variable",
+			args:    []string{"--log-level", "loud"},
+			environ: []string{"CELLGATE_POLICY=e.yaml"},
+			errHas:  []string{"-log-level", "want debug, info, warn or error"},
+		},
+		{
+			name:    "the log level's variable lists the levels",
+			environ: []string{"CELLGATE_POLICY=e.yaml", "CELLGATE_LOG_LEVEL=loud"},
+			errHas:  []string{`CELLGATE_LOG_LEVEL="loud": want debug, info, warn or error`},
 		},
 		{
 			name:   "bad flag value",

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"encoding"
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"os/user"
@@ -86,21 +88,33 @@ func envErrors(err error, typ reflect.Type, m map[string]string) []error {
 			if f, ok := typ.FieldByName(pe.Name); ok {
 				key, _, _ := strings.Cut(f.Tag.Get("env"), ",")
 				key = envPrefix + key
-				var ne *strconv.NumError
-				switch {
-				case errors.As(pe.Err, &ne) && errors.Is(ne.Err, strconv.ErrRange):
-					out = append(out, fmt.Errorf("%s=%q: out of range for a %s", key, m[key], f.Type))
-				case errors.As(pe.Err, &ne):
-					out = append(out, fmt.Errorf("%s=%q: want a whole number", key, m[key]))
-				default:
-					out = append(out, fmt.Errorf("%s=%q: %w", key, m[key], pe.Err))
-				}
+				out = append(out, fmt.Errorf("%s=%q: %s", key, m[key], wantOf(f.Type, pe.Err)))
 				continue
 			}
 		}
 		out = append(out, e)
 	}
 	return out
+}
+
+// wantOf says what a variable of type typ wants, for a value that failed
+// to parse with err: strconv's and time's own messages name Go's types
+// and functions, not the setting.
+func wantOf(typ reflect.Type, err error) string {
+	switch {
+	case reflect.PointerTo(typ).Implements(reflect.TypeFor[encoding.TextUnmarshaler]()):
+		return err.Error() // the type's own, which says what it wants
+	case typ == reflect.TypeFor[time.Duration]():
+		return "want a duration with a unit, such as 5s, 500ms or 2m"
+	case typ.Kind() == reflect.Bool:
+		return "want true or false (or 1 or 0)"
+	case typ.Kind() >= reflect.Int && typ.Kind() <= reflect.Int64:
+		bits := typ.Bits()
+		return fmt.Sprintf("want a whole number from %d to %d", int64(-1)<<(bits-1), int64(1)<<(bits-1)-1)
+	case typ.Kind() >= reflect.Uint && typ.Kind() <= reflect.Uint64:
+		return fmt.Sprintf("want a whole number from 0 to %d", uint64(1)<<typ.Bits()-1)
+	}
+	return err.Error()
 }
 
 // envErr is a one-line message over caarlos0/env's error, which stays
@@ -283,6 +297,74 @@ func (u *uint32Flag) Set(s string) error {
 		return fmt.Errorf("want a number from 0 to %d", uint32(1<<32-1))
 	}
 	*u = uint32Flag(v)
+	return nil
+}
+
+// intFlag, int64Flag and boolFlag are flags whose errors say what is
+// wanted (the flag package's own say only "parse error" and "value out
+// of range").
+type (
+	intFlag   int
+	int64Flag int64
+	boolFlag  bool
+)
+
+func (i *intFlag) String() string { return strconv.Itoa(int(*i)) }
+
+func (i *intFlag) Set(s string) error {
+	v, err := strconv.ParseInt(s, 0, strconv.IntSize)
+	if err != nil {
+		return wantWhole(err)
+	}
+	*i = intFlag(v)
+	return nil
+}
+
+func (i *int64Flag) String() string { return strconv.FormatInt(int64(*i), 10) }
+
+func (i *int64Flag) Set(s string) error {
+	v, err := strconv.ParseInt(s, 0, 64)
+	if err != nil {
+		return wantWhole(err)
+	}
+	*i = int64Flag(v)
+	return nil
+}
+
+// wantWhole is the error of a number flag's value that err refused.
+func wantWhole(err error) error {
+	if errors.Is(err, strconv.ErrRange) {
+		return errors.New("want a whole number: this one is out of range")
+	}
+	return errors.New("want a whole number, such as 64, 0 or -1")
+}
+
+func (b *boolFlag) String() string { return strconv.FormatBool(bool(*b)) }
+
+func (b *boolFlag) IsBoolFlag() bool { return true }
+
+func (b *boolFlag) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return errors.New("want true or false (or 1 or 0)")
+	}
+	*b = boolFlag(v)
+	return nil
+}
+
+// logLevel is a slog.Level whose error, as a flag's or a variable's,
+// lists the levels (slog's own says "slog: level string ...: unknown
+// name").
+type logLevel slog.Level
+
+func (l logLevel) MarshalText() ([]byte, error) { return slog.Level(l).MarshalText() }
+
+func (l *logLevel) UnmarshalText(b []byte) error {
+	var v slog.Level
+	if err := v.UnmarshalText(b); err != nil {
+		return fmt.Errorf("want debug, info, warn or error (%q is none of them)", b)
+	}
+	*l = logLevel(v)
 	return nil
 }
 
