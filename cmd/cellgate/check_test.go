@@ -154,6 +154,11 @@ routes:
 			wantErr: []string{":3: routes[r].confinement: ", "mounts: source /nonexistent-cellgate (bound at /data): no such file", "(fix: create it, or correct or remove the mount)"}},
 		{name: "rootfs missing", args: []string{route("norootfs", "program: prog, rootfs: /nonexistent-cellgate")}, wantCode: 1,
 			wantErr: []string{"routes[r].confinement: ", "rootfs /nonexistent-cellgate: no such file"}},
+		// Each source missing is a problem of its own, not the first
+		// alone (one fix, one check, the next one found).
+		{name: "rootfs and a mount source missing", args: []string{route("norootfsmount",
+			"program: prog, rootfs: /nonexistent-cellgate, mounts: [{source: /nonexistent-cellgate-2, target: /data}]")}, wantCode: 1,
+			wantErr: []string{"rootfs /nonexistent-cellgate: no such file", "mounts: source /nonexistent-cellgate-2 (bound at /data): no such file"}},
 		{name: "the policy in a writable mount", args: []string{route("polrw", "program: prog, mounts: [{source: "+dir+", target: /data, writable: true}]")}, wantCode: 1,
 			wantErr: []string{"routes[r].confinement: ", filepath.Join(dir, "polrw.yaml") + " lies in the writable mount of " + dir + " (at /data)", "move it out of " + dir}},
 		{name: "the policy in a writable mount through a symlink", args: []string{route("polrwlink", "program: prog, mounts: [{source: "+alias+", target: /data, writable: true}]")}, wantCode: 1,

@@ -229,23 +229,25 @@ func daemonFiles(files ...string) []string {
 
 // confinementSources checks that the host paths a route's view is built
 // from exist, its rootfs and every mount's source, and that the host
-// lets its init set the route's nofile.
+// lets its init set the route's nofile; every one wrong is in the error
+// (joined: check reports each).
 func confinementSources(c policy.Confinement) error {
+	var errs []error
 	if n := nrOpen(); n > 0 && c.NoFile > n {
-		return fmt.Errorf("nofile %d: above this host's fs.nr_open (%d), the most files a process may have open: every cell of the route would fail to start (fix: nofile: %d or less, or raise fs.nr_open)", c.NoFile, n, n)
+		errs = append(errs, fmt.Errorf("nofile %d: above this host's fs.nr_open (%d), the most files a process may have open: every cell of the route would fail to start (fix: nofile: %d or less, or raise fs.nr_open)", c.NoFile, n, n))
 	}
 	if c.RootFS != "" {
 		if _, err := os.Stat(c.RootFS); err != nil {
-			return fmt.Errorf("rootfs %s: %w (fix: create it, or correct the path)", c.RootFS, pathCause(err))
+			errs = append(errs, fmt.Errorf("rootfs %s: %w (fix: create it, or correct the path)", c.RootFS, pathCause(err)))
 		}
 	}
 	for _, m := range c.Mounts {
 		if _, err := os.Stat(m.Source); err != nil {
-			return fmt.Errorf("mounts: source %s (bound at %s): %w (fix: create it, or correct or remove the mount)",
-				m.Source, m.Target, pathCause(err))
+			errs = append(errs, fmt.Errorf("mounts: source %s (bound at %s): %w (fix: create it, or correct or remove the mount)",
+				m.Source, m.Target, pathCause(err)))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // pathCause is a *PathError's cause alone, for a message that names the
