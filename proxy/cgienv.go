@@ -206,12 +206,14 @@ func passHeader(k string, hop map[string]bool, passAuthorization bool) bool {
 // connectionTokens are the field names listed in the Connection header
 // (hop-by-hop by RFC 9110 7.6.1), canonical, as the keys of a set: a
 // head may list thousands, and each field of the head is looked up in
-// it; nil when there are none.
+// it; nil when there are none. The tokens nearly every such header
+// carries, close and the fields passHeader drops anyway (keep-alive,
+// upgrade, te), are left out: the usual request makes no set.
 func connectionTokens(h http.Header) map[string]bool {
 	var out map[string]bool
 	for _, v := range h["Connection"] {
 		for tok := range strings.SplitSeq(v, ",") {
-			if tok = strings.TrimSpace(tok); tok != "" {
+			if tok = strings.TrimSpace(tok); tok != "" && !droppedToken(tok) {
 				if out == nil {
 					out = map[string]bool{}
 				}
@@ -220,6 +222,17 @@ func connectionTokens(h http.Header) map[string]bool {
 		}
 	}
 	return out
+}
+
+// droppedToken reports whether the Connection token tok needs no place
+// in connectionTokens' set: close, or a field passHeader never passes.
+func droppedToken(tok string) bool {
+	for _, d := range [...]string{"close", "keep-alive", "upgrade", "te"} {
+		if strings.EqualFold(tok, d) {
+			return true
+		}
+	}
+	return false
 }
 
 // hasVar reports whether env sets name.

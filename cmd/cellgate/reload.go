@@ -218,9 +218,8 @@ const defaultReloadWait = 5 * time.Minute
 func reloadMain(ctx context.Context, args []string, std stdio) int {
 	fs := flag.NewFlagSet("cellgate reload", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	var pid0 intFlag
-	pid := (*int)(&pid0)
-	fs.Var(&pid0, "pid", "") // its errors say a number is wanted
+	var pid int
+	fs.Var((*intFlag)(&pid), "pid", "") // its errors say a number is wanted
 	timeout := defaultReloadWait
 	fs.Var((*durationFlag)(&timeout), "timeout", "") // its errors say what a duration is
 	if err := fs.Parse(args); err != nil {
@@ -235,8 +234,8 @@ func reloadMain(ctx context.Context, args []string, std stdio) int {
 	case fs.NArg() > 0:
 		fmt.Fprintf(std.err, "cellgate reload: unexpected argument %q\n%s", fs.Arg(0), reloadUsage)
 		return exitUsage
-	case *pid <= 0:
-		fmt.Fprintf(std.err, "cellgate reload: --pid %d: want the pid of cellgate serve (under systemd: --pid $MAINPID)\n", *pid)
+	case pid <= 0:
+		fmt.Fprintf(std.err, "cellgate reload: --pid %d: want the pid of cellgate serve (under systemd: --pid $MAINPID)\n", pid)
 		return exitUsage
 	case timeout <= 0:
 		fmt.Fprintf(std.err, "cellgate reload: --timeout %s: want a positive duration\n", timeout)
@@ -244,7 +243,7 @@ func reloadMain(ctx context.Context, args []string, std stdio) int {
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	verdict, err := askReload(ctx, *pid)
+	verdict, err := askReload(ctx, pid)
 	if err != nil {
 		fmt.Fprintf(std.err, "cellgate reload: %v\n", err)
 		return exitInvalid
@@ -253,7 +252,7 @@ func reloadMain(ctx context.Context, args []string, std stdio) int {
 		fmt.Fprintln(std.out, rest)
 		return exitOK
 	}
-	fmt.Fprintf(std.err, "cellgate reload: pid %d: %s\n", *pid, strings.TrimPrefix(verdict, "failed "))
+	fmt.Fprintf(std.err, "cellgate reload: pid %d: %s\n", pid, strings.TrimPrefix(verdict, "failed "))
 	return exitInvalid
 }
 

@@ -59,10 +59,7 @@ func (d *daemon) reload(ctx context.Context) error {
 		d.log.Error("reload: the policy file is invalid; still serving the previous policy", "policy", d.cfg.Policy, "err", err)
 		return err
 	}
-	budgets := make([]cgroup.Budget, len(p.Tenants))
-	for i, t := range p.Tenants {
-		budgets[i] = cgroup.Budget{Tenant: t.Name, Resources: t.Resources()}
-	}
+	budgets := tenantBudgets(p)
 	var made []string // the groups of new tenants, made for this reload
 	if d.tree != nil {
 		if made, err = d.tree.AddTenants(budgets); err != nil {
@@ -119,6 +116,15 @@ func (d *daemon) reload(ctx context.Context) error {
 	d.log.Info("policy reloaded", "policy", d.cfg.Policy, "routes", len(p.Routes), "tenants", len(p.Tenants),
 		"removed_tenants", removed, "live_policies", len(d.live), "took", time.Since(start))
 	return nil
+}
+
+// tenantBudgets is p's tenants' budgets, as the tree writes them.
+func tenantBudgets(p *policy.Policy) []cgroup.Budget {
+	budgets := make([]cgroup.Budget, len(p.Tenants))
+	for i, t := range p.Tenants {
+		budgets[i] = cgroup.Budget{Tenant: t.Name, Resources: t.Resources()}
+	}
+	return budgets
 }
 
 // writeBudgets writes the budgets of p (and its global one) with set

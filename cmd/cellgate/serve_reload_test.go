@@ -488,10 +488,7 @@ routes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	budgets := make([]cgroup.Budget, len(p.Tenants))
-	for i, pt := range p.Tenants {
-		budgets[i] = cgroup.Budget{Tenant: pt.Name, Resources: pt.Resources()}
-	}
+	budgets := tenantBudgets(p)
 	var global *specs.LinuxResources
 	held := d.holdBudgets(p, budgets, &global)
 	if len(held) != 1 || held[0].tenant != "web" || held[0].memory != 512<<20 || *held[0].res.Memory.Limit != 512<<20 {
@@ -507,21 +504,10 @@ routes:
 	// force's 512 MiB (which would OOM-kill them).
 	d.noteBudgets(budgets, global)
 	d.current.Store(newSnapshot(p, map[*policy.Route]*routeSpec{}, d.drainLater)) // the reload's swap
-	for i, pt := range p.Tenants {
-		budgets[i] = cgroup.Budget{Tenant: pt.Name, Resources: pt.Resources()}
-	}
+	budgets = tenantBudgets(p)
 	if held := d.holdBudgets(p, budgets, &global); len(held) != 1 || *budgets[0].Resources.Memory.Limit != 1<<30 {
 		t.Errorf("second reload: held %+v, web's budget written %d; want it held at 1 GiB", held, *budgets[0].Resources.Memory.Limit)
 	}
-}
-
-// budgetsOf is p's tenants' budgets as a reload writes them.
-func budgetsOf(p *policy.Policy) []cgroup.Budget {
-	budgets := make([]cgroup.Budget, len(p.Tenants))
-	for i, pt := range p.Tenants {
-		budgets[i] = cgroup.Budget{Tenant: pt.Name, Resources: pt.Resources()}
-	}
-	return budgets
 }
 
 func mustParse(t *testing.T, text string) *policy.Policy {
@@ -546,9 +532,9 @@ func TestHoldBudgetsTenantBack(t *testing.T) {
 	}
 	defer release()
 	dropped := mustParse(t, reloadPolicyB)
-	d.noteBudgets(budgetsOf(dropped), nil) // the reload that drops extra
+	d.noteBudgets(tenantBudgets(dropped), nil) // the reload that drops extra
 	back := mustParse(t, strings.Replace(reloadPolicyA, "{name: extra, memory: 256Mi", "{name: extra, memory: 64Mi", 1))
-	budgets := budgetsOf(back)
+	budgets := tenantBudgets(back)
 	var global *specs.LinuxResources
 	held := d.holdBudgets(back, budgets, &global)
 	if len(held) != 1 || held[0].tenant != "extra" || *budgets[1].Resources.Memory.Limit != 256<<20 {
@@ -586,7 +572,7 @@ func TestWriteBudgetsAdmissionFirst(t *testing.T) {
 	write := func(p *policy.Policy, err error) error {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		_, _, _, err = d.writeBudgets(p, budgetsOf(p), set(err))
+		_, _, _, err = d.writeBudgets(p, tenantBudgets(p), set(err))
 		return err
 	}
 	refused := errors.New("the kernel refused")

@@ -97,6 +97,12 @@ func envErrors(err error, typ reflect.Type, m map[string]string) []error {
 	return out
 }
 
+// What a yes-or-no and a duration setting want, as a flag or a variable.
+const (
+	wantBool     = "want true or false (or 1 or 0)"
+	wantDuration = "want a duration with a unit, such as 5s, 500ms or 2m"
+)
+
 // wantOf says what a variable of type typ wants, for a value that failed
 // to parse with err: strconv's and time's own messages name Go's types
 // and functions, not the setting.
@@ -105,9 +111,9 @@ func wantOf(typ reflect.Type, err error) string {
 	case reflect.PointerTo(typ).Implements(reflect.TypeFor[encoding.TextUnmarshaler]()):
 		return err.Error() // the type's own, which says what it wants
 	case typ == reflect.TypeFor[time.Duration]():
-		return "want a duration with a unit, such as 5s, 500ms or 2m"
+		return wantDuration
 	case typ.Kind() == reflect.Bool:
-		return "want true or false (or 1 or 0)"
+		return wantBool
 	case typ.Kind() >= reflect.Int && typ.Kind() <= reflect.Int64:
 		bits := typ.Bits()
 		return fmt.Sprintf("want a whole number from %d to %d", int64(-1)<<(bits-1), int64(1)<<(bits-1)-1)
@@ -346,7 +352,7 @@ func (b *boolFlag) IsBoolFlag() bool { return true }
 func (b *boolFlag) Set(s string) error {
 	v, err := strconv.ParseBool(s)
 	if err != nil {
-		return errors.New("want true or false (or 1 or 0)")
+		return errors.New(wantBool)
 	}
 	*b = boolFlag(v)
 	return nil
@@ -377,7 +383,7 @@ func (d *durationFlag) String() string { return time.Duration(*d).String() }
 func (d *durationFlag) Set(s string) error {
 	v, err := time.ParseDuration(s)
 	if err != nil {
-		return fmt.Errorf("want a duration with a unit, such as 5s, 500ms or 2m (%q has none or is malformed)", s)
+		return fmt.Errorf("%s (%q has none or is malformed)", wantDuration, s)
 	}
 	*d = durationFlag(v)
 	return nil
